@@ -1,0 +1,236 @@
+"""Activities that must run on the instance's own host: identity, the lease loop, the connector.
+
+They are registered only on the host's task queue (``perseus-host-{host}``), so a host whose worker
+is gone shows up as a ``schedule_to_start`` timeout rather than as work done somewhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from temporalio import activity
+
+from activities.edge import edge
+from perseus.connectors.base import ConnectorHost
+from perseus.connectors.simulated import build_connector
+from perseus.errors import ClaimLost, ConnectorError, ServiceUnavailable
+from perseus.keys import iso, renew_deadline_s, ttl_ms
+from perseus.models import (
+    ConnectorReport,
+    ConnectorRequest,
+    Identity,
+    IdentityRequest,
+    LeaseOutcome,
+    LeaseRequest,
+)
+
+if TYPE_CHECKING:
+    import httpx
+
+    from perseus.store.db import Catalog
+    from perseus.store.redis_store import RedisStore
+
+log = logging.getLogger(__name__)
+
+
+class ConnectorGone(ConnectorError):
+    """The workflow believes a connector runs here, but this process has none (it was restarted)."""
+
+    retryable = False
+
+
+def parse_ip_answer(body: str) -> str | None:
+    """An IP-lookup service answers plain text or JSON ``{"ip": ...}``; anything else is no answer."""
+    text = body.strip()
+    if text.startswith("{"):
+        try:
+            text = str(json.loads(text).get("ip", ""))
+        except (ValueError, AttributeError):
+            return None
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+class HostActivities:
+    """Everything host-bound. One instance per worker process, owning this host's connectors."""
+
+    def __init__(
+        self,
+        *,
+        hostname: str,
+        store: RedisStore,
+        catalog: Catalog,
+        http: httpx.AsyncClient,
+        ip_services: list[str],
+        ip_timeout_s: float,
+        connectors: ConnectorHost,
+    ) -> None:
+        self.hostname = hostname
+        self._store = store
+        self._catalog = catalog
+        self._http = http
+        self._ip_services = ip_services
+        self._ip_timeout_s = ip_timeout_s
+        self.connectors = connectors
+        #: Workflow ids whose lease runs in this process right now (for graceful worker shutdown).
+        self.leases: set[str] = set()
+
+    # --- identity ------------------------------------------------------------------------------
+
+    @activity.defn(name="detect_identity")
+    @edge
+    async def detect_identity(self, req: IdentityRequest) -> Identity:
+        """Hostname and public IP. The IP services are tried in order, each with a timeout; the
+        answer falls through to None — identity never fails or blocks registration."""
+        return Identity(hostname=self.hostname, ip_address=await self.public_ip())
+
+    async def public_ip(self) -> str | None:
+        import httpx
+
+        for url in self._ip_services:
+            try:
+                response = await self._http.get(url, timeout=self._ip_timeout_s)
+            except httpx.HTTPError as exc:
+                log.info("IP service %s failed: %s", url, exc)
+                continue
+            if response.is_success and (ip := parse_ip_answer(response.text)):
+                return ip
+            log.info("IP service %s gave no usable answer (HTTP %s)", url, response.status_code)
+        return None
+
+    # --- the lease -----------------------------------------------------------------------------
+
+    @activity.defn(name="hold_lease")
+    @edge
+    async def hold_lease(self, req: LeaseRequest) -> LeaseOutcome:
+        """Renew the claim every interval until the term ends, the workflow cancels, or the claim is lost.
+
+        One Redis round trip per renewal (a fenced Lua compare-and-set that also refreshes
+        ``lastHeartbeat`` and the TTL), then ``activity.heartbeat()`` so that the workflow sees a dead
+        host by the heartbeat timeout. Losing the claim — a fencing mismatch, or no successful
+        renewal within the renew deadline (shorter than the TTL) — stops this host's connector
+        *before* raising, so the connector never runs without the claim.
+        """
+        interval = req.heartbeat_interval_s
+        deadline = renew_deadline_s(interval)
+        ttl = ttl_ms(interval)
+        started = time.monotonic()
+        last_ok = started  # the claim was valid when the workflow issued this lease
+        renewals = 0
+        last_renewed: datetime | None = None
+        due = started
+        self.leases.add(req.workflow_id)
+        try:
+            while True:
+                try:
+                    reply = await self._store.fenced(
+                        req.exchange_id,
+                        req.claim.instance_id,
+                        req.claim.epoch,
+                        mode="renew",
+                        patch={"lastHeartbeat": iso(datetime.now(UTC))},
+                        ttl_ms=ttl,
+                    )
+                except ServiceUnavailable as exc:
+                    log.warning("renewal of %s failed: %s", req.workflow_id, exc)
+                else:
+                    if reply.outcome != "ok":
+                        await self.connectors.stop(req.workflow_id, "claim lost")
+                        raise ClaimLost(self._lost_message(reply.outcome, reply.raw))
+                    last_ok = time.monotonic()
+                    last_renewed = datetime.now(UTC)
+                    renewals += 1
+                if time.monotonic() - last_ok > deadline:
+                    await self.connectors.stop(req.workflow_id, "renew deadline passed")
+                    raise ClaimLost(
+                        f"could not renew the claim for {deadline:.1f}s (renew deadline; "
+                        f"TTL {ttl / 1000:.1f}s): connector stopped"
+                    )
+                activity.heartbeat(renewals)
+                if time.monotonic() - started >= req.term_s:
+                    return LeaseOutcome(renewals=renewals, last_renewed=last_renewed)
+                # A fixed schedule, not sleep(interval) after the work: lateness does not accumulate.
+                due += interval
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+        finally:
+            self.leases.discard(req.workflow_id)
+
+    @staticmethod
+    def _lost_message(outcome: str, raw: str | None) -> str:
+        if outcome == "missing":
+            return "the status key is gone (expired or deleted): claim lost"
+        try:
+            holder = json.loads(raw or "")
+            return (
+                f"the claim is now held by {holder.get('hostname')} (epoch {holder.get('epoch')}, "
+                f"instance {holder.get('instanceId')}): claim lost"
+            )
+        except ValueError:
+            return "the status key holds an unreadable record: claim lost"
+
+    # --- the connector -------------------------------------------------------------------------
+
+    @activity.defn(name="connector_prepare")
+    @edge
+    async def connector_prepare(self, req: ConnectorRequest) -> ConnectorReport:
+        """Create the connector and load the exchange's active symbols."""
+        await self.connectors.stop(req.workflow_id, "replaced by a new start")
+        connector = build_connector(req.exchange_name, req.spec)
+        self.connectors.put(req.workflow_id, connector)
+        symbols = await self._catalog.active_symbols(req.exchange_id)
+        return ConnectorReport(symbol_count=await connector.prepare(symbols))
+
+    def _connector(self, req: ConnectorRequest):  # type: ignore[no-untyped-def]
+        connector = self.connectors.get(req.workflow_id)
+        if connector is None:
+            raise ConnectorGone(
+                f"no connector for {req.exchange_name} on {self.hostname} (the worker was restarted)"
+            )
+        return connector
+
+    @activity.defn(name="connector_warm_up")
+    @edge
+    async def connector_warm_up(self, req: ConnectorRequest) -> ConnectorReport:
+        await self._connector(req).warm_up()
+        return ConnectorReport()
+
+    @activity.defn(name="connector_connect")
+    @edge
+    async def connector_connect(self, req: ConnectorRequest) -> ConnectorReport:
+        connector = self._connector(req)
+        await connector.connect()
+        return ConnectorReport(running=connector.connected)
+
+    @activity.defn(name="connector_disconnect")
+    @edge
+    async def connector_disconnect(self, req: ConnectorRequest) -> ConnectorReport:
+        """Idempotent: disconnecting a connector that is not there is fine."""
+        await self.connectors.stop(req.workflow_id, "stop requested")
+        return ConnectorReport(running=False)
+
+    @activity.defn(name="connector_check")
+    @edge
+    async def connector_check(self, req: ConnectorRequest) -> ConnectorReport:
+        """Whether this host still runs the connector (after a worker restart it does not)."""
+        connector = self.connectors.get(req.workflow_id)
+        return ConnectorReport(running=bool(connector and connector.connected))
+
+    def all(self) -> list[Callable[..., Any]]:
+        return [
+            self.detect_identity,
+            self.hold_lease,
+            self.connector_prepare,
+            self.connector_warm_up,
+            self.connector_connect,
+            self.connector_disconnect,
+            self.connector_check,
+        ]

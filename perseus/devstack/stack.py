@@ -1,0 +1,208 @@
+"""``perseus dev``: the whole stack on one machine, with data kept under the data dir.
+
+Services that are configured explicitly (``TEMPORAL_ADDRESS``, ``PERSEUS_REDIS_URL``,
+``PERSEUS_DATABASE_URL``) are used as they are; the others are started here as children, stopped
+on Ctrl-C/SIGTERM, and killed by the kernel if this process dies (no orphans).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from perseus import control
+from perseus.api.server import build_server
+from perseus.config import (
+    DEFAULT_API_PORT,
+    DEFAULT_POSTGRES_PORT,
+    DEFAULT_REDIS_PORT,
+    DEFAULT_TEMPORAL_PORT,
+    DEFAULT_TEMPORAL_UI_PORT,
+    Settings,
+)
+from perseus.devstack import services
+from perseus.errors import AlreadyRegistered, ConfigError, InvalidTransition, PerseusError
+from perseus.lifecycle import Command
+from perseus.models import ConnectorSpec
+from perseus.store import db
+from perseus.temporal import connect, register_search_attributes
+
+log = logging.getLogger("perseus.dev")
+
+DEMO_EXCHANGES = ("coinbase", "kraken", "binance")
+DEMO_ADMIN = "admin@perseus.local"
+
+
+@dataclass
+class DevOptions:
+    temporal_port: int = DEFAULT_TEMPORAL_PORT
+    ui_port: int = DEFAULT_TEMPORAL_UI_PORT
+    redis_port: int = DEFAULT_REDIS_PORT
+    postgres_port: int = DEFAULT_POSTGRES_PORT
+    api_port: int = DEFAULT_API_PORT
+    demo: bool = False
+    headless: bool = False
+    host: str | None = None
+
+
+@dataclass
+class DevStack:
+    """What ``perseus dev`` is running, for printing and for tests."""
+
+    settings: Settings
+    temporal_address: str
+    ui_url: str | None
+    api_url: str
+    api_key: str
+    children: list[services.Service] = field(default_factory=list)
+
+    def child_pids(self) -> list[int]:
+        return [pid for s in self.children if (pid := s.pid()) is not None]
+
+
+async def start_services(settings: Settings, opts: DevOptions) -> DevStack:
+    """Start whatever is not configured externally; apply the schema and demo data."""
+    data_dir = settings.data_dir.resolve()
+    children: list[services.Service] = []
+    temporal_address = os.environ.get("TEMPORAL_ADDRESS")
+    try:
+        # Check every port first: a taken port must not leave half a stack running.
+        if not temporal_address:
+            services.require_free(opts.temporal_port, "the Temporal dev server", "--temporal-port")
+            if not opts.headless:
+                services.require_free(opts.ui_port, "the Temporal Web UI", "--ui-port")
+        if not settings.explicitly_set("redis_url"):
+            services.require_free(opts.redis_port, "Redis", "--redis-port")
+        if not settings.explicitly_set("database_url"):
+            services.require_free(opts.postgres_port, "PostgreSQL", "--postgres-port")
+        services.require_free(opts.api_port, "the Perseus API", "--api-port")
+
+        ui_url = None
+        if not temporal_address:
+            temporal = await services.start_temporal(
+                data_dir / "temporal", opts.temporal_port, None if opts.headless else opts.ui_port
+            )
+            children.append(temporal)
+            temporal_address = f"127.0.0.1:{opts.temporal_port}"
+            ui_url = None if opts.headless else f"http://127.0.0.1:{opts.ui_port}"
+        updates: dict[str, object] = {"api_port": opts.api_port}
+        if not settings.explicitly_set("redis_url"):
+            children.append(await services.start_redis(data_dir / "redis", opts.redis_port))
+            updates["redis_url"] = f"redis://127.0.0.1:{opts.redis_port}/0"
+        if not settings.explicitly_set("database_url"):
+            children.append(await services.start_postgres(data_dir / "postgres", opts.postgres_port))
+            updates["database_url"] = await services.ensure_database(opts.postgres_port, "perseus")
+        settings = settings.model_copy(update=updates)
+        await db.apply_schema(settings.database_url)
+        await db.apply_sql(settings.database_url, db.DEMO_DATA_PATH)
+        api_key = await _dev_api_key(settings.database_url)
+        return DevStack(
+            settings=settings,
+            temporal_address=temporal_address,
+            ui_url=ui_url,
+            api_url=f"http://{settings.api_host}:{opts.api_port}",
+            api_key=api_key,
+            children=children,
+        )
+    except BaseException:
+        stop_services(children)
+        raise
+
+
+async def _dev_api_key(url: str) -> str:
+    pool = db.make_pool(url, max_size=1)
+    await pool.open(wait=True, timeout=15)
+    try:
+        catalog = db.Catalog(pool)
+        return await catalog.first_active_api_key("dev") or await catalog.create_api_key("dev")
+    finally:
+        await pool.close()
+
+
+def stop_services(children: list[services.Service]) -> None:
+    for child in reversed(children):
+        child.stop()
+
+
+async def run_dev(
+    settings: Settings, opts: DevOptions, stop: asyncio.Event, announce: Callable[[DevStack], None]
+) -> None:
+    """Run the stack until ``stop`` is set; then stop the worker gracefully and every child."""
+    from worker import run_worker
+
+    stack = await start_services(settings, opts)
+    worker_stop = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+    api = build_server(stack.settings, opts.api_port)
+    try:
+        client = await connect(stack.temporal_address)
+        await register_search_attributes(client)
+        host = opts.host or stack.settings.host_name()
+        ready = asyncio.Event()
+        tasks.append(asyncio.create_task(run_worker(stack.settings, client, host, worker_stop, ready=ready)))
+        tasks.append(asyncio.create_task(api.serve()))
+        await _first_of(ready.wait(), tasks)
+        while not api.started:
+            await _first_of(asyncio.sleep(0.05), tasks)
+        announce(stack)
+        if opts.demo:
+            await start_demo(client, host, stack.settings.heartbeat_interval)
+        await _first_of(stop.wait(), tasks)
+    finally:
+        worker_stop.set()
+        api.should_exit = True
+        for task in tasks:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(task, 60)
+        stop_services(stack.children)
+
+
+async def _first_of(awaitable: Awaitable[object], tasks: list[asyncio.Task[None]]) -> None:
+    """Await ``awaitable`` but fail fast if one of the long-running tasks dies."""
+    waiter = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:
+        if task in done:
+            waiter.cancel()
+            failure = task.exception()
+            if failure is not None:
+                raise failure
+            raise PerseusError("a part of the dev stack stopped unexpectedly")
+
+
+async def start_demo(client: object, host: str, interval: float) -> None:
+    """Register and start a few simulated instances; a second run finds them already there."""
+    from temporalio.client import Client
+
+    assert isinstance(client, Client)
+    for exchange in DEMO_EXCHANGES:
+        try:
+            await control.register(
+                client,
+                exchange=exchange,
+                host=host,
+                admin_email=DEMO_ADMIN,
+                heartbeat_interval_s=interval,
+                start=False,
+                connector=ConnectorSpec(warmup_delay_s=1.0),
+            )
+        except AlreadyRegistered:
+            pass
+        try:
+            await control.command(
+                client, exchange=exchange, host=host, default_host=host, command=Command.START
+            )
+        except InvalidTransition:
+            pass  # already running from an earlier start
+        except PerseusError as exc:
+            log.warning("demo %s: %s", exchange, exc)
+
+
+def data_dir_ok(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"data dir {path} exists and is not a folder: set PERSEUS_DATA_DIR")

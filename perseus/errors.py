@@ -1,0 +1,92 @@
+"""One exception tree for Perseus.
+
+Everything Perseus raises on purpose derives from :class:`PerseusError`. Errors are converted at the
+edges: a CLI command prints ``str(error)`` on one line and exits non-zero, the API answers with a JSON
+error, and activities re-raise them as Temporal ``ApplicationError`` with ``type`` set to the class
+name, so a workflow can list permanent ones in ``non_retryable_error_types``.
+
+    PerseusError
+    ├── ConfigError                 bad settings or environment (permanent)
+    ├── ServiceUnavailable          Redis / PostgreSQL / Temporal not reachable (transient)
+    ├── UnknownExchange             name or id not in the catalog (permanent)
+    ├── UnknownAdmin                email not in users (permanent)
+    ├── InvalidTransition           the state machine refuses (permanent)
+    ├── ClaimConflict               another instance holds the exchange (permanent)
+    ├── ClaimLost                   our fencing token no longer matches (permanent)
+    ├── NotRegistered               no workflow for that exchange / host (permanent)
+    ├── AlreadyRegistered           this host already runs that exchange (permanent)
+    └── ConnectorError              the connector failed (transient: retried, then recorded)
+"""
+
+from __future__ import annotations
+
+
+class PerseusError(Exception):
+    """Root of every error Perseus raises deliberately."""
+
+    retryable: bool = False
+
+
+class ConfigError(PerseusError):
+    """Settings or environment are invalid; fixing them needs a human."""
+
+
+class ServiceUnavailable(PerseusError):
+    """A server Perseus depends on did not answer."""
+
+    retryable = True
+
+
+class UnknownExchange(PerseusError):
+    """The exchange is not in the catalog (or is inactive)."""
+
+    def __init__(self, wanted: str, known: list[str]) -> None:
+        super().__init__(f"unknown exchange {wanted!r}; known exchanges: {', '.join(known) or '(none)'}")
+        self.wanted = wanted
+        self.known = known
+
+
+class UnknownAdmin(PerseusError):
+    """The admin e-mail is not a user."""
+
+
+class InvalidTransition(PerseusError):
+    """A transition or command the state machine does not allow from the current state."""
+
+
+class ClaimConflict(PerseusError):
+    """Another instance holds the exchange's claim."""
+
+
+class ClaimLost(PerseusError):
+    """Our instanceId/epoch no longer match the status key: someone else holds it now, or it expired."""
+
+
+class NotRegistered(PerseusError):
+    """No running instance workflow matches the request."""
+
+
+class AlreadyRegistered(PerseusError):
+    """This host already has an instance workflow for the exchange."""
+
+
+class ConnectorError(PerseusError):
+    """The market-data connector failed to prepare, warm up, connect or stay healthy."""
+
+    retryable = True
+
+
+#: Error type names a workflow must not retry: retrying cannot change their outcome.
+NON_RETRYABLE_ERROR_TYPES: list[str] = [
+    cls.__name__
+    for cls in (
+        ConfigError,
+        UnknownExchange,
+        UnknownAdmin,
+        InvalidTransition,
+        ClaimConflict,
+        ClaimLost,
+        NotRegistered,
+        AlreadyRegistered,
+    )
+]

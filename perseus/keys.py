@@ -1,0 +1,66 @@
+"""Names and timing rules shared by every part of Perseus (pure; no I/O).
+
+Redis key names are the wire contract with Livermore v6 (DESIGN §2.1). Each Redis command Perseus
+issues touches exactly one of these keys, so everything works on a Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+SHARED_TASK_QUEUE = "perseus"
+RETENTION = timedelta(days=90)
+#: How many times the heartbeat interval a claim lives without renewal (DESIGN: TTL = 3 × interval).
+TTL_FACTOR = 3
+#: A holder that could not renew for this many intervals stops its connector: well before the TTL.
+RENEW_DEADLINE_FACTOR = 2
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def status_key(exchange_id: int) -> str:
+    return f"exchange:{exchange_id}:status"
+
+
+def epoch_key(exchange_id: int) -> str:
+    return f"exchange:{exchange_id}:epoch"
+
+
+def stream_key(exchange_name: str) -> str:
+    return f"logs:network:{exchange_name.lower()}"
+
+
+def host_task_queue(host: str) -> str:
+    return f"perseus-host-{host}"
+
+
+def workflow_id(exchange_name: str, host: str) -> str:
+    return f"instance-{exchange_name.lower()}-{host}"
+
+
+def valid_host(host: str) -> bool:
+    """A host name usable in task queue names and workflow ids."""
+    return bool(_HOST_RE.match(host))
+
+
+def ttl_ms(heartbeat_interval_s: float) -> int:
+    return int(heartbeat_interval_s * 1000 * TTL_FACTOR)
+
+
+def renew_deadline_s(heartbeat_interval_s: float) -> float:
+    return heartbeat_interval_s * RENEW_DEADLINE_FACTOR
+
+
+def iso(moment: datetime) -> str:
+    """ISO-8601 in UTC with milliseconds and ``Z``: what JavaScript's ``toISOString()`` writes."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def retention_min_id(now: datetime) -> str:
+    """The ``MINID`` bound for stream trimming: entries older than 90 days go."""
+    return f"{int((now - RETENTION).timestamp() * 1000)}-0"

@@ -1,0 +1,315 @@
+"""Every message Perseus passes: one pydantic model per workflow input, activity, update and record.
+
+Redis payloads are camelCase on the wire (Livermore compatibility); Python code uses snake_case.
+Models here import only the standard library, pydantic and the pure core, so workflows may use them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from perseus.keys import iso
+from perseus.lifecycle import Command, State
+
+
+class Wire(BaseModel):
+    """camelCase on the wire, snake_case in Python."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+# --- Redis records -----------------------------------------------------------------------------
+
+
+class InstanceStatus(Wire):
+    """The JSON stored at ``exchange:{id}:status`` (DESIGN §2.1)."""
+
+    exchange_id: int
+    exchange_name: str
+    hostname: str
+    ip_address: str | None = None
+    country_code: str | None = None
+    admin_email: str | None = None
+    admin_display_name: str | None = None
+    connection_state: State
+    symbol_count: int = 0
+    connected_at: str | None = None
+    last_heartbeat: str
+    last_state_change: str
+    registered_at: str
+    last_error: str | None = None
+    last_error_at: str | None = None
+    # Perseus additions
+    instance_id: str
+    epoch: int
+    workflow_id: str
+    heartbeat_interval_ms: int
+    ttl_ms: int
+
+    def wire(self) -> dict[str, object]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class EventKind(StrEnum):
+    STATE_TRANSITION = "state_transition"
+    ERROR = "error"
+    CLAIM_CONFLICT = "claim_conflict"
+    INSTANCE_LOST = "instance_lost"
+    STANDBY_REGISTERED = "standby_registered"
+    PROMOTED = "promoted"
+    HANDOFF = "handoff"
+
+
+class NetworkEvent(BaseModel):
+    """One entry of ``logs:network:{name}``; :meth:`fields` gives the exact stream fields."""
+
+    event: EventKind
+    event_id: str
+    timestamp: datetime
+    exchange_id: int
+    exchange_name: str
+    hostname: str
+    ip: str | None = None
+    instance_id: str
+    epoch: int
+    from_state: State | None = None
+    to_state: State | None = None
+    admin_email: str | None = None
+    error: str | None = None
+    state: State | None = None
+    detail: str | None = None
+
+    def fields(self) -> dict[str, str]:
+        """Stream fields, all strings; unknown ip/adminEmail are '' as in Livermore."""
+        out: dict[str, str] = {
+            "event": self.event.value,
+            "timestamp": iso(self.timestamp),
+        }
+        if self.event is EventKind.STATE_TRANSITION:
+            out["fromState"] = self.from_state.value if self.from_state else ""
+            out["toState"] = self.to_state.value if self.to_state else ""
+        if self.event is EventKind.ERROR:
+            out["error"] = self.error or ""
+        out.update(
+            exchangeId=str(self.exchange_id),
+            exchangeName=self.exchange_name,
+            hostname=self.hostname,
+            ip=self.ip or "",
+        )
+        if self.event is EventKind.STATE_TRANSITION:
+            out["adminEmail"] = self.admin_email or ""
+        if self.event is EventKind.ERROR:
+            out["state"] = self.state.value if self.state else ""
+        if self.detail is not None:
+            out["detail"] = self.detail
+        out.update(instanceId=self.instance_id, epoch=str(self.epoch), eventId=self.event_id)
+        return out
+
+
+# --- Catalog -------------------------------------------------------------------------------------
+
+
+class Exchange(Wire):
+    id: int
+    name: str
+    display_name: str
+    is_active: bool
+
+
+class Admin(BaseModel):
+    email: str
+    display_name: str | None
+
+
+class ResolveRequest(BaseModel):
+    exchange: str
+    admin_email: str | None = None
+
+
+class Resolved(BaseModel):
+    exchange: Exchange
+    admin: Admin | None
+
+
+class SymbolsRequest(BaseModel):
+    exchange_id: int
+
+
+# --- Workflow ------------------------------------------------------------------------------------
+
+
+class ConnectorSpec(BaseModel):
+    """Which connector runs while the claim is held, and how it behaves."""
+
+    kind: str = "simulated"
+    prepare_delay_s: float = 0.2
+    warmup_delay_s: float = 0.3
+    connect_delay_s: float = 0.2
+    #: Names of connector steps that fail, for the demo and tests: prepare, warm_up, connect, health.
+    fail_steps: list[str] = Field(default_factory=list)
+
+
+class Claim(BaseModel):
+    """Our fencing token: the workflow's memory of what it holds."""
+
+    instance_id: str
+    epoch: int
+
+
+class CarriedState(BaseModel):
+    resolved: Resolved
+    hostname: str
+    ip_address: str | None
+    claim: Claim
+    state: State
+    symbol_count: int
+    connected_at: datetime | None
+    registered_at: datetime
+    last_error: str | None
+    pending: list[Command]
+    highest_epoch: int
+    runs: int
+
+
+class InstanceInput(BaseModel):
+    """Workflow input; also what continue-as-new carries, so every field is state."""
+
+    exchange: str
+    host: str
+    admin_email: str | None = None
+    heartbeat_interval_s: float = 15.0
+    connector: ConnectorSpec = Field(default_factory=ConnectorSpec)
+    start_immediately: bool = False
+    #: Continue-as-new after this many history events even if Temporal has not suggested it yet.
+    history_limit: int = 2000
+    #: Maximum length of one lease activity; it is re-issued after that (keeps timeouts finite).
+    lease_term_s: float = 6 * 3600
+    # Carried across continue-as-new:
+    carried: CarriedState | None = None
+
+
+class RegistrationResult(BaseModel):
+    exchange: str
+    exchange_id: int
+    host: str
+    hostname: str
+    ip_address: str | None
+    instance_id: str
+    epoch: int
+    state: State
+    workflow_id: str
+
+
+class CommandRequest(BaseModel):
+    command: Command
+
+
+class CommandResult(BaseModel):
+    command: Command
+    from_state: State
+    state: State
+    transitions: list[State]
+    error: str | None = None
+
+
+class InstanceSnapshot(BaseModel):
+    """What the workflow's query returns: its whole memory."""
+
+    workflow_id: str
+    exchange: str
+    exchange_id: int | None
+    host: str
+    hostname: str | None
+    ip_address: str | None
+    state: State
+    registered: bool
+    claim: Claim | None
+    symbol_count: int
+    connected_at: datetime | None
+    last_error: str | None
+    last_heartbeat_ok: datetime | None
+    pending: list[Command]
+    runs: int
+    outcome: str | None
+
+
+# --- Activities ----------------------------------------------------------------------------------
+
+
+class IdentityRequest(BaseModel):
+    host: str
+
+
+class Identity(BaseModel):
+    hostname: str
+    ip_address: str | None
+
+
+class ClaimRequest(BaseModel):
+    status: InstanceStatus
+    highest_epoch: int
+
+
+class ClaimResult(BaseModel):
+    claimed: bool
+    epoch: int
+    holder: InstanceStatus | None = None
+    holder_ttl_ms: int | None = None
+    message: str | None = None
+
+
+class StatusPatch(BaseModel):
+    """A fenced merge into the status key: applies only while ``claim`` still matches."""
+
+    exchange_id: int
+    claim: Claim
+    fields: dict[str, object]
+
+
+class PatchResult(BaseModel):
+    applied: bool
+    reason: str | None = None
+
+
+class ReleaseRequest(BaseModel):
+    exchange_id: int
+    claim: Claim
+
+
+class EventRequest(BaseModel):
+    event: NetworkEvent
+
+
+class LeaseRequest(BaseModel):
+    workflow_id: str
+    exchange_id: int
+    claim: Claim
+    heartbeat_interval_s: float
+    term_s: float
+
+
+class LeaseOutcome(BaseModel):
+    """How a lease term ended when it ended normally (the term ran out)."""
+
+    renewals: int
+    last_renewed: datetime | None
+
+
+class ConnectorRequest(BaseModel):
+    workflow_id: str
+    exchange_id: int
+    exchange_name: str
+    spec: ConnectorSpec
+
+
+class ConnectorReport(BaseModel):
+    symbol_count: int = 0
+    running: bool = False
+
+
+class NotifyRequest(BaseModel):
+    event: NetworkEvent

@@ -1,0 +1,209 @@
+"""Redis access: claims, fenced writes, renewals and the network stream.
+
+The only module that imports redis. Every operation is one command or one single-key Lua script, so
+it runs unchanged on a Redis Cluster (DESIGN §2.1: no KEYS, SCAN or cross-slot MGET). The status key
+and the epoch counter live in different hash slots (their names are Livermore's), so a claim takes
+two round trips: a new epoch first, then the compare-and-set on the status key.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from perseus.errors import ServiceUnavailable
+from perseus.keys import epoch_key, status_key, stream_key
+
+__all__ = ["RedisStore", "make_client", "ClaimReply", "FenceReply", "RedisError"]
+
+# Claim the status key if nobody holds it. Atomic, so there is no window between "is it free?" and
+# "take it" (Livermore's NX-then-GET race). A key we already hold (same instanceId: a retried
+# activity) is reported as ours. A key with no TTL can only be a ghost from a buggy writer: it is
+# replaced rather than honoured, since it would otherwise block the exchange forever.
+_CLAIM = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local pttl = redis.call('PTTL', KEYS[1])
+  local ok, doc = pcall(cjson.decode, cur)
+  if ok and type(doc) == 'table' and doc['instanceId'] == ARGV[3] then
+    return {'self', cur, pttl}
+  end
+  if pttl ~= -1 then
+    return {'held', cur, pttl}
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {'claimed', ARGV[1], tonumber(ARGV[2])}
+"""
+
+# Take the next epoch, never below the caller's floor: a surviving workflow remembers the highest
+# epoch it has seen, so epochs keep increasing even after Redis lost its data.
+_NEXT_EPOCH = """
+local e = redis.call('INCR', KEYS[1])
+local floor = tonumber(ARGV[1])
+if e <= floor then
+  e = floor + 1
+  redis.call('SET', KEYS[1], e)
+end
+return e
+"""
+
+# A fenced write: applies only while instanceId and epoch still match, so a stale holder learns
+# that it lost the claim instead of overwriting the new holder. 'renew' also resets the TTL; a
+# 'merge' keeps the remaining TTL (and never leaves the key without one); 'delete' releases.
+_FENCED = """
+local cur = redis.call('GET', KEYS[1])
+if not cur then return {'missing', false} end
+local ok, doc = pcall(cjson.decode, cur)
+if not ok or type(doc) ~= 'table' then return {'fenced', cur} end
+if doc['instanceId'] ~= ARGV[1] or tonumber(doc['epoch']) ~= tonumber(ARGV[2]) then
+  return {'fenced', cur}
+end
+if ARGV[4] == 'delete' then
+  redis.call('DEL', KEYS[1])
+  return {'ok', false}
+end
+local patch = cjson.decode(ARGV[3])
+for k, v in pairs(patch) do doc[k] = v end
+local out = cjson.encode(doc)
+local ttl = tonumber(ARGV[5])
+if ARGV[4] ~= 'renew' then
+  local left = redis.call('PTTL', KEYS[1])
+  if left > 0 then ttl = left end
+end
+redis.call('SET', KEYS[1], out, 'PX', ttl)
+return {'ok', out}
+"""
+
+# XADD exactly once per eventId: a retried activity finds its entry among the newest ones and
+# returns its id instead of writing a duplicate. Retries come within seconds or minutes; the
+# window (the newest 500 entries of one exchange's stream) is far wider than that.
+_XADD_ONCE = """
+local recent = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 500)
+for _, entry in ipairs(recent) do
+  local f = entry[2]
+  for i = 1, #f, 2 do
+    if f[i] == 'eventId' and f[i + 1] == ARGV[1] then return entry[1] end
+  end
+end
+local args = {'XADD', KEYS[1], 'MINID', '~', ARGV[2], '*'}
+for i = 3, #ARGV do args[#args + 1] = ARGV[i] end
+return redis.call(unpack(args))
+"""
+
+
+def make_client(url: str) -> aioredis.Redis:
+    """A client that is not connected yet (connections open lazily); the caller closes it."""
+    return aioredis.Redis.from_url(
+        url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
+    )
+
+
+@dataclass(frozen=True)
+class ClaimReply:
+    outcome: Literal["claimed", "self", "held"]
+    raw: str
+    pttl_ms: int
+
+
+@dataclass(frozen=True)
+class FenceReply:
+    outcome: Literal["ok", "missing", "fenced"]
+    raw: str | None
+
+
+def _unavailable(exc: Exception) -> ServiceUnavailable:
+    return ServiceUnavailable(f"Redis unreachable: {exc}")
+
+
+class RedisStore:
+    """Perseus' Redis operations over one client (injected; this class never connects by itself)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self._claim = client.register_script(_CLAIM)
+        self._next_epoch = client.register_script(_NEXT_EPOCH)
+        self._fenced = client.register_script(_FENCED)
+        self._xadd_once = client.register_script(_XADD_ONCE)
+
+    async def _run(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise _unavailable(exc) from None
+
+    async def ping(self) -> bool:
+        return bool(await self._run(self.client.ping()))
+
+    async def next_epoch(self, exchange_id: int, floor: int) -> int:
+        return int(await self._run(self._next_epoch(keys=[epoch_key(exchange_id)], args=[floor])))
+
+    async def claim(self, exchange_id: int, payload: dict[str, object], ttl_ms: int) -> ClaimReply:
+        outcome, raw, pttl = await self._run(
+            self._claim(
+                keys=[status_key(exchange_id)], args=[json.dumps(payload), ttl_ms, str(payload["instanceId"])]
+            )
+        )
+        return ClaimReply(outcome=outcome, raw=raw, pttl_ms=int(pttl))
+
+    async def fenced(
+        self,
+        exchange_id: int,
+        instance_id: str,
+        epoch: int,
+        *,
+        mode: Literal["merge", "renew", "delete"],
+        patch: dict[str, object] | None = None,
+        ttl_ms: int = 0,
+    ) -> FenceReply:
+        outcome, raw = await self._run(
+            self._fenced(
+                keys=[status_key(exchange_id)],
+                args=[instance_id, epoch, json.dumps(patch or {}), mode, ttl_ms],
+            )
+        )
+        return FenceReply(outcome=outcome, raw=raw or None)
+
+    async def append_event(
+        self, exchange_name: str, event_id: str, min_id: str, fields: dict[str, str]
+    ) -> str:
+        flat: list[str] = []
+        for name, value in fields.items():
+            flat += [name, value]
+        return str(
+            await self._run(self._xadd_once(keys=[stream_key(exchange_name)], args=[event_id, min_id, *flat]))
+        )
+
+    async def status(self, exchange_id: int) -> tuple[str | None, int]:
+        """The raw status JSON (or None) and its PTTL in ms, in one pipelined round trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.get(status_key(exchange_id))
+            pipe.pttl(status_key(exchange_id))
+            raw, pttl = await self._run(pipe.execute())
+        return raw, int(pttl)
+
+    async def statuses(self, exchange_ids: list[int]) -> list[tuple[str | None, int]]:
+        """Many status keys in one pipelined round trip (one command per key: cluster-safe)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for exchange_id in exchange_ids:
+                pipe.get(status_key(exchange_id))
+                pipe.pttl(status_key(exchange_id))
+            flat = await self._run(pipe.execute())
+        return [(flat[i], int(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    async def epoch(self, exchange_id: int) -> int:
+        value = await self._run(self.client.get(epoch_key(exchange_id)))
+        return int(value) if value else 0
+
+    async def events(
+        self, exchange_name: str, *, newest: str = "+", oldest: str = "-", count: int | None = None
+    ) -> list[tuple[str, dict[str, str]]]:
+        """Stream entries newest first (XREVRANGE)."""
+        rows = await self._run(self.client.xrevrange(stream_key(exchange_name), newest, oldest, count=count))
+        return [(entry_id, dict(fields)) for entry_id, fields in rows]

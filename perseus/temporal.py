@@ -1,0 +1,61 @@
+"""Temporal plumbing shared by the worker, CLI and API: connection, search attributes, converter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.common import SearchAttributeKey
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.envconfig import ClientConfig
+from temporalio.service import RPCError
+
+from perseus.errors import ConfigError, ServiceUnavailable
+
+EXCHANGE_NAME = SearchAttributeKey.for_keyword("ExchangeName")
+CONNECTION_STATE = SearchAttributeKey.for_keyword("ConnectionState")
+INSTANCE_HOST = SearchAttributeKey.for_keyword("InstanceHost")
+INSTANCE_ROLE = SearchAttributeKey.for_keyword("InstanceRole")
+SEARCH_ATTRIBUTES = [EXCHANGE_NAME, CONNECTION_STATE, INSTANCE_HOST, INSTANCE_ROLE]
+
+converter = pydantic_data_converter
+
+
+def connect_config(override_address: str | None = None) -> dict[str, Any]:
+    """Temporal's own environment configuration (TEMPORAL_ADDRESS, _NAMESPACE, _API_KEY, TLS profile)."""
+    try:
+        config: dict[str, Any] = dict(ClientConfig.load_client_connect_config())
+    except Exception as exc:  # envconfig raises plain errors on a malformed profile file
+        raise ConfigError(f"Temporal configuration: {exc}") from None
+    if override_address:
+        config["target_host"] = override_address
+    config.setdefault("target_host", "127.0.0.1:7233")
+    return config
+
+
+async def connect(override_address: str | None = None, **extra: Any) -> Client:
+    config = connect_config(override_address)
+    try:
+        return await Client.connect(**config, data_converter=converter, **extra)
+    except RuntimeError as exc:  # the core SDK reports an unreachable server as RuntimeError
+        raise ServiceUnavailable(
+            f"Temporal unreachable at {config['target_host']}: {str(exc).splitlines()[0]}"
+        ) from None
+
+
+async def register_search_attributes(client: Client) -> None:
+    """Make sure Perseus' search attributes exist in the client's namespace (repeating is harmless)."""
+    try:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(
+                namespace=client.namespace,
+                search_attributes={
+                    k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for k in SEARCH_ATTRIBUTES
+                },
+            )
+        )
+    except RPCError as exc:
+        if "already exists" not in str(exc):
+            raise

@@ -1,0 +1,89 @@
+-- Perseus / Livermore catalog. This file is the only DDL: `perseus db init` applies it, and applying
+-- it again changes nothing (every statement is IF NOT EXISTS or ON CONFLICT DO NOTHING).
+
+CREATE TABLE IF NOT EXISTS users (
+    id              SERIAL PRIMARY KEY,
+    username        VARCHAR(100) NOT NULL UNIQUE,
+    email           VARCHAR(255) NOT NULL UNIQUE,
+    display_name    VARCHAR(255),
+    role            VARCHAR(20)  NOT NULL DEFAULT 'user' CHECK (role IN ('admin', 'user', 'viewer')),
+    is_active       BOOLEAN      NOT NULL DEFAULT TRUE,
+    clerk_id        VARCHAR(255) UNIQUE,
+    last_login_at   TIMESTAMPTZ,
+    created_at      TIMESTAMPTZ  NOT NULL DEFAULT now(),
+    updated_at      TIMESTAMPTZ  NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS exchanges (
+    id                    SERIAL PRIMARY KEY,
+    name                  VARCHAR(50)  NOT NULL UNIQUE,
+    display_name          VARCHAR(100) NOT NULL,
+    ws_url                VARCHAR(255),
+    rest_url              VARCHAR(255),
+    supported_timeframes  JSONB        NOT NULL DEFAULT '[]'::jsonb,
+    api_limits            JSONB        NOT NULL DEFAULT '{}'::jsonb,
+    fee_schedule          JSONB        NOT NULL DEFAULT '{}'::jsonb,
+    geo_restrictions      JSONB        NOT NULL DEFAULT '{}'::jsonb,
+    is_active             BOOLEAN      NOT NULL DEFAULT TRUE,
+    created_at            TIMESTAMPTZ  NOT NULL DEFAULT now(),
+    updated_at            TIMESTAMPTZ  NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS exchange_symbols (
+    id              SERIAL PRIMARY KEY,
+    exchange_id     INTEGER      NOT NULL REFERENCES exchanges(id) ON DELETE CASCADE,
+    symbol          VARCHAR(50)  NOT NULL,
+    base_currency   VARCHAR(20)  NOT NULL,
+    quote_currency  VARCHAR(20)  NOT NULL,
+    is_active       BOOLEAN      NOT NULL DEFAULT TRUE,
+    created_at      TIMESTAMPTZ  NOT NULL DEFAULT now(),
+    updated_at      TIMESTAMPTZ  NOT NULL DEFAULT now(),
+    UNIQUE (exchange_id, symbol)
+);
+CREATE INDEX IF NOT EXISTS exchange_symbols_active_idx ON exchange_symbols (exchange_id) WHERE is_active;
+
+CREATE TABLE IF NOT EXISTS user_exchanges (
+    id              SERIAL PRIMARY KEY,
+    user_id         INTEGER      NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    exchange_id     INTEGER      NOT NULL REFERENCES exchanges(id) ON DELETE CASCADE,
+    is_default      BOOLEAN      NOT NULL DEFAULT FALSE,
+    is_active       BOOLEAN      NOT NULL DEFAULT TRUE,
+    created_at      TIMESTAMPTZ  NOT NULL DEFAULT now(),
+    updated_at      TIMESTAMPTZ  NOT NULL DEFAULT now(),
+    UNIQUE (user_id, exchange_id)
+);
+
+CREATE TABLE IF NOT EXISTS api_keys (
+    id              SERIAL PRIMARY KEY,
+    name            VARCHAR(100) NOT NULL,
+    key             UUID         NOT NULL UNIQUE,
+    is_active       BOOLEAN      NOT NULL DEFAULT TRUE,
+    created_by      INTEGER      REFERENCES users(id) ON DELETE SET NULL,
+    last_used_at    TIMESTAMPTZ,
+    created_at      TIMESTAMPTZ  NOT NULL DEFAULT now(),
+    updated_at      TIMESTAMPTZ  NOT NULL DEFAULT now()
+);
+
+-- The exchange catalog. Seeded by name: re-applying never duplicates or overwrites an operator's edits.
+INSERT INTO exchanges (name, display_name, ws_url, rest_url, supported_timeframes, api_limits, fee_schedule, geo_restrictions)
+VALUES
+    ('coinbase', 'Coinbase', 'wss://advanced-trade-ws.coinbase.com', 'https://api.coinbase.com',
+     '["1m","5m","15m","1h","6h","1d"]', '{"restPerSecond": 10, "wsSubscriptionsPerConnection": 100}',
+     '{"maker": 0.004, "taker": 0.006}', '{"blocked": []}'),
+    ('binance', 'Binance', 'wss://stream.binance.com:9443/ws', 'https://api.binance.com',
+     '["1m","3m","5m","15m","30m","1h","2h","4h","6h","8h","12h","1d","3d","1w","1M"]',
+     '{"requestWeightPerMinute": 6000, "wsStreamsPerConnection": 1024}',
+     '{"maker": 0.001, "taker": 0.001}', '{"blocked": ["US"]}'),
+    ('binance_us', 'Binance.US', 'wss://stream.binance.us:9443/ws', 'https://api.binance.us',
+     '["1m","3m","5m","15m","30m","1h","2h","4h","6h","8h","12h","1d","3d","1w","1M"]',
+     '{"requestWeightPerMinute": 1200}', '{"maker": 0.006, "taker": 0.006}', '{"allowed": ["US"]}'),
+    ('kraken', 'Kraken', 'wss://ws.kraken.com/v2', 'https://api.kraken.com',
+     '["1m","5m","15m","30m","1h","4h","1d","1w","15d"]', '{"restCounterMax": 20}',
+     '{"maker": 0.0025, "taker": 0.004}', '{"blocked": []}'),
+    ('kucoin', 'KuCoin', 'wss://ws-api-spot.kucoin.com', 'https://api.kucoin.com',
+     '["1m","3m","5m","15m","30m","1h","2h","4h","6h","8h","12h","1d","1w"]', '{"restPerSecond": 30}',
+     '{"maker": 0.001, "taker": 0.001}', '{"blocked": ["US"]}'),
+    ('mexc', 'MEXC', 'wss://wbs.mexc.com/ws', 'https://api.mexc.com',
+     '["1m","5m","15m","30m","60m","4h","1d","1W","1M"]', '{"restPerSecond": 20}',
+     '{"maker": 0.0, "taker": 0.0005}', '{"blocked": ["US"]}')
+ON CONFLICT (name) DO NOTHING;

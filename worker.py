@@ -1,0 +1,132 @@
+"""The composition root of a worker: opens Redis, PostgreSQL, HTTP and Temporal clients, builds the
+activity classes around them, runs the shared-queue and host-queue workers, and closes everything.
+
+On SIGTERM/SIGINT the worker shuts down gracefully: every instance workflow whose lease runs here is
+told that the host is going away, so it stops its connector, writes ``stopping → stopped`` and
+releases its claim *before* the worker stops polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from datetime import timedelta
+
+import httpx
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError
+from temporalio.worker import Worker
+
+from activities.catalog import CatalogActivities
+from activities.host import HostActivities
+from activities.registry import RegistryActivities
+from perseus.config import Settings
+from perseus.connectors.base import ConnectorHost
+from perseus.keys import SHARED_TASK_QUEUE, host_task_queue
+from perseus.store.db import Catalog, make_pool
+from perseus.store.redis_store import RedisStore, make_client
+from workflows.instance import InstanceWorkflow
+
+log = logging.getLogger("perseus.worker")
+
+GRACEFUL_RELEASE_S = 30.0
+
+
+async def run_worker(
+    settings: Settings,
+    client: Client,
+    host: str,
+    stop: asyncio.Event,
+    *,
+    shared_queue: bool = True,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Serve ``host``'s queue (and the shared queue) until ``stop`` is set, then release gracefully."""
+    redis = make_client(str(settings.redis_url))
+    pool = make_pool(settings.database_url)
+    await pool.open(wait=True, timeout=15)
+    http = httpx.AsyncClient(follow_redirects=True)
+    store = RedisStore(redis)
+    catalog = Catalog(pool)
+    host_activities = HostActivities(
+        hostname=host,
+        store=store,
+        catalog=catalog,
+        http=http,
+        ip_services=[str(u) for u in settings.ip_services],
+        ip_timeout_s=settings.ip_timeout,
+        connectors=ConnectorHost(),
+    )
+    registry = RegistryActivities(store)
+    catalog_activities = CatalogActivities(catalog)
+    workers = [
+        Worker(
+            client,
+            task_queue=host_task_queue(host),
+            activities=host_activities.all(),
+            max_concurrent_activities=2000,
+            graceful_shutdown_timeout=timedelta(seconds=5),
+        )
+    ]
+    if shared_queue:
+        workers.append(
+            Worker(
+                client,
+                task_queue=SHARED_TASK_QUEUE,
+                workflows=[InstanceWorkflow],
+                activities=[
+                    catalog_activities.resolve_instance,
+                    registry.claim_exchange,
+                    registry.patch_status,
+                    registry.release_claim,
+                    registry.record_event,
+                ],
+                graceful_shutdown_timeout=timedelta(seconds=5),
+            )
+        )
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for worker in workers:
+                await stack.enter_async_context(worker)
+            log.info("worker for host %s polling %s", host, ", ".join(w.task_queue for w in workers))
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+            await release_instances(client, host_activities)
+    finally:
+        await http.aclose()
+        await pool.close()
+        await redis.aclose()
+
+
+async def release_instances(client: Client, host_activities: HostActivities) -> None:
+    """Tell this host's instances to step down, and wait (bounded) until their workflows are done."""
+    workflow_ids = set(host_activities.leases) | set(host_activities.connectors.workflow_ids())
+    for workflow_id in workflow_ids:
+        with contextlib.suppress(RPCError):
+            await client.get_workflow_handle(workflow_id).signal(InstanceWorkflow.host_shutting_down)
+    deadline = time.monotonic() + GRACEFUL_RELEASE_S
+    pending = set(workflow_ids)
+    while pending and time.monotonic() < deadline:
+        for workflow_id in list(pending):
+            try:
+                described = await client.get_workflow_handle(workflow_id).describe()
+            except RPCError:
+                pending.discard(workflow_id)
+                continue
+            if described.status != WorkflowExecutionStatus.RUNNING:
+                pending.discard(workflow_id)
+        if pending:
+            await asyncio.sleep(0.2)
+    if pending:
+        log.warning("instances not released in time (their TTL frees them): %s", ", ".join(sorted(pending)))
+    await host_activities.connectors.stop_all("worker shutting down")
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
