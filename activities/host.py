@@ -11,8 +11,8 @@ import ipaddress
 import json
 import logging
 import time
-from datetime import UTC, datetime
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from temporalio import activity

@@ -17,7 +17,6 @@ Life of a run::
 from __future__ import annotations
 
 import asyncio
-import functools
 import builtins
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -246,11 +245,7 @@ class InstanceWorkflow:
                 self._enqueue(Command.START)
         lease = self._start_lease()
         while True:
-            await workflow.wait_condition(
-                lambda lease=lease: (
-                    bool(self.queue) or lease.done() or self.host_going_down or self._history_long()
-                )
-            )
+            await workflow.wait_condition(functools.partial(self._has_work, lease))
             if lease.done():
                 next_lease = await self._after_lease(lease)
                 if next_lease is None:
