@@ -17,6 +17,7 @@ Life of a run::
 from __future__ import annotations
 
 import asyncio
+import functools
 import builtins
 from dataclasses import dataclass
 from datetime import datetime, timedelta
