@@ -22,6 +22,7 @@ from temporalio.worker import Worker
 
 from activities.catalog import CatalogActivities
 from activities.host import HostActivities
+from activities.notify import NotifyActivities
 from activities.registry import RegistryActivities
 from perseus.config import Settings
 from perseus.connectors.base import ConnectorHost
@@ -61,6 +62,7 @@ async def run_worker(
         connectors=ConnectorHost(),
     )
     registry = RegistryActivities(store)
+    notify = NotifyActivities(None)  # Discord arrives with its issue; None = notifications off
     catalog_activities = CatalogActivities(catalog)
     workers = [
         Worker(
@@ -83,6 +85,7 @@ async def run_worker(
                     registry.patch_status,
                     registry.release_claim,
                     registry.record_event,
+                    notify.notify_event,
                 ],
                 graceful_shutdown_timeout=timedelta(seconds=5),
             )

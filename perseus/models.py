@@ -192,7 +192,7 @@ class InstanceInput(BaseModel):
     carried: CarriedState | None = None
 
 
-class RegistrationResult(BaseModel):
+class RegistrationResult(Wire):
     exchange: str
     exchange_id: int
     host: str
@@ -208,7 +208,7 @@ class CommandRequest(BaseModel):
     command: Command
 
 
-class CommandResult(BaseModel):
+class CommandResult(Wire):
     command: Command
     from_state: State
     state: State
@@ -216,7 +216,7 @@ class CommandResult(BaseModel):
     error: str | None = None
 
 
-class InstanceSnapshot(BaseModel):
+class InstanceSnapshot(Wire):
     """What the workflow's query returns: its whole memory."""
 
     workflow_id: str

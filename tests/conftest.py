@@ -48,8 +48,12 @@ class Servers:
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for a ``perseus`` subprocess talking to these servers."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PERSEUS_", "TEMPORAL_"))}
-        env.update(TEMPORAL_ADDRESS=self.temporal_address, PERSEUS_REDIS_URL=self.redis_url,
-                   PERSEUS_DATABASE_URL=self.database_url, PERSEUS_DATA_DIR=str(self.data_dir / "cli"))
+        env.update(
+            TEMPORAL_ADDRESS=self.temporal_address,
+            PERSEUS_REDIS_URL=self.redis_url,
+            PERSEUS_DATABASE_URL=self.database_url,
+            PERSEUS_DATA_DIR=str(self.data_dir / "cli"),
+        )
         env.update(extra)
         return env
 
@@ -61,15 +65,26 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     async def start() -> Servers:
         children: list[services.Service] = []
         try:
-            temporal_port, redis_port, pg_port = services.free_port(), services.free_port(), services.free_port()
+            temporal_port, redis_port, pg_port = (
+                services.free_port(),
+                services.free_port(),
+                services.free_port(),
+            )
             children.append(await services.start_temporal(base / "temporal", temporal_port, None))
             children.append(await services.start_redis(base / "redis", redis_port))
             children.append(await services.start_postgres(base / "postgres", pg_port))
             url = await services.ensure_database(pg_port, "perseus_test")
             await db.apply_schema(url)
             await db.apply_sql(url, db.DEMO_DATA_PATH)
-            return Servers(f"127.0.0.1:{temporal_port}", f"redis://127.0.0.1:{redis_port}/0", redis_port, url,
-                           pg_port, base, children)
+            return Servers(
+                f"127.0.0.1:{temporal_port}",
+                f"redis://127.0.0.1:{redis_port}/0",
+                redis_port,
+                url,
+                pg_port,
+                base,
+                children,
+            )
         except BaseException:
             for child in children:
                 child.stop()
@@ -85,8 +100,12 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
 
 @pytest.fixture(scope="session")
 def settings(servers: Servers) -> Settings:
-    return load_settings(redis_url=servers.redis_url, database_url=servers.database_url,
-                         heartbeat_interval=1.0, data_dir=servers.data_dir / "perseus")
+    return load_settings(
+        redis_url=servers.redis_url,
+        database_url=servers.database_url,
+        heartbeat_interval=1.0,
+        data_dir=servers.data_dir / "perseus",
+    )
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -99,7 +118,8 @@ async def client(servers: Servers) -> AsyncIterator[Client]:
 @pytest_asyncio.fixture(scope="session")
 async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(binaries.temporal_test_server()), data_converter=converter)
+        test_server_existing_path=str(binaries.temporal_test_server()), data_converter=converter
+    )
     async with env:
         await register_search_attributes(env.client)
         yield env
@@ -126,14 +146,19 @@ async def exchange(servers: Servers) -> str:
     name = f"tx_{uuid.uuid4().hex[:10]}"
     conn = await db.connect(servers.database_url)
     async with conn:
-        row = await (await conn.execute(
-            "INSERT INTO exchanges (name, display_name) VALUES (%s, %s) RETURNING id", (name, name.upper()))
+        row = await (
+            await conn.execute(
+                "INSERT INTO exchanges (name, display_name) VALUES (%s, %s) RETURNING id",
+                (name, name.upper()),
+            )
         ).fetchone()
         assert row is not None
         for symbol in ("BTC-USD", "ETH-USD", "SOL-USD"):
             await conn.execute(
                 "INSERT INTO exchange_symbols (exchange_id, symbol, base_currency, quote_currency) "
-                "VALUES (%s, %s, %s, 'USD')", (row["id"], symbol, symbol.split("-")[0]))
+                "VALUES (%s, %s, %s, 'USD')",
+                (row["id"], symbol, symbol.split("-")[0]),
+            )
     return name
 
 
@@ -145,10 +170,13 @@ async def exchange_id(servers: Servers, name: str) -> int:
     return int(row["id"])
 
 
-def perseus(servers: Servers, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+def perseus(
+    servers: Servers, *args: str, timeout: float = 120, **env: str
+) -> subprocess.CompletedProcess[str]:
     """Run the real ``perseus`` command line against the test servers."""
-    return subprocess.run([PERSEUS, *args], capture_output=True, text=True, timeout=timeout, env=servers.env(**env),
-                          cwd=ROOT)
+    return subprocess.run(
+        [PERSEUS, *args], capture_output=True, text=True, timeout=timeout, env=servers.env(**env), cwd=ROOT
+    )
 
 
 class WorkerProcess:
@@ -159,8 +187,14 @@ class WorkerProcess:
         self.host = host
         self.log = servers.data_dir / f"worker-{host}-{uuid.uuid4().hex[:6]}.log"
         self._log_file = open(self.log, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(args, stdout=self._log_file, stderr=subprocess.STDOUT, env=servers.env(**env),
-                                     cwd=ROOT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            args,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=servers.env(**env),
+            cwd=ROOT,
+            start_new_session=True,
+        )
 
     async def ready(self, timeout: float = 30) -> None:
         for _ in range(int(timeout * 10)):

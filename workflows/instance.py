@@ -57,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
         LeaseOutcome,
         LeaseRequest,
         NetworkEvent,
+        NotifyRequest,
         PatchResult,
         RegistrationResult,
         ReleaseRequest,
@@ -147,6 +148,7 @@ class InstanceWorkflow:
         self.host_going_down = False
         self.outcome: str | None = None
         self.last_heartbeat_ok: datetime | None = None
+        self.notifications: list[workflow.ActivityHandle[str]] = []
 
     # --- queries, updates, signals ---------------------------------------------------------------
 
@@ -259,14 +261,18 @@ class InstanceWorkflow:
                 return await self._finish(f"released: the worker on {self.inp.host} shut down")
             if self.queue:
                 ticket = self.queue.pop(0)
-                self.results[ticket.number] = await self._execute(ticket.command)
-                if ticket.command is Command.SHUTDOWN and self.results[ticket.number].error is None:
+                result = await self._execute(ticket.command)
+                if ticket.command is Command.SHUTDOWN and result.error is None:
+                    # The caller hears back only once the claim is released.
                     await self._cancel_lease(lease)
                     await self._release_claim()
+                    self.results[ticket.number] = result
                     return await self._finish("shut down")
+                self.results[ticket.number] = result
                 continue
             if self._history_long():
                 await self._cancel_lease(lease)
+                await self._drain_notifications()
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(self._carry())
 
@@ -286,6 +292,7 @@ class InstanceWorkflow:
             )
         self.queue.clear()
         self._details()
+        await self._drain_notifications()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return outcome
 
@@ -698,6 +705,31 @@ class InstanceWorkflow:
             workflow.logger.warning(
                 "event %s not recorded after retries: %s", kind.value, describe_failure(err)
             )
+            return
+        # Fire and forget within the run: awaited before the run ends or continues as new.
+        self.notifications = [h for h in self.notifications if not h.done()]
+        self.notifications.append(
+            workflow.start_activity(
+                "notify_event",
+                NotifyRequest(event=event),
+                result_type=str,
+                schedule_to_close_timeout=timedelta(minutes=10),
+                retry_policy=RetryPolicy(
+                    initial_interval=timedelta(seconds=2),
+                    maximum_interval=timedelta(seconds=60),
+                    non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
+                ),
+                summary=f"notify {kind.value}",
+            )
+        )
+
+    async def _drain_notifications(self) -> None:
+        for handle in self.notifications:
+            try:
+                await handle
+            except ActivityError as err:
+                workflow.logger.warning("notification not delivered: %s", describe_failure(err))
+        self.notifications = []
 
     def _details(self) -> None:
         claim = f"epoch {self.claim.epoch}" if self.claim else "no claim"

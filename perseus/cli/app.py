@@ -26,6 +26,7 @@ from perseus.config import (
 from perseus.errors import PerseusError
 
 app = typer.Typer(
+    pretty_exceptions_enable=False,
     name="perseus",
     no_args_is_help=True,
     add_completion=False,
@@ -185,15 +186,9 @@ def db_init() -> None:
 async def _with_catalog(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
     from perseus.store import db
 
-    pool = db.make_pool(settings.database_url, max_size=2)
-    try:
-        await pool.open(wait=True, timeout=10)
-    except Exception as exc:  # psycopg_pool.PoolTimeout and friends; reported as one line
-        raise PerseusError(f"PostgreSQL unreachable at {settings.database_url}: {exc}") from None
-    try:
-        return await fn(db.Catalog(pool))
-    finally:
-        await pool.close()
+    conn = await db.connect(settings.database_url)
+    async with conn:
+        return await fn(db.Catalog(db.OneConnection(conn)))
 
 
 @app.command()
@@ -227,19 +222,22 @@ def main() -> None:
     """
     code = 0
     try:
-        app(standalone_mode=False)
+        returned = app(standalone_mode=False)
+        code = returned if isinstance(returned, int) else 0
     except typer.Exit as exc:
         code = exc.exit_code
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
-    except Exception as exc:  # click usage errors and the like
-        from click.exceptions import ClickException
-
-        if isinstance(exc, ClickException):
-            exc.show()
-            code = exc.exit_code
+    except typer.Abort:
+        err.print("aborted")
+        code = 130
+    except typer.TyperException as exc:  # usage errors: bad option values, missing arguments
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
         else:
-            raise
+            err.print(f"error: {exc}", highlight=False, markup=False)
+        code = int(getattr(exc, "exit_code", 2))
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -18,6 +18,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from perseus.devstack import binaries
 from perseus.errors import ConfigError, ServiceUnavailable
@@ -92,7 +93,7 @@ class Service:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent,
-                user=user,
+                **_as_user(user),
                 env=env,
                 start_new_session=True,
             )
@@ -204,6 +205,15 @@ def _pg_user() -> str | None:
     return PG_SYSTEM_USER
 
 
+def _as_user(user: str | None) -> dict[str, Any]:
+    """subprocess arguments that drop to ``user`` completely: its own group and no root groups
+    (keeping root's group would deny access to group-locked folders such as pytest's tmp dirs)."""
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
 def _hand_over(path: Path, user: str) -> None:
     """Let ``user`` own ``path`` and traverse every parent folder of it."""
     entry = pwd.getpwnam(user)
@@ -242,7 +252,7 @@ async def start_postgres(data_dir: Path, port: int) -> Service:
             ],
             capture_output=True,
             text=True,
-            user=user,
+            **_as_user(user),
         )
         if result.returncode != 0:
             raise ServiceUnavailable(f"initdb failed: {result.stderr.strip()[-400:]}")

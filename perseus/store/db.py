@@ -5,7 +5,9 @@ The only module that imports psycopg. Queries are parameterised, never formatted
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +50,22 @@ async def apply_schema(url: str) -> None:
     await apply_sql(url, SCHEMA_PATH)
 
 
-class Catalog:
-    """Read and write the catalog through a pool (or anything with ``connection()``)."""
+class OneConnection:
+    """A single connection shaped like a pool: for short-lived commands, which should fail fast
+    (one connect attempt with a timeout) rather than wait for a pool to fill."""
 
-    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+    def __init__(self, conn: psycopg.AsyncConnection[dict[str, Any]]) -> None:
+        self._conn = conn
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
+        yield self._conn
+
+
+class Catalog:
+    """Read and write the catalog through a pool (or a :class:`OneConnection`)."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any] | OneConnection) -> None:
         self._pool = pool
 
     async def _fetch(self, query: str, params: tuple[object, ...] = ()) -> list[dict[str, Any]]:

@@ -27,18 +27,26 @@ def test_defaults_point_at_the_embedded_stack() -> None:
     assert not settings.explicitly_set("redis_url")
 
 
-@pytest.mark.parametrize(("name", "value", "message"), [
-    ("PERSEUS_HEARTBEAT_INTERVAL", "0", "PERSEUS_HEARTBEAT_INTERVAL: Value error, must be a number of seconds"),
-    ("PERSEUS_HEARTBEAT_INTERVAL", "-3", "greater than 0"),
-    ("PERSEUS_HEARTBEAT_INTERVAL", "soon", "PERSEUS_HEARTBEAT_INTERVAL"),
-    ("PERSEUS_REDIS_URL", "http://nope", "PERSEUS_REDIS_URL"),
-    ("PERSEUS_DATABASE_URL", "mysql://x/y", "must be a postgresql:// URL"),
-    ("PERSEUS_DISCORD_WEBHOOK_URL", "not a url", "PERSEUS_DISCORD_WEBHOOK_URL"),
-    ("PERSEUS_IP_SERVICES", "[\"ftp://x\"]", "PERSEUS_IP_SERVICES"),
-    ("PERSEUS_HOSTNAME", "bad host!", "PERSEUS_HOSTNAME"),
-])
-def test_bad_settings_are_one_line_errors(monkeypatch: pytest.MonkeyPatch, name: str, value: str,
-                                          message: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        (
+            "PERSEUS_HEARTBEAT_INTERVAL",
+            "0",
+            "PERSEUS_HEARTBEAT_INTERVAL: Value error, must be a number of seconds",
+        ),
+        ("PERSEUS_HEARTBEAT_INTERVAL", "-3", "greater than 0"),
+        ("PERSEUS_HEARTBEAT_INTERVAL", "soon", "PERSEUS_HEARTBEAT_INTERVAL"),
+        ("PERSEUS_REDIS_URL", "http://nope", "PERSEUS_REDIS_URL"),
+        ("PERSEUS_DATABASE_URL", "mysql://x/y", "must be a postgresql:// URL"),
+        ("PERSEUS_DISCORD_WEBHOOK_URL", "not a url", "PERSEUS_DISCORD_WEBHOOK_URL"),
+        ("PERSEUS_IP_SERVICES", '["ftp://x"]', "PERSEUS_IP_SERVICES"),
+        ("PERSEUS_HOSTNAME", "bad host!", "PERSEUS_HOSTNAME"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError) as info:
         load_settings()
@@ -54,19 +62,29 @@ def test_explicit_settings_are_known(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [str(u) for u in settings.ip_services] == ["http://127.0.0.1:9/ip"]
 
 
-@pytest.mark.parametrize("url", [
-    "postgresql://u@127.0.0.1:5432/db", "postgresql://u@localhost/db", "postgresql://u@[::1]:5432/db",
-    "postgresql:///db?host=/var/run/postgresql", "postgresql://u@db.example.com/db?sslmode=require",
-    "postgresql://u@10.1.2.3/db?sslmode=verify-full",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u@127.0.0.1:5432/db",
+        "postgresql://u@localhost/db",
+        "postgresql://u@[::1]:5432/db",
+        "postgresql:///db?host=/var/run/postgresql",
+        "postgresql://u@db.example.com/db?sslmode=require",
+        "postgresql://u@10.1.2.3/db?sslmode=verify-full",
+    ],
+)
 def test_local_or_tls_database_urls_pass(url: str) -> None:
     check_database_url(url)
 
 
-@pytest.mark.parametrize("url", [
-    "postgresql://u@db.example.com/db", "postgresql://u@10.1.2.3/db?sslmode=prefer",
-    "postgresql://u@db.example.com/db?sslmode=disable",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u@db.example.com/db",
+        "postgresql://u@10.1.2.3/db?sslmode=prefer",
+        "postgresql://u@db.example.com/db?sslmode=disable",
+    ],
+)
 def test_remote_database_without_tls_is_refused(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     with pytest.raises(ValueError, match="not local: add sslmode=require"):
         check_database_url(url)

@@ -9,13 +9,22 @@ import pytest
 
 pytestmark = pytest.mark.unit
 
-FORBIDDEN = ["redis", "psycopg", "psycopg_pool", "httpx", "perseus.config", "perseus.store.db",
-             "perseus.store.redis_store"]
+FORBIDDEN = [
+    "redis",
+    "psycopg",
+    "psycopg_pool",
+    "httpx",
+    "perseus.config",
+    "perseus.store.db",
+    "perseus.store.redis_store",
+]
 
 
 def test_workflow_modules_import_no_driver() -> None:
-    code = ("import sys, workflows.instance; "
-            f"bad = [m for m in {FORBIDDEN!r} if m in sys.modules]; print(','.join(bad))")
+    code = (
+        "import sys, workflows.instance; "
+        f"bad = [m for m in {FORBIDDEN!r} if m in sys.modules]; print(','.join(bad))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
 

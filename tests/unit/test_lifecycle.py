@@ -24,8 +24,12 @@ pytestmark = pytest.mark.unit
 
 CONTRACT = {  # DESIGN §2.2, written out independently of the implementation's table
     ("idle", "starting"),
-    ("starting", "warming"), ("starting", "stopping"), ("starting", "idle"),
-    ("warming", "active"), ("warming", "stopping"), ("warming", "idle"),
+    ("starting", "warming"),
+    ("starting", "stopping"),
+    ("starting", "idle"),
+    ("warming", "active"),
+    ("warming", "stopping"),
+    ("warming", "idle"),
     ("active", "stopping"),
     ("stopping", "stopped"),
     ("stopped", "idle"),
@@ -46,10 +50,17 @@ def test_table_has_exactly_the_contract_edges() -> None:
     assert edges == CONTRACT
 
 
-@pytest.mark.parametrize(("state", "legacy"), [
-    (State.IDLE, "idle"), (State.STARTING, "connecting"), (State.WARMING, "connecting"),
-    (State.ACTIVE, "connected"), (State.STOPPING, "disconnected"), (State.STOPPED, "disconnected"),
-])
+@pytest.mark.parametrize(
+    ("state", "legacy"),
+    [
+        (State.IDLE, "idle"),
+        (State.STARTING, "connecting"),
+        (State.WARMING, "connecting"),
+        (State.ACTIVE, "connected"),
+        (State.STOPPING, "disconnected"),
+        (State.STOPPED, "disconnected"),
+    ],
+)
 def test_legacy_mapping(state: State, legacy: str) -> None:
     assert legacy_state(state) == legacy
 
@@ -72,11 +83,17 @@ def test_stop_only_while_running(current: State) -> None:
             plan(Command.STOP, current)
 
 
-@pytest.mark.parametrize(("current", "expected"), [
-    (State.IDLE, ()), (State.STARTING, (State.STOPPING, State.STOPPED)),
-    (State.WARMING, (State.STOPPING, State.STOPPED)), (State.ACTIVE, (State.STOPPING, State.STOPPED)),
-    (State.STOPPING, (State.STOPPED,)), (State.STOPPED, ()),
-])
+@pytest.mark.parametrize(
+    ("current", "expected"),
+    [
+        (State.IDLE, ()),
+        (State.STARTING, (State.STOPPING, State.STOPPED)),
+        (State.WARMING, (State.STOPPING, State.STOPPED)),
+        (State.ACTIVE, (State.STOPPING, State.STOPPED)),
+        (State.STOPPING, (State.STOPPED,)),
+        (State.STOPPED, ()),
+    ],
+)
 def test_shutdown_from_every_state(current: State, expected: tuple[State, ...]) -> None:
     assert plan(Command.SHUTDOWN, current) == expected
     assert release_path(current) == expected

@@ -12,18 +12,42 @@ from perseus.models import EventKind, InstanceStatus, NetworkEvent
 
 pytestmark = pytest.mark.unit
 
-LIVERMORE_FIELDS = {"exchangeId", "exchangeName", "hostname", "ipAddress", "countryCode", "adminEmail",
-                    "adminDisplayName", "connectionState", "symbolCount", "connectedAt", "lastHeartbeat",
-                    "lastStateChange", "registeredAt", "lastError", "lastErrorAt"}
+LIVERMORE_FIELDS = {
+    "exchangeId",
+    "exchangeName",
+    "hostname",
+    "ipAddress",
+    "countryCode",
+    "adminEmail",
+    "adminDisplayName",
+    "connectionState",
+    "symbolCount",
+    "connectedAt",
+    "lastHeartbeat",
+    "lastStateChange",
+    "registeredAt",
+    "lastError",
+    "lastErrorAt",
+}
 PERSEUS_FIELDS = {"instanceId", "epoch", "workflowId", "heartbeatIntervalMs", "ttlMs"}
 NOW = datetime(2026, 2, 10, 12, 0, 0, 123456, tzinfo=UTC)
 
 
 def status() -> InstanceStatus:
-    return InstanceStatus(exchange_id=4, exchange_name="kraken", hostname="h1", connection_state=State.IDLE,
-                          last_heartbeat=iso(NOW), last_state_change=iso(NOW), registered_at=iso(NOW),
-                          instance_id="i-1", epoch=7, workflow_id="instance-kraken-h1", heartbeat_interval_ms=15000,
-                          ttl_ms=45000)
+    return InstanceStatus(
+        exchange_id=4,
+        exchange_name="kraken",
+        hostname="h1",
+        connection_state=State.IDLE,
+        last_heartbeat=iso(NOW),
+        last_state_change=iso(NOW),
+        registered_at=iso(NOW),
+        instance_id="i-1",
+        epoch=7,
+        workflow_id="instance-kraken-h1",
+        heartbeat_interval_ms=15000,
+        ttl_ms=45000,
+    )
 
 
 def test_status_wire_has_every_field_in_camel_case() -> None:
@@ -46,27 +70,70 @@ def test_keys_and_timing() -> None:
 
 
 def base_event(kind: EventKind, **extra: object) -> NetworkEvent:
-    return NetworkEvent(event=kind, event_id="e-1", timestamp=NOW, exchange_id=4, exchange_name="kraken",
-                        hostname="h1", ip=None, instance_id="i-1", epoch=7, **extra)  # type: ignore[arg-type]
+    return NetworkEvent(
+        event=kind,
+        event_id="e-1",
+        timestamp=NOW,
+        exchange_id=4,
+        exchange_name="kraken",
+        hostname="h1",
+        ip=None,
+        instance_id="i-1",
+        epoch=7,
+        **extra,
+    )
 
 
 def test_transition_fields_in_livermore_order_plus_perseus() -> None:
-    fields = base_event(EventKind.STATE_TRANSITION, from_state=State.IDLE, to_state=State.STARTING,
-                        admin_email="a@x").fields()
-    assert list(fields) == ["event", "timestamp", "fromState", "toState", "exchangeId", "exchangeName", "hostname",
-                            "ip", "adminEmail", "instanceId", "epoch", "eventId"]
+    fields = base_event(
+        EventKind.STATE_TRANSITION, from_state=State.IDLE, to_state=State.STARTING, admin_email="a@x"
+    ).fields()
+    assert list(fields) == [
+        "event",
+        "timestamp",
+        "fromState",
+        "toState",
+        "exchangeId",
+        "exchangeName",
+        "hostname",
+        "ip",
+        "adminEmail",
+        "instanceId",
+        "epoch",
+        "eventId",
+    ]
     assert fields["ip"] == "" and fields["exchangeId"] == "4" and fields["epoch"] == "7"
     assert all(isinstance(v, str) for v in fields.values())
 
 
 def test_error_fields_in_livermore_order_plus_perseus() -> None:
     fields = base_event(EventKind.ERROR, error="boom", state=State.WARMING).fields()
-    assert list(fields) == ["event", "timestamp", "error", "exchangeId", "exchangeName", "hostname", "ip", "state",
-                            "instanceId", "epoch", "eventId"]
+    assert list(fields) == [
+        "event",
+        "timestamp",
+        "error",
+        "exchangeId",
+        "exchangeName",
+        "hostname",
+        "ip",
+        "state",
+        "instanceId",
+        "epoch",
+        "eventId",
+    ]
     assert fields["state"] == "warming"
 
 
 def test_perseus_events_carry_base_fields_and_detail() -> None:
     fields = base_event(EventKind.CLAIM_CONFLICT, detail="held by h2").fields()
     assert fields["event"] == "claim_conflict" and fields["detail"] == "held by h2"
-    assert {"timestamp", "exchangeId", "exchangeName", "hostname", "ip", "instanceId", "epoch", "eventId"} <= set(fields)
+    assert {
+        "timestamp",
+        "exchangeId",
+        "exchangeName",
+        "hostname",
+        "ip",
+        "instanceId",
+        "epoch",
+        "eventId",
+    } <= set(fields)
