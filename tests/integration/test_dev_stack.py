@@ -1,0 +1,106 @@
+"""`perseus dev`: comes up, prints its URLs, stops everything on SIGTERM, reuses its data."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from perseus.devstack.services import free_port
+from tests.conftest import PERSEUS, ROOT
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def dev_env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PERSEUS_", "TEMPORAL_"))}
+    env["PERSEUS_DATA_DIR"] = str(data_dir)
+    env["PERSEUS_HOSTNAME"] = "devtest"
+    return env
+
+
+def start_dev(data_dir: Path, ports: dict[str, int], log: Path) -> subprocess.Popen[bytes]:
+    args = [PERSEUS, "dev", "--headless"]
+    for flag, port in ports.items():
+        args += [f"--{flag}", str(port)]
+    with open(log, "wb") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=dev_env(data_dir), cwd=ROOT)
+
+
+def wait_up(proc: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text()
+        if "Child PIDs" in text:
+            return text
+        assert proc.poll() is None, text
+        time.sleep(0.2)
+    raise AssertionError(log.read_text())
+
+
+def test_dev_starts_stops_without_orphans_and_reuses_data(tmp_path: Path) -> None:
+    ports = {name: free_port() for name in ("temporal-port", "redis-port", "postgres-port", "api-port")}
+    data_dir = tmp_path / "data"
+    keys = []
+    for run in range(2):
+        log = tmp_path / f"dev{run}.log"
+        proc = start_dev(data_dir, ports, log)
+        try:
+            text = wait_up(proc, log)
+            pids = [int(p) for p in re.search(r"Child PIDs\s+([\d ]+)", text).group(1).split()]  # type: ignore[union-attr]
+            assert len(pids) == 3 and all(psutil.pid_exists(p) for p in pids)
+            keys.append(re.search(r"API key\s+(\S+)", text).group(1))  # type: ignore[union-attr]
+            with socket.create_connection(("127.0.0.1", ports["api-port"]), timeout=5):
+                pass
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0, log.read_text()
+            time.sleep(0.5)
+            alive = [
+                p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+            ]
+            assert alive == [], f"orphans left: {alive}"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert keys[0] == keys[1]  # the second run found the first run's database
+    assert (data_dir / "temporal" / "temporal.db").exists()
+    assert (data_dir / "redis" / "appendonlydir").exists()
+
+
+def test_taken_port_is_a_one_line_error_naming_the_flag(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                PERSEUS,
+                "dev",
+                "--headless",
+                "--redis-port",
+                str(port),
+                "--temporal-port",
+                str(free_port()),
+                "--postgres-port",
+                str(free_port()),
+                "--api-port",
+                str(free_port()),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dev_env(tmp_path),
+            cwd=ROOT,
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: port {port} for Redis is already in use: choose another with --redis-port"
+    )
+    assert not (tmp_path / "temporal").exists()  # nothing was started

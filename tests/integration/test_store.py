@@ -1,0 +1,110 @@
+"""The Redis scripts against a real server: claims, fencing, TTLs, epochs, exactly-once events."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from perseus.keys import epoch_key, retention_min_id, status_key, stream_key
+from perseus.store.redis_store import RedisStore
+
+pytestmark = pytest.mark.integration
+
+
+def payload(instance_id: str, epoch: int) -> dict[str, object]:
+    return {"instanceId": instance_id, "epoch": epoch, "hostname": "h", "connectionState": "idle"}
+
+
+def fresh_id() -> int:
+    return 100_000 + uuid.uuid4().int % 800_000
+
+
+async def test_claim_conflict_self_and_ttl(store: RedisStore) -> None:
+    ex = fresh_id()
+    first = await store.claim(ex, payload("a", 1), 3000)
+    assert first.outcome == "claimed"
+    again = await store.claim(ex, payload("a", 1), 3000)  # a retried activity: still ours
+    assert again.outcome == "self"
+    other = await store.claim(ex, payload("b", 2), 3000)
+    assert (
+        other.outcome == "held" and json.loads(other.raw)["instanceId"] == "a" and 0 < other.pttl_ms <= 3000
+    )
+    assert 0 < await store.client.pttl(status_key(ex)) <= 3000
+
+
+async def test_ghost_key_without_ttl_is_replaced(store: RedisStore) -> None:
+    ex = fresh_id()
+    await store.client.set(status_key(ex), json.dumps(payload("ghost", 0)))  # Livermore's KEEPTTL bug
+    reply = await store.claim(ex, payload("a", 1), 3000)
+    assert reply.outcome == "claimed"
+    assert 0 < await store.client.pttl(status_key(ex)) <= 3000
+
+
+async def test_stale_holder_writes_are_refused(store: RedisStore) -> None:
+    ex = fresh_id()
+    await store.claim(ex, payload("a", 1), 3000)
+    stale = await store.fenced(ex, "a", 0, mode="merge", patch={"connectionState": "active"})
+    assert stale.outcome == "fenced"
+    wrong = await store.fenced(ex, "b", 1, mode="renew", patch={}, ttl_ms=9000)
+    assert wrong.outcome == "fenced"
+    assert (await store.fenced(ex, "a", 0, mode="delete")).outcome == "fenced"
+    doc = json.loads(await store.client.get(status_key(ex)))
+    assert doc["connectionState"] == "idle"
+    assert 0 < await store.client.pttl(status_key(ex)) <= 3000
+
+
+async def test_merge_keeps_ttl_renew_resets_it_delete_releases(store: RedisStore) -> None:
+    ex = fresh_id()
+    await store.claim(ex, payload("a", 1), 5000)
+    await store.client.pexpire(status_key(ex), 1000)
+    merged = await store.fenced(
+        ex, "a", 1, mode="merge", patch={"connectionState": "active", "lastError": None}
+    )
+    assert merged.outcome == "ok"
+    assert 0 < await store.client.pttl(status_key(ex)) <= 1000  # merge never extends the claim
+    doc = json.loads(await store.client.get(status_key(ex)))
+    assert doc["connectionState"] == "active" and doc["lastError"] is None and doc["epoch"] == 1
+    assert (
+        await store.fenced(ex, "a", 1, mode="renew", patch={"lastHeartbeat": "x"}, ttl_ms=5000)
+    ).outcome == "ok"
+    assert 1000 < await store.client.pttl(status_key(ex)) <= 5000
+    assert (await store.fenced(ex, "a", 1, mode="delete")).outcome == "ok"
+    assert await store.client.exists(status_key(ex)) == 0
+    assert (await store.fenced(ex, "a", 1, mode="merge", patch={"x": 1})).outcome == "missing"
+    assert await store.client.exists(status_key(ex)) == 0  # no ghost key created
+
+
+async def test_epochs_increase_and_respect_the_floor(store: RedisStore) -> None:
+    ex = fresh_id()
+    assert [await store.next_epoch(ex, 0) for _ in range(3)] == [1, 2, 3]
+    await store.client.delete(epoch_key(ex))  # Redis lost its data; the workflow remembers 3
+    assert await store.next_epoch(ex, 3) == 4
+    assert await store.next_epoch(ex, 0) == 5
+    assert await store.client.ttl(epoch_key(ex)) == -1  # the counter never expires
+
+
+async def test_event_written_once_per_event_id(store: RedisStore) -> None:
+    name = f"st_{uuid.uuid4().hex[:8]}"
+    min_id = retention_min_id(datetime.now(UTC))
+    first = await store.append_event(name, "ev-1", min_id, {"event": "error", "eventId": "ev-1"})
+    second = await store.append_event(name, "ev-1", min_id, {"event": "error", "eventId": "ev-1"})
+    third = await store.append_event(name, "ev-2", min_id, {"event": "error", "eventId": "ev-2"})
+    assert first == second != third
+    assert await store.client.xlen(stream_key(name)) == 2
+
+
+async def test_entries_older_than_90_days_are_trimmed_by_the_next_write(store: RedisStore) -> None:
+    name = f"st_{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC)
+    old_ms = int((now - timedelta(days=91)).timestamp() * 1000)
+    for seq in range(150):  # enough entries for a whole radix node, so the approximate trim applies
+        await store.client.xadd(stream_key(name), {"event": "old"}, id=f"{old_ms}-{seq}")
+    await store.append_event(
+        name, "new", retention_min_id(now), {"event": "state_transition", "eventId": "new"}
+    )
+    left = await store.client.xrange(stream_key(name))
+    assert [f["event"] for _, f in left].count("old") < 150
+    assert left[-1][1]["eventId"] == "new"
