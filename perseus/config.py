@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import AnyHttpUrl, Field, RedisDsn, SecretStr, ValidationError, field_validator
+from pydantic import AnyHttpUrl, Field, RedisDsn, SecretStr, UrlConstraints, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from perseus.errors import ConfigError
@@ -26,12 +26,24 @@ DEFAULT_TEMPORAL_UI_PORT = 8233
 DEFAULT_API_PORT = 8700
 
 
+class RedisUrl(RedisDsn):
+    """A Redis URL; ``redis+cluster://`` / ``rediss+cluster://`` select a Redis Cluster client."""
+
+    _constraints = UrlConstraints(
+        allowed_schemes=["redis", "rediss", "redis+cluster", "rediss+cluster"],
+        default_host="localhost",
+        default_port=6379,
+        default_path="/0",
+        host_required=True,
+    )
+
+
 class Settings(BaseSettings):
     """Perseus' own settings. Defaults point at the embedded stack that ``perseus dev`` starts."""
 
     model_config = SettingsConfigDict(env_prefix="PERSEUS_", extra="ignore", frozen=True)
 
-    redis_url: RedisDsn = Field(default=RedisDsn(f"redis://127.0.0.1:{DEFAULT_REDIS_PORT}/0"))
+    redis_url: RedisUrl = Field(default=RedisUrl(f"redis://127.0.0.1:{DEFAULT_REDIS_PORT}/0"))
     database_url: str = f"postgresql://postgres@127.0.0.1:{DEFAULT_POSTGRES_PORT}/perseus"
     heartbeat_interval: float = 15.0
     discord_webhook_url: AnyHttpUrl | None = None

@@ -1,9 +1,10 @@
 """Redis access: claims, fenced writes, renewals and the network stream.
 
 The only module that imports redis. Every operation is one command or one single-key Lua script, so
-it runs unchanged on a Redis Cluster (DESIGN §2.1: no KEYS, SCAN or cross-slot MGET). The status key
-and the epoch counter live in different hash slots (their names are Livermore's), so a claim takes
-two round trips: a new epoch first, then the compare-and-set on the status key.
+it runs unchanged on a Redis Cluster (DESIGN §2.1: no KEYS, SCAN or cross-slot MGET); a
+``redis+cluster://`` URL selects redis-py's cluster client, which routes each command by its key.
+The status key and the epoch counter live in different hash slots (their names are Livermore's), so
+a claim takes two round trips: a new epoch first, then the compare-and-set on the status key.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -20,7 +23,22 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from perseus.errors import ServiceUnavailable
 from perseus.keys import epoch_key, status_key, stream_key
 
-__all__ = ["RedisStore", "make_client", "ClaimReply", "FenceReply", "RedisError"]
+__all__ = [
+    "RedisStore",
+    "RedisClient",
+    "make_client",
+    "is_cluster_url",
+    "ClaimReply",
+    "FenceReply",
+    "RedisError",
+]
+
+#: A single server (or a proxy in front of one) or a Redis Cluster; RedisStore works on both.
+RedisClient = aioredis.Redis | RedisCluster
+
+#: URL schemes that select a Redis Cluster client: ``redis+cluster://host:port`` (any one node of the
+#: cluster; the others are discovered) or ``rediss+cluster://`` for TLS.
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 # Claim the status key if nobody holds it. Atomic, so there is no window between "is it free?" and
 # "take it" (Livermore's NX-then-GET race). A key we already hold (same instanceId: a retried
@@ -98,11 +116,29 @@ return redis.call(unpack(args))
 """
 
 
-def make_client(url: str) -> aioredis.Redis:
-    """A client that is not connected yet (connections open lazily); the caller closes it."""
-    return aioredis.Redis.from_url(
-        url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
-    )
+def is_cluster_url(url: str) -> bool:
+    return urlsplit(url).scheme.lower() in CLUSTER_SCHEMES
+
+
+def make_client(url: str) -> RedisClient:
+    """A client that is not connected yet (connections open lazily); the caller closes it.
+
+    ``redis://`` / ``rediss://`` give a single-server client; ``redis+cluster://`` /
+    ``rediss+cluster://`` give a Redis Cluster client seeded from the node in the URL (database 0
+    only, as cluster mode has no other).
+    """
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_timeout": 5,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 30,
+    }
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in CLUSTER_SCHEMES:
+        plain = urlunsplit((CLUSTER_SCHEMES[scheme], parts.netloc, parts.path, parts.query, parts.fragment))
+        return RedisCluster.from_url(plain, **options)
+    return aioredis.Redis.from_url(url, **options)
 
 
 @dataclass(frozen=True)
@@ -125,7 +161,7 @@ def _unavailable(exc: Exception) -> ServiceUnavailable:
 class RedisStore:
     """Perseus' Redis operations over one client (injected; this class never connects by itself)."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self.client = client
         self._claim = client.register_script(_CLAIM)
         self._next_epoch = client.register_script(_NEXT_EPOCH)

