@@ -344,7 +344,8 @@ class InstanceWorkflow:
             )
         except ActivityError as err:
             self.registration_error = self._explain(err)
-            self.registration_error_type = failure_type(err) or "RegistrationFailed"
+            # A timeout (no worker for the host, a server that never answered) is unavailability.
+            self.registration_error_type = failure_type(err) or "ServiceUnavailable"
             return False
         self.hostname, self.ip_address = identity.hostname, identity.ip_address
         self.registered_at = workflow.now()
@@ -478,12 +479,14 @@ class InstanceWorkflow:
             # The host stopped heartbeating: its worker died or the host is gone. A restarted worker
             # resumes our claim (same instanceId + epoch, from this workflow's memory) if it comes
             # back quickly; otherwise the instance is lost.
-            resumed = self._start_lease(
-                schedule_to_start=timedelta(seconds=self.inp.heartbeat_interval_s * 0.5)
-            )
+            pickup = self.inp.heartbeat_interval_s * 0.5
+            resumed = self._start_lease(schedule_to_start=timedelta(seconds=pickup))
             try:
+                # Longer than the pickup window (timers fire late under load): a lease still running
+                # after it was picked up by a worker, not refused for want of one.
                 await workflow.wait_condition(
-                    lambda: resumed.done(), timeout=timedelta(seconds=self.inp.heartbeat_interval_s)
+                    lambda: resumed.done(),
+                    timeout=timedelta(seconds=pickup + max(self.inp.heartbeat_interval_s, 3.0)),
                 )
             except builtins.TimeoutError:
                 # Renewing again on a live worker: the host is back. Make sure the connector is too.
