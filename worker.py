@@ -27,6 +27,7 @@ from activities.registry import RegistryActivities
 from perseus.config import Settings
 from perseus.connectors.base import ConnectorHost
 from perseus.keys import SHARED_TASK_QUEUE, host_task_queue
+from perseus.notify import discord_notifier
 from perseus.store.db import Catalog, make_pool
 from perseus.store.redis_store import RedisStore, make_client
 from workflows.instance import InstanceWorkflow
@@ -62,7 +63,7 @@ async def run_worker(
         connectors=ConnectorHost(),
     )
     registry = RegistryActivities(store)
-    notify = NotifyActivities(None)  # Discord arrives with its issue; None = notifications off
+    notify = NotifyActivities(discord_notifier(settings.discord_webhook_url, http, store))  # None: off
     catalog_activities = CatalogActivities(catalog)
     workers = [
         Worker(

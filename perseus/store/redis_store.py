@@ -116,6 +116,23 @@ return redis.call(unpack(args))
 """
 
 
+# Take a marker key unless it exists (one key, atomic): returns nil when taken, else the holder's value.
+_TAKE_MARKER = """
+local cur = redis.call('GET', KEYS[1])
+if cur then return cur end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+
+# Delete a marker only while it still holds our value (a lease that outlived us is someone else's).
+_DROP_MARKER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
 def is_cluster_url(url: str) -> bool:
     return urlsplit(url).scheme.lower() in CLUSTER_SCHEMES
 
@@ -167,6 +184,8 @@ class RedisStore:
         self._next_epoch = client.register_script(_NEXT_EPOCH)
         self._fenced = client.register_script(_FENCED)
         self._xadd_once = client.register_script(_XADD_ONCE)
+        self._take_marker = client.register_script(_TAKE_MARKER)
+        self._drop_marker = client.register_script(_DROP_MARKER)
 
     async def _run(self, coro: Any) -> Any:
         try:
@@ -243,3 +262,21 @@ class RedisStore:
         """Stream entries newest first (XREVRANGE)."""
         rows = await self._run(self.client.xrevrange(stream_key(exchange_name), newest, oldest, count=count))
         return [(entry_id, dict(fields)) for entry_id, fields in rows]
+
+    # --- markers (one key each; used to deliver notifications once per event) ---------------------
+
+    async def marker(self, key: str) -> str | None:
+        value = await self._run(self.client.get(key))
+        return str(value) if value is not None else None
+
+    async def take_marker(self, key: str, value: str, ttl_ms: int) -> str | None:
+        """Set ``key`` to ``value`` for ``ttl_ms`` unless it exists: None if taken, else its value."""
+        current = await self._run(self._take_marker(keys=[key], args=[value, ttl_ms]))
+        return str(current) if current is not None else None
+
+    async def set_marker(self, key: str, value: str, ttl_ms: int) -> None:
+        await self._run(self.client.set(key, value, px=ttl_ms))
+
+    async def drop_marker(self, key: str, value: str) -> bool:
+        """Delete ``key`` only while it still holds ``value``."""
+        return bool(await self._run(self._drop_marker(keys=[key], args=[value])))
