@@ -2,25 +2,45 @@
 
 One pipelined round trip reads all status keys (one GET + PTTL per key: cluster-safe); the list of
 exchanges comes from PostgreSQL, never from SCAN/KEYS. A malformed value reads as offline with a
-reason instead of failing the whole view.
+reason instead of failing the whole view. Offline exchanges then get their last-known info from the
+newest entries of their streams, in a second pipelined round trip that only they pay for.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import Field, ValidationError
 
 from perseus.keys import parse_iso
-from perseus.lifecycle import legacy_state
-from perseus.models import Exchange, InstanceStatus, Wire
+from perseus.lifecycle import State, legacy_state
+from perseus.models import EventKind, Exchange, InstanceStatus, Wire
 from perseus.store.db import Catalog
 from perseus.store.redis_store import RedisStore
 
 #: Heartbeat age colours (DESIGN §4): green below 10 s, yellow below 30 s, red from 30 s.
 FRESH_S = 10.0
 STALE_S = 30.0
+#: How many of an offline exchange's newest stream entries are searched for its last state and error.
+LAST_KNOWN_DEPTH = 25
+
+
+class LastKnown(Wire):
+    """What the stream last said about an exchange that has no live status record."""
+
+    entry_id: str
+    event: str
+    at: str
+    hostname: str | None = None
+    ip: str | None = None
+    #: The state the newest transition (or error) entry left it in.
+    state: str | None = None
+    admin_email: str | None = None
+    last_error: str | None = None
+    last_error_at: str | None = None
 
 
 class InstanceView(Wire):
@@ -35,26 +55,64 @@ class InstanceView(Wire):
     heartbeat: str | None = None  # fresh / late / stale
     late: bool = False
     offline_reason: str | None = None
+    #: Seconds since ``connectedAt`` while active, and the same as "4h 23m".
+    running_for_s: float | None = None
+    running_for: str | None = None
+    last_known: LastKnown | None = None
+    #: Standby instances registered for this exchange (filled by the standby feature; empty until then).
+    standbys: list[dict[str, Any]] = Field(default_factory=list)
 
 
 def heartbeat_colour(age_s: float) -> str:
     return "fresh" if age_s < FRESH_S else "late" if age_s < STALE_S else "stale"
 
 
+def _when(text: str) -> datetime:
+    moment = parse_iso(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def format_duration(seconds: float) -> str:
+    """``4h 23m`` (and ``2d 3h``, ``5m 10s``, ``42s``): the two largest units, like the web page."""
+    s = int(max(0.0, seconds))
+    days, rest = divmod(s, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+def running_for_s(status: InstanceStatus, now: datetime) -> float | None:
+    """Seconds active since ``connectedAt`` (None unless active with a parseable ``connectedAt``)."""
+    if status.connection_state is not State.ACTIVE or not status.connected_at:
+        return None
+    try:
+        return round(max(0.0, (now - _when(status.connected_at)).total_seconds()), 3)
+    except (ValueError, TypeError):
+        return None
+
+
 def judge(exchange: Exchange, raw: str | None, pttl_ms: int, now: datetime) -> InstanceView:
-    """Pure: turn one status key's raw value into a view."""
+    """Pure: turn one status key's raw value into a view. Never raises on bad data."""
     base = dict(exchange_id=exchange.id, exchange_name=exchange.name, display_name=exchange.display_name)
     if raw is None:
         return InstanceView(**base, online=False, status=None, offline_reason="no status key (not running)")
     try:
         status = InstanceStatus.model_validate(json.loads(raw))
-    except (ValueError, ValidationError) as exc:
+        # Inside the try: a record that validates but carries an unparseable time is malformed too.
+        age = max(0.0, (now - _when(status.last_heartbeat)).total_seconds())
+    except (ValueError, TypeError, ValidationError) as exc:
         first = str(exc).splitlines()[0][:160]
         return InstanceView(
             **base, online=False, status=None, offline_reason=f"malformed status record: {first}"
         )
-    age = max(0.0, (now - parse_iso(status.last_heartbeat)).total_seconds())
-    interval_s = status.heartbeat_interval_ms / 1000 if status.heartbeat_interval_ms else 15.0
+    interval_s = status.heartbeat_interval_ms / 1000 if status.heartbeat_interval_ms > 0 else 15.0
+    running = running_for_s(status, now)
     return InstanceView(
         **base,
         online=True,
@@ -64,20 +122,58 @@ def judge(exchange: Exchange, raw: str | None, pttl_ms: int, now: datetime) -> I
         heartbeat_age_s=round(age, 3),
         heartbeat=heartbeat_colour(age),
         late=age > 1.5 * interval_s,
+        running_for_s=running,
+        running_for=format_duration(running) if running is not None else None,
     )
 
 
-class StatusBoard(BaseModel):
+def last_known(rows: Sequence[tuple[str, dict[str, str]]]) -> LastKnown | None:
+    """Pure: the newest entry's identity, plus the newest state and error among ``rows`` (newest first)."""
+    if not rows:
+        return None
+    entry_id, newest = rows[0]
+    state: str | None = None
+    admin: str | None = None
+    error: tuple[str, str] | None = None
+    for _, fields in rows:
+        event = fields.get("event")
+        if state is None and event == EventKind.STATE_TRANSITION.value and fields.get("toState"):
+            state, admin = fields["toState"], fields.get("adminEmail") or None
+        if state is None and event == EventKind.ERROR.value and fields.get("state"):
+            state = fields["state"]
+        if error is None and event == EventKind.ERROR.value:
+            error = (fields.get("error", ""), fields.get("timestamp", ""))
+        if state is not None and error is not None:
+            break
+    return LastKnown(
+        entry_id=entry_id,
+        event=newest.get("event", ""),
+        at=newest.get("timestamp", ""),
+        hostname=newest.get("hostname") or None,
+        ip=newest.get("ip") or None,
+        state=state,
+        admin_email=admin,
+        last_error=error[0] if error else None,
+        last_error_at=error[1] if error else None,
+    )
+
+
+class StatusBoard(Wire):
     instances: list[InstanceView]
     server_time: datetime
 
 
-async def read_board(store: RedisStore, catalog: Catalog, exchange: str | None = None) -> StatusBoard:
+async def read_board(
+    store: RedisStore, catalog: Catalog, exchange: str | None = None, *, with_last_known: bool = True
+) -> StatusBoard:
     """Every active exchange (or just one, resolved strictly) with its judged status."""
     exchanges = [await catalog.exchange(exchange)] if exchange else await catalog.exchanges(active_only=True)
     raws = await store.statuses([e.id for e in exchanges])
     now = datetime.now(UTC)
-    return StatusBoard(
-        instances=[judge(e, raw, pttl, now) for e, (raw, pttl) in zip(exchanges, raws, strict=True)],
-        server_time=now,
-    )
+    views = [judge(e, raw, pttl, now) for e, (raw, pttl) in zip(exchanges, raws, strict=True)]
+    offline = [v for v in views if not v.online]
+    if with_last_known and offline:
+        streams = await store.events_many([(v.exchange_name, "+", LAST_KNOWN_DEPTH) for v in offline])
+        for view, rows in zip(offline, streams, strict=True):
+            view.last_known = last_known(rows)
+    return StatusBoard(instances=views, server_time=now)

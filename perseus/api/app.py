@@ -1,5 +1,10 @@
 """The FastAPI application. Its lifespan is the API's composition root: it opens Redis, the PostgreSQL
-pool and the Temporal client, and closes them on exit; nothing connects at import time."""
+pool and the Temporal client, and closes them on exit; nothing connects at import time.
+
+Errors are converted here, at the edge: every :class:`~perseus.errors.PerseusError` becomes a JSON
+:class:`~perseus.api.routes.ErrorBody` with a status code chosen by its type, and so do FastAPI's
+own validation and HTTP errors, so every answer (errors included) carries ``serverTime``.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,66 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from perseus.activity import InvalidQuery
+from perseus.api.auth import Unauthorized
+from perseus.api.routes import ErrorBody
+from perseus.api.routes import router as network_router
 from perseus.config import Settings
+from perseus.errors import PerseusError, ServiceUnavailable, UnknownExchange
 from perseus.store.db import Catalog, make_pool
 from perseus.store.redis_store import RedisStore, make_client
+
+_STATUS: list[tuple[type[PerseusError], int]] = [
+    (Unauthorized, 401),
+    (UnknownExchange, 404),
+    (InvalidQuery, 422),
+    (ServiceUnavailable, 503),
+]
+
+
+def _error(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        body.model_dump(mode="json", by_alias=True, exclude_none=True), status_code=status, headers=headers
+    )
+
+
+async def _perseus_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, PerseusError)
+    status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 400)
+    body = ErrorBody(
+        error=str(exc),
+        type=type(exc).__name__,
+        known=exc.known if isinstance(exc, UnknownExchange) else None,
+        server_time=datetime.now(UTC),
+    )
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return _error(status, body, headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems: list[dict[str, Any]] = jsonable_encoder(exc.errors())
+    first = problems[0] if problems else {}
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    body = ErrorBody(
+        error=f"{where}: {first.get('msg', 'invalid request')}",
+        type="ValidationError",
+        detail=problems,
+        server_time=datetime.now(UTC),
+    )
+    return _error(422, body)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    body = ErrorBody(error=str(exc.detail), type="HTTPError", server_time=datetime.now(UTC))
+    return _error(exc.status_code, body, dict(exc.headers) if exc.headers else None)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -29,10 +89,21 @@ def create_app(settings: Settings) -> FastAPI:
             await pool.close()
             await redis.aclose()
 
-    app = FastAPI(title="Perseus", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="Perseus",
+        version="0.1.0",
+        description="The instance registry and health network's read API. Every `/api` route needs "
+        "`Authorization: Bearer <api key>`; every answer carries `serverTime`.",
+        lifespan=lifespan,
+    )
+    app.add_exception_handler(PerseusError, _perseus_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.include_router(network_router)
 
-    @app.get("/healthz")
+    @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, Any]:
+        # Open on purpose: liveness probes carry no key and this reveals nothing but "up".
         return {"ok": True, "serverTime": datetime.now(UTC).isoformat()}
 
     return app

@@ -117,3 +117,32 @@ class Catalog:
             "SELECT key::text AS key FROM api_keys WHERE name = %s AND is_active ORDER BY id LIMIT 1", (name,)
         )
         return rows[0]["key"] if rows else None
+
+    async def check_api_key(self, key: str) -> tuple[str, str] | None:
+        """``(stored key, name)`` of the active key ``key`` (a canonical UUID string), or None; marks
+        it used.
+
+        One round trip: the lookup and the ``last_used_at`` touch share a statement. The touch is
+        skipped when the key was used within the last minute, so a busy client does not turn every
+        read into a row write (WAL and row-lock churn) while ``last_used_at`` stays accurate to a
+        minute. The caller compares the returned key in constant time.
+        """
+        rows = await self._fetch(
+            "WITH hit AS (SELECT id, name, key::text AS key, last_used_at FROM api_keys"
+            " WHERE key = %s::uuid AND is_active),"
+            " touched AS (UPDATE api_keys a SET last_used_at = now() FROM hit WHERE a.id = hit.id"
+            " AND (hit.last_used_at IS NULL OR hit.last_used_at < now() - interval '60 seconds')"
+            " RETURNING a.id)"
+            " SELECT hit.name, hit.key FROM hit",
+            (key,),
+        )
+        return (rows[0]["key"], rows[0]["name"]) if rows else None
+
+    async def revoke_api_keys(self, name_or_key: str) -> int:
+        """Deactivate the active key with that value, or every active key with that name; how many."""
+        rows = await self._fetch(
+            "UPDATE api_keys SET is_active = false, updated_at = now()"
+            " WHERE is_active AND (name = %s OR key::text = lower(%s)) RETURNING id",
+            (name_or_key, name_or_key),
+        )
+        return len(rows)

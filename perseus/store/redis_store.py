@@ -280,3 +280,21 @@ class RedisStore:
     async def drop_marker(self, key: str, value: str) -> bool:
         """Delete ``key`` only while it still holds ``value``."""
         return bool(await self._run(self._drop_marker(keys=[key], args=[value])))
+
+    # --- read side: many streams at once ---------------------------------------------------------
+
+    async def events_many(
+        self, reads: list[tuple[str, str, int]], *, oldest: str = "-"
+    ) -> list[list[tuple[str, dict[str, str]]]]:
+        """Newest-first entries of several streams in one pipelined round trip.
+
+        Each read is ``(exchange_name, newest bound, count)``; a bound may be exclusive (``(id``). One
+        XREVRANGE per stream, never a multi-key command, so it runs on a cluster as well.
+        """
+        if not reads:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for exchange_name, newest, count in reads:
+                pipe.xrevrange(stream_key(exchange_name), newest, oldest, count=count)
+            replies = await self._run(pipe.execute())
+        return [[(entry_id, dict(fields)) for entry_id, fields in rows] for rows in replies]

@@ -1,0 +1,529 @@
+"""The activity log read side: cursor pages over the network streams, uptime and the state timeline.
+
+Pagination is a k-way merge over one stream per exchange, newest first. Stream IDs are ordered
+numerically as ``(milliseconds, sequence)`` — Livermore sorted them as strings, which puts
+``…-10`` before ``…-9`` — and two exchanges' streams can hold the *same* ID, so the global order
+breaks ties by exchange name: ``(ms, seq, exchange)`` descending. A cursor names the last entry a
+page covered; the next page starts strictly after it in that order, so pages never repeat or skip an
+entry, even when a page boundary falls inside a same-millisecond run shared by several streams.
+
+The merge itself (:func:`merge_page`) and the timeline arithmetic are pure: Redis is reached only
+through the ``fetch`` callable the caller injects (one pipelined round trip per call).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+from pydantic import BaseModel
+
+from perseus.errors import PerseusError
+from perseus.keys import RETENTION, parse_iso
+from perseus.lifecycle import State
+from perseus.models import EventKind, Exchange, InstanceStatus, Wire
+from perseus.network import format_duration, judge, running_for_s
+from perseus.store.db import Catalog
+from perseus.store.redis_store import RedisStore
+
+MAX_COUNT: Final = 200
+DEFAULT_COUNT: Final = 50
+#: A filtered page stops after examining this many entries even if it is not full yet; its
+#: ``nextCursor`` then marks how far it looked, so a rare filter costs several short pages rather
+#: than one request that reads 90 days of every stream.
+SCAN_LIMIT: Final = 5000
+#: Batch cap for a filtered scan (unfiltered scans never need more than ``count + 1`` per stream).
+FILTERED_BATCH: Final = 500
+#: Timeline reads stop after this many entries per exchange (the newest are kept).
+TIMELINE_LIMIT: Final = 20_000
+UNKNOWN: Final = "unknown"
+
+
+class InvalidQuery(PerseusError):
+    """A read request is malformed: bad count, cursor, window or filter (HTTP 422)."""
+
+
+# --- stream IDs and cursors ------------------------------------------------------------------------
+
+_ID_RE = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+_CURSOR_RE = re.compile(r"^(\d{1,20}-\d{1,20})(?:@(.{1,200}))?$")
+_U64: Final = 2**64 - 1
+
+
+@dataclass(frozen=True, order=True)
+class StreamId:
+    """A stream entry ID, compared as numbers."""
+
+    ms: int
+    seq: int
+
+    @classmethod
+    def parse(cls, text: str) -> StreamId:
+        match = _ID_RE.match(text)
+        if not match or int(match[1]) > _U64 or int(match[2]) > _U64:
+            raise InvalidQuery(f"invalid stream id {text!r}: expected <milliseconds>-<sequence>")
+        return cls(int(match[1]), int(match[2]))
+
+    def __str__(self) -> str:
+        return f"{self.ms}-{self.seq}"
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page ended. ``exchange`` is set in all-exchanges mode to break ties between streams
+    holding the same ID; a bare ID means "strictly older than this ID in every stream"."""
+
+    id: StreamId
+    exchange: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Cursor:
+        match = _CURSOR_RE.match(text.strip())
+        if not match:
+            raise InvalidQuery(f"invalid cursor {text!r}: expected <ms>-<seq> or <ms>-<seq>@<exchange>")
+        return cls(StreamId.parse(match[1]), match[2].lower() if match[2] else None)
+
+    def __str__(self) -> str:
+        return f"{self.id}@{self.exchange}" if self.exchange else str(self.id)
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: StreamId
+    exchange: str  # lower-case exchange name: the stream's suffix
+    fields: dict[str, str]
+
+    @property
+    def key(self) -> tuple[int, int, str]:
+        return (self.id.ms, self.id.seq, self.exchange)
+
+    def wire(self) -> dict[str, str]:
+        return {"id": str(self.id), **self.fields}
+
+
+@dataclass(frozen=True)
+class Read:
+    """One XREVRANGE: entries of ``exchange``'s stream at or below (``inclusive``) / strictly below
+    ``upper`` (``None``: from the newest), at most ``count``."""
+
+    exchange: str
+    upper: StreamId | None
+    inclusive: bool
+    count: int
+
+    def newest_bound(self) -> str:
+        if self.upper is None:
+            return "+"
+        return str(self.upper) if self.inclusive else f"({self.upper}"
+
+
+Rows = list[tuple[str, dict[str, str]]]
+Fetch = Callable[[list[Read]], Awaitable[list[Rows]]]
+Match = Callable[[dict[str, str]], bool]
+
+
+@dataclass
+class _Source:
+    exchange: str
+    upper: StreamId | None
+    inclusive: bool
+    batch: int
+    buffer: deque[Entry] = field(default_factory=deque)
+    exhausted: bool = False
+
+
+@dataclass(frozen=True)
+class Page:
+    entries: list[Entry]
+    next_cursor: Cursor | None
+
+
+def _start_bound(exchange: str, cursor: Cursor | None) -> tuple[StreamId | None, bool]:
+    """The first position to read in ``exchange``'s stream for a page after ``cursor``."""
+    if cursor is None:
+        return None, True
+    # (id, exchange) < (cursor.id, cursor.exchange): the cursor's own ID is still to come in streams
+    # whose name sorts below the cursor's (they follow it in descending order), not in the others.
+    inclusive = cursor.exchange is not None and exchange < cursor.exchange
+    return cursor.id, inclusive
+
+
+async def merge_page(
+    fetch: Fetch,
+    exchanges: Sequence[str],
+    *,
+    count: int,
+    cursor: Cursor | None = None,
+    match: Match | None = None,
+    tag_cursor: bool = True,
+    scan_limit: int = SCAN_LIMIT,
+) -> Page:
+    """The next ``count`` matching entries across ``exchanges``' streams after ``cursor``, newest first.
+
+    Each stream is read in growing batches and refilled only when its buffer runs dry while it may
+    still hold the next-newest entry, so a page costs a few pipelined round trips and about
+    ``count + 1`` entries per *contributing* stream, not ``count`` from every stream.
+    """
+    if not 1 <= count <= MAX_COUNT:
+        raise InvalidQuery(f"count must be between 1 and {MAX_COUNT}, got {count}")
+    names = sorted({e.lower() for e in exchanges})
+    cap = count + 1 if match is None else max(count + 1, FILTERED_BATCH)
+    first = min(cap, max(2, math.ceil(2 * (count + 1) / max(1, len(names)))))
+    sources = []
+    for name in names:
+        upper, inclusive = _start_bound(name, cursor)
+        if upper is not None and not inclusive and upper == StreamId(0, 0):
+            sources.append(_Source(name, upper, inclusive, first, exhausted=True))  # nothing is older
+        else:
+            sources.append(_Source(name, upper, inclusive, first))
+
+    def cursor_of(entry: Entry) -> Cursor:
+        return Cursor(entry.id, entry.exchange if tag_cursor else None)
+
+    result: list[Entry] = []
+    scanned = 0
+    while True:
+        dry = [s for s in sources if not s.buffer and not s.exhausted]
+        if dry:
+            replies = await fetch([Read(s.exchange, s.upper, s.inclusive, s.batch) for s in dry])
+            for source, rows in zip(dry, replies, strict=True):
+                for raw_id, fields in rows:
+                    source.buffer.append(Entry(StreamId.parse(raw_id), source.exchange, fields))
+                if len(rows) < source.batch:
+                    source.exhausted = True
+                if source.buffer:
+                    source.upper, source.inclusive = source.buffer[-1].id, False
+                source.batch = min(cap, source.batch * 2)
+        live = [s for s in sources if s.buffer]
+        if not live:
+            return Page(result, None)
+        head = max(live, key=lambda s: s.buffer[0].key).buffer.popleft()
+        scanned += 1
+        if match is None or match(head.fields):
+            if len(result) == count:  # a (count + 1)-th entry exists: there is a next page
+                return Page(result, cursor_of(result[-1]))
+            result.append(head)
+        if scanned >= scan_limit:  # everything up to `head` has been examined
+            return Page(result, cursor_of(head))
+
+
+def entry_filter(events: Iterable[str] = (), admin: str | None = None) -> Match | None:
+    """A predicate for event types and/or the admin's e-mail (only transitions carry one)."""
+    wanted: set[str] = set()
+    for event in events:
+        try:
+            wanted.add(EventKind(event).value)
+        except ValueError:
+            known = ", ".join(k.value for k in EventKind)
+            raise InvalidQuery(f"unknown event type {event!r}; known: {known}") from None
+    email = admin.strip().lower() if admin else None
+    if not wanted and not email:
+        return None
+
+    def match(fields: dict[str, str]) -> bool:
+        if wanted and fields.get("event") not in wanted:
+            return False
+        return not email or fields.get("adminEmail", "").lower() == email
+
+    return match
+
+
+# --- the activity page, read through Redis ---------------------------------------------------------
+
+
+class ActivityPage(Wire):
+    """``GET /api/network/activity``: Livermore's ``{entries, nextCursor}`` plus the server's clock."""
+
+    entries: list[dict[str, str]]
+    next_cursor: str | None
+    server_time: datetime
+
+
+def store_fetch(store: RedisStore) -> Fetch:
+    async def fetch(reads: list[Read]) -> list[Rows]:
+        return await store.events_many([(r.exchange, r.newest_bound(), r.count) for r in reads])
+
+    return fetch
+
+
+async def read_activity(
+    store: RedisStore,
+    catalog: Catalog,
+    *,
+    exchange: str | None = None,
+    count: int = DEFAULT_COUNT,
+    cursor: str | None = None,
+    events: Sequence[str] = (),
+    admin: str | None = None,
+) -> ActivityPage:
+    """One page of one exchange's stream, or of every active exchange's streams merged."""
+    if not 1 <= count <= MAX_COUNT:
+        raise InvalidQuery(f"count must be between 1 and {MAX_COUNT}, got {count}")
+    match = entry_filter(events, admin)
+    parsed = Cursor.parse(cursor) if cursor else None
+    if exchange:
+        names = [(await catalog.exchange(exchange)).name]
+    else:
+        names = [e.name for e in await catalog.exchanges(active_only=True)]
+    # A single exchange keeps Livermore's plain-ID cursor; only the merge needs the tie-breaker.
+    page = await merge_page(
+        store_fetch(store), names, count=count, cursor=parsed, match=match, tag_cursor=not exchange
+    )
+    return ActivityPage(
+        entries=[e.wire() for e in page.entries],
+        next_cursor=str(page.next_cursor) if page.next_cursor else None,
+        server_time=datetime.now(UTC),
+    )
+
+
+# --- timeline and uptime (pure) --------------------------------------------------------------------
+
+_WINDOW_RE = re.compile(r"^(\d{1,6})([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+UPTIME_WINDOWS: Final = ("24h", "7d", "30d")
+
+
+def parse_window(text: str) -> timedelta:
+    """``90s``, ``15m``, ``24h``, ``7d``: positive and at most the stream's 90-day retention."""
+    match = _WINDOW_RE.match(text.strip().lower())
+    if not match:
+        raise InvalidQuery(f"invalid window {text!r}: use a number and a unit s/m/h/d, e.g. 24h or 7d")
+    window = timedelta(**{_UNITS[match[2]]: int(match[1])})
+    if not timedelta(0) < window <= RETENTION:
+        raise InvalidQuery(f"window {text!r} must be longer than 0 and at most {RETENTION.days}d")
+    return window
+
+
+@dataclass(frozen=True)
+class Transition:
+    at: datetime
+    from_state: str
+    to_state: str
+
+
+def transitions_of(rows: Rows) -> list[Transition]:
+    """The ``state_transition`` entries of newest-first stream rows, oldest first.
+
+    The entry's own ``timestamp`` (when the workflow made the transition) is used; a retried write
+    may reach Redis later than that, so the stream ID's milliseconds are only the fallback.
+    """
+    out: list[Transition] = []
+    for raw_id, fields in reversed(rows):
+        if fields.get("event") != EventKind.STATE_TRANSITION.value or not fields.get("toState"):
+            continue
+        try:
+            at = _aware(parse_iso(fields["timestamp"]))
+        except (KeyError, ValueError):
+            at = datetime.fromtimestamp(StreamId.parse(raw_id).ms / 1000, UTC)
+        out.append(Transition(at, fields.get("fromState") or UNKNOWN, fields["toState"]))
+    return out
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class Interval(Wire):
+    state: str
+    start: datetime
+    end: datetime
+    duration_s: float
+
+
+def timeline(
+    transitions: Sequence[Transition], start: datetime, end: datetime, fallback: str | None = None
+) -> list[Interval]:
+    """Intervals per state covering ``[start, end]``, from transitions (oldest first).
+
+    The state at ``start`` is the last earlier transition's target, else the first transition's
+    source, else ``fallback`` (e.g. the live status key), else ``unknown``.
+    """
+    ordered = sorted(transitions, key=lambda t: t.at)  # stable: same-instant entries keep stream order
+    before = [t for t in ordered if t.at < start]
+    inside = [t for t in ordered if start <= t.at <= end]
+    if before:
+        state = before[-1].to_state
+    elif inside:
+        state = inside[0].from_state
+    else:
+        state = fallback or UNKNOWN
+    out: list[Interval] = []
+    at = start
+
+    def add(state: str, lo: datetime, hi: datetime) -> None:
+        if hi <= lo:
+            return
+        if out and out[-1].state == state and out[-1].end == lo:
+            out[-1] = _interval(state, out[-1].start, hi)
+        else:
+            out.append(_interval(state, lo, hi))
+
+    for t in inside:
+        add(state, at, t.at)
+        state, at = t.to_state, max(at, t.at)
+    add(state, at, end)
+    return out
+
+
+def _interval(state: str, start: datetime, end: datetime) -> Interval:
+    return Interval(state=state, start=start, end=end, duration_s=round((end - start).total_seconds(), 3))
+
+
+def seconds_in(intervals: Sequence[Interval], state: str, start: datetime, end: datetime) -> float:
+    """Seconds spent in ``state`` within ``[start, end]``."""
+    total = 0.0
+    for i in intervals:
+        if i.state == state:
+            lo, hi = max(i.start, start), min(i.end, end)
+            total += max(0.0, (hi - lo).total_seconds())
+    return total
+
+
+def totals(intervals: Sequence[Interval]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for i in intervals:
+        out[i.state] = round(out.get(i.state, 0.0) + i.duration_s, 3)
+    return out
+
+
+class UptimeWindow(Wire):
+    window: str
+    seconds: int
+    active_s: float
+    #: Time ``active`` as a share of the whole window; unknown time (before the oldest entry) counts
+    #: as not active.
+    active_pct: float
+    #: Share of the window the stream knows the state for.
+    known_pct: float
+
+
+def uptime_windows(intervals: Sequence[Interval], now: datetime, names: Sequence[str]) -> list[UptimeWindow]:
+    out = []
+    for name in names:
+        length = parse_window(name)
+        start = now - length
+        active = seconds_in(intervals, State.ACTIVE.value, start, now)
+        unknown = seconds_in(intervals, UNKNOWN, start, now)
+        # Intervals may start after `start` (data read from a shorter span): that part is unknown too.
+        covered = sum(max(0.0, (min(i.end, now) - max(i.start, start)).total_seconds()) for i in intervals)
+        seconds = length.total_seconds()
+        out.append(
+            UptimeWindow(
+                window=name,
+                seconds=int(seconds),
+                active_s=round(active, 3),
+                active_pct=round(100 * active / seconds, 3),
+                known_pct=round(100 * max(0.0, covered - unknown) / seconds, 3),
+            )
+        )
+    return out
+
+
+# --- timeline and uptime, read through Redis -------------------------------------------------------
+
+
+class Timeline(Wire):
+    exchange_id: int
+    exchange_name: str
+    window: str
+    start: datetime
+    end: datetime
+    intervals: list[Interval]
+    totals_s: dict[str, float]
+    #: True when the window held more than TIMELINE_LIMIT entries and only the newest were read.
+    truncated: bool
+    server_time: datetime
+
+
+class Uptime(Wire):
+    exchange_id: int
+    exchange_name: str
+    online: bool
+    state: str
+    connected_at: str | None
+    running_for_s: float | None
+    #: "4h 23m" while active, from ``connectedAt`` on the server's clock.
+    running_for: str | None
+    windows: list[UptimeWindow]
+    server_time: datetime
+
+
+class _History(BaseModel):
+    exchange: Exchange
+    status: InstanceStatus | None
+    online: bool
+    intervals: list[Interval]
+    truncated: bool
+    now: datetime
+
+
+async def _history(store: RedisStore, catalog: Catalog, exchange: str, window: timedelta) -> _History:
+    ex = await catalog.exchange(exchange)
+    raw, pttl = await store.status(ex.id)
+    now = datetime.now(UTC)
+    view = judge(ex, raw, pttl, now)
+    start = now - window
+    start_ms = int(start.timestamp() * 1000)
+    # Entries are selected by stream ID; a transition's own timestamp can be a little older than its
+    # ID, so read a minute further back and let `timeline` place it by timestamp.
+    rows = (
+        await store.events_many([(ex.name, "+", TIMELINE_LIMIT)], oldest=f"{max(0, start_ms - 60_000)}-0")
+    )[0]
+    truncated = len(rows) >= TIMELINE_LIMIT
+    found = transitions_of(rows)
+    fallback: str | None = view.status.connection_state.value if view.status else None
+    if not found and fallback is None:
+        # Nothing changed inside the window and nobody holds the key: the last transition before it says.
+        older = transitions_of(
+            await store.events(ex.name, newest=f"({max(0, start_ms - 60_000)}-0", count=200)
+        )
+        fallback = older[-1].to_state if older else None
+    if truncated and found:
+        start = max(start, found[0].at)
+    return _History(
+        exchange=ex,
+        status=view.status,
+        online=view.online,
+        intervals=timeline(found, start, now, fallback),
+        truncated=truncated,
+        now=now,
+    )
+
+
+async def read_timeline(store: RedisStore, catalog: Catalog, exchange: str, window: str = "24h") -> Timeline:
+    length = parse_window(window)
+    h = await _history(store, catalog, exchange, length)
+    return Timeline(
+        exchange_id=h.exchange.id,
+        exchange_name=h.exchange.name,
+        window=window,
+        start=h.now - length,
+        end=h.now,
+        intervals=h.intervals,
+        totals_s=totals(h.intervals),
+        truncated=h.truncated,
+        server_time=h.now,
+    )
+
+
+async def read_uptime(store: RedisStore, catalog: Catalog, exchange: str) -> Uptime:
+    h = await _history(store, catalog, exchange, parse_window(UPTIME_WINDOWS[-1]))
+    status = h.status
+    running = running_for_s(status, h.now) if status else None
+    state = status.connection_state.value if status else (h.intervals[-1].state if h.intervals else UNKNOWN)
+    return Uptime(
+        exchange_id=h.exchange.id,
+        exchange_name=h.exchange.name,
+        online=h.online,
+        state=state,
+        connected_at=status.connected_at if status else None,
+        running_for_s=running,
+        running_for=format_duration(running) if running is not None else None,
+        windows=uptime_windows(h.intervals, h.now, UPTIME_WINDOWS),
+        server_time=h.now,
+    )

@@ -1,0 +1,148 @@
+"""``/api/network/*``: the read API (DESIGN §2.5). Shapes follow Livermore's tRPC network router so its
+admin UI could read them; Perseus only adds fields. Every route needs a Bearer API key and every
+answer carries ``serverTime`` so that staleness is judged on this server's clock."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query
+
+from perseus.activity import (
+    DEFAULT_COUNT,
+    MAX_COUNT,
+    ActivityPage,
+    Timeline,
+    Uptime,
+    read_activity,
+    read_timeline,
+    read_uptime,
+)
+from perseus.api.auth import require_api_key
+from perseus.api.deps import CatalogDep, StoreDep
+from perseus.models import EventKind, Wire
+from perseus.network import InstanceView, StatusBoard, read_board
+
+
+class ErrorBody(Wire):
+    """Every error: one line of reason, the error's type and the server's clock."""
+
+    error: str
+    type: str
+    #: For an unknown exchange: the names that would have been accepted.
+    known: list[str] | None = None
+    #: For a request that failed validation: FastAPI's list of problems.
+    detail: list[dict[str, Any]] | None = None
+    server_time: datetime
+
+
+class ExchangeStatus(InstanceView):
+    """One exchange: Livermore's ``{online, status}`` plus the judged view and ``serverTime``."""
+
+    server_time: datetime
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing, invalid or revoked API key."},
+    422: {"model": ErrorBody, "description": "Invalid query (count, cursor, window, filter)."},
+    503: {"model": ErrorBody, "description": "Redis or PostgreSQL unreachable."},
+}
+_UNKNOWN: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "Unknown exchange; lists the known ones."}
+}
+
+router = APIRouter(
+    prefix="/api/network", tags=["network"], dependencies=[Depends(require_api_key)], responses=_ERRORS
+)
+
+ExchangeIdPath = Annotated[int, Path(alias="exchangeId", description="The exchange's catalog id.")]
+
+
+@router.get("/instances", response_model=StatusBoard, summary="Every active exchange with its status")
+async def instances(store: StoreDep, catalog: CatalogDep) -> StatusBoard:
+    """Every active exchange from PostgreSQL with `online`, `status` (the record or null), heartbeat
+    age and `late` flag on the server's clock; offline ones carry `lastKnown` from their stream. A
+    malformed record reads as offline with an `offlineReason`."""
+    return await read_board(store, catalog)
+
+
+@router.get(
+    "/activity", response_model=ActivityPage, responses=_UNKNOWN, summary="The activity log, newest first"
+)
+async def activity(
+    store: StoreDep,
+    catalog: CatalogDep,
+    exchange: Annotated[
+        str | None, Query(description="Exchange name or id; omitted: every active exchange, merged.")
+    ] = None,
+    count: Annotated[int, Query(ge=1, le=MAX_COUNT, description="Entries per page.")] = DEFAULT_COUNT,
+    cursor: Annotated[
+        str | None,
+        Query(description="The previous page's `nextCursor`: the next page starts strictly after it."),
+    ] = None,
+    event: Annotated[
+        list[EventKind] | None, Query(description="Only these event types (repeatable).")
+    ] = None,
+    admin_email: Annotated[
+        str | None, Query(alias="adminEmail", description="Only transitions made for this admin.")
+    ] = None,
+) -> ActivityPage:
+    """Entries are `{id, ...stream fields}`. `nextCursor` is null on the last page. With filters a
+    page may come back short (even empty) with a `nextCursor`: it examined a bounded number of
+    entries; keep following the cursor. In all-exchanges mode the cursor is `<id>@<exchange>`, which
+    breaks ties between streams holding the same ID."""
+    return await read_activity(
+        store,
+        catalog,
+        exchange=exchange,
+        count=count,
+        cursor=cursor,
+        events=[e.value for e in event or []],
+        admin=admin_email,
+    )
+
+
+@router.get(
+    "/exchanges/{exchangeId}/status",
+    response_model=ExchangeStatus,
+    responses=_UNKNOWN,
+    summary="One exchange's status",
+)
+async def exchange_status(
+    exchange_id: ExchangeIdPath, store: StoreDep, catalog: CatalogDep
+) -> ExchangeStatus:
+    board = await read_board(store, catalog, str(exchange_id))
+    return ExchangeStatus(**board.instances[0].model_dump(), server_time=board.server_time)
+
+
+@router.get(
+    "/exchanges/{exchangeId}/uptime",
+    response_model=Uptime,
+    responses=_UNKNOWN,
+    summary="Running time and % active over 24h / 7d / 30d",
+)
+async def exchange_uptime(exchange_id: ExchangeIdPath, store: StoreDep, catalog: CatalogDep) -> Uptime:
+    """`runningFor` ("4h 23m") from `connectedAt` while active; per window the share of time spent
+    `active`, computed from the stream's `state_transition` entries (`knownPct` says how much of the
+    window the stream covers)."""
+    return await read_uptime(store, catalog, str(exchange_id))
+
+
+@router.get(
+    "/exchanges/{exchangeId}/timeline",
+    response_model=Timeline,
+    responses=_UNKNOWN,
+    summary="State intervals over a window",
+)
+async def exchange_timeline(
+    exchange_id: ExchangeIdPath,
+    store: StoreDep,
+    catalog: CatalogDep,
+    window: Annotated[
+        str, Query(description="How far back: a number and s/m/h/d, at most 90d (stream retention).")
+    ] = "24h",
+) -> Timeline:
+    """Consecutive `{state, start, end, durationS}` intervals covering the window, from the stream's
+    transitions; time before the oldest known transition is `unknown`."""
+    return await read_timeline(store, catalog, str(exchange_id), window)

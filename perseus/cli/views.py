@@ -1,0 +1,263 @@
+"""Read views in the terminal: ``network`` (cards like the web page), ``log`` (the activity feed) and
+``apikey`` (keys for the HTTP API). They read Redis and PostgreSQL directly through the same
+functions as the API, so the terminal and the API never disagree and neither needs the other."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.columns import Columns
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.rule import Rule
+from rich.table import Table
+from rich.text import Text
+
+from perseus.cli.app import JsonFlag, _with_catalog, app, err, out, print_json, run
+from perseus.config import Settings
+from perseus.errors import PerseusError
+from perseus.models import Wire
+
+T = TypeVar("T")
+
+apikey_app = typer.Typer(no_args_is_help=True, help="API keys for the HTTP API.")
+app.add_typer(apikey_app, name="apikey")
+
+#: Badge colours of DESIGN §4.
+BADGE = {
+    "offline": "red",
+    "active": "green",
+    "starting": "blue",
+    "warming": "yellow",
+    "stopping": "yellow",
+    "idle": "grey62",
+    "stopped": "grey62",
+}
+HEARTBEAT = {"fresh": "green", "late": "yellow", "stale": "red"}
+
+
+async def _with_store(settings: Settings, fn: Callable[[Any, Any], Awaitable[T]]) -> T:
+    """Open Redis and one PostgreSQL connection for one command, then close both."""
+    from perseus.store.redis_store import RedisStore, make_client
+
+    redis = make_client(str(settings.redis_url))
+    try:
+        return await _with_catalog(settings, lambda catalog: fn(RedisStore(redis), catalog))
+    finally:
+        await redis.aclose()
+
+
+# --- network -------------------------------------------------------------------------------------
+
+
+def _card(view: Any) -> Panel:
+    """One exchange as on the network page."""
+    from perseus.network import InstanceView
+
+    assert isinstance(view, InstanceView)
+    s = view.status
+    state = s.connection_state.value if s else "offline"
+    title = Text.assemble((view.display_name, "bold"), "  ", (f" {state} ", f"bold white on {BADGE[state]}"))
+    lines: list[RenderableType] = []
+
+    def row(label: str, value: str | Text) -> None:
+        lines.append(Text.assemble((f"{label:<10}", "dim"), value))
+
+    if s is not None:
+        row("host", s.hostname)
+        row("IP", s.ip_address or "-")
+        admin = s.admin_display_name or s.admin_email
+        row("admin", f"{admin} <{s.admin_email}>" if s.admin_display_name and s.admin_email else admin or "-")
+        row("symbols", str(s.symbol_count))
+        age = view.heartbeat_age_s or 0.0
+        colour = HEARTBEAT[view.heartbeat or "stale"]
+        beat = Text(f"{age:.1f}s ago", style=colour)
+        if view.late:
+            beat.append("  (late)", style="yellow")
+        row("heartbeat", beat)
+        if view.running_for:
+            row("uptime", f"Running for {view.running_for}")
+        if s.last_error:
+            row("last error", Text(f"{s.last_error} ({s.last_error_at or '?'})", style="red"))
+    else:
+        row("offline", Text(view.offline_reason or "not running", style="red"))
+        known = view.last_known
+        if known is None:
+            row("last known", "nothing in the activity log")
+        else:
+            row("last host", known.hostname or "-")
+            row("last IP", known.ip or "-")
+            row("last state", f"{known.state or '?'} ({known.event} at {known.at or '?'})")
+            if known.admin_email:
+                row("admin", known.admin_email)
+            if known.last_error:
+                row("last error", Text(f"{known.last_error} ({known.last_error_at or '?'})", style="red"))
+    for standby in view.standbys:
+        row("standby", str(standby.get("hostname") or standby))
+    return Panel(Group(*lines), title=title, title_align="left", border_style=BADGE[state], width=60)
+
+
+def _cards(board: Any) -> RenderableType:
+    cards = [_card(v) for v in board.instances]
+    footer = Text(f"server time {board.server_time.isoformat()}", style="dim")
+    return Group(Columns(cards) if cards else Text("no active exchanges"), footer)
+
+
+@app.command()
+def network(
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes.")] = 5.0,
+    times: Annotated[int, typer.Option("--times", hidden=True, help="Stop after N refreshes.")] = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """The network view: a card per active exchange (state, host, IP, admin, heartbeat, uptime)."""
+    from rich.live import Live
+
+    from perseus.network import StatusBoard, read_board
+
+    if not interval > 0:
+        err.print(
+            f"error: --interval must be greater than 0, got {interval:g}", highlight=False, markup=False
+        )
+        raise typer.Exit(1)
+
+    async def main(settings: Settings) -> None:
+        async def board() -> StatusBoard:
+            return await _with_store(settings, lambda store, catalog: read_board(store, catalog))
+
+        if not watch:
+            shown = await board()
+            if as_json:
+                print_json(shown)
+            else:
+                out.print(_cards(shown))
+            return
+        frames = 0
+        # A terminal gets a live, in-place view; a pipe gets one frame after another.
+        live = Live(console=out, auto_refresh=False) if out.is_terminal and not as_json else None
+        with live if live is not None else contextlib.nullcontext():
+            while True:
+                shown = await board()
+                if as_json:
+                    print_json(shown)
+                elif live is not None:
+                    live.update(_cards(shown), refresh=True)
+                else:
+                    out.print(Rule(shown.server_time.isoformat()))
+                    out.print(_cards(shown))
+                frames += 1
+                if times and frames >= times:
+                    return
+                await asyncio.sleep(interval)
+
+    run(main)
+
+
+# --- log -----------------------------------------------------------------------------------------
+
+
+def _what(entry: dict[str, str]) -> str:
+    event = entry.get("event", "")
+    if event == "state_transition":
+        return f"{entry.get('fromState', '?')} -> {entry.get('toState', '?')}"
+    if event == "error":
+        return f"{entry.get('error', '')} (in {entry.get('state', '?')})"
+    return entry.get("detail", "")
+
+
+@app.command()
+def log(
+    exchange: Annotated[str | None, typer.Argument(help="Exchange name or id; omitted: all, merged.")] = None,
+    count: Annotated[int, typer.Option("--count", help="Entries per page (1..200).")] = 50,
+    cursor: Annotated[str | None, typer.Option("--cursor", help="Start after this (a nextCursor).")] = None,
+    event: Annotated[
+        list[str] | None, typer.Option("--event", help="Only this event type (repeatable).")
+    ] = None,
+    admin_email: Annotated[
+        str | None, typer.Option("--admin-email", help="Only transitions for this admin.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The activity log, newest first; follow the printed cursor for older entries."""
+    from perseus.activity import ActivityPage, read_activity
+
+    async def main(settings: Settings) -> ActivityPage:
+        return await _with_store(
+            settings,
+            lambda store, catalog: read_activity(
+                store,
+                catalog,
+                exchange=exchange,
+                count=count,
+                cursor=cursor,
+                events=event or [],
+                admin=admin_email,
+            ),
+        )
+
+    page = run(main)
+    if as_json:
+        print_json(page)
+        return
+    table = Table("time", "exchange", "event", "what", "host", "IP", "admin", "id")
+    for entry in page.entries:
+        table.add_row(
+            entry.get("timestamp", ""),
+            entry.get("exchangeName", ""),
+            entry.get("event", ""),
+            _what(entry),
+            entry.get("hostname", ""),
+            entry.get("ip", "") or "-",
+            entry.get("adminEmail", "") or "",
+            entry["id"],
+        )
+    out.print(table)
+    if page.next_cursor:
+        err.print(f"older entries: --cursor {page.next_cursor}", highlight=False)
+
+
+# --- apikey --------------------------------------------------------------------------------------
+
+
+class CreatedKey(Wire):
+    name: str
+    key: str
+
+
+@apikey_app.command("create")
+def apikey_create(
+    name: Annotated[str, typer.Argument(help="Who or what uses the key.")], as_json: JsonFlag = False
+) -> None:
+    """Create an API key and print it (it is shown once here; store it)."""
+
+    async def main(settings: Settings) -> CreatedKey:
+        if not name.strip() or len(name) > 100:
+            raise PerseusError("the key name must be 1 to 100 characters")
+        key = await _with_catalog(settings, lambda catalog: catalog.create_api_key(name))
+        return CreatedKey(name=name, key=key)
+
+    created = run(main)
+    if as_json:
+        print_json(created)
+    else:
+        out.print(created.key, highlight=False)
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(
+    name_or_key: Annotated[str, typer.Argument(help="A key, or a name: revokes all its active keys.")],
+) -> None:
+    """Revoke an API key (or every active key with that name): it is refused from the next request on."""
+
+    async def main(settings: Settings) -> int:
+        revoked: int = await _with_catalog(settings, lambda catalog: catalog.revoke_api_keys(name_or_key))
+        if not revoked:
+            raise PerseusError(f"no active API key named or equal to {name_or_key!r}")
+        return revoked
+
+    revoked = run(main)
+    err.print(f"revoked {revoked} key(s)", highlight=False)
