@@ -1,0 +1,430 @@
+"""The read API against real Redis and PostgreSQL, in-process (ASGI) and over a real socket (uvicorn)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from perseus.config import Settings
+from perseus.keys import retention_min_id, stream_key
+from perseus.store import db
+from perseus.store.redis_store import RedisStore
+from tests.conftest import Servers
+from tests.integration.conftest_api import (
+    bearer,
+    entry_fields,
+    in_process,
+    new_exchanges,
+    over_socket,
+    put_status,
+    status_record,
+    xadd,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest_asyncio.fixture(scope="module")
+async def api_key(servers: Servers) -> str:
+    conn = await db.connect(servers.database_url)
+    async with conn:
+        return await db.Catalog(db.OneConnection(conn)).create_api_key(f"test-{uuid.uuid4().hex[:6]}")
+
+
+@pytest_asyncio.fixture(scope="module", params=["asgi", "socket"])
+async def http(
+    request: pytest.FixtureRequest, settings: Settings, api_key: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The same app two ways; requests carry a valid key unless a test overrides the header."""
+    opened = in_process(settings) if request.param == "asgi" else over_socket(settings)
+    async with opened as client:
+        client.headers.update(bearer(api_key))
+        yield client
+
+
+@pytest_asyncio.fixture(scope="module")
+async def asgi(settings: Settings, api_key: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with in_process(settings) as client:
+        client.headers.update(bearer(api_key))
+        yield client
+
+
+def server_time(body: dict[str, object]) -> datetime:
+    moment = datetime.fromisoformat(str(body["serverTime"]).replace("Z", "+00:00"))
+    assert abs((datetime.now(UTC) - moment).total_seconds()) < 30
+    return moment
+
+
+# --- authentication -------------------------------------------------------------------------------
+
+DATA_ROUTES = ["/api/network/instances", "/api/network/activity", "/api/network/exchanges/1/status"]
+
+
+async def test_every_data_route_refuses_missing_wrong_and_revoked_keys(
+    http: httpx.AsyncClient, servers: Servers
+) -> None:
+    conn = await db.connect(servers.database_url)
+    async with conn:
+        catalog = db.Catalog(db.OneConnection(conn))
+        revoked = await catalog.create_api_key("to-revoke")
+        assert await catalog.revoke_api_keys(revoked) == 1
+    wrong: list[str | None] = [
+        None,
+        "",
+        "Bearer",
+        "Basic dXNlcjpwYXNz",
+        "Bearer not-a-uuid",
+        f"Bearer {uuid.uuid4()}",
+        f"Bearer {revoked}",
+    ]
+    for route in DATA_ROUTES + ["/api/network/exchanges/1/uptime", "/api/network/exchanges/1/timeline"]:
+        for header in wrong:
+            # Invalid parameters too: authentication is decided before anything else.
+            request = http.build_request("GET", route, params={"count": 0})
+            del request.headers["Authorization"]
+            if header is not None:
+                request.headers["Authorization"] = header
+            reply = await http.send(request)
+            assert reply.status_code == 401, (route, header, reply.text)
+            body = reply.json()
+            assert set(body) == {"error", "type", "serverTime"} and body["type"] == "Unauthorized"
+            assert reply.headers["www-authenticate"] == "Bearer"
+            server_time(body)
+
+
+async def test_a_valid_key_reads_and_is_marked_used(
+    http: httpx.AsyncClient, servers: Servers, api_key: str
+) -> None:
+    reply = await http.get("/api/network/instances")
+    assert reply.status_code == 200
+    conn = await db.connect(servers.database_url)
+    async with conn:
+        row = await (
+            await conn.execute("SELECT last_used_at FROM api_keys WHERE key = %s", (api_key,))
+        ).fetchone()
+    assert row is not None and row["last_used_at"] is not None
+    assert datetime.now(UTC) - row["last_used_at"] < timedelta(minutes=5)
+    # The key's canonical spelling is accepted in upper case and braces too (it is a UUID).
+    assert (await http.get("/api/network/instances", headers=bearer(api_key.upper()))).status_code == 200
+
+
+async def test_openapi_docs_are_served_and_describe_the_key(http: httpx.AsyncClient) -> None:
+    schema = (await http.get("/openapi.json", headers={"Authorization": ""})).json()
+    assert {"/api/network/instances", "/api/network/activity"} <= set(schema["paths"])
+    assert "/api/network/exchanges/{exchangeId}/timeline" in schema["paths"]
+    assert schema["components"]["securitySchemes"]["ApiKey"]["scheme"] == "bearer"
+    assert (await http.get("/docs", headers={"Authorization": ""})).status_code == 200
+
+
+# --- instances and one status -----------------------------------------------------------------------
+
+
+async def test_instances_online_offline_and_malformed(
+    http: httpx.AsyncClient, servers: Servers, store: RedisStore
+) -> None:
+    (on_id, on), (off_id, off), (bad_id, bad), (odd_id, odd), (gone_id, gone) = await new_exchanges(
+        servers.database_url, 5
+    )
+    connected = datetime.now(UTC) - timedelta(hours=4, minutes=23, seconds=5)
+    await put_status(store, on_id, status_record(on_id, on, connectedAt=connected.isoformat()))
+    when = datetime.now(UTC) - timedelta(minutes=3)
+    await xadd(store, off, "*", entry_fields(off_id, off, "error", when, error="ws closed", state="active"))
+    await xadd(
+        store,
+        off,
+        "*",
+        entry_fields(
+            off_id, off, "state_transition", when, fromState="stopped", toState="idle", adminEmail="a@x.io"
+        ),
+    )
+    await put_status(store, bad_id, "{not json")
+    await put_status(store, odd_id, status_record(odd_id, odd, lastHeartbeat="yesterday"))
+    conn = await db.connect(servers.database_url)
+    async with conn:
+        await conn.execute("UPDATE exchanges SET is_active = false WHERE id = %s", (gone_id,))
+        active = {
+            r["id"] for r in await (await conn.execute("SELECT id FROM exchanges WHERE is_active")).fetchall()
+        }
+
+    reply = await http.get("/api/network/instances")
+    assert reply.status_code == 200
+    body = reply.json()
+    server_time(body)
+    views = {v["exchangeId"]: v for v in body["instances"]}
+    assert set(views) == active and gone_id not in views  # every active exchange, from the DB
+
+    online = views[on_id]
+    assert online["online"] is True and online["exchangeName"] == on and online["displayName"] == on.upper()
+    assert online["status"]["connectionState"] == "active" and online["status"]["hostname"] == "node-a"
+    assert online["heartbeat"] == "fresh" and online["late"] is False and online["heartbeatAgeS"] < 10
+    assert online["runningFor"] == "4h 23m" and 0 < online["ttlMs"] <= 60_000
+    assert online["standbys"] == [] and online["lastKnown"] is None
+
+    offline = views[off_id]
+    assert offline["online"] is False and offline["status"] is None
+    known = offline["lastKnown"]
+    assert known["hostname"] == "node-a" and known["ip"] == "192.0.2.10" and known["state"] == "idle"
+    assert known["event"] == "state_transition" and known["adminEmail"] == "a@x.io"
+    assert known["lastError"] == "ws closed" and known["at"].startswith(when.strftime("%Y-%m-%dT%H:%M"))
+
+    for malformed in (bad_id, odd_id):
+        view = views[malformed]
+        assert view["online"] is False and view["status"] is None
+        assert view["offlineReason"].startswith("malformed status record")
+
+
+async def test_one_exchange_status_and_unknown_ids(
+    http: httpx.AsyncClient, servers: Servers, store: RedisStore
+) -> None:
+    ((ex_id, name),) = await new_exchanges(servers.database_url, 1)
+    reply = await http.get(f"/api/network/exchanges/{ex_id}/status")
+    assert reply.status_code == 200
+    body = reply.json()
+    assert body["online"] is False and body["status"] is None and body["lastKnown"] is None
+    server_time(body)
+    await put_status(store, ex_id, status_record(ex_id, name, connectionState="warming", connectedAt=None))
+    body = (await http.get(f"/api/network/exchanges/{ex_id}/status")).json()
+    assert body["online"] is True and body["status"]["connectionState"] == "warming"
+    assert body["runningFor"] is None
+
+    for route in ("status", "uptime", "timeline"):
+        reply = await http.get(f"/api/network/exchanges/987654321/{route}")
+        assert reply.status_code == 404
+        missing = reply.json()
+        assert (
+            missing["type"] == "UnknownExchange"
+            and name in missing["known"]
+            and "binance" in missing["known"]
+        )
+        assert "known exchanges:" in missing["error"]
+        server_time(missing)
+    reply = await http.get("/api/network/exchanges/binance/status")
+    assert reply.status_code == 422 and reply.json()["type"] == "ValidationError"
+
+
+# --- the activity log -------------------------------------------------------------------------------
+
+MS0 = 1_700_000_000_000
+
+
+@pytest_asyncio.fixture(scope="module")
+async def three_streams(servers: Servers) -> list[tuple[int, str]]:
+    """Three exchanges whose streams hold the same IDs: 12 milliseconds × 16 sequence numbers each,
+    plus a few entries of their own (600 entries in all)."""
+    from perseus.store.redis_store import make_client
+
+    exchanges = await new_exchanges(servers.database_url, 3, prefix="pg")
+    redis = make_client(servers.redis_url)
+    store = RedisStore(redis)
+    try:
+        for n, (ex_id, name) in enumerate(exchanges):
+            async with redis.pipeline(transaction=False) as pipe:
+                ids = [f"{MS0 + ms}-{seq}" for ms in range(12) for seq in range(16)]
+                ids += [f"{MS0 + 20 + n}-{seq}" for seq in range(8)]
+                for i, entry_id in enumerate(ids):
+                    when = datetime.fromtimestamp(int(entry_id.split("-")[0]) / 1000, UTC)
+                    if i % 4 == 0:
+                        fields = entry_fields(ex_id, name, "error", when, error=f"e{i}", state="active")
+                    else:
+                        admin = "ops@x.io" if i % 3 == 0 else "admin@perseus.local"
+                        fields = entry_fields(
+                            ex_id,
+                            name,
+                            "state_transition",
+                            when,
+                            fromState="idle",
+                            toState="starting",
+                            adminEmail=admin,
+                        )
+                    pipe.xadd(stream_key(name), fields, id=entry_id)  # type: ignore[arg-type]
+                await pipe.execute()
+        assert sum([len(await store.events(name)) for _, name in exchanges]) == 600
+    finally:
+        await redis.aclose()
+    return exchanges
+
+
+def order_key(entry: dict[str, str]) -> tuple[int, int, str]:
+    ms, seq = entry["id"].split("-")
+    return (int(ms), int(seq), entry.get("exchangeName", "").lower())
+
+
+async def walk(http: httpx.AsyncClient, **params: object) -> tuple[list[dict[str, str]], int]:
+    entries: list[dict[str, str]] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        query = {**params, **({"cursor": cursor} if cursor else {})}
+        reply = await http.get("/api/network/activity", params=query)  # type: ignore[arg-type]
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        server_time(body)
+        assert len(body["entries"]) <= int(params.get("count", 50))  # type: ignore[call-overload]
+        entries += body["entries"]
+        pages += 1
+        cursor = body["nextCursor"]
+        if cursor is None:
+            return entries, pages
+        assert pages < 1000
+
+
+async def test_single_exchange_pages_cover_the_stream_exactly_once(
+    http: httpx.AsyncClient, three_streams: list[tuple[int, str]]
+) -> None:
+    _, name = three_streams[1]
+    entries, pages = await walk(http, exchange=name, count=13)
+    ids = [e["id"] for e in entries]
+    assert len(ids) == 200 == len(set(ids)) and pages == 16
+    assert [order_key(e) for e in entries] == sorted((order_key(e) for e in entries), reverse=True)
+    # Same-millisecond runs come out in numeric order: …-15, …-14, …, …-10, …-9, not "…-9" before "…-10".
+    run = [e["id"] for e in entries if e["id"].startswith(f"{MS0 + 11}-")]
+    assert run == [f"{MS0 + 11}-{seq}" for seq in range(15, -1, -1)]
+
+
+async def test_all_exchanges_pages_merge_numerically_without_repeats_or_gaps(
+    asgi: httpx.AsyncClient, three_streams: list[tuple[int, str]]
+) -> None:
+    mine = {name for _, name in three_streams}
+    for count in (50, 17):
+        entries, _ = await walk(asgi, count=count)
+        keys = [order_key(e) for e in entries]
+        assert len(keys) == len(set(keys))  # no entry twice
+        assert keys == sorted(keys, reverse=True)  # newest first, (ms, seq, exchange) numerically
+        ours = [e for e in entries if e.get("exchangeName") in mine]
+        assert len(ours) == 600  # no gaps
+        expected = sorted(
+            [(MS0 + ms, seq, name) for name in mine for ms in range(12) for seq in range(16)]
+            + [(MS0 + 20 + n, seq, name) for n, (_, name) in enumerate(three_streams) for seq in range(8)],
+            reverse=True,
+        )
+        assert [order_key(e) for e in ours] == expected
+
+
+async def test_filters_by_event_and_admin_page_through_everything(
+    http: httpx.AsyncClient, three_streams: list[tuple[int, str]]
+) -> None:
+    _, name = three_streams[0]
+    everything, _ = await walk(http, exchange=name, count=200)
+    errors, _ = await walk(http, exchange=name, count=7, event="error")
+    assert [e["id"] for e in errors] == [e["id"] for e in everything if e["event"] == "error"] and errors
+    ops, _ = await walk(http, exchange=name, count=9, adminEmail="OPS@x.io")
+    assert [e["id"] for e in ops] == [
+        e["id"] for e in everything if e.get("adminEmail") == "ops@x.io"
+    ] and ops
+    both, _ = await walk(
+        http, exchange=name, count=5, event=["error", "state_transition"], adminEmail="ops@x.io"
+    )
+    assert [e["id"] for e in both] == [e["id"] for e in ops]
+
+
+async def test_activity_refuses_bad_queries(
+    http: httpx.AsyncClient, three_streams: list[tuple[int, str]]
+) -> None:
+    for params in ({"count": 0}, {"count": 201}, {"count": "x"}, {"event": "heartbeat"}, {"cursor": "10"}):
+        reply = await http.get("/api/network/activity", params=params)
+        assert reply.status_code == 422, (params, reply.text)
+        body = reply.json()
+        assert body["error"] and body["type"] in {"ValidationError", "InvalidQuery"}
+        server_time(body)
+    reply = await http.get("/api/network/activity", params={"exchange": "nope"})
+    assert reply.status_code == 404 and "binance" in reply.json()["known"]
+    default = (await http.get("/api/network/activity", params={"exchange": three_streams[2][1]})).json()
+    assert len(default["entries"]) == 50 and default["nextCursor"] == default["entries"][-1]["id"]
+    exact = (
+        await http.get("/api/network/activity", params={"exchange": three_streams[2][1], "count": 200})
+    ).json()
+    assert len(exact["entries"]) == 200 and exact["nextCursor"] is None  # a full last page says so
+
+
+async def test_retention_trims_entries_older_than_90_days_on_the_next_write(
+    servers: Servers, store: RedisStore
+) -> None:
+    ((ex_id, name),) = await new_exchanges(servers.database_url, 1, prefix="ret")
+    now = datetime.now(UTC)
+    old_ms = int((now - timedelta(days=91)).timestamp() * 1000)
+    for i in range(300):
+        await xadd(store, name, f"{old_ms + i}-0", entry_fields(ex_id, name, "error", now, error="old"))
+    recent_ms = int((now - timedelta(days=89)).timestamp() * 1000)
+    for i in range(5):
+        await xadd(store, name, f"{recent_ms + i}-0", entry_fields(ex_id, name, "error", now, error="recent"))
+    node_max = int(str((await store.client.config_get("stream-node-max-entries"))["stream-node-max-entries"]))
+
+    def old(rows: list[tuple[str, dict[str, str]]]) -> list[str]:
+        return sorted((i for i, f in rows if f["error"] == "old"), key=lambda i: int(i.split("-")[0]))
+
+    await store.append_event(
+        name, str(uuid.uuid4()), retention_min_id(now), {"event": "error", "error": "new"}
+    )
+    rows = await store.events(name)
+    left = old(rows)
+    # `MINID ~` (DESIGN §2.1) trims whole stream nodes: what survives is at most the one node that the
+    # newest old entries share with entries inside the 90 days; they go once that node ages out.
+    assert len(left) < min(node_max, 300)
+    assert left == [f"{old_ms + i}-0" for i in range(300 - len(left), 300)]  # the oldest went first
+    assert sum(1 for _, f in rows if f["error"] == "recent") == 5  # nothing within 90 days is lost
+    assert [f["error"] for _, f in rows[:1]] == ["new"]
+
+
+# --- uptime and timeline ----------------------------------------------------------------------------
+
+
+async def test_uptime_and_timeline_from_a_hand_made_history(
+    http: httpx.AsyncClient, servers: Servers, store: RedisStore
+) -> None:
+    ((ex_id, name),) = await new_exchanges(servers.database_url, 1, prefix="up")
+    now = datetime.now(UTC)
+
+    def ago(hours: float) -> datetime:
+        return now - timedelta(hours=hours)
+
+    history = [
+        (ago(10 * 24), "idle", "starting"),
+        (ago(10 * 24 - 0.5), "starting", "warming"),
+        (ago(10 * 24 - 1), "warming", "active"),  # active 9 d 23 h … until 2 d ago
+        (ago(48), "active", "stopping"),
+        (ago(47.5), "stopping", "stopped"),
+        (ago(47), "stopped", "idle"),
+        (ago(13), "idle", "starting"),
+        (ago(12.5), "starting", "warming"),
+        (ago(12), "warming", "active"),  # active for the last 12 h
+    ]
+    for when, src, dst in history:
+        ms = int(when.timestamp() * 1000)
+        await xadd(
+            store,
+            name,
+            f"{ms}-0",
+            entry_fields(ex_id, name, "state_transition", when, fromState=src, toState=dst, adminEmail=""),
+        )
+        await xadd(store, name, f"{ms}-1", entry_fields(ex_id, name, "error", when, error="noise", state=dst))
+    connected = ago(12)
+    await put_status(store, ex_id, status_record(ex_id, name, connectedAt=connected.isoformat()))
+
+    reply = await http.get(f"/api/network/exchanges/{ex_id}/uptime")
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    server_time(body)
+    assert body["online"] is True and body["state"] == "active" and body["runningFor"] == "12h 0m"
+    windows = {w["window"]: w for w in body["windows"]}
+    tolerance = 0.01  # percentage points: the clock moved a little between writing and reading
+    assert windows["24h"]["activePct"] == pytest.approx(50.0, abs=tolerance)
+    assert windows["7d"]["activePct"] == pytest.approx(100 * (5 * 24 + 12) / (7 * 24), abs=tolerance)
+    active_30d = (10 * 24 - 1 - 48) + 12
+    assert windows["30d"]["activePct"] == pytest.approx(100 * active_30d / (30 * 24), abs=tolerance)
+    assert windows["30d"]["knownPct"] == pytest.approx(100.0)  # before the first entry: its fromState
+
+    reply = await http.get(f"/api/network/exchanges/{ex_id}/timeline", params={"window": "3d"})
+    assert reply.status_code == 200
+    timeline = reply.json()
+    states = [i["state"] for i in timeline["intervals"]]
+    assert states == ["active", "stopping", "stopped", "idle", "starting", "warming", "active"]
+    assert timeline["totalsS"]["stopping"] == pytest.approx(1800, abs=1)
+    assert sum(i["durationS"] for i in timeline["intervals"]) == pytest.approx(3 * 86400, abs=1)
+    for bad in ("91d", "0h", "soon"):
+        reply = await http.get(f"/api/network/exchanges/{ex_id}/timeline", params={"window": bad})
+        assert reply.status_code == 422 and reply.json()["type"] == "InvalidQuery"
