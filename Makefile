@@ -31,8 +31,10 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Fleet benchmark (issue 8): own scratch servers; defaults N=1000@15s for 5 min and N=200@1s for
+# 2 min, ~30 min in all. Pass flags with BENCH_ARGS, e.g. BENCH_ARGS="--n 100 --interval 5 --duration 60".
 bench: install
-	$(BIN)/python -m bench.heartbeat
+	$(BIN)/python -m bench.fleet $(BENCH_ARGS)
 
 # Re-pin every dependency (needs pip-tools); commit the result.
 lock:

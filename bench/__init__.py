@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): ``make bench`` runs them against servers they start themselves."""
