@@ -107,6 +107,7 @@ def shutdown(exchange: str, host: HostOption = None, as_json: JsonFlag = False) 
 def status(exchange: Annotated[str | None, typer.Argument()] = None, as_json: JsonFlag = False) -> None:
     """Status record(s): online/offline, state, heartbeat age, TTL left."""
     from rich.table import Table
+    from rich.text import Text
 
     from perseus.network import StatusBoard, read_board
     from perseus.store.redis_store import RedisStore, make_client
@@ -126,16 +127,23 @@ def status(exchange: Annotated[str | None, typer.Argument()] = None, as_json: Js
     for view in board.instances:
         s = view.status
         if s is None:
+            # Offline: show what the activity log last knew, dimmed, so it is not mistaken for live data.
+            known = view.last_known
+            last = f" (last {known.state or known.event} at {known.at})" if known else ""
             table.add_row(
                 view.exchange_name,
                 "[red]offline[/red]",
+                f"[dim]{known.hostname or '-'}[/dim]" if known else "-",
+                f"[dim]{known.ip or '-'}[/dim]" if known else "-",
                 "-",
                 "-",
                 "-",
                 "-",
-                "-",
-                "-",
-                view.offline_reason or "",
+                Text(
+                    (view.offline_reason or "")
+                    + last
+                    + (f"; {known.last_error}" if known and known.last_error else "")
+                ),
             )
             continue
         colour = {"fresh": "green", "late": "yellow", "stale": "red"}[view.heartbeat or "stale"]

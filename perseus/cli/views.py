@@ -14,7 +14,6 @@ from rich.columns import Columns
 from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.rule import Rule
-from rich.table import Table
 from rich.text import Text
 
 from perseus.cli.app import JsonFlag, _with_catalog, app, err, out, print_json, run
@@ -38,6 +37,7 @@ BADGE = {
     "stopped": "grey62",
 }
 HEARTBEAT = {"fresh": "green", "late": "yellow", "stale": "red"}
+EVENT_STYLE = {"error": "red", "instance_lost": "red", "claim_conflict": "yellow", "state_transition": "cyan"}
 
 
 async def _with_store(settings: Settings, fn: Callable[[Any, Any], Awaitable[T]]) -> T:
@@ -203,19 +203,28 @@ def log(
     if as_json:
         print_json(page)
         return
-    table = Table("time", "exchange", "event", "what", "host", "IP", "admin", "id")
+    # One line per entry (not a table): it stays readable in a narrow terminal and greppable in a pipe.
+    width = max((len(e.get("exchangeName", "")) for e in page.entries), default=0)
     for entry in page.entries:
-        table.add_row(
-            entry.get("timestamp", ""),
-            entry.get("exchangeName", ""),
-            entry.get("event", ""),
+        kind = entry.get("event", "")
+        line = Text.assemble(
+            (entry.get("timestamp", "") or "-", "dim"),
+            "  ",
+            entry.get("exchangeName", "").ljust(width),
+            "  ",
+            (kind.ljust(18), EVENT_STYLE.get(kind, "")),
             _what(entry),
-            entry.get("hostname", ""),
-            entry.get("ip", "") or "-",
-            entry.get("adminEmail", "") or "",
-            entry["id"],
         )
-    out.print(table)
+        extra = [f"host={entry['hostname']}" if entry.get("hostname") else ""]
+        extra += [
+            f"ip={entry['ip']}" if entry.get("ip") else "",
+            f"admin={entry.get('adminEmail')}" if entry.get("adminEmail") else "",
+        ]
+        line.append("  " + " ".join(x for x in extra if x), style="dim")
+        line.append(f"  {entry['id']}", style="dim")
+        out.print(line, soft_wrap=True)
+    if not page.entries:
+        err.print("no entries", highlight=False)
     if page.next_cursor:
         err.print(f"older entries: --cursor {page.next_cursor}", highlight=False)
 
