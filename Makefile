@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench lock clean
+.PHONY: install run test lint format bench lock clean chromium
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,7 +17,17 @@ install: $(STAMP)
 run: install
 	$(BIN)/perseus dev --demo
 
-test: install
+# The browser tests drive Debian's chromium through Playwright (never Playwright's own download).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
+
+chromium: $(CHROMIUM)
+
+test: install $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
 	$(BIN)/pytest

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from perseus.activity import InvalidQuery
 from perseus.api.auth import Unauthorized
+from perseus.api.page import router as page_router
 from perseus.api.routes import ErrorBody
 from perseus.api.routes import router as network_router
 from perseus.config import Settings
@@ -100,6 +101,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.include_router(network_router)
+    app.include_router(page_router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, Any]:

@@ -1,0 +1,620 @@
+// Perseus network page: cards per exchange, uptime and state timelines, and the activity feed.
+//
+// Everything comes from the authenticated JSON API (/api/network/...) with the key the user typed
+// once (kept in localStorage). Ages and "running for" are judged on the server's clock: each answer
+// carries serverTime, and the page only adds the time elapsed since that answer arrived, measured
+// with the browser's monotonic clock, so a browser whose wall clock is wrong still shows the truth.
+// All text is set with textContent: nothing from the API is ever parsed as HTML.
+"use strict";
+
+(() => {
+  const KEY_STORAGE = "perseus.apiKey";
+  const query = new URLSearchParams(location.search);
+  // ?refresh=SECONDS (0.5..60) overrides the 5 s polling interval, e.g. for a wall display or tests.
+  const REFRESH_MS = Math.min(60000, Math.max(500, (Number(query.get("refresh")) || 5) * 1000));
+  const HISTORY_MS = 30000; // uptime and timeline change slowly: re-read every 30 s or on a state change
+  const PAGE_SIZE = 50;
+  const SVG_NS = "http://www.w3.org/2000/svg";
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    banner: $("banner"),
+    keyPanel: $("key-panel"),
+    keyForm: $("key-form"),
+    keyInput: $("key-input"),
+    changeKey: $("change-key"),
+    network: $("network"),
+    cards: $("cards"),
+    onlineCount: $("online-count"),
+    connection: $("connection"),
+    updated: $("updated"),
+    feed: $("feed"),
+    feedStatus: $("feed-status"),
+    loadMore: $("load-more"),
+    filterExchange: $("filter-exchange"),
+    filterEvent: $("filter-event"),
+  };
+
+  const state = {
+    key: localStorage.getItem(KEY_STORAGE),
+    board: null, // last /instances answer
+    receivedAt: 0, // performance.now() when it arrived
+    timer: null,
+    history: new Map(), // exchangeId -> {uptime, timeline, fetchedAt, state}
+    historyAvailable: true,
+    historyBusy: false,
+    feed: { entries: [], nextCursor: null, filters: null, serverTime: null, receivedAt: 0, busy: false },
+  };
+
+  // --- small helpers ------------------------------------------------------------------------------
+
+  function el(tag, attrs = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs)) {
+      if (value === null || value === undefined || value === false) continue;
+      if (name === "class") node.className = value;
+      else if (name === "text") node.textContent = value;
+      else node.setAttribute(name, value === true ? "" : String(value));
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  function svg(tag, attrs = {}) {
+    const node = document.createElementNS(SVG_NS, tag);
+    for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
+    return node;
+  }
+
+  /** The server's clock now: its last serverTime plus the monotonic time since that answer. */
+  function serverNow(serverTime = state.board?.serverTime, receivedAt = state.receivedAt) {
+    return Date.parse(serverTime) + (performance.now() - receivedAt);
+  }
+
+  function duration(seconds) {
+    const s = Math.floor(Math.max(0, seconds));
+    const d = Math.floor(s / 86400);
+    const h = Math.floor((s % 86400) / 3600);
+    const m = Math.floor((s % 3600) / 60);
+    if (d) return `${d}d ${h}h`;
+    if (h) return `${h}h ${m}m`;
+    if (m) return `${m}m`;
+    return "<1m";
+  }
+
+  function age(seconds) {
+    return seconds < 120 ? `${Math.round(seconds)}s ago` : `${duration(seconds)} ago`;
+  }
+
+  /** Livermore's feed times: just now, Xm ago, Xh ago, else the local date and time. */
+  function ago(ms, now) {
+    const s = (now - ms) / 1000;
+    if (s < 60) return "just now";
+    if (s < 3600) return `${Math.floor(s / 60)}m ago`;
+    if (s < 86400) return `${Math.floor(s / 3600)}h ago`;
+    return new Date(ms).toLocaleString();
+  }
+
+  function when(iso, now) {
+    const ms = Date.parse(iso);
+    return Number.isNaN(ms) ? "unknown" : ago(ms, now);
+  }
+
+  /** Heartbeat colour (DESIGN §4: green < 10 s, yellow < 30 s, red from 30 s), also judged against
+   *  the instance's own interval: late after 1.5 intervals, red once the 2-interval renew deadline
+   *  has passed (the holder has stopped its connector by then). */
+  function heartbeatClass(ageS, intervalMs, late) {
+    const interval = intervalMs > 0 ? intervalMs / 1000 : 15;
+    if (ageS >= 30 || ageS >= 2 * interval) return "hb-stale";
+    if (ageS >= 10 || late || ageS > 1.5 * interval) return "hb-late";
+    return "hb-fresh";
+  }
+
+  // --- the API ------------------------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, body, message) {
+      super(message || body?.error || `HTTP ${status}`);
+      this.status = status;
+      this.body = body;
+    }
+  }
+
+  async function api(path, params = {}) {
+    const url = new URL(path, location.origin);
+    for (const [name, value] of Object.entries(params)) {
+      if (value !== null && value !== undefined && value !== "") url.searchParams.append(name, value);
+    }
+    let response;
+    try {
+      response = await fetch(url, {
+        headers: { Authorization: `Bearer ${state.key}`, Accept: "application/json" },
+        cache: "no-store",
+      });
+    } catch (err) {
+      throw new ApiError(0, null, "the API did not answer");
+    }
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (err) {
+      body = null;
+    }
+    if (!response.ok) throw new ApiError(response.status, body);
+    return body;
+  }
+
+  // --- connection state, banner, key --------------------------------------------------------------
+
+  function setConnection(kind, text) {
+    ui.connection.className = `pill conn-${kind}`;
+    ui.connection.textContent = text;
+  }
+
+  function showBanner(kind, text) {
+    ui.banner.className = `banner ${kind}`;
+    ui.banner.textContent = text;
+    ui.banner.hidden = false;
+  }
+
+  function hideBanner() {
+    ui.banner.hidden = true;
+    ui.banner.textContent = "";
+  }
+
+  function askForKey() {
+    ui.keyPanel.hidden = false;
+    ui.keyInput.value = "";
+    ui.keyInput.focus();
+  }
+
+  function rejectKey(err) {
+    clearTimeout(state.timer);
+    localStorage.removeItem(KEY_STORAGE);
+    state.key = null;
+    state.board = null;
+    state.history.clear();
+    state.feed = { ...state.feed, entries: [], nextCursor: null, filters: null };
+    ui.network.hidden = true;
+    ui.cards.replaceChildren();
+    ui.feed.replaceChildren();
+    ui.onlineCount.textContent = "–";
+    ui.changeKey.hidden = true;
+    setConnection("offline", "key rejected");
+    showBanner("error", `API key rejected (${err.status}): ${err.message}. Enter a valid key.`);
+    askForKey();
+  }
+
+  ui.keyForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = ui.keyInput.value.trim();
+    if (!key) return;
+    state.key = key;
+    localStorage.setItem(KEY_STORAGE, key);
+    ui.keyPanel.hidden = true;
+    hideBanner();
+    setConnection("waiting", "connecting…");
+    refresh();
+  });
+
+  ui.changeKey.addEventListener("click", askForKey);
+
+  // --- the refresh loop ---------------------------------------------------------------------------
+
+  async function refresh() {
+    clearTimeout(state.timer);
+    if (!state.key) {
+      setConnection("waiting", "no API key");
+      askForKey();
+      return;
+    }
+    try {
+      const board = await api("/api/network/instances");
+      state.board = board;
+      state.receivedAt = performance.now();
+      ui.network.hidden = false;
+      ui.network.classList.remove("stale");
+      ui.changeKey.hidden = false;
+      hideBanner();
+      setConnection("live", `live · every ${REFRESH_MS / 1000}s`);
+      renderBoard();
+      await refreshFeed(false);
+      refreshHistory();
+    } catch (err) {
+      if (!(err instanceof ApiError)) {
+        console.error(err);
+        showBanner("error", `The page failed to show the answer: ${err.message}`);
+        state.timer = setTimeout(refresh, REFRESH_MS);
+        return;
+      }
+      if (err.status === 401 || err.status === 403) {
+        rejectKey(err);
+        return;
+      }
+      ui.network.classList.add("stale");
+      setConnection("offline", "API offline");
+      const what = err.status === 0 ? "API offline" : `API error ${err.status}: ${err.message}`;
+      const since = state.board ? ` Showing data from ${age((performance.now() - state.receivedAt) / 1000)}.` : "";
+      showBanner("offline", `${what} — retrying every ${REFRESH_MS / 1000}s…${since}`);
+    }
+    state.timer = setTimeout(refresh, REFRESH_MS);
+  }
+
+  setInterval(() => {
+    if (state.board && !ui.network.hidden) {
+      const since = age((performance.now() - state.receivedAt) / 1000);
+      const clock = new Date(serverNow()).toISOString().slice(11, 19);
+      ui.updated.textContent = `updated ${since} · server time ${clock} UTC`;
+    }
+  }, 1000);
+
+  // --- cards --------------------------------------------------------------------------------------
+
+  function renderBoard() {
+    const instances = state.board.instances || [];
+    const online = instances.filter((i) => i.online).length;
+    ui.onlineCount.textContent = `${online} of ${instances.length} online`;
+    ui.cards.replaceChildren(...instances.map(card));
+    fillExchangeFilter(instances);
+  }
+
+  function fact(label, value, attrs = {}) {
+    return [el("dt", { text: label }), el("dd", attrs, value ?? "N/A")];
+  }
+
+  function card(inst) {
+    const status = inst.status;
+    const cardState = inst.online && status ? status.connectionState : "offline";
+    const node = el("article", {
+      class: "card",
+      "data-exchange": inst.exchangeName,
+      "data-exchange-id": inst.exchangeId,
+      "data-state": cardState,
+    });
+    const head = el(
+      "div",
+      { class: "card-head" },
+      el("h2", {}, inst.displayName || inst.exchangeName, el("span", { class: "name", text: inst.exchangeName })),
+      el("span", { class: `badge badge-${cardState}`, "data-role": "badge", text: cardState }),
+    );
+    node.append(head);
+    if (inst.online && status) {
+      onlineDetails(node, head, inst, status);
+    } else {
+      offlineDetails(node, inst);
+    }
+    historyDetails(node, inst);
+    const standbys = inst.standbys || [];
+    if (standbys.length) {
+      node.append(
+        el(
+          "ul",
+          { class: "standbys", "data-role": "standbys" },
+          standbys.map((s) =>
+            el(
+              "li",
+              {},
+              `${s.hostname ?? s.host ?? "?"} (${s.ipAddress ?? s.ip ?? "IP unknown"})`,
+              s.connectionState || s.state ? ` · ${s.connectionState ?? s.state}` : "",
+            ),
+          ),
+        ),
+      );
+    }
+    return node;
+  }
+
+  function onlineDetails(node, head, inst, status) {
+    const ageS =
+      typeof inst.heartbeatAgeS === "number"
+        ? inst.heartbeatAgeS
+        : Math.max(0, (Date.parse(state.board.serverTime) - Date.parse(status.lastHeartbeat)) / 1000);
+    const hbClass = heartbeatClass(ageS, status.heartbeatIntervalMs, inst.late);
+    node.dataset.heartbeat = hbClass.slice(3);
+    if (hbClass !== "hb-fresh") {
+      head.insertBefore(
+        el("span", { class: `tag-late ${hbClass === "hb-stale" ? "stale" : ""}`, text: "late" }),
+        head.lastChild,
+      );
+    }
+    let running = "N/A";
+    if (status.connectedAt) {
+      const seconds = (serverNow() - Date.parse(status.connectedAt)) / 1000;
+      if (seconds >= 0) running = duration(seconds);
+    }
+    node.append(
+      el(
+        "dl",
+        { class: "facts" },
+        fact("Host", status.hostname, { "data-field": "hostname" }),
+        fact("IP", status.ipAddress, { "data-field": "ip" }),
+        fact("Admin", status.adminDisplayName ?? status.adminEmail, { "data-field": "admin" }),
+        fact("Symbols", `${status.symbolCount} symbols`, { "data-field": "symbols" }),
+        fact("Heartbeat", age(ageS), { "data-field": "heartbeat", class: hbClass, title: status.lastHeartbeat }),
+        fact("Running for", running, { "data-field": "running" }),
+        fact("Epoch", String(status.epoch), { "data-field": "epoch" }),
+        fact("Since", when(status.lastStateChange, serverNow()), { title: status.lastStateChange }),
+      ),
+    );
+    if (status.lastError) {
+      node.append(
+        el("p", { class: "last-error", "data-field": "last-error", title: status.lastErrorAt || "" },
+          `Last error: ${status.lastError}`,
+          status.lastErrorAt ? ` (${when(status.lastErrorAt, serverNow())})` : ""),
+      );
+    }
+  }
+
+  function offlineDetails(node, inst) {
+    const known = inst.lastKnown;
+    if (!known) {
+      const reason = inst.offlineReason || "";
+      // "no status key" is the normal offline case; anything else (a malformed record) is worth showing.
+      const why = reason && !reason.startsWith("no status key") ? reason : "nothing in the activity log yet";
+      node.append(el("p", { class: "offline-note", "data-field": "last-seen", text: `No active connection · ${why}` }));
+      return;
+    }
+    node.append(
+      el("p", { class: "offline-note", "data-field": "last-seen" },
+        `No active connection · last seen ${when(known.at, serverNow())}`),
+      el(
+        "dl",
+        { class: "facts last-known", "data-role": "last-known" },
+        fact("Host", known.hostname, { "data-field": "hostname" }),
+        fact("IP", known.ip, { "data-field": "ip" }),
+        fact("Last state", known.state, { "data-field": "last-state" }),
+        fact("Last event", known.event.replace("_", " "), { "data-field": "last-event", title: known.at }),
+        fact("Admin", known.adminEmail, { "data-field": "admin" }),
+      ),
+    );
+    if (known.lastError) {
+      node.append(
+        el("p", { class: "last-error", "data-field": "last-error", title: known.lastErrorAt || "" },
+          `Last error: ${known.lastError}`,
+          known.lastErrorAt ? ` (${when(known.lastErrorAt, serverNow())})` : ""),
+      );
+    }
+  }
+
+  function historyDetails(node, inst) {
+    const h = state.history.get(inst.exchangeId);
+    if (!h) return;
+    if (h.uptime && Array.isArray(h.uptime.windows)) {
+      node.append(
+        el(
+          "div",
+          { class: "uptime", "data-role": "uptime" },
+          el("span", { class: "muted", text: "Uptime" }),
+          h.uptime.windows.map((w) =>
+            el("span", { title: `active ${duration(w.activeS)} of ${w.window}; the log covers ${w.knownPct}% of it` },
+              `${w.window} `, el("b", { text: w.knownPct > 0 ? `${Number(w.activePct).toFixed(1)}%` : "—" })),
+          ),
+        ),
+      );
+    }
+    if (h.timeline && Array.isArray(h.timeline.intervals)) node.append(...timeline(h.timeline));
+  }
+
+  function timeline(t) {
+    const start = Date.parse(t.start);
+    const end = Date.parse(t.end);
+    const span = Math.max(1, end - start);
+    const picture = svg("svg", {
+      class: "timeline",
+      viewBox: "0 0 1000 18",
+      preserveAspectRatio: "none",
+      role: "img",
+      "aria-label": `State timeline, last ${t.window}`,
+      "data-role": "timeline",
+    });
+    for (const iv of t.intervals) {
+      const a = Math.max(start, Date.parse(iv.start));
+      const b = Math.min(end, Date.parse(iv.end));
+      if (!(b > a)) continue;
+      const rect = svg("rect", {
+        class: `seg-${iv.state}`,
+        x: ((a - start) / span) * 1000,
+        y: 0,
+        width: Math.max(0.5, ((b - a) / span) * 1000),
+        height: 18,
+        "data-state": iv.state,
+      });
+      const title = svg("title");
+      title.textContent = `${iv.state} · ${new Date(a).toLocaleString()} → ${new Date(b).toLocaleString()} (${duration(iv.durationS)})`;
+      rect.append(title);
+      picture.append(rect);
+    }
+    const axis = el("div", { class: "timeline-axis" }, el("span", { text: `${t.window} ago` }), el("span", { text: "now" }));
+    return [picture, axis];
+  }
+
+  // Uptime and timeline for each exchange: every 30 s, and at once when its state changed.
+  async function refreshHistory() {
+    if (!state.historyAvailable || state.historyBusy || !state.board) return;
+    state.historyBusy = true;
+    try {
+      const now = performance.now();
+      const due = state.board.instances.filter((inst) => {
+        const h = state.history.get(inst.exchangeId);
+        const current = inst.online && inst.status ? inst.status.connectionState : "offline";
+        return !h || now - h.fetchedAt > HISTORY_MS || h.state !== current;
+      });
+      await Promise.all(
+        due.map(async (inst) => {
+          const id = inst.exchangeId;
+          const current = inst.online && inst.status ? inst.status.connectionState : "offline";
+          const [uptime, tl] = await Promise.all([
+            api(`/api/network/exchanges/${id}/uptime`),
+            api(`/api/network/exchanges/${id}/timeline`, { window: "24h" }),
+          ]);
+          state.history.set(id, { uptime, timeline: tl, fetchedAt: performance.now(), state: current });
+        }),
+      );
+      if (due.length && state.board) renderBoard();
+    } catch (err) {
+      // A server without the uptime/timeline routes: the cards simply go without them.
+      if (err instanceof ApiError && err.status === 404 && !err.body?.known) state.historyAvailable = false;
+    } finally {
+      state.historyBusy = false;
+    }
+  }
+
+  // --- the activity feed --------------------------------------------------------------------------
+
+  function fillExchangeFilter(instances) {
+    const select = ui.filterExchange;
+    const chosen = select.value;
+    const wanted = instances.map((i) => i.exchangeName).join(",");
+    if (select.dataset.names === wanted) return;
+    select.dataset.names = wanted;
+    select.replaceChildren(
+      el("option", { value: "", text: "All exchanges" }),
+      ...instances.map((i) => el("option", { value: i.exchangeName, text: i.displayName || i.exchangeName })),
+    );
+    select.value = chosen;
+  }
+
+  function filters() {
+    return { exchange: ui.filterExchange.value, event: ui.filterEvent.value };
+  }
+
+  const entryKey = (e) => `${e.id}@${(e.exchangeName || "").toLowerCase()}`;
+
+  function streamId(e) {
+    const [ms, seq] = String(e.id).split("-").map(Number);
+    return [ms || 0, seq || 0];
+  }
+
+  function newestFirst(a, b) {
+    const [am, as] = streamId(a);
+    const [bm, bs] = streamId(b);
+    return bm - am || bs - as || entryKey(a).localeCompare(entryKey(b));
+  }
+
+  async function readFeed(cursor) {
+    const f = filters();
+    return api("/api/network/activity", { count: PAGE_SIZE, exchange: f.exchange, event: f.event, cursor });
+  }
+
+  /** Newest page, merged on top of what is loaded (older pages stay as the user loaded them). */
+  async function refreshFeed(reset) {
+    const feed = state.feed;
+    const key = JSON.stringify(filters());
+    if (reset || feed.filters !== key) {
+      feed.entries = [];
+      feed.nextCursor = null;
+      feed.filters = key;
+    }
+    const page = await readFeed(null);
+    if (feed.filters !== key) return; // the filters changed while we were reading
+    const loaded = new Set(feed.entries.map(entryKey));
+    const fresh = page.entries.filter((e) => !loaded.has(entryKey(e)));
+    if (!feed.entries.length || (fresh.length === page.entries.length && page.entries.length >= PAGE_SIZE)) {
+      // First page, or more new entries than a page: start again from the newest page.
+      feed.entries = page.entries.slice();
+      feed.nextCursor = page.nextCursor;
+    } else {
+      feed.entries = fresh.concat(feed.entries).sort(newestFirst);
+    }
+    feed.serverTime = page.serverTime;
+    feed.receivedAt = performance.now();
+    renderFeed();
+  }
+
+  async function loadMore() {
+    const feed = state.feed;
+    if (!feed.nextCursor || feed.busy) return;
+    feed.busy = true;
+    ui.loadMore.disabled = true;
+    try {
+      const key = feed.filters;
+      const page = await readFeed(feed.nextCursor);
+      if (feed.filters !== key) return;
+      const loaded = new Set(feed.entries.map(entryKey));
+      feed.entries = feed.entries.concat(page.entries.filter((e) => !loaded.has(entryKey(e))));
+      feed.nextCursor = page.nextCursor;
+      renderFeed();
+    } catch (err) {
+      if (err instanceof ApiError && (err.status === 401 || err.status === 403)) rejectKey(err);
+      else ui.feedStatus.textContent = `Could not load more: ${err.message}`;
+    } finally {
+      feed.busy = false;
+      ui.loadMore.disabled = false;
+    }
+  }
+
+  function displayName(exchangeName) {
+    const inst = state.board?.instances.find((i) => i.exchangeName === exchangeName);
+    return inst?.displayName || exchangeName || "?";
+  }
+
+  const ICONS = {
+    state_transition: "✓",
+    error: "⚠",
+    claim_conflict: "⛔",
+    instance_lost: "✕",
+    standby_registered: "+",
+    promoted: "↑",
+    handoff: "⇄",
+  };
+
+  function describe(e) {
+    const name = displayName(e.exchangeName);
+    switch (e.event) {
+      case "state_transition":
+        return `${name}: ${e.fromState} → ${e.toState}`;
+      case "error":
+        return `${name}: ${e.error || "error"}`;
+      case "claim_conflict":
+        return `${name}: claim refused${e.detail ? ` — ${e.detail}` : ""}`;
+      case "instance_lost":
+        return `${name}: instance lost${e.detail ? ` — ${e.detail}` : ""}`;
+      default:
+        return `${name}: ${String(e.event).replace("_", " ")}${e.detail ? ` — ${e.detail}` : ""}`;
+    }
+  }
+
+  function renderFeed() {
+    const feed = state.feed;
+    const now = serverNow(feed.serverTime, feed.receivedAt);
+    const scroll = ui.feed.scrollTop;
+    ui.feed.replaceChildren(
+      ...feed.entries.map((e) => {
+        const who = [e.adminEmail || null, e.hostname ? `${e.hostname}${e.ip ? ` (${e.ip})` : ""}` : null,
+          e.epoch ? `epoch ${e.epoch}` : null].filter(Boolean).join(" · ");
+        return el(
+          "li",
+          { class: `ev-${e.event}`, "data-id": entryKey(e), "data-event": e.event },
+          el("span", { class: "icon", "aria-hidden": "true", text: ICONS[e.event] || "•" }),
+          el("span", { class: "what", text: describe(e) }),
+          el("time", { class: "when", datetime: e.timestamp, title: e.timestamp, text: ago(streamId(e)[0], now) }),
+          el("span", { class: "who", text: who }),
+        );
+      }),
+    );
+    ui.feed.scrollTop = scroll;
+    // Which filters the list shows (tests and scripts wait on these).
+    const shown = JSON.parse(feed.filters || "{}");
+    ui.feed.dataset.exchange = shown.exchange || "";
+    ui.feed.dataset.event = shown.event || "";
+    ui.loadMore.hidden = !feed.nextCursor;
+    ui.feedStatus.textContent = feed.entries.length
+      ? `${feed.entries.length} entries${feed.nextCursor ? "" : " · the end of the log"}`
+      : feed.nextCursor ? "No matching entries on this page — load more to look further back." : "No activity yet.";
+  }
+
+  ui.loadMore.addEventListener("click", loadMore);
+  for (const select of [ui.filterExchange, ui.filterEvent]) {
+    select.addEventListener("change", () => {
+      refreshFeed(true).catch((err) => {
+        if (err instanceof ApiError && (err.status === 401 || err.status === 403)) rejectKey(err);
+        else ui.feedStatus.textContent = `Could not read the activity log: ${err.message}`;
+      });
+    });
+  }
+
+  refresh();
+})();

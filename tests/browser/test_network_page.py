@@ -1,0 +1,287 @@
+"""The network page in real headless Chromium against a live stack: real API over a socket, real
+worker, Redis, PostgreSQL and Temporal; lifecycles driven through the ``perseus`` CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from playwright.async_api import Page
+
+from perseus.config import Settings
+from perseus.keys import retention_min_id
+from perseus.lifecycle import State
+from perseus.models import EventKind, NetworkEvent
+from perseus.store.redis_store import RedisStore
+from tests.browser.conftest import SCREENSHOTS, Api, sign_in, start_api, stop_api
+from tests.conftest import Servers, WorkerProcess, perseus
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+REFRESH_S = 5.0  # the page's default polling interval
+
+
+async def cli(servers: Servers, *args: str) -> str:
+    result = await asyncio.to_thread(perseus, servers, *args)
+    assert result.returncode == 0, (args, result.stderr)
+    return result.stdout
+
+
+def card(exchange: str) -> str:
+    return f'.card[data-exchange="{exchange}"]'
+
+
+async def card_state(page: Page, exchange: str) -> tuple[str | None, str | None]:
+    found = await page.evaluate(
+        """(sel) => { const c = document.querySelector(sel);
+                      return c ? [c.dataset.state, c.dataset.heartbeat || null] : [null, null]; }""",
+        card(exchange),
+    )
+    return found[0], found[1]
+
+
+async def wait_state(page: Page, exchange: str, state: str, timeout_s: float) -> float:
+    """Wait until the card shows ``state``; returns how long it took."""
+    started = time.monotonic()
+    await page.wait_for_function(
+        "([sel, state]) => document.querySelector(sel)?.dataset.state === state",
+        arg=[card(exchange), state],
+        timeout=timeout_s * 1000,
+    )
+    return time.monotonic() - started
+
+
+async def field(page: Page, exchange: str, name: str) -> str:
+    return (await page.locator(f'{card(exchange)} [data-field="{name}"]').first.inner_text()).strip()
+
+
+async def shoot(page: Page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
+
+
+async def test_live_cards_and_a_cli_transition_within_one_refresh(
+    servers: Servers, shared_worker: str, api: Api, page: Page, exchange: str
+) -> None:
+    out = await cli(
+        servers,
+        "register",
+        exchange,
+        "--host",
+        shared_worker,
+        "--admin-email",
+        "admin@perseus.local",
+        "--heartbeat-interval",
+        "0.5",
+        "--start",
+        "--json",
+    )
+    registered = json.loads(out)
+    try:
+        await sign_in(page, api)
+        await wait_state(page, exchange, "active", 15)
+        assert await page.locator(f"{card(exchange)} [data-role=badge]").text_content() == "active"
+        assert await field(page, exchange, "hostname") == registered["hostname"]
+        assert await field(page, exchange, "ip") == (registered["ipAddress"] or "N/A")
+        assert await field(page, exchange, "admin") == "Perseus Admin"
+        assert await field(page, exchange, "symbols") == "3 symbols"
+        assert await field(page, exchange, "epoch") == str(registered["epoch"])
+        assert await field(page, exchange, "running") in ("<1m", "1m")
+        heartbeat = page.locator(f'{card(exchange)} [data-field="heartbeat"]')
+        assert (await heartbeat.inner_text()).endswith("s ago")
+        assert await heartbeat.get_attribute("class") == "hb-fresh"
+        board = await page.evaluate("() => document.getElementById('online-count').textContent")
+        online, total = board.split(" online")[0].split(" of ")
+        assert 1 <= int(online) <= int(total) and int(total) >= 7  # six demo exchanges + ours
+        assert await page.locator("nav a[aria-current=page]").inner_text() == "Network"
+        await shoot(page, "network-live.png")
+
+        # A transition made through the CLI shows within one refresh.
+        await cli(servers, "stop", exchange, "--host", shared_worker)
+        took = await wait_state(page, exchange, "idle", REFRESH_S + 3)
+        assert took <= REFRESH_S + 1.5, f"idle appeared after {took:.1f}s"
+        assert await field(page, exchange, "running") == "N/A"
+
+        # The feed, filtered to this exchange: newest first, every transition once.
+        await page.select_option("#filter-exchange", exchange)
+        await page.wait_for_function(
+            "() => document.querySelectorAll('#feed li').length === 6 && "
+            "[...document.querySelectorAll('#feed li')].every(li => li.dataset.id.endsWith('@' + "
+            f"{json.dumps(exchange)}))"
+        )
+        texts = await page.locator("#feed li .what").all_inner_texts()
+        name = exchange.upper()  # the display name the catalog row got
+        assert texts == [
+            f"{name}: stopped → idle",
+            f"{name}: stopping → stopped",
+            f"{name}: active → stopping",
+            f"{name}: warming → active",
+            f"{name}: starting → warming",
+            f"{name}: idle → starting",
+        ]
+        assert "admin@perseus.local" in await page.locator("#feed li .who").first.inner_text()
+    finally:
+        await cli(servers, "shutdown", exchange, "--host", shared_worker)
+
+    # Shut down: offline, with what the stream last said about it.
+    await wait_state(page, exchange, "offline", REFRESH_S + 3)
+    assert await page.locator(f"{card(exchange)} [data-role=badge]").text_content() == "offline"
+    assert await field(page, exchange, "hostname") == registered["hostname"]
+    assert await field(page, exchange, "last-state") == "idle"
+    assert (await field(page, exchange, "last-seen")).startswith("No active connection · last seen")
+
+
+@pytest.mark.slow
+async def test_killed_worker_turns_late_then_offline_with_last_known_info(
+    servers: Servers,
+    shared_worker: str,
+    api: Api,
+    page: Page,
+    exchange: str,
+    worker_processes: list[WorkerProcess],
+) -> None:
+    host = f"page-kill-{uuid.uuid4().hex[:6]}"
+    proc = WorkerProcess(servers, host)
+    worker_processes.append(proc)
+    await proc.ready()
+    # 3 s heartbeats: "late" (1.5 intervals) comes 1-2 s before the workflow declares the host lost
+    # and frees the key. At 0.5 s the key is gone 1.5 s after the kill: too short a window to watch.
+    await cli(servers, "register", exchange, "--host", host, "--heartbeat-interval", "3", "--start")
+    await sign_in(page, api, refresh=0.5)
+    await wait_state(page, exchange, "active", 15)
+    assert await field(page, exchange, "hostname") == host
+
+    proc.signal(signal.SIGKILL)
+    proc.wait(10)
+    seen: list[tuple[str | None, str | None]] = []
+    shot = False
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = await card_state(page, exchange)
+        if not seen or seen[-1] != now:
+            seen.append(now)
+        if now[1] in ("late", "stale") and not shot:
+            await shoot(page, "network-late.png")
+            shot = True
+        if now[0] == "offline":
+            break
+        await asyncio.sleep(0.1)
+    assert seen[-1][0] == "offline", seen
+    late_at = next(i for i, (_, hb) in enumerate(seen) if hb in ("late", "stale"))
+    assert seen[late_at][0] != "offline" and late_at < len(seen) - 1, seen
+
+    # Offline with its last-known info from the stream: the host that died and the state it was left in.
+    await page.wait_for_function(
+        "(sel) => document.querySelector(sel + ' [data-field=\"last-state\"]')?.textContent === 'idle'",
+        arg=card(exchange),
+        timeout=10_000,
+    )
+    assert await field(page, exchange, "hostname") == host
+    await page.select_option("#filter-exchange", exchange)
+    await page.wait_for_selector("#feed li[data-event=instance_lost]")
+    lost = await page.locator("#feed li[data-event=instance_lost] .what").inner_text()
+    assert "instance lost" in lost and host in lost
+    await page.locator(card(exchange)).scroll_into_view_if_needed()
+    await shoot(page, "network-instance-lost.png")
+
+
+async def test_feed_pages_back_and_filters(api: Api, page: Page, exchange: str, store: RedisStore) -> None:
+    # 120 entries written by the real stream writer: every 10th is an error.
+    written: list[str] = []
+    for n in range(120):
+        kind = EventKind.ERROR if n % 10 == 9 else EventKind.STATE_TRANSITION
+        event = NetworkEvent(
+            event=kind,
+            event_id=str(uuid.uuid4()),
+            timestamp=datetime.now(UTC),
+            exchange_id=0,
+            exchange_name=exchange,
+            hostname="feed-host",
+            instance_id="i",
+            epoch=n,
+            from_state=State.IDLE if kind is EventKind.STATE_TRANSITION else None,
+            to_state=State.STARTING if kind is EventKind.STATE_TRANSITION else None,
+            error=f"failure {n}" if kind is EventKind.ERROR else None,
+            state=State.WARMING if kind is EventKind.ERROR else None,
+        )
+        min_id = retention_min_id(datetime.now(UTC))
+        written.append(await store.append_event(exchange, event.event_id, min_id, event.fields()))
+    newest_first = [f"{entry_id}@{exchange}" for entry_id in reversed(written)]
+
+    await sign_in(page, api)
+    await page.select_option("#filter-exchange", exchange)
+    ids = "() => [...document.querySelectorAll('#feed li')].map(li => li.dataset.id)"
+    await page.wait_for_selector(f'#feed[data-exchange="{exchange}"]', state="attached")
+    await page.wait_for_function("() => document.querySelectorAll('#feed li').length === 50")
+    assert await page.evaluate(ids) == newest_first[:50]
+    await page.click("#load-more")
+    await page.wait_for_function("() => document.querySelectorAll('#feed li').length === 100")
+    assert await page.evaluate(ids) == newest_first[:100]
+    await page.click("#load-more")
+    await page.wait_for_function("() => document.querySelectorAll('#feed li').length === 120")
+    assert await page.evaluate(ids) == newest_first
+    assert await page.locator("#load-more").is_hidden()
+    assert "the end of the log" in await page.locator("#feed-status").inner_text()
+    # A refresh keeps the pages loaded so far.
+    await asyncio.sleep(REFRESH_S + 0.5)
+    assert await page.evaluate(ids) == newest_first
+
+    await page.select_option("#filter-event", "error")
+    await page.wait_for_selector('#feed[data-event="error"]', state="attached")
+    await page.wait_for_function("() => document.querySelectorAll('#feed li').length === 12")
+    assert await page.evaluate(ids) == [i for n, i in enumerate(newest_first) if (119 - n) % 10 == 9]
+    assert (await page.locator("#feed li .what").first.inner_text()) == f"{exchange.upper()}: failure 119"
+
+
+async def test_bad_key_shows_an_error_and_no_data(api: Api, page: Page) -> None:
+    await page.goto(api.page_url())
+    assert await page.locator("#key-panel").is_visible()
+    assert await page.locator("#cards .card").count() == 0
+    await page.fill("#key-input", str(uuid.uuid4()))
+    await page.click("#key-form button[type=submit]")
+    banner = page.locator("#banner.error")
+    await banner.wait_for()
+    assert "API key rejected (401)" in await banner.inner_text()
+    assert await page.locator("#key-panel").is_visible()
+    assert await page.locator("#network").is_hidden()
+    assert await page.evaluate("() => localStorage.getItem('perseus.apiKey')") is None
+    await shoot(page, "network-bad-key.png")
+
+    # The HTML itself carries no data, and the API refuses a request without the key.
+    html = await (await page.request.get(f"{api.url}/network")).text()
+    assert "exchangeId" not in html and "coinbase" not in html.lower()
+    assert (await page.request.get(f"{api.url}/api/network/instances")).status == 401
+
+    # A good key, entered once, is kept for the next visit.
+    await page.fill("#key-input", api.key)
+    await page.click("#key-form button[type=submit]")
+    await page.wait_for_selector("#cards .card")
+    assert await page.locator("#banner").is_hidden()
+    await page.reload()
+    await page.wait_for_selector("#cards .card")
+    assert await page.locator("#key-panel").is_hidden()
+
+
+async def test_api_offline_shows_retrying_then_recovers(settings: Settings, page: Page) -> None:
+    own, task = await start_api(settings)
+    port = int(own.url.rsplit(":", 1)[1])
+    await sign_in(page, own, refresh=1)
+    await stop_api(own, task)
+    banner = page.locator("#banner.offline")
+    await banner.wait_for(timeout=10_000)
+    assert "API offline — retrying every 1s" in await banner.inner_text()
+    assert await page.locator("#connection").inner_text() == "API offline"
+    assert await page.locator("#cards .card").count() > 0  # the last data stays, dimmed
+    await shoot(page, "network-api-offline.png")
+
+    back, task = await start_api(settings, port)
+    try:
+        await page.wait_for_selector("#banner", state="hidden", timeout=10_000)
+        assert (await page.locator("#connection").inner_text()).startswith("live")
+    finally:
+        await stop_api(back, task)
