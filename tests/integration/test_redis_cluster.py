@@ -208,6 +208,20 @@ async def test_every_store_operation_on_the_cluster(cluster_store: RedisStore) -
         rows = await store.events(name)
         assert [f["eventId"] for _, f in rows] == ["second", event_id]
         assert await store.events(name, count=1, newest=rows[1][0]) == [rows[1]]
+    # Several streams (on several masters) in one pipelined call, as the read API does.
+    pages = await store.events_many([(name, "+", 1) for name in names])
+    assert [[f["eventId"] for _, f in page] for page in pages] == [["second"]] * len(names)
+
+    # Notification markers (one key each, spread over the slots).
+    marker_keys = [f"notify:discord:{uuid.uuid4()}" for _ in range(6)]
+    assert len({node_of(client, k) for k in marker_keys}) > 1
+    for key in marker_keys:
+        assert await store.take_marker(key, "lease-a", 30_000) is None
+        assert await store.take_marker(key, "lease-b", 30_000) == "lease-a"
+        assert await store.drop_marker(key, "lease-b") is False
+        assert await store.drop_marker(key, "lease-a") is True
+        await store.set_marker(key, "sent", 60_000)
+        assert await store.marker(key) == "sent"
 
     # Releases, and what the losers see afterwards.
     for i in ids:
