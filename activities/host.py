@@ -11,6 +11,7 @@ import ipaddress
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -81,8 +82,9 @@ class HostActivities:
         self._ip_services = ip_services
         self._ip_timeout_s = ip_timeout_s
         self.connectors = connectors
-        #: Workflow ids whose lease runs in this process right now (for graceful worker shutdown).
-        self.leases: set[str] = set()
+        #: Leases running in this process right now, by workflow id (for graceful worker shutdown).
+        #: A count, not a set: a cancelled lease may overlap briefly with its successor.
+        self.leases: Counter[str] = Counter()
 
     # --- identity ------------------------------------------------------------------------------
 
@@ -128,7 +130,7 @@ class HostActivities:
         renewals = 0
         last_renewed: datetime | None = None
         due = started
-        self.leases.add(req.workflow_id)
+        self.leases[req.workflow_id] += 1
         try:
             while True:
                 try:
@@ -162,7 +164,9 @@ class HostActivities:
                 due += interval
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
         finally:
-            self.leases.discard(req.workflow_id)
+            self.leases[req.workflow_id] -= 1
+            if self.leases[req.workflow_id] <= 0:
+                del self.leases[req.workflow_id]
 
     @staticmethod
     def _lost_message(outcome: str, raw: str | None) -> str:

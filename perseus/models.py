@@ -160,6 +160,10 @@ class Claim(BaseModel):
     epoch: int
 
 
+class NotifyRequest(BaseModel):
+    event: NetworkEvent
+
+
 class CarriedState(BaseModel):
     resolved: Resolved
     hostname: str
@@ -173,6 +177,7 @@ class CarriedState(BaseModel):
     pending: list[Command]
     highest_epoch: int
     runs: int
+    undelivered: list[NotifyRequest] = Field(default_factory=list)
 
 
 class InstanceInput(BaseModel):
@@ -309,7 +314,3 @@ class ConnectorRequest(BaseModel):
 class ConnectorReport(BaseModel):
     symbol_count: int = 0
     running: bool = False
-
-
-class NotifyRequest(BaseModel):
-    event: NetworkEvent

@@ -148,7 +148,8 @@ class InstanceWorkflow:
         self.host_going_down = False
         self.outcome: str | None = None
         self.last_heartbeat_ok: datetime | None = None
-        self.notifications: list[workflow.ActivityHandle[str]] = []
+        self.notifications: list[tuple[workflow.ActivityHandle[str], NotifyRequest]] = []
+        self.carried_notifications: list[NotifyRequest] = list(c.undelivered) if c else []
 
     # --- queries, updates, signals ---------------------------------------------------------------
 
@@ -246,6 +247,8 @@ class InstanceWorkflow:
                 return await self._finish(self.registration_error or "registration failed")
             if inp.start_immediately:
                 self._enqueue(Command.START)
+        for req in self.carried_notifications:
+            self._notify(req)
         lease = self._start_lease()
         while True:
             await workflow.wait_condition(functools.partial(self._has_work, lease))
@@ -272,8 +275,12 @@ class InstanceWorkflow:
                 continue
             if self._history_long():
                 await self._cancel_lease(lease)
-                await self._drain_notifications()
-                await workflow.wait_condition(workflow.all_handlers_finished)
+                # A command accepted meanwhile has a caller waiting on this run: run it first
+                # (its handler would never finish otherwise) and continue as new afterwards.
+                await workflow.wait_condition(lambda: bool(self.queue) or workflow.all_handlers_finished())
+                if self.queue:
+                    lease = self._start_lease()
+                    continue
                 workflow.continue_as_new(self._carry())
 
     def _has_work(self, lease: workflow.ActivityHandle[LeaseOutcome]) -> bool:
@@ -315,6 +322,7 @@ class InstanceWorkflow:
             registered_at=self.registered_at,
             last_error=self.last_error,
             pending=[t.command for t in self.queue],
+            undelivered=self._undelivered(),
             highest_epoch=self.highest_epoch,
             runs=self.runs,
         )
@@ -449,7 +457,10 @@ class InstanceWorkflow:
             # A dead host is seen after 1.5 intervals without a heartbeat: before the 3-interval TTL.
             heartbeat_timeout=timedelta(seconds=interval * 1.5),
             retry_policy=RetryPolicy(maximum_attempts=1),
-            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            # Request cancellation without waiting for it: the activity only hears of it at its next
+            # heartbeat, and nothing here needs it gone first (a lingering renewal with the same token
+            # is harmless, and after a release it finds no key and creates none).
+            cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
             summary=f"lease epoch {self.claim.epoch} on {self.inp.host}",
         )
 
@@ -709,30 +720,36 @@ class InstanceWorkflow:
                 "event %s not recorded after retries: %s", kind.value, describe_failure(err)
             )
             return
-        # Fire and forget within the run: awaited before the run ends or continues as new.
-        self.notifications = [h for h in self.notifications if not h.done()]
-        self.notifications.append(
-            workflow.start_activity(
-                "notify_event",
-                NotifyRequest(event=event),
-                result_type=str,
-                schedule_to_close_timeout=timedelta(minutes=10),
-                retry_policy=RetryPolicy(
-                    initial_interval=timedelta(seconds=2),
-                    maximum_interval=timedelta(seconds=60),
-                    non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
-                ),
-                summary=f"notify {kind.value}",
-            )
+        self._notify(NotifyRequest(event=event))
+
+    def _notify(self, req: NotifyRequest) -> None:
+        """Fire and forget within the run: awaited before the run ends, carried across continue-as-new."""
+        self.notifications = [(h, r) for h, r in self.notifications if not h.done()]
+        handle = workflow.start_activity(
+            "notify_event",
+            req,
+            result_type=str,
+            schedule_to_close_timeout=timedelta(minutes=10),
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=2),
+                maximum_interval=timedelta(seconds=60),
+                non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
+            ),
+            summary=f"notify {req.event.event.value}",
         )
+        self.notifications.append((handle, req))
 
     async def _drain_notifications(self) -> None:
-        for handle in self.notifications:
+        for handle, _ in self.notifications:
             try:
                 await handle
             except ActivityError as err:
                 workflow.logger.warning("notification not delivered: %s", describe_failure(err))
         self.notifications = []
+
+    def _undelivered(self) -> list[NotifyRequest]:
+        # Re-sent by the next run; the notifier delivers each eventId once, so an overlap is harmless.
+        return [req for handle, req in self.notifications if not handle.done()]
 
     def _details(self) -> None:
         claim = f"epoch {self.claim.epoch}" if self.claim else "no claim"

@@ -1,0 +1,399 @@
+"""The instance workflow's paths on the time-skipping test server, activities stood in by name.
+
+Every path also leaves a golden history (written when PERSEUS_RECORD_HISTORIES=1) that
+test_replay.py replays against the current code, so a change that breaks running workflows fails CI.
+
+Heartbeats themselves live inside the long-running lease activity and add nothing to history; the
+test server cannot skip time while an activity runs (measured: a 10 s activity took 10 s), so the
+virtual clock is used here for the workflow's own timers (host pickup windows, schedule-to-start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio import activity
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from perseus.keys import host_task_queue
+from perseus.lifecycle import Command, State
+from perseus.models import (
+    ClaimRequest,
+    ClaimResult,
+    CommandRequest,
+    ConnectorReport,
+    ConnectorRequest,
+    EventRequest,
+    Exchange,
+    Identity,
+    IdentityRequest,
+    InstanceInput,
+    LeaseOutcome,
+    LeaseRequest,
+    NotifyRequest,
+    PatchResult,
+    ReleaseRequest,
+    Resolved,
+    ResolveRequest,
+    StatusPatch,
+)
+from workflows.instance import InstanceWorkflow
+
+pytestmark = pytest.mark.integration
+
+HISTORIES = Path(__file__).resolve().parents[1] / "histories"
+HOST = "ts-host"
+
+
+@dataclass
+class Stand:
+    """Stand-in activities that record what the workflow asked for."""
+
+    epochs: int = 0
+    conflict: bool = False
+    events: list[tuple[str, str | None, str | None]] = field(default_factory=list)
+    patches: list[dict[str, object]] = field(default_factory=list)
+    released: int = 0
+    lease_calls: int = 0
+    lease_behaviour: Callable[[int], Any] | None = None
+    fail_warm_up: bool = False
+
+    def activities(self) -> list[Callable[..., Any]]:
+        stand = self
+
+        @activity.defn(name="resolve_instance")
+        async def resolve(req: ResolveRequest) -> Resolved:
+            return Resolved(
+                exchange=Exchange(id=42, name=req.exchange, display_name="TS", is_active=True), admin=None
+            )
+
+        @activity.defn(name="detect_identity")
+        async def identity(req: IdentityRequest) -> Identity:
+            return Identity(hostname=req.host, ip_address="192.0.2.7")
+
+        @activity.defn(name="claim_exchange")
+        async def claim(req: ClaimRequest) -> ClaimResult:
+            stand.epochs = max(stand.epochs, req.highest_epoch) + 1
+            if stand.conflict:
+                return ClaimResult(
+                    claimed=False, epoch=stand.epochs, message="exchange 42 (x) is already claimed by other"
+                )
+            return ClaimResult(claimed=True, epoch=stand.epochs)
+
+        @activity.defn(name="patch_status")
+        async def patch(req: StatusPatch) -> PatchResult:
+            stand.patches.append(req.fields)
+            return PatchResult(applied=True)
+
+        @activity.defn(name="release_claim")
+        async def release(req: ReleaseRequest) -> PatchResult:
+            stand.released += 1
+            return PatchResult(applied=True)
+
+        @activity.defn(name="record_event")
+        async def record(req: EventRequest) -> str:
+            e = req.event
+            stand.events.append(
+                (
+                    e.event.value,
+                    e.from_state.value if e.from_state else None,
+                    e.to_state.value if e.to_state else None,
+                )
+            )
+            return f"{len(stand.events)}-0"
+
+        @activity.defn(name="notify_event")
+        async def notify(req: NotifyRequest) -> str:
+            return "disabled"
+
+        @activity.defn(name="hold_lease")
+        async def lease(req: LeaseRequest) -> LeaseOutcome:
+            stand.lease_calls += 1
+            if stand.lease_behaviour is not None:
+                result = stand.lease_behaviour(stand.lease_calls)
+                if result is not None:
+                    return result  # type: ignore[no-any-return]
+            while True:  # a healthy lease: heartbeats until cancelled
+                activity.heartbeat()
+                await asyncio.sleep(0.05)
+
+        def connector(name: str) -> Callable[..., Any]:
+            @activity.defn(name=name)
+            async def step(req: ConnectorRequest) -> ConnectorReport:
+                if name == "connector_warm_up" and stand.fail_warm_up:
+                    raise ApplicationError(
+                        "simulated warm_up failure", type="ConnectorError", non_retryable=True
+                    )
+                return ConnectorReport(symbol_count=3 if name == "connector_prepare" else 0, running=True)
+
+            return step
+
+        connectors = [
+            connector(n)
+            for n in (
+                "connector_prepare",
+                "connector_warm_up",
+                "connector_connect",
+                "connector_disconnect",
+                "connector_check",
+            )
+        ]
+        return [resolve, identity, claim, patch, release, record, notify, lease, *connectors]
+
+
+async def record_history(handle: WorkflowHandle[Any, Any], name: str) -> None:
+    """Keep a golden history for the replay test (only when asked to: they are committed files)."""
+    if os.environ.get("PERSEUS_RECORD_HISTORIES") != "1":
+        return
+    history = await handle.fetch_history()
+    HISTORIES.mkdir(exist_ok=True)
+    (HISTORIES / f"{name}.json").write_text(history.to_json())
+
+
+async def run_paths(
+    env: WorkflowEnvironment,
+    stand: Stand,
+    inp: InstanceInput,
+    body: Callable[[WorkflowHandle[Any, Any]], Any],
+    *,
+    host_worker: bool = True,
+) -> Any:
+    queue = f"ts-{uuid.uuid4().hex[:8]}"
+    activities = stand.activities()
+    host_acts = [
+        a
+        for a in activities
+        if getattr(a, "__temporal_activity_definition").name in ("detect_identity", "hold_lease")
+        or "connector" in getattr(a, "__temporal_activity_definition").name
+    ]
+    shared_acts = [a for a in activities if a not in host_acts]
+    workers = [Worker(env.client, task_queue=queue, workflows=[InstanceWorkflow], activities=shared_acts)]
+    if host_worker:
+        workers.append(Worker(env.client, task_queue=host_task_queue(inp.host), activities=host_acts))
+    async with contextlib_stack(workers):
+        handle = await env.client.start_workflow(
+            InstanceWorkflow.run, inp, id=f"instance-{inp.exchange}-{inp.host}", task_queue=queue
+        )
+        return await body(handle)
+
+
+class contextlib_stack:  # noqa: N801 - reads like the contextlib helper it wraps
+    def __init__(self, workers: list[Worker]) -> None:
+        self.workers = workers
+
+    async def __aenter__(self) -> None:
+        for w in self.workers:
+            await w.__aenter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        for w in reversed(self.workers):
+            await w.__aexit__(None, None, None)
+
+
+def instance(name: str, **kw: Any) -> InstanceInput:
+    return InstanceInput(exchange=f"{name}{uuid.uuid4().hex[:6]}", host=HOST, heartbeat_interval_s=2.0, **kw)
+
+
+async def command(handle: WorkflowHandle[Any, Any], cmd: Command) -> Any:
+    return await handle.execute_update(InstanceWorkflow.command, CommandRequest(command=cmd))
+
+
+async def test_lifecycle_path(ts_env: WorkflowEnvironment) -> None:
+    stand = Stand()
+
+    async def body(handle: WorkflowHandle[Any, Any]) -> None:
+        registered = await handle.execute_update(InstanceWorkflow.wait_registered)
+        assert (
+            registered.epoch == 1 and registered.state is State.IDLE and registered.ip_address == "192.0.2.7"
+        )
+        assert (await command(handle, Command.START)).transitions == [
+            State.STARTING,
+            State.WARMING,
+            State.ACTIVE,
+        ]
+        snap = await handle.query(InstanceWorkflow.snapshot)
+        assert snap.state is State.ACTIVE and snap.symbol_count == 3
+        await command(handle, Command.STOP)
+        await command(handle, Command.SHUTDOWN)
+        assert await handle.result() == "shut down"
+        await record_history(handle, "lifecycle")
+
+    await run_paths(ts_env, stand, instance("life"), body)
+    assert [e for e in stand.events] == [
+        ("state_transition", "idle", "starting"),
+        ("state_transition", "starting", "warming"),
+        ("state_transition", "warming", "active"),
+        ("state_transition", "active", "stopping"),
+        ("state_transition", "stopping", "stopped"),
+        ("state_transition", "stopped", "idle"),
+    ]
+    assert stand.released == 1
+    assert any(p.get("connectedAt") for p in stand.patches)
+
+
+async def test_start_failure_recovers_to_idle(ts_env: WorkflowEnvironment) -> None:
+    stand = Stand(fail_warm_up=True)
+
+    async def body(handle: WorkflowHandle[Any, Any]) -> None:
+        await handle.execute_update(InstanceWorkflow.wait_registered)
+        with pytest.raises(WorkflowUpdateFailedError):
+            await command(handle, Command.START)
+        snap = await handle.query(InstanceWorkflow.snapshot)
+        assert snap.state is State.IDLE and "warm_up" in (snap.last_error or "")
+        await command(handle, Command.SHUTDOWN)
+        await handle.result()
+        await record_history(handle, "start-failure")
+
+    await run_paths(ts_env, stand, instance("fail"), body)
+    assert [e[0] for e in stand.events] == [
+        "state_transition",
+        "state_transition",
+        "error",
+        "state_transition",
+    ]
+    assert stand.events[-1] == ("state_transition", "warming", "idle")
+    assert any("lastErrorAt" in p for p in stand.patches)
+
+
+async def test_claim_conflict_ends_the_run(ts_env: WorkflowEnvironment) -> None:
+    stand = Stand(conflict=True)
+
+    async def body(handle: WorkflowHandle[Any, Any]) -> None:
+        with pytest.raises(WorkflowUpdateFailedError) as info:
+            await handle.execute_update(InstanceWorkflow.wait_registered)
+        assert "already claimed by other" in str(info.value.__cause__)
+        assert "already claimed" in await handle.result()
+        await record_history(handle, "claim-conflict")
+
+    await run_paths(ts_env, stand, instance("conf"), body)
+    assert stand.events == [("claim_conflict", None, None)]
+
+
+async def test_claim_lost_walks_down_and_ends(ts_env: WorkflowEnvironment) -> None:
+    stand = Stand()
+
+    def lease(call: int) -> None:
+        if call == 2:  # the second term (after start) loses the claim
+            raise ApplicationError(
+                "the claim is now held by h2: claim lost", type="ClaimLost", non_retryable=True
+            )
+
+    stand.lease_behaviour = lease
+
+    async def body(handle: WorkflowHandle[Any, Any]) -> None:
+        await handle.execute_update(InstanceWorkflow.wait_registered)
+        await command(handle, Command.START)
+        outcome = await handle.result()
+        assert outcome.startswith("instance lost") and "claim lost" in outcome
+        await record_history(handle, "claim-lost")
+
+    # The first lease term returns normally at once, so the workflow issues a second one.
+    stand.lease_behaviour = lambda call: (
+        LeaseOutcome(renewals=1, last_renewed=None) if call == 1 else lease(call)
+    )
+    await run_paths(ts_env, stand, instance("lost"), body)
+    kinds = [e[0] for e in stand.events]
+    assert "instance_lost" in kinds
+    assert (
+        stand.events[-3:]
+        == [
+            ("state_transition", "active", "stopping"),
+            ("state_transition", "stopping", "stopped"),
+            ("state_transition", "stopped", "idle"),
+        ]
+        or stand.events[-1][0] == "instance_lost"
+    )
+
+
+async def test_host_without_worker_fails_registration(ts_env: WorkflowEnvironment) -> None:
+    stand = Stand()
+
+    async def body(handle: WorkflowHandle[Any, Any]) -> None:
+        result = asyncio.ensure_future(handle.result())
+        with pytest.raises(WorkflowUpdateFailedError) as info:
+            await handle.execute_update(InstanceWorkflow.wait_registered)
+        assert "no worker is serving host" in str(info.value.__cause__)
+        assert "no worker is serving host" in await result
+        await record_history(handle, "no-host-worker")
+
+    await run_paths(ts_env, stand, instance("nohost"), body, host_worker=False)
+    assert stand.events == []
+
+
+async def test_continue_as_new_keeps_state_and_bounds_history(ts_env: WorkflowEnvironment) -> None:
+    stand = Stand()
+    limit = 80
+
+    async def body(first: WorkflowHandle[Any, Any]) -> None:
+        registered = await first.execute_update(InstanceWorkflow.wait_registered)
+        handle = ts_env.client.get_workflow_handle(first.id)  # follows the chain of runs, as the CLI does
+        for _ in range(6):
+            await command(handle, Command.START)
+            await command(handle, Command.STOP)
+        await command(handle, Command.START)
+        snap = await handle.query(InstanceWorkflow.snapshot)
+        assert snap.runs >= 2, snap
+        assert snap.claim is not None and snap.claim.instance_id == registered.instance_id
+        assert snap.claim.epoch == registered.epoch and snap.state is State.ACTIVE and snap.symbol_count == 3
+        first_run = ts_env.client.get_workflow_handle(first.id, run_id=first.result_run_id)
+        history = await first_run.fetch_history()
+        assert history.events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
+        assert len(history.events) <= limit + 40  # bounded: the last command may finish past the limit
+        await record_history(first_run, "continue-as-new")
+        await command(handle, Command.SHUTDOWN)
+
+    await run_paths(ts_env, stand, instance("can", history_limit=limit), body)
+    assert stand.epochs == 1  # never re-claimed: the claim crossed the continue-as-new
+    assert stand.lease_calls >= 2  # the lease was restarted in the new run
+    assert [e[2] for e in stand.events if e[0] == "state_transition"].count("active") == 7
+
+
+async def test_invalid_commands_are_refused_without_history(ts_env: WorkflowEnvironment) -> None:
+    stand = Stand()
+
+    async def updates(handle: WorkflowHandle[Any, Any]) -> int:
+        history = await handle.fetch_history()
+        return sum(
+            1
+            for e in history.events
+            if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
+        )
+
+    async def body(handle: WorkflowHandle[Any, Any]) -> None:
+        await handle.execute_update(InstanceWorkflow.wait_registered)
+        await command(handle, Command.START)
+        accepted = await updates(handle)
+        events_before = len(stand.events)
+        for cmd, message in [(Command.START, "cannot start: the instance is active")]:
+            with pytest.raises(WorkflowUpdateFailedError) as info:
+                await command(handle, cmd)
+            assert message in str(info.value.__cause__)
+        await command(handle, Command.STOP)
+        with pytest.raises(WorkflowUpdateFailedError) as info:
+            await command(handle, Command.STOP)
+        assert "cannot stop: the instance is idle; nothing is running" in str(info.value.__cause__)
+        assert await updates(handle) == accepted + 1  # only the valid STOP reached history
+        assert len(stand.events) == events_before + 3  # and only its transitions were written
+        await command(handle, Command.SHUTDOWN)
+
+    await run_paths(ts_env, stand, instance("inv"), body)
+
+
+def test_default_timings_notice_a_dead_host_before_the_ttl() -> None:
+    inp = InstanceInput(exchange="x", host="h")
+    heartbeat_timeout = inp.heartbeat_interval_s * 1.5
+    pickup = inp.heartbeat_interval_s * 0.5
+    assert heartbeat_timeout + pickup < 3 * inp.heartbeat_interval_s
+    assert timedelta(seconds=heartbeat_timeout) < timedelta(seconds=45)
