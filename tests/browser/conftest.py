@@ -7,10 +7,12 @@ Chromium, which ``make test`` installs with apt when it is missing).
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
@@ -31,7 +33,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+DOCS_SCREENSHOTS = ROOT / "docs" / "screenshots"
 
 
 @dataclass
@@ -65,6 +67,16 @@ async def start_api(settings: Settings, port: int | None = None) -> tuple[Api, a
 async def stop_api(api: Api, task: asyncio.Task[None]) -> None:
     api.server.should_exit = True  # type: ignore[attr-defined]
     await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture(scope="session")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the tests' pictures go: a temporary folder, or docs/screenshots when
+    ``PERSEUS_UPDATE_SCREENSHOTS=1`` (so an ordinary test run never rewrites tracked files)."""
+    if os.environ.get("PERSEUS_UPDATE_SCREENSHOTS") == "1":
+        DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        return DOCS_SCREENSHOTS
+    return tmp_path_factory.mktemp("screenshots")
 
 
 @pytest_asyncio.fixture(scope="module")

@@ -9,6 +9,7 @@ import signal
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from playwright.async_api import Page
@@ -18,7 +19,7 @@ from perseus.keys import retention_min_id
 from perseus.lifecycle import State
 from perseus.models import EventKind, NetworkEvent
 from perseus.store.redis_store import RedisStore
-from tests.browser.conftest import SCREENSHOTS, Api, sign_in, start_api, stop_api
+from tests.browser.conftest import Api, sign_in, start_api, stop_api
 from tests.conftest import Servers, WorkerProcess, perseus
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -60,13 +61,12 @@ async def field(page: Page, exchange: str, name: str) -> str:
     return (await page.locator(f'{card(exchange)} [data-field="{name}"]').first.inner_text()).strip()
 
 
-async def shoot(page: Page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
+async def shoot(page: Page, folder: Path, name: str) -> None:
+    await page.screenshot(path=str(folder / name), full_page=True)
 
 
 async def test_live_cards_and_a_cli_transition_within_one_refresh(
-    servers: Servers, shared_worker: str, api: Api, page: Page, exchange: str
+    screenshots: Path, servers: Servers, shared_worker: str, api: Api, page: Page, exchange: str
 ) -> None:
     out = await cli(
         servers,
@@ -99,7 +99,7 @@ async def test_live_cards_and_a_cli_transition_within_one_refresh(
         online, total = board.split(" online")[0].split(" of ")
         assert 1 <= int(online) <= int(total) and int(total) >= 7  # six demo exchanges + ours
         assert await page.locator("nav a[aria-current=page]").inner_text() == "Network"
-        await shoot(page, "network-live.png")
+        await shoot(page, screenshots, "network-live.png")
 
         # A transition made through the CLI shows within one refresh.
         await cli(servers, "stop", exchange, "--host", shared_worker)
@@ -138,6 +138,7 @@ async def test_live_cards_and_a_cli_transition_within_one_refresh(
 
 @pytest.mark.slow
 async def test_killed_worker_turns_late_then_offline_with_last_known_info(
+    screenshots: Path,
     servers: Servers,
     shared_worker: str,
     api: Api,
@@ -166,7 +167,7 @@ async def test_killed_worker_turns_late_then_offline_with_last_known_info(
         if not seen or seen[-1] != now:
             seen.append(now)
         if now[1] in ("late", "stale") and not shot:
-            await shoot(page, "network-late.png")
+            await shoot(page, screenshots, "network-late.png")
             shot = True
         if now[0] == "offline":
             break
@@ -187,7 +188,7 @@ async def test_killed_worker_turns_late_then_offline_with_last_known_info(
     lost = await page.locator("#feed li[data-event=instance_lost] .what").inner_text()
     assert "instance lost" in lost and host in lost
     await page.locator(card(exchange)).scroll_into_view_if_needed()
-    await shoot(page, "network-instance-lost.png")
+    await shoot(page, screenshots, "network-instance-lost.png")
 
 
 async def test_feed_pages_back_and_filters(api: Api, page: Page, exchange: str, store: RedisStore) -> None:
@@ -238,7 +239,7 @@ async def test_feed_pages_back_and_filters(api: Api, page: Page, exchange: str, 
     assert (await page.locator("#feed li .what").first.inner_text()) == f"{exchange.upper()}: failure 119"
 
 
-async def test_bad_key_shows_an_error_and_no_data(api: Api, page: Page) -> None:
+async def test_bad_key_shows_an_error_and_no_data(screenshots: Path, api: Api, page: Page) -> None:
     await page.goto(api.page_url())
     assert await page.locator("#key-panel").is_visible()
     assert await page.locator("#cards .card").count() == 0
@@ -250,7 +251,7 @@ async def test_bad_key_shows_an_error_and_no_data(api: Api, page: Page) -> None:
     assert await page.locator("#key-panel").is_visible()
     assert await page.locator("#network").is_hidden()
     assert await page.evaluate("() => localStorage.getItem('perseus.apiKey')") is None
-    await shoot(page, "network-bad-key.png")
+    await shoot(page, screenshots, "network-bad-key.png")
 
     # The HTML itself carries no data, and the API refuses a request without the key.
     html = await (await page.request.get(f"{api.url}/network")).text()
@@ -267,7 +268,9 @@ async def test_bad_key_shows_an_error_and_no_data(api: Api, page: Page) -> None:
     assert await page.locator("#key-panel").is_hidden()
 
 
-async def test_api_offline_shows_retrying_then_recovers(settings: Settings, page: Page) -> None:
+async def test_api_offline_shows_retrying_then_recovers(
+    screenshots: Path, settings: Settings, page: Page
+) -> None:
     own, task = await start_api(settings)
     port = int(own.url.rsplit(":", 1)[1])
     await sign_in(page, own, refresh=1)
@@ -277,7 +280,7 @@ async def test_api_offline_shows_retrying_then_recovers(settings: Settings, page
     assert "API offline — retrying every 1s" in await banner.inner_text()
     assert await page.locator("#connection").inner_text() == "API offline"
     assert await page.locator("#cards .card").count() > 0  # the last data stays, dimmed
-    await shoot(page, "network-api-offline.png")
+    await shoot(page, screenshots, "network-api-offline.png")
 
     back, task = await start_api(settings, port)
     try:

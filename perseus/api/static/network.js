@@ -418,7 +418,8 @@
         class: `seg-${iv.state}`,
         x: ((a - start) / span) * 1000,
         y: 0,
-        width: Math.max(0.5, ((b - a) / span) * 1000),
+        // A state held for seconds in a 24 h window still gets a sliver (about 3 px) so it can be seen.
+        width: Math.max(iv.state === "unknown" ? 0.5 : 10, ((b - a) / span) * 1000),
         height: 18,
         "data-state": iv.state,
       });
