@@ -234,6 +234,15 @@ async def test_no_url_means_notifications_off(http: httpx.AsyncClient, store: Re
     assert await NotifyActivities(None).notify_event(NotifyRequest(event=event())) == "disabled"
 
 
+async def test_a_standby_registering_is_not_notified(
+    fake: FakeDiscord, http: httpx.AsyncClient, store: RedisStore
+) -> None:
+    notifier = DiscordNotifier(fake.url, http, store)
+    standby = NotifyRequest(event=event(EventKind.STANDBY_REGISTERED, detail="standby on host-b"))
+    assert await notifier.send(standby) == "not notified: standby_registered"
+    assert fake.hits == []
+
+
 async def test_retried_activity_sends_one_message(
     fake: FakeDiscord, http: httpx.AsyncClient, store: RedisStore
 ) -> None:
