@@ -38,9 +38,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @asynccontextmanager
-async def private_workers(client: Client, servers: Servers, redis_url: str, host: str,
-                          wrap_record: Callable[[RegistryActivities], Callable[..., Any]] | None = None
-                          ) -> AsyncIterator[str]:
+async def private_workers(
+    client: Client,
+    servers: Servers,
+    redis_url: str,
+    host: str,
+    wrap_record: Callable[[RegistryActivities], Callable[..., Any]] | None = None,
+) -> AsyncIterator[str]:
     """Workers for a private workflow queue and ``host``; yields the workflow queue's name."""
     queue = f"private-{uuid.uuid4().hex[:8]}"
     redis = make_client(redis_url)
@@ -49,18 +53,36 @@ async def private_workers(client: Client, servers: Servers, redis_url: str, host
     http = httpx.AsyncClient()
     store, catalog = RedisStore(redis), Catalog(pool)
     registry = RegistryActivities(store)
-    host_acts = HostActivities(hostname=host, store=store, catalog=catalog, http=http, ip_services=[],
-                               ip_timeout_s=1, connectors=ConnectorHost())
+    host_acts = HostActivities(
+        hostname=host,
+        store=store,
+        catalog=catalog,
+        http=http,
+        ip_services=[],
+        ip_timeout_s=1,
+        connectors=ConnectorHost(),
+    )
     record = wrap_record(registry) if wrap_record else registry.record_event
     try:
         async with AsyncExitStack() as stack:
-            await stack.enter_async_context(Worker(
-                client, task_queue=queue, workflows=[InstanceWorkflow],
-                activities=[CatalogActivities(catalog).resolve_instance, registry.claim_exchange,
-                            registry.patch_status, registry.release_claim, record,
-                            NotifyActivities(None).notify_event]))
-            await stack.enter_async_context(Worker(client, task_queue=host_task_queue(host),
-                                                   activities=host_acts.all()))
+            await stack.enter_async_context(
+                Worker(
+                    client,
+                    task_queue=queue,
+                    workflows=[InstanceWorkflow],
+                    activities=[
+                        CatalogActivities(catalog).resolve_instance,
+                        registry.claim_exchange,
+                        registry.patch_status,
+                        registry.release_claim,
+                        record,
+                        NotifyActivities(None).notify_event,
+                    ],
+                )
+            )
+            await stack.enter_async_context(
+                Worker(client, task_queue=host_task_queue(host), activities=host_acts.all())
+            )
             yield queue
     finally:
         await http.aclose()
@@ -68,10 +90,16 @@ async def private_workers(client: Client, servers: Servers, redis_url: str, host
         await redis.aclose()
 
 
-async def start(client: Client, queue: str, exchange: str, host: str, interval: float) -> WorkflowHandle[Any, Any]:
+async def start(
+    client: Client, queue: str, exchange: str, host: str, interval: float
+) -> WorkflowHandle[Any, Any]:
     handle = await client.start_workflow(
-        InstanceWorkflow.run, InstanceInput(exchange=exchange, host=host, heartbeat_interval_s=interval),
-        id=workflow_id(exchange, host), task_queue=queue, search_attributes=search_attributes(exchange, host, State.IDLE))
+        InstanceWorkflow.run,
+        InstanceInput(exchange=exchange, host=host, heartbeat_interval_s=interval),
+        id=workflow_id(exchange, host),
+        task_queue=queue,
+        search_attributes=search_attributes(exchange, host, State.IDLE),
+    )
     await handle.execute_update(InstanceWorkflow.wait_registered)
     return handle
 
@@ -80,8 +108,9 @@ async def run_command(handle: WorkflowHandle[Any, Any], command: Command) -> Any
     return await handle.execute_update(InstanceWorkflow.command, CommandRequest(command=command))
 
 
-async def test_event_written_once_when_its_activity_is_retried(servers: Servers, client: Client, store: RedisStore,
-                                                               exchange: str) -> None:
+async def test_event_written_once_when_its_activity_is_retried(
+    servers: Servers, client: Client, store: RedisStore, exchange: str
+) -> None:
     failed_once: set[str] = set()
 
     def wrap(registry: RegistryActivities) -> Callable[..., Any]:
@@ -105,13 +134,19 @@ async def test_event_written_once_when_its_activity_is_retried(servers: Servers,
     entries = [f for _, f in reversed(await store.events(exchange))]
     assert len(failed_once) == 6  # every event's first attempt failed after writing
     assert [(e["fromState"], e["toState"]) for e in entries] == [
-        ("idle", "starting"), ("starting", "warming"), ("warming", "active"),
-        ("active", "stopping"), ("stopping", "stopped"), ("stopped", "idle")]
+        ("idle", "starting"),
+        ("starting", "warming"),
+        ("warming", "active"),
+        ("active", "stopping"),
+        ("stopping", "stopped"),
+        ("stopped", "idle"),
+    ]
     assert len({e["eventId"] for e in entries}) == 6
 
 
-async def test_redis_restart_is_ridden_through(servers: Servers, client: Client, exchange: str,
-                                               tmp_path: Any) -> None:
+async def test_redis_restart_is_ridden_through(
+    servers: Servers, client: Client, exchange: str, tmp_path: Any
+) -> None:
     port = services.free_port()
     redis_server = await services.start_redis(tmp_path / "redis", port)
     url = f"redis://127.0.0.1:{port}/0"
@@ -136,15 +171,21 @@ async def test_redis_restart_is_ridden_through(servers: Servers, client: Client,
             await handle.result()
         entries = [f for _, f in reversed(await private.events(exchange))]
         assert [(e["fromState"], e["toState"]) for e in entries] == [
-            ("idle", "starting"), ("starting", "warming"), ("warming", "active"),
-            ("active", "stopping"), ("stopping", "stopped"), ("stopped", "idle")]
+            ("idle", "starting"),
+            ("starting", "warming"),
+            ("warming", "active"),
+            ("active", "stopping"),
+            ("stopping", "stopped"),
+            ("stopped", "idle"),
+        ]
     finally:
         await private.client.aclose()
         redis_server.stop()
 
 
-async def test_heartbeats_do_not_grow_history(servers: Servers, client: Client, store: RedisStore,
-                                              exchange: str) -> None:
+async def test_heartbeats_do_not_grow_history(
+    servers: Servers, client: Client, store: RedisStore, exchange: str
+) -> None:
     host = f"hb-{uuid.uuid4().hex[:6]}"
     async with private_workers(client, servers, servers.redis_url, host) as queue:
         handle = await start(client, queue, exchange, host, 0.5)
