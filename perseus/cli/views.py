@@ -65,7 +65,7 @@ def _card(view: Any) -> Panel:
     lines: list[RenderableType] = []
 
     def row(label: str, value: str | Text) -> None:
-        lines.append(Text.assemble((f"{label:<10}", "dim"), value))
+        lines.append(Text.assemble((f"{label:<11} ", "dim"), value))
 
     if s is not None:
         row("host", s.hostname)
