@@ -71,6 +71,9 @@ async def run_worker(
             task_queue=host_task_queue(host),
             activities=host_activities.all(),
             max_concurrent_activities=2000,
+            # Send each lease heartbeat at once (not throttled to 0.8 × timeout), so the server's
+            # last heartbeat is the last renewal: the workflow's "host is dead" is then safe to act on.
+            max_heartbeat_throttle_interval=timedelta(milliseconds=100),
             graceful_shutdown_timeout=timedelta(seconds=5),
         )
     ]
@@ -82,10 +85,7 @@ async def run_worker(
                 workflows=[InstanceWorkflow],
                 activities=[
                     catalog_activities.resolve_instance,
-                    registry.claim_exchange,
-                    registry.patch_status,
-                    registry.release_claim,
-                    registry.record_event,
+                    *registry.all(),
                     notify.notify_event,
                 ],
                 graceful_shutdown_timeout=timedelta(seconds=5),

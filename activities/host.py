@@ -21,7 +21,7 @@ from temporalio import activity
 from activities.edge import edge
 from perseus.connectors.base import ConnectorHost
 from perseus.connectors.simulated import build_connector
-from perseus.errors import ClaimLost, ConnectorError, ServiceUnavailable
+from perseus.errors import ClaimLost, ClaimMissing, ConnectorError, ConnectorFailed, ServiceUnavailable
 from perseus.keys import iso, renew_deadline_s, ttl_ms
 from perseus.models import (
     ConnectorReport,
@@ -30,6 +30,8 @@ from perseus.models import (
     IdentityRequest,
     LeaseOutcome,
     LeaseRequest,
+    StandbyLeaseRequest,
+    StandbyOutcome,
 )
 
 if TYPE_CHECKING:
@@ -133,6 +135,9 @@ class HostActivities:
         self.leases[req.workflow_id] += 1
         try:
             while True:
+                # Checked before anything else: a process that was paused (SIGSTOP, a long GC, a
+                # frozen VM) must not act on a claim it may have lost while it was not looking.
+                await self._check_deadline(req, last_ok, deadline, ttl)
                 try:
                     reply = await self._store.fenced(
                         req.exchange_id,
@@ -147,16 +152,19 @@ class HostActivities:
                 else:
                     if reply.outcome != "ok":
                         await self.connectors.stop(req.workflow_id, "claim lost")
-                        raise ClaimLost(self._lost_message(reply.outcome, reply.raw))
+                        lost = ClaimMissing if reply.outcome == "missing" else ClaimLost
+                        raise lost(self._lost_message(reply.outcome, reply.raw))
                     last_ok = time.monotonic()
                     last_renewed = datetime.now(UTC)
                     renewals += 1
-                if time.monotonic() - last_ok > deadline:
-                    await self.connectors.stop(req.workflow_id, "renew deadline passed")
-                    raise ClaimLost(
-                        f"could not renew the claim for {deadline:.1f}s (renew deadline; "
-                        f"TTL {ttl / 1000:.1f}s): connector stopped"
+                    self.connectors.record(
+                        "valid_until", req.workflow_id, until=last_ok + deadline, epoch=req.claim.epoch
                     )
+                    connector = self.connectors.get(req.workflow_id)
+                    if connector is not None and (why := connector.failure()) is not None:
+                        await self.connectors.stop(req.workflow_id, why)
+                        raise ConnectorFailed(why)
+                await self._check_deadline(req, last_ok, deadline, ttl)
                 activity.heartbeat(renewals)
                 if time.monotonic() - started >= req.term_s:
                     return LeaseOutcome(renewals=renewals, last_renewed=last_renewed)
@@ -167,6 +175,50 @@ class HostActivities:
             self.leases[req.workflow_id] -= 1
             if self.leases[req.workflow_id] <= 0:
                 del self.leases[req.workflow_id]
+
+    async def _check_deadline(self, req: LeaseRequest, last_ok: float, deadline: float, ttl: int) -> None:
+        if time.monotonic() - last_ok > deadline:
+            await self.connectors.stop(req.workflow_id, "renew deadline passed")
+            raise ClaimLost(
+                f"could not renew the claim for {deadline:.1f}s (renew deadline; "
+                f"TTL {ttl / 1000:.1f}s): connector stopped"
+            )
+
+    @activity.defn(name="hold_standby")
+    @edge
+    async def hold_standby(self, req: StandbyLeaseRequest) -> StandbyOutcome:
+        """Keep a standby visible and watch the exchange's status key; return when it falls vacant.
+
+        One pipelined round trip per beat renews the standby's record, one GET reads the status key.
+        The epoch seen last is returned so that a promotion claims above it even if Redis lost it.
+        """
+        interval = req.heartbeat_interval_s
+        ttl = ttl_ms(interval)
+        record = req.record
+        started = time.monotonic()
+        due = started
+        last_epoch = 0
+        while True:
+            try:
+                renewed = record.model_copy(update={"last_heartbeat": iso(datetime.now(UTC))})
+                await self._store.put_standby(
+                    record.exchange_id, record.instance_id, renewed.wire(), ttl, record.priority
+                )
+                raw, _ = await self._store.status(record.exchange_id)
+            except ServiceUnavailable as exc:
+                log.warning("standby %s: %s", record.workflow_id, exc)
+            else:
+                if raw is None:
+                    return StandbyOutcome(vacant=True, last_epoch=last_epoch)
+                try:
+                    last_epoch = max(last_epoch, int(json.loads(raw).get("epoch", 0)))
+                except (ValueError, AttributeError, TypeError):
+                    pass  # an unreadable holder still holds; its TTL will free the exchange
+            activity.heartbeat(last_epoch)
+            if time.monotonic() - started >= req.term_s:
+                return StandbyOutcome(vacant=False, last_epoch=last_epoch)
+            due += interval
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
 
     @staticmethod
     def _lost_message(outcome: str, raw: str | None) -> str:
@@ -212,6 +264,7 @@ class HostActivities:
     async def connector_connect(self, req: ConnectorRequest) -> ConnectorReport:
         connector = self._connector(req)
         await connector.connect()
+        self.connectors.record("connect", req.workflow_id, exchange=req.exchange_name)
         return ConnectorReport(running=connector.connected)
 
     @activity.defn(name="connector_disconnect")
@@ -232,6 +285,7 @@ class HostActivities:
         return [
             self.detect_identity,
             self.hold_lease,
+            self.hold_standby,
             self.connector_prepare,
             self.connector_warm_up,
             self.connector_connect,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from temporalio import activity
@@ -14,10 +15,14 @@ from perseus.keys import retention_min_id
 from perseus.models import (
     ClaimRequest,
     ClaimResult,
+    DropStandbyRequest,
     EventRequest,
     InstanceStatus,
     PatchResult,
     ReleaseRequest,
+    StandbyList,
+    StandbyQuery,
+    StandbyRecord,
     StatusPatch,
 )
 
@@ -99,3 +104,39 @@ class RegistryActivities:
         return await self._store.append_event(
             event.exchange_name, event.event_id, retention_min_id(datetime.now(UTC)), event.fields()
         )
+
+    @activity.defn(name="put_standby")
+    @edge
+    async def put_standby(self, record: StandbyRecord) -> None:
+        """Make a standby visible: its own key with a TTL, listed in the exchange's standby index."""
+        await self._store.put_standby(
+            record.exchange_id, record.instance_id, record.wire(), record.ttl_ms, record.priority
+        )
+
+    @activity.defn(name="list_standbys")
+    @edge
+    async def list_standbys(self, req: StandbyQuery) -> StandbyList:
+        """Live standbys of an exchange, highest priority first (unreadable records are skipped)."""
+        out: list[StandbyRecord] = []
+        for raw in await self._store.standbys(req.exchange_id):
+            try:
+                out.append(StandbyRecord.model_validate(json.loads(raw)))
+            except (ValueError, ValidationError):
+                continue
+        return StandbyList(standbys=out)
+
+    @activity.defn(name="drop_standby")
+    @edge
+    async def drop_standby(self, req: DropStandbyRequest) -> None:
+        await self._store.drop_standby(req.exchange_id, req.instance_id)
+
+    def all(self) -> list[Callable[..., Any]]:
+        return [
+            self.claim_exchange,
+            self.patch_status,
+            self.release_claim,
+            self.record_event,
+            self.put_standby,
+            self.list_standbys,
+            self.drop_standby,
+        ]

@@ -25,7 +25,14 @@ from temporalio.service import RPCError, RPCStatusCode
 from perseus import errors
 from perseus.keys import SHARED_TASK_QUEUE, valid_host, workflow_id
 from perseus.lifecycle import Command, State
-from perseus.models import CommandRequest, CommandResult, ConnectorSpec, InstanceInput, RegistrationResult
+from perseus.models import (
+    CommandRequest,
+    CommandResult,
+    ConnectorSpec,
+    HandoffRequest,
+    InstanceInput,
+    RegistrationResult,
+)
 from workflows.instance import InstanceWorkflow, search_attributes
 
 T = TypeVar("T")
@@ -72,8 +79,13 @@ async def register(
     start: bool,
     connector: ConnectorSpec | None = None,
     history_limit: int | None = None,
+    standby: bool = False,
+    priority: int = 0,
 ) -> RegistrationResult:
-    """Start the instance workflow and wait until it holds the claim (or refuses)."""
+    """Start the instance workflow and wait until it holds the claim (or, as a standby, until it is
+    visible), or refuses."""
+    if standby and start:
+        raise errors.ConfigError("--standby and --start exclude each other: a standby starts when promoted")
     if not valid_host(host):
         raise errors.ConfigError(f"invalid host name {host!r}: use letters, digits, '.', '_' or '-'")
     if not heartbeat_interval_s > 0:
@@ -93,6 +105,8 @@ async def register(
         admin_email=admin_email,
         heartbeat_interval_s=heartbeat_interval_s,
         start_immediately=start,
+        standby=standby,
+        priority=priority,
         connector=connector or ConnectorSpec(),
     )
     if history_limit is not None:
@@ -105,7 +119,9 @@ async def register(
             task_queue=SHARED_TASK_QUEUE,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-            search_attributes=search_attributes(exchange.lower(), host, State.IDLE),
+            search_attributes=search_attributes(
+                exchange.lower(), host, State.IDLE, "standby" if standby else "active"
+            ),
             static_summary=f"{exchange.lower()} on {host}",
             static_details=f"Exchange instance **{exchange.lower()}** on host **{host}**, "
             f"heartbeat every {heartbeat_interval_s:g}s (TTL {3 * heartbeat_interval_s:g}s).",
@@ -168,4 +184,38 @@ async def command(
             rpc_timeout=timedelta(seconds=ANSWER_TIMEOUT_S),
         ),
         command.value,
+    )
+
+
+async def handoff(
+    client: Client, *, exchange: str, to_host: str, from_host: str | None, default_host: str, shutdown: bool
+) -> CommandResult:
+    """Planned switchover of ``exchange`` to the live standby on ``to_host``."""
+    if not valid_host(to_host):
+        raise errors.ConfigError(f"invalid host name {to_host!r}")
+    handle = await find_active(client, exchange, from_host, default_host)
+    return await _answer(
+        handle.execute_update(
+            InstanceWorkflow.handoff,
+            HandoffRequest(to_host=to_host, shutdown=shutdown),
+            rpc_timeout=timedelta(seconds=ANSWER_TIMEOUT_S),
+        ),
+        "handoff",
+    )
+
+
+async def find_active(
+    client: Client, exchange: str, host: str | None, default_host: str
+) -> WorkflowHandle[InstanceWorkflow, str]:
+    """The instance of ``exchange`` that holds the claim (on ``host`` if given)."""
+    if host is not None:
+        return await find_instance(client, exchange, host, default_host)
+    query = f"ExchangeName = '{exchange.lower()}' AND InstanceRole = 'active' AND ExecutionStatus = 'Running'"
+    found = [wf.id async for wf in client.list_workflows(query, limit=10)]
+    if len(found) == 1:
+        return client.get_workflow_handle(found[0])
+    if not found:
+        raise errors.NotRegistered(f"no active instance of {exchange} is running")
+    raise errors.NotRegistered(
+        f"several active instances of {exchange} ({', '.join(found)}): choose one with --from"
     )

@@ -13,9 +13,11 @@ name, so a workflow can list permanent ones in ``non_retryable_error_types``.
     ├── InvalidTransition           the state machine refuses (permanent)
     ├── ClaimConflict               another instance holds the exchange (permanent)
     ├── ClaimLost                   our fencing token no longer matches (permanent)
+    │   └── ClaimMissing            the key vanished under us (expired, or Redis lost its data)
     ├── NotRegistered               no workflow for that exchange / host (permanent)
     ├── AlreadyRegistered           this host already runs that exchange (permanent)
     └── ConnectorError              the connector failed (transient: retried, then recorded)
+        └── ConnectorFailed         it died while running (reported by the lease; not retried)
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ class ClaimLost(PerseusError):
     """Our instanceId/epoch no longer match the status key: someone else holds it now, or it expired."""
 
 
+class ClaimMissing(ClaimLost):
+    """The status key vanished while we held it (expired during a pause, or Redis lost its data)."""
+
+
 class NotRegistered(PerseusError):
     """No running instance workflow matches the request."""
 
@@ -76,6 +82,12 @@ class ConnectorError(PerseusError):
     retryable = True
 
 
+class ConnectorFailed(ConnectorError):
+    """The connector stopped working while it should have been running (crash, exit, health)."""
+
+    retryable = False
+
+
 #: Error type names a workflow must not retry: retrying cannot change their outcome.
 NON_RETRYABLE_ERROR_TYPES: list[str] = [
     cls.__name__
@@ -86,7 +98,9 @@ NON_RETRYABLE_ERROR_TYPES: list[str] = [
         InvalidTransition,
         ClaimConflict,
         ClaimLost,
+        ClaimMissing,
         NotRegistered,
         AlreadyRegistered,
+        ConnectorFailed,
     )
 ]

@@ -27,6 +27,16 @@ def epoch_key(exchange_id: int) -> str:
     return f"exchange:{exchange_id}:epoch"
 
 
+def standby_key(exchange_id: int, instance_id: str) -> str:
+    return f"exchange:{exchange_id}:standby:{instance_id}"
+
+
+def standby_index_key(exchange_id: int) -> str:
+    """A sorted set of the exchange's standby instanceIds by priority: standbys are found
+    without SCAN; each member's own key (with its TTL) says whether it is still alive."""
+    return f"exchange:{exchange_id}:standbys"
+
+
 def stream_key(exchange_name: str) -> str:
     return f"logs:network:{exchange_name.lower()}"
 

@@ -26,6 +26,7 @@ class Command(StrEnum):
     START = "start"
     STOP = "stop"
     SHUTDOWN = "shutdown"
+    HANDOFF = "handoff"
 
 
 ALLOWED: Mapping[State, frozenset[State]] = {
@@ -82,6 +83,16 @@ def plan(command: Command, current: State) -> tuple[State, ...]:
         if current not in RUNNING:
             raise InvalidTransition(f"cannot stop: the instance is {current.value}; nothing is running")
         return walk(current, (State.STOPPING, State.STOPPED, State.IDLE))
+    if command is Command.HANDOFF:
+        # The connector stops here before the claim goes to the standby; only a settled instance
+        # (active, or idle with nothing running) can hand over.
+        if current is State.ACTIVE:
+            return walk(current, (State.STOPPING, State.STOPPED))
+        if current is State.IDLE:
+            return ()
+        raise InvalidTransition(
+            f"cannot hand off: the instance is {current.value}; it must be active or idle"
+        )
     # shutdown: stop whatever runs; the claim is released afterwards by the caller.
     if current in RUNNING:
         return walk(current, (State.STOPPING, State.STOPPED))

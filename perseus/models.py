@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -151,6 +152,10 @@ class ConnectorSpec(BaseModel):
     connect_delay_s: float = 0.2
     #: Names of connector steps that fail, for the demo and tests: prepare, warm_up, connect, health.
     fail_steps: list[str] = Field(default_factory=list)
+    #: What to do when the connector fails while active: stay idle, or start again with backoff.
+    restart: Literal["no", "on-failure"] = "no"
+    restart_backoff_s: float = 1.0
+    max_restarts: int = 5
 
 
 class Claim(BaseModel):
@@ -168,7 +173,7 @@ class CarriedState(BaseModel):
     resolved: Resolved
     hostname: str
     ip_address: str | None
-    claim: Claim
+    claim: Claim | None
     state: State
     symbol_count: int
     connected_at: datetime | None
@@ -178,6 +183,9 @@ class CarriedState(BaseModel):
     highest_epoch: int
     runs: int
     undelivered: list[NotifyRequest] = Field(default_factory=list)
+    role: Literal["active", "standby"] = "active"
+    standby_id: str | None = None
+    restarts: int = 0
 
 
 class InstanceInput(BaseModel):
@@ -189,6 +197,10 @@ class InstanceInput(BaseModel):
     heartbeat_interval_s: float = 15.0
     connector: ConnectorSpec = Field(default_factory=ConnectorSpec)
     start_immediately: bool = False
+    #: Register as a standby: visible and waiting, holding no claim until promoted.
+    standby: bool = False
+    #: Among standbys, the higher priority is promoted first.
+    priority: int = 0
     #: Continue-as-new after this many history events even if Temporal has not suggested it yet.
     history_limit: int = 2000
     #: Maximum length of one lease activity; it is re-issued after that (keeps timeouts finite).
@@ -207,6 +219,7 @@ class RegistrationResult(Wire):
     epoch: int
     state: State
     workflow_id: str
+    role: str = "active"
 
 
 class CommandRequest(BaseModel):
@@ -219,6 +232,8 @@ class CommandResult(Wire):
     state: State
     transitions: list[State]
     error: str | None = None
+    #: What else happened (a handoff's target and epochs, say).
+    detail: str | None = None
 
 
 class InstanceSnapshot(Wire):
@@ -240,6 +255,8 @@ class InstanceSnapshot(Wire):
     pending: list[Command]
     runs: int
     outcome: str | None
+    role: str = "active"
+    priority: int = 0
 
 
 # --- Activities ----------------------------------------------------------------------------------
@@ -314,3 +331,82 @@ class ConnectorRequest(BaseModel):
 class ConnectorReport(BaseModel):
     symbol_count: int = 0
     running: bool = False
+
+
+# --- Standbys and handoff -----------------------------------------------------------------------
+
+
+class StandbyRecord(Wire):
+    """The JSON at ``exchange:{id}:standby:{instanceId}`` (with a TTL, like the status key)."""
+
+    exchange_id: int
+    exchange_name: str
+    host: str
+    hostname: str
+    ip_address: str | None = None
+    instance_id: str
+    workflow_id: str
+    priority: int = 0
+    registered_at: str
+    last_heartbeat: str
+    ttl_ms: int
+    heartbeat_interval_ms: int
+
+    def wire(self) -> dict[str, object]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class StandbyLeaseRequest(BaseModel):
+    record: StandbyRecord
+    heartbeat_interval_s: float
+    term_s: float
+
+
+class StandbyOutcome(BaseModel):
+    """How a standby's watch ended: the exchange fell vacant, or the term ran out."""
+
+    vacant: bool
+    last_epoch: int = 0
+
+
+class StandbyQuery(BaseModel):
+    exchange_id: int
+
+
+class StandbyList(BaseModel):
+    standbys: list[StandbyRecord]
+
+
+class DropStandbyRequest(BaseModel):
+    exchange_id: int
+    instance_id: str
+
+
+class PromoteRequest(BaseModel):
+    """Sent to a standby's workflow: try to take the exchange now."""
+
+    reason: str
+    min_epoch: int = 0
+    #: The workflow to tell whether the takeover worked (a planned handoff).
+    confirm_to: str | None = None
+
+
+class HandoffConfirm(BaseModel):
+    ok: bool
+    epoch: int = 0
+    host: str
+    detail: str
+
+
+class HandoffRequest(BaseModel):
+    to_host: str
+    shutdown: bool = False
+
+
+class HandoffResult(Wire):
+    from_host: str
+    to_host: str
+    old_epoch: int
+    new_epoch: int | None
+    outcome: str
+    error: str | None = None

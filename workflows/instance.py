@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
@@ -47,8 +47,11 @@ with workflow.unsafe.imports_passed_through():
         CommandResult,
         ConnectorReport,
         ConnectorRequest,
+        DropStandbyRequest,
         EventKind,
         EventRequest,
+        HandoffConfirm,
+        HandoffRequest,
         Identity,
         IdentityRequest,
         InstanceInput,
@@ -59,10 +62,16 @@ with workflow.unsafe.imports_passed_through():
         NetworkEvent,
         NotifyRequest,
         PatchResult,
+        PromoteRequest,
         RegistrationResult,
         ReleaseRequest,
         Resolved,
         ResolveRequest,
+        StandbyLeaseRequest,
+        StandbyList,
+        StandbyOutcome,
+        StandbyQuery,
+        StandbyRecord,
         StatusPatch,
     )
     from perseus.temporal import CONNECTION_STATE, EXCHANGE_NAME, INSTANCE_HOST, INSTANCE_ROLE
@@ -81,6 +90,14 @@ HOST_RETRY = RetryPolicy(
     maximum_attempts=3,
     non_retryable_error_types=[*NON_RETRYABLE_ERROR_TYPES, "ConnectorGone"],
 )
+
+
+#: A host is presumed dead after this many intervals without a heartbeat (before the 3-interval TTL).
+HEARTBEAT_TIMEOUT_FACTOR = 1.25
+#: How long a restarted worker has to pick the lease up again, in intervals.
+PICKUP_FACTOR = 1.0
+#: How long a handoff waits for the target's confirmation (plus 4 intervals).
+HANDOFF_TIMEOUT_S = 60.0
 
 
 def search_attributes(exchange: str, host: str, state: State, role: str = "active") -> TypedSearchAttributes:
@@ -113,10 +130,10 @@ def failure_type(err: BaseException) -> str | None:
 class _Ticket:
     number: int
     command: Command
-
-
-class InstanceLost(Exception):
-    """Internal: the lease ended badly; carries why."""
+    #: For HANDOFF: where to.
+    handoff: HandoffRequest | None = None
+    #: For a START that completes a handoff: the workflow waiting to hear how it went.
+    confirm_to: str | None = None
 
 
 @workflow.defn(name="InstanceWorkflow")
@@ -148,6 +165,12 @@ class InstanceWorkflow:
         self.host_going_down = False
         self.outcome: str | None = None
         self.last_heartbeat_ok: datetime | None = None
+        self.role: str = c.role if c else ("standby" if inp.standby else "active")
+        self.standby_id: str | None = c.standby_id if c else None
+        self.restarts = c.restarts if c else 0
+        self.lease: workflow.ActivityHandle[Any] | None = None
+        self.promotions: list[PromoteRequest] = []
+        self.handoff_reply: HandoffConfirm | None = None
         self.notifications: list[tuple[workflow.ActivityHandle[str], NotifyRequest]] = []
         self.carried_notifications: list[NotifyRequest] = list(c.undelivered) if c else []
 
@@ -172,16 +195,35 @@ class InstanceWorkflow:
             pending=[t.command for t in self.queue],
             runs=self.runs,
             outcome=self.outcome,
+            role=self.role,
+            priority=self.inp.priority,
         )
 
     @workflow.update
     async def wait_registered(self) -> RegistrationResult:
         """Completes once registration has succeeded; fails with the refusal otherwise."""
-        await workflow.wait_condition(lambda: self.claim is not None or self.registration_error is not None)
-        if self.registration_error is not None or self.claim is None or self.resolved is None:
+        await workflow.wait_condition(
+            lambda: (
+                self.claim is not None or self.standby_id is not None or self.registration_error is not None
+            )
+        )
+        if self.registration_error is not None or self.resolved is None:
             raise ApplicationError(
                 self.registration_error or "registration failed",
                 type=self.registration_error_type or "RegistrationFailed",
+            )
+        if self.claim is None:
+            return RegistrationResult(
+                exchange=self.resolved.exchange.name,
+                exchange_id=self.resolved.exchange.id,
+                host=self.inp.host,
+                hostname=self.hostname or self.inp.host,
+                ip_address=self.ip_address,
+                instance_id=self.standby_id or "",
+                epoch=0,
+                state=self.state,
+                workflow_id=self.wf_id,
+                role="standby",
             )
         return RegistrationResult(
             exchange=self.resolved.exchange.name,
@@ -215,7 +257,54 @@ class InstanceWorkflow:
             )
         if any(t.command is Command.SHUTDOWN for t in self.queue) or self.host_going_down:
             raise InvalidTransition(f"instance {self.wf_id} is shutting down")
+        if self.role == "standby" and req.command is not Command.SHUTDOWN:
+            raise InvalidTransition(
+                f"{self.inp.exchange} on {self.inp.host} is a standby: it holds no claim and starts "
+                f"only when promoted (perseus handoff {self.inp.exchange} --to {self.inp.host}); "
+                "shutdown is allowed"
+            )
+        if req.command is Command.HANDOFF:
+            raise InvalidTransition("use the handoff update, which names the target host")
         plan(req.command, projected_state(self.state, [t.command for t in self.queue]))
+
+    @workflow.update
+    async def handoff(self, req: HandoffRequest) -> CommandResult:
+        """Planned switchover to a live standby on ``req.to_host``: notify → takeover → confirm."""
+        ticket = self._enqueue(Command.HANDOFF, handoff=req)
+        await workflow.wait_condition(lambda: ticket.number in self.results)
+        result = self.results.pop(ticket.number)
+        if result.error is not None:
+            raise ApplicationError(result.error, result, type="CommandFailed")
+        return result
+
+    @handoff.validator
+    def _validate_handoff(self, req: HandoffRequest) -> None:
+        if self.outcome is not None or self.registration_error is not None or self.host_going_down:
+            raise InvalidTransition(f"instance {self.wf_id} is not registered any more")
+        if self.role != "active":
+            raise InvalidTransition(
+                f"{self.inp.exchange} on {self.inp.host} is a standby: nothing to hand off"
+            )
+        if req.to_host == self.inp.host:
+            raise InvalidTransition(f"{self.inp.exchange} already runs on {req.to_host}")
+        if self.queue:
+            raise InvalidTransition(
+                f"instance {self.wf_id} is busy with {self.queue[0].command.value}; retry"
+            )
+        plan(Command.HANDOFF, self.state)
+
+    @workflow.signal
+    def promote(self, req: PromoteRequest) -> None:
+        """Sent to a standby: the exchange is (about to be) free — try to take it now."""
+        if self.role == "standby" and self.outcome is None:
+            self.promotions.append(req)
+        else:
+            workflow.logger.info("promotion ignored: this instance is %s", self.role)
+
+    @workflow.signal
+    def handoff_confirmed(self, reply: HandoffConfirm) -> None:
+        """The target of our handoff says whether it took over."""
+        self.handoff_reply = reply
 
     @workflow.signal
     def command_signal(self, req: CommandRequest) -> None:
@@ -232,59 +321,105 @@ class InstanceWorkflow:
         """The host's worker is stopping gracefully: stop, release the claim, finish."""
         self.host_going_down = True
 
-    def _enqueue(self, command: Command) -> _Ticket:
-        ticket = _Ticket(self.next_ticket, command)
-        self.next_ticket += 1
-        self.queue.append(ticket)
+    def _enqueue(
+        self,
+        command: Command,
+        *,
+        handoff: HandoffRequest | None = None,
+        confirm_to: str | None = None,
+        first: bool = False,
+        internal: bool = False,
+    ) -> _Ticket:
+        """Queue a command; ``internal`` ones (promotion, restart) have no caller waiting (number -1)."""
+        ticket = _Ticket(
+            -1 if internal else self.next_ticket, command, handoff=handoff, confirm_to=confirm_to
+        )
+        if not internal:
+            self.next_ticket += 1
+        if first:
+            self.queue.insert(0, ticket)
+        else:
+            self.queue.append(ticket)
         return ticket
 
     # --- main ------------------------------------------------------------------------------------
 
     @workflow.run
     async def run(self, inp: InstanceInput) -> str:
-        if self.claim is None:
-            if not await self._register():
+        if self.resolved is None:
+            registered = await (self._register_standby() if inp.standby else self._register())
+            if not registered:
                 return await self._finish(self.registration_error or "registration failed")
-            if inp.start_immediately:
+            if inp.start_immediately and self.role == "active":
                 self._enqueue(Command.START)
         for req in self.carried_notifications:
             self._notify(req)
-        lease = self._start_lease()
         while True:
-            await workflow.wait_condition(functools.partial(self._has_work, lease))
+            if self.lease is None:
+                self.lease = self._start_lease() if self.role == "active" else self._start_standby_lease()
+            await workflow.wait_condition(self._has_work)
+            lease = self.lease
             if lease.done():
-                next_lease = await self._after_lease(lease)
-                if next_lease is None:
+                self.lease = None
+                carry_on = await (
+                    self._after_lease(lease) if self.role == "active" else self._after_watch(lease)
+                )
+                if not carry_on:
                     return await self._finish(self.outcome or "instance lost")
-                lease = next_lease
                 continue
             if self.host_going_down:
-                await self._cancel_lease(lease)
-                await self._release("worker on host shut down")
+                await self._cancel_lease()
+                if self.role == "active":
+                    await self._release("worker on host shut down")
+                else:
+                    await self._drop_standby()
                 return await self._finish(f"released: the worker on {self.inp.host} shut down")
+            if self.role == "standby" and self.promotions:
+                await self._cancel_lease()
+                await self._promote(self.promotions.pop(0))
+                continue
             if self.queue:
                 ticket = self.queue.pop(0)
-                result = await self._execute(ticket.command)
-                if ticket.command is Command.SHUTDOWN and result.error is None:
-                    # The caller hears back only once the claim is released.
-                    await self._cancel_lease(lease)
-                    await self._release_claim()
-                    self.results[ticket.number] = result
-                    return await self._finish("shut down")
+                if ticket.command is Command.SHUTDOWN:
+                    result = await self._execute(ticket.command)
+                    if result.error is None:
+                        # The caller hears back only once the claim is released.
+                        await self._cancel_lease()
+                        await self._release_claim()
+                        await self._drop_standby()
+                        self.results[ticket.number] = result
+                        return await self._finish("shut down")
+                elif ticket.command is Command.HANDOFF:
+                    result = await self._handoff(ticket)
+                    if self.outcome is not None:
+                        self.results[ticket.number] = result
+                        return await self._finish(self.outcome)
+                else:
+                    result = await self._execute(ticket.command)
+                    if ticket.confirm_to is not None:
+                        await self._confirm_takeover(ticket.confirm_to, result)
+                if ticket.number < 0:
+                    continue  # an internal ticket nobody waits for
                 self.results[ticket.number] = result
                 continue
             if self._history_long():
-                await self._cancel_lease(lease)
+                await self._cancel_lease()
                 # A command accepted meanwhile has a caller waiting on this run: run it first
                 # (its handler would never finish otherwise) and continue as new afterwards.
                 await workflow.wait_condition(lambda: bool(self.queue) or workflow.all_handlers_finished())
                 if self.queue:
-                    lease = self._start_lease()
                     continue
                 workflow.continue_as_new(self._carry())
 
-    def _has_work(self, lease: workflow.ActivityHandle[LeaseOutcome]) -> bool:
-        return bool(self.queue) or lease.done() or self.host_going_down or self._history_long()
+    def _has_work(self) -> bool:
+        lease_done = self.lease is not None and self.lease.done()
+        return (
+            bool(self.queue)
+            or lease_done
+            or self.host_going_down
+            or (self.role == "standby" and bool(self.promotions))
+            or self._history_long()
+        )
 
     async def _finish(self, outcome: str) -> str:
         self.outcome = outcome
@@ -310,7 +445,7 @@ class InstanceWorkflow:
         )
 
     def _carry(self) -> InstanceInput:
-        assert self.resolved and self.claim and self.hostname and self.registered_at
+        assert self.resolved and self.hostname and self.registered_at
         carried = CarriedState(
             resolved=self.resolved,
             hostname=self.hostname,
@@ -323,6 +458,9 @@ class InstanceWorkflow:
             last_error=self.last_error,
             pending=[t.command for t in self.queue],
             undelivered=self._undelivered(),
+            role="active" if self.role == "active" else "standby",
+            standby_id=self.standby_id,
+            restarts=self.restarts,
             highest_epoch=self.highest_epoch,
             runs=self.runs,
         )
@@ -330,7 +468,8 @@ class InstanceWorkflow:
 
     # --- registration ----------------------------------------------------------------------------
 
-    async def _register(self) -> bool:
+    async def _identify(self) -> bool:
+        """Resolve the exchange and admin, and learn the host's identity on its own queue."""
         try:
             self.resolved = await workflow.execute_activity(
                 "resolve_instance",
@@ -357,6 +496,11 @@ class InstanceWorkflow:
             return False
         self.hostname, self.ip_address = identity.hostname, identity.ip_address
         self.registered_at = workflow.now()
+        return True
+
+    async def _register(self) -> bool:
+        if not await self._identify():
+            return False
         result = await self._claim()
         if result is None:
             return False
@@ -364,8 +508,97 @@ class InstanceWorkflow:
         self._details()
         return True
 
-    async def _claim(self) -> ClaimResult | None:
-        """Claim with a fresh instanceId; on refusal record ``claim_conflict`` and remember why."""
+    async def _register_standby(self) -> bool:
+        """Become visible as a standby: no claim, a record with a TTL, a ``standby_registered`` event."""
+        if not await self._identify():
+            return False
+        try:
+            await self._become_standby()
+        except ActivityError as err:
+            self.registration_error = f"standby registration failed: {describe_failure(err)}"
+            self.registration_error_type = failure_type(err) or "ServiceUnavailable"
+            return False
+        return True
+
+    async def _become_standby(self) -> None:
+        assert self.resolved
+        self.role = "standby"
+        self.claim = None
+        self.standby_id = str(workflow.uuid4())
+        await workflow.execute_activity(
+            "put_standby",
+            self._standby_record(),
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=SHARED_RETRY,
+            summary="register standby",
+        )
+        workflow.upsert_search_attributes(
+            [INSTANCE_ROLE.value_set("standby"), CONNECTION_STATE.value_set(self.state.value)]
+        )
+        await self._event(
+            EventKind.STANDBY_REGISTERED,
+            claim=Claim(instance_id=self.standby_id, epoch=0),
+            detail=f"standby on {self.inp.host} (priority {self.inp.priority})",
+        )
+        self._details()
+
+    def _standby_record(self) -> StandbyRecord:
+        assert self.resolved and self.standby_id and self.registered_at
+        stamp = iso(workflow.now())
+        return StandbyRecord(
+            exchange_id=self.resolved.exchange.id,
+            exchange_name=self.resolved.exchange.name,
+            host=self.inp.host,
+            hostname=self.hostname or self.inp.host,
+            ip_address=self.ip_address,
+            instance_id=self.standby_id,
+            workflow_id=self.wf_id,
+            priority=self.inp.priority,
+            registered_at=iso(self.registered_at),
+            last_heartbeat=stamp,
+            ttl_ms=ttl_ms(self.inp.heartbeat_interval_s),
+            heartbeat_interval_ms=int(self.inp.heartbeat_interval_s * 1000),
+        )
+
+    async def _drop_standby(self) -> None:
+        if self.standby_id is None or self.resolved is None:
+            return
+        try:
+            await workflow.execute_activity(
+                "drop_standby",
+                DropStandbyRequest(exchange_id=self.resolved.exchange.id, instance_id=self.standby_id),
+                start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=SHARED_RETRY,
+                summary="drop standby record",
+            )
+        except ActivityError as err:
+            workflow.logger.warning(
+                "standby record not dropped (its TTL frees it): %s", describe_failure(err)
+            )
+        self.standby_id = None
+
+    async def _standbys(self) -> list[StandbyRecord]:
+        assert self.resolved
+        try:
+            found: StandbyList = await workflow.execute_activity(
+                "list_standbys",
+                StandbyQuery(exchange_id=self.resolved.exchange.id),
+                result_type=StandbyList,
+                start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=SHARED_RETRY,
+                summary="list standbys",
+            )
+        except ActivityError as err:
+            workflow.logger.warning("standbys unknown: %s", describe_failure(err))
+            return []
+        return [s for s in found.standbys if s.workflow_id != self.wf_id]
+
+    async def _claim(self, *, quiet: bool = False) -> ClaimResult | None:
+        """Claim with a fresh instanceId; on refusal record ``claim_conflict`` and remember why.
+
+        ``quiet``: a standby racing for a vacancy (or an instance taking back its own exchange) is
+        not a conflict worth an event when it loses.
+        """
         assert self.resolved and self.hostname and self.registered_at
         instance_id = str(workflow.uuid4())
         status = self._status(instance_id)
@@ -379,11 +612,14 @@ class InstanceWorkflow:
                 summary="claim",
             )
         except ActivityError as err:
-            self.registration_error = f"claim failed: {describe_failure(err)}"
-            self.registration_error_type = failure_type(err) or "ServiceUnavailable"
+            if not quiet:
+                self.registration_error = f"claim failed: {describe_failure(err)}"
+                self.registration_error_type = failure_type(err) or "ServiceUnavailable"
             return None
         self.highest_epoch = max(self.highest_epoch, result.epoch)
         if not result.claimed:
+            if quiet:
+                return None
             self.registration_error = result.message or "exchange already claimed"
             self.registration_error_type = "ClaimConflict"
             await self._event(
@@ -454,8 +690,9 @@ class InstanceWorkflow:
             task_queue=self.host_queue,
             schedule_to_start_timeout=schedule_to_start or self._host_wait(),
             start_to_close_timeout=timedelta(seconds=self.inp.lease_term_s + 4 * interval),
-            # A dead host is seen after 1.5 intervals without a heartbeat: before the 3-interval TTL.
-            heartbeat_timeout=timedelta(seconds=interval * 1.5),
+            # Every renewal heartbeats at once (the host worker does not throttle them), so a silence
+            # of 1.25 intervals means the host stopped renewing. See _lease_failed for the margins.
+            heartbeat_timeout=timedelta(seconds=interval * HEARTBEAT_TIMEOUT_FACTOR),
             retry_policy=RetryPolicy(maximum_attempts=1),
             # Request cancellation without waiting for it: the activity only hears of it at its next
             # heartbeat, and nothing here needs it gone first (a lingering renewal with the same token
@@ -464,8 +701,26 @@ class InstanceWorkflow:
             summary=f"lease epoch {self.claim.epoch} on {self.inp.host}",
         )
 
-    async def _cancel_lease(self, lease: workflow.ActivityHandle[LeaseOutcome]) -> None:
-        if lease.done():
+    def _start_standby_lease(self) -> workflow.ActivityHandle[StandbyOutcome]:
+        interval = self.inp.heartbeat_interval_s
+        return workflow.start_activity(
+            "hold_standby",
+            StandbyLeaseRequest(
+                record=self._standby_record(), heartbeat_interval_s=interval, term_s=self.inp.lease_term_s
+            ),
+            result_type=StandbyOutcome,
+            task_queue=self.host_queue,
+            schedule_to_start_timeout=self._host_wait(),
+            start_to_close_timeout=timedelta(seconds=self.inp.lease_term_s + 4 * interval),
+            heartbeat_timeout=timedelta(seconds=interval * HEARTBEAT_TIMEOUT_FACTOR),
+            retry_policy=RetryPolicy(maximum_attempts=1),
+            cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
+            summary=f"standby watch on {self.inp.host}",
+        )
+
+    async def _cancel_lease(self) -> None:
+        lease, self.lease = self.lease, None
+        if lease is None or lease.done():
             return
         lease.cancel()
         try:
@@ -473,24 +728,35 @@ class InstanceWorkflow:
         except (ActivityError, CancelledError, asyncio.CancelledError):
             pass
 
-    async def _after_lease(
-        self, lease: workflow.ActivityHandle[LeaseOutcome]
-    ) -> workflow.ActivityHandle[LeaseOutcome] | None:
-        """Decide what a finished lease means; returns the next lease, or None when the run must end."""
+    async def _after_lease(self, lease: workflow.ActivityHandle[Any]) -> bool:
+        """Decide what a finished lease means; False when the run must end."""
         try:
-            outcome = lease.result()
+            outcome: LeaseOutcome = lease.result()
         except ActivityError as err:
             return await self._lease_failed(err)
         self.last_heartbeat_ok = outcome.last_renewed
-        return self._start_lease()  # the term ran out normally: renew the term
+        return True  # the term ran out normally: the loop issues the next one
 
-    async def _lease_failed(self, err: ActivityError) -> workflow.ActivityHandle[LeaseOutcome] | None:
+    async def _lease_failed(self, err: ActivityError) -> bool:
         reason = describe_failure(err)
-        if failure_type(err) != "ClaimLost":
-            # The host stopped heartbeating: its worker died or the host is gone. A restarted worker
-            # resumes our claim (same instanceId + epoch, from this workflow's memory) if it comes
-            # back quickly; otherwise the instance is lost.
-            pickup = self.inp.heartbeat_interval_s * 0.5
+        kind = failure_type(err)
+        if kind == "ConnectorFailed":
+            await self._connector_failed(reason)
+            return True
+        if kind == "ClaimMissing" and await self._reclaim(reason):
+            return True
+        if kind not in ("ClaimLost", "ClaimMissing"):
+            # The host stopped heartbeating: its worker died, or the host is paused or gone. A
+            # restarted worker resumes our claim (same instanceId + epoch, from this workflow's
+            # memory) if it picks the lease up within the pickup window; otherwise the instance is
+            # lost and the claim is released early, so a standby need not wait for the TTL.
+            #
+            # Why that is safe against a paused host (a zombie): heartbeats are not throttled, so
+            # the host's last renewal was at most HEARTBEAT_TIMEOUT_FACTOR intervals before the
+            # timeout fired; it stops acting RENEW_DEADLINE_FACTOR intervals after that renewal
+            # (checked on its own clock before anything else), i.e. 0.75 intervals after the
+            # timeout — before the release at pickup = 1 interval.
+            pickup = self.inp.heartbeat_interval_s * PICKUP_FACTOR
             resumed = self._start_lease(schedule_to_start=timedelta(seconds=pickup))
             try:
                 # Longer than the pickup window (timers fire late under load): a lease still running
@@ -501,22 +767,52 @@ class InstanceWorkflow:
                 )
             except builtins.TimeoutError:
                 # Renewing again on a live worker: the host is back. Make sure the connector is too.
+                self.lease = resumed
                 if (
                     self.state in (State.STARTING, State.WARMING, State.ACTIVE)
                     and not await self._connector_alive()
                 ):
                     await self._fail(f"connector not running after the worker on {self.inp.host} restarted")
-                return resumed
+                return True
             try:
                 resumed.result()
-                return self._start_lease()
+                return True
             except ActivityError as again:
-                if failure_type(again) == "ClaimLost":
-                    err, reason = again, describe_failure(again)
+                if failure_type(again) in ("ClaimLost", "ClaimMissing"):
+                    reason = describe_failure(again)
                 else:
                     reason = f"host {self.inp.host} stopped heartbeating ({reason}) and did not come back"
         await self._instance_lost(reason)
-        return None
+        return False
+
+    async def _connector_failed(self, reason: str) -> None:
+        """The connector died while running; the claim is still ours. Record, recover, maybe restart."""
+        await self._fail(reason)
+        spec = self.inp.connector
+        if spec.restart == "on-failure" and self.restarts < spec.max_restarts:
+            delay = spec.restart_backoff_s * (2**self.restarts)
+            self.restarts += 1
+            self.lease = self._start_lease()  # keep renewing while we back off
+            await workflow.sleep(timedelta(seconds=delay), summary=f"restart {self.restarts} backoff")
+            self._enqueue(Command.START, first=True, internal=True)
+
+    async def _reclaim(self, reason: str) -> bool:
+        """Our key vanished (expired while paused, or Redis lost its data) and nobody else took it:
+        take the exchange again above every epoch we know, then bring the connector back."""
+        was_running = self.state in (State.STARTING, State.WARMING, State.ACTIVE)
+        lost_claim = self.claim
+        self.claim = None
+        if await self._claim(quiet=True) is None:
+            self.claim = lost_claim
+            return False
+        await self._event(
+            EventKind.ERROR, error=f"{reason}; reclaimed at epoch {self.highest_epoch}", state=self.state
+        )
+        for target in recovery_path(self.state):
+            await self._transition(target)
+        if was_running:
+            self._enqueue(Command.START, first=True, internal=True)
+        return True
 
     async def _connector_alive(self) -> bool:
         try:
@@ -526,13 +822,180 @@ class InstanceWorkflow:
         return report.running
 
     async def _instance_lost(self, reason: str) -> None:
-        """The claim is gone or the host is: record it, walk the state down, free the key if still ours."""
+        """The claim is gone or the host is: record it, walk the state down, free the key if still
+        ours, and wake the best standby so it need not wait for the TTL."""
         self.last_error = reason
         await self._event(EventKind.INSTANCE_LOST, detail=reason)
         for target in recovery_path(self.state):
             await self._transition(target)
         await self._release_claim()
+        # Patched: runs that lost their instance before standbys existed did not look for one.
+        if workflow.patched("wake-standby-on-loss"):
+            await self._wake_standby(f"{self.inp.exchange} on {self.inp.host} lost: {reason}")
         self.outcome = f"instance lost: {reason}"
+
+    async def _wake_standby(self, reason: str, *, confirm_to: str | None = None) -> StandbyRecord | None:
+        """Signal the highest-priority live standby to take over; returns the one told, if any."""
+        for standby in await self._standbys():
+            try:
+                await workflow.get_external_workflow_handle(standby.workflow_id).signal(
+                    "promote",
+                    PromoteRequest(reason=reason, min_epoch=self.highest_epoch, confirm_to=confirm_to),
+                )
+            except Exception as exc:  # the standby's workflow is gone: try the next one
+                workflow.logger.info("standby %s not reachable: %s", standby.workflow_id, exc)
+                continue
+            return standby
+        return None
+
+    # --- standby ---------------------------------------------------------------------------------
+
+    async def _after_watch(self, watch: workflow.ActivityHandle[Any]) -> bool:
+        """A standby's watch ended: the exchange fell vacant (TTL fallback), the term ran out, or
+        this standby's own host died (then it is no standby any more)."""
+        try:
+            outcome: StandbyOutcome = watch.result()
+        except ActivityError as err:
+            await self._drop_standby()
+            self.outcome = (
+                f"standby lost: host {self.inp.host} stopped heartbeating ({describe_failure(err)})"
+            )
+            return False
+        if outcome.vacant:
+            # Nobody told us (the holder's workflow would have): the key expired. Higher priorities go
+            # first; the rest give them a head start, then race — the claim script admits one.
+            ahead = sum(1 for s in await self._standbys() if s.priority > self.inp.priority)
+            if ahead:
+                await workflow.sleep(timedelta(seconds=0.25 * self.inp.heartbeat_interval_s * ahead))
+            await self._promote(
+                PromoteRequest(reason="the holder's claim expired (TTL)", min_epoch=outcome.last_epoch)
+            )
+        return True
+
+    async def _promote(self, req: PromoteRequest) -> None:
+        """Try to take the exchange. Won: drop the standby record, ``promoted``, start. Lost: stay."""
+        self.highest_epoch = max(self.highest_epoch, req.min_epoch)
+        result = await self._claim(quiet=True)
+        if result is None:
+            if req.confirm_to:
+                await self._reply(req.confirm_to, ok=False, detail="the exchange was not free to claim")
+            return
+        await self._drop_standby()
+        self.role = "active"
+        workflow.upsert_search_attributes([INSTANCE_ROLE.value_set("active")])
+        await self._event(EventKind.PROMOTED, detail=req.reason)
+        self._enqueue(Command.START, first=True, internal=True, confirm_to=req.confirm_to)
+
+    async def _confirm_takeover(self, confirm_to: str, result: CommandResult) -> None:
+        """After a promoted START: tell the handing-over instance; on failure give the claim back."""
+        if result.error is None and self.state is State.ACTIVE:
+            await self._reply(confirm_to, ok=True, detail=f"active on {self.inp.host}")
+            return
+        await self._cancel_lease()
+        await self._release_claim()
+        await self._reply(confirm_to, ok=False, detail=result.error or f"ended {self.state.value}")
+        await self._become_standby()
+
+    async def _reply(self, workflow_id: str, *, ok: bool, detail: str) -> None:
+        epoch = self.claim.epoch if self.claim and ok else 0
+        try:
+            await workflow.get_external_workflow_handle(workflow_id).signal(
+                "handoff_confirmed", HandoffConfirm(ok=ok, epoch=epoch, host=self.inp.host, detail=detail)
+            )
+        except Exception as exc:  # the other side is gone; it will time out on its own
+            workflow.logger.info("handoff reply to %s not delivered: %s", workflow_id, exc)
+
+    async def _handoff(self, ticket: _Ticket) -> CommandResult:
+        """notify → takeover → confirm → step down. A failure midway takes the exchange back."""
+        assert ticket.handoff and self.claim and self.resolved
+        req = ticket.handoff
+        start_state = self.state
+        target = next((s for s in await self._standbys() if s.host == req.to_host), None)
+        if target is None:
+            live = ", ".join(sorted({s.host for s in await self._standbys()})) or "none"
+            return CommandResult(
+                command=Command.HANDOFF,
+                from_state=start_state,
+                state=self.state,
+                transitions=[],
+                error=f"no live standby of {self.inp.exchange} on host {req.to_host} (live standbys: {live})",
+            )
+        await self._event(
+            EventKind.HANDOFF, detail=f"notify: handing over to {target.host} (standby {target.instance_id})"
+        )
+        done: list[State] = []
+        for state in plan(Command.HANDOFF, self.state):
+            if state is State.STOPPED:
+                await self._host_activity("connector_disconnect", timeout_s=30)
+            await self._transition(state)
+            done.append(state)
+        old_epoch = self.claim.epoch
+        await self._cancel_lease()
+        await self._release_claim()
+        await self._event(EventKind.HANDOFF, detail=f"takeover: released epoch {old_epoch} to {target.host}")
+        self.handoff_reply = None
+        told = True
+        try:
+            await workflow.get_external_workflow_handle(target.workflow_id).signal(
+                "promote",
+                PromoteRequest(
+                    reason=f"handoff from {self.inp.host}",
+                    min_epoch=self.highest_epoch,
+                    confirm_to=self.wf_id,
+                ),
+            )
+        except Exception as exc:
+            told = False
+            self.handoff_reply = HandoffConfirm(
+                ok=False, host=target.host, detail=f"standby unreachable: {exc}"
+            )
+        if told:
+            try:
+                await workflow.wait_condition(
+                    lambda: self.handoff_reply is not None,
+                    timeout=timedelta(seconds=HANDOFF_TIMEOUT_S + 4 * self.inp.heartbeat_interval_s),
+                )
+            except builtins.TimeoutError:
+                self.handoff_reply = HandoffConfirm(
+                    ok=False, host=target.host, detail="no confirmation in time"
+                )
+        reply = self.handoff_reply
+        assert reply is not None
+        self.claim = None
+        if reply.ok:
+            await self._event(
+                EventKind.HANDOFF,
+                claim=Claim(instance_id="", epoch=reply.epoch),
+                detail=f"confirm: {target.host} active at epoch {reply.epoch}",
+            )
+            if req.shutdown:
+                self.outcome = f"handed over to {target.host}"
+            else:
+                await self._become_standby()
+            return CommandResult(
+                command=Command.HANDOFF,
+                from_state=start_state,
+                state=self.state,
+                transitions=done,
+                detail=f"{target.host} active at epoch {reply.epoch} (was epoch {old_epoch} here); "
+                + ("this instance shut down" if req.shutdown else "this instance is a standby"),
+            )
+        # Midway failure: the exchange must not be left with nobody. Take it back.
+        await self._event(
+            EventKind.HANDOFF,
+            claim=Claim(instance_id="", epoch=old_epoch),
+            detail=f"aborted: {reply.detail}; taking {self.inp.exchange} back",
+        )
+        if await self._claim(quiet=True) is not None:
+            if start_state is State.ACTIVE:
+                self._enqueue(Command.START, first=True, internal=True)
+            error = f"handoff to {target.host} failed ({reply.detail}); kept {self.inp.exchange} here"
+        else:
+            await self._become_standby()
+            error = f"handoff to {target.host} failed ({reply.detail}) and the exchange is held elsewhere now"
+        return CommandResult(
+            command=Command.HANDOFF, from_state=start_state, state=self.state, transitions=done, error=error
+        )
 
     # --- commands --------------------------------------------------------------------------------
 

@@ -26,9 +26,15 @@ def register(
         ),
     ] = None,
     start: Annotated[bool, typer.Option("--start", help="Start it right after registering.")] = False,
+    standby: Annotated[
+        bool, typer.Option("--standby", help="Register a standby: no claim until promoted.")
+    ] = False,
+    priority: Annotated[
+        int, typer.Option("--priority", help="Standby priority: higher is promoted first.")
+    ] = 0,
     as_json: JsonFlag = False,
 ) -> None:
-    """Register an instance of EXCHANGE on a host: claims the exchange, state idle."""
+    """Register an instance of EXCHANGE on a host: claims the exchange (state idle), or waits as a standby."""
     from perseus import control
     from perseus.temporal import connect
 
@@ -52,6 +58,8 @@ def register(
             admin_email=admin_email,
             heartbeat_interval_s=interval,
             start=start,
+            standby=standby,
+            priority=priority,
         )
 
     result = run(main)
@@ -60,7 +68,12 @@ def register(
     else:
         out.print(
             f"registered {result.exchange} on {result.host} ({result.ip_address or 'IP unknown'}): "
-            f"epoch {result.epoch}, state {result.state.value}, workflow {result.workflow_id}",
+            + (
+                f"standby {result.instance_id}, waiting"
+                if result.role == "standby"
+                else f"epoch {result.epoch}, state {result.state.value}"
+            )
+            + f", workflow {result.workflow_id}",
             highlight=False,
         )
         if start:
@@ -160,3 +173,37 @@ def status(exchange: Annotated[str | None, typer.Argument()] = None, as_json: Js
         )
     out.print(table)
     err.print(f"server time {board.server_time.isoformat()}", highlight=False)
+
+
+@app.command()
+def handoff(
+    exchange: str,
+    to: Annotated[str, typer.Option("--to", help="Host of the live standby that takes over.")],
+    from_host: Annotated[
+        str | None, typer.Option("--from", help="Host now active (default: the one that is).")
+    ] = None,
+    shutdown_after: Annotated[
+        bool, typer.Option("--shutdown", help="Shut the old instance down afterwards.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Planned switchover to a standby: notify, takeover, confirm; the old one becomes a standby."""
+    from perseus import control
+    from perseus.temporal import connect
+
+    async def main(settings: Settings) -> CommandResult:
+        client = await connect()
+        return await control.handoff(
+            client,
+            exchange=exchange,
+            to_host=to,
+            from_host=from_host,
+            default_host=settings.host_name(),
+            shutdown=shutdown_after,
+        )
+
+    result = run(main)
+    if as_json:
+        print_json(result)
+    else:
+        out.print(f"{exchange}: handed over to {to}: {result.detail}", highlight=False)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import abc
+import json
 import logging
+import os
+import time
+from pathlib import Path
 
 from perseus.models import ConnectorSpec
 
@@ -37,7 +41,11 @@ class Connector(abc.ABC):
     async def disconnect(self, reason: str) -> None: ...
 
     @abc.abstractmethod
-    def healthy(self) -> bool: ...
+    def failure(self) -> str | None:
+        """Why the connector stopped working while it should be running; None while it is fine."""
+
+    def healthy(self) -> bool:
+        return self.failure() is None
 
     @property
     @abc.abstractmethod
@@ -51,8 +59,21 @@ class ConnectorHost:
     can stop the connector at once, on this host, without a round trip through Temporal.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, journal: Path | None = None) -> None:
         self._running: dict[str, Connector] = {}
+        self._journal = journal
+
+    def record(self, kind: str, workflow_id: str, **fields: object) -> None:
+        """Append one line to the connector journal (tests' invariant checker), if one is configured.
+
+        Times are CLOCK_MONOTONIC, comparable across processes on one machine. ``valid_until`` lines
+        say how long the connector may act on the strength of its last renewal.
+        """
+        if self._journal is None:
+            return
+        line = {"t": time.monotonic(), "kind": kind, "workflowId": workflow_id, "pid": os.getpid(), **fields}
+        with self._journal.open("a") as out:
+            out.write(json.dumps(line) + "\n")
 
     def put(self, workflow_id: str, connector: Connector) -> None:
         self._running[workflow_id] = connector
@@ -67,6 +88,7 @@ class ConnectorHost:
             return False
         log.info("stopping connector %s (%s): %s", workflow_id, connector.exchange_name, reason)
         await connector.disconnect(reason)
+        self.record("disconnect", workflow_id, exchange=connector.exchange_name, reason=reason)
         return True
 
     async def stop_all(self, reason: str) -> None:

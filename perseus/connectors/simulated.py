@@ -36,8 +36,10 @@ class SimulatedConnector(Connector):
     async def disconnect(self, reason: str) -> None:
         self._connected = False
 
-    def healthy(self) -> bool:
-        return self._connected and "health" not in self.spec.fail_steps
+    def failure(self) -> str | None:
+        if self._connected and "health" in self.spec.fail_steps:
+            return f"simulated health failure on {self.exchange_name}"
+        return None
 
     @property
     def connected(self) -> bool:

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from perseus.errors import ServiceUnavailable
-from perseus.keys import epoch_key, status_key, stream_key
+from perseus.keys import epoch_key, standby_index_key, standby_key, status_key, stream_key
 
 __all__ = [
     "RedisStore",
@@ -298,3 +298,34 @@ class RedisStore:
                 pipe.xrevrange(stream_key(exchange_name), newest, oldest, count=count)
             replies = await self._run(pipe.execute())
         return [[(entry_id, dict(fields)) for entry_id, fields in rows] for rows in replies]
+
+    # --- standbys ----------------------------------------------------------------------------------
+
+    async def put_standby(
+        self, exchange_id: int, instance_id: str, payload: dict[str, object], ttl_ms: int, priority: int
+    ) -> None:
+        """Write (or renew) a standby's record with its TTL and list it in the index; one round trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.set(standby_key(exchange_id, instance_id), json.dumps(payload), px=ttl_ms)
+            pipe.zadd(standby_index_key(exchange_id), {instance_id: priority})
+            await self._run(pipe.execute())
+
+    async def standbys(self, exchange_id: int) -> list[str]:
+        """Live standby records, highest priority first; index members whose key expired are pruned."""
+        members = await self._run(self.client.zrevrange(standby_index_key(exchange_id), 0, -1))
+        if not members:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for member in members:
+                pipe.get(standby_key(exchange_id, member))
+            raws = await self._run(pipe.execute())
+        dead = [m for m, raw in zip(members, raws, strict=True) if raw is None]
+        if dead:
+            await self._run(self.client.zrem(standby_index_key(exchange_id), *dead))
+        return [str(raw) for raw in raws if raw is not None]
+
+    async def drop_standby(self, exchange_id: int, instance_id: str) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.delete(standby_key(exchange_id, instance_id))
+            pipe.zrem(standby_index_key(exchange_id), instance_id)
+            await self._run(pipe.execute())
