@@ -6,11 +6,14 @@ Models here import only the standard library, pydantic and the pure core, so wor
 
 from __future__ import annotations
 
+import re
+import shlex
 from datetime import datetime
 from enum import StrEnum
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from perseus.keys import iso
@@ -142,11 +145,21 @@ class SymbolsRequest(BaseModel):
 
 # --- Workflow ------------------------------------------------------------------------------------
 
+#: Limits of a process connector's timings, set by the workflow's host-activity timeouts.
+MAX_READY_TIMEOUT_S = 110.0
+MAX_STOP_GRACE_S = 10.0
+
 
 class ConnectorSpec(BaseModel):
-    """Which connector runs while the claim is held, and how it behaves."""
+    """Which connector runs while the claim is held, and how it behaves.
 
-    kind: str = "simulated"
+    ``kind="simulated"`` pretends (delays and injectable failures). ``kind="process"`` supervises a
+    real child command on the instance's host, like ``consul lock PREFIX COMMAND``: spawned while
+    *starting*, *warming* until ``ready_line`` appears on its output or ``ready_url`` answers 2xx,
+    *active* once ready; SIGTERM then SIGKILL after ``stop_grace_s`` when it must stop.
+    """
+
+    kind: Literal["simulated", "process"] = "simulated"
     prepare_delay_s: float = 0.2
     warmup_delay_s: float = 0.3
     connect_delay_s: float = 0.2
@@ -156,6 +169,76 @@ class ConnectorSpec(BaseModel):
     restart: Literal["no", "on-failure"] = "no"
     restart_backoff_s: float = 1.0
     max_restarts: int = 5
+    # --- kind "process" --------------------------------------------------------------------------
+    #: The child's argv (a string is split like a shell would, without running a shell).
+    command: list[str] = Field(default_factory=list)
+    #: Ready once a line of the child's stdout/stderr matches this regex (``re.search``).
+    ready_line: str | None = None
+    #: Ready once a GET of this http(s) URL answers 2xx. Excludes ``ready_line``; with neither, the
+    #: child is ready as soon as it has been spawned.
+    ready_url: str | None = None
+    #: Not ready within this many seconds: the error is recorded, the child stopped, back to idle.
+    #: At most 110 s: warm-up runs inside one host activity with a 120 s start-to-close timeout.
+    ready_timeout_s: float = Field(default=30.0, gt=0, le=MAX_READY_TIMEOUT_S)
+    #: Seconds between SIGTERM and SIGKILL on a stop. At most 10 s: the workflow gives a disconnect
+    #: 15 s. A lost claim does not wait: the child is killed at once.
+    stop_grace_s: float = Field(default=5.0, ge=0, le=MAX_STOP_GRACE_S)
+    #: Working directory of the child (default: the worker's).
+    cwd: str | None = None
+    #: Extra environment variables for the child (PERSEUS_EXCHANGE & co. are always set by Perseus).
+    env: dict[str, str] = Field(default_factory=dict)
+    #: The child's output is kept in ``{data dir}/connectors/{workflow id}.log``, rotated at this size
+    #: with this many older files beside it.
+    log_max_bytes: int = Field(default=4 * 1024 * 1024, ge=4096)
+    log_backups: int = Field(default=3, ge=0, le=20)
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split_command(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return shlex.split(value)
+            except ValueError as exc:  # unbalanced quotes
+                raise ValueError(f"cannot split the command {value!r}: {exc}") from None
+        return value
+
+    @field_validator("ready_line")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("the ready-line pattern is empty")
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {value!r} ({exc})") from None
+        return value
+
+    @field_validator("ready_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL with a host: {value!r}")
+        try:
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError as exc:
+            raise ValueError(f"bad port in {value!r}: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ConnectorSpec:
+        if self.ready_line is not None and self.ready_url is not None:
+            raise ValueError("ready_line and ready_url exclude each other: choose one readiness check")
+        if self.kind == "process":
+            if not self.command or not self.command[0]:
+                raise ValueError("a process connector needs a command to run (it is empty)")
+        elif self.command or self.ready_line is not None or self.ready_url is not None:
+            raise ValueError(f"command, ready_line and ready_url need kind 'process', not {self.kind!r}")
+        return self
 
 
 class Claim(BaseModel):
@@ -326,6 +409,9 @@ class ConnectorRequest(BaseModel):
     exchange_id: int
     exchange_name: str
     spec: ConnectorSpec
+    #: The claim the connector runs under (a process connector passes it to its child as
+    #: PERSEUS_EPOCH / PERSEUS_INSTANCE_ID). None from workflows that do not fill it in yet.
+    claim: Claim | None = None
 
 
 class ConnectorReport(BaseModel):
