@@ -187,7 +187,6 @@ async def test_killed_worker_turns_late_then_offline_with_last_known_info(
     await page.wait_for_selector("#feed li[data-event=instance_lost]")
     lost = await page.locator("#feed li[data-event=instance_lost] .what").inner_text()
     assert "instance lost" in lost and host in lost
-    await page.locator(card(exchange)).scroll_into_view_if_needed()
     await shoot(page, screenshots, "network-instance-lost.png")
 
 
