@@ -46,7 +46,7 @@ import httpx
 import psutil
 from temporalio.client import Client
 
-from perseus import control
+from perseus import control, errors
 from perseus.devstack import services
 from perseus.keys import SHARED_TASK_QUEUE, ttl_ms, workflow_id
 from perseus.models import ConnectorSpec
@@ -296,9 +296,12 @@ async def create_exchanges(database_url: str, prefix: str, n: int) -> list[tuple
 
 async def register_perseus_fleet(
     client: Client, store: RedisStore, fleet: list[tuple[str, int]], cfg: FleetConfig, concurrency: int
-) -> None:
+) -> dict[str, Any]:
+    """Register (and start) every instance; returns what happened. A registration that fails is
+    counted and reported, not fatal: the fleet is measured with the instances that became active."""
     sem = asyncio.Semaphore(concurrency)
     done = 0
+    failures: dict[str, str] = {}
 
     async def one(name: str) -> None:
         nonlocal done
@@ -315,25 +318,33 @@ async def register_perseus_fleet(
                         connector=FAST_CONNECTOR,
                     )
                     break
+                except errors.AlreadyRegistered:
+                    break  # an earlier attempt started it; whether it got active is checked below
                 except Exception as exc:  # noqa: BLE001 - report and retry a slow registration
+                    log(f"  register {name} attempt {attempt + 1} failed: {exc}")
                     if attempt == 2:
-                        raise
-                    log(f"  register {name} retry after: {exc}")
+                        failures[name] = str(exc)
+                        return
             done += 1
             if done % max(1, len(fleet) // 10) == 0:
                 log(f"  registered {done}/{len(fleet)}")
 
     await asyncio.gather(*(one(name) for name, _ in fleet))
     ids = [xid for _, xid in fleet]
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + 300
     while True:  # start ran asynchronously in each workflow: wait until every instance is active
         board = await store.statuses(ids)
         active = sum(1 for raw, _ in board if raw and json.loads(raw).get("connectionState") == "active")
-        if active == len(ids):
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {active}/{len(ids)} instances became active")
+        if active == len(ids) or time.monotonic() > deadline:
+            break
         await asyncio.sleep(1)
+    if active < len(ids):
+        log(f"  only {active}/{len(ids)} instances became active; measuring those")
+    return {
+        "active": active,
+        "registration_failures": len(failures),
+        "failure_examples": list(failures.items())[:5],
+    }
 
 
 async def start_timer_fleet(
@@ -432,7 +443,7 @@ async def run_design(
             fleet = await create_exchanges(database_url, prefix, cfg.n)
             ids = [xid for _, xid in fleet]
             log(f"  registering {cfg.n} instances (concurrency {args.concurrency}) ...")
-            await register_perseus_fleet(client, store, fleet, cfg, args.concurrency)
+            result.update(await register_perseus_fleet(client, store, fleet, cfg, args.concurrency))
             wids = [workflow_id(name, HOST) for name, _ in fleet]
         elif design == "timer":
             assert client
@@ -482,6 +493,14 @@ async def run_design(
                 "timers": len(timer_delays),
             }
         return result
+    except BaseException:
+        # Keep the logs of a failed run next to the JSON for a post-mortem.
+        keep = Path(tempfile.gettempdir()) / "perseus-bench-failed" / base.name
+        keep.mkdir(parents=True, exist_ok=True)
+        for log_file in base.rglob("*.log"):
+            shutil.copy(log_file, keep / f"{log_file.parent.name}-{log_file.name}")
+        log(f"  {design} failed; logs in {keep}")
+        raise
     finally:
         await watch.stop()
         await redis.aclose()
@@ -665,7 +684,7 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for run in report["runs"]:
         cfg = FleetConfig(run["n"], run["interval_s"], run["duration_s"])
-        lines += [f"### {cfg.label}, {cfg.duration:g} s measured", ""]
+        lines += [f"### {cfg.label}, {cfg.duration:g} s measured (run {run.get('started', '?')})", ""]
         lines += [
             "| design | lateness p50 / p99 / max (ms) | renew RTT p50 / p99 (ms) | false exp. "
             "| Redis calls / beat (client round trips) | history ev. / inst-h | wf tasks/s "
@@ -770,6 +789,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "json": os.path.relpath(args.json, ROOT),
         "plot": os.path.relpath(args.plot, Path(args.markdown).parent) if args.plot else "",
     }
+    previous = Path(args.json)
+    if args.merge and previous.exists():
+        with contextlib.suppress(ValueError, KeyError):
+            report["runs"] = [r for r in json.loads(previous.read_text())["runs"] if r.get("designs")]
     pg = await services.start_postgres(base / "postgres", services.free_port())
     try:
         database_url = await services.ensure_database(pg.port, "perseus_bench")
@@ -779,9 +802,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "n": cfg.n,
                 "interval_s": cfg.interval,
                 "duration_s": cfg.duration,
+                "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
                 "designs": [],
             }
-            report["runs"].append(run)
+            # A configuration measured again replaces its previous figures; others are kept.
+            report["runs"] = [
+                r for r in report["runs"] if (r["n"], r["interval_s"]) != (cfg.n, cfg.interval)
+            ] + [run]
             for design in designs:
                 log(f"{cfg.label}, {cfg.duration:g}s: {design}")
                 result = await run_design(
@@ -829,6 +856,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plot", default=str(ROOT / "docs" / "fleet-benchmark.png"))
     p.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"))
     p.add_argument("--no-markdown", action="store_true", help="don't touch docs/benchmarks.md")
+    p.add_argument(
+        "--no-merge",
+        dest="merge",
+        action="store_false",
+        help="drop the other configurations' figures found in --json (default: keep them)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, databases)")
     return p.parse_args(argv)
 
