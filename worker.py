@@ -26,6 +26,7 @@ from activities.notify import NotifyActivities
 from activities.registry import RegistryActivities
 from perseus.config import Settings
 from perseus.connectors.base import ConnectorHost
+from perseus.connectors.process import output_dir
 from perseus.keys import SHARED_TASK_QUEUE, host_task_queue
 from perseus.notify import discord_notifier
 from perseus.store.db import Catalog, make_pool
@@ -61,6 +62,7 @@ async def run_worker(
         ip_services=[str(u) for u in settings.ip_services],
         ip_timeout_s=settings.ip_timeout,
         connectors=ConnectorHost(),
+        connector_output=output_dir(settings.data_dir),
     )
     registry = RegistryActivities(store)
     notify = NotifyActivities(discord_notifier(settings.discord_webhook_url, http, store))  # None: off

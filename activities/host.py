@@ -20,10 +20,11 @@ from temporalio import activity
 
 from activities.edge import edge
 from perseus.connectors.base import ConnectorHost
-from perseus.connectors.simulated import build_connector
+from perseus.connectors.factory import ConnectorContext, build_connector
 from perseus.errors import ClaimLost, ClaimMissing, ConnectorError, ConnectorFailed, ServiceUnavailable
 from perseus.keys import iso, renew_deadline_s, ttl_ms
 from perseus.models import (
+    Claim,
     ConnectorReport,
     ConnectorRequest,
     Identity,
@@ -35,6 +36,8 @@ from perseus.models import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import httpx
 
     from perseus.store.db import Catalog
@@ -76,6 +79,7 @@ class HostActivities:
         ip_services: list[str],
         ip_timeout_s: float,
         connectors: ConnectorHost,
+        connector_output: Path | None = None,
     ) -> None:
         self.hostname = hostname
         self._store = store
@@ -84,6 +88,8 @@ class HostActivities:
         self._ip_services = ip_services
         self._ip_timeout_s = ip_timeout_s
         self.connectors = connectors
+        #: Where process connectors keep their children's output (None: in memory only).
+        self.connector_output = connector_output
         #: Leases running in this process right now, by workflow id (for graceful worker shutdown).
         #: A count, not a set: a cancelled lease may overlap briefly with its successor.
         self.leases: Counter[str] = Counter()
@@ -240,10 +246,31 @@ class HostActivities:
     async def connector_prepare(self, req: ConnectorRequest) -> ConnectorReport:
         """Create the connector and load the exchange's active symbols."""
         await self.connectors.stop(req.workflow_id, "replaced by a new start")
-        connector = build_connector(req.exchange_name, req.spec)
+        context = ConnectorContext(
+            workflow_id=req.workflow_id,
+            exchange_id=req.exchange_id,
+            exchange_name=req.exchange_name,
+            claim=req.claim or await self._claim_of(req),
+            log_dir=self.connector_output,
+        )
+        connector = build_connector(req.exchange_name, req.spec, context)
         self.connectors.put(req.workflow_id, connector)
         symbols = await self._catalog.active_symbols(req.exchange_id)
         return ConnectorReport(symbol_count=await connector.prepare(symbols))
+
+    async def _claim_of(self, req: ConnectorRequest) -> Claim | None:
+        """The claim a process connector's child is told about, for workflows that do not send it
+        in the request: read from the status key, trusted only if this workflow wrote it."""
+        if req.spec.kind != "process":
+            return None
+        raw, _ = await self._store.status(req.exchange_id)
+        try:
+            doc = json.loads(raw or "")
+            if doc.get("workflowId") == req.workflow_id:
+                return Claim(instance_id=str(doc["instanceId"]), epoch=int(doc["epoch"]))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass
+        return None
 
     def _connector(self, req: ConnectorRequest):  # type: ignore[no-untyped-def]
         connector = self.connectors.get(req.workflow_id)
