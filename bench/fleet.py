@@ -27,13 +27,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import json
 import os
 import platform
 import random
 import shutil
 import signal
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import uuid
@@ -131,24 +134,33 @@ async def start_design_servers(base: Path) -> Stack:
     return stack
 
 
-def spawn_worker(stack: Stack, args: list[str]) -> tuple[services.Service, Path, Path]:
+def spawn_worker(stack: Stack, args: list[str], code: Path) -> tuple[services.Service, Path, Path]:
+    """The measured process, run from ``code`` (a snapshot of the committed tree, see ``snapshot_code``)."""
     ready, samples = stack.base / "worker.ready", stack.base / "samples.json"
     service = services.Service("worker", 0, stack.base / "worker.log")
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    service.spawn(
-        [
-            sys.executable,
-            "-m",
-            "bench.fleet_worker",
-            *args,
-            "--ready-file",
-            str(ready),
-            "--samples",
-            str(samples),
-        ],
-        env=env,
-    )
+    env["PYTHONPATH"] = str(code) + os.pathsep + env.get("PYTHONPATH", "")
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.fleet_worker",
+        *args,
+        "--ready-file",
+        str(ready),
+        "--samples",
+        str(samples),
+    ]
+    with open(service.log_path, "ab") as log_file:
+        service.proc = subprocess.Popen(
+            argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=code,  # ``python -m`` puts the working directory first on sys.path
+            env=env,
+            preexec_fn=services._die_with_parent,
+            start_new_session=True,
+        )
     stack.worker = service
     stack.children.append(service)
     return service, ready, samples
@@ -385,6 +397,25 @@ async def start_timer_fleet(
 # --- one design run -------------------------------------------------------------------------------
 
 
+def snapshot_code(dest: Path) -> str:
+    """Export the committed tree (``git archive HEAD``) to ``dest`` and return the commit.
+
+    The measured workers run from this copy: the checkout may be edited while a long run goes on
+    (Temporal's sandbox re-imports the workflow module for every new workflow run, so a half-edited
+    working tree would otherwise leak into the benchmark).
+    """
+    dest.mkdir(parents=True)
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", commit], capture_output=True, check=True
+    )
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(dest, filter="data")
+    return commit
+
+
 async def run_design(
     design: str, cfg: FleetConfig, base: Path, database_url: str, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -430,7 +461,7 @@ async def run_design(
             "--metrics-port",
             str(metrics_port or 0),
         ]
-        worker, ready, samples_path = spawn_worker(stack, worker_args)
+        worker, ready, samples_path = spawn_worker(stack, worker_args, args.code)
         assert worker.proc
         # Idle footprint first (the baseline claims its keys before it is ready: no idle figure).
         await wait_file(ready, worker, 300 if design == "baseline" else 60, f"{design} worker")
@@ -684,7 +715,10 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for run in report["runs"]:
         cfg = FleetConfig(run["n"], run["interval_s"], run["duration_s"])
-        lines += [f"### {cfg.label}, {cfg.duration:g} s measured (run {run.get('started', '?')})", ""]
+        lines += [
+            f"### {cfg.label}, {cfg.duration:g} s measured (run {run.get('started', '?')}, code {str(run.get('code', '?'))[:10]})",
+            "",
+        ]
         lines += [
             "| design | lateness p50 / p99 / max (ms) | renew RTT p50 / p99 (ms) | false exp. "
             "| Redis calls / beat (client round trips) | history ev. / inst-h | wf tasks/s "
@@ -793,6 +827,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.merge and previous.exists():
         with contextlib.suppress(ValueError, KeyError):
             report["runs"] = [r for r in json.loads(previous.read_text())["runs"] if r.get("designs")]
+    if args.live_code:
+        args.code = ROOT
+        report["code"] = "working tree"
+    else:
+        args.code = base / "code"
+        report["code"] = snapshot_code(args.code)
     pg = await services.start_postgres(base / "postgres", services.free_port())
     try:
         database_url = await services.ensure_database(pg.port, "perseus_bench")
@@ -803,6 +843,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "interval_s": cfg.interval,
                 "duration_s": cfg.duration,
                 "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                "code": report["code"],
                 "designs": [],
             }
             # A configuration measured again replaces its previous figures; others are kept.
@@ -861,6 +902,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         dest="merge",
         action="store_false",
         help="drop the other configurations' figures found in --json (default: keep them)",
+    )
+    p.add_argument(
+        "--live-code",
+        action="store_true",
+        help="run the workers from the working tree instead of a snapshot of HEAD",
     )
     p.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, databases)")
     return p.parse_args(argv)
