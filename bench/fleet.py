@@ -716,7 +716,8 @@ def markdown(report: dict[str, Any]) -> str:
     for run in report["runs"]:
         cfg = FleetConfig(run["n"], run["interval_s"], run["duration_s"])
         lines += [
-            f"### {cfg.label}, {cfg.duration:g} s measured (run {run.get('started', '?')}, code {str(run.get('code', '?'))[:10]})",
+            f"### {cfg.label}, {cfg.duration:g} s measured "
+            f"(run {run.get('started', '?')}, code {str(run.get('code', '?'))[:10]})",
             "",
         ]
         lines += [
