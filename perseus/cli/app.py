@@ -212,6 +212,7 @@ def exchanges(as_json: JsonFlag = False) -> None:
 # --- lifecycle -----------------------------------------------------------------------------------
 
 from perseus.cli import lifecycle as _lifecycle  # noqa: E402,F401  (registers its commands on app)
+from perseus.cli import process as _process  # noqa: E402,F401  (registers output)
 from perseus.cli import views as _views  # noqa: E402,F401  (registers network, log, apikey)
 
 

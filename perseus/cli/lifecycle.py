@@ -32,13 +32,48 @@ def register(
     priority: Annotated[
         int, typer.Option("--priority", help="Standby priority: higher is promoted first.")
     ] = 0,
+    exec_command: Annotated[
+        str | None,
+        typer.Option(
+            "--exec",
+            help="Run this command on the host while the instance holds the exchange (split like a "
+            "shell would, run without one); it gets PERSEUS_EXCHANGE, PERSEUS_EXCHANGE_ID, "
+            "PERSEUS_EPOCH, PERSEUS_INSTANCE_ID.",
+        ),
+    ] = None,
+    ready_line: Annotated[
+        str | None, typer.Option("--ready-line", help="Ready once a line of its output matches this regex.")
+    ] = None,
+    ready_url: Annotated[
+        str | None, typer.Option("--ready-url", help="Ready once this http(s) URL answers 2xx.")
+    ] = None,
+    ready_timeout: Annotated[
+        float | None, typer.Option("--ready-timeout", help="Seconds to become ready (default 30, max 110).")
+    ] = None,
+    stop_grace: Annotated[
+        float | None,
+        typer.Option("--stop-grace", help="Seconds from SIGTERM to SIGKILL (default 5, max 10)."),
+    ] = None,
+    restart: Annotated[
+        str | None,
+        typer.Option("--restart", help="no | on-failure: start again, with backoff, after a crash."),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Register an instance of EXCHANGE on a host: claims the exchange (state idle), or waits as a standby."""
     from perseus import control
+    from perseus.cli.process import connector_spec
     from perseus.temporal import connect
 
     async def main(settings: Settings) -> RegistrationResult:
+        spec = connector_spec(
+            exec_command=exec_command,
+            ready_line=ready_line,
+            ready_url=ready_url,
+            ready_timeout=ready_timeout,
+            stop_grace=stop_grace,
+            restart=restart,
+        )
         interval = heartbeat_interval if heartbeat_interval is not None else settings.heartbeat_interval
         if not interval > 0:
             raise ConfigError(f"--heartbeat-interval must be greater than 0 seconds, got {interval:g}")
@@ -60,6 +95,7 @@ def register(
             start=start,
             standby=standby,
             priority=priority,
+            connector=spec,
         )
 
     result = run(main)

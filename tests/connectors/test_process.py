@@ -4,13 +4,10 @@ by URL, timeouts, crashes, SIGTERM then SIGKILL, the emergency brake, process gr
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 import os
+import re
 import signal
-import socket
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,40 +22,13 @@ from perseus.connectors.process import (
     read_output,
 )
 from perseus.models import Claim, ConnectorSpec
-
-CHILD = str(Path(__file__).with_name("child.py"))
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie or a vanished pid is not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-async def gone_within(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not alive(pid):
-            return True
-        await asyncio.sleep(0.02)
-    return not alive(pid)
-
-
-def journal(path: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.connectors.support import alive, child_command, free_port, gone_within, journal
 
 
 def make(tmp_path: Path, *args: str, **spec: object) -> ProcessConnector:
-    full = ConnectorSpec(kind="process", command=[sys.executable, "-u", CHILD, *args], **spec)  # type: ignore[arg-type]
+    full = ConnectorSpec.model_validate(
+        {"kind": "process", "command": child_command(*args), **spec}
+    )
     context = ConnectorContext(
         workflow_id="instance-tx_demo-h1",
         exchange_id=42,
@@ -86,7 +56,7 @@ def test_spec_validation_gives_clear_errors() -> None:
     }
     for expected, fields in cases.items():
         with pytest.raises(ValidationError, match=re.escape(expected)):
-            ConnectorSpec(**fields)  # type: ignore[arg-type]
+            ConnectorSpec.model_validate(fields)
 
 
 @pytest.mark.integration
@@ -155,7 +125,8 @@ async def test_not_ready_in_time_stops_the_child(tmp_path: Path, by: str) -> Non
 
 @pytest.mark.integration
 async def test_exit_before_ready_is_reported_with_code_and_output(tmp_path: Path) -> None:
-    connector = make(tmp_path, "--ready-after", "-1", "--exit-after", "0.1", "--code", "2", ready_line="READY")
+    args = ("--ready-after", "-1", "--exit-after", "0.1", "--code", "2")
+    connector = make(tmp_path, *args, ready_line="READY")
     await connector.prepare([])
     with pytest.raises(ConnectorNotReady, match="exited with code 2 before it was ready") as info:
         await connector.warm_up()
@@ -229,7 +200,7 @@ async def test_a_missing_program_is_a_clear_non_retryable_error(tmp_path: Path) 
     connector = build_connector(
         "tx_demo", spec, ConnectorContext(workflow_id="w", exchange_id=1, exchange_name="tx_demo")
     )
-    with pytest.raises(ConnectorNotReady, match="cannot start the tx_demo connector '/nonexistent/connector'"):
+    with pytest.raises(ConnectorNotReady, match="cannot start the tx_demo connector '/nonexistent/conn"):
         await connector.prepare([])
     await connector.disconnect("cleanup")
 

@@ -1,0 +1,100 @@
+"""``perseus output``: the last lines a process connector's child wrote; and the ``--exec`` options
+of ``perseus register`` turned into a :class:`ConnectorSpec`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from perseus.cli.app import HostOption, JsonFlag, app, out, print_json, run
+from perseus.config import Settings
+from perseus.errors import ConfigError, NotRegistered
+from perseus.models import ConnectorSpec
+
+#: ConnectorSpec fields → the register flag that sets them (for one-line error messages).
+_FLAGS = {
+    "command": "--exec",
+    "ready_line": "--ready-line",
+    "ready_url": "--ready-url",
+    "ready_timeout_s": "--ready-timeout",
+    "stop_grace_s": "--stop-grace",
+    "restart": "--restart",
+}
+RESTART_CHOICES = ("no", "on-failure")
+
+
+def connector_spec(
+    *,
+    exec_command: str | None,
+    ready_line: str | None,
+    ready_url: str | None,
+    ready_timeout: float | None,
+    stop_grace: float | None,
+    restart: str | None,
+) -> ConnectorSpec | None:
+    """The spec ``perseus register`` asks for; None keeps the default (simulated) connector."""
+    if restart is not None and restart not in RESTART_CHOICES:
+        raise ConfigError(f"--restart must be one of {', '.join(RESTART_CHOICES)}, got {restart!r}")
+    given = {
+        "--ready-line": ready_line,
+        "--ready-url": ready_url,
+        "--ready-timeout": ready_timeout,
+        "--stop-grace": stop_grace,
+    }
+    if exec_command is None:
+        if needs := [flag for flag, value in given.items() if value is not None]:
+            raise ConfigError(f"{', '.join(needs)}: only with --exec COMMAND (they configure the command run)")
+        return ConnectorSpec.model_validate({"restart": restart}) if restart is not None else None
+    if ready_line is not None and ready_url is not None:
+        raise ConfigError("--ready-line and --ready-url exclude each other: choose one readiness check")
+    fields: dict[str, object] = {"kind": "process", "command": exec_command}
+    for name, value in (
+        ("ready_line", ready_line),
+        ("ready_url", ready_url),
+        ("ready_timeout_s", ready_timeout),
+        ("stop_grace_s", stop_grace),
+        ("restart", restart),
+    ):
+        if value is not None:
+            fields[name] = value
+    try:
+        return ConnectorSpec.model_validate(fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        flag = _FLAGS.get(str(first["loc"][0]), "--exec") if first["loc"] else "--exec"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{flag}: {message}") from None
+
+
+@app.command()
+def output(
+    exchange: Annotated[str, typer.Argument(help="Exchange name.")],
+    host: HostOption = None,
+    lines: Annotated[int, typer.Option("--lines", "-n", min=1, help="How many lines.")] = 20,
+    as_json: JsonFlag = False,
+) -> None:
+    """The last lines written by a process connector (--exec) of EXCHANGE running on this machine.
+
+    The output is kept where the child runs: {data dir}/connectors/{workflow id}.log, rotated.
+    """
+    from perseus.connectors.process import output_dir, output_path, read_output
+    from perseus.keys import workflow_id
+
+    async def main(settings: Settings) -> tuple[str, str, list[str]]:
+        name = host or settings.host_name()
+        path = output_path(output_dir(settings.data_dir), workflow_id(exchange, name))
+        if not path.exists():
+            raise NotRegistered(
+                f"no connector output for {exchange.lower()} on host {name} (looked for {path}); "
+                "only a connector started with --exec on this machine writes one"
+            )
+        return name, str(path), read_output(path, lines)
+
+    name, path, tail = run(main)
+    if as_json:
+        print_json({"exchange": exchange.lower(), "host": name, "path": path, "lines": tail})
+        return
+    for line in tail:
+        out.print(line, markup=False, highlight=False)
