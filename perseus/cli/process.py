@@ -45,7 +45,7 @@ def connector_spec(
     }
     if exec_command is None:
         if needs := [flag for flag, value in given.items() if value is not None]:
-            raise ConfigError(f"{', '.join(needs)}: only with --exec COMMAND (they configure the command run)")
+            raise ConfigError(f"{', '.join(needs)}: only with --exec COMMAND (they configure that command)")
         return ConnectorSpec.model_validate({"restart": restart}) if restart is not None else None
     if ready_line is not None and ready_url is not None:
         raise ConfigError("--ready-line and --ready-url exclude each other: choose one readiness check")
