@@ -61,7 +61,7 @@ async def run_worker(
         http=http,
         ip_services=[str(u) for u in settings.ip_services],
         ip_timeout_s=settings.ip_timeout,
-        connectors=ConnectorHost(),
+        connectors=ConnectorHost(settings.connector_journal),
         connector_output=output_dir(settings.data_dir),
     )
     registry = RegistryActivities(store)

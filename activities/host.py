@@ -12,9 +12,9 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from temporalio import activity
 
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from perseus.store.redis_store import RedisStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ConnectorGone(ConnectorError):
@@ -64,6 +65,21 @@ def parse_ip_answer(body: str) -> str | None:
         return str(ipaddress.ip_address(text))
     except ValueError:
         return None
+
+
+async def with_heartbeats(work: Awaitable[T], every_s: float = 1.0) -> T:
+    """Run a connector step while heartbeating, so a host that stops (paused, partitioned) is seen
+    by the heartbeat timeout within seconds, not after the step's whole start-to-close timeout."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=every_s)
+            if done:
+                return task.result()
+            activity.heartbeat()
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 class HostActivities:
@@ -256,7 +272,7 @@ class HostActivities:
         connector = build_connector(req.exchange_name, req.spec, context)
         self.connectors.put(req.workflow_id, connector)
         symbols = await self._catalog.active_symbols(req.exchange_id)
-        return ConnectorReport(symbol_count=await connector.prepare(symbols))
+        return ConnectorReport(symbol_count=await with_heartbeats(connector.prepare(symbols)))
 
     async def _claim_of(self, req: ConnectorRequest) -> Claim | None:
         """The claim a process connector's child is told about, for workflows that do not send it
@@ -283,14 +299,14 @@ class HostActivities:
     @activity.defn(name="connector_warm_up")
     @edge
     async def connector_warm_up(self, req: ConnectorRequest) -> ConnectorReport:
-        await self._connector(req).warm_up()
+        await with_heartbeats(self._connector(req).warm_up())
         return ConnectorReport()
 
     @activity.defn(name="connector_connect")
     @edge
     async def connector_connect(self, req: ConnectorRequest) -> ConnectorReport:
         connector = self._connector(req)
-        await connector.connect()
+        await with_heartbeats(connector.connect())
         self.connectors.record("connect", req.workflow_id, exchange=req.exchange_name)
         return ConnectorReport(running=connector.connected)
 

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     api_port: int = DEFAULT_API_PORT
     data_dir: Path = Path(".perseus")
     api_key: SecretStr | None = None
+    #: Tests only: where connectors journal connect/disconnect/validity (the invariant checker reads it).
+    connector_journal: Path | None = None
 
     @field_validator("heartbeat_interval")
     @classmethod

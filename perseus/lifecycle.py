@@ -87,7 +87,7 @@ def plan(command: Command, current: State) -> tuple[State, ...]:
         # The connector stops here before the claim goes to the standby; only a settled instance
         # (active, or idle with nothing running) can hand over.
         if current is State.ACTIVE:
-            return walk(current, (State.STOPPING, State.STOPPED))
+            return walk(current, (State.STOPPING, State.STOPPED, State.IDLE))
         if current is State.IDLE:
             return ()
         raise InvalidTransition(

@@ -96,6 +96,8 @@ HOST_RETRY = RetryPolicy(
 HEARTBEAT_TIMEOUT_FACTOR = 1.25
 #: How long a restarted worker has to pick the lease up again, in intervals.
 PICKUP_FACTOR = 1.0
+#: Connector steps heartbeat every second; silence this long means their host stopped.
+CONNECTOR_HEARTBEAT_TIMEOUT_S = 5.0
 #: How long a handoff waits for the target's confirmation (plus 4 intervals).
 HANDOFF_TIMEOUT_S = 60.0
 
@@ -167,6 +169,7 @@ class InstanceWorkflow:
         self.last_heartbeat_ok: datetime | None = None
         self.role: str = c.role if c else ("standby" if inp.standby else "active")
         self.standby_id: str | None = c.standby_id if c else None
+        self.standby_visible = self.standby_id is not None
         self.restarts = c.restarts if c else 0
         self.lease: workflow.ActivityHandle[Any] | None = None
         self.promotions: list[PromoteRequest] = []
@@ -203,9 +206,7 @@ class InstanceWorkflow:
     async def wait_registered(self) -> RegistrationResult:
         """Completes once registration has succeeded; fails with the refusal otherwise."""
         await workflow.wait_condition(
-            lambda: (
-                self.claim is not None or self.standby_id is not None or self.registration_error is not None
-            )
+            lambda: self.claim is not None or self.standby_visible or self.registration_error is not None
         )
         if self.registration_error is not None or self.resolved is None:
             raise ApplicationError(
@@ -524,6 +525,7 @@ class InstanceWorkflow:
         assert self.resolved
         self.role = "standby"
         self.claim = None
+        self.standby_visible = False
         self.standby_id = str(workflow.uuid4())
         await workflow.execute_activity(
             "put_standby",
@@ -540,6 +542,7 @@ class InstanceWorkflow:
             claim=Claim(instance_id=self.standby_id, epoch=0),
             detail=f"standby on {self.inp.host} (priority {self.inp.priority})",
         )
+        self.standby_visible = True
         self._details()
 
     def _standby_record(self) -> StandbyRecord:
@@ -884,6 +887,8 @@ class InstanceWorkflow:
         self.role = "active"
         workflow.upsert_search_attributes([INSTANCE_ROLE.value_set("active")])
         await self._event(EventKind.PROMOTED, detail=req.reason)
+        for target in recovery_path(self.state):  # a former active one may still read stopped
+            await self._transition(target)
         self._enqueue(Command.START, first=True, internal=True, confirm_to=req.confirm_to)
 
     async def _confirm_takeover(self, confirm_to: str, result: CommandResult) -> None:
@@ -1046,7 +1051,7 @@ class InstanceWorkflow:
         await self._patch({"lastError": reason, "lastErrorAt": iso(now)})
         await self._event(EventKind.ERROR, error=reason, state=self.state)
         try:
-            await self._host_activity("connector_disconnect", timeout_s=15)
+            await self._host_activity("connector_disconnect", timeout_s=10)
         except ActivityError as err:
             workflow.logger.warning("connector_disconnect after failure: %s", describe_failure(err))
         for target in recovery_path(self.state):
@@ -1056,7 +1061,7 @@ class InstanceWorkflow:
         for target in release_path(self.state):
             if target is State.STOPPED:
                 try:
-                    await self._host_activity("connector_disconnect", timeout_s=15)
+                    await self._host_activity("connector_disconnect", timeout_s=10)
                 except ActivityError as err:
                     workflow.logger.warning("connector_disconnect: %s", describe_failure(err))
             await self._transition(target)
@@ -1091,6 +1096,8 @@ class InstanceWorkflow:
             task_queue=self.host_queue,
             schedule_to_start_timeout=self._host_wait(),
             start_to_close_timeout=timedelta(seconds=timeout_s),
+            # Steps heartbeat every second: a host that stops mid-step is seen within seconds.
+            heartbeat_timeout=timedelta(seconds=CONNECTOR_HEARTBEAT_TIMEOUT_S),
             retry_policy=HOST_RETRY,
             summary=f"{name} on {self.inp.host}",
         )

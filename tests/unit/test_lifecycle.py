@@ -119,3 +119,14 @@ def test_projected_state_follows_queued_commands() -> None:
     assert projected_state(State.ACTIVE, [Command.SHUTDOWN]) is State.STOPPED
     with pytest.raises(InvalidTransition):
         projected_state(State.IDLE, [Command.STOP])
+
+
+@pytest.mark.parametrize("current", list(State))
+def test_handoff_only_from_settled_states(current: State) -> None:
+    if current is State.ACTIVE:
+        assert plan(Command.HANDOFF, current) == (State.STOPPING, State.STOPPED, State.IDLE)
+    elif current is State.IDLE:
+        assert plan(Command.HANDOFF, current) == ()
+    else:
+        with pytest.raises(InvalidTransition, match="cannot hand off"):
+            plan(Command.HANDOFF, current)

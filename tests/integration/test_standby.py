@@ -1,0 +1,240 @@
+"""Standbys, automatic failover and planned handoff, with real worker processes per host."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+import uuid
+
+import pytest
+from temporalio.client import Client
+
+from perseus import control
+from perseus.errors import ClaimConflict, InvalidTransition, PerseusError
+from perseus.keys import standby_index_key, workflow_id
+from perseus.lifecycle import Command
+from perseus.store.redis_store import RedisStore
+from tests.conftest import Servers, WorkerProcess, exchange_id, perseus
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+INTERVAL = 0.5
+
+
+def hosts(n: int, prefix: str) -> list[str]:
+    tag = uuid.uuid4().hex[:5]
+    return [f"{prefix}{i}-{tag}" for i in range(n)]
+
+
+async def workers(servers: Servers, procs: list[WorkerProcess], names: list[str]) -> list[WorkerProcess]:
+    started = [WorkerProcess(servers, name) for name in names]
+    procs.extend(started)
+    await asyncio.gather(*(p.ready() for p in started))
+    return started
+
+
+async def holder(store: RedisStore, ex_id: int) -> dict[str, object] | None:
+    raw, _ = await store.status(ex_id)
+    return json.loads(raw) if raw else None
+
+
+async def wait_for(predicate, timeout: float = 30.0, step: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(step)
+    raise AssertionError("condition not met in time")
+
+
+async def register(
+    client: Client, exchange: str, host: str, *, standby: bool = False, start: bool = False, priority: int = 0
+):
+    return await control.register(
+        client,
+        exchange=exchange,
+        host=host,
+        admin_email=None,
+        heartbeat_interval_s=INTERVAL,
+        start=start,
+        standby=standby,
+        priority=priority,
+    )
+
+
+async def active_on(store: RedisStore, ex_id: int, host: str) -> dict[str, object] | None:
+    doc = await holder(store, ex_id)
+    if doc and doc["hostname"] == host and doc["connectionState"] == "active":
+        return doc
+    return None
+
+
+async def events(store: RedisStore, name: str) -> list[dict[str, str]]:
+    return [f for _, f in reversed(await store.events(name))]
+
+
+async def test_standby_is_visible_and_does_not_claim(
+    servers: Servers,
+    shared_worker: str,
+    client: Client,
+    store: RedisStore,
+    exchange: str,
+    worker_processes: list[WorkerProcess],
+) -> None:
+    a, b = hosts(2, "sb")
+    await workers(servers, worker_processes, [a, b])
+    ex_id = await exchange_id(servers, exchange)
+    await register(client, exchange, a, start=True)
+    result = await asyncio.to_thread(
+        perseus,
+        servers,
+        "register",
+        exchange,
+        "--host",
+        b,
+        "--standby",
+        "--heartbeat-interval",
+        str(INTERVAL),
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    registered = json.loads(result.stdout)
+    assert registered["role"] == "standby"
+    members = await store.client.zrange(standby_index_key(ex_id), 0, -1)
+    assert members == [registered["instanceId"]]
+    key = f"exchange:{ex_id}:standby:{registered['instanceId']}"
+    assert 0 < await store.client.pttl(key) <= 3 * INTERVAL * 1000
+    assert json.loads(await store.client.get(key) or "{}")["host"] == b
+    assert (await holder(store, ex_id) or {})["hostname"] == a  # the standby took nothing
+    kinds = [e["event"] for e in await events(store, exchange)]
+    assert kinds.count("standby_registered") == 1
+    # The standby refuses start/stop; registering B as active is a conflict naming the holder.
+    with pytest.raises(InvalidTransition, match="is a standby"):
+        await control.command(client, exchange=exchange, host=b, default_host=b, command=Command.START)
+    await control.command(client, exchange=exchange, host=b, default_host=b, command=Command.SHUTDOWN)
+    assert await store.client.exists(key) == 0
+    other = hosts(1, "sb-extra")[0]
+    await workers(servers, worker_processes, [other])
+    with pytest.raises(ClaimConflict, match=f"already claimed by {a}"):
+        await register(client, exchange, other)
+    await control.command(client, exchange=exchange, host=a, default_host=a, command=Command.SHUTDOWN)
+
+
+async def test_crash_of_the_active_promotes_the_best_standby(
+    servers: Servers,
+    shared_worker: str,
+    client: Client,
+    store: RedisStore,
+    exchange: str,
+    worker_processes: list[WorkerProcess],
+) -> None:
+    a, low, high = hosts(3, "fo")
+    procs = await workers(servers, worker_processes, [a, low, high])
+    ex_id = await exchange_id(servers, exchange)
+    first = await register(client, exchange, a, start=True)
+    await register(client, exchange, low, standby=True, priority=1)
+    await register(client, exchange, high, standby=True, priority=5)
+    await wait_for(lambda: active_on(store, ex_id, a))
+    procs[0].signal(signal.SIGKILL)
+    killed = time.monotonic()
+    doc = await wait_for(lambda: active_on(store, ex_id, high), timeout=30)
+    took = time.monotonic() - killed
+    assert int(doc["epoch"]) > first.epoch
+    print(f"crash → standby active in {took:.2f}s (TTL {3 * INTERVAL:.1f}s)")
+    kinds = [(e["event"], e["hostname"]) for e in await events(store, exchange)]
+    assert ("instance_lost", a) in kinds and ("promoted", high) in kinds
+    assert ("promoted", low) not in kinds  # exactly one standby won: the higher priority
+    # The other standby is still waiting, and can take over next.
+    snap = await client.get_workflow_handle(workflow_id(exchange, low)).query("snapshot")
+    assert snap["role"] == "standby" if isinstance(snap, dict) else snap.role == "standby"
+    for h in (high, low):
+        await control.command(client, exchange=exchange, host=h, default_host=h, command=Command.SHUTDOWN)
+
+
+async def test_planned_handoff_and_back(
+    servers: Servers,
+    shared_worker: str,
+    client: Client,
+    store: RedisStore,
+    exchange: str,
+    worker_processes: list[WorkerProcess],
+) -> None:
+    a, b = hosts(2, "ho")
+    await workers(servers, worker_processes, [a, b])
+    ex_id = await exchange_id(servers, exchange)
+    first = await register(client, exchange, a, start=True)
+    await register(client, exchange, b, standby=True)
+    await wait_for(lambda: active_on(store, ex_id, a))
+
+    result = await asyncio.to_thread(perseus, servers, "handoff", exchange, "--to", b, "--json")
+    assert result.returncode == 0, result.stderr
+    assert "active at epoch" in json.loads(result.stdout)["detail"]
+    doc = await wait_for(lambda: active_on(store, ex_id, b))
+    assert int(doc["epoch"]) > first.epoch
+    details = [e.get("detail", "") for e in await events(store, exchange) if e["event"] == "handoff"]
+    assert [d.split(":")[0] for d in details] == ["notify", "takeover", "confirm"]
+    snap_a = await client.get_workflow_handle(workflow_id(exchange, a)).query("snapshot")
+    assert (snap_a["role"] if isinstance(snap_a, dict) else snap_a.role) == "standby"
+
+    # And back again, this time shutting the old one down.
+    await control.handoff(client, exchange=exchange, to_host=a, from_host=None, default_host=a, shutdown=True)
+    await wait_for(lambda: active_on(store, ex_id, a))
+    assert await client.get_workflow_handle(workflow_id(exchange, b)).result() == f"handed over to {a}"
+    await control.command(client, exchange=exchange, host=a, default_host=a, command=Command.SHUTDOWN)
+
+
+async def test_handoff_refusals_change_nothing(
+    servers: Servers,
+    shared_worker: str,
+    client: Client,
+    store: RedisStore,
+    exchange: str,
+    worker_processes: list[WorkerProcess],
+) -> None:
+    (a,) = hosts(1, "hr")
+    await workers(servers, worker_processes, [a])
+    ex_id = await exchange_id(servers, exchange)
+    await register(client, exchange, a, start=True)
+    before = await wait_for(lambda: active_on(store, ex_id, a))
+    result = await asyncio.to_thread(perseus, servers, "handoff", exchange, "--to", "nowhere")
+    assert result.returncode == 1
+    assert f"no live standby of {exchange} on host nowhere (live standbys: none)" in result.stderr
+    result = await asyncio.to_thread(perseus, servers, "handoff", exchange, "--to", a)
+    assert result.returncode == 1 and "already runs on" in result.stderr
+    after = await holder(store, ex_id)
+    assert before is not None and after is not None
+    assert (after["epoch"], after["connectionState"]) == (before["epoch"], "active")
+    assert not [e for e in await events(store, exchange) if e["event"] == "handoff"]
+    await control.command(client, exchange=exchange, host=a, default_host=a, command=Command.SHUTDOWN)
+
+
+async def test_handoff_whose_target_dies_leaves_the_old_one_active(
+    servers: Servers,
+    shared_worker: str,
+    client: Client,
+    store: RedisStore,
+    exchange: str,
+    worker_processes: list[WorkerProcess],
+) -> None:
+    a, b = hosts(2, "hd")
+    procs = await workers(servers, worker_processes, [a, b])
+    ex_id = await exchange_id(servers, exchange)
+    await register(client, exchange, a, start=True)
+    await register(client, exchange, b, standby=True)
+    await wait_for(lambda: active_on(store, ex_id, a))
+    procs[1].signal(signal.SIGSTOP)  # the target stops answering before the takeover
+    try:
+        with pytest.raises(PerseusError, match=f"handoff to {b} failed"):
+            await control.handoff(
+                client, exchange=exchange, to_host=b, from_host=a, default_host=a, shutdown=False
+            )
+    finally:
+        procs[1].signal(signal.SIGCONT)
+    doc = await wait_for(lambda: active_on(store, ex_id, a), timeout=30)
+    assert doc["hostname"] == a
+    details = [e.get("detail", "") for e in await events(store, exchange) if e["event"] == "handoff"]
+    assert details[-1].startswith("aborted")
+    await control.command(client, exchange=exchange, host=a, default_host=a, command=Command.SHUTDOWN)
