@@ -35,7 +35,7 @@ HEADERS = {
 router = APIRouter(include_in_schema=False)
 
 
-@router.get("/network")
+@router.api_route("/network", methods=["GET", "HEAD"])
 async def network_page() -> FileResponse:
     return FileResponse(STATIC / "network.html", media_type="text/html; charset=utf-8", headers=HEADERS)
 
@@ -45,7 +45,7 @@ async def network_page_slash() -> RedirectResponse:
     return RedirectResponse("/network")
 
 
-@router.get("/network/static/{name}")
+@router.api_route("/network/static/{name}", methods=["GET", "HEAD"])
 async def network_asset(name: str) -> FileResponse:
     media_type = ASSETS.get(name)
     if media_type is None:

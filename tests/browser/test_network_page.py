@@ -253,8 +253,11 @@ async def test_bad_key_shows_an_error_and_no_data(screenshots: Path, api: Api, p
     await shoot(page, screenshots, "network-bad-key.png")
 
     # The HTML itself carries no data, and the API refuses a request without the key.
-    html = await (await page.request.get(f"{api.url}/network")).text()
+    served = await page.request.get(f"{api.url}/network")
+    html = await served.text()
     assert "exchangeId" not in html and "coinbase" not in html.lower()
+    assert "default-src 'none'" in served.headers["content-security-policy"]
+    assert (await page.request.head(f"{api.url}/network")).status == 200
     assert (await page.request.get(f"{api.url}/api/network/instances")).status == 401
 
     # A good key, entered once, is kept for the next visit.

@@ -414,12 +414,14 @@
       const a = Math.max(start, Date.parse(iv.start));
       const b = Math.min(end, Date.parse(iv.end));
       if (!(b > a)) continue;
+      // A state held for seconds in a 24 h window still gets a sliver (about 3 px) so it can be seen;
+      // later (newer) segments are drawn over earlier ones, so the current state shows at the right.
+      const width = Math.max(iv.state === "unknown" ? 0.5 : 10, ((b - a) / span) * 1000);
       const rect = svg("rect", {
         class: `seg-${iv.state}`,
-        x: ((a - start) / span) * 1000,
+        x: Math.min(((a - start) / span) * 1000, 1000 - width),
         y: 0,
-        // A state held for seconds in a 24 h window still gets a sliver (about 3 px) so it can be seen.
-        width: Math.max(iv.state === "unknown" ? 0.5 : 10, ((b - a) / span) * 1000),
+        width,
         height: 18,
         "data-state": iv.state,
       });
