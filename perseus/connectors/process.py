@@ -44,6 +44,7 @@ import re
 import shlex
 import signal
 import subprocess
+import threading
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -278,6 +279,13 @@ class ProcessConnector(Connector):
         )
         if claim is None:
             log.warning("starting %s without its claim: PERSEUS_EPOCH/INSTANCE_ID unset", self.exchange_name)
+        if threading.current_thread() is not threading.main_thread():
+            log.warning(
+                "the %s connector is spawned from thread %s: its parent-death signal fires when that "
+                "thread ends, not when the worker does",
+                self.exchange_name,
+                threading.current_thread().name,
+            )
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *command,

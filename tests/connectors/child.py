@@ -64,8 +64,11 @@ def main() -> None:
             sys.exit(0)
 
     signal.signal(signal.SIGTERM, on_term)
-    print(f"child {os.getpid()} for {os.environ.get('PERSEUS_EXCHANGE')} "
-          f"epoch {os.environ.get('PERSEUS_EPOCH')}", flush=True)
+    print(
+        f"child {os.getpid()} for {os.environ.get('PERSEUS_EXCHANGE')} "
+        f"epoch {os.environ.get('PERSEUS_EPOCH')}",
+        flush=True,
+    )
     if args.spawn_grandchild:
         grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         journal("grandchild", grandchild=grandchild.pid)

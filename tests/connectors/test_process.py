@@ -26,9 +26,7 @@ from tests.connectors.support import alive, child_command, free_port, gone_withi
 
 
 def make(tmp_path: Path, *args: str, **spec: object) -> ProcessConnector:
-    full = ConnectorSpec.model_validate(
-        {"kind": "process", "command": child_command(*args), **spec}
-    )
+    full = ConnectorSpec.model_validate({"kind": "process", "command": child_command(*args), **spec})
     context = ConnectorContext(
         workflow_id="instance-tx_demo-h1",
         exchange_id=42,

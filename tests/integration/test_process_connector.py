@@ -167,8 +167,8 @@ async def test_ready_by_url(
 ) -> None:
     host = shared_worker
     port = free_port()
-    connector = spec("--http", str(port), "--ready-after", "0.5", ready_line=None)
-    connector.ready_url = f"http://127.0.0.1:{port}/health"
+    url = f"http://127.0.0.1:{port}/health"
+    connector = spec("--http", str(port), "--ready-after", "0.5", ready_line=None, ready_url=url)
     await register(client, exchange, host, connector)
     assert await run(client, exchange, host, Command.START) == ["starting", "warming", "active"]
     assert await run(client, exchange, host, Command.SHUTDOWN) == ["stopping", "stopped"]
