@@ -21,7 +21,14 @@ from temporalio import activity
 from activities.edge import edge
 from perseus.connectors.base import ConnectorHost
 from perseus.connectors.factory import ConnectorContext, build_connector
-from perseus.errors import ClaimLost, ClaimMissing, ConnectorError, ConnectorFailed, ServiceUnavailable
+from perseus.errors import (
+    ClaimLost,
+    ClaimMissing,
+    ConnectorError,
+    ConnectorFailed,
+    RenewDeadline,
+    ServiceUnavailable,
+)
 from perseus.keys import iso, renew_deadline_s, ttl_ms
 from perseus.models import (
     Claim,
@@ -33,6 +40,7 @@ from perseus.models import (
     LeaseRequest,
     StandbyLeaseRequest,
     StandbyOutcome,
+    StandbyRecord,
 )
 
 if TYPE_CHECKING:
@@ -161,15 +169,22 @@ class HostActivities:
                 # frozen VM) must not act on a claim it may have lost while it was not looking.
                 await self._check_deadline(req, last_ok, deadline, ttl)
                 try:
-                    reply = await self._store.fenced(
-                        req.exchange_id,
-                        req.claim.instance_id,
-                        req.claim.epoch,
-                        mode="renew",
-                        patch={"lastHeartbeat": iso(datetime.now(UTC))},
-                        ttl_ms=ttl,
+                    # Bounded by what is left of the renew deadline: a Redis that hangs must not keep
+                    # this loop from stopping the connector in time.
+                    reply = await asyncio.wait_for(
+                        self._store.fenced(
+                            req.exchange_id,
+                            req.claim.instance_id,
+                            req.claim.epoch,
+                            mode="renew",
+                            patch={"lastHeartbeat": iso(datetime.now(UTC))},
+                            ttl_ms=ttl,
+                        ),
+                        # ...and by half an interval, so the heartbeat below still goes out on
+                        # time: an unreachable Redis must not look like a dead host.
+                        timeout=max(0.05, min(last_ok + deadline - time.monotonic(), interval / 2)),
                     )
-                except ServiceUnavailable as exc:
+                except (ServiceUnavailable, TimeoutError) as exc:
                     log.warning("renewal of %s failed: %s", req.workflow_id, exc)
                 else:
                     if reply.outcome != "ok":
@@ -201,7 +216,7 @@ class HostActivities:
     async def _check_deadline(self, req: LeaseRequest, last_ok: float, deadline: float, ttl: int) -> None:
         if time.monotonic() - last_ok > deadline:
             await self.connectors.stop(req.workflow_id, "renew deadline passed")
-            raise ClaimLost(
+            raise RenewDeadline(
                 f"could not renew the claim for {deadline:.1f}s (renew deadline; "
                 f"TTL {ttl / 1000:.1f}s): connector stopped"
             )
@@ -216,19 +231,15 @@ class HostActivities:
         """
         interval = req.heartbeat_interval_s
         ttl = ttl_ms(interval)
-        record = req.record
         started = time.monotonic()
         due = started
         last_epoch = 0
         while True:
             try:
-                renewed = record.model_copy(update={"last_heartbeat": iso(datetime.now(UTC))})
-                await self._store.put_standby(
-                    record.exchange_id, record.instance_id, renewed.wire(), ttl, record.priority
-                )
-                raw, _ = await self._store.status(record.exchange_id)
-            except ServiceUnavailable as exc:
-                log.warning("standby %s: %s", record.workflow_id, exc)
+                # Bounded, so a hanging Redis does not stop the heartbeat (and look like a dead host).
+                raw = await asyncio.wait_for(self._watch_once(req.record, ttl), timeout=interval / 2)
+            except (ServiceUnavailable, TimeoutError) as exc:
+                log.warning("standby %s: %s", req.record.workflow_id, exc or "Redis too slow")
             else:
                 if raw is None:
                     return StandbyOutcome(vacant=True, last_epoch=last_epoch)
@@ -241,6 +252,15 @@ class HostActivities:
                 return StandbyOutcome(vacant=False, last_epoch=last_epoch)
             due += interval
             await asyncio.sleep(max(0.0, due - time.monotonic()))
+
+    async def _watch_once(self, record: StandbyRecord, ttl: int) -> str | None:
+        """Renew the standby's record and read the status key (None: nobody holds the exchange)."""
+        renewed = record.model_copy(update={"last_heartbeat": iso(datetime.now(UTC))})
+        await self._store.put_standby(
+            record.exchange_id, record.instance_id, renewed.wire(), ttl, record.priority
+        )
+        raw, _ = await self._store.status(record.exchange_id)
+        return raw
 
     @staticmethod
     def _lost_message(outcome: str, raw: str | None) -> str:

@@ -13,7 +13,8 @@ name, so a workflow can list permanent ones in ``non_retryable_error_types``.
     ├── InvalidTransition           the state machine refuses (permanent)
     ├── ClaimConflict               another instance holds the exchange (permanent)
     ├── ClaimLost                   our fencing token no longer matches (permanent)
-    │   └── ClaimMissing            the key vanished under us (expired, or Redis lost its data)
+    │   ├── ClaimMissing            the key vanished under us (expired, or Redis lost its data)
+    │   └── RenewDeadline           no renewal succeeded within the renew deadline
     ├── NotRegistered               no workflow for that exchange / host (permanent)
     ├── AlreadyRegistered           this host already runs that exchange (permanent)
     └── ConnectorError              the connector failed (transient: retried, then recorded)
@@ -68,6 +69,10 @@ class ClaimMissing(ClaimLost):
     """The status key vanished while we held it (expired during a pause, or Redis lost its data)."""
 
 
+class RenewDeadline(ClaimLost):
+    """We could not renew in time (Redis unreachable or too slow): our connector stopped itself."""
+
+
 class NotRegistered(PerseusError):
     """No running instance workflow matches the request."""
 
@@ -99,6 +104,7 @@ NON_RETRYABLE_ERROR_TYPES: list[str] = [
         ClaimConflict,
         ClaimLost,
         ClaimMissing,
+        RenewDeadline,
         NotRegistered,
         AlreadyRegistered,
         ConnectorFailed,

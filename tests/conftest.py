@@ -182,7 +182,16 @@ def perseus(
 class WorkerProcess:
     """``perseus worker --host H`` as a child process, for tests that kill or stop a host."""
 
-    def __init__(self, servers: Servers, host: str, *, shared: bool = False, **env: str) -> None:
+    def __init__(
+        self,
+        servers: Servers,
+        host: str,
+        *,
+        shared: bool = False,
+        extra_env: dict[str, str] | None = None,
+        **env: str,
+    ) -> None:
+        env = {**(extra_env or {}), **env}
         args = [PERSEUS, "worker", "--host", host] + ([] if shared else ["--no-shared"])
         self.host = host
         self.log = servers.data_dir / f"worker-{host}-{uuid.uuid4().hex[:6]}.log"

@@ -746,9 +746,11 @@ class InstanceWorkflow:
         if kind == "ConnectorFailed":
             await self._connector_failed(reason)
             return True
-        if kind == "ClaimMissing" and await self._reclaim(reason):
+        # Our key vanished, or Redis was unreachable past the renew deadline (the connector stopped
+        # itself): if nobody else took the exchange meanwhile, take it again above our epoch.
+        if kind in ("ClaimMissing", "RenewDeadline") and await self._reclaim(reason):
             return True
-        if kind not in ("ClaimLost", "ClaimMissing"):
+        if kind not in ("ClaimLost", "ClaimMissing", "RenewDeadline"):
             # The host stopped heartbeating: its worker died, or the host is paused or gone. A
             # restarted worker resumes our claim (same instanceId + epoch, from this workflow's
             # memory) if it picks the lease up within the pickup window; otherwise the instance is
@@ -781,7 +783,7 @@ class InstanceWorkflow:
                 resumed.result()
                 return True
             except ActivityError as again:
-                if failure_type(again) in ("ClaimLost", "ClaimMissing"):
+                if failure_type(again) in ("ClaimLost", "ClaimMissing", "RenewDeadline"):
                     reason = describe_failure(again)
                 else:
                     reason = f"host {self.inp.host} stopped heartbeating ({reason}) and did not come back"
@@ -804,6 +806,9 @@ class InstanceWorkflow:
         take the exchange again above every epoch we know, then bring the connector back."""
         was_running = self.state in (State.STARTING, State.WARMING, State.ACTIVE)
         lost_claim = self.claim
+        # If Redis only stalled, our old key may still be there: free it (fenced) and claim afresh,
+        # so the connector restarts under a new epoch rather than the one it stopped under.
+        await self._release_claim()
         self.claim = None
         if await self._claim(quiet=True) is None:
             self.claim = lost_claim
