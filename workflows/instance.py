@@ -1096,6 +1096,7 @@ class InstanceWorkflow:
                 exchange_id=self.resolved.exchange.id,
                 exchange_name=self.resolved.exchange.name,
                 spec=self.inp.connector,
+                claim=self.claim,
             ),
             result_type=ConnectorReport,
             task_queue=self.host_queue,

@@ -160,7 +160,7 @@ class Cluster:
             self.holders.append((str(doc["instanceId"]), int(doc["epoch"])))
         return doc
 
-    async def wait_active(self, *, not_host: str | None = None, timeout: float = 45) -> dict[str, object]:
+    async def wait_active(self, *, not_host: str | None = None, timeout: float = 90) -> dict[str, object]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             doc = await self.holder()
@@ -228,7 +228,24 @@ async def fault(stack: Stack, cluster: Cluster, name: str, action: Callable[[], 
         for host, proc in cluster.workers.items():
             print(f"  worker {host}: exit {proc.proc.poll()}; log tail: {proc.log.read_text()[-600:]!r}")
         if cluster.core is not None:
-            print(f"  core worker log tail: {cluster.core.log.read_text()[-3000:]}")
+            print(f"  core worker log: {cluster.core.log}")
+        if cluster.client is not None and os.environ.get("PERSEUS_CHAOS_HISTORY"):
+            for host in cluster.hosts:
+                try:
+                    history = await cluster.client.get_workflow_handle(
+                        workflow_id(cluster.exchange, host)
+                    ).fetch_history()
+                except RPCError:
+                    continue
+                print(f"  history of {host}:")
+                for ev in history.events[-40:]:
+                    print(
+                        "    ",
+                        ev.event_time.ToDatetime().strftime("%H:%M:%S.%f")[:-3],
+                        ev.event_type,
+                        ev.activity_task_scheduled_event_attributes.activity_type.name or "",
+                        ev.activity_task_timed_out_event_attributes.failure.message or "",
+                    )
         raise
     stack.survived[name] += 1
     print(f"  {name}: survived in {time.monotonic() - started:.1f}s")
@@ -250,7 +267,9 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
             proc.signal(signal.SIGSTOP)
             await asyncio.sleep(3 * INTERVAL + 1.0)
             proc.signal(signal.SIGCONT)
-            await cluster.wait_active(not_host=str(doc["hostname"]))
+            # A standby takes over, or — if the zombie's key expired before anyone claimed it — the
+            # resumed holder re-claims above its old epoch; the invariant checker judges the overlap.
+            await cluster.wait_active()
 
         async def redis_short_pause() -> None:
             before = await cluster.wait_active()
@@ -317,18 +336,18 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
             assert (await cluster.wait_active())["hostname"] == target
 
         plan: list[tuple[str, Callable[[], Awaitable[None]]]] = []
-        plan += [("SIGKILL active worker", kill_active)] * 20
+        plan += [("SIGKILL active worker", kill_active)] * 18
         plan += [("SIGSTOP active worker past the TTL", pause_active_past_ttl)] * 6
         plan += [("Redis paused briefly", redis_short_pause)] * 6
         plan += [("Redis paused past the TTL", redis_long_pause)] * 4
         plan += [("Redis restarted empty", redis_restart_empty)] * 3
         plan += [("Temporal killed and restarted", temporal_restart)] * 2
-        plan += [("same host registered twice", same_host_twice)] * 5
-        plan += [("handoff target killed midway", handoff_target_killed)] * 3
-        plan += [("planned handoff", planned_handoff)] * 3
+        plan += [("same host registered twice", same_host_twice)] * 9
+        plan += [("handoff target killed midway", handoff_target_killed)] * 2
+        plan += [("planned handoff", planned_handoff)] * 2
         only = os.environ.get("PERSEUS_CHAOS_ONLY")  # to study one kind of fault
         if only:
-            plan = [p for p in plan if p[0] == only]
+            plan = [p for p in plan if p[0] in only.split(",")]
         order = sorted(range(len(plan)), key=lambda i: (i * 7919) % len(plan))  # interleaved, repeatable
         for i in order:
             name, action = plan[i]
