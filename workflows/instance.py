@@ -296,11 +296,13 @@ class InstanceWorkflow:
 
     @workflow.signal
     def promote(self, req: PromoteRequest) -> None:
-        """Sent to a standby: the exchange is (about to be) free — try to take it now."""
-        if self.role == "standby" and self.outcome is None:
+        """Sent to a standby: the exchange is (about to be) free — try to take it now.
+
+        It may arrive after this standby already took the exchange on its own (its watch saw the key
+        vanish first): then only the confirmation the sender waits for is still owed.
+        """
+        if self.outcome is None:
             self.promotions.append(req)
-        else:
-            workflow.logger.info("promotion ignored: this instance is %s", self.role)
 
     @workflow.signal
     def handoff_confirmed(self, reply: HandoffConfirm) -> None:
@@ -379,6 +381,9 @@ class InstanceWorkflow:
                 await self._cancel_lease()
                 await self._promote(self.promotions.pop(0))
                 continue
+            if self.role == "active" and self.promotions:
+                await self._owe_confirmation(self.promotions.pop(0))
+                continue
             if self.queue:
                 ticket = self.queue.pop(0)
                 if ticket.command is Command.SHUTDOWN:
@@ -418,7 +423,7 @@ class InstanceWorkflow:
             bool(self.queue)
             or lease_done
             or self.host_going_down
-            or (self.role == "standby" and bool(self.promotions))
+            or bool(self.promotions)
             or self._history_long()
         )
 
@@ -895,6 +900,18 @@ class InstanceWorkflow:
         for target in recovery_path(self.state):  # a former active one may still read stopped
             await self._transition(target)
         self._enqueue(Command.START, first=True, internal=True, confirm_to=req.confirm_to)
+
+    async def _owe_confirmation(self, req: PromoteRequest) -> None:
+        """A promotion for an exchange we already took: answer the handoff that sent it."""
+        if req.confirm_to is None:
+            return
+        starting = next((t for t in self.queue if t.command is Command.START), None)
+        if starting is not None:
+            starting.confirm_to = req.confirm_to  # answered once that start is done
+        elif self.state is State.ACTIVE:
+            await self._reply(req.confirm_to, ok=True, detail=f"active on {self.inp.host}")
+        else:
+            await self._reply(req.confirm_to, ok=False, detail=f"{self.inp.host} is {self.state.value}")
 
     async def _confirm_takeover(self, confirm_to: str, result: CommandResult) -> None:
         """After a promoted START: tell the handing-over instance; on failure give the claim back."""
