@@ -51,7 +51,7 @@ from temporalio.client import Client
 
 from perseus import control, errors
 from perseus.devstack import services
-from perseus.keys import SHARED_TASK_QUEUE, ttl_ms, workflow_id
+from perseus.keys import SHARED_TASK_QUEUE, status_key, ttl_ms, workflow_id
 from perseus.models import ConnectorSpec
 from perseus.store import db
 from perseus.store.redis_store import RedisStore, make_client
@@ -500,7 +500,7 @@ async def run_design(
         worker.proc.send_signal(signal.SIGUSR1)
         await wait_file(samples_path, worker, 60, "samples")
         board = await store.statuses(ids)
-        missing_at_end = sum(1 for raw, _ in board if raw is None)
+        missing_at_end = [status_key(xid) for xid, (raw, _) in zip(ids, board, strict=True) if raw is None]
         breakdown, timer_delays = await event_breakdown(client, sample[:3], first.at, last.at)
         await asyncio.sleep(1.5)  # late keyspace events
         result.update(
@@ -577,7 +577,7 @@ def analyse(
     last: Snapshot,
     idle_rss: int,
     expired: list[tuple[float, str]],
-    missing_at_end: int,
+    missing_at_end: list[str],
 ) -> dict[str, Any]:
     window = last.at - first.at
     offset = samples["mono_minus_wall"]
@@ -636,9 +636,10 @@ def analyse(
         "renew_rtt_ms": {"p50": ms(pct(rtts, 50)), "p99": ms(pct(rtts, 99)), "max": ms(max(rtts, default=0))},
         "max_gap_between_renewals_s": round(max(gaps, default=0.0), 3),
         "ttl_s": 3 * cfg.interval,
-        "false_expirations": len(expired) + missing_at_end,
+        # Distinct status keys that expired (keyspace event) or were gone at the end.
+        "false_expirations": len({key for _, key in expired} | set(missing_at_end)),
         "expired_events": len(expired),
-        "keys_missing_at_end": missing_at_end,
+        "keys_missing_at_end": len(missing_at_end),
         "failed_renewals": failed,
         "redis_calls_per_heartbeat": {k: round(v / renewals, 3) for k, v in sorted(calls.items())}
         if renewals
