@@ -10,7 +10,9 @@ Redis servers and in its own measured worker process (:mod:`bench.fleet_worker`)
   (:func:`worker.run_worker`, shared + host queue); the heartbeat is the long-running lease activity;
 * ``timer``    — the alternative design, a workflow timer + one activity per beat
   (:mod:`bench.timer_design`), same renewal, same worker layout;
-* ``baseline`` — N plain asyncio loops doing the same Lua renewal with redis-py: the floor.
+* ``baseline`` — N plain asyncio loops doing the same Lua renewal with redis-py: the floor;
+* ``perseus-split`` (optional) — as ``perseus``, but the measured worker serves only the host queue
+  and a second process runs the workflows (the production layout in docs/deploy.md).
 
 After a warm-up, one measured window of ``duration`` seconds yields: heartbeat lateness (renewal
 call time − due time on the fixed schedule) p50/p99/max, renew round trip p50/p99, false expirations
@@ -59,6 +61,7 @@ from perseus.temporal import converter, register_search_attributes
 
 ROOT = Path(__file__).resolve().parents[1]
 DESIGNS = ("perseus", "timer", "baseline")
+OPTIONAL_DESIGNS = ("perseus-split",)
 HOST = "bench-host"
 MARK_BEGIN, MARK_END = "<!-- fleet:begin -->", "<!-- fleet:end -->"
 HISTORY_SAMPLE = 100
@@ -134,10 +137,12 @@ async def start_design_servers(base: Path) -> Stack:
     return stack
 
 
-def spawn_worker(stack: Stack, args: list[str], code: Path) -> tuple[services.Service, Path, Path]:
-    """The measured process, run from ``code`` (a snapshot of the committed tree, see ``snapshot_code``)."""
-    ready, samples = stack.base / "worker.ready", stack.base / "samples.json"
-    service = services.Service("worker", 0, stack.base / "worker.log")
+def spawn_worker(
+    stack: Stack, args: list[str], code: Path, name: str = "worker"
+) -> tuple[services.Service, Path, Path]:
+    """A bench process, run from ``code`` (a snapshot of the committed tree, see ``snapshot_code``)."""
+    ready, samples = stack.base / f"{name}.ready", stack.base / f"{name}-samples.json"
+    service = services.Service("worker", 0, stack.base / f"{name}.log")
     env = dict(os.environ)
     env["PYTHONPATH"] = str(code) + os.pathsep + env.get("PYTHONPATH", "")
     argv = [
@@ -161,7 +166,8 @@ def spawn_worker(stack: Stack, args: list[str], code: Path) -> tuple[services.Se
             preexec_fn=services._die_with_parent,
             start_new_session=True,
         )
-    stack.worker = service
+    if name == "worker":
+        stack.worker = service
     stack.children.append(service)
     return service, ready, samples
 
@@ -441,9 +447,10 @@ async def run_design(
             client = await Client.connect(temporal_address, data_converter=converter)
             await register_search_attributes(client)
         base_id = 50_000_000
+        mode = "perseus" if design == "perseus-split" else design
         worker_args = [
             "--mode",
-            design,
+            mode,
             "--temporal",
             temporal_address,
             "--redis-url",
@@ -461,14 +468,25 @@ async def run_design(
             "--metrics-port",
             str(metrics_port or 0),
         ]
+        shared_worker: services.Service | None = None
+        if design == "perseus-split":
+            # The production layout: this host's worker serves only its host queue (leases,
+            # connectors); workflows and shared activities run in another process.
+            shared_args = [*worker_args, "--no-shared-mode"]
+            shared_args[shared_args.index("--host") + 1] = "bench-shared"
+            shared_args[shared_args.index("--metrics-port") + 1] = "0"
+            shared_worker, shared_ready, _ = spawn_worker(stack, shared_args, args.code, name="shared")
+            worker_args.append("--host-only")
         worker, ready, samples_path = spawn_worker(stack, worker_args, args.code)
         assert worker.proc
+        if shared_worker is not None:
+            await wait_file(shared_ready, shared_worker, 60, "shared worker")
         # Idle footprint first (the baseline claims its keys before it is ready: no idle figure).
         await wait_file(ready, worker, 300 if design == "baseline" else 60, f"{design} worker")
         idle_rss = psutil.Process(worker.proc.pid).memory_info().rss
         t_reg = time.monotonic()
         sample: list[str] = []
-        if design == "perseus":
+        if design in ("perseus", "perseus-split"):
             assert client
             prefix = f"bx{uuid.uuid4().hex[:6]}_"
             fleet = await create_exchanges(database_url, prefix, cfg.n)
@@ -493,6 +511,8 @@ async def run_design(
         pids = {"worker": worker.proc.pid, "redis": stack.redis.pid() or 0}
         if design != "baseline":
             pids["temporal"] = stack.temporal.pid() or 0
+        if shared_worker is not None and shared_worker.proc:
+            pids["shared worker"] = shared_worker.proc.pid
         first = await snapshot(pids, redis, metrics_port, client, sample)
         log(f"  measuring {cfg.duration:.0f}s")
         await asyncio.sleep(cfg.duration)
@@ -813,8 +833,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         configs = [FleetConfig(args.n or d.n, args.interval or d.interval, args.duration or d.duration)]
     designs = [d.strip() for d in args.designs.split(",") if d.strip()]
     for d in designs:
-        if d not in DESIGNS:
-            raise SystemExit(f"unknown design {d!r}: choose from {', '.join(DESIGNS)}")
+        if d not in DESIGNS + OPTIONAL_DESIGNS:
+            raise SystemExit(f"unknown design {d!r}: choose from {', '.join(DESIGNS + OPTIONAL_DESIGNS)}")
     base = Path(tempfile.mkdtemp(prefix="perseus-bench-"))
     report: dict[str, Any] = {
         "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -889,7 +909,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--interval", type=float, help="heartbeat interval in seconds (single configuration)")
     p.add_argument("--duration", type=float, help="measured seconds (single configuration)")
     p.add_argument(
-        "--designs", default=",".join(DESIGNS), help="comma-separated subset of perseus,timer,baseline"
+        "--designs",
+        default=",".join(DESIGNS),
+        help="comma-separated, from perseus,timer,baseline (default) and perseus-split "
+        "(host worker alone, workflows in a second process)",
     )
     p.add_argument(
         "--warmup", type=float, help="seconds between fleet start and the window (default 2×interval+5)"

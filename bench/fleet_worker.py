@@ -109,6 +109,8 @@ class TimedRedisStore(RedisStore):
 
 
 async def connect(address: str, metrics_port: int) -> Client:
+    if not metrics_port:
+        return await Client.connect(address, data_converter=converter)
     runtime = Runtime(
         telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"127.0.0.1:{metrics_port}"))
     )
@@ -127,7 +129,7 @@ async def run_perseus(args: argparse.Namespace, stop: asyncio.Event, ready: asyn
         data_dir=Path(args.ready_file).parent / "perseus-data",
     )
     client = await connect(args.temporal, args.metrics_port)
-    await worker.run_worker(settings, client, args.host, stop, ready=ready)
+    await worker.run_worker(settings, client, args.host, stop, shared_queue=not args.host_only, ready=ready)
 
 
 async def run_timer(args: argparse.Namespace, stop: asyncio.Event, ready: asyncio.Event) -> None:
@@ -248,6 +250,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=0)
     p.add_argument("--base-id", type=int, default=50_000_000)
     p.add_argument("--metrics-port", type=int, default=0)
+    p.add_argument("--host-only", action="store_true", help="perseus: serve only the host queue")
+    p.add_argument("--no-shared-mode", action="store_true", help="perseus: the unmeasured shared worker")
     p.add_argument("--samples", required=True)
     p.add_argument("--ready-file", required=True)
     return p.parse_args(argv)
