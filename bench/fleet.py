@@ -737,7 +737,7 @@ def markdown(report: dict[str, Any]) -> str:
     for run in report["runs"]:
         cfg = FleetConfig(run["n"], run["interval_s"], run["duration_s"])
         lines += [
-            f"### {cfg.label}, {cfg.duration:g} s measured "
+            f"### {cfg.label}, {cfg.duration:g} s measured{', ' + run['label'] if run.get('label') else ''} "
             f"(run {run.get('started', '?')}, code {str(run.get('code', '?'))[:10]})",
             "",
         ]
@@ -788,7 +788,7 @@ def write_markdown(path: Path, section: str) -> None:
 def draw(report: dict[str, Any], path: Path) -> None:
     from bench.plot import Canvas, bar_panel
 
-    runs = report["runs"]
+    runs = [r for r in report["runs"] if not r.get("label")] or report["runs"]
     width, panel_h = 1100, 330
     canvas = Canvas(width, panel_h * 2 + 20)
     half = width // 2
@@ -866,11 +866,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "duration_s": cfg.duration,
                 "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
                 "code": report["code"],
+                "label": args.label,
+                "registration_concurrency": args.concurrency,
                 "designs": [],
             }
             # A configuration measured again replaces its previous figures; others are kept.
             report["runs"] = [
-                r for r in report["runs"] if (r["n"], r["interval_s"]) != (cfg.n, cfg.interval)
+                r
+                for r in report["runs"]
+                if (r["n"], r["interval_s"], r.get("label", "")) != (cfg.n, cfg.interval, args.label)
             ] + [run]
             for design in designs:
                 log(f"{cfg.label}, {cfg.duration:g}s: {design}")
@@ -918,6 +922,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--warmup", type=float, help="seconds between fleet start and the window (default 2×interval+5)"
     )
     p.add_argument("--concurrency", type=int, default=32, help="concurrent registrations")
+    p.add_argument(
+        "--label", default="", help="names an extra run of a configuration (kept beside the plain one)"
+    )
     p.add_argument("--json", default=str(ROOT / "docs" / "fleet-benchmark.json"))
     p.add_argument("--plot", default=str(ROOT / "docs" / "fleet-benchmark.png"))
     p.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"))
