@@ -87,3 +87,12 @@ VALUES
      '["1m","5m","15m","30m","60m","4h","1d","1W","1M"]', '{"restPerSecond": 20}',
      '{"maker": 0.0, "taker": 0.0005}', '{"blocked": ["US"]}')
 ON CONFLICT (name) DO NOTHING;
+
+-- Perseus: the highest fencing epoch ever handed out per exchange. Redis holds the live counter
+-- (exchange:{id}:epoch); this durable high-water mark keeps epochs increasing even when Redis loses
+-- its data and the instance that knew the last epoch is gone too.
+CREATE TABLE IF NOT EXISTS exchange_epochs (
+    exchange_id     INTEGER      PRIMARY KEY REFERENCES exchanges(id) ON DELETE CASCADE,
+    epoch           BIGINT       NOT NULL DEFAULT 0,
+    updated_at      TIMESTAMPTZ  NOT NULL DEFAULT now()
+);

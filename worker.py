@@ -64,7 +64,7 @@ async def run_worker(
         connectors=ConnectorHost(settings.connector_journal),
         connector_output=output_dir(settings.data_dir),
     )
-    registry = RegistryActivities(store)
+    registry = RegistryActivities(store, catalog)
     notify = NotifyActivities(discord_notifier(settings.discord_webhook_url, http, store))  # None: off
     catalog_activities = CatalogActivities(catalog)
     workers = [

@@ -7,6 +7,7 @@ is gone shows up as a ``schedule_to_start`` timeout rather than as work done som
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
@@ -90,6 +91,44 @@ async def with_heartbeats(work: Awaitable[T], every_s: float = 1.0) -> T:
             task.cancel()
 
 
+class HeartbeatPump:
+    """Heartbeats on a timer of its own while the body runs (``async with``), as long as ``alive()``.
+
+    A Redis call that hangs (and a cancelled redis-py call can take a while to give up) must not
+    silence the heartbeat: that would make a live host look dead. Only a frozen or dead process
+    stops the pump — which is exactly what the heartbeat timeout is for. ``beat()`` is the loop's
+    own heartbeat after each renewal; the pump adds one only when that has not happened for
+    ``quiet_s`` (so a healthy loop sends one heartbeat per interval), checking every ``check_s``.
+    """
+
+    def __init__(self, quiet_s: float, check_s: float, alive: Callable[[], bool] = lambda: True) -> None:
+        self._quiet_s = quiet_s
+        self._check_s = check_s
+        self._alive = alive
+        self._last = time.monotonic()
+        self._task: asyncio.Future[None] | None = None
+
+    def beat(self) -> None:
+        activity.heartbeat()
+        self._last = time.monotonic()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._check_s)
+            if self._alive() and time.monotonic() - self._last >= self._quiet_s:
+                self.beat()
+
+    async def __aenter__(self) -> HeartbeatPump:
+        self._task = asyncio.ensure_future(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 class HostActivities:
     """Everything host-bound. One instance per worker process, owning this host's connectors."""
 
@@ -163,51 +202,55 @@ class HostActivities:
         last_renewed: datetime | None = None
         due = started
         self.leases[req.workflow_id] += 1
+        # The pump stops once the deadline has passed: past it this holder no longer claims anything.
+        # At most 0.9 + 0.25 = 1.15 intervals between heartbeats (the timeout is 1.25).
+        pump = HeartbeatPump(0.9 * interval, 0.25 * interval, lambda: time.monotonic() - last_ok <= deadline)
         try:
-            while True:
-                # Checked before anything else: a process that was paused (SIGSTOP, a long GC, a
-                # frozen VM) must not act on a claim it may have lost while it was not looking.
-                await self._check_deadline(req, last_ok, deadline, ttl)
-                try:
-                    # Bounded by what is left of the renew deadline: a Redis that hangs must not keep
-                    # this loop from stopping the connector in time.
-                    reply = await asyncio.wait_for(
-                        self._store.fenced(
-                            req.exchange_id,
-                            req.claim.instance_id,
-                            req.claim.epoch,
-                            mode="renew",
-                            patch={"lastHeartbeat": iso(datetime.now(UTC))},
-                            ttl_ms=ttl,
-                        ),
-                        # ...and by half an interval, so the heartbeat below still goes out on
-                        # time: an unreachable Redis must not look like a dead host.
-                        timeout=max(0.05, min(last_ok + deadline - time.monotonic(), interval / 2)),
-                    )
-                except (ServiceUnavailable, TimeoutError) as exc:
-                    log.warning("renewal of %s failed: %s", req.workflow_id, exc)
-                else:
-                    if reply.outcome != "ok":
-                        await self.connectors.stop(req.workflow_id, "claim lost")
-                        lost = ClaimMissing if reply.outcome == "missing" else ClaimLost
-                        raise lost(self._lost_message(reply.outcome, reply.raw))
-                    last_ok = time.monotonic()
-                    last_renewed = datetime.now(UTC)
-                    renewals += 1
-                    self.connectors.record(
-                        "valid_until", req.workflow_id, until=last_ok + deadline, epoch=req.claim.epoch
-                    )
-                    connector = self.connectors.get(req.workflow_id)
-                    if connector is not None and (why := connector.failure()) is not None:
-                        await self.connectors.stop(req.workflow_id, why)
-                        raise ConnectorFailed(why)
-                await self._check_deadline(req, last_ok, deadline, ttl)
-                activity.heartbeat(renewals)
-                if time.monotonic() - started >= req.term_s:
-                    return LeaseOutcome(renewals=renewals, last_renewed=last_renewed)
-                # A fixed schedule, not sleep(interval) after the work: lateness does not accumulate.
-                due += interval
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
+            async with pump:
+                while True:
+                    # Checked before anything else: a process that was paused (SIGSTOP, a long GC, a
+                    # frozen VM) must not act on a claim it may have lost while it was not looking.
+                    await self._check_deadline(req, last_ok, deadline, ttl)
+                    try:
+                        # Bounded by what is left of the renew deadline: a Redis that hangs must not keep
+                        # this loop from stopping the connector in time.
+                        reply = await asyncio.wait_for(
+                            self._store.fenced(
+                                req.exchange_id,
+                                req.claim.instance_id,
+                                req.claim.epoch,
+                                mode="renew",
+                                patch={"lastHeartbeat": iso(datetime.now(UTC))},
+                                ttl_ms=ttl,
+                            ),
+                            # ...and by half an interval, so the heartbeat below still goes out on
+                            # time: an unreachable Redis must not look like a dead host.
+                            timeout=max(0.05, min(last_ok + deadline - time.monotonic(), interval / 2)),
+                        )
+                    except (ServiceUnavailable, TimeoutError) as exc:
+                        log.warning("renewal of %s failed: %s", req.workflow_id, exc)
+                    else:
+                        if reply.outcome != "ok":
+                            await self.connectors.stop(req.workflow_id, "claim lost")
+                            lost = ClaimMissing if reply.outcome == "missing" else ClaimLost
+                            raise lost(self._lost_message(reply.outcome, reply.raw))
+                        last_ok = time.monotonic()
+                        last_renewed = datetime.now(UTC)
+                        renewals += 1
+                        self.connectors.record(
+                            "valid_until", req.workflow_id, until=last_ok + deadline, epoch=req.claim.epoch
+                        )
+                        connector = self.connectors.get(req.workflow_id)
+                        if connector is not None and (why := connector.failure()) is not None:
+                            await self.connectors.stop(req.workflow_id, why)
+                            raise ConnectorFailed(why)
+                    await self._check_deadline(req, last_ok, deadline, ttl)
+                    pump.beat()
+                    if time.monotonic() - started >= req.term_s:
+                        return LeaseOutcome(renewals=renewals, last_renewed=last_renewed)
+                    # A fixed schedule, not sleep(interval) after the work: lateness does not accumulate.
+                    due += interval
+                    await asyncio.sleep(max(0.0, due - time.monotonic()))
         finally:
             self.leases[req.workflow_id] -= 1
             if self.leases[req.workflow_id] <= 0:
@@ -232,11 +275,18 @@ class HostActivities:
         interval = req.heartbeat_interval_s
         ttl = ttl_ms(interval)
         started = time.monotonic()
+        async with HeartbeatPump(0.9 * interval, 0.25 * interval) as pump:
+            return await self._watch(req, pump, ttl, started)
+
+    async def _watch(
+        self, req: StandbyLeaseRequest, pump: HeartbeatPump, ttl: int, started: float
+    ) -> StandbyOutcome:
+        interval = req.heartbeat_interval_s
         due = started
         last_epoch = 0
         while True:
             try:
-                # Bounded, so a hanging Redis does not stop the heartbeat (and look like a dead host).
+                # Bounded, so a hanging Redis does not hold up the loop.
                 raw = await asyncio.wait_for(self._watch_once(req.record, ttl), timeout=interval / 2)
             except (ServiceUnavailable, TimeoutError) as exc:
                 log.warning("standby %s: %s", req.record.workflow_id, exc or "Redis too slow")
@@ -247,7 +297,7 @@ class HostActivities:
                     last_epoch = max(last_epoch, int(json.loads(raw).get("epoch", 0)))
                 except (ValueError, AttributeError, TypeError):
                     pass  # an unreadable holder still holds; its TTL will free the exchange
-            activity.heartbeat(last_epoch)
+            pump.beat()
             if time.monotonic() - started >= req.term_s:
                 return StandbyOutcome(vacant=False, last_epoch=last_epoch)
             due += interval

@@ -27,6 +27,7 @@ from perseus.models import (
 )
 
 if TYPE_CHECKING:
+    from perseus.store.db import Catalog
     from perseus.store.redis_store import RedisStore
 
 
@@ -50,8 +51,9 @@ def describe_holder(
 
 
 class RegistryActivities:
-    def __init__(self, store: RedisStore) -> None:
+    def __init__(self, store: RedisStore, catalog: Catalog) -> None:
         self._store = store
+        self._catalog = catalog
 
     @activity.defn(name="claim_exchange")
     @edge
@@ -62,13 +64,19 @@ class RegistryActivities:
         before a lost reply is recognised as ours.
         """
         status = req.status
-        epoch = await self._store.next_epoch(status.exchange_id, req.highest_epoch)
+        # The floor is the workflow's memory and PostgreSQL's durable high-water mark: after Redis
+        # lost its data, even a newly registered instance claims above every epoch ever used.
+        floor = max(req.highest_epoch, await self._catalog.epoch_floor(status.exchange_id))
+        epoch = await self._store.next_epoch(status.exchange_id, floor)
         payload = status.model_copy(update={"epoch": epoch}).wire()
         reply = await self._store.claim(status.exchange_id, payload, status.ttl_ms)
         if reply.outcome == "claimed":
+            await self._catalog.raise_epoch(status.exchange_id, epoch)
             return ClaimResult(claimed=True, epoch=epoch)
         if reply.outcome == "self":
-            return ClaimResult(claimed=True, epoch=int(json.loads(reply.raw)["epoch"]))
+            held = int(json.loads(reply.raw)["epoch"])
+            await self._catalog.raise_epoch(status.exchange_id, held)
+            return ClaimResult(claimed=True, epoch=held)
         holder, message = describe_holder(status.exchange_id, status.exchange_name, reply.raw, reply.pttl_ms)
         return ClaimResult(
             claimed=False, epoch=epoch, holder=holder, holder_ttl_ms=reply.pttl_ms, message=message

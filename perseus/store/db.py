@@ -146,3 +146,17 @@ class Catalog:
             (name_or_key, name_or_key),
         )
         return len(rows)
+
+    async def epoch_floor(self, exchange_id: int) -> int:
+        """The highest epoch ever handed out for the exchange (0 if none)."""
+        rows = await self._fetch("SELECT epoch FROM exchange_epochs WHERE exchange_id = %s", (exchange_id,))
+        return int(rows[0]["epoch"]) if rows else 0
+
+    async def raise_epoch(self, exchange_id: int, epoch: int) -> None:
+        """Record ``epoch`` as handed out; the mark only ever moves up."""
+        await self._fetch(
+            "INSERT INTO exchange_epochs (exchange_id, epoch) VALUES (%s, %s) "
+            "ON CONFLICT (exchange_id) DO UPDATE "
+            "SET epoch = GREATEST(exchange_epochs.epoch, EXCLUDED.epoch), updated_at = now()",
+            (exchange_id, epoch),
+        )

@@ -212,3 +212,20 @@ async def test_host_without_worker_is_a_clear_error(
             start=False,
         )
     assert await store.events(exchange) == []
+
+
+async def test_epochs_keep_rising_after_redis_lost_them(
+    servers: Servers, shared_worker: str, client: Client, store: RedisStore, exchange: str
+) -> None:
+    host = shared_worker
+    first = await control.register(
+        client, exchange=exchange, host=host, admin_email=None, heartbeat_interval_s=INTERVAL, start=False
+    )
+    await control.command(client, exchange=exchange, host=host, default_host=host, command=Command.SHUTDOWN)
+    ex_id = await exchange_id(servers, exchange)
+    await store.client.delete(f"exchange:{ex_id}:epoch")  # Redis lost the counter; no workflow remembers
+    second = await control.register(
+        client, exchange=exchange, host=host, admin_email=None, heartbeat_interval_s=INTERVAL, start=False
+    )
+    assert second.epoch > first.epoch  # PostgreSQL's high-water mark is the floor
+    await control.command(client, exchange=exchange, host=host, default_host=host, command=Command.SHUTDOWN)

@@ -52,7 +52,7 @@ async def private_workers(
     await pool.open(wait=True)
     http = httpx.AsyncClient()
     store, catalog = RedisStore(redis), Catalog(pool)
-    registry = RegistryActivities(store)
+    registry = RegistryActivities(store, catalog)
     host_acts = HostActivities(
         hostname=host,
         store=store,
