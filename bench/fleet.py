@@ -929,6 +929,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plot", default=str(ROOT / "docs" / "fleet-benchmark.png"))
     p.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"))
     p.add_argument("--no-markdown", action="store_true", help="don't touch docs/benchmarks.md")
+    p.add_argument("--render-only", action="store_true", help="only redraw markdown + plot from --json")
     p.add_argument(
         "--no-merge",
         dest="merge",
@@ -944,6 +945,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def render(args: argparse.Namespace) -> None:
+    """Rewrite the markdown section and the plot from the JSON of earlier runs (no measuring)."""
+    report = json.loads(Path(args.json).read_text())
+    report["plot"] = os.path.relpath(args.plot, Path(args.markdown).parent)
+    draw(report, Path(args.plot))
+    write_markdown(Path(args.markdown), markdown(report))
+
+
 if __name__ == "__main__":
-    report = asyncio.run(main(parse()))
-    print(json.dumps(report, indent=2))
+    arguments = parse()
+    if arguments.render_only:
+        render(arguments)
+    else:
+        print(json.dumps(asyncio.run(main(arguments)), indent=2))
