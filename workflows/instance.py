@@ -956,7 +956,8 @@ class InstanceWorkflow:
                 await self._host_activity("connector_disconnect", timeout_s=30)
             await self._transition(state)
             done.append(state)
-        old_epoch = self.claim.epoch
+        old_claim = self.claim
+        old_epoch = old_claim.epoch
         await self._cancel_lease()
         await self._release_claim()
         await self._event(EventKind.HANDOFF, detail=f"takeover: released epoch {old_epoch} to {target.host}")
@@ -990,9 +991,10 @@ class InstanceWorkflow:
         assert reply is not None
         self.claim = None
         if reply.ok:
+            # Handoff events speak for the instance handing over; the target's epoch is in the text.
             await self._event(
                 EventKind.HANDOFF,
-                claim=Claim(instance_id="", epoch=reply.epoch),
+                claim=old_claim,
                 detail=f"confirm: {target.host} active at epoch {reply.epoch}",
             )
             if req.shutdown:
@@ -1010,7 +1012,7 @@ class InstanceWorkflow:
         # Midway failure: the exchange must not be left with nobody. Take it back.
         await self._event(
             EventKind.HANDOFF,
-            claim=Claim(instance_id="", epoch=old_epoch),
+            claim=old_claim,
             detail=f"aborted: {reply.detail}; taking {self.inp.exchange} back",
         )
         if await self._claim(quiet=True) is not None:

@@ -99,7 +99,11 @@ def check(
     # walk down to idle after the new holder's first events.)
     epoch_of: dict[str, int] = {}
     for entry in stream:
-        if entry["event"] == "claim_conflict" or entry.get("epoch", "0") == "0":
+        if (
+            entry["event"] == "claim_conflict"
+            or entry.get("epoch", "0") == "0"
+            or not entry.get("instanceId")
+        ):
             continue  # a refused claimant never held; standbys hold nothing
         epoch_of.setdefault(entry["instanceId"], int(entry["epoch"]))
     by_epoch: dict[int, set[str]] = defaultdict(set)

@@ -332,18 +332,25 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
                 pass  # refused or aborted: either way someone must be active again below
 
         async def planned_handoff() -> None:
-            doc = await cluster.wait_active()
             assert cluster.client
-            target = await cluster.standby_host(doc["hostname"])
-            await control.handoff(
-                cluster.client,
-                exchange=exchange,
-                to_host=target,
-                from_host=str(doc["hostname"]),
-                default_host=target,
-                shutdown=False,
-            )
-            assert (await cluster.wait_active())["hostname"] == target
+            for _ in range(40):  # the previous fault may still be settling (e.g. a reclaim walking down)
+                doc = await cluster.wait_active()
+                target = await cluster.standby_host(doc["hostname"])
+                try:
+                    await control.handoff(
+                        cluster.client,
+                        exchange=exchange,
+                        to_host=target,
+                        from_host=str(doc["hostname"]),
+                        default_host=target,
+                        shutdown=False,
+                    )
+                except PerseusError:  # busy, settling, or the standby not visible yet: try again
+                    await asyncio.sleep(0.5)
+                    continue
+                assert (await cluster.wait_active())["hostname"] == target
+                return
+            raise AssertionError("no settled moment for a planned handoff")
 
         plan: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         plan += [("SIGKILL active worker", kill_active)] * 18
