@@ -213,40 +213,24 @@ class InstanceWorkflow:
                 self.registration_error or "registration failed",
                 type=self.registration_error_type or "RegistrationFailed",
             )
-        if self.claim is None:
-            return RegistrationResult(
-                exchange=self.resolved.exchange.name,
-                exchange_id=self.resolved.exchange.id,
-                host=self.inp.host,
-                hostname=self.hostname or self.inp.host,
-                ip_address=self.ip_address,
-                instance_id=self.standby_id or "",
-                epoch=0,
-                state=self.state,
-                workflow_id=self.wf_id,
-                role="standby",
-            )
         return RegistrationResult(
             exchange=self.resolved.exchange.name,
             exchange_id=self.resolved.exchange.id,
             host=self.inp.host,
             hostname=self.hostname or self.inp.host,
             ip_address=self.ip_address,
-            instance_id=self.claim.instance_id,
-            epoch=self.claim.epoch,
+            # A standby holds no claim: its own id, and epoch 0.
+            instance_id=self.claim.instance_id if self.claim else self.standby_id or "",
+            epoch=self.claim.epoch if self.claim else 0,
             state=self.state,
             workflow_id=self.wf_id,
+            role="active" if self.claim else "standby",
         )
 
     @workflow.update
     async def command(self, req: CommandRequest) -> CommandResult:
         """Run start/stop/shutdown; returns once the command's transitions are done."""
-        ticket = self._enqueue(req.command)
-        await workflow.wait_condition(lambda: ticket.number in self.results)
-        result = self.results.pop(ticket.number)
-        if result.error is not None:
-            raise ApplicationError(result.error, result, type="CommandFailed")
-        return result
+        return await self._await_ticket(self._enqueue(req.command))
 
     @command.validator
     def _validate_command(self, req: CommandRequest) -> None:
@@ -271,7 +255,10 @@ class InstanceWorkflow:
     @workflow.update
     async def handoff(self, req: HandoffRequest) -> CommandResult:
         """Planned switchover to a live standby on ``req.to_host``: notify → takeover → confirm."""
-        ticket = self._enqueue(Command.HANDOFF, handoff=req)
+        return await self._await_ticket(self._enqueue(Command.HANDOFF, handoff=req))
+
+    async def _await_ticket(self, ticket: _Ticket) -> CommandResult:
+        """The caller's side of a queued command: its result, or its failure as an error."""
         await workflow.wait_condition(lambda: ticket.number in self.results)
         result = self.results.pop(ticket.number)
         if result.error is not None:
