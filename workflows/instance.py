@@ -94,6 +94,8 @@ HOST_RETRY = RetryPolicy(
 
 #: A host is presumed dead after this many intervals without a heartbeat (before the 3-interval TTL).
 HEARTBEAT_TIMEOUT_FACTOR = 1.25
+#: ...but never less than this, in seconds.
+HEARTBEAT_TIMEOUT_FLOOR_S = 2.0
 #: How long a restarted worker has to pick the lease up again, in intervals.
 PICKUP_FACTOR = 1.0
 #: Connector steps heartbeat every second; silence this long means their host stopped.
@@ -687,7 +689,7 @@ class InstanceWorkflow:
             start_to_close_timeout=timedelta(seconds=self.inp.lease_term_s + 4 * interval),
             # Every renewal heartbeats at once (the host worker does not throttle them), so a silence
             # of 1.25 intervals means the host stopped renewing. See _lease_failed for the margins.
-            heartbeat_timeout=timedelta(seconds=interval * HEARTBEAT_TIMEOUT_FACTOR),
+            heartbeat_timeout=self._heartbeat_timeout(),
             retry_policy=RetryPolicy(maximum_attempts=1),
             # Request cancellation without waiting for it: the activity only hears of it at its next
             # heartbeat, and nothing here needs it gone first (a lingering renewal with the same token
@@ -707,10 +709,18 @@ class InstanceWorkflow:
             task_queue=self.host_queue,
             schedule_to_start_timeout=self._host_wait(),
             start_to_close_timeout=timedelta(seconds=self.inp.lease_term_s + 4 * interval),
-            heartbeat_timeout=timedelta(seconds=interval * HEARTBEAT_TIMEOUT_FACTOR),
+            heartbeat_timeout=self._heartbeat_timeout(),
             retry_policy=RetryPolicy(maximum_attempts=1),
             cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
             summary=f"standby watch on {self.inp.host}",
+        )
+
+    def _heartbeat_timeout(self) -> timedelta:
+        # A floor keeps short intervals from mistaking a busy worker for a dead host. The zombie
+        # margin holds either way: the release comes at timeout + pickup >= 2 intervals (the renew
+        # deadline) after the host's last heartbeat, and a longer timeout only makes it later.
+        return timedelta(
+            seconds=max(self.inp.heartbeat_interval_s * HEARTBEAT_TIMEOUT_FACTOR, HEARTBEAT_TIMEOUT_FLOOR_S)
         )
 
     async def _cancel_lease(self) -> None:
@@ -805,6 +815,8 @@ class InstanceWorkflow:
         if await self._claim(quiet=True) is None:
             self.claim = lost_claim
             return False
+        # Renew the fresh claim at once: the walk below can outlast a short TTL.
+        self.lease = self._start_lease()
         await self._event(
             EventKind.ERROR, error=f"{reason}; reclaimed at epoch {self.highest_epoch}", state=self.state
         )
@@ -880,8 +892,9 @@ class InstanceWorkflow:
             if req.confirm_to:
                 await self._reply(req.confirm_to, ok=False, detail="the exchange was not free to claim")
             return
-        await self._drop_standby()
         self.role = "active"
+        self.lease = self._start_lease()  # renew the fresh claim at once
+        await self._drop_standby()
         workflow.upsert_search_attributes([INSTANCE_ROLE.value_set("active")])
         await self._event(EventKind.PROMOTED, detail=req.reason)
         for target in recovery_path(self.state):  # a former active one may still read stopped
