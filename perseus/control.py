@@ -15,6 +15,7 @@ from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
     WorkflowHandle,
+    WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
@@ -69,6 +70,23 @@ async def _running(handle: WorkflowHandle[InstanceWorkflow, str]) -> bool:
     return described.status == WorkflowExecutionStatus.RUNNING
 
 
+async def _closing(handle: WorkflowHandle[InstanceWorkflow, str], wait_s: float = 10.0) -> bool:
+    """True once a run that has already ended its instance (shut down, lost) has closed: a register
+    right after a shutdown must not be refused because the old run is still writing its last event."""
+    try:
+        snapshot = await handle.query(InstanceWorkflow.snapshot)
+    except (RPCError, WorkflowQueryFailedError):
+        return False
+    if snapshot.outcome is None:
+        return False
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while asyncio.get_running_loop().time() < deadline:
+        if not await _running(handle):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
 async def register(
     client: Client,
     *,
@@ -94,7 +112,7 @@ async def register(
         )
     wf_id = workflow_id(exchange, host)
     handle: WorkflowHandle[InstanceWorkflow, str] = client.get_workflow_handle(wf_id)
-    if await _running(handle):
+    if await _running(handle) and not await _closing(handle):
         raise errors.AlreadyRegistered(
             f"{exchange} is already registered on host {host} (workflow {wf_id}); "
             f"use perseus start/stop/shutdown {exchange}"
