@@ -198,8 +198,8 @@ class Cluster:
                     all_running = False
                     try:
                         await self.register(host, standby=True)
-                    except AlreadyRegistered:
-                        pass  # still closing; next round
+                    except PerseusError as exc:  # still closing, or its new worker not polling yet
+                        print(f"    heal: {host} not registered yet ({type(exc).__name__})")
             doc = await self.holder()
             if all_running and doc and doc["connectionState"] == "active":
                 return doc
