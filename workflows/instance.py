@@ -7,10 +7,14 @@ makes, and activities do the I/O. The workflow owns the memory that makes recove
 Life of a run::
 
     register: resolve exchange/admin → detect identity (host queue) → claim (new epoch) → idle
-    loop:     lease activity on the host queue renews the claim and heartbeats
-              commands (updates/signals) run one at a time: start, stop, shutdown
-              lease failure → a restarted worker resumes the claim; otherwise the instance is
-                              lost: record it, walk down to idle, release the key, end the run
+              (or, as a standby: a TTL'd standby record, no claim)
+    loop:     active: a lease activity on the host queue renews the claim and heartbeats
+              standby: a watch activity renews the record and waits for the exchange to fall vacant
+              commands (updates/signals) run one at a time: start, stop, shutdown, handoff
+              lease failure → a restarted worker resumes the claim; a vanished key is reclaimed;
+                              otherwise the instance is lost: record it, walk down to idle,
+                              release the key, wake the best standby, end the run
+              promote signal / vacancy (standby) → claim above every known epoch → start
               history long → cancel the lease, continue-as-new with all state
 """
 
@@ -362,7 +366,7 @@ class InstanceWorkflow:
             if self.host_going_down:
                 await self._cancel_lease()
                 if self.role == "active":
-                    await self._release("worker on host shut down")
+                    await self._release()
                 else:
                     await self._drop_standby()
                 return await self._finish(f"released: the worker on {self.inp.host} shut down")
@@ -1081,7 +1085,8 @@ class InstanceWorkflow:
         for target in recovery_path(self.state):
             await self._transition(target)
 
-    async def _release(self, reason: str) -> None:
+    async def _release(self) -> None:
+        """Stop whatever runs, then let go of the claim (graceful worker shutdown)."""
         for target in release_path(self.state):
             if target is State.STOPPED:
                 try:
