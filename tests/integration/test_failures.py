@@ -6,7 +6,6 @@ import asyncio
 import json
 import signal
 import time
-import uuid
 
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -18,25 +17,11 @@ from perseus.lifecycle import Command
 from perseus.models import ConnectorSpec
 from perseus.store.redis_store import RedisStore
 from tests.conftest import Servers, WorkerProcess, exchange_id
+from tests.integration.helpers import events, host_name, start_workers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 INTERVAL = 0.5
-
-
-def host_name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
-
-
-async def start_workers(servers: Servers, procs: list[WorkerProcess], *hosts: str) -> list[WorkerProcess]:
-    started = [WorkerProcess(servers, host) for host in hosts]
-    procs.extend(started)
-    await asyncio.gather(*(p.ready() for p in started))
-    return started
-
-
-async def events(store: RedisStore, name: str) -> list[dict[str, str]]:
-    return [f for _, f in reversed(await store.events(name))]
 
 
 async def wait_closed(client: Client, wf_id: str, timeout: float = 30) -> str:

@@ -7,8 +7,6 @@ import asyncio
 import json
 import shlex
 import signal
-import time
-import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -24,27 +22,17 @@ from perseus.models import ConnectorSpec
 from perseus.store.redis_store import RedisStore
 from tests.conftest import Servers, WorkerProcess, exchange_id, perseus
 from tests.connectors.support import alive, child_command, free_port, gone_within, journal
+from tests.integration.helpers import active_on, events, host_name, start_workers, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 INTERVAL = 0.5
 
 
-def host_name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
-
-
 def spec(*args: str, **fields: object) -> ConnectorSpec:
     return ConnectorSpec.model_validate(
         {"kind": "process", "command": child_command(*args), "ready_line": "READY", **fields}
     )
-
-
-async def workers(servers: Servers, procs: list[WorkerProcess], *names: str) -> list[WorkerProcess]:
-    started = [WorkerProcess(servers, name) for name in names]
-    procs.extend(started)
-    await asyncio.gather(*(p.ready() for p in started))
-    return started
 
 
 async def register(
@@ -78,24 +66,6 @@ async def status(store: RedisStore, ex_id: int) -> dict[str, object]:
     return json.loads(raw) if raw else {}
 
 
-async def wait_for(check, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := await check():
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
-async def active_on(store: RedisStore, ex_id: int, host: str) -> dict[str, object] | None:
-    doc = await status(store, ex_id)
-    return doc if doc.get("hostname") == host and doc.get("connectionState") == "active" else None
-
-
-async def events(store: RedisStore, name: str) -> list[dict[str, str]]:
-    return [f for _, f in reversed(await store.events(name))]
-
-
 def starts(path: Path) -> list[dict[str, object]]:
     return [e for e in journal(path) if e["event"] == "start"]
 
@@ -110,7 +80,7 @@ async def test_register_exec_from_the_cli_ready_by_line_output_and_stop(
     tmp_path: Path,
 ) -> None:
     host = host_name("px")
-    await workers(servers, worker_processes, host)
+    await start_workers(servers, worker_processes, host)
     ex_id = await exchange_id(servers, exchange)
     log = tmp_path / "journal"
     command = shlex.join(child_command("--ready-after", "0.3", "--journal", str(log)))
@@ -271,7 +241,7 @@ async def test_claim_lost_kills_the_child_within_a_second(
     pid = start["pid"]
     assert isinstance(pid, int) and alive(pid)
     doc = await status(store, ex_id)
-    thief = {**doc, "instanceId": "thief", "epoch": int(doc["epoch"]) + 1, "hostname": "elsewhere"}  # type: ignore[call-overload]
+    thief = {**doc, "instanceId": "thief", "epoch": int(str(doc["epoch"])) + 1, "hostname": "elsewhere"}
     await store.client.set(status_key(ex_id), json.dumps(thief), px=int(3 * INTERVAL * 1000))
     assert await gone_within(pid, 1.0)
     assert [e["event"] for e in journal(log)] == ["start"]  # no SIGTERM, no grace: killed outright
@@ -289,7 +259,7 @@ async def test_worker_killed_takes_the_child_within_the_renew_deadline(
     tmp_path: Path,
 ) -> None:
     host = host_name("pk9")
-    (worker,) = await workers(servers, worker_processes, host)
+    (worker,) = await start_workers(servers, worker_processes, host)
     ex_id = await exchange_id(servers, exchange)
     log = tmp_path / "journal"
     await register(client, exchange, host, spec("--journal", str(log)), start=True)
@@ -314,7 +284,7 @@ async def test_never_two_children_for_one_exchange_across_two_hosts(
     """Every child takes an exclusive flock on one file: a second child running at the same time
     would find it taken and journal ``double``. A conflict, then two crash failovers, A → B → A."""
     a, b = host_name("pa"), host_name("pb")
-    procs = await workers(servers, worker_processes, a, b)
+    procs = await start_workers(servers, worker_processes, a, b)
     ex_id = await exchange_id(servers, exchange)
     log = tmp_path / "journal"
     connector = spec("--journal", str(log), "--lock", str(tmp_path / "exchange.lock"), stop_grace_s=2)
@@ -336,7 +306,7 @@ async def test_never_two_children_for_one_exchange_across_two_hosts(
 
     procs[0].signal(signal.SIGKILL)  # a dies: b takes over
     await wait_for(lambda: active_on(store, ex_id, b))
-    (a_again,) = await workers(servers, worker_processes, a)
+    (a_again,) = await start_workers(servers, worker_processes, a)
     await wait_for(closed(a))  # a's old instance was lost and has ended
     await register(client, exchange, a, connector, standby=True)
     procs[1].signal(signal.SIGKILL)  # b dies: a, now the standby, takes over

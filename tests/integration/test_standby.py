@@ -17,6 +17,7 @@ from perseus.keys import standby_index_key, workflow_id
 from perseus.lifecycle import Command
 from perseus.store.redis_store import RedisStore
 from tests.conftest import Servers, WorkerProcess, exchange_id, perseus
+from tests.integration.helpers import active_on, events, holder, start_workers, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -26,28 +27,6 @@ INTERVAL = 0.5
 def hosts(n: int, prefix: str) -> list[str]:
     tag = uuid.uuid4().hex[:5]
     return [f"{prefix}{i}-{tag}" for i in range(n)]
-
-
-async def workers(servers: Servers, procs: list[WorkerProcess], names: list[str]) -> list[WorkerProcess]:
-    started = [WorkerProcess(servers, name) for name in names]
-    procs.extend(started)
-    await asyncio.gather(*(p.ready() for p in started))
-    return started
-
-
-async def holder(store: RedisStore, ex_id: int) -> dict[str, object] | None:
-    raw, _ = await store.status(ex_id)
-    return json.loads(raw) if raw else None
-
-
-async def wait_for(predicate, timeout: float = 30.0, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(step)
-    raise AssertionError("condition not met in time")
 
 
 async def register(
@@ -65,17 +44,6 @@ async def register(
     )
 
 
-async def active_on(store: RedisStore, ex_id: int, host: str) -> dict[str, object] | None:
-    doc = await holder(store, ex_id)
-    if doc and doc["hostname"] == host and doc["connectionState"] == "active":
-        return doc
-    return None
-
-
-async def events(store: RedisStore, name: str) -> list[dict[str, str]]:
-    return [f for _, f in reversed(await store.events(name))]
-
-
 async def test_standby_is_visible_and_does_not_claim(
     servers: Servers,
     shared_worker: str,
@@ -85,7 +53,7 @@ async def test_standby_is_visible_and_does_not_claim(
     worker_processes: list[WorkerProcess],
 ) -> None:
     a, b = hosts(2, "sb")
-    await workers(servers, worker_processes, [a, b])
+    await start_workers(servers, worker_processes, *[a, b])
     ex_id = await exchange_id(servers, exchange)
     await register(client, exchange, a, start=True)
     result = await asyncio.to_thread(
@@ -117,7 +85,7 @@ async def test_standby_is_visible_and_does_not_claim(
     await control.command(client, exchange=exchange, host=b, default_host=b, command=Command.SHUTDOWN)
     assert await store.client.exists(key) == 0
     other = hosts(1, "sb-extra")[0]
-    await workers(servers, worker_processes, [other])
+    await start_workers(servers, worker_processes, *[other])
     with pytest.raises(ClaimConflict, match=f"already claimed by {a}"):
         await register(client, exchange, other)
     await control.command(client, exchange=exchange, host=a, default_host=a, command=Command.SHUTDOWN)
@@ -132,7 +100,7 @@ async def test_crash_of_the_active_promotes_the_best_standby(
     worker_processes: list[WorkerProcess],
 ) -> None:
     a, low, high = hosts(3, "fo")
-    procs = await workers(servers, worker_processes, [a, low, high])
+    procs = await start_workers(servers, worker_processes, *[a, low, high])
     ex_id = await exchange_id(servers, exchange)
     first = await register(client, exchange, a, start=True)
     await register(client, exchange, low, standby=True, priority=1)
@@ -142,8 +110,9 @@ async def test_crash_of_the_active_promotes_the_best_standby(
     killed = time.monotonic()
     doc = await wait_for(lambda: active_on(store, ex_id, high), timeout=30)
     took = time.monotonic() - killed
-    assert int(doc["epoch"]) > first.epoch
+    assert int(str(doc["epoch"])) > first.epoch
     print(f"crash → standby active in {took:.2f}s (TTL {3 * INTERVAL:.1f}s)")
+
     # At this short interval the TTL (1.5 s) runs out before the 2 s heartbeat timeout, so the
     # standby may take over on the TTL fallback before the dead instance's loss is recorded.
     async def lost_recorded():
@@ -169,7 +138,7 @@ async def test_planned_handoff_and_back(
     worker_processes: list[WorkerProcess],
 ) -> None:
     a, b = hosts(2, "ho")
-    await workers(servers, worker_processes, [a, b])
+    await start_workers(servers, worker_processes, *[a, b])
     ex_id = await exchange_id(servers, exchange)
     first = await register(client, exchange, a, start=True)
     await register(client, exchange, b, standby=True)
@@ -179,7 +148,7 @@ async def test_planned_handoff_and_back(
     assert result.returncode == 0, result.stderr
     assert "active at epoch" in json.loads(result.stdout)["detail"]
     doc = await wait_for(lambda: active_on(store, ex_id, b))
-    assert int(doc["epoch"]) > first.epoch
+    assert int(str(doc["epoch"])) > first.epoch
     details = [e.get("detail", "") for e in await events(store, exchange) if e["event"] == "handoff"]
     assert [d.split(":")[0] for d in details] == ["notify", "takeover", "confirm"]
     snap_a = await client.get_workflow_handle(workflow_id(exchange, a)).query("snapshot")
@@ -201,7 +170,7 @@ async def test_handoff_refusals_change_nothing(
     worker_processes: list[WorkerProcess],
 ) -> None:
     (a,) = hosts(1, "hr")
-    await workers(servers, worker_processes, [a])
+    await start_workers(servers, worker_processes, *[a])
     ex_id = await exchange_id(servers, exchange)
     await register(client, exchange, a, start=True)
     before = await wait_for(lambda: active_on(store, ex_id, a))
@@ -226,7 +195,7 @@ async def test_handoff_whose_target_dies_leaves_the_old_one_active(
     worker_processes: list[WorkerProcess],
 ) -> None:
     a, b = hosts(2, "hd")
-    procs = await workers(servers, worker_processes, [a, b])
+    procs = await start_workers(servers, worker_processes, *[a, b])
     ex_id = await exchange_id(servers, exchange)
     await register(client, exchange, a, start=True)
     await register(client, exchange, b, standby=True)

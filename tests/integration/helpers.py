@@ -1,0 +1,54 @@
+"""Helpers shared by the tests that run real worker processes per host."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from perseus.store.redis_store import RedisStore
+from tests.conftest import Servers, WorkerProcess
+
+T = TypeVar("T")
+
+
+def host_name(prefix: str) -> str:
+    """A host name no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+async def start_workers(servers: Servers, procs: list[WorkerProcess], *hosts: str) -> list[WorkerProcess]:
+    """`perseus worker --host H` per host, ready to poll; ``procs`` (a fixture) stops them afterwards."""
+    started = [WorkerProcess(servers, host) for host in hosts]
+    procs.extend(started)
+    await asyncio.gather(*(p.ready() for p in started))
+    return started
+
+
+async def events(store: RedisStore, name: str) -> list[dict[str, str]]:
+    """The exchange's network stream, oldest first."""
+    return [f for _, f in reversed(await store.events(name))]
+
+
+async def holder(store: RedisStore, ex_id: int) -> dict[str, object] | None:
+    raw, _ = await store.status(ex_id)
+    return json.loads(raw) if raw else None
+
+
+async def active_on(store: RedisStore, ex_id: int, host: str) -> dict[str, object] | None:
+    """The status record if ``host`` holds the exchange and is active."""
+    doc = await holder(store, ex_id)
+    return doc if doc and doc.get("hostname") == host and doc.get("connectionState") == "active" else None
+
+
+async def wait_for(check: Callable[[], Awaitable[T | None]], timeout: float = 30.0) -> T:
+    """Poll ``check`` until it returns something truthy (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := await check():
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
