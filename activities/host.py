@@ -25,8 +25,8 @@ from perseus.connectors.factory import ConnectorContext, build_connector
 from perseus.errors import (
     ClaimLost,
     ClaimMissing,
-    ConnectorError,
     ConnectorFailed,
+    ConnectorGone,
     RenewDeadline,
     ServiceUnavailable,
 )
@@ -54,12 +54,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class ConnectorGone(ConnectorError):
-    """The workflow believes a connector runs here, but this process has none (it was restarted)."""
-
-    retryable = False
 
 
 def parse_ip_answer(body: str) -> str | None:

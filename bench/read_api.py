@@ -34,10 +34,10 @@ from typing import Any
 
 import httpx
 
-from perseus.activity import merge_page, store_fetch
 from perseus.config import load_settings
 from perseus.devstack import services
 from perseus.keys import iso, status_key, stream_key
+from perseus.network_log import merge_page, store_fetch
 from perseus.store import db
 from perseus.store.redis_store import RedisStore, make_client
 

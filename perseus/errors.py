@@ -17,8 +17,14 @@ name, so a workflow can list permanent ones in ``non_retryable_error_types``.
     │   └── RenewDeadline           no renewal succeeded within the renew deadline
     ├── NotRegistered               no workflow for that exchange / host (permanent)
     ├── AlreadyRegistered           this host already runs that exchange (permanent)
+    ├── InvalidQuery                a malformed read request: count, cursor, window, filter (HTTP 422)
+    ├── Unauthorized                no API key, or not an active one (HTTP 401)
+    ├── NotifyRetry                 a Discord message not delivered this time (transient)
+    ├── WebhookRejected             Discord refused the message for good (permanent)
     └── ConnectorError              the connector failed (transient: retried, then recorded)
-        └── ConnectorFailed         it died while running (reported by the lease; not retried)
+        ├── ConnectorFailed         it died while running (reported by the lease; not retried)
+        ├── ConnectorNotReady       could not start, died before ready, or not ready in time
+        └── ConnectorGone           the workflow thinks a connector runs here; this process has none
 """
 
 from __future__ import annotations
@@ -93,6 +99,40 @@ class ConnectorFailed(ConnectorError):
     retryable = False
 
 
+class InvalidQuery(PerseusError):
+    """A read request is malformed: bad count, cursor, window or filter (HTTP 422)."""
+
+
+class Unauthorized(PerseusError):
+    """No API key, or one that is not an active row of ``api_keys`` (HTTP 401)."""
+
+
+class NotifyRetry(PerseusError):
+    """The message was not delivered this time; the activity's retry will try again."""
+
+    retryable = True
+
+
+class WebhookRejected(PerseusError):
+    """Discord refused the message for good (bad URL, deleted webhook, invalid payload)."""
+
+
+class ConnectorNotReady(ConnectorError):
+    """The child could not be started, died before it was ready, or was not ready in time.
+
+    Not retryable: running the same step again cannot change the answer, so it is recorded once and
+    the instance recovers to idle (``--restart on-failure`` covers crashes once active).
+    """
+
+    retryable = False
+
+
+class ConnectorGone(ConnectorError):
+    """The workflow believes a connector runs here, but this process has none (it was restarted)."""
+
+    retryable = False
+
+
 #: Error type names a workflow must not retry: retrying cannot change their outcome.
 NON_RETRYABLE_ERROR_TYPES: list[str] = [
     cls.__name__
@@ -108,5 +148,10 @@ NON_RETRYABLE_ERROR_TYPES: list[str] = [
         NotRegistered,
         AlreadyRegistered,
         ConnectorFailed,
+        ConnectorNotReady,
+        ConnectorGone,
+        WebhookRejected,
+        InvalidQuery,
+        Unauthorized,
     )
 ]

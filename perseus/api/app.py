@@ -19,13 +19,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from perseus.activity import InvalidQuery
-from perseus.api.auth import Unauthorized
 from perseus.api.page import router as page_router
 from perseus.api.routes import ErrorBody
 from perseus.api.routes import router as network_router
 from perseus.config import Settings
-from perseus.errors import PerseusError, ServiceUnavailable, UnknownExchange
+from perseus.errors import InvalidQuery, PerseusError, ServiceUnavailable, Unauthorized, UnknownExchange
 from perseus.store.db import Catalog, make_pool
 from perseus.store.redis_store import RedisStore, make_client
 

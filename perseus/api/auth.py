@@ -16,7 +16,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from perseus.api.deps import CatalogDep
-from perseus.errors import PerseusError
+from perseus.errors import Unauthorized
 
 # auto_error=False: a missing header must give our JSON 401, not FastAPI's default body. The scheme
 # object also puts the "Authorize" button into the OpenAPI docs.
@@ -25,10 +25,6 @@ bearer = HTTPBearer(
     scheme_name="ApiKey",
     description="An API key from `perseus apikey create NAME` (or the one `perseus dev` prints).",
 )
-
-
-class Unauthorized(PerseusError):
-    """No API key, or one that is not an active row of ``api_keys`` (HTTP 401)."""
 
 
 async def require_api_key(

@@ -9,7 +9,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from perseus.activity import (
+from perseus.api.auth import require_api_key
+from perseus.api.deps import CatalogDep, StoreDep
+from perseus.models import EventKind, Wire
+from perseus.network import InstanceView, StatusBoard, read_board
+from perseus.network_log import (
     DEFAULT_COUNT,
     MAX_COUNT,
     ActivityPage,
@@ -19,10 +23,6 @@ from perseus.activity import (
     read_timeline,
     read_uptime,
 )
-from perseus.api.auth import require_api_key
-from perseus.api.deps import CatalogDep, StoreDep
-from perseus.models import EventKind, Wire
-from perseus.network import InstanceView, StatusBoard, read_board
 
 
 class ErrorBody(Wire):

@@ -183,7 +183,7 @@ def log(
     as_json: JsonFlag = False,
 ) -> None:
     """The activity log, newest first; follow the printed cursor for older entries."""
-    from perseus.activity import ActivityPage, read_activity
+    from perseus.network_log import ActivityPage, read_activity
 
     async def main(settings: Settings) -> ActivityPage:
         return await _with_store(

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from perseus.connectors.base import Connector
-from perseus.errors import ConnectorError
+from perseus.errors import ConnectorError, ConnectorNotReady
 from perseus.keys import iso
 from perseus.models import ConnectorSpec
 
@@ -77,16 +77,6 @@ OUTPUT_SUBDIR = "connectors"
 
 _PR_SET_PDEATHSIG = 1
 _prctl: Callable[..., int] | None = None
-
-
-class ConnectorNotReady(ConnectorError):
-    """The child could not be started, died before it was ready, or was not ready in time.
-
-    Not retryable: running the same step again cannot change the answer, so it is recorded once and
-    the instance recovers to idle (``--restart on-failure`` covers crashes once active).
-    """
-
-    retryable = False
 
 
 # --- output files ----------------------------------------------------------------------------------

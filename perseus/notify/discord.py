@@ -38,7 +38,7 @@ from typing import Any
 
 import httpx
 
-from perseus.errors import PerseusError
+from perseus.errors import NotifyRetry, PerseusError, WebhookRejected
 from perseus.keys import iso
 from perseus.models import EventKind, NetworkEvent, NotifyRequest
 from perseus.store.redis_store import RedisStore
@@ -81,16 +81,6 @@ POST_TIMEOUT_S = 15.0
 MAX_WAIT_S = 300.0
 #: Consecutive 429s within one attempt before handing the retry back to Temporal.
 MAX_429_PER_ATTEMPT = 5
-
-
-class NotifyRetry(PerseusError):
-    """The message was not delivered this time; the activity's retry will try again."""
-
-    retryable = True
-
-
-class WebhookRejected(PerseusError):
-    """Discord refused the message for good (bad URL, deleted webhook, invalid payload)."""
 
 
 def marker_key(event_id: str) -> str:

@@ -15,12 +15,12 @@ from pydantic import ValidationError
 
 from perseus.connectors.factory import ConnectorContext, build_connector
 from perseus.connectors.process import (
-    ConnectorNotReady,
     OutputLog,
     ProcessConnector,
     output_path,
     read_output,
 )
+from perseus.errors import ConnectorNotReady
 from perseus.models import Claim, ConnectorSpec
 from tests.connectors.support import alive, child_command, free_port, gone_within, journal
 

@@ -32,16 +32,14 @@ from temporalio.service import RPCError
 from activities.notify import NotifyActivities
 from perseus.config import Settings
 from perseus.devstack.services import free_port
-from perseus.errors import ServiceUnavailable
+from perseus.errors import NotifyRetry, ServiceUnavailable, WebhookRejected
 from perseus.lifecycle import State
 from perseus.models import EventKind, NetworkEvent, NotifyRequest
 from perseus.notify.discord import (
     COLOURS,
     SENT,
     DiscordNotifier,
-    NotifyRetry,
     RateLimiter,
-    WebhookRejected,
     discord_notifier,
     marker_key,
     render,

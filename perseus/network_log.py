@@ -23,7 +23,7 @@ from typing import Final
 
 from pydantic import BaseModel
 
-from perseus.errors import PerseusError
+from perseus.errors import InvalidQuery
 from perseus.keys import RETENTION, parse_iso
 from perseus.lifecycle import State
 from perseus.models import EventKind, Exchange, InstanceStatus, Wire
@@ -42,10 +42,6 @@ FILTERED_BATCH: Final = 500
 #: Timeline reads stop after this many entries per exchange (the newest are kept).
 TIMELINE_LIMIT: Final = 20_000
 UNKNOWN: Final = "unknown"
-
-
-class InvalidQuery(PerseusError):
-    """A read request is malformed: bad count, cursor, window or filter (HTTP 422)."""
 
 
 # --- stream IDs and cursors ------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def register(
 ) -> None:
     """Register an instance of EXCHANGE on a host: claims the exchange (state idle), or waits as a standby."""
     from perseus import control
-    from perseus.cli.process import connector_spec
+    from perseus.cli.connector_output import connector_spec
     from perseus.temporal import connect
 
     async def main(settings: Settings) -> RegistrationResult:

@@ -8,9 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from perseus.activity import (
+from perseus.errors import InvalidQuery
+from perseus.models import Exchange
+from perseus.network import format_duration, judge, last_known
+from perseus.network_log import (
     Cursor,
-    InvalidQuery,
     Match,
     Read,
     Rows,
@@ -24,8 +26,6 @@ from perseus.activity import (
     transitions_of,
     uptime_windows,
 )
-from perseus.models import Exchange
-from perseus.network import format_duration, judge, last_known
 
 pytestmark = pytest.mark.unit
 
