@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from temporalio.client import (
     Client,
@@ -32,9 +32,17 @@ from perseus.models import (
     ConnectorSpec,
     HandoffRequest,
     InstanceInput,
+    InstanceSnapshot,
     RegistrationResult,
 )
-from workflows.instance import InstanceWorkflow, search_attributes
+from perseus.temporal import (
+    INSTANCE_WORKFLOW,
+    QUERY_SNAPSHOT,
+    UPDATE_COMMAND,
+    UPDATE_HANDOFF,
+    UPDATE_WAIT_REGISTERED,
+    search_attributes,
+)
 
 T = TypeVar("T")
 
@@ -60,7 +68,7 @@ def error_from_failure(exc: BaseException) -> errors.PerseusError:
     return err
 
 
-async def _running(handle: WorkflowHandle[InstanceWorkflow, str]) -> bool:
+async def _running(handle: WorkflowHandle[Any, str]) -> bool:
     try:
         described = await handle.describe()
     except RPCError as exc:
@@ -70,11 +78,11 @@ async def _running(handle: WorkflowHandle[InstanceWorkflow, str]) -> bool:
     return described.status == WorkflowExecutionStatus.RUNNING
 
 
-async def _closing(handle: WorkflowHandle[InstanceWorkflow, str], wait_s: float = 10.0) -> bool:
+async def _closing(handle: WorkflowHandle[Any, str], wait_s: float = 10.0) -> bool:
     """True once a run that has already ended its instance (shut down, lost) has closed: a register
     right after a shutdown must not be refused because the old run is still writing its last event."""
     try:
-        snapshot = await handle.query(InstanceWorkflow.snapshot)
+        snapshot = await handle.query(QUERY_SNAPSHOT, result_type=InstanceSnapshot)
     except (RPCError, WorkflowQueryFailedError):
         return False
     if snapshot.outcome is None:
@@ -111,7 +119,7 @@ async def register(
             f"heartbeat interval must be greater than 0 seconds, got {heartbeat_interval_s}"
         )
     wf_id = workflow_id(exchange, host)
-    handle: WorkflowHandle[InstanceWorkflow, str] = client.get_workflow_handle(wf_id)
+    handle: WorkflowHandle[Any, str] = client.get_workflow_handle(wf_id)
     if await _running(handle) and not await _closing(handle):
         raise errors.AlreadyRegistered(
             f"{exchange} is already registered on host {host} (workflow {wf_id}); "
@@ -131,7 +139,7 @@ async def register(
         inp.history_limit = history_limit
     try:
         handle = await client.start_workflow(
-            InstanceWorkflow.run,
+            INSTANCE_WORKFLOW,
             inp,
             id=wf_id,
             task_queue=SHARED_TASK_QUEUE,
@@ -148,7 +156,9 @@ async def register(
         raise errors.ServiceUnavailable(f"Temporal refused to start {wf_id}: {exc.message}") from None
     return await _answer(
         handle.execute_update(
-            InstanceWorkflow.wait_registered, rpc_timeout=timedelta(seconds=ANSWER_TIMEOUT_S)
+            UPDATE_WAIT_REGISTERED,
+            result_type=RegistrationResult,
+            rpc_timeout=timedelta(seconds=ANSWER_TIMEOUT_S),
         ),
         "registration",
     )
@@ -171,10 +181,10 @@ async def _answer(call: Awaitable[T], what: str) -> T:
 
 async def find_instance(
     client: Client, exchange: str, host: str | None, default_host: str
-) -> WorkflowHandle[InstanceWorkflow, str]:
+) -> WorkflowHandle[Any, str]:
     """The running workflow for ``exchange`` on ``host`` (or on the only host that runs it)."""
     wanted = host or default_host
-    handle: WorkflowHandle[InstanceWorkflow, str] = client.get_workflow_handle(workflow_id(exchange, wanted))
+    handle: WorkflowHandle[Any, str] = client.get_workflow_handle(workflow_id(exchange, wanted))
     if await _running(handle):
         return handle
     if host is None:
@@ -197,8 +207,9 @@ async def command(
     handle = await find_instance(client, exchange, host, default_host)
     return await _answer(
         handle.execute_update(
-            InstanceWorkflow.command,
+            UPDATE_COMMAND,
             CommandRequest(command=command),
+            result_type=CommandResult,
             rpc_timeout=timedelta(seconds=ANSWER_TIMEOUT_S),
         ),
         command.value,
@@ -214,8 +225,9 @@ async def handoff(
     handle = await find_active(client, exchange, from_host, default_host)
     return await _answer(
         handle.execute_update(
-            InstanceWorkflow.handoff,
+            UPDATE_HANDOFF,
             HandoffRequest(to_host=to_host, shutdown=shutdown),
+            result_type=CommandResult,
             rpc_timeout=timedelta(seconds=ANSWER_TIMEOUT_S),
         ),
         "handoff",
@@ -224,7 +236,7 @@ async def handoff(
 
 async def find_active(
     client: Client, exchange: str, host: str | None, default_host: str
-) -> WorkflowHandle[InstanceWorkflow, str]:
+) -> WorkflowHandle[Any, str]:
     """The instance of ``exchange`` that holds the claim (on ``host`` if given)."""
     if host is not None:
         return await find_instance(client, exchange, host, default_host)

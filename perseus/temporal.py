@@ -7,12 +7,13 @@ from typing import Any
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
-from temporalio.common import SearchAttributeKey
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfig
 from temporalio.service import RPCError
 
 from perseus.errors import ConfigError, ServiceUnavailable
+from perseus.lifecycle import State
 
 EXCHANGE_NAME = SearchAttributeKey.for_keyword("ExchangeName")
 CONNECTION_STATE = SearchAttributeKey.for_keyword("ConnectionState")
@@ -21,6 +22,28 @@ INSTANCE_ROLE = SearchAttributeKey.for_keyword("InstanceRole")
 SEARCH_ATTRIBUTES = [EXCHANGE_NAME, CONNECTION_STATE, INSTANCE_HOST, INSTANCE_ROLE]
 
 converter = pydantic_data_converter
+
+#: The instance workflow's type and message names, as clients address them. Clients (the CLI, the
+#: API, the fleet) live in ``perseus/`` and must not import ``workflows/``; the workflow itself is
+#: checked against these names by tests/unit/test_import_fences.py.
+INSTANCE_WORKFLOW = "InstanceWorkflow"
+UPDATE_COMMAND = "command"
+UPDATE_HANDOFF = "handoff"
+UPDATE_WAIT_REGISTERED = "wait_registered"
+QUERY_SNAPSHOT = "snapshot"
+SIGNAL_COMMAND = "command_signal"
+
+
+def search_attributes(exchange: str, host: str, state: State, role: str = "active") -> TypedSearchAttributes:
+    """The four search attributes an instance workflow starts with."""
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(EXCHANGE_NAME, exchange),
+            SearchAttributePair(INSTANCE_HOST, host),
+            SearchAttributePair(CONNECTION_STATE, state.value),
+            SearchAttributePair(INSTANCE_ROLE, role),
+        ]
+    )
 
 
 def connect_config(override_address: str | None = None) -> dict[str, Any]:

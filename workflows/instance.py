@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError, TimeoutType
 
 with workflow.unsafe.imports_passed_through():
@@ -78,7 +78,7 @@ with workflow.unsafe.imports_passed_through():
         StandbyRecord,
         StatusPatch,
     )
-    from perseus.temporal import CONNECTION_STATE, EXCHANGE_NAME, INSTANCE_HOST, INSTANCE_ROLE
+    from perseus.temporal import CONNECTION_STATE, INSTANCE_ROLE
 
 SHARED_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -106,17 +106,6 @@ PICKUP_FACTOR = 1.0
 CONNECTOR_HEARTBEAT_TIMEOUT_S = 5.0
 #: How long a handoff waits for the target's confirmation (plus 4 intervals).
 HANDOFF_TIMEOUT_S = 60.0
-
-
-def search_attributes(exchange: str, host: str, state: State, role: str = "active") -> TypedSearchAttributes:
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(EXCHANGE_NAME, exchange),
-            SearchAttributePair(INSTANCE_HOST, host),
-            SearchAttributePair(CONNECTION_STATE, state.value),
-            SearchAttributePair(INSTANCE_ROLE, role),
-        ]
-    )
 
 
 def describe_failure(err: BaseException) -> str:

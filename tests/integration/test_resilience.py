@@ -31,8 +31,9 @@ from perseus.lifecycle import Command, State
 from perseus.models import CommandRequest, EventRequest, InstanceInput
 from perseus.store.db import Catalog, make_pool
 from perseus.store.redis_store import RedisStore, make_client
+from perseus.temporal import search_attributes
 from tests.conftest import Servers, exchange_id
-from workflows.instance import InstanceWorkflow, search_attributes
+from workflows.instance import InstanceWorkflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
