@@ -17,7 +17,7 @@ from datetime import timedelta
 
 import httpx
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from activities.catalog import CatalogActivities
@@ -27,6 +27,8 @@ from activities.registry import RegistryActivities
 from perseus.config import Settings
 from perseus.connectors.base import ConnectorHost
 from perseus.connectors.process import output_dir
+from perseus.connectors.watchdog import Watchdog
+from perseus.keeper import LeaseKeeper, WorkflowClosed
 from perseus.keys import SHARED_TASK_QUEUE, host_task_queue
 from perseus.notify import discord_notifier
 from perseus.store.db import Catalog, make_pool
@@ -54,6 +56,9 @@ async def run_worker(
     http = httpx.AsyncClient(follow_redirects=True)
     store = RedisStore(redis)
     catalog = Catalog(pool)
+    connectors = ConnectorHost(settings.connector_journal)
+    watchdog = Watchdog()
+    keeper = LeaseKeeper(store, connectors, watchdog=watchdog, workflow_closed=workflow_closed(client))
     host_activities = HostActivities(
         hostname=host,
         store=store,
@@ -61,7 +66,8 @@ async def run_worker(
         http=http,
         ip_services=[str(u) for u in settings.ip_services],
         ip_timeout_s=settings.ip_timeout,
-        connectors=ConnectorHost(settings.connector_journal),
+        connectors=connectors,
+        keeper=keeper,
         connector_output=output_dir(settings.data_dir),
     )
     registry = RegistryActivities(store, catalog)
@@ -103,6 +109,8 @@ async def run_worker(
             await stop.wait()
             await release_instances(client, host_activities)
     finally:
+        await keeper.close()
+        watchdog.close()
         await http.aclose()
         await pool.close()
         await redis.aclose()
@@ -110,7 +118,7 @@ async def run_worker(
 
 async def release_instances(client: Client, host_activities: HostActivities) -> None:
     """Tell this host's instances to step down, and wait (bounded) until their workflows are done."""
-    workflow_ids = set(host_activities.leases) | set(host_activities.connectors.workflow_ids())
+    workflow_ids = host_activities.keeper.workflow_ids() | set(host_activities.connectors.workflow_ids())
     for workflow_id in workflow_ids:
         with contextlib.suppress(RPCError):
             await client.get_workflow_handle(workflow_id).signal(InstanceWorkflow.host_shutting_down)
@@ -130,6 +138,24 @@ async def release_instances(client: Client, host_activities: HostActivities) -> 
     if pending:
         log.warning("instances not released in time (their TTL frees them): %s", ", ".join(sorted(pending)))
     await host_activities.connectors.stop_all("worker shutting down")
+
+
+def workflow_closed(client: Client) -> WorkflowClosed:
+    """How the keeper asks whether an instance workflow has closed: True/False, or None when
+    Temporal does not answer (then the keeper keeps renewing: that is the outage it rides through)."""
+
+    async def closed(workflow_id: str) -> bool | None:
+        try:
+            described = await client.get_workflow_handle(workflow_id).describe(
+                rpc_timeout=timedelta(seconds=2)
+            )
+        except RPCError as exc:
+            return True if exc.status == RPCStatusCode.NOT_FOUND else None
+        except Exception:  # the core SDK reports an unreachable server as RuntimeError
+            return None
+        return described.status != WorkflowExecutionStatus.RUNNING
+
+    return closed
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

@@ -26,8 +26,9 @@ def edge(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         try:
             return await fn(*args, **kwargs)
         except PerseusError as exc:
+            details = () if exc.details is None else (exc.details,)
             raise ApplicationError(
-                str(exc), type=type(exc).__name__, non_retryable=not exc.retryable
+                str(exc), *details, type=type(exc).__name__, non_retryable=not exc.retryable
             ) from exc
 
     return wrapper

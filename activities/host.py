@@ -7,14 +7,12 @@ is gone shows up as a ``schedule_to_start`` timeout rather than as work done som
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
 import logging
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from temporalio import activity
@@ -23,25 +21,21 @@ from activities.edge import edge
 from perseus.connectors.base import ConnectorHost
 from perseus.connectors.factory import ConnectorContext, build_connector
 from perseus.errors import (
-    ClaimLost,
-    ClaimMissing,
-    ConnectorFailed,
     ConnectorGone,
-    RenewDeadline,
-    ServiceUnavailable,
+    PerseusError,
 )
-from perseus.keys import iso, renew_deadline_s, ttl_ms
+from perseus.keeper import LeaseKeeper
 from perseus.models import (
     Claim,
     ConnectorReport,
     ConnectorRequest,
     Identity,
     IdentityRequest,
+    LeaseEnd,
     LeaseOutcome,
     LeaseRequest,
     StandbyLeaseRequest,
     StandbyOutcome,
-    StandbyRecord,
 )
 
 if TYPE_CHECKING:
@@ -54,6 +48,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def _with_stop_time(error: PerseusError, stopped_at: datetime | None) -> PerseusError:
+    """The error a lease reports, carrying when its connector stopped (transitions are stamped with it)."""
+    if stopped_at is not None:
+        error.details = LeaseEnd(stopped_at=stopped_at)
+    return error
 
 
 def parse_ip_answer(body: str) -> str | None:
@@ -85,44 +86,6 @@ async def with_heartbeats(work: Awaitable[T], every_s: float = 1.0) -> T:
             task.cancel()
 
 
-class HeartbeatPump:
-    """Heartbeats on a timer of its own while the body runs (``async with``), as long as ``alive()``.
-
-    A Redis call that hangs (and a cancelled redis-py call can take a while to give up) must not
-    silence the heartbeat: that would make a live host look dead. Only a frozen or dead process
-    stops the pump — which is exactly what the heartbeat timeout is for. ``beat()`` is the loop's
-    own heartbeat after each renewal; the pump adds one only when that has not happened for
-    ``quiet_s`` (so a healthy loop sends one heartbeat per interval), checking every ``check_s``.
-    """
-
-    def __init__(self, quiet_s: float, check_s: float, alive: Callable[[], bool] = lambda: True) -> None:
-        self._quiet_s = quiet_s
-        self._check_s = check_s
-        self._alive = alive
-        self._last = time.monotonic()
-        self._task: asyncio.Future[None] | None = None
-
-    def beat(self) -> None:
-        activity.heartbeat()
-        self._last = time.monotonic()
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._check_s)
-            if self._alive() and time.monotonic() - self._last >= self._quiet_s:
-                self.beat()
-
-    async def __aenter__(self) -> HeartbeatPump:
-        self._task = asyncio.ensure_future(self._run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-
 class HostActivities:
     """Everything host-bound. One instance per worker process, owning this host's connectors."""
 
@@ -136,6 +99,7 @@ class HostActivities:
         ip_services: list[str],
         ip_timeout_s: float,
         connectors: ConnectorHost,
+        keeper: LeaseKeeper,
         connector_output: Path | None = None,
     ) -> None:
         self.hostname = hostname
@@ -145,11 +109,9 @@ class HostActivities:
         self._ip_services = ip_services
         self._ip_timeout_s = ip_timeout_s
         self.connectors = connectors
+        self.keeper = keeper
         #: Where process connectors keep their children's output (None: in memory only).
         self.connector_output = connector_output
-        #: Leases running in this process right now, by workflow id (for graceful worker shutdown).
-        #: A count, not a set: a cancelled lease may overlap briefly with its successor.
-        self.leases: Counter[str] = Counter()
 
     # --- identity ------------------------------------------------------------------------------
 
@@ -179,145 +141,63 @@ class HostActivities:
     @activity.defn(name="hold_lease")
     @edge
     async def hold_lease(self, req: LeaseRequest) -> LeaseOutcome:
-        """Renew the claim every interval until the term ends, the workflow cancels, or the claim is lost.
+        """Attach to this host's renewals of ``req.claim`` for one term, heartbeating as they go.
 
-        One Redis round trip per renewal (a fenced Lua compare-and-set that also refreshes
-        ``lastHeartbeat`` and the TTL), then ``activity.heartbeat()`` so that the workflow sees a dead
-        host by the heartbeat timeout. Losing the claim — a fencing mismatch, or no successful
-        renewal within the renew deadline (shorter than the TTL) — stops this host's connector
-        *before* raising, so the connector never runs without the claim.
+        The renewals themselves run in the worker's :class:`~perseus.keeper.LeaseKeeper`, not in
+        this activity: when the activity ends — its term, a cancellation of any cause, a worker that
+        lost Temporal — they go on, and the next lease of the same claim attaches to them again.
+        Losing the claim (fencing mismatch, key gone, no renewal within the renew deadline) or the
+        connector failing is reported here as the matching error, after the keeper has already
+        stopped the connector.
         """
+        held = self.keeper.hold(req)
         interval = req.heartbeat_interval_s
-        deadline = renew_deadline_s(interval)
-        ttl = ttl_ms(interval)
         started = time.monotonic()
-        last_ok = started  # the claim was valid when the workflow issued this lease
-        renewals = 0
-        last_renewed: datetime | None = None
-        due = started
-        self.leases[req.workflow_id] += 1
-        # The pump stops once the deadline has passed: past it this holder no longer claims anything.
-        # At most 0.9 + 0.25 = 1.15 intervals between heartbeats (the timeout is 1.25).
-        pump = HeartbeatPump(0.9 * interval, 0.25 * interval, lambda: time.monotonic() - last_ok <= deadline)
-        try:
-            async with pump:
-                while True:
-                    # Checked before anything else: a process that was paused (SIGSTOP, a long GC, a
-                    # frozen VM) must not act on a claim it may have lost while it was not looking.
-                    await self._check_deadline(req, last_ok, deadline, ttl)
-                    try:
-                        # Bounded by what is left of the renew deadline: a Redis that hangs must not keep
-                        # this loop from stopping the connector in time.
-                        reply = await asyncio.wait_for(
-                            self._store.fenced(
-                                req.exchange_id,
-                                req.claim.instance_id,
-                                req.claim.epoch,
-                                mode="renew",
-                                patch={"lastHeartbeat": iso(datetime.now(UTC))},
-                                ttl_ms=ttl,
-                            ),
-                            # ...and by half an interval, so the heartbeat below still goes out on
-                            # time: an unreachable Redis must not look like a dead host.
-                            timeout=max(0.05, min(last_ok + deadline - time.monotonic(), interval / 2)),
-                        )
-                    except (ServiceUnavailable, TimeoutError) as exc:
-                        log.warning("renewal of %s failed: %s", req.workflow_id, exc)
-                    else:
-                        if reply.outcome != "ok":
-                            await self.connectors.stop(req.workflow_id, "claim lost")
-                            lost = ClaimMissing if reply.outcome == "missing" else ClaimLost
-                            raise lost(self._lost_message(reply.outcome, reply.raw))
-                        last_ok = time.monotonic()
-                        last_renewed = datetime.now(UTC)
-                        renewals += 1
-                        self.connectors.record(
-                            "valid_until", req.workflow_id, until=last_ok + deadline, epoch=req.claim.epoch
-                        )
-                        connector = self.connectors.get(req.workflow_id)
-                        if connector is not None and (why := connector.failure()) is not None:
-                            await self.connectors.stop(req.workflow_id, why)
-                            raise ConnectorFailed(why)
-                    await self._check_deadline(req, last_ok, deadline, ttl)
-                    pump.beat()
-                    if time.monotonic() - started >= req.term_s:
-                        return LeaseOutcome(renewals=renewals, last_renewed=last_renewed)
-                    # A fixed schedule, not sleep(interval) after the work: lateness does not accumulate.
-                    due += interval
-                    await asyncio.sleep(max(0.0, due - time.monotonic()))
-        finally:
-            self.leases[req.workflow_id] -= 1
-            if self.leases[req.workflow_id] <= 0:
-                del self.leases[req.workflow_id]
-
-    async def _check_deadline(self, req: LeaseRequest, last_ok: float, deadline: float, ttl: int) -> None:
-        if time.monotonic() - last_ok > deadline:
-            await self.connectors.stop(req.workflow_id, "renew deadline passed")
-            raise RenewDeadline(
-                f"could not renew the claim for {deadline:.1f}s (renew deadline; "
-                f"TTL {ttl / 1000:.1f}s): connector stopped"
-            )
+        with self.keeper.attached(held):
+            while True:
+                if held.ended is not None:
+                    raise _with_stop_time(held.ended, held.stopped_at)
+                if held.report is not None:
+                    report, held.report = held.report, None
+                    raise report
+                if time.monotonic() - started >= req.term_s:
+                    return LeaseOutcome(renewals=held.renewals, last_renewed=held.last_renewed)
+                # Past the deadline this host no longer claims anything: stay silent, so that the
+                # workflow's heartbeat timeout sees what Redis sees.
+                if held.within_deadline():
+                    activity.heartbeat()
+                # Woken by each renewal (so the server's last heartbeat is the last renewal), or
+                # after 0.9 intervals of quiet (a slow Redis must not make a live host look dead).
+                await held.beat.wait(0.9 * interval)
 
     @activity.defn(name="hold_standby")
     @edge
     async def hold_standby(self, req: StandbyLeaseRequest) -> StandbyOutcome:
-        """Keep a standby visible and watch the exchange's status key; return when it falls vacant.
+        """Attach to this host's renewals of a standby record; return when the exchange falls vacant.
 
-        One pipelined round trip per beat renews the standby's record, one GET reads the status key.
-        The epoch seen last is returned so that a promotion claims above it even if Redis lost it.
+        Like :meth:`hold_lease`, the renewals run in the keeper and outlive the activity, except
+        when the workflow itself cancels the watch (promotion, shutdown, continue-as-new).
         """
-        interval = req.heartbeat_interval_s
-        ttl = ttl_ms(interval)
+        watched = self.keeper.watch(req)
         started = time.monotonic()
-        async with HeartbeatPump(0.9 * interval, 0.25 * interval) as pump:
-            return await self._watch(req, pump, ttl, started)
-
-    async def _watch(
-        self, req: StandbyLeaseRequest, pump: HeartbeatPump, ttl: int, started: float
-    ) -> StandbyOutcome:
-        interval = req.heartbeat_interval_s
-        due = started
-        last_epoch = 0
-        while True:
-            try:
-                # Bounded, so a hanging Redis does not hold up the loop.
-                raw = await asyncio.wait_for(self._watch_once(req.record, ttl), timeout=interval / 2)
-            except (ServiceUnavailable, TimeoutError) as exc:
-                log.warning("standby %s: %s", req.record.workflow_id, exc or "Redis too slow")
-            else:
-                if raw is None:
-                    return StandbyOutcome(vacant=True, last_epoch=last_epoch)
-                try:
-                    last_epoch = max(last_epoch, int(json.loads(raw).get("epoch", 0)))
-                except (ValueError, AttributeError, TypeError):
-                    pass  # an unreadable holder still holds; its TTL will free the exchange
-            pump.beat()
-            if time.monotonic() - started >= req.term_s:
-                return StandbyOutcome(vacant=False, last_epoch=last_epoch)
-            due += interval
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-
-    async def _watch_once(self, record: StandbyRecord, ttl: int) -> str | None:
-        """Renew the standby's record and read the status key (None: nobody holds the exchange)."""
-        renewed = record.model_copy(update={"last_heartbeat": iso(datetime.now(UTC))})
-        await self._store.put_standby(
-            record.exchange_id, record.instance_id, renewed.wire(), ttl, record.priority
-        )
-        raw, _ = await self._store.status(record.exchange_id)
-        return raw
-
-    @staticmethod
-    def _lost_message(outcome: str, raw: str | None) -> str:
-        if outcome == "missing":
-            return "the status key is gone (expired or deleted): claim lost"
         try:
-            holder = json.loads(raw or "")
-            return (
-                f"the claim is now held by {holder.get('hostname')} (epoch {holder.get('epoch')}, "
-                f"instance {holder.get('instanceId')}): claim lost"
-            )
-        except ValueError:
-            return "the status key holds an unreadable record: claim lost"
+            with self.keeper.attached(watched):
+                while True:
+                    if watched.ended is not None:
+                        raise watched.ended
+                    if watched.vacant:
+                        return StandbyOutcome(
+                            vacant=True, last_epoch=watched.last_epoch, after_outage=watched.after_outage
+                        )
+                    if time.monotonic() - started >= req.term_s:
+                        return StandbyOutcome(vacant=False, last_epoch=watched.last_epoch)
+                    activity.heartbeat()
+                    await watched.beat.wait(0.9 * req.heartbeat_interval_s)
+        except asyncio.CancelledError:
+            details = activity.cancellation_details()
+            if details is not None and details.cancel_requested:
+                self.keeper.stop_watching(watched)
+            raise
 
     # --- the connector -------------------------------------------------------------------------
 

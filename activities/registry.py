@@ -13,6 +13,8 @@ from temporalio import activity
 from activities.edge import edge
 from perseus.keys import retention_min_id
 from perseus.models import (
+    ClaimProbe,
+    ClaimProbeRequest,
     ClaimRequest,
     ClaimResult,
     DropStandbyRequest,
@@ -133,6 +135,31 @@ class RegistryActivities:
                 continue
         return StandbyList(standbys=out)
 
+    @activity.defn(name="probe_claim")
+    @edge
+    async def probe_claim(self, req: ClaimProbeRequest) -> ClaimProbe:
+        """Whether the status key still holds ``req.claim``, and how long ago it was last renewed.
+
+        The age comes from the key's remaining TTL on Redis' own clock (``ttlMs − PTTL``), so it is
+        free of any host's clock skew: the workflow uses it to tell a host that still renews (it
+        only lost Temporal) from one that stopped.
+        """
+        raw, pttl = await self._store.status(req.exchange_id)
+        if raw is None:
+            return ClaimProbe(held_by_us=False)
+        try:
+            doc = json.loads(raw)
+            ours = (
+                doc.get("instanceId") == req.claim.instance_id
+                and int(doc.get("epoch", -1)) == req.claim.epoch
+            )
+            ttl = int(doc.get("ttlMs", 0))
+            holder = str(doc.get("hostname"))
+        except (ValueError, AttributeError, TypeError):
+            return ClaimProbe(held_by_us=False, holder="an unreadable record")
+        age = max(0, ttl - pttl) if pttl >= 0 and ttl > 0 else None
+        return ClaimProbe(held_by_us=ours, renewed_ms_ago=age, holder=holder)
+
     @activity.defn(name="drop_standby")
     @edge
     async def drop_standby(self, req: DropStandbyRequest) -> None:
@@ -147,4 +174,5 @@ class RegistryActivities:
             self.put_standby,
             self.list_standbys,
             self.drop_standby,
+            self.probe_claim,
         ]

@@ -15,6 +15,7 @@ name, so a workflow can list permanent ones in ``non_retryable_error_types``.
     ├── ClaimLost                   our fencing token no longer matches (permanent)
     │   ├── ClaimMissing            the key vanished under us (expired, or Redis lost its data)
     │   └── RenewDeadline           no renewal succeeded within the renew deadline
+    ├── StandbyGone                 a standby's record vanished under its host (permanent)
     ├── NotRegistered               no workflow for that exchange / host (permanent)
     ├── AlreadyRegistered           this host already runs that exchange (permanent)
     ├── InvalidQuery                a malformed read request: count, cursor, window, filter (HTTP 422)
@@ -31,9 +32,14 @@ from __future__ import annotations
 
 
 class PerseusError(Exception):
-    """Root of every error Perseus raises deliberately."""
+    """Root of every error Perseus raises deliberately.
+
+    ``details``, when set, is a model that travels with the error across the activity edge (as the
+    ``ApplicationError``'s first detail), for a workflow that needs more than the message.
+    """
 
     retryable: bool = False
+    details: object | None = None
 
 
 class ConfigError(PerseusError):
@@ -77,6 +83,10 @@ class ClaimMissing(ClaimLost):
 
 class RenewDeadline(ClaimLost):
     """We could not renew in time (Redis unreachable or too slow): our connector stopped itself."""
+
+
+class StandbyGone(PerseusError):
+    """A standby's record vanished while its host renewed it (dropped, or expired during an outage)."""
 
 
 class NotRegistered(PerseusError):
@@ -145,6 +155,7 @@ NON_RETRYABLE_ERROR_TYPES: list[str] = [
         ClaimLost,
         ClaimMissing,
         RenewDeadline,
+        StandbyGone,
         NotRegistered,
         AlreadyRegistered,
         ConnectorFailed,

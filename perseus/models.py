@@ -404,6 +404,27 @@ class LeaseOutcome(BaseModel):
     last_renewed: datetime | None
 
 
+class LeaseEnd(BaseModel):
+    """Carried by a lease's error: when the keeper stopped the connector (transitions are stamped so)."""
+
+    stopped_at: datetime
+
+
+class ClaimProbe(BaseModel):
+    """What Redis proves about a claim: who holds the key, and how long ago it was last renewed."""
+
+    held_by_us: bool
+    #: Milliseconds since the key's TTL was last refreshed (from PTTL, on Redis' own clock; None
+    #: when the key is gone or carries no TTL).
+    renewed_ms_ago: int | None = None
+    holder: str | None = None
+
+
+class ClaimProbeRequest(BaseModel):
+    exchange_id: int
+    claim: Claim
+
+
 class ConnectorRequest(BaseModel):
     workflow_id: str
     exchange_id: int
@@ -453,6 +474,8 @@ class StandbyOutcome(BaseModel):
 
     vacant: bool
     last_epoch: int = 0
+    #: Redis was unreachable shortly before the vacancy was seen: the holder goes first.
+    after_outage: bool = False
 
 
 class StandbyQuery(BaseModel):

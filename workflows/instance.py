@@ -32,7 +32,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 
 with workflow.unsafe.imports_passed_through():
     from perseus.errors import NON_RETRYABLE_ERROR_TYPES, InvalidTransition
-    from perseus.keys import host_task_queue, iso, ttl_ms
+    from perseus.keys import host_task_queue, iso, renew_deadline_s, ttl_ms
     from perseus.lifecycle import (
         Command,
         State,
@@ -45,6 +45,8 @@ with workflow.unsafe.imports_passed_through():
     from perseus.models import (
         CarriedState,
         Claim,
+        ClaimProbe,
+        ClaimProbeRequest,
         ClaimRequest,
         ClaimResult,
         CommandRequest,
@@ -61,6 +63,7 @@ with workflow.unsafe.imports_passed_through():
         InstanceInput,
         InstanceSnapshot,
         InstanceStatus,
+        LeaseEnd,
         LeaseOutcome,
         LeaseRequest,
         NetworkEvent,
@@ -80,11 +83,23 @@ with workflow.unsafe.imports_passed_through():
     )
     from perseus.temporal import CONNECTION_STATE, INSTANCE_ROLE
 
+#: Lease errors that mean the claim is not ours any more (the keeper already stopped the connector).
+LOSS_TYPES = ("ClaimLost", "ClaimMissing", "RenewDeadline")
+RUNNING_STATES = (State.STARTING, State.WARMING, State.ACTIVE)
+
 SHARED_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=10),
     maximum_attempts=5,
+    non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
+)
+#: Status and event writes, releases and reclaims: retried until Redis answers, never dropped after N
+#: attempts — the record must not lose a transition because Redis was away for a while.
+DURABLE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
     non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
 )
 HOST_RETRY = RetryPolicy(
@@ -104,6 +119,15 @@ HEARTBEAT_TIMEOUT_FLOOR_S = 2.0
 PICKUP_FACTOR = 1.0
 #: Connector steps heartbeat every second; silence this long means their host stopped.
 CONNECTOR_HEARTBEAT_TIMEOUT_S = 5.0
+#: A host whose claim Redis shows renewed within this many intervals is alive, even if it cannot
+#: reach Temporal; one whose claim went unrenewed for longer than the renew deadline (2 intervals)
+#: plus this margin has stopped its connector (its keeper or watchdog did), so the key may be freed.
+ALIVE_FACTOR = 1.5
+RELEASE_MARGIN_FACTOR = 0.1
+#: After the holder's key expired (TTL fallback), standbys give the holder this many intervals to
+#: take its exchange back first (Redis came back after an outage): a healthy holder is not replaced
+#: by a race.
+HOLDER_HEAD_START_FACTOR = 1.0
 #: How long a handoff waits for the target's confirmation (plus 4 intervals).
 HANDOFF_TIMEOUT_S = 60.0
 
@@ -116,6 +140,17 @@ def describe_failure(err: BaseException) -> str:
     if isinstance(cause, ApplicationError):
         return cause.message
     return str(cause or err)
+
+
+def lease_stop_time(err: BaseException) -> datetime | None:
+    """When the keeper stopped the connector, if the lease's error says (see ``LeaseEnd``)."""
+    cause = err.cause if isinstance(err, ActivityError) else err
+    if isinstance(cause, ApplicationError) and cause.details:
+        try:
+            return LeaseEnd.model_validate(cause.details[0]).stopped_at
+        except ValueError:
+            return None
+    return None
 
 
 def failure_type(err: BaseException) -> str | None:
@@ -514,13 +549,7 @@ class InstanceWorkflow:
         self.claim = None
         self.standby_visible = False
         self.standby_id = str(workflow.uuid4())
-        await workflow.execute_activity(
-            "put_standby",
-            self._standby_record(),
-            start_to_close_timeout=timedelta(seconds=10),
-            retry_policy=SHARED_RETRY,
-            summary="register standby",
-        )
+        await self._put_standby()
         workflow.upsert_search_attributes(
             [INSTANCE_ROLE.value_set("standby"), CONNECTION_STATE.value_set(self.state.value)]
         )
@@ -531,6 +560,15 @@ class InstanceWorkflow:
         )
         self.standby_visible = True
         self._details()
+
+    async def _put_standby(self) -> None:
+        await workflow.execute_activity(
+            "put_standby",
+            self._standby_record(),
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=SHARED_RETRY,
+            summary="register standby",
+        )
 
     def _standby_record(self) -> StandbyRecord:
         assert self.resolved and self.standby_id and self.registered_at
@@ -567,7 +605,7 @@ class InstanceWorkflow:
             )
         self.standby_id = None
 
-    async def _standbys(self) -> list[StandbyRecord]:
+    async def _standbys(self, *, include_self: bool = False) -> list[StandbyRecord]:
         assert self.resolved
         try:
             found: StandbyList = await workflow.execute_activity(
@@ -581,9 +619,9 @@ class InstanceWorkflow:
         except ActivityError as err:
             workflow.logger.warning("standbys unknown: %s", describe_failure(err))
             return []
-        return [s for s in found.standbys if s.workflow_id != self.wf_id]
+        return [s for s in found.standbys if include_self or s.workflow_id != self.wf_id]
 
-    async def _claim(self, *, quiet: bool = False) -> ClaimResult | None:
+    async def _claim(self, *, quiet: bool = False, retry: RetryPolicy = SHARED_RETRY) -> ClaimResult | None:
         """Claim with a fresh instanceId; on refusal record ``claim_conflict`` and remember why.
 
         ``quiet``: a standby racing for a vacancy (or an instance taking back its own exchange) is
@@ -598,7 +636,7 @@ class InstanceWorkflow:
                 ClaimRequest(status=status, highest_epoch=self.highest_epoch),
                 result_type=ClaimResult,
                 start_to_close_timeout=timedelta(seconds=10),
-                retry_policy=SHARED_RETRY,
+                retry_policy=retry,
                 summary="claim",
             )
         except ActivityError as err:
@@ -738,14 +776,22 @@ class InstanceWorkflow:
     async def _lease_failed(self, err: ActivityError) -> bool:
         reason = describe_failure(err)
         kind = failure_type(err)
+        stopped_at = lease_stop_time(err)
         if kind == "ConnectorFailed":
             await self._connector_failed(reason)
             return True
         # Our key vanished, or Redis was unreachable past the renew deadline (the connector stopped
         # itself): if nobody else took the exchange meanwhile, take it again above our epoch.
-        if kind in ("ClaimMissing", "RenewDeadline") and await self._reclaim(reason):
+        if kind in ("ClaimMissing", "RenewDeadline") and await self._reclaim(reason, stopped_at):
             return True
-        if kind not in ("ClaimLost", "ClaimMissing", "RenewDeadline"):
+        if kind not in LOSS_TYPES and workflow.patched("reattach-by-claim-probe"):
+            verdict = await self._reattach(reason)
+            if verdict is None:
+                return True
+            if isinstance(verdict, ActivityError):
+                return await self._lease_failed(verdict)
+            reason = verdict
+        elif kind not in LOSS_TYPES:
             # The host stopped heartbeating: its worker died, or the host is paused or gone. A
             # restarted worker resumes our claim (same instanceId + epoch, from this workflow's
             # memory) if it picks the lease up within the pickup window; otherwise the instance is
@@ -782,8 +828,79 @@ class InstanceWorkflow:
                     reason = describe_failure(again)
                 else:
                     reason = f"host {self.inp.host} stopped heartbeating ({reason}) and did not come back"
-        await self._instance_lost(reason)
+        await self._instance_lost(reason, stopped_at)
         return False
+
+    async def _reattach(self, reason: str) -> ActivityError | str | None:
+        """The lease stopped heartbeating to Temporal, which proves nothing about Redis: re-attach.
+
+        The host's keeper renews on its own, so a host that only lost Temporal (an outage, a
+        partition, a worker restart) is picked up again by a fresh lease within the pickup window:
+        no transition, no new epoch (None). A host whose worker does not pick it up is judged by what
+        Redis proves: still renewed recently → keep trying; unrenewed past the renew deadline (its
+        connector is stopped by now: its keeper or watchdog saw to it) → lost (the reason, a str).
+        A lease that fails with a typed error is handed back for the caller to judge (ActivityError).
+        """
+        interval = self.inp.heartbeat_interval_s
+        pickup = interval * PICKUP_FACTOR
+        while True:
+            resumed = self._start_lease(schedule_to_start=timedelta(seconds=pickup))
+            try:
+                # Longer than the pickup window (timers fire late under load): a lease still running
+                # by then was picked up by a worker, not refused for want of one.
+                await workflow.wait_condition(
+                    resumed.done, timeout=timedelta(seconds=pickup + max(interval, 3.0))
+                )
+            except builtins.TimeoutError:
+                self.lease = resumed
+                workflow.logger.info("%s: re-attached to the renewals on %s", self.wf_id, self.inp.host)
+                if self.state in RUNNING_STATES and not await self._connector_alive():
+                    await self._fail(f"connector not running after the worker on {self.inp.host} restarted")
+                return None
+            try:
+                resumed.result()
+                return None
+            except ActivityError as again:
+                if failure_type(again) is not None:
+                    return again
+            probe = await self._probe_claim()
+            if probe is None:
+                continue  # Redis does not answer here either: no evidence either way
+            if not probe.held_by_us:
+                return (
+                    f"host {self.inp.host} stopped heartbeating ({reason}) and its claim is gone "
+                    f"({'held by ' + probe.holder if probe.holder else 'the key expired'})"
+                )
+            deadline_ms = renew_deadline_s(interval) * 1000
+            age_ms = probe.renewed_ms_ago if probe.renewed_ms_ago is not None else deadline_ms * 2
+            if age_ms > deadline_ms * (1 + RELEASE_MARGIN_FACTOR / 2):
+                return (
+                    f"host {self.inp.host} stopped heartbeating ({reason}) and stopped renewing its "
+                    f"claim {age_ms / 1000:.1f}s ago"
+                )
+            workflow.logger.info(
+                "%s: no worker on %s answers Temporal, but it renewed the claim %.1fs ago: waiting",
+                self.wf_id,
+                self.inp.host,
+                age_ms / 1000,
+            )
+
+    async def _probe_claim(self) -> ClaimProbe | None:
+        """What Redis proves about our claim now (None: Redis did not answer)."""
+        assert self.resolved and self.claim
+        try:
+            probe: ClaimProbe = await workflow.execute_activity(
+                "probe_claim",
+                ClaimProbeRequest(exchange_id=self.resolved.exchange.id, claim=self.claim),
+                result_type=ClaimProbe,
+                start_to_close_timeout=timedelta(seconds=5),
+                retry_policy=RetryPolicy(maximum_attempts=2),
+                summary="probe claim",
+            )
+        except ActivityError as err:
+            workflow.logger.warning("claim probe failed: %s", describe_failure(err))
+            return None
+        return probe
 
     async def _connector_failed(self, reason: str) -> None:
         """The connector died while running; the claim is still ours. Record, recover, maybe restart."""
@@ -796,7 +913,7 @@ class InstanceWorkflow:
             await workflow.sleep(timedelta(seconds=delay), summary=f"restart {self.restarts} backoff")
             self._enqueue(Command.START, first=True, internal=True)
 
-    async def _reclaim(self, reason: str) -> bool:
+    async def _reclaim(self, reason: str, stopped_at: datetime | None = None) -> bool:
         """Our key vanished (expired while paused, or Redis lost its data) and nobody else took it:
         take the exchange again above every epoch we know, then bring the connector back."""
         was_running = self.state in (State.STARTING, State.WARMING, State.ACTIVE)
@@ -805,7 +922,8 @@ class InstanceWorkflow:
         # so the connector restarts under a new epoch rather than the one it stopped under.
         await self._release_claim()
         self.claim = None
-        if await self._claim(quiet=True) is None:
+        # Retried until Redis answers: after an outage the holder must get its exchange back first.
+        if await self._claim(quiet=True, retry=DURABLE_RETRY) is None:
             self.claim = lost_claim
             return False
         # Renew the fresh claim at once: the walk below can outlast a short TTL.
@@ -813,11 +931,17 @@ class InstanceWorkflow:
         await self._event(
             EventKind.ERROR, error=f"{reason}; reclaimed at epoch {self.highest_epoch}", state=self.state
         )
-        for target in recovery_path(self.state):
-            await self._transition(target)
+        await self._walk_down(stopped_at)
         if was_running:
             self._enqueue(Command.START, first=True, internal=True)
         return True
+
+    async def _walk_down(self, stopped_at: datetime | None) -> None:
+        """Recover to idle after the connector stopped; ``stopping``/``stopped`` carry the moment it
+        did (the keeper's clock), not the moment the workflow heard of it."""
+        for target in recovery_path(self.state):
+            at = stopped_at if target in (State.STOPPING, State.STOPPED) else None
+            await self._transition(target, at=at)
 
     async def _connector_alive(self) -> bool:
         try:
@@ -826,13 +950,12 @@ class InstanceWorkflow:
             return False
         return report.running
 
-    async def _instance_lost(self, reason: str) -> None:
+    async def _instance_lost(self, reason: str, stopped_at: datetime | None = None) -> None:
         """The claim is gone or the host is: record it, walk the state down, free the key if still
         ours, and wake the best standby so it need not wait for the TTL."""
         self.last_error = reason
         await self._event(EventKind.INSTANCE_LOST, detail=reason)
-        for target in recovery_path(self.state):
-            await self._transition(target)
+        await self._walk_down(stopped_at)
         await self._release_claim()
         # Patched: runs that lost their instance before standbys existed did not look for one.
         if workflow.patched("wake-standby-on-loss"):
@@ -856,11 +979,22 @@ class InstanceWorkflow:
     # --- standby ---------------------------------------------------------------------------------
 
     async def _after_watch(self, watch: workflow.ActivityHandle[Any]) -> bool:
-        """A standby's watch ended: the exchange fell vacant (TTL fallback), the term ran out, or
-        this standby's own host died (then it is no standby any more)."""
+        """A standby's watch ended: the exchange fell vacant (TTL fallback), the term ran out, the
+        record vanished, or this standby's host stopped heartbeating to Temporal."""
         try:
             outcome: StandbyOutcome = watch.result()
         except ActivityError as err:
+            if failure_type(err) == "StandbyGone" and workflow.patched("standby-reattach"):
+                # Redis lost the record (an outage longer than its TTL): make it visible again.
+                await self._put_standby()
+                return True
+            if (
+                failure_type(err) is None
+                and workflow.patched("standby-reattach")
+                and await self._standby_live()
+            ):
+                # Its host still renews the record: it only lost Temporal. Watch again.
+                return True
             await self._drop_standby()
             self.outcome = (
                 f"standby lost: host {self.inp.host} stopped heartbeating ({describe_failure(err)})"
@@ -868,14 +1002,23 @@ class InstanceWorkflow:
             return False
         if outcome.vacant:
             # Nobody told us (the holder's workflow would have): the key expired. Higher priorities go
-            # first; the rest give them a head start, then race — the claim script admits one.
+            # first; the rest give them a head start, then race — the claim script admits one. Right
+            # after a Redis outage the holder itself goes first: a healthy holder whose key lapsed
+            # while Redis was away must not be replaced by a race.
             ahead = sum(1 for s in await self._standbys() if s.priority > self.inp.priority)
-            if ahead:
-                await workflow.sleep(timedelta(seconds=0.25 * self.inp.heartbeat_interval_s * ahead))
+            wait = 0.25 * self.inp.heartbeat_interval_s * ahead
+            if outcome.after_outage:
+                wait += HOLDER_HEAD_START_FACTOR * self.inp.heartbeat_interval_s
+            if wait:
+                await workflow.sleep(timedelta(seconds=wait))
             await self._promote(
                 PromoteRequest(reason="the holder's claim expired (TTL)", min_epoch=outcome.last_epoch)
             )
         return True
+
+    async def _standby_live(self) -> bool:
+        """Whether our standby record is still renewed (by a host that may have lost only Temporal)."""
+        return any(s.instance_id == self.standby_id for s in await self._standbys(include_self=True))
 
     async def _promote(self, req: PromoteRequest) -> None:
         """Try to take the exchange. Won: drop the standby record, ``promoted``, start. Lost: stay."""
@@ -1094,7 +1237,7 @@ class InstanceWorkflow:
                 ReleaseRequest(exchange_id=self.resolved.exchange.id, claim=self.claim),
                 result_type=PatchResult,
                 start_to_close_timeout=timedelta(seconds=10),
-                retry_policy=SHARED_RETRY,
+                retry_policy=DURABLE_RETRY,
                 summary="release claim",
             )
         except ActivityError as err:
@@ -1124,12 +1267,15 @@ class InstanceWorkflow:
 
     # --- writes ----------------------------------------------------------------------------------
 
-    async def _transition(self, target: State) -> None:
-        """One fenced status write and one ``state_transition`` event; the state machine checked it."""
+    async def _transition(self, target: State, *, at: datetime | None = None) -> None:
+        """One fenced status write and one ``state_transition`` event; the state machine checked it.
+
+        ``at``: when it happened, if earlier than now (a connector its keeper stopped at the deadline).
+        """
         previous = self.state
         check_transition(previous, target)
         self.state = target
-        now = workflow.now()
+        now = at or workflow.now()
         fields: dict[str, object] = {
             "connectionState": target.value,
             "lastStateChange": iso(now),
@@ -1142,7 +1288,7 @@ class InstanceWorkflow:
             self.connected_at = None
             fields["connectedAt"] = None
         await self._patch(fields)
-        await self._event(EventKind.STATE_TRANSITION, from_state=previous, to_state=target)
+        await self._event(EventKind.STATE_TRANSITION, from_state=previous, to_state=target, at=at)
         workflow.upsert_search_attributes([CONNECTION_STATE.value_set(target.value)])
         self._details()
 
@@ -1155,11 +1301,11 @@ class InstanceWorkflow:
                 StatusPatch(exchange_id=self.resolved.exchange.id, claim=self.claim, fields=fields),
                 result_type=PatchResult,
                 start_to_close_timeout=timedelta(seconds=10),
-                retry_policy=SHARED_RETRY,
+                retry_policy=DURABLE_RETRY,
                 summary="write status",
             )
         except ActivityError as err:
-            workflow.logger.warning("status write failed after retries: %s", describe_failure(err))
+            workflow.logger.warning("status write refused: %s", describe_failure(err))
             return
         if not result.applied:
             workflow.logger.warning("status write refused (%s): we no longer hold the claim", result.reason)
@@ -1174,6 +1320,7 @@ class InstanceWorkflow:
         error: str | None = None,
         state: State | None = None,
         detail: str | None = None,
+        at: datetime | None = None,
     ) -> None:
         assert self.resolved
         claim = claim or self.claim
@@ -1181,7 +1328,7 @@ class InstanceWorkflow:
         event = NetworkEvent(
             event=kind,
             event_id=str(workflow.uuid4()),
-            timestamp=workflow.now(),
+            timestamp=at or workflow.now(),
             exchange_id=self.resolved.exchange.id,
             exchange_name=self.resolved.exchange.name,
             hostname=self.hostname or self.inp.host,
@@ -1201,7 +1348,7 @@ class InstanceWorkflow:
                 EventRequest(event=event),
                 result_type=str,
                 start_to_close_timeout=timedelta(seconds=10),
-                retry_policy=SHARED_RETRY,
+                retry_policy=DURABLE_RETRY,
                 summary=f"event {kind.value}",
             )
         except ActivityError as err:

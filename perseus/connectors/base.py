@@ -47,6 +47,10 @@ class Connector(abc.ABC):
     def healthy(self) -> bool:
         return self.failure() is None
 
+    def process_group(self) -> int | None:
+        """The process group a kill deadline applies to (the watchdog's), if the connector has one."""
+        return None
+
     @property
     @abc.abstractmethod
     def connected(self) -> bool: ...

@@ -342,6 +342,11 @@ class ProcessConnector(Connector):
         self._connected = True
         self._note("active")
 
+    def process_group(self) -> int | None:
+        # The child leads its own session and group (start_new_session), so its pid is the pgid.
+        proc = self._proc
+        return proc.pid if proc is not None and proc.returncode is None else None
+
     def failure(self) -> str | None:
         if self._connected and self._stopping is None and self._exit is not None:
             return f"{self._exit}{self._tail_text()}"

@@ -310,6 +310,29 @@ class RedisStore:
             pipe.zadd(standby_index_key(exchange_id), {instance_id: priority})
             await self._run(pipe.execute())
 
+    async def renew_standby(
+        self,
+        exchange_id: int,
+        instance_id: str,
+        payload: dict[str, object],
+        ttl_ms: int,
+        priority: int,
+        *,
+        create: bool,
+    ) -> tuple[bool, str | None]:
+        """Renew a standby's record and read the exchange's status key, in one round trip.
+
+        Without ``create`` the record is only renewed if it still exists (``SET … XX``): a record its
+        workflow dropped stays dropped. Returns whether the record is there, and the raw status JSON
+        (None: nobody holds the exchange). All keys share the exchange's hash tag.
+        """
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.set(standby_key(exchange_id, instance_id), json.dumps(payload), px=ttl_ms, xx=not create)
+            pipe.zadd(standby_index_key(exchange_id), {instance_id: priority})
+            pipe.get(status_key(exchange_id))
+            written, _, raw = await self._run(pipe.execute())
+        return bool(written), raw
+
     async def standbys(self, exchange_id: int) -> list[str]:
         """Live standby records, highest priority first; index members whose key expired are pruned."""
         members = await self._run(self.client.zrevrange(standby_index_key(exchange_id), 0, -1))

@@ -15,6 +15,7 @@ import pytest_asyncio
 
 from activities.host import HostActivities, parse_ip_answer
 from perseus.connectors.base import ConnectorHost
+from perseus.keeper import LeaseKeeper
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +58,7 @@ def host_activities(services: list[str], http: httpx.AsyncClient) -> HostActivit
         ip_services=services,
         ip_timeout_s=0.3,
         connectors=ConnectorHost(),
+        keeper=LeaseKeeper(None, ConnectorHost()),  # type: ignore[arg-type]  # no leases here
     )
 
 

@@ -26,6 +26,7 @@ from activities.notify import NotifyActivities
 from activities.registry import RegistryActivities
 from perseus.connectors.base import ConnectorHost
 from perseus.devstack import services
+from perseus.keeper import LeaseKeeper
 from perseus.keys import host_task_queue, workflow_id
 from perseus.lifecycle import Command, State
 from perseus.models import CommandRequest, EventRequest, InstanceInput
@@ -54,6 +55,8 @@ async def private_workers(
     http = httpx.AsyncClient()
     store, catalog = RedisStore(redis), Catalog(pool)
     registry = RegistryActivities(store, catalog)
+    connectors = ConnectorHost()
+    keeper = LeaseKeeper(store, connectors)
     host_acts = HostActivities(
         hostname=host,
         store=store,
@@ -61,7 +64,8 @@ async def private_workers(
         http=http,
         ip_services=[],
         ip_timeout_s=1,
-        connectors=ConnectorHost(),
+        connectors=connectors,
+        keeper=keeper,
     )
     record = wrap_record(registry) if wrap_record else registry.record_event
     try:
@@ -86,6 +90,7 @@ async def private_workers(
             )
             yield queue
     finally:
+        await keeper.close()
         await http.aclose()
         await pool.close()
         await redis.aclose()

@@ -1,0 +1,415 @@
+"""The data plane on one host: renew this host's claims and standby records, whatever Temporal does.
+
+Temporal decides and remembers; this module keeps the promises already made. One
+:class:`LeaseKeeper` lives in each worker process (built by ``worker.py``) and owns, per instance
+workflow on this host, one renewal loop. The lease activities only *attach* to it: they start it
+(or find it running), heartbeat while it renews, and report how it ended. An activity can end for
+many reasons that say nothing about the claim — the SDK cancels it locally when it cannot reach the
+server for the heartbeat timeout, the workflow cancels it before continue-as-new, a term runs out —
+and none of them stops the renewals. So a Temporal outage of any length lapses no claim and stops no
+connector while Redis answers, and the workflow re-attaches when it comes back.
+
+Invariants (the reasons this module exists):
+
+1. **A connector never outlives its claim.** Every loop stops its connector as soon as the claim is
+   refused (fencing mismatch, key gone) or when no renewal has succeeded for the renew deadline
+   (2 intervals, below the 3-interval TTL), before it reports anything. The same deadline is handed
+   to the :class:`~perseus.connectors.watchdog.Watchdog` process after every renewal, which kills a
+   process connector's whole group on its own if this process is frozen or its loop is stuck.
+2. **Nothing renews for a workflow that is gone.** A claim whose loop has had no activity attached
+   for a while is checked against Temporal; only a definite "closed" ends it (connector stopped,
+   claim released). "Unreachable" keeps renewing: that is the outage this module rides through.
+3. **A standby record is renewed, never re-created,** by the loop (``SET … XX``): once its workflow
+   dropped it, it stays dropped. A loop that finds it gone ends, and the attached activity says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from perseus.errors import (
+    ClaimLost,
+    ClaimMissing,
+    ConnectorFailed,
+    PerseusError,
+    RenewDeadline,
+    ServiceUnavailable,
+    StandbyGone,
+)
+from perseus.keys import iso, renew_deadline_s, ttl_ms
+from perseus.models import Claim, LeaseRequest, StandbyLeaseRequest
+
+if TYPE_CHECKING:
+    from perseus.connectors.base import ConnectorHost
+    from perseus.connectors.watchdog import Watchdog
+    from perseus.store.redis_store import RedisStore
+
+log = logging.getLogger(__name__)
+
+#: Answers whether an instance workflow is definitely closed (True), running (False) or unknown
+#: (None: Temporal did not answer — keep going).
+WorkflowClosed = Callable[[str], Awaitable[bool | None]]
+
+#: A loop with no activity attached for this many intervals (at least DETACHED_FLOOR_S) asks Temporal
+#: whether its workflow still exists, and again at most once per interval after that.
+DETACHED_INTERVALS = 3.0
+DETACHED_FLOOR_S = 10.0
+
+
+class _Beat:
+    """A pulse that wakes every waiter once: each renewal replaces the event it set."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def pulse(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+
+
+@dataclass
+class _Loop:
+    """What every kept loop shares: who watches it, and how it ended."""
+
+    workflow_id: str
+    interval_s: float
+    attached: int = 0
+    detached_since: float | None = field(default_factory=time.monotonic)
+    last_orphan_check: float = 0.0
+    ended: PerseusError | None = None
+    #: A one-shot report for the next attached activity that does not end the loop (a connector
+    #: that failed while the claim stays ours: renewals go on while the workflow recovers).
+    report: PerseusError | None = None
+    beat: _Beat = field(default_factory=_Beat)
+    task: asyncio.Task[None] | None = None
+
+    def attach(self) -> None:
+        self.attached += 1
+        self.detached_since = None
+
+    def detach(self) -> None:
+        self.attached -= 1
+        if self.attached <= 0:
+            self.attached = 0
+            self.detached_since = time.monotonic()
+
+
+@dataclass
+class HeldClaim(_Loop):
+    """One claim this host holds and renews."""
+
+    request: LeaseRequest | None = None
+    last_ok: float = field(default_factory=time.monotonic)
+    renewals: int = 0
+    last_renewed: datetime | None = None
+    #: Wall-clock time at which the connector was stopped for the reason in ``ended``: the
+    #: transitions that follow are stamped with it, not with when the workflow heard of it.
+    stopped_at: datetime | None = None
+
+    @property
+    def claim(self) -> Claim:
+        assert self.request is not None
+        return self.request.claim
+
+    def within_deadline(self) -> bool:
+        return time.monotonic() - self.last_ok <= renew_deadline_s(self.interval_s)
+
+
+@dataclass
+class WatchedStandby(_Loop):
+    """One standby record this host renews, and the exchange it watches."""
+
+    request: StandbyLeaseRequest | None = None
+    vacant: bool = False
+    last_epoch: int = 0
+    #: Monotonic time of the last renewal that failed (Redis unreachable or too slow).
+    last_failure: float = float("-inf")
+
+    @property
+    def after_outage(self) -> bool:
+        """Whether Redis was away within the last two intervals."""
+        return time.monotonic() - self.last_failure < 2 * self.interval_s
+
+
+class LeaseKeeper:
+    """Every claim and standby record of this worker's host, renewed on this process's own timers."""
+
+    def __init__(
+        self,
+        store: RedisStore,
+        connectors: ConnectorHost,
+        *,
+        watchdog: Watchdog | None = None,
+        workflow_closed: WorkflowClosed | None = None,
+    ) -> None:
+        self._store = store
+        self._connectors = connectors
+        self._watchdog = watchdog
+        self._workflow_closed = workflow_closed
+        self.claims: dict[str, HeldClaim] = {}
+        self.standbys: dict[str, WatchedStandby] = {}
+
+    # --- claims --------------------------------------------------------------------------------
+
+    def hold(self, req: LeaseRequest) -> HeldClaim:
+        """The loop renewing ``req.claim``: the running one (re-attach) or a new one.
+
+        A newer claim of the same workflow (after a reclaim or promotion) replaces the older loop,
+        and a standby loop of the same workflow ends: the workflow is active now.
+        """
+        held = self.claims.get(req.workflow_id)
+        if held is not None and held.claim == req.claim:
+            log.info("%s: re-attached to the renewals of epoch %s", req.workflow_id, req.claim.epoch)
+            return held
+        if held is not None:
+            self._cancel(held)
+        if (standby := self.standbys.pop(req.workflow_id, None)) is not None:
+            self._cancel(standby)
+        held = HeldClaim(workflow_id=req.workflow_id, interval_s=req.heartbeat_interval_s, request=req)
+        held.task = asyncio.create_task(self._renew(held), name=f"renew {req.workflow_id}")
+        self.claims[req.workflow_id] = held
+        return held
+
+    @contextlib.contextmanager
+    def attached(self, loop: _Loop) -> Iterator[None]:
+        loop.attach()
+        try:
+            yield
+        finally:
+            loop.detach()
+
+    async def _renew(self, held: HeldClaim) -> None:
+        req = held.request
+        assert req is not None
+        interval = req.heartbeat_interval_s
+        deadline = renew_deadline_s(interval)
+        ttl = ttl_ms(interval)
+        due = time.monotonic()
+        while True:
+            # Checked before anything else: a process that was paused (SIGSTOP, a long GC, a frozen
+            # VM) must not act on a claim it may have lost while it was not looking.
+            if not held.within_deadline():
+                await self._end(held, RenewDeadline(self._deadline_message(deadline, ttl)))
+                return
+            try:
+                # Bounded by what is left of the renew deadline (a Redis that hangs must not keep
+                # this loop from stopping the connector in time) and by half an interval.
+                reply = await asyncio.wait_for(
+                    self._store.fenced(
+                        req.exchange_id,
+                        req.claim.instance_id,
+                        req.claim.epoch,
+                        mode="renew",
+                        patch={"lastHeartbeat": iso(datetime.now(UTC))},
+                        ttl_ms=ttl,
+                    ),
+                    timeout=max(0.05, min(held.last_ok + deadline - time.monotonic(), interval / 2)),
+                )
+            except (ServiceUnavailable, TimeoutError) as exc:
+                log.warning("renewal of %s failed: %s", req.workflow_id, exc or "Redis too slow")
+            else:
+                if reply.outcome != "ok":
+                    lost = ClaimMissing if reply.outcome == "missing" else ClaimLost
+                    await self._end(held, lost(_lost_message(reply.outcome, reply.raw)))
+                    return
+                self._renewed(held, due)
+                connector = self._connectors.get(req.workflow_id)
+                if connector is not None and (why := connector.failure()) is not None:
+                    await self._connectors.stop(req.workflow_id, "connector failed")
+                    held.report = ConnectorFailed(why)
+                    log.info("%s: connector failed while active: %s", req.workflow_id, why)
+            if not held.within_deadline():
+                await self._end(held, RenewDeadline(self._deadline_message(deadline, ttl)))
+                return
+            held.beat.pulse()
+            if await self._orphaned(held):
+                await self._connectors.stop(req.workflow_id, "claim lost")
+                with contextlib.suppress(ServiceUnavailable):
+                    await self._store.fenced(
+                        req.exchange_id, req.claim.instance_id, req.claim.epoch, mode="delete"
+                    )
+                await self._end(held, ClaimLost(f"the instance workflow {req.workflow_id} has ended"))
+                return
+            # A fixed schedule, not sleep(interval) after the work: lateness does not accumulate.
+            due += interval
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+
+    def _renewed(self, held: HeldClaim, due: float) -> None:
+        req = held.request
+        assert req is not None
+        held.last_ok = time.monotonic()
+        held.last_renewed = datetime.now(UTC)
+        held.renewals += 1
+        valid_until = held.last_ok + renew_deadline_s(req.heartbeat_interval_s)
+        self._connectors.record("valid_until", req.workflow_id, until=valid_until, epoch=req.claim.epoch)
+        connector = self._connectors.get(req.workflow_id)
+        pgid = connector.process_group() if connector is not None else None
+        if pgid is not None and self._watchdog is not None:
+            self._watchdog.arm(pgid, valid_until)
+        if held.last_ok - due > req.heartbeat_interval_s / 2:
+            log.info("renewal of %s was %.2fs late", req.workflow_id, held.last_ok - due)
+
+    async def _end(self, held: HeldClaim, why: PerseusError) -> None:
+        """Stop the connector first, then remember why: the order is the safety property."""
+        req = held.request
+        assert req is not None
+        # "claim lost" / "renew deadline passed": the connector stops without grace.
+        reason = "renew deadline passed" if isinstance(why, RenewDeadline) else "claim lost"
+        connector = self._connectors.get(req.workflow_id)
+        pgid = connector.process_group() if connector is not None else None
+        stopped = await self._connectors.stop(req.workflow_id, reason)
+        if stopped:
+            held.stopped_at = datetime.now(UTC)
+        if pgid is not None and self._watchdog is not None:
+            self._watchdog.disarm(pgid)
+        held.ended = why
+        held.beat.pulse()
+        if isinstance(why, ClaimMissing) and not stopped:
+            # The usual end of a graceful stop, shutdown or handoff: the workflow stopped the
+            # connector and released the key; this loop merely noticed.
+            log.info("%s: claim at epoch %s released", req.workflow_id, req.claim.epoch)
+        else:
+            log.warning("%s: %s", req.workflow_id, why)
+
+    @staticmethod
+    def _deadline_message(deadline: float, ttl: int) -> str:
+        return (
+            f"could not renew the claim for {deadline:.1f}s (renew deadline; TTL {ttl / 1000:.1f}s): "
+            "connector stopped"
+        )
+
+    # --- standbys ------------------------------------------------------------------------------
+
+    def watch(self, req: StandbyLeaseRequest) -> WatchedStandby:
+        """The loop renewing this standby's record: the running one (re-attach) or a new one."""
+        workflow_id = req.record.workflow_id
+        watched = self.standbys.get(workflow_id)
+        if (
+            watched is not None
+            and watched.ended is None
+            and watched.request is not None
+            and watched.request.record.instance_id == req.record.instance_id
+        ):
+            return watched
+        if watched is not None:
+            self._cancel(watched)
+        watched = WatchedStandby(workflow_id=workflow_id, interval_s=req.heartbeat_interval_s, request=req)
+        watched.task = asyncio.create_task(self._watch(watched), name=f"standby {workflow_id}")
+        self.standbys[workflow_id] = watched
+        return watched
+
+    def stop_watching(self, watched: WatchedStandby) -> None:
+        """The workflow itself ended this watch (promotion, shutdown, continue-as-new)."""
+        if self.standbys.get(watched.workflow_id) is watched:
+            del self.standbys[watched.workflow_id]
+        self._cancel(watched)
+
+    async def _watch(self, watched: WatchedStandby) -> None:
+        req = watched.request
+        assert req is not None
+        record = req.record
+        interval = req.heartbeat_interval_s
+        ttl = ttl_ms(interval)
+        due = time.monotonic()
+        first = True
+        while True:
+            try:
+                renewed = record.model_copy(update={"last_heartbeat": iso(datetime.now(UTC))})
+                present, raw = await asyncio.wait_for(
+                    self._store.renew_standby(
+                        record.exchange_id,
+                        record.instance_id,
+                        renewed.wire(),
+                        ttl,
+                        record.priority,
+                        create=first,
+                    ),
+                    timeout=interval / 2,
+                )
+            except (ServiceUnavailable, TimeoutError) as exc:
+                watched.last_failure = time.monotonic()
+                log.warning("standby %s: %s", record.workflow_id, exc or "Redis too slow")
+            else:
+                first = False
+                if not present:
+                    watched.ended = StandbyGone(
+                        f"the standby record of {record.workflow_id} is gone (dropped, or expired)"
+                    )
+                    watched.beat.pulse()
+                    return
+                if raw is None:
+                    watched.vacant = True
+                else:
+                    watched.vacant = False
+                    with contextlib.suppress(ValueError, AttributeError, TypeError):
+                        watched.last_epoch = max(watched.last_epoch, int(json.loads(raw).get("epoch", 0)))
+            watched.beat.pulse()
+            if await self._orphaned(watched):
+                with contextlib.suppress(ServiceUnavailable):
+                    await self._store.drop_standby(record.exchange_id, record.instance_id)
+                watched.ended = StandbyGone(f"the instance workflow {record.workflow_id} has ended")
+                watched.beat.pulse()
+                return
+            due += interval
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+
+    # --- shared --------------------------------------------------------------------------------
+
+    async def _orphaned(self, loop: _Loop) -> bool:
+        """True only when Temporal says for certain that the loop's workflow has closed."""
+        if loop.detached_since is None or self._workflow_closed is None:
+            return False
+        now = time.monotonic()
+        grace = max(DETACHED_INTERVALS * loop.interval_s, DETACHED_FLOOR_S)
+        if now - loop.detached_since < grace or now - loop.last_orphan_check < loop.interval_s:
+            return False
+        loop.last_orphan_check = now
+        closed = await self._workflow_closed(loop.workflow_id)
+        if closed:
+            log.warning("%s: its workflow has closed; this host stops renewing for it", loop.workflow_id)
+        return bool(closed)
+
+    def _cancel(self, loop: _Loop) -> None:
+        if loop.task is not None and not loop.task.done():
+            loop.task.cancel()
+
+    def workflow_ids(self) -> set[str]:
+        """Workflows that hold a live claim or standby record on this host."""
+        alive = {w for w, h in self.claims.items() if h.ended is None}
+        return alive | {w for w, s in self.standbys.items() if s.ended is None}
+
+    async def close(self) -> None:
+        """Stop every loop (the worker is exiting; its connectors are stopped by the caller)."""
+        loops: list[_Loop] = [*self.claims.values(), *self.standbys.values()]
+        for loop in loops:
+            self._cancel(loop)
+        tasks = [loop.task for loop in loops if loop.task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.claims.clear()
+        self.standbys.clear()
+
+
+def _lost_message(outcome: str, raw: str | None) -> str:
+    if outcome == "missing":
+        return "the status key is gone (expired or deleted): claim lost"
+    try:
+        holder = json.loads(raw or "")
+        return (
+            f"the claim is now held by {holder.get('hostname')} (epoch {holder.get('epoch')}, "
+            f"instance {holder.get('instanceId')}): claim lost"
+        )
+    except ValueError:
+        return "the status key holds an unreadable record: claim lost"
