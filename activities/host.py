@@ -216,7 +216,11 @@ class HostActivities:
         connector = build_connector(req.exchange_name, req.spec, context)
         self.connectors.put(req.workflow_id, connector)
         symbols = await self._catalog.active_symbols(req.exchange_id)
-        return ConnectorReport(symbol_count=await with_heartbeats(connector.prepare(symbols)))
+        try:
+            count = await with_heartbeats(connector.prepare(symbols))
+        finally:
+            self.keeper.guard(req.workflow_id)  # the child may act from now on: under the deadline
+        return ConnectorReport(symbol_count=count)
 
     async def _claim_of(self, req: ConnectorRequest) -> Claim | None:
         """The claim a process connector's child is told about, for workflows that do not send it

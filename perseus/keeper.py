@@ -246,6 +246,19 @@ class LeaseKeeper:
             due += interval
             await asyncio.sleep(max(0.0, due - time.monotonic()))
 
+    def guard(self, workflow_id: str) -> None:
+        """Hand a connector that has just started a process to the watchdog at once, with the
+        deadline of the claim it runs under — not only at the next renewal, up to an interval later."""
+        connector = self._connectors.get(workflow_id)
+        pgid = connector.process_group() if connector is not None else None
+        if pgid is None or self._watchdog is None:
+            return
+        held = self.claims.get(workflow_id)
+        if held is not None and held.ended is None:
+            self._watchdog.arm(pgid, held.last_ok + renew_deadline_s(held.interval_s))
+        else:  # no renewals known here: allow no more than the shortest deadline from now
+            self._watchdog.arm(pgid, time.monotonic() + renew_deadline_s(0.5))
+
     def _renewed(self, held: HeldClaim, due: float) -> None:
         req = held.request
         assert req is not None

@@ -1,0 +1,76 @@
+"""A loopback TCP proxy that can be stalled: one host's view of a server, partitioned at will.
+
+While stalled, bytes in flight are held (not dropped, not refused): the other side sees a server
+that hangs, the nastiest kind of partition. ``resume()`` lets everything through again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+
+class StallableProxy:
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = 0
+        self._open = asyncio.Event()
+        self._open.set()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> StallableProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def stall(self) -> None:
+        self._open.clear()
+
+    def resume(self) -> None:
+        self._open.set()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._open.wait()
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+        pumps = [
+            asyncio.create_task(self._pump(reader, up_writer)),
+            asyncio.create_task(self._pump(up_reader, writer)),
+        ]
+        self._tasks.update(pumps)
+        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        for task in pumps:
+            task.cancel()
+            self._tasks.discard(task)
+        for w in (writer, up_writer):
+            self._writers.discard(w)
+            w.close()
+            with contextlib.suppress(Exception):
+                await w.wait_closed()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await reader.read(65536):
+                await self._open.wait()  # a stall holds what is in flight
+                writer.write(data)
+                await writer.drain()
+
+    async def close(self) -> None:
+        self.resume()
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for w in list(self._writers):
+            w.close()
+            with contextlib.suppress(Exception):
+                await w.wait_closed()
+        if self._server is not None:
+            await self._server.wait_closed()
