@@ -22,6 +22,13 @@ class State(StrEnum):
     STOPPED = "stopped"
 
 
+class Role(StrEnum):
+    """An instance either holds the exchange's claim (active) or waits to take it over (standby)."""
+
+    ACTIVE = "active"
+    STANDBY = "standby"
+
+
 class Command(StrEnum):
     START = "start"
     STOP = "stop"

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.alias_generators import to_camel
 
 from perseus.keys import iso
-from perseus.lifecycle import Command, State
+from perseus.lifecycle import Command, Role, State
 
 
 class Wire(BaseModel):
@@ -266,7 +266,7 @@ class CarriedState(BaseModel):
     highest_epoch: int
     runs: int
     undelivered: list[NotifyRequest] = Field(default_factory=list)
-    role: Literal["active", "standby"] = "active"
+    role: Role = Role.ACTIVE
     standby_id: str | None = None
     restarts: int = 0
 
@@ -302,7 +302,7 @@ class RegistrationResult(Wire):
     epoch: int
     state: State
     workflow_id: str
-    role: str = "active"
+    role: Role = Role.ACTIVE
 
 
 class CommandRequest(BaseModel):
@@ -338,7 +338,7 @@ class InstanceSnapshot(Wire):
     pending: list[Command]
     runs: int
     outcome: str | None
-    role: str = "active"
+    role: Role = Role.ACTIVE
     priority: int = 0
 
 

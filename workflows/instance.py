@@ -31,14 +31,29 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError, TimeoutType
 
 with workflow.unsafe.imports_passed_through():
+    from perseus.decisions import (
+        LOSS_TYPES,
+        HostVerdict,
+        InstanceFacts,
+        LeaseVerdict,
+        LoopFacts,
+        Step,
+        judge_claim,
+        lease_verdict,
+        next_step,
+        refuse_command,
+        refuse_handoff,
+        restart_delay,
+        vacancy_delay,
+    )
     from perseus.errors import NON_RETRYABLE_ERROR_TYPES, InvalidTransition
-    from perseus.keys import host_task_queue, iso, renew_deadline_s, ttl_ms
+    from perseus.keys import host_task_queue, iso, ttl_ms
     from perseus.lifecycle import (
         Command,
+        Role,
         State,
         check_transition,
         plan,
-        projected_state,
         recovery_path,
         release_path,
     )
@@ -83,8 +98,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from perseus.temporal import CONNECTION_STATE, INSTANCE_ROLE
 
-#: Lease errors that mean the claim is not ours any more (the keeper already stopped the connector).
-LOSS_TYPES = ("ClaimLost", "ClaimMissing", "RenewDeadline")
 RUNNING_STATES = (State.STARTING, State.WARMING, State.ACTIVE)
 
 SHARED_RETRY = RetryPolicy(
@@ -119,15 +132,6 @@ HEARTBEAT_TIMEOUT_FLOOR_S = 2.0
 PICKUP_FACTOR = 1.0
 #: Connector steps heartbeat every second; silence this long means their host stopped.
 CONNECTOR_HEARTBEAT_TIMEOUT_S = 5.0
-#: A host whose claim Redis shows renewed within this many intervals is alive, even if it cannot
-#: reach Temporal; one whose claim went unrenewed for longer than the renew deadline (2 intervals)
-#: plus this margin has stopped its connector (its keeper or watchdog did), so the key may be freed.
-ALIVE_FACTOR = 1.5
-RELEASE_MARGIN_FACTOR = 0.1
-#: After the holder's key expired (TTL fallback), standbys give the holder this many intervals to
-#: take its exchange back first (Redis came back after an outage): a healthy holder is not replaced
-#: by a race.
-HOLDER_HEAD_START_FACTOR = 1.0
 #: How long a handoff waits for the target's confirmation (plus 4 intervals).
 HANDOFF_TIMEOUT_S = 60.0
 
@@ -197,7 +201,7 @@ class InstanceWorkflow:
         self.host_going_down = False
         self.outcome: str | None = None
         self.last_heartbeat_ok: datetime | None = None
-        self.role: str = c.role if c else ("standby" if inp.standby else "active")
+        self.role: Role = Role(c.role) if c else (Role.STANDBY if inp.standby else Role.ACTIVE)
         self.standby_id: str | None = c.standby_id if c else None
         self.standby_visible = self.standby_id is not None
         self.restarts = c.restarts if c else 0
@@ -254,7 +258,7 @@ class InstanceWorkflow:
             epoch=self.claim.epoch if self.claim else 0,
             state=self.state,
             workflow_id=self.wf_id,
-            role="active" if self.claim else "standby",
+            role=Role.ACTIVE if self.claim else Role.STANDBY,
         )
 
     @workflow.update
@@ -265,22 +269,19 @@ class InstanceWorkflow:
     @command.validator
     def _validate_command(self, req: CommandRequest) -> None:
         # Refusals happen here, before anything reaches history or Redis.
-        if self.registration_error is not None or self.outcome is not None:
-            raise InvalidTransition(
-                f"instance {self.wf_id} is not registered any more "
-                f"({self.outcome or self.registration_error})"
-            )
-        if any(t.command is Command.SHUTDOWN for t in self.queue) or self.host_going_down:
-            raise InvalidTransition(f"instance {self.wf_id} is shutting down")
-        if self.role == "standby" and req.command is not Command.SHUTDOWN:
-            raise InvalidTransition(
-                f"{self.inp.exchange} on {self.inp.host} is a standby: it holds no claim and starts "
-                f"only when promoted (perseus handoff {self.inp.exchange} --to {self.inp.host}); "
-                "shutdown is allowed"
-            )
-        if req.command is Command.HANDOFF:
-            raise InvalidTransition("use the handoff update, which names the target host")
-        plan(req.command, projected_state(self.state, [t.command for t in self.queue]))
+        refuse_command(self._facts(), req.command)
+
+    def _facts(self) -> InstanceFacts:
+        return InstanceFacts(
+            workflow_id=self.wf_id,
+            exchange=self.inp.exchange,
+            host=self.inp.host,
+            role=self.role,
+            state=self.state,
+            queued=[t.command for t in self.queue],
+            gone=self.outcome or self.registration_error,
+            host_going_down=self.host_going_down,
+        )
 
     @workflow.update
     async def handoff(self, req: HandoffRequest) -> CommandResult:
@@ -297,19 +298,7 @@ class InstanceWorkflow:
 
     @handoff.validator
     def _validate_handoff(self, req: HandoffRequest) -> None:
-        if self.outcome is not None or self.registration_error is not None or self.host_going_down:
-            raise InvalidTransition(f"instance {self.wf_id} is not registered any more")
-        if self.role != "active":
-            raise InvalidTransition(
-                f"{self.inp.exchange} on {self.inp.host} is a standby: nothing to hand off"
-            )
-        if req.to_host == self.inp.host:
-            raise InvalidTransition(f"{self.inp.exchange} already runs on {req.to_host}")
-        if self.queue:
-            raise InvalidTransition(
-                f"instance {self.wf_id} is busy with {self.queue[0].command.value}; retry"
-            )
-        plan(Command.HANDOFF, self.state)
+        refuse_handoff(self._facts(), req.to_host)
 
     @workflow.signal
     def promote(self, req: PromoteRequest) -> None:
@@ -370,78 +359,79 @@ class InstanceWorkflow:
             registered = await (self._register_standby() if inp.standby else self._register())
             if not registered:
                 return await self._finish(self.registration_error or "registration failed")
-            if inp.start_immediately and self.role == "active":
+            if inp.start_immediately and self.role is Role.ACTIVE:
                 self._enqueue(Command.START)
         for req in self.carried_notifications:
             self._notify(req)
         while True:
             if self.lease is None:
-                self.lease = self._start_lease() if self.role == "active" else self._start_standby_lease()
-            await workflow.wait_condition(self._has_work)
-            lease = self.lease
-            if lease.done():
-                self.lease = None
+                self.lease = self._start_lease() if self.role is Role.ACTIVE else self._start_standby_lease()
+            await workflow.wait_condition(lambda: self._next_step() is not None)
+            step = self._next_step()
+            workflow.logger.info("%s: %s (%s)", self.wf_id, step, self.state.value)
+            if step is Step.LEASE_ENDED:
+                lease, self.lease = self.lease, None
                 carry_on = await (
-                    self._after_lease(lease) if self.role == "active" else self._after_watch(lease)
+                    self._after_lease(lease) if self.role is Role.ACTIVE else self._after_watch(lease)
                 )
                 if not carry_on:
                     return await self._finish(self.outcome or "instance lost")
-                continue
-            if self.host_going_down:
+            elif step is Step.HOST_GOING_DOWN:
                 await self._cancel_lease()
-                if self.role == "active":
+                if self.role is Role.ACTIVE:
                     await self._release()
                 else:
                     await self._drop_standby()
                 return await self._finish(f"released: the worker on {self.inp.host} shut down")
-            if self.role == "standby" and self.promotions:
+            elif step is Step.PROMOTE:
                 await self._cancel_lease()
                 await self._promote(self.promotions.pop(0))
-                continue
-            if self.role == "active" and self.promotions:
+            elif step is Step.CONFIRM_PROMOTION:
                 await self._owe_confirmation(self.promotions.pop(0))
-                continue
-            if self.queue:
+            elif step is Step.COMMAND:
                 ticket = self.queue.pop(0)
-                if ticket.command is Command.SHUTDOWN:
-                    result = await self._execute(ticket.command)
-                    if result.error is None:
-                        # The caller hears back only once the claim is released.
-                        await self._cancel_lease()
-                        await self._release_claim()
-                        await self._drop_standby()
-                        self.results[ticket.number] = result
-                        return await self._finish("shut down")
-                elif ticket.command is Command.HANDOFF:
-                    result = await self._handoff(ticket)
-                    if self.outcome is not None:
-                        self.results[ticket.number] = result
-                        return await self._finish(self.outcome)
-                else:
-                    result = await self._execute(ticket.command)
-                    if ticket.confirm_to is not None:
-                        await self._confirm_takeover(ticket.confirm_to, result)
-                if ticket.number < 0:
-                    continue  # an internal ticket nobody waits for
-                self.results[ticket.number] = result
-                continue
-            if self._history_long():
+                result, outcome = await self._run_ticket(ticket)
+                if ticket.number >= 0:  # internal tickets (promotion, restart) have nobody waiting
+                    self.results[ticket.number] = result
+                if outcome is not None:
+                    return await self._finish(outcome)
+            elif step is Step.CONTINUE_AS_NEW:
                 await self._cancel_lease()
                 # A command accepted meanwhile has a caller waiting on this run: run it first
                 # (its handler would never finish otherwise) and continue as new afterwards.
                 await workflow.wait_condition(lambda: bool(self.queue) or workflow.all_handlers_finished())
-                if self.queue:
-                    continue
-                workflow.continue_as_new(self._carry())
+                if not self.queue:
+                    workflow.continue_as_new(self._carry())
 
-    def _has_work(self) -> bool:
-        lease_done = self.lease is not None and self.lease.done()
-        return (
-            bool(self.queue)
-            or lease_done
-            or self.host_going_down
-            or bool(self.promotions)
-            or self._history_long()
+    async def _run_ticket(self, ticket: _Ticket) -> tuple[CommandResult, str | None]:
+        """Run one queued command; the outcome is set when it ends the instance."""
+        if ticket.command is Command.SHUTDOWN:
+            result = await self._execute(ticket.command)
+            if result.error is not None:
+                return result, None
+            # The caller hears back only once the claim is released.
+            await self._cancel_lease()
+            await self._release_claim()
+            await self._drop_standby()
+            return result, "shut down"
+        if ticket.command is Command.HANDOFF:
+            result = await self._handoff(ticket)
+            return result, self.outcome
+        result = await self._execute(ticket.command)
+        if ticket.confirm_to is not None:
+            await self._confirm_takeover(ticket.confirm_to, result)
+        return result, None
+
+    def _next_step(self) -> Step | None:
+        return next_step(
+            LoopFacts(
+                role=self.role,
+                lease_done=self.lease is not None and self.lease.done(),
+                host_going_down=self.host_going_down,
+                promotions=len(self.promotions),
+                queued=len(self.queue),
+                history_long=self._history_long(),
+            )
         )
 
     async def _finish(self, outcome: str) -> str:
@@ -481,7 +471,7 @@ class InstanceWorkflow:
             last_error=self.last_error,
             pending=[t.command for t in self.queue],
             undelivered=self._undelivered(),
-            role="active" if self.role == "active" else "standby",
+            role=self.role,
             standby_id=self.standby_id,
             restarts=self.restarts,
             highest_epoch=self.highest_epoch,
@@ -545,7 +535,7 @@ class InstanceWorkflow:
 
     async def _become_standby(self) -> None:
         assert self.resolved
-        self.role = "standby"
+        self.role = Role.STANDBY
         self.claim = None
         self.standby_visible = False
         self.standby_id = str(workflow.uuid4())
@@ -774,62 +764,48 @@ class InstanceWorkflow:
         return True  # the term ran out normally: the loop issues the next one
 
     async def _lease_failed(self, err: ActivityError) -> bool:
+        """Act on a lease that ended with an error; False when the run must end."""
         reason = describe_failure(err)
-        kind = failure_type(err)
         stopped_at = lease_stop_time(err)
-        if kind == "ConnectorFailed":
+        verdict = lease_verdict(failure_type(err))
+        workflow.logger.info("%s: lease ended (%s): %s", self.wf_id, verdict, reason)
+        if verdict is LeaseVerdict.CONNECTOR_FAILED:
             await self._connector_failed(reason)
             return True
-        # Our key vanished, or Redis was unreachable past the renew deadline (the connector stopped
-        # itself): if nobody else took the exchange meanwhile, take it again above our epoch.
-        if kind in ("ClaimMissing", "RenewDeadline") and await self._reclaim(reason, stopped_at):
+        if verdict is LeaseVerdict.RECLAIM and await self._reclaim(reason, stopped_at):
             return True
-        if kind not in LOSS_TYPES and workflow.patched("reattach-by-claim-probe"):
-            verdict = await self._reattach(reason)
-            if verdict is None:
+        if verdict is LeaseVerdict.REATTACH:
+            patched = workflow.patched("reattach-by-claim-probe")
+            answer = await (self._reattach(reason) if patched else self._reattach_v1(reason))
+            if answer is None:
                 return True
-            if isinstance(verdict, ActivityError):
-                return await self._lease_failed(verdict)
-            reason = verdict
-        elif kind not in LOSS_TYPES:
-            # The host stopped heartbeating: its worker died, or the host is paused or gone. A
-            # restarted worker resumes our claim (same instanceId + epoch, from this workflow's
-            # memory) if it picks the lease up within the pickup window; otherwise the instance is
-            # lost and the claim is released early, so a standby need not wait for the TTL.
-            #
-            # Why that is safe against a paused host (a zombie): heartbeats are not throttled, so
-            # the host's last renewal was at most HEARTBEAT_TIMEOUT_FACTOR intervals before the
-            # timeout fired; it stops acting RENEW_DEADLINE_FACTOR intervals after that renewal
-            # (checked on its own clock before anything else), i.e. 0.75 intervals after the
-            # timeout — before the release at pickup = 1 interval.
-            pickup = self.inp.heartbeat_interval_s * PICKUP_FACTOR
-            resumed = self._start_lease(schedule_to_start=timedelta(seconds=pickup))
-            try:
-                # Longer than the pickup window (timers fire late under load): a lease still running
-                # after it was picked up by a worker, not refused for want of one.
-                await workflow.wait_condition(
-                    lambda: resumed.done(),
-                    timeout=timedelta(seconds=pickup + max(self.inp.heartbeat_interval_s, 3.0)),
-                )
-            except builtins.TimeoutError:
-                # Renewing again on a live worker: the host is back. Make sure the connector is too.
-                self.lease = resumed
-                if (
-                    self.state in (State.STARTING, State.WARMING, State.ACTIVE)
-                    and not await self._connector_alive()
-                ):
-                    await self._fail(f"connector not running after the worker on {self.inp.host} restarted")
-                return True
-            try:
-                resumed.result()
-                return True
-            except ActivityError as again:
-                if failure_type(again) in ("ClaimLost", "ClaimMissing", "RenewDeadline"):
-                    reason = describe_failure(again)
-                else:
-                    reason = f"host {self.inp.host} stopped heartbeating ({reason}) and did not come back"
+            if isinstance(answer, ActivityError):
+                return await self._lease_failed(answer)
+            reason = answer
         await self._instance_lost(reason, stopped_at)
         return False
+
+    async def _reattach_v1(self, reason: str) -> ActivityError | str | None:
+        """Before the keeper: a host whose lease was not picked up again within the pickup window
+        was lost. Kept so that runs begun before ``reattach-by-claim-probe`` replay as they ran."""
+        pickup = self.inp.heartbeat_interval_s * PICKUP_FACTOR
+        resumed = self._start_lease(schedule_to_start=timedelta(seconds=pickup))
+        try:
+            await workflow.wait_condition(
+                resumed.done, timeout=timedelta(seconds=pickup + max(self.inp.heartbeat_interval_s, 3.0))
+            )
+        except builtins.TimeoutError:
+            self.lease = resumed
+            if self.state in RUNNING_STATES and not await self._connector_alive():
+                await self._fail(f"connector not running after the worker on {self.inp.host} restarted")
+            return None
+        try:
+            resumed.result()
+            return None
+        except ActivityError as again:
+            if failure_type(again) in LOSS_TYPES:
+                return describe_failure(again)
+            return f"host {self.inp.host} stopped heartbeating ({reason}) and did not come back"
 
     async def _reattach(self, reason: str) -> ActivityError | str | None:
         """The lease stopped heartbeating to Temporal, which proves nothing about Redis: re-attach.
@@ -871,18 +847,16 @@ class InstanceWorkflow:
                     f"host {self.inp.host} stopped heartbeating ({reason}) and its claim is gone "
                     f"({'held by ' + probe.holder if probe.holder else 'the key expired'})"
                 )
-            deadline_ms = renew_deadline_s(interval) * 1000
-            age_ms = probe.renewed_ms_ago if probe.renewed_ms_ago is not None else deadline_ms * 2
-            if age_ms > deadline_ms * (1 + RELEASE_MARGIN_FACTOR / 2):
-                return (
-                    f"host {self.inp.host} stopped heartbeating ({reason}) and stopped renewing its "
-                    f"claim {age_ms / 1000:.1f}s ago"
-                )
+            host = judge_claim(probe.held_by_us, probe.renewed_ms_ago, interval)
+            age = f"{probe.renewed_ms_ago / 1000:.1f}s ago" if probe.renewed_ms_ago is not None else "never"
+            if host is HostVerdict.STOPPED:
+                return f"host {self.inp.host} stopped heartbeating ({reason}) and renewing its claim ({age})"
             workflow.logger.info(
-                "%s: no worker on %s answers Temporal, but it renewed the claim %.1fs ago: waiting",
+                "%s: no worker on %s answers Temporal, but Redis shows the claim renewed %s (%s): waiting",
                 self.wf_id,
                 self.inp.host,
-                age_ms / 1000,
+                age,
+                host,
             )
 
     async def _probe_claim(self) -> ClaimProbe | None:
@@ -906,8 +880,8 @@ class InstanceWorkflow:
         """The connector died while running; the claim is still ours. Record, recover, maybe restart."""
         await self._fail(reason)
         spec = self.inp.connector
-        if spec.restart == "on-failure" and self.restarts < spec.max_restarts:
-            delay = spec.restart_backoff_s * (2**self.restarts)
+        delay = restart_delay(spec.restart, self.restarts, spec.max_restarts, spec.restart_backoff_s)
+        if delay is not None:
             self.restarts += 1
             self.lease = self._start_lease()  # keep renewing while we back off
             await workflow.sleep(timedelta(seconds=delay), summary=f"restart {self.restarts} backoff")
@@ -1006,9 +980,7 @@ class InstanceWorkflow:
             # after a Redis outage the holder itself goes first: a healthy holder whose key lapsed
             # while Redis was away must not be replaced by a race.
             ahead = sum(1 for s in await self._standbys() if s.priority > self.inp.priority)
-            wait = 0.25 * self.inp.heartbeat_interval_s * ahead
-            if outcome.after_outage:
-                wait += HOLDER_HEAD_START_FACTOR * self.inp.heartbeat_interval_s
+            wait = vacancy_delay(ahead, self.inp.heartbeat_interval_s, after_outage=outcome.after_outage)
             if wait:
                 await workflow.sleep(timedelta(seconds=wait))
             await self._promote(
@@ -1028,7 +1000,7 @@ class InstanceWorkflow:
             if req.confirm_to:
                 await self._reply(req.confirm_to, ok=False, detail="the exchange was not free to claim")
             return
-        self.role = "active"
+        self.role = Role.ACTIVE
         self.lease = self._start_lease()  # renew the fresh claim at once
         await self._drop_standby()
         workflow.upsert_search_attributes([INSTANCE_ROLE.value_set("active")])

@@ -34,10 +34,28 @@ from perseus.store.redis_store import RedisStore, make_client
 from perseus.temporal import converter
 from tests.chaos.invariants import check, load_journal
 from tests.conftest import Servers, WorkerProcess, exchange_id
+from tests.integration.proxy import StallableProxy
 
-pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
+INTERVAL = 1.0  # TTL 3 s, renew deadline 2 s, heartbeat timeout 2 s (its floor)
+#: ``make soak`` sets PERSEUS_CHAOS_SOAK=1: control-plane outages of 30–120 s instead of CI's few
+#: seconds (already more than the heartbeat timeout and the TTL, which is what they must outlast).
+SOAK = os.environ.get("PERSEUS_CHAOS_SOAK") == "1"
 
-INTERVAL = 1.0  # TTL 3 s, renew deadline 2 s, heartbeat timeout 1.25 s
+
+pytestmark = [
+    pytest.mark.chaos,
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.timeout(7200 if SOAK else 900),
+]
+
+
+def outage_s(i: int) -> float:
+    """How long the i-th control-plane outage lasts: spread over its range, repeatable."""
+    low, high = (30.0, 120.0) if SOAK else (4.0, 7.0)
+    return low + (high - low) * ((i * 37) % 10) / 9
+
+
 PRIORITY = {0: 3, 1: 2, 2: 1}
 
 
@@ -74,6 +92,10 @@ class Stack:
         assert self.redis.proc
         self.redis.proc.send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
 
+    def freeze_temporal(self, frozen: bool) -> None:
+        assert self.temporal.proc
+        self.temporal.proc.send_signal(signal.SIGSTOP if frozen else signal.SIGCONT)
+
 
 @pytest_asyncio.fixture(scope="module")
 async def stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
@@ -84,6 +106,7 @@ async def stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> A
     made = Stack(base, tp, rp, temporal, redis, base / "journal.jsonl", servers)
     yield made
     made.pause_redis(False)
+    made.freeze_temporal(False)
     made.temporal.stop()
     made.redis.stop()
 
@@ -97,6 +120,8 @@ class Cluster:
         tag = uuid.uuid4().hex[:5]
         self.hosts = [f"ch{i}-{tag}" for i in range(3)]
         self.workers: dict[str, WorkerProcess] = {}
+        #: Each host's worker reaches Temporal through a proxy of its own, to partition it alone.
+        self.proxies: dict[str, StallableProxy] = {}
         self.all_workers: list[WorkerProcess] = []
         self.core: WorkerProcess | None = None
         self.client: Client | None = None
@@ -117,7 +142,10 @@ class Cluster:
         raise AssertionError("Temporal did not come back")
 
     async def start_worker(self, host: str) -> None:
-        proc = WorkerProcess(self.stack.servers, host, extra_env=self.stack.env())
+        if host not in self.proxies:
+            self.proxies[host] = await StallableProxy(self.stack.temporal_port).start()
+        env = {**self.stack.env(), "TEMPORAL_ADDRESS": f"127.0.0.1:{self.proxies[host].port}"}
+        proc = WorkerProcess(self.stack.servers, host, extra_env=env)
         self.all_workers.append(proc)
         await proc.ready()
         self.workers[host] = proc
@@ -209,6 +237,8 @@ class Cluster:
     async def close(self) -> None:
         for proc in self.all_workers:
             proc.stop()
+        for proxy in self.proxies.values():
+            await proxy.close()
         await self.store.client.aclose()
 
 
@@ -305,6 +335,52 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
             await stack.restart_temporal()
             await cluster.connect()
 
+        outages = iter(range(1000))
+
+        async def temporal_frozen() -> None:
+            before = await cluster.wait_active()
+            stack.freeze_temporal(True)
+            try:
+                await asyncio.sleep(outage_s(next(outages)))
+            finally:
+                stack.freeze_temporal(False)
+            await asyncio.sleep(2 * INTERVAL)  # re-attached by now; nothing may have changed
+            after = await cluster.wait_active()
+            assert (after["hostname"], after["epoch"]) == (before["hostname"], before["epoch"])
+
+        async def active_host_partitioned() -> None:
+            before = await cluster.wait_active()
+            proxy = cluster.proxies[str(before["hostname"])]
+            proxy.stall()
+            try:
+                await asyncio.sleep(outage_s(next(outages)))
+            finally:
+                proxy.resume()
+            await asyncio.sleep(2 * INTERVAL)
+            after = await cluster.wait_active()
+            assert (after["hostname"], after["epoch"]) == (before["hostname"], before["epoch"])
+
+        async def active_killed_while_temporal_frozen() -> None:
+            doc = await cluster.wait_active()
+            stack.freeze_temporal(True)
+            try:
+                cluster.workers[str(doc["hostname"])].signal(signal.SIGKILL)
+                await asyncio.sleep(max(outage_s(next(outages)), 3 * INTERVAL + 1.0))
+            finally:
+                stack.freeze_temporal(False)
+            await cluster.wait_active(not_host=str(doc["hostname"]))
+
+        async def redis_and_temporal_frozen() -> None:
+            stack.freeze_temporal(True)
+            try:
+                stack.pause_redis(True)
+                await asyncio.sleep(3 * INTERVAL + 1.0)  # past the renew deadline and the TTL
+                stack.pause_redis(False)
+                await asyncio.sleep(INTERVAL)
+            finally:
+                stack.pause_redis(False)
+                stack.freeze_temporal(False)
+
         async def same_host_twice() -> None:
             doc = await cluster.wait_active()
             with pytest.raises(AlreadyRegistered):
@@ -362,6 +438,10 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
         plan += [("same host registered twice", same_host_twice)] * 9
         plan += [("handoff target killed midway", handoff_target_killed)] * 2
         plan += [("planned handoff", planned_handoff)] * 2
+        plan += [("Temporal frozen", temporal_frozen)] * 8
+        plan += [("active host partitioned from Temporal", active_host_partitioned)] * 8
+        plan += [("active host killed while Temporal is frozen", active_killed_while_temporal_frozen)] * 6
+        plan += [("Redis frozen past the deadline while Temporal is frozen", redis_and_temporal_frozen)] * 8
         only = os.environ.get("PERSEUS_CHAOS_ONLY")  # to study one kind of fault
         if only:
             plan = [p for p in plan if p[0] in only.split(",")]
@@ -384,7 +464,7 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
         for violation in report.violations:
             print("  VIOLATION", violation)
         assert report.violations == []
-        assert (injected >= 50 or only) and survived == injected
+        assert (injected >= 80 or only) and survived == injected
         assert report.acting_intervals >= 20  # the checker saw the connectors it judged
     finally:
         await cluster.close()

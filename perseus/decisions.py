@@ -1,0 +1,187 @@
+"""What an instance workflow decides, as plain functions over values: no I/O, no clock, no Temporal.
+
+:mod:`perseus.lifecycle` says which transitions a command makes; this module decides everything else
+an instance decides. The workflow gathers the facts (its own memory, what an activity reported, what
+Redis proves), asks here, and carries out the answer. The invariants these functions keep:
+
+1. **A claim is freed early only when Redis proves its holder stopped.** A heartbeat timeout proves
+   nothing about Redis: the host may have lost only Temporal. A claim unrenewed for longer than the
+   renew deadline (2 intervals, plus a margin) is one whose connector its keeper or watchdog has
+   already stopped, so releasing it cannot put two connectors on one exchange.
+2. **A lost claim outranks everything.** The loop handles a finished lease before the host going
+   down, promotions, commands or continue-as-new, so nothing is done on the strength of a claim
+   that is gone.
+3. **Refusals happen before history.** A command is judged against the state it will meet (after
+   the queued ones); a standby accepts only shutdown; nothing is accepted after shutdown or once
+   the instance ended; a handoff needs an idle queue and a target other than itself.
+4. **After a Redis outage the holder goes first.** A standby that finds the exchange vacant right
+   after Redis was away gives the holder a head start (higher priorities go before lower ones
+   in any case), so a healthy holder is not replaced by a race.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from perseus.errors import InvalidTransition
+from perseus.lifecycle import Command, Role, State, plan, projected_state
+
+#: Lease error types that mean the claim is no longer ours (the keeper already stopped the connector).
+LOSS_TYPES: frozenset[str] = frozenset({"ClaimLost", "ClaimMissing", "RenewDeadline"})
+#: The renew deadline, in intervals (keys.RENEW_DEADLINE_FACTOR), and the margin past it before a
+#: silent holder's claim may be freed.
+RENEW_DEADLINE_INTERVALS = 2.0
+RELEASE_MARGIN = 0.1
+#: Within this many intervals of its last renewal a holder counts as alive.
+ALIVE_INTERVALS = 1.5
+#: Head start per higher-priority standby, and for the holder after a Redis outage, in intervals.
+PRIORITY_HEAD_START = 0.25
+HOLDER_HEAD_START = 1.0
+
+
+# --- the loop --------------------------------------------------------------------------------------
+
+
+class Step(StrEnum):
+    """The next piece of work of an instance's main loop."""
+
+    LEASE_ENDED = "lease ended"
+    HOST_GOING_DOWN = "host going down"
+    PROMOTE = "promote"
+    CONFIRM_PROMOTION = "confirm promotion"
+    COMMAND = "command"
+    CONTINUE_AS_NEW = "continue as new"
+
+
+@dataclass(frozen=True)
+class LoopFacts:
+    role: Role
+    lease_done: bool
+    host_going_down: bool
+    promotions: int
+    queued: int
+    history_long: bool
+
+
+def next_step(facts: LoopFacts) -> Step | None:
+    """The most urgent work (invariant 2), or None: wait for something to happen."""
+    if facts.lease_done:
+        return Step.LEASE_ENDED
+    if facts.host_going_down:
+        return Step.HOST_GOING_DOWN
+    if facts.promotions:
+        return Step.PROMOTE if facts.role is Role.STANDBY else Step.CONFIRM_PROMOTION
+    if facts.queued:
+        return Step.COMMAND
+    if facts.history_long:
+        return Step.CONTINUE_AS_NEW
+    return None
+
+
+# --- a lease that ended ----------------------------------------------------------------------------
+
+
+class LeaseVerdict(StrEnum):
+    CONNECTOR_FAILED = "connector failed"  # the claim is still ours: record, recover, maybe restart
+    RECLAIM = "reclaim"  # our key vanished or lapsed: take the exchange again if nobody else did
+    REATTACH = "reattach"  # heartbeats stopped: that proves nothing about Redis (invariant 1)
+    LOST = "lost"  # someone else holds the claim
+
+
+def lease_verdict(error_type: str | None) -> LeaseVerdict:
+    """What a failed lease means, by its error type (None: a timeout, no type)."""
+    if error_type == "ConnectorFailed":
+        return LeaseVerdict.CONNECTOR_FAILED
+    if error_type in ("ClaimMissing", "RenewDeadline"):
+        return LeaseVerdict.RECLAIM
+    if error_type in LOSS_TYPES:
+        return LeaseVerdict.LOST
+    return LeaseVerdict.REATTACH
+
+
+class HostVerdict(StrEnum):
+    ALIVE = "alive"  # renewed recently: it lost only Temporal; wait and re-attach
+    UNSURE = "unsure"  # between the two: look again
+    STOPPED = "stopped"  # unrenewed past the deadline, or the key is not ours: lost
+
+
+def judge_claim(held_by_us: bool, renewed_ms_ago: int | None, interval_s: float) -> HostVerdict:
+    """What Redis proves about a holder that stopped heartbeating to Temporal (invariant 1)."""
+    if not held_by_us:
+        return HostVerdict.STOPPED
+    if renewed_ms_ago is None:  # a key without TTL is a bug; never trust it to prove life
+        return HostVerdict.STOPPED
+    age_intervals = renewed_ms_ago / 1000 / interval_s
+    if age_intervals > RENEW_DEADLINE_INTERVALS + RELEASE_MARGIN:
+        return HostVerdict.STOPPED
+    if age_intervals <= ALIVE_INTERVALS:
+        return HostVerdict.ALIVE
+    return HostVerdict.UNSURE
+
+
+# --- standbys --------------------------------------------------------------------------------------
+
+
+def vacancy_delay(ahead: int, interval_s: float, *, after_outage: bool) -> float:
+    """Seconds a standby waits after seeing the exchange vacant before it races (invariant 4)."""
+    delay = PRIORITY_HEAD_START * interval_s * ahead
+    if after_outage:
+        delay += HOLDER_HEAD_START * interval_s
+    return delay
+
+
+def restart_delay(policy: str, restarts: int, max_restarts: int, backoff_s: float) -> float | None:
+    """Seconds before restarting a connector that failed while active; None: do not restart."""
+    if policy != "on-failure" or restarts >= max_restarts:
+        return None
+    return float(backoff_s * 2**restarts)
+
+
+# --- refusals --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InstanceFacts:
+    """What the validators see of an instance."""
+
+    workflow_id: str
+    exchange: str
+    host: str
+    role: Role
+    state: State
+    queued: Sequence[Command]
+    #: Why the instance is no longer registered (ended, or registration failed); None while it is.
+    gone: str | None
+    host_going_down: bool
+
+
+def refuse_command(facts: InstanceFacts, command: Command) -> None:
+    """Raise :class:`InvalidTransition` if ``command`` must be refused (invariant 3)."""
+    if facts.gone is not None:
+        raise InvalidTransition(f"instance {facts.workflow_id} is not registered any more ({facts.gone})")
+    if Command.SHUTDOWN in facts.queued or facts.host_going_down:
+        raise InvalidTransition(f"instance {facts.workflow_id} is shutting down")
+    if facts.role is Role.STANDBY and command is not Command.SHUTDOWN:
+        raise InvalidTransition(
+            f"{facts.exchange} on {facts.host} is a standby: it holds no claim and starts "
+            f"only when promoted (perseus handoff {facts.exchange} --to {facts.host}); "
+            "shutdown is allowed"
+        )
+    if command is Command.HANDOFF:
+        raise InvalidTransition("use the handoff update, which names the target host")
+    plan(command, projected_state(facts.state, list(facts.queued)))
+
+
+def refuse_handoff(facts: InstanceFacts, to_host: str) -> None:
+    """Raise :class:`InvalidTransition` if a handoff to ``to_host`` must be refused (invariant 3)."""
+    if facts.gone is not None or facts.host_going_down:
+        raise InvalidTransition(f"instance {facts.workflow_id} is not registered any more")
+    if facts.role is not Role.ACTIVE:
+        raise InvalidTransition(f"{facts.exchange} on {facts.host} is a standby: nothing to hand off")
+    if to_host == facts.host:
+        raise InvalidTransition(f"{facts.exchange} already runs on {to_host}")
+    if facts.queued:
+        raise InvalidTransition(f"instance {facts.workflow_id} is busy with {facts.queued[0].value}; retry")
+    plan(Command.HANDOFF, facts.state)

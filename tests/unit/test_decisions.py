@@ -1,0 +1,180 @@
+"""The instance's decisions, from every combination of facts: pure, no servers."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from perseus import decisions
+from perseus.decisions import (
+    HostVerdict,
+    InstanceFacts,
+    LeaseVerdict,
+    LoopFacts,
+    Step,
+    judge_claim,
+    lease_verdict,
+    next_step,
+    refuse_command,
+    refuse_handoff,
+    restart_delay,
+    vacancy_delay,
+)
+from perseus.errors import InvalidTransition
+from perseus.lifecycle import Command, Role, State, plan, projected_state
+
+pytestmark = pytest.mark.unit
+
+ALL_FACTS = [
+    LoopFacts(role, lease_done, going_down, promotions, queued, history_long)
+    for role, lease_done, going_down, promotions, queued, history_long in itertools.product(
+        Role, (False, True), (False, True), (0, 1, 2), (0, 1), (False, True)
+    )
+]
+
+
+@pytest.mark.parametrize("facts", ALL_FACTS, ids=str)
+def test_next_step_takes_the_most_urgent_work_first(facts: LoopFacts) -> None:
+    step = next_step(facts)
+    # Invariant 2: a finished lease (maybe a lost claim) outranks everything else.
+    if facts.lease_done:
+        assert step is Step.LEASE_ENDED
+    elif facts.host_going_down:
+        assert step is Step.HOST_GOING_DOWN
+    elif facts.promotions:
+        assert step is (Step.PROMOTE if facts.role is Role.STANDBY else Step.CONFIRM_PROMOTION)
+    elif facts.queued:
+        # A caller waiting on a command is answered before the run continues as new.
+        assert step is Step.COMMAND
+    elif facts.history_long:
+        assert step is Step.CONTINUE_AS_NEW
+    else:
+        assert step is None
+
+
+def test_every_step_is_reachable() -> None:
+    assert {next_step(f) for f in ALL_FACTS} == {*Step, None}
+
+
+@pytest.mark.parametrize(
+    ("error_type", "verdict"),
+    [
+        ("ConnectorFailed", LeaseVerdict.CONNECTOR_FAILED),
+        ("ClaimMissing", LeaseVerdict.RECLAIM),
+        ("RenewDeadline", LeaseVerdict.RECLAIM),
+        ("ClaimLost", LeaseVerdict.LOST),
+        (None, LeaseVerdict.REATTACH),  # a heartbeat or schedule-to-start timeout
+        ("ServiceUnavailable", LeaseVerdict.REATTACH),
+        ("WorkerShutdown", LeaseVerdict.REATTACH),
+    ],
+)
+def test_lease_verdicts(error_type: str | None, verdict: LeaseVerdict) -> None:
+    assert lease_verdict(error_type) is verdict
+
+
+@pytest.mark.parametrize("interval", [0.5, 1.0, 2.0, 15.0, 3600.0])
+def test_a_claim_is_freed_only_past_the_renew_deadline(interval: float) -> None:
+    """Invariant 1, over a fine grid of ages: never STOPPED at or inside the deadline + margin."""
+    deadline_ms = decisions.RENEW_DEADLINE_INTERVALS * interval * 1000
+    for tenth in range(0, 61):
+        age_ms = int(tenth / 10 * interval * 1000)
+        verdict = judge_claim(True, age_ms, interval)
+        if age_ms <= deadline_ms * (1 + decisions.RELEASE_MARGIN / decisions.RENEW_DEADLINE_INTERVALS):
+            assert verdict is not HostVerdict.STOPPED, (age_ms, interval)
+        else:
+            assert verdict is HostVerdict.STOPPED, (age_ms, interval)
+        if age_ms <= decisions.ALIVE_INTERVALS * interval * 1000:
+            assert verdict is HostVerdict.ALIVE
+
+
+def test_a_claim_that_is_not_ours_or_has_no_ttl_proves_nothing_alive() -> None:
+    assert judge_claim(False, 0, 1.0) is HostVerdict.STOPPED
+    assert judge_claim(True, None, 1.0) is HostVerdict.STOPPED
+
+
+def test_vacancy_delay_orders_standbys_and_lets_the_holder_go_first_after_an_outage() -> None:
+    assert vacancy_delay(0, 1.0, after_outage=False) == 0
+    delays = [vacancy_delay(ahead, 2.0, after_outage=False) for ahead in range(4)]
+    assert delays == sorted(delays) and len(set(delays)) == 4
+    # After an outage even the first standby waits at least one interval for the holder.
+    assert vacancy_delay(0, 2.0, after_outage=True) >= 2.0
+    assert vacancy_delay(2, 2.0, after_outage=True) > vacancy_delay(2, 2.0, after_outage=False)
+
+
+def test_restart_delay_backs_off_and_stops() -> None:
+    assert [restart_delay("on-failure", n, 5, 1.0) for n in range(6)] == [1.0, 2.0, 4.0, 8.0, 16.0, None]
+    assert restart_delay("no", 0, 5, 1.0) is None
+
+
+def facts(**change: object) -> InstanceFacts:
+    base = {
+        "workflow_id": "instance-kraken-a",
+        "exchange": "kraken",
+        "host": "a",
+        "role": Role.ACTIVE,
+        "state": State.IDLE,
+        "queued": (),
+        "gone": None,
+        "host_going_down": False,
+    }
+    return InstanceFacts(**{**base, **change})  # type: ignore[arg-type]
+
+
+QUEUES = [(), (Command.START,), (Command.STOP,), (Command.START, Command.STOP), (Command.SHUTDOWN,)]
+
+
+@pytest.mark.parametrize(
+    ("role", "state", "queued", "command"),
+    list(itertools.product(Role, State, QUEUES, Command)),
+    ids=str,
+)
+def test_refuse_command_from_every_state(
+    role: Role, state: State, queued: tuple[Command, ...], command: Command
+) -> None:
+    """Invariant 3: accepted exactly when the state machine, role and queue allow it."""
+    f = facts(role=role, state=state, queued=queued)
+    try:
+        projected = projected_state(state, list(queued))
+        plan(command, projected)
+        machine_allows = True
+    except InvalidTransition:
+        machine_allows = False
+    expected = (
+        machine_allows
+        and Command.SHUTDOWN not in queued
+        and command is not Command.HANDOFF
+        and (role is Role.ACTIVE or command is Command.SHUTDOWN)
+    )
+    if expected:
+        refuse_command(f, command)
+    else:
+        with pytest.raises(InvalidTransition):
+            refuse_command(f, command)
+
+
+@pytest.mark.parametrize("command", list(Command))
+def test_nothing_is_accepted_once_gone_or_going_down(command: Command) -> None:
+    with pytest.raises(InvalidTransition, match="not registered any more"):
+        refuse_command(facts(gone="shut down"), command)
+    with pytest.raises(InvalidTransition, match="shutting down"):
+        refuse_command(facts(host_going_down=True), command)
+
+
+@pytest.mark.parametrize(("role", "state"), list(itertools.product(Role, State)), ids=str)
+def test_refuse_handoff(role: Role, state: State) -> None:
+    f = facts(role=role, state=state)
+    try:
+        plan(Command.HANDOFF, state)
+        machine_allows = True
+    except InvalidTransition:
+        machine_allows = False
+    if role is Role.ACTIVE and machine_allows:
+        refuse_handoff(f, "b")
+        with pytest.raises(InvalidTransition, match="already runs"):
+            refuse_handoff(f, "a")
+        with pytest.raises(InvalidTransition, match="busy"):
+            refuse_handoff(facts(role=role, state=state, queued=(Command.STOP,)), "b")
+    else:
+        with pytest.raises(InvalidTransition):
+            refuse_handoff(f, "b")
