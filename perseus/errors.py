@@ -14,7 +14,8 @@ name, so a workflow can list permanent ones in ``non_retryable_error_types``.
     ├── ClaimConflict               another instance holds the exchange (permanent)
     ├── ClaimLost                   our fencing token no longer matches (permanent)
     │   ├── ClaimMissing            the key vanished under us (expired, or Redis lost its data)
-    │   └── RenewDeadline           no renewal succeeded within the renew deadline
+    │   ├── RenewDeadline           no renewal succeeded within the renew deadline
+    │   └── StaleEpoch              a child's fenced write refused: its epoch is no longer current
     ├── NotRegistered               no workflow for that exchange / host (permanent)
     ├── AlreadyRegistered           this host already runs that exchange (permanent)
     ├── InvalidQuery                a malformed read request: count, cursor, window, filter (HTTP 422)
@@ -24,6 +25,7 @@ name, so a workflow can list permanent ones in ``non_retryable_error_types``.
     └── ConnectorError              the connector failed (transient: retried, then recorded)
         ├── ConnectorFailed         it died while running (reported by the lease; not retried)
         ├── ConnectorNotReady       could not start, died before ready, or not ready in time
+        ├── ConnectorNotActive      a warm child did not answer ACTIVATE with ACTIVE in time
         └── ConnectorGone           the workflow thinks a connector runs here; this process has none
 """
 
@@ -79,6 +81,11 @@ class RenewDeadline(ClaimLost):
     """We could not renew in time (Redis unreachable or too slow): our connector stopped itself."""
 
 
+class StaleEpoch(ClaimLost):
+    """A connector's fenced write was refused: the status key no longer names its instance and epoch
+    (:mod:`perseus.fencing`). The writer must stop acting as the active connector."""
+
+
 class NotRegistered(PerseusError):
     """No running instance workflow matches the request."""
 
@@ -127,6 +134,16 @@ class ConnectorNotReady(ConnectorError):
     retryable = False
 
 
+class ConnectorNotActive(ConnectorError):
+    """A warm standby's child did not confirm ``ACTIVATE <epoch>`` with ``ACTIVE`` in time (or exited).
+
+    Not retryable: the child was stopped, since it may be half-active; the promotion must fall back
+    to a cold start or to another standby.
+    """
+
+    retryable = False
+
+
 class ConnectorGone(ConnectorError):
     """The workflow believes a connector runs here, but this process has none (it was restarted)."""
 
@@ -149,7 +166,9 @@ NON_RETRYABLE_ERROR_TYPES: list[str] = [
         AlreadyRegistered,
         ConnectorFailed,
         ConnectorNotReady,
+        ConnectorNotActive,
         ConnectorGone,
+        StaleEpoch,
         WebhookRejected,
         InvalidQuery,
         Unauthorized,
