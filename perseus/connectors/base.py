@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 import json
 import logging
 import os
@@ -40,6 +41,9 @@ class Connector(abc.ABC):
         self.exchange_name = exchange_name
         self.spec = spec
         self.role: Role = role
+        #: Set when :meth:`fault` may have become non-None (the child exited, it turned unhealthy):
+        #: the lease can wait on it between renewals and act at once instead of on its next beat.
+        self.faulted = asyncio.Event()
 
     @abc.abstractmethod
     async def prepare(self, symbols: list[str]) -> int:

@@ -621,6 +621,7 @@ class ProcessConnector(Connector):
         # once it is active; activate() starts a promoted standby afresh.
         if self._unhealthy is None:
             self._unhealthy = f"{self.exchange_name} connector unhealthy: {why}"
+            self.faulted.set()
             self._note(self._unhealthy)
             log.warning("%s (policy: %s)", self._unhealthy, self.spec.on_unhealthy)
 
@@ -742,6 +743,7 @@ class ProcessConnector(Connector):
         if self._stopping is None:
             log.warning("%s%s", self._exit, self._tail_text())
         self._exited.set()
+        self.faulted.set()
 
     @staticmethod
     async def _until(event: asyncio.Event) -> None:

@@ -47,6 +47,8 @@ class SimulatedConnector(Connector):
         await asyncio.sleep(self.spec.connect_delay_s)
         self._maybe_fail("connect")
         self._connected = True
+        if "health" in self.spec.fail_steps:
+            self.faulted.set()
 
     async def activate(self, epoch: int, instance_id: str) -> None:
         if self._connected:
@@ -60,6 +62,8 @@ class SimulatedConnector(Connector):
         self.epoch = epoch
         self.role = "active"
         self._connected = True
+        if "health" in self.spec.fail_steps:
+            self.faulted.set()
 
     async def deactivate(self) -> None:
         self._connected = False

@@ -75,8 +75,9 @@ async def test_a_health_url_that_stops_answering_makes_it_unhealthy_with_its_pol
     assert connector.fault() is None
     # Probes pass first (healthy), then the child stops answering: three timeouts in a row.
     await until(lambda: connector.health().healthy)
-    fault = await until(connector.fault)
-    assert fault.kind == "unhealthy" and fault.policy == "failover"
+    await asyncio.wait_for(connector.faulted.wait(), 10)  # what the lease can wait on between beats
+    fault = connector.fault()
+    assert fault is not None and fault.kind == "unhealthy" and fault.policy == "failover"
     assert "3 health checks failed in a row" in fault.reason and "ReadTimeout" in fault.reason
     assert connector.failure() == fault.reason  # the text-only view the lease used so far
     health = connector.health()
@@ -298,6 +299,7 @@ async def test_a_simulated_health_failure_carries_the_policy() -> None:
     await connector.warm_up()
     assert connector.fault() is None  # not active yet
     await connector.connect()
+    assert connector.faulted.is_set()
     fault = connector.fault()
     assert fault is not None and fault.kind == "unhealthy" and fault.policy == "failover"
     assert connector.failure() == "simulated health failure on sim"
