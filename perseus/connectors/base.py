@@ -41,8 +41,9 @@ class Connector(abc.ABC):
         self.exchange_name = exchange_name
         self.spec = spec
         self.role: Role = role
-        #: Set when :meth:`fault` may have become non-None (the child exited, it turned unhealthy):
-        #: the lease can wait on it between renewals and act at once instead of on its next beat.
+        #: Set when :meth:`fault` turns non-None (the child exited, it turned unhealthy), cleared by
+        #: ``activate``: the lease can wait on it between renewals and act at once instead of on its
+        #: next beat. A hint: read :meth:`fault` for the verdict.
         self.faulted = asyncio.Event()
 
     @abc.abstractmethod

@@ -384,6 +384,7 @@ class ProcessConnector(Connector):
             await self._not_ready(f"{ended} before it became active")
         self._connected = True
         self._note("active")
+        self._signal_fault()  # a child that reported health=failed while warming up
         self._start_health()
 
     async def activate(self, epoch: int, instance_id: str) -> None:
@@ -408,6 +409,7 @@ class ProcessConnector(Connector):
         self.claim = Claim(instance_id=instance_id, epoch=epoch)
         self._active_seen.clear()
         self._unhealthy, self._report_failures, self._probe_failures = None, 0, 0
+        self.faulted.clear()
         self._note(f"ACTIVATE {epoch} (instance {instance_id})")
         try:
             proc.stdin.write(f"ACTIVATE {epoch}\n".encode())
@@ -616,12 +618,16 @@ class ProcessConnector(Connector):
         if self._probe_failures >= self.spec.health_failures:
             self._set_unhealthy(f"{self._probe_failures} health checks failed in a row (last: {why})")
 
+    def _signal_fault(self) -> None:
+        if self.fault() is not None:
+            self.faulted.set()
+
     def _set_unhealthy(self, why: str) -> None:
         # Kept even while not active (a child reporting failure during warm-up): fault() reports it
         # once it is active; activate() starts a promoted standby afresh.
         if self._unhealthy is None:
             self._unhealthy = f"{self.exchange_name} connector unhealthy: {why}"
-            self.faulted.set()
+            self._signal_fault()
             self._note(self._unhealthy)
             log.warning("%s (policy: %s)", self._unhealthy, self.spec.on_unhealthy)
 
@@ -743,7 +749,7 @@ class ProcessConnector(Connector):
         if self._stopping is None:
             log.warning("%s%s", self._exit, self._tail_text())
         self._exited.set()
-        self.faulted.set()
+        self._signal_fault()
 
     @staticmethod
     async def _until(event: asyncio.Event) -> None:

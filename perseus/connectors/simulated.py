@@ -55,6 +55,7 @@ class SimulatedConnector(Connector):
             raise ConnectorError(f"the {self.exchange_name} connector is already active")
         if not self._warm:
             raise ConnectorError(f"the {self.exchange_name} connector is not warmed up: cannot activate")
+        self.faulted.clear()
         await asyncio.sleep(self.spec.connect_delay_s)
         if "activate" in self.spec.fail_steps:
             self._warm = False
