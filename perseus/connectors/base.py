@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
+from perseus.errors import ConnectorGone
 from perseus.models import ConnectorFailure, ConnectorHealth, ConnectorSpec
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,42 @@ class ConnectorHost:
         await connector.disconnect(reason)
         self.record("disconnect", workflow_id, exchange=connector.exchange_name, reason=reason)
         return True
+
+    async def activate(self, workflow_id: str, epoch: int, instance_id: str) -> Connector:
+        """Promote this host's warm standby connector under the claim just taken (see
+        :meth:`Connector.activate`); raises :class:`ConnectorGone` if there is none.
+
+        The journal's ``connect`` line is written *before* ``ACTIVATE`` is sent — the child may act
+        from then on — and a failed activation (the connector is stopped then) writes ``disconnect``.
+        """
+        connector = self._running.get(workflow_id)
+        if connector is None:
+            raise ConnectorGone(
+                f"no warm connector for {workflow_id} on this host (the worker was restarted)"
+            )
+        self.record("connect", workflow_id, exchange=connector.exchange_name, epoch=epoch, warm=True)
+        try:
+            await connector.activate(epoch, instance_id)
+        except BaseException as exc:
+            if not connector.connected:
+                self.record("disconnect", workflow_id, exchange=connector.exchange_name, reason=str(exc))
+            raise
+        return connector
+
+    async def deactivate(self, workflow_id: str) -> bool:
+        """Demote this host's active connector to a warm standby; True if one was there."""
+        connector = self._running.get(workflow_id)
+        if connector is None:
+            return False
+        await connector.deactivate()
+        # For the journal it stopped acting, like a disconnect (it keeps running, warm).
+        self.record("disconnect", workflow_id, exchange=connector.exchange_name, reason="deactivated")
+        return True
+
+    def health(self, workflow_id: str) -> ConnectorHealth | None:
+        """The connector's :meth:`Connector.health` (consumes its new error), None if none runs here."""
+        connector = self._running.get(workflow_id)
+        return connector.health() if connector is not None else None
 
     async def stop_all(self, reason: str) -> None:
         for workflow_id in list(self._running):

@@ -353,3 +353,44 @@ def test_register_options_become_the_spec_with_one_line_errors() -> None:
     for expected, options in refusals.items():
         with pytest.raises(ConfigError, match=expected):
             connector_spec(**base, **options)
+
+
+@pytest.mark.unit
+async def test_the_connector_host_journals_a_warm_promotion_as_acting(tmp_path: Path) -> None:
+    """What the chaos invariant checker reads: acting from ACTIVATE until deactivate or stop."""
+    from perseus.connectors.base import ConnectorHost
+    from perseus.errors import ConnectorGone
+    from tests.chaos.invariants import acting_intervals, load_journal
+
+    host = ConnectorHost(journal=tmp_path / "journal")
+    connector = simulated("standby")
+    host.put("wf-1", connector)
+    await connector.prepare(["A"])
+    await connector.warm_up()
+    health = host.health("wf-1")
+    assert health is not None and health.warm_ready and host.health("nope") is None
+    with pytest.raises(ConnectorGone):
+        await host.activate("nope", 3, "inst-3")
+    host.record("valid_until", "wf-1", until=time.monotonic() + 600, epoch=3)  # the new claim's lease
+    assert (await host.activate("wf-1", 3, "inst-3")) is connector and connector.connected
+    assert await host.deactivate("wf-1") and not connector.connected
+    await host.activate("wf-1", 4, "inst-4")
+    await host.stop("wf-1", "stop requested")
+    journal = load_journal(tmp_path / "journal")
+    assert [(line["kind"], line.get("epoch")) for line in journal] == [
+        ("valid_until", 3),
+        ("connect", 3),
+        ("disconnect", None),
+        ("connect", 4),
+        ("disconnect", None),
+    ]
+    (intervals,) = acting_intervals(journal, now=float("inf")).values()
+    assert len(intervals) == 2  # two acting spells: promoted, demoted, promoted again, stopped
+
+    failing = simulated("standby", fail_steps=["activate"])
+    host.put("wf-2", failing)
+    await failing.prepare([])
+    await failing.warm_up()
+    with pytest.raises(ConnectorNotActive):
+        await host.activate("wf-2", 5, "inst-5")
+    assert [line["kind"] for line in load_journal(tmp_path / "journal")][-2:] == ["connect", "disconnect"]
