@@ -212,6 +212,7 @@ class HostActivities:
             exchange_name=req.exchange_name,
             claim=req.claim or await self._claim_of(req),
             log_dir=self.connector_output,
+            heartbeat_interval_s=req.heartbeat_interval_s,
         )
         connector = build_connector(req.exchange_name, req.spec, context)
         self.connectors.put(req.workflow_id, connector)

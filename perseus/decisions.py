@@ -85,6 +85,8 @@ def next_step(facts: LoopFacts) -> Step | None:
 
 class LeaseVerdict(StrEnum):
     CONNECTOR_FAILED = "connector failed"  # the claim is still ours: record, recover, maybe restart
+    RESTART_UNHEALTHY = "restart unhealthy"  # failed its health checks: restart it in place
+    STEP_ASIDE = "step aside"  # failed its health checks: let the best standby take over
     RECLAIM = "reclaim"  # our key vanished or lapsed: take the exchange again if nobody else did
     REATTACH = "reattach"  # heartbeats stopped: that proves nothing about Redis (invariant 1)
     LOST = "lost"  # someone else holds the claim
@@ -94,6 +96,10 @@ def lease_verdict(error_type: str | None) -> LeaseVerdict:
     """What a failed lease means, by its error type (None: a timeout, no type)."""
     if error_type == "ConnectorFailed":
         return LeaseVerdict.CONNECTOR_FAILED
+    if error_type == "ConnectorUnhealthy":
+        return LeaseVerdict.RESTART_UNHEALTHY
+    if error_type == "ConnectorFailover":
+        return LeaseVerdict.STEP_ASIDE
     if error_type in ("ClaimMissing", "RenewDeadline"):
         return LeaseVerdict.RECLAIM
     if error_type in LOSS_TYPES:

@@ -14,7 +14,8 @@ name, so a workflow can list permanent ones in ``non_retryable_error_types``.
     ├── ClaimConflict               another instance holds the exchange (permanent)
     ├── ClaimLost                   our fencing token no longer matches (permanent)
     │   ├── ClaimMissing            the key vanished under us (expired, or Redis lost its data)
-    │   └── RenewDeadline           no renewal succeeded within the renew deadline
+    │   ├── RenewDeadline           no renewal succeeded within the renew deadline
+    │   └── StaleEpoch              a child's fenced write refused: its epoch is no longer current
     ├── StandbyGone                 a standby's record vanished under its host (permanent)
     ├── NotRegistered               no workflow for that exchange / host (permanent)
     ├── AlreadyRegistered           this host already runs that exchange (permanent)
@@ -24,7 +25,10 @@ name, so a workflow can list permanent ones in ``non_retryable_error_types``.
     ├── WebhookRejected             Discord refused the message for good (permanent)
     └── ConnectorError              the connector failed (transient: retried, then recorded)
         ├── ConnectorFailed         it died while running (reported by the lease; not retried)
+        │   ├── ConnectorUnhealthy  failed its health checks: restart in place
+        │   └── ConnectorFailover   failed its health checks: a standby takes over
         ├── ConnectorNotReady       could not start, died before ready, or not ready in time
+        ├── ConnectorNotActive      a warm child did not answer ACTIVATE with ACTIVE in time
         └── ConnectorGone           the workflow thinks a connector runs here; this process has none
 """
 
@@ -89,6 +93,11 @@ class StandbyGone(PerseusError):
     """A standby's record vanished while its host renewed it (dropped, or expired during an outage)."""
 
 
+class StaleEpoch(ClaimLost):
+    """A connector's fenced write was refused: the status key no longer names its instance and epoch
+    (:mod:`perseus.fencing`). The writer must stop acting as the active connector."""
+
+
 class NotRegistered(PerseusError):
     """No running instance workflow matches the request."""
 
@@ -107,6 +116,14 @@ class ConnectorFailed(ConnectorError):
     """The connector stopped working while it should have been running (crash, exit, health)."""
 
     retryable = False
+
+
+class ConnectorUnhealthy(ConnectorFailed):
+    """It failed its health checks; its policy is to restart it in place (``--on-unhealthy restart``)."""
+
+
+class ConnectorFailover(ConnectorFailed):
+    """It failed its health checks; its policy is to let a standby take over (``--on-unhealthy failover``)."""
 
 
 class InvalidQuery(PerseusError):
@@ -137,6 +154,16 @@ class ConnectorNotReady(ConnectorError):
     retryable = False
 
 
+class ConnectorNotActive(ConnectorError):
+    """A warm standby's child did not confirm ``ACTIVATE <epoch>`` with ``ACTIVE`` in time (or exited).
+
+    Not retryable: the child was stopped, since it may be half-active; the promotion must fall back
+    to a cold start or to another standby.
+    """
+
+    retryable = False
+
+
 class ConnectorGone(ConnectorError):
     """The workflow believes a connector runs here, but this process has none (it was restarted)."""
 
@@ -159,8 +186,12 @@ NON_RETRYABLE_ERROR_TYPES: list[str] = [
         NotRegistered,
         AlreadyRegistered,
         ConnectorFailed,
+        ConnectorUnhealthy,
+        ConnectorFailover,
         ConnectorNotReady,
+        ConnectorNotActive,
         ConnectorGone,
+        StaleEpoch,
         WebhookRejected,
         InvalidQuery,
         Unauthorized,

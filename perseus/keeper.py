@@ -39,13 +39,15 @@ from perseus.errors import (
     ClaimLost,
     ClaimMissing,
     ConnectorFailed,
+    ConnectorFailover,
+    ConnectorUnhealthy,
     PerseusError,
     RenewDeadline,
     ServiceUnavailable,
     StandbyGone,
 )
 from perseus.keys import iso, renew_deadline_s, ttl_ms
-from perseus.models import Claim, LeaseRequest, StandbyLeaseRequest
+from perseus.models import Claim, ConnectorFailure, LeaseRequest, StandbyLeaseRequest
 
 if TYPE_CHECKING:
     from perseus.connectors.base import ConnectorHost
@@ -117,6 +119,8 @@ class HeldClaim(_Loop):
     #: Wall-clock time at which the connector was stopped for the reason in ``ended``: the
     #: transitions that follow are stamped with it, not with when the workflow heard of it.
     stopped_at: datetime | None = None
+    #: Status fields a failed renewal could not deliver (a reported error), sent with the next one.
+    unsent: dict[str, object] = field(default_factory=dict)
 
     @property
     def claim(self) -> Claim:
@@ -203,6 +207,11 @@ class LeaseKeeper:
             if not held.within_deadline():
                 await self._end(held, RenewDeadline(self._deadline_message(deadline, ttl)))
                 return
+            # What the connector says of itself rides on the renewal: no extra round trip. An error it
+            # reported is carried to the next renewal if this one does not get through.
+            health = self._connectors.health(req.workflow_id)
+            patch = {**held.unsent, **(health.status_patch() if health else {})}
+            patch["lastHeartbeat"] = iso(datetime.now(UTC))
             try:
                 # Bounded by what is left of the renew deadline (a Redis that hangs must not keep
                 # this loop from stopping the connector in time) and by half an interval.
@@ -212,24 +221,26 @@ class LeaseKeeper:
                         req.claim.instance_id,
                         req.claim.epoch,
                         mode="renew",
-                        patch={"lastHeartbeat": iso(datetime.now(UTC))},
+                        patch=patch,
                         ttl_ms=ttl,
                     ),
                     timeout=max(0.05, min(held.last_ok + deadline - time.monotonic(), interval / 2)),
                 )
             except (ServiceUnavailable, TimeoutError) as exc:
+                held.unsent = {k: v for k, v in patch.items() if k in ("lastError", "lastErrorAt")}
                 log.warning("renewal of %s failed: %s", req.workflow_id, exc or "Redis too slow")
             else:
+                held.unsent = {}
                 if reply.outcome != "ok":
                     lost = ClaimMissing if reply.outcome == "missing" else ClaimLost
                     await self._end(held, lost(_lost_message(reply.outcome, reply.raw)))
                     return
                 self._renewed(held, due)
                 connector = self._connectors.get(req.workflow_id)
-                if connector is not None and (why := connector.failure()) is not None:
+                if connector is not None and (fault := connector.fault()) is not None:
                     await self._connectors.stop(req.workflow_id, "connector failed")
-                    held.report = ConnectorFailed(why)
-                    log.info("%s: connector failed while active: %s", req.workflow_id, why)
+                    held.report = _fault_error(fault)
+                    log.info("%s: connector failed while active: %s", req.workflow_id, fault.reason)
             if not held.within_deadline():
                 await self._end(held, RenewDeadline(self._deadline_message(deadline, ttl)))
                 return
@@ -413,6 +424,15 @@ class LeaseKeeper:
             await asyncio.gather(*tasks, return_exceptions=True)
         self.claims.clear()
         self.standbys.clear()
+
+
+def _fault_error(fault: ConnectorFailure) -> ConnectorFailed:
+    """The error a lease reports for a failed connector: its type names what the workflow must do."""
+    if fault.kind == "unhealthy" and fault.policy == "failover":
+        return ConnectorFailover(fault.reason)
+    if fault.kind == "unhealthy":
+        return ConnectorUnhealthy(fault.reason)
+    return ConnectorFailed(fault.reason)
 
 
 def _lost_message(outcome: str, raw: str | None) -> str:

@@ -53,6 +53,9 @@ class InstanceStatus(Wire):
     workflow_id: str
     heartbeat_interval_ms: int
     ttl_ms: int
+    #: What the connector says of itself, refreshed with every renewal (None: nothing known yet).
+    healthy: bool | None = None
+    last_health_at: str | None = None
 
     def wire(self) -> dict[str, object]:
         return self.model_dump(mode="json", by_alias=True)
@@ -148,6 +151,7 @@ class SymbolsRequest(BaseModel):
 #: Limits of a process connector's timings, set by the workflow's host-activity timeouts.
 MAX_READY_TIMEOUT_S = 110.0
 MAX_STOP_GRACE_S = 10.0
+MAX_ACTIVE_TIMEOUT_S = 60.0
 
 
 class ConnectorSpec(BaseModel):
@@ -191,6 +195,20 @@ class ConnectorSpec(BaseModel):
     #: with this many older files beside it.
     log_max_bytes: int = Field(default=4 * 1024 * 1024, ge=4096)
     log_backups: int = Field(default=3, ge=0, le=20)
+    # --- health while active and warm standby (DESIGN §2.9) ------------------------------------
+    #: Probed every heartbeat interval while active (default: ``ready_url``; with neither, health
+    #: comes only from the child's ``PERSEUS health=…`` lines).
+    health_url: str | None = None
+    #: This many consecutive failed probes (or ``PERSEUS health=failed`` lines) make the connector
+    #: unhealthy: a failure with the ``on_unhealthy`` policy attached.
+    health_failures: int = Field(default=3, ge=1, le=100)
+    #: Unhealthy while active: restart in place, or release the claim so a standby takes over.
+    on_unhealthy: Literal["restart", "failover"] = "restart"
+    #: A standby keeps its connector prepared and warmed (``PERSEUS_ROLE=standby``), promoted by
+    #: ``ACTIVATE <epoch>`` on the child's stdin instead of a cold start.
+    warm: bool = False
+    #: Seconds a warm child has to answer ``ACTIVE`` after ``ACTIVATE <epoch>``.
+    active_timeout_s: float = Field(default=10.0, gt=0, le=MAX_ACTIVE_TIMEOUT_S)
 
     @field_validator("command", mode="before")
     @classmethod
@@ -215,7 +233,7 @@ class ConnectorSpec(BaseModel):
             raise ValueError(f"not a regular expression: {value!r} ({exc})") from None
         return value
 
-    @field_validator("ready_url")
+    @field_validator("ready_url", "health_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         if value is None:
@@ -238,6 +256,8 @@ class ConnectorSpec(BaseModel):
                 raise ValueError("a process connector needs a command to run (it is empty)")
         elif self.command or self.ready_line is not None or self.ready_url is not None:
             raise ValueError(f"command, ready_line and ready_url need kind 'process', not {self.kind!r}")
+        elif self.health_url is not None:
+            raise ValueError(f"health_url needs kind 'process', not {self.kind!r}")
         return self
 
 
@@ -433,11 +453,62 @@ class ConnectorRequest(BaseModel):
     #: The claim the connector runs under (a process connector passes it to its child as
     #: PERSEUS_EPOCH / PERSEUS_INSTANCE_ID). None from workflows that do not fill it in yet.
     claim: Claim | None = None
+    #: How often the connector checks its health while active (the instance's heartbeat interval).
+    heartbeat_interval_s: float = 15.0
 
 
 class ConnectorReport(BaseModel):
     symbol_count: int = 0
     running: bool = False
+
+
+class ConnectorHealth(BaseModel):
+    """What a connector says about itself, read by the lease on each renewal (any connector kind).
+
+    ``healthy`` is None until something is known (no probe answered, no report line yet).
+    ``symbol_count`` is what the child reported (``PERSEUS symbols=<n>``), None if it never did.
+    ``last_error`` is an error reported since the previous :meth:`Connector.health` call (each is
+    returned once), None if there was none.
+    """
+
+    healthy: bool | None = None
+    last_health_at: datetime | None = None
+    symbol_count: int | None = None
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    #: Working but impaired (``PERSEUS health=degraded <reason>``), or why the last check failed.
+    degraded_reason: str | None = None
+    #: Prepared and warmed, its child running: a warm standby that can be activated.
+    warm_ready: bool = False
+
+    def status_patch(self) -> dict[str, object]:
+        """The fields to merge into the status key (camelCase): ``healthy`` and ``lastHealthAt``
+        always, ``symbolCount`` once the child reported one, ``lastError``/``lastErrorAt`` only
+        when a new error arrived (an old one is never cleared by a quiet beat)."""
+        patch: dict[str, object] = {
+            "healthy": self.healthy,
+            "lastHealthAt": iso(self.last_health_at) if self.last_health_at else None,
+        }
+        if self.symbol_count is not None:
+            patch["symbolCount"] = self.symbol_count
+        if self.last_error is not None:
+            patch["lastError"] = self.last_error
+            patch["lastErrorAt"] = iso(self.last_error_at) if self.last_error_at else None
+        return patch
+
+
+class ConnectorFailure(BaseModel):
+    """Why a connector stopped working while it should run, and what its spec says to do about it.
+
+    ``kind="crashed"``: the child exited (the spec's ``restart`` applies, as before; ``policy`` is
+    None). ``kind="unhealthy"``: it runs but failed ``health_failures`` checks in a row (or a
+    simulated health failure); ``policy`` is the spec's ``on_unhealthy``: ``restart`` in place, or
+    ``failover`` (release the claim so a standby takes over).
+    """
+
+    kind: Literal["crashed", "unhealthy"]
+    reason: str
+    policy: Literal["restart", "failover"] | None = None
 
 
 # --- Standbys and handoff -----------------------------------------------------------------------

@@ -772,6 +772,12 @@ class InstanceWorkflow:
         if verdict is LeaseVerdict.CONNECTOR_FAILED:
             await self._connector_failed(reason)
             return True
+        if verdict is LeaseVerdict.RESTART_UNHEALTHY:
+            await self._connector_failed(reason, policy="on-failure")
+            return True
+        if verdict is LeaseVerdict.STEP_ASIDE:
+            await self._step_aside(reason)
+            return True
         if verdict is LeaseVerdict.RECLAIM and await self._reclaim(reason, stopped_at):
             return True
         if verdict is LeaseVerdict.REATTACH:
@@ -876,16 +882,32 @@ class InstanceWorkflow:
             return None
         return probe
 
-    async def _connector_failed(self, reason: str) -> None:
-        """The connector died while running; the claim is still ours. Record, recover, maybe restart."""
+    async def _connector_failed(self, reason: str, policy: str | None = None) -> None:
+        """The connector died (or failed its health checks) while running; the claim is still ours.
+        Record, recover, and restart if the spec (or ``policy``) says so."""
         await self._fail(reason)
         spec = self.inp.connector
-        delay = restart_delay(spec.restart, self.restarts, spec.max_restarts, spec.restart_backoff_s)
+        delay = restart_delay(
+            policy or spec.restart, self.restarts, spec.max_restarts, spec.restart_backoff_s
+        )
         if delay is not None:
             self.restarts += 1
             self.lease = self._start_lease()  # keep renewing while we back off
             await workflow.sleep(timedelta(seconds=delay), summary=f"restart {self.restarts} backoff")
             self._enqueue(Command.START, first=True, internal=True)
+
+    async def _step_aside(self, reason: str) -> None:
+        """An unhealthy connector whose policy is failover: record it, let go of the exchange and wake
+        the best standby, then wait as a standby here. With no live standby, restart in place."""
+        await self._fail(reason)
+        if not await self._standbys():
+            workflow.logger.info("%s: no live standby to take over; restarting in place", self.wf_id)
+            self._enqueue(Command.START, first=True, internal=True)
+            return
+        await self._cancel_lease()
+        await self._release_claim()
+        await self._wake_standby(f"{self.inp.exchange} on {self.inp.host} unhealthy: {reason}")
+        await self._become_standby()
 
     async def _reclaim(self, reason: str, stopped_at: datetime | None = None) -> bool:
         """Our key vanished (expired while paused, or Redis lost its data) and nobody else took it:
@@ -1225,6 +1247,7 @@ class InstanceWorkflow:
                 exchange_name=self.resolved.exchange.name,
                 spec=self.inp.connector,
                 claim=self.claim,
+                heartbeat_interval_s=self.inp.heartbeat_interval_s,
             ),
             result_type=ConnectorReport,
             task_queue=self.host_queue,

@@ -21,8 +21,14 @@ _FLAGS = {
     "ready_timeout_s": "--ready-timeout",
     "stop_grace_s": "--stop-grace",
     "restart": "--restart",
+    "health_url": "--health-url",
+    "health_failures": "--health-failures",
+    "on_unhealthy": "--on-unhealthy",
+    "warm": "--warm",
+    "active_timeout_s": "--active-timeout",
 }
 RESTART_CHOICES = ("no", "on-failure")
+ON_UNHEALTHY_CHOICES = ("restart", "failover")
 
 
 def connector_spec(
@@ -33,20 +39,38 @@ def connector_spec(
     ready_timeout: float | None,
     stop_grace: float | None,
     restart: str | None,
+    health_url: str | None = None,
+    health_failures: int | None = None,
+    on_unhealthy: str | None = None,
+    warm: bool = False,
+    active_timeout: float | None = None,
 ) -> ConnectorSpec | None:
-    """The spec ``perseus register`` asks for; None keeps the default (simulated) connector."""
+    """The spec ``perseus register`` asks for; None keeps the default (simulated) connector.
+
+    ``--restart``, ``--on-unhealthy`` and ``--warm`` apply to the simulated connector too; the other
+    options configure the ``--exec`` command and need it.
+    """
     if restart is not None and restart not in RESTART_CHOICES:
         raise ConfigError(f"--restart must be one of {', '.join(RESTART_CHOICES)}, got {restart!r}")
+    if on_unhealthy is not None and on_unhealthy not in ON_UNHEALTHY_CHOICES:
+        raise ConfigError(
+            f"--on-unhealthy must be one of {', '.join(ON_UNHEALTHY_CHOICES)}, got {on_unhealthy!r}"
+        )
     given = {
         "--ready-line": ready_line,
         "--ready-url": ready_url,
         "--ready-timeout": ready_timeout,
         "--stop-grace": stop_grace,
+        "--health-url": health_url,
+        "--health-failures": health_failures,
+        "--active-timeout": active_timeout,
     }
+    anywhere: dict[str, object] = {"restart": restart, "on_unhealthy": on_unhealthy, "warm": warm or None}
     if exec_command is None:
         if needs := [flag for flag, value in given.items() if value is not None]:
             raise ConfigError(f"{', '.join(needs)}: only with --exec COMMAND (they configure that command)")
-        return ConnectorSpec.model_validate({"restart": restart}) if restart is not None else None
+        chosen = {name: value for name, value in anywhere.items() if value is not None}
+        return _validated(chosen) if chosen else None
     if ready_line is not None and ready_url is not None:
         raise ConfigError("--ready-line and --ready-url exclude each other: choose one readiness check")
     fields: dict[str, object] = {"kind": "process", "command": exec_command}
@@ -55,10 +79,17 @@ def connector_spec(
         ("ready_url", ready_url),
         ("ready_timeout_s", ready_timeout),
         ("stop_grace_s", stop_grace),
-        ("restart", restart),
+        ("health_url", health_url),
+        ("health_failures", health_failures),
+        ("active_timeout_s", active_timeout),
+        *anywhere.items(),
     ):
         if value is not None:
             fields[name] = value
+    return _validated(fields)
+
+
+def _validated(fields: dict[str, object]) -> ConnectorSpec:
     try:
         return ConnectorSpec.model_validate(fields)
     except ValidationError as exc:

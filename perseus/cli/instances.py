@@ -58,6 +58,26 @@ def register(
         str | None,
         typer.Option("--restart", help="no | on-failure: start again, with backoff, after a crash."),
     ] = None,
+    health_url: Annotated[
+        str | None,
+        typer.Option("--health-url", help="Probed every heartbeat while active (default: --ready-url)."),
+    ] = None,
+    health_failures: Annotated[
+        int | None,
+        typer.Option("--health-failures", help="Failed health checks in a row that make it unhealthy (3)."),
+    ] = None,
+    on_unhealthy: Annotated[
+        str | None,
+        typer.Option("--on-unhealthy", help="restart | failover: what an unhealthy connector gets."),
+    ] = None,
+    warm: Annotated[
+        bool,
+        typer.Option("--warm", help="A standby keeps its connector warm; promoted by ACTIVATE <epoch>."),
+    ] = False,
+    active_timeout: Annotated[
+        float | None,
+        typer.Option("--active-timeout", help="Seconds for ACTIVE after ACTIVATE (default 10, max 60)."),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Register an instance of EXCHANGE on a host: claims the exchange (state idle), or waits as a standby."""
@@ -73,6 +93,11 @@ def register(
             ready_timeout=ready_timeout,
             stop_grace=stop_grace,
             restart=restart,
+            health_url=health_url,
+            health_failures=health_failures,
+            on_unhealthy=on_unhealthy,
+            warm=warm,
+            active_timeout=active_timeout,
         )
         interval = heartbeat_interval if heartbeat_interval is not None else settings.heartbeat_interval
         if not interval > 0:

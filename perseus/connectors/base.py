@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 import json
 import logging
 import os
 import time
 from pathlib import Path
+from typing import Literal
 
-from perseus.models import ConnectorSpec
+from perseus.errors import ConnectorGone
+from perseus.models import ConnectorFailure, ConnectorHealth, ConnectorSpec
 
 log = logging.getLogger(__name__)
+
+
+#: A connector's role: ``active`` serves the exchange; ``standby`` is prepared and warmed, waiting for
+#: ``activate``. The child learns it from ``PERSEUS_ROLE``.
+Role = Literal["active", "standby"]
 
 
 class Connector(abc.ABC):
@@ -21,11 +29,23 @@ class Connector(abc.ABC):
     *warming*, ``connect`` to become *active*; ``disconnect`` on stop or when the claim is lost. Each
     step raises :class:`perseus.errors.ConnectorError` on failure. ``disconnect`` must be idempotent
     and must not fail: it is also the emergency brake.
+
+    A connector built with ``role="standby"`` (a warm standby) runs ``prepare`` and ``warm_up`` and
+    then waits: ``activate(epoch, instance_id)`` makes it active under the new claim (instead of
+    ``connect``), ``deactivate()`` makes an active one a warm standby again. ``warm_ready`` says
+    whether it could be activated now.
+
+    While active, the lease reads ``fault()`` and ``health()`` after each renewal.
     """
 
-    def __init__(self, exchange_name: str, spec: ConnectorSpec) -> None:
+    def __init__(self, exchange_name: str, spec: ConnectorSpec, role: Role = "active") -> None:
         self.exchange_name = exchange_name
         self.spec = spec
+        self.role: Role = role
+        #: Set when :meth:`fault` turns non-None (the child exited, it turned unhealthy), cleared by
+        #: ``activate``: the lease can wait on it between renewals and act at once instead of on its
+        #: next beat. A hint: read :meth:`fault` for the verdict.
+        self.faulted = asyncio.Event()
 
     @abc.abstractmethod
     async def prepare(self, symbols: list[str]) -> int:
@@ -35,17 +55,40 @@ class Connector(abc.ABC):
     async def warm_up(self) -> None: ...
 
     @abc.abstractmethod
-    async def connect(self) -> None: ...
+    async def connect(self) -> None:
+        """Become active (role ``active`` only; a standby is promoted by :meth:`activate`)."""
 
     @abc.abstractmethod
     async def disconnect(self, reason: str) -> None: ...
 
     @abc.abstractmethod
-    def failure(self) -> str | None:
+    async def activate(self, epoch: int, instance_id: str) -> None:
+        """Promote a warm standby to active under the claim (``instance_id``, ``epoch``) just taken.
+
+        Returns once the connector confirmed; raises :class:`perseus.errors.ConnectorNotActive`
+        (the connector is stopped then) if it did not in time, :class:`perseus.errors.ConnectorError`
+        if it is not a prepared, warmed standby.
+        """
+
+    @abc.abstractmethod
+    async def deactivate(self) -> None:
+        """Demote an active connector to a warm standby (it keeps running, it stops serving)."""
+
+    @abc.abstractmethod
+    def fault(self) -> ConnectorFailure | None:
         """Why the connector stopped working while it should be running; None while it is fine."""
 
+    @abc.abstractmethod
+    def health(self) -> ConnectorHealth:
+        """Its health now. Each reported error is returned once (``last_error`` is cleared)."""
+
+    def failure(self) -> str | None:
+        """The reason of :meth:`fault`, for callers that only need text."""
+        fault = self.fault()
+        return fault.reason if fault is not None else None
+
     def healthy(self) -> bool:
-        return self.failure() is None
+        return self.fault() is None
 
     def process_group(self) -> int | None:
         """The process group a kill deadline applies to (the watchdog's), if the connector has one."""
@@ -54,6 +97,11 @@ class Connector(abc.ABC):
     @property
     @abc.abstractmethod
     def connected(self) -> bool: ...
+
+    @property
+    @abc.abstractmethod
+    def warm_ready(self) -> bool:
+        """Prepared and warmed and still running: a standby that ``activate`` can promote now."""
 
 
 class ConnectorHost:
@@ -94,6 +142,42 @@ class ConnectorHost:
         await connector.disconnect(reason)
         self.record("disconnect", workflow_id, exchange=connector.exchange_name, reason=reason)
         return True
+
+    async def activate(self, workflow_id: str, epoch: int, instance_id: str) -> Connector:
+        """Promote this host's warm standby connector under the claim just taken (see
+        :meth:`Connector.activate`); raises :class:`ConnectorGone` if there is none.
+
+        The journal's ``connect`` line is written *before* ``ACTIVATE`` is sent — the child may act
+        from then on — and a failed activation (the connector is stopped then) writes ``disconnect``.
+        """
+        connector = self._running.get(workflow_id)
+        if connector is None:
+            raise ConnectorGone(
+                f"no warm connector for {workflow_id} on this host (the worker was restarted)"
+            )
+        self.record("connect", workflow_id, exchange=connector.exchange_name, epoch=epoch, warm=True)
+        try:
+            await connector.activate(epoch, instance_id)
+        except BaseException as exc:
+            if not connector.connected:
+                self.record("disconnect", workflow_id, exchange=connector.exchange_name, reason=str(exc))
+            raise
+        return connector
+
+    async def deactivate(self, workflow_id: str) -> bool:
+        """Demote this host's active connector to a warm standby; True if one was there."""
+        connector = self._running.get(workflow_id)
+        if connector is None:
+            return False
+        await connector.deactivate()
+        # For the journal it stopped acting, like a disconnect (it keeps running, warm).
+        self.record("disconnect", workflow_id, exchange=connector.exchange_name, reason="deactivated")
+        return True
+
+    def health(self, workflow_id: str) -> ConnectorHealth | None:
+        """The connector's :meth:`Connector.health` (consumes its new error), None if none runs here."""
+        connector = self._running.get(workflow_id)
+        return connector.health() if connector is not None else None
 
     async def stop_all(self, reason: str) -> None:
         for workflow_id in list(self._running):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from perseus.connectors.base import Connector
+from perseus.connectors.base import Connector, Role
 from perseus.errors import ConfigError
 from perseus.models import Claim, ConnectorSpec
 
@@ -23,6 +23,11 @@ class ConnectorContext:
     claim: Claim | None = None
     #: Directory for the child's output files; None keeps only the last lines in memory.
     log_dir: Path | None = None
+    #: ``standby``: a warm standby (prepared and warmed, promoted by ``activate``); the child gets
+    #: ``PERSEUS_ROLE``. For a standby, ``claim`` is the standby's own instance id with epoch 0.
+    role: Role = "active"
+    #: How often a process connector probes its health URL while active (the lease's interval).
+    heartbeat_interval_s: float = 15.0
 
 
 def build_connector(exchange_name: str, spec: object, context: ConnectorContext | None = None) -> Connector:
@@ -31,7 +36,7 @@ def build_connector(exchange_name: str, spec: object, context: ConnectorContext 
     if spec.kind == "simulated":
         from perseus.connectors.simulated import SimulatedConnector
 
-        return SimulatedConnector(exchange_name, spec)
+        return SimulatedConnector(exchange_name, spec, context.role if context else "active")
     if spec.kind == "process":
         from perseus.connectors.process import ProcessConnector
 

@@ -31,6 +31,20 @@ Process hygiene, so that the child cannot outlive its supervisor:
 The child's stdout and stderr go through a pipe to this process, which keeps the last lines in
 memory (for failure messages) and appends everything to a rotating file,
 ``{data dir}/connectors/{workflow id}.log`` (shown by ``perseus output EXCHANGE``).
+
+The child talks back (DESIGN §2.9): stdout lines ``PERSEUS symbols=<n>``, ``PERSEUS error=<text>`` and
+``PERSEUS health=ok|degraded|failed [reason]`` are reflected in :meth:`ProcessConnector.health`; a
+malformed ``PERSEUS`` line is logged once and ignored. While active, ``health_url`` (default:
+``ready_url``) is probed every heartbeat interval by a task the connector owns (started when it
+becomes active, cancelled when it stops being active); ``health_failures`` failed probes in a row —
+or as many ``health=failed`` lines in a row — make it unhealthy: :meth:`ProcessConnector.fault` then
+reports ``kind="unhealthy"`` with the spec's ``on_unhealthy`` policy.
+
+Warm standby: a connector built with ``role="standby"`` spawns its child with ``PERSEUS_ROLE=standby``
+and warms it up like an active one, then waits. :meth:`ProcessConnector.activate` writes
+``ACTIVATE <epoch>`` on the child's stdin and waits for a line ``ACTIVE`` (``active_timeout_s``);
+:meth:`ProcessConnector.deactivate` writes ``DEACTIVATE``. The child's stdin is a pipe only for a
+standby or a ``warm`` spec; otherwise it is ``/dev/null`` as before.
 """
 
 from __future__ import annotations
@@ -52,9 +66,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from perseus.connectors.base import Connector
-from perseus.errors import ConnectorError, ConnectorNotReady
+from perseus.errors import ConnectorError, ConnectorNotActive, ConnectorNotReady
 from perseus.keys import iso
-from perseus.models import ConnectorSpec
+from perseus.models import Claim, ConnectorFailure, ConnectorHealth, ConnectorSpec
 
 if TYPE_CHECKING:
     from perseus.connectors.factory import ConnectorContext
@@ -72,6 +86,12 @@ MAX_LINE_BYTES = 64 * 1024
 #: How long to wait for the rest of the output after the child exited (a grandchild may hold the pipe).
 DRAIN_S = 1.0
 URL_POLL_S = 0.2
+#: A health probe waits at most this long (and at most half the interval, so probes keep their pace).
+HEALTH_PROBE_TIMEOUT_S = 2.0
+#: The prefix of the child's messages to Perseus (DESIGN §2.9), and the longest error text kept.
+PROTOCOL_PREFIX = "PERSEUS "
+MAX_REPORTED_ERROR_CHARS = 500
+_HEALTH_LINE = re.compile(r"health=(ok|degraded|failed)(?:\s+(.*))?")
 #: Subdirectory of the data dir holding the children's output files.
 OUTPUT_SUBDIR = "connectors"
 
@@ -195,8 +215,24 @@ class ProcessConnector(Connector):
     """A real connector command, run while the claim is held. See the module docstring."""
 
     def __init__(self, exchange_name: str, spec: ConnectorSpec, context: ConnectorContext) -> None:
-        super().__init__(exchange_name, spec)
+        super().__init__(exchange_name, spec, context.role)
         self.context = context
+        #: The claim the child acts under: the context's, then the one ``activate`` was given.
+        self.claim: Claim | None = context.claim
+        self._warm = False
+        self._active_seen = asyncio.Event()
+        self._health_task: asyncio.Task[None] | None = None
+        # What the child and the probes said (see health()).
+        self._reported_symbols: int | None = None
+        self._reported_error: tuple[str, datetime] | None = None
+        self._report: str | None = None  # "ok" | "degraded" | "failed": the last health line
+        self._report_reason: str | None = None
+        self._report_failures = 0
+        self._probe_ok: bool | None = None
+        self._probe_failures = 0
+        self._last_health_at: datetime | None = None
+        self._unhealthy: str | None = None
+        self._malformed_logged = False
         self.symbols: list[str] = []
         self._proc: asyncio.subprocess.Process | None = None
         self._pump_task: asyncio.Task[None] | None = None
@@ -247,6 +283,7 @@ class ProcessConnector(Connector):
         )
         if ctx.claim is not None:
             env.update(PERSEUS_EPOCH=str(ctx.claim.epoch), PERSEUS_INSTANCE_ID=ctx.claim.instance_id)
+        env["PERSEUS_ROLE"] = self.role
         return env
 
     # --- the lifecycle -------------------------------------------------------------------------
@@ -279,7 +316,7 @@ class ProcessConnector(Connector):
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *command,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if self._takes_commands else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 cwd=self.spec.cwd,
@@ -306,6 +343,7 @@ class ProcessConnector(Connector):
         if self._pattern is None and self.spec.ready_url is None:
             if self._exit is not None:
                 await self._not_ready(f"{self._exit} before it was ready")
+            self._warm = True
             return  # nothing to wait for: ready once spawned
         exited = asyncio.create_task(self._until(self._exited))
         url = self.spec.ready_url
@@ -319,7 +357,8 @@ class ProcessConnector(Connector):
                 waiter.cancel()
             await asyncio.gather(exited, ready, return_exceptions=True)
         if ready in done and not ready.cancelled() and ready.exception() is None:
-            self._note("ready")
+            self._note("ready" + (" (warm standby)" if self.role == "standby" else ""))
+            self._warm = True
             return
         if exited in done:
             await self._not_ready(f"{self._exit} before it was ready")
@@ -336,30 +375,162 @@ class ProcessConnector(Connector):
     async def connect(self) -> None:
         """Ready and still running: *active*."""
         proc = self._require()
+        if self.role != "active":
+            raise ConnectorError(
+                f"the {self.exchange_name} connector is a warm standby: it becomes active by activate()"
+            )
         if self._exit is not None or proc.returncode is not None:
             ended = self._exit or describe_exit(proc.returncode or 0)
             await self._not_ready(f"{ended} before it became active")
         self._connected = True
         self._note("active")
+        self._signal_fault()  # a child that reported health=failed while warming up
+        self._start_health()
 
     def process_group(self) -> int | None:
         # The child leads its own session and group (start_new_session), so its pid is the pgid.
         proc = self._proc
         return proc.pid if proc is not None and proc.returncode is None else None
 
-    def failure(self) -> str | None:
-        if self._connected and self._stopping is None and self._exit is not None:
-            return f"{self._exit}{self._tail_text()}"
+    async def activate(self, epoch: int, instance_id: str) -> None:
+        """Promote the warm standby: ``ACTIVATE <epoch>`` on its stdin, then wait for ``ACTIVE``.
+
+        Not confirmed within ``active_timeout_s`` (or the child exited): the child is stopped — it may
+        be half-active — and :class:`ConnectorNotActive` raised.
+        """
+        proc = self._require()
+        if self.connected:
+            raise ConnectorError(f"the {self.exchange_name} connector is already active")
+        if not self.warm_ready:
+            state = self._exit or ("stopped" if self._stopping else "not warmed up yet")
+            raise ConnectorError(
+                f"the {self.exchange_name} connector is not a warm standby ({state}): cannot activate it"
+            )
+        if proc.stdin is None:
+            raise ConnectorError(
+                f"the {self.exchange_name} connector was started without a command pipe (not warm): "
+                "cannot activate it"
+            )
+        self.claim = Claim(instance_id=instance_id, epoch=epoch)
+        self._active_seen.clear()
+        self._unhealthy, self._report_failures, self._probe_failures = None, 0, 0
+        self.faulted.clear()
+        self._note(f"ACTIVATE {epoch} (instance {instance_id})")
+        try:
+            proc.stdin.write(f"ACTIVATE {epoch}\n".encode())
+            await proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            await self._not_active(
+                f"cannot send ACTIVATE {epoch} to the {self.exchange_name} connector: {exc}"
+            )
+        exited = asyncio.create_task(self._until(self._exited))
+        confirmed = asyncio.create_task(self._until(self._active_seen))
+        try:
+            done, _ = await asyncio.wait(
+                {exited, confirmed}, timeout=self.spec.active_timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiter in (exited, confirmed):
+                waiter.cancel()
+            await asyncio.gather(exited, confirmed, return_exceptions=True)
+        if confirmed not in done:
+            why = (
+                f"{self._exit} after ACTIVATE {epoch}"
+                if exited in done
+                else f"{self.exchange_name} connector did not answer ACTIVATE {epoch} with ACTIVE "
+                f"within {self.spec.active_timeout_s:g}s; stopped it"
+            )
+            await self._not_active(why)
+        self.role = "active"
+        self._connected = True
+        self._note(f"active (epoch {epoch})")
+        log.info("%s connector activated: epoch %s, instance %s", self.exchange_name, epoch, instance_id)
+        self._start_health()
+
+    async def deactivate(self) -> None:
+        """Demote to a warm standby: ``DEACTIVATE`` on its stdin; it keeps running. Idempotent."""
+        proc = self._require()
+        if proc.stdin is None:
+            raise ConnectorError(
+                f"the {self.exchange_name} connector was started without a command pipe (not warm): "
+                "it cannot be demoted, only stopped"
+            )
+        was_active = self._connected
+        self._connected = False
+        self.role = "standby"
+        await self._stop_health()
+        if not was_active:
+            return
+        self._note("DEACTIVATE")
+        try:
+            proc.stdin.write(b"DEACTIVATE\n")
+            await proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            log.warning("cannot send DEACTIVATE to the %s connector: %s", self.exchange_name, exc)
+
+    def fault(self) -> ConnectorFailure | None:
+        if self._stopping is not None:
+            return None  # a stop we asked for is no failure
+        # A warm standby's child that dies is a failure too (it can no longer be promoted warm);
+        # an active one between warm_up and connect is not: connect() reports that itself.
+        if (self._connected or (self.role == "standby" and self._warm)) and self._exit is not None:
+            return ConnectorFailure(kind="crashed", reason=f"{self._exit}{self._tail_text()}")
+        if self._connected and self._unhealthy is not None:
+            return ConnectorFailure(kind="unhealthy", reason=self._unhealthy, policy=self.spec.on_unhealthy)
         return None
+
+    def health(self) -> ConnectorHealth:
+        """What the probes and the child's report lines say; a reported error is returned once."""
+        known = self._probe_ok is not None or self._report is not None
+        failing = (
+            self._unhealthy is not None
+            or self._probe_ok is False
+            or self._report == "failed"
+            or self._exit is not None
+        )
+        error, self._reported_error = self._reported_error, None
+        return ConnectorHealth(
+            healthy=(not failing) if (known or self._exit is not None) else None,
+            last_health_at=self._last_health_at,
+            symbol_count=self._reported_symbols,
+            last_error=error[0] if error else None,
+            last_error_at=error[1] if error else None,
+            degraded_reason=self._unhealthy
+            or (self._last_probe if self._probe_ok is False else None)
+            or (self._report_reason if self._report in ("degraded", "failed") else None),
+            warm_ready=self.warm_ready,
+        )
 
     @property
     def connected(self) -> bool:
         proc = self._proc
         return self._connected and self._exit is None and proc is not None and proc.returncode is None
 
+    @property
+    def warm_ready(self) -> bool:
+        proc = self._proc
+        return (
+            self._warm
+            and self._stopping is None
+            and self._exit is None
+            and proc is not None
+            and proc.returncode is None
+        )
+
     async def disconnect(self, reason: str) -> None:
         """Stop the child and return once it is gone. Idempotent; never raises (the emergency brake)."""
         self._connected = False
+        health_task, self._health_task = self._health_task, None
+        if health_task is not None:
+            health_task.cancel()  # at once; reaped below, after the child
+        try:
+            await self._disconnect(reason)
+        finally:
+            if health_task is not None:
+                await asyncio.wait({health_task}, timeout=1.0)
+            self._close_stdin()
+
+    async def _disconnect(self, reason: str) -> None:
         proc = self._proc
         if proc is None:
             self._close_log()
@@ -385,6 +556,121 @@ class ProcessConnector(Connector):
         if self._proc is None:
             raise ConnectorError(f"the {self.exchange_name} connector was not started")
         return self._proc
+
+    @property
+    def _takes_commands(self) -> bool:
+        """Whether the child gets a stdin pipe for ACTIVATE / DEACTIVATE."""
+        return self.role == "standby" or self.spec.warm
+
+    async def _not_active(self, why: str) -> None:
+        message = f"{why}{self._tail_text()}"
+        self._note(message)
+        await self.disconnect("not active")
+        raise ConnectorNotActive(message)
+
+    def _close_stdin(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.stdin is not None and proc.returncode is not None:
+            proc.stdin.close()
+
+    # --- health while active -------------------------------------------------------------------
+
+    def _start_health(self) -> None:
+        url = self.spec.health_url or self.spec.ready_url
+        if url is None or self._health_task is not None:
+            return
+        self._probe_failures = 0
+        self._health_task = asyncio.create_task(
+            self._probe_health(url, self.context.heartbeat_interval_s),
+            name=f"health {self.context.workflow_id}",
+        )
+
+    async def _stop_health(self) -> None:
+        task, self._health_task = self._health_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
+
+    async def _probe_health(self, url: str, interval: float) -> None:
+        """Probe ``url`` on a fixed schedule, one interval apart, while active."""
+        import httpx
+
+        timeout = min(HEALTH_PROBE_TIMEOUT_S, interval / 2)
+        async with httpx.AsyncClient(trust_env=False, timeout=timeout) as http:
+            due = asyncio.get_running_loop().time()
+            while True:
+                due += interval
+                await asyncio.sleep(max(0.0, due - asyncio.get_running_loop().time()))
+                try:
+                    response = await http.get(url)
+                except httpx.HTTPError as exc:
+                    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                    self._probe_result(False, f"health check {url}: {what}")
+                except Exception as exc:  # a probe must never take the supervisor down
+                    self._probe_result(False, f"health check {url}: {type(exc).__name__}")
+                else:
+                    ok = response.is_success
+                    self._probe_result(ok, None if ok else f"health check {url}: HTTP {response.status_code}")
+
+    def _probe_result(self, ok: bool, why: str | None) -> None:
+        self._probe_ok = ok
+        self._last_health_at = datetime.now(UTC)
+        if ok:
+            self._probe_failures = 0
+            return
+        self._last_probe = why or "failed"
+        self._probe_failures += 1
+        if self._probe_failures >= self.spec.health_failures:
+            self._set_unhealthy(f"{self._probe_failures} health checks failed in a row (last: {why})")
+
+    def _signal_fault(self) -> None:
+        if self.fault() is not None:
+            self.faulted.set()
+
+    def _set_unhealthy(self, why: str) -> None:
+        # Kept even while not active (a child reporting failure during warm-up): fault() reports it
+        # once it is active; activate() starts a promoted standby afresh.
+        if self._unhealthy is None:
+            self._unhealthy = f"{self.exchange_name} connector unhealthy: {why}"
+            self._signal_fault()
+            self._note(self._unhealthy)
+            log.warning("%s (policy: %s)", self._unhealthy, self.spec.on_unhealthy)
+
+    # --- the child's messages (DESIGN §2.9) ----------------------------------------------------
+
+    def _message(self, text: str) -> None:
+        """One ``PERSEUS …`` line from the child: reflect it in health(), or ignore it (logged once)."""
+        body = text[len(PROTOCOL_PREFIX) :].strip()
+        key, _, value = body.partition("=")
+        if key == "symbols" and value.isdigit():
+            self._reported_symbols = int(value)
+            return
+        if key == "error" and value.strip():
+            clean = "".join(ch if ch.isprintable() else " " for ch in value.strip())
+            self._reported_error = (clean[:MAX_REPORTED_ERROR_CHARS], datetime.now(UTC))
+            return
+        if key == "health" and (match := _HEALTH_LINE.fullmatch(body)):
+            state, reason = match.group(1), (match.group(2) or "").strip() or None
+            self._report, self._report_reason = state, reason
+            self._last_health_at = datetime.now(UTC)
+            if state != "failed":
+                self._report_failures = 0
+                return
+            self._report_failures += 1
+            if self._report_failures >= self.spec.health_failures:
+                self._set_unhealthy(
+                    f"it reported health=failed {self._report_failures} times in a row"
+                    + (f" ({reason})" if reason else "")
+                )
+            return
+        if not self._malformed_logged:
+            self._malformed_logged = True
+            log.warning(
+                "%s connector: ignoring malformed line %r (expected symbols=<n>, error=<text> or "
+                "health=ok|degraded|failed [reason]); further ones are ignored silently",
+                self.exchange_name,
+                text[:200],
+            )
 
     async def _not_ready(self, why: str) -> None:
         message = f"{why}{self._tail_text()}"
@@ -450,6 +736,10 @@ class ProcessConnector(Connector):
     def _line(self, raw: bytes) -> None:
         text = raw.decode("utf-8", "replace").rstrip("\r")
         self._tail.append(text)
+        if text.startswith(PROTOCOL_PREFIX):
+            self._message(text)
+        elif text.strip() == "ACTIVE":
+            self._active_seen.set()
         if self._pattern is not None and not self._ready.is_set() and self._pattern.search(text):
             self._ready.set()
 
@@ -464,6 +754,7 @@ class ProcessConnector(Connector):
         if self._stopping is None:
             log.warning("%s%s", self._exit, self._tail_text())
         self._exited.set()
+        self._signal_fault()
 
     @staticmethod
     async def _until(event: asyncio.Event) -> None:

@@ -2,12 +2,18 @@
 
     python child.py [--ready-after S] [--http PORT] [--ignore-term] [--exit-after S] [--code N]
                     [--crash-once FILE] [--journal FILE] [--lock FILE] [--spam N] [--spawn-grandchild]
+                    [--say LINE]... [--hang-health-after S] [--commands] [--active-delay S]
 
 It prints a few lines, then ``READY`` after ``--ready-after`` seconds (never if negative); with
 ``--http`` it serves ``GET /health`` (503 until ready, then 200). ``--journal`` appends one JSON line
 per event (start with its PERSEUS_* environment, term). ``--lock`` takes an exclusive flock on a
 file shared by every child of one exchange: if another child still holds it, two connectors run at
 once, which the child records as ``double`` before it exits — the tests' proof of mutual exclusion.
+
+The line protocol (DESIGN §2.9): ``--say`` prints a line once ready (``PERSEUS symbols=3``...);
+``--hang-health-after`` makes ``/health`` stop answering (hang) that many seconds after start;
+``--commands`` reads ``ACTIVATE <epoch>`` / ``DEACTIVATE`` from stdin (journalled as ``activate`` /
+``deactivate``) and answers ``ACTIVE`` after ``--active-delay`` seconds (never if negative).
 """
 
 from __future__ import annotations
@@ -37,6 +43,10 @@ def main() -> None:
     parser.add_argument("--lock", type=Path)
     parser.add_argument("--spam", type=int, default=0)
     parser.add_argument("--spawn-grandchild", action="store_true")
+    parser.add_argument("--say", action="append", default=[])
+    parser.add_argument("--hang-health-after", type=float, default=-1.0)
+    parser.add_argument("--commands", action="store_true")
+    parser.add_argument("--active-delay", type=float, default=0.0)
     args = parser.parse_args()
 
     def journal(event: str, **fields: object) -> None:
@@ -81,18 +91,38 @@ def main() -> None:
             args.crash_once.write_text("crashed once")
 
     ready = threading.Event()
+    began = time.monotonic()
     if args.http:
 
         class Health(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the http.server API
+                if args.hang_health_after >= 0 and time.monotonic() - began >= args.hang_health_after:
+                    journal("health_hangs")
+                    time.sleep(3600)  # stops answering: the probe times out
                 self.send_response(200 if ready.is_set() else 503)
                 self.end_headers()
 
             def log_message(self, format: str, *a: object) -> None:  # noqa: A002
                 pass
 
-        server = http.server.HTTPServer(("127.0.0.1", args.http), Health)
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", args.http), Health)
+        server.daemon_threads = True
         threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def commands() -> None:
+        for line in sys.stdin:
+            words = line.split()
+            if words[:1] == ["ACTIVATE"]:
+                journal("activate", epoch=words[1] if len(words) > 1 else None)
+                if args.active_delay >= 0:
+                    time.sleep(args.active_delay)
+                    print("ACTIVE", flush=True)
+            elif words == ["DEACTIVATE"]:
+                journal("deactivate")
+                print("standby again", flush=True)
+
+    if args.commands:
+        threading.Thread(target=commands, daemon=True).start()
 
     started = time.monotonic()
     while True:
@@ -100,6 +130,8 @@ def main() -> None:
         if args.ready_after >= 0 and elapsed >= args.ready_after and not ready.is_set():
             ready.set()
             print("connector READY to serve", flush=True)
+            for line in args.say:
+                print(line, flush=True)
         if args.exit_after >= 0 and elapsed >= args.exit_after:
             print(f"fatal: lost the exchange websocket, exiting with {args.code}", flush=True)
             sys.stderr.write("traceback: boom\n")

@@ -75,6 +75,7 @@ async def test_ready_by_line_with_the_environment_and_output_file(tmp_path: Path
         "PERSEUS_INSTANCE_ID": "inst-1",
         "PERSEUS_WORKFLOW_ID": "instance-tx_demo-h1",
         "PERSEUS_SYMBOLS": "BTC-USD,ETH-USD",
+        "PERSEUS_ROLE": "active",
     }
     pid = connector.pid
     assert pid is not None and alive(pid)

@@ -99,6 +99,7 @@ async def test_register_exec_from_the_cli_ready_by_line_output_and_stop(
         "PERSEUS_INSTANCE_ID": doc["instanceId"],
         "PERSEUS_WORKFLOW_ID": workflow_id(exchange, host),
         "PERSEUS_SYMBOLS": "BTC-USD,ETH-USD,SOL-USD",
+        "PERSEUS_ROLE": "active",
     }
     assert doc["symbolCount"] == 3
     shown = await asyncio.to_thread(perseus, servers, "output", exchange, "--host", host, "--lines", "50")

@@ -61,6 +61,8 @@ def test_every_step_is_reachable() -> None:
     ("error_type", "verdict"),
     [
         ("ConnectorFailed", LeaseVerdict.CONNECTOR_FAILED),
+        ("ConnectorUnhealthy", LeaseVerdict.RESTART_UNHEALTHY),
+        ("ConnectorFailover", LeaseVerdict.STEP_ASIDE),
         ("ClaimMissing", LeaseVerdict.RECLAIM),
         ("RenewDeadline", LeaseVerdict.RECLAIM),
         ("ClaimLost", LeaseVerdict.LOST),

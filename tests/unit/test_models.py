@@ -29,7 +29,15 @@ LIVERMORE_FIELDS = {
     "lastError",
     "lastErrorAt",
 }
-PERSEUS_FIELDS = {"instanceId", "epoch", "workflowId", "heartbeatIntervalMs", "ttlMs"}
+PERSEUS_FIELDS = {
+    "instanceId",
+    "epoch",
+    "workflowId",
+    "heartbeatIntervalMs",
+    "ttlMs",
+    "healthy",
+    "lastHealthAt",
+}
 NOW = datetime(2026, 2, 10, 12, 0, 0, 123456, tzinfo=UTC)
 
 
