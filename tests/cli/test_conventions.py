@@ -10,6 +10,7 @@ import json
 import subprocess
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from temporalio.client import Client
@@ -18,9 +19,13 @@ from typer.testing import CliRunner
 
 from perseus.cli.app import app
 from perseus.errors import ConfigError
+from perseus.keys import iso, status_key
+from perseus.lifecycle import State
+from perseus.models import InstanceStatus
 from perseus.store import db
+from perseus.store.redis_store import RedisStore
 from perseus.temporal import filter_literal, instances_filter
-from tests.conftest import PERSEUS, ROOT, Servers, perseus
+from tests.conftest import PERSEUS, ROOT, Servers, exchange_id, perseus
 
 pytestmark = pytest.mark.integration
 
@@ -165,3 +170,32 @@ async def test_list_filters_escape_data_and_refuse_odd_names(servers: Servers, c
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert json_error(result.stdout, 2, "ConfigError").startswith(f"invalid exchange name {name!r}")
     one_line_error(result.stderr)
+
+
+async def test_a_stored_error_with_markup_is_shown_as_it_is(
+    servers: Servers, store: RedisStore, exchange: str
+) -> None:
+    ex_id = await exchange_id(servers, exchange)
+    now = iso(datetime.now(UTC))
+    record = InstanceStatus(
+        exchange_id=ex_id,
+        exchange_name=exchange,
+        hostname="h-markup",
+        connection_state=State.IDLE,
+        last_heartbeat=now,
+        last_state_change=now,
+        registered_at=now,
+        last_error="child said [/bold] and [red]",
+        instance_id="i-markup",
+        epoch=1,
+        workflow_id=f"instance-{exchange}-h-markup",
+        heartbeat_interval_ms=10_000,
+        ttl_ms=30_000,
+    )
+    await store.client.set(status_key(ex_id), json.dumps(record.wire()), px=30_000)
+    try:
+        result = await asyncio.to_thread(perseus, servers, "status", exchange, COLUMNS="250")
+    finally:
+        await store.client.delete(status_key(ex_id))
+    assert result.returncode == 0, result.stderr
+    assert "child said [/bold] and [red]" in result.stdout and "Traceback" not in result.stderr

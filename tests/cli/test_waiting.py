@@ -10,6 +10,7 @@ import os
 import pty
 import re
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -81,7 +82,9 @@ async def test_no_wait_signals_the_command_and_returns(
     }
     await wait_for(lambda: active_on(store, ex_id, host))
 
+    began = time.monotonic()
     result = await cli(servers, "stop", exchange, "--host", host, "--no-wait")
+    print(f"stop --no-wait: the process returned after {time.monotonic() - began:.2f}s")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"{exchange}: stop sent to {wf_id} (signal command_signal, from active)")
     assert await signals(client, wf_id) == ["command_signal", "command_signal"]
