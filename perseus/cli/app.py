@@ -39,7 +39,7 @@ from perseus.config import (
     Settings,
     load_settings,
 )
-from perseus.errors import PerseusError, ServiceUnavailable
+from perseus.errors import ConfigError, PerseusError, ServiceUnavailable
 
 #: Exit codes (DESIGN §2.4). A PerseusError carries its own; these name the rest.
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
@@ -156,6 +156,25 @@ def run(make: Callable[[Settings], Awaitable[T]]) -> T:
         raise fail(exc) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+    except Exception as exc:
+        converted = _temporal_error(exc)
+        if converted is None:
+            raise  # a bug: let its traceback show
+        raise fail(converted) from None
+
+
+def _temporal_error(exc: Exception) -> PerseusError | None:
+    """A Temporal RPC failure that no layer below converted, as a Perseus error (else None).
+
+    The safety net under the conversions in perseus.control: a server that goes away mid-command
+    must still be one line and exit 3, never an RPCError traceback."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    if not isinstance(exc, RPCError):
+        return None
+    if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+        return ServiceUnavailable(f"Temporal did not answer: {exc.message}")
+    return PerseusError(f"Temporal refused the request: {exc.message}")
 
 
 #: Fields that are numbers but arrive as strings (Redis stream fields are all strings).
@@ -296,7 +315,7 @@ def worker(
     async def main(settings: Settings) -> None:
         name = host or settings.host_name()
         if not valid_host(name):
-            raise PerseusError(f"invalid host name {name!r}: use letters, digits, '.', '_' or '-'")
+            raise ConfigError(f"invalid host name {name!r}: use letters, digits, '.', '_' or '-'")
         client = await connect()
         stop = asyncio.Event()
         install_signal_handlers(stop)

@@ -8,6 +8,7 @@ attributes say: they lag behind a failover.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -26,7 +27,7 @@ from perseus.cli.app import (
     waiting,
 )
 from perseus.config import Settings
-from perseus.errors import ConfigError
+from perseus.errors import ConfigError, ServiceUnavailable
 from perseus.lifecycle import Command
 from perseus.models import CommandResult, Exchange, RegistrationResult
 
@@ -197,8 +198,12 @@ def _command(
     async def main(settings: Settings) -> tuple[str, CommandResult | CommandSent]:
         wait_s = _timeout(timeout)
         known = await _resolve(settings, exchange)
-        # Without --host, the claim's holder decides between several instances (start/stop).
-        holder = await _holder(settings, known.id) if host is None else None
+        # Without --host, the claim's holder decides between several instances (start/stop). Only a
+        # tie-breaker here: with Redis down the command still works when the choice is clear.
+        holder = None
+        if host is None:
+            with contextlib.suppress(ServiceUnavailable):
+                holder = await _holder(settings, known.id)
         client = await connect()
         if not wait:
             return known.name, await control.send_command(

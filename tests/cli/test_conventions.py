@@ -125,10 +125,11 @@ def test_unreachable_servers_exit_3_naming_the_server_and_the_way_to_reach_it(se
 
 
 def test_not_found_exits_4_and_hints_only_name_catalog_exchanges(servers: Servers, exchange: str) -> None:
-    for args in (("start", "nope"), ("stop", "nope", "--no-wait"), ("handoff", "nope", "--to", "h")):
-        result = perseus(servers, *args)
-        assert result.returncode == 4, (args, result.stderr)
-        line = one_line_error(result.stderr)
+    env = servers.env()
+    for args in (["start", "nope"], ["stop", "nope", "--no-wait"], ["handoff", "nope", "--to", "h"]):
+        invoked = runner.invoke(app, args, env=env)
+        assert invoked.exit_code == 4, (args, invoked.stderr)
+        line = one_line_error(invoked.stderr)
         assert "unknown exchange 'nope'; known exchanges: coinbase" in line
         assert "register" not in line  # no hint to register what cannot be registered
 
@@ -137,8 +138,8 @@ def test_not_found_exits_4_and_hints_only_name_catalog_exchanges(servers: Server
     assert result.returncode == 4
     message = json_error(result.stdout, 4, "NotRegistered")
     assert message == f"{exchange} is not registered on host h-none: run perseus register {exchange}"
-    result = perseus(servers, "handoff", exchange, "--to", "h-none")
-    assert result.returncode == 4 and "no instance holds" in one_line_error(result.stderr)
+    invoked = runner.invoke(app, ["handoff", exchange, "--to", "h-none"], env=env)
+    assert invoked.exit_code == 4 and "no instance holds" in one_line_error(invoked.stderr)
 
 
 def test_data_is_never_read_as_markup(servers: Servers) -> None:
