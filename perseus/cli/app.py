@@ -120,7 +120,8 @@ def error_line(exc: PerseusError) -> str:
     if isinstance(exc, ServiceUnavailable):
         for server, setting in _REACH:
             if line.startswith(server):
-                line += f"; start the stack with `perseus dev`, or set {setting} to reach your {server}"
+                hint = f"start the stack with `perseus dev`, or set {setting} to reach your {server}"
+                line = f"{line.rstrip('. ')}; {hint}"
                 break
     return line
 
