@@ -260,7 +260,7 @@ async def find_instance(
             )
     raise errors.NotRegistered(
         f"{exchange} is not registered on host {wanted}: run perseus register {exchange}"
-        + ("" if host else f" --host {wanted}")
+        + ("" if host is None else f" --host {host}")
     )
 
 

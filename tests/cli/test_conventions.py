@@ -137,7 +137,9 @@ def test_not_found_exits_4_and_hints_only_name_catalog_exchanges(servers: Server
     result = perseus(servers, "start", exchange, "--host", "h-none", "--json")
     assert result.returncode == 4
     message = json_error(result.stdout, 4, "NotRegistered")
-    assert message == f"{exchange} is not registered on host h-none: run perseus register {exchange}"
+    assert message == (
+        f"{exchange} is not registered on host h-none: run perseus register {exchange} --host h-none"
+    )
     invoked = runner.invoke(app, ["handoff", exchange, "--to", "h-none"], env=env)
     assert invoked.exit_code == 4 and "no instance holds" in one_line_error(invoked.stderr)
 
