@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -191,15 +192,17 @@ def _numbers(value: Any) -> Any:
     return value
 
 
+_INTEGER = re.compile(r"-?\d+")
+_DECIMAL = re.compile(r"-?\d+\.\d+")
+
+
 def _number(value: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            continue
-    return value  # not a number after all (an empty field): keep what was stored
+    """A decimal string as a number; anything else (an empty field) as it was stored."""
+    if isinstance(value, str) and _INTEGER.fullmatch(value):
+        return int(value)
+    if isinstance(value, str) and _DECIMAL.fullmatch(value):
+        return float(value)
+    return value
 
 
 def print_json(value: Any) -> None:

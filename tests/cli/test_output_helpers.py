@@ -40,9 +40,10 @@ def test_known_numeric_fields_become_numbers_at_any_depth() -> None:
         "entries": [{"epoch": 3, "exchangeId": 12, "hostname": "7", "detail": "1"}],
         "n": "5",
     }
-    assert _numbers([{"standbys": [{"priority": "2", "heartbeatAgeS": "0.5", "ttlMs": ""}]}]) == [
-        {"standbys": [{"priority": 2, "heartbeatAgeS": 0.5, "ttlMs": ""}]}
+    assert _numbers([{"standbys": [{"priority": "-2", "heartbeatAgeS": "0.5", "ttlMs": ""}]}]) == [
+        {"standbys": [{"priority": -2, "heartbeatAgeS": 0.5, "ttlMs": ""}]}
     ]
+    assert _numbers({"epoch": "inf", "ttlMs": "1_000"}) == {"epoch": "inf", "ttlMs": "1_000"}
 
 
 def test_filter_literals_quote_data() -> None:
