@@ -121,7 +121,7 @@ async def register(
         raise errors.ConfigError("--standby and --start exclude each other: a standby starts when promoted")
     if not valid_host(host):
         raise errors.ConfigError(f"invalid host name {host!r}: use letters, digits, '.', '_' or '-'")
-    _check_timeout(timeout_s)
+    check_timeout(timeout_s)
     if not heartbeat_interval_s > 0:
         raise errors.ConfigError(
             f"heartbeat interval must be greater than 0 seconds, got {heartbeat_interval_s}"
@@ -189,9 +189,17 @@ class CommandSent(Wire):
     validated: bool = True
 
 
-def _check_timeout(timeout_s: float) -> None:
-    if not timeout_s > 0:
-        raise errors.ConfigError(f"--timeout must be greater than 0 seconds, got {timeout_s:g}")
+#: The longest wait a caller may ask for (a day): beyond it a wait is a mistake, not a plan.
+MAX_TIMEOUT_S = 86_400.0
+
+
+def check_timeout(timeout_s: float) -> float:
+    """``timeout_s`` if it is a usable wait (0 < t <= a day); ConfigError (usage) otherwise."""
+    if not 0 < timeout_s <= MAX_TIMEOUT_S:
+        raise errors.ConfigError(
+            f"--timeout must be greater than 0 and at most {MAX_TIMEOUT_S:g} seconds, got {timeout_s:g}"
+        )
+    return timeout_s
 
 
 async def _answer(call: Awaitable[T], what: str, timeout_s: float = ANSWER_TIMEOUT_S) -> T:
@@ -276,7 +284,7 @@ async def command(
 ) -> CommandResult:
     """Run ``command`` on the instance and wait (at most ``timeout_s``) until its transitions are
     done. ``holder`` (the status key's workflowId) picks the instance among several for start/stop."""
-    _check_timeout(timeout_s)
+    check_timeout(timeout_s)
     handle = await find_instance(
         client, exchange, host, default_host, prefer=holder if command is not Command.SHUTDOWN else None
     )
@@ -369,7 +377,7 @@ async def handoff(
 ) -> CommandResult:
     """Planned switchover of ``exchange`` to the live standby on ``to_host``, from ``from_host`` or
     else from ``holder`` (the workflowId in the status key, see :func:`holder_workflow_id`)."""
-    _check_timeout(timeout_s)
+    check_timeout(timeout_s)
     if not valid_host(to_host):
         raise errors.ConfigError(f"invalid host name {to_host!r}: use letters, digits, '.', '_' or '-'")
     handle = await find_active(client, exchange, from_host, default_host, holder=holder)

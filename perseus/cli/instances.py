@@ -57,13 +57,10 @@ async def _holder(settings: Settings, exchange_id: int) -> str | None:
 
 
 def _timeout(timeout: float | None) -> float:
-    from perseus.control import ANSWER_TIMEOUT_S
+    """The wait for this call: ``--timeout`` checked before anything is asked, or the default."""
+    from perseus.control import ANSWER_TIMEOUT_S, check_timeout
 
-    if timeout is None:
-        return ANSWER_TIMEOUT_S
-    if not timeout > 0:
-        raise ConfigError(f"--timeout must be greater than 0 seconds, got {timeout:g}")
-    return timeout
+    return ANSWER_TIMEOUT_S if timeout is None else check_timeout(timeout)
 
 
 @app.command()

@@ -95,7 +95,9 @@ def test_usage_errors_exit_2_and_answer_in_json_too() -> None:
         app, ["stop", "anything", "--timeout", "0", "--json"], env={"TEMPORAL_ADDRESS": "127.0.0.1:1"}
     )
     assert result.exit_code == 2
-    assert json_error(result.stdout, 2, "ConfigError") == "--timeout must be greater than 0 seconds, got 0"
+    assert json_error(result.stdout, 2, "ConfigError") == (
+        "--timeout must be greater than 0 and at most 86400 seconds, got 0"
+    )
     one_line_error(result.stderr)
 
 
