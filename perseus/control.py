@@ -1,4 +1,5 @@
-"""Client-side control of instance workflows: register, start/stop/shutdown, find.
+"""Client-side control of instance workflows: register, start/stop/shutdown (waiting for them, or
+signalled and left to run), handoff, and finding the instance a command is for.
 
 Used by the CLI, the API and ``perseus dev --demo``; converts Temporal's failures back into the
 Perseus error tree so every caller can print one clear line.
@@ -7,6 +8,7 @@ Perseus error tree so every caller can print one clear line.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -25,7 +27,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from perseus import errors
 from perseus.keys import SHARED_TASK_QUEUE, valid_host, workflow_id
-from perseus.lifecycle import Command, State
+from perseus.lifecycle import Command, State, plan, projected_state
 from perseus.models import (
     CommandRequest,
     CommandResult,
@@ -34,13 +36,17 @@ from perseus.models import (
     InstanceInput,
     InstanceSnapshot,
     RegistrationResult,
+    Wire,
 )
+from perseus.store.redis_store import RedisStore
 from perseus.temporal import (
     INSTANCE_WORKFLOW,
     QUERY_SNAPSHOT,
+    SIGNAL_COMMAND,
     UPDATE_COMMAND,
     UPDATE_HANDOFF,
     UPDATE_WAIT_REGISTERED,
+    instances_filter,
     search_attributes,
 )
 
@@ -107,13 +113,15 @@ async def register(
     history_limit: int | None = None,
     standby: bool = False,
     priority: int = 0,
+    timeout_s: float = ANSWER_TIMEOUT_S,
 ) -> RegistrationResult:
     """Start the instance workflow and wait until it holds the claim (or, as a standby, until it is
-    visible), or refuses."""
+    visible), or refuses; ``timeout_s`` bounds the wait for a worker's answer."""
     if standby and start:
         raise errors.ConfigError("--standby and --start exclude each other: a standby starts when promoted")
     if not valid_host(host):
         raise errors.ConfigError(f"invalid host name {host!r}: use letters, digits, '.', '_' or '-'")
+    check_timeout(timeout_s)
     if not heartbeat_interval_s > 0:
         raise errors.ConfigError(
             f"heartbeat interval must be greater than 0 seconds, got {heartbeat_interval_s}"
@@ -158,18 +166,49 @@ async def register(
         handle.execute_update(
             UPDATE_WAIT_REGISTERED,
             result_type=RegistrationResult,
-            rpc_timeout=timedelta(seconds=ANSWER_TIMEOUT_S),
+            rpc_timeout=timedelta(seconds=timeout_s),
         ),
         "registration",
+        timeout_s,
     )
 
 
-async def _answer(call: Awaitable[T], what: str) -> T:
+class CommandSent(Wire):
+    """What ``start``/``stop``/``shutdown --no-wait`` did: signalled the instance and returned.
+
+    ``state`` and ``pending`` are the instance's own answer just before the signal; the workflow
+    validates the command once more when the signal arrives (a refusal then is only logged)."""
+
+    command: Command
+    workflow_id: str
+    signal: str = SIGNAL_COMMAND
+    state: State | None = None
+    pending: list[Command] = []
+    #: False when no worker answered the snapshot query in time: the signal waits in the history
+    #: and runs, or is refused, once a worker picks the workflow up again.
+    validated: bool = True
+
+
+#: The longest wait a caller may ask for (a day): beyond it a wait is a mistake, not a plan.
+MAX_TIMEOUT_S = 86_400.0
+
+
+def check_timeout(timeout_s: float) -> float:
+    """``timeout_s`` if it is a usable wait (0 < t <= a day); ConfigError (usage) otherwise."""
+    if not 0 < timeout_s <= MAX_TIMEOUT_S:
+        raise errors.ConfigError(
+            f"--timeout must be greater than 0 and at most {MAX_TIMEOUT_S:g} seconds, got {timeout_s:g}"
+        )
+    return timeout_s
+
+
+async def _answer(call: Awaitable[T], what: str, timeout_s: float = ANSWER_TIMEOUT_S) -> T:
     try:
-        return await asyncio.wait_for(call, ANSWER_TIMEOUT_S)
+        return await asyncio.wait_for(call, timeout_s)
     except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
         raise errors.ServiceUnavailable(
-            f"no worker answered the {what} within {ANSWER_TIMEOUT_S:.0f}s: is `perseus worker` running?"
+            f"no worker answered the {what} within {timeout_s:g}s: is `perseus worker` running? "
+            "(the request stays queued; follow it with `perseus status`)"
         ) from None
     except WorkflowUpdateFailedError as exc:
         raise error_from_failure(exc) from None
@@ -179,73 +218,197 @@ async def _answer(call: Awaitable[T], what: str) -> T:
         raise errors.ServiceUnavailable(f"Temporal: {exc.message}") from None
 
 
+async def _running_ids(client: Client, query: str) -> list[str]:
+    """Ids of the workflows a list filter (built by :func:`instances_filter`) finds."""
+    try:
+        return [wf.id async for wf in client.list_workflows(query, limit=10)]
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.INVALID_ARGUMENT:  # a filter bug, not the user's input
+            raise errors.PerseusError(f"Temporal refused the list filter {query!r}: {exc.message}") from None
+        raise errors.ServiceUnavailable(f"Temporal: {exc.message}") from None
+
+
+async def holder_workflow_id(store: RedisStore, exchange_id: int) -> str | None:
+    """The ``workflowId`` the exchange's status key names: the instance that holds the claim now.
+
+    This is the truth for "the active instance". Search attributes lag behind it: right after a
+    crash failover the dead host's workflow still reads ``InstanceRole = active``."""
+    raw, _ = await store.status(exchange_id)
+    if raw is None:
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    found = doc.get("workflowId") if isinstance(doc, dict) else None
+    return found if isinstance(found, str) and found else None
+
+
 async def find_instance(
-    client: Client, exchange: str, host: str | None, default_host: str
+    client: Client, exchange: str, host: str | None, default_host: str, *, prefer: str | None = None
 ) -> WorkflowHandle[Any, str]:
-    """The running workflow for ``exchange`` on ``host`` (or on the only host that runs it)."""
+    """The running workflow for ``exchange`` on ``host``; without ``host``: the one on
+    ``default_host``, else the only one running, else ``prefer`` (the status key's holder) if it is
+    among several."""
     wanted = host or default_host
+    if not valid_host(wanted):
+        raise errors.ConfigError(f"invalid host name {wanted!r}: use letters, digits, '.', '_' or '-'")
     handle: WorkflowHandle[Any, str] = client.get_workflow_handle(workflow_id(exchange, wanted))
     if await _running(handle):
         return handle
     if host is None:
-        query = f"ExchangeName = '{exchange.lower()}' AND ExecutionStatus = 'Running'"
-        found = [wf.id async for wf in client.list_workflows(query, limit=10)]
+        found = await _running_ids(client, instances_filter(exchange))
         if len(found) == 1:
             return client.get_workflow_handle(found[0])
+        if prefer is not None and prefer in found:
+            return client.get_workflow_handle(prefer)
         if len(found) > 1:
             raise errors.NotRegistered(
-                f"{exchange} runs on several hosts ({', '.join(found)}): choose one with --host"
+                f"{exchange} runs on several hosts ({', '.join(sorted(found))}): choose one with --host"
             )
     raise errors.NotRegistered(
         f"{exchange} is not registered on host {wanted}: run perseus register {exchange}"
+        + ("" if host is None else f" --host {host}")
     )
 
 
 async def command(
-    client: Client, *, exchange: str, host: str | None, default_host: str, command: Command
+    client: Client,
+    *,
+    exchange: str,
+    host: str | None,
+    default_host: str,
+    command: Command,
+    timeout_s: float = ANSWER_TIMEOUT_S,
+    holder: str | None = None,
 ) -> CommandResult:
-    handle = await find_instance(client, exchange, host, default_host)
+    """Run ``command`` on the instance and wait (at most ``timeout_s``) until its transitions are
+    done. ``holder`` (the status key's workflowId) picks the instance among several for start/stop."""
+    check_timeout(timeout_s)
+    handle = await find_instance(
+        client, exchange, host, default_host, prefer=holder if command is not Command.SHUTDOWN else None
+    )
     return await _answer(
         handle.execute_update(
             UPDATE_COMMAND,
             CommandRequest(command=command),
             result_type=CommandResult,
-            rpc_timeout=timedelta(seconds=ANSWER_TIMEOUT_S),
+            rpc_timeout=timedelta(seconds=timeout_s),
         ),
         command.value,
+        timeout_s,
     )
 
 
+#: How long ``--no-wait`` waits for the instance's own snapshot before signalling unvalidated.
+SNAPSHOT_TIMEOUT_S = 3.0
+
+
+async def send_command(
+    client: Client,
+    *,
+    exchange: str,
+    host: str | None,
+    default_host: str,
+    command: Command,
+    holder: str | None = None,
+) -> CommandSent:
+    """Signal ``command`` to the instance (``command_signal``, payload :class:`CommandRequest`) and
+    return without waiting for it to run.
+
+    What can be checked first is checked: the instance runs, and (from its snapshot) the command is
+    allowed from the state it will be in once its queue has run. A refusal raises here, as
+    :func:`command` would; nothing is sent."""
+    if command is Command.HANDOFF:
+        raise errors.ConfigError("a handoff names its target: use perseus handoff EXCHANGE --to HOST")
+    handle = await find_instance(
+        client, exchange, host, default_host, prefer=holder if command is not Command.SHUTDOWN else None
+    )
+    snapshot: InstanceSnapshot | None
+    try:
+        snapshot = await handle.query(
+            QUERY_SNAPSHOT, result_type=InstanceSnapshot, rpc_timeout=timedelta(seconds=SNAPSHOT_TIMEOUT_S)
+        )
+    except (RPCError, WorkflowQueryFailedError):
+        snapshot = None  # no worker answered: the signal is durable and is validated when it runs
+    if snapshot is not None:
+        _check_command(snapshot, command)
+    try:
+        await handle.signal(SIGNAL_COMMAND, CommandRequest(command=command))
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise errors.NotRegistered(f"the instance is no longer running ({exc.message})") from None
+        raise errors.ServiceUnavailable(f"Temporal: {exc.message}") from None
+    return CommandSent(
+        command=command,
+        workflow_id=handle.id,
+        state=snapshot.state if snapshot else None,
+        pending=snapshot.pending if snapshot else [],
+        validated=snapshot is not None,
+    )
+
+
+def _check_command(snapshot: InstanceSnapshot, command: Command) -> None:
+    """The refusals the workflow's command validator would make, judged from its snapshot."""
+    if snapshot.outcome is not None:
+        raise errors.InvalidTransition(
+            f"instance {snapshot.workflow_id} is not registered any more ({snapshot.outcome})"
+        )
+    if Command.SHUTDOWN in snapshot.pending:
+        raise errors.InvalidTransition(f"instance {snapshot.workflow_id} is shutting down")
+    if snapshot.role == "standby" and command is not Command.SHUTDOWN:
+        raise errors.InvalidTransition(
+            f"{snapshot.exchange} on {snapshot.host} is a standby: it holds no claim and starts only "
+            f"when promoted (perseus handoff {snapshot.exchange} --to {snapshot.host}); shutdown is allowed"
+        )
+    plan(command, projected_state(snapshot.state, list(snapshot.pending)))
+
+
 async def handoff(
-    client: Client, *, exchange: str, to_host: str, from_host: str | None, default_host: str, shutdown: bool
+    client: Client,
+    *,
+    exchange: str,
+    to_host: str,
+    from_host: str | None,
+    default_host: str,
+    shutdown: bool,
+    holder: str | None = None,
+    timeout_s: float = ANSWER_TIMEOUT_S,
 ) -> CommandResult:
-    """Planned switchover of ``exchange`` to the live standby on ``to_host``."""
+    """Planned switchover of ``exchange`` to the live standby on ``to_host``, from ``from_host`` or
+    else from ``holder`` (the workflowId in the status key, see :func:`holder_workflow_id`)."""
+    check_timeout(timeout_s)
     if not valid_host(to_host):
-        raise errors.ConfigError(f"invalid host name {to_host!r}")
-    handle = await find_active(client, exchange, from_host, default_host)
+        raise errors.ConfigError(f"invalid host name {to_host!r}: use letters, digits, '.', '_' or '-'")
+    handle = await find_active(client, exchange, from_host, default_host, holder=holder)
     return await _answer(
         handle.execute_update(
             UPDATE_HANDOFF,
             HandoffRequest(to_host=to_host, shutdown=shutdown),
             result_type=CommandResult,
-            rpc_timeout=timedelta(seconds=ANSWER_TIMEOUT_S),
+            rpc_timeout=timedelta(seconds=timeout_s),
         ),
         "handoff",
+        timeout_s,
     )
 
 
 async def find_active(
-    client: Client, exchange: str, host: str | None, default_host: str
+    client: Client, exchange: str, host: str | None, default_host: str, *, holder: str | None
 ) -> WorkflowHandle[Any, str]:
-    """The instance of ``exchange`` that holds the claim (on ``host`` if given)."""
+    """The instance of ``exchange`` that holds the claim: the one on ``host`` if given, else the
+    workflow the status key names (``holder``). Search attributes are not asked: they lag."""
     if host is not None:
         return await find_instance(client, exchange, host, default_host)
-    query = f"ExchangeName = '{exchange.lower()}' AND InstanceRole = 'active' AND ExecutionStatus = 'Running'"
-    found = [wf.id async for wf in client.list_workflows(query, limit=10)]
-    if len(found) == 1:
-        return client.get_workflow_handle(found[0])
-    if not found:
-        raise errors.NotRegistered(f"no active instance of {exchange} is running")
-    raise errors.NotRegistered(
-        f"several active instances of {exchange} ({', '.join(found)}): choose one with --from"
-    )
+    if holder is None:
+        raise errors.NotRegistered(
+            f"no instance holds {exchange}: its status key is empty (nothing registered, or the "
+            "claim expired); name the old host with --from"
+        )
+    handle: WorkflowHandle[Any, str] = client.get_workflow_handle(holder)
+    if not await _running(handle):
+        raise errors.NotRegistered(
+            f"the status key of {exchange} names {holder}, which is not running (its claim has not "
+            "expired yet): wait for a standby to take over, or name the host with --from"
+        )
+    return handle

@@ -1,7 +1,8 @@
 """One exception tree for Perseus.
 
 Everything Perseus raises on purpose derives from :class:`PerseusError`. Errors are converted at the
-edges: a CLI command prints ``str(error)`` on one line and exits non-zero, the API answers with a JSON
+edges: a CLI command prints ``str(error)`` on one line and exits with the class's ``exit_code``
+(DESIGN §2.4: 1 refused, 2 usage, 3 a server unreachable, 4 not found), the API answers with a JSON
 error, and activities re-raise them as Temporal ``ApplicationError`` with ``type`` set to the class
 name, so a workflow can list permanent ones in ``non_retryable_error_types``.
 
@@ -44,20 +45,27 @@ class PerseusError(Exception):
 
     retryable: bool = False
     details: object | None = None
+    #: The CLI's exit status for this error (DESIGN §2.4); subclasses say when it is not "refused".
+    exit_code: int = 1
 
 
 class ConfigError(PerseusError):
     """Settings or environment are invalid; fixing them needs a human."""
+
+    exit_code = 2  # usage: the invocation or its settings must change
 
 
 class ServiceUnavailable(PerseusError):
     """A server Perseus depends on did not answer."""
 
     retryable = True
+    exit_code = 3
 
 
 class UnknownExchange(PerseusError):
     """The exchange is not in the catalog (or is inactive)."""
+
+    exit_code = 4
 
     def __init__(self, wanted: str, known: list[str]) -> None:
         super().__init__(f"unknown exchange {wanted!r}; known exchanges: {', '.join(known) or '(none)'}")
@@ -67,6 +75,8 @@ class UnknownExchange(PerseusError):
 
 class UnknownAdmin(PerseusError):
     """The admin e-mail is not a user."""
+
+    exit_code = 4
 
 
 class InvalidTransition(PerseusError):
@@ -101,6 +111,8 @@ class StaleEpoch(ClaimLost):
 class NotRegistered(PerseusError):
     """No running instance workflow matches the request."""
 
+    exit_code = 4
+
 
 class AlreadyRegistered(PerseusError):
     """This host already has an instance workflow for the exchange."""
@@ -128,6 +140,8 @@ class ConnectorFailover(ConnectorFailed):
 
 class InvalidQuery(PerseusError):
     """A read request is malformed: bad count, cursor, window or filter (HTTP 422)."""
+
+    exit_code = 2
 
 
 class Unauthorized(PerseusError):

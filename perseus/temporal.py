@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from temporalio.api.enums.v1 import IndexedValueType
@@ -46,6 +47,40 @@ def search_attributes(exchange: str, host: str, state: State, role: str = "activ
     )
 
 
+#: What an exchange or host name may look like before it is put into a list filter: the catalog's
+#: names and host names (perseus.keys.valid_host) all fit; anything else is refused up front.
+_FILTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def filter_literal(value: str) -> str:
+    """``value`` as a quoted string literal of a Temporal list filter.
+
+    The visibility parser reads MySQL-style literals: a backslash escapes the next character and a
+    quote is written twice. Both are escaped here, so data can never end the literal and become
+    query syntax, whatever it contains.
+    """
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def valid_filter_name(value: str) -> bool:
+    """True for a name a list filter may search for (letters, digits, '.', '_', '-')."""
+    return bool(_FILTER_NAME.match(value))
+
+
+def instances_filter(exchange: str, *, role: str | None = None) -> str:
+    """The list filter for the running instance workflows of ``exchange`` (optionally by role).
+
+    Refuses a malformed name with :class:`ConfigError` before anything reaches the server.
+    """
+    if not valid_filter_name(exchange):
+        raise ConfigError(f"invalid exchange name {exchange!r}: use letters, digits, '.', '_' or '-'")
+    parts = [f"{EXCHANGE_NAME.name} = {filter_literal(exchange.lower())}"]
+    if role is not None:
+        parts.append(f"{INSTANCE_ROLE.name} = {filter_literal(role)}")
+    parts.append("ExecutionStatus = 'Running'")
+    return " AND ".join(parts)
+
+
 def connect_config(override_address: str | None = None) -> dict[str, Any]:
     """Temporal's own environment configuration (TEMPORAL_ADDRESS, _NAMESPACE, _API_KEY, TLS profile)."""
     try:
@@ -58,13 +93,24 @@ def connect_config(override_address: str | None = None) -> dict[str, Any]:
     return config
 
 
+def _connect_failure(text: str) -> str:
+    """A short reason from the core SDK's connect error, whose text is a Rust debug dump such as
+    ``Server connection error: tonic::transport::Error(Transport, ConnectError(... message:
+    "Connection refused" ...))``: the innermost OS message if there is one, else its first clause."""
+    if found := re.findall(r'message: "([^"]+)"', text):
+        return str(found[-1]).lower()
+    first = text.splitlines()[0] if text else "no answer"
+    first = first.split("tonic::", 1)[0].rstrip(" :(")
+    return first.removeprefix("Failed client connect: ").lower() or "no answer"
+
+
 async def connect(override_address: str | None = None, **extra: Any) -> Client:
     config = connect_config(override_address)
     try:
         return await Client.connect(**config, data_converter=converter, **extra)
     except RuntimeError as exc:  # the core SDK reports an unreachable server as RuntimeError
         raise ServiceUnavailable(
-            f"Temporal unreachable at {config['target_host']}: {str(exc).splitlines()[0]}"
+            f"Temporal unreachable at {config['target_host']} ({_connect_failure(str(exc))})"
         ) from None
 
 

@@ -1,18 +1,35 @@
 """``perseus``: every command is a thin wrapper that reads settings once, runs one async function,
-and turns any Perseus error into one line on stderr and a non-zero exit code."""
+and turns any Perseus error into one line on stderr and the exit code of DESIGN §2.4:
+
+    0 ok · 1 refused (a domain rule said no) · 2 usage (bad arguments or settings) ·
+    3 a server unreachable (Temporal, Redis, PostgreSQL, or no worker answered) ·
+    4 not found (unknown exchange or admin, no such instance)
+
+The code comes from the error's class (``PerseusError.exit_code``), nowhere else. With ``--json``
+the error is also printed on stdout as ``{"error", "type", "exitCode"}``.
+
+Text that comes from data (names, stored errors, a child's output) is never read as Rich markup:
+both consoles have markup and highlighting off, and styling is applied with ``Text``/``style=``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
 import sys
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import BaseModel
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.spinner import Spinner
+from rich.text import Text
 
 from perseus.config import (
     DEFAULT_API_PORT,
@@ -23,24 +40,113 @@ from perseus.config import (
     Settings,
     load_settings,
 )
-from perseus.errors import PerseusError
+from perseus.errors import ConfigError, PerseusError, ServiceUnavailable
+
+#: Exit codes (DESIGN §2.4). A PerseusError carries its own; these name the rest.
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
 
 app = typer.Typer(
     pretty_exceptions_enable=False,
     name="perseus",
     no_args_is_help=True,
-    add_completion=False,
+    # Plain help: Typer's rich panels print every flag as ``--json <bool>``.
+    rich_markup_mode=None,
     help="Instance registry and health network for exchange connectors.",
 )
-db_app = typer.Typer(no_args_is_help=True, help="The PostgreSQL catalog.")
+db_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="The PostgreSQL catalog.")
 app.add_typer(db_app, name="db")
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# Markup and highlighting off: anything printed may contain data ("[/bold]" in a stored error).
+out = Console(soft_wrap=True, markup=False, highlight=False)
+err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 T = TypeVar("T")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
-HostOption = Annotated[str | None, typer.Option("--host", help="Instance host (default: this machine).")]
+HostOption = Annotated[
+    str | None, typer.Option("--host", metavar="HOST", help="Instance host (default: this machine).")
+]
+TimeoutOption = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout",
+        metavar="SECONDS",
+        help="Give up waiting for a worker's answer after this many seconds (default 90).",
+    ),
+]
+WaitOption = Annotated[
+    bool,
+    typer.Option(
+        "--wait/--no-wait",
+        help="Wait until the transition is done (default), or send the command signal and return at once.",
+    ),
+]
+
+
+def perseus_version() -> str:
+    try:
+        return version("perseus")
+    except PackageNotFoundError:  # running from a tree that was never installed
+        return "unknown"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        out.print(f"perseus {perseus_version()}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Instance registry and health network for exchange connectors."""
+
+
+# --- output helpers ------------------------------------------------------------------------------
+
+#: Servers the CLI talks to → the setting that points at each (for "unreachable" messages).
+_REACH = (
+    ("Temporal", "TEMPORAL_ADDRESS"),
+    ("Redis", "PERSEUS_REDIS_URL"),
+    ("PostgreSQL", "PERSEUS_DATABASE_URL"),
+)
+
+
+def error_line(exc: PerseusError) -> str:
+    """The error as one line; an unreachable server's line says how to start or reach it."""
+    line = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    if isinstance(exc, ServiceUnavailable):
+        for server, setting in _REACH:
+            if line.startswith(server):
+                hint = f"start the stack with `perseus dev`, or set {setting} to reach your {server}"
+                line = f"{line.rstrip('. ')}; {hint}"
+                break
+    return line
+
+
+def _json_requested() -> bool:
+    """True when the running command was given ``--json`` (every command names it ``as_json``)."""
+    # Typer 0.29 carries its own copy of click; its context is the one a command runs in.
+    from typer._click.globals import get_current_context
+
+    ctx = get_current_context(silent=True)
+    return bool(ctx is not None and ctx.params.get("as_json"))
+
+
+def report_error(message: str, type_name: str, code: int, *, as_json: bool) -> None:
+    """One line on stderr; with ``--json`` also ``{"error", "type", "exitCode"}`` on stdout."""
+    if as_json:
+        print_json({"error": message, "type": type_name, "exitCode": code})
+    err.print(Text.assemble(("error:", "red"), " ", message))
+
+
+def fail(exc: PerseusError) -> typer.Exit:
+    """Report ``exc`` and return the exit to raise (its class's code)."""
+    report_error(error_line(exc), type(exc).__name__, exc.exit_code, as_json=_json_requested())
+    return typer.Exit(exc.exit_code)
 
 
 def run(make: Callable[[Settings], Awaitable[T]]) -> T:
@@ -49,10 +155,54 @@ def run(make: Callable[[Settings], Awaitable[T]]) -> T:
         settings = load_settings()
         return asyncio.run(make(settings))  # type: ignore[arg-type]
     except PerseusError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
-        raise typer.Exit(1) from None
+        raise fail(exc) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+    except Exception as exc:
+        converted = _temporal_error(exc)
+        if converted is None:
+            raise  # a bug: let its traceback show
+        raise fail(converted) from None
+
+
+def _temporal_error(exc: Exception) -> PerseusError | None:
+    """A Temporal RPC failure that no layer below converted, as a Perseus error (else None).
+
+    The safety net under the conversions in perseus.control: a server that goes away mid-command
+    must still be one line and exit 3, never an RPCError traceback."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    if not isinstance(exc, RPCError):
+        return None
+    if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+        return ServiceUnavailable(f"Temporal did not answer: {exc.message}")
+    return PerseusError(f"Temporal refused the request: {exc.message}")
+
+
+#: Fields that are numbers but arrive as strings (Redis stream fields are all strings).
+NUMERIC_FIELDS = frozenset({"epoch", "exchangeId", "priority", "symbolCount", "ttlMs", "heartbeatAgeS"})
+
+
+def _numbers(value: Any) -> Any:
+    """``value`` with the known numeric fields turned from strings into numbers, at any depth."""
+    if isinstance(value, dict):
+        return {k: _number(v) if k in NUMERIC_FIELDS else _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    return value
+
+
+_INTEGER = re.compile(r"-?\d+")
+_DECIMAL = re.compile(r"-?\d+\.\d+")
+
+
+def _number(value: Any) -> Any:
+    """A decimal string as a number; anything else (an empty field) as it was stored."""
+    if isinstance(value, str) and _INTEGER.fullmatch(value):
+        return int(value)
+    if isinstance(value, str) and _DECIMAL.fullmatch(value):
+        return float(value)
+    return value
 
 
 def print_json(value: Any) -> None:
@@ -60,8 +210,41 @@ def print_json(value: Any) -> None:
         value = value.model_dump(mode="json", by_alias=True)
     elif isinstance(value, list):
         value = [v.model_dump(mode="json", by_alias=True) if isinstance(v, BaseModel) else v for v in value]
-    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+    sys.stdout.write(json.dumps(_numbers(value), indent=2) + "\n")
     sys.stdout.flush()
+
+
+class _Elapsed:
+    """A spinner whose text shows the seconds since it started, recomputed on every refresh."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.started = time.monotonic()
+        self.spinner = Spinner("dots", style="cyan")
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        self.spinner.text = Text(f"{self.label} ({time.monotonic() - self.started:.1f}s)")
+        yield self.spinner
+
+
+@contextlib.contextmanager
+def waiting(label: str, *, as_json: bool = False) -> Iterator[None]:
+    """A spinner with elapsed time on stderr while the block runs: only when stderr is a terminal
+    and the output is not JSON, so pipes and scripts see nothing of it. It is erased afterwards."""
+    if as_json or not err.is_terminal:
+        yield
+        return
+    from rich.live import Live
+
+    with Live(
+        _Elapsed(label),
+        console=err,
+        transient=True,
+        refresh_per_second=10,
+        redirect_stdout=False,
+        redirect_stderr=False,
+    ):
+        yield
 
 
 # --- stack ---------------------------------------------------------------------------------------
@@ -89,7 +272,7 @@ def dev(
     from worker import install_signal_handlers
 
     def announce(stack: DevStack) -> None:
-        out.print("[bold green]Perseus dev stack is up[/bold green]  (Ctrl-C stops everything)")
+        out.print(Text.assemble(("Perseus dev stack is up", "bold green"), "  (Ctrl-C stops everything)"))
         out.print(f"  Temporal        {stack.temporal_address}")
         out.print(f"  Temporal Web UI {stack.ui_url or '(headless)'}")
         out.print(f"  API             {stack.api_url}/api/network/instances")
@@ -98,7 +281,7 @@ def dev(
         out.print(f"  Redis           {stack.settings.redis_url}")
         out.print(f"  PostgreSQL      {stack.settings.database_url}")
         out.print(f"  Data            {stack.settings.data_dir.resolve()}")
-        out.print(f"  Child PIDs      {' '.join(map(str, stack.child_pids()))}", highlight=False)
+        out.print(f"  Child PIDs      {' '.join(map(str, stack.child_pids()))}")
 
     async def main(settings: Settings) -> None:
         stop = asyncio.Event()
@@ -136,7 +319,7 @@ def worker(
     async def main(settings: Settings) -> None:
         name = host or settings.host_name()
         if not valid_host(name):
-            raise PerseusError(f"invalid host name {name!r}: use letters, digits, '.', '_' or '-'")
+            raise ConfigError(f"invalid host name {name!r}: use letters, digits, '.', '_' or '-'")
         client = await connect()
         stop = asyncio.Event()
         install_signal_handlers(stop)
@@ -144,7 +327,7 @@ def worker(
         task = asyncio.create_task(run_worker(settings, client, name, stop, shared_queue=shared, ready=ready))
         await asyncio.wait([task, asyncio.ensure_future(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
         if not task.done():
-            err.print(f"worker ready: host {name}", highlight=False)
+            err.print(f"worker ready: host {name}")
         await task
 
     run(main)
@@ -222,24 +405,26 @@ def main() -> None:
     The Temporal SDK's native runtime can abort a short-lived process during interpreter shutdown
     (sdk-python#300), so the exit status is handed straight to the OS once output is flushed.
     """
-    code = 0
+    code = EXIT_OK
     try:
         returned = app(standalone_mode=False)
-        code = returned if isinstance(returned, int) else 0
+        code = returned if isinstance(returned, int) else EXIT_OK
     except typer.Exit as exc:
         code = exc.exit_code
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
+        code = exc.code if isinstance(exc.code, int) else EXIT_REFUSED
     except typer.Abort:
         err.print("aborted")
         code = 130
     except typer.TyperException as exc:  # usage errors: bad option values, missing arguments
+        code = int(getattr(exc, "exit_code", EXIT_USAGE))
+        if "--json" in sys.argv[1:]:
+            print_json({"error": exc.format_message(), "type": type(exc).__name__, "exitCode": code})
         show = getattr(exc, "show", None)
         if callable(show):
             show()
         else:
-            err.print(f"error: {exc}", highlight=False, markup=False)
-        code = int(getattr(exc, "exit_code", 2))
+            err.print(f"error: {exc.format_message()}")
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

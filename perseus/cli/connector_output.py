@@ -101,9 +101,11 @@ def _validated(fields: dict[str, object]) -> ConnectorSpec:
 
 @app.command()
 def output(
-    exchange: Annotated[str, typer.Argument(help="Exchange name.")],
+    exchange: Annotated[str, typer.Argument(metavar="EXCHANGE", help="Exchange name.")],
     host: HostOption = None,
-    lines: Annotated[int, typer.Option("--lines", "-n", min=1, help="How many lines.")] = 20,
+    lines: Annotated[
+        int, typer.Option("--lines", "-n", min=1, metavar="N", help="How many lines (at least 1).")
+    ] = 20,
     as_json: JsonFlag = False,
 ) -> None:
     """The last lines written by a process connector (--exec) of EXCHANGE running on this machine.
@@ -128,4 +130,4 @@ def output(
         print_json({"exchange": exchange.lower(), "host": name, "path": path, "lines": tail})
         return
     for line in tail:
-        out.print(line, markup=False, highlight=False)
+        out.print(line)  # the console never reads markup: a child's "[/bold]" is printed as it is

@@ -1,27 +1,80 @@
-"""``register``, ``start``, ``stop``, ``shutdown``, ``status``."""
+"""``register``, ``start``, ``stop``, ``shutdown``, ``status``, ``handoff``.
+
+Every command first resolves the exchange in the catalog (an unknown one is "not found", exit 4,
+with the known names listed), so no hint ever names an exchange that does not exist. "The active
+instance" is the workflow the exchange's status key names (``workflowId``), not whatever search
+attributes say: they lag behind a failover.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import contextlib
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from perseus.cli.app import HostOption, JsonFlag, _with_catalog, app, err, out, print_json, run
+from perseus.cli.app import (
+    HostOption,
+    JsonFlag,
+    TimeoutOption,
+    WaitOption,
+    _with_catalog,
+    app,
+    err,
+    out,
+    print_json,
+    run,
+    waiting,
+)
 from perseus.config import Settings
-from perseus.errors import ConfigError
+from perseus.errors import ConfigError, ServiceUnavailable
 from perseus.lifecycle import Command
-from perseus.models import CommandResult, RegistrationResult
+from perseus.models import CommandResult, Exchange, RegistrationResult
+
+if TYPE_CHECKING:
+    from perseus.control import CommandSent
+
+ExchangeArgument = Annotated[
+    str, typer.Argument(metavar="EXCHANGE", help="Exchange name or id from the catalog.")
+]
+
+
+async def _resolve(settings: Settings, exchange: str) -> Exchange:
+    """The catalog's exchange for a name or id; UnknownExchange (exit 4) lists the known ones."""
+    return await _with_catalog(settings, lambda catalog: catalog.exchange(exchange))
+
+
+async def _holder(settings: Settings, exchange_id: int) -> str | None:
+    """The workflowId in the exchange's status key: the instance that holds the claim now."""
+    from perseus.control import holder_workflow_id
+    from perseus.store.redis_store import RedisStore, make_client
+
+    redis = make_client(str(settings.redis_url))
+    try:
+        return await holder_workflow_id(RedisStore(redis), exchange_id)
+    finally:
+        await redis.aclose()
+
+
+def _timeout(timeout: float | None) -> float:
+    """The wait for this call: ``--timeout`` checked before anything is asked, or the default."""
+    from perseus.control import ANSWER_TIMEOUT_S, check_timeout
+
+    return ANSWER_TIMEOUT_S if timeout is None else check_timeout(timeout)
 
 
 @app.command()
 def register(
-    exchange: Annotated[str, typer.Argument(help="Exchange name or id from the catalog.")],
+    exchange: ExchangeArgument,
     host: HostOption = None,
-    admin_email: Annotated[str | None, typer.Option("--admin-email", help="Admin user's e-mail.")] = None,
+    admin_email: Annotated[
+        str | None, typer.Option("--admin-email", metavar="EMAIL", help="Admin user's e-mail.")
+    ] = None,
     heartbeat_interval: Annotated[
         float | None,
         typer.Option(
             "--heartbeat-interval",
+            metavar="SECONDS",
             help="Seconds between heartbeats (TTL is 3x). Default PERSEUS_HEARTBEAT_INTERVAL.",
         ),
     ] = None,
@@ -30,45 +83,63 @@ def register(
         bool, typer.Option("--standby", help="Register a standby: no claim until promoted.")
     ] = False,
     priority: Annotated[
-        int, typer.Option("--priority", help="Standby priority: higher is promoted first.")
+        int, typer.Option("--priority", metavar="N", help="Standby priority: higher is promoted first.")
     ] = 0,
     exec_command: Annotated[
         str | None,
         typer.Option(
             "--exec",
+            metavar="COMMAND",
             help="Run this command on the host while the instance holds the exchange (split like a "
             "shell would, run without one); it gets PERSEUS_EXCHANGE, PERSEUS_EXCHANGE_ID, "
             "PERSEUS_EPOCH, PERSEUS_INSTANCE_ID.",
         ),
     ] = None,
     ready_line: Annotated[
-        str | None, typer.Option("--ready-line", help="Ready once a line of its output matches this regex.")
+        str | None,
+        typer.Option(
+            "--ready-line", metavar="REGEX", help="Ready once a line of its output matches this regex."
+        ),
     ] = None,
     ready_url: Annotated[
-        str | None, typer.Option("--ready-url", help="Ready once this http(s) URL answers 2xx.")
+        str | None,
+        typer.Option("--ready-url", metavar="URL", help="Ready once this http(s) URL answers 2xx."),
     ] = None,
     ready_timeout: Annotated[
-        float | None, typer.Option("--ready-timeout", help="Seconds to become ready (default 30, max 110).")
+        float | None,
+        typer.Option(
+            "--ready-timeout", metavar="SECONDS", help="Seconds to become ready (default 30, max 110)."
+        ),
     ] = None,
     stop_grace: Annotated[
         float | None,
-        typer.Option("--stop-grace", help="Seconds from SIGTERM to SIGKILL (default 5, max 10)."),
+        typer.Option(
+            "--stop-grace", metavar="SECONDS", help="Seconds from SIGTERM to SIGKILL (default 5, max 10)."
+        ),
     ] = None,
     restart: Annotated[
         str | None,
-        typer.Option("--restart", help="no | on-failure: start again, with backoff, after a crash."),
+        typer.Option(
+            "--restart", metavar="POLICY", help="no | on-failure: start again, with backoff, after a crash."
+        ),
     ] = None,
     health_url: Annotated[
         str | None,
-        typer.Option("--health-url", help="Probed every heartbeat while active (default: --ready-url)."),
+        typer.Option(
+            "--health-url", metavar="URL", help="Probed every heartbeat while active (default: ready URL)."
+        ),
     ] = None,
     health_failures: Annotated[
         int | None,
-        typer.Option("--health-failures", help="Failed health checks in a row that make it unhealthy (3)."),
+        typer.Option(
+            "--health-failures", metavar="N", help="Failed checks in a row that make it unhealthy (3)."
+        ),
     ] = None,
     on_unhealthy: Annotated[
         str | None,
-        typer.Option("--on-unhealthy", help="restart | failover: what an unhealthy connector gets."),
+        typer.Option(
+            "--on-unhealthy", metavar="POLICY", help="restart | failover, for an unhealthy connector."
+        ),
     ] = None,
     warm: Annotated[
         bool,
@@ -76,8 +147,13 @@ def register(
     ] = False,
     active_timeout: Annotated[
         float | None,
-        typer.Option("--active-timeout", help="Seconds for ACTIVE after ACTIVATE (default 10, max 60)."),
+        typer.Option(
+            "--active-timeout",
+            metavar="SECONDS",
+            help="Seconds for ACTIVE after ACTIVATE (default 10, max 60).",
+        ),
     ] = None,
+    timeout: TimeoutOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Register an instance of EXCHANGE on a host: claims the exchange (state idle), or waits as a standby."""
@@ -102,26 +178,31 @@ def register(
         interval = heartbeat_interval if heartbeat_interval is not None else settings.heartbeat_interval
         if not interval > 0:
             raise ConfigError(f"--heartbeat-interval must be greater than 0 seconds, got {interval:g}")
+        wait_s = _timeout(timeout)
 
         # Refuse unknown exchanges and admins before anything is started (lists the known ones).
-        async def check(catalog: object) -> None:
-            await catalog.exchange(exchange)  # type: ignore[attr-defined]
+        async def check(catalog: object) -> Exchange:
+            found: Exchange = await catalog.exchange(exchange)  # type: ignore[attr-defined]
             if admin_email:
                 await catalog.admin(admin_email)  # type: ignore[attr-defined]
+            return found
 
-        await _with_catalog(settings, check)
+        known = await _with_catalog(settings, check)
+        where = host or settings.host_name()
         client = await connect()
-        return await control.register(
-            client,
-            exchange=exchange,
-            host=host or settings.host_name(),
-            admin_email=admin_email,
-            heartbeat_interval_s=interval,
-            start=start,
-            standby=standby,
-            priority=priority,
-            connector=spec,
-        )
+        with waiting(f"registering {known.name} on {where}", as_json=as_json):
+            return await control.register(
+                client,
+                exchange=known.name,
+                host=where,
+                admin_email=admin_email,
+                heartbeat_interval_s=interval,
+                start=start,
+                standby=standby,
+                priority=priority,
+                connector=spec,
+                timeout_s=wait_s,
+            )
 
     result = run(main)
     if as_json:
@@ -134,47 +215,96 @@ def register(
                 if result.role == "standby"
                 else f"epoch {result.epoch}, state {result.state.value}"
             )
-            + f", workflow {result.workflow_id}",
-            highlight=False,
+            + f", workflow {result.workflow_id}"
         )
         if start:
-            out.print("start requested; follow it with: perseus status " + result.exchange, highlight=False)
+            out.print("start requested; follow it with: perseus status " + result.exchange)
 
 
-def _command(exchange: str, host: str | None, command: Command, as_json: bool) -> None:
+def _command(
+    exchange: str, host: str | None, command: Command, as_json: bool, wait: bool, timeout: float | None
+) -> None:
     from perseus import control
     from perseus.temporal import connect
 
-    async def main(settings: Settings) -> CommandResult:
+    async def main(settings: Settings) -> tuple[str, CommandResult | CommandSent]:
+        wait_s = _timeout(timeout)
+        known = await _resolve(settings, exchange)
+        # Without --host, the claim's holder decides between several instances (start/stop). Only a
+        # tie-breaker here: with Redis down the command still works when the choice is clear.
+        holder = None
+        if host is None:
+            with contextlib.suppress(ServiceUnavailable):
+                holder = await _holder(settings, known.id)
         client = await connect()
-        return await control.command(
-            client, exchange=exchange, host=host, default_host=settings.host_name(), command=command
-        )
+        if not wait:
+            return known.name, await control.send_command(
+                client,
+                exchange=known.name,
+                host=host,
+                default_host=settings.host_name(),
+                command=command,
+                holder=holder,
+            )
+        with waiting(f"{command.value} {known.name}", as_json=as_json):
+            return known.name, await control.command(
+                client,
+                exchange=known.name,
+                host=host,
+                default_host=settings.host_name(),
+                command=command,
+                timeout_s=wait_s,
+                holder=holder,
+            )
 
-    result = run(main)
+    name, result = run(main)
     if as_json:
         print_json(result)
-    else:
+    elif isinstance(result, CommandResult):
         path = " -> ".join([result.from_state.value, *(s.value for s in result.transitions)])
-        out.print(f"{exchange}: {command.value} done ({path})", highlight=False)
+        out.print(f"{name}: {command.value} done ({path})")
+    else:
+        state = f"from {result.state.value}" if result.state else "not validated: no worker answered"
+        out.print(
+            f"{name}: {command.value} sent to {result.workflow_id} (signal {result.signal}, {state}); "
+            f"follow it with: perseus status {name}"
+        )
 
 
 @app.command()
-def start(exchange: str, host: HostOption = None, as_json: JsonFlag = False) -> None:
+def start(
+    exchange: ExchangeArgument,
+    host: HostOption = None,
+    wait: WaitOption = True,
+    timeout: TimeoutOption = None,
+    as_json: JsonFlag = False,
+) -> None:
     """idle -> starting -> warming -> active."""
-    _command(exchange, host, Command.START, as_json)
+    _command(exchange, host, Command.START, as_json, wait, timeout)
 
 
 @app.command()
-def stop(exchange: str, host: HostOption = None, as_json: JsonFlag = False) -> None:
+def stop(
+    exchange: ExchangeArgument,
+    host: HostOption = None,
+    wait: WaitOption = True,
+    timeout: TimeoutOption = None,
+    as_json: JsonFlag = False,
+) -> None:
     """active -> stopping -> stopped -> idle (stays registered)."""
-    _command(exchange, host, Command.STOP, as_json)
+    _command(exchange, host, Command.STOP, as_json, wait, timeout)
 
 
 @app.command()
-def shutdown(exchange: str, host: HostOption = None, as_json: JsonFlag = False) -> None:
+def shutdown(
+    exchange: ExchangeArgument,
+    host: HostOption = None,
+    wait: WaitOption = True,
+    timeout: TimeoutOption = None,
+    as_json: JsonFlag = False,
+) -> None:
     """Stop if needed, release the claim; the instance's workflow completes."""
-    _command(exchange, host, Command.SHUTDOWN, as_json)
+    _command(exchange, host, Command.SHUTDOWN, as_json, wait, timeout)
 
 
 @app.command()
@@ -238,33 +368,45 @@ def status(exchange: Annotated[str | None, typer.Argument()] = None, as_json: Js
 
 @app.command()
 def handoff(
-    exchange: str,
-    to: Annotated[str, typer.Option("--to", help="Host of the live standby that takes over.")],
+    exchange: ExchangeArgument,
+    to: Annotated[
+        str, typer.Option("--to", metavar="HOST", help="Host of the live standby that takes over.")
+    ],
     from_host: Annotated[
-        str | None, typer.Option("--from", help="Host now active (default: the one that is).")
+        str | None,
+        typer.Option(
+            "--from", metavar="HOST", help="Host now active (default: the one the status key names)."
+        ),
     ] = None,
     shutdown_after: Annotated[
         bool, typer.Option("--shutdown", help="Shut the old instance down afterwards.")
     ] = False,
+    timeout: TimeoutOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Planned switchover to a standby: notify, takeover, confirm; the old one becomes a standby."""
     from perseus import control
     from perseus.temporal import connect
 
-    async def main(settings: Settings) -> CommandResult:
+    async def main(settings: Settings) -> tuple[str, CommandResult]:
+        wait_s = _timeout(timeout)
+        known = await _resolve(settings, exchange)
+        holder = await _holder(settings, known.id) if from_host is None else None
         client = await connect()
-        return await control.handoff(
-            client,
-            exchange=exchange,
-            to_host=to,
-            from_host=from_host,
-            default_host=settings.host_name(),
-            shutdown=shutdown_after,
-        )
+        with waiting(f"handing {known.name} over to {to}", as_json=as_json):
+            return known.name, await control.handoff(
+                client,
+                exchange=known.name,
+                to_host=to,
+                from_host=from_host,
+                default_host=settings.host_name(),
+                shutdown=shutdown_after,
+                holder=holder,
+                timeout_s=wait_s,
+            )
 
-    result = run(main)
+    name, result = run(main)
     if as_json:
         print_json(result)
     else:
-        out.print(f"{exchange}: handed over to {to}: {result.detail}", highlight=False)
+        out.print(f"{name}: handed over to {to}: {result.detail}")

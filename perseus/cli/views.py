@@ -203,25 +203,31 @@ def log(
     if as_json:
         print_json(page)
         return
-    # One line per entry (not a table): it stays readable in a narrow terminal and greppable in a pipe.
-    width = max((len(e.get("exchangeName", "")) for e in page.entries), default=0)
-    for entry in page.entries:
-        kind = entry.get("event", "")
-        line = Text.assemble(
+    # One line per entry in aligned columns (not a boxed table): it stays greppable in a pipe and
+    # never wraps a cell. Every cell is data, so it goes in as plain Text, never as markup.
+    rows = [
+        [
             (entry.get("timestamp", "") or "-", "dim"),
-            "  ",
-            entry.get("exchangeName", "").ljust(width),
-            "  ",
-            (kind.ljust(18), EVENT_STYLE.get(kind, "")),
-            _what(entry),
-        )
-        extra = [f"host={entry['hostname']}" if entry.get("hostname") else ""]
-        extra += [
-            f"ip={entry['ip']}" if entry.get("ip") else "",
-            f"admin={entry.get('adminEmail')}" if entry.get("adminEmail") else "",
+            (entry.get("exchangeName", ""), ""),
+            (entry.get("event", ""), EVENT_STYLE.get(entry.get("event", ""), "")),
+            (_what(entry), ""),
+            (f"host={entry['hostname']}" if entry.get("hostname") else "", "dim"),
+            (f"ip={entry['ip']}" if entry.get("ip") else "", "dim"),
+            (f"admin={entry['adminEmail']}" if entry.get("adminEmail") else "", "dim"),
+            (entry.get("id", ""), "dim"),
         ]
-        line.append("  " + " ".join(x for x in extra if x), style="dim")
-        line.append(f"  {entry['id']}", style="dim")
+        for entry in page.entries
+    ]
+    # Columns empty on every row of the page take no room.
+    shown = [i for i in range(8) if any(row[i][0] for row in rows)]
+    widths = {i: max(len(row[i][0]) for row in rows) for i in shown}
+    for row in rows:
+        line = Text()
+        for n, i in enumerate(shown):
+            text, style = row[i]
+            last = n == len(shown) - 1
+            line.append(text if last else text.ljust(widths[i]) + "  ", style=style)
+        line.rstrip()
         out.print(line, soft_wrap=True)
     if not page.entries:
         err.print("no entries", highlight=False)

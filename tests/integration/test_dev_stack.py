@@ -99,7 +99,7 @@ def test_taken_port_is_a_one_line_error_naming_the_flag(tmp_path: Path) -> None:
             env=dev_env(tmp_path),
             cwd=ROOT,
         )
-    assert result.returncode == 1
+    assert result.returncode == 2  # usage: choose another port
     assert result.stderr.strip() == (
         f"error: port {port} for Redis is already in use: choose another with --redis-port"
     )

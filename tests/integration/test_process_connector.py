@@ -129,7 +129,7 @@ async def test_cli_refuses_bad_exec_options(servers: Servers, exchange: str) -> 
     }
     for args, expected in cases.items():
         result = await asyncio.to_thread(perseus, servers, "register", exchange, "--host", "nowhere", *args)
-        assert result.returncode == 1 and expected in result.stderr, (args, result.stderr)
+        assert result.returncode == 2 and expected in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1
 
 

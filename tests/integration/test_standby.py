@@ -155,7 +155,7 @@ async def test_planned_handoff_and_back(
     assert (snap_a["role"] if isinstance(snap_a, dict) else snap_a.role) == "standby"
 
     # And back again, this time shutting the old one down.
-    await control.handoff(client, exchange=exchange, to_host=a, from_host=None, default_host=a, shutdown=True)
+    await control.handoff(client, exchange=exchange, to_host=a, from_host=b, default_host=a, shutdown=True)
     await wait_for(lambda: active_on(store, ex_id, a))
     assert await client.get_workflow_handle(workflow_id(exchange, b)).result() == f"handed over to {a}"
     await control.command(client, exchange=exchange, host=a, default_host=a, command=Command.SHUTDOWN)

@@ -124,7 +124,9 @@ async def test_read_views_refuse_bad_input_in_one_line(servers: Servers, exchang
     ]
     for args, message in cases:
         code, out, err = await cli(servers, *args)
-        assert code == 1, (args, err)
+        # Exit codes of DESIGN §2.4: 4 not found, 2 a malformed request, 1 refused.
+        expected = 4 if "unknown exchange" in message else 1 if args[0] in ("network", "apikey") else 2
+        assert code == expected, (args, err)
         assert message in err and err.count("\n") == 1 and out == "", (args, err)
     page = await cli_json(servers, "log", exchange)
     assert page == {"entries": [], "nextCursor": None, "serverTime": page["serverTime"]}  # type: ignore[index]
