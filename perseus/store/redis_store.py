@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from perseus import metrics
 from perseus.errors import ServiceUnavailable
 from perseus.keys import epoch_key, standby_index_key, standby_key, status_key, stream_key
 
@@ -223,6 +224,7 @@ class RedisStore:
                 args=[instance_id, epoch, json.dumps(patch or {}), mode, ttl_ms],
             )
         )
+        metrics.fenced_write(mode, outcome)
         return FenceReply(outcome=outcome, raw=raw or None)
 
     async def append_event(
@@ -262,6 +264,23 @@ class RedisStore:
         """Stream entries newest first (XREVRANGE)."""
         rows = await self._run(self.client.xrevrange(stream_key(exchange_name), newest, oldest, count=count))
         return [(entry_id, dict(fields)) for entry_id, fields in rows]
+
+    async def read_after(
+        self, exchange_name: str, after: str, *, block_ms: int, count: int = 100
+    ) -> list[tuple[str, dict[str, str]]]:
+        """Entries newer than ``after``, oldest first, waiting up to ``block_ms`` for the first one.
+
+        One XREAD BLOCK on one stream (streams of different exchanges may live in different cluster
+        slots). ``block_ms`` must stay below the client's 5 s socket timeout.
+        """
+        reply = await self._run(
+            self.client.xread({stream_key(exchange_name): after}, count=count, block=block_ms)
+        )
+        if not reply:
+            return []
+        # RESP2 answers [[key, entries]], RESP3 {key: [entries]}; either way one stream's entries.
+        streams = list(reply.values()) if isinstance(reply, dict) else [item[1] for item in reply]
+        return [(entry_id, dict(fields)) for rows in streams for entry_id, fields in rows]
 
     # --- markers (one key each; used to deliver notifications once per event) ---------------------
 
