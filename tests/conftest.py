@@ -197,15 +197,16 @@ class WorkerProcess:
         *,
         shared: bool = False,
         extra_env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
         **env: str,
     ) -> None:
         env = {**(extra_env or {}), **env}
-        args = [PERSEUS, "worker", "--host", host] + ([] if shared else ["--no-shared"])
+        command = [PERSEUS, "worker", "--host", host, *args] + ([] if shared else ["--no-shared"])
         self.host = host
         self.log = servers.data_dir / f"worker-{host}-{uuid.uuid4().hex[:6]}.log"
         self._log_file = open(self.log, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            args,
+            command,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             env=servers.env(**env),
