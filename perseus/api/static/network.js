@@ -495,7 +495,7 @@
     }
     if (!known) {
       if (!inst.offlineReason) {
-        node.append(el("p", { class: "neutral-note", "data-field": "last-seen", text: "Not running · never ran here (nothing in the activity log)" }));
+        node.append(el("p", { class: "neutral-note", "data-field": "last-seen", text: "Not running · never ran (nothing in the activity log)" }));
       }
       return;
     }
