@@ -270,7 +270,11 @@ async def test_metrics_show_renewals_rising_and_a_failover_after_kill_9(
     await wait_for(lambda: active_on(store, ex_id, doomed))
 
     text = await scrape(port)
-    assert "temporal_" in text  # the SDK runtime's own metrics, through the same port
+    temporal = sorted(
+        {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line.startswith("temporal_")}
+    )
+    assert temporal, text  # the SDK runtime's own metrics, through the same port
+    print("Temporal SDK series on the worker's port:", ", ".join(temporal))
     assert "# TYPE perseus_renewals_total counter" in text
     failovers = f'perseus_failovers_total{{exchange="{exchange}"}}'
     conn = await db.connect(servers.database_url)
