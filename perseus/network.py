@@ -4,7 +4,8 @@ One pipelined round trip reads all status keys (one GET + PTTL per key: cluster-
 exchanges comes from PostgreSQL, never from SCAN/KEYS. A malformed value reads as offline with a
 reason instead of failing the whole view. Offline exchanges then get their last-known info from the
 newest entries of their streams, in a second pipelined round trip that only they pay for. Standbys
-come from each exchange's standby index (one ZREVRANGE, then one GET per member; DESIGN §2.8).
+come from each exchange's standby index (a ZREVRANGE per exchange, then a GET per member, each batch
+pipelined; DESIGN §2.8).
 
 Health is judged the same way for the API, the CLI and the page (they all read ``health`` and
 ``heartbeat`` from here), against the instance's *own* heartbeat interval, not fixed seconds:
@@ -21,7 +22,6 @@ nothing in its stream): a neutral state, not an alarm.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -258,8 +258,8 @@ async def read_board(
             view.last_known = last_known(rows)
             if view.health == "not_running" and view.last_known is not None:
                 view.health = "offline"
-    # One small read per exchange (an index and its live members); concurrent, so one wait in all.
-    standby_raws = await asyncio.gather(*(store.standbys(e.id) for e in exchanges))
+    # Two more pipelined round trips in all: every standby index, then every listed member's key.
+    standby_raws = await store.standbys_many([e.id for e in exchanges])
     for view, records in zip(views, standby_raws, strict=True):
         view.standbys = standby_views(records, now)
     return StatusBoard(instances=views, server_time=now)

@@ -343,6 +343,29 @@ class RedisStore:
             await self._run(self.client.zrem(standby_index_key(exchange_id), *dead))
         return [str(raw) for raw in raws if raw is not None]
 
+    async def standbys_many(self, exchange_ids: list[int]) -> list[list[str]]:
+        """Live standby records of several exchanges, highest priority first, in two pipelined round
+        trips (every index, then every member's key); one command per key, so cluster-safe. Read-only:
+        members whose key expired are skipped here (:meth:`standbys` prunes them)."""
+        if not exchange_ids:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for exchange_id in exchange_ids:
+                pipe.zrevrange(standby_index_key(exchange_id), 0, -1)
+            indexes = await self._run(pipe.execute())
+        wanted = [(i, member) for i, members in enumerate(indexes) for member in members]
+        out: list[list[str]] = [[] for _ in exchange_ids]
+        if not wanted:
+            return out
+        async with self.client.pipeline(transaction=False) as pipe:
+            for i, member in wanted:
+                pipe.get(standby_key(exchange_ids[i], member))
+            raws = await self._run(pipe.execute())
+        for (i, _), raw in zip(wanted, raws, strict=True):
+            if raw is not None:
+                out[i].append(str(raw))
+        return out
+
     async def drop_standby(self, exchange_id: int, instance_id: str) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.delete(standby_key(exchange_id, instance_id))

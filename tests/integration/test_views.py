@@ -170,8 +170,7 @@ async def test_status_shows_the_active_then_its_standbys_until_they_go(
     code, _, err = await cli(servers, "register", exchange, "--host", shared_worker, "--start", *beat)
     assert code == 0, err
     try:
-        # None yet: the contract's empty list, and the card says so.
-        assert (await cli_json(servers, "status", exchange))["standbys"] == []  # type: ignore[index]
+        # None yet: the card says so (the API test checks the contract's empty list).
         code, out, _ = await cli(servers, "network")
         assert "no standby" in out[out.index(exchange.upper()) :]
 
