@@ -65,8 +65,10 @@ ExchangeIdPath = Annotated[int, Path(alias="exchangeId", description="The exchan
 @router.get("/instances", response_model=StatusBoard, summary="Every active exchange with its status")
 async def instances(store: StoreDep, catalog: CatalogDep) -> StatusBoard:
     """Every active exchange from PostgreSQL with `online`, `status` (the record or null), heartbeat
-    age and `late` flag on the server's clock; offline ones carry `lastKnown` from their stream. A
-    malformed record reads as offline with an `offlineReason`."""
+    age on the server's clock, and `heartbeat` / `late` / `health` judged against the instance's own
+    interval (late past 1.5 intervals, stale past 2; `health` is `not_running` for an exchange that
+    never ran). Offline ones carry `lastKnown` from their stream; a malformed record reads as offline
+    with an `offlineReason`. `standbys` lists the live standbys, highest priority first."""
     return await read_board(store, catalog)
 
 
