@@ -30,6 +30,7 @@ from perseus.connectors.process import output_dir
 from perseus.connectors.watchdog import Watchdog
 from perseus.keeper import LeaseKeeper, WorkflowClosed
 from perseus.keys import SHARED_TASK_QUEUE, host_task_queue
+from perseus.metrics import MetricsServer
 from perseus.notify import discord_notifier
 from perseus.store.db import Catalog, make_pool
 from perseus.store.redis_store import RedisStore, make_client
@@ -48,8 +49,10 @@ async def run_worker(
     *,
     shared_queue: bool = True,
     ready: asyncio.Event | None = None,
+    metrics_server: MetricsServer | None = None,
 ) -> None:
-    """Serve ``host``'s queue (and the shared queue) until ``stop`` is set, then release gracefully."""
+    """Serve ``host``'s queue (and the shared queue) until ``stop`` is set, then release gracefully.
+    ``metrics_server`` (``--metrics-port``) serves ``/metrics`` while the worker runs."""
     redis = make_client(str(settings.redis_url))
     pool = make_pool(settings.database_url)
     await pool.open(wait=True, timeout=15)
@@ -101,6 +104,9 @@ async def run_worker(
         )
     try:
         async with contextlib.AsyncExitStack() as stack:
+            if metrics_server is not None:
+                await metrics_server.start()
+                stack.push_async_callback(metrics_server.stop)
             for worker in workers:
                 await stack.enter_async_context(worker)
             log.info("worker for host %s polling %s", host, ", ".join(w.task_queue for w in workers))

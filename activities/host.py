@@ -123,11 +123,18 @@ class HostActivities:
         return Identity(hostname=self.hostname, ip_address=await self.public_ip())
 
     async def public_ip(self) -> str | None:
+        """The first usable answer of the IP services, tried in order within one total budget."""
         import httpx
 
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._ip_timeout_s
         for url in self._ip_services:
+            left = deadline - loop.time()
+            if left <= 0:
+                log.info("IP lookup gave up: no answer within %.1fs", self._ip_timeout_s)
+                return None
             try:
-                response = await self._http.get(url, timeout=self._ip_timeout_s)
+                response = await self._http.get(url, timeout=left)
             except httpx.HTTPError as exc:
                 log.info("IP service %s failed: %s", url, exc)
                 continue

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from temporalio import activity
 
 from activities.edge import edge
+from perseus import metrics
 from perseus.keys import retention_min_id
 from perseus.models import (
     ClaimProbe,
@@ -111,9 +112,12 @@ class RegistryActivities:
     async def record_event(self, req: EventRequest) -> str:
         """Append one network event, exactly once per eventId even when retried; returns the stream id."""
         event = req.event
-        return await self._store.append_event(
-            event.exchange_name, event.event_id, retention_min_id(datetime.now(UTC)), event.fields()
+        fields = event.fields()
+        entry_id = await self._store.append_event(
+            event.exchange_name, event.event_id, retention_min_id(datetime.now(UTC)), fields
         )
+        await metrics.count_recorded_event(self._store, event.exchange_name, entry_id, fields)
+        return entry_id
 
     @activity.defn(name="put_standby")
     @edge

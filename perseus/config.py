@@ -25,6 +25,15 @@ DEFAULT_TEMPORAL_PORT = 7233
 DEFAULT_TEMPORAL_UI_PORT = 8233
 DEFAULT_API_PORT = 8700
 
+#: Public-IP lookup services, tried in order until one answers (each answers with the caller's
+#: address as plain text). On by default like Livermore's lookup; ``PERSEUS_IP_SERVICES=[]`` turns it
+#: off. The whole lookup is bounded by ``PERSEUS_IP_TIMEOUT`` (2 s), not each service.
+DEFAULT_IP_SERVICES = [
+    "https://api.ipify.org",
+    "https://checkip.amazonaws.com",
+    "https://icanhazip.com",
+]
+
 
 class RedisUrl(RedisDsn):
     """A Redis URL; ``redis+cluster://`` / ``rediss+cluster://`` select a Redis Cluster client."""
@@ -48,8 +57,11 @@ class Settings(BaseSettings):
     heartbeat_interval: float = 15.0
     discord_webhook_url: AnyHttpUrl | None = None
     hostname: str | None = None
-    ip_services: list[AnyHttpUrl] = Field(default_factory=list)
-    ip_timeout: float = 3.0
+    ip_services: list[AnyHttpUrl] = Field(
+        default_factory=lambda: [AnyHttpUrl(url) for url in DEFAULT_IP_SERVICES]
+    )
+    #: Seconds for the whole public-IP lookup (all services together); then the IP is unknown.
+    ip_timeout: float = 2.0
     api_host: str = "127.0.0.1"
     api_port: int = DEFAULT_API_PORT
     data_dir: Path = Path(".perseus")

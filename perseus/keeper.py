@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from perseus import metrics
 from perseus.errors import (
     ClaimLost,
     ClaimMissing,
@@ -282,6 +283,7 @@ class LeaseKeeper:
         pgid = connector.process_group() if connector is not None else None
         if pgid is not None and self._watchdog is not None:
             self._watchdog.arm(pgid, valid_until)
+        metrics.observe_renewal(held.last_ok - due)
         if held.last_ok - due > req.heartbeat_interval_s / 2:
             log.info("renewal of %s was %.2fs late", req.workflow_id, held.last_ok - due)
 

@@ -3,7 +3,21 @@
 One pipelined round trip reads all status keys (one GET + PTTL per key: cluster-safe); the list of
 exchanges comes from PostgreSQL, never from SCAN/KEYS. A malformed value reads as offline with a
 reason instead of failing the whole view. Offline exchanges then get their last-known info from the
-newest entries of their streams, in a second pipelined round trip that only they pay for.
+newest entries of their streams, in a second pipelined round trip that only they pay for. Standbys
+come from each exchange's standby index (a ZREVRANGE per exchange, then a GET per member, each batch
+pipelined; DESIGN §2.8).
+
+Health is judged the same way for the API, the CLI and the page (they all read ``health`` and
+``heartbeat`` from here), against the instance's *own* heartbeat interval, not fixed seconds:
+
+* ``fresh``: the last renewal is at most 1.5 intervals old (one renewal may be a little late);
+* ``late``: older than 1.5 intervals: a renewal was missed;
+* ``stale``: older than 2 intervals, the renew deadline: the holder has stopped its connector by
+  now, and the key expires at 3 intervals (the TTL). At the 15 s default these are 22.5 s and 30 s.
+
+``health`` is then ``healthy`` / ``late`` / ``stale`` for a live record, ``offline`` for an exchange
+whose stream shows it ran before, and ``not_running`` for one that never ran (no status key and
+nothing in its stream): a neutral state, not an alarm.
 """
 
 from __future__ import annotations
@@ -11,19 +25,21 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 from pydantic import Field, ValidationError
 
-from perseus.keys import parse_iso
+from perseus.keys import RENEW_DEADLINE_FACTOR, parse_iso
 from perseus.lifecycle import State, legacy_state
-from perseus.models import EventKind, Exchange, InstanceStatus, Wire
+from perseus.models import EventKind, Exchange, InstanceStatus, StandbyRecord, Wire
 from perseus.store.db import Catalog
 from perseus.store.redis_store import RedisStore
 
-#: Heartbeat age colours (DESIGN §4): green below 10 s, yellow below 30 s, red from 30 s.
-FRESH_S = 10.0
-STALE_S = 30.0
+#: A renewal older than this many heartbeat intervals is late (one missed beat, with slack).
+LATE_FACTOR = 1.5
+#: ... and stale from the renew deadline on (the holder has stopped its connector by then).
+STALE_FACTOR = float(RENEW_DEADLINE_FACTOR)
+#: The interval assumed for a record that does not say (older writers): the default.
+DEFAULT_INTERVAL_S = 15.0
 #: How many of an offline exchange's newest stream entries are searched for its last state and error.
 #: A failure writes its error and then at most three recovery transitions, so five entries find it;
 #: reading more costs every offline exchange on every poll (about 0.1 ms per entry in redis-py).
@@ -45,6 +61,22 @@ class LastKnown(Wire):
     last_error_at: str | None = None
 
 
+class StandbyView(Wire):
+    """One live standby of an exchange (DESIGN §2.8), as the read views show it."""
+
+    host: str
+    hostname: str
+    instance_id: str
+    priority: int
+    heartbeat_age_s: float
+    #: Milliseconds before the standby's record expires unless renewed (like the item's ``ttlMs``).
+    ttl_ms: int
+    #: Whether it keeps its connector warm (DESIGN §2.9); false until warm standbys exist.
+    warm: bool = False
+    ip_address: str | None = None
+    heartbeat: str = "fresh"
+
+
 class InstanceView(Wire):
     exchange_id: int
     exchange_name: str
@@ -54,19 +86,29 @@ class InstanceView(Wire):
     legacy_state: str | None = None
     ttl_ms: int | None = None
     heartbeat_age_s: float | None = None
-    heartbeat: str | None = None  # fresh / late / stale
+    heartbeat: str | None = None  # fresh / late / stale, against the instance's own interval
     late: bool = False
+    #: healthy / late / stale (a live record), offline (ran before), not_running (never ran).
+    health: str = "not_running"
+    #: Why an exchange reads offline although something is there (a malformed record); None otherwise.
     offline_reason: str | None = None
     #: Seconds since ``connectedAt`` while active, and the same as "4h 23m".
     running_for_s: float | None = None
     running_for: str | None = None
     last_known: LastKnown | None = None
-    #: Standby instances registered for this exchange (filled by the standby feature; empty until then).
-    standbys: list[dict[str, Any]] = Field(default_factory=list)
+    #: Live standbys, highest priority first (DESIGN §2.8); empty: no standby.
+    standbys: list[StandbyView] = Field(default_factory=list)
 
 
-def heartbeat_colour(age_s: float) -> str:
-    return "fresh" if age_s < FRESH_S else "late" if age_s < STALE_S else "stale"
+def heartbeat_colour(age_s: float, interval_s: float = DEFAULT_INTERVAL_S) -> str:
+    """fresh / late / stale for a renewal ``age_s`` old, judged against the holder's own interval."""
+    if age_s > STALE_FACTOR * interval_s:
+        return "stale"
+    return "late" if age_s > LATE_FACTOR * interval_s else "fresh"
+
+
+def _interval_s(interval_ms: int) -> float:
+    return interval_ms / 1000 if interval_ms > 0 else DEFAULT_INTERVAL_S
 
 
 def _when(text: str) -> datetime:
@@ -103,7 +145,8 @@ def judge(exchange: Exchange, raw: str | None, pttl_ms: int, now: datetime) -> I
     """Pure: turn one status key's raw value into a view. Never raises on bad data."""
     base = dict(exchange_id=exchange.id, exchange_name=exchange.name, display_name=exchange.display_name)
     if raw is None:
-        return InstanceView(**base, online=False, status=None, offline_reason="no status key (not running)")
+        # Offline or never ran: read_board tells them apart by the stream (last_known).
+        return InstanceView(**base, online=False, status=None)
     try:
         status = InstanceStatus.model_validate(json.loads(raw))
         # Inside the try: a record that validates but carries an unparseable time is malformed too.
@@ -111,9 +154,14 @@ def judge(exchange: Exchange, raw: str | None, pttl_ms: int, now: datetime) -> I
     except (ValueError, TypeError, ValidationError) as exc:
         first = str(exc).splitlines()[0][:160]
         return InstanceView(
-            **base, online=False, status=None, offline_reason=f"malformed status record: {first}"
+            **base,
+            online=False,
+            status=None,
+            health="offline",
+            offline_reason=f"malformed status record: {first}",
         )
-    interval_s = status.heartbeat_interval_ms / 1000 if status.heartbeat_interval_ms > 0 else 15.0
+    interval_s = _interval_s(status.heartbeat_interval_ms)
+    colour = heartbeat_colour(age, interval_s)
     running = running_for_s(status, now)
     return InstanceView(
         **base,
@@ -122,8 +170,9 @@ def judge(exchange: Exchange, raw: str | None, pttl_ms: int, now: datetime) -> I
         legacy_state=legacy_state(status.connection_state),
         ttl_ms=pttl_ms,
         heartbeat_age_s=round(age, 3),
-        heartbeat=heartbeat_colour(age),
-        late=age > 1.5 * interval_s,
+        heartbeat=colour,
+        late=colour != "fresh",
+        health="healthy" if colour == "fresh" else colour,
         running_for_s=running,
         running_for=format_duration(running) if running is not None else None,
     )
@@ -160,6 +209,35 @@ def last_known(rows: Sequence[tuple[str, dict[str, str]]]) -> LastKnown | None:
     )
 
 
+def judge_standby(raw: str, now: datetime) -> StandbyView | None:
+    """Pure: one standby record as the views show it; None for an unreadable record (skipped)."""
+    try:
+        doc = json.loads(raw)
+        record = StandbyRecord.model_validate(doc)
+        age = max(0.0, (now - _when(record.last_heartbeat)).total_seconds())
+    except (ValueError, TypeError, ValidationError):
+        return None
+    # Each renewal rewrites the record with PX ttlMs, so what is left is the TTL minus the age.
+    left = max(0, record.ttl_ms - int(age * 1000))
+    return StandbyView(
+        host=record.host,
+        hostname=record.hostname,
+        instance_id=record.instance_id,
+        priority=record.priority,
+        heartbeat_age_s=round(age, 3),
+        ttl_ms=left,
+        warm=bool(doc.get("warm", False)),
+        ip_address=record.ip_address,
+        heartbeat=heartbeat_colour(age, _interval_s(record.heartbeat_interval_ms)),
+    )
+
+
+def standby_views(raws: Sequence[str], now: datetime) -> list[StandbyView]:
+    """Readable records, highest priority first (the index's order; ties keep it)."""
+    views = [v for v in (judge_standby(raw, now) for raw in raws) if v is not None]
+    return sorted(views, key=lambda v: -v.priority)
+
+
 class StatusBoard(Wire):
     instances: list[InstanceView]
     server_time: datetime
@@ -178,4 +256,10 @@ async def read_board(
         streams = await store.events_many([(v.exchange_name, "+", LAST_KNOWN_DEPTH) for v in offline])
         for view, rows in zip(offline, streams, strict=True):
             view.last_known = last_known(rows)
+            if view.health == "not_running" and view.last_known is not None:
+                view.health = "offline"
+    # Two more pipelined round trips in all: every standby index, then every listed member's key.
+    standby_raws = await store.standbys_many([e.id for e in exchanges])
+    for view, records in zip(views, standby_raws, strict=True):
+        view.standbys = standby_views(records, now)
     return StatusBoard(instances=views, server_time=now)

@@ -32,6 +32,12 @@ from perseus.store.redis_store import RedisStore, make_client
 from perseus.temporal import converter, register_search_attributes
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Public-IP lookup is on by default (real services on the internet); no test may reach them. Every
+# in-process Settings reads this, and Servers.env() passes it to every subprocess. A test that wants
+# a lookup points PERSEUS_IP_SERVICES at a fake service on loopback.
+NO_IP_LOOKUP = "[]"
+os.environ["PERSEUS_IP_SERVICES"] = NO_IP_LOOKUP
 PERSEUS = str(Path(sys.executable).parent / "perseus")
 
 
@@ -53,6 +59,7 @@ class Servers:
             PERSEUS_REDIS_URL=self.redis_url,
             PERSEUS_DATABASE_URL=self.database_url,
             PERSEUS_DATA_DIR=str(self.data_dir / "cli"),
+            PERSEUS_IP_SERVICES=NO_IP_LOOKUP,
         )
         env.update(extra)
         return env
@@ -104,6 +111,7 @@ def settings(servers: Servers) -> Settings:
         redis_url=servers.redis_url,
         database_url=servers.database_url,
         heartbeat_interval=1.0,
+        ip_services=[],
         data_dir=servers.data_dir / "perseus",
     )
 
@@ -189,15 +197,16 @@ class WorkerProcess:
         *,
         shared: bool = False,
         extra_env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
         **env: str,
     ) -> None:
         env = {**(extra_env or {}), **env}
-        args = [PERSEUS, "worker", "--host", host] + ([] if shared else ["--no-shared"])
+        command = [PERSEUS, "worker", "--host", host, *args] + ([] if shared else ["--no-shared"])
         self.host = host
         self.log = servers.data_dir / f"worker-{host}-{uuid.uuid4().hex[:6]}.log"
         self._log_file = open(self.log, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            args,
+            command,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             env=servers.env(**env),

@@ -891,6 +891,10 @@ class InstanceWorkflow:
             policy or spec.restart, self.restarts, spec.max_restarts, spec.restart_backoff_s
         )
         if delay is not None:
+            # Counted in the worker's Temporal metrics (its /metrics): restarts write no event.
+            workflow.metric_meter().create_counter(
+                "perseus_connector_restarts", "Connector restarts after a failure while active"
+            ).add(1, {"exchange": self.inp.exchange})
             self.restarts += 1
             self.lease = self._start_lease()  # keep renewing while we back off
             await workflow.sleep(timedelta(seconds=delay), summary=f"restart {self.restarts} backoff")

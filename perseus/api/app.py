@@ -19,8 +19,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from perseus.api.live import LiveFeed
 from perseus.api.page import router as page_router
-from perseus.api.routes import ErrorBody
+from perseus.api.routes import ErrorBody, metrics_router
 from perseus.api.routes import router as network_router
 from perseus.config import Settings
 from perseus.errors import InvalidQuery, PerseusError, ServiceUnavailable, Unauthorized, UnknownExchange
@@ -82,9 +83,13 @@ def create_app(settings: Settings) -> FastAPI:
         await pool.open(wait=True, timeout=15)
         app.state.store = RedisStore(redis)
         app.state.catalog = Catalog(pool)
+        # One stream reader for the whole process, fanned out to every live page (routes.events).
+        app.state.live = LiveFeed(app.state.store, app.state.catalog)
+        app.state.live.start()
         try:
             yield
         finally:
+            await app.state.live.stop()
             await pool.close()
             await redis.aclose()
 
@@ -100,6 +105,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.include_router(network_router)
     app.include_router(page_router)
+    app.include_router(metrics_router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, Any]:

@@ -7,10 +7,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import Response, StreamingResponse
 
+from perseus import metrics
 from perseus.api.auth import require_api_key
 from perseus.api.deps import CatalogDep, StoreDep
+from perseus.api.live import LiveFeed
 from perseus.models import EventKind, Wire
 from perseus.network import InstanceView, StatusBoard, read_board
 from perseus.network_log import (
@@ -62,8 +65,10 @@ ExchangeIdPath = Annotated[int, Path(alias="exchangeId", description="The exchan
 @router.get("/instances", response_model=StatusBoard, summary="Every active exchange with its status")
 async def instances(store: StoreDep, catalog: CatalogDep) -> StatusBoard:
     """Every active exchange from PostgreSQL with `online`, `status` (the record or null), heartbeat
-    age and `late` flag on the server's clock; offline ones carry `lastKnown` from their stream. A
-    malformed record reads as offline with an `offlineReason`."""
+    age on the server's clock, and `heartbeat` / `late` / `health` judged against the instance's own
+    interval (late past 1.5 intervals, stale past 2; `health` is `not_running` for an exchange that
+    never ran). Offline ones carry `lastKnown` from their stream; a malformed record reads as offline
+    with an `offlineReason`. `standbys` lists the live standbys, highest priority first."""
     return await read_board(store, catalog)
 
 
@@ -146,3 +151,38 @@ async def exchange_timeline(
     """Consecutive `{state, start, end, durationS}` intervals covering the window, from the stream's
     transitions; time before the oldest known transition is `unknown`."""
     return await read_timeline(store, catalog, str(exchange_id), window)
+
+
+@router.get(
+    "/events",
+    summary="Live push: Server-Sent Events, one per network event",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "An endless event stream."}},
+)
+async def events(request: Request) -> StreamingResponse:
+    """`text/event-stream`. First `event: hello`, then for every new entry of any exchange's network
+    stream one `event: network` whose data is `{"entry": {id, ...fields}, "instance": <the exchange's
+    item as in /instances, read after the event>, "serverTime"}`; a `: keepalive` comment every 15 s.
+
+    Authenticated like every route, with the `Authorization` header: the page reads the stream with
+    `fetch` (not `EventSource`, which cannot send headers), so the key never appears in a URL or an
+    access log. One Redis reader per API process serves every client."""
+    live: LiveFeed = request.app.state.live
+    return StreamingResponse(
+        live.stream(),
+        media_type="text/event-stream",
+        # no-transform / X-Accel-Buffering: proxies must pass each message on at once.
+        headers={"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"},
+    )
+
+
+metrics_router = APIRouter(tags=["metrics"], dependencies=[Depends(require_api_key)], responses=_ERRORS)
+
+
+@metrics_router.get("/metrics", response_class=Response, summary="Prometheus metrics")
+async def prometheus_metrics(store: StoreDep, catalog: CatalogDep) -> Response:
+    """Prometheus text format: this process's counters and gauges read from Redis now (instances by
+    role and state, per exchange: active or not, heartbeat age and interval, standbys). Needs the
+    API key like every route (Prometheus: `authorization: {credentials_file: ...}`)."""
+    board = await read_board(store, catalog, with_last_known=False)
+    return Response(metrics.exposition() + metrics.board_metrics(board), media_type=metrics.CONTENT_TYPE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Generator
 
 import uvicorn
@@ -11,7 +12,19 @@ from perseus.api.app import create_app
 from perseus.config import Settings
 
 
-class EmbeddedServer(uvicorn.Server):
+class StreamingServer(uvicorn.Server):
+    """uvicorn that ends the live event streams first when it shuts down. uvicorn waits for open
+    responses to finish before it runs the lifespan's shutdown, and an event stream never finishes
+    by itself; without this a single open page would hold the shutdown."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        live = getattr(getattr(self.config.app, "state", None), "live", None)
+        if live is not None:
+            live.close_streams()
+        await super().shutdown(sockets)
+
+
+class EmbeddedServer(StreamingServer):
     """A uvicorn server that leaves signal handling to its owner."""
 
     @contextlib.contextmanager
@@ -26,5 +39,7 @@ def build_server(settings: Settings, port: int | None = None) -> EmbeddedServer:
         port=port or settings.api_port,
         log_level="warning",
         lifespan="on",
+        # A last resort: responses still open this long after shutdown began are cancelled.
+        timeout_graceful_shutdown=5,
     )
     return EmbeddedServer(config)

@@ -310,9 +310,17 @@ def dev(
 def worker(
     host: HostOption = None,
     shared: Annotated[bool, typer.Option(help="Also serve the shared queue (workflows).")] = True,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", help="Serve Prometheus /metrics (Perseus' and Temporal's) here."),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="Address for --metrics-port.")
+    ] = "127.0.0.1",
 ) -> None:
     """Run a worker for the shared queue and this host's queue."""
     from perseus.keys import valid_host
+    from perseus.metrics import MetricsServer, temporal_runtime
     from perseus.temporal import connect
     from worker import install_signal_handlers, run_worker
 
@@ -320,11 +328,21 @@ def worker(
         name = host or settings.host_name()
         if not valid_host(name):
             raise ConfigError(f"invalid host name {name!r}: use letters, digits, '.', '_' or '-'")
-        client = await connect()
+        exporter = None
+        if metrics_port is not None:
+            runtime, temporal_url = temporal_runtime()
+            client = await connect(runtime=runtime)
+            exporter = MetricsServer(metrics_host, metrics_port, temporal_url)
+        else:
+            client = await connect()
         stop = asyncio.Event()
         install_signal_handlers(stop)
         ready = asyncio.Event()
-        task = asyncio.create_task(run_worker(settings, client, name, stop, shared_queue=shared, ready=ready))
+        task = asyncio.create_task(
+            run_worker(
+                settings, client, name, stop, shared_queue=shared, ready=ready, metrics_server=exporter
+            )
+        )
         await asyncio.wait([task, asyncio.ensure_future(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
         if not task.done():
             err.print(f"worker ready: host {name}")
@@ -339,11 +357,17 @@ def api(port: Annotated[int | None, typer.Option(help="Port (default PERSEUS_API
     import uvicorn
 
     from perseus.api.app import create_app
+    from perseus.api.server import StreamingServer
 
     def serve(settings: Settings) -> Awaitable[None]:
-        server = uvicorn.Server(
+        # StreamingServer: live event streams end first on shutdown instead of holding it up.
+        server = StreamingServer(
             uvicorn.Config(
-                create_app(settings), host=settings.api_host, port=port or settings.api_port, log_level="info"
+                create_app(settings),
+                host=settings.api_host,
+                port=port or settings.api_port,
+                log_level="info",
+                timeout_graceful_shutdown=5,
             )
         )
         return server.serve()

@@ -309,7 +309,9 @@ def shutdown(
 
 @app.command()
 def status(exchange: Annotated[str | None, typer.Argument()] = None, as_json: JsonFlag = False) -> None:
-    """Status record(s): online/offline, state, heartbeat age, TTL left."""
+    """One row per instance, like ``patronictl list``: the active one, then its standbys by priority,
+    with state, epoch, heartbeat age and TTL left. Heartbeat colours follow each instance's own
+    interval: yellow past 1.5 intervals, red past 2 (the renew deadline)."""
     from rich.table import Table
     from rich.text import Text
 
@@ -327,41 +329,59 @@ def status(exchange: Annotated[str | None, typer.Argument()] = None, as_json: Js
     if as_json:
         print_json([v for v in board.instances] if exchange is None else board.instances[0])
         return
-    table = Table("exchange", "state", "host", "IP", "epoch", "symbols", "heartbeat", "TTL", "last error")
+    colours = {"fresh": "green", "late": "yellow", "stale": "red"}
+    table = Table(
+        "exchange", "role", "host", "IP", "state", "epoch", "heartbeat", "TTL left", "symbols", "last error"
+    )
     for view in board.instances:
         s = view.status
-        if s is None:
-            # Offline: show what the activity log last knew, dimmed, so it is not mistaken for live data.
-            known = view.last_known
-            last = f" (last {known.state or known.event} at {known.at})" if known else ""
+        if s is not None:
+            colour = colours[view.heartbeat or "stale"]
             table.add_row(
                 view.exchange_name,
-                "[red]offline[/red]",
+                "active",
+                s.hostname,
+                s.ip_address or "-",
+                s.connection_state.value,
+                str(s.epoch),
+                f"[{colour}]{view.heartbeat_age_s:.1f}s ago[/{colour}]",
+                f"{(view.ttl_ms or 0) / 1000:.1f}s",
+                str(s.symbol_count),
+                Text(s.last_error or ""),
+            )
+        else:
+            # No live record. Never ran: a neutral row. Ran before: offline, with what the activity log
+            # last knew, dimmed so it is not mistaken for live data.
+            known = view.last_known
+            state = "[grey62]not running[/grey62]" if view.health == "not_running" else "[red]offline[/red]"
+            last = f"last {known.state or known.event} at {known.at}" if known else ""
+            error = view.offline_reason or (known.last_error if known else None) or ""
+            table.add_row(
+                view.exchange_name,
+                "-",
                 f"[dim]{known.hostname or '-'}[/dim]" if known else "-",
                 f"[dim]{known.ip or '-'}[/dim]" if known else "-",
+                f"{state} [dim]({last})[/dim]" if last else state,
                 "-",
                 "-",
                 "-",
                 "-",
-                Text(
-                    (view.offline_reason or "")
-                    + last
-                    + (f"; {known.last_error}" if known and known.last_error else "")
-                ),
+                Text(error),
             )
-            continue
-        colour = {"fresh": "green", "late": "yellow", "stale": "red"}[view.heartbeat or "stale"]
-        table.add_row(
-            view.exchange_name,
-            s.connection_state.value,
-            s.hostname,
-            s.ip_address or "-",
-            str(s.epoch),
-            str(s.symbol_count),
-            f"[{colour}]{view.heartbeat_age_s:.1f}s ago[/{colour}]",
-            f"{(view.ttl_ms or 0) / 1000:.1f}s",
-            s.last_error or "",
-        )
+        for standby in view.standbys:
+            colour = colours[standby.heartbeat]
+            table.add_row(
+                view.exchange_name,
+                f"standby (priority {standby.priority})" + (", warm" if standby.warm else ""),
+                standby.hostname,
+                standby.ip_address or "-",
+                "standby",
+                "-",
+                f"[{colour}]{standby.heartbeat_age_s:.1f}s ago[/{colour}]",
+                f"{standby.ttl_ms / 1000:.1f}s",
+                "-",
+                "",
+            )
     out.print(table)
     err.print(f"server time {board.server_time.isoformat()}", highlight=False)
 

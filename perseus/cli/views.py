@@ -29,6 +29,7 @@ app.add_typer(apikey_app, name="apikey")
 #: Badge colours of DESIGN §4.
 BADGE = {
     "offline": "red",
+    "not running": "grey62",
     "active": "green",
     "starting": "blue",
     "warming": "yellow",
@@ -60,7 +61,7 @@ def _card(view: Any) -> Panel:
 
     assert isinstance(view, InstanceView)
     s = view.status
-    state = s.connection_state.value if s else "offline"
+    state = s.connection_state.value if s else "not running" if view.health == "not_running" else "offline"
     title = Text.assemble((view.display_name, "bold"), "  ", (f" {state} ", f"bold white on {BADGE[state]}"))
     lines: list[RenderableType] = []
 
@@ -84,10 +85,11 @@ def _card(view: Any) -> Panel:
         if s.last_error:
             row("last error", Text(f"{s.last_error} ({s.last_error_at or '?'})", style="red"))
     else:
-        row("offline", Text(view.offline_reason or "not running", style="red"))
         known = view.last_known
+        if view.offline_reason:
+            row("offline", Text(view.offline_reason, style="red"))
         if known is None:
-            row("last known", "nothing in the activity log")
+            row("last known", Text("never ran: nothing in the activity log", style="dim"))
         else:
             row("last host", known.hostname or "-")
             row("last IP", known.ip or "-")
@@ -96,8 +98,12 @@ def _card(view: Any) -> Panel:
                 row("admin", known.admin_email)
             if known.last_error:
                 row("last error", Text(f"{known.last_error} ({known.last_error_at or '?'})", style="red"))
+    if not view.standbys:
+        row("standbys", Text("no standby", style="dim"))
     for standby in view.standbys:
-        row("standby", str(standby.get("hostname") or standby))
+        beat = Text(f"{standby.heartbeat_age_s:.1f}s ago", style=HEARTBEAT[standby.heartbeat])
+        warm = ", warm" if standby.warm else ""
+        row("standby", Text.assemble(f"{standby.hostname} (priority {standby.priority}{warm}) ", beat))
     return Panel(Group(*lines), title=title, title_align="left", border_style=BADGE[state], width=60)
 
 

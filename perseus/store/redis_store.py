@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from perseus import metrics
 from perseus.errors import ServiceUnavailable
 from perseus.keys import epoch_key, standby_index_key, standby_key, status_key, stream_key
 
@@ -223,6 +224,7 @@ class RedisStore:
                 args=[instance_id, epoch, json.dumps(patch or {}), mode, ttl_ms],
             )
         )
+        metrics.fenced_write(mode, outcome)
         return FenceReply(outcome=outcome, raw=raw or None)
 
     async def append_event(
@@ -262,6 +264,23 @@ class RedisStore:
         """Stream entries newest first (XREVRANGE)."""
         rows = await self._run(self.client.xrevrange(stream_key(exchange_name), newest, oldest, count=count))
         return [(entry_id, dict(fields)) for entry_id, fields in rows]
+
+    async def read_after(
+        self, exchange_name: str, after: str, *, block_ms: int, count: int = 100
+    ) -> list[tuple[str, dict[str, str]]]:
+        """Entries newer than ``after``, oldest first, waiting up to ``block_ms`` for the first one.
+
+        One XREAD BLOCK on one stream (streams of different exchanges may live in different cluster
+        slots). ``block_ms`` must stay below the client's 5 s socket timeout.
+        """
+        reply = await self._run(
+            self.client.xread({stream_key(exchange_name): after}, count=count, block=block_ms)
+        )
+        if not reply:
+            return []
+        # RESP2 answers [[key, entries]], RESP3 {key: [entries]}; either way one stream's entries.
+        streams = list(reply.values()) if isinstance(reply, dict) else [item[1] for item in reply]
+        return [(entry_id, dict(fields)) for rows in streams for entry_id, fields in rows]
 
     # --- markers (one key each; used to deliver notifications once per event) ---------------------
 
@@ -346,6 +365,29 @@ class RedisStore:
         if dead:
             await self._run(self.client.zrem(standby_index_key(exchange_id), *dead))
         return [str(raw) for raw in raws if raw is not None]
+
+    async def standbys_many(self, exchange_ids: list[int]) -> list[list[str]]:
+        """Live standby records of several exchanges, highest priority first, in two pipelined round
+        trips (every index, then every member's key); one command per key, so cluster-safe. Read-only:
+        members whose key expired are skipped here (:meth:`standbys` prunes them)."""
+        if not exchange_ids:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for exchange_id in exchange_ids:
+                pipe.zrevrange(standby_index_key(exchange_id), 0, -1)
+            indexes = await self._run(pipe.execute())
+        wanted = [(i, member) for i, members in enumerate(indexes) for member in members]
+        out: list[list[str]] = [[] for _ in exchange_ids]
+        if not wanted:
+            return out
+        async with self.client.pipeline(transaction=False) as pipe:
+            for i, member in wanted:
+                pipe.get(standby_key(exchange_ids[i], member))
+            raws = await self._run(pipe.execute())
+        for (i, _), raw in zip(wanted, raws, strict=True):
+            if raw is not None:
+                out[i].append(str(raw))
+        return out
 
     async def drop_standby(self, exchange_id: int, instance_id: str) -> None:
         async with self.client.pipeline(transaction=False) as pipe:

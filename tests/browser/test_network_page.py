@@ -136,6 +136,45 @@ async def test_live_cards_and_a_cli_transition_within_one_refresh(
     assert (await field(page, exchange, "last-seen")).startswith("No active connection · last seen")
 
 
+async def test_a_cli_transition_is_pushed_to_an_open_page_without_polling(
+    screenshots: Path, servers: Servers, shared_worker: str, api: Api, page: Page, exchange: str
+) -> None:
+    beat = ("--heartbeat-interval", "0.5")
+    await cli(servers, "register", exchange, "--host", shared_worker, "--start", *beat)
+    try:
+        # The API's single reader picks a new exchange up within its catalog refresh (2 s).
+        live = api.server.config.app.state.live  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 15
+        while exchange not in live.streams:
+            assert time.monotonic() < deadline, "no stream reader for the new exchange"
+            await asyncio.sleep(0.05)
+        # Polling practically off (once an hour): whatever changes from here on came by push.
+        await sign_in(page, api, refresh=3600)
+        await page.wait_for_function(
+            "() => document.body.dataset.live === 'push' && Number(document.body.dataset.polls) >= 2"
+        )
+        await wait_state(page, exchange, "active", 15)
+        assert await page.locator("#connection").inner_text() == "live · push"
+        polls = await page.evaluate("() => document.body.dataset.polls")
+        reads: list[str] = []
+        page.on("request", lambda r: reads.append(r.url) if "/api/network/instances" in r.url else None)
+
+        await cli(servers, "stop", exchange, "--host", shared_worker)
+        done = time.monotonic()
+        await wait_state(page, exchange, "idle", 3)
+        print(f"pushed transition shown {time.monotonic() - done:.3f}s after the CLI returned")
+        assert reads == [] and await page.evaluate("() => document.body.dataset.polls") == polls
+        pushed = await page.locator(card(exchange)).get_attribute("data-pushed")
+        assert pushed and "-" in pushed  # the card came from a pushed stream entry
+        first = page.locator("#feed li").first
+        assert (await first.get_attribute("data-id")) == f"{pushed}@{exchange}"
+        assert await first.locator(".what").inner_text() == f"{exchange.upper()}: stopped → idle"
+        assert await page.locator(f"{card(exchange)} [data-role=standbys]").inner_text() == "no standby"
+        await shoot(page, screenshots, "network-pushed.png")
+    finally:
+        await cli(servers, "shutdown", exchange, "--host", shared_worker)
+
+
 @pytest.mark.slow
 async def test_killed_worker_turns_late_then_offline_with_last_known_info(
     screenshots: Path,

@@ -106,6 +106,8 @@ async def register(
     admin: bool = False,
     start: bool = False,
     fail_steps: list[str] | None = None,
+    standby: bool = False,
+    priority: int = 0,
 ) -> None:
     await control.register(
         client,
@@ -115,6 +117,8 @@ async def register(
         heartbeat_interval_s=INTERVAL,
         start=start,
         connector=ConnectorSpec(fail_steps=fail_steps) if fail_steps else None,
+        standby=standby,
+        priority=priority,
     )
 
 
@@ -133,6 +137,11 @@ async def test_every_state_on_one_page(showcase: Showcase, page: Page, screensho
             register(client, "kucoin", bravo, start=True, fail_steps=["warm_up"]),
             register(client, "mexc", alpha, start=True),
         )
+        # Failover readiness on the cards: coinbase and binance each have a standby on the other host.
+        await asyncio.gather(
+            register(client, "coinbase", bravo, standby=True, priority=5),
+            register(client, "binance", alpha, standby=True, priority=1),
+        )
         await sign_in(page, showcase.api, refresh=1)
         await page.wait_for_function(
             "() => document.querySelector('.card[data-exchange=\"mexc\"]')?.dataset.state === 'active'"
@@ -144,13 +153,15 @@ async def test_every_state_on_one_page(showcase: Showcase, page: Page, screensho
             "kraken": "idle",
             "kucoin": "idle",
             "mexc": "offline",
-            "binance_us": "offline",
+            "binance_us": "not-running",  # never registered: a neutral card, not an alarm
         }
         await page.wait_for_function(
             """(expected) => Object.entries(expected).every(([name, state]) =>
                    document.querySelector(`.card[data-exchange="${name}"]`)?.dataset.state === state)
                && document.querySelector('.card[data-exchange="kucoin"] [data-field="last-error"]')
-               && document.querySelector('.card[data-exchange="mexc"] [data-field="last-state"]')""",
+               && document.querySelector('.card[data-exchange="mexc"] [data-field="last-state"]')
+               && document.querySelector('.card[data-exchange="coinbase"] [data-field="standby"]')
+               && document.querySelector('.card[data-exchange="binance"] [data-field="standby"]')""",
             arg=expected,
             timeout=30_000,
         )
@@ -161,10 +172,29 @@ async def test_every_state_on_one_page(showcase: Showcase, page: Page, screensho
         assert kucoin_error.startswith("Last error:") and "warm" in kucoin_error
         assert await page.locator('.card[data-exchange="mexc"] [data-field="hostname"]').inner_text() == alpha
         assert await page.locator('.card[data-exchange="coinbase"] [data-role="timeline"] rect').count() >= 1
+        coinbase_standby = await page.locator(
+            '.card[data-exchange="coinbase"] [data-field="standby"]'
+        ).inner_text()
+        assert coinbase_standby.startswith(bravo) and "priority 5" in coinbase_standby
+        assert (
+            await page.locator('.card[data-exchange="kraken"] [data-role="standbys"]').inner_text()
+            == "no standby"
+        )
+        assert (
+            await page.locator('.card[data-exchange="binance_us"] [data-role="badge"]').text_content()
+            == "not running"
+        )
         await page.wait_for_selector('.card[data-exchange="coinbase"] [data-role="uptime"]')
         await asyncio.sleep(1.5)  # let the heartbeat ages settle into a normal-looking picture
         await page.screenshot(path=str(screenshots / "network.png"), full_page=True)
     finally:
-        for exchange, host in (("coinbase", alpha), ("binance", bravo), ("kraken", alpha), ("kucoin", bravo)):
+        for exchange, host in (
+            ("coinbase", bravo),
+            ("binance", alpha),
+            ("coinbase", alpha),
+            ("binance", bravo),
+            ("kraken", alpha),
+            ("kucoin", bravo),
+        ):
             with contextlib.suppress(Exception):
                 await command(client, exchange, host, Command.SHUTDOWN)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
 
 from perseus.config import Settings
-from perseus.keys import retention_min_id, stream_key
+from perseus.keys import iso, retention_min_id, stream_key
 from perseus.store import db
 from perseus.store.redis_store import RedisStore
 from tests.conftest import Servers
@@ -25,6 +29,7 @@ from tests.integration.conftest_api import (
     status_record,
     xadd,
 )
+from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -163,7 +168,8 @@ async def test_instances_online_offline_and_malformed(
     assert online["status"]["connectionState"] == "active" and online["status"]["hostname"] == "node-a"
     assert online["heartbeat"] == "fresh" and online["late"] is False and online["heartbeatAgeS"] < 10
     assert online["runningFor"] == "4h 23m" and 0 < online["ttlMs"] <= 60_000
-    assert online["standbys"] == [] and online["lastKnown"] is None
+    assert online["standbys"] == [] and online["lastKnown"] is None  # none registered: an empty list
+    assert online["health"] == "healthy"
 
     offline = views[off_id]
     assert offline["online"] is False and offline["status"] is None
@@ -171,6 +177,7 @@ async def test_instances_online_offline_and_malformed(
     assert known["hostname"] == "node-a" and known["ip"] == "192.0.2.10" and known["state"] == "idle"
     assert known["event"] == "state_transition" and known["adminEmail"] == "a@x.io"
     assert known["lastError"] == "ws closed" and known["at"].startswith(when.strftime("%Y-%m-%dT%H:%M"))
+    assert offline["health"] == "offline" and offline["offlineReason"] is None
 
     for malformed in (bad_id, odd_id):
         view = views[malformed]
@@ -428,3 +435,193 @@ async def test_uptime_and_timeline_from_a_hand_made_history(
     for bad in ("91d", "0h", "soon"):
         reply = await http.get(f"/api/network/exchanges/{ex_id}/timeline", params={"window": bad})
         assert reply.status_code == 422 and reply.json()["type"] == "InvalidQuery"
+
+
+# --- standbys, health, metrics, live events --------------------------------------------------------
+
+
+def standby_record(ex_id: int, name: str, host: str, priority: int, **over: Any) -> dict[str, Any]:
+    now = iso(datetime.now(UTC))
+    record: dict[str, Any] = {
+        "exchangeId": ex_id,
+        "exchangeName": name,
+        "host": host,
+        "hostname": host,
+        "ipAddress": None,
+        "instanceId": str(uuid.uuid4()),
+        "workflowId": f"instance-{name}-{host}",
+        "priority": priority,
+        "registeredAt": now,
+        "lastHeartbeat": now,
+        "ttlMs": 45_000,
+        "heartbeatIntervalMs": 15_000,
+    }
+    record.update(over)
+    return record
+
+
+async def test_standbys_are_listed_by_priority_and_vanish_with_their_record(
+    http: httpx.AsyncClient, servers: Servers, store: RedisStore
+) -> None:
+    ((ex_id, name),) = await new_exchanges(servers.database_url, 1)
+    await put_status(store, ex_id, status_record(ex_id, name))
+    low = standby_record(ex_id, name, "node-low", 1)
+    high = standby_record(ex_id, name, "node-high", 7, warm=True)
+    brief = standby_record(ex_id, name, "node-brief", 3)
+    await store.put_standby(ex_id, low["instanceId"], low, 45_000, 1)
+    await store.put_standby(ex_id, high["instanceId"], high, 45_000, 7)
+    await store.put_standby(ex_id, brief["instanceId"], brief, 300, 3)  # expires in 0.3 s
+
+    view = (await http.get(f"/api/network/exchanges/{ex_id}/status")).json()
+    assert [s["host"] for s in view["standbys"]] == ["node-high", "node-brief", "node-low"]
+    first = view["standbys"][0]
+    assert set(first) >= {"host", "hostname", "instanceId", "priority", "heartbeatAgeS", "ttlMs", "warm"}
+    assert first["instanceId"] == high["instanceId"] and first["priority"] == 7 and first["warm"] is True
+    assert 0 < first["ttlMs"] <= 45_000 and 0 <= first["heartbeatAgeS"] < 10
+    assert view["standbys"][2]["warm"] is False  # no "warm" in the record: false
+
+    async def brief_gone() -> list[str] | None:
+        body = (await http.get("/api/network/instances")).json()
+        (item,) = [i for i in body["instances"] if i["exchangeId"] == ex_id]
+        hosts = [s["host"] for s in item["standbys"]]
+        return hosts if "node-brief" not in hosts else None
+
+    assert await wait_for(brief_gone, timeout=10) == ["node-high", "node-low"]
+
+
+async def test_health_is_judged_against_the_instances_own_interval(
+    asgi: httpx.AsyncClient, servers: Servers, store: RedisStore
+) -> None:
+    (slow_id, slow), (fast_id, fast), (late_id, late), (never_id, _) = await new_exchanges(
+        servers.database_url, 4
+    )
+    twenty_ago = iso(datetime.now(UTC) - timedelta(seconds=20))
+    # 20 s without a renewal: healthy at a 60 s interval, stale at 5 s (past the 2-interval deadline),
+    # late at 12 s (past 1.5 intervals, not yet 2).
+    await put_status(
+        store, slow_id, status_record(slow_id, slow, lastHeartbeat=twenty_ago, heartbeatIntervalMs=60_000)
+    )
+    await put_status(
+        store, fast_id, status_record(fast_id, fast, lastHeartbeat=twenty_ago, heartbeatIntervalMs=5_000)
+    )
+    await put_status(
+        store, late_id, status_record(late_id, late, lastHeartbeat=twenty_ago, heartbeatIntervalMs=12_000)
+    )
+    body = (await asgi.get("/api/network/instances")).json()
+    views = {v["exchangeId"]: v for v in body["instances"]}
+    assert (views[slow_id]["heartbeat"], views[slow_id]["late"], views[slow_id]["health"]) == (
+        "fresh",
+        False,
+        "healthy",
+    )
+    assert (views[fast_id]["heartbeat"], views[fast_id]["late"], views[fast_id]["health"]) == (
+        "stale",
+        True,
+        "stale",
+    )
+    assert (views[late_id]["heartbeat"], views[late_id]["late"], views[late_id]["health"]) == (
+        "late",
+        True,
+        "late",
+    )
+    never = views[never_id]  # never ran: neutral, and no made-up error
+    assert never["health"] == "not_running" and never["offlineReason"] is None and never["lastKnown"] is None
+
+
+async def test_metrics_need_a_key_and_show_instances_by_role_and_state(
+    asgi: httpx.AsyncClient, servers: Servers, store: RedisStore
+) -> None:
+    ((ex_id, name),) = await new_exchanges(servers.database_url, 1)
+    await put_status(store, ex_id, status_record(ex_id, name))
+    spare = standby_record(ex_id, name, "node-b", 1)
+    await store.put_standby(ex_id, spare["instanceId"], spare, 45_000, 1)
+    refused = await asgi.get("/metrics", headers={"Authorization": ""})
+    assert refused.status_code == 401
+    reply = await asgi.get("/metrics")
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/plain")
+    text = reply.text
+    assert f'perseus_exchange_active{{exchange="{name}"}} 1.0' in text
+    assert f'perseus_exchange_standbys{{exchange="{name}"}} 1.0' in text
+    assert f'perseus_exchange_heartbeat_interval_seconds{{exchange="{name}"}} 15.0' in text
+    assert 'perseus_instances{role="active",state="active"}' in text
+    assert 'perseus_instances{role="standby",state="standby"}' in text
+    assert "# TYPE perseus_renewals_total counter" in text and "perseus_live_clients" in text
+
+
+class EventReader:
+    """Reads one open event stream in the background; ``next(kind)`` waits for a message of that kind."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.messages: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._task = asyncio.create_task(self._pump(response))
+
+    async def _pump(self, response: httpx.Response) -> None:
+        kind = ""
+        async for line in response.aiter_lines():
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                await self.messages.put((kind, json.loads(line.removeprefix("data: "))))
+
+    async def next(self, want: str, timeout: float = 10) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            while True:
+                kind, data = await self.messages.get()
+                if kind == want:
+                    return data
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+async def test_live_events_push_each_new_entry_to_every_client(
+    settings: Settings, servers: Servers, store: RedisStore, api_key: str
+) -> None:
+    ((ex_id, name),) = await new_exchanges(servers.database_url, 1)
+    async with over_socket(settings) as http:
+        refused = await http.get("/api/network/events")
+        assert refused.status_code == 401
+        async with (
+            http.stream("GET", "/api/network/events", headers=bearer(api_key)) as one_response,
+            http.stream("GET", "/api/network/events", headers=bearer(api_key)) as two_response,
+        ):
+            assert one_response.status_code == 200
+            assert one_response.headers["content-type"].startswith("text/event-stream")
+            one, two = EventReader(one_response), EventReader(two_response)
+            try:
+                await one.next("hello")
+                await two.next("hello")
+                await put_status(
+                    store, ex_id, status_record(ex_id, name, connectionState="warming", connectedAt=None)
+                )
+                fields = entry_fields(
+                    ex_id,
+                    name,
+                    "state_transition",
+                    datetime.now(UTC),
+                    fromState="starting",
+                    toState="warming",
+                )
+
+                # A new exchange gets its reader within a catalog refresh (2 s); entries written before
+                # that are history, not news. So write until one arrives (each is a real new entry).
+                async def pushed() -> dict[str, Any] | None:
+                    await xadd(store, name, "*", fields)
+                    try:
+                        return await one.next("network", timeout=1.0)
+                    except TimeoutError:
+                        return None
+
+                message = await wait_for(pushed, timeout=15)
+                assert message["entry"]["exchangeName"] == name and message["entry"]["toState"] == "warming"
+                assert message["instance"]["exchangeId"] == ex_id
+                assert message["instance"]["status"]["connectionState"] == "warming"
+                other = await two.next("network")
+                assert (
+                    other["entry"]["exchangeName"] == name and other["entry"]["id"] == message["entry"]["id"]
+                )
+            finally:
+                await one.close()
+                await two.close()

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from perseus.devstack.services import free_port
-from tests.conftest import PERSEUS, ROOT
+from tests.conftest import NO_IP_LOOKUP, PERSEUS, ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -23,6 +23,7 @@ def dev_env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PERSEUS_", "TEMPORAL_"))}
     env["PERSEUS_DATA_DIR"] = str(data_dir)
     env["PERSEUS_HOSTNAME"] = "devtest"
+    env["PERSEUS_IP_SERVICES"] = NO_IP_LOOKUP  # never the real lookup services from a test
     return env
 
 

@@ -211,6 +211,16 @@ async def test_every_store_operation_on_the_cluster(cluster_store: RedisStore) -
     # Several streams (on several masters) in one pipelined call, as the read API does.
     pages = await store.events_many([(name, "+", 1) for name in names])
     assert [[f["eventId"] for _, f in page] for page in pages] == [["second"]] * len(names)
+    # The live feed's blocking read (one stream per XREAD) and the standby view's batched read.
+    for name in names:
+        newest = (await store.events(name, count=1))[0][0]
+        later = await store.append_event(name, str(uuid.uuid4()), min_id, {"event": "promoted"})
+        assert [entry for entry, _ in await store.read_after(name, newest, block_ms=100)] == [later]
+        assert await store.read_after(name, later, block_ms=10) == []
+    for i in ids[:6]:
+        await store.put_standby(i, f"sb-{i}", {"host": f"h{i}"}, 30_000, 1)
+    spread = await store.standbys_many(ids[:6] + [ids[-1]])
+    assert [[json.loads(r)["host"] for r in rows] for rows in spread] == [[f"h{i}"] for i in ids[:6]] + [[]]
 
     # Notification markers (one key each, spread over the slots).
     marker_keys = [f"notify:discord:{uuid.uuid4()}" for _ in range(6)]

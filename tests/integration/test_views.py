@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import uuid
 
 import pytest
 
+from perseus.config import Settings
+from perseus.devstack.services import free_port
 from perseus.store import db
-from tests.conftest import Servers, perseus
+from perseus.store.redis_store import RedisStore
+from tests.conftest import Servers, WorkerProcess, exchange_id, perseus
+from tests.integration.conftest_api import bearer, in_process
+from tests.integration.helpers import active_on, host_name, start_workers, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -152,3 +158,148 @@ async def test_apikey_create_and_revoke(servers: Servers) -> None:
         assert await catalog.check_api_key(second.strip()) is None
     code, _, err = await cli(servers, "apikey", "revoke", name)
     assert code == 1 and "no active API key" in err
+
+
+# --- standbys in the read views -----------------------------------------------------------------
+
+
+async def test_status_shows_the_active_then_its_standbys_until_they_go(
+    servers: Servers, shared_worker: str, exchange: str, worker_processes: list[WorkerProcess]
+) -> None:
+    spare = host_name("view-sb")
+    await start_workers(servers, worker_processes, spare)
+    beat = ("--heartbeat-interval", str(INTERVAL))
+    code, _, err = await cli(servers, "register", exchange, "--host", shared_worker, "--start", *beat)
+    assert code == 0, err
+    try:
+        # None yet: the card says so (the API test checks the contract's empty list).
+        code, out, _ = await cli(servers, "network")
+        assert "no standby" in out[out.index(exchange.upper()) :]
+
+        code, _, err = await cli(
+            servers, "register", exchange, "--host", spare, "--standby", "--priority", "2", *beat
+        )
+        assert code == 0, err
+
+        async def listed() -> list[dict[str, object]] | None:
+            view = await cli_json(servers, "status", exchange)
+            assert isinstance(view, dict)
+            return view["standbys"] or None
+
+        (standby,) = await wait_for(listed, timeout=20)
+        assert standby["host"] == spare and standby["hostname"] == spare and standby["priority"] == 2
+        assert standby["warm"] is False and isinstance(standby["instanceId"], str)
+        assert 0 < int(str(standby["ttlMs"])) <= 3 * INTERVAL * 1000
+        assert 0 <= float(str(standby["heartbeatAgeS"])) < 3 * INTERVAL
+
+        # One row per instance, the active one first: patronictl's leader-and-replicas table.
+        wide = await asyncio.to_thread(perseus, servers, "status", exchange, COLUMNS="250")
+        assert wide.returncode == 0, wide.stderr
+        rows = [line for line in wide.stdout.splitlines() if exchange in line]
+        assert len(rows) == 2 and "active" in rows[0] and shared_worker in rows[0]
+        assert "standby (priority 2)" in rows[1] and spare in rows[1]
+        code, out, _ = await cli(servers, "network")
+        card = out[out.index(exchange.upper()) :]
+        assert spare in card and "priority 2" in card and "no standby" not in card
+
+        code, _, err = await cli(servers, "shutdown", exchange, "--host", spare)
+        assert code == 0, err
+
+        async def gone() -> bool:
+            view = await cli_json(servers, "status", exchange)
+            return isinstance(view, dict) and view["standbys"] == []
+
+        await wait_for(gone, timeout=10)  # dropped by the shutdown, or at worst expired (TTL 1.5 s)
+    finally:
+        code, _, err = await cli(servers, "shutdown", exchange, "--host", shared_worker)
+        assert code == 0, err
+
+
+async def test_status_of_an_exchange_that_never_ran_is_neutral(servers: Servers, exchange: str) -> None:
+    view = await cli_json(servers, "status", exchange)
+    assert isinstance(view, dict)
+    assert view["health"] == "not_running" and view["offlineReason"] is None and view["lastKnown"] is None
+    wide = await asyncio.to_thread(perseus, servers, "status", exchange, COLUMNS="250")
+    (row,) = [line for line in wide.stdout.splitlines() if exchange in line]
+    assert "not running" in row and "offline" not in row and "no status key" not in row
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+
+def sample(text: str, series: str) -> float:
+    """The value of one series in Prometheus text (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def scrape(port: int) -> str:
+    import httpx
+
+    async with httpx.AsyncClient() as http:
+        reply = await http.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    assert reply.status_code == 200
+    return reply.text
+
+
+async def test_metrics_show_renewals_rising_and_a_failover_after_kill_9(
+    servers: Servers,
+    settings: Settings,
+    shared_worker: str,
+    store: RedisStore,
+    exchange: str,
+    worker_processes: list[WorkerProcess],
+) -> None:
+    """The standby's worker serves /metrics on its own port (Perseus' and the Temporal SDK's); the
+    promoted event is recorded on the shared queue, served in this process, and so counted here."""
+    doomed, spare = host_name("view-kill"), host_name("view-spare")
+    port = free_port()
+    procs = [
+        WorkerProcess(servers, doomed),
+        WorkerProcess(servers, spare, args=("--metrics-port", str(port))),
+    ]
+    worker_processes.extend(procs)
+    await asyncio.gather(*(p.ready() for p in procs))
+    ex_id = await exchange_id(servers, exchange)
+    beat = ("--heartbeat-interval", str(INTERVAL))
+    code, _, err = await cli(servers, "register", exchange, "--host", doomed, "--start", *beat)
+    assert code == 0, err
+    code, _, err = await cli(servers, "register", exchange, "--host", spare, "--standby", *beat)
+    assert code == 0, err
+    await wait_for(lambda: active_on(store, ex_id, doomed))
+
+    text = await scrape(port)
+    temporal = sorted(
+        {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line.startswith("temporal_")}
+    )
+    assert temporal, text  # the SDK runtime's own metrics, through the same port
+    print("Temporal SDK series on the worker's port:", ", ".join(temporal))
+    assert "# TYPE perseus_renewals_total counter" in text
+    failovers = f'perseus_failovers_total{{exchange="{exchange}"}}'
+    conn = await db.connect(servers.database_url)
+    async with conn:
+        api_key = await db.Catalog(db.OneConnection(conn)).create_api_key("metrics-test")
+    async with in_process(settings) as api:
+        api.headers.update(bearer(api_key))
+        before = sample((await api.get("/metrics")).text, failovers)
+        procs[0].signal(signal.SIGKILL)
+        await wait_for(lambda: active_on(store, ex_id, spare), timeout=30)
+
+        async def counted() -> float | None:
+            value = sample((await api.get("/metrics")).text, failovers)
+            return value if value > before else None
+
+        assert await wait_for(counted, timeout=10) == before + 1
+
+    renewed = 'perseus_renewals_total{outcome="ok"}'
+    first = sample(await scrape(port), renewed)
+
+    async def rising() -> float | None:
+        value = sample(await scrape(port), renewed)
+        return value if value > first > 0 or (first == 0 and value > 1) else None
+
+    await wait_for(rising, timeout=10)
+    code, _, err = await cli(servers, "shutdown", exchange, "--host", spare)
+    assert code == 0, err

@@ -91,3 +91,14 @@ def test_remote_database_without_tls_is_refused(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("PERSEUS_DATABASE_URL", url)
     with pytest.raises(ConfigError, match="PERSEUS_DATABASE_URL: Value error, database host .* is not local"):
         load_settings()
+
+
+def test_public_ip_lookup_is_on_by_default_and_off_with_an_empty_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from perseus.config import DEFAULT_IP_SERVICES
+
+    assert [str(u).rstrip("/") for u in load_settings().ip_services] == DEFAULT_IP_SERVICES
+    assert load_settings().ip_timeout == 2.0
+    monkeypatch.setenv("PERSEUS_IP_SERVICES", "[]")
+    assert load_settings().ip_services == []

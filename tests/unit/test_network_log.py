@@ -299,7 +299,8 @@ def test_malformed_records_are_offline_with_a_reason_never_an_exception() -> Non
         "ttlMs": 3000,
     }
     view = judge(ex, json.dumps(good), 2500, NOW)
-    assert view.online and view.heartbeat == "fresh" and view.late and view.running_for == "4h 23m"
+    # 2 s since the last renewal at a 1 s interval: late (past 1.5 intervals), not yet stale (past 2).
+    assert view.online and view.heartbeat == "late" and view.late and view.running_for == "4h 23m"
     for raw in (
         "{",
         "[]",

@@ -1,7 +1,11 @@
 // Perseus network page: cards per exchange, uptime and state timelines, and the activity feed.
 //
 // Everything comes from the authenticated JSON API (/api/network/...) with the key the user typed
-// once (kept in localStorage). Ages and "running for" are judged on the server's clock: each answer
+// once (kept in localStorage). Changes are pushed: the page reads /api/network/events (Server-Sent
+// Events) with fetch, because EventSource cannot send the Authorization header and the key must not
+// go into a URL. A pushed transition shows at once; polling (every 5 s, ?refresh=) still brings what
+// writes no event: heartbeat ages, standbys coming and going, a released or expired status key. When
+// the stream drops the page polls at once and reconnects with a growing delay. Ages and "running for" are judged on the server's clock: each answer
 // carries serverTime, and the page only adds the time elapsed since that answer arrived, measured
 // with the browser's monotonic clock, so a browser whose wall clock is wrong still shows the truth.
 // All text is set with textContent: nothing from the API is ever parsed as HTML.
@@ -10,8 +14,9 @@
 (() => {
   const KEY_STORAGE = "perseus.apiKey";
   const query = new URLSearchParams(location.search);
-  // ?refresh=SECONDS (0.5..60) overrides the 5 s polling interval, e.g. for a wall display or tests.
-  const REFRESH_MS = Math.min(60000, Math.max(500, (Number(query.get("refresh")) || 5) * 1000));
+  // ?refresh=SECONDS (0.5..3600) overrides the 5 s polling interval, e.g. for a wall display or tests.
+  const REFRESH_MS = Math.min(3600000, Math.max(500, (Number(query.get("refresh")) || 5) * 1000));
+  const STREAM_RETRY_MAX_MS = 30000;
   const HISTORY_MS = 30000; // uptime and timeline change slowly: re-read every 30 s or on a state change
   const PAGE_SIZE = 50;
   const SVG_NS = "http://www.w3.org/2000/svg";
@@ -44,6 +49,9 @@
     historyAvailable: true,
     historyBusy: false,
     feed: { entries: [], nextCursor: null, filters: null, serverTime: null, receivedAt: 0, busy: false },
+    // The push stream: its abort handle, whether it is up, the reconnect delay, the last entry per exchange.
+    live: { controller: null, up: false, retryMs: 1000, retryTimer: null, pushed: new Map() },
+    polls: 0, // successful /instances reads so far
   };
 
   // --- small helpers ------------------------------------------------------------------------------
@@ -103,13 +111,14 @@
     return Number.isNaN(ms) ? "unknown" : ago(ms, now);
   }
 
-  /** Heartbeat colour (DESIGN §4: green < 10 s, yellow < 30 s, red from 30 s), also judged against
-   *  the instance's own interval: late after 1.5 intervals, red once the 2-interval renew deadline
-   *  has passed (the holder has stopped its connector by then). */
-  function heartbeatClass(ageS, intervalMs, late) {
+  /** Heartbeat colour, judged against the instance's own interval exactly as the server does
+   *  (perseus/network.py): late past 1.5 intervals, stale (red) past 2, the renew deadline, when
+   *  the holder has stopped its connector. The server's own verdict wins when it sent one. */
+  function heartbeatClass(ageS, intervalMs, verdict) {
+    if (verdict === "fresh" || verdict === "late" || verdict === "stale") return `hb-${verdict}`;
     const interval = intervalMs > 0 ? intervalMs / 1000 : 15;
-    if (ageS >= 30 || ageS >= 2 * interval) return "hb-stale";
-    if (ageS >= 10 || late || ageS > 1.5 * interval) return "hb-late";
+    if (ageS > 2 * interval) return "hb-stale";
+    if (ageS > 1.5 * interval) return "hb-late";
     return "hb-fresh";
   }
 
@@ -173,6 +182,7 @@
 
   function rejectKey(err) {
     clearTimeout(state.timer);
+    closeStream();
     localStorage.removeItem(KEY_STORAGE);
     state.key = null;
     state.board = null;
@@ -194,6 +204,8 @@
     if (!key) return;
     state.key = key;
     localStorage.setItem(KEY_STORAGE, key);
+    closeStream(); // a stream opened with the previous key
+
     ui.keyPanel.hidden = true;
     hideBanner();
     setConnection("waiting", "connecting…");
@@ -219,10 +231,13 @@
       ui.network.classList.remove("stale");
       ui.changeKey.hidden = false;
       hideBanner();
-      setConnection("live", `live · every ${REFRESH_MS / 1000}s`);
+      showLiveness();
+      state.polls += 1;
+      document.body.dataset.polls = String(state.polls); // tests tell polls from pushes by this
       renderBoard();
       await refreshFeed(false);
       refreshHistory();
+      openStream();
     } catch (err) {
       if (!(err instanceof ApiError)) {
         console.error(err);
@@ -241,6 +256,114 @@
       showBanner("offline", `${what} — retrying every ${REFRESH_MS / 1000}s…${since}`);
     }
     state.timer = setTimeout(refresh, REFRESH_MS);
+  }
+
+  function showLiveness() {
+    document.body.dataset.live = state.live.up ? "push" : "polling";
+    setConnection("live", state.live.up ? "live · push" : `live · every ${REFRESH_MS / 1000}s`);
+  }
+
+  // --- the push stream (Server-Sent Events over fetch) ---------------------------------------------
+
+  function closeStream() {
+    clearTimeout(state.live.retryTimer);
+    const controller = state.live.controller;
+    state.live.controller = null;
+    state.live.up = false;
+    if (controller) controller.abort();
+  }
+
+  async function openStream() {
+    const live = state.live;
+    if (!state.key || live.controller) return;
+    clearTimeout(live.retryTimer);
+    const controller = new AbortController();
+    live.controller = controller;
+    try {
+      const response = await fetch("/api/network/events", {
+        headers: { Authorization: `Bearer ${state.key}`, Accept: "text/event-stream" },
+        cache: "no-store",
+        signal: controller.signal,
+      });
+      if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, cut);
+          buffer = buffer.slice(cut + 2);
+          onMessage(block);
+        }
+      }
+    } catch (err) {
+      // Aborted by us, or the connection dropped: either way the stream is down (handled below).
+    }
+    if (live.controller !== controller) return; // closed on purpose, or replaced by a newer stream
+    live.controller = null;
+    const wasUp = live.up;
+    live.up = false;
+    if (!state.key) return;
+    // Fall back to polling at once, and try the stream again later (1 s, doubling to 30 s).
+    if (wasUp && state.board && ui.connection.classList.contains("conn-live")) showLiveness();
+    clearTimeout(state.timer);
+    state.timer = setTimeout(refresh, wasUp ? 0 : REFRESH_MS);
+    live.retryTimer = setTimeout(openStream, live.retryMs);
+    live.retryMs = Math.min(STREAM_RETRY_MAX_MS, live.retryMs * 2);
+  }
+
+  function onMessage(block) {
+    let event = "message";
+    const data = [];
+    for (const line of block.split("\n")) {
+      if (line.startsWith("event:")) event = line.slice(6).trim();
+      else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
+    }
+    if (event === "hello") {
+      state.live.up = true;
+      state.live.retryMs = 1000;
+      if (state.board) showLiveness();
+      // Catch up on whatever happened while the stream was down.
+      clearTimeout(state.timer);
+      state.timer = setTimeout(refresh, 0);
+    } else if (event === "network" && data.length) {
+      try {
+        applyPush(JSON.parse(data.join("\n")));
+      } catch (err) {
+        console.error("bad push message", err);
+      }
+    }
+  }
+
+  /** One pushed event: the exchange's fresh item replaces its card, the entry joins the feed. */
+  function applyPush(message) {
+    if (!state.board) return;
+    const entry = message.entry || {};
+    const inst = message.instance;
+    if (inst) {
+      const at = state.board.instances.findIndex((i) => i.exchangeId === inst.exchangeId);
+      if (at >= 0) state.board.instances[at] = inst;
+      else state.board.instances.push(inst);
+      state.live.pushed.set(inst.exchangeId, entry.id);
+    }
+    if (message.serverTime) {
+      state.board.serverTime = message.serverTime;
+      state.receivedAt = performance.now();
+    }
+    renderBoard();
+    const f = filters();
+    const name = (entry.exchangeName || "").toLowerCase();
+    if (entry.id && (!f.exchange || f.exchange === name) && (!f.event || f.event === entry.event)) {
+      const feed = state.feed;
+      if (!feed.entries.some((e) => entryKey(e) === entryKey(entry))) {
+        feed.entries = [entry].concat(feed.entries).sort(newestFirst);
+        renderFeed();
+      }
+    }
+    refreshHistory();
   }
 
   setInterval(() => {
@@ -265,20 +388,29 @@
     return [el("dt", { text: label }), el("dd", attrs, value ?? "N/A")];
   }
 
+  /** The card's state: the record's state, else "offline" (it ran before) or "not-running" (never). */
+  function cardStateOf(inst) {
+    if (inst.online && inst.status) return inst.status.connectionState;
+    return inst.health === "not_running" ? "not-running" : "offline";
+  }
+
   function card(inst) {
     const status = inst.status;
-    const cardState = inst.online && status ? status.connectionState : "offline";
+    const cardState = cardStateOf(inst);
     const node = el("article", {
       class: "card",
       "data-exchange": inst.exchangeName,
       "data-exchange-id": inst.exchangeId,
       "data-state": cardState,
+      "data-health": inst.health || null,
+      // Which pushed entry this card last came from (absent: from a poll). Tests read it.
+      "data-pushed": state.live.pushed.get(inst.exchangeId) || null,
     });
     const head = el(
       "div",
       { class: "card-head" },
       el("h2", {}, inst.displayName || inst.exchangeName, el("span", { class: "name", text: inst.exchangeName })),
-      el("span", { class: `badge badge-${cardState}`, "data-role": "badge", text: cardState }),
+      el("span", { class: `badge badge-${cardState}`, "data-role": "badge", text: cardState.replace("-", " ") }),
     );
     node.append(head);
     if (inst.online && status) {
@@ -287,24 +419,31 @@
       offlineDetails(node, inst);
     }
     historyDetails(node, inst);
-    const standbys = inst.standbys || [];
-    if (standbys.length) {
-      node.append(
-        el(
-          "ul",
-          { class: "standbys", "data-role": "standbys" },
-          standbys.map((s) =>
-            el(
-              "li",
-              {},
-              `${s.hostname ?? s.host ?? "?"} (${s.ipAddress ?? s.ip ?? "IP unknown"})`,
-              s.connectionState || s.state ? ` · ${s.connectionState ?? s.state}` : "",
-            ),
-          ),
-        ),
-      );
-    }
+    node.append(standbyList(inst.standbys || []));
     return node;
+  }
+
+  /** The exchange's standbys, highest priority first; "no standby" says failover has nowhere to go. */
+  function standbyList(standbys) {
+    if (!standbys.length) {
+      return el("p", { class: "standbys none", "data-role": "standbys", text: "no standby" });
+    }
+    return el(
+      "ul",
+      { class: "standbys", "data-role": "standbys" },
+      standbys.map((s) =>
+        el(
+          "li",
+          { "data-host": s.host, "data-field": "standby", title: `instance ${s.instanceId}` },
+          el("b", { text: s.hostname || s.host }),
+          s.ipAddress ? ` (${s.ipAddress})` : "",
+          ` · priority ${s.priority}`,
+          s.warm ? " · warm" : "",
+          " · ",
+          el("span", { class: heartbeatClass(s.heartbeatAgeS, 0, s.heartbeat), text: age(s.heartbeatAgeS) }),
+        ),
+      ),
+    );
   }
 
   function onlineDetails(node, head, inst, status) {
@@ -312,7 +451,7 @@
       typeof inst.heartbeatAgeS === "number"
         ? inst.heartbeatAgeS
         : Math.max(0, (Date.parse(state.board.serverTime) - Date.parse(status.lastHeartbeat)) / 1000);
-    const hbClass = heartbeatClass(ageS, status.heartbeatIntervalMs, inst.late);
+    const hbClass = heartbeatClass(ageS, status.heartbeatIntervalMs, inst.heartbeat);
     node.dataset.heartbeat = hbClass.slice(3);
     if (hbClass !== "hb-fresh") {
       head.insertBefore(
@@ -350,11 +489,14 @@
 
   function offlineDetails(node, inst) {
     const known = inst.lastKnown;
+    if (inst.offlineReason) {
+      // Something is there but unreadable (a malformed record): worth showing.
+      node.append(el("p", { class: "offline-note", "data-field": "offline-reason", text: inst.offlineReason }));
+    }
     if (!known) {
-      const reason = inst.offlineReason || "";
-      // "no status key" is the normal offline case; anything else (a malformed record) is worth showing.
-      const why = reason && !reason.startsWith("no status key") ? reason : "nothing in the activity log yet";
-      node.append(el("p", { class: "offline-note", "data-field": "last-seen", text: `No active connection · ${why}` }));
+      if (!inst.offlineReason) {
+        node.append(el("p", { class: "neutral-note", "data-field": "last-seen", text: "Not running · never ran (nothing in the activity log)" }));
+      }
       return;
     }
     node.append(
@@ -442,13 +584,13 @@
       const now = performance.now();
       const due = state.board.instances.filter((inst) => {
         const h = state.history.get(inst.exchangeId);
-        const current = inst.online && inst.status ? inst.status.connectionState : "offline";
+        const current = cardStateOf(inst);
         return !h || now - h.fetchedAt > HISTORY_MS || h.state !== current;
       });
       await Promise.all(
         due.map(async (inst) => {
           const id = inst.exchangeId;
-          const current = inst.online && inst.status ? inst.status.connectionState : "offline";
+          const current = cardStateOf(inst);
           const [uptime, tl] = await Promise.all([
             api(`/api/network/exchanges/${id}/uptime`),
             api(`/api/network/exchanges/${id}/timeline`, { window: "24h" }),

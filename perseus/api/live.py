@@ -1,0 +1,179 @@
+"""The live feed behind ``GET /api/network/events``: one Redis reader per API process, fanned out.
+
+One task per exchange stream blocks in ``XREAD BLOCK`` on ``logs:network:{name}`` (one key per
+command: streams of different exchanges may live in different cluster slots). Each new entry is
+read once, the exchange's judged status is read once (the workflow writes the status key before
+the event, so it already shows the transition), and the resulting message goes into every connected
+client's queue. A thousand open pages cost the same Redis work as one.
+
+A supervisor task re-reads the catalog every :data:`CATALOG_REFRESH_S` so that a new exchange gets a
+reader. Everything is started in the API lifespan and cancelled and awaited when it ends. A client
+that does not keep up (its queue is full) is disconnected rather than slowing the others: its page
+falls back to polling and reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from perseus import metrics
+from perseus.errors import PerseusError
+from perseus.network import read_board
+from perseus.store.db import Catalog
+from perseus.store.redis_store import RedisStore
+
+log = logging.getLogger("perseus.api.live")
+
+#: How long one XREAD waits (below the Redis client's 5 s socket timeout).
+BLOCK_MS = 2000
+#: How often the list of exchanges (and so of streams to read) is refreshed from PostgreSQL.
+CATALOG_REFRESH_S = 2.0
+#: A comment line this often keeps proxies from closing an idle stream.
+KEEPALIVE_S = 15.0
+#: Messages a slow client may have waiting before it is disconnected.
+QUEUE_SIZE = 256
+#: After a Redis error a reader waits this long before trying again.
+RETRY_S = 1.0
+
+_CLOSE = object()
+
+
+def sse(event: str, data: object, event_id: str | None = None) -> bytes:
+    """One Server-Sent Events message (``data`` as one line of JSON)."""
+    head = f"id: {event_id}\n" if event_id else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+class LiveFeed:
+    """The single reader and its subscribers. ``start``/``stop`` belong to the API lifespan."""
+
+    def __init__(self, store: RedisStore, catalog: Catalog) -> None:
+        self._store = store
+        self._catalog = catalog
+        self._clients: set[asyncio.Queue[object]] = set()
+        self._readers: dict[str, asyncio.Task[None]] = {}
+        self._supervisor: asyncio.Task[None] | None = None
+        self.closing = asyncio.Event()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._supervisor = asyncio.create_task(self._supervise(), name="live-feed-supervisor")
+
+    async def stop(self) -> None:
+        self.close_streams()
+        tasks = [t for t in [self._supervisor, *self._readers.values()] if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._readers.clear()
+
+    def close_streams(self) -> None:
+        """End every client's stream now (the server is shutting down; pages fall back to polling)."""
+        self.closing.set()
+        for queue in list(self._clients):
+            self._drop(queue)
+
+    # --- subscribers ----------------------------------------------------------------------------
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """One client's event stream: a ``hello``, then a ``network`` message per new entry."""
+        queue: asyncio.Queue[object] = asyncio.Queue(QUEUE_SIZE)
+        if self.closing.is_set():
+            return
+        self._clients.add(queue)
+        metrics.LIVE_CLIENTS.set(len(self._clients))
+        try:
+            yield b"retry: 2000\n" + sse("hello", {"serverTime": datetime.now(UTC).isoformat()})
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                except TimeoutError:
+                    yield b": keepalive\n\n"
+                    continue
+                if item is _CLOSE:
+                    return
+                assert isinstance(item, bytes)
+                yield item
+        finally:
+            self._clients.discard(queue)
+            metrics.LIVE_CLIENTS.set(len(self._clients))
+
+    @property
+    def clients(self) -> int:
+        return len(self._clients)
+
+    @property
+    def streams(self) -> list[str]:
+        return sorted(self._readers)
+
+    def _drop(self, queue: asyncio.Queue[object]) -> None:
+        self._clients.discard(queue)
+        while True:  # make room for the close marker
+            try:
+                queue.put_nowait(_CLOSE)
+                return
+            except asyncio.QueueFull:
+                queue.get_nowait()
+
+    def publish(self, message: bytes) -> None:
+        for queue in list(self._clients):
+            try:
+                queue.put_nowait(message)
+            except asyncio.QueueFull:
+                log.info(
+                    "a live client fell %d messages behind; disconnected (it falls back to polling)",
+                    QUEUE_SIZE,
+                )
+                self._drop(queue)
+
+    # --- the reader -----------------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        while True:
+            try:
+                exchanges = await self._catalog.exchanges(active_only=True)
+            except PerseusError as exc:
+                log.warning("live feed: cannot list exchanges: %s", exc)
+            else:
+                for exchange in exchanges:
+                    name = exchange.name.lower()
+                    if name not in self._readers or self._readers[name].done():
+                        self._readers[name] = asyncio.create_task(self._read(name), name=f"live-{name}")
+            await asyncio.sleep(CATALOG_REFRESH_S)
+
+    async def _read(self, name: str) -> None:
+        after: str | None = None
+        while True:
+            try:
+                if after is None:
+                    # Start after the newest entry that exists now: only what happens from here on is live.
+                    newest = await self._store.events(name, count=1)
+                    after = newest[0][0] if newest else "0-0"
+                rows = await self._store.read_after(name, after, block_ms=BLOCK_MS)
+                for entry_id, fields in rows:
+                    after = entry_id
+                    await self._announce(name, entry_id, fields)
+            except PerseusError as exc:
+                log.warning("live feed: reading %s failed: %s; retrying", name, exc)
+                await asyncio.sleep(RETRY_S)
+
+    async def _announce(self, name: str, entry_id: str, fields: dict[str, str]) -> None:
+        instance: object = None
+        if self._clients:
+            try:
+                board = await read_board(self._store, self._catalog, name)
+                instance = board.instances[0].model_dump(mode="json", by_alias=True)
+                server_time = board.server_time.isoformat()
+            except PerseusError as exc:
+                log.info("live feed: status of %s unreadable: %s", name, exc)
+                server_time = datetime.now(UTC).isoformat()
+            message = {"entry": {"id": entry_id, **fields}, "instance": instance, "serverTime": server_time}
+            self.publish(sse("network", message, f"{entry_id}@{name}"))
