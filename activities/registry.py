@@ -107,11 +107,19 @@ class RegistryActivities:
     @activity.defn(name="record_event")
     @edge
     async def record_event(self, req: EventRequest) -> str:
-        """Append one network event, exactly once per eventId even when retried; returns the stream id."""
+        """Append one network event, exactly once per eventId even when retried; returns the stream id.
+
+        The stream (the live feed) is written first, then the durable copy in PostgreSQL with the
+        stream ID it got. Both writes are idempotent by eventId, so a retry after either failed
+        completes the other without duplicating anything.
+        """
         event = req.event
-        return await self._store.append_event(
-            event.exchange_name, event.event_id, retention_min_id(datetime.now(UTC)), event.fields()
+        fields = event.fields()
+        stream_id = await self._store.append_event(
+            event.exchange_name, event.event_id, retention_min_id(datetime.now(UTC)), fields
         )
+        await self._catalog.record_event(event, stream_id, fields)
+        return stream_id
 
     @activity.defn(name="put_standby")
     @edge

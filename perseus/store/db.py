@@ -6,22 +6,69 @@ The only module that imports psycopg. Queries are parameterised, never formatted
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from perseus.errors import ServiceUnavailable, UnknownAdmin, UnknownExchange
-from perseus.models import Admin, Exchange
+from perseus.models import Admin, EventKind, Exchange, NetworkEvent
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema.sql"
 DEMO_DATA_PATH = Path(__file__).resolve().parents[1] / "demo_data.sql"
 
 DatabaseError = psycopg.Error
+
+#: Network log rows and state intervals older than this are deleted (the stream's retention).
+LOG_RETENTION_DAYS = 90
+#: A process prunes old rows at most this often, as part of a write (no cron, no extra task).
+PRUNE_EVERY_S = 3600.0
+#: Namespace of the per-exchange advisory lock that serialises ledger updates.
+_LEDGER_LOCK = 0x5045_5253  # "PERS"
+
+#: Rows of one stream as the read side sees them: ``(stream id, fields)``, newest first.
+LogRows = list[tuple[str, dict[str, str]]]
+
+
+@dataclass(frozen=True)
+class LogRead:
+    """Durable log rows of ``exchange`` strictly below ``(ms, seq)`` (or at it, when ``inclusive``;
+    from the newest when ``ms`` is None), at most ``count``, newest first."""
+
+    exchange: str
+    ms: int | None
+    seq: int
+    inclusive: bool
+    count: int
+
+
+@dataclass(frozen=True)
+class LedgerInterval:
+    state: str
+    start: datetime
+    end: datetime | None  # None: the current state
+
+
+@dataclass(frozen=True)
+class LedgerView:
+    """What the state ledger says about ``[start, end]`` of one exchange."""
+
+    #: When the ledger's first interval began (None: the ledger knows nothing of the exchange).
+    observed_since: datetime | None
+    #: The newest intervals overlapping the window, oldest first (at most the requested limit).
+    intervals: list[LedgerInterval]
+    #: More intervals overlapped the window than were returned.
+    truncated: bool
+    #: Seconds per state inside the window, over every interval (not only the returned ones).
+    totals_s: dict[str, float]
 
 
 def make_pool(url: str, *, max_size: int = 5) -> AsyncConnectionPool[Any]:
@@ -67,8 +114,11 @@ class Catalog:
 
     def __init__(self, pool: AsyncConnectionPool[Any] | OneConnection) -> None:
         self._pool = pool
+        self._next_prune = 0.0
 
-    async def _fetch(self, query: str, params: tuple[object, ...] = ()) -> list[dict[str, Any]]:
+    async def _fetch(
+        self, query: str, params: tuple[object, ...] | dict[str, object] = ()
+    ) -> list[dict[str, Any]]:
         try:
             async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(query, params)  # literal queries only
@@ -160,3 +210,156 @@ class Catalog:
             "SET epoch = GREATEST(exchange_epochs.epoch, EXCLUDED.epoch), updated_at = now()",
             (exchange_id, epoch),
         )
+
+    # --- the durable network log and the state ledger -----------------------------------------------
+
+    async def record_event(self, event: NetworkEvent, stream_id: str, fields: dict[str, str]) -> bool:
+        """Append ``event`` (already in the stream as ``stream_id``) to the durable log, exactly once
+        by ``eventId``; a state transition also moves the exchange's state ledger, in the same
+        transaction, so the two never disagree. True if this call wrote it (False: a retry).
+        """
+        ms, _, seq = stream_id.partition("-")
+        transition = event.event is EventKind.STATE_TRANSITION and event.to_state is not None
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                if transition:
+                    # One writer per exchange at a time: the ledger's neighbours must not move under us.
+                    await conn.execute(
+                        "SELECT pg_advisory_xact_lock(%s, %s)", (_LEDGER_LOCK, event.exchange_id)
+                    )
+                cur = await conn.execute(
+                    "INSERT INTO network_events (event_id, exchange_id, exchange_name, event, occurred_at,"
+                    " stream_ms, stream_seq, fields) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+                    (
+                        event.event_id,
+                        event.exchange_id,
+                        event.exchange_name.lower(),
+                        event.event.value,
+                        event.timestamp,
+                        int(ms),
+                        int(seq or 0),
+                        Jsonb(fields),
+                    ),
+                )
+                inserted = await cur.fetchone() is not None
+                if inserted and transition:
+                    assert event.to_state is not None
+                    await _ledger_insert(
+                        conn, event.exchange_id, event.to_state.value, event.timestamp, event.event_id
+                    )
+                if inserted:
+                    await self._maybe_prune(conn)
+                return inserted
+        except psycopg.OperationalError as exc:
+            raise ServiceUnavailable(f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}") from None
+
+    async def _maybe_prune(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Delete what aged out of the retention, at most once per PRUNE_EVERY_S in this process."""
+        now = time.monotonic()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_EVERY_S
+        await conn.execute(
+            "DELETE FROM network_events WHERE occurred_at < now() - make_interval(days => %s)",
+            (LOG_RETENTION_DAYS,),
+        )
+        await conn.execute(
+            "DELETE FROM exchange_state_intervals WHERE ended_at < now() - make_interval(days => %s)",
+            (LOG_RETENTION_DAYS,),
+        )
+
+    async def log_rows(self, reads: Sequence[LogRead]) -> list[LogRows]:
+        """Several newest-first slices of the durable log in one statement (one slice per read)."""
+        if not reads:
+            return []
+        rows = await self._fetch(
+            "SELECT r.n, e.stream_ms, e.stream_seq, e.fields"
+            " FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bool[], %s::int[])"
+            "   WITH ORDINALITY AS r(name, ms, seq, incl, cnt, n)"
+            " CROSS JOIN LATERAL (SELECT stream_ms, stream_seq, fields FROM network_events"
+            "   WHERE exchange_name = r.name AND (r.ms IS NULL OR (stream_ms, stream_seq) < (r.ms, r.seq)"
+            "     OR (r.incl AND stream_ms = r.ms AND stream_seq = r.seq))"
+            "   ORDER BY stream_ms DESC, stream_seq DESC LIMIT r.cnt) e"
+            " ORDER BY r.n, e.stream_ms DESC, e.stream_seq DESC",
+            (
+                [r.exchange.lower() for r in reads],
+                [r.ms for r in reads],
+                [r.seq for r in reads],
+                [r.inclusive for r in reads],
+                [r.count for r in reads],
+            ),
+        )
+        out: list[LogRows] = [[] for _ in reads]
+        for row in rows:
+            fields = {str(k): str(v) for k, v in row["fields"].items()}
+            out[int(row["n"]) - 1].append((f"{row['stream_ms']}-{row['stream_seq']}", fields))
+        return out
+
+    async def ledger(self, exchange_id: int, start: datetime, end: datetime, limit: int) -> LedgerView:
+        """The state ledger over ``[start, end]``: three index-bounded statements, whatever the
+        length of the exchange's history."""
+        first = await self._fetch(
+            "SELECT started_at FROM exchange_state_intervals WHERE exchange_id = %s"
+            " ORDER BY started_at, id LIMIT 1",
+            (exchange_id,),
+        )
+        if not first:
+            return LedgerView(observed_since=None, intervals=[], truncated=False, totals_s={})
+        window = (
+            " FROM exchange_state_intervals WHERE exchange_id = %(ex)s AND started_at < %(end)s"
+            " AND (ended_at IS NULL OR ended_at > %(start)s)"
+        )
+        params: dict[str, object] = {"ex": exchange_id, "start": start, "end": end, "limit": limit + 1}
+        rows = await self._fetch(
+            "SELECT state, started_at, ended_at"
+            + window
+            + " ORDER BY started_at DESC, id DESC LIMIT %(limit)s",
+            params,
+        )
+        totals = await self._fetch(
+            "SELECT state, sum(extract(epoch FROM least(coalesce(ended_at, %(end)s), %(end)s)"
+            " - greatest(started_at, %(start)s)))::float8 AS seconds" + window + " GROUP BY state",
+            params,
+        )
+        kept = rows[:limit]
+        return LedgerView(
+            observed_since=first[0]["started_at"],
+            intervals=[LedgerInterval(r["state"], r["started_at"], r["ended_at"]) for r in reversed(kept)],
+            truncated=len(rows) > limit,
+            totals_s={r["state"]: max(0.0, float(r["seconds"] or 0.0)) for r in totals},
+        )
+
+
+async def _ledger_insert(
+    conn: psycopg.AsyncConnection[Any], exchange_id: int, state: str, at: datetime, event_id: str
+) -> None:
+    """Put the interval that ``event_id`` opened into the ledger, in time order.
+
+    Usually it is the newest and closes the current interval. A transition recorded late (a retried
+    activity, a second instance of the exchange) is slotted between its neighbours instead: the one
+    before it ends where it starts, and it ends where the next one starts.
+    """
+    prev = await (
+        await conn.execute(
+            "SELECT id FROM exchange_state_intervals WHERE exchange_id = %s AND started_at <= %s"
+            " ORDER BY started_at DESC, id DESC LIMIT 1",
+            (exchange_id, at),
+        )
+    ).fetchone()
+    nxt = await (
+        await conn.execute(
+            "SELECT started_at FROM exchange_state_intervals WHERE exchange_id = %s AND started_at > %s"
+            " ORDER BY started_at, id LIMIT 1",
+            (exchange_id, at),
+        )
+    ).fetchone()
+    if prev is not None:
+        await conn.execute(
+            "UPDATE exchange_state_intervals SET ended_at = %s WHERE id = %s", (at, prev["id"])
+        )
+    await conn.execute(
+        "INSERT INTO exchange_state_intervals (exchange_id, state, started_at, ended_at, event_id)"
+        " VALUES (%s, %s, %s, %s, %s)",
+        (exchange_id, state, at, nxt["started_at"] if nxt else None, event_id),
+    )
