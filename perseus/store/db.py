@@ -297,20 +297,31 @@ class Catalog:
         return out
 
     async def ledger(self, exchange_id: int, start: datetime, end: datetime, limit: int) -> LedgerView:
-        """The state ledger over ``[start, end]``: three index-bounded statements, whatever the
-        length of the exchange's history."""
-        first = await self._fetch(
-            "SELECT started_at FROM exchange_state_intervals WHERE exchange_id = %s"
-            " ORDER BY started_at, id LIMIT 1",
-            (exchange_id,),
+        """The state ledger over ``[start, end]``: three statements, each an index range over the
+        window's intervals (never the exchange's whole history, never the stream)."""
+        # The ledger's first interval, and the one in force at `start`: the window's rows lie between
+        # it and `end`, so every statement below is an index range over the window alone.
+        (bounds,) = await self._fetch(
+            "SELECT (SELECT started_at FROM exchange_state_intervals WHERE exchange_id = %(ex)s"
+            "   ORDER BY started_at, id LIMIT 1) AS first,"
+            " (SELECT started_at FROM exchange_state_intervals WHERE exchange_id = %(ex)s"
+            "   AND started_at <= %(start)s ORDER BY started_at DESC, id DESC LIMIT 1) AS lo",
+            {"ex": exchange_id, "start": start},
         )
-        if not first:
+        if bounds["first"] is None:
             return LedgerView(observed_since=None, intervals=[], truncated=False, totals_s={})
         window = (
-            " FROM exchange_state_intervals WHERE exchange_id = %(ex)s AND started_at < %(end)s"
-            " AND (ended_at IS NULL OR ended_at > %(start)s)"
+            " FROM exchange_state_intervals WHERE exchange_id = %(ex)s AND started_at >= %(lo)s"
+            " AND started_at < %(end)s AND (ended_at IS NULL OR ended_at > %(start)s)"
         )
-        params: dict[str, object] = {"ex": exchange_id, "start": start, "end": end, "limit": limit + 1}
+        lo = bounds["lo"] or start
+        params: dict[str, object] = {
+            "ex": exchange_id,
+            "start": start,
+            "end": end,
+            "lo": lo,
+            "limit": limit + 1,
+        }
         rows = await self._fetch(
             "SELECT state, started_at, ended_at"
             + window
@@ -324,7 +335,7 @@ class Catalog:
         )
         kept = rows[:limit]
         return LedgerView(
-            observed_since=first[0]["started_at"],
+            observed_since=bounds["first"],
             intervals=[LedgerInterval(r["state"], r["started_at"], r["ended_at"]) for r in reversed(kept)],
             truncated=len(rows) > limit,
             totals_s={r["state"]: max(0.0, float(r["seconds"] or 0.0)) for r in totals},
