@@ -90,7 +90,9 @@ async def activity(
 ) -> ActivityPage:
     """Entries are `{id, ...stream fields}`. `nextCursor` is null on the last page. With filters a
     page may come back short (even empty) with a `nextCursor`: it examined a bounded number of
-    entries; keep following the cursor. In all-exchanges mode the cursor is `<id>@<exchange>`, which
+    entries; keep following the cursor. A page also ends early once its entries reach 256 KiB.
+    Entries the stream no longer holds (Redis lost its data) come from the durable copy in
+    PostgreSQL. In all-exchanges mode the cursor is `<id>@<exchange>`, which
     breaks ties between streams holding the same ID."""
     return await read_activity(
         store,
@@ -123,9 +125,10 @@ async def exchange_status(
     summary="Running time and % active over 24h / 7d / 30d",
 )
 async def exchange_uptime(exchange_id: ExchangeIdPath, store: StoreDep, catalog: CatalogDep) -> Uptime:
-    """`runningFor` ("4h 23m") from `connectedAt` while active; per window the share of time spent
-    `active`, computed from the stream's `state_transition` entries (`knownPct` says how much of the
-    window the stream covers)."""
+    """`runningFor` ("4h 23m") from `connectedAt` while active; per window `activePct`, the share of
+    the *observed* time spent `active` — observed since the exchange's first recorded transition
+    (`observedSince`, `observedS`; `knownPct` is that share of the window, `windowActivePct` the
+    share of the whole window). Read from the state ledger in PostgreSQL (`source`)."""
     return await read_uptime(store, catalog, str(exchange_id))
 
 
@@ -143,6 +146,7 @@ async def exchange_timeline(
         str, Query(description="How far back: a number and s/m/h/d, at most 90d (stream retention).")
     ] = "24h",
 ) -> Timeline:
-    """Consecutive `{state, start, end, durationS}` intervals covering the window, from the stream's
-    transitions; time before the oldest known transition is `unknown`."""
+    """Consecutive `{state, start, end, durationS}` intervals covering the window, from the state
+    ledger; time before the first recorded transition is `unknown`. At most 500 intervals (the
+    newest; `truncated` says so, `totalsS` still covers the whole window)."""
     return await read_timeline(store, catalog, str(exchange_id), window)
