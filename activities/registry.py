@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 from temporalio import activity
 
 from activities.edge import edge
+from perseus.errors import ServiceUnavailable
 from perseus.keys import retention_min_id
 from perseus.models import (
     ClaimRequest,
@@ -29,6 +31,13 @@ from perseus.models import (
 if TYPE_CHECKING:
     from perseus.store.db import Catalog
     from perseus.store.redis_store import RedisStore
+
+log = logging.getLogger(__name__)
+
+#: From this attempt on, ``record_event`` returns once the stream has the event even if PostgreSQL
+#: is still unreachable. Below the workflow's SHARED_RETRY.maximum_attempts (5), so the last
+#: attempts still succeed and the event's notification is sent.
+DURABLE_ATTEMPTS = 4
 
 
 def describe_holder(
@@ -118,7 +127,21 @@ class RegistryActivities:
         stream_id = await self._store.append_event(
             event.exchange_name, event.event_id, retention_min_id(datetime.now(UTC)), fields
         )
-        await self._catalog.record_event(event, stream_id, fields)
+        try:
+            await self._catalog.record_event(event, stream_id, fields)
+        except ServiceUnavailable as exc:
+            attempt = activity.info().attempt if activity.in_activity() else 1
+            if attempt < DURABLE_ATTEMPTS:
+                raise  # retried: PostgreSQL is usually back within seconds
+            # The event is in the stream; failing now would also cost its notification (the
+            # workflow gives up after its last attempt), so the durable copy is what is given up.
+            log.warning(
+                "event %s of %s is in the stream but not in PostgreSQL after %d attempts: %s",
+                event.event_id,
+                event.exchange_name,
+                attempt,
+                exc,
+            )
         return stream_id
 
     @activity.defn(name="put_standby")

@@ -6,6 +6,7 @@ private Redis server, so this test may FLUSHALL it without disturbing anyone els
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,10 +17,13 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
-from activities.registry import RegistryActivities
+from activities.registry import DURABLE_ATTEMPTS, RegistryActivities
 from perseus.config import Settings, load_settings
 from perseus.devstack import services
+from perseus.errors import ServiceUnavailable
 from perseus.lifecycle import State
 from perseus.models import EventKind, EventRequest, NetworkEvent
 from perseus.network_log import MAX_PAGE_BYTES, TIMELINE_POINTS
@@ -248,3 +252,22 @@ async def test_old_rows_are_pruned_on_write(servers: Servers) -> None:
             await conn.execute("SELECT event_id FROM network_events WHERE exchange_id = %s", (ex_id,))
         ).fetchall()
     assert [r["event_id"] for r in rows] == [fresh.event_id]
+
+
+async def test_postgres_down_delays_the_event_then_lets_it_through(servers: Servers, stack: Stack) -> None:
+    """PostgreSQL unreachable: early attempts fail (Temporal retries them), the last ones return once
+    the stream has the event, so the workflow still sends its notification."""
+
+    class Unreachable(db.Catalog):
+        async def record_event(self, event: NetworkEvent, stream_id: str, fields: dict[str, str]) -> bool:
+            raise ServiceUnavailable("PostgreSQL unreachable: injected")
+
+    ((ex_id, name),) = await new_exchanges(servers.database_url, 1, prefix="pgdown")
+    registry = RegistryActivities(stack.store, Unreachable(stack.catalog._pool))
+    req = EventRequest(event=transition(ex_id, name, datetime.now(UTC), State.IDLE, State.STARTING))
+    env = ActivityEnvironment()
+    with pytest.raises(ApplicationError, match="PostgreSQL unreachable"):
+        await env.run(registry.record_event, req)
+    env.info = dataclasses.replace(env.info, attempt=DURABLE_ATTEMPTS)
+    stream_id = await env.run(registry.record_event, req)
+    assert [i for i, _ in await stack.store.events(name)] == [stream_id]  # once, despite two attempts
