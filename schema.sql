@@ -125,7 +125,11 @@ CREATE TABLE IF NOT EXISTS exchange_state_intervals (
     state           VARCHAR(20)  NOT NULL,
     started_at      TIMESTAMPTZ  NOT NULL,
     ended_at        TIMESTAMPTZ,
-    event_id        TEXT         NOT NULL UNIQUE
+    event_id        TEXT         NOT NULL UNIQUE,
+    -- Seconds per state from the ledger's first interval to started_at (a running sum): the time
+    -- per state between two instants is the difference of two rows, however many lie between.
+    before_s        JSONB        NOT NULL DEFAULT '{}'::jsonb
 );
+ALTER TABLE exchange_state_intervals ADD COLUMN IF NOT EXISTS before_s JSONB NOT NULL DEFAULT '{}'::jsonb;
 CREATE INDEX IF NOT EXISTS exchange_state_intervals_idx
     ON exchange_state_intervals (exchange_id, started_at DESC, id DESC);

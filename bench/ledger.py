@@ -98,6 +98,12 @@ async def bulk_load(database_url: str, store: RedisStore, events: list[NetworkEv
             ids += await pipe.execute()
     transitions = [e for e in events if e.to_state is not None]
     ends: list[datetime | None] = [t.timestamp for t in transitions[1:]] + [None]
+    running: list[dict[str, float]] = [{}]  # seconds per state before each interval (the ledger's sums)
+    for t, end in zip(transitions[:-1], ends[:-1], strict=True):
+        assert t.to_state is not None and end is not None
+        step = dict(running[-1])
+        step[t.to_state.value] = step.get(t.to_state.value, 0.0) + (end - t.timestamp).total_seconds()
+        running.append(step)
     conn = await db.connect(database_url)
     async with conn, conn.transaction(), conn.cursor() as cur:
         await cur.executemany(
@@ -117,11 +123,18 @@ async def bulk_load(database_url: str, store: RedisStore, events: list[NetworkEv
             ],
         )
         await cur.executemany(
-            "INSERT INTO exchange_state_intervals (exchange_id, state, started_at, ended_at, event_id)"
-            " VALUES (%s, %s, %s, %s, %s)",
+            "INSERT INTO exchange_state_intervals"
+            " (exchange_id, state, started_at, ended_at, event_id, before_s) VALUES (%s, %s, %s, %s, %s, %s)",
             [
-                (t.exchange_id, t.to_state.value if t.to_state else "", t.timestamp, end, t.event_id)
-                for t, end in zip(transitions, ends, strict=True)
+                (
+                    t.exchange_id,
+                    t.to_state.value if t.to_state else "",
+                    t.timestamp,
+                    end,
+                    t.event_id,
+                    Jsonb(b),
+                )
+                for t, end, b in zip(transitions, ends, running, strict=True)
             ],
         )
 

@@ -502,13 +502,14 @@ def uptime_windows(
     return out
 
 
-def ledger_window(name: str, view: LedgerView, now: datetime) -> UptimeWindow:
-    """One uptime window from the state ledger's totals over it."""
+def ledger_window(
+    name: str, first: datetime | None, totals_s: dict[str, float], now: datetime
+) -> UptimeWindow:
+    """One uptime window from the state ledger's seconds per state inside it."""
     length = parse_window(name)
-    start = now - length
-    since = max(start, view.observed_since) if view.observed_since else None
-    observed = sum(view.totals_s.values())
-    return _window(name, length.total_seconds(), view.totals_s.get(State.ACTIVE.value, 0.0), observed, since)
+    since = max(now - length, first) if first else None
+    active = totals_s.get(State.ACTIVE.value, 0.0)
+    return _window(name, length.total_seconds(), active, sum(totals_s.values()), since)
 
 
 def ledger_timeline(
@@ -648,13 +649,13 @@ async def read_uptime(store: RedisStore, catalog: Catalog, exchange: str) -> Upt
     raw, pttl = await store.status(ex.id)
     now = datetime.now(UTC)
     status = judge(ex, raw, pttl, now)
-    views = [await catalog.ledger(ex.id, now - parse_window(w), now, 1) for w in UPTIME_WINDOWS]
-    last: str | None
+    first, last, spent = await catalog.ledger_windows(
+        ex.id, now, [now - parse_window(w) for w in UPTIME_WINDOWS]
+    )
     observed: datetime | None
-    if views[0].observed_since is not None:
-        windows = [ledger_window(w, v, now) for w, v in zip(UPTIME_WINDOWS, views, strict=True)]
-        observed, source = views[0].observed_since, "ledger"
-        last = views[0].intervals[-1].state if views[0].intervals else None
+    if first is not None:
+        windows = [ledger_window(w, first, s, now) for w, s in zip(UPTIME_WINDOWS, spent, strict=True)]
+        observed, source = first, "ledger"
     else:
         h = await _stream_history(store, catalog, ex, parse_window(UPTIME_WINDOWS[-1]))
         now, observed, source = h.now, h.observed_since, "stream"

@@ -296,50 +296,80 @@ class Catalog:
             out[int(row["n"]) - 1].append((f"{row['stream_ms']}-{row['stream_seq']}", fields))
         return out
 
-    async def ledger(self, exchange_id: int, start: datetime, end: datetime, limit: int) -> LedgerView:
-        """The state ledger over ``[start, end]``: three statements, each an index range over the
-        window's intervals (never the exchange's whole history, never the stream)."""
-        # The ledger's first interval, and the one in force at `start`: the window's rows lie between
-        # it and `end`, so every statement below is an index range over the window alone.
-        (bounds,) = await self._fetch(
-            "SELECT (SELECT started_at FROM exchange_state_intervals WHERE exchange_id = %(ex)s"
-            "   ORDER BY started_at, id LIMIT 1) AS first,"
-            " (SELECT started_at FROM exchange_state_intervals WHERE exchange_id = %(ex)s"
-            "   AND started_at <= %(start)s ORDER BY started_at DESC, id DESC LIMIT 1) AS lo",
-            {"ex": exchange_id, "start": start},
-        )
-        if bounds["first"] is None:
-            return LedgerView(observed_since=None, intervals=[], truncated=False, totals_s={})
-        window = (
-            " FROM exchange_state_intervals WHERE exchange_id = %(ex)s AND started_at >= %(lo)s"
-            " AND started_at < %(end)s AND (ended_at IS NULL OR ended_at > %(start)s)"
-        )
-        lo = bounds["lo"] or start
-        params: dict[str, object] = {
-            "ex": exchange_id,
-            "start": start,
-            "end": end,
-            "lo": lo,
-            "limit": limit + 1,
-        }
+    async def _running_sums(
+        self, exchange_id: int, instants: Sequence[datetime]
+    ) -> tuple[datetime | None, list[tuple[str | None, datetime | None, dict[str, float]]]]:
+        """The ledger's first instant, and per instant the interval in force then (its state and
+        start) and the seconds per state from the ledger's start up to the instant: one statement,
+        one index lookup per instant."""
         rows = await self._fetch(
-            "SELECT state, started_at, ended_at"
-            + window
-            + " ORDER BY started_at DESC, id DESC LIMIT %(limit)s",
-            params,
+            "SELECT t.n, i.state, i.started_at, i.before_s,"
+            " (SELECT started_at FROM exchange_state_intervals WHERE exchange_id = %(ex)s"
+            "   ORDER BY started_at, id LIMIT 1) AS first"
+            " FROM unnest(%(at)s::timestamptz[]) WITH ORDINALITY AS t(at, n)"
+            " LEFT JOIN LATERAL (SELECT state, started_at, before_s FROM exchange_state_intervals"
+            "   WHERE exchange_id = %(ex)s AND started_at <= t.at"
+            "   ORDER BY started_at DESC, id DESC LIMIT 1) i ON true"
+            " ORDER BY t.n",
+            {"ex": exchange_id, "at": list(instants)},
         )
-        totals = await self._fetch(
-            "SELECT state, sum(extract(epoch FROM least(coalesce(ended_at, %(end)s), %(end)s)"
-            " - greatest(started_at, %(start)s)))::float8 AS seconds" + window + " GROUP BY state",
-            params,
+        out: list[tuple[str | None, datetime | None, dict[str, float]]] = []
+        for at, row in zip(instants, rows, strict=True):
+            if row["state"] is None:  # before the ledger's first interval
+                out.append((None, None, {}))
+            else:
+                spent = (at - row["started_at"]).total_seconds()
+                out.append((row["state"], row["started_at"], _plus(row["before_s"], row["state"], spent)))
+        return (rows[0]["first"] if rows else None), out
+
+    async def ledger_windows(
+        self, exchange_id: int, end: datetime, starts: Sequence[datetime]
+    ) -> tuple[datetime | None, str | None, list[dict[str, float]]]:
+        """``(first instant, state at end, seconds per state in [start, end] for each start)``.
+
+        A difference of running sums: the cost does not depend on how many intervals lie inside.
+        """
+        first, sums = await self._running_sums(exchange_id, [end, *starts])
+        state, _, at_end = sums[0]
+        return first, state, [_minus(at_end, at_start) for _, _, at_start in sums[1:]]
+
+    async def ledger(self, exchange_id: int, start: datetime, end: datetime, limit: int) -> LedgerView:
+        """The state ledger over ``[start, end]``: the totals from two running sums, and at most
+        ``limit`` intervals read backwards from ``end`` through the index."""
+        first, sums = await self._running_sums(exchange_id, [start, end])
+        if first is None:
+            return LedgerView(observed_since=None, intervals=[], truncated=False, totals_s={})
+        rows = await self._fetch(
+            "SELECT state, started_at, ended_at FROM exchange_state_intervals"
+            " WHERE exchange_id = %(ex)s AND started_at >= %(lo)s AND started_at < %(end)s"
+            " AND (ended_at IS NULL OR ended_at > %(start)s)"
+            " ORDER BY started_at DESC, id DESC LIMIT %(limit)s",
+            # From the interval in force at `start` (or the first one): never older rows.
+            {"ex": exchange_id, "start": start, "end": end, "lo": sums[0][1] or first, "limit": limit + 1},
         )
         kept = rows[:limit]
         return LedgerView(
-            observed_since=bounds["first"],
+            observed_since=first,
             intervals=[LedgerInterval(r["state"], r["started_at"], r["ended_at"]) for r in reversed(kept)],
             truncated=len(rows) > limit,
-            totals_s={r["state"]: max(0.0, float(r["seconds"] or 0.0)) for r in totals},
+            totals_s=_minus(sums[1][2], sums[0][2]),
         )
+
+
+def _minus(later: dict[str, float], earlier: dict[str, float]) -> dict[str, float]:
+    """Seconds per state between two running sums (states with no time left out)."""
+    out = {}
+    for state, seconds in later.items():
+        spent = seconds - earlier.get(state, 0.0)
+        if spent > 1e-6:
+            out[state] = spent
+    return out
+
+
+def _plus(totals: dict[str, Any], state: str, seconds: float) -> dict[str, float]:
+    out = {k: float(v) for k, v in totals.items()}
+    out[state] = out.get(state, 0.0) + seconds
+    return out
 
 
 async def _ledger_insert(
@@ -347,14 +377,16 @@ async def _ledger_insert(
 ) -> None:
     """Put the interval that ``event_id`` opened into the ledger, in time order.
 
-    Usually it is the newest and closes the current interval. A transition recorded late (a retried
-    activity, a second instance of the exchange) is slotted between its neighbours instead: the one
-    before it ends where it starts, and it ends where the next one starts.
+    Each interval carries ``before_s``: seconds per state from the ledger's start to its own start
+    (a running sum), so the time per state between any two instants is a difference of two rows.
+    Usually the new interval is the newest: it closes the current one and adds that one's time to
+    the sum. A transition recorded late (a retried activity, a second instance of the exchange) is
+    slotted between its neighbours instead, and the sums of the intervals after it are shifted.
     """
     prev = await (
         await conn.execute(
-            "SELECT id FROM exchange_state_intervals WHERE exchange_id = %s AND started_at <= %s"
-            " ORDER BY started_at DESC, id DESC LIMIT 1",
+            "SELECT id, state, started_at, before_s FROM exchange_state_intervals"
+            " WHERE exchange_id = %s AND started_at <= %s ORDER BY started_at DESC, id DESC LIMIT 1",
             (exchange_id, at),
         )
     ).fetchone()
@@ -365,12 +397,33 @@ async def _ledger_insert(
             (exchange_id, at),
         )
     ).fetchone()
+    before: dict[str, float] = {}
     if prev is not None:
+        before = _plus(prev["before_s"], prev["state"], (at - prev["started_at"]).total_seconds())
         await conn.execute(
             "UPDATE exchange_state_intervals SET ended_at = %s WHERE id = %s", (at, prev["id"])
         )
     await conn.execute(
-        "INSERT INTO exchange_state_intervals (exchange_id, state, started_at, ended_at, event_id)"
-        " VALUES (%s, %s, %s, %s, %s)",
-        (exchange_id, state, at, nxt["started_at"] if nxt else None, event_id),
+        "INSERT INTO exchange_state_intervals (exchange_id, state, started_at, ended_at, event_id, before_s)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        (exchange_id, state, at, nxt["started_at"] if nxt else None, event_id, Jsonb(before)),
+    )
+    if nxt is None:
+        return
+    # [at, next start) used to count as the previous state (or as nothing, before the first
+    # interval); it now counts as `state`. Every later running sum moves by that much.
+    moved = (nxt["started_at"] - at).total_seconds()
+    old_state = prev["state"] if prev is not None else None
+    if old_state == state or moved <= 0:
+        return
+    shift: dict[str, float] = {state: moved}
+    if old_state is not None:
+        shift[old_state] = -moved
+    await conn.execute(
+        "UPDATE exchange_state_intervals i SET before_s = ("
+        "   SELECT jsonb_object_agg(k, coalesce((i.before_s ->> k)::float8, 0)"
+        "     + coalesce((%s::jsonb ->> k)::float8, 0))"
+        "   FROM (SELECT jsonb_object_keys(i.before_s || %s::jsonb) AS k) keys)"
+        " WHERE exchange_id = %s AND started_at >= %s",
+        (Jsonb(shift), Jsonb(shift), exchange_id, nxt["started_at"]),
     )
