@@ -62,8 +62,9 @@ ExchangeIdPath = Annotated[int, Path(alias="exchangeId", description="The exchan
 @router.get("/instances", response_model=StatusBoard, summary="Every active exchange with its status")
 async def instances(store: StoreDep, catalog: CatalogDep) -> StatusBoard:
     """Every active exchange from PostgreSQL with `online`, `status` (the record or null), heartbeat
-    age and `late` flag on the server's clock; offline ones carry `lastKnown` from their stream. A
-    malformed record reads as offline with an `offlineReason`."""
+    age and `late` flag on the server's clock; offline ones carry `lastKnown` from their stream (or
+    from the durable copy in PostgreSQL when the stream is empty). A malformed record reads as
+    offline with an `offlineReason`."""
     return await read_board(store, catalog)
 
 
