@@ -253,6 +253,11 @@ class Catalog:
                 return inserted
         except psycopg.OperationalError as exc:
             raise ServiceUnavailable(f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}") from None
+        except psycopg.Error as exc:
+            # E.g. a database whose schema predates the log (`perseus db init` adds the tables):
+            # retryable like an outage, so record_event's last attempts still let the event through.
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ServiceUnavailable(f"PostgreSQL refused the network log write: {first}") from None
 
     async def _maybe_prune(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Delete what aged out of the retention, at most once per PRUNE_EVERY_S in this process."""
