@@ -96,3 +96,40 @@ CREATE TABLE IF NOT EXISTS exchange_epochs (
     epoch           BIGINT       NOT NULL DEFAULT 0,
     updated_at      TIMESTAMPTZ  NOT NULL DEFAULT now()
 );
+
+-- Perseus: the durable copy of the network log. Every event written to `logs:network:{name}` is also
+-- appended here, exactly once by its eventId, with the stream ID it got; the read API falls back to
+-- these rows when the stream lacks them (Redis lost its data). Append-only: rows are never updated,
+-- only deleted once older than the stream's 90-day retention.
+CREATE TABLE IF NOT EXISTS network_events (
+    event_id        TEXT         PRIMARY KEY,
+    exchange_id     INTEGER      NOT NULL,
+    exchange_name   VARCHAR(50)  NOT NULL,
+    event           VARCHAR(40)  NOT NULL,
+    occurred_at     TIMESTAMPTZ  NOT NULL,
+    stream_ms       BIGINT       NOT NULL,
+    stream_seq      BIGINT       NOT NULL,
+    fields          JSONB        NOT NULL,
+    recorded_at     TIMESTAMPTZ  NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS network_events_stream_idx
+    ON network_events (exchange_name, stream_ms DESC, stream_seq DESC);
+CREATE INDEX IF NOT EXISTS network_events_age_idx ON network_events (occurred_at);
+
+-- Perseus: the state ledger. One row per state an exchange entered (from its state_transition
+-- events): the interval [started_at, ended_at), ended_at NULL for the current one. Uptime and the
+-- timeline read these few rows through the index instead of scanning the stream.
+CREATE TABLE IF NOT EXISTS exchange_state_intervals (
+    id              BIGSERIAL    PRIMARY KEY,
+    exchange_id     INTEGER      NOT NULL,
+    state           VARCHAR(20)  NOT NULL,
+    started_at      TIMESTAMPTZ  NOT NULL,
+    ended_at        TIMESTAMPTZ,
+    event_id        TEXT         NOT NULL UNIQUE,
+    -- Seconds per state from the ledger's first interval to started_at (a running sum): the time
+    -- per state between two instants is the difference of two rows, however many lie between.
+    before_s        JSONB        NOT NULL DEFAULT '{}'::jsonb
+);
+ALTER TABLE exchange_state_intervals ADD COLUMN IF NOT EXISTS before_s JSONB NOT NULL DEFAULT '{}'::jsonb;
+CREATE INDEX IF NOT EXISTS exchange_state_intervals_idx
+    ON exchange_state_intervals (exchange_id, started_at DESC, id DESC);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -12,6 +13,7 @@ from temporalio import activity
 
 from activities.edge import edge
 from perseus import metrics
+from perseus.errors import ServiceUnavailable
 from perseus.keys import retention_min_id
 from perseus.models import (
     ClaimProbe,
@@ -32,6 +34,13 @@ from perseus.models import (
 if TYPE_CHECKING:
     from perseus.store.db import Catalog
     from perseus.store.redis_store import RedisStore
+
+log = logging.getLogger(__name__)
+
+#: From this attempt on, ``record_event`` returns once the stream has the event even if PostgreSQL
+#: is still unreachable. Below the workflow's SHARED_RETRY.maximum_attempts (5), so the last
+#: attempts still succeed and the event's notification is sent.
+DURABLE_ATTEMPTS = 4
 
 
 def describe_holder(
@@ -110,14 +119,34 @@ class RegistryActivities:
     @activity.defn(name="record_event")
     @edge
     async def record_event(self, req: EventRequest) -> str:
-        """Append one network event, exactly once per eventId even when retried; returns the stream id."""
+        """Append one network event, exactly once per eventId even when retried; returns the stream id.
+
+        The stream (the live feed) is written first, then the durable copy in PostgreSQL with the
+        stream ID it got. Both writes are idempotent by eventId, so a retry after either failed
+        completes the other without duplicating anything.
+        """
         event = req.event
         fields = event.fields()
-        entry_id = await self._store.append_event(
+        stream_id = await self._store.append_event(
             event.exchange_name, event.event_id, retention_min_id(datetime.now(UTC)), fields
         )
-        await metrics.count_recorded_event(self._store, event.exchange_name, entry_id, fields)
-        return entry_id
+        try:
+            await self._catalog.record_event(event, stream_id, fields)
+        except ServiceUnavailable as exc:
+            attempt = activity.info().attempt if activity.in_activity() else 1
+            if attempt < DURABLE_ATTEMPTS:
+                raise  # retried: PostgreSQL is usually back within seconds
+            # The event is in the stream; failing now would also cost its notification (the
+            # workflow gives up after its last attempt), so the durable copy is what is given up.
+            log.warning(
+                "event %s of %s is in the stream but not in PostgreSQL after %d attempts: %s",
+                event.event_id,
+                event.exchange_name,
+                attempt,
+                exc,
+            )
+        await metrics.count_recorded_event(self._store, event.exchange_name, stream_id, fields)
+        return stream_id
 
     @activity.defn(name="put_standby")
     @edge

@@ -31,7 +31,7 @@ from pydantic import Field, ValidationError
 from perseus.keys import RENEW_DEADLINE_FACTOR, parse_iso
 from perseus.lifecycle import State, legacy_state
 from perseus.models import EventKind, Exchange, InstanceStatus, StandbyRecord, Wire
-from perseus.store.db import Catalog
+from perseus.store.db import Catalog, LogRead
 from perseus.store.redis_store import RedisStore
 
 #: A renewal older than this many heartbeat intervals is late (one missed beat, with slack).
@@ -254,6 +254,13 @@ async def read_board(
     offline = [v for v in views if not v.online]
     if with_last_known and offline:
         streams = await store.events_many([(v.exchange_name, "+", LAST_KNOWN_DEPTH) for v in offline])
+        # An empty stream (Redis lost its data) is answered from the durable copy of the log.
+        empty = [i for i, rows in enumerate(streams) if not rows]
+        durable = await catalog.log_rows(
+            [LogRead(offline[i].exchange_name, None, 0, False, LAST_KNOWN_DEPTH) for i in empty]
+        )
+        for i, rows in zip(empty, durable, strict=True):
+            streams[i] = rows
         for view, rows in zip(offline, streams, strict=True):
             view.last_known = last_known(rows)
             if view.health == "not_running" and view.last_known is not None:

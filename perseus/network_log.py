@@ -9,10 +9,17 @@ entry, even when a page boundary falls inside a same-millisecond run shared by s
 
 The merge itself (:func:`merge_page`) and the timeline arithmetic are pure: Redis is reached only
 through the ``fetch`` callable the caller injects (one pipelined round trip per call).
+
+The stream is the live feed; PostgreSQL keeps a durable copy of every entry (``network_events``) and
+a state ledger (``exchange_state_intervals``). A page is read from the stream and completed from the
+durable copy where the stream runs short (Redis lost its data, or trimmed it); uptime and the
+timeline read the ledger, whose cost does not grow with the stream, and fall back to the stream only
+for exchanges the ledger has never seen (history written before the ledger existed).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import deque
@@ -28,7 +35,7 @@ from perseus.keys import RETENTION, parse_iso
 from perseus.lifecycle import State
 from perseus.models import EventKind, Exchange, InstanceStatus, Wire
 from perseus.network import format_duration, judge, running_for_s
-from perseus.store.db import Catalog
+from perseus.store.db import Catalog, LedgerView, LogRead
 from perseus.store.redis_store import RedisStore
 
 MAX_COUNT: Final = 200
@@ -41,6 +48,10 @@ SCAN_LIMIT: Final = 5000
 FILTERED_BATCH: Final = 500
 #: Timeline reads stop after this many entries per exchange (the newest are kept).
 TIMELINE_LIMIT: Final = 20_000
+#: At most this many intervals in one timeline answer (the newest; ``truncated`` says so).
+TIMELINE_POINTS: Final = 500
+#: An activity page stops early (with a ``nextCursor``) once its entries reach this many bytes of JSON.
+MAX_PAGE_BYTES: Final = 256 * 1024
 UNKNOWN: Final = "unknown"
 
 
@@ -247,6 +258,50 @@ def store_fetch(store: RedisStore) -> Fetch:
     return fetch
 
 
+def durable_fetch(store: RedisStore, catalog: Catalog) -> Fetch:
+    """Read the streams first; a stream that returns fewer entries than asked is continued from the
+    durable copy, strictly below the oldest entry it returned (so nothing appears twice)."""
+    live = store_fetch(store)
+
+    async def fetch(reads: list[Read]) -> list[Rows]:
+        replies = await live(reads)
+        short = [i for i, (r, rows) in enumerate(zip(reads, replies, strict=True)) if len(rows) < r.count]
+        if not short:
+            return replies
+        more: list[LogRead] = []
+        for i in short:
+            read, rows = reads[i], replies[i]
+            if rows:
+                bound: StreamId | None = StreamId.parse(rows[-1][0])
+                inclusive = False
+            else:
+                bound, inclusive = read.upper, read.inclusive
+            more.append(
+                LogRead(
+                    read.exchange,
+                    bound.ms if bound else None,
+                    bound.seq if bound else 0,
+                    inclusive,
+                    read.count - len(rows),
+                )
+            )
+        for i, rows in zip(short, await catalog.log_rows(more), strict=True):
+            replies[i] = replies[i] + rows
+        return replies
+
+    return fetch
+
+
+def _within_budget(entries: list[Entry], budget: int) -> int:
+    """How many of ``entries`` fit in ``budget`` bytes of JSON (always at least one)."""
+    used = 0
+    for n, entry in enumerate(entries):
+        used += len(json.dumps(entry.wire())) + 1
+        if used > budget and n > 0:
+            return n
+    return len(entries)
+
+
 async def read_activity(
     store: RedisStore,
     catalog: Catalog,
@@ -268,11 +323,16 @@ async def read_activity(
         names = [e.name for e in await catalog.exchanges(active_only=True)]
     # A single exchange keeps Livermore's plain-ID cursor; only the merge needs the tie-breaker.
     page = await merge_page(
-        store_fetch(store), names, count=count, cursor=parsed, match=match, tag_cursor=not exchange
+        durable_fetch(store, catalog), names, count=count, cursor=parsed, match=match, tag_cursor=not exchange
     )
+    entries, next_cursor = page.entries, page.next_cursor
+    fits = _within_budget(entries, MAX_PAGE_BYTES)
+    if fits < len(entries):  # the rest comes on the next page: the cursor is the last entry sent
+        entries = entries[:fits]
+        next_cursor = Cursor(entries[-1].id, entries[-1].exchange if not exchange else None)
     return ActivityPage(
-        entries=[e.wire() for e in page.entries],
-        next_cursor=str(page.next_cursor) if page.next_cursor else None,
+        entries=[e.wire() for e in entries],
+        next_cursor=str(next_cursor) if next_cursor else None,
         server_time=datetime.now(UTC),
     )
 
@@ -391,36 +451,89 @@ class UptimeWindow(Wire):
     window: str
     seconds: int
     active_s: float
-    #: Time ``active`` as a share of the whole window; unknown time (before the oldest entry) counts
-    #: as not active.
+    #: Time ``active`` as a share of the time the exchange was *observed* within the window (from
+    #: ``observedSince``: its first recorded transition); 0 when it was not observed at all. Time
+    #: before the exchange existed is not counted as down.
     active_pct: float
-    #: Share of the window the stream knows the state for.
+    #: Share of the window the log knows the state for (the observed part).
     known_pct: float
+    #: Seconds of the window the exchange was observed (the denominator of ``activePct``).
+    observed_s: float = 0.0
+    #: Where the observed part of the window begins (None: not observed in this window).
+    observed_since: datetime | None = None
+    #: Time ``active`` as a share of the whole window, unobserved time counting as not active.
+    window_active_pct: float = 0.0
 
 
-def uptime_windows(intervals: Sequence[Interval], now: datetime, names: Sequence[str]) -> list[UptimeWindow]:
+def _window(
+    name: str, seconds: float, active: float, observed: float, since: datetime | None
+) -> UptimeWindow:
+    observed = min(max(0.0, observed), seconds)
+    return UptimeWindow(
+        window=name,
+        seconds=int(seconds),
+        active_s=round(active, 3),
+        active_pct=round(min(100.0, 100 * active / observed), 3) if observed > 0 else 0.0,
+        known_pct=round(100 * observed / seconds, 3),
+        observed_s=round(observed, 3),
+        observed_since=since if observed > 0 else None,
+        window_active_pct=round(100 * active / seconds, 3),
+    )
+
+
+def uptime_windows(
+    intervals: Sequence[Interval],
+    now: datetime,
+    names: Sequence[str],
+    observed_since: datetime | None = None,
+) -> list[UptimeWindow]:
+    """Per window: time active over the time observed. The observed time is the known (not
+    ``unknown``) part of ``intervals`` at or after ``observed_since`` (when given)."""
     out = []
     for name in names:
         length = parse_window(name)
         start = now - length
-        active = seconds_in(intervals, State.ACTIVE.value, start, now)
-        unknown = seconds_in(intervals, UNKNOWN, start, now)
-        # Intervals may start after `start` (data read from a shorter span): that part is unknown too.
-        covered = sum(max(0.0, (min(i.end, now) - max(i.start, start)).total_seconds()) for i in intervals)
-        seconds = length.total_seconds()
-        out.append(
-            UptimeWindow(
-                window=name,
-                seconds=int(seconds),
-                active_s=round(active, 3),
-                active_pct=round(100 * active / seconds, 3),
-                known_pct=round(100 * max(0.0, covered - unknown) / seconds, 3),
-            )
-        )
+        lo = max(start, observed_since) if observed_since else start
+        known = [i for i in intervals if i.state != UNKNOWN and min(i.end, now) > max(i.start, lo)]
+        observed = sum((min(i.end, now) - max(i.start, lo)).total_seconds() for i in known)
+        active = seconds_in(intervals, State.ACTIVE.value, lo, now) if lo < now else 0.0
+        since = max(known[0].start, lo) if known else None
+        out.append(_window(name, length.total_seconds(), active, observed, since))
     return out
 
 
-# --- timeline and uptime, read through Redis -------------------------------------------------------
+def ledger_window(
+    name: str, first: datetime | None, totals_s: dict[str, float], now: datetime
+) -> UptimeWindow:
+    """One uptime window from the state ledger's seconds per state inside it."""
+    length = parse_window(name)
+    since = max(now - length, first) if first else None
+    active = totals_s.get(State.ACTIVE.value, 0.0)
+    return _window(name, length.total_seconds(), active, sum(totals_s.values()), since)
+
+
+def ledger_timeline(
+    view: LedgerView, start: datetime, end: datetime
+) -> tuple[list[Interval], dict[str, float]]:
+    """Timeline intervals and per-state totals from the ledger; time before the ledger's first
+    interval is ``unknown``."""
+    out: list[Interval] = []
+    totals = {state: round(seconds, 3) for state, seconds in view.totals_s.items() if seconds > 0}
+    if view.intervals and not view.truncated and view.intervals[0].start > start:
+        out.append(_interval(UNKNOWN, start, view.intervals[0].start))
+    elif not view.intervals:
+        out.append(_interval(UNKNOWN, start, end))
+    for i in view.intervals:
+        lo, hi = max(i.start, start), min(i.end or end, end)
+        if hi > lo:
+            out.append(_interval(i.state, lo, hi))
+    unknown = sum(i.duration_s for i in out if i.state == UNKNOWN)
+    if unknown:
+        totals[UNKNOWN] = round(unknown, 3)
+    return out, totals
+
+
+# --- timeline and uptime, read through the ledger (or the stream for exchanges it has not seen) ----
 
 
 class Timeline(Wire):
@@ -431,9 +544,12 @@ class Timeline(Wire):
     end: datetime
     intervals: list[Interval]
     totals_s: dict[str, float]
-    #: True when the window held more than TIMELINE_LIMIT entries and only the newest were read.
+    #: True when the window held more than the answer may carry (TIMELINE_POINTS intervals) and only
+    #: the newest are given; ``totalsS`` still covers the whole window.
     truncated: bool
     server_time: datetime
+    #: When the exchange was first observed (its first recorded transition), if known.
+    observed_since: datetime | None = None
 
 
 class Uptime(Wire):
@@ -447,6 +563,10 @@ class Uptime(Wire):
     running_for: str | None
     windows: list[UptimeWindow]
     server_time: datetime
+    #: When the exchange was first observed (its first recorded transition), if known.
+    observed_since: datetime | None = None
+    #: Where the figures come from: ``ledger`` (PostgreSQL) or ``stream`` (history older than it).
+    source: str = "ledger"
 
 
 class _History(BaseModel):
@@ -456,10 +576,11 @@ class _History(BaseModel):
     intervals: list[Interval]
     truncated: bool
     now: datetime
+    observed_since: datetime | None
 
 
-async def _history(store: RedisStore, catalog: Catalog, exchange: str, window: timedelta) -> _History:
-    ex = await catalog.exchange(exchange)
+async def _stream_history(store: RedisStore, catalog: Catalog, ex: Exchange, window: timedelta) -> _History:
+    """The pre-ledger path: transitions read from the stream (cost grows with the stream)."""
     raw, pttl = await store.status(ex.id)
     now = datetime.now(UTC)
     view = judge(ex, raw, pttl, now)
@@ -473,14 +594,14 @@ async def _history(store: RedisStore, catalog: Catalog, exchange: str, window: t
     truncated = len(rows) >= TIMELINE_LIMIT
     found = transitions_of(rows)
     fallback: str | None = view.status.connection_state.value if view.status else None
+    older = transitions_of(await store.events(ex.name, newest=f"({max(0, start_ms - 60_000)}-0", count=200))
     if not found and fallback is None:
         # Nothing changed inside the window and nobody holds the key: the last transition before it says.
-        older = transitions_of(
-            await store.events(ex.name, newest=f"({max(0, start_ms - 60_000)}-0", count=200)
-        )
         fallback = older[-1].to_state if older else None
     if truncated and found:
         start = max(start, found[0].at)
+    # Observed from the first transition the stream holds (the state before it was not watched).
+    first = older[0].at if older else (found[0].at if found else None)
     return _History(
         exchange=ex,
         status=view.status,
@@ -488,38 +609,70 @@ async def _history(store: RedisStore, catalog: Catalog, exchange: str, window: t
         intervals=timeline(found, start, now, fallback),
         truncated=truncated,
         now=now,
+        observed_since=first,
     )
 
 
 async def read_timeline(store: RedisStore, catalog: Catalog, exchange: str, window: str = "24h") -> Timeline:
     length = parse_window(window)
-    h = await _history(store, catalog, exchange, length)
+    ex = await catalog.exchange(exchange)
+    now = datetime.now(UTC)
+    start = now - length
+    view = await catalog.ledger(ex.id, start, now, TIMELINE_POINTS)
+    observed: datetime | None
+    if view.observed_since is not None:
+        intervals, totals_s = ledger_timeline(view, start, now)
+        truncated, observed = view.truncated, view.observed_since
+    else:
+        h = await _stream_history(store, catalog, ex, length)
+        now, start = h.now, h.now - length
+        intervals, truncated, observed = h.intervals, h.truncated, h.observed_since
+        if len(intervals) > TIMELINE_POINTS:
+            intervals, truncated = intervals[-TIMELINE_POINTS:], True
+        totals_s = totals(h.intervals)
     return Timeline(
-        exchange_id=h.exchange.id,
-        exchange_name=h.exchange.name,
+        exchange_id=ex.id,
+        exchange_name=ex.name,
         window=window,
-        start=h.now - length,
-        end=h.now,
-        intervals=h.intervals,
-        totals_s=totals(h.intervals),
-        truncated=h.truncated,
-        server_time=h.now,
+        start=start,
+        end=now,
+        intervals=intervals,
+        totals_s=totals_s,
+        truncated=truncated,
+        server_time=now,
+        observed_since=observed,
     )
 
 
 async def read_uptime(store: RedisStore, catalog: Catalog, exchange: str) -> Uptime:
-    h = await _history(store, catalog, exchange, parse_window(UPTIME_WINDOWS[-1]))
-    status = h.status
-    running = running_for_s(status, h.now) if status else None
-    state = status.connection_state.value if status else (h.intervals[-1].state if h.intervals else UNKNOWN)
+    ex = await catalog.exchange(exchange)
+    raw, pttl = await store.status(ex.id)
+    now = datetime.now(UTC)
+    status = judge(ex, raw, pttl, now)
+    first, last, spent = await catalog.ledger_windows(
+        ex.id, now, [now - parse_window(w) for w in UPTIME_WINDOWS]
+    )
+    observed: datetime | None
+    if first is not None:
+        windows = [ledger_window(w, first, s, now) for w, s in zip(UPTIME_WINDOWS, spent, strict=True)]
+        observed, source = first, "ledger"
+    else:
+        h = await _stream_history(store, catalog, ex, parse_window(UPTIME_WINDOWS[-1]))
+        now, observed, source = h.now, h.observed_since, "stream"
+        windows = uptime_windows(h.intervals, now, UPTIME_WINDOWS, observed)
+        last = h.intervals[-1].state if h.intervals else None
+    record = status.status
+    running = running_for_s(record, now) if record else None
     return Uptime(
-        exchange_id=h.exchange.id,
-        exchange_name=h.exchange.name,
-        online=h.online,
-        state=state,
-        connected_at=status.connected_at if status else None,
+        exchange_id=ex.id,
+        exchange_name=ex.name,
+        online=status.online,
+        state=record.connection_state.value if record else (last or UNKNOWN),
+        connected_at=record.connected_at if record else None,
         running_for_s=running,
         running_for=format_duration(running) if running is not None else None,
-        windows=uptime_windows(h.intervals, h.now, UPTIME_WINDOWS),
-        server_time=h.now,
+        windows=windows,
+        server_time=now,
+        observed_since=observed,
+        source=source,
     )

@@ -68,7 +68,8 @@ async def instances(store: StoreDep, catalog: CatalogDep) -> StatusBoard:
     age on the server's clock, and `heartbeat` / `late` / `health` judged against the instance's own
     interval (late past 1.5 intervals, stale past 2; `health` is `not_running` for an exchange that
     never ran). Offline ones carry `lastKnown` from their stream; a malformed record reads as offline
-    with an `offlineReason`. `standbys` lists the live standbys, highest priority first."""
+    with an `offlineReason`; when a stream is empty (Redis lost its data) `lastKnown` comes from the
+    durable copy in PostgreSQL. `standbys` lists the live standbys, highest priority first."""
     return await read_board(store, catalog)
 
 
@@ -95,7 +96,9 @@ async def activity(
 ) -> ActivityPage:
     """Entries are `{id, ...stream fields}`. `nextCursor` is null on the last page. With filters a
     page may come back short (even empty) with a `nextCursor`: it examined a bounded number of
-    entries; keep following the cursor. In all-exchanges mode the cursor is `<id>@<exchange>`, which
+    entries; keep following the cursor. A page also ends early once its entries reach 256 KiB.
+    Entries the stream no longer holds (Redis lost its data) come from the durable copy in
+    PostgreSQL. In all-exchanges mode the cursor is `<id>@<exchange>`, which
     breaks ties between streams holding the same ID."""
     return await read_activity(
         store,
@@ -128,9 +131,10 @@ async def exchange_status(
     summary="Running time and % active over 24h / 7d / 30d",
 )
 async def exchange_uptime(exchange_id: ExchangeIdPath, store: StoreDep, catalog: CatalogDep) -> Uptime:
-    """`runningFor` ("4h 23m") from `connectedAt` while active; per window the share of time spent
-    `active`, computed from the stream's `state_transition` entries (`knownPct` says how much of the
-    window the stream covers)."""
+    """`runningFor` ("4h 23m") from `connectedAt` while active; per window `activePct`, the share of
+    the *observed* time spent `active` — observed since the exchange's first recorded transition
+    (`observedSince`, `observedS`; `knownPct` is that share of the window, `windowActivePct` the
+    share of the whole window). Read from the state ledger in PostgreSQL (`source`)."""
     return await read_uptime(store, catalog, str(exchange_id))
 
 
@@ -148,8 +152,9 @@ async def exchange_timeline(
         str, Query(description="How far back: a number and s/m/h/d, at most 90d (stream retention).")
     ] = "24h",
 ) -> Timeline:
-    """Consecutive `{state, start, end, durationS}` intervals covering the window, from the stream's
-    transitions; time before the oldest known transition is `unknown`."""
+    """Consecutive `{state, start, end, durationS}` intervals covering the window, from the state
+    ledger; time before the first recorded transition is `unknown`. At most 500 intervals (the
+    newest; `truncated` says so, `totalsS` still covers the whole window)."""
     return await read_timeline(store, catalog, str(exchange_id), window)
 
 

@@ -17,17 +17,22 @@ the ``sent`` write (or a POST times out after Discord stored it), the lease expi
 again — one duplicate. The alternative, treating a stale lease as delivered, would instead lose the
 message; for "instance lost" a duplicate is the better failure.
 
-**Rate limits.** One :class:`RateLimiter` per notifier, and the composition root builds one notifier
-per process, so every send of the process goes through it: sends are serialised, a 429 blocks the
-next send for ``Retry-After``, and ``X-RateLimit-Remaining: 0`` blocks it until
-``X-RateLimit-Reset-After`` (or ``X-RateLimit-Reset``). Concurrent events therefore queue up
-instead of producing a burst of 429s.
+**Rate limits, across workers.** Every worker process posts to the same webhook, so the limiter
+lives in Redis (:class:`SharedRateLimiter`, one hash key per webhook, named by a hash of the URL so
+the token never appears in Redis): a send starts only when no other process's send is in flight,
+the webhook's own pause is over, and Discord's documented windows have room (5 per 2 s per webhook,
+30 per minute per channel). Each answer is read before the next send starts: a 429 pauses every
+process for ``Retry-After``, and ``X-RateLimit-Remaining: 0`` pauses them until
+``X-RateLimit-Reset-After`` (or ``X-RateLimit-Reset``). Concurrent events therefore queue up,
+in every process, instead of producing 429s. :class:`RateLimiter` is the same pacing within one
+process only (tests, or a notifier without Redis).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import time
@@ -81,6 +86,14 @@ POST_TIMEOUT_S = 15.0
 MAX_WAIT_S = 300.0
 #: Consecutive 429s within one attempt before handing the retry back to Temporal.
 MAX_429_PER_ATTEMPT = 5
+#: Discord's documented limits for one webhook: (sends, per seconds). The headers of each answer
+#: refine them; these keep every process inside them before the first answer says anything.
+DISCORD_WINDOWS: tuple[tuple[int, float], ...] = ((5, 2.0), (30, 60.0))
+RATE_KEY_PREFIX = "notify:discord:rate:"
+#: A send's in-flight mark outlives one POST (its timeout), so a crashed sender blocks others briefly.
+RATE_LEASE_MS = int((POST_TIMEOUT_S + 5) * 1000)
+#: Re-ask Redis at least this often while waiting (another process may free the webhook sooner).
+MAX_POLL_S = 1.0
 
 
 def marker_key(event_id: str) -> str:
@@ -194,6 +207,65 @@ class RateLimiter:
         return wait
 
 
+def rate_key(url: str) -> str:
+    """The Redis key of a webhook's shared rate window (a digest: the URL holds the webhook token)."""
+    return RATE_KEY_PREFIX + hashlib.sha256(url.encode()).hexdigest()[:24]
+
+
+class SharedRateLimiter(RateLimiter):
+    """:class:`RateLimiter` for every process posting to one webhook, kept in one Redis key.
+
+    Within the process sends are still serialised by the lock (one Redis grant at a time); across
+    processes the key's fenced in-flight mark, window and pause do the same. ``observe`` learns the
+    pause from the answer; leaving the slot hands it to Redis for everyone.
+    """
+
+    def __init__(
+        self,
+        store: RedisStore,
+        url: str,
+        *,
+        windows: tuple[tuple[int, float], ...] = DISCORD_WINDOWS,
+        lease_ms: int = RATE_LEASE_MS,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        super().__init__(sleep=sleep)
+        self._store = store
+        self._key = rate_key(url)
+        self._windows = [(limit, int(seconds * 1000)) for limit, seconds in windows]
+        self._lease_ms = lease_ms
+        self._pause_s = 0.0
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        async with self._lock:
+            token = uuid.uuid4().hex
+            while True:
+                fence, wait_ms = await self._store.rate_acquire(
+                    self._key, token, self._lease_ms, self._windows
+                )
+                if fence:
+                    break
+                delay = min(wait_ms / 1000, MAX_POLL_S)
+                self.waited_s += delay
+                await self._sleep(delay)
+            self._pause_s = 0.0
+            try:
+                yield
+            finally:
+                pause_ms = math.ceil(self._pause_s * 1000)
+                if pause_ms:
+                    log.info("discord rate limit: every sender pauses %.2f s", self._pause_s)
+                await self._store.rate_release(self._key, fence, pause_ms)
+
+    def observe(
+        self, status: int, headers: Mapping[str, str], body: Mapping[str, Any] | None = None
+    ) -> float:
+        wait = super().observe(status, headers, body)
+        self._pause_s = max(self._pause_s, wait)
+        return wait
+
+
 class DiscordNotifier:
     """The :class:`activities.notify.Notifier` for a Discord webhook.
 
@@ -213,7 +285,7 @@ class DiscordNotifier:
         self._url = url
         self._http = http
         self._store = store
-        self.limiter = limiter or RateLimiter()
+        self.limiter = limiter or SharedRateLimiter(store, url)
         self._lease_ms = lease_ms
         self._timeout_s = timeout_s
         # Deliveries whose ``sent`` marker could not be written yet (Redis failed after the POST).

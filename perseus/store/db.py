@@ -6,22 +6,69 @@ The only module that imports psycopg. Queries are parameterised, never formatted
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from perseus.errors import ServiceUnavailable, UnknownAdmin, UnknownExchange
-from perseus.models import Admin, Exchange
+from perseus.models import Admin, EventKind, Exchange, NetworkEvent
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema.sql"
 DEMO_DATA_PATH = Path(__file__).resolve().parents[1] / "demo_data.sql"
 
 DatabaseError = psycopg.Error
+
+#: Network log rows and state intervals older than this are deleted (the stream's retention).
+LOG_RETENTION_DAYS = 90
+#: A process prunes old rows at most this often, as part of a write (no cron, no extra task).
+PRUNE_EVERY_S = 3600.0
+#: Namespace of the per-exchange advisory lock that serialises ledger updates.
+_LEDGER_LOCK = 0x5045_5253  # "PERS"
+
+#: Rows of one stream as the read side sees them: ``(stream id, fields)``, newest first.
+LogRows = list[tuple[str, dict[str, str]]]
+
+
+@dataclass(frozen=True)
+class LogRead:
+    """Durable log rows of ``exchange`` strictly below ``(ms, seq)`` (or at it, when ``inclusive``;
+    from the newest when ``ms`` is None), at most ``count``, newest first."""
+
+    exchange: str
+    ms: int | None
+    seq: int
+    inclusive: bool
+    count: int
+
+
+@dataclass(frozen=True)
+class LedgerInterval:
+    state: str
+    start: datetime
+    end: datetime | None  # None: the current state
+
+
+@dataclass(frozen=True)
+class LedgerView:
+    """What the state ledger says about ``[start, end]`` of one exchange."""
+
+    #: When the ledger's first interval began (None: the ledger knows nothing of the exchange).
+    observed_since: datetime | None
+    #: The newest intervals overlapping the window, oldest first (at most the requested limit).
+    intervals: list[LedgerInterval]
+    #: More intervals overlapped the window than were returned.
+    truncated: bool
+    #: Seconds per state inside the window, over every interval (not only the returned ones).
+    totals_s: dict[str, float]
 
 
 def make_pool(url: str, *, max_size: int = 5) -> AsyncConnectionPool[Any]:
@@ -67,8 +114,11 @@ class Catalog:
 
     def __init__(self, pool: AsyncConnectionPool[Any] | OneConnection) -> None:
         self._pool = pool
+        self._next_prune = 0.0
 
-    async def _fetch(self, query: str, params: tuple[object, ...] = ()) -> list[dict[str, Any]]:
+    async def _fetch(
+        self, query: str, params: tuple[object, ...] | dict[str, object] = ()
+    ) -> list[dict[str, Any]]:
         try:
             async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(query, params)  # literal queries only
@@ -160,3 +210,225 @@ class Catalog:
             "SET epoch = GREATEST(exchange_epochs.epoch, EXCLUDED.epoch), updated_at = now()",
             (exchange_id, epoch),
         )
+
+    # --- the durable network log and the state ledger -----------------------------------------------
+
+    async def record_event(self, event: NetworkEvent, stream_id: str, fields: dict[str, str]) -> bool:
+        """Append ``event`` (already in the stream as ``stream_id``) to the durable log, exactly once
+        by ``eventId``; a state transition also moves the exchange's state ledger, in the same
+        transaction, so the two never disagree. True if this call wrote it (False: a retry).
+        """
+        ms, _, seq = stream_id.partition("-")
+        transition = event.event is EventKind.STATE_TRANSITION and event.to_state is not None
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                if transition:
+                    # One writer per exchange at a time: the ledger's neighbours must not move under us.
+                    await conn.execute(
+                        "SELECT pg_advisory_xact_lock(%s, %s)", (_LEDGER_LOCK, event.exchange_id)
+                    )
+                cur = await conn.execute(
+                    "INSERT INTO network_events (event_id, exchange_id, exchange_name, event, occurred_at,"
+                    " stream_ms, stream_seq, fields) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+                    (
+                        event.event_id,
+                        event.exchange_id,
+                        event.exchange_name.lower(),
+                        event.event.value,
+                        event.timestamp,
+                        int(ms),
+                        int(seq or 0),
+                        Jsonb(fields),
+                    ),
+                )
+                inserted = await cur.fetchone() is not None
+                if inserted and transition:
+                    assert event.to_state is not None
+                    await _ledger_insert(
+                        conn, event.exchange_id, event.to_state.value, event.timestamp, event.event_id
+                    )
+                if inserted:
+                    await self._maybe_prune(conn)
+                return inserted
+        except psycopg.OperationalError as exc:
+            raise ServiceUnavailable(f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}") from None
+        except psycopg.Error as exc:
+            # E.g. a database whose schema predates the log (`perseus db init` adds the tables):
+            # retryable like an outage, so record_event's last attempts still let the event through.
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ServiceUnavailable(f"PostgreSQL refused the network log write: {first}") from None
+
+    async def _maybe_prune(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Delete what aged out of the retention, at most once per PRUNE_EVERY_S in this process."""
+        now = time.monotonic()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_EVERY_S
+        await conn.execute(
+            "DELETE FROM network_events WHERE occurred_at < now() - make_interval(days => %s)",
+            (LOG_RETENTION_DAYS,),
+        )
+        await conn.execute(
+            "DELETE FROM exchange_state_intervals WHERE ended_at < now() - make_interval(days => %s)",
+            (LOG_RETENTION_DAYS,),
+        )
+
+    async def log_rows(self, reads: Sequence[LogRead]) -> list[LogRows]:
+        """Several newest-first slices of the durable log in one statement (one slice per read)."""
+        if not reads:
+            return []
+        rows = await self._fetch(
+            "SELECT r.n, e.stream_ms, e.stream_seq, e.fields"
+            " FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bool[], %s::int[])"
+            "   WITH ORDINALITY AS r(name, ms, seq, incl, cnt, n)"
+            " CROSS JOIN LATERAL (SELECT stream_ms, stream_seq, fields FROM network_events"
+            "   WHERE exchange_name = r.name AND (r.ms IS NULL OR (stream_ms, stream_seq) < (r.ms, r.seq)"
+            "     OR (r.incl AND stream_ms = r.ms AND stream_seq = r.seq))"
+            "   ORDER BY stream_ms DESC, stream_seq DESC LIMIT r.cnt) e"
+            " ORDER BY r.n, e.stream_ms DESC, e.stream_seq DESC",
+            (
+                [r.exchange.lower() for r in reads],
+                [r.ms for r in reads],
+                [r.seq for r in reads],
+                [r.inclusive for r in reads],
+                [r.count for r in reads],
+            ),
+        )
+        out: list[LogRows] = [[] for _ in reads]
+        for row in rows:
+            fields = {str(k): str(v) for k, v in row["fields"].items()}
+            out[int(row["n"]) - 1].append((f"{row['stream_ms']}-{row['stream_seq']}", fields))
+        return out
+
+    async def _running_sums(
+        self, exchange_id: int, instants: Sequence[datetime]
+    ) -> tuple[datetime | None, list[tuple[str | None, datetime | None, dict[str, float]]]]:
+        """The ledger's first instant, and per instant the interval in force then (its state and
+        start) and the seconds per state from the ledger's start up to the instant: one statement,
+        one index lookup per instant."""
+        rows = await self._fetch(
+            "SELECT t.n, i.state, i.started_at, i.before_s,"
+            " (SELECT started_at FROM exchange_state_intervals WHERE exchange_id = %(ex)s"
+            "   ORDER BY started_at, id LIMIT 1) AS first"
+            " FROM unnest(%(at)s::timestamptz[]) WITH ORDINALITY AS t(at, n)"
+            " LEFT JOIN LATERAL (SELECT state, started_at, before_s FROM exchange_state_intervals"
+            "   WHERE exchange_id = %(ex)s AND started_at <= t.at"
+            "   ORDER BY started_at DESC, id DESC LIMIT 1) i ON true"
+            " ORDER BY t.n",
+            {"ex": exchange_id, "at": list(instants)},
+        )
+        out: list[tuple[str | None, datetime | None, dict[str, float]]] = []
+        for at, row in zip(instants, rows, strict=True):
+            if row["state"] is None:  # before the ledger's first interval
+                out.append((None, None, {}))
+            else:
+                spent = (at - row["started_at"]).total_seconds()
+                out.append((row["state"], row["started_at"], _plus(row["before_s"], row["state"], spent)))
+        return (rows[0]["first"] if rows else None), out
+
+    async def ledger_windows(
+        self, exchange_id: int, end: datetime, starts: Sequence[datetime]
+    ) -> tuple[datetime | None, str | None, list[dict[str, float]]]:
+        """``(first instant, state at end, seconds per state in [start, end] for each start)``.
+
+        A difference of running sums: the cost does not depend on how many intervals lie inside.
+        """
+        first, sums = await self._running_sums(exchange_id, [end, *starts])
+        state, _, at_end = sums[0]
+        return first, state, [_minus(at_end, at_start) for _, _, at_start in sums[1:]]
+
+    async def ledger(self, exchange_id: int, start: datetime, end: datetime, limit: int) -> LedgerView:
+        """The state ledger over ``[start, end]``: the totals from two running sums, and at most
+        ``limit`` intervals read backwards from ``end`` through the index."""
+        first, sums = await self._running_sums(exchange_id, [start, end])
+        if first is None:
+            return LedgerView(observed_since=None, intervals=[], truncated=False, totals_s={})
+        rows = await self._fetch(
+            "SELECT state, started_at, ended_at FROM exchange_state_intervals"
+            " WHERE exchange_id = %(ex)s AND started_at >= %(lo)s AND started_at < %(end)s"
+            " AND (ended_at IS NULL OR ended_at > %(start)s)"
+            " ORDER BY started_at DESC, id DESC LIMIT %(limit)s",
+            # From the interval in force at `start` (or the first one): never older rows.
+            {"ex": exchange_id, "start": start, "end": end, "lo": sums[0][1] or first, "limit": limit + 1},
+        )
+        kept = rows[:limit]
+        return LedgerView(
+            observed_since=first,
+            intervals=[LedgerInterval(r["state"], r["started_at"], r["ended_at"]) for r in reversed(kept)],
+            truncated=len(rows) > limit,
+            totals_s=_minus(sums[1][2], sums[0][2]),
+        )
+
+
+def _minus(later: dict[str, float], earlier: dict[str, float]) -> dict[str, float]:
+    """Seconds per state between two running sums (states with no time left out)."""
+    out = {}
+    for state, seconds in later.items():
+        spent = seconds - earlier.get(state, 0.0)
+        if spent > 1e-6:
+            out[state] = spent
+    return out
+
+
+def _plus(totals: dict[str, Any], state: str, seconds: float) -> dict[str, float]:
+    out = {k: float(v) for k, v in totals.items()}
+    out[state] = out.get(state, 0.0) + seconds
+    return out
+
+
+async def _ledger_insert(
+    conn: psycopg.AsyncConnection[Any], exchange_id: int, state: str, at: datetime, event_id: str
+) -> None:
+    """Put the interval that ``event_id`` opened into the ledger, in time order.
+
+    Each interval carries ``before_s``: seconds per state from the ledger's start to its own start
+    (a running sum), so the time per state between any two instants is a difference of two rows.
+    Usually the new interval is the newest: it closes the current one and adds that one's time to
+    the sum. A transition recorded late (a retried activity, a second instance of the exchange) is
+    slotted between its neighbours instead, and the sums of the intervals after it are shifted.
+    """
+    prev = await (
+        await conn.execute(
+            "SELECT id, state, started_at, before_s FROM exchange_state_intervals"
+            " WHERE exchange_id = %s AND started_at <= %s ORDER BY started_at DESC, id DESC LIMIT 1",
+            (exchange_id, at),
+        )
+    ).fetchone()
+    nxt = await (
+        await conn.execute(
+            "SELECT started_at FROM exchange_state_intervals WHERE exchange_id = %s AND started_at > %s"
+            " ORDER BY started_at, id LIMIT 1",
+            (exchange_id, at),
+        )
+    ).fetchone()
+    before: dict[str, float] = {}
+    if prev is not None:
+        before = _plus(prev["before_s"], prev["state"], (at - prev["started_at"]).total_seconds())
+        await conn.execute(
+            "UPDATE exchange_state_intervals SET ended_at = %s WHERE id = %s", (at, prev["id"])
+        )
+    await conn.execute(
+        "INSERT INTO exchange_state_intervals (exchange_id, state, started_at, ended_at, event_id, before_s)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        (exchange_id, state, at, nxt["started_at"] if nxt else None, event_id, Jsonb(before)),
+    )
+    if nxt is None:
+        return
+    # [at, next start) used to count as the previous state (or as nothing, before the first
+    # interval); it now counts as `state`. Every later running sum moves by that much.
+    moved = (nxt["started_at"] - at).total_seconds()
+    old_state = prev["state"] if prev is not None else None
+    if old_state == state or moved <= 0:
+        return
+    shift: dict[str, float] = {state: moved}
+    if old_state is not None:
+        shift[old_state] = -moved
+    await conn.execute(
+        "UPDATE exchange_state_intervals i SET before_s = ("
+        "   SELECT jsonb_object_agg(k, coalesce((i.before_s ->> k)::float8, 0)"
+        "     + coalesce((%s::jsonb ->> k)::float8, 0))"
+        "   FROM (SELECT jsonb_object_keys(i.before_s || %s::jsonb) AS k) keys)"
+        " WHERE exchange_id = %s AND started_at >= %s",
+        (Jsonb(shift), Jsonb(shift), exchange_id, nxt["started_at"]),
+    )

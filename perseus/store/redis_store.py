@@ -134,6 +134,70 @@ return 0
 """
 
 
+# A rate window shared by every process that posts to one webhook, in one hash key (cluster-safe).
+# Grants a send when nobody else's send is in flight, the server-imposed pause (not_before) is over
+# and every (limit, window) pair has room; the grant is fenced: the holder's token and a new fence
+# number, which only the holder's release clears. The clock is Redis' own, so workers' clocks never
+# disagree about a window. Returns {fence, 0} on a grant, else {0, milliseconds to wait}.
+_RATE_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local h = redis.call('HMGET', KEYS[1], 'holder', 'holder_until', 'not_before', 'sends')
+local wait = 0
+if h[1] and h[2] and tonumber(h[2]) > now then wait = math.min(tonumber(h[2]) - now, 25) end
+local nb = tonumber(h[3] or '0') or 0
+if nb > now then wait = math.max(wait, nb - now) end
+local longest = 0
+for i = 3, #ARGV, 2 do longest = math.max(longest, tonumber(ARGV[i + 1])) end
+local sends = {}
+for s in string.gmatch(h[4] or '', '[^,]+') do
+  local v = tonumber(s)
+  if v and v > now - longest then sends[#sends + 1] = v end
+end
+for i = 3, #ARGV, 2 do
+  local limit, window = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  local inside = 0
+  for _, v in ipairs(sends) do if v > now - window then inside = inside + 1 end end
+  if inside >= limit then
+    local oldest = sends[#sends - limit + 1]
+    wait = math.max(wait, oldest + window - now + 1)
+  end
+end
+if wait > 0 then return {0, wait} end
+sends[#sends + 1] = now
+local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
+redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'holder_until', now + tonumber(ARGV[2]),
+  'sends', table.concat(sends, ','))
+redis.call('PEXPIRE', KEYS[1], math.max(tonumber(ARGV[2]), longest, nb - now) + 60000)
+return {fence, 0}
+"""
+
+# End a granted send: clear the in-flight mark if the fence is still ours, and apply the pause the
+# webhook's answer asked for (from anyone: a pause only ever makes every sender more careful).
+# Returns the milliseconds until the next send may start.
+_RATE_RELEASE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local nb = tonumber(redis.call('HGET', KEYS[1], 'not_before') or '0') or 0
+local pause = tonumber(ARGV[2])
+if pause > 0 and now + pause > nb then
+  nb = now + pause
+  redis.call('HSET', KEYS[1], 'not_before', nb)
+end
+if redis.call('HGET', KEYS[1], 'fence') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'holder', 'holder_until')
+  -- The send counts from its answer, not its grant: the webhook saw it somewhere in between, so
+  -- windows measured from the later moment can never be shorter than the webhook's own.
+  local sends = redis.call('HGET', KEYS[1], 'sends') or ''
+  local head = string.match(sends, '^(.*),[^,]*$')
+  redis.call('HSET', KEYS[1], 'sends', (head and (head .. ',') or '') .. now)
+end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 and ttl < nb - now + 60000 then redis.call('PEXPIRE', KEYS[1], nb - now + 60000) end
+return math.max(0, nb - now)
+"""
+
+
 def is_cluster_url(url: str) -> bool:
     return urlsplit(url).scheme.lower() in CLUSTER_SCHEMES
 
@@ -187,6 +251,8 @@ class RedisStore:
         self._xadd_once = client.register_script(_XADD_ONCE)
         self._take_marker = client.register_script(_TAKE_MARKER)
         self._drop_marker = client.register_script(_DROP_MARKER)
+        self._rate_acquire = client.register_script(_RATE_ACQUIRE)
+        self._rate_release = client.register_script(_RATE_RELEASE)
 
     async def _run(self, coro: Any) -> Any:
         try:
@@ -299,6 +365,26 @@ class RedisStore:
     async def drop_marker(self, key: str, value: str) -> bool:
         """Delete ``key`` only while it still holds ``value``."""
         return bool(await self._run(self._drop_marker(keys=[key], args=[value])))
+
+    # --- a rate window shared by processes (one key per webhook) -------------------------------
+
+    async def rate_acquire(
+        self, key: str, token: str, lease_ms: int, windows: list[tuple[int, int]]
+    ) -> tuple[int, int]:
+        """Try to start a send: ``(fence, 0)`` when granted, else ``(0, ms to wait)``.
+
+        ``windows`` are ``(at most N sends, per M milliseconds)``; the grant holds the key's
+        in-flight mark for ``lease_ms`` at most (a crashed sender does not block the others longer).
+        """
+        flat: list[int] = []
+        for limit, window_ms in windows:
+            flat += [limit, window_ms]
+        fence, wait = await self._run(self._rate_acquire(keys=[key], args=[token, lease_ms, *flat]))
+        return int(fence), int(wait)
+
+    async def rate_release(self, key: str, fence: int, pause_ms: int) -> int:
+        """End the send granted with ``fence``; ``pause_ms`` (> 0) pauses every sender that long."""
+        return int(await self._run(self._rate_release(keys=[key], args=[fence, pause_ms])))
 
     # --- read side: many streams at once ---------------------------------------------------------
 

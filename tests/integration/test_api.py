@@ -422,8 +422,12 @@ async def test_uptime_and_timeline_from_a_hand_made_history(
     assert windows["24h"]["activePct"] == pytest.approx(50.0, abs=tolerance)
     assert windows["7d"]["activePct"] == pytest.approx(100 * (5 * 24 + 12) / (7 * 24), abs=tolerance)
     active_30d = (10 * 24 - 1 - 48) + 12
-    assert windows["30d"]["activePct"] == pytest.approx(100 * active_30d / (30 * 24), abs=tolerance)
-    assert windows["30d"]["knownPct"] == pytest.approx(100.0)  # before the first entry: its fromState
+    # Observed from the first transition 10 days ago: time before it is not counted as down.
+    assert body["source"] == "stream"  # a history written straight to the stream, before the ledger
+    assert windows["30d"]["observedS"] == pytest.approx(10 * 86400, abs=5)
+    assert windows["30d"]["activePct"] == pytest.approx(100 * active_30d / (10 * 24), abs=tolerance)
+    assert windows["30d"]["windowActivePct"] == pytest.approx(100 * active_30d / (30 * 24), abs=tolerance)
+    assert windows["30d"]["knownPct"] == pytest.approx(100 / 3, abs=tolerance)
 
     reply = await http.get(f"/api/network/exchanges/{ex_id}/timeline", params={"window": "3d"})
     assert reply.status_code == 200

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -40,13 +42,15 @@ from perseus.notify.discord import (
     SENT,
     DiscordNotifier,
     RateLimiter,
+    SharedRateLimiter,
     discord_notifier,
     marker_key,
+    rate_key,
     render,
 )
 from perseus.store.redis_store import RedisStore
 from perseus.temporal import converter, register_search_attributes
-from tests.conftest import Servers, WorkerProcess, perseus
+from tests.conftest import ROOT, Servers, WorkerProcess, perseus
 
 pytestmark = pytest.mark.integration
 
@@ -76,14 +80,24 @@ class FakeDiscord:
 
     def __init__(self) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/api/webhooks/1234/secret-token"
+        self._hooks = 1233
         self.reset()
 
-    def reset(self, *, limit: int | None = None, window_s: float = 1.0) -> None:
+    def reset(
+        self, *, limit: int | None = None, window_s: float = 1.0, channel: tuple[int, float] | None = None
+    ) -> None:
+        """Forget everything; a new webhook URL (so no rate window of an earlier test applies).
+
+        ``limit`` per ``window_s`` is the webhook's bucket, announced in X-RateLimit-* headers like
+        Discord's; ``channel`` = (N, seconds) is a second, sliding limit that only shows as a 429.
+        """
+        self._hooks += 1
+        self.url = f"http://127.0.0.1:{self.port}/api/webhooks/{self._hooks}/secret-token"
         self.hits: list[Hit] = []
         self.script: list[Reply] = []
         self.limit = limit
         self.window_s = window_s
+        self.channel = channel
         self._window_end = 0.0
         self._used = 0
 
@@ -111,6 +125,12 @@ class FakeDiscord:
     def _answer(self, now: float) -> Reply:
         if self.script:
             return self.script.pop(0)
+        if self.channel is not None:
+            most, per_s = self.channel
+            recent = [h.at for h in self.hits if 200 <= h.status < 300 and h.at > now - per_s]
+            if len(recent) >= most:
+                retry = f"{recent[-most] + per_s - now:.3f}"
+                return Reply(429, {"Retry-After": retry}, {"retry_after": float(retry), "global": False})
         if self.limit is None:
             return Reply(200)
         if now >= self._window_end:
@@ -344,6 +364,72 @@ async def test_concurrent_sends_follow_the_bucket_without_429s(
     assert fake.count(429) == 0, "the limiter must wait for X-RateLimit-Reset-After, not hit 429"
     assert len(fake.messages) == 6
     assert notifier.limiter.waited_s > 0.6 * 2 - 0.2
+
+
+async def test_two_processes_share_the_webhook_limits_without_429s(
+    fake: FakeDiscord, servers: Servers
+) -> None:
+    """Two notifier processes post at once to one webhook that enforces Discord's limits (a 5-per-2 s
+    bucket announced in headers, and a sliding per-channel limit that only shows as 429): the shared
+    limiter in Redis keeps them both inside, so nothing is refused and nothing is lost."""
+    bucket, bucket_s, channel, channel_s = 5, 2.0, 12, 6.0
+    fake.reset(limit=bucket, window_s=bucket_s, channel=(channel, channel_s))
+    each = 8
+    args = [servers.redis_url, fake.url, str(each)]
+    limits = [str(bucket), str(bucket_s), str(channel), str(channel_s)]
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.integration.discord_sender",
+            *args,
+            label,
+            *limits,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=ROOT,
+        )
+        for label in ("alpha", "bravo")
+    ]
+    outputs = [await asyncio.wait_for(p.communicate(), 60) for p in procs]
+    results: dict[str, str] = {}
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err.decode()[-2000:]
+        results.update(json.loads(out.decode().strip().splitlines()[-1]))
+    assert list(results.values()) == ["sent"] * (2 * each)
+    assert fake.count(429) == 0, "the shared limiter must keep both processes inside the webhook's limits"
+    delivered = [m["embeds"][0]["footer"]["text"].rsplit(" · ", 1)[1] for m in fake.messages]
+    assert sorted(delivered) == sorted(results)  # each event exactly once
+    accepted = sorted(h.at for h in fake.hits if h.status == 200)
+    print(f"2 processes × {each} messages: 0 × 429, delivered in {accepted[-1] - accepted[0]:.2f} s")
+
+
+async def test_shared_window_is_fenced_and_pauses_every_sender(store: RedisStore) -> None:
+    url = f"http://127.0.0.1:9/api/webhooks/{uuid.uuid4().hex}/token"
+    key = rate_key(url)
+    assert "token" not in key
+    windows = [(2, 60_000)]
+    fence, wait = await store.rate_acquire(key, "a", 30_000, windows)
+    assert fence > 0 and wait == 0
+    # While A's send is in flight nobody else starts one; a stale release cannot clear A's mark.
+    assert (await store.rate_acquire(key, "b", 30_000, windows))[0] == 0
+    await store.rate_release(key, fence - 1, 0)
+    assert (await store.rate_acquire(key, "b", 30_000, windows))[0] == 0
+    await store.rate_release(key, fence, 0)
+    second, _ = await store.rate_acquire(key, "b", 30_000, windows)
+    assert second == fence + 1
+    await store.rate_release(key, second, 0)
+    full, wait = await store.rate_acquire(key, "c", 30_000, windows)  # 2 per minute: the window is full
+    assert full == 0 and 50_000 < wait <= 60_001
+
+    # A 429 seen by one process pauses the others (limiters on the same key, as in two workers).
+    url = f"http://127.0.0.1:9/api/webhooks/{uuid.uuid4().hex}/token"
+    first, other = SharedRateLimiter(store, url), SharedRateLimiter(store, url)
+    async with first.slot():
+        first.observe(429, {"retry-after": "0.3"})
+    async with other.slot():
+        pass
+    assert other.waited_s > 0 and first.waited_s == 0
 
 
 def test_rate_limiter_reads_discord_headers() -> None:

@@ -30,6 +30,7 @@ from perseus.keeper import LeaseKeeper
 from perseus.keys import host_task_queue, workflow_id
 from perseus.lifecycle import Command, State
 from perseus.models import CommandRequest, EventRequest, InstanceInput
+from perseus.store import db
 from perseus.store.db import Catalog, make_pool
 from perseus.store.redis_store import RedisStore, make_client
 from perseus.temporal import search_attributes
@@ -148,6 +149,20 @@ async def test_event_written_once_when_its_activity_is_retried(
         ("stopped", "idle"),
     ]
     assert len({e["eventId"] for e in entries}) == 6
+    # The durable copy too: once per event, and one ledger interval per transition.
+    conn = await db.connect(servers.database_url)
+    async with conn:
+        logged = await (
+            await conn.execute("SELECT event_id FROM network_events WHERE exchange_name = %s", (exchange,))
+        ).fetchall()
+        states = await (
+            await conn.execute(
+                "SELECT state FROM exchange_state_intervals WHERE event_id = ANY(%s) ORDER BY started_at, id",
+                ([e["eventId"] for e in entries],),
+            )
+        ).fetchall()
+    assert sorted(r["event_id"] for r in logged) == sorted(e["eventId"] for e in entries)
+    assert [r["state"] for r in states] == [e["toState"] for e in entries]
 
 
 async def test_redis_restart_is_ridden_through(

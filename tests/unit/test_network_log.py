@@ -213,6 +213,19 @@ def test_uptime_percentages_by_hand() -> None:
     assert windows["30d"].known_pct == pytest.approx(100.0)
 
 
+def test_uptime_counts_only_the_time_observed() -> None:
+    # First seen 50 h ago: the 7-day window was observed for 50 h, 34 of them active.
+    intervals = timeline(history(), NOW - timedelta(days=7), NOW)
+    (week,) = uptime_windows(intervals, NOW, ["7d"], observed_since=at(50))
+    assert week.observed_s == pytest.approx(50 * 3600)
+    assert week.observed_since == at(50)
+    assert week.active_pct == pytest.approx(100 * 34 / 50, abs=1e-3)
+    assert week.window_active_pct == pytest.approx(100 * 34 / (7 * 24), abs=1e-3)
+    assert week.known_pct == pytest.approx(100 * 50 / (7 * 24), abs=1e-3)
+    (day,) = uptime_windows(intervals, NOW, ["24h"], observed_since=at(50))
+    assert day.observed_s == pytest.approx(24 * 3600) and day.observed_since == at(24)
+
+
 def test_state_before_the_window_and_unknown_time() -> None:
     only_old = [Transition(at(100), "warming", "active")]
     assert [(i.state, i.duration_s) for i in timeline(only_old, at(1), NOW)] == [("active", 3600.0)]
