@@ -96,3 +96,13 @@ CREATE TABLE IF NOT EXISTS exchange_epochs (
     epoch           BIGINT       NOT NULL DEFAULT 0,
     updated_at      TIMESTAMPTZ  NOT NULL DEFAULT now()
 );
+
+-- Perseus: the declared fleet (`perseus fleet apply`). One row per exchange: its hosts in order of
+-- preference and how its instances run, as a JSON placement (perseus/fleet.py `Placement`). Workers
+-- read their host's rows when they start and enrol them, so placements survive every restart.
+CREATE TABLE IF NOT EXISTS fleet_placements (
+    exchange        VARCHAR(50)  PRIMARY KEY REFERENCES exchanges(name) ON DELETE CASCADE,
+    placement       JSONB        NOT NULL,
+    created_at      TIMESTAMPTZ  NOT NULL DEFAULT now(),
+    updated_at      TIMESTAMPTZ  NOT NULL DEFAULT now()
+);

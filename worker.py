@@ -27,6 +27,7 @@ from activities.registry import RegistryActivities
 from perseus.config import Settings
 from perseus.connectors.base import ConnectorHost
 from perseus.connectors.process import output_dir
+from perseus.enrol import enrolment
 from perseus.keys import SHARED_TASK_QUEUE, host_task_queue
 from perseus.notify import discord_notifier
 from perseus.store.db import Catalog, make_pool
@@ -97,6 +98,7 @@ async def run_worker(
         async with contextlib.AsyncExitStack() as stack:
             for worker in workers:
                 await stack.enter_async_context(worker)
+            await stack.enter_async_context(enrolment(client, catalog, store, host, settings))
             log.info("worker for host %s polling %s", host, ", ".join(w.task_queue for w in workers))
             if ready is not None:
                 ready.set()

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from perseus.errors import ServiceUnavailable, UnknownAdmin, UnknownExchange
+from perseus.fleet import Placement
 from perseus.models import Admin, Exchange
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema.sql"
@@ -160,3 +162,44 @@ class Catalog:
             "SET epoch = GREATEST(exchange_epochs.epoch, EXCLUDED.epoch), updated_at = now()",
             (exchange_id, epoch),
         )
+
+    # --- the declared fleet ----------------------------------------------------------------------
+
+    async def placements(self, host: str | None = None) -> list[Placement]:
+        """Stored placements by exchange name; with ``host``, only those that name it."""
+        rows = await self._fetch(
+            "SELECT placement FROM fleet_placements"
+            " WHERE %s::text IS NULL OR placement->'hosts' ? %s::text ORDER BY exchange",
+            (host, host),
+        )
+        return [Placement.model_validate(r["placement"]) for r in rows]
+
+    async def store_placements(self, placements: list[Placement], *, forget: Sequence[str] = ()) -> None:
+        """Write ``placements`` (insert or replace per exchange) and delete ``forget``, in one
+        transaction: a failed apply leaves the stored fleet as it was."""
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                for p in placements:
+                    await conn.execute(
+                        "INSERT INTO fleet_placements (exchange, placement) VALUES (%s, %s)"
+                        " ON CONFLICT (exchange) DO UPDATE"
+                        " SET placement = EXCLUDED.placement, updated_at = now()",
+                        (p.exchange, Jsonb(p.model_dump(mode="json"))),
+                    )
+                for exchange in forget:
+                    await conn.execute("DELETE FROM fleet_placements WHERE exchange = %s", (exchange,))
+        except psycopg.OperationalError as exc:
+            raise ServiceUnavailable(f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}") from None
+
+    async def seed_placements(self, placements: list[Placement]) -> list[str]:
+        """Store each placement whose exchange has none yet (the operator's own edits win); the
+        exchanges seeded."""
+        seeded: list[str] = []
+        for p in placements:
+            rows = await self._fetch(
+                "INSERT INTO fleet_placements (exchange, placement) VALUES (%s, %s)"
+                " ON CONFLICT (exchange) DO NOTHING RETURNING exchange",
+                (p.exchange, Jsonb(p.model_dump(mode="json"))),
+            )
+            seeded.extend(r["exchange"] for r in rows)
+        return seeded
