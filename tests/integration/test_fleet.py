@@ -13,7 +13,8 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from perseus import control
-from perseus.enrol import live_hosts
+from perseus.enrol import apply_fleet, drain_host, fleet_status, live_hosts, plan_fleet
+from perseus.fleet import parse_fleet
 from perseus.keys import workflow_id
 from perseus.lifecycle import Command
 from perseus.models import StandbyRecord
@@ -78,6 +79,23 @@ async def shutdown_all(client: Client, exchange: str, *hosts: str) -> None:
             pass
 
 
+async def placements_of(catalog: db.Catalog, body: str) -> list:
+    known = [e.name for e in await catalog.exchanges(active_only=True)]
+    return parse_fleet(f"heartbeat_interval = {INTERVAL}\n{body}", known)
+
+
+async def settled(store: RedisStore, exchange: str, *hosts: str) -> list[dict[str, str]]:
+    """The stream once the active transition and each host's standby registration are in it."""
+
+    async def check() -> list[dict[str, str]] | None:
+        seen = await events(store, exchange)
+        active = any(e.get("toState") == "active" for e in seen)
+        standbys = {e["hostname"] for e in seen if e["event"] == "standby_registered"}
+        return seen if active and set(hosts) <= standbys else None
+
+    return await wait_for(check)
+
+
 async def test_two_hosts_one_file_failover_and_reenrolment(
     servers: Servers,
     shared_worker: str,
@@ -92,29 +110,26 @@ async def test_two_hosts_one_file_failover_and_reenrolment(
     await start_workers(servers, worker_processes, a, b)
     await wait_live(client, a, b)
     ex_id = await exchange_id(servers, exchange)
-    path = fleet_file(tmp_path, table(exchange, a, b))
+    body = table(exchange, a, b)
 
     # Preferred host active, the other a standby — nobody typed `register`.
-    result = await cli(servers, "fleet", "apply", path, "--json")
+    result = await cli(servers, "fleet", "apply", fleet_file(tmp_path, body), "--json")
     assert result.returncode == 0, result.stderr
+    assert [a["kind"] for a in json.loads(result.stdout)["actions"]] == [
+        "store",
+        "register-active",
+        "register-standby",
+    ]
     first = await wait_for(lambda: active_on(store, ex_id, a))
     assert await wait_for(lambda: standby_hosts(store, ex_id)) == [b]
     assert [p.hosts for p in await catalog.placements() if p.exchange == exchange] == [(a, b)]
 
-    # Applying the same file again changes nothing: no epoch, no transition, no event.
-    async def settled() -> list[dict[str, str]] | None:
-        seen = await events(store, exchange)
-        done = any(e.get("toState") == "active" for e in seen) and any(
-            e["event"] == "standby_registered" for e in seen
-        )
-        return seen if done else None
-
-    before = await wait_for(settled)
-    again = await cli(servers, "fleet", "apply", path)
-    assert again.returncode == 0, again.stderr
-    assert "nothing to change" in again.stdout
-    diff = await cli(servers, "fleet", "diff", path)
-    assert diff.returncode == 0 and "nothing to apply" in diff.stdout
+    # Applying the same file again changes nothing: no epoch, no transition, no event; diff agrees.
+    before = await settled(store, exchange, b)
+    placements = await placements_of(catalog, body)
+    actions, report = await apply_fleet(client, catalog, store, placements, prune=True)
+    assert (actions, report.done) == ([], [])
+    assert (await plan_fleet(client, catalog, store, placements, prune=True))[0] == []
     assert (await holder(store, ex_id) or {})["epoch"] == first["epoch"]
     assert await events(store, exchange) == before
 
@@ -124,55 +139,59 @@ async def test_two_hosts_one_file_failover_and_reenrolment(
     assert int(str(taken["epoch"])) > int(str(first["epoch"]))
     await wait_closed(client, workflow_id(exchange, a))
 
-    # Restart that worker: it enrols itself as a standby (the highest priority), by itself.
+    # Restart that worker after its instance ended: it enrols as a standby again, by itself.
     await start_workers(servers, worker_processes, a)
     assert await wait_for(lambda: standby_hosts(store, ex_id)) == [a]
     assert (await holder(store, ex_id) or {})["epoch"] == taken["epoch"]  # no failback
-    status = await cli(servers, "fleet", "status", "--json")
-    assert status.returncode == 0, status.stderr
-    (view,) = [v for v in json.loads(status.stdout) if v["exchange"] == exchange]
-    assert (view["active_host"], view["standbys"], view["in_fleet"]) == (b, [a], True)
-    assert any(f"preferred {a}" in d for d in view["drift"])
+    (view,) = [v for v in await fleet_status(client, catalog, store) if v.exchange == exchange]
+    assert (view.active_host, view.standbys, view.in_fleet) == (b, [a], True)
+    assert any(f"preferred {a}" in d for d in view.drift)
+    await shutdown_all(client, exchange, b, a)
+    await catalog.store_placements([], forget=[exchange])
 
-    # Stop both workers gracefully and start them again: the exchange is active again by itself.
-    for proc in worker_processes[1:]:
-        proc.signal(signal.SIGTERM)
-    for proc in worker_processes[1:]:
-        await asyncio.to_thread(proc.wait)
-    await wait_closed(client, workflow_id(exchange, b))
-    await start_workers(servers, worker_processes, a, b)
-    back = await wait_for(lambda: holder(store, ex_id))
-    assert back["hostname"] in (a, b)
-    await wait_for(lambda: active_on(store, ex_id, str(back["hostname"])))
-    await shutdown_all(client, exchange, a, b)
+
+async def test_graceful_stop_and_start_brings_the_exchange_back(
+    servers: Servers,
+    shared_worker: str,
+    client: Client,
+    store: RedisStore,
+    catalog: db.Catalog,
+    exchange: str,
+    worker_processes: list[WorkerProcess],
+) -> None:
+    (a,) = await start_workers(servers, worker_processes, host_name("fg"))
+    await wait_live(client, a.host)
+    ex_id = await exchange_id(servers, exchange)
+    await apply_fleet(
+        client, catalog, store, await placements_of(catalog, table(exchange, a.host)), prune=False
+    )
+    first = await wait_for(lambda: active_on(store, ex_id, a.host))
+    a.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(a.wait) == 0
+    assert await holder(store, ex_id) is None  # released on the way out
+    await wait_closed(client, workflow_id(exchange, a.host))
+    await start_workers(servers, worker_processes, a.host)
+    again = await wait_for(lambda: active_on(store, ex_id, a.host))
+    assert int(str(again["epoch"])) > int(str(first["epoch"]))
+    await shutdown_all(client, exchange, a.host)
     await catalog.store_placements([], forget=[exchange])
 
 
 async def test_bad_files_are_refused_in_one_line_and_change_nothing(
     servers: Servers, catalog: db.Catalog, exchange: str, tmp_path: Path
 ) -> None:
+    # Every refusal is covered by tests/unit/test_fleet.py; these go through the command line.
     simulated = 'connector = "simulated"\n'
     cases = {
-        "exchanges.nasdaq: unknown exchange": f'[exchanges.nasdaq]\nhosts = ["x"]\n{simulated}',
-        f"exchanges.{exchange}.heartbeat_interval: the heartbeat interval must be between": (
-            f'[exchanges.{exchange}]\nhosts = ["x"]\nheartbeat_interval = 0.01\n{simulated}'
-        ),
-        f"exchanges.{exchange}.hosts: duplicate host 'x'": (
-            f'[exchanges.{exchange}]\nhosts = ["x", "x"]\n{simulated}'
-        ),
-        f"exchanges.{exchange}: no connector": f'[exchanges.{exchange}]\nhosts = ["x"]\n',
-        f"exchanges.{exchange}.hosts: expected": f'[exchanges.{exchange}]\nhosts = "x"\n{simulated}',
+        "exchanges.nasdaq: unknown exchange": table(exchange, "x") + table("nasdaq", "x"),
+        f"exchanges.{exchange}.hosts: duplicate host 'x'": table(exchange, "x", "x"),
         f"exchanges.{exchange}.admin_email: unknown admin": (
             f'[exchanges.{exchange}]\nhosts = ["x"]\nadmin_email = "nobody@nowhere"\n{simulated}'
         ),
     }
     before = await catalog.placements()
-    # Each bad file is preceded by a good table: nothing of it may be stored either.
-    good = table(exchange, "x")
-    paths = {
-        msg: fleet_file(tmp_path, body if exchange in body else good + body) for msg, body in cases.items()
-    }
-    results = await asyncio.gather(*(cli(servers, "fleet", "apply", p) for p in paths.values()))
+    paths = [fleet_file(tmp_path, body) for body in cases.values()]
+    results = await asyncio.gather(*(cli(servers, "fleet", "apply", p) for p in paths))
     for message, result in zip(cases, results, strict=True):
         assert result.returncode == 1, (message, result.stdout, result.stderr)
         lines = result.stderr.strip().splitlines()
@@ -195,8 +214,8 @@ async def test_prune_drain_and_hand_registered_instances(
     await wait_live(client, a, b)
     other = await new_exchange(servers)
     ex_id, other_id = await exchange_id(servers, exchange), await exchange_id(servers, other)
-    both = fleet_file(tmp_path, table(exchange, a, b) + table(other, a))
-    assert (await cli(servers, "fleet", "apply", both)).returncode == 0
+    both = await placements_of(catalog, table(exchange, a, b) + table(other, a))
+    await apply_fleet(client, catalog, store, both, prune=False)
     first = await wait_for(lambda: active_on(store, ex_id, a))
     await wait_for(lambda: active_on(store, other_id, a))
     await wait_for(lambda: standby_hosts(store, ex_id))
@@ -206,7 +225,7 @@ async def test_prune_drain_and_hand_registered_instances(
     assert refused.returncode == 1 and f"no live standby for {other}" in refused.stderr
     assert (await holder(store, ex_id) or {})["epoch"] == first["epoch"]
 
-    # Diff shows the prune, changes nothing; apply --prune shuts down only what the file dropped.
+    # Diff shows the prune and changes nothing; apply --prune shuts down only what the file dropped.
     only = fleet_file(tmp_path, table(exchange, a, b))
     diff = await cli(servers, "fleet", "diff", only, "--prune")
     assert diff.returncode == 0 and f"{other}: shut down the instance on {a}" in diff.stdout
@@ -214,7 +233,7 @@ async def test_prune_drain_and_hand_registered_instances(
     pruned = await cli(servers, "fleet", "apply", only, "--prune")
     assert pruned.returncode == 0, pruned.stderr
     assert f"{other}: shut down on {a}" in pruned.stdout
-    await wait_closed(client, workflow_id(other, a))
+    assert await holder(store, other_id) is None
     assert (await holder(store, ex_id) or {})["epoch"] == first["epoch"]
     assert other not in [p.exchange for p in await catalog.placements()]
 
@@ -222,19 +241,17 @@ async def test_prune_drain_and_hand_registered_instances(
     await control.register(
         client, exchange=other, host=b, admin_email=None, heartbeat_interval_s=INTERVAL, start=False
     )
-    status = json.loads((await cli(servers, "fleet", "status", "--json")).stdout)
-    (by_hand,) = [v for v in status if v["exchange"] == other]
-    assert not by_hand["in_fleet"] and "not in the fleet" in by_hand["drift"][0]
+    views = {v.exchange: v for v in await fleet_status(client, catalog, store)}
+    assert not views[other].in_fleet and "not in the fleet" in views[other].drift[0]
+    assert views[exchange].active_host == a and views[exchange].drift == []
 
     # Drain a: the exchange is active on b, and a's instance stands by.
-    drained = await cli(servers, "drain", a)
-    assert drained.returncode == 0, drained.stderr
+    done = await drain_host(client, catalog, store, a, force=False)
+    assert [line.split(":")[0] for line in done] == [exchange]
     moved = await wait_for(lambda: active_on(store, ex_id, b))
     assert int(str(moved["epoch"])) > int(str(first["epoch"]))
     assert await wait_for(lambda: standby_hosts(store, ex_id)) == [a]
-    nothing = await cli(servers, "drain", a)
-    assert nothing.returncode == 0 and "nothing to drain" in nothing.stdout
+    assert await drain_host(client, catalog, store, a, force=False) == []
 
-    await shutdown_all(client, exchange, a, b)
-    await shutdown_all(client, other, b)
+    await asyncio.gather(shutdown_all(client, exchange, a, b), shutdown_all(client, other, b))
     await catalog.store_placements([], forget=[exchange])
