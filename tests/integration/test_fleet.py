@@ -14,7 +14,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 
 from perseus import control
 from perseus.enrol import apply_fleet, drain_host, fleet_status, live_hosts, plan_fleet
-from perseus.fleet import parse_fleet
+from perseus.fleet import Placement, parse_fleet
 from perseus.keys import workflow_id
 from perseus.lifecycle import Command
 from perseus.models import StandbyRecord
@@ -79,7 +79,7 @@ async def shutdown_all(client: Client, exchange: str, *hosts: str) -> None:
             pass
 
 
-async def placements_of(catalog: db.Catalog, body: str) -> list:
+async def placements_of(catalog: db.Catalog, body: str) -> list[Placement]:
     known = [e.name for e in await catalog.exchanges(active_only=True)]
     return parse_fleet(f"heartbeat_interval = {INTERVAL}\n{body}", known)
 
