@@ -45,7 +45,7 @@ from perseus.fleet import (
 )
 from perseus.keys import host_task_queue, workflow_id
 from perseus.lifecycle import Command
-from perseus.models import StandbyRecord
+from perseus.models import StandbyRecord, Wire
 from perseus.store.db import Catalog
 from perseus.store.redis_store import RedisStore
 from perseus.temporal import EXCHANGE_NAME, INSTANCE_HOST, INSTANCE_ROLE, INSTANCE_WORKFLOW
@@ -399,8 +399,8 @@ async def drain_host(
 # --- status --------------------------------------------------------------------------------------
 
 
-class FleetExchangeView(BaseModel):
-    """One exchange in ``perseus fleet status``."""
+class FleetExchangeView(Wire):
+    """One exchange in ``perseus fleet status`` (camelCase in JSON, like every read view)."""
 
     exchange: str
     in_fleet: bool

@@ -149,14 +149,16 @@ def _connector(key: str, table: Mapping[str, Any]) -> ConnectorSpec:
         raise ConfigError(f"{key}.{where}: {message}") from None
 
 
-def parse_fleet(text: str, known_exchanges: Collection[str]) -> list[Placement]:
+def parse_fleet(
+    text: str, known_exchanges: Collection[str], *, default_interval_s: float = 15.0
+) -> list[Placement]:
     """Every placement of a fleet file, sorted by exchange; the whole file is checked first.
 
     Raises :class:`ConfigError` with one line that starts with the offending key (``exchanges.kraken
     .hosts: …``) for: TOML syntax, an unknown key, a wrong type, an exchange not in
     ``known_exchanges`` (active catalog names), a heartbeat interval that is not finite or outside
     [0.5 s, 1 h], an empty or duplicated host, a missing or doubly named connector, and any option
-    the process connector refuses.
+    the process connector refuses. ``default_interval_s`` applies when the file names no interval.
     """
     try:
         doc = tomllib.loads(text)
@@ -165,7 +167,9 @@ def parse_fleet(text: str, known_exchanges: Collection[str]) -> list[Placement]:
     if unknown := sorted(set(doc) - _TOP_KEYS):
         raise ConfigError(f"{unknown[0]}: unknown key (expected heartbeat_interval, admin_email, exchanges)")
     default_interval = (
-        _interval("heartbeat_interval", doc["heartbeat_interval"]) if "heartbeat_interval" in doc else 15.0
+        _interval("heartbeat_interval", doc["heartbeat_interval"])
+        if "heartbeat_interval" in doc
+        else default_interval_s
     )
     default_admin = _string("admin_email", doc["admin_email"]) if "admin_email" in doc else None
     tables = doc.get("exchanges")

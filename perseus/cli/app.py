@@ -70,7 +70,7 @@ def print_json(value: Any) -> None:
 @app.command()
 def dev(
     demo: Annotated[
-        bool, typer.Option(help="Register and start demo instances (simulated connector).")
+        bool, typer.Option(help="Place the demo fleet (perseus/demo_fleet.toml) on this host; it enrols it.")
     ] = False,
     temporal_port: Annotated[
         int, typer.Option(help="Temporal dev server gRPC port.")
