@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest, GetSystemInfoRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -60,6 +60,9 @@ LIVE_POLL_WINDOW = timedelta(seconds=75)
 
 #: How an instance run ends when it should come back by itself (the worker enrols it again).
 _LOST_OUTCOMES = ("instance lost", "standby lost")
+#: What the watch of an instance reports when Temporal was unreachable and answers again.
+RECONNECTED = "reconnected to Temporal"
+RECONNECT_MAX_DELAY_S = 10.0
 
 
 class EnrolReport(BaseModel):
@@ -295,14 +298,14 @@ async def _watch_and_enrol(
     while True:
         try:
             report = await enrol_host(client, catalog, store, host, settings)
-        except errors.PerseusError as exc:
+            placements = await catalog.placements(host)
+        except Exception as exc:  # noqa: BLE001 - the worker runs on; the next start enrols again
             log.warning("fleet enrolment of host %s failed: %s", host, exc)
             return
         for line in report.failed:
             log.warning("fleet enrolment of host %s: %s", host, line)
         if report.done:
             log.info("fleet enrolment of host %s: %s", host, "; ".join(report.done))
-        placements = await catalog.placements(host)
         watched = [
             asyncio.create_task(_outcome(client, workflow_id(p.exchange, host)), name=p.exchange)
             for p in placements
@@ -314,25 +317,41 @@ async def _watch_and_enrol(
             while watched and not lost:
                 done, pending = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
                 watched = list(pending)
-                lost = [t.get_name() for t in done if t.result().startswith(_LOST_OUTCOMES)]
+                lost = [t.get_name() for t in done if t.result().startswith((*_LOST_OUTCOMES, RECONNECTED))]
         finally:
             for task in watched:
                 task.cancel()
             await asyncio.gather(*watched, return_exceptions=True)
         if not lost:
             return  # every instance ended for a reason of its own (shut down, released, handed over)
-        log.info("fleet: %s on %s ended as lost; enrolling again", ", ".join(lost), host)
+        log.info(
+            "fleet: %s on %s ended as lost (or Temporal came back); enrolling again", ", ".join(lost), host
+        )
 
 
 async def _outcome(client: Client, wf_id: str) -> str:
-    """How the workflow's current run chain ends ('' when it is not running or ends abnormally)."""
+    """How the workflow's current run chain ends: its result; '' when it is not running or ends
+    abnormally (failed, terminated); :data:`RECONNECTED` when Temporal went away meanwhile and
+    answers again (the host may have lost its instances while it could not see them)."""
     handle = client.get_workflow_handle(wf_id)
     try:
         described = await handle.describe()
         if described.status != WorkflowExecutionStatus.RUNNING:
             return ""
         return str(await handle.result())
-    except Exception:  # failed, terminated, not found, server gone: nothing to enrol on our side
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return ""
+        # Temporal is unreachable. Wait (backing off, only for the length of the outage) until it
+        # answers again; that reconnection is an enrolment event of its own.
+        delay = 0.5
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
+            with contextlib.suppress(RPCError):
+                await client.workflow_service.get_system_info(GetSystemInfoRequest())
+                return RECONNECTED
+    except Exception:  # noqa: BLE001 - failed, terminated, timed out: nothing to enrol on our side
         return ""
 
 

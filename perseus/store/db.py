@@ -16,7 +16,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from perseus.errors import ServiceUnavailable, UnknownAdmin, UnknownExchange
+from perseus.errors import ConfigError, ServiceUnavailable, UnknownAdmin, UnknownExchange
 from perseus.fleet import Placement
 from perseus.models import Admin, Exchange
 
@@ -167,11 +167,14 @@ class Catalog:
 
     async def placements(self, host: str | None = None) -> list[Placement]:
         """Stored placements by exchange name; with ``host``, only those that name it."""
-        rows = await self._fetch(
-            "SELECT placement FROM fleet_placements"
-            " WHERE %s::text IS NULL OR placement->'hosts' ? %s::text ORDER BY exchange",
-            (host, host),
-        )
+        try:
+            rows = await self._fetch(
+                "SELECT placement FROM fleet_placements"
+                " WHERE %s::text IS NULL OR placement->'hosts' ? %s::text ORDER BY exchange",
+                (host, host),
+            )
+        except psycopg.errors.UndefinedTable:
+            raise ConfigError("the database has no fleet_placements table: run `perseus db init`") from None
         return [Placement.model_validate(r["placement"]) for r in rows]
 
     async def store_placements(self, placements: list[Placement], *, forget: Sequence[str] = ()) -> None:

@@ -362,3 +362,26 @@ def test_drain_refuses_an_exchange_without_standby_unless_forced() -> None:
         drain_plan("a", holders, standbys, force=False)
     steps = drain_plan("a", holders, standbys, force=True)
     assert [(s.exchange, s.action) for s in steps] == [("coinbase", "handoff"), ("kraken", "shutdown")]
+
+
+def test_the_readme_example_and_the_demo_fleet_are_valid() -> None:
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    block = re.search(r"```toml\n# fleet.toml\n(.*?)```", readme, re.S)
+    assert block is not None
+    seeded = ["coinbase", "binance", "binance_us", "kraken", "kucoin", "mexc"]
+    assert [p.exchange for p in parse_fleet(block.group(1), seeded)] == [
+        "binance",
+        "coinbase",
+        "kraken",
+        "kucoin",
+    ]
+    demo = parse_fleet((root / "perseus" / "demo_fleet.toml").read_text(), seeded, default_interval_s=7.0)
+    assert [(p.exchange, p.heartbeat_interval_s) for p in demo] == [
+        ("binance", 7.0),
+        ("coinbase", 7.0),
+        ("kraken", 7.0),
+    ]
