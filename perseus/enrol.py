@@ -46,7 +46,7 @@ from perseus.fleet import (
 from perseus.keys import host_task_queue, workflow_id
 from perseus.lifecycle import Command
 from perseus.models import StandbyRecord, Wire
-from perseus.store.db import Catalog
+from perseus.store.db import Catalog, FleetListener
 from perseus.store.redis_store import RedisStore
 from perseus.temporal import EXCHANGE_NAME, INSTANCE_HOST, INSTANCE_ROLE, INSTANCE_WORKFLOW
 
@@ -263,6 +263,9 @@ async def apply_fleet(
         await catalog.store_placements(to_store, forget=forget)
     report = EnrolReport()
     await carry_out(client, by_name, actions, report)
+    if any(a.changes for a in actions):
+        # Running workers watch their placed instances; tell them the set changed.
+        await catalog.notify_fleet(",".join(sorted({a.exchange for a in actions})))
     return actions, report
 
 
@@ -293,40 +296,69 @@ async def enrol_host(
 async def _watch_and_enrol(
     client: Client, catalog: Catalog, store: RedisStore, host: str, settings: Settings
 ) -> None:
-    """Enrol, then wait for one of the host's placed instances to end; when it ended as lost, enrol
-    again. Each wait is a long poll on the workflow's result, so this costs nothing while all is well."""
-    while True:
-        try:
-            report = await enrol_host(client, catalog, store, host, settings)
-            placements = await catalog.placements(host)
-        except Exception as exc:  # noqa: BLE001 - the worker runs on; the next start enrols again
-            log.warning("fleet enrolment of host %s failed: %s", host, exc)
-            return
-        for line in report.failed:
-            log.warning("fleet enrolment of host %s: %s", host, line)
-        if report.done:
-            log.info("fleet enrolment of host %s: %s", host, "; ".join(report.done))
-        watched = [
-            asyncio.create_task(_outcome(client, workflow_id(p.exchange, host)), name=p.exchange)
-            for p in placements
-        ]
-        if not watched:
-            return
-        lost: list[str] = []
-        try:
-            while watched and not lost:
-                done, pending = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
-                watched = list(pending)
-                lost = [t.get_name() for t in done if t.result().startswith((*_LOST_OUTCOMES, RECONNECTED))]
-        finally:
-            for task in watched:
-                task.cancel()
-            await asyncio.gather(*watched, return_exceptions=True)
-        if not lost:
-            return  # every instance ended for a reason of its own (shut down, released, handed over)
-        log.info(
-            "fleet: %s on %s ended as lost (or Temporal came back); enrolling again", ", ".join(lost), host
-        )
+    """Enrol, then wait for an event: one of the host's placed instances ends (lost: enrol again),
+    Temporal answers again after an outage (enrol again), or an apply changed the placements (watch
+    the new set). Each wait is a long poll — a workflow's result, a PostgreSQL LISTEN — so this
+    costs nothing while all is well."""
+    listener: FleetListener | None = FleetListener(settings.database_url)
+    assert listener is not None
+    try:
+        await listener.open()
+    except Exception as exc:  # noqa: BLE001 - enrolment at start still works without it
+        log.warning("fleet: no change notifications for host %s (%s)", host, exc)
+        await listener.close()
+        listener = None
+    changed: asyncio.Task[str] | None = None
+    watched: list[asyncio.Task[str]] = []
+    enrol, refresh = True, True
+    try:
+        while True:
+            try:
+                if enrol:
+                    report = await enrol_host(client, catalog, store, host, settings)
+                    for line in report.failed:
+                        log.warning("fleet enrolment of host %s: %s", host, line)
+                    if report.done:
+                        log.info("fleet enrolment of host %s: %s", host, "; ".join(report.done))
+                    enrol, refresh = False, True
+                if refresh:
+                    await _cancel(watched)
+                    watched = [
+                        asyncio.create_task(_outcome(client, workflow_id(p.exchange, host)), name=p.exchange)
+                        for p in await catalog.placements(host)
+                    ]
+                    refresh = False
+            except Exception as exc:  # noqa: BLE001 - the worker runs on; its next start enrols again
+                log.warning("fleet enrolment of host %s failed: %s", host, exc)
+                return
+            if listener is not None and changed is None:
+                changed = asyncio.create_task(listener.changed())
+            waits = [*watched, *([changed] if changed is not None else [])]
+            if not waits:
+                return
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if changed is not None and changed in done:
+                if changed.exception() is not None:
+                    log.warning(
+                        "fleet: change notifications for host %s stopped: %s", host, changed.exception()
+                    )
+                    listener = None
+                changed, refresh = None, True
+            ended = [t for t in watched if t in done]
+            watched = [t for t in watched if t not in done]
+            if lost := [t.get_name() for t in ended if t.result().startswith((*_LOST_OUTCOMES, RECONNECTED))]:
+                log.info("fleet: %s on %s lost (or Temporal back); enrolling again", ", ".join(lost), host)
+                enrol = True
+    finally:
+        await _cancel([*watched, *([changed] if changed is not None else [])])
+        if listener is not None:
+            await listener.close()
+
+
+async def _cancel(tasks: list[asyncio.Task[str]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _outcome(client: Client, wf_id: str) -> str:

@@ -25,6 +25,9 @@ DEMO_DATA_PATH = Path(__file__).resolve().parents[1] / "demo_data.sql"
 
 DatabaseError = psycopg.Error
 
+#: The channel ``fleet apply`` notifies after it changed placements; workers LISTEN on it.
+FLEET_CHANNEL = "perseus_fleet"
+
 
 def make_pool(url: str, *, max_size: int = 5) -> AsyncConnectionPool[Any]:
     """A pool that is not open yet: the composition root opens and closes it."""
@@ -194,6 +197,10 @@ class Catalog:
         except psycopg.OperationalError as exc:
             raise ServiceUnavailable(f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}") from None
 
+    async def notify_fleet(self, payload: str) -> None:
+        """Tell every listening worker that placements changed (NOTIFY; delivered on commit)."""
+        await self._fetch("SELECT pg_notify(%s, %s)", (FLEET_CHANNEL, payload))
+
     async def seed_placements(self, placements: list[Placement]) -> list[str]:
         """Store each placement whose exchange has none yet (the operator's own edits win); the
         exchanges seeded."""
@@ -206,3 +213,34 @@ class Catalog:
             )
             seeded.extend(r["exchange"] for r in rows)
         return seeded
+
+
+class FleetListener:
+    """A dedicated connection that LISTENs for fleet changes: how a running worker learns of an
+    apply without polling. Open with :meth:`open`, close with :meth:`close`."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._conn: psycopg.AsyncConnection[dict[str, Any]] | None = None
+
+    async def open(self) -> None:
+        self._conn = await connect(self._url)
+        await self._conn.execute(f"LISTEN {FLEET_CHANNEL}")  # a constant identifier, not input
+
+    async def changed(self) -> str:
+        """Wait for the next notification; its payload."""
+        assert self._conn is not None, "open() first"
+        notifies = self._conn.notifies(stop_after=1)
+        try:
+            async for note in notifies:
+                return note.payload
+        except psycopg.OperationalError as exc:
+            raise ServiceUnavailable(f"PostgreSQL: {str(exc).strip().splitlines()[0]}") from None
+        finally:
+            await notifies.aclose()
+        raise ServiceUnavailable("PostgreSQL closed the fleet notification channel")
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None

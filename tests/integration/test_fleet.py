@@ -255,3 +255,37 @@ async def test_prune_drain_and_hand_registered_instances(
 
     await asyncio.gather(shutdown_all(client, exchange, a, b), shutdown_all(client, other, b))
     await catalog.store_placements([], forget=[exchange])
+
+
+async def test_a_worker_that_outlives_its_lost_instance_enrols_it_again(
+    servers: Servers,
+    shared_worker: str,
+    client: Client,
+    store: RedisStore,
+    catalog: db.Catalog,
+    exchange: str,
+    worker_processes: list[WorkerProcess],
+) -> None:
+    """The event path: the instance's run ends as lost while its worker process lives on (paused
+    past the pickup window); the worker's watch sees the run end and enrols it as a standby."""
+    a, b = host_name("fw-a"), host_name("fw-b")
+    procs = await start_workers(servers, worker_processes, a, b)
+    await wait_live(client, a, b)
+    ex_id = await exchange_id(servers, exchange)
+    await apply_fleet(
+        client, catalog, store, await placements_of(catalog, table(exchange, a, b)), prune=False
+    )
+    await wait_for(lambda: active_on(store, ex_id, a))
+    await wait_for(lambda: standby_hosts(store, ex_id))
+    lost_run = (await client.get_workflow_handle(workflow_id(exchange, a)).describe()).run_id
+    procs[0].signal(signal.SIGSTOP)
+    try:
+        await wait_for(lambda: active_on(store, ex_id, b))
+        await wait_closed(client, workflow_id(exchange, a))
+    finally:
+        procs[0].signal(signal.SIGCONT)
+    assert await wait_for(lambda: standby_hosts(store, ex_id)) == [a]
+    described = await client.get_workflow_handle(workflow_id(exchange, a)).describe()
+    assert described.run_id != lost_run and described.status == WorkflowExecutionStatus.RUNNING
+    await shutdown_all(client, exchange, b, a)
+    await catalog.store_placements([], forget=[exchange])
