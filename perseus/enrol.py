@@ -7,7 +7,8 @@ an instance of the worker's host ending as lost — never by a timer: no cron, n
 * :func:`enrol_host` — what ``perseus worker --host H`` does at start: register H's placements
   (active when nobody holds the exchange, else a standby with its priority).
 * :func:`enrolment` — the worker's context manager: enrols, then waits on the host's instance
-  workflows and enrols again when one ends as lost (a standby once more, normally).
+  workflows and enrols again when one ends as lost (a standby once more, normally) or when Temporal
+  answers again after an outage; an apply's NOTIFY tells it which instances to watch.
 * :func:`drain_host` — hand every exchange the host holds to its best live standby.
 * :func:`fleet_status` — desired against actual, with the drift spelled out.
 """
