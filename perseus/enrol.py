@@ -488,8 +488,12 @@ async def fleet_status(client: Client, catalog: Catalog, store: RedisStore) -> l
     running: dict[str, list[str]] = {}
     for exchange, host, _ in await _running_instances(client):
         running.setdefault(exchange, []).append(host)
-    names = sorted((set(placements) | set(running)) & set(ids))
-    replies = await store.statuses([ids[n] for n in names])
+    # Every catalog exchange's status key in one pipelined round trip: an instance registered a
+    # moment ago holds its key before the visibility index lists its workflow.
+    every = sorted(ids)
+    held = {n: r for n, r in zip(every, await store.statuses([ids[n] for n in every]), strict=True) if r[0]}
+    names = sorted((set(placements) | set(running) | set(held)) & set(ids))
+    replies = [held.get(n, (None, 0)) for n in names]
     live = await live_hosts(client, {h for p in placements.values() for h in p.hosts})
     views: list[FleetExchangeView] = []
     for name, (raw, _) in zip(names, replies, strict=True):

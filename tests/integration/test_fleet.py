@@ -55,6 +55,16 @@ async def standby_hosts(store: RedisStore, ex_id: int) -> list[str]:
     return [StandbyRecord.model_validate_json(raw).host for raw in await store.standbys(ex_id)]
 
 
+async def standbys_become(store: RedisStore, ex_id: int, expected: list[str]) -> None:
+    """Wait until the live standby records name exactly ``expected`` (a promoted standby's record
+    may outlive its promotion for a moment)."""
+
+    async def check() -> bool:
+        return await standby_hosts(store, ex_id) == expected
+
+    await wait_for(check)
+
+
 async def wait_live(client: Client, *hosts: str) -> None:
     async def all_live() -> bool:
         return set(hosts) <= await live_hosts(client, hosts)
@@ -121,7 +131,7 @@ async def test_two_hosts_one_file_failover_and_reenrolment(
         "register-standby",
     ]
     first = await wait_for(lambda: active_on(store, ex_id, a))
-    assert await wait_for(lambda: standby_hosts(store, ex_id)) == [b]
+    await standbys_become(store, ex_id, [b])
     assert [p.hosts for p in await catalog.placements() if p.exchange == exchange] == [(a, b)]
 
     # Applying the same file again changes nothing: no epoch, no transition, no event; diff agrees.
@@ -141,7 +151,7 @@ async def test_two_hosts_one_file_failover_and_reenrolment(
 
     # Restart that worker after its instance ended: it enrols as a standby again, by itself.
     await start_workers(servers, worker_processes, a)
-    assert await wait_for(lambda: standby_hosts(store, ex_id)) == [a]
+    await standbys_become(store, ex_id, [a])
     assert (await holder(store, ex_id) or {})["epoch"] == taken["epoch"]  # no failback
     (view,) = [v for v in await fleet_status(client, catalog, store) if v.exchange == exchange]
     assert (view.active_host, view.standbys, view.in_fleet) == (b, [a], True)
@@ -250,7 +260,7 @@ async def test_prune_drain_and_hand_registered_instances(
     assert [line.split(":")[0] for line in done] == [exchange]
     moved = await wait_for(lambda: active_on(store, ex_id, b))
     assert int(str(moved["epoch"])) > int(str(first["epoch"]))
-    assert await wait_for(lambda: standby_hosts(store, ex_id)) == [a]
+    await standbys_become(store, ex_id, [a])
     assert await drain_host(client, catalog, store, a, force=False) == []
 
     await asyncio.gather(shutdown_all(client, exchange, a, b), shutdown_all(client, other, b))
@@ -284,7 +294,7 @@ async def test_a_worker_that_outlives_its_lost_instance_enrols_it_again(
         await wait_closed(client, workflow_id(exchange, a))
     finally:
         procs[0].signal(signal.SIGCONT)
-    assert await wait_for(lambda: standby_hosts(store, ex_id)) == [a]
+    await standbys_become(store, ex_id, [a])
     described = await client.get_workflow_handle(workflow_id(exchange, a)).describe()
     assert described.run_id != lost_run and described.status == WorkflowExecutionStatus.RUNNING
     await shutdown_all(client, exchange, b, a)
