@@ -133,3 +133,13 @@ CREATE TABLE IF NOT EXISTS exchange_state_intervals (
 ALTER TABLE exchange_state_intervals ADD COLUMN IF NOT EXISTS before_s JSONB NOT NULL DEFAULT '{}'::jsonb;
 CREATE INDEX IF NOT EXISTS exchange_state_intervals_idx
     ON exchange_state_intervals (exchange_id, started_at DESC, id DESC);
+
+-- Perseus: the declared fleet (`perseus fleet apply`). One row per exchange: its hosts in order of
+-- preference and how its instances run, as a JSON placement (perseus/fleet.py `Placement`). Workers
+-- read their host's rows when they start and enrol them, so placements survive every restart.
+CREATE TABLE IF NOT EXISTS fleet_placements (
+    exchange        VARCHAR(50)  PRIMARY KEY REFERENCES exchanges(name) ON DELETE CASCADE,
+    placement       JSONB        NOT NULL,
+    created_at      TIMESTAMPTZ  NOT NULL DEFAULT now(),
+    updated_at      TIMESTAMPTZ  NOT NULL DEFAULT now()
+);

@@ -28,6 +28,7 @@ from perseus.config import Settings
 from perseus.connectors.base import ConnectorHost
 from perseus.connectors.process import output_dir
 from perseus.connectors.watchdog import Watchdog
+from perseus.enrol import enrolment
 from perseus.keeper import LeaseKeeper, WorkflowClosed
 from perseus.keys import SHARED_TASK_QUEUE, host_task_queue
 from perseus.metrics import MetricsServer
@@ -109,6 +110,7 @@ async def run_worker(
                 stack.push_async_callback(metrics_server.stop)
             for worker in workers:
                 await stack.enter_async_context(worker)
+            await stack.enter_async_context(enrolment(client, catalog, store, host, settings))
             log.info("worker for host %s polling %s", host, ", ".join(w.task_queue for w in workers))
             if ready is not None:
                 ready.set()

@@ -253,7 +253,7 @@ def waiting(label: str, *, as_json: bool = False) -> Iterator[None]:
 @app.command()
 def dev(
     demo: Annotated[
-        bool, typer.Option(help="Register and start demo instances (simulated connector).")
+        bool, typer.Option(help="Place the demo fleet (perseus/demo_fleet.toml) on this host; it enrols it.")
     ] = False,
     temporal_port: Annotated[
         int, typer.Option(help="Temporal dev server gRPC port.")
@@ -419,6 +419,7 @@ def exchanges(as_json: JsonFlag = False) -> None:
 # --- lifecycle -----------------------------------------------------------------------------------
 
 from perseus.cli import connector_output as _connector_output  # noqa: E402,F401  (registers output)
+from perseus.cli import fleet as _fleet  # noqa: E402,F401  (registers fleet and drain)
 from perseus.cli import instances as _instances  # noqa: E402,F401  (registers its commands on app)
 from perseus.cli import views as _views  # noqa: E402,F401  (registers network, log, apikey)
 

@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from perseus import control
 from perseus.api.server import build_server
 from perseus.config import (
     DEFAULT_API_PORT,
@@ -26,16 +25,14 @@ from perseus.config import (
     Settings,
 )
 from perseus.devstack import services
-from perseus.errors import AlreadyRegistered, ConfigError, InvalidTransition, PerseusError
-from perseus.lifecycle import Command
-from perseus.models import ConnectorSpec
+from perseus.errors import ConfigError, PerseusError
+from perseus.fleet import parse_fleet
 from perseus.store import db
 from perseus.temporal import connect, register_search_attributes
 
 log = logging.getLogger("perseus.dev")
 
-DEMO_EXCHANGES = ("coinbase", "kraken", "binance")
-DEMO_ADMIN = "admin@perseus.local"
+DEMO_FLEET_PATH = Path(__file__).resolve().parents[1] / "demo_fleet.toml"
 
 
 @dataclass
@@ -143,6 +140,9 @@ async def run_dev(
         client = await connect(stack.temporal_address)
         await register_search_attributes(client)
         host = opts.host or stack.settings.host_name()
+        if opts.demo:
+            for exchange in await seed_demo(stack.settings, host):
+                log.info("demo: %s placed on %s", exchange, host)
         ready = asyncio.Event()
         tasks.append(asyncio.create_task(run_worker(stack.settings, client, host, worker_stop, ready=ready)))
         tasks.append(asyncio.create_task(api.serve()))
@@ -150,8 +150,6 @@ async def run_dev(
         while not api.started:
             await _first_of(asyncio.sleep(0.05), tasks)
         announce(stack)
-        if opts.demo:
-            await start_demo(client, host, stack.settings.heartbeat_interval)
         await _first_of(stop.wait(), tasks)
     finally:
         worker_stop.set()
@@ -175,32 +173,21 @@ async def _first_of(awaitable: Awaitable[object], tasks: list[asyncio.Task[None]
             raise PerseusError("a part of the dev stack stopped unexpectedly")
 
 
-async def start_demo(client: object, host: str, interval: float) -> None:
-    """Register and start a few simulated instances; a second run finds them already there."""
-    from temporalio.client import Client
-
-    assert isinstance(client, Client)
-    for exchange in DEMO_EXCHANGES:
-        try:
-            await control.register(
-                client,
-                exchange=exchange,
-                host=host,
-                admin_email=DEMO_ADMIN,
-                heartbeat_interval_s=interval,
-                start=False,
-                connector=ConnectorSpec(warmup_delay_s=1.0),
-            )
-        except AlreadyRegistered:
-            pass
-        try:
-            await control.command(
-                client, exchange=exchange, host=host, default_host=host, command=Command.START
-            )
-        except InvalidTransition:
-            pass  # already running from an earlier start
-        except PerseusError as exc:
-            log.warning("demo %s: %s", exchange, exc)
+async def seed_demo(settings: Settings, host: str) -> list[str]:
+    """Store the demo fleet (perseus/demo_fleet.toml) on this host, for each exchange that has no
+    placement yet; the worker enrols every stored placement of its host when it starts, so the demo
+    — and whatever the user applied — comes back after each restart. The exchanges seeded."""
+    pool = db.make_pool(settings.database_url, max_size=1)
+    await pool.open(wait=True, timeout=15)
+    try:
+        catalog = db.Catalog(pool)
+        known = [e.name for e in await catalog.exchanges(active_only=True)]
+        placements = parse_fleet(
+            DEMO_FLEET_PATH.read_text(), known, default_interval_s=settings.heartbeat_interval
+        )
+        return await catalog.seed_placements([p.model_copy(update={"hosts": (host,)}) for p in placements])
+    finally:
+        await pool.close()
 
 
 def data_dir_ok(path: Path) -> None:

@@ -19,7 +19,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from perseus.errors import ServiceUnavailable, UnknownAdmin, UnknownExchange
+from perseus.errors import ConfigError, ServiceUnavailable, UnknownAdmin, UnknownExchange
+from perseus.fleet import Placement
 from perseus.models import Admin, EventKind, Exchange, NetworkEvent
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema.sql"
@@ -69,6 +70,10 @@ class LedgerView:
     truncated: bool
     #: Seconds per state inside the window, over every interval (not only the returned ones).
     totals_s: dict[str, float]
+
+
+#: The channel ``fleet apply`` notifies after it changed placements; workers LISTEN on it.
+FLEET_CHANNEL = "perseus_fleet"
 
 
 def make_pool(url: str, *, max_size: int = 5) -> AsyncConnectionPool[Any]:
@@ -360,6 +365,52 @@ class Catalog:
             totals_s=_minus(sums[1][2], sums[0][2]),
         )
 
+    async def placements(self, host: str | None = None) -> list[Placement]:
+        """Stored placements by exchange name; with ``host``, only those that name it."""
+        try:
+            rows = await self._fetch(
+                "SELECT placement FROM fleet_placements"
+                " WHERE %s::text IS NULL OR placement->'hosts' ? %s::text ORDER BY exchange",
+                (host, host),
+            )
+        except psycopg.errors.UndefinedTable:
+            raise ConfigError("the database has no fleet_placements table: run `perseus db init`") from None
+        return [Placement.model_validate(r["placement"]) for r in rows]
+
+    async def store_placements(self, placements: list[Placement], *, forget: Sequence[str] = ()) -> None:
+        """Write ``placements`` (insert or replace per exchange) and delete ``forget``, in one
+        transaction: a failed apply leaves the stored fleet as it was."""
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                for p in placements:
+                    await conn.execute(
+                        "INSERT INTO fleet_placements (exchange, placement) VALUES (%s, %s)"
+                        " ON CONFLICT (exchange) DO UPDATE"
+                        " SET placement = EXCLUDED.placement, updated_at = now()",
+                        (p.exchange, Jsonb(p.model_dump(mode="json"))),
+                    )
+                for exchange in forget:
+                    await conn.execute("DELETE FROM fleet_placements WHERE exchange = %s", (exchange,))
+        except psycopg.OperationalError as exc:
+            raise ServiceUnavailable(f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}") from None
+
+    async def notify_fleet(self, payload: str) -> None:
+        """Tell every listening worker that placements changed (NOTIFY; delivered on commit)."""
+        await self._fetch("SELECT pg_notify(%s, %s)", (FLEET_CHANNEL, payload))
+
+    async def seed_placements(self, placements: list[Placement]) -> list[str]:
+        """Store each placement whose exchange has none yet (the operator's own edits win); the
+        exchanges seeded."""
+        seeded: list[str] = []
+        for p in placements:
+            rows = await self._fetch(
+                "INSERT INTO fleet_placements (exchange, placement) VALUES (%s, %s)"
+                " ON CONFLICT (exchange) DO NOTHING RETURNING exchange",
+                (p.exchange, Jsonb(p.model_dump(mode="json"))),
+            )
+            seeded.extend(r["exchange"] for r in rows)
+        return seeded
+
 
 def _minus(later: dict[str, float], earlier: dict[str, float]) -> dict[str, float]:
     """Seconds per state between two running sums (states with no time left out)."""
@@ -432,3 +483,35 @@ async def _ledger_insert(
         " WHERE exchange_id = %s AND started_at >= %s",
         (Jsonb(shift), Jsonb(shift), exchange_id, nxt["started_at"]),
     )
+    # --- the declared fleet ----------------------------------------------------------------------
+
+
+class FleetListener:
+    """A dedicated connection that LISTENs for fleet changes: how a running worker learns of an
+    apply without polling. Open with :meth:`open`, close with :meth:`close`."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._conn: psycopg.AsyncConnection[dict[str, Any]] | None = None
+
+    async def open(self) -> None:
+        self._conn = await connect(self._url)
+        await self._conn.execute(f"LISTEN {FLEET_CHANNEL}")  # a constant identifier, not input
+
+    async def changed(self) -> str:
+        """Wait for the next notification; its payload."""
+        assert self._conn is not None, "open() first"
+        notifies = self._conn.notifies(stop_after=1)
+        try:
+            async for note in notifies:
+                return note.payload
+        except psycopg.OperationalError as exc:
+            raise ServiceUnavailable(f"PostgreSQL: {str(exc).strip().splitlines()[0]}") from None
+        finally:
+            await notifies.aclose()
+        raise ServiceUnavailable("PostgreSQL closed the fleet notification channel")
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None

@@ -1,0 +1,186 @@
+"""``perseus fleet apply|diff|status`` and ``perseus drain``: the declared fleet (DESIGN §2.7)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from perseus.cli.app import JsonFlag, app, err, out, print_json, run
+from perseus.config import Settings
+from perseus.errors import ConfigError
+
+fleet_app = typer.Typer(
+    no_args_is_help=True, help="The declared fleet: placements in a file, enrolled by hosts."
+)
+app.add_typer(fleet_app, name="fleet")
+
+T = TypeVar("T")
+
+FileArg = Annotated[Path, typer.Argument(help="The fleet file (TOML).", dir_okay=False)]
+
+
+async def _with_clients(settings: Settings, fn: Callable[[Any, Any, Any], Awaitable[T]]) -> T:
+    """Open PostgreSQL, Redis and Temporal for one command, and close them afterwards."""
+    from perseus.store import db
+    from perseus.store.redis_store import RedisStore, make_client
+    from perseus.temporal import connect
+
+    conn = await db.connect(settings.database_url)
+    async with conn:
+        catalog = db.Catalog(db.OneConnection(conn))
+        redis = make_client(str(settings.redis_url))
+        try:
+            client = await connect()
+            return await fn(client, catalog, RedisStore(redis))
+        finally:
+            await redis.aclose()
+
+
+async def _read(catalog: Any, path: Path) -> list[Any]:
+    """The file's placements, validated whole (catalog names and admins included)."""
+    from perseus.enrol import check_admins
+    from perseus.fleet import parse_fleet
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the fleet file {path}: {exc.strerror or exc}") from None
+    known = [e.name for e in await catalog.exchanges(active_only=True)]
+    placements = parse_fleet(text, known)
+    await check_admins(catalog, placements)
+    return placements
+
+
+def _print_actions(actions: list[Any], *, verb: str) -> None:
+    changes = [a for a in actions if a.changes]
+    for action in actions:
+        mark = "- " if action.kind in ("shutdown", "forget") else "+ " if action.changes else "  "
+        out.print(mark + action.describe(), highlight=False, markup=False)
+    if not changes:
+        out.print(f"nothing to {verb}: the fleet runs as declared", highlight=False)
+
+
+@fleet_app.command("apply")
+def apply(
+    file: FileArg,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Shut down instances the file no longer names.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Store the file's placements and enrol what can run now (first live host active, the rest standbys)."""
+    from perseus.enrol import EnrolReport, apply_fleet
+
+    async def main(settings: Settings) -> tuple[list[Any], EnrolReport]:
+        async def go(client: Any, catalog: Any, store: Any) -> tuple[list[Any], EnrolReport]:
+            placements = await _read(catalog, file)
+            return await apply_fleet(client, catalog, store, placements, prune=prune)
+
+        return await _with_clients(settings, go)
+
+    actions, report = run(main)
+    if as_json:
+        print_json(
+            {
+                "actions": [a.model_dump(mode="json") for a in actions],
+                "done": report.done,
+                "waiting": report.waiting,
+                "failed": report.failed,
+            }
+        )
+    else:
+        for line in report.done:
+            out.print(line, highlight=False, markup=False)
+        for line in report.waiting:
+            out.print(line, highlight=False, markup=False)
+        if not [a for a in actions if a.changes]:
+            out.print("nothing to change: the fleet runs as declared", highlight=False)
+    for line in report.failed:
+        err.print(f"error: {line}", highlight=False, markup=False)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@fleet_app.command("diff")
+def diff(
+    file: FileArg,
+    prune: Annotated[bool, typer.Option("--prune", help="Include what --prune would shut down.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Print what `fleet apply` would change; changes nothing."""
+    from perseus.enrol import plan_fleet
+
+    async def main(settings: Settings) -> list[Any]:
+        async def go(client: Any, catalog: Any, store: Any) -> list[Any]:
+            placements = await _read(catalog, file)
+            actions, _ = await plan_fleet(client, catalog, store, placements, prune=prune)
+            return actions
+
+        return await _with_clients(settings, go)
+
+    actions = run(main)
+    if as_json:
+        print_json([a.model_dump(mode="json") for a in actions])
+    else:
+        _print_actions(actions, verb="apply")
+
+
+@fleet_app.command("status")
+def status(as_json: JsonFlag = False) -> None:
+    """Per exchange: desired hosts, who is active, who stands by, and the drift."""
+    from rich.table import Table
+
+    from perseus.enrol import fleet_status
+
+    async def main(settings: Settings) -> list[Any]:
+        return await _with_clients(settings, fleet_status)
+
+    views = run(main)
+    if as_json:
+        print_json(views)
+        return
+    table = Table("exchange", "desired hosts", "active", "standbys", "drift")
+    for v in views:
+        table.add_row(
+            v.exchange,
+            ", ".join(v.desired_hosts) or "[dim]not in the fleet[/dim]",
+            f"{v.active_host} ({v.active_state})" if v.active_host else "[red]none[/red]",
+            ", ".join(v.standbys) or "-",
+            "; ".join(v.drift) or "[green]none[/green]",
+        )
+    out.print(table)
+
+
+@app.command()
+def drain(
+    host: Annotated[str, typer.Argument(help="The host to empty (for an upgrade or a reboot).")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Shut down exchanges that have no standby instead of refusing.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Hand every instance active on HOST to its best live standby, one exchange at a time."""
+    from perseus.enrol import drain_host
+    from perseus.keys import valid_host
+
+    if not valid_host(host):
+        err.print(f"error: invalid host name {host!r}", highlight=False, markup=False)
+        raise typer.Exit(1)
+
+    async def main(settings: Settings) -> list[str]:
+        async def go(client: Any, catalog: Any, store: Any) -> list[str]:
+            return await drain_host(client, catalog, store, host, force=force)
+
+        return await _with_clients(settings, go)
+
+    done = run(main)
+    if as_json:
+        print_json(done)
+        return
+    for line in done:
+        out.print(line, highlight=False, markup=False)
+    if not done:
+        out.print(f"nothing to drain: {host} holds no exchange", highlight=False)

@@ -1,0 +1,535 @@
+"""The declared fleet's I/O side: observe what runs, carry out :mod:`perseus.fleet`'s plans.
+
+Everything here is driven by an event — ``perseus fleet apply``, ``perseus drain``, a worker's start,
+an instance of the worker's host ending as lost — never by a timer: no cron, no polling loop.
+
+* :func:`apply_fleet` — store the file's placements, then register what can run now.
+* :func:`enrol_host` — what ``perseus worker --host H`` does at start: register H's placements
+  (active when nobody holds the exchange, else a standby with its priority).
+* :func:`enrolment` — the worker's context manager: enrols, then waits on the host's instance
+  workflows and enrols again when one ends as lost (a standby once more, normally) or when Temporal
+  answers again after an outage; an apply's NOTIFY tells it which instances to watch.
+* :func:`drain_host` — hand every exchange the host holds to its best live standby.
+* :func:`fleet_status` — desired against actual, with the drift spelled out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, Field
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest, GetSystemInfoRequest
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from perseus import control, errors
+from perseus.config import Settings
+from perseus.fleet import (
+    Action,
+    ActionKind,
+    DrainStep,
+    Instance,
+    Observed,
+    Placement,
+    Standby,
+    drain_plan,
+    enrol_plan,
+    plan,
+)
+from perseus.keys import host_task_queue, workflow_id
+from perseus.lifecycle import Command
+from perseus.models import StandbyRecord, Wire
+from perseus.store.db import Catalog, FleetListener
+from perseus.store.redis_store import RedisStore
+from perseus.temporal import EXCHANGE_NAME, INSTANCE_HOST, INSTANCE_ROLE, INSTANCE_WORKFLOW
+
+log = logging.getLogger("perseus.fleet")
+
+#: A host counts as live when a worker polled its queue this recently. An idle worker renews its
+#: long poll about once a minute, so a shorter window would call healthy idle hosts dead; a host
+#: that died within the window is called live, and registering there fails within the workflow's
+#: host wait (a few seconds) with "no worker for host …" — reported, not fatal.
+LIVE_POLL_WINDOW = timedelta(seconds=75)
+
+#: How an instance run ends when it should come back by itself (the worker enrols it again).
+_LOST_OUTCOMES = ("instance lost", "standby lost")
+#: What the watch of an instance reports when Temporal was unreachable and answers again.
+RECONNECTED = "reconnected to Temporal"
+RECONNECT_MAX_DELAY_S = 10.0
+
+
+class EnrolReport(BaseModel):
+    """What one enrolment (a worker's start, or an apply) did."""
+
+    host: str | None = None
+    done: list[str] = Field(default_factory=list)
+    failed: list[str] = Field(default_factory=list)
+    waiting: list[str] = Field(default_factory=list)
+
+
+# --- observing -----------------------------------------------------------------------------------
+
+
+async def live_hosts(client: Client, hosts: Iterable[str]) -> frozenset[str]:
+    """The hosts among ``hosts`` whose queue a worker polled within :data:`LIVE_POLL_WINDOW`."""
+
+    async def live(host: str) -> bool:
+        try:
+            reply = await client.workflow_service.describe_task_queue(
+                DescribeTaskQueueRequest(
+                    namespace=client.namespace,
+                    task_queue=TaskQueue(name=host_task_queue(host)),
+                    task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+                )
+            )
+        except RPCError as exc:
+            raise errors.ServiceUnavailable(f"Temporal: {exc.message}") from None
+        since = datetime.now(UTC) - LIVE_POLL_WINDOW
+        return any(p.last_access_time.ToDatetime(tzinfo=UTC) >= since for p in reply.pollers)
+
+    names = sorted(set(hosts))
+    answers = await asyncio.gather(*(live(h) for h in names))
+    return frozenset(h for h, ok in zip(names, answers, strict=True) if ok)
+
+
+async def _running(client: Client, exchange: str, host: str) -> bool:
+    try:
+        described = await client.get_workflow_handle(workflow_id(exchange, host)).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise errors.ServiceUnavailable(f"Temporal: {exc.message}") from None
+    return described.status == WorkflowExecutionStatus.RUNNING
+
+
+def _holder_host(exchange: str, raw: str | None) -> str | None:
+    """The host named by a live status record (its workflow id is ``instance-{exchange}-{host}``)."""
+    if raw is None:
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    wf_id, prefix = str(doc.get("workflowId") or ""), workflow_id(exchange, "")
+    return wf_id.removeprefix(prefix) if wf_id.startswith(prefix) else doc.get("hostname")
+
+
+async def _holders(store: RedisStore, ids: dict[str, int], exchanges: Iterable[str]) -> dict[str, str]:
+    names = sorted(set(exchanges))
+    replies = await store.statuses([ids[n] for n in names])
+    return {
+        n: h for n, (raw, _) in zip(names, replies, strict=True) if (h := _holder_host(n, raw)) is not None
+    }
+
+
+async def observe(
+    client: Client,
+    store: RedisStore,
+    ids: dict[str, int],
+    pairs: Iterable[tuple[str, str]],
+    *,
+    stored: list[Placement],
+    hosts: Iterable[str],
+) -> Observed:
+    """One snapshot for :func:`perseus.fleet.plan`: which of ``pairs`` (exchange, host) run, who
+    holds each exchange, which of ``hosts`` are live. Reads only; strongly consistent (by workflow
+    id, not through the visibility index)."""
+    wanted = sorted(set(pairs))
+    running = await asyncio.gather(*(_running(client, e, h) for e, h in wanted))
+    return Observed(
+        stored=stored,
+        instances=[Instance(exchange=e, host=h) for (e, h), up in zip(wanted, running, strict=True) if up],
+        holders=await _holders(store, ids, (e for e, _ in wanted)),
+        live_hosts=await live_hosts(client, hosts),
+    )
+
+
+async def _exchange_ids(catalog: Catalog) -> dict[str, int]:
+    return {e.name: e.id for e in await catalog.exchanges(active_only=True)}
+
+
+def _pairs(placements: Iterable[Placement]) -> list[tuple[str, str]]:
+    return [(p.exchange, h) for p in placements for h in p.hosts]
+
+
+# --- carrying out ----------------------------------------------------------------------------------
+
+
+async def _register(client: Client, placement: Placement, action: Action) -> str:
+    """Register as the action says; an active registration that meets a holder becomes a standby."""
+    assert action.host is not None
+    standby = action.kind is ActionKind.REGISTER_STANDBY
+    try:
+        result = await control.register(
+            client,
+            exchange=placement.exchange,
+            host=action.host,
+            admin_email=placement.admin_email,
+            heartbeat_interval_s=placement.heartbeat_interval_s,
+            start=not standby,
+            standby=standby,
+            priority=placement.priority(action.host),
+            connector=placement.connector,
+        )
+    except errors.ClaimConflict:
+        # Someone took the exchange since we looked: stand by behind them instead.
+        log.info("%s on %s: the exchange was taken meanwhile; registering as a standby", *_names(action))
+        return await _register(
+            client, placement, action.model_copy(update={"kind": ActionKind.REGISTER_STANDBY})
+        )
+    except errors.AlreadyRegistered:
+        return f"{placement.exchange}: already registered on {action.host}"
+    if result.role == "standby":
+        return f"{placement.exchange}: standby on {action.host} (priority {placement.priority(action.host)})"
+    return f"{placement.exchange}: active on {action.host} (epoch {result.epoch}), starting"
+
+
+def _names(action: Action) -> tuple[str, str | None]:
+    return action.exchange, action.host
+
+
+async def carry_out(
+    client: Client, placements: dict[str, Placement], actions: list[Action], report: EnrolReport
+) -> None:
+    """Run the registrations and shutdowns of ``actions`` one by one (STORE/FORGET are done by the
+    caller, before); a failure is reported and the rest still runs."""
+    for action in actions:
+        try:
+            if action.kind in (ActionKind.REGISTER_ACTIVE, ActionKind.REGISTER_STANDBY):
+                report.done.append(await _register(client, placements[action.exchange], action))
+            elif action.kind is ActionKind.SHUTDOWN:
+                assert action.host is not None
+                await control.command(
+                    client,
+                    exchange=action.exchange,
+                    host=action.host,
+                    default_host=action.host,
+                    command=Command.SHUTDOWN,
+                )
+                report.done.append(f"{action.exchange}: shut down on {action.host}")
+            elif action.kind is ActionKind.WAIT:
+                report.waiting.append(action.describe())
+            else:
+                continue
+        except errors.PerseusError as exc:
+            report.failed.append(f"{action.exchange} on {action.host}: {exc}")
+            continue
+        log.info("fleet: %s", report.done[-1] if action.kind is not ActionKind.WAIT else action.describe())
+
+
+async def check_admins(catalog: Catalog, placements: list[Placement]) -> None:
+    """Every admin the file names is a user (part of validating the file before anything changes)."""
+    for p in placements:
+        if p.admin_email is not None:
+            try:
+                await catalog.admin(p.admin_email)
+            except errors.UnknownAdmin as exc:
+                raise errors.ConfigError(f"exchanges.{p.exchange}.admin_email: {exc}") from None
+
+
+async def plan_fleet(
+    client: Client, catalog: Catalog, store: RedisStore, placements: list[Placement], *, prune: bool
+) -> tuple[list[Action], dict[str, Placement]]:
+    """The actions ``fleet apply`` would take now (``fleet diff`` prints them)."""
+    stored = await catalog.placements()
+    ids = await _exchange_ids(catalog)
+    everything = [*placements, *stored]
+    observed = await observe(
+        client,
+        store,
+        ids,
+        _pairs(everything),
+        stored=stored,
+        hosts=(h for p in placements for h in p.hosts),
+    )
+    return plan(placements, observed, prune=prune), {p.exchange: p for p in placements}
+
+
+async def apply_fleet(
+    client: Client, catalog: Catalog, store: RedisStore, placements: list[Placement], *, prune: bool
+) -> tuple[list[Action], EnrolReport]:
+    """Store the placements durably (one transaction), then register/shut down what the plan says."""
+    actions, by_name = await plan_fleet(client, catalog, store, placements, prune=prune)
+    to_store = [by_name[a.exchange] for a in actions if a.kind is ActionKind.STORE]
+    forget = [a.exchange for a in actions if a.kind is ActionKind.FORGET]
+    if to_store or forget:
+        await catalog.store_placements(to_store, forget=forget)
+    report = EnrolReport()
+    await carry_out(client, by_name, actions, report)
+    if any(a.changes for a in actions):
+        # Running workers watch their placed instances; tell them the set changed.
+        await catalog.notify_fleet(",".join(sorted({a.exchange for a in actions})))
+    return actions, report
+
+
+async def enrol_host(
+    client: Client, catalog: Catalog, store: RedisStore, host: str, settings: Settings
+) -> EnrolReport:
+    """Register ``host``'s stored placements that do not run there: active (and started) when
+    nobody holds the exchange, else a standby with the placement's priority.
+
+    Called by the worker once it polls its queues (its own host activities must be served for a
+    registration to finish). ``settings`` is the worker's; placements carry their own interval.
+    """
+    del settings  # every value an enrolment needs is in the stored placement
+    report = EnrolReport(host=host)
+    placements = await catalog.placements(host)
+    if not placements:
+        return report
+    ids = await _exchange_ids(catalog)
+    placements = [p for p in placements if p.exchange in ids]  # a deactivated exchange is skipped
+    observed = await observe(
+        client, store, ids, [(p.exchange, host) for p in placements], stored=placements, hosts=[]
+    )  # no liveness question: this worker is the host, and its first polls may not be seen yet
+    actions = enrol_plan(placements, host, observed)
+    await carry_out(client, {p.exchange: p for p in placements}, actions, report)
+    return report
+
+
+async def _watch_and_enrol(
+    client: Client, catalog: Catalog, store: RedisStore, host: str, settings: Settings
+) -> None:
+    """Enrol, then wait for an event: one of the host's placed instances ends (lost: enrol again),
+    Temporal answers again after an outage (enrol again), or an apply changed the placements (watch
+    the new set). Each wait is a long poll — a workflow's result, a PostgreSQL LISTEN — so this
+    costs nothing while all is well."""
+    listener: FleetListener | None = FleetListener(settings.database_url)
+    assert listener is not None
+    try:
+        await listener.open()
+    except Exception as exc:  # noqa: BLE001 - enrolment at start still works without it
+        log.warning("fleet: no change notifications for host %s (%s)", host, exc)
+        await listener.close()
+        listener = None
+    changed: asyncio.Task[str] | None = None
+    watched: list[asyncio.Task[str]] = []
+    enrol, refresh = True, True
+    try:
+        while True:
+            try:
+                if enrol:
+                    report = await enrol_host(client, catalog, store, host, settings)
+                    for line in report.failed:
+                        log.warning("fleet enrolment of host %s: %s", host, line)
+                    if report.done:
+                        log.info("fleet enrolment of host %s: %s", host, "; ".join(report.done))
+                    enrol, refresh = False, True
+                if refresh:
+                    await _cancel(watched)
+                    watched = [
+                        asyncio.create_task(_outcome(client, workflow_id(p.exchange, host)), name=p.exchange)
+                        for p in await catalog.placements(host)
+                    ]
+                    refresh = False
+            except Exception as exc:  # noqa: BLE001 - the worker runs on; its next start enrols again
+                log.warning("fleet enrolment of host %s failed: %s", host, exc)
+                return
+            if listener is not None and changed is None:
+                changed = asyncio.create_task(listener.changed())
+            waits = [*watched, *([changed] if changed is not None else [])]
+            if not waits:
+                return
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if changed is not None and changed in done:
+                if changed.exception() is not None:
+                    log.warning(
+                        "fleet: change notifications for host %s stopped: %s", host, changed.exception()
+                    )
+                    listener = None
+                changed, refresh = None, True
+            ended = [t for t in watched if t in done]
+            watched = [t for t in watched if t not in done]
+            if lost := [t.get_name() for t in ended if t.result().startswith((*_LOST_OUTCOMES, RECONNECTED))]:
+                log.info("fleet: %s on %s lost (or Temporal back); enrolling again", ", ".join(lost), host)
+                enrol = True
+    finally:
+        await _cancel([*watched, *([changed] if changed is not None else [])])
+        if listener is not None:
+            await listener.close()
+
+
+async def _cancel(tasks: list[asyncio.Task[str]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _outcome(client: Client, wf_id: str) -> str:
+    """How the workflow's current run chain ends: its result; '' when it is not running or ends
+    abnormally (failed, terminated); :data:`RECONNECTED` when Temporal went away meanwhile and
+    answers again (the host may have lost its instances while it could not see them)."""
+    handle = client.get_workflow_handle(wf_id)
+    try:
+        described = await handle.describe()
+        if described.status != WorkflowExecutionStatus.RUNNING:
+            return ""
+        return str(await handle.result())
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return ""
+        # Temporal is unreachable. Wait (backing off, only for the length of the outage) until it
+        # answers again; that reconnection is an enrolment event of its own.
+        delay = 0.5
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
+            with contextlib.suppress(RPCError):
+                await client.workflow_service.get_system_info(GetSystemInfoRequest())
+                return RECONNECTED
+    except Exception:  # noqa: BLE001 - failed, terminated, timed out: nothing to enrol on our side
+        return ""
+
+
+@contextlib.asynccontextmanager
+async def enrolment(
+    client: Client, catalog: Catalog, store: RedisStore, host: str, settings: Settings
+) -> AsyncIterator[asyncio.Task[None]]:
+    """For the worker: enrol ``host`` in the background while the worker serves its queues, and keep
+    re-enrolling instances that end as lost; cancelled when the worker stops."""
+    task = asyncio.create_task(_watch_and_enrol(client, catalog, store, host, settings))
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+# --- drain ---------------------------------------------------------------------------------------
+
+
+def _standby_records(raws: list[str]) -> list[StandbyRecord]:
+    return [StandbyRecord.model_validate_json(raw) for raw in raws]
+
+
+async def drain_host(
+    client: Client, catalog: Catalog, store: RedisStore, host: str, *, force: bool
+) -> list[str]:
+    """Hand every exchange ``host`` holds to its best live standby, one at a time (or shut it down
+    with ``force`` when it has none); refuses before changing anything when one has no standby."""
+    ids = await _exchange_ids(catalog)
+    holders = await _holders(store, ids, ids)
+    standbys: dict[str, list[Standby]] = {}
+    for exchange in (e for e, h in holders.items() if h == host):
+        records = _standby_records(await store.standbys(ids[exchange]))
+        standbys[exchange] = [Standby(host=r.host, priority=r.priority) for r in records]
+    steps: list[DrainStep] = drain_plan(host, holders, standbys, force=force)
+    done: list[str] = []
+    for step in steps:
+        try:
+            if step.action == "handoff":
+                assert step.to_host is not None
+                result = await control.handoff(
+                    client,
+                    exchange=step.exchange,
+                    to_host=step.to_host,
+                    from_host=host,
+                    default_host=host,
+                    shutdown=False,
+                )
+                done.append(f"{step.exchange}: handed over to {step.to_host} ({result.detail})")
+            else:
+                await control.command(
+                    client, exchange=step.exchange, host=host, default_host=host, command=Command.SHUTDOWN
+                )
+                done.append(f"{step.exchange}: shut down on {host} (no standby; --force)")
+        except errors.PerseusError as exc:
+            finished = f" after {'; '.join(done)}" if done else ""
+            raise type(exc)(f"drain of {host} stopped at {step.exchange}: {exc}{finished}") from None
+        log.info("drain: %s", done[-1])
+    return done
+
+
+# --- status --------------------------------------------------------------------------------------
+
+
+class FleetExchangeView(Wire):
+    """One exchange in ``perseus fleet status`` (camelCase in JSON, like every read view)."""
+
+    exchange: str
+    in_fleet: bool
+    desired_hosts: list[str]
+    active_host: str | None
+    active_state: str | None
+    standbys: list[str]
+    instances: list[str]
+    warm: bool = False
+    drift: list[str]
+
+
+async def _running_instances(client: Client) -> list[tuple[str, str, str]]:
+    """(exchange, host, role) of every running instance workflow (visibility: eventually consistent)."""
+    query = f"WorkflowType = '{INSTANCE_WORKFLOW}' AND ExecutionStatus = 'Running'"
+    found: list[tuple[str, str, str]] = []
+    try:
+        async for wf in client.list_workflows(query):
+            attrs = wf.typed_search_attributes
+            exchange, host = attrs.get(EXCHANGE_NAME), attrs.get(INSTANCE_HOST)
+            if exchange and host:
+                found.append((exchange, host, attrs.get(INSTANCE_ROLE) or "active"))
+    except RPCError as exc:
+        raise errors.ServiceUnavailable(f"Temporal: {exc.message}") from None
+    return found
+
+
+async def fleet_status(client: Client, catalog: Catalog, store: RedisStore) -> list[FleetExchangeView]:
+    """Per exchange (placed, or running without a placement): desired hosts, the active host, the
+    standbys, and the drift between them."""
+    placements = {p.exchange: p for p in await catalog.placements()}
+    ids = await _exchange_ids(catalog)
+    running: dict[str, list[str]] = {}
+    for exchange, host, _ in await _running_instances(client):
+        running.setdefault(exchange, []).append(host)
+    # Every catalog exchange's status key in one pipelined round trip: an instance registered a
+    # moment ago holds its key before the visibility index lists its workflow.
+    every = sorted(ids)
+    held = {n: r for n, r in zip(every, await store.statuses([ids[n] for n in every]), strict=True) if r[0]}
+    names = sorted((set(placements) | set(running) | set(held)) & set(ids))
+    replies = [held.get(n, (None, 0)) for n in names]
+    live = await live_hosts(client, {h for p in placements.values() for h in p.hosts})
+    views: list[FleetExchangeView] = []
+    for name, (raw, _) in zip(names, replies, strict=True):
+        status: dict[str, Any] | None = json.loads(raw) if raw else None
+        active = _holder_host(name, raw)
+        standbys = [r.host for r in _standby_records(await store.standbys(ids[name]))]
+        placement = placements.get(name)
+        here = sorted(set(running.get(name, [])) | ({active} if active else set()))
+        drift: list[str] = []
+        if placement is None:
+            drift.append("not in the fleet (registered by hand)")
+        else:
+            for host in placement.hosts:
+                if host not in live:
+                    drift.append(f"{host}: no worker")
+                elif host not in here and host not in standbys:
+                    drift.append(f"{host}: not enrolled")
+            if active is None:
+                drift.append("no active instance")
+            elif active != placement.hosts[0]:
+                drift.append(
+                    f"active on {active}, preferred {placement.hosts[0]} "
+                    f"(perseus handoff {name} --to {placement.hosts[0]})"
+                )
+            drift.extend(f"{h}: not in the fleet" for h in here if h not in placement.hosts)
+        views.append(
+            FleetExchangeView(
+                exchange=name,
+                in_fleet=placement is not None,
+                desired_hosts=list(placement.hosts) if placement else [],
+                active_host=active,
+                active_state=status.get("connectionState") if status else None,
+                standbys=standbys,
+                instances=here,
+                warm=placement.warm if placement else False,
+                drift=drift,
+            )
+        )
+    return views

@@ -1,0 +1,405 @@
+"""The declared fleet (DESIGN §2.7): parse and validate a fleet file, and decide what to do about it.
+
+Pure: no I/O, no clock. :func:`parse_fleet` turns TOML text into :class:`Placement` values or raises
+one :class:`~perseus.errors.ConfigError` naming the offending key; :func:`plan` compares the desired
+placements with an :class:`Observed` snapshot and returns the :class:`Action` list that ``perseus
+fleet apply``, ``fleet diff``, the worker's enrolment and ``perseus drain`` carry out (or print).
+The I/O side lives in :mod:`perseus.enrol`.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Collection, Iterable, Mapping
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from perseus.errors import ConfigError
+from perseus.keys import valid_host
+from perseus.models import ConnectorSpec
+
+#: Bounds of a heartbeat interval in a fleet file: below half a second the TTL (3×) is shorter than a
+#: Redis round trip under load; above an hour a dead host would hold its exchange for three.
+MIN_INTERVAL_S = 0.5
+MAX_INTERVAL_S = 3600.0
+
+_TOP_KEYS = {"heartbeat_interval", "admin_email", "exchanges"}
+#: Fleet-file key → ConnectorSpec field, for the process connector's options (as `register --exec`).
+_PROCESS_KEYS = {
+    "ready_line": "ready_line",
+    "ready_url": "ready_url",
+    "ready_timeout": "ready_timeout_s",
+    "stop_grace": "stop_grace_s",
+}
+_EXCHANGE_KEYS = {
+    "hosts",
+    "exec",
+    "connector",
+    "restart",
+    "heartbeat_interval",
+    "admin_email",
+    "warm",
+    *_PROCESS_KEYS,
+}
+_FIELD_KEYS = {"command": "exec", "restart": "restart", **{v: k for k, v in _PROCESS_KEYS.items()}}
+
+
+class Placement(BaseModel):
+    """Where one exchange runs: its hosts in order of preference, and how its instances run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    exchange: str
+    hosts: tuple[str, ...]
+    connector: ConnectorSpec
+    heartbeat_interval_s: float
+    admin_email: str | None = None
+    #: Standbys keep their connector warm (§2.9). Stored and shown; the instance workflow does not
+    #: take it yet, so it does not change how an instance is registered.
+    warm: bool = False
+
+    def priority(self, host: str) -> int:
+        """Standby priority of ``host``: the earlier in the list, the higher (the last host is 0)."""
+        return len(self.hosts) - 1 - self.hosts.index(host)
+
+
+def _type_name(value: object) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}.get(
+        type(value), "a table" if isinstance(value, dict) else type(value).__name__
+    )
+
+
+def _number(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{key}: expected a number of seconds, got {_type_name(value)} ({value!r})")
+    return float(value)
+
+
+def _interval(key: str, value: object) -> float:
+    seconds = _number(key, value)
+    if not math.isfinite(seconds) or not MIN_INTERVAL_S <= seconds <= MAX_INTERVAL_S:
+        raise ConfigError(
+            f"{key}: the heartbeat interval must be between {MIN_INTERVAL_S:g} and {MAX_INTERVAL_S:g} "
+            f"seconds, got {seconds:g}"
+        )
+    return seconds
+
+
+def _string(key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {_type_name(value)} ({value!r})")
+    return value
+
+
+def _hosts(key: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{key}: expected a non-empty list of host names, got {value!r}")
+    seen: list[str] = []
+    for item in value:
+        if not isinstance(item, str):
+            raise ConfigError(f"{key}: expected host names (strings), got {_type_name(item)} ({item!r})")
+        if not valid_host(item):
+            raise ConfigError(f"{key}: invalid host name {item!r}: use letters, digits, '.', '_' or '-'")
+        if item in seen:
+            raise ConfigError(f"{key}: duplicate host {item!r} (each host appears once per exchange)")
+        seen.append(item)
+    return tuple(seen)
+
+
+def _connector(key: str, table: Mapping[str, Any]) -> ConnectorSpec:
+    """The connector an exchange names: ``exec = …`` (process) or ``connector = "simulated"``."""
+    fields: dict[str, object] = {}
+    if "restart" in table:
+        restart = _string(f"{key}.restart", table["restart"])
+        if restart not in ("no", "on-failure"):
+            raise ConfigError(f"{key}.restart: must be 'no' or 'on-failure', got {restart!r}")
+        fields["restart"] = restart
+    options = [k for k in _PROCESS_KEYS if k in table]
+    if "exec" in table:
+        if "connector" in table:
+            raise ConfigError(f"{key}: exec and connector exclude each other: name one connector")
+        fields.update(kind="process", command=_string(f"{key}.exec", table["exec"]))
+        for name in options:
+            value = table[name]
+            if name in ("ready_timeout", "stop_grace"):
+                value = _number(f"{key}.{name}", value)
+            else:
+                value = _string(f"{key}.{name}", value)
+            fields[_PROCESS_KEYS[name]] = value
+    elif "connector" in table:
+        kind = table["connector"]
+        if kind != "simulated":
+            raise ConfigError(
+                f"{key}.connector: only 'simulated' is a named connector, got {kind!r} "
+                '(a real connector is a command: exec = "…")'
+            )
+        if options:
+            raise ConfigError(f'{key}.{options[0]}: only with exec = "…" (it configures that command)')
+    else:
+        raise ConfigError(f'{key}: no connector: add exec = "COMMAND" or connector = "simulated"')
+    try:
+        return ConnectorSpec.model_validate(fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = _FIELD_KEYS.get(str(first["loc"][0]), "exec") if first["loc"] else "exec"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{key}.{where}: {message}") from None
+
+
+def parse_fleet(
+    text: str, known_exchanges: Collection[str], *, default_interval_s: float = 15.0
+) -> list[Placement]:
+    """Every placement of a fleet file, sorted by exchange; the whole file is checked first.
+
+    Raises :class:`ConfigError` with one line that starts with the offending key (``exchanges.kraken
+    .hosts: …``) for: TOML syntax, an unknown key, a wrong type, an exchange not in
+    ``known_exchanges`` (active catalog names), a heartbeat interval that is not finite or outside
+    [0.5 s, 1 h], an empty or duplicated host, a missing or doubly named connector, and any option
+    the process connector refuses. ``default_interval_s`` applies when the file names no interval.
+    """
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not a valid TOML file: {exc}") from None
+    if unknown := sorted(set(doc) - _TOP_KEYS):
+        raise ConfigError(f"{unknown[0]}: unknown key (expected heartbeat_interval, admin_email, exchanges)")
+    default_interval = (
+        _interval("heartbeat_interval", doc["heartbeat_interval"])
+        if "heartbeat_interval" in doc
+        else default_interval_s
+    )
+    default_admin = _string("admin_email", doc["admin_email"]) if "admin_email" in doc else None
+    tables = doc.get("exchanges")
+    if not isinstance(tables, dict) or not tables:
+        raise ConfigError("exchanges: no exchange declared: add a table such as [exchanges.coinbase]")
+    known = sorted(known_exchanges)
+    placements: dict[str, Placement] = {}
+    for name, table in tables.items():
+        key = f"exchanges.{name}"
+        exchange = name.lower()
+        if exchange not in known:
+            raise ConfigError(f"{key}: unknown exchange {name!r}; known exchanges: {', '.join(known)}")
+        if exchange in placements:
+            raise ConfigError(f"{key}: {exchange} is declared twice")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{key}: expected a table, got {_type_name(table)} ({table!r})")
+        if unknown := sorted(set(table) - _EXCHANGE_KEYS):
+            raise ConfigError(f"{key}.{unknown[0]}: unknown key")
+        if "hosts" not in table:
+            raise ConfigError(f"{key}.hosts: missing: list the hosts in order of preference")
+        hosts = _hosts(f"{key}.hosts", table["hosts"])
+        warm = table.get("warm", False)
+        if not isinstance(warm, bool):
+            raise ConfigError(f"{key}.warm: expected true or false, got {_type_name(warm)} ({warm!r})")
+        placements[exchange] = Placement(
+            exchange=exchange,
+            hosts=hosts,
+            connector=_connector(key, table),
+            heartbeat_interval_s=(
+                _interval(f"{key}.heartbeat_interval", table["heartbeat_interval"])
+                if "heartbeat_interval" in table
+                else default_interval
+            ),
+            admin_email=(
+                _string(f"{key}.admin_email", table["admin_email"])
+                if "admin_email" in table
+                else default_admin
+            ),
+            warm=warm,
+        )
+    return [placements[name] for name in sorted(placements)]
+
+
+# --- what runs, and what to do about it -------------------------------------------------------------
+
+
+class Instance(BaseModel):
+    """A running instance workflow (any role), as observed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    exchange: str
+    host: str
+
+
+class Observed(BaseModel):
+    """One snapshot of the world that :func:`plan` decides on.
+
+    ``stored``: the placements PostgreSQL held before this apply. ``instances``: the running instance
+    workflows of the exchanges concerned. ``holders``: exchange → host that holds its claim now (the
+    live status key). ``live_hosts``: hosts with a worker polling their queue.
+    """
+
+    stored: list[Placement] = Field(default_factory=list)
+    instances: list[Instance] = Field(default_factory=list)
+    holders: dict[str, str] = Field(default_factory=dict)
+    live_hosts: frozenset[str] = frozenset()
+
+
+class ActionKind(StrEnum):
+    STORE = "store"  # write the exchange's placement (new or changed)
+    REGISTER_ACTIVE = "register-active"  # register on the host and start it
+    REGISTER_STANDBY = "register-standby"  # register on the host as a standby with a priority
+    WAIT = "wait"  # the host has no worker: its worker enrols it when it starts
+    SHUTDOWN = "shutdown"  # shut the instance down (prune: the file no longer names it)
+    FORGET = "forget"  # delete the exchange's stored placement (prune)
+
+
+class Action(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    kind: ActionKind
+    exchange: str
+    host: str | None = None
+    priority: int = 0
+
+    @property
+    def changes(self) -> bool:
+        """Whether carrying it out changes anything (WAIT only reports)."""
+        return self.kind is not ActionKind.WAIT
+
+    def describe(self) -> str:
+        match self.kind:
+            case ActionKind.STORE:
+                return f"{self.exchange}: store the placement"
+            case ActionKind.REGISTER_ACTIVE:
+                return f"{self.exchange}: register on {self.host} and start it (active)"
+            case ActionKind.REGISTER_STANDBY:
+                return f"{self.exchange}: register on {self.host} as a standby (priority {self.priority})"
+            case ActionKind.WAIT:
+                return f"{self.exchange}: {self.host} has no worker; it enrols when its worker starts"
+            case ActionKind.SHUTDOWN:
+                return f"{self.exchange}: shut down the instance on {self.host} (no longer in the file)"
+            case ActionKind.FORGET:
+                return f"{self.exchange}: forget the placement (no longer in the file)"
+
+
+def plan(desired: Iterable[Placement], observed: Observed, *, prune: bool = False) -> list[Action]:
+    """What to do so that ``desired`` runs, given ``observed``. Plain values in, actions out.
+
+    Invariants (tests/unit/test_fleet.py checks each, over many snapshots):
+
+    1. A running instance of a desired (exchange, host) gets no action at all, whatever its role:
+       applying a file that already runs changes nothing (no new epoch, no transition), and there is
+       no failback to the preferred host (it would flap; ``fleet status`` shows the drift).
+    2. At most one REGISTER_ACTIVE per exchange, and none while the exchange has a holder or any
+       running instance (a running standby takes a vacant exchange by itself). It goes to the first
+       live host in preference order; every other live host without an instance gets
+       REGISTER_STANDBY with :meth:`Placement.priority`.
+    3. Nothing is registered on a host without a worker: it gets WAIT, and enrols at its worker's start.
+    4. SHUTDOWN and FORGET only with ``prune``, and only for what the *stored* placements named and
+       ``desired`` no longer does: an instance registered by hand is never pruned.
+    5. Order: exchanges by name; within one, STORE, REGISTER_ACTIVE, REGISTER_STANDBY (preference
+       order), WAIT, then SHUTDOWN — a new standby exists before a pruned active one goes away.
+       Exchanges dropped from the file come last (SHUTDOWN then FORGET).
+    6. STORE when the placement differs from the stored one (new or changed), never otherwise.
+    """
+    wanted = {p.exchange: p for p in desired}
+    stored = {p.exchange: p for p in observed.stored}
+    running: dict[str, set[str]] = {}
+    for inst in observed.instances:
+        running.setdefault(inst.exchange, set()).add(inst.host)
+    actions: list[Action] = []
+    for exchange in sorted(wanted):
+        placement = wanted[exchange]
+        if stored.get(exchange) != placement:
+            actions.append(Action(kind=ActionKind.STORE, exchange=exchange))
+        here = running.get(exchange, set())
+        occupied = exchange in observed.holders or bool(here)
+        waiting: list[Action] = []
+        for host in placement.hosts:
+            if host in here:
+                continue
+            if host not in observed.live_hosts:
+                waiting.append(Action(kind=ActionKind.WAIT, exchange=exchange, host=host))
+            elif not occupied:
+                actions.append(Action(kind=ActionKind.REGISTER_ACTIVE, exchange=exchange, host=host))
+                occupied = True
+            else:
+                actions.append(
+                    Action(
+                        kind=ActionKind.REGISTER_STANDBY,
+                        exchange=exchange,
+                        host=host,
+                        priority=placement.priority(host),
+                    )
+                )
+        actions.extend(waiting)
+        if prune and exchange in stored:
+            dropped = [h for h in stored[exchange].hosts if h not in placement.hosts and h in here]
+            actions.extend(Action(kind=ActionKind.SHUTDOWN, exchange=exchange, host=h) for h in dropped)
+    if prune:
+        for exchange in sorted(set(stored) - set(wanted)):
+            here = running.get(exchange, set())
+            actions.extend(
+                Action(kind=ActionKind.SHUTDOWN, exchange=exchange, host=h)
+                for h in stored[exchange].hosts
+                if h in here
+            )
+            actions.append(Action(kind=ActionKind.FORGET, exchange=exchange))
+    return actions
+
+
+def enrol_plan(placements: Iterable[Placement], host: str, observed: Observed) -> list[Action]:
+    """What the worker of ``host`` does at start: the registrations :func:`plan` gives *this* host
+    when it is the only live one (active if nobody holds the exchange, else a standby). Never stores,
+    never prunes, never touches another host."""
+    mine = [p for p in placements if host in p.hosts]
+    seen = observed.model_copy(update={"stored": mine, "live_hosts": frozenset({host})})
+    return [
+        a
+        for a in plan(mine, seen)
+        if a.host == host and a.kind in (ActionKind.REGISTER_ACTIVE, ActionKind.REGISTER_STANDBY)
+    ]
+
+
+# --- drain ---------------------------------------------------------------------------------------
+
+
+class Standby(BaseModel):
+    """A live standby record, as read from Redis (highest priority first)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    host: str
+    priority: int
+
+
+class DrainStep(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    exchange: str
+    action: Literal["handoff", "shutdown"]
+    to_host: str | None = None
+
+
+def drain_plan(
+    host: str, holders: Mapping[str, str], standbys: Mapping[str, list[Standby]], *, force: bool
+) -> list[DrainStep]:
+    """Hand every exchange ``host`` holds to its best live standby on another host.
+
+    Invariants: only exchanges whose holder is ``host`` appear, one step each, by name. The target is
+    the highest-priority standby not on ``host``. An exchange without one is refused — the whole
+    drain raises :class:`ConfigError` naming it, before anything changes — unless ``force``, which
+    turns it into a shutdown.
+    """
+    steps: list[DrainStep] = []
+    refused: list[str] = []
+    for exchange in sorted(e for e, h in holders.items() if h == host):
+        others = [s for s in standbys.get(exchange, []) if s.host != host]
+        if others:
+            best = max(others, key=lambda s: s.priority)
+            steps.append(DrainStep(exchange=exchange, action="handoff", to_host=best.host))
+        elif force:
+            steps.append(DrainStep(exchange=exchange, action="shutdown"))
+        else:
+            refused.append(exchange)
+    if refused:
+        raise ConfigError(
+            f"no live standby for {', '.join(refused)} on another host: nothing drained "
+            "(register a standby first, or --force to shut those down)"
+        )
+    return steps
