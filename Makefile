@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench lock clean chromium
+.PHONY: install run test lint format bench soak lock clean chromium
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -45,6 +45,10 @@ format: install
 # 2 min, ~30 min in all. Pass flags with BENCH_ARGS, e.g. BENCH_ARGS="--n 100 --interval 5 --duration 60".
 bench: install
 	$(BIN)/python -m bench.fleet $(BENCH_ARGS)
+
+# The chaos suite with control-plane outages of 30–120 s instead of CI's few seconds (~45 min).
+soak: install
+	PERSEUS_CHAOS_SOAK=1 $(BIN)/pytest -p no:cacheprovider tests/chaos -s
 
 # Re-pin every dependency (needs pip-tools); commit the result.
 lock:

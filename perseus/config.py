@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     )
     #: Seconds for the whole public-IP lookup (all services together); then the IP is unknown.
     ip_timeout: float = 2.0
+    #: The Temporal Web UI, for links in `perseus status` (perseus dev serves it here).
+    temporal_ui_url: str = f"http://127.0.0.1:{DEFAULT_TEMPORAL_UI_PORT}"
     api_host: str = "127.0.0.1"
     api_port: int = DEFAULT_API_PORT
     data_dir: Path = Path(".perseus")

@@ -93,6 +93,12 @@ def connect_config(override_address: str | None = None) -> dict[str, Any]:
     return config
 
 
+def web_ui_base(ui_url: str) -> str:
+    """Where the Temporal Web UI shows this namespace's workflows; append a workflow id."""
+    namespace = connect_config().get("namespace") or "default"
+    return f"{ui_url.rstrip('/')}/namespaces/{namespace}/workflows"
+
+
 def _connect_failure(text: str) -> str:
     """A short reason from the core SDK's connect error, whose text is a Rust debug dump such as
     ``Server connection error: tonic::transport::Error(Transport, ConnectError(... message:

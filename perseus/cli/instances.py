@@ -9,7 +9,7 @@ attributes say: they lag behind a failover.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -30,6 +30,7 @@ from perseus.config import Settings
 from perseus.errors import ConfigError, ServiceUnavailable
 from perseus.lifecycle import Command
 from perseus.models import CommandResult, Exchange, RegistrationResult
+from perseus.temporal import web_ui_base
 
 if TYPE_CHECKING:
     from perseus.control import CommandSent
@@ -308,82 +309,128 @@ def shutdown(
 
 
 @app.command()
-def status(exchange: Annotated[str | None, typer.Argument()] = None, as_json: JsonFlag = False) -> None:
+def status(
+    exchange: Annotated[str | None, typer.Argument()] = None,
+    watch: Annotated[
+        float | None,
+        typer.Option("--watch", metavar="SECONDS", help="Redraw every SECONDS until Ctrl-C (like `watch`)."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
     """One row per instance, like ``patronictl list``: the active one, then its standbys by priority,
     with state, epoch, heartbeat age and TTL left. Heartbeat colours follow each instance's own
-    interval: yellow past 1.5 intervals, red past 2 (the renew deadline)."""
-    from rich.table import Table
-    from rich.text import Text
+    interval: yellow past 1.5 intervals, red past 2 (the renew deadline). With an EXCHANGE, each
+    instance's Temporal Web UI link is listed too (``webUi`` in ``--json``)."""
+    import time
 
     from perseus.network import StatusBoard, read_board
     from perseus.store.redis_store import RedisStore, make_client
 
-    async def main(settings: Settings) -> StatusBoard:
+    async def main(settings: Settings) -> tuple[StatusBoard, str]:
+        if watch is not None and not (0.2 <= watch <= 3600):
+            raise ConfigError(f"--watch takes 0.2 to 3600 seconds, got {watch:g}")
+        if watch is not None and as_json:
+            raise ConfigError("--watch redraws a table; it does not go with --json")
         redis = make_client(str(settings.redis_url))
         try:
-            return await _with_catalog(settings, lambda c: read_board(RedisStore(redis), c, exchange))
+            board = await _with_catalog(settings, lambda c: read_board(RedisStore(redis), c, exchange))
         finally:
             await redis.aclose()
+        return board, web_ui_base(settings.temporal_ui_url)
 
-    board = run(main)
+    board, ui = run(main)
     if as_json:
-        print_json([v for v in board.instances] if exchange is None else board.instances[0])
+        items = [_with_links(v.model_dump(mode="json", by_alias=True), ui) for v in board.instances]
+        print_json(items if exchange is None else items[0])
         return
+    while True:
+        out.print(_status_table(board, ui if exchange else None))
+        err.print(f"server time {board.server_time.isoformat()}")
+        if watch is None:
+            return
+        try:
+            time.sleep(watch)
+        except KeyboardInterrupt:
+            return
+        board, ui = run(main)
+        out.clear()
+
+
+def _with_links(item: dict[str, Any], ui: str) -> dict[str, Any]:
+    """Each instance's Temporal Web UI link: the holder's workflow (from the status key) and the
+    standbys' (one workflow per exchange × host)."""
+    status = item.get("status") or {}
+    item["webUi"] = f"{ui}/{status['workflowId']}" if status.get("workflowId") else None
+    for standby in item.get("standbys", []):
+        standby["webUi"] = f"{ui}/instance-{item['exchangeName']}-{standby['host']}"
+    return item
+
+
+def _status_table(board: Any, ui: str | None) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
     colours = {"fresh": "green", "late": "yellow", "stale": "red"}
-    table = Table(
-        "exchange", "role", "host", "IP", "state", "epoch", "heartbeat", "TTL left", "symbols", "last error"
-    )
+    columns = ["exchange", "role", "host", "IP", "state", "epoch", "heartbeat", "TTL left", "symbols"]
+    table = Table(*columns, "last error", *(["Web UI"] if ui else []))
     for view in board.instances:
         s = view.status
+        link: list[Any] = []
         if s is not None:
             colour = colours[view.heartbeat or "stale"]
+            link = [Text(f"{ui}/{s.workflow_id}")] if ui else []
+            health = "" if s.healthy is None else (" healthy" if s.healthy else " unhealthy")
             table.add_row(
-                view.exchange_name,
+                Text(view.exchange_name),
                 "active",
-                s.hostname,
-                s.ip_address or "-",
-                s.connection_state.value,
+                Text(s.hostname),
+                Text(s.ip_address or "-"),
+                Text(s.connection_state.value + health, style="red" if s.healthy is False else ""),
                 str(s.epoch),
-                f"[{colour}]{view.heartbeat_age_s:.1f}s ago[/{colour}]",
+                Text(f"{view.heartbeat_age_s:.1f}s ago", style=colour),
                 f"{(view.ttl_ms or 0) / 1000:.1f}s",
                 str(s.symbol_count),
                 Text(s.last_error or ""),
+                *link,
             )
         else:
             # No live record. Never ran: a neutral row. Ran before: offline, with what the activity log
             # last knew, dimmed so it is not mistaken for live data.
             known = view.last_known
-            state = "[grey62]not running[/grey62]" if view.health == "not_running" else "[red]offline[/red]"
-            last = f"last {known.state or known.event} at {known.at}" if known else ""
+            never = view.health == "not_running"
+            state = Text("not running" if never else "offline", style="grey62" if never else "red")
+            if known:
+                state.append(f" (last {known.state or known.event} at {known.at})", style="dim")
             error = view.offline_reason or (known.last_error if known else None) or ""
             table.add_row(
-                view.exchange_name,
+                Text(view.exchange_name),
                 "-",
-                f"[dim]{known.hostname or '-'}[/dim]" if known else "-",
-                f"[dim]{known.ip or '-'}[/dim]" if known else "-",
-                f"{state} [dim]({last})[/dim]" if last else state,
+                Text(known.hostname or "-", style="dim") if known else "-",
+                Text(known.ip or "-", style="dim") if known else "-",
+                state,
                 "-",
                 "-",
                 "-",
                 "-",
                 Text(error),
+                *([""] if ui else []),
             )
         for standby in view.standbys:
-            colour = colours[standby.heartbeat]
+            role = f"standby (priority {standby.priority})" + (", warm" if standby.warm else "")
             table.add_row(
-                view.exchange_name,
-                f"standby (priority {standby.priority})" + (", warm" if standby.warm else ""),
-                standby.hostname,
-                standby.ip_address or "-",
+                Text(view.exchange_name),
+                role,
+                Text(standby.hostname),
+                Text(standby.ip_address or "-"),
                 "standby",
                 "-",
-                f"[{colour}]{standby.heartbeat_age_s:.1f}s ago[/{colour}]",
+                Text(f"{standby.heartbeat_age_s:.1f}s ago", style=colours[standby.heartbeat]),
                 f"{standby.ttl_ms / 1000:.1f}s",
                 "-",
                 "",
+                *([Text(f"{ui}/instance-{view.exchange_name}-{standby.host}")] if ui else []),
             )
-    out.print(table)
-    err.print(f"server time {board.server_time.isoformat()}", highlight=False)
+    return table
 
 
 @app.command()

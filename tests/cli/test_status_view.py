@@ -1,0 +1,70 @@
+"""`perseus status` through the real command line: styled without markup, each instance's Web UI
+link, and `--watch` redrawing until interrupted."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+from temporalio.client import Client
+
+from perseus import control
+from perseus.lifecycle import Command
+from tests.conftest import PERSEUS, ROOT, Servers, exchange_id, perseus
+from tests.integration.helpers import active_on, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+async def test_status_links_each_instance_to_the_web_ui_and_never_prints_markup(
+    servers: Servers, shared_worker: str, client: Client, store: object, exchange: str
+) -> None:
+    await control.register(
+        client,
+        exchange=exchange,
+        host=shared_worker,
+        admin_email=None,
+        heartbeat_interval_s=1.0,
+        start=True,
+    )
+    ex_id = await exchange_id(servers, exchange)
+    await wait_for(lambda: active_on(store, ex_id, shared_worker))  # type: ignore[arg-type]
+    ui = "http://ui.example:8233"
+    done = perseus(servers, "status", exchange, "--json", PERSEUS_TEMPORAL_UI_URL=ui)
+    assert done.returncode == 0, done.stderr
+    item = json.loads(done.stdout)
+    assert item["webUi"] == f"{ui}/namespaces/default/workflows/instance-{exchange}-{shared_worker}"
+    table = perseus(servers, "status", exchange, PERSEUS_TEMPORAL_UI_URL=ui, COLUMNS="400")
+    assert table.returncode == 0, table.stderr
+    assert f"instance-{exchange}-{shared_worker}" in table.stdout
+    assert "[green]" not in table.stdout and "[/" not in table.stdout  # styles, never literal markup
+    await control.command(
+        client, exchange=exchange, host=shared_worker, default_host=shared_worker, command=Command.SHUTDOWN
+    )
+
+
+def test_watch_redraws_until_interrupted_and_refuses_bad_values(servers: Servers) -> None:
+    for args in (["--watch", "0.01"], ["--watch", "2", "--json"]):
+        done = perseus(servers, "status", *args)
+        assert done.returncode == 2 and done.stderr.startswith("error: --watch"), done.stderr
+    proc = subprocess.Popen(
+        [PERSEUS, "status", "--watch", "0.5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=servers.env(COLUMNS="200"),
+        cwd=ROOT,
+    )
+    try:
+        time.sleep(5)  # start-up plus a few redraws
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert stderr.count("server time") >= 2, stderr  # drawn more than once
+    assert "Traceback" not in stderr and stdout.count("exchange") >= 2
