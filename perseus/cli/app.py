@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.text import Text
 
 from perseus.config import (
     DEFAULT_API_PORT,
@@ -24,6 +25,7 @@ from perseus.config import (
     load_settings,
 )
 from perseus.errors import PerseusError
+from perseus.redact import mask_text, mask_url
 
 app = typer.Typer(
     pretty_exceptions_enable=False,
@@ -49,7 +51,9 @@ def run(make: Callable[[Settings], Awaitable[T]]) -> T:
         settings = load_settings()
         return asyncio.run(make(settings))  # type: ignore[arg-type]
     except PerseusError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+        # One line, credentials masked: a driver's message may quote the URL it was given.
+        line = mask_text(" ".join(str(exc).split()), tokens=False)
+        err.print(Text.assemble(("error:", "red"), " ", line), highlight=False)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
@@ -95,8 +99,8 @@ def dev(
         out.print(f"  API             {stack.api_url}/api/network/instances")
         out.print(f"  Network page    {stack.api_url}/network")
         out.print(f"  API key         {stack.api_key}")
-        out.print(f"  Redis           {stack.settings.redis_url}")
-        out.print(f"  PostgreSQL      {stack.settings.database_url}")
+        out.print(f"  Redis           {mask_url(str(stack.settings.redis_url))}", highlight=False)
+        out.print(f"  PostgreSQL      {mask_url(stack.settings.database_url)}", highlight=False)
         out.print(f"  Data            {stack.settings.data_dir.resolve()}")
         out.print(f"  Child PIDs      {' '.join(map(str, stack.child_pids()))}", highlight=False)
 
