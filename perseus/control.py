@@ -24,9 +24,11 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from perseus import errors
-from perseus.keys import SHARED_TASK_QUEUE, valid_host, workflow_id
+from perseus.keys import SHARED_TASK_QUEUE, list_query_value, valid_exchange, valid_host, workflow_id
 from perseus.lifecycle import Command, State
 from perseus.models import (
+    MAX_HEARTBEAT_INTERVAL_S,
+    MIN_HEARTBEAT_INTERVAL_S,
     CommandRequest,
     CommandResult,
     ConnectorSpec,
@@ -38,6 +40,7 @@ from perseus.models import (
 from perseus.temporal import (
     INSTANCE_WORKFLOW,
     QUERY_SNAPSHOT,
+    RPC_TIMEOUT,
     UPDATE_COMMAND,
     UPDATE_HANDOFF,
     UPDATE_WAIT_REGISTERED,
@@ -68,9 +71,27 @@ def error_from_failure(exc: BaseException) -> errors.PerseusError:
     return err
 
 
+def check_exchange(exchange: str) -> None:
+    """Refuse a name that is not an exchange name or id before it reaches any query."""
+    if not valid_exchange(exchange):
+        raise errors.ConfigError(
+            f"invalid exchange name {exchange[:80]!r}: use letters, digits, '_' or '-' "
+            "(perseus exchanges lists them)"
+        )
+
+
+def check_heartbeat_interval(seconds: float) -> None:
+    """The one rule for a heartbeat interval, wherever it comes from (CLI, settings, fleet file)."""
+    if not (MIN_HEARTBEAT_INTERVAL_S <= seconds <= MAX_HEARTBEAT_INTERVAL_S):  # NaN fails too
+        raise errors.ConfigError(
+            f"heartbeat interval must be between {MIN_HEARTBEAT_INTERVAL_S:g} and "
+            f"{MAX_HEARTBEAT_INTERVAL_S:g} seconds, got {seconds:g}"
+        )
+
+
 async def _running(handle: WorkflowHandle[Any, str]) -> bool:
     try:
-        described = await handle.describe()
+        described = await handle.describe(rpc_timeout=RPC_TIMEOUT)
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             return False
@@ -82,7 +103,7 @@ async def _closing(handle: WorkflowHandle[Any, str], wait_s: float = 10.0) -> bo
     """True once a run that has already ended its instance (shut down, lost) has closed: a register
     right after a shutdown must not be refused because the old run is still writing its last event."""
     try:
-        snapshot = await handle.query(QUERY_SNAPSHOT, result_type=InstanceSnapshot)
+        snapshot = await handle.query(QUERY_SNAPSHOT, result_type=InstanceSnapshot, rpc_timeout=RPC_TIMEOUT)
     except (RPCError, WorkflowQueryFailedError):
         return False
     if snapshot.outcome is None:
@@ -112,12 +133,10 @@ async def register(
     visible), or refuses."""
     if standby and start:
         raise errors.ConfigError("--standby and --start exclude each other: a standby starts when promoted")
+    check_exchange(exchange)
     if not valid_host(host):
         raise errors.ConfigError(f"invalid host name {host!r}: use letters, digits, '.', '_' or '-'")
-    if not heartbeat_interval_s > 0:
-        raise errors.ConfigError(
-            f"heartbeat interval must be greater than 0 seconds, got {heartbeat_interval_s}"
-        )
+    check_heartbeat_interval(heartbeat_interval_s)
     wf_id = workflow_id(exchange, host)
     handle: WorkflowHandle[Any, str] = client.get_workflow_handle(wf_id)
     if await _running(handle) and not await _closing(handle):
@@ -151,6 +170,7 @@ async def register(
             static_summary=f"{exchange.lower()} on {host}",
             static_details=f"Exchange instance **{exchange.lower()}** on host **{host}**, "
             f"heartbeat every {heartbeat_interval_s:g}s (TTL {3 * heartbeat_interval_s:g}s).",
+            rpc_timeout=RPC_TIMEOUT,
         )
     except RPCError as exc:
         raise errors.ServiceUnavailable(f"Temporal refused to start {wf_id}: {exc.message}") from None
@@ -183,13 +203,16 @@ async def find_instance(
     client: Client, exchange: str, host: str | None, default_host: str
 ) -> WorkflowHandle[Any, str]:
     """The running workflow for ``exchange`` on ``host`` (or on the only host that runs it)."""
+    check_exchange(exchange)
     wanted = host or default_host
+    if not valid_host(wanted):
+        raise errors.ConfigError(f"invalid host name {wanted!r}: use letters, digits, '.', '_' or '-'")
     handle: WorkflowHandle[Any, str] = client.get_workflow_handle(workflow_id(exchange, wanted))
     if await _running(handle):
         return handle
     if host is None:
-        query = f"ExchangeName = '{exchange.lower()}' AND ExecutionStatus = 'Running'"
-        found = [wf.id async for wf in client.list_workflows(query, limit=10)]
+        query = f"ExchangeName = {list_query_value(exchange.lower())} AND ExecutionStatus = 'Running'"
+        found = [wf.id async for wf in client.list_workflows(query, limit=10, rpc_timeout=RPC_TIMEOUT)]
         if len(found) == 1:
             return client.get_workflow_handle(found[0])
         if len(found) > 1:
@@ -240,8 +263,12 @@ async def find_active(
     """The instance of ``exchange`` that holds the claim (on ``host`` if given)."""
     if host is not None:
         return await find_instance(client, exchange, host, default_host)
-    query = f"ExchangeName = '{exchange.lower()}' AND InstanceRole = 'active' AND ExecutionStatus = 'Running'"
-    found = [wf.id async for wf in client.list_workflows(query, limit=10)]
+    check_exchange(exchange)
+    query = (
+        f"ExchangeName = {list_query_value(exchange.lower())} AND InstanceRole = 'active'"
+        " AND ExecutionStatus = 'Running'"
+    )
+    found = [wf.id async for wf in client.list_workflows(query, limit=10, rpc_timeout=RPC_TIMEOUT)]
     if len(found) == 1:
         return client.get_workflow_handle(found[0])
     if not found:

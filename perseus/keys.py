@@ -17,6 +17,7 @@ TTL_FACTOR = 3
 RENEW_DEADLINE_FACTOR = 2
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_EXCHANGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 
 def status_key(exchange_id: int) -> str:
@@ -52,6 +53,18 @@ def workflow_id(exchange_name: str, host: str) -> str:
 def valid_host(host: str) -> bool:
     """A host name usable in task queue names and workflow ids."""
     return bool(_HOST_RE.match(host))
+
+
+def valid_exchange(name: str) -> bool:
+    """An exchange name or id as a user may type it: letters, digits, '_' and '-' (catalog names are
+    lower case; the match is case-insensitive). Anything else never reaches a query."""
+    return bool(_EXCHANGE_RE.match(name))
+
+
+def list_query_value(value: str) -> str:
+    """``value`` as a quoted string literal of Temporal's list-filter language (escapes ``\\``
+    and ``'``); values are validated names already, this is the second line of defence."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def ttl_ms(heartbeat_interval_s: float) -> int:

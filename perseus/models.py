@@ -148,6 +148,11 @@ class SymbolsRequest(BaseModel):
 #: Limits of a process connector's timings, set by the workflow's host-activity timeouts.
 MAX_READY_TIMEOUT_S = 110.0
 MAX_STOP_GRACE_S = 10.0
+#: The heartbeat interval's bounds, checked at every edge (settings, CLI, workflow input): below
+#: half a second the lease cannot renew in time; above an hour a dead host would hold an exchange
+#: for three. Infinity and NaN are refused (an infinite TTL cannot be encoded: the workflow stuck).
+MIN_HEARTBEAT_INTERVAL_S = 0.5
+MAX_HEARTBEAT_INTERVAL_S = 3600.0
 
 
 class ConnectorSpec(BaseModel):
@@ -277,7 +282,9 @@ class InstanceInput(BaseModel):
     exchange: str
     host: str
     admin_email: str | None = None
-    heartbeat_interval_s: float = 15.0
+    heartbeat_interval_s: float = Field(
+        default=15.0, ge=MIN_HEARTBEAT_INTERVAL_S, le=MAX_HEARTBEAT_INTERVAL_S, allow_inf_nan=False
+    )
     connector: ConnectorSpec = Field(default_factory=ConnectorSpec)
     start_immediately: bool = False
     #: Register as a standby: visible and waiting, holding no claim until promoted.

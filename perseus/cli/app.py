@@ -141,7 +141,7 @@ def worker(
         name = host or settings.host_name()
         if not valid_host(name):
             raise PerseusError(f"invalid host name {name!r}: use letters, digits, '.', '_' or '-'")
-        client = await connect()
+        client = await connect(settings)
         stop = asyncio.Event()
         install_signal_handlers(stop)
         ready = asyncio.Event()

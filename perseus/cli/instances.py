@@ -75,8 +75,11 @@ def register(
             restart=restart,
         )
         interval = heartbeat_interval if heartbeat_interval is not None else settings.heartbeat_interval
-        if not interval > 0:
-            raise ConfigError(f"--heartbeat-interval must be greater than 0 seconds, got {interval:g}")
+        try:
+            control.check_heartbeat_interval(interval)
+        except ConfigError as exc:
+            raise ConfigError(f"--heartbeat-interval: {exc}") from None
+        control.check_exchange(exchange)
 
         # Refuse unknown exchanges and admins before anything is started (lists the known ones).
         async def check(catalog: object) -> None:
@@ -85,7 +88,7 @@ def register(
                 await catalog.admin(admin_email)  # type: ignore[attr-defined]
 
         await _with_catalog(settings, check)
-        client = await connect()
+        client = await connect(settings)
         return await control.register(
             client,
             exchange=exchange,
@@ -121,7 +124,7 @@ def _command(exchange: str, host: str | None, command: Command, as_json: bool) -
     from perseus.temporal import connect
 
     async def main(settings: Settings) -> CommandResult:
-        client = await connect()
+        client = await connect(settings)
         return await control.command(
             client, exchange=exchange, host=host, default_host=settings.host_name(), command=command
         )
@@ -228,7 +231,7 @@ def handoff(
     from perseus.temporal import connect
 
     async def main(settings: Settings) -> CommandResult:
-        client = await connect()
+        client = await connect(settings)
         return await control.handoff(
             client,
             exchange=exchange,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -22,6 +23,16 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema.sql"
 DEMO_DATA_PATH = Path(__file__).resolve().parents[1] / "demo_data.sql"
 
 DatabaseError = psycopg.Error
+
+
+def conninfo_params(url: str) -> dict[str, str]:
+    """The connection parameters written in ``url`` as libpq reads them (``host``, ``hostaddr``,
+    ``sslmode``, ``service``…); ValueError when libpq cannot parse it. Environment defaults
+    (``PGHOST``…) are not applied here: :func:`perseus.config.check_database_url` does that."""
+    try:
+        return {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
+    except psycopg.ProgrammingError as exc:
+        raise ValueError(f"not a valid PostgreSQL URL: {str(exc).strip().splitlines()[0]}") from None
 
 
 def make_pool(url: str, *, max_size: int = 5) -> AsyncConnectionPool[Any]:
