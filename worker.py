@@ -29,7 +29,7 @@ from perseus.connectors.base import ConnectorHost
 from perseus.connectors.process import output_dir
 from perseus.keys import SHARED_TASK_QUEUE, host_task_queue
 from perseus.notify import discord_notifier
-from perseus.store.db import Catalog, make_pool
+from perseus.store.db import Catalog, make_pool, open_pool
 from perseus.store.redis_store import RedisStore, make_client
 from workflows.instance import InstanceWorkflow
 
@@ -49,10 +49,16 @@ async def run_worker(
 ) -> None:
     """Serve ``host``'s queue (and the shared queue) until ``stop`` is set, then release gracefully."""
     redis = make_client(str(settings.redis_url))
-    pool = make_pool(settings.database_url)
-    await pool.open(wait=True, timeout=15)
-    http = httpx.AsyncClient(follow_redirects=True)
     store = RedisStore(redis)
+    pool = make_pool(settings.database_url)
+    try:
+        # Both servers answer before anything polls: a start-up failure is one line, not a trace.
+        await store.check_reachable()
+        await open_pool(pool)
+    except BaseException:
+        await redis.aclose()
+        raise
+    http = httpx.AsyncClient(follow_redirects=True)
     catalog = Catalog(pool)
     host_activities = HostActivities(
         hostname=host,

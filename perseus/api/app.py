@@ -19,12 +19,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from perseus.api.codec import codec_router
 from perseus.api.page import router as page_router
+from perseus.api.ready import router as ready_router
 from perseus.api.routes import ErrorBody
 from perseus.api.routes import router as network_router
 from perseus.config import Settings
 from perseus.errors import InvalidQuery, PerseusError, ServiceUnavailable, Unauthorized, UnknownExchange
-from perseus.store.db import Catalog, make_pool
+from perseus.store.db import Catalog, make_pool, open_pool
 from perseus.store.redis_store import RedisStore, make_client
 
 _STATUS: list[tuple[type[PerseusError], int]] = [
@@ -79,7 +81,11 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = make_client(str(settings.redis_url))
         pool = make_pool(settings.database_url)
-        await pool.open(wait=True, timeout=15)
+        try:
+            await open_pool(pool)
+        except BaseException:
+            await redis.aclose()
+            raise
         app.state.store = RedisStore(redis)
         app.state.catalog = Catalog(pool)
         try:
@@ -99,6 +105,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.include_router(network_router)
+    app.include_router(ready_router)
+    app.include_router(codec_router(settings))
     app.include_router(page_router)
 
     @app.get("/healthz", include_in_schema=False)

@@ -160,14 +160,18 @@ def api(port: Annotated[int | None, typer.Option(help="Port (default PERSEUS_API
     import uvicorn
 
     from perseus.api.app import create_app
+    from perseus.api.ready import preflight
 
-    def serve(settings: Settings) -> Awaitable[None]:
+    async def serve(settings: Settings) -> None:
+        await preflight(settings)  # PostgreSQL or Redis down: one line and exit 1, not a traceback
         server = uvicorn.Server(
             uvicorn.Config(
                 create_app(settings), host=settings.api_host, port=port or settings.api_port, log_level="info"
             )
         )
-        return server.serve()
+        await server.serve()
+        if not server.started:
+            raise PerseusError("the API did not start (see the lines above)")
 
     run(serve)
 

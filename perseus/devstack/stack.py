@@ -163,7 +163,7 @@ def load_or_create_key(path: Path) -> str:
 
 async def _dev_api_key(url: str) -> str:
     pool = db.make_pool(url, max_size=1)
-    await pool.open(wait=True, timeout=15)
+    await db.open_pool(pool)
     try:
         catalog = db.Catalog(pool)
         return await catalog.first_active_api_key("dev") or await catalog.create_api_key("dev")
