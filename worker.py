@@ -31,6 +31,7 @@ from perseus.keys import SHARED_TASK_QUEUE, host_task_queue
 from perseus.notify import discord_notifier
 from perseus.store.db import Catalog, make_pool, open_pool
 from perseus.store.redis_store import RedisStore, make_client
+from perseus.temporal import RPC_TIMEOUT
 from workflows.instance import InstanceWorkflow
 
 log = logging.getLogger("perseus.worker")
@@ -119,13 +120,15 @@ async def release_instances(client: Client, host_activities: HostActivities) -> 
     workflow_ids = set(host_activities.leases) | set(host_activities.connectors.workflow_ids())
     for workflow_id in workflow_ids:
         with contextlib.suppress(RPCError):
-            await client.get_workflow_handle(workflow_id).signal(InstanceWorkflow.host_shutting_down)
+            await client.get_workflow_handle(workflow_id).signal(
+                InstanceWorkflow.host_shutting_down, rpc_timeout=RPC_TIMEOUT
+            )
     deadline = time.monotonic() + GRACEFUL_RELEASE_S
     pending = set(workflow_ids)
     while pending and time.monotonic() < deadline:
         for workflow_id in list(pending):
             try:
-                described = await client.get_workflow_handle(workflow_id).describe()
+                described = await client.get_workflow_handle(workflow_id).describe(rpc_timeout=RPC_TIMEOUT)
             except RPCError:
                 pending.discard(workflow_id)
                 continue

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import stat
+from pathlib import Path
+
 import pytest
 from temporalio.api.common.v1 import Payload
 
@@ -63,3 +66,15 @@ def test_no_key_needs_an_explicit_plaintext_setting(monkeypatch: pytest.MonkeyPa
     keyed = data_converter(load_settings(payload_key=new_key()))
     assert isinstance(keyed.payload_codec, EncryptionCodec)
     assert isinstance(converter.payload_codec, PlainCodec)
+
+
+def test_dev_key_file_is_private_reused_and_refused_when_readable(tmp_path: Path) -> None:
+    from perseus.devstack.stack import load_or_create_key
+
+    path = tmp_path / "data" / "payload.key"
+    key = load_or_create_key(path)
+    assert parse_keys(key) and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_or_create_key(path) == key  # the same key on the next `perseus dev`
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by others"):
+        load_or_create_key(path)
