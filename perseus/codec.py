@@ -23,6 +23,7 @@ import binascii
 import hashlib
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from temporalio.api.common.v1 import Payload
@@ -67,6 +68,33 @@ def parse_keys(text: str) -> list[bytes]:
     if not keys:
         raise ConfigError("PERSEUS_PAYLOAD_KEY: no key given")
     return keys
+
+
+#: Where ``perseus dev`` keeps its key, inside the data dir; other commands with the same data dir
+#: find it there, so ``perseus stop kraken`` in a second terminal talks to the dev stack.
+DEV_KEY_FILE = "payload.key"
+
+
+def read_key_file(path: Path) -> str:
+    """The key list in ``path``; ConfigError if others may read it or it is malformed."""
+    if path.stat().st_mode & 0o077:
+        raise ConfigError(f"{path} is readable by others: chmod 600 it (it encrypts Temporal payloads)")
+    text = path.read_text().strip()
+    parse_keys(text)
+    return text
+
+
+def load_or_create_key(path: Path) -> str:
+    """The key in ``path``; a new one written there first (0600, in a 0700 folder) if there is none."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return read_key_file(path)
+    key = new_key()
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    return key
 
 
 def key_id(key: bytes) -> str:

@@ -16,7 +16,7 @@ from temporalio.converter import DataConverter, PayloadCodec
 from temporalio.envconfig import ClientConfig
 from temporalio.service import RPCError
 
-from perseus.codec import PlainCodec
+from perseus.codec import DEV_KEY_FILE, PlainCodec
 from perseus.errors import ConfigError, ServiceUnavailable
 from perseus.lifecycle import State
 
@@ -40,14 +40,20 @@ converter = dataclasses.replace(pydantic_data_converter, payload_codec=PlainCode
 
 
 def payload_codec(settings: Settings) -> PayloadCodec:
-    """The codec the settings ask for: encryption with ``PERSEUS_PAYLOAD_KEY``, plain text only when
-    ``PERSEUS_PAYLOAD_PLAINTEXT=1`` says so; neither is a ConfigError (see docs/security.md)."""
+    """The codec the settings ask for: encryption with ``PERSEUS_PAYLOAD_KEY``; plain text when
+    ``PERSEUS_PAYLOAD_PLAINTEXT=1`` says so; else the key ``perseus dev`` keeps in the data dir;
+    none of these is a ConfigError (see docs/security.md)."""
     if settings.payload_key is not None:
         from perseus.codec import EncryptionCodec, parse_keys
 
         return EncryptionCodec(parse_keys(settings.payload_key.get_secret_value()))
     if settings.payload_plaintext:
         return PlainCodec()
+    dev_key = settings.data_dir / DEV_KEY_FILE
+    if dev_key.exists():  # a `perseus dev` stack's key, in the same data dir
+        from perseus.codec import EncryptionCodec, parse_keys, read_key_file
+
+        return EncryptionCodec(parse_keys(read_key_file(dev_key)))
     raise ConfigError(
         "PERSEUS_PAYLOAD_KEY is not set: Temporal history would hold connector commands and their "
         "environment in plain text; set a key (openssl rand -base64 32) on every worker and client, "

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from perseus import control
 from perseus.api.server import build_server
-from perseus.codec import new_key, parse_keys
+from perseus.codec import DEV_KEY_FILE, load_or_create_key
 from perseus.config import (
     DEFAULT_API_PORT,
     DEFAULT_POSTGRES_PORT,
@@ -127,38 +127,16 @@ async def start_services(settings: Settings, opts: DevOptions) -> DevStack:
         raise
 
 
-PAYLOAD_KEY_FILE = "payload.key"
-
-
 def dev_payload_settings(settings: Settings, data_dir: Path) -> dict[str, object]:
     """Dev encrypts Temporal payloads too: with PERSEUS_PAYLOAD_KEY if given, else with a key kept in
     the data dir (created once, mode 0600), unless PERSEUS_PAYLOAD_PLAINTEXT=1 asks for plain text.
     Its API is on loopback, so the Web UI may call /codec without an API key."""
     updates: dict[str, object] = {}
     if settings.payload_key is None and not settings.payload_plaintext:
-        updates["payload_key"] = SecretStr(load_or_create_key(data_dir / PAYLOAD_KEY_FILE))
+        updates["payload_key"] = SecretStr(load_or_create_key(data_dir / DEV_KEY_FILE))
     if is_loopback_host(settings.api_host) and not settings.explicitly_set("codec_allow_anonymous"):
         updates["codec_allow_anonymous"] = True
     return updates
-
-
-def load_or_create_key(path: Path) -> str:
-    """The key in ``path``; a new one written there first (0600, in a 0700 folder) if there is none."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        key = new_key()
-        with os.fdopen(fd, "w") as out:
-            out.write(key + "\n")
-        return key
-    if path.stat().st_mode & 0o077:
-        raise ConfigError(f"{path} is readable by others: chmod 600 it (it encrypts Temporal payloads)")
-    key = path.read_text().strip()
-    parse_keys(key)
-    return key
 
 
 async def _dev_api_key(url: str) -> str:

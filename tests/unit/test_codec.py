@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 from temporalio.api.common.v1 import Payload
 
-from perseus.codec import ENCODING, EncryptionCodec, PayloadKeyError, PlainCodec, new_key, parse_keys
+from perseus.codec import (
+    ENCODING,
+    EncryptionCodec,
+    PayloadKeyError,
+    PlainCodec,
+    load_or_create_key,
+    new_key,
+    parse_keys,
+)
 from perseus.config import load_settings
 from perseus.errors import ConfigError
 from perseus.temporal import converter, data_converter
@@ -57,11 +65,15 @@ def test_malformed_keys_are_config_errors(text: str) -> None:
         parse_keys(text)
 
 
-def test_no_key_needs_an_explicit_plaintext_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_key_needs_an_explicit_plaintext_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ("PERSEUS_PAYLOAD_KEY", "PERSEUS_PAYLOAD_PLAINTEXT"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PERSEUS_DATA_DIR", str(tmp_path))
     with pytest.raises(ConfigError, match="PERSEUS_PAYLOAD_KEY is not set"):
         data_converter(load_settings())
+    # A dev stack's key in the same data dir is found (a second terminal talks to `perseus dev`).
+    load_or_create_key(tmp_path / "payload.key")
+    assert isinstance(data_converter(load_settings()).payload_codec, EncryptionCodec)
     assert isinstance(data_converter(load_settings(payload_plaintext=True)).payload_codec, PlainCodec)
     keyed = data_converter(load_settings(payload_key=new_key()))
     assert isinstance(keyed.payload_codec, EncryptionCodec)
@@ -69,8 +81,6 @@ def test_no_key_needs_an_explicit_plaintext_setting(monkeypatch: pytest.MonkeyPa
 
 
 def test_dev_key_file_is_private_reused_and_refused_when_readable(tmp_path: Path) -> None:
-    from perseus.devstack.stack import load_or_create_key
-
     path = tmp_path / "data" / "payload.key"
     key = load_or_create_key(path)
     assert parse_keys(key) and stat.S_IMODE(path.stat().st_mode) == 0o600
