@@ -76,7 +76,9 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return _error(exc.status_code, body, dict(exc.headers) if exc.headers else None)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, temporal_address: str | None = None) -> FastAPI:
+    """The app; ``temporal_address`` overrides TEMPORAL_ADDRESS for /readyz (``perseus dev``)."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = make_client(str(settings.redis_url))
@@ -101,6 +103,7 @@ def create_app(settings: Settings) -> FastAPI:
         "`Authorization: Bearer <api key>`; every answer carries `serverTime`.",
         lifespan=lifespan,
     )
+    app.state.temporal_address = temporal_address
     app.add_exception_handler(PerseusError, _perseus_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

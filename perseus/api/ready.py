@@ -48,7 +48,8 @@ async def _temporal(request: Request) -> None:
     if client is None:
         # Lazy: created without a round trip, connects on first use. Health checks carry no
         # payloads, so the plain converter is enough (no key needed to say "up").
-        client = await Client.connect(**connect_config(), data_converter=converter, lazy=True)
+        config = connect_config(getattr(request.app.state, "temporal_address", None))
+        client = await Client.connect(**config, data_converter=converter, lazy=True)
         request.app.state.readyz_temporal = client
     await client.service_client.check_health(timeout=timedelta(seconds=CHECK_S))
 

@@ -19,9 +19,11 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
-def build_server(settings: Settings, port: int | None = None) -> EmbeddedServer:
+def build_server(
+    settings: Settings, port: int | None = None, temporal_address: str | None = None
+) -> EmbeddedServer:
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, temporal_address),
         host=settings.api_host,
         port=port or settings.api_port,
         log_level="warning",

@@ -163,7 +163,7 @@ async def run_dev(
     stack = await start_services(settings, opts)
     worker_stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
-    api = build_server(stack.settings, opts.api_port)
+    api = build_server(stack.settings, opts.api_port, stack.temporal_address)
     try:
         client = await connect(stack.settings, stack.temporal_address)
         await register_search_attributes(client)
