@@ -129,7 +129,8 @@ async def register_search_attributes(client: Client) -> None:
                 search_attributes={
                     k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for k in SEARCH_ATTRIBUTES
                 },
-            )
+            ),
+            timeout=RPC_TIMEOUT,
         )
     except RPCError as exc:
         if "already exists" not in str(exc):
