@@ -16,8 +16,11 @@ TTL_FACTOR = 3
 #: A holder that could not renew for this many intervals stops its connector: well before the TTL.
 RENEW_DEADLINE_FACTOR = 2
 
-_HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_EXCHANGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+#: What a host and an exchange name may be (also the workflow input's field constraints).
+HOST_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+EXCHANGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
+_HOST_RE = re.compile(HOST_PATTERN)
+_EXCHANGE_RE = re.compile(EXCHANGE_PATTERN)
 
 
 def status_key(exchange_id: int) -> str:

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from perseus.keys import iso
+from perseus.keys import EXCHANGE_PATTERN, HOST_PATTERN, iso
 from perseus.lifecycle import Command, State
 
 
@@ -279,8 +279,8 @@ class CarriedState(BaseModel):
 class InstanceInput(BaseModel):
     """Workflow input; also what continue-as-new carries, so every field is state."""
 
-    exchange: str
-    host: str
+    exchange: str = Field(pattern=EXCHANGE_PATTERN)
+    host: str = Field(pattern=HOST_PATTERN)
     admin_email: str | None = None
     heartbeat_interval_s: float = Field(
         default=15.0, ge=MIN_HEARTBEAT_INTERVAL_S, le=MAX_HEARTBEAT_INTERVAL_S, allow_inf_nan=False

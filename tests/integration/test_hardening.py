@@ -264,3 +264,6 @@ def test_workflow_input_refuses_a_bad_interval() -> None:
         with pytest.raises(ValidationError):
             InstanceInput(exchange="coinbase", host="h1", heartbeat_interval_s=bad)
     assert InstanceInput(exchange="coinbase", host="h1", heartbeat_interval_s=0.5).heartbeat_interval_s == 0.5
+    for exchange, host in (("a'b", "h1"), ("coinbase", "h 1"), ("", "h1")):
+        with pytest.raises(ValidationError):
+            InstanceInput(exchange=exchange, host=host)
