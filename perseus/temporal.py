@@ -16,7 +16,7 @@ from temporalio.converter import DataConverter, PayloadCodec
 from temporalio.envconfig import ClientConfig
 from temporalio.service import RPCError
 
-from perseus.codec import DEV_KEY_FILE, PlainCodec
+from perseus.codec import DEV_KEY_FILE, EncryptionCodec, PlainCodec, parse_keys, read_key_file
 from perseus.errors import ConfigError, ServiceUnavailable
 from perseus.lifecycle import State
 
@@ -44,15 +44,11 @@ def payload_codec(settings: Settings) -> PayloadCodec:
     ``PERSEUS_PAYLOAD_PLAINTEXT=1`` says so; else the key ``perseus dev`` keeps in the data dir;
     none of these is a ConfigError (see docs/security.md)."""
     if settings.payload_key is not None:
-        from perseus.codec import EncryptionCodec, parse_keys
-
         return EncryptionCodec(parse_keys(settings.payload_key.get_secret_value()))
     if settings.payload_plaintext:
         return PlainCodec()
     dev_key = settings.data_dir / DEV_KEY_FILE
     if dev_key.exists():  # a `perseus dev` stack's key, in the same data dir
-        from perseus.codec import EncryptionCodec, parse_keys, read_key_file
-
         return EncryptionCodec(parse_keys(read_key_file(dev_key)))
     raise ConfigError(
         "PERSEUS_PAYLOAD_KEY is not set: Temporal history would hold connector commands and their "
