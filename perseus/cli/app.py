@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from pydantic import BaseModel
@@ -26,6 +26,9 @@ from perseus.config import (
 )
 from perseus.errors import PerseusError
 from perseus.redact import mask_text, mask_url
+
+if TYPE_CHECKING:
+    from perseus.devstack.stack import DevStack
 
 app = typer.Typer(
     pretty_exceptions_enable=False,
@@ -71,6 +74,22 @@ def print_json(value: Any) -> None:
 # --- stack ---------------------------------------------------------------------------------------
 
 
+def dev_banner(stack: DevStack) -> list[str]:
+    """What ``perseus dev`` prints once it is up: addresses, the dev API key, and the server URLs
+    with their credentials masked (the banner ends up in terminals, logs and screenshots)."""
+    return [
+        f"  Temporal        {stack.temporal_address}",
+        f"  Temporal Web UI {stack.ui_url or '(headless)'}",
+        f"  API             {stack.api_url}/api/network/instances",
+        f"  Network page    {stack.api_url}/network",
+        f"  API key         {stack.api_key}",
+        f"  Redis           {mask_url(str(stack.settings.redis_url))}",
+        f"  PostgreSQL      {mask_url(stack.settings.database_url)}",
+        f"  Data            {stack.settings.data_dir.resolve()}",
+        f"  Child PIDs      {' '.join(map(str, stack.child_pids()))}",
+    ]
+
+
 @app.command()
 def dev(
     demo: Annotated[
@@ -89,20 +108,13 @@ def dev(
     host: HostOption = None,
 ) -> None:
     """Run the embedded stack: Temporal + Web UI, Redis, PostgreSQL, the worker and the API."""
-    from perseus.devstack.stack import DevOptions, DevStack, run_dev
+    from perseus.devstack.stack import DevOptions, run_dev
     from worker import install_signal_handlers
 
     def announce(stack: DevStack) -> None:
         out.print("[bold green]Perseus dev stack is up[/bold green]  (Ctrl-C stops everything)")
-        out.print(f"  Temporal        {stack.temporal_address}")
-        out.print(f"  Temporal Web UI {stack.ui_url or '(headless)'}")
-        out.print(f"  API             {stack.api_url}/api/network/instances")
-        out.print(f"  Network page    {stack.api_url}/network")
-        out.print(f"  API key         {stack.api_key}")
-        out.print(f"  Redis           {mask_url(str(stack.settings.redis_url))}", highlight=False)
-        out.print(f"  PostgreSQL      {mask_url(stack.settings.database_url)}", highlight=False)
-        out.print(f"  Data            {stack.settings.data_dir.resolve()}")
-        out.print(f"  Child PIDs      {' '.join(map(str, stack.child_pids()))}", highlight=False)
+        for line in dev_banner(stack):
+            out.print(line, highlight=False, markup=False)
 
     async def main(settings: Settings) -> None:
         stop = asyncio.Event()

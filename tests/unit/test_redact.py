@@ -56,3 +56,20 @@ def test_clean_output_strips_control_and_ansi_masks_and_bounds() -> None:
     assert "\x1b" not in cleaned and "\x07" not in cleaned and "\x00" not in cleaned
     assert "s3cret" not in cleaned
     assert clean_output("\x1b[1mERROR\x1b[0m token=s3cret") == "ERROR token=***"
+
+
+def test_the_dev_banner_masks_server_passwords() -> None:
+    from perseus.cli.app import dev_banner
+    from perseus.config import load_settings
+    from perseus.devstack.stack import DevStack
+
+    settings = load_settings(
+        redis_url="redis://:redis-pw@127.0.0.1:7379/0",
+        database_url="postgresql://perseus:db-pw@127.0.0.1:7432/perseus",
+    )
+    stack = DevStack(settings, "127.0.0.1:7233", None, "http://127.0.0.1:8700", "k-1")
+    text = "\n".join(dev_banner(stack))
+    assert "redis-pw" not in text and "db-pw" not in text
+    assert (
+        "redis://:***@127.0.0.1:7379/0" in text and "postgresql://perseus:***@127.0.0.1:7432/perseus" in text
+    )
