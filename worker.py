@@ -33,8 +33,9 @@ from perseus.keeper import LeaseKeeper, WorkflowClosed
 from perseus.keys import SHARED_TASK_QUEUE, host_task_queue
 from perseus.metrics import MetricsServer
 from perseus.notify import discord_notifier
-from perseus.store.db import Catalog, make_pool
+from perseus.store.db import Catalog, make_pool, open_pool
 from perseus.store.redis_store import RedisStore, make_client
+from perseus.temporal import RPC_TIMEOUT
 from workflows.instance import InstanceWorkflow
 
 log = logging.getLogger("perseus.worker")
@@ -55,10 +56,16 @@ async def run_worker(
     """Serve ``host``'s queue (and the shared queue) until ``stop`` is set, then release gracefully.
     ``metrics_server`` (``--metrics-port``) serves ``/metrics`` while the worker runs."""
     redis = make_client(str(settings.redis_url))
-    pool = make_pool(settings.database_url)
-    await pool.open(wait=True, timeout=15)
-    http = httpx.AsyncClient(follow_redirects=True)
     store = RedisStore(redis)
+    pool = make_pool(settings.database_url)
+    try:
+        # Both servers answer before anything polls: a start-up failure is one line, not a trace.
+        await store.check_reachable()
+        await open_pool(pool)
+    except BaseException:
+        await redis.aclose()
+        raise
+    http = httpx.AsyncClient(follow_redirects=True)
     catalog = Catalog(pool)
     connectors = ConnectorHost(settings.connector_journal)
     watchdog = Watchdog()
@@ -129,13 +136,15 @@ async def release_instances(client: Client, host_activities: HostActivities) -> 
     workflow_ids = host_activities.keeper.workflow_ids() | set(host_activities.connectors.workflow_ids())
     for workflow_id in workflow_ids:
         with contextlib.suppress(RPCError):
-            await client.get_workflow_handle(workflow_id).signal(InstanceWorkflow.host_shutting_down)
+            await client.get_workflow_handle(workflow_id).signal(
+                InstanceWorkflow.host_shutting_down, rpc_timeout=RPC_TIMEOUT
+            )
     deadline = time.monotonic() + GRACEFUL_RELEASE_S
     pending = set(workflow_ids)
     while pending and time.monotonic() < deadline:
         for workflow_id in list(pending):
             try:
-                described = await client.get_workflow_handle(workflow_id).describe()
+                described = await client.get_workflow_handle(workflow_id).describe(rpc_timeout=RPC_TIMEOUT)
             except RPCError:
                 pending.discard(workflow_id)
                 continue

@@ -221,6 +221,7 @@ async def main(args: argparse.Namespace) -> None:
             PERSEUS_REDIS_URL=f"redis://127.0.0.1:{rp}/0",
             PERSEUS_DATABASE_URL=database_url,
             PERSEUS_DATA_DIR=str(base / "data"),
+            PERSEUS_PAYLOAD_PLAINTEXT="1",  # the bench's own client uses the plain converter
         )
         client = await Client.connect(f"127.0.0.1:{tp}", data_converter=converter)
         await register_search_attributes(client)

@@ -9,14 +9,27 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import AnyHttpUrl, Field, RedisDsn, SecretStr, UrlConstraints, ValidationError, field_validator
+from pydantic import (
+    AnyHttpUrl,
+    Field,
+    RedisDsn,
+    SecretStr,
+    UrlConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from perseus.errors import ConfigError
+from perseus.models import MAX_HEARTBEAT_INTERVAL_S, MIN_HEARTBEAT_INTERVAL_S
 
 #: Where the embedded stack listens unless told otherwise; the same defaults every command uses.
 DEFAULT_REDIS_PORT = 7379
@@ -54,7 +67,11 @@ class Settings(BaseSettings):
 
     redis_url: RedisUrl = Field(default=RedisUrl(f"redis://127.0.0.1:{DEFAULT_REDIS_PORT}/0"))
     database_url: str = f"postgresql://postgres@127.0.0.1:{DEFAULT_POSTGRES_PORT}/perseus"
-    heartbeat_interval: float = 15.0
+    #: Accept sslmode=verify-ca (the certificate's chain, not its host name) for a remote database.
+    database_allow_verify_ca: bool = False
+    #: Accept a plain redis:// URL to another machine (a private network you trust).
+    redis_allow_plaintext: bool = False
+    heartbeat_interval: float = Field(default=15.0, allow_inf_nan=False)
     discord_webhook_url: AnyHttpUrl | None = None
     hostname: str | None = None
     ip_services: list[AnyHttpUrl] = Field(
@@ -70,12 +87,24 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None
     #: Tests only: where connectors journal connect/disconnect/validity (the invariant checker reads it).
     connector_journal: Path | None = None
+    #: AES-256-GCM key(s) for Temporal payloads (base64, 32 bytes; comma-separated to rotate: the
+    #: first encrypts). See perseus/codec.py and docs/security.md.
+    payload_key: SecretStr | None = None
+    #: Without a key, Temporal payloads are refused unless this says plain text is wanted.
+    payload_plaintext: bool = False
+    #: Origins (the Temporal Web UI's) allowed to call the API's /codec endpoints from a browser.
+    codec_cors_origins: list[str] = Field(default_factory=list)
+    #: /codec answers without an API key. Only for an API on loopback (``perseus dev`` sets it).
+    codec_allow_anonymous: bool = False
 
     @field_validator("heartbeat_interval")
     @classmethod
-    def _positive_interval(cls, value: float) -> float:
-        if not value > 0:
-            raise ValueError("must be a number of seconds greater than 0")
+    def _interval_in_bounds(cls, value: float) -> float:
+        if not MIN_HEARTBEAT_INTERVAL_S <= value <= MAX_HEARTBEAT_INTERVAL_S:
+            raise ValueError(
+                f"must be a number of seconds between {MIN_HEARTBEAT_INTERVAL_S:g} and "
+                f"{MAX_HEARTBEAT_INTERVAL_S:g}, got {value:g}"
+            )
         return value
 
     @field_validator("ip_timeout")
@@ -85,11 +114,30 @@ class Settings(BaseSettings):
             raise ValueError("must be greater than 0")
         return value
 
-    @field_validator("database_url")
+    @field_validator("payload_key")
     @classmethod
-    def _database_url(cls, value: str) -> str:
-        check_database_url(value)
+    def _payload_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from perseus.codec import parse_keys
+
+            try:
+                parse_keys(value.get_secret_value())
+            except ConfigError as exc:  # reported as ValueError so load_settings names the variable
+                raise ValueError(str(exc).split(": ", 1)[1]) from None
         return value
+
+    @model_validator(mode="after")
+    def _transport(self) -> Settings:
+        # After the fields: the opt-ins are settings of their own.
+        try:
+            check_database_url(self.database_url, allow_verify_ca=self.database_allow_verify_ca)
+        except ValueError as exc:
+            raise PydanticCustomError("database_url", "{reason}", {"reason": str(exc)}) from None
+        try:
+            check_redis_url(str(self.redis_url), allow_plaintext=self.redis_allow_plaintext)
+        except ValueError as exc:
+            raise PydanticCustomError("redis_url", "{reason}", {"reason": str(exc)}) from None
+        return self
 
     @field_validator("hostname")
     @classmethod
@@ -114,38 +162,92 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = "PERSEUS_" + str(first["loc"][0]).upper() if first["loc"] else "PERSEUS_*"
+        # A whole-model check names its field through the error type (see Settings._transport).
+        field = first["loc"][0] if first["loc"] else first["type"]
+        name = f"PERSEUS_{str(field).upper()}" if field in Settings.model_fields else "PERSEUS_*"
         raise ConfigError(f"{name}: {first['msg']}") from None
     except (json.JSONDecodeError, ValueError) as exc:  # pydantic-settings fails on bad JSON lists
         raise ConfigError(f"invalid PERSEUS_* setting: {exc}") from None
 
 
-def _is_local_host(host: str | None) -> bool:
-    if not host or host.startswith("/") or host == "localhost":
+def is_loopback_host(host: str | None) -> bool:
+    """This machine for sure: a unix socket path, ``localhost`` or a loopback address. A name that
+    merely resolves to one is not trusted (DNS is not asked)."""
+    if not host:
+        return False
+    if host.startswith(("/", "@")) or host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 
 
-_TLS_MODES = {"require", "verify-ca", "verify-full"}
+#: The libpq environment variables that stand in for a parameter the URL leaves out.
+_PG_ENV = {"host": "PGHOST", "hostaddr": "PGHOSTADDR", "sslmode": "PGSSLMODE", "service": "PGSERVICE"}
 
 
-def check_database_url(url: str) -> None:
-    """Refuse a PostgreSQL URL that would talk in plain text to a host that is not this machine.
+def database_targets(url: str, environ: Mapping[str, str] | None = None) -> tuple[list[str], str, bool]:
+    """What the driver will really do with ``url``: the addresses it may connect to (``hostaddr``
+    wins over ``host``, position by position; a missing or empty value falls back to ``PGHOST`` /
+    ``PGHOSTADDR``, then to the local socket), the effective ``sslmode`` (URL, then ``PGSSLMODE``,
+    then libpq's ``prefer``), and whether a service file (``service=``/``PGSERVICE``) may supply
+    parameters we cannot see."""
+    from perseus.store.db import conninfo_params
 
-    Loopback addresses and unix sockets may be plain; anything else needs ``sslmode=require`` or
-    stricter. Raises ValueError with the reason.
-    """
+    env = os.environ if environ is None else environ
+    params = conninfo_params(url)
+
+    def effective(name: str) -> str:
+        return params.get(name) or env.get(_PG_ENV[name], "")
+
+    hosts = effective("host").split(",") if effective("host") else [""]
+    addrs = effective("hostaddr").split(",") if effective("hostaddr") else []
+    targets: list[str] = []
+    for n in range(max(len(hosts), len(addrs))):
+        addr = addrs[n].strip() if n < len(addrs) else ""
+        host = hosts[n].strip() if n < len(hosts) else ""
+        targets.append(addr or host or "/local-socket")  # libpq's default: the unix socket
+    return targets, effective("sslmode") or "prefer", bool(effective("service"))
+
+
+def check_database_url(
+    url: str, *, allow_verify_ca: bool = False, environ: Mapping[str, str] | None = None
+) -> None:
+    """Refuse a PostgreSQL URL that would reach a host other than this machine without verifying
+    the server: every address the driver may use (:func:`database_targets`) must be loopback or a
+    unix socket, or ``sslmode`` must be ``verify-full`` (``verify-ca`` with ``allow_verify_ca``:
+    PERSEUS_DATABASE_ALLOW_VERIFY_CA=1). ``require`` encrypts but accepts any server, so it is not
+    enough. A service file hides the host, so it needs ``verify-full`` too. ValueError says why."""
     parts = urlsplit(url)
     if parts.scheme not in {"postgresql", "postgres"}:
         raise ValueError("must be a postgresql:// URL")
-    query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
-    host = query.get("host") or parts.hostname
-    if _is_local_host(host):
+    targets, sslmode, service = database_targets(url, environ)
+    remote = [t for t in targets if not is_loopback_host(t)]
+    if not remote and not service:
         return
-    if query.get("sslmode") not in _TLS_MODES:
+    accepted = {"verify-full", "verify-ca"} if allow_verify_ca else {"verify-full"}
+    if sslmode in accepted:
+        return
+    where = f"database host {', '.join(remote)}" if remote else "a database from a service file"
+    raise ValueError(
+        f"{where} is not this machine and sslmode is {sslmode}: add sslmode=verify-full "
+        "(and sslrootcert) to the URL"
+        + ("" if allow_verify_ca else ", or sslmode=verify-ca with PERSEUS_DATABASE_ALLOW_VERIFY_CA=1")
+    )
+
+
+def check_redis_url(url: str, *, allow_plaintext: bool = False) -> None:
+    """Refuse a Redis URL that would talk in plain text to another machine (``rediss://`` needed,
+    unless PERSEUS_REDIS_ALLOW_PLAINTEXT=1). A ``host`` query parameter is refused outright: the
+    client may prefer it to the URL's host, which would hide where it really connects."""
+    parts = urlsplit(url)
+    if "host" in {k.lower() for k, _ in parse_qsl(parts.query, keep_blank_values=True)}:
+        raise ValueError("a host= query parameter is not allowed: put the host in the URL")
+    if parts.scheme.lower().startswith("rediss") or allow_plaintext:
+        return
+    if not is_loopback_host(parts.hostname):
         raise ValueError(
-            f"database host {host} is not local: add sslmode=require (or verify-ca/verify-full) to the URL"
+            f"Redis host {parts.hostname} is not this machine: use rediss:// (TLS), "
+            "or set PERSEUS_REDIS_ALLOW_PLAINTEXT=1 to accept plain text"
         )

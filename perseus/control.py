@@ -26,9 +26,11 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from perseus import errors
-from perseus.keys import SHARED_TASK_QUEUE, valid_host, workflow_id
+from perseus.keys import SHARED_TASK_QUEUE, valid_exchange, valid_host, workflow_id
 from perseus.lifecycle import Command, State, plan, projected_state
 from perseus.models import (
+    MAX_HEARTBEAT_INTERVAL_S,
+    MIN_HEARTBEAT_INTERVAL_S,
     CommandRequest,
     CommandResult,
     ConnectorSpec,
@@ -42,6 +44,7 @@ from perseus.store.redis_store import RedisStore
 from perseus.temporal import (
     INSTANCE_WORKFLOW,
     QUERY_SNAPSHOT,
+    RPC_TIMEOUT,
     SIGNAL_COMMAND,
     UPDATE_COMMAND,
     UPDATE_HANDOFF,
@@ -74,9 +77,27 @@ def error_from_failure(exc: BaseException) -> errors.PerseusError:
     return err
 
 
+def check_exchange(exchange: str) -> None:
+    """Refuse a name that is not an exchange name or id before it reaches any query."""
+    if not valid_exchange(exchange):
+        raise errors.ConfigError(
+            f"invalid exchange name {exchange[:80]!r}: use letters, digits, '_' or '-' "
+            "(perseus exchanges lists them)"
+        )
+
+
+def check_heartbeat_interval(seconds: float) -> None:
+    """The one rule for a heartbeat interval, wherever it comes from (CLI, settings, fleet file)."""
+    if not (MIN_HEARTBEAT_INTERVAL_S <= seconds <= MAX_HEARTBEAT_INTERVAL_S):  # NaN fails too
+        raise errors.ConfigError(
+            f"heartbeat interval must be between {MIN_HEARTBEAT_INTERVAL_S:g} and "
+            f"{MAX_HEARTBEAT_INTERVAL_S:g} seconds, got {seconds:g}"
+        )
+
+
 async def _running(handle: WorkflowHandle[Any, str]) -> bool:
     try:
-        described = await handle.describe()
+        described = await handle.describe(rpc_timeout=RPC_TIMEOUT)
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             return False
@@ -88,7 +109,7 @@ async def _closing(handle: WorkflowHandle[Any, str], wait_s: float = 10.0) -> bo
     """True once a run that has already ended its instance (shut down, lost) has closed: a register
     right after a shutdown must not be refused because the old run is still writing its last event."""
     try:
-        snapshot = await handle.query(QUERY_SNAPSHOT, result_type=InstanceSnapshot)
+        snapshot = await handle.query(QUERY_SNAPSHOT, result_type=InstanceSnapshot, rpc_timeout=RPC_TIMEOUT)
     except (RPCError, WorkflowQueryFailedError):
         return False
     if snapshot.outcome is None:
@@ -119,13 +140,11 @@ async def register(
     visible), or refuses; ``timeout_s`` bounds the wait for a worker's answer."""
     if standby and start:
         raise errors.ConfigError("--standby and --start exclude each other: a standby starts when promoted")
+    check_exchange(exchange)
     if not valid_host(host):
         raise errors.ConfigError(f"invalid host name {host!r}: use letters, digits, '.', '_' or '-'")
     check_timeout(timeout_s)
-    if not heartbeat_interval_s > 0:
-        raise errors.ConfigError(
-            f"heartbeat interval must be greater than 0 seconds, got {heartbeat_interval_s}"
-        )
+    check_heartbeat_interval(heartbeat_interval_s)
     wf_id = workflow_id(exchange, host)
     handle: WorkflowHandle[Any, str] = client.get_workflow_handle(wf_id)
     if await _running(handle) and not await _closing(handle):
@@ -159,6 +178,7 @@ async def register(
             static_summary=f"{exchange.lower()} on {host}",
             static_details=f"Exchange instance **{exchange.lower()}** on host **{host}**, "
             f"heartbeat every {heartbeat_interval_s:g}s (TTL {3 * heartbeat_interval_s:g}s).",
+            rpc_timeout=RPC_TIMEOUT,
         )
     except RPCError as exc:
         raise errors.ServiceUnavailable(f"Temporal refused to start {wf_id}: {exc.message}") from None
@@ -221,7 +241,7 @@ async def _answer(call: Awaitable[T], what: str, timeout_s: float = ANSWER_TIMEO
 async def _running_ids(client: Client, query: str) -> list[str]:
     """Ids of the workflows a list filter (built by :func:`instances_filter`) finds."""
     try:
-        return [wf.id async for wf in client.list_workflows(query, limit=10)]
+        return [wf.id async for wf in client.list_workflows(query, limit=10, rpc_timeout=RPC_TIMEOUT)]
     except RPCError as exc:
         if exc.status == RPCStatusCode.INVALID_ARGUMENT:  # a filter bug, not the user's input
             raise errors.PerseusError(f"Temporal refused the list filter {query!r}: {exc.message}") from None
@@ -250,6 +270,7 @@ async def find_instance(
     """The running workflow for ``exchange`` on ``host``; without ``host``: the one on
     ``default_host``, else the only one running, else ``prefer`` (the status key's holder) if it is
     among several."""
+    check_exchange(exchange)
     wanted = host or default_host
     if not valid_host(wanted):
         raise errors.ConfigError(f"invalid host name {wanted!r}: use letters, digits, '.', '_' or '-'")
@@ -398,6 +419,7 @@ async def find_active(
 ) -> WorkflowHandle[Any, str]:
     """The instance of ``exchange`` that holds the claim: the one on ``host`` if given, else the
     workflow the status key names (``holder``). Search attributes are not asked: they lag."""
+    check_exchange(exchange)
     if host is not None:
         return await find_instance(client, exchange, host, default_host)
     if holder is None:

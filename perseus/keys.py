@@ -16,7 +16,11 @@ TTL_FACTOR = 3
 #: A holder that could not renew for this many intervals stops its connector: well before the TTL.
 RENEW_DEADLINE_FACTOR = 2
 
-_HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+#: What a host and an exchange name may be (also the workflow input's field constraints).
+HOST_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+EXCHANGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
+_HOST_RE = re.compile(HOST_PATTERN)
+_EXCHANGE_RE = re.compile(EXCHANGE_PATTERN)
 
 
 def status_key(exchange_id: int) -> str:
@@ -52,6 +56,18 @@ def workflow_id(exchange_name: str, host: str) -> str:
 def valid_host(host: str) -> bool:
     """A host name usable in task queue names and workflow ids."""
     return bool(_HOST_RE.match(host))
+
+
+def valid_exchange(name: str) -> bool:
+    """An exchange name or id as a user may type it: letters, digits, '_' and '-' (catalog names are
+    lower case; the match is case-insensitive). Anything else never reaches a query."""
+    return bool(_EXCHANGE_RE.match(name))
+
+
+def list_query_value(value: str) -> str:
+    """``value`` as a quoted string literal of Temporal's list-filter language (escapes ``\\``
+    and ``'``); values are validated names already, this is the second line of defence."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def ttl_ms(heartbeat_interval_s: float) -> int:

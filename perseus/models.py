@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from perseus.keys import iso
+from perseus.keys import EXCHANGE_PATTERN, HOST_PATTERN, iso
 from perseus.lifecycle import Command, Role, State
 
 
@@ -152,6 +152,11 @@ class SymbolsRequest(BaseModel):
 MAX_READY_TIMEOUT_S = 110.0
 MAX_STOP_GRACE_S = 10.0
 MAX_ACTIVE_TIMEOUT_S = 60.0
+#: The heartbeat interval's bounds, checked at every edge (settings, CLI, workflow input): below
+#: half a second the lease cannot renew in time; above an hour a dead host would hold an exchange
+#: for three. Infinity and NaN are refused (an infinite TTL cannot be encoded: the workflow stuck).
+MIN_HEARTBEAT_INTERVAL_S = 0.5
+MAX_HEARTBEAT_INTERVAL_S = 3600.0
 
 
 class ConnectorSpec(BaseModel):
@@ -294,10 +299,12 @@ class CarriedState(BaseModel):
 class InstanceInput(BaseModel):
     """Workflow input; also what continue-as-new carries, so every field is state."""
 
-    exchange: str
-    host: str
+    exchange: str = Field(pattern=EXCHANGE_PATTERN)
+    host: str = Field(pattern=HOST_PATTERN)
     admin_email: str | None = None
-    heartbeat_interval_s: float = 15.0
+    heartbeat_interval_s: float = Field(
+        default=15.0, ge=MIN_HEARTBEAT_INTERVAL_S, le=MAX_HEARTBEAT_INTERVAL_S, allow_inf_nan=False
+    )
     connector: ConnectorSpec = Field(default_factory=ConnectorSpec)
     start_immediately: bool = False
     #: Register as a standby: visible and waiting, holding no claim until promoted.

@@ -60,6 +60,8 @@ class Servers:
             PERSEUS_DATABASE_URL=self.database_url,
             PERSEUS_DATA_DIR=str(self.data_dir / "cli"),
             PERSEUS_IP_SERVICES=NO_IP_LOOKUP,
+            # The shared test clients use the plain converter; tests of encryption set a key.
+            PERSEUS_PAYLOAD_PLAINTEXT="1",
         )
         env.update(extra)
         return env

@@ -19,13 +19,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from perseus.api.codec import codec_router
 from perseus.api.live import LiveFeed
 from perseus.api.page import router as page_router
+from perseus.api.ready import router as ready_router
 from perseus.api.routes import ErrorBody, metrics_router
 from perseus.api.routes import router as network_router
 from perseus.config import Settings
 from perseus.errors import InvalidQuery, PerseusError, ServiceUnavailable, Unauthorized, UnknownExchange
-from perseus.store.db import Catalog, make_pool
+from perseus.store.db import Catalog, make_pool, open_pool
 from perseus.store.redis_store import RedisStore, make_client
 
 _STATUS: list[tuple[type[PerseusError], int]] = [
@@ -75,12 +77,18 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return _error(exc.status_code, body, dict(exc.headers) if exc.headers else None)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, temporal_address: str | None = None) -> FastAPI:
+    """The app; ``temporal_address`` overrides TEMPORAL_ADDRESS for /readyz (``perseus dev``)."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = make_client(str(settings.redis_url))
         pool = make_pool(settings.database_url)
-        await pool.open(wait=True, timeout=15)
+        try:
+            await open_pool(pool)
+        except BaseException:
+            await redis.aclose()
+            raise
         app.state.store = RedisStore(redis)
         app.state.catalog = Catalog(pool)
         # One stream reader for the whole process, fanned out to every live page (routes.events).
@@ -100,10 +108,13 @@ def create_app(settings: Settings) -> FastAPI:
         "`Authorization: Bearer <api key>`; every answer carries `serverTime`.",
         lifespan=lifespan,
     )
+    app.state.temporal_address = temporal_address
     app.add_exception_handler(PerseusError, _perseus_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.include_router(network_router)
+    app.include_router(ready_router)
+    app.include_router(codec_router(settings))
     app.include_router(page_router)
     app.include_router(metrics_router)
 

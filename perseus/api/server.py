@@ -32,9 +32,11 @@ class EmbeddedServer(StreamingServer):
         yield
 
 
-def build_server(settings: Settings, port: int | None = None) -> EmbeddedServer:
+def build_server(
+    settings: Settings, port: int | None = None, temporal_address: str | None = None
+) -> EmbeddedServer:
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, temporal_address),
         host=settings.api_host,
         port=port or settings.api_port,
         log_level="warning",

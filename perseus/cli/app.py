@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from pydantic import BaseModel
@@ -41,6 +41,10 @@ from perseus.config import (
     load_settings,
 )
 from perseus.errors import ConfigError, PerseusError, ServiceUnavailable
+from perseus.redact import mask_text, mask_url
+
+if TYPE_CHECKING:
+    from perseus.devstack.stack import DevStack
 
 #: Exit codes (DESIGN §2.4). A PerseusError carries its own; these name the rest.
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
@@ -117,7 +121,8 @@ _REACH = (
 
 def error_line(exc: PerseusError) -> str:
     """The error as one line; an unreachable server's line says how to start or reach it."""
-    line = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    # Credentials masked: a driver's message may quote the URL it was given.
+    line = mask_text(" ".join(part.strip() for part in str(exc).splitlines() if part.strip()), tokens=False)
     if isinstance(exc, ServiceUnavailable):
         for server, setting in _REACH:
             if line.startswith(server):
@@ -250,6 +255,22 @@ def waiting(label: str, *, as_json: bool = False) -> Iterator[None]:
 # --- stack ---------------------------------------------------------------------------------------
 
 
+def dev_banner(stack: DevStack) -> list[str]:
+    """What ``perseus dev`` prints once it is up: addresses, the dev API key, and the server URLs
+    with their credentials masked (the banner ends up in terminals, logs and screenshots)."""
+    return [
+        f"  Temporal        {stack.temporal_address}",
+        f"  Temporal Web UI {stack.ui_url or '(headless)'}",
+        f"  API             {stack.api_url}/api/network/instances",
+        f"  Network page    {stack.api_url}/network",
+        f"  API key         {stack.api_key}",
+        f"  Redis           {mask_url(str(stack.settings.redis_url))}",
+        f"  PostgreSQL      {mask_url(stack.settings.database_url)}",
+        f"  Data            {stack.settings.data_dir.resolve()}",
+        f"  Child PIDs      {' '.join(map(str, stack.child_pids()))}",
+    ]
+
+
 @app.command()
 def dev(
     demo: Annotated[
@@ -268,20 +289,13 @@ def dev(
     host: HostOption = None,
 ) -> None:
     """Run the embedded stack: Temporal + Web UI, Redis, PostgreSQL, the worker and the API."""
-    from perseus.devstack.stack import DevOptions, DevStack, run_dev
+    from perseus.devstack.stack import DevOptions, run_dev
     from worker import install_signal_handlers
 
     def announce(stack: DevStack) -> None:
         out.print(Text.assemble(("Perseus dev stack is up", "bold green"), "  (Ctrl-C stops everything)"))
-        out.print(f"  Temporal        {stack.temporal_address}")
-        out.print(f"  Temporal Web UI {stack.ui_url or '(headless)'}")
-        out.print(f"  API             {stack.api_url}/api/network/instances")
-        out.print(f"  Network page    {stack.api_url}/network")
-        out.print(f"  API key         {stack.api_key}")
-        out.print(f"  Redis           {stack.settings.redis_url}")
-        out.print(f"  PostgreSQL      {stack.settings.database_url}")
-        out.print(f"  Data            {stack.settings.data_dir.resolve()}")
-        out.print(f"  Child PIDs      {' '.join(map(str, stack.child_pids()))}")
+        for line in dev_banner(stack):
+            out.print(line, highlight=False, markup=False)
 
     async def main(settings: Settings) -> None:
         stop = asyncio.Event()
@@ -331,10 +345,10 @@ def worker(
         exporter = None
         if metrics_port is not None:
             runtime, temporal_url = temporal_runtime()
-            client = await connect(runtime=runtime)
+            client = await connect(settings, runtime=runtime)
             exporter = MetricsServer(metrics_host, metrics_port, temporal_url)
         else:
-            client = await connect()
+            client = await connect(settings)
         stop = asyncio.Event()
         install_signal_handlers(stop)
         ready = asyncio.Event()
@@ -357,9 +371,11 @@ def api(port: Annotated[int | None, typer.Option(help="Port (default PERSEUS_API
     import uvicorn
 
     from perseus.api.app import create_app
+    from perseus.api.ready import preflight
     from perseus.api.server import StreamingServer
 
-    def serve(settings: Settings) -> Awaitable[None]:
+    async def serve(settings: Settings) -> None:
+        await preflight(settings)  # PostgreSQL or Redis down: one line and exit 1, not a traceback
         # StreamingServer: live event streams end first on shutdown instead of holding it up.
         server = StreamingServer(
             uvicorn.Config(
@@ -370,7 +386,9 @@ def api(port: Annotated[int | None, typer.Option(help="Port (default PERSEUS_API
                 timeout_graceful_shutdown=5,
             )
         )
-        return server.serve()
+        await server.serve()
+        if not server.started:
+            raise PerseusError("the API did not start (see the lines above)")
 
     run(serve)
 

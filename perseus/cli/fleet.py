@@ -33,7 +33,7 @@ async def _with_clients(settings: Settings, fn: Callable[[Any, Any, Any], Awaita
         catalog = db.Catalog(db.OneConnection(conn))
         redis = make_client(str(settings.redis_url))
         try:
-            client = await connect()
+            client = await connect(settings)
             return await fn(client, catalog, RedisStore(redis))
         finally:
             await redis.aclose()

@@ -177,8 +177,11 @@ def register(
             active_timeout=active_timeout,
         )
         interval = heartbeat_interval if heartbeat_interval is not None else settings.heartbeat_interval
-        if not interval > 0:
-            raise ConfigError(f"--heartbeat-interval must be greater than 0 seconds, got {interval:g}")
+        try:
+            control.check_heartbeat_interval(interval)
+        except ConfigError as exc:
+            raise ConfigError(f"--heartbeat-interval: {exc}") from None
+        control.check_exchange(exchange)
         wait_s = _timeout(timeout)
 
         # Refuse unknown exchanges and admins before anything is started (lists the known ones).
@@ -190,7 +193,7 @@ def register(
 
         known = await _with_catalog(settings, check)
         where = host or settings.host_name()
-        client = await connect()
+        client = await connect(settings)
         with waiting(f"registering {known.name} on {where}", as_json=as_json):
             return await control.register(
                 client,
@@ -237,7 +240,7 @@ def _command(
         if host is None:
             with contextlib.suppress(ServiceUnavailable):
                 holder = await _holder(settings, known.id)
-        client = await connect()
+        client = await connect(settings)
         if not wait:
             return known.name, await control.send_command(
                 client,
@@ -459,7 +462,7 @@ def handoff(
         wait_s = _timeout(timeout)
         known = await _resolve(settings, exchange)
         holder = await _holder(settings, known.id) if from_host is None else None
-        client = await connect()
+        client = await connect(settings)
         with waiting(f"handing {known.name} over to {to}", as_json=as_json):
             return known.name, await control.handoff(
                 client,

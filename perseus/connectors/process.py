@@ -55,7 +55,6 @@ import ctypes
 import logging
 import os
 import re
-import shlex
 import signal
 import subprocess
 import threading
@@ -63,12 +62,13 @@ from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from perseus.connectors.base import Connector
 from perseus.errors import ConnectorError, ConnectorNotActive, ConnectorNotReady
 from perseus.keys import iso
 from perseus.models import Claim, ConnectorFailure, ConnectorHealth, ConnectorSpec
+from perseus.redact import clean_output, mask_argv, mask_text
 
 if TYPE_CHECKING:
     from perseus.connectors.factory import ConnectorContext
@@ -80,7 +80,9 @@ EMERGENCY_REASONS = ("claim lost", "renew deadline")
 #: Output lines kept in memory; the last few go into a failure message.
 TAIL_LINES = 200
 FAILURE_TAIL_LINES = 8
-FAILURE_TAIL_CHARS = 600
+#: The tail in a failure message (it becomes ``lastError`` in Redis, the stream, the workflow and
+#: Discord): control characters and ANSI stripped, secrets masked, at most this long.
+FAILURE_TAIL_CHARS = 300
 #: A line longer than this is cut into pieces (the readiness pattern sees each piece).
 MAX_LINE_BYTES = 64 * 1024
 #: How long to wait for the rest of the output after the child exited (a grandchild may hold the pipe).
@@ -94,6 +96,19 @@ MAX_REPORTED_ERROR_CHARS = 500
 _HEALTH_LINE = re.compile(r"health=(ok|degraded|failed)(?:\s+(.*))?")
 #: Subdirectory of the data dir holding the children's output files.
 OUTPUT_SUBDIR = "connectors"
+
+#: The worker's variables a child inherits (besides the PERSEUS_* ones Perseus sets for it on purpose
+#: and the spec's own ``env``): what a program needs to find itself, its locale and its CA bundle.
+#: Everything else stays behind — above all the worker's credentials: ``PERSEUS_*`` settings (the
+#: database URL, the API key) and ``TEMPORAL_*`` (``TEMPORAL_API_KEY``, TLS keys).
+CHILD_ENV_NAMES = frozenset(
+    {"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "USER", "LOGNAME", "SHELL", "TMPDIR", "TERM"}
+    | {"SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "VIRTUAL_ENV"}
+)
+CHILD_ENV_PREFIXES = ("LC_", "PYTHON")
+#: Output files are the child's own words (they may hold its secrets): only the worker's user reads.
+OUTPUT_FILE_MODE = 0o600
+OUTPUT_DIR_MODE = 0o700
 
 _PR_SET_PDEATHSIG = 1
 _prctl: Callable[..., int] | None = None
@@ -133,11 +148,12 @@ class OutputLog:
     """
 
     def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=OUTPUT_DIR_MODE, parents=True, exist_ok=True)
+        path.parent.chmod(OUTPUT_DIR_MODE)  # also when an older Perseus made it with the umask's mode
         self.path = path
         self._max = max_bytes
         self._backups = backups
-        self._file = path.open("ab")
+        self._file = self._open("ab")
         self._size = self._file.tell()
         self._failed = False
 
@@ -170,10 +186,17 @@ class OutputLog:
                 if older.exists():
                     older.replace(self.path.with_name(f"{self.path.name}.{n + 1}"))
             self.path.replace(self.path.with_name(f"{self.path.name}.1"))
-            self._file = self.path.open("ab")
+            self._file = self._open("ab")
         else:
-            self._file = self.path.open("wb")
+            self._file = self._open("wb")
         self._size = 0
+
+    def _open(self, mode: str) -> BinaryIO:
+        """Open with mode 0600 from the first byte (never a window with the umask's mode)."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if "a" in mode else os.O_TRUNC)
+        fd = os.open(self.path, flags, OUTPUT_FILE_MODE)
+        os.fchmod(fd, OUTPUT_FILE_MODE)  # a file from before this rule keeps no wider mode
+        return os.fdopen(fd, "ab" if "a" in mode else "wb")
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -261,18 +284,18 @@ class ProcessConnector(Connector):
         return list(self._tail)[-lines:] if lines > 0 else []
 
     def _tail_text(self) -> str:
-        lines = self.tail()
-        if not lines:
-            return "; no output"
-        text = " | ".join(line.strip() for line in lines)
-        if len(text) > FAILURE_TAIL_CHARS:
-            text = "…" + text[-FAILURE_TAIL_CHARS:]
-        return f"; last output: {text}"
+        """The child's last lines for a failure message, safe to record (see :func:`clean_output`)."""
+        lines = [line.strip() for line in self.tail()]
+        text = clean_output(" | ".join(line for line in lines if line), FAILURE_TAIL_CHARS)
+        return f"; last output: {text}" if text else "; no output"
 
     def environment(self) -> dict[str, str]:
-        """The worker's environment without its own PERSEUS_* settings (they may hold secrets such
-        as the database URL), the spec's extra variables, and what Perseus tells the child."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PERSEUS_")}
+        """An allow-listed environment: the worker's variables named in :data:`CHILD_ENV_NAMES` or
+        starting with :data:`CHILD_ENV_PREFIXES`, the spec's extra variables, and what Perseus
+        tells the child. Nothing else of the worker's (its credentials above all) reaches it."""
+        env = {
+            k: v for k, v in os.environ.items() if k in CHILD_ENV_NAMES or k.startswith(CHILD_ENV_PREFIXES)
+        }
         env.update(self.spec.env)
         ctx = self.context
         env.update(
@@ -301,7 +324,7 @@ class ProcessConnector(Connector):
                 raise ConnectorNotReady(f"cannot open the connector output file: {exc}") from None
         claim = self.context.claim
         self._note(
-            f"starting {shlex.join(command)} for {self.exchange_name}"
+            f"starting {mask_argv(command)} for {self.exchange_name}"
             + (f" (epoch {claim.epoch}, instance {claim.instance_id})" if claim else "")
         )
         if claim is None:
@@ -331,7 +354,7 @@ class ProcessConnector(Connector):
                 f"cannot start the {self.exchange_name} connector {command[0]!r}: {exc}"
             ) from None
         self._note(f"pid {self._proc.pid}")
-        log.info("%s connector started: pid %s: %s", self.exchange_name, self._proc.pid, shlex.join(command))
+        log.info("%s connector started: pid %s: %s", self.exchange_name, self._proc.pid, mask_argv(command))
         name = self.context.workflow_id
         self._pump_task = asyncio.create_task(self._pump(self._proc), name=f"output {name}")
         self._watch_task = asyncio.create_task(self._watch(self._proc), name=f"watch {name}")
@@ -474,7 +497,9 @@ class ProcessConnector(Connector):
         # A warm standby's child that dies is a failure too (it can no longer be promoted warm);
         # an active one between warm_up and connect is not: connect() reports that itself.
         if (self._connected or (self.role == "standby" and self._warm)) and self._exit is not None:
-            return ConnectorFailure(kind="crashed", reason=f"{self._exit}{self._tail_text()}")
+            return ConnectorFailure(
+                kind="crashed", reason=f"{mask_text(self._exit, tokens=False)}{self._tail_text()}"
+            )
         if self._connected and self._unhealthy is not None:
             return ConnectorFailure(kind="unhealthy", reason=self._unhealthy, policy=self.spec.on_unhealthy)
         return None
@@ -673,7 +698,7 @@ class ProcessConnector(Connector):
             )
 
     async def _not_ready(self, why: str) -> None:
-        message = f"{why}{self._tail_text()}"
+        message = f"{mask_text(why, tokens=False)}{self._tail_text()}"
         self._note(message)
         await self.disconnect("not ready")
         raise ConnectorNotReady(message)

@@ -15,7 +15,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from perseus.api.server import build_server
+from perseus.codec import DEV_KEY_FILE, load_or_create_key
 from perseus.config import (
     DEFAULT_API_PORT,
     DEFAULT_POSTGRES_PORT,
@@ -23,6 +26,7 @@ from perseus.config import (
     DEFAULT_TEMPORAL_PORT,
     DEFAULT_TEMPORAL_UI_PORT,
     Settings,
+    is_loopback_host,
 )
 from perseus.devstack import services
 from perseus.errors import ConfigError, PerseusError
@@ -80,14 +84,23 @@ async def start_services(settings: Settings, opts: DevOptions) -> DevStack:
         services.require_free(opts.api_port, "the Perseus API", "--api-port")
 
         ui_url = None
+        updates: dict[str, object] = {"api_port": opts.api_port, **dev_payload_settings(settings, data_dir)}
         if not temporal_address:
+            # The Web UI asks the API's codec endpoint to show payloads in clear (dev holds the key).
+            codec = (
+                [] if opts.headless else ["--ui-codec-endpoint", f"http://127.0.0.1:{opts.api_port}/codec"]
+            )
             temporal = await services.start_temporal(
-                data_dir / "temporal", opts.temporal_port, None if opts.headless else opts.ui_port
+                data_dir / "temporal",
+                opts.temporal_port,
+                None if opts.headless else opts.ui_port,
+                extra_args=codec,
             )
             children.append(temporal)
             temporal_address = f"127.0.0.1:{opts.temporal_port}"
             ui_url = None if opts.headless else f"http://127.0.0.1:{opts.ui_port}"
-        updates: dict[str, object] = {"api_port": opts.api_port}
+            if ui_url is not None and not settings.explicitly_set("codec_cors_origins"):
+                updates["codec_cors_origins"] = [ui_url, f"http://localhost:{opts.ui_port}"]
         if not settings.explicitly_set("redis_url"):
             children.append(await services.start_redis(data_dir / "redis", opts.redis_port))
             updates["redis_url"] = f"redis://127.0.0.1:{opts.redis_port}/0"
@@ -111,9 +124,21 @@ async def start_services(settings: Settings, opts: DevOptions) -> DevStack:
         raise
 
 
+def dev_payload_settings(settings: Settings, data_dir: Path) -> dict[str, object]:
+    """Dev encrypts Temporal payloads too: with PERSEUS_PAYLOAD_KEY if given, else with a key kept in
+    the data dir (created once, mode 0600), unless PERSEUS_PAYLOAD_PLAINTEXT=1 asks for plain text.
+    Its API is on loopback, so the Web UI may call /codec without an API key."""
+    updates: dict[str, object] = {}
+    if settings.payload_key is None and not settings.payload_plaintext:
+        updates["payload_key"] = SecretStr(load_or_create_key(data_dir / DEV_KEY_FILE))
+    if is_loopback_host(settings.api_host) and not settings.explicitly_set("codec_allow_anonymous"):
+        updates["codec_allow_anonymous"] = True
+    return updates
+
+
 async def _dev_api_key(url: str) -> str:
     pool = db.make_pool(url, max_size=1)
-    await pool.open(wait=True, timeout=15)
+    await db.open_pool(pool)
     try:
         catalog = db.Catalog(pool)
         return await catalog.first_active_api_key("dev") or await catalog.create_api_key("dev")
@@ -135,9 +160,9 @@ async def run_dev(
     stack = await start_services(settings, opts)
     worker_stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
-    api = build_server(stack.settings, opts.api_port)
+    api = build_server(stack.settings, opts.api_port, stack.temporal_address)
     try:
-        client = await connect(stack.temporal_address)
+        client = await connect(stack.settings, stack.temporal_address)
         await register_search_attributes(client)
         host = opts.host or stack.settings.host_name()
         if opts.demo:

@@ -46,6 +46,7 @@ import httpx
 from perseus.errors import NotifyRetry, PerseusError, WebhookRejected
 from perseus.keys import iso
 from perseus.models import EventKind, NetworkEvent, NotifyRequest
+from perseus.redact import mask_text
 from perseus.store.redis_store import RedisStore
 
 log = logging.getLogger(__name__)
@@ -339,7 +340,8 @@ class DiscordNotifier:
             # (the documented window). Free the lease so the retry does not wait for it.
             with contextlib.suppress(PerseusError):
                 await self._store.drop_marker(key, token)
-            raise NotifyRetry(f"Discord unreachable: {type(exc).__name__}: {exc}") from None
+            # Masked: an httpx message may quote the URL, and the webhook's token is in its path.
+            raise NotifyRetry(f"Discord unreachable: {type(exc).__name__}: {mask_text(str(exc))}") from None
 
     def _remember(self, event_id: str) -> None:
         self._delivered[event_id] = None

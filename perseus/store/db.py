@@ -5,19 +5,21 @@ The only module that imports psycopg. Queries are parameterised, never formatted
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from perseus.errors import ConfigError, ServiceUnavailable, UnknownAdmin, UnknownExchange
 from perseus.fleet import Placement
@@ -27,6 +29,30 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema.sql"
 DEMO_DATA_PATH = Path(__file__).resolve().parents[1] / "demo_data.sql"
 
 DatabaseError = psycopg.Error
+T = TypeVar("T")
+
+
+def conninfo_params(url: str) -> dict[str, str]:
+    """The connection parameters written in ``url`` as libpq reads them (``host``, ``hostaddr``,
+    ``sslmode``, ``service``…); ValueError when libpq cannot parse it. Environment defaults
+    (``PGHOST``…) are not applied here: :func:`perseus.config.check_database_url` does that."""
+    try:
+        return {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
+    except psycopg.ProgrammingError as exc:
+        raise ValueError(f"not a valid PostgreSQL URL: {str(exc).strip().splitlines()[0]}") from None
+
+
+#: Bounds on every PostgreSQL call: opening a connection, waiting for one from the pool, and one
+#: statement (client side, so a frozen server cannot hold a request; the server also stops a
+#: statement that runs longer, so a slow query does not outlive the answer that gave up on it).
+CONNECT_TIMEOUT_S = 5
+POOL_TIMEOUT_S = 5.0
+STATEMENT_TIMEOUT_S = 5.0
+_OPTIONS = f"-c statement_timeout={int(STATEMENT_TIMEOUT_S * 1000)}"
+
+#: Statements given up on: their task still cancels the query and drops the connection (psycopg
+#: does that, bounded by its own timeouts); kept referenced so they are not garbage collected.
+_abandoned: set[asyncio.Task[Any]] = set()
 
 #: Network log rows and state intervals older than this are deleted (the stream's retention).
 LOG_RETENTION_DAYS = 90
@@ -79,17 +105,67 @@ FLEET_CHANNEL = "perseus_fleet"
 def make_pool(url: str, *, max_size: int = 5) -> AsyncConnectionPool[Any]:
     """A pool that is not open yet: the composition root opens and closes it."""
     return AsyncConnectionPool(
-        url, min_size=1, max_size=max_size, open=False, kwargs={"autocommit": True, "row_factory": dict_row}
+        url,
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        timeout=POOL_TIMEOUT_S,
+        reconnect_timeout=60.0,
+        kwargs={
+            "autocommit": True,
+            "row_factory": dict_row,
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "options": _OPTIONS,
+        },
     )
+
+
+async def open_pool(pool: AsyncConnectionPool[Any], timeout: float = 15.0) -> None:
+    """Open ``pool`` and wait for its first connection; ServiceUnavailable in one line if none comes.
+
+    One direct attempt first: a server that is down fails at once with the driver's reason, instead
+    of the pool retrying quietly until ``timeout``."""
+    if isinstance(pool.conninfo, str):
+        probe = await connect(pool.conninfo)
+        await probe.close()
+    try:
+        await pool.open(wait=True, timeout=timeout)
+    except PoolTimeout:
+        await pool.close()
+        raise ServiceUnavailable(f"PostgreSQL unreachable: no connection within {timeout:g}s") from None
 
 
 async def connect(url: str) -> psycopg.AsyncConnection[dict[str, Any]]:
     try:
         return await psycopg.AsyncConnection.connect(
-            url, autocommit=True, row_factory=dict_row, connect_timeout=5
+            url, autocommit=True, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT_S, options=_OPTIONS
         )
     except psycopg.OperationalError as exc:
         raise ServiceUnavailable(f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}") from None
+
+
+async def bounded(call: Awaitable[T], seconds: float = STATEMENT_TIMEOUT_S) -> T:
+    """``call``'s result, or ServiceUnavailable once ``seconds`` have passed. The answer does not wait
+    for the cancelled query to be cleaned up (that can take psycopg several seconds against a
+    frozen server): the caller hears at once, the clean-up goes on in the background."""
+    task = asyncio.ensure_future(call)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        _abandoned.add(task)
+        task.add_done_callback(_settle)
+        raise ServiceUnavailable(f"PostgreSQL did not answer within {seconds:g}s")
+    return task.result()
+
+
+def _settle(task: asyncio.Task[Any]) -> None:
+    _abandoned.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: an abandoned statement's error is not news
 
 
 async def apply_sql(url: str, path: Path) -> None:
@@ -124,12 +200,29 @@ class Catalog:
     async def _fetch(
         self, query: str, params: tuple[object, ...] | dict[str, object] = ()
     ) -> list[dict[str, Any]]:
+        return await bounded(self._fetch_unbounded(query, params))
+
+    async def _fetch_unbounded(
+        self, query: str, params: tuple[object, ...] | dict[str, object]
+    ) -> list[dict[str, Any]]:
         try:
             async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(query, params)  # literal queries only
                 return await cur.fetchall() if cur.description else []
+        except PoolTimeout:
+            raise ServiceUnavailable(
+                f"PostgreSQL unreachable: no free connection within {POOL_TIMEOUT_S:g}s"
+            ) from None
+        except psycopg.errors.QueryCanceled:
+            raise ServiceUnavailable(
+                f"PostgreSQL: statement took longer than {STATEMENT_TIMEOUT_S:g}s"
+            ) from None
         except psycopg.OperationalError as exc:
             raise ServiceUnavailable(f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}") from None
+
+    async def ping(self) -> None:
+        """One round trip (readiness): ServiceUnavailable when the server does not answer in time."""
+        await self._fetch("SELECT 1")
 
     async def exchanges(self, *, active_only: bool = False) -> list[Exchange]:
         rows = await self._fetch(

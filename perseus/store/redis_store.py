@@ -9,6 +9,7 @@ a claim takes two round trips: a new epoch first, then the compare-and-set on th
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -202,6 +203,14 @@ def is_cluster_url(url: str) -> bool:
     return urlsplit(url).scheme.lower() in CLUSTER_SCHEMES
 
 
+#: Bounds on every Redis call: opening a connection and waiting for one reply. A frozen server costs
+#: a caller at most these (times the client's few retries), never an unbounded wait.
+CONNECT_TIMEOUT_S = 5.0
+SOCKET_TIMEOUT_S = 5.0
+#: How long a start-up or readiness check waits for PING, retries included.
+CHECK_TIMEOUT_S = 5.0
+
+
 def make_client(url: str) -> RedisClient:
     """A client that is not connected yet (connections open lazily); the caller closes it.
 
@@ -211,8 +220,8 @@ def make_client(url: str) -> RedisClient:
     """
     options: dict[str, Any] = {
         "decode_responses": True,
-        "socket_timeout": 5,
-        "socket_connect_timeout": 5,
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
         "health_check_interval": 30,
     }
     parts = urlsplit(url)
@@ -262,6 +271,13 @@ class RedisStore:
 
     async def ping(self) -> bool:
         return bool(await self._run(self.client.ping()))
+
+    async def check_reachable(self, seconds: float = CHECK_TIMEOUT_S) -> None:
+        """PING within ``seconds`` (retries included), or ServiceUnavailable in one line."""
+        try:
+            await asyncio.wait_for(self.ping(), seconds)
+        except TimeoutError:
+            raise ServiceUnavailable(f"Redis did not answer within {seconds:g}s") from None
 
     async def next_epoch(self, exchange_id: int, floor: int) -> int:
         return int(await self._run(self._next_epoch(keys=[epoch_key(exchange_id)], args=[floor])))

@@ -99,4 +99,4 @@ def test_cli_database_down_is_one_line(servers: Servers) -> None:
 def test_cli_remote_database_without_tls_is_refused(servers: Servers) -> None:
     result = perseus(servers, "exchanges", PERSEUS_DATABASE_URL="postgresql://u@db.example.com/x")
     assert result.returncode == 2  # settings must change
-    assert "add sslmode=require" in result.stderr and result.stderr.count("\n") == 1
+    assert "add sslmode=verify-full" in result.stderr and result.stderr.count("\n") == 1

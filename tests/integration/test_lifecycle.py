@@ -112,7 +112,7 @@ async def test_bad_input_is_refused_and_changes_nothing(
             "unknown exchange 'nosuchexchange'; known exchanges: coinbase",
         ),
         (("register", exchange, "--host", host, "--admin-email", "ghost@x"), "unknown admin 'ghost@x'"),
-        (("register", exchange, "--host", host, "--heartbeat-interval", "0"), "must be greater than 0"),
+        (("register", exchange, "--host", host, "--heartbeat-interval", "0"), "must be between 0.5 and 3600"),
         (("register", exchange, "--host", host, "--heartbeat-interval", "soon"), "Invalid value"),
         (("start", exchange, "--host", host), f"{exchange} is not registered on host {host}"),
         (("stop", exchange, "--host", host), "is not registered"),

@@ -15,7 +15,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
     for key in list(os.environ):
-        if key.startswith("PERSEUS_"):
+        if key.startswith(("PERSEUS_", "PG")):
             monkeypatch.delenv(key)
 
 
@@ -33,9 +33,8 @@ def test_defaults_point_at_the_embedded_stack() -> None:
         (
             "PERSEUS_HEARTBEAT_INTERVAL",
             "0",
-            "PERSEUS_HEARTBEAT_INTERVAL: Value error, must be a number of seconds",
+            "PERSEUS_HEARTBEAT_INTERVAL: Value error, must be a number of seconds between 0.5 and 3600",
         ),
-        ("PERSEUS_HEARTBEAT_INTERVAL", "-3", "greater than 0"),
         ("PERSEUS_HEARTBEAT_INTERVAL", "soon", "PERSEUS_HEARTBEAT_INTERVAL"),
         ("PERSEUS_REDIS_URL", "http://nope", "PERSEUS_REDIS_URL"),
         ("PERSEUS_DATABASE_URL", "mysql://x/y", "must be a postgresql:// URL"),
@@ -55,7 +54,7 @@ def test_bad_settings_are_one_line_errors(
 
 
 def test_explicit_settings_are_known(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PERSEUS_REDIS_URL", "redis://10.0.0.5:6379/1")
+    monkeypatch.setenv("PERSEUS_REDIS_URL", "rediss://10.0.0.5:6379/1")
     monkeypatch.setenv("PERSEUS_IP_SERVICES", '["http://127.0.0.1:9/ip"]')
     settings = load_settings()
     assert settings.explicitly_set("redis_url")
@@ -69,28 +68,105 @@ def test_explicit_settings_are_known(monkeypatch: pytest.MonkeyPatch) -> None:
         "postgresql://u@localhost/db",
         "postgresql://u@[::1]:5432/db",
         "postgresql:///db?host=/var/run/postgresql",
-        "postgresql://u@db.example.com/db?sslmode=require",
+        "postgresql:///db",
+        "postgresql://u@127.0.0.1,localhost/db",
+        "postgresql://u@localhost/db?hostaddr=127.0.0.1",
+        "postgresql://u@db.example.com/db?sslmode=verify-full",
         "postgresql://u@10.1.2.3/db?sslmode=verify-full",
     ],
 )
-def test_local_or_tls_database_urls_pass(url: str) -> None:
-    check_database_url(url)
+def test_local_or_verified_tls_database_urls_pass(url: str) -> None:
+    check_database_url(url, environ={})
 
 
 @pytest.mark.parametrize(
-    "url",
+    ("url", "environ"),
     [
-        "postgresql://u@db.example.com/db",
-        "postgresql://u@10.1.2.3/db?sslmode=prefer",
-        "postgresql://u@db.example.com/db?sslmode=disable",
+        ("postgresql://u@db.example.com/db", {}),
+        ("postgresql://u@10.1.2.3/db?sslmode=prefer", {}),
+        ("postgresql://u@db.example.com/db?sslmode=disable", {}),
+        # `require` encrypts but accepts any server: a man in the middle reads everything.
+        ("postgresql://u@db.example.com/db?sslmode=require", {}),
+        # A loopback `host` with a remote `hostaddr`: libpq connects to hostaddr.
+        ("postgresql://u@127.0.0.1/db?hostaddr=10.0.0.5", {}),
+        ("postgresql://u@localhost/db?hostaddr=10.0.0.5&sslmode=require", {}),
+        # No host in the URL (or an empty one): libpq takes PGHOST / PGHOSTADDR from the environment.
+        ("postgresql:///db", {"PGHOST": "db.example.com"}),
+        ("postgresql://@/db?host=", {"PGHOST": "10.0.0.5"}),
+        ("postgresql://u@localhost/db", {"PGHOSTADDR": "10.0.0.5"}),
+        # Several hosts: every one the driver may try counts.
+        ("postgresql://u@127.0.0.1,db.example.com/db", {}),
+        ("postgresql://u@localhost,localhost/db?hostaddr=127.0.0.1,10.0.0.5", {}),
+        # A service file may name any host: it needs verify-full.
+        ("postgresql://u@localhost/db?service=prod", {}),
+        ("postgresql://u@localhost/db", {"PGSERVICE": "prod"}),
+        # PGSSLMODE is the effective mode when the URL says none.
+        ("postgresql://u@db.example.com/db", {"PGSSLMODE": "require"}),
+        # verify-ca needs its explicit opt-in.
+        ("postgresql://u@db.example.com/db?sslmode=verify-ca", {}),
     ],
 )
-def test_remote_database_without_tls_is_refused(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
-    with pytest.raises(ValueError, match="not local: add sslmode=require"):
-        check_database_url(url)
-    monkeypatch.setenv("PERSEUS_DATABASE_URL", url)
-    with pytest.raises(ConfigError, match="PERSEUS_DATABASE_URL: Value error, database host .* is not local"):
+def test_every_tls_bypass_is_refused(url: str, environ: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="is not this machine"):
+        check_database_url(url, environ=environ)
+
+
+def test_verify_ca_with_opt_in_and_pgsslmode_verify_full_pass() -> None:
+    check_database_url("postgresql://u@db.example.com/db?sslmode=verify-ca", allow_verify_ca=True, environ={})
+    check_database_url("postgresql://u@db.example.com/db", environ={"PGSSLMODE": "verify-full"})
+
+
+def test_remote_database_refusal_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PERSEUS_DATABASE_URL", "postgresql://u@127.0.0.1/db?hostaddr=10.0.0.5")
+    with pytest.raises(ConfigError, match="PERSEUS_DATABASE_URL: database host 10.0.0.5 is not this machine"):
         load_settings()
+    monkeypatch.setenv("PERSEUS_DATABASE_URL", "postgresql://u@db.example.com/db?sslmode=verify-ca")
+    with pytest.raises(ConfigError, match="PERSEUS_DATABASE_ALLOW_VERIFY_CA"):
+        load_settings()
+    monkeypatch.setenv("PERSEUS_DATABASE_ALLOW_VERIFY_CA", "1")
+    assert load_settings().database_allow_verify_ca
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("redis://127.0.0.1:6379/0", True),
+        ("redis://localhost/0", True),
+        ("redis+cluster://[::1]:7000", True),
+        ("rediss://cache.example.com:6380/0", True),
+        ("rediss+cluster://10.0.0.7:7000", True),
+        ("redis://cache.example.com:6379/0", False),
+        ("redis+cluster://10.0.0.7:7000", False),
+        ("redis://:pw@10.0.0.7:6379/0", False),
+        ("redis://127.0.0.1:6379/0?host=10.0.0.7", False),
+    ],
+)
+def test_remote_redis_needs_tls(monkeypatch: pytest.MonkeyPatch, url: str, ok: bool) -> None:
+    monkeypatch.setenv("PERSEUS_REDIS_URL", url)
+    if ok:
+        load_settings()
+        return
+    with pytest.raises(ConfigError, match="PERSEUS_REDIS_URL: ") as info:
+        load_settings()
+    assert "pw" not in str(info.value)
+    if "host=" not in url:
+        monkeypatch.setenv("PERSEUS_REDIS_ALLOW_PLAINTEXT", "1")
+        assert load_settings().redis_allow_plaintext
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e-9", "0.49", "3601", "0", "-3"])
+def test_heartbeat_interval_must_be_finite_and_in_bounds(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("PERSEUS_HEARTBEAT_INTERVAL", value)
+    with pytest.raises(ConfigError, match="PERSEUS_HEARTBEAT_INTERVAL: ") as info:
+        load_settings()
+    assert "\n" not in str(info.value)
+
+
+def test_payload_key_is_checked_and_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PERSEUS_PAYLOAD_KEY", "c2hvcnQta2V5")
+    with pytest.raises(ConfigError, match="PERSEUS_PAYLOAD_KEY: .*must be 32 bytes") as info:
+        load_settings()
+    assert "c2hvcnQta2V5" not in str(info.value)
 
 
 def test_public_ip_lookup_is_on_by_default_and_off_with_an_empty_list(

@@ -1,0 +1,84 @@
+"""``/readyz``: can this API serve? PostgreSQL, Redis and Temporal are each asked within a bound, at
+the same time; 200 when all answer, 503 naming the ones that did not. Open like ``/healthz`` (load
+balancers carry no key); it says which dependency is down, never how to reach it.
+
+:func:`preflight` is the same check of PostgreSQL and Redis before ``perseus api`` starts serving, so
+a dependency that is down at start-up is one line and a non-zero exit, not a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from temporalio.client import Client
+
+from perseus.config import Settings
+from perseus.errors import PerseusError, ServiceUnavailable
+from perseus.redact import mask_text
+from perseus.store import db
+from perseus.store.redis_store import RedisStore, make_client
+from perseus.temporal import connect_config, converter
+
+#: Each dependency gets this long to answer a readiness check.
+CHECK_S = 3.0
+
+router = APIRouter()
+
+
+async def _within(call: Awaitable[Any], what: str) -> str:
+    """'ok', or one line saying why ``what`` is not ready."""
+    try:
+        await asyncio.wait_for(call, CHECK_S)
+    except TimeoutError:
+        return f"{what} did not answer within {CHECK_S:g}s"
+    except PerseusError as exc:
+        return mask_text(" ".join(str(exc).split()), tokens=False)
+    except Exception as exc:  # a driver's own error: reported, not raised (readiness must answer)
+        return mask_text(f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    return "ok"
+
+
+async def _temporal(request: Request) -> None:
+    client: Client | None = getattr(request.app.state, "readyz_temporal", None)
+    if client is None:
+        # Lazy: created without a round trip, connects on first use. Health checks carry no
+        # payloads, so the plain converter is enough (no key needed to say "up").
+        config = connect_config(getattr(request.app.state, "temporal_address", None))
+        client = await Client.connect(**config, data_converter=converter, lazy=True)
+        request.app.state.readyz_temporal = client
+    await client.service_client.check_health(timeout=timedelta(seconds=CHECK_S))
+
+
+@router.get("/readyz", include_in_schema=False)
+async def readyz(request: Request) -> JSONResponse:
+    store: RedisStore = request.app.state.store
+    catalog: db.Catalog = request.app.state.catalog
+    names = ("postgresql", "redis", "temporal")
+    results = await asyncio.gather(
+        _within(catalog.ping(), "PostgreSQL"),
+        _within(store.ping(), "Redis"),
+        _within(_temporal(request), "Temporal"),
+    )
+    checks = dict(zip(names, results, strict=True))
+    down = [name for name, result in checks.items() if result != "ok"]
+    body = {"ready": not down, "down": down, "checks": checks, "serverTime": datetime.now(UTC).isoformat()}
+    return JSONResponse(body, status_code=503 if down else 200)
+
+
+async def preflight(settings: Settings) -> None:
+    """PostgreSQL and Redis answer, or ServiceUnavailable in one line (``perseus api`` start-up)."""
+    try:
+        conn = await asyncio.wait_for(db.connect(settings.database_url), CHECK_S + db.CONNECT_TIMEOUT_S)
+    except TimeoutError:
+        raise ServiceUnavailable("PostgreSQL did not answer in time") from None
+    await conn.close()
+    redis = make_client(str(settings.redis_url))
+    try:
+        await RedisStore(redis).check_reachable()
+    finally:
+        await redis.aclose()
