@@ -46,10 +46,12 @@ format: install
 bench: install
 	$(BIN)/python -m bench.fleet $(BENCH_ARGS)
 
-# Re-pin every dependency (needs pip-tools); commit the result.
+# Re-pin every dependency (needs pip-tools); commit the result. Pinned versions only: the index and
+# find-links this machine's pip uses are its own business, not the lock file's.
 lock:
 	$(BIN)/pip install --quiet pip-tools
-	$(BIN)/pip-compile --quiet --extra dev --strip-extras --output-file requirements.lock pyproject.toml
+	$(BIN)/pip-compile --quiet --extra dev --strip-extras --no-emit-index-url --no-emit-find-links \
+		--output-file requirements.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -11,6 +11,7 @@ import ipaddress
 import json
 import socket
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import AnyHttpUrl, Field, RedisDsn, SecretStr, UrlConstraints, ValidationError, field_validator
@@ -24,6 +25,8 @@ DEFAULT_POSTGRES_PORT = 7432
 DEFAULT_TEMPORAL_PORT = 7233
 DEFAULT_TEMPORAL_UI_PORT = 8233
 DEFAULT_API_PORT = 8700
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class RedisUrl(RedisDsn):
@@ -54,6 +57,9 @@ class Settings(BaseSettings):
     api_port: int = DEFAULT_API_PORT
     data_dir: Path = Path(".perseus")
     api_key: SecretStr | None = None
+    #: Logging for ``perseus worker``, ``api`` and ``dev``: a level name, and plain text or JSON lines.
+    log_level: str = "INFO"
+    log_format: Literal["plain", "json"] = "plain"
     #: Tests only: where connectors journal connect/disconnect/validity (the invariant checker reads it).
     connector_journal: Path | None = None
 
@@ -63,6 +69,14 @@ class Settings(BaseSettings):
         if not value > 0:
             raise ValueError("must be a number of seconds greater than 0")
         return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level
 
     @field_validator("ip_timeout")
     @classmethod

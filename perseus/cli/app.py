@@ -85,8 +85,8 @@ def dev(
     host: HostOption = None,
 ) -> None:
     """Run the embedded stack: Temporal + Web UI, Redis, PostgreSQL, the worker and the API."""
-    from perseus.devstack.stack import DevOptions, DevStack, run_dev
-    from worker import install_signal_handlers
+    from perseus.devstack.stack import DevOptions, DevStack, run_dev, stop_on_signals
+    from perseus.logs import configure_logging
 
     def announce(stack: DevStack) -> None:
         out.print("[bold green]Perseus dev stack is up[/bold green]  (Ctrl-C stops everything)")
@@ -98,11 +98,14 @@ def dev(
         out.print(f"  Redis           {stack.settings.redis_url}")
         out.print(f"  PostgreSQL      {stack.settings.database_url}")
         out.print(f"  Data            {stack.settings.data_dir.resolve()}")
+        if stack.postgres_data is not None:
+            out.print(f"  PostgreSQL data {stack.postgres_data}")
         out.print(f"  Child PIDs      {' '.join(map(str, stack.child_pids()))}", highlight=False)
 
     async def main(settings: Settings) -> None:
+        configure_logging(settings.log_level, settings.log_format)
         stop = asyncio.Event()
-        install_signal_handlers(stop)
+        stop_on_signals(stop)
         await run_dev(
             settings,
             DevOptions(
@@ -129,25 +132,17 @@ def worker(
     shared: Annotated[bool, typer.Option(help="Also serve the shared queue (workflows).")] = True,
 ) -> None:
     """Run a worker for the shared queue and this host's queue."""
-    from perseus.keys import valid_host
-    from perseus.temporal import connect
-    from worker import install_signal_handlers, run_worker
-
-    async def main(settings: Settings) -> None:
-        name = host or settings.host_name()
-        if not valid_host(name):
-            raise PerseusError(f"invalid host name {name!r}: use letters, digits, '.', '_' or '-'")
-        client = await connect()
-        stop = asyncio.Event()
-        install_signal_handlers(stop)
-        ready = asyncio.Event()
-        task = asyncio.create_task(run_worker(settings, client, name, stop, shared_queue=shared, ready=ready))
-        await asyncio.wait([task, asyncio.ensure_future(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            err.print(f"worker ready: host {name}", highlight=False)
-        await task
-
-    run(main)
+    # The worker is the user's composition root (worker.py, beside workflows/ and activities/): this
+    # process becomes ``python -m worker`` with the same flags, so perseus/ never imports it.
+    argv = [sys.executable, "-m", "worker"] + (["--host", host] if host else [])
+    argv += [] if shared else ["--no-shared"]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(sys.executable, argv)
+    except OSError as exc:
+        err.print(f"error: cannot start the worker: {exc}", highlight=False, markup=False)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -156,11 +151,17 @@ def api(port: Annotated[int | None, typer.Option(help="Port (default PERSEUS_API
     import uvicorn
 
     from perseus.api.app import create_app
+    from perseus.logs import configure_logging
 
     def serve(settings: Settings) -> Awaitable[None]:
+        configure_logging(settings.log_level, settings.log_format)
         server = uvicorn.Server(
             uvicorn.Config(
-                create_app(settings), host=settings.api_host, port=port or settings.api_port, log_level="info"
+                create_app(settings),
+                host=settings.api_host,
+                port=port or settings.api_port,
+                log_config=None,  # perseus.logs configured the root logger: level and format
+                log_level=settings.log_level.lower(),
             )
         )
         return server.serve()

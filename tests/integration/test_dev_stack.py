@@ -55,7 +55,7 @@ def test_dev_starts_stops_without_orphans_and_reuses_data(tmp_path: Path) -> Non
         try:
             text = wait_up(proc, log)
             pids = [int(p) for p in re.search(r"Child PIDs\s+([\d ]+)", text).group(1).split()]  # type: ignore[union-attr]
-            assert len(pids) == 3 and all(psutil.pid_exists(p) for p in pids)
+            assert len(pids) == 4 and all(psutil.pid_exists(p) for p in pids)
             keys.append(re.search(r"API key\s+(\S+)", text).group(1))  # type: ignore[union-attr]
             with socket.create_connection(("127.0.0.1", ports["api-port"]), timeout=5):
                 pass
