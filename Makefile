@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench lock clean chromium
+.PHONY: install run test check check-package lint format bench lock clean chromium
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,18 @@ test: install $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
 	$(BIN)/pytest
+
+# The fast tier (under a minute, no servers): lint, types, the pure and unit tests.
+check: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+	$(BIN)/pytest -q -m unit -p no:cacheprovider
+
+# Build the wheel, install it into a fresh venv and `perseus db init` a scratch database (also part
+# of `make test`).
+check-package: install
+	$(BIN)/pytest -q -p no:cacheprovider tests/integration/test_package.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -18,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from perseus.errors import ServiceUnavailable, UnknownAdmin, UnknownExchange
 from perseus.models import Admin, Exchange
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema.sql"
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schema.sql"  # package data (a link in a checkout)
 DEMO_DATA_PATH = Path(__file__).resolve().parents[1] / "demo_data.sql"
 
 DatabaseError = psycopg.Error
