@@ -151,11 +151,12 @@ def api(port: Annotated[int | None, typer.Option(help="Port (default PERSEUS_API
     import uvicorn
 
     from perseus.api.app import create_app
+    from perseus.api.server import Server
     from perseus.logs import configure_logging
 
     def serve(settings: Settings) -> Awaitable[None]:
         configure_logging(settings.log_level, settings.log_format)
-        server = uvicorn.Server(
+        server = Server(
             uvicorn.Config(
                 create_app(settings),
                 host=settings.api_host,

