@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench soak lock clean chromium
+.PHONY: install run test check check-package lint format bench soak lock clean chromium
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,18 @@ test: install $(CHROMIUM)
 	$(BIN)/mypy .
 	$(BIN)/pytest
 
+# The fast tier (under a minute, no servers): lint, types, the pure and unit tests.
+check: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+	$(BIN)/pytest -q -m unit -p no:cacheprovider
+
+# Build the wheel, install it into a fresh venv and `perseus db init` a scratch database (also part
+# of `make test`).
+check-package: install
+	$(BIN)/pytest -q -p no:cacheprovider tests/integration/test_package.py
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -50,10 +62,12 @@ bench: install
 soak: install
 	PERSEUS_CHAOS_SOAK=1 $(BIN)/pytest -p no:cacheprovider tests/chaos -s
 
-# Re-pin every dependency (needs pip-tools); commit the result.
+# Re-pin every dependency (needs pip-tools); commit the result. Pinned versions only: the index and
+# find-links this machine's pip uses are its own business, not the lock file's.
 lock:
 	$(BIN)/pip install --quiet pip-tools
-	$(BIN)/pip-compile --quiet --extra dev --strip-extras --output-file requirements.lock pyproject.toml
+	$(BIN)/pip-compile --quiet --extra dev --strip-extras --no-emit-index-url --no-emit-find-links \
+		--output-file requirements.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) build *.egg-info

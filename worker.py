@@ -4,16 +4,25 @@ activity classes around them, runs the shared-queue and host-queue workers, and 
 On SIGTERM/SIGINT the worker shuts down gracefully: every instance workflow whose lease runs here is
 told that the host is going away, so it stops its connector, writes ``stopping → stopped`` and
 releases its claim *before* the worker stops polling.
+
+Run it as ``python -m worker [--host H] [--no-shared]``; ``perseus worker`` execs exactly that and
+``perseus dev`` starts it as a child process, so nothing in ``perseus/`` imports this module (or
+``workflows/`` and ``activities/``): the dependency points one way, from here into the package.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
 import time
+from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -24,18 +33,20 @@ from activities.catalog import CatalogActivities
 from activities.host import HostActivities
 from activities.notify import NotifyActivities
 from activities.registry import RegistryActivities
-from perseus.config import Settings
+from perseus.config import Settings, load_settings
 from perseus.connectors.base import ConnectorHost
 from perseus.connectors.process import output_dir
 from perseus.connectors.watchdog import Watchdog
 from perseus.enrol import enrolment
+from perseus.errors import ConfigError, PerseusError
 from perseus.keeper import LeaseKeeper, WorkflowClosed
-from perseus.keys import SHARED_TASK_QUEUE, host_task_queue
-from perseus.metrics import MetricsServer
+from perseus.keys import SHARED_TASK_QUEUE, host_task_queue, valid_host
+from perseus.logs import configure_logging, install_temporal_runtime
+from perseus.metrics import MetricsServer, free_loopback_address
 from perseus.notify import discord_notifier
 from perseus.store.db import Catalog, make_pool, open_pool
 from perseus.store.redis_store import RedisStore, make_client
-from perseus.temporal import RPC_TIMEOUT
+from perseus.temporal import RPC_TIMEOUT, connect
 from workflows.instance import InstanceWorkflow
 
 log = logging.getLogger("perseus.worker")
@@ -179,3 +190,96 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+
+
+#: What ``--ready-file`` receives once both workers poll (``perseus dev`` waits for it).
+READY_LINE = "worker ready: host {host}"
+
+
+async def serve(
+    settings: Settings,
+    host: str | None,
+    *,
+    shared: bool,
+    ready_file: str | None,
+    metrics: MetricsServer | None = None,
+) -> None:
+    """Connect, serve until SIGINT/SIGTERM, release this host's instances, close everything."""
+    name = host or settings.host_name()
+    if not valid_host(name):
+        raise ConfigError(f"invalid host name {name!r}: use letters, digits, '.', '_' or '-'")
+    client = await connect(settings)
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    ready = asyncio.Event()
+    task = asyncio.create_task(
+        run_worker(settings, client, name, stop, shared_queue=shared, ready=ready, metrics_server=metrics)
+    )
+    await asyncio.wait([task, asyncio.ensure_future(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if not task.done():
+        line = READY_LINE.format(host=name)
+        # On stderr whatever the log level: scripts and the test harness wait for this line.
+        print(line, file=sys.stderr, flush=True)
+        if ready_file:
+            Path(ready_file).write_text(line + "\n")
+    await task
+    log.info("worker for host %s stopped", name)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="perseus worker", description="Run a worker for the shared queue and this host's queue."
+    )
+    parser.add_argument("--host", default=None, help="Instance host (default: this machine).")
+    parser.add_argument(
+        "--shared",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Also serve the shared queue (workflows).",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="Serve /metrics (Perseus' and the Temporal SDK's) on this port.",
+    )
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="Address for --metrics-port.")
+    # perseus dev: where to write the ready line (a file it can wait on without parsing our stderr).
+    parser.add_argument("--ready-file", default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``python -m worker``: settings once, logging, serve; errors as one line.
+
+    Leaves through ``os._exit`` once output is flushed: the Temporal SDK's native runtime can abort a
+    process during interpreter shutdown (sdk-python#300).
+    """
+    args = parse_args(argv)
+    code = 0
+    try:
+        settings = load_settings()
+        configure_logging(settings.log_level, settings.log_format)
+        metrics = None
+        if args.metrics_port is not None:
+            # The SDK's own metrics on a private loopback port; the exporter appends them to ours.
+            address = free_loopback_address()
+            install_temporal_runtime(metrics_address=address)
+            metrics = MetricsServer(args.metrics_host, args.metrics_port, f"http://{address}/metrics")
+        else:
+            install_temporal_runtime()
+        asyncio.run(
+            serve(settings, args.host, shared=args.shared, ready_file=args.ready_file, metrics=metrics)
+        )
+    except PerseusError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -209,7 +209,7 @@ async def main(args: argparse.Namespace) -> None:
     children = [
         await services.start_temporal(base / "temporal", tp, None),
         await services.start_redis(base / "redis", rp),
-        await services.start_postgres(base / "postgres", pp),
+        await services.start_postgres(base / "postgres", pp, scratch=True),
     ]
     core: Worker | None = None
     try:

@@ -855,7 +855,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     else:
         args.code = base / "code"
         report["code"] = snapshot_code(args.code)
-    pg = await services.start_postgres(base / "postgres", services.free_port())
+    pg = await services.start_postgres(base / "postgres", services.free_port(), scratch=True)
     try:
         database_url = await services.ensure_database(pg.port, "perseus_bench")
         await db.apply_schema(database_url)

@@ -156,7 +156,7 @@ async def run(requests: int, write: bool, section: str) -> str:
     try:
         redis_port, pg_port, api_port = services.free_port(), services.free_port(), services.free_port()
         children.append(await services.start_redis(base / "redis", redis_port))
-        children.append(await services.start_postgres(base / "postgres", pg_port))
+        children.append(await services.start_postgres(base / "postgres", pg_port, scratch=True))
         database_url = await services.ensure_database(pg_port, "perseus_bench")
         await db.apply_schema(database_url)
         redis_url = f"redis://127.0.0.1:{redis_port}/0"

@@ -13,6 +13,7 @@ import os
 import socket
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import (
@@ -46,6 +47,7 @@ DEFAULT_IP_SERVICES = [
     "https://checkip.amazonaws.com",
     "https://icanhazip.com",
 ]
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class RedisUrl(RedisDsn):
@@ -85,6 +87,9 @@ class Settings(BaseSettings):
     api_port: int = DEFAULT_API_PORT
     data_dir: Path = Path(".perseus")
     api_key: SecretStr | None = None
+    #: Logging for ``perseus worker``, ``api`` and ``dev``: a level name, and plain text or JSON lines.
+    log_level: str = "INFO"
+    log_format: Literal["plain", "json"] = "plain"
     #: Tests only: where connectors journal connect/disconnect/validity (the invariant checker reads it).
     connector_journal: Path | None = None
     #: AES-256-GCM key(s) for Temporal payloads (base64, 32 bytes; comma-separated to rotate: the
@@ -106,6 +111,14 @@ class Settings(BaseSettings):
                 f"{MAX_HEARTBEAT_INTERVAL_S:g}, got {value:g}"
             )
         return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level
 
     @field_validator("ip_timeout")
     @classmethod

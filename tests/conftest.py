@@ -81,7 +81,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
             )
             children.append(await services.start_temporal(base / "temporal", temporal_port, None))
             children.append(await services.start_redis(base / "redis", redis_port))
-            children.append(await services.start_postgres(base / "postgres", pg_port))
+            children.append(await services.start_postgres(base / "postgres", pg_port, scratch=True))
             url = await services.ensure_database(pg_port, "perseus_test")
             await db.apply_schema(url)
             await db.apply_sql(url, db.DEMO_DATA_PATH)

@@ -1,7 +1,8 @@
-"""Run the API inside an existing event loop (``perseus dev``) or on its own (``perseus api``)."""
+"""Run the API inside an existing event loop (``perseus dev``, tests) or on its own (``perseus api``)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from collections.abc import Generator
@@ -11,9 +12,40 @@ import uvicorn
 from perseus.api.app import create_app
 from perseus.config import Settings
 
+#: How often a shutting-down server looks for connections it has not yet told to close.
+SWEEP_S = 0.05
 
-class StreamingServer(uvicorn.Server):
-    """uvicorn that ends the live event streams first when it shuts down. uvicorn waits for open
+
+class Server(uvicorn.Server):
+    """A uvicorn server whose graceful shutdown also reaches connections accepted at the last moment.
+
+    uvicorn tells each open connection to close once, right after it stops listening. A connection
+    the listener accepted just before that, but whose protocol the loop creates just after, is missed:
+    a page polling every second then keeps it alive forever and the shutdown never ends. While the
+    shutdown runs, every connection not yet told is told too.
+    """
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        told: set[object] = set(self.server_state.connections)  # uvicorn's own pass covers these
+        sweeper = asyncio.create_task(self._close_late_connections(told))
+        try:
+            await super().shutdown(sockets)
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+
+    async def _close_late_connections(self, told: set[object]) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            for connection in list(self.server_state.connections):
+                if connection not in told:
+                    told.add(connection)
+                    connection.shutdown()
+
+
+class StreamingServer(Server):
+    """A server that ends the live event streams first when it shuts down. uvicorn waits for open
     responses to finish before it runs the lifespan's shutdown, and an event stream never finishes
     by itself; without this a single open page would hold the shutdown."""
 
@@ -25,7 +57,7 @@ class StreamingServer(uvicorn.Server):
 
 
 class EmbeddedServer(StreamingServer):
-    """A uvicorn server that leaves signal handling to its owner."""
+    """A server that leaves signal handling to its owner."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -40,6 +72,7 @@ def build_server(
         host=settings.api_host,
         port=port or settings.api_port,
         log_level="warning",
+        log_config=None,  # the owner's logging (perseus.logs), not uvicorn's own handlers
         lifespan="on",
         # A last resort: responses still open this long after shutdown began are cancelled.
         timeout_graceful_shutdown=5,

@@ -40,7 +40,7 @@ from perseus.config import (
     Settings,
     load_settings,
 )
-from perseus.errors import ConfigError, PerseusError, ServiceUnavailable
+from perseus.errors import PerseusError, ServiceUnavailable
 from perseus.redact import mask_text, mask_url
 
 if TYPE_CHECKING:
@@ -267,6 +267,7 @@ def dev_banner(stack: DevStack) -> list[str]:
         f"  Redis           {mask_url(str(stack.settings.redis_url))}",
         f"  PostgreSQL      {mask_url(stack.settings.database_url)}",
         f"  Data            {stack.settings.data_dir.resolve()}",
+        *([f"  PostgreSQL data {stack.postgres_data}"] if stack.postgres_data is not None else []),
         f"  Child PIDs      {' '.join(map(str, stack.child_pids()))}",
     ]
 
@@ -289,8 +290,8 @@ def dev(
     host: HostOption = None,
 ) -> None:
     """Run the embedded stack: Temporal + Web UI, Redis, PostgreSQL, the worker and the API."""
-    from perseus.devstack.stack import DevOptions, run_dev
-    from worker import install_signal_handlers
+    from perseus.devstack.stack import DevOptions, run_dev, stop_on_signals
+    from perseus.logs import configure_logging
 
     def announce(stack: DevStack) -> None:
         out.print(Text.assemble(("Perseus dev stack is up", "bold green"), "  (Ctrl-C stops everything)"))
@@ -298,8 +299,9 @@ def dev(
             out.print(line, highlight=False, markup=False)
 
     async def main(settings: Settings) -> None:
+        configure_logging(settings.log_level, settings.log_format)
         stop = asyncio.Event()
-        install_signal_handlers(stop)
+        stop_on_signals(stop)
         await run_dev(
             settings,
             DevOptions(
@@ -333,36 +335,19 @@ def worker(
     ] = "127.0.0.1",
 ) -> None:
     """Run a worker for the shared queue and this host's queue."""
-    from perseus.keys import valid_host
-    from perseus.metrics import MetricsServer, temporal_runtime
-    from perseus.temporal import connect
-    from worker import install_signal_handlers, run_worker
-
-    async def main(settings: Settings) -> None:
-        name = host or settings.host_name()
-        if not valid_host(name):
-            raise ConfigError(f"invalid host name {name!r}: use letters, digits, '.', '_' or '-'")
-        exporter = None
-        if metrics_port is not None:
-            runtime, temporal_url = temporal_runtime()
-            client = await connect(settings, runtime=runtime)
-            exporter = MetricsServer(metrics_host, metrics_port, temporal_url)
-        else:
-            client = await connect(settings)
-        stop = asyncio.Event()
-        install_signal_handlers(stop)
-        ready = asyncio.Event()
-        task = asyncio.create_task(
-            run_worker(
-                settings, client, name, stop, shared_queue=shared, ready=ready, metrics_server=exporter
-            )
-        )
-        await asyncio.wait([task, asyncio.ensure_future(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            err.print(f"worker ready: host {name}")
-        await task
-
-    run(main)
+    # The worker is the user's composition root (worker.py, beside workflows/ and activities/): this
+    # process becomes ``python -m worker`` with the same flags, so perseus/ never imports it.
+    argv = [sys.executable, "-m", "worker"] + (["--host", host] if host else [])
+    argv += [] if shared else ["--no-shared"]
+    if metrics_port is not None:
+        argv += ["--metrics-port", str(metrics_port), "--metrics-host", metrics_host]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(sys.executable, argv)
+    except OSError as exc:
+        err.print(f"error: cannot start the worker: {exc}", highlight=False, markup=False)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -373,8 +358,10 @@ def api(port: Annotated[int | None, typer.Option(help="Port (default PERSEUS_API
     from perseus.api.app import create_app
     from perseus.api.ready import preflight
     from perseus.api.server import StreamingServer
+    from perseus.logs import configure_logging
 
     async def serve(settings: Settings) -> None:
+        configure_logging(settings.log_level, settings.log_format)
         await preflight(settings)  # PostgreSQL or Redis down: one line and exit 1, not a traceback
         # StreamingServer: live event streams end first on shutdown instead of holding it up.
         server = StreamingServer(
@@ -382,7 +369,8 @@ def api(port: Annotated[int | None, typer.Option(help="Port (default PERSEUS_API
                 create_app(settings),
                 host=settings.api_host,
                 port=port or settings.api_port,
-                log_level="info",
+                log_config=None,  # perseus.logs configured the root logger: level and format
+                log_level=settings.log_level.lower(),
                 timeout_graceful_shutdown=5,
             )
         )

@@ -87,6 +87,8 @@ FAILURE_TAIL_CHARS = 300
 MAX_LINE_BYTES = 64 * 1024
 #: How long to wait for the rest of the output after the child exited (a grandchild may hold the pipe).
 DRAIN_S = 1.0
+#: How often a stop checks whether the child has exited while its pipes are still open.
+EXIT_POLL_S = 0.1
 URL_POLL_S = 0.2
 #: A health probe waits at most this long (and at most half the interval, so probes keep their pace).
 HEALTH_PROBE_TIMEOUT_S = 2.0
@@ -232,6 +234,36 @@ def describe_exit(code: int) -> str:
         except ValueError:
             return f"was killed by signal {-code}"
     return f"exited with code {code}"
+
+
+async def _exit_code(proc: asyncio.subprocess.Process) -> int:
+    """The child's exit code, as soon as it has exited.
+
+    On Python 3.11 ``proc.wait()`` returns only once the child's pipes are closed too, which a process
+    it left behind outside its group can postpone forever; the exit code itself is known at once.
+    """
+    waiter = asyncio.ensure_future(proc.wait())
+    try:
+        while proc.returncode is None and not waiter.done():
+            await asyncio.wait({waiter}, timeout=EXIT_POLL_S)
+    finally:
+        waiter.cancel()
+    code = proc.returncode
+    assert code is not None
+    return code
+
+
+def _close_pipes(proc: asyncio.subprocess.Process) -> None:
+    """Close the child's pipes once it has exited and its output is drained (or the drain timed out).
+
+    asyncio closes them by itself only when every pipe reaches end-of-file: something the child left
+    behind outside its process group (``setsid``) that still holds stdout would keep the pipe, the
+    output task and the transport alive forever, and the garbage collector would later report an
+    unclosed transport. Closing the transport ends the output task (its read sees end-of-file).
+    """
+    transport = getattr(proc, "_transport", None)  # asyncio keeps it private; close() is idempotent
+    if transport is not None:
+        transport.close()
 
 
 class ProcessConnector(Connector):
@@ -728,11 +760,11 @@ class ProcessConnector(Connector):
                 self._note(f"stopping ({reason}): SIGTERM, SIGKILL after {grace:g}s")
                 self._killpg(proc, signal.SIGTERM)
                 try:
-                    await asyncio.wait_for(proc.wait(), grace)
+                    await asyncio.wait_for(_exit_code(proc), grace)
                 except TimeoutError:
                     self._note(f"still running after {grace:g}s: SIGKILL")
                     self._killpg(proc, signal.SIGKILL)
-            await proc.wait()
+            await _exit_code(proc)
             log.info("%s connector (pid %s) stopped: %s", self.exchange_name, proc.pid, reason)
         self._killpg(proc, signal.SIGKILL)  # whatever it forked and left behind in its group
         if self._watch_task is not None:
@@ -770,9 +802,10 @@ class ProcessConnector(Connector):
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
         """Wait for the child to end; then, once its last output is read, say how it ended."""
-        code = await proc.wait()
+        code = await _exit_code(proc)
         if self._pump_task is not None:
             await asyncio.wait({self._pump_task}, timeout=DRAIN_S)
+        _close_pipes(proc)
         program = self.spec.command[0]
         self._exit = f"{self.exchange_name} connector {program} (pid {proc.pid}) {describe_exit(code)}"
         self._note(self._exit)

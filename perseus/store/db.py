@@ -25,7 +25,7 @@ from perseus.errors import ConfigError, ServiceUnavailable, UnknownAdmin, Unknow
 from perseus.fleet import Placement
 from perseus.models import Admin, EventKind, Exchange, NetworkEvent
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schema.sql"
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schema.sql"  # package data (a link in a checkout)
 DEMO_DATA_PATH = Path(__file__).resolve().parents[1] / "demo_data.sql"
 
 DatabaseError = psycopg.Error

@@ -261,3 +261,26 @@ asyncio.run(main())
     os.kill(supervisor.pid, signal.SIGKILL)
     await supervisor.wait()
     assert await gone_within(child, 1.0)
+
+
+@pytest.mark.integration
+async def test_pipes_close_when_a_detached_grandchild_keeps_the_output_open(tmp_path: Path) -> None:
+    """The child exits but left a process in its own session holding stdout: the pipe never reaches
+    end-of-file, so the connector closes it itself (else the output task and transport live forever)."""
+    spec = ConnectorSpec(kind="process", command=["sh", "-c", "setsid sleep 30 & echo held by $!"])
+    context = ConnectorContext(workflow_id="instance-tx_pipe-h1", exchange_id=43, exchange_name="tx_pipe")
+    connector = build_connector("tx_pipe", spec, context)
+    assert isinstance(connector, ProcessConnector)
+    await connector.prepare([])
+    held_by = 0
+    try:
+        await asyncio.wait_for(connector._exited.wait(), 10)
+        held_by = int(connector.tail()[0].split()[-1])
+        assert alive(held_by)  # the pipe's other end is still open
+        assert connector._pump_task is not None
+        await asyncio.wait_for(asyncio.shield(connector._pump_task), 5)  # the read saw end-of-file
+        assert connector._proc is not None and connector._proc._transport.is_closing()  # type: ignore[attr-defined]
+    finally:
+        await connector.disconnect("test over")
+        if held_by:
+            os.kill(held_by, signal.SIGKILL)

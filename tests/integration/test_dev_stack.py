@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,27 +50,38 @@ def wait_up(proc: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> st
 def test_dev_starts_stops_without_orphans_and_reuses_data(tmp_path: Path) -> None:
     ports = {name: free_port() for name in ("temporal-port", "redis-port", "postgres-port", "api-port")}
     data_dir = tmp_path / "data"
+    # As root with a private data dir (pytest's are 0700), PostgreSQL's data lives elsewhere; say where.
+    location = data_dir / "postgres" / "LOCATION"
     keys = []
-    for run in range(2):
-        log = tmp_path / f"dev{run}.log"
-        proc = start_dev(data_dir, ports, log)
-        try:
-            text = wait_up(proc, log)
-            pids = [int(p) for p in re.search(r"Child PIDs\s+([\d ]+)", text).group(1).split()]  # type: ignore[union-attr]
-            assert len(pids) == 3 and all(psutil.pid_exists(p) for p in pids)
-            keys.append(re.search(r"API key\s+(\S+)", text).group(1))  # type: ignore[union-attr]
-            with socket.create_connection(("127.0.0.1", ports["api-port"]), timeout=5):
-                pass
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(60) == 0, log.read_text()
-            time.sleep(0.5)
-            alive = [
-                p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-            ]
-            assert alive == [], f"orphans left: {alive}"
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    try:
+        for run in range(2):
+            log = tmp_path / f"dev{run}.log"
+            proc = start_dev(data_dir, ports, log)
+            try:
+                text = wait_up(proc, log)
+                pids = [int(p) for p in re.search(r"Child PIDs\s+([\d ]+)", text).group(1).split()]  # type: ignore[union-attr]
+                # Temporal, Redis, PostgreSQL and the worker (the API is served by `perseus dev` itself).
+                assert len(pids) == 4 and all(psutil.pid_exists(p) for p in pids)
+                keys.append(re.search(r"API key\s+(\S+)", text).group(1))  # type: ignore[union-attr]
+                if location.exists():
+                    assert f"PostgreSQL data {location.read_text().strip()}" in text
+                with socket.create_connection(("127.0.0.1", ports["api-port"]), timeout=5):
+                    pass
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(60) == 0, log.read_text()
+                time.sleep(0.5)
+                alive = [
+                    p
+                    for p in pids
+                    if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                ]
+                assert alive == [], f"orphans left: {alive}"
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+    finally:
+        if location.exists():
+            shutil.rmtree(location.read_text().strip(), ignore_errors=True)
     assert keys[0] == keys[1]  # the second run found the first run's database
     assert (data_dir / "temporal" / "temporal.db").exists()
     assert (data_dir / "redis" / "appendonlydir").exists()

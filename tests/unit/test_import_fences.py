@@ -35,3 +35,40 @@ def test_workflow_source_avoids_nondeterminism() -> None:
     source = (Path(__file__).resolve().parents[2] / "workflows" / "instance.py").read_text()
     for banned in ("datetime.now(", "import os", "import time", "import random", "uuid.uuid4("):
         assert banned not in source, banned
+
+
+#: The user's layout (top-level workflows/, activities/, worker.py) depends on perseus/, never back.
+USER_LAYOUT = ("workflows", "activities", "worker")
+
+
+def test_perseus_never_imports_the_user_layout() -> None:
+    """The CLI, the client side and the API load without the workflow, the activities or the worker."""
+    code = (
+        "import sys, perseus.cli.app, perseus.control, perseus.api.app, perseus.devstack.stack; "
+        f"roots = {USER_LAYOUT!r}; "
+        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in roots)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+
+
+def test_client_names_match_the_workflow_definition() -> None:
+    """perseus/temporal.py names the workflow and its handlers as strings (clients cannot import the
+    workflow): each name must be one the workflow really registers, with the matching kind."""
+    from temporalio import workflow
+
+    from perseus import temporal
+    from workflows.instance import InstanceWorkflow
+
+    definition = workflow._Definition.must_from_class(InstanceWorkflow)
+    assert definition.name == temporal.INSTANCE_WORKFLOW
+    names = {
+        "update": {n for n in vars(temporal) if n.startswith("UPDATE_")},
+        "query": {n for n in vars(temporal) if n.startswith("QUERY_")},
+        "signal": {n for n in vars(temporal) if n.startswith("SIGNAL_")},
+    }
+    registered = {"update": definition.updates, "query": definition.queries, "signal": definition.signals}
+    assert all(names.values()), names
+    for kind, constants in names.items():
+        for constant in constants:
+            assert getattr(temporal, constant) in registered[kind], f"{constant} is not a {kind} handler"
