@@ -123,7 +123,8 @@ class HostActivities:
         return Identity(hostname=self.hostname, ip_address=await self.public_ip())
 
     async def public_ip(self) -> str | None:
-        """The first usable answer of the IP services, tried in order within one total budget."""
+        """The first usable answer of the IP services, tried in order within one total budget
+        (``ip_timeout_s``, 2 s by default), each service given at most half of it."""
         import httpx
 
         loop = asyncio.get_running_loop()
@@ -134,7 +135,8 @@ class HostActivities:
                 log.info("IP lookup gave up: no answer within %.1fs", self._ip_timeout_s)
                 return None
             try:
-                response = await self._http.get(url, timeout=left)
+                # At most half the budget per service: one that hangs leaves time for the next.
+                response = await self._http.get(url, timeout=min(left, self._ip_timeout_s / 2))
             except httpx.HTTPError as exc:
                 log.info("IP service %s failed: %s", url, exc)
                 continue

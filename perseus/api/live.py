@@ -15,7 +15,6 @@ falls back to polling and reconnects.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -66,13 +65,18 @@ class LiveFeed:
         self._supervisor = asyncio.create_task(self._supervise(), name="live-feed-supervisor")
 
     async def stop(self) -> None:
+        """Cancel the supervisor and every reader and wait until they are gone.
+
+        A cancellation that lands inside a blocking XREAD can be turned into a connection error by
+        the driver, which a reader treats as a Redis hiccup; so readers also stop at ``closing``,
+        and whatever is still running is cancelled again until it ends.
+        """
         self.close_streams()
-        tasks = [t for t in [self._supervisor, *self._readers.values()] if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        pending = {t for t in [self._supervisor, *self._readers.values()] if t is not None}
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
         self._readers.clear()
 
     def close_streams(self) -> None:
@@ -137,7 +141,7 @@ class LiveFeed:
     # --- the reader -----------------------------------------------------------------------------
 
     async def _supervise(self) -> None:
-        while True:
+        while not self.closing.is_set():
             try:
                 exchanges = await self._catalog.exchanges(active_only=True)
             except PerseusError as exc:
@@ -151,7 +155,7 @@ class LiveFeed:
 
     async def _read(self, name: str) -> None:
         after: str | None = None
-        while True:
+        while not self.closing.is_set():
             try:
                 if after is None:
                     # Start after the newest entry that exists now: only what happens from here on is live.
@@ -162,6 +166,8 @@ class LiveFeed:
                     after = entry_id
                     await self._announce(name, entry_id, fields)
             except PerseusError as exc:
+                if self.closing.is_set():
+                    return
                 log.warning("live feed: reading %s failed: %s; retrying", name, exc)
                 await asyncio.sleep(RETRY_S)
 

@@ -41,7 +41,12 @@ ExchangeArgument = Annotated[
 
 
 async def _resolve(settings: Settings, exchange: str) -> Exchange:
-    """The catalog's exchange for a name or id; UnknownExchange (exit 4) lists the known ones."""
+    """The catalog's exchange for a name or id; UnknownExchange (exit 4) lists the known ones. A name
+    that cannot be one (a quote, a space) is refused before it reaches any query."""
+    from perseus.control import check_exchange
+
+    if not exchange.isdigit():
+        check_exchange(exchange)
     return await _with_catalog(settings, lambda catalog: catalog.exchange(exchange))
 
 
