@@ -232,7 +232,7 @@ async def check_admins(catalog: Catalog, placements: list[Placement]) -> None:
             try:
                 await catalog.admin(p.admin_email)
             except errors.UnknownAdmin as exc:
-                raise errors.ConfigError(f"exchanges.{p.exchange}.admin_email: {exc}") from None
+                raise errors.InvalidFleet(f"exchanges.{p.exchange}.admin_email: {exc}") from None
 
 
 async def plan_fleet(

@@ -17,6 +17,7 @@ name, so a workflow can list permanent ones in ``non_retryable_error_types``.
     │   ├── ClaimMissing            the key vanished under us (expired, or Redis lost its data)
     │   ├── RenewDeadline           no renewal succeeded within the renew deadline
     │   └── StaleEpoch              a child's fenced write refused: its epoch is no longer current
+    ├── InvalidFleet                a fleet file or drain refused whole (permanent)
     ├── StandbyGone                 a standby's record vanished under its host (permanent)
     ├── NotRegistered               no workflow for that exchange / host (permanent)
     ├── AlreadyRegistered           this host already runs that exchange (permanent)
@@ -97,6 +98,10 @@ class ClaimMissing(ClaimLost):
 
 class RenewDeadline(ClaimLost):
     """We could not renew in time (Redis unreachable or too slow): our connector stopped itself."""
+
+
+class InvalidFleet(PerseusError):
+    """A fleet file (or a drain of it) refused as a whole: the key and why in one line (exit 1)."""
 
 
 class StandbyGone(PerseusError):

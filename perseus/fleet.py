@@ -1,7 +1,7 @@
 """The declared fleet (DESIGN §2.7): parse and validate a fleet file, and decide what to do about it.
 
 Pure: no I/O, no clock. :func:`parse_fleet` turns TOML text into :class:`Placement` values or raises
-one :class:`~perseus.errors.ConfigError` naming the offending key; :func:`plan` compares the desired
+one :class:`~perseus.errors.InvalidFleet` naming the offending key; :func:`plan` compares the desired
 placements with an :class:`Observed` snapshot and returns the :class:`Action` list that ``perseus
 fleet apply``, ``fleet diff``, the worker's enrolment and ``perseus drain`` carry out (or print).
 The I/O side lives in :mod:`perseus.enrol`.
@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from perseus.errors import ConfigError
+from perseus.errors import InvalidFleet
 from perseus.keys import valid_host
 from perseus.models import ConnectorSpec
 
@@ -74,14 +74,14 @@ def _type_name(value: object) -> str:
 
 def _number(key: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{key}: expected a number of seconds, got {_type_name(value)} ({value!r})")
+        raise InvalidFleet(f"{key}: expected a number of seconds, got {_type_name(value)} ({value!r})")
     return float(value)
 
 
 def _interval(key: str, value: object) -> float:
     seconds = _number(key, value)
     if not math.isfinite(seconds) or not MIN_INTERVAL_S <= seconds <= MAX_INTERVAL_S:
-        raise ConfigError(
+        raise InvalidFleet(
             f"{key}: the heartbeat interval must be between {MIN_INTERVAL_S:g} and {MAX_INTERVAL_S:g} "
             f"seconds, got {seconds:g}"
         )
@@ -90,21 +90,21 @@ def _interval(key: str, value: object) -> float:
 
 def _string(key: str, value: object) -> str:
     if not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string, got {_type_name(value)} ({value!r})")
+        raise InvalidFleet(f"{key}: expected a string, got {_type_name(value)} ({value!r})")
     return value
 
 
 def _hosts(key: str, value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
-        raise ConfigError(f"{key}: expected a non-empty list of host names, got {value!r}")
+        raise InvalidFleet(f"{key}: expected a non-empty list of host names, got {value!r}")
     seen: list[str] = []
     for item in value:
         if not isinstance(item, str):
-            raise ConfigError(f"{key}: expected host names (strings), got {_type_name(item)} ({item!r})")
+            raise InvalidFleet(f"{key}: expected host names (strings), got {_type_name(item)} ({item!r})")
         if not valid_host(item):
-            raise ConfigError(f"{key}: invalid host name {item!r}: use letters, digits, '.', '_' or '-'")
+            raise InvalidFleet(f"{key}: invalid host name {item!r}: use letters, digits, '.', '_' or '-'")
         if item in seen:
-            raise ConfigError(f"{key}: duplicate host {item!r} (each host appears once per exchange)")
+            raise InvalidFleet(f"{key}: duplicate host {item!r} (each host appears once per exchange)")
         seen.append(item)
     return tuple(seen)
 
@@ -115,12 +115,12 @@ def _connector(key: str, table: Mapping[str, Any]) -> ConnectorSpec:
     if "restart" in table:
         restart = _string(f"{key}.restart", table["restart"])
         if restart not in ("no", "on-failure"):
-            raise ConfigError(f"{key}.restart: must be 'no' or 'on-failure', got {restart!r}")
+            raise InvalidFleet(f"{key}.restart: must be 'no' or 'on-failure', got {restart!r}")
         fields["restart"] = restart
     options = [k for k in _PROCESS_KEYS if k in table]
     if "exec" in table:
         if "connector" in table:
-            raise ConfigError(f"{key}: exec and connector exclude each other: name one connector")
+            raise InvalidFleet(f"{key}: exec and connector exclude each other: name one connector")
         fields.update(kind="process", command=_string(f"{key}.exec", table["exec"]))
         for name in options:
             value = table[name]
@@ -132,21 +132,21 @@ def _connector(key: str, table: Mapping[str, Any]) -> ConnectorSpec:
     elif "connector" in table:
         kind = table["connector"]
         if kind != "simulated":
-            raise ConfigError(
+            raise InvalidFleet(
                 f"{key}.connector: only 'simulated' is a named connector, got {kind!r} "
                 '(a real connector is a command: exec = "…")'
             )
         if options:
-            raise ConfigError(f'{key}.{options[0]}: only with exec = "…" (it configures that command)')
+            raise InvalidFleet(f'{key}.{options[0]}: only with exec = "…" (it configures that command)')
     else:
-        raise ConfigError(f'{key}: no connector: add exec = "COMMAND" or connector = "simulated"')
+        raise InvalidFleet(f'{key}: no connector: add exec = "COMMAND" or connector = "simulated"')
     try:
         return ConnectorSpec.model_validate(fields)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = _FIELD_KEYS.get(str(first["loc"][0]), "exec") if first["loc"] else "exec"
         message = str(first["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"{key}.{where}: {message}") from None
+        raise InvalidFleet(f"{key}.{where}: {message}") from None
 
 
 def parse_fleet(
@@ -154,7 +154,7 @@ def parse_fleet(
 ) -> list[Placement]:
     """Every placement of a fleet file, sorted by exchange; the whole file is checked first.
 
-    Raises :class:`ConfigError` with one line that starts with the offending key (``exchanges.kraken
+    Raises :class:`InvalidFleet` with one line that starts with the offending key (``exchanges.kraken
     .hosts: …``) for: TOML syntax, an unknown key, a wrong type, an exchange not in
     ``known_exchanges`` (active catalog names), a heartbeat interval that is not finite or outside
     [0.5 s, 1 h], an empty or duplicated host, a missing or doubly named connector, and any option
@@ -163,9 +163,9 @@ def parse_fleet(
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not a valid TOML file: {exc}") from None
+        raise InvalidFleet(f"not a valid TOML file: {exc}") from None
     if unknown := sorted(set(doc) - _TOP_KEYS):
-        raise ConfigError(f"{unknown[0]}: unknown key (expected heartbeat_interval, admin_email, exchanges)")
+        raise InvalidFleet(f"{unknown[0]}: unknown key (expected heartbeat_interval, admin_email, exchanges)")
     default_interval = (
         _interval("heartbeat_interval", doc["heartbeat_interval"])
         if "heartbeat_interval" in doc
@@ -174,26 +174,26 @@ def parse_fleet(
     default_admin = _string("admin_email", doc["admin_email"]) if "admin_email" in doc else None
     tables = doc.get("exchanges")
     if not isinstance(tables, dict) or not tables:
-        raise ConfigError("exchanges: no exchange declared: add a table such as [exchanges.coinbase]")
+        raise InvalidFleet("exchanges: no exchange declared: add a table such as [exchanges.coinbase]")
     known = sorted(known_exchanges)
     placements: dict[str, Placement] = {}
     for name, table in tables.items():
         key = f"exchanges.{name}"
         exchange = name.lower()
         if exchange not in known:
-            raise ConfigError(f"{key}: unknown exchange {name!r}; known exchanges: {', '.join(known)}")
+            raise InvalidFleet(f"{key}: unknown exchange {name!r}; known exchanges: {', '.join(known)}")
         if exchange in placements:
-            raise ConfigError(f"{key}: {exchange} is declared twice")
+            raise InvalidFleet(f"{key}: {exchange} is declared twice")
         if not isinstance(table, dict):
-            raise ConfigError(f"{key}: expected a table, got {_type_name(table)} ({table!r})")
+            raise InvalidFleet(f"{key}: expected a table, got {_type_name(table)} ({table!r})")
         if unknown := sorted(set(table) - _EXCHANGE_KEYS):
-            raise ConfigError(f"{key}.{unknown[0]}: unknown key")
+            raise InvalidFleet(f"{key}.{unknown[0]}: unknown key")
         if "hosts" not in table:
-            raise ConfigError(f"{key}.hosts: missing: list the hosts in order of preference")
+            raise InvalidFleet(f"{key}.hosts: missing: list the hosts in order of preference")
         hosts = _hosts(f"{key}.hosts", table["hosts"])
         warm = table.get("warm", False)
         if not isinstance(warm, bool):
-            raise ConfigError(f"{key}.warm: expected true or false, got {_type_name(warm)} ({warm!r})")
+            raise InvalidFleet(f"{key}.warm: expected true or false, got {_type_name(warm)} ({warm!r})")
         placements[exchange] = Placement(
             exchange=exchange,
             hosts=hosts,
@@ -383,7 +383,7 @@ def drain_plan(
 
     Invariants: only exchanges whose holder is ``host`` appear, one step each, by name. The target is
     the highest-priority standby not on ``host``. An exchange without one is refused — the whole
-    drain raises :class:`ConfigError` naming it, before anything changes — unless ``force``, which
+    drain raises :class:`InvalidFleet` naming it, before anything changes — unless ``force``, which
     turns it into a shutdown.
     """
     steps: list[DrainStep] = []
@@ -398,7 +398,7 @@ def drain_plan(
         else:
             refused.append(exchange)
     if refused:
-        raise ConfigError(
+        raise InvalidFleet(
             f"no live standby for {', '.join(refused)} on another host: nothing drained "
             "(register a standby first, or --force to shut those down)"
         )

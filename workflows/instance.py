@@ -837,7 +837,10 @@ class InstanceWorkflow:
                 self.lease = resumed
                 workflow.logger.info("%s: re-attached to the renewals on %s", self.wf_id, self.inp.host)
                 if self.state in RUNNING_STATES and not await self._connector_alive():
-                    await self._fail(f"connector not running after the worker on {self.inp.host} restarted")
+                    # The claim is still ours (its renewals run) but the connector is gone (a new
+                    # worker process, or it was stopped meanwhile): record it and bring it back.
+                    await self._fail(f"connector not running on {self.inp.host} after re-attaching")
+                    self._enqueue(Command.START, first=True, internal=True)
                 return None
             try:
                 resumed.result()

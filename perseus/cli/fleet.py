@@ -10,7 +10,7 @@ import typer
 
 from perseus.cli.app import JsonFlag, app, err, out, print_json, run
 from perseus.config import Settings
-from perseus.errors import ConfigError
+from perseus.errors import InvalidFleet
 
 fleet_app = typer.Typer(
     no_args_is_help=True, help="The declared fleet: placements in a file, enrolled by hosts."
@@ -47,7 +47,7 @@ async def _read(catalog: Any, path: Path) -> list[Any]:
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError(f"cannot read the fleet file {path}: {exc.strerror or exc}") from None
+        raise InvalidFleet(f"cannot read the fleet file {path}: {exc.strerror or exc}") from None
     known = [e.name for e in await catalog.exchanges(active_only=True)]
     placements = parse_fleet(text, known)
     await check_admins(catalog, placements)

@@ -147,12 +147,13 @@ def test_not_found_exits_4_and_hints_only_name_catalog_exchanges(servers: Server
 
 
 def test_data_is_never_read_as_markup(servers: Servers) -> None:
+    # None of these can be an exchange name: refused as usage (2) before any lookup, printed as is.
     for name in ("foo[/b]", "[bold]x[/bold]", "o'neil"):
         invoked = runner.invoke(app, ["start", name], env=servers.env())
-        assert invoked.exit_code == 4, (name, invoked.stderr, invoked.exception)
-        assert f"unknown exchange {name!r}" in one_line_error(invoked.stderr)
+        assert invoked.exit_code == 2, (name, invoked.stderr, invoked.exception)
+        assert f"invalid exchange name {name!r}" in one_line_error(invoked.stderr)
     result = perseus(servers, "start", "foo[/b]")
-    assert result.returncode == 4 and "'foo[/b]'" in one_line_error(result.stderr)
+    assert result.returncode == 2 and "'foo[/b]'" in one_line_error(result.stderr)
 
 
 async def test_list_filters_escape_data_and_refuse_odd_names(servers: Servers, client: Client) -> None:

@@ -281,20 +281,21 @@ async def test_continue_as_new_keeps_the_child_and_the_claim(
             connector=spec,
             history_limit=20,
         )
+        handle = temporal.client.get_workflow_handle(f"instance-{exchange}-{host}")
+        first_run = (await handle.describe()).run_id  # the run that walks up and starts the child
         ex_id = await exchange_id(servers, exchange)
         doc = await wait_for(lambda: active_on(store, ex_id, host))
         (start,) = [e for e in journal(log) if e["event"] == "start"]
         assert isinstance(start["pid"], int)
         sampler = Sampler(store, ex_id, start["pid"], int(str(doc["epoch"])))
-        handle = temporal.client.get_workflow_handle(f"instance-{exchange}-{host}")
         async with sampling(sampler):
-            active_run = (await handle.describe()).run_id
 
             async def continued() -> bool:
-                return (await handle.describe()).run_id != active_run
+                return (await handle.describe()).run_id != first_run
 
             await wait_for(continued, timeout=30)
-            await wait_for(lambda: reattached(temporal, exchange, host, time.time()), timeout=15)
+            since = time.time()
+            await wait_for(lambda: reattached(temporal, exchange, host, since), timeout=15)
             await asyncio.sleep(2 * INTERVAL)
         assert alive(sampler.pid)
         assert [e["event"] for e in journal(log)] == ["start"]

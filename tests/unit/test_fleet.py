@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from perseus.errors import ConfigError
+from perseus.errors import InvalidFleet
 from perseus.fleet import (
     Action,
     ActionKind,
@@ -129,14 +129,14 @@ K = "[exchanges.kraken]\nhosts = ['a']\n"  # a table with hosts, to which each c
     ],
 )
 def test_a_bad_file_is_refused_in_one_line_naming_the_key(text: str, message: str) -> None:
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(InvalidFleet) as caught:
         parse_fleet(text, KNOWN)
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
 
 
 def test_unknown_exchange_lists_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="known exchanges: binance, coinbase, kraken, kucoin"):
+    with pytest.raises(InvalidFleet, match="known exchanges: binance, coinbase, kraken, kucoin"):
         parse_fleet('[exchanges.nasdaq]\nhosts = ["a"]\nconnector = "simulated"\n', KNOWN)
 
 
@@ -358,7 +358,7 @@ def test_drain_hands_each_held_exchange_to_its_best_other_standby() -> None:
 def test_drain_refuses_an_exchange_without_standby_unless_forced() -> None:
     holders = {"coinbase": "a", "kraken": "a"}
     standbys = {"coinbase": [Standby(host="b", priority=0)], "kraken": [Standby(host="a", priority=1)]}
-    with pytest.raises(ConfigError, match="no live standby for kraken"):
+    with pytest.raises(InvalidFleet, match="no live standby for kraken"):
         drain_plan("a", holders, standbys, force=False)
     steps = drain_plan("a", holders, standbys, force=True)
     assert [(s.exchange, s.action) for s in steps] == [("coinbase", "handoff"), ("kraken", "shutdown")]
