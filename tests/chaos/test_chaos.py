@@ -52,7 +52,7 @@ pytestmark = [
 
 def outage_s(i: int) -> float:
     """How long the i-th control-plane outage lasts: spread over its range, repeatable."""
-    low, high = (30.0, 120.0) if SOAK else (4.0, 7.0)
+    low, high = (30.0, 120.0) if SOAK else (3.0, 5.0)
     return low + (high - low) * ((i * 37) % 10) / 9
 
 
@@ -344,7 +344,7 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
                 await asyncio.sleep(outage_s(next(outages)))
             finally:
                 stack.freeze_temporal(False)
-            await asyncio.sleep(2 * INTERVAL)  # re-attached by now; nothing may have changed
+            await asyncio.sleep(INTERVAL)  # re-attached by now (it takes well under a second)
             after = await cluster.wait_active()
             assert (after["hostname"], after["epoch"]) == (before["hostname"], before["epoch"])
 
@@ -356,7 +356,7 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
                 await asyncio.sleep(outage_s(next(outages)))
             finally:
                 proxy.resume()
-            await asyncio.sleep(2 * INTERVAL)
+            await asyncio.sleep(INTERVAL)
             after = await cluster.wait_active()
             assert (after["hostname"], after["epoch"]) == (before["hostname"], before["epoch"])
 
@@ -429,13 +429,13 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
             raise AssertionError("no settled moment for a planned handoff")
 
         plan: list[tuple[str, Callable[[], Awaitable[None]]]] = []
-        plan += [("SIGKILL active worker", kill_active)] * 18
+        plan += [("SIGKILL active worker", kill_active)] * 14
         plan += [("SIGSTOP active worker past the TTL", pause_active_past_ttl)] * 6
         plan += [("Redis paused briefly", redis_short_pause)] * 6
         plan += [("Redis paused past the TTL", redis_long_pause)] * 4
         plan += [("Redis restarted empty", redis_restart_empty)] * 3
         plan += [("Temporal killed and restarted", temporal_restart)] * 2
-        plan += [("same host registered twice", same_host_twice)] * 9
+        plan += [("same host registered twice", same_host_twice)] * 13
         plan += [("handoff target killed midway", handoff_target_killed)] * 2
         plan += [("planned handoff", planned_handoff)] * 2
         plan += [("Temporal frozen", temporal_frozen)] * 8
