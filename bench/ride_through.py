@@ -87,6 +87,8 @@ async def run(interval: float, outage: float, base: Path) -> dict[str, Any]:
             "PERSEUS_DATABASE_URL": url,
             "PERSEUS_DATA_DIR": str(base / "data"),
             "PERSEUS_IP_SERVICES": "[]",
+            # This run's client uses the plain converter: payloads stay unencrypted here.
+            "PERSEUS_PAYLOAD_PLAINTEXT": "1",
         }
         host = f"bench-{uuid.uuid4().hex[:4]}"
         for args in (["--host", "core"], ["--host", host, "--no-shared"]):
