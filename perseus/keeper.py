@@ -91,6 +91,10 @@ class _Loop:
     attached: int = 0
     detached_since: float | None = field(default_factory=time.monotonic)
     last_orphan_check: float = 0.0
+    #: Set once Temporal said for certain that the workflow has closed.
+    workflow_closed: bool = False
+    #: The question to Temporal in flight, if any: never awaited by the renewal loop itself.
+    orphan_check: asyncio.Task[None] | None = None
     ended: PerseusError | None = None
     #: A one-shot report for the next attached activity that does not end the loop (a connector
     #: that failed while the claim stays ours: renewals go on while the workflow recovers).
@@ -394,22 +398,40 @@ class LeaseKeeper:
     # --- shared --------------------------------------------------------------------------------
 
     async def _orphaned(self, loop: _Loop) -> bool:
-        """True only when Temporal says for certain that the loop's workflow has closed."""
+        """True only once Temporal has said for certain that the loop's workflow has closed.
+
+        The question runs in a task of its own, bounded by an interval: a Temporal that is frozen or
+        unreachable (the SDK retries such calls) must never hold up a renewal.
+        """
+        if loop.workflow_closed:
+            return True
         if loop.detached_since is None or self._workflow_closed is None:
             return False
         now = time.monotonic()
         grace = max(DETACHED_INTERVALS * loop.interval_s, DETACHED_FLOOR_S)
         if now - loop.detached_since < grace or now - loop.last_orphan_check < loop.interval_s:
             return False
-        loop.last_orphan_check = now
-        closed = await self._workflow_closed(loop.workflow_id)
-        if closed:
+        if loop.orphan_check is None or loop.orphan_check.done():
+            loop.last_orphan_check = now
+            loop.orphan_check = asyncio.create_task(
+                self._ask_closed(loop), name=f"closed? {loop.workflow_id}"
+            )
+        return False
+
+    async def _ask_closed(self, loop: _Loop) -> None:
+        assert self._workflow_closed is not None
+        try:
+            closed = await asyncio.wait_for(self._workflow_closed(loop.workflow_id), loop.interval_s)
+        except TimeoutError:
+            return  # no answer: keep renewing (the outage this module rides through)
+        if closed and loop.attached == 0:
+            loop.workflow_closed = True
             log.warning("%s: its workflow has closed; this host stops renewing for it", loop.workflow_id)
-        return bool(closed)
 
     def _cancel(self, loop: _Loop) -> None:
-        if loop.task is not None and not loop.task.done():
-            loop.task.cancel()
+        for task in (loop.task, loop.orphan_check):
+            if task is not None and not task.done():
+                task.cancel()
 
     def workflow_ids(self) -> set[str]:
         """Workflows that hold a live claim or standby record on this host."""
@@ -421,7 +443,7 @@ class LeaseKeeper:
         loops: list[_Loop] = [*self.claims.values(), *self.standbys.values()]
         for loop in loops:
             self._cancel(loop)
-        tasks = [loop.task for loop in loops if loop.task is not None]
+        tasks = [t for loop in loops for t in (loop.task, loop.orphan_check) if t is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self.claims.clear()
