@@ -125,7 +125,13 @@ async def start_stack(
 
 
 async def register_child(
-    temporal: PrivateTemporal, store: RedisStore, servers: Servers, exchange: str, host: str, log: Path
+    temporal: PrivateTemporal,
+    store: RedisStore,
+    servers: Servers,
+    exchange: str,
+    host: str,
+    log: Path,
+    history_limit: int | None = None,
 ) -> Sampler:
     spec = ConnectorSpec.model_validate(
         {"kind": "process", "command": child_command("--journal", str(log)), "ready_line": "READY"}
@@ -138,6 +144,7 @@ async def register_child(
         heartbeat_interval_s=INTERVAL,
         start=True,
         connector=spec,
+        history_limit=history_limit,
     )
     ex_id = await exchange_id(servers, exchange)
     doc = await wait_for(lambda: active_on(store, ex_id, host))
@@ -266,32 +273,15 @@ async def test_continue_as_new_keeps_the_child_and_the_claim(
     procs = await start_stack(servers, temporal, host)
     log = tmp_path / "child.jsonl"
     try:
-        spec = ConnectorSpec.model_validate(
-            {"kind": "process", "command": child_command("--journal", str(log)), "ready_line": "READY"}
-        )
         # A history limit so small that the walk to active alone passes it: the run that started
         # the child continues as new right after.
-        await control.register(
-            temporal.client,
-            exchange=exchange,
-            host=host,
-            admin_email=None,
-            heartbeat_interval_s=INTERVAL,
-            start=True,
-            connector=spec,
-            history_limit=20,
-        )
+        sampler = await register_child(temporal, store, servers, exchange, host, log, history_limit=20)
         handle = temporal.client.get_workflow_handle(f"instance-{exchange}-{host}")
-        first_run = (await handle.describe()).run_id  # the run that walks up and starts the child
-        ex_id = await exchange_id(servers, exchange)
-        doc = await wait_for(lambda: active_on(store, ex_id, host))
-        (start,) = [e for e in journal(log) if e["event"] == "start"]
-        assert isinstance(start["pid"], int)
-        sampler = Sampler(store, ex_id, start["pid"], int(str(doc["epoch"])))
         async with sampling(sampler):
 
             async def continued() -> bool:
-                return (await handle.describe()).run_id != first_run
+                described = await handle.describe()
+                return described.run_id != described.raw_description.workflow_execution_info.first_run_id
 
             await wait_for(continued, timeout=30)
             since = time.time()
