@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from temporalio import activity
 
 from activities.edge import edge
+from activities.registry import take_claim
 from perseus.connectors.base import ConnectorHost
 from perseus.connectors.factory import ConnectorContext, build_connector
 from perseus.errors import (
@@ -27,8 +28,10 @@ from perseus.errors import (
 from perseus.keeper import LeaseKeeper
 from perseus.models import (
     Claim,
+    ClaimResult,
     ConnectorReport,
     ConnectorRequest,
+    HostClaimRequest,
     Identity,
     IdentityRequest,
     LeaseEnd,
@@ -146,6 +149,29 @@ class HostActivities:
         return None
 
     # --- the lease -----------------------------------------------------------------------------
+
+    @activity.defn(name="claim_and_hold")
+    @edge
+    async def claim_and_hold(self, req: HostClaimRequest) -> ClaimResult:
+        """Claim the exchange and hand the new claim to this host's keeper in the same step.
+
+        The keeper renews it from this moment: with a short TTL and a busy Temporal, waiting for
+        the lease activity to be dispatched could let the key lapse before its first renewal. A
+        claim whose workflow never attaches is ended by the keeper once Temporal says the workflow
+        has closed (its orphan check).
+        """
+        result = await take_claim(self._store, self._catalog, req.claim)
+        if result.claimed:
+            self.keeper.hold(
+                LeaseRequest(
+                    workflow_id=req.workflow_id,
+                    exchange_id=req.claim.status.exchange_id,
+                    claim=Claim(instance_id=req.claim.status.instance_id, epoch=result.epoch),
+                    heartbeat_interval_s=req.heartbeat_interval_s,
+                    term_s=req.term_s,
+                )
+            )
+        return result
 
     @activity.defn(name="hold_lease")
     @edge
@@ -285,6 +311,7 @@ class HostActivities:
     def all(self) -> list[Callable[..., Any]]:
         return [
             self.detect_identity,
+            self.claim_and_hold,
             self.hold_lease,
             self.hold_standby,
             self.connector_prepare,

@@ -62,6 +62,32 @@ def describe_holder(
     )
 
 
+async def take_claim(store: RedisStore, catalog: Catalog, req: ClaimRequest) -> ClaimResult:
+    """Take a new epoch and claim the status key with it, atomically against other claimants.
+
+    Retrying is safe: the payload's instanceId is fixed by the workflow, so a claim that succeeded
+    before a lost reply is recognised as ours (outcome ``self``).
+    """
+    status = req.status
+    # The floor is the workflow's memory and PostgreSQL's durable high-water mark: after Redis
+    # lost its data, even a newly registered instance claims above every epoch ever used.
+    floor = max(req.highest_epoch, await catalog.epoch_floor(status.exchange_id))
+    epoch = await store.next_epoch(status.exchange_id, floor)
+    payload = status.model_copy(update={"epoch": epoch}).wire()
+    reply = await store.claim(status.exchange_id, payload, status.ttl_ms)
+    if reply.outcome == "claimed":
+        await catalog.raise_epoch(status.exchange_id, epoch)
+        return ClaimResult(claimed=True, epoch=epoch)
+    if reply.outcome == "self":
+        held = int(json.loads(reply.raw)["epoch"])
+        await catalog.raise_epoch(status.exchange_id, held)
+        return ClaimResult(claimed=True, epoch=held)
+    holder, message = describe_holder(status.exchange_id, status.exchange_name, reply.raw, reply.pttl_ms)
+    return ClaimResult(
+        claimed=False, epoch=epoch, holder=holder, holder_ttl_ms=reply.pttl_ms, message=message
+    )
+
+
 class RegistryActivities:
     def __init__(self, store: RedisStore, catalog: Catalog) -> None:
         self._store = store
@@ -70,29 +96,9 @@ class RegistryActivities:
     @activity.defn(name="claim_exchange")
     @edge
     async def claim_exchange(self, req: ClaimRequest) -> ClaimResult:
-        """Take a new epoch and claim the status key with it, atomically against other claimants.
-
-        Retrying is safe: the payload's instanceId is fixed by the workflow, so a claim that succeeded
-        before a lost reply is recognised as ours.
-        """
-        status = req.status
-        # The floor is the workflow's memory and PostgreSQL's durable high-water mark: after Redis
-        # lost its data, even a newly registered instance claims above every epoch ever used.
-        floor = max(req.highest_epoch, await self._catalog.epoch_floor(status.exchange_id))
-        epoch = await self._store.next_epoch(status.exchange_id, floor)
-        payload = status.model_copy(update={"epoch": epoch}).wire()
-        reply = await self._store.claim(status.exchange_id, payload, status.ttl_ms)
-        if reply.outcome == "claimed":
-            await self._catalog.raise_epoch(status.exchange_id, epoch)
-            return ClaimResult(claimed=True, epoch=epoch)
-        if reply.outcome == "self":
-            held = int(json.loads(reply.raw)["epoch"])
-            await self._catalog.raise_epoch(status.exchange_id, held)
-            return ClaimResult(claimed=True, epoch=held)
-        holder, message = describe_holder(status.exchange_id, status.exchange_name, reply.raw, reply.pttl_ms)
-        return ClaimResult(
-            claimed=False, epoch=epoch, holder=holder, holder_ttl_ms=reply.pttl_ms, message=message
-        )
+        """Claim on the shared queue: runs begun before ``claim-on-host`` (see
+        :meth:`activities.host.HostActivities.claim_and_hold`, which replaced it) replay through it."""
+        return await take_claim(self._store, self._catalog, req)
 
     @activity.defn(name="patch_status")
     @edge

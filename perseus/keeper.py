@@ -89,6 +89,8 @@ class _Loop:
     workflow_id: str
     interval_s: float
     attached: int = 0
+    #: Whether any activity has attached yet (a claim is held from the moment it is taken).
+    ever_attached: bool = False
     detached_since: float | None = field(default_factory=time.monotonic)
     last_orphan_check: float = 0.0
     #: Set once Temporal said for certain that the workflow has closed.
@@ -104,6 +106,7 @@ class _Loop:
 
     def attach(self) -> None:
         self.attached += 1
+        self.ever_attached = True
         self.detached_since = None
 
     def detach(self) -> None:
@@ -173,14 +176,16 @@ class LeaseKeeper:
     # --- claims --------------------------------------------------------------------------------
 
     def hold(self, req: LeaseRequest) -> HeldClaim:
-        """The loop renewing ``req.claim``: the running one (re-attach) or a new one.
+        """The loop renewing ``req.claim``: the running one (re-attach, or the first lease of a
+        claim taken on this host) or a new one.
 
         A newer claim of the same workflow (after a reclaim or promotion) replaces the older loop,
         and a standby loop of the same workflow ends: the workflow is active now.
         """
         held = self.claims.get(req.workflow_id)
         if held is not None and held.claim == req.claim:
-            log.info("%s: re-attached to the renewals of epoch %s", req.workflow_id, req.claim.epoch)
+            if held.ever_attached:
+                log.info("%s: re-attached to the renewals of epoch %s", req.workflow_id, req.claim.epoch)
             return held
         if held is not None:
             self._cancel(held)

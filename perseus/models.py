@@ -386,6 +386,17 @@ class ClaimRequest(BaseModel):
     highest_epoch: int
 
 
+class HostClaimRequest(BaseModel):
+    """A claim taken on the claimant's own host, whose keeper renews it from that moment on: the
+    first renewal must not wait for a lease activity to travel through Temporal (a slow server would
+    let a short TTL lapse before it arrives)."""
+
+    claim: ClaimRequest
+    workflow_id: str
+    heartbeat_interval_s: float
+    term_s: float
+
+
 class ClaimResult(BaseModel):
     claimed: bool
     epoch: int

@@ -73,6 +73,7 @@ with workflow.unsafe.imports_passed_through():
         EventRequest,
         HandoffConfirm,
         HandoffRequest,
+        HostClaimRequest,
         Identity,
         IdentityRequest,
         InstanceInput,
@@ -620,18 +621,12 @@ class InstanceWorkflow:
         assert self.resolved and self.hostname and self.registered_at
         instance_id = str(workflow.uuid4())
         status = self._status(instance_id)
+        request = ClaimRequest(status=status, highest_epoch=self.highest_epoch)
         try:
-            result: ClaimResult = await workflow.execute_activity(
-                "claim_exchange",
-                ClaimRequest(status=status, highest_epoch=self.highest_epoch),
-                result_type=ClaimResult,
-                start_to_close_timeout=timedelta(seconds=10),
-                retry_policy=retry,
-                summary="claim",
-            )
+            result = await self._claim_activity(request, retry)
         except ActivityError as err:
             if not quiet:
-                self.registration_error = f"claim failed: {describe_failure(err)}"
+                self.registration_error = f"claim failed: {self._explain(err)}"
                 self.registration_error_type = failure_type(err) or "ServiceUnavailable"
             return None
         self.highest_epoch = max(self.highest_epoch, result.epoch)
@@ -648,6 +643,37 @@ class InstanceWorkflow:
             return None
         self.claim = Claim(instance_id=instance_id, epoch=result.epoch)
         self.registration_error = None
+        return result
+
+    async def _claim_activity(self, request: ClaimRequest, retry: RetryPolicy) -> ClaimResult:
+        """Claim on this instance's host, whose keeper renews from that moment on (patched
+        ``claim-on-host``); runs begun before it claimed on the shared queue and replay so."""
+        result: ClaimResult
+        if not workflow.patched("claim-on-host"):
+            result = await workflow.execute_activity(
+                "claim_exchange",
+                request,
+                result_type=ClaimResult,
+                start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=retry,
+                summary="claim",
+            )
+            return result
+        result = await workflow.execute_activity(
+            "claim_and_hold",
+            HostClaimRequest(
+                claim=request,
+                workflow_id=self.wf_id,
+                heartbeat_interval_s=self.inp.heartbeat_interval_s,
+                term_s=self.inp.lease_term_s,
+            ),
+            result_type=ClaimResult,
+            task_queue=self.host_queue,
+            schedule_to_start_timeout=self._host_wait(),
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=retry,
+            summary=f"claim on {self.inp.host}",
+        )
         return result
 
     def _status(self, instance_id: str) -> InstanceStatus:
