@@ -27,13 +27,20 @@ ROUTES = {
 }
 
 
+#: Requests the fake service received, by path.
+HITS: dict[str, int] = {}
+
+
 @pytest_asyncio.fixture
 async def fake_ip_service() -> AsyncIterator[str]:
+    HITS.clear()
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request = (await reader.readline()).decode()
         while (await reader.readline()) not in (b"\r\n", b""):
             pass
         path = request.split(" ")[1]
+        HITS[path] = HITS.get(path, 0) + 1
         if path == "/hang":
             await asyncio.sleep(30)  # never answers in time
         status, body = ROUTES.get(path, (404, "no"))
@@ -95,3 +102,23 @@ async def test_no_answer_is_none_and_bounded(fake_ip_service: str) -> None:
         acts = host_activities([f"{base}/hang", f"{base}/error", "http://127.0.0.1:9/refused"], http)
         assert await asyncio.wait_for(acts.public_ip(), 5) is None  # each service bounded by its timeout
         assert await host_activities([], http).public_ip() is None
+
+
+async def test_an_answer_is_reused_and_concurrent_lookups_share_one(fake_ip_service: str) -> None:
+    base = fake_ip_service
+    async with httpx.AsyncClient() as http:
+        acts = host_activities([f"{base}/error", f"{base}/plain"], http)
+        answers = await asyncio.gather(*(acts.public_ip() for _ in range(20)))
+        assert answers == ["203.0.113.7"] * 20
+        assert await acts.public_ip() == "203.0.113.7"
+        # One lookup for 21 registrations: the failing service was asked once, the good one once.
+        assert HITS == {"/error": 1, "/plain": 1}
+
+
+async def test_no_answer_is_not_remembered(fake_ip_service: str) -> None:
+    base = fake_ip_service
+    async with httpx.AsyncClient() as http:
+        acts = host_activities([f"{base}/error"], http)
+        assert await acts.public_ip() is None
+        assert await acts.public_ip() is None
+        assert HITS == {"/error": 2}
