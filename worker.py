@@ -92,8 +92,9 @@ async def run_worker(
         keeper=keeper,
         connector_output=output_dir(settings.data_dir),
     )
-    registry = RegistryActivities(store, catalog)
-    notify = NotifyActivities(discord_notifier(settings.discord_webhook_url, http, store))  # None: off
+    notifier = discord_notifier(settings.discord_webhook_url, http, store)  # None: off
+    registry = RegistryActivities(store, catalog, notifications=notifier is not None)
+    notify = NotifyActivities(notifier)
     catalog_activities = CatalogActivities(catalog)
     workers = [
         Worker(

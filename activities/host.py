@@ -54,6 +54,8 @@ T = TypeVar("T")
 
 #: A host's public IP changes rarely; an answer this recent is reused rather than asked again.
 IP_ANSWER_REUSE_S = 300.0
+#: ...and no answer at all for this long before the services are asked again.
+IP_NO_ANSWER_REUSE_S = 30.0
 
 
 def _with_stop_time(error: PerseusError, stopped_at: datetime | None) -> PerseusError:
@@ -116,7 +118,7 @@ class HostActivities:
         self._ip_timeout_s = ip_timeout_s
         self.connectors = connectors
         self.keeper = keeper
-        self._ip_answer: tuple[float, str] | None = None
+        self._ip_answer: tuple[float, str | None] | None = None
         self._ip_lookup: asyncio.Future[str | None] | None = None
         #: Where process connectors keep their children's output (None: in memory only).
         self.connector_output = connector_output
@@ -133,14 +135,16 @@ class HostActivities:
     async def public_ip(self) -> str | None:
         """This host's public IP: a recent answer is reused, and concurrent registrations share one
         lookup — enrolling a thousand instances asks the IP services once, not a thousand times."""
-        now = time.monotonic()
-        if self._ip_answer is not None and now - self._ip_answer[0] < IP_ANSWER_REUSE_S:
-            return self._ip_answer[1]
+        if self._ip_answer is not None:
+            at, ip = self._ip_answer
+            # No answer is remembered briefly: a host without a route to the services must not make
+            # every registration of an enrolment wait out the lookup budget.
+            if time.monotonic() - at < (IP_ANSWER_REUSE_S if ip is not None else IP_NO_ANSWER_REUSE_S):
+                return ip
         if self._ip_lookup is None or self._ip_lookup.done():
             self._ip_lookup = asyncio.ensure_future(self._look_up_ip())
         ip = await asyncio.shield(self._ip_lookup)
-        if ip is not None:  # no answer is not remembered: the next registration tries again
-            self._ip_answer = (time.monotonic(), ip)
+        self._ip_answer = (time.monotonic(), ip)
         return ip
 
     async def _look_up_ip(self) -> str | None:

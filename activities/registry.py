@@ -24,6 +24,8 @@ from perseus.models import (
     EventRequest,
     InstanceStatus,
     PatchResult,
+    Recorded,
+    RecordRequest,
     ReleaseRequest,
     StandbyList,
     StandbyQuery,
@@ -89,9 +91,12 @@ async def take_claim(store: RedisStore, catalog: Catalog, req: ClaimRequest) -> 
 
 
 class RegistryActivities:
-    def __init__(self, store: RedisStore, catalog: Catalog) -> None:
+    def __init__(self, store: RedisStore, catalog: Catalog, *, notifications: bool) -> None:
         self._store = store
         self._catalog = catalog
+        #: Whether this worker delivers notifications (a webhook is configured): told to workflows
+        #: with every record, so they schedule no notification activity when there is nobody to tell.
+        self._notifications = notifications
 
     @activity.defn(name="claim_exchange")
     @edge
@@ -99,6 +104,19 @@ class RegistryActivities:
         """Claim on the shared queue: runs begun before ``claim-on-host`` (see
         :meth:`activities.host.HostActivities.claim_and_hold`, which replaced it) replay through it."""
         return await take_claim(self._store, self._catalog, req)
+
+    @activity.defn(name="record")
+    @edge
+    async def record(self, req: RecordRequest) -> Recorded:
+        """A transition's status merge and its event, or an event alone, in one step.
+
+        Run by the workflow as a local activity: the short, idempotent writes of a transition cost no
+        round trip through the Temporal server each. Retrying is safe for the same reasons as
+        :meth:`patch_status` and :meth:`record_event`.
+        """
+        patched = await self.patch_status(req.patch) if req.patch is not None else None
+        stream_id = await self.record_event(EventRequest(event=req.event))
+        return Recorded(stream_id=stream_id, patch=patched, notify=self._notifications)
 
     @activity.defn(name="patch_status")
     @edge
@@ -207,6 +225,7 @@ class RegistryActivities:
     def all(self) -> list[Callable[..., Any]]:
         return [
             self.claim_exchange,
+            self.record,
             self.patch_status,
             self.release_claim,
             self.record_event,

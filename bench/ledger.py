@@ -205,7 +205,7 @@ async def run(entries: int, requests: int, write: bool) -> str:
         from activities.registry import RegistryActivities
         from perseus.models import EventRequest
 
-        registry = RegistryActivities(store, catalog)
+        registry = RegistryActivities(store, catalog, notifications=False)
         recorded = history(after_id, "bench_ledger", entries, now)
         sample = min(entries, RECORDED)
         await bulk_load(database_url, store, recorded[: entries - sample])

@@ -427,6 +427,24 @@ class EventRequest(BaseModel):
     event: NetworkEvent
 
 
+class RecordRequest(BaseModel):
+    """A network event and, for a transition, the fenced status merge that goes with it: written in
+    one step (one local activity) instead of one activity each."""
+
+    event: NetworkEvent
+    patch: StatusPatch | None = None
+
+
+class Recorded(BaseModel):
+    """What :class:`RecordRequest` wrote. ``notify``: whether this worker sends notifications at all
+    (none configured: the workflow schedules no notification activity)."""
+
+    stream_id: str
+    #: The status merge: applied, or refused (with why), or None when there was none to make.
+    patch: PatchResult | None = None
+    notify: bool
+
+
 class LeaseRequest(BaseModel):
     workflow_id: str
     exchange_id: int

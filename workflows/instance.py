@@ -86,6 +86,8 @@ with workflow.unsafe.imports_passed_through():
         NotifyRequest,
         PatchResult,
         PromoteRequest,
+        Recorded,
+        RecordRequest,
         RegistrationResult,
         ReleaseRequest,
         Resolved,
@@ -1235,8 +1237,13 @@ class InstanceWorkflow:
         """Retries are exhausted: record lastError + an error event, stop the connector, recover to idle."""
         self.last_error = reason
         now = workflow.now()
-        await self._patch({"lastError": reason, "lastErrorAt": iso(now)})
-        await self._event(EventKind.ERROR, error=reason, state=self.state)
+        fields: dict[str, object] = {"lastError": reason, "lastErrorAt": iso(now)}
+        if self._one_write():
+            event = self._network_event(EventKind.ERROR, error=reason, state=self.state)
+            await self._record(event, self._status_patch(fields))
+        else:
+            await self._patch(fields)
+            await self._event(EventKind.ERROR, error=reason, state=self.state)
         try:
             await self._host_activity("connector_disconnect", timeout_s=10)
         except ActivityError as err:
@@ -1315,10 +1322,50 @@ class InstanceWorkflow:
         if target is State.IDLE:
             self.connected_at = None
             fields["connectedAt"] = None
-        await self._patch(fields)
-        await self._event(EventKind.STATE_TRANSITION, from_state=previous, to_state=target, at=at)
+        if self._one_write():
+            event = self._network_event(
+                EventKind.STATE_TRANSITION, from_state=previous, to_state=target, at=at
+            )
+            await self._record(event, self._status_patch(fields))
+        else:
+            await self._patch(fields)
+            await self._event(EventKind.STATE_TRANSITION, from_state=previous, to_state=target, at=at)
         workflow.upsert_search_attributes([CONNECTION_STATE.value_set(target.value)])
         self._details()
+
+    def _one_write(self) -> bool:
+        """Patched ``one-write-per-transition``: a transition's status merge and event are one local
+        activity (no server round trip each); runs begun before it wrote them as two activities."""
+        return workflow.patched("one-write-per-transition")
+
+    def _status_patch(self, fields: dict[str, object]) -> StatusPatch | None:
+        if self.claim is None or self.resolved is None:
+            return None
+        return StatusPatch(exchange_id=self.resolved.exchange.id, claim=self.claim, fields=fields)
+
+    async def _record(self, event: NetworkEvent, patch: StatusPatch | None = None) -> None:
+        """Write the event (and the status merge that goes with it) in one local activity; then
+        notify, if this worker notifies at all."""
+        try:
+            recorded: Recorded = await workflow.execute_local_activity(
+                "record",
+                RecordRequest(event=event, patch=patch),
+                result_type=Recorded,
+                start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=DURABLE_RETRY,
+                summary=f"record {event.event.value}",
+            )
+        except ActivityError as err:
+            workflow.logger.warning(
+                "%s not recorded after retries: %s", event.event.value, describe_failure(err)
+            )
+            return
+        if recorded.patch is not None and not recorded.patch.applied:
+            workflow.logger.warning(
+                "status write refused (%s): we no longer hold the claim", recorded.patch.reason
+            )
+        if recorded.notify:
+            self._notify(NotifyRequest(event=event))
 
     async def _patch(self, fields: dict[str, object]) -> None:
         if self.claim is None or self.resolved is None:
@@ -1350,10 +1397,51 @@ class InstanceWorkflow:
         detail: str | None = None,
         at: datetime | None = None,
     ) -> None:
+        event = self._network_event(
+            kind,
+            claim=claim,
+            from_state=from_state,
+            to_state=to_state,
+            error=error,
+            state=state,
+            detail=detail,
+            at=at,
+        )
+        if self._one_write():
+            await self._record(event)
+            return
+        try:
+            await workflow.execute_activity(
+                "record_event",
+                EventRequest(event=event),
+                result_type=str,
+                start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=DURABLE_RETRY,
+                summary=f"event {kind.value}",
+            )
+        except ActivityError as err:
+            workflow.logger.warning(
+                "event %s not recorded after retries: %s", kind.value, describe_failure(err)
+            )
+            return
+        self._notify(NotifyRequest(event=event))
+
+    def _network_event(
+        self,
+        kind: EventKind,
+        *,
+        claim: Claim | None = None,
+        from_state: State | None = None,
+        to_state: State | None = None,
+        error: str | None = None,
+        state: State | None = None,
+        detail: str | None = None,
+        at: datetime | None = None,
+    ) -> NetworkEvent:
         assert self.resolved
         claim = claim or self.claim
         admin = self.resolved.admin
-        event = NetworkEvent(
+        return NetworkEvent(
             event=kind,
             event_id=str(workflow.uuid4()),
             timestamp=at or workflow.now(),
@@ -1370,21 +1458,6 @@ class InstanceWorkflow:
             state=state,
             detail=detail,
         )
-        try:
-            await workflow.execute_activity(
-                "record_event",
-                EventRequest(event=event),
-                result_type=str,
-                start_to_close_timeout=timedelta(seconds=10),
-                retry_policy=DURABLE_RETRY,
-                summary=f"event {kind.value}",
-            )
-        except ActivityError as err:
-            workflow.logger.warning(
-                "event %s not recorded after retries: %s", kind.value, describe_failure(err)
-            )
-            return
-        self._notify(NotifyRequest(event=event))
 
     def _notify(self, req: NotifyRequest) -> None:
         """Fire and forget within the run: awaited before the run ends, carried across continue-as-new."""

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from activities import host as host_module
 from activities.host import HostActivities, parse_ip_answer
 from perseus.connectors.base import ConnectorHost
 from perseus.keeper import LeaseKeeper
@@ -115,10 +116,15 @@ async def test_an_answer_is_reused_and_concurrent_lookups_share_one(fake_ip_serv
         assert HITS == {"/error": 1, "/plain": 1}
 
 
-async def test_no_answer_is_not_remembered(fake_ip_service: str) -> None:
+async def test_no_answer_is_remembered_only_briefly(
+    fake_ip_service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     base = fake_ip_service
     async with httpx.AsyncClient() as http:
         acts = host_activities([f"{base}/error"], http)
         assert await acts.public_ip() is None
+        assert await acts.public_ip() is None
+        assert HITS == {"/error": 1}
+        monkeypatch.setattr(host_module, "IP_NO_ANSWER_REUSE_S", 0.0)
         assert await acts.public_ip() is None
         assert HITS == {"/error": 2}

@@ -62,7 +62,7 @@ async def stack(servers: Servers, tmp_path: Path) -> AsyncIterator[Stack]:
         key = await catalog.create_api_key(f"ledger-{uuid.uuid4().hex[:6]}")
         async with in_process(settings) as http:
             http.headers.update(bearer(key))
-            yield Stack(store, catalog, RegistryActivities(store, catalog), http)
+            yield Stack(store, catalog, RegistryActivities(store, catalog, notifications=False), http)
     finally:
         await pool.close()
         await redis.aclose()
@@ -267,7 +267,7 @@ async def test_postgres_down_delays_the_event_then_lets_it_through(servers: Serv
             raise ServiceUnavailable("PostgreSQL unreachable: injected")
 
     ((ex_id, name),) = await new_exchanges(servers.database_url, 1, prefix="pgdown")
-    registry = RegistryActivities(stack.store, Unreachable(stack.catalog._pool))
+    registry = RegistryActivities(stack.store, Unreachable(stack.catalog._pool), notifications=False)
     req = EventRequest(event=transition(ex_id, name, datetime.now(UTC), State.IDLE, State.STARTING))
     env = ActivityEnvironment()
     with pytest.raises(ApplicationError, match="PostgreSQL unreachable"):

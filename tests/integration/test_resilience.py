@@ -29,7 +29,7 @@ from perseus.devstack import services
 from perseus.keeper import LeaseKeeper
 from perseus.keys import host_task_queue, workflow_id
 from perseus.lifecycle import Command, State
-from perseus.models import CommandRequest, EventRequest, InstanceInput
+from perseus.models import CommandRequest, InstanceInput, Recorded, RecordRequest
 from perseus.store import db
 from perseus.store.db import Catalog, make_pool
 from perseus.store.redis_store import RedisStore, make_client
@@ -55,7 +55,7 @@ async def private_workers(
     await pool.open(wait=True)
     http = httpx.AsyncClient()
     store, catalog = RedisStore(redis), Catalog(pool)
-    registry = RegistryActivities(store, catalog)
+    registry = RegistryActivities(store, catalog, notifications=False)
     connectors = ConnectorHost()
     keeper = LeaseKeeper(store, connectors)
     host_acts = HostActivities(
@@ -68,7 +68,7 @@ async def private_workers(
         connectors=connectors,
         keeper=keeper,
     )
-    record = wrap_record(registry) if wrap_record else registry.record_event
+    record = wrap_record(registry) if wrap_record else registry.record
     try:
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(
@@ -78,8 +78,6 @@ async def private_workers(
                     workflows=[InstanceWorkflow],
                     activities=[
                         CatalogActivities(catalog).resolve_instance,
-                        registry.claim_exchange,
-                        registry.patch_status,
                         registry.release_claim,
                         record,
                         NotifyActivities(None).notify_event,
@@ -121,9 +119,9 @@ async def test_event_written_once_when_its_activity_is_retried(
     failed_once: set[str] = set()
 
     def wrap(registry: RegistryActivities) -> Callable[..., Any]:
-        @activity.defn(name="record_event")
-        async def record_then_lose_the_reply(req: EventRequest) -> str:
-            entry = await registry.record_event(req)
+        @activity.defn(name="record")
+        async def record_then_lose_the_reply(req: RecordRequest) -> Recorded:
+            entry = await registry.record(req)
             if req.event.event_id not in failed_once:
                 failed_once.add(req.event.event_id)
                 raise RuntimeError("worker died after XADD, before reporting")  # retried by Temporal

@@ -30,13 +30,12 @@ from temporalio.worker import Worker
 from perseus.keys import host_task_queue
 from perseus.lifecycle import Command, State
 from perseus.models import (
-    ClaimRequest,
     ClaimResult,
     CommandRequest,
     ConnectorReport,
     ConnectorRequest,
-    EventRequest,
     Exchange,
+    HostClaimRequest,
     Identity,
     IdentityRequest,
     InstanceInput,
@@ -44,6 +43,8 @@ from perseus.models import (
     LeaseRequest,
     NotifyRequest,
     PatchResult,
+    Recorded,
+    RecordRequest,
     ReleaseRequest,
     Resolved,
     ResolveRequest,
@@ -83,8 +84,9 @@ class Stand:
         async def identity(req: IdentityRequest) -> Identity:
             return Identity(hostname=req.host, ip_address="192.0.2.7")
 
-        @activity.defn(name="claim_exchange")
-        async def claim(req: ClaimRequest) -> ClaimResult:
+        @activity.defn(name="claim_and_hold")
+        async def claim(host_req: HostClaimRequest) -> ClaimResult:
+            req = host_req.claim
             stand.epochs = max(stand.epochs, req.highest_epoch) + 1
             if stand.conflict:
                 return ClaimResult(
@@ -102,9 +104,11 @@ class Stand:
             stand.released += 1
             return PatchResult(applied=True)
 
-        @activity.defn(name="record_event")
-        async def record(req: EventRequest) -> str:
+        @activity.defn(name="record")
+        async def record(req: RecordRequest) -> Recorded:
             e = req.event
+            if req.patch is not None:
+                stand.patches.append(req.patch.fields)
             stand.events.append(
                 (
                     e.event.value,
@@ -112,7 +116,11 @@ class Stand:
                     e.to_state.value if e.to_state else None,
                 )
             )
-            return f"{len(stand.events)}-0"
+            return Recorded(
+                stream_id=f"{len(stand.events)}-0",
+                patch=PatchResult(applied=True) if req.patch is not None else None,
+                notify=True,
+            )
 
         @activity.defn(name="notify_event")
         async def notify(req: NotifyRequest) -> str:
@@ -175,7 +183,8 @@ async def run_paths(
     host_acts = [
         a
         for a in activities
-        if getattr(a, "__temporal_activity_definition").name in ("detect_identity", "hold_lease")
+        if getattr(a, "__temporal_activity_definition").name
+        in ("detect_identity", "claim_and_hold", "hold_lease")
         or "connector" in getattr(a, "__temporal_activity_definition").name
     ]
     shared_acts = [a for a in activities if a not in host_acts]
