@@ -659,6 +659,9 @@ def analyse(
         # Distinct status keys that expired (keyspace event) or were gone at the end.
         "false_expirations": len({key for _, key in expired} | set(missing_at_end)),
         "expired_events": len(expired),
+        # Where they happened: while the fleet was enrolled and warming up, or in the measured window.
+        "expired_before_window": len({key for at, key in expired if at < first.at}),
+        "expired_in_window": len({key for at, key in expired if at >= first.at}),
         "keys_missing_at_end": len(missing_at_end),
         "failed_renewals": failed,
         "redis_calls_per_heartbeat": {k: round(v / renewals, 3) for k, v in sorted(calls.items())}
