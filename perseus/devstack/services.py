@@ -80,6 +80,28 @@ async def wait_tcp(
     raise ServiceUnavailable(f"{what} did not open port {port} within {timeout:.0f}s")
 
 
+async def wait_frontend(
+    port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0, log: Path | None = None
+) -> None:
+    """Until Temporal's frontend answers: its port opens before it is healthy, and on a busy machine
+    a client that connects in between is refused ("Frontend is not healthy yet")."""
+    from temporalio.client import Client
+
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text()[-600:] if log and log.exists() else ""
+            raise ServiceUnavailable(f"Temporal exited with code {proc.returncode} while starting: {tail}")
+        try:
+            await Client.connect(f"127.0.0.1:{port}")
+            return
+        except RuntimeError as exc:  # the SDK's connection failure
+            last = exc
+        await asyncio.sleep(0.2)
+    raise ServiceUnavailable(f"Temporal on port {port} was not healthy within {timeout:.0f}s: {last}")
+
+
 @dataclass
 class Service:
     """One child server process."""
@@ -174,6 +196,7 @@ async def start_temporal(
     service.spawn(argv)
     assert service.proc
     await wait_tcp(port, "Temporal dev server", service.proc, log=service.log_path)
+    await wait_frontend(port, service.proc, log=service.log_path)
     if ui_port is not None:
         service.extra_ports["ui"] = ui_port
     return service
