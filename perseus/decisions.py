@@ -127,6 +127,16 @@ def judge_claim(held_by_us: bool, renewed_ms_ago: int | None, interval_s: float)
     return HostVerdict.UNSURE
 
 
+def stale_in(renewed_ms_ago: int, interval_s: float) -> float:
+    """Seconds until a claim last renewed ``renewed_ms_ago`` ago is past its renew deadline plus
+    the margin — when :func:`judge_claim` would say STOPPED; 0 if it already is. A workflow whose
+    holder went silent asks Redis at once and again at this moment, instead of waiting out a fixed
+    window first: the silent host's connector has stopped by then (invariant 1), whatever Temporal
+    knows."""
+    limit_s = (RENEW_DEADLINE_INTERVALS + RELEASE_MARGIN) * interval_s
+    return max(0.0, limit_s - renewed_ms_ago / 1000)
+
+
 # --- standbys --------------------------------------------------------------------------------------
 
 

@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         refuse_command,
         refuse_handoff,
         restart_delay,
+        stale_in,
         vacancy_delay,
     )
     from perseus.errors import NON_RETRYABLE_ERROR_TYPES, InvalidTransition
@@ -846,55 +847,84 @@ class InstanceWorkflow:
 
         The host's keeper renews on its own, so a host that only lost Temporal (an outage, a
         partition, a worker restart) is picked up again by a fresh lease within the pickup window:
-        no transition, no new epoch (None). A host whose worker does not pick it up is judged by what
-        Redis proves: still renewed recently → keep trying; unrenewed past the renew deadline (its
-        connector is stopped by now: its keeper or watchdog saw to it) → lost (the reason, a str).
+        no transition, no new epoch (None). Meanwhile Redis is asked at once, and again when the
+        claim would pass its renew deadline: unrenewed past it (its connector is stopped by now: its
+        keeper or watchdog saw to it) → lost (the reason, a str); still renewed → keep waiting.
         A lease that fails with a typed error is handed back for the caller to judge (ActivityError).
         """
         interval = self.inp.heartbeat_interval_s
         pickup = interval * PICKUP_FACTOR
+        # Patched: runs begun before it waited out the whole pickup window before asking Redis,
+        # which made a crash at long intervals wait longer than the TTL.
+        at_once = workflow.patched("probe-claim-at-once")
         while True:
             resumed = self._start_lease(schedule_to_start=timedelta(seconds=pickup))
-            try:
-                # Longer than the pickup window (timers fire late under load): a lease still running
-                # by then was picked up by a worker, not refused for want of one.
-                await workflow.wait_condition(
-                    resumed.done, timeout=timedelta(seconds=pickup + max(interval, 3.0))
-                )
-            except builtins.TimeoutError:
-                self.lease = resumed
-                workflow.logger.info("%s: re-attached to the renewals on %s", self.wf_id, self.inp.host)
-                if self.state in RUNNING_STATES and not await self._connector_alive():
-                    # The claim is still ours (its renewals run) but the connector is gone (a new
-                    # worker process, or it was stopped meanwhile): record it and bring it back.
-                    await self._fail(f"connector not running on {self.inp.host} after re-attaching")
-                    self._enqueue(Command.START, first=True, internal=True)
-                return None
+            # Longer than the pickup window (timers fire late under load): a lease still running by
+            # then was picked up by a worker, not refused for want of one.
+            picked_up_at = workflow.now() + timedelta(seconds=pickup + max(interval, 3.0))
+            while True:
+                wake_at = picked_up_at
+                if at_once:
+                    probe = await self._probe_claim()
+                    if probe is not None:
+                        lost = self._lost_by(probe, reason)
+                        if lost is not None:
+                            self.lease = resumed
+                            await self._cancel_lease()
+                            return lost
+                        stale = stale_in(probe.renewed_ms_ago or 0, interval)
+                        wake_at = min(picked_up_at, workflow.now() + timedelta(seconds=stale + 0.05))
+                try:
+                    await workflow.wait_condition(
+                        resumed.done, timeout=max(wake_at - workflow.now(), timedelta(milliseconds=50))
+                    )
+                except builtins.TimeoutError:
+                    if wake_at < picked_up_at:
+                        continue  # the moment the claim would go stale: ask Redis again
+                    self.lease = resumed
+                    workflow.logger.info("%s: re-attached to the renewals on %s", self.wf_id, self.inp.host)
+                    if self.state in RUNNING_STATES and not await self._connector_alive():
+                        # The claim is still ours (its renewals run) but the connector is gone (a new
+                        # worker process, or it was stopped meanwhile): record it and bring it back.
+                        await self._fail(f"connector not running on {self.inp.host} after re-attaching")
+                        self._enqueue(Command.START, first=True, internal=True)
+                    return None
+                break
             try:
                 resumed.result()
                 return None
             except ActivityError as again:
                 if failure_type(again) is not None:
                     return again
+            if at_once:
+                continue  # no worker took it (or it went silent again): ask Redis at once, re-issue
             probe = await self._probe_claim()
             if probe is None:
                 continue  # Redis does not answer here either: no evidence either way
-            if not probe.held_by_us:
-                return (
-                    f"host {self.inp.host} stopped heartbeating ({reason}) and its claim is gone "
-                    f"({'held by ' + probe.holder if probe.holder else 'the key expired'})"
-                )
-            host = judge_claim(probe.held_by_us, probe.renewed_ms_ago, interval)
-            age = f"{probe.renewed_ms_ago / 1000:.1f}s ago" if probe.renewed_ms_ago is not None else "never"
-            if host is HostVerdict.STOPPED:
-                return f"host {self.inp.host} stopped heartbeating ({reason}) and renewing its claim ({age})"
-            workflow.logger.info(
-                "%s: no worker on %s answers Temporal, but Redis shows the claim renewed %s (%s): waiting",
-                self.wf_id,
-                self.inp.host,
-                age,
-                host,
+            lost = self._lost_by(probe, reason)
+            if lost is not None:
+                return lost
+
+    def _lost_by(self, probe: ClaimProbe, reason: str) -> str | None:
+        """Why the claim is lost, if Redis proves it (the reason), or None: its host still renews."""
+        if not probe.held_by_us:
+            return (
+                f"host {self.inp.host} stopped heartbeating ({reason}) and its claim is gone "
+                f"({'held by ' + probe.holder if probe.holder else 'the key expired'})"
             )
+        interval = self.inp.heartbeat_interval_s
+        host = judge_claim(probe.held_by_us, probe.renewed_ms_ago, interval)
+        age = f"{probe.renewed_ms_ago / 1000:.1f}s ago" if probe.renewed_ms_ago is not None else "never"
+        if host is HostVerdict.STOPPED:
+            return f"host {self.inp.host} stopped heartbeating ({reason}) and renewing its claim ({age})"
+        workflow.logger.info(
+            "%s: no worker on %s answers Temporal, but Redis shows the claim renewed %s (%s): waiting",
+            self.wf_id,
+            self.inp.host,
+            age,
+            host,
+        )
+        return None
 
     async def _probe_claim(self) -> ClaimProbe | None:
         """What Redis proves about our claim now (None: Redis did not answer)."""

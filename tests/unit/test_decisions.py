@@ -90,6 +90,20 @@ def test_a_claim_is_freed_only_past_the_renew_deadline(interval: float) -> None:
             assert verdict is HostVerdict.ALIVE
 
 
+@pytest.mark.parametrize("interval", [0.5, 1.0, 2.0, 15.0, 3600.0])
+def test_stale_in_names_the_moment_judge_claim_turns_stopped(interval: float) -> None:
+    for tenth in range(0, 41):
+        age_ms = int(tenth / 10 * interval * 1000)
+        wait = decisions.stale_in(age_ms, interval)
+        assert wait >= 0
+        if wait > 0:  # not yet stale now, and not a millisecond before the wait is over
+            assert judge_claim(True, age_ms, interval) is not HostVerdict.STOPPED
+            assert judge_claim(True, age_ms + int(wait * 1000) - 1, interval) is not HostVerdict.STOPPED
+            assert judge_claim(True, age_ms + int(wait * 1000) + 1, interval) is HostVerdict.STOPPED
+        else:
+            assert judge_claim(True, age_ms + 1, interval) is HostVerdict.STOPPED
+
+
 def test_a_claim_that_is_not_ours_or_has_no_ttl_proves_nothing_alive() -> None:
     assert judge_claim(False, 0, 1.0) is HostVerdict.STOPPED
     assert judge_claim(True, None, 1.0) is HostVerdict.STOPPED
