@@ -23,6 +23,7 @@ from perseus.connectors.base import ConnectorHost
 from perseus.connectors.factory import ConnectorContext, build_connector
 from perseus.errors import (
     ConnectorGone,
+    LeaseDetached,
     PerseusError,
 )
 from perseus.keeper import LeaseKeeper
@@ -63,6 +64,25 @@ def _with_stop_time(error: PerseusError, stopped_at: datetime | None) -> Perseus
     if stopped_at is not None:
         error.details = LeaseEnd(stopped_at=stopped_at)
     return error
+
+
+def detached_unless_requested() -> BaseException:
+    """What a lease activity raises when it is cancelled: the cancellation itself when its workflow
+    asked for it, else :class:`LeaseDetached` — the worker is shutting down, the workflow has closed,
+    or Temporal was unreachable for the heartbeat timeout. The renewals go on in the keeper either
+    way; this keeps the SDK from logging an expected event as a failure with a traceback."""
+    details = activity.cancellation_details()
+    if details is None or details.cancel_requested:
+        return asyncio.CancelledError()
+    if details.worker_shutdown:
+        why = "the worker is shutting down"
+    elif details.not_found:
+        why = "its workflow has closed"
+    elif details.timed_out:
+        why = "Temporal was unreachable for the heartbeat timeout"
+    else:
+        why = "cancelled by Temporal"
+    return LeaseDetached(f"stopped watching the renewals ({why}); they go on in the keeper")
 
 
 def parse_ip_answer(body: str) -> str | None:
@@ -210,22 +230,25 @@ class HostActivities:
         held = self.keeper.hold(req)
         interval = req.heartbeat_interval_s
         started = time.monotonic()
-        with self.keeper.attached(held):
-            while True:
-                if held.ended is not None:
-                    raise _with_stop_time(held.ended, held.stopped_at)
-                if held.report is not None:
-                    report, held.report = held.report, None
-                    raise report
-                if time.monotonic() - started >= req.term_s:
-                    return LeaseOutcome(renewals=held.renewals, last_renewed=held.last_renewed)
-                # Past the deadline this host no longer claims anything: stay silent, so that the
-                # workflow's heartbeat timeout sees what Redis sees.
-                if held.within_deadline():
-                    activity.heartbeat()
-                # Woken by each renewal (so the server's last heartbeat is the last renewal), or
-                # after 0.9 intervals of quiet (a slow Redis must not make a live host look dead).
-                await held.beat.wait(0.9 * interval)
+        try:
+            with self.keeper.attached(held):
+                while True:
+                    if held.ended is not None:
+                        raise _with_stop_time(held.ended, held.stopped_at)
+                    if held.report is not None:
+                        report, held.report = held.report, None
+                        raise report
+                    if time.monotonic() - started >= req.term_s:
+                        return LeaseOutcome(renewals=held.renewals, last_renewed=held.last_renewed)
+                    # Past the deadline this host no longer claims anything: stay silent, so that
+                    # the workflow's heartbeat timeout sees what Redis sees.
+                    if held.within_deadline():
+                        activity.heartbeat()
+                    # Woken by each renewal (so the server's last heartbeat is the last renewal), or
+                    # after 0.9 intervals of quiet (a slow Redis must not make a live host look dead).
+                    await held.beat.wait(0.9 * interval)
+        except asyncio.CancelledError:
+            raise detached_unless_requested() from None
 
     @activity.defn(name="hold_standby")
     @edge

@@ -100,6 +100,12 @@ class RenewDeadline(ClaimLost):
     """We could not renew in time (Redis unreachable or too slow): our connector stopped itself."""
 
 
+class LeaseDetached(PerseusError):
+    """A lease or standby watch activity was ended by something other than its workflow (the worker
+    shutting down, its workflow closed, Temporal unreachable for the heartbeat timeout). The keeper's
+    renewals go on; the activity only stops watching them — an expected event, not a failure."""
+
+
 class InvalidFleet(PerseusError):
     """A fleet file (or a drain of it) refused as a whole: the key and why in one line (exit 1)."""
 
