@@ -207,6 +207,10 @@ def is_cluster_url(url: str) -> bool:
 #: a caller at most these (times the client's few retries), never an unbounded wait.
 CONNECT_TIMEOUT_S = 5.0
 SOCKET_TIMEOUT_S = 5.0
+#: Connections one client keeps open at most. A caller beyond them waits for one to come free (up
+#: to SOCKET_TIMEOUT_S) instead of failing at once: a worker whose hundreds of renewals fall due in the
+#: same instant as its activities' writes queued for a moment, never "Too many connections".
+POOL_CONNECTIONS = 200
 #: How long a start-up or readiness check waits for PING, retries included.
 CHECK_TIMEOUT_S = 5.0
 
@@ -229,7 +233,10 @@ def make_client(url: str) -> RedisClient:
     if scheme in CLUSTER_SCHEMES:
         plain = urlunsplit((CLUSTER_SCHEMES[scheme], parts.netloc, parts.path, parts.query, parts.fragment))
         return RedisCluster.from_url(plain, **options)
-    return aioredis.Redis.from_url(url, **options)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=POOL_CONNECTIONS, timeout=SOCKET_TIMEOUT_S, **options
+    )
+    return aioredis.Redis.from_pool(pool)
 
 
 @dataclass(frozen=True)
