@@ -32,6 +32,7 @@ from temporalio.worker import Worker
 from activities.catalog import CatalogActivities
 from activities.host import HostActivities
 from activities.notify import NotifyActivities
+from activities.presence import PresenceActivities
 from activities.registry import RegistryActivities
 from perseus.config import Settings, load_settings
 from perseus.connectors.base import ConnectorHost
@@ -116,6 +117,7 @@ async def run_worker(
                 workflows=[InstanceWorkflow],
                 activities=[
                     catalog_activities.resolve_instance,
+                    PresenceActivities(client).host_polled,
                     *registry.all(),
                     notify.notify_event,
                 ],

@@ -376,6 +376,13 @@ class IdentityRequest(BaseModel):
     host: str
 
 
+class HostPresence(BaseModel):
+    """Whether a host's worker is polling its queue (busy) — or none is (missing)."""
+
+    polled: bool
+    pollers: int
+
+
 class Identity(BaseModel):
     hostname: str
     ip_address: str | None

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -75,6 +76,7 @@ with workflow.unsafe.imports_passed_through():
         HandoffConfirm,
         HandoffRequest,
         HostClaimRequest,
+        HostPresence,
         Identity,
         IdentityRequest,
         InstanceInput,
@@ -103,6 +105,7 @@ with workflow.unsafe.imports_passed_through():
     from perseus.temporal import CONNECTION_STATE, INSTANCE_ROLE
 
 RUNNING_STATES = (State.STARTING, State.WARMING, State.ACTIVE)
+T = TypeVar("T")
 
 SHARED_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -136,6 +139,8 @@ HEARTBEAT_TIMEOUT_FLOOR_S = 2.0
 PICKUP_FACTOR = 1.0
 #: Connector steps heartbeat every second; silence this long means their host stopped.
 CONNECTOR_HEARTBEAT_TIMEOUT_S = 5.0
+#: How long a host step is asked again while the host's worker polls but does not pick it up.
+HOST_BUSY_LIMIT_S = 120.0
 #: How long a handoff waits for the target's confirmation (plus 4 intervals).
 HANDOFF_TIMEOUT_S = 60.0
 
@@ -159,6 +164,12 @@ def lease_stop_time(err: BaseException) -> datetime | None:
         except ValueError:
             return None
     return None
+
+
+def not_picked_up(err: BaseException) -> bool:
+    """Whether an activity failed because no worker started it within its schedule-to-start."""
+    cause = err.cause if isinstance(err, ActivityError) else err
+    return isinstance(cause, TimeoutError) and cause.type is TimeoutType.SCHEDULE_TO_START
 
 
 def failure_type(err: BaseException) -> str | None:
@@ -496,15 +507,17 @@ class InstanceWorkflow:
                 retry_policy=SHARED_RETRY,
                 summary="resolve exchange and admin",
             )
-            identity = await workflow.execute_activity(
-                "detect_identity",
-                IdentityRequest(host=self.inp.host),
-                result_type=Identity,
-                task_queue=self.host_queue,
-                schedule_to_start_timeout=self._host_wait(),
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=HOST_RETRY,
-                summary=f"identity on {self.inp.host}",
+            identity: Identity = await self._on_host(
+                lambda: workflow.execute_activity(
+                    "detect_identity",
+                    IdentityRequest(host=self.inp.host),
+                    result_type=Identity,
+                    task_queue=self.host_queue,
+                    schedule_to_start_timeout=self._host_wait(),
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=HOST_RETRY,
+                    summary=f"identity on {self.inp.host}",
+                )
             )
         except ActivityError as err:
             self.registration_error = self._explain(err)
@@ -662,20 +675,23 @@ class InstanceWorkflow:
                 summary="claim",
             )
             return result
-        result = await workflow.execute_activity(
-            "claim_and_hold",
-            HostClaimRequest(
-                claim=request,
-                workflow_id=self.wf_id,
-                heartbeat_interval_s=self.inp.heartbeat_interval_s,
-                term_s=self.inp.lease_term_s,
-            ),
-            result_type=ClaimResult,
-            task_queue=self.host_queue,
-            schedule_to_start_timeout=self._host_wait(),
-            start_to_close_timeout=timedelta(seconds=10),
-            retry_policy=retry,
-            summary=f"claim on {self.inp.host}",
+        held = HostClaimRequest(
+            claim=request,
+            workflow_id=self.wf_id,
+            heartbeat_interval_s=self.inp.heartbeat_interval_s,
+            term_s=self.inp.lease_term_s,
+        )
+        result = await self._on_host(
+            lambda: workflow.execute_activity(
+                "claim_and_hold",
+                held,
+                result_type=ClaimResult,
+                task_queue=self.host_queue,
+                schedule_to_start_timeout=self._host_wait(),
+                start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=retry,
+                summary=f"claim on {self.inp.host}",
+            )
         )
         return result
 
@@ -712,6 +728,37 @@ class InstanceWorkflow:
                 f"start one with: perseus worker --host {self.inp.host}"
             )
         return describe_failure(err)
+
+    async def _on_host(self, step: Callable[[], Awaitable[T]]) -> T:
+        """Run a step on this instance's host queue. One not picked up in time is tried again while
+        the host's worker is seen polling its queue — busy, not missing — for at most
+        ``HOST_BUSY_LIMIT_S``; with nobody polling, the timeout stands (the caller reports it)."""
+        # Patched: runs begun before it failed a step at its first schedule-to-start timeout.
+        patient = workflow.patched("wait-for-busy-host")
+        since = workflow.now()
+        while True:
+            try:
+                return await step()
+            except ActivityError as err:
+                late = workflow.now() - since > timedelta(seconds=HOST_BUSY_LIMIT_S)
+                if not patient or late or not not_picked_up(err) or not await self._host_polled():
+                    raise
+            workflow.logger.info("%s: the worker on %s is busy; asking it again", self.wf_id, self.inp.host)
+
+    async def _host_polled(self) -> bool:
+        try:
+            presence: HostPresence = await workflow.execute_activity(
+                "host_polled",
+                IdentityRequest(host=self.inp.host),
+                result_type=HostPresence,
+                start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=SHARED_RETRY,
+                summary=f"is {self.inp.host} polled?",
+            )
+        except ActivityError as err:
+            workflow.logger.warning("host presence unknown: %s", describe_failure(err))
+            return False
+        return presence.polled
 
     def _host_wait(self) -> timedelta:
         # Long enough for a live worker to pick the task up, short enough to report a missing host.
@@ -1309,24 +1356,27 @@ class InstanceWorkflow:
 
     async def _host_activity(self, name: str, timeout_s: float = 120) -> ConnectorReport:
         assert self.resolved
-        report: ConnectorReport = await workflow.execute_activity(
-            name,
-            ConnectorRequest(
-                workflow_id=self.wf_id,
-                exchange_id=self.resolved.exchange.id,
-                exchange_name=self.resolved.exchange.name,
-                spec=self.inp.connector,
-                claim=self.claim,
-                heartbeat_interval_s=self.inp.heartbeat_interval_s,
-            ),
-            result_type=ConnectorReport,
-            task_queue=self.host_queue,
-            schedule_to_start_timeout=self._host_wait(),
-            start_to_close_timeout=timedelta(seconds=timeout_s),
-            # Steps heartbeat every second: a host that stops mid-step is seen within seconds.
-            heartbeat_timeout=timedelta(seconds=CONNECTOR_HEARTBEAT_TIMEOUT_S),
-            retry_policy=HOST_RETRY,
-            summary=f"{name} on {self.inp.host}",
+        request = ConnectorRequest(
+            workflow_id=self.wf_id,
+            exchange_id=self.resolved.exchange.id,
+            exchange_name=self.resolved.exchange.name,
+            spec=self.inp.connector,
+            claim=self.claim,
+            heartbeat_interval_s=self.inp.heartbeat_interval_s,
+        )
+        report: ConnectorReport = await self._on_host(
+            lambda: workflow.execute_activity(
+                name,
+                request,
+                result_type=ConnectorReport,
+                task_queue=self.host_queue,
+                schedule_to_start_timeout=self._host_wait(),
+                start_to_close_timeout=timedelta(seconds=timeout_s),
+                # Steps heartbeat every second: a host that stops mid-step is seen within seconds.
+                heartbeat_timeout=timedelta(seconds=CONNECTOR_HEARTBEAT_TIMEOUT_S),
+                retry_policy=HOST_RETRY,
+                summary=f"{name} on {self.inp.host}",
+            )
         )
         return report
 

@@ -36,6 +36,7 @@ from perseus.models import (
     ConnectorRequest,
     Exchange,
     HostClaimRequest,
+    HostPresence,
     Identity,
     IdentityRequest,
     InstanceInput,
@@ -70,6 +71,11 @@ class Stand:
     lease_calls: int = 0
     lease_behaviour: Callable[[int], Any] | None = None
     fail_warm_up: bool = False
+    #: What ``host_polled`` answers (a busy host's worker polls; a missing one does not), and how
+    #: often it was asked.
+    host_polled: bool = False
+    presence_asked: int = 0
+    asked_twice: asyncio.Event = field(default_factory=asyncio.Event)
 
     def activities(self) -> list[Callable[..., Any]]:
         stand = self
@@ -122,6 +128,13 @@ class Stand:
                 notify=True,
             )
 
+        @activity.defn(name="host_polled")
+        async def polled(req: IdentityRequest) -> HostPresence:
+            stand.presence_asked += 1
+            if stand.presence_asked >= 2:
+                stand.asked_twice.set()
+            return HostPresence(polled=stand.host_polled, pollers=1 if stand.host_polled else 0)
+
         @activity.defn(name="notify_event")
         async def notify(req: NotifyRequest) -> str:
             return "disabled"
@@ -158,7 +171,7 @@ class Stand:
                 "connector_check",
             )
         ]
-        return [resolve, identity, claim, patch, release, record, notify, lease, *connectors]
+        return [resolve, identity, claim, patch, release, record, polled, notify, lease, *connectors]
 
 
 async def record_history(handle: WorkflowHandle[Any, Any], name: str) -> None:
@@ -339,6 +352,28 @@ async def test_host_without_worker_fails_registration(ts_env: WorkflowEnvironmen
 
     await run_paths(ts_env, stand, instance("nohost"), body, host_worker=False)
     assert stand.events == []
+
+
+async def test_a_busy_host_is_asked_again_not_reported_missing(ts_env: WorkflowEnvironment) -> None:
+    """A step not picked up in time while the host's queue is polled waits for the worker; only a
+    queue nobody polls is reported as a missing worker (the test above)."""
+    stand = Stand(host_polled=True)
+    inp = instance("busy")
+
+    async def body(handle: WorkflowHandle[Any, Any]) -> None:
+        registering = asyncio.ensure_future(handle.execute_update(InstanceWorkflow.wait_registered))
+        await asyncio.wait_for(stand.asked_twice.wait(), 60)  # two timeouts, each answered "busy"
+        assert not registering.done()
+        host_acts = [
+            a
+            for a in stand.activities()
+            if getattr(a, "__temporal_activity_definition").name in ("detect_identity", "claim_and_hold")
+        ]
+        async with Worker(ts_env.client, task_queue=host_task_queue(inp.host), activities=host_acts):
+            registered = await registering
+        assert registered.epoch == 1
+
+    await run_paths(ts_env, stand, inp, body, host_worker=False)
 
 
 async def test_continue_as_new_keeps_state_and_bounds_history(ts_env: WorkflowEnvironment) -> None:

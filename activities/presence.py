@@ -1,0 +1,59 @@
+"""What Temporal knows of a host's worker: whether anyone is polling its task queue.
+
+A host step that was not picked up within its ``schedule_to_start_timeout`` means one of two things:
+no worker serves the host (tell the operator how to start one), or the worker is there but busy
+(hundreds of renewals and a registration wave on a loaded machine). The task queue's poller list
+tells them apart, so a busy host is waited for and only a missing one is reported.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from temporalio import activity
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.service import RPCError
+
+from activities.edge import edge
+from perseus.errors import ServiceUnavailable
+from perseus.keys import host_task_queue
+from perseus.models import HostPresence, IdentityRequest
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
+
+#: A poller seen this recently is a live worker: Temporal lists pollers for minutes after they stop, and
+#: an idle worker's long poll can be a minute old.
+POLLED_WITHIN = timedelta(seconds=60)
+
+
+class PresenceActivities:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    @activity.defn(name="host_polled")
+    @edge
+    async def host_polled(self, req: IdentityRequest) -> HostPresence:
+        """Whether a worker polled ``req.host``'s queue for activities within ``POLLED_WITHIN``."""
+        try:
+            described = await self._client.workflow_service.describe_task_queue(
+                DescribeTaskQueueRequest(
+                    namespace=self._client.namespace,
+                    task_queue=TaskQueue(name=host_task_queue(req.host)),
+                    task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+                ),
+                timeout=timedelta(seconds=5),
+            )
+        except RPCError as exc:
+            raise ServiceUnavailable(f"Temporal did not describe the task queue: {exc.message}") from exc
+        now = datetime.now(UTC)
+        recent = [
+            p
+            for p in described.pollers
+            if p.HasField("last_access_time")
+            and now - p.last_access_time.ToDatetime(tzinfo=UTC) <= POLLED_WITHIN
+        ]
+        return HostPresence(polled=bool(recent), pollers=len(recent))
