@@ -184,7 +184,9 @@ async def run(requests: int, write: bool, section: str) -> str:
 
                 return call
 
-            body = (await http.get("/api/network/instances")).json()
+            first = await http.get("/api/network/instances")
+            assert first.status_code == 200, first.text
+            body = first.json()
             assert len(body["instances"]) == EXCHANGES
             assert sum(1 for v in body["instances"] if not v["online"] and v["lastKnown"]) == OFFLINE
             page = (await http.get("/api/network/activity", params={"count": 50})).json()

@@ -211,12 +211,13 @@ SOCKET_TIMEOUT_S = 5.0
 CHECK_TIMEOUT_S = 5.0
 
 
-def make_client(url: str) -> RedisClient:
+def make_client(url: str, *, max_connections: int | None = None) -> RedisClient:
     """A client that is not connected yet (connections open lazily); the caller closes it.
 
     ``redis://`` / ``rediss://`` give a single-server client; ``redis+cluster://`` /
     ``rediss+cluster://`` give a Redis Cluster client seeded from the node in the URL (database 0
-    only, as cluster mode has no other).
+    only, as cluster mode has no other). ``max_connections`` bounds the pool (per node on a
+    cluster); None keeps redis-py's default of 100.
     """
     options: dict[str, Any] = {
         "decode_responses": True,
@@ -224,6 +225,8 @@ def make_client(url: str) -> RedisClient:
         "socket_connect_timeout": CONNECT_TIMEOUT_S,
         "health_check_interval": 30,
     }
+    if max_connections is not None:
+        options["max_connections"] = max_connections
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme in CLUSTER_SCHEMES:
