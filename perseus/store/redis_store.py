@@ -471,28 +471,37 @@ class RedisStore:
             await self._run(self.client.zrem(standby_index_key(exchange_id), *dead))
         return [str(raw) for raw in raws if raw is not None]
 
-    async def standbys_many(self, exchange_ids: list[int]) -> list[list[str]]:
-        """Live standby records of several exchanges, highest priority first, in two pipelined round
-        trips (every index, then every member's key); one command per key, so cluster-safe. Read-only:
-        members whose key expired are skipped here (:meth:`standbys` prunes them)."""
-        if not exchange_ids:
-            return []
+    async def board(self, exchange_ids: list[int]) -> tuple[list[tuple[str | None, int]], list[list[str]]]:
+        """Every status key (GET + PTTL, as :meth:`statuses`) and every standby index (members,
+        highest priority first) of several exchanges, in one pipelined round trip; one command per
+        key, so cluster-safe."""
         async with self.client.pipeline(transaction=False) as pipe:
             for exchange_id in exchange_ids:
+                pipe.get(status_key(exchange_id))
+                pipe.pttl(status_key(exchange_id))
+            for exchange_id in exchange_ids:
                 pipe.zrevrange(standby_index_key(exchange_id), 0, -1)
-            indexes = await self._run(pipe.execute())
-        wanted = [(i, member) for i, members in enumerate(indexes) for member in members]
-        out: list[list[str]] = [[] for _ in exchange_ids]
-        if not wanted:
-            return out
+            flat = await self._run(pipe.execute())
+        n = 2 * len(exchange_ids)
+        statuses = [(flat[i], int(flat[i + 1])) for i in range(0, n, 2)]
+        return statuses, [list(members) for members in flat[n:]]
+
+    async def board_details(
+        self, reads: list[tuple[str, str, int]], standbys: list[tuple[int, str]]
+    ) -> tuple[list[list[tuple[str, dict[str, str]]]], list[str | None]]:
+        """Newest-first entries of several streams (as :meth:`events_many`) and the records of
+        the listed standbys (``(exchange_id, instance_id)``; None where one expired), in one
+        pipelined round trip. Read-only: :meth:`standbys` prunes expired members."""
+        if not reads and not standbys:
+            return [], []
         async with self.client.pipeline(transaction=False) as pipe:
-            for i, member in wanted:
-                pipe.get(standby_key(exchange_ids[i], member))
-            raws = await self._run(pipe.execute())
-        for (i, _), raw in zip(wanted, raws, strict=True):
-            if raw is not None:
-                out[i].append(str(raw))
-        return out
+            for exchange_name, newest, count in reads:
+                pipe.xrevrange(stream_key(exchange_name), newest, "-", count=count)
+            for exchange_id, member in standbys:
+                pipe.get(standby_key(exchange_id, member))
+            replies = await self._run(pipe.execute())
+        streams = [[(entry_id, dict(fields)) for entry_id, fields in rows] for rows in replies[: len(reads)]]
+        return streams, [None if raw is None else str(raw) for raw in replies[len(reads) :]]
 
     async def drop_standby(self, exchange_id: int, instance_id: str) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
