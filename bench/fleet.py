@@ -445,12 +445,17 @@ async def start_lease_fleet(
             wids.append(wid)
 
     await asyncio.gather(*(one(x) for x in ids))
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:  # until every claim has had its first renewal
+    # Until every claim has had its first renewal, or a minute without progress (a lease the
+    # loaded dev server never dispatches must not hold the run for long).
+    renewed, stalled_since = -1, time.monotonic()
+    while time.monotonic() - stalled_since < 60:
         board = await store.statuses(ids)
-        renewed = sum(1 for raw, pttl in board if raw and 0 < pttl <= ttl_ms(cfg.interval))
-        if renewed == len(ids):
+        now_renewed = sum(1 for raw, pttl in board if raw and 0 < pttl <= ttl_ms(cfg.interval))
+        if now_renewed == len(ids):
+            renewed = now_renewed
             break
+        if now_renewed > renewed:
+            renewed, stalled_since = now_renewed, time.monotonic()
         await asyncio.sleep(1)
     if renewed < len(ids):
         log(f"  only {renewed}/{len(ids)} leases renewed; measuring those")
