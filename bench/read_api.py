@@ -286,12 +286,13 @@ def render(
     lines += [
         "",
         "Reading it: every API row pays the HTTP floor (`/healthz`) plus one PostgreSQL round trip for "
-        "the key, then its own reads. `/instances` reads the catalog (PostgreSQL), then all status keys "
-        "and standby indexes in one pipelined round trip, and the offline exchanges' newest entries "
-        "with the standbys' records in a second one. The merged activity page reads a few small "
-        "batches per stream instead of Livermore's 50 entries from every stream, orders stream IDs "
-        "numerically and picks each next entry from a heap of stream heads. With redis-py's own "
-        "parser most Redis-side time is RESP parsing in Python (about 0.1 ms per stream entry); "
+        "the key (which also reads the catalog's version: the list of active exchanges comes from memory "
+        "while it stands), then its own reads. `/instances` reads all status keys and standby indexes "
+        "in one round trip, and the offline exchanges' newest entries with the standbys' records in a "
+        "second one; on a single server each batch is one script. The merged activity page reads a "
+        "few small batches per stream instead of Livermore's 50 entries from every stream, orders "
+        "stream IDs numerically and picks each next entry from a heap of stream heads. With redis-py's "
+        "own parser most Redis-side time is RESP parsing in Python (about 0.1 ms per stream entry); "
         "`hiredis` (a dependency) does it in C.",
         "",
     ]
