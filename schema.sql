@@ -64,6 +64,23 @@ CREATE TABLE IF NOT EXISTS api_keys (
     updated_at      TIMESTAMPTZ  NOT NULL DEFAULT now()
 );
 
+-- Perseus: a counter that every change to the exchange catalog bumps, in the same transaction (a
+-- statement trigger). The API reads it with each API-key check and keeps its list of active
+-- exchanges while the counter stands still: one query fewer per request, never an older list.
+CREATE TABLE IF NOT EXISTS catalog_version (
+    one             BOOLEAN      PRIMARY KEY DEFAULT TRUE CHECK (one),
+    version         BIGINT       NOT NULL DEFAULT 0
+);
+INSERT INTO catalog_version (one, version) VALUES (TRUE, 0) ON CONFLICT DO NOTHING;
+CREATE OR REPLACE FUNCTION perseus_bump_catalog_version() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE catalog_version SET version = version + 1;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER exchanges_catalog_version
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON exchanges
+    FOR EACH STATEMENT EXECUTE FUNCTION perseus_bump_catalog_version();
+
 -- The exchange catalog. Seeded by name: re-applying never duplicates or overwrites an operator's edits.
 INSERT INTO exchanges (name, display_name, ws_url, rest_url, supported_timeframes, api_limits, fee_schedule, geo_restrictions)
 VALUES

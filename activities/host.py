@@ -57,6 +57,12 @@ T = TypeVar("T")
 IP_ANSWER_REUSE_S = 300.0
 #: ...and no answer at all for this long before the services are asked again.
 IP_NO_ANSWER_REUSE_S = 30.0
+#: A lease heartbeats at each renewal, and on its own only when no renewal has come for this many
+#: intervals: just past the next one's due time, so that a healthy host sends one heartbeat per
+#: renewal (at 0.9 the fallback fired before every renewal, doubling the heartbeats and their RPCs),
+#: and inside the workflow's heartbeat timeout (1.25 intervals, at least 2 s) with a margin of at
+#: least 0.2 intervals, so that a renewal held up by a slow Redis does not make a live host look dead.
+QUIET_INTERVALS = 1.05
 
 
 def _with_stop_time(error: PerseusError, stopped_at: datetime | None) -> PerseusError:
@@ -245,8 +251,9 @@ class HostActivities:
                     if held.within_deadline():
                         activity.heartbeat()
                     # Woken by each renewal (so the server's last heartbeat is the last renewal), or
-                    # after 0.9 intervals of quiet (a slow Redis must not make a live host look dead).
-                    await held.beat.wait(0.9 * interval)
+                    # once the next renewal is overdue (a slow Redis must not make a live host look
+                    # dead): see QUIET_INTERVALS.
+                    await held.beat.wait(QUIET_INTERVALS * interval)
         except asyncio.CancelledError:
             raise detached_unless_requested() from None
 
@@ -272,7 +279,7 @@ class HostActivities:
                     if time.monotonic() - started >= req.term_s:
                         return StandbyOutcome(vacant=False, last_epoch=watched.last_epoch)
                     activity.heartbeat()
-                    await watched.beat.wait(0.9 * req.heartbeat_interval_s)
+                    await watched.beat.wait(QUIET_INTERVALS * req.heartbeat_interval_s)
         except asyncio.CancelledError:
             details = activity.cancellation_details()
             if details is not None and details.cancel_requested:

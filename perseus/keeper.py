@@ -78,8 +78,10 @@ class _Beat:
         self._event = asyncio.Event()
 
     async def wait(self, timeout: float) -> None:
+        # asyncio.timeout, not wait_for: no task of its own per wait (this runs once per beat).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
 
 
 @dataclass
@@ -225,17 +227,18 @@ class LeaseKeeper:
             try:
                 # Bounded by what is left of the renew deadline (a Redis that hangs must not keep
                 # this loop from stopping the connector in time) and by half an interval.
-                reply = await asyncio.wait_for(
-                    self._store.fenced(
+                # asyncio.timeout rather than wait_for: the same bound without a task per renewal.
+                async with asyncio.timeout(
+                    max(0.05, min(held.last_ok + deadline - time.monotonic(), interval / 2))
+                ):
+                    reply = await self._store.fenced(
                         req.exchange_id,
                         req.claim.instance_id,
                         req.claim.epoch,
                         mode="renew",
                         patch=patch,
                         ttl_ms=ttl,
-                    ),
-                    timeout=max(0.05, min(held.last_ok + deadline - time.monotonic(), interval / 2)),
-                )
+                    )
             except (ServiceUnavailable, TimeoutError) as exc:
                 held.unsent = {k: v for k, v in patch.items() if k in ("lastError", "lastErrorAt")}
                 log.warning("renewal of %s failed: %s", req.workflow_id, exc or "Redis too slow")

@@ -1,11 +1,10 @@
 """The read side: what every exchange's status key says, judged on this server's clock.
 
-One pipelined round trip reads all status keys (one GET + PTTL per key: cluster-safe); the list of
-exchanges comes from PostgreSQL, never from SCAN/KEYS. A malformed value reads as offline with a
-reason instead of failing the whole view. Offline exchanges then get their last-known info from the
-newest entries of their streams, in a second pipelined round trip that only they pay for. Standbys
-come from each exchange's standby index (a ZREVRANGE per exchange, then a GET per member, each batch
-pipelined; DESIGN §2.8).
+One pipelined round trip reads all status keys (one GET + PTTL per key: cluster-safe) and every
+standby index (a ZREVRANGE per exchange; DESIGN §2.8); the list of exchanges comes from PostgreSQL,
+never from SCAN/KEYS. A malformed value reads as offline with a reason instead of failing the whole
+view. A second pipelined round trip reads the offline exchanges' last-known info (the newest
+entries of their streams) and every listed standby's record (a GET per member).
 
 Health is judged the same way for the API, the CLI and the page (they all read ``health`` and
 ``heartbeat`` from here), against the instance's *own* heartbeat interval, not fixed seconds:
@@ -248,12 +247,18 @@ async def read_board(
 ) -> StatusBoard:
     """Every active exchange (or just one, resolved strictly) with its judged status."""
     exchanges = [await catalog.exchange(exchange)] if exchange else await catalog.exchanges(active_only=True)
-    raws = await store.statuses([e.id for e in exchanges])
+    # Two pipelined round trips in all: every status key and standby index, then the offline
+    # exchanges' newest stream entries together with every listed standby's record.
+    raws, indexes = await store.board([e.id for e in exchanges])
     now = datetime.now(UTC)
     views = [judge(e, raw, pttl, now) for e, (raw, pttl) in zip(exchanges, raws, strict=True)]
-    offline = [v for v in views if not v.online]
-    if with_last_known and offline:
-        streams = await store.events_many([(v.exchange_name, "+", LAST_KNOWN_DEPTH) for v in offline])
+    offline = [v for v in views if not v.online] if with_last_known else []
+    members = [(i, member) for i, listed in enumerate(indexes) for member in listed]
+    streams, records = await store.board_details(
+        [(v.exchange_name, "+", LAST_KNOWN_DEPTH) for v in offline],
+        [(exchanges[i].id, member) for i, member in members],
+    )
+    if offline:
         # An empty stream (Redis lost its data) is answered from the durable copy of the log.
         empty = [i for i, rows in enumerate(streams) if not rows]
         durable = await catalog.log_rows(
@@ -265,8 +270,10 @@ async def read_board(
             view.last_known = last_known(rows)
             if view.health == "not_running" and view.last_known is not None:
                 view.health = "offline"
-    # Two more pipelined round trips in all: every standby index, then every listed member's key.
-    standby_raws = await store.standbys_many([e.id for e in exchanges])
-    for view, records in zip(views, standby_raws, strict=True):
-        view.standbys = standby_views(records, now)
+    standby_raws: list[list[str]] = [[] for _ in exchanges]
+    for (i, _), raw in zip(members, records, strict=True):
+        if raw is not None:
+            standby_raws[i].append(raw)
+    for view, listed in zip(views, standby_raws, strict=True):
+        view.standbys = standby_views(listed, now)
     return StatusBoard(instances=views, server_time=now)

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from perseus.api.codec import codec_router
-from perseus.api.live import LiveFeed
+from perseus.api.live import READER_CONNECTIONS, LiveFeed
 from perseus.api.page import router as page_router
 from perseus.api.ready import router as ready_router
 from perseus.api.routes import ErrorBody, metrics_router
@@ -83,22 +83,27 @@ def create_app(settings: Settings, temporal_address: str | None = None) -> FastA
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = make_client(str(settings.redis_url))
+        # The live feed's blocking readers get a client of their own: they must never take the
+        # connections the routes need.
+        live_redis = make_client(str(settings.redis_url), max_connections=READER_CONNECTIONS)
         pool = make_pool(settings.database_url)
         try:
             await open_pool(pool)
         except BaseException:
+            await live_redis.aclose()
             await redis.aclose()
             raise
         app.state.store = RedisStore(redis)
         app.state.catalog = Catalog(pool)
         # One stream reader for the whole process, fanned out to every live page (routes.events).
-        app.state.live = LiveFeed(app.state.store, app.state.catalog)
+        app.state.live = LiveFeed(app.state.store, app.state.catalog, reader=RedisStore(live_redis))
         app.state.live.start()
         try:
             yield
         finally:
             await app.state.live.stop()
             await pool.close()
+            await live_redis.aclose()
             await redis.aclose()
 
     app = FastAPI(

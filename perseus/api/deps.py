@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from perseus.store.db import Catalog
+from perseus.store.db import Catalog, RequestCatalog
 from perseus.store.redis_store import RedisStore
 
 
@@ -16,8 +16,9 @@ def get_store(request: Request) -> RedisStore:
 
 
 def get_catalog(request: Request) -> Catalog:
-    catalog: Catalog = request.app.state.catalog
-    return catalog
+    """A view per request (FastAPI hands the same one to the key check and the route): the active
+    exchanges come from memory while the catalog's version, read with the key, stands still."""
+    return RequestCatalog(request.app.state.catalog)
 
 
 StoreDep = Annotated[RedisStore, Depends(get_store)]

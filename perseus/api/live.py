@@ -6,6 +6,10 @@ read once, the exchange's judged status is read once (the workflow writes the st
 the event, so it already shows the transition), and the resulting message goes into every connected
 client's queue. A thousand open pages cost the same Redis work as one.
 
+The readers block on a Redis client of their own (:data:`READER_CONNECTIONS`): each holds one
+connection for as long as its XREAD waits, so on the request client a hundred exchanges took every
+pooled connection and every read route failed with "Too many connections".
+
 A supervisor task re-reads the catalog every :data:`CATALOG_REFRESH_S` so that a new exchange gets a
 reader. Everything is started in the API lifespan and cancelled and awaited when it ends. A client
 that does not keep up (its queue is full) is disconnected rather than slowing the others: its page
@@ -36,6 +40,9 @@ CATALOG_REFRESH_S = 2.0
 KEEPALIVE_S = 15.0
 #: Messages a slow client may have waiting before it is disconnected.
 QUEUE_SIZE = 256
+#: Bound of the readers' own pool: one connection per exchange stream, blocked in XREAD. A guard
+#: against a runaway, not a budget (Redis' own default limit is 10,000 clients).
+READER_CONNECTIONS = 10_000
 #: After a Redis error a reader waits this long before trying again.
 RETRY_S = 1.0
 
@@ -51,8 +58,12 @@ def sse(event: str, data: object, event_id: str | None = None) -> bytes:
 class LiveFeed:
     """The single reader and its subscribers. ``start``/``stop`` belong to the API lifespan."""
 
-    def __init__(self, store: RedisStore, catalog: Catalog) -> None:
+    def __init__(self, store: RedisStore, catalog: Catalog, *, reader: RedisStore | None = None) -> None:
+        """``store`` answers the status reads of each announcement; ``reader`` (default: ``store``)
+        carries the blocking XREADs and should be a client of its own, sized for one connection per
+        exchange."""
         self._store = store
+        self._reader = reader or store
         self._catalog = catalog
         self._clients: set[asyncio.Queue[object]] = set()
         self._readers: dict[str, asyncio.Task[None]] = {}
@@ -159,9 +170,9 @@ class LiveFeed:
             try:
                 if after is None:
                     # Start after the newest entry that exists now: only what happens from here on is live.
-                    newest = await self._store.events(name, count=1)
+                    newest = await self._reader.events(name, count=1)
                     after = newest[0][0] if newest else "0-0"
-                rows = await self._store.read_after(name, after, block_ms=BLOCK_MS)
+                rows = await self._reader.read_after(name, after, block_ms=BLOCK_MS)
                 for entry_id, fields in rows:
                     after = entry_id
                     await self._announce(name, entry_id, fields)

@@ -196,6 +196,10 @@ class Catalog:
     def __init__(self, pool: AsyncConnectionPool[Any] | OneConnection) -> None:
         self._pool = pool
         self._next_prune = 0.0
+        #: The catalog version the last API-key check read (see :class:`RequestCatalog`).
+        self.seen_version: int | None = None
+        #: The active exchanges as of a catalog version, kept for :class:`RequestCatalog` views.
+        self.active_cache: tuple[int, list[Exchange]] | None = None
 
     async def _fetch(
         self, query: str, params: tuple[object, ...] | dict[str, object] = ()
@@ -281,10 +285,13 @@ class Catalog:
             " touched AS (UPDATE api_keys a SET last_used_at = now() FROM hit WHERE a.id = hit.id"
             " AND (hit.last_used_at IS NULL OR hit.last_used_at < now() - interval '60 seconds')"
             " RETURNING a.id)"
-            " SELECT hit.name, hit.key FROM hit",
+            " SELECT hit.name, hit.key, (SELECT version FROM catalog_version) AS catalog_version FROM hit",
             (key,),
         )
-        return (rows[0]["key"], rows[0]["name"]) if rows else None
+        if not rows:
+            return None
+        self.seen_version = rows[0]["catalog_version"]
+        return rows[0]["key"], rows[0]["name"]
 
     async def revoke_api_keys(self, name_or_key: str) -> int:
         """Deactivate the active key with that value, or every active key with that name; how many."""
@@ -577,6 +584,33 @@ async def _ledger_insert(
         (Jsonb(shift), Jsonb(shift), exchange_id, nxt["started_at"]),
     )
     # --- the declared fleet ----------------------------------------------------------------------
+
+
+class RequestCatalog(Catalog):
+    """One API request's catalog, sharing the process' pool and its cache of active exchanges.
+
+    Its API-key check also reads the catalog's version (bumped by a trigger in the transaction of
+    every change to ``exchanges``), so the active exchanges come from memory while that version
+    stands and from PostgreSQL once it moved: never older than what the request's own key check
+    saw, and one query fewer per request.
+    """
+
+    def __init__(self, shared: Catalog) -> None:
+        super().__init__(shared._pool)
+        self._shared = shared
+
+    async def exchanges(self, *, active_only: bool = False) -> list[Exchange]:
+        version = self.seen_version
+        if not active_only or version is None:
+            return await super().exchanges(active_only=active_only)
+        cached = self._shared.active_cache
+        if cached is not None and cached[0] == version:
+            return list(cached[1])
+        # A change committed after the key check may already be in this list: it is then newer
+        # than its label, and the next request with the newer version reads again.
+        fresh = await super().exchanges(active_only=True)
+        self._shared.active_cache = (version, fresh)
+        return list(fresh)
 
 
 class FleetListener:

@@ -219,8 +219,15 @@ async def test_every_store_operation_on_the_cluster(cluster_store: RedisStore) -
         assert await store.read_after(name, later, block_ms=10) == []
     for i in ids[:6]:
         await store.put_standby(i, f"sb-{i}", {"host": f"h{i}"}, 30_000, 1)
-    spread = await store.standbys_many(ids[:6] + [ids[-1]])
-    assert [[json.loads(r)["host"] for r in rows] for rows in spread] == [[f"h{i}"] for i in ids[:6]] + [[]]
+    # The status board's two batched reads, each one pipeline across the masters: status keys with
+    # standby indexes, then streams with the listed standbys' records.
+    statuses, indexes = await store.board(ids[:6] + [ids[-1]])
+    assert len(statuses) == 7 and indexes == [[f"sb-{i}"] for i in ids[:6]] + [[]]
+    pages, records = await store.board_details(
+        [(name, "+", 1) for name in names], [(i, f"sb-{i}") for i in ids[:6]] + [(ids[-1], "gone")]
+    )
+    assert [page[0][1]["event"] for page in pages] == ["promoted"] * len(names)
+    assert [json.loads(r)["host"] if r else None for r in records] == [f"h{i}" for i in ids[:6]] + [None]
 
     # Notification markers (one key each, spread over the slots).
     marker_keys = [f"notify:discord:{uuid.uuid4()}" for _ in range(6)]

@@ -303,3 +303,31 @@ async def test_metrics_show_renewals_rising_and_a_failover_after_kill_9(
     await wait_for(rising, timeout=10)
     code, _, err = await cli(servers, "shutdown", exchange, "--host", spare)
     assert code == 0, err
+
+
+async def test_a_request_catalog_reads_the_active_exchanges_again_once_the_catalog_changed(
+    servers: Servers,
+) -> None:
+    conn = await db.connect(servers.database_url)
+    async with conn:
+        shared = db.Catalog(db.OneConnection(conn))
+        key = await shared.create_api_key(f"cache-{uuid.uuid4().hex[:6]}")
+
+        async def request() -> db.RequestCatalog:
+            view = db.RequestCatalog(shared)
+            assert await view.check_api_key(key) is not None
+            return view
+
+        first = await request()
+        listed = await first.exchanges(active_only=True)
+        assert shared.active_cache is not None and shared.active_cache[0] == first.seen_version
+        again = await request()
+        assert again.seen_version == first.seen_version and await again.exchanges(active_only=True) == listed
+
+        name = f"cache_{uuid.uuid4().hex[:6]}"
+        await conn.execute("INSERT INTO exchanges (name, display_name) VALUES (%s, %s)", (name, name))
+        added = await request()
+        assert added.seen_version != first.seen_version  # the trigger bumped it in the insert's transaction
+        assert name in [e.name for e in await added.exchanges(active_only=True)]
+        await conn.execute("UPDATE exchanges SET is_active = false WHERE name = %s", (name,))
+        assert name not in [e.name for e in await (await request()).exchanges(active_only=True)]
