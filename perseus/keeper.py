@@ -51,7 +51,7 @@ from perseus.keys import iso, renew_deadline_s, ttl_ms
 from perseus.models import Claim, ConnectorFailure, LeaseRequest, StandbyLeaseRequest
 
 if TYPE_CHECKING:
-    from perseus.connectors.base import ConnectorHost
+    from perseus.connectors.base import Connector, ConnectorHost
     from perseus.connectors.watchdog import Watchdog
     from perseus.store.redis_store import RedisStore
 
@@ -264,10 +264,17 @@ class LeaseKeeper:
 
     def guard(self, workflow_id: str) -> None:
         """Hand a connector that has just started a process to the watchdog at once, with the
-        deadline of the claim it runs under — not only at the next renewal, up to an interval later."""
+        deadline of the claim it runs under — not only at the next renewal, up to an interval later.
+
+        A warm standby's connector holds no claim and does not act: it gets no deadline (it still
+        dies with the worker, by its parent-death signal). It is guarded when it is activated.
+        """
         connector = self._connectors.get(workflow_id)
         pgid = connector.process_group() if connector is not None else None
         if pgid is None or self._watchdog is None:
+            return
+        held = self.claims.get(workflow_id)
+        if connector is not None and _demoted(connector) and (held is None or held.ended is not None):
             return
         held = self.claims.get(workflow_id)
         if held is not None and held.ended is None:
@@ -299,7 +306,13 @@ class LeaseKeeper:
         reason = "renew deadline passed" if isinstance(why, RenewDeadline) else "claim lost"
         connector = self._connectors.get(req.workflow_id)
         pgid = connector.process_group() if connector is not None else None
-        stopped = await self._connectors.stop(req.workflow_id, reason)
+        if connector is not None and _demoted(connector):
+            # A handback demoted its connector to a warm standby before releasing the key (which the
+            # target may have claimed already): it no longer acts, so it keeps running, warm. Only a
+            # connector that acts, or may be about to (an activation in flight), must stop here.
+            stopped = False
+        else:
+            stopped = await self._connectors.stop(req.workflow_id, reason)
         if stopped:
             held.stopped_at = datetime.now(UTC)
         if pgid is not None and self._watchdog is not None:
@@ -356,7 +369,11 @@ class LeaseKeeper:
         first = True
         while True:
             try:
-                renewed = record.model_copy(update={"last_heartbeat": iso(datetime.now(UTC))})
+                update: dict[str, object] = {"last_heartbeat": iso(datetime.now(UTC))}
+                if record.warm:  # live: a warm child that died or is still warming reads not ready
+                    connector = self._connectors.get(record.workflow_id)
+                    update["warm_ready"] = bool(connector is not None and connector.warm_ready)
+                renewed = record.model_copy(update=update)
                 present, raw = await asyncio.wait_for(
                     self._store.renew_standby(
                         record.exchange_id,
@@ -387,6 +404,8 @@ class LeaseKeeper:
                         watched.last_epoch = max(watched.last_epoch, int(json.loads(raw).get("epoch", 0)))
             watched.beat.pulse()
             if await self._orphaned(watched):
+                # A warm standby's connector has nobody left to promote it.
+                await self._connectors.stop(record.workflow_id, "its standby's workflow has ended")
                 with contextlib.suppress(ServiceUnavailable):
                     await self._store.drop_standby(record.exchange_id, record.instance_id)
                 watched.ended = StandbyGone(f"the instance workflow {record.workflow_id} has ended")
@@ -448,6 +467,11 @@ class LeaseKeeper:
             await asyncio.gather(*tasks, return_exceptions=True)
         self.claims.clear()
         self.standbys.clear()
+
+
+def _demoted(connector: Connector) -> bool:
+    """A warm standby's connector (never activated, or demoted by a handback): running, not acting."""
+    return connector.role == "standby" and not connector.connected and not connector.activating
 
 
 def _fault_error(fault: ConnectorFailure) -> ConnectorFailed:

@@ -210,6 +210,11 @@ class InstanceWorkflow:
         self.handoff_reply: HandoffConfirm | None = None
         self.notifications: list[tuple[workflow.ActivityHandle[str], NotifyRequest]] = []
         self.carried_notifications: list[NotifyRequest] = list(c.undelivered) if c else []
+        #: A warm standby's connector is prepared and warmed on our host (as far as we know): a
+        #: promotion activates it instead of starting it. Consumed by the next start either way.
+        self.warm_here: bool = c.warm_here if c else False
+        #: The standby's warm-up running in the background (prepare + warm_up, role standby).
+        self.warm_task: asyncio.Task[None] | None = None
 
     # --- queries, updates, signals ---------------------------------------------------------------
 
@@ -366,6 +371,7 @@ class InstanceWorkflow:
         while True:
             if self.lease is None:
                 self.lease = self._start_lease() if self.role is Role.ACTIVE else self._start_standby_lease()
+                self._maybe_warm_standby()
             await workflow.wait_condition(lambda: self._next_step() is not None)
             step = self._next_step()
             workflow.logger.info("%s: %s (%s)", self.wf_id, step, self.state.value)
@@ -382,6 +388,7 @@ class InstanceWorkflow:
                     await self._release()
                 else:
                     await self._drop_standby()
+                    await self._stop_warm("the worker is shutting down")
                 return await self._finish(f"released: the worker on {self.inp.host} shut down")
             elif step is Step.PROMOTE:
                 await self._cancel_lease()
@@ -397,6 +404,8 @@ class InstanceWorkflow:
                     return await self._finish(outcome)
             elif step is Step.CONTINUE_AS_NEW:
                 await self._cancel_lease()
+                if self.warm_task is not None:  # the next run must know whether it is warm
+                    await workflow.wait_condition(self.warm_task.done)
                 # A command accepted meanwhile has a caller waiting on this run: run it first
                 # (its handler would never finish otherwise) and continue as new afterwards.
                 await workflow.wait_condition(lambda: bool(self.queue) or workflow.all_handlers_finished())
@@ -413,6 +422,7 @@ class InstanceWorkflow:
             await self._cancel_lease()
             await self._release_claim()
             await self._drop_standby()
+            await self._stop_warm("shut down")
             return result, "shut down"
         if ticket.command is Command.HANDOFF:
             result = await self._handoff(ticket)
@@ -476,6 +486,7 @@ class InstanceWorkflow:
             restarts=self.restarts,
             highest_epoch=self.highest_epoch,
             runs=self.runs,
+            warm_here=self.warm_here,
         )
         return self.inp.model_copy(update={"carried": carried, "start_immediately": False})
 
@@ -538,6 +549,7 @@ class InstanceWorkflow:
         self.role = Role.STANDBY
         self.claim = None
         self.standby_visible = False
+        self.warm_task = None  # the loop warms the connector up again unless it is still warm
         self.standby_id = str(workflow.uuid4())
         await self._put_standby()
         workflow.upsert_search_attributes(
@@ -576,6 +588,7 @@ class InstanceWorkflow:
             last_heartbeat=stamp,
             ttl_ms=ttl_ms(self.inp.heartbeat_interval_s),
             heartbeat_interval_ms=int(self.inp.heartbeat_interval_s * 1000),
+            warm=self.inp.connector.warm,
         )
 
     async def _drop_standby(self) -> None:
@@ -1031,6 +1044,11 @@ class InstanceWorkflow:
             return
         self.role = Role.ACTIVE
         self.lease = self._start_lease()  # renew the fresh claim at once
+        task, self.warm_task = self.warm_task, None
+        if task is not None and not task.done():
+            # Still warming up: the start goes cold (its prepare replaces the half-warm connector).
+            task.cancel()
+            self.warm_here = False
         await self._drop_standby()
         workflow.upsert_search_attributes([INSTANCE_ROLE.value_set("active")])
         await self._event(EventKind.PROMOTED, detail=req.reason)
@@ -1084,13 +1102,22 @@ class InstanceWorkflow:
                 transitions=[],
                 error=f"no live standby of {self.inp.exchange} on host {req.to_host} (live standbys: {live})",
             )
+        if target.warm and start_state is State.ACTIVE and workflow.patched("warm-handoff"):
+            # Make before break: the target's connector is warm before ours stops.
+            target = await self._until_warm(target)
         await self._event(
-            EventKind.HANDOFF, detail=f"notify: handing over to {target.host} (standby {target.instance_id})"
+            EventKind.HANDOFF,
+            detail=f"notify: handing over to {target.host} (standby {target.instance_id}"
+            + (", warm)" if target.warm_ready else ")"),
         )
         done: list[State] = []
+        # Handing over while staying here as a warm standby: demote our connector instead of
+        # stopping it, so that a handoff back is as quick as this one.
+        keep_warm = not req.shutdown and self.inp.connector.warm and workflow.patched("warm-handback")
         for state in plan(Command.HANDOFF, self.state):
             if state is State.STOPPED:
-                await self._host_activity("connector_disconnect", timeout_s=30)
+                if not keep_warm or not await self._demote():
+                    await self._host_activity("connector_disconnect", timeout_s=30)
             await self._transition(state)
             done.append(state)
         old_claim = self.claim
@@ -1137,7 +1164,7 @@ class InstanceWorkflow:
             if req.shutdown:
                 self.outcome = f"handed over to {target.host}"
             else:
-                await self._become_standby()
+                await self._become_standby()  # still warm if our connector was demoted
             return CommandResult(
                 command=Command.HANDOFF,
                 from_state=start_state,
@@ -1178,6 +1205,23 @@ class InstanceWorkflow:
             if command is Command.START:
                 await self._transition(State.STARTING)
                 done.append(State.STARTING)
+                if self.warm_here and workflow.patched("warm-activate"):
+                    cold_because = await self._activate_warm()
+                    if cold_because is None:
+                        self.connected_at = workflow.now()
+                        for state in (State.WARMING, State.ACTIVE):
+                            await self._transition(state)
+                            done.append(state)
+                        return CommandResult(
+                            command=command,
+                            from_state=start_state,
+                            state=self.state,
+                            transitions=done,
+                            detail=f"warm standby activated at epoch {self.claim.epoch if self.claim else 0}",
+                        )
+                    await self._event(
+                        EventKind.ERROR, error=f"warm activation failed, starting cold: {cold_because}"
+                    )
                 report = await self._host_activity("connector_prepare")
                 self.symbol_count = report.symbol_count
                 await self._transition(State.WARMING)
@@ -1204,6 +1248,108 @@ class InstanceWorkflow:
                 error=f"{command.value} failed: {reason}; recovered to {self.state.value}",
             )
         return CommandResult(command=command, from_state=start_state, state=self.state, transitions=done)
+
+    async def _until_warm(self, target: StandbyRecord) -> StandbyRecord:
+        """Wait (bounded by the connector's ready timeout) until the warm target says it is ready;
+        the latest record of it either way — a target that never gets ready is handed over cold."""
+        waited = 0.0
+        limit = self.inp.connector.ready_timeout_s + 2 * self.inp.heartbeat_interval_s
+        step = max(1.0, self.inp.heartbeat_interval_s / 2)
+        while not target.warm_ready and waited < limit:
+            await workflow.sleep(timedelta(seconds=step), summary=f"wait for {target.host} to be warm")
+            waited += step
+            found = next((s for s in await self._standbys() if s.instance_id == target.instance_id), None)
+            if found is None:
+                break  # gone meanwhile: the promote signal below finds out
+            target = found
+        if not target.warm_ready:
+            workflow.logger.info(
+                "%s: %s not warm after %.0fs: handing over cold", self.wf_id, target.host, waited
+            )
+        return target
+
+    async def _demote(self) -> bool:
+        """Deactivate our connector (it keeps running, warm); False if that failed (then stop it)."""
+        try:
+            report = await self._host_activity(
+                "connector_deactivate", timeout_s=30, retry=RetryPolicy(maximum_attempts=1)
+            )
+        except ActivityError as err:
+            workflow.logger.info(
+                "%s: connector not demoted, stopping it: %s", self.wf_id, describe_failure(err)
+            )
+            return False
+        self.warm_here = report.warm_ready
+        return report.warm_ready
+
+    async def _activate_warm(self) -> str | None:
+        """Promote the warm connector on our host under the claim just taken: ``ACTIVATE <epoch>``,
+        confirmed by ``ACTIVE``. None when it is active; otherwise why not (the caller starts cold:
+        the connector is gone, not ready, or did not confirm and was stopped)."""
+        self.warm_here = False  # consumed either way: active now, or stopped / gone
+        timeout = self.inp.connector.active_timeout_s + CONNECTOR_HEARTBEAT_TIMEOUT_S
+        try:
+            # Never retried: a child that did not confirm was stopped; only a cold start helps now.
+            report = await self._host_activity(
+                "connector_activate", timeout_s=timeout, retry=RetryPolicy(maximum_attempts=1)
+            )
+        except ActivityError as err:
+            reason = self._explain(err)
+            workflow.logger.info("%s: warm activation failed, starting cold: %s", self.wf_id, reason)
+            return reason
+        if report.symbol_count:
+            self.symbol_count = report.symbol_count
+        workflow.logger.info(
+            "%s: warm standby activated at epoch %s", self.wf_id, self.claim.epoch if self.claim else 0
+        )
+        return None
+
+    def _maybe_warm_standby(self) -> None:
+        """A warm standby keeps its connector prepared and warmed while it waits (in the background:
+        the watch must renew the record meanwhile, and a warm-up can take minutes)."""
+        if (
+            self.role is not Role.STANDBY
+            or not self.inp.connector.warm
+            or self.warm_here
+            or self.warm_task is not None
+            or self.standby_id is None
+        ):
+            return
+        if workflow.patched("warm-standby"):
+            self.warm_task = asyncio.create_task(self._warm_up_standby())
+
+    async def _warm_up_standby(self) -> None:
+        try:
+            report = await self._host_activity("connector_prepare", standby=True)
+            self.symbol_count = report.symbol_count
+            await self._host_activity("connector_warm_up", standby=True)
+        except ActivityError as err:
+            reason = self._explain(err)
+            workflow.logger.warning("%s: warm standby not warmed: %s", self.wf_id, reason)
+            await self._event(
+                EventKind.ERROR,
+                claim=Claim(instance_id=self.standby_id or "", epoch=0),
+                error=f"warm standby on {self.inp.host} not warmed (a promotion starts cold): {reason}",
+            )
+            return
+        if self.role is Role.STANDBY:
+            self.warm_here = True
+            workflow.logger.info("%s: warm standby ready on %s", self.wf_id, self.inp.host)
+
+    async def _stop_warm(self, reason: str) -> None:
+        """Stop a warm standby's connector (the standby is leaving); no-op for a cold standby."""
+        if not self.inp.connector.warm:
+            return
+        task, self.warm_task = self.warm_task, None
+        if task is not None and not task.done():
+            task.cancel()
+        self.warm_here = False
+        try:
+            await self._host_activity("connector_disconnect", timeout_s=30)
+        except ActivityError as err:
+            workflow.logger.warning(
+                "%s: warm connector not stopped (%s): %s", self.wf_id, reason, describe_failure(err)
+            )
 
     async def _fail(self, reason: str) -> None:
         """Retries are exhausted: record lastError + an error event, stop the connector, recover to idle."""
@@ -1244,7 +1390,11 @@ class InstanceWorkflow:
         except ActivityError as err:
             workflow.logger.warning("release failed (the TTL frees it): %s", describe_failure(err))
 
-    async def _host_activity(self, name: str, timeout_s: float = 120) -> ConnectorReport:
+    async def _host_activity(
+        self, name: str, timeout_s: float = 120, *, standby: bool = False, retry: RetryPolicy = HOST_RETRY
+    ) -> ConnectorReport:
+        """One connector step on our host. ``standby``: for a warm standby's connector, which is told
+        its own standby id and epoch 0 (it holds no claim)."""
         assert self.resolved
         report: ConnectorReport = await workflow.execute_activity(
             name,
@@ -1253,8 +1403,9 @@ class InstanceWorkflow:
                 exchange_id=self.resolved.exchange.id,
                 exchange_name=self.resolved.exchange.name,
                 spec=self.inp.connector,
-                claim=self.claim,
+                claim=Claim(instance_id=self.standby_id or "", epoch=0) if standby else self.claim,
                 heartbeat_interval_s=self.inp.heartbeat_interval_s,
+                role="standby" if standby else "active",
             ),
             result_type=ConnectorReport,
             task_queue=self.host_queue,
@@ -1262,8 +1413,8 @@ class InstanceWorkflow:
             start_to_close_timeout=timedelta(seconds=timeout_s),
             # Steps heartbeat every second: a host that stops mid-step is seen within seconds.
             heartbeat_timeout=timedelta(seconds=CONNECTOR_HEARTBEAT_TIMEOUT_S),
-            retry_policy=HOST_RETRY,
-            summary=f"{name} on {self.inp.host}",
+            retry_policy=retry,
+            summary=f"{name} on {self.inp.host}" + (" (warm standby)" if standby else ""),
         )
         return report
 
