@@ -30,6 +30,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,7 +49,15 @@ from perseus.errors import (
     StandbyGone,
 )
 from perseus.keys import iso, renew_deadline_s, ttl_ms
-from perseus.models import Claim, ConnectorFailure, LeaseRequest, StandbyLeaseRequest
+from perseus.lifecycle import State
+from perseus.models import (
+    Claim,
+    ConnectorFailure,
+    EventKind,
+    LeaseRequest,
+    NetworkEvent,
+    StandbyLeaseRequest,
+)
 
 if TYPE_CHECKING:
     from perseus.connectors.base import Connector, ConnectorHost
@@ -56,6 +65,9 @@ if TYPE_CHECKING:
     from perseus.store.redis_store import RedisStore
 
 log = logging.getLogger(__name__)
+
+#: Records one network event (the stream, then PostgreSQL): a connector's own reported errors.
+RecordEvent = Callable[[NetworkEvent], Awaitable[object]]
 
 #: Answers whether an instance workflow is definitely closed (True), running (False) or unknown
 #: (None: Temporal did not answer — keep going).
@@ -162,8 +174,12 @@ class LeaseKeeper:
         *,
         watchdog: Watchdog | None = None,
         workflow_closed: WorkflowClosed | None = None,
+        record_event: RecordEvent | None = None,
     ) -> None:
         self._store = store
+        self._record_event = record_event
+        #: Events on their way to the stream (kept referenced until written).
+        self._events: set[asyncio.Task[None]] = set()
         self._connectors = connectors
         self._watchdog = watchdog
         self._workflow_closed = workflow_closed
@@ -241,6 +257,8 @@ class LeaseKeeper:
                     await self._end(held, lost(_lost_message(reply.outcome, reply.raw)))
                     return
                 self._renewed(held, due)
+                if "lastError" in patch and reply.raw:
+                    self._reported_error(str(patch["lastError"]), reply.raw)
                 connector = self._connectors.get(req.workflow_id)
                 if connector is not None and (fault := connector.fault()) is not None:
                     await self._connectors.stop(req.workflow_id, "connector failed")
@@ -261,6 +279,43 @@ class LeaseKeeper:
             # A fixed schedule, not sleep(interval) after the work: lateness does not accumulate.
             due += interval
             await asyncio.sleep(max(0.0, due - time.monotonic()))
+
+    def _reported_error(self, error: str, raw: str) -> None:
+        """An error the connector reported (``PERSEUS error=…``), now in the status key, goes to the
+        network stream as an ``error`` event too — described by the status record it landed in.
+        In a task of its own: the renewal loop never waits for PostgreSQL."""
+        if self._record_event is None:
+            return
+        try:
+            doc = json.loads(raw)
+            event = NetworkEvent(
+                event=EventKind.ERROR,
+                event_id=str(uuid.uuid4()),
+                timestamp=datetime.now(UTC),
+                exchange_id=int(doc["exchangeId"]),
+                exchange_name=str(doc["exchangeName"]),
+                hostname=str(doc["hostname"]),
+                ip=doc.get("ipAddress"),
+                instance_id=str(doc["instanceId"]),
+                epoch=int(doc["epoch"]),
+                admin_email=doc.get("adminEmail"),
+                error=error,
+                state=State(doc["connectionState"]) if doc.get("connectionState") else None,
+                detail="reported by the connector",
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("connector error not recorded as an event (unreadable status: %s): %s", exc, error)
+            return
+        task = asyncio.create_task(self._record(event), name=f"event {event.event_id}")
+        self._events.add(task)
+        task.add_done_callback(self._events.discard)
+
+    async def _record(self, event: NetworkEvent) -> None:
+        assert self._record_event is not None
+        try:
+            await self._record_event(event)
+        except Exception as exc:  # the status key has it already: the event is what is given up
+            log.warning("connector error of %s not recorded as an event: %s", event.exchange_name, exc)
 
     def guard(self, workflow_id: str) -> None:
         """Hand a connector that has just started a process to the watchdog at once, with the
