@@ -27,7 +27,7 @@ INTERVAL = 0.5
 
 
 async def register(
-    client: Client, exchange: str, host: str, spec: ConnectorSpec, *, standby: bool = False
+    client: Client, exchange: str, host: str, spec: ConnectorSpec, *, standby: bool = False, priority: int = 0
 ) -> None:
     await control.register(
         client,
@@ -37,6 +37,7 @@ async def register(
         heartbeat_interval_s=INTERVAL,
         start=not standby,
         standby=standby,
+        priority=priority,
         connector=spec,
     )
 
@@ -90,7 +91,7 @@ async def test_crash_promotes_the_warm_standby_by_activate_without_a_restart(
         }
     )
     await register(client, exchange, a, spec)
-    await register(client, exchange, b, spec, standby=True)
+    await register(client, exchange, b, spec, standby=True, priority=5)  # ahead of c
     await wait_for(lambda: active_on(store, ex_id, a))
     await wait_for(lambda: warm_ready(store, ex_id, b))
     # The CLI spelling of the same: --standby --warm, on a third host.
