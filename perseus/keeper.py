@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from perseus import metrics
+from perseus.decisions import runs_without_claim
 from perseus.errors import (
     ClaimLost,
     ClaimMissing,
@@ -526,7 +527,9 @@ class LeaseKeeper:
 
 def _demoted(connector: Connector) -> bool:
     """A warm standby's connector (never activated, or demoted by a handback): running, not acting."""
-    return connector.role == "standby" and not connector.connected and not connector.activating
+    return runs_without_claim(
+        role=connector.role, connected=connector.connected, activating=connector.activating
+    )
 
 
 def _fault_error(fault: ConnectorFailure) -> ConnectorFailed:

@@ -37,14 +37,18 @@ with workflow.unsafe.imports_passed_through():
         InstanceFacts,
         LeaseVerdict,
         LoopFacts,
+        StartPath,
         Step,
+        handoff_demotes,
         judge_claim,
         lease_verdict,
         next_step,
         refuse_command,
         refuse_handoff,
         restart_delay,
+        start_path,
         vacancy_delay,
+        warm_up_standby,
     )
     from perseus.errors import NON_RETRYABLE_ERROR_TYPES, InvalidTransition
     from perseus.keys import host_task_queue, iso, ttl_ms
@@ -1035,7 +1039,11 @@ class InstanceWorkflow:
         return any(s.instance_id == self.standby_id for s in await self._standbys(include_self=True))
 
     async def _promote(self, req: PromoteRequest) -> None:
-        """Try to take the exchange. Won: drop the standby record, ``promoted``, start. Lost: stay."""
+        """Try to take the exchange. Won: drop the standby record, ``promoted``, start. Lost: stay.
+
+        A warm standby is activated right after the claim — the one step fencing requires first —
+        and the status walks starting → warming → active behind it; if it cannot be, it starts cold.
+        """
         self.highest_epoch = max(self.highest_epoch, req.min_epoch)
         result = await self._claim(quiet=True)
         if result is None:
@@ -1045,15 +1053,34 @@ class InstanceWorkflow:
         self.role = Role.ACTIVE
         self.lease = self._start_lease()  # renew the fresh claim at once
         task, self.warm_task = self.warm_task, None
-        if task is not None and not task.done():
+        warming = task is not None and not task.done()
+        if task is not None and warming:
             # Still warming up: the start goes cold (its prepare replaces the half-warm connector).
             task.cancel()
             self.warm_here = False
+        cold_because: str | None = None
+        warm = start_path(warm_here=self.warm_here, warming=warming) is StartPath.WARM and workflow.patched(
+            "warm-activate-on-promotion"
+        )
+        if warm:
+            cold_because = await self._activate_warm()
         await self._drop_standby()
         workflow.upsert_search_attributes([INSTANCE_ROLE.value_set("active")])
-        await self._event(EventKind.PROMOTED, detail=req.reason)
+        how = ""
+        if warm:
+            how = f" (warm: {'activated' if cold_because is None else 'not activated'})"
+        await self._event(EventKind.PROMOTED, detail=req.reason + how)
         for target in recovery_path(self.state):  # a former active one may still read stopped
             await self._transition(target)
+        if warm and cold_because is None:
+            self.connected_at = workflow.now()
+            for target in (State.STARTING, State.WARMING, State.ACTIVE):
+                await self._transition(target)
+            if req.confirm_to:
+                await self._reply(req.confirm_to, ok=True, detail=f"active on {self.inp.host} (warm)")
+            return
+        if cold_because is not None:
+            await self._event(EventKind.ERROR, error=f"warm activation failed, starting cold: {cold_because}")
         self._enqueue(Command.START, first=True, internal=True, confirm_to=req.confirm_to)
 
     async def _owe_confirmation(self, req: PromoteRequest) -> None:
@@ -1113,7 +1140,9 @@ class InstanceWorkflow:
         done: list[State] = []
         # Handing over while staying here as a warm standby: demote our connector instead of
         # stopping it, so that a handoff back is as quick as this one.
-        keep_warm = not req.shutdown and self.inp.connector.warm and workflow.patched("warm-handback")
+        keep_warm = handoff_demotes(shutdown=req.shutdown, warm=self.inp.connector.warm) and workflow.patched(
+            "warm-handback"
+        )
         for state in plan(Command.HANDOFF, self.state):
             if state is State.STOPPED:
                 if not keep_warm or not await self._demote():
@@ -1124,7 +1153,13 @@ class InstanceWorkflow:
         old_epoch = old_claim.epoch
         await self._cancel_lease()
         await self._release_claim()
-        await self._event(EventKind.HANDOFF, detail=f"takeover: released epoch {old_epoch} to {target.host}")
+        # To a warm target, the signal goes first: nobody is active until it is, so the takeover
+        # event is written while it activates rather than before.
+        signal_first = target.warm_ready and workflow.patched("warm-handoff-signal-first")
+        if not signal_first:
+            await self._event(
+                EventKind.HANDOFF, detail=f"takeover: released epoch {old_epoch} to {target.host}"
+            )
         self.handoff_reply = None
         told = True
         try:
@@ -1140,6 +1175,10 @@ class InstanceWorkflow:
             told = False
             self.handoff_reply = HandoffConfirm(
                 ok=False, host=target.host, detail=f"standby unreachable: {exc}"
+            )
+        if signal_first:
+            await self._event(
+                EventKind.HANDOFF, detail=f"takeover: released epoch {old_epoch} to {target.host}"
             )
         if told:
             try:
@@ -1205,7 +1244,8 @@ class InstanceWorkflow:
             if command is Command.START:
                 await self._transition(State.STARTING)
                 done.append(State.STARTING)
-                if self.warm_here and workflow.patched("warm-activate"):
+                how = start_path(warm_here=self.warm_here, warming=self.warm_task is not None)
+                if how is StartPath.WARM and workflow.patched("warm-activate"):
                     cold_because = await self._activate_warm()
                     if cold_because is None:
                         self.connected_at = workflow.now()
@@ -1307,12 +1347,11 @@ class InstanceWorkflow:
     def _maybe_warm_standby(self) -> None:
         """A warm standby keeps its connector prepared and warmed while it waits (in the background:
         the watch must renew the record meanwhile, and a warm-up can take minutes)."""
-        if (
-            self.role is not Role.STANDBY
-            or not self.inp.connector.warm
-            or self.warm_here
-            or self.warm_task is not None
-            or self.standby_id is None
+        if self.standby_id is None or not warm_up_standby(
+            role=self.role,
+            warm=self.inp.connector.warm,
+            warm_here=self.warm_here,
+            warming=self.warm_task is not None,
         ):
             return
         if workflow.patched("warm-standby"):
@@ -1337,8 +1376,9 @@ class InstanceWorkflow:
             workflow.logger.info("%s: warm standby ready on %s", self.wf_id, self.inp.host)
 
     async def _stop_warm(self, reason: str) -> None:
-        """Stop a warm standby's connector (the standby is leaving); no-op for a cold standby."""
-        if not self.inp.connector.warm:
+        """Stop a warm standby's connector (the standby is leaving); no-op for a cold standby, and
+        for an active instance (its connector was stopped on the way down)."""
+        if not self.inp.connector.warm or self.role is not Role.STANDBY:
             return
         task, self.warm_task = self.warm_task, None
         if task is not None and not task.done():

@@ -19,7 +19,15 @@ from workflows.instance import InstanceWorkflow
 pytestmark = pytest.mark.integration
 
 HISTORIES = sorted((Path(__file__).resolve().parents[1] / "histories").glob("*.json"))
-EXPECTED = {"lifecycle", "start-failure", "claim-conflict", "claim-lost", "no-host-worker", "continue-as-new"}
+EXPECTED = {
+    "lifecycle",
+    "start-failure",
+    "claim-conflict",
+    "claim-lost",
+    "no-host-worker",
+    "continue-as-new",
+    "warm-promotion",
+}
 
 
 def test_every_path_has_a_golden_history() -> None:
