@@ -1063,7 +1063,7 @@ class InstanceWorkflow:
             "warm-activate-on-promotion"
         )
         if warm:
-            cold_because = await self._activate_warm()
+            cold_because, no_worker = await self._activate_warm()
         await self._drop_standby()
         workflow.upsert_search_attributes([INSTANCE_ROLE.value_set("active")])
         how = ""
@@ -1078,6 +1078,20 @@ class InstanceWorkflow:
                 await self._transition(target)
             if req.confirm_to:
                 await self._reply(req.confirm_to, ok=True, detail=f"active on {self.inp.host} (warm)")
+            return
+        if cold_because is not None and no_worker:
+            # Our host has no worker: a cold start would only wait for it again. A handoff hears at
+            # once (and keeps its exchange); otherwise the lease on this host fails like any other.
+            await self._event(EventKind.ERROR, error=f"warm activation failed: {cold_because}")
+            if req.confirm_to:
+                failed = CommandResult(
+                    command=Command.START,
+                    from_state=self.state,
+                    state=self.state,
+                    transitions=[],
+                    error=cold_because,
+                )
+                await self._confirm_takeover(req.confirm_to, failed)
             return
         if cold_because is not None:
             await self._event(EventKind.ERROR, error=f"warm activation failed, starting cold: {cold_because}")
@@ -1246,7 +1260,7 @@ class InstanceWorkflow:
                 done.append(State.STARTING)
                 how = start_path(warm_here=self.warm_here, warming=self.warm_task is not None)
                 if how is StartPath.WARM and workflow.patched("warm-activate"):
-                    cold_because = await self._activate_warm()
+                    cold_because, _ = await self._activate_warm()
                     if cold_because is None:
                         self.connected_at = workflow.now()
                         for state in (State.WARMING, State.ACTIVE):
@@ -1322,10 +1336,11 @@ class InstanceWorkflow:
         self.warm_here = report.warm_ready
         return report.warm_ready
 
-    async def _activate_warm(self) -> str | None:
+    async def _activate_warm(self) -> tuple[str | None, bool]:
         """Promote the warm connector on our host under the claim just taken: ``ACTIVATE <epoch>``,
-        confirmed by ``ACTIVE``. None when it is active; otherwise why not (the caller starts cold:
-        the connector is gone, not ready, or did not confirm and was stopped)."""
+        confirmed by ``ACTIVE``. (None, False) when it is active; otherwise why not — the caller
+        starts cold: the connector is gone, not ready, or did not confirm and was stopped — and
+        whether no worker serves our host at all (a cold start cannot help then either)."""
         self.warm_here = False  # consumed either way: active now, or stopped / gone
         timeout = self.inp.connector.active_timeout_s + CONNECTOR_HEARTBEAT_TIMEOUT_S
         try:
@@ -1335,14 +1350,16 @@ class InstanceWorkflow:
             )
         except ActivityError as err:
             reason = self._explain(err)
-            workflow.logger.info("%s: warm activation failed, starting cold: %s", self.wf_id, reason)
-            return reason
+            cause = err.cause
+            no_worker = isinstance(cause, TimeoutError) and cause.type is TimeoutType.SCHEDULE_TO_START
+            workflow.logger.info("%s: warm activation failed: %s", self.wf_id, reason)
+            return reason, no_worker
         if report.symbol_count:
             self.symbol_count = report.symbol_count
         workflow.logger.info(
             "%s: warm standby activated at epoch %s", self.wf_id, self.claim.epoch if self.claim else 0
         )
-        return None
+        return None, False
 
     def _maybe_warm_standby(self) -> None:
         """A warm standby keeps its connector prepared and warmed while it waits (in the background:
