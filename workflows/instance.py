@@ -408,8 +408,6 @@ class InstanceWorkflow:
                     return await self._finish(outcome)
             elif step is Step.CONTINUE_AS_NEW:
                 await self._cancel_lease()
-                if self.warm_task is not None:  # the next run must know whether it is warm
-                    await workflow.wait_condition(self.warm_task.done)
                 # A command accepted meanwhile has a caller waiting on this run: run it first
                 # (its handler would never finish otherwise) and continue as new afterwards.
                 await workflow.wait_condition(lambda: bool(self.queue) or workflow.all_handlers_finished())
@@ -1376,6 +1374,11 @@ class InstanceWorkflow:
 
     async def _warm_up_standby(self) -> None:
         try:
+            # Already warm here (a run that continued as new while, or after, it warmed up)?
+            found = await self._host_activity("connector_check", timeout_s=10, standby=True)
+            if found.warm_ready:
+                self.warm_here = self.role is Role.STANDBY
+                return
             report = await self._host_activity("connector_prepare", standby=True)
             self.symbol_count = report.symbol_count
             await self._host_activity("connector_warm_up", standby=True)

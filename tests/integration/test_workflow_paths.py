@@ -289,7 +289,11 @@ async def test_warm_standby_warms_while_waiting_and_is_activated_on_promotion(
             if ("connector_warm_up", "standby") in stand.connector_calls:
                 break
             await asyncio.sleep(0.05)
-        assert stand.connector_calls == [("connector_prepare", "standby"), ("connector_warm_up", "standby")]
+        assert stand.connector_calls == [
+            ("connector_check", "standby"),  # nothing warm here yet (the stand-in says not ready)
+            ("connector_prepare", "standby"),
+            ("connector_warm_up", "standby"),
+        ]
         await handle.signal(InstanceWorkflow.promote, PromoteRequest(reason="test promotion", min_epoch=4))
         for _ in range(200):
             snap = await handle.query(InstanceWorkflow.snapshot)
