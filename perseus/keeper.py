@@ -410,7 +410,16 @@ class LeaseKeeper:
         return watched
 
     def stop_watching(self, watched: WatchedStandby) -> None:
-        """The workflow itself ended this watch (promotion, shutdown, continue-as-new)."""
+        """The workflow itself ended this watch (promotion, shutdown, continue-as-new).
+
+        Unless a newer watch activity has attached to the same loop meanwhile: a cancellation is
+        heard only at the old activity's next heartbeat, and a standby that lost its promotion race
+        starts its next watch at once. Stopping the loop under that one would leave it heartbeating
+        over renewals that no longer happen — the record lapses and no vacancy is ever seen.
+        """
+        if watched.attached > 0:
+            log.info("%s: standby watch handed over to a newer activity", watched.workflow_id)
+            return
         if self.standbys.get(watched.workflow_id) is watched:
             del self.standbys[watched.workflow_id]
         self._cancel(watched)

@@ -13,7 +13,7 @@ from perseus import keeper as keeper_module
 from perseus.connectors.base import ConnectorHost
 from perseus.keeper import LeaseKeeper
 from perseus.keys import status_key
-from perseus.models import Claim, LeaseRequest
+from perseus.models import Claim, LeaseRequest, StandbyLeaseRequest, StandbyRecord
 from perseus.store.redis_store import RedisStore
 
 pytestmark = pytest.mark.integration
@@ -82,5 +82,42 @@ async def test_only_a_closed_workflow_ends_a_detached_loop(store: RedisStore) ->
         assert held.ended is not None and "has ended" in str(held.ended)
         assert verdicts == []  # "unknown" and "running" kept it renewing; "closed" ended it
         assert await store.client.get(status_key(req.exchange_id)) is None  # released
+    finally:
+        await keeper.close()
+
+
+async def test_a_late_cancellation_does_not_stop_the_watch_a_newer_activity_attached_to(
+    store: RedisStore,
+) -> None:
+    exchange_id = 900_000 + uuid.uuid4().int % 100_000
+    record = StandbyRecord(
+        exchange_id=exchange_id,
+        exchange_name="k",
+        host="h",
+        hostname="h",
+        instance_id=str(uuid.uuid4()),
+        workflow_id=f"instance-k{exchange_id}-h",
+        registered_at="2026-01-01T00:00:00.000Z",
+        last_heartbeat="2026-01-01T00:00:00.000Z",
+        ttl_ms=int(3 * INTERVAL * 1000),
+        heartbeat_interval_ms=int(INTERVAL * 1000),
+    )
+    req = StandbyLeaseRequest(record=record, heartbeat_interval_s=INTERVAL, term_s=3600)
+    keeper = LeaseKeeper(store, ConnectorHost())
+    try:
+        old = keeper.watch(req)
+        with keeper.attached(old):
+            await asyncio.sleep(INTERVAL)
+        # The workflow cancelled the old watch and started the next one, which re-attached first...
+        new = keeper.watch(req)
+        assert new is old
+        with keeper.attached(new):
+            keeper.stop_watching(old)  # ...then the old activity heard its cancellation
+            await asyncio.sleep(4 * INTERVAL)  # longer than the record's TTL
+            assert new.ended is None and not new.task.done()  # type: ignore[union-attr]
+            assert await store.client.get(f"exchange:{exchange_id}:standby:{record.instance_id}")
+        keeper.stop_watching(new)  # nobody attached: the workflow's own stop does stop it
+        await asyncio.sleep(0.1)
+        assert new.task is not None and new.task.done()
     finally:
         await keeper.close()
