@@ -11,9 +11,10 @@ import pytest
 
 from perseus import keeper as keeper_module
 from perseus.connectors.base import ConnectorHost
+from perseus.connectors.simulated import SimulatedConnector
 from perseus.keeper import LeaseKeeper
 from perseus.keys import status_key
-from perseus.models import Claim, LeaseRequest, StandbyLeaseRequest, StandbyRecord
+from perseus.models import Claim, ConnectorSpec, LeaseRequest, StandbyLeaseRequest, StandbyRecord
 from perseus.store.redis_store import RedisStore
 
 pytestmark = pytest.mark.integration
@@ -119,5 +120,69 @@ async def test_a_late_cancellation_does_not_stop_the_watch_a_newer_activity_atta
         keeper.stop_watching(new)  # nobody attached: the workflow's own stop does stop it
         await asyncio.sleep(0.1)
         assert new.task is not None and new.task.done()
+    finally:
+        await keeper.close()
+
+
+class Deadlines:
+    """Stands in for the watchdog process: notes the deadlines it is handed."""
+
+    def __init__(self) -> None:
+        self.armed: list[int] = []
+        self.disarmed: list[int] = []
+
+    def arm(self, pgid: int, valid_until: float) -> None:
+        self.armed.append(pgid)
+
+    def disarm(self, pgid: int) -> None:
+        self.disarmed.append(pgid)
+
+
+class Grouped(SimulatedConnector):
+    """A simulated connector with a process group, as a process connector's child has."""
+
+    def process_group(self) -> int | None:
+        return 4242
+
+
+async def test_no_deadline_for_a_warm_standby_and_it_outlives_a_released_claim(store: RedisStore) -> None:
+    watchdog = Deadlines()
+    connectors = ConnectorHost()
+    keeper = LeaseKeeper(store, connectors, watchdog=watchdog)  # type: ignore[arg-type]
+    req = await claimed(store)
+    try:
+        standby = Grouped("k", ConnectorSpec(warm=True), role="standby")
+        connectors.put(req.workflow_id, standby)
+        keeper.guard(req.workflow_id)  # prepared as a warm standby: holds no claim, acts not
+        assert watchdog.armed == []
+        active = Grouped("k", ConnectorSpec(), role="active")
+        connectors.put("other", active)
+        keeper.guard("other")  # an active one without known renewals: the shortest deadline
+        assert watchdog.armed == [4242]
+
+        # A handback: the connector was demoted, then the key released. It keeps running (warm).
+        held = keeper.hold(req)
+        await asyncio.sleep(INTERVAL)
+        await store.client.delete(status_key(req.exchange_id))
+        for _ in range(40):
+            if held.ended is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert held.ended is not None
+        assert connectors.get(req.workflow_id) is standby and held.stopped_at is None
+
+        # Mid-activation (ACTIVATE sent, not confirmed) it may act already: a lost claim stops it.
+        req2 = await claimed(store)
+        activating = Grouped("k", ConnectorSpec(warm=True), role="standby")
+        activating.activating = True
+        connectors.put(req2.workflow_id, activating)
+        held2 = keeper.hold(req2)
+        await asyncio.sleep(INTERVAL)
+        await store.client.delete(status_key(req2.exchange_id))
+        for _ in range(40):
+            if held2.ended is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert connectors.get(req2.workflow_id) is None and held2.stopped_at is not None
     finally:
         await keeper.close()
