@@ -1405,7 +1405,11 @@ class InstanceWorkflow:
             task.cancel()
         self.warm_here = False
         try:
-            await self._host_activity("connector_disconnect", timeout_s=30)
+            # Once: a worker that is shutting down stops its connectors itself, and one that is gone
+            # took its children with it (parent-death signal); the standby must not wait on it.
+            await self._host_activity(
+                "connector_disconnect", timeout_s=15, retry=RetryPolicy(maximum_attempts=1)
+            )
         except ActivityError as err:
             workflow.logger.warning(
                 "%s: warm connector not stopped (%s): %s", self.wf_id, reason, describe_failure(err)
