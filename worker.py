@@ -44,6 +44,7 @@ from perseus.keeper import LeaseKeeper, WorkflowClosed
 from perseus.keys import SHARED_TASK_QUEUE, host_task_queue, valid_host
 from perseus.logs import configure_logging, install_temporal_runtime
 from perseus.metrics import MetricsServer, free_loopback_address
+from perseus.models import EventRequest
 from perseus.notify import discord_notifier
 from perseus.store.db import Catalog, make_pool, open_pool
 from perseus.store.redis_store import RedisStore, make_client
@@ -81,7 +82,16 @@ async def run_worker(
     catalog = Catalog(pool)
     connectors = ConnectorHost(settings.connector_journal)
     watchdog = Watchdog()
-    keeper = LeaseKeeper(store, connectors, watchdog=watchdog, workflow_closed=workflow_closed(client))
+    notifier = discord_notifier(settings.discord_webhook_url, http, store)  # None: off
+    registry = RegistryActivities(store, catalog, notifications=notifier is not None)
+    keeper = LeaseKeeper(
+        store,
+        connectors,
+        watchdog=watchdog,
+        workflow_closed=workflow_closed(client),
+        # The errors a connector reports itself reach the stream the way the workflow's do.
+        record_event=lambda event: registry.record_event(EventRequest(event=event)),
+    )
     host_activities = HostActivities(
         hostname=host,
         store=store,
@@ -93,8 +103,6 @@ async def run_worker(
         keeper=keeper,
         connector_output=output_dir(settings.data_dir),
     )
-    notifier = discord_notifier(settings.discord_webhook_url, http, store)  # None: off
-    registry = RegistryActivities(store, catalog, notifications=notifier is not None)
     notify = NotifyActivities(notifier)
     catalog_activities = CatalogActivities(catalog)
     workers = [

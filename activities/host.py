@@ -22,6 +22,7 @@ from activities.registry import take_claim
 from perseus.connectors.base import ConnectorHost
 from perseus.connectors.factory import ConnectorContext, build_connector
 from perseus.errors import (
+    ConnectorError,
     ConnectorGone,
     LeaseDetached,
     PerseusError,
@@ -284,7 +285,7 @@ class HostActivities:
             details = activity.cancellation_details()
             if details is not None and details.cancel_requested:
                 self.keeper.stop_watching(watched)
-            raise
+            raise detached_unless_requested() from None
 
     # --- the connector -------------------------------------------------------------------------
 
@@ -293,13 +294,16 @@ class HostActivities:
     async def connector_prepare(self, req: ConnectorRequest) -> ConnectorReport:
         """Create the connector and load the exchange's active symbols."""
         await self.connectors.stop(req.workflow_id, "replaced by a new start")
+        standby = req.role == "standby"
         context = ConnectorContext(
             workflow_id=req.workflow_id,
             exchange_id=req.exchange_id,
             exchange_name=req.exchange_name,
-            claim=req.claim or await self._claim_of(req),
+            # A warm standby's child is told its own standby id and epoch 0: it holds nothing yet.
+            claim=req.claim if standby else req.claim or await self._claim_of(req),
             log_dir=self.connector_output,
             heartbeat_interval_s=req.heartbeat_interval_s,
+            role=req.role,
         )
         connector = build_connector(req.exchange_name, req.spec, context)
         self.connectors.put(req.workflow_id, connector)
@@ -307,7 +311,10 @@ class HostActivities:
         try:
             count = await with_heartbeats(connector.prepare(symbols))
         finally:
-            self.keeper.guard(req.workflow_id)  # the child may act from now on: under the deadline
+            # The child may act from now on: under the claim's deadline. Not a warm standby's: it
+            # acts only after ACTIVATE, and connector_activate arms the deadline before sending it.
+            if not standby:
+                self.keeper.guard(req.workflow_id)
         return ConnectorReport(symbol_count=count)
 
     async def _claim_of(self, req: ConnectorRequest) -> Claim | None:
@@ -338,12 +345,63 @@ class HostActivities:
         await with_heartbeats(self._connector(req).warm_up())
         return ConnectorReport()
 
+    @activity.defn(name="connector_activate")
+    @edge
+    async def connector_activate(self, req: ConnectorRequest) -> ConnectorReport:
+        """Promote this host's warm standby connector under the claim just taken (``req.claim``).
+
+        The renewals of that claim are started here if the lease activity has not reached this host
+        yet (it attaches to them when it does), and the watchdog is armed with their deadline before
+        ``ACTIVATE`` is sent: from then on the child may act, and only while the claim is renewed.
+        Raises ConnectorGone (no connector here: the worker restarted), ConnectorNotActive (it did not
+        confirm; it is stopped) or ConnectorError (not a warmed standby): the workflow starts cold.
+        """
+        if req.claim is None:
+            raise ConnectorError("connector_activate needs the claim just taken")
+        connector = self._connector(req)
+        if not connector.warm_ready:
+            raise ConnectorError(
+                f"the {req.exchange_name} connector on {self.hostname} is not a warm standby ready to "
+                "activate"
+            )
+        self.keeper.hold(
+            LeaseRequest(
+                workflow_id=req.workflow_id,
+                exchange_id=req.exchange_id,
+                claim=req.claim,
+                heartbeat_interval_s=req.heartbeat_interval_s,
+                term_s=req.heartbeat_interval_s,
+            )
+        )
+        self.keeper.guard(req.workflow_id)
+        await with_heartbeats(
+            self.connectors.activate(req.workflow_id, req.claim.epoch, req.claim.instance_id)
+        )
+        return ConnectorReport(
+            running=connector.connected, symbol_count=len(getattr(connector, "symbols", []))
+        )
+
+    @activity.defn(name="connector_deactivate")
+    @edge
+    async def connector_deactivate(self, req: ConnectorRequest) -> ConnectorReport:
+        """Demote this host's active connector to a warm standby (a handback): it stops acting and
+        keeps running, so that this instance can be promoted warm again. ConnectorGone if none runs."""
+        if not await self.connectors.deactivate(req.workflow_id):
+            raise ConnectorGone(f"no connector for {req.exchange_name} on {self.hostname}")
+        connector = self._connector(req)
+        return ConnectorReport(running=connector.connected, warm_ready=connector.warm_ready)
+
     @activity.defn(name="connector_connect")
     @edge
     async def connector_connect(self, req: ConnectorRequest) -> ConnectorReport:
         connector = self._connector(req)
         await with_heartbeats(connector.connect())
-        self.connectors.record("connect", req.workflow_id, exchange=req.exchange_name)
+        self.connectors.record(
+            "connect",
+            req.workflow_id,
+            exchange=req.exchange_name,
+            epoch=req.claim.epoch if req.claim else None,
+        )
         return ConnectorReport(running=connector.connected)
 
     @activity.defn(name="connector_disconnect")
@@ -358,7 +416,10 @@ class HostActivities:
     async def connector_check(self, req: ConnectorRequest) -> ConnectorReport:
         """Whether this host still runs the connector (after a worker restart it does not)."""
         connector = self.connectors.get(req.workflow_id)
-        return ConnectorReport(running=bool(connector and connector.connected))
+        return ConnectorReport(
+            running=bool(connector and connector.connected),
+            warm_ready=bool(connector and connector.warm_ready),
+        )
 
     def all(self) -> list[Callable[..., Any]]:
         return [
@@ -369,6 +430,8 @@ class HostActivities:
             self.connector_prepare,
             self.connector_warm_up,
             self.connector_connect,
+            self.connector_activate,
+            self.connector_deactivate,
             self.connector_disconnect,
             self.connector_check,
         ]

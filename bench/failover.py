@@ -11,6 +11,18 @@ with an active instance on one host and a standby on the other. For each heartbe
   returns with the standby active.
 
 The figures (p50/p99/max beside the TTL) replace the "Failover" section of docs/benchmarks.md.
+
+Cold vs warm: ``.venv/bin/python -m bench.failover --warmup 30 [--intervals 15,2]`` runs a process
+connector (bench/warm_child.py) whose warm-up takes 30 s instead, once cold and once with warm
+standbys, and measures the "no connector active" gap from the children's own notes (when each
+started and stopped acting, on the one monotonic clock of the machine):
+
+* **crash**: from the SIGKILL of the active host's worker (its child dies with it) until the
+  standby's child acts; its *detection* part ends when the standby's claim is in the status key.
+* **handoff**: ``perseus handoff`` to the standby, from the moment the old child stops acting
+  (SIGTERM cold, ``DEACTIVATE`` warm) until the new one acts.
+
+Those figures replace the "Warm failover" section of docs/benchmarks.md and docs/warm-failover.json.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ from perseus import control
 from perseus.devstack import services
 from perseus.errors import AlreadyRegistered
 from perseus.lifecycle import Command
+from perseus.models import ConnectorSpec
 from perseus.store import db
 from perseus.store.redis_store import RedisStore, make_client
 from perseus.temporal import converter, register_search_attributes
@@ -41,6 +54,9 @@ from perseus.temporal import converter, register_search_attributes
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Failover"
+WARM_SECTION = "## Warm failover"
+WARM_JSON = ROOT / "docs" / "warm-failover.json"
+WARM_CHILD = ROOT / "bench" / "warm_child.py"
 PERSEUS = str(Path(sys.executable).parent / "perseus")
 
 
@@ -192,15 +208,280 @@ def markdown(rows: list[tuple[float, str, list[float]]], trials: int) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
+def write_section(text: str, section: str = SECTION) -> None:
     doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if SECTION in doc:
-        start = doc.index(SECTION)
-        nxt = doc.find("\n## ", start + len(SECTION))
+    if section in doc:
+        start = doc.index(section)
+        nxt = doc.find("\n## ", start + len(section))
         doc = doc[:start] + text + (doc[nxt + 1 :] if nxt != -1 else "")
     else:
         doc = doc.rstrip("\n") + "\n\n" + text
     DOC.write_text(doc)
+
+
+# --- cold vs warm: a process connector with a long warm-up -----------------------------------------
+
+
+def gap_notes(path: Path) -> list[tuple[str, int, float]]:
+    """(active|inactive, epoch, monotonic time) lines the benchmark's children wrote, in order."""
+    if not path.exists():
+        return []
+    notes = []
+    for line in path.read_text().splitlines():
+        kind, _pid, epoch, t = line.split()
+        notes.append((kind, int(epoch), float(t)))
+    return notes
+
+
+async def note_after(path: Path, kind: str, after: float, timeout: float) -> tuple[int, float]:
+    """The first ``kind`` note after ``after``: (epoch, time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for k, epoch, t in gap_notes(path):
+            if k == kind and t > after:
+                return epoch, t
+        await asyncio.sleep(0.02)
+    raise RuntimeError(f"no {kind!r} note after {after:.1f} within {timeout:.0f}s")
+
+
+async def warm_set(
+    client: Client,
+    store: RedisStore,
+    env: dict[str, str],
+    database_url: str,
+    interval: float,
+    *,
+    warm: bool,
+    warmup: float,
+    crash_trials: int,
+    handoff_trials: int,
+    log_dir: Path,
+) -> dict[str, list[float]]:
+    """One exchange on two hosts, cold or warm: handoffs back and forth, then crashes of the active
+    host's worker (restarted and re-registered as the standby after each)."""
+    conn = await db.connect(database_url)
+    name = f"wf_{uuid.uuid4().hex[:8]}"
+    async with conn:
+        row = await (
+            await conn.execute(
+                "INSERT INTO exchanges (name, display_name) VALUES (%s, %s) RETURNING id", (name, name)
+            )
+        ).fetchone()
+    assert row is not None
+    ex_id = int(row["id"])
+    notes = log_dir / f"gaps-{name}.txt"
+    spec = ConnectorSpec(
+        kind="process",
+        command=[sys.executable, "-u", str(WARM_CHILD), "--warmup", f"{warmup:g}"],
+        ready_line="READY",
+        ready_timeout_s=min(110.0, warmup + 60),
+        stop_grace_s=2.0,
+        warm=warm,
+        env={"BENCH_GAP_FILE": str(notes)},
+    )
+    tag = uuid.uuid4().hex[:4]
+    hosts = [f"wa-{tag}", f"wb-{tag}"]
+    workers = {h: Worker(env, h, log_dir) for h in hosts}
+    await asyncio.gather(*(w.ready() for w in workers.values()))
+    slow = 4 * interval + warmup + 90  # the longest a step here may take
+
+    async def register(host: str, standby: bool) -> None:
+        for _ in range(100):
+            try:
+                await control.register(
+                    client,
+                    exchange=name,
+                    host=host,
+                    admin_email=None,
+                    heartbeat_interval_s=interval,
+                    start=not standby,
+                    standby=standby,
+                    connector=spec,
+                )
+                return
+            except AlreadyRegistered:
+                await asyncio.sleep(0.5)  # the lost instance's workflow is still closing
+        raise RuntimeError(f"{host} could not register again")
+
+    async def holder() -> dict[str, object]:
+        raw, _ = await store.status(ex_id)
+        return json.loads(raw) if raw else {}
+
+    async def active() -> dict[str, object]:
+        deadline = time.monotonic() + slow
+        while time.monotonic() < deadline:
+            doc = await holder()
+            if doc.get("connectionState") == "active":
+                return doc
+            await asyncio.sleep(0.05)
+        raise RuntimeError("no active instance in time")
+
+    async def standby_ready(host: str) -> None:
+        """The standby on ``host`` is visible — and, warm, its connector is warmed up."""
+        deadline = time.monotonic() + slow
+        while time.monotonic() < deadline:
+            for raw in await store.standbys(ex_id):
+                doc = json.loads(raw)
+                if doc["host"] == host and (doc.get("warmReady") or not warm):
+                    return
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"the standby on {host} is not ready in time")
+
+    mode = "warm" if warm else "cold"
+    await register(hosts[0], False)
+    await register(hosts[1], True)
+    results: dict[str, list[float]] = {"crash": [], "detect": [], "handoff": []}
+    for i in range(handoff_trials):
+        doc = await active()
+        source = str(doc["hostname"])
+        target = hosts[1] if source == hosts[0] else hosts[0]
+        await standby_ready(target)
+        await asyncio.sleep(interval / 2)
+        mark = time.monotonic()
+        await control.handoff(
+            client, exchange=name, to_host=target, from_host=source, default_host=target, shutdown=False
+        )
+        _, off = await note_after(notes, "inactive", mark, slow)
+        _, on = await note_after(notes, "active", off, slow)
+        results["handoff"].append(on - off)
+        print(f"  {interval:g}s {mode} handoff {i + 1}/{handoff_trials}: gap {on - off:.3f}s", flush=True)
+    for i in range(crash_trials):
+        doc = await active()
+        victim = str(doc["hostname"])
+        survivor = hosts[1] if victim == hosts[0] else hosts[0]
+        await standby_ready(survivor)
+        await asyncio.sleep(interval / 2)
+        epoch = int(str(doc["epoch"]))
+        killed = time.monotonic()
+        workers[victim].kill()  # its child dies with it (parent-death signal): nobody acts from here
+        claimed = None
+        deadline = killed + slow
+        while claimed is None and time.monotonic() < deadline:
+            now = await holder()
+            if now and int(str(now["epoch"])) > epoch:
+                claimed = time.monotonic()
+            else:
+                await asyncio.sleep(0.02)
+        if claimed is None:
+            raise RuntimeError("the standby did not claim in time")
+        _, on = await note_after(notes, "active", killed, slow)
+        results["crash"].append(on - killed)
+        results["detect"].append(claimed - killed)
+        print(
+            f"  {interval:g}s {mode} crash {i + 1}/{crash_trials}: gap {on - killed:.2f}s "
+            f"(claimed after {claimed - killed:.2f}s)",
+            flush=True,
+        )
+        workers[victim] = Worker(env, victim, log_dir)
+        await workers[victim].ready()
+        await register(victim, True)
+    for host in hosts:
+        try:
+            await control.command(
+                client, exchange=name, host=host, default_host=host, command=Command.SHUTDOWN
+            )
+        except Exception as exc:  # noqa: BLE001 - best-effort cleanup of a scratch exchange
+            print(f"  cleanup {host}: {exc}")
+    for worker in workers.values():
+        worker.kill()
+    return results
+
+
+def loadavg() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
+
+
+def warm_markdown(runs: list[dict[str, object]], args: argparse.Namespace, load: list[str]) -> str:
+    med = statistics.median
+    lines = [
+        WARM_SECTION,
+        "",
+        f"`python -m bench.failover --warmup {args.warmup:g}` on {platform.node()} ({os.cpu_count()} cores, "
+        f"shared with other work: load average before/after {load[0]} → {load[1]}), "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. A process connector "
+        f"(bench/warm_child.py) whose warm-up takes {args.warmup:g} s; cold standbys against warm ones in "
+        f"the same run; {args.crash_trials} crashes and {args.handoff_trials} handoffs per row. The gap is "
+        '"no connector active", from the children\'s own notes (crash: from the SIGKILL of the active '
+        "host's worker, whose child dies with it; handoff: from the moment the old child stops acting).",
+        "",
+        "| interval | standby | crash gap p50 (max) | of which detection p50 | handoff gap p50 (max) |",
+        "|---|---|---|---|---|",
+    ]
+    for run in runs:
+        crash, detect, handoff = (list(run[k]) for k in ("crash", "detect", "handoff"))  # type: ignore[call-overload]
+        lines.append(
+            f"| {run['interval']:g} s | {run['mode']} | {med(crash):.2f} s ({max(crash):.2f} s) | "
+            f"{med(detect):.2f} s | {med(handoff):.3f} s ({max(handoff):.3f} s) |"
+        )
+    lines.append("")
+    for interval in sorted({float(r["interval"]) for r in runs}, reverse=True):  # type: ignore[arg-type]
+        cold = next(r for r in runs if r["interval"] == interval and r["mode"] == "cold")
+        warm = next(r for r in runs if r["interval"] == interval and r["mode"] == "warm")
+        ratio = med(warm["crash"]) / med(cold["detect"])  # type: ignore[arg-type]
+        lines.append(
+            f"- {interval:g} s: warm crash gap p50 {med(warm['crash']):.2f} s = {ratio:.2f} × the cold "  # type: ignore[arg-type]
+            f"run's detection alone ({med(cold['detect']):.2f} s; acceptance ≤ 1.1 ×: "  # type: ignore[arg-type]
+            f"{'met' if ratio <= 1.1 else 'NOT met'}); warm handoff gap p50 "
+            f"{med(warm['handoff']):.3f} s (acceptance ≤ 1 s: "  # type: ignore[arg-type]
+            f"{'met' if med(warm['handoff']) <= 1.0 else 'NOT met'}), cold {med(cold['handoff']):.2f} s."  # type: ignore[arg-type]
+        )
+    lines += [
+        "",
+        "Detection is the same for both (the dead host is known after 1.25 intervals without a heartbeat "
+        "plus the pickup interval, or the standby sees the key expire); what follows it differs: a cold "
+        "standby spawns its connector and waits out the whole warm-up, a warm one is sent "
+        "`ACTIVATE <epoch>` once its claim is in the status key and acts on `ACTIVE`. A warm handoff "
+        "demotes the old connector (`DEACTIVATE`) and promotes the warmed target, so the gap is the old "
+        "side's two status writes, the release, and the target's claim → ACTIVATE → ACTIVE.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+async def warm_main(
+    args: argparse.Namespace,
+    client: Client,
+    store: RedisStore,
+    env: dict[str, str],
+    database_url: str,
+    base: Path,
+) -> None:
+    load = [loadavg()]
+    runs: list[dict[str, object]] = []
+    for interval in args.intervals:
+        for warm in (False, True):
+            results = await warm_set(
+                client,
+                store,
+                env,
+                database_url,
+                interval,
+                warm=warm,
+                warmup=args.warmup,
+                crash_trials=args.crash_trials,
+                handoff_trials=args.handoff_trials,
+                log_dir=base,
+            )
+            runs.append({"interval": interval, "mode": "warm" if warm else "cold", **results})
+    load.append(loadavg())
+    text = warm_markdown(runs, args, load)
+    print(text)
+    if not args.no_write:
+        write_section(text, WARM_SECTION)
+        WARM_JSON.write_text(
+            json.dumps(
+                {
+                    "warmupS": args.warmup,
+                    "cores": os.cpu_count(),
+                    "loadAverage": load,
+                    "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "runs": runs,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -228,6 +509,10 @@ async def main(args: argparse.Namespace) -> None:
         core = Worker(env, "core", base, shared=True)
         await core.ready()
         store = RedisStore(make_client(f"redis://127.0.0.1:{rp}/0"))
+        if args.warmup is not None:
+            await warm_main(args, client, store, env, database_url, base)
+            await store.client.aclose()
+            return
         rows: list[tuple[float, str, list[float]]] = []
         for interval in args.intervals:
             results = await trial_set(client, store, env, database_url, interval, args.trials, base)
@@ -252,4 +537,12 @@ if __name__ == "__main__":
     parser.add_argument("--intervals", type=lambda s: [float(x) for x in s.split(",")], default=[15.0, 1.0])
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="cold vs warm with a process connector warming up this long",
+    )
+    parser.add_argument("--crash-trials", type=int, default=3)
+    parser.add_argument("--handoff-trials", type=int, default=5)
     asyncio.run(main(parser.parse_args()))

@@ -17,6 +17,10 @@ Redis proves), asks here, and carries out the answer. The invariants these funct
 4. **After a Redis outage the holder goes first.** A standby that finds the exchange vacant right
    after Redis was away gives the holder a head start (higher priorities go before lower ones
    in any case), so a healthy holder is not replaced by a race.
+5. **A warm standby acts only under a claim just taken.** Its connector runs before it may act;
+   ``ACTIVATE <epoch>`` comes after the claim and nothing else has to. Whatever makes it doubtful
+   (no warm connector known here, a warm-up still running) means a cold start, never a guess. A
+   connector that does not act (a warm standby's, or one demoted by a handback) needs no claim.
 """
 
 from __future__ import annotations
@@ -153,6 +157,36 @@ def restart_delay(policy: str, restarts: int, max_restarts: int, backoff_s: floa
     if policy != "on-failure" or restarts >= max_restarts:
         return None
     return float(backoff_s * 2**restarts)
+
+
+# --- warm standbys (invariant 5) --------------------------------------------------------------------
+
+
+class StartPath(StrEnum):
+    WARM = "warm"  # activate the warm connector under the claim just taken: ACTIVATE <epoch>
+    COLD = "cold"  # prepare → warm up → connect
+
+
+def start_path(*, warm_here: bool, warming: bool) -> StartPath:
+    """How a start after a promotion (or a take-back) brings the connector up."""
+    return StartPath.WARM if warm_here and not warming else StartPath.COLD
+
+
+def warm_up_standby(*, role: Role, warm: bool, warm_here: bool, warming: bool) -> bool:
+    """Whether a standby should prepare and warm its connector now (once, in the background)."""
+    return role is Role.STANDBY and warm and not warm_here and not warming
+
+
+def handoff_demotes(*, shutdown: bool, warm: bool) -> bool:
+    """A handing-over instance that stays as a warm standby demotes its connector (DEACTIVATE)
+    instead of stopping it, so that handing back is as quick."""
+    return warm and not shutdown
+
+
+def runs_without_claim(*, role: str, connected: bool, activating: bool) -> bool:
+    """Whether a connector may keep running when its claim ends: only one that does not act — a warm
+    standby's, never activated or demoted — and is not being activated (it may act already)."""
+    return role == "standby" and not connected and not activating
 
 
 # --- refusals --------------------------------------------------------------------------------------

@@ -177,7 +177,10 @@ async def _register(client: Client, placement: Placement, action: Action) -> str
             start=not standby,
             standby=standby,
             priority=placement.priority(action.host),
-            connector=placement.connector,
+            # ``warm = true`` is the connector's: an active one keeps a command pipe for its handback.
+            connector=placement.connector.model_copy(
+                update={"warm": placement.warm or placement.connector.warm}
+            ),
         )
     except errors.ClaimConflict:
         # Someone took the exchange since we looked: stand by behind them instead.

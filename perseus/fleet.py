@@ -57,8 +57,7 @@ class Placement(BaseModel):
     connector: ConnectorSpec
     heartbeat_interval_s: float
     admin_email: str | None = None
-    #: Standbys keep their connector warm (§2.9). Stored and shown; the instance workflow does not
-    #: take it yet, so it does not change how an instance is registered.
+    #: Standbys keep their connector warm (§2.9): registered with ``ConnectorSpec.warm`` set.
     warm: bool = False
 
     def priority(self, host: str) -> int:

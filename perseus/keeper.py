@@ -30,12 +30,14 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from perseus import metrics
+from perseus.decisions import runs_without_claim
 from perseus.errors import (
     ClaimLost,
     ClaimMissing,
@@ -48,14 +50,25 @@ from perseus.errors import (
     StandbyGone,
 )
 from perseus.keys import iso, renew_deadline_s, ttl_ms
-from perseus.models import Claim, ConnectorFailure, LeaseRequest, StandbyLeaseRequest
+from perseus.lifecycle import State
+from perseus.models import (
+    Claim,
+    ConnectorFailure,
+    EventKind,
+    LeaseRequest,
+    NetworkEvent,
+    StandbyLeaseRequest,
+)
 
 if TYPE_CHECKING:
-    from perseus.connectors.base import ConnectorHost
+    from perseus.connectors.base import Connector, ConnectorHost
     from perseus.connectors.watchdog import Watchdog
     from perseus.store.redis_store import RedisStore
 
 log = logging.getLogger(__name__)
+
+#: Records one network event (the stream, then PostgreSQL): a connector's own reported errors.
+RecordEvent = Callable[[NetworkEvent], Awaitable[object]]
 
 #: Answers whether an instance workflow is definitely closed (True), running (False) or unknown
 #: (None: Temporal did not answer — keep going).
@@ -167,8 +180,12 @@ class LeaseKeeper:
         *,
         watchdog: Watchdog | None = None,
         workflow_closed: WorkflowClosed | None = None,
+        record_event: RecordEvent | None = None,
     ) -> None:
         self._store = store
+        self._record_event = record_event
+        #: Events on their way to the stream (kept referenced until written).
+        self._events: set[asyncio.Task[None]] = set()
         self._connectors = connectors
         self._watchdog = watchdog
         self._workflow_closed = workflow_closed
@@ -249,6 +266,8 @@ class LeaseKeeper:
                     await self._end(held, lost(_lost_message(reply.outcome, reply.raw)))
                     return
                 self._renewed(held, due)
+                if "lastError" in patch and reply.raw:
+                    self._reported_error(str(patch["lastError"]), reply.raw)
                 connector = self._connectors.get(req.workflow_id)
                 if connector is not None and (fault := connector.fault()) is not None:
                     await self._connectors.stop(req.workflow_id, "connector failed")
@@ -270,12 +289,56 @@ class LeaseKeeper:
             due += interval
             await asyncio.sleep(max(0.0, due - time.monotonic()))
 
+    def _reported_error(self, error: str, raw: str) -> None:
+        """An error the connector reported (``PERSEUS error=…``), now in the status key, goes to the
+        network stream as an ``error`` event too — described by the status record it landed in.
+        In a task of its own: the renewal loop never waits for PostgreSQL."""
+        if self._record_event is None:
+            return
+        try:
+            doc = json.loads(raw)
+            event = NetworkEvent(
+                event=EventKind.ERROR,
+                event_id=str(uuid.uuid4()),
+                timestamp=datetime.now(UTC),
+                exchange_id=int(doc["exchangeId"]),
+                exchange_name=str(doc["exchangeName"]),
+                hostname=str(doc["hostname"]),
+                ip=doc.get("ipAddress"),
+                instance_id=str(doc["instanceId"]),
+                epoch=int(doc["epoch"]),
+                admin_email=doc.get("adminEmail"),
+                error=error,
+                state=State(doc["connectionState"]) if doc.get("connectionState") else None,
+                detail="reported by the connector",
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("connector error not recorded as an event (unreadable status: %s): %s", exc, error)
+            return
+        task = asyncio.create_task(self._record(event), name=f"event {event.event_id}")
+        self._events.add(task)
+        task.add_done_callback(self._events.discard)
+
+    async def _record(self, event: NetworkEvent) -> None:
+        assert self._record_event is not None
+        try:
+            await self._record_event(event)
+        except Exception as exc:  # the status key has it already: the event is what is given up
+            log.warning("connector error of %s not recorded as an event: %s", event.exchange_name, exc)
+
     def guard(self, workflow_id: str) -> None:
         """Hand a connector that has just started a process to the watchdog at once, with the
-        deadline of the claim it runs under — not only at the next renewal, up to an interval later."""
+        deadline of the claim it runs under — not only at the next renewal, up to an interval later.
+
+        A warm standby's connector holds no claim and does not act: it gets no deadline (it still
+        dies with the worker, by its parent-death signal). It is guarded when it is activated.
+        """
         connector = self._connectors.get(workflow_id)
         pgid = connector.process_group() if connector is not None else None
         if pgid is None or self._watchdog is None:
+            return
+        held = self.claims.get(workflow_id)
+        if connector is not None and _demoted(connector) and (held is None or held.ended is not None):
             return
         held = self.claims.get(workflow_id)
         if held is not None and held.ended is None:
@@ -307,7 +370,13 @@ class LeaseKeeper:
         reason = "renew deadline passed" if isinstance(why, RenewDeadline) else "claim lost"
         connector = self._connectors.get(req.workflow_id)
         pgid = connector.process_group() if connector is not None else None
-        stopped = await self._connectors.stop(req.workflow_id, reason)
+        if connector is not None and _demoted(connector):
+            # A handback demoted its connector to a warm standby before releasing the key (which the
+            # target may have claimed already): it no longer acts, so it keeps running, warm. Only a
+            # connector that acts, or may be about to (an activation in flight), must stop here.
+            stopped = False
+        else:
+            stopped = await self._connectors.stop(req.workflow_id, reason)
         if stopped:
             held.stopped_at = datetime.now(UTC)
         if pgid is not None and self._watchdog is not None:
@@ -349,7 +418,16 @@ class LeaseKeeper:
         return watched
 
     def stop_watching(self, watched: WatchedStandby) -> None:
-        """The workflow itself ended this watch (promotion, shutdown, continue-as-new)."""
+        """The workflow itself ended this watch (promotion, shutdown, continue-as-new).
+
+        Unless a newer watch activity has attached to the same loop meanwhile: a cancellation is
+        heard only at the old activity's next heartbeat, and a standby that lost its promotion race
+        starts its next watch at once. Stopping the loop under that one would leave it heartbeating
+        over renewals that no longer happen — the record lapses and no vacancy is ever seen.
+        """
+        if watched.attached > 0:
+            log.info("%s: standby watch handed over to a newer activity", watched.workflow_id)
+            return
         if self.standbys.get(watched.workflow_id) is watched:
             del self.standbys[watched.workflow_id]
         self._cancel(watched)
@@ -364,7 +442,11 @@ class LeaseKeeper:
         first = True
         while True:
             try:
-                renewed = record.model_copy(update={"last_heartbeat": iso(datetime.now(UTC))})
+                update: dict[str, object] = {"last_heartbeat": iso(datetime.now(UTC))}
+                if record.warm:  # live: a warm child that died or is still warming reads not ready
+                    connector = self._connectors.get(record.workflow_id)
+                    update["warm_ready"] = bool(connector is not None and connector.warm_ready)
+                renewed = record.model_copy(update=update)
                 present, raw = await asyncio.wait_for(
                     self._store.renew_standby(
                         record.exchange_id,
@@ -395,6 +477,8 @@ class LeaseKeeper:
                         watched.last_epoch = max(watched.last_epoch, int(json.loads(raw).get("epoch", 0)))
             watched.beat.pulse()
             if await self._orphaned(watched):
+                # A warm standby's connector has nobody left to promote it.
+                await self._connectors.stop(record.workflow_id, "its standby's workflow has ended")
                 with contextlib.suppress(ServiceUnavailable):
                     await self._store.drop_standby(record.exchange_id, record.instance_id)
                 watched.ended = StandbyGone(f"the instance workflow {record.workflow_id} has ended")
@@ -456,6 +540,13 @@ class LeaseKeeper:
             await asyncio.gather(*tasks, return_exceptions=True)
         self.claims.clear()
         self.standbys.clear()
+
+
+def _demoted(connector: Connector) -> bool:
+    """A warm standby's connector (never activated, or demoted by a handback): running, not acting."""
+    return runs_without_claim(
+        role=connector.role, connected=connector.connected, activating=connector.activating
+    )
 
 
 def _fault_error(fault: ConnectorFailure) -> ConnectorFailed:

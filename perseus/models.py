@@ -294,6 +294,8 @@ class CarriedState(BaseModel):
     role: Role = Role.ACTIVE
     standby_id: str | None = None
     restarts: int = 0
+    #: A warm standby whose connector was warm on its host when the run continued as new.
+    warm_here: bool = False
 
 
 class InstanceInput(BaseModel):
@@ -498,11 +500,16 @@ class ConnectorRequest(BaseModel):
     claim: Claim | None = None
     #: How often the connector checks its health while active (the instance's heartbeat interval).
     heartbeat_interval_s: float = 15.0
+    #: ``standby``: prepare and warm a warm standby's connector (``PERSEUS_ROLE=standby``); it acts
+    #: only once ``connector_activate`` sends ``ACTIVATE`` with the epoch of a claim just taken.
+    role: Literal["active", "standby"] = "active"
 
 
 class ConnectorReport(BaseModel):
     symbol_count: int = 0
     running: bool = False
+    #: A warm standby's connector is prepared, warmed and still running (activate can promote it).
+    warm_ready: bool = False
 
 
 class ConnectorHealth(BaseModel):
@@ -572,6 +579,10 @@ class StandbyRecord(Wire):
     last_heartbeat: str
     ttl_ms: int
     heartbeat_interval_ms: int
+    #: Configured to keep its connector warm (DESIGN §2.9).
+    warm: bool = False
+    #: Its warm connector is ready to be activated now: refreshed by the host at every renewal.
+    warm_ready: bool = False
 
     def wire(self) -> dict[str, object]:
         return self.model_dump(mode="json", by_alias=True)

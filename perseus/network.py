@@ -70,8 +70,10 @@ class StandbyView(Wire):
     heartbeat_age_s: float
     #: Milliseconds before the standby's record expires unless renewed (like the item's ``ttlMs``).
     ttl_ms: int
-    #: Whether it keeps its connector warm (DESIGN §2.9); false until warm standbys exist.
+    #: Whether it keeps its connector warm (DESIGN §2.9).
     warm: bool = False
+    #: Its warm connector is prepared and warmed now: a promotion activates it instead of starting it.
+    warm_ready: bool = False
     ip_address: str | None = None
     heartbeat: str = "fresh"
 
@@ -225,7 +227,8 @@ def judge_standby(raw: str, now: datetime) -> StandbyView | None:
         priority=record.priority,
         heartbeat_age_s=round(age, 3),
         ttl_ms=left,
-        warm=bool(doc.get("warm", False)),
+        warm=record.warm,
+        warm_ready=record.warm and record.warm_ready,
         ip_address=record.ip_address,
         heartbeat=heartbeat_colour(age, _interval_s(record.heartbeat_interval_ms)),
     )

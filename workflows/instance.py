@@ -38,7 +38,9 @@ with workflow.unsafe.imports_passed_through():
         InstanceFacts,
         LeaseVerdict,
         LoopFacts,
+        StartPath,
         Step,
+        handoff_demotes,
         judge_claim,
         lease_verdict,
         next_step,
@@ -46,7 +48,9 @@ with workflow.unsafe.imports_passed_through():
         refuse_handoff,
         restart_delay,
         stale_in,
+        start_path,
         vacancy_delay,
+        warm_up_standby,
     )
     from perseus.errors import NON_RETRYABLE_ERROR_TYPES, InvalidTransition
     from perseus.keys import host_task_queue, iso, ttl_ms
@@ -225,6 +229,11 @@ class InstanceWorkflow:
         self.handoff_reply: HandoffConfirm | None = None
         self.notifications: list[tuple[workflow.ActivityHandle[str], NotifyRequest]] = []
         self.carried_notifications: list[NotifyRequest] = list(c.undelivered) if c else []
+        #: A warm standby's connector is prepared and warmed on our host (as far as we know): a
+        #: promotion activates it instead of starting it. Consumed by the next start either way.
+        self.warm_here: bool = c.warm_here if c else False
+        #: The standby's warm-up running in the background (prepare + warm_up, role standby).
+        self.warm_task: asyncio.Task[None] | None = None
 
     # --- queries, updates, signals ---------------------------------------------------------------
 
@@ -381,6 +390,7 @@ class InstanceWorkflow:
         while True:
             if self.lease is None:
                 self.lease = self._start_lease() if self.role is Role.ACTIVE else self._start_standby_lease()
+                self._maybe_warm_standby()
             await workflow.wait_condition(lambda: self._next_step() is not None)
             step = self._next_step()
             workflow.logger.info("%s: %s (%s)", self.wf_id, step, self.state.value)
@@ -397,6 +407,7 @@ class InstanceWorkflow:
                     await self._release()
                 else:
                     await self._drop_standby()
+                    await self._stop_warm("the worker is shutting down")
                 return await self._finish(f"released: the worker on {self.inp.host} shut down")
             elif step is Step.PROMOTE:
                 await self._cancel_lease()
@@ -428,6 +439,7 @@ class InstanceWorkflow:
             await self._cancel_lease()
             await self._release_claim()
             await self._drop_standby()
+            await self._stop_warm("shut down")
             return result, "shut down"
         if ticket.command is Command.HANDOFF:
             result = await self._handoff(ticket)
@@ -491,6 +503,7 @@ class InstanceWorkflow:
             restarts=self.restarts,
             highest_epoch=self.highest_epoch,
             runs=self.runs,
+            warm_here=self.warm_here,
         )
         return self.inp.model_copy(update={"carried": carried, "start_immediately": False})
 
@@ -555,6 +568,7 @@ class InstanceWorkflow:
         self.role = Role.STANDBY
         self.claim = None
         self.standby_visible = False
+        self.warm_task = None  # the loop warms the connector up again unless it is still warm
         self.standby_id = str(workflow.uuid4())
         await self._put_standby()
         workflow.upsert_search_attributes(
@@ -593,6 +607,7 @@ class InstanceWorkflow:
             last_heartbeat=stamp,
             ttl_ms=ttl_ms(self.inp.heartbeat_interval_s),
             heartbeat_interval_ms=int(self.inp.heartbeat_interval_s * 1000),
+            warm=self.inp.connector.warm,
         )
 
     async def _drop_standby(self) -> None:
@@ -1127,7 +1142,11 @@ class InstanceWorkflow:
         return any(s.instance_id == self.standby_id for s in await self._standbys(include_self=True))
 
     async def _promote(self, req: PromoteRequest) -> None:
-        """Try to take the exchange. Won: drop the standby record, ``promoted``, start. Lost: stay."""
+        """Try to take the exchange. Won: drop the standby record, ``promoted``, start. Lost: stay.
+
+        A warm standby is activated right after the claim — the one step fencing requires first —
+        and the status walks starting → warming → active behind it; if it cannot be, it starts cold.
+        """
         self.highest_epoch = max(self.highest_epoch, req.min_epoch)
         result = await self._claim(quiet=True)
         if result is None:
@@ -1136,11 +1155,49 @@ class InstanceWorkflow:
             return
         self.role = Role.ACTIVE
         self.lease = self._start_lease()  # renew the fresh claim at once
+        task, self.warm_task = self.warm_task, None
+        warming = task is not None and not task.done()
+        if task is not None and warming:
+            # Still warming up: the start goes cold (its prepare replaces the half-warm connector).
+            task.cancel()
+            self.warm_here = False
+        cold_because: str | None = None
+        warm = start_path(warm_here=self.warm_here, warming=warming) is StartPath.WARM and workflow.patched(
+            "warm-activate-on-promotion"
+        )
+        if warm:
+            cold_because, no_worker = await self._activate_warm()
         await self._drop_standby()
         workflow.upsert_search_attributes([INSTANCE_ROLE.value_set("active")])
-        await self._event(EventKind.PROMOTED, detail=req.reason)
+        how = ""
+        if warm:
+            how = f" (warm: {'activated' if cold_because is None else 'not activated'})"
+        await self._event(EventKind.PROMOTED, detail=req.reason + how)
         for target in recovery_path(self.state):  # a former active one may still read stopped
             await self._transition(target)
+        if warm and cold_because is None:
+            self.connected_at = workflow.now()
+            for target in (State.STARTING, State.WARMING, State.ACTIVE):
+                await self._transition(target)
+            if req.confirm_to:
+                await self._reply(req.confirm_to, ok=True, detail=f"active on {self.inp.host} (warm)")
+            return
+        if cold_because is not None and no_worker:
+            # Our host has no worker: a cold start would only wait for it again. A handoff hears at
+            # once (and keeps its exchange); otherwise the lease on this host fails like any other.
+            await self._event(EventKind.ERROR, error=f"warm activation failed: {cold_because}")
+            if req.confirm_to:
+                failed = CommandResult(
+                    command=Command.START,
+                    from_state=self.state,
+                    state=self.state,
+                    transitions=[],
+                    error=cold_because,
+                )
+                await self._confirm_takeover(req.confirm_to, failed)
+            return
+        if cold_because is not None:
+            await self._event(EventKind.ERROR, error=f"warm activation failed, starting cold: {cold_because}")
         self._enqueue(Command.START, first=True, internal=True, confirm_to=req.confirm_to)
 
     async def _owe_confirmation(self, req: PromoteRequest) -> None:
@@ -1189,20 +1246,37 @@ class InstanceWorkflow:
                 transitions=[],
                 error=f"no live standby of {self.inp.exchange} on host {req.to_host} (live standbys: {live})",
             )
+        if target.warm and start_state is State.ACTIVE and workflow.patched("warm-handoff"):
+            # Make before break: the target's connector is warm before ours stops.
+            target = await self._until_warm(target)
         await self._event(
-            EventKind.HANDOFF, detail=f"notify: handing over to {target.host} (standby {target.instance_id})"
+            EventKind.HANDOFF,
+            detail=f"notify: handing over to {target.host} (standby {target.instance_id}"
+            + (", warm)" if target.warm_ready else ")"),
         )
         done: list[State] = []
+        # Handing over while staying here as a warm standby: demote our connector instead of
+        # stopping it, so that a handoff back is as quick as this one.
+        keep_warm = handoff_demotes(shutdown=req.shutdown, warm=self.inp.connector.warm) and workflow.patched(
+            "warm-handback"
+        )
         for state in plan(Command.HANDOFF, self.state):
             if state is State.STOPPED:
-                await self._host_activity("connector_disconnect", timeout_s=30)
+                if not keep_warm or not await self._demote():
+                    await self._host_activity("connector_disconnect", timeout_s=30)
             await self._transition(state)
             done.append(state)
         old_claim = self.claim
         old_epoch = old_claim.epoch
         await self._cancel_lease()
         await self._release_claim()
-        await self._event(EventKind.HANDOFF, detail=f"takeover: released epoch {old_epoch} to {target.host}")
+        # To a warm target, the signal goes first: nobody is active until it is, so the takeover
+        # event is written while it activates rather than before.
+        signal_first = target.warm_ready and workflow.patched("warm-handoff-signal-first")
+        if not signal_first:
+            await self._event(
+                EventKind.HANDOFF, detail=f"takeover: released epoch {old_epoch} to {target.host}"
+            )
         self.handoff_reply = None
         told = True
         try:
@@ -1218,6 +1292,10 @@ class InstanceWorkflow:
             told = False
             self.handoff_reply = HandoffConfirm(
                 ok=False, host=target.host, detail=f"standby unreachable: {exc}"
+            )
+        if signal_first:
+            await self._event(
+                EventKind.HANDOFF, detail=f"takeover: released epoch {old_epoch} to {target.host}"
             )
         if told:
             try:
@@ -1242,7 +1320,7 @@ class InstanceWorkflow:
             if req.shutdown:
                 self.outcome = f"handed over to {target.host}"
             else:
-                await self._become_standby()
+                await self._become_standby()  # still warm if our connector was demoted
             return CommandResult(
                 command=Command.HANDOFF,
                 from_state=start_state,
@@ -1283,6 +1361,24 @@ class InstanceWorkflow:
             if command is Command.START:
                 await self._transition(State.STARTING)
                 done.append(State.STARTING)
+                how = start_path(warm_here=self.warm_here, warming=self.warm_task is not None)
+                if how is StartPath.WARM and workflow.patched("warm-activate"):
+                    cold_because, _ = await self._activate_warm()
+                    if cold_because is None:
+                        self.connected_at = workflow.now()
+                        for state in (State.WARMING, State.ACTIVE):
+                            await self._transition(state)
+                            done.append(state)
+                        return CommandResult(
+                            command=command,
+                            from_state=start_state,
+                            state=self.state,
+                            transitions=done,
+                            detail=f"warm standby activated at epoch {self.claim.epoch if self.claim else 0}",
+                        )
+                    await self._event(
+                        EventKind.ERROR, error=f"warm activation failed, starting cold: {cold_because}"
+                    )
                 report = await self._host_activity("connector_prepare")
                 self.symbol_count = report.symbol_count
                 await self._transition(State.WARMING)
@@ -1309,6 +1405,120 @@ class InstanceWorkflow:
                 error=f"{command.value} failed: {reason}; recovered to {self.state.value}",
             )
         return CommandResult(command=command, from_state=start_state, state=self.state, transitions=done)
+
+    async def _until_warm(self, target: StandbyRecord) -> StandbyRecord:
+        """Wait (bounded by the connector's ready timeout) until the warm target says it is ready;
+        the latest record of it either way — a target that never gets ready is handed over cold."""
+        waited = 0.0
+        limit = self.inp.connector.ready_timeout_s + 2 * self.inp.heartbeat_interval_s
+        step = max(1.0, self.inp.heartbeat_interval_s / 2)
+        while not target.warm_ready and waited < limit:
+            await workflow.sleep(timedelta(seconds=step), summary=f"wait for {target.host} to be warm")
+            waited += step
+            found = next((s for s in await self._standbys() if s.instance_id == target.instance_id), None)
+            if found is None:
+                break  # gone meanwhile: the promote signal below finds out
+            target = found
+        if not target.warm_ready:
+            workflow.logger.info(
+                "%s: %s not warm after %.0fs: handing over cold", self.wf_id, target.host, waited
+            )
+        return target
+
+    async def _demote(self) -> bool:
+        """Deactivate our connector (it keeps running, warm); False if that failed (then stop it)."""
+        try:
+            report = await self._host_activity(
+                "connector_deactivate", timeout_s=30, retry=RetryPolicy(maximum_attempts=1)
+            )
+        except ActivityError as err:
+            workflow.logger.info(
+                "%s: connector not demoted, stopping it: %s", self.wf_id, describe_failure(err)
+            )
+            return False
+        self.warm_here = report.warm_ready
+        return report.warm_ready
+
+    async def _activate_warm(self) -> tuple[str | None, bool]:
+        """Promote the warm connector on our host under the claim just taken: ``ACTIVATE <epoch>``,
+        confirmed by ``ACTIVE``. (None, False) when it is active; otherwise why not — the caller
+        starts cold: the connector is gone, not ready, or did not confirm and was stopped — and
+        whether no worker serves our host at all (a cold start cannot help then either)."""
+        self.warm_here = False  # consumed either way: active now, or stopped / gone
+        timeout = self.inp.connector.active_timeout_s + CONNECTOR_HEARTBEAT_TIMEOUT_S
+        try:
+            # Never retried: a child that did not confirm was stopped; only a cold start helps now.
+            report = await self._host_activity(
+                "connector_activate", timeout_s=timeout, retry=RetryPolicy(maximum_attempts=1)
+            )
+        except ActivityError as err:
+            reason = self._explain(err)
+            cause = err.cause
+            no_worker = isinstance(cause, TimeoutError) and cause.type is TimeoutType.SCHEDULE_TO_START
+            workflow.logger.info("%s: warm activation failed: %s", self.wf_id, reason)
+            return reason, no_worker
+        if report.symbol_count:
+            self.symbol_count = report.symbol_count
+        workflow.logger.info(
+            "%s: warm standby activated at epoch %s", self.wf_id, self.claim.epoch if self.claim else 0
+        )
+        return None, False
+
+    def _maybe_warm_standby(self) -> None:
+        """A warm standby keeps its connector prepared and warmed while it waits (in the background:
+        the watch must renew the record meanwhile, and a warm-up can take minutes)."""
+        if self.standby_id is None or not warm_up_standby(
+            role=self.role,
+            warm=self.inp.connector.warm,
+            warm_here=self.warm_here,
+            warming=self.warm_task is not None,
+        ):
+            return
+        if workflow.patched("warm-standby"):
+            self.warm_task = asyncio.create_task(self._warm_up_standby())
+
+    async def _warm_up_standby(self) -> None:
+        try:
+            # Already warm here (a run that continued as new while, or after, it warmed up)?
+            found = await self._host_activity("connector_check", timeout_s=10, standby=True)
+            if found.warm_ready:
+                self.warm_here = self.role is Role.STANDBY
+                return
+            report = await self._host_activity("connector_prepare", standby=True)
+            self.symbol_count = report.symbol_count
+            await self._host_activity("connector_warm_up", standby=True)
+        except ActivityError as err:
+            reason = self._explain(err)
+            workflow.logger.warning("%s: warm standby not warmed: %s", self.wf_id, reason)
+            await self._event(
+                EventKind.ERROR,
+                claim=Claim(instance_id=self.standby_id or "", epoch=0),
+                error=f"warm standby on {self.inp.host} not warmed (a promotion starts cold): {reason}",
+            )
+            return
+        if self.role is Role.STANDBY:
+            self.warm_here = True
+            workflow.logger.info("%s: warm standby ready on %s", self.wf_id, self.inp.host)
+
+    async def _stop_warm(self, reason: str) -> None:
+        """Stop a warm standby's connector (the standby is leaving); no-op for a cold standby, and
+        for an active instance (its connector was stopped on the way down)."""
+        if not self.inp.connector.warm or self.role is not Role.STANDBY:
+            return
+        task, self.warm_task = self.warm_task, None
+        if task is not None and not task.done():
+            task.cancel()
+        self.warm_here = False
+        try:
+            # Once: a worker that is shutting down stops its connectors itself, and one that is gone
+            # took its children with it (parent-death signal); the standby must not wait on it.
+            await self._host_activity(
+                "connector_disconnect", timeout_s=15, retry=RetryPolicy(maximum_attempts=1)
+            )
+        except ActivityError as err:
+            workflow.logger.warning(
+                "%s: warm connector not stopped (%s): %s", self.wf_id, reason, describe_failure(err)
+            )
 
     async def _fail(self, reason: str) -> None:
         """Retries are exhausted: record lastError + an error event, stop the connector, recover to idle."""
@@ -1354,15 +1564,20 @@ class InstanceWorkflow:
         except ActivityError as err:
             workflow.logger.warning("release failed (the TTL frees it): %s", describe_failure(err))
 
-    async def _host_activity(self, name: str, timeout_s: float = 120) -> ConnectorReport:
+    async def _host_activity(
+        self, name: str, timeout_s: float = 120, *, standby: bool = False, retry: RetryPolicy = HOST_RETRY
+    ) -> ConnectorReport:
+        """One connector step on our host. ``standby``: for a warm standby's connector, which is told
+        its own standby id and epoch 0 (it holds no claim)."""
         assert self.resolved
         request = ConnectorRequest(
             workflow_id=self.wf_id,
             exchange_id=self.resolved.exchange.id,
             exchange_name=self.resolved.exchange.name,
             spec=self.inp.connector,
-            claim=self.claim,
+            claim=Claim(instance_id=self.standby_id or "", epoch=0) if standby else self.claim,
             heartbeat_interval_s=self.inp.heartbeat_interval_s,
+            role="standby" if standby else "active",
         )
         report: ConnectorReport = await self._on_host(
             lambda: workflow.execute_activity(
@@ -1374,8 +1589,8 @@ class InstanceWorkflow:
                 start_to_close_timeout=timedelta(seconds=timeout_s),
                 # Steps heartbeat every second: a host that stops mid-step is seen within seconds.
                 heartbeat_timeout=timedelta(seconds=CONNECTOR_HEARTBEAT_TIMEOUT_S),
-                retry_policy=HOST_RETRY,
-                summary=f"{name} on {self.inp.host}",
+                retry_policy=retry,
+                summary=f"{name} on {self.inp.host}" + (" (warm standby)" if standby else ""),
             )
         )
         return report

@@ -102,7 +102,7 @@ def _card(view: Any) -> Panel:
         row("standbys", Text("no standby", style="dim"))
     for standby in view.standbys:
         beat = Text(f"{standby.heartbeat_age_s:.1f}s ago", style=HEARTBEAT[standby.heartbeat])
-        warm = ", warm" if standby.warm else ""
+        warm = (", warm" + ("" if standby.warm_ready else " (not ready)")) if standby.warm else ""
         row("standby", Text.assemble(f"{standby.hostname} (priority {standby.priority}{warm}) ", beat))
     return Panel(Group(*lines), title=title, title_align="left", border_style=BADGE[state], width=60)
 

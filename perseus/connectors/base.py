@@ -46,6 +46,8 @@ class Connector(abc.ABC):
         #: ``activate``: the lease can wait on it between renewals and act at once instead of on its
         #: next beat. A hint: read :meth:`fault` for the verdict.
         self.faulted = asyncio.Event()
+        #: ``ACTIVATE`` may have been sent and not confirmed yet: it may act already (see ConnectorHost).
+        self.activating = False
 
     @abc.abstractmethod
     async def prepare(self, symbols: list[str]) -> int:
@@ -156,12 +158,15 @@ class ConnectorHost:
                 f"no warm connector for {workflow_id} on this host (the worker was restarted)"
             )
         self.record("connect", workflow_id, exchange=connector.exchange_name, epoch=epoch, warm=True)
+        connector.activating = True
         try:
             await connector.activate(epoch, instance_id)
         except BaseException as exc:
             if not connector.connected:
                 self.record("disconnect", workflow_id, exchange=connector.exchange_name, reason=str(exc))
             raise
+        finally:
+            connector.activating = False
         return connector
 
     async def deactivate(self, workflow_id: str) -> bool:

@@ -1,9 +1,14 @@
 """The split-brain invariant checker: pure functions over the connector journal and the stream.
 
 A connector *acts* while it is connected and the claim it renewed is still valid on its own clock:
-``valid_until`` (last renewal + renew deadline) is written to the journal at each renewal. Journal
+``valid_until`` (last renewal + renewal deadline) is written to the journal at each renewal. Journal
 times are CLOCK_MONOTONIC, one clock for every process on the machine, so intervals from different
 worker processes compare directly.
+
+Warm standbys: a standby's connector runs before it may act, so its ``connect`` line is written when
+``ACTIVATE <epoch>`` is sent (``warm: true``, with that epoch). It must carry the epoch of a claim just
+taken — above every epoch any connector of the exchange acted under before — and while it acts, the
+renewals of its own workflow must be of that epoch and no other.
 """
 
 from __future__ import annotations
@@ -94,6 +99,7 @@ def check(
                 )
             if end > reach:
                 reach, owner = end, who
+    report.violations += warm_violations(journal)
     # Epochs: every claim has its own epoch, and the holders seen in the status key over time only
     # ever move to higher epochs. (Stream order alone is not claim order: a lost instance writes its
     # walk down to idle after the new holder's first events.)
@@ -133,3 +139,42 @@ def check(
             )
         last_state[key] = entry["toState"]
     return report
+
+
+def warm_violations(journal: list[dict[str, object]]) -> list[str]:
+    """A warm standby never acts before ACTIVATE with its own new epoch (see the module docstring)."""
+    found: list[str] = []
+    ordered = sorted(journal, key=lambda x: float(x["t"]))  # type: ignore[arg-type]
+    highest: dict[str, int] = defaultdict(int)  # per exchange: the highest epoch acted under so far
+    for line in ordered:
+        if line["kind"] != "connect" or line.get("epoch") is None:
+            continue
+        exchange, epoch = str(line.get("exchange")), int(line["epoch"])  # type: ignore[call-overload]
+        who = f"{line['workflowId']}@{line['pid']}"
+        if line.get("warm"):
+            if epoch <= 0:
+                found.append(f"{exchange}: warm standby {who} activated without a claim (epoch {epoch})")
+            elif epoch <= highest[exchange]:
+                found.append(
+                    f"{exchange}: warm standby {who} activated at epoch {epoch}, not above epoch "
+                    f"{highest[exchange]} that acted before"
+                )
+        highest[exchange] = max(highest[exchange], epoch)
+    # While a warm-activated connector acts, its own workflow renews that epoch only.
+    by_connector: dict[tuple[object, object], list[dict[str, object]]] = defaultdict(list)
+    for line in ordered:
+        by_connector[(line["pid"], line["workflowId"])].append(line)
+    for (pid, wf), lines in by_connector.items():
+        acting_at: int | None = None
+        for line in lines:
+            if line["kind"] == "connect":
+                acting_at = int(line["epoch"]) if line.get("warm") else None  # type: ignore[call-overload]
+            elif line["kind"] == "disconnect":
+                acting_at = None
+            elif line["kind"] == "valid_until" and acting_at is not None and line.get("epoch") != acting_at:
+                found.append(
+                    f"warm standby {wf}@{pid} activated at epoch {acting_at} acted on renewals of epoch "
+                    f"{line.get('epoch')}"
+                )
+                acting_at = None
+    return found

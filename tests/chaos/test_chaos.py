@@ -1,10 +1,10 @@
 """Fault injection against a private stack: no split brain, epochs only go up, nothing lost.
 
-One exchange, three hosts (one active, two standbys), real worker processes, a private Temporal dev
-server and a private Redis so both can be paused, killed and restarted. After every fault the suite
-heals what a real operator's process supervisor would (restarts killed workers, re-registers ended
-instances as standbys) and waits for exactly one active holder again. At the end the invariant
-checker reads the connector journal and the network stream.
+One exchange, three hosts (one active, two standbys; two of the three warm), real worker processes,
+a private Temporal dev server and a private Redis so both can be paused, killed and restarted. After
+every fault the suite heals what a real operator's process supervisor would (restarts killed
+workers, re-registers ended instances as standbys) and waits for exactly one active holder again.
+At the end the invariant checker reads the connector journal and the network stream.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from perseus import control
 from perseus.devstack import services
 from perseus.errors import AlreadyRegistered, PerseusError
 from perseus.keys import workflow_id
+from perseus.models import ConnectorSpec
 from perseus.store.redis_store import RedisStore, make_client
 from perseus.temporal import converter
 from tests.chaos.invariants import check, load_journal
@@ -57,6 +58,9 @@ def outage_s(i: int) -> float:
 
 
 PRIORITY = {0: 3, 1: 2, 2: 1}
+#: The first two hosts keep their connector warm as standbys, the third starts cold: failovers and
+#: handoffs run both paths under the same faults, and the checker holds warm activations to their epoch.
+WARM = {0: True, 1: True, 2: False}
 
 
 @dataclass
@@ -176,6 +180,7 @@ class Cluster:
             start=not standby,
             standby=standby,
             priority=PRIORITY[self.hosts.index(host)],
+            connector=ConnectorSpec(warm=WARM[self.hosts.index(host)]),
         )
 
     async def holder(self) -> dict[str, object] | None:
@@ -452,12 +457,15 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
 
         await asyncio.sleep(INTERVAL)
         stream = lost_stream + [f for _, f in reversed(await cluster.store.events(exchange))]
-        report = check(load_journal(stack.journal), stream, now=time.monotonic(), holders=cluster.holders)
+        journal = load_journal(stack.journal)
+        report = check(journal, stream, now=time.monotonic(), holders=cluster.holders)
+        warm = sum(1 for line in journal if line["kind"] == "connect" and line.get("warm"))
         injected = sum(v for k, v in stack.faults.items() if k != "planned handoff")
         survived = sum(v for k, v in stack.survived.items() if k != "planned handoff")
         print(
             f"\nchaos: faults injected {injected}, survived {survived}, violations {len(report.violations)}; "
-            f"{report.acting_intervals} acting intervals, {report.transitions} transitions checked"
+            f"{report.acting_intervals} acting intervals ({warm} warm activations), "
+            f"{report.transitions} transitions checked"
         )
         for name in stack.faults:
             print(f"  {name}: {stack.survived[name]}/{stack.faults[name]}")
@@ -466,5 +474,6 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
         assert report.violations == []
         assert (injected >= 80 or only) and survived == injected
         assert report.acting_intervals >= 20  # the checker saw the connectors it judged
+        assert warm >= 1 or only  # ...and warm standbys among them
     finally:
         await cluster.close()

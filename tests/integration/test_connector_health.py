@@ -71,6 +71,19 @@ async def test_reported_symbols_errors_and_health_reach_the_status_key(
 
     doc = await wait_for(reported, timeout=20)
     assert doc["lastHealthAt"]
+
+    # The reported error is in the network stream too, once, as an error event of this claim.
+    async def error_event() -> list[dict[str, str]]:
+        return [e for e in await events(store, exchange) if e["event"] == "error"]
+
+    (event,) = await wait_for(error_event, timeout=5)
+    assert (event["error"], event["epoch"], event["hostname"]) == (
+        "feed lagging",
+        str(doc["epoch"]),
+        doc["hostname"],
+    )
+    # The child says it right after READY: the state then is warming or already active.
+    assert event["state"] in ("warming", "active") and event["detail"] == "reported by the connector"
     await control.command(
         client, exchange=exchange, host=shared_worker, default_host=shared_worker, command=Command.SHUTDOWN
     )

@@ -299,3 +299,32 @@ async def test_a_worker_that_outlives_its_lost_instance_enrols_it_again(
     assert described.run_id != lost_run and described.status == WorkflowExecutionStatus.RUNNING
     await shutdown_all(client, exchange, b, a)
     await catalog.store_placements([], forget=[exchange])
+
+
+async def test_warm_true_in_the_fleet_file_makes_warm_standbys(
+    servers: Servers,
+    shared_worker: str,
+    client: Client,
+    store: RedisStore,
+    catalog: db.Catalog,
+    exchange: str,
+    worker_processes: list[WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    a, b = host_name("fw-a"), host_name("fw-b")
+    await start_workers(servers, worker_processes, a, b)
+    await wait_live(client, a, b)
+    ex_id = await exchange_id(servers, exchange)
+    result = await cli(
+        servers, "fleet", "apply", fleet_file(tmp_path, table(exchange, a, b) + "warm = true\n")
+    )
+    assert result.returncode == 0, result.stderr
+    await wait_for(lambda: active_on(store, ex_id, a))
+
+    async def warm_standby() -> StandbyRecord | None:
+        records = [StandbyRecord.model_validate_json(raw) for raw in await store.standbys(ex_id)]
+        return next((r for r in records if r.host == b and r.warm and r.warm_ready), None)
+
+    await wait_for(warm_standby)  # prepared and warmed on b, not merely stored in the placement
+    await shutdown_all(client, exchange, b, a)
+    await catalog.store_placements([], forget=[exchange])

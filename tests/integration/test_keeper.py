@@ -11,9 +11,10 @@ import pytest
 
 from perseus import keeper as keeper_module
 from perseus.connectors.base import ConnectorHost
+from perseus.connectors.simulated import SimulatedConnector
 from perseus.keeper import LeaseKeeper
 from perseus.keys import status_key
-from perseus.models import Claim, LeaseRequest
+from perseus.models import Claim, ConnectorSpec, LeaseRequest, StandbyLeaseRequest, StandbyRecord
 from perseus.store.redis_store import RedisStore
 
 pytestmark = pytest.mark.integration
@@ -82,5 +83,106 @@ async def test_only_a_closed_workflow_ends_a_detached_loop(store: RedisStore) ->
         assert held.ended is not None and "has ended" in str(held.ended)
         assert verdicts == []  # "unknown" and "running" kept it renewing; "closed" ended it
         assert await store.client.get(status_key(req.exchange_id)) is None  # released
+    finally:
+        await keeper.close()
+
+
+async def test_a_late_cancellation_does_not_stop_the_watch_a_newer_activity_attached_to(
+    store: RedisStore,
+) -> None:
+    exchange_id = 900_000 + uuid.uuid4().int % 100_000
+    record = StandbyRecord(
+        exchange_id=exchange_id,
+        exchange_name="k",
+        host="h",
+        hostname="h",
+        instance_id=str(uuid.uuid4()),
+        workflow_id=f"instance-k{exchange_id}-h",
+        registered_at="2026-01-01T00:00:00.000Z",
+        last_heartbeat="2026-01-01T00:00:00.000Z",
+        ttl_ms=int(3 * INTERVAL * 1000),
+        heartbeat_interval_ms=int(INTERVAL * 1000),
+    )
+    req = StandbyLeaseRequest(record=record, heartbeat_interval_s=INTERVAL, term_s=3600)
+    keeper = LeaseKeeper(store, ConnectorHost())
+    try:
+        old = keeper.watch(req)
+        with keeper.attached(old):
+            await asyncio.sleep(INTERVAL)
+        # The workflow cancelled the old watch and started the next one, which re-attached first...
+        new = keeper.watch(req)
+        assert new is old
+        with keeper.attached(new):
+            keeper.stop_watching(old)  # ...then the old activity heard its cancellation
+            await asyncio.sleep(4 * INTERVAL)  # longer than the record's TTL
+            assert new.ended is None and not new.task.done()  # type: ignore[union-attr]
+            assert await store.client.get(f"exchange:{exchange_id}:standby:{record.instance_id}")
+        keeper.stop_watching(new)  # nobody attached: the workflow's own stop does stop it
+        await asyncio.sleep(0.1)
+        assert new.task is not None and new.task.done()
+    finally:
+        await keeper.close()
+
+
+class Deadlines:
+    """Stands in for the watchdog process: notes the deadlines it is handed."""
+
+    def __init__(self) -> None:
+        self.armed: list[int] = []
+        self.disarmed: list[int] = []
+
+    def arm(self, pgid: int, valid_until: float) -> None:
+        self.armed.append(pgid)
+
+    def disarm(self, pgid: int) -> None:
+        self.disarmed.append(pgid)
+
+
+class Grouped(SimulatedConnector):
+    """A simulated connector with a process group, as a process connector's child has."""
+
+    def process_group(self) -> int | None:
+        return 4242
+
+
+async def test_no_deadline_for_a_warm_standby_and_it_outlives_a_released_claim(store: RedisStore) -> None:
+    watchdog = Deadlines()
+    connectors = ConnectorHost()
+    keeper = LeaseKeeper(store, connectors, watchdog=watchdog)  # type: ignore[arg-type]
+    req = await claimed(store)
+    try:
+        standby = Grouped("k", ConnectorSpec(warm=True), role="standby")
+        connectors.put(req.workflow_id, standby)
+        keeper.guard(req.workflow_id)  # prepared as a warm standby: holds no claim, acts not
+        assert watchdog.armed == []
+        active = Grouped("k", ConnectorSpec(), role="active")
+        connectors.put("other", active)
+        keeper.guard("other")  # an active one without known renewals: the shortest deadline
+        assert watchdog.armed == [4242]
+
+        # A handback: the connector was demoted, then the key released. It keeps running (warm).
+        held = keeper.hold(req)
+        await asyncio.sleep(INTERVAL)
+        await store.client.delete(status_key(req.exchange_id))
+        for _ in range(40):
+            if held.ended is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert held.ended is not None
+        assert connectors.get(req.workflow_id) is standby and held.stopped_at is None
+
+        # Mid-activation (ACTIVATE sent, not confirmed) it may act already: a lost claim stops it.
+        req2 = await claimed(store)
+        activating = Grouped("k", ConnectorSpec(warm=True), role="standby")
+        activating.activating = True
+        connectors.put(req2.workflow_id, activating)
+        held2 = keeper.hold(req2)
+        await asyncio.sleep(INTERVAL)
+        await store.client.delete(status_key(req2.exchange_id))
+        for _ in range(40):
+            if held2.ended is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert connectors.get(req2.workflow_id) is None and held2.stopped_at is not None
     finally:
         await keeper.close()

@@ -22,7 +22,15 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1] / "histories"
 HISTORIES = sorted(ROOT.rglob("*.json"))
-EXPECTED = {"lifecycle", "start-failure", "claim-conflict", "claim-lost", "no-host-worker", "continue-as-new"}
+EXPECTED = {
+    "lifecycle",
+    "start-failure",
+    "claim-conflict",
+    "claim-lost",
+    "no-host-worker",
+    "continue-as-new",
+    "warm-promotion",
+}
 
 
 def name(path: Path) -> str:

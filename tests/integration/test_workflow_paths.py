@@ -34,6 +34,8 @@ from perseus.models import (
     CommandRequest,
     ConnectorReport,
     ConnectorRequest,
+    ConnectorSpec,
+    DropStandbyRequest,
     Exchange,
     HostClaimRequest,
     HostPresence,
@@ -44,11 +46,17 @@ from perseus.models import (
     LeaseRequest,
     NotifyRequest,
     PatchResult,
+    PromoteRequest,
     Recorded,
     RecordRequest,
     ReleaseRequest,
     Resolved,
     ResolveRequest,
+    StandbyLeaseRequest,
+    StandbyList,
+    StandbyOutcome,
+    StandbyQuery,
+    StandbyRecord,
     StatusPatch,
 )
 from workflows.instance import InstanceWorkflow
@@ -76,6 +84,9 @@ class Stand:
     host_polled: bool = False
     presence_asked: int = 0
     asked_twice: asyncio.Event = field(default_factory=asyncio.Event)
+    #: (activity, role) of every connector step asked for.
+    connector_calls: list[tuple[str, str]] = field(default_factory=list)
+    standby_records: int = 0
 
     def activities(self) -> list[Callable[..., Any]]:
         stand = self
@@ -153,6 +164,7 @@ class Stand:
         def connector(name: str) -> Callable[..., Any]:
             @activity.defn(name=name)
             async def step(req: ConnectorRequest) -> ConnectorReport:
+                stand.connector_calls.append((name, req.role))
                 if name == "connector_warm_up" and stand.fail_warm_up:
                     raise ApplicationError(
                         "simulated warm_up failure", type="ConnectorError", non_retryable=True
@@ -169,9 +181,42 @@ class Stand:
                 "connector_connect",
                 "connector_disconnect",
                 "connector_check",
+                "connector_activate",
             )
         ]
-        return [resolve, identity, claim, patch, release, record, polled, notify, lease, *connectors]
+
+        @activity.defn(name="put_standby")
+        async def put_standby(record: StandbyRecord) -> None:
+            stand.standby_records += 1
+
+        @activity.defn(name="drop_standby")
+        async def drop_standby(req: DropStandbyRequest) -> None:
+            stand.standby_records -= 1
+
+        @activity.defn(name="list_standbys")
+        async def list_standbys(req: StandbyQuery) -> StandbyList:
+            return StandbyList(standbys=[])
+
+        @activity.defn(name="hold_standby")
+        async def hold_standby(req: StandbyLeaseRequest) -> StandbyOutcome:
+            while True:  # a quiet watch: heartbeats until cancelled
+                activity.heartbeat()
+                await asyncio.sleep(0.05)
+
+        standby: list[Callable[..., Any]] = [put_standby, drop_standby, list_standbys, hold_standby]
+        return [
+            resolve,
+            identity,
+            claim,
+            patch,
+            release,
+            record,
+            polled,
+            notify,
+            lease,
+            *connectors,
+            *standby,
+        ]
 
 
 async def record_history(handle: WorkflowHandle[Any, Any], name: str) -> None:
@@ -197,7 +242,7 @@ async def run_paths(
         a
         for a in activities
         if getattr(a, "__temporal_activity_definition").name
-        in ("detect_identity", "claim_and_hold", "hold_lease")
+        in ("detect_identity", "claim_and_hold", "hold_lease", "hold_standby")
         or "connector" in getattr(a, "__temporal_activity_definition").name
     ]
     shared_acts = [a for a in activities if a not in host_acts]
@@ -263,6 +308,51 @@ async def test_lifecycle_path(ts_env: WorkflowEnvironment) -> None:
     ]
     assert stand.released == 1
     assert any(p.get("connectedAt") for p in stand.patches)
+
+
+async def test_warm_standby_warms_while_waiting_and_is_activated_on_promotion(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    stand = Stand()
+
+    async def body(handle: WorkflowHandle[Any, Any]) -> None:
+        registered = await handle.execute_update(InstanceWorkflow.wait_registered)
+        assert registered.role == "standby" and registered.epoch == 0
+        for _ in range(200):  # the warm-up runs in the background of the watch
+            if ("connector_warm_up", "standby") in stand.connector_calls:
+                break
+            await asyncio.sleep(0.05)
+        assert stand.connector_calls == [
+            ("connector_check", "standby"),  # nothing warm here yet (the stand-in says not ready)
+            ("connector_prepare", "standby"),
+            ("connector_warm_up", "standby"),
+        ]
+        await handle.signal(InstanceWorkflow.promote, PromoteRequest(reason="test promotion", min_epoch=4))
+        for _ in range(200):
+            snap = await handle.query(InstanceWorkflow.snapshot)
+            if snap.state is State.ACTIVE:
+                break
+            await asyncio.sleep(0.05)
+        assert snap.state is State.ACTIVE and snap.claim is not None and snap.claim.epoch == 5
+        await command(handle, Command.SHUTDOWN)
+        assert await handle.result() == "shut down"
+        await record_history(handle, "warm-promotion")
+
+    await run_paths(ts_env, stand, instance("warm", standby=True, connector=ConnectorSpec(warm=True)), body)
+    # Activated under the new claim: no prepare, warm-up or connect as an active connector.
+    assert [c for c in stand.connector_calls if c[1] == "active"] == [
+        ("connector_activate", "active"),
+        ("connector_disconnect", "active"),
+    ]
+    assert [e for e in stand.events if e[0] != "standby_registered"] == [
+        ("promoted", None, None),
+        ("state_transition", "idle", "starting"),
+        ("state_transition", "starting", "warming"),
+        ("state_transition", "warming", "active"),
+        ("state_transition", "active", "stopping"),
+        ("state_transition", "stopping", "stopped"),
+    ]
+    assert stand.standby_records == 0
 
 
 async def test_start_failure_recovers_to_idle(ts_env: WorkflowEnvironment) -> None:

@@ -194,3 +194,41 @@ def test_refuse_handoff(role: Role, state: State) -> None:
     else:
         with pytest.raises(InvalidTransition):
             refuse_handoff(f, "b")
+
+
+# --- warm standbys (invariant 5) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("warm_here", "warming"), list(itertools.product([False, True], repeat=2)))
+def test_only_a_standby_known_warm_and_not_still_warming_is_activated(warm_here: bool, warming: bool) -> None:
+    expected = decisions.StartPath.WARM if warm_here and not warming else decisions.StartPath.COLD
+    assert decisions.start_path(warm_here=warm_here, warming=warming) is expected
+
+
+@pytest.mark.parametrize(
+    ("role", "warm", "warm_here", "warming"), list(itertools.product(Role, *[[False, True]] * 3))
+)
+def test_a_warm_standby_warms_up_once_and_only_as_a_standby(
+    role: Role, warm: bool, warm_here: bool, warming: bool
+) -> None:
+    wanted = decisions.warm_up_standby(role=role, warm=warm, warm_here=warm_here, warming=warming)
+    assert wanted == (role is Role.STANDBY and warm and not warm_here and not warming)
+    if role is Role.ACTIVE or not warm:
+        assert not wanted  # an active instance, or a cold standby, never runs a standby connector
+
+
+def test_a_handoff_demotes_only_a_warm_instance_that_stays() -> None:
+    assert decisions.handoff_demotes(shutdown=False, warm=True)
+    assert not decisions.handoff_demotes(shutdown=True, warm=True)  # leaving: stop it
+    assert not decisions.handoff_demotes(shutdown=False, warm=False)  # cold: no command pipe
+
+
+@pytest.mark.parametrize(
+    ("role", "connected", "activating"), list(itertools.product(["active", "standby"], *[[False, True]] * 2))
+)
+def test_only_a_connector_that_cannot_act_outlives_its_claim(
+    role: str, connected: bool, activating: bool
+) -> None:
+    keeps = decisions.runs_without_claim(role=role, connected=connected, activating=activating)
+    # Connected, or mid-activation (ACTIVATE sent: it may act already), or an active one: it stops.
+    assert keeps == (role == "standby" and not connected and not activating)

@@ -65,3 +65,25 @@ def test_epochs_and_chains() -> None:
     assert any("written twice" in v for v in check([], dup, now=0).violations)
     gap = [transition("a", "i1", 1, "idle", "starting"), transition("b", "i1", 1, "warming", "active")]
     assert any("missing or repeated" in v for v in check([], gap, now=0).violations)
+
+
+def test_a_warm_standby_acts_only_after_activate_with_its_own_new_epoch() -> None:
+    good = [
+        line(0, "valid_until", 1, until=2, epoch=4),
+        line(0.1, "connect", 1, epoch=4),
+        line(1, "disconnect", 1),
+        line(1.1, "valid_until", 2, until=3, epoch=5),
+        line(1.2, "connect", 2, epoch=5, warm=True),
+        line(2, "valid_until", 2, until=4, epoch=5),
+    ]
+    assert check(good, [], now=3).violations == []
+    no_claim = [*good[:3], line(1.2, "connect", 2, epoch=0, warm=True)]
+    assert any("activated without a claim" in v for v in check(no_claim, [], now=3).violations)
+    stale = [
+        *good[:3],
+        line(1.1, "valid_until", 2, until=3, epoch=4),
+        line(1.2, "connect", 2, epoch=4, warm=True),
+    ]
+    assert any("not above epoch 4" in v for v in check(stale, [], now=3).violations)
+    foreign = [*good, line(2.5, "valid_until", 2, until=5, epoch=6)]
+    assert any("acted on renewals of epoch 6" in v for v in check(foreign, [], now=3).violations)

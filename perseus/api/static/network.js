@@ -438,7 +438,7 @@
           el("b", { text: s.hostname || s.host }),
           s.ipAddress ? ` (${s.ipAddress})` : "",
           ` · priority ${s.priority}`,
-          s.warm ? " · warm" : "",
+          s.warm ? (s.warmReady ? " · warm" : " · warm (not ready)") : "",
           " · ",
           el("span", { class: heartbeatClass(s.heartbeatAgeS, 0, s.heartbeat), text: age(s.heartbeatAgeS) }),
         ),

@@ -1,0 +1,181 @@
+"""Warm standbys under the real workflow: a standby's connector is prepared and warmed while it waits,
+promoted by ``ACTIVATE <epoch>`` after the new claim is taken, demoted by a handback. Real workers,
+real children (tests/connectors/child.py), Redis, PostgreSQL and Temporal; interval 0.5 s."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+
+from perseus import control
+from perseus.keys import standby_index_key, standby_key
+from perseus.lifecycle import Command
+from perseus.models import ConnectorSpec
+from perseus.store.redis_store import RedisStore
+from tests.conftest import Servers, WorkerProcess, exchange_id, perseus
+from tests.connectors.support import child_command, journal
+from tests.integration.helpers import active_on, events, host_name, start_workers, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+INTERVAL = 0.5
+
+
+async def register(
+    client: Client, exchange: str, host: str, spec: ConnectorSpec, *, standby: bool = False, priority: int = 0
+) -> None:
+    await control.register(
+        client,
+        exchange=exchange,
+        host=host,
+        admin_email=None,
+        heartbeat_interval_s=INTERVAL,
+        start=not standby,
+        standby=standby,
+        priority=priority,
+        connector=spec,
+    )
+
+
+async def standby_records(store: RedisStore, ex_id: int) -> dict[str, dict[str, object]]:
+    """Live standby records by host."""
+    found: dict[str, dict[str, object]] = {}
+    for instance in await store.client.zrange(standby_index_key(ex_id), 0, -1):
+        raw = await store.client.get(standby_key(ex_id, str(instance)))
+        if raw:
+            doc = json.loads(raw)
+            found[str(doc["host"])] = doc
+    return found
+
+
+async def warm_ready(store: RedisStore, ex_id: int, host: str) -> dict[str, object] | None:
+    doc = (await standby_records(store, ex_id)).get(host)
+    return doc if doc and doc.get("warm") and doc.get("warmReady") else None
+
+
+def env(line: dict[str, object]) -> dict[str, str]:
+    """The PERSEUS_* environment a child journalled at its start."""
+    found = line["env"]
+    assert isinstance(found, dict)
+    return found
+
+
+def warm_failures(stream: list[dict[str, str]]) -> list[str]:
+    return [e.get("error", "") for e in stream if e["event"] == "error" and "warm" in e.get("error", "")]
+
+
+async def test_crash_promotes_the_warm_standby_by_activate_without_a_restart(
+    servers: Servers,
+    shared_worker: str,
+    client: Client,
+    store: RedisStore,
+    exchange: str,
+    worker_processes: list[WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    a, b, c = host_name("wa"), host_name("wb"), host_name("wc")
+    procs = await start_workers(servers, worker_processes, a, b, c)
+    ex_id = await exchange_id(servers, exchange)
+    log = tmp_path / "children.jsonl"
+    spec = ConnectorSpec.model_validate(
+        {
+            "kind": "process",
+            "command": child_command("--commands", "--journal", str(log), "--ready-after", "0.3"),
+            "ready_line": "READY",
+            "warm": True,
+        }
+    )
+    await register(client, exchange, a, spec)
+    await register(client, exchange, b, spec, standby=True, priority=5)  # ahead of c
+    await wait_for(lambda: active_on(store, ex_id, a))
+    await wait_for(lambda: warm_ready(store, ex_id, b))
+    # The CLI spelling of the same: --standby --warm, on a third host.
+    result = await asyncio.to_thread(
+        perseus,
+        servers,
+        "register",
+        exchange,
+        "--host",
+        c,
+        "--standby",
+        "--warm",
+        "--exec",
+        " ".join(spec.command),
+        "--ready-line",
+        "READY",
+        "--heartbeat-interval",
+        str(INTERVAL),
+    )
+    assert result.returncode == 0, result.stderr
+    await wait_for(lambda: warm_ready(store, ex_id, c))
+    standby_children = [
+        e for e in journal(log) if e["event"] == "start" and env(e)["PERSEUS_ROLE"] == "standby"
+    ]
+    assert len(standby_children) == 2
+    assert {env(e)["PERSEUS_EPOCH"] for e in standby_children} == {"0"}  # they hold nothing
+    assert not [e for e in journal(log) if e["event"] == "activate"]  # nobody acts before ACTIVATE
+
+    procs[0].signal(signal.SIGKILL)
+    doc = await wait_for(lambda: active_on(store, ex_id, b), timeout=30)
+    epoch = str(doc["epoch"])
+    activations = [e for e in journal(log) if e["event"] == "activate"]
+    assert [e["epoch"] for e in activations] == [epoch]  # once, with the new claim's epoch
+    b_child = activations[0]["pid"]
+    assert b_child in {e["pid"] for e in standby_children}  # the warm child itself: no restart
+    assert warm_failures(await events(store, exchange)) == []
+
+    # A warm standby that leaves stops its child.
+    c_child = next(e["pid"] for e in standby_children if e["pid"] != b_child)
+    await control.command(client, exchange=exchange, host=c, default_host=c, command=Command.SHUTDOWN)
+
+    async def c_stopped() -> bool:
+        return any(e["event"] == "term" and e["pid"] == c_child for e in journal(log))
+
+    await wait_for(c_stopped, timeout=15)
+    await control.command(client, exchange=exchange, host=b, default_host=b, command=Command.SHUTDOWN)
+
+
+async def test_handoff_to_a_warm_target_and_back_keeps_both_warm(
+    servers: Servers,
+    shared_worker: str,
+    client: Client,
+    store: RedisStore,
+    exchange: str,
+    worker_processes: list[WorkerProcess],
+) -> None:
+    a, b = host_name("ha"), host_name("hb")
+    await start_workers(servers, worker_processes, a, b)
+    ex_id = await exchange_id(servers, exchange)
+    spec = ConnectorSpec(warm=True, warmup_delay_s=0.5)
+    await register(client, exchange, a, spec)
+    await register(client, exchange, b, spec, standby=True)
+    await wait_for(lambda: active_on(store, ex_id, a))
+    await wait_for(lambda: warm_ready(store, ex_id, b))
+
+    done = await control.handoff(
+        client, exchange=exchange, to_host=b, from_host=a, default_host=a, shutdown=False
+    )
+    assert "active at epoch" in (done.detail or "")
+    await wait_for(lambda: active_on(store, ex_id, b))
+    # The old active one was demoted, not stopped: it is a warm standby at once.
+    await wait_for(lambda: warm_ready(store, ex_id, a), timeout=5)
+
+    await control.handoff(client, exchange=exchange, to_host=a, from_host=b, default_host=b, shutdown=False)
+    await wait_for(lambda: active_on(store, ex_id, a))
+    await wait_for(lambda: warm_ready(store, ex_id, b), timeout=5)
+    stream = await events(store, exchange)
+    assert warm_failures(stream) == []
+    notes = [
+        e.get("detail", "")
+        for e in stream
+        if e["event"] == "handoff" and e.get("detail", "").startswith("notify")
+    ]
+    assert len(notes) == 2 and all(n.endswith(", warm)") for n in notes)
+    # Each takeover walked starting → warming → active without a prepare (no cold start).
+    for h in (a, b):
+        await control.command(client, exchange=exchange, host=h, default_host=h, command=Command.SHUTDOWN)
