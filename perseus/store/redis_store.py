@@ -253,7 +253,8 @@ def make_client(url: str, *, max_connections: int | None = None) -> RedisClient:
     ``redis://`` / ``rediss://`` give a single-server client; ``redis+cluster://`` /
     ``rediss+cluster://`` give a Redis Cluster client seeded from the node in the URL (database 0
     only, as cluster mode has no other). ``max_connections`` bounds the pool (per node on a
-    cluster); None keeps redis-py's default of 100.
+    cluster); None: ``POOL_CONNECTIONS`` on a single server, redis-py's default on a cluster. On a
+    single server a caller beyond the bound waits for a free connection (up to the socket timeout).
     """
     options: dict[str, Any] = {
         "decode_responses": True,
@@ -261,15 +262,15 @@ def make_client(url: str, *, max_connections: int | None = None) -> RedisClient:
         "socket_connect_timeout": CONNECT_TIMEOUT_S,
         "health_check_interval": 30,
     }
-    if max_connections is not None:
-        options["max_connections"] = max_connections
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme in CLUSTER_SCHEMES:
+        if max_connections is not None:
+            options["max_connections"] = max_connections
         plain = urlunsplit((CLUSTER_SCHEMES[scheme], parts.netloc, parts.path, parts.query, parts.fragment))
         return RedisCluster.from_url(plain, **options)
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=POOL_CONNECTIONS, timeout=SOCKET_TIMEOUT_S, **options
+        url, max_connections=max_connections or POOL_CONNECTIONS, timeout=SOCKET_TIMEOUT_S, **options
     )
     return aioredis.Redis.from_pool(pool)
 
