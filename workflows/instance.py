@@ -1129,7 +1129,13 @@ class InstanceWorkflow:
             # after a Redis outage the holder itself goes first: a healthy holder whose key lapsed
             # while Redis was away must not be replaced by a race.
             ahead = sum(1 for s in await self._standbys() if s.priority > self.inp.priority)
-            wait = vacancy_delay(ahead, self.inp.heartbeat_interval_s, after_outage=outcome.after_outage)
+            wait = vacancy_delay(
+                ahead,
+                self.inp.heartbeat_interval_s,
+                after_outage=outcome.after_outage,
+                # Patched: runs begun before it raced at once (see vacancy_delay).
+                wait_out_deadline=workflow.patched("vacancy-waits-out-deadline"),
+            )
             if wait:
                 await workflow.sleep(timedelta(seconds=wait))
             await self._promote(
