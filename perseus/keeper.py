@@ -78,6 +78,8 @@ WorkflowClosed = Callable[[str], Awaitable[bool | None]]
 #: whether its workflow still exists, and again at most once per interval after that.
 DETACHED_INTERVALS = 3.0
 DETACHED_FLOOR_S = 10.0
+#: A loop that survived a cancellation is cancelled again this often until it ends.
+RECANCEL_S = 0.05
 
 
 class _Beat:
@@ -190,6 +192,8 @@ class LeaseKeeper:
         self._watchdog = watchdog
         self._workflow_closed = workflow_closed
         self.claims: dict[str, HeldClaim] = {}
+        #: Repeated cancellations in flight (see _cancel_for_sure), kept so they are not collected.
+        self._cancelling: set[asyncio.Task[None]] = set()
         self.standbys: dict[str, WatchedStandby] = {}
 
     # --- claims --------------------------------------------------------------------------------
@@ -523,7 +527,22 @@ class LeaseKeeper:
     def _cancel(self, loop: _Loop) -> None:
         for task in (loop.task, loop.orphan_check):
             if task is not None and not task.done():
+                self._cancel_for_sure(task)
+
+    def _cancel_for_sure(self, task: asyncio.Task[None]) -> None:
+        """Cancel ``task``, and cancel it again until it has ended: redis-py can swallow a
+        cancellation that arrives just as its own read timeout fires, and a loop that missed one
+        would go on renewing a claim its workflow has let go of."""
+        task.cancel()
+
+        async def again() -> None:
+            while not task.done():
+                await asyncio.sleep(RECANCEL_S)
                 task.cancel()
+
+        repeat = asyncio.get_running_loop().create_task(again(), name=f"cancel {task.get_name()}")
+        self._cancelling.add(repeat)
+        repeat.add_done_callback(self._cancelling.discard)
 
     def workflow_ids(self) -> set[str]:
         """Workflows that hold a live claim or standby record on this host."""
@@ -538,6 +557,8 @@ class LeaseKeeper:
         tasks = [t for loop in loops for t in (loop.task, loop.orphan_check) if t is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self._cancelling:
+            await asyncio.gather(*self._cancelling, return_exceptions=True)
         self.claims.clear()
         self.standbys.clear()
 

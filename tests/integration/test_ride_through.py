@@ -105,7 +105,10 @@ async def sampling(sampler: Sampler) -> AsyncIterator[Sampler]:
     try:
         yield sampler
     finally:
-        task.cancel()
+        # Again until it ends: redis-py can swallow a cancellation that meets its read timeout.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
