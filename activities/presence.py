@@ -25,9 +25,11 @@ from perseus.models import HostPresence, IdentityRequest
 if TYPE_CHECKING:
     from temporalio.client import Client
 
-#: A poller seen this recently is a live worker: Temporal lists pollers for minutes after they stop, and
-#: an idle worker's long poll can be a minute old.
-POLLED_WITHIN = timedelta(seconds=60)
+#: A poller seen this recently is a live worker. A busy worker with free slots polls again as soon
+#: as it takes a task, so its last poll is seconds old; a killed worker's stays where it was (and
+#: Temporal keeps listing it for minutes). A step is asked after a schedule-to-start of at least 5 s,
+#: so a host whose last poll is older than this has not been asking for work meanwhile.
+POLLED_WITHIN = timedelta(seconds=10)
 
 
 class PresenceActivities:

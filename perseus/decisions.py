@@ -144,23 +144,24 @@ def stale_in(renewed_ms_ago: int, interval_s: float) -> float:
 # --- standbys --------------------------------------------------------------------------------------
 
 
-def vacancy_delay(
-    ahead: int, interval_s: float, *, after_outage: bool, wait_out_deadline: bool = False
-) -> float:
-    """Seconds a standby waits after seeing the exchange vacant before it races (invariant 4).
-
-    ``wait_out_deadline``: a vacant key proves its holder stopped only when it expired by its TTL.
-    A key that Redis lost (a restart without its data, a flush) vanishes at once, while its holder
-    may have renewed a moment before and acts until its renew deadline — a warm standby that claimed
-    and activated at once overlapped it (the chaos suite caught it). So the standby first waits that
-    deadline out from the moment it saw the vacancy; the holder, if alive, re-claims first.
-    """
+def vacancy_delay(ahead: int, interval_s: float, *, after_outage: bool) -> float:
+    """Seconds a standby waits after seeing the exchange vacant before it races (invariant 4)."""
     delay = PRIORITY_HEAD_START * interval_s * ahead
     if after_outage:
         delay += HOLDER_HEAD_START * interval_s
-    if wait_out_deadline:
-        delay += (RENEW_DEADLINE_INTERVALS + RELEASE_MARGIN) * interval_s
     return delay
+
+
+def act_after_vacancy_s(interval_s: float) -> float:
+    """Seconds a standby that claimed a vacant exchange waits before its connector acts.
+
+    A vacant key proves its holder stopped only when it expired by its TTL. A key that Redis lost
+    (a restart without its data, a flush) vanishes at once, while its holder may have renewed a
+    moment before and acts until its renew deadline — a warm standby that claimed and activated at
+    once overlapped it (the chaos suite caught it). The claim itself may go ahead (it is fenced, and
+    keeps the priority order of the race); acting waits the renew deadline plus the margin out.
+    """
+    return (RENEW_DEADLINE_INTERVALS + RELEASE_MARGIN) * interval_s
 
 
 def restart_delay(policy: str, restarts: int, max_restarts: int, backoff_s: float) -> float | None:

@@ -623,6 +623,9 @@ class PromoteRequest(BaseModel):
     min_epoch: int = 0
     #: The workflow to tell whether the takeover worked (a planned handoff).
     confirm_to: str | None = None
+    #: Seconds to wait between the claim and acting: after a vacancy the old holder may act until
+    #: its renew deadline (``decisions.act_after_vacancy_s``); 0 when its workflow let go first.
+    act_after_s: float = 0.0
 
 
 class HandoffConfirm(BaseModel):

@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         LoopFacts,
         StartPath,
         Step,
+        act_after_vacancy_s,
         handoff_demotes,
         judge_claim,
         lease_verdict,
@@ -1129,17 +1130,17 @@ class InstanceWorkflow:
             # after a Redis outage the holder itself goes first: a healthy holder whose key lapsed
             # while Redis was away must not be replaced by a race.
             ahead = sum(1 for s in await self._standbys() if s.priority > self.inp.priority)
-            wait = vacancy_delay(
-                ahead,
-                self.inp.heartbeat_interval_s,
-                after_outage=outcome.after_outage,
-                # Patched: runs begun before it raced at once (see vacancy_delay).
-                wait_out_deadline=workflow.patched("vacancy-waits-out-deadline"),
-            )
+            wait = vacancy_delay(ahead, self.inp.heartbeat_interval_s, after_outage=outcome.after_outage)
             if wait:
                 await workflow.sleep(timedelta(seconds=wait))
+            # Patched: runs begun before it acted right after the claim (see act_after_vacancy_s).
+            hold = workflow.patched("vacancy-waits-out-deadline")
             await self._promote(
-                PromoteRequest(reason="the holder's claim expired (TTL)", min_epoch=outcome.last_epoch)
+                PromoteRequest(
+                    reason="the holder's claim expired (TTL)",
+                    min_epoch=outcome.last_epoch,
+                    act_after_s=act_after_vacancy_s(self.inp.heartbeat_interval_s) if hold else 0.0,
+                )
             )
         return True
 
@@ -1161,6 +1162,9 @@ class InstanceWorkflow:
             return
         self.role = Role.ACTIVE
         self.lease = self._start_lease()  # renew the fresh claim at once
+        if req.act_after_s:
+            # The holder whose key vanished may act until its renew deadline: ours must not yet.
+            await workflow.sleep(timedelta(seconds=req.act_after_s), summary="wait out the old deadline")
         task, self.warm_task = self.warm_task, None
         warming = task is not None and not task.done()
         if task is not None and warming:
