@@ -14,6 +14,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 
 from perseus import control
 from perseus.enrol import apply_fleet, drain_host, fleet_status, live_hosts, plan_fleet
+from perseus.errors import ServiceUnavailable
 from perseus.fleet import Placement, parse_fleet
 from perseus.keys import workflow_id
 from perseus.lifecycle import Command
@@ -67,7 +68,10 @@ async def standbys_become(store: RedisStore, ex_id: int, expected: list[str]) ->
 
 async def wait_live(client: Client, *hosts: str) -> None:
     async def all_live() -> bool:
-        return set(hosts) <= await live_hosts(client, hosts)
+        try:
+            return set(hosts) <= await live_hosts(client, hosts)
+        except ServiceUnavailable:  # a busy dev server may cancel one describe call: ask again
+            return False
 
     await wait_for(all_live)
 
