@@ -8,18 +8,13 @@ tells them apart, so a busy host is waited for and only a missing one is reporte
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from temporalio import activity
-from temporalio.api.enums.v1 import TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.service import RPCError
 
 from activities.edge import edge
-from perseus.errors import ServiceUnavailable
-from perseus.keys import host_task_queue
+from perseus.enrol import pollers_within
 from perseus.models import HostPresence, IdentityRequest
 
 if TYPE_CHECKING:
@@ -40,22 +35,5 @@ class PresenceActivities:
     @edge
     async def host_polled(self, req: IdentityRequest) -> HostPresence:
         """Whether a worker polled ``req.host``'s queue for activities within ``POLLED_WITHIN``."""
-        try:
-            described = await self._client.workflow_service.describe_task_queue(
-                DescribeTaskQueueRequest(
-                    namespace=self._client.namespace,
-                    task_queue=TaskQueue(name=host_task_queue(req.host)),
-                    task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
-                ),
-                timeout=timedelta(seconds=5),
-            )
-        except RPCError as exc:
-            raise ServiceUnavailable(f"Temporal did not describe the task queue: {exc.message}") from exc
-        now = datetime.now(UTC)
-        recent = [
-            p
-            for p in described.pollers
-            if p.HasField("last_access_time")
-            and now - p.last_access_time.ToDatetime(tzinfo=UTC) <= POLLED_WITHIN
-        ]
-        return HostPresence(polled=bool(recent), pollers=len(recent))
+        pollers = await pollers_within(self._client, req.host, POLLED_WITHIN)
+        return HostPresence(polled=pollers > 0, pollers=pollers)

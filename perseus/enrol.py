@@ -78,22 +78,33 @@ class EnrolReport(BaseModel):
 # --- observing -----------------------------------------------------------------------------------
 
 
+async def pollers_within(client: Client, host: str, window: timedelta) -> int:
+    """How many workers polled ``host``'s queue for activities within ``window`` (Temporal lists a
+    poller for minutes after it stopped, so the window decides what counts as live)."""
+    try:
+        reply = await client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace=client.namespace,
+                task_queue=TaskQueue(name=host_task_queue(host)),
+                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+            ),
+            timeout=timedelta(seconds=5),
+        )
+    except RPCError as exc:
+        raise errors.ServiceUnavailable(f"Temporal: {exc.message}") from None
+    since = datetime.now(UTC) - window
+    return sum(
+        1
+        for p in reply.pollers
+        if p.HasField("last_access_time") and p.last_access_time.ToDatetime(tzinfo=UTC) >= since
+    )
+
+
 async def live_hosts(client: Client, hosts: Iterable[str]) -> frozenset[str]:
     """The hosts among ``hosts`` whose queue a worker polled within :data:`LIVE_POLL_WINDOW`."""
 
     async def live(host: str) -> bool:
-        try:
-            reply = await client.workflow_service.describe_task_queue(
-                DescribeTaskQueueRequest(
-                    namespace=client.namespace,
-                    task_queue=TaskQueue(name=host_task_queue(host)),
-                    task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
-                )
-            )
-        except RPCError as exc:
-            raise errors.ServiceUnavailable(f"Temporal: {exc.message}") from None
-        since = datetime.now(UTC) - LIVE_POLL_WINDOW
-        return any(p.last_access_time.ToDatetime(tzinfo=UTC) >= since for p in reply.pollers)
+        return await pollers_within(client, host, LIVE_POLL_WINDOW) > 0
 
     names = sorted(set(hosts))
     answers = await asyncio.gather(*(live(h) for h in names))
