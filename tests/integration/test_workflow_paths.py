@@ -15,21 +15,23 @@ import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from temporalio import activity
-from temporalio.api.enums.v1 import EventType
+from temporalio.api.enums.v1 import EventType, TimeoutType
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from perseus.keys import host_task_queue
-from perseus.lifecycle import Command, State
+from perseus.keys import host_task_queue, iso
+from perseus.lifecycle import Command, Role, State
 from perseus.models import (
+    ClaimProbe,
+    ClaimProbeRequest,
     ClaimResult,
     CommandRequest,
     ConnectorReport,
@@ -37,11 +39,13 @@ from perseus.models import (
     ConnectorSpec,
     DropStandbyRequest,
     Exchange,
+    HandoffRequest,
     HostClaimRequest,
     HostPresence,
     Identity,
     IdentityRequest,
     InstanceInput,
+    InstanceSnapshot,
     LeaseOutcome,
     LeaseRequest,
     NotifyRequest,
@@ -65,6 +69,8 @@ pytestmark = pytest.mark.integration
 
 HISTORIES = Path(__file__).resolve().parents[1] / "histories"
 HOST = "ts-host"
+#: The standby's host in the handoff test.
+OTHER_HOST = "ts-host-b"
 
 
 @dataclass
@@ -87,6 +93,17 @@ class Stand:
     #: (activity, role) of every connector step asked for.
     connector_calls: list[tuple[str, str]] = field(default_factory=list)
     standby_records: int = 0
+    #: What ``list_standbys`` answers (the live standbys of the exchange, as Redis would list them).
+    standbys: list[StandbyRecord] = field(default_factory=list)
+    #: The ``detail`` of every event recorded, in order (beside ``events``).
+    details: list[str | None] = field(default_factory=list)
+    #: What ``probe_claim`` answers (the key as Redis shows it), and how often it was asked.
+    probe: ClaimProbe = field(default_factory=lambda: ClaimProbe(held_by_us=True, renewed_ms_ago=500))
+    probes: int = 0
+    #: The lease term (by call number) that stops heartbeating to Temporal once ``silence`` is set:
+    #: its host lost Temporal while its keeper renews on (what ``probe`` then shows).
+    silent_lease: int | None = None
+    silence: asyncio.Event = field(default_factory=asyncio.Event)
 
     def activities(self) -> list[Callable[..., Any]]:
         stand = self
@@ -133,6 +150,7 @@ class Stand:
                     e.to_state.value if e.to_state else None,
                 )
             )
+            stand.details.append(e.detail)
             return Recorded(
                 stream_id=f"{len(stand.events)}-0",
                 patch=PatchResult(applied=True) if req.patch is not None else None,
@@ -153,13 +171,22 @@ class Stand:
         @activity.defn(name="hold_lease")
         async def lease(req: LeaseRequest) -> LeaseOutcome:
             stand.lease_calls += 1
+            call = stand.lease_calls
             if stand.lease_behaviour is not None:
-                result = stand.lease_behaviour(stand.lease_calls)
+                result = stand.lease_behaviour(call)
                 if result is not None:
                     return result  # type: ignore[no-any-return]
             while True:  # a healthy lease: heartbeats until cancelled
+                if call == stand.silent_lease and stand.silence.is_set():
+                    # Silent from here on; the worker's shutdown cancels it at the end of the test.
+                    await asyncio.Event().wait()
                 activity.heartbeat()
                 await asyncio.sleep(0.05)
+
+        @activity.defn(name="probe_claim")
+        async def probe(req: ClaimProbeRequest) -> ClaimProbe:
+            stand.probes += 1
+            return stand.probe
 
         def connector(name: str) -> Callable[..., Any]:
             @activity.defn(name=name)
@@ -195,7 +222,7 @@ class Stand:
 
         @activity.defn(name="list_standbys")
         async def list_standbys(req: StandbyQuery) -> StandbyList:
-            return StandbyList(standbys=[])
+            return StandbyList(standbys=stand.standbys)
 
         @activity.defn(name="hold_standby")
         async def hold_standby(req: StandbyLeaseRequest) -> StandbyOutcome:
@@ -214,6 +241,7 @@ class Stand:
             polled,
             notify,
             lease,
+            probe,
             *connectors,
             *standby,
         ]
@@ -228,14 +256,11 @@ async def record_history(handle: WorkflowHandle[Any, Any], name: str) -> None:
     (HISTORIES / f"{name}.json").write_text(history.to_json())
 
 
-async def run_paths(
-    env: WorkflowEnvironment,
-    stand: Stand,
-    inp: InstanceInput,
-    body: Callable[[WorkflowHandle[Any, Any]], Any],
-    *,
-    host_worker: bool = True,
-) -> Any:
+def instance_workers(
+    env: WorkflowEnvironment, stand: Stand, inp: InstanceInput, *, host_worker: bool = True
+) -> tuple[str, list[Worker]]:
+    """The workers one instance needs: its workflow and shared activities on a queue of its own
+    (returned), its host steps on its host's queue — so two instances keep separate stand-ins."""
     queue = f"ts-{uuid.uuid4().hex[:8]}"
     activities = stand.activities()
     host_acts = [
@@ -249,6 +274,18 @@ async def run_paths(
     workers = [Worker(env.client, task_queue=queue, workflows=[InstanceWorkflow], activities=shared_acts)]
     if host_worker:
         workers.append(Worker(env.client, task_queue=host_task_queue(inp.host), activities=host_acts))
+    return queue, workers
+
+
+async def run_paths(
+    env: WorkflowEnvironment,
+    stand: Stand,
+    inp: InstanceInput,
+    body: Callable[[WorkflowHandle[Any, Any]], Any],
+    *,
+    host_worker: bool = True,
+) -> Any:
+    queue, workers = instance_workers(env, stand, inp, host_worker=host_worker)
     async with contextlib_stack(workers):
         handle = await env.client.start_workflow(
             InstanceWorkflow.run, inp, id=f"instance-{inp.exchange}-{inp.host}", task_queue=queue
@@ -270,7 +307,8 @@ class contextlib_stack:  # noqa: N801 - reads like the contextlib helper it wrap
 
 
 def instance(name: str, **kw: Any) -> InstanceInput:
-    return InstanceInput(exchange=f"{name}{uuid.uuid4().hex[:6]}", host=HOST, heartbeat_interval_s=2.0, **kw)
+    kw.setdefault("heartbeat_interval_s", 2.0)
+    return InstanceInput(exchange=f"{name}{uuid.uuid4().hex[:6]}", host=HOST, **kw)
 
 
 async def command(handle: WorkflowHandle[Any, Any], cmd: Command) -> Any:
@@ -353,6 +391,206 @@ async def test_warm_standby_warms_while_waiting_and_is_activated_on_promotion(
         ("state_transition", "stopping", "stopped"),
     ]
     assert stand.standby_records == 0
+
+
+async def reaching(handle: WorkflowHandle[Any, Any], state: State, limit_s: float = 10.0) -> InstanceSnapshot:
+    """The instance's snapshot once it reads ``state``; fails the test after ``limit_s``."""
+    for _ in range(int(limit_s / 0.05)):
+        snap: InstanceSnapshot = await handle.query(InstanceWorkflow.snapshot)
+        if snap.state is state:
+            return snap
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{handle.id} never reached {state.value}: {snap}")
+
+
+async def test_cold_standby_registers_without_a_claim_and_starts_cold_when_promoted(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    stand = Stand()
+
+    async def body(handle: WorkflowHandle[Any, Any]) -> None:
+        registered = await handle.execute_update(InstanceWorkflow.wait_registered)
+        # Visible as a standby (its own id, epoch 0), holding nothing: no claim was even asked for.
+        assert registered.role is Role.STANDBY and registered.epoch == 0 and registered.instance_id
+        assert registered.state is State.IDLE
+        assert stand.epochs == 0 and stand.standby_records == 1
+        snap = await handle.query(InstanceWorkflow.snapshot)
+        assert snap.role is Role.STANDBY and snap.claim is None
+        # What a dying holder's workflow sends: claim above the highest epoch it saw, then start.
+        await handle.signal(InstanceWorkflow.promote, PromoteRequest(reason="test promotion", min_epoch=4))
+        snap = await reaching(handle, State.ACTIVE)
+        assert snap.role is Role.ACTIVE and snap.claim is not None and snap.claim.epoch == 5
+        assert snap.claim.instance_id != registered.instance_id  # a fresh claim, not the standby's id
+        assert snap.symbol_count == 3
+        assert stand.standby_records == 0  # the record is dropped once the claim is held
+        await command(handle, Command.SHUTDOWN)
+        assert await handle.result() == "shut down"
+        await record_history(handle, "standby-promotion")
+
+    await run_paths(ts_env, stand, instance("cold", standby=True), body)
+    # A cold standby runs nothing while it waits; promoted, it starts from scratch under the claim.
+    assert stand.connector_calls == [
+        ("connector_prepare", "active"),
+        ("connector_warm_up", "active"),
+        ("connector_connect", "active"),
+        ("connector_disconnect", "active"),
+    ]
+    assert stand.events == [
+        ("standby_registered", None, None),
+        ("promoted", None, None),
+        ("state_transition", "idle", "starting"),
+        ("state_transition", "starting", "warming"),
+        ("state_transition", "warming", "active"),
+        ("state_transition", "active", "stopping"),
+        ("state_transition", "stopping", "stopped"),
+    ]
+    assert stand.details[1] == "test promotion"  # cold: no "(warm: …)" note
+    assert stand.epochs == 5 and stand.released == 1
+
+
+async def test_planned_handoff_moves_the_claim_and_the_old_instance_stays_as_standby(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    """Both sides of ``handoff EX --to HOST``, each with its own workers and stand-ins (as two hosts
+    would have), talking by signals only: notify → stop → release → takeover → confirm."""
+    old, new = Stand(), Stand()
+    exchange = f"hand{uuid.uuid4().hex[:6]}"
+    active = InstanceInput(exchange=exchange, host=HOST, heartbeat_interval_s=2.0)
+    standby = InstanceInput(exchange=exchange, host=OTHER_HOST, heartbeat_interval_s=2.0, standby=True)
+    queue_a, workers_a = instance_workers(ts_env, old, active)
+    queue_b, workers_b = instance_workers(ts_env, new, standby)
+    async with contextlib_stack(workers_a + workers_b):
+        handing = await ts_env.client.start_workflow(
+            InstanceWorkflow.run, active, id=f"instance-{exchange}-{HOST}", task_queue=queue_a
+        )
+        taking = await ts_env.client.start_workflow(
+            InstanceWorkflow.run, standby, id=f"instance-{exchange}-{OTHER_HOST}", task_queue=queue_b
+        )
+        assert (await handing.execute_update(InstanceWorkflow.wait_registered)).epoch == 1
+        await command(handing, Command.START)
+        target = await taking.execute_update(InstanceWorkflow.wait_registered)
+        assert target.role is Role.STANDBY
+        # What Redis lists for the handing-over side: the target's live standby record.
+        now = iso(datetime.now(UTC))
+        old.standbys = [
+            StandbyRecord(
+                exchange_id=42,
+                exchange_name=exchange,
+                host=OTHER_HOST,
+                hostname=OTHER_HOST,
+                instance_id=target.instance_id,
+                workflow_id=taking.id,
+                registered_at=now,
+                last_heartbeat=now,
+                ttl_ms=6000,
+                heartbeat_interval_ms=2000,
+            )
+        ]
+
+        result = await handing.execute_update(InstanceWorkflow.handoff, HandoffRequest(to_host=OTHER_HOST))
+        assert result.error is None
+        assert result.transitions == [State.STOPPING, State.STOPPED, State.IDLE]
+        assert (
+            result.detail == f"{OTHER_HOST} active at epoch 2 (was epoch 1 here); this instance is a standby"
+        )
+        was = await handing.query(InstanceWorkflow.snapshot)
+        assert was.role is Role.STANDBY and was.claim is None and was.state is State.IDLE
+        assert old.standby_records == 1  # visible again, as a standby of the exchange it handed over
+        now_active = await taking.query(InstanceWorkflow.snapshot)
+        assert now_active.role is Role.ACTIVE and now_active.state is State.ACTIVE
+        assert now_active.claim is not None and now_active.claim.epoch == 2
+
+        await command(handing, Command.SHUTDOWN)
+        await command(taking, Command.SHUTDOWN)
+        assert await handing.result() == "shut down"
+        assert await taking.result() == "shut down"
+        await record_history(handing, "handoff-handing-over")
+        await record_history(taking, "handoff-taking-over")
+
+    assert old.events == [
+        ("state_transition", "idle", "starting"),
+        ("state_transition", "starting", "warming"),
+        ("state_transition", "warming", "active"),
+        ("handoff", None, None),
+        ("state_transition", "active", "stopping"),
+        ("state_transition", "stopping", "stopped"),
+        ("state_transition", "stopped", "idle"),
+        ("handoff", None, None),
+        ("handoff", None, None),
+        ("standby_registered", None, None),
+    ]
+    steps = [d for (kind, _, _), d in zip(old.events, old.details, strict=True) if kind == "handoff"]
+    assert [d.split(":")[0] if d else None for d in steps] == ["notify", "takeover", "confirm"]
+    assert steps[1] == f"takeover: released epoch 1 to {OTHER_HOST}"
+    assert steps[2] == f"confirm: {OTHER_HOST} active at epoch 2"
+    # The old connector stopped before the claim was released (once: the standby's shutdown has
+    # nothing to stop), and nothing is left registered on either side.
+    assert old.connector_calls[-1] == ("connector_disconnect", "active")
+    assert old.released == 1 and old.standby_records == 0 and old.epochs == 1
+    assert new.events == [
+        ("standby_registered", None, None),
+        ("promoted", None, None),
+        ("state_transition", "idle", "starting"),
+        ("state_transition", "starting", "warming"),
+        ("state_transition", "warming", "active"),
+        ("state_transition", "active", "stopping"),
+        ("state_transition", "stopping", "stopped"),
+    ]
+    assert new.details[1] == f"handoff from {HOST}"
+    assert new.epochs == 2 and new.released == 1 and new.standby_records == 0
+
+
+async def test_silent_lease_whose_claim_redis_shows_renewed_is_reattached(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    """The host stops heartbeating to Temporal (a partition, an outage) while its keeper renews on:
+    the workflow re-issues the lease, Redis shows the key renewed, a worker picks the lease up, and
+    the instance goes on under the same claim — no transition, no event, no new epoch."""
+    stand = Stand(silent_lease=1)
+
+    async def body(handle: WorkflowHandle[Any, Any]) -> None:
+        registered = await handle.execute_update(InstanceWorkflow.wait_registered)
+        await command(handle, Command.START)
+        events_before = list(stand.events)
+        stand.silence.set()
+        # Re-attached: the connector is checked (the claim is ours, but is the connector still
+        # running?) once the re-issued lease has run past the pickup window.
+        for _ in range(300):
+            if ("connector_check", "active") in stand.connector_calls:
+                break
+            await asyncio.sleep(0.05)
+        assert ("connector_check", "active") in stand.connector_calls
+        snap = await handle.query(InstanceWorkflow.snapshot)
+        assert snap.state is State.ACTIVE and snap.outcome is None
+        assert snap.claim is not None and snap.claim.instance_id == registered.instance_id
+        assert snap.claim.epoch == registered.epoch == 1
+        assert stand.events == events_before  # no transition, no error, no instance_lost
+        assert stand.lease_calls == 2 and stand.released == 0
+        # Redis was asked at once and again when the claim would have gone stale, before the pickup
+        # window ran out (timers firing late can only add probes).
+        assert stand.probes >= 2
+
+        history = await handle.fetch_history()
+        timed_out = [
+            e.activity_task_timed_out_event_attributes.failure.timeout_failure_info.timeout_type
+            for e in history.events
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT
+        ]
+        assert timed_out == [TimeoutType.TIMEOUT_TYPE_HEARTBEAT]  # the first term, and only it
+        await command(handle, Command.SHUTDOWN)
+        assert await handle.result() == "shut down"
+        await record_history(handle, "reattach")
+
+    # The shortest interval the timings allow: the test server keeps real time while an activity
+    # runs (and a lease always does), so this path costs the heartbeat timeout (its 2 s floor) plus
+    # the pickup window (1 interval + 3 s) in real seconds.
+    await run_paths(ts_env, stand, instance("reat", heartbeat_interval_s=1.0), body)
+    assert [e for e in stand.events if e[0] != "state_transition"] == []
+    assert stand.events[-2:] == [
+        ("state_transition", "active", "stopping"),
+        ("state_transition", "stopping", "stopped"),
+    ]
+    assert stand.epochs == 1 and stand.released == 1
 
 
 async def test_start_failure_recovers_to_idle(ts_env: WorkflowEnvironment) -> None:
