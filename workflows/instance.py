@@ -1256,6 +1256,18 @@ class InstanceWorkflow:
                 transitions=[],
                 error=f"no live standby of {self.inp.exchange} on host {req.to_host} (live standbys: {live})",
             )
+        silent = await self._target_silent(target)
+        if silent is not None:
+            await self._event(
+                EventKind.HANDOFF, detail=f"aborted: {silent}; {self.inp.exchange} stays here"
+            )
+            return CommandResult(
+                command=Command.HANDOFF,
+                from_state=start_state,
+                state=self.state,
+                transitions=[],
+                error=f"handoff to {target.host} failed ({silent}); nothing changed",
+            )
         if target.warm and start_state is State.ACTIVE and workflow.patched("warm-handoff"):
             # Make before break: the target's connector is warm before ours stops.
             target = await self._until_warm(target)
@@ -1415,6 +1427,28 @@ class InstanceWorkflow:
                 error=f"{command.value} failed: {reason}; recovered to {self.state.value}",
             )
         return CommandResult(command=command, from_state=start_state, state=self.state, transitions=done)
+
+    async def _target_silent(self, target: StandbyRecord) -> str | None:
+        """Why the target's worker cannot take over now (it did not answer on its host queue), or
+        None. Asked before anything stops here (patched ``handoff-asks-target-first``): a frozen or
+        partitioned target otherwise leaves the exchange with nobody until the handoff times out."""
+        if not workflow.patched("handoff-asks-target-first"):
+            return None
+        wait = self._host_wait()
+        try:
+            await workflow.execute_activity(
+                "detect_identity",
+                IdentityRequest(host=target.host),
+                result_type=Identity,
+                task_queue=host_task_queue(target.host),
+                schedule_to_start_timeout=wait,
+                start_to_close_timeout=wait,
+                retry_policy=RetryPolicy(maximum_attempts=1),
+                summary=f"is {target.host} answering?",
+            )
+        except ActivityError as err:
+            return f"the worker on {target.host} did not answer: {describe_failure(err)}"
+        return None
 
     async def _until_warm(self, target: StandbyRecord) -> StandbyRecord:
         """Wait (bounded by the connector's ready timeout) until the warm target says it is ready;

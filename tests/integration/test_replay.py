@@ -41,7 +41,10 @@ EXPECTED = BEFORE_CLAIM_ON_HOST | {
 }
 #: Per ``before-<patch id>/`` folder, the paths it keeps. A path added after a version was cut has
 #: no history from before it: no run of the older code was recorded taking it.
-BEFORE = {"before-claim-on-host": BEFORE_CLAIM_ON_HOST}
+BEFORE = {
+    "before-claim-on-host": BEFORE_CLAIM_ON_HOST,
+    "before-handoff-asks-target-first": {"handoff-handing-over"},
+}
 
 
 def name(path: Path) -> str:
