@@ -59,7 +59,12 @@ async def test_rotation_and_wrong_keys() -> None:
         await PlainCodec().decode([sealed_old])
 
 
-@pytest.mark.parametrize("text", ["", "not base64!", "c2hvcnQ=", f"{new_key()},zz"])
+# Fixed ids: a random key in an id would differ between test processes.
+@pytest.mark.parametrize(
+    "text",
+    ["", "not base64!", "c2hvcnQ=", f"{new_key()},zz"],
+    ids=["empty", "not-base64", "too-short", "good-then-bad"],
+)
 def test_malformed_keys_are_config_errors(text: str) -> None:
     with pytest.raises(ConfigError, match="PERSEUS_PAYLOAD_KEY"):
         parse_keys(text)
