@@ -322,13 +322,9 @@ class HostActivities:
         in the request: read from the status key, trusted only if this workflow wrote it."""
         if req.spec.kind != "process":
             return None
-        raw, _ = await self._store.status(req.exchange_id)
-        try:
-            doc = json.loads(raw or "")
-            if doc.get("workflowId") == req.workflow_id:
-                return Claim(instance_id=str(doc["instanceId"]), epoch=int(doc["epoch"]))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            pass
+        record = (await self._store.status(req.exchange_id)).record
+        if record is not None and record.workflow_id == req.workflow_id:
+            return record.claim
         return None
 
     def _connector(self, req: ConnectorRequest):  # type: ignore[no-untyped-def]

@@ -128,7 +128,7 @@ async def trial_set(
     async def active_host(not_host: str | None = None, timeout: float = 10 * interval + 60) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            raw, _ = await store.status(ex_id)
+            raw, _ = await store.raw_status(ex_id)
             if raw:
                 doc = json.loads(raw)
                 if doc["connectionState"] == "active" and doc["hostname"] != not_host:
@@ -304,7 +304,7 @@ async def warm_set(
         raise RuntimeError(f"{host} could not register again")
 
     async def holder() -> dict[str, object]:
-        raw, _ = await store.status(ex_id)
+        raw, _ = await store.raw_status(ex_id)
         return json.loads(raw) if raw else {}
 
     async def active() -> dict[str, object]:

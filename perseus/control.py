@@ -8,7 +8,6 @@ Perseus error tree so every caller can print one clear line.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -253,15 +252,8 @@ async def holder_workflow_id(store: RedisStore, exchange_id: int) -> str | None:
 
     This is the truth for "the active instance". Search attributes lag behind it: right after a
     crash failover the dead host's workflow still reads ``InstanceRole = active``."""
-    raw, _ = await store.status(exchange_id)
-    if raw is None:
-        return None
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        return None
-    found = doc.get("workflowId") if isinstance(doc, dict) else None
-    return found if isinstance(found, str) and found else None
+    record = (await store.status(exchange_id)).record
+    return record.workflow_id or None if record is not None else None
 
 
 async def find_instance(

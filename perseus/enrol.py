@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from pydantic import BaseModel, Field
 from temporalio.api.enums.v1 import TaskQueueType
@@ -46,7 +44,7 @@ from perseus.fleet import (
 )
 from perseus.keys import host_task_queue, workflow_id
 from perseus.lifecycle import Command
-from perseus.models import StandbyRecord, Wire
+from perseus.models import InstanceStatus, StandbyRecord, Wire
 from perseus.store.db import Catalog, FleetListener
 from perseus.store.redis_store import RedisStore
 from perseus.temporal import EXCHANGE_NAME, INSTANCE_HOST, INSTANCE_ROLE, INSTANCE_WORKFLOW
@@ -121,23 +119,21 @@ async def _running(client: Client, exchange: str, host: str) -> bool:
     return described.status == WorkflowExecutionStatus.RUNNING
 
 
-def _holder_host(exchange: str, raw: str | None) -> str | None:
+def _holder_host(exchange: str, status: InstanceStatus | None) -> str | None:
     """The host named by a live status record (its workflow id is ``instance-{exchange}-{host}``)."""
-    if raw is None:
+    if status is None:
         return None
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        return None
-    wf_id, prefix = str(doc.get("workflowId") or ""), workflow_id(exchange, "")
-    return wf_id.removeprefix(prefix) if wf_id.startswith(prefix) else doc.get("hostname")
+    wf_id, prefix = status.workflow_id or "", workflow_id(exchange, "")
+    return wf_id.removeprefix(prefix) if wf_id.startswith(prefix) else status.hostname
 
 
 async def _holders(store: RedisStore, ids: dict[str, int], exchanges: Iterable[str]) -> dict[str, str]:
     names = sorted(set(exchanges))
     replies = await store.statuses([ids[n] for n in names])
     return {
-        n: h for n, (raw, _) in zip(names, replies, strict=True) if (h := _holder_host(n, raw)) is not None
+        n: h
+        for n, read in zip(names, replies, strict=True)
+        if (h := _holder_host(n, read.record)) is not None
     }
 
 
@@ -505,14 +501,15 @@ async def fleet_status(client: Client, catalog: Catalog, store: RedisStore) -> l
     # Every catalog exchange's status key in one pipelined round trip: an instance registered a
     # moment ago holds its key before the visibility index lists its workflow.
     every = sorted(ids)
-    held = {n: r for n, r in zip(every, await store.statuses([ids[n] for n in every]), strict=True) if r[0]}
+    held = {
+        n: r for n, r in zip(every, await store.statuses([ids[n] for n in every]), strict=True) if r.exists
+    }
     names = sorted((set(placements) | set(running) | set(held)) & set(ids))
-    replies = [held.get(n, (None, 0)) for n in names]
     live = await live_hosts(client, {h for p in placements.values() for h in p.hosts})
     views: list[FleetExchangeView] = []
-    for name, (raw, _) in zip(names, replies, strict=True):
-        status: dict[str, Any] | None = json.loads(raw) if raw else None
-        active = _holder_host(name, raw)
+    for name in names:
+        status = read.record if (read := held.get(name)) is not None else None
+        active = _holder_host(name, status)
         standbys = [r.host for r in _standby_records(await store.standbys(ids[name]))]
         placement = placements.get(name)
         here = sorted(set(running.get(name, [])) | ({active} if active else set()))
@@ -539,7 +536,7 @@ async def fleet_status(client: Client, catalog: Catalog, store: RedisStore) -> l
                 in_fleet=placement is not None,
                 desired_hosts=list(placement.hosts) if placement else [],
                 active_host=active,
-                active_state=status.get("connectionState") if status else None,
+                active_state=status.connection_state.value if status else None,
                 standbys=standbys,
                 instances=here,
                 warm=placement.warm if placement else False,

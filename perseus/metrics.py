@@ -225,7 +225,7 @@ def board_metrics(board: StatusBoard) -> bytes:
         if status is not None:
             tally["active", status.connection_state.value] += 1
             age.labels(name).set(view.heartbeat_age_s or 0.0)
-            interval.labels(name).set(status.heartbeat_interval_ms / 1000)
+            interval.labels(name).set(status.heartbeat_interval_s)
         tally["standby", "standby"] += len(view.standbys)
     for role, state in (("active", "active"), ("standby", "standby")):
         tally[role, state] += 0  # always present, so "no active instance" reads 0, not absent

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from pydantic import ValidationError
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -26,6 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from perseus import metrics
 from perseus.errors import ServiceUnavailable
 from perseus.keys import epoch_key, standby_index_key, standby_key, status_key, stream_key
+from perseus.models import InstanceStatus
 
 __all__ = [
     "RedisStore",
@@ -34,6 +36,8 @@ __all__ = [
     "is_cluster_url",
     "ClaimReply",
     "FenceReply",
+    "StatusRead",
+    "parse_status",
     "RedisError",
 ]
 
@@ -275,17 +279,84 @@ def make_client(url: str, *, max_connections: int | None = None) -> RedisClient:
     return aioredis.Redis.from_pool(pool)
 
 
+def parse_status(raw: str) -> InstanceStatus:
+    """A status key's JSON as its model; ValueError (a ``ValidationError``) when it is not one.
+
+    The only place the status JSON is parsed: callers get models from :class:`RedisStore`.
+    """
+    return InstanceStatus.model_validate_json(raw)
+
+
+def _malformed(exc: ValidationError) -> str:
+    """One short line on why a record does not parse: the first problem and where."""
+    first = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    return f"{where}: {first['msg']}"[:160] if where else str(first["msg"])[:160]
+
+
+@dataclass(frozen=True)
+class StatusRead:
+    """One status key as read: its record, or why it could not be read, and its PTTL.
+
+    ``record`` is None when the key is absent or unreadable; ``malformed`` says why an existing
+    value is unreadable (None otherwise). ``pttl_ms`` is Redis' PTTL: -2 no key, -1 no TTL.
+    """
+
+    record: InstanceStatus | None
+    pttl_ms: int
+    malformed: str | None = None
+
+    @property
+    def exists(self) -> bool:
+        """Whether the key holds anything (a readable record or not)."""
+        return self.record is not None or self.malformed is not None
+
+    @classmethod
+    def parse(cls, raw: str | None, pttl_ms: int) -> StatusRead:
+        if raw is None:
+            return cls(record=None, pttl_ms=pttl_ms)
+        try:
+            return cls(record=parse_status(raw), pttl_ms=pttl_ms)
+        except ValidationError as exc:
+            return cls(record=None, pttl_ms=pttl_ms, malformed=_malformed(exc))
+
+
 @dataclass(frozen=True)
 class ClaimReply:
+    """A claim's outcome, and the record in the key now: ours (``claimed``, ``self``) or the holder's."""
+
     outcome: Literal["claimed", "self", "held"]
-    raw: str
-    pttl_ms: int
+    holder: StatusRead
+
+    @property
+    def pttl_ms(self) -> int:
+        return self.holder.pttl_ms
 
 
-@dataclass(frozen=True)
 class FenceReply:
-    outcome: Literal["ok", "missing", "fenced"]
-    raw: str | None
+    """A fenced write's outcome and the record it left (``ok``) or found (``fenced``).
+
+    The record is parsed on first use only: a renewal runs once per beat for every claim of a host
+    and mostly needs just the outcome.
+    """
+
+    __slots__ = ("outcome", "_raw", "_read")
+
+    def __init__(self, outcome: Literal["ok", "missing", "fenced"], raw: str | None) -> None:
+        self.outcome = outcome
+        self._raw = raw
+        self._read: StatusRead | None = None
+
+    @property
+    def status(self) -> StatusRead:
+        """The record (None after a delete, when the key was missing, or when it is unreadable)."""
+        if self._read is None:
+            self._read = StatusRead.parse(self._raw, -1)
+        return self._read
+
+    @property
+    def record(self) -> InstanceStatus | None:
+        return self.status.record
 
 
 def _pairs(flat: list[str]) -> dict[str, str]:
@@ -340,7 +411,7 @@ class RedisStore:
                 keys=[status_key(exchange_id)], args=[json.dumps(payload), ttl_ms, str(payload["instanceId"])]
             )
         )
-        return ClaimReply(outcome=outcome, raw=raw, pttl_ms=int(pttl))
+        return ClaimReply(outcome=outcome, holder=StatusRead.parse(raw, int(pttl)))
 
     async def fenced(
         self,
@@ -371,16 +442,26 @@ class RedisStore:
             await self._run(self._xadd_once(keys=[stream_key(exchange_name)], args=[event_id, min_id, *flat]))
         )
 
-    async def status(self, exchange_id: int) -> tuple[str | None, int]:
-        """The raw status JSON (or None) and its PTTL in ms, in one pipelined round trip."""
+    async def status(self, exchange_id: int) -> StatusRead:
+        """The exchange's status record (parsed) and its PTTL in ms, in one pipelined round trip."""
+        raw, pttl = await self.raw_status(exchange_id)
+        return StatusRead.parse(raw, pttl)
+
+    async def statuses(self, exchange_ids: list[int]) -> list[StatusRead]:
+        """Many status records in one pipelined round trip (one command per key: cluster-safe)."""
+        return [StatusRead.parse(raw, pttl) for raw, pttl in await self.raw_statuses(exchange_ids)]
+
+    async def raw_status(self, exchange_id: int) -> tuple[str | None, int]:
+        """The status key's exact JSON (or None) and its PTTL: for wire checks in tests and
+        benchmarks. Perseus' own code reads :meth:`status`."""
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.get(status_key(exchange_id))
             pipe.pttl(status_key(exchange_id))
             raw, pttl = await self._run(pipe.execute())
         return raw, int(pttl)
 
-    async def statuses(self, exchange_ids: list[int]) -> list[tuple[str | None, int]]:
-        """Many status keys in one pipelined round trip (one command per key: cluster-safe)."""
+    async def raw_statuses(self, exchange_ids: list[int]) -> list[tuple[str | None, int]]:
+        """:meth:`raw_status` of many keys in one pipelined round trip (tests and benchmarks)."""
         async with self.client.pipeline(transaction=False) as pipe:
             for exchange_id in exchange_ids:
                 pipe.get(status_key(exchange_id))
@@ -499,19 +580,20 @@ class RedisStore:
         priority: int,
         *,
         create: bool,
-    ) -> tuple[bool, str | None]:
+    ) -> tuple[bool, StatusRead]:
         """Renew a standby's record and read the exchange's status key, in one round trip.
 
         Without ``create`` the record is only renewed if it still exists (``SET … XX``): a record its
-        workflow dropped stays dropped. Returns whether the record is there, and the raw status JSON
-        (None: nobody holds the exchange). All keys share the exchange's hash tag.
+        workflow dropped stays dropped. Returns whether the record is there, and the exchange's
+        status (``exists`` False: nobody holds the exchange; no PTTL is read, it says -1). All keys
+        share the exchange's hash tag.
         """
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.set(standby_key(exchange_id, instance_id), json.dumps(payload), px=ttl_ms, xx=not create)
             pipe.zadd(standby_index_key(exchange_id), {instance_id: priority})
             pipe.get(status_key(exchange_id))
             written, _, raw = await self._run(pipe.execute())
-        return bool(written), raw
+        return bool(written), StatusRead.parse(raw, -2 if raw is None else -1)
 
     async def standbys(self, exchange_id: int) -> list[str]:
         """Live standby records, highest priority first; index members whose key expired are pruned."""
@@ -527,8 +609,8 @@ class RedisStore:
             await self._run(self.client.zrem(standby_index_key(exchange_id), *dead))
         return [str(raw) for raw in raws if raw is not None]
 
-    async def board(self, exchange_ids: list[int]) -> tuple[list[tuple[str | None, int]], list[list[str]]]:
-        """Every status key (GET + PTTL, as :meth:`statuses`) and every standby index (members,
+    async def board(self, exchange_ids: list[int]) -> tuple[list[StatusRead], list[list[str]]]:
+        """Every status record (GET + PTTL, as :meth:`statuses`) and every standby index (members,
         highest priority first) of several exchanges, in one pipelined round trip; one command per
         key on a cluster, one script on a single server."""
         if not exchange_ids:
@@ -537,7 +619,7 @@ class RedisStore:
             keys = [k for i in exchange_ids for k in (status_key(i), standby_index_key(i))]
             flat = await self._run(self._board(keys=keys, args=[]))
             return (
-                [(flat[i], int(flat[i + 1])) for i in range(0, len(flat), 3)],
+                [StatusRead.parse(flat[i], int(flat[i + 1])) for i in range(0, len(flat), 3)],
                 [list(flat[i + 2]) for i in range(0, len(flat), 3)],
             )
         async with self.client.pipeline(transaction=False) as pipe:
@@ -548,7 +630,7 @@ class RedisStore:
                 pipe.zrevrange(standby_index_key(exchange_id), 0, -1)
             flat = await self._run(pipe.execute())
         n = 2 * len(exchange_ids)
-        statuses = [(flat[i], int(flat[i + 1])) for i in range(0, n, 2)]
+        statuses = [StatusRead.parse(flat[i], int(flat[i + 1])) for i in range(0, n, 2)]
         return statuses, [list(members) for members in flat[n:]]
 
     async def board_details(

@@ -116,7 +116,7 @@ async def test_no_wait_signals_the_command_and_returns(
     result = await cli(servers, "shutdown", exchange, "--host", host, "--no-wait")
     assert result.returncode == 0, result.stderr
     await client.get_workflow_handle(wf_id).result()  # the workflow completes on its own
-    assert (await store.status(ex_id))[0] is None
+    assert (await store.raw_status(ex_id))[0] is None
 
 
 async def test_wait_is_the_default_and_the_log_is_columns_of_data(
