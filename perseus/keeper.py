@@ -280,7 +280,7 @@ class LeaseKeeper:
                 return
             held.beat.pulse()
             if await self._orphaned(held):
-                await self._connectors.stop(req.workflow_id, "claim lost")
+                await self._connectors.stop(req.workflow_id, "claim lost", at_once=True)
                 with contextlib.suppress(ServiceUnavailable):
                     await self._store.fenced(
                         req.exchange_id, req.claim.instance_id, req.claim.epoch, mode="delete"
@@ -365,11 +365,11 @@ class LeaseKeeper:
         if held.last_ok - due > req.heartbeat_interval_s / 2:
             log.info("renewal of %s was %.2fs late", req.workflow_id, held.last_ok - due)
 
-    async def _end(self, held: HeldClaim, why: PerseusError) -> None:
+    async def _end(self, held: HeldClaim, why: ClaimLost) -> None:
         """Stop the connector first, then remember why: the order is the safety property."""
         req = held.request
         assert req is not None
-        # "claim lost" / "renew deadline passed": the connector stops without grace.
+        # The claim is gone (lost, missing or past its renew deadline): no grace for the connector.
         reason = "renew deadline passed" if isinstance(why, RenewDeadline) else "claim lost"
         connector = self._connectors.get(req.workflow_id)
         pgid = connector.process_group() if connector is not None else None
@@ -379,7 +379,7 @@ class LeaseKeeper:
             # connector that acts, or may be about to (an activation in flight), must stop here.
             stopped = False
         else:
-            stopped = await self._connectors.stop(req.workflow_id, reason)
+            stopped = await self._connectors.stop(req.workflow_id, reason, at_once=True)
         if stopped:
             held.stopped_at = datetime.now(UTC)
         if pgid is not None and self._watchdog is not None:

@@ -61,7 +61,9 @@ class Connector(abc.ABC):
         """Become active (role ``active`` only; a standby is promoted by :meth:`activate`)."""
 
     @abc.abstractmethod
-    async def disconnect(self, reason: str) -> None: ...
+    async def disconnect(self, reason: str, *, at_once: bool = False) -> None:
+        """Stop, with the connector's grace unless ``at_once``: the claim is gone (lost, or not
+        renewed within the renew deadline), and a connector must never act without it."""
 
     @abc.abstractmethod
     async def activate(self, epoch: int, instance_id: str) -> None:
@@ -135,13 +137,13 @@ class ConnectorHost:
     def get(self, workflow_id: str) -> Connector | None:
         return self._running.get(workflow_id)
 
-    async def stop(self, workflow_id: str, reason: str) -> bool:
-        """Disconnect and forget the connector; True if one was there."""
+    async def stop(self, workflow_id: str, reason: str, *, at_once: bool = False) -> bool:
+        """Disconnect and forget the connector (without grace when ``at_once``); True if one was there."""
         connector = self._running.pop(workflow_id, None)
         if connector is None:
             return False
         log.info("stopping connector %s (%s): %s", workflow_id, connector.exchange_name, reason)
-        await connector.disconnect(reason)
+        await connector.disconnect(reason, at_once=at_once)
         self.record("disconnect", workflow_id, exchange=connector.exchange_name, reason=reason)
         return True
 

@@ -10,9 +10,9 @@ The lifecycle maps onto the child process:
 * ``failure`` reports a child that exited while it should run: exit code or signal, and the tail of
   its output (the workflow records it as ``lastError`` and walks down to idle, or restarts);
 * ``disconnect`` stops it: SIGTERM to its process group, SIGKILL after ``stop_grace_s``, and returns
-  only once the child is gone. When the claim is lost (the lease's reasons ``claim lost`` and
-  ``renew deadline passed``) there is no grace at all: SIGKILL at once, since a connector must never
-  act without the claim, and the lease stops the connector before it reports the loss.
+  only once the child is gone. When the claim is lost (the keeper stops it ``at_once`` for a lost
+  claim or a passed renew deadline) there is no grace at all: SIGKILL at once, since a connector must
+  never act without the claim, and the keeper stops the connector before it reports the loss.
 
 Process hygiene, so that the child cannot outlive its supervisor:
 
@@ -75,8 +75,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Reasons (substrings) for which ``disconnect`` kills at once: the lease lost the claim.
-EMERGENCY_REASONS = ("claim lost", "renew deadline")
 #: Output lines kept in memory; the last few go into a failure message.
 TAIL_LINES = 200
 FAILURE_TAIL_LINES = 8
@@ -574,20 +572,21 @@ class ProcessConnector(Connector):
             and proc.returncode is None
         )
 
-    async def disconnect(self, reason: str) -> None:
-        """Stop the child and return once it is gone. Idempotent; never raises (the emergency brake)."""
+    async def disconnect(self, reason: str, *, at_once: bool = False) -> None:
+        """Stop the child and return once it is gone: SIGTERM, SIGKILL after the grace, or SIGKILL
+        ``at_once``. Idempotent; never raises (the emergency brake)."""
         self._connected = False
         health_task, self._health_task = self._health_task, None
         if health_task is not None:
             health_task.cancel()  # at once; reaped below, after the child
         try:
-            await self._disconnect(reason)
+            await self._disconnect(reason, at_once=at_once)
         finally:
             if health_task is not None:
                 await asyncio.wait({health_task}, timeout=1.0)
             self._close_stdin()
 
-    async def _disconnect(self, reason: str) -> None:
+    async def _disconnect(self, reason: str, *, at_once: bool) -> None:
         proc = self._proc
         if proc is None:
             self._close_log()
@@ -596,7 +595,7 @@ class ProcessConnector(Connector):
             if self._stopping is None:
                 self._stopping = reason
             try:
-                await self._terminate(proc, reason)
+                await self._terminate(proc, reason, at_once=at_once)
             except asyncio.CancelledError:
                 self._killpg(proc, signal.SIGKILL)
                 raise
@@ -750,10 +749,10 @@ class ProcessConnector(Connector):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, sig)
 
-    async def _terminate(self, proc: asyncio.subprocess.Process, reason: str) -> None:
+    async def _terminate(self, proc: asyncio.subprocess.Process, reason: str, *, at_once: bool) -> None:
         grace = self.spec.stop_grace_s
         if proc.returncode is None:
-            if grace <= 0 or any(marker in reason for marker in EMERGENCY_REASONS):
+            if grace <= 0 or at_once:
                 self._note(f"stopping ({reason}): SIGKILL now")
                 self._killpg(proc, signal.SIGKILL)
             else:

@@ -70,7 +70,7 @@ class SimulatedConnector(Connector):
         self._connected = False
         self.role = "standby"
 
-    async def disconnect(self, reason: str) -> None:
+    async def disconnect(self, reason: str, *, at_once: bool = False) -> None:
         self._connected = False
         self._warm = False
 
