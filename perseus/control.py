@@ -65,14 +65,13 @@ def error_from_failure(exc: BaseException) -> errors.PerseusError:
         cause = cause.__cause__ or getattr(cause, "cause", None)
     if cause is None:
         return errors.PerseusError(str(exc))
-    message = cause.message
-    if message.startswith(("ValueError: ", "InvalidTransition: ")):
-        message = message.split(": ", 1)[1]
+    # The SDK carries a raised exception's class name as the failure's type and its text, unprefixed,
+    # as the message: the class is found by name, the message is kept as it is.
     cls = getattr(errors, cause.type or "", None)
     if not (isinstance(cls, type) and issubclass(cls, errors.PerseusError)):
         cls = errors.PerseusError
     err = cls.__new__(cls)
-    Exception.__init__(err, message)
+    Exception.__init__(err, cause.message)
     return err
 
 
@@ -100,7 +99,7 @@ async def _running(handle: WorkflowHandle[Any, str]) -> bool:
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             return False
-        raise errors.ServiceUnavailable(f"Temporal: {exc.message}") from None
+        raise errors.ServiceUnavailable(f"Temporal: {exc.message}", server=errors.Server.TEMPORAL) from None
     return described.status == WorkflowExecutionStatus.RUNNING
 
 
@@ -180,7 +179,9 @@ async def register(
             rpc_timeout=RPC_TIMEOUT,
         )
     except RPCError as exc:
-        raise errors.ServiceUnavailable(f"Temporal refused to start {wf_id}: {exc.message}") from None
+        raise errors.ServiceUnavailable(
+            f"Temporal refused to start {wf_id}: {exc.message}", server=errors.Server.TEMPORAL
+        ) from None
     return await _answer(
         handle.execute_update(
             UPDATE_WAIT_REGISTERED,
@@ -234,7 +235,7 @@ async def _answer(call: Awaitable[T], what: str, timeout_s: float = ANSWER_TIMEO
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             raise errors.NotRegistered(f"the instance is no longer running ({exc.message})") from None
-        raise errors.ServiceUnavailable(f"Temporal: {exc.message}") from None
+        raise errors.ServiceUnavailable(f"Temporal: {exc.message}", server=errors.Server.TEMPORAL) from None
 
 
 async def _running_ids(client: Client, query: str) -> list[str]:
@@ -244,7 +245,7 @@ async def _running_ids(client: Client, query: str) -> list[str]:
     except RPCError as exc:
         if exc.status == RPCStatusCode.INVALID_ARGUMENT:  # a filter bug, not the user's input
             raise errors.PerseusError(f"Temporal refused the list filter {query!r}: {exc.message}") from None
-        raise errors.ServiceUnavailable(f"Temporal: {exc.message}") from None
+        raise errors.ServiceUnavailable(f"Temporal: {exc.message}", server=errors.Server.TEMPORAL) from None
 
 
 async def holder_workflow_id(store: RedisStore, exchange_id: int) -> str | None:
@@ -351,7 +352,7 @@ async def send_command(
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             raise errors.NotRegistered(f"the instance is no longer running ({exc.message})") from None
-        raise errors.ServiceUnavailable(f"Temporal: {exc.message}") from None
+        raise errors.ServiceUnavailable(f"Temporal: {exc.message}", server=errors.Server.TEMPORAL) from None
     return CommandSent(
         command=command,
         workflow_id=handle.id,

@@ -89,7 +89,7 @@ async def pollers_within(client: Client, host: str, window: timedelta) -> int:
             timeout=timedelta(seconds=5),
         )
     except RPCError as exc:
-        raise errors.ServiceUnavailable(f"Temporal: {exc.message}") from None
+        raise errors.ServiceUnavailable(f"Temporal: {exc.message}", server=errors.Server.TEMPORAL) from None
     since = datetime.now(UTC) - window
     return sum(
         1
@@ -115,7 +115,7 @@ async def _running(client: Client, exchange: str, host: str) -> bool:
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             return False
-        raise errors.ServiceUnavailable(f"Temporal: {exc.message}") from None
+        raise errors.ServiceUnavailable(f"Temporal: {exc.message}", server=errors.Server.TEMPORAL) from None
     return described.status == WorkflowExecutionStatus.RUNNING
 
 
@@ -486,7 +486,7 @@ async def _running_instances(client: Client) -> list[tuple[str, str, str]]:
             if exchange and host:
                 found.append((exchange, host, attrs.get(INSTANCE_ROLE) or "active"))
     except RPCError as exc:
-        raise errors.ServiceUnavailable(f"Temporal: {exc.message}") from None
+        raise errors.ServiceUnavailable(f"Temporal: {exc.message}", server=errors.Server.TEMPORAL) from None
     return found
 
 

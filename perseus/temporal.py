@@ -15,10 +15,10 @@ from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSear
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, PayloadCodec
 from temporalio.envconfig import ClientConfig
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from perseus.codec import DEV_KEY_FILE, EncryptionCodec, PlainCodec, parse_keys, read_key_file
-from perseus.errors import ConfigError, ServiceUnavailable
+from perseus.errors import ConfigError, Server, ServiceUnavailable
 from perseus.lifecycle import State
 
 if TYPE_CHECKING:  # workflows import this module: settings stay out of their sandbox
@@ -160,12 +160,14 @@ async def connect(settings: Settings, override_address: str | None = None, **ext
         )
     except TimeoutError:
         raise ServiceUnavailable(
-            f"Temporal did not answer at {target} within {CONNECT_TIMEOUT_S:g}s"
+            f"Temporal did not answer at {target} within {CONNECT_TIMEOUT_S:g}s", server=Server.TEMPORAL
         ) from None
     except ValueError as exc:  # a malformed address (TEMPORAL_ADDRESS='::::')
         raise ConfigError(f"TEMPORAL_ADDRESS {target!r}: {str(exc).splitlines()[0]}") from None
     except RuntimeError as exc:  # the core SDK reports an unreachable server as RuntimeError
-        raise ServiceUnavailable(f"Temporal unreachable at {target} ({_connect_failure(str(exc))})") from None
+        raise ServiceUnavailable(
+            f"Temporal unreachable at {target} ({_connect_failure(str(exc))})", server=Server.TEMPORAL
+        ) from None
 
 
 async def register_search_attributes(client: Client) -> None:
@@ -181,5 +183,6 @@ async def register_search_attributes(client: Client) -> None:
             timeout=RPC_TIMEOUT,
         )
     except RPCError as exc:
-        if "already exists" not in str(exc):
+        # A server that already has them answers ALREADY_EXISTS (the dev server: nothing at all).
+        if exc.status != RPCStatusCode.ALREADY_EXISTS:
             raise

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from perseus import metrics
-from perseus.errors import ServiceUnavailable
+from perseus.errors import Server, ServiceUnavailable
 from perseus.keys import epoch_key, standby_index_key, standby_key, status_key, stream_key
 from perseus.models import InstanceStatus
 
@@ -365,7 +365,7 @@ def _pairs(flat: list[str]) -> dict[str, str]:
 
 
 def _unavailable(exc: Exception) -> ServiceUnavailable:
-    return ServiceUnavailable(f"Redis unreachable: {exc}")
+    return ServiceUnavailable(f"Redis unreachable: {exc}", server=Server.REDIS)
 
 
 class RedisStore:
@@ -400,7 +400,9 @@ class RedisStore:
         try:
             await asyncio.wait_for(self.ping(), seconds)
         except TimeoutError:
-            raise ServiceUnavailable(f"Redis did not answer within {seconds:g}s") from None
+            raise ServiceUnavailable(
+                f"Redis did not answer within {seconds:g}s", server=Server.REDIS
+            ) from None
 
     async def next_epoch(self, exchange_id: int, floor: int) -> int:
         return int(await self._run(self._next_epoch(keys=[epoch_key(exchange_id)], args=[floor])))
