@@ -28,6 +28,7 @@ from perseus.errors import (
     PerseusError,
 )
 from perseus.keeper import LeaseKeeper
+from perseus.lifecycle import Role
 from perseus.models import (
     Claim,
     ClaimResult,
@@ -294,7 +295,7 @@ class HostActivities:
     async def connector_prepare(self, req: ConnectorRequest) -> ConnectorReport:
         """Create the connector and load the exchange's active symbols."""
         await self.connectors.stop(req.workflow_id, "replaced by a new start")
-        standby = req.role == "standby"
+        standby = req.role is Role.STANDBY
         context = ConnectorContext(
             workflow_id=req.workflow_id,
             exchange_id=req.exchange_id,

@@ -26,7 +26,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from perseus import errors
 from perseus.keys import SHARED_TASK_QUEUE, valid_exchange, valid_host, workflow_id
-from perseus.lifecycle import Command, State, plan, projected_state
+from perseus.lifecycle import Command, Role, State, plan, projected_state
 from perseus.models import (
     MAX_HEARTBEAT_INTERVAL_S,
     MIN_HEARTBEAT_INTERVAL_S,
@@ -171,7 +171,7 @@ async def register(
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             search_attributes=search_attributes(
-                exchange.lower(), host, State.IDLE, "standby" if standby else "active"
+                exchange.lower(), host, State.IDLE, Role.STANDBY if standby else Role.ACTIVE
             ),
             static_summary=f"{exchange.lower()} on {host}",
             static_details=f"Exchange instance **{exchange.lower()}** on host **{host}**, "
@@ -370,7 +370,7 @@ def _check_command(snapshot: InstanceSnapshot, command: Command) -> None:
         )
     if Command.SHUTDOWN in snapshot.pending:
         raise errors.InvalidTransition(f"instance {snapshot.workflow_id} is shutting down")
-    if snapshot.role == "standby" and command is not Command.SHUTDOWN:
+    if snapshot.role is Role.STANDBY and command is not Command.SHUTDOWN:
         raise errors.InvalidTransition(
             f"{snapshot.exchange} on {snapshot.host} is a standby: it holds no claim and starts only "
             f"when promoted (perseus handoff {snapshot.exchange} --to {snapshot.host}); shutdown is allowed"

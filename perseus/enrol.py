@@ -43,7 +43,7 @@ from perseus.fleet import (
     plan,
 )
 from perseus.keys import host_task_queue, workflow_id
-from perseus.lifecycle import Command
+from perseus.lifecycle import Command, Role
 from perseus.models import InstanceStatus, StandbyRecord, Wire
 from perseus.store.db import Catalog, FleetListener
 from perseus.store.redis_store import RedisStore
@@ -197,7 +197,7 @@ async def _register(client: Client, placement: Placement, action: Action) -> str
         )
     except errors.AlreadyRegistered:
         return f"{placement.exchange}: already registered on {action.host}"
-    if result.role == "standby":
+    if result.role is Role.STANDBY:
         return f"{placement.exchange}: standby on {action.host} (priority {placement.priority(action.host)})"
     return f"{placement.exchange}: active on {action.host} (epoch {result.epoch}), starting"
 
@@ -475,16 +475,17 @@ class FleetExchangeView(Wire):
     drift: list[str]
 
 
-async def _running_instances(client: Client) -> list[tuple[str, str, str]]:
+async def _running_instances(client: Client) -> list[tuple[str, str, Role]]:
     """(exchange, host, role) of every running instance workflow (visibility: eventually consistent)."""
     query = f"WorkflowType = '{INSTANCE_WORKFLOW}' AND ExecutionStatus = 'Running'"
-    found: list[tuple[str, str, str]] = []
+    found: list[tuple[str, str, Role]] = []
     try:
         async for wf in client.list_workflows(query):
             attrs = wf.typed_search_attributes
             exchange, host = attrs.get(EXCHANGE_NAME), attrs.get(INSTANCE_HOST)
             if exchange and host:
-                found.append((exchange, host, attrs.get(INSTANCE_ROLE) or "active"))
+                role = Role.STANDBY if attrs.get(INSTANCE_ROLE) == Role.STANDBY.value else Role.ACTIVE
+                found.append((exchange, host, role))
     except RPCError as exc:
         raise errors.ServiceUnavailable(f"Temporal: {exc.message}", server=errors.Server.TEMPORAL) from None
     return found

@@ -533,7 +533,7 @@ class ConnectorRequest(BaseModel):
     heartbeat_interval_s: float = 15.0
     #: ``standby``: prepare and warm a warm standby's connector (``PERSEUS_ROLE=standby``); it acts
     #: only once ``connector_activate`` sends ``ACTIVATE`` with the epoch of a claim just taken.
-    role: Literal["active", "standby"] = "active"
+    role: Role = Role.ACTIVE
 
 
 class ConnectorReport(BaseModel):

@@ -40,7 +40,7 @@ becomes active, cancelled when it stops being active); ``health_failures`` faile
 or as many ``health=failed`` lines in a row — make it unhealthy: :meth:`ProcessConnector.fault` then
 reports ``kind="unhealthy"`` with the spec's ``on_unhealthy`` policy.
 
-Warm standby: a connector built with ``role="standby"`` spawns its child with ``PERSEUS_ROLE=standby``
+Warm standby: a connector built with ``role=Role.STANDBY`` spawns its child with ``PERSEUS_ROLE=standby``
 and warms it up like an active one, then waits. :meth:`ProcessConnector.activate` writes
 ``ACTIVATE <epoch>`` on the child's stdin and waits for a line ``ACTIVE`` (``active_timeout_s``);
 :meth:`ProcessConnector.deactivate` writes ``DEACTIVATE``. The child's stdin is a pipe only for a
@@ -67,6 +67,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from perseus.connectors.base import Connector
 from perseus.errors import ConnectorError, ConnectorNotActive, ConnectorNotReady
 from perseus.keys import iso
+from perseus.lifecycle import Role
 from perseus.models import Claim, ConnectorFailure, ConnectorHealth, ConnectorSpec
 from perseus.redact import clean_output, mask_argv, mask_text
 
@@ -336,7 +337,7 @@ class ProcessConnector(Connector):
         )
         if ctx.claim is not None:
             env.update(PERSEUS_EPOCH=str(ctx.claim.epoch), PERSEUS_INSTANCE_ID=ctx.claim.instance_id)
-        env["PERSEUS_ROLE"] = self.role
+        env["PERSEUS_ROLE"] = self.role.value
         return env
 
     # --- the lifecycle -------------------------------------------------------------------------
@@ -410,7 +411,7 @@ class ProcessConnector(Connector):
                 waiter.cancel()
             await asyncio.gather(exited, ready, return_exceptions=True)
         if ready in done and not ready.cancelled() and ready.exception() is None:
-            self._note("ready" + (" (warm standby)" if self.role == "standby" else ""))
+            self._note("ready" + (" (warm standby)" if self.role is Role.STANDBY else ""))
             self._warm = True
             return
         if exited in done:
@@ -428,7 +429,7 @@ class ProcessConnector(Connector):
     async def connect(self) -> None:
         """Ready and still running: *active*."""
         proc = self._require()
-        if self.role != "active":
+        if self.role is not Role.ACTIVE:
             raise ConnectorError(
                 f"the {self.exchange_name} connector is a warm standby: it becomes active by activate()"
             )
@@ -494,7 +495,7 @@ class ProcessConnector(Connector):
                 f"within {self.spec.active_timeout_s:g}s; stopped it"
             )
             await self._not_active(why)
-        self.role = "active"
+        self.role = Role.ACTIVE
         self._connected = True
         self._note(f"active (epoch {epoch})")
         log.info("%s connector activated: epoch %s, instance %s", self.exchange_name, epoch, instance_id)
@@ -510,7 +511,7 @@ class ProcessConnector(Connector):
             )
         was_active = self._connected
         self._connected = False
-        self.role = "standby"
+        self.role = Role.STANDBY
         await self._stop_health()
         if not was_active:
             return
@@ -526,7 +527,7 @@ class ProcessConnector(Connector):
             return None  # a stop we asked for is no failure
         # A warm standby's child that dies is a failure too (it can no longer be promoted warm);
         # an active one between warm_up and connect is not: connect() reports that itself.
-        if (self._connected or (self.role == "standby" and self._warm)) and self._exit is not None:
+        if (self._connected or (self.role is Role.STANDBY and self._warm)) and self._exit is not None:
             return ConnectorFailure(
                 kind="crashed", reason=f"{mask_text(self._exit, tokens=False)}{self._tail_text()}"
             )
@@ -616,7 +617,7 @@ class ProcessConnector(Connector):
     @property
     def _takes_commands(self) -> bool:
         """Whether the child gets a stdin pipe for ACTIVATE / DEACTIVATE."""
-        return self.role == "standby" or self.spec.warm
+        return self.role is Role.STANDBY or self.spec.warm
 
     async def _not_active(self, why: str) -> None:
         message = f"{why}{self._tail_text()}"

@@ -6,6 +6,7 @@ import pytest
 
 from perseus.cli.app import _numbers, error_line
 from perseus.errors import NotRegistered, Server, ServiceUnavailable
+from perseus.lifecycle import Role
 from perseus.temporal import _connect_failure, filter_literal, instances_filter
 
 pytestmark = pytest.mark.unit
@@ -54,6 +55,6 @@ def test_filter_literals_quote_data() -> None:
     assert filter_literal("coinbase") == "'coinbase'"
     assert filter_literal("o'neil") == "'o''neil'"
     assert filter_literal("a\\' OR 1=1") == "'a\\\\'' OR 1=1'"
-    assert instances_filter("Kraken", role="active") == (
+    assert instances_filter("Kraken", role=Role.ACTIVE) == (
         "ExchangeName = 'kraken' AND InstanceRole = 'active' AND ExecutionStatus = 'Running'"
     )
