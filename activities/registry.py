@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
 from temporalio import activity
 
 from activities.edge import edge
@@ -188,13 +186,7 @@ class RegistryActivities:
     @edge
     async def list_standbys(self, req: StandbyQuery) -> StandbyList:
         """Live standbys of an exchange, highest priority first (unreadable records are skipped)."""
-        out: list[StandbyRecord] = []
-        for raw in await self._store.standbys(req.exchange_id):
-            try:
-                out.append(StandbyRecord.model_validate(json.loads(raw)))
-            except (ValueError, ValidationError):
-                continue
-        return StandbyList(standbys=out)
+        return StandbyList(standbys=await self._store.standbys(req.exchange_id))
 
     @activity.defn(name="probe_claim")
     @edge

@@ -320,9 +320,8 @@ async def warm_set(
         """The standby on ``host`` is visible — and, warm, its connector is warmed up."""
         deadline = time.monotonic() + slow
         while time.monotonic() < deadline:
-            for raw in await store.standbys(ex_id):
-                doc = json.loads(raw)
-                if doc["host"] == host and (doc.get("warmReady") or not warm):
+            for record in await store.standbys(ex_id):
+                if record.host == host and (record.warm_ready or not warm):
                     return
             await asyncio.sleep(0.1)
         raise RuntimeError(f"the standby on {host} is not ready in time")

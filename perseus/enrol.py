@@ -44,7 +44,7 @@ from perseus.fleet import (
 )
 from perseus.keys import host_task_queue, workflow_id
 from perseus.lifecycle import Command, Role
-from perseus.models import InstanceStatus, StandbyRecord, Wire
+from perseus.models import InstanceStatus, Wire
 from perseus.store.db import Catalog, FleetListener
 from perseus.store.redis_store import RedisStore
 from perseus.temporal import EXCHANGE_NAME, INSTANCE_HOST, INSTANCE_ROLE, INSTANCE_WORKFLOW
@@ -416,10 +416,6 @@ async def enrolment(
 # --- drain ---------------------------------------------------------------------------------------
 
 
-def _standby_records(raws: list[str]) -> list[StandbyRecord]:
-    return [StandbyRecord.model_validate_json(raw) for raw in raws]
-
-
 async def drain_host(
     client: Client, catalog: Catalog, store: RedisStore, host: str, *, force: bool
 ) -> list[str]:
@@ -429,7 +425,7 @@ async def drain_host(
     holders = await _holders(store, ids, ids)
     standbys: dict[str, list[Standby]] = {}
     for exchange in (e for e, h in holders.items() if h == host):
-        records = _standby_records(await store.standbys(ids[exchange]))
+        records = await store.standbys(ids[exchange])
         standbys[exchange] = [Standby(host=r.host, priority=r.priority) for r in records]
     steps: list[DrainStep] = drain_plan(host, holders, standbys, force=force)
     done: list[str] = []
@@ -511,7 +507,7 @@ async def fleet_status(client: Client, catalog: Catalog, store: RedisStore) -> l
     for name in names:
         status = read.record if (read := held.get(name)) is not None else None
         active = _holder_host(name, status)
-        standbys = [r.host for r in _standby_records(await store.standbys(ids[name]))]
+        standbys = [r.host for r in await store.standbys(ids[name])]
         placement = placements.get(name)
         here = sorted(set(running.get(name, [])) | ({active} if active else set()))
         drift: list[str] = []

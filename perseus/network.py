@@ -21,11 +21,10 @@ nothing in its stream): a neutral state, not an alarm.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from perseus.keys import RENEW_DEADLINE_FACTOR, parse_iso
 from perseus.lifecycle import State, legacy_state
@@ -221,13 +220,11 @@ def last_known(rows: Sequence[tuple[str, dict[str, str]]]) -> LastKnown | None:
     )
 
 
-def judge_standby(raw: str, now: datetime) -> StandbyView | None:
-    """Pure: one standby record as the views show it; None for an unreadable record (skipped)."""
+def judge_standby(record: StandbyRecord, now: datetime) -> StandbyView | None:
+    """Pure: one standby record as the views show it; None when its time is unreadable (skipped)."""
     try:
-        doc = json.loads(raw)
-        record = StandbyRecord.model_validate(doc)
         age = max(0.0, (now - _when(record.last_heartbeat)).total_seconds())
-    except (ValueError, TypeError, ValidationError):
+    except (ValueError, TypeError):
         return None
     # Each renewal rewrites the record with PX ttlMs, so what is left is the TTL minus the age.
     left = max(0, record.ttl_ms - int(age * 1000))
@@ -245,9 +242,9 @@ def judge_standby(raw: str, now: datetime) -> StandbyView | None:
     )
 
 
-def standby_views(raws: Sequence[str], now: datetime) -> list[StandbyView]:
+def standby_views(records: Sequence[StandbyRecord], now: datetime) -> list[StandbyView]:
     """Readable records, highest priority first (the index's order; ties keep it)."""
-    views = [v for v in (judge_standby(raw, now) for raw in raws) if v is not None]
+    views = [v for v in (judge_standby(record, now) for record in records) if v is not None]
     return sorted(views, key=lambda v: -v.priority)
 
 
@@ -284,10 +281,10 @@ async def read_board(
             view.last_known = last_known(rows)
             if view.health == "not_running" and view.last_known is not None:
                 view.health = "offline"
-    standby_raws: list[list[str]] = [[] for _ in exchanges]
-    for (i, _), raw in zip(members, records, strict=True):
-        if raw is not None:
-            standby_raws[i].append(raw)
-    for view, listed in zip(views, standby_raws, strict=True):
+    standby_records: list[list[StandbyRecord]] = [[] for _ in exchanges]
+    for (i, _), record in zip(members, records, strict=True):
+        if record is not None:
+            standby_records[i].append(record)
+    for view, listed in zip(views, standby_records, strict=True):
         view.standbys = standby_views(listed, now)
     return StatusBoard(instances=views, server_time=now)

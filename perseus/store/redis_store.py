@@ -27,7 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from perseus import metrics
 from perseus.errors import Server, ServiceUnavailable
 from perseus.keys import epoch_key, standby_index_key, standby_key, status_key, stream_key
-from perseus.models import InstanceStatus
+from perseus.models import InstanceStatus, StandbyRecord
 
 __all__ = [
     "RedisStore",
@@ -38,6 +38,7 @@ __all__ = [
     "FenceReply",
     "StatusRead",
     "parse_status",
+    "parse_standby",
     "RedisError",
 ]
 
@@ -285,6 +286,14 @@ def parse_status(raw: str) -> InstanceStatus:
     The only place the status JSON is parsed: callers get models from :class:`RedisStore`.
     """
     return InstanceStatus.model_validate_json(raw)
+
+
+def parse_standby(raw: str) -> StandbyRecord | None:
+    """A standby record's JSON as its model; None for an unreadable one (readers skip it)."""
+    try:
+        return StandbyRecord.model_validate_json(raw)
+    except ValidationError:
+        return None
 
 
 def _malformed(exc: ValidationError) -> str:
@@ -597,8 +606,9 @@ class RedisStore:
             written, _, raw = await self._run(pipe.execute())
         return bool(written), StatusRead.parse(raw, -2 if raw is None else -1)
 
-    async def standbys(self, exchange_id: int) -> list[str]:
-        """Live standby records, highest priority first; index members whose key expired are pruned."""
+    async def standbys(self, exchange_id: int) -> list[StandbyRecord]:
+        """Live standby records, highest priority first; index members whose key expired are pruned,
+        unreadable records skipped."""
         members = await self._run(self.client.zrevrange(standby_index_key(exchange_id), 0, -1))
         if not members:
             return []
@@ -609,7 +619,7 @@ class RedisStore:
         dead = [m for m, raw in zip(members, raws, strict=True) if raw is None]
         if dead:
             await self._run(self.client.zrem(standby_index_key(exchange_id), *dead))
-        return [str(raw) for raw in raws if raw is not None]
+        return [record for raw in raws if raw is not None and (record := parse_standby(raw)) is not None]
 
     async def board(self, exchange_ids: list[int]) -> tuple[list[StatusRead], list[list[str]]]:
         """Every status record (GET + PTTL, as :meth:`statuses`) and every standby index (members,
@@ -637,10 +647,10 @@ class RedisStore:
 
     async def board_details(
         self, reads: list[tuple[str, str, int]], standbys: list[tuple[int, str]]
-    ) -> tuple[list[list[tuple[str, dict[str, str]]]], list[str | None]]:
+    ) -> tuple[list[list[tuple[str, dict[str, str]]]], list[StandbyRecord | None]]:
         """Newest-first entries of several streams (as :meth:`events_many`) and the records of
-        the listed standbys (``(exchange_id, instance_id)``; None where one expired), in one
-        pipelined round trip. Read-only: :meth:`standbys` prunes expired members."""
+        the listed standbys (``(exchange_id, instance_id)``; None where one expired or is
+        unreadable), in one pipelined round trip. Read-only: :meth:`standbys` prunes expired members."""
         if not reads and not standbys:
             return [], []
         async with self.client.pipeline(transaction=False) as pipe:
@@ -650,7 +660,7 @@ class RedisStore:
                 pipe.get(standby_key(exchange_id, member))
             replies = await self._run(pipe.execute())
         streams = [[(entry_id, dict(fields)) for entry_id, fields in rows] for rows in replies[: len(reads)]]
-        return streams, [None if raw is None else str(raw) for raw in replies[len(reads) :]]
+        return streams, [None if raw is None else parse_standby(raw) for raw in replies[len(reads) :]]
 
     async def drop_standby(self, exchange_id: int, instance_id: str) -> None:
         async with self.client.pipeline(transaction=False) as pipe:

@@ -28,9 +28,9 @@ from temporalio.client import Client
 from perseus import control
 from perseus.config import load_settings
 from perseus.devstack import binaries, services
-from perseus.keys import epoch_key, retention_min_id, status_key, stream_key
+from perseus.keys import epoch_key, iso, retention_min_id, status_key, stream_key
 from perseus.lifecycle import Command
-from perseus.models import ConnectorSpec
+from perseus.models import ConnectorSpec, StandbyRecord
 from perseus.store.redis_store import RedisStore, is_cluster_url, make_client
 from perseus.temporal import converter, register_search_attributes
 from tests.conftest import Servers, exchange_id
@@ -224,7 +224,20 @@ async def test_every_store_operation_on_the_cluster(cluster_store: RedisStore) -
         assert [entry for entry, _ in await store.read_after(name, newest, block_ms=100)] == [later]
         assert await store.read_after(name, later, block_ms=10) == []
     for i in ids[:6]:
-        await store.put_standby(i, f"sb-{i}", {"host": f"h{i}"}, 30_000, 1)
+        record = StandbyRecord(
+            exchange_id=i,
+            exchange_name=f"cx{i}",
+            host=f"h{i}",
+            hostname=f"h{i}",
+            instance_id=f"sb-{i}",
+            workflow_id=f"instance-cx{i}-h{i}",
+            priority=1,
+            registered_at=iso(datetime.now(UTC)),
+            last_heartbeat=iso(datetime.now(UTC)),
+            ttl_ms=30_000,
+            heartbeat_interval_ms=10_000,
+        )
+        await store.put_standby(i, f"sb-{i}", record.wire(), 30_000, 1)
     # The status board's two batched reads, each one pipeline across the masters: status keys with
     # standby indexes, then streams with the listed standbys' records.
     statuses, indexes = await store.board(ids[:6] + [ids[-1]])
@@ -233,7 +246,7 @@ async def test_every_store_operation_on_the_cluster(cluster_store: RedisStore) -
         [(name, "+", 1) for name in names], [(i, f"sb-{i}") for i in ids[:6]] + [(ids[-1], "gone")]
     )
     assert [page[0][1]["event"] for page in pages] == ["promoted"] * len(names)
-    assert [json.loads(r)["host"] if r else None for r in records] == [f"h{i}" for i in ids[:6]] + [None]
+    assert [r.host if r else None for r in records] == [f"h{i}" for i in ids[:6]] + [None]
 
     # Notification markers (one key each, spread over the slots).
     marker_keys = [f"notify:discord:{uuid.uuid4()}" for _ in range(6)]
