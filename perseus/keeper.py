@@ -450,7 +450,7 @@ class LeaseKeeper:
                     connector = self._connectors.get(record.workflow_id)
                     update["warm_ready"] = bool(connector is not None and connector.warm_ready)
                 renewed = record.model_copy(update=update)
-                present, status = await asyncio.wait_for(
+                present, holder = await asyncio.wait_for(
                     self._store.renew_standby(
                         record.exchange_id,
                         record.instance_id,
@@ -472,9 +472,9 @@ class LeaseKeeper:
                     )
                     watched.beat.pulse()
                     return
-                watched.vacant = not status.exists
-                if status.record is not None and status.record.epoch is not None:
-                    watched.last_epoch = max(watched.last_epoch, status.record.epoch)
+                watched.vacant = not holder.held
+                if holder.epoch is not None:
+                    watched.last_epoch = max(watched.last_epoch, holder.epoch)
             watched.beat.pulse()
             if await self._orphaned(watched):
                 # A warm standby's connector has nobody left to promote it.

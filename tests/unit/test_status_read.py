@@ -10,7 +10,7 @@ import pytest
 from perseus.lifecycle import State
 from perseus.models import Claim, ConnectorHealth, Exchange
 from perseus.network import judge
-from perseus.store.redis_store import FenceReply, StatusRead
+from perseus.store.redis_store import FenceReply, HolderEpoch, StatusRead
 from tests.unit.test_models import LIVERMORE_FIELDS, status
 
 pytestmark = pytest.mark.unit
@@ -93,3 +93,10 @@ def test_a_fence_reply_parses_its_record_only_when_asked() -> None:
     assert reply._read is None  # the renewal loop never pays for a parse it does not use
     assert reply.record is not None and reply.record.hostname == "livermore-1"
     assert FenceReply("missing", None).record is None
+
+
+def test_a_standby_watch_reads_only_who_holds_and_at_which_epoch() -> None:
+    assert HolderEpoch.parse(None) == HolderEpoch(held=False)
+    assert HolderEpoch.parse(json.dumps(status().wire())) == HolderEpoch(held=True, epoch=7)
+    assert HolderEpoch.parse(json.dumps(LIVERMORE_V6)) == HolderEpoch(held=True)  # held, no epoch
+    assert HolderEpoch.parse("{") == HolderEpoch(held=True)  # unreadable: held all the same
