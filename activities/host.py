@@ -28,6 +28,7 @@ from perseus.errors import (
     PerseusError,
 )
 from perseus.keeper import LeaseKeeper
+from perseus.lifecycle import Role
 from perseus.models import (
     Claim,
     ClaimResult,
@@ -294,7 +295,7 @@ class HostActivities:
     async def connector_prepare(self, req: ConnectorRequest) -> ConnectorReport:
         """Create the connector and load the exchange's active symbols."""
         await self.connectors.stop(req.workflow_id, "replaced by a new start")
-        standby = req.role == "standby"
+        standby = req.role is Role.STANDBY
         context = ConnectorContext(
             workflow_id=req.workflow_id,
             exchange_id=req.exchange_id,
@@ -322,13 +323,9 @@ class HostActivities:
         in the request: read from the status key, trusted only if this workflow wrote it."""
         if req.spec.kind != "process":
             return None
-        raw, _ = await self._store.status(req.exchange_id)
-        try:
-            doc = json.loads(raw or "")
-            if doc.get("workflowId") == req.workflow_id:
-                return Claim(instance_id=str(doc["instanceId"]), epoch=int(doc["epoch"]))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            pass
+        record = (await self._store.status(req.exchange_id)).record
+        if record is not None and record.workflow_id == req.workflow_id:
+            return record.claim
         return None
 
     def _connector(self, req: ConnectorRequest):  # type: ignore[no-untyped-def]

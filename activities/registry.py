@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
 from temporalio import activity
 
 from activities.edge import edge
 from perseus import metrics
-from perseus.errors import ServiceUnavailable
+from perseus.errors import ConfigError, ServiceUnavailable
 from perseus.keys import retention_min_id
 from perseus.models import (
     ClaimProbe,
@@ -35,7 +33,7 @@ from perseus.models import (
 
 if TYPE_CHECKING:
     from perseus.store.db import Catalog
-    from perseus.store.redis_store import RedisStore
+    from perseus.store.redis_store import RedisStore, StatusRead
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +44,13 @@ DURABLE_ATTEMPTS = 4
 
 
 def describe_holder(
-    exchange_id: int, exchange_name: str, raw: str, pttl_ms: int
+    exchange_id: int, exchange_name: str, held: StatusRead
 ) -> tuple[InstanceStatus | None, str]:
     """The refusal an operator reads when someone else holds the exchange."""
+    pttl_ms = held.pttl_ms
     ttl = f"{pttl_ms / 1000:.1f}s" if pttl_ms >= 0 else "no TTL"
-    try:
-        holder = InstanceStatus.model_validate(json.loads(raw))
-    except (ValueError, ValidationError):
+    holder = held.record
+    if holder is None:
         return None, (
             f"exchange {exchange_id} ({exchange_name}) is held by an unreadable status record "
             f"(TTL left {ttl}); wait for it to expire"
@@ -71,6 +69,8 @@ async def take_claim(store: RedisStore, catalog: Catalog, req: ClaimRequest) -> 
     before a lost reply is recognised as ours (outcome ``self``).
     """
     status = req.status
+    if status.instance_id is None or status.ttl_ms is None:
+        raise ConfigError("a claim's status record needs its instanceId and ttlMs")
     # The floor is the workflow's memory and PostgreSQL's durable high-water mark: after Redis
     # lost its data, even a newly registered instance claims above every epoch ever used.
     floor = max(req.highest_epoch, await catalog.epoch_floor(status.exchange_id))
@@ -81,10 +81,12 @@ async def take_claim(store: RedisStore, catalog: Catalog, req: ClaimRequest) -> 
         await catalog.raise_epoch(status.exchange_id, epoch)
         return ClaimResult(claimed=True, epoch=epoch)
     if reply.outcome == "self":
-        held = int(json.loads(reply.raw)["epoch"])
+        # Our own record (the script matched its instanceId), written by an earlier attempt.
+        ours = reply.holder.record
+        held = ours.epoch if ours is not None and ours.epoch is not None else epoch
         await catalog.raise_epoch(status.exchange_id, held)
         return ClaimResult(claimed=True, epoch=held)
-    holder, message = describe_holder(status.exchange_id, status.exchange_name, reply.raw, reply.pttl_ms)
+    holder, message = describe_holder(status.exchange_id, status.exchange_name, reply.holder)
     return ClaimResult(
         claimed=False, epoch=epoch, holder=holder, holder_ttl_ms=reply.pttl_ms, message=message
     )
@@ -184,13 +186,7 @@ class RegistryActivities:
     @edge
     async def list_standbys(self, req: StandbyQuery) -> StandbyList:
         """Live standbys of an exchange, highest priority first (unreadable records are skipped)."""
-        out: list[StandbyRecord] = []
-        for raw in await self._store.standbys(req.exchange_id):
-            try:
-                out.append(StandbyRecord.model_validate(json.loads(raw)))
-            except (ValueError, ValidationError):
-                continue
-        return StandbyList(standbys=out)
+        return StandbyList(standbys=await self._store.standbys(req.exchange_id))
 
     @activity.defn(name="probe_claim")
     @edge
@@ -201,21 +197,15 @@ class RegistryActivities:
         free of any host's clock skew: the workflow uses it to tell a host that still renews (it
         only lost Temporal) from one that stopped.
         """
-        raw, pttl = await self._store.status(req.exchange_id)
-        if raw is None:
+        read = await self._store.status(req.exchange_id)
+        record, pttl = read.record, read.pttl_ms
+        if record is None:
+            if read.exists:
+                return ClaimProbe(held_by_us=False, holder="an unreadable record")
             return ClaimProbe(held_by_us=False)
-        try:
-            doc = json.loads(raw)
-            ours = (
-                doc.get("instanceId") == req.claim.instance_id
-                and int(doc.get("epoch", -1)) == req.claim.epoch
-            )
-            ttl = int(doc.get("ttlMs", 0))
-            holder = str(doc.get("hostname"))
-        except (ValueError, AttributeError, TypeError):
-            return ClaimProbe(held_by_us=False, holder="an unreadable record")
+        ttl = record.ttl_ms or 0
         age = max(0, ttl - pttl) if pttl >= 0 and ttl > 0 else None
-        return ClaimProbe(held_by_us=ours, renewed_ms_ago=age, holder=holder)
+        return ClaimProbe(held_by_us=record.held_by(req.claim), renewed_ms_ago=age, holder=record.hostname)
 
     @activity.defn(name="drop_standby")
     @edge

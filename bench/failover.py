@@ -128,7 +128,7 @@ async def trial_set(
     async def active_host(not_host: str | None = None, timeout: float = 10 * interval + 60) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            raw, _ = await store.status(ex_id)
+            raw, _ = await store.raw_status(ex_id)
             if raw:
                 doc = json.loads(raw)
                 if doc["connectionState"] == "active" and doc["hostname"] != not_host:
@@ -304,7 +304,7 @@ async def warm_set(
         raise RuntimeError(f"{host} could not register again")
 
     async def holder() -> dict[str, object]:
-        raw, _ = await store.status(ex_id)
+        raw, _ = await store.raw_status(ex_id)
         return json.loads(raw) if raw else {}
 
     async def active() -> dict[str, object]:
@@ -320,9 +320,8 @@ async def warm_set(
         """The standby on ``host`` is visible — and, warm, its connector is warmed up."""
         deadline = time.monotonic() + slow
         while time.monotonic() < deadline:
-            for raw in await store.standbys(ex_id):
-                doc = json.loads(raw)
-                if doc["host"] == host and (doc.get("warmReady") or not warm):
+            for record in await store.standbys(ex_id):
+                if record.host == host and (record.warm_ready or not warm):
                     return
             await asyncio.sleep(0.1)
         raise RuntimeError(f"the standby on {host} is not ready in time")

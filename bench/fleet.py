@@ -357,7 +357,7 @@ async def register_perseus_fleet(
     ids = [xid for _, xid in fleet]
     deadline = time.monotonic() + 300
     while True:  # start ran asynchronously in each workflow: wait until every instance is active
-        board = await store.statuses(ids)
+        board = await store.raw_statuses(ids)
         active = sum(1 for raw, _ in board if raw and json.loads(raw).get("connectionState") == "active")
         if active == len(ids) or time.monotonic() > deadline:
             break
@@ -449,7 +449,7 @@ async def start_lease_fleet(
     # loaded dev server never dispatches must not hold the run for long).
     renewed, stalled_since = -1, time.monotonic()
     while time.monotonic() - stalled_since < 60:
-        board = await store.statuses(ids)
+        board = await store.raw_statuses(ids)
         now_renewed = sum(1 for raw, pttl in board if raw and 0 < pttl <= ttl_ms(cfg.interval))
         if now_renewed == len(ids):
             renewed = now_renewed
@@ -596,7 +596,7 @@ async def run_design(
         last = await snapshot(pids, redis, metrics_port, client, sample)
         worker.proc.send_signal(signal.SIGUSR1)
         await wait_file(samples_path, worker, 60, "samples")
-        board = await store.statuses(ids)
+        board = await store.raw_statuses(ids)
         missing_at_end = [status_key(xid) for xid, (raw, _) in zip(ids, board, strict=True) if raw is None]
         breakdown, timer_delays = await event_breakdown(client, sample[:3], first.at, last.at)
         await asyncio.sleep(1.5)  # late keyspace events

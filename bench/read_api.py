@@ -221,7 +221,7 @@ async def run(requests: int, write: bool, section: str) -> str:
                 "API GET /activity?count=50 (100 streams merged)": get("/api/network/activity", count=50),
                 "API GET /exchanges/{id}/status": get(f"/api/network/exchanges/{one_id}/status"),
                 "API GET /healthz (no auth, no I/O: HTTP floor)": get("/healthz"),
-                "baseline: Redis pipeline GET+PTTL x100": lambda: store.statuses(ids),
+                "baseline: Redis pipeline GET+PTTL x100": lambda: store.raw_statuses(ids),
                 "baseline: Redis XREVRANGE COUNT 51 (one stream)": lambda: store.events_many(
                     [(one_name, "+", 51)]
                 ),

@@ -119,13 +119,13 @@ async def run(interval: float, outage: float, base: Path) -> dict[str, Any]:
 
         async def all_active() -> bool:
             for ex_id in ids.values():
-                raw, _ = await store.status(ex_id)
+                raw, _ = await store.raw_status(ex_id)
                 if not raw or json.loads(raw)["connectionState"] != "active":
                     return False
             return True
 
         await wait_until(all_active, 60)
-        epochs = {n: json.loads((await store.status(i))[0] or "{}")["epoch"] for n, i in ids.items()}
+        epochs = {n: json.loads((await store.raw_status(i))[0] or "{}")["epoch"] for n, i in ids.items()}
         pid = json.loads(journal.read_text().splitlines()[0])["pid"]
         lapses = {name: 0 for name in ids}
         samples = 0

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import PayloadCodec
 
-from perseus.errors import ConfigError
+from perseus.errors import ConfigError, PayloadKeyError
 
 if TYPE_CHECKING:  # cryptography loads only where a key is used (not in the workflow sandbox)
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -40,10 +40,6 @@ KEY_BYTES = 32
 NONCE_BYTES = 12
 #: Bound into every ciphertext: a sealed Perseus payload cannot be passed off as something else.
 _AAD = b"perseus-temporal-payload-v1"
-
-
-class PayloadKeyError(ValueError):
-    """A payload is encrypted with a key this process does not have, or does not authenticate."""
 
 
 def new_key() -> str:

@@ -8,7 +8,6 @@ Perseus error tree so every caller can print one clear line.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -27,7 +26,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from perseus import errors
 from perseus.keys import SHARED_TASK_QUEUE, valid_exchange, valid_host, workflow_id
-from perseus.lifecycle import Command, State, plan, projected_state
+from perseus.lifecycle import Command, Role, State, plan, projected_state
 from perseus.models import (
     MAX_HEARTBEAT_INTERVAL_S,
     MIN_HEARTBEAT_INTERVAL_S,
@@ -66,14 +65,13 @@ def error_from_failure(exc: BaseException) -> errors.PerseusError:
         cause = cause.__cause__ or getattr(cause, "cause", None)
     if cause is None:
         return errors.PerseusError(str(exc))
-    message = cause.message
-    if message.startswith(("ValueError: ", "InvalidTransition: ")):
-        message = message.split(": ", 1)[1]
+    # The SDK carries a raised exception's class name as the failure's type and its text, unprefixed,
+    # as the message: the class is found by name, the message is kept as it is.
     cls = getattr(errors, cause.type or "", None)
     if not (isinstance(cls, type) and issubclass(cls, errors.PerseusError)):
         cls = errors.PerseusError
     err = cls.__new__(cls)
-    Exception.__init__(err, message)
+    Exception.__init__(err, cause.message)
     return err
 
 
@@ -101,7 +99,7 @@ async def _running(handle: WorkflowHandle[Any, str]) -> bool:
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             return False
-        raise errors.ServiceUnavailable(f"Temporal: {exc.message}") from None
+        raise errors.ServiceUnavailable(f"Temporal: {exc.message}", server=errors.Server.TEMPORAL) from None
     return described.status == WorkflowExecutionStatus.RUNNING
 
 
@@ -173,7 +171,7 @@ async def register(
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             search_attributes=search_attributes(
-                exchange.lower(), host, State.IDLE, "standby" if standby else "active"
+                exchange.lower(), host, State.IDLE, Role.STANDBY if standby else Role.ACTIVE
             ),
             static_summary=f"{exchange.lower()} on {host}",
             static_details=f"Exchange instance **{exchange.lower()}** on host **{host}**, "
@@ -181,7 +179,9 @@ async def register(
             rpc_timeout=RPC_TIMEOUT,
         )
     except RPCError as exc:
-        raise errors.ServiceUnavailable(f"Temporal refused to start {wf_id}: {exc.message}") from None
+        raise errors.ServiceUnavailable(
+            f"Temporal refused to start {wf_id}: {exc.message}", server=errors.Server.TEMPORAL
+        ) from None
     return await _answer(
         handle.execute_update(
             UPDATE_WAIT_REGISTERED,
@@ -235,7 +235,7 @@ async def _answer(call: Awaitable[T], what: str, timeout_s: float = ANSWER_TIMEO
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             raise errors.NotRegistered(f"the instance is no longer running ({exc.message})") from None
-        raise errors.ServiceUnavailable(f"Temporal: {exc.message}") from None
+        raise errors.ServiceUnavailable(f"Temporal: {exc.message}", server=errors.Server.TEMPORAL) from None
 
 
 async def _running_ids(client: Client, query: str) -> list[str]:
@@ -245,7 +245,7 @@ async def _running_ids(client: Client, query: str) -> list[str]:
     except RPCError as exc:
         if exc.status == RPCStatusCode.INVALID_ARGUMENT:  # a filter bug, not the user's input
             raise errors.PerseusError(f"Temporal refused the list filter {query!r}: {exc.message}") from None
-        raise errors.ServiceUnavailable(f"Temporal: {exc.message}") from None
+        raise errors.ServiceUnavailable(f"Temporal: {exc.message}", server=errors.Server.TEMPORAL) from None
 
 
 async def holder_workflow_id(store: RedisStore, exchange_id: int) -> str | None:
@@ -253,15 +253,8 @@ async def holder_workflow_id(store: RedisStore, exchange_id: int) -> str | None:
 
     This is the truth for "the active instance". Search attributes lag behind it: right after a
     crash failover the dead host's workflow still reads ``InstanceRole = active``."""
-    raw, _ = await store.status(exchange_id)
-    if raw is None:
-        return None
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        return None
-    found = doc.get("workflowId") if isinstance(doc, dict) else None
-    return found if isinstance(found, str) and found else None
+    record = (await store.status(exchange_id)).record
+    return record.workflow_id or None if record is not None else None
 
 
 async def find_instance(
@@ -359,7 +352,7 @@ async def send_command(
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             raise errors.NotRegistered(f"the instance is no longer running ({exc.message})") from None
-        raise errors.ServiceUnavailable(f"Temporal: {exc.message}") from None
+        raise errors.ServiceUnavailable(f"Temporal: {exc.message}", server=errors.Server.TEMPORAL) from None
     return CommandSent(
         command=command,
         workflow_id=handle.id,
@@ -377,7 +370,7 @@ def _check_command(snapshot: InstanceSnapshot, command: Command) -> None:
         )
     if Command.SHUTDOWN in snapshot.pending:
         raise errors.InvalidTransition(f"instance {snapshot.workflow_id} is shutting down")
-    if snapshot.role == "standby" and command is not Command.SHUTDOWN:
+    if snapshot.role is Role.STANDBY and command is not Command.SHUTDOWN:
         raise errors.InvalidTransition(
             f"{snapshot.exchange} on {snapshot.host} is a standby: it holds no claim and starts only "
             f"when promoted (perseus handoff {snapshot.exchange} --to {snapshot.host}); shutdown is allowed"

@@ -195,10 +195,10 @@ def handoff_demotes(*, shutdown: bool, warm: bool) -> bool:
     return warm and not shutdown
 
 
-def runs_without_claim(*, role: str, connected: bool, activating: bool) -> bool:
+def runs_without_claim(*, role: Role, connected: bool, activating: bool) -> bool:
     """Whether a connector may keep running when its claim ends: only one that does not act — a warm
     standby's, never activated or demoted — and is not being activated (it may act already)."""
-    return role == "standby" and not connected and not activating
+    return role is Role.STANDBY and not connected and not activating
 
 
 # --- refusals --------------------------------------------------------------------------------------

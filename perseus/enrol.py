@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from pydantic import BaseModel, Field
 from temporalio.api.enums.v1 import TaskQueueType
@@ -45,8 +43,8 @@ from perseus.fleet import (
     plan,
 )
 from perseus.keys import host_task_queue, workflow_id
-from perseus.lifecycle import Command
-from perseus.models import StandbyRecord, Wire
+from perseus.lifecycle import Command, Role
+from perseus.models import InstanceStatus, Wire
 from perseus.store.db import Catalog, FleetListener
 from perseus.store.redis_store import RedisStore
 from perseus.temporal import EXCHANGE_NAME, INSTANCE_HOST, INSTANCE_ROLE, INSTANCE_WORKFLOW
@@ -91,7 +89,7 @@ async def pollers_within(client: Client, host: str, window: timedelta) -> int:
             timeout=timedelta(seconds=5),
         )
     except RPCError as exc:
-        raise errors.ServiceUnavailable(f"Temporal: {exc.message}") from None
+        raise errors.ServiceUnavailable(f"Temporal: {exc.message}", server=errors.Server.TEMPORAL) from None
     since = datetime.now(UTC) - window
     return sum(
         1
@@ -117,27 +115,25 @@ async def _running(client: Client, exchange: str, host: str) -> bool:
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             return False
-        raise errors.ServiceUnavailable(f"Temporal: {exc.message}") from None
+        raise errors.ServiceUnavailable(f"Temporal: {exc.message}", server=errors.Server.TEMPORAL) from None
     return described.status == WorkflowExecutionStatus.RUNNING
 
 
-def _holder_host(exchange: str, raw: str | None) -> str | None:
+def _holder_host(exchange: str, status: InstanceStatus | None) -> str | None:
     """The host named by a live status record (its workflow id is ``instance-{exchange}-{host}``)."""
-    if raw is None:
+    if status is None:
         return None
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        return None
-    wf_id, prefix = str(doc.get("workflowId") or ""), workflow_id(exchange, "")
-    return wf_id.removeprefix(prefix) if wf_id.startswith(prefix) else doc.get("hostname")
+    wf_id, prefix = status.workflow_id or "", workflow_id(exchange, "")
+    return wf_id.removeprefix(prefix) if wf_id.startswith(prefix) else status.hostname
 
 
 async def _holders(store: RedisStore, ids: dict[str, int], exchanges: Iterable[str]) -> dict[str, str]:
     names = sorted(set(exchanges))
     replies = await store.statuses([ids[n] for n in names])
     return {
-        n: h for n, (raw, _) in zip(names, replies, strict=True) if (h := _holder_host(n, raw)) is not None
+        n: h
+        for n, read in zip(names, replies, strict=True)
+        if (h := _holder_host(n, read.record)) is not None
     }
 
 
@@ -201,7 +197,7 @@ async def _register(client: Client, placement: Placement, action: Action) -> str
         )
     except errors.AlreadyRegistered:
         return f"{placement.exchange}: already registered on {action.host}"
-    if result.role == "standby":
+    if result.role is Role.STANDBY:
         return f"{placement.exchange}: standby on {action.host} (priority {placement.priority(action.host)})"
     return f"{placement.exchange}: active on {action.host} (epoch {result.epoch}), starting"
 
@@ -420,10 +416,6 @@ async def enrolment(
 # --- drain ---------------------------------------------------------------------------------------
 
 
-def _standby_records(raws: list[str]) -> list[StandbyRecord]:
-    return [StandbyRecord.model_validate_json(raw) for raw in raws]
-
-
 async def drain_host(
     client: Client, catalog: Catalog, store: RedisStore, host: str, *, force: bool
 ) -> list[str]:
@@ -433,7 +425,7 @@ async def drain_host(
     holders = await _holders(store, ids, ids)
     standbys: dict[str, list[Standby]] = {}
     for exchange in (e for e, h in holders.items() if h == host):
-        records = _standby_records(await store.standbys(ids[exchange]))
+        records = await store.standbys(ids[exchange])
         standbys[exchange] = [Standby(host=r.host, priority=r.priority) for r in records]
     steps: list[DrainStep] = drain_plan(host, holders, standbys, force=force)
     done: list[str] = []
@@ -479,18 +471,19 @@ class FleetExchangeView(Wire):
     drift: list[str]
 
 
-async def _running_instances(client: Client) -> list[tuple[str, str, str]]:
+async def _running_instances(client: Client) -> list[tuple[str, str, Role]]:
     """(exchange, host, role) of every running instance workflow (visibility: eventually consistent)."""
     query = f"WorkflowType = '{INSTANCE_WORKFLOW}' AND ExecutionStatus = 'Running'"
-    found: list[tuple[str, str, str]] = []
+    found: list[tuple[str, str, Role]] = []
     try:
         async for wf in client.list_workflows(query):
             attrs = wf.typed_search_attributes
             exchange, host = attrs.get(EXCHANGE_NAME), attrs.get(INSTANCE_HOST)
             if exchange and host:
-                found.append((exchange, host, attrs.get(INSTANCE_ROLE) or "active"))
+                role = Role.STANDBY if attrs.get(INSTANCE_ROLE) == Role.STANDBY.value else Role.ACTIVE
+                found.append((exchange, host, role))
     except RPCError as exc:
-        raise errors.ServiceUnavailable(f"Temporal: {exc.message}") from None
+        raise errors.ServiceUnavailable(f"Temporal: {exc.message}", server=errors.Server.TEMPORAL) from None
     return found
 
 
@@ -505,15 +498,16 @@ async def fleet_status(client: Client, catalog: Catalog, store: RedisStore) -> l
     # Every catalog exchange's status key in one pipelined round trip: an instance registered a
     # moment ago holds its key before the visibility index lists its workflow.
     every = sorted(ids)
-    held = {n: r for n, r in zip(every, await store.statuses([ids[n] for n in every]), strict=True) if r[0]}
+    held = {
+        n: r for n, r in zip(every, await store.statuses([ids[n] for n in every]), strict=True) if r.exists
+    }
     names = sorted((set(placements) | set(running) | set(held)) & set(ids))
-    replies = [held.get(n, (None, 0)) for n in names]
     live = await live_hosts(client, {h for p in placements.values() for h in p.hosts})
     views: list[FleetExchangeView] = []
-    for name, (raw, _) in zip(names, replies, strict=True):
-        status: dict[str, Any] | None = json.loads(raw) if raw else None
-        active = _holder_host(name, raw)
-        standbys = [r.host for r in _standby_records(await store.standbys(ids[name]))]
+    for name in names:
+        status = read.record if (read := held.get(name)) is not None else None
+        active = _holder_host(name, status)
+        standbys = [r.host for r in await store.standbys(ids[name])]
         placement = placements.get(name)
         here = sorted(set(running.get(name, [])) | ({active} if active else set()))
         drift: list[str] = []
@@ -539,7 +533,7 @@ async def fleet_status(client: Client, catalog: Catalog, store: RedisStore) -> l
                 in_fleet=placement is not None,
                 desired_hosts=list(placement.hosts) if placement else [],
                 active_host=active,
-                active_state=status.get("connectionState") if status else None,
+                active_state=status.connection_state.value if status else None,
                 standbys=standbys,
                 instances=here,
                 warm=placement.warm if placement else False,

@@ -8,7 +8,8 @@ name, so a workflow can list permanent ones in ``non_retryable_error_types``.
 
     PerseusError
     ├── ConfigError                 bad settings or environment (permanent)
-    ├── ServiceUnavailable          Redis / PostgreSQL / Temporal not reachable (transient)
+    ├── PayloadKeyError             a Temporal payload this process cannot decrypt (permanent)
+    ├── ServiceUnavailable          Redis / PostgreSQL / Temporal not reachable (transient; ``server``)
     ├── UnknownExchange             name or id not in the catalog (permanent)
     ├── UnknownAdmin                email not in users (permanent)
     ├── InvalidTransition           the state machine refuses (permanent)
@@ -18,6 +19,7 @@ name, so a workflow can list permanent ones in ``non_retryable_error_types``.
     │   ├── RenewDeadline           no renewal succeeded within the renew deadline
     │   └── StaleEpoch              a child's fenced write refused: its epoch is no longer current
     ├── InvalidFleet                a fleet file or drain refused whole (permanent)
+    ├── LeaseDetached               a lease or watch activity ended, its renewals go on (permanent)
     ├── StandbyGone                 a standby's record vanished under its host (permanent)
     ├── NotRegistered               no workflow for that exchange / host (permanent)
     ├── AlreadyRegistered           this host already runs that exchange (permanent)
@@ -35,6 +37,9 @@ name, so a workflow can list permanent ones in ``non_retryable_error_types``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from enum import StrEnum
 
 
 class PerseusError(Exception):
@@ -56,11 +61,33 @@ class ConfigError(PerseusError):
     exit_code = 2  # usage: the invocation or its settings must change
 
 
+class PayloadKeyError(PerseusError, ValueError):
+    """A Temporal payload is encrypted with a key this process does not have, or does not
+    authenticate (:mod:`perseus.codec`). Still a ValueError, as the SDK and older callers expect of a
+    codec that cannot decode."""
+
+    exit_code = 2  # the process' PERSEUS_PAYLOAD_KEY must change
+
+
+class Server(StrEnum):
+    """The servers Perseus depends on, as :class:`ServiceUnavailable` names them."""
+
+    TEMPORAL = "Temporal"
+    REDIS = "Redis"
+    POSTGRESQL = "PostgreSQL"
+
+
 class ServiceUnavailable(PerseusError):
-    """A server Perseus depends on did not answer."""
+    """A server Perseus depends on did not answer; ``server`` says which, when it is known where the
+    error is raised (None for one rebuilt from a Temporal failure, or a wait on no one server)."""
 
     retryable = True
     exit_code = 3
+    server: Server | None = None
+
+    def __init__(self, message: str, *, server: Server | None = None) -> None:
+        super().__init__(message)
+        self.server = server
 
 
 class UnknownExchange(PerseusError):
@@ -195,30 +222,14 @@ class ConnectorGone(ConnectorError):
     retryable = False
 
 
-#: Error type names a workflow must not retry: retrying cannot change their outcome.
-NON_RETRYABLE_ERROR_TYPES: list[str] = [
-    cls.__name__
-    for cls in (
-        ConfigError,
-        UnknownExchange,
-        UnknownAdmin,
-        InvalidTransition,
-        ClaimConflict,
-        ClaimLost,
-        ClaimMissing,
-        RenewDeadline,
-        StandbyGone,
-        NotRegistered,
-        AlreadyRegistered,
-        ConnectorFailed,
-        ConnectorUnhealthy,
-        ConnectorFailover,
-        ConnectorNotReady,
-        ConnectorNotActive,
-        ConnectorGone,
-        StaleEpoch,
-        WebhookRejected,
-        InvalidQuery,
-        Unauthorized,
-    )
-]
+def _tree(root: type[PerseusError]) -> Iterator[type[PerseusError]]:
+    """``root`` and every class below it, parents first, in definition order."""
+    yield root
+    for sub in root.__subclasses__():
+        yield from _tree(sub)
+
+
+#: Error type names a workflow must not retry: retrying cannot change their outcome. Decided by each
+#: class's ``retryable`` (the activity edge marks the same failures non-retryable by it), never by a
+#: list kept by hand: a new permanent error is in here the moment it is defined.
+NON_RETRYABLE_ERROR_TYPES: list[str] = [cls.__name__ for cls in _tree(PerseusError) if not cls.retryable]

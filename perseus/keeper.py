@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -50,7 +49,6 @@ from perseus.errors import (
     StandbyGone,
 )
 from perseus.keys import iso, renew_deadline_s, ttl_ms
-from perseus.lifecycle import State
 from perseus.models import (
     Claim,
     ConnectorFailure,
@@ -63,7 +61,7 @@ from perseus.models import (
 if TYPE_CHECKING:
     from perseus.connectors.base import Connector, ConnectorHost
     from perseus.connectors.watchdog import Watchdog
-    from perseus.store.redis_store import RedisStore
+    from perseus.store.redis_store import FenceReply, RedisStore, StatusRead
 
 log = logging.getLogger(__name__)
 
@@ -267,11 +265,11 @@ class LeaseKeeper:
                 held.unsent = {}
                 if reply.outcome != "ok":
                     lost = ClaimMissing if reply.outcome == "missing" else ClaimLost
-                    await self._end(held, lost(_lost_message(reply.outcome, reply.raw)))
+                    await self._end(held, lost(_lost_message(reply)))
                     return
                 self._renewed(held, due)
-                if "lastError" in patch and reply.raw:
-                    self._reported_error(str(patch["lastError"]), reply.raw)
+                if "lastError" in patch:  # the reply's record is parsed only here (rare)
+                    self._reported_error(str(patch["lastError"]), reply.status)
                 connector = self._connectors.get(req.workflow_id)
                 if connector is not None and (fault := connector.fault()) is not None:
                     await self._connectors.stop(req.workflow_id, "connector failed")
@@ -282,7 +280,7 @@ class LeaseKeeper:
                 return
             held.beat.pulse()
             if await self._orphaned(held):
-                await self._connectors.stop(req.workflow_id, "claim lost")
+                await self._connectors.stop(req.workflow_id, "claim lost", at_once=True)
                 with contextlib.suppress(ServiceUnavailable):
                     await self._store.fenced(
                         req.exchange_id, req.claim.instance_id, req.claim.epoch, mode="delete"
@@ -293,32 +291,33 @@ class LeaseKeeper:
             due += interval
             await asyncio.sleep(max(0.0, due - time.monotonic()))
 
-    def _reported_error(self, error: str, raw: str) -> None:
+    def _reported_error(self, error: str, status: StatusRead) -> None:
         """An error the connector reported (``PERSEUS error=…``), now in the status key, goes to the
         network stream as an ``error`` event too — described by the status record it landed in.
         In a task of its own: the renewal loop never waits for PostgreSQL."""
         if self._record_event is None:
             return
-        try:
-            doc = json.loads(raw)
-            event = NetworkEvent(
-                event=EventKind.ERROR,
-                event_id=str(uuid.uuid4()),
-                timestamp=datetime.now(UTC),
-                exchange_id=int(doc["exchangeId"]),
-                exchange_name=str(doc["exchangeName"]),
-                hostname=str(doc["hostname"]),
-                ip=doc.get("ipAddress"),
-                instance_id=str(doc["instanceId"]),
-                epoch=int(doc["epoch"]),
-                admin_email=doc.get("adminEmail"),
-                error=error,
-                state=State(doc["connectionState"]) if doc.get("connectionState") else None,
-                detail="reported by the connector",
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("connector error not recorded as an event (unreadable status: %s): %s", exc, error)
+        doc = status.record
+        claim = doc.claim if doc is not None else None
+        if doc is None or claim is None:
+            why = status.malformed or "no fencing token"
+            log.warning("connector error not recorded as an event (unreadable status: %s): %s", why, error)
             return
+        event = NetworkEvent(
+            event=EventKind.ERROR,
+            event_id=str(uuid.uuid4()),
+            timestamp=datetime.now(UTC),
+            exchange_id=doc.exchange_id,
+            exchange_name=doc.exchange_name,
+            hostname=doc.hostname,
+            ip=doc.ip_address,
+            instance_id=claim.instance_id,
+            epoch=claim.epoch,
+            admin_email=doc.admin_email,
+            error=error,
+            state=doc.connection_state,
+            detail="reported by the connector",
+        )
         task = asyncio.create_task(self._record(event), name=f"event {event.event_id}")
         self._events.add(task)
         task.add_done_callback(self._events.discard)
@@ -366,11 +365,11 @@ class LeaseKeeper:
         if held.last_ok - due > req.heartbeat_interval_s / 2:
             log.info("renewal of %s was %.2fs late", req.workflow_id, held.last_ok - due)
 
-    async def _end(self, held: HeldClaim, why: PerseusError) -> None:
+    async def _end(self, held: HeldClaim, why: ClaimLost) -> None:
         """Stop the connector first, then remember why: the order is the safety property."""
         req = held.request
         assert req is not None
-        # "claim lost" / "renew deadline passed": the connector stops without grace.
+        # The claim is gone (lost, missing or past its renew deadline): no grace for the connector.
         reason = "renew deadline passed" if isinstance(why, RenewDeadline) else "claim lost"
         connector = self._connectors.get(req.workflow_id)
         pgid = connector.process_group() if connector is not None else None
@@ -380,7 +379,7 @@ class LeaseKeeper:
             # connector that acts, or may be about to (an activation in flight), must stop here.
             stopped = False
         else:
-            stopped = await self._connectors.stop(req.workflow_id, reason)
+            stopped = await self._connectors.stop(req.workflow_id, reason, at_once=True)
         if stopped:
             held.stopped_at = datetime.now(UTC)
         if pgid is not None and self._watchdog is not None:
@@ -451,7 +450,7 @@ class LeaseKeeper:
                     connector = self._connectors.get(record.workflow_id)
                     update["warm_ready"] = bool(connector is not None and connector.warm_ready)
                 renewed = record.model_copy(update=update)
-                present, raw = await asyncio.wait_for(
+                present, holder = await asyncio.wait_for(
                     self._store.renew_standby(
                         record.exchange_id,
                         record.instance_id,
@@ -473,12 +472,9 @@ class LeaseKeeper:
                     )
                     watched.beat.pulse()
                     return
-                if raw is None:
-                    watched.vacant = True
-                else:
-                    watched.vacant = False
-                    with contextlib.suppress(ValueError, AttributeError, TypeError):
-                        watched.last_epoch = max(watched.last_epoch, int(json.loads(raw).get("epoch", 0)))
+                watched.vacant = not holder.held
+                if holder.epoch is not None:
+                    watched.last_epoch = max(watched.last_epoch, holder.epoch)
             watched.beat.pulse()
             if await self._orphaned(watched):
                 # A warm standby's connector has nobody left to promote it.
@@ -579,14 +575,13 @@ def _fault_error(fault: ConnectorFailure) -> ConnectorFailed:
     return ConnectorFailed(fault.reason)
 
 
-def _lost_message(outcome: str, raw: str | None) -> str:
-    if outcome == "missing":
+def _lost_message(reply: FenceReply) -> str:
+    if reply.outcome == "missing":
         return "the status key is gone (expired or deleted): claim lost"
-    try:
-        holder = json.loads(raw or "")
-        return (
-            f"the claim is now held by {holder.get('hostname')} (epoch {holder.get('epoch')}, "
-            f"instance {holder.get('instanceId')}): claim lost"
-        )
-    except ValueError:
+    holder = reply.record
+    if holder is None:
         return "the status key holds an unreadable record: claim lost"
+    return (
+        f"the claim is now held by {holder.hostname} (epoch {holder.epoch}, "
+        f"instance {holder.instance_id}): claim lost"
+    )

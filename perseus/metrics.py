@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from perseus.lifecycle import Role, State
+
 if TYPE_CHECKING:
     from temporalio.runtime import Runtime
 
@@ -220,14 +222,14 @@ def board_metrics(board: StatusBoard) -> bytes:
     for view in board.instances:
         name = view.exchange_name
         status = view.status
-        active.labels(name).set(1 if status is not None and status.connection_state.value == "active" else 0)
+        active.labels(name).set(1 if status is not None and status.connection_state is State.ACTIVE else 0)
         standbys.labels(name).set(len(view.standbys))
         if status is not None:
-            tally["active", status.connection_state.value] += 1
+            tally[Role.ACTIVE.value, status.connection_state.value] += 1
             age.labels(name).set(view.heartbeat_age_s or 0.0)
-            interval.labels(name).set(status.heartbeat_interval_ms / 1000)
-        tally["standby", "standby"] += len(view.standbys)
-    for role, state in (("active", "active"), ("standby", "standby")):
+            interval.labels(name).set(status.heartbeat_interval_s)
+        tally[Role.STANDBY.value, Role.STANDBY.value] += len(view.standbys)
+    for role, state in ((Role.ACTIVE.value, State.ACTIVE.value), (Role.STANDBY.value, Role.STANDBY.value)):
         tally[role, state] += 0  # always present, so "no active instance" reads 0, not absent
     for (role, state), count in tally.items():
         instances.labels(role, state).set(count)

@@ -28,9 +28,23 @@ class Wire(BaseModel):
 
 # --- Redis records -----------------------------------------------------------------------------
 
+#: The heartbeat interval of a status record that does not carry its own (Livermore's constant).
+LIVERMORE_HEARTBEAT_INTERVAL_S = 15.0
+
 
 class InstanceStatus(Wire):
-    """The JSON stored at ``exchange:{id}:status`` (DESIGN §2.1)."""
+    """The JSON stored at ``exchange:{id}:status`` (DESIGN §2.1), whoever wrote it.
+
+    Writers: the workflow (the whole record, at each claim), its fenced merges (transitions, errors),
+    the keeper's renewals (``lastHeartbeat``, ``healthy``, ``lastHealthAt``, ``symbolCount``,
+    ``lastError``, ``lastErrorAt``) — and Livermore v6, whose records carry only its own 14 fields.
+    So the Perseus additions are optional when reading (None: a record Perseus did not write; the
+    workflow always sets them), and fields this model does not know are kept (``extra="allow"``): a
+    record read and written back loses nothing. Read it from Redis with
+    :meth:`perseus.store.redis_store.RedisStore.status`, never by parsing the JSON by hand.
+    """
+
+    model_config = ConfigDict(extra="allow")
 
     exchange_id: int
     exchange_name: str
@@ -47,18 +61,35 @@ class InstanceStatus(Wire):
     registered_at: str
     last_error: str | None = None
     last_error_at: str | None = None
-    # Perseus additions
-    instance_id: str
-    epoch: int
-    workflow_id: str
-    heartbeat_interval_ms: int
-    ttl_ms: int
+    # Perseus additions (absent from a Livermore record)
+    instance_id: str | None = None
+    epoch: int | None = None
+    workflow_id: str | None = None
+    heartbeat_interval_ms: int | None = None
+    ttl_ms: int | None = None
     #: What the connector says of itself, refreshed with every renewal (None: nothing known yet).
     healthy: bool | None = None
     last_health_at: str | None = None
 
     def wire(self) -> dict[str, object]:
         return self.model_dump(mode="json", by_alias=True)
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """The holder's own heartbeat interval; Livermore's fixed 15 s for a record that does not say."""
+        ms = self.heartbeat_interval_ms
+        return ms / 1000 if ms is not None and ms > 0 else LIVERMORE_HEARTBEAT_INTERVAL_S
+
+    @property
+    def claim(self) -> Claim | None:
+        """The fencing token this record carries; None for a record without one (Livermore's)."""
+        if self.instance_id is None or self.epoch is None:
+            return None
+        return Claim(instance_id=self.instance_id, epoch=self.epoch)
+
+    def held_by(self, claim: Claim) -> bool:
+        """Whether this record is ``claim``'s (same instanceId and epoch)."""
+        return self.claim == claim
 
 
 class EventKind(StrEnum):
@@ -502,7 +533,7 @@ class ConnectorRequest(BaseModel):
     heartbeat_interval_s: float = 15.0
     #: ``standby``: prepare and warm a warm standby's connector (``PERSEUS_ROLE=standby``); it acts
     #: only once ``connector_activate`` sends ``ACTIVATE`` with the epoch of a claim just taken.
-    role: Literal["active", "standby"] = "active"
+    role: Role = Role.ACTIVE
 
 
 class ConnectorReport(BaseModel):

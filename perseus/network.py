@@ -21,24 +21,30 @@ nothing in its stream): a neutral state, not an alarm.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from perseus.keys import RENEW_DEADLINE_FACTOR, parse_iso
 from perseus.lifecycle import State, legacy_state
-from perseus.models import EventKind, Exchange, InstanceStatus, StandbyRecord, Wire
+from perseus.models import (
+    LIVERMORE_HEARTBEAT_INTERVAL_S,
+    EventKind,
+    Exchange,
+    InstanceStatus,
+    StandbyRecord,
+    Wire,
+)
 from perseus.store.db import Catalog, LogRead
-from perseus.store.redis_store import RedisStore
+from perseus.store.redis_store import RedisStore, StatusRead
 
 #: A renewal older than this many heartbeat intervals is late (one missed beat, with slack).
 LATE_FACTOR = 1.5
 #: ... and stale from the renew deadline on (the holder has stopped its connector by then).
 STALE_FACTOR = float(RENEW_DEADLINE_FACTOR)
 #: The interval assumed for a record that does not say (older writers): the default.
-DEFAULT_INTERVAL_S = 15.0
+DEFAULT_INTERVAL_S = LIVERMORE_HEARTBEAT_INTERVAL_S
 #: How many of an offline exchange's newest stream entries are searched for its last state and error.
 #: A failure writes its error and then at most three recovery transitions, so five entries find it;
 #: reading more costs every offline exchange on every poll (about 0.1 ms per entry in redis-py).
@@ -142,26 +148,30 @@ def running_for_s(status: InstanceStatus, now: datetime) -> float | None:
         return None
 
 
-def judge(exchange: Exchange, raw: str | None, pttl_ms: int, now: datetime) -> InstanceView:
-    """Pure: turn one status key's raw value into a view. Never raises on bad data."""
+def judge(exchange: Exchange, read: StatusRead, now: datetime) -> InstanceView:
+    """Pure: turn one status key, as the store read it, into a view. Never raises on bad data."""
     base = dict(exchange_id=exchange.id, exchange_name=exchange.name, display_name=exchange.display_name)
-    if raw is None:
-        # Offline or never ran: read_board tells them apart by the stream (last_known).
-        return InstanceView(**base, online=False, status=None)
-    try:
-        status = InstanceStatus.model_validate(json.loads(raw))
-        # Inside the try: a record that validates but carries an unparseable time is malformed too.
-        age = max(0.0, (now - _when(status.last_heartbeat)).total_seconds())
-    except (ValueError, TypeError, ValidationError) as exc:
-        first = str(exc).splitlines()[0][:160]
+    pttl_ms = read.pttl_ms
+    status = read.record
+    reason = read.malformed
+    age = 0.0
+    if status is not None:
+        try:  # a record that validates but carries an unparseable time is malformed too
+            age = max(0.0, (now - _when(status.last_heartbeat)).total_seconds())
+        except (ValueError, TypeError) as exc:
+            reason = f"lastHeartbeat: {str(exc).splitlines()[0][:140]}"
+    if reason is not None:
         return InstanceView(
             **base,
             online=False,
             status=None,
             health="offline",
-            offline_reason=f"malformed status record: {first}",
+            offline_reason=f"malformed status record: {reason}",
         )
-    interval_s = _interval_s(status.heartbeat_interval_ms)
+    if status is None:
+        # Offline or never ran: read_board tells them apart by the stream (last_known).
+        return InstanceView(**base, online=False, status=None)
+    interval_s = status.heartbeat_interval_s
     colour = heartbeat_colour(age, interval_s)
     running = running_for_s(status, now)
     return InstanceView(
@@ -210,13 +220,11 @@ def last_known(rows: Sequence[tuple[str, dict[str, str]]]) -> LastKnown | None:
     )
 
 
-def judge_standby(raw: str, now: datetime) -> StandbyView | None:
-    """Pure: one standby record as the views show it; None for an unreadable record (skipped)."""
+def judge_standby(record: StandbyRecord, now: datetime) -> StandbyView | None:
+    """Pure: one standby record as the views show it; None when its time is unreadable (skipped)."""
     try:
-        doc = json.loads(raw)
-        record = StandbyRecord.model_validate(doc)
         age = max(0.0, (now - _when(record.last_heartbeat)).total_seconds())
-    except (ValueError, TypeError, ValidationError):
+    except (ValueError, TypeError):
         return None
     # Each renewal rewrites the record with PX ttlMs, so what is left is the TTL minus the age.
     left = max(0, record.ttl_ms - int(age * 1000))
@@ -234,9 +242,9 @@ def judge_standby(raw: str, now: datetime) -> StandbyView | None:
     )
 
 
-def standby_views(raws: Sequence[str], now: datetime) -> list[StandbyView]:
+def standby_views(records: Sequence[StandbyRecord], now: datetime) -> list[StandbyView]:
     """Readable records, highest priority first (the index's order; ties keep it)."""
-    views = [v for v in (judge_standby(raw, now) for raw in raws) if v is not None]
+    views = [v for v in (judge_standby(record, now) for record in records) if v is not None]
     return sorted(views, key=lambda v: -v.priority)
 
 
@@ -252,9 +260,9 @@ async def read_board(
     exchanges = [await catalog.exchange(exchange)] if exchange else await catalog.exchanges(active_only=True)
     # Two pipelined round trips in all: every status key and standby index, then the offline
     # exchanges' newest stream entries together with every listed standby's record.
-    raws, indexes = await store.board([e.id for e in exchanges])
+    reads, indexes = await store.board([e.id for e in exchanges])
     now = datetime.now(UTC)
-    views = [judge(e, raw, pttl, now) for e, (raw, pttl) in zip(exchanges, raws, strict=True)]
+    views = [judge(e, read, now) for e, read in zip(exchanges, reads, strict=True)]
     offline = [v for v in views if not v.online] if with_last_known else []
     members = [(i, member) for i, listed in enumerate(indexes) for member in listed]
     streams, records = await store.board_details(
@@ -273,10 +281,10 @@ async def read_board(
             view.last_known = last_known(rows)
             if view.health == "not_running" and view.last_known is not None:
                 view.health = "offline"
-    standby_raws: list[list[str]] = [[] for _ in exchanges]
-    for (i, _), raw in zip(members, records, strict=True):
-        if raw is not None:
-            standby_raws[i].append(raw)
-    for view, listed in zip(views, standby_raws, strict=True):
+    standby_records: list[list[StandbyRecord]] = [[] for _ in exchanges]
+    for (i, _), record in zip(members, records, strict=True):
+        if record is not None:
+            standby_records[i].append(record)
+    for view, listed in zip(views, standby_records, strict=True):
         view.standbys = standby_views(listed, now)
     return StatusBoard(instances=views, server_time=now)

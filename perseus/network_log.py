@@ -601,9 +601,9 @@ class _History(BaseModel):
 
 async def _stream_history(store: RedisStore, catalog: Catalog, ex: Exchange, window: timedelta) -> _History:
     """The pre-ledger path: transitions read from the stream (cost grows with the stream)."""
-    raw, pttl = await store.status(ex.id)
+    read = await store.status(ex.id)
     now = datetime.now(UTC)
-    view = judge(ex, raw, pttl, now)
+    view = judge(ex, read, now)
     start = now - window
     start_ms = int(start.timestamp() * 1000)
     # Entries are selected by stream ID; a transition's own timestamp can be a little older than its
@@ -666,9 +666,9 @@ async def read_timeline(store: RedisStore, catalog: Catalog, exchange: str, wind
 
 async def read_uptime(store: RedisStore, catalog: Catalog, exchange: str) -> Uptime:
     ex = await catalog.exchange(exchange)
-    raw, pttl = await store.status(ex.id)
+    read = await store.status(ex.id)
     now = datetime.now(UTC)
-    status = judge(ex, raw, pttl, now)
+    status = judge(ex, read, now)
     first, last, spent = await catalog.ledger_windows(
         ex.id, now, [now - parse_window(w) for w in UPTIME_WINDOWS]
     )

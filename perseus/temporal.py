@@ -15,11 +15,11 @@ from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSear
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, PayloadCodec
 from temporalio.envconfig import ClientConfig
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from perseus.codec import DEV_KEY_FILE, EncryptionCodec, PlainCodec, parse_keys, read_key_file
-from perseus.errors import ConfigError, ServiceUnavailable
-from perseus.lifecycle import State
+from perseus.errors import ConfigError, Server, ServiceUnavailable
+from perseus.lifecycle import Role, State
 
 if TYPE_CHECKING:  # workflows import this module: settings stay out of their sandbox
     from perseus.config import Settings
@@ -73,14 +73,16 @@ QUERY_SNAPSHOT = "snapshot"
 SIGNAL_COMMAND = "command_signal"
 
 
-def search_attributes(exchange: str, host: str, state: State, role: str = "active") -> TypedSearchAttributes:
+def search_attributes(
+    exchange: str, host: str, state: State, role: Role = Role.ACTIVE
+) -> TypedSearchAttributes:
     """The four search attributes an instance workflow starts with."""
     return TypedSearchAttributes(
         [
             SearchAttributePair(EXCHANGE_NAME, exchange),
             SearchAttributePair(INSTANCE_HOST, host),
             SearchAttributePair(CONNECTION_STATE, state.value),
-            SearchAttributePair(INSTANCE_ROLE, role),
+            SearchAttributePair(INSTANCE_ROLE, role.value),
         ]
     )
 
@@ -105,7 +107,7 @@ def valid_filter_name(value: str) -> bool:
     return bool(_FILTER_NAME.match(value))
 
 
-def instances_filter(exchange: str, *, role: str | None = None) -> str:
+def instances_filter(exchange: str, *, role: Role | None = None) -> str:
     """The list filter for the running instance workflows of ``exchange`` (optionally by role).
 
     Refuses a malformed name with :class:`ConfigError` before anything reaches the server.
@@ -114,7 +116,7 @@ def instances_filter(exchange: str, *, role: str | None = None) -> str:
         raise ConfigError(f"invalid exchange name {exchange!r}: use letters, digits, '.', '_' or '-'")
     parts = [f"{EXCHANGE_NAME.name} = {filter_literal(exchange.lower())}"]
     if role is not None:
-        parts.append(f"{INSTANCE_ROLE.name} = {filter_literal(role)}")
+        parts.append(f"{INSTANCE_ROLE.name} = {filter_literal(role.value)}")
     parts.append("ExecutionStatus = 'Running'")
     return " AND ".join(parts)
 
@@ -160,12 +162,14 @@ async def connect(settings: Settings, override_address: str | None = None, **ext
         )
     except TimeoutError:
         raise ServiceUnavailable(
-            f"Temporal did not answer at {target} within {CONNECT_TIMEOUT_S:g}s"
+            f"Temporal did not answer at {target} within {CONNECT_TIMEOUT_S:g}s", server=Server.TEMPORAL
         ) from None
     except ValueError as exc:  # a malformed address (TEMPORAL_ADDRESS='::::')
         raise ConfigError(f"TEMPORAL_ADDRESS {target!r}: {str(exc).splitlines()[0]}") from None
     except RuntimeError as exc:  # the core SDK reports an unreachable server as RuntimeError
-        raise ServiceUnavailable(f"Temporal unreachable at {target} ({_connect_failure(str(exc))})") from None
+        raise ServiceUnavailable(
+            f"Temporal unreachable at {target} ({_connect_failure(str(exc))})", server=Server.TEMPORAL
+        ) from None
 
 
 async def register_search_attributes(client: Client) -> None:
@@ -181,5 +185,6 @@ async def register_search_attributes(client: Client) -> None:
             timeout=RPC_TIMEOUT,
         )
     except RPCError as exc:
-        if "already exists" not in str(exc):
+        # A server that already has them answers ALREADY_EXISTS (the dev server: nothing at all).
+        if exc.status != RPCStatusCode.ALREADY_EXISTS:
             raise

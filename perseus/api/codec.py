@@ -17,8 +17,9 @@ from temporalio.api.common.v1 import Payloads
 
 from perseus.api.auth import bearer, require_api_key
 from perseus.api.deps import CatalogDep
-from perseus.codec import EncryptionCodec, PayloadKeyError, parse_keys
+from perseus.codec import EncryptionCodec, parse_keys
 from perseus.config import Settings
+from perseus.errors import PayloadKeyError
 
 #: A Web UI page decodes one history's payloads per call; anything larger is not a UI request.
 MAX_BODY_BYTES = 4 * 1024 * 1024

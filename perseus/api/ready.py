@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from temporalio.client import Client
 
 from perseus.config import Settings
-from perseus.errors import PerseusError, ServiceUnavailable
+from perseus.errors import PerseusError, Server, ServiceUnavailable
 from perseus.redact import mask_text
 from perseus.store import db
 from perseus.store.redis_store import RedisStore, make_client
@@ -75,7 +75,7 @@ async def preflight(settings: Settings) -> None:
     try:
         conn = await asyncio.wait_for(db.connect(settings.database_url), CHECK_S + db.CONNECT_TIMEOUT_S)
     except TimeoutError:
-        raise ServiceUnavailable("PostgreSQL did not answer in time") from None
+        raise ServiceUnavailable("PostgreSQL did not answer in time", server=Server.POSTGRESQL) from None
     await conn.close()
     redis = make_client(str(settings.redis_url))
     try:

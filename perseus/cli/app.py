@@ -40,7 +40,7 @@ from perseus.config import (
     Settings,
     load_settings,
 )
-from perseus.errors import PerseusError, ServiceUnavailable
+from perseus.errors import PerseusError, Server, ServiceUnavailable
 from perseus.redact import mask_text, mask_url
 
 if TYPE_CHECKING:
@@ -112,23 +112,21 @@ def _root(
 # --- output helpers ------------------------------------------------------------------------------
 
 #: Servers the CLI talks to → the setting that points at each (for "unreachable" messages).
-_REACH = (
-    ("Temporal", "TEMPORAL_ADDRESS"),
-    ("Redis", "PERSEUS_REDIS_URL"),
-    ("PostgreSQL", "PERSEUS_DATABASE_URL"),
-)
+_REACH = {
+    Server.TEMPORAL: "TEMPORAL_ADDRESS",
+    Server.REDIS: "PERSEUS_REDIS_URL",
+    Server.POSTGRESQL: "PERSEUS_DATABASE_URL",
+}
 
 
 def error_line(exc: PerseusError) -> str:
     """The error as one line; an unreachable server's line says how to start or reach it."""
     # Credentials masked: a driver's message may quote the URL it was given.
     line = mask_text(" ".join(part.strip() for part in str(exc).splitlines() if part.strip()), tokens=False)
-    if isinstance(exc, ServiceUnavailable):
-        for server, setting in _REACH:
-            if line.startswith(server):
-                hint = f"start the stack with `perseus dev`, or set {setting} to reach your {server}"
-                line = f"{line.rstrip('. ')}; {hint}"
-                break
+    if isinstance(exc, ServiceUnavailable) and exc.server is not None:
+        server, setting = exc.server, _REACH[exc.server]
+        hint = f"start the stack with `perseus dev`, or set {setting} to reach your {server}"
+        line = f"{line.rstrip('. ')}; {hint}"
     return line
 
 
@@ -180,7 +178,7 @@ def _temporal_error(exc: Exception) -> PerseusError | None:
     if not isinstance(exc, RPCError):
         return None
     if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
-        return ServiceUnavailable(f"Temporal did not answer: {exc.message}")
+        return ServiceUnavailable(f"Temporal did not answer: {exc.message}", server=Server.TEMPORAL)
     return PerseusError(f"Temporal refused the request: {exc.message}")
 
 

@@ -28,7 +28,7 @@ from perseus.cli.app import (
 )
 from perseus.config import Settings
 from perseus.errors import ConfigError, ServiceUnavailable
-from perseus.lifecycle import Command
+from perseus.lifecycle import Command, Role
 from perseus.models import CommandResult, Exchange, RegistrationResult
 from perseus.temporal import web_ui_base
 
@@ -221,7 +221,7 @@ def register(
             f"registered {result.exchange} on {result.host} ({result.ip_address or 'IP unknown'}): "
             + (
                 f"standby {result.instance_id}, waiting"
-                if result.role == "standby"
+                if result.role is Role.STANDBY
                 else f"epoch {result.epoch}, state {result.state.value}"
             )
             + f", workflow {result.workflow_id}"

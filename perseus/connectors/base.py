@@ -9,17 +9,16 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Literal
 
 from perseus.errors import ConnectorGone
+from perseus.lifecycle import Role
 from perseus.models import ConnectorFailure, ConnectorHealth, ConnectorSpec
 
 log = logging.getLogger(__name__)
 
 
-#: A connector's role: ``active`` serves the exchange; ``standby`` is prepared and warmed, waiting for
-#: ``activate``. The child learns it from ``PERSEUS_ROLE``.
-Role = Literal["active", "standby"]
+# A connector's role (perseus.lifecycle.Role): ``active`` serves the exchange; ``standby`` is
+# prepared and warmed, waiting for ``activate``. The child learns it from ``PERSEUS_ROLE``.
 
 
 class Connector(abc.ABC):
@@ -30,7 +29,7 @@ class Connector(abc.ABC):
     step raises :class:`perseus.errors.ConnectorError` on failure. ``disconnect`` must be idempotent
     and must not fail: it is also the emergency brake.
 
-    A connector built with ``role="standby"`` (a warm standby) runs ``prepare`` and ``warm_up`` and
+    A connector built with ``role=Role.STANDBY`` (a warm standby) runs ``prepare`` and ``warm_up`` and
     then waits: ``activate(epoch, instance_id)`` makes it active under the new claim (instead of
     ``connect``), ``deactivate()`` makes an active one a warm standby again. ``warm_ready`` says
     whether it could be activated now.
@@ -38,7 +37,7 @@ class Connector(abc.ABC):
     While active, the lease reads ``fault()`` and ``health()`` after each renewal.
     """
 
-    def __init__(self, exchange_name: str, spec: ConnectorSpec, role: Role = "active") -> None:
+    def __init__(self, exchange_name: str, spec: ConnectorSpec, role: Role = Role.ACTIVE) -> None:
         self.exchange_name = exchange_name
         self.spec = spec
         self.role: Role = role
@@ -61,7 +60,9 @@ class Connector(abc.ABC):
         """Become active (role ``active`` only; a standby is promoted by :meth:`activate`)."""
 
     @abc.abstractmethod
-    async def disconnect(self, reason: str) -> None: ...
+    async def disconnect(self, reason: str, *, at_once: bool = False) -> None:
+        """Stop, with the connector's grace unless ``at_once``: the claim is gone (lost, or not
+        renewed within the renew deadline), and a connector must never act without it."""
 
     @abc.abstractmethod
     async def activate(self, epoch: int, instance_id: str) -> None:
@@ -135,13 +136,13 @@ class ConnectorHost:
     def get(self, workflow_id: str) -> Connector | None:
         return self._running.get(workflow_id)
 
-    async def stop(self, workflow_id: str, reason: str) -> bool:
-        """Disconnect and forget the connector; True if one was there."""
+    async def stop(self, workflow_id: str, reason: str, *, at_once: bool = False) -> bool:
+        """Disconnect and forget the connector (without grace when ``at_once``); True if one was there."""
         connector = self._running.pop(workflow_id, None)
         if connector is None:
             return False
         log.info("stopping connector %s (%s): %s", workflow_id, connector.exchange_name, reason)
-        await connector.disconnect(reason)
+        await connector.disconnect(reason, at_once=at_once)
         self.record("disconnect", workflow_id, exchange=connector.exchange_name, reason=reason)
         return True
 

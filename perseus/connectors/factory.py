@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from perseus.connectors.base import Connector, Role
+from perseus.connectors.base import Connector
 from perseus.errors import ConfigError
+from perseus.lifecycle import Role
 from perseus.models import Claim, ConnectorSpec
 
 CONNECTOR_KINDS = ("simulated", "process")
@@ -25,7 +26,7 @@ class ConnectorContext:
     log_dir: Path | None = None
     #: ``standby``: a warm standby (prepared and warmed, promoted by ``activate``); the child gets
     #: ``PERSEUS_ROLE``. For a standby, ``claim`` is the standby's own instance id with epoch 0.
-    role: Role = "active"
+    role: Role = Role.ACTIVE
     #: How often a process connector probes its health URL while active (the lease's interval).
     heartbeat_interval_s: float = 15.0
 
@@ -36,7 +37,7 @@ def build_connector(exchange_name: str, spec: object, context: ConnectorContext 
     if spec.kind == "simulated":
         from perseus.connectors.simulated import SimulatedConnector
 
-        return SimulatedConnector(exchange_name, spec, context.role if context else "active")
+        return SimulatedConnector(exchange_name, spec, context.role if context else Role.ACTIVE)
     if spec.kind == "process":
         from perseus.connectors.process import ProcessConnector
 

@@ -10,9 +10,9 @@ The lifecycle maps onto the child process:
 * ``failure`` reports a child that exited while it should run: exit code or signal, and the tail of
   its output (the workflow records it as ``lastError`` and walks down to idle, or restarts);
 * ``disconnect`` stops it: SIGTERM to its process group, SIGKILL after ``stop_grace_s``, and returns
-  only once the child is gone. When the claim is lost (the lease's reasons ``claim lost`` and
-  ``renew deadline passed``) there is no grace at all: SIGKILL at once, since a connector must never
-  act without the claim, and the lease stops the connector before it reports the loss.
+  only once the child is gone. When the claim is lost (the keeper stops it ``at_once`` for a lost
+  claim or a passed renew deadline) there is no grace at all: SIGKILL at once, since a connector must
+  never act without the claim, and the keeper stops the connector before it reports the loss.
 
 Process hygiene, so that the child cannot outlive its supervisor:
 
@@ -40,7 +40,7 @@ becomes active, cancelled when it stops being active); ``health_failures`` faile
 or as many ``health=failed`` lines in a row — make it unhealthy: :meth:`ProcessConnector.fault` then
 reports ``kind="unhealthy"`` with the spec's ``on_unhealthy`` policy.
 
-Warm standby: a connector built with ``role="standby"`` spawns its child with ``PERSEUS_ROLE=standby``
+Warm standby: a connector built with ``role=Role.STANDBY`` spawns its child with ``PERSEUS_ROLE=standby``
 and warms it up like an active one, then waits. :meth:`ProcessConnector.activate` writes
 ``ACTIVATE <epoch>`` on the child's stdin and waits for a line ``ACTIVE`` (``active_timeout_s``);
 :meth:`ProcessConnector.deactivate` writes ``DEACTIVATE``. The child's stdin is a pipe only for a
@@ -67,6 +67,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from perseus.connectors.base import Connector
 from perseus.errors import ConnectorError, ConnectorNotActive, ConnectorNotReady
 from perseus.keys import iso
+from perseus.lifecycle import Role
 from perseus.models import Claim, ConnectorFailure, ConnectorHealth, ConnectorSpec
 from perseus.redact import clean_output, mask_argv, mask_text
 
@@ -75,8 +76,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Reasons (substrings) for which ``disconnect`` kills at once: the lease lost the claim.
-EMERGENCY_REASONS = ("claim lost", "renew deadline")
 #: Output lines kept in memory; the last few go into a failure message.
 TAIL_LINES = 200
 FAILURE_TAIL_LINES = 8
@@ -338,7 +337,7 @@ class ProcessConnector(Connector):
         )
         if ctx.claim is not None:
             env.update(PERSEUS_EPOCH=str(ctx.claim.epoch), PERSEUS_INSTANCE_ID=ctx.claim.instance_id)
-        env["PERSEUS_ROLE"] = self.role
+        env["PERSEUS_ROLE"] = self.role.value
         return env
 
     # --- the lifecycle -------------------------------------------------------------------------
@@ -412,7 +411,7 @@ class ProcessConnector(Connector):
                 waiter.cancel()
             await asyncio.gather(exited, ready, return_exceptions=True)
         if ready in done and not ready.cancelled() and ready.exception() is None:
-            self._note("ready" + (" (warm standby)" if self.role == "standby" else ""))
+            self._note("ready" + (" (warm standby)" if self.role is Role.STANDBY else ""))
             self._warm = True
             return
         if exited in done:
@@ -430,7 +429,7 @@ class ProcessConnector(Connector):
     async def connect(self) -> None:
         """Ready and still running: *active*."""
         proc = self._require()
-        if self.role != "active":
+        if self.role is not Role.ACTIVE:
             raise ConnectorError(
                 f"the {self.exchange_name} connector is a warm standby: it becomes active by activate()"
             )
@@ -496,7 +495,7 @@ class ProcessConnector(Connector):
                 f"within {self.spec.active_timeout_s:g}s; stopped it"
             )
             await self._not_active(why)
-        self.role = "active"
+        self.role = Role.ACTIVE
         self._connected = True
         self._note(f"active (epoch {epoch})")
         log.info("%s connector activated: epoch %s, instance %s", self.exchange_name, epoch, instance_id)
@@ -512,7 +511,7 @@ class ProcessConnector(Connector):
             )
         was_active = self._connected
         self._connected = False
-        self.role = "standby"
+        self.role = Role.STANDBY
         await self._stop_health()
         if not was_active:
             return
@@ -528,7 +527,7 @@ class ProcessConnector(Connector):
             return None  # a stop we asked for is no failure
         # A warm standby's child that dies is a failure too (it can no longer be promoted warm);
         # an active one between warm_up and connect is not: connect() reports that itself.
-        if (self._connected or (self.role == "standby" and self._warm)) and self._exit is not None:
+        if (self._connected or (self.role is Role.STANDBY and self._warm)) and self._exit is not None:
             return ConnectorFailure(
                 kind="crashed", reason=f"{mask_text(self._exit, tokens=False)}{self._tail_text()}"
             )
@@ -574,20 +573,21 @@ class ProcessConnector(Connector):
             and proc.returncode is None
         )
 
-    async def disconnect(self, reason: str) -> None:
-        """Stop the child and return once it is gone. Idempotent; never raises (the emergency brake)."""
+    async def disconnect(self, reason: str, *, at_once: bool = False) -> None:
+        """Stop the child and return once it is gone: SIGTERM, SIGKILL after the grace, or SIGKILL
+        ``at_once``. Idempotent; never raises (the emergency brake)."""
         self._connected = False
         health_task, self._health_task = self._health_task, None
         if health_task is not None:
             health_task.cancel()  # at once; reaped below, after the child
         try:
-            await self._disconnect(reason)
+            await self._disconnect(reason, at_once=at_once)
         finally:
             if health_task is not None:
                 await asyncio.wait({health_task}, timeout=1.0)
             self._close_stdin()
 
-    async def _disconnect(self, reason: str) -> None:
+    async def _disconnect(self, reason: str, *, at_once: bool) -> None:
         proc = self._proc
         if proc is None:
             self._close_log()
@@ -596,7 +596,7 @@ class ProcessConnector(Connector):
             if self._stopping is None:
                 self._stopping = reason
             try:
-                await self._terminate(proc, reason)
+                await self._terminate(proc, reason, at_once=at_once)
             except asyncio.CancelledError:
                 self._killpg(proc, signal.SIGKILL)
                 raise
@@ -617,7 +617,7 @@ class ProcessConnector(Connector):
     @property
     def _takes_commands(self) -> bool:
         """Whether the child gets a stdin pipe for ACTIVATE / DEACTIVATE."""
-        return self.role == "standby" or self.spec.warm
+        return self.role is Role.STANDBY or self.spec.warm
 
     async def _not_active(self, why: str) -> None:
         message = f"{why}{self._tail_text()}"
@@ -750,10 +750,10 @@ class ProcessConnector(Connector):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, sig)
 
-    async def _terminate(self, proc: asyncio.subprocess.Process, reason: str) -> None:
+    async def _terminate(self, proc: asyncio.subprocess.Process, reason: str, *, at_once: bool) -> None:
         grace = self.spec.stop_grace_s
         if proc.returncode is None:
-            if grace <= 0 or any(marker in reason for marker in EMERGENCY_REASONS):
+            if grace <= 0 or at_once:
                 self._note(f"stopping ({reason}): SIGKILL now")
                 self._killpg(proc, signal.SIGKILL)
             else:

@@ -1,6 +1,6 @@
 """A connector that pretends: configurable delays and injectable failures, for the demo and tests.
 
-It has the process connector's modes: a warm standby (``role="standby"``) is prepared and warmed,
+It has the process connector's modes: a warm standby (``role=Role.STANDBY``) is prepared and warmed,
 then promoted by :meth:`activate` (taking ``connect_delay_s``, like the real child's ACTIVATE →
 ACTIVE round trip) and demoted by :meth:`deactivate`. ``fail_steps`` may name ``prepare``,
 ``warm_up``, ``connect``, ``activate`` and ``health`` (unhealthy once active: a failure with the
@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from perseus.connectors.base import Connector, Role
+from perseus.connectors.base import Connector
 from perseus.errors import ConnectorError, ConnectorNotActive
+from perseus.lifecycle import Role
 from perseus.models import ConnectorFailure, ConnectorHealth, ConnectorSpec
 
 
 class SimulatedConnector(Connector):
-    def __init__(self, exchange_name: str, spec: ConnectorSpec, role: Role = "active") -> None:
+    def __init__(self, exchange_name: str, spec: ConnectorSpec, role: Role = Role.ACTIVE) -> None:
         super().__init__(exchange_name, spec, role)
         self._connected = False
         self._warm = False
@@ -42,7 +43,7 @@ class SimulatedConnector(Connector):
         self._warm = True
 
     async def connect(self) -> None:
-        if self.role != "active":
+        if self.role is not Role.ACTIVE:
             raise ConnectorError(f"the {self.exchange_name} connector is a warm standby: activate it")
         await asyncio.sleep(self.spec.connect_delay_s)
         self._maybe_fail("connect")
@@ -61,16 +62,16 @@ class SimulatedConnector(Connector):
             self._warm = False
             raise ConnectorNotActive(f"simulated activate failure on {self.exchange_name} (epoch {epoch})")
         self.epoch = epoch
-        self.role = "active"
+        self.role = Role.ACTIVE
         self._connected = True
         if "health" in self.spec.fail_steps:
             self.faulted.set()
 
     async def deactivate(self) -> None:
         self._connected = False
-        self.role = "standby"
+        self.role = Role.STANDBY
 
-    async def disconnect(self, reason: str) -> None:
+    async def disconnect(self, reason: str, *, at_once: bool = False) -> None:
         self._connected = False
         self._warm = False
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from perseus.devstack import binaries
-from perseus.errors import ConfigError, ServiceUnavailable
+from perseus.errors import ConfigError, Server, ServiceUnavailable
 from perseus.temporal import SEARCH_ATTRIBUTES
 
 _PR_SET_PDEATHSIG = 1
@@ -63,21 +63,27 @@ def require_free(port: int, what: str, flag: str) -> None:
 
 
 async def wait_tcp(
-    port: int, what: str, proc: subprocess.Popen[bytes], timeout: float = 30.0, log: Path | None = None
+    port: int,
+    what: str,
+    proc: subprocess.Popen[bytes],
+    timeout: float = 30.0,
+    log: Path | None = None,
+    *,
+    server: Server | None = None,
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log.read_text()[-600:] if log and log.exists() else ""
             raise ServiceUnavailable(
-                f"{what} exited with code {proc.returncode} while starting: {tail.strip()}"
+                f"{what} exited with code {proc.returncode} while starting: {tail.strip()}", server=server
             )
         with contextlib.suppress(OSError):
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.close()
             return
         await asyncio.sleep(0.1)
-    raise ServiceUnavailable(f"{what} did not open port {port} within {timeout:.0f}s")
+    raise ServiceUnavailable(f"{what} did not open port {port} within {timeout:.0f}s", server=server)
 
 
 async def wait_frontend(
@@ -92,14 +98,19 @@ async def wait_frontend(
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log.read_text()[-600:] if log and log.exists() else ""
-            raise ServiceUnavailable(f"Temporal exited with code {proc.returncode} while starting: {tail}")
+            raise ServiceUnavailable(
+                f"Temporal exited with code {proc.returncode} while starting: {tail}",
+                server=Server.TEMPORAL,
+            )
         try:
             await Client.connect(f"127.0.0.1:{port}")
             return
         except RuntimeError as exc:  # the SDK's connection failure
             last = exc
         await asyncio.sleep(0.2)
-    raise ServiceUnavailable(f"Temporal on port {port} was not healthy within {timeout:.0f}s: {last}")
+    raise ServiceUnavailable(
+        f"Temporal on port {port} was not healthy within {timeout:.0f}s: {last}", server=Server.TEMPORAL
+    )
 
 
 @dataclass
@@ -195,7 +206,7 @@ async def start_temporal(
     argv += extra_args or []
     service.spawn(argv)
     assert service.proc
-    await wait_tcp(port, "Temporal dev server", service.proc, log=service.log_path)
+    await wait_tcp(port, "Temporal dev server", service.proc, log=service.log_path, server=Server.TEMPORAL)
     await wait_frontend(port, service.proc, log=service.log_path)
     if ui_port is not None:
         service.extra_ports["ui"] = ui_port
@@ -228,7 +239,7 @@ async def start_redis(data_dir: Path, port: int, *, extra_args: list[str] | None
     ]
     service.spawn(argv)
     assert service.proc
-    await wait_tcp(port, "Redis-compatible server", service.proc, log=service.log_path)
+    await wait_tcp(port, "Redis-compatible server", service.proc, log=service.log_path, server=Server.REDIS)
     return service
 
 
@@ -421,7 +432,7 @@ async def _run_postgres(service: Service, bin_dir: Path, home: Path, user: str |
         user=user,
     )
     assert service.proc
-    await wait_tcp(service.port, "PostgreSQL", service.proc, log=service.log_path)
+    await wait_tcp(service.port, "PostgreSQL", service.proc, log=service.log_path, server=Server.POSTGRESQL)
 
 
 async def ensure_database(port: int, name: str) -> str:

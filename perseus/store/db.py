@@ -21,7 +21,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from perseus.errors import ConfigError, ServiceUnavailable, UnknownAdmin, UnknownExchange
+from perseus.errors import ConfigError, Server, ServiceUnavailable, UnknownAdmin, UnknownExchange
 from perseus.fleet import Placement
 from perseus.models import Admin, EventKind, Exchange, NetworkEvent
 
@@ -132,7 +132,9 @@ async def open_pool(pool: AsyncConnectionPool[Any], timeout: float = 15.0) -> No
         await pool.open(wait=True, timeout=timeout)
     except PoolTimeout:
         await pool.close()
-        raise ServiceUnavailable(f"PostgreSQL unreachable: no connection within {timeout:g}s") from None
+        raise ServiceUnavailable(
+            f"PostgreSQL unreachable: no connection within {timeout:g}s", server=Server.POSTGRESQL
+        ) from None
 
 
 async def connect(url: str) -> psycopg.AsyncConnection[dict[str, Any]]:
@@ -141,7 +143,9 @@ async def connect(url: str) -> psycopg.AsyncConnection[dict[str, Any]]:
             url, autocommit=True, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT_S, options=_OPTIONS
         )
     except psycopg.OperationalError as exc:
-        raise ServiceUnavailable(f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}") from None
+        raise ServiceUnavailable(
+            f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}", server=Server.POSTGRESQL
+        ) from None
 
 
 async def bounded(call: Awaitable[T], seconds: float = STATEMENT_TIMEOUT_S) -> T:
@@ -158,7 +162,7 @@ async def bounded(call: Awaitable[T], seconds: float = STATEMENT_TIMEOUT_S) -> T
         task.cancel()
         _abandoned.add(task)
         task.add_done_callback(_settle)
-        raise ServiceUnavailable(f"PostgreSQL did not answer within {seconds:g}s")
+        raise ServiceUnavailable(f"PostgreSQL did not answer within {seconds:g}s", server=Server.POSTGRESQL)
     return task.result()
 
 
@@ -215,14 +219,17 @@ class Catalog:
                 return await cur.fetchall() if cur.description else []
         except PoolTimeout:
             raise ServiceUnavailable(
-                f"PostgreSQL unreachable: no free connection within {POOL_TIMEOUT_S:g}s"
+                f"PostgreSQL unreachable: no free connection within {POOL_TIMEOUT_S:g}s",
+                server=Server.POSTGRESQL,
             ) from None
         except psycopg.errors.QueryCanceled:
             raise ServiceUnavailable(
-                f"PostgreSQL: statement took longer than {STATEMENT_TIMEOUT_S:g}s"
+                f"PostgreSQL: statement took longer than {STATEMENT_TIMEOUT_S:g}s", server=Server.POSTGRESQL
             ) from None
         except psycopg.OperationalError as exc:
-            raise ServiceUnavailable(f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}") from None
+            raise ServiceUnavailable(
+                f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}", server=Server.POSTGRESQL
+            ) from None
 
     async def ping(self) -> None:
         """One round trip (readiness): ServiceUnavailable when the server does not answer in time."""
@@ -357,12 +364,16 @@ class Catalog:
                     await self._maybe_prune(conn)
                 return inserted
         except psycopg.OperationalError as exc:
-            raise ServiceUnavailable(f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}") from None
+            raise ServiceUnavailable(
+                f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}", server=Server.POSTGRESQL
+            ) from None
         except psycopg.Error as exc:
             # E.g. a database whose schema predates the log (`perseus db init` adds the tables):
             # retryable like an outage, so record_event's last attempts still let the event through.
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ServiceUnavailable(f"PostgreSQL refused the network log write: {first}") from None
+            raise ServiceUnavailable(
+                f"PostgreSQL refused the network log write: {first}", server=Server.POSTGRESQL
+            ) from None
 
     async def _maybe_prune(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Delete what aged out of the retention, at most once per PRUNE_EVERY_S in this process."""
@@ -492,7 +503,9 @@ class Catalog:
                 for exchange in forget:
                     await conn.execute("DELETE FROM fleet_placements WHERE exchange = %s", (exchange,))
         except psycopg.OperationalError as exc:
-            raise ServiceUnavailable(f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}") from None
+            raise ServiceUnavailable(
+                f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}", server=Server.POSTGRESQL
+            ) from None
 
     async def notify_fleet(self, payload: str) -> None:
         """Tell every listening worker that placements changed (NOTIFY; delivered on commit)."""
@@ -633,10 +646,12 @@ class FleetListener:
             async for note in notifies:
                 return note.payload
         except psycopg.OperationalError as exc:
-            raise ServiceUnavailable(f"PostgreSQL: {str(exc).strip().splitlines()[0]}") from None
+            raise ServiceUnavailable(
+                f"PostgreSQL: {str(exc).strip().splitlines()[0]}", server=Server.POSTGRESQL
+            ) from None
         finally:
             await notifies.aclose()
-        raise ServiceUnavailable("PostgreSQL closed the fleet notification channel")
+        raise ServiceUnavailable("PostgreSQL closed the fleet notification channel", server=Server.POSTGRESQL)
 
     async def close(self) -> None:
         if self._conn is not None:

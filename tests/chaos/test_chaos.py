@@ -185,7 +185,7 @@ class Cluster:
 
     async def holder(self) -> dict[str, object] | None:
         try:
-            raw, _ = await self.store.status(self.ex_id)
+            raw, _ = await self.store.raw_status(self.ex_id)
         except PerseusError:
             return None
         doc = json.loads(raw) if raw else None

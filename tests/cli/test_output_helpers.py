@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from perseus.cli.app import _numbers, error_line
-from perseus.errors import NotRegistered, ServiceUnavailable
+from perseus.errors import NotRegistered, Server, ServiceUnavailable
+from perseus.lifecycle import Role
 from perseus.temporal import _connect_failure, filter_literal, instances_filter
 
 pytestmark = pytest.mark.unit
@@ -26,12 +27,16 @@ def test_a_refused_temporal_connection_is_a_short_reason() -> None:
 
 def test_error_lines_are_one_line_and_say_how_to_reach_a_server() -> None:
     assert error_line(NotRegistered("a\n  b")) == "a b"
-    line = error_line(ServiceUnavailable("PostgreSQL unreachable: connection refused."))
+    line = error_line(
+        ServiceUnavailable("PostgreSQL unreachable: connection refused.", server=Server.POSTGRESQL)
+    )
     assert line == (
         "PostgreSQL unreachable: connection refused; start the stack with `perseus dev`, "
         "or set PERSEUS_DATABASE_URL to reach your PostgreSQL"
     )
     assert error_line(ServiceUnavailable("no worker answered")) == "no worker answered"
+    # The hint comes from the server the error names, never from how its text begins.
+    assert error_line(ServiceUnavailable("Redis-like text", server=None)) == "Redis-like text"
 
 
 def test_known_numeric_fields_become_numbers_at_any_depth() -> None:
@@ -50,6 +55,6 @@ def test_filter_literals_quote_data() -> None:
     assert filter_literal("coinbase") == "'coinbase'"
     assert filter_literal("o'neil") == "'o''neil'"
     assert filter_literal("a\\' OR 1=1") == "'a\\\\'' OR 1=1'"
-    assert instances_filter("Kraken", role="active") == (
+    assert instances_filter("Kraken", role=Role.ACTIVE) == (
         "ExchangeName = 'kraken' AND InstanceRole = 'active' AND ExecutionStatus = 'Running'"
     )

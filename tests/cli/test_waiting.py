@@ -19,7 +19,7 @@ from temporalio.client import Client
 
 from perseus import control
 from perseus.keys import workflow_id
-from perseus.lifecycle import Command, State
+from perseus.lifecycle import Command, Role, State
 from perseus.store.redis_store import RedisStore
 from perseus.temporal import INSTANCE_WORKFLOW, instances_filter, search_attributes
 from tests.conftest import PERSEUS, ROOT, Servers, WorkerProcess, exchange_id, perseus
@@ -116,7 +116,7 @@ async def test_no_wait_signals_the_command_and_returns(
     result = await cli(servers, "shutdown", exchange, "--host", host, "--no-wait")
     assert result.returncode == 0, result.stderr
     await client.get_workflow_handle(wf_id).result()  # the workflow completes on its own
-    assert (await store.status(ex_id))[0] is None
+    assert (await store.raw_status(ex_id))[0] is None
 
 
 async def test_wait_is_the_default_and_the_log_is_columns_of_data(
@@ -242,12 +242,12 @@ async def test_active_instance_comes_from_the_status_key_not_search_attributes(
         INSTANCE_WORKFLOW,
         id=workflow_id(exchange, "crashed"),
         task_queue=f"nobody-{uuid.uuid4().hex[:6]}",
-        search_attributes=search_attributes(exchange, "crashed", State.ACTIVE, "active"),
+        search_attributes=search_attributes(exchange, "crashed", State.ACTIVE, Role.ACTIVE),
     )
     try:
 
         async def two_read_active() -> bool:
-            found = client.list_workflows(instances_filter(exchange, role="active"))
+            found = client.list_workflows(instances_filter(exchange, role=Role.ACTIVE))
             return len([wf async for wf in found]) == 2
 
         await wait_for(two_read_active)

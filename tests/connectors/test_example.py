@@ -21,6 +21,7 @@ from perseus.connectors.factory import ConnectorContext, build_connector
 from perseus.connectors.process import ProcessConnector
 from perseus.fencing import fenced_key
 from perseus.keys import status_key
+from perseus.lifecycle import Role
 from perseus.models import Claim, ConnectorSpec
 from tests.conftest import Servers
 
@@ -68,7 +69,7 @@ async def test_the_example_connector_writes_only_under_its_epoch(
         exchange_name="ticker",
         claim=Claim(instance_id="standby-1", epoch=0),
         log_dir=tmp_path,
-        role="standby",
+        role=Role.STANDBY,
         heartbeat_interval_s=0.5,
     )
     connector = build_connector("ticker", spec, context)

@@ -176,7 +176,7 @@ async def test_claim_lost_kills_at_once_without_grace(tmp_path: Path, reason: st
     await connector.connect()
     pid = connector.pid
     assert pid is not None
-    await asyncio.wait_for(connector.disconnect(reason), 1.0)  # not the 10 s grace
+    await asyncio.wait_for(connector.disconnect(reason, at_once=True), 1.0)  # not the 10 s grace
     assert not alive(pid)
     assert [e["event"] for e in journal(log)] == ["start"]  # no SIGTERM: killed outright
 

@@ -13,11 +13,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from perseus.connectors.base import Role
 from perseus.connectors.factory import ConnectorContext, build_connector
 from perseus.connectors.process import ProcessConnector
 from perseus.connectors.simulated import SimulatedConnector
 from perseus.errors import ConnectorError, ConnectorNotActive
+from perseus.lifecycle import Role
 from perseus.models import Claim, ConnectorSpec
 from tests.connectors.support import alive, child_command, free_port, journal
 
@@ -25,11 +25,13 @@ T = TypeVar("T")
 
 
 def make(
-    tmp_path: Path, *args: str, role: Role = "active", interval: float = 15.0, **spec: object
+    tmp_path: Path, *args: str, role: Role = Role.ACTIVE, interval: float = 15.0, **spec: object
 ) -> ProcessConnector:
     full = ConnectorSpec.model_validate({"kind": "process", "command": child_command(*args), **spec})
     claim = (
-        Claim(instance_id="standby-1", epoch=0) if role == "standby" else Claim(instance_id="inst-1", epoch=7)
+        Claim(instance_id="standby-1", epoch=0)
+        if role is Role.STANDBY
+        else Claim(instance_id="inst-1", epoch=7)
     )
     context = ConnectorContext(
         workflow_id="instance-tx_demo-h1",
@@ -166,7 +168,7 @@ async def test_a_warm_standby_is_activated_and_deactivated(tmp_path: Path) -> No
         str(log),
         "--active-delay",
         "0.2",
-        role="standby",
+        role=Role.STANDBY,
         ready_line="READY",
     )
     with pytest.raises(ConnectorError, match="was not started"):
@@ -182,7 +184,7 @@ async def test_a_warm_standby_is_activated_and_deactivated(tmp_path: Path) -> No
         await connector.connect()
 
     await connector.activate(8, "inst-8")
-    assert connector.connected and connector.role == "active"
+    assert connector.connected and connector.role is Role.ACTIVE
     assert connector.claim == Claim(instance_id="inst-8", epoch=8)
     assert [e.get("epoch") for e in journal(log) if e["event"] == "activate"] == ["8"]
     with pytest.raises(ConnectorError, match="already active"):
@@ -190,7 +192,7 @@ async def test_a_warm_standby_is_activated_and_deactivated(tmp_path: Path) -> No
 
     await connector.deactivate()
     await until(lambda: any(e["event"] == "deactivate" for e in journal(log)))
-    assert not connector.connected and connector.warm_ready and connector.role == "standby"
+    assert not connector.connected and connector.warm_ready and connector.role is Role.STANDBY
     await connector.deactivate()  # idempotent: nothing more is sent
     await connector.activate(9, "inst-9")  # promoted again, warm
     assert connector.connected
@@ -208,7 +210,7 @@ async def test_activation_not_confirmed_in_time_stops_the_child(tmp_path: Path) 
         "--commands",
         "--active-delay",
         "-1",
-        role="standby",
+        role=Role.STANDBY,
         ready_line="READY",
         active_timeout_s=0.5,
     )
@@ -224,7 +226,7 @@ async def test_activation_not_confirmed_in_time_stops_the_child(tmp_path: Path) 
 
 @pytest.mark.integration
 async def test_a_warm_standby_that_dies_is_a_crash_and_not_warm(tmp_path: Path) -> None:
-    connector = make(tmp_path, "--exit-after", "0.3", role="standby", ready_line="READY")
+    connector = make(tmp_path, "--exit-after", "0.3", role=Role.STANDBY, ready_line="READY")
     await connector.prepare([])
     await connector.warm_up()
     fault = await until(connector.fault)
@@ -259,7 +261,7 @@ async def test_an_active_warm_spec_gets_a_command_pipe_and_can_be_demoted(tmp_pa
 # --- the simulated connector ----------------------------------------------------------------------
 
 
-def simulated(role: Role = "active", **spec: object) -> SimulatedConnector:
+def simulated(role: Role = Role.ACTIVE, **spec: object) -> SimulatedConnector:
     fast = {"prepare_delay_s": 0, "warmup_delay_s": 0, "connect_delay_s": 0, **spec}
     context = ConnectorContext(workflow_id="w", exchange_id=1, exchange_name="sim", role=role)
     connector = build_connector("sim", ConnectorSpec.model_validate(fast), context)
@@ -269,7 +271,7 @@ def simulated(role: Role = "active", **spec: object) -> SimulatedConnector:
 
 @pytest.mark.unit
 async def test_the_simulated_connector_has_the_warm_standby_modes() -> None:
-    connector = simulated("standby")
+    connector = simulated(Role.STANDBY)
     assert await connector.prepare(["A", "B"]) == 2
     assert not connector.warm_ready
     await connector.warm_up()
@@ -277,7 +279,7 @@ async def test_the_simulated_connector_has_the_warm_standby_modes() -> None:
     with pytest.raises(ConnectorError, match="warm standby: activate it"):
         await connector.connect()
     await connector.activate(5, "inst-5")
-    assert connector.connected and connector.epoch == 5 and connector.role == "active"
+    assert connector.connected and connector.epoch == 5 and connector.role is Role.ACTIVE
     health = connector.health()
     assert health.healthy is True and health.symbol_count == 2 and health.warm_ready
     await connector.deactivate()
@@ -285,7 +287,7 @@ async def test_the_simulated_connector_has_the_warm_standby_modes() -> None:
     await connector.disconnect("stop requested")
     assert not connector.warm_ready
 
-    failing = simulated("standby", fail_steps=["activate"])
+    failing = simulated(Role.STANDBY, fail_steps=["activate"])
     await failing.prepare([])
     await failing.warm_up()
     with pytest.raises(ConnectorNotActive, match="simulated activate failure"):
@@ -363,7 +365,7 @@ async def test_the_connector_host_journals_a_warm_promotion_as_acting(tmp_path: 
     from tests.chaos.invariants import acting_intervals, load_journal
 
     host = ConnectorHost(journal=tmp_path / "journal")
-    connector = simulated("standby")
+    connector = simulated(Role.STANDBY)
     host.put("wf-1", connector)
     await connector.prepare(["A"])
     await connector.warm_up()
@@ -387,7 +389,7 @@ async def test_the_connector_host_journals_a_warm_promotion_as_acting(tmp_path: 
     (intervals,) = acting_intervals(journal, now=float("inf")).values()
     assert len(intervals) == 2  # two acting spells: promoted, demoted, promoted again, stopped
 
-    failing = simulated("standby", fail_steps=["activate"])
+    failing = simulated(Role.STANDBY, fail_steps=["activate"])
     host.put("wf-2", failing)
     await failing.prepare([])
     await failing.warm_up()

@@ -34,7 +34,7 @@ async def events(store: RedisStore, name: str) -> list[dict[str, str]]:
 
 
 async def holder(store: RedisStore, ex_id: int) -> dict[str, object] | None:
-    raw, _ = await store.status(ex_id)
+    raw, _ = await store.raw_status(ex_id)
     return json.loads(raw) if raw else None
 
 

@@ -40,7 +40,7 @@ async def register(
 
 
 async def status(store: RedisStore, ex_id: int) -> dict[str, object]:
-    raw, _ = await store.status(ex_id)
+    raw, _ = await store.raw_status(ex_id)
     return json.loads(raw) if raw else {}
 
 

@@ -91,14 +91,14 @@ async def test_killed_worker_is_noticed_and_its_claim_freed_within_the_ttl(
     )
     ex_id = await exchange_id(servers, exchange)
     for _ in range(100):
-        raw, _ = await store.status(ex_id)
+        raw, _ = await store.raw_status(ex_id)
         if raw and json.loads(raw)["connectionState"] == "active":
             break
         await asyncio.sleep(0.1)
     proc.signal(signal.SIGKILL)
     killed = time.monotonic()
     for _ in range(400):  # bounded: 20 s at most
-        if (await store.status(ex_id))[0] is None:
+        if (await store.raw_status(ex_id))[0] is None:
             break
         await asyncio.sleep(0.05)
     freed_after = time.monotonic() - killed
@@ -132,7 +132,7 @@ async def test_sigterm_stops_gracefully_and_releases(
     await control.command(client, exchange=exchange, host=host, default_host=host, command=Command.START)
     proc.signal(signal.SIGTERM)
     assert await asyncio.to_thread(proc.wait, 60) == 0
-    assert (await store.status(ex_id))[0] is None  # released before the worker exited
+    assert (await store.raw_status(ex_id))[0] is None  # released before the worker exited
     outcome = await wait_closed(client, workflow_id(exchange, host))
     assert "shut down" in outcome
     tail = [
@@ -162,7 +162,7 @@ async def test_connector_failure_is_recorded_and_recovers_to_idle(
                 client, exchange=exchange, host=host, default_host=host, command=Command.START
             )
         assert "recovered to idle" in str(info.value)
-        raw, pttl = await store.status(await exchange_id(servers, exchange))
+        raw, pttl = await store.raw_status(await exchange_id(servers, exchange))
         assert raw is not None and pttl > 0
         doc = json.loads(raw)
         assert doc["connectionState"] == "idle" and "warm_up" in doc["lastError"] and doc["lastErrorAt"]

@@ -53,7 +53,7 @@ async def cli(servers: Servers, *args: str):
 
 
 async def standby_hosts(store: RedisStore, ex_id: int) -> list[str]:
-    return [StandbyRecord.model_validate_json(raw).host for raw in await store.standbys(ex_id)]
+    return [record.host for record in await store.standbys(ex_id)]
 
 
 async def standbys_become(store: RedisStore, ex_id: int, expected: list[str]) -> None:
@@ -326,7 +326,7 @@ async def test_warm_true_in_the_fleet_file_makes_warm_standbys(
     await wait_for(lambda: active_on(store, ex_id, a))
 
     async def warm_standby() -> StandbyRecord | None:
-        records = [StandbyRecord.model_validate_json(raw) for raw in await store.standbys(ex_id)]
+        records = await store.standbys(ex_id)
         return next((r for r in records if r.host == b and r.warm and r.warm_ready), None)
 
     await wait_for(warm_standby)  # prepared and warmed on b, not merely stored in the placement

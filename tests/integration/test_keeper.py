@@ -14,6 +14,7 @@ from perseus.connectors.base import ConnectorHost
 from perseus.connectors.simulated import SimulatedConnector
 from perseus.keeper import LeaseKeeper
 from perseus.keys import status_key
+from perseus.lifecycle import Role
 from perseus.models import Claim, ConnectorSpec, LeaseRequest, StandbyLeaseRequest, StandbyRecord
 from perseus.store.redis_store import RedisStore
 
@@ -151,11 +152,11 @@ async def test_no_deadline_for_a_warm_standby_and_it_outlives_a_released_claim(s
     keeper = LeaseKeeper(store, connectors, watchdog=watchdog)  # type: ignore[arg-type]
     req = await claimed(store)
     try:
-        standby = Grouped("k", ConnectorSpec(warm=True), role="standby")
+        standby = Grouped("k", ConnectorSpec(warm=True), role=Role.STANDBY)
         connectors.put(req.workflow_id, standby)
         keeper.guard(req.workflow_id)  # prepared as a warm standby: holds no claim, acts not
         assert watchdog.armed == []
-        active = Grouped("k", ConnectorSpec(), role="active")
+        active = Grouped("k", ConnectorSpec(), role=Role.ACTIVE)
         connectors.put("other", active)
         keeper.guard("other")  # an active one without known renewals: the shortest deadline
         assert watchdog.armed == [4242]
@@ -173,7 +174,7 @@ async def test_no_deadline_for_a_warm_standby_and_it_outlives_a_released_claim(s
 
         # Mid-activation (ACTIVATE sent, not confirmed) it may act already: a lost claim stops it.
         req2 = await claimed(store)
-        activating = Grouped("k", ConnectorSpec(warm=True), role="standby")
+        activating = Grouped("k", ConnectorSpec(warm=True), role=Role.STANDBY)
         activating.activating = True
         connectors.put(req2.workflow_id, activating)
         held2 = keeper.hold(req2)

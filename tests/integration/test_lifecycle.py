@@ -18,7 +18,7 @@ INTERVAL = 0.5  # seconds; TTL 1.5 s
 
 
 async def status_of(store: RedisStore, exchange_id: int) -> tuple[dict[str, object] | None, int]:
-    raw, pttl = await store.status(exchange_id)
+    raw, pttl = await store.raw_status(exchange_id)
     return (json.loads(raw) if raw else None), pttl
 
 

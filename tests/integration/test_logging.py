@@ -37,7 +37,7 @@ async def test_worker_logs_json_lines_and_a_graceful_stop_without_traceback(
     await wait_for(lambda: active_on(store, ex_id, host))
     worker.signal(signal.SIGTERM)
     assert await asyncio.to_thread(worker.wait, 60) == 0
-    assert (await store.status(ex_id))[0] is None  # released before the worker exited
+    assert (await store.raw_status(ex_id))[0] is None  # released before the worker exited
 
     output = worker.log.read_text()
     assert "Traceback" not in output, output

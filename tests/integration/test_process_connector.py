@@ -62,7 +62,7 @@ async def run(client: Client, exchange: str, host: str, command: Command) -> lis
 
 
 async def status(store: RedisStore, ex_id: int) -> dict[str, object]:
-    raw, _ = await store.status(ex_id)
+    raw, _ = await store.raw_status(ex_id)
     return json.loads(raw) if raw else {}
 
 

@@ -28,9 +28,9 @@ from temporalio.client import Client
 from perseus import control
 from perseus.config import load_settings
 from perseus.devstack import binaries, services
-from perseus.keys import epoch_key, retention_min_id, status_key, stream_key
+from perseus.keys import epoch_key, iso, retention_min_id, status_key, stream_key
 from perseus.lifecycle import Command
-from perseus.models import ConnectorSpec
+from perseus.models import ConnectorSpec, StandbyRecord
 from perseus.store.redis_store import RedisStore, is_cluster_url, make_client
 from perseus.temporal import converter, register_search_attributes
 from tests.conftest import Servers, exchange_id
@@ -171,7 +171,10 @@ async def test_every_store_operation_on_the_cluster(cluster_store: RedisStore) -
         assert reply.outcome == "claimed" and 0 < reply.pttl_ms <= 30_000
         assert (await store.claim(i, _payload(i, instance, 42), ttl_ms=30_000)).outcome == "self"
         rival = await store.claim(i, _payload(i, str(uuid.uuid4()), 43), ttl_ms=30_000)
-        assert rival.outcome == "held" and json.loads(rival.raw)["instanceId"] == instance
+        assert (
+            rival.outcome == "held"
+            and json.loads((await store.raw_status(i))[0] or "{}")["instanceId"] == instance
+        )
         claims[i] = (instance, 42)
         assert await store.epoch(i) == 42
 
@@ -180,17 +183,20 @@ async def test_every_store_operation_on_the_cluster(cluster_store: RedisStore) -
     renewed = await store.fenced(
         first, instance, epoch, mode="renew", patch={"lastHeartbeat": "now"}, ttl_ms=60_000
     )
-    assert renewed.outcome == "ok" and renewed.raw and json.loads(renewed.raw)["lastHeartbeat"] == "now"
+    assert (
+        renewed.outcome == "ok"
+        and json.loads((await store.raw_status(first))[0] or "{}")["lastHeartbeat"] == "now"
+    )
     merged = await store.fenced(first, instance, epoch, mode="merge", patch={"connectionState": "active"})
     assert merged.outcome == "ok"
-    raw, pttl = await store.status(first)
+    raw, pttl = await store.raw_status(first)
     assert raw and json.loads(raw)["connectionState"] == "active" and 30_000 < pttl <= 60_000
     stale = await store.fenced(first, instance, epoch - 1, mode="merge", patch={"connectionState": "idle"})
     assert stale.outcome == "fenced"
     assert (await store.fenced(first, str(uuid.uuid4()), epoch, mode="renew", ttl_ms=1)).outcome == "fenced"
 
     # Pipelined reads of many status keys that live on every master, in one call.
-    board = await store.statuses(ids)
+    board = await store.raw_statuses(ids)
     assert len(board) == len(ids)
     assert all(raw is not None and pttl > 0 for raw, pttl in board)
     assert json.loads(board[0][0] or "{}")["connectionState"] == "active"
@@ -218,7 +224,20 @@ async def test_every_store_operation_on_the_cluster(cluster_store: RedisStore) -
         assert [entry for entry, _ in await store.read_after(name, newest, block_ms=100)] == [later]
         assert await store.read_after(name, later, block_ms=10) == []
     for i in ids[:6]:
-        await store.put_standby(i, f"sb-{i}", {"host": f"h{i}"}, 30_000, 1)
+        record = StandbyRecord(
+            exchange_id=i,
+            exchange_name=f"cx{i}",
+            host=f"h{i}",
+            hostname=f"h{i}",
+            instance_id=f"sb-{i}",
+            workflow_id=f"instance-cx{i}-h{i}",
+            priority=1,
+            registered_at=iso(datetime.now(UTC)),
+            last_heartbeat=iso(datetime.now(UTC)),
+            ttl_ms=30_000,
+            heartbeat_interval_ms=10_000,
+        )
+        await store.put_standby(i, f"sb-{i}", record.wire(), 30_000, 1)
     # The status board's two batched reads, each one pipeline across the masters: status keys with
     # standby indexes, then streams with the listed standbys' records.
     statuses, indexes = await store.board(ids[:6] + [ids[-1]])
@@ -227,7 +246,7 @@ async def test_every_store_operation_on_the_cluster(cluster_store: RedisStore) -
         [(name, "+", 1) for name in names], [(i, f"sb-{i}") for i in ids[:6]] + [(ids[-1], "gone")]
     )
     assert [page[0][1]["event"] for page in pages] == ["promoted"] * len(names)
-    assert [json.loads(r)["host"] if r else None for r in records] == [f"h{i}" for i in ids[:6]] + [None]
+    assert [r.host if r else None for r in records] == [f"h{i}" for i in ids[:6]] + [None]
 
     # Notification markers (one key each, spread over the slots).
     marker_keys = [f"notify:discord:{uuid.uuid4()}" for _ in range(6)]
@@ -245,7 +264,7 @@ async def test_every_store_operation_on_the_cluster(cluster_store: RedisStore) -
         instance, epoch = claims[i]
         assert (await store.fenced(i, instance, epoch, mode="delete")).outcome == "ok"
         assert (await store.fenced(i, instance, epoch, mode="renew", ttl_ms=1000)).outcome == "missing"
-    assert all(raw is None and pttl == -2 for raw, pttl in await store.statuses(ids))
+    assert all(raw is None and pttl == -2 for raw, pttl in await store.raw_statuses(ids))
 
 
 @pytest_asyncio.fixture
@@ -300,7 +319,7 @@ async def test_lifecycle_against_the_cluster(
         assert [s.value for s in started.transitions] == ["starting", "warming", "active"]
         beats, states = set(), set()
         for _ in range(8):  # renewals keep the key alive with a TTL, and lastHeartbeat moves
-            raw, pttl = await store.status(xid)
+            raw, pttl = await store.raw_status(xid)
             assert raw is not None and 0 < pttl <= 1500
             doc = json.loads(raw)
             beats.add(doc["lastHeartbeat"])
@@ -315,7 +334,7 @@ async def test_lifecycle_against_the_cluster(
         await control.command(
             client, exchange=exchange, host=host, default_host=host, command=Command.SHUTDOWN
         )
-        assert await store.status(xid) == (None, -2)
+        assert await store.raw_status(xid) == (None, -2)
 
         entries = await store.events(exchange)
         assert [(f["fromState"], f["toState"]) for _, f in reversed(entries)] == [

@@ -183,7 +183,7 @@ async def test_redis_restart_is_ridden_through(
             redis_server = await services.start_redis(tmp_path / "redis", port)
             result = await asyncio.wait_for(stopping, 60)
             assert result.state is State.IDLE
-            raw, pttl = await private.status(await exchange_id(servers, exchange))
+            raw, pttl = await private.raw_status(await exchange_id(servers, exchange))
             assert raw is not None and 0 < pttl <= 6000
             assert json.loads(raw)["connectionState"] == "idle"
             await run_command(handle, Command.SHUTDOWN)
@@ -210,11 +210,11 @@ async def test_heartbeats_do_not_grow_history(
         handle = await start(client, queue, exchange, host, 0.5)
         await run_command(handle, Command.START)
         ex_id = await exchange_id(servers, exchange)
-        first_beat = json.loads((await store.status(ex_id))[0] or "{}")["lastHeartbeat"]
+        first_beat = json.loads((await store.raw_status(ex_id))[0] or "{}")["lastHeartbeat"]
         events_before = len((await handle.fetch_history()).events)
         await asyncio.sleep(6)  # about 12 renewals
         events_after = len((await handle.fetch_history()).events)
-        last_beat = json.loads((await store.status(ex_id))[0] or "{}")["lastHeartbeat"]
+        last_beat = json.loads((await store.raw_status(ex_id))[0] or "{}")["lastHeartbeat"]
         await run_command(handle, Command.SHUTDOWN)
     assert last_beat > first_beat
     assert events_after - events_before <= 2  # at most a late workflow task; no event per beat

@@ -86,7 +86,7 @@ class Sampler:
 
     async def run(self) -> None:
         while True:
-            raw, _ = await self.store.status(self.ex_id)
+            raw, _ = await self.store.raw_status(self.ex_id)
             doc = json.loads(raw) if raw else None
             running = alive(self.pid)
             self.samples += 1
@@ -250,7 +250,7 @@ async def test_frozen_worker_child_killed_before_the_key_can_expire(
                 assert time.monotonic() - stopped < 3 * INTERVAL + 1, "child outlived the TTL"
                 await asyncio.sleep(0.01)
             killed_after = time.monotonic() - stopped
-            raw, pttl = await store.status(sampler.ex_id)
+            raw, pttl = await store.raw_status(sampler.ex_id)
             procs[1].signal(signal.SIGCONT)
         print(f"child killed {killed_after:.2f}s after the worker froze (renew deadline {2 * INTERVAL}s)")
         assert sampler.violations == []

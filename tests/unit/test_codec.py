@@ -11,14 +11,13 @@ from temporalio.api.common.v1 import Payload
 from perseus.codec import (
     ENCODING,
     EncryptionCodec,
-    PayloadKeyError,
     PlainCodec,
     load_or_create_key,
     new_key,
     parse_keys,
 )
 from perseus.config import load_settings
-from perseus.errors import ConfigError
+from perseus.errors import ConfigError, PayloadKeyError
 from perseus.temporal import converter, data_converter
 
 pytestmark = pytest.mark.unit

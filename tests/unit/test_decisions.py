@@ -233,11 +233,11 @@ def test_a_handoff_demotes_only_a_warm_instance_that_stays() -> None:
 
 
 @pytest.mark.parametrize(
-    ("role", "connected", "activating"), list(itertools.product(["active", "standby"], *[[False, True]] * 2))
+    ("role", "connected", "activating"), list(itertools.product(Role, *[[False, True]] * 2))
 )
 def test_only_a_connector_that_cannot_act_outlives_its_claim(
-    role: str, connected: bool, activating: bool
+    role: Role, connected: bool, activating: bool
 ) -> None:
     keeps = decisions.runs_without_claim(role=role, connected=connected, activating=activating)
     # Connected, or mid-activation (ACTIVATE sent: it may act already), or an active one: it stops.
-    assert keeps == (role == "standby" and not connected and not activating)
+    assert keeps == (role is Role.STANDBY and not connected and not activating)

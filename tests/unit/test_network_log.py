@@ -26,6 +26,7 @@ from perseus.network_log import (
     transitions_of,
     uptime_windows,
 )
+from perseus.store.redis_store import StatusRead
 
 pytestmark = pytest.mark.unit
 
@@ -311,7 +312,7 @@ def test_malformed_records_are_offline_with_a_reason_never_an_exception() -> Non
         "heartbeatIntervalMs": 1000,
         "ttlMs": 3000,
     }
-    view = judge(ex, json.dumps(good), 2500, NOW)
+    view = judge(ex, StatusRead.parse(json.dumps(good), 2500), NOW)
     # 2 s since the last renewal at a 1 s interval: late (past 1.5 intervals), not yet stale (past 2).
     assert view.online and view.heartbeat == "late" and view.late and view.running_for == "4h 23m"
     for raw in (
@@ -321,7 +322,7 @@ def test_malformed_records_are_offline_with_a_reason_never_an_exception() -> Non
         json.dumps({**good, "connectionState": "flying"}),
         json.dumps({"exchangeId": 1}),
     ):
-        bad = judge(ex, raw, 1000, NOW)
+        bad = judge(ex, StatusRead.parse(raw, 1000), NOW)
         assert not bad.online and bad.status is None
         assert bad.offline_reason and bad.offline_reason.startswith("malformed status record")
 
