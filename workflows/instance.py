@@ -1258,9 +1258,7 @@ class InstanceWorkflow:
             )
         silent = await self._target_silent(target)
         if silent is not None:
-            await self._event(
-                EventKind.HANDOFF, detail=f"aborted: {silent}; {self.inp.exchange} stays here"
-            )
+            await self._event(EventKind.HANDOFF, detail=f"aborted: {silent}; {self.inp.exchange} stays here")
             return CommandResult(
                 command=Command.HANDOFF,
                 from_state=start_state,
