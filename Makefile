@@ -30,7 +30,7 @@ chromium: $(CHROMIUM)
 test: install $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # The fast tier (under a minute, no servers): lint, types, the pure and unit tests.
 check: install
