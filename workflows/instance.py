@@ -573,7 +573,7 @@ class InstanceWorkflow:
         self.standby_id = str(workflow.uuid4())
         await self._put_standby()
         workflow.upsert_search_attributes(
-            [INSTANCE_ROLE.value_set("standby"), CONNECTION_STATE.value_set(self.state.value)]
+            [INSTANCE_ROLE.value_set(Role.STANDBY.value), CONNECTION_STATE.value_set(self.state.value)]
         )
         await self._event(
             EventKind.STANDBY_REGISTERED,
@@ -1178,7 +1178,7 @@ class InstanceWorkflow:
         if warm:
             cold_because, no_worker = await self._activate_warm()
         await self._drop_standby()
-        workflow.upsert_search_attributes([INSTANCE_ROLE.value_set("active")])
+        workflow.upsert_search_attributes([INSTANCE_ROLE.value_set(Role.ACTIVE.value)])
         how = ""
         if warm:
             how = f" (warm: {'activated' if cold_because is None else 'not activated'})"
@@ -1619,7 +1619,7 @@ class InstanceWorkflow:
             spec=self.inp.connector,
             claim=Claim(instance_id=self.standby_id or "", epoch=0) if standby else self.claim,
             heartbeat_interval_s=self.inp.heartbeat_interval_s,
-            role="standby" if standby else "active",
+            role=Role.STANDBY if standby else Role.ACTIVE,
         )
         report: ConnectorReport = await self._on_host(
             lambda: workflow.execute_activity(
