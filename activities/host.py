@@ -276,7 +276,10 @@ class HostActivities:
                         raise watched.ended
                     if watched.vacant:
                         return StandbyOutcome(
-                            vacant=True, last_epoch=watched.last_epoch, after_outage=watched.after_outage
+                            vacant=True,
+                            last_epoch=watched.last_epoch,
+                            after_outage=watched.after_outage,
+                            lapsed=watched.holder_past_deadline,
                         )
                     if time.monotonic() - started >= req.term_s:
                         return StandbyOutcome(vacant=False, last_epoch=watched.last_epoch)

@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 from temporalio.client import Client
@@ -143,11 +144,15 @@ async def trial_set(
     for i in range(trials):
         active = await active_host()
         await asyncio.sleep(interval / 2)  # a renewal or so since the last change
-        started = time.monotonic()
+        started, killed_at = time.monotonic(), time.time()
         workers[active].kill()
         await active_host(not_host=active)
         results["crash"].append(time.monotonic() - started)
-        print(f"  interval {interval:g}s crash {i + 1}/{trials}: {results['crash'][-1]:.2f}s", flush=True)
+        print(
+            f"  interval {interval:g}s crash {i + 1}/{trials}: {results['crash'][-1]:.2f}s"
+            f" ({await crash_breakdown(store, name, killed_at)})",
+            flush=True,
+        )
         workers[active] = Worker(env, active, log_dir)
         await workers[active].ready()
         for _ in range(50):
@@ -177,6 +182,26 @@ async def trial_set(
     for worker in workers.values():
         worker.kill()
     return results
+
+
+async def crash_breakdown(store: RedisStore, exchange: str, killed_at: float) -> str:
+    """Where a crash's time went, from the stream: when the dead holder's workflow recorded the loss,
+    when the standby was promoted and by which path (woken by that workflow, or the key's TTL), and
+    when it went active — seconds after the kill, on the machine's one clock."""
+    marks: list[str] = []
+    for _, entry in reversed(await store.events(exchange, count=30)):
+        at = datetime.fromisoformat(entry["timestamp"].replace("Z", "+00:00")).timestamp() - killed_at
+        if at < 0:
+            continue
+        kind = entry["event"]
+        if kind == "instance_lost":
+            marks.append(f"lost +{at:.2f}")
+        elif kind == "promoted":
+            path = "TTL" if "expired" in entry.get("detail", "") else "woken"
+            marks.append(f"promoted ({path}) +{at:.2f}")
+        elif kind == "state_transition" and entry.get("toState") == "active":
+            marks.append(f"active +{at:.2f}")
+    return ", ".join(marks)
 
 
 def markdown(rows: list[tuple[float, str, list[float]]], trials: int) -> str:

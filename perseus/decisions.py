@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from perseus.errors import InvalidTransition
+from perseus.keys import TTL_FACTOR
 from perseus.lifecycle import Command, Role, State, plan, projected_state
 
 #: Lease error types that mean the claim is no longer ours (the keeper already stopped the connector).
@@ -152,7 +153,7 @@ def vacancy_delay(ahead: int, interval_s: float, *, after_outage: bool) -> float
     return delay
 
 
-def act_after_vacancy_s(interval_s: float) -> float:
+def act_after_vacancy_s(interval_s: float, *, lapsed: bool = False) -> float:
     """Seconds a standby that claimed a vacant exchange waits before its connector acts.
 
     A vacant key proves its holder stopped only when it expired by its TTL. A key that Redis lost
@@ -160,8 +161,23 @@ def act_after_vacancy_s(interval_s: float) -> float:
     moment before and acts until its renew deadline — a warm standby that claimed and activated at
     once overlapped it (the chaos suite caught it). The claim itself may go ahead (it is fenced, and
     keeps the priority order of the race); acting waits the renew deadline plus the margin out.
+
+    ``lapsed``: the standby's watch saw the key unrenewed past the holder's renew deadline before it
+    vanished (:func:`past_renew_deadline`): the holder's connector has stopped and its keeper renews
+    no more, so the vacancy is the TTL running out and there is nothing to wait for.
     """
+    if lapsed:
+        return 0.0
     return (RENEW_DEADLINE_INTERVALS + RELEASE_MARGIN) * interval_s
+
+
+def past_renew_deadline(pttl_ms: int, interval_s: float) -> bool:
+    """Whether a claim with ``pttl_ms`` left to live (Redis's own clock: no skew between hosts) went
+    unrenewed past its holder's renew deadline plus the margin — :func:`judge_claim`'s STOPPED,
+    told by the time left instead of the time since the renewal (the key lives TTL_FACTOR
+    intervals from each renewal)."""
+    renewed_ms_ago = TTL_FACTOR * interval_s * 1000 - pttl_ms
+    return renewed_ms_ago > (RENEW_DEADLINE_INTERVALS + RELEASE_MARGIN) * interval_s * 1000
 
 
 def restart_delay(policy: str, restarts: int, max_restarts: int, backoff_s: float) -> float | None:

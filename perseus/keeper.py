@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from perseus import metrics
-from perseus.decisions import runs_without_claim
+from perseus.decisions import past_renew_deadline, runs_without_claim
 from perseus.errors import (
     ClaimLost,
     ClaimMissing,
@@ -161,6 +161,10 @@ class WatchedStandby(_Loop):
     request: StandbyLeaseRequest | None = None
     vacant: bool = False
     last_epoch: int = 0
+    #: The last look at the holder's key found it unrenewed past the holder's renew deadline (plus
+    #: the margin): its connector has stopped, and its keeper renews no more. Kept when the key then
+    #: vanishes — that vacancy is the TTL running out, not Redis losing a live holder's key.
+    holder_past_deadline: bool = False
     #: Monotonic time of the last renewal that failed (Redis unreachable or too slow).
     last_failure: float = float("-inf")
 
@@ -473,6 +477,10 @@ class LeaseKeeper:
                     watched.beat.pulse()
                     return
                 watched.vacant = not holder.held
+                if holder.held:
+                    watched.holder_past_deadline = holder.pttl_ms is not None and past_renew_deadline(
+                        holder.pttl_ms, interval
+                    )
                 if holder.epoch is not None:
                     watched.last_epoch = max(watched.last_epoch, holder.epoch)
             watched.beat.pulse()

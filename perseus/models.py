@@ -632,6 +632,9 @@ class StandbyOutcome(BaseModel):
     last_epoch: int = 0
     #: Redis was unreachable shortly before the vacancy was seen: the holder goes first.
     after_outage: bool = False
+    #: The holder was seen unrenewed past its renew deadline before its key vanished: it expired by
+    #: its TTL (``decisions.act_after_vacancy_s``). Absent from watches that ended before it existed.
+    lapsed: bool = False
 
 
 class StandbyQuery(BaseModel):

@@ -1135,11 +1135,15 @@ class InstanceWorkflow:
                 await workflow.sleep(timedelta(seconds=wait))
             # Patched: runs begun before it acted right after the claim (see act_after_vacancy_s).
             hold = workflow.patched("vacancy-waits-out-deadline")
+            # Patched: runs begun before it waited even when the key had lapsed by its TTL.
+            lapsed = outcome.lapsed and workflow.patched("lapsed-key-acts-at-once")
             await self._promote(
                 PromoteRequest(
                     reason="the holder's claim expired (TTL)",
                     min_epoch=outcome.last_epoch,
-                    act_after_s=act_after_vacancy_s(self.inp.heartbeat_interval_s) if hold else 0.0,
+                    act_after_s=(
+                        act_after_vacancy_s(self.inp.heartbeat_interval_s, lapsed=lapsed) if hold else 0.0
+                    ),
                 )
             )
         return True

@@ -347,15 +347,18 @@ class HolderEpoch:
 
     held: bool
     epoch: int | None = None
+    #: The status key's remaining time to live (Redis's clock); None when nothing holds it.
+    pttl_ms: int | None = None
 
     @classmethod
-    def parse(cls, raw: str | None) -> HolderEpoch:
+    def parse(cls, raw: str | None, pttl_ms: int | None = None) -> HolderEpoch:
         if raw is None:
             return cls(held=False)
+        ttl = pttl_ms if pttl_ms is not None and pttl_ms >= 0 else None
         try:
-            return cls(held=True, epoch=_EpochOnly.model_validate_json(raw).epoch)
+            return cls(held=True, epoch=_EpochOnly.model_validate_json(raw).epoch, pttl_ms=ttl)
         except ValidationError:
-            return cls(held=True)
+            return cls(held=True, pttl_ms=ttl)
 
 
 @dataclass(frozen=True)
@@ -624,14 +627,15 @@ class RedisStore:
 
         Without ``create`` the record is only renewed if it still exists (``SET … XX``): a record its
         workflow dropped stays dropped. Returns whether the record is there, and whether anyone holds
-        the exchange, at which epoch. All keys share the exchange's hash tag.
+        the exchange, at which epoch and for how much longer. All keys share the exchange's hash tag.
         """
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.set(standby_key(exchange_id, instance_id), json.dumps(payload), px=ttl_ms, xx=not create)
             pipe.zadd(standby_index_key(exchange_id), {instance_id: priority})
             pipe.get(status_key(exchange_id))
-            written, _, raw = await self._run(pipe.execute())
-        return bool(written), HolderEpoch.parse(raw)
+            pipe.pttl(status_key(exchange_id))
+            written, _, raw, pttl = await self._run(pipe.execute())
+        return bool(written), HolderEpoch.parse(raw, pttl)
 
     async def standbys(self, exchange_id: int) -> list[StandbyRecord]:
         """Live standby records, highest priority first; index members whose key expired are pruned,

@@ -38,6 +38,22 @@ async def claimed(store: RedisStore) -> LeaseRequest:
     )
 
 
+def standby_request(exchange_id: int) -> StandbyLeaseRequest:
+    record = StandbyRecord(
+        exchange_id=exchange_id,
+        exchange_name="k",
+        host="h",
+        hostname="h",
+        instance_id=str(uuid.uuid4()),
+        workflow_id=f"instance-k{exchange_id}-h",
+        registered_at="2026-01-01T00:00:00.000Z",
+        last_heartbeat="2026-01-01T00:00:00.000Z",
+        ttl_ms=int(3 * INTERVAL * 1000),
+        heartbeat_interval_ms=int(INTERVAL * 1000),
+    )
+    return StandbyLeaseRequest(record=record, heartbeat_interval_s=INTERVAL, term_s=3600)
+
+
 @pytest.fixture
 def quick_orphan_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(keeper_module, "DETACHED_FLOOR_S", 0.0)
@@ -92,19 +108,8 @@ async def test_a_late_cancellation_does_not_stop_the_watch_a_newer_activity_atta
     store: RedisStore,
 ) -> None:
     exchange_id = 900_000 + uuid.uuid4().int % 100_000
-    record = StandbyRecord(
-        exchange_id=exchange_id,
-        exchange_name="k",
-        host="h",
-        hostname="h",
-        instance_id=str(uuid.uuid4()),
-        workflow_id=f"instance-k{exchange_id}-h",
-        registered_at="2026-01-01T00:00:00.000Z",
-        last_heartbeat="2026-01-01T00:00:00.000Z",
-        ttl_ms=int(3 * INTERVAL * 1000),
-        heartbeat_interval_ms=int(INTERVAL * 1000),
-    )
-    req = StandbyLeaseRequest(record=record, heartbeat_interval_s=INTERVAL, term_s=3600)
+    req = standby_request(exchange_id)
+    record = req.record
     keeper = LeaseKeeper(store, ConnectorHost())
     try:
         old = keeper.watch(req)
@@ -121,6 +126,35 @@ async def test_a_late_cancellation_does_not_stop_the_watch_a_newer_activity_atta
         keeper.stop_watching(new)  # nobody attached: the workflow's own stop does stop it
         await asyncio.sleep(0.1)
         assert new.task is not None and new.task.done()
+    finally:
+        await keeper.close()
+
+
+async def test_a_watch_tells_a_key_that_ran_out_from_one_that_vanished_while_renewed(
+    store: RedisStore,
+) -> None:
+    """A holder that stopped renewing is seen past its deadline before its key expires (lapsed: the
+    standby may act at once); a key deleted while fresh (Redis lost it) is not (the standby waits)."""
+    keeper = LeaseKeeper(store, ConnectorHost())
+    try:
+        for lapse in (True, False):
+            held = await claimed(store)  # set once, never renewed: it runs out after 3 intervals
+            # Out of step with the key, as a standby's beats are with its holder's renewals: one look
+            # then falls in the last 0.9 intervals of the key's life (in step, the look at the end
+            # of the third interval comes a moment too early — then the standby waits, to be safe).
+            await asyncio.sleep(0.3 * INTERVAL)
+            watched = keeper.watch(standby_request(held.exchange_id))
+            with keeper.attached(watched):
+                if not lapse:
+                    await asyncio.sleep(0.5 * INTERVAL)
+                    await store.client.delete(status_key(held.exchange_id))
+                for _ in range(100):
+                    if watched.vacant:
+                        break
+                    await asyncio.sleep(0.05)
+                assert watched.vacant
+                assert watched.holder_past_deadline is lapse
+            keeper.stop_watching(watched)
     finally:
         await keeper.close()
 

@@ -118,6 +118,21 @@ def test_after_a_vacancy_nothing_acts_before_a_holder_that_renewed_just_before_c
     assert decisions.stale_in(0, interval) == decisions.act_after_vacancy_s(interval)
 
 
+@pytest.mark.parametrize("interval", [0.5, 1.0, 15.0])
+def test_a_key_seen_past_its_deadline_before_it_vanished_lapsed_and_nothing_waits(interval: float) -> None:
+    """Past the renew deadline by Redis's clock is exactly judge_claim's STOPPED; only then may a
+    vacancy be taken as the TTL running out (no wait), never for a key that still had life in it."""
+    ttl_ms = 3 * interval * 1000
+    for renewed_ms_ago in range(0, int(ttl_ms) + 1, max(1, int(ttl_ms) // 97)):
+        past = decisions.past_renew_deadline(int(ttl_ms - renewed_ms_ago), interval)
+        stopped = judge_claim(True, renewed_ms_ago, interval) is HostVerdict.STOPPED
+        assert past == stopped, renewed_ms_ago
+    fresh = int(ttl_ms - decisions.RENEW_DEADLINE_INTERVALS * interval * 1000)  # exactly at the deadline
+    assert not decisions.past_renew_deadline(fresh, interval)
+    assert decisions.act_after_vacancy_s(interval, lapsed=True) == 0.0
+    assert decisions.act_after_vacancy_s(interval, lapsed=False) == decisions.act_after_vacancy_s(interval)
+
+
 def test_vacancy_delay_orders_standbys_and_lets_the_holder_go_first_after_an_outage() -> None:
     assert vacancy_delay(0, 1.0, after_outage=False) == 0
     delays = [vacancy_delay(ahead, 2.0, after_outage=False) for ahead in range(4)]
