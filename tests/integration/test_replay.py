@@ -38,6 +38,8 @@ EXPECTED = BEFORE_CLAIM_ON_HOST | {
     "handoff-handing-over",
     "handoff-taking-over",
     "reattach",
+    "vacancy-lapsed",
+    "vacancy-not-lapsed",
 }
 #: Per ``before-<patch id>/`` folder, the paths it keeps. A path added after a version was cut has
 #: no history from before it: no run of the older code was recorded taking it.

@@ -22,11 +22,12 @@ from typing import Any
 import pytest
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType, TimeoutType
-from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import WorkflowHandle, WorkflowHistory, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from perseus.decisions import act_after_vacancy_s
 from perseus.keys import host_task_queue, iso
 from perseus.lifecycle import Command, Role, State
 from perseus.models import (
@@ -63,6 +64,7 @@ from perseus.models import (
     StandbyRecord,
     StatusPatch,
 )
+from perseus.temporal import converter
 from workflows.instance import InstanceWorkflow
 
 pytestmark = pytest.mark.integration
@@ -104,6 +106,11 @@ class Stand:
     #: its host lost Temporal while its keeper renews on (what ``probe`` then shows).
     silent_lease: int | None = None
     silence: asyncio.Event = field(default_factory=asyncio.Event)
+    #: What the standby's watch returns once ``vacate`` is set (the exchange falling vacant, as the
+    #: host's watch reports it); it is returned once, and every other watch stays quiet. None: quiet.
+    vacancy: StandbyOutcome | None = None
+    vacate: asyncio.Event = field(default_factory=asyncio.Event)
+    watches: int = 0
 
     def activities(self) -> list[Callable[..., Any]]:
         stand = self
@@ -226,7 +233,11 @@ class Stand:
 
         @activity.defn(name="hold_standby")
         async def hold_standby(req: StandbyLeaseRequest) -> StandbyOutcome:
-            while True:  # a quiet watch: heartbeats until cancelled
+            stand.watches += 1
+            while True:  # a quiet watch: heartbeats until cancelled (or the vacancy, once)
+                if stand.vacancy is not None and stand.vacate.is_set():
+                    outcome, stand.vacancy = stand.vacancy, None
+                    return outcome
                 activity.heartbeat()
                 await asyncio.sleep(0.05)
 
@@ -446,6 +457,154 @@ async def test_cold_standby_registers_without_a_claim_and_starts_cold_when_promo
     ]
     assert stand.details[1] == "test promotion"  # cold: no "(warm: …)" note
     assert stand.epochs == 5 and stand.released == 1
+
+
+#: The epoch the holder whose key fell vacant held, as the standby's watch last saw it in the key.
+VACANT_EPOCH = 6
+
+
+def commands(history: WorkflowHistory) -> list[str]:
+    """What a run asked for, in order: activities by type, local ones (``record``) by summary, timers
+    by summary and when they fired, patches by id."""
+    out: list[str] = []
+    for e in history.events:
+        summary = (
+            converter.payload_converter.from_payload(e.user_metadata.summary, str)
+            if e.HasField("user_metadata") and e.user_metadata.HasField("summary")
+            else None
+        )
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            out.append(e.activity_task_scheduled_event_attributes.activity_type.name)
+        elif e.event_type == EventType.EVENT_TYPE_TIMER_STARTED:
+            out.append(f"timer: {summary}")
+        elif e.event_type == EventType.EVENT_TYPE_TIMER_FIRED:
+            out.append("timer fired")
+        elif e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+            marker = e.marker_recorded_event_attributes
+            if marker.marker_name == "core_patch":
+                data = converter.payload_converter.from_payload(marker.details["patch-data"].payloads[0])
+                out.append(f"patch: {data['id']}")
+            elif summary is not None:
+                out.append(summary)
+    return out
+
+
+def timers(history: WorkflowHistory) -> list[tuple[str, timedelta]]:
+    """Every timer the run started: its summary and how long it was set for."""
+    return [
+        (
+            converter.payload_converter.from_payload(e.user_metadata.summary, str),
+            e.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta(),
+        )
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED
+    ]
+
+
+async def promoted_by_vacancy(
+    ts_env: WorkflowEnvironment, *, lapsed: bool, name: str
+) -> tuple[Stand, WorkflowHistory]:
+    """A cold standby whose watch reports the exchange vacant (nobody signalled it: the holder's
+    workflow is gone too) takes it by itself, then shuts down. The stand-ins and the full history."""
+    stand = Stand(vacancy=StandbyOutcome(vacant=True, last_epoch=VACANT_EPOCH, lapsed=lapsed))
+    histories: list[WorkflowHistory] = []
+
+    async def body(handle: WorkflowHandle[Any, Any]) -> None:
+        registered = await handle.execute_update(InstanceWorkflow.wait_registered)
+        assert registered.role is Role.STANDBY and registered.epoch == 0
+        assert stand.standby_records == 1 and stand.epochs == 0
+        stand.vacate.set()  # the holder's key is gone: the watch ends with the vacancy
+        snap = await reaching(handle, State.ACTIVE)
+        # Claimed above the epoch the watch last saw in the key, under a fresh claim.
+        assert snap.role is Role.ACTIVE and snap.claim is not None and snap.claim.epoch == VACANT_EPOCH + 1
+        assert snap.claim.instance_id != registered.instance_id
+        assert snap.symbol_count == 3
+        assert stand.standby_records == 0  # no longer listed as a standby of the exchange
+        await command(handle, Command.SHUTDOWN)
+        assert await handle.result() == "shut down"
+        histories.append(await handle.fetch_history())
+        await record_history(handle, name)
+
+    # The shortest interval the timings allow: the test server keeps real time while the new
+    # claim's lease runs, so the not-lapsed path waits its 2.1 intervals in real seconds.
+    await run_paths(ts_env, stand, instance("vac", standby=True, heartbeat_interval_s=1.0), body)
+    assert stand.watches == 1  # one watch, ended by the vacancy; promoted, the instance watches no more
+    assert stand.events == [
+        ("standby_registered", None, None),
+        ("promoted", None, None),
+        ("state_transition", "idle", "starting"),
+        ("state_transition", "starting", "warming"),
+        ("state_transition", "warming", "active"),
+        ("state_transition", "active", "stopping"),
+        ("state_transition", "stopping", "stopped"),
+    ]
+    assert stand.details[1] == "the holder's claim expired (TTL)"  # cold: no "(warm: …)" note
+    assert stand.connector_calls == [
+        ("connector_prepare", "active"),
+        ("connector_warm_up", "active"),
+        ("connector_connect", "active"),
+        ("connector_disconnect", "active"),
+    ]
+    assert stand.epochs == VACANT_EPOCH + 1 and stand.released == 1 and stand.standby_records == 0
+    return stand, histories[0]
+
+
+def after_the_watch(history: WorkflowHistory) -> list[str]:
+    """The run's commands from the vacancy on, through the first connector step (leaving out the
+    notifications each event fans out)."""
+    done = [c for c in commands(history) if c != "notify_event"]
+    return done[done.index("hold_standby") + 1 : done.index("connector_prepare") + 1]
+
+
+def timer_ran(history: WorkflowHistory) -> timedelta:
+    """How long the run's one timer took from start to fire, on the server's clock."""
+    (started,) = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED]
+    (fired,) = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_TIMER_FIRED]
+    return fired.event_time.ToDatetime() - started.event_time.ToDatetime()
+
+
+async def test_standby_takes_a_lapsed_vacant_exchange_and_acts_at_once(ts_env: WorkflowEnvironment) -> None:
+    """The watch saw the holder's key unrenewed past its renew deadline before it vanished: the key
+    ran out by its TTL, its holder's connector has stopped, and there is nothing to wait for
+    (``lapsed-key-acts-at-once``): claim, drop the record, ``promoted``, start."""
+    _, history = await promoted_by_vacancy(ts_env, lapsed=True, name="vacancy-lapsed")
+    assert timers(history) == []
+    assert after_the_watch(history) == [
+        "list_standbys",  # who is ahead (nobody: no head start to give)
+        "patch: vacancy-waits-out-deadline",
+        "patch: lapsed-key-acts-at-once",
+        "patch: claim-on-host",
+        "claim_and_hold",
+        "hold_lease",  # the fresh claim renewed at once, and nothing waited for
+        "drop_standby",
+        "record promoted",
+        "record state_transition",  # idle → starting
+        "connector_prepare",
+    ]
+
+
+async def test_standby_takes_a_vacant_exchange_redis_lost_and_waits_out_the_old_deadline(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    """The key vanished while fresh (Redis lost it): its holder may act until its renew deadline,
+    so the standby claims (fenced, and in priority order) but its connector waits that out."""
+    _, history = await promoted_by_vacancy(ts_env, lapsed=False, name="vacancy-not-lapsed")
+    assert timers(history) == [("wait out the old deadline", timedelta(seconds=act_after_vacancy_s(1.0)))]
+    assert act_after_vacancy_s(1.0) == pytest.approx(2.1)
+    assert after_the_watch(history) == [
+        "list_standbys",
+        "patch: vacancy-waits-out-deadline",  # and no lapsed-key-acts-at-once: not lapsed, not asked
+        "patch: claim-on-host",
+        "claim_and_hold",
+        "hold_lease",  # the fresh claim is renewed meanwhile
+        "timer: wait out the old deadline",
+        "timer fired",  # only then does anything act
+        "drop_standby",
+        "record promoted",
+        "record state_transition",  # idle → starting
+        "connector_prepare",
+    ]
+    assert timer_ran(history) >= timedelta(seconds=act_after_vacancy_s(1.0))
 
 
 async def test_planned_handoff_moves_the_claim_and_the_old_instance_stays_as_standby(
