@@ -165,13 +165,17 @@ async def trial_set(
         active = await active_host()
         target = hosts[1] if active == hosts[0] else hosts[0]
         await asyncio.sleep(interval)
-        started = time.monotonic()
+        started, asked_at = time.monotonic(), time.time()
         await control.handoff(
             client, exchange=name, to_host=target, from_host=active, default_host=target, shutdown=False
         )
         await active_host(not_host=active)
         results["handoff"].append(time.monotonic() - started)
-        print(f"  interval {interval:g}s handoff {i + 1}/{trials}: {results['handoff'][-1]:.2f}s", flush=True)
+        print(
+            f"  interval {interval:g}s handoff {i + 1}/{trials}: {results['handoff'][-1]:.2f}s"
+            f" ({await handoff_breakdown(store, name, asked_at)})",
+            flush=True,
+        )
     for host in hosts:
         try:
             await control.command(
@@ -197,10 +201,27 @@ async def crash_breakdown(store: RedisStore, exchange: str, killed_at: float) ->
         if kind == "instance_lost":
             marks.append(f"lost +{at:.2f}")
         elif kind == "promoted":
-            path = "TTL" if "expired" in entry.get("detail", "") else "woken"
+            path = "TTL" if entry.get("detail", "").startswith("the holder's claim expired") else "woken"
             marks.append(f"promoted ({path}) +{at:.2f}")
         elif kind == "state_transition" and entry.get("toState") == "active":
             marks.append(f"active +{at:.2f}")
+    return ", ".join(marks)
+
+
+async def handoff_breakdown(store: RedisStore, exchange: str, asked_at: float) -> str:
+    """Where a handoff's time went: seconds after the request until each step the stream shows."""
+    marks: list[str] = []
+    for _, entry in reversed(await store.events(exchange, count=30)):
+        at = datetime.fromisoformat(entry["timestamp"].replace("Z", "+00:00")).timestamp() - asked_at
+        if at < 0:
+            continue
+        kind, detail = entry["event"], entry.get("detail", "")
+        if kind == "handoff":
+            marks.append(f"{detail.split(':')[0]} +{at:.2f}")
+        elif kind == "promoted":
+            marks.append(f"promoted +{at:.2f}")
+        elif kind == "state_transition":
+            marks.append(f"{entry.get('toState')} +{at:.2f}")
     return ", ".join(marks)
 
 
