@@ -206,33 +206,64 @@ def _names(action: Action) -> tuple[str, str | None]:
     return action.exchange, action.host
 
 
+#: How many exchanges an enrolment works on at once. Each registration spends most of its time
+#: waiting (for the host's worker, the connector's walk), so one at a time took a 1,000-exchange
+#: fleet tens of minutes to restore; the actions of one exchange still run in their planned order.
+ENROL_CONCURRENCY = 64
+
+
 async def carry_out(
     client: Client, placements: dict[str, Placement], actions: list[Action], report: EnrolReport
 ) -> None:
-    """Run the registrations and shutdowns of ``actions`` one by one (STORE/FORGET are done by the
-    caller, before); a failure is reported and the rest still runs."""
-    for action in actions:
-        try:
-            if action.kind in (ActionKind.REGISTER_ACTIVE, ActionKind.REGISTER_STANDBY):
-                report.done.append(await _register(client, placements[action.exchange], action))
-            elif action.kind is ActionKind.SHUTDOWN:
-                assert action.host is not None
-                await control.command(
-                    client,
-                    exchange=action.exchange,
-                    host=action.host,
-                    default_host=action.host,
-                    command=Command.SHUTDOWN,
-                )
-                report.done.append(f"{action.exchange}: shut down on {action.host}")
-            elif action.kind is ActionKind.WAIT:
-                report.waiting.append(action.describe())
-            else:
-                continue
-        except errors.PerseusError as exc:
-            report.failed.append(f"{action.exchange} on {action.host}: {exc}")
-            continue
-        log.info("fleet: %s", report.done[-1] if action.kind is not ActionKind.WAIT else action.describe())
+    """Run the registrations and shutdowns of ``actions`` (STORE/FORGET are done by the caller,
+    before): each exchange's in their planned order (its active before its standbys), up to
+    :data:`ENROL_CONCURRENCY` exchanges at once. A failure is reported and the rest still runs; the
+    report lists everything in the plan's order, whatever order it finished in."""
+    outcomes: dict[int, tuple[str, str]] = {}  # action index → (which list, line)
+    by_exchange: dict[str, list[int]] = {}
+    for i, action in enumerate(actions):
+        by_exchange.setdefault(action.exchange, []).append(i)
+    slots = asyncio.Semaphore(ENROL_CONCURRENCY)
+
+    async def one_exchange(indices: list[int]) -> None:
+        async with slots:
+            for i in indices:
+                outcome = await _carry_out_one(client, placements, actions[i])
+                if outcome is not None:
+                    outcomes[i] = outcome
+
+    await asyncio.gather(*(one_exchange(indices) for indices in by_exchange.values()))
+    for i in sorted(outcomes):
+        kind, line = outcomes[i]
+        getattr(report, kind).append(line)
+
+
+async def _carry_out_one(
+    client: Client, placements: dict[str, Placement], action: Action
+) -> tuple[str, str] | None:
+    """One action: which report list its line goes to, and the line (None: nothing to report)."""
+    try:
+        if action.kind in (ActionKind.REGISTER_ACTIVE, ActionKind.REGISTER_STANDBY):
+            line = await _register(client, placements[action.exchange], action)
+        elif action.kind is ActionKind.SHUTDOWN:
+            assert action.host is not None
+            await control.command(
+                client,
+                exchange=action.exchange,
+                host=action.host,
+                default_host=action.host,
+                command=Command.SHUTDOWN,
+            )
+            line = f"{action.exchange}: shut down on {action.host}"
+        elif action.kind is ActionKind.WAIT:
+            log.info("fleet: %s", action.describe())
+            return "waiting", action.describe()
+        else:
+            return None
+    except errors.PerseusError as exc:
+        return "failed", f"{action.exchange} on {action.host}: {exc}"
+    log.info("fleet: %s", line)
+    return "done", line
 
 
 async def check_admins(catalog: Catalog, placements: list[Placement]) -> None:
