@@ -244,11 +244,16 @@ def markdown(rows: list[tuple[float, str, list[float]]], trials: int) -> str:
         )
     lines += [
         "",
-        "Crash: SIGKILL of the active host's worker until the standby is `active` in the status key. "
-        "The dead host is known after 1.25 intervals without a heartbeat; the release waits one more "
-        "interval (the pickup window for a restarted worker, which also guarantees a paused holder has "
-        "stopped itself); then the standby claims and walks starting → warming → active. "
-        "Handoff: `perseus handoff` until it returns with the target active.",
+        "Crash: SIGKILL of the active host's worker, half an interval after the exchange went active, "
+        "until the standby is `active` in the status key. The dead host's lease misses its heartbeat "
+        "timeout (1.25 intervals, at least 2 s); its workflow asks Redis at once and again when the "
+        "claim passes its renew deadline plus the margin (2.1 intervals after the last renewal: the "
+        "dead host's connector has stopped by then), records the loss, releases and wakes the best "
+        "standby, which claims and walks starting → warming → active (0.7 s of simulated connector). "
+        "If the key runs out first, the standby's own watch takes the vacancy (TTL path). "
+        "Handoff: `perseus handoff` until it returns with the target active: the old side asks the "
+        "target's worker, walks down and releases, the target claims and walks up, the old side "
+        "registers as a standby.",
         "",
     ]
     return "\n".join(lines)
@@ -259,7 +264,8 @@ def write_section(text: str, section: str = SECTION) -> None:
     if section in doc:
         start = doc.index(section)
         nxt = doc.find("\n## ", start + len(section))
-        doc = doc[:start] + text + (doc[nxt + 1 :] if nxt != -1 else "")
+        # One blank line before the next section, however the text ends.
+        doc = doc[:start] + text.rstrip("\n") + "\n" + ("\n" + doc[nxt + 1 :] if nxt != -1 else "")
     else:
         doc = doc.rstrip("\n") + "\n\n" + text
     DOC.write_text(doc)
