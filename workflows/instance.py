@@ -92,7 +92,6 @@ with workflow.unsafe.imports_passed_through():
         LeaseRequest,
         NetworkEvent,
         NotifyRequest,
-        PatchResult,
         PromoteRequest,
         Recorded,
         RecordRequest,
@@ -108,6 +107,7 @@ with workflow.unsafe.imports_passed_through():
         StatusPatch,
     )
     from perseus.temporal import CONNECTION_STATE, INSTANCE_ROLE
+    from workflows import calls
 
 RUNNING_STATES = (State.STARTING, State.WARMING, State.ACTIVE)
 T = TypeVar("T")
@@ -514,18 +514,16 @@ class InstanceWorkflow:
         """Resolve the exchange and admin, and learn the host's identity on its own queue."""
         try:
             self.resolved = await workflow.execute_activity(
-                "resolve_instance",
+                calls.resolve_instance,
                 ResolveRequest(exchange=self.inp.exchange, admin_email=self.inp.admin_email),
-                result_type=Resolved,
                 start_to_close_timeout=timedelta(seconds=10),
                 retry_policy=SHARED_RETRY,
                 summary="resolve exchange and admin",
             )
             identity: Identity = await self._on_host(
                 lambda: workflow.execute_activity(
-                    "detect_identity",
+                    calls.detect_identity,
                     IdentityRequest(host=self.inp.host),
-                    result_type=Identity,
                     task_queue=self.host_queue,
                     schedule_to_start_timeout=self._host_wait(),
                     start_to_close_timeout=timedelta(seconds=30),
@@ -585,7 +583,7 @@ class InstanceWorkflow:
 
     async def _put_standby(self) -> None:
         await workflow.execute_activity(
-            "put_standby",
+            calls.put_standby,
             self._standby_record(),
             start_to_close_timeout=timedelta(seconds=10),
             retry_policy=SHARED_RETRY,
@@ -616,7 +614,7 @@ class InstanceWorkflow:
             return
         try:
             await workflow.execute_activity(
-                "drop_standby",
+                calls.drop_standby,
                 DropStandbyRequest(exchange_id=self.resolved.exchange.id, instance_id=self.standby_id),
                 start_to_close_timeout=timedelta(seconds=10),
                 retry_policy=SHARED_RETRY,
@@ -632,9 +630,8 @@ class InstanceWorkflow:
         assert self.resolved
         try:
             found: StandbyList = await workflow.execute_activity(
-                "list_standbys",
+                calls.list_standbys,
                 StandbyQuery(exchange_id=self.resolved.exchange.id),
-                result_type=StandbyList,
                 start_to_close_timeout=timedelta(seconds=10),
                 retry_policy=SHARED_RETRY,
                 summary="list standbys",
@@ -683,9 +680,8 @@ class InstanceWorkflow:
         result: ClaimResult
         if not workflow.patched("claim-on-host"):
             result = await workflow.execute_activity(
-                "claim_exchange",
+                calls.claim_exchange,
                 request,
-                result_type=ClaimResult,
                 start_to_close_timeout=timedelta(seconds=10),
                 retry_policy=retry,
                 summary="claim",
@@ -699,9 +695,8 @@ class InstanceWorkflow:
         )
         result = await self._on_host(
             lambda: workflow.execute_activity(
-                "claim_and_hold",
+                calls.claim_and_hold,
                 held,
-                result_type=ClaimResult,
                 task_queue=self.host_queue,
                 schedule_to_start_timeout=self._host_wait(),
                 start_to_close_timeout=timedelta(seconds=10),
@@ -764,9 +759,8 @@ class InstanceWorkflow:
     async def _host_polled(self) -> bool:
         try:
             presence: HostPresence = await workflow.execute_activity(
-                "host_polled",
+                calls.host_polled,
                 IdentityRequest(host=self.inp.host),
-                result_type=HostPresence,
                 start_to_close_timeout=timedelta(seconds=10),
                 retry_policy=SHARED_RETRY,
                 summary=f"is {self.inp.host} polled?",
@@ -788,7 +782,7 @@ class InstanceWorkflow:
         assert self.resolved and self.claim
         interval = self.inp.heartbeat_interval_s
         return workflow.start_activity(
-            "hold_lease",
+            calls.hold_lease,
             LeaseRequest(
                 workflow_id=self.wf_id,
                 exchange_id=self.resolved.exchange.id,
@@ -796,7 +790,6 @@ class InstanceWorkflow:
                 heartbeat_interval_s=interval,
                 term_s=self.inp.lease_term_s,
             ),
-            result_type=LeaseOutcome,
             task_queue=self.host_queue,
             schedule_to_start_timeout=schedule_to_start or self._host_wait(),
             start_to_close_timeout=timedelta(seconds=self.inp.lease_term_s + 4 * interval),
@@ -814,11 +807,10 @@ class InstanceWorkflow:
     def _start_standby_lease(self) -> workflow.ActivityHandle[StandbyOutcome]:
         interval = self.inp.heartbeat_interval_s
         return workflow.start_activity(
-            "hold_standby",
+            calls.hold_standby,
             StandbyLeaseRequest(
                 record=self._standby_record(), heartbeat_interval_s=interval, term_s=self.inp.lease_term_s
             ),
-            result_type=StandbyOutcome,
             task_queue=self.host_queue,
             schedule_to_start_timeout=self._host_wait(),
             start_to_close_timeout=timedelta(seconds=self.inp.lease_term_s + 4 * interval),
@@ -994,9 +986,8 @@ class InstanceWorkflow:
         assert self.resolved and self.claim
         try:
             probe: ClaimProbe = await workflow.execute_activity(
-                "probe_claim",
+                calls.probe_claim,
                 ClaimProbeRequest(exchange_id=self.resolved.exchange.id, claim=self.claim),
-                result_type=ClaimProbe,
                 start_to_close_timeout=timedelta(seconds=5),
                 retry_policy=RetryPolicy(maximum_attempts=2),
                 summary="probe claim",
@@ -1069,7 +1060,7 @@ class InstanceWorkflow:
 
     async def _connector_alive(self) -> bool:
         try:
-            report = await self._host_activity("connector_check", timeout_s=10)
+            report = await self._host_activity(calls.connector_check, timeout_s=10)
         except ActivityError:
             return False
         return report.running
@@ -1287,7 +1278,7 @@ class InstanceWorkflow:
         for state in plan(Command.HANDOFF, self.state):
             if state is State.STOPPED:
                 if not keep_warm or not await self._demote():
-                    await self._host_activity("connector_disconnect", timeout_s=30)
+                    await self._host_activity(calls.connector_disconnect, timeout_s=30)
             await self._transition(state)
             done.append(state)
         old_claim = self.claim
@@ -1403,19 +1394,19 @@ class InstanceWorkflow:
                     await self._event(
                         EventKind.ERROR, error=f"warm activation failed, starting cold: {cold_because}"
                     )
-                report = await self._host_activity("connector_prepare")
+                report = await self._host_activity(calls.connector_prepare)
                 self.symbol_count = report.symbol_count
                 await self._transition(State.WARMING)
                 done.append(State.WARMING)
-                await self._host_activity("connector_warm_up")
-                await self._host_activity("connector_connect")
+                await self._host_activity(calls.connector_warm_up)
+                await self._host_activity(calls.connector_connect)
                 self.connected_at = workflow.now()
                 await self._transition(State.ACTIVE)
                 done.append(State.ACTIVE)
             else:
                 for target in path:
                     if target is State.STOPPED:
-                        await self._host_activity("connector_disconnect")
+                        await self._host_activity(calls.connector_disconnect)
                     await self._transition(target)
                     done.append(target)
         except ActivityError as err:
@@ -1439,9 +1430,8 @@ class InstanceWorkflow:
         wait = self._host_wait()
         try:
             await workflow.execute_activity(
-                "detect_identity",
+                calls.detect_identity,
                 IdentityRequest(host=target.host),
-                result_type=Identity,
                 task_queue=host_task_queue(target.host),
                 schedule_to_start_timeout=wait,
                 start_to_close_timeout=wait,
@@ -1475,7 +1465,7 @@ class InstanceWorkflow:
         """Deactivate our connector (it keeps running, warm); False if that failed (then stop it)."""
         try:
             report = await self._host_activity(
-                "connector_deactivate", timeout_s=30, retry=RetryPolicy(maximum_attempts=1)
+                calls.connector_deactivate, timeout_s=30, retry=RetryPolicy(maximum_attempts=1)
             )
         except ActivityError as err:
             workflow.logger.info(
@@ -1495,7 +1485,7 @@ class InstanceWorkflow:
         try:
             # Never retried: a child that did not confirm was stopped; only a cold start helps now.
             report = await self._host_activity(
-                "connector_activate", timeout_s=timeout, retry=RetryPolicy(maximum_attempts=1)
+                calls.connector_activate, timeout_s=timeout, retry=RetryPolicy(maximum_attempts=1)
             )
         except ActivityError as err:
             reason = self._explain(err)
@@ -1526,13 +1516,13 @@ class InstanceWorkflow:
     async def _warm_up_standby(self) -> None:
         try:
             # Already warm here (a run that continued as new while, or after, it warmed up)?
-            found = await self._host_activity("connector_check", timeout_s=10, standby=True)
+            found = await self._host_activity(calls.connector_check, timeout_s=10, standby=True)
             if found.warm_ready:
                 self.warm_here = self.role is Role.STANDBY
                 return
-            report = await self._host_activity("connector_prepare", standby=True)
+            report = await self._host_activity(calls.connector_prepare, standby=True)
             self.symbol_count = report.symbol_count
-            await self._host_activity("connector_warm_up", standby=True)
+            await self._host_activity(calls.connector_warm_up, standby=True)
         except ActivityError as err:
             reason = self._explain(err)
             workflow.logger.warning("%s: warm standby not warmed: %s", self.wf_id, reason)
@@ -1559,7 +1549,7 @@ class InstanceWorkflow:
             # Once: a worker that is shutting down stops its connectors itself, and one that is gone
             # took its children with it (parent-death signal); the standby must not wait on it.
             await self._host_activity(
-                "connector_disconnect", timeout_s=15, retry=RetryPolicy(maximum_attempts=1)
+                calls.connector_disconnect, timeout_s=15, retry=RetryPolicy(maximum_attempts=1)
             )
         except ActivityError as err:
             workflow.logger.warning(
@@ -1578,7 +1568,7 @@ class InstanceWorkflow:
             await self._patch(fields)
             await self._event(EventKind.ERROR, error=reason, state=self.state)
         try:
-            await self._host_activity("connector_disconnect", timeout_s=10)
+            await self._host_activity(calls.connector_disconnect, timeout_s=10)
         except ActivityError as err:
             workflow.logger.warning("connector_disconnect after failure: %s", describe_failure(err))
         for target in recovery_path(self.state):
@@ -1589,7 +1579,7 @@ class InstanceWorkflow:
         for target in release_path(self.state):
             if target is State.STOPPED:
                 try:
-                    await self._host_activity("connector_disconnect", timeout_s=10)
+                    await self._host_activity(calls.connector_disconnect, timeout_s=10)
                 except ActivityError as err:
                     workflow.logger.warning("connector_disconnect: %s", describe_failure(err))
             await self._transition(target)
@@ -1600,9 +1590,8 @@ class InstanceWorkflow:
             return
         try:
             await workflow.execute_activity(
-                "release_claim",
+                calls.release_claim,
                 ReleaseRequest(exchange_id=self.resolved.exchange.id, claim=self.claim),
-                result_type=PatchResult,
                 start_to_close_timeout=timedelta(seconds=10),
                 retry_policy=DURABLE_RETRY,
                 summary="release claim",
@@ -1611,10 +1600,15 @@ class InstanceWorkflow:
             workflow.logger.warning("release failed (the TTL frees it): %s", describe_failure(err))
 
     async def _host_activity(
-        self, name: str, timeout_s: float = 120, *, standby: bool = False, retry: RetryPolicy = HOST_RETRY
+        self,
+        step: calls.ConnectorStep,
+        timeout_s: float = 120,
+        *,
+        standby: bool = False,
+        retry: RetryPolicy = HOST_RETRY,
     ) -> ConnectorReport:
-        """One connector step on our host. ``standby``: for a warm standby's connector, which is told
-        its own standby id and epoch 0 (it holds no claim)."""
+        """One connector step (a ``calls.connector_*`` stub) on our host. ``standby``: for a warm
+        standby's connector, which is told its own standby id and epoch 0 (it holds no claim)."""
         assert self.resolved
         request = ConnectorRequest(
             workflow_id=self.wf_id,
@@ -1627,16 +1621,16 @@ class InstanceWorkflow:
         )
         report: ConnectorReport = await self._on_host(
             lambda: workflow.execute_activity(
-                name,
+                step,
                 request,
-                result_type=ConnectorReport,
                 task_queue=self.host_queue,
                 schedule_to_start_timeout=self._host_wait(),
                 start_to_close_timeout=timedelta(seconds=timeout_s),
                 # Steps heartbeat every second: a host that stops mid-step is seen within seconds.
                 heartbeat_timeout=timedelta(seconds=CONNECTOR_HEARTBEAT_TIMEOUT_S),
                 retry_policy=retry,
-                summary=f"{name} on {self.inp.host}" + (" (warm standby)" if standby else ""),
+                # Each stub is named as its activity (tests/unit/test_activity_calls.py holds that).
+                summary=f"{step.__name__} on {self.inp.host}" + (" (warm standby)" if standby else ""),
             )
         )
         return report
@@ -1689,9 +1683,8 @@ class InstanceWorkflow:
         notify, if this worker notifies at all."""
         try:
             recorded: Recorded = await workflow.execute_local_activity(
-                "record",
+                calls.record,
                 RecordRequest(event=event, patch=patch),
-                result_type=Recorded,
                 start_to_close_timeout=timedelta(seconds=10),
                 retry_policy=DURABLE_RETRY,
                 summary=f"record {event.event.value}",
@@ -1713,9 +1706,8 @@ class InstanceWorkflow:
             return
         try:
             result = await workflow.execute_activity(
-                "patch_status",
+                calls.patch_status,
                 StatusPatch(exchange_id=self.resolved.exchange.id, claim=self.claim, fields=fields),
-                result_type=PatchResult,
                 start_to_close_timeout=timedelta(seconds=10),
                 retry_policy=DURABLE_RETRY,
                 summary="write status",
@@ -1753,9 +1745,8 @@ class InstanceWorkflow:
             return
         try:
             await workflow.execute_activity(
-                "record_event",
+                calls.record_event,
                 EventRequest(event=event),
-                result_type=str,
                 start_to_close_timeout=timedelta(seconds=10),
                 retry_policy=DURABLE_RETRY,
                 summary=f"event {kind.value}",
@@ -1804,9 +1795,8 @@ class InstanceWorkflow:
         """Fire and forget within the run: awaited before the run ends, carried across continue-as-new."""
         self.notifications = [(h, r) for h, r in self.notifications if not h.done()]
         handle = workflow.start_activity(
-            "notify_event",
+            calls.notify_event,
             req,
-            result_type=str,
             schedule_to_close_timeout=timedelta(minutes=10),
             retry_policy=RetryPolicy(
                 initial_interval=timedelta(seconds=2),
