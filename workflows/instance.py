@@ -1244,23 +1244,13 @@ class InstanceWorkflow:
         target = next((s for s in await self._standbys() if s.host == req.to_host), None)
         if target is None:
             live = ", ".join(sorted({s.host for s in await self._standbys()})) or "none"
-            return CommandResult(
-                command=Command.HANDOFF,
-                from_state=start_state,
-                state=self.state,
-                transitions=[],
-                error=f"no live standby of {self.inp.exchange} on host {req.to_host} (live standbys: {live})",
+            return self._handoff_refused(
+                f"no live standby of {self.inp.exchange} on host {req.to_host} (live standbys: {live})"
             )
         silent = await self._target_silent(target)
         if silent is not None:
             await self._event(EventKind.HANDOFF, detail=f"aborted: {silent}; {self.inp.exchange} stays here")
-            return CommandResult(
-                command=Command.HANDOFF,
-                from_state=start_state,
-                state=self.state,
-                transitions=[],
-                error=f"handoff to {target.host} failed ({silent}); nothing changed",
-            )
+            return self._handoff_refused(f"handoff to {target.host} failed ({silent}); nothing changed")
         if target.warm and start_state is State.ACTIVE and workflow.patched("warm-handoff"):
             # Make before break: the target's connector is warm before ours stops.
             target = await self._until_warm(target)
@@ -1420,6 +1410,12 @@ class InstanceWorkflow:
                 error=f"{command.value} failed: {reason}; recovered to {self.state.value}",
             )
         return CommandResult(command=command, from_state=start_state, state=self.state, transitions=done)
+
+    def _handoff_refused(self, error: str) -> CommandResult:
+        """A handoff that stopped before anything changed here."""
+        return CommandResult(
+            command=Command.HANDOFF, from_state=self.state, state=self.state, transitions=[], error=error
+        )
 
     async def _target_silent(self, target: StandbyRecord) -> str | None:
         """Why the target's worker cannot take over now (it did not answer on its host queue), or

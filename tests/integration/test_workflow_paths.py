@@ -70,6 +70,22 @@ from workflows.instance import InstanceWorkflow
 pytestmark = pytest.mark.integration
 
 HISTORIES = Path(__file__).resolve().parents[1] / "histories"
+#: A standby promoted and started cold, then shut down: its events, and its connector's steps.
+PROMOTED_COLD_THEN_SHUT_DOWN = [
+    ("standby_registered", None, None),
+    ("promoted", None, None),
+    ("state_transition", "idle", "starting"),
+    ("state_transition", "starting", "warming"),
+    ("state_transition", "warming", "active"),
+    ("state_transition", "active", "stopping"),
+    ("state_transition", "stopping", "stopped"),
+]
+COLD_START_THEN_STOP = [
+    ("connector_prepare", "active"),
+    ("connector_warm_up", "active"),
+    ("connector_connect", "active"),
+    ("connector_disconnect", "active"),
+]
 HOST = "ts-host"
 #: The standby's host in the handoff test.
 OTHER_HOST = "ts-host-b"
@@ -440,21 +456,8 @@ async def test_cold_standby_registers_without_a_claim_and_starts_cold_when_promo
 
     await run_paths(ts_env, stand, instance("cold", standby=True), body)
     # A cold standby runs nothing while it waits; promoted, it starts from scratch under the claim.
-    assert stand.connector_calls == [
-        ("connector_prepare", "active"),
-        ("connector_warm_up", "active"),
-        ("connector_connect", "active"),
-        ("connector_disconnect", "active"),
-    ]
-    assert stand.events == [
-        ("standby_registered", None, None),
-        ("promoted", None, None),
-        ("state_transition", "idle", "starting"),
-        ("state_transition", "starting", "warming"),
-        ("state_transition", "warming", "active"),
-        ("state_transition", "active", "stopping"),
-        ("state_transition", "stopping", "stopped"),
-    ]
+    assert stand.connector_calls == COLD_START_THEN_STOP
+    assert stand.events == PROMOTED_COLD_THEN_SHUT_DOWN
     assert stand.details[1] == "test promotion"  # cold: no "(warm: …)" note
     assert stand.epochs == 5 and stand.released == 1
 
@@ -529,22 +532,9 @@ async def promoted_by_vacancy(
     # claim's lease runs, so the not-lapsed path waits its 2.1 intervals in real seconds.
     await run_paths(ts_env, stand, instance("vac", standby=True, heartbeat_interval_s=1.0), body)
     assert stand.watches == 1  # one watch, ended by the vacancy; promoted, the instance watches no more
-    assert stand.events == [
-        ("standby_registered", None, None),
-        ("promoted", None, None),
-        ("state_transition", "idle", "starting"),
-        ("state_transition", "starting", "warming"),
-        ("state_transition", "warming", "active"),
-        ("state_transition", "active", "stopping"),
-        ("state_transition", "stopping", "stopped"),
-    ]
+    assert stand.events == PROMOTED_COLD_THEN_SHUT_DOWN
     assert stand.details[1] == "the holder's claim expired (TTL)"  # cold: no "(warm: …)" note
-    assert stand.connector_calls == [
-        ("connector_prepare", "active"),
-        ("connector_warm_up", "active"),
-        ("connector_connect", "active"),
-        ("connector_disconnect", "active"),
-    ]
+    assert stand.connector_calls == COLD_START_THEN_STOP
     assert stand.epochs == VACANT_EPOCH + 1 and stand.released == 1 and stand.standby_records == 0
     return stand, histories[0]
 
