@@ -54,6 +54,9 @@ from workflows.instance import InstanceWorkflow
 log = logging.getLogger("perseus.worker")
 
 GRACEFUL_RELEASE_S = 30.0
+#: Activity slots kept beside ``Settings.host_capacity`` for the short steps (identity, claims,
+#: connector steps, probes): registrations that arrive together each need a few at once.
+STEP_SLOTS = 500
 
 
 async def run_worker(
@@ -110,7 +113,9 @@ async def run_worker(
             client,
             task_queue=host_task_queue(host),
             activities=host_activities.all(),
-            max_concurrent_activities=2000,
+            # Every held claim and standby watch keeps a slot for as long as it lasts: the steps of
+            # new registrations and connectors need free ones beside them.
+            max_concurrent_activities=settings.host_capacity + STEP_SLOTS,
             # Send each lease heartbeat at once (not throttled to 0.8 × timeout), so the server's
             # last heartbeat is the last renewal: the workflow's "host is dead" is then safe to act on.
             max_heartbeat_throttle_interval=timedelta(milliseconds=100),

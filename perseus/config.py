@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     )
     #: Seconds for the whole public-IP lookup (all services together); then the IP is unknown.
     ip_timeout: float = 2.0
+    #: How many claims and standby watches one host worker holds at once. Each holds an activity slot
+    #: for as long as it lasts; the worker keeps more slots free beside them for connector steps and
+    #: registrations (with the slots all held, the 2,000th instance of a fleet never started).
+    host_capacity: int = Field(default=10_000, ge=1, le=1_000_000)
     #: The Temporal Web UI, for links in `perseus status` (perseus dev serves it here).
     temporal_ui_url: str = f"http://127.0.0.1:{DEFAULT_TEMPORAL_UI_PORT}"
     api_host: str = "127.0.0.1"

@@ -22,6 +22,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults_point_at_the_embedded_stack() -> None:
     settings = load_settings()
     assert settings.heartbeat_interval == 15.0
+    assert settings.host_capacity == 10_000  # well past one host's 2,000 claims of the fleet bench
     assert str(settings.redis_url) == "redis://127.0.0.1:7379/0"
     assert settings.database_url.startswith("postgresql://postgres@127.0.0.1:7432/")
     assert not settings.explicitly_set("redis_url")
@@ -40,6 +41,8 @@ def test_defaults_point_at_the_embedded_stack() -> None:
         ("PERSEUS_DATABASE_URL", "mysql://x/y", "must be a postgresql:// URL"),
         ("PERSEUS_DISCORD_WEBHOOK_URL", "not a url", "PERSEUS_DISCORD_WEBHOOK_URL"),
         ("PERSEUS_IP_SERVICES", '["ftp://x"]', "PERSEUS_IP_SERVICES"),
+        ("PERSEUS_HOST_CAPACITY", "0", "PERSEUS_HOST_CAPACITY"),
+        ("PERSEUS_HOST_CAPACITY", "many", "PERSEUS_HOST_CAPACITY"),
         ("PERSEUS_HOSTNAME", "bad host!", "PERSEUS_HOSTNAME"),
     ],
 )
