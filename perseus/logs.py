@@ -22,6 +22,8 @@ import sys
 from datetime import UTC, datetime
 from typing import TextIO
 
+from temporalio import workflow
+
 #: Substrings of SDK warnings that describe an expected race, not a fault.
 BENIGN_WARNINGS = ("Activity not found on completion", "Cannot find activity to cancel")
 
@@ -105,6 +107,9 @@ def configure_logging(level: str, fmt: str, stream: TextIO | None = None) -> Non
     # Python warnings (the SDK's "Cannot find activity to cancel") become records, so the filter
     # and format apply to them as well.
     logging.captureWarnings(True)
+    # A workflow's decision lines name their workflow already; the dict of run details the SDK
+    # appends to each (attempt, namespace, run id, task queue, type) tripled their width.
+    workflow.logger.workflow_info_on_message = False
 
 
 def install_temporal_runtime(metrics_address: str | None = None) -> None:

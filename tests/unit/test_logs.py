@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Iterator
 
 import pytest
+from temporalio import workflow
 
 from perseus.config import load_settings
 from perseus.errors import ConfigError
@@ -30,6 +31,12 @@ def stream() -> Iterator[io.StringIO]:
             handler.close()
     root.setLevel(level)
     logging.captureWarnings(False)
+    workflow.logger.workflow_info_on_message = True
+
+
+def test_workflow_decision_lines_carry_no_run_details_dict(stream: io.StringIO) -> None:
+    configure_logging("INFO", "plain", stream)
+    assert workflow.logger.workflow_info_on_message is False
 
 
 def test_plain_lines_at_the_level(stream: io.StringIO) -> None:
