@@ -37,6 +37,7 @@ EXPECTED = BEFORE_CLAIM_ON_HOST | {
     "standby-promotion",
     "handoff-handing-over",
     "handoff-taking-over",
+    "handoff-taken-back",
     "reattach",
     "vacancy-lapsed",
     "vacancy-not-lapsed",
