@@ -38,6 +38,7 @@ EXPECTED = BEFORE_CLAIM_ON_HOST | {
     "handoff-handing-over",
     "handoff-taking-over",
     "handoff-taken-back",
+    "handoff-warm-target",
     "reattach",
     "vacancy-lapsed",
     "vacancy-not-lapsed",
