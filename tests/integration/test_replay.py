@@ -37,6 +37,8 @@ EXPECTED = BEFORE_CLAIM_ON_HOST | {
     "standby-promotion",
     "handoff-handing-over",
     "handoff-taking-over",
+    "handoff-taken-back",
+    "handoff-warm-target",
     "reattach",
     "vacancy-lapsed",
     "vacancy-not-lapsed",

@@ -54,6 +54,7 @@ from perseus.models import (
     PromoteRequest,
     Recorded,
     RecordRequest,
+    RegistrationResult,
     ReleaseRequest,
     Resolved,
     ResolveRequest,
@@ -678,6 +679,207 @@ async def test_planned_handoff_moves_the_claim_and_the_old_instance_stays_as_sta
     assert old.released == 1 and old.standby_records == 0 and old.epochs == 1
     assert new.events == PROMOTED_COLD_THEN_SHUT_DOWN
     assert new.details[1] == f"handoff from {HOST}"
+    assert new.epochs == 2 and new.released == 1 and new.standby_records == 0
+
+
+def standby_listing(
+    exchange: str, target: RegistrationResult, workflow_id: str, *, warm: bool = False
+) -> list[StandbyRecord]:
+    """What Redis lists for the handing-over side: the target's live standby record (``warm``: its
+    connector warm and ready, as its keeper writes at every renewal)."""
+    now = iso(datetime.now(UTC))
+    return [
+        StandbyRecord(
+            exchange_id=42,
+            exchange_name=exchange,
+            host=OTHER_HOST,
+            hostname=OTHER_HOST,
+            instance_id=target.instance_id,
+            workflow_id=workflow_id,
+            registered_at=now,
+            last_heartbeat=now,
+            ttl_ms=6000,
+            heartbeat_interval_ms=2000,
+            warm=warm,
+            warm_ready=warm,
+        )
+    ]
+
+
+async def test_handoff_whose_target_cannot_claim_takes_the_exchange_back(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    """The old side has walked down and released when the target answers ok=False (its claim was
+    refused: the exchange was not free to claim). The exchange must not be left with nobody: the
+    old side records ``aborted``, claims again at a new epoch, starts again, and the handoff fails
+    saying it kept the exchange; the target stays a standby, its record untouched."""
+    old, new = Stand(), Stand(conflict=True)  # the target's claim is refused
+    exchange = f"back{uuid.uuid4().hex[:6]}"
+    active = InstanceInput(exchange=exchange, host=HOST, heartbeat_interval_s=2.0)
+    standby = InstanceInput(exchange=exchange, host=OTHER_HOST, heartbeat_interval_s=2.0, standby=True)
+    queue_a, workers_a = instance_workers(ts_env, old, active)
+    queue_b, workers_b = instance_workers(ts_env, new, standby)
+    async with contextlib_stack(workers_a + workers_b):
+        handing = await ts_env.client.start_workflow(
+            InstanceWorkflow.run, active, id=f"instance-{exchange}-{HOST}", task_queue=queue_a
+        )
+        taking = await ts_env.client.start_workflow(
+            InstanceWorkflow.run, standby, id=f"instance-{exchange}-{OTHER_HOST}", task_queue=queue_b
+        )
+        registered = await handing.execute_update(InstanceWorkflow.wait_registered)
+        assert registered.epoch == 1
+        await command(handing, Command.START)
+        target = await taking.execute_update(InstanceWorkflow.wait_registered)
+        assert target.role is Role.STANDBY and new.epochs == 0  # a standby claims nothing to register
+        old.standbys = standby_listing(exchange, target, taking.id)
+
+        with pytest.raises(WorkflowUpdateFailedError) as info:
+            await handing.execute_update(InstanceWorkflow.handoff, HandoffRequest(to_host=OTHER_HOST))
+        failure = info.value.__cause__
+        assert isinstance(failure, ApplicationError) and failure.type == "CommandFailed"
+        assert failure.message == (
+            f"handoff to {OTHER_HOST} failed (the exchange was not free to claim); kept {exchange} here"
+        )
+        # Taken back: claimed again above the released epoch, under a fresh claim, and started again
+        # (it was active when the handoff began).
+        back = await reaching(handing, State.ACTIVE)
+        assert back.role is Role.ACTIVE and back.outcome is None
+        assert back.claim is not None and back.claim.epoch == 2
+        assert back.claim.instance_id != registered.instance_id
+        # The target tried (one refused claim, above the epoch it was told) and stays a standby.
+        stays = await taking.query(InstanceWorkflow.snapshot)
+        assert stays.role is Role.STANDBY and stays.claim is None and stays.state is State.IDLE
+        assert new.epochs == 2 and new.standby_records == 1
+
+        await command(handing, Command.SHUTDOWN)
+        await command(taking, Command.SHUTDOWN)
+        assert await handing.result() == "shut down"
+        assert await taking.result() == "shut down"
+        await record_history(handing, "handoff-taken-back")
+
+    assert old.events == [
+        ("state_transition", "idle", "starting"),
+        ("state_transition", "starting", "warming"),
+        ("state_transition", "warming", "active"),
+        ("handoff", None, None),
+        ("state_transition", "active", "stopping"),
+        ("state_transition", "stopping", "stopped"),
+        ("state_transition", "stopped", "idle"),
+        ("handoff", None, None),
+        ("handoff", None, None),
+        # claimed again (quietly: no event), then the start it was in before the handoff
+        ("state_transition", "idle", "starting"),
+        ("state_transition", "starting", "warming"),
+        ("state_transition", "warming", "active"),
+        ("state_transition", "active", "stopping"),
+        ("state_transition", "stopping", "stopped"),
+    ]
+    steps = [d for (kind, _, _), d in zip(old.events, old.details, strict=True) if kind == "handoff"]
+    assert steps == [
+        f"notify: handing over to {OTHER_HOST} (standby {target.instance_id})",
+        f"takeover: released epoch 1 to {OTHER_HOST}",
+        f"aborted: the exchange was not free to claim; taking {exchange} back",
+    ]
+    # Stopped for the handoff, started cold again, stopped at shutdown; released twice (for the
+    # target, then at shutdown); claimed twice; never registered as a standby.
+    assert old.connector_calls == COLD_START_THEN_STOP + COLD_START_THEN_STOP
+    assert old.epochs == 2 and old.released == 2 and old.standby_records == 0
+    # The target's refused claim left nothing to release and nothing ran there; its record was
+    # dropped only by its own shutdown.
+    assert new.events == [("standby_registered", None, None)]
+    assert new.connector_calls == []
+    assert new.released == 0 and new.standby_records == 0
+
+
+async def test_handoff_to_a_warm_target_activates_its_connector_signalled_first(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    """``handoff EX --to HOST`` whose target keeps its connector warm (the old side cold): the
+    target's record says it is warm and ready, so the old side signals it before writing the
+    takeover event, and the target activates its warm connector instead of starting one."""
+    old, new = Stand(), Stand()
+    exchange = f"warmh{uuid.uuid4().hex[:6]}"
+    active = InstanceInput(exchange=exchange, host=HOST, heartbeat_interval_s=2.0)
+    standby = InstanceInput(
+        exchange=exchange,
+        host=OTHER_HOST,
+        heartbeat_interval_s=2.0,
+        standby=True,
+        connector=ConnectorSpec(warm=True),
+    )
+    queue_a, workers_a = instance_workers(ts_env, old, active)
+    queue_b, workers_b = instance_workers(ts_env, new, standby)
+    async with contextlib_stack(workers_a + workers_b):
+        handing = await ts_env.client.start_workflow(
+            InstanceWorkflow.run, active, id=f"instance-{exchange}-{HOST}", task_queue=queue_a
+        )
+        taking = await ts_env.client.start_workflow(
+            InstanceWorkflow.run, standby, id=f"instance-{exchange}-{OTHER_HOST}", task_queue=queue_b
+        )
+        assert (await handing.execute_update(InstanceWorkflow.wait_registered)).epoch == 1
+        await command(handing, Command.START)
+        target = await taking.execute_update(InstanceWorkflow.wait_registered)
+        assert target.role is Role.STANDBY
+        for _ in range(200):  # the target warms up in the background of its watch
+            if ("connector_warm_up", "standby") in new.connector_calls:
+                break
+            await asyncio.sleep(0.05)
+        assert ("connector_warm_up", "standby") in new.connector_calls
+        old.standbys = standby_listing(exchange, target, taking.id, warm=True)
+
+        result = await handing.execute_update(InstanceWorkflow.handoff, HandoffRequest(to_host=OTHER_HOST))
+        assert result.error is None
+        assert result.transitions == [State.STOPPING, State.STOPPED, State.IDLE]
+        assert (
+            result.detail == f"{OTHER_HOST} active at epoch 2 (was epoch 1 here); this instance is a standby"
+        )
+        was = await handing.query(InstanceWorkflow.snapshot)
+        assert was.role is Role.STANDBY and was.claim is None and was.state is State.IDLE
+        now_active = await taking.query(InstanceWorkflow.snapshot)
+        assert now_active.role is Role.ACTIVE and now_active.state is State.ACTIVE
+        assert now_active.claim is not None and now_active.claim.epoch == 2
+        assert new.standby_records == 0  # no longer listed as a standby once it holds the claim
+        # The warm order of commands: wait for the target to be warm, signal it before the takeover.
+        patches = [c for c in commands(await handing.fetch_history()) if c.startswith("patch: warm-")]
+        assert patches == ["patch: warm-handoff", "patch: warm-handoff-signal-first"]
+
+        await command(handing, Command.SHUTDOWN)
+        await command(taking, Command.SHUTDOWN)
+        assert await handing.result() == "shut down"
+        assert await taking.result() == "shut down"
+        await record_history(handing, "handoff-warm-target")
+
+    assert old.events == [
+        ("state_transition", "idle", "starting"),
+        ("state_transition", "starting", "warming"),
+        ("state_transition", "warming", "active"),
+        ("handoff", None, None),
+        ("state_transition", "active", "stopping"),
+        ("state_transition", "stopping", "stopped"),
+        ("state_transition", "stopped", "idle"),
+        ("handoff", None, None),
+        ("handoff", None, None),
+        ("standby_registered", None, None),
+    ]
+    steps = [d for (kind, _, _), d in zip(old.events, old.details, strict=True) if kind == "handoff"]
+    assert steps == [
+        f"notify: handing over to {OTHER_HOST} (standby {target.instance_id}, warm)",
+        f"takeover: released epoch 1 to {OTHER_HOST}",
+        f"confirm: {OTHER_HOST} active at epoch 2",
+    ]
+    # The old side is cold: its connector was stopped, not demoted, and nothing warms there.
+    assert old.connector_calls == COLD_START_THEN_STOP
+    assert old.released == 1 and old.standby_records == 0 and old.epochs == 1
+    # The target activated the connector it had warmed: no prepare, warm-up or connect as active.
+    assert new.connector_calls == [
+        ("connector_check", "standby"),
+        ("connector_prepare", "standby"),
+        ("connector_warm_up", "standby"),
+        ("connector_activate", "active"),
+        ("connector_disconnect", "active"),
+    ]
+    assert new.events == PROMOTED_COLD_THEN_SHUT_DOWN
+    assert new.details[1] == f"handoff from {HOST} (warm: activated)"
     assert new.epochs == 2 and new.released == 1 and new.standby_records == 0
 
 
