@@ -40,6 +40,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from perseus.core.actions import Failure
 
 
 class PerseusError(Exception):
@@ -233,3 +237,16 @@ def _tree(root: type[PerseusError]) -> Iterator[type[PerseusError]]:
 #: class's ``retryable`` (the activity edge marks the same failures non-retryable by it), never by a
 #: list kept by hand: a new permanent error is in here the moment it is defined.
 NON_RETRYABLE_ERROR_TYPES: list[str] = [cls.__name__ for cls in _tree(PerseusError) if not cls.retryable]
+
+
+class StepFailed(Exception):
+    """Inside the instance core only: the activity behind the action just yielded failed.
+
+    ``workflows/instance.py`` throws it into the core's procedure with the failure as plain values
+    (``perseus.core.actions.Failure``); it never crosses an activity or API edge, so it stands
+    outside the :class:`PerseusError` tree and its retry list.
+    """
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure

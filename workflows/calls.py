@@ -17,8 +17,6 @@ served only by the worker on the instance's own host (the workflow sets ``task_q
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from temporalio import activity
 
 from perseus.models import (
@@ -50,9 +48,6 @@ from perseus.models import (
     StandbyRecord,
     StatusPatch,
 )
-
-#: A connector step: one of the ``connector_*`` stubs, as ``InstanceWorkflow._host_activity`` runs them.
-ConnectorStep = Callable[[ConnectorRequest], Awaitable[ConnectorReport]]
 
 # --- shared queue: the catalog (activities/catalog.py) -------------------------------------------
 

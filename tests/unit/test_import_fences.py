@@ -31,12 +31,34 @@ def test_workflow_modules_import_no_driver() -> None:
     assert result.stdout.strip() == ""
 
 
-def test_workflow_source_avoids_nondeterminism() -> None:
+def test_workflow_and_core_sources_avoid_nondeterminism() -> None:
+    import re
     from pathlib import Path
 
-    source = (Path(__file__).resolve().parents[2] / "workflows" / "instance.py").read_text()
-    for banned in ("datetime.now(", "import os", "import time", "import random", "uuid.uuid4("):
-        assert banned not in source, banned
+    root = Path(__file__).resolve().parents[2]
+    sources = [root / "workflows" / "instance.py", *sorted((root / "perseus" / "core").glob("*.py"))]
+    banned = [
+        r"datetime\.now\(",
+        r"\bimport os\b",
+        r"\bimport time\b",
+        r"\bimport random\b",
+        r"uuid\.uuid4\(",
+    ]
+    for path in sources:
+        source = path.read_text()
+        for pattern in banned:
+            assert not re.search(pattern, source), f"{path.name}: {pattern}"
+
+
+def test_the_decision_core_imports_no_temporal_and_no_driver() -> None:
+    """The core is plain code: it runs under tests with no server and no SDK (it yields actions)."""
+    code = (
+        "import sys, perseus.core.procedures; "
+        f"bad = [m for m in {[*FORBIDDEN, 'temporalio', 'workflows', 'asyncio']!r} if m in sys.modules]; "
+        "print(','.join(bad))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
 
 
 #: The user's layout (top-level workflows/, activities/, worker.py) depends on perseus/, never back.

@@ -1,0 +1,133 @@
+"""An instance's memory: everything its workflow knows, as one value.
+
+:class:`InstanceState` is built from the workflow's input (a new registration, or the
+:class:`~perseus.models.CarriedState` a previous run continued as new with) and is the only thing the
+core's procedures change. Signals and updates change it too, through the core's handler methods;
+the next run is given :meth:`InstanceState.carried`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from perseus.lifecycle import Command, Role, State
+from perseus.models import (
+    CarriedState,
+    Claim,
+    CommandResult,
+    HandoffConfirm,
+    HandoffRequest,
+    InstanceInput,
+    NotifyRequest,
+    PromoteRequest,
+    Resolved,
+)
+
+
+@dataclass
+class Ticket:
+    """A queued command. Internal ones (a restart, a promotion's start) have nobody waiting: -1."""
+
+    number: int
+    command: Command
+    #: For HANDOFF: where to.
+    handoff: HandoffRequest | None = None
+    #: For a START that completes a handoff: the workflow waiting to hear how it went.
+    confirm_to: str | None = None
+
+
+@dataclass
+class WarmUp:
+    """A warm standby's warm-up running beside the main procedure."""
+
+    done: bool = False
+
+
+@dataclass
+class InstanceState:
+    # --- carried across continue-as-new ------------------------------------------------------------
+    resolved: Resolved | None = None
+    hostname: str | None = None
+    ip_address: str | None = None
+    claim: Claim | None = None
+    state: State = State.IDLE
+    symbol_count: int = 0
+    connected_at: datetime | None = None
+    registered_at: datetime | None = None
+    last_error: str | None = None
+    highest_epoch: int = 0
+    runs: int = 1
+    role: Role = Role.ACTIVE
+    standby_id: str | None = None
+    restarts: int = 0
+    #: A warm standby's connector is prepared and warmed on our host (as far as we know): a
+    #: promotion activates it instead of starting it. Consumed by the next start either way.
+    warm_here: bool = False
+    #: Notifications a previous run had not delivered; sent again when this run begins.
+    carried_notifications: list[NotifyRequest] = field(default_factory=list)
+    # --- this run only -----------------------------------------------------------------------------
+    queue: list[Ticket] = field(default_factory=list)
+    next_ticket: int = 0
+    results: dict[int, CommandResult] = field(default_factory=dict)
+    registration_error: str | None = None
+    registration_error_type: str | None = None
+    host_going_down: bool = False
+    outcome: str | None = None
+    last_heartbeat_ok: datetime | None = None
+    standby_visible: bool = False
+    #: A lease or watch activity runs (or ended and was not looked at yet).
+    leasing: bool = False
+    promotions: list[PromoteRequest] = field(default_factory=list)
+    handoff_reply: HandoffConfirm | None = None
+    warm_task: WarmUp | None = None
+
+    @classmethod
+    def begin(cls, inp: InstanceInput) -> InstanceState:
+        """The memory a run starts with: fresh, or what the previous run carried."""
+        c = inp.carried
+        if c is None:
+            return cls(role=Role.STANDBY if inp.standby else Role.ACTIVE)
+        s = cls(
+            resolved=c.resolved,
+            hostname=c.hostname,
+            ip_address=c.ip_address,
+            claim=c.claim,
+            state=c.state,
+            symbol_count=c.symbol_count,
+            connected_at=c.connected_at,
+            registered_at=c.registered_at,
+            last_error=c.last_error,
+            highest_epoch=c.highest_epoch,
+            runs=c.runs + 1,
+            role=Role(c.role),
+            standby_id=c.standby_id,
+            restarts=c.restarts,
+            warm_here=c.warm_here,
+            carried_notifications=list(c.undelivered),
+        )
+        s.standby_visible = s.standby_id is not None
+        return s
+
+    def carried(self, undelivered: list[NotifyRequest]) -> CarriedState:
+        """What the next run is given (commands still queued run there)."""
+        assert self.resolved and self.hostname and self.registered_at
+        return CarriedState(
+            resolved=self.resolved,
+            hostname=self.hostname,
+            ip_address=self.ip_address,
+            claim=self.claim,
+            state=self.state,
+            symbol_count=self.symbol_count,
+            connected_at=self.connected_at,
+            registered_at=self.registered_at,
+            last_error=self.last_error,
+            pending=[t.command for t in self.queue],
+            undelivered=undelivered,
+            role=self.role,
+            standby_id=self.standby_id,
+            restarts=self.restarts,
+            highest_epoch=self.highest_epoch,
+            runs=self.runs,
+            warm_here=self.warm_here,
+        )
