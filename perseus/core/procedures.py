@@ -428,14 +428,16 @@ class InstanceCore:
         if not (yield from self._identify()):
             return False
         try:
-            yield from self._become_standby()
+            yield from self._become_standby(required=True)
         except StepFailed as err:
             s.registration_error = f"standby registration failed: {err.failure.message}"
             s.registration_error_type = err.failure.error_type or "ServiceUnavailable"
             return False
         return True
 
-    def _become_standby(self) -> Proc:
+    def _become_standby(self, *, required: bool = False) -> Proc:
+        """Wait here as a standby. ``required`` (registering): a record Redis did not take fails it;
+        otherwise (after a handoff, or stepping aside) the watch's first beat writes it anyway."""
         s = self.s
         assert s.resolved
         s.role = Role.STANDBY
@@ -443,7 +445,14 @@ class InstanceCore:
         s.standby_visible = False
         s.warm_task = None  # the loop warms the connector up again unless it is still warm
         s.standby_id = self.clock.uuid4()
-        yield from self._put_standby()
+        try:
+            yield from self._put_standby()
+        except StepFailed as err:
+            if required:
+                raise
+            yield Log(
+                f"{self.wf_id}: standby record not written yet (its watch writes it): {err}", warning=True
+            )
         yield Search(role=Role.STANDBY, state=s.state)
         yield from self._event(
             EventKind.STANDBY_REGISTERED,
@@ -1135,12 +1144,32 @@ class InstanceCore:
         keep_warm = handoff_demotes(shutdown=req.shutdown, warm=self.inp.connector.warm) and (
             yield Patched("warm-handback")
         )
-        for state in plan(Command.HANDOFF, s.state):
-            if state is State.STOPPED:
-                if not keep_warm or not (yield from self._demote()):
-                    yield from self._host_step(Activity.CONNECTOR_DISCONNECT, timeout_s=30)
-            yield from self._transition(state)
-            done.append(state)
+        try:
+            for state in plan(Command.HANDOFF, s.state):
+                if state is State.STOPPED:
+                    if not keep_warm or not (yield from self._demote()):
+                        yield from self._host_step(Activity.CONNECTOR_DISCONNECT, timeout_s=30)
+                yield from self._transition(state)
+                done.append(state)
+        except StepFailed as err:
+            # Our connector did not stop: nothing was handed over and the claim is still ours.
+            # Record it, recover, and bring the connector back if it was running.
+            reason = self._explain(err)
+            yield from self._event(
+                EventKind.HANDOFF,
+                detail=f"aborted: the connector did not stop ({reason}); {self.inp.exchange} stays here",
+            )
+            yield from self._fail(reason)
+            if start_state is State.ACTIVE:
+                self.enqueue(Command.START, first=True, internal=True)
+            return CommandResult(
+                command=Command.HANDOFF,
+                from_state=start_state,
+                state=s.state,
+                transitions=done,
+                error=f"handoff to {target.host} failed (the connector did not stop: {reason}); "
+                f"kept {self.inp.exchange} here",
+            )
         old_claim = s.claim
         old_epoch = old_claim.epoch
         yield from self._cancel_lease()
