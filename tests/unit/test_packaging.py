@@ -29,3 +29,16 @@ def test_packaged_schema_is_the_top_level_schema() -> None:
     packaged = PACKAGE / "schema.sql"
     assert packaged.is_symlink() and packaged.resolve() == (ROOT / "schema.sql").resolve()
     assert "CREATE TABLE IF NOT EXISTS exchanges" in db.SCHEMA_PATH.read_text()
+
+
+def test_every_package_of_the_source_is_in_the_wheel() -> None:
+    """setuptools builds only the packages pyproject lists: a new folder left out imports in a
+    checkout and fails in an installed wheel."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    listed = set(config["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for top in ("perseus", "workflows", "activities")
+        for init in (ROOT / top).rglob("__init__.py")
+    }
+    assert found == listed
