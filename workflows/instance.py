@@ -1,6 +1,6 @@
 """One exchange instance on one host, as a durable workflow (id ``instance-{exchange}-{host}``).
 
-The workflow decides nothing. :class:`perseus.core.procedures.InstanceCore` decides and remembers; it
+The workflow decides nothing. :class:`perseus.core.loop.InstanceCore` decides and remembers; it
 yields one action at a time (:mod:`perseus.core.actions`) and this workflow carries each out through
 the Temporal SDK at the moment it is yielded — an activity, a timer, a signal, a patch marker — and
 sends the answer back. Signals and updates hand their news to the core; queries read its memory.
@@ -33,7 +33,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 
 with workflow.unsafe.imports_passed_through():
     from perseus.core import actions as act
-    from perseus.core.procedures import InstanceCore
+    from perseus.core.loop import InstanceCore
     from perseus.errors import NON_RETRYABLE_ERROR_TYPES, InvalidTransition, StepFailed
     from perseus.lifecycle import Command
     from perseus.models import (

@@ -1,6 +1,6 @@
 """What the instance core asks the world to do, and what the world answers.
 
-The core (:mod:`perseus.core.procedures`) never performs I/O and never touches Temporal: it yields one
+The core (:mod:`perseus.core`) never performs I/O and never touches Temporal: it yields one
 action at a time and is sent the answer. ``workflows/instance.py`` carries each action out through the
 Temporal SDK, in order, at the moment it is yielded, so the workflow's command sequence is exactly the
 core's action sequence — which is what makes the recorded golden histories replay.

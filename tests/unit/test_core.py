@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from perseus.core import actions as act
-from perseus.core.procedures import InstanceCore
+from perseus.core.loop import InstanceCore
 from perseus.core.state import Ticket
 from perseus.decisions import Step
 from perseus.errors import StepFailed
@@ -479,6 +479,18 @@ SCENARIOS = [
 ]
 
 
+#: Every scenario in the current paths and in the pre-patch ones, except a silent host whose key is
+#: gone in the pre-patch path: before ``reattach-by-claim-probe`` a lease picked up again was trusted
+#: without asking Redis, which is why that patch exists.
+CASES = [
+    (sc, patched)
+    for sc in SCENARIOS
+    for patched in (True, False)
+    if patched or sc.name != "host-silent-and-gone"
+]
+CASE_IDS = [f"{sc.name}-{'current' if patched else 'before-patches'}" for sc, patched in CASES]
+
+
 def play(
     sc: Scenario, *, patched: bool = True, fail_at: int | None = None, failure: act.Failure | None = None
 ) -> Run:
@@ -504,11 +516,8 @@ def check_invariants(run: Run) -> None:
         assert s.claim is not None and world.holder == s.claim.instance_id, (s.claim, world.holder)
 
 
-@pytest.mark.parametrize("patched", [True, False], ids=["current", "before-patches"])
-@pytest.mark.parametrize("sc", SCENARIOS, ids=[sc.name for sc in SCENARIOS])
+@pytest.mark.parametrize(("sc", "patched"), CASES, ids=CASE_IDS)
 def test_a_clean_run_ends_as_the_scenario_says(sc: Scenario, patched: bool) -> None:
-    if sc.name == "host-silent-and-gone" and not patched:
-        pytest.skip("before reattach-by-claim-probe a lease picked up again was trusted (why it was patched)")
     run = play(sc, patched=patched)
     check_invariants(run)
     state, role, holding, outcome = sc.ends
@@ -530,11 +539,8 @@ def test_a_clean_run_ends_as_the_scenario_says(sc: Scenario, patched: bool) -> N
             assert result.error is None, result
 
 
-@pytest.mark.parametrize("patched", [True, False], ids=["current", "before-patches"])
-@pytest.mark.parametrize("sc", SCENARIOS, ids=[sc.name for sc in SCENARIOS])
+@pytest.mark.parametrize(("sc", "patched"), CASES, ids=CASE_IDS)
 def test_a_failure_at_any_step_keeps_the_invariants(sc: Scenario, patched: bool) -> None:
-    if sc.name == "host-silent-and-gone" and not patched:
-        pytest.skip("before reattach-by-claim-probe a lease picked up again was trusted (why it was patched)")
     clean = play(sc, patched=patched)
     total = sum(isinstance(a, act.Call) for a in clean.actions)
     assert total >= 3

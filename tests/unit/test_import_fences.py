@@ -53,7 +53,7 @@ def test_workflow_and_core_sources_avoid_nondeterminism() -> None:
 def test_the_decision_core_imports_no_temporal_and_no_driver() -> None:
     """The core is plain code: it runs under tests with no server and no SDK (it yields actions)."""
     code = (
-        "import sys, perseus.core.procedures; "
+        "import sys, perseus.core.loop; "
         f"bad = [m for m in {[*FORBIDDEN, 'temporalio', 'workflows', 'asyncio']!r} if m in sys.modules]; "
         "print(','.join(bad))"
     )

@@ -1,0 +1,222 @@
+"""A standby: its watch, its promotion (cold or warm), and the confirmation a handoff waits for.
+
+Invariants 4 and 5 of :mod:`perseus.decisions` rule here: after a Redis outage the holder goes
+first, and a warm standby's connector acts only under a claim just taken.
+"""
+
+from __future__ import annotations
+
+from perseus.core.actions import (
+    Activity,
+    CancelWarmUp,
+    Log,
+    Patched,
+    Proc,
+    Search,
+    Sleep,
+    SpawnWarmUp,
+)
+from perseus.core.state import WarmUp
+from perseus.core.steps import InstanceSteps
+from perseus.decisions import (
+    StartPath,
+    act_after_vacancy_s,
+    start_path,
+    vacancy_delay,
+    warm_up_standby,
+)
+from perseus.errors import StepFailed
+from perseus.lifecycle import Command, Role, State, recovery_path
+from perseus.models import (
+    Claim,
+    CommandResult,
+    ConnectorReport,
+    EventKind,
+    PromoteRequest,
+    StandbyOutcome,
+    StandbyRecord,
+)
+
+
+class StandbyProcedures(InstanceSteps):
+    """A standby waiting, woken, promoted."""
+
+    def _after_watch(self) -> Proc:
+        """A standby's watch ended: the exchange fell vacant (TTL fallback), the term ran out, the
+        record vanished, or this standby's host stopped heartbeating to Temporal."""
+        s = self.s
+        try:
+            outcome: StandbyOutcome = yield from self._take_lease()
+        except StepFailed as err:
+            if err.failure.error_type == "StandbyGone" and (yield Patched("standby-reattach")):
+                # Redis lost the record (an outage longer than its TTL): make it visible again.
+                yield from self._put_standby()
+                return True
+            if (
+                err.failure.error_type is None
+                and (yield Patched("standby-reattach"))
+                and (yield from self._standby_live())
+            ):
+                # Its host still renews the record: it only lost Temporal. Watch again.
+                return True
+            yield from self._drop_standby()
+            s.outcome = f"standby lost: host {self.inp.host} stopped heartbeating ({err.failure.message})"
+            return False
+        if outcome.vacant:
+            # Nobody told us (the holder's workflow would have): the key expired. Higher priorities go
+            # first; the rest give them a head start, then race — the claim script admits one. Right
+            # after a Redis outage the holder itself goes first: a healthy holder whose key lapsed
+            # while Redis was away must not be replaced by a race.
+            standbys: list[StandbyRecord] = yield from self._standbys()
+            ahead = sum(1 for x in standbys if x.priority > self.inp.priority)
+            wait = vacancy_delay(ahead, self.inp.heartbeat_interval_s, after_outage=outcome.after_outage)
+            if wait:
+                yield Sleep(wait)
+            # Patched: runs begun before it acted right after the claim (see act_after_vacancy_s).
+            hold = yield Patched("vacancy-waits-out-deadline")
+            # Patched: runs begun before it waited even when the key had lapsed by its TTL.
+            lapsed = outcome.lapsed and (yield Patched("lapsed-key-acts-at-once"))
+            yield from self._promote(
+                PromoteRequest(
+                    reason="the holder's claim expired (TTL)",
+                    min_epoch=outcome.last_epoch,
+                    act_after_s=(
+                        act_after_vacancy_s(self.inp.heartbeat_interval_s, lapsed=lapsed) if hold else 0.0
+                    ),
+                )
+            )
+        return True
+
+    def _standby_live(self) -> Proc:
+        """Whether our standby record is still renewed (by a host that may have lost only Temporal)."""
+        standbys: list[StandbyRecord] = yield from self._standbys(include_self=True)
+        return any(x.instance_id == self.s.standby_id for x in standbys)
+
+    def _promote(self, req: PromoteRequest) -> Proc:
+        """Try to take the exchange. Won: drop the standby record, ``promoted``, start. Lost: stay.
+
+        A warm standby is activated right after the claim — the one step fencing requires first —
+        and the status walks starting → warming → active behind it; if it cannot be, it starts cold.
+        """
+        s = self.s
+        s.highest_epoch = max(s.highest_epoch, req.min_epoch)
+        result = yield from self._claim(quiet=True)
+        if result is None:
+            if req.confirm_to:
+                yield from self._reply(req.confirm_to, ok=False, detail="the exchange was not free to claim")
+            return
+        s.role = Role.ACTIVE
+        yield from self._start_lease()  # renew the fresh claim at once
+        if req.act_after_s:
+            # The holder whose key vanished may act until its renew deadline: ours must not yet.
+            yield Sleep(req.act_after_s, summary="wait out the old deadline")
+        task, s.warm_task = s.warm_task, None
+        warming = task is not None and not task.done
+        if task is not None and warming:
+            # Still warming up: the start goes cold (its prepare replaces the half-warm connector).
+            yield CancelWarmUp()
+            s.warm_here = False
+        cold_because: str | None = None
+        no_worker = False
+        warm = start_path(warm_here=s.warm_here, warming=warming) is StartPath.WARM and (
+            yield Patched("warm-activate-on-promotion")
+        )
+        if warm:
+            cold_because, no_worker = yield from self._activate_warm()
+        yield from self._drop_standby()
+        yield Search(role=Role.ACTIVE)
+        how = ""
+        if warm:
+            how = f" (warm: {'activated' if cold_because is None else 'not activated'})"
+        yield from self._event(EventKind.PROMOTED, detail=req.reason + how)
+        for target in recovery_path(s.state):  # a former active one may still read stopped
+            yield from self._transition(target)
+        if warm and cold_because is None:
+            s.connected_at = self.clock.now()
+            for target in (State.STARTING, State.WARMING, State.ACTIVE):
+                yield from self._transition(target)
+            if req.confirm_to:
+                yield from self._reply(req.confirm_to, ok=True, detail=f"active on {self.inp.host} (warm)")
+            return
+        if cold_because is not None and no_worker:
+            # Our host has no worker: a cold start would only wait for it again. A handoff hears at
+            # once (and keeps its exchange); otherwise the lease on this host fails like any other.
+            yield from self._event(EventKind.ERROR, error=f"warm activation failed: {cold_because}")
+            if req.confirm_to:
+                failed = CommandResult(
+                    command=Command.START,
+                    from_state=s.state,
+                    state=s.state,
+                    transitions=[],
+                    error=cold_because,
+                )
+                yield from self._confirm_takeover(req.confirm_to, failed)
+            return
+        if cold_because is not None:
+            yield from self._event(
+                EventKind.ERROR, error=f"warm activation failed, starting cold: {cold_because}"
+            )
+        self.enqueue(Command.START, first=True, internal=True, confirm_to=req.confirm_to)
+
+    def _owe_confirmation(self, req: PromoteRequest) -> Proc:
+        """A promotion for an exchange we already took: answer the handoff that sent it."""
+        s = self.s
+        if req.confirm_to is None:
+            return
+        starting = next((t for t in s.queue if t.command is Command.START), None)
+        if starting is not None:
+            starting.confirm_to = req.confirm_to  # answered once that start is done
+        elif s.state is State.ACTIVE:
+            yield from self._reply(req.confirm_to, ok=True, detail=f"active on {self.inp.host}")
+        else:
+            yield from self._reply(req.confirm_to, ok=False, detail=f"{self.inp.host} is {s.state.value}")
+
+    def _confirm_takeover(self, confirm_to: str, result: CommandResult) -> Proc:
+        """After a promoted START: tell the handing-over instance; on failure give the claim back."""
+        if result.error is None and self.s.state is State.ACTIVE:
+            yield from self._reply(confirm_to, ok=True, detail=f"active on {self.inp.host}")
+            return
+        yield from self._cancel_lease()
+        yield from self._release_claim()
+        yield from self._reply(confirm_to, ok=False, detail=result.error or f"ended {self.s.state.value}")
+        yield from self._become_standby()
+
+    def _maybe_warm_standby(self) -> Proc:
+        """A warm standby keeps its connector prepared and warmed while it waits (in the background:
+        the watch must renew the record meanwhile, and a warm-up can take minutes)."""
+        s = self.s
+        if s.standby_id is None or not warm_up_standby(
+            role=s.role, warm=self.inp.connector.warm, warm_here=s.warm_here, warming=s.warm_task is not None
+        ):
+            return
+        if (yield Patched("warm-standby")):
+            s.warm_task = task = WarmUp()
+            yield SpawnWarmUp(self._warm_up_standby(task))
+
+    def _warm_up_standby(self, task: WarmUp) -> Proc:
+        s = self.s
+        try:
+            # Already warm here (a run that continued as new while, or after, it warmed up)?
+            found: ConnectorReport = yield from self._host_step(
+                Activity.CONNECTOR_CHECK, timeout_s=10, standby=True
+            )
+            if found.warm_ready:
+                s.warm_here = s.role is Role.STANDBY
+                return
+            report: ConnectorReport = yield from self._host_step(Activity.CONNECTOR_PREPARE, standby=True)
+            s.symbol_count = report.symbol_count
+            yield from self._host_step(Activity.CONNECTOR_WARM_UP, standby=True)
+        except StepFailed as err:
+            reason = self._explain(err)
+            yield Log(f"{self.wf_id}: warm standby not warmed: {reason}", warning=True)
+            yield from self._event(
+                EventKind.ERROR,
+                claim=Claim(instance_id=s.standby_id or "", epoch=0),
+                error=f"warm standby on {self.inp.host} not warmed (a promotion starts cold): {reason}",
+            )
+            return
+        finally:
+            task.done = True
+        if s.role is Role.STANDBY:
+            s.warm_here = True
+            yield Log(f"{self.wf_id}: warm standby ready on {self.inp.host}")
