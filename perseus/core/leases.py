@@ -57,7 +57,7 @@ class LeaseProcedures(InstanceSteps):
         reason = err.failure.message
         stopped_at = err.failure.stopped_at
         verdict = lease_verdict(err.failure.error_type)
-        yield Log(f"{self.wf_id}: lease ended ({verdict}): {reason}")
+        yield from self._decided(f"lease ended ({verdict}): {reason}")
         if verdict is LeaseVerdict.CONNECTOR_FAILED:
             yield from self._connector_failed(reason)
             return True

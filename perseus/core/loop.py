@@ -26,7 +26,6 @@ from perseus.core.actions import (
     Call,
     ContinueAsNew,
     DrainNotifications,
-    Log,
     Notify,
     Patched,
     Proc,
@@ -193,7 +192,7 @@ class InstanceCore(LeaseProcedures, StandbyProcedures, HandoffProcedures):
                 yield from (self._start_lease() if s.role is Role.ACTIVE else self._start_standby_lease())
                 yield from self._maybe_warm_standby()
             step = yield WaitForWork()
-            yield Log(f"{self.wf_id}: {step} ({s.state.value})")
+            yield from self._decided(f"{step} ({s.state.value})")
             outcome = yield from self._serve(step)
             if outcome is not None:
                 return (yield from self._finish(outcome))

@@ -81,6 +81,8 @@ class InstanceState:
     promotions: list[PromoteRequest] = field(default_factory=list)
     handoff_reply: HandoffConfirm | None = None
     warm_task: WarmUp | None = None
+    #: The last decision of the loop, as the operator reads it (the Web UI's current details).
+    last_decision: str | None = None
 
     @classmethod
     def begin(cls, inp: InstanceInput) -> InstanceState:

@@ -717,6 +717,13 @@ class InstanceSteps:
             detail=detail,
         )
 
+    def _decided(self, line: str) -> Proc:
+        """One decision, as one line for the operator: in the worker's log, and in the Web UI's
+        current details until the next one."""
+        self.s.last_decision = line
+        yield Log(f"{self.wf_id}: {line}")
+        yield self._details()
+
     def _details(self) -> Details:
         s = self.s
         claim = f"epoch {s.claim.epoch}" if s.claim else "no claim"
@@ -725,5 +732,6 @@ class InstanceSteps:
             f"({s.ip_address or 'IP unknown'})  \n**claim**: {claim}  \n"
             f"**symbols**: {s.symbol_count}  \n**last heartbeat**: "
             f"{iso(s.last_heartbeat_ok) if s.last_heartbeat_ok else 'see status key'}  \n"
-            f"**last error**: {s.last_error or '-'}" + (f"  \n**outcome**: {s.outcome}" if s.outcome else "")
+            f"**last error**: {s.last_error or '-'}  \n**last decision**: {s.last_decision or '-'}"
+            + (f"  \n**outcome**: {s.outcome}" if s.outcome else "")
         )

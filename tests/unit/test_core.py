@@ -533,6 +533,9 @@ def test_a_clean_run_ends_as_the_scenario_says(sc: Scenario, patched: bool) -> N
         assert run.outcome is None and s.outcome is None
     else:
         assert run.outcome is not None and run.outcome.startswith(outcome), run.outcome
+    # The operator sees each decision of the loop in the Web UI's current details.
+    details = [a.text for a in run.actions if isinstance(a, act.Details)]
+    assert details and "**last decision**: " in details[-1] and "**last decision**: -" not in details[-1]
     for ticket in run.world.tickets:
         result = s.results[ticket.number]
         if sc.name != "handoff-refused-taken-back":
