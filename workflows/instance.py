@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 from collections.abc import Awaitable, Callable, Generator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -34,6 +34,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 with workflow.unsafe.imports_passed_through():
     from perseus.core import actions as act
     from perseus.core.loop import InstanceCore
+    from perseus.core.state import Refusal, Ticket
     from perseus.errors import NON_RETRYABLE_ERROR_TYPES, InvalidTransition, StepFailed
     from perseus.lifecycle import Command
     from perseus.models import (
@@ -90,6 +91,23 @@ STUBS: dict[act.Activity, Callable[..., Awaitable[Any]]] = {
 }
 
 
+#: Actions carried out at once, before the core runs on (nothing else may interleave with them).
+IMMEDIATE = (
+    act.StartLease,
+    act.TakeLease,
+    act.Patched,
+    act.SpawnWarmUp,
+    act.CancelWarmUp,
+    act.Notify,
+    act.Undelivered,
+    act.ContinueAsNew,
+    act.Search,
+    act.Details,
+    act.Log,
+    act.CountRestart,
+)
+
+
 def failure_of(err: ActivityError) -> act.Failure:
     """An activity's failure as the core reads it: plain values from the SDK's error chain."""
     cause = err.cause
@@ -110,7 +128,7 @@ def failure_of(err: ActivityError) -> act.Failure:
 class _Clock:
     """The workflow's deterministic time and identifiers, for the core."""
 
-    def now(self) -> Any:
+    def now(self) -> datetime:
         return workflow.now()
 
     def uuid4(self) -> str:
@@ -137,8 +155,8 @@ class InstanceWorkflow:
         """Completes once registration has succeeded; fails with the refusal otherwise."""
         await workflow.wait_condition(self.core.registration_settled)
         result = self.core.registration()
-        if isinstance(result, tuple):
-            raise ApplicationError(result[0], type=result[1])
+        if isinstance(result, Refusal):
+            raise ApplicationError(result.message, type=result.error_type)
         return result
 
     @workflow.update
@@ -160,7 +178,7 @@ class InstanceWorkflow:
     def _validate_handoff(self, req: HandoffRequest) -> None:
         self.core.refuse_handoff(req)
 
-    async def _answer(self, ticket: Any) -> CommandResult:
+    async def _answer(self, ticket: Ticket) -> CommandResult:
         """The caller's side of a queued command: its result, or its failure as an error."""
         await workflow.wait_condition(lambda: self.core.has_result(ticket))
         result = self.core.take_result(ticket)
@@ -214,27 +232,10 @@ class InstanceWorkflow:
                 return done.value
             answer, failed = None, None
             try:
-                answer = (
-                    self._now(action) if isinstance(action, self.IMMEDIATE) else await self._later(action)
-                )
+                answer = self._now(action) if isinstance(action, IMMEDIATE) else await self._later(action)
             except ActivityError as err:
                 failed = StepFailed(failure_of(err))
                 failed.__cause__ = err
-
-    IMMEDIATE = (
-        act.StartLease,
-        act.TakeLease,
-        act.Patched,
-        act.SpawnWarmUp,
-        act.CancelWarmUp,
-        act.Notify,
-        act.Undelivered,
-        act.ContinueAsNew,
-        act.Search,
-        act.Details,
-        act.Log,
-        act.CountRestart,
-    )
 
     def _now(self, action: act.Action) -> Any:
         """Actions that complete without waiting: carried out before the core runs on."""

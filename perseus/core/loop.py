@@ -39,7 +39,7 @@ from perseus.core.actions import (
 from perseus.core.handoffs import HandoffProcedures
 from perseus.core.leases import LeaseProcedures
 from perseus.core.standbys import StandbyProcedures
-from perseus.core.state import Ticket
+from perseus.core.state import Refusal, Ticket
 from perseus.decisions import (
     InstanceFacts,
     LoopFacts,
@@ -117,11 +117,11 @@ class InstanceCore(LeaseProcedures, StandbyProcedures, HandoffProcedures):
         s = self.s
         return s.claim is not None or s.standby_visible or s.registration_error is not None
 
-    def registration(self) -> RegistrationResult | tuple[str, str]:
+    def registration(self) -> RegistrationResult | Refusal:
         """Once settled: the registration, or why it was refused (message, error type)."""
         s = self.s
         if s.registration_error is not None or s.resolved is None:
-            return (
+            return Refusal(
                 s.registration_error or "registration failed",
                 s.registration_error_type or "RegistrationFailed",
             )

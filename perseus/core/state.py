@@ -37,6 +37,14 @@ class Ticket:
     confirm_to: str | None = None
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why a registration failed: the message, and the error type callers see."""
+
+    message: str
+    error_type: str
+
+
 @dataclass
 class WarmUp:
     """A warm standby's warm-up running beside the main procedure."""
