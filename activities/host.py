@@ -281,6 +281,9 @@ class HostActivities:
                             after_outage=watched.after_outage,
                             lapsed=watched.holder_past_deadline,
                         )
+                    if watched.warm_lost:
+                        watched.warm_lost = False  # reported once: the workflow warms it up again
+                        return StandbyOutcome(vacant=False, last_epoch=watched.last_epoch, warm_lost=True)
                     if time.monotonic() - started >= req.term_s:
                         return StandbyOutcome(vacant=False, last_epoch=watched.last_epoch)
                     activity.heartbeat()

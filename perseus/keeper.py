@@ -167,6 +167,11 @@ class WatchedStandby(_Loop):
     holder_past_deadline: bool = False
     #: Monotonic time of the last renewal that failed (Redis unreachable or too slow).
     last_failure: float = float("-inf")
+    #: A warm standby's connector was seen warm and ready at a renewal.
+    warm_seen: bool = False
+    #: ...and at a later one it was not (it died, or was stopped): the watch reports it once, so
+    #: that the workflow warms it up again rather than learn of it only when a promotion fails.
+    warm_lost: bool = False
 
     @property
     def after_outage(self) -> bool:
@@ -452,7 +457,12 @@ class LeaseKeeper:
                 update: dict[str, object] = {"last_heartbeat": iso(datetime.now(UTC))}
                 if record.warm:  # live: a warm child that died or is still warming reads not ready
                     connector = self._connectors.get(record.workflow_id)
-                    update["warm_ready"] = bool(connector is not None and connector.warm_ready)
+                    ready = bool(connector is not None and connector.warm_ready)
+                    update["warm_ready"] = ready
+                    if watched.warm_seen and not ready:
+                        log.warning("standby %s: its warm connector stopped", record.workflow_id)
+                        watched.warm_lost = True  # the beat below wakes the watch activity
+                    watched.warm_seen = ready
                 renewed = record.model_copy(update=update)
                 present, holder = await asyncio.wait_for(
                     self._store.renew_standby(

@@ -635,6 +635,9 @@ class StandbyOutcome(BaseModel):
     #: The holder was seen unrenewed past its renew deadline before its key vanished: it expired by
     #: its TTL (``decisions.act_after_vacancy_s``). Absent from watches that ended before it existed.
     lapsed: bool = False
+    #: A warm standby's connector, once ready, stopped while it waited: warm it up again (and a
+    #: promotion meanwhile starts cold). Absent from watches that ended before it existed.
+    warm_lost: bool = False
 
 
 class StandbyQuery(BaseModel):

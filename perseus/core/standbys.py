@@ -62,6 +62,16 @@ class StandbyProcedures(InstanceSteps):
             yield from self._drop_standby()
             s.outcome = f"standby lost: host {self.inp.host} stopped heartbeating ({err.failure.message})"
             return False
+        if outcome.warm_lost:
+            # The warm connector stopped while it waited (the host saw it go): the loop warms it up
+            # again, and a promotion before that starts cold instead of failing to activate it.
+            s.warm_here, s.warm_task = False, None
+            yield from self._event(
+                EventKind.ERROR,
+                claim=Claim(instance_id=s.standby_id or "", epoch=0),
+                error=f"warm standby on {self.inp.host}: its connector stopped while waiting; "
+                "warming it up again",
+            )
         if outcome.vacant:
             # Nobody told us (the holder's workflow would have): the key expired. Higher priorities go
             # first; the rest give them a head start, then race — the claim script admits one. Right

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -179,3 +180,60 @@ async def test_handoff_to_a_warm_target_and_back_keeps_both_warm(
     # Each takeover walked starting → warming → active without a prepare (no cold start).
     for h in (a, b):
         await control.command(client, exchange=exchange, host=h, default_host=h, command=Command.SHUTDOWN)
+
+
+async def test_a_warm_standby_whose_child_dies_is_warmed_again_and_promoted_warm(
+    servers: Servers,
+    shared_worker: str,
+    client: Client,
+    store: RedisStore,
+    exchange: str,
+    worker_processes: list[WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    """The standby's host sees its warm child go and the watch says so: the workflow records it and
+    warms a new child at once, so that a failover later still activates a warm connector."""
+    a, b = host_name("da"), host_name("db")
+    procs = await start_workers(servers, worker_processes, a, b)
+    ex_id = await exchange_id(servers, exchange)
+    log = tmp_path / "children.jsonl"
+    spec = ConnectorSpec.model_validate(
+        {
+            "kind": "process",
+            "command": child_command("--commands", "--journal", str(log), "--ready-after", "0.3"),
+            "ready_line": "READY",
+            "warm": True,
+        }
+    )
+    await register(client, exchange, a, spec)
+    await register(client, exchange, b, spec, standby=True)
+    await wait_for(lambda: active_on(store, ex_id, a))
+    await wait_for(lambda: warm_ready(store, ex_id, b))
+
+    def standby_children() -> list[int]:
+        return [
+            int(str(e["pid"]))
+            for e in journal(log)
+            if e["event"] == "start" and env(e)["PERSEUS_ROLE"] == "standby"
+        ]
+
+    [first] = standby_children()
+    os.kill(first, signal.SIGKILL)
+
+    async def warmed_again() -> list[int] | None:
+        children = standby_children()
+        return children if len(children) == 2 and await warm_ready(store, ex_id, b) else None
+
+    children = await wait_for(warmed_again, timeout=20)
+    second = children[1]
+    assert second != first
+    stream = await events(store, exchange)
+    assert any("stopped while waiting" in error for error in warm_failures(stream))
+
+    procs[0].signal(signal.SIGKILL)
+    await wait_for(lambda: active_on(store, ex_id, b), timeout=30)
+    activations = [e for e in journal(log) if e["event"] == "activate"]
+    assert [int(str(e["pid"])) for e in activations] == [second]  # the new warm child, no cold start
+    stream = await events(store, exchange)
+    assert not [e for e in warm_failures(stream) if "activation failed" in e]
+    await control.command(client, exchange=exchange, host=b, default_host=b, command=Command.SHUTDOWN)

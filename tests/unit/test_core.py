@@ -140,6 +140,8 @@ class World:
     tickets: list[Ticket] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     released_after_failure: bool = False
+    #: Our own host's warm standby connector is up and warm.
+    warm_child: bool = False
 
     def standbys(self) -> list[StandbyRecord]:
         return [
@@ -235,6 +237,8 @@ class World:
                 )
             case LeaseEnds():
                 self.lease_end, self.renewed_ms_ago = event.result, event.renewed_ms_ago
+                if isinstance(event.result, StandbyOutcome) and event.result.warm_lost:
+                    self.warm_child = False
                 if event.renewed_ms_ago is None:
                     self.holder = "someone-else"
             case Promote():
@@ -289,7 +293,11 @@ class World:
         # A connector step on our host: one that acts needs the claim (fencing).
         if call.activity in ACTING and req.role is Role.ACTIVE and self.holder != req.claim.instance_id:
             self.violations.append(f"{call.activity} without the claim (holder {self.holder})")
-        return ConnectorReport(symbol_count=5, running=True, warm_ready=self.warm)
+        if call.activity is act.Activity.CONNECTOR_WARM_UP and req.role is Role.STANDBY:
+            self.warm_child = True
+        if call.activity is act.Activity.CONNECTOR_ACTIVATE and not self.warm_child:
+            return act.Failure(message="no warm connector here", error_type="ConnectorGone")
+        return ConnectorReport(symbol_count=5, running=True, warm_ready=self.warm_child)
 
 
 # --- driving the core ------------------------------------------------------------------------------
@@ -464,6 +472,13 @@ SCENARIOS = [
         warm=True,
     ),
     Scenario(
+        "warm-connector-lost-and-warmed-again",
+        (LeaseEnds(StandbyOutcome(vacant=False, warm_lost=True)), Promote()),
+        (State.ACTIVE, Role.ACTIVE, True, None),
+        standby=True,
+        warm=True,
+    ),
+    Scenario(
         "warm-standby-shut-down",
         (Cmd(Command.SHUTDOWN),),
         (State.IDLE, Role.STANDBY, False, "shut down"),
@@ -586,3 +601,17 @@ def test_continued_as_new_at_any_wait_it_ends_where_it_would_have(sc: Scenario) 
             w.claim is not None and whole.world.holder == w.claim.instance_id
         ), at
         check_invariants(after)
+
+
+def test_a_warm_connector_lost_while_waiting_is_warmed_again_and_promoted_warm() -> None:
+    sc = next(x for x in SCENARIOS if x.name == "warm-connector-lost-and-warmed-again")
+    run = play(sc)
+    spawned = [i for i, a in enumerate(run.actions) if isinstance(a, act.SpawnWarmUp)]
+    assert len(spawned) == 2  # the first warm-up, and one after the loss
+    calls = [a for a in run.actions if isinstance(a, act.Call)]
+    recorded = [a.request for a in calls if a.activity is act.Activity.RECORD]
+    assert any("stopped while waiting" in (r.event.error or "") for r in recorded)  # type: ignore[attr-defined]
+    # The promotion activated the connector warmed again; nothing started cold after it.
+    steps = [a.activity for a in calls if a.activity.value.startswith("connector_")]
+    assert steps[-1] is act.Activity.CONNECTOR_ACTIVATE
+    assert steps.count(act.Activity.CONNECTOR_PREPARE) == 2  # both warm-ups, as a standby
