@@ -1,8 +1,9 @@
 """Golden histories of every lifecycle path, replayed against the current workflow code.
 
-A change to workflows/instance.py that would break workflows already running in production (a
-non-deterministic change) fails here. Re-record deliberately, after adding a `workflow.patched`
-guard, with: PERSEUS_RECORD_HISTORIES=1 pytest tests/integration/test_workflow_paths.py — and keep
+A change to the decision core (perseus/core/) or to the workflow that carries its actions out
+(workflows/instance.py) that would break workflows already running in production (a
+non-deterministic change) fails here. Re-record deliberately, after adding a patch (the core yields
+``Patched("<id>")`` where the new behaviour begins; the workflow asks ``workflow.patched``), with: PERSEUS_RECORD_HISTORIES=1 pytest tests/integration/test_workflow_paths.py — and keep
 the histories recorded before the guard in a folder named for it (``before-<patch id>/``): they are
 the runs already in production, which must go on replaying through the old branch.
 """
