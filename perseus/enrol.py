@@ -30,6 +30,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from perseus import control, errors
 from perseus.config import Settings
+from perseus.core.state import Ending, ending_of
 from perseus.fleet import (
     Action,
     ActionKind,
@@ -58,7 +59,7 @@ log = logging.getLogger("perseus.fleet")
 LIVE_POLL_WINDOW = timedelta(seconds=75)
 
 #: How an instance run ends when it should come back by itself (the worker enrols it again).
-_LOST_OUTCOMES = ("instance lost", "standby lost")
+_LOST = (Ending.INSTANCE_LOST, Ending.STANDBY_LOST)
 #: What the watch of an instance reports when Temporal was unreachable and answers again.
 RECONNECTED = "reconnected to Temporal"
 RECONNECT_MAX_DELAY_S = 10.0
@@ -388,7 +389,10 @@ async def _watch_and_enrol(
                 changed, refresh = None, True
             ended = [t for t in watched if t in done]
             watched = [t for t in watched if t not in done]
-            if lost := [t.get_name() for t in ended if t.result().startswith((*_LOST_OUTCOMES, RECONNECTED))]:
+            lost = [
+                t.get_name() for t in ended if t.result() == RECONNECTED or ending_of(t.result()) in _LOST
+            ]
+            if lost:
                 log.info("fleet: %s on %s lost (or Temporal back); enrolling again", ", ".join(lost), host)
                 enrol = True
     finally:

@@ -18,7 +18,7 @@ from perseus.core.actions import (
     Sleep,
     WaitUntil,
 )
-from perseus.core.state import Ticket
+from perseus.core.state import Ending, Ticket
 from perseus.core.steps import HANDOFF_TIMEOUT_S, InstanceSteps
 from perseus.decisions import (
     handoff_demotes,
@@ -141,7 +141,7 @@ class HandoffProcedures(InstanceSteps):
                 detail=f"confirm: {target.host} active at epoch {reply.epoch}",
             )
             if req.shutdown:
-                s.outcome = f"handed over to {target.host}"
+                s.outcome = f"{Ending.HANDED_OVER} to {target.host}"
             else:
                 yield from self._become_standby()  # still warm if our connector was demoted
             return CommandResult(

@@ -20,6 +20,7 @@ from perseus.core.actions import (
     Sleep,
     WaitLease,
 )
+from perseus.core.state import Ending
 from perseus.core.steps import PICKUP_FACTOR, RUNNING_STATES, InstanceSteps
 from perseus.decisions import (
     LOSS_TYPES,
@@ -255,4 +256,4 @@ class LeaseProcedures(InstanceSteps):
         # Patched: runs that lost their instance before standbys existed did not look for one.
         if (yield Patched("wake-standby-on-loss")):
             yield from self._wake_standby(f"{self.inp.exchange} on {self.inp.host} lost: {reason}")
-        s.outcome = f"instance lost: {reason}"
+        s.outcome = f"{Ending.INSTANCE_LOST}: {reason}"

@@ -39,7 +39,7 @@ from perseus.core.actions import (
 from perseus.core.handoffs import HandoffProcedures
 from perseus.core.leases import LeaseProcedures
 from perseus.core.standbys import StandbyProcedures
-from perseus.core.state import Refusal, Ticket
+from perseus.core.state import Ending, Refusal, Ticket
 from perseus.decisions import (
     InstanceFacts,
     LoopFacts,
@@ -202,7 +202,7 @@ class InstanceCore(LeaseProcedures, StandbyProcedures, HandoffProcedures):
         s = self.s
         if step is Step.LEASE_ENDED:
             carry_on = yield from (self._after_lease() if s.role is Role.ACTIVE else self._after_watch())
-            return None if carry_on else s.outcome or "instance lost"
+            return None if carry_on else s.outcome or str(Ending.INSTANCE_LOST)
         if step is Step.HOST_GOING_DOWN:
             yield from self._cancel_lease()
             if s.role is Role.ACTIVE:
@@ -210,7 +210,7 @@ class InstanceCore(LeaseProcedures, StandbyProcedures, HandoffProcedures):
             else:
                 yield from self._drop_standby()
                 yield from self._stop_warm("the worker is shutting down")
-            return f"released: the worker on {self.inp.host} shut down"
+            return f"{Ending.RELEASED}: the worker on {self.inp.host} shut down"
         if step is Step.PROMOTE:
             yield from self._cancel_lease()
             yield from self._promote(s.promotions.pop(0))
@@ -246,7 +246,7 @@ class InstanceCore(LeaseProcedures, StandbyProcedures, HandoffProcedures):
             yield from self._release_claim()
             yield from self._drop_standby()
             yield from self._stop_warm("shut down")
-            return result, "shut down"
+            return result, str(Ending.SHUT_DOWN)
         if ticket.command is Command.HANDOFF:
             result = yield from self._handoff(ticket)
             return result, self.s.outcome

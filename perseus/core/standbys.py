@@ -16,7 +16,7 @@ from perseus.core.actions import (
     Sleep,
     SpawnWarmUp,
 )
-from perseus.core.state import WarmUp
+from perseus.core.state import Ending, WarmUp
 from perseus.core.steps import InstanceSteps
 from perseus.decisions import (
     StartPath,
@@ -60,7 +60,8 @@ class StandbyProcedures(InstanceSteps):
                 # Its host still renews the record: it only lost Temporal. Watch again.
                 return True
             yield from self._drop_standby()
-            s.outcome = f"standby lost: host {self.inp.host} stopped heartbeating ({err.failure.message})"
+            why = f"host {self.inp.host} stopped heartbeating ({err.failure.message})"
+            s.outcome = f"{Ending.STANDBY_LOST}: {why}"
             return False
         if outcome.warm_lost:
             # The warm connector stopped while it waited (the host saw it go): the loop warms it up

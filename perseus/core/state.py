@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 
 from perseus.lifecycle import Command, Role, State
 from perseus.models import (
@@ -23,6 +24,25 @@ from perseus.models import (
     PromoteRequest,
     Resolved,
 )
+
+
+class Ending(StrEnum):
+    """How a run of an instance ends: the first words of the workflow's result, the rest says why.
+
+    The result stays one line of text (recorded runs returned text, and operators read it); the
+    core writes these words and :func:`ending_of` reads them, so producer and reader share one
+    definition (``perseus.enrol`` enrols an instance again after a loss)."""
+
+    SHUT_DOWN = "shut down"
+    RELEASED = "released"
+    INSTANCE_LOST = "instance lost"
+    STANDBY_LOST = "standby lost"
+    HANDED_OVER = "handed over"
+
+
+def ending_of(result: str) -> Ending | None:
+    """The ending a run's result names; None for a registration that failed (its refusal's text)."""
+    return next((e for e in Ending if result == e or result.startswith((f"{e}:", f"{e} "))), None)
 
 
 @dataclass

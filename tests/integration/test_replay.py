@@ -3,9 +3,10 @@
 A change to the decision core (perseus/core/) or to the workflow that carries its actions out
 (workflows/instance.py) that would break workflows already running in production (a
 non-deterministic change) fails here. Re-record deliberately, after adding a patch (the core yields
-``Patched("<id>")`` where the new behaviour begins; the workflow asks ``workflow.patched``), with: PERSEUS_RECORD_HISTORIES=1 pytest tests/integration/test_workflow_paths.py — and keep
-the histories recorded before the guard in a folder named for it (``before-<patch id>/``): they are
-the runs already in production, which must go on replaying through the old branch.
+``Patched("<id>")`` where the new behaviour begins; the workflow asks ``workflow.patched``), with:
+PERSEUS_RECORD_HISTORIES=1 pytest tests/integration/test_workflow_paths.py — and keep the histories
+recorded before the patch in a folder named for it (``before-<patch id>/``): they are the runs
+already in production, which must go on replaying through the old branch.
 """
 
 from __future__ import annotations

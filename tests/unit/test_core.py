@@ -30,7 +30,7 @@ import pytest
 
 from perseus.core import actions as act
 from perseus.core.loop import InstanceCore
-from perseus.core.state import Ticket
+from perseus.core.state import Ending, Ticket, ending_of
 from perseus.decisions import Step
 from perseus.errors import StepFailed
 from perseus.lifecycle import Command, Role, State
@@ -615,3 +615,27 @@ def test_a_warm_connector_lost_while_waiting_is_warmed_again_and_promoted_warm()
     steps = [a.activity for a in calls if a.activity.value.startswith("connector_")]
     assert steps[-1] is act.Activity.CONNECTOR_ACTIVATE
     assert steps.count(act.Activity.CONNECTOR_PREPARE) == 2  # both warm-ups, as a standby
+
+
+@pytest.mark.parametrize(
+    ("result", "ending"),
+    [
+        ("shut down", Ending.SHUT_DOWN),
+        ("released: the worker on host-a shut down", Ending.RELEASED),
+        ("instance lost: host host-a stopped heartbeating", Ending.INSTANCE_LOST),
+        ("instance lost", Ending.INSTANCE_LOST),
+        ("standby lost: host host-a stopped heartbeating (timed out)", Ending.STANDBY_LOST),
+        ("handed over to host-b", Ending.HANDED_OVER),
+        ("exchange already claimed", None),
+        ("shut downward", None),
+        ("", None),
+    ],
+)
+def test_a_run_result_names_its_ending(result: str, ending: Ending | None) -> None:
+    assert ending_of(result) is ending
+
+
+def test_every_ending_the_core_writes_is_read_back() -> None:
+    """The words enrolment relies on (a lost instance is enrolled again) are the core's own."""
+    endings = {ending_of(run.outcome) for sc, _ in CASES if (run := play(sc)).outcome is not None}
+    assert {Ending.SHUT_DOWN, Ending.RELEASED, Ending.INSTANCE_LOST, Ending.HANDED_OVER} <= endings
