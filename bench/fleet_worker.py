@@ -4,8 +4,8 @@ Modes:
 
 * ``perseus``  — the real composition root (:func:`worker.run_worker`, shared queue + host queue)
   with one bench-only change: ``worker.RedisStore`` is replaced by :class:`TimedRedisStore`, a
-  subclass that timestamps each ``renew`` call (call time and round trip) and passes it on
-  unchanged. Production code carries no instrumentation.
+  subclass that timestamps each renewal (call time and round trip; a batch's for each claim in it)
+  and passes it on unchanged. Production code carries no instrumentation.
 * ``timer``    — the alternative design (:mod:`bench.timer_design`): a workflow timer + one activity
   per beat, on the same client, store and process layout.
 * ``baseline`` — the floor: N plain asyncio loops with redis-py doing the same fenced Lua renewal on
@@ -34,6 +34,7 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
+from perseus.grid import Renewal
 from perseus.keys import iso, ttl_ms
 from perseus.store.redis_store import FenceReply, RedisStore, make_client
 from perseus.temporal import converter
@@ -106,6 +107,17 @@ class TimedRedisStore(RedisStore):
             key = f"x{exchange_id}"
         SAMPLES.add(key, wall, mono, rtt, reply.outcome == "ok", None)
         return reply
+
+    async def renew_many(self, renewals: list[Renewal]) -> list[FenceReply | Exception]:
+        # The keeper's renewals leave in batches (perseus/grid.py): each claim's sample carries the
+        # batch's call time and round trip, keyed by its exchange (the batch runs in no activity).
+        wall, mono = time.time(), time.monotonic()
+        replies = await super().renew_many(renewals)
+        rtt = time.monotonic() - mono
+        for r, reply in zip(renewals, replies, strict=True):
+            ok = isinstance(reply, FenceReply) and reply.outcome == "ok"
+            SAMPLES.add(f"x{r.exchange_id}", wall, mono, rtt, ok, None)
+        return replies
 
 
 async def connect(address: str, metrics_port: int) -> Client:

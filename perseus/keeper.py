@@ -7,7 +7,9 @@ workflow on this host, one renewal loop. The lease activities only *attach* to i
 many reasons that say nothing about the claim — the SDK cancels it locally when it cannot reach the
 server for the heartbeat timeout, the workflow cancels it before continue-as-new, a term runs out —
 and none of them stops the renewals. So a Temporal outage of any length lapses no claim and stops no
-connector while Redis answers, and the workflow re-attaches when it comes back.
+connector while Redis answers, and the workflow re-attaches when it comes back. The claims' loops
+renew on a shared grid (:mod:`perseus.grid`): those due in one 100 ms slot start together, up to a
+slot early, and their renewals go to Redis as one pipeline; each loop still gets its own outcome.
 
 Invariants (the reasons this module exists):
 
@@ -48,6 +50,7 @@ from perseus.errors import (
     ServiceUnavailable,
     StandbyGone,
 )
+from perseus.grid import Renewal, RenewalGrid
 from perseus.keys import iso, renew_deadline_s, ttl_ms
 from perseus.models import (
     Claim,
@@ -192,6 +195,8 @@ class LeaseKeeper:
         record_event: RecordEvent | None = None,
     ) -> None:
         self._store = store
+        #: Claim renewals leave in shared slots, one pipeline per slot (see perseus/grid.py).
+        self._grid = RenewalGrid(store)
         self._record_event = record_event
         #: Events on their way to the stream (kept referenced until written).
         self._events: set[asyncio.Task[None]] = set()
@@ -252,21 +257,16 @@ class LeaseKeeper:
             health = self._connectors.health(req.workflow_id)
             patch = {**held.unsent, **(health.status_patch() if health else {})}
             patch["lastHeartbeat"] = iso(datetime.now(UTC))
+            # Bounded by what is left of the renew deadline (a Redis that hangs must not keep this
+            # loop from stopping the connector in time) and by half an interval. asyncio.timeout
+            # rather than wait_for: the same bound without a task per renewal.
+            bound = max(0.05, min(held.last_ok + deadline - time.monotonic(), interval / 2))
+            renewal = Renewal(req.exchange_id, req.claim.instance_id, req.claim.epoch, patch, ttl)
             try:
-                # Bounded by what is left of the renew deadline (a Redis that hangs must not keep
-                # this loop from stopping the connector in time) and by half an interval.
-                # asyncio.timeout rather than wait_for: the same bound without a task per renewal.
-                async with asyncio.timeout(
-                    max(0.05, min(held.last_ok + deadline - time.monotonic(), interval / 2))
-                ):
-                    reply = await self._store.fenced(
-                        req.exchange_id,
-                        req.claim.instance_id,
-                        req.claim.epoch,
-                        mode="renew",
-                        patch=patch,
-                        ttl_ms=ttl,
-                    )
+                async with asyncio.timeout(bound):
+                    # Sent in one pipeline with the other renewals of this slot; the reply is this
+                    # claim's own, exactly as a lone fenced renewal's.
+                    reply = await self._grid.renew(renewal, bound)
             except (ServiceUnavailable, TimeoutError) as exc:
                 held.unsent = {k: v for k, v in patch.items() if k in ("lastError", "lastErrorAt")}
                 log.warning("renewal of %s failed: %s", req.workflow_id, exc or "Redis too slow")
@@ -297,8 +297,10 @@ class LeaseKeeper:
                 await self._end(held, ClaimLost(f"the instance workflow {req.workflow_id} has ended"))
                 return
             # A fixed schedule, not sleep(interval) after the work: lateness does not accumulate.
+            # Woken at the start of the grid slot holding the due time: up to a slot early (safe),
+            # together with the slot's other renewals.
             due += interval
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            await self._grid.until(due)
 
     def _reported_error(self, error: str, status: StatusRead) -> None:
         """An error the connector reported (``PERSEUS error=…``), now in the status key, goes to the
@@ -571,6 +573,7 @@ class LeaseKeeper:
         tasks = [t for loop in loops for t in (loop.task, loop.orphan_check) if t is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        await self._grid.close()
         if self._cancelling:
             await asyncio.gather(*self._cancelling, return_exceptions=True)
         self.claims.clear()

@@ -5,6 +5,8 @@ it runs unchanged on a Redis Cluster (DESIGN §2.1: no KEYS, SCAN or cross-slot 
 ``redis+cluster://`` URL selects redis-py's cluster client, which routes each command by its key.
 The one exception is the read side's batches (:meth:`RedisStore.board`, :meth:`RedisStore.events_many`):
 on a single server each is one multi-key script, on a cluster one command per key in a pipeline.
+The keeper's batched renewals (:meth:`RedisStore.renew_many`) are one single-key script per claim in
+a non-transactional pipeline, split per cluster node by :meth:`RedisStore.renewal_groups`.
 The status key and the epoch counter live in different hash slots (their names are Livermore's), so
 a claim takes two round trips: a new epoch first, then the compare-and-set on the status key.
 """
@@ -21,11 +23,12 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ValidationError
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from perseus import metrics
 from perseus.errors import Server, ServiceUnavailable
+from perseus.grid import Renewal, groups_of
 from perseus.keys import epoch_key, standby_index_key, standby_key, status_key, stream_key
 from perseus.models import InstanceStatus, StandbyRecord
 
@@ -473,6 +476,77 @@ class RedisStore:
         )
         metrics.fenced_write(mode, outcome)
         return FenceReply(outcome=outcome, raw=raw or None)
+
+    def renewal_groups(self, exchange_ids: list[int]) -> list[list[int]]:
+        """Indices of ``exchange_ids`` grouped by the server holding their status keys: one group on
+        a single server, one per node on a cluster (each group is one :meth:`renew_many`)."""
+        if self._single_server:
+            return [list(range(len(exchange_ids)))]
+        assert isinstance(self.client, RedisCluster)
+        nodes: list[str] = []
+        for exchange_id in exchange_ids:
+            try:
+                node = self.client.get_node_from_key(status_key(exchange_id))
+            except (RedisError, RedisClusterException):  # no slot map yet, or a slot uncovered now
+                node = None
+            # Unknown ones share one pipeline, which the client routes itself (following MOVED).
+            nodes.append(node.name if node is not None else "?")
+        return groups_of(nodes)
+
+    async def renew_many(self, renewals: list[Renewal]) -> list[FenceReply | Exception]:
+        """Many claims' renewals in one round trip: the fenced renewal of :meth:`fenced` per claim,
+        one command each in a non-transactional pipeline, and each claim's own outcome.
+
+        A failure of the whole round trip raises ServiceUnavailable; an error Redis answered for one
+        command is returned in that claim's place (ServiceUnavailable for a connection error on a
+        cluster node; any other as redis-py raised it), the others' outcomes stand. Every key is in
+        one slot per command, so on a cluster the client sends each node its commands.
+        """
+        sha = self._fenced.sha
+        async with self.client.pipeline(transaction=False) as pipe:
+            for r in renewals:
+                # EVALSHA directly: the pipeline's script check would add a SCRIPT EXISTS round trip
+                # to every batch, and a server that does not know the script answers NOSCRIPT (below).
+                # As a plain command: redis-py's cluster pipeline refuses its evalsha() method (it
+                # cannot load scripts per node itself), yet routes the command by its one key.
+                pipe.execute_command(
+                    "EVALSHA",
+                    sha,
+                    1,
+                    status_key(r.exchange_id),
+                    r.instance_id,
+                    r.epoch,
+                    json.dumps(r.patch),
+                    "renew",
+                    r.ttl_ms,
+                )
+            answers = await self._run(pipe.execute(raise_on_error=False))
+        out: list[FenceReply | Exception] = []
+        for r, answer in zip(renewals, answers, strict=True):
+            if isinstance(answer, NoScriptError):
+                # A server that restarted (or flushed its scripts) forgot it: the lone call loads it.
+                try:
+                    out.append(
+                        await self.fenced(
+                            r.exchange_id,
+                            r.instance_id,
+                            r.epoch,
+                            mode="renew",
+                            patch=r.patch,
+                            ttl_ms=r.ttl_ms,
+                        )
+                    )
+                except Exception as exc:  # this claim's outcome, as the lone call would raise it
+                    out.append(exc)
+            elif isinstance(answer, (RedisConnectionError, RedisTimeoutError, OSError)):
+                out.append(_unavailable(answer))
+            elif isinstance(answer, Exception):
+                out.append(answer)
+            else:
+                outcome, raw = answer
+                metrics.fenced_write("renew", outcome)
+                out.append(FenceReply(outcome=outcome, raw=raw or None))
+        return out
 
     async def append_event(
         self, exchange_name: str, event_id: str, min_id: str, fields: dict[str, str]

@@ -6,34 +6,39 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 
 import pytest
 
 from perseus import keeper as keeper_module
 from perseus.connectors.base import ConnectorHost
 from perseus.connectors.simulated import SimulatedConnector
+from perseus.errors import ClaimLost, ClaimMissing, RenewDeadline
+from perseus.grid import Renewal
 from perseus.keeper import LeaseKeeper
 from perseus.keys import status_key
 from perseus.lifecycle import Role
 from perseus.models import Claim, ConnectorSpec, LeaseRequest, StandbyLeaseRequest, StandbyRecord
-from perseus.store.redis_store import RedisStore
+from perseus.store.redis_store import FenceReply, RedisClient, RedisStore, make_client
+from tests.conftest import Servers
+from tests.integration.proxy import StallableProxy
 
 pytestmark = pytest.mark.integration
 
 INTERVAL = 0.5
 
 
-async def claimed(store: RedisStore) -> LeaseRequest:
+async def claimed(store: RedisStore, interval: float = INTERVAL) -> LeaseRequest:
     """A status key held by a fresh claim, as a registration would leave it."""
     exchange_id = 900_000 + uuid.uuid4().int % 100_000
     claim = Claim(instance_id=str(uuid.uuid4()), epoch=7)
     doc = {"instanceId": claim.instance_id, "epoch": claim.epoch, "hostname": "k"}
-    await store.client.set(status_key(exchange_id), json.dumps(doc), px=int(3 * INTERVAL * 1000))
+    await store.client.set(status_key(exchange_id), json.dumps(doc), px=int(3 * interval * 1000))
     return LeaseRequest(
         workflow_id=f"instance-k{exchange_id}-h",
         exchange_id=exchange_id,
         claim=claim,
-        heartbeat_interval_s=INTERVAL,
+        heartbeat_interval_s=interval,
         term_s=3600,
     )
 
@@ -221,3 +226,125 @@ async def test_no_deadline_for_a_warm_standby_and_it_outlives_a_released_claim(s
         assert connectors.get(req2.workflow_id) is None and held2.stopped_at is not None
     finally:
         await keeper.close()
+
+
+# --- the renewal grid: one pipeline per slot, each claim its own outcome ------------------------------
+
+
+class CountedStore(RedisStore):
+    """The real store, noting each batch of renewals it sends (how many, and which exchanges)."""
+
+    def __init__(self, client: RedisClient) -> None:
+        super().__init__(client)
+        self.batches: list[list[int]] = []
+        self.failed_batches = 0
+
+    async def renew_many(self, renewals: list[Renewal]) -> list[FenceReply | Exception]:
+        self.batches.append([r.exchange_id for r in renewals])
+        try:
+            return await super().renew_many(renewals)
+        except BaseException:
+            self.failed_batches += 1
+            raise
+
+
+async def until(check: Callable[[], bool], seconds: float = 10.0) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+async def test_one_batch_ends_its_fenced_and_missing_claims_and_renews_the_rest(
+    servers: Servers, store: RedisStore
+) -> None:
+    counted = CountedStore(make_client(servers.redis_url))
+    await counted.client.script_flush()  # the first batch also meets a server that lost its scripts
+    connectors = ConnectorHost()
+    keeper = LeaseKeeper(counted, connectors)
+    reqs = [await claimed(store) for _ in range(4)]
+    kept, kept2, fenced, missing = reqs
+    rival = {"instanceId": str(uuid.uuid4()), "epoch": 8, "hostname": "rival"}
+    await store.client.set(status_key(fenced.exchange_id), json.dumps(rival), px=60_000)
+    await store.client.delete(status_key(missing.exchange_id))
+    for req in reqs:
+        connectors.put(req.workflow_id, SimulatedConnector("k", ConnectorSpec(), role=Role.ACTIVE))
+    try:
+        # Held in one go: their first renewals leave in the same turn, so in one batch.
+        held = [keeper.hold(req) for req in reqs]
+        await until(lambda: held[2].ended is not None and held[3].ended is not None)
+        assert sorted(counted.batches[0]) == sorted(r.exchange_id for r in reqs)
+        assert isinstance(held[2].ended, ClaimLost) and not isinstance(held[2].ended, ClaimMissing)
+        assert isinstance(held[3].ended, ClaimMissing)
+        # Only those two claims ended: their connectors stopped, the others' run on.
+        assert connectors.get(fenced.workflow_id) is None and connectors.get(missing.workflow_id) is None
+        assert connectors.get(kept.workflow_id) is not None and connectors.get(kept2.workflow_id) is not None
+        await until(lambda: min(held[0].renewals, held[1].renewals) >= 3)
+        assert held[0].ended is None and held[1].ended is None
+        for req in (kept, kept2):
+            raw, pttl = await store.raw_status(req.exchange_id)
+            assert raw is not None and json.loads(raw)["instanceId"] == req.claim.instance_id and pttl > 0
+        # The rival's record is untouched (fencing), and the released key stays released.
+        assert json.loads((await store.raw_status(fenced.exchange_id))[0] or "{}") == rival
+        assert await store.client.get(status_key(missing.exchange_id)) is None
+    finally:
+        await keeper.close()
+        await counted.client.aclose()
+
+
+async def test_an_error_redis_answers_for_one_claim_stays_with_that_claim(
+    servers: Servers, store: RedisStore
+) -> None:
+    counted = CountedStore(make_client(servers.redis_url))
+    keeper = LeaseKeeper(counted, ConnectorHost())
+    good, good2, broken = [await claimed(store) for _ in range(3)]
+    # Not a string: the renewal's script fails on this key (WRONGTYPE), inside the batch.
+    await store.client.delete(status_key(broken.exchange_id))
+    await store.client.hset(status_key(broken.exchange_id), "instanceId", broken.claim.instance_id)
+    await store.client.pexpire(status_key(broken.exchange_id), 60_000)
+    try:
+        held = [keeper.hold(req) for req in (good, good2, broken)]
+        await until(lambda: min(held[0].renewals, held[1].renewals) >= 3)
+        assert broken.exchange_id in counted.batches[0] and len(counted.batches[0]) == 3
+        assert held[0].ended is None and held[1].ended is None
+        assert held[2].renewals == 0
+        assert counted.failed_batches == 0  # the round trip itself went through
+    finally:
+        await keeper.close()
+        await counted.client.aclose()
+
+
+async def test_a_batch_that_cannot_reach_redis_fails_its_claims_and_the_deadline_ends_them(
+    servers: Servers, store: RedisStore
+) -> None:
+    """A hung Redis: the batch's round trip fails for every claim in it, no claim ends before its
+    renew deadline, each one ends at it and stops its connector; once Redis answers again, the same
+    keeper renews new claims as before."""
+    proxy = await StallableProxy(int(servers.redis_url.rsplit(":", 1)[1].split("/")[0])).start()
+    counted = CountedStore(make_client(f"redis://127.0.0.1:{proxy.port}/0"))
+    connectors = ConnectorHost()
+    keeper = LeaseKeeper(counted, connectors)
+    reqs = [await claimed(store, interval=1.0) for _ in range(3)]  # renew deadline 2 s
+    for req in reqs:
+        connectors.put(req.workflow_id, SimulatedConnector("k", ConnectorSpec(), role=Role.ACTIVE))
+    try:
+        held = [keeper.hold(req) for req in reqs]
+        await until(lambda: min(h.renewals for h in held) >= 2)
+        proxy.stall()
+        # The round trip fails at the renewal's bound (half an interval), inside the deadline.
+        await until(lambda: counted.failed_batches >= 1)
+        assert all(h.ended is None for h in held)
+        assert all(connectors.get(r.workflow_id) is not None for r in reqs)
+        await until(lambda: all(h.ended is not None for h in held))
+        assert all(isinstance(h.ended, RenewDeadline) for h in held)
+        assert all(connectors.get(r.workflow_id) is None for r in reqs)
+
+        proxy.resume()
+        again = [keeper.hold(await claimed(store, interval=1.0)) for _ in range(2)]
+        await until(lambda: min(h.renewals for h in again) >= 2)
+        assert all(h.ended is None for h in again)
+    finally:
+        await keeper.close()
+        await proxy.close()
+        await counted.client.aclose()

@@ -27,10 +27,13 @@ from temporalio.client import Client
 
 from perseus import control
 from perseus.config import load_settings
+from perseus.connectors.base import ConnectorHost
 from perseus.devstack import binaries, services
+from perseus.errors import ClaimLost, ClaimMissing
+from perseus.keeper import LeaseKeeper
 from perseus.keys import epoch_key, iso, retention_min_id, status_key, stream_key
 from perseus.lifecycle import Command
-from perseus.models import ConnectorSpec, StandbyRecord
+from perseus.models import Claim, ConnectorSpec, LeaseRequest, StandbyRecord
 from perseus.store.redis_store import RedisStore, is_cluster_url, make_client
 from perseus.temporal import converter, register_search_attributes
 from tests.conftest import Servers, exchange_id
@@ -350,3 +353,67 @@ async def test_lifecycle_against_the_cluster(
         stop.set()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 60)
+
+
+class GroupedStore(RedisStore):
+    """The real store on the cluster, noting how each slot's renewals were split into pipelines."""
+
+    def __init__(self, client: RedisCluster) -> None:
+        super().__init__(client)
+        self.splits: list[list[list[int]]] = []
+
+    def renewal_groups(self, exchange_ids: list[int]) -> list[list[int]]:
+        groups = super().renewal_groups(exchange_ids)
+        self.splits.append([[exchange_ids[i] for i in g] for g in groups])
+        return groups
+
+
+async def test_the_keeper_sends_each_node_its_own_batch(cluster: Cluster) -> None:
+    """One slot's renewals across the masters: one pipeline per node (a slow or lost node holds up
+    only its own claims), each claim its own outcome; a fenced claim on one node ends alone."""
+    client = make_client(cluster.url)
+    assert isinstance(client, RedisCluster)
+    store = GroupedStore(client)
+    await client.initialize()
+    await client.script_flush()  # the first batches meet nodes that do not know the script yet
+    keeper = LeaseKeeper(store, ConnectorHost())
+    base = 9_000_000 + uuid.uuid4().int % 1_000_000
+    ids = [base + i for i in range(9)]
+    assert len({node_of(client, status_key(i)) for i in ids}) == MASTERS
+    reqs = []
+    for i in ids:
+        claim = Claim(instance_id=str(uuid.uuid4()), epoch=3)
+        doc = {"instanceId": claim.instance_id, "epoch": claim.epoch, "hostname": "k"}
+        await client.set(status_key(i), json.dumps(doc), px=int(3 * INTERVAL * 1000))
+        reqs.append(
+            LeaseRequest(
+                workflow_id=f"instance-c{i}-h",
+                exchange_id=i,
+                claim=claim,
+                heartbeat_interval_s=INTERVAL,
+                term_s=60,
+            )
+        )
+    fenced = reqs[4]
+    rival = {"instanceId": "rival", "epoch": 9}
+    await client.set(status_key(fenced.exchange_id), json.dumps(rival), px=60_000)
+    others = [i for i in range(len(reqs)) if i != 4]
+    try:
+        held = [keeper.hold(req) for req in reqs]  # one go: the first renewals share a batch
+        for _ in range(200):
+            if min(held[i].renewals for i in others) >= 3 and held[4].ended is not None:
+                break
+            await asyncio.sleep(0.05)
+        first = store.splits[0]
+        assert sorted(x for g in first for x in g) == sorted(ids)
+        assert len(first) == MASTERS
+        assert all(len({node_of(client, status_key(x)) for x in g}) == 1 for g in first)
+        assert isinstance(held[4].ended, ClaimLost) and not isinstance(held[4].ended, ClaimMissing)
+        assert held[4].renewals == 0
+        assert all(held[i].ended is None and held[i].renewals >= 3 for i in others)
+        for req in reqs:
+            owner = json.loads(await client.get(status_key(req.exchange_id)) or "{}")["instanceId"]
+            assert owner == ("rival" if req is fenced else req.claim.instance_id)
+    finally:
+        await keeper.close()
+        await client.aclose()
