@@ -270,6 +270,13 @@ class LeaseKeeper:
             except (ServiceUnavailable, TimeoutError) as exc:
                 held.unsent = {k: v for k, v in patch.items() if k in ("lastError", "lastErrorAt")}
                 log.warning("renewal of %s failed: %s", req.workflow_id, exc or "Redis too slow")
+            except Exception as exc:  # noqa: BLE001 - any other answer is a failed renewal too
+                # Redis refused this claim's renewal (a key of the wrong type, say): not renewed, like
+                # a Redis out of reach. The loop goes on, so the renew deadline ends the claim and
+                # stops its connector, and the workflow hears why; a dead loop would leave the lease
+                # heartbeating over a claim nobody renews.
+                held.unsent = {k: v for k, v in patch.items() if k in ("lastError", "lastErrorAt")}
+                log.error("renewal of %s refused: %s: %s", req.workflow_id, type(exc).__name__, exc)
             else:
                 held.unsent = {}
                 if reply.outcome != "ok":
@@ -480,6 +487,9 @@ class LeaseKeeper:
             except (ServiceUnavailable, TimeoutError) as exc:
                 watched.last_failure = time.monotonic()
                 log.warning("standby %s: %s", record.workflow_id, exc or "Redis too slow")
+            except Exception as exc:  # noqa: BLE001 - a refused renewal is a failed one (as for claims)
+                watched.last_failure = time.monotonic()
+                log.error("standby %s: renewal refused: %s: %s", record.workflow_id, type(exc).__name__, exc)
             else:
                 first = False
                 if not present:

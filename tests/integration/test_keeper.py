@@ -297,12 +297,14 @@ async def test_an_error_redis_answers_for_one_claim_stays_with_that_claim(
     servers: Servers, store: RedisStore
 ) -> None:
     counted = CountedStore(make_client(servers.redis_url))
-    keeper = LeaseKeeper(counted, ConnectorHost())
+    connectors = ConnectorHost()
+    keeper = LeaseKeeper(counted, connectors)
     good, good2, broken = [await claimed(store) for _ in range(3)]
     # Not a string: the renewal's script fails on this key (WRONGTYPE), inside the batch.
     await store.client.delete(status_key(broken.exchange_id))
     await store.client.hset(status_key(broken.exchange_id), "instanceId", broken.claim.instance_id)
     await store.client.pexpire(status_key(broken.exchange_id), 60_000)
+    connectors.put(broken.workflow_id, SimulatedConnector("k", ConnectorSpec(), role=Role.ACTIVE))
     try:
         held = [keeper.hold(req) for req in (good, good2, broken)]
         await until(lambda: min(held[0].renewals, held[1].renewals) >= 3)
@@ -310,6 +312,12 @@ async def test_an_error_redis_answers_for_one_claim_stays_with_that_claim(
         assert held[0].ended is None and held[1].ended is None
         assert held[2].renewals == 0
         assert counted.failed_batches == 0  # the round trip itself went through
+        # A refused renewal is a failed one: the claim's loop goes on, and the renew deadline ends
+        # it and stops its connector (before, the loop died and nothing ended the claim).
+        await until(lambda: held[2].ended is not None)
+        assert isinstance(held[2].ended, RenewDeadline)
+        assert connectors.get(broken.workflow_id) is None
+        assert held[0].ended is None and held[1].ended is None
     finally:
         await keeper.close()
         await counted.client.aclose()
