@@ -374,31 +374,39 @@ async def test_the_keeper_sends_each_node_its_own_batch(cluster: Cluster) -> Non
     client = make_client(cluster.url)
     assert isinstance(client, RedisCluster)
     store = GroupedStore(client)
-    await client.initialize()
-    await client.script_flush()  # the first batches meet nodes that do not know the script yet
     keeper = LeaseKeeper(store, ConnectorHost())
-    base = 9_000_000 + uuid.uuid4().int % 1_000_000
-    ids = [base + i for i in range(9)]
-    assert len({node_of(client, status_key(i)) for i in ids}) == MASTERS
-    reqs = []
-    for i in ids:
-        claim = Claim(instance_id=str(uuid.uuid4()), epoch=3)
-        doc = {"instanceId": claim.instance_id, "epoch": claim.epoch, "hostname": "k"}
-        await client.set(status_key(i), json.dumps(doc), px=int(3 * INTERVAL * 1000))
-        reqs.append(
-            LeaseRequest(
-                workflow_id=f"instance-c{i}-h",
-                exchange_id=i,
-                claim=claim,
-                heartbeat_interval_s=INTERVAL,
-                term_s=60,
-            )
-        )
-    fenced = reqs[4]
-    rival = {"instanceId": "rival", "epoch": 9}
-    await client.set(status_key(fenced.exchange_id), json.dumps(rival), px=60_000)
-    others = [i for i in range(len(reqs)) if i != 4]
     try:
+        await client.initialize()
+        await client.script_flush()  # the first batches meet nodes that do not know the script yet
+        # Three exchanges on each master (consecutive ids may well miss one: pick them by node).
+        ids: list[int] = []
+        per_node: dict[str, int] = {}
+        candidate = 9_000_000 + uuid.uuid4().int % 1_000_000
+        while len(ids) < 3 * MASTERS:
+            node = node_of(client, status_key(candidate))
+            if per_node.get(node, 0) < 3:
+                ids.append(candidate)
+                per_node[node] = per_node.get(node, 0) + 1
+            candidate += 1
+        assert len(per_node) == MASTERS
+        reqs = []
+        for i in ids:
+            claim = Claim(instance_id=str(uuid.uuid4()), epoch=3)
+            doc = {"instanceId": claim.instance_id, "epoch": claim.epoch, "hostname": "k"}
+            await client.set(status_key(i), json.dumps(doc), px=int(3 * INTERVAL * 1000))
+            reqs.append(
+                LeaseRequest(
+                    workflow_id=f"instance-c{i}-h",
+                    exchange_id=i,
+                    claim=claim,
+                    heartbeat_interval_s=INTERVAL,
+                    term_s=60,
+                )
+            )
+        fenced = reqs[4]
+        rival = {"instanceId": "rival", "epoch": 9}
+        await client.set(status_key(fenced.exchange_id), json.dumps(rival), px=60_000)
+        others = [i for i in range(len(reqs)) if i != 4]
         held = [keeper.hold(req) for req in reqs]  # one go: the first renewals share a batch
         for _ in range(200):
             if min(held[i].renewals for i in others) >= 3 and held[4].ended is not None:
