@@ -180,17 +180,16 @@ class LeaseProcedures(InstanceSteps):
         """What Redis proves about our claim now (None: Redis did not answer)."""
         s = self.s
         assert s.resolved and s.claim
-        try:
-            probe: ClaimProbe = yield Call(
+        probe: ClaimProbe | None = yield from self._tolerated(
+            Call(
                 Activity.PROBE_CLAIM,
                 ClaimProbeRequest(exchange_id=s.resolved.exchange.id, claim=s.claim),
                 start_to_close_s=5,
                 retry=Retry.TWICE,
                 summary="probe claim",
-            )
-        except StepFailed as err:
-            yield Log(f"claim probe failed: {err.failure.message}", warning=True)
-            return None
+            ),
+            "claim probe failed",
+        )
         return probe
 
     def _connector_failed(self, reason: str, policy: str | None = None) -> Proc:

@@ -180,32 +180,33 @@ class InstanceSteps:
         s = self.s
         if s.standby_id is None or s.resolved is None:
             return
-        try:
-            yield Call(
+        yield from self._tolerated(
+            Call(
                 Activity.DROP_STANDBY,
                 DropStandbyRequest(exchange_id=s.resolved.exchange.id, instance_id=s.standby_id),
                 start_to_close_s=10,
                 retry=Retry.SHARED,
                 summary="drop standby record",
-            )
-        except StepFailed as err:
-            yield Log(f"standby record not dropped (its TTL frees it): {err.failure.message}", warning=True)
+            ),
+            "standby record not dropped (its TTL frees it)",
+        )
         s.standby_id = None
 
     def _standbys(self, *, include_self: bool = False) -> Proc:
         """The live standbys of our exchange, best first (none if Redis cannot say)."""
         s = self.s
         assert s.resolved
-        try:
-            found: StandbyList = yield Call(
+        found: StandbyList | None = yield from self._tolerated(
+            Call(
                 Activity.LIST_STANDBYS,
                 StandbyQuery(exchange_id=s.resolved.exchange.id),
                 start_to_close_s=10,
                 retry=Retry.SHARED,
                 summary="list standbys",
-            )
-        except StepFailed as err:
-            yield Log(f"standbys unknown: {err.failure.message}", warning=True)
+            ),
+            "standbys unknown",
+        )
+        if found is None:
             return []
         return [x for x in found.standbys if include_self or x.workflow_id != self.wf_id]
 
@@ -327,18 +328,17 @@ class InstanceSteps:
             yield Log(f"{self.wf_id}: the worker on {self.inp.host} is busy; asking it again")
 
     def _host_polled(self) -> Proc:
-        try:
-            presence: HostPresence = yield Call(
+        presence: HostPresence | None = yield from self._tolerated(
+            Call(
                 Activity.HOST_POLLED,
                 IdentityRequest(host=self.inp.host),
                 start_to_close_s=10,
                 retry=Retry.SHARED,
                 summary=f"is {self.inp.host} polled?",
-            )
-        except StepFailed as err:
-            yield Log(f"host presence unknown: {err.failure.message}", warning=True)
-            return False
-        return presence.polled
+            ),
+            "host presence unknown",
+        )
+        return presence is not None and presence.polled
 
     def _host_wait(self) -> float:
         # Long enough for a live worker to pick the task up, short enough to report a missing host.
@@ -480,14 +480,12 @@ class InstanceSteps:
         if task is not None and not task.done:
             yield CancelWarmUp()
         s.warm_here = False
-        try:
-            # Once: a worker that is shutting down stops its connectors itself, and one that is gone
-            # took its children with it (parent-death signal); the standby must not wait on it.
-            yield from self._host_step(Activity.CONNECTOR_DISCONNECT, timeout_s=15, retry=Retry.ONCE)
-        except StepFailed as err:
-            yield Log(
-                f"{self.wf_id}: warm connector not stopped ({reason}): {err.failure.message}", warning=True
-            )
+        # Once: a worker that is shutting down stops its connectors itself, and one that is gone
+        # took its children with it (parent-death signal); the standby must not wait on it.
+        yield from self._tolerated(
+            self._host_step(Activity.CONNECTOR_DISCONNECT, timeout_s=15, retry=Retry.ONCE),
+            f"{self.wf_id}: warm connector not stopped ({reason})",
+        )
 
     def _fail(self, reason: str) -> Proc:
         """Retries are exhausted: record lastError + an error event, stop the connector, recover to idle."""
@@ -500,10 +498,9 @@ class InstanceSteps:
         else:
             yield from self._patch(fields)
             yield from self._event(EventKind.ERROR, error=reason, state=s.state)
-        try:
-            yield from self._host_step(Activity.CONNECTOR_DISCONNECT, timeout_s=10)
-        except StepFailed as err:
-            yield Log(f"connector_disconnect after failure: {err.failure.message}", warning=True)
+        yield from self._tolerated(
+            self._host_step(Activity.CONNECTOR_DISCONNECT, timeout_s=10), "connector_disconnect after failure"
+        )
         for target in recovery_path(s.state):
             yield from self._transition(target)
 
@@ -511,10 +508,9 @@ class InstanceSteps:
         """Stop whatever runs, then let go of the claim (graceful worker shutdown)."""
         for target in release_path(self.s.state):
             if target is State.STOPPED:
-                try:
-                    yield from self._host_step(Activity.CONNECTOR_DISCONNECT, timeout_s=10)
-                except StepFailed as err:
-                    yield Log(f"connector_disconnect: {err.failure.message}", warning=True)
+                yield from self._tolerated(
+                    self._host_step(Activity.CONNECTOR_DISCONNECT, timeout_s=10), "connector_disconnect"
+                )
             yield from self._transition(target)
         yield from self._release_claim()
 
@@ -522,16 +518,26 @@ class InstanceSteps:
         s = self.s
         if s.claim is None or s.resolved is None:
             return
-        try:
-            yield Call(
+        yield from self._tolerated(
+            Call(
                 Activity.RELEASE_CLAIM,
                 ReleaseRequest(exchange_id=s.resolved.exchange.id, claim=s.claim),
                 start_to_close_s=10,
                 retry=Retry.DURABLE,
                 summary="release claim",
-            )
+            ),
+            "release failed (the TTL frees it)",
+        )
+
+    def _tolerated(self, step: Call | Proc, why: str) -> Proc:
+        """Run ``step`` (one activity, or a procedure); if it fails, log ``why`` with the reason and
+        answer None: for steps whose failure the caller rides out (the TTL frees a record, the
+        connector's own deadline stops it)."""
+        try:
+            return (yield step) if isinstance(step, Call) else (yield from step)
         except StepFailed as err:
-            yield Log(f"release failed (the TTL frees it): {err.failure.message}", warning=True)
+            yield Log(f"{why}: {err.failure.message}", warning=True)
+            return None
 
     def _host_step(
         self, activity: Activity, timeout_s: float = 120, *, standby: bool = False, retry: Retry = Retry.HOST
