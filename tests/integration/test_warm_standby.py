@@ -66,6 +66,18 @@ def env(line: dict[str, object]) -> dict[str, str]:
     return found
 
 
+def warm_child(log: Path) -> ConnectorSpec:
+    """A warm process connector (tests/connectors/child.py) that journals what it is told to ``log``."""
+    return ConnectorSpec.model_validate(
+        {
+            "kind": "process",
+            "command": child_command("--commands", "--journal", str(log), "--ready-after", "0.3"),
+            "ready_line": "READY",
+            "warm": True,
+        }
+    )
+
+
 def warm_failures(stream: list[dict[str, str]]) -> list[str]:
     return [e.get("error", "") for e in stream if e["event"] == "error" and "warm" in e.get("error", "")]
 
@@ -83,14 +95,7 @@ async def test_crash_promotes_the_warm_standby_by_activate_without_a_restart(
     procs = await start_workers(servers, worker_processes, a, b, c)
     ex_id = await exchange_id(servers, exchange)
     log = tmp_path / "children.jsonl"
-    spec = ConnectorSpec.model_validate(
-        {
-            "kind": "process",
-            "command": child_command("--commands", "--journal", str(log), "--ready-after", "0.3"),
-            "ready_line": "READY",
-            "warm": True,
-        }
-    )
+    spec = warm_child(log)
     await register(client, exchange, a, spec)
     await register(client, exchange, b, spec, standby=True, priority=5)  # ahead of c
     await wait_for(lambda: active_on(store, ex_id, a))
@@ -197,14 +202,7 @@ async def test_a_warm_standby_whose_child_dies_is_warmed_again_and_promoted_warm
     procs = await start_workers(servers, worker_processes, a, b)
     ex_id = await exchange_id(servers, exchange)
     log = tmp_path / "children.jsonl"
-    spec = ConnectorSpec.model_validate(
-        {
-            "kind": "process",
-            "command": child_command("--commands", "--journal", str(log), "--ready-after", "0.3"),
-            "ready_line": "READY",
-            "warm": True,
-        }
-    )
+    spec = warm_child(log)
     await register(client, exchange, a, spec)
     await register(client, exchange, b, spec, standby=True)
     await wait_for(lambda: active_on(store, ex_id, a))
