@@ -600,6 +600,7 @@ class InstanceSteps:
         else:
             yield from self._patch(fields)
             yield from self._event(EventKind.STATE_TRANSITION, from_state=previous, to_state=target, at=at)
+        yield Log(f"{self.wf_id}: {previous.value} → {target.value}")
         yield Search(state=target)
         yield self._details()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 
 import pytest
@@ -25,7 +26,9 @@ async def test_worker_logs_json_lines_and_a_graceful_stop_without_traceback(
     store: RedisStore,
     exchange: str,
     worker_processes: list[WorkerProcess],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="temporalio.workflow")
     host = host_name("logs")
     worker = WorkerProcess(servers, host, PERSEUS_LOG_FORMAT="json", PERSEUS_LOG_LEVEL="INFO")
     worker_processes.append(worker)
@@ -50,3 +53,18 @@ async def test_worker_logs_json_lines_and_a_graceful_stop_without_traceback(
     assert any(level == "INFO" and msg.startswith(f"worker for host {host} polling") for level, msg in said)
     assert ("INFO", f"worker for host {host} stopped") in said, said
     assert not [r for r in records if r["level"] in ("ERROR", "CRITICAL")], said
+
+    # The workflow (run by the shared worker, in this process) said one line per decision of its
+    # loop and one per transition, each naming the instance.
+    wf = f"instance-{exchange}-{host}"
+    decided = [
+        r.getMessage() for r in caplog.records if r.name == "temporalio.workflow" and wf in r.getMessage()
+    ]
+    for line in (
+        f"{wf}: command (idle)",
+        f"{wf}: idle → starting",
+        f"{wf}: warming → active",
+        f"{wf}: host going down",
+    ):
+        assert any(m.startswith(line) for m in decided), (line, decided)
+    assert sum("→" in m for m in decided) == len({m for m in decided if "→" in m})  # each said once
