@@ -35,7 +35,10 @@ def edge(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             return await fn(*args, **kwargs)
         except PerseusError as exc:
             name = type(exc).__name__
-            log.log(logging.WARNING if exc.retryable else logging.INFO, "%s: %s: %s", fn.__name__, name, exc)
+            if not exc.reported:
+                log.log(
+                    logging.WARNING if exc.retryable else logging.INFO, "%s: %s: %s", fn.__name__, name, exc
+                )
             details = () if exc.details is None else (exc.details,)
             raise ApplicationError(
                 str(exc),

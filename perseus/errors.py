@@ -57,6 +57,9 @@ class PerseusError(Exception):
     details: object | None = None
     #: The CLI's exit status for this error (DESIGN §2.4); subclasses say when it is not "refused".
     exit_code: int = 1
+    #: Already told the operator where it happened (one line per event): the activity edge does
+    #: not log it again.
+    reported: bool = False
 
 
 class ConfigError(PerseusError):

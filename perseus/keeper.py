@@ -408,6 +408,7 @@ class LeaseKeeper:
             # The usual end of a graceful stop, shutdown or handoff: the workflow stopped the
             # connector and released the key; this loop merely noticed.
             log.info("%s: claim at epoch %s released", req.workflow_id, req.claim.epoch)
+            why.reported = True  # this line is the event; the lease's edge need not say it again
         else:
             log.warning("%s: %s", req.workflow_id, why)
 

@@ -53,6 +53,11 @@ async def test_worker_logs_json_lines_and_a_graceful_stop_without_traceback(
     assert any(level == "INFO" and msg.startswith(f"worker for host {host} polling") for level, msg in said)
     assert ("INFO", f"worker for host {host} stopped") in said, said
     assert not [r for r in records if r["level"] in ("ERROR", "CRITICAL")], said
+    # The release at shutdown is at most one line here, said by the keeper if it noticed before the
+    # worker stopped (the workflow says it anyway), never again as a lost claim by the lease.
+    released = [m for _, m in said if "claim at epoch" in m and "released" in m]
+    assert len(released) <= 1, said
+    assert not [m for _, m in said if "ClaimMissing" in m], said
 
     # The workflow (run by the shared worker, in this process) said one line per decision of its
     # loop and one per transition, each naming the instance.
