@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from temporalio.client import Client
@@ -46,25 +47,32 @@ async def test_status_links_each_instance_to_the_web_ui_and_never_prints_markup(
     )
 
 
-def test_watch_redraws_until_interrupted_and_refuses_bad_values(servers: Servers) -> None:
+def test_watch_redraws_until_interrupted_and_refuses_bad_values(servers: Servers, tmp_path: Path) -> None:
     for args in (["--watch", "0.01"], ["--watch", "2", "--json"]):
         done = perseus(servers, "status", *args)
         assert done.returncode == 2 and done.stderr.startswith("error: --watch"), done.stderr
-    proc = subprocess.Popen(
-        [PERSEUS, "status", "--watch", "0.5"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=servers.env(COLUMNS="200"),
-        cwd=ROOT,
-    )
-    try:
-        time.sleep(5)  # start-up plus a few redraws
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with out.open("w") as stdout_file, err.open("w") as stderr_file:
+        proc = subprocess.Popen(
+            [PERSEUS, "status", "--watch", "0.5"],
+            stdout=stdout_file,
+            stderr=stderr_file,
+            text=True,
+            env=servers.env(COLUMNS="200"),
+            cwd=ROOT,
+        )
+        try:
+            # Until it has drawn twice (its start-up is slow on a busy machine): then interrupt it.
+            deadline = time.monotonic() + 60
+            while err.read_text().count("server time") < 2 and time.monotonic() < deadline:
+                assert proc.poll() is None, err.read_text()
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    stdout, stderr = out.read_text(), err.read_text()
     assert stderr.count("server time") >= 2, stderr  # drawn more than once
     assert "Traceback" not in stderr and stdout.count("exchange") >= 2
