@@ -12,7 +12,9 @@ row from the ``exchange`` fixture, so they never see each other's claims or stre
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -195,6 +197,12 @@ def perseus(
     )
 
 
+def _killed_with_this_process() -> None:
+    """In the child: SIGKILL it when the test process dies (a crashed run must leave no worker
+    behind; SIGKILL also ends one that a chaos fault left stopped)."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class WorkerProcess:
     """``perseus worker --host H`` as a child process, for tests that kill or stop a host."""
 
@@ -220,6 +228,7 @@ class WorkerProcess:
             env=servers.env(**env),
             cwd=ROOT,
             start_new_session=True,
+            preexec_fn=_killed_with_this_process,
         )
 
     async def ready(self, timeout: float = 30) -> None:
