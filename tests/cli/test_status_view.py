@@ -58,7 +58,7 @@ def test_watch_redraws_until_interrupted_and_refuses_bad_values(servers: Servers
             stdout=stdout_file,
             stderr=stderr_file,
             text=True,
-            env=servers.env(COLUMNS="200"),
+            env=servers.env(COLUMNS="200", PYTHONFAULTHANDLER="1"),
             cwd=ROOT,
         )
         try:
@@ -68,7 +68,12 @@ def test_watch_redraws_until_interrupted_and_refuses_bad_values(servers: Servers
                 assert proc.poll() is None, err.read_text()
                 time.sleep(0.1)
             proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=20)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGABRT)  # faulthandler: where it hangs, for the report
+                proc.wait(timeout=10)
+                raise AssertionError(f"no exit 20 s after Ctrl-C: {err.read_text()[-8000:]}") from None
         finally:
             if proc.poll() is None:
                 proc.kill()
