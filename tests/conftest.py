@@ -191,7 +191,17 @@ async def exchange_id(servers: Servers, name: str) -> int:
 def perseus(
     servers: Servers, *args: str, timeout: float = 120, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real ``perseus`` command line against the test servers."""
+    """Run the real ``perseus`` command line against the test servers.
+
+    Refused inside a running event loop: a blocking call there stalls the in-process shared worker,
+    whose 1 s leases then expire (a CI run lost a claim that way). Async tests call it through
+    ``asyncio.to_thread``."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("perseus() blocks the event loop: use `await asyncio.to_thread(perseus, ...)`")
     return subprocess.run(
         [PERSEUS, *args], capture_output=True, text=True, timeout=timeout, env=servers.env(**env), cwd=ROOT
     )

@@ -3,6 +3,7 @@ link, and `--watch` redrawing until interrupted."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -34,11 +35,13 @@ async def test_status_links_each_instance_to_the_web_ui_and_never_prints_markup(
     ex_id = await exchange_id(servers, exchange)
     await wait_for(lambda: active_on(store, ex_id, shared_worker))  # type: ignore[arg-type]
     ui = "http://ui.example:8233"
-    done = perseus(servers, "status", exchange, "--json", PERSEUS_TEMPORAL_UI_URL=ui)
+    done = await asyncio.to_thread(perseus, servers, "status", exchange, "--json", PERSEUS_TEMPORAL_UI_URL=ui)
     assert done.returncode == 0, done.stderr
     item = json.loads(done.stdout)
     assert item["webUi"] == f"{ui}/namespaces/default/workflows/instance-{exchange}-{shared_worker}"
-    table = perseus(servers, "status", exchange, PERSEUS_TEMPORAL_UI_URL=ui, COLUMNS="400")
+    table = await asyncio.to_thread(
+        perseus, servers, "status", exchange, PERSEUS_TEMPORAL_UI_URL=ui, COLUMNS="400"
+    )
     assert table.returncode == 0, table.stderr
     assert f"instance-{exchange}-{shared_worker}" in table.stdout
     assert "[green]" not in table.stdout and "[/" not in table.stdout  # styles, never literal markup
