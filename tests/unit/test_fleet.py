@@ -22,6 +22,8 @@ from perseus.fleet import (
 )
 from perseus.models import ConnectorSpec
 
+pytestmark = pytest.mark.unit
+
 KNOWN = ["binance", "coinbase", "kraken", "kucoin"]
 
 GOOD = """
