@@ -262,7 +262,8 @@ class HostActivities:
     @activity.defn(name="hold_standby")
     @edge
     async def hold_standby(self, req: StandbyLeaseRequest) -> StandbyOutcome:
-        """Attach to this host's renewals of a standby record; return when the exchange falls vacant.
+        """Attach to this host's renewals of a standby record; return when the exchange falls vacant
+        or its holder's key is seen unrenewed past the holder's renew deadline plus the margin.
 
         Like :meth:`hold_lease`, the renewals run in the keeper and outlive the activity, except
         when the workflow itself cancels the watch (promotion, shutdown, continue-as-new).
@@ -274,12 +275,13 @@ class HostActivities:
                 while True:
                     if watched.ended is not None:
                         raise watched.ended
-                    if watched.vacant:
+                    if watched.vacant or watched.holder_silent:
                         return StandbyOutcome(
                             vacant=True,
                             last_epoch=watched.last_epoch,
                             after_outage=watched.after_outage,
                             lapsed=watched.holder_past_deadline,
+                            holder_silent=watched.holder_silent and not watched.vacant,
                         )
                     if watched.warm_lost:
                         watched.warm_lost = False  # reported once: the workflow warms it up again

@@ -11,6 +11,7 @@ from temporalio import activity
 
 from activities.edge import edge
 from perseus import metrics
+from perseus.decisions import RELEASE_MARGIN, RENEW_DEADLINE_INTERVALS
 from perseus.errors import ConfigError, ServiceUnavailable
 from perseus.keys import retention_min_id
 from perseus.models import (
@@ -76,10 +77,21 @@ async def take_claim(store: RedisStore, catalog: Catalog, req: ClaimRequest) -> 
     floor = max(req.highest_epoch, await catalog.epoch_floor(status.exchange_id))
     epoch = await store.next_epoch(status.exchange_id, floor)
     payload = status.model_copy(update={"epoch": epoch}).wire()
-    reply = await store.claim(status.exchange_id, payload, status.ttl_ms)
+    over = RENEW_DEADLINE_INTERVALS + RELEASE_MARGIN if req.take_lapsed else 0.0
+    reply = await store.claim(status.exchange_id, payload, status.ttl_ms, take_lapsed_after=over)
     if reply.outcome == "claimed":
         await catalog.raise_epoch(status.exchange_id, epoch)
         return ClaimResult(claimed=True, epoch=epoch)
+    if reply.outcome == "taken":
+        await catalog.raise_epoch(status.exchange_id, epoch)
+        gone = reply.previous.record if reply.previous is not None else None
+        whom = f"{gone.hostname} (epoch {gone.epoch})" if gone is not None else "an unreadable record"
+        log.info(
+            "%s: took over the claim of %s, unrenewed past its renew deadline",
+            status.exchange_name,
+            whom,
+        )
+        return ClaimResult(claimed=True, epoch=epoch, took_over=whom)
     if reply.outcome == "self":
         # Our own record (the script matched its instanceId), written by an earlier attempt.
         ours = reply.holder.record

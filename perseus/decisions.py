@@ -7,7 +7,8 @@ Redis proves), asks here, and carries out the answer. The invariants these funct
 1. **A claim is freed early only when Redis proves its holder stopped.** A heartbeat timeout proves
    nothing about Redis: the host may have lost only Temporal. A claim unrenewed for longer than the
    renew deadline (2 intervals, plus a margin) is one whose connector its keeper or watchdog has
-   already stopped, so releasing it cannot put two connectors on one exchange.
+   already stopped, so releasing it — or a standby claiming over it — cannot put two connectors on
+   one exchange.
 2. **A lost claim outranks everything.** The loop handles a finished lease before the host going
    down, promotions, commands or continue-as-new, so nothing is done on the strength of a claim
    that is gone.
@@ -176,8 +177,27 @@ def past_renew_deadline(pttl_ms: int, interval_s: float) -> bool:
     unrenewed past its holder's renew deadline plus the margin — :func:`judge_claim`'s STOPPED,
     told by the time left instead of the time since the renewal (the key lives TTL_FACTOR
     intervals from each renewal)."""
+    return lapses_in_s(pttl_ms, interval_s) < 0
+
+
+def lapses_in_s(pttl_ms: int, interval_s: float) -> float:
+    """Seconds until a claim with ``pttl_ms`` left to live passes its holder's renew deadline plus
+    the margin (negative: it has). A standby's watch looks again at that moment rather than at its
+    next beat, up to an interval later: at short intervals that wait is most of the failover."""
     renewed_ms_ago = TTL_FACTOR * interval_s * 1000 - pttl_ms
-    return renewed_ms_ago > (RENEW_DEADLINE_INTERVALS + RELEASE_MARGIN) * interval_s * 1000
+    return ((RENEW_DEADLINE_INTERVALS + RELEASE_MARGIN) * interval_s * 1000 - renewed_ms_ago) / 1000
+
+
+def takes_over_lapsed(*, past_deadline: bool, after_outage: bool) -> bool:
+    """Whether a standby may claim over a key that is still there but unrenewed past its holder's
+    renew deadline plus the margin, instead of waiting for the TTL to remove it (invariant 1: the
+    holder's keeper or watchdog has stopped its connector by then).
+
+    Not right after Redis was away: a Redis restored from an append-only file may have lost the
+    holder's last acknowledged renewals, so its key can look older than the holder knows it is —
+    that case waits for the TTL and the holder's head start (invariant 4), as before.
+    """
+    return past_deadline and not after_outage
 
 
 def restart_delay(policy: str, restarts: int, max_restarts: int, backoff_s: float) -> float | None:

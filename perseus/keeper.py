@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from perseus import metrics
-from perseus.decisions import past_renew_deadline, runs_without_claim
+from perseus.decisions import lapses_in_s, past_renew_deadline, runs_without_claim, takes_over_lapsed
 from perseus.errors import (
     ClaimLost,
     ClaimMissing,
@@ -64,7 +64,7 @@ from perseus.models import (
 if TYPE_CHECKING:
     from perseus.connectors.base import Connector, ConnectorHost
     from perseus.connectors.watchdog import Watchdog
-    from perseus.store.redis_store import FenceReply, RedisStore, StatusRead
+    from perseus.store.redis_store import FenceReply, HolderEpoch, RedisStore, StatusRead
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,9 @@ DETACHED_INTERVALS = 3.0
 DETACHED_FLOOR_S = 10.0
 #: A loop that survived a cancellation is cancelled again this often until it ends.
 RECANCEL_S = 0.05
+#: A standby looks at its holder's key this long after the moment it should pass its renew deadline
+#: plus the margin: Redis's PTTL is in whole milliseconds, and a look a hair early finds nothing.
+LAPSE_LOOK_S = 0.005
 
 
 class _Beat:
@@ -168,6 +171,12 @@ class WatchedStandby(_Loop):
     #: the margin): its connector has stopped, and its keeper renews no more. Kept when the key then
     #: vanishes — that vacancy is the TTL running out, not Redis losing a live holder's key.
     holder_past_deadline: bool = False
+    #: ...and that was no Redis outage, and the holder's record says its interval: the watch ends
+    #: and its workflow claims over the key (``decisions.takes_over_lapsed``).
+    holder_silent: bool = False
+    #: Monotonic time at which the holder's key, as last seen, passes its renew deadline plus the
+    #: margin: the watch looks again then (None: nothing to look for).
+    lapse_at: float | None = None
     #: Monotonic time of the last renewal that failed (Redis unreachable or too slow).
     last_failure: float = float("-inf")
     #: A warm standby's connector was seen warm and ready at a renewal.
@@ -499,13 +508,7 @@ class LeaseKeeper:
                     )
                     watched.beat.pulse()
                     return
-                watched.vacant = not holder.held
-                if holder.held:
-                    watched.holder_past_deadline = holder.pttl_ms is not None and past_renew_deadline(
-                        holder.pttl_ms, interval
-                    )
-                if holder.epoch is not None:
-                    watched.last_epoch = max(watched.last_epoch, holder.epoch)
+                self._saw(watched, holder)
             watched.beat.pulse()
             if await self._orphaned(watched):
                 # A warm standby's connector has nobody left to promote it.
@@ -516,7 +519,57 @@ class LeaseKeeper:
                 watched.beat.pulse()
                 return
             due += interval
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            await self._look_until(watched, due)
+
+    def _saw(self, watched: WatchedStandby, holder: HolderEpoch) -> None:
+        """What a look at the status key tells the watch (invariant 4 of :mod:`perseus.decisions`:
+        only a key unrenewed past its holder's own deadline, outside a Redis outage, is claimed over).
+        """
+        watched.vacant = not holder.held
+        if holder.held:
+            every = holder.interval_s or watched.interval_s
+            past = holder.pttl_ms is not None and past_renew_deadline(holder.pttl_ms, every)
+            watched.holder_past_deadline = past
+            watched.holder_silent = holder.interval_s is not None and takes_over_lapsed(
+                past_deadline=past, after_outage=watched.after_outage
+            )
+            watched.lapse_at = (
+                time.monotonic() + lapses_in_s(holder.pttl_ms, every)
+                if holder.pttl_ms is not None and not past
+                else None
+            )
+        else:
+            watched.holder_silent, watched.lapse_at = False, None
+        if holder.epoch is not None:
+            watched.last_epoch = max(watched.last_epoch, holder.epoch)
+
+    async def _look_until(self, watched: WatchedStandby, due: float) -> None:
+        """Sleep until the next renewal is ``due``, but look at the holder's key once more at the
+        moment it would pass its renew deadline plus the margin, if that comes first: a dead holder
+        is then seen at once, not up to an interval later (at a 1 s interval, a third of the TTL)."""
+        lapse_at = watched.lapse_at
+        if lapse_at is not None and lapse_at + LAPSE_LOOK_S < due:
+            await asyncio.sleep(max(0.0, lapse_at + LAPSE_LOOK_S - time.monotonic()))
+            req = watched.request
+            assert req is not None
+            try:
+                async with asyncio.timeout(watched.interval_s / 2):
+                    holder = await self._store.holder(req.record.exchange_id)
+            except Exception as exc:  # noqa: BLE001 - a failed look is a failed renewal (outage)
+                watched.last_failure = time.monotonic()
+                log.warning(
+                    "standby %s: could not look at the holder: %s", watched.workflow_id, exc or "timeout"
+                )
+            else:
+                self._saw(watched, holder)
+                if watched.holder_silent:
+                    log.info(
+                        "standby %s: the holder (epoch %s) is past its renew deadline",
+                        watched.workflow_id,
+                        holder.epoch,
+                    )
+                    watched.beat.pulse()
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
 
     # --- shared --------------------------------------------------------------------------------
 

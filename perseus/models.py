@@ -424,6 +424,9 @@ class Identity(BaseModel):
 class ClaimRequest(BaseModel):
     status: InstanceStatus
     highest_epoch: int
+    #: A standby whose watch saw the holder unrenewed past its renew deadline plus the margin: the
+    #: claim may take the key over instead of waiting for its TTL (``decisions.takes_over_lapsed``).
+    take_lapsed: bool = False
 
 
 class HostClaimRequest(BaseModel):
@@ -443,6 +446,8 @@ class ClaimResult(BaseModel):
     holder: InstanceStatus | None = None
     holder_ttl_ms: int | None = None
     message: str | None = None
+    #: Claimed over a lapsed holder (``ClaimRequest.take_lapsed``): whom, and at which epoch.
+    took_over: str | None = None
 
 
 class StatusPatch(BaseModel):
@@ -638,6 +643,10 @@ class StandbyOutcome(BaseModel):
     #: A warm standby's connector, once ready, stopped while it waited: warm it up again (and a
     #: promotion meanwhile starts cold). Absent from watches that ended before it existed.
     warm_lost: bool = False
+    #: With ``vacant`` and ``lapsed``: the holder's key is still there, unrenewed past its renew
+    #: deadline plus the margin — claim over it now rather than wait for its TTL. Absent from
+    #: watches that ended before it existed.
+    holder_silent: bool = False
 
 
 class StandbyQuery(BaseModel):
@@ -663,6 +672,8 @@ class PromoteRequest(BaseModel):
     #: Seconds to wait between the claim and acting: after a vacancy the old holder may act until
     #: its renew deadline (``decisions.act_after_vacancy_s``); 0 when its workflow let go first.
     act_after_s: float = 0.0
+    #: The holder's key is there but lapsed (``StandbyOutcome.holder_silent``): claim over it.
+    take_lapsed: bool = False
 
 
 class HandoffConfirm(BaseModel):

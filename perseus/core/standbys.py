@@ -89,11 +89,16 @@ class StandbyProcedures(InstanceSteps):
             lapsed = outcome.lapsed and (yield Patched("lapsed-key-acts-at-once"))
             yield from self._promote(
                 PromoteRequest(
-                    reason="the holder's claim expired (TTL)",
+                    reason=(
+                        "the holder stopped renewing its claim (past its renew deadline)"
+                        if outcome.holder_silent
+                        else "the holder's claim expired (TTL)"
+                    ),
                     min_epoch=outcome.last_epoch,
                     act_after_s=(
                         act_after_vacancy_s(self.inp.heartbeat_interval_s, lapsed=lapsed) if hold else 0.0
                     ),
+                    take_lapsed=outcome.holder_silent,
                 )
             )
         return True
@@ -111,7 +116,7 @@ class StandbyProcedures(InstanceSteps):
         """
         s = self.s
         s.highest_epoch = max(s.highest_epoch, req.min_epoch)
-        result = yield from self._claim(quiet=True)
+        result = yield from self._claim(quiet=True, take_lapsed=req.take_lapsed)
         if result is None:
             if req.confirm_to:
                 yield from self._reply(req.confirm_to, ok=False, detail="the exchange was not free to claim")
@@ -139,7 +144,8 @@ class StandbyProcedures(InstanceSteps):
         how = ""
         if warm:
             how = f" (warm: {'activated' if cold_because is None else 'not activated'})"
-        yield from self._event(EventKind.PROMOTED, detail=req.reason + how)
+        over = f"; claimed over {result.took_over}" if result.took_over else ""
+        yield from self._event(EventKind.PROMOTED, detail=req.reason + over + how)
         for target in recovery_path(s.state):  # a former active one may still read stopped
             yield from self._transition(target)
         if warm and cold_because is None:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
@@ -57,19 +57,33 @@ CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 # "take it" (Livermore's NX-then-GET race). A key we already hold (same instanceId: a retried
 # activity) is reported as ours. A key with no TTL can only be a ghost from a buggy writer: it is
 # replaced rather than honoured, since it would otherwise block the exchange forever.
+# With ARGV[4] > 0 (a standby whose watch saw the holder go silent), a key its holder left unrenewed
+# for more than ARGV[4] of its own intervals — past its renew deadline plus the margin, told by the
+# record's own ttlMs and heartbeatIntervalMs and Redis's clock — is taken over ('taken', with the
+# old record): that holder's connector has stopped, and waiting for the TTL only adds a gap.
 _CLAIM = """
 local cur = redis.call('GET', KEYS[1])
+local lapsed = false
 if cur then
   local pttl = redis.call('PTTL', KEYS[1])
   local ok, doc = pcall(cjson.decode, cur)
   if ok and type(doc) == 'table' and doc['instanceId'] == ARGV[3] then
     return {'self', cur, pttl}
   end
-  if pttl ~= -1 then
+  local limit = tonumber(ARGV[4])
+  if limit > 0 and pttl > 0 and ok and type(doc) == 'table' then
+    local ttl = tonumber(doc['ttlMs'])
+    local every = tonumber(doc['heartbeatIntervalMs'])
+    lapsed = ttl ~= nil and every ~= nil and every > 0 and ttl - pttl > limit * every
+  end
+  if pttl ~= -1 and not lapsed then
     return {'held', cur, pttl}
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if lapsed then
+  return {'taken', ARGV[1], tonumber(ARGV[2]), cur}
+end
 return {'claimed', ARGV[1], tonumber(ARGV[2])}
 """
 
@@ -336,6 +350,7 @@ class StatusRead:
 
 class _EpochOnly(BaseModel):
     epoch: int | None = None
+    interval_ms: int | None = Field(default=None, alias="heartbeatIntervalMs")
 
 
 @dataclass(frozen=True)
@@ -352,6 +367,8 @@ class HolderEpoch:
     epoch: int | None = None
     #: The status key's remaining time to live (Redis's clock); None when nothing holds it.
     pttl_ms: int | None = None
+    #: The holder's own heartbeat interval (None: its record does not say — Livermore's).
+    interval_s: float | None = None
 
     @classmethod
     def parse(cls, raw: str | None, pttl_ms: int | None = None) -> HolderEpoch:
@@ -359,17 +376,21 @@ class HolderEpoch:
             return cls(held=False)
         ttl = pttl_ms if pttl_ms is not None and pttl_ms >= 0 else None
         try:
-            return cls(held=True, epoch=_EpochOnly.model_validate_json(raw).epoch, pttl_ms=ttl)
+            doc = _EpochOnly.model_validate_json(raw)
         except ValidationError:
             return cls(held=True, pttl_ms=ttl)
+        every = doc.interval_ms / 1000 if doc.interval_ms is not None and doc.interval_ms > 0 else None
+        return cls(held=True, epoch=doc.epoch, pttl_ms=ttl, interval_s=every)
 
 
 @dataclass(frozen=True)
 class ClaimReply:
     """A claim's outcome, and the record in the key now: ours (``claimed``, ``self``) or the holder's."""
 
-    outcome: Literal["claimed", "self", "held"]
+    outcome: Literal["claimed", "taken", "self", "held"]
     holder: StatusRead
+    #: The lapsed holder's record a ``taken`` claim replaced.
+    previous: StatusRead | None = None
 
     @property
     def pttl_ms(self) -> int:
@@ -450,13 +471,22 @@ class RedisStore:
     async def next_epoch(self, exchange_id: int, floor: int) -> int:
         return int(await self._run(self._next_epoch(keys=[epoch_key(exchange_id)], args=[floor])))
 
-    async def claim(self, exchange_id: int, payload: dict[str, object], ttl_ms: int) -> ClaimReply:
-        outcome, raw, pttl = await self._run(
+    async def claim(
+        self, exchange_id: int, payload: dict[str, object], ttl_ms: int, *, take_lapsed_after: float = 0.0
+    ) -> ClaimReply:
+        """Claim the status key if it is free (or ours already).
+
+        ``take_lapsed_after`` (intervals; 0: never): also take it over from a holder that has not
+        renewed it for longer than that many of its own intervals (outcome ``taken``, the old record
+        in ``previous``)."""
+        outcome, raw, pttl, *previous = await self._run(
             self._claim(
-                keys=[status_key(exchange_id)], args=[json.dumps(payload), ttl_ms, str(payload["instanceId"])]
+                keys=[status_key(exchange_id)],
+                args=[json.dumps(payload), ttl_ms, str(payload["instanceId"]), take_lapsed_after],
             )
         )
-        return ClaimReply(outcome=outcome, holder=StatusRead.parse(raw, int(pttl)))
+        before = StatusRead.parse(previous[0], -1) if previous else None
+        return ClaimReply(outcome=outcome, holder=StatusRead.parse(raw, int(pttl)), previous=before)
 
     async def fenced(
         self,
@@ -710,6 +740,15 @@ class RedisStore:
             pipe.pttl(status_key(exchange_id))
             written, _, raw, pttl = await self._run(pipe.execute())
         return bool(written), HolderEpoch.parse(raw, pttl)
+
+    async def holder(self, exchange_id: int) -> HolderEpoch:
+        """Who holds the exchange, at which epoch and for how much longer: a standby's extra look at
+        the moment the holder it watches would pass its renew deadline."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.get(status_key(exchange_id))
+            pipe.pttl(status_key(exchange_id))
+            raw, pttl = await self._run(pipe.execute())
+        return HolderEpoch.parse(raw, int(pttl))
 
     async def standbys(self, exchange_id: int) -> list[StandbyRecord]:
         """Live standby records, highest priority first; index members whose key expired are pruned,

@@ -164,6 +164,34 @@ async def test_a_watch_tells_a_key_that_ran_out_from_one_that_vanished_while_ren
         await keeper.close()
 
 
+async def test_a_watch_sees_a_silent_holder_at_its_deadline_not_at_its_next_beat(store: RedisStore) -> None:
+    """A holder that stops renewing is seen the moment its key passes the holder's renew deadline plus
+    the margin (Redis's clock), while the key is still there: the watch looks then, not at its next
+    beat. Never earlier: the key's age is past the deadline whenever the watch says so."""
+    interval = 2.0
+    exchange_id = 900_000 + uuid.uuid4().int % 100_000
+    doc = {"instanceId": "silent", "epoch": 3, "hostname": "k", "ttlMs": 6000, "heartbeatIntervalMs": 2000}
+    await store.client.set(status_key(exchange_id), json.dumps(doc), px=6000)  # its last renewal
+    keeper = LeaseKeeper(store, ConnectorHost())
+    base = standby_request(exchange_id)
+    req = base.model_copy(update={"heartbeat_interval_s": interval})
+    try:
+        watched = keeper.watch(req)
+        with keeper.attached(watched):
+            await asyncio.sleep(0.1)
+            assert watched.request is not None and not watched.holder_silent and not watched.vacant
+            for _ in range(200):
+                if watched.holder_silent or watched.vacant:
+                    break
+                await watched.beat.wait(0.05)
+            pttl = await store.client.pttl(status_key(exchange_id))
+            assert watched.holder_silent and not watched.vacant, "seen only once the key was gone"
+            assert 0 < pttl < 6000 - 2.1 * 2000  # past the deadline + margin, before the TTL
+        keeper.stop_watching(watched)
+    finally:
+        await keeper.close()
+
+
 class Deadlines:
     """Stands in for the watchdog process: notes the deadlines it is handed."""
 

@@ -13,7 +13,7 @@ from temporalio.client import Client
 
 from perseus import control
 from perseus.errors import ClaimConflict, InvalidTransition, PerseusError
-from perseus.keys import standby_index_key, workflow_id
+from perseus.keys import standby_index_key, status_key, workflow_id
 from perseus.lifecycle import Command
 from perseus.store.redis_store import RedisStore
 from tests.conftest import Servers, WorkerProcess, exchange_id, perseus
@@ -127,6 +127,56 @@ async def test_crash_of_the_active_promotes_the_best_standby(
     assert snap["role"] == "standby" if isinstance(snap, dict) else snap.role == "standby"
     for h in (high, low):
         await control.command(client, exchange=exchange, host=h, default_host=h, command=Command.SHUTDOWN)
+
+
+async def test_a_standby_claims_over_a_holder_that_stopped_renewing_before_its_key_expires(
+    servers: Servers, shared_worker: str, client: Client, store: RedisStore, exchange: str
+) -> None:
+    """The holder here is a bare status key that some test code renews, then stops renewing (a
+    host that died with no workflow left to notice): the standby's watch sees it pass its renew
+    deadline plus the margin, and the claim takes it over while the key is still there."""
+    interval = 2.0  # deadline + margin at 4.2 s, TTL 6 s: room for the promotion on a busy machine
+    ex_id = await exchange_id(servers, exchange)
+    stamp = "2026-01-01T00:00:00.000Z"
+    dead = {
+        "exchangeId": ex_id,
+        "exchangeName": exchange,
+        "hostname": "h-dead",
+        "connectionState": "active",
+        "lastHeartbeat": stamp,
+        "lastStateChange": stamp,
+        "registeredAt": stamp,
+        "instanceId": str(uuid.uuid4()),
+        "epoch": 1,
+        "heartbeatIntervalMs": int(interval * 1000),
+        "ttlMs": int(3 * interval * 1000),
+    }
+
+    async def renew() -> None:
+        await store.client.set(status_key(ex_id), json.dumps(dead), px=int(3 * interval * 1000))
+
+    await renew()
+    registered = await control.register(
+        client,
+        exchange=exchange,
+        host=shared_worker,
+        admin_email=None,
+        heartbeat_interval_s=interval,
+        start=False,
+        standby=True,
+    )
+    standby = f"exchange:{ex_id}:standby:{registered.instance_id}"
+    await wait_for(lambda: store.client.exists(standby))
+    await renew()  # the holder's last renewal: from now on it is silent
+    doc = await wait_for(lambda: active_on(store, ex_id, shared_worker), timeout=60)
+    assert int(str(doc["epoch"])) > 1
+    promoted = [e for e in await events(store, exchange) if e["event"] == "promoted"]
+    assert len(promoted) == 1
+    # Claimed over the silent holder's key ("taken"), not after its TTL removed it.
+    assert "claimed over h-dead (epoch 1)" in promoted[0].get("detail", ""), promoted[0]
+    await control.command(
+        client, exchange=exchange, host=shared_worker, default_host=shared_worker, command=Command.SHUTDOWN
+    )
 
 
 async def test_planned_handoff_and_back(

@@ -110,3 +110,40 @@ async def test_entries_older_than_90_days_are_trimmed_by_the_next_write(store: R
     left = await store.events(name)
     assert [f["event"] for _, f in left].count("old") < 150
     assert left[0][1]["eventId"] == "new"
+
+
+async def test_a_claim_takes_over_a_key_left_unrenewed_past_its_holders_deadline_only_when_asked(
+    store: RedisStore,
+) -> None:
+    """The holder's own ttlMs and heartbeatIntervalMs, and Redis's clock, tell a lapsed key (unrenewed
+    for more than 2.1 of its intervals) from a live one; only a claim that asks takes one over."""
+
+    stamp = "2026-01-01T00:00:00.000Z"
+    dead = {
+        **payload("dead", 3),
+        **{"exchangeId": 1, "exchangeName": "x", "lastHeartbeat": stamp, "lastStateChange": stamp},
+        **{"registeredAt": stamp, "ttlMs": 3000, "heartbeatIntervalMs": 1000},
+    }
+
+    async def holding(doc: dict[str, object] | str, pttl_ms: int) -> int:
+        ex = fresh_id()
+        raw = doc if isinstance(doc, str) else json.dumps(doc)
+        await store.client.set(status_key(ex), raw, px=pttl_ms)
+        return ex
+
+    lapsed = await holding(dead, 850)  # renewed 2.15 s ago: past 2 s + the 0.1 s margin
+    assert (await store.claim(lapsed, payload("b", 4), 3000)).outcome == "held"  # not asked: waits
+    taken = await store.claim(lapsed, payload("b", 4), 3000, take_lapsed_after=2.1)
+    assert taken.outcome == "taken"
+    assert taken.previous is not None and taken.previous.record is not None
+    assert taken.previous.record.instance_id == "dead" and taken.previous.record.epoch == 3
+    assert json.loads(str(await store.client.get(status_key(lapsed))))["instanceId"] == "b"
+    assert 2900 < await store.client.pttl(status_key(lapsed)) <= 3000  # a fresh TTL of its own
+
+    # Still within the margin, a record that does not say its interval (Livermore's), one that
+    # cannot be read: held, whatever the claimant asks.
+    for doc, pttl_ms in ((dead, 950), (payload("livermore", 0), 100), ("{not json", 100)):
+        ex = await holding(doc, pttl_ms)
+        reply = await store.claim(ex, payload("c", 5), 3000, take_lapsed_after=2.1)
+        assert reply.outcome == "held", doc
+        assert '"c"' not in str(await store.client.get(status_key(ex)))

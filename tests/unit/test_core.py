@@ -120,6 +120,9 @@ class HistoryLong:
 Event = Cmd | Handoff | LeaseEnds | Promote | HostDown | HistoryLong
 
 
+SILENT_HOLDER = "host-dead (epoch 3)"
+
+
 @dataclass
 class World:
     """Redis, the host and the other workflows, as far as the core can tell."""
@@ -142,6 +145,9 @@ class World:
     released_after_failure: bool = False
     #: Our own host's warm standby connector is up and warm.
     warm_child: bool = False
+    #: A holder whose key is still there, unrenewed past its deadline: only a claim that asks to
+    #: take a lapsed key over gets it.
+    silent_holder: str | None = None
 
     def standbys(self) -> list[StandbyRecord]:
         return [
@@ -241,6 +247,8 @@ class World:
                     self.warm_child = False
                 if event.renewed_ms_ago is None:
                     self.holder = "someone-else"
+                if isinstance(event.result, StandbyOutcome) and event.result.holder_silent:
+                    self.holder = self.silent_holder = SILENT_HOLDER
             case Promote():
                 core.on_promote(
                     PromoteRequest(reason="test", min_epoch=self.epoch, confirm_to=event.confirm_to)
@@ -265,10 +273,11 @@ class World:
             case act.Activity.CLAIM_AND_HOLD | act.Activity.CLAIM_EXCHANGE:
                 request = req.claim if call.activity is act.Activity.CLAIM_AND_HOLD else req
                 self.epoch = max(self.epoch, request.highest_epoch) + 1
-                if self.holder is not None:
+                over = self.holder is not None and self.holder == self.silent_holder and request.take_lapsed
+                if self.holder is not None and not over:
                     return ClaimResult(claimed=False, epoch=self.epoch, message="held")
                 self.holder = request.status.instance_id
-                return ClaimResult(claimed=True, epoch=self.epoch)
+                return ClaimResult(claimed=True, epoch=self.epoch, took_over=SILENT_HOLDER if over else None)
             case act.Activity.RELEASE_CLAIM:
                 if self.holder == req.claim.instance_id:
                     self.holder = None
@@ -455,6 +464,12 @@ SCENARIOS = [
     Scenario(
         "standby-sees-vacancy",
         (LeaseEnds(StandbyOutcome(vacant=True, last_epoch=3, lapsed=True)),),
+        (State.ACTIVE, Role.ACTIVE, True, None),
+        standby=True,
+    ),
+    Scenario(
+        "standby-claims-over-silent-holder",
+        (LeaseEnds(StandbyOutcome(vacant=True, last_epoch=3, lapsed=True, holder_silent=True)),),
         (State.ACTIVE, Role.ACTIVE, True, None),
         standby=True,
     ),

@@ -256,3 +256,19 @@ def test_only_a_connector_that_cannot_act_outlives_its_claim(
     keeps = decisions.runs_without_claim(role=role, connected=connected, activating=activating)
     # Connected, or mid-activation (ACTIVATE sent: it may act already), or an active one: it stops.
     assert keeps == (role is Role.STANDBY and not connected and not activating)
+
+
+def test_a_standby_claims_over_a_lapsed_key_only_outside_a_redis_outage() -> None:
+    assert decisions.takes_over_lapsed(past_deadline=True, after_outage=False)
+    # Right after Redis was away its clock may make a live holder's key look old (a restore from an
+    # append-only file can lose acknowledged renewals): wait for the TTL and the holder's head start.
+    assert not decisions.takes_over_lapsed(past_deadline=True, after_outage=True)
+    assert not decisions.takes_over_lapsed(past_deadline=False, after_outage=False)
+
+
+def test_the_moment_a_key_lapses_is_the_moment_it_is_past_the_deadline() -> None:
+    interval = 1.0
+    for pttl_ms in (3000, 1500, 901, 899, 0):
+        lapses = decisions.lapses_in_s(pttl_ms, interval)
+        assert lapses == pytest.approx((pttl_ms - 900) / 1000)
+        assert decisions.past_renew_deadline(pttl_ms, interval) is (lapses < 0)

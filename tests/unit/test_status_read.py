@@ -95,8 +95,15 @@ def test_a_fence_reply_parses_its_record_only_when_asked() -> None:
     assert FenceReply("missing", None).record is None
 
 
-def test_a_standby_watch_reads_only_who_holds_and_at_which_epoch() -> None:
+def test_a_standby_watch_reads_only_who_holds_at_which_epoch_and_how_often() -> None:
     assert HolderEpoch.parse(None) == HolderEpoch(held=False)
-    assert HolderEpoch.parse(json.dumps(status().wire())) == HolderEpoch(held=True, epoch=7)
-    assert HolderEpoch.parse(json.dumps(LIVERMORE_V6)) == HolderEpoch(held=True)  # held, no epoch
+    record = status().wire()
+    assert HolderEpoch.parse(json.dumps(record), 900) == HolderEpoch(
+        held=True,
+        epoch=7,
+        pttl_ms=900,
+        interval_s=record["heartbeatIntervalMs"] / 1000,  # type: ignore[operator]
+    )
+    # Livermore's record: held, no epoch, and no interval of its own (never claimed over early).
+    assert HolderEpoch.parse(json.dumps(LIVERMORE_V6)) == HolderEpoch(held=True)
     assert HolderEpoch.parse("{") == HolderEpoch(held=True)  # unreadable: held all the same
