@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Page
+from playwright.async_api import Page, Route
 
 from perseus.config import Settings
 from perseus.keys import retention_min_id
@@ -171,6 +171,46 @@ async def test_a_cli_transition_is_pushed_to_an_open_page_without_polling(
         assert await first.locator(".what").inner_text() == f"{exchange.upper()}: stopped → idle"
         assert await page.locator(f"{card(exchange)} [data-role=standbys]").inner_text() == "no standby"
         await shoot(page, screenshots, "network-pushed.png")
+    finally:
+        await cli(servers, "shutdown", exchange, "--host", shared_worker)
+
+
+async def test_a_poll_read_before_a_pushed_transition_does_not_turn_the_card_back(
+    servers: Servers, shared_worker: str, api: Api, page: Page, exchange: str
+) -> None:
+    """A poll is read by the server, a transition is pushed, then the poll's answer arrives: the
+    card keeps the pushed state (a CI run saw 'active' turn back into 'warming' this way)."""
+    await cli(
+        servers, "register", exchange, "--host", shared_worker, "--start", "--heartbeat-interval", "0.5"
+    )
+    try:
+        live = api.server.config.app.state.live  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 15
+        while exchange not in live.streams:  # the API's reader picks the exchange up (catalog refresh)
+            assert time.monotonic() < deadline, "no stream reader for the new exchange"
+            await asyncio.sleep(0.05)
+        await sign_in(page, api, refresh=1)
+        await page.wait_for_function("() => document.body.dataset.live === 'push'")
+        await wait_state(page, exchange, "active", 15)
+
+        read, deliver = asyncio.Event(), asyncio.Event()
+
+        async def held(route: Route) -> None:
+            answer = await route.fetch()  # read by the server now, while the exchange is active
+            read.set()
+            await deliver.wait()
+            await route.fulfill(response=answer)
+
+        await page.route("**/api/network/instances", held)
+        await asyncio.wait_for(read.wait(), 10)
+        await cli(servers, "stop", exchange, "--host", shared_worker)
+        await wait_state(page, exchange, "idle", 5)  # pushed while the poll is held
+        polls = int(await page.evaluate("() => document.body.dataset.polls"))
+        deliver.set()
+        await page.wait_for_function(f"() => Number(document.body.dataset.polls) > {polls}")
+        await page.unroute("**/api/network/instances", held)
+        assert (await card_state(page, exchange))[0] == "idle"
+        assert await page.locator(f"{card(exchange)} [data-role=badge]").text_content() == "idle"
     finally:
         await cli(servers, "shutdown", exchange, "--host", shared_worker)
 

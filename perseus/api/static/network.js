@@ -50,7 +50,7 @@
     historyBusy: false,
     feed: { entries: [], nextCursor: null, filters: null, serverTime: null, receivedAt: 0, busy: false },
     // The push stream: its abort handle, whether it is up, the reconnect delay, the last entry per exchange.
-    live: { controller: null, up: false, retryMs: 1000, retryTimer: null, pushed: new Map() },
+    live: { controller: null, up: false, retryMs: 1000, retryTimer: null, pushed: new Map(), pushedAt: new Map() },
     polls: 0, // successful /instances reads so far
   };
 
@@ -224,7 +224,8 @@
       return;
     }
     try {
-      const board = await api("/api/network/instances");
+      const asked = performance.now();
+      const board = keepNewerPushes(await api("/api/network/instances"), asked);
       state.board = board;
       state.receivedAt = performance.now();
       ui.network.hidden = false;
@@ -338,6 +339,22 @@
     }
   }
 
+  /**
+   * A poll's answer was read by the server some time after `asked`; a push that arrived since may
+   * be newer than it (a transition pushed while the poll was on its way). Such exchanges keep their
+   * pushed item, so a slow poll never turns a card back to an older state; the next poll brings
+   * what the push did not (a fresher heartbeat, say).
+   */
+  function keepNewerPushes(board, asked) {
+    const current = new Map((state.board?.instances || []).map((i) => [i.exchangeId, i]));
+    const newer = (id) => (state.live.pushedAt.get(id) ?? -Infinity) > asked && current.has(id);
+    const instances = (board.instances || []).map((i) => (newer(i.exchangeId) ? current.get(i.exchangeId) : i));
+    for (const [id, inst] of current) {
+      if (newer(id) && !instances.some((i) => i.exchangeId === id)) instances.push(inst);
+    }
+    return { ...board, instances };
+  }
+
   /** One pushed event: the exchange's fresh item replaces its card, the entry joins the feed. */
   function applyPush(message) {
     if (!state.board) return;
@@ -348,6 +365,7 @@
       if (at >= 0) state.board.instances[at] = inst;
       else state.board.instances.push(inst);
       state.live.pushed.set(inst.exchangeId, entry.id);
+      state.live.pushedAt.set(inst.exchangeId, performance.now());
     }
     if (message.serverTime) {
       state.board.serverTime = message.serverTime;
