@@ -276,12 +276,14 @@ class HostActivities:
                     if watched.ended is not None:
                         raise watched.ended
                     if watched.vacant or watched.holder_silent:
+                        silent, watched.holder_silent = watched.holder_silent, False  # reported once:
+                        # a claim that lost the race must not find it again before the next look
                         return StandbyOutcome(
                             vacant=True,
                             last_epoch=watched.last_epoch,
                             after_outage=watched.after_outage,
                             lapsed=watched.holder_past_deadline,
-                            holder_silent=watched.holder_silent and not watched.vacant,
+                            holder_silent=silent and not watched.vacant,
                         )
                     if watched.warm_lost:
                         watched.warm_lost = False  # reported once: the workflow warms it up again

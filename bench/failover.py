@@ -190,7 +190,8 @@ async def trial_set(
 
 async def crash_breakdown(store: RedisStore, exchange: str, killed_at: float) -> str:
     """Where a crash's time went, from the stream: when the dead holder's workflow recorded the loss,
-    when the standby was promoted and by which path (woken by that workflow, or the key's TTL), and
+    when the standby was promoted and by which path (woken by that workflow, claimed over the silent
+    holder's key by the standby's own watch, or after the key's TTL), and
     when it went active — seconds after the kill, on the machine's one clock."""
     marks: list[str] = []
     for _, entry in reversed(await store.events(exchange, count=30)):
@@ -201,7 +202,14 @@ async def crash_breakdown(store: RedisStore, exchange: str, killed_at: float) ->
         if kind == "instance_lost":
             marks.append(f"lost +{at:.2f}")
         elif kind == "promoted":
-            path = "TTL" if entry.get("detail", "").startswith("the holder's claim expired") else "woken"
+            detail = entry.get("detail", "")
+            path = (
+                "TTL"
+                if detail.startswith("the holder's claim expired")
+                else "claimed over"
+                if detail.startswith("the holder stopped renewing")
+                else "woken"
+            )
             marks.append(f"promoted ({path}) +{at:.2f}")
         elif kind == "state_transition" and entry.get("toState") == "active":
             marks.append(f"active +{at:.2f}")
