@@ -253,12 +253,14 @@ def markdown(rows: list[tuple[float, str, list[float]]], trials: int) -> str:
     lines += [
         "",
         "Crash: SIGKILL of the active host's worker, half an interval after the exchange went active, "
-        "until the standby is `active` in the status key. The dead host's lease misses its heartbeat "
-        "timeout (1.25 intervals, at least 2 s); its workflow asks Redis at once and again when the "
-        "claim passes its renew deadline plus the margin (2.1 intervals after the last renewal: the "
-        "dead host's connector has stopped by then), records the loss, releases and wakes the best "
-        "standby, which claims and walks starting → warming → active (0.7 s of simulated connector). "
-        "If the key runs out first, the standby's own watch takes the vacancy (TTL path). "
+        "until the standby is `active` in the status key. The claim may change hands once the dead "
+        "host's key has gone unrenewed past its renew deadline plus the margin (2.1 intervals after "
+        "its last renewal: its connector has stopped by then). The standby's watch looks at that "
+        "moment and claims over the key (`claimed over`); the dead host's workflow, once its lease "
+        "missed the heartbeat timeout (1.25 intervals, at least 2 s), asks Redis at once and again at "
+        "that moment, records the loss, releases and wakes the best standby (`woken`), whichever "
+        "comes first; a key that runs out first is taken by the watch too (`TTL`). The standby then "
+        "walks starting → warming → active (0.7 s of simulated connector). "
         "Handoff: `perseus handoff` until it returns with the target active: the old side asks the "
         "target's worker, walks down and releases, the target claims and walks up, the old side "
         "registers as a standby.",
@@ -487,8 +489,10 @@ def warm_markdown(runs: list[dict[str, object]], args: argparse.Namespace, load:
         )
     lines += [
         "",
-        "Detection is the same for both (the dead host is known after 1.25 intervals without a heartbeat "
-        "plus the pickup interval, or the standby sees the key expire); what follows it differs: a cold "
+        "Detection is the same for both (the standby's watch sees the dead holder's key pass its renew "
+        "deadline plus the margin and claims over it, or the dead host's workflow — 1.25 intervals "
+        "without a heartbeat plus the pickup — releases and wakes it, whichever comes first); what "
+        "follows it differs: a cold "
         "standby spawns its connector and waits out the whole warm-up, a warm one is sent "
         "`ACTIVATE <epoch>` once its claim is in the status key and acts on `ACTIVE`. A warm handoff "
         "demotes the old connector (`DEACTIVATE`) and promotes the warmed target, so the gap is the old "

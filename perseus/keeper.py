@@ -23,6 +23,10 @@ Invariants (the reasons this module exists):
    claim released). "Unreachable" keeps renewing: that is the outage this module rides through.
 3. **A standby record is renewed, never re-created,** by the loop (``SET … XX``): once its workflow
    dropped it, it stays dropped. A loop that finds it gone ends, and the attached activity says so.
+4. **A standby sees a silent holder when it can be claimed over, not a beat later.** Each renewal
+   reads the holder's key and its PTTL; the loop looks once more at the moment that key would pass
+   its holder's renew deadline plus the margin (:func:`perseus.decisions.lapses_in_s`), so its
+   workflow can claim over it then (:func:`perseus.decisions.takes_over_lapsed`).
 """
 
 from __future__ import annotations
