@@ -117,6 +117,8 @@ class Stand:
     standbys: list[StandbyRecord] = field(default_factory=list)
     #: The ``detail`` of every event recorded, in order (beside ``events``).
     details: list[str | None] = field(default_factory=list)
+    #: Claims that asked to take a lapsed holder's key over (``ClaimRequest.take_lapsed``).
+    took_over: int = 0
     #: What ``probe_claim`` answers (the key as Redis shows it), and how often it was asked.
     probe: ClaimProbe = field(default_factory=lambda: ClaimProbe(held_by_us=True, renewed_ms_ago=500))
     probes: int = 0
@@ -151,7 +153,9 @@ class Stand:
                 return ClaimResult(
                     claimed=False, epoch=stand.epochs, message="exchange 42 (x) is already claimed by other"
                 )
-            return ClaimResult(claimed=True, epoch=stand.epochs)
+            stand.took_over += int(req.take_lapsed)
+            over = f"old-host (epoch {req.highest_epoch})" if req.take_lapsed else None
+            return ClaimResult(claimed=True, epoch=stand.epochs, took_over=over)
 
         @activity.defn(name="patch_status")
         async def patch(req: StatusPatch) -> PatchResult:
@@ -524,11 +528,14 @@ def timers(history: WorkflowHistory) -> list[tuple[str, timedelta]]:
 
 
 async def promoted_by_vacancy(
-    ts_env: WorkflowEnvironment, *, lapsed: bool, name: str
+    ts_env: WorkflowEnvironment, *, lapsed: bool, name: str, silent: bool = False
 ) -> tuple[Stand, WorkflowHistory]:
     """A cold standby whose watch reports the exchange vacant (nobody signalled it: the holder's
-    workflow is gone too) takes it by itself, then shuts down. The stand-ins and the full history."""
-    stand = Stand(vacancy=StandbyOutcome(vacant=True, last_epoch=VACANT_EPOCH, lapsed=lapsed))
+    workflow is gone too) — or, ``silent``, its holder's key still there but unrenewed past the
+    holder's renew deadline — takes it by itself, then shuts down. The stand-ins and the history."""
+    stand = Stand(
+        vacancy=StandbyOutcome(vacant=True, last_epoch=VACANT_EPOCH, lapsed=lapsed, holder_silent=silent)
+    )
     histories: list[WorkflowHistory] = []
 
     async def body(handle: WorkflowHandle[Any, Any]) -> None:
@@ -552,7 +559,13 @@ async def promoted_by_vacancy(
     await run_paths(ts_env, stand, instance("vac", standby=True, heartbeat_interval_s=1.0), body)
     assert stand.watches == 1  # one watch, ended by the vacancy; promoted, the instance watches no more
     assert stand.events == PROMOTED_COLD_THEN_SHUT_DOWN
-    assert stand.details[1] == "the holder's claim expired (TTL)"  # cold: no "(warm: …)" note
+    assert stand.took_over == int(silent)  # only a silent holder's key is claimed over
+    assert stand.details[1] == (  # cold: no "(warm: …)" note
+        "the holder stopped renewing its claim (past its renew deadline); "
+        f"claimed over old-host (epoch {VACANT_EPOCH})"
+        if silent
+        else "the holder's claim expired (TTL)"
+    )
     assert stand.connector_calls == COLD_START_THEN_STOP
     assert stand.epochs == VACANT_EPOCH + 1 and stand.released == 1 and stand.standby_records == 0
     return stand, histories[0]
@@ -588,6 +601,25 @@ async def test_standby_takes_a_lapsed_vacant_exchange_and_acts_at_once(ts_env: W
         "drop_standby",
         "record promoted",
         "record state_transition",  # idle → starting
+        "connector_prepare",
+    ]
+
+
+async def test_standby_claims_over_a_silent_holder_and_acts_at_once(ts_env: WorkflowEnvironment) -> None:
+    """The watch saw the holder's key, still there, unrenewed past the holder's renew deadline plus
+    the margin: the claim takes it over (``take_lapsed``), and the run is the lapsed vacancy's."""
+    _, history = await promoted_by_vacancy(ts_env, lapsed=True, silent=True, name="vacancy-claimed-over")
+    assert timers(history) == []
+    assert after_the_watch(history) == [
+        "list_standbys",
+        "patch: vacancy-waits-out-deadline",
+        "patch: lapsed-key-acts-at-once",
+        "patch: claim-on-host",
+        "claim_and_hold",
+        "hold_lease",
+        "drop_standby",
+        "record promoted",
+        "record state_transition",
         "connector_prepare",
     ]
 
