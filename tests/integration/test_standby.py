@@ -135,7 +135,7 @@ async def test_a_standby_claims_over_a_holder_that_stopped_renewing_before_its_k
     """The holder here is a bare status key that some test code renews, then stops renewing (a
     host that died with no workflow left to notice): the standby's watch sees it pass its renew
     deadline plus the margin, and the claim takes it over while the key is still there."""
-    interval = 2.0  # deadline + margin at 4.2 s, TTL 6 s: room for the promotion on a busy machine
+    interval = 3.0  # deadline + margin at 6.3 s, TTL 9 s: room for the promotion on a busy machine
     ex_id = await exchange_id(servers, exchange)
     stamp = "2026-01-01T00:00:00.000Z"
     dead = {
