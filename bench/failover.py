@@ -549,12 +549,12 @@ async def warm_main(
 
 async def main(args: argparse.Namespace) -> None:
     base = Path(tempfile.mkdtemp(prefix="perseus-failover-"))
-    tp, rp, pp = services.free_port(), services.free_port(), services.free_port()
     children = [
-        await services.start_temporal(base / "temporal", tp, None),
-        await services.start_redis(base / "redis", rp),
-        await services.start_postgres(base / "postgres", pp, scratch=True),
+        await services.start_temporal(base / "temporal", None, None),
+        await services.start_redis(base / "redis", None),
+        await services.start_postgres(base / "postgres", None, scratch=True),
     ]
+    tp, rp, pp = (child.port for child in children)
     core: Worker | None = None
     try:
         database_url = await services.ensure_database(pp, "perseus")

@@ -131,10 +131,10 @@ class Stack:
 async def start_design_servers(base: Path) -> Stack:
     stack = Stack(base)
     try:
-        stack.temporal = await services.start_temporal(base / "temporal", services.free_port(), None)
+        stack.temporal = await services.start_temporal(base / "temporal", None, None)
         stack.children.append(stack.temporal)
         stack.redis = await services.start_redis(
-            base / "redis", services.free_port(), extra_args=["--notify-keyspace-events", "Ex"]
+            base / "redis", None, extra_args=["--notify-keyspace-events", "Ex"]
         )
         stack.children.append(stack.redis)
     except BaseException:
@@ -937,7 +937,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     else:
         args.code = base / "code"
         report["code"] = snapshot_code(args.code)
-    pg = await services.start_postgres(base / "postgres", services.free_port(), scratch=True)
+    pg = await services.start_postgres(base / "postgres", None, scratch=True)
     try:
         database_url = await services.ensure_database(pg.port, "perseus_bench")
         await db.apply_schema(database_url)

@@ -168,9 +168,10 @@ async def run(requests: int, write: bool, section: str) -> str:
     children: list[services.Service] = []
     api: subprocess.Popen[bytes] | None = None
     try:
-        redis_port, pg_port, api_port = services.free_port(), services.free_port(), services.free_port()
-        children.append(await services.start_redis(base / "redis", redis_port))
-        children.append(await services.start_postgres(base / "postgres", pg_port, scratch=True))
+        api_port = services.free_port()
+        children.append(await services.start_redis(base / "redis", None))
+        children.append(await services.start_postgres(base / "postgres", None, scratch=True))
+        redis_port, pg_port = children[0].port, children[1].port
         database_url = await services.ensure_database(pg_port, "perseus_bench")
         await db.apply_schema(database_url)
         redis_url = f"redis://127.0.0.1:{redis_port}/0"

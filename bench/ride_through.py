@@ -66,12 +66,10 @@ async def wait_until(check: Any, timeout: float) -> None:
 
 async def run(interval: float, outage: float, base: Path) -> dict[str, Any]:
     # Each port is taken just before its server starts: the dev server opens a metrics port of its own.
-    tp = services.free_port()
-    temporal = await services.start_temporal(base / "temporal", tp, None)
-    rp = services.free_port()
-    redis_server = await services.start_redis(base / "redis", rp)
-    pp = services.free_port()
-    postgres = await services.start_postgres(base / "postgres", pp)
+    temporal = await services.start_temporal(base / "temporal", None, None)
+    redis_server = await services.start_redis(base / "redis", None)
+    postgres = await services.start_postgres(base / "postgres", None)
+    tp, rp, pp = temporal.port, redis_server.port, postgres.port
     procs: list[subprocess.Popen[bytes]] = []
     store = RedisStore(make_client(f"redis://127.0.0.1:{rp}/0"))
     try:

@@ -97,6 +97,10 @@ class ServiceUnavailable(PerseusError):
         self.server = server
 
 
+class PortInUse(ServiceUnavailable):
+    """A server we started exited because another process holds its port (its log says so)."""
+
+
 class UnknownExchange(PerseusError):
     """The exchange is not in the catalog (or is inactive)."""
 

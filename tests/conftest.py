@@ -82,14 +82,11 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     async def start() -> Servers:
         children: list[services.Service] = []
         try:
-            temporal_port, redis_port, pg_port = (
-                services.free_port(),
-                services.free_port(),
-                services.free_port(),
-            )
-            children.append(await services.start_temporal(base / "temporal", temporal_port, None))
-            children.append(await services.start_redis(base / "redis", redis_port))
-            children.append(await services.start_postgres(base / "postgres", pg_port, scratch=True))
+            # Each on a port of its own choosing, retried if another process takes it first.
+            children.append(temporal := await services.start_temporal(base / "temporal", None, None))
+            children.append(redis := await services.start_redis(base / "redis", None))
+            children.append(postgres := await services.start_postgres(base / "postgres", None, scratch=True))
+            temporal_port, redis_port, pg_port = temporal.port, redis.port, postgres.port
             url = await services.ensure_database(pg_port, "perseus_test")
             await db.apply_schema(url)
             await db.apply_sql(url, db.DEMO_DATA_PATH)

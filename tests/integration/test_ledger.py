@@ -48,8 +48,8 @@ class Stack:
 
 @pytest_asyncio.fixture
 async def stack(servers: Servers, tmp_path: Path) -> AsyncIterator[Stack]:
-    port = services.free_port()
-    redis_server = await services.start_redis(tmp_path / "redis", port)
+    redis_server = await services.start_redis(tmp_path / "redis", None)
+    port = redis_server.port
     url = f"redis://127.0.0.1:{port}/0"
     settings: Settings = load_settings(
         redis_url=url, database_url=servers.database_url, heartbeat_interval=1.0, data_dir=tmp_path / "p"

@@ -28,10 +28,10 @@ import asyncio, json, sys
 from pathlib import Path
 from perseus.devstack import binaries, services
 
-async def main(data_dir: Path, port: int) -> dict[str, object]:
-    service = await services.start_postgres(data_dir, port, scratch=True)
+async def main(data_dir: Path) -> dict[str, object]:
+    service = await services.start_postgres(data_dir, None, scratch=True)
     try:
-        url = await services.ensure_database(port, "private_checkout")
+        url = await services.ensure_database(service.port, "private_checkout")
         relocated = service.relocated_data
         return {
             "perseus": services.__file__,
@@ -43,7 +43,7 @@ async def main(data_dir: Path, port: int) -> dict[str, object]:
     finally:
         service.stop()
 
-print(json.dumps(asyncio.run(main(Path(sys.argv[1]), int(sys.argv[2])))))
+print(json.dumps(asyncio.run(main(Path(sys.argv[1])))))
 """
 
 
@@ -59,7 +59,7 @@ def test_embedded_postgres_starts_from_a_checkout_in_a_0700_folder(tmp_path: Pat
         shutil.copytree(part, site / part.name, symlinks=True)
     env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{checkout}"}
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(checkout / ".perseus" / "postgres"), str(services.free_port())],
+        [sys.executable, "-c", SCRIPT, str(checkout / ".perseus" / "postgres")],
         capture_output=True,
         text=True,
         timeout=90,

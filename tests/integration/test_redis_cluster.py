@@ -73,25 +73,27 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     async def start() -> list[int]:
         ports = []
         for i in range(MASTERS):
-            port, bus = services.free_port(), services.free_port()
             data = base / f"node{i}"
-            children.append(
-                await services.start_redis(
+
+            async def node(port: int, data: Path = data) -> services.Service:
+                # The cluster bus needs a port of its own: taken too, and the node is retried elsewhere.
+                return await services.start_redis(
                     data,
                     port,
                     extra_args=[
                         "--cluster-enabled",
                         "yes",
                         "--cluster-port",
-                        str(bus),
+                        str(services.free_port()),
                         "--cluster-config-file",
                         str(data / "nodes.conf"),
                         "--cluster-node-timeout",
                         "5000",
                     ],
                 )
-            )
-            ports.append(port)
+
+            children.append(await services.on_free_port(node, "Redis cluster node"))
+            ports.append(children[-1].port)
         subprocess.run(
             [_cli(), "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports)]
             + ["--cluster-replicas", "0", "--cluster-yes"],
@@ -273,7 +275,7 @@ async def test_every_store_operation_on_the_cluster(cluster_store: RedisStore) -
 @pytest_asyncio.fixture
 async def own_temporal(tmp_path: Path) -> AsyncIterator[Client]:
     """A Temporal dev server of this test's own: only the worker below polls its queues."""
-    service = await services.start_temporal(tmp_path / "temporal", services.free_port(), None)
+    service = await services.start_temporal(tmp_path / "temporal", None, None)
     try:
         client = await Client.connect(f"127.0.0.1:{service.port}", data_converter=converter)
         await register_search_attributes(client)

@@ -166,8 +166,8 @@ async def test_event_written_once_when_its_activity_is_retried(
 async def test_redis_restart_is_ridden_through(
     servers: Servers, client: Client, exchange: str, tmp_path: Any
 ) -> None:
-    port = services.free_port()
-    redis_server = await services.start_redis(tmp_path / "redis", port)
+    redis_server = await services.start_redis(tmp_path / "redis", None)
+    port = redis_server.port
     url = f"redis://127.0.0.1:{port}/0"
     host = f"rr-{uuid.uuid4().hex[:6]}"
     private = RedisStore(make_client(url))

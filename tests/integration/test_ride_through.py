@@ -55,8 +55,8 @@ class PrivateTemporal:
 
 @pytest_asyncio.fixture
 async def temporal(tmp_path: Path) -> AsyncIterator[PrivateTemporal]:
-    port = services.free_port()
-    service = await services.start_temporal(tmp_path / "temporal", port, None)
+    service = await services.start_temporal(tmp_path / "temporal", None, None)
+    port = service.port
     client = await Client.connect(f"127.0.0.1:{port}", data_converter=converter)
     for _ in range(100):  # the dev server answers before its namespace exists
         try:
