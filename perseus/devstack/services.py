@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import pwd
+import random
 import re
 import shutil
 import signal
@@ -57,7 +58,29 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+#: Where :func:`free_port` starts looking; it stops below the kernel's ephemeral range.
+_QUIET_PORTS_FROM = 10_000
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_port() -> int:
+    """A port nobody listens on now, for a server about to start.
+
+    Chosen at random *below* the kernel's ephemeral range when there is room: every port the kernel
+    hands out by itself — to an outgoing connection, or to a program that binds port 0 (Temporal's
+    dev server does for its internal services) — comes from that range, so none of them can take
+    this port between now and our server's bind. Only another caller of this function could, and
+    :func:`on_free_port` moves on when it does.
+    """
+    try:
+        first_ephemeral = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first_ephemeral = 0
+    if first_ephemeral - _QUIET_PORTS_FROM >= 1_000:
+        for _ in range(50):
+            port = random.randrange(_QUIET_PORTS_FROM, first_ephemeral)
+            if port_free(port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

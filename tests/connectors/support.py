@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 import time
 from pathlib import Path
+
+from perseus.devstack import services
 
 CHILD = str(Path(__file__).with_name("child.py"))
 
@@ -39,6 +40,4 @@ def journal(path: Path) -> list[dict[str, object]]:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return services.free_port()  # away from the kernel's ephemeral ports (see there)

@@ -56,3 +56,12 @@ async def test_a_free_port_taken_in_between_is_given_up_for_another(
         writer.close()
     finally:
         redis.stop()
+
+
+def test_free_ports_come_from_below_the_kernels_ephemeral_range() -> None:
+    """Ports the kernel hands out by itself (outgoing connections, binds to port 0) never collide
+    with one chosen for a server."""
+    first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {services.free_port() for _ in range(20)}
+    assert all(10_000 <= port < first_ephemeral and services.port_free(port) for port in ports)
+    assert len(ports) > 1  # chosen at random, so two callers rarely meet
