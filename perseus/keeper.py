@@ -526,9 +526,9 @@ class LeaseKeeper:
             await self._look_until(watched, due)
 
     def _saw(self, watched: WatchedStandby, holder: HolderEpoch) -> None:
-        """What a look at the status key tells the watch (invariant 4 of :mod:`perseus.decisions`:
-        only a key unrenewed past its holder's own deadline, outside a Redis outage, is claimed over).
-        """
+        """What a look at the status key tells the watch. Only a key unrenewed past its holder's own
+        renew deadline plus the margin, seen outside a Redis outage, is claimed over (invariants 1
+        and 4 of :mod:`perseus.decisions`)."""
         watched.vacant = not holder.held
         if holder.held:
             every = holder.interval_s or watched.interval_s
