@@ -210,6 +210,9 @@ class Service:
     remove_on_stop: Path | None = None
     #: Write to our own stdout/stderr instead of ``log_path`` (``perseus dev``'s worker: its log lines).
     inherit_output: bool = False
+    #: How it is asked to stop. PostgreSQL takes SIGINT ("fast" shutdown: it ends open sessions);
+    #: its SIGTERM waits for every client to leave, which a pool kept open would make last forever.
+    stop_signal: signal.Signals = signal.SIGTERM
 
     def spawn(self, argv: list[str], *, user: str | None = None, env: dict[str, str] | None = None) -> None:
         log = None
@@ -235,9 +238,9 @@ class Service:
         return self.proc.pid if self.proc else None
 
     def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout``; waits for the process to be gone."""
+        """``stop_signal``, then SIGKILL after ``timeout``; waits for the process to be gone."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(self.stop_signal)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -472,7 +475,7 @@ async def start_postgres(data_dir: Path, port: int | None, *, scratch: bool = Fa
     home, relocated = _postgres_home(data_dir, user, scratch=scratch)
     if relocated:  # a pointer for people and tools: where this data dir's database really is
         (data_dir / "LOCATION").write_text(f"{home}\n")
-    service = Service("postgres", port, home / "postgres.log")
+    service = Service("postgres", port, home / "postgres.log", stop_signal=signal.SIGINT)
     if relocated:
         service.relocated_data = home
         if scratch:
