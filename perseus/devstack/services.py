@@ -58,8 +58,10 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-#: Where :func:`free_port` starts looking; it stops below the kernel's ephemeral range.
-_QUIET_PORTS_FROM = 10_000
+#: Where :func:`free_port` starts looking; it stops below the kernel's ephemeral range. Above every
+#: port a browser refuses to load a page from (Chromium's "unsafe" ports end at 10080: a test page
+#: served there failed with ERR_UNSAFE_PORT).
+QUIET_PORTS_FROM = 20_000
 _EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
@@ -76,9 +78,9 @@ def free_port() -> int:
         first_ephemeral = int(_EPHEMERAL_RANGE.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         first_ephemeral = 0
-    if first_ephemeral - _QUIET_PORTS_FROM >= 1_000:
+    if first_ephemeral - QUIET_PORTS_FROM >= 1_000:
         for _ in range(50):
-            port = random.randrange(_QUIET_PORTS_FROM, first_ephemeral)
+            port = random.randrange(QUIET_PORTS_FROM, first_ephemeral)
             if port_free(port):
                 return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
