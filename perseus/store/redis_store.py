@@ -598,8 +598,9 @@ class RedisStore:
         return [StatusRead.parse(raw, pttl) for raw, pttl in await self.raw_statuses(exchange_ids)]
 
     async def raw_status(self, exchange_id: int) -> tuple[str | None, int]:
-        """The status key's exact JSON (or None) and its PTTL: for wire checks in tests and
-        benchmarks. Perseus' own code reads :meth:`status`."""
+        """The status key's exact JSON (or None) and its PTTL, in one round trip: for wire checks in
+        tests and benchmarks, and under :meth:`holder`. Perseus' own code reads records through
+        :meth:`status`."""
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.get(status_key(exchange_id))
             pipe.pttl(status_key(exchange_id))
@@ -744,11 +745,7 @@ class RedisStore:
     async def holder(self, exchange_id: int) -> HolderEpoch:
         """Who holds the exchange, at which epoch and for how much longer: a standby's extra look at
         the moment the holder it watches would pass its renew deadline."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.get(status_key(exchange_id))
-            pipe.pttl(status_key(exchange_id))
-            raw, pttl = await self._run(pipe.execute())
-        return HolderEpoch.parse(raw, int(pttl))
+        return HolderEpoch.parse(*await self.raw_status(exchange_id))
 
     async def standbys(self, exchange_id: int) -> list[StandbyRecord]:
         """Live standby records, highest priority first; index members whose key expired are pruned,
