@@ -57,6 +57,9 @@ GRACEFUL_RELEASE_S = 30.0
 #: Activity slots kept beside ``Settings.host_capacity`` for the short steps (identity, claims,
 #: connector steps, probes): registrations that arrive together each need a few at once.
 STEP_SLOTS = 500
+#: How long a workflow task waits for the worker that has its run cached (see run_worker). Measured
+#: in docs/benchmarks.md against no cache at all, which doubled every handoff's workflow time.
+STICKY_TIMEOUT = timedelta(seconds=0.5)
 
 
 async def run_worker(
@@ -135,6 +138,12 @@ async def run_worker(
                     notify.notify_event,
                 ],
                 graceful_shutdown_timeout=timedelta(seconds=5),
+                # A workflow's next task goes to the worker that ran its last one (its cache). If
+                # that worker died, the task waits this long before any worker may take it — the
+                # SDK's 10 s held a standby's promotion on a dead host's queue. Half a second is a
+                # fraction of the intervals people run; a live but busy worker that misses it costs
+                # one replay elsewhere, not a failover.
+                sticky_queue_schedule_to_start_timeout=STICKY_TIMEOUT,
             )
         )
     try:
