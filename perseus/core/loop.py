@@ -206,7 +206,15 @@ class InstanceCore(LeaseProcedures, StandbyProcedures, HandoffProcedures):
         if step is Step.HOST_GOING_DOWN:
             yield from self._cancel_lease()
             if s.role is Role.ACTIVE:
-                yield from self._release()
+                # Woken, a standby claims and acts at once: it may only when our connector is known
+                # stopped and the key was ours. Otherwise it finds the key gone (or expiring) on its
+                # own and waits the renew deadline out, as a vacancy that proves nothing requires.
+                released = yield from self._release()
+                # Patched: runs begun before it left every standby to find the vacancy by itself.
+                if released and (yield Patched("wake-standby-on-release")):
+                    yield from self._wake_standby(
+                        f"{self.inp.exchange} on {self.inp.host} released: its worker shut down"
+                    )
             else:
                 yield from self._drop_standby()
                 yield from self._stop_warm("the worker is shutting down")

@@ -508,20 +508,26 @@ class InstanceSteps:
             yield from self._transition(target)
 
     def _release(self) -> Proc:
-        """Stop whatever runs, then let go of the claim (graceful worker shutdown)."""
+        """Stop whatever runs, then let go of the claim (graceful worker shutdown). True when the
+        connector stopped and the key was ours and is gone: only then may a standby act at once."""
+        stopped = True
         for target in release_path(self.s.state):
             if target is State.STOPPED:
-                yield from self._tolerated(
-                    self._host_step(Activity.CONNECTOR_DISCONNECT, timeout_s=10), "connector_disconnect"
-                )
+                stopped = (
+                    yield from self._tolerated(
+                        self._host_step(Activity.CONNECTOR_DISCONNECT, timeout_s=10), "connector_disconnect"
+                    )
+                ) is not None
             yield from self._transition(target)
-        yield from self._release_claim()
+        released = yield from self._release_claim()
+        return stopped and released
 
     def _release_claim(self) -> Proc:
+        """Delete our status key (fenced); True if it was ours and is gone."""
         s = self.s
         if s.claim is None or s.resolved is None:
-            return
-        yield from self._tolerated(
+            return False
+        result: PatchResult | None = yield from self._tolerated(
             Call(
                 Activity.RELEASE_CLAIM,
                 ReleaseRequest(exchange_id=s.resolved.exchange.id, claim=s.claim),
@@ -531,6 +537,7 @@ class InstanceSteps:
             ),
             "release failed (the TTL frees it)",
         )
+        return result is not None and result.applied
 
     def _tolerated(self, step: Call | Proc, why: str) -> Proc:
         """Run ``step`` (one activity, or a procedure); if it fails, log ``why`` with the reason and

@@ -654,3 +654,34 @@ def test_every_ending_the_core_writes_is_read_back() -> None:
     """The words enrolment relies on (a lost instance is enrolled again) are the core's own."""
     endings = {ending_of(run.outcome) for sc, _ in CASES if (run := play(sc)).outcome is not None}
     assert {Ending.SHUT_DOWN, Ending.RELEASED, Ending.INSTANCE_LOST, Ending.HANDED_OVER} <= endings
+
+
+def _promotions(run: Run) -> list[act.Signal]:
+    return [a for a in run.actions if isinstance(a, act.Signal) and a.signal == "promote"]
+
+
+def test_a_graceful_release_wakes_the_best_standby_after_the_key_is_gone() -> None:
+    """The host's worker stops: the connector stops, the key is released, then the best standby is
+    told — so it claims at once instead of finding a vacancy that proves nothing and waiting."""
+    sc = next(x for x in SCENARIOS if x.name == "host-shuts-down")
+    run = play(sc)
+    (woken,) = _promotions(run)
+    assert woken.workflow_id == f"instance-coinbase-{OTHER}"
+    calls = [a for a in run.actions if isinstance(a, act.Call | act.Signal)]
+    released = next(
+        i for i, a in enumerate(calls) if getattr(a, "activity", None) is act.Activity.RELEASE_CLAIM
+    )
+    assert calls.index(woken) > released
+    assert run.world.holder is None
+
+
+def test_a_graceful_release_whose_connector_did_not_stop_wakes_nobody() -> None:
+    """A disconnect that failed leaves a connector that may still act: no standby may act at once
+    (it finds the vacancy itself and waits the old renew deadline out)."""
+    sc = next(x for x in SCENARIOS if x.name == "host-shuts-down")
+    clean = play(sc)
+    calls = [a for a in clean.actions if isinstance(a, act.Call)]
+    at = 1 + max(i for i, a in enumerate(calls) if a.activity is act.Activity.CONNECTOR_DISCONNECT)
+    failed = play(sc, fail_at=at, failure=FAILURES[0])
+    assert not _promotions(failed)
+    assert not _promotions(play(sc, patched=False))
