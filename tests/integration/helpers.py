@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
+from temporalio.client import Client
+
+from perseus.devstack import services
 from perseus.store.redis_store import RedisStore
 from tests.conftest import Servers, WorkerProcess
 
@@ -52,3 +57,17 @@ async def wait_for(check: Callable[[], Awaitable[T | None]], timeout: float = 30
             return value
         await asyncio.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+@dataclass
+class PrivateTemporal:
+    """A Temporal dev server of one test's own: it can be frozen, and no other test's worker polls
+    its queues (the harness' in-process shared worker serves the shared queue on the common one)."""
+
+    service: services.Service
+    port: int
+    client: Client
+
+    def freeze(self, frozen: bool) -> None:
+        assert self.service.proc
+        self.service.proc.send_signal(signal.SIGSTOP if frozen else signal.SIGCONT)

@@ -20,18 +20,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
-from temporalio.client import Client
-from temporalio.service import RPCError
 
 from perseus import control
-from perseus.devstack import services
 from perseus.models import ConnectorSpec
 from perseus.store.redis_store import RedisStore
-from perseus.temporal import converter
 from tests.conftest import Servers, WorkerProcess, exchange_id
 from tests.connectors.support import alive, child_command, journal
-from tests.integration.helpers import active_on, events, holder, host_name, wait_for
+from tests.integration.helpers import (
+    PrivateTemporal,
+    active_on,
+    events,
+    holder,
+    host_name,
+    wait_for,
+)
 from tests.integration.proxy import StallableProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -40,36 +42,6 @@ INTERVAL = 1.0
 #: Long enough that every lease activity is cancelled by the SDK (heartbeat timeout 2 s) and every
 #: key would have expired twice over (TTL 3 s) had renewals depended on Temporal.
 FREEZE_S = 8.0
-
-
-@dataclass
-class PrivateTemporal:
-    service: services.Service
-    port: int
-    client: Client
-
-    def freeze(self, frozen: bool) -> None:
-        assert self.service.proc
-        self.service.proc.send_signal(signal.SIGSTOP if frozen else signal.SIGCONT)
-
-
-@pytest_asyncio.fixture
-async def temporal(tmp_path: Path) -> AsyncIterator[PrivateTemporal]:
-    service = await services.start_temporal(tmp_path / "temporal", None, None)
-    port = service.port
-    client = await Client.connect(f"127.0.0.1:{port}", data_converter=converter)
-    for _ in range(100):  # the dev server answers before its namespace exists
-        try:
-            await client.count_workflows()
-            break
-        except RPCError:
-            await asyncio.sleep(0.1)
-    made = PrivateTemporal(service, port, client)
-    try:
-        yield made
-    finally:
-        made.freeze(False)
-        service.stop()
 
 
 @dataclass
