@@ -85,10 +85,27 @@ class Worker:
             self.proc.kill()
             self.proc.wait(10)
 
+    def terminate(self) -> None:
+        """SIGTERM: the worker's graceful stop (it releases its claims, then exits on its own)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+
+    def wait(self, timeout: float = 60) -> None:
+        self.proc.wait(timeout)
+
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+#: The two ways to run workers (both measured in one run, since a favourable one hides delays):
+#: ``hosts`` is the README's — every host's ``perseus worker --host H`` also serves the shared
+#: workflow queue, so a killed host takes whatever workflows it had cached with it; ``dedicated``
+#: runs the workflows on a separate shared worker that is never killed (``--no-shared`` hosts).
+TOPOLOGIES = ("hosts", "dedicated")
+#: Three hosts, each with a fixed standby priority: the highest live one must win every failover.
+PRIORITIES = (3, 2, 1)
 
 
 async def trial_set(
@@ -99,7 +116,13 @@ async def trial_set(
     interval: float,
     trials: int,
     log_dir: Path,
+    *,
+    topology: str,
 ) -> dict[str, list[float]]:
+    """One exchange on three hosts (one active, two standbys of different priorities): crashes
+    (SIGKILL of the active host's worker), graceful stops (SIGTERM of it) and handoffs. A stopped
+    worker is restarted and its host re-registered as a standby, so roles rotate. Each promotion
+    also records whether the highest-priority live standby won (1) or not (0)."""
     conn = await db.connect(database_url)
     name = f"fo_{uuid.uuid4().hex[:8]}"
     async with conn:
@@ -111,20 +134,29 @@ async def trial_set(
     assert row is not None
     ex_id = int(row["id"])
     tag = uuid.uuid4().hex[:4]
-    hosts = [f"fa-{tag}", f"fb-{tag}"]
-    workers = {h: Worker(env, h, log_dir) for h in hosts}
+    hosts = [f"fa-{tag}", f"fb-{tag}", f"fc-{tag}"]
+    priority = dict(zip(hosts, PRIORITIES, strict=True))
+    shared = topology == "hosts"
+    workers = {h: Worker(env, h, log_dir, shared=shared) for h in hosts}
     await asyncio.gather(*(w.ready() for w in workers.values()))
 
     async def register(host: str, standby: bool) -> None:
-        await control.register(
-            client,
-            exchange=name,
-            host=host,
-            admin_email=None,
-            heartbeat_interval_s=interval,
-            start=not standby,
-            standby=standby,
-        )
+        for _ in range(50):
+            try:
+                await control.register(
+                    client,
+                    exchange=name,
+                    host=host,
+                    admin_email=None,
+                    heartbeat_interval_s=interval,
+                    start=not standby,
+                    standby=standby,
+                    priority=priority[host],
+                )
+                return
+            except AlreadyRegistered:
+                await asyncio.sleep(0.5)  # the lost instance's workflow is still closing
+        raise RuntimeError(f"{host} could not register again")
 
     async def active_host(not_host: str | None = None, timeout: float = 10 * interval + 60) -> str:
         deadline = time.monotonic() + timeout
@@ -137,33 +169,47 @@ async def trial_set(
             await asyncio.sleep(0.02)
         raise RuntimeError("no active instance in time")
 
+    async def standbys_visible(expected: set[str]) -> None:
+        for _ in range(600):
+            if {r.host for r in await store.standbys(ex_id)} >= expected:
+                return
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"standbys {sorted(expected)} not visible in time")
+
     await register(hosts[0], False)
     await register(hosts[1], True)
+    await register(hosts[2], True)
     await active_host()
-    results: dict[str, list[float]] = {"crash": [], "handoff": []}
+    results: dict[str, list[float]] = {"crash": [], "graceful": [], "handoff": [], "priority": []}
+    for kind in ("crash", "graceful"):
+        for i in range(trials):
+            active = await active_host()
+            others = [h for h in hosts if h != active]
+            await standbys_visible(set(others))
+            best = max(others, key=priority.__getitem__)
+            await asyncio.sleep(interval / 2)  # a renewal or so since the last change
+            started, stopped_at = time.monotonic(), time.time()
+            if kind == "crash":
+                workers[active].kill()
+            else:
+                workers[active].terminate()
+            winner = await active_host(not_host=active)
+            results[kind].append(time.monotonic() - started)
+            results["priority"].append(1.0 if winner == best else 0.0)
+            print(
+                f"  {topology} interval {interval:g}s {kind} {i + 1}/{trials}: {results[kind][-1]:.2f}s"
+                f" -> {winner}{'' if winner == best else f' (NOT the best standby {best})'}"
+                f" ({await crash_breakdown(store, name, stopped_at)})",
+                flush=True,
+            )
+            workers[active].wait()
+            workers[active] = Worker(env, active, log_dir, shared=shared)
+            await workers[active].ready()
+            await register(active, True)
     for i in range(trials):
         active = await active_host()
-        await asyncio.sleep(interval / 2)  # a renewal or so since the last change
-        started, killed_at = time.monotonic(), time.time()
-        workers[active].kill()
-        await active_host(not_host=active)
-        results["crash"].append(time.monotonic() - started)
-        print(
-            f"  interval {interval:g}s crash {i + 1}/{trials}: {results['crash'][-1]:.2f}s"
-            f" ({await crash_breakdown(store, name, killed_at)})",
-            flush=True,
-        )
-        workers[active] = Worker(env, active, log_dir)
-        await workers[active].ready()
-        for _ in range(50):
-            try:
-                await register(active, True)
-                break
-            except AlreadyRegistered:
-                await asyncio.sleep(0.5)  # the lost instance's workflow is still closing
-    for i in range(trials):
-        active = await active_host()
-        target = hosts[1] if active == hosts[0] else hosts[0]
+        target = max((h for h in hosts if h != active), key=priority.__getitem__)
+        await standbys_visible({target})
         await asyncio.sleep(interval)
         started, asked_at = time.monotonic(), time.time()
         await control.handoff(
@@ -172,7 +218,7 @@ async def trial_set(
         await active_host(not_host=active)
         results["handoff"].append(time.monotonic() - started)
         print(
-            f"  interval {interval:g}s handoff {i + 1}/{trials}: {results['handoff'][-1]:.2f}s"
+            f"  {topology} interval {interval:g}s handoff {i + 1}/{trials}: {results['handoff'][-1]:.2f}s"
             f" ({await handoff_breakdown(store, name, asked_at)})",
             flush=True,
         )
@@ -233,37 +279,49 @@ async def handoff_breakdown(store: RedisStore, exchange: str, asked_at: float) -
     return ", ".join(marks)
 
 
-def markdown(rows: list[tuple[float, str, list[float]]], trials: int) -> str:
+def markdown(rows: list[tuple[str, float, str, list[float]]], trials: int, load: list[str]) -> str:
     lines = [
         SECTION,
         "",
-        f"`python -m bench.failover` on {platform.node()} ({os.cpu_count()} cores), "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {trials} trials each; simulated connector "
-        "(its prepare 0.2 s + warm-up 0.3 s + connect 0.2 s are in every figure).",
+        f"`python -m bench.failover` on {platform.node()} ({os.cpu_count()} cores, load average "
+        f"before/after {load[0]} → {load[1]}), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"{trials} trials each; simulated connector (its prepare 0.2 s + warm-up 0.3 s + connect 0.2 s "
+        "are in every figure). Three hosts, one active and two standbys of priorities 3, 2, 1 by host.",
         "",
-        "| interval | TTL | what | p50 | p99 | max | vs TTL (p50) |",
-        "|---|---|---|---|---|---|---|",
+        "| topology | interval | TTL | what | p50 | p99 | max | vs TTL (p50) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for interval, what, values in rows:
+    for topology, interval, what, values in rows:
         ttl = 3 * interval
+        if what == "best standby won":
+            lines.append(
+                f"| {topology} | {interval:g} s | {ttl:g} s | {what} | "
+                f"{sum(values):.0f} of {len(values)} | | | |"
+            )
+            continue
         lines.append(
-            f"| {interval:g} s | {ttl:g} s | {what} | {statistics.median(values):.2f} s | "
+            f"| {topology} | {interval:g} s | {ttl:g} s | {what} | {statistics.median(values):.2f} s | "
             f"{pct(values, 0.99):.2f} s | {max(values):.2f} s | {statistics.median(values) / ttl:.0%} |"
         )
     lines += [
+        "",
+        "Topologies: `hosts` is the one the README gives users — each host runs `perseus worker --host "
+        "H`, which also serves the shared workflow queue, so the worker that dies may hold other "
+        "instances' workflows in its cache; `dedicated` runs the workflows on a separate "
+        "`perseus worker` that is never stopped, and the hosts with `--no-shared`.",
         "",
         "Crash: SIGKILL of the active host's worker, half an interval after the exchange went active, "
         "until the standby is `active` in the status key. The claim may change hands once the dead "
         "host's key has gone unrenewed past its renew deadline plus the margin (2.1 intervals after "
         "its last renewal: its connector has stopped by then). The standby's watch looks at that "
         "moment and claims over the key (`claimed over`); the dead host's workflow, once its lease "
-        "missed the heartbeat timeout (1.25 intervals, at least 2 s), asks Redis at once and again at "
-        "that moment, records the loss, releases and wakes the best standby (`woken`), whichever "
-        "comes first; a key that runs out first is taken by the watch too (`TTL`). The standby then "
-        "walks starting → warming → active (0.7 s of simulated connector). "
-        "Handoff: `perseus handoff` until it returns with the target active: the old side asks the "
-        "target's worker, walks down and releases, the target claims and walks up, the old side "
-        "registers as a standby.",
+        "missed the heartbeat timeout, asks Redis and records the loss, releases and wakes the best "
+        "standby (`woken`), whichever comes first; a key that runs out first is taken by the watch "
+        "too (`TTL`). The standby then walks starting → warming → active (0.7 s of simulated "
+        "connector). Graceful stop: SIGTERM of the active host's worker, which stops its connector, "
+        "releases the claim and wakes the best standby before it stops polling. Handoff: `perseus "
+        'handoff` to the best standby until it returns with the target active. "best standby won" '
+        "counts the crashes and graceful stops won by the highest-priority live standby.",
         "",
     ]
     return "\n".join(lines)
@@ -569,22 +627,37 @@ async def main(args: argparse.Namespace) -> None:
         )
         client = await Client.connect(f"127.0.0.1:{tp}", data_converter=converter)
         await register_search_attributes(client)
-        core = Worker(env, "core", base, shared=True)
-        await core.ready()
         store = RedisStore(make_client(f"redis://127.0.0.1:{rp}/0"))
         if args.warmup is not None:
+            core = Worker(env, "core", base, shared=True)
+            await core.ready()
             await warm_main(args, client, store, env, database_url, base)
             await store.client.aclose()
             return
-        rows: list[tuple[float, str, list[float]]] = []
-        for interval in args.intervals:
-            results = await trial_set(client, store, env, database_url, interval, args.trials, base)
-            rows += [
-                (interval, "crash → standby active", results["crash"]),
-                (interval, "planned handoff", results["handoff"]),
-            ]
+        rows: list[tuple[str, float, str, list[float]]] = []
+        load = [loadavg()]
+        for topology in args.topologies:
+            # Only the dedicated topology has a workflow worker of its own; the hosts topology must
+            # have none, or the workflows would never sit on a host worker that dies.
+            if topology == "dedicated":
+                core = Worker(env, "core", base, shared=True)
+                await core.ready()
+            for interval in args.intervals:
+                results = await trial_set(
+                    client, store, env, database_url, interval, args.trials, base, topology=topology
+                )
+                rows += [
+                    (topology, interval, "crash → standby active", results["crash"]),
+                    (topology, interval, "graceful stop → standby active", results["graceful"]),
+                    (topology, interval, "best standby won", results["priority"]),
+                    (topology, interval, "planned handoff", results["handoff"]),
+                ]
+            if core is not None:
+                core.kill()
+                core = None
+        load.append(loadavg())
         await store.client.aclose()
-        text = markdown(rows, args.trials)
+        text = markdown(rows, args.trials, load)
         print(text)
         if not args.no_write:
             write_section(text)
@@ -599,6 +672,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--intervals", type=lambda s: [float(x) for x in s.split(",")], default=[15.0, 1.0])
     parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument(
+        "--topologies",
+        type=lambda s: [t for t in s.split(",") if t],
+        default=list(TOPOLOGIES),
+        help="hosts (the README's: host workers serve the workflows too), dedicated, or both",
+    )
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument(
         "--warmup",
