@@ -39,14 +39,15 @@ from perseus.connectors.base import ConnectorHost
 from perseus.connectors.process import output_dir
 from perseus.connectors.watchdog import Watchdog
 from perseus.enrol import enrolment
-from perseus.errors import ConfigError, PerseusError
+from perseus.errors import ConfigError, PerseusError, ServiceUnavailable
+from perseus.fleet import RetryWait, retry_after, retry_over
 from perseus.keeper import LeaseKeeper, WorkflowClosed
 from perseus.keys import SHARED_TASK_QUEUE, host_task_queue, valid_host
 from perseus.logs import configure_logging, install_temporal_runtime
 from perseus.metrics import MetricsServer, free_loopback_address
 from perseus.models import EventRequest
 from perseus.notify import discord_notifier
-from perseus.store.db import Catalog, make_pool, open_pool
+from perseus.store.db import Catalog, open_pool_eventually
 from perseus.store.redis_store import RedisStore, make_client
 from perseus.temporal import RPC_TIMEOUT, connect
 from workflows.instance import InstanceWorkflow
@@ -76,11 +77,15 @@ async def run_worker(
     ``metrics_server`` (``--metrics-port``) serves ``/metrics`` while the worker runs."""
     redis = make_client(str(settings.redis_url))
     store = RedisStore(redis)
-    pool = make_pool(settings.database_url)
     try:
-        # Both servers answer before anything polls: a start-up failure is one line, not a trace.
+        # Redis answers before anything polls (claims need it): a start-up failure is one line.
         await store.check_reachable()
-        await open_pool(pool)
+        # Without PostgreSQL the queues are still worth serving: the catalog's activities fail (and
+        # Temporal retries them) and the enrolment waits until it answers. A restart during a
+        # database outage must not leave this host's placements behind.
+        pool, down = await open_pool_eventually(settings.database_url)
+        if down is not None:
+            log.warning("%s; serving anyway, the catalog's steps wait for it", down)
     except BaseException:
         await redis.aclose()
         raise
@@ -167,6 +172,25 @@ async def run_worker(
         await redis.aclose()
 
 
+async def connect_when_up(settings: Settings) -> Client:
+    """A Temporal client, once Temporal answers: a worker started during an outage waits (one line
+    per change of reason) instead of exiting, and enrols its host as soon as it can."""
+    wait = RetryWait()
+    while True:
+        try:
+            client = await connect(settings)
+        except ServiceUnavailable as exc:
+            wait, delay, line = retry_after(wait, str(exc.server), str(exc))
+            if line is not None:
+                log.warning("worker %s", line)
+            await asyncio.sleep(delay)
+            continue
+        wait, line = retry_over(wait)
+        if line is not None:
+            log.info("worker connected to Temporal: %s", line)
+        return client
+
+
 async def release_instances(client: Client, host_activities: HostActivities) -> None:
     """Tell this host's instances to step down, and wait (bounded) until their workflows are done."""
     workflow_ids = host_activities.keeper.workflow_ids() | set(host_activities.connectors.workflow_ids())
@@ -233,7 +257,7 @@ async def serve(
     name = host or settings.host_name()
     if not valid_host(name):
         raise ConfigError(f"invalid host name {name!r}: use letters, digits, '.', '_' or '-'")
-    client = await connect(settings)
+    client = await connect_when_up(settings)
     stop = asyncio.Event()
     install_signal_handlers(stop)
     ready = asyncio.Event()

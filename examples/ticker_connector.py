@@ -1,12 +1,13 @@
 """An example connector to run under Perseus: the line protocol, warm standby and fenced writes.
 
-    perseus register coinbase --exec "python -u examples/ticker_connector.py --warmup 30" \\
-        --ready-line READY --warm --standby ...
+    perseus register coinbase --exec ".venv/bin/python -u examples/ticker_connector.py --warmup 5" \\
+        --ready-line READY --warm --standby --env TICKER_REDIS_URL=redis://127.0.0.1:7379/0 ...
 
 Environment: what Perseus sets (``PERSEUS_EXCHANGE``, ``PERSEUS_EXCHANGE_ID``, ``PERSEUS_EPOCH``,
 ``PERSEUS_INSTANCE_ID``, ``PERSEUS_ROLE``, ``PERSEUS_SYMBOLS``) and ``TICKER_REDIS_URL``, the Redis it
-writes to (Perseus does not pass its own ``PERSEUS_REDIS_URL`` on: give it with the spec's ``env`` or
-the worker's environment).
+writes to — the one Perseus uses, or the fence cannot see the status key. Perseus does not pass its
+own ``PERSEUS_REDIS_URL`` on: give it with ``perseus register --env``. Without it, Perseus' default
+(the Redis ``perseus dev`` starts) is assumed.
 
 What it does, step by step:
 
@@ -78,7 +79,7 @@ async def run(args: argparse.Namespace) -> int:
     symbols = [s for s in os.environ.get("PERSEUS_SYMBOLS", "").split(",") if s] or ["BTC-USD"]
     role = os.environ.get("PERSEUS_ROLE", "active")
     stream = fence.key("ticks")
-    client = aioredis.from_url(os.environ.get("TICKER_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    client = aioredis.from_url(os.environ.get("TICKER_REDIS_URL", "redis://127.0.0.1:7379/0"))
     server = None
     try:
         await asyncio.sleep(args.warmup)  # the backfill a real connector would do

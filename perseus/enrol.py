@@ -20,6 +20,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from pydantic import BaseModel, Field
 from temporalio.api.enums.v1 import TaskQueueType
@@ -38,10 +39,13 @@ from perseus.fleet import (
     Instance,
     Observed,
     Placement,
+    RetryWait,
     Standby,
     drain_plan,
     enrol_plan,
     plan,
+    retry_after,
+    retry_over,
 )
 from perseus.keys import host_task_queue, workflow_id
 from perseus.lifecycle import Command, Role
@@ -72,6 +76,9 @@ class EnrolReport(BaseModel):
     done: list[str] = Field(default_factory=list)
     failed: list[str] = Field(default_factory=list)
     waiting: list[str] = Field(default_factory=list)
+    #: Those of ``failed`` that failed because a server did not answer: the worker's enrolment
+    #: tries them again until it does.
+    unavailable: list[str] = Field(default_factory=list)
 
 
 # --- observing -----------------------------------------------------------------------------------
@@ -236,6 +243,9 @@ async def carry_out(
     await asyncio.gather(*(one_exchange(indices) for indices in by_exchange.values()))
     for i in sorted(outcomes):
         kind, line = outcomes[i]
+        if kind == "unavailable":
+            report.unavailable.append(line)
+            kind = "failed"
         getattr(report, kind).append(line)
 
 
@@ -261,6 +271,8 @@ async def _carry_out_one(
             return "waiting", action.describe()
         else:
             return None
+    except errors.ServiceUnavailable as exc:
+        return "unavailable", f"{action.exchange} on {action.host}: {exc}"
     except errors.PerseusError as exc:
         return "failed", f"{action.exchange} on {action.host}: {exc}"
     log.info("fleet: %s", line)
@@ -342,50 +354,73 @@ async def _watch_and_enrol(
     """Enrol, then wait for an event: one of the host's placed instances ends (lost: enrol again),
     Temporal answers again after an outage (enrol again), or an apply changed the placements (watch
     the new set). Each wait is a long poll — a workflow's result, a PostgreSQL LISTEN — so this
-    costs nothing while all is well."""
-    listener: FleetListener | None = FleetListener(settings.database_url)
-    assert listener is not None
-    try:
-        await listener.open()
-    except Exception as exc:  # noqa: BLE001 - enrolment at start still works without it
-        log.warning("fleet: no change notifications for host %s (%s)", host, exc)
-        await listener.close()
-        listener = None
+    costs nothing while all is well.
+
+    An enrolment that cannot finish because a server does not answer (a worker started while
+    PostgreSQL or Temporal was down, or a registration that timed out in the outage) is tried again
+    with a capped backoff until it does: a running worker never leaves its placements unenrolled.
+    Losing the LISTEN connection counts as such an outage (an apply may go unheard meanwhile)."""
+    listener: FleetListener | None = None
     changed: asyncio.Task[str] | None = None
+    retry: asyncio.Task[None] | None = None
     watched: list[asyncio.Task[str]] = []
+    wait = RetryWait()
     enrol, refresh = True, True
     try:
         while True:
-            try:
-                if enrol:
-                    report = await enrol_host(client, catalog, store, host, settings)
-                    for line in report.failed:
-                        log.warning("fleet enrolment of host %s: %s", host, line)
+            if enrol or refresh:
+                if retry is not None:
+                    await _cancel([retry])
+                    retry = None
+                try:
+                    if listener is None:
+                        listener = await _listening(settings.database_url)
+                    report = EnrolReport(host=host)
+                    if enrol:
+                        report = await enrol_host(client, catalog, store, host, settings)
+                    for failure in (f for f in report.failed if f not in report.unavailable):
+                        log.warning("fleet enrolment of host %s: %s", host, failure)
                     if report.done:
                         log.info("fleet enrolment of host %s: %s", host, "; ".join(report.done))
-                    enrol, refresh = False, True
-                if refresh:
                     await _cancel(watched)
                     watched = [
                         asyncio.create_task(_outcome(client, workflow_id(p.exchange, host)), name=p.exchange)
                         for p in await catalog.placements(host)
                     ]
-                    refresh = False
-            except Exception as exc:  # noqa: BLE001 - the worker runs on; its next start enrols again
-                log.warning("fleet enrolment of host %s failed: %s", host, exc)
-                return
+                    enrol, refresh = False, False
+                    if report.unavailable:
+                        raise _Unenrolled("; ".join(report.unavailable))
+                    wait, line = retry_over(wait)
+                    if line is not None:
+                        log.info("fleet enrolment of host %s: %s", host, line)
+                except Exception as exc:  # noqa: BLE001 - the worker serves on; the next attempt decides
+                    kind = str(getattr(exc, "server", None) or type(exc).__name__)
+                    wait, delay, line = retry_after(wait, kind, str(exc) or kind)
+                    if line is not None:
+                        log.warning("fleet enrolment of host %s %s", host, line)
+                    enrol, refresh = False, False
+                    retry = asyncio.create_task(asyncio.sleep(delay))
             if listener is not None and changed is None:
                 changed = asyncio.create_task(listener.changed())
-            waits = [*watched, *([changed] if changed is not None else [])]
+            waits: list[asyncio.Task[Any]] = [
+                *watched,
+                *([changed] if changed is not None else []),
+                *([retry] if retry is not None else []),
+            ]
             if not waits:
                 return
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if retry is not None and retry in done:
+                retry, enrol = None, True
             if changed is not None and changed in done:
                 if changed.exception() is not None:
                     log.warning(
                         "fleet: change notifications for host %s stopped: %s", host, changed.exception()
                     )
+                    if listener is not None:
+                        await listener.close()
                     listener = None
+                    enrol = True  # reopens the channel; enrols again in case an apply went unheard
                 changed, refresh = None, True
             ended = [t for t in watched if t in done]
             watched = [t for t in watched if t not in done]
@@ -396,12 +431,28 @@ async def _watch_and_enrol(
                 log.info("fleet: %s on %s lost (or Temporal back); enrolling again", ", ".join(lost), host)
                 enrol = True
     finally:
-        await _cancel([*watched, *([changed] if changed is not None else [])])
+        await _cancel([*watched, *(t for t in (changed, retry) if t is not None)])
         if listener is not None:
             await listener.close()
 
 
-async def _cancel(tasks: list[asyncio.Task[str]]) -> None:
+class _Unenrolled(errors.ServiceUnavailable):
+    """Some registrations of an enrolment failed because a server did not answer."""
+
+
+async def _listening(url: str) -> FleetListener:
+    """A LISTEN on the fleet channel (ServiceUnavailable while PostgreSQL does not answer)."""
+    listener = FleetListener(url)
+    try:
+        await listener.open()
+    except BaseException:
+        await listener.close()
+        raise
+    return listener
+
+
+async def _cancel(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    tasks = list(tasks)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

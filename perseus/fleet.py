@@ -402,3 +402,40 @@ def drain_plan(
             "(register a standby first, or --force to shut those down)"
         )
     return steps
+
+
+# --- a worker that has to wait for its servers (its enrolment, its first Temporal connection) ------
+
+#: The first wait after an attempt found a server down, and the longest: a server that comes back
+#: is noticed within this cap, and a long outage costs one cheap attempt per cap.
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 5.0
+
+
+class RetryWait(BaseModel):
+    """Where a retried step stands: done (``why`` None) or waiting for ``why`` to go away after
+    ``attempts`` failed attempts. Immutable; :func:`retry_after` / :func:`retry_over`
+    give the next one."""
+
+    model_config = ConfigDict(frozen=True)
+
+    attempts: int = 0
+    why: str | None = None
+    #: What kind of failure ``why`` is (the server, else the error class): a new log line is owed
+    #: only when this changes, not when the same outage words its message differently.
+    kind: str | None = None
+
+
+def retry_after(wait: RetryWait, kind: str, why: str) -> tuple[RetryWait, float, str | None]:
+    """An attempt failed for ``why``: the next state, the delay before the next attempt, and the
+    line to log (None while it is the same outage as before — one line per change, not per try)."""
+    delay = min(RETRY_FIRST_S * 2**wait.attempts, RETRY_MAX_S)
+    line = None if kind == wait.kind else f"waiting: {why} (retrying every {RETRY_MAX_S:g}s at most)"
+    return RetryWait(attempts=wait.attempts + 1, why=why, kind=kind), delay, line
+
+
+def retry_over(wait: RetryWait) -> tuple[RetryWait, str | None]:
+    """An attempt went through: back to done, and the line that says the wait is over (if any)."""
+    if wait.kind is None:
+        return wait, None
+    return RetryWait(), f"done after {wait.attempts} failed attempt(s) (last: {wait.why})"

@@ -10,6 +10,9 @@ Contracts:
   "Activity not found on completion" (core: the lease activity finished while the server had already
   timed it out or cancelled it) and "Cannot find activity to cancel" (Python: a TRY_CANCEL
   cancellation raced the activity's own completion).
+* The PostgreSQL pool's "error connecting in 'pool-N'" warning (one per reconnection attempt, two
+  lines each) is shown at DEBUG too: Perseus says once what waits for the database (the worker's
+  start, its enrolment) and each step that fails fails with the reason, so the outage is not lost.
 * The Temporal core's own log lines are forwarded into Python logging (:func:`install_temporal_runtime`)
   so they get the same level, format and filter instead of core's own stderr format.
 """
@@ -24,8 +27,13 @@ from typing import TextIO
 
 from temporalio import workflow
 
-#: Substrings of SDK warnings that describe an expected race, not a fault.
-BENIGN_WARNINGS = ("Activity not found on completion", "Cannot find activity to cancel")
+#: Substrings of library warnings that describe an expected race, or repeat per retry an outage
+#: Perseus reports once itself — not a fault of their own.
+BENIGN_WARNINGS = (
+    "Activity not found on completion",
+    "Cannot find activity to cancel",
+    "error connecting in 'pool-",
+)
 
 #: Libraries that log every request at INFO: useful only when debugging.
 CHATTY = ("httpx", "httpcore", "uvicorn.access")

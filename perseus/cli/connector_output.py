@@ -3,6 +3,7 @@ of ``perseus register`` turned into a :class:`ConnectorSpec`."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import typer
@@ -26,6 +27,7 @@ _FLAGS = {
     "on_unhealthy": "--on-unhealthy",
     "warm": "--warm",
     "active_timeout_s": "--active-timeout",
+    "env": "--env",
 }
 RESTART_CHOICES = ("no", "on-failure")
 ON_UNHEALTHY_CHOICES = ("restart", "failover")
@@ -44,6 +46,7 @@ def connector_spec(
     on_unhealthy: str | None = None,
     warm: bool = False,
     active_timeout: float | None = None,
+    env: list[str] | tuple[str, ...] = (),
 ) -> ConnectorSpec | None:
     """The spec ``perseus register`` asks for; None keeps the default (simulated) connector.
 
@@ -64,6 +67,7 @@ def connector_spec(
         "--health-url": health_url,
         "--health-failures": health_failures,
         "--active-timeout": active_timeout,
+        "--env": child_env(env) or None,
     }
     anywhere: dict[str, object] = {"restart": restart, "on_unhealthy": on_unhealthy, "warm": warm or None}
     if exec_command is None:
@@ -82,11 +86,27 @@ def connector_spec(
         ("health_url", health_url),
         ("health_failures", health_failures),
         ("active_timeout_s", active_timeout),
+        ("env", child_env(env) or None),
         *anywhere.items(),
     ):
         if value is not None:
             fields[name] = value
     return _validated(fields)
+
+
+#: A variable name the child's environment can take (what a POSIX shell accepts).
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def child_env(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``--env NAME=VALUE`` options as a mapping; a malformed one is a one-line usage error."""
+    env: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not _ENV_NAME.fullmatch(name):
+            raise ConfigError(f"--env: expected NAME=VALUE with a variable name, got {pair!r}")
+        env[name] = value
+    return env
 
 
 def _validated(fields: dict[str, object]) -> ConnectorSpec:

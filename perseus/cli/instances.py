@@ -162,6 +162,15 @@ def register(
             help="Seconds for ACTIVE after ACTIVATE (default 10, max 60).",
         ),
     ] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--env",
+            metavar="NAME=VALUE",
+            help="An extra variable for the --exec command's environment (repeatable): the child "
+            "inherits only an allow-list of the worker's, never its PERSEUS_* settings.",
+        ),
+    ] = None,
     timeout: TimeoutOption = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -183,6 +192,7 @@ def register(
             on_unhealthy=on_unhealthy,
             warm=warm,
             active_timeout=active_timeout,
+            env=env or [],
         )
         interval = heartbeat_interval if heartbeat_interval is not None else settings.heartbeat_interval
         try:

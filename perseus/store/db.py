@@ -137,6 +137,20 @@ async def open_pool(pool: AsyncConnectionPool[Any], timeout: float = 15.0) -> No
         ) from None
 
 
+async def open_pool_eventually(url: str) -> tuple[AsyncConnectionPool[Any], ServiceUnavailable | None]:
+    """A pool for ``url``, open, and None — or, when PostgreSQL does not answer, a pool that connects
+    in the background once it does, and why it is not connected yet. For a process that has other
+    work while the database is down (a worker); its queries fail as ServiceUnavailable until then."""
+    pool = make_pool(url)
+    try:
+        await open_pool(pool)
+    except ServiceUnavailable as exc:
+        pool = make_pool(url)  # one that timed out opening is closed for good
+        await pool.open(wait=False)
+        return pool, exc
+    return pool, None
+
+
 async def connect(url: str) -> psycopg.AsyncConnection[dict[str, Any]]:
     try:
         return await psycopg.AsyncConnection.connect(

@@ -351,10 +351,17 @@ def test_register_options_become_the_spec_with_one_line_errors() -> None:
         "--active-timeout: Input should be less than or equal to 60": dict(
             exec_command="x", active_timeout=61
         ),
+        "--env: expected NAME=VALUE with a variable name, got 'NOEQUALS'": dict(
+            exec_command="x", env=["NOEQUALS"]
+        ),
+        "--env: expected NAME=VALUE with a variable name, got '1X=y'": dict(exec_command="x", env=["1X=y"]),
+        "--env: only with --exec": dict(exec_command=None, env=["A=b"]),
     }
     for expected, options in refusals.items():
         with pytest.raises(ConfigError, match=expected):
             connector_spec(**base, **options)
+    with_env = connector_spec(exec_command="x", **base, env=["URL=redis://h:1/0?a=b", "EMPTY="])
+    assert with_env is not None and with_env.env == {"URL": "redis://h:1/0?a=b", "EMPTY": ""}
 
 
 @pytest.mark.unit

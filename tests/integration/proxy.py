@@ -2,6 +2,8 @@
 
 While stalled, bytes in flight are held (not dropped, not refused): the other side sees a server
 that hangs, the nastiest kind of partition. ``resume()`` lets everything through again.
+``down()`` is the plain outage instead — connections refused, open ones cut — and ``up()`` listens
+again on the same port, without disturbing the real server other clients share.
 """
 
 from __future__ import annotations
@@ -24,6 +26,21 @@ class StallableProxy:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
+
+    async def down(self) -> None:
+        """The server is gone: new connections are refused, open ones are cut."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for task in list(self._tasks):
+            task.cancel()
+        for w in list(self._writers):
+            w.close()
+
+    async def up(self) -> None:
+        """The server is back, on the same port."""
+        if self._server is None:
+            self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
 
     def stall(self) -> None:
         self._open.clear()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -13,7 +14,14 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from perseus import control
-from perseus.enrol import apply_fleet, drain_host, fleet_status, live_hosts, plan_fleet
+from perseus.enrol import (
+    FleetExchangeView,
+    apply_fleet,
+    drain_host,
+    fleet_status,
+    live_hosts,
+    plan_fleet,
+)
 from perseus.errors import ServiceUnavailable
 from perseus.fleet import Placement, parse_fleet
 from perseus.keys import workflow_id
@@ -23,6 +31,7 @@ from perseus.store import db
 from perseus.store.redis_store import RedisStore
 from tests.conftest import Servers, WorkerProcess, exchange_id, perseus
 from tests.integration.helpers import active_on, events, holder, host_name, start_workers, wait_for
+from tests.integration.proxy import StallableProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -332,3 +341,107 @@ async def test_warm_true_in_the_fleet_file_makes_warm_standbys(
     await wait_for(warm_standby)  # prepared and warmed on b, not merely stored in the placement
     await shutdown_all(client, exchange, b, a)
     await catalog.store_placements([], forget=[exchange])
+
+
+#: A worker that started while PostgreSQL was down has every placement enrolled this soon after the
+#: server answers: the enrolment's longest wait between attempts (5 s), a registration, the
+#: simulated connector's walk, and a margin for a busy machine.
+ENROLLED_AFTER_OUTAGE_S = 20.0
+
+
+async def test_workers_started_while_postgresql_is_down_enrol_once_it_answers(
+    servers: Servers,
+    client: Client,
+    store: RedisStore,
+    catalog: db.Catalog,
+    exchange: str,
+    worker_processes: list[WorkerProcess],
+) -> None:
+    """Both hosts restart during a database outage (the README's topology: each worker also serves
+    the shared queue). They serve anyway, say once that they wait, and enrol every placement as
+    soon as PostgreSQL answers — the fleet never keeps a placement "not enrolled" behind a running
+    worker (it once did until the next restart)."""
+    other = await new_exchange(servers)
+    a, b = host_name("fpg-a"), host_name("fpg-b")
+    await catalog.store_placements(
+        await placements_of(catalog, table(exchange, a, b) + table(other, b, a)), forget=[]
+    )
+    ids = {exchange: await exchange_id(servers, exchange), other: await exchange_id(servers, other)}
+    # The workers reach PostgreSQL through a proxy: their outage, not the other tests' server.
+    proxy = await StallableProxy(servers.postgres_port).start()
+    url = servers.database_url.replace(f":{servers.postgres_port}/", f":{proxy.port}/")
+    assert url != servers.database_url
+    await proxy.down()
+    try:
+        procs = [WorkerProcess(servers, h, shared=True, PERSEUS_DATABASE_URL=url) for h in (a, b)]
+        worker_processes.extend(procs)
+        await asyncio.gather(*(p.ready() for p in procs))  # serving, although PostgreSQL is down
+        await asyncio.sleep(4)  # long enough for several attempts (0.5 s, 1 s, 2 s apart)
+        for proc in procs:
+            lines = proc.log.read_text().splitlines()
+            waiting = [line for line in lines if "fleet enrolment of host" in line and "waiting:" in line]
+            assert len(waiting) == 1 and "PostgreSQL unreachable" in waiting[0], lines
+            assert not any("Traceback" in line for line in lines), lines
+        assert [await holder(store, i) for i in ids.values()] == [None, None]
+
+        await proxy.up()
+        back = time.monotonic()
+
+        async def enrolled() -> dict[str, FleetExchangeView] | None:
+            # Whichever host enrols first takes an exchange nobody holds (no failback, as after any
+            # restart): every placement runs, one host active and the other its standby.
+            views = {v.exchange: v for v in await fleet_status(client, catalog, store)}
+            mine = [views.get(exchange), views.get(other)]
+            ok = all(
+                v is not None
+                and v.active_state == "active"
+                and [v.active_host, *v.standbys] in ([a, b], [b, a])
+                and not [d for d in v.drift if "not enrolled" in d or "no active" in d]
+                for v in mine
+            )
+            return views if ok else None
+
+        await wait_for(enrolled, ENROLLED_AFTER_OUTAGE_S)
+        assert time.monotonic() - back < ENROLLED_AFTER_OUTAGE_S
+        for proc in procs:
+            assert "done after" in proc.log.read_text()  # the wait's end is one line too
+    finally:
+        await asyncio.gather(shutdown_all(client, exchange, a, b), shutdown_all(client, other, b, a))
+        await catalog.store_placements([], forget=[exchange, other])
+        await proxy.close()
+
+
+async def test_a_worker_started_while_temporal_is_down_enrols_once_it_answers(
+    servers: Servers,
+    client: Client,
+    store: RedisStore,
+    catalog: db.Catalog,
+    exchange: str,
+    worker_processes: list[WorkerProcess],
+) -> None:
+    """The same restart with Temporal down: the worker waits for it (one line, no exit and no
+    trace), then polls and enrols its placement."""
+    a = host_name("ftp")
+    await catalog.store_placements(await placements_of(catalog, table(exchange, a)), forget=[])
+    ex_id = await exchange_id(servers, exchange)
+    proxy = await StallableProxy(int(servers.temporal_address.rsplit(":", 1)[1])).start()
+    await proxy.down()
+    try:
+        proc = WorkerProcess(servers, a, shared=True, TEMPORAL_ADDRESS=f"127.0.0.1:{proxy.port}")
+        worker_processes.append(proc)
+        await asyncio.sleep(4)  # several attempts (0.5 s, 1 s, 2 s apart)
+        assert proc.proc.poll() is None, proc.log.read_text()
+        lines = proc.log.read_text().splitlines()
+        waiting = [line for line in lines if "waiting:" in line]
+        assert len(waiting) == 1 and "Temporal unreachable" in waiting[0], lines
+        assert not any("Traceback" in line or "worker ready" in line for line in lines), lines
+
+        await proxy.up()
+        back = time.monotonic()
+        await proc.ready()
+        await wait_for(lambda: active_on(store, ex_id, a), ENROLLED_AFTER_OUTAGE_S)
+        assert time.monotonic() - back < ENROLLED_AFTER_OUTAGE_S
+    finally:
+        await shutdown_all(client, exchange, a)
+        await catalog.store_placements([], forget=[exchange])
+        await proxy.close()

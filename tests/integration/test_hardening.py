@@ -177,7 +177,7 @@ async def test_a_dependency_down_at_start_up_is_one_line(servers: Servers) -> No
     await _each_one_line(
         servers,
         [
-            (("worker", "--host", "h1"), no_database, "PostgreSQL unreachable"),
+            # A worker serves without PostgreSQL and enrols once it answers (see test_fleet.py).
             (("api", "--port", str(services.free_port())), no_database, "PostgreSQL unreachable"),
             (("worker", "--host", "h1"), no_redis, "Redis unreachable"),
         ],

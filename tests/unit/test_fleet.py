@@ -14,11 +14,14 @@ from perseus.fleet import (
     Instance,
     Observed,
     Placement,
+    RetryWait,
     Standby,
     drain_plan,
     enrol_plan,
     parse_fleet,
     plan,
+    retry_after,
+    retry_over,
 )
 from perseus.models import ConnectorSpec
 
@@ -387,3 +390,19 @@ def test_the_readme_example_and_the_demo_fleet_are_valid() -> None:
         ("coinbase", 7.0),
         ("kraken", 7.0),
     ]
+
+
+def test_a_wait_for_a_server_backs_off_to_its_cap_and_logs_each_change_once() -> None:
+    wait = RetryWait()
+    delays, lines = [], []
+    for kind in ["PostgreSQL"] * 6 + ["Temporal"] * 2:
+        wait, delay, line = retry_after(wait, kind, f"{kind} unreachable")
+        delays.append(delay)
+        lines.append(line)
+    assert delays == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0, 5.0]
+    # One line when the wait starts and one when its reason changes; none per retry.
+    assert [line is not None for line in lines] == [True, False, False, False, False, False, True, False]
+    assert lines[0] is not None and "PostgreSQL unreachable" in lines[0]
+    done, line = retry_over(wait)
+    assert done == RetryWait() and line is not None and "8 failed attempt(s)" in line
+    assert retry_over(done) == (done, None)  # nothing to say when nothing waited
