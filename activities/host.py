@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from temporalio import activity
@@ -20,7 +20,8 @@ from temporalio import activity
 from activities.edge import edge
 from activities.registry import take_claim
 from perseus.connectors.base import ConnectorHost
-from perseus.connectors.factory import ConnectorContext, build_connector
+from perseus.connectors.factory import ConnectorContext, build_connector, cannot_start
+from perseus.decisions import warm_retry_delay
 from perseus.errors import (
     ConnectorError,
     ConnectorGone,
@@ -32,6 +33,7 @@ from perseus.lifecycle import Role
 from perseus.models import (
     Claim,
     ClaimResult,
+    ConnectorPreflight,
     ConnectorReport,
     ConnectorRequest,
     HostClaimRequest,
@@ -320,7 +322,7 @@ class HostActivities:
         self.connectors.put(req.workflow_id, connector)
         symbols = await self._catalog.active_symbols(req.exchange_id)
         try:
-            count = await with_heartbeats(connector.prepare(symbols))
+            count = await self._warm_step(req, connector.prepare(symbols))
         finally:
             # The child may act from now on: under the claim's deadline. Not a warm standby's: it
             # acts only after ACTIVATE, and connector_activate arms the deadline before sending it.
@@ -349,8 +351,30 @@ class HostActivities:
     @activity.defn(name="connector_warm_up")
     @edge
     async def connector_warm_up(self, req: ConnectorRequest) -> ConnectorReport:
-        await with_heartbeats(self._connector(req).warm_up())
+        await self._warm_step(req, self._connector(req).warm_up())
         return ConnectorReport()
+
+    async def _warm_step(self, req: ConnectorRequest, step: Awaitable[T]) -> T:
+        """Run a connector step; if it is a warm standby's and fails, note why (and when its workflow
+        tries again) for the keeper to show in the standby's record."""
+        try:
+            return await with_heartbeats(step)
+        except Exception as exc:
+            if req.role is Role.STANDBY:
+                retry_at = (
+                    datetime.now(UTC) + timedelta(seconds=warm_retry_delay(req.warm_attempt))
+                    if req.warm_attempt is not None
+                    else None
+                )
+                self.connectors.note_warm_failure(req.workflow_id, str(exc) or type(exc).__name__, retry_at)
+            raise
+
+    @activity.defn(name="connector_preflight")
+    @edge
+    async def connector_preflight(self, req: ConnectorRequest) -> ConnectorPreflight:
+        """Whether the connector ``req.spec`` could start on this host now (a handoff's target is
+        asked before the active instance stops anything). Spawns nothing."""
+        return ConnectorPreflight(hostname=self.hostname, cannot_start=cannot_start(req.spec))
 
     @activity.defn(name="connector_activate")
     @edge
@@ -441,4 +465,5 @@ class HostActivities:
             self.connector_deactivate,
             self.connector_disconnect,
             self.connector_check,
+            self.connector_preflight,
         ]

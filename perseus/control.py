@@ -222,20 +222,51 @@ def check_timeout(timeout_s: float) -> float:
     return timeout_s
 
 
-async def _answer(call: Awaitable[T], what: str, timeout_s: float = ANSWER_TIMEOUT_S) -> T:
+async def _answer(
+    call: Awaitable[T],
+    what: str,
+    timeout_s: float = ANSWER_TIMEOUT_S,
+    handle: WorkflowHandle[Any, str] | None = None,
+) -> T:
     try:
         return await asyncio.wait_for(call, timeout_s)
     except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
-        raise errors.ServiceUnavailable(
-            f"no worker answered the {what} within {timeout_s:g}s: is `perseus worker` running? "
-            "(the request stays queued; follow it with `perseus status`)"
-        ) from None
+        raise await _no_answer(what, timeout_s, handle) from None
     except WorkflowUpdateFailedError as exc:
         raise error_from_failure(exc) from None
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             raise errors.NotRegistered(f"the instance is no longer running ({exc.message})") from None
         raise errors.ServiceUnavailable(f"Temporal: {exc.message}", server=errors.Server.TEMPORAL) from None
+
+
+async def _no_answer(
+    what: str, timeout_s: float, handle: WorkflowHandle[Any, str] | None
+) -> errors.ServiceUnavailable:
+    """Why a wait ran out. The instance's own snapshot tells a worker that is still carrying the
+    command out (a slow handoff waits for its target) from one that nobody runs: only the second
+    is a missing `perseus worker`."""
+    snapshot: InstanceSnapshot | None = None
+    if handle is not None:
+        try:
+            snapshot = await handle.query(
+                QUERY_SNAPSHOT,
+                result_type=InstanceSnapshot,
+                rpc_timeout=timedelta(seconds=SNAPSHOT_TIMEOUT_S),
+            )
+        except (RPCError, WorkflowQueryFailedError):
+            snapshot = None
+    if snapshot is None:
+        return errors.ServiceUnavailable(
+            f"no worker answered the {what} within {timeout_s:g}s: is `perseus worker` running? "
+            "(the request stays queued; follow it with `perseus status`)"
+        )
+    queued = ", ".join(c.value for c in snapshot.pending)
+    return errors.StillRunning(
+        f"the {what} did not finish within {timeout_s:g}s; a worker runs {snapshot.workflow_id}, which "
+        f"is still at it (now {snapshot.state.value}{f'; queued: {queued}' if queued else ''}): "
+        "follow it with `perseus log` and `perseus status`, or wait longer with --timeout"
+    )
 
 
 async def _running_ids(client: Client, query: str) -> list[str]:
@@ -311,6 +342,7 @@ async def command(
         ),
         command.value,
         timeout_s,
+        handle,
     )
 
 
@@ -404,6 +436,7 @@ async def handoff(
         ),
         "handoff",
         timeout_s,
+        handle,
     )
 
 

@@ -231,6 +231,43 @@ def handoff_demotes(*, shutdown: bool, warm: bool) -> bool:
     return warm and not shutdown
 
 
+#: A warm-up that failed is tried again after this many seconds, doubling per failure in a row up
+#: to the cap: quick enough to recover from a blip, slow enough not to hammer a host whose connector
+#: cannot start (each try spawns a child and adds a few events to the history).
+WARM_RETRY_FIRST_S = 5.0
+WARM_RETRY_CAP_S = 300.0
+
+
+def warm_retry_delay(failures: int) -> float:
+    """Seconds before a warm standby warms its connector up again after ``failures`` in a row."""
+    return float(min(WARM_RETRY_CAP_S, WARM_RETRY_FIRST_S * 2 ** max(0, failures - 1)))
+
+
+def target_not_ready(
+    *,
+    host: str,
+    warm: bool,
+    warm_ready: bool,
+    warm_error: str | None,
+    retry_in_s: float | None,
+    waited_s: float | None = None,
+) -> str | None:
+    """Why a handoff to the standby on ``host`` must be refused before anything stops here, from
+    its record; None: go ahead (or, for a warm target still warming, wait for it first).
+
+    A warm target that is not ready would be handed over cold: our connector stops, and if its cold
+    start fails as its warm-up did, the exchange is without a connector until we take it back.
+    ``waited_s``: we already waited this long for it to become ready."""
+    if not warm or warm_ready:
+        return None
+    if warm_error is not None:
+        retry = f"; it tries again in {retry_in_s:.0f}s" if retry_in_s is not None else ""
+        return f"the warm standby on {host} is not ready: its warm-up failed ({warm_error}){retry}"
+    if waited_s is not None:
+        return f"the warm standby on {host} is still not ready after {waited_s:.0f}s of warming up"
+    return None
+
+
 def runs_without_claim(*, role: Role, connected: bool, activating: bool) -> bool:
     """Whether a connector may keep running when its claim ends: only one that does not act — a warm
     standby's, never activated or demoted — and is not being activated (it may act already)."""

@@ -97,6 +97,11 @@ class ServiceUnavailable(PerseusError):
         self.server = server
 
 
+class StillRunning(ServiceUnavailable):
+    """A command outlived the caller's wait while its instance's worker still answers: it is being
+    carried out (slowly), not lost — unlike a wait nobody answered."""
+
+
 class PortInUse(ServiceUnavailable):
     """A server we started exited because another process holds its port (its log says so)."""
 

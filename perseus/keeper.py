@@ -482,6 +482,10 @@ class LeaseKeeper:
                     connector = self._connectors.get(record.workflow_id)
                     ready = bool(connector is not None and connector.warm_ready)
                     update["warm_ready"] = ready
+                    # Why it is not ready, if its warm-up failed here: the status shows it.
+                    failed = None if ready else self._connectors.warm_failure(record.workflow_id)
+                    update["warm_error"] = failed.reason if failed else None
+                    update["warm_retry_at"] = iso(failed.retry_at) if failed and failed.retry_at else None
                     if watched.warm_seen and not ready:
                         log.warning("standby %s: its warm connector stopped", record.workflow_id)
                         watched.warm_lost = True  # the beat below wakes the watch activity

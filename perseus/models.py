@@ -539,6 +539,10 @@ class ConnectorRequest(BaseModel):
     #: ``standby``: prepare and warm a warm standby's connector (``PERSEUS_ROLE=standby``); it acts
     #: only once ``connector_activate`` sends ``ACTIVATE`` with the epoch of a claim just taken.
     role: Role = Role.ACTIVE
+    #: A warm standby's warm-up attempt (1, 2, …): if this step fails, the host shows in the
+    #: standby's record when the workflow tries again (``decisions.warm_retry_delay``). None from
+    #: runs that do not retry a failed warm-up.
+    warm_attempt: int | None = None
 
 
 class ConnectorReport(BaseModel):
@@ -546,6 +550,14 @@ class ConnectorReport(BaseModel):
     running: bool = False
     #: A warm standby's connector is prepared, warmed and still running (activate can promote it).
     warm_ready: bool = False
+
+
+class ConnectorPreflight(BaseModel):
+    """Whether a connector could start on a host now (a handoff asks its target before anything
+    stops): None, or why not, in one line."""
+
+    hostname: str
+    cannot_start: str | None = None
 
 
 class ConnectorHealth(BaseModel):
@@ -619,6 +631,10 @@ class StandbyRecord(Wire):
     warm: bool = False
     #: Its warm connector is ready to be activated now: refreshed by the host at every renewal.
     warm_ready: bool = False
+    #: Why its last warm-up failed (with the child's last output), while it is not ready; and when
+    #: its workflow tries again (ISO; None: it does not). Refreshed by the host at every renewal.
+    warm_error: str | None = None
+    warm_retry_at: str | None = None
 
     def wire(self) -> dict[str, object]:
         return self.model_dump(mode="json", by_alias=True)

@@ -80,6 +80,10 @@ class StandbyView(Wire):
     warm: bool = False
     #: Its warm connector is prepared and warmed now: a promotion activates it instead of starting it.
     warm_ready: bool = False
+    #: A warm standby whose warm-up failed: why (the child's last output included), and in how many
+    #: seconds its workflow tries again (None: it does not). None while it is ready or warming.
+    warm_error: str | None = None
+    warm_retry_in_s: float | None = None
     ip_address: str | None = None
     heartbeat: str = "fresh"
 
@@ -237,9 +241,41 @@ def judge_standby(record: StandbyRecord, now: datetime) -> StandbyView | None:
         ttl_ms=left,
         warm=record.warm,
         warm_ready=record.warm and record.warm_ready,
+        warm_error=record.warm_error if record.warm and not record.warm_ready else None,
+        warm_retry_in_s=_retry_in(record, now),
         ip_address=record.ip_address,
         heartbeat=heartbeat_colour(age, _interval_s(record.heartbeat_interval_ms)),
     )
+
+
+#: A warm-up failure's reason is cut to this many characters in one-line views (the event has it all).
+WARM_ERROR_CHARS = 160
+
+
+def warmth(standby: StandbyView) -> str:
+    """How a standby's warmth reads in one line: nothing for a cold one; ``warm``; ``warm (not
+    ready)`` while it warms up; ``warm (failed, retry in 40s: <reason>)`` after a failed warm-up."""
+    if not standby.warm:
+        return ""
+    if standby.warm_ready:
+        return "warm"
+    if standby.warm_error is None:
+        return "warm (not ready)"
+    reason = standby.warm_error
+    if len(reason) > WARM_ERROR_CHARS:
+        reason = reason[: WARM_ERROR_CHARS - 1] + "…"
+    retry = f", retry in {standby.warm_retry_in_s:.0f}s" if standby.warm_retry_in_s is not None else ""
+    return f"warm (failed{retry}: {reason})"
+
+
+def _retry_in(record: StandbyRecord, now: datetime) -> float | None:
+    """Seconds until a failed warm-up is tried again (judged on the server's clock), or None."""
+    if not record.warm or record.warm_ready or record.warm_retry_at is None:
+        return None
+    try:
+        return round(max(0.0, (_when(record.warm_retry_at) - now).total_seconds()), 1)
+    except (ValueError, TypeError):
+        return None
 
 
 def standby_views(records: Sequence[StandbyRecord], now: datetime) -> list[StandbyView]:

@@ -24,6 +24,7 @@ from perseus.models import (
     ClaimProbeRequest,
     ClaimRequest,
     ClaimResult,
+    ConnectorPreflight,
     ConnectorReport,
     ConnectorRequest,
     DropStandbyRequest,
@@ -202,4 +203,10 @@ async def connector_disconnect(req: ConnectorRequest) -> ConnectorReport:
 @activity.defn(name="connector_check")
 async def connector_check(req: ConnectorRequest) -> ConnectorReport:
     """Host queue. Whether the host still runs the connector, and whether it is warm."""
+    raise NotImplementedError
+
+
+@activity.defn(name="connector_preflight")
+async def connector_preflight(req: ConnectorRequest) -> ConnectorPreflight:
+    """Host queue (a handoff's target). Whether the connector could start on that host now."""
     raise NotImplementedError

@@ -446,7 +446,9 @@ def _status_table(board: Any, ui: str | None) -> Any:
                 *([""] if ui else []),
             )
         for standby in view.standbys:
-            role = f"standby (priority {standby.priority})" + (_warmth(standby.warm, standby.warm_ready))
+            from perseus.network import warmth
+
+            role = f"standby (priority {standby.priority})" + (f", {warmth(standby)}" if standby.warm else "")
             table.add_row(
                 Text(view.exchange_name),
                 role,
@@ -507,10 +509,3 @@ def handoff(
         print_json(result)
     else:
         out.print(f"{name}: handed over to {to}: {result.detail}")
-
-
-def _warmth(warm: bool, ready: bool) -> str:
-    """How a standby's role reads: a warm one that is not warmed (yet, or any more) says so."""
-    if not warm:
-        return ""
-    return ", warm" if ready else ", warm (not ready)"

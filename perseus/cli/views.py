@@ -102,7 +102,9 @@ def _card(view: Any) -> Panel:
         row("standbys", Text("no standby", style="dim"))
     for standby in view.standbys:
         beat = Text(f"{standby.heartbeat_age_s:.1f}s ago", style=HEARTBEAT[standby.heartbeat])
-        warm = (", warm" + ("" if standby.warm_ready else " (not ready)")) if standby.warm else ""
+        from perseus.network import warmth
+
+        warm = f", {warmth(standby)}" if standby.warm else ""
         row("standby", Text.assemble(f"{standby.hostname} (priority {standby.priority}{warm}) ", beat))
     return Panel(Group(*lines), title=title, title_align="left", border_style=BADGE[state], width=60)
 
@@ -171,7 +173,9 @@ def _what(entry: dict[str, str]) -> str:
     if event == "state_transition":
         return f"{entry.get('fromState', '?')} -> {entry.get('toState', '?')}"
     if event == "error":
-        return f"{entry.get('error', '')} (in {entry.get('state', '?')})"
+        # A standby's error (its warm-up) is in no state of the exchange: the field is empty.
+        state = entry.get("state")
+        return f"{entry.get('error', '')}" + (f" (in {state})" if state else "")
     return entry.get("detail", "")
 
 

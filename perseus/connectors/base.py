@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from perseus.errors import ConnectorGone
@@ -107,6 +109,14 @@ class Connector(abc.ABC):
         """Prepared and warmed and still running: a standby that ``activate`` can promote now."""
 
 
+@dataclass(frozen=True)
+class WarmFailure:
+    """Why a warm standby's warm-up failed on this host, and when its workflow tries again."""
+
+    reason: str
+    retry_at: datetime | None
+
+
 class ConnectorHost:
     """The connectors running in this worker process, keyed by workflow id.
 
@@ -117,6 +127,19 @@ class ConnectorHost:
     def __init__(self, journal: Path | None = None) -> None:
         self._running: dict[str, Connector] = {}
         self._journal = journal
+        #: A warm standby's last failed warm-up per workflow id: why, and when its workflow tries
+        #: again (None: it does not). The keeper writes it into the standby's record at each renewal,
+        #: so that the status shows why a warm standby is not ready; cleared by the next attempt.
+        self._warm_failures: dict[str, WarmFailure] = {}
+
+    def note_warm_failure(self, workflow_id: str, reason: str, retry_at: datetime | None) -> None:
+        self._warm_failures[workflow_id] = WarmFailure(reason=reason, retry_at=retry_at)
+
+    def warm_failure(self, workflow_id: str) -> WarmFailure | None:
+        return self._warm_failures.get(workflow_id)
+
+    def forget_warm_failure(self, workflow_id: str) -> None:
+        self._warm_failures.pop(workflow_id, None)
 
     def record(self, kind: str, workflow_id: str, **fields: object) -> None:
         """Append one line to the connector journal (tests' invariant checker), if one is configured.
@@ -138,6 +161,7 @@ class ConnectorHost:
 
     async def stop(self, workflow_id: str, reason: str, *, at_once: bool = False) -> bool:
         """Disconnect and forget the connector (without grace when ``at_once``); True if one was there."""
+        self._warm_failures.pop(workflow_id, None)
         connector = self._running.pop(workflow_id, None)
         if connector is None:
             return False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,3 +47,31 @@ def build_connector(exchange_name: str, spec: object, context: ConnectorContext 
             raise ConfigError("a process connector needs its context (workflow id, exchange, claim)")
         return ProcessConnector(exchange_name, spec, context)
     raise ConfigError(f"unknown connector kind {spec.kind!r}; available: {', '.join(CONNECTOR_KINDS)}")
+
+
+def cannot_start(spec: ConnectorSpec) -> str | None:
+    """Why the connector ``spec`` describes could not start on this host now, or None.
+
+    What a handoff asks its target's host before anything stops (cheap: no child is spawned). The
+    simulated connector always can; a process connector needs its working directory and an
+    executable first argument — looked up on the PATH the child would get, the way the spawn does.
+    """
+    if spec.kind != "process":
+        return None
+    if not spec.command:
+        return "the process connector has no command"
+    cwd = Path(spec.cwd) if spec.cwd else Path.cwd()
+    if not cwd.is_dir():
+        return f"the connector's working directory {spec.cwd} does not exist"
+    program = spec.command[0]
+    if os.sep in program:
+        path = cwd / program
+        if not path.is_file():
+            return f"the connector's executable {program!r} does not exist"
+        if not os.access(path, os.X_OK):
+            return f"the connector's executable {program!r} is not executable"
+        return None
+    search = spec.env.get("PATH", os.environ.get("PATH", os.defpath))
+    if shutil.which(program, path=search) is None:
+        return f"the connector's executable {program!r} is not on the PATH ({search})"
+    return None

@@ -72,6 +72,7 @@ class Activity(StrEnum):
     CONNECTOR_CHECK = "connector_check"
     CONNECTOR_ACTIVATE = "connector_activate"
     CONNECTOR_DEACTIVATE = "connector_deactivate"
+    CONNECTOR_PREFLIGHT = "connector_preflight"
 
 
 class Retry(StrEnum):

@@ -7,6 +7,8 @@ confirmed in time claims the exchange again.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from perseus.core.actions import (
     Activity,
     Call,
@@ -22,12 +24,15 @@ from perseus.core.state import Ending, Ticket
 from perseus.core.steps import HANDOFF_TIMEOUT_S, InstanceSteps
 from perseus.decisions import (
     handoff_demotes,
+    target_not_ready,
 )
 from perseus.errors import StepFailed
 from perseus.keys import host_task_queue
-from perseus.lifecycle import Command, State, plan
+from perseus.lifecycle import Command, Role, State, plan
 from perseus.models import (
     CommandResult,
+    ConnectorPreflight,
+    ConnectorRequest,
     EventKind,
     HandoffConfirm,
     IdentityRequest,
@@ -53,15 +58,21 @@ class HandoffProcedures(InstanceSteps):
             return self._handoff_refused(
                 f"no live standby of {self.inp.exchange} on host {req.to_host} (live standbys: {live})"
             )
-        silent = yield from self._target_silent(target)
+        silent, checks_ready = yield from self._target_silent(target)
+        if silent is None and checks_ready:
+            silent = self._target_not_ready(target)
         if silent is not None:
-            yield from self._event(
-                EventKind.HANDOFF, detail=f"aborted: {silent}; {self.inp.exchange} stays here"
-            )
-            return self._handoff_refused(f"handoff to {target.host} failed ({silent}); nothing changed")
+            return (yield from self._handoff_aborted(target, silent))
         if target.warm and start_state is State.ACTIVE and (yield Patched("warm-handoff")):
             # Make before break: the target's connector is warm before ours stops.
+            waited_from = self.clock.now()
             target = yield from self._until_warm(target)
+            if checks_ready:
+                # Not warm in time: handing over cold would stop ours for a start likely to fail too.
+                waited = (self.clock.now() - waited_from).total_seconds()
+                unready = self._target_not_ready(target, waited_s=waited)
+                if unready is not None:
+                    return (yield from self._handoff_aborted(target, unready))
         yield from self._event(
             EventKind.HANDOFF,
             detail=f"notify: handing over to {target.host} (standby {target.instance_id}"
@@ -169,6 +180,32 @@ class HandoffProcedures(InstanceSteps):
             command=Command.HANDOFF, from_state=start_state, state=s.state, transitions=done, error=error
         )
 
+    def _handoff_aborted(self, target: StandbyRecord, why: str) -> Proc:
+        """Refused before anything stopped here: an ``aborted`` event, and the reason for the caller."""
+        yield Log(f"{self.wf_id}: handoff to {target.host} refused: {why}", warning=True)
+        yield from self._event(EventKind.HANDOFF, detail=f"aborted: {why}; {self.inp.exchange} stays here")
+        return self._handoff_refused(f"handoff to {target.host} refused ({why}); nothing changed")
+
+    def _target_not_ready(self, target: StandbyRecord, *, waited_s: float | None = None) -> str | None:
+        """Why the target's record says its connector is not ready (decisions.target_not_ready)."""
+        retry_in: float | None = None
+        if target.warm_retry_at is not None:
+            try:
+                at = datetime.fromisoformat(target.warm_retry_at)
+            except ValueError:
+                at = None
+            if at is not None:
+                at = at if at.tzinfo else at.replace(tzinfo=UTC)
+                retry_in = max(0.0, (at - self.clock.now()).total_seconds())
+        return target_not_ready(
+            host=target.host,
+            warm=target.warm,
+            warm_ready=target.warm_ready,
+            warm_error=target.warm_error,
+            retry_in_s=retry_in,
+            waited_s=waited_s,
+        )
+
     def _handoff_refused(self, error: str) -> CommandResult:
         """A handoff that stopped before anything changed here."""
         s = self.s
@@ -177,25 +214,53 @@ class HandoffProcedures(InstanceSteps):
         )
 
     def _target_silent(self, target: StandbyRecord) -> Proc:
-        """Why the target's worker cannot take over now (it did not answer on its host queue), or
-        None. Asked before anything stops here (patched ``handoff-asks-target-first``): a frozen or
-        partitioned target otherwise leaves the exchange with nobody until the handoff times out."""
+        """Why the target cannot take over now, or None; and whether its readiness is checked.
+
+        Asked before anything stops here (patched ``handoff-asks-target-first``): a frozen or
+        partitioned target otherwise leaves the exchange with nobody until the handoff times out.
+        Since ``handoff-checks-target-ready`` the target's host is asked whether our connector could
+        start there (its worker answering proves it alive, as the identity call did), and the
+        caller refuses a warm target that is not ready: a handoff whose cold start then fails left
+        the exchange without a connector for half a minute before it was taken back."""
         if not (yield Patched("handoff-asks-target-first")):
-            return None
+            return None, False
+        checks_ready: bool = yield Patched("handoff-checks-target-ready")
         wait = self._host_wait()
         try:
-            yield Call(
-                Activity.DETECT_IDENTITY,
-                IdentityRequest(host=target.host),
+            if not checks_ready:
+                yield Call(
+                    Activity.DETECT_IDENTITY,
+                    IdentityRequest(host=target.host),
+                    queue=host_task_queue(target.host),
+                    schedule_to_start_s=wait,
+                    start_to_close_s=wait,
+                    retry=Retry.ONCE,
+                    summary=f"is {target.host} answering?",
+                )
+                return None, False
+            s = self.s
+            assert s.resolved
+            found: ConnectorPreflight = yield Call(
+                Activity.CONNECTOR_PREFLIGHT,
+                ConnectorRequest(
+                    workflow_id=target.workflow_id,
+                    exchange_id=s.resolved.exchange.id,
+                    exchange_name=s.resolved.exchange.name,
+                    spec=self.inp.connector,
+                    heartbeat_interval_s=self.inp.heartbeat_interval_s,
+                    role=Role.STANDBY,
+                ),
                 queue=host_task_queue(target.host),
                 schedule_to_start_s=wait,
                 start_to_close_s=wait,
                 retry=Retry.ONCE,
-                summary=f"is {target.host} answering?",
+                summary=f"can {target.host} start the connector?",
             )
         except StepFailed as err:
-            return f"the worker on {target.host} did not answer: {err.failure.message}"
-        return None
+            return f"the worker on {target.host} did not answer: {err.failure.message}", checks_ready
+        if found.cannot_start is not None:
+            return f"{target.host} cannot start the connector: {found.cannot_start}", True
+        return None, True
 
     def _until_warm(self, target: StandbyRecord) -> Proc:
         """Wait (bounded by the connector's ready timeout) until the warm target says it is ready;

@@ -23,6 +23,7 @@ from perseus.decisions import (
     act_after_vacancy_s,
     start_path,
     vacancy_delay,
+    warm_retry_delay,
     warm_up_standby,
 )
 from perseus.errors import StepFailed
@@ -212,28 +213,50 @@ class StandbyProcedures(InstanceSteps):
 
     def _warm_up_standby(self, task: WarmUp) -> Proc:
         s = self.s
+        failures = 0
         try:
-            # Already warm here (a run that continued as new while, or after, it warmed up)?
-            found: ConnectorReport = yield from self._host_step(
-                Activity.CONNECTOR_CHECK, timeout_s=10, standby=True
-            )
-            if found.warm_ready:
-                s.warm_here = s.role is Role.STANDBY
-                return
-            report: ConnectorReport = yield from self._host_step(Activity.CONNECTOR_PREPARE, standby=True)
-            s.symbol_count = report.symbol_count
-            yield from self._host_step(Activity.CONNECTOR_WARM_UP, standby=True)
-        except StepFailed as err:
-            reason = self._explain(err)
-            yield Log(f"{self.wf_id}: warm standby not warmed: {reason}", warning=True)
-            yield from self._event(
-                EventKind.ERROR,
-                claim=Claim(instance_id=s.standby_id or "", epoch=0),
-                error=f"warm standby on {self.inp.host} not warmed (a promotion starts cold): {reason}",
-            )
-            return
+            while True:
+                reason = yield from self._warm_up_once(attempt=failures + 1)
+                if reason is None:
+                    break
+                failures += 1
+                # Patched: runs begun before it gave up after one failed warm-up, for good.
+                retry = warm_retry_delay(failures) if (yield Patched("warm-retry")) else None
+                yield Log(f"{self.wf_id}: warm standby not warmed: {reason}", warning=True)
+                yield from self._event(
+                    EventKind.ERROR,
+                    claim=Claim(instance_id=s.standby_id or "", epoch=0),
+                    error=f"warm standby on {self.inp.host} not warmed (a promotion starts cold): {reason}"
+                    + (f"; trying again in {retry:g}s" if retry is not None else ""),
+                )
+                if retry is None or s.role is not Role.STANDBY:
+                    return
+                yield Sleep(retry, summary=f"warm up again in {retry:g}s")
+                if s.role is not Role.STANDBY:
+                    return
         finally:
             task.done = True
         if s.role is Role.STANDBY:
             s.warm_here = True
             yield Log(f"{self.wf_id}: warm standby ready on {self.inp.host}")
+
+    def _warm_up_once(self, *, attempt: int) -> Proc:
+        """Prepare and warm up a warm standby's connector: None once it is warm, else why not. The
+        first attempt first asks whether it is warm already (a run that continued as new while, or
+        after, it warmed up)."""
+        s = self.s
+        try:
+            if attempt == 1:
+                found: ConnectorReport = yield from self._host_step(
+                    Activity.CONNECTOR_CHECK, timeout_s=10, standby=True
+                )
+                if found.warm_ready:
+                    return None
+            report: ConnectorReport = yield from self._host_step(
+                Activity.CONNECTOR_PREPARE, standby=True, warm_attempt=attempt
+            )
+            s.symbol_count = report.symbol_count
+            yield from self._host_step(Activity.CONNECTOR_WARM_UP, standby=True, warm_attempt=attempt)
+        except StepFailed as err:
+            return self._explain(err)
+        return None

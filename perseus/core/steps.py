@@ -550,10 +550,17 @@ class InstanceSteps:
             return None
 
     def _host_step(
-        self, activity: Activity, timeout_s: float = 120, *, standby: bool = False, retry: Retry = Retry.HOST
+        self,
+        activity: Activity,
+        timeout_s: float = 120,
+        *,
+        standby: bool = False,
+        retry: Retry = Retry.HOST,
+        warm_attempt: int | None = None,
     ) -> Proc:
         """One connector step on our host: its ConnectorReport. ``standby``: for a warm standby's
-        connector, which is told its own standby id and epoch 0 (it holds no claim)."""
+        connector, which is told its own standby id and epoch 0 (it holds no claim); ``warm_attempt``:
+        which try of its warm-up this is (the host shows when the next one comes if it fails)."""
         s = self.s
         assert s.resolved
         request = ConnectorRequest(
@@ -564,6 +571,7 @@ class InstanceSteps:
             claim=Claim(instance_id=s.standby_id or "", epoch=0) if standby else s.claim,
             heartbeat_interval_s=self.inp.heartbeat_interval_s,
             role=Role.STANDBY if standby else Role.ACTIVE,
+            warm_attempt=warm_attempt,
         )
         return (
             yield from self._on_host(

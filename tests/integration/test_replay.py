@@ -50,6 +50,11 @@ EXPECTED = BEFORE_CLAIM_ON_HOST | {
 BEFORE = {
     "before-claim-on-host": BEFORE_CLAIM_ON_HOST,
     "before-handoff-asks-target-first": {"handoff-handing-over"},
+    "before-handoff-checks-target-ready": {
+        "handoff-handing-over",
+        "handoff-taken-back",
+        "handoff-warm-target",
+    },
 }
 
 

@@ -235,3 +235,110 @@ async def test_a_warm_standby_whose_child_dies_is_warmed_again_and_promoted_warm
     stream = await events(store, exchange)
     assert not [e for e in warm_failures(stream) if "activation failed" in e]
     await control.command(client, exchange=exchange, host=b, default_host=b, command=Command.SHUTDOWN)
+
+
+async def test_a_failed_warm_up_is_recorded_with_the_childs_output_and_retried(
+    servers: Servers,
+    shared_worker: str,
+    client: Client,
+    store: RedisStore,
+    exchange: str,
+    worker_processes: list[WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    """The first warm child exits before it is ready: the error event carries its last output, the
+    standby's record says why and when it tries again, and the next try (5 s later) warms it."""
+    a, b = host_name("ra"), host_name("rb")
+    await start_workers(servers, worker_processes, a, b)
+    ex_id = await exchange_id(servers, exchange)
+    log = tmp_path / "children.jsonl"
+    flaky = ConnectorSpec.model_validate(
+        {
+            "kind": "process",
+            "command": child_command(
+                "--commands",
+                "--journal",
+                str(log),
+                "--ready-after",
+                "0.5",
+                "--exit-after",
+                "0.2",
+                "--crash-once",
+                str(tmp_path / "crashed"),
+            ),
+            "ready_line": "READY",
+            "warm": True,
+        }
+    )
+    await register(client, exchange, a, ConnectorSpec())
+    await wait_for(lambda: active_on(store, ex_id, a))
+    await register(client, exchange, b, flaky, standby=True)
+
+    async def failed_record() -> dict[str, object] | None:
+        doc = (await standby_records(store, ex_id)).get(b)
+        return doc if doc and doc.get("warmError") else None
+
+    doc = await wait_for(failed_record, timeout=15)
+    # The child's own last words, as it said them before it exited.
+    said = "fatal: lost the exchange websocket"
+    assert said in str(doc["warmError"]) and doc["warmRetryAt"] and not doc["warmReady"]
+    [failure] = warm_failures(await events(store, exchange))
+    assert said in failure and failure.endswith("trying again in 5s"), failure
+    ready = await wait_for(lambda: warm_ready(store, ex_id, b), timeout=20)
+    assert ready.get("warmError") is None and ready.get("warmRetryAt") is None
+    starts = [e for e in journal(log) if e["event"] == "start"]
+    assert len(starts) == 2  # the one that failed, and the retry that warmed
+    assert len(warm_failures(await events(store, exchange))) == 1
+    for h in (b, a):
+        await control.command(client, exchange=exchange, host=h, default_host=h, command=Command.SHUTDOWN)
+
+
+async def test_a_handoff_to_a_warm_standby_that_cannot_warm_is_refused_and_changes_nothing(
+    servers: Servers,
+    shared_worker: str,
+    client: Client,
+    store: RedisStore,
+    exchange: str,
+    worker_processes: list[WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    """The README's case: a warm-up longer than the ready timeout. The handoff says why it will not
+    go, at once, and the active connector never stops."""
+    a, b = host_name("na"), host_name("nb")
+    await start_workers(servers, worker_processes, a, b)
+    ex_id = await exchange_id(servers, exchange)
+    log = tmp_path / "children.jsonl"
+    await register(client, exchange, a, warm_child(log))
+    never_ready = ConnectorSpec.model_validate(
+        {
+            "kind": "process",
+            "command": child_command("--commands", "--ready-after", "30"),
+            "ready_line": "READY",
+            "ready_timeout_s": 1,
+            "warm": True,
+        }
+    )
+    await register(client, exchange, b, never_ready, standby=True)
+    before = await wait_for(lambda: active_on(store, ex_id, a))
+
+    async def failed() -> dict[str, object] | None:
+        doc = (await standby_records(store, ex_id)).get(b)
+        return doc if doc and doc.get("warmError") else None
+
+    await wait_for(failed, timeout=15)
+    children = journal(log)
+    result = await asyncio.to_thread(perseus, servers, "handoff", exchange, "--to", b, "--from", a)
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    assert "warm-up failed" in result.stderr and "last output: child" in result.stderr, result.stderr
+    assert "nothing changed" in result.stderr and "perseus worker" not in result.stderr
+    after = await active_on(store, ex_id, a)
+    assert after is not None
+    assert (after["instanceId"], after["epoch"]) == (before["instanceId"], before["epoch"])
+    assert after["connectionState"] == "active"
+    assert journal(log) == children  # the active child was neither stopped nor told anything
+    stream = await events(store, exchange)
+    assert not [
+        e for e in stream if e["event"] == "handoff" and not e.get("detail", "").startswith("aborted")
+    ]
+    for h in (b, a):
+        await control.command(client, exchange=exchange, host=h, default_host=h, command=Command.SHUTDOWN)

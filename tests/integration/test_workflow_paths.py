@@ -36,6 +36,7 @@ from perseus.models import (
     ClaimProbeRequest,
     ClaimResult,
     CommandRequest,
+    ConnectorPreflight,
     ConnectorReport,
     ConnectorRequest,
     ConnectorSpec,
@@ -240,6 +241,13 @@ class Stand:
                 "connector_activate",
             )
         ]
+
+        @activity.defn(name="connector_preflight")
+        async def preflight(req: ConnectorRequest) -> ConnectorPreflight:
+            stand.connector_calls.append(("connector_preflight", req.role))
+            return ConnectorPreflight(hostname="target")
+
+        connectors.append(preflight)
 
         @activity.defn(name="put_standby")
         async def put_standby(record: StandbyRecord) -> None:
@@ -834,10 +842,10 @@ async def test_handoff_whose_target_cannot_claim_takes_the_exchange_back(
     # target, then at shutdown); claimed twice; never registered as a standby.
     assert old.connector_calls == COLD_START_THEN_STOP + COLD_START_THEN_STOP
     assert old.epochs == 2 and old.released == 2 and old.standby_records == 0
-    # The target's refused claim left nothing to release and nothing ran there; its record was
-    # dropped only by its own shutdown.
+    # The target's refused claim left nothing to release and nothing ran there (its host was only
+    # asked whether the connector could start); its record was dropped only by its own shutdown.
     assert new.events == [("standby_registered", None, None)]
-    assert new.connector_calls == []
+    assert new.connector_calls == [("connector_preflight", "standby")]
     assert new.released == 0 and new.standby_records == 0
 
 
@@ -925,6 +933,7 @@ async def test_handoff_to_a_warm_target_activates_its_connector_signalled_first(
         ("connector_check", "standby"),
         ("connector_prepare", "standby"),
         ("connector_warm_up", "standby"),
+        ("connector_preflight", "standby"),  # the handoff asked first whether it could start here
         ("connector_activate", "active"),
         ("connector_disconnect", "active"),
     ]

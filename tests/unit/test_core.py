@@ -37,6 +37,7 @@ from perseus.lifecycle import Command, Role, State
 from perseus.models import (
     ClaimProbe,
     ClaimResult,
+    ConnectorPreflight,
     ConnectorReport,
     ConnectorSpec,
     Exchange,
@@ -49,6 +50,7 @@ from perseus.models import (
     PatchResult,
     PromoteRequest,
     Recorded,
+    RecordRequest,
     Resolved,
     StandbyList,
     StandbyOutcome,
@@ -148,6 +150,14 @@ class World:
     #: A holder whose key is still there, unrenewed past its deadline: only a claim that asks to
     #: take a lapsed key over gets it.
     silent_holder: str | None = None
+    #: The handoff target's host cannot start the connector (its preflight says why).
+    cannot_start: str | None = None
+    #: The warm target's record says its warm-up failed (why).
+    target_warm_error: str | None = None
+    #: Our own warm standby's warm-ups that fail before one succeeds.
+    warm_fails: int = 0
+    #: Patches that do not apply although ``patched`` (a run begun between two releases).
+    unpatched: frozenset[str] = frozenset()
 
     def standbys(self) -> list[StandbyRecord]:
         return [
@@ -163,7 +173,9 @@ class World:
                 ttl_ms=45_000,
                 heartbeat_interval_ms=15_000,
                 warm=self.warm,
-                warm_ready=self.warm,
+                warm_ready=self.warm and self.target_warm_error is None,
+                warm_error=self.target_warm_error,
+                warm_retry_at="2026-11-30T00:00:40+00:00" if self.target_warm_error else None,
             )
         ]
 
@@ -190,7 +202,7 @@ class World:
                 clock.t += timedelta(seconds=action.timeout_s)
                 return False  # the re-issued lease runs: a worker picked it up
             case act.Patched():
-                return self.patched
+                return self.patched and action.patch_id not in self.unpatched
             case act.Signal():
                 if action.signal == "promote" and isinstance(action.payload, PromoteRequest):
                     if action.payload.confirm_to:
@@ -299,10 +311,15 @@ class World:
                 return ClaimProbe(held_by_us=ours, renewed_ms_ago=self.renewed_ms_ago, holder=self.holder)
             case act.Activity.PUT_STANDBY | act.Activity.DROP_STANDBY:
                 return None
+            case act.Activity.CONNECTOR_PREFLIGHT:
+                return ConnectorPreflight(hostname=OTHER, cannot_start=self.cannot_start)
         # A connector step on our host: one that acts needs the claim (fencing).
         if call.activity in ACTING and req.role is Role.ACTIVE and self.holder != req.claim.instance_id:
             self.violations.append(f"{call.activity} without the claim (holder {self.holder})")
         if call.activity is act.Activity.CONNECTOR_WARM_UP and req.role is Role.STANDBY:
+            if self.warm_fails:
+                self.warm_fails -= 1
+                return act.Failure(message="not ready within 30s; no output", error_type="ConnectorNotReady")
             self.warm_child = True
         if call.activity is act.Activity.CONNECTOR_ACTIVATE and not self.warm_child:
             return act.Failure(message="no warm connector here", error_type="ConnectorGone")
@@ -349,7 +366,15 @@ def drive(core: InstanceCore, world: World, clock: Clock, *, replay: list[Any] |
                 (
                     len(actions),
                     carried,
-                    World(list(world.script), holder=world.holder, epoch=world.epoch, warm=world.warm),
+                    World(
+                        list(world.script),
+                        holder=world.holder,
+                        epoch=world.epoch,
+                        warm=world.warm,
+                        cannot_start=world.cannot_start,
+                        target_warm_error=world.target_warm_error,
+                        warm_fails=world.warm_fails,
+                    ),
                 )
             )
         if isinstance(action, act.ContinueAsNew):
@@ -411,6 +436,8 @@ class Scenario:
     ends: tuple[State, Role, bool, str | None]
     standby: bool = False
     warm: bool = False
+    #: The world's knobs (World's fields) this scenario sets.
+    knobs: tuple[tuple[str, Any], ...] = ()
 
 
 SCENARIOS = [
@@ -506,7 +533,31 @@ SCENARIOS = [
         (State.IDLE, Role.STANDBY, False, None),
         warm=True,
     ),
+    Scenario(
+        "handoff-to-unready-warm-target-refused",
+        (Cmd(Command.START), Handoff(OTHER)),
+        (State.ACTIVE, Role.ACTIVE, True, None),
+        warm=True,
+        knobs=(("target_warm_error", "not ready within 30s; last output: loading"),),
+    ),
+    Scenario(
+        "handoff-to-host-that-cannot-start-refused",
+        (Cmd(Command.START), Handoff(OTHER)),
+        (State.ACTIVE, Role.ACTIVE, True, None),
+        knobs=(("cannot_start", "the connector's executable '/opt/x' does not exist"),),
+    ),
+    Scenario(
+        "warm-up-fails-and-is-retried",
+        (Promote(),),
+        (State.ACTIVE, Role.ACTIVE, True, None),
+        standby=True,
+        warm=True,
+        knobs=(("warm_fails", 3),),
+    ),
 ]
+#: Handoffs refused before anything stops (``handoff-checks-target-ready``): the runs begun before it
+#: handed over anyway, so they end elsewhere.
+REFUSED_HANDOFFS = {"handoff-to-unready-warm-target-refused", "handoff-to-host-that-cannot-start-refused"}
 
 
 #: Every scenario in the current paths and in the pre-patch ones, except a silent host whose key is
@@ -516,7 +567,7 @@ CASES = [
     (sc, patched)
     for sc in SCENARIOS
     for patched in (True, False)
-    if patched or sc.name != "host-silent-and-gone"
+    if patched or sc.name != "host-silent-and-gone" and sc.name not in REFUSED_HANDOFFS
 ]
 CASE_IDS = [f"{sc.name}-{'current' if patched else 'before-patches'}" for sc, patched in CASES]
 
@@ -525,7 +576,9 @@ def play(
     sc: Scenario, *, patched: bool = True, fail_at: int | None = None, failure: act.Failure | None = None
 ) -> Run:
     core, clock = new_core(standby=sc.standby, warm=sc.warm)
-    world = World(list(sc.script), patched=patched, fail_at=fail_at, failure=failure, warm=sc.warm)
+    world = World(
+        list(sc.script), patched=patched, fail_at=fail_at, failure=failure, warm=sc.warm, **dict(sc.knobs)
+    )
     return drive(core, world, clock)
 
 
@@ -568,7 +621,7 @@ def test_a_clean_run_ends_as_the_scenario_says(sc: Scenario, patched: bool) -> N
     assert details and "**last decision**: " in details[-1] and "**last decision**: -" not in details[-1]
     for ticket in run.world.tickets:
         result = s.results[ticket.number]
-        if sc.name != "handoff-refused-taken-back":
+        if sc.name != "handoff-refused-taken-back" and sc.name not in REFUSED_HANDOFFS:
             assert result.error is None, result
 
 
@@ -593,7 +646,9 @@ def test_fed_its_own_answers_the_core_asks_for_the_same_actions(sc: Scenario) ->
     for at in (None, 2, 5):
         run = play(sc, fail_at=at, failure=FAILURES[1] if at else None)
         core, clock = new_core(standby=sc.standby, warm=sc.warm)
-        world = World(list(sc.script), fail_at=at, failure=FAILURES[1] if at else None, warm=sc.warm)
+        world = World(
+            list(sc.script), fail_at=at, failure=FAILURES[1] if at else None, warm=sc.warm, **dict(sc.knobs)
+        )
         again = drive(core, world, clock, replay=run.answers)
         assert [shape(a) for a in again.actions] == [shape(a) for a in run.actions]
 
@@ -685,3 +740,72 @@ def test_a_graceful_release_whose_connector_did_not_stop_wakes_nobody() -> None:
     failed = play(sc, fail_at=at, failure=FAILURES[0])
     assert not _promotions(failed)
     assert not _promotions(play(sc, patched=False))
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_HANDOFFS))
+def test_a_handoff_to_a_target_that_is_not_ready_is_refused_before_anything_stops(name: str) -> None:
+    sc = next(x for x in SCENARIOS if x.name == name)
+    run = play(sc)
+    handoff = run.core.s.results[run.world.tickets[-1].number]
+    reason = dict(sc.knobs).get("target_warm_error") or dict(sc.knobs)["cannot_start"]
+    assert handoff.error is not None and reason in handoff.error and "nothing changed" in handoff.error
+    assert handoff.transitions == [] and run.core.s.state is State.ACTIVE
+    # Nothing was stopped, released or signalled: the connector and the claim stayed as they were.
+    after = run.actions[
+        next(
+            i
+            for i, a in enumerate(run.actions)
+            if isinstance(a, act.Patched) and a.patch_id == "handoff-checks-target-ready"
+        ) :
+    ]
+    calls = [a.activity for a in after if isinstance(a, act.Call)]
+    assert act.Activity.CONNECTOR_DISCONNECT not in calls and act.Activity.RELEASE_CLAIM not in calls
+    assert not any(isinstance(a, act.Signal) for a in after)
+    assert run.world.holder == run.core.s.claim.instance_id  # type: ignore[union-attr]
+    recorded = [a.request for a in after if isinstance(a, act.Call) and isinstance(a.request, RecordRequest)]
+    assert any(
+        (r.event.detail or "").startswith("aborted: ") and reason in (r.event.detail or "") for r in recorded
+    )
+    # The warm target's own retry time is part of the reason.
+    if name == "handoff-to-unready-warm-target-refused":
+        assert "tries again in" in handoff.error
+
+
+def test_a_failed_warm_up_is_retried_with_a_doubling_backoff_and_then_promoted_warm() -> None:
+    sc = next(x for x in SCENARIOS if x.name == "warm-up-fails-and-is-retried")
+    run = play(sc)
+    sleeps = [a.seconds for a in run.actions if isinstance(a, act.Sleep)]
+    assert sleeps == [5.0, 10.0, 20.0]
+    calls = [a for a in run.actions if isinstance(a, act.Call)]
+    attempts = [a.request.warm_attempt for a in calls if a.activity is act.Activity.CONNECTOR_PREPARE]  # type: ignore[attr-defined]
+    assert attempts == [1, 2, 3, 4]
+    errors = [
+        a.request.event.error  # type: ignore[attr-defined]
+        for a in calls
+        if a.activity is act.Activity.RECORD and a.request.event.error  # type: ignore[attr-defined]
+    ]
+    assert [e.rsplit("; ", 1)[-1] for e in errors] == [
+        "trying again in 5s",
+        "trying again in 10s",
+        "trying again in 20s",
+    ]
+    assert all("no output" in e for e in errors)  # the child's last output travels with the reason
+    # Warm in the end: the promotion activated it instead of starting cold.
+    steps = [a.activity for a in calls if a.activity.value.startswith("connector_")]
+    assert steps[-1] is act.Activity.CONNECTOR_ACTIVATE
+
+
+def test_before_the_patch_a_failed_warm_up_is_not_retried() -> None:
+    sc = next(x for x in SCENARIOS if x.name == "warm-up-fails-and-is-retried")
+    core, clock = new_core(standby=True, warm=True)
+    world = World(list(sc.script), warm=True, warm_fails=1, unpatched=frozenset({"warm-retry"}))
+    run = drive(core, world, clock)
+    assert not any(isinstance(a, act.Sleep) for a in run.actions)
+    calls = [a for a in run.actions if isinstance(a, act.Call)]
+    warm_ups = [
+        a
+        for a in calls
+        if a.activity is act.Activity.CONNECTOR_WARM_UP and a.request.role is Role.STANDBY  # type: ignore[attr-defined]
+    ]
+    assert len(warm_ups) == 1
+    assert act.Activity.CONNECTOR_ACTIVATE not in [a.activity for a in calls]  # promoted cold

@@ -19,7 +19,9 @@ from perseus.decisions import (
     refuse_command,
     refuse_handoff,
     restart_delay,
+    target_not_ready,
     vacancy_delay,
+    warm_retry_delay,
 )
 from perseus.errors import InvalidTransition
 from perseus.lifecycle import Command, Role, State, plan, projected_state
@@ -272,3 +274,37 @@ def test_the_moment_a_key_lapses_is_the_moment_it_is_past_the_deadline() -> None
         lapses = decisions.lapses_in_s(pttl_ms, interval)
         assert lapses == pytest.approx((pttl_ms - 900) / 1000)
         assert decisions.past_renew_deadline(pttl_ms, interval) is (lapses < 0)
+
+
+def test_a_failed_warm_up_is_tried_again_after_a_doubling_delay_up_to_a_cap() -> None:
+    assert [warm_retry_delay(n) for n in range(1, 9)] == [5, 10, 20, 40, 80, 160, 300, 300]
+
+
+def test_a_warm_target_that_failed_to_warm_refuses_a_handoff_with_why_and_when_it_tries_again() -> None:
+    why = target_not_ready(
+        host="b", warm=True, warm_ready=False, warm_error="not ready within 30s; no output", retry_in_s=39.6
+    )
+    assert why == (
+        "the warm standby on b is not ready: its warm-up failed (not ready within 30s; no output); "
+        "it tries again in 40s"
+    )
+
+
+@pytest.mark.parametrize(
+    ("warm", "ready", "error", "waited", "refused"),
+    [
+        (False, False, None, None, False),  # a cold target: its host's preflight decides
+        (True, True, None, None, False),  # warm and ready
+        (True, True, "stale", None, False),  # ready again: an old error does not count
+        (True, False, None, None, False),  # still warming: wait for it first
+        (True, False, None, 62.0, True),  # waited for it, never ready
+        (True, False, "boom", None, True),  # its warm-up failed
+    ],
+)
+def test_which_handoff_targets_are_not_ready(
+    warm: bool, ready: bool, error: str | None, waited: float | None, refused: bool
+) -> None:
+    why = target_not_ready(
+        host="b", warm=warm, warm_ready=ready, warm_error=error, retry_in_s=None, waited_s=waited
+    )
+    assert (why is not None) is refused
