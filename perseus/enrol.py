@@ -389,7 +389,7 @@ async def _watch_and_enrol(
                     ]
                     enrol, refresh = False, False
                     if report.unavailable:
-                        raise _Unenrolled("; ".join(report.unavailable))
+                        raise errors.ServiceUnavailable("; ".join(report.unavailable))
                     wait, line = retry_over(wait)
                     if line is not None:
                         log.info("fleet enrolment of host %s: %s", host, line)
@@ -434,10 +434,6 @@ async def _watch_and_enrol(
         await _cancel([*watched, *(t for t in (changed, retry) if t is not None)])
         if listener is not None:
             await listener.close()
-
-
-class _Unenrolled(errors.ServiceUnavailable):
-    """Some registrations of an enrolment failed because a server did not answer."""
 
 
 async def _listening(url: str) -> FleetListener:
