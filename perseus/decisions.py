@@ -28,11 +28,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from perseus.errors import InvalidTransition
 from perseus.keys import TTL_FACTOR
 from perseus.lifecycle import Command, Role, State, plan, projected_state
+
+if TYPE_CHECKING:
+    from perseus.models import StandbyRecord
 
 #: Lease error types that mean the claim is no longer ours (the keeper already stopped the connector).
 LOSS_TYPES: frozenset[str] = frozenset({"ClaimLost", "ClaimMissing", "RenewDeadline"})
@@ -239,8 +244,38 @@ WARM_RETRY_CAP_S = 300.0
 
 
 def warm_retry_delay(failures: int) -> float:
-    """Seconds before a warm standby warms its connector up again after ``failures`` in a row."""
+    """Seconds before a warm standby warms its connector up again after ``failures`` in a row; also
+    how long a host whose promoted connector could not start ``failures`` times in a row waits
+    behind every other standby (the same trade-off: recover from a blip, never hammer a host)."""
     return float(min(WARM_RETRY_CAP_S, WARM_RETRY_FIRST_S * 2 ** max(0, failures - 1)))
+
+
+def backing_off(retry_at: str | None, now: datetime) -> bool:
+    """Whether a standby whose promotion failed to start its connector is still in its backoff:
+    it is tried after every other standby until ``retry_at`` (ISO; None or unreadable: not)."""
+    if retry_at is None:
+        return False
+    try:
+        until = datetime.fromisoformat(retry_at)
+    except ValueError:
+        return False
+    return (until if until.tzinfo else until.replace(tzinfo=UTC)) > now
+
+
+def wake_order(standbys: Sequence[StandbyRecord], now: datetime) -> list[StandbyRecord]:
+    """Which standby to wake first: by priority (the order given), but a host whose connector could
+    not start after its last promotion only after every one that has not failed (stable)."""
+    return sorted(standbys, key=lambda x: backing_off(x.start_retry_at, now))
+
+
+def standbys_ahead(
+    priority: int, *, backing_off_here: bool, others: Sequence[StandbyRecord], now: datetime
+) -> int:
+    """How many other standbys go before us in a race for a vacancy (each gets a head start): the
+    higher priorities, except those backing off after a failed start; all of them if we are."""
+    if backing_off_here:
+        return len(others)
+    return sum(1 for x in others if x.priority > priority and not backing_off(x.start_retry_at, now))
 
 
 def target_not_ready(

@@ -327,6 +327,11 @@ class CarriedState(BaseModel):
     restarts: int = 0
     #: A warm standby whose connector was warm on its host when the run continued as new.
     warm_here: bool = False
+    #: Promotions in a row whose connector could not start here, why the last one failed, and
+    #: until when this host is tried only after every other standby (decisions.backing_off).
+    start_failures: int = 0
+    start_error: str | None = None
+    start_retry_at: datetime | None = None
 
 
 class InstanceInput(BaseModel):
@@ -635,6 +640,10 @@ class StandbyRecord(Wire):
     #: its workflow tries again (ISO; None: it does not). Refreshed by the host at every renewal.
     warm_error: str | None = None
     warm_retry_at: str | None = None
+    #: Its host could not start the connector when it was last promoted: why, and until when (ISO)
+    #: it is woken or races for a vacancy only after every other standby. Written by its workflow.
+    start_error: str | None = None
+    start_retry_at: str | None = None
 
     def wire(self) -> dict[str, object]:
         return self.model_dump(mode="json", by_alias=True)

@@ -84,6 +84,10 @@ class StandbyView(Wire):
     #: seconds its workflow tries again (None: it does not). None while it is ready or warming.
     warm_error: str | None = None
     warm_retry_in_s: float | None = None
+    #: Its connector could not start when it was last promoted: why, and for how many more seconds
+    #: it is woken (or races for a vacancy) only after every other standby (0 once that has passed).
+    start_error: str | None = None
+    start_retry_in_s: float | None = None
     ip_address: str | None = None
     heartbeat: str = "fresh"
 
@@ -243,6 +247,8 @@ def judge_standby(record: StandbyRecord, now: datetime) -> StandbyView | None:
         warm_ready=record.warm and record.warm_ready,
         warm_error=record.warm_error if record.warm and not record.warm_ready else None,
         warm_retry_in_s=_retry_in(record, now),
+        start_error=record.start_error,
+        start_retry_in_s=_seconds_until(record.start_retry_at, now) if record.start_error else None,
         ip_address=record.ip_address,
         heartbeat=heartbeat_colour(age, _interval_s(record.heartbeat_interval_ms)),
     )
@@ -266,6 +272,29 @@ def warmth(standby: StandbyView) -> str:
         reason = reason[: WARM_ERROR_CHARS - 1] + "…"
     retry = f", retry in {standby.warm_retry_in_s:.0f}s" if standby.warm_retry_in_s is not None else ""
     return f"warm (failed{retry}: {reason})"
+
+
+def readiness(standby: StandbyView) -> str:
+    """What a standby's line says of its connector besides priority: its warmth, and a start that
+    failed when it was last promoted (``could not start, behind the others for 40s: <reason>``)."""
+    parts = [warmth(standby)] if standby.warm else []
+    if standby.start_error is not None:
+        reason = standby.start_error
+        if len(reason) > WARM_ERROR_CHARS:
+            reason = reason[: WARM_ERROR_CHARS - 1] + "…"
+        left = standby.start_retry_in_s
+        behind = f", behind the others for {left:.0f}s" if left else ""
+        parts.append(f"could not start{behind}: {reason}")
+    return ", ".join(parts)
+
+
+def _seconds_until(moment: str | None, now: datetime) -> float | None:
+    if moment is None:
+        return None
+    try:
+        return round(max(0.0, (_when(moment) - now).total_seconds()), 1)
+    except (ValueError, TypeError):
+        return None
 
 
 def _retry_in(record: StandbyRecord, now: datetime) -> float | None:

@@ -446,9 +446,10 @@ def _status_table(board: Any, ui: str | None) -> Any:
                 *([""] if ui else []),
             )
         for standby in view.standbys:
-            from perseus.network import warmth
+            from perseus.network import readiness
 
-            role = f"standby (priority {standby.priority})" + (f", {warmth(standby)}" if standby.warm else "")
+            ready = readiness(standby)
+            role = f"standby (priority {standby.priority})" + (f", {ready}" if ready else "")
             table.add_row(
                 Text(view.exchange_name),
                 role,

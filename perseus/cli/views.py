@@ -102,10 +102,11 @@ def _card(view: Any) -> Panel:
         row("standbys", Text("no standby", style="dim"))
     for standby in view.standbys:
         beat = Text(f"{standby.heartbeat_age_s:.1f}s ago", style=HEARTBEAT[standby.heartbeat])
-        from perseus.network import warmth
+        from perseus.network import readiness
 
-        warm = f", {warmth(standby)}" if standby.warm else ""
-        row("standby", Text.assemble(f"{standby.hostname} (priority {standby.priority}{warm}) ", beat))
+        ready = readiness(standby)
+        ready = f", {ready}" if ready else ""
+        row("standby", Text.assemble(f"{standby.hostname} (priority {standby.priority}{ready}) ", beat))
     return Panel(Group(*lines), title=title, title_align="left", border_style=BADGE[state], width=60)
 
 

@@ -261,6 +261,9 @@ class InstanceCore(LeaseProcedures, StandbyProcedures, HandoffProcedures):
         result = yield from self._execute(ticket.command)
         if ticket.confirm_to is not None:
             yield from self._confirm_takeover(ticket.confirm_to, result)
+        elif ticket.promoted and result.error is not None and (yield Patched("failed-promotion-moves-on")):
+            # Patched: runs begun before it kept the claim in idle, running nothing, for good.
+            yield from self._after_failed_promotion(result.error)
         return result, None
 
     def _finish(self, outcome: str) -> Proc:
@@ -385,6 +388,7 @@ class InstanceCore(LeaseProcedures, StandbyProcedures, HandoffProcedures):
             cold_because, _ = yield from self._activate_warm()
             if cold_because is None:
                 s.connected_at = self.clock.now()
+                self._started()
                 for state in (State.WARMING, State.ACTIVE):
                     yield from self._transition(state)
                     done.append(state)
@@ -399,6 +403,7 @@ class InstanceCore(LeaseProcedures, StandbyProcedures, HandoffProcedures):
         yield from self._host_step(Activity.CONNECTOR_WARM_UP)
         yield from self._host_step(Activity.CONNECTOR_CONNECT)
         s.connected_at = self.clock.now()
+        self._started()
         yield from self._transition(State.ACTIVE)
         done.append(State.ACTIVE)
         return None

@@ -6,6 +6,8 @@ first, and a warm standby's connector acts only under a claim just taken.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from perseus.core.actions import (
     Activity,
     CancelWarmUp,
@@ -15,12 +17,14 @@ from perseus.core.actions import (
     Search,
     Sleep,
     SpawnWarmUp,
+    WaitUntil,
 )
 from perseus.core.state import Ending, WarmUp
 from perseus.core.steps import InstanceSteps
 from perseus.decisions import (
     StartPath,
     act_after_vacancy_s,
+    standbys_ahead,
     start_path,
     vacancy_delay,
     warm_retry_delay,
@@ -80,7 +84,13 @@ class StandbyProcedures(InstanceSteps):
             # after a Redis outage the holder itself goes first: a healthy holder whose key lapsed
             # while Redis was away must not be replaced by a race.
             standbys: list[StandbyRecord] = yield from self._standbys()
-            ahead = sum(1 for x in standbys if x.priority > self.inp.priority)
+            now = self.clock.now()
+            ahead = standbys_ahead(
+                self.inp.priority,
+                backing_off_here=s.start_retry_at is not None and s.start_retry_at > now,
+                others=standbys,
+                now=now,
+            )
             wait = vacancy_delay(ahead, self.inp.heartbeat_interval_s, after_outage=outcome.after_outage)
             if wait:
                 yield Sleep(wait)
@@ -151,6 +161,7 @@ class StandbyProcedures(InstanceSteps):
             yield from self._transition(target)
         if warm and cold_because is None:
             s.connected_at = self.clock.now()
+            self._started()
             for target in (State.STARTING, State.WARMING, State.ACTIVE):
                 yield from self._transition(target)
             if req.confirm_to:
@@ -174,7 +185,60 @@ class StandbyProcedures(InstanceSteps):
             yield from self._event(
                 EventKind.ERROR, error=f"warm activation failed, starting cold: {cold_because}"
             )
-        self.enqueue(Command.START, first=True, internal=True, confirm_to=req.confirm_to)
+        self.enqueue(Command.START, first=True, internal=True, confirm_to=req.confirm_to, promoted=True)
+
+    def _started(self) -> None:
+        """Our connector is active: whatever failed before on this host is forgotten."""
+        s = self.s
+        s.start_failures, s.start_error, s.start_retry_at = 0, None, None
+
+    def _after_failed_promotion(self, reason: str) -> Proc:
+        """We took the exchange but our connector could not start: a claim is held only by an
+        instance that runs its connector. With another live standby, release and wake the best
+        one (ours stopped: it may act at once) and wait here as a standby, behind every other one
+        until a backoff has passed. Alone, keep the claim and try again here after that backoff."""
+        s = self.s
+        s.start_failures += 1
+        backoff = warm_retry_delay(s.start_failures)
+        s.start_error = reason
+        s.start_retry_at = self.clock.now() + timedelta(seconds=backoff)
+        others = yield from self._standbys()
+        if not others:
+            yield from self._event(
+                EventKind.ERROR,
+                error=f"promoted on {self.inp.host}, but its connector could not start ({reason}); "
+                f"no other standby: trying again here in {backoff:g}s",
+                state=s.state,
+            )
+            # A command (or the host going down) meanwhile is the operator's say: it goes first.
+            yield WaitUntil(lambda: bool(s.queue) or s.host_going_down, timeout_s=backoff)
+            if not s.queue and not s.host_going_down and s.claim is not None and s.state is State.IDLE:
+                self.enqueue(Command.START, first=True, internal=True, promoted=True)
+            return
+        # Stopped for sure (the failed start's own disconnect may not have answered)? Then the next
+        # standby may act the moment it claims; otherwise it waits out our renew deadline first.
+        stopped = (
+            yield from self._tolerated(
+                self._host_step(Activity.CONNECTOR_DISCONNECT, timeout_s=10), "connector_disconnect"
+            )
+        ) is not None
+        yield from self._cancel_lease()
+        released = yield from self._release_claim()
+        yield from self._event(
+            EventKind.ERROR,
+            error=f"promoted on {self.inp.host}, but its connector could not start ({reason}); "
+            f"released the exchange for the next standby; {self.inp.host} goes behind the others "
+            f"for {backoff:g}s",
+            state=s.state,
+        )
+        if released:
+            woken = yield from self._wake_standby(
+                f"{self.inp.exchange} on {self.inp.host} could not start its connector: {reason}",
+                act_after_s=0.0 if stopped else act_after_vacancy_s(self.inp.heartbeat_interval_s),
+            )
+            if woken is None:
+                yield Log(f"{self.wf_id}: no standby answered; the vacancy is theirs to find")
+        yield from self._become_standby()
 
     def _owe_confirmation(self, req: PromoteRequest) -> Proc:
         """A promotion for an exchange we already took: answer the handoff that sent it."""

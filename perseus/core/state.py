@@ -55,6 +55,9 @@ class Ticket:
     handoff: HandoffRequest | None = None
     #: For a START that completes a handoff: the workflow waiting to hear how it went.
     confirm_to: str | None = None
+    #: A START a promotion queued: if the connector cannot start, the exchange goes to the next
+    #: standby rather than staying claimed by an instance that runs nothing.
+    promoted: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,11 @@ class InstanceState:
     #: A warm standby's connector is prepared and warmed on our host (as far as we know): a
     #: promotion activates it instead of starting it. Consumed by the next start either way.
     warm_here: bool = False
+    #: Promotions in a row whose connector could not start here; the last reason; and until when
+    #: this host goes behind every other standby (CarriedState has the same three).
+    start_failures: int = 0
+    start_error: str | None = None
+    start_retry_at: datetime | None = None
     #: Notifications a previous run had not delivered; sent again when this run begins.
     carried_notifications: list[NotifyRequest] = field(default_factory=list)
     # --- this run only -----------------------------------------------------------------------------
@@ -134,6 +142,9 @@ class InstanceState:
             standby_id=c.standby_id,
             restarts=c.restarts,
             warm_here=c.warm_here,
+            start_failures=c.start_failures,
+            start_error=c.start_error,
+            start_retry_at=c.start_retry_at,
             carried_notifications=list(c.undelivered),
         )
         s.standby_visible = s.standby_id is not None
@@ -160,4 +171,7 @@ class InstanceState:
             highest_epoch=self.highest_epoch,
             runs=self.runs,
             warm_here=self.warm_here,
+            start_failures=self.start_failures,
+            start_error=self.start_error,
+            start_retry_at=self.start_retry_at,
         )

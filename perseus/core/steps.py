@@ -30,6 +30,7 @@ from perseus.core.actions import (
     TakeLease,
 )
 from perseus.core.state import InstanceState, Ticket
+from perseus.decisions import wake_order
 from perseus.errors import StepFailed
 from perseus.keys import host_task_queue, iso, ttl_ms
 from perseus.lifecycle import Command, Role, State, check_transition, recovery_path, release_path
@@ -109,10 +110,17 @@ class InstanceSteps:
         confirm_to: str | None = None,
         first: bool = False,
         internal: bool = False,
+        promoted: bool = False,
     ) -> Ticket:
         """Queue a command; ``internal`` ones (promotion, restart) have no caller waiting (number -1)."""
         s = self.s
-        ticket = Ticket(-1 if internal else s.next_ticket, command, handoff=handoff, confirm_to=confirm_to)
+        ticket = Ticket(
+            -1 if internal else s.next_ticket,
+            command,
+            handoff=handoff,
+            confirm_to=confirm_to,
+            promoted=promoted,
+        )
         if not internal:
             s.next_ticket += 1
         if first:
@@ -174,6 +182,8 @@ class InstanceSteps:
             ttl_ms=ttl_ms(self.inp.heartbeat_interval_s),
             heartbeat_interval_ms=int(self.inp.heartbeat_interval_s * 1000),
             warm=self.inp.connector.warm,
+            start_error=s.start_error,
+            start_retry_at=iso(s.start_retry_at) if s.start_retry_at else None,
         )
 
     def _drop_standby(self) -> Proc:
@@ -414,13 +424,20 @@ class InstanceSteps:
             return False
         return report.running
 
-    def _wake_standby(self, reason: str, *, confirm_to: str | None = None) -> Proc:
-        """Signal the highest-priority live standby to take over; returns the one told, if any."""
-        for standby in (yield from self._standbys()):
+    def _wake_standby(self, reason: str, *, confirm_to: str | None = None, act_after_s: float = 0.0) -> Proc:
+        """Signal the highest-priority live standby to take over (one whose connector could not
+        start after its last promotion only after the others); returns the one told, if any.
+        ``act_after_s``: how long it must wait after its claim before its connector acts."""
+        for standby in wake_order((yield from self._standbys()), self.clock.now()):
             refused = yield Signal(
                 standby.workflow_id,
                 "promote",
-                PromoteRequest(reason=reason, min_epoch=self.s.highest_epoch, confirm_to=confirm_to),
+                PromoteRequest(
+                    reason=reason,
+                    min_epoch=self.s.highest_epoch,
+                    confirm_to=confirm_to,
+                    act_after_s=act_after_s,
+                ),
             )
             if refused is not None:  # the standby's workflow is gone: try the next one
                 yield Log(f"standby {standby.workflow_id} not reachable: {refused}")
@@ -491,7 +508,8 @@ class InstanceSteps:
         )
 
     def _fail(self, reason: str) -> Proc:
-        """Retries are exhausted: record lastError + an error event, stop the connector, recover to idle."""
+        """Retries are exhausted: record lastError + an error event, stop the connector, recover to
+        idle. True when the connector is known stopped (its disconnect answered)."""
         s = self.s
         s.last_error = reason
         fields: dict[str, object] = {"lastError": reason, "lastErrorAt": iso(self.clock.now())}
@@ -501,11 +519,12 @@ class InstanceSteps:
         else:
             yield from self._patch(fields)
             yield from self._event(EventKind.ERROR, error=reason, state=s.state)
-        yield from self._tolerated(
+        stopped = yield from self._tolerated(
             self._host_step(Activity.CONNECTOR_DISCONNECT, timeout_s=10), "connector_disconnect after failure"
         )
         for target in recovery_path(s.state):
             yield from self._transition(target)
+        return stopped is not None
 
     def _release(self) -> Proc:
         """Stop whatever runs, then let go of the claim (graceful worker shutdown). True when the

@@ -158,8 +158,12 @@ class World:
     warm_fails: int = 0
     #: Patches that do not apply although ``patched`` (a run begun between two releases).
     unpatched: frozenset[str] = frozenset()
+    #: No other live standby of the exchange.
+    alone: bool = False
 
     def standbys(self) -> list[StandbyRecord]:
+        if self.alone:
+            return []
         return [
             StandbyRecord(
                 exchange_id=1,
@@ -500,6 +504,7 @@ SCENARIOS = [
         (State.ACTIVE, Role.ACTIVE, True, None),
         standby=True,
     ),
+    Scenario("standby-promoted-cold", (Promote(),), (State.ACTIVE, Role.ACTIVE, True, None), standby=True),
     Scenario(
         "standby-promoted-for-handoff",
         (Promote(confirm_to="instance-coinbase-host-b"),),
@@ -809,3 +814,76 @@ def test_before_the_patch_a_failed_warm_up_is_not_retried() -> None:
     ]
     assert len(warm_ups) == 1
     assert act.Activity.CONNECTOR_ACTIVATE not in [a.activity for a in calls]  # promoted cold
+
+
+CANNOT_START = act.Failure(
+    message="cannot start the coinbase connector: no such file", error_type="ConnectorFailed"
+)
+PROMOTED_COLD = Scenario(
+    "standby-promoted-cold", (Promote(),), (State.ACTIVE, Role.ACTIVE, True, None), standby=True
+)
+
+
+def _first_prepare(run: Run) -> int:
+    """The number (1-based, as World.fail_at counts) of the promoted start's connector_prepare call."""
+    calls = [a for a in run.actions if isinstance(a, act.Call)]
+    return 1 + next(i for i, a in enumerate(calls) if a.activity is act.Activity.CONNECTOR_PREPARE)
+
+
+def test_a_promotion_whose_connector_cannot_start_hands_the_exchange_to_the_next_standby() -> None:
+    """A claim is held only by an instance that runs its connector: the failed host releases, wakes
+    the next standby, and waits as a standby that goes behind the others for a backoff."""
+    at = _first_prepare(play(PROMOTED_COLD))
+    run = play(PROMOTED_COLD, fail_at=at, failure=CANNOT_START)
+    check_invariants(run)
+    s = run.core.s
+    assert (s.role, s.state, s.claim) == (Role.STANDBY, State.IDLE, None)
+    assert run.world.holder is None  # released
+    calls = [a for a in run.actions if isinstance(a, act.Call | act.Signal)]
+    release = next(
+        i for i, a in enumerate(calls) if getattr(a, "activity", None) is act.Activity.RELEASE_CLAIM
+    )
+    (woken,) = _promotions(run)
+    assert calls.index(woken) > release and woken.workflow_id == f"instance-coinbase-{OTHER}"
+    assert isinstance(woken.payload, PromoteRequest) and woken.payload.act_after_s == 0.0
+    assert s.start_failures == 1 and s.start_error and "no such file" in s.start_error
+    # The standby record it waits under says why and until when it goes behind the others.
+    records = [
+        a.request for a in run.actions if isinstance(a, act.Call) and a.activity is act.Activity.PUT_STANDBY
+    ]
+    assert records and records[-1].start_error == s.start_error  # type: ignore[attr-defined]
+    assert records[-1].start_retry_at is not None  # type: ignore[attr-defined]
+    errors = [
+        a.request.event.error  # type: ignore[attr-defined]
+        for a in run.actions
+        if isinstance(a, act.Call) and a.activity is act.Activity.RECORD and a.request.event.error  # type: ignore[attr-defined]
+    ]
+    assert any("released the exchange for the next standby" in e for e in errors), errors
+
+
+def test_alone_a_promotion_whose_connector_cannot_start_tries_again_after_a_backoff() -> None:
+    at = _first_prepare(play(PROMOTED_COLD))
+    core, clock = new_core(standby=True)
+    world = World([Promote()], fail_at=at, failure=CANNOT_START, alone=True)
+    run = drive(core, world, clock)
+    check_invariants(run)
+    waits = [a for a in run.actions if isinstance(a, act.WaitUntil) and a.timeout_s == 5.0]
+    assert waits, "no backoff before the second start"
+    prepares = [
+        a for a in run.actions if isinstance(a, act.Call) and a.activity is act.Activity.CONNECTOR_PREPARE
+    ]
+    assert len(prepares) == 2
+    assert (run.core.s.role, run.core.s.state) == (Role.ACTIVE, State.ACTIVE)
+    assert run.core.s.start_failures == 0 and run.core.s.start_retry_at is None  # forgotten once it ran
+    assert not _promotions(run)
+
+
+def test_before_the_patch_a_failed_promotion_keeps_the_claim() -> None:
+    at = _first_prepare(play(PROMOTED_COLD))
+    core, clock = new_core(standby=True)
+    world = World(
+        [Promote()], fail_at=at, failure=CANNOT_START, unpatched=frozenset({"failed-promotion-moves-on"})
+    )
+    run = drive(core, world, clock)
+    assert (run.core.s.role, run.core.s.state) == (Role.ACTIVE, State.IDLE)
+    assert run.world.holder == run.core.s.claim.instance_id  # type: ignore[union-attr]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -25,6 +26,7 @@ from perseus.decisions import (
 )
 from perseus.errors import InvalidTransition
 from perseus.lifecycle import Command, Role, State, plan, projected_state
+from perseus.models import StandbyRecord
 
 pytestmark = pytest.mark.unit
 
@@ -308,3 +310,50 @@ def test_which_handoff_targets_are_not_ready(
         host="b", warm=warm, warm_ready=ready, warm_error=error, retry_in_s=None, waited_s=waited
     )
     assert (why is not None) is refused
+
+
+# --- a host whose promoted connector could not start ----------------------------------------------
+
+NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+
+
+def _standby(host: str, priority: int, retry_at: str | None = None) -> StandbyRecord:
+    return StandbyRecord(
+        exchange_id=1,
+        exchange_name="coinbase",
+        host=host,
+        hostname=host,
+        instance_id=f"sb-{host}",
+        workflow_id=f"instance-coinbase-{host}",
+        priority=priority,
+        registered_at="t",
+        last_heartbeat="t",
+        ttl_ms=45_000,
+        heartbeat_interval_ms=15_000,
+        start_retry_at=retry_at,
+    )
+
+
+LATER = (NOW + timedelta(seconds=30)).isoformat()
+EARLIER = (NOW - timedelta(seconds=1)).isoformat()
+
+
+@pytest.mark.parametrize(
+    ("retry_at", "backing"),
+    [(None, False), (LATER, True), (EARLIER, False), ("not a time", False), ("2026-12-06T12:00:30", True)],
+)
+def test_a_host_backs_off_until_its_retry_time(retry_at: str | None, backing: bool) -> None:
+    assert decisions.backing_off(retry_at, NOW) is backing
+
+
+def test_the_wake_order_puts_hosts_that_failed_to_start_last_and_keeps_priorities() -> None:
+    best_failed, second, third = _standby("a", 9, LATER), _standby("b", 5), _standby("c", 1, EARLIER)
+    order = decisions.wake_order([best_failed, second, third], NOW)
+    assert [x.host for x in order] == ["b", "c", "a"]
+
+
+def test_a_standby_backing_off_gives_every_other_a_head_start() -> None:
+    others = [_standby("a", 9, LATER), _standby("b", 5), _standby("c", 1)]
+    # Priority 3: only b is ahead — a is higher but backing off.
+    assert decisions.standbys_ahead(3, backing_off_here=False, others=others, now=NOW) == 1
+    assert decisions.standbys_ahead(10, backing_off_here=True, others=others, now=NOW) == 3

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from perseus.connectors.factory import cannot_start
 from perseus.models import ConnectorSpec
-from perseus.network import StandbyView, warmth
+from perseus.network import StandbyView, readiness, warmth
 
 
 def process(*command: str, **more: object) -> ConnectorSpec:
@@ -48,3 +48,14 @@ def test_a_warm_standby_reads_ready_warming_or_failed_with_its_retry() -> None:
     )
     long = warmth(view(warm=True, warm_error="x" * 500))
     assert long.startswith("warm (failed: x") and len(long) < 200
+
+
+def test_a_standby_whose_promotion_could_not_start_says_so_and_for_how_long_it_stays_behind() -> None:
+    assert readiness(view()) == ""
+    assert readiness(view(start_error="no such file", start_retry_in_s=39.6)) == (
+        "could not start, behind the others for 40s: no such file"
+    )
+    assert (
+        readiness(view(start_error="no such file", start_retry_in_s=0.0)) == "could not start: no such file"
+    )
+    assert readiness(view(warm=True, warm_ready=True, start_error="x")) == "warm, could not start: x"
