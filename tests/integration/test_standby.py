@@ -15,6 +15,7 @@ from perseus import control
 from perseus.errors import ClaimConflict, InvalidTransition, PerseusError
 from perseus.keys import standby_index_key, status_key, workflow_id
 from perseus.lifecycle import Command
+from perseus.models import ConnectorSpec
 from perseus.store.redis_store import RedisStore
 from tests.conftest import Servers, WorkerProcess, exchange_id, perseus
 from tests.integration.helpers import active_on, events, holder, start_workers, wait_for
@@ -263,3 +264,49 @@ async def test_handoff_whose_target_dies_leaves_the_old_one_active(
     details = [e.get("detail", "") for e in await events(store, exchange) if e["event"] == "handoff"]
     assert details[-1].startswith("aborted")
     await control.command(client, exchange=exchange, host=a, default_host=a, command=Command.SHUTDOWN)
+
+
+async def test_a_promoted_standby_that_cannot_start_its_connector_hands_over_to_the_next(
+    servers: Servers,
+    shared_worker: str,
+    client: Client,
+    store: RedisStore,
+    exchange: str,
+    worker_processes: list[WorkerProcess],
+) -> None:
+    """A claim is held only by an instance that runs its connector: the best standby's host cannot
+    start it (its executable is missing there), so it releases and the next standby takes over."""
+    a, broken, good = hosts(3, "fp")
+    procs = await start_workers(servers, worker_processes, *[a, broken, good])
+    ex_id = await exchange_id(servers, exchange)
+    await register(client, exchange, a, start=True)
+    await control.register(
+        client,
+        exchange=exchange,
+        host=broken,
+        admin_email=None,
+        heartbeat_interval_s=INTERVAL,
+        start=False,
+        standby=True,
+        priority=5,
+        connector=ConnectorSpec(kind="process", command=["/nonexistent/perseus-connector"]),
+    )
+    await register(client, exchange, good, standby=True, priority=1)
+    await wait_for(lambda: active_on(store, ex_id, a))
+    procs[0].signal(signal.SIGKILL)
+    await wait_for(lambda: active_on(store, ex_id, good), timeout=60)
+    kinds = [(e["event"], e["hostname"], e.get("error") or "") for e in await events(store, exchange)]
+    promoted = [h for k, h, _ in kinds if k == "promoted"]
+    assert promoted == [broken, good], kinds  # the priority order held, and the failure moved on
+    assert any(k == "error" and h == broken and "released the exchange" in err for k, h, err in kinds), kinds
+
+    # The failed host waits as a standby again, and says why it goes behind the others.
+    async def failed_standby():
+        records = [r for r in await store.standbys(ex_id) if r.host == broken]
+        return records[0] if records and records[0].start_error else None
+
+    record = await wait_for(failed_standby)
+    assert record.start_error and "perseus-connector" in record.start_error
+    assert record.start_retry_at is not None
+    for h in (good, broken):
+        await control.command(client, exchange=exchange, host=h, default_host=h, command=Command.SHUTDOWN)
