@@ -251,7 +251,12 @@ class InstanceCore(LeaseProcedures, StandbyProcedures, HandoffProcedures):
                 return result, None
             # The caller hears back only once the claim is released.
             yield from self._cancel_lease()
-            yield from self._release_claim()
+            released = yield from self._release_claim()
+            # Our connector stopped (the walk down succeeded): the best standby may act at once.
+            # Patched: runs begun before it left the standby to find a vacancy that proves nothing,
+            # so it waited out our renew deadline holding the claim in idle.
+            if released and (yield Patched("wake-standby-on-shutdown")):
+                yield from self._wake_standby(f"{self.inp.exchange} on {self.inp.host} shut down")
             yield from self._drop_standby()
             yield from self._stop_warm("shut down")
             return result, str(Ending.SHUT_DOWN)

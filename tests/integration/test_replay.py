@@ -55,6 +55,7 @@ BEFORE = {
         "handoff-taken-back",
         "handoff-warm-target",
     },
+    "before-wake-standby-on-shutdown": {"lifecycle"},
 }
 
 

@@ -887,3 +887,15 @@ def test_before_the_patch_a_failed_promotion_keeps_the_claim() -> None:
     run = drive(core, world, clock)
     assert (run.core.s.role, run.core.s.state) == (Role.ACTIVE, State.IDLE)
     assert run.world.holder == run.core.s.claim.instance_id  # type: ignore[union-attr]
+
+
+def test_a_shutdown_of_the_active_instance_wakes_the_best_standby_after_releasing() -> None:
+    sc = next(x for x in SCENARIOS if x.name == "start-stop-shutdown")
+    run = play(sc)
+    (woken,) = _promotions(run)
+    calls = [a for a in run.actions if isinstance(a, act.Call | act.Signal)]
+    released = max(
+        i for i, a in enumerate(calls) if getattr(a, "activity", None) is act.Activity.RELEASE_CLAIM
+    )
+    assert calls.index(woken) > released and woken.workflow_id == f"instance-coinbase-{OTHER}"
+    assert not _promotions(play(sc, patched=False))
