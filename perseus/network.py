@@ -97,6 +97,9 @@ class InstanceView(Wire):
     exchange_name: str
     display_name: str
     online: bool
+    #: The exchange is served: its holder is ``active``. An online holder in any other state (idle
+    #: after a failed start, walking up or down) runs no connector, so it is online but not up.
+    up: bool = False
     status: InstanceStatus | None
     legacy_state: str | None = None
     ttl_ms: int | None = None
@@ -185,6 +188,7 @@ def judge(exchange: Exchange, read: StatusRead, now: datetime) -> InstanceView:
     return InstanceView(
         **base,
         online=True,
+        up=status.connection_state is State.ACTIVE,
         status=status,
         legacy_state=legacy_state(status.connection_state),
         ttl_ms=pttl_ms,

@@ -315,6 +315,11 @@ def test_malformed_records_are_offline_with_a_reason_never_an_exception() -> Non
     view = judge(ex, StatusRead.parse(json.dumps(good), 2500), NOW)
     # 2 s since the last renewal at a 1 s interval: late (past 1.5 intervals), not yet stale (past 2).
     assert view.online and view.heartbeat == "late" and view.late and view.running_for == "4h 23m"
+    assert view.up
+    # A claim held in any other state runs no connector: online, but the exchange is not up.
+    for state in ("idle", "starting", "warming", "stopping", "stopped"):
+        held = judge(ex, StatusRead.parse(json.dumps({**good, "connectionState": state}), 2500), NOW)
+        assert held.online and not held.up, state
     for raw in (
         "{",
         "[]",

@@ -396,8 +396,10 @@
 
   function renderBoard() {
     const instances = state.board.instances || [];
+    // Up means served: the holder is active. A claim held in any other state runs no connector.
+    const up = instances.filter((i) => i.up).length;
     const online = instances.filter((i) => i.online).length;
-    ui.onlineCount.textContent = `${online} of ${instances.length} online`;
+    ui.onlineCount.textContent = `${up} of ${instances.length} up, ${online} online`;
     ui.cards.replaceChildren(...instances.map(card));
     fillExchangeFilter(instances);
   }
