@@ -94,6 +94,37 @@ class Worker:
         self.proc.wait(timeout)
 
 
+async def register_again(
+    client: Client,
+    exchange: str,
+    host: str,
+    interval: float,
+    *,
+    standby: bool,
+    priority: int = 0,
+    connector: ConnectorSpec | None = None,
+) -> None:
+    """Register ``host`` (active and started, or a standby), waiting while the instance that just
+    lost or handed over there is still closing its workflow (50 s at most)."""
+    for _ in range(100):
+        try:
+            await control.register(
+                client,
+                exchange=exchange,
+                host=host,
+                admin_email=None,
+                heartbeat_interval_s=interval,
+                start=not standby,
+                standby=standby,
+                priority=priority,
+                connector=connector,
+            )
+            return
+        except AlreadyRegistered:
+            await asyncio.sleep(0.5)
+    raise RuntimeError(f"{host} could not register again")
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
@@ -141,22 +172,7 @@ async def trial_set(
     await asyncio.gather(*(w.ready() for w in workers.values()))
 
     async def register(host: str, standby: bool) -> None:
-        for _ in range(50):
-            try:
-                await control.register(
-                    client,
-                    exchange=name,
-                    host=host,
-                    admin_email=None,
-                    heartbeat_interval_s=interval,
-                    start=not standby,
-                    standby=standby,
-                    priority=priority[host],
-                )
-                return
-            except AlreadyRegistered:
-                await asyncio.sleep(0.5)  # the lost instance's workflow is still closing
-        raise RuntimeError(f"{host} could not register again")
+        await register_again(client, name, host, interval, standby=standby, priority=priority[host])
 
     async def active_host(not_host: str | None = None, timeout: float = 10 * interval + 60) -> str:
         deadline = time.monotonic() + timeout
@@ -406,22 +422,7 @@ async def warm_set(
     slow = 4 * interval + warmup + 90  # the longest a step here may take
 
     async def register(host: str, standby: bool) -> None:
-        for _ in range(100):
-            try:
-                await control.register(
-                    client,
-                    exchange=name,
-                    host=host,
-                    admin_email=None,
-                    heartbeat_interval_s=interval,
-                    start=not standby,
-                    standby=standby,
-                    connector=spec,
-                )
-                return
-            except AlreadyRegistered:
-                await asyncio.sleep(0.5)  # the lost instance's workflow is still closing
-        raise RuntimeError(f"{host} could not register again")
+        await register_again(client, name, host, interval, standby=standby, connector=spec)
 
     async def holder() -> dict[str, object]:
         raw, _ = await store.raw_status(ex_id)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import signal
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
+import pytest_asyncio
 from temporalio.api.enums.v1 import EventType, TaskQueueKind
 
 from perseus import control
@@ -29,14 +31,23 @@ INTERVAL = 1.0
 SDK_STICKY_DEFAULT_S = 10.0
 
 
+@dataclass
+class CachedOnA:
+    worker_a: WorkerProcess
+    b: str
+    ex_id: int
+
+
+@pytest_asyncio.fixture
 async def cached_on_a(
     servers: Servers,
     temporal: PrivateTemporal,
     store: RedisStore,
     exchange: str,
-    procs: list[WorkerProcess],
-) -> tuple[WorkerProcess, str, str, int]:
+    worker_processes: list[WorkerProcess],
+) -> CachedOnA:
     """Active on A, standby on B, both workflows last run (and cached) by A's worker; then C."""
+    procs = worker_processes
     a, b, c = host_name("wl-a"), host_name("wl-b"), host_name("wl-c")
     env = {"TEMPORAL_ADDRESS": f"127.0.0.1:{temporal.port}"}
     worker_a = WorkerProcess(servers, a, shared=True, extra_env=env)
@@ -59,17 +70,13 @@ async def cached_on_a(
     worker_c = WorkerProcess(servers, c, shared=True, extra_env=env)
     procs.append(worker_c)
     await worker_c.ready()
-    return worker_a, a, b, ex_id
+    return CachedOnA(worker_a, b, ex_id)
 
 
 async def test_a_killed_worker_does_not_hold_the_standbys_promotion(
-    servers: Servers,
-    temporal: PrivateTemporal,
-    store: RedisStore,
-    exchange: str,
-    worker_processes: list[WorkerProcess],
+    cached_on_a: CachedOnA, temporal: PrivateTemporal, store: RedisStore, exchange: str
 ) -> None:
-    worker_a, a, b, ex_id = await cached_on_a(servers, temporal, store, exchange, worker_processes)
+    worker_a, b, ex_id = cached_on_a.worker_a, cached_on_a.b, cached_on_a.ex_id
     worker_a.signal(signal.SIGKILL)
     killed = time.monotonic()
     await wait_for(lambda: active_on(store, ex_id, b), timeout=60)
@@ -94,13 +101,9 @@ async def test_a_killed_worker_does_not_hold_the_standbys_promotion(
 
 
 async def test_a_stopping_worker_wakes_the_standby_after_releasing(
-    servers: Servers,
-    temporal: PrivateTemporal,
-    store: RedisStore,
-    exchange: str,
-    worker_processes: list[WorkerProcess],
+    cached_on_a: CachedOnA, store: RedisStore, exchange: str
 ) -> None:
-    worker_a, a, b, ex_id = await cached_on_a(servers, temporal, store, exchange, worker_processes)
+    worker_a, b, ex_id = cached_on_a.worker_a, cached_on_a.b, cached_on_a.ex_id
     worker_a.signal(signal.SIGTERM)
     await wait_for(lambda: active_on(store, ex_id, b), timeout=60)
     assert worker_a.wait(60) == 0
