@@ -137,6 +137,7 @@ def pct(values: list[float], q: float) -> float:
 TOPOLOGIES = ("hosts", "dedicated")
 #: Three hosts, each with a fixed standby priority: the highest live one must win every failover.
 PRIORITIES = (3, 2, 1)
+FAILED_PROMOTION = "crash, best standby cannot start → next active"
 
 
 async def trial_set(
@@ -238,6 +239,36 @@ async def trial_set(
             f" ({await handoff_breakdown(store, name, asked_at)})",
             flush=True,
         )
+    # Failed promotion: a fourth host, the highest priority, whose connector cannot start there (its
+    # executable is missing). Registered afresh before each crash, so it is promoted first every
+    # time; the figure is the crash until a host that can run the connector is active.
+    broken = f"fx-{tag}"
+    workers[broken] = Worker(env, broken, log_dir, shared=shared)
+    await workers[broken].ready()
+    results["failed promotion"] = []
+    missing = ConnectorSpec(kind="process", command=[str(log_dir / "no-such-connector")])
+    for i in range(trials):
+        active = await active_host()
+        await register_again(client, name, broken, interval, standby=True, priority=9, connector=missing)
+        await standbys_visible({h for h in hosts if h != active} | {broken})
+        await asyncio.sleep(interval / 2)
+        started, stopped_at = time.monotonic(), time.time()
+        workers[active].kill()
+        winner = await active_host(not_host=active)
+        results["failed promotion"].append(time.monotonic() - started)
+        print(
+            f"  {topology} interval {interval:g}s failed promotion {i + 1}/{trials}: "
+            f"{results['failed promotion'][-1]:.2f}s -> {winner}"
+            f" ({await crash_breakdown(store, name, stopped_at)})",
+            flush=True,
+        )
+        await control.command(
+            client, exchange=name, host=broken, default_host=broken, command=Command.SHUTDOWN
+        )
+        workers[active].wait()
+        workers[active] = Worker(env, active, log_dir, shared=shared)
+        await workers[active].ready()
+        await register(active, True)
     for host in hosts:
         try:
             await control.command(
@@ -272,9 +303,11 @@ async def crash_breakdown(store: RedisStore, exchange: str, killed_at: float) ->
                 if detail.startswith("the holder stopped renewing")
                 else "woken"
             )
-            marks.append(f"promoted ({path}) +{at:.2f}")
+            marks.append(f"promoted ({path}) {entry.get('hostname')} +{at:.2f}")
         elif kind == "state_transition" and entry.get("toState") == "active":
             marks.append(f"active +{at:.2f}")
+        elif kind == "error" and "could not start" in entry.get("error", ""):
+            marks.append(f"start failed on {entry.get('hostname')} +{at:.2f}")
     return ", ".join(marks)
 
 
@@ -337,7 +370,10 @@ def markdown(rows: list[tuple[str, float, str, list[float]]], trials: int, load:
         "connector). Graceful stop: SIGTERM of the active host's worker, which stops its connector, "
         "releases the claim and wakes the best standby before it stops polling. Handoff: `perseus "
         'handoff` to the best standby until it returns with the target active. "best standby won" '
-        "counts the crashes and graceful stops won by the highest-priority live standby.",
+        "counts the crashes and graceful stops won by the highest-priority live standby. "
+        f'"{FAILED_PROMOTION}": a fourth host of the highest priority whose connector\'s executable '
+        "is missing is promoted first; it releases and wakes the next standby, whose start ends the "
+        "figure.",
         "",
     ]
     return "\n".join(lines)
@@ -652,6 +688,12 @@ async def main(args: argparse.Namespace) -> None:
                     (topology, interval, "graceful stop → standby active", results["graceful"]),
                     (topology, interval, "best standby won", results["priority"]),
                     (topology, interval, "planned handoff", results["handoff"]),
+                    (
+                        topology,
+                        interval,
+                        "crash, best standby cannot start → next active",
+                        results["failed promotion"],
+                    ),
                 ]
             if core is not None:
                 core.kill()
