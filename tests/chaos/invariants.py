@@ -226,34 +226,35 @@ class Recovery(StrEnum):
 #: plus the transitions' local activities. About 0.1 s each on an idle 2-core machine; 1 s leaves
 #: room for one shared with the rest of a test suite.
 DISPATCH_MARGIN_S = 1.0
-#: Standbys ahead of the one that takes over whose hosts are gone but whose records still live
-#: (each costs PRIORITY_HEAD_START intervals): at most two in a three-host fleet.
-GONE_AHEAD = 2
 #: A standby looks at the holder's key at the claim-over line itself (keeper.LAPSE_LOOK_S past it)
 #: or at a beat that the renewal grid may start a slot early; one slot covers that and the look's
 #: Redis round trip.
 LOOK_SLACK_S = SLOT_S
 
 
-def liveness_bound_s(interval_s: float, walk_s: float, path: Recovery = Recovery.CRASH) -> float:
+def liveness_bound_s(
+    interval_s: float, walk_s: float, path: Recovery = Recovery.CRASH, *, hosts: int = 3
+) -> float:
     """B: the longest an exchange may go without an acting connector while an instance could run it.
 
     ``walk_s`` is the connector's cold walk (prepare + warm up + connect; a warm activation is
-    shorter). By path (docs/design.md, "At least one: the liveness bound"):
+    shorter); ``hosts`` the number of hosts the exchange is registered on. By path (docs/design.md,
+    "At least one: the liveness bound"):
 
     * crash: detection — the claim-over line, renew deadline plus margin (2.1 intervals) after
-      the holder's last renewal, which came at most at the crash — plus the look's slack, the
-      head starts of standbys ahead whose hosts are gone, the walk and the dispatch margin;
+      the holder's last renewal, which came at most at the crash, and one grid slot for the look —
+      then a head start for each standby ahead of the winner whose host is gone but whose record
+      still lives (every host but the holder's and the winner's), the walk and the dispatch margin;
     * graceful stop: the release wakes the best standby; missing that, its next look finds the
-      vacancy within one interval, then the head starts; the walk and the margin;
+      vacancy within one interval (nobody else died: no head start); the walk and the margin;
     * handoff: the target is told directly: the walk and the margin.
     """
-    head_starts = GONE_AHEAD * PRIORITY_HEAD_START * interval_s
     if path is Recovery.HANDOFF:
         return walk_s + DISPATCH_MARGIN_S
     if path is Recovery.GRACEFUL:
-        return interval_s + head_starts + walk_s + DISPATCH_MARGIN_S
+        return interval_s + walk_s + DISPATCH_MARGIN_S
     detection = (RENEW_DEADLINE_INTERVALS + RELEASE_MARGIN) * interval_s + LOOK_SLACK_S
+    head_starts = max(0, hosts - 2) * PRIORITY_HEAD_START * interval_s
     return detection + head_starts + walk_s + DISPATCH_MARGIN_S
 
 
@@ -280,6 +281,7 @@ class Timing:
 
     interval_s: float
     walk_s: float
+    hosts: int = 3
 
 
 @dataclass(frozen=True)
@@ -396,7 +398,7 @@ def liveness_gaps(journal: list[dict[str, object]], now: float, liveness: Livene
                     start=start,
                     end=end,
                     counted=longest_runnable(start, end, liveness.cannot_run),
-                    bound=liveness_bound_s(timing.interval_s, timing.walk_s, path),
+                    bound=liveness_bound_s(timing.interval_s, timing.walk_s, path, hosts=timing.hosts),
                     path=path,
                     fault=fault,
                     after_fault=after,

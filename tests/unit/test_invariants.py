@@ -113,13 +113,17 @@ def acts(pid: int, start: float, end: float) -> list[dict[str, object]]:
 
 
 def test_the_bound_is_detection_plus_walk_plus_margin_per_path() -> None:
-    # Crash: claim-over line 2.1 + look 0.1 + two head starts 0.5 + walk 0.7 + dispatch 1.0.
-    assert liveness_bound_s(1.0, 0.7) == pytest.approx(4.4)
-    # Graceful stop: one interval + two head starts + walk + dispatch; handoff: walk + dispatch.
-    assert liveness_bound_s(1.0, 0.7, Recovery.GRACEFUL) == pytest.approx(3.2)
+    # Crash on three hosts: claim-over line 2.1 + look 0.1 + one head start 0.25 + walk 0.7 +
+    # dispatch 1.0.
+    assert liveness_bound_s(1.0, 0.7) == pytest.approx(4.15)
+    # Graceful stop: one interval + walk + dispatch; handoff: walk + dispatch.
+    assert liveness_bound_s(1.0, 0.7, Recovery.GRACEFUL) == pytest.approx(2.7)
     assert liveness_bound_s(1.0, 0.7, Recovery.HANDOFF) == pytest.approx(1.7)
-    # Detection scales with the interval, the walk is added once.
-    assert liveness_bound_s(15.0, 0.7) == pytest.approx(2.6 * 15 + 0.1 + 0.7 + 1.0)
+    # Detection scales with the interval, the walk is added once; every further host may be a
+    # dead standby ahead of the winner; with two hosts nobody is.
+    assert liveness_bound_s(15.0, 0.7) == pytest.approx(2.35 * 15 + 0.1 + 0.7 + 1.0)
+    assert liveness_bound_s(1.0, 0.7, hosts=5) == pytest.approx(4.65)
+    assert liveness_bound_s(1.0, 0.7, hosts=2) == pytest.approx(3.9)
 
 
 def test_a_gap_within_the_bound_passes_and_is_measured() -> None:
@@ -134,7 +138,7 @@ def test_a_gap_over_the_bound_is_a_violation_blamed_on_its_fault() -> None:
     kill = Window(4.9, 10, "SIGKILL active worker #3")
     violations = check(journal, [], now=12, liveness=Liveness(TIMING, faults=[kill])).violations
     assert violations == [
-        "x: no connector acted for 4.500s while an instance could run it, over B 4.400s (crash), "
+        "x: no connector acted for 4.500s while an instance could run it, over B 4.150s (crash), "
         "during 'SIGKILL active worker #3'"
     ]
 
