@@ -46,6 +46,11 @@ INTERVAL = 1.0  # TTL 3 s, renew deadline 2 s, heartbeat timeout 2 s (its floor)
 #: ``make soak`` sets PERSEUS_CHAOS_SOAK=1: control-plane outages of 30–120 s instead of CI's few
 #: seconds (already more than the heartbeat timeout and the TTL, which is what they must outlast).
 SOAK = os.environ.get("PERSEUS_CHAOS_SOAK") == "1"
+#: PERSEUS_CHAOS_SHARED_HOSTS=1: each host's worker also serves the shared workflow queue, as the
+#: README's ``perseus worker --host H`` does, beside the dedicated shared worker. Instance workflows
+#: then run (and are cached, sticky) on the workers the faults kill and stop — the topology in which
+#: issue 24 saw a killed worker hold a standby's promotion for Temporal's 10 s sticky timeout.
+SHARED_HOSTS = os.environ.get("PERSEUS_CHAOS_SHARED_HOSTS") == "1"
 
 
 pytestmark = [
@@ -186,7 +191,7 @@ class Cluster:
         if host not in self.proxies:
             self.proxies[host] = await StallableProxy(self.stack.temporal_port).start()
         env = {**self.stack.env(), "TEMPORAL_ADDRESS": f"127.0.0.1:{self.proxies[host].port}"}
-        proc = WorkerProcess(self.stack.servers, host, extra_env=env)
+        proc = WorkerProcess(self.stack.servers, host, shared=SHARED_HOSTS, extra_env=env)
         self.all_workers.append(proc)
         await proc.ready()
         self.workers[host] = proc
