@@ -23,7 +23,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from perseus.decisions import PRIORITY_HEAD_START, RELEASE_MARGIN, RENEW_DEADLINE_INTERVALS
+from perseus.decisions import (
+    PRIORITY_HEAD_START,
+    RELEASE_MARGIN,
+    RENEW_DEADLINE_INTERVALS,
+    act_after_vacancy_s,
+    vacancy_delay,
+)
 from perseus.grid import SLOT_S
 
 
@@ -219,6 +225,7 @@ class Recovery(StrEnum):
     CRASH = "crash"  # the holder died or froze: a standby must see it (the claim-over line)
     GRACEFUL = "graceful stop"  # the holder's worker stopped: it releases and wakes a standby
     HANDOFF = "handoff"  # planned: the holder stops, the named target starts
+    REDIS_BACK = "Redis back"  # after a Redis outage: the holder re-claims first, or a standby does
 
 
 #: Seconds of Temporal round trips on the way to active, whatever the path: the claim activity
@@ -247,14 +254,26 @@ def liveness_bound_s(
       still lives (every host but the holder's and the winner's), the walk and the dispatch margin;
     * graceful stop: the release wakes the best standby; missing that, its next look finds the
       vacancy within one interval (nobody else died: no head start); the walk and the margin;
-    * handoff: the target is told directly: the walk and the margin.
+    * handoff: the target is told directly: the walk and the margin;
+    * Redis back (counted from its return): a standby's next look, within an interval, finds the
+      key gone; it gives the holder its head start after an outage and the standbys ahead theirs,
+      claims, and — a vanished key proves nothing — waits out the old holder's renew deadline
+      before its connector acts (:func:`perseus.decisions.vacancy_delay`,
+      :func:`perseus.decisions.act_after_vacancy_s`); the walk and the margin. A holder that
+      re-claims first is quicker.
     """
+    ahead = max(0, hosts - 2)  # every host but the holder's and the winner's
     if path is Recovery.HANDOFF:
         return walk_s + DISPATCH_MARGIN_S
     if path is Recovery.GRACEFUL:
         return interval_s + walk_s + DISPATCH_MARGIN_S
+    if path is Recovery.REDIS_BACK:
+        detection = (
+            interval_s + vacancy_delay(ahead, interval_s, after_outage=True) + act_after_vacancy_s(interval_s)
+        )
+        return detection + walk_s + DISPATCH_MARGIN_S
     detection = (RENEW_DEADLINE_INTERVALS + RELEASE_MARGIN) * interval_s + LOOK_SLACK_S
-    head_starts = max(0, hosts - 2) * PRIORITY_HEAD_START * interval_s
+    head_starts = ahead * PRIORITY_HEAD_START * interval_s
     return detection + head_starts + walk_s + DISPATCH_MARGIN_S
 
 
@@ -266,7 +285,8 @@ class Window:
     start: float
     end: float
     what: str
-    #: For a fault: the path by which the exchange must get an active instance again.
+    #: The path by which the exchange must get an active instance again: after a fault, or when
+    #: a window in which nothing could run ends (Redis back, or a crash's for Temporal back).
     path: Recovery = Recovery.CRASH
 
     @property
@@ -292,7 +312,8 @@ class Liveness:
     connector — Redis unreachable (nothing can be claimed), Temporal unreachable (a start is a
     workflow step), every instance stopped on purpose, every host down. A connector already acting
     may go on through them; an exchange without one is not held to B inside them, and its clock
-    starts again when they end. ``faults`` say which bound a gap is held to and whom to blame.
+    starts again when they end, with the bound of their path (overlapping ones: the loosest).
+    ``faults`` say which bound the rest of a gap is held to and whom to blame.
     """
 
     timing: Mapping[str, Timing]
@@ -309,7 +330,8 @@ class Gap:
     exchange: str
     start: float
     end: float
-    #: The longest part of it outside every ``cannot_run`` window: what B is held against.
+    #: The part of it outside every ``cannot_run`` window that came nearest its bound (or went
+    #: furthest past it): what B is held against, and that part's B and path.
     counted: float
     bound: float
     path: Recovery
@@ -354,15 +376,30 @@ def idle_stretches(
     return [(a, b) for a, b in out if b > a]
 
 
+def runnable_parts(
+    start: float, end: float, cannot_run: Sequence[Window]
+) -> list[tuple[float, float, list[Window]]]:
+    """The parts of [start, end] outside every ``cannot_run`` window, each with the windows of the
+    outage it follows — all that overlap into it, also those inside a longer one (none for a part
+    that begins at ``start``)."""
+    parts: list[tuple[float, float, list[Window]]] = []
+    reach, before = start, list[Window]()
+    for window in sorted(cannot_run, key=lambda w: w.start):
+        if window.end <= start or window.start >= end:
+            continue
+        if window.start > reach:
+            parts.append((reach, window.start, before))
+            before = []
+        before = [*before, window]
+        reach = max(reach, window.end)
+    if end > reach:
+        parts.append((reach, end, before))
+    return parts
+
+
 def longest_runnable(start: float, end: float, cannot_run: Sequence[Window]) -> float:
     """The longest part of [start, end] outside every ``cannot_run`` window."""
-    longest, reach = 0.0, start
-    for window in sorted(cannot_run, key=lambda w: w.start):
-        if window.end <= reach or window.start >= end:
-            continue
-        longest = max(longest, window.start - reach)
-        reach = max(reach, window.end)
-    return max(longest, end - reach)
+    return max((b - a for a, b, _ in runnable_parts(start, end, cannot_run)), default=0.0)
 
 
 def blame(at: float, faults: Sequence[Window]) -> tuple[Window | None, bool]:
@@ -377,8 +414,9 @@ def blame(at: float, faults: Sequence[Window]) -> tuple[Window | None, bool]:
 
 def liveness_gaps(journal: list[dict[str, object]], now: float, liveness: Liveness) -> list[Gap]:
     """Every stretch, per exchange, from its first acting connector until ``now``, in which none
-    acted; each held to the bound of the path of the fault it began in (a crash's, the loosest,
-    outside any fault or after one was healed).
+    acted. Its parts in which an instance could run are each held to a bound: the first to that of
+    the path of the fault it began in (a crash's outside any fault or after one was healed), a part
+    after a ``cannot_run`` window to the loosest of those windows' paths.
 
     An exchange with no acting connector at all is not judged: the journal says nothing of when it
     could first have had one.
@@ -388,17 +426,27 @@ def liveness_gaps(journal: list[dict[str, object]], now: float, liveness: Livene
         if exchange not in liveness.timing:
             raise ValueError(f"no liveness timing for exchange {exchange!r}")
         timing = liveness.timing[exchange]
+
+        def bound(path: Recovery, timing: Timing = timing) -> float:
+            return liveness_bound_s(timing.interval_s, timing.walk_s, path, hosts=timing.hosts)
+
         since = min(start for start, _, _ in intervals)
         for start, end in idle_stretches(intervals, since, now):
             fault, after = blame(start, liveness.faults)
-            path = fault.path if fault is not None and not after else Recovery.CRASH
+            first = fault.path if fault is not None and not after else Recovery.CRASH
+            judged = [
+                (b - a, max((w.path for w in windows), key=bound) if windows else first)
+                for a, b, windows in runnable_parts(start, end, liveness.cannot_run)
+            ]
+            # The part that came nearest its bound; none when the gap lies wholly in cannot_run.
+            counted, path = max(judged or [(0.0, first)], key=lambda part: part[0] - bound(part[1]))
             gaps.append(
                 Gap(
                     exchange=exchange,
                     start=start,
                     end=end,
-                    counted=longest_runnable(start, end, liveness.cannot_run),
-                    bound=liveness_bound_s(timing.interval_s, timing.walk_s, path, hosts=timing.hosts),
+                    counted=counted,
+                    bound=bound(path),
                     path=path,
                     fault=fault,
                     after_fault=after,

@@ -75,8 +75,16 @@ def cold_walk_s(spec: ConnectorSpec) -> float:
 #: The walk in the liveness bound: a cold one (the third host starts cold; a warm activation takes
 #: only the connect).
 WALK_S = cold_walk_s(ConnectorSpec())
-#: Faults whose way back is planned, held to that path's tighter bound; the rest are crashes.
-RECOVERY = {"planned handoff": Recovery.HANDOFF, "SIGTERM active worker": Recovery.GRACEFUL}
+#: How the exchange gets an active instance back after each kind of fault, for its bound: planned
+#: paths are held to tighter ones, Redis outages to the wait a vanished key imposes; the rest are
+#: crashes.
+RECOVERY = {
+    "planned handoff": Recovery.HANDOFF,
+    "SIGTERM active worker": Recovery.GRACEFUL,
+    "Redis paused past the TTL": Recovery.REDIS_BACK,
+    "Redis restarted empty": Recovery.REDIS_BACK,
+    "Redis frozen past the deadline while Temporal is frozen": Recovery.REDIS_BACK,
+}
 
 PRIORITY = {0: 3, 1: 2, 2: 1}
 #: The first two hosts keep their connector warm as standbys, the third starts cold: failovers and
@@ -110,7 +118,8 @@ class Stack:
             self._down_since.setdefault(plane, time.monotonic())
         elif plane in self._down_since:
             since = self._down_since.pop(plane)
-            self.cannot_run.append(Window(since, time.monotonic(), f"{plane} away"))
+            back = Recovery.REDIS_BACK if plane == "Redis" else Recovery.CRASH
+            self.cannot_run.append(Window(since, time.monotonic(), f"{plane} away", back))
 
     def env(self) -> dict[str, str]:
         return {

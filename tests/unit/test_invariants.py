@@ -14,6 +14,7 @@ from tests.chaos.invariants import (
     idle_stretches,
     liveness_bound_s,
     longest_runnable,
+    runnable_parts,
 )
 
 pytestmark = pytest.mark.unit
@@ -124,6 +125,9 @@ def test_the_bound_is_detection_plus_walk_plus_margin_per_path() -> None:
     assert liveness_bound_s(15.0, 0.7) == pytest.approx(2.35 * 15 + 0.1 + 0.7 + 1.0)
     assert liveness_bound_s(1.0, 0.7, hosts=5) == pytest.approx(4.65)
     assert liveness_bound_s(1.0, 0.7, hosts=2) == pytest.approx(3.9)
+    # Redis back: next look 1 + holder's head start 1 + one standby's 0.25 + the vacancy's wait
+    # 2.1 + walk + dispatch.
+    assert liveness_bound_s(1.0, 0.7, Recovery.REDIS_BACK) == pytest.approx(6.05)
 
 
 def test_a_gap_within_the_bound_passes_and_is_measured() -> None:
@@ -169,6 +173,24 @@ def test_an_outage_of_every_host_is_excluded_and_the_longest_runnable_part_count
     assert len(violations) == 1 and "for 5.000s" in violations[0]
 
 
+def test_the_part_after_an_outage_is_held_to_the_bound_of_its_way_back() -> None:
+    journal = acts(1, 0.5, 5) + acts(2, 17.5, 20)  # 5.5 s after the outage: over a crash's B
+    redis = Window(5, 12, "Redis away", Recovery.REDIS_BACK)
+    assert check(journal, [], now=20, liveness=Liveness(TIMING, cannot_run=[redis])).violations == []
+    temporal = Window(5, 12, "Temporal away")
+    violations = check(journal, [], now=20, liveness=Liveness(TIMING, cannot_run=[temporal])).violations
+    assert len(violations) == 1 and "for 5.500s" in violations[0] and "B 4.150s (crash)" in violations[0]
+    # Both away, overlapping: the loosest way back applies, also when one lies inside the other.
+    both = Liveness(TIMING, cannot_run=[Window(5, 11, "Redis away", Recovery.REDIS_BACK), temporal])
+    assert check(journal, [], now=20, liveness=both).violations == []
+    inside = Liveness(TIMING, cannot_run=[Window(4, 12, "Temporal away"), redis])
+    assert check(journal, [], now=20, liveness=inside).violations == []
+    # The part before the outage keeps the fault's bound, whatever follows.
+    late_outage = Liveness(TIMING, cannot_run=[Window(9.5, 12, "Redis away", Recovery.REDIS_BACK)])
+    violations = check(journal, [], now=20, liveness=late_outage).violations
+    assert len(violations) == 1 and "for 4.500s" in violations[0] and "(crash)" in violations[0]
+
+
 def test_planned_paths_are_held_to_their_own_bound() -> None:
     journal = acts(1, 0.5, 5) + acts(2, 7, 9)  # 2 s without a connector
     handoff = Window(4.8, 7.5, "planned handoff #1", Recovery.HANDOFF)
@@ -208,6 +230,7 @@ def test_stretches_and_blame_are_plain_interval_arithmetic() -> None:
     outages = [Window(2, 3, "a"), Window(2.5, 4, "b"), Window(8, 9, "c")]
     assert longest_runnable(1, 10, outages) == 4  # 4 → 8
     assert longest_runnable(2, 3, outages) == 0
+    assert runnable_parts(1, 10, outages) == [(1, 2, []), (4, 8, outages[:2]), (9, 10, outages[2:])]
     faults = [Window(1, 2, "f #1"), Window(5, 6, "g #1")]
     assert blame(0.5, faults) == (None, False)
     assert blame(1.5, faults) == (faults[0], False)
