@@ -534,11 +534,11 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
             killed=stack.killed,
         )
         now = time.monotonic()
-        report = check(journal, stream, now=now, holders=cluster.holders, liveness=liveness)
         # Beside the journal, so that a run can be judged again after a change to the checker.
         (stack.base / "liveness.json").write_text(
             json.dumps({"now": now, **dataclasses.asdict(liveness)}, default=str, indent=1)
         )
+        report = check(journal, stream, now=now, holders=cluster.holders, liveness=liveness)
         warm = sum(1 for line in journal if line["kind"] == "connect" and line.get("warm"))
         injected = sum(v for k, v in stack.faults.items() if k != "planned handoff")
         survived = sum(v for k, v in stack.survived.items() if k != "planned handoff")
