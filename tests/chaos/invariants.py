@@ -226,6 +226,9 @@ class Recovery(StrEnum):
     GRACEFUL = "graceful stop"  # the holder's worker stopped: it releases and wakes a standby
     HANDOFF = "handoff"  # planned: the holder stops, the named target starts
     REDIS_BACK = "Redis back"  # after a Redis outage: the holder re-claims first, or a standby does
+    #: A handoff whose target dies after the old connector stopped: the handoff's part, then a
+    #: crash of the target (which may hold the key by then) that another standby must detect.
+    HANDOFF_TARGET_LOST = "handoff, target lost"
 
 
 #: Seconds of Temporal round trips on the way to active, whatever the path: the claim activity
@@ -255,6 +258,8 @@ def liveness_bound_s(
     * graceful stop: the release wakes the best standby; missing that, its next look finds the
       vacancy within one interval (nobody else died: no head start); the walk and the margin;
     * handoff: the target is told directly: the walk and the margin;
+    * handoff, target lost: the handoff's bound (the old connector stopped, the target began its
+      walk), then a crash's (the target may have claimed; another standby must see its key lapse);
     * Redis back (counted from its return): a standby's next look, within an interval, finds the
       key gone; it gives the holder its head start after an outage and the standbys ahead theirs,
       claims, and — a vanished key proves nothing — waits out the old holder's renew deadline
@@ -265,6 +270,10 @@ def liveness_bound_s(
     ahead = max(0, hosts - 2)  # every host but the holder's and the winner's
     if path is Recovery.HANDOFF:
         return walk_s + DISPATCH_MARGIN_S
+    if path is Recovery.HANDOFF_TARGET_LOST:
+        return liveness_bound_s(interval_s, walk_s, Recovery.HANDOFF, hosts=hosts) + liveness_bound_s(
+            interval_s, walk_s, Recovery.CRASH, hosts=hosts
+        )
     if path is Recovery.GRACEFUL:
         return interval_s + walk_s + DISPATCH_MARGIN_S
     if path is Recovery.REDIS_BACK:

@@ -80,6 +80,7 @@ WALK_S = cold_walk_s(ConnectorSpec())
 #: crashes.
 RECOVERY = {
     "planned handoff": Recovery.HANDOFF,
+    "handoff target killed midway": Recovery.HANDOFF_TARGET_LOST,
     "SIGTERM active worker": Recovery.GRACEFUL,
     "Redis paused past the TTL": Recovery.REDIS_BACK,
     "Redis restarted empty": Recovery.REDIS_BACK,

@@ -236,3 +236,9 @@ def test_stretches_and_blame_are_plain_interval_arithmetic() -> None:
     assert blame(1.5, faults) == (faults[0], False)
     assert blame(3, faults) == (faults[0], True)
     assert faults[1].kind == "g"
+
+
+def test_a_handoff_whose_target_dies_is_held_to_the_handoff_and_then_a_crash() -> None:
+    handoff = liveness_bound_s(1.0, 0.7, Recovery.HANDOFF)
+    crash = liveness_bound_s(1.0, 0.7, Recovery.CRASH)
+    assert liveness_bound_s(1.0, 0.7, Recovery.HANDOFF_TARGET_LOST) == pytest.approx(handoff + crash)
