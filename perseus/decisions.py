@@ -50,6 +50,13 @@ ALIVE_INTERVALS = 1.5
 #: Head start per higher-priority standby, and for the holder after a Redis outage, in intervals.
 PRIORITY_HEAD_START = 0.25
 HOLDER_HEAD_START = 1.0
+#: The least head start a higher-priority standby gets, in seconds, whatever the interval: its
+#: workflow may have been cached on a worker that just died with the holder (the README's hosts
+#: serve the workflows too) — half a second for its task to leave that worker's sticky queue
+#: (worker.STICKY_TIMEOUT), and a replay of its history on the worker that takes it. A quarter of a
+#: 1 s interval lost that race in the chaos suite: the priority-1 standby won, cold, over a warm
+#: priority-2 one whose task was 1.1 s late.
+PRIORITY_HEAD_START_FLOOR_S = 1.0
 
 
 # --- the loop --------------------------------------------------------------------------------------
@@ -151,9 +158,14 @@ def stale_in(renewed_ms_ago: int, interval_s: float) -> float:
 # --- standbys --------------------------------------------------------------------------------------
 
 
+def head_start_s(interval_s: float) -> float:
+    """Seconds a standby gives each higher-priority one before it races for a vacancy."""
+    return max(PRIORITY_HEAD_START * interval_s, PRIORITY_HEAD_START_FLOOR_S)
+
+
 def vacancy_delay(ahead: int, interval_s: float, *, after_outage: bool) -> float:
     """Seconds a standby waits after seeing the exchange vacant before it races (invariant 4)."""
-    delay = PRIORITY_HEAD_START * interval_s * ahead
+    delay = head_start_s(interval_s) * ahead
     if after_outage:
         delay += HOLDER_HEAD_START * interval_s
     return delay

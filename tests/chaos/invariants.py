@@ -24,10 +24,10 @@ from enum import StrEnum
 from pathlib import Path
 
 from perseus.decisions import (
-    PRIORITY_HEAD_START,
     RELEASE_MARGIN,
     RENEW_DEADLINE_INTERVALS,
     act_after_vacancy_s,
+    head_start_s,
     vacancy_delay,
 )
 from perseus.grid import SLOT_S
@@ -282,7 +282,7 @@ def liveness_bound_s(
         )
         return detection + walk_s + DISPATCH_MARGIN_S
     detection = (RENEW_DEADLINE_INTERVALS + RELEASE_MARGIN) * interval_s + LOOK_SLACK_S
-    head_starts = ahead * PRIORITY_HEAD_START * interval_s
+    head_starts = ahead * head_start_s(interval_s)
     return detection + head_starts + walk_s + DISPATCH_MARGIN_S
 
 

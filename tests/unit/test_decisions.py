@@ -357,3 +357,11 @@ def test_a_standby_backing_off_gives_every_other_a_head_start() -> None:
     # Priority 3: only b is ahead — a is higher but backing off.
     assert decisions.standbys_ahead(3, backing_off_here=False, others=others, now=NOW) == 1
     assert decisions.standbys_ahead(10, backing_off_here=True, others=others, now=NOW) == 3
+
+
+def test_a_higher_priority_standby_gets_at_least_a_second_of_head_start() -> None:
+    """Its workflow may have to leave a dead worker's sticky queue and replay first (issue 24)."""
+    assert decisions.head_start_s(1.0) == 1.0
+    assert decisions.head_start_s(0.5) == 1.0
+    assert decisions.head_start_s(15.0) == 3.75
+    assert vacancy_delay(2, 1.0, after_outage=False) == 2.0

@@ -114,20 +114,20 @@ def acts(pid: int, start: float, end: float) -> list[dict[str, object]]:
 
 
 def test_the_bound_is_detection_plus_walk_plus_margin_per_path() -> None:
-    # Crash on three hosts: claim-over line 2.1 + look 0.1 + one head start 0.25 + walk 0.7 +
-    # dispatch 1.0.
-    assert liveness_bound_s(1.0, 0.7) == pytest.approx(4.15)
+    # Crash on three hosts: claim-over line 2.1 + look 0.1 + one head start (a quarter interval,
+    # at least 1 s) + walk 0.7 + dispatch 1.0.
+    assert liveness_bound_s(1.0, 0.7) == pytest.approx(4.9)
     # Graceful stop: one interval + walk + dispatch; handoff: walk + dispatch.
     assert liveness_bound_s(1.0, 0.7, Recovery.GRACEFUL) == pytest.approx(2.7)
     assert liveness_bound_s(1.0, 0.7, Recovery.HANDOFF) == pytest.approx(1.7)
     # Detection scales with the interval, the walk is added once; every further host may be a
     # dead standby ahead of the winner; with two hosts nobody is.
     assert liveness_bound_s(15.0, 0.7) == pytest.approx(2.35 * 15 + 0.1 + 0.7 + 1.0)
-    assert liveness_bound_s(1.0, 0.7, hosts=5) == pytest.approx(4.65)
+    assert liveness_bound_s(1.0, 0.7, hosts=5) == pytest.approx(6.9)
     assert liveness_bound_s(1.0, 0.7, hosts=2) == pytest.approx(3.9)
-    # Redis back: next look 1 + holder's head start 1 + one standby's 0.25 + the vacancy's wait
+    # Redis back: next look 1 + holder's head start 1 + one standby's 1 + the vacancy's wait
     # 2.1 + walk + dispatch.
-    assert liveness_bound_s(1.0, 0.7, Recovery.REDIS_BACK) == pytest.approx(6.05)
+    assert liveness_bound_s(1.0, 0.7, Recovery.REDIS_BACK) == pytest.approx(6.8)
 
 
 def test_a_gap_within_the_bound_passes_and_is_measured() -> None:
@@ -138,11 +138,11 @@ def test_a_gap_within_the_bound_passes_and_is_measured() -> None:
 
 
 def test_a_gap_over_the_bound_is_a_violation_blamed_on_its_fault() -> None:
-    journal = acts(1, 0.5, 5) + acts(2, 9.5, 12)
-    kill = Window(4.9, 10, "SIGKILL active worker #3")
+    journal = acts(1, 0.5, 5) + acts(2, 10, 12)
+    kill = Window(4.9, 10.5, "SIGKILL active worker #3")
     violations = check(journal, [], now=12, liveness=Liveness(TIMING, faults=[kill])).violations
     assert violations == [
-        "x: no connector acted for 4.500s while an instance could run it, over B 4.150s (crash), "
+        "x: no connector acted for 5.000s while an instance could run it, over B 4.900s (crash), "
         "during 'SIGKILL active worker #3'"
     ]
 
@@ -179,16 +179,16 @@ def test_the_part_after_an_outage_is_held_to_the_bound_of_its_way_back() -> None
     assert check(journal, [], now=20, liveness=Liveness(TIMING, cannot_run=[redis])).violations == []
     temporal = Window(5, 12, "Temporal away")
     violations = check(journal, [], now=20, liveness=Liveness(TIMING, cannot_run=[temporal])).violations
-    assert len(violations) == 1 and "for 5.500s" in violations[0] and "B 4.150s (crash)" in violations[0]
+    assert len(violations) == 1 and "for 5.500s" in violations[0] and "B 4.900s (crash)" in violations[0]
     # Both away, overlapping: the loosest way back applies, also when one lies inside the other.
     both = Liveness(TIMING, cannot_run=[Window(5, 11, "Redis away", Recovery.REDIS_BACK), temporal])
     assert check(journal, [], now=20, liveness=both).violations == []
     inside = Liveness(TIMING, cannot_run=[Window(4, 12, "Temporal away"), redis])
     assert check(journal, [], now=20, liveness=inside).violations == []
     # The part before the outage keeps the fault's bound, whatever follows.
-    late_outage = Liveness(TIMING, cannot_run=[Window(9.5, 12, "Redis away", Recovery.REDIS_BACK)])
+    late_outage = Liveness(TIMING, cannot_run=[Window(10, 12, "Redis away", Recovery.REDIS_BACK)])
     violations = check(journal, [], now=20, liveness=late_outage).violations
-    assert len(violations) == 1 and "for 4.500s" in violations[0] and "(crash)" in violations[0]
+    assert len(violations) == 1 and "for 5.000s" in violations[0] and "(crash)" in violations[0]
 
 
 def test_planned_paths_are_held_to_their_own_bound() -> None:
@@ -202,17 +202,17 @@ def test_planned_paths_are_held_to_their_own_bound() -> None:
 
 
 def test_a_killed_worker_stops_acting_at_the_kill_not_at_its_validity() -> None:
-    # Renewed at 4 (valid until 6) and killed at 4.2; the standby acts from 9.
+    # Renewed at 4 (valid until 6) and killed at 4.2; the standby acts from 9.5.
     journal = [
         line(0, "valid_until", 1, until=2),
         line(0.5, "connect", 1),
         line(2, "valid_until", 1, until=4),
         line(4, "valid_until", 1, until=6),
-        *acts(2, 9, 12),
+        *acts(2, 9.5, 12),
     ]
-    assert check(journal, [], now=12, liveness=Liveness(TIMING)).violations == []  # 6 → 9: 3 s
+    assert check(journal, [], now=12, liveness=Liveness(TIMING)).violations == []  # 6 → 9.5: 3.5 s
     killed = check(journal, [], now=12, liveness=Liveness(TIMING, killed={1: 4.2})).violations
-    assert len(killed) == 1 and "for 4.800s" in killed[0]
+    assert len(killed) == 1 and "for 5.300s" in killed[0]
     # A pid killed before the connector connected is an older process that had the same number.
     assert check(journal, [], now=12, liveness=Liveness(TIMING, killed={1: 0.1})).violations == []
 
