@@ -44,6 +44,7 @@ EXPECTED = BEFORE_CLAIM_ON_HOST | {
     "reattach",
     "vacancy-lapsed",
     "vacancy-not-lapsed",
+    "promotion-start-failed",
 }
 #: Per ``before-<patch id>/`` folder, the paths it keeps. A path added after a version was cut has
 #: no history from before it: no run of the older code was recorded taking it.

@@ -116,8 +116,9 @@ class Stand:
     standby_records: int = 0
     #: What ``list_standbys`` answers (the live standbys of the exchange, as Redis would list them).
     standbys: list[StandbyRecord] = field(default_factory=list)
-    #: The ``detail`` of every event recorded, in order (beside ``events``).
+    #: The ``detail`` and ``error`` of every event recorded, in order (beside ``events``).
     details: list[str | None] = field(default_factory=list)
+    errors: list[str | None] = field(default_factory=list)
     #: Claims that asked to take a lapsed holder's key over (``ClaimRequest.take_lapsed``).
     took_over: int = 0
     #: What ``probe_claim`` answers (the key as Redis shows it), and how often it was asked.
@@ -181,6 +182,7 @@ class Stand:
                 )
             )
             stand.details.append(e.detail)
+            stand.errors.append(e.error)
             return Recorded(
                 stream_id=f"{len(stand.events)}-0",
                 patch=PatchResult(applied=True) if req.patch is not None else None,
@@ -491,6 +493,46 @@ async def test_cold_standby_registers_without_a_claim_and_starts_cold_when_promo
     assert stand.events == PROMOTED_COLD_THEN_SHUT_DOWN
     assert stand.details[1] == "test promotion"  # cold: no "(warm: …)" note
     assert stand.epochs == 5 and stand.released == 1
+
+
+async def test_a_promotion_whose_connector_cannot_start_moves_on_to_the_next_standby(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    now = datetime.now(UTC).isoformat()
+    stand = Stand(fail_warm_up=True)
+    stand.standbys = [
+        StandbyRecord(
+            exchange_id=42,
+            exchange_name="next",
+            host=OTHER_HOST,
+            hostname=OTHER_HOST,
+            instance_id="next-standby",
+            workflow_id=f"instance-next-{OTHER_HOST}",  # no such run: the signal cannot be delivered
+            registered_at=now,
+            last_heartbeat=now,
+            ttl_ms=6000,
+            heartbeat_interval_ms=2000,
+        )
+    ]
+
+    async def body(handle: WorkflowHandle[Any, Any]) -> None:
+        await handle.execute_update(InstanceWorkflow.wait_registered)
+        await handle.signal(InstanceWorkflow.promote, PromoteRequest(reason="test promotion", min_epoch=4))
+        # It took the claim, could not start, released it and waits as a standby again.
+        for _ in range(200):
+            snap = await handle.query(InstanceWorkflow.snapshot)
+            if snap.role is Role.STANDBY and stand.released:
+                break
+            await asyncio.sleep(0.05)
+        assert snap.role is Role.STANDBY and snap.claim is None and stand.released == 1
+        await command(handle, Command.SHUTDOWN)
+        assert await handle.result() == "shut down"
+        await record_history(handle, "promotion-start-failed")
+
+    await run_paths(ts_env, stand, instance("failprom", standby=True), body)
+    assert stand.epochs == 5
+    assert any("released the exchange for the next standby" in (e or "") for e in stand.errors), stand.errors
+    assert [kind for kind, _, _ in stand.events].count("standby_registered") == 2  # before and after
 
 
 #: The epoch the holder whose key fell vacant held, as the standby's watch last saw it in the key.
