@@ -37,7 +37,7 @@ from perseus.keys import TTL_FACTOR
 from perseus.lifecycle import Command, Role, State, plan, projected_state
 
 if TYPE_CHECKING:
-    from perseus.models import StandbyRecord
+    from perseus.models import PromoteRequest, StandbyRecord
 
 #: Lease error types that mean the claim is no longer ours (the keeper already stopped the connector).
 LOSS_TYPES: frozenset[str] = frozenset({"ClaimLost", "ClaimMissing", "RenewDeadline"})
@@ -278,6 +278,13 @@ def wake_order(standbys: Sequence[StandbyRecord], now: datetime) -> list[Standby
     """Which standby to wake first: by priority (the order given), but a host whose connector could
     not start after its last promotion only after every one that has not failed (stable)."""
     return sorted(standbys, key=lambda x: backing_off(x.start_retry_at, now))
+
+
+def released_by_holder(promotions: Sequence[PromoteRequest], vacant_epoch: int) -> bool:
+    """Whether a promotion that arrived says the holder of the vacancy we claimed stopped its
+    connector and released its key: one that asks us to act at once, from an instance that held
+    at least that epoch. Then there is no old renew deadline left to wait out."""
+    return any(not p.act_after_s and p.min_epoch >= vacant_epoch for p in promotions)
 
 
 def standbys_ahead(

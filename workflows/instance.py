@@ -337,7 +337,7 @@ class InstanceWorkflow:
                 condition = action.condition
                 if action.or_handlers_finished:
                     return await self._wait(lambda: condition() or workflow.all_handlers_finished())
-                return await self._wait(condition, action.timeout_s)
+                return await self._wait(condition, action.timeout_s, action.summary)
             case act.WaitForWork():
                 await workflow.wait_condition(lambda: self._next_step() is not None)
                 return self._next_step()
@@ -353,9 +353,11 @@ class InstanceWorkflow:
         return None
 
     @staticmethod
-    async def _wait(condition: Callable[[], bool], timeout_s: float | None = None) -> bool:
+    async def _wait(
+        condition: Callable[[], bool], timeout_s: float | None = None, summary: str | None = None
+    ) -> bool:
         try:
-            await workflow.wait_condition(condition, timeout=_seconds(timeout_s))
+            await workflow.wait_condition(condition, timeout=_seconds(timeout_s), timeout_summary=summary)
         except builtins.TimeoutError:
             return False
         return True

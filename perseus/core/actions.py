@@ -176,6 +176,8 @@ class WaitUntil:
     timeout_s: float | None = None
     #: Also stop waiting once every update and signal handler has finished (SDK state).
     or_handlers_finished: bool = False
+    #: What the timeout's timer is called in the history and the Web UI.
+    summary: str | None = None
 
 
 @dataclass(frozen=True)

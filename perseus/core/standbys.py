@@ -24,6 +24,7 @@ from perseus.core.steps import InstanceSteps
 from perseus.decisions import (
     StartPath,
     act_after_vacancy_s,
+    released_by_holder,
     standbys_ahead,
     start_path,
     vacancy_delay,
@@ -135,8 +136,17 @@ class StandbyProcedures(InstanceSteps):
         s.role = Role.ACTIVE
         yield from self._start_lease()  # renew the fresh claim at once
         if req.act_after_s:
-            # The holder whose key vanished may act until its renew deadline: ours must not yet.
-            yield Sleep(req.act_after_s, summary="wait out the old deadline")
+            # The holder whose key vanished may act until its renew deadline: ours must not yet —
+            # unless that holder tells us meanwhile that it stopped and released (a graceful stop
+            # or shutdown wakes us; our watch may have seen the key go first).
+            if (yield Patched("release-ends-deadline-wait")):
+                yield WaitUntil(
+                    lambda: released_by_holder(s.promotions, req.min_epoch),
+                    timeout_s=req.act_after_s,
+                    summary="wait out the old deadline",
+                )
+            else:
+                yield Sleep(req.act_after_s, summary="wait out the old deadline")
         task, s.warm_task = s.warm_task, None
         warming = task is not None and not task.done
         if task is not None and warming:

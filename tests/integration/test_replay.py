@@ -57,6 +57,7 @@ BEFORE = {
         "handoff-warm-target",
     },
     "before-wake-standby-on-shutdown": {"lifecycle"},
+    "before-release-ends-deadline-wait": {"vacancy-not-lapsed"},
 }
 
 

@@ -688,6 +688,7 @@ async def test_standby_takes_a_vacant_exchange_redis_lost_and_waits_out_the_old_
         "patch: claim-on-host",
         "claim_and_hold",
         "hold_lease",  # the fresh claim is renewed meanwhile
+        "patch: release-ends-deadline-wait",  # the holder saying it released would end it early
         "timer: wait out the old deadline",
         "timer fired",  # only then does anything act
         "drop_standby",

@@ -899,3 +899,36 @@ def test_a_shutdown_of_the_active_instance_wakes_the_best_standby_after_releasin
     )
     assert calls.index(woken) > released and woken.workflow_id == f"instance-coinbase-{OTHER}"
     assert not _promotions(play(sc, patched=False))
+
+
+@dataclass
+class HolderReleasesDuringTheWait(World):
+    """The holder whose key our watch saw vanish wakes us while we wait out its renew deadline."""
+
+    woken: bool = False
+
+    def answer(self, core: InstanceCore, action: act.Action, clock: Clock) -> Any:
+        if isinstance(action, act.WaitUntil) and action.timeout_s and not self.woken:
+            self.woken = True
+            core.on_promote(PromoteRequest(reason="released: its worker shut down", min_epoch=3))
+        return super().answer(core, action, clock)
+
+
+def test_a_standby_waiting_out_a_vanished_keys_deadline_acts_once_its_holder_says_it_released() -> None:
+    vanished = (LeaseEnds(StandbyOutcome(vacant=True, last_epoch=3, lapsed=False)),)
+    core, clock = new_core(standby=True)
+    started = clock.now()
+    run = drive(core, HolderReleasesDuringTheWait(list(vanished)), clock)
+    check_invariants(run)
+    waits = [a for a in run.actions if isinstance(a, act.WaitUntil) and a.timeout_s]
+    assert len(waits) == 1 and waits[0].timeout_s == pytest.approx(2.1 * 15)
+    assert (run.core.s.role, run.core.s.state) == (Role.ACTIVE, State.ACTIVE)
+    assert clock.now() - started < timedelta(seconds=30)  # it did not wait the 31.5 s out
+    # Without the patch it sleeps the whole deadline, whatever it hears.
+    core, clock = new_core(standby=True)
+    before = drive(
+        core,
+        HolderReleasesDuringTheWait(list(vanished), unpatched=frozenset({"release-ends-deadline-wait"})),
+        clock,
+    )
+    assert any(isinstance(a, act.Sleep) and a.seconds == pytest.approx(2.1 * 15) for a in before.actions)

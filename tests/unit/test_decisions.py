@@ -26,7 +26,7 @@ from perseus.decisions import (
 )
 from perseus.errors import InvalidTransition
 from perseus.lifecycle import Command, Role, State, plan, projected_state
-from perseus.models import StandbyRecord
+from perseus.models import PromoteRequest, StandbyRecord
 
 pytestmark = pytest.mark.unit
 
@@ -365,3 +365,12 @@ def test_a_higher_priority_standby_gets_at_least_a_second_of_head_start() -> Non
     assert decisions.head_start_s(0.5) == 1.0
     assert decisions.head_start_s(15.0) == 3.75
     assert vacancy_delay(2, 1.0, after_outage=False) == 2.0
+
+
+def test_only_a_release_by_the_vacancys_holder_ends_the_wait_for_its_deadline() -> None:
+    told = PromoteRequest(reason="released", min_epoch=7)
+    assert decisions.released_by_holder([told], 7)
+    assert decisions.released_by_holder([told], 6)
+    assert not decisions.released_by_holder([told], 8)  # an older instance cannot speak for epoch 8
+    assert not decisions.released_by_holder([PromoteRequest(reason="x", min_epoch=9, act_after_s=2.1)], 7)
+    assert not decisions.released_by_holder([], 7)
