@@ -33,7 +33,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from perseus.errors import InvalidTransition
-from perseus.keys import TTL_FACTOR
+from perseus.keys import TTL_FACTOR, parse_iso
 from perseus.lifecycle import Command, Role, State, plan, projected_state
 
 if TYPE_CHECKING:
@@ -262,16 +262,22 @@ def warm_retry_delay(failures: int) -> float:
     return float(min(WARM_RETRY_CAP_S, WARM_RETRY_FIRST_S * 2 ** max(0, failures - 1)))
 
 
+def seconds_until(moment: str | None, now: datetime) -> float | None:
+    """Seconds from ``now`` until an ISO time a record carries (0 once it has passed; a time with no
+    zone is UTC); None when there is none or it cannot be read."""
+    if moment is None:
+        return None
+    try:
+        at = parse_iso(moment)
+    except ValueError:
+        return None
+    return max(0.0, ((at if at.tzinfo else at.replace(tzinfo=UTC)) - now).total_seconds())
+
+
 def backing_off(retry_at: str | None, now: datetime) -> bool:
     """Whether a standby whose promotion failed to start its connector is still in its backoff:
     it is tried after every other standby until ``retry_at`` (ISO; None or unreadable: not)."""
-    if retry_at is None:
-        return False
-    try:
-        until = datetime.fromisoformat(retry_at)
-    except ValueError:
-        return False
-    return (until if until.tzinfo else until.replace(tzinfo=UTC)) > now
+    return bool(seconds_until(retry_at, now))
 
 
 def wake_order(standbys: Sequence[StandbyRecord], now: datetime) -> list[StandbyRecord]:

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 
 from pydantic import Field
 
+from perseus.decisions import seconds_until
 from perseus.keys import RENEW_DEADLINE_FACTOR, parse_iso
 from perseus.lifecycle import State, legacy_state
 from perseus.models import (
@@ -293,22 +294,16 @@ def readiness(standby: StandbyView) -> str:
 
 
 def _seconds_until(moment: str | None, now: datetime) -> float | None:
-    if moment is None:
-        return None
-    try:
-        return round(max(0.0, (_when(moment) - now).total_seconds()), 1)
-    except (ValueError, TypeError):
-        return None
+    """Seconds until a time a record carries, to a tenth, judged on the server's clock."""
+    left = seconds_until(moment, now)
+    return None if left is None else round(left, 1)
 
 
 def _retry_in(record: StandbyRecord, now: datetime) -> float | None:
-    """Seconds until a failed warm-up is tried again (judged on the server's clock), or None."""
-    if not record.warm or record.warm_ready or record.warm_retry_at is None:
+    """Seconds until a failed warm-up is tried again, or None."""
+    if not record.warm or record.warm_ready:
         return None
-    try:
-        return round(max(0.0, (_when(record.warm_retry_at) - now).total_seconds()), 1)
-    except (ValueError, TypeError):
-        return None
+    return _seconds_until(record.warm_retry_at, now)
 
 
 def standby_views(records: Sequence[StandbyRecord], now: datetime) -> list[StandbyView]:

@@ -7,8 +7,6 @@ confirmed in time claims the exchange again.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from perseus.core.actions import (
     Activity,
     Call,
@@ -24,6 +22,7 @@ from perseus.core.state import Ending, Ticket
 from perseus.core.steps import HANDOFF_TIMEOUT_S, InstanceSteps
 from perseus.decisions import (
     handoff_demotes,
+    seconds_until,
     target_not_ready,
 )
 from perseus.errors import StepFailed
@@ -188,21 +187,12 @@ class HandoffProcedures(InstanceSteps):
 
     def _target_not_ready(self, target: StandbyRecord, *, waited_s: float | None = None) -> str | None:
         """Why the target's record says its connector is not ready (decisions.target_not_ready)."""
-        retry_in: float | None = None
-        if target.warm_retry_at is not None:
-            try:
-                at = datetime.fromisoformat(target.warm_retry_at)
-            except ValueError:
-                at = None
-            if at is not None:
-                at = at if at.tzinfo else at.replace(tzinfo=UTC)
-                retry_in = max(0.0, (at - self.clock.now()).total_seconds())
         return target_not_ready(
             host=target.host,
             warm=target.warm,
             warm_ready=target.warm_ready,
             warm_error=target.warm_error,
-            retry_in_s=retry_in,
+            retry_in_s=seconds_until(target.warm_retry_at, self.clock.now()),
             waited_s=waited_s,
         )
 
