@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from perseus import control
+from perseus.decisions import lease_heartbeat_timeout_s
 from perseus.models import ConnectorSpec
 from perseus.store.redis_store import RedisStore
 from tests.conftest import Servers, WorkerProcess, exchange_id
@@ -41,8 +42,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240
 INTERVAL = 1.0
 #: Long enough that every lease activity is timed out (heartbeat timeout 6.25 s, counted from its
 #: last heartbeat, which came before the outage) and every key would have expired three times over
-#: (TTL 3 s) had renewals depended on Temporal.
-FREEZE_S = 9.0
+#: (TTL 3 s) had renewals depended on Temporal: 9 s at 1 s.
+FREEZE_S = lease_heartbeat_timeout_s(INTERVAL) + 2.75
 
 
 @dataclass
