@@ -124,8 +124,12 @@ async def run_worker(
             # Every held claim and standby watch keeps a slot for as long as it lasts: the steps of
             # new registrations and connectors need free ones beside them.
             max_concurrent_activities=settings.host_capacity + STEP_SLOTS,
-            # Send each lease heartbeat at once (not throttled to 0.8 × timeout), so the server's
-            # last heartbeat is the last renewal: the workflow's "host is dead" is then safe to act on.
+            # The lease and the watch set their own cadence (a heartbeat at every k-th renewal, at
+            # least 5 s apart, the heartbeat timeout 1.25 such periods: decisions.heartbeat_beats).
+            # The SDK would throttle on top to 0.8 × that timeout — the same period, so each
+            # heartbeat would wait for the window and drift up to a grid slot later. Cap the throttle
+            # so each goes out when sent: the server's last heartbeat is a renewal, and connector
+            # steps (a heartbeat a second, timeout 5 s) hear a cancellation within a second.
             max_heartbeat_throttle_interval=timedelta(milliseconds=100),
             graceful_shutdown_timeout=timedelta(seconds=5),
         )

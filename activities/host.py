@@ -21,7 +21,7 @@ from activities.edge import edge
 from activities.registry import take_claim
 from perseus.connectors.base import ConnectorHost
 from perseus.connectors.factory import ConnectorContext, build_connector, cannot_start
-from perseus.decisions import warm_retry_delay
+from perseus.decisions import heartbeat_beats_within, heartbeat_due, warm_retry_delay
 from perseus.errors import (
     ConnectorError,
     ConnectorGone,
@@ -61,11 +61,11 @@ T = TypeVar("T")
 IP_ANSWER_REUSE_S = 300.0
 #: ...and no answer at all for this long before the services are asked again.
 IP_NO_ANSWER_REUSE_S = 30.0
-#: A lease heartbeats at each renewal, and on its own only when no renewal has come for this many
-#: intervals: just past the next one's due time, so that a healthy host sends one heartbeat per
-#: renewal (at 0.9 the fallback fired before every renewal, doubling the heartbeats and their RPCs),
-#: and inside the workflow's heartbeat timeout (1.25 intervals, at least 2 s) with a margin of at
-#: least 0.2 intervals, so that a renewal held up by a slow Redis does not make a live host look dead.
+#: A lease wakes at each renewal, and on its own only when no renewal has come for this many
+#: intervals: just past the next one's due time, so that a renewal held up by a slow Redis does not
+#: make a live host look dead (at 0.9 the fallback fired before every renewal, doubling the
+#: heartbeats and their RPCs). It heartbeats at every k-th wake (:class:`Cadence`), so its longest
+#: silence is k + 0.05 intervals, inside the heartbeat timeout of 1.25 k intervals.
 QUIET_INTERVALS = 1.05
 
 
@@ -122,6 +122,30 @@ async def with_heartbeats(work: Awaitable[T], every_s: float = 1.0) -> T:
     finally:
         if not task.done():
             task.cancel()
+
+
+class Cadence:
+    """When a lease or a standby's watch heartbeats to Temporal: at the first wake, then at every
+    k-th renewal (``decisions.heartbeat_beats``: at least 5 s apart), k sized to the heartbeat
+    timeout the activity was scheduled with (``decisions.heartbeat_beats_within``), so that a
+    workflow of an older release, which expects a heartbeat per renewal, still gets one.
+
+    What the workflow must learn at once never waits for the cadence: a lost claim, a failed
+    connector, a vacancy or a silent holder end the activity, and its completion is immediate.
+    """
+
+    def __init__(self, interval_s: float) -> None:
+        timeout = activity.info().heartbeat_timeout
+        self.interval_s = interval_s
+        self.beats = heartbeat_beats_within(interval_s, timeout.total_seconds() if timeout else None)
+        self._last = float("-inf")
+
+    def beat(self) -> None:
+        """Heartbeat if this wake is the one due."""
+        now = time.monotonic()
+        if heartbeat_due(now - self._last, self.interval_s, self.beats):
+            activity.heartbeat()
+            self._last = now
 
 
 class HostActivities:
@@ -239,6 +263,7 @@ class HostActivities:
         """
         held = self.keeper.hold(req)
         interval = req.heartbeat_interval_s
+        cadence = Cadence(interval)
         started = time.monotonic()
         try:
             with self.keeper.attached(held):
@@ -253,9 +278,9 @@ class HostActivities:
                     # Past the deadline this host no longer claims anything: stay silent, so that
                     # the workflow's heartbeat timeout sees what Redis sees.
                     if held.within_deadline():
-                        activity.heartbeat()
-                    # Woken by each renewal (so the server's last heartbeat is the last renewal), or
-                    # once the next renewal is overdue (a slow Redis must not make a live host look
+                        cadence.beat()
+                    # Woken by each renewal (so the server's last heartbeat is a renewal), or once
+                    # the next renewal is overdue (a slow Redis must not make a live host look
                     # dead): see QUIET_INTERVALS.
                     await held.beat.wait(QUIET_INTERVALS * interval)
         except asyncio.CancelledError:
@@ -271,6 +296,7 @@ class HostActivities:
         when the workflow itself cancels the watch (promotion, shutdown, continue-as-new).
         """
         watched = self.keeper.watch(req)
+        cadence = Cadence(req.heartbeat_interval_s)
         started = time.monotonic()
         try:
             with self.keeper.attached(watched):
@@ -292,7 +318,7 @@ class HostActivities:
                         return StandbyOutcome(vacant=False, last_epoch=watched.last_epoch, warm_lost=True)
                     if time.monotonic() - started >= req.term_s:
                         return StandbyOutcome(vacant=False, last_epoch=watched.last_epoch)
-                    activity.heartbeat()
+                    cadence.beat()
                     await watched.beat.wait(QUIET_INTERVALS * req.heartbeat_interval_s)
         except asyncio.CancelledError:
             details = activity.cancellation_details()

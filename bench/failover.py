@@ -585,8 +585,9 @@ def warm_markdown(runs: list[dict[str, object]], args: argparse.Namespace, load:
     lines += [
         "",
         "Detection is the same for both (the standby's watch sees the dead holder's key pass its renew "
-        "deadline plus the margin and claims over it, or the dead host's workflow — 1.25 intervals "
-        "without a heartbeat plus the pickup — releases and wakes it, whichever comes first); what "
+        "deadline plus the margin and claims over it, or the dead host's workflow — its heartbeat "
+        "timeout (1.25 heartbeat periods of at least 5 s) plus a probe — releases and wakes it, "
+        "whichever comes first); what "
         "follows it differs: a cold "
         "standby spawns its connector and waits out the whole warm-up, a warm one is sent "
         "`ACTIVATE <epoch>` once its claim is in the status key and acts on `ACTIVE`. A warm handoff "

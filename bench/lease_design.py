@@ -20,14 +20,11 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
+    from perseus.decisions import lease_heartbeat_timeout_s
     from perseus.keys import host_task_queue
     from perseus.models import Claim, LeaseOutcome, LeaseRequest
 
 LEASE_QUEUE = "bench-lease"
-#: As the instance workflow's (workflows/instance.py, HEARTBEAT_TIMEOUT_*): not imported, so that a
-#: change there shows up as a difference here rather than silently.
-HEARTBEAT_TIMEOUT_FACTOR = 1.25
-HEARTBEAT_TIMEOUT_FLOOR_S = 2.0
 
 
 class LeaseInput(BaseModel):
@@ -56,9 +53,8 @@ class LeaseOnlyWorkflow:
             result_type=LeaseOutcome,
             task_queue=host_task_queue(inp.host),
             start_to_close_timeout=timedelta(seconds=inp.term_s + 4 * interval),
-            heartbeat_timeout=timedelta(
-                seconds=max(interval * HEARTBEAT_TIMEOUT_FACTOR, HEARTBEAT_TIMEOUT_FLOOR_S)
-            ),
+            # The instance workflow's own rule: the lease heartbeats at the cadence it is given.
+            heartbeat_timeout=timedelta(seconds=lease_heartbeat_timeout_s(interval)),
             retry_policy=RetryPolicy(maximum_attempts=1),
             cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
         )

@@ -30,7 +30,7 @@ from perseus.core.actions import (
     TakeLease,
 )
 from perseus.core.state import InstanceState, Ticket
-from perseus.decisions import wake_order
+from perseus.decisions import lease_heartbeat_timeout_s, wake_order
 from perseus.errors import StepFailed
 from perseus.keys import host_task_queue, iso, ttl_ms
 from perseus.lifecycle import Command, Role, State, check_transition, recovery_path, release_path
@@ -68,10 +68,6 @@ from perseus.models import (
 
 RUNNING_STATES = (State.STARTING, State.WARMING, State.ACTIVE)
 
-#: A host is presumed dead after this many intervals without a heartbeat (before the 3-interval TTL).
-HEARTBEAT_TIMEOUT_FACTOR = 1.25
-#: ...but never less than this, in seconds.
-HEARTBEAT_TIMEOUT_FLOOR_S = 2.0
 #: How long a restarted worker has to pick the lease up again, in intervals.
 PICKUP_FACTOR = 1.0
 #: Connector steps heartbeat every second; silence this long means their host stopped.
@@ -374,8 +370,9 @@ class InstanceSteps:
             queue=self.host_queue,
             schedule_to_start_s=schedule_to_start_s or self._host_wait(),
             start_to_close_s=self.inp.lease_term_s + 4 * interval,
-            # Every renewal heartbeats at once (the host worker does not throttle them), so a silence
-            # of 1.25 intervals means the host stopped renewing. See _lease_failed for the margins.
+            # The lease heartbeats at every k-th renewal (at least 5 s apart; the host worker does
+            # not throttle them further): a silence of 1.25 such periods means the host stopped
+            # answering Temporal. What that means for the claim, Redis decides (leases._reattach).
             heartbeat_timeout_s=self._heartbeat_timeout(),
             summary=f"lease epoch {s.claim.epoch} on {self.inp.host}",
         )
@@ -396,10 +393,12 @@ class InstanceSteps:
         )
 
     def _heartbeat_timeout(self) -> float:
-        # A floor keeps short intervals from mistaking a busy worker for a dead host. The zombie
-        # margin holds either way: the release comes at timeout + pickup >= 2 intervals (the renew
-        # deadline) after the host's last heartbeat, and a longer timeout only makes it later.
-        return max(self.inp.heartbeat_interval_s * HEARTBEAT_TIMEOUT_FACTOR, HEARTBEAT_TIMEOUT_FLOOR_S)
+        # decisions.lease_heartbeat_timeout_s: 1.25 heartbeat periods, the period never under 5 s,
+        # so the server's cost does not grow as the interval shrinks. Safety does not rest on it:
+        # the claim is freed only once Redis shows it unrenewed past the renew deadline (the probe
+        # in leases._reattach), and a standby claims over from Redis alone. A longer timeout only
+        # makes the workflow hear of a dead host later (docs/design.md gives the bound).
+        return lease_heartbeat_timeout_s(self.inp.heartbeat_interval_s)
 
     def _cancel_lease(self) -> Proc:
         self.s.leasing = False

@@ -32,6 +32,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
 from perseus import control
+from perseus.decisions import lease_heartbeat_timeout_s
 from perseus.devstack import services
 from perseus.errors import AlreadyRegistered, PerseusError
 from perseus.keys import workflow_id
@@ -42,9 +43,10 @@ from tests.chaos.invariants import Gap, Liveness, Recovery, Timing, Window, chec
 from tests.conftest import Servers, WorkerProcess, exchange_id
 from tests.integration.proxy import StallableProxy
 
-INTERVAL = 1.0  # TTL 3 s, renew deadline 2 s, heartbeat timeout 2 s (its floor)
-#: ``make soak`` sets PERSEUS_CHAOS_SOAK=1: control-plane outages of 30–120 s instead of CI's few
-#: seconds (already more than the heartbeat timeout and the TTL, which is what they must outlast).
+INTERVAL = 1.0  # TTL 3 s, renew deadline 2 s, heartbeat timeout 6.25 s (a heartbeat per 5 renewals)
+#: ``make soak`` sets PERSEUS_CHAOS_SOAK=1: control-plane outages of 30–120 s instead of CI's
+#: 7.25–9.25 s (already more than the heartbeat timeout and the TTL, which is what they must
+#: outlast: a shorter one would not time the leases out, and the re-attach path would go untried).
 SOAK = os.environ.get("PERSEUS_CHAOS_SOAK") == "1"
 #: PERSEUS_CHAOS_SHARED_HOSTS=1: each host's worker also serves the shared workflow queue, as the
 #: README's ``perseus worker --host H`` does, beside the dedicated shared worker. Instance workflows
@@ -63,7 +65,8 @@ pytestmark = [
 
 def outage_s(i: int) -> float:
     """How long the i-th control-plane outage lasts: spread over its range, repeatable."""
-    low, high = (30.0, 120.0) if SOAK else (3.0, 5.0)
+    quick = lease_heartbeat_timeout_s(INTERVAL) + 1.0
+    low, high = (30.0, 120.0) if SOAK else (quick, quick + 2.0)
     return low + (high - low) * ((i * 37) % 10) / 9
 
 

@@ -5,7 +5,7 @@ with SIGSTOP without disturbing other tests), the harness' Redis and PostgreSQL,
 process as the connector (tests/connectors/child.py). A sampler watches, every 20 ms, whether the
 child runs and whether the status key still holds the claim it runs under: "child alive while the
 key is gone or names another epoch" is the violation every test asserts never happens.
-Interval 1 s: heartbeat timeout 2 s (floor), renew deadline 2 s, TTL 3 s.
+Interval 1 s: heartbeat timeout 6.25 s (a heartbeat every 5 renewals), renew deadline 2 s, TTL 3 s.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from perseus import control
+from perseus.decisions import lease_heartbeat_timeout_s
 from perseus.models import ConnectorSpec
 from perseus.store.redis_store import RedisStore
 from tests.conftest import Servers, WorkerProcess, exchange_id
@@ -39,9 +40,10 @@ from tests.integration.proxy import StallableProxy
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
 
 INTERVAL = 1.0
-#: Long enough that every lease activity is cancelled by the SDK (heartbeat timeout 2 s) and every
-#: key would have expired twice over (TTL 3 s) had renewals depended on Temporal.
-FREEZE_S = 8.0
+#: Long enough that every lease activity is timed out (heartbeat timeout 6.25 s, counted from its
+#: last heartbeat, which came before the outage) and every key would have expired three times over
+#: (TTL 3 s) had renewals depended on Temporal: 9 s at 1 s.
+FREEZE_S = lease_heartbeat_timeout_s(INTERVAL) + 2.75
 
 
 @dataclass

@@ -28,7 +28,8 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from perseus.decisions import act_after_vacancy_s
+from perseus.core.steps import PICKUP_FACTOR
+from perseus.decisions import act_after_vacancy_s, lease_heartbeat_timeout_s
 from perseus.keys import host_task_queue, iso
 from perseus.lifecycle import Command, Role, State
 from perseus.models import (
@@ -1027,8 +1028,8 @@ async def test_silent_lease_whose_claim_redis_shows_renewed_is_reattached(
         await record_history(handle, "reattach")
 
     # The shortest interval the timings allow: the test server keeps real time while an activity
-    # runs (and a lease always does), so this path costs the heartbeat timeout (its 2 s floor) plus
-    # the pickup window (1 interval + 3 s) in real seconds.
+    # runs (and a lease always does), so this path costs the heartbeat timeout (6.25 s at any
+    # interval up to 1 s) plus the pickup window (1 interval + 3 s) in real seconds.
     await run_paths(ts_env, stand, instance("reat", heartbeat_interval_s=1.0), body)
     assert [e for e in stand.events if e[0] != "state_transition"] == []
     assert stand.events[-2:] == [
@@ -1210,7 +1211,7 @@ async def test_invalid_commands_are_refused_without_history(ts_env: WorkflowEnvi
 
 def test_default_timings_notice_a_dead_host_before_the_ttl() -> None:
     inp = InstanceInput(exchange="x", host="h")
-    heartbeat_timeout = inp.heartbeat_interval_s * 1.5
-    pickup = inp.heartbeat_interval_s * 0.5
+    heartbeat_timeout = lease_heartbeat_timeout_s(inp.heartbeat_interval_s)
+    pickup = inp.heartbeat_interval_s * PICKUP_FACTOR
     assert heartbeat_timeout + pickup < 3 * inp.heartbeat_interval_s
     assert timedelta(seconds=heartbeat_timeout) < timedelta(seconds=45)

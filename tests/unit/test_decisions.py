@@ -374,3 +374,70 @@ def test_only_a_release_by_the_vacancys_holder_ends_the_wait_for_its_deadline() 
     assert not decisions.released_by_holder([told], 8)  # an older instance cannot speak for epoch 8
     assert not decisions.released_by_holder([PromoteRequest(reason="x", min_epoch=9, act_after_s=2.1)], 7)
     assert not decisions.released_by_holder([], 7)
+
+
+# --- the lease's heartbeat to Temporal ------------------------------------------------------------
+
+INTERVALS = [0.1, 0.3, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 4.9, 5.0, 7.0, 15.0, 30.0]
+
+
+@pytest.mark.parametrize(
+    ("interval", "beats", "timeout"),
+    [(0.5, 10, 6.25), (1.0, 5, 6.25), (2.0, 3, 7.5), (3.0, 2, 7.5), (5.0, 1, 6.25), (15.0, 1, 18.75)],
+)
+def test_the_heartbeat_cadence_at_the_usual_intervals(interval: float, beats: int, timeout: float) -> None:
+    assert decisions.heartbeat_beats(interval) == beats
+    assert decisions.heartbeat_period_s(interval) == pytest.approx(beats * interval)
+    assert decisions.lease_heartbeat_timeout_s(interval) == pytest.approx(timeout)
+
+
+@pytest.mark.parametrize("interval", INTERVALS)
+def test_the_heartbeat_period_does_not_shrink_with_the_interval(interval: float) -> None:
+    period = decisions.heartbeat_period_s(interval)
+    assert period >= decisions.HEARTBEAT_FLOOR_S - 1e-9  # the server's cost is bounded per instance
+    assert period >= interval - 1e-9  # never less than one renewal per heartbeat
+    # ...and no longer than needed: one renewal fewer would fall under the floor.
+    assert period < max(decisions.HEARTBEAT_FLOOR_S, interval) + interval
+    if interval >= decisions.HEARTBEAT_FLOOR_S:
+        assert decisions.heartbeat_beats(interval) == 1  # long intervals: a heartbeat per renewal
+
+
+@pytest.mark.parametrize("interval", INTERVALS)
+def test_the_longest_silence_of_a_live_lease_stays_inside_its_heartbeat_timeout(interval: float) -> None:
+    """A live lease heartbeats at its k-th renewal, or at the quiet fallback 0.05 intervals past it
+    (activities/host.py QUIET_INTERVALS): at most k + 0.05 intervals of silence, which leaves a
+    fifth of a period for the renewal (or the server) to be late before the lease is timed out."""
+    beats = decisions.heartbeat_beats_within(interval, decisions.lease_heartbeat_timeout_s(interval))
+    assert beats == decisions.heartbeat_beats(interval)  # the activity reads back the workflow's rule
+    silence = (beats + 0.05) * interval
+    period = decisions.heartbeat_period_s(interval)
+    assert decisions.lease_heartbeat_timeout_s(interval) - silence >= 0.2 * period - 1e-9
+
+
+@pytest.mark.parametrize("interval", INTERVALS)
+def test_a_lease_scheduled_by_an_older_release_heartbeats_often_enough_for_its_timeout(
+    interval: float,
+) -> None:
+    old_timeout = max(1.25 * interval, 2.0)  # before the cadence: 1.25 intervals, at least 2 s
+    beats = decisions.heartbeat_beats_within(interval, old_timeout)
+    assert beats >= 1
+    assert (beats + 0.05) * interval <= old_timeout - 0.2 * beats * interval + 1e-9
+    if interval >= 1.6:  # where the old floor did not apply: a heartbeat per renewal, as it expects
+        assert beats == 1
+    assert decisions.heartbeat_beats_within(interval, None) == decisions.heartbeat_beats(interval)
+
+
+@pytest.mark.parametrize("interval", [0.3, 0.5, 1.0, 2.0, 3.0, 15.0])
+@pytest.mark.parametrize("early_s", [0.0, 0.1])
+def test_the_lease_heartbeats_at_exactly_every_kth_renewal(interval: float, early_s: float) -> None:
+    """Renewals on their fixed schedule, each up to one 100 ms grid slot early: the heartbeat goes
+    out at the first, then at every k-th — not a renewal sooner, not one later."""
+    beats = decisions.heartbeat_beats(interval)
+    last = float("-inf")
+    sent = []
+    for n in range(0, 6 * beats + 1):
+        now = n * interval - (early_s if n % 2 else 0.0)  # every other renewal a slot early
+        if decisions.heartbeat_due(now - last, interval, beats):
+            sent.append(n)
+            last = now
+    assert sent == list(range(0, 6 * beats + 1, beats))
