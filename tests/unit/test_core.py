@@ -932,3 +932,37 @@ def test_a_standby_waiting_out_a_vanished_keys_deadline_acts_once_its_holder_say
         clock,
     )
     assert any(isinstance(a, act.Sleep) and a.seconds == pytest.approx(2.1 * 15) for a in before.actions)
+
+
+@dataclass
+class WokenDuringTheHeadStart(World):
+    """The higher-priority standby took the vacancy, could not start, released, and wakes us while
+    we give it its head start."""
+
+    woken: bool = False
+
+    def standbys(self) -> list[StandbyRecord]:
+        higher = super().standbys()[0].model_copy(update={"priority": 9})
+        return [higher]
+
+    def answer(self, core: InstanceCore, action: act.Action, clock: Clock) -> Any:
+        if isinstance(action, act.WaitUntil) and action.summary == "head start" and not self.woken:
+            self.woken = True
+            core.on_promote(PromoteRequest(reason="could not start its connector", min_epoch=3))
+        return super().answer(core, action, clock)
+
+
+def test_a_standby_woken_during_its_head_start_races_at_once() -> None:
+    lapsed = (LeaseEnds(StandbyOutcome(vacant=True, last_epoch=3, lapsed=True, holder_silent=True)),)
+    core, clock = new_core(standby=True)
+    started = clock.now()
+    run = drive(core, WokenDuringTheHeadStart(list(lapsed)), clock)
+    check_invariants(run)
+    (head_start,) = [a for a in run.actions if isinstance(a, act.WaitUntil) and a.summary == "head start"]
+    assert head_start.timeout_s == pytest.approx(3.75)  # a quarter of the 15 s interval
+    assert (run.core.s.role, run.core.s.state) == (Role.ACTIVE, State.ACTIVE)
+    assert clock.now() - started < timedelta(seconds=3)  # it did not sleep the head start out
+    core, clock = new_core(standby=True)
+    unpatched = frozenset({"woken-ends-head-start"})
+    before = drive(core, WokenDuringTheHeadStart(list(lapsed), unpatched=unpatched), clock)
+    assert any(isinstance(a, act.Sleep) and a.seconds == pytest.approx(3.75) for a in before.actions)
