@@ -274,11 +274,17 @@ def takes_over_lapsed(*, past_deadline: bool, after_outage: bool) -> bool:
     return past_deadline and not after_outage
 
 
+def doubling_delay(first_s: float, earlier: int, cap_s: float = math.inf) -> float:
+    """The one backoff of Perseus: ``first_s``, doubled for each of the ``earlier`` failures in a
+    row before this one, at most ``cap_s``."""
+    return float(min(cap_s, first_s * 2 ** max(0, earlier)))
+
+
 def restart_delay(policy: str, restarts: int, max_restarts: int, backoff_s: float) -> float | None:
     """Seconds before restarting a connector that failed while active; None: do not restart."""
     if policy != "on-failure" or restarts >= max_restarts:
         return None
-    return float(backoff_s * 2**restarts)
+    return doubling_delay(backoff_s, restarts)
 
 
 # --- warm standbys (invariant 5) --------------------------------------------------------------------
@@ -316,7 +322,7 @@ def warm_retry_delay(failures: int) -> float:
     """Seconds before a warm standby warms its connector up again after ``failures`` in a row; also
     how long a host whose promoted connector could not start ``failures`` times in a row waits
     behind every other standby (the same trade-off: recover from a blip, never hammer a host)."""
-    return float(min(WARM_RETRY_CAP_S, WARM_RETRY_FIRST_S * 2 ** max(0, failures - 1)))
+    return doubling_delay(WARM_RETRY_FIRST_S, failures - 1, WARM_RETRY_CAP_S)
 
 
 def seconds_until(moment: str | None, now: datetime) -> float | None:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from perseus.decisions import doubling_delay
 from perseus.errors import InvalidFleet
 from perseus.keys import valid_host
 from perseus.models import ConnectorSpec
@@ -429,7 +430,7 @@ class RetryWait(BaseModel):
 def retry_after(wait: RetryWait, kind: str, why: str) -> tuple[RetryWait, float, str | None]:
     """An attempt failed for ``why``: the next state, the delay before the next attempt, and the
     line to log (None while it is the same outage as before — one line per change, not per try)."""
-    delay = min(RETRY_FIRST_S * 2**wait.attempts, RETRY_MAX_S)
+    delay = doubling_delay(RETRY_FIRST_S, wait.attempts, RETRY_MAX_S)
     line = None if kind == wait.kind else f"waiting: {why} (retrying every {RETRY_MAX_S:g}s at most)"
     return RetryWait(attempts=wait.attempts + 1, why=why, kind=kind), delay, line
 
