@@ -251,6 +251,7 @@ class StandbyProcedures(InstanceSteps):
             woken = yield from self._wake_standby(
                 f"{self.inp.exchange} on {self.inp.host} could not start its connector: {reason}",
                 act_after_s=0.0 if stopped else act_after_vacancy_s(self.inp.heartbeat_interval_s),
+                standbys=others,
             )
             if woken is None:
                 yield Log(f"{self.wf_id}: no standby answered; the vacancy is theirs to find")

@@ -423,11 +423,21 @@ class InstanceSteps:
             return False
         return report.running
 
-    def _wake_standby(self, reason: str, *, confirm_to: str | None = None, act_after_s: float = 0.0) -> Proc:
+    def _wake_standby(
+        self,
+        reason: str,
+        *,
+        confirm_to: str | None = None,
+        act_after_s: float = 0.0,
+        standbys: list[StandbyRecord] | None = None,
+    ) -> Proc:
         """Signal the highest-priority live standby to take over (one whose connector could not
         start after its last promotion only after the others); returns the one told, if any.
-        ``act_after_s``: how long it must wait after its claim before its connector acts."""
-        for standby in wake_order((yield from self._standbys()), self.clock.now()):
+        ``act_after_s``: how long it must wait after its claim before its connector acts;
+        ``standbys``: the list the caller has just read (else it is read here)."""
+        if standbys is None:
+            standbys = yield from self._standbys()
+        for standby in wake_order(standbys, self.clock.now()):
             refused = yield Signal(
                 standby.workflow_id,
                 "promote",
