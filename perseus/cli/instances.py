@@ -400,6 +400,8 @@ def _status_table(board: Any, ui: str | None) -> Any:
     from rich.table import Table
     from rich.text import Text
 
+    from perseus.network import readiness
+
     colours = {"fresh": "green", "late": "yellow", "stale": "red"}
     columns = ["exchange", "role", "host", "IP", "state", "epoch", "heartbeat", "TTL left", "symbols"]
     table = Table(*columns, "last error", *(["Web UI"] if ui else []))
@@ -446,8 +448,6 @@ def _status_table(board: Any, ui: str | None) -> Any:
                 *([""] if ui else []),
             )
         for standby in view.standbys:
-            from perseus.network import readiness
-
             ready = readiness(standby)
             role = f"standby (priority {standby.priority})" + (f", {ready}" if ready else "")
             table.add_row(

@@ -57,7 +57,7 @@ async def _with_store(settings: Settings, fn: Callable[[Any, Any], Awaitable[T]]
 
 def _card(view: Any) -> Panel:
     """One exchange as on the network page."""
-    from perseus.network import InstanceView
+    from perseus.network import InstanceView, readiness
 
     assert isinstance(view, InstanceView)
     s = view.status
@@ -102,8 +102,6 @@ def _card(view: Any) -> Panel:
         row("standbys", Text("no standby", style="dim"))
     for standby in view.standbys:
         beat = Text(f"{standby.heartbeat_age_s:.1f}s ago", style=HEARTBEAT[standby.heartbeat])
-        from perseus.network import readiness
-
         ready = readiness(standby)
         ready = f", {ready}" if ready else ""
         row("standby", Text.assemble(f"{standby.hostname} (priority {standby.priority}{ready}) ", beat))

@@ -129,7 +129,8 @@ class ConnectorHost:
         self._journal = journal
         #: A warm standby's last failed warm-up per workflow id: why, and when its workflow tries
         #: again (None: it does not). The keeper writes it into the standby's record at each renewal,
-        #: so that the status shows why a warm standby is not ready; cleared by the next attempt.
+        #: so that the status shows why a warm standby is not ready (only while it is not); dropped
+        #: with the connector.
         self._warm_failures: dict[str, WarmFailure] = {}
 
     def note_warm_failure(self, workflow_id: str, reason: str, retry_at: datetime | None) -> None:
@@ -137,9 +138,6 @@ class ConnectorHost:
 
     def warm_failure(self, workflow_id: str) -> WarmFailure | None:
         return self._warm_failures.get(workflow_id)
-
-    def forget_warm_failure(self, workflow_id: str) -> None:
-        self._warm_failures.pop(workflow_id, None)
 
     def record(self, kind: str, workflow_id: str, **fields: object) -> None:
         """Append one line to the connector journal (tests' invariant checker), if one is configured.
