@@ -64,6 +64,28 @@ CREATE TABLE IF NOT EXISTS api_keys (
     updated_at      TIMESTAMPTZ  NOT NULL DEFAULT now()
 );
 
+-- Perseus: keys are kept as an HMAC-SHA-256 of the key (hex) under the server secret below, never
+-- in clear. `key` stays for Livermore's readers and is NULL on every row once `perseus db init`
+-- has migrated the clear keys an older version wrote (Python computes the HMAC, so the migration
+-- runs right after this file). A random 122-bit-plus token needs no slow hash: the keyed hash
+-- only has to make a leaked table useless without the secret.
+ALTER TABLE api_keys ALTER COLUMN key DROP NOT NULL;
+ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS key_hash   TEXT UNIQUE;
+ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS scope      TEXT NOT NULL DEFAULT 'read'
+    CHECK (scope IN ('read', 'operate', 'admin'));
+ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS exchanges  TEXT[] NOT NULL DEFAULT '{}';
+ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS expires_at TIMESTAMPTZ;
+
+-- The server secret of the keyed hash: made once, from PostgreSQL's strong random source
+-- (gen_random_uuid), in a table of its own so that grants can keep it from readers of api_keys.
+CREATE TABLE IF NOT EXISTS api_key_secret (
+    one             BOOLEAN      PRIMARY KEY DEFAULT TRUE CHECK (one),
+    secret          TEXT         NOT NULL
+);
+INSERT INTO api_key_secret (one, secret)
+VALUES (TRUE, replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''))
+ON CONFLICT DO NOTHING;
+
 -- Perseus: a counter that every change to the exchange catalog bumps, in the same transaction (a
 -- statement trigger). The API reads it with each API-key check and keeps its list of active
 -- exchanges while the counter stands still: one query fewer per request, never an older list.

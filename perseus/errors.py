@@ -199,7 +199,11 @@ class InvalidQuery(PerseusError):
 
 
 class Unauthorized(PerseusError):
-    """No API key, or one that is not an active row of ``api_keys`` (HTTP 401)."""
+    """No API key, or one that is not an active, unexpired row of ``api_keys`` (HTTP 401)."""
+
+
+class Forbidden(PerseusError):
+    """The key is valid but its scope or its exchanges do not cover the request (HTTP 403)."""
 
 
 class NotifyRetry(PerseusError):

@@ -148,6 +148,57 @@ class NetworkEvent(BaseModel):
         return out
 
 
+# --- API keys (DESIGN §2.10) -----------------------------------------------------------------------
+
+
+class Scope(StrEnum):
+    """What a key may do; each scope includes the ones before it."""
+
+    READ = "read"
+    OPERATE = "operate"
+    ADMIN = "admin"
+
+    def allows(self, needed: Scope) -> bool:
+        order = list(Scope)
+        return order.index(self) >= order.index(needed)
+
+
+class ApiKey(Wire):
+    """A key as ``apikey list`` shows it: everything but the key."""
+
+    name: str
+    scope: Scope
+    #: The exchanges an operate key may command; empty: every exchange.
+    exchanges: list[str] = []
+    created_at: datetime
+    expires_at: datetime | None = None
+    last_used_at: datetime | None = None
+    revoked: bool = False
+
+
+class CallerKey(BaseModel):
+    """The key a request came with, as the API judges it."""
+
+    name: str
+    scope: Scope
+    exchanges: list[str] = []
+
+    def may_command(self, exchange: str) -> bool:
+        return self.scope.allows(Scope.OPERATE) and (
+            self.scope is Scope.ADMIN or not self.exchanges or exchange.lower() in self.exchanges
+        )
+
+
+class CreatedKey(Wire):
+    """What ``apikey create`` prints, once: the only time the key is shown."""
+
+    name: str
+    key: str
+    scope: Scope
+    exchanges: list[str] = []
+    expires_at: datetime | None = None
+
+
 # --- Catalog -------------------------------------------------------------------------------------
 
 

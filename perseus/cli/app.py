@@ -385,8 +385,10 @@ def db_init() -> None:
     from perseus.store import db
 
     async def main(settings: Settings) -> None:
-        await db.apply_schema(settings.database_url)
-        err.print("schema applied")
+        hashed = await db.apply_schema(settings.database_url)
+        err.print(
+            "schema applied" + (f"; {hashed} clear API key(s) now stored as keyed hashes" if hashed else "")
+        )
 
     run(main)
 

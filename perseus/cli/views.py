@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -18,8 +20,8 @@ from rich.text import Text
 
 from perseus.cli.app import JsonFlag, _with_catalog, app, err, out, print_json, run
 from perseus.config import Settings
-from perseus.errors import PerseusError
-from perseus.models import Wire
+from perseus.errors import ConfigError, PerseusError
+from perseus.models import ApiKey, CreatedKey, Scope
 
 T = TypeVar("T")
 
@@ -247,22 +249,56 @@ def log(
 # --- apikey --------------------------------------------------------------------------------------
 
 
-class CreatedKey(Wire):
-    name: str
-    key: str
+_EXPIRY_RE = re.compile(r"^(\d{1,5})([mhd])$")
+
+
+def parse_expiry(text: str) -> timedelta:
+    """``--expires-in``: a number and m/h/d (``30d``), more than 0 and at most ten years."""
+    match = _EXPIRY_RE.match(text.strip().lower())
+    if not match:
+        raise ConfigError(f"invalid --expires-in {text!r}: use a number and a unit m/h/d, e.g. 30d or 12h")
+    delta = timedelta(**{{"m": "minutes", "h": "hours", "d": "days"}[match[2]]: int(match[1])})
+    if not timedelta(0) < delta <= timedelta(days=3650):
+        raise ConfigError(f"--expires-in {text!r} must be longer than 0 and at most 3650d")
+    return delta
 
 
 @apikey_app.command("create")
 def apikey_create(
-    name: Annotated[str, typer.Argument(help="Who or what uses the key.")], as_json: JsonFlag = False
+    name: Annotated[str, typer.Argument(help="Who or what uses the key: the actor its commands carry.")],
+    scope: Annotated[
+        Scope, typer.Option("--scope", help="read: every GET; operate: also commands; admin: everything.")
+    ] = Scope.READ,
+    exchange: Annotated[
+        list[str] | None,
+        typer.Option("--exchange", help="Limit an operate key's commands to this exchange (repeatable)."),
+    ] = None,
+    expires_in: Annotated[
+        str | None, typer.Option("--expires-in", metavar="DURATION", help="e.g. 30d, 12h, 90m.")
+    ] = None,
+    as_json: JsonFlag = False,
 ) -> None:
-    """Create an API key and print it (it is shown once here; store it)."""
+    """Create an API key and print it (it is shown once here: only its keyed hash is stored)."""
 
     async def main(settings: Settings) -> CreatedKey:
-        if not name.strip() or len(name) > 100:
-            raise PerseusError("the key name must be 1 to 100 characters")
-        key = await _with_catalog(settings, lambda catalog: catalog.create_api_key(name))
-        return CreatedKey(name=name, key=key)
+        if not name.strip() or len(name) > 100 or not _KEY_NAME_RE.match(name):
+            raise ConfigError(
+                f"invalid key name {name[:100]!r}: 1 to 100 letters, digits, '.', '_', '-', '@' or ':'"
+            )
+        lifetime = parse_expiry(expires_in) if expires_in is not None else None
+
+        async def create(catalog: Any) -> CreatedKey:
+            # Names are the actors of the audit trail: two live keys may not share one.
+            if await catalog.api_key_exists(name):
+                raise PerseusError(
+                    f"an active API key named {name!r} exists: revoke it first or pick another name"
+                )
+            names = sorted({(await catalog.exchange(x)).name for x in exchange or []})
+            expires = datetime.now(UTC) + lifetime if lifetime else None
+            key = await catalog.create_api_key(name, scope=scope, exchanges=names, expires_at=expires)
+            return CreatedKey(name=name, key=key, scope=scope, exchanges=names, expires_at=expires)
+
+        return await _with_catalog(settings, create)
 
     created = run(main)
     if as_json:
@@ -271,11 +307,38 @@ def apikey_create(
         out.print(created.key, highlight=False)
 
 
+@apikey_app.command("list")
+def apikey_list(as_json: JsonFlag = False) -> None:
+    """Every key: name, scope, exchanges, created, expires, last used, revoked. Never the key."""
+
+    async def main(settings: Settings) -> list[ApiKey]:
+        keys: list[ApiKey] = await _with_catalog(settings, lambda catalog: catalog.api_keys())
+        return keys
+
+    keys = run(main)
+    if as_json:
+        print_json({"keys": [k.model_dump(mode="json", by_alias=True) for k in keys]})
+        return
+    for k in keys:
+        when = lambda t: t.strftime("%Y-%m-%d %H:%M") if t else "-"  # noqa: E731
+        state = "revoked" if k.revoked else "active"
+        out.print(
+            f"{k.name}  {k.scope.value}  exchanges={','.join(k.exchanges) or '*'}  created={when(k.created_at)}"
+            f"  expires={when(k.expires_at)}  lastUsed={when(k.last_used_at)}  {state}",
+            highlight=False,
+        )
+    if not keys:
+        err.print("no keys", highlight=False)
+
+
+_KEY_NAME_RE = re.compile(r"^[A-Za-z0-9._@:-]+$")
+
+
 @apikey_app.command("revoke")
 def apikey_revoke(
-    name_or_key: Annotated[str, typer.Argument(help="A key, or a name: revokes all its active keys.")],
+    name_or_key: Annotated[str, typer.Argument(help="A key's name (or the key itself).")],
 ) -> None:
-    """Revoke an API key (or every active key with that name): it is refused from the next request on."""
+    """Revoke an API key: it is refused from the next request on."""
 
     async def main(settings: Settings) -> int:
         revoked: int = await _with_catalog(settings, lambda catalog: catalog.revoke_api_keys(name_or_key))

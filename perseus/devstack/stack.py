@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from perseus.config import (
 from perseus.devstack import services
 from perseus.errors import ConfigError, PerseusError
 from perseus.fleet import parse_fleet
+from perseus.models import Scope
 from perseus.store import db
 from perseus.temporal import connect, register_search_attributes
 
@@ -121,7 +123,7 @@ async def start_services(settings: Settings, opts: DevOptions) -> DevStack:
         settings = settings.model_copy(update=updates)
         await db.apply_schema(settings.database_url)
         await db.apply_sql(settings.database_url, db.DEMO_DATA_PATH)
-        api_key = await _dev_api_key(settings.database_url)
+        api_key = await _dev_api_key(settings.database_url, data_dir / DEV_API_KEY_FILE)
         return DevStack(
             settings=settings,
             temporal_address=temporal_address,
@@ -148,12 +150,29 @@ def dev_payload_settings(settings: Settings, data_dir: Path) -> dict[str, object
     return updates
 
 
-async def _dev_api_key(url: str) -> str:
+#: The dev stack's API key, kept beside its data (0600): the database holds only its keyed hash,
+#: so the stack cannot read it back from there to print it again.
+DEV_API_KEY_FILE = "dev-api-key"
+
+
+async def _dev_api_key(url: str, path: Path) -> str:
+    """The dev stack's admin key ``dev``: the one in ``path`` while it still works, else a new one
+    (the old ``dev`` keys revoked) written there."""
     pool = db.make_pool(url, max_size=1)
     await db.open_pool(pool)
     try:
         catalog = db.Catalog(pool)
-        return await catalog.first_active_api_key("dev") or await catalog.create_api_key("dev")
+        with contextlib.suppress(OSError, ValueError):
+            kept = str(uuid.UUID(path.read_text().strip()))
+            if await catalog.check_api_key(kept) is not None:
+                return kept
+        await catalog.revoke_api_keys("dev")
+        key = await catalog.create_api_key("dev", scope=Scope.ADMIN)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(key + "\n")
+        return key
     finally:
         await pool.close()
 

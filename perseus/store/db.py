@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Sequence
@@ -23,7 +25,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from perseus.errors import ConfigError, Server, ServiceUnavailable, UnknownAdmin, UnknownExchange
 from perseus.fleet import Placement
-from perseus.models import Admin, EventKind, Exchange, NetworkEvent
+from perseus.models import Admin, ApiKey, CallerKey, EventKind, Exchange, NetworkEvent, Scope
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schema.sql"  # package data (a link in a checkout)
 DEMO_DATA_PATH = Path(__file__).resolve().parents[1] / "demo_data.sql"
@@ -192,8 +194,12 @@ async def apply_sql(url: str, path: Path) -> None:
         await conn.execute(path.read_text())  # our own file, not user input
 
 
-async def apply_schema(url: str) -> None:
+async def apply_schema(url: str) -> int:
+    """Apply schema.sql, then hash the clear API keys an older version stored; how many were."""
     await apply_sql(url, SCHEMA_PATH)
+    conn = await connect(url)
+    async with conn:
+        return await Catalog(OneConnection(conn)).migrate_clear_keys()
 
 
 class OneConnection:
@@ -218,6 +224,9 @@ class Catalog:
         self.seen_version: int | None = None
         #: The active exchanges as of a catalog version, kept for :class:`RequestCatalog` views.
         self.active_cache: tuple[int, list[Exchange]] | None = None
+        #: The keyed hash's secret once read; views keep it on the shared catalog (``_root``).
+        self.key_secret: bytes | None = None
+        self._root: Catalog = self
 
     async def _fetch(
         self, query: str, params: tuple[object, ...] | dict[str, object] = ()
@@ -280,46 +289,92 @@ class Catalog:
         )
         return [r["symbol"] for r in rows]
 
-    async def create_api_key(self, name: str) -> str:
+    async def _key_secret(self) -> bytes:
+        """The server secret of the keyed hash (made by schema.sql, never changes): read once per
+        process (a :class:`RequestCatalog` asks the shared catalog)."""
+        root = self._root
+        if root.key_secret is None:
+            rows = await self._fetch("SELECT secret FROM api_key_secret")
+            if not rows:
+                raise ConfigError("api_key_secret is empty: run perseus db init")
+            root.key_secret = rows[0]["secret"].encode()
+        return root.key_secret
+
+    async def key_hash(self, key: str) -> str:
+        """HMAC-SHA-256 of ``key`` under the server secret, hex: what ``api_keys.key_hash`` holds."""
+        return hmac.new(await self._key_secret(), key.encode(), hashlib.sha256).hexdigest()
+
+    async def create_api_key(
+        self,
+        name: str,
+        *,
+        scope: Scope = Scope.READ,
+        exchanges: Sequence[str] = (),
+        expires_at: datetime | None = None,
+    ) -> str:
+        """A new key (a random UUID: 122 bits) stored only as its keyed hash; returned once."""
         key = str(uuid.uuid4())
-        await self._fetch("INSERT INTO api_keys (name, key) VALUES (%s, %s)", (name, key))
+        await self._fetch(
+            "INSERT INTO api_keys (name, key_hash, scope, exchanges, expires_at) VALUES (%s, %s, %s, %s, %s)",
+            (name, await self.key_hash(key), scope.value, list(exchanges), expires_at),
+        )
         return key
 
-    async def first_active_api_key(self, name: str) -> str | None:
+    async def api_key_exists(self, name: str) -> bool:
+        rows = await self._fetch("SELECT 1 FROM api_keys WHERE name = %s AND is_active", (name,))
+        return bool(rows)
+
+    async def api_keys(self) -> list[ApiKey]:
+        """Every key, newest first, without the key itself."""
         rows = await self._fetch(
-            "SELECT key::text AS key FROM api_keys WHERE name = %s AND is_active ORDER BY id LIMIT 1", (name,)
+            "SELECT name, scope, exchanges, created_at, expires_at, last_used_at, NOT is_active AS revoked"
+            " FROM api_keys ORDER BY created_at DESC, id DESC"
         )
-        return rows[0]["key"] if rows else None
+        return [ApiKey.model_validate(r) for r in rows]
 
-    async def check_api_key(self, key: str) -> tuple[str, str] | None:
-        """``(stored key, name)`` of the active key ``key`` (a canonical UUID string), or None; marks
-        it used.
+    async def migrate_clear_keys(self) -> int:
+        """Replace every clear ``key`` (written before keys were hashed) by its keyed hash; how many.
+        The same key still works: only its stored form changes."""
+        rows = await self._fetch("SELECT id, key::text AS key FROM api_keys WHERE key IS NOT NULL")
+        for row in rows:
+            await self._fetch(
+                "UPDATE api_keys SET key_hash = %s, key = NULL, updated_at = now() WHERE id = %s",
+                (await self.key_hash(row["key"]), row["id"]),
+            )
+        return len(rows)
 
-        One round trip: the lookup and the ``last_used_at`` touch share a statement. The touch is
-        skipped when the key was used within the last minute, so a busy client does not turn every
-        read into a row write (WAL and row-lock churn) while ``last_used_at`` stays accurate to a
-        minute. The caller compares the returned key in constant time.
+    async def check_api_key(self, key: str) -> CallerKey | None:
+        """The active, unexpired key ``key`` (a canonical UUID string), or None; marks it used.
+
+        Looked up by its keyed hash, then the stored hash is compared in constant time. One round
+        trip: the lookup and the ``last_used_at`` touch share a statement. The touch is skipped
+        when the key was used within the last minute, so a busy client does not turn every read
+        into a row write while ``last_used_at`` stays accurate to a minute. Nothing is cached: a
+        revoke or an expiry holds from the next request on.
         """
+        digest = await self.key_hash(key)
         rows = await self._fetch(
-            "WITH hit AS (SELECT id, name, key::text AS key, last_used_at FROM api_keys"
-            " WHERE key = %s::uuid AND is_active),"
+            "WITH hit AS (SELECT id, name, key_hash, scope, exchanges, last_used_at FROM api_keys"
+            " WHERE key_hash = %s AND is_active AND (expires_at IS NULL OR expires_at > now())),"
             " touched AS (UPDATE api_keys a SET last_used_at = now() FROM hit WHERE a.id = hit.id"
             " AND (hit.last_used_at IS NULL OR hit.last_used_at < now() - interval '60 seconds')"
             " RETURNING a.id)"
-            " SELECT hit.name, hit.key, (SELECT version FROM catalog_version) AS catalog_version FROM hit",
-            (key,),
+            " SELECT hit.name, hit.key_hash, hit.scope, hit.exchanges,"
+            " (SELECT version FROM catalog_version) AS catalog_version FROM hit",
+            (digest,),
         )
-        if not rows:
+        if not rows or not hmac.compare_digest(rows[0]["key_hash"].encode(), digest.encode()):
             return None
         self.seen_version = rows[0]["catalog_version"]
-        return rows[0]["key"], rows[0]["name"]
+        return CallerKey(name=rows[0]["name"], scope=Scope(rows[0]["scope"]), exchanges=rows[0]["exchanges"])
 
     async def revoke_api_keys(self, name_or_key: str) -> int:
         """Deactivate the active key with that value, or every active key with that name; how many."""
+        digest = await self.key_hash(name_or_key.strip().lower())
         rows = await self._fetch(
             "UPDATE api_keys SET is_active = false, updated_at = now()"
-            " WHERE is_active AND (name = %s OR key::text = lower(%s)) RETURNING id",
-            (name_or_key, name_or_key),
+            " WHERE is_active AND (name = %s OR key_hash = %s) RETURNING id",
+            (name_or_key, digest),
         )
         return len(rows)
 
@@ -625,6 +680,7 @@ class RequestCatalog(Catalog):
     def __init__(self, shared: Catalog) -> None:
         super().__init__(shared._pool)
         self._shared = shared
+        self._root = shared
 
     async def exchanges(self, *, active_only: bool = False) -> list[Exchange]:
         version = self.seen_version
