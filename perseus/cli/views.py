@@ -320,15 +320,19 @@ def apikey_list(as_json: JsonFlag = False) -> None:
         print_json({"keys": [k.model_dump(mode="json", by_alias=True) for k in keys]})
         return
     for k in keys:
-        when = lambda t: t.strftime("%Y-%m-%d %H:%M") if t else "-"  # noqa: E731
         state = "revoked" if k.revoked else "active"
         out.print(
-            f"{k.name}  {k.scope.value}  exchanges={','.join(k.exchanges) or '*'}  created={when(k.created_at)}"
-            f"  expires={when(k.expires_at)}  lastUsed={when(k.last_used_at)}  {state}",
+            f"{k.name}  {k.scope.value}  exchanges={','.join(k.exchanges) or '*'}"
+            f"  created={_when(k.created_at)}  expires={_when(k.expires_at)}"
+            f"  lastUsed={_when(k.last_used_at)}  {state}",
             highlight=False,
         )
     if not keys:
         err.print("no keys", highlight=False)
+
+
+def _when(at: datetime | None) -> str:
+    return at.strftime("%Y-%m-%d %H:%M") if at else "-"
 
 
 _KEY_NAME_RE = re.compile(r"^[A-Za-z0-9._@:-]+$")
