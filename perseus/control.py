@@ -8,6 +8,7 @@ Perseus error tree so every caller can print one clear line.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -326,9 +327,13 @@ async def command(
     command: Command,
     timeout_s: float = ANSWER_TIMEOUT_S,
     holder: str | None = None,
+    actor: str | None = None,
+    request_id: str | None = None,
 ) -> CommandResult:
     """Run ``command`` on the instance and wait (at most ``timeout_s``) until its transitions are
-    done. ``holder`` (the status key's workflowId) picks the instance among several for start/stop."""
+    done. ``holder`` (the status key's workflowId) picks the instance among several for start/stop.
+    ``actor`` is written into the events the command causes; ``request_id`` (an idempotency key)
+    makes the update's id, so Temporal runs a retried request once."""
     check_timeout(timeout_s)
     handle = await find_instance(
         client, exchange, host, default_host, prefer=holder if command is not Command.SHUTDOWN else None
@@ -336,7 +341,8 @@ async def command(
     return await _answer(
         handle.execute_update(
             UPDATE_COMMAND,
-            CommandRequest(command=command),
+            CommandRequest(command=command, actor=actor),
+            id=update_id(command.value, actor, request_id),
             result_type=CommandResult,
             rpc_timeout=timedelta(seconds=timeout_s),
         ),
@@ -344,6 +350,12 @@ async def command(
         timeout_s,
         handle,
     )
+
+
+def update_id(command: str, actor: str | None, request_id: str | None) -> str:
+    """The update's id: what the Web UI shows of it, so it names the command and who asked. The
+    same ``request_id`` gives the same id, and Temporal runs an update id once per run."""
+    return f"{command} by {actor or 'unknown'} #{request_id or uuid.uuid4().hex}"
 
 
 #: How long ``--no-wait`` waits for the instance's own snapshot before signalling unvalidated.
@@ -358,6 +370,7 @@ async def send_command(
     default_host: str,
     command: Command,
     holder: str | None = None,
+    actor: str | None = None,
 ) -> CommandSent:
     """Signal ``command`` to the instance (``command_signal``, payload :class:`CommandRequest`) and
     return without waiting for it to run.
@@ -380,7 +393,7 @@ async def send_command(
     if snapshot is not None:
         _check_command(snapshot, command)
     try:
-        await handle.signal(SIGNAL_COMMAND, CommandRequest(command=command))
+        await handle.signal(SIGNAL_COMMAND, CommandRequest(command=command, actor=actor))
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             raise errors.NotRegistered(f"the instance is no longer running ({exc.message})") from None
@@ -420,6 +433,8 @@ async def handoff(
     shutdown: bool,
     holder: str | None = None,
     timeout_s: float = ANSWER_TIMEOUT_S,
+    actor: str | None = None,
+    request_id: str | None = None,
 ) -> CommandResult:
     """Planned switchover of ``exchange`` to the live standby on ``to_host``, from ``from_host`` or
     else from ``holder`` (the workflowId in the status key, see :func:`holder_workflow_id`)."""
@@ -430,7 +445,8 @@ async def handoff(
     return await _answer(
         handle.execute_update(
             UPDATE_HANDOFF,
-            HandoffRequest(to_host=to_host, shutdown=shutdown),
+            HandoffRequest(to_host=to_host, shutdown=shutdown, actor=actor),
+            id=update_id("handoff", actor, request_id),
             result_type=CommandResult,
             rpc_timeout=timedelta(seconds=timeout_s),
         ),

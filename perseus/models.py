@@ -100,6 +100,9 @@ class EventKind(StrEnum):
     STANDBY_REGISTERED = "standby_registered"
     PROMOTED = "promoted"
     HANDOFF = "handoff"
+    #: A command that was refused (written by the API or the CLI, not by a workflow): the audit
+    #: trail shows attempts as well as changes.
+    COMMAND_REFUSED = "command_refused"
 
 
 class NetworkEvent(BaseModel):
@@ -120,6 +123,13 @@ class NetworkEvent(BaseModel):
     error: str | None = None
     state: State | None = None
     detail: str | None = None
+    #: Who asked for the command that caused this event (``api:<key>``, ``cli:<user>@<machine>``,
+    #: ``fleet:<actor>``); None for what the instance did on its own. Additive: Livermore readers
+    #: ignore fields they do not know.
+    actor: str | None = None
+    #: For ``command_refused``: the command and why it was refused.
+    command: str | None = None
+    reason: str | None = None
 
     def fields(self) -> dict[str, str]:
         """Stream fields, all strings; unknown ip/adminEmail are '' as in Livermore."""
@@ -144,6 +154,12 @@ class NetworkEvent(BaseModel):
             out["state"] = self.state.value if self.state else ""
         if self.detail is not None:
             out["detail"] = self.detail
+        if self.command is not None:
+            out["command"] = self.command
+        if self.reason is not None:
+            out["reason"] = self.reason
+        if self.actor is not None:
+            out["actor"] = self.actor
         out.update(instanceId=self.instance_id, epoch=str(self.epoch), eventId=self.event_id)
         return out
 
@@ -423,6 +439,8 @@ class RegistrationResult(Wire):
 
 class CommandRequest(BaseModel):
     command: Command
+    #: Who asked (written into the events the command causes); None from callers before actors.
+    actor: str | None = None
 
 
 class CommandResult(Wire):
@@ -762,6 +780,7 @@ class HandoffConfirm(BaseModel):
 class HandoffRequest(BaseModel):
     to_host: str
     shutdown: bool = False
+    actor: str | None = None
 
 
 class HandoffResult(Wire):

@@ -162,7 +162,7 @@ class InstanceWorkflow:
     @workflow.update
     async def command(self, req: CommandRequest) -> CommandResult:
         """Run start/stop/shutdown; returns once the command's transitions are done."""
-        return await self._answer(self.core.enqueue(req.command))
+        return await self._answer(self.core.enqueue(req.command, actor=req.actor))
 
     @command.validator
     def _validate_command(self, req: CommandRequest) -> None:
@@ -172,7 +172,7 @@ class InstanceWorkflow:
     @workflow.update
     async def handoff(self, req: HandoffRequest) -> CommandResult:
         """Planned switchover to a live standby on ``req.to_host``: notify → takeover → confirm."""
-        return await self._answer(self.core.enqueue(Command.HANDOFF, handoff=req))
+        return await self._answer(self.core.enqueue(Command.HANDOFF, handoff=req, actor=req.actor))
 
     @handoff.validator
     def _validate_handoff(self, req: HandoffRequest) -> None:
@@ -204,7 +204,7 @@ class InstanceWorkflow:
         except InvalidTransition as exc:
             workflow.logger.warning("signal refused: %s", exc)
             return
-        self.core.enqueue(req.command)
+        self.core.enqueue(req.command, actor=req.actor)
 
     @workflow.signal
     def host_shutting_down(self) -> None:

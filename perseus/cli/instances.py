@@ -12,7 +12,8 @@ import contextlib
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -30,13 +31,16 @@ from perseus.cli.app import (
     waiting,
 )
 from perseus.config import Settings
-from perseus.errors import ConfigError, ServiceUnavailable
+from perseus.errors import ConfigError
 from perseus.lifecycle import Command, Role
 from perseus.models import CommandResult, Exchange, RegistrationResult
 from perseus.temporal import web_ui_base
 
 if TYPE_CHECKING:
     from perseus.control import CommandSent
+    from perseus.operate import Operator
+
+T = TypeVar("T")
 
 ExchangeArgument = Annotated[
     str, typer.Argument(metavar="EXCHANGE", help="Exchange name or id from the catalog.")
@@ -63,6 +67,27 @@ async def _holder(settings: Settings, exchange_id: int) -> str | None:
         return await holder_workflow_id(RedisStore(redis), exchange_id)
     finally:
         await redis.aclose()
+
+
+async def _with_operator(settings: Settings, fn: Callable[[Operator], Awaitable[T]]) -> T:
+    """Run ``fn`` with Redis, one PostgreSQL connection and Temporal open for one command, as this
+    machine's operator (``cli:<user>@<machine>``)."""
+    from perseus.operate import Operator, cli_actor
+    from perseus.store.redis_store import RedisStore, make_client
+    from perseus.temporal import connect
+
+    async def with_catalog(catalog: Any) -> T:
+        redis = make_client(str(settings.redis_url))
+        try:
+            return await fn(
+                Operator(
+                    lambda: connect(settings), RedisStore(redis), catalog, settings.host_name(), cli_actor()
+                )
+            )
+        finally:
+            await redis.aclose()
+
+    return await _with_catalog(settings, with_catalog)
 
 
 def _timeout(timeout: float | None) -> float:
@@ -246,38 +271,22 @@ def register(
 def _command(
     exchange: str, host: str | None, command: Command, as_json: bool, wait: bool, timeout: float | None
 ) -> None:
-    from perseus import control
-    from perseus.temporal import connect
 
     async def main(settings: Settings) -> tuple[str, CommandResult | CommandSent]:
+        from perseus import operate
+
         wait_s = _timeout(timeout)
-        known = await _resolve(settings, exchange)
-        # Without --host, the claim's holder decides between several instances (start/stop). Only a
-        # tie-breaker here: with Redis down the command still works when the choice is clear.
-        holder = None
-        if host is None:
-            with contextlib.suppress(ServiceUnavailable):
-                holder = await _holder(settings, known.id)
-        client = await connect(settings)
-        if not wait:
-            return known.name, await control.send_command(
-                client,
-                exchange=known.name,
-                host=host,
-                default_host=settings.host_name(),
-                command=command,
-                holder=holder,
-            )
-        with waiting(f"{command.value} {known.name}", as_json=as_json):
-            return known.name, await control.command(
-                client,
-                exchange=known.name,
-                host=host,
-                default_host=settings.host_name(),
-                command=command,
-                timeout_s=wait_s,
-                holder=holder,
-            )
+
+        async def go(op: operate.Operator) -> tuple[str, CommandResult | CommandSent]:
+            with (
+                waiting(f"{command.value} {exchange}", as_json=as_json) if wait else contextlib.nullcontext()
+            ):
+                known, result = await operate.command(
+                    op, exchange, command, host=host, wait=wait, timeout_s=wait_s
+                )
+            return known.name, result
+
+        return await _with_operator(settings, go)
 
     name, result = run(main)
     if as_json:
@@ -485,25 +494,20 @@ def handoff(
     as_json: JsonFlag = False,
 ) -> None:
     """Planned switchover to a standby: notify, takeover, confirm; the old one becomes a standby."""
-    from perseus import control
-    from perseus.temporal import connect
 
     async def main(settings: Settings) -> tuple[str, CommandResult]:
+        from perseus import operate
+
         wait_s = _timeout(timeout)
-        known = await _resolve(settings, exchange)
-        holder = await _holder(settings, known.id) if from_host is None else None
-        client = await connect(settings)
-        with waiting(f"handing {known.name} over to {to}", as_json=as_json):
-            return known.name, await control.handoff(
-                client,
-                exchange=known.name,
-                to_host=to,
-                from_host=from_host,
-                default_host=settings.host_name(),
-                shutdown=shutdown_after,
-                holder=holder,
-                timeout_s=wait_s,
-            )
+
+        async def go(op: operate.Operator) -> tuple[str, CommandResult]:
+            with waiting(f"handing {exchange} over to {to}", as_json=as_json):
+                known, result = await operate.handoff(
+                    op, exchange, to_host=to, from_host=from_host, shutdown=shutdown_after, timeout_s=wait_s
+                )
+            return known.name, result
+
+        return await _with_operator(settings, go)
 
     name, result = run(main)
     if as_json:

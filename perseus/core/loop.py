@@ -228,7 +228,11 @@ class InstanceCore(LeaseProcedures, StandbyProcedures, HandoffProcedures):
             return None
         if step is Step.COMMAND:
             ticket = s.queue.pop(0)
-            result, outcome = yield from self._run_ticket(ticket)
+            s.actor = ticket.actor
+            try:
+                result, outcome = yield from self._run_ticket(ticket)
+            finally:
+                s.actor = None
             if ticket.number >= 0:  # internal tickets (promotion, restart) have nobody waiting
                 s.results[ticket.number] = result
             return outcome

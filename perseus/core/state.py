@@ -58,6 +58,8 @@ class Ticket:
     #: A START a promotion queued: if the connector cannot start, the exchange goes to the next
     #: standby rather than staying claimed by an instance that runs nothing.
     promoted: bool = False
+    #: Who asked for it (None: the instance itself, or a caller from before actors).
+    actor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,8 @@ class InstanceState:
     promotions: list[PromoteRequest] = field(default_factory=list)
     handoff_reply: HandoffConfirm | None = None
     warm_task: WarmUp | None = None
+    #: The actor of the command running now: every event it causes names them.
+    actor: str | None = None
     #: The last decision of the loop, as the operator reads it (the Web UI's current details).
     last_decision: str | None = None
 

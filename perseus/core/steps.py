@@ -107,6 +107,7 @@ class InstanceSteps:
         first: bool = False,
         internal: bool = False,
         promoted: bool = False,
+        actor: str | None = None,
     ) -> Ticket:
         """Queue a command; ``internal`` ones (promotion, restart) have no caller waiting (number -1)."""
         s = self.s
@@ -116,6 +117,7 @@ class InstanceSteps:
             handoff=handoff,
             confirm_to=confirm_to,
             promoted=promoted,
+            actor=actor,
         )
         if not internal:
             s.next_ticket += 1
@@ -768,6 +770,7 @@ class InstanceSteps:
             error=error,
             state=state,
             detail=detail,
+            actor=s.actor,
         )
 
     def _decided(self, line: str) -> Proc:

@@ -130,6 +130,8 @@ def render(event: NetworkEvent) -> dict[str, Any]:
     ]
     if event.admin_email:
         lines.append(f"Admin: {_md(event.admin_email)}")
+    if event.actor:
+        lines.append(f"By: {_md(event.actor)}")
     return {
         "username": "Perseus",
         # Error texts come from connectors and hosts: never let them ping @everyone or a role.
