@@ -20,6 +20,7 @@ from temporalio.client import (
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
+    WorkflowUpdateStage,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
@@ -338,7 +339,7 @@ async def command(
     handle = await find_instance(
         client, exchange, host, default_host, prefer=holder if command is not Command.SHUTDOWN else None
     )
-    return await _answer(
+    result: CommandResult = await _answer(
         handle.execute_update(
             UPDATE_COMMAND,
             CommandRequest(command=command, actor=actor),
@@ -350,6 +351,7 @@ async def command(
         timeout_s,
         handle,
     )
+    return result.model_copy(update={"workflow_id": handle.id})
 
 
 def update_id(command: str, actor: str | None, request_id: str | None) -> str:
@@ -435,6 +437,7 @@ async def handoff(
     timeout_s: float = ANSWER_TIMEOUT_S,
     actor: str | None = None,
     request_id: str | None = None,
+    wait: bool = True,
 ) -> CommandResult:
     """Planned switchover of ``exchange`` to the live standby on ``to_host``, from ``from_host`` or
     else from ``holder`` (the workflowId in the status key, see :func:`holder_workflow_id`)."""
@@ -442,10 +445,35 @@ async def handoff(
     if not valid_host(to_host):
         raise errors.ConfigError(f"invalid host name {to_host!r}: use letters, digits, '.', '_' or '-'")
     handle = await find_active(client, exchange, from_host, default_host, holder=holder)
-    return await _answer(
+    request = HandoffRequest(to_host=to_host, shutdown=shutdown, actor=actor)
+    if not wait:
+        # Accepted: the instance's validator said yes and the handoff is in its history; it runs
+        # whether or not anyone waits for it.
+        await _answer(
+            handle.start_update(
+                UPDATE_HANDOFF,
+                request,
+                id=update_id("handoff", actor, request_id),
+                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                result_type=CommandResult,
+                rpc_timeout=timedelta(seconds=timeout_s),
+            ),
+            "handoff",
+            timeout_s,
+            handle,
+        )
+        return CommandResult(
+            command=Command.HANDOFF,
+            from_state=State.ACTIVE,
+            state=State.ACTIVE,
+            transitions=[],
+            workflow_id=handle.id,
+            detail=f"accepted: handing over to {to_host}",
+        )
+    result: CommandResult = await _answer(
         handle.execute_update(
             UPDATE_HANDOFF,
-            HandoffRequest(to_host=to_host, shutdown=shutdown, actor=actor),
+            request,
             id=update_id("handoff", actor, request_id),
             result_type=CommandResult,
             rpc_timeout=timedelta(seconds=timeout_s),
@@ -454,6 +482,7 @@ async def handoff(
         timeout_s,
         handle,
     )
+    return result.model_copy(update={"workflow_id": handle.id})
 
 
 async def find_active(

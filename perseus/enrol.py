@@ -498,8 +498,14 @@ async def enrolment(
 # --- drain ---------------------------------------------------------------------------------------
 
 
+async def exchanges_held(catalog: Catalog, store: RedisStore, host: str) -> list[str]:
+    """The exchanges whose status key names ``host`` as the holder now: what a drain moves."""
+    ids = await _exchange_ids(catalog)
+    return sorted(e for e, h in (await _holders(store, ids, ids)).items() if h == host)
+
+
 async def drain_host(
-    client: Client, catalog: Catalog, store: RedisStore, host: str, *, force: bool
+    client: Client, catalog: Catalog, store: RedisStore, host: str, *, force: bool, actor: str | None = None
 ) -> list[str]:
     """Hand every exchange ``host`` holds to its best live standby, one at a time (or shut it down
     with ``force`` when it has none); refuses before changing anything when one has no standby."""
@@ -522,11 +528,17 @@ async def drain_host(
                     from_host=host,
                     default_host=host,
                     shutdown=False,
+                    actor=actor,
                 )
                 done.append(f"{step.exchange}: handed over to {step.to_host} ({result.detail})")
             else:
                 await control.command(
-                    client, exchange=step.exchange, host=host, default_host=host, command=Command.SHUTDOWN
+                    client,
+                    exchange=step.exchange,
+                    host=host,
+                    default_host=host,
+                    command=Command.SHUTDOWN,
+                    actor=actor,
                 )
                 done.append(f"{step.exchange}: shut down on {host} (no standby; --force)")
         except errors.PerseusError as exc:

@@ -6,6 +6,7 @@ issues touches exactly one of these keys, so everything works on a Redis Cluster
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -21,6 +22,13 @@ HOST_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 EXCHANGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 _HOST_RE = re.compile(HOST_PATTERN)
 _EXCHANGE_RE = re.compile(EXCHANGE_PATTERN)
+
+
+def idempotency_key(caller: str, request_key: str) -> str:
+    """Where the API keeps a write request's answer by its ``Idempotency-Key`` (per calling key, so
+    two callers never share one); the header's value is hashed: it is the caller's text."""
+    digest = hashlib.sha256(request_key.encode()).hexdigest()
+    return f"perseus:idempotency:{caller}:{digest}"
 
 
 def status_key(exchange_id: int) -> str:

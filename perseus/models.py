@@ -451,6 +451,8 @@ class CommandResult(Wire):
     error: str | None = None
     #: What else happened (a handoff's target and epochs, say).
     detail: str | None = None
+    #: The instance that ran it (filled in by the caller's side: the workflow knows its own id).
+    workflow_id: str | None = None
 
 
 class InstanceSnapshot(Wire):

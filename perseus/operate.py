@@ -154,6 +154,7 @@ async def handoff(
     shutdown: bool = False,
     timeout_s: float = control.ANSWER_TIMEOUT_S,
     request_id: str | None = None,
+    wait: bool = True,
 ) -> tuple[Exchange, CommandResult]:
     """Planned switchover to the live standby on ``to_host``."""
     control.check_timeout(timeout_s)
@@ -171,6 +172,7 @@ async def handoff(
             timeout_s=timeout_s,
             actor=op.actor,
             request_id=request_id,
+            wait=wait,
         )
     except errors.PerseusError as exc:
         if _refused(exc):

@@ -8,6 +8,7 @@ own validation and HTTP errors, so every answer (errors included) carries ``serv
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -20,22 +21,40 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from perseus.api.codec import codec_router
+from perseus.api.commands import router as commands_router
 from perseus.api.live import READER_CONNECTIONS, LiveFeed
 from perseus.api.page import router as page_router
 from perseus.api.ready import router as ready_router
 from perseus.api.routes import ErrorBody, metrics_router
 from perseus.api.routes import router as network_router
 from perseus.config import Settings
-from perseus.errors import InvalidQuery, PerseusError, ServiceUnavailable, Unauthorized, UnknownExchange
+from perseus.errors import (
+    ConfigError,
+    Forbidden,
+    InvalidFleet,
+    InvalidQuery,
+    NotRegistered,
+    PerseusError,
+    ServiceUnavailable,
+    Unauthorized,
+    UnknownExchange,
+)
 from perseus.store.db import Catalog, make_pool, open_pool
 from perseus.store.redis_store import RedisStore, make_client
 
 _STATUS: list[tuple[type[PerseusError], int]] = [
     (Unauthorized, 401),
+    (Forbidden, 403),
     (UnknownExchange, 404),
+    (NotRegistered, 404),
     (InvalidQuery, 422),
+    (ConfigError, 422),
+    (InvalidFleet, 422),
     (ServiceUnavailable, 503),
 ]
+#: Any other Perseus error is a rule that refused the request (invalid transition, held elsewhere,
+#: no standby): nothing changed.
+REFUSED = 409
 
 
 def _error(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -46,7 +65,12 @@ def _error(status: int, body: ErrorBody, headers: dict[str, str] | None = None) 
 
 async def _perseus_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, PerseusError)
-    status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 400)
+    return error_response(exc)
+
+
+def error_response(exc: PerseusError) -> JSONResponse:
+    """The JSON answer for a Perseus error, with the status its class maps to."""
+    status = next((code for cls, code in _STATUS if isinstance(exc, cls)), REFUSED)
     body = ErrorBody(
         error=str(exc),
         type=type(exc).__name__,
@@ -114,10 +138,15 @@ def create_app(settings: Settings, temporal_address: str | None = None) -> FastA
         lifespan=lifespan,
     )
     app.state.temporal_address = temporal_address
+    # The write routes' Temporal client, connected on first use (perseus.api.commands.temporal).
+    app.state.settings = settings
+    app.state.temporal_client = None
+    app.state.temporal_lock = asyncio.Lock()
     app.add_exception_handler(PerseusError, _perseus_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.include_router(network_router)
+    app.include_router(commands_router)
     app.include_router(ready_router)
     app.include_router(codec_router(settings))
     app.include_router(page_router)

@@ -456,6 +456,23 @@ class RedisStore:
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise _unavailable(exc) from None
 
+    # --- idempotency of the API's write routes ---------------------------------------------------
+
+    async def claim_request(self, key: str, ttl_s: int) -> str | None:
+        """Take ``key`` for a request now running (SET NX): None if taken now, else what it holds
+        (``pending`` while the first request runs, then its stored answer)."""
+        if await self._run(self.client.set(key, "pending", nx=True, ex=ttl_s)):
+            return None
+        held = await self._run(self.client.get(key))
+        return str(held) if held is not None else "pending"
+
+    async def settle_request(self, key: str, answer: str | None, ttl_s: int) -> None:
+        """Store the request's answer under ``key`` (or free the key: None, nothing was done)."""
+        if answer is None:
+            await self._run(self.client.delete(key))
+        else:
+            await self._run(self.client.set(key, answer, ex=ttl_s))
+
     async def ping(self) -> bool:
         return bool(await self._run(self.client.ping()))
 

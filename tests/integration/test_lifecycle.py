@@ -124,7 +124,13 @@ async def test_bad_input_is_refused_and_changes_nothing(
         assert out == ""
     exchange_id = await asyncio.to_thread(perseus, servers, "status", exchange, "--json")
     assert json.loads(exchange_id.stdout)["online"] is False
-    assert await store.events(exchange) == []
+    # Nothing changed; the two refused commands are in the audit trail, with reason and actor.
+    refused = [f for _, f in reversed(await store.events(exchange))]
+    assert [(f["event"], f["command"]) for f in refused] == [
+        ("command_refused", "start"),
+        ("command_refused", "stop"),
+    ], refused
+    assert all(f["actor"].startswith("cli:") and "is not registered" in f["reason"] for f in refused)
 
     code, out, err = await run_cli(
         servers, "register", exchange, "--host", host, "--heartbeat-interval", str(INTERVAL)
