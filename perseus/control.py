@@ -298,11 +298,13 @@ async def find_instance(
     among several."""
     check_exchange(exchange)
     wanted = host or default_host
-    if not valid_host(wanted):
-        raise errors.ConfigError(f"invalid host name {wanted!r}: use letters, digits, '.', '_' or '-'")
-    handle: WorkflowHandle[Any, str] = client.get_workflow_handle(workflow_id(exchange, wanted))
-    if await _running(handle):
-        return handle
+    # No default host (the API runs on no instance's host): the holder or the only instance.
+    if wanted:
+        if not valid_host(wanted):
+            raise errors.ConfigError(f"invalid host name {wanted!r}: use letters, digits, '.', '_' or '-'")
+        handle: WorkflowHandle[Any, str] = client.get_workflow_handle(workflow_id(exchange, wanted))
+        if await _running(handle):
+            return handle
     if host is None:
         found = await _running_ids(client, instances_filter(exchange))
         if len(found) == 1:
@@ -313,8 +315,9 @@ async def find_instance(
             raise errors.NotRegistered(
                 f"{exchange} runs on several hosts ({', '.join(sorted(found))}): choose one with --host"
             )
+    where = f"on host {wanted}" if wanted else "on any host"
     raise errors.NotRegistered(
-        f"{exchange} is not registered on host {wanted}: run perseus register {exchange}"
+        f"{exchange} is not registered {where}: run perseus register {exchange}"
         + ("" if host is None else f" --host {host}")
     )
 

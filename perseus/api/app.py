@@ -31,7 +31,6 @@ from perseus.config import Settings
 from perseus.errors import (
     ConfigError,
     Forbidden,
-    InvalidFleet,
     InvalidQuery,
     NotRegistered,
     PerseusError,
@@ -49,7 +48,6 @@ _STATUS: list[tuple[type[PerseusError], int]] = [
     (NotRegistered, 404),
     (InvalidQuery, 422),
     (ConfigError, 422),
-    (InvalidFleet, 422),
     (ServiceUnavailable, 503),
 ]
 #: Any other Perseus error is a rule that refused the request (invalid transition, held elsewhere,

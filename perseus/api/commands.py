@@ -24,7 +24,7 @@ from perseus.api.auth import AdminDep, OperateDep
 from perseus.api.deps import CatalogDep, StoreDep
 from perseus.api.routes import _ERRORS, ErrorBody
 from perseus.control import ANSWER_TIMEOUT_S, MAX_TIMEOUT_S, CommandSent
-from perseus.errors import ConfigError, Forbidden, PerseusError, ServiceUnavailable
+from perseus.errors import ConfigError, Forbidden, InvalidFleet, PerseusError, ServiceUnavailable
 from perseus.keys import idempotency_key, valid_host
 from perseus.lifecycle import Command
 from perseus.models import CallerKey, CommandResult, Wire
@@ -353,8 +353,13 @@ async def fleet(
     from perseus.fleet import parse_fleet
 
     known = [e.name for e in await catalog.exchanges(active_only=True)]
-    placements = parse_fleet(toml, known)
-    await check_admins(catalog, placements)
+    try:
+        placements = parse_fleet(toml, known)
+        await check_admins(catalog, placements)
+    except InvalidFleet as exc:
+        # A file that cannot be applied is a malformed request (422); a drain's refusal, also an
+        # InvalidFleet, is a rule (409).
+        raise ConfigError(str(exc)) from None
 
     async def act() -> JSONResponse:
         client = await temporal(request)

@@ -23,9 +23,11 @@ from perseus.store.redis_store import RedisStore
 
 
 @asynccontextmanager
-async def in_process(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def in_process(
+    settings: Settings, temporal_address: str | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
     """The app driven through httpx's ASGI transport, its lifespan run as a server would."""
-    app = create_app(settings)
+    app = create_app(settings, temporal_address)
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://perseus") as http,
