@@ -138,26 +138,75 @@ async def test_read_views_refuse_bad_input_in_one_line(servers: Servers, exchang
     assert page == {"entries": [], "nextCursor": None, "serverTime": page["serverTime"]}  # type: ignore[index]
 
 
-async def test_apikey_create_and_revoke(servers: Servers) -> None:
+async def test_apikey_create_list_and_revoke(servers: Servers, exchange: str) -> None:
     name = f"cli-{uuid.uuid4().hex[:6]}"
-    first = await cli_json(servers, "apikey", "create", name)
+    first = await cli_json(
+        servers, "apikey", "create", name, "--scope", "operate", "--exchange", exchange, "--expires-in", "30d"
+    )
     assert isinstance(first, dict) and first["name"] == name and str(uuid.UUID(first["key"])) == first["key"]
-    code, second, err = await cli(servers, "apikey", "create", name)
-    assert code == 0 and str(uuid.UUID(second.strip())) == second.strip()
+    assert first["scope"] == "operate" and first["exchanges"] == [exchange] and first["expiresAt"]
+    # Names are actors: a second live key may not take the same one.
+    code, _, err = await cli(servers, "apikey", "create", name)
+    assert code == 1 and "exists" in err and err.count("\n") == 1
+    for bad, message in [
+        (("--scope", "root"), "Invalid value"),
+        (("--expires-in", "soon"), "invalid --expires-in"),
+        (("--exchange", "nosuchexchange"), "unknown exchange"),
+    ]:
+        code, out, err = await cli(servers, "apikey", "create", f"{name}-bad", *bad)
+        assert code != 0 and message in err and out == "", (bad, err)
+
+    listed = await cli_json(servers, "apikey", "list")
+    assert isinstance(listed, dict)
+    (mine,) = [k for k in listed["keys"] if k["name"] == name]
+    assert mine["scope"] == "operate" and mine["exchanges"] == [exchange] and mine["revoked"] is False
+    assert first["key"] not in json.dumps(listed) and not [
+        k for k in listed["keys"] if k["name"] == f"{name}-bad"
+    ]
 
     conn = await db.connect(servers.database_url)
     async with conn:
         catalog = db.Catalog(db.OneConnection(conn))
-        assert await catalog.check_api_key(first["key"]) == (first["key"], name)
-        code, _, err = await cli(servers, "apikey", "revoke", first["key"])
-        assert code == 0 and "revoked 1 key(s)" in err
-        assert await catalog.check_api_key(first["key"]) is None
-        assert await catalog.check_api_key(second.strip()) is not None
+        caller = await catalog.check_api_key(first["key"])
+        assert caller is not None and caller.name == name and caller.exchanges == [exchange]
         code, _, err = await cli(servers, "apikey", "revoke", name)
         assert code == 0 and "revoked 1 key(s)" in err
-        assert await catalog.check_api_key(second.strip()) is None
+        assert await catalog.check_api_key(first["key"]) is None
     code, _, err = await cli(servers, "apikey", "revoke", name)
     assert code == 1 and "no active API key" in err
+    listed = await cli_json(servers, "apikey", "list")
+    assert [k["revoked"] for k in listed["keys"] if k["name"] == name] == [True]  # type: ignore[index]
+
+
+async def test_db_init_hashes_the_clear_keys_of_an_older_database_and_they_still_work(
+    servers: Servers, settings: Settings
+) -> None:
+    """A database written by the version before hashed keys: a clear UUID in ``key``."""
+    clear = str(uuid.uuid4())
+    name = f"old-{uuid.uuid4().hex[:6]}"
+    conn = await db.connect(servers.database_url)
+    async with conn:
+        await conn.execute("INSERT INTO api_keys (name, key) VALUES (%s, %s)", (name, clear))
+    code, _, err = await cli(servers, "db", "init")
+    assert code == 0 and "clear API key(s) now stored as keyed hashes" in err, err
+    conn = await db.connect(servers.database_url)
+    async with conn:
+        left = await (
+            await conn.execute("SELECT count(*) AS n FROM api_keys WHERE key IS NOT NULL")
+        ).fetchone()
+        assert left is not None and left["n"] == 0
+        row = await (
+            await conn.execute("SELECT key_hash, scope FROM api_keys WHERE name = %s", (name,))
+        ).fetchone()
+        assert row is not None and clear not in row["key_hash"] and row["scope"] == "read"
+    async with in_process(settings) as http:
+        response = await http.get("/api/network/instances", headers=bearer(clear))
+        assert response.status_code == 200, response.text
+        # Read is what an old key may do.
+        response = await http.post(
+            "/api/network/exchanges/1/commands", json={"command": "stop"}, headers=bearer(clear)
+        )
+        assert response.status_code == 403, response.text
 
 
 # --- standbys in the read views -----------------------------------------------------------------
