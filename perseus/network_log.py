@@ -239,8 +239,11 @@ async def merge_page(
             return Page(result, cursor_of(head))
 
 
-def entry_filter(events: Iterable[str] = (), admin: str | None = None) -> Match | None:
-    """A predicate for event types and/or the admin's e-mail (only transitions carry one)."""
+def entry_filter(
+    events: Iterable[str] = (), admin: str | None = None, actor: str | None = None
+) -> Match | None:
+    """A predicate for event types, the admin's e-mail (only transitions carry one) and/or the
+    actor (``api:ops`` or just ``ops``; only entries caused by a command carry one)."""
     wanted: set[str] = set()
     for event in events:
         try:
@@ -249,11 +252,14 @@ def entry_filter(events: Iterable[str] = (), admin: str | None = None) -> Match 
             known = ", ".join(k.value for k in EventKind)
             raise InvalidQuery(f"unknown event type {event!r}; known: {known}") from None
     email = admin.strip().lower() if admin else None
-    if not wanted and not email:
+    who = actor.strip() if actor else None
+    if not wanted and not email and not who:
         return None
 
     def match(fields: dict[str, str]) -> bool:
         if wanted and fields.get("event") not in wanted:
+            return False
+        if who and who not in (fields.get("actor", ""), fields.get("actor", "").partition(":")[2]):
             return False
         return not email or fields.get("adminEmail", "").lower() == email
 
@@ -331,11 +337,12 @@ async def read_activity(
     cursor: str | None = None,
     events: Sequence[str] = (),
     admin: str | None = None,
+    actor: str | None = None,
 ) -> ActivityPage:
     """One page of one exchange's stream, or of every active exchange's streams merged."""
     if not 1 <= count <= MAX_COUNT:
         raise InvalidQuery(f"count must be between 1 and {MAX_COUNT}, got {count}")
-    match = entry_filter(events, admin)
+    match = entry_filter(events, admin, actor)
     parsed = Cursor.parse(cursor) if cursor else None
     if exchange:
         names = [(await catalog.exchange(exchange)).name]

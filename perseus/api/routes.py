@@ -93,6 +93,9 @@ async def activity(
     admin_email: Annotated[
         str | None, Query(alias="adminEmail", description="Only transitions made for this admin.")
     ] = None,
+    actor: Annotated[
+        str | None, Query(description="Only entries this actor caused or tried (`api:NAME` or `NAME`).")
+    ] = None,
 ) -> ActivityPage:
     """Entries are `{id, ...stream fields}`. `nextCursor` is null on the last page. With filters a
     page may come back short (even empty) with a `nextCursor`: it examined a bounded number of
@@ -108,6 +111,7 @@ async def activity(
         cursor=cursor,
         events=[e.value for e in event or []],
         admin=admin_email,
+        actor=actor,
     )
 
 

@@ -173,6 +173,8 @@ def _what(entry: dict[str, str]) -> str:
     event = entry.get("event", "")
     if event == "state_transition":
         return f"{entry.get('fromState', '?')} -> {entry.get('toState', '?')}"
+    if event == "command_refused":
+        return f"{entry.get('command', '?')} refused: {entry.get('reason', '')}"
     if event == "error":
         # A standby's error (its warm-up) is in no state of the exchange: the field is empty.
         state = entry.get("state")
@@ -191,6 +193,9 @@ def log(
     admin_email: Annotated[
         str | None, typer.Option("--admin-email", help="Only transitions for this admin.")
     ] = None,
+    actor: Annotated[
+        str | None, typer.Option("--actor", help="Only what this actor caused or tried (api:NAME or NAME).")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """The activity log, newest first; follow the printed cursor for older entries."""
@@ -207,6 +212,7 @@ def log(
                 cursor=cursor,
                 events=event or [],
                 admin=admin_email,
+                actor=actor,
             ),
         )
 
@@ -225,12 +231,13 @@ def log(
             (f"host={entry['hostname']}" if entry.get("hostname") else "", "dim"),
             (f"ip={entry['ip']}" if entry.get("ip") else "", "dim"),
             (f"admin={entry['adminEmail']}" if entry.get("adminEmail") else "", "dim"),
+            (f"by={entry['actor']}" if entry.get("actor") else "", "dim"),
             (entry.get("id", ""), "dim"),
         ]
         for entry in page.entries
     ]
     # Columns empty on every row of the page take no room.
-    shown = [i for i in range(8) if any(row[i][0] for row in rows)]
+    shown = [i for i in range(9) if any(row[i][0] for row in rows)]
     widths = {i: max(len(row[i][0]) for row in rows) for i in shown}
     for row in rows:
         line = Text()

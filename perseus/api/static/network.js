@@ -737,6 +737,8 @@
         return `${name}: claim refused${e.detail ? ` — ${e.detail}` : ""}`;
       case "instance_lost":
         return `${name}: instance lost${e.detail ? ` — ${e.detail}` : ""}`;
+      case "command_refused":
+        return `${name}: ${e.command || "command"} refused — ${e.reason || ""}`;
       default:
         return `${name}: ${String(e.event).replace("_", " ")}${e.detail ? ` — ${e.detail}` : ""}`;
     }
@@ -748,7 +750,8 @@
     const scroll = ui.feed.scrollTop;
     ui.feed.replaceChildren(
       ...feed.entries.map((e) => {
-        const who = [e.adminEmail || null, e.hostname ? `${e.hostname}${e.ip ? ` (${e.ip})` : ""}` : null,
+        // The actor (who asked for the command that caused it) comes first: the audit's question.
+        const who = [e.actor ? `by ${e.actor}` : null, e.adminEmail || null, e.hostname ? `${e.hostname}${e.ip ? ` (${e.ip})` : ""}` : null,
           e.epoch ? `epoch ${e.epoch}` : null].filter(Boolean).join(" · ");
         return el(
           "li",
