@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     api_port: int = DEFAULT_API_PORT
     data_dir: Path = Path(".perseus")
     api_key: SecretStr | None = None
+    #: API mode: with this and ``api_key`` set, the CLI's commands go through the HTTP API (no
+    #: Temporal, Redis or PostgreSQL access needed on this machine; perseus/remote.py).
+    api_url: AnyHttpUrl | None = None
     #: Logging for ``perseus worker``, ``api`` and ``dev``: a level name, and plain text or JSON lines.
     log_level: str = "INFO"
     log_format: Literal["plain", "json"] = "plain"

@@ -171,8 +171,14 @@ def drain(
         raise typer.Exit(1)
 
     async def main(settings: Settings) -> list[str]:
+        from perseus import remote
+        from perseus.operate import cli_actor
+
+        if remote.enabled(settings):
+            return await remote.drain(settings, host, force=force)
+
         async def go(client: Any, catalog: Any, store: Any) -> list[str]:
-            return await drain_host(client, catalog, store, host, force=force)
+            return await drain_host(client, catalog, store, host, force=force, actor=cli_actor())
 
         return await _with_clients(settings, go)
 

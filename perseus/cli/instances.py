@@ -277,6 +277,11 @@ def _command(
 
         wait_s = _timeout(timeout)
 
+        from perseus import remote
+
+        if remote.enabled(settings):
+            return await remote.command(settings, exchange, command, host=host, wait=wait, timeout_s=wait_s)
+
         async def go(op: operate.Operator) -> tuple[str, CommandResult | CommandSent]:
             with (
                 waiting(f"{command.value} {exchange}", as_json=as_json) if wait else contextlib.nullcontext()
@@ -499,6 +504,19 @@ def handoff(
         from perseus import operate
 
         wait_s = _timeout(timeout)
+
+        from perseus import remote
+
+        if remote.enabled(settings):
+            with waiting(f"handing {exchange} over to {to}", as_json=as_json):
+                return await remote.handoff(
+                    settings,
+                    exchange,
+                    to_host=to,
+                    from_host=from_host,
+                    shutdown=shutdown_after,
+                    timeout_s=wait_s,
+                )
 
         async def go(op: operate.Operator) -> tuple[str, CommandResult]:
             with waiting(f"handing {exchange} over to {to}", as_json=as_json):

@@ -36,9 +36,11 @@ async def in_process(
 
 
 @asynccontextmanager
-async def over_socket(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def over_socket(
+    settings: Settings, temporal_address: str | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
     """uvicorn on a free loopback port in this event loop, and a client talking TCP to it."""
-    server = build_server(settings, services.free_port())
+    server = build_server(settings, services.free_port(), temporal_address)
     task = asyncio.create_task(server.serve())
     for _ in range(200):
         if server.started or task.done():

@@ -1,0 +1,120 @@
+"""The CLI's commands, once talking to Temporal, Redis and PostgreSQL directly and once through the
+HTTP API (``PERSEUS_API_URL`` + ``PERSEUS_API_KEY``, nothing else): the same output, ``--json`` and
+exit codes, and the actor each mode writes into the events it causes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+import pytest_asyncio
+from temporalio.client import Client
+
+from perseus import control
+from perseus.config import Settings
+from perseus.lifecycle import Command
+from perseus.models import Scope
+from perseus.store import db
+from perseus.store.redis_store import RedisStore
+from tests.conftest import PERSEUS, ROOT, Servers
+from tests.integration.conftest_api import over_socket
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Mode:
+    name: str
+    env: dict[str, str]
+    #: How the actor of this mode's commands starts.
+    actor: str
+
+
+@pytest_asyncio.fixture(scope="module", params=["direct", "api"])
+async def mode(request: pytest.FixtureRequest, servers: Servers, settings: Settings) -> AsyncIterator[Mode]:
+    if request.param == "direct":
+        yield Mode("direct", servers.env(), "cli:")
+        return
+    name = f"laptop-{uuid.uuid4().hex[:6]}"
+    conn = await db.connect(servers.database_url)
+    async with conn:
+        key = await db.Catalog(db.OneConnection(conn)).create_api_key(name, scope=Scope.OPERATE)
+    api_settings = settings.model_copy(update={"payload_plaintext": True})
+    async with over_socket(api_settings, servers.temporal_address) as http:
+        # Only the API's address and a key: no Temporal, Redis or PostgreSQL to reach (the
+        # addresses below lead nowhere, so a command that tried them would fail).
+        env = servers.env(
+            PERSEUS_API_URL=str(http.base_url),
+            PERSEUS_API_KEY=key,
+            TEMPORAL_ADDRESS="127.0.0.1:1",
+            PERSEUS_REDIS_URL="redis://127.0.0.1:1/0",
+            PERSEUS_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none",
+        )
+        yield Mode("api", env, f"api:{name}")
+
+
+async def run(mode: Mode, *args: str) -> tuple[int, str, str]:
+    done = await asyncio.to_thread(
+        subprocess.run, [PERSEUS, *args], capture_output=True, text=True, timeout=120, env=mode.env, cwd=ROOT
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest_asyncio.fixture
+async def registered(client: Client, shared_worker: str, exchange: str) -> AsyncIterator[str]:
+    await control.register(
+        client, exchange=exchange, host=shared_worker, admin_email=None, heartbeat_interval_s=1.0, start=False
+    )
+    yield exchange
+    await control.command(
+        client, exchange=exchange, host=shared_worker, default_host=shared_worker, command=Command.SHUTDOWN
+    )
+
+
+async def test_commands_answer_alike_in_both_modes(
+    mode: Mode, registered: str, shared_worker: str, store: RedisStore
+) -> None:
+    ex, host = registered, shared_worker
+    code, out, err = await run(mode, "start", ex, "--host", host, "--json")
+    assert code == 0, err
+    started = json.loads(out)
+    assert started["fromState"] == "idle" and started["transitions"] == ["starting", "warming", "active"]
+    assert started["workflowId"]
+
+    code, out, err = await run(mode, "stop", ex, "--host", host)
+    assert code == 0, err
+    assert out.strip() == f"{ex}: stop done (active -> stopping -> stopped -> idle)"
+
+    code, out, err = await run(mode, "start", ex, "--host", host, "--no-wait")
+    assert code == 0, err
+    assert out.startswith(f"{ex}: start sent to ") and "from idle" in out, out
+
+    # Every transition those commands caused names this mode's actor.
+    fields = [f for _, f in await store.events(ex) if f["event"] == "state_transition"]
+    assert fields and all(f.get("actor", "").startswith(mode.actor) for f in fields), fields
+
+
+async def test_refusals_are_one_line_with_the_same_exit_code_in_both_modes(
+    mode: Mode, registered: str, shared_worker: str, store: RedisStore
+) -> None:
+    ex, host = registered, shared_worker
+    cases = [
+        (("stop", ex, "--host", host), 1, "cannot stop: the instance is idle"),
+        (("start", "nosuchexchange", "--host", host), 4, "unknown exchange 'nosuchexchange'"),
+        (("shutdown", ex, "--host", "no-such-host"), 4, f"{ex} is not registered on host no-such-host"),
+        (("handoff", ex, "--to", "nowhere", "--from", host), 1, ""),
+    ]
+    for n, (args, exit_code, message) in enumerate(cases):
+        code, out, err = await run(mode, *args)
+        assert code == exit_code and message in err and err.count("\n") == 1 and out == "", (args, code, err)
+        if n < 2:  # --json carries the same code (the rest take the same path)
+            code, out, _ = await run(mode, *args, "--json")
+            assert code == exit_code and json.loads(out)["exitCode"] == exit_code, (args, out)
+    refused = [f for _, f in await store.events(ex) if f["event"] == "command_refused"]
+    assert refused and all(f["actor"].startswith(mode.actor) and f["reason"] for f in refused), refused
+    assert not [f for _, f in await store.events(ex) if f["event"] == "state_transition"]
