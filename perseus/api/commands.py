@@ -20,7 +20,7 @@ from pydantic import Field
 from temporalio.client import Client
 
 from perseus import operate
-from perseus.api.auth import AdminDep, OperateDep
+from perseus.api.auth import AdminDep, ApiKeyDep, OperateDep
 from perseus.api.deps import CatalogDep, StoreDep
 from perseus.api.routes import _ERRORS, ErrorBody
 from perseus.control import ANSWER_TIMEOUT_S, MAX_TIMEOUT_S, CommandSent
@@ -90,6 +90,24 @@ class DrainAnswer(Wire):
     done: list[str]
     actor: str
     server_time: datetime
+
+
+class KeyInfo(Wire):
+    """The calling key as the page needs it (which controls to show); never the key itself."""
+
+    name: str
+    scope: str
+    exchanges: list[str]
+    server_time: datetime
+
+
+@router.get("/key", response_model=KeyInfo, summary="The calling key: name, scope, exchanges")
+async def key_info(caller: ApiKeyDep) -> KeyInfo:
+    """Any valid key may read its own scope; the page shows controls from it (every POST is
+    checked again on the server)."""
+    return KeyInfo(
+        name=caller.name, scope=caller.scope.value, exchanges=caller.exchanges, server_time=datetime.now(UTC)
+    )
 
 
 async def temporal(request: Request) -> Client:

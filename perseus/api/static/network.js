@@ -52,6 +52,7 @@
     // The push stream: its abort handle, whether it is up, the reconnect delay, the last entry per exchange.
     live: { controller: null, up: false, retryMs: 1000, retryTimer: null, pushed: new Map(), pushedAt: new Map() },
     polls: 0, // successful /instances reads so far
+    caller: null, // the key's {name, scope, exchanges} (/api/key): which controls a card shows
   };
 
   // --- small helpers ------------------------------------------------------------------------------
@@ -185,6 +186,7 @@
     closeStream();
     localStorage.removeItem(KEY_STORAGE);
     state.key = null;
+    state.caller = null;
     state.board = null;
     state.history.clear();
     state.feed = { ...state.feed, entries: [], nextCursor: null, filters: null };
@@ -203,6 +205,7 @@
     const key = ui.keyInput.value.trim();
     if (!key) return;
     state.key = key;
+    state.caller = null;
     localStorage.setItem(KEY_STORAGE, key);
     closeStream(); // a stream opened with the previous key
 
@@ -225,6 +228,7 @@
     }
     try {
       const asked = performance.now();
+      if (!state.caller) state.caller = await api("/api/key");
       const board = keepNewerPushes(await api("/api/network/instances"), asked);
       state.board = board;
       state.receivedAt = performance.now();
@@ -440,7 +444,76 @@
     }
     historyDetails(node, inst);
     node.append(standbyList(inst.standbys || []));
+    const actions = cardActions(inst, cardState);
+    if (actions) node.append(actions);
     return node;
+  }
+
+  // --- actions (an operate or admin key only) -----------------------------------------------------
+
+  /** Whether the key may command this exchange: the server decides again on every POST. */
+  function mayCommand(inst) {
+    const c = state.caller;
+    if (!c || (c.scope !== "operate" && c.scope !== "admin")) return false;
+    return c.scope === "admin" || !c.exchanges.length || c.exchanges.includes(inst.exchangeName);
+  }
+
+  function cardActions(inst, cardState) {
+    if (!mayCommand(inst) || !inst.online || !inst.status) return null;
+    const name = inst.exchangeName;
+    const host = inst.status.hostname;
+    const buttons = [];
+    if (["active", "starting", "warming"].includes(cardState)) {
+      buttons.push(action("stop", `Stop`, `Stop ${name} on ${host}?`, "commands", { command: "stop", wait: false }));
+      for (const s of inst.standbys || []) {
+        buttons.push(action("handoff", `Hand off to ${s.hostname || s.host}`,
+          `Hand ${name} over from ${host} to ${s.hostname || s.host}?`, "handoff", { to: s.host, wait: false }, s.host));
+      }
+    } else if (cardState === "idle" || cardState === "stopped") {
+      buttons.push(action("start", "Start", `Start ${name} on ${host}?`, "commands", { command: "start", wait: false }));
+    }
+    if (!buttons.length) return null;
+    return el("div", { class: "actions", "data-role": "actions" }, buttons);
+
+    function action(kind, label, question, route, body, target) {
+      const button = el("button", { type: "button", "data-action": kind, "data-target": target || null, text: label });
+      button.addEventListener("click", async () => {
+        // The confirmation names the exchange and the host: a misclick must not stop production.
+        if (!window.confirm(question)) return;
+        button.disabled = true;
+        try {
+          await post(`/api/network/exchanges/${encodeURIComponent(inst.exchangeId)}/${route}`, body);
+          showBanner("info", `${question.replace(/\?$/, "")}: sent; the card follows the live stream.`);
+        } catch (err) {
+          showBanner("error", `${label} refused (${err.status}): ${err.message}`);
+        } finally {
+          button.disabled = false;
+        }
+      });
+      return button;
+    }
+  }
+
+  async function post(path, body) {
+    let response;
+    try {
+      response = await fetch(path, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${state.key}`, Accept: "application/json", "Content-Type": "application/json" },
+        body: JSON.stringify(body),
+        cache: "no-store",
+      });
+    } catch (err) {
+      throw new ApiError(0, null, "the API did not answer");
+    }
+    let answer = null;
+    try {
+      answer = await response.json();
+    } catch (err) {
+      answer = null;
+    }
+    if (!response.ok) throw new ApiError(response.status, answer);
+    return answer;
   }
 
   /** The exchange's standbys, highest priority first; "no standby" says failover has nowhere to go. */

@@ -1,0 +1,130 @@
+"""The page's controls in headless Chromium: an operate key stops an exchange from its card (behind
+a confirmation naming the exchange and the host) and watches it walk down through the live stream;
+a read key sees no controls, and a POST forged with it is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from playwright.async_api import Dialog, Page
+from temporalio.client import Client
+
+from perseus import control
+from perseus.api.server import build_server
+from perseus.config import Settings
+from perseus.devstack.services import free_port
+from perseus.lifecycle import Command
+from perseus.models import Scope
+from perseus.store import db
+from perseus.store.redis_store import RedisStore
+from tests.browser.conftest import Api, sign_in
+from tests.conftest import Servers
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+
+@pytest_asyncio.fixture(scope="module")
+async def keys(servers: Servers) -> dict[str, str]:
+    tag = uuid.uuid4().hex[:6]
+    pool = db.make_pool(servers.database_url)
+    await pool.open(wait=True)
+    try:
+        catalog = db.Catalog(pool)
+        return {
+            "read": await catalog.create_api_key(f"page-read-{tag}"),
+            "operate": await catalog.create_api_key(f"page-op-{tag}", scope=Scope.OPERATE),
+            "operate-name": f"page-op-{tag}",
+        }
+    finally:
+        await pool.close()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def writable_api(servers: Servers, settings: Settings, keys: dict[str, str]) -> AsyncIterator[Api]:
+    """The API with a Temporal client for its write routes (plain payloads, like the test worker)."""
+    port = free_port()
+    server = build_server(
+        settings.model_copy(update={"payload_plaintext": True}), port, servers.temporal_address
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    yield Api(f"http://127.0.0.1:{port}", keys["read"], server)
+    server.should_exit = True
+    await asyncio.wait_for(task, 30)
+
+
+@pytest_asyncio.fixture
+async def running(client: Client, shared_worker: str, exchange: str) -> AsyncIterator[str]:
+    await control.register(
+        client, exchange=exchange, host=shared_worker, admin_email=None, heartbeat_interval_s=1.0, start=True
+    )
+    yield exchange
+    await control.command(
+        client, exchange=exchange, host=shared_worker, default_host=shared_worker, command=Command.SHUTDOWN
+    )
+
+
+def card(exchange: str) -> str:
+    return f'.card[data-exchange="{exchange}"]'
+
+
+async def test_an_operate_key_stops_an_exchange_from_its_card(
+    writable_api: Api, keys: dict[str, str], page: Page, running: str, store: RedisStore
+) -> None:
+    asked: list[str] = []
+
+    async def answer(dialog: Dialog) -> None:
+        asked.append(dialog.message)
+        await dialog.accept()
+
+    page.on("dialog", answer)
+    await sign_in(page, dataclasses.replace(writable_api, key=keys["operate"]))
+    stop = page.locator(f'{card(running)} [data-action="stop"]')
+    await stop.wait_for(timeout=20_000)
+    hostname = (await page.locator(f'{card(running)} [data-field="hostname"]').inner_text()).strip()
+    await stop.click()
+    # The card walks down on the live stream; the feed shows who asked.
+    await page.wait_for_function(
+        "(sel) => ['stopped', 'idle'].includes(document.querySelector(sel)?.dataset.state)",
+        arg=card(running),
+        timeout=30_000,
+    )
+    assert asked == [f"Stop {running} on {hostname}?"]
+    actor = f"api:{keys['operate-name']}"
+    stopped = [f for _, f in await store.events(running) if f.get("toState") == "stopped"]
+    assert stopped and stopped[0]["actor"] == actor
+    await page.select_option("#filter-exchange", running)
+    await page.wait_for_function(
+        "(who) => [...document.querySelectorAll('#feed li .who')].some(n => n.textContent.includes(who))",
+        arg=f"by {actor}",
+        timeout=15_000,
+    )
+    # Stopped (idle again): the card now offers a start instead.
+    await page.locator(f'{card(running)} [data-action="start"]').wait_for(timeout=15_000)
+
+
+async def test_a_read_key_sees_no_controls_and_a_forged_post_is_refused(
+    writable_api: Api, page: Page, running: str, store: RedisStore
+) -> None:
+    await sign_in(page, writable_api)
+    await page.wait_for_function(
+        "(sel) => document.querySelector(sel)?.dataset.state === 'active'", arg=card(running), timeout=20_000
+    )
+    assert await page.locator("[data-action]").count() == 0
+    before = await store.events(running)
+    status = await page.evaluate(
+        """async ([exchange, key]) => (await fetch(`/api/network/exchanges/${exchange}/commands`, {
+             method: "POST", body: JSON.stringify({command: "stop"}),
+             headers: {Authorization: `Bearer ${key}`, "Content-Type": "application/json"}})).status""",
+        [running, writable_api.key],
+    )
+    assert status == 403
+    assert await store.events(running) == before
