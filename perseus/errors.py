@@ -206,6 +206,10 @@ class Forbidden(PerseusError):
     """The key is valid but its scope or its exchanges do not cover the request (HTTP 403)."""
 
 
+class RequestInProgress(PerseusError):
+    """A POST retried with the Idempotency-Key of one that has not answered yet (HTTP 409)."""
+
+
 class NotifyRetry(PerseusError):
     """The message was not delivered this time; the activity's retry will try again."""
 

@@ -24,7 +24,14 @@ from perseus.api.auth import AdminDep, ApiKeyDep, OperateDep
 from perseus.api.deps import CatalogDep, StoreDep
 from perseus.api.routes import _ERRORS, ErrorBody
 from perseus.control import ANSWER_TIMEOUT_S, MAX_TIMEOUT_S, CommandSent
-from perseus.errors import ConfigError, Forbidden, InvalidFleet, PerseusError, ServiceUnavailable
+from perseus.errors import (
+    ConfigError,
+    Forbidden,
+    InvalidFleet,
+    PerseusError,
+    RequestInProgress,
+    ServiceUnavailable,
+)
 from perseus.keys import idempotency_key, valid_host
 from perseus.lifecycle import Command
 from perseus.models import CallerKey, CommandResult, Wire
@@ -156,7 +163,9 @@ async def _once(
     key = idempotency_key(caller.name, request_key)
     held = await store.claim_request(key, IDEMPOTENCY_TTL_S)
     if held == "pending":
-        raise Busy("a request with this Idempotency-Key is still running: retry once it has answered")
+        raise RequestInProgress(
+            "a request with this Idempotency-Key is still running: retry once it has answered"
+        )
     if held is not None:
         stored = json.loads(held)
         return JSONResponse(
@@ -177,10 +186,6 @@ async def _once(
     answer = {"status": response.status_code, "body": json.loads(bytes(response.body))}
     await store.settle_request(key, json.dumps(answer), IDEMPOTENCY_TTL_S)
     return response
-
-
-class Busy(PerseusError):
-    """The first request with this Idempotency-Key has not answered yet (HTTP 409)."""
 
 
 def _operator(client: Client, store: RedisStore, catalog: Catalog, actor: str) -> operate.Operator:

@@ -119,7 +119,9 @@ async def _state(stack: Stack) -> str | None:
 
 async def _id(stack: Stack) -> int:
     response = await stack.http.get("/api/network/instances", headers=bearer(str(stack.keys["admin"])))
-    return next(i["exchangeId"] for i in response.json()["instances"] if i["exchangeName"] == stack.exchange)
+    return int(
+        next(i["exchangeId"] for i in response.json()["instances"] if i["exchangeName"] == stack.exchange)
+    )
 
 
 async def _denied_cells(stack: Stack, path: str, **kw: Any) -> None:
