@@ -60,10 +60,16 @@ COLOURS: dict[EventKind, int] = {
     EventKind.STANDBY_REGISTERED: 0x95A5A6,  # grey
     EventKind.PROMOTED: 0x9B59B6,  # purple
     EventKind.HANDOFF: 0x1ABC9C,  # teal
+    EventKind.COMMAND_REFUSED: 0xF1C40F,  # yellow
 }
 
 #: Kinds that produce a message. A standby registering changes nothing for anyone and is only logged.
-NOTIFIED: frozenset[EventKind] = frozenset(COLOURS) - {EventKind.STANDBY_REGISTERED}
+# A refused command is written by the API or the CLI for the audit trail, not by an instance: it
+# changed nothing, so it is not news for the channel.
+NOTIFIED: frozenset[EventKind] = frozenset(COLOURS) - {
+    EventKind.STANDBY_REGISTERED,
+    EventKind.COMMAND_REFUSED,
+}
 
 _HEADLINES: dict[EventKind, str] = {
     EventKind.ERROR: "error",
@@ -72,6 +78,7 @@ _HEADLINES: dict[EventKind, str] = {
     EventKind.STANDBY_REGISTERED: "standby registered",
     EventKind.PROMOTED: "standby promoted",
     EventKind.HANDOFF: "handoff",
+    EventKind.COMMAND_REFUSED: "command refused",
 }
 
 _MARKDOWN = str.maketrans({c: "\\" + c for c in "\\*_~`|>#[]()"})
@@ -121,6 +128,9 @@ def render(event: NetworkEvent) -> dict[str, Any]:
         title = f"{name}: error"
         while_ = f" while **{event.state.value}**" if event.state else ""
         headline = f"Error{while_}: {_md(_clip(event.error or 'unknown error', 1500))}"
+    elif event.event is EventKind.COMMAND_REFUSED:
+        title = f"{name}: {event.command or 'command'} refused"
+        headline = _md(_clip(event.reason or "refused", 1500))
     else:
         title = f"{name}: {_HEADLINES[event.event]}"
         headline = _md(_clip(event.detail or _HEADLINES[event.event].capitalize(), 1500))

@@ -109,8 +109,9 @@ async def test_a_valid_key_reads_and_is_marked_used(
     assert reply.status_code == 200
     conn = await db.connect(servers.database_url)
     async with conn:
+        digest = await db.Catalog(db.OneConnection(conn)).key_hash(api_key)
         row = await (
-            await conn.execute("SELECT last_used_at FROM api_keys WHERE key = %s", (api_key,))
+            await conn.execute("SELECT last_used_at FROM api_keys WHERE key_hash = %s", (digest,))
         ).fetchone()
     assert row is not None and row["last_used_at"] is not None
     assert datetime.now(UTC) - row["last_used_at"] < timedelta(minutes=5)

@@ -240,6 +240,11 @@ def test_embed_names_the_exchange_and_colours_the_kind() -> None:
     lost = render(event(EventKind.INSTANCE_LOST, detail="host host-a stopped heartbeating"))["embeds"][0]
     assert lost["title"] == "kraken: instance lost" and lost["color"] == COLOURS[EventKind.INSTANCE_LOST]
     assert lost["description"].startswith("host host-a stopped heartbeating\n")
+    refused = render(
+        event(EventKind.COMMAND_REFUSED, command="stop", reason="cannot stop: idle", actor="api:ops")
+    )
+    assert refused["embeds"][0]["title"] == "kraken: stop refused"
+    assert refused["embeds"][0]["description"].splitlines()[-1] == "By: api:ops"
     colours = {render(event(kind))["embeds"][0]["color"] for kind in EventKind}
     assert len(colours) == len(EventKind)
 
