@@ -178,7 +178,7 @@ def _pairs(placements: Iterable[Placement]) -> list[tuple[str, str]]:
 # --- carrying out ----------------------------------------------------------------------------------
 
 
-async def _register(client: Client, placement: Placement, action: Action) -> str:
+async def _register(client: Client, placement: Placement, action: Action, actor: str | None = None) -> str:
     """Register as the action says; an active registration that meets a holder becomes a standby."""
     assert action.host is not None
     standby = action.kind is ActionKind.REGISTER_STANDBY
@@ -196,12 +196,13 @@ async def _register(client: Client, placement: Placement, action: Action) -> str
             connector=placement.connector.model_copy(
                 update={"warm": placement.warm or placement.connector.warm}
             ),
+            actor=actor,
         )
     except errors.ClaimConflict:
         # Someone took the exchange since we looked: stand by behind them instead.
         log.info("%s on %s: the exchange was taken meanwhile; registering as a standby", *_names(action))
         return await _register(
-            client, placement, action.model_copy(update={"kind": ActionKind.REGISTER_STANDBY})
+            client, placement, action.model_copy(update={"kind": ActionKind.REGISTER_STANDBY}), actor
         )
     except errors.AlreadyRegistered:
         return f"{placement.exchange}: already registered on {action.host}"
@@ -221,7 +222,11 @@ ENROL_CONCURRENCY = 64
 
 
 async def carry_out(
-    client: Client, placements: dict[str, Placement], actions: list[Action], report: EnrolReport
+    client: Client,
+    placements: dict[str, Placement],
+    actions: list[Action],
+    report: EnrolReport,
+    actor: str | None = None,
 ) -> None:
     """Run the registrations and shutdowns of ``actions`` (STORE/FORGET are done by the caller,
     before): each exchange's in their planned order (its active before its standbys), up to
@@ -236,7 +241,7 @@ async def carry_out(
     async def one_exchange(indices: list[int]) -> None:
         async with slots:
             for i in indices:
-                outcome = await _carry_out_one(client, placements, actions[i])
+                outcome = await _carry_out_one(client, placements, actions[i], actor)
                 if outcome is not None:
                     outcomes[i] = outcome
 
@@ -250,12 +255,12 @@ async def carry_out(
 
 
 async def _carry_out_one(
-    client: Client, placements: dict[str, Placement], action: Action
+    client: Client, placements: dict[str, Placement], action: Action, actor: str | None = None
 ) -> tuple[str, str] | None:
     """One action: which report list its line goes to, and the line (None: nothing to report)."""
     try:
         if action.kind in (ActionKind.REGISTER_ACTIVE, ActionKind.REGISTER_STANDBY):
-            line = await _register(client, placements[action.exchange], action)
+            line = await _register(client, placements[action.exchange], action, actor)
         elif action.kind is ActionKind.SHUTDOWN:
             assert action.host is not None
             await control.command(
@@ -264,6 +269,7 @@ async def _carry_out_one(
                 host=action.host,
                 default_host=action.host,
                 command=Command.SHUTDOWN,
+                actor=actor,
             )
             line = f"{action.exchange}: shut down on {action.host}"
         elif action.kind is ActionKind.WAIT:
@@ -308,16 +314,23 @@ async def plan_fleet(
 
 
 async def apply_fleet(
-    client: Client, catalog: Catalog, store: RedisStore, placements: list[Placement], *, prune: bool
+    client: Client,
+    catalog: Catalog,
+    store: RedisStore,
+    placements: list[Placement],
+    *,
+    prune: bool,
+    actor: str | None = None,
 ) -> tuple[list[Action], EnrolReport]:
-    """Store the placements durably (one transaction), then register/shut down what the plan says."""
+    """Store the placements durably (one transaction), then register/shut down what the plan says;
+    what that causes names ``fleet:<actor>``."""
     actions, by_name = await plan_fleet(client, catalog, store, placements, prune=prune)
     to_store = [by_name[a.exchange] for a in actions if a.kind is ActionKind.STORE]
     forget = [a.exchange for a in actions if a.kind is ActionKind.FORGET]
     if to_store or forget:
         await catalog.store_placements(to_store, forget=forget)
     report = EnrolReport()
-    await carry_out(client, by_name, actions, report)
+    await carry_out(client, by_name, actions, report, f"fleet:{actor}" if actor else None)
     if any(a.changes for a in actions):
         # Running workers watch their placed instances; tell them the set changed.
         await catalog.notify_fleet(",".join(sorted({a.exchange for a in actions})))

@@ -416,6 +416,9 @@ class InstanceInput(BaseModel):
     standby: bool = False
     #: Among standbys, the higher priority is promoted first.
     priority: int = 0
+    #: Who registered it (``cli:…``, ``fleet:…``): named in the events of its registration and of
+    #: the start it asked for.
+    actor: str | None = None
     #: Continue-as-new after this many history events even if Temporal has not suggested it yet.
     history_limit: int = 2000
     #: Maximum length of one lease activity; it is re-issued after that (keeps timeouts finite).

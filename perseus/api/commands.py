@@ -389,7 +389,9 @@ async def fleet(
         if dry_run:
             actions, _ = await plan_fleet(client, catalog, store, placements, prune=prune)
             return JSONResponse({"actions": [a.model_dump(mode="json") for a in actions]})
-        actions, report = await apply_fleet(client, catalog, store, placements, prune=prune)
+        actions, report = await apply_fleet(
+            client, catalog, store, placements, prune=prune, actor=operate.api_actor(caller.name)
+        )
         return JSONResponse(
             {
                 "actions": [a.model_dump(mode="json") for a in actions],

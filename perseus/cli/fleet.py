@@ -76,8 +76,10 @@ def apply(
 
     async def main(settings: Settings) -> tuple[list[Any], EnrolReport]:
         async def go(client: Any, catalog: Any, store: Any) -> tuple[list[Any], EnrolReport]:
+            from perseus.operate import cli_actor
+
             placements = await _read(catalog, file)
-            return await apply_fleet(client, catalog, store, placements, prune=prune)
+            return await apply_fleet(client, catalog, store, placements, prune=prune, actor=cli_actor())
 
         return await _with_clients(settings, go)
 

@@ -235,6 +235,8 @@ def register(
             return found
 
         known = await _with_catalog(settings, check)
+        from perseus.operate import cli_actor
+
         where = host or settings.host_name()
         client = await connect(settings)
         with waiting(f"registering {known.name} on {where}", as_json=as_json):
@@ -249,6 +251,7 @@ def register(
                 priority=priority,
                 connector=spec,
                 timeout_s=wait_s,
+                actor=cli_actor(),
             )
 
     result = run(main)

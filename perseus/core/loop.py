@@ -180,11 +180,15 @@ class InstanceCore(LeaseProcedures, StandbyProcedures, HandoffProcedures):
         """Register (unless carried over), then serve: the loop of DESIGN §3."""
         s = self.s
         if s.resolved is None:
-            registered = yield from (self._register_standby() if self.inp.standby else self._register())
+            s.actor = self.inp.actor
+            try:
+                registered = yield from (self._register_standby() if self.inp.standby else self._register())
+            finally:
+                s.actor = None
             if not registered:
                 return (yield from self._finish(s.registration_error or "registration failed"))
             if self.inp.start_immediately and s.role is Role.ACTIVE:
-                self.enqueue(Command.START)
+                self.enqueue(Command.START, actor=self.inp.actor)
         for req in s.carried_notifications:
             yield Notify(req)
         while True:
