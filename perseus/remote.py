@@ -92,9 +92,18 @@ def _exchange_path(exchange: str) -> str:
 
 
 async def command(
-    settings: Settings, exchange: str, command: Command, *, host: str | None, wait: bool, timeout_s: float
+    settings: Settings,
+    exchange: str,
+    command: Command,
+    *,
+    host: str | None,
+    wait: bool,
+    timeout_s: float,
+    actor: str | None = None,
 ) -> tuple[str, CommandResult | CommandSent]:
     body: dict[str, Any] = {"command": command.value, "wait": wait, "timeoutS": timeout_s}
+    if actor is not None:
+        body["actor"] = actor
     if host is not None:
         body["host"] = host
     answer = await post(settings, _exchange_path(exchange) + "/commands", body, timeout_s=timeout_s)
@@ -129,8 +138,11 @@ async def handoff(
     from_host: str | None,
     shutdown: bool,
     timeout_s: float,
+    actor: str | None = None,
 ) -> tuple[str, CommandResult]:
     body: dict[str, Any] = {"to": to_host, "shutdown": shutdown, "timeoutS": timeout_s}
+    if actor is not None:
+        body["actor"] = actor
     if from_host is not None:
         body["from"] = from_host
     answer = await post(settings, _exchange_path(exchange) + "/handoff", body, timeout_s=timeout_s)

@@ -90,6 +90,25 @@ async def _with_operator(settings: Settings, fn: Callable[[Operator], Awaitable[
     return await _with_catalog(settings, with_catalog)
 
 
+ActorOption = Annotated[
+    str | None,
+    typer.Option(
+        "--actor",
+        metavar="NAME",
+        help="API mode with an admin key: record NAME as who asked (default: the key's name).",
+    ),
+]
+
+
+def _direct_actor(actor: str | None) -> None:
+    """``--actor`` is an admin key's privilege: without the API there is no key to check."""
+    if actor is not None:
+        raise ConfigError(
+            "--actor needs API mode with an admin key (PERSEUS_API_URL, PERSEUS_API_KEY); "
+            "a direct command is recorded as cli:<user>@<machine>"
+        )
+
+
 def _timeout(timeout: float | None) -> float:
     """The wait for this call: ``--timeout`` checked before anything is asked, or the default."""
     from perseus.control import ANSWER_TIMEOUT_S, check_timeout
@@ -272,7 +291,13 @@ def register(
 
 
 def _command(
-    exchange: str, host: str | None, command: Command, as_json: bool, wait: bool, timeout: float | None
+    exchange: str,
+    host: str | None,
+    command: Command,
+    as_json: bool,
+    wait: bool,
+    timeout: float | None,
+    actor: str | None = None,
 ) -> None:
 
     async def main(settings: Settings) -> tuple[str, CommandResult | CommandSent]:
@@ -283,7 +308,10 @@ def _command(
         from perseus import remote
 
         if remote.enabled(settings):
-            return await remote.command(settings, exchange, command, host=host, wait=wait, timeout_s=wait_s)
+            return await remote.command(
+                settings, exchange, command, host=host, wait=wait, timeout_s=wait_s, actor=actor
+            )
+        _direct_actor(actor)
 
         async def go(op: operate.Operator) -> tuple[str, CommandResult | CommandSent]:
             with (
@@ -316,10 +344,11 @@ def start(
     host: HostOption = None,
     wait: WaitOption = True,
     timeout: TimeoutOption = None,
+    actor: ActorOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """idle -> starting -> warming -> active."""
-    _command(exchange, host, Command.START, as_json, wait, timeout)
+    _command(exchange, host, Command.START, as_json, wait, timeout, actor)
 
 
 @app.command()
@@ -328,10 +357,11 @@ def stop(
     host: HostOption = None,
     wait: WaitOption = True,
     timeout: TimeoutOption = None,
+    actor: ActorOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """active -> stopping -> stopped -> idle (stays registered)."""
-    _command(exchange, host, Command.STOP, as_json, wait, timeout)
+    _command(exchange, host, Command.STOP, as_json, wait, timeout, actor)
 
 
 @app.command()
@@ -340,10 +370,11 @@ def shutdown(
     host: HostOption = None,
     wait: WaitOption = True,
     timeout: TimeoutOption = None,
+    actor: ActorOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Stop if needed, release the claim; the instance's workflow completes."""
-    _command(exchange, host, Command.SHUTDOWN, as_json, wait, timeout)
+    _command(exchange, host, Command.SHUTDOWN, as_json, wait, timeout, actor)
 
 
 @app.command()
@@ -499,6 +530,7 @@ def handoff(
         bool, typer.Option("--shutdown", help="Shut the old instance down afterwards.")
     ] = False,
     timeout: TimeoutOption = None,
+    actor: ActorOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Planned switchover to a standby: notify, takeover, confirm; the old one becomes a standby."""
@@ -519,7 +551,9 @@ def handoff(
                     from_host=from_host,
                     shutdown=shutdown_after,
                     timeout_s=wait_s,
+                    actor=actor,
                 )
+        _direct_actor(actor)
 
         async def go(op: operate.Operator) -> tuple[str, CommandResult]:
             with waiting(f"handing {exchange} over to {to}", as_json=as_json):

@@ -118,3 +118,12 @@ async def test_refusals_are_one_line_with_the_same_exit_code_in_both_modes(
     refused = [f for _, f in await store.events(ex) if f["event"] == "command_refused"]
     assert refused and all(f["actor"].startswith(mode.actor) and f["reason"] for f in refused), refused
     assert not [f for _, f in await store.events(ex) if f["event"] == "state_transition"]
+
+
+async def test_actor_is_named_only_by_an_admin_key(mode: Mode, registered: str, shared_worker: str) -> None:
+    code, out, err = await run(mode, "start", registered, "--host", shared_worker, "--actor", "someone-else")
+    if mode.name == "direct":
+        assert code == 2 and "--actor needs API mode with an admin key" in err, err
+    else:  # the mode's key is an operate key
+        assert code == 1 and "only an admin key may name another actor" in err, err
+    assert out == "" and err.count("\n") == 1
