@@ -31,7 +31,9 @@ async def test_exchanges_run_side_by_side_and_each_in_its_planned_order(
     most = 0
     order: list[tuple[str, str | None]] = []
 
-    async def one(client: Any, placements: dict[str, Placement], action: Action) -> tuple[str, str]:
+    async def one(
+        client: Any, placements: dict[str, Placement], action: Action, actor: str | None = None
+    ) -> tuple[str, str]:
         nonlocal running, most
         running += 1
         most = max(most, running)
