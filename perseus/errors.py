@@ -153,6 +153,10 @@ class InvalidFleet(PerseusError):
     """A fleet file (or a drain of it) refused as a whole: the key and why in one line (exit 1)."""
 
 
+class MalformedFleet(InvalidFleet):
+    """A fleet file sent to the API that cannot be applied as written (HTTP 422; exit 1 as ever)."""
+
+
 class StandbyGone(PerseusError):
     """A standby's record vanished while its host renewed it (dropped, or expired during an outage)."""
 

@@ -69,8 +69,16 @@ def _error(response: httpx.Response) -> errors.PerseusError:
     return err
 
 
-async def post(settings: Settings, path: str, body: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
-    """POST ``body`` to the API; the answer's JSON, or the Perseus error it stands for."""
+async def post(
+    settings: Settings,
+    path: str,
+    body: dict[str, Any] | str,
+    *,
+    timeout_s: float,
+    params: dict[str, str] | None = None,
+) -> Any:
+    """POST ``body`` (JSON, or a TOML text) to the API; the answer's JSON, or the Perseus error it
+    stands for."""
     base = _base(settings)
     assert settings.api_key is not None
     headers = {"Authorization": f"Bearer {settings.api_key.get_secret_value()}"}
@@ -78,13 +86,16 @@ async def post(settings: Settings, path: str, body: dict[str, Any], *, timeout_s
     limit = httpx.Timeout(timeout_s + 15 if math.isfinite(timeout_s) else None, connect=10)
     try:
         async with httpx.AsyncClient(base_url=base, timeout=limit) as http:
-            response = await http.post(path, json=body, headers=headers)
+            if isinstance(body, str):
+                headers["Content-Type"] = "application/toml"
+                response = await http.post(path, content=body.encode(), headers=headers, params=params)
+            else:
+                response = await http.post(path, json=body, headers=headers, params=params)
     except httpx.HTTPError as exc:
         raise errors.ServiceUnavailable(f"the Perseus API at {base} did not answer: {exc}") from None
     if response.status_code >= 400:
         raise _error(response)
-    answer: dict[str, Any] = response.json()
-    return answer
+    return response.json()
 
 
 def _exchange_path(exchange: str) -> str:
@@ -154,3 +165,10 @@ async def drain(settings: Settings, host: str, *, force: bool) -> list[str]:
         settings, f"/api/network/hosts/{quote(host, safe='')}/drain", {"force": force}, timeout_s=600
     )
     return list(answer["done"])
+
+
+async def fleet(settings: Settings, text: str, *, dry_run: bool, prune: bool) -> dict[str, Any]:
+    """``fleet diff`` (``dry_run``) or ``fleet apply`` through ``POST /api/fleet`` (an admin key)."""
+    params = {"dryRun": str(dry_run).lower(), "prune": str(prune).lower()}
+    answer: dict[str, Any] = await post(settings, "/api/fleet", text, timeout_s=600, params=params)
+    return answer

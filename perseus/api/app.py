@@ -32,6 +32,7 @@ from perseus.errors import (
     ConfigError,
     Forbidden,
     InvalidQuery,
+    MalformedFleet,
     NotRegistered,
     PerseusError,
     ServiceUnavailable,
@@ -48,6 +49,7 @@ _STATUS: list[tuple[type[PerseusError], int]] = [
     (NotRegistered, 404),
     (InvalidQuery, 422),
     (ConfigError, 422),
+    (MalformedFleet, 422),
     (ServiceUnavailable, 503),
 ]
 #: Any other Perseus error is a rule that refused the request (invalid transition, held elsewhere,

@@ -28,6 +28,7 @@ from perseus.errors import (
     ConfigError,
     Forbidden,
     InvalidFleet,
+    MalformedFleet,
     PerseusError,
     RequestInProgress,
     ServiceUnavailable,
@@ -381,8 +382,8 @@ async def fleet(
         await check_admins(catalog, placements)
     except InvalidFleet as exc:
         # A file that cannot be applied is a malformed request (422); a drain's refusal, also an
-        # InvalidFleet, is a rule (409).
-        raise ConfigError(str(exc)) from None
+        # InvalidFleet, is a rule (409). Its class keeps the CLI's exit code in API mode.
+        raise MalformedFleet(str(exc)) from None
 
     async def act() -> JSONResponse:
         client = await temporal(request)

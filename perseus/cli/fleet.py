@@ -39,15 +39,19 @@ async def _with_clients(settings: Settings, fn: Callable[[Any, Any, Any], Awaita
             await redis.aclose()
 
 
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise InvalidFleet(f"cannot read the fleet file {path}: {exc.strerror or exc}") from None
+
+
 async def _read(catalog: Any, path: Path) -> list[Any]:
     """The file's placements, validated whole (catalog names and admins included)."""
     from perseus.enrol import check_admins
     from perseus.fleet import parse_fleet
 
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InvalidFleet(f"cannot read the fleet file {path}: {exc.strerror or exc}") from None
+    text = _text(path)
     known = [e.name for e in await catalog.exchanges(active_only=True)]
     placements = parse_fleet(text, known)
     await check_admins(catalog, placements)
@@ -73,8 +77,16 @@ def apply(
 ) -> None:
     """Store the file's placements and enrol what can run now (first live host active, the rest standbys)."""
     from perseus.enrol import EnrolReport, apply_fleet
+    from perseus.fleet import Action
 
     async def main(settings: Settings) -> tuple[list[Any], EnrolReport]:
+        from perseus import remote
+
+        if remote.enabled(settings):
+            answer = await remote.fleet(settings, _text(file), dry_run=False, prune=prune)
+            report = EnrolReport(done=answer["done"], waiting=answer["waiting"], failed=answer["failed"])
+            return [Action.model_validate(a) for a in answer["actions"]], report
+
         async def go(client: Any, catalog: Any, store: Any) -> tuple[list[Any], EnrolReport]:
             from perseus.operate import cli_actor
 
@@ -114,8 +126,15 @@ def diff(
 ) -> None:
     """Print what `fleet apply` would change; changes nothing."""
     from perseus.enrol import plan_fleet
+    from perseus.fleet import Action
 
     async def main(settings: Settings) -> list[Any]:
+        from perseus import remote
+
+        if remote.enabled(settings):
+            answer = await remote.fleet(settings, _text(file), dry_run=True, prune=prune)
+            return [Action.model_validate(a) for a in answer["actions"]]
+
         async def go(client: Any, catalog: Any, store: Any) -> list[Any]:
             placements = await _read(catalog, file)
             actions, _ = await plan_fleet(client, catalog, store, placements, prune=prune)

@@ -10,6 +10,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -127,3 +128,32 @@ async def test_actor_is_named_only_by_an_admin_key(mode: Mode, registered: str, 
     else:  # the mode's key is an operate key
         assert code == 1 and "only an admin key may name another actor" in err, err
     assert out == "" and err.count("\n") == 1
+
+
+async def test_fleet_diff_answers_alike_in_both_modes(
+    mode: Mode, registered: str, shared_worker: str, servers: Servers, tmp_path: Path
+) -> None:
+    env = mode.env
+    if mode.name == "api":
+        # The fleet file is an admin's: the mode's operate key is refused, an admin key is not.
+        code, _, err = await run(mode, "fleet", "diff", str(tmp_path / "none.toml"))
+        assert code == 1 and "cannot read the fleet file" in err, err  # read locally first
+        conn = await db.connect(servers.database_url)
+        async with conn:
+            catalog = db.Catalog(db.OneConnection(conn))
+            admin = await catalog.create_api_key(f"fleet-{uuid.uuid4().hex[:6]}", scope=Scope.ADMIN)
+        good = tmp_path / "ok.toml"
+        good.write_text(f'[exchanges.{registered}]\nhosts = ["{shared_worker}"]\nconnector = "simulated"\n')
+        code, _, err = await run(mode, "fleet", "diff", str(good))
+        assert code == 1 and "needs admin" in err, err
+        env = {**mode.env, "PERSEUS_API_KEY": admin}
+    as_admin = Mode(mode.name, env, mode.actor)
+    good = tmp_path / "fleet.toml"
+    good.write_text(f'[exchanges.{registered}]\nhosts = ["{shared_worker}"]\nconnector = "simulated"\n')
+    code, out, err = await run(as_admin, "fleet", "diff", str(good), "--json")
+    assert code == 0, err
+    assert {"kind": "store", "exchange": registered, "host": None, "priority": 0} in json.loads(out)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f"[exchanges.{registered}]\nhosts = 3\n")
+    code, out, err = await run(as_admin, "fleet", "diff", str(bad))
+    assert code == 1 and out == "" and err.startswith("error: ") and err.count("\n") == 1, err
