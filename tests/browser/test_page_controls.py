@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 import pytest_asyncio
@@ -18,12 +19,14 @@ from perseus import control
 from perseus.api.server import build_server
 from perseus.config import Settings
 from perseus.devstack.services import free_port
+from perseus.keys import iso
 from perseus.lifecycle import Command
-from perseus.models import Scope
+from perseus.models import Scope, StandbyRecord
 from perseus.store import db
 from perseus.store.redis_store import RedisStore
 from tests.browser.conftest import Api, sign_in
-from tests.conftest import Servers
+from tests.conftest import Servers, exchange_id
+from tests.integration.helpers import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -128,3 +131,52 @@ async def test_a_read_key_sees_no_controls_and_a_forged_post_is_refused(
     )
     assert status == 403
     assert await store.events(running) == before
+
+
+async def test_a_handoff_button_per_listed_standby_asks_first_and_shows_a_refusal(
+    writable_api: Api, keys: dict[str, str], page: Page, running: str, store: RedisStore, servers: Servers
+) -> None:
+    """A standby record with no workflow behind it: the button, its confirmation and the POST are
+    the page's; what the instance makes of it (nobody there takes over) is the core's business, and
+    the log names the key either way."""
+    ex_id = await exchange_id(servers, running)
+    now = iso(datetime.now(UTC))
+    ghost = StandbyRecord(
+        exchange_id=ex_id,
+        exchange_name=running,
+        host="ghost-host",
+        hostname="ghost-machine",
+        instance_id=str(uuid.uuid4()),
+        workflow_id=f"instance-{running}-ghost-host",
+        registered_at=now,
+        last_heartbeat=now,
+        ttl_ms=120_000,
+        heartbeat_interval_ms=40_000,
+    )
+    await store.put_standby(ex_id, ghost.instance_id, ghost.wire(), ghost.ttl_ms, 1)
+    asked: list[str] = []
+
+    async def answer(dialog: Dialog) -> None:
+        asked.append(dialog.message)
+        await dialog.accept()
+
+    page.on("dialog", answer)
+    await sign_in(page, dataclasses.replace(writable_api, key=keys["operate"]))
+    button = page.locator(f'{card(running)} [data-action="handoff"][data-target="ghost-host"]')
+    await button.wait_for(timeout=20_000)
+    assert (await button.inner_text()).strip() == "Hand off to ghost-host"
+    hostname = (await page.locator(f'{card(running)} [data-field="hostname"]').inner_text()).strip()
+    async with page.expect_response(lambda r: r.url.endswith("/handoff")) as sent:
+        await button.click()
+    response = await sent.value
+    assert asked == [f"Hand {running} over from {hostname} to ghost-host (ghost-machine)?"]
+    assert response.request.post_data_json == {"to": "ghost-host", "wait": False}
+    # Accepted (202: the instance runs it and finds nobody there) or refused at once (409): either
+    # way the attempt is in the log under the key's name.
+    assert response.status in (202, 409), await response.text()
+    actor = f"api:{keys['operate-name']}"
+
+    async def attempted() -> bool:
+        return any(f.get("actor") == actor for _, f in await store.events(running))
+
+    await wait_for(attempted, timeout=60)

@@ -466,8 +466,10 @@
     if (["active", "starting", "warming"].includes(cardState)) {
       buttons.push(action("stop", `Stop`, `Stop ${name} on ${host}?`, "commands", { command: "stop", wait: false }));
       for (const s of inst.standbys || []) {
-        buttons.push(action("handoff", `Hand off to ${s.hostname || s.host}`,
-          `Hand ${name} over from ${host} to ${s.hostname || s.host}?`, "handoff", { to: s.host, wait: false }, s.host));
+        // The target by its Perseus host (what `perseus handoff --to` takes), and its machine if it differs.
+        const target = s.hostname && s.hostname !== s.host ? `${s.host} (${s.hostname})` : s.host;
+        buttons.push(action("handoff", `Hand off to ${s.host}`,
+          `Hand ${name} over from ${host} to ${target}?`, "handoff", { to: s.host, wait: false }, s.host));
       }
     } else if (cardState === "idle" || cardState === "stopped") {
       buttons.push(action("start", "Start", `Start ${name} on ${host}?`, "commands", { command: "start", wait: false }));
