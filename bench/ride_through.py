@@ -73,7 +73,7 @@ async def run(interval: float, outage: float, base: Path) -> dict[str, Any]:
     procs: list[subprocess.Popen[bytes]] = []
     store = RedisStore(make_client(f"redis://127.0.0.1:{rp}/0"))
     try:
-        url = await services.ensure_database(pp, "perseus_bench")
+        url = await services.ensure_database(postgres, "perseus_bench")
         await db.apply_schema(url)
         await db.apply_sql(url, db.DEMO_DATA_PATH)
         client = await Client.connect(f"127.0.0.1:{tp}", data_converter=converter)

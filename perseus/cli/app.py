@@ -254,17 +254,19 @@ def waiting(label: str, *, as_json: bool = False) -> Iterator[None]:
 
 
 def dev_banner(stack: DevStack) -> list[str]:
-    """What ``perseus dev`` prints once it is up: addresses, the dev API key, and the server URLs
-    with their credentials masked (the banner ends up in terminals, logs and screenshots)."""
+    """What ``perseus dev`` prints once it is up: addresses, the dev API key's first characters, the
+    server URLs with their credentials masked, and which files in the data dir hold the secrets (the
+    banner ends up in terminals, logs and screenshots)."""
     return [
         f"  Temporal        {stack.temporal_address}",
         f"  Temporal Web UI {stack.ui_url or '(headless)'}",
         f"  API             {stack.api_url}/api/network/instances",
         f"  Network page    {stack.api_url}/network",
-        f"  API key         {stack.api_key}",
+        f"  API key         {stack.api_key[:8]}… (whole key in {stack.settings.data_dir.resolve() / 'api.key'})",
         f"  Redis           {mask_url(str(stack.settings.redis_url))}",
         f"  PostgreSQL      {mask_url(stack.settings.database_url)}",
         f"  Data            {stack.settings.data_dir.resolve()}",
+        f"  Secrets (0600)  {' '.join(path.name for path in stack.secret_files())}",
         *([f"  PostgreSQL data {stack.postgres_data}"] if stack.postgres_data is not None else []),
         f"  Child PIDs      {' '.join(map(str, stack.child_pids()))}",
     ]

@@ -26,6 +26,8 @@ from pydantic import SecretStr
 from perseus.api.server import build_server
 from perseus.codec import DEV_KEY_FILE, load_or_create_key
 from perseus.config import (
+    DEV_POSTGRES_PASSWORD_FILE,
+    DEV_REDIS_PASSWORD_FILE,
     DEFAULT_API_PORT,
     DEFAULT_POSTGRES_PORT,
     DEFAULT_REDIS_PORT,
@@ -41,6 +43,9 @@ from perseus.store import db
 from perseus.temporal import connect, register_search_attributes
 
 log = logging.getLogger("perseus.dev")
+
+#: The dev API key, whole, for whoever runs the stack (the banner shows its first characters).
+DEV_API_KEY_FILE = "api.key"
 
 DEMO_FLEET_PATH = Path(__file__).resolve().parents[1] / "demo_fleet.toml"
 
@@ -69,6 +74,12 @@ class DevStack:
     children: list[services.Service] = field(default_factory=list)
     #: Where PostgreSQL keeps its data when it is not under the data dir (root, private checkout).
     postgres_data: Path | None = None
+
+    def secret_files(self) -> list[Path]:
+        """The 0600 files this stack keeps its secrets in (the banner names them, never their text)."""
+        data_dir = self.settings.data_dir.resolve()
+        names = [DEV_API_KEY_FILE, DEV_KEY_FILE, DEV_POSTGRES_PASSWORD_FILE, DEV_REDIS_PASSWORD_FILE]
+        return [data_dir / name for name in names if (data_dir / name).exists()]
 
     def child_pids(self) -> list[int]:
         return [pid for s in self.children if (pid := s.pid()) is not None]
@@ -110,18 +121,28 @@ async def start_services(settings: Settings, opts: DevOptions) -> DevStack:
             if ui_url is not None and not settings.explicitly_set("codec_cors_origins"):
                 updates["codec_cors_origins"] = [ui_url, f"http://localhost:{opts.ui_port}"]
         postgres_data = None
+        # Each server gets a password kept in the data dir (0600): other users of this machine
+        # reach its ports too. A data dir from before gets them here, in place.
         if not settings.explicitly_set("redis_url"):
-            children.append(await services.start_redis(data_dir / "redis", opts.redis_port))
-            updates["redis_url"] = f"redis://127.0.0.1:{opts.redis_port}/0"
+            password = services.load_or_create_secret(data_dir / DEV_REDIS_PASSWORD_FILE)
+            redis = await services.start_redis(data_dir / "redis", opts.redis_port, password=password)
+            children.append(redis)
+            updates["redis_url"] = services.redis_url(redis)
         if not settings.explicitly_set("database_url"):
-            postgres = await services.start_postgres(data_dir / "postgres", opts.postgres_port)
+            postgres = await services.start_postgres(
+                data_dir / "postgres",
+                opts.postgres_port,
+                password=services.load_or_create_secret(data_dir / DEV_POSTGRES_PASSWORD_FILE),
+            )
             children.append(postgres)
             postgres_data = postgres.relocated_data
-            updates["database_url"] = await services.ensure_database(opts.postgres_port, "perseus")
+            updates["database_url"] = await services.ensure_database(postgres, "perseus")
         settings = settings.model_copy(update=updates)
         await db.apply_schema(settings.database_url)
         await db.apply_sql(settings.database_url, db.DEMO_DATA_PATH)
         api_key = await _dev_api_key(settings.database_url)
+        # The whole key goes to a 0600 file, not to the terminal (scrollback, screen shares, logs).
+        write_secret(data_dir / DEV_API_KEY_FILE, api_key)
         return DevStack(
             settings=settings,
             temporal_address=temporal_address,
@@ -134,6 +155,14 @@ async def start_services(settings: Settings, opts: DevOptions) -> DevStack:
     except BaseException:
         stop_services(children)
         raise
+
+
+def write_secret(path: Path, secret: str) -> None:
+    """``secret`` into ``path``, readable by its owner only (also when the file was there before)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secret + "\n")
 
 
 def dev_payload_settings(settings: Settings, data_dir: Path) -> dict[str, object]:

@@ -62,7 +62,14 @@ def test_dev_starts_stops_without_orphans_and_reuses_data(tmp_path: Path) -> Non
                 pids = [int(p) for p in re.search(r"Child PIDs\s+([\d ]+)", text).group(1).split()]  # type: ignore[union-attr]
                 # Temporal, Redis, PostgreSQL and the worker (the API is served by `perseus dev` itself).
                 assert len(pids) == 4 and all(psutil.pid_exists(p) for p in pids)
-                keys.append(re.search(r"API key\s+(\S+)", text).group(1))  # type: ignore[union-attr]
+                # The banner names the secrets' files (0600), shows a key prefix, and no secret.
+                key = (data_dir / "api.key").read_text().strip()
+                keys.append(key)
+                assert f"API key         {key[:8]}…" in text and key not in text
+                for name in ("api.key", "payload.key", "postgres.password", "valkey.password"):
+                    assert (data_dir / name).stat().st_mode & 0o077 == 0, name
+                    assert name in text
+                    assert (data_dir / name).read_text().strip() not in text
                 if location.exists():
                     assert f"PostgreSQL data {location.read_text().strip()}" in text
                 with socket.create_connection(("127.0.0.1", ports["api-port"]), timeout=5):

@@ -198,9 +198,8 @@ async def test_a_malformed_temporal_address_is_one_line(servers: Servers) -> Non
 @pytest_asyncio.fixture
 async def private_postgres(tmp_path: Path) -> AsyncIterator[tuple[services.Service, str]]:
     service = await services.start_postgres(tmp_path / "pg", None)
-    port = service.port
     try:
-        url = await services.ensure_database(port, "perseus")
+        url = await services.ensure_database(service, "perseus")
         await db.apply_schema(url)
         await db.apply_sql(url, db.DEMO_DATA_PATH)
         yield service, url
