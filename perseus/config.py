@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     #: The Temporal Web UI, for links in `perseus status` (perseus dev serves it here).
     temporal_ui_url: str = f"http://127.0.0.1:{DEFAULT_TEMPORAL_UI_PORT}"
     api_host: str = "127.0.0.1"
-    api_port: int = DEFAULT_API_PORT
+    api_port: int = Field(default=DEFAULT_API_PORT, ge=1, le=65_535)
     data_dir: Path = Path(".perseus")
     api_key: SecretStr | None = None
     #: Logging for ``perseus worker``, ``api`` and ``dev``: a level name, and plain text or JSON lines.

@@ -88,7 +88,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
             children.append(temporal := await services.start_temporal(base / "temporal", None, None))
             # With credentials, as `perseus dev` runs them: a test machine is a shared machine too.
             redis_password = services.new_password()
-            children.append(redis := await services.start_redis(base / "redis", None, password=redis_password))
+            children.append(
+                redis := await services.start_redis(base / "redis", None, password=redis_password)
+            )
             children.append(postgres := await services.start_postgres(base / "postgres", None, scratch=True))
             temporal_port, redis_port, pg_port = temporal.port, redis.port, postgres.port
             url = await services.ensure_database(postgres, "perseus_test")

@@ -262,7 +262,7 @@ def dev_banner(stack: DevStack) -> list[str]:
         f"  Temporal Web UI {stack.ui_url or '(headless)'}",
         f"  API             {stack.api_url}/api/network/instances",
         f"  Network page    {stack.api_url}/network",
-        f"  API key         {stack.api_key[:8]}… (whole key in {stack.settings.data_dir.resolve() / 'api.key'})",
+        f"  API key         {stack.api_key[:8]}… (the whole key is in {stack.api_key_file()})",
         f"  Redis           {mask_url(str(stack.settings.redis_url))}",
         f"  PostgreSQL      {mask_url(stack.settings.database_url)}",
         f"  Data            {stack.settings.data_dir.resolve()}",
@@ -278,14 +278,20 @@ def dev(
         bool, typer.Option(help="Place the demo fleet (perseus/demo_fleet.toml) on this host; it enrols it.")
     ] = False,
     temporal_port: Annotated[
-        int, typer.Option(help="Temporal dev server gRPC port.")
+        int, typer.Option(help="Temporal dev server gRPC port.", min=1, max=65_535)
     ] = DEFAULT_TEMPORAL_PORT,
-    ui_port: Annotated[int, typer.Option(help="Temporal Web UI port.")] = DEFAULT_TEMPORAL_UI_PORT,
+    ui_port: Annotated[
+        int, typer.Option(help="Temporal Web UI port.", min=1, max=65_535)
+    ] = DEFAULT_TEMPORAL_UI_PORT,
     redis_port: Annotated[
-        int, typer.Option(help="Embedded Redis-compatible server port.")
+        int, typer.Option(help="Embedded Redis-compatible server port.", min=1, max=65_535)
     ] = DEFAULT_REDIS_PORT,
-    postgres_port: Annotated[int, typer.Option(help="Embedded PostgreSQL port.")] = DEFAULT_POSTGRES_PORT,
-    api_port: Annotated[int, typer.Option(help="Perseus API and network page port.")] = DEFAULT_API_PORT,
+    postgres_port: Annotated[
+        int, typer.Option(help="Embedded PostgreSQL port.", min=1, max=65_535)
+    ] = DEFAULT_POSTGRES_PORT,
+    api_port: Annotated[
+        int, typer.Option(help="Perseus API and network page port.", min=1, max=65_535)
+    ] = DEFAULT_API_PORT,
     headless: Annotated[bool, typer.Option(help="No Temporal Web UI.")] = False,
     host: HostOption = None,
 ) -> None:
@@ -351,7 +357,11 @@ def worker(
 
 
 @app.command()
-def api(port: Annotated[int | None, typer.Option(help="Port (default PERSEUS_API_PORT).")] = None) -> None:
+def api(
+    port: Annotated[
+        int | None, typer.Option(help="Port (default PERSEUS_API_PORT).", min=1, max=65_535)
+    ] = None,
+) -> None:
     """Serve the HTTP API and the network page."""
     import uvicorn
 
@@ -361,7 +371,13 @@ def api(port: Annotated[int | None, typer.Option(help="Port (default PERSEUS_API
     from perseus.logs import configure_logging
 
     async def serve(settings: Settings) -> None:
+        from perseus.devstack.services import require_free
+
         configure_logging(settings.log_level, settings.log_format)
+        # A taken port is a usage error (exit 2) in one line, before uvicorn logs its own failure.
+        require_free(
+            port or settings.api_port, "the Perseus API", "--port or PERSEUS_API_PORT", settings.api_host
+        )
         await preflight(settings)  # PostgreSQL or Redis down: one line and exit 1, not a traceback
         # StreamingServer: live event streams end first on shutdown instead of holding it up.
         server = StreamingServer(
@@ -451,11 +467,11 @@ def main() -> None:
         code = int(getattr(exc, "exit_code", EXIT_USAGE))
         if "--json" in sys.argv[1:]:
             print_json({"error": exc.format_message(), "type": type(exc).__name__, "exitCode": code})
-        show = getattr(exc, "show", None)
-        if callable(show):
-            show()
-        else:
-            err.print(f"error: {exc.format_message()}")
+        # One line, as every other error: the usage text is one --help away (named in the line).
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        message = " ".join(exc.format_message().split())
+        err.print(Text.assemble(("error:", "red"), " ", message, hint))
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, LiteralString
+from typing import Any
 
 from perseus.devstack import binaries
 from perseus.errors import ConfigError, PortInUse, Server, ServiceUnavailable
@@ -89,8 +89,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def require_free(port: int, what: str, flag: str) -> None:
-    if not port_free(port):
+def require_free(port: int, what: str, flag: str, host: str = "127.0.0.1") -> None:
+    if not port_free(port, host):
         raise ConfigError(f"port {port} for {what} is already in use: choose another with {flag}")
 
 
@@ -324,7 +324,7 @@ def load_or_create_secret(path: Path) -> str:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         if path.stat().st_mode & 0o077:
-            raise ConfigError(f"{path} is readable by others: chmod 600 it (it is a server password)") from None
+            raise ConfigError(f"{path} is readable by others: chmod 600 it (a server password)") from None
         secret = path.read_text().strip()
         if not secret:
             raise ConfigError(f"{path} is empty: delete it and restart to get a new password") from None
@@ -639,72 +639,21 @@ def admin_url(service: Service, database: str = "postgres") -> str:
     return f"postgresql://postgres@/{database}?host={service.socket_dir}&port={service.port}"
 
 
-#: Hands an older database's objects (made by the superuser, before the application role existed)
-#: to the application role: it must own what the schema file alters and replaces.
-_ADOPT: LiteralString = """
-DO $$
-DECLARE item record;
-BEGIN
-    FOR item IN
-        SELECT c.oid::regclass AS name FROM pg_class c
-        WHERE c.relnamespace = 'public'::regnamespace AND c.relowner = 'postgres'::regrole
-          AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
-          -- a sequence that belongs to a column follows its table
-          AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
-                          AND d.objid = c.oid AND d.deptype IN ('a', 'i'))
-    LOOP
-        EXECUTE format('ALTER TABLE %s OWNER TO {role}', item.name);
-    END LOOP;
-    FOR item IN
-        SELECT p.oid::regprocedure AS name FROM pg_proc p
-        WHERE p.pronamespace = 'public'::regnamespace AND p.proowner = 'postgres'::regrole
-    LOOP
-        EXECUTE format('ALTER ROUTINE %s OWNER TO {role}', item.name);
-    END LOOP;
-    FOR item IN
-        SELECT t.oid::regtype AS name FROM pg_type t
-        WHERE t.typnamespace = 'public'::regnamespace AND t.typowner = 'postgres'::regrole
-          AND t.typtype IN ('e', 'd')
-    LOOP
-        EXECUTE format('ALTER TYPE %s OWNER TO {role}', item.name);
-    END LOOP;
-END $$;
-"""
-
-
 async def ensure_database(service: Service, name: str) -> str:
     """Create the application role (password: ``service.password``) and the database it owns, if
     missing; hand it what an older version made as the superuser. Returns its URL, password and all."""
-    from psycopg import sql
-
     from perseus.store import db
 
     assert service.password is not None and service.socket_dir is not None, "not a PostgreSQL service"
     deadline = time.monotonic() + 30
     while True:  # the port opens slightly before the server accepts logins
         try:
-            admin = await db.connect(admin_url(service))
+            await db.provision(
+                admin_url(service), admin_url(service, name), PG_APP_ROLE, service.password, name
+            )
             break
         except ServiceUnavailable:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.2)
-    role = sql.Identifier(PG_APP_ROLE)
-    async with admin:
-        exists = await (await admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (PG_APP_ROLE,))).fetchone()
-        verb = sql.SQL("ALTER" if exists else "CREATE")
-        # The password is set each time: the file in the data dir is the truth (a lost file → a new one).
-        await admin.execute(
-            sql.SQL("{} ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
-                verb, role, sql.Literal(service.password)
-            )
-        )
-        row = await (await admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))).fetchone()
-        if not row:
-            await admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), role))
-        else:
-            await admin.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(name), role))
-    owner = await db.connect(admin_url(service, name))
-    async with owner:
-        await owner.execute(sql.SQL(_ADOPT).format(role=role))
     return f"postgresql://{PG_APP_ROLE}:{service.password}@127.0.0.1:{service.port}/{name}"

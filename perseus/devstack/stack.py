@@ -26,13 +26,13 @@ from pydantic import SecretStr
 from perseus.api.server import build_server
 from perseus.codec import DEV_KEY_FILE, load_or_create_key
 from perseus.config import (
-    DEV_POSTGRES_PASSWORD_FILE,
-    DEV_REDIS_PASSWORD_FILE,
     DEFAULT_API_PORT,
     DEFAULT_POSTGRES_PORT,
     DEFAULT_REDIS_PORT,
     DEFAULT_TEMPORAL_PORT,
     DEFAULT_TEMPORAL_UI_PORT,
+    DEV_POSTGRES_PASSWORD_FILE,
+    DEV_REDIS_PASSWORD_FILE,
     Settings,
     is_loopback_host,
 )
@@ -74,6 +74,9 @@ class DevStack:
     children: list[services.Service] = field(default_factory=list)
     #: Where PostgreSQL keeps its data when it is not under the data dir (root, private checkout).
     postgres_data: Path | None = None
+
+    def api_key_file(self) -> Path:
+        return self.settings.data_dir.resolve() / DEV_API_KEY_FILE
 
     def secret_files(self) -> list[Path]:
         """The 0600 files this stack keeps its secrets in (the banner names them, never their text)."""

@@ -75,7 +75,9 @@ async def test_another_local_user_is_refused_by_both_servers(
     # With the credentials Perseus holds, both answer; the role is no superuser.
     conn = await db.connect(url)
     async with conn:
-        row = await (await conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")).fetchone()
+        row = await (
+            await conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        ).fetchone()
         assert row == {"rolsuper": False}
         assert await (await conn.execute("SELECT count(*) AS n FROM api_keys")).fetchone() is not None
     client = make_client(services.redis_url(redis))
@@ -85,7 +87,7 @@ async def test_another_local_user_is_refused_by_both_servers(
         await client.aclose()
     # The password is in a 0600 config file, never on the command line other users can read.
     assert redis.proc is not None and redis.password is not None
-    assert not any(redis.password in arg for arg in redis.proc.args)  # type: ignore[union-attr]
+    assert not any(redis.password in str(arg) for arg in redis.proc.args)  # type: ignore[union-attr]
     assert (Path(redis.log_path).parent / "valkey.conf").stat().st_mode & 0o077 == 0
 
 
