@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     codec_cors_origins: list[str] = Field(default_factory=list)
     #: /codec answers without an API key. Only for an API on loopback (``perseus dev`` sets it).
     codec_allow_anonymous: bool = False
+    #: Serve the OpenAPI description and its pages (/openapi.json, /docs, /redoc): off unless asked,
+    #: they map the API for anyone who can reach it.
+    api_docs: bool = False
 
     @field_validator("heartbeat_interval")
     @classmethod
