@@ -60,9 +60,22 @@ app = typer.Typer(
 db_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="The PostgreSQL catalog.")
 app.add_typer(db_app, name="db")
 
-# Markup and highlighting off: anything printed may contain data ("[/bold]" in a stored error).
-out = Console(soft_wrap=True, markup=False, highlight=False)
-err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
+#: How wide output is when it goes to a pipe or file and COLUMNS does not say: Rich's default of 80
+#: columns cut table cells (a stored error, a host list) for whoever reads the file or greps it.
+PIPE_WIDTH = 1_000
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A console that reads no markup (anything printed may contain data, "[/bold]" in a stored
+    error) and is not cut at 80 columns when it writes to a pipe."""
+    console = Console(stderr=stderr, soft_wrap=True, markup=False, highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = PIPE_WIDTH
+    return console
+
+
+out = make_console()
+err = make_console(stderr=True)
 T = TypeVar("T")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]

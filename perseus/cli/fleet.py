@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.text import Text
 
 from perseus.cli.app import JsonFlag, app, err, out, print_json, run
 from perseus.config import Settings
@@ -134,8 +135,6 @@ def diff(
 @fleet_app.command("status")
 def status(as_json: JsonFlag = False) -> None:
     """Per exchange: desired hosts, who is active, who stands by, and the drift."""
-    from rich.table import Table
-
     from perseus.enrol import fleet_status
 
     async def main(settings: Settings) -> list[Any]:
@@ -145,16 +144,24 @@ def status(as_json: JsonFlag = False) -> None:
     if as_json:
         print_json(views)
         return
+    out.print(fleet_table(views))
+
+
+def fleet_table(views: list[Any]) -> Any:
+    """``fleet status`` as a table. Styles are given as styles: the console reads no markup, so a
+    "[red]" in a string would be printed as it is (data and labels alike)."""
+    from rich.table import Table
+
     table = Table("exchange", "desired hosts", "active", "standbys", "drift")
     for v in views:
         table.add_row(
-            v.exchange,
-            ", ".join(v.desired_hosts) or "[dim]not in the fleet[/dim]",
-            f"{v.active_host} ({v.active_state})" if v.active_host else "[red]none[/red]",
-            ", ".join(v.standbys) or "-",
-            "; ".join(v.drift) or "[green]none[/green]",
+            Text(v.exchange),
+            Text(", ".join(v.desired_hosts)) if v.desired_hosts else Text("not in the fleet", style="dim"),
+            Text(f"{v.active_host} ({v.active_state})") if v.active_host else Text("none", style="red"),
+            Text(", ".join(v.standbys) or "-"),
+            Text("; ".join(v.drift)) if v.drift else Text("none", style="green"),
         )
-    out.print(table)
+    return table
 
 
 @app.command()

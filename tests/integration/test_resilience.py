@@ -8,6 +8,7 @@ touching the session's shared worker.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -189,14 +190,16 @@ async def test_redis_restart_is_ridden_through(
             await run_command(handle, Command.SHUTDOWN)
             await handle.result()
         entries = [f for _, f in reversed(await private.events(exchange))]
-        assert [(e["fromState"], e["toState"]) for e in entries] == [
-            ("idle", "starting"),
-            ("starting", "warming"),
-            ("warming", "active"),
-            ("active", "stopping"),
-            ("stopping", "stopped"),
-            ("stopped", "idle"),
-        ]
+        # The invariant, not an exact list: on a loaded machine the restart can outlast the renew
+        # deadline and an `error` entry (no fromState) joins the stream. What must hold: no
+        # transition lost (each starts where the one before ended), order kept, none twice.
+        transitions = [(e["fromState"], e["toState"]) for e in entries if "fromState" in e]
+        assert transitions[:3] == [("idle", "starting"), ("starting", "warming"), ("warming", "active")]
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(transitions)), transitions
+        assert transitions[-1][1] == "idle", transitions
+        assert "stopping" in [to for _, to in transitions], transitions
+        ids = [e["eventId"] for e in entries]
+        assert len(ids) == len(set(ids)), entries
     finally:
         await private.client.aclose()
         redis_server.stop()
