@@ -234,12 +234,20 @@ def start_worker(stack: DevStack, host: str) -> tuple[services.Service, Path]:
     return worker, ready_file
 
 
+#: How a child is named in the line that says it exited.
+_CHILD_NAMES = {"temporal": "Temporal dev server", "redis": "Valkey server", "postgres": "PostgreSQL server"}
+
+
 async def _child_exit(service: services.Service) -> None:
-    """Returns (raising) when ``service`` exits: a dev stack without its worker is no stack."""
+    """Returns (raising) when ``service`` exits: a dev stack without its worker or one of its servers
+    is no stack (a dead PostgreSQL left a defunct child and the pools warning 41 times in 20 s), so
+    it stops, whole, with this one line."""
     assert service.proc is not None
     while service.proc.poll() is None:  # noqa: ASYNC110 - a child process has no event to await
         await asyncio.sleep(0.2)
-    raise PerseusError(f"the {service.name} exited with code {service.proc.returncode}")
+    name = _CHILD_NAMES.get(service.name, service.name)
+    where = "" if service.inherit_output else f" (its log: {service.log_path})"
+    raise PerseusError(f"the {name} exited with code {service.proc.returncode}: the dev stack stopped{where}")
 
 
 async def _file_appears(path: Path) -> None:
@@ -252,7 +260,9 @@ async def run_dev(
 ) -> None:
     """Run the stack until ``stop`` is set; then stop the worker gracefully and every child."""
     stack = await start_services(settings, opts)
-    tasks: list[asyncio.Task[None]] = []
+    # Watchers first: each server started here is watched from now on (see _child_exit).
+    watchers = [asyncio.create_task(_child_exit(child)) for child in stack.children]
+    tasks: list[asyncio.Task[None]] = list(watchers)
     api = build_server(stack.settings, opts.api_port, stack.temporal_address)
     worker: services.Service | None = None
     try:
@@ -264,7 +274,8 @@ async def run_dev(
                 log.info("demo: %s placed on %s", exchange, host)
         worker, ready_file = start_worker(stack, host)
         stack.children.append(worker)
-        tasks.append(asyncio.create_task(_child_exit(worker)))
+        watchers.append(asyncio.create_task(_child_exit(worker)))
+        tasks.append(watchers[-1])
         tasks.append(asyncio.create_task(api.serve()))
         await _first_of(_file_appears(ready_file), tasks)
         while not api.started:
@@ -272,8 +283,8 @@ async def run_dev(
         announce(stack)
         await _first_of(stop.wait(), tasks)
     finally:
-        for task in tasks[:1]:  # the watcher: the worker's exit is expected from here on
-            task.cancel()
+        for watcher in watchers:  # every exit is expected from here on
+            watcher.cancel()
         if worker is not None:  # first, while Temporal, Redis and PostgreSQL still run
             await asyncio.to_thread(worker.stop, WORKER_STOP_S)
         api.should_exit = True

@@ -124,3 +124,33 @@ def test_taken_port_is_a_one_line_error_naming_the_flag(tmp_path: Path) -> None:
         f"error: port {port} for Redis is already in use: choose another with --redis-port"
     )
     assert not (tmp_path / "temporal").exists()  # nothing was started
+
+
+def test_a_server_child_that_exits_stops_the_stack_with_one_line(tmp_path: Path) -> None:
+    """PostgreSQL killed under `perseus dev`: one line naming it, and nothing left running."""
+    ports = {name: free_port() for name in ("temporal-port", "redis-port", "postgres-port", "api-port")}
+    data_dir = tmp_path / "data"
+    location = data_dir / "postgres" / "LOCATION"
+    log = tmp_path / "dev.log"
+    proc = start_dev(data_dir, ports, log)
+    try:
+        text = wait_up(proc, log)
+        pids = [int(p) for p in re.search(r"Child PIDs\s+([\d ]+)", text).group(1).split()]  # type: ignore[union-attr]
+        postgres = pids[2]  # started in this order: Temporal, Redis, PostgreSQL, the worker
+        assert "postgres" in psutil.Process(postgres).name()
+        os.kill(postgres, signal.SIGKILL)
+        assert proc.wait(90) != 0, log.read_text()
+        output = log.read_text()
+        said = [line for line in output.splitlines() if line.startswith("error:")]
+        assert len(said) == 1 and "the PostgreSQL server exited" in said[0], output
+        assert "Traceback" not in output
+        time.sleep(0.5)
+        alive = [
+            p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+        ]
+        assert alive == [], f"orphans left: {alive}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if location.exists():
+            shutil.rmtree(location.read_text().strip(), ignore_errors=True)
