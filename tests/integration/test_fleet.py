@@ -453,13 +453,20 @@ def test_the_fleet_views_need_no_payload_key_as_status_does_and_apply_still_does
     """Run outside the checkout (no data dir, so no dev key) and with no key set: `fleet diff` and
     `fleet status` answer as `status` does; `fleet apply`, which writes to Temporal, is refused."""
     path = fleet_file(tmp_path, table(exchange, "nokey-host"))
-    outside = {"PERSEUS_PAYLOAD_PLAINTEXT": "0", "PERSEUS_DATA_DIR": str(tmp_path / "nowhere")}
+    nowhere = str(tmp_path / "nowhere")
     for args in (("status",), ("fleet", "status"), ("fleet", "diff", path)):
-        result = perseus(servers, *args, **outside)
+        result = perseus(servers, *args, PERSEUS_PAYLOAD_PLAINTEXT="0", PERSEUS_DATA_DIR=nowhere)
         assert result.returncode == 0, (args, result.stderr)
         assert "PERSEUS_PAYLOAD_KEY" not in result.stderr
-    assert exchange in perseus(servers, "fleet", "diff", path, **outside).stdout
-    applied = perseus(servers, "fleet", "apply", path, **outside)
+    assert (
+        exchange
+        in perseus(
+            servers, "fleet", "diff", path, PERSEUS_PAYLOAD_PLAINTEXT="0", PERSEUS_DATA_DIR=nowhere
+        ).stdout
+    )
+    applied = perseus(
+        servers, "fleet", "apply", path, PERSEUS_PAYLOAD_PLAINTEXT="0", PERSEUS_DATA_DIR=nowhere
+    )
     assert applied.returncode == 2 and applied.stderr.startswith("error: PERSEUS_PAYLOAD_KEY is not set"), (
         applied
     )
