@@ -680,7 +680,7 @@ async def main(args: argparse.Namespace) -> None:
     tp, rp, pp = (child.port for child in children)
     core: Worker | None = None
     try:
-        database_url = await services.ensure_database(pp, "perseus")
+        database_url = await services.ensure_database(children[2], "perseus")
         await db.apply_schema(database_url)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PERSEUS_", "TEMPORAL_"))}
         env.update(

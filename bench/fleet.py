@@ -952,7 +952,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         report["code"] = snapshot_code(args.code)
     pg = await services.start_postgres(base / "postgres", None, scratch=True)
     try:
-        database_url = await services.ensure_database(pg.port, "perseus_bench")
+        database_url = await services.ensure_database(pg, "perseus_bench")
         await db.apply_schema(database_url)
         for cfg in configs:
             run: dict[str, Any] = {

@@ -112,6 +112,9 @@ def create_app(settings: Settings, temporal_address: str | None = None) -> FastA
         description="The instance registry and health network's read API. Every `/api` route needs "
         "`Authorization: Bearer <api key>`; every answer carries `serverTime`.",
         lifespan=lifespan,
+        openapi_url="/openapi.json" if settings.api_docs else None,
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url="/redoc" if settings.api_docs else None,
     )
     app.state.temporal_address = temporal_address
     app.add_exception_handler(PerseusError, _perseus_error)

@@ -154,7 +154,8 @@ def network(
                 elif live is not None:
                     live.update(_cards(shown), refresh=True)
                 else:
-                    out.print(Rule(shown.server_time.isoformat()))
+                    # A separator that fits any pipe's reader (the piped console is very wide).
+                    out.print(Rule(shown.server_time.isoformat(), align="left"), width=100)
                     out.print(_cards(shown))
                 frames += 1
                 if times and frames >= times:
