@@ -303,7 +303,7 @@ class HostActivities:
                 while True:
                     if watched.ended is not None:
                         raise watched.ended
-                    if watched.vacant or watched.holder_silent:
+                    if watched.wakes:  # vacant or silent, and not paused
                         silent, watched.holder_silent = watched.holder_silent, False  # reported once:
                         # a claim that lost the race must not find it again before the next look
                         return StandbyOutcome(

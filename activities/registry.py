@@ -11,6 +11,7 @@ from temporalio import activity
 
 from activities.edge import edge
 from perseus import metrics
+from perseus.core.pause import paused_for_ms, refuses_claim
 from perseus.decisions import RELEASE_MARGIN, RENEW_DEADLINE_INTERVALS
 from perseus.errors import ConfigError, ServiceUnavailable
 from perseus.keys import retention_min_id
@@ -72,6 +73,16 @@ async def take_claim(store: RedisStore, catalog: Catalog, req: ClaimRequest) -> 
     status = req.status
     if status.instance_id is None or status.ttl_ms is None:
         raise ConfigError("a claim's status record needs its instanceId and ttlMs")
+    if req.automatic:
+        # Read apart from the claim (the two keys may live on different cluster nodes): a pause
+        # set in the instant between is honoured from the standby's next look on.
+        pause, pttl = await store.pause(status.exchange_id)
+        if refuses_claim(paused=paused_for_ms(pttl) is not None, automatic=True):
+            until = f" until {pause.until}" if pause is not None else ""
+            by = f" by {pause.actor}" if pause is not None and pause.actor else ""
+            message = f"{status.exchange_name} is paused{until}{by}: no automatic takeover"
+            log.info("%s: claim by %s refused: %s", status.exchange_name, status.hostname, message)
+            return ClaimResult(claimed=False, epoch=req.highest_epoch, message=message)
     # The floor is the workflow's memory and PostgreSQL's durable high-water mark: after Redis
     # lost its data, even a newly registered instance claims above every epoch ever used.
     floor = max(req.highest_epoch, await catalog.epoch_floor(status.exchange_id))

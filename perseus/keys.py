@@ -41,6 +41,11 @@ def standby_index_key(exchange_id: int) -> str:
     return f"exchange:{exchange_id}:standbys"
 
 
+def pause_key(exchange_id: int) -> str:
+    """Maintenance mode (perseus.core.pause): a record whose TTL is the pause's deadline."""
+    return f"exchange:{exchange_id}:pause"
+
+
 def stream_key(exchange_name: str) -> str:
     return f"logs:network:{exchange_name.lower()}"
 

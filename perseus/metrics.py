@@ -218,9 +218,16 @@ def board_metrics(board: StatusBoard) -> bytes:
     standbys = Gauge(
         "perseus_exchange_standbys", "Live standbys of the exchange.", ["exchange"], registry=registry
     )
+    paused = Gauge(
+        "perseus_exchange_paused",
+        "1 while the exchange is paused (maintenance mode: no automatic promotion or claim-over).",
+        ["exchange"],
+        registry=registry,
+    )
     tally: Tally[tuple[str, str]] = Tally()
     for view in board.instances:
         name = view.exchange_name
+        paused.labels(name).set(1 if view.paused else 0)
         status = view.status
         active.labels(name).set(1 if status is not None and status.connection_state is State.ACTIVE else 0)
         standbys.labels(name).set(len(view.standbys))

@@ -450,6 +450,8 @@ def _status_table(board: Any, ui: str | None) -> Any:
         for standby in view.standbys:
             ready = readiness(standby)
             role = f"standby (priority {standby.priority})" + (f", {ready}" if ready else "")
+            if view.paused:  # it keeps watching, but takes nothing over by itself
+                role += f", paused until {view.paused_until or 'resumed'}"
             table.add_row(
                 Text(view.exchange_name),
                 role,

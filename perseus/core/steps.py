@@ -216,18 +216,29 @@ class InstanceSteps:
             return []
         return [x for x in found.standbys if include_self or x.workflow_id != self.wf_id]
 
-    def _claim(self, *, quiet: bool = False, retry: Retry = Retry.SHARED, take_lapsed: bool = False) -> Proc:
+    def _claim(
+        self,
+        *,
+        quiet: bool = False,
+        retry: Retry = Retry.SHARED,
+        take_lapsed: bool = False,
+        automatic: bool = False,
+    ) -> Proc:
         """Claim with a fresh instanceId: the ClaimResult, or None (refused; why is remembered).
 
         ``quiet``: a standby racing for a vacancy (or an instance taking back its own exchange) is
         not a conflict worth an event when it loses. ``take_lapsed``: a standby whose watch saw the
-        holder past its renew deadline may claim over its key.
+        holder past its renew deadline may claim over its key. ``automatic``: nobody asked for this
+        claim (a promotion after a vacancy or a wake-up), so a pause refuses it (``core.pause``).
         """
         s = self.s
         assert s.resolved and s.hostname and s.registered_at
         instance_id = self.clock.uuid4()
         request = ClaimRequest(
-            status=self._status(instance_id), highest_epoch=s.highest_epoch, take_lapsed=take_lapsed
+            status=self._status(instance_id),
+            highest_epoch=s.highest_epoch,
+            take_lapsed=take_lapsed,
+            automatic=automatic,
         )
         try:
             result: ClaimResult = yield from self._claim_activity(request, retry)
