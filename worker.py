@@ -35,6 +35,7 @@ from activities.notify import NotifyActivities
 from activities.presence import PresenceActivities
 from activities.registry import RegistryActivities
 from perseus.config import Settings, load_settings
+from perseus.connectors.allow import ExecAllowList, load_allow_list
 from perseus.connectors.base import ConnectorHost
 from perseus.connectors.process import output_dir
 from perseus.connectors.watchdog import Watchdog
@@ -75,6 +76,8 @@ async def run_worker(
 ) -> None:
     """Serve ``host``'s queue (and the shared queue) until ``stop`` is set, then release gracefully.
     ``metrics_server`` (``--metrics-port``) serves ``/metrics`` while the worker runs."""
+    # Read before anything opens: a file that cannot be read stops the worker with one line.
+    exec_allow = exec_allow_list(settings, host)
     redis = make_client(str(settings.redis_url))
     store = RedisStore(redis)
     try:
@@ -113,6 +116,7 @@ async def run_worker(
         connectors=connectors,
         keeper=keeper,
         connector_output=output_dir(settings.data_dir),
+        exec_allow=exec_allow,
     )
     notify = NotifyActivities(notifier)
     catalog_activities = CatalogActivities(catalog)
@@ -174,6 +178,21 @@ async def run_worker(
         await http.aclose()
         await pool.close()
         await redis.aclose()
+
+
+def exec_allow_list(settings: Settings, host: str) -> ExecAllowList | None:
+    """This host's exec allow-list (``PERSEUS_EXEC_ALLOW``), or None — with a warning, since then a
+    workflow's input decides which commands this host runs (docs/security.md)."""
+    if settings.exec_allow is None:
+        log.warning(
+            "PERSEUS_EXEC_ALLOW is unset: host %s runs any connector command a workflow asks for; "
+            "set it to a file of permitted commands (docs/security.md)",
+            host,
+        )
+        return None
+    allowed = load_allow_list(settings.exec_allow)
+    log.info("host %s runs only the %d command rule(s) of %s", host, len(allowed.rules), allowed.source)
+    return allowed
 
 
 async def connect_when_up(settings: Settings) -> Client:
