@@ -42,6 +42,7 @@ from perseus.connectors.watchdog import Watchdog
 from perseus.enrol import enrolment
 from perseus.errors import ConfigError, PerseusError, ServiceUnavailable
 from perseus.fleet import RetryWait, retry_after, retry_over
+from perseus.hosts import announcing
 from perseus.keeper import LeaseKeeper, WorkflowClosed
 from perseus.keys import SHARED_TASK_QUEUE, host_task_queue, valid_host
 from perseus.logs import configure_logging, install_temporal_runtime
@@ -167,6 +168,17 @@ async def run_worker(
             for worker in workers:
                 await stack.enter_async_context(worker)
             await stack.enter_async_context(enrolment(client, catalog, store, host, settings))
+            await stack.enter_async_context(
+                announcing(
+                    store,
+                    host=host,
+                    worker_id=client.identity,
+                    capacity=settings.host_capacity,
+                    shared_queue=shared_queue,
+                    metrics_url=lambda: metrics_server.url if metrics_server is not None else None,
+                    held=keeper.held,
+                )
+            )
             log.info("worker for host %s polling %s", host, ", ".join(w.task_queue for w in workers))
             if ready is not None:
                 ready.set()

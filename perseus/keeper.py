@@ -664,6 +664,11 @@ class LeaseKeeper:
         self._cancelling.add(repeat)
         repeat.add_done_callback(self._cancelling.discard)
 
+    def held(self) -> tuple[int, int]:
+        """How many live claims and standby watches this host's keeper holds now."""
+        claims = sum(1 for h in self.claims.values() if h.ended is None)
+        return claims, sum(1 for s in self.standbys.values() if s.ended is None)
+
     def workflow_ids(self) -> set[str]:
         """Workflows that hold a live claim or standby record on this host."""
         alive = {w for w, h in self.claims.items() if h.ended is None}

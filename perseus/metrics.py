@@ -306,6 +306,16 @@ class MetricsServer:
             ) from None
         log.info("metrics on http://%s:%d/metrics", self.host, self.port)
 
+    @property
+    def url(self) -> str | None:
+        """Where this server answers, once started: the bound port, and this machine's name when it
+        listens on every interface (an address others can use, unlike 0.0.0.0)."""
+        if self._server is None or not self._server.sockets:
+            return None
+        port = self._server.sockets[0].getsockname()[1]
+        host = socket.gethostname() if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{port}/metrics"
+
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -30,7 +31,17 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from perseus import metrics
 from perseus.errors import Server, ServiceUnavailable
 from perseus.grid import Renewal, groups_of
-from perseus.keys import epoch_key, pause_key, standby_index_key, standby_key, status_key, stream_key
+from perseus.hosts import WorkerRecord
+from perseus.keys import (
+    WORKERS_INDEX,
+    epoch_key,
+    pause_key,
+    standby_index_key,
+    standby_key,
+    status_key,
+    stream_key,
+    worker_key,
+)
 from perseus.models import InstanceStatus, PauseRecord, StandbyRecord
 
 __all__ = [
@@ -849,6 +860,46 @@ class RedisStore:
     async def clear_pause(self, exchange_id: int) -> bool:
         """End the pause now; False if there was none."""
         return bool(await self._run(self.client.delete(pause_key(exchange_id))))
+
+    # --- host workers ------------------------------------------------------------------------------
+
+    async def announce_worker(self, record: WorkerRecord, ttl_ms: int) -> None:
+        """Write (or renew) a worker's announcement and list it, scored by when it expires."""
+        expires = int(time.time() * 1000) + ttl_ms
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.set(
+                worker_key(record.host, record.worker_id), record.model_dump_json(by_alias=True), px=ttl_ms
+            )
+            pipe.zadd(WORKERS_INDEX, {f"{record.host}|{record.worker_id}": expires})
+            await self._run(pipe.execute())
+
+    async def withdraw_worker(self, host: str, worker_id: str) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.delete(worker_key(host, worker_id))
+            pipe.zrem(WORKERS_INDEX, f"{host}|{worker_id}")
+            await self._run(pipe.execute())
+
+    async def workers(self) -> list[WorkerRecord]:
+        """Every live worker's announcement; index members past their expiry are pruned."""
+        now = int(time.time() * 1000)
+        await self._run(self.client.zremrangebyscore(WORKERS_INDEX, "-inf", now))
+        members = await self._run(self.client.zrange(WORKERS_INDEX, 0, -1))
+        if not members:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for member in members:
+                host, _, worker_id = member.partition("|")
+                pipe.get(worker_key(host, worker_id))
+            raws = await self._run(pipe.execute())
+        out = []
+        for raw in raws:
+            if raw is None:
+                continue
+            try:
+                out.append(WorkerRecord.model_validate_json(raw))
+            except ValidationError:
+                continue  # a foreign or older writer's record: not a worker this view can describe
+        return out
 
     async def drop_standby(self, exchange_id: int, instance_id: str) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
