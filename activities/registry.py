@@ -208,8 +208,11 @@ class RegistryActivities:
     @activity.defn(name="list_standbys")
     @edge
     async def list_standbys(self, req: StandbyQuery) -> StandbyList:
-        """Live standbys of an exchange, highest priority first (unreadable records are skipped)."""
-        return StandbyList(standbys=await self._store.standbys(req.exchange_id))
+        """Live standbys of an exchange, highest priority first (unreadable records are skipped), and
+        whether the exchange is paused (then none of them may take it over by itself)."""
+        standbys = await self._store.standbys(req.exchange_id)
+        _, pttl = await self._store.pause(req.exchange_id)
+        return StandbyList(standbys=standbys, paused=paused_for_ms(pttl) is not None)
 
     @activity.defn(name="probe_claim")
     @edge

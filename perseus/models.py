@@ -691,6 +691,8 @@ class StandbyQuery(BaseModel):
 
 class StandbyList(BaseModel):
     standbys: list[StandbyRecord]
+    #: The exchange is paused (``core.pause``): no standby may take it over by itself now.
+    paused: bool = False
 
 
 class DropStandbyRequest(BaseModel):

@@ -83,6 +83,13 @@ def watch_ends(*, vacant: bool, holder_silent: bool, paused: bool) -> bool:
     return (vacant or holder_silent) and not paused
 
 
+def steps_aside(*, standbys: bool, paused: bool) -> bool:
+    """An active instance whose connector failed its health checks (policy ``failover``) lets a
+    standby take over only when there is one and the exchange is not paused — paused, no standby
+    would take the exchange, so it restarts in place instead of leaving the exchange vacant."""
+    return standbys and not paused
+
+
 def refuses_claim(*, paused: bool, automatic: bool) -> bool:
     """A claim is refused while paused only when nobody asked for it (a promotion after a vacancy,
     a wake-up by a lost or failing holder); an operator's start or handoff goes ahead."""

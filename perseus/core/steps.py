@@ -200,6 +200,12 @@ class InstanceSteps:
 
     def _standbys(self, *, include_self: bool = False) -> Proc:
         """The live standbys of our exchange, best first (none if Redis cannot say)."""
+        standbys, _ = yield from self._standbys_and_pause(include_self=include_self)
+        return standbys
+
+    def _standbys_and_pause(self, *, include_self: bool = False) -> Proc:
+        """The live standbys of our exchange, best first, and whether it is paused (``core.pause``);
+        none and not paused if Redis cannot say. One activity, as :meth:`_standbys`."""
         s = self.s
         assert s.resolved
         found: StandbyList | None = yield from self._tolerated(
@@ -213,8 +219,8 @@ class InstanceSteps:
             "standbys unknown",
         )
         if found is None:
-            return []
-        return [x for x in found.standbys if include_self or x.workflow_id != self.wf_id]
+            return [], False
+        return [x for x in found.standbys if include_self or x.workflow_id != self.wf_id], found.paused
 
     def _claim(
         self,

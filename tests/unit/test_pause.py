@@ -15,6 +15,7 @@ from perseus.core.pause import (
     pause_until,
     paused_for_ms,
     refuses_claim,
+    steps_aside,
     watch_ends,
 )
 
@@ -73,3 +74,11 @@ def test_a_paused_watch_never_ends_for_a_vacancy(vacant: bool, silent: bool, pau
 def test_only_an_automatic_claim_is_refused_and_only_while_paused(paused: bool, automatic: bool) -> None:
     # An operator's start or handoff is never held back by a pause; a self-promotion always is.
     assert refuses_claim(paused=paused, automatic=automatic) == (paused and automatic)
+
+
+@pytest.mark.parametrize(("standbys", "paused"), list(itertools.product([False, True], repeat=2)))
+def test_a_failing_holder_steps_aside_only_for_a_standby_allowed_to_take_over(
+    standbys: bool, paused: bool
+) -> None:
+    # Paused, a step aside would leave the exchange vacant (no standby may claim it): restart instead.
+    assert steps_aside(standbys=standbys, paused=paused) == (standbys and not paused)
