@@ -1,4 +1,5 @@
-"""Pause (maintenance mode): a crash while paused promotes nobody; resume lets the standby take over."""
+"""Pause (maintenance mode): a crash while paused promotes nobody; a resume, or the deadline, lets the
+standby take over."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from temporalio.client import Client
 
 from perseus import control
-from perseus.keys import pause_key, standby_index_key, workflow_id
+from perseus.keys import parse_iso, pause_key, standby_index_key, status_key, workflow_id
 from perseus.lifecycle import Command
 from perseus.store.redis_store import RedisStore
 from tests.conftest import Servers, WorkerProcess, exchange_id, perseus
@@ -88,3 +89,59 @@ async def test_a_crash_while_paused_promotes_nobody_until_resumed(
     ours = [k for k, actor in kinds if k in ("paused", "resumed") and actor.startswith("cli:")]
     assert ours == ["paused", "resumed"]  # oldest first
     await control.command(client, exchange=exchange, host=b, default_host=b, command=Command.SHUTDOWN)
+
+
+async def test_a_pause_ends_by_itself_at_its_deadline(
+    servers: Servers, shared_worker: str, client: Client, store: RedisStore, exchange: str
+) -> None:
+    """The holder here is a bare status key the test renews, then lets lapse during a short pause:
+    the standby takes over only once the pause's key has expired — with no resume."""
+    ex_id = await exchange_id(servers, exchange)
+    stamp = "2026-01-01T00:00:00.000Z"
+    dead = {
+        "exchangeId": ex_id,
+        "exchangeName": exchange,
+        "hostname": "h-maintained",
+        "connectionState": "active",
+        "lastHeartbeat": stamp,
+        "lastStateChange": stamp,
+        "registeredAt": stamp,
+        "instanceId": str(uuid.uuid4()),
+        "epoch": 1,
+        "heartbeatIntervalMs": int(INTERVAL * 1000),
+        "ttlMs": int(3 * INTERVAL * 1000),
+    }
+    renewing = True
+
+    async def renew() -> None:
+        while renewing:
+            await store.client.set(status_key(ex_id), json.dumps(dead), px=int(3 * INTERVAL * 1000))
+            await asyncio.sleep(INTERVAL / 2)
+
+    renewer = asyncio.create_task(renew())
+    try:
+        await control.register(
+            client,
+            exchange=exchange,
+            host=shared_worker,
+            admin_email=None,
+            heartbeat_interval_s=INTERVAL,
+            start=False,
+            standby=True,
+        )
+        await wait_for(lambda: store.client.zcard(standby_index_key(ex_id)))
+        paused = await asyncio.to_thread(perseus, servers, "pause", exchange, "--for", "4s", "--json")
+        assert paused.returncode == 0, paused.stderr
+        until = parse_iso(json.loads(paused.stdout)["pausedUntil"])
+    finally:
+        renewing = False
+        await renewer
+    # The holder is silent from now on; its key lapses long before the pause ends.
+    await wait_for(lambda: active_on(store, ex_id, shared_worker), timeout=60)
+    promoted = [e for e in await events(store, exchange) if e["event"] == "promoted"]
+    assert len(promoted) == 1 and parse_iso(promoted[0]["timestamp"]) >= until
+    assert not [e for e in await events(store, exchange) if e["event"] == "resumed"]
+    assert await store.client.exists(pause_key(ex_id)) == 0
+    await control.command(
+        client, exchange=exchange, host=shared_worker, default_host=shared_worker, command=Command.SHUTDOWN
+    )
