@@ -734,6 +734,8 @@
     standby_registered: "+",
     promoted: "↑",
     handoff: "⇄",
+    paused: "⏸",
+    resumed: "▶",
   };
 
   function describe(e) {
