@@ -243,6 +243,10 @@ class HostActivities:
         has closed (its orphan check).
         """
         result = await take_claim(self._store, self._catalog, req.claim)
+        if result.paused_ms is not None:
+            # This standby's watch may not have read the pause yet: it must not report the same
+            # vacancy again (and again) until its next renewal does.
+            self.keeper.note_pause(req.workflow_id, result.paused_ms)
         if result.claimed:
             self.keeper.hold(
                 LeaseRequest(

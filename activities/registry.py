@@ -11,7 +11,7 @@ from temporalio import activity
 
 from activities.edge import edge
 from perseus import metrics
-from perseus.core.pause import paused_for_ms, refuses_claim
+from perseus.core.pause import MAX_PAUSE_S, paused_for_ms, refuses_claim
 from perseus.decisions import RELEASE_MARGIN, RENEW_DEADLINE_INTERVALS
 from perseus.errors import ConfigError, ServiceUnavailable
 from perseus.keys import retention_min_id
@@ -77,12 +77,19 @@ async def take_claim(store: RedisStore, catalog: Catalog, req: ClaimRequest) -> 
         # Read apart from the claim (the two keys may live on different cluster nodes): a pause
         # set in the instant between is honoured from the standby's next look on.
         pause, pttl = await store.pause(status.exchange_id)
-        if refuses_claim(paused=paused_for_ms(pttl) is not None, automatic=True):
+        left = paused_for_ms(pttl)
+        if refuses_claim(paused=left is not None, automatic=True):
             until = f" until {pause.until}" if pause is not None else ""
             by = f" by {pause.actor}" if pause is not None and pause.actor else ""
             message = f"{status.exchange_name} is paused{until}{by}: no automatic takeover"
             log.info("%s: claim by %s refused: %s", status.exchange_name, status.hostname, message)
-            return ClaimResult(claimed=False, epoch=req.highest_epoch, message=message)
+            return ClaimResult(
+                claimed=False,
+                epoch=req.highest_epoch,
+                message=message,
+                # Finite on the wire (JSON has no infinity): a key without a TTL, as the longest pause.
+                paused_ms=min(left or 0.0, MAX_PAUSE_S * 1000),
+            )
     # The floor is the workflow's memory and PostgreSQL's durable high-water mark: after Redis
     # lost its data, even a newly registered instance claims above every epoch ever used.
     floor = max(req.highest_epoch, await catalog.epoch_floor(status.exchange_id))

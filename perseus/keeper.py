@@ -561,6 +561,12 @@ class LeaseKeeper:
                     "standby %s: %s resumed; watching for a vacancy again", watched.workflow_id, exchange
                 )
 
+    def note_pause(self, workflow_id: str, paused_ms: float) -> None:
+        """A claim of this standby was refused for a pause its watch had not read yet: honour it now."""
+        watched = self.standbys.get(workflow_id)
+        if watched is not None:
+            watched.paused_until = time.monotonic() + paused_ms / 1000
+
     def _saw(self, watched: WatchedStandby, holder: HolderEpoch) -> None:
         """What a look at the status key tells the watch. Only a key unrenewed past its holder's own
         renew deadline plus the margin, seen outside a Redis outage, is claimed over (invariants 1

@@ -464,6 +464,8 @@ class ClaimResult(BaseModel):
     message: str | None = None
     #: Claimed over a lapsed holder (``ClaimRequest.take_lapsed``): whom, and at which epoch.
     took_over: str | None = None
+    #: Refused because the exchange is paused: for how many more milliseconds (``core.pause``).
+    paused_ms: float | None = None
 
 
 class StatusPatch(BaseModel):
