@@ -134,16 +134,19 @@ async def last_polls(client: Client | None, hosts: Iterable[str]) -> dict[str, d
 
     async def one(host: str) -> datetime | None:
         try:
-            reply = await client.workflow_service.describe_task_queue(
-                DescribeTaskQueueRequest(
-                    namespace=client.namespace,
-                    task_queue=TaskQueue(name=host_task_queue(host)),
-                    task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
-                ),
-                timeout=timedelta(seconds=POLL_LOOKUP_S),
-            )
+            # Bounded as a whole: a lazy client's first call also connects, which the RPC's own
+            # timeout does not cover.
+            async with asyncio.timeout(POLL_LOOKUP_S + 1):
+                reply = await client.workflow_service.describe_task_queue(
+                    DescribeTaskQueueRequest(
+                        namespace=client.namespace,
+                        task_queue=TaskQueue(name=host_task_queue(host)),
+                        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+                    ),
+                    timeout=timedelta(seconds=POLL_LOOKUP_S),
+                )
         except Exception as exc:  # noqa: BLE001 - the view answers without Temporal's part
-            log.info("last poll of %s unknown: %s", host, exc)
+            log.info("last poll of %s unknown: %s", host, str(exc) or type(exc).__name__)
             return None
         seen = [
             p.last_access_time.ToDatetime(tzinfo=UTC) for p in reply.pollers if p.HasField("last_access_time")
