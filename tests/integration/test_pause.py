@@ -65,6 +65,10 @@ async def test_a_crash_while_paused_promotes_nobody_until_resumed(
     assert 0 < await store.client.pttl(pause_key(ex_id)) <= 600_000
     shown = json.loads((await asyncio.to_thread(perseus, servers, "status", exchange, "--json")).stdout)
     assert shown["paused"] is True and shown["pausedUntil"] == answer["pausedUntil"]
+    table = await asyncio.to_thread(perseus, servers, "status", exchange, COLUMNS="400")
+    assert f"{exchange} paused until {answer['pausedUntil']} by cli:" in table.stdout
+    (standby_line,) = [line for line in table.stdout.splitlines() if f" {b} " in line]
+    assert f"standby (priority 0), paused until {answer['pausedUntil']}" in standby_line
 
     procs[0].signal(signal.SIGKILL)
 
