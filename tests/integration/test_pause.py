@@ -57,6 +57,8 @@ async def test_a_crash_while_paused_promotes_nobody_until_resumed(
     assert await store.client.exists(pause_key(ex_id)) == 0
     idle = await asyncio.to_thread(perseus, servers, "resume", exchange)
     assert idle.returncode == 1 and f"{exchange} is not paused" in idle.stderr
+    unknown = await asyncio.to_thread(perseus, servers, "pause", "no-such-exchange", "--json")
+    assert unknown.returncode == 4 and json.loads(unknown.stdout)["type"] == "UnknownExchange"
 
     paused = await asyncio.to_thread(perseus, servers, "pause", exchange, "--for", "10m", "--json")
     assert paused.returncode == 0, paused.stderr
