@@ -214,7 +214,10 @@ class LeaseProcedures(InstanceSteps):
         paused (no standby may take it over), restart in place."""
         yield from self._fail(reason)
         standbys, paused = yield from self._standbys_and_pause()
-        if not steps_aside(standbys=bool(standbys), paused=paused):
+        # Patched, and asked only when it matters: a run recorded by a worker from before pauses
+        # stepped aside whatever the list said, and must replay so.
+        held = paused and bool(standbys) and (yield Patched("paused-restarts-in-place"))
+        if not steps_aside(standbys=bool(standbys), paused=held):
             why = "the exchange is paused" if standbys else "no live standby to take over"
             yield Log(f"{self.wf_id}: {why}; restarting in place")
             self.enqueue(Command.START, first=True, internal=True)
