@@ -43,6 +43,7 @@ from perseus.models import (
     Exchange,
     HandoffConfirm,
     HandoffRequest,
+    HostClaimRequest,
     HostPresence,
     Identity,
     InstanceInput,
@@ -1001,7 +1002,7 @@ def test_while_paused_a_vacancy_promotes_nobody_and_a_failing_holder_restarts_in
     claims = [
         a.request.claim
         for a in vacancy.actions
-        if isinstance(a, act.Call) and a.activity is act.Activity.CLAIM_AND_HOLD
+        if isinstance(a, act.Call) and isinstance(a.request, HostClaimRequest)
     ]
     assert claims and all(c.automatic for c in claims)  # a self-promotion: the pause refuses it
     assert vacancy.world.holder is None and vacancy.core.s.role is Role.STANDBY
