@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     #: Logging for ``perseus worker``, ``api`` and ``dev``: a level name, and plain text or JSON lines.
     log_level: str = "INFO"
     log_format: Literal["plain", "json"] = "plain"
+    #: A file of the connector commands this host may run (perseus/connectors/allow.py); unset: any
+    #: command a workflow asks for (the worker warns at start). See docs/security.md.
+    exec_allow: Path | None = None
     #: Tests only: where connectors journal connect/disconnect/validity (the invariant checker reads it).
     connector_journal: Path | None = None
     #: AES-256-GCM key(s) for Temporal payloads (base64, 32 bytes; comma-separated to rotate: the

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from perseus.api.codec import codec_router
+from perseus.api.hosts import router as hosts_router
 from perseus.api.live import READER_CONNECTIONS, LiveFeed
 from perseus.api.page import router as page_router
 from perseus.api.ready import router as ready_router
@@ -121,6 +122,7 @@ def create_app(settings: Settings, temporal_address: str | None = None) -> FastA
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.include_router(network_router)
+    app.include_router(hosts_router)
     app.include_router(ready_router)
     app.include_router(codec_router(settings))
     app.include_router(page_router)

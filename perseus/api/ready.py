@@ -45,14 +45,20 @@ async def _within(call: Awaitable[Any], what: str) -> str:
     return "ok"
 
 
-async def _temporal(request: Request) -> None:
+async def plain_temporal(request: Request) -> Client:
+    """The API's one Temporal client, for calls that carry no payloads (health, task queues)."""
     client: Client | None = getattr(request.app.state, "readyz_temporal", None)
     if client is None:
-        # Lazy: created without a round trip, connects on first use. Health checks carry no
-        # payloads, so the plain converter is enough (no key needed to say "up").
+        # Lazy: created without a round trip, connects on first use. Health checks and task queue
+        # descriptions carry no payloads, so the plain converter is enough (no key needed).
         config = connect_config(getattr(request.app.state, "temporal_address", None))
         client = await Client.connect(**config, data_converter=converter, lazy=True)
         request.app.state.readyz_temporal = client
+    return client
+
+
+async def _temporal(request: Request) -> None:
+    client = await plain_temporal(request)
     await client.service_client.check_health(timeout=timedelta(seconds=CHECK_S))
 
 

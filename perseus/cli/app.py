@@ -456,6 +456,7 @@ def exchanges(as_json: JsonFlag = False) -> None:
 from perseus.cli import connector_output as _connector_output  # noqa: E402,F401  (registers output)
 from perseus.cli import fleet as _fleet  # noqa: E402,F401  (registers fleet and drain)
 from perseus.cli import instances as _instances  # noqa: E402,F401  (registers its commands on app)
+from perseus.cli import ops as _ops  # noqa: E402,F401  (registers pause and resume)
 from perseus.cli import views as _views  # noqa: E402,F401  (registers network, log, apikey)
 
 

@@ -135,7 +135,10 @@ class StandbyProcedures(InstanceSteps):
         """
         s = self.s
         s.highest_epoch = max(s.highest_epoch, req.min_epoch)
-        result = yield from self._claim(quiet=True, take_lapsed=req.take_lapsed)
+        # Only a handoff (or drain) has someone waiting for the answer: anything else promotes
+        # this standby on its own, which a pause forbids.
+        automatic = req.confirm_to is None
+        result = yield from self._claim(quiet=True, take_lapsed=req.take_lapsed, automatic=automatic)
         if result is None:
             if req.confirm_to:
                 yield from self._reply(req.confirm_to, ok=False, detail="the exchange was not free to claim")

@@ -127,6 +127,24 @@ async def test_live_cards_and_a_cli_transition_within_one_refresh(
             f"{name}: idle → starting",
         ]
         assert "admin@perseus.local" in await page.locator("#feed li .who").first.inner_text()
+
+        # A pause shows on the card (and on its standbys' lines) until it is resumed.
+        await cli(servers, "pause", exchange, "--for", "5m")
+        await page.wait_for_function(
+            "(sel) => document.querySelector(sel)?.dataset.paused === 'true'",
+            arg=card(exchange),
+            timeout=15_000,
+        )
+        note = await page.locator(f"{card(exchange)} [data-role=paused]").inner_text()
+        assert (
+            note.startswith("Paused until ") and "by cli:" in note and note.endswith("no automatic failover")
+        )
+        await cli(servers, "resume", exchange)
+        await page.wait_for_function(
+            "(sel) => document.querySelector(sel) && !document.querySelector(sel).dataset.paused",
+            arg=card(exchange),
+            timeout=15_000,
+        )
     finally:
         await cli(servers, "shutdown", exchange, "--host", shared_worker)
 
