@@ -30,6 +30,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from perseus import control, errors
+from perseus.actors import fleet_actor
 from perseus.config import Settings
 from perseus.core.state import Ending, ending_of
 from perseus.fleet import (
@@ -330,7 +331,7 @@ async def apply_fleet(
     if to_store or forget:
         await catalog.store_placements(to_store, forget=forget)
     report = EnrolReport()
-    await carry_out(client, by_name, actions, report, f"fleet:{actor}" if actor else None)
+    await carry_out(client, by_name, actions, report, fleet_actor(actor) if actor else None)
     if any(a.changes for a in actions):
         # Running workers watch their placed instances; tell them the set changed.
         await catalog.notify_fleet(",".join(sorted({a.exchange for a in actions})))

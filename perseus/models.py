@@ -103,6 +103,10 @@ class EventKind(StrEnum):
     #: A command that was refused (written by the API or the CLI, not by a workflow): the audit
     #: trail shows attempts as well as changes.
     COMMAND_REFUSED = "command_refused"
+    #: Maintenance mode began or ended (``perseus pause`` / ``resume``): additive kinds that
+    #: Livermore v6 readers, which match the kinds they know, pass over.
+    PAUSED = "paused"
+    RESUMED = "resumed"
 
 
 class NetworkEvent(BaseModel):
@@ -506,6 +510,9 @@ class ClaimRequest(BaseModel):
     #: A standby whose watch saw the holder unrenewed past its renew deadline plus the margin: the
     #: claim may take the key over instead of waiting for its TTL (``decisions.takes_over_lapsed``).
     take_lapsed: bool = False
+    #: Nobody asked for this claim (a standby promoting itself after a vacancy, or woken by a holder
+    #: that was lost or failed): refused while the exchange is paused (``core.pause``).
+    automatic: bool = False
 
 
 class HostClaimRequest(BaseModel):
@@ -527,6 +534,8 @@ class ClaimResult(BaseModel):
     message: str | None = None
     #: Claimed over a lapsed holder (``ClaimRequest.take_lapsed``): whom, and at which epoch.
     took_over: str | None = None
+    #: Refused because the exchange is paused: for how many more milliseconds (``core.pause``).
+    paused_ms: float | None = None
 
 
 class StatusPatch(BaseModel):
@@ -754,6 +763,8 @@ class StandbyQuery(BaseModel):
 
 class StandbyList(BaseModel):
     standbys: list[StandbyRecord]
+    #: The exchange is paused (``core.pause``): no standby may take it over by itself now.
+    paused: bool = False
 
 
 class DropStandbyRequest(BaseModel):
@@ -773,6 +784,14 @@ class PromoteRequest(BaseModel):
     act_after_s: float = 0.0
     #: The holder's key is there but lapsed (``StandbyOutcome.holder_silent``): claim over it.
     take_lapsed: bool = False
+
+
+class PauseRecord(Wire):
+    """The JSON at ``exchange:{id}:pause`` (maintenance mode); the key's TTL is its deadline."""
+
+    until: str
+    since: str
+    actor: str | None = None
 
 
 class HandoffConfirm(BaseModel):

@@ -10,9 +10,7 @@ API answers with its status) and changes nothing; it is also written to the exch
 from __future__ import annotations
 
 import contextlib
-import getpass
 import logging
-import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from datetime import UTC, datetime
 from temporalio.client import Client
 
 from perseus import control, errors
+from perseus.actors import api_actor, cli_actor
 from perseus.keys import retention_min_id
 from perseus.lifecycle import Command
 from perseus.models import CommandResult, EventKind, Exchange, NetworkEvent
@@ -29,18 +28,7 @@ from perseus.store.redis_store import RedisStore
 
 log = logging.getLogger(__name__)
 
-
-def cli_actor() -> str:
-    """The actor of a command typed on this machine: ``cli:<os user>@<machine>``."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (a container's uid): still someone
-        user = "unknown"
-    return f"cli:{user}@{socket.gethostname()}"
-
-
-def api_actor(key_name: str) -> str:
-    return f"api:{key_name}"
+__all__ = ["Operator", "api_actor", "cli_actor", "command", "handoff", "record_refusal", "resolve"]
 
 
 @dataclass

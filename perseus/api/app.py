@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from perseus.api.codec import codec_router
 from perseus.api.commands import router as commands_router
+from perseus.api.hosts import router as hosts_router
 from perseus.api.live import READER_CONNECTIONS, LiveFeed
 from perseus.api.page import router as page_router
 from perseus.api.ready import router as ready_router
@@ -136,6 +137,9 @@ def create_app(settings: Settings, temporal_address: str | None = None) -> FastA
         description="The instance registry and health network's read API. Every `/api` route needs "
         "`Authorization: Bearer <api key>`; every answer carries `serverTime`.",
         lifespan=lifespan,
+        openapi_url="/openapi.json" if settings.api_docs else None,
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url="/redoc" if settings.api_docs else None,
     )
     app.state.temporal_address = temporal_address
     # The write routes' Temporal client, connected on first use (perseus.api.commands.temporal).
@@ -147,6 +151,7 @@ def create_app(settings: Settings, temporal_address: str | None = None) -> FastA
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.include_router(network_router)
     app.include_router(commands_router)
+    app.include_router(hosts_router)
     app.include_router(ready_router)
     app.include_router(codec_router(settings))
     app.include_router(page_router)

@@ -72,7 +72,8 @@ async def _holder(settings: Settings, exchange_id: int) -> str | None:
 async def _with_operator(settings: Settings, fn: Callable[[Operator], Awaitable[T]]) -> T:
     """Run ``fn`` with Redis, one PostgreSQL connection and Temporal open for one command, as this
     machine's operator (``cli:<user>@<machine>``)."""
-    from perseus.operate import Operator, cli_actor
+    from perseus.actors import cli_actor
+    from perseus.operate import Operator
     from perseus.store.redis_store import RedisStore, make_client
     from perseus.temporal import connect
 
@@ -254,7 +255,7 @@ def register(
             return found
 
         known = await _with_catalog(settings, check)
-        from perseus.operate import cli_actor
+        from perseus.actors import cli_actor
 
         where = host or settings.host_name()
         client = await connect(settings)
@@ -498,6 +499,8 @@ def _status_table(board: Any, ui: str | None) -> Any:
         for standby in view.standbys:
             ready = readiness(standby)
             role = f"standby (priority {standby.priority})" + (f", {ready}" if ready else "")
+            if view.paused:  # it keeps watching, but takes nothing over by itself
+                role += f", paused until {view.paused_until or 'resumed'}"
             table.add_row(
                 Text(view.exchange_name),
                 role,
@@ -511,6 +514,14 @@ def _status_table(board: Any, ui: str | None) -> Any:
                 "",
                 *([Text(f"{ui}/instance-{view.exchange_name}-{standby.host}")] if ui else []),
             )
+    paused = [
+        f"{v.exchange_name} paused until {v.paused_until or 'resumed'}"
+        + (f" by {v.paused_by}" if v.paused_by else "")
+        for v in board.instances
+        if v.paused
+    ]
+    if paused:  # shown even for an exchange with no standby line to carry it
+        table.caption = Text("; ".join(paused) + ": no automatic failover", style="yellow")
     return table
 
 

@@ -61,6 +61,8 @@ COLOURS: dict[EventKind, int] = {
     EventKind.PROMOTED: 0x9B59B6,  # purple
     EventKind.HANDOFF: 0x1ABC9C,  # teal
     EventKind.COMMAND_REFUSED: 0xF1C40F,  # yellow
+    EventKind.PAUSED: 0xF1C40F,  # yellow
+    EventKind.RESUMED: 0x2ECC71,  # green
 }
 
 #: Kinds that produce a message. A standby registering changes nothing for anyone and is only logged.
@@ -79,6 +81,8 @@ _HEADLINES: dict[EventKind, str] = {
     EventKind.PROMOTED: "standby promoted",
     EventKind.HANDOFF: "handoff",
     EventKind.COMMAND_REFUSED: "command refused",
+    EventKind.PAUSED: "paused (no automatic failover)",
+    EventKind.RESUMED: "resumed",
 }
 
 _MARKDOWN = str.maketrans({c: "\\" + c for c in "\\*_~`|>#[]()"})
