@@ -60,7 +60,7 @@ COLOURS: dict[EventKind, int] = {
     EventKind.STANDBY_REGISTERED: 0x95A5A6,  # grey
     EventKind.PROMOTED: 0x9B59B6,  # purple
     EventKind.HANDOFF: 0x1ABC9C,  # teal
-    EventKind.COMMAND_REFUSED: 0xF1C40F,  # yellow
+    EventKind.COMMAND_REFUSED: 0xC27C0E,  # dark yellow
     EventKind.PAUSED: 0xF1C40F,  # yellow
     EventKind.RESUMED: 0x2ECC71,  # green
 }
