@@ -173,6 +173,24 @@ class Settings(BaseSettings):
         return field in self.model_fields_set
 
 
+class SystemdEnv(BaseSettings):
+    """What systemd tells a ``Type=notify`` service about itself (``sd_notify(3)``): set by systemd,
+    never by a user, and absent outside it. Read once by the worker; see :mod:`perseus.systemd`."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    notify_socket: str | None = None
+    watchdog_usec: int | None = None
+    watchdog_pid: int | None = None
+
+
+def load_systemd_env() -> SystemdEnv:
+    try:
+        return SystemdEnv()
+    except ValidationError as exc:  # a malformed WATCHDOG_USEC, say: one line, as for our own settings
+        raise ConfigError(f"invalid systemd environment: {exc.errors()[0]['msg']}") from None
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read the environment once; a bad value becomes one ConfigError line naming the variable."""
     try:

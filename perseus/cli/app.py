@@ -326,7 +326,10 @@ def worker(
     shared: Annotated[bool, typer.Option(help="Also serve the shared queue (workflows).")] = True,
     metrics_port: Annotated[
         int | None,
-        typer.Option("--metrics-port", help="Serve Prometheus /metrics (Perseus' and Temporal's) here."),
+        typer.Option(
+            "--metrics-port",
+            help="Serve Prometheus /metrics (Perseus' and Temporal's), /healthz and /readyz here.",
+        ),
     ] = None,
     metrics_host: Annotated[
         str, typer.Option("--metrics-host", help="Address for --metrics-port.")
