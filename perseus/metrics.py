@@ -219,6 +219,26 @@ def board_metrics(board: StatusBoard) -> bytes:
     standbys = Gauge(
         "perseus_exchange_standbys", "Live standbys of the exchange.", ["exchange"], registry=registry
     )
+    holder = Gauge(
+        "perseus_exchange_holder",
+        "1 for the instance holding the exchange's claim: its host and fencing epoch (no series while "
+        "nobody holds it).",
+        ["exchange", "host", "epoch"],
+        registry=registry,
+    )
+    epoch = Gauge(
+        "perseus_exchange_epoch",
+        "The holder's fencing epoch; every new claim raises it, so changes() counts holder changes.",
+        ["exchange"],
+        registry=registry,
+    )
+    held_for = Gauge(
+        "perseus_exchange_holder_seconds",
+        "Seconds since the holder's connector came up under its claim (its record's connectedAt): "
+        "the time since the last failover, handoff or restart.",
+        ["exchange"],
+        registry=registry,
+    )
     tally: Tally[tuple[str, str]] = Tally()
     for view in board.instances:
         name = view.exchange_name
@@ -229,6 +249,13 @@ def board_metrics(board: StatusBoard) -> bytes:
             tally[Role.ACTIVE.value, status.connection_state.value] += 1
             age.labels(name).set(view.heartbeat_age_s or 0.0)
             interval.labels(name).set(status.heartbeat_interval_s)
+            # A Livermore v6 record has no epoch: it still names its host.
+            fence = "" if status.epoch is None else str(status.epoch)
+            holder.labels(name, status.hostname, fence).set(1)
+            if status.epoch is not None:
+                epoch.labels(name).set(status.epoch)
+            if view.running_for_s is not None:
+                held_for.labels(name).set(view.running_for_s)
         tally[Role.STANDBY.value, Role.STANDBY.value] += len(view.standbys)
     for role, state in ((Role.ACTIVE.value, State.ACTIVE.value), (Role.STANDBY.value, Role.STANDBY.value)):
         tally[role, state] += 0  # always present, so "no active instance" reads 0, not absent
