@@ -47,7 +47,7 @@ from perseus.keys import SHARED_TASK_QUEUE, host_task_queue, valid_host
 from perseus.logs import configure_logging, install_temporal_runtime
 from perseus.metrics import MetricsServer, free_loopback_address
 from perseus.models import EventRequest
-from perseus.notify import discord_notifier
+from perseus.notify import notifications
 from perseus.store.db import Catalog, open_pool_eventually
 from perseus.store.redis_store import RedisStore, make_client
 from perseus.systemd import keep_alive, notify, watchdog_period_s
@@ -95,7 +95,7 @@ async def run_worker(
     catalog = Catalog(pool)
     connectors = ConnectorHost(settings.connector_journal)
     watchdog = Watchdog()
-    notifier = discord_notifier(settings.discord_webhook_url, http, store)  # None: off
+    notifier = notifications(settings, http, store)  # None: no channel configured, off
     registry = RegistryActivities(store, catalog, notifications=notifier is not None)
     keeper = LeaseKeeper(
         store,

@@ -30,7 +30,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from perseus.errors import ConfigError
-from perseus.models import MAX_HEARTBEAT_INTERVAL_S, MIN_HEARTBEAT_INTERVAL_S
+from perseus.models import MAX_HEARTBEAT_INTERVAL_S, MIN_HEARTBEAT_INTERVAL_S, NotifyChannel
 
 #: Where the embedded stack listens unless told otherwise; the same defaults every command uses.
 DEFAULT_REDIS_PORT = 7379
@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     redis_allow_plaintext: bool = False
     heartbeat_interval: float = Field(default=15.0, allow_inf_nan=False)
     discord_webhook_url: AnyHttpUrl | None = None
+    #: More channels (Slack, PagerDuty, generic webhooks, more Discord), each with its own filters.
+    notify_channels: list[NotifyChannel] = Field(default_factory=list)
     hostname: str | None = None
     ip_services: list[AnyHttpUrl] = Field(
         default_factory=lambda: [AnyHttpUrl(url) for url in DEFAULT_IP_SERVICES]
@@ -154,6 +156,29 @@ class Settings(BaseSettings):
             check_redis_url(str(self.redis_url), allow_plaintext=self.redis_allow_plaintext)
         except ValueError as exc:
             raise PydanticCustomError("redis_url", "{reason}", {"reason": str(exc)}) from None
+        return self
+
+    @field_validator("notify_channels")
+    @classmethod
+    def _channels(cls, value: list[NotifyChannel]) -> list[NotifyChannel]:
+        names = [c.name for c in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"channel names must differ: {', '.join(sorted(names))}")
+        for channel in value:
+            # Events name hosts, addresses and admins: never in clear text past this machine.
+            url = urlsplit(str(channel.url)) if channel.url is not None else None
+            if url is not None and url.scheme != "https" and not is_loopback_host(url.hostname):
+                raise ValueError(f"channel {channel.name}: its url must be https:// (or on this machine)")
+        return value
+
+    @model_validator(mode="after")
+    def _discord_named_once(self) -> Settings:
+        if self.discord_webhook_url is not None and any(c.name == "discord" for c in self.notify_channels):
+            raise PydanticCustomError(
+                "notify_channels",
+                "{reason}",
+                {"reason": "the name 'discord' is PERSEUS_DISCORD_WEBHOOK_URL's channel: choose another"},
+            )
         return self
 
     @field_validator("hostname")
