@@ -148,7 +148,6 @@ class NetworkEvent(BaseModel):
         return out
 
 
-
 class NotifyChannel(BaseModel):
     """One notification channel, an entry of ``PERSEUS_NOTIFY_CHANNELS`` (a JSON list).
 
@@ -180,6 +179,7 @@ class NotifyChannel(BaseModel):
         if self.events == [] or self.exchanges == []:
             raise ValueError(f"channel {self.name}: an empty filter lets nothing through; leave it out")
         return self
+
 
 # --- Catalog -------------------------------------------------------------------------------------
 
