@@ -359,6 +359,7 @@ def api(port: Annotated[int | None, typer.Option(help="Port (default PERSEUS_API
     from perseus.api.app import create_app
     from perseus.api.ready import preflight
     from perseus.api.server import StreamingServer
+    from perseus.config import load_systemd_env
     from perseus.logs import configure_logging
 
     async def serve(settings: Settings) -> None:
@@ -373,7 +374,8 @@ def api(port: Annotated[int | None, typer.Option(help="Port (default PERSEUS_API
                 log_config=None,  # perseus.logs configured the root logger: level and format
                 log_level=settings.log_level.lower(),
                 timeout_graceful_shutdown=5,
-            )
+            ),
+            systemd=load_systemd_env(),
         )
         await server.serve()
         if not server.started:
