@@ -34,7 +34,8 @@ from activities.host import HostActivities
 from activities.notify import NotifyActivities
 from activities.presence import PresenceActivities
 from activities.registry import RegistryActivities
-from perseus.config import Settings, SystemdEnv, load_settings, load_systemd_env
+from perseus import tracing
+from perseus.config import Settings, SystemdEnv, load_otel_env, load_settings, load_systemd_env
 from perseus.connectors.base import ConnectorHost
 from perseus.connectors.process import output_dir
 from perseus.connectors.watchdog import Watchdog
@@ -333,10 +334,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     """
     args = parse_args(argv)
     code = 0
+    provider = None
     try:
         settings = load_settings()
         systemd = load_systemd_env()
         configure_logging(settings.log_level, settings.log_format)
+        # Off unless OTEL_* or PERSEUS_TRACE_FILE (perseus dev --trace) say otherwise.
+        provider = tracing.install(
+            "perseus-worker", tracing.tracing_mode(load_otel_env(), settings.trace_file), settings.trace_file
+        )
         metrics = None
         if args.metrics_port is not None:
             # The SDK's own metrics on a private loopback port; the exporter appends them to ours.
@@ -360,6 +366,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = 1
     except KeyboardInterrupt:
         code = 130
+    tracing.shutdown(provider)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

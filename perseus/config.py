@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     #: Logging for ``perseus worker``, ``api`` and ``dev``: a level name, and plain text or JSON lines.
     log_level: str = "INFO"
     log_format: Literal["plain", "json"] = "plain"
+    #: Write trace spans as JSON lines to this file (``perseus dev --trace``); see perseus/tracing.py.
+    trace_file: Path | None = None
     #: Tests only: where connectors journal connect/disconnect/validity (the invariant checker reads it).
     connector_journal: Path | None = None
     #: AES-256-GCM key(s) for Temporal payloads (base64, 32 bytes; comma-separated to rotate: the
@@ -196,6 +198,25 @@ class Settings(BaseSettings):
 
     def explicitly_set(self, field: str) -> bool:
         return field in self.model_fields_set
+
+
+class OtelEnv(BaseSettings):
+    """The OpenTelemetry variables that decide whether Perseus traces at all (:mod:`perseus.tracing`);
+    the exporter reads the rest of ``OTEL_*`` (headers, service name…) itself."""
+
+    model_config = SettingsConfigDict(env_prefix="OTEL_", extra="ignore", frozen=True)
+
+    sdk_disabled: bool = False
+    traces_exporter: str | None = None
+    exporter_otlp_endpoint: str | None = None
+    exporter_otlp_traces_endpoint: str | None = None
+
+
+def load_otel_env() -> OtelEnv:
+    try:
+        return OtelEnv()
+    except ValidationError as exc:
+        raise ConfigError(f"invalid OTEL_* setting: {exc.errors()[0]['msg']}") from None
 
 
 class SystemdEnv(BaseSettings):
