@@ -149,8 +149,11 @@ class WorkerHealth:
         return Liveness(uptime_s=round(time.monotonic() - self._started, 3))
 
     async def readiness(self) -> Readiness:
+        # The keeper as it is when asked, not after the servers answered (up to CHECK_TIMEOUT_S
+        # later): a claim that lapsed meanwhile has left the keeper and would read as "on time".
+        keeper = keeper_check(self._keeper.renewal_ages())
+        watchdog = watchdog_check(self._watchdog.state())
         temporal, redis = await asyncio.gather(
             temporal_check(self._client, self._host), redis_check(self._store)
         )
-        keeper = keeper_check(self._keeper.renewal_ages())
-        return readiness([temporal, redis, keeper, watchdog_check(self._watchdog.state())])
+        return readiness([temporal, redis, keeper, watchdog])

@@ -9,6 +9,7 @@ The workers run in this process on a client with the tracing interceptor, agains
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from temporalio.client import Client
 
 from perseus import control, tracing
 from perseus.config import Settings, load_otel_env
+from perseus.lifecycle import Command
 from perseus.store.redis_store import RedisStore
 from perseus.temporal import converter, register_search_attributes
 from perseus.tracing import tracing_mode
@@ -180,6 +182,12 @@ async def test_a_handoff_is_followed_from_the_command_through_the_update_to_both
         assert batches and all(s.parent is None for s in batches)
         print(shown)
     finally:
+        # Shut both down first: a worker stopping with instances still running waits for them.
+        for host in (b, a):
+            with contextlib.suppress(Exception):
+                await control.command(
+                    traced.client, exchange=exchange, host=host, default_host=host, command=Command.SHUTDOWN
+                )
         stop.set()
         await asyncio.gather(*workers, return_exceptions=True)
 
