@@ -36,6 +36,7 @@ from activities.presence import PresenceActivities
 from activities.registry import RegistryActivities
 from perseus import tracing
 from perseus.config import Settings, SystemdEnv, load_otel_env, load_settings, load_systemd_env
+from perseus.connectors.allow import ExecAllowList, load_allow_list
 from perseus.connectors.base import ConnectorHost
 from perseus.connectors.process import output_dir
 from perseus.connectors.watchdog import Watchdog
@@ -43,6 +44,7 @@ from perseus.enrol import enrolment
 from perseus.errors import ConfigError, PerseusError, ServiceUnavailable
 from perseus.fleet import RetryWait, retry_after, retry_over
 from perseus.health import WorkerHealth
+from perseus.hosts import announcing
 from perseus.keeper import LeaseKeeper, WorkflowClosed
 from perseus.keys import SHARED_TASK_QUEUE, host_task_queue, valid_host
 from perseus.logs import configure_logging, install_temporal_runtime
@@ -78,6 +80,8 @@ async def run_worker(
 ) -> None:
     """Serve ``host``'s queue (and the shared queue) until ``stop`` is set, then release gracefully.
     ``metrics_server`` (``--metrics-port``) serves ``/metrics`` while the worker runs."""
+    # Read before anything opens: a file that cannot be read stops the worker with one line.
+    exec_allow = exec_allow_list(settings, host)
     redis = make_client(str(settings.redis_url))
     store = RedisStore(redis)
     try:
@@ -116,6 +120,7 @@ async def run_worker(
         connectors=connectors,
         keeper=keeper,
         connector_output=output_dir(settings.data_dir),
+        exec_allow=exec_allow,
     )
     if metrics_server is not None:
         metrics_server.health = WorkerHealth(
@@ -170,6 +175,17 @@ async def run_worker(
             for worker in workers:
                 await stack.enter_async_context(worker)
             await stack.enter_async_context(enrolment(client, catalog, store, host, settings))
+            await stack.enter_async_context(
+                announcing(
+                    store,
+                    host=host,
+                    worker_id=client.identity,
+                    capacity=settings.host_capacity,
+                    shared_queue=shared_queue,
+                    metrics_url=lambda: metrics_server.url if metrics_server is not None else None,
+                    held=keeper.held,
+                )
+            )
             log.info("worker for host %s polling %s", host, ", ".join(w.task_queue for w in workers))
             if ready is not None:
                 ready.set()
@@ -181,6 +197,21 @@ async def run_worker(
         await http.aclose()
         await pool.close()
         await redis.aclose()
+
+
+def exec_allow_list(settings: Settings, host: str) -> ExecAllowList | None:
+    """This host's exec allow-list (``PERSEUS_EXEC_ALLOW``), or None — with a warning, since then a
+    workflow's input decides which commands this host runs (docs/security.md)."""
+    if settings.exec_allow is None:
+        log.warning(
+            "PERSEUS_EXEC_ALLOW is unset: host %s runs any connector command a workflow asks for; "
+            "set it to a file of permitted commands (docs/security.md)",
+            host,
+        )
+        return None
+    allowed = load_allow_list(settings.exec_allow)
+    log.info("host %s runs only the %d command rule(s) of %s", host, len(allowed.rules), allowed.source)
+    return allowed
 
 
 async def connect_when_up(settings: Settings) -> Client:

@@ -19,12 +19,14 @@ from temporalio import activity
 
 from activities.edge import edge
 from activities.registry import take_claim
+from perseus.connectors.allow import ExecAllowList
 from perseus.connectors.base import ConnectorHost
 from perseus.connectors.factory import ConnectorContext, build_connector, cannot_start
 from perseus.decisions import heartbeat_beats_within, heartbeat_due, warm_retry_delay
 from perseus.errors import (
     ConnectorError,
     ConnectorGone,
+    ExecRefused,
     LeaseDetached,
     PerseusError,
 )
@@ -36,6 +38,7 @@ from perseus.models import (
     ConnectorPreflight,
     ConnectorReport,
     ConnectorRequest,
+    ConnectorSpec,
     HostClaimRequest,
     Identity,
     IdentityRequest,
@@ -163,6 +166,7 @@ class HostActivities:
         connectors: ConnectorHost,
         keeper: LeaseKeeper,
         connector_output: Path | None = None,
+        exec_allow: ExecAllowList | None = None,
     ) -> None:
         self.hostname = hostname
         self._store = store
@@ -176,6 +180,8 @@ class HostActivities:
         self._ip_lookup: asyncio.Future[str | None] | None = None
         #: Where process connectors keep their children's output (None: in memory only).
         self.connector_output = connector_output
+        #: The commands this host may run (None: any, as before the allow-list existed).
+        self.exec_allow = exec_allow
 
     # --- identity ------------------------------------------------------------------------------
 
@@ -237,6 +243,10 @@ class HostActivities:
         has closed (its orphan check).
         """
         result = await take_claim(self._store, self._catalog, req.claim)
+        if result.paused_ms is not None:
+            # This standby's watch may not have read the pause yet: it must not report the same
+            # vacancy again (and again) until its next renewal does.
+            self.keeper.note_pause(req.workflow_id, result.paused_ms)
         if result.claimed:
             self.keeper.hold(
                 LeaseRequest(
@@ -303,7 +313,7 @@ class HostActivities:
                 while True:
                     if watched.ended is not None:
                         raise watched.ended
-                    if watched.vacant or watched.holder_silent:
+                    if watched.wakes:  # vacant or silent, and not paused
                         silent, watched.holder_silent = watched.holder_silent, False  # reported once:
                         # a claim that lost the race must not find it again before the next look
                         return StandbyOutcome(
@@ -333,6 +343,7 @@ class HostActivities:
     async def connector_prepare(self, req: ConnectorRequest) -> ConnectorReport:
         """Create the connector and load the exchange's active symbols."""
         await self.connectors.stop(req.workflow_id, "replaced by a new start")
+        self._permitted(req.spec)
         standby = req.role is Role.STANDBY
         context = ConnectorContext(
             workflow_id=req.workflow_id,
@@ -400,7 +411,20 @@ class HostActivities:
     async def connector_preflight(self, req: ConnectorRequest) -> ConnectorPreflight:
         """Whether the connector ``req.spec`` could start on this host now (a handoff's target is
         asked before the active instance stops anything). Spawns nothing."""
-        return ConnectorPreflight(hostname=self.hostname, cannot_start=cannot_start(req.spec))
+        refused = self.exec_allow.refusal(req.spec, self.hostname) if self.exec_allow else None
+        return ConnectorPreflight(hostname=self.hostname, cannot_start=refused or cannot_start(req.spec))
+
+    def _permitted(self, spec: ConnectorSpec) -> None:
+        """Refuse (ExecRefused, before anything is spawned) a command this host's allow-list does
+        not permit; the workflow records the refusal as an ``error`` event."""
+        if self.exec_allow is None:
+            return
+        refused = self.exec_allow.refusal(spec, self.hostname)
+        if refused is not None:
+            log.warning("%s", refused)
+            error = ExecRefused(refused)
+            error.reported = True  # the line above is the host's record of it
+            raise error
 
     @activity.defn(name="connector_activate")
     @edge

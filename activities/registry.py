@@ -11,6 +11,7 @@ from temporalio import activity
 
 from activities.edge import edge
 from perseus import metrics
+from perseus.core.pause import MAX_PAUSE_S, paused_for_ms, refuses_claim
 from perseus.decisions import RELEASE_MARGIN, RENEW_DEADLINE_INTERVALS
 from perseus.errors import ConfigError, ServiceUnavailable
 from perseus.keys import retention_min_id
@@ -72,6 +73,23 @@ async def take_claim(store: RedisStore, catalog: Catalog, req: ClaimRequest) -> 
     status = req.status
     if status.instance_id is None or status.ttl_ms is None:
         raise ConfigError("a claim's status record needs its instanceId and ttlMs")
+    if req.automatic:
+        # Read apart from the claim (the two keys may live on different cluster nodes): a pause
+        # set in the instant between is honoured from the standby's next look on.
+        pause, pttl = await store.pause(status.exchange_id)
+        left = paused_for_ms(pttl)
+        if refuses_claim(paused=left is not None, automatic=True):
+            until = f" until {pause.until}" if pause is not None else ""
+            by = f" by {pause.actor}" if pause is not None and pause.actor else ""
+            message = f"{status.exchange_name} is paused{until}{by}: no automatic takeover"
+            log.info("%s: claim by %s refused: %s", status.exchange_name, status.hostname, message)
+            return ClaimResult(
+                claimed=False,
+                epoch=req.highest_epoch,
+                message=message,
+                # Finite on the wire (JSON has no infinity): a key without a TTL, as the longest pause.
+                paused_ms=min(left or 0.0, MAX_PAUSE_S * 1000),
+            )
     # The floor is the workflow's memory and PostgreSQL's durable high-water mark: after Redis
     # lost its data, even a newly registered instance claims above every epoch ever used.
     floor = max(req.highest_epoch, await catalog.epoch_floor(status.exchange_id))
@@ -197,8 +215,11 @@ class RegistryActivities:
     @activity.defn(name="list_standbys")
     @edge
     async def list_standbys(self, req: StandbyQuery) -> StandbyList:
-        """Live standbys of an exchange, highest priority first (unreadable records are skipped)."""
-        return StandbyList(standbys=await self._store.standbys(req.exchange_id))
+        """Live standbys of an exchange, highest priority first (unreadable records are skipped), and
+        whether the exchange is paused (then none of them may take it over by itself)."""
+        standbys = await self._store.standbys(req.exchange_id)
+        _, pttl = await self._store.pause(req.exchange_id)
+        return StandbyList(standbys=standbys, paused=paused_for_ms(pttl) is not None)
 
     @activity.defn(name="probe_claim")
     @edge

@@ -682,27 +682,39 @@ def analyse(
     offset = samples["mono_minus_wall"]
     m0, m1 = first.at + offset, last.at + offset
     # Lateness: for the lease and the baseline, the schedule is anchored at a key's first renewal
-    # (the loop's own start) and advances by exactly one interval per renewal; the timer design
-    # carries its due time (wall clock) with each activity.
+    # (the loop's own start) and advances one interval per slot; the timer design carries its due
+    # time (wall clock) with each activity. A renewal is measured against its own slot: the slot
+    # after the previous renewal's, or as many slots on as the gap spans when renewals are missing
+    # (a batch cut short at its bound records no sample). Counting samples instead would read every
+    # later renewal of that key one interval late; the missing ones are counted as skipped slots.
     per_key: dict[int, list[int]] = {}
     for i, key in enumerate(samples["key"]):
         per_key.setdefault(key, []).append(i)
     lateness: list[float] = []
     gaps: list[float] = []
+    skipped = 0
     for idx in per_key.values():
         idx.sort(key=lambda i: samples["mono"][i])
         start = samples["mono"][idx[0]]
+        slot = 0
         for k, i in enumerate(idx):
             mono = samples["mono"][i]
-            if k and m0 <= mono <= m1:
-                gaps.append(mono - samples["mono"][idx[k - 1]])
+            if k:
+                gap = mono - samples["mono"][idx[k - 1]]
+                # The nearest slot, never the previous one's: lateness past half an interval would
+                # read as the next slot's earliness, but the longest gap (below) still shows it.
+                step = max(1, round((mono - start) / cfg.interval) - slot)
+                slot += step
+                if m0 <= mono <= m1:
+                    gaps.append(gap)
+                    skipped += step - 1
             if not m0 <= mono <= m1:
                 continue
             due = samples["due"][i]
             if due is not None:
                 lateness.append(samples["wall"][i] - due)
             else:
-                lateness.append(mono - (start + k * cfg.interval))
+                lateness.append(mono - (start + slot * cfg.interval))
     in_window = [i for i, mono in enumerate(samples["mono"]) if m0 <= mono <= m1]
     rtts = [samples["rtt"][i] for i in in_window]
     failed = sum(1 for i in in_window if not samples["ok"][i])
@@ -734,6 +746,7 @@ def analyse(
         },
         "renew_rtt_ms": {"p50": ms(pct(rtts, 50)), "p99": ms(pct(rtts, 99)), "max": ms(max(rtts, default=0))},
         "max_gap_between_renewals_s": round(max(gaps, default=0.0), 3),
+        "skipped_slots": skipped,
         "ttl_s": 3 * cfg.interval,
         # Distinct status keys that expired (keyspace event) or were gone at the end.
         "false_expirations": len({key for _, key in expired} | set(missing_at_end)),
@@ -939,7 +952,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         report["code"] = snapshot_code(args.code)
     pg = await services.start_postgres(base / "postgres", None, scratch=True)
     try:
-        database_url = await services.ensure_database(pg.port, "perseus_bench")
+        database_url = await services.ensure_database(pg, "perseus_bench")
         await db.apply_schema(database_url)
         for cfg in configs:
             run: dict[str, Any] = {

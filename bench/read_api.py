@@ -171,8 +171,8 @@ async def run(requests: int, write: bool, section: str) -> str:
         api_port = services.free_port()
         children.append(await services.start_redis(base / "redis", None))
         children.append(await services.start_postgres(base / "postgres", None, scratch=True))
-        redis_port, pg_port = children[0].port, children[1].port
-        database_url = await services.ensure_database(pg_port, "perseus_bench")
+        redis_port = children[0].port
+        database_url = await services.ensure_database(children[1], "perseus_bench")
         await db.apply_schema(database_url)
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         redis = make_client(redis_url)

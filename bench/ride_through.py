@@ -69,11 +69,11 @@ async def run(interval: float, outage: float, base: Path) -> dict[str, Any]:
     temporal = await services.start_temporal(base / "temporal", None, None)
     redis_server = await services.start_redis(base / "redis", None)
     postgres = await services.start_postgres(base / "postgres", None)
-    tp, rp, pp = temporal.port, redis_server.port, postgres.port
+    tp, rp = temporal.port, redis_server.port
     procs: list[subprocess.Popen[bytes]] = []
     store = RedisStore(make_client(f"redis://127.0.0.1:{rp}/0"))
     try:
-        url = await services.ensure_database(pp, "perseus_bench")
+        url = await services.ensure_database(postgres, "perseus_bench")
         await db.apply_schema(url)
         await db.apply_sql(url, db.DEMO_DATA_PATH)
         client = await Client.connect(f"127.0.0.1:{tp}", data_converter=converter)

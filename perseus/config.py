@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, urlsplit
 from pydantic import (
     AnyHttpUrl,
     Field,
+    PrivateAttr,
     RedisDsn,
     SecretStr,
     UrlConstraints,
@@ -38,6 +39,13 @@ DEFAULT_POSTGRES_PORT = 7432
 DEFAULT_TEMPORAL_PORT = 7233
 DEFAULT_TEMPORAL_UI_PORT = 8233
 DEFAULT_API_PORT = 8700
+#: The role ``perseus dev`` makes for Perseus in its PostgreSQL (not a superuser).
+DEV_DATABASE_ROLE = "perseus"
+DEFAULT_DATABASE_URL = f"postgresql://{DEV_DATABASE_ROLE}@127.0.0.1:{DEFAULT_POSTGRES_PORT}/perseus"
+DEFAULT_REDIS_URL = f"redis://127.0.0.1:{DEFAULT_REDIS_PORT}/0"
+#: The dev stack's server passwords, kept 0600 in the data dir beside its payload key.
+DEV_POSTGRES_PASSWORD_FILE = "postgres.password"
+DEV_REDIS_PASSWORD_FILE = "valkey.password"
 
 #: Public-IP lookup services, tried in order until one answers (each answers with the caller's
 #: address as plain text). On by default like Livermore's lookup; ``PERSEUS_IP_SERVICES=[]`` turns it
@@ -67,8 +75,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PERSEUS_", extra="ignore", frozen=True)
 
-    redis_url: RedisUrl = Field(default=RedisUrl(f"redis://127.0.0.1:{DEFAULT_REDIS_PORT}/0"))
-    database_url: str = f"postgresql://postgres@127.0.0.1:{DEFAULT_POSTGRES_PORT}/perseus"
+    redis_url: RedisUrl = Field(default=RedisUrl(DEFAULT_REDIS_URL))
+    database_url: str = DEFAULT_DATABASE_URL
     #: Accept sslmode=verify-ca (the certificate's chain, not its host name) for a remote database.
     database_allow_verify_ca: bool = False
     #: Accept a plain redis:// URL to another machine (a private network you trust).
@@ -90,7 +98,7 @@ class Settings(BaseSettings):
     #: The Temporal Web UI, for links in `perseus status` (perseus dev serves it here).
     temporal_ui_url: str = f"http://127.0.0.1:{DEFAULT_TEMPORAL_UI_PORT}"
     api_host: str = "127.0.0.1"
-    api_port: int = DEFAULT_API_PORT
+    api_port: int = Field(default=DEFAULT_API_PORT, ge=1, le=65_535)
     data_dir: Path = Path(".perseus")
     api_key: SecretStr | None = None
     #: Logging for ``perseus worker``, ``api`` and ``dev``: a level name, and plain text or JSON lines.
@@ -98,6 +106,9 @@ class Settings(BaseSettings):
     log_format: Literal["plain", "json"] = "plain"
     #: Write trace spans as JSON lines to this file (``perseus dev --trace``); see perseus/tracing.py.
     trace_file: Path | None = None
+    #: A file of the connector commands this host may run (perseus/connectors/allow.py); unset: any
+    #: command a workflow asks for (the worker warns at start). See docs/security.md.
+    exec_allow: Path | None = None
     #: Tests only: where connectors journal connect/disconnect/validity (the invariant checker reads it).
     connector_journal: Path | None = None
     #: AES-256-GCM key(s) for Temporal payloads (base64, 32 bytes; comma-separated to rotate: the
@@ -109,6 +120,9 @@ class Settings(BaseSettings):
     codec_cors_origins: list[str] = Field(default_factory=list)
     #: /codec answers without an API key. Only for an API on loopback (``perseus dev`` sets it).
     codec_allow_anonymous: bool = False
+    #: Serve the OpenAPI description and its pages (/openapi.json, /docs, /redoc): off unless asked,
+    #: they map the API for anyone who can reach it.
+    api_docs: bool = False
 
     @field_validator("heartbeat_interval")
     @classmethod
@@ -196,8 +210,11 @@ class Settings(BaseSettings):
         """This machine's instance host name: ``PERSEUS_HOSTNAME`` or the OS's."""
         return self.hostname or socket.gethostname()
 
+    #: Fields whose value came from the dev stack's password files, not from the user.
+    _from_data_dir: frozenset[str] = PrivateAttr(default=frozenset())
+
     def explicitly_set(self, field: str) -> bool:
-        return field in self.model_fields_set
+        return field in self.model_fields_set and field not in self._from_data_dir
 
 
 class OtelEnv(BaseSettings):
@@ -240,7 +257,7 @@ def load_systemd_env() -> SystemdEnv:
 def load_settings(**overrides: object) -> Settings:
     """Read the environment once; a bad value becomes one ConfigError line naming the variable."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return with_dev_credentials(Settings(**overrides))  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
         # A whole-model check names its field through the error type (see Settings._transport).
@@ -249,6 +266,37 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigError(f"{name}: {first['msg']}") from None
     except (json.JSONDecodeError, ValueError) as exc:  # pydantic-settings fails on bad JSON lists
         raise ConfigError(f"invalid PERSEUS_* setting: {exc}") from None
+
+
+def _dev_secret(path: Path) -> str | None:
+    """A password file of ``perseus dev``, if there is one that only its owner can read."""
+    try:
+        if path.stat().st_mode & 0o077:
+            raise ConfigError(f"{path} is readable by others: chmod 600 it (it is a server password)")
+        return path.read_text().strip() or None
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def with_dev_credentials(settings: Settings) -> Settings:
+    """Commands run beside ``perseus dev`` log in as it does: a server URL left at its default gets
+    the password the dev stack keeps in the data dir (as the payload key is found there too)."""
+    updates: dict[str, object] = {}
+    if not settings.explicitly_set("database_url"):
+        password = _dev_secret(settings.data_dir / DEV_POSTGRES_PASSWORD_FILE)
+        if password is not None:
+            updates["database_url"] = DEFAULT_DATABASE_URL.replace("@", f":{password}@", 1)
+    if not settings.explicitly_set("redis_url"):
+        password = _dev_secret(settings.data_dir / DEV_REDIS_PASSWORD_FILE)
+        if password is not None:
+            updates["redis_url"] = RedisUrl(DEFAULT_REDIS_URL.replace("//", f"//:{password}@", 1))
+    if not updates:
+        return settings
+    filled = settings.model_copy(update=updates)
+    filled._from_data_dir = frozenset(updates)
+    return filled
 
 
 def is_loopback_host(host: str | None) -> bool:

@@ -32,6 +32,7 @@ name, so a workflow can list permanent ones in ``non_retryable_error_types``.
         │   ├── ConnectorUnhealthy  failed its health checks: restart in place
         │   └── ConnectorFailover   failed its health checks: a standby takes over
         ├── ConnectorNotReady       could not start, died before ready, or not ready in time
+        │   └── ExecRefused         this host's exec allow-list does not permit the command
         ├── ConnectorNotActive      a warm child did not answer ACTIVATE with ACTIVE in time
         └── ConnectorGone           the workflow thinks a connector runs here; this process has none
 """
@@ -220,6 +221,13 @@ class ConnectorNotReady(ConnectorError):
     """
 
     retryable = False
+
+
+class ExecRefused(ConnectorNotReady):
+    """This host's exec allow-list (``PERSEUS_EXEC_ALLOW``) does not permit the connector's command.
+
+    Not retryable: only a change to the host's own file (and a worker restart) can change the answer.
+    """
 
 
 class ConnectorNotActive(ConnectorError):

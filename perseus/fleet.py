@@ -13,6 +13,7 @@ import math
 import tomllib
 from collections.abc import Collection, Iterable, Mapping
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -149,6 +150,56 @@ def _connector(key: str, table: Mapping[str, Any]) -> ConnectorSpec:
         raise InvalidFleet(f"{key}.{where}: {message}") from None
 
 
+#: A fleet file is a few lines per exchange: far below these, and a file past them is a mistake (a
+#: device such as /dev/zero, a binary, a generated file gone wrong), refused before it is parsed.
+MAX_FLEET_BYTES = 1_048_576
+MAX_FLEET_DEPTH = 16
+
+
+def read_fleet_file(path: Path) -> str:
+    """The text of a fleet file, bounded: at most :data:`MAX_FLEET_BYTES`, UTF-8, TOML nested at most
+    :data:`MAX_FLEET_DEPTH` deep. InvalidFleet names the limit in one line."""
+    try:
+        with path.open("rb") as source:
+            data = source.read(MAX_FLEET_BYTES + 1)
+    except OSError as exc:
+        raise InvalidFleet(f"cannot read the fleet file {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_FLEET_BYTES:
+        raise InvalidFleet(f"the fleet file {path} is larger than the limit of {MAX_FLEET_BYTES:,} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidFleet(f"the fleet file {path} is not UTF-8 text (byte {exc.start} is not)") from None
+    load_fleet_toml(text)  # syntax and depth too, before any server is contacted
+    return text
+
+
+def load_fleet_toml(text: str) -> dict[str, Any]:
+    """The TOML document of a fleet file, bounded in size and depth (InvalidFleet names the limit)."""
+    too_deep = InvalidFleet(
+        f"the fleet file nests tables or arrays past the limit of {MAX_FLEET_DEPTH} levels"
+    )
+    if len(text.encode()) > MAX_FLEET_BYTES:
+        raise InvalidFleet(f"the fleet file is larger than the limit of {MAX_FLEET_BYTES:,} bytes")
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidFleet(f"not a valid TOML file: {exc}") from None
+    except RecursionError:  # the parser recurses per level: thousands of levels exhaust the stack
+        raise too_deep from None
+    if _depth(doc) > MAX_FLEET_DEPTH:
+        raise too_deep
+    return doc
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
 def parse_fleet(
     text: str, known_exchanges: Collection[str], *, default_interval_s: float = 15.0
 ) -> list[Placement]:
@@ -160,10 +211,7 @@ def parse_fleet(
     [0.5 s, 1 h], an empty or duplicated host, a missing or doubly named connector, and any option
     the process connector refuses. ``default_interval_s`` applies when the file names no interval.
     """
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidFleet(f"not a valid TOML file: {exc}") from None
+    doc = load_fleet_toml(text)
     if unknown := sorted(set(doc) - _TOP_KEYS):
         raise InvalidFleet(f"{unknown[0]}: unknown key (expected heartbeat_interval, admin_email, exchanges)")
     default_interval = (

@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from perseus import metrics
+from perseus.core.pause import in_force, paused_for_ms, watch_ends
 from perseus.decisions import lapses_in_s, past_renew_deadline, runs_without_claim, takes_over_lapsed
 from perseus.errors import (
     ClaimLost,
@@ -188,6 +189,18 @@ class WatchedStandby(_Loop):
     #: ...and at a later one it was not (it died, or was stopped): the watch reports it once, so
     #: that the workflow warms it up again rather than learn of it only when a promotion fails.
     warm_lost: bool = False
+    #: Monotonic time at which the exchange's pause, as last read, ends (None: not paused). Kept
+    #: through a Redis outage: a pause is honoured until its deadline even when it cannot be re-read.
+    paused_until: float | None = None
+
+    @property
+    def paused(self) -> bool:
+        return in_force(self.paused_until, time.monotonic())
+
+    @property
+    def wakes(self) -> bool:
+        """Whether the watch ends for its workflow to race for the exchange (``core.pause``)."""
+        return watch_ends(vacant=self.vacant, holder_silent=self.holder_silent, paused=self.paused)
 
     @property
     def after_outage(self) -> bool:
@@ -491,7 +504,7 @@ class LeaseKeeper:
                         watched.warm_lost = True  # the beat below wakes the watch activity
                     watched.warm_seen = ready
                 renewed = record.model_copy(update=update)
-                present, holder = await asyncio.wait_for(
+                present, holder, paused_ms = await asyncio.wait_for(
                     self._store.renew_standby(
                         record.exchange_id,
                         record.instance_id,
@@ -516,6 +529,7 @@ class LeaseKeeper:
                     )
                     watched.beat.pulse()
                     return
+                self._saw_pause(watched, paused_ms)
                 self._saw(watched, holder)
             watched.beat.pulse()
             if await self._orphaned(watched):
@@ -528,6 +542,30 @@ class LeaseKeeper:
                 return
             due += interval
             await self._look_until(watched, due)
+
+    @staticmethod
+    def _saw_pause(watched: WatchedStandby, paused_ms: int) -> None:
+        """What the pause key's PTTL says: paused until when, on this process's clock."""
+        was = watched.paused
+        left = paused_for_ms(paused_ms)
+        watched.paused_until = None if left is None else time.monotonic() + left / 1000
+        if watched.paused != was:
+            req = watched.request
+            exchange = req.record.exchange_name if req is not None else watched.workflow_id
+            if watched.paused:
+                log.info(
+                    "standby %s: %s is paused; no claim-over until it resumes", watched.workflow_id, exchange
+                )
+            else:
+                log.info(
+                    "standby %s: %s resumed; watching for a vacancy again", watched.workflow_id, exchange
+                )
+
+    def note_pause(self, workflow_id: str, paused_ms: float) -> None:
+        """A claim of this standby was refused for a pause its watch had not read yet: honour it now."""
+        watched = self.standbys.get(workflow_id)
+        if watched is not None:
+            watched.paused_until = time.monotonic() + paused_ms / 1000
 
     def _saw(self, watched: WatchedStandby, holder: HolderEpoch) -> None:
         """What a look at the status key tells the watch. Only a key unrenewed past its holder's own
@@ -637,6 +675,11 @@ class LeaseKeeper:
         what the worker's ``/readyz`` judges (a stalled loop and a Redis that refuses look alike)."""
         now = time.monotonic()
         return [(w, now - h.last_ok, h.interval_s) for w, h in self.claims.items() if h.ended is None]
+
+    def held(self) -> tuple[int, int]:
+        """How many live claims and standby watches this host's keeper holds now."""
+        claims = sum(1 for h in self.claims.values() if h.ended is None)
+        return claims, sum(1 for s in self.standbys.values() if s.ended is None)
 
     def workflow_ids(self) -> set[str]:
         """Workflows that hold a live claim or standby record on this host."""

@@ -41,6 +41,20 @@ def standby_index_key(exchange_id: int) -> str:
     return f"exchange:{exchange_id}:standbys"
 
 
+def pause_key(exchange_id: int) -> str:
+    """Maintenance mode (perseus.core.pause): a record whose TTL is the pause's deadline."""
+    return f"exchange:{exchange_id}:pause"
+
+
+#: Live host workers: a sorted set of ``{host}|{worker id}`` scored by when each record expires (ms).
+WORKERS_INDEX = "perseus:workers"
+
+
+def worker_key(host: str, worker_id: str) -> str:
+    """One worker process's announcement (perseus/hosts.py), with a TTL."""
+    return f"perseus:worker:{host}:{worker_id}"
+
+
 def stream_key(exchange_name: str) -> str:
     return f"logs:network:{exchange_name.lower()}"
 

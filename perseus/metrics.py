@@ -239,9 +239,16 @@ def board_metrics(board: StatusBoard) -> bytes:
         ["exchange"],
         registry=registry,
     )
+    paused = Gauge(
+        "perseus_exchange_paused",
+        "1 while the exchange is paused (maintenance mode: no automatic promotion or claim-over).",
+        ["exchange"],
+        registry=registry,
+    )
     tally: Tally[tuple[str, str]] = Tally()
     for view in board.instances:
         name = view.exchange_name
+        paused.labels(name).set(1 if view.paused else 0)
         status = view.status
         active.labels(name).set(1 if status is not None and status.connection_state is State.ACTIVE else 0)
         standbys.labels(name).set(len(view.standbys))
@@ -331,6 +338,16 @@ class MetricsServer:
                 f"cannot serve metrics on {self.host}:{self.port}: {exc.strerror or exc}"
             ) from None
         log.info("metrics on http://%s:%d/metrics", self.host, self.port)
+
+    @property
+    def url(self) -> str | None:
+        """Where this server answers, once started: the bound port, and this machine's name when it
+        listens on every interface (an address others can use, unlike 0.0.0.0)."""
+        if self._server is None or not self._server.sockets:
+            return None
+        port = self._server.sockets[0].getsockname()[1]
+        host = socket.gethostname() if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{port}/metrics"
 
     async def stop(self) -> None:
         if self._server is not None:

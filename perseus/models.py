@@ -100,6 +100,10 @@ class EventKind(StrEnum):
     STANDBY_REGISTERED = "standby_registered"
     PROMOTED = "promoted"
     HANDOFF = "handoff"
+    #: Maintenance mode began or ended (``perseus pause`` / ``resume``): additive kinds that
+    #: Livermore v6 readers, which match the kinds they know, pass over.
+    PAUSED = "paused"
+    RESUMED = "resumed"
 
 
 class NetworkEvent(BaseModel):
@@ -120,6 +124,8 @@ class NetworkEvent(BaseModel):
     error: str | None = None
     state: State | None = None
     detail: str | None = None
+    #: Who caused it, when someone did (``cli:<os user>@<machine>``): an additive field.
+    actor: str | None = None
 
     def fields(self) -> dict[str, str]:
         """Stream fields, all strings; unknown ip/adminEmail are '' as in Livermore."""
@@ -144,6 +150,8 @@ class NetworkEvent(BaseModel):
             out["state"] = self.state.value if self.state else ""
         if self.detail is not None:
             out["detail"] = self.detail
+        if self.actor is not None:
+            out["actor"] = self.actor
         out.update(instanceId=self.instance_id, epoch=str(self.epoch), eventId=self.event_id)
         return out
 
@@ -465,6 +473,9 @@ class ClaimRequest(BaseModel):
     #: A standby whose watch saw the holder unrenewed past its renew deadline plus the margin: the
     #: claim may take the key over instead of waiting for its TTL (``decisions.takes_over_lapsed``).
     take_lapsed: bool = False
+    #: Nobody asked for this claim (a standby promoting itself after a vacancy, or woken by a holder
+    #: that was lost or failed): refused while the exchange is paused (``core.pause``).
+    automatic: bool = False
 
 
 class HostClaimRequest(BaseModel):
@@ -486,6 +497,8 @@ class ClaimResult(BaseModel):
     message: str | None = None
     #: Claimed over a lapsed holder (``ClaimRequest.take_lapsed``): whom, and at which epoch.
     took_over: str | None = None
+    #: Refused because the exchange is paused: for how many more milliseconds (``core.pause``).
+    paused_ms: float | None = None
 
 
 class StatusPatch(BaseModel):
@@ -713,6 +726,8 @@ class StandbyQuery(BaseModel):
 
 class StandbyList(BaseModel):
     standbys: list[StandbyRecord]
+    #: The exchange is paused (``core.pause``): no standby may take it over by itself now.
+    paused: bool = False
 
 
 class DropStandbyRequest(BaseModel):
@@ -732,6 +747,14 @@ class PromoteRequest(BaseModel):
     act_after_s: float = 0.0
     #: The holder's key is there but lapsed (``StandbyOutcome.holder_silent``): claim over it.
     take_lapsed: bool = False
+
+
+class PauseRecord(Wire):
+    """The JSON at ``exchange:{id}:pause`` (maintenance mode); the key's TTL is its deadline."""
+
+    until: str
+    since: str
+    actor: str | None = None
 
 
 class HandoffConfirm(BaseModel):

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 
 from pydantic import Field
 
+from perseus.core.pause import paused_for_ms
 from perseus.decisions import seconds_until
 from perseus.keys import RENEW_DEADLINE_FACTOR, parse_iso
 from perseus.lifecycle import State, legacy_state
@@ -117,6 +118,11 @@ class InstanceView(Wire):
     last_known: LastKnown | None = None
     #: Live standbys, highest priority first (DESIGN §2.8); empty: no standby.
     standbys: list[StandbyView] = Field(default_factory=list)
+    #: Maintenance mode (``perseus pause``): no automatic promotion or claim-over until
+    #: ``pausedUntil`` (None: until resumed, for a pause key without a deadline), asked by ``pausedBy``.
+    paused: bool = False
+    paused_until: str | None = None
+    paused_by: str | None = None
 
 
 def heartbeat_colour(age_s: float, interval_s: float = DEFAULT_INTERVAL_S) -> str:
@@ -329,9 +335,10 @@ async def read_board(
     views = [judge(e, read, now) for e, read in zip(exchanges, reads, strict=True)]
     offline = [v for v in views if not v.online] if with_last_known else []
     members = [(i, member) for i, listed in enumerate(indexes) for member in listed]
-    streams, records = await store.board_details(
+    streams, records, pauses = await store.board_details(
         [(v.exchange_name, "+", LAST_KNOWN_DEPTH) for v in offline],
         [(exchanges[i].id, member) for i, member in members],
+        [e.id for e in exchanges],
     )
     if offline:
         # An empty stream (Redis lost its data) is answered from the durable copy of the log.
@@ -349,6 +356,10 @@ async def read_board(
     for (i, _), record in zip(members, records, strict=True):
         if record is not None:
             standby_records[i].append(record)
-    for view, listed in zip(views, standby_records, strict=True):
+    for view, listed, (pause, pttl) in zip(views, standby_records, pauses, strict=True):
         view.standbys = standby_views(listed, now)
+        if paused_for_ms(pttl) is not None:
+            view.paused = True
+            view.paused_until = pause.until if pause is not None else None
+            view.paused_by = pause.actor if pause is not None else None
     return StatusBoard(instances=views, server_time=now)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
@@ -40,10 +42,11 @@ RPC_TIMEOUT = timedelta(seconds=10)
 converter = dataclasses.replace(pydantic_data_converter, payload_codec=PlainCodec())
 
 
-def payload_codec(settings: Settings) -> PayloadCodec:
+def payload_codec(settings: Settings, *, read_only: bool = False) -> PayloadCodec:
     """The codec the settings ask for: encryption with ``PERSEUS_PAYLOAD_KEY``; plain text when
     ``PERSEUS_PAYLOAD_PLAINTEXT=1`` says so; else the key ``perseus dev`` keeps in the data dir;
-    none of these is a ConfigError (see docs/security.md)."""
+    none of these is a ConfigError (see docs/security.md), unless ``read_only``: a view that sends
+    nothing needs no key until it meets a sealed payload."""
     if settings.payload_key is not None:
         return EncryptionCodec(parse_keys(settings.payload_key.get_secret_value()))
     if settings.payload_plaintext:
@@ -51,15 +54,33 @@ def payload_codec(settings: Settings) -> PayloadCodec:
     dev_key = settings.data_dir / DEV_KEY_FILE
     if dev_key.exists():  # a `perseus dev` stack's key, in the same data dir
         return EncryptionCodec(parse_keys(read_key_file(dev_key)))
-    raise ConfigError(
-        "PERSEUS_PAYLOAD_KEY is not set: Temporal history would hold connector commands and their "
-        "environment in plain text; set a key (openssl rand -base64 32) on every worker and client, "
-        "or PERSEUS_PAYLOAD_PLAINTEXT=1 to accept that"
+    if read_only:
+        return ReadOnlyCodec()
+    raise ConfigError(NO_KEY)
+
+
+#: Why a client without a key may not write to Temporal.
+NO_KEY = (
+    "PERSEUS_PAYLOAD_KEY is not set: Temporal history would hold connector commands and their "
+    "environment in plain text; set a key (openssl rand -base64 32) on every worker and client, "
+    "or PERSEUS_PAYLOAD_PLAINTEXT=1 to accept that"
+)
+
+
+class ReadOnlyCodec(PlainCodec):
+    """A view without a key (``fleet diff``/``fleet status`` outside the checkout, as ``status``):
+    it reads what needs no key; writing a payload, or reading a sealed one, is the usual one line."""
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        if payloads:
+            raise ConfigError(NO_KEY)
+        return []
+
+
+def data_converter(settings: Settings, *, read_only: bool = False) -> DataConverter:
+    return dataclasses.replace(
+        pydantic_data_converter, payload_codec=payload_codec(settings, read_only=read_only)
     )
-
-
-def data_converter(settings: Settings) -> DataConverter:
-    return dataclasses.replace(pydantic_data_converter, payload_codec=payload_codec(settings))
 
 
 #: The instance workflow's type and message names, as clients address them. Clients (the CLI, the
@@ -150,10 +171,13 @@ def _connect_failure(text: str) -> str:
     return first.removeprefix("Failed client connect: ").lower() or "no answer"
 
 
-async def connect(settings: Settings, override_address: str | None = None, **extra: Any) -> Client:
+async def connect(
+    settings: Settings, override_address: str | None = None, *, read_only: bool = False, **extra: Any
+) -> Client:
     """A client with Perseus' converter and payload codec; ServiceUnavailable or ConfigError in one
-    line when Temporal cannot be reached or the address is malformed."""
-    converter_ = data_converter(settings)
+    line when Temporal cannot be reached or the address is malformed. ``read_only``: see
+    :func:`payload_codec`."""
+    converter_ = data_converter(settings, read_only=read_only)
     config = connect_config(override_address)
     target = config["target_host"]
     # With tracing on (perseus.tracing), every call of this client and every worker built from it

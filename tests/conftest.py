@@ -58,6 +58,8 @@ class Servers:
     postgres_port: int
     data_dir: Path
     children: list[services.Service]
+    #: The PostgreSQL server, for tests that make a database of their own (services.ensure_database).
+    postgres: services.Service
 
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for a ``perseus`` subprocess talking to these servers."""
@@ -84,20 +86,25 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         try:
             # Each on a port of its own choosing, retried if another process takes it first.
             children.append(temporal := await services.start_temporal(base / "temporal", None, None))
-            children.append(redis := await services.start_redis(base / "redis", None))
+            # With credentials, as `perseus dev` runs them: a test machine is a shared machine too.
+            redis_password = services.new_password()
+            children.append(
+                redis := await services.start_redis(base / "redis", None, password=redis_password)
+            )
             children.append(postgres := await services.start_postgres(base / "postgres", None, scratch=True))
             temporal_port, redis_port, pg_port = temporal.port, redis.port, postgres.port
-            url = await services.ensure_database(pg_port, "perseus_test")
+            url = await services.ensure_database(postgres, "perseus_test")
             await db.apply_schema(url)
             await db.apply_sql(url, db.DEMO_DATA_PATH)
             return Servers(
                 f"127.0.0.1:{temporal_port}",
-                f"redis://127.0.0.1:{redis_port}/0",
+                services.redis_url(redis),
                 redis_port,
                 url,
                 pg_port,
                 base,
                 children,
+                postgres,
             )
         except BaseException:
             for child in children:

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from perseus import tracing
 from perseus.api.codec import codec_router
+from perseus.api.hosts import router as hosts_router
 from perseus.api.live import READER_CONNECTIONS, LiveFeed
 from perseus.api.page import router as page_router
 from perseus.api.ready import router as ready_router
@@ -113,6 +114,9 @@ def create_app(settings: Settings, temporal_address: str | None = None) -> FastA
         description="The instance registry and health network's read API. Every `/api` route needs "
         "`Authorization: Bearer <api key>`; every answer carries `serverTime`.",
         lifespan=lifespan,
+        openapi_url="/openapi.json" if settings.api_docs else None,
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url="/redoc" if settings.api_docs else None,
     )
     app.state.temporal_address = temporal_address
     if tracing.enabled():  # perseus.tracing: off by default, and then no middleware at all
@@ -121,6 +125,7 @@ def create_app(settings: Settings, temporal_address: str | None = None) -> FastA
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.include_router(network_router)
+    app.include_router(hosts_router)
     app.include_router(ready_router)
     app.include_router(codec_router(settings))
     app.include_router(page_router)

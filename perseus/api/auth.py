@@ -23,7 +23,7 @@ from perseus.errors import Unauthorized
 bearer = HTTPBearer(
     auto_error=False,
     scheme_name="ApiKey",
-    description="An API key from `perseus apikey create NAME` (or the one `perseus dev` prints).",
+    description="An API key from `perseus apikey create NAME` (or `perseus dev`'s, in `{data dir}/api.key`).",
 )
 
 

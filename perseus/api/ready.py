@@ -1,6 +1,7 @@
 """``/readyz``: can this API serve? PostgreSQL, Redis and Temporal are each asked within a bound, at
-the same time; 200 when all answer, 503 naming the ones that did not. Open like ``/healthz`` (load
-balancers carry no key); it says which dependency is down, never how to reach it.
+the same time; 200 when all answer, 503 when one did not. Open like ``/healthz`` (load balancers
+carry no key), so without a key it says only ready or not; with a valid key it also names which
+dependency is down and why (never how to reach it).
 
 :func:`preflight` is the same check of PostgreSQL and Redis before ``perseus api`` starts serving, so
 a dependency that is down at start-up is one line and a non-zero exit, not a traceback.
@@ -17,6 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from temporalio.client import Client
 
+from perseus.api.auth import bearer, require_api_key
 from perseus.config import Settings
 from perseus.errors import PerseusError, Server, ServiceUnavailable
 from perseus.redact import mask_text
@@ -43,14 +45,20 @@ async def _within(call: Awaitable[Any], what: str) -> str:
     return "ok"
 
 
-async def _temporal(request: Request) -> None:
+async def plain_temporal(request: Request) -> Client:
+    """The API's one Temporal client, for calls that carry no payloads (health, task queues)."""
     client: Client | None = getattr(request.app.state, "readyz_temporal", None)
     if client is None:
-        # Lazy: created without a round trip, connects on first use. Health checks carry no
-        # payloads, so the plain converter is enough (no key needed to say "up").
+        # Lazy: created without a round trip, connects on first use. Health checks and task queue
+        # descriptions carry no payloads, so the plain converter is enough (no key needed).
         config = connect_config(getattr(request.app.state, "temporal_address", None))
         client = await Client.connect(**config, data_converter=converter, lazy=True)
         request.app.state.readyz_temporal = client
+    return client
+
+
+async def _temporal(request: Request) -> None:
+    client = await plain_temporal(request)
     await client.service_client.check_health(timeout=timedelta(seconds=CHECK_S))
 
 
@@ -66,8 +74,23 @@ async def readyz(request: Request) -> JSONResponse:
     )
     checks = dict(zip(names, results, strict=True))
     down = [name for name, result in checks.items() if result != "ok"]
-    body = {"ready": not down, "down": down, "checks": checks, "serverTime": datetime.now(UTC).isoformat()}
+    body: dict[str, Any] = {"ready": not down, "serverTime": datetime.now(UTC).isoformat()}
+    if await _key_given(request, catalog):
+        body.update(down=down, checks=checks)
     return JSONResponse(body, status_code=503 if down else 200)
+
+
+async def _key_given(request: Request, catalog: db.Catalog) -> bool:
+    """Whether the request carries a valid API key; a key that cannot be checked now (PostgreSQL
+    down) counts as none: the short answer is still the right one."""
+    credentials = await bearer(request)
+    if credentials is None:
+        return False
+    try:
+        await asyncio.wait_for(require_api_key(request, catalog, credentials), CHECK_S)
+    except (PerseusError, TimeoutError):
+        return False
+    return True
 
 
 async def preflight(settings: Settings) -> None:

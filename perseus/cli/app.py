@@ -60,9 +60,22 @@ app = typer.Typer(
 db_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="The PostgreSQL catalog.")
 app.add_typer(db_app, name="db")
 
-# Markup and highlighting off: anything printed may contain data ("[/bold]" in a stored error).
-out = Console(soft_wrap=True, markup=False, highlight=False)
-err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
+#: How wide output is when it goes to a pipe or file and COLUMNS does not say: Rich's default of 80
+#: columns cut table cells (a stored error, a host list) for whoever reads the file or greps it.
+PIPE_WIDTH = 1_000
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A console that reads no markup (anything printed may contain data, "[/bold]" in a stored
+    error) and is not cut at 80 columns when it writes to a pipe."""
+    console = Console(stderr=stderr, soft_wrap=True, markup=False, highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = PIPE_WIDTH
+    return console
+
+
+out = make_console()
+err = make_console(stderr=True)
 T = TypeVar("T")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
@@ -264,17 +277,19 @@ def waiting(label: str, *, as_json: bool = False) -> Iterator[None]:
 
 
 def dev_banner(stack: DevStack) -> list[str]:
-    """What ``perseus dev`` prints once it is up: addresses, the dev API key, and the server URLs
-    with their credentials masked (the banner ends up in terminals, logs and screenshots)."""
+    """What ``perseus dev`` prints once it is up: addresses, the dev API key's first characters, the
+    server URLs with their credentials masked, and which files in the data dir hold the secrets (the
+    banner ends up in terminals, logs and screenshots)."""
     return [
         f"  Temporal        {stack.temporal_address}",
         f"  Temporal Web UI {stack.ui_url or '(headless)'}",
         f"  API             {stack.api_url}/api/network/instances",
         f"  Network page    {stack.api_url}/network",
-        f"  API key         {stack.api_key}",
+        f"  API key         {stack.api_key[:8]}… (the whole key is in {stack.api_key_file()})",
         f"  Redis           {mask_url(str(stack.settings.redis_url))}",
         f"  PostgreSQL      {mask_url(stack.settings.database_url)}",
         f"  Data            {stack.settings.data_dir.resolve()}",
+        f"  Secrets (0600)  {' '.join(path.name for path in stack.secret_files())}",
         *([f"  PostgreSQL data {stack.postgres_data}"] if stack.postgres_data is not None else []),
         f"  Child PIDs      {' '.join(map(str, stack.child_pids()))}",
     ]
@@ -286,14 +301,20 @@ def dev(
         bool, typer.Option(help="Place the demo fleet (perseus/demo_fleet.toml) on this host; it enrols it.")
     ] = False,
     temporal_port: Annotated[
-        int, typer.Option(help="Temporal dev server gRPC port.")
+        int, typer.Option(help="Temporal dev server gRPC port.", min=1, max=65_535)
     ] = DEFAULT_TEMPORAL_PORT,
-    ui_port: Annotated[int, typer.Option(help="Temporal Web UI port.")] = DEFAULT_TEMPORAL_UI_PORT,
+    ui_port: Annotated[
+        int, typer.Option(help="Temporal Web UI port.", min=1, max=65_535)
+    ] = DEFAULT_TEMPORAL_UI_PORT,
     redis_port: Annotated[
-        int, typer.Option(help="Embedded Redis-compatible server port.")
+        int, typer.Option(help="Embedded Redis-compatible server port.", min=1, max=65_535)
     ] = DEFAULT_REDIS_PORT,
-    postgres_port: Annotated[int, typer.Option(help="Embedded PostgreSQL port.")] = DEFAULT_POSTGRES_PORT,
-    api_port: Annotated[int, typer.Option(help="Perseus API and network page port.")] = DEFAULT_API_PORT,
+    postgres_port: Annotated[
+        int, typer.Option(help="Embedded PostgreSQL port.", min=1, max=65_535)
+    ] = DEFAULT_POSTGRES_PORT,
+    api_port: Annotated[
+        int, typer.Option(help="Perseus API and network page port.", min=1, max=65_535)
+    ] = DEFAULT_API_PORT,
     headless: Annotated[bool, typer.Option(help="No Temporal Web UI.")] = False,
     host: HostOption = None,
     trace: Annotated[
@@ -383,7 +404,11 @@ def worker(
 
 
 @app.command()
-def api(port: Annotated[int | None, typer.Option(help="Port (default PERSEUS_API_PORT).")] = None) -> None:
+def api(
+    port: Annotated[
+        int | None, typer.Option(help="Port (default PERSEUS_API_PORT).", min=1, max=65_535)
+    ] = None,
+) -> None:
     """Serve the HTTP API and the network page."""
     import uvicorn
 
@@ -394,7 +419,13 @@ def api(port: Annotated[int | None, typer.Option(help="Port (default PERSEUS_API
     from perseus.logs import configure_logging
 
     async def serve(settings: Settings) -> None:
+        from perseus.devstack.services import require_free
+
         configure_logging(settings.log_level, settings.log_format)
+        # A taken port is a usage error (exit 2) in one line, before uvicorn logs its own failure.
+        require_free(
+            port or settings.api_port, "the Perseus API", "--port or PERSEUS_API_PORT", settings.api_host
+        )
         await preflight(settings)  # PostgreSQL or Redis down: one line and exit 1, not a traceback
         # StreamingServer: live event streams end first on shutdown instead of holding it up.
         server = StreamingServer(
@@ -461,6 +492,7 @@ def exchanges(as_json: JsonFlag = False) -> None:
 from perseus.cli import connector_output as _connector_output  # noqa: E402,F401  (registers output)
 from perseus.cli import fleet as _fleet  # noqa: E402,F401  (registers fleet and drain)
 from perseus.cli import instances as _instances  # noqa: E402,F401  (registers its commands on app)
+from perseus.cli import ops as _ops  # noqa: E402,F401  (registers pause and resume)
 from perseus.cli import views as _views  # noqa: E402,F401  (registers network, log, apikey)
 
 
@@ -485,11 +517,11 @@ def main() -> None:
         code = int(getattr(exc, "exit_code", EXIT_USAGE))
         if "--json" in sys.argv[1:]:
             print_json({"error": exc.format_message(), "type": type(exc).__name__, "exitCode": code})
-        show = getattr(exc, "show", None)
-        if callable(show):
-            show()
-        else:
-            err.print(f"error: {exc.format_message()}")
+        # One line, as every other error: the usage text is one --help away (named in the line).
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        message = " ".join(exc.format_message().split())
+        err.print(Text.assemble(("error:", "red"), " ", message, hint))
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.text import Text
 
 from perseus.cli.app import JsonFlag, app, err, out, print_json, run
 from perseus.config import Settings
-from perseus.errors import InvalidFleet
+from perseus.fleet import read_fleet_file
 
 fleet_app = typer.Typer(
     no_args_is_help=True, help="The declared fleet: placements in a file, enrolled by hosts."
@@ -22,8 +23,11 @@ T = TypeVar("T")
 FileArg = Annotated[Path, typer.Argument(help="The fleet file (TOML).", dir_okay=False)]
 
 
-async def _with_clients(settings: Settings, fn: Callable[[Any, Any, Any], Awaitable[T]]) -> T:
-    """Open PostgreSQL, Redis and Temporal for one command, and close them afterwards."""
+async def _with_clients(
+    settings: Settings, fn: Callable[[Any, Any, Any], Awaitable[T]], *, read_only: bool = False
+) -> T:
+    """Open PostgreSQL, Redis and Temporal for one command, and close them afterwards. ``read_only``:
+    a view, which needs no payload key (as ``perseus status`` needs none)."""
     from perseus.store import db
     from perseus.store.redis_store import RedisStore, make_client
     from perseus.temporal import connect
@@ -33,21 +37,17 @@ async def _with_clients(settings: Settings, fn: Callable[[Any, Any, Any], Awaita
         catalog = db.Catalog(db.OneConnection(conn))
         redis = make_client(str(settings.redis_url))
         try:
-            client = await connect(settings)
+            client = await connect(settings, read_only=read_only)
             return await fn(client, catalog, RedisStore(redis))
         finally:
             await redis.aclose()
 
 
-async def _read(catalog: Any, path: Path) -> list[Any]:
+async def _read(catalog: Any, text: str) -> list[Any]:
     """The file's placements, validated whole (catalog names and admins included)."""
     from perseus.enrol import check_admins
     from perseus.fleet import parse_fleet
 
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InvalidFleet(f"cannot read the fleet file {path}: {exc.strerror or exc}") from None
     known = [e.name for e in await catalog.exchanges(active_only=True)]
     placements = parse_fleet(text, known)
     await check_admins(catalog, placements)
@@ -75,8 +75,10 @@ def apply(
     from perseus.enrol import EnrolReport, apply_fleet
 
     async def main(settings: Settings) -> tuple[list[Any], EnrolReport]:
+        text = read_fleet_file(file)  # bounded, before any server is contacted
+
         async def go(client: Any, catalog: Any, store: Any) -> tuple[list[Any], EnrolReport]:
-            placements = await _read(catalog, file)
+            placements = await _read(catalog, text)
             return await apply_fleet(client, catalog, store, placements, prune=prune)
 
         return await _with_clients(settings, go)
@@ -114,12 +116,14 @@ def diff(
     from perseus.enrol import plan_fleet
 
     async def main(settings: Settings) -> list[Any]:
+        text = read_fleet_file(file)  # bounded, before any server is contacted
+
         async def go(client: Any, catalog: Any, store: Any) -> list[Any]:
-            placements = await _read(catalog, file)
+            placements = await _read(catalog, text)
             actions, _ = await plan_fleet(client, catalog, store, placements, prune=prune)
             return actions
 
-        return await _with_clients(settings, go)
+        return await _with_clients(settings, go, read_only=True)
 
     actions = run(main)
     if as_json:
@@ -131,27 +135,33 @@ def diff(
 @fleet_app.command("status")
 def status(as_json: JsonFlag = False) -> None:
     """Per exchange: desired hosts, who is active, who stands by, and the drift."""
-    from rich.table import Table
-
     from perseus.enrol import fleet_status
 
     async def main(settings: Settings) -> list[Any]:
-        return await _with_clients(settings, fleet_status)
+        return await _with_clients(settings, fleet_status, read_only=True)
 
     views = run(main)
     if as_json:
         print_json(views)
         return
+    out.print(fleet_table(views))
+
+
+def fleet_table(views: list[Any]) -> Any:
+    """``fleet status`` as a table. Styles are given as styles: the console reads no markup, so a
+    "[red]" in a string would be printed as it is (data and labels alike)."""
+    from rich.table import Table
+
     table = Table("exchange", "desired hosts", "active", "standbys", "drift")
     for v in views:
         table.add_row(
-            v.exchange,
-            ", ".join(v.desired_hosts) or "[dim]not in the fleet[/dim]",
-            f"{v.active_host} ({v.active_state})" if v.active_host else "[red]none[/red]",
-            ", ".join(v.standbys) or "-",
-            "; ".join(v.drift) or "[green]none[/green]",
+            Text(v.exchange),
+            Text(", ".join(v.desired_hosts)) if v.desired_hosts else Text("not in the fleet", style="dim"),
+            Text(f"{v.active_host} ({v.active_state})") if v.active_host else Text("none", style="red"),
+            Text(", ".join(v.standbys) or "-"),
+            Text("; ".join(v.drift)) if v.drift else Text("none", style="green"),
         )
-    out.print(table)
+    return table
 
 
 @app.command()

@@ -450,6 +450,8 @@ def _status_table(board: Any, ui: str | None) -> Any:
         for standby in view.standbys:
             ready = readiness(standby)
             role = f"standby (priority {standby.priority})" + (f", {ready}" if ready else "")
+            if view.paused:  # it keeps watching, but takes nothing over by itself
+                role += f", paused until {view.paused_until or 'resumed'}"
             table.add_row(
                 Text(view.exchange_name),
                 role,
@@ -463,6 +465,14 @@ def _status_table(board: Any, ui: str | None) -> Any:
                 "",
                 *([Text(f"{ui}/instance-{view.exchange_name}-{standby.host}")] if ui else []),
             )
+    paused = [
+        f"{v.exchange_name} paused until {v.paused_until or 'resumed'}"
+        + (f" by {v.paused_by}" if v.paused_by else "")
+        for v in board.instances
+        if v.paused
+    ]
+    if paused:  # shown even for an exchange with no standby line to carry it
+        table.caption = Text("; ".join(paused) + ": no automatic failover", style="yellow")
     return table
 
 

@@ -98,6 +98,12 @@ def _card(view: Any) -> Panel:
                 row("admin", known.admin_email)
             if known.last_error:
                 row("last error", Text(f"{known.last_error} ({known.last_error_at or '?'})", style="red"))
+    if view.paused:
+        by = f" by {view.paused_by}" if view.paused_by else ""
+        row(
+            "paused",
+            Text(f"until {view.paused_until or 'resumed'}{by}: no automatic failover", style="yellow"),
+        )
     if not view.standbys:
         row("standbys", Text("no standby", style="dim"))
     for standby in view.standbys:
@@ -154,7 +160,8 @@ def network(
                 elif live is not None:
                     live.update(_cards(shown), refresh=True)
                 else:
-                    out.print(Rule(shown.server_time.isoformat()))
+                    # A separator that fits any pipe's reader (the piped console is very wide).
+                    out.print(Rule(shown.server_time.isoformat(), align="left"), width=100)
                     out.print(_cards(shown))
                 frames += 1
                 if times and frames >= times:

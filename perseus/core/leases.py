@@ -20,6 +20,7 @@ from perseus.core.actions import (
     Sleep,
     WaitLease,
 )
+from perseus.core.pause import steps_aside
 from perseus.core.state import Ending
 from perseus.core.steps import PICKUP_FACTOR, RUNNING_STATES, InstanceSteps
 from perseus.decisions import (
@@ -209,10 +210,16 @@ class LeaseProcedures(InstanceSteps):
 
     def _step_aside(self, reason: str) -> Proc:
         """An unhealthy connector whose policy is failover: record it, let go of the exchange and wake
-        the best standby, then wait as a standby here. With no live standby, restart in place."""
+        the best standby, then wait as a standby here. With no live standby, or while the exchange is
+        paused (no standby may take it over), restart in place."""
         yield from self._fail(reason)
-        if not (yield from self._standbys()):
-            yield Log(f"{self.wf_id}: no live standby to take over; restarting in place")
+        standbys, paused = yield from self._standbys_and_pause()
+        # Patched, and asked only when it matters: a run recorded by a worker from before pauses
+        # stepped aside whatever the list said, and must replay so.
+        held = paused and bool(standbys) and (yield Patched("paused-restarts-in-place"))
+        if not steps_aside(standbys=bool(standbys), paused=held):
+            why = "the exchange is paused" if standbys else "no live standby to take over"
+            yield Log(f"{self.wf_id}: {why}; restarting in place")
             self.enqueue(Command.START, first=True, internal=True)
             return
         yield from self._cancel_lease()

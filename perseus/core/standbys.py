@@ -24,6 +24,7 @@ from perseus.core.steps import InstanceSteps
 from perseus.decisions import (
     StartPath,
     act_after_vacancy_s,
+    holders_release,
     released_by_holder,
     standbys_ahead,
     start_path,
@@ -134,13 +135,17 @@ class StandbyProcedures(InstanceSteps):
         """
         s = self.s
         s.highest_epoch = max(s.highest_epoch, req.min_epoch)
-        result = yield from self._claim(quiet=True, take_lapsed=req.take_lapsed)
+        # Only a handoff (or drain) has someone waiting for the answer: anything else promotes
+        # this standby on its own, which a pause forbids.
+        automatic = req.confirm_to is None
+        result = yield from self._claim(quiet=True, take_lapsed=req.take_lapsed, automatic=automatic)
         if result is None:
             if req.confirm_to:
                 yield from self._reply(req.confirm_to, ok=False, detail="the exchange was not free to claim")
             return
         s.role = Role.ACTIVE
         yield from self._start_lease()  # renew the fresh claim at once
+        reason = req.reason
         if req.act_after_s:
             # The holder whose key vanished may act until its renew deadline: ours must not yet —
             # unless that holder tells us meanwhile that it stopped and released (a graceful stop
@@ -151,6 +156,11 @@ class StandbyProcedures(InstanceSteps):
                     timeout_s=req.act_after_s,
                     summary="wait out the old deadline",
                 )
+                # The event says why we act now: the holder's word, not the vacancy our watch saw
+                # first (under load it usually is first: the release deletes the key at once).
+                release = holders_release(s.promotions, req.min_epoch)
+                if release is not None:
+                    reason = f"{release.reason} (its key was seen gone first)"
             else:
                 yield Sleep(req.act_after_s, summary="wait out the old deadline")
         task, s.warm_task = s.warm_task, None
@@ -172,7 +182,7 @@ class StandbyProcedures(InstanceSteps):
         if warm:
             how = f" (warm: {'activated' if cold_because is None else 'not activated'})"
         over = f"; claimed over {result.took_over}" if result.took_over else ""
-        yield from self._event(EventKind.PROMOTED, detail=req.reason + over + how)
+        yield from self._event(EventKind.PROMOTED, detail=reason + over + how)
         for target in recovery_path(s.state):  # a former active one may still read stopped
             yield from self._transition(target)
         if warm and cold_because is None:

@@ -200,6 +200,12 @@ class InstanceSteps:
 
     def _standbys(self, *, include_self: bool = False) -> Proc:
         """The live standbys of our exchange, best first (none if Redis cannot say)."""
+        standbys, _ = yield from self._standbys_and_pause(include_self=include_self)
+        return standbys
+
+    def _standbys_and_pause(self, *, include_self: bool = False) -> Proc:
+        """The live standbys of our exchange, best first, and whether it is paused (``core.pause``);
+        none and not paused if Redis cannot say. One activity, as :meth:`_standbys`."""
         s = self.s
         assert s.resolved
         found: StandbyList | None = yield from self._tolerated(
@@ -213,21 +219,32 @@ class InstanceSteps:
             "standbys unknown",
         )
         if found is None:
-            return []
-        return [x for x in found.standbys if include_self or x.workflow_id != self.wf_id]
+            return [], False
+        return [x for x in found.standbys if include_self or x.workflow_id != self.wf_id], found.paused
 
-    def _claim(self, *, quiet: bool = False, retry: Retry = Retry.SHARED, take_lapsed: bool = False) -> Proc:
+    def _claim(
+        self,
+        *,
+        quiet: bool = False,
+        retry: Retry = Retry.SHARED,
+        take_lapsed: bool = False,
+        automatic: bool = False,
+    ) -> Proc:
         """Claim with a fresh instanceId: the ClaimResult, or None (refused; why is remembered).
 
         ``quiet``: a standby racing for a vacancy (or an instance taking back its own exchange) is
         not a conflict worth an event when it loses. ``take_lapsed``: a standby whose watch saw the
-        holder past its renew deadline may claim over its key.
+        holder past its renew deadline may claim over its key. ``automatic``: nobody asked for this
+        claim (a promotion after a vacancy or a wake-up), so a pause refuses it (``core.pause``).
         """
         s = self.s
         assert s.resolved and s.hostname and s.registered_at
         instance_id = self.clock.uuid4()
         request = ClaimRequest(
-            status=self._status(instance_id), highest_epoch=s.highest_epoch, take_lapsed=take_lapsed
+            status=self._status(instance_id),
+            highest_epoch=s.highest_epoch,
+            take_lapsed=take_lapsed,
+            automatic=automatic,
         )
         try:
             result: ClaimResult = yield from self._claim_activity(request, retry)

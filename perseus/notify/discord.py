@@ -54,6 +54,8 @@ COLOURS: dict[EventKind, int] = {
     EventKind.STANDBY_REGISTERED: 0x95A5A6,  # grey
     EventKind.PROMOTED: 0x9B59B6,  # purple
     EventKind.HANDOFF: 0x1ABC9C,  # teal
+    EventKind.PAUSED: 0xF1C40F,  # yellow
+    EventKind.RESUMED: 0x2ECC71,  # green
 }
 
 #: Kinds that produce a message. A standby registering changes nothing for anyone and is only logged.
@@ -66,6 +68,8 @@ _HEADLINES: dict[EventKind, str] = {
     EventKind.STANDBY_REGISTERED: "standby registered",
     EventKind.PROMOTED: "standby promoted",
     EventKind.HANDOFF: "handoff",
+    EventKind.PAUSED: "paused (no automatic failover)",
+    EventKind.RESUMED: "resumed",
 }
 
 _MARKDOWN = str.maketrans({c: "\\" + c for c in "\\*_~`|>#[]()"})

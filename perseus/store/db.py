@@ -13,9 +13,10 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, LiteralString, TypeVar
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -194,6 +195,63 @@ async def apply_sql(url: str, path: Path) -> None:
 
 async def apply_schema(url: str) -> None:
     await apply_sql(url, SCHEMA_PATH)
+
+
+#: Hands an older database's objects (made by the superuser, before the application role existed)
+#: to the application role: it must own what the schema file alters and replaces.
+_ADOPT: LiteralString = """
+DO $$
+DECLARE item record;
+BEGIN
+    FOR item IN
+        SELECT c.oid::regclass AS name FROM pg_class c
+        WHERE c.relnamespace = 'public'::regnamespace AND c.relowner = 'postgres'::regrole
+          AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+          -- a sequence that belongs to a column follows its table
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                          AND d.objid = c.oid AND d.deptype IN ('a', 'i'))
+    LOOP
+        EXECUTE format('ALTER TABLE %s OWNER TO {role}', item.name);
+    END LOOP;
+    FOR item IN
+        SELECT p.oid::regprocedure AS name FROM pg_proc p
+        WHERE p.pronamespace = 'public'::regnamespace AND p.proowner = 'postgres'::regrole
+    LOOP
+        EXECUTE format('ALTER ROUTINE %s OWNER TO {role}', item.name);
+    END LOOP;
+    FOR item IN
+        SELECT t.oid::regtype AS name FROM pg_type t
+        WHERE t.typnamespace = 'public'::regnamespace AND t.typowner = 'postgres'::regrole
+          AND t.typtype IN ('e', 'd')
+    LOOP
+        EXECUTE format('ALTER TYPE %s OWNER TO {role}', item.name);
+    END LOOP;
+END $$;
+"""
+
+
+async def provision(admin_url: str, database_admin_url: str, role: str, password: str, name: str) -> None:
+    """As the superuser (``admin_url``): the login ``role`` (no superuser) with ``password``, and the
+    database ``name`` it owns, each made if missing; then, in that database
+    (``database_admin_url``), what an older version made as the superuser handed to ``role``."""
+    admin = await connect(admin_url)
+    ident = sql.Identifier(role)
+    async with admin:
+        found = await (await admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))).fetchone()
+        # The password is set every time: the file that holds it is the truth (a lost file, a new one).
+        await admin.execute(
+            sql.SQL("{} ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
+                sql.SQL("ALTER" if found else "CREATE"), ident, sql.Literal(password)
+            )
+        )
+        found = await (
+            await admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+        ).fetchone()
+        template = "ALTER DATABASE {} OWNER TO {}" if found else "CREATE DATABASE {} OWNER {}"
+        await admin.execute(sql.SQL(template).format(sql.Identifier(name), ident))
+    owner = await connect(database_admin_url)
+    async with owner:
+        await owner.execute(sql.SQL(_ADOPT).format(role=ident))
 
 
 class OneConnection:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -29,8 +31,18 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from perseus import metrics
 from perseus.errors import Server, ServiceUnavailable
 from perseus.grid import Renewal, groups_of
-from perseus.keys import epoch_key, standby_index_key, standby_key, status_key, stream_key
-from perseus.models import InstanceStatus, StandbyRecord
+from perseus.hosts import WorkerRecord
+from perseus.keys import (
+    WORKERS_INDEX,
+    epoch_key,
+    pause_key,
+    standby_index_key,
+    standby_key,
+    status_key,
+    stream_key,
+    worker_key,
+)
+from perseus.models import InstanceStatus, PauseRecord, StandbyRecord
 
 __all__ = [
     "RedisStore",
@@ -310,6 +322,16 @@ def parse_standby(raw: str) -> StandbyRecord | None:
     """A standby record's JSON as its model; None for an unreadable one (readers skip it)."""
     try:
         return StandbyRecord.model_validate_json(raw)
+    except ValidationError:
+        return None
+
+
+def parse_pause(raw: str | None) -> PauseRecord | None:
+    """A pause record, or None (no key; an unreadable one is still a pause, told by its PTTL)."""
+    if raw is None:
+        return None
+    try:
+        return PauseRecord.model_validate_json(raw)
     except ValidationError:
         return None
 
@@ -727,20 +749,21 @@ class RedisStore:
         priority: int,
         *,
         create: bool,
-    ) -> tuple[bool, HolderEpoch]:
-        """Renew a standby's record and read the exchange's status key, in one round trip.
+    ) -> tuple[bool, HolderEpoch, int]:
+        """Renew a standby's record and read the exchange's status key and pause, in one round trip.
 
         Without ``create`` the record is only renewed if it still exists (``SET … XX``): a record its
         workflow dropped stays dropped. Returns whether the record is there, and whether anyone holds
-        the exchange, at which epoch and for how much longer. All keys share the exchange's hash tag.
+        the exchange, at which epoch and for how much longer, and the pause key's PTTL (-2: none).
         """
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.set(standby_key(exchange_id, instance_id), json.dumps(payload), px=ttl_ms, xx=not create)
             pipe.zadd(standby_index_key(exchange_id), {instance_id: priority})
             pipe.get(status_key(exchange_id))
             pipe.pttl(status_key(exchange_id))
-            written, _, raw, pttl = await self._run(pipe.execute())
-        return bool(written), HolderEpoch.parse(raw, pttl)
+            pipe.pttl(pause_key(exchange_id))
+            written, _, raw, pttl, paused_ms = await self._run(pipe.execute())
+        return bool(written), HolderEpoch.parse(raw, pttl), int(paused_ms)
 
     async def holder(self, exchange_id: int) -> HolderEpoch:
         """Who holds the exchange, at which epoch and for how much longer: a standby's extra look at
@@ -787,21 +810,96 @@ class RedisStore:
         return statuses, [list(members) for members in flat[n:]]
 
     async def board_details(
-        self, reads: list[tuple[str, str, int]], standbys: list[tuple[int, str]]
-    ) -> tuple[list[list[tuple[str, dict[str, str]]]], list[StandbyRecord | None]]:
-        """Newest-first entries of several streams (as :meth:`events_many`) and the records of
+        self,
+        reads: list[tuple[str, str, int]],
+        standbys: list[tuple[int, str]],
+        pauses: Sequence[int] = (),
+    ) -> tuple[
+        list[list[tuple[str, dict[str, str]]]],
+        list[StandbyRecord | None],
+        list[tuple[PauseRecord | None, int]],
+    ]:
+        """Newest-first entries of several streams (as :meth:`events_many`), the records of
         the listed standbys (``(exchange_id, instance_id)``; None where one expired or is
-        unreadable), in one pipelined round trip. Read-only: :meth:`standbys` prunes expired members."""
-        if not reads and not standbys:
-            return [], []
+        unreadable) and the pause (record, PTTL) of each exchange in ``pauses``, in one pipelined
+        round trip. Read-only: :meth:`standbys` prunes expired members."""
+        if not reads and not standbys and not pauses:
+            return [], [], []
         async with self.client.pipeline(transaction=False) as pipe:
             for exchange_name, newest, count in reads:
                 pipe.xrevrange(stream_key(exchange_name), newest, "-", count=count)
             for exchange_id, member in standbys:
                 pipe.get(standby_key(exchange_id, member))
+            for exchange_id in pauses:
+                pipe.get(pause_key(exchange_id))
+                pipe.pttl(pause_key(exchange_id))
             replies = await self._run(pipe.execute())
-        streams = [[(entry_id, dict(fields)) for entry_id, fields in rows] for rows in replies[: len(reads)]]
-        return streams, [None if raw is None else parse_standby(raw) for raw in replies[len(reads) :]]
+        n, m = len(reads), len(reads) + len(standbys)
+        streams = [[(entry_id, dict(fields)) for entry_id, fields in rows] for rows in replies[:n]]
+        records = [None if raw is None else parse_standby(raw) for raw in replies[n:m]]
+        rest = replies[m:]
+        paused = [(parse_pause(rest[i]), int(rest[i + 1])) for i in range(0, len(rest), 2)]
+        return streams, records, paused
+
+    # --- the pause (maintenance mode) ---------------------------------------------------------------
+
+    async def pause(self, exchange_id: int) -> tuple[PauseRecord | None, int]:
+        """The exchange's pause record (None: no pause, or unreadable) and the key's PTTL (-2: none)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.get(pause_key(exchange_id))
+            pipe.pttl(pause_key(exchange_id))
+            raw, pttl = await self._run(pipe.execute())
+        return parse_pause(raw), int(pttl)
+
+    async def set_pause(self, exchange_id: int, record: PauseRecord, ttl_ms: int) -> None:
+        """Pause (or re-pause) the exchange until the key expires ``ttl_ms`` from now."""
+        await self._run(
+            self.client.set(pause_key(exchange_id), record.model_dump_json(by_alias=True), px=ttl_ms)
+        )
+
+    async def clear_pause(self, exchange_id: int) -> bool:
+        """End the pause now; False if there was none."""
+        return bool(await self._run(self.client.delete(pause_key(exchange_id))))
+
+    # --- host workers ------------------------------------------------------------------------------
+
+    async def announce_worker(self, record: WorkerRecord, ttl_ms: int) -> None:
+        """Write (or renew) a worker's announcement and list it, scored by when it expires."""
+        expires = int(time.time() * 1000) + ttl_ms
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.set(
+                worker_key(record.host, record.worker_id), record.model_dump_json(by_alias=True), px=ttl_ms
+            )
+            pipe.zadd(WORKERS_INDEX, {f"{record.host}|{record.worker_id}": expires})
+            await self._run(pipe.execute())
+
+    async def withdraw_worker(self, host: str, worker_id: str) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.delete(worker_key(host, worker_id))
+            pipe.zrem(WORKERS_INDEX, f"{host}|{worker_id}")
+            await self._run(pipe.execute())
+
+    async def workers(self) -> list[WorkerRecord]:
+        """Every live worker's announcement; index members past their expiry are pruned."""
+        now = int(time.time() * 1000)
+        await self._run(self.client.zremrangebyscore(WORKERS_INDEX, "-inf", now))
+        members = await self._run(self.client.zrange(WORKERS_INDEX, 0, -1))
+        if not members:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for member in members:
+                host, _, worker_id = member.partition("|")
+                pipe.get(worker_key(host, worker_id))
+            raws = await self._run(pipe.execute())
+        out = []
+        for raw in raws:
+            if raw is None:
+                continue
+            try:
+                out.append(WorkerRecord.model_validate_json(raw))
+            except ValidationError:
+                continue  # a foreign or older writer's record: not a worker this view can describe
+        return out
 
     async def drop_standby(self, exchange_id: int, instance_id: str) -> None:
         async with self.client.pipeline(transaction=False) as pipe:

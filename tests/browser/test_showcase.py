@@ -68,7 +68,7 @@ class Showcase:
 
 @pytest_asyncio.fixture
 async def showcase(servers: Servers, settings: Settings) -> AsyncIterator[Showcase]:
-    url = await services.ensure_database(servers.postgres_port, "perseus_showcase")
+    url = await services.ensure_database(servers.postgres, "perseus_showcase")
     await db.apply_schema(url)
     await db.apply_sql(url, db.DEMO_DATA_PATH)
     own = settings.model_copy(

@@ -16,6 +16,7 @@ import pytest_asyncio
 
 from perseus.config import Settings
 from perseus.keys import iso, retention_min_id, stream_key
+from perseus.models import PauseRecord
 from perseus.store import db
 from perseus.store.redis_store import RedisStore
 from tests.conftest import Servers
@@ -118,12 +119,26 @@ async def test_a_valid_key_reads_and_is_marked_used(
     assert (await http.get("/api/network/instances", headers=bearer(api_key.upper()))).status_code == 200
 
 
-async def test_openapi_docs_are_served_and_describe_the_key(http: httpx.AsyncClient) -> None:
-    schema = (await http.get("/openapi.json", headers={"Authorization": ""})).json()
-    assert {"/api/network/instances", "/api/network/activity"} <= set(schema["paths"])
-    assert "/api/network/exchanges/{exchangeId}/timeline" in schema["paths"]
-    assert schema["components"]["securitySchemes"]["ApiKey"]["scheme"] == "bearer"
-    assert (await http.get("/docs", headers={"Authorization": ""})).status_code == 200
+async def test_openapi_docs_are_off_unless_asked_and_then_describe_the_key(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert (await http.get(path)).status_code == 404
+    async with in_process(settings.model_copy(update={"api_docs": True})) as docs:
+        schema = (await docs.get("/openapi.json")).json()
+        assert {"/api/network/instances", "/api/network/activity"} <= set(schema["paths"])
+        assert "/api/network/exchanges/{exchangeId}/timeline" in schema["paths"]
+        assert schema["components"]["securitySchemes"]["ApiKey"]["scheme"] == "bearer"
+        assert (await docs.get("/docs")).status_code == 200
+
+
+async def test_readyz_says_only_ready_without_a_key_and_why_with_one(http: httpx.AsyncClient) -> None:
+    anonymous = await http.get("/readyz", headers={"Authorization": ""})
+    assert set(anonymous.json()) == {"ready", "serverTime"}, anonymous.text
+    wrong = await http.get("/readyz", headers=bearer(str(uuid.uuid4())))
+    assert set(wrong.json()) == {"ready", "serverTime"}, wrong.text
+    keyed = await http.get("/readyz")  # the fixture's client sends a valid key
+    assert {"ready", "down", "checks"} <= set(keyed.json()), keyed.text
 
 
 # --- instances and one status -----------------------------------------------------------------------
@@ -550,6 +565,13 @@ async def test_metrics_need_a_key_and_show_instances_by_role_and_state(
     assert 'perseus_instances{role="active",state="active"}' in text
     assert 'perseus_instances{role="standby",state="standby"}' in text
     assert "# TYPE perseus_renewals_total counter" in text and "perseus_live_clients" in text
+    assert f'perseus_exchange_paused{{exchange="{name}"}} 0.0' in text
+    # A pause (the key perseus.maintenance writes) shows in the gauge and in the item.
+    until = "2030-01-01T00:00:00.000Z"
+    await store.set_pause(ex_id, PauseRecord(until=until, since=until, actor="cli:ops@laptop"), 60_000)
+    assert f'perseus_exchange_paused{{exchange="{name}"}} 1.0' in (await asgi.get("/metrics")).text
+    item = (await asgi.get(f"/api/network/exchanges/{ex_id}/status")).json()
+    assert (item["paused"], item["pausedUntil"], item["pausedBy"]) == (True, until, "cli:ops@laptop")
 
 
 class EventReader:

@@ -62,7 +62,14 @@ def test_dev_starts_stops_without_orphans_and_reuses_data(tmp_path: Path) -> Non
                 pids = [int(p) for p in re.search(r"Child PIDs\s+([\d ]+)", text).group(1).split()]  # type: ignore[union-attr]
                 # Temporal, Redis, PostgreSQL and the worker (the API is served by `perseus dev` itself).
                 assert len(pids) == 4 and all(psutil.pid_exists(p) for p in pids)
-                keys.append(re.search(r"API key\s+(\S+)", text).group(1))  # type: ignore[union-attr]
+                # The banner names the secrets' files (0600), shows a key prefix, and no secret.
+                key = (data_dir / "api.key").read_text().strip()
+                keys.append(key)
+                assert f"API key         {key[:8]}…" in text and key not in text
+                for name in ("api.key", "payload.key", "postgres.password", "valkey.password"):
+                    assert (data_dir / name).stat().st_mode & 0o077 == 0, name
+                    assert name in text
+                    assert (data_dir / name).read_text().strip() not in text
                 if location.exists():
                     assert f"PostgreSQL data {location.read_text().strip()}" in text
                 with socket.create_connection(("127.0.0.1", ports["api-port"]), timeout=5):
@@ -117,3 +124,33 @@ def test_taken_port_is_a_one_line_error_naming_the_flag(tmp_path: Path) -> None:
         f"error: port {port} for Redis is already in use: choose another with --redis-port"
     )
     assert not (tmp_path / "temporal").exists()  # nothing was started
+
+
+def test_a_server_child_that_exits_stops_the_stack_with_one_line(tmp_path: Path) -> None:
+    """PostgreSQL killed under `perseus dev`: one line naming it, and nothing left running."""
+    ports = {name: free_port() for name in ("temporal-port", "redis-port", "postgres-port", "api-port")}
+    data_dir = tmp_path / "data"
+    location = data_dir / "postgres" / "LOCATION"
+    log = tmp_path / "dev.log"
+    proc = start_dev(data_dir, ports, log)
+    try:
+        text = wait_up(proc, log)
+        pids = [int(p) for p in re.search(r"Child PIDs\s+([\d ]+)", text).group(1).split()]  # type: ignore[union-attr]
+        postgres = pids[2]  # started in this order: Temporal, Redis, PostgreSQL, the worker
+        assert "postgres" in psutil.Process(postgres).name()
+        os.kill(postgres, signal.SIGKILL)
+        assert proc.wait(90) != 0, log.read_text()
+        output = log.read_text()
+        said = [line for line in output.splitlines() if line.startswith("error:")]
+        assert len(said) == 1 and "the PostgreSQL server exited" in said[0], output
+        assert "Traceback" not in output
+        time.sleep(0.5)
+        alive = [
+            p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+        ]
+        assert alive == [], f"orphans left: {alive}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if location.exists():
+            shutil.rmtree(location.read_text().strip(), ignore_errors=True)

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 INTERVAL = 0.5
 
 
-async def wait_closed(client: Client, wf_id: str, timeout: float = 30) -> str:
+async def wait_closed(client: Client, wf_id: str, timeout: float = 60) -> str:
     handle = client.get_workflow_handle(wf_id)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -445,3 +445,29 @@ async def test_a_worker_started_while_temporal_is_down_enrols_once_it_answers(
         await shutdown_all(client, exchange, a)
         await catalog.store_placements([], forget=[exchange])
         await proxy.close()
+
+
+def test_the_fleet_views_need_no_payload_key_as_status_does_and_apply_still_does(
+    servers: Servers, exchange: str, tmp_path: Path
+) -> None:
+    """Run outside the checkout (no data dir, so no dev key) and with no key set: `fleet diff` and
+    `fleet status` answer as `status` does; `fleet apply`, which writes to Temporal, is refused."""
+    path = fleet_file(tmp_path, table(exchange, "nokey-host"))
+    nowhere = str(tmp_path / "nowhere")
+    for args in (("status",), ("fleet", "status"), ("fleet", "diff", path)):
+        result = perseus(servers, *args, PERSEUS_PAYLOAD_PLAINTEXT="0", PERSEUS_DATA_DIR=nowhere)
+        assert result.returncode == 0, (args, result.stderr)
+        assert "PERSEUS_PAYLOAD_KEY" not in result.stderr
+    assert (
+        exchange
+        in perseus(
+            servers, "fleet", "diff", path, PERSEUS_PAYLOAD_PLAINTEXT="0", PERSEUS_DATA_DIR=nowhere
+        ).stdout
+    )
+    applied = perseus(
+        servers, "fleet", "apply", path, PERSEUS_PAYLOAD_PLAINTEXT="0", PERSEUS_DATA_DIR=nowhere
+    )
+    assert applied.returncode == 2 and applied.stderr.startswith("error: PERSEUS_PAYLOAD_KEY is not set"), (
+        applied
+    )
+    assert applied.stderr.count("\n") == 1

@@ -18,7 +18,14 @@ from perseus.grid import Renewal
 from perseus.keeper import LeaseKeeper
 from perseus.keys import status_key
 from perseus.lifecycle import Role
-from perseus.models import Claim, ConnectorSpec, LeaseRequest, StandbyLeaseRequest, StandbyRecord
+from perseus.models import (
+    Claim,
+    ConnectorSpec,
+    LeaseRequest,
+    PauseRecord,
+    StandbyLeaseRequest,
+    StandbyRecord,
+)
 from perseus.store.redis_store import FenceReply, RedisClient, RedisStore, make_client
 from tests.conftest import Servers
 from tests.integration.proxy import StallableProxy
@@ -384,3 +391,24 @@ async def test_a_batch_that_cannot_reach_redis_fails_its_claims_and_the_deadline
         await keeper.close()
         await proxy.close()
         await counted.client.aclose()
+
+
+async def test_a_paused_watch_keeps_watching_a_vacancy_until_the_pause_ends(store: RedisStore) -> None:
+    """The pause key, read with each renewal, holds the watch back (standbys keep watching); so does
+    a refused claim's pause before the watch has read it; its removal is seen at the next renewal."""
+    exchange_id = 900_000 + uuid.uuid4().int % 100_000
+    far = "2030-01-01T00:00:00.000Z"
+    await store.set_pause(exchange_id, PauseRecord(until=far, since=far), 60_000)
+    req = standby_request(exchange_id)
+    keeper = LeaseKeeper(store, ConnectorHost())
+    try:
+        watched = keeper.watch(req)
+        await until(lambda: watched.vacant and watched.paused)  # nobody holds it
+        assert not watched.wakes and watched.ended is None
+        await store.clear_pause(exchange_id)
+        await until(lambda: watched.wakes)  # the next renewal: no pause, vacant
+        # A claim refused for a pause this watch has not read yet holds it back at once.
+        keeper.note_pause(req.record.workflow_id, 60_000)
+        assert watched.paused and not watched.wakes
+    finally:
+        await keeper.close()

@@ -87,7 +87,7 @@ async def test_built_wheel_installs_and_initialises_a_database(servers: Servers,
     assert installed[2:] == ["False", "True"]  # the schema is a real file in the wheel, demo data too
 
     name = f"scratch_{uuid.uuid4().hex[:8]}"
-    url = await services.ensure_database(servers.postgres_port, name)
+    url = await services.ensure_database(servers.postgres, name)
     env = servers.env(PERSEUS_DATABASE_URL=url)
     result = subprocess.run(
         [str(tmp_path / "venv" / "bin" / "perseus"), "db", "init"],

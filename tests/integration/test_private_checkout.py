@@ -31,7 +31,7 @@ from perseus.devstack import binaries, services
 async def main(data_dir: Path) -> dict[str, object]:
     service = await services.start_postgres(data_dir, None, scratch=True)
     try:
-        url = await services.ensure_database(service.port, "private_checkout")
+        url = await services.ensure_database(service, "private_checkout")
         relocated = service.relocated_data
         return {
             "perseus": services.__file__,

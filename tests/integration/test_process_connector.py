@@ -322,3 +322,42 @@ async def test_never_two_children_for_one_exchange_across_two_hosts(
     assert sum(alive(int(e["pid"])) for e in starts(log)) == 1  # type: ignore[call-overload]
     await run(client, exchange, a, Command.SHUTDOWN)
     assert a_again.proc.poll() is None
+
+
+async def test_a_host_runs_only_what_its_exec_allow_list_permits(
+    servers: Servers,
+    shared_worker: str,
+    client: Client,
+    store: RedisStore,
+    exchange: str,
+    worker_processes: list[WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    """PERSEUS_EXEC_ALLOW: the host refuses a command no rule permits (nothing is spawned: an error
+    event names the host and the list), and runs one its prefix rule permits."""
+    allow = tmp_path / "exec.allow"
+    allow.write_text(f"# this test's child, with any arguments\n{shlex.join(child_command())} *\n")
+    host = host_name("allow")
+    proc = WorkerProcess(servers, host, PERSEUS_EXEC_ALLOW=str(allow))
+    worker_processes.append(proc)
+    await proc.ready()
+    assert f"host {host} runs only the 1 command rule(s) of {allow}" in proc.log.read_text()
+    ex_id = await exchange_id(servers, exchange)
+    marker = tmp_path / "ran"
+    refused = ConnectorSpec(kind="process", command=["/usr/bin/touch", str(marker)])
+    await register(client, exchange, host, refused)
+    with pytest.raises(PerseusError, match=f"host {host} refuses to run /usr/bin/touch"):
+        await run(client, exchange, host, Command.START)
+    assert not marker.exists()  # nothing ran
+    errors = [e["error"] for e in await events(store, exchange) if e["event"] == "error"]
+    assert any(f"host {host} refuses to run" in e and f"exec allow-list ({allow})" in e for e in errors)
+    assert (await status(store, ex_id))["connectionState"] == "idle"
+    await run(client, exchange, host, Command.SHUTDOWN)
+
+    log = tmp_path / "journal"
+    await register(client, exchange, host, spec("--journal", str(log)), start=True)
+    try:
+        await wait_for(lambda: active_on(store, ex_id, host))
+        assert len(starts(log)) == 1
+    finally:
+        await run(client, exchange, host, Command.SHUTDOWN)

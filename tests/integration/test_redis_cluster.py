@@ -247,9 +247,10 @@ async def test_every_store_operation_on_the_cluster(cluster_store: RedisStore) -
     # standby indexes, then streams with the listed standbys' records.
     statuses, indexes = await store.board(ids[:6] + [ids[-1]])
     assert len(statuses) == 7 and indexes == [[f"sb-{i}"] for i in ids[:6]] + [[]]
-    pages, records = await store.board_details(
-        [(name, "+", 1) for name in names], [(i, f"sb-{i}") for i in ids[:6]] + [(ids[-1], "gone")]
+    pages, records, pauses = await store.board_details(
+        [(name, "+", 1) for name in names], [(i, f"sb-{i}") for i in ids[:6]] + [(ids[-1], "gone")], ids[:2]
     )
+    assert pauses == [(None, -2), (None, -2)]
     assert [page[0][1]["event"] for page in pages] == ["promoted"] * len(names)
     assert [r.host if r else None for r in records] == [f"h{i}" for i in ids[:6]] + [None]
 

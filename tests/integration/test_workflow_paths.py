@@ -700,6 +700,38 @@ async def test_standby_takes_a_vacant_exchange_redis_lost_and_waits_out_the_old_
     assert timer_ran(history) >= timedelta(seconds=act_after_vacancy_s(1.0))
 
 
+async def test_a_release_by_the_holder_ends_the_deadline_wait_and_is_what_promoted_says(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    """The watch saw the key gone before the holder's wake arrived (the usual order under load: the
+    release deletes the key at once): the standby claims and starts waiting out the old deadline;
+    the holder's word that it stopped and released ends the wait, and the ``promoted`` event quotes
+    it rather than the vacancy (which would read like a key lost by its TTL)."""
+    stand = Stand(vacancy=StandbyOutcome(vacant=True, last_epoch=VACANT_EPOCH))
+    interval = 15.0  # a 31.5 s wait to end early: no race with the signal on a loaded machine
+
+    async def body(handle: WorkflowHandle[Any, Any]) -> None:
+        await handle.execute_update(InstanceWorkflow.wait_registered)
+        stand.vacate.set()
+        for _ in range(400):  # claimed, and waiting out the old deadline
+            snap: InstanceSnapshot = await handle.query(InstanceWorkflow.snapshot)
+            if snap.claim is not None and snap.claim.epoch == VACANT_EPOCH + 1:
+                break
+            await asyncio.sleep(0.05)
+        assert snap.claim is not None and snap.state is State.IDLE, snap
+        await handle.signal(
+            InstanceWorkflow.promote,
+            PromoteRequest(reason="x on old-host released: its worker shut down", min_epoch=VACANT_EPOCH),
+        )
+        await reaching(handle, State.ACTIVE)
+        await command(handle, Command.SHUTDOWN)
+        assert await handle.result() == "shut down"
+
+    await run_paths(ts_env, stand, instance("rel", standby=True, heartbeat_interval_s=interval), body)
+    assert stand.details[1] == "x on old-host released: its worker shut down (its key was seen gone first)"
+    assert stand.epochs == VACANT_EPOCH + 1  # one claim: the wake did not claim again
+
+
 async def test_planned_handoff_moves_the_claim_and_the_old_instance_stays_as_standby(
     ts_env: WorkflowEnvironment,
 ) -> None:
@@ -1001,7 +1033,7 @@ async def test_silent_lease_whose_claim_redis_shows_renewed_is_reattached(
         stand.silence.set()
         # Re-attached: the connector is checked (the claim is ours, but is the connector still
         # running?) once the re-issued lease has run past the pickup window.
-        for _ in range(300):
+        for _ in range(900):  # the heartbeat timeout (18.75 s) and the pickup window (4 s), with room
             if ("connector_check", "active") in stand.connector_calls:
                 break
             await asyncio.sleep(0.05)
@@ -1028,8 +1060,8 @@ async def test_silent_lease_whose_claim_redis_shows_renewed_is_reattached(
         await record_history(handle, "reattach")
 
     # The shortest interval the timings allow: the test server keeps real time while an activity
-    # runs (and a lease always does), so this path costs the heartbeat timeout (6.25 s at any
-    # interval up to 1 s) plus the pickup window (1 interval + 3 s) in real seconds.
+    # runs (and a lease always does), so this path costs the heartbeat timeout (18.75 s at any
+    # interval up to 15 s) plus the pickup window (1 interval + 3 s) in real seconds.
     await run_paths(ts_env, stand, instance("reat", heartbeat_interval_s=1.0), body)
     assert [e for e in stand.events if e[0] != "state_transition"] == []
     assert stand.events[-2:] == [

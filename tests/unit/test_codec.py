@@ -92,3 +92,28 @@ def test_dev_key_file_is_private_reused_and_refused_when_readable(tmp_path: Path
     path.chmod(0o644)
     with pytest.raises(ConfigError, match="readable by others"):
         load_or_create_key(path)
+
+
+@pytest.mark.parametrize(
+    ("authority", "host"),
+    [
+        ("127.0.0.1:8700", "127.0.0.1"),
+        ("LOCALHOST:8700", "localhost"),
+        ("[::1]:8700", "::1"),
+        ("evil.example", "evil.example"),
+        ("evil.example:8700/path", "evil.example"),
+    ],
+)
+def test_the_host_name_of_an_authority(authority: str, host: str) -> None:
+    from perseus.api.codec import host_name_of
+
+    assert host_name_of(authority) == host
+
+
+def test_the_names_an_api_is_served_under() -> None:
+    from perseus.api.codec import served_names
+
+    names = served_names("127.0.0.1")
+    assert names is not None and {"127.0.0.1", "localhost", "::1"} <= names
+    assert "evil.example" not in names
+    assert served_names("0.0.0.0") is None  # every interface: any name, and /codec needs a key

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from perseus.config import check_database_url, load_settings
@@ -19,13 +21,41 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
 
 
-def test_defaults_point_at_the_embedded_stack() -> None:
-    settings = load_settings()
+def test_defaults_point_at_the_embedded_stack(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path)  # no dev stack's password files there
     assert settings.heartbeat_interval == 15.0
     assert settings.host_capacity == 10_000  # well past one host's 2,000 claims of the fleet bench
     assert str(settings.redis_url) == "redis://127.0.0.1:7379/0"
-    assert settings.database_url.startswith("postgresql://postgres@127.0.0.1:7432/")
+    assert settings.database_url.startswith("postgresql://perseus@127.0.0.1:7432/")  # no superuser
     assert not settings.explicitly_set("redis_url")
+
+
+def test_commands_beside_perseus_dev_log_in_with_the_passwords_it_keeps(tmp_path: Path) -> None:
+    for name, secret in (("postgres.password", "pg-secret"), ("valkey.password", "kv-secret")):
+        (tmp_path / name).write_text(secret + "\n")
+        (tmp_path / name).chmod(0o600)
+    settings = load_settings(data_dir=tmp_path)
+    assert settings.database_url == "postgresql://perseus:pg-secret@127.0.0.1:7432/perseus"
+    assert str(settings.redis_url) == "redis://:kv-secret@127.0.0.1:7379/0"
+    # Still the defaults as far as `perseus dev` is concerned: it starts its own servers.
+    assert not settings.explicitly_set("database_url") and not settings.explicitly_set("redis_url")
+    # A URL the user gave is theirs, untouched.
+    given = load_settings(data_dir=tmp_path, database_url="postgresql://me@127.0.0.1:5432/x")
+    assert given.database_url == "postgresql://me@127.0.0.1:5432/x"
+    # A password file others may read is refused, in one line naming it.
+    (tmp_path / "valkey.password").chmod(0o644)
+    with pytest.raises(ConfigError, match=r"valkey.password is readable by others: chmod 600"):
+        load_settings(data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "99999", "-1"])
+def test_a_port_out_of_range_is_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, port: str
+) -> None:
+    monkeypatch.setenv("PERSEUS_API_PORT", port)
+    with pytest.raises(ConfigError, match=r"^PERSEUS_API_PORT: ") as caught:
+        load_settings()
+    assert "\n" not in str(caught.value)
 
 
 @pytest.mark.parametrize(

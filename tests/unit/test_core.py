@@ -43,6 +43,7 @@ from perseus.models import (
     Exchange,
     HandoffConfirm,
     HandoffRequest,
+    HostClaimRequest,
     HostPresence,
     Identity,
     InstanceInput,
@@ -160,6 +161,8 @@ class World:
     unpatched: frozenset[str] = frozenset()
     #: No other live standby of the exchange.
     alone: bool = False
+    #: The exchange is paused (``core.pause``): an automatic claim is refused, the list says so.
+    paused: bool = False
 
     def standbys(self) -> list[StandbyRecord]:
         if self.alone:
@@ -288,6 +291,10 @@ class World:
                 return HostPresence(polled=False, pollers=0)
             case act.Activity.CLAIM_AND_HOLD | act.Activity.CLAIM_EXCHANGE:
                 request = req.claim if call.activity is act.Activity.CLAIM_AND_HOLD else req
+                if self.paused and request.automatic:
+                    return ClaimResult(
+                        claimed=False, epoch=request.highest_epoch, message="paused", paused_ms=1e6
+                    )
                 self.epoch = max(self.epoch, request.highest_epoch) + 1
                 over = self.holder is not None and self.holder == self.silent_holder and request.take_lapsed
                 if self.holder is not None and not over:
@@ -309,7 +316,7 @@ class World:
             case act.Activity.RECORD_EVENT:
                 return "1-0"
             case act.Activity.LIST_STANDBYS:
-                return StandbyList(standbys=self.standbys())
+                return StandbyList(standbys=self.standbys(), paused=self.paused)
             case act.Activity.PROBE_CLAIM:
                 ours = self.holder == req.claim.instance_id and self.renewed_ms_ago is not None
                 return ClaimProbe(held_by_us=ours, renewed_ms_ago=self.renewed_ms_ago, holder=self.holder)
@@ -378,6 +385,7 @@ def drive(core: InstanceCore, world: World, clock: Clock, *, replay: list[Any] |
                         cannot_start=world.cannot_start,
                         target_warm_error=world.target_warm_error,
                         warm_fails=world.warm_fails,
+                        paused=world.paused,
                     ),
                 )
             )
@@ -430,6 +438,7 @@ CONNECTOR_DIED = act.Failure(message="connector exited", error_type="ConnectorFa
 KEY_VANISHED = act.Failure(message="claim key missing", error_type="ClaimMissing")
 SILENT = act.Failure(message="timed out (HEARTBEAT)", timeout="HEARTBEAT")
 TERM_ENDED = LeaseOutcome(renewals=3, last_renewed=None)
+UNHEALTHY_FAILOVER = act.Failure(message="health check failed", error_type="ConnectorFailover")
 
 
 @dataclass(frozen=True)
@@ -552,6 +561,24 @@ SCENARIOS = [
         knobs=(("cannot_start", "the connector's executable '/opt/x' does not exist"),),
     ),
     Scenario(
+        "unhealthy-steps-aside",
+        (Cmd(Command.START), LeaseEnds(UNHEALTHY_FAILOVER)),
+        (State.IDLE, Role.STANDBY, False, None),
+    ),
+    Scenario(
+        "unhealthy-while-paused-restarts-in-place",
+        (Cmd(Command.START), LeaseEnds(UNHEALTHY_FAILOVER)),
+        (State.ACTIVE, Role.ACTIVE, True, None),
+        knobs=(("paused", True),),
+    ),
+    Scenario(
+        "standby-finds-vacancy-while-paused",
+        (LeaseEnds(StandbyOutcome(vacant=True, last_epoch=3, lapsed=True)),),
+        (State.IDLE, Role.STANDBY, False, None),
+        standby=True,
+        knobs=(("paused", True),),
+    ),
+    Scenario(
         "warm-up-fails-and-is-retried",
         (Promote(),),
         (State.ACTIVE, Role.ACTIVE, True, None),
@@ -563,6 +590,8 @@ SCENARIOS = [
 #: Handoffs refused before anything stops (``handoff-checks-target-ready``): the runs begun before it
 #: handed over anyway, so they end elsewhere.
 REFUSED_HANDOFFS = {"handoff-to-unready-warm-target-refused", "handoff-to-host-that-cannot-start-refused"}
+#: Runs begun before ``paused-restarts-in-place`` step aside even while paused: they end elsewhere.
+PAUSE_PATCHED = {"unhealthy-while-paused-restarts-in-place"}
 
 
 #: Every scenario in the current paths and in the pre-patch ones, except a silent host whose key is
@@ -572,7 +601,7 @@ CASES = [
     (sc, patched)
     for sc in SCENARIOS
     for patched in (True, False)
-    if patched or sc.name != "host-silent-and-gone" and sc.name not in REFUSED_HANDOFFS
+    if patched or sc.name != "host-silent-and-gone" and sc.name not in REFUSED_HANDOFFS | PAUSE_PATCHED
 ]
 CASE_IDS = [f"{sc.name}-{'current' if patched else 'before-patches'}" for sc, patched in CASES]
 
@@ -966,3 +995,19 @@ def test_a_standby_woken_during_its_head_start_races_at_once() -> None:
     unpatched = frozenset({"woken-ends-head-start"})
     before = drive(core, WokenDuringTheHeadStart(list(lapsed), unpatched=unpatched), clock)
     assert any(isinstance(a, act.Sleep) and a.seconds == pytest.approx(3.75) for a in before.actions)
+
+
+def test_while_paused_a_vacancy_promotes_nobody_and_a_failing_holder_restarts_in_place() -> None:
+    vacancy = play(next(x for x in SCENARIOS if x.name == "standby-finds-vacancy-while-paused"))
+    claims = [
+        a.request.claim
+        for a in vacancy.actions
+        if isinstance(a, act.Call) and isinstance(a.request, HostClaimRequest)
+    ]
+    assert claims and all(c.automatic for c in claims)  # a self-promotion: the pause refuses it
+    assert vacancy.world.holder is None and vacancy.core.s.role is Role.STANDBY
+    failing = next(x for x in SCENARIOS if x.name == "unhealthy-while-paused-restarts-in-place")
+    held = play(failing)
+    assert not _promotions(held) and held.core.s.claim is not None
+    assert held.world.holder == held.core.s.claim.instance_id  # never let go
+    assert _promotions(play(failing, patched=False))  # runs begun before the patch step aside

@@ -374,6 +374,10 @@ def test_only_a_release_by_the_vacancys_holder_ends_the_wait_for_its_deadline() 
     assert not decisions.released_by_holder([told], 8)  # an older instance cannot speak for epoch 8
     assert not decisions.released_by_holder([PromoteRequest(reason="x", min_epoch=9, act_after_s=2.1)], 7)
     assert not decisions.released_by_holder([], 7)
+    # The release itself is what the promoted event quotes, whichever came first.
+    late = PromoteRequest(reason="x", min_epoch=9, act_after_s=2.1)
+    assert decisions.holders_release([late, told], 7) is told
+    assert decisions.holders_release([late], 7) is None
 
 
 # --- the lease's heartbeat to Temporal ------------------------------------------------------------
@@ -383,7 +387,7 @@ INTERVALS = [0.1, 0.3, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 4.9, 5.0, 7.0, 15.0, 3
 
 @pytest.mark.parametrize(
     ("interval", "beats", "timeout"),
-    [(0.5, 10, 6.25), (1.0, 5, 6.25), (2.0, 3, 7.5), (3.0, 2, 7.5), (5.0, 1, 6.25), (15.0, 1, 18.75)],
+    [(0.5, 30, 18.75), (1.0, 15, 18.75), (2.0, 8, 20.0), (3.0, 5, 18.75), (5.0, 3, 18.75), (15.0, 1, 18.75)],
 )
 def test_the_heartbeat_cadence_at_the_usual_intervals(interval: float, beats: int, timeout: float) -> None:
     assert decisions.heartbeat_beats(interval) == beats

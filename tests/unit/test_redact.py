@@ -67,9 +67,12 @@ def test_the_dev_banner_masks_server_passwords() -> None:
         redis_url="redis://:redis-pw@127.0.0.1:7379/0",
         database_url="postgresql://perseus:db-pw@127.0.0.1:7432/perseus",
     )
-    stack = DevStack(settings, "127.0.0.1:7233", None, "http://127.0.0.1:8700", "k-1")
+    key = "2370d370-5d1c-4a8e-9a53-3f1f0c9b7e11"
+    stack = DevStack(settings, "127.0.0.1:7233", None, "http://127.0.0.1:8700", key)
     text = "\n".join(dev_banner(stack))
     assert "redis-pw" not in text and "db-pw" not in text
+    # The API key: its first characters and where the whole key is, not the key.
+    assert key not in text and "2370d370…" in text and "api.key" in text
     assert (
         "redis://:***@127.0.0.1:7379/0" in text and "postgresql://perseus:***@127.0.0.1:7432/perseus" in text
     )

@@ -423,6 +423,7 @@
       "data-exchange-id": inst.exchangeId,
       "data-state": cardState,
       "data-health": inst.health || null,
+      "data-paused": inst.paused ? "true" : null,
       // Which pushed entry this card last came from (absent: from a poll). Tests read it.
       "data-pushed": state.live.pushed.get(inst.exchangeId) || null,
     });
@@ -439,12 +440,20 @@
       offlineDetails(node, inst);
     }
     historyDetails(node, inst);
-    node.append(standbyList(inst.standbys || []));
+    if (inst.paused) node.append(pausedNote(inst));
+    node.append(standbyList(inst.standbys || [], inst.paused));
     return node;
   }
 
+  /** Maintenance mode: nobody takes the exchange over by themselves until the deadline or a resume. */
+  function pausedNote(inst) {
+    const until = inst.pausedUntil ? `until ${inst.pausedUntil.replace("T", " ").slice(0, 19)} UTC` : "until resumed";
+    const by = inst.pausedBy ? ` by ${inst.pausedBy}` : "";
+    return el("p", { class: "paused", "data-role": "paused", text: `Paused ${until}${by}: no automatic failover` });
+  }
+
   /** The exchange's standbys, highest priority first; "no standby" says failover has nowhere to go. */
-  function standbyList(standbys) {
+  function standbyList(standbys, paused) {
     if (!standbys.length) {
       return el("p", { class: "standbys none", "data-role": "standbys", text: "no standby" });
     }
@@ -459,6 +468,7 @@
           s.ipAddress ? ` (${s.ipAddress})` : "",
           ` · priority ${s.priority}`,
           s.warm ? (s.warmReady ? " · warm" : " · warm (not ready)") : "",
+          paused ? " · paused" : "",
           " · ",
           el("span", { class: heartbeatClass(s.heartbeatAgeS, 0, s.heartbeat), text: age(s.heartbeatAgeS) }),
         ),
@@ -724,6 +734,8 @@
     standby_registered: "+",
     promoted: "↑",
     handoff: "⇄",
+    paused: "⏸",
+    resumed: "▶",
   };
 
   function describe(e) {

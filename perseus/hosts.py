@@ -1,0 +1,222 @@
+"""Host workers, as an operator sees them: ``perseus hosts`` and ``GET /api/network/hosts``.
+
+Perseus reaches hosts through Temporal (no host has an inbound port), so what an admin needs is to
+see them. Two sources, each saying what only it knows:
+
+* **Redis**: each worker announces itself every :data:`ANNOUNCE_EVERY_S` — a record with a TTL,
+  ``perseus:worker:{host}:{worker id}``, listed in the ``perseus:workers`` index (scored by when it
+  expires, so a listing needs no SCAN): its version, capacity, whether it serves the shared queue,
+  its metrics URL, and the claims and standby watches its keeper holds right now. A killed worker's
+  record lapses within :data:`ANNOUNCE_TTL_S`.
+* **Temporal**: when each worker last polled its host's task queue (the same poller list that
+  tells a missing host from a busy one, ``perseus.enrol``). Optional: without Temporal the view
+  still answers, with ``lastPollAt`` null.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
+
+from pydantic import Field
+
+from perseus.errors import ServiceUnavailable
+from perseus.keys import host_task_queue, iso
+from perseus.models import Wire
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
+
+    from perseus.store.redis_store import RedisStore
+
+log = logging.getLogger(__name__)
+
+#: A worker renews its record this often, and the record lives three times as long.
+ANNOUNCE_EVERY_S = 5.0
+ANNOUNCE_TTL_S = 3 * ANNOUNCE_EVERY_S
+#: Temporal's answer is awaited this long per host queue; then ``lastPollAt`` is left out.
+POLL_LOOKUP_S = 3.0
+
+
+def perseus_version() -> str:
+    try:
+        return version("perseus")
+    except PackageNotFoundError:  # a tree that was never installed
+        return "unknown"
+
+
+class WorkerRecord(Wire):
+    """What one worker process says of itself (the JSON of its presence key)."""
+
+    host: str
+    #: The worker's Temporal identity (``pid@machine``): matches it to the pollers Temporal lists.
+    worker_id: str
+    version: str
+    machine: str
+    pid: int
+    started_at: str
+    seen_at: str
+    capacity: int
+    shared_queue: bool
+    metrics_url: str | None = None
+    claims: int = 0
+    watches: int = 0
+
+
+class HostView(Wire):
+    """One host (DESIGN §2.5): its live workers summed up."""
+
+    host: str
+    version: str
+    #: When a worker last polled the host's task queue, as Temporal saw it (None: unknown).
+    last_poll_at: str | None = None
+    claims: int
+    watches: int
+    capacity: int
+    shared_queue: bool
+    metrics_url: str | None = None
+    #: Live worker processes for this host (more than one: each takes a share of its steps).
+    workers: int = 1
+    #: The newest announcement of any of them.
+    seen_at: str
+    machines: list[str] = Field(default_factory=list)
+
+
+class HostsBoard(Wire):
+    hosts: list[HostView]
+    server_time: datetime
+
+
+def summarise(records: Iterable[WorkerRecord], polls: dict[str, datetime | None]) -> list[HostView]:
+    """Pure: one view per host, by name; several workers of a host add up (claims, watches,
+    capacity) and the newest version, announcement and poll stand for them."""
+    by_host: dict[str, list[WorkerRecord]] = {}
+    for record in records:
+        by_host.setdefault(record.host, []).append(record)
+    views = []
+    for host in sorted(by_host):
+        group = sorted(by_host[host], key=lambda r: r.seen_at)
+        newest = group[-1]
+        poll = polls.get(host)
+        views.append(
+            HostView(
+                host=host,
+                version=newest.version,
+                last_poll_at=iso(poll) if poll is not None else None,
+                claims=sum(r.claims for r in group),
+                watches=sum(r.watches for r in group),
+                capacity=sum(r.capacity for r in group),
+                shared_queue=any(r.shared_queue for r in group),
+                metrics_url=next((r.metrics_url for r in reversed(group) if r.metrics_url), None),
+                workers=len(group),
+                seen_at=newest.seen_at,
+                machines=sorted({r.machine for r in group}),
+            )
+        )
+    return views
+
+
+async def last_polls(client: Client | None, hosts: Iterable[str]) -> dict[str, datetime | None]:
+    """When a worker last polled each host's activity queue (None where Temporal did not say)."""
+    names = sorted(set(hosts))
+    if client is None or not names:
+        return dict.fromkeys(names)
+    from temporalio.api.enums.v1 import TaskQueueType
+    from temporalio.api.taskqueue.v1 import TaskQueue
+    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+
+    async def one(host: str) -> datetime | None:
+        try:
+            # Bounded as a whole: a lazy client's first call also connects, which the RPC's own
+            # timeout does not cover.
+            async with asyncio.timeout(POLL_LOOKUP_S + 1):
+                reply = await client.workflow_service.describe_task_queue(
+                    DescribeTaskQueueRequest(
+                        namespace=client.namespace,
+                        task_queue=TaskQueue(name=host_task_queue(host)),
+                        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+                    ),
+                    timeout=timedelta(seconds=POLL_LOOKUP_S),
+                )
+        except Exception as exc:  # noqa: BLE001 - the view answers without Temporal's part
+            log.info("last poll of %s unknown: %s", host, str(exc) or type(exc).__name__)
+            return None
+        seen = [
+            p.last_access_time.ToDatetime(tzinfo=UTC) for p in reply.pollers if p.HasField("last_access_time")
+        ]
+        return max(seen, default=None)
+
+    answers = await asyncio.gather(*(one(h) for h in names))
+    return dict(zip(names, answers, strict=True))
+
+
+async def read_hosts(store: RedisStore, client: Client | None) -> HostsBoard:
+    records = await store.workers()
+    polls = await last_polls(client, (r.host for r in records))
+    return HostsBoard(hosts=summarise(records, polls), server_time=datetime.now(UTC))
+
+
+@contextlib.asynccontextmanager
+async def announcing(
+    store: RedisStore,
+    *,
+    host: str,
+    worker_id: str,
+    capacity: int,
+    shared_queue: bool,
+    metrics_url: Callable[[], str | None],
+    held: Callable[[], tuple[int, int]],
+) -> AsyncIterator[None]:
+    """Announce this worker every :data:`ANNOUNCE_EVERY_S` while the block runs; withdraw it after.
+
+    ``held`` says how many claims and standby watches the keeper holds now. A failed announcement
+    (Redis away) is logged and tried again at the next one: it never stops the worker.
+    """
+    started = iso(datetime.now(UTC))
+
+    def record() -> WorkerRecord:
+        claims, watches = held()
+        return WorkerRecord(
+            host=host,
+            worker_id=worker_id,
+            version=perseus_version(),
+            machine=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=started,
+            seen_at=iso(datetime.now(UTC)),
+            capacity=capacity,
+            shared_queue=shared_queue,
+            metrics_url=metrics_url(),
+            claims=claims,
+            watches=watches,
+        )
+
+    async def loop() -> None:
+        failing = False
+        while True:
+            try:
+                await store.announce_worker(record(), int(ANNOUNCE_TTL_S * 1000))
+            except ServiceUnavailable as exc:
+                if not failing:
+                    log.warning("could not announce host %s in Redis: %s", host, exc)
+                failing = True
+            else:
+                failing = False
+            await asyncio.sleep(ANNOUNCE_EVERY_S)
+
+    task = asyncio.create_task(loop(), name=f"announce {host}")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        with contextlib.suppress(ServiceUnavailable):
+            await store.withdraw_worker(host, worker_id)

@@ -1,0 +1,52 @@
+"""The hosts view's assembly (perseus.hosts.summarise): pure, no servers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from perseus.hosts import WorkerRecord, summarise
+
+
+def record(host: str, worker_id: str, seen: str, **over: object) -> WorkerRecord:
+    fields: dict[str, object] = {
+        "host": host,
+        "worker_id": worker_id,
+        "version": "0.1.0",
+        "machine": f"m-{worker_id}",
+        "pid": 1,
+        "started_at": "2026-01-01T00:00:00.000Z",
+        "seen_at": seen,
+        "capacity": 100,
+        "shared_queue": False,
+        **over,
+    }
+    return WorkerRecord.model_validate(fields)
+
+
+def test_one_row_per_host_its_workers_added_up() -> None:
+    records = [
+        record("b", "w1", "2026-01-01T00:00:05.000Z", claims=2, watches=1, version="0.1.0"),
+        record("a", "w2", "2026-01-01T00:00:01.000Z", shared_queue=True, metrics_url="http://a:9464/metrics"),
+        record("b", "w3", "2026-01-01T00:00:09.000Z", claims=1, watches=4, version="0.2.0"),
+    ]
+    polled = datetime(2026, 1, 1, 0, 0, 8, tzinfo=UTC)
+    a, b = summarise(records, {"a": None, "b": polled})
+    assert (a.host, a.shared_queue, a.metrics_url, a.last_poll_at, a.workers) == (
+        "a",
+        True,
+        "http://a:9464/metrics",
+        None,
+        1,
+    )
+    assert (b.claims, b.watches, b.capacity, b.workers) == (3, 5, 200, 2)
+    # The newest announcement stands for the host: its version, and when it was seen.
+    assert (b.version, b.seen_at, b.last_poll_at) == (
+        "0.2.0",
+        "2026-01-01T00:00:09.000Z",
+        "2026-01-01T00:00:08.000Z",
+    )
+    assert not b.shared_queue and b.metrics_url is None and b.machines == ["m-w1", "m-w3"]
+
+
+def test_no_workers_no_rows() -> None:
+    assert summarise([], {}) == []
