@@ -70,6 +70,8 @@ _WHAT: dict[EventKind, str] = {
     EventKind.STANDBY_REGISTERED: "standby registered",
     EventKind.PROMOTED: "standby promoted",
     EventKind.HANDOFF: "handoff",
+    EventKind.PAUSED: "paused",
+    EventKind.RESUMED: "resumed",
 }
 
 
@@ -89,7 +91,8 @@ def summary(event: NetworkEvent) -> str:
         what = f"{name}: error{while_}: {_clip(event.error or 'unknown error', 500)}"
     else:
         detail = f": {_clip(event.detail, 500)}" if event.detail else ""
-        what = f"{name}: {_WHAT[event.event]}{detail}"
+        # A kind added later reads by its own name rather than failing every send of it.
+        what = f"{name}: {_WHAT.get(event.event, event.event.value.replace('_', ' '))}{detail}"
     return f"{what} (host {event.hostname}, epoch {event.epoch})"
 
 

@@ -77,3 +77,24 @@ def test_the_summary_names_what_where_and_the_epoch() -> None:
         detail="no renewal",
     )
     assert summary(lost) == "kraken: instance lost: no renewal (host host-a, epoch 3)"
+
+
+def test_every_event_kind_has_a_summary() -> None:
+    from datetime import UTC, datetime
+
+    from perseus.models import NetworkEvent
+
+    for kind in EventKind:
+        line = summary(
+            NetworkEvent(
+                event=kind,
+                event_id="e",
+                timestamp=datetime(2026, 1, 1, tzinfo=UTC),
+                exchange_id=1,
+                exchange_name="kraken",
+                hostname="h",
+                instance_id="i",
+                epoch=1,
+            )
+        )
+        assert line.startswith("kraken: ") and line.endswith("(host h, epoch 1)"), line
