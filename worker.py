@@ -34,7 +34,8 @@ from activities.host import HostActivities
 from activities.notify import NotifyActivities
 from activities.presence import PresenceActivities
 from activities.registry import RegistryActivities
-from perseus.config import Settings, load_settings
+from perseus import tracing
+from perseus.config import Settings, SystemdEnv, load_otel_env, load_settings, load_systemd_env
 from perseus.connectors.allow import ExecAllowList, load_allow_list
 from perseus.connectors.base import ConnectorHost
 from perseus.connectors.process import output_dir
@@ -42,15 +43,17 @@ from perseus.connectors.watchdog import Watchdog
 from perseus.enrol import enrolment
 from perseus.errors import ConfigError, PerseusError, ServiceUnavailable
 from perseus.fleet import RetryWait, retry_after, retry_over
+from perseus.health import WorkerHealth
 from perseus.hosts import announcing
 from perseus.keeper import LeaseKeeper, WorkflowClosed
 from perseus.keys import SHARED_TASK_QUEUE, host_task_queue, valid_host
 from perseus.logs import configure_logging, install_temporal_runtime
 from perseus.metrics import MetricsServer, free_loopback_address
 from perseus.models import EventRequest
-from perseus.notify import discord_notifier
+from perseus.notify import notifications
 from perseus.store.db import Catalog, open_pool_eventually
 from perseus.store.redis_store import RedisStore, make_client
+from perseus.systemd import keep_alive, notify, watchdog_period_s
 from perseus.temporal import RPC_TIMEOUT, connect
 from workflows.instance import InstanceWorkflow
 
@@ -97,7 +100,7 @@ async def run_worker(
     catalog = Catalog(pool)
     connectors = ConnectorHost(settings.connector_journal)
     watchdog = Watchdog()
-    notifier = discord_notifier(settings.discord_webhook_url, http, store)  # None: off
+    notifier = notifications(settings, http, store)  # None: no channel configured, off
     registry = RegistryActivities(store, catalog, notifications=notifier is not None)
     keeper = LeaseKeeper(
         store,
@@ -119,7 +122,11 @@ async def run_worker(
         connector_output=output_dir(settings.data_dir),
         exec_allow=exec_allow,
     )
-    notify = NotifyActivities(notifier)
+    if metrics_server is not None:
+        metrics_server.health = WorkerHealth(
+            host=host, client=client, store=store, keeper=keeper, watchdog=watchdog
+        )
+    notify_activities = NotifyActivities(notifier)
     catalog_activities = CatalogActivities(catalog)
     workers = [
         Worker(
@@ -149,7 +156,7 @@ async def run_worker(
                     catalog_activities.resolve_instance,
                     PresenceActivities(client).host_polled,
                     *registry.all(),
-                    notify.notify_event,
+                    notify_activities.notify_event,
                 ],
                 graceful_shutdown_timeout=timedelta(seconds=5),
                 # A workflow's next task goes to the worker that ran its last one (its cache). If
@@ -287,14 +294,23 @@ async def serve(
     shared: bool,
     ready_file: str | None,
     metrics: MetricsServer | None = None,
+    systemd: SystemdEnv | None = None,
 ) -> None:
-    """Connect, serve until SIGINT/SIGTERM, release this host's instances, close everything."""
+    """Connect, serve until SIGINT/SIGTERM, release this host's instances, close everything. Under
+    systemd (``Type=notify``) say READY/STOPPING, and ping its watchdog while the loop runs."""
     name = host or settings.host_name()
     if not valid_host(name):
         raise ConfigError(f"invalid host name {name!r}: use letters, digits, '.', '_' or '-'")
     client = await connect_when_up(settings)
     stop = asyncio.Event()
     install_signal_handlers(stop)
+    sd = systemd or SystemdEnv.model_construct()  # outside `perseus worker`: no systemd
+    ping_every = watchdog_period_s(sd.watchdog_usec, sd.watchdog_pid, os.getpid())
+    pinging = (
+        asyncio.create_task(keep_alive(sd.notify_socket, ping_every), name="systemd watchdog")
+        if sd.notify_socket and ping_every
+        else None
+    )
     ready = asyncio.Event()
     task = asyncio.create_task(
         run_worker(settings, client, name, stop, shared_queue=shared, ready=ready, metrics_server=metrics)
@@ -306,7 +322,15 @@ async def serve(
         print(line, file=sys.stderr, flush=True)
         if ready_file:
             Path(ready_file).write_text(line + "\n")
-    await task
+        notify(sd.notify_socket, "READY=1")
+        await asyncio.wait([task, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            notify(sd.notify_socket, "STOPPING=1")
+    try:
+        await task
+    finally:
+        if pinging is not None:
+            pinging.cancel()
     log.info("worker for host %s stopped", name)
 
 
@@ -325,7 +349,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--metrics-port",
         type=int,
         default=None,
-        help="Serve /metrics (Perseus' and the Temporal SDK's) on this port.",
+        help="Serve /metrics (Perseus' and the Temporal SDK's), /healthz and /readyz on this port.",
     )
     parser.add_argument("--metrics-host", default="127.0.0.1", help="Address for --metrics-port.")
     # perseus dev: where to write the ready line (a file it can wait on without parsing our stderr).
@@ -341,9 +365,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     """
     args = parse_args(argv)
     code = 0
+    provider = None
     try:
         settings = load_settings()
+        systemd = load_systemd_env()
         configure_logging(settings.log_level, settings.log_format)
+        # Off unless OTEL_* or PERSEUS_TRACE_FILE (perseus dev --trace) say otherwise.
+        provider = tracing.install(
+            "perseus-worker", tracing.tracing_mode(load_otel_env(), settings.trace_file), settings.trace_file
+        )
         metrics = None
         if args.metrics_port is not None:
             # The SDK's own metrics on a private loopback port; the exporter appends them to ours.
@@ -353,13 +383,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             install_temporal_runtime()
         asyncio.run(
-            serve(settings, args.host, shared=args.shared, ready_file=args.ready_file, metrics=metrics)
+            serve(
+                settings,
+                args.host,
+                shared=args.shared,
+                ready_file=args.ready_file,
+                metrics=metrics,
+                systemd=systemd,
+            )
         )
     except PerseusError as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
         code = 130
+    tracing.shutdown(provider)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

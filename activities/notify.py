@@ -1,5 +1,5 @@
-"""Notifications about network events (Discord), sent by their own activity so that a slow or
-rate-limited webhook never delays a transition. No webhook configured → notifications are off."""
+"""Notifications about network events (every configured channel), sent by their own activity so
+that a slow or rate-limited target never delays a transition. No channel configured → off."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from perseus.errors import ConfigError
-from perseus.models import MAX_HEARTBEAT_INTERVAL_S, MIN_HEARTBEAT_INTERVAL_S
+from perseus.models import MAX_HEARTBEAT_INTERVAL_S, MIN_HEARTBEAT_INTERVAL_S, NotifyChannel
 
 #: Where the embedded stack listens unless told otherwise; the same defaults every command uses.
 DEFAULT_REDIS_PORT = 7379
@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     redis_allow_plaintext: bool = False
     heartbeat_interval: float = Field(default=15.0, allow_inf_nan=False)
     discord_webhook_url: AnyHttpUrl | None = None
+    #: More channels (Slack, PagerDuty, generic webhooks, more Discord), each with its own filters.
+    notify_channels: list[NotifyChannel] = Field(default_factory=list)
     hostname: str | None = None
     ip_services: list[AnyHttpUrl] = Field(
         default_factory=lambda: [AnyHttpUrl(url) for url in DEFAULT_IP_SERVICES]
@@ -105,6 +107,8 @@ class Settings(BaseSettings):
     #: Logging for ``perseus worker``, ``api`` and ``dev``: a level name, and plain text or JSON lines.
     log_level: str = "INFO"
     log_format: Literal["plain", "json"] = "plain"
+    #: Write trace spans as JSON lines to this file (``perseus dev --trace``); see perseus/tracing.py.
+    trace_file: Path | None = None
     #: A file of the connector commands this host may run (perseus/connectors/allow.py); unset: any
     #: command a workflow asks for (the worker warns at start). See docs/security.md.
     exec_allow: Path | None = None
@@ -173,6 +177,29 @@ class Settings(BaseSettings):
             raise PydanticCustomError("redis_url", "{reason}", {"reason": str(exc)}) from None
         return self
 
+    @field_validator("notify_channels")
+    @classmethod
+    def _channels(cls, value: list[NotifyChannel]) -> list[NotifyChannel]:
+        names = [c.name for c in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"channel names must differ: {', '.join(sorted(names))}")
+        for channel in value:
+            # Events name hosts, addresses and admins: never in clear text past this machine.
+            url = urlsplit(str(channel.url)) if channel.url is not None else None
+            if url is not None and url.scheme != "https" and not is_loopback_host(url.hostname):
+                raise ValueError(f"channel {channel.name}: its url must be https:// (or on this machine)")
+        return value
+
+    @model_validator(mode="after")
+    def _discord_named_once(self) -> Settings:
+        if self.discord_webhook_url is not None and any(c.name == "discord" for c in self.notify_channels):
+            raise PydanticCustomError(
+                "notify_channels",
+                "{reason}",
+                {"reason": "the name 'discord' is PERSEUS_DISCORD_WEBHOOK_URL's channel: choose another"},
+            )
+        return self
+
     @field_validator("hostname")
     @classmethod
     def _hostname(cls, value: str | None) -> str | None:
@@ -191,6 +218,43 @@ class Settings(BaseSettings):
 
     def explicitly_set(self, field: str) -> bool:
         return field in self.model_fields_set and field not in self._from_data_dir
+
+
+class OtelEnv(BaseSettings):
+    """The OpenTelemetry variables that decide whether Perseus traces at all (:mod:`perseus.tracing`);
+    the exporter reads the rest of ``OTEL_*`` (headers, service name…) itself."""
+
+    model_config = SettingsConfigDict(env_prefix="OTEL_", extra="ignore", frozen=True)
+
+    sdk_disabled: bool = False
+    traces_exporter: str | None = None
+    exporter_otlp_endpoint: str | None = None
+    exporter_otlp_traces_endpoint: str | None = None
+
+
+def load_otel_env() -> OtelEnv:
+    try:
+        return OtelEnv()
+    except ValidationError as exc:
+        raise ConfigError(f"invalid OTEL_* setting: {exc.errors()[0]['msg']}") from None
+
+
+class SystemdEnv(BaseSettings):
+    """What systemd tells a ``Type=notify`` service about itself (``sd_notify(3)``): set by systemd,
+    never by a user, and absent outside it. Read once by the worker; see :mod:`perseus.systemd`."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    notify_socket: str | None = None
+    watchdog_usec: int | None = None
+    watchdog_pid: int | None = None
+
+
+def load_systemd_env() -> SystemdEnv:
+    try:
+        return SystemdEnv()
+    except ValidationError as exc:  # a malformed WATCHDOG_USEC, say: one line, as for our own settings
+        raise ConfigError(f"invalid systemd environment: {exc.errors()[0]['msg']}") from None
 
 
 def load_settings(**overrides: object) -> Settings:

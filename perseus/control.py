@@ -53,6 +53,7 @@ from perseus.temporal import (
     instances_filter,
     search_attributes,
 )
+from perseus.tracing import traced
 
 T = TypeVar("T")
 
@@ -122,6 +123,7 @@ async def _closing(handle: WorkflowHandle[Any, str], wait_s: float = 10.0) -> bo
     return False
 
 
+@traced("perseus register")
 async def register(
     client: Client,
     *,
@@ -324,6 +326,7 @@ async def find_instance(
     )
 
 
+@traced("perseus command")
 async def command(
     client: Client,
     *,
@@ -430,6 +433,7 @@ def _check_command(snapshot: InstanceSnapshot, command: Command) -> None:
     plan(command, projected_state(snapshot.state, list(snapshot.pending)))
 
 
+@traced("perseus handoff")
 async def handoff(
     client: Client,
     *,

@@ -156,6 +156,13 @@ def stale_in(renewed_ms_ago: int, interval_s: float) -> float:
     return max(0.0, limit_s - renewed_ms_ago / 1000)
 
 
+def renewal_overdue(since_last_ok_s: float, interval_s: float) -> bool:
+    """Whether a claim this host holds has gone unrenewed for longer than a holder counts as alive
+    (:data:`ALIVE_INTERVALS`): its worker is not ready. Said half an interval before the renew
+    deadline stops the connector, so a probe sees a stalled keeper before its claims can lapse."""
+    return since_last_ok_s > ALIVE_INTERVALS * interval_s
+
+
 # --- the lease's heartbeat to Temporal ------------------------------------------------------------
 
 #: A lease or a standby's watch heartbeats to Temporal no more often than this, whatever the

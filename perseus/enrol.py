@@ -85,9 +85,10 @@ class EnrolReport(BaseModel):
 # --- observing -----------------------------------------------------------------------------------
 
 
-async def pollers_within(client: Client, host: str, window: timedelta) -> int:
+async def pollers_within(client: Client, host: str, window: timedelta, *, identity: str | None = None) -> int:
     """How many workers polled ``host``'s queue for activities within ``window`` (Temporal lists a
-    poller for minutes after it stopped, so the window decides what counts as live)."""
+    poller for minutes after it stopped, so the window decides what counts as live); with
+    ``identity``, only that worker's pollers count (a worker asking about itself)."""
     try:
         reply = await client.workflow_service.describe_task_queue(
             DescribeTaskQueueRequest(
@@ -103,7 +104,9 @@ async def pollers_within(client: Client, host: str, window: timedelta) -> int:
     return sum(
         1
         for p in reply.pollers
-        if p.HasField("last_access_time") and p.last_access_time.ToDatetime(tzinfo=UTC) >= since
+        if p.HasField("last_access_time")
+        and p.last_access_time.ToDatetime(tzinfo=UTC) >= since
+        and (identity is None or p.identity == identity)
     )
 
 

@@ -25,8 +25,8 @@ name, so a workflow can list permanent ones in ``non_retryable_error_types``.
     ├── AlreadyRegistered           this host already runs that exchange (permanent)
     ├── InvalidQuery                a malformed read request: count, cursor, window, filter (HTTP 422)
     ├── Unauthorized                no API key, or not an active one (HTTP 401)
-    ├── NotifyRetry                 a Discord message not delivered this time (transient)
-    ├── WebhookRejected             Discord refused the message for good (permanent)
+    ├── NotifyRetry                 a notification not delivered this time (transient)
+    ├── WebhookRejected             a channel refused the message for good (permanent)
     └── ConnectorError              the connector failed (transient: retried, then recorded)
         ├── ConnectorFailed         it died while running (reported by the lease; not retried)
         │   ├── ConnectorUnhealthy  failed its health checks: restart in place
@@ -222,7 +222,7 @@ class NotifyRetry(PerseusError):
 
 
 class WebhookRejected(PerseusError):
-    """Discord refused the message for good (bad URL, deleted webhook, invalid payload)."""
+    """A channel refused the message for good (bad URL or key, deleted webhook, invalid payload)."""
 
 
 class ConnectorNotReady(ConnectorError):

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from perseus.errors import ServiceUnavailable
+from perseus.tracing import span
 
 if TYPE_CHECKING:
     from perseus.store.redis_store import FenceReply, RedisStore
@@ -143,8 +144,10 @@ class RenewalGrid:
     async def _send(self, batch: list[_Pending]) -> None:
         try:
             # The batch outlives none of its loops' waits: each loop stops waiting at its own bound.
-            async with asyncio.timeout(max(p.bound_s for p in batch)):
-                replies = await self._store.renew_many([p.renewal for p in batch])
+            # One span per batch, a trace of its own (perseus.tracing): never one per renewal.
+            with span("renew batch", root=True, claims=len(batch)):
+                async with asyncio.timeout(max(p.bound_s for p in batch)):
+                    replies = await self._store.renew_many([p.renewal for p in batch])
         except asyncio.CancelledError:
             for p in batch:
                 p.reply.cancel()

@@ -670,6 +670,12 @@ class LeaseKeeper:
         self._cancelling.add(repeat)
         repeat.add_done_callback(self._cancelling.discard)
 
+    def renewal_ages(self) -> list[tuple[str, float, float]]:
+        """Each live claim's workflow id, seconds since its last successful renewal, and interval:
+        what the worker's ``/readyz`` judges (a stalled loop and a Redis that refuses look alike)."""
+        now = time.monotonic()
+        return [(w, now - h.last_ok, h.interval_s) for w, h in self.claims.items() if h.ended is None]
+
     def held(self) -> tuple[int, int]:
         """How many live claims and standby watches this host's keeper holds now."""
         claims = sum(1 for h in self.claims.values() if h.ended is None)

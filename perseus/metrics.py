@@ -30,6 +30,7 @@ from perseus.lifecycle import Role, State
 if TYPE_CHECKING:
     from temporalio.runtime import Runtime
 
+    from perseus.health import WorkerHealth
     from perseus.network import StatusBoard
     from perseus.store.redis_store import RedisStore
 
@@ -218,6 +219,26 @@ def board_metrics(board: StatusBoard) -> bytes:
     standbys = Gauge(
         "perseus_exchange_standbys", "Live standbys of the exchange.", ["exchange"], registry=registry
     )
+    holder = Gauge(
+        "perseus_exchange_holder",
+        "1 for the instance holding the exchange's claim: its host and fencing epoch (no series while "
+        "nobody holds it).",
+        ["exchange", "host", "epoch"],
+        registry=registry,
+    )
+    epoch = Gauge(
+        "perseus_exchange_epoch",
+        "The holder's fencing epoch; every new claim raises it, so changes() counts holder changes.",
+        ["exchange"],
+        registry=registry,
+    )
+    held_for = Gauge(
+        "perseus_exchange_holder_seconds",
+        "Seconds since the holder's connector came up under its claim (its record's connectedAt): "
+        "the time since the last failover, handoff or restart.",
+        ["exchange"],
+        registry=registry,
+    )
     paused = Gauge(
         "perseus_exchange_paused",
         "1 while the exchange is paused (maintenance mode: no automatic promotion or claim-over).",
@@ -235,6 +256,13 @@ def board_metrics(board: StatusBoard) -> bytes:
             tally[Role.ACTIVE.value, status.connection_state.value] += 1
             age.labels(name).set(view.heartbeat_age_s or 0.0)
             interval.labels(name).set(status.heartbeat_interval_s)
+            # A Livermore v6 record has no epoch: it still names its host.
+            fence = "" if status.epoch is None else str(status.epoch)
+            holder.labels(name, status.hostname, fence).set(1)
+            if status.epoch is not None:
+                epoch.labels(name).set(status.epoch)
+            if view.running_for_s is not None:
+                held_for.labels(name).set(view.running_for_s)
         tally[Role.STANDBY.value, Role.STANDBY.value] += len(view.standbys)
     for role, state in ((Role.ACTIVE.value, State.ACTIVE.value), (Role.STANDBY.value, Role.STANDBY.value)):
         tally[role, state] += 0  # always present, so "no active instance" reads 0, not absent
@@ -287,12 +315,17 @@ def temporal_runtime(bind_address: str | None = None) -> tuple[Runtime, str]:
 
 class MetricsServer:
     """``GET /metrics`` on its own port (the worker's ``--metrics-port``): this process's metrics
-    followed by the Temporal runtime's. A tiny HTTP/1.0 responder on the event loop: no thread."""
+    followed by the Temporal runtime's; and ``/healthz`` and ``/readyz`` (:mod:`perseus.health`)
+    once the worker has attached its :class:`~perseus.health.WorkerHealth`. A tiny HTTP/1.0
+    responder on the event loop, no thread: that it answers at all is what ``/healthz`` proves."""
 
     def __init__(self, host: str, port: int, temporal_url: str | None) -> None:
         self.host = host
         self.port = port
         self.temporal_url = temporal_url
+        self.health: WorkerHealth | None = None
+        #: The checks that failed at the last /readyz (logged when that changes).
+        self._failed: tuple[str, ...] = ()
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -321,6 +354,23 @@ class MetricsServer:
             self._server.close()
             await self._server.wait_closed()
 
+    async def _health(self, path: bytes) -> tuple[str, str, bytes]:
+        assert self.health is not None
+        kind = "application/json"
+        if path == b"/healthz":
+            return "200 OK", kind, self.health.liveness().model_dump_json().encode()
+        report = await self.health.readiness()
+        failed = tuple(report.failed)
+        if failed != self._failed:  # one line per change, not one per probe
+            if failed:
+                why = "; ".join(f"{c.name}: {c.detail}" for c in report.checks if not c.ok)
+                log.warning("worker not ready: %s", why)
+            else:
+                log.info("worker ready again")
+            self._failed = failed
+        status = "200 OK" if report.status == "ready" else "503 Service Unavailable"
+        return status, kind, report.model_dump_json().encode()
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readline(), 5)
@@ -331,6 +381,8 @@ class MetricsServer:
             if path == b"/metrics":
                 status, kind = "200 OK", CONTENT_TYPE
                 body = exposition() + await temporal_text(self.temporal_url)
+            elif path in (b"/healthz", b"/readyz") and self.health is not None:
+                status, kind, body = await self._health(path)
             else:
                 status, kind, body = "404 Not Found", "text/plain; charset=utf-8", b"try /metrics\n"
             head = f"HTTP/1.0 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n\r\n"

@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from perseus.keys import EXCHANGE_PATTERN, HOST_PATTERN, iso
@@ -217,6 +217,39 @@ class CreatedKey(Wire):
     scope: Scope
     exchanges: list[str] = []
     expires_at: datetime | None = None
+
+
+class NotifyChannel(BaseModel):
+    """One notification channel, an entry of ``PERSEUS_NOTIFY_CHANNELS`` (a JSON list).
+
+    ``kind`` says what the target speaks: ``discord`` and ``slack`` incoming webhooks (the URL is
+    the credential), ``pagerduty`` Events API v2 (``secret`` is the integration's routing key; the
+    URL defaults to PagerDuty's), or a generic ``webhook`` (a JSON body signed with ``secret`` in an
+    HMAC-SHA256 header). ``events`` and ``exchanges`` narrow what it receives (absent: every event
+    kind but ``standby_registered``, every exchange).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    kind: Literal["discord", "slack", "pagerduty", "webhook"]
+    url: AnyHttpUrl | None = None
+    secret: SecretStr | None = None
+    events: list[EventKind] | None = None
+    exchanges: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> NotifyChannel:
+        if self.url is None and self.kind != "pagerduty":
+            raise ValueError(f"channel {self.name}: a {self.kind} channel needs a url")
+        if self.secret is None and self.kind in ("pagerduty", "webhook"):
+            what = "routing key" if self.kind == "pagerduty" else "HMAC key"
+            raise ValueError(f"channel {self.name}: a {self.kind} channel needs a secret (its {what})")
+        if self.secret is not None and self.kind in ("discord", "slack"):
+            raise ValueError(f"channel {self.name}: a {self.kind} channel takes no secret (its url is one)")
+        if self.events == [] or self.exchanges == []:
+            raise ValueError(f"channel {self.name}: an empty filter lets nothing through; leave it out")
+        return self
 
 
 # --- Catalog -------------------------------------------------------------------------------------

@@ -180,6 +180,11 @@ async def connect(
     converter_ = data_converter(settings, read_only=read_only)
     config = connect_config(override_address)
     target = config["target_host"]
+    # With tracing on (perseus.tracing), every call of this client and every worker built from it
+    # carries the trace: a command's update, the workflow task and its activities join one trace.
+    from perseus import tracing  # here, not at the top: workflows import this module
+
+    extra.setdefault("interceptors", tracing.interceptors())
     try:
         return await asyncio.wait_for(
             Client.connect(**config, data_converter=converter_, **extra), CONNECT_TIMEOUT_S

@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from perseus import tracing
 from perseus.api.codec import codec_router
 from perseus.api.commands import router as commands_router
 from perseus.api.hosts import router as hosts_router
@@ -146,6 +147,8 @@ def create_app(settings: Settings, temporal_address: str | None = None) -> FastA
     app.state.settings = settings
     app.state.temporal_client = None
     app.state.temporal_lock = asyncio.Lock()
+    if tracing.enabled():  # perseus.tracing: off by default, and then no middleware at all
+        app.add_middleware(tracing.TraceRequests)
     app.add_exception_handler(PerseusError, _perseus_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

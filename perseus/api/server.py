@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 from collections.abc import Generator
 
 import uvicorn
 
 from perseus.api.app import create_app
-from perseus.config import Settings
+from perseus.config import Settings, SystemdEnv
+from perseus.systemd import keep_alive, notify, watchdog_period_s
 
 #: How often a shutting-down server looks for connections it has not yet told to close.
 SWEEP_S = 0.05
@@ -47,9 +49,31 @@ class Server(uvicorn.Server):
 class StreamingServer(Server):
     """A server that ends the live event streams first when it shuts down. uvicorn waits for open
     responses to finish before it runs the lifespan's shutdown, and an event stream never finishes
-    by itself; without this a single open page would hold the shutdown."""
+    by itself; without this a single open page would hold the shutdown.
+
+    Under systemd (``Type=notify``, ``systemd`` given) it says READY once it listens, STOPPING when
+    it shuts down, and pings ``WatchdogSec`` from its event loop meanwhile (:mod:`perseus.systemd`).
+    """
+
+    def __init__(self, config: uvicorn.Config, *, systemd: SystemdEnv | None = None) -> None:
+        super().__init__(config)
+        self._systemd = systemd
+        self._pinging: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        sd = self._systemd
+        if self.started and sd is not None and sd.notify_socket:
+            notify(sd.notify_socket, "READY=1")
+            period = watchdog_period_s(sd.watchdog_usec, sd.watchdog_pid, os.getpid())
+            if period:
+                self._pinging = asyncio.create_task(keep_alive(sd.notify_socket, period))
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._systemd is not None:
+            notify(self._systemd.notify_socket, "STOPPING=1")
+        if self._pinging is not None:
+            self._pinging.cancel()
         live = getattr(getattr(self.config.app, "state", None), "live", None)
         if live is not None:
             live.close_streams()

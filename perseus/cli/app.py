@@ -167,8 +167,16 @@ def fail(exc: PerseusError) -> typer.Exit:
 
 def run(make: Callable[[Settings], Awaitable[T]]) -> T:
     """Read settings, run the coroutine, convert errors at the edge."""
+    from perseus import tracing
+    from perseus.config import load_otel_env
+
+    provider = None
     try:
         settings = load_settings()
+        # Off unless OTEL_* or PERSEUS_TRACE_FILE say otherwise (perseus/tracing.py).
+        provider = tracing.install(
+            "perseus", tracing.tracing_mode(load_otel_env(), settings.trace_file), settings.trace_file
+        )
         return asyncio.run(make(settings))  # type: ignore[arg-type]
     except PerseusError as exc:
         raise fail(exc) from None
@@ -179,6 +187,8 @@ def run(make: Callable[[Settings], Awaitable[T]]) -> T:
         if converted is None:
             raise  # a bug: let its traceback show
         raise fail(converted) from None
+    finally:
+        tracing.shutdown(provider)
 
 
 def _temporal_error(exc: Exception) -> PerseusError | None:
@@ -307,6 +317,12 @@ def dev(
     ] = DEFAULT_API_PORT,
     headless: Annotated[bool, typer.Option(help="No Temporal Web UI.")] = False,
     host: HostOption = None,
+    trace: Annotated[
+        bool,
+        typer.Option(
+            help="Write trace spans (worker, API, commands) as JSON lines to {data dir}/traces.jsonl."
+        ),
+    ] = False,
 ) -> None:
     """Run the embedded stack: Temporal + Web UI, Redis, PostgreSQL, the worker and the API."""
     from perseus.devstack.stack import DevOptions, run_dev, stop_on_signals
@@ -318,9 +334,25 @@ def dev(
             out.print(line, highlight=False, markup=False)
 
     async def main(settings: Settings) -> None:
+        from perseus import tracing
+
         configure_logging(settings.log_level, settings.log_format)
+        provider = None
+        if trace and settings.trace_file is None:
+            settings = settings.model_copy(
+                update={"trace_file": settings.data_dir.resolve() / "traces.jsonl"}
+            )
+            provider = tracing.install("perseus-dev", "file", settings.trace_file)
+            out.print(f"traces: {settings.trace_file}", highlight=False, markup=False)
         stop = asyncio.Event()
         stop_on_signals(stop)
+        try:
+            await _run_dev(settings, stop)
+        finally:
+            tracing.shutdown(provider)
+        out.print("stopped.")
+
+    async def _run_dev(settings: Settings, stop: asyncio.Event) -> None:
         await run_dev(
             settings,
             DevOptions(
@@ -336,7 +368,6 @@ def dev(
             stop,
             announce,
         )
-        out.print("stopped.")
 
     run(main)
 
@@ -347,7 +378,10 @@ def worker(
     shared: Annotated[bool, typer.Option(help="Also serve the shared queue (workflows).")] = True,
     metrics_port: Annotated[
         int | None,
-        typer.Option("--metrics-port", help="Serve Prometheus /metrics (Perseus' and Temporal's) here."),
+        typer.Option(
+            "--metrics-port",
+            help="Serve Prometheus /metrics (Perseus' and Temporal's), /healthz and /readyz here.",
+        ),
     ] = None,
     metrics_host: Annotated[
         str, typer.Option("--metrics-host", help="Address for --metrics-port.")
@@ -381,6 +415,7 @@ def api(
     from perseus.api.app import create_app
     from perseus.api.ready import preflight
     from perseus.api.server import StreamingServer
+    from perseus.config import load_systemd_env
     from perseus.logs import configure_logging
 
     async def serve(settings: Settings) -> None:
@@ -401,7 +436,8 @@ def api(
                 log_config=None,  # perseus.logs configured the root logger: level and format
                 log_level=settings.log_level.lower(),
                 timeout_graceful_shutdown=5,
-            )
+            ),
+            systemd=load_systemd_env(),
         )
         await server.serve()
         if not server.started:

@@ -92,6 +92,15 @@ class Watchdog:
         if self._proc is not None:
             self._send(f"disarm {pgid}\n")
 
+    def state(self) -> str:
+        """``idle`` (not started: no process connector has needed it yet), ``running``, or why it
+        is not: a watchdog that died leaves its children unguarded until the next renewal restarts it."""
+        proc = self._proc
+        if proc is None:
+            return "idle"
+        code = proc.poll()
+        return "running" if code is None else f"exited with status {code}"
+
     def close(self) -> None:
         """Stop the watchdog without killing anything it guards (the worker stops its connectors)."""
         proc, self._proc = self._proc, None

@@ -226,6 +226,8 @@ def worker_environment(stack: DevStack) -> dict[str, str]:
         PERSEUS_DATABASE_URL=stack.settings.database_url,
         PERSEUS_DATA_DIR=str(stack.settings.data_dir.resolve()),
     )
+    if stack.settings.trace_file is not None:  # perseus dev --trace: the worker's spans too
+        env["PERSEUS_TRACE_FILE"] = str(stack.settings.trace_file.resolve())
     key = stack.settings.payload_key
     if key is not None:  # the key dev made or was given: worker and API must encrypt alike
         env["PERSEUS_PAYLOAD_KEY"] = key.get_secret_value()

@@ -1,11 +1,18 @@
-"""Notifications about network events. :mod:`perseus.notify.discord` posts them to a Discord webhook."""
+"""Notifications about network events, to every configured channel: Discord
+(:mod:`perseus.notify.discord`), Slack, PagerDuty and generic webhooks (:mod:`perseus.notify.channels`),
+all delivered by :mod:`perseus.notify.delivery`."""
 
-from perseus.notify.discord import (
-    DiscordNotifier,
-    RateLimiter,
-    SharedRateLimiter,
-    discord_notifier,
-    render,
-)
+from perseus.notify.channels import Notifications, notifications
+from perseus.notify.delivery import RateLimiter, SharedRateLimiter, WebhookNotifier
+from perseus.notify.discord import DiscordNotifier, discord_notifier, render
 
-__all__ = ["DiscordNotifier", "RateLimiter", "SharedRateLimiter", "discord_notifier", "render"]
+__all__ = [
+    "DiscordNotifier",
+    "Notifications",
+    "RateLimiter",
+    "SharedRateLimiter",
+    "WebhookNotifier",
+    "discord_notifier",
+    "notifications",
+    "render",
+]

@@ -339,8 +339,10 @@ async def fault(stack: Stack, cluster: Cluster, name: str, action: Callable[[], 
         for host, proc in cluster.workers.items():
             print(f"  worker {host}: exit {proc.proc.poll()}; log tail: {proc.log.read_text()[-600:]!r}")
         if cluster.core is not None:
-            print(f"  core worker log: {cluster.core.log}")
-        if cluster.client is not None and os.environ.get("PERSEUS_CHAOS_HISTORY"):
+            # Printed, not only named: the file is gone with the test's temporary folder, and a
+            # failure in CI is read from its output alone.
+            print(f"  core worker log {cluster.core.log}, tail: {cluster.core.log.read_text()[-3000:]!r}")
+        if cluster.client is not None:
             for host in cluster.hosts:
                 try:
                     history = await cluster.client.get_workflow_handle(
@@ -355,7 +357,9 @@ async def fault(stack: Stack, cluster: Cluster, name: str, action: Callable[[], 
                         ev.event_time.ToDatetime().strftime("%H:%M:%S.%f")[:-3],
                         ev.event_type,
                         ev.activity_task_scheduled_event_attributes.activity_type.name or "",
+                        ev.workflow_execution_signaled_event_attributes.signal_name or "",
                         ev.activity_task_timed_out_event_attributes.failure.message or "",
+                        ev.activity_task_failed_event_attributes.failure.message or "",
                     )
         raise
     stack.survived[name] += 1

@@ -19,7 +19,7 @@ import httpx
 
 from perseus.lifecycle import State
 from perseus.models import EventKind, NetworkEvent, NotifyRequest
-from perseus.notify.discord import DiscordNotifier, SharedRateLimiter
+from perseus.notify.discord import DiscordNotifier, discord_limiter
 from perseus.store.redis_store import RedisStore, make_client
 
 
@@ -30,9 +30,7 @@ async def main(argv: list[str]) -> None:
     try:
         async with httpx.AsyncClient() as http:
             store = RedisStore(redis)
-            notifier = DiscordNotifier(
-                url, http, store, limiter=SharedRateLimiter(store, url, windows=windows)
-            )
+            notifier = DiscordNotifier(url, http, store, limiter=discord_limiter(store, url, windows))
             events = [
                 NetworkEvent(
                     event=EventKind.STATE_TRANSITION,

@@ -42,7 +42,7 @@ from perseus.notify.discord import (
     SENT,
     DiscordNotifier,
     RateLimiter,
-    SharedRateLimiter,
+    discord_limiter,
     discord_notifier,
     marker_key,
     rate_key,
@@ -429,7 +429,7 @@ async def test_shared_window_is_fenced_and_pauses_every_sender(store: RedisStore
 
     # A 429 seen by one process pauses the others (limiters on the same key, as in two workers).
     url = f"http://127.0.0.1:9/api/webhooks/{uuid.uuid4().hex}/token"
-    first, other = SharedRateLimiter(store, url), SharedRateLimiter(store, url)
+    first, other = discord_limiter(store, url), discord_limiter(store, url)
     async with first.slot():
         first.observe(429, {"retry-after": "0.3"})
     async with other.slot():

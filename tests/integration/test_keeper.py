@@ -364,8 +364,10 @@ async def test_a_batch_that_cannot_reach_redis_fails_its_claims_and_the_deadline
     """A hung Redis: the batch's round trip fails for every claim in it, no claim ends before its
     renew deadline, each one ends at it and stops its connector; once Redis answers again, the same
     keeper renews new claims as before."""
-    proxy = await StallableProxy(int(servers.redis_url.rsplit(":", 1)[1].split("/")[0])).start()
-    counted = CountedStore(make_client(f"redis://127.0.0.1:{proxy.port}/0"))
+    redis_port = int(servers.redis_url.rsplit(":", 1)[1].split("/")[0])
+    proxy = await StallableProxy(redis_port).start()
+    # The same server (and its password) through the proxy.
+    counted = CountedStore(make_client(servers.redis_url.replace(f":{redis_port}/", f":{proxy.port}/")))
     connectors = ConnectorHost()
     keeper = LeaseKeeper(counted, connectors)
     reqs = [await claimed(store, interval=1.0) for _ in range(3)]  # renew deadline 2 s

@@ -284,6 +284,18 @@ def sample(text: str, series: str) -> float:
     return 0.0
 
 
+def holders(text: str, exchange: str) -> list[tuple[str, int]]:
+    """(host, epoch) of every ``perseus_exchange_holder`` series of ``exchange`` set to 1."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [
+        (s.labels["host"], int(s.labels["epoch"]))
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "perseus_exchange_holder" and s.labels["exchange"] == exchange and s.value == 1
+    ]
+
+
 async def scrape(port: int) -> str:
     import httpx
 
@@ -332,7 +344,16 @@ async def test_metrics_show_renewals_rising_and_a_failover_after_kill_9(
         api_key = await db.Catalog(db.OneConnection(conn)).create_api_key("metrics-test")
     async with in_process(settings) as api:
         api.headers.update(bearer(api_key))
-        before = sample((await api.get("/metrics")).text, failovers)
+        standbys = f'perseus_exchange_standbys{{exchange="{exchange}"}}'
+
+        async def standing_by() -> str | None:
+            text = (await api.get("/metrics")).text
+            return text if sample(text, standbys) == 1 else None
+
+        board = await wait_for(standing_by, timeout=30)
+        before = sample(board, failovers)
+        (held,) = holders(board, exchange)
+        assert held[0] == doomed
         procs[0].signal(signal.SIGKILL)
         await wait_for(lambda: active_on(store, ex_id, spare), timeout=30)
 
@@ -341,6 +362,12 @@ async def test_metrics_show_renewals_rising_and_a_failover_after_kill_9(
             return value if value > before else None
 
         assert await wait_for(counted, timeout=10) == before + 1
+        # Who holds it follows the failover: the spare, at a higher epoch, and nobody else.
+        board = (await api.get("/metrics")).text
+        (now_held,) = holders(board, exchange)
+        assert now_held[0] == spare and now_held[1] > held[1], (held, now_held)
+        assert sample(board, f'perseus_exchange_epoch{{exchange="{exchange}"}}') == now_held[1]
+        assert sample(board, standbys) == 0
 
     renewed = 'perseus_renewals_total{outcome="ok"}'
     first = sample(await scrape(port), renewed)

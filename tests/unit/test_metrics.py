@@ -72,3 +72,55 @@ def test_fenced_writes_count_renewals_and_refusals() -> None:
     metrics.observe_renewal(-0.2)  # early counts as on time
     assert value("perseus_renewal_lateness_seconds_bucket", le="0.01") >= 1
     assert value("perseus_renewal_lateness_seconds_count") == count + 1
+
+
+def test_the_board_names_the_holder_its_epoch_and_how_long_it_has_held() -> None:
+    from datetime import UTC, datetime
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from perseus.lifecycle import State
+    from perseus.models import InstanceStatus
+    from perseus.network import InstanceView, StatusBoard
+
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    record = InstanceStatus(
+        exchange_id=1,
+        exchange_name="held",
+        hostname="host-a",
+        connection_state=State.ACTIVE,
+        connected_at="2026-01-01T11:59:00.000Z",
+        last_heartbeat="2026-01-01T12:00:00.000Z",
+        last_state_change="2026-01-01T11:59:00.000Z",
+        registered_at="2026-01-01T11:58:00.000Z",
+        epoch=7,
+        heartbeat_interval_ms=15000,
+    )
+    views = [
+        InstanceView(
+            exchange_id=1,
+            exchange_name="held",
+            display_name="Held",
+            online=True,
+            up=True,
+            status=record,
+            heartbeat_age_s=0.5,
+            running_for_s=60.0,
+        ),
+        InstanceView(exchange_id=2, exchange_name="vacant", display_name="Vacant", online=False, status=None),
+    ]
+    text = metrics.board_metrics(StatusBoard(instances=views, server_time=now)).decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    holder = ("exchange", "held"), ("host", "host-a"), ("epoch", "7")
+    assert samples["perseus_exchange_holder", tuple(sorted(holder))] == 1
+    assert samples["perseus_exchange_epoch", (("exchange", "held"),)] == 7
+    assert samples["perseus_exchange_holder_seconds", (("exchange", "held"),)] == 60.0
+    # Nobody holds "vacant": no holder series at all (alerts use `unless on(exchange)`), standbys 0.
+    assert not [
+        k for k in samples if k[0].startswith("perseus_exchange_holder") and ("exchange", "vacant") in k[1]
+    ]
+    assert samples["perseus_exchange_standbys", (("exchange", "vacant"),)] == 0
