@@ -81,12 +81,13 @@ async def run_worker(
     """Serve ``host``'s queue (and the shared queue) until ``stop`` is set, then release gracefully.
     ``metrics_server`` (``--metrics-port``) serves ``/metrics`` while the worker runs."""
     # Read before anything opens: a file that cannot be read stops the worker with one line.
-    exec_allow = exec_allow_list(settings, host)
+    exec_allow = exec_allow_list(settings)
     redis = make_client(str(settings.redis_url))
     store = RedisStore(redis)
     try:
         # Redis answers before anything polls (claims need it): a start-up failure is one line.
         await store.check_reachable()
+        announce_exec_allow(exec_allow, host)
         # Without PostgreSQL the queues are still worth serving: the catalog's activities fail (and
         # Temporal retries them) and the enrolment waits until it answers. A restart during a
         # database outage must not leave this host's placements behind.
@@ -199,19 +200,26 @@ async def run_worker(
         await redis.aclose()
 
 
-def exec_allow_list(settings: Settings, host: str) -> ExecAllowList | None:
-    """This host's exec allow-list (``PERSEUS_EXEC_ALLOW``), or None — with a warning, since then a
-    workflow's input decides which commands this host runs (docs/security.md)."""
+def exec_allow_list(settings: Settings) -> ExecAllowList | None:
+    """This host's exec allow-list (``PERSEUS_EXEC_ALLOW``), or None when it has none. A file that
+    cannot be read or parsed raises (one line, before anything opens)."""
     if settings.exec_allow is None:
+        return None
+    return load_allow_list(settings.exec_allow)
+
+
+def announce_exec_allow(allowed: ExecAllowList | None, host: str) -> None:
+    """Say which commands this host runs — a warning without a list, since then a workflow's input
+    decides (docs/security.md). Said once the worker's stores answer, so that a start-up that fails
+    on them stays one line."""
+    if allowed is None:
         log.warning(
             "PERSEUS_EXEC_ALLOW is unset: host %s runs any connector command a workflow asks for; "
             "set it to a file of permitted commands (docs/security.md)",
             host,
         )
-        return None
-    allowed = load_allow_list(settings.exec_allow)
-    log.info("host %s runs only the %d command rule(s) of %s", host, len(allowed.rules), allowed.source)
-    return allowed
+    else:
+        log.info("host %s runs only the %d command rule(s) of %s", host, len(allowed.rules), allowed.source)
 
 
 async def connect_when_up(settings: Settings) -> Client:

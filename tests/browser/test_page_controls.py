@@ -26,6 +26,7 @@ from perseus.store import db
 from perseus.store.redis_store import RedisStore
 from tests.browser.conftest import Api, sign_in
 from tests.conftest import Servers, exchange_id
+from tests.integration.helpers import active_on, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -64,10 +65,15 @@ async def writable_api(servers: Servers, settings: Settings, keys: dict[str, str
 
 
 @pytest_asyncio.fixture
-async def running(client: Client, shared_worker: str, exchange: str) -> AsyncIterator[str]:
+async def running(
+    client: Client, servers: Servers, store: RedisStore, shared_worker: str, exchange: str
+) -> AsyncIterator[str]:
     await control.register(
         client, exchange=exchange, host=shared_worker, admin_email=None, heartbeat_interval_s=1.0, start=True
     )
+    # Active before the test looks: a start still walking would add transitions under its feet.
+    ex_id = await exchange_id(servers, exchange)
+    await wait_for(lambda: active_on(store, ex_id, shared_worker), timeout=60)
     yield exchange
     await control.command(
         client, exchange=exchange, host=shared_worker, default_host=shared_worker, command=Command.SHUTDOWN

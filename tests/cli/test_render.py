@@ -134,7 +134,9 @@ def render(renderable: RenderableType) -> tuple[str, Console]:
     ],
     ids=["status", "status-with-links", "network", "fleet-status"],
 )
-def test_every_view_prints_markup_like_data_as_it_is(view: object) -> None:
+def test_every_view_prints_markup_like_data_as_it_is(view: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As piped output with nobody saying how wide: pytest-xdist's workers run with COLUMNS=80.
+    monkeypatch.delenv("COLUMNS", raising=False)
     text, _ = render(view())  # type: ignore[operator]
     # Data: as it is. Cards are 60 columns wide by design and wrap; tables keep a line whole.
     flat = "".join(line.strip().strip("│").strip() for line in text.splitlines())

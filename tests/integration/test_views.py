@@ -22,8 +22,8 @@ pytestmark = pytest.mark.integration
 INTERVAL = 0.5
 
 
-async def cli(servers: Servers, *args: str) -> tuple[int, str, str]:
-    result = await asyncio.to_thread(perseus, servers, *args)
+async def cli(servers: Servers, *args: str, **env: str) -> tuple[int, str, str]:
+    result = await asyncio.to_thread(lambda: perseus(servers, *args, **env))
     return result.returncode, result.stdout, result.stderr
 
 
@@ -222,7 +222,8 @@ async def test_status_shows_the_active_then_its_standbys_until_they_go(
     assert code == 0, err
     try:
         # None yet: the card says so (the API test checks the contract's empty list).
-        code, out, _ = await cli(servers, "network")
+        # Cards one under another, as the slices below read them (piped output is 1,000 wide).
+        code, out, _ = await cli(servers, "network", COLUMNS="80")
         assert "no standby" in out[out.index(exchange.upper()) :]
 
         code, _, err = await cli(
@@ -247,7 +248,7 @@ async def test_status_shows_the_active_then_its_standbys_until_they_go(
         rows = [line for line in wide.stdout.splitlines() if exchange in line]
         assert len(rows) == 2 and "active" in rows[0] and shared_worker in rows[0]
         assert "standby (priority 2)" in rows[1] and spare in rows[1]
-        code, out, _ = await cli(servers, "network")
+        code, out, _ = await cli(servers, "network", COLUMNS="80")
         card = out[out.index(exchange.upper()) :]
         assert spare in card and "priority 2" in card and "no standby" not in card
 

@@ -93,14 +93,17 @@ def test_a_bad_line_is_one_line_naming_it(text: str, reason: str) -> None:
 def test_the_worker_reads_the_file_once_at_start_and_warns_when_unset(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from worker import exec_allow_list
+    from worker import announce_exec_allow, exec_allow_list
 
     with caplog.at_level(logging.WARNING):
-        assert exec_allow_list(Settings(exec_allow=None), "host-a") is None
+        unset = exec_allow_list(Settings(exec_allow=None))
+        assert unset is None
+        assert not caplog.text  # said only once the stores answer (a failed start stays one line)
+        announce_exec_allow(unset, "host-a")
     assert "PERSEUS_EXEC_ALLOW is unset: host host-a runs any connector command" in caplog.text
     path = tmp_path / "exec.allow"
     path.write_text("/opt/livermore/bin/collector *\n")
-    allowed = exec_allow_list(Settings(exec_allow=path), "host-a")
+    allowed = exec_allow_list(Settings(exec_allow=path))
     assert allowed is not None and len(allowed.rules) == 1
     with pytest.raises(ConfigError, match="PERSEUS_EXEC_ALLOW: cannot read"):
         load_allow_list(tmp_path / "missing")
