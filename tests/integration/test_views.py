@@ -22,8 +22,11 @@ pytestmark = pytest.mark.integration
 INTERVAL = 0.5
 
 
-async def cli(servers: Servers, *args: str, **env: str) -> tuple[int, str, str]:
-    result = await asyncio.to_thread(lambda: perseus(servers, *args, **env))
+async def cli(servers: Servers, *args: str, columns: str | None = None) -> tuple[int, str, str]:
+    if columns is None:
+        result = await asyncio.to_thread(perseus, servers, *args)
+    else:
+        result = await asyncio.to_thread(lambda: perseus(servers, *args, COLUMNS=columns))
     return result.returncode, result.stdout, result.stderr
 
 
@@ -223,7 +226,7 @@ async def test_status_shows_the_active_then_its_standbys_until_they_go(
     try:
         # None yet: the card says so (the API test checks the contract's empty list).
         # Cards one under another, as the slices below read them (piped output is 1,000 wide).
-        code, out, _ = await cli(servers, "network", COLUMNS="80")
+        code, out, _ = await cli(servers, "network", columns="80")
         assert "no standby" in out[out.index(exchange.upper()) :]
 
         code, _, err = await cli(
@@ -248,7 +251,7 @@ async def test_status_shows_the_active_then_its_standbys_until_they_go(
         rows = [line for line in wide.stdout.splitlines() if exchange in line]
         assert len(rows) == 2 and "active" in rows[0] and shared_worker in rows[0]
         assert "standby (priority 2)" in rows[1] and spare in rows[1]
-        code, out, _ = await cli(servers, "network", COLUMNS="80")
+        code, out, _ = await cli(servers, "network", columns="80")
         card = out[out.index(exchange.upper()) :]
         assert spare in card and "priority 2" in card and "no standby" not in card
 
