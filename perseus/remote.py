@@ -76,9 +76,10 @@ async def post(
     *,
     timeout_s: float,
     params: dict[str, str] | None = None,
+    method: str = "POST",
 ) -> Any:
-    """POST ``body`` (JSON, or a TOML text) to the API; the answer's JSON, or the Perseus error it
-    stands for."""
+    """POST (or ``method``) ``body`` (JSON, or a TOML text) to the API; the answer's JSON, or the
+    Perseus error it stands for."""
     base = _base(settings)
     assert settings.api_key is not None
     headers = {"Authorization": f"Bearer {settings.api_key.get_secret_value()}"}
@@ -88,9 +89,13 @@ async def post(
         async with httpx.AsyncClient(base_url=base, timeout=limit) as http:
             if isinstance(body, str):
                 headers["Content-Type"] = "application/toml"
-                response = await http.post(path, content=body.encode(), headers=headers, params=params)
+                response = await http.request(
+                    method, path, content=body.encode(), headers=headers, params=params
+                )
+            elif method == "DELETE":  # no body: what it needs is in the path and the query
+                response = await http.request(method, path, headers=headers, params=params)
             else:
-                response = await http.post(path, json=body, headers=headers, params=params)
+                response = await http.request(method, path, json=body, headers=headers, params=params)
     except httpx.HTTPError as exc:
         raise errors.ServiceUnavailable(f"the Perseus API at {base} did not answer: {exc}") from None
     if response.status_code >= 400:
@@ -171,4 +176,24 @@ async def fleet(settings: Settings, text: str, *, dry_run: bool, prune: bool) ->
     """``fleet diff`` (``dry_run``) or ``fleet apply`` through ``POST /api/fleet`` (an admin key)."""
     params = {"dryRun": str(dry_run).lower(), "prune": str(prune).lower()}
     answer: dict[str, Any] = await post(settings, "/api/fleet", text, timeout_s=600, params=params)
+    return answer
+
+
+async def pause(
+    settings: Settings, exchange: str, *, for_s: float, actor: str | None = None
+) -> dict[str, Any]:
+    """``perseus pause`` through ``POST …/pause`` (an operate key for the exchange)."""
+    body: dict[str, Any] = {"forS": for_s}
+    if actor is not None:
+        body["actor"] = actor
+    answer: dict[str, Any] = await post(settings, _exchange_path(exchange) + "/pause", body, timeout_s=30)
+    return answer
+
+
+async def resume(settings: Settings, exchange: str, *, actor: str | None = None) -> dict[str, Any]:
+    """``perseus resume`` through ``DELETE …/pause``."""
+    params = None if actor is None else {"actor": actor}
+    answer: dict[str, Any] = await post(
+        settings, _exchange_path(exchange) + "/pause", {}, timeout_s=30, params=params, method="DELETE"
+    )
     return answer

@@ -19,11 +19,12 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 from temporalio.client import Client
 
-from perseus import operate
+from perseus import maintenance, operate
 from perseus.api.auth import AdminDep, ApiKeyDep, OperateDep
 from perseus.api.deps import CatalogDep, StoreDep
 from perseus.api.routes import _ERRORS, ErrorBody
 from perseus.control import ANSWER_TIMEOUT_S, MAX_TIMEOUT_S, CommandSent
+from perseus.core.pause import DEFAULT_PAUSE_S
 from perseus.errors import (
     ConfigError,
     Forbidden,
@@ -35,6 +36,7 @@ from perseus.errors import (
 )
 from perseus.keys import idempotency_key, valid_host
 from perseus.lifecycle import Command
+from perseus.maintenance import PauseView
 from perseus.models import CallerKey, CommandResult, Wire
 from perseus.store.db import Catalog
 from perseus.store.redis_store import RedisStore
@@ -74,6 +76,12 @@ class HandoffBody(Wire):
 
 class DrainBody(Wire):
     force: bool = False
+    actor: str | None = Field(default=None, max_length=200)
+
+
+class PauseBody(Wire):
+    #: How long the pause lasts, in seconds (default 30 minutes, at most 7 days).
+    for_s: float | None = Field(default=None, gt=0)
     actor: str | None = Field(default=None, max_length=200)
 
 
@@ -403,3 +411,56 @@ async def fleet(
         )
 
     return await _once(store, caller, None if dry_run else idempotency, act)
+
+
+@router.post(
+    "/network/exchanges/{exchange}/pause",
+    response_model=PauseView,
+    summary="Pause automatic failover for an exchange (scope operate)",
+)
+async def exchange_pause(
+    exchange: ExchangePath,
+    body: Annotated[PauseBody, Body()],
+    caller: OperateDep,
+    store: StoreDep,
+    catalog: CatalogDep,
+    idempotency: IdempotencyHeader = None,
+) -> JSONResponse:
+    """Maintenance mode, as ``perseus pause``: no automatic promotion or claim-over until resumed
+    or the deadline passes; the active instance keeps running. A pause in force gets the new
+    deadline. Written to Redis and the stream only: no Temporal needed."""
+    actor = _actor(caller, body.actor)
+    known = await operate.resolve(catalog, exchange)
+    _allowed(caller, known.name)
+    seconds = DEFAULT_PAUSE_S if body.for_s is None else body.for_s
+
+    async def act() -> JSONResponse:
+        view = await maintenance.pause(store, catalog, known.name, actor=actor, for_s=seconds)
+        return _json(200, view)
+
+    return await _once(store, caller, idempotency, act)
+
+
+@router.delete(
+    "/network/exchanges/{exchange}/pause",
+    response_model=PauseView,
+    summary="End an exchange's pause now (scope operate)",
+)
+async def exchange_resume(
+    exchange: ExchangePath,
+    caller: OperateDep,
+    store: StoreDep,
+    catalog: CatalogDep,
+    actor: Annotated[str | None, Query(max_length=200, description="Admin keys: who asked.")] = None,
+    idempotency: IdempotencyHeader = None,
+) -> JSONResponse:
+    """As ``perseus resume``: refused (409, nothing changes) when the exchange is not paused."""
+    who = _actor(caller, actor)
+    known = await operate.resolve(catalog, exchange)
+    _allowed(caller, known.name)
+
+    async def act() -> JSONResponse:
+        view = await maintenance.resume(store, catalog, known.name, actor=who)
+        return _json(200, view)
+
+    return await _once(store, caller, idempotency, act)

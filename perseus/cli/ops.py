@@ -30,7 +30,7 @@ def pause(
 ) -> None:
     """Maintenance mode: no automatic promotion or claim-over until resumed or the deadline passes.
     The active instance keeps running; standbys keep watching; a start or handoff still works."""
-    from perseus import maintenance
+    from perseus import maintenance, remote
     from perseus.core.pause import DEFAULT_PAUSE_S, parse_span
 
     async def main(settings: Settings) -> Any:
@@ -38,6 +38,8 @@ def pause(
             seconds = DEFAULT_PAUSE_S if for_ is None else parse_span(for_)
         except ValueError as exc:
             raise ConfigError(f"--for: {exc}") from None
+        if remote.enabled(settings):  # API mode: the key's name is the actor
+            return maintenance.PauseView.model_validate(await remote.pause(settings, exchange, for_s=seconds))
         return await _with_store(
             settings,
             lambda store, catalog: maintenance.pause(
@@ -58,9 +60,11 @@ def pause(
 @app.command()
 def resume(exchange: ExchangeArgument, as_json: JsonFlag = False) -> None:
     """End an exchange's pause now: standbys take over a vacancy again within an interval."""
-    from perseus import maintenance
+    from perseus import maintenance, remote
 
     async def main(settings: Settings) -> Any:
+        if remote.enabled(settings):
+            return maintenance.PauseView.model_validate(await remote.resume(settings, exchange))
         return await _with_store(
             settings, lambda store, catalog: maintenance.resume(store, catalog, exchange, actor=cli_actor())
         )

@@ -22,7 +22,7 @@ from perseus.lifecycle import Command
 from perseus.models import Scope
 from perseus.store import db
 from perseus.store.redis_store import RedisStore
-from tests.conftest import PERSEUS, ROOT, Servers
+from tests.conftest import PERSEUS, ROOT, Servers, exchange_id
 from tests.integration.conftest_api import over_socket
 
 pytestmark = pytest.mark.integration
@@ -157,3 +157,30 @@ async def test_fleet_diff_answers_alike_in_both_modes(
     bad.write_text(f"[exchanges.{registered}]\nhosts = 3\n")
     code, out, err = await run(as_admin, "fleet", "diff", str(bad))
     assert code == 1 and out == "" and err.startswith("error: ") and err.count("\n") == 1, err
+
+
+async def test_pause_and_resume_answer_alike_in_both_modes(
+    mode: Mode, registered: str, store: RedisStore, servers: Servers
+) -> None:
+    ex = registered
+    code, out, err = await run(mode, "pause", ex, "--for", "10m", "--json")
+    assert code == 0, err
+    paused = json.loads(out)
+    assert paused["paused"] is True and paused["actor"].startswith(mode.actor) and paused["pausedUntil"]
+    ex_id = await exchange_id(servers, ex)
+    assert await store.client.get(f"exchange:{ex_id}:pause") is not None
+
+    code, out, err = await run(mode, "resume", ex)
+    assert code == 0, err
+    assert out.strip() == f"{ex} resumed: automatic failover is back"
+    # Nothing to resume: one line, exit 1 (a refused transition), nothing written.
+    before = await store.events(ex)
+    code, out, err = await run(mode, "resume", ex)
+    assert code == 1 and err.strip() == f"error: {ex} is not paused", err
+    assert await store.events(ex) == before
+    kinds = [
+        (f["event"], f.get("actor", ""))
+        for _, f in await store.events(ex)
+        if f["event"] in ("paused", "resumed")
+    ]
+    assert [k for k, _ in kinds] == ["resumed", "paused"] and all(a.startswith(mode.actor) for _, a in kinds)

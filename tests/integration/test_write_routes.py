@@ -105,9 +105,13 @@ DENIED = {"none": 401, "read": 403, "other": 403, "expired": 401, "revoked": 401
 
 
 async def _post(stack: Stack, who: str, path: str, **kw: Any) -> httpx.Response:
+    return await _send(stack, who, "POST", path, **kw)
+
+
+async def _send(stack: Stack, who: str, method: str, path: str, **kw: Any) -> httpx.Response:
     key = stack.keys[who]
     headers = {**kw.pop("headers", {}), **(bearer(key) if key else {})}
-    return await stack.http.post(path, headers=headers, **kw)
+    return await stack.http.request(method, path, headers=headers, **kw)
 
 
 async def _entries(stack: Stack) -> list[dict[str, str]]:
@@ -126,12 +130,12 @@ async def _id(stack: Stack) -> int:
     )
 
 
-async def _denied_cells(stack: Stack, path: str, **kw: Any) -> None:
+async def _denied_cells(stack: Stack, path: str, method: str = "POST", **kw: Any) -> None:
     """Every key that may not do this gets its status, and neither the stream nor the status key
     of the exchange moves."""
     before, state = await _entries(stack), await _state(stack)
     for who, status in DENIED.items():
-        response = await _post(stack, who, path, **kw)
+        response = await _send(stack, who, method, path, **kw)
         assert response.status_code == status, (who, path, response.text)
         body = response.json()
         assert body["type"] == ("Unauthorized" if status == 401 else "Forbidden") and body["error"], body
@@ -260,3 +264,36 @@ async def test_idempotency_key_acts_once(stack: Stack) -> None:
     entries = (await _entries(stack))[since:]
     assert [e["toState"] for e in entries if e["event"] == "state_transition"].count(first_step) == 1
     assert not [e for e in entries if e["event"] == "command_refused"]
+
+
+async def test_pause_and_resume_route_matrix(stack: Stack) -> None:
+    """Pause and resume, like the commands: only an operate key for the exchange (or admin) acts;
+    the pause is the Redis key the keepers read, and each change is an event with its actor."""
+    pause_key = f"exchange:{await _id(stack)}:pause"
+    pause = f"/api/network/exchanges/{stack.exchange}/pause"
+    await _denied_cells(stack, pause, json={"forS": 60})
+    assert await stack.store.client.get(pause_key) is None
+
+    since = len(await _entries(stack))
+    response = await _post(stack, "operate", pause, json={"forS": 120})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    actor = f"api:{stack.names['operate']}"
+    assert body["paused"] is True and body["actor"] == actor and body["pausedUntil"], body
+    assert 0 < await stack.store.client.pttl(pause_key) <= 120_000  # its TTL is the deadline
+    assert [e["event"] for e in _mine(await _entries(stack), since, actor)] == ["paused"]
+
+    await _denied_cells(stack, pause, method="DELETE")
+    assert await stack.store.client.get(pause_key) is not None
+    for bad in ({"forS": 0}, {"forS": 8 * 86_400}, {"forS": "soon"}):
+        response = await _post(stack, "admin", pause, json=bad)
+        assert response.status_code == 422, (bad, response.text)
+
+    response = await _send(stack, "operate", "DELETE", pause)
+    assert response.status_code == 200 and response.json()["paused"] is False, response.text
+    assert await stack.store.client.get(pause_key) is None
+    # Not paused any more: a second resume is refused (409) and writes nothing.
+    before = await _entries(stack)
+    response = await _send(stack, "operate", "DELETE", pause)
+    assert response.status_code == 409 and "not paused" in response.json()["error"], response.text
+    assert await _entries(stack) == before
