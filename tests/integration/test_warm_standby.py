@@ -282,7 +282,12 @@ async def test_a_failed_warm_up_is_recorded_with_the_childs_output_and_retried(
     # The child's own last words, as it said them before it exited.
     said = "fatal: lost the exchange websocket"
     assert said in str(doc["warmError"]) and doc["warmRetryAt"] and not doc["warmReady"]
-    [failure] = warm_failures(await events(store, exchange))
+
+    # The event comes from the workflow, the record from the host's keeper: either may be first.
+    async def failure_recorded() -> list[str] | None:
+        return warm_failures(await events(store, exchange)) or None
+
+    [failure] = await wait_for(failure_recorded, timeout=15)
     assert said in failure and failure.endswith("trying again in 5s"), failure
     ready = await wait_for(lambda: warm_ready(store, ex_id, b), timeout=20)
     assert ready.get("warmError") is None and ready.get("warmRetryAt") is None
