@@ -37,7 +37,7 @@ from perseus.errors import (
 from perseus.keys import idempotency_key, valid_host
 from perseus.lifecycle import Command
 from perseus.maintenance import PauseView
-from perseus.models import CallerKey, CommandResult, Wire
+from perseus.models import CallerKey, CommandResult, Exchange, Wire
 from perseus.store.db import Catalog
 from perseus.store.redis_store import RedisStore
 
@@ -156,6 +156,13 @@ def _allowed(caller: CallerKey, exchange: str) -> None:
         )
 
 
+async def _commanded(catalog: Catalog, caller: CallerKey, exchange: str) -> Exchange:
+    """The exchange a route acts on, once the key may command it (404 unknown, 403 not its)."""
+    known = await operate.resolve(catalog, exchange)
+    _allowed(caller, known.name)
+    return known
+
+
 def _json(status: int, body: Wire) -> JSONResponse:
     return JSONResponse(body.model_dump(mode="json", by_alias=True, exclude_none=True), status_code=status)
 
@@ -232,8 +239,7 @@ async def exchange_command(
     actor = _actor(caller, body.actor)
     if body.host is not None and not valid_host(body.host):
         raise ConfigError(f"invalid host name {body.host[:80]!r}: use letters, digits, '.', '_' or '-'")
-    known = await operate.resolve(catalog, exchange)
-    _allowed(caller, known.name)
+    known = await _commanded(catalog, caller, exchange)
 
     async def act() -> JSONResponse:
         op = _operator(await temporal(request), store, catalog, actor)
@@ -303,8 +309,7 @@ async def exchange_handoff(
     for host in (body.to, body.from_):
         if host is not None and not valid_host(host):
             raise ConfigError(f"invalid host name {host[:80]!r}: use letters, digits, '.', '_' or '-'")
-    known = await operate.resolve(catalog, exchange)
-    _allowed(caller, known.name)
+    known = await _commanded(catalog, caller, exchange)
 
     async def act() -> JSONResponse:
         op = _operator(await temporal(request), store, catalog, actor)
@@ -430,8 +435,7 @@ async def exchange_pause(
     or the deadline passes; the active instance keeps running. A pause in force gets the new
     deadline. Written to Redis and the stream only: no Temporal needed."""
     actor = _actor(caller, body.actor)
-    known = await operate.resolve(catalog, exchange)
-    _allowed(caller, known.name)
+    known = await _commanded(catalog, caller, exchange)
     seconds = DEFAULT_PAUSE_S if body.for_s is None else body.for_s
 
     async def act() -> JSONResponse:
@@ -456,8 +460,7 @@ async def exchange_resume(
 ) -> JSONResponse:
     """As ``perseus resume``: refused (409, nothing changes) when the exchange is not paused."""
     who = _actor(caller, actor)
-    known = await operate.resolve(catalog, exchange)
-    _allowed(caller, known.name)
+    known = await _commanded(catalog, caller, exchange)
 
     async def act() -> JSONResponse:
         view = await maintenance.resume(store, catalog, known.name, actor=who)
