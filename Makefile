@@ -32,7 +32,8 @@ test: install $(CHROMIUM)
 	$(BIN)/mypy .
 	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder
 
-# The fast tier (under a minute, no servers): lint, types, the pure and unit tests.
+# The fast tier (under a minute, no servers): lint, types, the pure and unit tests, and every golden
+# history replayed against the workflow (tests/unit/test_replay.py).
 check: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

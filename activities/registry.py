@@ -12,7 +12,6 @@ from temporalio import activity
 from activities.edge import edge
 from perseus import metrics
 from perseus.core.pause import MAX_PAUSE_S, paused_for_ms, refuses_claim
-from perseus.decisions import RELEASE_MARGIN, RENEW_DEADLINE_INTERVALS
 from perseus.errors import ConfigError, ServiceUnavailable
 from perseus.keys import retention_min_id
 from perseus.models import (
@@ -32,6 +31,7 @@ from perseus.models import (
     StandbyRecord,
     StatusPatch,
 )
+from perseus.timing import CLAIM_OVER_INTERVALS
 
 if TYPE_CHECKING:
     from perseus.store.db import Catalog
@@ -95,7 +95,7 @@ async def take_claim(store: RedisStore, catalog: Catalog, req: ClaimRequest) -> 
     floor = max(req.highest_epoch, await catalog.epoch_floor(status.exchange_id))
     epoch = await store.next_epoch(status.exchange_id, floor)
     payload = status.model_copy(update={"epoch": epoch}).wire()
-    over = RENEW_DEADLINE_INTERVALS + RELEASE_MARGIN if req.take_lapsed else 0.0
+    over = CLAIM_OVER_INTERVALS if req.take_lapsed else 0.0
     reply = await store.claim(status.exchange_id, payload, status.ttl_ms, take_lapsed_after=over)
     if reply.outcome == "claimed":
         await catalog.raise_epoch(status.exchange_id, epoch)

@@ -57,11 +57,12 @@ from temporalio.client import Client
 
 from perseus import control, errors
 from perseus.devstack import services
-from perseus.keys import SHARED_TASK_QUEUE, status_key, ttl_ms, workflow_id
+from perseus.keys import SHARED_TASK_QUEUE, status_key, workflow_id
 from perseus.models import ConnectorSpec
 from perseus.store import db
 from perseus.store.redis_store import RedisStore, make_client
 from perseus.temporal import converter, register_search_attributes
+from perseus.timing import ttl_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 DESIGNS = ("perseus", "timer", "baseline")

@@ -35,9 +35,10 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from perseus.grid import Renewal
-from perseus.keys import iso, ttl_ms
+from perseus.keys import iso
 from perseus.store.redis_store import FenceReply, RedisStore, make_client
 from perseus.temporal import converter
+from perseus.timing import ttl_ms
 
 
 class Samples:

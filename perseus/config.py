@@ -31,7 +31,8 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from perseus.errors import ConfigError
-from perseus.models import MAX_HEARTBEAT_INTERVAL_S, MIN_HEARTBEAT_INTERVAL_S, NotifyChannel
+from perseus.models import NotifyChannel
+from perseus.timing import BOUNDS_TEXT, DEFAULT_INTERVAL_S, interval_in_bounds
 
 #: Where the embedded stack listens unless told otherwise; the same defaults every command uses.
 DEFAULT_REDIS_PORT = 7379
@@ -81,7 +82,7 @@ class Settings(BaseSettings):
     database_allow_verify_ca: bool = False
     #: Accept a plain redis:// URL to another machine (a private network you trust).
     redis_allow_plaintext: bool = False
-    heartbeat_interval: float = Field(default=15.0, allow_inf_nan=False)
+    heartbeat_interval: float = Field(default=DEFAULT_INTERVAL_S, allow_inf_nan=False)
     discord_webhook_url: AnyHttpUrl | None = None
     #: More channels (Slack, PagerDuty, generic webhooks, more Discord), each with its own filters.
     notify_channels: list[NotifyChannel] = Field(default_factory=list)
@@ -130,11 +131,8 @@ class Settings(BaseSettings):
     @field_validator("heartbeat_interval")
     @classmethod
     def _interval_in_bounds(cls, value: float) -> float:
-        if not MIN_HEARTBEAT_INTERVAL_S <= value <= MAX_HEARTBEAT_INTERVAL_S:
-            raise ValueError(
-                f"must be a number of seconds between {MIN_HEARTBEAT_INTERVAL_S:g} and "
-                f"{MAX_HEARTBEAT_INTERVAL_S:g}, got {value:g}"
-            )
+        if not interval_in_bounds(value):
+            raise ValueError(f"must be a number of seconds {BOUNDS_TEXT}, got {value:g}")
         return value
 
     @field_validator("log_level")

@@ -30,8 +30,6 @@ from perseus import errors
 from perseus.keys import SHARED_TASK_QUEUE, valid_exchange, valid_host, workflow_id
 from perseus.lifecycle import Command, Role, State, plan, projected_state
 from perseus.models import (
-    MAX_HEARTBEAT_INTERVAL_S,
-    MIN_HEARTBEAT_INTERVAL_S,
     CommandRequest,
     CommandResult,
     ConnectorSpec,
@@ -53,6 +51,7 @@ from perseus.temporal import (
     instances_filter,
     search_attributes,
 )
+from perseus.timing import BOUNDS_TEXT, interval_in_bounds, ttl_s
 from perseus.tracing import traced
 
 T = TypeVar("T")
@@ -89,11 +88,8 @@ def check_exchange(exchange: str) -> None:
 
 def check_heartbeat_interval(seconds: float) -> None:
     """The one rule for a heartbeat interval, wherever it comes from (CLI, settings, fleet file)."""
-    if not (MIN_HEARTBEAT_INTERVAL_S <= seconds <= MAX_HEARTBEAT_INTERVAL_S):  # NaN fails too
-        raise errors.ConfigError(
-            f"heartbeat interval must be between {MIN_HEARTBEAT_INTERVAL_S:g} and "
-            f"{MAX_HEARTBEAT_INTERVAL_S:g} seconds, got {seconds:g}"
-        )
+    if not interval_in_bounds(seconds):
+        raise errors.ConfigError(f"heartbeat interval must be {BOUNDS_TEXT}, got {seconds:g}")
 
 
 async def _running(handle: WorkflowHandle[Any, str]) -> bool:
@@ -181,7 +177,7 @@ async def register(
             ),
             static_summary=f"{exchange.lower()} on {host}",
             static_details=f"Exchange instance **{exchange.lower()}** on host **{host}**, "
-            f"heartbeat every {heartbeat_interval_s:g}s (TTL {3 * heartbeat_interval_s:g}s).",
+            f"heartbeat every {heartbeat_interval_s:g}s (TTL {ttl_s(heartbeat_interval_s):g}s).",
             rpc_timeout=RPC_TIMEOUT,
         )
     except RPCError as exc:

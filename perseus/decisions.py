@@ -34,30 +34,25 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from perseus.errors import InvalidTransition
-from perseus.keys import TTL_FACTOR, parse_iso
+from perseus.keys import parse_iso
 from perseus.lifecycle import Command, Role, State, plan, projected_state
+from perseus.timing import (
+    ALIVE_INTERVALS,
+    CLAIM_OVER_INTERVALS,
+    HEARTBEAT_FLOOR_S,
+    HEARTBEAT_TIMEOUT_FACTOR,
+    HOLDER_HEAD_START,
+    PRIORITY_HEAD_START,
+    PRIORITY_HEAD_START_FLOOR_S,
+    TTL_FACTOR,
+    claim_over_s,
+)
 
 if TYPE_CHECKING:
     from perseus.models import PromoteRequest, StandbyRecord
 
 #: Lease error types that mean the claim is no longer ours (the keeper already stopped the connector).
 LOSS_TYPES: frozenset[str] = frozenset({"ClaimLost", "ClaimMissing", "RenewDeadline"})
-#: The renew deadline, in intervals (keys.RENEW_DEADLINE_FACTOR), and the margin past it before a
-#: silent holder's claim may be freed.
-RENEW_DEADLINE_INTERVALS = 2.0
-RELEASE_MARGIN = 0.1
-#: Within this many intervals of its last renewal a holder counts as alive.
-ALIVE_INTERVALS = 1.5
-#: Head start per higher-priority standby, and for the holder after a Redis outage, in intervals.
-PRIORITY_HEAD_START = 0.25
-HOLDER_HEAD_START = 1.0
-#: The least head start a higher-priority standby gets, in seconds, whatever the interval: its
-#: workflow may have been cached on a worker that just died with the holder (the README's hosts
-#: serve the workflows too) — half a second for its task to leave that worker's sticky queue
-#: (worker.STICKY_TIMEOUT), and a replay of its history on the worker that takes it. A quarter of a
-#: 1 s interval lost that race in the chaos suite: the priority-1 standby won, cold, over a warm
-#: priority-2 one whose task was 1.1 s late.
-PRIORITY_HEAD_START_FLOOR_S = 1.0
 
 
 # --- the loop --------------------------------------------------------------------------------------
@@ -139,7 +134,7 @@ def judge_claim(held_by_us: bool, renewed_ms_ago: int | None, interval_s: float)
     if renewed_ms_ago is None:  # a key without TTL is a bug; never trust it to prove life
         return HostVerdict.STOPPED
     age_intervals = renewed_ms_ago / 1000 / interval_s
-    if age_intervals > RENEW_DEADLINE_INTERVALS + RELEASE_MARGIN:
+    if age_intervals > CLAIM_OVER_INTERVALS:
         return HostVerdict.STOPPED
     if age_intervals <= ALIVE_INTERVALS:
         return HostVerdict.ALIVE
@@ -152,7 +147,7 @@ def stale_in(renewed_ms_ago: int, interval_s: float) -> float:
     holder went silent asks Redis at once and again at this moment, instead of waiting out a fixed
     window first: the silent host's connector has stopped by then (invariant 1), whatever Temporal
     knows."""
-    limit_s = (RENEW_DEADLINE_INTERVALS + RELEASE_MARGIN) * interval_s
+    limit_s = claim_over_s(interval_s)
     return max(0.0, limit_s - renewed_ms_ago / 1000)
 
 
@@ -165,17 +160,7 @@ def renewal_overdue(since_last_ok_s: float, interval_s: float) -> bool:
 
 # --- the lease's heartbeat to Temporal ------------------------------------------------------------
 
-#: A lease or a standby's watch heartbeats to Temporal no more often than this, whatever the
-#: interval. Nothing on the data plane waits for those heartbeats — renewals run in the host's
-#: keeper, a standby claims over a silent holder from Redis alone (:func:`lapses_in_s`) — so a
-#: heartbeat per renewal at short intervals bought nothing but server load: about 2 ms of the dev
-#: server's CPU per heartbeat RPC, 0.57 cores for 200 instances at 1 s. A 15 s floor was measured
-#: (0.265 cores at 1,000 × 1 s, docs/benchmarks.md) and taken back: the chaos suite then found
-#: exchanges waiting on paths that end at the heartbeat timeout (18.75 s) — see that document.
-HEARTBEAT_FLOOR_S = 5.0
-#: The activity's heartbeat timeout, in heartbeat periods: a period plus a quarter of one for the
-#: renewal that carries the heartbeat being held up (a slow Redis, a busy event loop).
-HEARTBEAT_TIMEOUT_FACTOR = 1.25
+# The floor and the timeout factor are perseus.timing's (HEARTBEAT_FLOOR_S, HEARTBEAT_TIMEOUT_FACTOR).
 #: Float noise when a period is divided back into intervals.
 _EPSILON = 1e-9
 
@@ -252,7 +237,7 @@ def act_after_vacancy_s(interval_s: float, *, lapsed: bool = False) -> float:
     """
     if lapsed:
         return 0.0
-    return (RENEW_DEADLINE_INTERVALS + RELEASE_MARGIN) * interval_s
+    return claim_over_s(interval_s)
 
 
 def past_renew_deadline(pttl_ms: int, interval_s: float) -> bool:
@@ -268,7 +253,7 @@ def lapses_in_s(pttl_ms: int, interval_s: float) -> float:
     the margin (negative: it has). A standby's watch looks again at that moment rather than at its
     next beat, up to an interval later: at short intervals that wait is most of the failover."""
     renewed_ms_ago = TTL_FACTOR * interval_s * 1000 - pttl_ms
-    return ((RENEW_DEADLINE_INTERVALS + RELEASE_MARGIN) * interval_s * 1000 - renewed_ms_ago) / 1000
+    return (claim_over_s(interval_s) * 1000 - renewed_ms_ago) / 1000
 
 
 def takes_over_lapsed(*, past_deadline: bool, after_outage: bool) -> bool:

@@ -9,7 +9,6 @@ The I/O side lives in :mod:`perseus.enrol`.
 
 from __future__ import annotations
 
-import math
 import tomllib
 from collections.abc import Collection, Iterable, Mapping
 from enum import StrEnum
@@ -22,11 +21,7 @@ from perseus.decisions import doubling_delay
 from perseus.errors import InvalidFleet
 from perseus.keys import valid_host
 from perseus.models import ConnectorSpec
-
-#: Bounds of a heartbeat interval in a fleet file: below half a second the TTL (3×) is shorter than a
-#: Redis round trip under load; above an hour a dead host would hold its exchange for three.
-MIN_INTERVAL_S = 0.5
-MAX_INTERVAL_S = 3600.0
+from perseus.timing import BOUNDS_TEXT, DEFAULT_INTERVAL_S, interval_in_bounds
 
 _TOP_KEYS = {"heartbeat_interval", "admin_email", "exchanges"}
 #: Fleet-file key → ConnectorSpec field, for the process connector's options (as `register --exec`).
@@ -81,11 +76,8 @@ def _number(key: str, value: object) -> float:
 
 def _interval(key: str, value: object) -> float:
     seconds = _number(key, value)
-    if not math.isfinite(seconds) or not MIN_INTERVAL_S <= seconds <= MAX_INTERVAL_S:
-        raise InvalidFleet(
-            f"{key}: the heartbeat interval must be between {MIN_INTERVAL_S:g} and {MAX_INTERVAL_S:g} "
-            f"seconds, got {seconds:g}"
-        )
+    if not interval_in_bounds(seconds):
+        raise InvalidFleet(f"{key}: the heartbeat interval must be {BOUNDS_TEXT}, got {seconds:g}")
     return seconds
 
 
@@ -201,7 +193,7 @@ def _depth(value: object) -> int:
 
 
 def parse_fleet(
-    text: str, known_exchanges: Collection[str], *, default_interval_s: float = 15.0
+    text: str, known_exchanges: Collection[str], *, default_interval_s: float = DEFAULT_INTERVAL_S
 ) -> list[Placement]:
     """Every placement of a fleet file, sorted by exchange; the whole file is checked first.
 

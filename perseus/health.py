@@ -5,7 +5,7 @@
   runs the keeper's renewals, so an answer at all is the check; nothing else is asked (a liveness
   probe that restarts a worker because Redis is down would only drop its standbys too).
 * ``/readyz`` — the worker keeps its promises: Temporal sees it polling its host's queue, Redis
-  answers, every claim it holds was renewed within :data:`perseus.decisions.ALIVE_INTERVALS`
+  answers, every claim it holds was renewed within :data:`perseus.timing.ALIVE_INTERVALS`
   intervals, and the connector watchdog is alive. A stalled keeper turns it unready half an
   interval before its renew deadline stops the connectors, a frozen Redis at the next probe —
   the "stalled leader with a green health check" is what this is for.
@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel
 
-from perseus.decisions import ALIVE_INTERVALS, renewal_overdue
+from perseus.decisions import renewal_overdue
+from perseus.timing import ALIVE_INTERVALS
 
 if TYPE_CHECKING:
     from temporalio.client import Client

@@ -56,7 +56,7 @@ from perseus.errors import (
     StandbyGone,
 )
 from perseus.grid import Renewal, RenewalGrid
-from perseus.keys import iso, renew_deadline_s, ttl_ms
+from perseus.keys import iso
 from perseus.models import (
     Claim,
     ConnectorFailure,
@@ -65,6 +65,7 @@ from perseus.models import (
     NetworkEvent,
     StandbyLeaseRequest,
 )
+from perseus.timing import OUTAGE_MEMORY_INTERVALS, renew_deadline_s, ttl_ms
 
 if TYPE_CHECKING:
     from perseus.connectors.base import Connector, ConnectorHost
@@ -205,7 +206,7 @@ class WatchedStandby(_Loop):
     @property
     def after_outage(self) -> bool:
         """Whether Redis was away within the last two intervals."""
-        return time.monotonic() - self.last_failure < 2 * self.interval_s
+        return time.monotonic() - self.last_failure < OUTAGE_MEMORY_INTERVALS * self.interval_s
 
 
 class LeaseKeeper:

@@ -1,4 +1,4 @@
-"""Names and timing rules shared by every part of Perseus (pure; no I/O).
+"""Names shared by every part of Perseus (pure; no I/O); the timing rules are perseus.timing.
 
 Redis key names are the wire contract with Livermore v6 (DESIGN §2.1). Each Redis command Perseus
 issues touches exactly one of these keys, so everything works on a Redis Cluster.
@@ -12,10 +12,6 @@ from datetime import UTC, datetime, timedelta
 
 SHARED_TASK_QUEUE = "perseus"
 RETENTION = timedelta(days=90)
-#: How many times the heartbeat interval a claim lives without renewal (DESIGN: TTL = 3 × interval).
-TTL_FACTOR = 3
-#: A holder that could not renew for this many intervals stops its connector: well before the TTL.
-RENEW_DEADLINE_FACTOR = 2
 
 #: What a host and an exchange name may be (also the workflow input's field constraints).
 HOST_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
@@ -90,14 +86,6 @@ def list_query_value(value: str) -> str:
     """``value`` as a quoted string literal of Temporal's list-filter language (escapes ``\\``
     and ``'``); values are validated names already, this is the second line of defence."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def ttl_ms(heartbeat_interval_s: float) -> int:
-    return int(heartbeat_interval_s * 1000 * TTL_FACTOR)
-
-
-def renew_deadline_s(heartbeat_interval_s: float) -> float:
-    return heartbeat_interval_s * RENEW_DEADLINE_FACTOR
 
 
 def iso(moment: datetime) -> str:

@@ -18,6 +18,7 @@ from pydantic.alias_generators import to_camel
 
 from perseus.keys import EXCHANGE_PATTERN, HOST_PATTERN, iso
 from perseus.lifecycle import Command, Role, State
+from perseus.timing import DEFAULT_INTERVAL_S, MAX_INTERVAL_S, MIN_INTERVAL_S
 
 
 class Wire(BaseModel):
@@ -27,9 +28,6 @@ class Wire(BaseModel):
 
 
 # --- Redis records -----------------------------------------------------------------------------
-
-#: The heartbeat interval of a status record that does not carry its own (Livermore's constant).
-LIVERMORE_HEARTBEAT_INTERVAL_S = 15.0
 
 
 class InstanceStatus(Wire):
@@ -78,7 +76,7 @@ class InstanceStatus(Wire):
     def heartbeat_interval_s(self) -> float:
         """The holder's own heartbeat interval; Livermore's fixed 15 s for a record that does not say."""
         ms = self.heartbeat_interval_ms
-        return ms / 1000 if ms is not None and ms > 0 else LIVERMORE_HEARTBEAT_INTERVAL_S
+        return ms / 1000 if ms is not None and ms > 0 else DEFAULT_INTERVAL_S
 
     @property
     def claim(self) -> Claim | None:
@@ -287,11 +285,6 @@ class SymbolsRequest(BaseModel):
 MAX_READY_TIMEOUT_S = 110.0
 MAX_STOP_GRACE_S = 10.0
 MAX_ACTIVE_TIMEOUT_S = 60.0
-#: The heartbeat interval's bounds, checked at every edge (settings, CLI, workflow input): below
-#: half a second the lease cannot renew in time; above an hour a dead host would hold an exchange
-#: for three. Infinity and NaN are refused (an infinite TTL cannot be encoded: the workflow stuck).
-MIN_HEARTBEAT_INTERVAL_S = 0.5
-MAX_HEARTBEAT_INTERVAL_S = 3600.0
 
 
 class ConnectorSpec(BaseModel):
@@ -445,7 +438,7 @@ class InstanceInput(BaseModel):
     host: str = Field(pattern=HOST_PATTERN)
     admin_email: str | None = None
     heartbeat_interval_s: float = Field(
-        default=15.0, ge=MIN_HEARTBEAT_INTERVAL_S, le=MAX_HEARTBEAT_INTERVAL_S, allow_inf_nan=False
+        default=DEFAULT_INTERVAL_S, ge=MIN_INTERVAL_S, le=MAX_INTERVAL_S, allow_inf_nan=False
     )
     connector: ConnectorSpec = Field(default_factory=ConnectorSpec)
     start_immediately: bool = False
@@ -656,7 +649,7 @@ class ConnectorRequest(BaseModel):
     #: PERSEUS_EPOCH / PERSEUS_INSTANCE_ID). None from workflows that do not fill it in yet.
     claim: Claim | None = None
     #: How often the connector checks its health while active (the instance's heartbeat interval).
-    heartbeat_interval_s: float = 15.0
+    heartbeat_interval_s: float = DEFAULT_INTERVAL_S
     #: ``standby``: prepare and warm a warm standby's connector (``PERSEUS_ROLE=standby``); it acts
     #: only once ``connector_activate`` sends ``ACTIVATE`` with the epoch of a claim just taken.
     role: Role = Role.ACTIVE

@@ -28,10 +28,9 @@ from pydantic import Field
 
 from perseus.core.pause import paused_for_ms
 from perseus.decisions import seconds_until
-from perseus.keys import RENEW_DEADLINE_FACTOR, parse_iso
+from perseus.keys import parse_iso
 from perseus.lifecycle import State, legacy_state
 from perseus.models import (
-    LIVERMORE_HEARTBEAT_INTERVAL_S,
     EventKind,
     Exchange,
     InstanceStatus,
@@ -40,13 +39,8 @@ from perseus.models import (
 )
 from perseus.store.db import Catalog, LogRead
 from perseus.store.redis_store import RedisStore, StatusRead
+from perseus.timing import DEFAULT_INTERVAL_S, LATE_FACTOR, STALE_FACTOR
 
-#: A renewal older than this many heartbeat intervals is late (one missed beat, with slack).
-LATE_FACTOR = 1.5
-#: ... and stale from the renew deadline on (the holder has stopped its connector by then).
-STALE_FACTOR = float(RENEW_DEADLINE_FACTOR)
-#: The interval assumed for a record that does not say (older writers): the default.
-DEFAULT_INTERVAL_S = LIVERMORE_HEARTBEAT_INTERVAL_S
 #: How many of an offline exchange's newest stream entries are searched for its last state and error.
 #: A failure writes its error and then at most three recovery transitions, so five entries find it;
 #: reading more costs every offline exchange on every poll (about 0.1 ms per entry in redis-py).

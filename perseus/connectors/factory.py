@@ -11,6 +11,7 @@ from perseus.connectors.base import Connector
 from perseus.errors import ConfigError
 from perseus.lifecycle import Role
 from perseus.models import Claim, ConnectorSpec
+from perseus.timing import DEFAULT_INTERVAL_S
 
 CONNECTOR_KINDS = ("simulated", "process")
 
@@ -30,7 +31,7 @@ class ConnectorContext:
     #: ``PERSEUS_ROLE``. For a standby, ``claim`` is the standby's own instance id with epoch 0.
     role: Role = Role.ACTIVE
     #: How often a process connector probes its health URL while active (the lease's interval).
-    heartbeat_interval_s: float = 15.0
+    heartbeat_interval_s: float = DEFAULT_INTERVAL_S
 
 
 def build_connector(exchange_name: str, spec: object, context: ConnectorContext | None = None) -> Connector:

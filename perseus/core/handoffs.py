@@ -38,6 +38,7 @@ from perseus.models import (
     PromoteRequest,
     StandbyRecord,
 )
+from perseus.timing import LEASE_SLACK_INTERVALS, WARM_WAIT_SLACK_INTERVALS
 
 
 class HandoffProcedures(InstanceSteps):
@@ -136,7 +137,7 @@ class HandoffProcedures(InstanceSteps):
         if refused is None:
             answered = yield WaitUntil(
                 lambda: s.handoff_reply is not None,
-                timeout_s=HANDOFF_TIMEOUT_S + 4 * self.inp.heartbeat_interval_s,
+                timeout_s=HANDOFF_TIMEOUT_S + LEASE_SLACK_INTERVALS * self.inp.heartbeat_interval_s,
             )
             if not answered:
                 s.handoff_reply = HandoffConfirm(ok=False, host=target.host, detail="no confirmation in time")
@@ -256,7 +257,7 @@ class HandoffProcedures(InstanceSteps):
         """Wait (bounded by the connector's ready timeout) until the warm target says it is ready;
         the latest record of it either way — a target that never gets ready is handed over cold."""
         waited = 0.0
-        limit = self.inp.connector.ready_timeout_s + 2 * self.inp.heartbeat_interval_s
+        limit = self.inp.connector.ready_timeout_s + WARM_WAIT_SLACK_INTERVALS * self.inp.heartbeat_interval_s
         step = max(1.0, self.inp.heartbeat_interval_s / 2)
         while not target.warm_ready and waited < limit:
             yield Sleep(step, summary=f"wait for {target.host} to be warm")

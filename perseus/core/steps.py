@@ -32,7 +32,7 @@ from perseus.core.actions import (
 from perseus.core.state import InstanceState, Ticket
 from perseus.decisions import lease_heartbeat_timeout_s, wake_order
 from perseus.errors import StepFailed
-from perseus.keys import host_task_queue, iso, ttl_ms
+from perseus.keys import host_task_queue, iso
 from perseus.lifecycle import Command, Role, State, check_transition, recovery_path, release_path
 from perseus.models import (
     Claim,
@@ -65,6 +65,7 @@ from perseus.models import (
     StandbyRecord,
     StatusPatch,
 )
+from perseus.timing import LEASE_SLACK_INTERVALS, ttl_ms
 
 RUNNING_STATES = (State.STARTING, State.WARMING, State.ACTIVE)
 
@@ -388,7 +389,7 @@ class InstanceSteps:
             ),
             queue=self.host_queue,
             schedule_to_start_s=schedule_to_start_s or self._host_wait(),
-            start_to_close_s=self.inp.lease_term_s + 4 * interval,
+            start_to_close_s=self.inp.lease_term_s + LEASE_SLACK_INTERVALS * interval,
             # The lease heartbeats at every k-th renewal (at least 5 s apart; the host worker does
             # not throttle them further): a silence of 1.25 such periods means the host stopped
             # answering Temporal. What that means for the claim, Redis decides (leases._reattach).
@@ -406,7 +407,7 @@ class InstanceSteps:
             ),
             queue=self.host_queue,
             schedule_to_start_s=self._host_wait(),
-            start_to_close_s=self.inp.lease_term_s + 4 * interval,
+            start_to_close_s=self.inp.lease_term_s + LEASE_SLACK_INTERVALS * interval,
             heartbeat_timeout_s=self._heartbeat_timeout(),
             summary=f"standby watch on {self.inp.host}",
         )

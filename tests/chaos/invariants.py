@@ -24,13 +24,12 @@ from enum import StrEnum
 from pathlib import Path
 
 from perseus.decisions import (
-    RELEASE_MARGIN,
-    RENEW_DEADLINE_INTERVALS,
     act_after_vacancy_s,
     head_start_s,
     vacancy_delay,
 )
 from perseus.grid import SLOT_S
+from perseus.timing import CLAIM_OVER_INTERVALS
 
 
 @dataclass
@@ -281,7 +280,7 @@ def liveness_bound_s(
             interval_s + vacancy_delay(ahead, interval_s, after_outage=True) + act_after_vacancy_s(interval_s)
         )
         return detection + walk_s + DISPATCH_MARGIN_S
-    detection = (RENEW_DEADLINE_INTERVALS + RELEASE_MARGIN) * interval_s + LOOK_SLACK_S
+    detection = CLAIM_OVER_INTERVALS * interval_s + LOOK_SLACK_S
     head_starts = ahead * head_start_s(interval_s)
     return detection + head_starts + walk_s + DISPATCH_MARGIN_S
 

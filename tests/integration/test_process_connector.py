@@ -16,10 +16,11 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from perseus import control
 from perseus.connectors.process import output_dir, output_path
 from perseus.errors import ClaimConflict, PerseusError
-from perseus.keys import renew_deadline_s, status_key, workflow_id
+from perseus.keys import status_key, workflow_id
 from perseus.lifecycle import Command
 from perseus.models import ConnectorSpec
 from perseus.store.redis_store import RedisStore
+from perseus.timing import renew_deadline_s
 from tests.conftest import Servers, WorkerProcess, exchange_id, perseus
 from tests.connectors.support import alive, child_command, free_port, gone_within, journal
 from tests.integration.helpers import active_on, events, host_name, start_workers, wait_for

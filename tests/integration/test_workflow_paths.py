@@ -1,7 +1,8 @@
 """The instance workflow's paths on the time-skipping test server, activities stood in by name.
 
 Every path also leaves a golden history (written when PERSEUS_RECORD_HISTORIES=1) that
-test_replay.py replays against the current code, so a change that breaks running workflows fails CI.
+tests/unit/test_replay.py replays against the current code, so a change that breaks running
+workflows fails CI.
 
 Heartbeats themselves live inside the long-running lease activity and add nothing to history; the
 test server cannot skip time while an activity runs (measured: a 10 s activity took 10 s), so the

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from perseus import decisions
+from perseus import decisions, timing
 from perseus.decisions import (
     HostVerdict,
     InstanceFacts,
@@ -82,15 +82,15 @@ def test_lease_verdicts(error_type: str | None, verdict: LeaseVerdict) -> None:
 @pytest.mark.parametrize("interval", [0.5, 1.0, 2.0, 15.0, 3600.0])
 def test_a_claim_is_freed_only_past_the_renew_deadline(interval: float) -> None:
     """Invariant 1, over a fine grid of ages: never STOPPED at or inside the deadline + margin."""
-    deadline_ms = decisions.RENEW_DEADLINE_INTERVALS * interval * 1000
+    deadline_ms = timing.RENEW_DEADLINE_FACTOR * interval * 1000
     for tenth in range(0, 61):
         age_ms = int(tenth / 10 * interval * 1000)
         verdict = judge_claim(True, age_ms, interval)
-        if age_ms <= deadline_ms * (1 + decisions.RELEASE_MARGIN / decisions.RENEW_DEADLINE_INTERVALS):
+        if age_ms <= deadline_ms * (1 + timing.RELEASE_MARGIN / timing.RENEW_DEADLINE_FACTOR):
             assert verdict is not HostVerdict.STOPPED, (age_ms, interval)
         else:
             assert verdict is HostVerdict.STOPPED, (age_ms, interval)
-        if age_ms <= decisions.ALIVE_INTERVALS * interval * 1000:
+        if age_ms <= timing.ALIVE_INTERVALS * interval * 1000:
             assert verdict is HostVerdict.ALIVE
 
 
@@ -117,7 +117,7 @@ def test_a_claim_that_is_not_ours_or_has_no_ttl_proves_nothing_alive() -> None:
 def test_after_a_vacancy_nothing_acts_before_a_holder_that_renewed_just_before_could(interval: float) -> None:
     """Redis lost the key right after the holder renewed: the holder acts until its renew deadline,
     so the standby that claimed the vacancy must not act before that deadline plus the margin."""
-    deadline = decisions.RENEW_DEADLINE_INTERVALS * interval
+    deadline = timing.RENEW_DEADLINE_FACTOR * interval
     assert decisions.act_after_vacancy_s(interval) > deadline
     assert decisions.stale_in(0, interval) == decisions.act_after_vacancy_s(interval)
 
@@ -131,7 +131,7 @@ def test_a_key_seen_past_its_deadline_before_it_vanished_lapsed_and_nothing_wait
         past = decisions.past_renew_deadline(int(ttl_ms - renewed_ms_ago), interval)
         stopped = judge_claim(True, renewed_ms_ago, interval) is HostVerdict.STOPPED
         assert past == stopped, renewed_ms_ago
-    fresh = int(ttl_ms - decisions.RENEW_DEADLINE_INTERVALS * interval * 1000)  # exactly at the deadline
+    fresh = int(ttl_ms - timing.RENEW_DEADLINE_FACTOR * interval * 1000)  # exactly at the deadline
     assert not decisions.past_renew_deadline(fresh, interval)
     assert decisions.act_after_vacancy_s(interval, lapsed=True) == 0.0
     assert decisions.act_after_vacancy_s(interval, lapsed=False) == decisions.act_after_vacancy_s(interval)
@@ -398,11 +398,11 @@ def test_the_heartbeat_cadence_at_the_usual_intervals(interval: float, beats: in
 @pytest.mark.parametrize("interval", INTERVALS)
 def test_the_heartbeat_period_does_not_shrink_with_the_interval(interval: float) -> None:
     period = decisions.heartbeat_period_s(interval)
-    assert period >= decisions.HEARTBEAT_FLOOR_S - 1e-9  # the server's cost is bounded per instance
+    assert period >= timing.HEARTBEAT_FLOOR_S - 1e-9  # the server's cost is bounded per instance
     assert period >= interval - 1e-9  # never less than one renewal per heartbeat
     # ...and no longer than needed: one renewal fewer would fall under the floor.
-    assert period < max(decisions.HEARTBEAT_FLOOR_S, interval) + interval
-    if interval >= decisions.HEARTBEAT_FLOOR_S:
+    assert period < max(timing.HEARTBEAT_FLOOR_S, interval) + interval
+    if interval >= timing.HEARTBEAT_FLOOR_S:
         assert decisions.heartbeat_beats(interval) == 1  # long intervals: a heartbeat per renewal
 
 

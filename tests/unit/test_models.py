@@ -6,9 +6,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from perseus.keys import epoch_key, iso, renew_deadline_s, retention_min_id, status_key, stream_key, ttl_ms
+from perseus.keys import epoch_key, iso, retention_min_id, status_key, stream_key
 from perseus.lifecycle import State
 from perseus.models import EventKind, InstanceStatus, NetworkEvent
+from perseus.timing import renew_deadline_s, ttl_ms
 
 pytestmark = pytest.mark.unit
 

@@ -20,7 +20,7 @@ from temporalio.worker import Replayer
 from perseus.temporal import converter
 from workflows.instance import InstanceWorkflow
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[1] / "histories"
 HISTORIES = sorted(ROOT.rglob("*.json"))
