@@ -33,7 +33,16 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from perseus.errors import InvalidTransition
+from perseus.errors import (
+    ClaimLost,
+    ClaimMissing,
+    ConnectorFailed,
+    ConnectorFailover,
+    ConnectorUnhealthy,
+    InvalidTransition,
+    PerseusError,
+    RenewDeadline,
+)
 from perseus.keys import parse_iso
 from perseus.lifecycle import Command, Role, State, plan, projected_state
 from perseus.timing import (
@@ -52,7 +61,7 @@ if TYPE_CHECKING:
     from perseus.models import PromoteRequest, StandbyRecord
 
 #: Lease error types that mean the claim is no longer ours (the keeper already stopped the connector).
-LOSS_TYPES: frozenset[str] = frozenset({"ClaimLost", "ClaimMissing", "RenewDeadline"})
+LOSS_TYPES: frozenset[type[PerseusError]] = frozenset({ClaimLost, ClaimMissing, RenewDeadline})
 
 
 # --- the loop --------------------------------------------------------------------------------------
@@ -106,17 +115,18 @@ class LeaseVerdict(StrEnum):
     LOST = "lost"  # someone else holds the claim
 
 
-def lease_verdict(error_type: str | None) -> LeaseVerdict:
-    """What a failed lease means, by its error type (None: a timeout, no type)."""
-    if error_type == "ConnectorFailed":
+def lease_verdict(kind: type[PerseusError] | None) -> LeaseVerdict:
+    """What a failed lease means, by its error's class (None: a timeout, or not one of ours). The
+    class itself, not a subclass test: each verdict belongs to exactly the class the keeper raises."""
+    if kind is ConnectorFailed:
         return LeaseVerdict.CONNECTOR_FAILED
-    if error_type == "ConnectorUnhealthy":
+    if kind is ConnectorUnhealthy:
         return LeaseVerdict.RESTART_UNHEALTHY
-    if error_type == "ConnectorFailover":
+    if kind is ConnectorFailover:
         return LeaseVerdict.STEP_ASIDE
-    if error_type in ("ClaimMissing", "RenewDeadline"):
+    if kind is ClaimMissing or kind is RenewDeadline:
         return LeaseVerdict.RECLAIM
-    if error_type in LOSS_TYPES:
+    if kind in LOSS_TYPES:
         return LeaseVerdict.LOST
     return LeaseVerdict.REATTACH
 

@@ -271,6 +271,15 @@ def _tree(root: type[PerseusError]) -> Iterator[type[PerseusError]]:
 NON_RETRYABLE_ERROR_TYPES: list[str] = [cls.__name__ for cls in _tree(PerseusError) if not cls.retryable]
 
 
+#: Every class of the tree by name: an activity's failure names its class (ApplicationError.type).
+_BY_NAME: dict[str, type[PerseusError]] = {cls.__name__: cls for cls in _tree(PerseusError)}
+
+
+def error_class(name: str | None) -> type[PerseusError] | None:
+    """The class of the tree an error type name stands for (None: not one of ours)."""
+    return _BY_NAME.get(name) if name is not None else None
+
+
 class StepFailed(Exception):
     """Inside the instance core only: the activity behind the action just yielded failed.
 

@@ -25,8 +25,9 @@ import asyncio
 import builtins
 from collections.abc import Awaitable, Callable, Generator
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar, cast
 
+from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
@@ -35,7 +36,7 @@ with workflow.unsafe.imports_passed_through():
     from perseus.core import actions as act
     from perseus.core.loop import InstanceCore
     from perseus.core.state import Refusal, Ticket
-    from perseus.errors import NON_RETRYABLE_ERROR_TYPES, InvalidTransition, StepFailed
+    from perseus.errors import NON_RETRYABLE_ERROR_TYPES, ConnectorGone, InvalidTransition, StepFailed
     from perseus.lifecycle import Command
     from perseus.models import (
         CommandRequest,
@@ -73,7 +74,7 @@ RETRY_POLICIES = {
         backoff_coefficient=2.0,
         maximum_interval=timedelta(seconds=5),
         maximum_attempts=3,
-        non_retryable_error_types=[*NON_RETRYABLE_ERROR_TYPES, "ConnectorGone"],
+        non_retryable_error_types=[*NON_RETRYABLE_ERROR_TYPES, ConnectorGone.__name__],
     ),
     act.Retry.ONCE: RetryPolicy(maximum_attempts=1),
     act.Retry.TWICE: RetryPolicy(maximum_attempts=2),
@@ -84,11 +85,20 @@ NOTIFY_RETRY = RetryPolicy(
     non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
 )
 
-#: The typed stub of each activity the core names: each stub is named as its activity
-#: (tests/unit/test_activity_calls.py holds that), so the SDK sees real types, never a string.
-STUBS: dict[act.Activity, Callable[..., Awaitable[Any]]] = {
-    name: getattr(calls, name.value) for name in act.Activity
+#: The stub of each activity the core names, by its registered name: each stub is named as its
+#: activity and has its request and result types (tests/unit/test_activity_calls.py holds that).
+STUBS: dict[str, Callable[..., Awaitable[Any]]] = {
+    ref.value: getattr(calls, ref.value) for ref in act.ACTIVITIES
 }
+
+Q = TypeVar("Q", bound=BaseModel)
+R = TypeVar("R")
+
+
+def stub(ref: act.ActivityRef[Q, R]) -> Callable[[Q], Awaitable[R]]:
+    """The typed stub of an activity the core names: the SDK and mypy see its request and result
+    types (``ref``'s, which the test holds equal to the stub's), never ``Any``."""
+    return cast(Callable[[Q], Awaitable[R]], STUBS[ref.value])
 
 
 #: Actions carried out at once, before the core runs on (nothing else may interleave with them).
@@ -242,7 +252,7 @@ class InstanceWorkflow:
         match action:
             case act.StartLease():
                 self.lease = workflow.start_activity(
-                    STUBS[action.activity],
+                    stub(action.activity),
                     action.request,
                     task_queue=action.queue,
                     schedule_to_start_timeout=timedelta(seconds=action.schedule_to_start_s),
@@ -293,25 +303,8 @@ class InstanceWorkflow:
     async def _later(self, action: act.Action) -> Any:
         """Actions that wait: an activity, a timer, a signal, a condition."""
         match action:
-            case act.Call(local=True):
-                return await workflow.execute_local_activity(
-                    STUBS[action.activity],
-                    action.request,
-                    start_to_close_timeout=timedelta(seconds=action.start_to_close_s),
-                    retry_policy=RETRY_POLICIES[action.retry],
-                    summary=action.summary,
-                )
             case act.Call():
-                return await workflow.execute_activity(
-                    STUBS[action.activity],
-                    action.request,
-                    task_queue=action.queue,
-                    schedule_to_start_timeout=_seconds(action.schedule_to_start_s),
-                    start_to_close_timeout=timedelta(seconds=action.start_to_close_s),
-                    heartbeat_timeout=_seconds(action.heartbeat_timeout_s),
-                    retry_policy=RETRY_POLICIES[action.retry],
-                    summary=action.summary,
-                )
+                return await self._call(action)
             case act.WaitLease():
                 lease = self.lease
                 assert lease is not None
@@ -351,6 +344,28 @@ class InstanceWorkflow:
             case act.WaitHandlers():
                 await workflow.wait_condition(workflow.all_handlers_finished)
         return None
+
+    @staticmethod
+    async def _call(action: act.Call[Q, R]) -> R:
+        """One activity through its typed stub: the result is the activity's own type."""
+        if action.local:
+            return await workflow.execute_local_activity(
+                stub(action.activity),
+                action.request,
+                start_to_close_timeout=timedelta(seconds=action.start_to_close_s),
+                retry_policy=RETRY_POLICIES[action.retry],
+                summary=action.summary,
+            )
+        return await workflow.execute_activity(
+            stub(action.activity),
+            action.request,
+            task_queue=action.queue,
+            schedule_to_start_timeout=_seconds(action.schedule_to_start_s),
+            start_to_close_timeout=timedelta(seconds=action.start_to_close_s),
+            heartbeat_timeout=_seconds(action.heartbeat_timeout_s),
+            retry_policy=RETRY_POLICIES[action.retry],
+            summary=action.summary,
+        )
 
     @staticmethod
     async def _wait(

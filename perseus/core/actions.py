@@ -37,42 +37,97 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from perseus.errors import PerseusError, error_class
 from perseus.lifecycle import Role, State
-from perseus.models import InstanceInput, NotifyRequest
+from perseus.models import (
+    ClaimProbe,
+    ClaimProbeRequest,
+    ClaimRequest,
+    ClaimResult,
+    ConnectorPreflight,
+    ConnectorReport,
+    ConnectorRequest,
+    DropStandbyRequest,
+    EventRequest,
+    HostClaimRequest,
+    HostPresence,
+    Identity,
+    IdentityRequest,
+    InstanceInput,
+    LeaseOutcome,
+    LeaseRequest,
+    NotifyRequest,
+    PatchResult,
+    Recorded,
+    RecordRequest,
+    ReleaseRequest,
+    Resolved,
+    ResolveRequest,
+    StandbyLeaseRequest,
+    StandbyList,
+    StandbyOutcome,
+    StandbyQuery,
+    StandbyRecord,
+    StatusPatch,
+)
+
+Q = TypeVar("Q", bound=BaseModel)
+R = TypeVar("R")
 
 
-class Activity(StrEnum):
-    """The activities the core runs, by their registered names (``workflows/calls.py`` has a typed
-    stub for each; ``tests/unit/test_activity_calls.py`` holds the two lists together)."""
+@dataclass(frozen=True)
+class ActivityRef(Generic[Q, R]):
+    """An activity the core runs: its registered name, and the request and result types of its
+    implementation (``workflows/calls.py`` has a stub of the same name and types;
+    ``tests/unit/test_activity_calls.py`` holds the three together). The types make a
+    :class:`Call`'s answer typed: a procedure gets its activity's result type, not ``Any``."""
 
-    RESOLVE_INSTANCE = "resolve_instance"
-    HOST_POLLED = "host_polled"
-    CLAIM_EXCHANGE = "claim_exchange"
-    CLAIM_AND_HOLD = "claim_and_hold"
-    PROBE_CLAIM = "probe_claim"
-    RELEASE_CLAIM = "release_claim"
-    PATCH_STATUS = "patch_status"
-    RECORD_EVENT = "record_event"
-    RECORD = "record"
-    PUT_STANDBY = "put_standby"
-    DROP_STANDBY = "drop_standby"
-    LIST_STANDBYS = "list_standbys"
-    NOTIFY_EVENT = "notify_event"
-    DETECT_IDENTITY = "detect_identity"
-    HOLD_LEASE = "hold_lease"
-    HOLD_STANDBY = "hold_standby"
-    CONNECTOR_PREPARE = "connector_prepare"
-    CONNECTOR_WARM_UP = "connector_warm_up"
-    CONNECTOR_CONNECT = "connector_connect"
-    CONNECTOR_DISCONNECT = "connector_disconnect"
-    CONNECTOR_CHECK = "connector_check"
-    CONNECTOR_ACTIVATE = "connector_activate"
-    CONNECTOR_DEACTIVATE = "connector_deactivate"
-    CONNECTOR_PREFLIGHT = "connector_preflight"
+    value: str
+    request: type[Q]
+    result: type[R]
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Activity:
+    """The activities the core runs, by their registered names (never rename one: they are in
+    recorded histories)."""
+
+    RESOLVE_INSTANCE = ActivityRef("resolve_instance", ResolveRequest, Resolved)
+    HOST_POLLED = ActivityRef("host_polled", IdentityRequest, HostPresence)
+    CLAIM_EXCHANGE = ActivityRef("claim_exchange", ClaimRequest, ClaimResult)
+    CLAIM_AND_HOLD = ActivityRef("claim_and_hold", HostClaimRequest, ClaimResult)
+    PROBE_CLAIM = ActivityRef("probe_claim", ClaimProbeRequest, ClaimProbe)
+    RELEASE_CLAIM = ActivityRef("release_claim", ReleaseRequest, PatchResult)
+    PATCH_STATUS = ActivityRef("patch_status", StatusPatch, PatchResult)
+    RECORD_EVENT = ActivityRef("record_event", EventRequest, str)
+    RECORD = ActivityRef("record", RecordRequest, Recorded)
+    PUT_STANDBY = ActivityRef("put_standby", StandbyRecord, type(None))
+    DROP_STANDBY = ActivityRef("drop_standby", DropStandbyRequest, type(None))
+    LIST_STANDBYS = ActivityRef("list_standbys", StandbyQuery, StandbyList)
+    NOTIFY_EVENT = ActivityRef("notify_event", NotifyRequest, str)
+    DETECT_IDENTITY = ActivityRef("detect_identity", IdentityRequest, Identity)
+    HOLD_LEASE = ActivityRef("hold_lease", LeaseRequest, LeaseOutcome)
+    HOLD_STANDBY = ActivityRef("hold_standby", StandbyLeaseRequest, StandbyOutcome)
+    CONNECTOR_PREPARE = ActivityRef("connector_prepare", ConnectorRequest, ConnectorReport)
+    CONNECTOR_WARM_UP = ActivityRef("connector_warm_up", ConnectorRequest, ConnectorReport)
+    CONNECTOR_CONNECT = ActivityRef("connector_connect", ConnectorRequest, ConnectorReport)
+    CONNECTOR_DISCONNECT = ActivityRef("connector_disconnect", ConnectorRequest, ConnectorReport)
+    CONNECTOR_CHECK = ActivityRef("connector_check", ConnectorRequest, ConnectorReport)
+    CONNECTOR_ACTIVATE = ActivityRef("connector_activate", ConnectorRequest, ConnectorReport)
+    CONNECTOR_DEACTIVATE = ActivityRef("connector_deactivate", ConnectorRequest, ConnectorReport)
+    CONNECTOR_PREFLIGHT = ActivityRef("connector_preflight", ConnectorRequest, ConnectorPreflight)
+
+
+#: Every activity the core names.
+ACTIVITIES: tuple[ActivityRef[Any, Any], ...] = tuple(
+    v for v in vars(Activity).values() if isinstance(v, ActivityRef)
+)
 
 
 class Retry(StrEnum):
@@ -99,17 +154,22 @@ class Failure:
     stopped_at: datetime | None = None
 
     @property
+    def kind(self) -> type[PerseusError] | None:
+        """The error's class in Perseus' tree (None: a timeout, or an error from outside it)."""
+        return error_class(self.error_type)
+
+    @property
     def not_picked_up(self) -> bool:
         """No worker started the activity within its schedule-to-start timeout."""
         return self.timeout == "SCHEDULE_TO_START"
 
 
 @dataclass(frozen=True)
-class Call:
-    """Run one activity to its end."""
+class Call(Generic[Q, R]):
+    """Run one activity to its end; answered with its result (an ``R``), see :func:`ask`."""
 
-    activity: Activity
-    request: BaseModel
+    activity: ActivityRef[Q, R]
+    request: Q
     start_to_close_s: float
     retry: Retry
     summary: str
@@ -126,7 +186,7 @@ class StartLease:
     """Start the lease (``hold_lease``) or the standby's watch (``hold_standby``) in the background,
     single attempt, cancelled by request only (:class:`CancelLease`)."""
 
-    activity: Activity
+    activity: ActivityRef[Any, Any]
     request: BaseModel
     queue: str
     schedule_to_start_s: float
@@ -253,7 +313,7 @@ class CountRestart:
 
 
 Action = (
-    Call
+    Call[Any, Any]
     | StartLease
     | WaitLease
     | TakeLease
@@ -278,3 +338,11 @@ Action = (
 
 #: A procedure of the core: yields actions, is sent their answers, returns its value.
 Proc = Generator[Action, Any, Any]
+#: A procedure whose value is an ``R``.
+Answer = Generator[Action, Any, R]
+
+
+def ask(call: Call[Any, R]) -> Answer[R]:
+    """Run one activity: its result, typed by the activity (a failure is thrown in as StepFailed)."""
+    result: R = yield call
+    return result

@@ -17,6 +17,7 @@ from perseus.core.actions import (
     Signal,
     Sleep,
     WaitUntil,
+    ask,
 )
 from perseus.core.state import Ending, Ticket
 from perseus.core.steps import HANDOFF_TIMEOUT_S, InstanceSteps
@@ -219,33 +220,37 @@ class HandoffProcedures(InstanceSteps):
         wait = self._host_wait()
         try:
             if not checks_ready:
-                yield Call(
-                    Activity.DETECT_IDENTITY,
-                    IdentityRequest(host=target.host),
-                    queue=host_task_queue(target.host),
-                    schedule_to_start_s=wait,
-                    start_to_close_s=wait,
-                    retry=Retry.ONCE,
-                    summary=f"is {target.host} answering?",
+                yield from ask(
+                    Call(
+                        Activity.DETECT_IDENTITY,
+                        IdentityRequest(host=target.host),
+                        queue=host_task_queue(target.host),
+                        schedule_to_start_s=wait,
+                        start_to_close_s=wait,
+                        retry=Retry.ONCE,
+                        summary=f"is {target.host} answering?",
+                    )
                 )
                 return None, False
             s = self.s
             assert s.resolved
-            found: ConnectorPreflight = yield Call(
-                Activity.CONNECTOR_PREFLIGHT,
-                ConnectorRequest(
-                    workflow_id=target.workflow_id,
-                    exchange_id=s.resolved.exchange.id,
-                    exchange_name=s.resolved.exchange.name,
-                    spec=self.inp.connector,
-                    heartbeat_interval_s=self.inp.heartbeat_interval_s,
-                    role=Role.STANDBY,
-                ),
-                queue=host_task_queue(target.host),
-                schedule_to_start_s=wait,
-                start_to_close_s=wait,
-                retry=Retry.ONCE,
-                summary=f"can {target.host} start the connector?",
+            found: ConnectorPreflight = yield from ask(
+                Call(
+                    Activity.CONNECTOR_PREFLIGHT,
+                    ConnectorRequest(
+                        workflow_id=target.workflow_id,
+                        exchange_id=s.resolved.exchange.id,
+                        exchange_name=s.resolved.exchange.name,
+                        spec=self.inp.connector,
+                        heartbeat_interval_s=self.inp.heartbeat_interval_s,
+                        role=Role.STANDBY,
+                    ),
+                    queue=host_task_queue(target.host),
+                    schedule_to_start_s=wait,
+                    start_to_close_s=wait,
+                    retry=Retry.ONCE,
+                    summary=f"can {target.host} start the connector?",
+                )
             )
         except StepFailed as err:
             return f"the worker on {target.host} did not answer: {err.failure.message}", checks_ready

@@ -58,7 +58,7 @@ class LeaseProcedures(InstanceSteps):
         """Act on a lease that ended with an error; False when the run must end."""
         reason = err.failure.message
         stopped_at = err.failure.stopped_at
-        verdict = lease_verdict(err.failure.error_type)
+        verdict = lease_verdict(err.failure.kind)
         yield from self._decided(f"lease ended ({verdict}): {reason}")
         if verdict is LeaseVerdict.CONNECTOR_FAILED:
             yield from self._connector_failed(reason)
@@ -97,7 +97,7 @@ class LeaseProcedures(InstanceSteps):
             yield from self._take_lease()
             return None
         except StepFailed as again:
-            if again.failure.error_type in LOSS_TYPES:
+            if again.failure.kind in LOSS_TYPES:
                 return again.failure.message
             return f"host {self.inp.host} stopped heartbeating ({reason}) and did not come back"
 

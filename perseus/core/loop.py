@@ -35,6 +35,7 @@ from perseus.core.actions import (
     WaitForWork,
     WaitHandlers,
     WaitUntil,
+    ask,
 )
 from perseus.core.handoffs import HandoffProcedures
 from perseus.core.leases import LeaseProcedures
@@ -50,7 +51,7 @@ from perseus.decisions import (
     refuse_handoff,
     start_path,
 )
-from perseus.errors import InvalidTransition, StepFailed
+from perseus.errors import InvalidTransition, ServiceUnavailable, StepFailed
 from perseus.lifecycle import Command, Role, State, plan
 from perseus.models import (
     CommandResult,
@@ -301,12 +302,14 @@ class InstanceCore(LeaseProcedures, StandbyProcedures, HandoffProcedures):
         """Resolve the exchange and admin, and learn the host's identity on its own queue."""
         s = self.s
         try:
-            s.resolved = yield Call(
-                Activity.RESOLVE_INSTANCE,
-                ResolveRequest(exchange=self.inp.exchange, admin_email=self.inp.admin_email),
-                start_to_close_s=10,
-                retry=Retry.SHARED,
-                summary="resolve exchange and admin",
+            s.resolved = yield from ask(
+                Call(
+                    Activity.RESOLVE_INSTANCE,
+                    ResolveRequest(exchange=self.inp.exchange, admin_email=self.inp.admin_email),
+                    start_to_close_s=10,
+                    retry=Retry.SHARED,
+                    summary="resolve exchange and admin",
+                )
             )
             identity: Identity = yield from self._on_host(
                 Call(
@@ -322,7 +325,7 @@ class InstanceCore(LeaseProcedures, StandbyProcedures, HandoffProcedures):
         except StepFailed as err:
             s.registration_error = self._explain(err)
             # A timeout (no worker for the host, a server that never answered) is unavailability.
-            s.registration_error_type = err.failure.error_type or "ServiceUnavailable"
+            s.registration_error_type = err.failure.error_type or ServiceUnavailable.__name__
             return False
         s.hostname, s.ip_address = identity.hostname, identity.ip_address
         s.registered_at = self.clock.now()
@@ -347,7 +350,7 @@ class InstanceCore(LeaseProcedures, StandbyProcedures, HandoffProcedures):
             yield from self._become_standby(required=True)
         except StepFailed as err:
             s.registration_error = f"standby registration failed: {err.failure.message}"
-            s.registration_error_type = err.failure.error_type or "ServiceUnavailable"
+            s.registration_error_type = err.failure.error_type or ServiceUnavailable.__name__
             return False
         return True
 

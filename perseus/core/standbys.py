@@ -32,7 +32,7 @@ from perseus.decisions import (
     warm_retry_delay,
     warm_up_standby,
 )
-from perseus.errors import StepFailed
+from perseus.errors import StandbyGone, StepFailed
 from perseus.lifecycle import Command, Role, State, recovery_path
 from perseus.models import (
     Claim,
@@ -55,7 +55,7 @@ class StandbyProcedures(InstanceSteps):
         try:
             outcome: StandbyOutcome = yield from self._take_lease()
         except StepFailed as err:
-            if err.failure.error_type == "StandbyGone" and (yield Patched("standby-reattach")):
+            if err.failure.kind is StandbyGone and (yield Patched("standby-reattach")):
                 # Redis lost the record (an outage longer than its TTL): make it visible again.
                 yield from self._put_standby()
                 return True

@@ -11,10 +11,12 @@ activation. Each yields :mod:`actions <perseus.core.actions>` and is sent their 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from perseus.core.actions import (
     Activity,
+    ActivityRef,
+    Answer,
     Call,
     CancelLease,
     CancelWarmUp,
@@ -28,10 +30,11 @@ from perseus.core.actions import (
     Signal,
     StartLease,
     TakeLease,
+    ask,
 )
 from perseus.core.state import InstanceState, Ticket
 from perseus.decisions import lease_heartbeat_timeout_s, wake_order
-from perseus.errors import StepFailed
+from perseus.errors import ClaimConflict, ServiceUnavailable, StepFailed
 from perseus.keys import host_task_queue, iso
 from perseus.lifecycle import Command, Role, State, check_transition, recovery_path, release_path
 from perseus.models import (
@@ -66,6 +69,8 @@ from perseus.models import (
     StatusPatch,
 )
 from perseus.timing import LEASE_SLACK_INTERVALS, ttl_ms
+
+R = TypeVar("R")
 
 RUNNING_STATES = (State.STARTING, State.WARMING, State.ACTIVE)
 
@@ -156,12 +161,14 @@ class InstanceSteps:
         yield self._details()
 
     def _put_standby(self) -> Proc:
-        yield Call(
-            Activity.PUT_STANDBY,
-            self._standby_record(),
-            start_to_close_s=10,
-            retry=Retry.SHARED,
-            summary="register standby",
+        yield from ask(
+            Call(
+                Activity.PUT_STANDBY,
+                self._standby_record(),
+                start_to_close_s=10,
+                retry=Retry.SHARED,
+                summary="register standby",
+            )
         )
 
     def _standby_record(self) -> StandbyRecord:
@@ -254,14 +261,14 @@ class InstanceSteps:
         except StepFailed as err:
             if not quiet:
                 s.registration_error = f"claim failed: {self._explain(err)}"
-                s.registration_error_type = err.failure.error_type or "ServiceUnavailable"
+                s.registration_error_type = err.failure.error_type or ServiceUnavailable.__name__
             return None
         s.highest_epoch = max(s.highest_epoch, result.epoch)
         if not result.claimed:
             if quiet:
                 return None
             s.registration_error = result.message or "exchange already claimed"
-            s.registration_error_type = "ClaimConflict"
+            s.registration_error_type = ClaimConflict.__name__
             yield from self._event(
                 EventKind.CLAIM_CONFLICT,
                 claim=Claim(instance_id=instance_id, epoch=result.epoch),
@@ -277,8 +284,8 @@ class InstanceSteps:
         ``claim-on-host``); runs begun before it claimed on the shared queue and replay so."""
         if not (yield Patched("claim-on-host")):
             return (
-                yield Call(
-                    Activity.CLAIM_EXCHANGE, request, start_to_close_s=10, retry=retry, summary="claim"
+                yield from ask(
+                    Call(Activity.CLAIM_EXCHANGE, request, start_to_close_s=10, retry=retry, summary="claim")
                 )
             )
         held = HostClaimRequest(
@@ -335,7 +342,7 @@ class InstanceSteps:
             )
         return err.failure.message
 
-    def _on_host(self, call: Call) -> Proc:
+    def _on_host(self, call: Call[Any, R]) -> Answer[R]:
         """Run a step on a host queue. One not picked up in time is tried again while the host's
         worker is seen polling its queue — busy, not missing — for at most ``HOST_BUSY_LIMIT_S``;
         with nobody polling, the failure stands (the caller reports it)."""
@@ -344,7 +351,7 @@ class InstanceSteps:
         since = self.clock.now()
         while True:
             try:
-                return (yield call)
+                return (yield from ask(call))
             except StepFailed as err:
                 late = self.clock.now() - since > timedelta(seconds=HOST_BUSY_LIMIT_S)
                 if (
@@ -587,25 +594,25 @@ class InstanceSteps:
         )
         return result is not None and result.applied
 
-    def _tolerated(self, step: Call | Proc, why: str) -> Proc:
+    def _tolerated(self, step: Call[Any, R] | Answer[R], why: str) -> Answer[R | None]:
         """Run ``step`` (one activity, or a procedure); if it fails, log ``why`` with the reason and
         answer None: for steps whose failure the caller rides out (the TTL frees a record, the
         connector's own deadline stops it)."""
         try:
-            return (yield step) if isinstance(step, Call) else (yield from step)
+            return (yield from ask(step)) if isinstance(step, Call) else (yield from step)
         except StepFailed as err:
             yield Log(f"{why}: {err.failure.message}", warning=True)
             return None
 
     def _host_step(
         self,
-        activity: Activity,
+        activity: ActivityRef[ConnectorRequest, R],
         timeout_s: float = 120,
         *,
         standby: bool = False,
         retry: Retry = Retry.HOST,
         warm_attempt: int | None = None,
-    ) -> Proc:
+    ) -> Answer[R]:
         """One connector step on our host: its ConnectorReport. ``standby``: for a warm standby's
         connector, which is told its own standby id and epoch 0 (it holds no claim); ``warm_attempt``:
         which try of its warm-up this is (the host shows when the next one comes if it fails)."""
@@ -685,13 +692,15 @@ class InstanceSteps:
         """Write the event (and the status merge that goes with it) in one local activity; then
         notify, if this worker notifies at all."""
         try:
-            recorded: Recorded = yield Call(
-                Activity.RECORD,
-                RecordRequest(event=event, patch=patch),
-                start_to_close_s=10,
-                retry=Retry.DURABLE,
-                summary=f"record {event.event.value}",
-                local=True,
+            recorded: Recorded = yield from ask(
+                Call(
+                    Activity.RECORD,
+                    RecordRequest(event=event, patch=patch),
+                    start_to_close_s=10,
+                    retry=Retry.DURABLE,
+                    summary=f"record {event.event.value}",
+                    local=True,
+                )
             )
         except StepFailed as err:
             yield Log(f"{event.event.value} not recorded after retries: {err.failure.message}", warning=True)
@@ -708,8 +717,14 @@ class InstanceSteps:
         if patch is None:
             return
         try:
-            result: PatchResult = yield Call(
-                Activity.PATCH_STATUS, patch, start_to_close_s=10, retry=Retry.DURABLE, summary="write status"
+            result: PatchResult = yield from ask(
+                Call(
+                    Activity.PATCH_STATUS,
+                    patch,
+                    start_to_close_s=10,
+                    retry=Retry.DURABLE,
+                    summary="write status",
+                )
             )
         except StepFailed as err:
             yield Log(f"status write refused: {err.failure.message}", warning=True)
@@ -743,12 +758,14 @@ class InstanceSteps:
             yield from self._record(event)
             return
         try:
-            yield Call(
-                Activity.RECORD_EVENT,
-                EventRequest(event=event),
-                start_to_close_s=10,
-                retry=Retry.DURABLE,
-                summary=f"event {kind.value}",
+            yield from ask(
+                Call(
+                    Activity.RECORD_EVENT,
+                    EventRequest(event=event),
+                    start_to_close_s=10,
+                    retry=Retry.DURABLE,
+                    summary=f"event {kind.value}",
+                )
             )
         except StepFailed as err:
             yield Log(f"event {kind.value} not recorded after retries: {err.failure.message}", warning=True)

@@ -150,7 +150,7 @@ def activity_calls(tree: ast.AST) -> list[ast.Call]:
 def test_the_workflow_calls_activities_only_through_the_stubs() -> None:
     """No activity named by a string, no result type passed by hand: the workflow runs what the core
     names through ``STUBS`` (the notifier directly), and the core names every stub."""
-    from perseus.core.actions import Activity
+    from perseus.core.actions import ACTIVITIES
     from workflows.instance import STUBS
 
     tree = ast.parse((ROOT / "workflows" / "instance.py").read_text())
@@ -166,13 +166,23 @@ def test_the_workflow_calls_activities_only_through_the_stubs() -> None:
             and first.value.id == "calls"
         )
         via_stubs = (
-            isinstance(first, ast.Subscript)
-            and isinstance(first.value, ast.Name)
-            and first.value.id == "STUBS"
+            isinstance(first, ast.Call) and isinstance(first.func, ast.Name) and first.func.id == "stub"
         )
         assert direct or via_stubs, where
-    assert {a.value for a in Activity} == set(stubs()), (
+    assert {a.value for a in ACTIVITIES} == set(stubs()), (
         "a stub the core never names, or a name without a stub"
     )
     for name, stub in STUBS.items():
-        assert definition(stub).name == name.value
+        assert definition(stub).name == name
+
+
+def test_the_core_knows_each_activity_by_its_stubs_types() -> None:
+    """A Call's answer is typed by its ActivityRef: the ref's request and result types must be the
+    stub's (and so the implementation's), or the type checker would be told a story."""
+    from perseus.core.actions import ACTIVITIES
+
+    found = stubs()
+    for ref in ACTIVITIES:
+        defn = found[ref.value]
+        assert defn.arg_types == [ref.request], ref.value
+        assert (defn.ret_type or type(None)) is ref.result, ref.value

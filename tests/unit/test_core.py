@@ -277,7 +277,7 @@ class World:
             case HistoryLong():
                 self.history_long = True
 
-    def call(self, core: InstanceCore, call: act.Call) -> Any:
+    def call(self, core: InstanceCore, call: act.Call[Any, Any]) -> Any:
         req: Any = call.request
         match call.activity:
             case act.Activity.RESOLVE_INSTANCE:
@@ -714,7 +714,7 @@ def test_a_warm_connector_lost_while_waiting_is_warmed_again_and_promoted_warm()
     assert len(spawned) == 2  # the first warm-up, and one after the loss
     calls = [a for a in run.actions if isinstance(a, act.Call)]
     recorded = [a.request for a in calls if a.activity is act.Activity.RECORD]
-    assert any("stopped while waiting" in (r.event.error or "") for r in recorded)  # type: ignore[attr-defined]
+    assert any("stopped while waiting" in (r.event.error or "") for r in recorded)
     # The promotion activated the connector warmed again; nothing started cold after it.
     steps = [a.activity for a in calls if a.activity.value.startswith("connector_")]
     assert steps[-1] is act.Activity.CONNECTOR_ACTIVATE
@@ -811,12 +811,10 @@ def test_a_failed_warm_up_is_retried_with_a_doubling_backoff_and_then_promoted_w
     sleeps = [a.seconds for a in run.actions if isinstance(a, act.Sleep)]
     assert sleeps == [5.0, 10.0, 20.0]
     calls = [a for a in run.actions if isinstance(a, act.Call)]
-    attempts = [a.request.warm_attempt for a in calls if a.activity is act.Activity.CONNECTOR_PREPARE]  # type: ignore[attr-defined]
+    attempts = [a.request.warm_attempt for a in calls if a.activity is act.Activity.CONNECTOR_PREPARE]
     assert attempts == [1, 2, 3, 4]
     errors = [
-        a.request.event.error  # type: ignore[attr-defined]
-        for a in calls
-        if a.activity is act.Activity.RECORD and a.request.event.error  # type: ignore[attr-defined]
+        a.request.event.error for a in calls if a.activity is act.Activity.RECORD and a.request.event.error
     ]
     assert [e.rsplit("; ", 1)[-1] for e in errors] == [
         "trying again in 5s",
@@ -837,9 +835,7 @@ def test_before_the_patch_a_failed_warm_up_is_not_retried() -> None:
     assert not any(isinstance(a, act.Sleep) for a in run.actions)
     calls = [a for a in run.actions if isinstance(a, act.Call)]
     warm_ups = [
-        a
-        for a in calls
-        if a.activity is act.Activity.CONNECTOR_WARM_UP and a.request.role is Role.STANDBY  # type: ignore[attr-defined]
+        a for a in calls if a.activity is act.Activity.CONNECTOR_WARM_UP and a.request.role is Role.STANDBY
     ]
     assert len(warm_ups) == 1
     assert act.Activity.CONNECTOR_ACTIVATE not in [a.activity for a in calls]  # promoted cold
@@ -880,12 +876,12 @@ def test_a_promotion_whose_connector_cannot_start_hands_the_exchange_to_the_next
     records = [
         a.request for a in run.actions if isinstance(a, act.Call) and a.activity is act.Activity.PUT_STANDBY
     ]
-    assert records and records[-1].start_error == s.start_error  # type: ignore[attr-defined]
-    assert records[-1].start_retry_at is not None  # type: ignore[attr-defined]
+    assert records and records[-1].start_error == s.start_error
+    assert records[-1].start_retry_at is not None
     errors = [
-        a.request.event.error  # type: ignore[attr-defined]
+        a.request.event.error
         for a in run.actions
-        if isinstance(a, act.Call) and a.activity is act.Activity.RECORD and a.request.event.error  # type: ignore[attr-defined]
+        if isinstance(a, act.Call) and a.activity is act.Activity.RECORD and a.request.event.error
     ]
     assert any("released the exchange for the next standby" in e for e in errors), errors
 

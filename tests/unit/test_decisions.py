@@ -24,7 +24,7 @@ from perseus.decisions import (
     vacancy_delay,
     warm_retry_delay,
 )
-from perseus.errors import InvalidTransition
+from perseus.errors import InvalidTransition, error_class
 from perseus.lifecycle import Command, Role, State, plan, projected_state
 from perseus.models import PromoteRequest, StandbyRecord
 
@@ -76,7 +76,9 @@ def test_every_step_is_reachable() -> None:
     ],
 )
 def test_lease_verdicts(error_type: str | None, verdict: LeaseVerdict) -> None:
-    assert lease_verdict(error_type) is verdict
+    """By the error's class, as a failure names it (ApplicationError.type); names outside the tree
+    are no class at all."""
+    assert lease_verdict(error_class(error_type)) is verdict
 
 
 @pytest.mark.parametrize("interval", [0.5, 1.0, 2.0, 15.0, 3600.0])
