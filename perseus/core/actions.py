@@ -37,97 +37,17 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic
 
 from pydantic import BaseModel
 
-from perseus.errors import PerseusError, error_class
+from perseus.core.activities import ACTIVITIES as ACTIVITIES
+from perseus.core.activities import Activity as Activity
+from perseus.core.activities import ActivityRef as ActivityRef
+from perseus.core.activities import Q, R
+from perseus.errors import PerseusError, StepFailed, error_class
 from perseus.lifecycle import Role, State
-from perseus.models import (
-    ClaimProbe,
-    ClaimProbeRequest,
-    ClaimRequest,
-    ClaimResult,
-    ConnectorPreflight,
-    ConnectorReport,
-    ConnectorRequest,
-    DropStandbyRequest,
-    EventRequest,
-    HostClaimRequest,
-    HostPresence,
-    Identity,
-    IdentityRequest,
-    InstanceInput,
-    LeaseOutcome,
-    LeaseRequest,
-    NotifyRequest,
-    PatchResult,
-    Recorded,
-    RecordRequest,
-    ReleaseRequest,
-    Resolved,
-    ResolveRequest,
-    StandbyLeaseRequest,
-    StandbyList,
-    StandbyOutcome,
-    StandbyQuery,
-    StandbyRecord,
-    StatusPatch,
-)
-
-Q = TypeVar("Q", bound=BaseModel)
-R = TypeVar("R")
-
-
-@dataclass(frozen=True)
-class ActivityRef(Generic[Q, R]):
-    """An activity the core runs: its registered name, and the request and result types of its
-    implementation (``workflows/calls.py`` has a stub of the same name and types;
-    ``tests/unit/test_activity_calls.py`` holds the three together). The types make a
-    :class:`Call`'s answer typed: a procedure gets its activity's result type, not ``Any``."""
-
-    value: str
-    request: type[Q]
-    result: type[R]
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class Activity:
-    """The activities the core runs, by their registered names (never rename one: they are in
-    recorded histories)."""
-
-    RESOLVE_INSTANCE = ActivityRef("resolve_instance", ResolveRequest, Resolved)
-    HOST_POLLED = ActivityRef("host_polled", IdentityRequest, HostPresence)
-    CLAIM_EXCHANGE = ActivityRef("claim_exchange", ClaimRequest, ClaimResult)
-    CLAIM_AND_HOLD = ActivityRef("claim_and_hold", HostClaimRequest, ClaimResult)
-    PROBE_CLAIM = ActivityRef("probe_claim", ClaimProbeRequest, ClaimProbe)
-    RELEASE_CLAIM = ActivityRef("release_claim", ReleaseRequest, PatchResult)
-    PATCH_STATUS = ActivityRef("patch_status", StatusPatch, PatchResult)
-    RECORD_EVENT = ActivityRef("record_event", EventRequest, str)
-    RECORD = ActivityRef("record", RecordRequest, Recorded)
-    PUT_STANDBY = ActivityRef("put_standby", StandbyRecord, type(None))
-    DROP_STANDBY = ActivityRef("drop_standby", DropStandbyRequest, type(None))
-    LIST_STANDBYS = ActivityRef("list_standbys", StandbyQuery, StandbyList)
-    NOTIFY_EVENT = ActivityRef("notify_event", NotifyRequest, str)
-    DETECT_IDENTITY = ActivityRef("detect_identity", IdentityRequest, Identity)
-    HOLD_LEASE = ActivityRef("hold_lease", LeaseRequest, LeaseOutcome)
-    HOLD_STANDBY = ActivityRef("hold_standby", StandbyLeaseRequest, StandbyOutcome)
-    CONNECTOR_PREPARE = ActivityRef("connector_prepare", ConnectorRequest, ConnectorReport)
-    CONNECTOR_WARM_UP = ActivityRef("connector_warm_up", ConnectorRequest, ConnectorReport)
-    CONNECTOR_CONNECT = ActivityRef("connector_connect", ConnectorRequest, ConnectorReport)
-    CONNECTOR_DISCONNECT = ActivityRef("connector_disconnect", ConnectorRequest, ConnectorReport)
-    CONNECTOR_CHECK = ActivityRef("connector_check", ConnectorRequest, ConnectorReport)
-    CONNECTOR_ACTIVATE = ActivityRef("connector_activate", ConnectorRequest, ConnectorReport)
-    CONNECTOR_DEACTIVATE = ActivityRef("connector_deactivate", ConnectorRequest, ConnectorReport)
-    CONNECTOR_PREFLIGHT = ActivityRef("connector_preflight", ConnectorRequest, ConnectorPreflight)
-
-
-#: Every activity the core names.
-ACTIVITIES: tuple[ActivityRef[Any, Any], ...] = tuple(
-    v for v in vars(Activity).values() if isinstance(v, ActivityRef)
-)
+from perseus.models import InstanceInput, NotifyRequest
 
 
 class Retry(StrEnum):
@@ -346,3 +266,14 @@ def ask(call: Call[Any, R]) -> Answer[R]:
     """Run one activity: its result, typed by the activity (a failure is thrown in as StepFailed)."""
     result: R = yield call
     return result
+
+
+def tolerated(step: Call[Any, R] | Answer[R], why: str) -> Answer[R | None]:
+    """Run ``step`` (one activity, or a procedure); if it fails, log ``why`` with the reason and
+    answer None: for steps whose failure the caller rides out (the TTL frees a record, the
+    connector's own deadline stops it)."""
+    try:
+        return (yield from ask(step)) if isinstance(step, Call) else (yield from step)
+    except StepFailed as err:
+        yield Log(f"{why}: {err.failure.message}", warning=True)
+        return None

@@ -1,18 +1,15 @@
-"""The instance's decisions and procedures, free of I/O: the core that ``workflows/instance.py`` runs.
+"""The instance core: its parts composed, the main loop, and what signals and updates do.
 
-:class:`InstanceCore` holds an :class:`~perseus.core.state.InstanceState` and runs the instance's
-procedures — registration, the main loop, a lease that ended, a standby's watch, promotion, a
-handoff, commands — as generators. Each yields one :mod:`action <perseus.core.actions>` at a time
-and is sent the answer; it never waits on anything else, reads no clock but the one it is given and
-imports nothing of Temporal, Redis or the operating system. So the same code runs under the
-workflow (which carries each action out as it is yielded) and under plain tests that answer the
-actions themselves, from any point of any path (``tests/unit/test_core.py``).
+:class:`InstanceCore` runs the instance's procedures as generators: each yields one
+:mod:`action <perseus.core.actions>` at a time and is sent the answer, reads no clock but the one it
+is given and imports nothing of Temporal, Redis or the operating system. So the same code runs
+under the workflow and under plain tests that answer the actions themselves (``tests/unit/``).
 
-The verdicts it acts on are the plain functions of :mod:`perseus.decisions` and
-:mod:`perseus.lifecycle`; their invariants hold here. In short: a claim is freed early only when
-Redis proves its holder stopped; a lost claim outranks everything; refusals happen before history;
-after a Redis outage the holder goes first; a warm standby acts only under a claim just taken; a
-handoff that fails midway takes the exchange back; nothing is written without the claim's fence.
+The memory is in parts, each owning a frozen slice it replaces on change (``core/state.py``): the
+claim and its lease (``leases``), the status (``status``), the standby (``standbys``), its warm
+connector (``warm``), the commands (``commands``), the registration, and here the run itself. No
+part reads another's slice; what they share is handed to them here, as functions. The loop routes
+each piece of work to the part that does it (:func:`perseus.decisions.next_step` says which).
 
 Patches: wherever the behaviour changed after runs had been recorded, the procedure asks
 (:class:`~perseus.core.actions.Patched`) at the very point the new behaviour begins, so old runs
@@ -21,405 +18,272 @@ replay the old branch (``docs/design.md`` lists each patch id).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from perseus.core.actions import (
-    Activity,
-    Call,
+    Answer,
     ContinueAsNew,
     DrainNotifications,
     Notify,
     Patched,
     Proc,
-    Retry,
-    Search,
     Undelivered,
     WaitForWork,
     WaitHandlers,
     WaitUntil,
-    ask,
 )
-from perseus.core.handoffs import HandoffProcedures
-from perseus.core.leases import LeaseProcedures
-from perseus.core.standbys import StandbyProcedures
-from perseus.core.state import Ending, Refusal, Ticket
-from perseus.decisions import (
-    InstanceFacts,
-    LoopFacts,
-    StartPath,
-    Step,
-    next_step,
-    refuse_command,
-    refuse_handoff,
-    start_path,
-)
-from perseus.errors import InvalidTransition, ServiceUnavailable, StepFailed
-from perseus.lifecycle import Command, Role, State, plan
-from perseus.models import (
-    CommandResult,
-    ConnectorReport,
-    EventKind,
-    HandoffConfirm,
-    HandoffRequest,
+from perseus.core.answers import InstanceAnswers
+from perseus.core.commands import Commands
+from perseus.core.context import Clock, Context
+from perseus.core.execute import Execution
+from perseus.core.handoffs import Handoffs
+from perseus.core.host import Host
+from perseus.core.leases import Leases
+from perseus.core.parts import Hooks, Shared
+from perseus.core.promotion import Promotion
+from perseus.core.recovery import Recovery
+from perseus.core.registration import Registration
+from perseus.core.standbys import Standbys
+from perseus.core.state import (
+    CommandState,
+    Ending,
+    HandoffState,
     Identity,
-    IdentityRequest,
-    InstanceSnapshot,
-    PromoteRequest,
-    RegistrationResult,
-    ResolveRequest,
+    LeaseState,
+    LoopState,
+    RecoveryState,
+    RegistrationState,
+    StandbyState,
+    StatusState,
+    Ticket,
+    WarmState,
+    restored,
 )
+from perseus.core.status import Status
+from perseus.core.warm import Warm
+from perseus.core.watch import Watch
+from perseus.decisions import Step
+from perseus.lifecycle import Command, Role
+from perseus.models import CommandResult, HandoffConfirm, InstanceInput, NotifyRequest, PromoteRequest
 
 
-class InstanceCore(LeaseProcedures, StandbyProcedures, HandoffProcedures):
+class InstanceCore(InstanceAnswers):
     """One exchange instance on one host (workflow id ``instance-{exchange}-{host}``), decided.
 
     ``run()`` is the run's whole procedure; it returns the run's outcome, or ends in
     :class:`~perseus.core.actions.ContinueAsNew`. The ``on_*``/``enqueue`` methods are what signals
-    and updates do to the memory; ``refuse_*`` judge a command before it is accepted.
+    and updates do to the memory; its base (:mod:`perseus.core.answers`) answers queries, validators
+    and the loop's question of what to do next.
     """
 
-    def has_result(self, ticket: Ticket) -> bool:
-        return ticket.number in self.s.results
+    def __init__(self, inp: InstanceInput, workflow_id: str, clock: Clock) -> None:
+        c = inp.carried
+        self.inp = inp
+        self.ctx = ctx = Context(inp, workflow_id, clock, restored(Identity, c))
+        self.st = LoopState(runs=c.runs + 1) if c else LoopState()
+        self.carried_notifications: list[NotifyRequest] = list(c.undelivered) if c else []
+        self.commands = Commands(CommandState())
+        #: Queue a command (an update or signal, or the core itself): ``Commands.enqueue``.
+        self.enqueue = self.commands.enqueue
+        self.host = host = Host(ctx)
+        self.status = Status(
+            ctx,
+            host,
+            restored(StatusState, c),
+            claim=lambda: self.leases.claim,
+            actor=lambda: self.commands.actor,
+            details=self.details,
+        )
+        self.leases = Leases(
+            ctx,
+            host,
+            restored(LeaseState, c),
+            record_for=self.status.record_for,
+            event=self.status.event,
+            refused=lambda refusal: self.registrar.refused(refusal),
+        )
+        self.registrar = Registration(
+            ctx,
+            host,
+            RegistrationState(),
+            leases=self.leases,
+            status=self.status,
+            become_standby=self._become_standby,
+            details=self.details,
+        )
+        role = Role.STANDBY if inp.standby else Role.ACTIVE
+        standby = restored(StandbyState, c) if c else StandbyState(role=role)
+        self.standbys = Standbys(
+            ctx,
+            replace(standby, visible=standby.standby_id is not None),
+            event=self.status.event,
+            highest_epoch=lambda: self.leases.highest_epoch,
+            state=lambda: self.status.state,
+        )
+        self.warm = Warm(
+            ctx,
+            host,
+            restored(WarmState, c),
+            role=lambda: self.standbys.role,
+            own_claim=lambda: self.standbys.own_claim,
+            claim=lambda: self.leases.claim,
+            symbols=self.status.symbols,
+            event=self.status.event,
+        )
+        shared = Shared(leases=self.leases, status=self.status, standbys=self.standbys)
+        hooks = Hooks(enqueue=self.enqueue, become_standby=self._become_standby, end=self._end)
+        self.execution = Execution(host, warm=self.warm, **shared)
+        waiting_for = lambda: self.commands.queued or self.st.host_going_down  # noqa: E731
+        self.promotion = Promotion(
+            ctx,
+            host,
+            warm=self.warm,
+            waiting_for=waiting_for,
+            enqueue=self.enqueue,
+            become_standby=self._become_standby,
+            **shared,
+        )
+        self.watch = Watch(ctx, warm=self.warm, promotion=self.promotion, end=self._end, **shared)
+        self.recovery = Recovery(ctx, host, restored(RecoveryState, c), **hooks, **shared)
+        self.handoffs = Handoffs(ctx, host, HandoffState(), warm=self.warm, **hooks, **shared)
+        for command in c.pending if c else []:
+            self.enqueue(command)
 
-    def take_result(self, ticket: Ticket) -> CommandResult:
-        return self.s.results.pop(ticket.number)
+    # --- what signals and updates do ---------------------------------------------------------------
 
     def on_promote(self, req: PromoteRequest) -> None:
         """A standby is told the exchange is (about to be) free. It may arrive after this standby
         already took the exchange on its own: then only the confirmation the sender waits for is owed."""
-        if self.s.outcome is None:
-            self.s.promotions.append(req)
+        if self.st.outcome is None:
+            self.standbys.promoted(req)
 
     def on_handoff_reply(self, reply: HandoffConfirm) -> None:
-        self.s.handoff_reply = reply
+        self.handoffs.on_reply(reply)
 
     def on_host_shutting_down(self) -> None:
-        self.s.host_going_down = True
+        self.st = replace(self.st, host_going_down=True)
 
-    def facts(self) -> InstanceFacts:
-        s = self.s
-        return InstanceFacts(
-            workflow_id=self.wf_id,
-            exchange=self.inp.exchange,
-            host=self.inp.host,
-            role=s.role,
-            state=s.state,
-            queued=[t.command for t in s.queue],
-            gone=s.outcome or s.registration_error,
-            host_going_down=s.host_going_down,
-        )
-
-    def refuse_command(self, command: Command) -> None:
-        """Raise ``InvalidTransition`` if the command must be refused (before it reaches history)."""
-        refuse_command(self.facts(), command)
-
-    def refuse_handoff(self, req: HandoffRequest) -> None:
-        refuse_handoff(self.facts(), req.to_host)
-
-    def registration_settled(self) -> bool:
-        s = self.s
-        return s.claim is not None or s.standby_visible or s.registration_error is not None
-
-    def registration(self) -> RegistrationResult | Refusal:
-        """Once settled: the registration, or why it was refused (message, error type)."""
-        s = self.s
-        if s.registration_error is not None or s.resolved is None:
-            return Refusal(
-                s.registration_error or "registration failed",
-                s.registration_error_type or "RegistrationFailed",
-            )
-        return RegistrationResult(
-            exchange=s.resolved.exchange.name,
-            exchange_id=s.resolved.exchange.id,
-            host=self.inp.host,
-            hostname=s.hostname or self.inp.host,
-            ip_address=s.ip_address,
-            # A standby holds no claim: its own id, and epoch 0.
-            instance_id=s.claim.instance_id if s.claim else s.standby_id or "",
-            epoch=s.claim.epoch if s.claim else 0,
-            state=s.state,
-            workflow_id=self.wf_id,
-            role=Role.ACTIVE if s.claim else Role.STANDBY,
-        )
-
-    def snapshot(self) -> InstanceSnapshot:
-        s = self.s
-        return InstanceSnapshot(
-            workflow_id=self.wf_id,
-            exchange=self.inp.exchange,
-            exchange_id=s.resolved.exchange.id if s.resolved else None,
-            host=self.inp.host,
-            hostname=s.hostname,
-            ip_address=s.ip_address,
-            state=s.state,
-            registered=s.claim is not None and s.outcome is None,
-            claim=s.claim,
-            symbol_count=s.symbol_count,
-            connected_at=s.connected_at,
-            last_error=s.last_error,
-            last_heartbeat_ok=s.last_heartbeat_ok,
-            pending=[t.command for t in s.queue],
-            runs=s.runs,
-            outcome=s.outcome,
-            role=s.role,
-            priority=self.inp.priority,
-        )
-
-    def next_step(self, *, lease_done: bool, history_long: bool) -> Step | None:
-        """The loop's most urgent work, given what only the workflow can see (decisions.next_step)."""
-        s = self.s
-        return next_step(
-            LoopFacts(
-                role=s.role,
-                lease_done=s.leasing and lease_done,
-                host_going_down=s.host_going_down,
-                promotions=len(s.promotions),
-                queued=len(s.queue),
-                history_long=history_long,
-            )
-        )
+    # --- the run ---------------------------------------------------------------------------------
 
     def run(self) -> Proc:
         """Register (unless carried over), then serve: the loop of DESIGN §3."""
-        s = self.s
-        if s.resolved is None:
-            s.actor = self.inp.actor
+        if self.ctx.identity.resolved is None:
+            self.commands.acting(self.inp.actor)
             try:
-                registered = yield from (self._register_standby() if self.inp.standby else self._register())
+                registered = yield from self.registrar.register(standby=self.inp.standby)
             finally:
-                s.actor = None
+                self.commands.acting(None)
             if not registered:
-                return (yield from self._finish(s.registration_error or "registration failed"))
-            if self.inp.start_immediately and s.role is Role.ACTIVE:
+                return (yield from self._finish(self.registrar.error or "registration failed"))
+            if self.inp.start_immediately and self.standbys.role is Role.ACTIVE:
                 self.enqueue(Command.START, actor=self.inp.actor)
-        for req in s.carried_notifications:
+        for req in self.carried_notifications:
             yield Notify(req)
         while True:
-            if not s.leasing:
-                yield from (self._start_lease() if s.role is Role.ACTIVE else self._start_standby_lease())
-                yield from self._maybe_warm_standby()
+            if not self.leases.leasing:
+                active = self.standbys.role is Role.ACTIVE
+                yield from (self.leases.start() if active else self.leases.watch(self.standbys.record()))
+                yield from self.warm.maybe_warm(self.standbys.standby_id)
             step = yield WaitForWork()
-            yield from self._decided(f"{step} ({s.state.value})")
+            yield from self.status.decided(f"{step} ({self.status.state.value})")
             outcome = yield from self._serve(step)
             if outcome is not None:
                 return (yield from self._finish(outcome))
 
-    def _serve(self, step: Step) -> Proc:
+    def _serve(self, step: Step) -> Answer[str | None]:
         """Do one piece of the loop's work; the run's outcome when it must end, else None."""
-        s = self.s
+        ctx, leases, standbys = self.ctx, self.leases, self.standbys
         if step is Step.LEASE_ENDED:
-            carry_on = yield from (self._after_lease() if s.role is Role.ACTIVE else self._after_watch())
-            return None if carry_on else s.outcome or str(Ending.INSTANCE_LOST)
+            active = standbys.role is Role.ACTIVE
+            carry_on = yield from (self.recovery.after_lease() if active else self.watch.after_watch())
+            return None if carry_on else self.st.outcome or str(Ending.INSTANCE_LOST)
         if step is Step.HOST_GOING_DOWN:
-            yield from self._cancel_lease()
-            if s.role is Role.ACTIVE:
+            yield from leases.cancel()
+            if standbys.role is Role.ACTIVE:
                 # Woken, a standby claims and acts at once: it may only when our connector is known
                 # stopped and the key was ours. Otherwise it finds the key gone (or expiring) on its
                 # own and waits the renew deadline out, as a vacancy that proves nothing requires.
-                released = yield from self._release()
+                released = yield from self.execution.release()
                 # Patched: runs begun before it left every standby to find the vacancy by itself.
                 if released and (yield Patched("wake-standby-on-release")):
-                    yield from self._wake_standby(
-                        f"{self.inp.exchange} on {self.inp.host} released: its worker shut down"
+                    yield from standbys.wake(
+                        f"{ctx.inp.exchange} on {ctx.inp.host} released: its worker shut down"
                     )
             else:
-                yield from self._drop_standby()
-                yield from self._stop_warm("the worker is shutting down")
-            return f"{Ending.RELEASED}: the worker on {self.inp.host} shut down"
+                yield from standbys.drop()
+                yield from self.warm.stop("the worker is shutting down")
+            return f"{Ending.RELEASED}: the worker on {ctx.inp.host} shut down"
         if step is Step.PROMOTE:
-            yield from self._cancel_lease()
-            yield from self._promote(s.promotions.pop(0))
+            yield from leases.cancel()
+            yield from self.promotion.promote(standbys.next_promotion())
             return None
         if step is Step.CONFIRM_PROMOTION:
-            yield from self._owe_confirmation(s.promotions.pop(0))
+            yield from self.promotion.owe_confirmation(standbys.next_promotion(), self.commands.confirm_start)
             return None
         if step is Step.COMMAND:
-            ticket = s.queue.pop(0)
-            s.actor = ticket.actor
+            ticket = self.commands.next()
+            self.commands.acting(ticket.actor)
             try:
                 result, outcome = yield from self._run_ticket(ticket)
             finally:
-                s.actor = None
-            if ticket.number >= 0:  # internal tickets (promotion, restart) have nobody waiting
-                s.results[ticket.number] = result
+                self.commands.acting(None)
+            self.commands.answer(ticket, result)
             return outcome
         # Step.CONTINUE_AS_NEW
-        yield from self._cancel_lease()
+        yield from leases.cancel()
         # A command accepted meanwhile has a caller waiting on this run: run it first (its handler
         # would never finish otherwise) and continue as new afterwards.
-        yield WaitUntil(lambda: bool(s.queue), or_handlers_finished=True)
-        if not s.queue:
+        yield WaitUntil(lambda: self.commands.queued, or_handlers_finished=True)
+        if not self.commands.queued:
             undelivered = yield Undelivered()
-            carried = s.carried(undelivered)
+            carried = self.carried(undelivered)
             yield ContinueAsNew(self.inp.model_copy(update={"carried": carried, "start_immediately": False}))
         return None
 
-    def _run_ticket(self, ticket: Ticket) -> Proc:
+    def _run_ticket(self, ticket: Ticket) -> Answer[tuple[CommandResult, str | None]]:
         """Run one queued command: (its result, the run's outcome if it ends the instance)."""
+        ctx, execution = self.ctx, self.execution
         if ticket.command is Command.SHUTDOWN:
-            result = yield from self._execute(ticket.command)
+            result = yield from execution.execute(ticket.command)
             if result.error is not None:
                 return result, None
             # The caller hears back only once the claim is released.
-            yield from self._cancel_lease()
-            released = yield from self._release_claim()
+            yield from self.leases.cancel()
+            released = yield from self.leases.release()
             # Our connector stopped (the walk down succeeded): the best standby may act at once.
             # Patched: runs begun before it left the standby to find a vacancy that proves nothing,
             # so it waited out our renew deadline holding the claim in idle.
             if released and (yield Patched("wake-standby-on-shutdown")):
-                yield from self._wake_standby(f"{self.inp.exchange} on {self.inp.host} shut down")
-            yield from self._drop_standby()
-            yield from self._stop_warm("shut down")
+                yield from self.standbys.wake(f"{ctx.inp.exchange} on {ctx.inp.host} shut down")
+            yield from self.standbys.drop()
+            yield from self.warm.stop("shut down")
             return result, str(Ending.SHUT_DOWN)
         if ticket.command is Command.HANDOFF:
-            result = yield from self._handoff(ticket)
-            return result, self.s.outcome
-        result = yield from self._execute(ticket.command)
+            result = yield from self.handoffs.handoff(ticket)
+            return result, self.st.outcome
+        result = yield from execution.execute(ticket.command)
         if ticket.confirm_to is not None:
-            yield from self._confirm_takeover(ticket.confirm_to, result)
+            yield from self.promotion.confirm_takeover(ticket.confirm_to, result)
         elif ticket.promoted and result.error is not None and (yield Patched("failed-promotion-moves-on")):
             # Patched: runs begun before it kept the claim in idle, running nothing, for good.
-            yield from self._after_failed_promotion(result.error)
+            yield from self.promotion.after_failed_promotion(result.error)
         return result, None
 
-    def _finish(self, outcome: str) -> Proc:
-        s = self.s
-        s.outcome = outcome
+    def _finish(self, outcome: str) -> Answer[str]:
+        self._end(outcome)
         # Give in-flight update handlers their answer before the run closes.
-        for ticket in s.queue:
-            s.results[ticket.number] = CommandResult(
-                command=ticket.command,
-                from_state=s.state,
-                state=s.state,
-                transitions=[],
-                error=f"instance ended: {outcome}",
-            )
-        s.queue.clear()
-        yield self._details()
+        self.commands.close(outcome, self.status.state)
+        yield self.details()
         yield DrainNotifications()
         yield WaitHandlers()
         return outcome
 
-    def _identify(self) -> Proc:
-        """Resolve the exchange and admin, and learn the host's identity on its own queue."""
-        s = self.s
-        try:
-            s.resolved = yield from ask(
-                Call(
-                    Activity.RESOLVE_INSTANCE,
-                    ResolveRequest(exchange=self.inp.exchange, admin_email=self.inp.admin_email),
-                    start_to_close_s=10,
-                    retry=Retry.SHARED,
-                    summary="resolve exchange and admin",
-                )
-            )
-            identity: Identity = yield from self._on_host(
-                Call(
-                    Activity.DETECT_IDENTITY,
-                    IdentityRequest(host=self.inp.host),
-                    queue=self.host_queue,
-                    schedule_to_start_s=self._host_wait(),
-                    start_to_close_s=30,
-                    retry=Retry.HOST,
-                    summary=f"identity on {self.inp.host}",
-                )
-            )
-        except StepFailed as err:
-            s.registration_error = self._explain(err)
-            # A timeout (no worker for the host, a server that never answered) is unavailability.
-            s.registration_error_type = err.failure.error_type or ServiceUnavailable.__name__
-            return False
-        s.hostname, s.ip_address = identity.hostname, identity.ip_address
-        s.registered_at = self.clock.now()
-        return True
+    def _end(self, outcome: str) -> None:
+        self.st = replace(self.st, outcome=outcome)
 
-    def _register(self) -> Proc:
-        if not (yield from self._identify()):
-            return False
-        result = yield from self._claim()
-        if result is None:
-            return False
-        yield Search(state=self.s.state)
-        yield self._details()
-        return True
-
-    def _register_standby(self) -> Proc:
-        """Become visible as a standby: no claim, a record with a TTL, a ``standby_registered`` event."""
-        s = self.s
-        if not (yield from self._identify()):
-            return False
-        try:
-            yield from self._become_standby(required=True)
-        except StepFailed as err:
-            s.registration_error = f"standby registration failed: {err.failure.message}"
-            s.registration_error_type = err.failure.error_type or ServiceUnavailable.__name__
-            return False
-        return True
-
-    def _execute(self, command: Command) -> Proc:
-        s = self.s
-        start_state = s.state
-        try:
-            path = plan(command, s.state)
-        except InvalidTransition as exc:
-            return CommandResult(
-                command=command, from_state=start_state, state=s.state, transitions=[], error=str(exc)
-            )
-        done: list[State] = []
-        try:
-            if command is Command.START:
-                activated = yield from self._start(done)
-                if activated is not None:
-                    return CommandResult(
-                        command=command,
-                        from_state=start_state,
-                        state=s.state,
-                        transitions=done,
-                        detail=activated,
-                    )
-            else:
-                for target in path:
-                    if target is State.STOPPED:
-                        yield from self._host_step(Activity.CONNECTOR_DISCONNECT)
-                    yield from self._transition(target)
-                    done.append(target)
-        except StepFailed as err:
-            reason = self._explain(err)
-            yield from self._fail(reason)
-            return CommandResult(
-                command=command,
-                from_state=start_state,
-                state=s.state,
-                transitions=done,
-                error=f"{command.value} failed: {reason}; recovered to {s.state.value}",
-            )
-        return CommandResult(command=command, from_state=start_state, state=s.state, transitions=done)
-
-    def _start(self, done: list[State]) -> Proc:
-        """idle → starting → warming → active, appending to ``done``; a warm standby's connector is
-        activated instead of started (what it says, then), a cold one is started (None)."""
-        s = self.s
-        yield from self._transition(State.STARTING)
-        done.append(State.STARTING)
-        how = start_path(warm_here=s.warm_here, warming=s.warm_task is not None)
-        if how is StartPath.WARM and (yield Patched("warm-activate")):
-            cold_because, _ = yield from self._activate_warm()
-            if cold_because is None:
-                s.connected_at = self.clock.now()
-                self._started()
-                for state in (State.WARMING, State.ACTIVE):
-                    yield from self._transition(state)
-                    done.append(state)
-                return f"warm standby activated at epoch {s.claim.epoch if s.claim else 0}"
-            yield from self._event(
-                EventKind.ERROR, error=f"warm activation failed, starting cold: {cold_because}"
-            )
-        report: ConnectorReport = yield from self._host_step(Activity.CONNECTOR_PREPARE)
-        s.symbol_count = report.symbol_count
-        yield from self._transition(State.WARMING)
-        done.append(State.WARMING)
-        yield from self._host_step(Activity.CONNECTOR_WARM_UP)
-        yield from self._host_step(Activity.CONNECTOR_CONNECT)
-        s.connected_at = self.clock.now()
-        self._started()
-        yield from self._transition(State.ACTIVE)
-        done.append(State.ACTIVE)
-        return None
+    def _become_standby(self, *, required: bool = False) -> Proc:
+        """Give up the claim (if any) and wait here as a standby (``Standbys.become``)."""
+        self.leases.drop_claim()
+        self.warm.forget_task()  # the loop warms the connector up again unless it is still warm
+        yield from self.standbys.become(required=required)
+        yield self.details()

@@ -1,16 +1,18 @@
-"""An instance's memory: everything its workflow knows, as one value.
+"""An instance's memory, in slices: each part of the core owns one, a frozen value it replaces on
+every change, and no part reads another's.
 
-:class:`InstanceState` is built from the workflow's input (a new registration, or the
-:class:`~perseus.models.CarriedState` a previous run continued as new with) and is the only thing the
-core's procedures change. Signals and updates change it too, through the core's handler methods;
-the next run is given :meth:`InstanceState.carried`.
+What continues as new is the slices' fields marked ``carried``: :func:`carried_fields` serialises
+a slice into the fields of :class:`~perseus.models.CarriedState` (same names; the wire format of
+running workflows, so it never changes shape) and :func:`restored` builds a slice back from it.
+Nothing copies the memory field by field by hand.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
+from typing import Any, TypeVar
 
 from perseus.lifecycle import Command, Role, State
 from perseus.models import (
@@ -19,11 +21,12 @@ from perseus.models import (
     CommandResult,
     HandoffConfirm,
     HandoffRequest,
-    InstanceInput,
-    NotifyRequest,
     PromoteRequest,
     Resolved,
 )
+
+#: A field that continues as new (its name is CarriedState's).
+CARRIED = {"carried": True}
 
 
 class Ending(StrEnum):
@@ -45,7 +48,7 @@ def ending_of(result: str) -> Ending | None:
     return next((e for e in Ending if result == e or result.startswith((f"{e}:", f"{e} "))), None)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Ticket:
     """A queued command. Internal ones (a restart, a promotion's start) have nobody waiting: -1."""
 
@@ -70,112 +73,132 @@ class Refusal:
     error_type: str
 
 
-@dataclass
 class WarmUp:
-    """A warm standby's warm-up running beside the main procedure."""
+    """The handle of a warm standby's warm-up running beside the main procedure (like the lease's
+    handle the workflow keeps: not memory, a way to ask whether that procedure has finished)."""
 
-    done: bool = False
+    def __init__(self) -> None:
+        self.done = False
 
 
-@dataclass
-class InstanceState:
-    # --- carried across continue-as-new ------------------------------------------------------------
-    resolved: Resolved | None = None
-    hostname: str | None = None
-    ip_address: str | None = None
-    claim: Claim | None = None
-    state: State = State.IDLE
-    symbol_count: int = 0
-    connected_at: datetime | None = None
-    registered_at: datetime | None = None
-    last_error: str | None = None
-    highest_epoch: int = 0
-    runs: int = 1
-    role: Role = Role.ACTIVE
-    standby_id: str | None = None
-    restarts: int = 0
-    #: A warm standby's connector is prepared and warmed on our host (as far as we know): a
-    #: promotion activates it instead of starting it. Consumed by the next start either way.
-    warm_here: bool = False
-    #: Promotions in a row whose connector could not start here; the last reason; and until when
-    #: this host goes behind every other standby (CarriedState has the same three).
-    start_failures: int = 0
-    start_error: str | None = None
-    start_retry_at: datetime | None = None
-    #: Notifications a previous run had not delivered; sent again when this run begins.
-    carried_notifications: list[NotifyRequest] = field(default_factory=list)
-    # --- this run only -----------------------------------------------------------------------------
-    queue: list[Ticket] = field(default_factory=list)
-    next_ticket: int = 0
-    results: dict[int, CommandResult] = field(default_factory=dict)
-    registration_error: str | None = None
-    registration_error_type: str | None = None
-    host_going_down: bool = False
-    outcome: str | None = None
-    last_heartbeat_ok: datetime | None = None
-    standby_visible: bool = False
-    #: A lease or watch activity runs (or ended and was not looked at yet).
-    leasing: bool = False
-    promotions: list[PromoteRequest] = field(default_factory=list)
-    handoff_reply: HandoffConfirm | None = None
-    warm_task: WarmUp | None = None
-    #: The actor of the command running now: every event it causes names them.
-    actor: str | None = None
+# --- the slices ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who and where the instance is; learnt once at registration (``core.registration``)."""
+
+    resolved: Resolved | None = field(default=None, metadata=CARRIED)
+    hostname: str | None = field(default=None, metadata=CARRIED)
+    ip_address: str | None = field(default=None, metadata=CARRIED)
+    registered_at: datetime | None = field(default=None, metadata=CARRIED)
+
+
+@dataclass(frozen=True)
+class StatusState:
+    """What the status key and the events say (``core.status``)."""
+
+    state: State = field(default=State.IDLE, metadata=CARRIED)
+    symbol_count: int = field(default=0, metadata=CARRIED)
+    connected_at: datetime | None = field(default=None, metadata=CARRIED)
+    last_error: str | None = field(default=None, metadata=CARRIED)
     #: The last decision of the loop, as the operator reads it (the Web UI's current details).
     last_decision: str | None = None
 
-    @classmethod
-    def begin(cls, inp: InstanceInput) -> InstanceState:
-        """The memory a run starts with: fresh, or what the previous run carried."""
-        c = inp.carried
-        if c is None:
-            return cls(role=Role.STANDBY if inp.standby else Role.ACTIVE)
-        s = cls(
-            resolved=c.resolved,
-            hostname=c.hostname,
-            ip_address=c.ip_address,
-            claim=c.claim,
-            state=c.state,
-            symbol_count=c.symbol_count,
-            connected_at=c.connected_at,
-            registered_at=c.registered_at,
-            last_error=c.last_error,
-            highest_epoch=c.highest_epoch,
-            runs=c.runs + 1,
-            role=Role(c.role),
-            standby_id=c.standby_id,
-            restarts=c.restarts,
-            warm_here=c.warm_here,
-            start_failures=c.start_failures,
-            start_error=c.start_error,
-            start_retry_at=c.start_retry_at,
-            carried_notifications=list(c.undelivered),
-        )
-        s.standby_visible = s.standby_id is not None
-        return s
 
-    def carried(self, undelivered: list[NotifyRequest]) -> CarriedState:
-        """What the next run is given (commands still queued run there)."""
-        assert self.resolved and self.hostname and self.registered_at
-        return CarriedState(
-            resolved=self.resolved,
-            hostname=self.hostname,
-            ip_address=self.ip_address,
-            claim=self.claim,
-            state=self.state,
-            symbol_count=self.symbol_count,
-            connected_at=self.connected_at,
-            registered_at=self.registered_at,
-            last_error=self.last_error,
-            pending=[t.command for t in self.queue],
-            undelivered=undelivered,
-            role=self.role,
-            standby_id=self.standby_id,
-            restarts=self.restarts,
-            highest_epoch=self.highest_epoch,
-            runs=self.runs,
-            warm_here=self.warm_here,
-            start_failures=self.start_failures,
-            start_error=self.start_error,
-            start_retry_at=self.start_retry_at,
-        )
+@dataclass(frozen=True)
+class LeaseState:
+    """The claim and the activity that renews it (``core.leases``)."""
+
+    claim: Claim | None = field(default=None, metadata=CARRIED)
+    highest_epoch: int = field(default=0, metadata=CARRIED)
+    #: A lease or watch activity runs (or ended and was not looked at yet).
+    leasing: bool = False
+    last_heartbeat_ok: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RecoveryState:
+    """Restarts of a connector that failed while active (``core.recovery``)."""
+
+    restarts: int = field(default=0, metadata=CARRIED)
+
+
+@dataclass(frozen=True)
+class StandbyState:
+    """The instance as a standby (``core.standbys``)."""
+
+    role: Role = field(default=Role.ACTIVE, metadata=CARRIED)
+    standby_id: str | None = field(default=None, metadata=CARRIED)
+    #: Promotions in a row whose connector could not start here; the last reason; and until when
+    #: this host goes behind every other standby.
+    start_failures: int = field(default=0, metadata=CARRIED)
+    start_error: str | None = field(default=None, metadata=CARRIED)
+    start_retry_at: datetime | None = field(default=None, metadata=CARRIED)
+    visible: bool = False
+    promotions: tuple[PromoteRequest, ...] = ()
+
+
+@dataclass(frozen=True)
+class WarmState:
+    """A warm standby's connector on our host (``core.warm``)."""
+
+    #: Prepared and warmed (as far as we know): a promotion activates it instead of starting it.
+    #: Consumed by the next start either way.
+    warm_here: bool = field(default=False, metadata=CARRIED)
+    task: WarmUp | None = None
+
+
+@dataclass(frozen=True)
+class HandoffState:
+    """The target's answer to our handoff (``core.handoffs``)."""
+
+    reply: HandoffConfirm | None = None
+
+
+@dataclass(frozen=True)
+class CommandState:
+    """Commands queued and answered (``core.commands``)."""
+
+    queue: tuple[Ticket, ...] = ()
+    next_ticket: int = 0
+    results: dict[int, CommandResult] = field(default_factory=dict)
+    #: The actor of the command running now: every event it causes names them.
+    actor: str | None = None
+
+
+@dataclass(frozen=True)
+class RegistrationState:
+    """Why registration failed, if it did (``core.registration``)."""
+
+    error: str | None = None
+    error_type: str | None = None
+
+
+@dataclass(frozen=True)
+class LoopState:
+    """The run as a whole (``core.loop``)."""
+
+    runs: int = 1
+    host_going_down: bool = False
+    outcome: str | None = None
+
+
+# --- continue-as-new -------------------------------------------------------------------------------
+
+S = TypeVar("S")
+
+
+def _carried(cls: type[Any]) -> list[Field[Any]]:
+    return [f for f in fields(cls) if f.metadata.get("carried")]
+
+
+def carried_fields(*slices: object) -> dict[str, Any]:
+    """The carried fields of ``slices``, by CarriedState's names."""
+    return {f.name: getattr(s, f.name) for s in slices for f in _carried(type(s))}
+
+
+def restored(cls: type[S], carried: CarriedState | None, **this_run: Any) -> S:
+    """A slice as a previous run carried it (fresh when nothing was carried)."""
+    values = {f.name: getattr(carried, f.name) for f in _carried(cls)} if carried else {}
+    return cls(**values, **this_run)

@@ -38,7 +38,7 @@ def test_the_registrar_and_each_command_name_the_events_they_cause() -> None:
     ]
     assert {e.actor for e in started} == {"fleet:api:deploy"}
 
-    assert core.s.actor is None  # what the instance does by itself afterwards names nobody
+    assert core.commands.actor is None  # what the instance does by itself afterwards names nobody
 
 
 def test_a_queued_command_names_its_own_actor_not_the_registrars() -> None:

@@ -236,8 +236,8 @@ class World:
 
     def lost(self, core: InstanceCore) -> bool:
         """Whether the core's lease would find its claim gone (the keeper reports it)."""
-        claim = core.s.claim
-        return core.s.leasing and claim is not None and self.holder != claim.instance_id
+        claim = core.view().claim
+        return core.view().leasing and claim is not None and self.holder != claim.instance_id
 
     def next_work(self, core: InstanceCore) -> Step | None:
         while True:
@@ -371,8 +371,8 @@ def drive(core: InstanceCore, world: World, clock: Clock, *, replay: list[Any] |
             proc, answer = procs.pop(), None  # a warm-up ran to its end: back to the main procedure
             continue
         actions.append(action)
-        if isinstance(action, act.WaitForWork) and core.s.resolved and core.s.hostname:
-            carried = core.inp.model_copy(update={"carried": core.s.carried([])})
+        if isinstance(action, act.WaitForWork) and core.view().resolved and core.view().hostname:
+            carried = core.inp.model_copy(update={"carried": core.carried([])})
             waits.append(
                 (
                     len(actions),
@@ -617,7 +617,7 @@ def play(
 
 
 def check_invariants(run: Run) -> None:
-    world, s = run.world, run.core.s
+    world, s = run.world, run.core.view()
     assert not world.violations, world.violations
     # Every command a caller sent has its answer (or travels on with a run that continued as new).
     for ticket in world.tickets:
@@ -638,7 +638,7 @@ def test_a_clean_run_ends_as_the_scenario_says(sc: Scenario, patched: bool) -> N
     run = play(sc, patched=patched)
     check_invariants(run)
     state, role, holding, outcome = sc.ends
-    s = run.core.s
+    s = run.core.view()
     if run.continued is not None:
         assert sc.name == "history-long"
         carried = run.continued.carried
@@ -699,7 +699,7 @@ def test_continued_as_new_at_any_wait_it_ends_where_it_would_have(sc: Scenario) 
         if whole.continued is not None:
             assert after.continued is not None, at
             continue
-        s, w = after.core.s, whole.core.s
+        s, w = after.core.view(), whole.core.view()
         assert (s.state, s.role, s.outcome is None) == (w.state, w.role, w.outcome is None), at
         assert (s.claim is not None and world.holder == s.claim.instance_id) == (
             w.claim is not None and whole.world.holder == w.claim.instance_id
@@ -780,10 +780,10 @@ def test_a_graceful_release_whose_connector_did_not_stop_wakes_nobody() -> None:
 def test_a_handoff_to_a_target_that_is_not_ready_is_refused_before_anything_stops(name: str) -> None:
     sc = next(x for x in SCENARIOS if x.name == name)
     run = play(sc)
-    handoff = run.core.s.results[run.world.tickets[-1].number]
+    handoff = run.core.view().results[run.world.tickets[-1].number]
     reason = dict(sc.knobs).get("target_warm_error") or dict(sc.knobs)["cannot_start"]
     assert handoff.error is not None and reason in handoff.error and "nothing changed" in handoff.error
-    assert handoff.transitions == [] and run.core.s.state is State.ACTIVE
+    assert handoff.transitions == [] and run.core.view().state is State.ACTIVE
     # Nothing was stopped, released or signalled: the connector and the claim stayed as they were.
     after = run.actions[
         next(
@@ -795,7 +795,7 @@ def test_a_handoff_to_a_target_that_is_not_ready_is_refused_before_anything_stop
     calls = [a.activity for a in after if isinstance(a, act.Call)]
     assert act.Activity.CONNECTOR_DISCONNECT not in calls and act.Activity.RELEASE_CLAIM not in calls
     assert not any(isinstance(a, act.Signal) for a in after)
-    assert run.world.holder == run.core.s.claim.instance_id  # type: ignore[union-attr]
+    assert run.world.holder == run.core.view().claim.instance_id  # type: ignore[union-attr]
     recorded = [a.request for a in after if isinstance(a, act.Call) and isinstance(a.request, RecordRequest)]
     assert any(
         (r.event.detail or "").startswith("aborted: ") and reason in (r.event.detail or "") for r in recorded
@@ -861,7 +861,7 @@ def test_a_promotion_whose_connector_cannot_start_hands_the_exchange_to_the_next
     at = _first_prepare(play(PROMOTED_COLD))
     run = play(PROMOTED_COLD, fail_at=at, failure=CANNOT_START)
     check_invariants(run)
-    s = run.core.s
+    s = run.core.view()
     assert (s.role, s.state, s.claim) == (Role.STANDBY, State.IDLE, None)
     assert run.world.holder is None  # released
     calls = [a for a in run.actions if isinstance(a, act.Call | act.Signal)]
@@ -898,8 +898,10 @@ def test_alone_a_promotion_whose_connector_cannot_start_tries_again_after_a_back
         a for a in run.actions if isinstance(a, act.Call) and a.activity is act.Activity.CONNECTOR_PREPARE
     ]
     assert len(prepares) == 2
-    assert (run.core.s.role, run.core.s.state) == (Role.ACTIVE, State.ACTIVE)
-    assert run.core.s.start_failures == 0 and run.core.s.start_retry_at is None  # forgotten once it ran
+    assert (run.core.view().role, run.core.view().state) == (Role.ACTIVE, State.ACTIVE)
+    assert (
+        run.core.view().start_failures == 0 and run.core.view().start_retry_at is None
+    )  # forgotten once it ran
     assert not _promotions(run)
 
 
@@ -910,8 +912,8 @@ def test_before_the_patch_a_failed_promotion_keeps_the_claim() -> None:
         [Promote()], fail_at=at, failure=CANNOT_START, unpatched=frozenset({"failed-promotion-moves-on"})
     )
     run = drive(core, world, clock)
-    assert (run.core.s.role, run.core.s.state) == (Role.ACTIVE, State.IDLE)
-    assert run.world.holder == run.core.s.claim.instance_id  # type: ignore[union-attr]
+    assert (run.core.view().role, run.core.view().state) == (Role.ACTIVE, State.IDLE)
+    assert run.world.holder == run.core.view().claim.instance_id  # type: ignore[union-attr]
 
 
 def test_a_shutdown_of_the_active_instance_wakes_the_best_standby_after_releasing() -> None:
@@ -947,7 +949,7 @@ def test_a_standby_waiting_out_a_vanished_keys_deadline_acts_once_its_holder_say
     check_invariants(run)
     waits = [a for a in run.actions if isinstance(a, act.WaitUntil) and a.timeout_s]
     assert len(waits) == 1 and waits[0].timeout_s == pytest.approx(2.1 * 15)
-    assert (run.core.s.role, run.core.s.state) == (Role.ACTIVE, State.ACTIVE)
+    assert (run.core.view().role, run.core.view().state) == (Role.ACTIVE, State.ACTIVE)
     assert clock.now() - started < timedelta(seconds=30)  # it did not wait the 31.5 s out
     # Without the patch it sleeps the whole deadline, whatever it hears.
     core, clock = new_core(standby=True)
@@ -985,7 +987,7 @@ def test_a_standby_woken_during_its_head_start_races_at_once() -> None:
     check_invariants(run)
     (head_start,) = [a for a in run.actions if isinstance(a, act.WaitUntil) and a.summary == "head start"]
     assert head_start.timeout_s == pytest.approx(3.75)  # a quarter of the 15 s interval
-    assert (run.core.s.role, run.core.s.state) == (Role.ACTIVE, State.ACTIVE)
+    assert (run.core.view().role, run.core.view().state) == (Role.ACTIVE, State.ACTIVE)
     assert clock.now() - started < timedelta(seconds=3)  # it did not sleep the head start out
     core, clock = new_core(standby=True)
     unpatched = frozenset({"woken-ends-head-start"})
@@ -1001,9 +1003,9 @@ def test_while_paused_a_vacancy_promotes_nobody_and_a_failing_holder_restarts_in
         if isinstance(a, act.Call) and isinstance(a.request, HostClaimRequest)
     ]
     assert claims and all(c.automatic for c in claims)  # a self-promotion: the pause refuses it
-    assert vacancy.world.holder is None and vacancy.core.s.role is Role.STANDBY
+    assert vacancy.world.holder is None and vacancy.core.view().role is Role.STANDBY
     failing = next(x for x in SCENARIOS if x.name == "unhealthy-while-paused-restarts-in-place")
     held = play(failing)
-    assert not _promotions(held) and held.core.s.claim is not None
-    assert held.world.holder == held.core.s.claim.instance_id  # never let go
+    assert not _promotions(held) and held.core.view().claim is not None
+    assert held.world.holder == held.core.view().claim.instance_id  # type: ignore[union-attr]  # never let go
     assert _promotions(play(failing, patched=False))  # runs begun before the patch step aside

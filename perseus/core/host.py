@@ -1,0 +1,134 @@
+"""The instance's host: a connector step on its own task queue, asked again while the host's worker
+is busy rather than missing; whether the worker polls; what a step's failure means to an operator.
+Holds no memory: the claim a step runs under is passed in.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from perseus.core.actions import (
+    Activity,
+    ActivityRef,
+    Answer,
+    Call,
+    Log,
+    Patched,
+    Retry,
+    ask,
+    tolerated,
+)
+from perseus.core.context import Context
+from perseus.decisions import lease_heartbeat_timeout_s
+from perseus.errors import StepFailed
+from perseus.lifecycle import Role
+from perseus.models import Claim, ConnectorReport, ConnectorRequest, HostPresence, IdentityRequest
+
+R = TypeVar("R")
+
+#: Connector steps heartbeat every second; silence this long means their host stopped.
+CONNECTOR_HEARTBEAT_TIMEOUT_S = 5.0
+#: How long a host step is asked again while the host's worker polls but does not pick it up.
+HOST_BUSY_LIMIT_S = 120.0
+
+
+class Host:
+    """Steps on the instance's own host."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def explain(self, err: StepFailed) -> str:
+        ctx = self.ctx
+        if err.failure.not_picked_up:
+            return (
+                f"no worker is serving host {ctx.inp.host!r} (task queue {ctx.host_queue}); "
+                f"start one with: perseus worker --host {ctx.inp.host}"
+            )
+        return err.failure.message
+
+    def on_host(self, call: Call[Any, R]) -> Answer[R]:
+        """Run a step on a host queue. One not picked up in time is tried again while the host's
+        worker is seen polling its queue — busy, not missing — for at most ``HOST_BUSY_LIMIT_S``;
+        with nobody polling, the failure stands (the caller reports it)."""
+        ctx = self.ctx
+        # Patched: runs begun before it failed a step at its first schedule-to-start timeout.
+        patient = yield Patched("wait-for-busy-host")
+        since = ctx.clock.now()
+        while True:
+            try:
+                return (yield from ask(call))
+            except StepFailed as err:
+                late = ctx.clock.now() - since > timedelta(seconds=HOST_BUSY_LIMIT_S)
+                if not patient or late or not err.failure.not_picked_up or not (yield from self._polled()):
+                    raise
+            yield Log(f"{ctx.wf_id}: the worker on {ctx.inp.host} is busy; asking it again")
+
+    def _polled(self) -> Answer[bool]:
+        presence: HostPresence | None = yield from tolerated(
+            Call(
+                Activity.HOST_POLLED,
+                IdentityRequest(host=self.ctx.inp.host),
+                start_to_close_s=10,
+                retry=Retry.SHARED,
+                summary=f"is {self.ctx.inp.host} polled?",
+            ),
+            "host presence unknown",
+        )
+        return presence is not None and presence.polled
+
+    def step(
+        self,
+        activity: ActivityRef[ConnectorRequest, R],
+        claim: Claim | None,
+        timeout_s: float = 120,
+        *,
+        standby: bool = False,
+        retry: Retry = Retry.HOST,
+        warm_attempt: int | None = None,
+    ) -> Answer[R]:
+        """One connector step on our host, under ``claim``. ``standby``: for a warm standby's
+        connector, whose claim is its own standby id at epoch 0 (it holds none); ``warm_attempt``:
+        which try of its warm-up this is (the host shows when the next one comes if it fails)."""
+        ctx = self.ctx
+        request = ConnectorRequest(
+            workflow_id=ctx.wf_id,
+            exchange_id=ctx.resolved.exchange.id,
+            exchange_name=ctx.resolved.exchange.name,
+            spec=ctx.inp.connector,
+            claim=claim,
+            heartbeat_interval_s=ctx.inp.heartbeat_interval_s,
+            role=Role.STANDBY if standby else Role.ACTIVE,
+            warm_attempt=warm_attempt,
+        )
+        return (
+            yield from self.on_host(
+                Call(
+                    activity,
+                    request,
+                    queue=ctx.host_queue,
+                    schedule_to_start_s=ctx.host_wait(),
+                    start_to_close_s=timeout_s,
+                    # Steps heartbeat every second: a host that stops mid-step is seen within seconds.
+                    heartbeat_timeout_s=CONNECTOR_HEARTBEAT_TIMEOUT_S,
+                    retry=retry,
+                    summary=f"{activity.value} on {ctx.inp.host}" + (" (warm standby)" if standby else ""),
+                )
+            )
+        )
+
+    def alive(self, claim: Claim | None) -> Answer[bool]:
+        try:
+            report: ConnectorReport = yield from self.step(Activity.CONNECTOR_CHECK, claim, timeout_s=10)
+        except StepFailed:
+            return False
+        return report.running
+
+    def heartbeat_timeout(self) -> float:
+        # decisions.lease_heartbeat_timeout_s: 1.25 heartbeat periods, the period never under 5 s,
+        # so the server's cost does not grow as the interval shrinks. Safety does not rest on it:
+        # the claim is freed only once Redis shows it unrenewed past the renew deadline (the probe
+        # in recovery.reattach), and a standby claims over from Redis alone. A longer timeout only
+        # makes the workflow hear of a dead host later (docs/design.md gives the bound).
+        return lease_heartbeat_timeout_s(self.ctx.inp.heartbeat_interval_s)

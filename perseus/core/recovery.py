@@ -1,0 +1,273 @@
+"""What an active instance does when its lease ends: re-attach, reclaim, restart, step aside, or lost.
+
+Invariant 1 of :mod:`perseus.decisions` rules here: a heartbeat timeout proves nothing about Redis, so
+a silent host is re-attached while Redis shows its claim renewed, and its claim is freed only once
+Redis proves it unrenewed past the renew deadline (its connector stopped by then).
+
+Owns :class:`~perseus.core.state.RecoveryState` (the connector's restarts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from perseus.core.actions import Answer, CountRestart, Log, Patched, Proc, Retry, Sleep, WaitLease
+from perseus.core.context import Context
+from perseus.core.host import Host
+from perseus.core.leases import Leases
+from perseus.core.pause import steps_aside
+from perseus.core.standbys import Standbys
+from perseus.core.state import Ending, RecoveryState
+from perseus.core.status import Status
+from perseus.decisions import (
+    LOSS_TYPES,
+    HostVerdict,
+    LeaseVerdict,
+    judge_claim,
+    lease_verdict,
+    restart_delay,
+    stale_in,
+)
+from perseus.errors import StepFailed
+from perseus.lifecycle import Command, State
+from perseus.models import ClaimProbe, EventKind, LeaseOutcome
+
+RUNNING_STATES = (State.STARTING, State.WARMING, State.ACTIVE)
+#: How long a restarted worker has to pick the lease up again, in intervals.
+PICKUP_FACTOR = 1.0
+
+
+class Recovery:
+    """A lease that ended, judged and acted on."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        host: Host,
+        st: RecoveryState,
+        *,
+        leases: Leases,
+        status: Status,
+        standbys: Standbys,
+        enqueue: Callable[..., object],
+        become_standby: Callable[[], Proc],
+        end: Callable[[str], None],
+    ) -> None:
+        self.ctx, self.host, self.st = ctx, host, st
+        self.leases, self.status, self.standbys = leases, status, standbys
+        self._enqueue, self._become_standby, self._end = enqueue, become_standby, end
+
+    def _restart_first(self) -> None:
+        self._enqueue(Command.START, first=True, internal=True)
+
+    def after_lease(self) -> Answer[bool]:
+        """Decide what a finished lease means; False when the run must end."""
+        try:
+            outcome: LeaseOutcome = yield from self.leases.take()
+        except StepFailed as err:
+            return (yield from self._lease_failed(err))
+        self.leases.renewed(outcome.last_renewed)
+        return True  # the term ran out normally: the loop issues the next one
+
+    def _lease_failed(self, err: StepFailed) -> Answer[bool]:
+        """Act on a lease that ended with an error; False when the run must end."""
+        reason = err.failure.message
+        stopped_at = err.failure.stopped_at
+        verdict = lease_verdict(err.failure.kind)
+        yield from self.status.decided(f"lease ended ({verdict}): {reason}")
+        if verdict is LeaseVerdict.CONNECTOR_FAILED:
+            yield from self._connector_failed(reason)
+            return True
+        if verdict is LeaseVerdict.RESTART_UNHEALTHY:
+            yield from self._connector_failed(reason, policy="on-failure")
+            return True
+        if verdict is LeaseVerdict.STEP_ASIDE:
+            yield from self._step_aside(reason)
+            return True
+        if verdict is LeaseVerdict.RECLAIM and (yield from self._reclaim(reason, stopped_at)):
+            return True
+        if verdict is LeaseVerdict.REATTACH:
+            patched = yield Patched("reattach-by-claim-probe")
+            answer = yield from (self._reattach(reason) if patched else self._reattach_v1(reason))
+            if answer is None:
+                return True
+            if isinstance(answer, StepFailed):
+                return (yield from self._lease_failed(answer))
+            reason = answer
+        yield from self._instance_lost(reason, stopped_at)
+        return False
+
+    def _reattach_v1(self, reason: str) -> Answer[str | None]:
+        """Before the keeper: a host whose lease was not picked up again within the pickup window
+        was lost. Kept so that runs begun before ``reattach-by-claim-probe`` replay as they ran."""
+        ctx = self.ctx
+        pickup = ctx.inp.heartbeat_interval_s * PICKUP_FACTOR
+        yield from self.leases.start(schedule_to_start_s=pickup)
+        ended = yield WaitLease(pickup + max(ctx.inp.heartbeat_interval_s, 3.0))
+        if not ended:
+            if self.status.state in RUNNING_STATES and not (yield from self.host.alive(self.leases.claim)):
+                yield from self.status.fail(
+                    f"connector not running after the worker on {ctx.inp.host} restarted"
+                )
+            return None
+        try:
+            yield from self.leases.take()
+            return None
+        except StepFailed as again:
+            if again.failure.kind in LOSS_TYPES:
+                return again.failure.message
+            return f"host {ctx.inp.host} stopped heartbeating ({reason}) and did not come back"
+
+    def _reattach(self, reason: str) -> Answer[str | StepFailed | None]:
+        """The lease stopped heartbeating to Temporal, which proves nothing about Redis: re-attach.
+
+        The host's keeper renews on its own, so a host that only lost Temporal (an outage, a
+        partition, a worker restart) is picked up again by a fresh lease within the pickup window:
+        no transition, no new epoch (None). Meanwhile Redis is asked at once, and again when the
+        claim would pass its renew deadline: unrenewed past it (its connector is stopped by now: its
+        keeper or watchdog saw to it) → lost (the reason, a str); still renewed → keep waiting.
+        A lease that fails with a typed error is handed back for the caller to judge (StepFailed).
+        """
+        ctx, leases = self.ctx, self.leases
+        interval = ctx.inp.heartbeat_interval_s
+        pickup = interval * PICKUP_FACTOR
+        # Patched: runs begun before it waited out the whole pickup window before asking Redis,
+        # which made a crash at long intervals wait longer than the TTL.
+        at_once = yield Patched("probe-claim-at-once")
+        while True:
+            yield from leases.start(schedule_to_start_s=pickup)
+            # Longer than the pickup window (timers fire late under load): a lease still running by
+            # then was picked up by a worker, not refused for want of one.
+            picked_up_at = ctx.clock.now() + timedelta(seconds=pickup + max(interval, 3.0))
+            while True:
+                wake_at = picked_up_at
+                if at_once:
+                    probe = yield from leases.probe()
+                    if probe is not None:
+                        lost = yield from self._lost_by(probe, reason)
+                        if lost is not None:
+                            yield from leases.cancel()
+                            return lost
+                        stale = stale_in(probe.renewed_ms_ago or 0, interval)
+                        wake_at = min(picked_up_at, ctx.clock.now() + timedelta(seconds=stale + 0.05))
+                wait = max(wake_at - ctx.clock.now(), timedelta(milliseconds=50))
+                if not (yield WaitLease(wait.total_seconds())):
+                    if wake_at < picked_up_at:
+                        continue  # the moment the claim would go stale: ask Redis again
+                    yield Log(f"{ctx.wf_id}: re-attached to the renewals on {ctx.inp.host}")
+                    if self.status.state in RUNNING_STATES and not (yield from self.host.alive(leases.claim)):
+                        # The claim is still ours (its renewals run) but the connector is gone (a new
+                        # worker process, or it was stopped meanwhile): record it and bring it back.
+                        yield from self.status.fail(
+                            f"connector not running on {ctx.inp.host} after re-attaching"
+                        )
+                        self._restart_first()
+                    return None
+                break
+            try:
+                yield from leases.take()
+                return None
+            except StepFailed as again:
+                if again.failure.error_type is not None:
+                    return again
+            if at_once:
+                continue  # no worker took it (or it went silent again): ask Redis at once, re-issue
+            probe = yield from leases.probe()
+            if probe is None:
+                continue  # Redis does not answer here either: no evidence either way
+            lost = yield from self._lost_by(probe, reason)
+            if lost is not None:
+                return lost
+
+    def _lost_by(self, probe: ClaimProbe, reason: str) -> Answer[str | None]:
+        """Why the claim is lost, if Redis proves it (the reason), or None: its host still renews."""
+        ctx = self.ctx
+        if not probe.held_by_us:
+            return (
+                f"host {ctx.inp.host} stopped heartbeating ({reason}) and its claim is gone "
+                f"({'held by ' + probe.holder if probe.holder else 'the key expired'})"
+            )
+        host = judge_claim(probe.held_by_us, probe.renewed_ms_ago, ctx.inp.heartbeat_interval_s)
+        age = f"{probe.renewed_ms_ago / 1000:.1f}s ago" if probe.renewed_ms_ago is not None else "never"
+        if host is HostVerdict.STOPPED:
+            return f"host {ctx.inp.host} stopped heartbeating ({reason}) and renewing its claim ({age})"
+        yield Log(
+            f"{ctx.wf_id}: no worker on {ctx.inp.host} answers Temporal, but Redis shows the claim "
+            f"renewed {age} ({host}): waiting"
+        )
+        return None
+
+    def _connector_failed(self, reason: str, policy: str | None = None) -> Proc:
+        """The connector died (or failed its health checks) while running; the claim is still ours.
+        Record, recover, and restart if the spec (or ``policy``) says so."""
+        ctx = self.ctx
+        yield from self.status.fail(reason)
+        spec = ctx.inp.connector
+        delay = restart_delay(
+            policy or spec.restart, self.st.restarts, spec.max_restarts, spec.restart_backoff_s
+        )
+        if delay is not None:
+            # Counted in the worker's Temporal metrics (its /metrics): restarts write no event.
+            yield CountRestart(ctx.inp.exchange)
+            self.st = replace(self.st, restarts=self.st.restarts + 1)
+            yield from self.leases.start()  # keep renewing while we back off
+            yield Sleep(delay, summary=f"restart {self.st.restarts} backoff")
+            self._restart_first()
+
+    def _step_aside(self, reason: str) -> Proc:
+        """An unhealthy connector whose policy is failover: record it, let go of the exchange and wake
+        the best standby, then wait as a standby here. With no live standby, or while the exchange is
+        paused (no standby may take it over), restart in place."""
+        ctx = self.ctx
+        yield from self.status.fail(reason)
+        standbys, paused = yield from self.standbys.others_and_pause()
+        # Patched, and asked only when it matters: a run recorded by a worker from before pauses
+        # stepped aside whatever the list said, and must replay so.
+        held = paused and bool(standbys) and (yield Patched("paused-restarts-in-place"))
+        if not steps_aside(standbys=bool(standbys), paused=held):
+            why = "the exchange is paused" if standbys else "no live standby to take over"
+            yield Log(f"{ctx.wf_id}: {why}; restarting in place")
+            self._restart_first()
+            return
+        yield from self.leases.cancel()
+        yield from self.leases.release()
+        yield from self.standbys.wake(f"{ctx.inp.exchange} on {ctx.inp.host} unhealthy: {reason}")
+        yield from self._become_standby()
+
+    def _reclaim(self, reason: str, stopped_at: datetime | None = None) -> Answer[bool]:
+        """Our key vanished (expired while paused, or Redis lost its data) and nobody else took it:
+        take the exchange again above every epoch we know, then bring the connector back."""
+        leases, status = self.leases, self.status
+        was_running = status.state in RUNNING_STATES
+        # If Redis only stalled, our old key may still be there: free it (fenced) and claim afresh,
+        # so the connector restarts under a new epoch rather than the one it stopped under.
+        yield from leases.release()
+        lost_claim = leases.drop_claim()
+        # Retried until Redis answers: after an outage the holder must get its exchange back first.
+        if (yield from leases.take_claim(quiet=True, retry=Retry.DURABLE)) is None:
+            leases.keep_claim(lost_claim)
+            return False
+        # Renew the fresh claim at once: the walk below can outlast a short TTL.
+        yield from leases.start()
+        yield from status.event(
+            EventKind.ERROR, error=f"{reason}; reclaimed at epoch {leases.highest_epoch}", state=status.state
+        )
+        yield from status.walk_down(stopped_at)
+        if was_running:
+            self._restart_first()
+        return True
+
+    def _instance_lost(self, reason: str, stopped_at: datetime | None = None) -> Proc:
+        """The claim is gone or the host is: record it, walk the state down, free the key if still
+        ours, and wake the best standby so it need not wait for the TTL."""
+        ctx = self.ctx
+        self.status.errored(reason)
+        yield from self.status.event(EventKind.INSTANCE_LOST, detail=reason)
+        yield from self.status.walk_down(stopped_at)
+        yield from self.leases.release()
+        # Patched: runs that lost their instance before standbys existed did not look for one.
+        if (yield Patched("wake-standby-on-loss")):
+            yield from self.standbys.wake(f"{ctx.inp.exchange} on {ctx.inp.host} lost: {reason}")
+        self._end(f"{Ending.INSTANCE_LOST}: {reason}")

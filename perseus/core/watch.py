@@ -1,0 +1,111 @@
+"""A standby's watch that ended: the exchange fell vacant (the TTL fallback), the record vanished, the
+term ran out, or this standby's host stopped heartbeating to Temporal. A vacancy is raced for after
+the head starts of invariant 4 (:mod:`perseus.decisions`); the race is a promotion.
+
+Holds no memory of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from perseus.core.actions import Answer, Patched, Sleep, WaitUntil
+from perseus.core.context import Context
+from perseus.core.leases import Leases
+from perseus.core.promotion import Promotion
+from perseus.core.standbys import Standbys
+from perseus.core.state import Ending
+from perseus.core.status import Status
+from perseus.core.warm import Warm
+from perseus.decisions import act_after_vacancy_s, standbys_ahead, vacancy_delay
+from perseus.errors import StandbyGone, StepFailed
+from perseus.models import EventKind, PromoteRequest, StandbyOutcome
+
+
+class Watch:
+    """What a standby does when its watch ends."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        leases: Leases,
+        status: Status,
+        standbys: Standbys,
+        warm: Warm,
+        promotion: Promotion,
+        end: Callable[[str], None],
+    ) -> None:
+        self.ctx, self.leases, self.status, self.standbys, self.warm = ctx, leases, status, standbys, warm
+        self.promotion, self._end = promotion, end
+
+    def after_watch(self) -> Answer[bool]:
+        """A standby's watch ended: the exchange fell vacant (TTL fallback), the term ran out, the
+        record vanished, or this standby's host stopped heartbeating to Temporal. False: the run ends."""
+        ctx, standbys = self.ctx, self.standbys
+        try:
+            outcome: StandbyOutcome = yield from self.leases.take()
+        except StepFailed as err:
+            if err.failure.kind is StandbyGone and (yield Patched("standby-reattach")):
+                # Redis lost the record (an outage longer than its TTL): make it visible again.
+                yield from standbys.put()
+                return True
+            if (
+                err.failure.error_type is None
+                and (yield Patched("standby-reattach"))
+                and (yield from standbys.live())
+            ):
+                # Its host still renews the record: it only lost Temporal. Watch again.
+                return True
+            yield from standbys.drop()
+            why = f"host {ctx.inp.host} stopped heartbeating ({err.failure.message})"
+            self._end(f"{Ending.STANDBY_LOST}: {why}")
+            return False
+        if outcome.warm_lost:
+            # The warm connector stopped while it waited (the host saw it go): the loop warms it up
+            # again, and a promotion before that starts cold instead of failing to activate it.
+            self.warm.lost()
+            yield from self.status.event(
+                EventKind.ERROR,
+                claim=standbys.own_claim,
+                error=f"warm standby on {ctx.inp.host}: its connector stopped while waiting; "
+                "warming it up again",
+            )
+        if outcome.vacant:
+            # Nobody told us (the holder's workflow would have): the key expired. Higher priorities go
+            # first; the rest give them a head start, then race — the claim script admits one. Right
+            # after a Redis outage the holder itself goes first: a healthy holder whose key lapsed
+            # while Redis was away must not be replaced by a race.
+            others = yield from standbys.others()
+            now = ctx.clock.now()
+            ahead = standbys_ahead(
+                ctx.inp.priority, backing_off_here=standbys.backing_off(now), others=others, now=now
+            )
+            wait = vacancy_delay(ahead, ctx.inp.heartbeat_interval_s, after_outage=outcome.after_outage)
+            if wait:
+                # Patched: runs begun before it slept the head start out even when woken meanwhile —
+                # the standby that went first and could not start its connector woke us, and we
+                # still waited (3.75 s at 15 s).
+                if (yield Patched("woken-ends-head-start")):
+                    yield WaitUntil(lambda: bool(standbys.promotions), timeout_s=wait, summary="head start")
+                else:
+                    yield Sleep(wait)
+            # Patched: runs begun before it acted right after the claim (see act_after_vacancy_s).
+            hold = yield Patched("vacancy-waits-out-deadline")
+            # Patched: runs begun before it waited even when the key had lapsed by its TTL.
+            lapsed = outcome.lapsed and (yield Patched("lapsed-key-acts-at-once"))
+            yield from self.promotion.promote(
+                PromoteRequest(
+                    reason=(
+                        "the holder stopped renewing its claim (past its renew deadline)"
+                        if outcome.holder_silent
+                        else "the holder's claim expired (TTL)"
+                    ),
+                    min_epoch=outcome.last_epoch,
+                    act_after_s=(
+                        act_after_vacancy_s(ctx.inp.heartbeat_interval_s, lapsed=lapsed) if hold else 0.0
+                    ),
+                    take_lapsed=outcome.holder_silent,
+                )
+            )
+        return True
