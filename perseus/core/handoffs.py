@@ -7,6 +7,8 @@ confirmed in time claims the exchange again.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from perseus.core.actions import (
     Activity,
     Call,
@@ -22,6 +24,7 @@ from perseus.core.state import Ending, Ticket
 from perseus.core.steps import HANDOFF_TIMEOUT_S, InstanceSteps
 from perseus.decisions import (
     handoff_demotes,
+    handoff_target_look,
     seconds_until,
     target_not_ready,
 )
@@ -29,6 +32,9 @@ from perseus.errors import StepFailed
 from perseus.keys import host_task_queue
 from perseus.lifecycle import Command, Role, State, plan
 from perseus.models import (
+    Claim,
+    ClaimProbe,
+    ClaimProbeRequest,
     CommandResult,
     ConnectorPreflight,
     ConnectorRequest,
@@ -113,6 +119,7 @@ class HandoffProcedures(InstanceSteps):
         old_epoch = old_claim.epoch
         yield from self._cancel_lease()
         yield from self._release_claim()
+        released_at = self.clock.now()
         # To a warm target, the signal goes first: nobody is active until it is, so the takeover
         # event is written while it activates rather than before.
         signal_first = target.warm_ready and (yield Patched("warm-handoff-signal-first"))
@@ -133,13 +140,22 @@ class HandoffProcedures(InstanceSteps):
             )
         if signal_first:
             yield from self._event(EventKind.HANDOFF, detail=takeover)
+        take_lapsed, act_after_s = False, 0.0
         if refused is None:
-            answered = yield WaitUntil(
-                lambda: s.handoff_reply is not None,
-                timeout_s=HANDOFF_TIMEOUT_S + 4 * self.inp.heartbeat_interval_s,
-            )
-            if not answered:
-                s.handoff_reply = HandoffConfirm(ok=False, host=target.host, detail="no confirmation in time")
+            # Patched: runs begun before it waited for the target's workflow alone, which hears of
+            # a dead host only when Temporal times its activity out (a heartbeat timeout: 18.75 s
+            # at 1 s), and the exchange had no connector meanwhile.
+            if (yield Patched("handoff-watches-target-claim")):
+                take_lapsed, act_after_s = yield from self._await_confirmation(target, old_claim, released_at)
+            else:
+                answered = yield WaitUntil(
+                    lambda: s.handoff_reply is not None,
+                    timeout_s=HANDOFF_TIMEOUT_S + 4 * self.inp.heartbeat_interval_s,
+                )
+                if not answered:
+                    s.handoff_reply = HandoffConfirm(
+                        ok=False, host=target.host, detail="no confirmation in time"
+                    )
         reply = s.handoff_reply
         assert reply is not None
         s.claim = None
@@ -168,7 +184,9 @@ class HandoffProcedures(InstanceSteps):
             claim=old_claim,
             detail=f"aborted: {reply.detail}; taking {self.inp.exchange} back",
         )
-        if (yield from self._claim(quiet=True)) is not None:
+        if act_after_s:
+            yield Sleep(act_after_s, summary=f"wait out {target.host}'s renew deadline")
+        if (yield from self._claim(quiet=True, take_lapsed=take_lapsed)) is not None:
             if start_state is State.ACTIVE:
                 self.enqueue(Command.START, first=True, internal=True)
             error = f"handoff to {target.host} failed ({reply.detail}); kept {self.inp.exchange} here"
@@ -178,6 +196,60 @@ class HandoffProcedures(InstanceSteps):
         return CommandResult(
             command=Command.HANDOFF, from_state=start_state, state=s.state, transitions=done, error=error
         )
+
+    def _await_confirmation(self, target: StandbyRecord, old_claim: Claim, released_at: datetime) -> Proc:
+        """Wait for the target's confirmation, looking at the key meanwhile
+        (:func:`~perseus.decisions.handoff_target_look`): a target that died or froze midway is
+        given up as soon as Redis shows it, not when its workflow hears of it. Leaves the answer in
+        ``handoff_reply``; returns whether the take-back may claim over the target's key, and how
+        long it waits before it claims."""
+        s = self.s
+        assert s.resolved
+        interval = self.inp.heartbeat_interval_s
+        limit = HANDOFF_TIMEOUT_S + 4 * interval
+        look_in = interval
+        seen_target = False
+        while True:
+            waited = (self.clock.now() - released_at).total_seconds()
+            if waited >= limit:
+                s.handoff_reply = HandoffConfirm(ok=False, host=target.host, detail="no confirmation in time")
+                return False, 0.0
+            answered = yield WaitUntil(
+                lambda: s.handoff_reply is not None,
+                timeout_s=min(look_in, limit - waited),
+                summary=f"confirmation from {target.host}",
+            )
+            if answered:
+                return False, 0.0
+            probe: ClaimProbe | None = yield from self._tolerated(
+                Call(
+                    Activity.PROBE_CLAIM,
+                    ClaimProbeRequest(exchange_id=s.resolved.exchange.id, claim=old_claim),
+                    start_to_close_s=5,
+                    retry=Retry.TWICE,
+                    summary=f"has {target.host} claimed?",
+                ),
+                "claim probe failed",
+            )
+            if s.handoff_reply is not None:
+                return False, 0.0  # answered while we looked
+            if probe is None:
+                look_in = interval  # Redis did not answer: the target's workflow may still
+                continue
+            look = handoff_target_look(
+                holder=probe.holder,
+                renewed_ms_ago=probe.renewed_ms_ago,
+                target_host=target.host,
+                since_release_s=(self.clock.now() - released_at).total_seconds(),
+                interval_s=interval,
+                seen_target=seen_target,
+            )
+            if look.lost is not None:
+                yield Log(f"{self.wf_id}: handoff to {target.host}: {look.lost}", warning=True)
+                s.handoff_reply = HandoffConfirm(ok=False, host=target.host, detail=look.lost)
+                return look.take_lapsed, look.act_after_s
+            seen_target = seen_target or probe.holder == target.host
+            look_in = look.look_again_s
 
     def _handoff_aborted(self, target: StandbyRecord, why: str) -> Proc:
         """Refused before anything stopped here: an ``aborted`` event, and the reason for the caller."""
