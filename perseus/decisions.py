@@ -266,6 +266,93 @@ def lapses_in_s(pttl_ms: int, interval_s: float) -> float:
     return (claim_over_s(interval_s) * 1000 - renewed_ms_ago) / 1000
 
 
+#: However short the interval, the handing-over side gives its target this long to claim before a
+#: missing key counts as the target gone: the promote signal, one workflow task and the claim on the
+#: target's host usually take a few tenths of a second; a busy machine can take a second or two.
+HANDOFF_CLAIM_FLOOR_S = 3.0
+#: A look at the key this long after the moment the target's claim should pass its renew deadline
+#: plus the margin: Redis' PTTL is whole milliseconds, and a look a hair early finds nothing.
+HANDOFF_LOOK_SLACK_S = 0.05
+
+
+@dataclass(frozen=True)
+class HandoffLook:
+    """What the handing-over side makes of one look at the key while it waits for the target."""
+
+    #: Why the target will not confirm (stop waiting and take the exchange back), or None.
+    lost: str | None
+    #: Claim over the target's key: Redis showed it unrenewed past its renew deadline plus the
+    #: margin, so the target's keeper or watchdog has stopped its connector (invariant 1).
+    take_lapsed: bool
+    #: Seconds until the next look, if still waiting.
+    look_again_s: float
+    #: Seconds the take-back waits before it claims: the target's key vanished after it was seen
+    #: held, which — like any vacancy — does not prove the target stopped (:func:`act_after_vacancy_s`).
+    act_after_s: float = 0.0
+
+
+def handoff_target_look(
+    *,
+    holder: str | None,
+    renewed_ms_ago: int | None,
+    target_host: str,
+    since_release_s: float,
+    interval_s: float,
+    seen_target: bool = False,
+) -> HandoffLook:
+    """The handing-over side's verdict on a look at the key while it waits for its target.
+
+    Its workflow would otherwise wait for the target's workflow to confirm or fail, and a target
+    whose host died midway fails only when Temporal notices — its activity's heartbeat timeout or
+    a schedule-to-start timeout, many seconds — while the exchange has no connector. Redis knows
+    sooner: a target that claimed and stopped renewing is past its renew deadline 2.1 intervals
+    after its last renewal, and one that never claimed leaves the key empty.
+
+    * held by the target and renewed within the deadline plus the margin: wait, and look again
+      when it would pass it (or in an interval);
+    * held by the target, unrenewed past it: lost; claim over its key;
+    * held by someone else: lost (a standby got it; the caller becomes a standby);
+    * empty after an earlier look saw the target hold it (``seen_target``): lost — its key lapsed
+      between two looks, or Redis lost it; the take-back waits out the target's renew deadline as a
+      standby finding a vacancy would;
+    * empty, longer after the release than the claim-over line (and :data:`HANDOFF_CLAIM_FLOOR_S`):
+      lost — the target never claimed.
+    """
+    line_s = claim_over_s(interval_s)
+    if holder == target_host:
+        if renewed_ms_ago is not None and renewed_ms_ago / 1000 > line_s:
+            return HandoffLook(
+                lost=f"{target_host} stopped renewing its claim ({renewed_ms_ago / 1000:.1f}s)",
+                take_lapsed=True,
+                look_again_s=0.0,
+            )
+        left = line_s - (renewed_ms_ago or 0) / 1000
+        return HandoffLook(
+            lost=None, take_lapsed=False, look_again_s=min(interval_s, left + HANDOFF_LOOK_SLACK_S)
+        )
+    if holder is not None:
+        return HandoffLook(lost=f"the exchange is held by {holder} now", take_lapsed=False, look_again_s=0.0)
+    if seen_target:
+        return HandoffLook(
+            lost=f"the claim {target_host} took has vanished",
+            take_lapsed=False,
+            look_again_s=0.0,
+            act_after_s=act_after_vacancy_s(interval_s),
+        )
+    wait_s = max(line_s, HANDOFF_CLAIM_FLOOR_S)
+    if since_release_s > wait_s:
+        return HandoffLook(
+            lost=f"{target_host} holds no claim {since_release_s:.1f}s after the release",
+            take_lapsed=False,
+            look_again_s=0.0,
+        )
+    return HandoffLook(
+        lost=None,
+        take_lapsed=False,
+        look_again_s=min(interval_s, wait_s - since_release_s + HANDOFF_LOOK_SLACK_S),
+    )
+
+
 def takes_over_lapsed(*, past_deadline: bool, after_outage: bool) -> bool:
     """Whether a standby may claim over a key that is still there but unrenewed past its holder's
     renew deadline plus the margin, instead of waiting for the TTL to remove it (invariant 1: the

@@ -112,6 +112,8 @@ PRIORITY_HEAD_START_FLOOR_S = 1.0
 
 # --- the workflow's own waits, in intervals --------------------------------------------------------
 
+#: How long a handoff waits for the target's confirmation (plus LEASE_SLACK_INTERVALS intervals).
+HANDOFF_TIMEOUT_S = 60.0
 #: A lease's (or watch's) start-to-close beyond its term, and a handoff's wait for the target's
 #: confirmation beyond its fixed part.
 LEASE_SLACK_INTERVALS = 4.0

@@ -16,6 +16,7 @@ from perseus.core.actions import (
     Patched,
     Proc,
     Signal,
+    Sleep,
     WaitUntil,
 )
 from perseus.core.context import Context
@@ -38,10 +39,7 @@ from perseus.models import (
     PromoteRequest,
     StandbyRecord,
 )
-from perseus.timing import LEASE_SLACK_INTERVALS
-
-#: How long a handoff waits for the target's confirmation (plus 4 intervals).
-HANDOFF_TIMEOUT_S = 60.0
+from perseus.timing import HANDOFF_TIMEOUT_S, LEASE_SLACK_INTERVALS
 
 
 class Handoffs:
@@ -142,6 +140,7 @@ class Handoffs:
         old_epoch = old_claim.epoch
         yield from self.leases.cancel()
         yield from self.leases.release()
+        released_at = self.ctx.clock.now()
         # To a warm target, the signal goes first: nobody is active until it is, so the takeover
         # event is written while it activates rather than before.
         signal_first = target.warm_ready and (yield Patched("warm-handoff-signal-first"))
@@ -164,13 +163,26 @@ class Handoffs:
             )
         if signal_first:
             yield from self.status.event(EventKind.HANDOFF, detail=takeover)
+        take_lapsed, act_after_s = False, 0.0
         if refused is None:
-            answered = yield WaitUntil(
-                lambda: self.st.reply is not None,
-                timeout_s=HANDOFF_TIMEOUT_S + LEASE_SLACK_INTERVALS * self.ctx.inp.heartbeat_interval_s,
-            )
-            if not answered:
-                self.on_reply(HandoffConfirm(ok=False, host=target.host, detail="no confirmation in time"))
+            # Patched: runs begun before it waited for the target's workflow alone, which hears of
+            # a dead host only when Temporal times its activity out (a heartbeat timeout: 18.75 s
+            # at 1 s), and the exchange had no connector meanwhile.
+            if (yield Patched("handoff-watches-target-claim")):
+                lost, take_lapsed, act_after_s = yield from self.target.await_confirmation(
+                    target, old_claim, released_at, answered=lambda: self.st.reply is not None
+                )
+                if lost is not None:
+                    self.on_reply(HandoffConfirm(ok=False, host=target.host, detail=lost))
+            else:
+                answered = yield WaitUntil(
+                    lambda: self.st.reply is not None,
+                    timeout_s=HANDOFF_TIMEOUT_S + LEASE_SLACK_INTERVALS * self.ctx.inp.heartbeat_interval_s,
+                )
+                if not answered:
+                    self.on_reply(
+                        HandoffConfirm(ok=False, host=target.host, detail="no confirmation in time")
+                    )
         reply = self.st.reply
         assert reply is not None
         self.leases.drop_claim()
@@ -199,7 +211,9 @@ class Handoffs:
             claim=old_claim,
             detail=f"aborted: {reply.detail}; taking {self.ctx.inp.exchange} back",
         )
-        if (yield from self.leases.take_claim(quiet=True)) is not None:
+        if act_after_s:
+            yield Sleep(act_after_s, summary=f"wait out {target.host}'s renew deadline")
+        if (yield from self.leases.take_claim(quiet=True, take_lapsed=take_lapsed)) is not None:
             if start_state is State.ACTIVE:
                 self._enqueue(Command.START, first=True, internal=True)
             error = f"handoff to {target.host} failed ({reply.detail}); kept {self.ctx.inp.exchange} here"

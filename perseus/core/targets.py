@@ -7,15 +7,26 @@ asks the target's own host queue.
 
 from __future__ import annotations
 
-from perseus.core.actions import Activity, Answer, Call, Log, Patched, Retry, Sleep, ask
+from collections.abc import Callable
+from datetime import datetime
+
+from perseus.core.actions import Activity, Answer, Call, Log, Patched, Retry, Sleep, WaitUntil, ask, tolerated
 from perseus.core.context import Context
 from perseus.core.standbys import Standbys
-from perseus.decisions import seconds_until, target_not_ready
+from perseus.decisions import handoff_target_look, seconds_until, target_not_ready
 from perseus.errors import StepFailed
 from perseus.keys import host_task_queue
 from perseus.lifecycle import Role
-from perseus.models import ConnectorPreflight, ConnectorRequest, IdentityRequest, StandbyRecord
-from perseus.timing import WARM_WAIT_SLACK_INTERVALS
+from perseus.models import (
+    Claim,
+    ClaimProbe,
+    ClaimProbeRequest,
+    ConnectorPreflight,
+    ConnectorRequest,
+    IdentityRequest,
+    StandbyRecord,
+)
+from perseus.timing import HANDOFF_TIMEOUT_S, LEASE_SLACK_INTERVALS, WARM_WAIT_SLACK_INTERVALS
 
 
 class Target:
@@ -107,3 +118,57 @@ class Target:
         if not target.warm_ready:
             yield Log(f"{self.ctx.wf_id}: {target.host} not warm after {waited:.0f}s: handing over cold")
         return target
+
+    def await_confirmation(
+        self, target: StandbyRecord, old_claim: Claim, released_at: datetime, *, answered: Callable[[], bool]
+    ) -> Answer[tuple[str | None, bool, float]]:
+        """Wait for the target's confirmation, looking at the key meanwhile
+        (:func:`~perseus.decisions.handoff_target_look`): a target that died or froze midway is
+        given up as soon as Redis shows it, not when its workflow hears of it. Returns why the target
+        will not confirm (None: it ``answered``), whether the take-back may claim over the target's
+        key, and how long it waits before it claims."""
+        ctx = self.ctx
+        interval = ctx.inp.heartbeat_interval_s
+        limit = HANDOFF_TIMEOUT_S + LEASE_SLACK_INTERVALS * interval
+        look_in = interval
+        seen_target = False
+        while True:
+            waited = (ctx.clock.now() - released_at).total_seconds()
+            if waited >= limit:
+                return "no confirmation in time", False, 0.0
+            if (
+                yield WaitUntil(
+                    answered,
+                    timeout_s=min(look_in, limit - waited),
+                    summary=f"confirmation from {target.host}",
+                )
+            ):
+                return None, False, 0.0
+            probe: ClaimProbe | None = yield from tolerated(
+                Call(
+                    Activity.PROBE_CLAIM,
+                    ClaimProbeRequest(exchange_id=ctx.resolved.exchange.id, claim=old_claim),
+                    start_to_close_s=5,
+                    retry=Retry.TWICE,
+                    summary=f"has {target.host} claimed?",
+                ),
+                "claim probe failed",
+            )
+            if answered():
+                return None, False, 0.0  # answered while we looked
+            if probe is None:
+                look_in = interval  # Redis did not answer: the target's workflow may still
+                continue
+            look = handoff_target_look(
+                holder=probe.holder,
+                renewed_ms_ago=probe.renewed_ms_ago,
+                target_host=target.host,
+                since_release_s=(ctx.clock.now() - released_at).total_seconds(),
+                interval_s=interval,
+                seen_target=seen_target,
+            )
+            if look.lost is not None:
+                yield Log(f"{ctx.wf_id}: handoff to {target.host}: {look.lost}", warning=True)
+                return look.lost, look.take_lapsed, look.act_after_s
+            seen_target = seen_target or probe.holder == target.host
+            look_in = look.look_again_s

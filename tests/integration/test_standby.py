@@ -268,6 +268,59 @@ async def test_handoff_whose_target_dies_leaves_the_old_one_active(
     await control.command(client, exchange=exchange, host=a, default_host=a, command=Command.SHUTDOWN)
 
 
+async def test_handoff_whose_target_dies_after_claiming_is_taken_back_from_redis(
+    servers: Servers,
+    shared_worker: str,
+    client: Client,
+    store: RedisStore,
+    exchange: str,
+    worker_processes: list[WorkerProcess],
+) -> None:
+    """The target's worker dies after it claimed, while its connector is still starting, and no
+    other standby is there. The handing-over side looks at the key while it waits: it sees the
+    target's claim go unrenewed past its renew deadline, claims over it and starts again — it does
+    not wait for the target's workflow to hear of the dead host (an activity timeout, many seconds
+    later), which is what leaves the exchange with no connector meanwhile."""
+    a, b = hosts(2, "hk")
+    procs = await start_workers(servers, worker_processes, *[a, b])
+    ex_id = await exchange_id(servers, exchange)
+    await register(client, exchange, a, start=True)
+    slow = ConnectorSpec(prepare_delay_s=30.0)  # the target's walk outlasts the test's kill
+    await control.register(
+        client,
+        exchange=exchange,
+        host=b,
+        admin_email=None,
+        heartbeat_interval_s=INTERVAL,
+        start=False,
+        standby=True,
+        connector=slow,
+    )
+    before = await wait_for(lambda: active_on(store, ex_id, a))
+    attempt = asyncio.ensure_future(
+        control.handoff(client, exchange=exchange, to_host=b, from_host=a, default_host=a, shutdown=False)
+    )
+
+    async def claimed_by_target() -> dict[str, object] | None:
+        doc = await holder(store, ex_id)
+        return doc if doc and doc.get("hostname") == b else None
+
+    taken = await wait_for(claimed_by_target)
+    procs[1].signal(signal.SIGKILL)
+    with pytest.raises(PerseusError) as info:
+        await attempt
+    # Told by Redis (its look caught the claim past its deadline, or found it lapsed between two
+    # looks), not by the target's workflow timing out its dead host's activities.
+    seen = (f"{b} stopped renewing its claim", f"the claim {b} took has vanished")
+    assert any(why in str(info.value) for why in seen), info.value
+    assert f"kept {exchange} here" in str(info.value)
+    back = await wait_for(lambda: active_on(store, ex_id, a), timeout=60)
+    assert int(str(back["epoch"])) > int(str(taken["epoch"])) > int(str(before["epoch"]))
+    details = [e.get("detail", "") for e in await events(store, exchange) if e["event"] == "handoff"]
+    assert any(details[-1].startswith(f"aborted: {why}") for why in seen), details
+    await control.command(client, exchange=exchange, host=a, default_host=a, command=Command.SHUTDOWN)
+
+
 async def test_a_promoted_standby_that_cannot_start_its_connector_hands_over_to_the_next(
     servers: Servers,
     shared_worker: str,

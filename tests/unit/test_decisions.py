@@ -447,3 +447,78 @@ def test_the_lease_heartbeats_at_exactly_every_kth_renewal(interval: float, earl
             sent.append(n)
             last = now
     assert sent == list(range(0, 6 * beats + 1, beats))
+
+
+# --- the handing-over side's looks at the key while it waits for its target ----------------------
+
+
+def test_a_target_that_holds_and_renews_is_waited_for_until_its_claim_could_lapse() -> None:
+    look = decisions.handoff_target_look(
+        holder="b", renewed_ms_ago=1500, target_host="b", since_release_s=10.0, interval_s=1.0
+    )
+    assert look.lost is None and not look.take_lapsed
+    # The next look comes when the claim would pass its renew deadline plus the margin (2.1 s).
+    assert look.look_again_s == pytest.approx(2.1 - 1.5 + decisions.HANDOFF_LOOK_SLACK_S)
+    far = decisions.handoff_target_look(
+        holder="b", renewed_ms_ago=0, target_host="b", since_release_s=0.5, interval_s=15.0
+    )
+    assert far.lost is None and far.look_again_s == 15.0  # never longer than an interval
+
+
+def test_a_target_silent_past_its_renew_deadline_is_given_up_and_its_key_claimed_over() -> None:
+    look = decisions.handoff_target_look(
+        holder="b", renewed_ms_ago=2150, target_host="b", since_release_s=3.0, interval_s=1.0
+    )
+    assert look.take_lapsed
+    assert look.lost == "b stopped renewing its claim (2.1s)"
+    # On the line itself it is not yet past it.
+    on_line = decisions.handoff_target_look(
+        holder="b", renewed_ms_ago=2100, target_host="b", since_release_s=3.0, interval_s=1.0
+    )
+    assert on_line.lost is None
+
+
+def test_an_exchange_held_by_another_host_ends_the_wait_without_claiming_over() -> None:
+    look = decisions.handoff_target_look(
+        holder="c", renewed_ms_ago=100, target_host="b", since_release_s=0.5, interval_s=1.0
+    )
+    assert look.lost == "the exchange is held by c now" and not look.take_lapsed
+
+
+@pytest.mark.parametrize(
+    ("interval", "patience"),
+    [(0.5, decisions.HANDOFF_CLAIM_FLOOR_S), (1.0, decisions.HANDOFF_CLAIM_FLOOR_S), (15.0, 31.5)],
+)
+def test_an_empty_key_is_the_target_gone_only_after_the_claim_over_line_and_the_floor(
+    interval: float, patience: float
+) -> None:
+    early = decisions.handoff_target_look(
+        holder=None,
+        renewed_ms_ago=None,
+        target_host="b",
+        since_release_s=patience - 0.01,
+        interval_s=interval,
+    )
+    assert early.lost is None and 0 < early.look_again_s <= interval
+    late = decisions.handoff_target_look(
+        holder=None,
+        renewed_ms_ago=None,
+        target_host="b",
+        since_release_s=patience + 0.01,
+        interval_s=interval,
+    )
+    assert late.lost is not None and "holds no claim" in late.lost and not late.take_lapsed
+
+
+def test_a_key_that_vanished_after_the_target_was_seen_holding_it_is_the_target_gone() -> None:
+    look = decisions.handoff_target_look(
+        holder=None,
+        renewed_ms_ago=None,
+        target_host="b",
+        since_release_s=1.0,
+        interval_s=1.0,
+        seen_target=True,
+    )
+    assert look.lost == "the claim b took has vanished" and not look.take_lapsed
+    # A vanished key proves nothing: the take-back waits the target's renew deadline out first.
+    assert look.act_after_s == decisions.act_after_vacancy_s(1.0) == pytest.approx(2.1)

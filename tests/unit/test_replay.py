@@ -58,6 +58,11 @@ BEFORE = {
     },
     "before-wake-standby-on-shutdown": {"lifecycle"},
     "before-release-ends-deadline-wait": {"vacancy-not-lapsed"},
+    "before-handoff-watches-target-claim": {
+        "handoff-handing-over",
+        "handoff-taken-back",
+        "handoff-warm-target",
+    },
 }
 
 
