@@ -22,7 +22,8 @@ from activities.registry import take_claim
 from perseus.connectors.allow import ExecAllowList
 from perseus.connectors.base import ConnectorHost
 from perseus.connectors.factory import ConnectorContext, build_connector, cannot_start
-from perseus.decisions import heartbeat_beats_within, heartbeat_due, warm_retry_delay
+from perseus.core.decisions import heartbeat_beats_within, heartbeat_due, warm_retry_delay
+from perseus.core.lifecycle import Role
 from perseus.errors import (
     ConnectorError,
     ConnectorGone,
@@ -31,7 +32,6 @@ from perseus.errors import (
     PerseusError,
 )
 from perseus.keeper import LeaseKeeper
-from perseus.lifecycle import Role
 from perseus.models import (
     Claim,
     ClaimResult,

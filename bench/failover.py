@@ -45,9 +45,9 @@ from pathlib import Path
 from temporalio.client import Client
 
 from perseus import control
+from perseus.core.lifecycle import Command
 from perseus.devstack import services
 from perseus.errors import AlreadyRegistered
-from perseus.lifecycle import Command
 from perseus.models import ConnectorSpec
 from perseus.store import db
 from perseus.store.redis_store import RedisStore, make_client

@@ -20,7 +20,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from perseus.decisions import lease_heartbeat_timeout_s
+    from perseus.core.decisions import lease_heartbeat_timeout_s
     from perseus.keys import host_task_queue
     from perseus.models import Claim, LeaseOutcome, LeaseRequest
 

@@ -34,9 +34,9 @@ import httpx
 from psycopg.types.json import Jsonb
 
 from bench.read_api import summary, write_section
+from perseus.core.lifecycle import State
 from perseus.devstack import services
 from perseus.keys import stream_key
-from perseus.lifecycle import State
 from perseus.models import EventKind, NetworkEvent
 from perseus.store import db
 from perseus.store.redis_store import RedisStore, make_client

@@ -27,8 +27,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from perseus import errors
+from perseus.core.lifecycle import Command, Role, State, plan, projected_state
 from perseus.keys import SHARED_TASK_QUEUE, valid_exchange, valid_host, workflow_id
-from perseus.lifecycle import Command, Role, State, plan, projected_state
 from perseus.models import (
     CommandRequest,
     CommandResult,

@@ -32,6 +32,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from perseus import control, errors
 from perseus.actors import fleet_actor
 from perseus.config import Settings
+from perseus.core.lifecycle import Command, Role
 from perseus.core.state import Ending, ending_of
 from perseus.fleet import (
     Action,
@@ -49,7 +50,6 @@ from perseus.fleet import (
     retry_over,
 )
 from perseus.keys import host_task_queue, workflow_id
-from perseus.lifecycle import Command, Role
 from perseus.models import InstanceStatus, Wire
 from perseus.store.db import Catalog, FleetListener
 from perseus.store.redis_store import RedisStore

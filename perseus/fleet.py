@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from perseus.decisions import doubling_delay
+from perseus.core.decisions import doubling_delay
 from perseus.errors import InvalidFleet
 from perseus.keys import valid_host
 from perseus.models import ConnectorSpec

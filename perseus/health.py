@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel
 
-from perseus.decisions import renewal_overdue
+from perseus.core.decisions import renewal_overdue
 from perseus.timing import ALIVE_INTERVALS
 
 if TYPE_CHECKING:

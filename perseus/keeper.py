@@ -25,8 +25,8 @@ Invariants (the reasons this module exists):
    dropped it, it stays dropped. A loop that finds it gone ends, and the attached activity says so.
 4. **A standby sees a silent holder when it can be claimed over, not a beat later.** Each renewal
    reads the holder's key and its PTTL; the loop looks once more at the moment that key would pass
-   its holder's renew deadline plus the margin (:func:`perseus.decisions.lapses_in_s`), so its
-   workflow can claim over it then (:func:`perseus.decisions.takes_over_lapsed`).
+   its holder's renew deadline plus the margin (:func:`perseus.core.decisions.lapses_in_s`), so its
+   workflow can claim over it then (:func:`perseus.core.decisions.takes_over_lapsed`).
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from perseus import metrics
+from perseus.core.decisions import lapses_in_s, past_renew_deadline, runs_without_claim, takes_over_lapsed
 from perseus.core.pause import in_force, paused_for_ms, watch_ends
-from perseus.decisions import lapses_in_s, past_renew_deadline, runs_without_claim, takes_over_lapsed
 from perseus.errors import (
     ClaimLost,
     ClaimMissing,
@@ -571,7 +571,7 @@ class LeaseKeeper:
     def _saw(self, watched: WatchedStandby, holder: HolderEpoch) -> None:
         """What a look at the status key tells the watch. Only a key unrenewed past its holder's own
         renew deadline plus the margin, seen outside a Redis outage, is claimed over (invariants 1
-        and 4 of :mod:`perseus.decisions`)."""
+        and 4 of :mod:`perseus.core.decisions`)."""
         watched.vacant = not holder.held
         if holder.held:
             every = holder.interval_s or watched.interval_s

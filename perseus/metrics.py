@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from perseus.lifecycle import Role, State
+from perseus.core.lifecycle import Role, State
 
 if TYPE_CHECKING:
     from temporalio.runtime import Runtime

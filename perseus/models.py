@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from perseus.core.lifecycle import Command, Role, State
 from perseus.keys import EXCHANGE_PATTERN, HOST_PATTERN, iso
-from perseus.lifecycle import Command, Role, State
 from perseus.timing import DEFAULT_INTERVAL_S, MAX_INTERVAL_S, MIN_INTERVAL_S
 
 

@@ -26,10 +26,10 @@ from datetime import UTC, datetime
 
 from pydantic import Field
 
+from perseus.core.decisions import seconds_until
+from perseus.core.lifecycle import State, legacy_state
 from perseus.core.pause import paused_for_ms
-from perseus.decisions import seconds_until
 from perseus.keys import parse_iso
-from perseus.lifecycle import State, legacy_state
 from perseus.models import (
     EventKind,
     Exchange,

@@ -31,9 +31,9 @@ from typing import Final
 
 from pydantic import BaseModel
 
+from perseus.core.lifecycle import State
 from perseus.errors import InvalidQuery
 from perseus.keys import RETENTION, parse_iso
-from perseus.lifecycle import State
 from perseus.models import EventKind, Exchange, InstanceStatus, Wire
 from perseus.network import format_duration, judge, running_for_s
 from perseus.store.db import Catalog, LedgerView, LogRead

@@ -20,8 +20,8 @@ from temporalio.client import Client
 
 from perseus import control, errors
 from perseus.actors import api_actor, cli_actor
+from perseus.core.lifecycle import Command
 from perseus.keys import retention_min_id
-from perseus.lifecycle import Command
 from perseus.models import CommandResult, EventKind, Exchange, NetworkEvent
 from perseus.store.db import Catalog
 from perseus.store.redis_store import RedisStore

@@ -16,7 +16,7 @@ import httpx
 from perseus import errors
 from perseus.config import Settings, is_loopback_host
 from perseus.control import CommandSent
-from perseus.lifecycle import Command, State
+from perseus.core.lifecycle import Command, State
 from perseus.models import CommandResult
 
 #: Status → the error raised when the API names no Perseus type (DESIGN §2.10's exit codes).

@@ -20,8 +20,8 @@ from temporalio.envconfig import ClientConfig
 from temporalio.service import RPCError, RPCStatusCode
 
 from perseus.codec import DEV_KEY_FILE, EncryptionCodec, PlainCodec, parse_keys, read_key_file
+from perseus.core.lifecycle import Role, State
 from perseus.errors import ConfigError, Server, ServiceUnavailable
-from perseus.lifecycle import Role, State
 
 if TYPE_CHECKING:  # workflows import this module: settings stay out of their sandbox
     from perseus.config import Settings

@@ -34,10 +34,10 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 
 with workflow.unsafe.imports_passed_through():
     from perseus.core import actions as act
+    from perseus.core.lifecycle import Command
     from perseus.core.loop import InstanceCore
     from perseus.core.state import Refusal, Ticket
     from perseus.errors import NON_RETRYABLE_ERROR_TYPES, ConnectorGone, InvalidTransition, StepFailed
-    from perseus.lifecycle import Command
     from perseus.models import (
         CommandRequest,
         CommandResult,

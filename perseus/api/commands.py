@@ -24,6 +24,7 @@ from perseus.api.auth import AdminDep, ApiKeyDep, OperateDep
 from perseus.api.deps import CatalogDep, StoreDep
 from perseus.api.routes import _ERRORS, ErrorBody
 from perseus.control import ANSWER_TIMEOUT_S, MAX_TIMEOUT_S, CommandSent
+from perseus.core.lifecycle import Command
 from perseus.core.pause import DEFAULT_PAUSE_S
 from perseus.errors import (
     ConfigError,
@@ -35,7 +36,6 @@ from perseus.errors import (
     ServiceUnavailable,
 )
 from perseus.keys import idempotency_key, valid_host
-from perseus.lifecycle import Command
 from perseus.maintenance import PauseView
 from perseus.models import CallerKey, CommandResult, Exchange, Wire
 from perseus.store.db import Catalog

@@ -31,8 +31,8 @@ from perseus.cli.app import (
     waiting,
 )
 from perseus.config import Settings
+from perseus.core.lifecycle import Command, Role
 from perseus.errors import ConfigError
-from perseus.lifecycle import Command, Role
 from perseus.models import CommandResult, Exchange, RegistrationResult
 from perseus.temporal import web_ui_base
 

@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from perseus.core.lifecycle import Role
 from perseus.errors import ConnectorGone
-from perseus.lifecycle import Role
 from perseus.models import ConnectorFailure, ConnectorHealth, ConnectorSpec
 
 log = logging.getLogger(__name__)
 
 
-# A connector's role (perseus.lifecycle.Role): ``active`` serves the exchange; ``standby`` is
+# A connector's role (perseus.core.lifecycle.Role): ``active`` serves the exchange; ``standby`` is
 # prepared and warmed, waiting for ``activate``. The child learns it from ``PERSEUS_ROLE``.
 
 

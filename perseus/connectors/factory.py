@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from perseus.connectors.base import Connector
+from perseus.core.lifecycle import Role
 from perseus.errors import ConfigError
-from perseus.lifecycle import Role
 from perseus.models import Claim, ConnectorSpec
 from perseus.timing import DEFAULT_INTERVAL_S
 

@@ -65,9 +65,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from perseus.connectors.base import Connector
+from perseus.core.lifecycle import Role
 from perseus.errors import ConnectorError, ConnectorNotActive, ConnectorNotReady
 from perseus.keys import iso
-from perseus.lifecycle import Role
 from perseus.models import Claim, ConnectorFailure, ConnectorHealth, ConnectorSpec
 from perseus.redact import clean_output, mask_argv, mask_text
 

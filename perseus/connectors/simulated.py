@@ -13,8 +13,8 @@ import asyncio
 from datetime import UTC, datetime
 
 from perseus.connectors.base import Connector
+from perseus.core.lifecycle import Role
 from perseus.errors import ConnectorError, ConnectorNotActive
-from perseus.lifecycle import Role
 from perseus.models import ConnectorFailure, ConnectorHealth, ConnectorSpec
 
 

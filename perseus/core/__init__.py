@@ -22,8 +22,12 @@ Parts, each with its own frozen slice of the memory (``state.py``) and its proce
     answers.py      queries, validators, the loop's next step, the carried state
     loop.py         InstanceCore — the parts composed; the main loop routes work to them
     pause.py        the pause (maintenance mode) as pure decisions
+    lifecycle.py    the state machine: states, commands and the transitions they make; Role
+    decisions/      every other verdict as a plain function over values (loop and refusals,
+                    claims, heartbeat, standbys), each invariant stated once
 
-It may import the standard library, pydantic, ``perseus.models``, ``perseus.errors``,
-``perseus.keys``, ``perseus.timing``, ``perseus.lifecycle`` and ``perseus.decisions`` — never
-Temporal, a driver, ``os`` or ``time`` (``tests/unit/test_import_fences.py``).
+Every decision Perseus makes lives here; the keeper, the read model and the activities ask these
+functions rather than deciding themselves. It may import the standard library, pydantic,
+``perseus.models``, ``perseus.errors``, ``perseus.keys`` and ``perseus.timing`` — never Temporal, a
+driver, ``os`` or ``time`` (``tests/unit/test_import_fences.py``).
 """

@@ -19,7 +19,7 @@ action                        answer sent back
 :class:`Patched`              whether the patch applies to this run (``workflow.patched``)
 :class:`Signal`               None if delivered, else why not (one line)
 :class:`WaitUntil`            True if the condition held before the timeout
-:class:`WaitForWork`          the loop's next :class:`~perseus.decisions.Step`
+:class:`WaitForWork`          the loop's next :class:`~perseus.core.decisions.Step`
 :class:`SpawnWarmUp`          None (the warm-up runs beside the main procedure)
 :class:`CancelWarmUp`         None (cancellation requested, not awaited)
 :class:`Notify`               None (delivered in the background)
@@ -45,8 +45,8 @@ from perseus.core.activities import ACTIVITIES as ACTIVITIES
 from perseus.core.activities import Activity as Activity
 from perseus.core.activities import ActivityRef as ActivityRef
 from perseus.core.activities import Q, R
+from perseus.core.lifecycle import Role, State
 from perseus.errors import PerseusError, StepFailed, error_class
-from perseus.lifecycle import Role, State
 from perseus.models import InstanceInput, NotifyRequest
 
 

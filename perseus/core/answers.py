@@ -11,15 +11,15 @@ from datetime import datetime
 from perseus.core.actions import Details
 from perseus.core.commands import Commands
 from perseus.core.context import Context, details
+from perseus.core.decisions import InstanceFacts, LoopFacts, Step, next_step, refuse_command, refuse_handoff
 from perseus.core.leases import Leases
+from perseus.core.lifecycle import Command, Role, State
 from perseus.core.recovery import Recovery
 from perseus.core.registration import Registration
 from perseus.core.standbys import Standbys
 from perseus.core.state import LoopState, Refusal, Ticket, carried_fields
 from perseus.core.status import Status
 from perseus.core.warm import Warm
-from perseus.decisions import InstanceFacts, LoopFacts, Step, next_step, refuse_command, refuse_handoff
-from perseus.lifecycle import Command, Role, State
 from perseus.models import (
     CarriedState,
     Claim,

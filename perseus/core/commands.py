@@ -1,7 +1,7 @@
 """Commands: queued one at a time, each answered once it ran (or once the instance ended).
 
 Owns :class:`~perseus.core.state.CommandState`. What a command does is :mod:`perseus.core.execute`'s;
-whether it is accepted at all, :func:`perseus.decisions.refuse_command`'s.
+whether it is accepted at all, :func:`perseus.core.decisions.refuse_command`'s.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from perseus.core.lifecycle import Command, State
 from perseus.core.state import CommandState, Ticket
-from perseus.lifecycle import Command, State
 from perseus.models import CommandResult, HandoffRequest
 
 

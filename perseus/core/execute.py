@@ -8,14 +8,14 @@ Holds no memory of its own: the walk is the status part's, the connector the hos
 from __future__ import annotations
 
 from perseus.core.actions import Activity, Answer, Patched, tolerated
+from perseus.core.decisions import StartPath, start_path
 from perseus.core.host import Host
 from perseus.core.leases import Leases
+from perseus.core.lifecycle import Command, State, plan, release_path
 from perseus.core.standbys import Standbys
 from perseus.core.status import Status
 from perseus.core.warm import Warm
-from perseus.decisions import StartPath, start_path
 from perseus.errors import InvalidTransition, StepFailed
-from perseus.lifecycle import Command, State, plan, release_path
 from perseus.models import CommandResult, ConnectorReport, EventKind
 
 

@@ -20,18 +20,18 @@ from perseus.core.actions import (
     WaitUntil,
 )
 from perseus.core.context import Context
+from perseus.core.decisions import (
+    handoff_demotes,
+)
 from perseus.core.host import Host
 from perseus.core.leases import Leases
+from perseus.core.lifecycle import Command, State, plan
 from perseus.core.standbys import Standbys
 from perseus.core.state import Ending, HandoffState, Ticket
 from perseus.core.status import Status
 from perseus.core.targets import Target
 from perseus.core.warm import Warm
-from perseus.decisions import (
-    handoff_demotes,
-)
 from perseus.errors import StepFailed
-from perseus.lifecycle import Command, State, plan
 from perseus.models import (
     CommandResult,
     EventKind,

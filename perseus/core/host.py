@@ -20,9 +20,9 @@ from perseus.core.actions import (
     tolerated,
 )
 from perseus.core.context import Context
-from perseus.decisions import lease_heartbeat_timeout_s
+from perseus.core.decisions import lease_heartbeat_timeout_s
+from perseus.core.lifecycle import Role
 from perseus.errors import StepFailed
-from perseus.lifecycle import Role
 from perseus.models import Claim, ConnectorReport, ConnectorRequest, HostPresence, IdentityRequest
 
 R = TypeVar("R")

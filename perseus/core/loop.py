@@ -9,7 +9,7 @@ The memory is in parts, each owning a frozen slice it replaces on change (``core
 claim and its lease (``leases``), the status (``status``), the standby (``standbys``), its warm
 connector (``warm``), the commands (``commands``), the registration, and here the run itself. No
 part reads another's slice; what they share is handed to them here, as functions. The loop routes
-each piece of work to the part that does it (:func:`perseus.decisions.next_step` says which).
+each piece of work to the part that does it (:func:`perseus.core.decisions.next_step` says which).
 
 Patches: wherever the behaviour changed after runs had been recorded, the procedure asks
 (:class:`~perseus.core.actions.Patched`) at the very point the new behaviour begins, so old runs
@@ -35,10 +35,12 @@ from perseus.core.actions import (
 from perseus.core.answers import InstanceAnswers
 from perseus.core.commands import Commands
 from perseus.core.context import Clock, Context
+from perseus.core.decisions import Step
 from perseus.core.execute import Execution
 from perseus.core.handoffs import Handoffs
 from perseus.core.host import Host
 from perseus.core.leases import Leases
+from perseus.core.lifecycle import Command, Role
 from perseus.core.parts import Hooks, Shared
 from perseus.core.promotion import Promotion
 from perseus.core.recovery import Recovery
@@ -62,8 +64,6 @@ from perseus.core.state import (
 from perseus.core.status import Status
 from perseus.core.warm import Warm
 from perseus.core.watch import Watch
-from perseus.decisions import Step
-from perseus.lifecycle import Command, Role
 from perseus.models import CommandResult, HandoffConfirm, InstanceInput, NotifyRequest, PromoteRequest
 
 

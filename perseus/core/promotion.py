@@ -2,7 +2,7 @@
 the claim, the start cold or warm, a start that failed, and the confirmation a handoff waits for.
 
 Holds no memory of its own: it moves the exchange between the parts that own it (the claim, the
-standby, the warm connector, the status). Invariants 4 and 5 of :mod:`perseus.decisions` rule here:
+standby, the warm connector, the status). Invariants 4 and 5 of :mod:`perseus.core.decisions` rule here:
 after a Redis outage the holder goes first, and a warm standby's connector acts only under a claim
 just taken.
 """
@@ -24,19 +24,19 @@ from perseus.core.actions import (
     tolerated,
 )
 from perseus.core.context import Context
-from perseus.core.host import Host
-from perseus.core.leases import Leases
-from perseus.core.standbys import Standbys
-from perseus.core.status import Status
-from perseus.core.warm import Warm
-from perseus.decisions import (
+from perseus.core.decisions import (
     StartPath,
     act_after_vacancy_s,
     holders_release,
     released_by_holder,
     start_path,
 )
-from perseus.lifecycle import Command, Role, State
+from perseus.core.host import Host
+from perseus.core.leases import Leases
+from perseus.core.lifecycle import Command, Role, State
+from perseus.core.standbys import Standbys
+from perseus.core.status import Status
+from perseus.core.warm import Warm
 from perseus.models import CommandResult, EventKind, HandoffConfirm, PromoteRequest
 
 

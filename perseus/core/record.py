@@ -12,8 +12,8 @@ from datetime import datetime
 
 from perseus.core.actions import Activity, Answer, Call, Log, Notify, Patched, Proc, Retry, ask
 from perseus.core.context import Context
+from perseus.core.lifecycle import State
 from perseus.errors import StepFailed
-from perseus.lifecycle import State
 from perseus.models import (
     Claim,
     EventKind,

@@ -1,6 +1,6 @@
 """What an active instance does when its lease ends: re-attach, reclaim, restart, step aside, or lost.
 
-Invariant 1 of :mod:`perseus.decisions` rules here: a heartbeat timeout proves nothing about Redis, so
+Invariant 1 of :mod:`perseus.core.decisions` rules here: a heartbeat timeout proves nothing about Redis, so
 a silent host is re-attached while Redis shows its claim renewed, and its claim is freed only once
 Redis proves it unrenewed past the renew deadline (its connector stopped by then).
 
@@ -15,13 +15,7 @@ from datetime import datetime, timedelta
 
 from perseus.core.actions import Answer, CountRestart, Log, Patched, Proc, Retry, Sleep, WaitLease
 from perseus.core.context import Context
-from perseus.core.host import Host
-from perseus.core.leases import Leases
-from perseus.core.pause import steps_aside
-from perseus.core.standbys import Standbys
-from perseus.core.state import Ending, RecoveryState
-from perseus.core.status import Status
-from perseus.decisions import (
+from perseus.core.decisions import (
     LOSS_TYPES,
     HostVerdict,
     LeaseVerdict,
@@ -30,8 +24,14 @@ from perseus.decisions import (
     restart_delay,
     stale_in,
 )
+from perseus.core.host import Host
+from perseus.core.leases import Leases
+from perseus.core.lifecycle import Command, State
+from perseus.core.pause import steps_aside
+from perseus.core.standbys import Standbys
+from perseus.core.state import Ending, RecoveryState
+from perseus.core.status import Status
 from perseus.errors import StepFailed
-from perseus.lifecycle import Command, State
 from perseus.models import ClaimProbe, EventKind, LeaseOutcome
 
 RUNNING_STATES = (State.STARTING, State.WARMING, State.ACTIVE)

@@ -1,8 +1,8 @@
 """The instance as a standby: its record (a TTL'd key the watch renews), the list of its exchange's
 standbys, waking the best one, the promotions it is sent and its failed starts.
 
-Owns :class:`~perseus.core.state.StandbyState`. Invariant 4 of :mod:`perseus.decisions` begins
-here: whom to wake first (:func:`~perseus.decisions.wake_order`).
+Owns :class:`~perseus.core.state.StandbyState`. Invariant 4 of :mod:`perseus.core.decisions` begins
+here: whom to wake first (:func:`~perseus.core.decisions.wake_order`).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Any
 
 from perseus.core.actions import Activity, Answer, Call, Log, Proc, Retry, Search, Signal, ask, tolerated
 from perseus.core.context import Context
+from perseus.core.decisions import wake_order, warm_retry_delay
+from perseus.core.lifecycle import Role, State
 from perseus.core.state import StandbyState
-from perseus.decisions import wake_order, warm_retry_delay
 from perseus.errors import StepFailed
 from perseus.keys import iso
-from perseus.lifecycle import Role, State
 from perseus.models import (
     Claim,
     DropStandbyRequest,

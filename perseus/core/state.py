@@ -14,7 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from perseus.lifecycle import Command, Role, State
+from perseus.core.lifecycle import Command, Role, State
 from perseus.models import (
     CarriedState,
     Claim,

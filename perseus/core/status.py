@@ -23,10 +23,10 @@ from perseus.core.actions import (
 )
 from perseus.core.context import Context
 from perseus.core.host import Host
+from perseus.core.lifecycle import State, check_transition, recovery_path
 from perseus.core.record import Writer
 from perseus.core.state import StatusState
 from perseus.keys import iso
-from perseus.lifecycle import State, check_transition, recovery_path
 from perseus.models import (
     Claim,
     EventKind,

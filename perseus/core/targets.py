@@ -12,11 +12,11 @@ from datetime import datetime
 
 from perseus.core.actions import Activity, Answer, Call, Log, Patched, Retry, Sleep, WaitUntil, ask, tolerated
 from perseus.core.context import Context
+from perseus.core.decisions import handoff_target_look, seconds_until, target_not_ready
+from perseus.core.lifecycle import Role
 from perseus.core.standbys import Standbys
-from perseus.decisions import handoff_target_look, seconds_until, target_not_ready
 from perseus.errors import StepFailed
 from perseus.keys import host_task_queue
-from perseus.lifecycle import Role
 from perseus.models import (
     Claim,
     ClaimProbe,
@@ -123,7 +123,7 @@ class Target:
         self, target: StandbyRecord, old_claim: Claim, released_at: datetime, *, answered: Callable[[], bool]
     ) -> Answer[tuple[str | None, bool, float]]:
         """Wait for the target's confirmation, looking at the key meanwhile
-        (:func:`~perseus.decisions.handoff_target_look`): a target that died or froze midway is
+        (:func:`~perseus.core.decisions.handoff_target_look`): a target that died or froze midway is
         given up as soon as Redis shows it, not when its workflow hears of it. Returns why the target
         will not confirm (None: it ``answered``), whether the take-back may claim over the target's
         key, and how long it waits before it claims."""

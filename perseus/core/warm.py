@@ -1,7 +1,7 @@
 """A warm standby's connector on our host: warmed up in the background while the standby waits,
 activated under a claim just taken, demoted when handing over, stopped when the standby leaves.
 
-Owns :class:`~perseus.core.state.WarmState`. Invariant 5 of :mod:`perseus.decisions` rules here: a
+Owns :class:`~perseus.core.state.WarmState`. Invariant 5 of :mod:`perseus.core.decisions` rules here: a
 warm connector acts only under a claim just taken, and anything doubtful means a cold start.
 """
 
@@ -24,11 +24,11 @@ from perseus.core.actions import (
     tolerated,
 )
 from perseus.core.context import Context
+from perseus.core.decisions import warm_retry_delay, warm_up_standby
 from perseus.core.host import CONNECTOR_HEARTBEAT_TIMEOUT_S, Host
+from perseus.core.lifecycle import Role
 from perseus.core.state import WarmState, WarmUp
-from perseus.decisions import warm_retry_delay, warm_up_standby
 from perseus.errors import StepFailed
-from perseus.lifecycle import Role
 from perseus.models import Claim, ConnectorReport, EventKind
 
 

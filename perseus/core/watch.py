@@ -1,6 +1,6 @@
 """A standby's watch that ended: the exchange fell vacant (the TTL fallback), the record vanished, the
 term ran out, or this standby's host stopped heartbeating to Temporal. A vacancy is raced for after
-the head starts of invariant 4 (:mod:`perseus.decisions`); the race is a promotion.
+the head starts of invariant 4 (:mod:`perseus.core.decisions`); the race is a promotion.
 
 Holds no memory of its own.
 """
@@ -11,13 +11,13 @@ from collections.abc import Callable
 
 from perseus.core.actions import Answer, Patched, Sleep, WaitUntil
 from perseus.core.context import Context
+from perseus.core.decisions import act_after_vacancy_s, standbys_ahead, vacancy_delay
 from perseus.core.leases import Leases
 from perseus.core.promotion import Promotion
 from perseus.core.standbys import Standbys
 from perseus.core.state import Ending
 from perseus.core.status import Status
 from perseus.core.warm import Warm
-from perseus.decisions import act_after_vacancy_s, standbys_ahead, vacancy_delay
 from perseus.errors import StandbyGone, StepFailed
 from perseus.models import EventKind, PromoteRequest, StandbyOutcome
 

@@ -15,8 +15,8 @@ import pytest
 from playwright.async_api import Page, Route
 
 from perseus.config import Settings
+from perseus.core.lifecycle import State
 from perseus.keys import retention_min_id
-from perseus.lifecycle import State
 from perseus.models import EventKind, NetworkEvent
 from perseus.store.redis_store import RedisStore
 from tests.browser.conftest import Api, sign_in, start_api, stop_api

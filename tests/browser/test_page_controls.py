@@ -18,9 +18,9 @@ from temporalio.client import Client
 from perseus import control
 from perseus.api.server import build_server
 from perseus.config import Settings
+from perseus.core.lifecycle import Command
 from perseus.devstack.services import free_port
 from perseus.keys import iso
-from perseus.lifecycle import Command
 from perseus.models import Scope, StandbyRecord
 from perseus.store import db
 from perseus.store.redis_store import RedisStore

@@ -24,8 +24,8 @@ from temporalio.service import RPCError
 
 from perseus import control
 from perseus.config import Settings
+from perseus.core.lifecycle import Command
 from perseus.devstack import services
-from perseus.lifecycle import Command
 from perseus.models import ConnectorSpec
 from perseus.store import db
 from perseus.temporal import converter, register_search_attributes

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from perseus.decisions import (
+from perseus.core.decisions import (
     act_after_vacancy_s,
     head_start_s,
     vacancy_delay,
@@ -262,8 +262,8 @@ def liveness_bound_s(
     * Redis back (counted from its return): a standby's next look, within an interval, finds the
       key gone; it gives the holder its head start after an outage and the standbys ahead theirs,
       claims, and — a vanished key proves nothing — waits out the old holder's renew deadline
-      before its connector acts (:func:`perseus.decisions.vacancy_delay`,
-      :func:`perseus.decisions.act_after_vacancy_s`); the walk and the margin. A holder that
+      before its connector acts (:func:`perseus.core.decisions.vacancy_delay`,
+      :func:`perseus.core.decisions.act_after_vacancy_s`); the walk and the margin. A holder that
       re-claims first is quicker.
     """
     ahead = max(0, hosts - 2)  # every host but the holder's and the winner's

@@ -32,7 +32,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
 from perseus import control
-from perseus.decisions import lease_heartbeat_timeout_s
+from perseus.core.decisions import lease_heartbeat_timeout_s
 from perseus.devstack import services
 from perseus.errors import AlreadyRegistered, PerseusError
 from perseus.keys import workflow_id

@@ -18,9 +18,9 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from perseus.cli.app import app
+from perseus.core.lifecycle import State
 from perseus.errors import ConfigError
 from perseus.keys import iso, status_key
-from perseus.lifecycle import State
 from perseus.models import InstanceStatus
 from perseus.store import db
 from perseus.store.redis_store import RedisStore

@@ -13,9 +13,9 @@ from perseus.cli.app import PIPE_WIDTH, make_console
 from perseus.cli.fleet import fleet_table
 from perseus.cli.instances import _status_table
 from perseus.cli.views import _cards
+from perseus.core.lifecycle import State
 from perseus.enrol import FleetExchangeView
 from perseus.keys import iso
-from perseus.lifecycle import State
 from perseus.models import InstanceStatus
 from perseus.network import InstanceView, LastKnown, StandbyView, StatusBoard
 

@@ -14,7 +14,7 @@ import pytest
 from temporalio.client import Client
 
 from perseus import control
-from perseus.lifecycle import Command
+from perseus.core.lifecycle import Command
 from tests.conftest import PERSEUS, ROOT, Servers, exchange_id, perseus
 from tests.integration.helpers import active_on, wait_for
 

@@ -18,8 +18,8 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from perseus import control
+from perseus.core.lifecycle import Command, Role, State
 from perseus.keys import workflow_id
-from perseus.lifecycle import Command, Role, State
 from perseus.store.redis_store import RedisStore
 from perseus.temporal import INSTANCE_WORKFLOW, instances_filter, search_attributes
 from tests.conftest import PERSEUS, ROOT, Servers, WorkerProcess, exchange_id, perseus

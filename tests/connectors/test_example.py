@@ -19,9 +19,9 @@ import redis.asyncio as aioredis
 
 from perseus.connectors.factory import ConnectorContext, build_connector
 from perseus.connectors.process import ProcessConnector
+from perseus.core.lifecycle import Role
 from perseus.fencing import fenced_key
 from perseus.keys import status_key
-from perseus.lifecycle import Role
 from perseus.models import Claim, ConnectorSpec
 from tests.conftest import Servers
 

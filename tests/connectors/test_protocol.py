@@ -16,8 +16,8 @@ import pytest
 from perseus.connectors.factory import ConnectorContext, build_connector
 from perseus.connectors.process import ProcessConnector
 from perseus.connectors.simulated import SimulatedConnector
+from perseus.core.lifecycle import Role
 from perseus.errors import ConnectorError, ConnectorNotActive
-from perseus.lifecycle import Role
 from perseus.models import Claim, ConnectorSpec
 from tests.connectors.support import alive, child_command, free_port, journal
 

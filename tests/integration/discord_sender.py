@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 import httpx
 
-from perseus.lifecycle import State
+from perseus.core.lifecycle import State
 from perseus.models import EventKind, NetworkEvent, NotifyRequest
 from perseus.notify.discord import DiscordNotifier, discord_limiter
 from perseus.store.redis_store import RedisStore, make_client

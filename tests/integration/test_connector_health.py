@@ -11,7 +11,7 @@ import pytest
 from temporalio.client import Client
 
 from perseus import control
-from perseus.lifecycle import Command, Role
+from perseus.core.lifecycle import Command, Role
 from perseus.models import ConnectorSpec, InstanceSnapshot
 from perseus.store.redis_store import RedisStore
 from perseus.temporal import QUERY_SNAPSHOT

@@ -33,9 +33,9 @@ from temporalio.service import RPCError
 
 from activities.notify import NotifyActivities
 from perseus.config import Settings
+from perseus.core.lifecycle import State
 from perseus.devstack.services import free_port
 from perseus.errors import NotifyRetry, ServiceUnavailable, WebhookRejected
-from perseus.lifecycle import State
 from perseus.models import EventKind, NetworkEvent, NotifyRequest
 from perseus.notify.discord import (
     COLOURS,

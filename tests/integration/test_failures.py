@@ -11,9 +11,9 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from perseus import control
+from perseus.core.lifecycle import Command
 from perseus.errors import ClaimConflict, ServiceUnavailable
 from perseus.keys import workflow_id
-from perseus.lifecycle import Command
 from perseus.models import ConnectorSpec
 from perseus.store.redis_store import RedisStore
 from tests.conftest import Servers, WorkerProcess, exchange_id

@@ -14,6 +14,7 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from perseus import control
+from perseus.core.lifecycle import Command
 from perseus.enrol import (
     FleetExchangeView,
     apply_fleet,
@@ -25,7 +26,6 @@ from perseus.enrol import (
 from perseus.errors import ServiceUnavailable
 from perseus.fleet import Placement, parse_fleet
 from perseus.keys import workflow_id
-from perseus.lifecycle import Command
 from perseus.models import StandbyRecord
 from perseus.store import db
 from perseus.store.redis_store import RedisStore

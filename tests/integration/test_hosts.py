@@ -13,7 +13,7 @@ from temporalio.client import Client
 from perseus import control
 from perseus.api.app import create_app
 from perseus.config import Settings
-from perseus.lifecycle import Command
+from perseus.core.lifecycle import Command
 from perseus.store import db
 from perseus.store.redis_store import RedisStore
 from tests.conftest import Servers, WorkerProcess, exchange_id, perseus

@@ -13,11 +13,11 @@ import pytest
 from perseus import keeper as keeper_module
 from perseus.connectors.base import ConnectorHost
 from perseus.connectors.simulated import SimulatedConnector
+from perseus.core.lifecycle import Role
 from perseus.errors import ClaimLost, ClaimMissing, RenewDeadline
 from perseus.grid import Renewal
 from perseus.keeper import LeaseKeeper
 from perseus.keys import status_key
-from perseus.lifecycle import Role
 from perseus.models import (
     Claim,
     ConnectorSpec,

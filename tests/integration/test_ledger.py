@@ -23,9 +23,9 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.registry import DURABLE_ATTEMPTS, RegistryActivities
 from perseus.config import Settings, load_settings
+from perseus.core.lifecycle import State
 from perseus.devstack import services
 from perseus.errors import ServiceUnavailable
-from perseus.lifecycle import State
 from perseus.models import EventKind, EventRequest, NetworkEvent
 from perseus.network_log import MAX_PAGE_BYTES, TIMELINE_POINTS, Transition, seconds_in, timeline
 from perseus.store import db

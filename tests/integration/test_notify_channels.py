@@ -30,9 +30,9 @@ from fastapi.responses import JSONResponse, Response
 
 from perseus import control
 from perseus.config import load_settings
+from perseus.core.lifecycle import State
 from perseus.devstack.services import free_port
 from perseus.errors import NotifyRetry
-from perseus.lifecycle import State
 from perseus.models import EventKind, NetworkEvent, NotifyChannel, NotifyRequest
 from perseus.notify import notifications
 from perseus.notify.channels import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature

@@ -12,8 +12,8 @@ import pytest
 from temporalio.client import Client
 
 from perseus import control
+from perseus.core.lifecycle import Command
 from perseus.keys import parse_iso, pause_key, standby_index_key, status_key, workflow_id
-from perseus.lifecycle import Command
 from perseus.store.redis_store import RedisStore
 from tests.conftest import Servers, WorkerProcess, exchange_id, perseus
 from tests.integration.helpers import active_on, events, holder, start_workers, wait_for

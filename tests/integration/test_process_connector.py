@@ -15,9 +15,9 @@ from temporalio.client import Client, WorkflowExecutionStatus
 
 from perseus import control
 from perseus.connectors.process import output_dir, output_path
+from perseus.core.lifecycle import Command
 from perseus.errors import ClaimConflict, PerseusError
 from perseus.keys import status_key, workflow_id
-from perseus.lifecycle import Command
 from perseus.models import ConnectorSpec
 from perseus.store.redis_store import RedisStore
 from perseus.timing import renew_deadline_s

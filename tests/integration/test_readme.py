@@ -19,8 +19,8 @@ import redis.asyncio as aioredis
 from temporalio.client import Client
 
 from perseus import control
+from perseus.core.lifecycle import Command
 from perseus.fencing import fenced_key
-from perseus.lifecycle import Command
 from perseus.models import StandbyRecord
 from perseus.store.redis_store import RedisStore
 from tests.conftest import ROOT, Servers, WorkerProcess, exchange_id, perseus

@@ -26,10 +26,10 @@ from activities.host import HostActivities
 from activities.notify import NotifyActivities
 from activities.registry import RegistryActivities
 from perseus.connectors.base import ConnectorHost
+from perseus.core.lifecycle import Command, State
 from perseus.devstack import services
 from perseus.keeper import LeaseKeeper
 from perseus.keys import host_task_queue, workflow_id
-from perseus.lifecycle import Command, State
 from perseus.models import CommandRequest, InstanceInput, Recorded, RecordRequest
 from perseus.store import db
 from perseus.store.db import Catalog, make_pool

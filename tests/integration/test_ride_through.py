@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from perseus import control
-from perseus.decisions import lease_heartbeat_timeout_s
+from perseus.core.decisions import lease_heartbeat_timeout_s
 from perseus.models import ConnectorSpec
 from perseus.store.redis_store import RedisStore
 from tests.conftest import Servers, WorkerProcess, exchange_id

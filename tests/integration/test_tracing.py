@@ -23,7 +23,7 @@ from temporalio.client import Client
 
 from perseus import control, tracing
 from perseus.config import Settings, load_otel_env
-from perseus.lifecycle import Command
+from perseus.core.lifecycle import Command
 from perseus.store.redis_store import RedisStore
 from perseus.temporal import converter, register_search_attributes
 from perseus.tracing import tracing_mode

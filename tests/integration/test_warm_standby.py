@@ -14,8 +14,8 @@ import pytest
 from temporalio.client import Client
 
 from perseus import control
+from perseus.core.lifecycle import Command
 from perseus.keys import standby_index_key, standby_key
-from perseus.lifecycle import Command
 from perseus.models import ConnectorSpec
 from perseus.store.redis_store import RedisStore
 from tests.conftest import Servers, WorkerProcess, exchange_id, perseus

@@ -29,10 +29,10 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from perseus.core.decisions import act_after_vacancy_s, lease_heartbeat_timeout_s
+from perseus.core.lifecycle import Command, Role, State
 from perseus.core.recovery import PICKUP_FACTOR
-from perseus.decisions import act_after_vacancy_s, lease_heartbeat_timeout_s
 from perseus.keys import host_task_queue, iso
-from perseus.lifecycle import Command, Role, State
 from perseus.models import (
     ClaimProbe,
     ClaimProbeRequest,

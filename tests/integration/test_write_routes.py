@@ -18,7 +18,7 @@ from temporalio.client import Client
 
 from perseus import control
 from perseus.config import Settings
-from perseus.lifecycle import Command
+from perseus.core.lifecycle import Command
 from perseus.models import Scope
 from perseus.store import db
 from perseus.store.redis_store import RedisStore, make_client

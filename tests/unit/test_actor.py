@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from perseus.core import actions as act
+from perseus.core.lifecycle import Command
 from perseus.core.loop import InstanceCore
-from perseus.lifecycle import Command
 from perseus.models import ConnectorSpec, EventKind, InstanceInput, NetworkEvent, RecordRequest
 from tests.unit.test_core import HOST, Clock, World, drive
 

@@ -29,11 +29,11 @@ from typing import Any
 import pytest
 
 from perseus.core import actions as act
+from perseus.core.decisions import Step
+from perseus.core.lifecycle import Command, Role, State
 from perseus.core.loop import InstanceCore
 from perseus.core.state import Ending, Ticket, ending_of
-from perseus.decisions import Step
 from perseus.errors import StepFailed
-from perseus.lifecycle import Command, Role, State
 from perseus.models import (
     ClaimProbe,
     ClaimResult,

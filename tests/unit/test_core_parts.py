@@ -18,8 +18,10 @@ import pytest
 from perseus.core import actions as act
 from perseus.core.commands import Commands
 from perseus.core.context import Context
+from perseus.core.decisions import WARM_RETRY_CAP_S, WARM_RETRY_FIRST_S
 from perseus.core.host import Host
 from perseus.core.leases import Leases
+from perseus.core.lifecycle import Command, Role, State, is_allowed, recovery_path
 from perseus.core.standbys import Standbys
 from perseus.core.state import (
     CommandState,
@@ -32,9 +34,7 @@ from perseus.core.state import (
 )
 from perseus.core.status import Status
 from perseus.core.warm import Warm
-from perseus.decisions import WARM_RETRY_CAP_S, WARM_RETRY_FIRST_S
 from perseus.errors import InvalidTransition, StepFailed
-from perseus.lifecycle import Command, Role, State, is_allowed, recovery_path
 from perseus.models import (
     Claim,
     ClaimResult,

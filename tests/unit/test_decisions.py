@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from perseus import decisions, timing
-from perseus.decisions import (
+from perseus import timing
+from perseus.core import decisions
+from perseus.core.decisions import (
     HostVerdict,
     InstanceFacts,
     LeaseVerdict,
@@ -24,8 +25,8 @@ from perseus.decisions import (
     vacancy_delay,
     warm_retry_delay,
 )
+from perseus.core.lifecycle import Command, Role, State, plan, projected_state
 from perseus.errors import InvalidTransition, error_class
-from perseus.lifecycle import Command, Role, State, plan, projected_state
 from perseus.models import PromoteRequest, StandbyRecord
 
 pytestmark = pytest.mark.unit

@@ -6,8 +6,7 @@ import itertools
 
 import pytest
 
-from perseus.errors import InvalidTransition
-from perseus.lifecycle import (
+from perseus.core.lifecycle import (
     ALLOWED,
     RUNNING,
     Command,
@@ -19,6 +18,7 @@ from perseus.lifecycle import (
     recovery_path,
     release_path,
 )
+from perseus.errors import InvalidTransition
 
 pytestmark = pytest.mark.unit
 

@@ -79,7 +79,7 @@ def test_the_board_names_the_holder_its_epoch_and_how_long_it_has_held() -> None
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    from perseus.lifecycle import State
+    from perseus.core.lifecycle import State
     from perseus.models import InstanceStatus
     from perseus.network import InstanceView, StatusBoard
 

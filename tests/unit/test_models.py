@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from perseus.core.lifecycle import State
 from perseus.keys import epoch_key, iso, retention_min_id, status_key, stream_key
-from perseus.lifecycle import State
 from perseus.models import EventKind, InstanceStatus, NetworkEvent
 from perseus.timing import renew_deadline_s, ttl_ms
 

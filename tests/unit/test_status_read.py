@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from perseus.lifecycle import State
+from perseus.core.lifecycle import State
 from perseus.models import Claim, ConnectorHealth, Exchange
 from perseus.network import judge
 from perseus.store.redis_store import FenceReply, HolderEpoch, StatusRead
