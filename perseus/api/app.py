@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from perseus import tracing
 from perseus.api.codec import codec_router
 from perseus.api.commands import router as commands_router
+from perseus.api.errors import _error, error_response
 from perseus.api.hosts import router as hosts_router
 from perseus.api.live import READER_CONNECTIONS, LiveFeed
 from perseus.api.page import router as page_router
@@ -31,56 +32,15 @@ from perseus.api.routes import ErrorBody, metrics_router
 from perseus.api.routes import router as network_router
 from perseus.config import Settings
 from perseus.errors import (
-    ConfigError,
-    Forbidden,
-    InvalidQuery,
-    MalformedFleet,
-    NotRegistered,
     PerseusError,
-    ServiceUnavailable,
-    Unauthorized,
-    UnknownExchange,
 )
 from perseus.store.db import Catalog, make_pool, open_pool
 from perseus.store.redis_store import RedisStore, make_client
-
-_STATUS: list[tuple[type[PerseusError], int]] = [
-    (Unauthorized, 401),
-    (Forbidden, 403),
-    (UnknownExchange, 404),
-    (NotRegistered, 404),
-    (InvalidQuery, 422),
-    (ConfigError, 422),
-    (MalformedFleet, 422),
-    (ServiceUnavailable, 503),
-]
-#: Any other Perseus error is a rule that refused the request (invalid transition, held elsewhere,
-#: no standby): nothing changed.
-REFUSED = 409
-
-
-def _error(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(
-        body.model_dump(mode="json", by_alias=True, exclude_none=True), status_code=status, headers=headers
-    )
 
 
 async def _perseus_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, PerseusError)
     return error_response(exc)
-
-
-def error_response(exc: PerseusError) -> JSONResponse:
-    """The JSON answer for a Perseus error, with the status its class maps to."""
-    status = next((code for cls, code in _STATUS if isinstance(exc, cls)), REFUSED)
-    body = ErrorBody(
-        error=str(exc),
-        type=type(exc).__name__,
-        known=exc.known if isinstance(exc, UnknownExchange) else None,
-        server_time=datetime.now(UTC),
-    )
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return _error(status, body, headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

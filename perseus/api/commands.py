@@ -22,6 +22,7 @@ from temporalio.client import Client
 from perseus import maintenance, operate
 from perseus.api.auth import AdminDep, ApiKeyDep, OperateDep
 from perseus.api.deps import CatalogDep, StoreDep
+from perseus.api.errors import error_response
 from perseus.api.routes import _ERRORS, ErrorBody
 from perseus.control import ANSWER_TIMEOUT_S, MAX_TIMEOUT_S, CommandSent
 from perseus.core.lifecycle import Command
@@ -193,8 +194,6 @@ async def _once(
         await store.settle_request(key, None, IDEMPOTENCY_TTL_S)
         raise
     except PerseusError as exc:
-        from perseus.api.app import error_response
-
         response = error_response(exc)
     except BaseException:
         await store.settle_request(key, None, IDEMPOTENCY_TTL_S)

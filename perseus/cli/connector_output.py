@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from perseus.cli.app import HostOption, JsonFlag, app, out, print_json, run
+from perseus.cli.common import HostOption, JsonFlag, out, print_json, run
 from perseus.config import Settings
 from perseus.errors import ConfigError, NotRegistered
 from perseus.models import ConnectorSpec
@@ -31,6 +31,10 @@ _FLAGS = {
 }
 RESTART_CHOICES = ("no", "on-failure")
 ON_UNHEALTHY_CHOICES = ("restart", "failover")
+
+
+#: This module's commands, joined to ``perseus`` by ``perseus.cli.app``.
+app = typer.Typer(rich_markup_mode=None)
 
 
 def connector_spec(

@@ -9,10 +9,12 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.text import Text
 
-from perseus.cli.app import JsonFlag, app, err, out, print_json, run
+from perseus.cli.common import JsonFlag, err, out, print_json, run
 from perseus.config import Settings
 from perseus.fleet import read_fleet_file
 
+#: This module's commands, joined to ``perseus`` by ``perseus.cli.app``.
+app = typer.Typer(rich_markup_mode=None)
 fleet_app = typer.Typer(
     no_args_is_help=True, help="The declared fleet: placements in a file, enrolled by hosts."
 )

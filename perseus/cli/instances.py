@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from perseus.cli.app import (
+from perseus.cli.common import (
     HostOption,
     JsonFlag,
     TimeoutOption,
     WaitOption,
     _with_catalog,
-    app,
     err,
     out,
     print_json,
@@ -45,6 +44,10 @@ T = TypeVar("T")
 ExchangeArgument = Annotated[
     str, typer.Argument(metavar="EXCHANGE", help="Exchange name or id from the catalog.")
 ]
+
+
+#: This module's commands, joined to ``perseus`` by ``perseus.cli.app``.
+app = typer.Typer(rich_markup_mode=None)
 
 
 async def _resolve(settings: Settings, exchange: str) -> Exchange:

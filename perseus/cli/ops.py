@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from perseus.actors import cli_actor
-from perseus.cli.app import JsonFlag, app, err, error_line, out, print_json, run
+from perseus.cli.common import JsonFlag, err, error_line, out, print_json, run
 from perseus.cli.views import _with_store
 from perseus.config import Settings
 from perseus.errors import ConfigError, PerseusError
@@ -15,6 +15,10 @@ from perseus.errors import ConfigError, PerseusError
 ExchangeArgument = Annotated[
     str, typer.Argument(metavar="EXCHANGE", help="Exchange name or id from the catalog.")
 ]
+
+
+#: This module's commands, joined to ``perseus`` by ``perseus.cli.app``.
+app = typer.Typer(rich_markup_mode=None)
 
 
 @app.command()

@@ -18,13 +18,15 @@ from rich.panel import Panel
 from rich.rule import Rule
 from rich.text import Text
 
-from perseus.cli.app import JsonFlag, _with_catalog, app, err, out, print_json, run
+from perseus.cli.common import JsonFlag, _with_catalog, err, out, print_json, run
 from perseus.config import Settings
 from perseus.errors import ConfigError, PerseusError
 from perseus.models import ApiKey, CreatedKey, Scope
 
 T = TypeVar("T")
 
+#: This module's commands, joined to ``perseus`` by ``perseus.cli.app``.
+app = typer.Typer(rich_markup_mode=None)
 apikey_app = typer.Typer(no_args_is_help=True, help="API keys for the HTTP API.")
 app.add_typer(apikey_app, name="apikey")
 

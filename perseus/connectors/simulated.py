@@ -101,10 +101,3 @@ class SimulatedConnector(Connector):
     @property
     def warm_ready(self) -> bool:
         return self._warm
-
-
-def build_connector(exchange_name: str, spec: object) -> Connector:
-    """Kept for existing callers; the factory lives in :mod:`perseus.connectors.factory`."""
-    from perseus.connectors.factory import build_connector as build
-
-    return build(exchange_name, spec)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from perseus.cli.app import _numbers, error_line
+from perseus.cli.common import _numbers, error_line
 from perseus.core.lifecycle import Role
 from perseus.errors import NotRegistered, Server, ServiceUnavailable
 from perseus.temporal import _connect_failure, filter_literal, instances_filter

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from rich.console import Console, RenderableType
 
-from perseus.cli.app import PIPE_WIDTH, make_console
+from perseus.cli.common import PIPE_WIDTH, make_console
 from perseus.cli.fleet import fleet_table
 from perseus.cli.instances import _status_table
 from perseus.cli.views import _cards
