@@ -39,13 +39,14 @@ from perseus.config import Settings, SystemdEnv, load_otel_env, load_settings, l
 from perseus.connectors.allow import ExecAllowList, load_allow_list
 from perseus.connectors.base import ConnectorHost
 from perseus.connectors.process import output_dir
-from perseus.connectors.watchdog import Watchdog
-from perseus.enrol import enrolment
 from perseus.errors import ConfigError, PerseusError, ServiceUnavailable
-from perseus.fleet import RetryWait, retry_after, retry_over
-from perseus.health import WorkerHealth
-from perseus.hosts import announcing
-from perseus.keeper import LeaseKeeper, WorkflowClosed
+from perseus.fleet.enrol import enrolment
+from perseus.fleet.file import RetryWait, retry_after, retry_over
+from perseus.host.health import WorkerHealth
+from perseus.host.keeper import LeaseKeeper, WorkflowClosed
+from perseus.host.systemd import keep_alive, notify, watchdog_period_s
+from perseus.host.watchdog import Watchdog
+from perseus.host.workers import announcing
 from perseus.keys import SHARED_TASK_QUEUE, host_task_queue, valid_host
 from perseus.logs import configure_logging, install_temporal_runtime
 from perseus.metrics import MetricsServer, free_loopback_address
@@ -53,7 +54,6 @@ from perseus.models import EventRequest
 from perseus.notify import notifications
 from perseus.store.db import Catalog, open_pool_eventually
 from perseus.store.redis_store import RedisStore, make_client
-from perseus.systemd import keep_alive, notify, watchdog_period_s
 from perseus.temporal import RPC_TIMEOUT, connect
 from workflows.instance import InstanceWorkflow
 

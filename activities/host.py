@@ -31,7 +31,7 @@ from perseus.errors import (
     LeaseDetached,
     PerseusError,
 )
-from perseus.keeper import LeaseKeeper
+from perseus.host.keeper import LeaseKeeper
 from perseus.models import (
     Claim,
     ClaimResult,
@@ -264,7 +264,7 @@ class HostActivities:
     async def hold_lease(self, req: LeaseRequest) -> LeaseOutcome:
         """Attach to this host's renewals of ``req.claim`` for one term, heartbeating as they go.
 
-        The renewals themselves run in the worker's :class:`~perseus.keeper.LeaseKeeper`, not in
+        The renewals themselves run in the worker's :class:`~perseus.host.keeper.LeaseKeeper`, not in
         this activity: when the activity ends — its term, a cancellation of any cause, a worker that
         lost Temporal — they go on, and the next lease of the same claim attaches to them again.
         Losing the claim (fencing mismatch, key gone, no renewal within the renew deadline) or the

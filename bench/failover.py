@@ -44,7 +44,7 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from perseus import control
+from perseus.client import control
 from perseus.core.lifecycle import Command
 from perseus.devstack import services
 from perseus.errors import AlreadyRegistered

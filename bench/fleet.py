@@ -6,7 +6,7 @@ interval, measured duration) runs three designs one after the other, each on fre
 Redis servers and in its own measured worker process (:mod:`bench.fleet_worker`):
 
 * ``perseus``  — the real thing: N synthetic exchanges in a scratch database, each registered and
-  started (simulated connector) through :func:`perseus.control.register` against one worker
+  started (simulated connector) through :func:`perseus.client.control.register` against one worker
   (:func:`worker.run_worker`, shared + host queue); the heartbeat is the long-running lease activity;
 * ``timer``    — the alternative design, a workflow timer + one activity per beat
   (:mod:`bench.timer_design`), same renewal, same worker layout;
@@ -55,7 +55,8 @@ import httpx
 import psutil
 from temporalio.client import Client
 
-from perseus import control, errors
+from perseus import errors
+from perseus.client import control
 from perseus.devstack import services
 from perseus.keys import SHARED_TASK_QUEUE, status_key, workflow_id
 from perseus.models import ConnectorSpec

@@ -34,7 +34,7 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
-from perseus.grid import Renewal
+from perseus.host.grid import Renewal
 from perseus.keys import iso
 from perseus.store.redis_store import FenceReply, RedisStore, make_client
 from perseus.temporal import converter
@@ -110,7 +110,7 @@ class TimedRedisStore(RedisStore):
         return reply
 
     async def renew_many(self, renewals: list[Renewal]) -> list[FenceReply | Exception]:
-        # The keeper's renewals leave in batches (perseus/grid.py): each claim's sample carries the
+        # The keeper's renewals leave in batches (perseus/host/grid.py): each claim's sample carries the
         # batch's call time and round trip, keyed by its exchange (the batch runs in no activity).
         wall, mono = time.time(), time.monotonic()
         replies = await super().renew_many(renewals)

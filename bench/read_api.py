@@ -37,7 +37,7 @@ import httpx
 from perseus.config import load_settings
 from perseus.devstack import services
 from perseus.keys import iso, status_key, stream_key
-from perseus.network_log import merge_page, store_fetch
+from perseus.readmodel.log import merge_page, store_fetch
 from perseus.store import db
 from perseus.store.redis_store import RedisStore, make_client
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from temporalio.client import Client
 
-from perseus import control
+from perseus.client import control
 from perseus.devstack import services
 from perseus.keys import status_key
 from perseus.models import ConnectorSpec

@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".perseus")
     api_key: SecretStr | None = None
     #: API mode: with this and ``api_key`` set, the CLI's commands go through the HTTP API (no
-    #: Temporal, Redis or PostgreSQL access needed on this machine; perseus/remote.py).
+    #: Temporal, Redis or PostgreSQL access needed on this machine; perseus/client/remote.py).
     api_url: AnyHttpUrl | None = None
     #: Logging for ``perseus worker``, ``api`` and ``dev``: a level name, and plain text or JSON lines.
     log_level: str = "INFO"
@@ -239,7 +239,7 @@ def load_otel_env() -> OtelEnv:
 
 class SystemdEnv(BaseSettings):
     """What systemd tells a ``Type=notify`` service about itself (``sd_notify(3)``): set by systemd,
-    never by a user, and absent outside it. Read once by the worker; see :mod:`perseus.systemd`."""
+    never by a user, and absent outside it. Read once by the worker; see :mod:`perseus.host.systemd`."""
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 

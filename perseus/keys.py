@@ -55,7 +55,7 @@ WORKERS_INDEX = "perseus:workers"
 
 
 def worker_key(host: str, worker_id: str) -> str:
-    """One worker process's announcement (perseus/hosts.py), with a TTL."""
+    """One worker process's announcement (perseus/host/workers.py), with a TTL."""
     return f"perseus:worker:{host}:{worker_id}"
 
 

@@ -30,8 +30,8 @@ from perseus.core.lifecycle import Role, State
 if TYPE_CHECKING:
     from temporalio.runtime import Runtime
 
-    from perseus.health import WorkerHealth
-    from perseus.network import StatusBoard
+    from perseus.host.health import WorkerHealth
+    from perseus.readmodel.network import StatusBoard
     from perseus.store.redis_store import RedisStore
 
 log = logging.getLogger("perseus.metrics")
@@ -315,8 +315,8 @@ def temporal_runtime(bind_address: str | None = None) -> tuple[Runtime, str]:
 
 class MetricsServer:
     """``GET /metrics`` on its own port (the worker's ``--metrics-port``): this process's metrics
-    followed by the Temporal runtime's; and ``/healthz`` and ``/readyz`` (:mod:`perseus.health`)
-    once the worker has attached its :class:`~perseus.health.WorkerHealth`. A tiny HTTP/1.0
+    followed by the Temporal runtime's; and ``/healthz`` and ``/readyz`` (:mod:`perseus.host.health`)
+    once the worker has attached its :class:`~perseus.host.health.WorkerHealth`. A tiny HTTP/1.0
     responder on the event loop, no thread: that it answers at all is what ``/healthz`` proves."""
 
     def __init__(self, host: str, port: int, temporal_url: str | None) -> None:

@@ -2,7 +2,7 @@
 
 What is traced when it is on:
 
-* the commands (:func:`traced` in :mod:`perseus.control`): ``perseus handoff`` is a trace whose
+* the commands (:func:`traced` in :mod:`perseus.client.control`): ``perseus handoff`` is a trace whose
   root names the exchange and hosts, with the update call under it;
 * every Temporal call and task, through the SDK's ``TracingInterceptor`` on each client (and so on
   every worker built from it). In the SDK's model a workflow's spans live in the trace of its start
@@ -12,7 +12,7 @@ What is traced when it is on:
   ``SignalExternalWorkflow:promote`` — a trace viewer follows the links from the command to both
   hosts' activities;
 * the API's requests (one server span each);
-* the keeper's renewal batches: one span per grid slot's pipeline (:mod:`perseus.grid`), each the
+* the keeper's renewal batches: one span per grid slot's pipeline (:mod:`perseus.host.grid`), each the
   root of its own small trace — a claim's renewals go on for days, and hanging them all under the
   activity that took the claim would make one trace without end. Not one span per renewal.
 
@@ -144,7 +144,7 @@ def span(name: str, *, root: bool = False, **attributes: str | int | float | boo
 
 
 def traced(name: str) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
-    """:func:`span` around a whole command (:mod:`perseus.control`), named by what it does, with the
+    """:func:`span` around a whole command (:mod:`perseus.client.control`), named by what it does, with the
     exchange and hosts it was given: the root of the trace its update and workflow join."""
 
     def wrap(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:

@@ -1,5 +1,5 @@
 """The write routes (DESIGN §2.5, scopes §2.10): start/stop/shutdown, handoff, drain and the fleet
-file. They run the CLI's own code (:mod:`perseus.operate`, :mod:`perseus.enrol`), so validation,
+file. They run the CLI's own code (:mod:`perseus.client.operate`, :mod:`perseus.fleet.enrol`), so validation,
 refusals and messages are the CLI's; errors become JSON with the status of their class (app.py).
 
 Every command carries the calling key as its actor (``api:<key name>``); an admin key may name
@@ -19,12 +19,13 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 from temporalio.client import Client
 
-from perseus import maintenance, operate
 from perseus.api.auth import AdminDep, ApiKeyDep, OperateDep
 from perseus.api.deps import CatalogDep, StoreDep
 from perseus.api.errors import error_response
 from perseus.api.routes import _ERRORS, ErrorBody
-from perseus.control import ANSWER_TIMEOUT_S, MAX_TIMEOUT_S, CommandSent
+from perseus.client import maintenance, operate
+from perseus.client.control import ANSWER_TIMEOUT_S, MAX_TIMEOUT_S, CommandSent
+from perseus.client.maintenance import PauseView
 from perseus.core.lifecycle import Command
 from perseus.core.pause import DEFAULT_PAUSE_S
 from perseus.errors import (
@@ -37,7 +38,6 @@ from perseus.errors import (
     ServiceUnavailable,
 )
 from perseus.keys import idempotency_key, valid_host
-from perseus.maintenance import PauseView
 from perseus.models import CallerKey, CommandResult, Exchange, Wire
 from perseus.store.db import Catalog
 from perseus.store.redis_store import RedisStore
@@ -356,7 +356,7 @@ async def host_drain(
     """One exchange at a time; refuses (409) before changing anything when one has no standby,
     unless `force` (then it is shut down). A key limited to some exchanges needs every exchange
     active on the host."""
-    from perseus.enrol import drain_host, exchanges_held
+    from perseus.fleet.enrol import drain_host, exchanges_held
 
     body = body or DrainBody()
     actor = _actor(caller, body.actor)
@@ -385,8 +385,8 @@ async def fleet(
 ) -> JSONResponse:
     """The body is the fleet file's TOML, validated whole like `perseus fleet apply`. Answers
     `{"actions": [...], "done", "waiting", "failed"}` (with `dryRun`: only `actions`)."""
-    from perseus.enrol import apply_fleet, check_admins, plan_fleet
-    from perseus.fleet import parse_fleet
+    from perseus.fleet.enrol import apply_fleet, check_admins, plan_fleet
+    from perseus.fleet.file import parse_fleet
 
     known = [e.name for e in await catalog.exchanges(active_only=True)]
     try:

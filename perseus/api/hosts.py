@@ -1,4 +1,4 @@
-"""``GET /api/network/hosts``: every live host worker (DESIGN §2.5; perseus/hosts.py)."""
+"""``GET /api/network/hosts``: every live host worker (DESIGN §2.5; perseus/host/workers.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Request
 from perseus.api.auth import require_api_key
 from perseus.api.deps import StoreDep
 from perseus.api.ready import plain_temporal
-from perseus.hosts import HostsBoard, read_hosts
+from perseus.host.workers import HostsBoard, read_hosts
 
 router = APIRouter(prefix="/api/network", tags=["network"], dependencies=[Depends(require_api_key)])
 

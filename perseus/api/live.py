@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 
 from perseus import metrics
 from perseus.errors import PerseusError
-from perseus.network import read_board
+from perseus.readmodel.network import read_board
 from perseus.store.db import Catalog
 from perseus.store.redis_store import RedisStore
 

@@ -15,8 +15,7 @@ from perseus.api.auth import require_api_key
 from perseus.api.deps import CatalogDep, StoreDep
 from perseus.api.live import LiveFeed
 from perseus.models import EventKind, Wire
-from perseus.network import InstanceView, StatusBoard, read_board
-from perseus.network_log import (
+from perseus.readmodel.log import (
     DEFAULT_COUNT,
     MAX_COUNT,
     ActivityPage,
@@ -26,6 +25,7 @@ from perseus.network_log import (
     read_timeline,
     read_uptime,
 )
+from perseus.readmodel.network import InstanceView, StatusBoard, read_board
 
 
 class ErrorBody(Wire):

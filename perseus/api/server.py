@@ -12,7 +12,7 @@ import uvicorn
 
 from perseus.api.app import create_app
 from perseus.config import Settings, SystemdEnv
-from perseus.systemd import keep_alive, notify, watchdog_period_s
+from perseus.host.systemd import keep_alive, notify, watchdog_period_s
 
 #: How often a shutting-down server looks for connections it has not yet told to close.
 SWEEP_S = 0.05
@@ -52,7 +52,7 @@ class StreamingServer(Server):
     by itself; without this a single open page would hold the shutdown.
 
     Under systemd (``Type=notify``, ``systemd`` given) it says READY once it listens, STOPPING when
-    it shuts down, and pings ``WatchdogSec`` from its event loop meanwhile (:mod:`perseus.systemd`).
+    it shuts down, and pings ``WatchdogSec`` from its event loop meanwhile (:mod:`perseus.host.systemd`).
     """
 
     def __init__(self, config: uvicorn.Config, *, systemd: SystemdEnv | None = None) -> None:

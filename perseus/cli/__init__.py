@@ -1,4 +1,8 @@
-"""The ``perseus`` command line."""
+"""The ``perseus`` command line: ``app`` joins self-contained sub-apps (instances, views, fleet, ops,
+connector output) that share ``common``; none of them imports ``app``.
+
+A leaf: may import any package of ``perseus`` (it drives them all); nothing imports it.
+"""
 
 from __future__ import annotations
 

@@ -150,7 +150,7 @@ def run(make: Callable[[Settings], Awaitable[T]]) -> T:
 def _temporal_error(exc: Exception) -> PerseusError | None:
     """A Temporal RPC failure that no layer below converted, as a Perseus error (else None).
 
-    The safety net under the conversions in perseus.control: a server that goes away mid-command
+    The safety net under the conversions in perseus.client.control: a server that goes away mid-command
     must still be one line and exit 3, never an RPCError traceback."""
     from temporalio.service import RPCError, RPCStatusCode
 

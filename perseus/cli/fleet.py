@@ -11,7 +11,7 @@ from rich.text import Text
 
 from perseus.cli.common import JsonFlag, err, out, print_json, run
 from perseus.config import Settings
-from perseus.fleet import read_fleet_file
+from perseus.fleet.file import read_fleet_file
 
 #: This module's commands, joined to ``perseus`` by ``perseus.cli.app``.
 app = typer.Typer(rich_markup_mode=None)
@@ -47,8 +47,8 @@ async def _with_clients(
 
 async def _read(catalog: Any, text: str) -> list[Any]:
     """The file's placements, validated whole (catalog names and admins included)."""
-    from perseus.enrol import check_admins
-    from perseus.fleet import parse_fleet
+    from perseus.fleet.enrol import check_admins
+    from perseus.fleet.file import parse_fleet
 
     known = [e.name for e in await catalog.exchanges(active_only=True)]
     placements = parse_fleet(text, known)
@@ -74,12 +74,12 @@ def apply(
     as_json: JsonFlag = False,
 ) -> None:
     """Store the file's placements and enrol what can run now (first live host active, the rest standbys)."""
-    from perseus.enrol import EnrolReport, apply_fleet
-    from perseus.fleet import Action
+    from perseus.fleet.enrol import EnrolReport, apply_fleet
+    from perseus.fleet.file import Action
 
     async def main(settings: Settings) -> tuple[list[Any], EnrolReport]:
         text = read_fleet_file(file)  # bounded, before any server is contacted
-        from perseus import remote
+        from perseus.client import remote
 
         if remote.enabled(settings):
             answer = await remote.fleet(settings, text, dry_run=False, prune=prune)
@@ -87,7 +87,7 @@ def apply(
             return [Action.model_validate(a) for a in answer["actions"]], report
 
         async def go(client: Any, catalog: Any, store: Any) -> tuple[list[Any], EnrolReport]:
-            from perseus.actors import cli_actor
+            from perseus.client.actors import cli_actor
 
             placements = await _read(catalog, text)
             return await apply_fleet(client, catalog, store, placements, prune=prune, actor=cli_actor())
@@ -124,12 +124,12 @@ def diff(
     as_json: JsonFlag = False,
 ) -> None:
     """Print what `fleet apply` would change; changes nothing."""
-    from perseus.enrol import plan_fleet
-    from perseus.fleet import Action
+    from perseus.fleet.enrol import plan_fleet
+    from perseus.fleet.file import Action
 
     async def main(settings: Settings) -> list[Any]:
         text = read_fleet_file(file)  # bounded, before any server is contacted
-        from perseus import remote
+        from perseus.client import remote
 
         if remote.enabled(settings):
             answer = await remote.fleet(settings, text, dry_run=True, prune=prune)
@@ -152,7 +152,7 @@ def diff(
 @fleet_app.command("status")
 def status(as_json: JsonFlag = False) -> None:
     """Per exchange: desired hosts, who is active, who stands by, and the drift."""
-    from perseus.enrol import fleet_status
+    from perseus.fleet.enrol import fleet_status
 
     async def main(settings: Settings) -> list[Any]:
         return await _with_clients(settings, fleet_status, read_only=True)
@@ -190,7 +190,7 @@ def drain(
     as_json: JsonFlag = False,
 ) -> None:
     """Hand every instance active on HOST to its best live standby, one exchange at a time."""
-    from perseus.enrol import drain_host
+    from perseus.fleet.enrol import drain_host
     from perseus.keys import valid_host
 
     if not valid_host(host):
@@ -198,8 +198,8 @@ def drain(
         raise typer.Exit(1)
 
     async def main(settings: Settings) -> list[str]:
-        from perseus import remote
-        from perseus.actors import cli_actor
+        from perseus.client import remote
+        from perseus.client.actors import cli_actor
 
         if remote.enabled(settings):
             return await remote.drain(settings, host, force=force)

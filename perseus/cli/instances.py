@@ -36,8 +36,8 @@ from perseus.models import CommandResult, Exchange, RegistrationResult
 from perseus.temporal import web_ui_base
 
 if TYPE_CHECKING:
-    from perseus.control import CommandSent
-    from perseus.operate import Operator
+    from perseus.client.control import CommandSent
+    from perseus.client.operate import Operator
 
 T = TypeVar("T")
 
@@ -53,7 +53,7 @@ app = typer.Typer(rich_markup_mode=None)
 async def _resolve(settings: Settings, exchange: str) -> Exchange:
     """The catalog's exchange for a name or id; UnknownExchange (exit 4) lists the known ones. A name
     that cannot be one (a quote, a space) is refused before it reaches any query."""
-    from perseus.control import check_exchange
+    from perseus.client.control import check_exchange
 
     if not exchange.isdigit():
         check_exchange(exchange)
@@ -62,7 +62,7 @@ async def _resolve(settings: Settings, exchange: str) -> Exchange:
 
 async def _holder(settings: Settings, exchange_id: int) -> str | None:
     """The workflowId in the exchange's status key: the instance that holds the claim now."""
-    from perseus.control import holder_workflow_id
+    from perseus.client.control import holder_workflow_id
     from perseus.store.redis_store import RedisStore, make_client
 
     redis = make_client(str(settings.redis_url))
@@ -75,8 +75,8 @@ async def _holder(settings: Settings, exchange_id: int) -> str | None:
 async def _with_operator(settings: Settings, fn: Callable[[Operator], Awaitable[T]]) -> T:
     """Run ``fn`` with Redis, one PostgreSQL connection and Temporal open for one command, as this
     machine's operator (``cli:<user>@<machine>``)."""
-    from perseus.actors import cli_actor
-    from perseus.operate import Operator
+    from perseus.client.actors import cli_actor
+    from perseus.client.operate import Operator
     from perseus.store.redis_store import RedisStore, make_client
     from perseus.temporal import connect
 
@@ -115,7 +115,7 @@ def _direct_actor(actor: str | None) -> None:
 
 def _timeout(timeout: float | None) -> float:
     """The wait for this call: ``--timeout`` checked before anything is asked, or the default."""
-    from perseus.control import ANSWER_TIMEOUT_S, check_timeout
+    from perseus.client.control import ANSWER_TIMEOUT_S, check_timeout
 
     return ANSWER_TIMEOUT_S if timeout is None else check_timeout(timeout)
 
@@ -223,8 +223,8 @@ def register(
     as_json: JsonFlag = False,
 ) -> None:
     """Register an instance of EXCHANGE on a host: claims the exchange (state idle), or waits as a standby."""
-    from perseus import control
     from perseus.cli.connector_output import connector_spec
+    from perseus.client import control
     from perseus.temporal import connect
 
     async def main(settings: Settings) -> RegistrationResult:
@@ -258,7 +258,7 @@ def register(
             return found
 
         known = await _with_catalog(settings, check)
-        from perseus.actors import cli_actor
+        from perseus.client.actors import cli_actor
 
         where = host or settings.host_name()
         client = await connect(settings)
@@ -305,11 +305,11 @@ def _command(
 ) -> None:
 
     async def main(settings: Settings) -> tuple[str, CommandResult | CommandSent]:
-        from perseus import operate
+        from perseus.client import operate
 
         wait_s = _timeout(timeout)
 
-        from perseus import remote
+        from perseus.client import remote
 
         if remote.enabled(settings):
             return await remote.command(
@@ -396,7 +396,7 @@ def status(
     instance's Temporal Web UI link is listed too (``webUi`` in ``--json``)."""
     import time
 
-    from perseus.network import StatusBoard, read_board
+    from perseus.readmodel.network import StatusBoard, read_board
     from perseus.store.redis_store import RedisStore, make_client
 
     async def main(settings: Settings) -> tuple[StatusBoard, str]:
@@ -452,7 +452,7 @@ def _status_table(board: Any, ui: str | None) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    from perseus.network import readiness
+    from perseus.readmodel.network import readiness
 
     colours = {"fresh": "green", "late": "yellow", "stale": "red"}
     columns = ["exchange", "role", "host", "IP", "state", "epoch", "heartbeat", "TTL left", "symbols"]
@@ -550,11 +550,11 @@ def handoff(
     """Planned switchover to a standby: notify, takeover, confirm; the old one becomes a standby."""
 
     async def main(settings: Settings) -> tuple[str, CommandResult]:
-        from perseus import operate
+        from perseus.client import operate
 
         wait_s = _timeout(timeout)
 
-        from perseus import remote
+        from perseus.client import remote
 
         if remote.enabled(settings):
             with waiting(f"handing {exchange} over to {to}", as_json=as_json):

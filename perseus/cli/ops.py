@@ -6,9 +6,9 @@ from typing import Annotated, Any
 
 import typer
 
-from perseus.actors import cli_actor
 from perseus.cli.common import JsonFlag, err, error_line, out, print_json, run
 from perseus.cli.views import _with_store
+from perseus.client.actors import cli_actor
 from perseus.config import Settings
 from perseus.errors import ConfigError, PerseusError
 
@@ -34,7 +34,7 @@ def pause(
 ) -> None:
     """Maintenance mode: no automatic promotion or claim-over until resumed or the deadline passes.
     The active instance keeps running; standbys keep watching; a start or handoff still works."""
-    from perseus import maintenance, remote
+    from perseus.client import maintenance, remote
     from perseus.core.pause import DEFAULT_PAUSE_S, parse_span
 
     async def main(settings: Settings) -> Any:
@@ -64,7 +64,7 @@ def pause(
 @app.command()
 def resume(exchange: ExchangeArgument, as_json: JsonFlag = False) -> None:
     """End an exchange's pause now: standbys take over a vacancy again within an interval."""
-    from perseus import maintenance, remote
+    from perseus.client import maintenance, remote
 
     async def main(settings: Settings) -> Any:
         if remote.enabled(settings):
@@ -84,7 +84,7 @@ def resume(exchange: ExchangeArgument, as_json: JsonFlag = False) -> None:
 def hosts(as_json: JsonFlag = False) -> None:
     """Every live host worker: version, last poll (from Temporal), claims and watches held,
     capacity, whether it serves the shared queue, its metrics URL."""
-    from perseus.hosts import HostsBoard, read_hosts
+    from perseus.host.workers import HostsBoard, read_hosts
     from perseus.store.redis_store import RedisStore, make_client
     from perseus.temporal import connect
 

@@ -61,7 +61,7 @@ async def _with_store(settings: Settings, fn: Callable[[Any, Any], Awaitable[T]]
 
 def _card(view: Any) -> Panel:
     """One exchange as on the network page."""
-    from perseus.network import InstanceView, readiness
+    from perseus.readmodel.network import InstanceView, readiness
 
     assert isinstance(view, InstanceView)
     s = view.status
@@ -134,7 +134,7 @@ def network(
     """The network view: a card per active exchange (state, host, IP, admin, heartbeat, uptime)."""
     from rich.live import Live
 
-    from perseus.network import StatusBoard, read_board
+    from perseus.readmodel.network import StatusBoard, read_board
 
     if not interval > 0:
         err.print(
@@ -208,7 +208,7 @@ def log(
     as_json: JsonFlag = False,
 ) -> None:
     """The activity log, newest first; follow the printed cursor for older entries."""
-    from perseus.network_log import ActivityPage, read_activity
+    from perseus.readmodel.log import ActivityPage, read_activity
 
     async def main(settings: Settings) -> ActivityPage:
         return await _with_store(

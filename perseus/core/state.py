@@ -34,7 +34,7 @@ class Ending(StrEnum):
 
     The result stays one line of text (recorded runs returned text, and operators read it); the
     core writes these words and :func:`ending_of` reads them, so producer and reader share one
-    definition (``perseus.enrol`` enrols an instance again after a loss)."""
+    definition (``perseus.fleet.enrol`` enrols an instance again after a loss)."""
 
     SHUT_DOWN = "shut down"
     RELEASED = "released"

@@ -39,7 +39,7 @@ from perseus.config import (
 )
 from perseus.devstack import services
 from perseus.errors import ConfigError, PerseusError
-from perseus.fleet import parse_fleet
+from perseus.fleet.file import parse_fleet
 from perseus.models import Scope
 from perseus.store import db
 from perseus.temporal import connect, register_search_attributes

@@ -25,7 +25,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from perseus.errors import ConfigError, Server, ServiceUnavailable, UnknownAdmin, UnknownExchange
-from perseus.fleet import Placement
+from perseus.fleet.file import Placement
 from perseus.models import Admin, ApiKey, CallerKey, EventKind, Exchange, NetworkEvent, Scope
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schema.sql"  # package data (a link in a checkout)

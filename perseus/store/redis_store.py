@@ -30,8 +30,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from perseus import metrics
 from perseus.errors import Server, ServiceUnavailable
-from perseus.grid import Renewal, groups_of
-from perseus.hosts import WorkerRecord
+from perseus.host.grid import Renewal, groups_of
+from perseus.host.workers import WorkerRecord
 from perseus.keys import (
     WORKERS_INDEX,
     epoch_key,

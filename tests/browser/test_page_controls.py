@@ -15,8 +15,8 @@ import pytest_asyncio
 from playwright.async_api import Dialog, Page
 from temporalio.client import Client
 
-from perseus import control
 from perseus.api.server import build_server
+from perseus.client import control
 from perseus.config import Settings
 from perseus.core.lifecycle import Command
 from perseus.devstack.services import free_port

@@ -22,7 +22,7 @@ from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, Register
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from perseus import control
+from perseus.client import control
 from perseus.config import Settings
 from perseus.core.lifecycle import Command
 from perseus.devstack import services

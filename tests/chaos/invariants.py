@@ -28,7 +28,7 @@ from perseus.core.decisions import (
     head_start_s,
     vacancy_delay,
 )
-from perseus.grid import SLOT_S
+from perseus.host.grid import SLOT_S
 from perseus.timing import CLAIM_OVER_INTERVALS
 
 

@@ -31,7 +31,7 @@ import pytest_asyncio
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
-from perseus import control
+from perseus.client import control
 from perseus.core.decisions import lease_heartbeat_timeout_s
 from perseus.devstack import services
 from perseus.errors import AlreadyRegistered, PerseusError

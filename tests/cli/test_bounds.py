@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from perseus.fleet import MAX_FLEET_BYTES, MAX_FLEET_DEPTH
+from perseus.fleet.file import MAX_FLEET_BYTES, MAX_FLEET_DEPTH
 from tests.conftest import NO_IP_LOOKUP, PERSEUS, ROOT
 
 pytestmark = pytest.mark.unit

@@ -14,10 +14,10 @@ from perseus.cli.fleet import fleet_table
 from perseus.cli.instances import _status_table
 from perseus.cli.views import _cards
 from perseus.core.lifecycle import State
-from perseus.enrol import FleetExchangeView
+from perseus.fleet.enrol import FleetExchangeView
 from perseus.keys import iso
 from perseus.models import InstanceStatus
-from perseus.network import InstanceView, LastKnown, StandbyView, StatusBoard
+from perseus.readmodel.network import InstanceView, LastKnown, StandbyView, StatusBoard
 
 pytestmark = pytest.mark.unit
 

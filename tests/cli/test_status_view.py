@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
-from perseus import control
+from perseus.client import control
 from perseus.core.lifecycle import Command
 from tests.conftest import PERSEUS, ROOT, Servers, exchange_id, perseus
 from tests.integration.helpers import active_on, wait_for

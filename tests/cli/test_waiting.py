@@ -17,7 +17,7 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
-from perseus import control
+from perseus.client import control
 from perseus.core.lifecycle import Command, Role, State
 from perseus.keys import workflow_id
 from perseus.store.redis_store import RedisStore

@@ -567,7 +567,7 @@ async def test_metrics_need_a_key_and_show_instances_by_role_and_state(
     assert 'perseus_instances{role="standby",state="standby"}' in text
     assert "# TYPE perseus_renewals_total counter" in text and "perseus_live_clients" in text
     assert f'perseus_exchange_paused{{exchange="{name}"}} 0.0' in text
-    # A pause (the key perseus.maintenance writes) shows in the gauge and in the item.
+    # A pause (the key perseus.client.maintenance writes) shows in the gauge and in the item.
     until = "2030-01-01T00:00:00.000Z"
     await store.set_pause(ex_id, PauseRecord(until=until, since=until, actor="cli:ops@laptop"), 60_000)
     assert f'perseus_exchange_paused{{exchange="{name}"}} 1.0' in (await asgi.get("/metrics")).text

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
-from perseus import control
+from perseus.client import control
 from perseus.core.lifecycle import Command, Role
 from perseus.models import ConnectorSpec, InstanceSnapshot
 from perseus.store.redis_store import RedisStore

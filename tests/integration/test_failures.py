@@ -10,7 +10,7 @@ import time
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from perseus import control
+from perseus.client import control
 from perseus.core.lifecycle import Command
 from perseus.errors import ClaimConflict, ServiceUnavailable
 from perseus.keys import workflow_id

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from perseus import control
+from perseus.client import control
 from perseus.core.lifecycle import Command
-from perseus.enrol import (
+from perseus.errors import ServiceUnavailable
+from perseus.fleet.enrol import (
     FleetExchangeView,
     apply_fleet,
     drain_host,
@@ -23,8 +24,7 @@ from perseus.enrol import (
     live_hosts,
     plan_fleet,
 )
-from perseus.errors import ServiceUnavailable
-from perseus.fleet import Placement, parse_fleet
+from perseus.fleet.file import Placement, parse_fleet
 from perseus.keys import workflow_id
 from perseus.models import StandbyRecord
 from perseus.store import db

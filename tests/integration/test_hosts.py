@@ -10,8 +10,8 @@ import httpx
 import pytest
 from temporalio.client import Client
 
-from perseus import control
 from perseus.api.app import create_app
+from perseus.client import control
 from perseus.config import Settings
 from perseus.core.lifecycle import Command
 from perseus.store import db

@@ -16,7 +16,7 @@ import pytest_asyncio
 from activities import host as host_module
 from activities.host import HostActivities, parse_ip_answer
 from perseus.connectors.base import ConnectorHost
-from perseus.keeper import LeaseKeeper
+from perseus.host.keeper import LeaseKeeper
 
 pytestmark = pytest.mark.integration
 

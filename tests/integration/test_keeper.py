@@ -10,13 +10,13 @@ from collections.abc import Callable
 
 import pytest
 
-from perseus import keeper as keeper_module
 from perseus.connectors.base import ConnectorHost
 from perseus.connectors.simulated import SimulatedConnector
 from perseus.core.lifecycle import Role
 from perseus.errors import ClaimLost, ClaimMissing, RenewDeadline
-from perseus.grid import Renewal
-from perseus.keeper import LeaseKeeper
+from perseus.host import keeper as keeper_module
+from perseus.host.grid import Renewal
+from perseus.host.keeper import LeaseKeeper
 from perseus.keys import status_key
 from perseus.models import (
     Claim,

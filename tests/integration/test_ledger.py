@@ -27,7 +27,7 @@ from perseus.core.lifecycle import State
 from perseus.devstack import services
 from perseus.errors import ServiceUnavailable
 from perseus.models import EventKind, EventRequest, NetworkEvent
-from perseus.network_log import MAX_PAGE_BYTES, TIMELINE_POINTS, Transition, seconds_in, timeline
+from perseus.readmodel.log import MAX_PAGE_BYTES, TIMELINE_POINTS, Transition, seconds_in, timeline
 from perseus.store import db
 from perseus.store.redis_store import RedisStore, make_client
 from tests.conftest import Servers

@@ -11,7 +11,7 @@ import signal
 import pytest
 from temporalio.client import Client
 
-from perseus import control
+from perseus.client import control
 from perseus.store.redis_store import RedisStore
 from tests.conftest import Servers, WorkerProcess, exchange_id
 from tests.integration.helpers import active_on, host_name, wait_for

@@ -28,7 +28,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from perseus import control
+from perseus.client import control
 from perseus.config import load_settings
 from perseus.core.lifecycle import State
 from perseus.devstack.services import free_port

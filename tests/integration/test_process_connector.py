@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from perseus import control
+from perseus.client import control
 from perseus.connectors.process import output_dir, output_path
 from perseus.core.lifecycle import Command
 from perseus.errors import ClaimConflict, PerseusError

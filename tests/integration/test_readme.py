@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 from temporalio.client import Client
 
-from perseus import control
+from perseus.client import control
 from perseus.core.lifecycle import Command
 from perseus.fencing import fenced_key
 from perseus.models import StandbyRecord

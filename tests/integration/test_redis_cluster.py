@@ -25,13 +25,13 @@ import pytest_asyncio
 from redis.asyncio.cluster import RedisCluster
 from temporalio.client import Client
 
-from perseus import control
+from perseus.client import control
 from perseus.config import load_settings
 from perseus.connectors.base import ConnectorHost
 from perseus.core.lifecycle import Command
 from perseus.devstack import binaries, services
 from perseus.errors import ClaimLost, ClaimMissing
-from perseus.keeper import LeaseKeeper
+from perseus.host.keeper import LeaseKeeper
 from perseus.keys import epoch_key, iso, retention_min_id, status_key, stream_key
 from perseus.models import Claim, ConnectorSpec, LeaseRequest, StandbyRecord
 from perseus.store.redis_store import RedisStore, is_cluster_url, make_client

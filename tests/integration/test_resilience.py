@@ -28,7 +28,7 @@ from activities.registry import RegistryActivities
 from perseus.connectors.base import ConnectorHost
 from perseus.core.lifecycle import Command, State
 from perseus.devstack import services
-from perseus.keeper import LeaseKeeper
+from perseus.host.keeper import LeaseKeeper
 from perseus.keys import host_task_queue, workflow_id
 from perseus.models import CommandRequest, InstanceInput, Recorded, RecordRequest
 from perseus.store import db

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from perseus import control
+from perseus.client import control
 from perseus.core.decisions import lease_heartbeat_timeout_s
 from perseus.models import ConnectorSpec
 from perseus.store.redis_store import RedisStore

@@ -11,7 +11,7 @@ import uuid
 import pytest
 from temporalio.client import Client
 
-from perseus import control
+from perseus.client import control
 from perseus.core.lifecycle import Command
 from perseus.errors import ClaimConflict, InvalidTransition, PerseusError
 from perseus.keys import standby_index_key, status_key, workflow_id

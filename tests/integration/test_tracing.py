@@ -21,7 +21,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from temporalio.client import Client
 
-from perseus import control, tracing
+from perseus import tracing
+from perseus.client import control
 from perseus.config import Settings, load_otel_env
 from perseus.core.lifecycle import Command
 from perseus.store.redis_store import RedisStore

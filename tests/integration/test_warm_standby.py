@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
-from perseus import control
+from perseus.client import control
 from perseus.core.lifecycle import Command
 from perseus.keys import standby_index_key, standby_key
 from perseus.models import ConnectorSpec

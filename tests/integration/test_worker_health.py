@@ -18,7 +18,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from perseus import control
+from perseus.client import control
 from perseus.devstack import services
 from perseus.devstack.services import free_port
 from perseus.store.redis_store import RedisStore, make_client

@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 from temporalio.api.enums.v1 import EventType, TaskQueueKind
 
-from perseus import control
+from perseus.client import control
 from perseus.keys import workflow_id
 from perseus.store.redis_store import RedisStore
 from tests.conftest import Servers, WorkerProcess, exchange_id

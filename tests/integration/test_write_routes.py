@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from temporalio.client import Client
 
-from perseus import control
+from perseus.client import control
 from perseus.config import Settings
 from perseus.core.lifecycle import Command
 from perseus.models import Scope

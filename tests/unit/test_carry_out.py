@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from perseus import enrol
-from perseus.enrol import EnrolReport, carry_out
-from perseus.fleet import Action, ActionKind, Placement
+from perseus.fleet import enrol
+from perseus.fleet.enrol import EnrolReport, carry_out
+from perseus.fleet.file import Action, ActionKind, Placement
 
 pytestmark = pytest.mark.unit
 

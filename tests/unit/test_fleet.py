@@ -1,4 +1,4 @@
-"""The fleet file's validation and the pure plan(): every invariant of perseus/fleet.py, over many
+"""The fleet file's validation and the pure plan(): every invariant of perseus/fleet/file.py, over many
 snapshots (no servers)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from perseus.errors import InvalidFleet
-from perseus.fleet import (
+from perseus.fleet.file import (
     Action,
     ActionKind,
     Instance,

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from perseus.grid import SLOT_S, RenewalGrid, groups_of, slot_of, slot_start
+from perseus.host.grid import SLOT_S, RenewalGrid, groups_of, slot_of, slot_start
 
 pytestmark = pytest.mark.unit
 

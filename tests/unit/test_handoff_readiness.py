@@ -7,7 +7,7 @@ from pathlib import Path
 
 from perseus.connectors.factory import cannot_start
 from perseus.models import ConnectorSpec
-from perseus.network import StandbyView, readiness, warmth
+from perseus.readmodel.network import StandbyView, readiness, warmth
 
 
 def process(*command: str, **more: object) -> ConnectorSpec:

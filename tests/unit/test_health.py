@@ -5,8 +5,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from perseus.health import Check, keeper_check, readiness, watchdog_check
-from perseus.systemd import notify, watchdog_period_s
+from perseus.host.health import Check, keeper_check, readiness, watchdog_check
+from perseus.host.systemd import notify, watchdog_period_s
 
 
 def test_a_claim_is_late_past_one_and_a_half_intervals_and_the_worst_is_named() -> None:

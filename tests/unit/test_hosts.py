@@ -1,10 +1,10 @@
-"""The hosts view's assembly (perseus.hosts.summarise): pure, no servers."""
+"""The hosts view's assembly (perseus.host.workers.summarise): pure, no servers."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from perseus.hosts import WorkerRecord, summarise
+from perseus.host.workers import WorkerRecord, summarise
 
 
 def record(host: str, worker_id: str, seen: str, **over: object) -> WorkerRecord:

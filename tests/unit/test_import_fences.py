@@ -68,7 +68,7 @@ USER_LAYOUT = ("workflows", "activities", "worker")
 def test_perseus_never_imports_the_user_layout() -> None:
     """The CLI, the client side and the API load without the workflow, the activities or the worker."""
     code = (
-        "import sys, perseus.cli.app, perseus.control, perseus.api.app, perseus.devstack.stack; "
+        "import sys, perseus.cli.app, perseus.client.control, perseus.api.app, perseus.devstack.stack; "
         f"roots = {USER_LAYOUT!r}; "
         "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in roots)))"
     )
@@ -96,3 +96,77 @@ def test_client_names_match_the_workflow_definition() -> None:
     for kind, constants in names.items():
         for constant in constants:
             assert getattr(temporal, constant) in registered[kind], f"{constant} is not a {kind} handler"
+
+
+# --- the layout by concern: which part of perseus/ may import which ---------------------------------
+
+#: For each part of ``perseus/`` (a package, or a top-level module), the parts it may import besides
+#: itself. Each package's docstring says the same in words (``test_every_package_says_...``).
+SHARED = {"errors", "keys", "models", "timing"}
+MAY_IMPORT: dict[str, set[str]] = {
+    "errors": set(),
+    "keys": set(),
+    "timing": set(),
+    "redact": set(),
+    "codec": {"errors"},
+    "tracing": {"errors"},
+    "fencing": {"errors", "keys"},
+    "logs": set(),
+    "models": {"core", "keys", "timing"},
+    "core": SHARED - {"core"},
+    "metrics": {"core", "errors"},
+    "temporal": {"codec", "core", "errors", "tracing"},
+    "config": SHARED | {"codec", "store"},
+    "store": SHARED | {"metrics", "fleet", "host"},
+    "connectors": SHARED | {"core", "redact"},
+    "notify": SHARED | {"redact", "store"},
+    "host": SHARED | {"core", "fleet", "metrics", "tracing"},
+    "readmodel": SHARED | {"core", "store"},
+    "client": SHARED | {"config", "core", "store", "temporal", "tracing"},
+    "fleet": SHARED | {"client", "config", "core", "store", "temporal"},
+    "api": SHARED
+    | {"client", "codec", "config", "core", "fleet", "host", "metrics", "readmodel", "redact", "store"}
+    | {"temporal", "tracing"},
+    "devstack": SHARED | {"api", "codec", "config", "fleet", "store", "temporal"},
+    "cli": {"*"},
+}
+
+
+def _part(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "perseus"
+
+
+def test_each_part_of_perseus_imports_only_what_it_may() -> None:
+    """The layout shows the architecture: the core imports only the shared modules, the read model
+    never the client side, nothing but the CLI and the dev stack the API, nothing the CLI."""
+    from tests.unit.test_import_cycles import imports_of, modules
+
+    known = modules()
+    wrong = []
+    for name, path in known.items():
+        here = _part(name)
+        if here == "perseus":
+            continue
+        allowed = MAY_IMPORT[here]
+        for other in sorted(imports_of(name, path, known)):
+            there = _part(other)
+            if there not in (here, "perseus") and "*" not in allowed and there not in allowed:
+                wrong.append(f"{name} imports {other}")
+    assert wrong == []
+    parts = {_part(name) for name in known} - {"perseus"}
+    assert parts == set(MAY_IMPORT), "a new part of perseus/ needs its line in MAY_IMPORT"
+
+
+def test_every_package_says_what_it_owns_and_may_import() -> None:
+    """One paragraph per package, read by whoever opens it first: what it owns, what it may import."""
+    import importlib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "perseus"
+    for init in sorted(root.glob("*/__init__.py")):
+        module = importlib.import_module(f"perseus.{init.parent.name}")
+        doc = (module.__doc__ or "").lower()
+        assert "may import" in doc or "a leaf" in doc, (
+            f"perseus.{init.parent.name} does not say what it may import"
+        )

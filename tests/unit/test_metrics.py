@@ -81,7 +81,7 @@ def test_the_board_names_the_holder_its_epoch_and_how_long_it_has_held() -> None
 
     from perseus.core.lifecycle import State
     from perseus.models import InstanceStatus
-    from perseus.network import InstanceView, StatusBoard
+    from perseus.readmodel.network import InstanceView, StatusBoard
 
     now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
     record = InstanceStatus(

@@ -10,8 +10,7 @@ import pytest
 
 from perseus.errors import InvalidQuery
 from perseus.models import Exchange
-from perseus.network import format_duration, judge, last_known
-from perseus.network_log import (
+from perseus.readmodel.log import (
     Cursor,
     Match,
     Read,
@@ -26,6 +25,7 @@ from perseus.network_log import (
     transitions_of,
     uptime_windows,
 )
+from perseus.readmodel.network import format_duration, judge, last_known
 from perseus.store.redis_store import StatusRead
 
 pytestmark = pytest.mark.unit

@@ -9,7 +9,7 @@ import pytest
 
 from perseus.core.lifecycle import State
 from perseus.models import Claim, ConnectorHealth, Exchange
-from perseus.network import judge
+from perseus.readmodel.network import judge
 from perseus.store.redis_store import FenceReply, HolderEpoch, StatusRead
 from tests.unit.test_models import LIVERMORE_FIELDS, status
 

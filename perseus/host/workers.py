@@ -9,7 +9,7 @@ see them. Two sources, each saying what only it knows:
   its metrics URL, and the claims and standby watches its keeper holds right now. A killed worker's
   record lapses within :data:`ANNOUNCE_TTL_S`.
 * **Temporal**: when each worker last polled its host's task queue (the same poller list that
-  tells a missing host from a busy one, ``perseus.enrol``). Optional: without Temporal the view
+  tells a missing host from a busy one, ``perseus.fleet.enrol``). Optional: without Temporal the view
   still answers, with ``lastPollAt`` null.
 """
 

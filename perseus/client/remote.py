@@ -14,8 +14,8 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from perseus import errors
+from perseus.client.control import CommandSent
 from perseus.config import Settings, is_loopback_host
-from perseus.control import CommandSent
 from perseus.core.lifecycle import Command, State
 from perseus.models import CommandResult
 

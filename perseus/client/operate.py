@@ -1,6 +1,6 @@
 """The commands an operator gives (start, stop, shutdown, handoff), as one code path for the CLI and
 the HTTP API: resolve the exchange in the catalog, find the instance the command is for, run it
-through :mod:`perseus.control` with its actor, and record a refusal in the audit trail.
+through :mod:`perseus.client.control` with its actor, and record a refusal in the audit trail.
 
 A refusal raises the same Perseus error either way (the CLI prints it and exits with its code, the
 API answers with its status) and changes nothing; it is also written to the exchange's stream as a
@@ -18,8 +18,9 @@ from datetime import UTC, datetime
 
 from temporalio.client import Client
 
-from perseus import control, errors
-from perseus.actors import api_actor, cli_actor
+from perseus import errors
+from perseus.client import control
+from perseus.client.actors import api_actor, cli_actor
 from perseus.core.lifecycle import Command
 from perseus.keys import retention_min_id
 from perseus.models import CommandResult, EventKind, Exchange, NetworkEvent

@@ -1,4 +1,4 @@
-"""The declared fleet's I/O side: observe what runs, carry out :mod:`perseus.fleet`'s plans.
+"""The declared fleet's I/O side: observe what runs, carry out :mod:`perseus.fleet.file`'s plans.
 
 Everything here is driven by an event — ``perseus fleet apply``, ``perseus drain``, a worker's start,
 an instance of the worker's host ending as lost — never by a timer: no cron, no polling loop.
@@ -29,12 +29,13 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest, GetSyste
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from perseus import control, errors
-from perseus.actors import fleet_actor
+from perseus import errors
+from perseus.client import control
+from perseus.client.actors import fleet_actor
 from perseus.config import Settings
 from perseus.core.lifecycle import Command, Role
 from perseus.core.state import Ending, ending_of
-from perseus.fleet import (
+from perseus.fleet.file import (
     Action,
     ActionKind,
     DrainStep,
@@ -55,7 +56,7 @@ from perseus.store.db import Catalog, FleetListener
 from perseus.store.redis_store import RedisStore
 from perseus.temporal import EXCHANGE_NAME, INSTANCE_HOST, INSTANCE_ROLE, INSTANCE_WORKFLOW
 
-log = logging.getLogger("perseus.fleet")
+log = logging.getLogger("perseus.fleet.file")
 
 #: A host counts as live when a worker polled its queue this recently. An idle worker renews its
 #: long poll about once a minute, so a shorter window would call healthy idle hosts dead; a host
@@ -158,7 +159,7 @@ async def observe(
     stored: list[Placement],
     hosts: Iterable[str],
 ) -> Observed:
-    """One snapshot for :func:`perseus.fleet.plan`: which of ``pairs`` (exchange, host) run, who
+    """One snapshot for :func:`perseus.fleet.file.plan`: which of ``pairs`` (exchange, host) run, who
     holds each exchange, which of ``hosts`` are live. Reads only; strongly consistent (by workflow
     id, not through the visibility index)."""
     wanted = sorted(set(pairs))

@@ -4,7 +4,7 @@ Pure: no I/O, no clock. :func:`parse_fleet` turns TOML text into :class:`Placeme
 one :class:`~perseus.errors.InvalidFleet` naming the offending key; :func:`plan` compares the desired
 placements with an :class:`Observed` snapshot and returns the :class:`Action` list that ``perseus
 fleet apply``, ``fleet diff``, the worker's enrolment and ``perseus drain`` carry out (or print).
-The I/O side lives in :mod:`perseus.enrol`.
+The I/O side lives in :mod:`perseus.fleet.enrol`.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from perseus.core.lifecycle import State
 from perseus.errors import InvalidQuery
 from perseus.keys import RETENTION, parse_iso
 from perseus.models import EventKind, Exchange, InstanceStatus, Wire
-from perseus.network import format_duration, judge, running_for_s
+from perseus.readmodel.network import format_duration, judge, running_for_s
 from perseus.store.db import Catalog, LedgerView, LogRead
 from perseus.store.redis_store import RedisStore
 

@@ -31,8 +31,8 @@ from perseus.timing import ALIVE_INTERVALS
 if TYPE_CHECKING:
     from temporalio.client import Client
 
-    from perseus.connectors.watchdog import Watchdog
-    from perseus.keeper import LeaseKeeper
+    from perseus.host.keeper import LeaseKeeper
+    from perseus.host.watchdog import Watchdog
     from perseus.store.redis_store import RedisStore
 
 #: Seconds each server check may take. Redis answers in a millisecond when well; Temporal's
@@ -118,7 +118,7 @@ async def redis_check(store: RedisStore) -> Check:
 async def temporal_check(client: Client, host: str) -> Check:
     """Whether Temporal saw this worker (its client's identity) poll the host's activity queue
     within the window an idle long poll needs to come round again."""
-    from perseus.enrol import LIVE_POLL_WINDOW, pollers_within
+    from perseus.fleet.enrol import LIVE_POLL_WINDOW, pollers_within
 
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_S):

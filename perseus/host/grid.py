@@ -1,6 +1,6 @@
 """The renewal grid: a host's claim renewals leave together, one Redis round trip per slot.
 
-Each claim keeps its own fixed schedule (:class:`~perseus.keeper.LeaseKeeper` owns it), but waits
+Each claim keeps its own fixed schedule (:class:`~perseus.host.keeper.LeaseKeeper` owns it), but waits
 for the start of the grid slot its due time falls in instead of the due time itself. Starting a
 renewal up to one slot *early* is always safe (the TTL is reset from an earlier moment, never
 stretched past three intervals from the last success); starting it late never happens on account

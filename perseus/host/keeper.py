@@ -8,7 +8,7 @@ many reasons that say nothing about the claim — the SDK cancels it locally whe
 server for the heartbeat timeout, the workflow cancels it before continue-as-new, a term runs out —
 and none of them stops the renewals. So a Temporal outage of any length lapses no claim and stops no
 connector while Redis answers, and the workflow re-attaches when it comes back. The claims' loops
-renew on a shared grid (:mod:`perseus.grid`): those due in one 100 ms slot start together, up to a
+renew on a shared grid (:mod:`perseus.host.grid`): those due in one 100 ms slot start together, up to a
 slot early, and their renewals go to Redis as one pipeline; each loop still gets its own outcome.
 
 Invariants (the reasons this module exists):
@@ -16,7 +16,7 @@ Invariants (the reasons this module exists):
 1. **A connector never outlives its claim.** Every loop stops its connector as soon as the claim is
    refused (fencing mismatch, key gone) or when no renewal has succeeded for the renew deadline
    (2 intervals, below the 3-interval TTL), before it reports anything. The same deadline is handed
-   to the :class:`~perseus.connectors.watchdog.Watchdog` process after every renewal, which kills a
+   to the :class:`~perseus.host.watchdog.Watchdog` process after every renewal, which kills a
    process connector's whole group on its own if this process is frozen or its loop is stuck.
 2. **Nothing renews for a workflow that is gone.** A claim whose loop has had no activity attached
    for a while is checked against Temporal; only a definite "closed" ends it (connector stopped,
@@ -55,7 +55,7 @@ from perseus.errors import (
     ServiceUnavailable,
     StandbyGone,
 )
-from perseus.grid import Renewal, RenewalGrid
+from perseus.host.grid import Renewal, RenewalGrid
 from perseus.keys import iso
 from perseus.models import (
     Claim,
@@ -69,7 +69,7 @@ from perseus.timing import OUTAGE_MEMORY_INTERVALS, renew_deadline_s, ttl_ms
 
 if TYPE_CHECKING:
     from perseus.connectors.base import Connector, ConnectorHost
-    from perseus.connectors.watchdog import Watchdog
+    from perseus.host.watchdog import Watchdog
     from perseus.store.redis_store import FenceReply, HolderEpoch, RedisStore, StatusRead
 
 log = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ class LeaseKeeper:
         record_event: RecordEvent | None = None,
     ) -> None:
         self._store = store
-        #: Claim renewals leave in shared slots, one pipeline per slot (see perseus/grid.py).
+        #: Claim renewals leave in shared slots, one pipeline per slot (see perseus/host/grid.py).
         self._grid = RenewalGrid(store)
         self._record_event = record_event
         #: Events on their way to the stream (kept referenced until written).

@@ -127,7 +127,7 @@ class Watchdog:
     def _ensure(self) -> subprocess.Popen[bytes]:
         if self._proc is None or self._proc.poll() is not None:
             self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-m", "perseus.connectors.watchdog"],
+                [sys.executable, "-I", "-m", "perseus.host.watchdog"],
                 stdin=subprocess.PIPE,
                 # Its own group: a Ctrl-C on the worker's terminal must not reach it before the
                 # worker has stopped its connectors; it ends with the worker (EOF) instead.
