@@ -10,6 +10,8 @@ name, so a workflow can list permanent ones in ``non_retryable_error_types``.
     ├── ConfigError                 bad settings or environment (permanent)
     ├── PayloadKeyError             a Temporal payload this process cannot decrypt (permanent)
     ├── ServiceUnavailable          Redis / PostgreSQL / Temporal not reachable (transient; ``server``)
+    │   ├── StillRunning            a command outlived the wait while its worker still answers
+    │   └── PortInUse               a server we started lost its port to another process
     ├── UnknownExchange             name or id not in the catalog (permanent)
     ├── UnknownAdmin                email not in users (permanent)
     ├── InvalidTransition           the state machine refuses (permanent)
@@ -19,12 +21,15 @@ name, so a workflow can list permanent ones in ``non_retryable_error_types``.
     │   ├── RenewDeadline           no renewal succeeded within the renew deadline
     │   └── StaleEpoch              a child's fenced write refused: its epoch is no longer current
     ├── InvalidFleet                a fleet file or drain refused whole (permanent)
+    │   └── MalformedFleet          a fleet file sent to the API that cannot be applied as written
     ├── LeaseDetached               a lease or watch activity ended, its renewals go on (permanent)
     ├── StandbyGone                 a standby's record vanished under its host (permanent)
     ├── NotRegistered               no workflow for that exchange / host (permanent)
     ├── AlreadyRegistered           this host already runs that exchange (permanent)
     ├── InvalidQuery                a malformed read request: count, cursor, window, filter (HTTP 422)
     ├── Unauthorized                no API key, or not an active one (HTTP 401)
+    ├── Forbidden                   the key's scope or exchanges do not cover the request (HTTP 403)
+    ├── RequestInProgress           a retried POST whose first attempt has not answered yet (HTTP 409)
     ├── NotifyRetry                 a notification not delivered this time (transient)
     ├── WebhookRejected             a channel refused the message for good (permanent)
     └── ConnectorError              the connector failed (transient: retried, then recorded)

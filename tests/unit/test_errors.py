@@ -75,3 +75,30 @@ def test_service_unavailable_names_its_server_and_survives_a_rebuild() -> None:
     )  # as control.error_from_failure does
     Exception.__init__(rebuilt, "Redis unreachable")
     assert rebuilt.server is None
+
+
+def test_the_tree_drawing_names_every_class_under_its_parent() -> None:
+    """The module docstring draws the whole tree: every class, indented under its own parent."""
+    import re
+
+    from perseus import errors
+
+    drawing = [
+        line for line in (errors.__doc__ or "").splitlines() if re.search(r"[├└]── |^    PerseusError", line)
+    ]
+    depth_of: dict[str, str | None] = {}
+    parents: list[str] = []
+    for line in drawing:
+        name = line.split("── ")[-1].split()[0] if "── " in line else line.split()[0]
+        depth = line.index(name) // 4 - 1
+        parents = parents[:depth] + [name]
+        depth_of[name] = parents[-2] if len(parents) > 1 else None
+    classes = {
+        name: cls
+        for name, cls in vars(errors).items()
+        if isinstance(cls, type) and issubclass(cls, errors.PerseusError)
+    }
+    assert set(depth_of) == set(classes), set(classes) ^ set(depth_of)
+    for name, parent in depth_of.items():
+        if parent is not None:
+            assert classes[name].__mro__[1].__name__ == parent, (name, parent)
