@@ -87,11 +87,6 @@ HANDOFF_DURATION = Histogram(
     "From a handoff's notify event to its confirm (or abort) event.",
     buckets=TAKEOVER_BUCKETS,
 )
-CONNECTOR_RESTARTS = Counter(
-    "perseus_connector_restarts",
-    "Connectors started again after a crash (restart = on-failure).",
-    ["exchange"],
-)
 LIVE_CLIENTS = Gauge("perseus_live_clients", "Browsers connected to the API's live event stream.")
 
 
@@ -114,10 +109,6 @@ def observe_renewal(lateness_s: float) -> None:
 def count_fencing_refusal(mode: str = "renew") -> None:
     """A fenced write refused outside :meth:`RedisStore.fenced` (which counts its own)."""
     FENCING_REFUSALS.labels(mode).inc()
-
-
-def count_connector_restart(exchange: str) -> None:
-    CONNECTOR_RESTARTS.labels(exchange.lower()).inc()
 
 
 def _seconds_between(earlier: str, later: str) -> float | None:

@@ -75,7 +75,7 @@ def apply(
 ) -> None:
     """Store the file's placements and enrol what can run now (first live host active, the rest standbys)."""
     from perseus.fleet.enrol import EnrolReport, apply_fleet
-    from perseus.fleet.file import Action
+    from perseus.fleet.file import Change
 
     async def main(settings: Settings) -> tuple[list[Any], EnrolReport]:
         text = read_fleet_file(file)  # bounded, before any server is contacted
@@ -84,7 +84,7 @@ def apply(
         if remote.enabled(settings):
             answer = await remote.fleet(settings, text, dry_run=False, prune=prune)
             report = EnrolReport(done=answer["done"], waiting=answer["waiting"], failed=answer["failed"])
-            return [Action.model_validate(a) for a in answer["actions"]], report
+            return [Change.model_validate(a) for a in answer["actions"]], report
 
         async def go(client: Any, catalog: Any, store: Any) -> tuple[list[Any], EnrolReport]:
             from perseus.client.actors import cli_actor
@@ -125,7 +125,7 @@ def diff(
 ) -> None:
     """Print what `fleet apply` would change; changes nothing."""
     from perseus.fleet.enrol import plan_fleet
-    from perseus.fleet.file import Action
+    from perseus.fleet.file import Change
 
     async def main(settings: Settings) -> list[Any]:
         text = read_fleet_file(file)  # bounded, before any server is contacted
@@ -133,7 +133,7 @@ def diff(
 
         if remote.enabled(settings):
             answer = await remote.fleet(settings, text, dry_run=True, prune=prune)
-            return [Action.model_validate(a) for a in answer["actions"]]
+            return [Change.model_validate(a) for a in answer["actions"]]
 
         async def go(client: Any, catalog: Any, store: Any) -> list[Any]:
             placements = await _read(catalog, text)

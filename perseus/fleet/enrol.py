@@ -36,8 +36,8 @@ from perseus.config import Settings
 from perseus.core.lifecycle import Command, Role
 from perseus.core.state import Ending, ending_of
 from perseus.fleet.file import (
-    Action,
-    ActionKind,
+    Change,
+    ChangeKind,
     DrainStep,
     Instance,
     Observed,
@@ -46,7 +46,7 @@ from perseus.fleet.file import (
     Standby,
     drain_plan,
     enrol_plan,
-    plan,
+    reconcile,
     retry_after,
     retry_over,
 )
@@ -56,7 +56,7 @@ from perseus.store.db import Catalog, FleetListener
 from perseus.store.redis_store import RedisStore
 from perseus.temporal import EXCHANGE_NAME, INSTANCE_HOST, INSTANCE_ROLE, INSTANCE_WORKFLOW
 
-log = logging.getLogger("perseus.fleet.file")
+log = logging.getLogger(__name__)
 
 #: A host counts as live when a worker polled its queue this recently. An idle worker renews its
 #: long poll about once a minute, so a shorter window would call healthy idle hosts dead; a host
@@ -159,7 +159,7 @@ async def observe(
     stored: list[Placement],
     hosts: Iterable[str],
 ) -> Observed:
-    """One snapshot for :func:`perseus.fleet.file.plan`: which of ``pairs`` (exchange, host) run, who
+    """One snapshot for :func:`perseus.fleet.file.reconcile`: which of ``pairs`` (exchange, host) run, who
     holds each exchange, which of ``hosts`` are live. Reads only; strongly consistent (by workflow
     id, not through the visibility index)."""
     wanted = sorted(set(pairs))
@@ -183,10 +183,10 @@ def _pairs(placements: Iterable[Placement]) -> list[tuple[str, str]]:
 # --- carrying out ----------------------------------------------------------------------------------
 
 
-async def _register(client: Client, placement: Placement, action: Action, actor: str | None = None) -> str:
+async def _register(client: Client, placement: Placement, action: Change, actor: str | None = None) -> str:
     """Register as the action says; an active registration that meets a holder becomes a standby."""
     assert action.host is not None
-    standby = action.kind is ActionKind.REGISTER_STANDBY
+    standby = action.kind is ChangeKind.REGISTER_STANDBY
     try:
         result = await control.register(
             client,
@@ -207,7 +207,7 @@ async def _register(client: Client, placement: Placement, action: Action, actor:
         # Someone took the exchange since we looked: stand by behind them instead.
         log.info("%s on %s: the exchange was taken meanwhile; registering as a standby", *_names(action))
         return await _register(
-            client, placement, action.model_copy(update={"kind": ActionKind.REGISTER_STANDBY}), actor
+            client, placement, action.model_copy(update={"kind": ChangeKind.REGISTER_STANDBY}), actor
         )
     except errors.AlreadyRegistered:
         return f"{placement.exchange}: already registered on {action.host}"
@@ -216,7 +216,7 @@ async def _register(client: Client, placement: Placement, action: Action, actor:
     return f"{placement.exchange}: active on {action.host} (epoch {result.epoch}), starting"
 
 
-def _names(action: Action) -> tuple[str, str | None]:
+def _names(action: Change) -> tuple[str, str | None]:
     return action.exchange, action.host
 
 
@@ -229,7 +229,7 @@ ENROL_CONCURRENCY = 64
 async def carry_out(
     client: Client,
     placements: dict[str, Placement],
-    actions: list[Action],
+    actions: list[Change],
     report: EnrolReport,
     actor: str | None = None,
 ) -> None:
@@ -260,13 +260,13 @@ async def carry_out(
 
 
 async def _carry_out_one(
-    client: Client, placements: dict[str, Placement], action: Action, actor: str | None = None
+    client: Client, placements: dict[str, Placement], action: Change, actor: str | None = None
 ) -> tuple[str, str] | None:
     """One action: which report list its line goes to, and the line (None: nothing to report)."""
     try:
-        if action.kind in (ActionKind.REGISTER_ACTIVE, ActionKind.REGISTER_STANDBY):
+        if action.kind in (ChangeKind.REGISTER_ACTIVE, ChangeKind.REGISTER_STANDBY):
             line = await _register(client, placements[action.exchange], action, actor)
-        elif action.kind is ActionKind.SHUTDOWN:
+        elif action.kind is ChangeKind.SHUTDOWN:
             assert action.host is not None
             await control.command(
                 client,
@@ -277,7 +277,7 @@ async def _carry_out_one(
                 actor=actor,
             )
             line = f"{action.exchange}: shut down on {action.host}"
-        elif action.kind is ActionKind.WAIT:
+        elif action.kind is ChangeKind.WAIT:
             log.info("fleet: %s", action.describe())
             return "waiting", action.describe()
         else:
@@ -302,7 +302,7 @@ async def check_admins(catalog: Catalog, placements: list[Placement]) -> None:
 
 async def plan_fleet(
     client: Client, catalog: Catalog, store: RedisStore, placements: list[Placement], *, prune: bool
-) -> tuple[list[Action], dict[str, Placement]]:
+) -> tuple[list[Change], dict[str, Placement]]:
     """The actions ``fleet apply`` would take now (``fleet diff`` prints them)."""
     stored = await catalog.placements()
     ids = await _exchange_ids(catalog)
@@ -315,7 +315,7 @@ async def plan_fleet(
         stored=stored,
         hosts=(h for p in placements for h in p.hosts),
     )
-    return plan(placements, observed, prune=prune), {p.exchange: p for p in placements}
+    return reconcile(placements, observed, prune=prune), {p.exchange: p for p in placements}
 
 
 async def apply_fleet(
@@ -326,12 +326,12 @@ async def apply_fleet(
     *,
     prune: bool,
     actor: str | None = None,
-) -> tuple[list[Action], EnrolReport]:
+) -> tuple[list[Change], EnrolReport]:
     """Store the placements durably (one transaction), then register/shut down what the plan says;
     what that causes names ``fleet:<actor>``."""
     actions, by_name = await plan_fleet(client, catalog, store, placements, prune=prune)
-    to_store = [by_name[a.exchange] for a in actions if a.kind is ActionKind.STORE]
-    forget = [a.exchange for a in actions if a.kind is ActionKind.FORGET]
+    to_store = [by_name[a.exchange] for a in actions if a.kind is ChangeKind.STORE]
+    forget = [a.exchange for a in actions if a.kind is ChangeKind.FORGET]
     if to_store or forget:
         await catalog.store_placements(to_store, forget=forget)
     report = EnrolReport()

@@ -1,8 +1,8 @@
 """The declared fleet (DESIGN §2.7): parse and validate a fleet file, and decide what to do about it.
 
 Pure: no I/O, no clock. :func:`parse_fleet` turns TOML text into :class:`Placement` values or raises
-one :class:`~perseus.errors.InvalidFleet` naming the offending key; :func:`plan` compares the desired
-placements with an :class:`Observed` snapshot and returns the :class:`Action` list that ``perseus
+one :class:`~perseus.errors.InvalidFleet` naming the offending key; :func:`reconcile` compares the desired
+placements with an :class:`Observed` snapshot and returns the :class:`Change` list that ``perseus
 fleet apply``, ``fleet diff``, the worker's enrolment and ``perseus drain`` carry out (or print).
 The I/O side lives in :mod:`perseus.fleet.enrol`.
 """
@@ -266,7 +266,7 @@ class Instance(BaseModel):
 
 
 class Observed(BaseModel):
-    """One snapshot of the world that :func:`plan` decides on.
+    """One snapshot of the world that :func:`reconcile` decides on.
 
     ``stored``: the placements PostgreSQL held before this apply. ``instances``: the running instance
     workflows of the exchanges concerned. ``holders``: exchange → host that holds its claim now (the
@@ -279,7 +279,7 @@ class Observed(BaseModel):
     live_hosts: frozenset[str] = frozenset()
 
 
-class ActionKind(StrEnum):
+class ChangeKind(StrEnum):
     STORE = "store"  # write the exchange's placement (new or changed)
     REGISTER_ACTIVE = "register-active"  # register on the host and start it
     REGISTER_STANDBY = "register-standby"  # register on the host as a standby with a priority
@@ -288,10 +288,10 @@ class ActionKind(StrEnum):
     FORGET = "forget"  # delete the exchange's stored placement (prune)
 
 
-class Action(BaseModel):
+class Change(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    kind: ActionKind
+    kind: ChangeKind
     exchange: str
     host: str | None = None
     priority: int = 0
@@ -299,25 +299,25 @@ class Action(BaseModel):
     @property
     def changes(self) -> bool:
         """Whether carrying it out changes anything (WAIT only reports)."""
-        return self.kind is not ActionKind.WAIT
+        return self.kind is not ChangeKind.WAIT
 
     def describe(self) -> str:
         match self.kind:
-            case ActionKind.STORE:
+            case ChangeKind.STORE:
                 return f"{self.exchange}: store the placement"
-            case ActionKind.REGISTER_ACTIVE:
+            case ChangeKind.REGISTER_ACTIVE:
                 return f"{self.exchange}: register on {self.host} and start it (active)"
-            case ActionKind.REGISTER_STANDBY:
+            case ChangeKind.REGISTER_STANDBY:
                 return f"{self.exchange}: register on {self.host} as a standby (priority {self.priority})"
-            case ActionKind.WAIT:
+            case ChangeKind.WAIT:
                 return f"{self.exchange}: {self.host} has no worker; it enrols when its worker starts"
-            case ActionKind.SHUTDOWN:
+            case ChangeKind.SHUTDOWN:
                 return f"{self.exchange}: shut down the instance on {self.host} (no longer in the file)"
-            case ActionKind.FORGET:
+            case ChangeKind.FORGET:
                 return f"{self.exchange}: forget the placement (no longer in the file)"
 
 
-def plan(desired: Iterable[Placement], observed: Observed, *, prune: bool = False) -> list[Action]:
+def reconcile(desired: Iterable[Placement], observed: Observed, *, prune: bool = False) -> list[Change]:
     """What to do so that ``desired`` runs, given ``observed``. Plain values in, actions out.
 
     Invariants (tests/unit/test_fleet.py checks each, over many snapshots):
@@ -342,26 +342,26 @@ def plan(desired: Iterable[Placement], observed: Observed, *, prune: bool = Fals
     running: dict[str, set[str]] = {}
     for inst in observed.instances:
         running.setdefault(inst.exchange, set()).add(inst.host)
-    actions: list[Action] = []
+    actions: list[Change] = []
     for exchange in sorted(wanted):
         placement = wanted[exchange]
         if stored.get(exchange) != placement:
-            actions.append(Action(kind=ActionKind.STORE, exchange=exchange))
+            actions.append(Change(kind=ChangeKind.STORE, exchange=exchange))
         here = running.get(exchange, set())
         occupied = exchange in observed.holders or bool(here)
-        waiting: list[Action] = []
+        waiting: list[Change] = []
         for host in placement.hosts:
             if host in here:
                 continue
             if host not in observed.live_hosts:
-                waiting.append(Action(kind=ActionKind.WAIT, exchange=exchange, host=host))
+                waiting.append(Change(kind=ChangeKind.WAIT, exchange=exchange, host=host))
             elif not occupied:
-                actions.append(Action(kind=ActionKind.REGISTER_ACTIVE, exchange=exchange, host=host))
+                actions.append(Change(kind=ChangeKind.REGISTER_ACTIVE, exchange=exchange, host=host))
                 occupied = True
             else:
                 actions.append(
-                    Action(
-                        kind=ActionKind.REGISTER_STANDBY,
+                    Change(
+                        kind=ChangeKind.REGISTER_STANDBY,
                         exchange=exchange,
                         host=host,
                         priority=placement.priority(host),
@@ -370,29 +370,29 @@ def plan(desired: Iterable[Placement], observed: Observed, *, prune: bool = Fals
         actions.extend(waiting)
         if prune and exchange in stored:
             dropped = [h for h in stored[exchange].hosts if h not in placement.hosts and h in here]
-            actions.extend(Action(kind=ActionKind.SHUTDOWN, exchange=exchange, host=h) for h in dropped)
+            actions.extend(Change(kind=ChangeKind.SHUTDOWN, exchange=exchange, host=h) for h in dropped)
     if prune:
         for exchange in sorted(set(stored) - set(wanted)):
             here = running.get(exchange, set())
             actions.extend(
-                Action(kind=ActionKind.SHUTDOWN, exchange=exchange, host=h)
+                Change(kind=ChangeKind.SHUTDOWN, exchange=exchange, host=h)
                 for h in stored[exchange].hosts
                 if h in here
             )
-            actions.append(Action(kind=ActionKind.FORGET, exchange=exchange))
+            actions.append(Change(kind=ChangeKind.FORGET, exchange=exchange))
     return actions
 
 
-def enrol_plan(placements: Iterable[Placement], host: str, observed: Observed) -> list[Action]:
-    """What the worker of ``host`` does at start: the registrations :func:`plan` gives *this* host
+def enrol_plan(placements: Iterable[Placement], host: str, observed: Observed) -> list[Change]:
+    """What the worker of ``host`` does at start: the registrations :func:`reconcile` gives *this* host
     when it is the only live one (active if nobody holds the exchange, else a standby). Never stores,
     never prunes, never touches another host."""
     mine = [p for p in placements if host in p.hosts]
     seen = observed.model_copy(update={"stored": mine, "live_hosts": frozenset({host})})
     return [
         a
-        for a in plan(mine, seen)
-        if a.host == host and a.kind in (ActionKind.REGISTER_ACTIVE, ActionKind.REGISTER_STANDBY)
+        for a in reconcile(mine, seen)
+        if a.host == host and a.kind in (ChangeKind.REGISTER_ACTIVE, ChangeKind.REGISTER_STANDBY)
     ]
 
 

@@ -11,16 +11,16 @@ import pytest
 
 from perseus.fleet import enrol
 from perseus.fleet.enrol import EnrolReport, carry_out
-from perseus.fleet.file import Action, ActionKind, Placement
+from perseus.fleet.file import Change, ChangeKind, Placement
 
 pytestmark = pytest.mark.unit
 
 
-def actions(exchanges: int) -> list[Action]:
-    plan: list[Action] = []
+def actions(exchanges: int) -> list[Change]:
+    plan: list[Change] = []
     for i in range(exchanges):
-        plan.append(Action(kind=ActionKind.REGISTER_ACTIVE, exchange=f"ex{i}", host="a"))
-        plan.append(Action(kind=ActionKind.REGISTER_STANDBY, exchange=f"ex{i}", host="b", priority=1))
+        plan.append(Change(kind=ChangeKind.REGISTER_ACTIVE, exchange=f"ex{i}", host="a"))
+        plan.append(Change(kind=ChangeKind.REGISTER_STANDBY, exchange=f"ex{i}", host="b", priority=1))
     return plan
 
 
@@ -32,7 +32,7 @@ async def test_exchanges_run_side_by_side_and_each_in_its_planned_order(
     order: list[tuple[str, str | None]] = []
 
     async def one(
-        client: Any, placements: dict[str, Placement], action: Action, actor: str | None = None
+        client: Any, placements: dict[str, Placement], action: Change, actor: str | None = None
     ) -> tuple[str, str]:
         nonlocal running, most
         running += 1

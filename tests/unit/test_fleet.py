@@ -1,4 +1,4 @@
-"""The fleet file's validation and the pure plan(): every invariant of perseus/fleet/file.py, over many
+"""The fleet file's validation and the pure reconcile(): every invariant of perseus/fleet/file.py, over many
 snapshots (no servers)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 
 from perseus.errors import InvalidFleet
 from perseus.fleet.file import (
-    Action,
-    ActionKind,
+    Change,
+    ChangeKind,
     Instance,
     Observed,
     Placement,
@@ -19,7 +19,7 @@ from perseus.fleet.file import (
     drain_plan,
     enrol_plan,
     parse_fleet,
-    plan,
+    reconcile,
     retry_after,
     retry_over,
 )
@@ -152,13 +152,13 @@ def place(exchange: str, *hosts: str, interval: float = 1.0) -> Placement:
     return Placement(exchange=exchange, hosts=hosts, connector=ConnectorSpec(), heartbeat_interval_s=interval)
 
 
-def kinds(actions: list[Action]) -> list[tuple[str, str, str | None]]:
+def kinds(actions: list[Change]) -> list[tuple[str, str, str | None]]:
     return [(a.kind.value, a.exchange, a.host) for a in actions]
 
 
 def test_first_live_host_is_active_the_rest_standbys_by_preference() -> None:
     desired = [place("coinbase", "a", "b", "c")]
-    actions = plan(desired, Observed(live_hosts=frozenset({"a", "b", "c"})))
+    actions = reconcile(desired, Observed(live_hosts=frozenset({"a", "b", "c"})))
     assert kinds(actions) == [
         ("store", "coinbase", None),
         ("register-active", "coinbase", "a"),
@@ -169,7 +169,7 @@ def test_first_live_host_is_active_the_rest_standbys_by_preference() -> None:
 
 
 def test_a_dead_preferred_host_waits_and_the_next_live_one_is_active() -> None:
-    actions = plan([place("kraken", "a", "b")], Observed(live_hosts=frozenset({"b"})))
+    actions = reconcile([place("kraken", "a", "b")], Observed(live_hosts=frozenset({"b"})))
     assert kinds(actions) == [
         ("store", "kraken", None),
         ("register-active", "kraken", "b"),
@@ -186,19 +186,23 @@ def test_applying_what_runs_changes_nothing() -> None:
         holders={"coinbase": "b"},  # no failback to the preferred host
         live_hosts=frozenset({"a", "b"}),
     )
-    assert plan(desired, observed) == []
-    assert plan(desired, observed, prune=True) == []
+    assert reconcile(desired, observed) == []
+    assert reconcile(desired, observed, prune=True) == []
 
 
 def test_a_held_exchange_gets_only_standbys() -> None:
     # Held by a hand-registered instance on a host the file does not name.
-    actions = plan([place("kraken", "a", "b")], Observed(holders={"kraken": "z"}, live_hosts=frozenset("ab")))
+    actions = reconcile(
+        [place("kraken", "a", "b")], Observed(holders={"kraken": "z"}, live_hosts=frozenset("ab"))
+    )
     assert kinds(actions)[1:] == [("register-standby", "kraken", "a"), ("register-standby", "kraken", "b")]
 
 
 def test_a_running_standby_means_no_new_active() -> None:
     observed = Observed(instances=[Instance(exchange="kraken", host="b")], live_hosts=frozenset("ab"))
-    assert kinds(plan([place("kraken", "a", "b")], observed))[1:] == [("register-standby", "kraken", "a")]
+    assert kinds(reconcile([place("kraken", "a", "b")], observed))[1:] == [
+        ("register-standby", "kraken", "a")
+    ]
 
 
 def test_a_changed_placement_is_stored_again() -> None:
@@ -206,8 +210,8 @@ def test_a_changed_placement_is_stored_again() -> None:
     observed = Observed(
         stored=[old], instances=[Instance(exchange="kraken", host="a")], live_hosts=frozenset("a")
     )
-    assert plan([old], observed) == []
-    assert kinds(plan([place("kraken", "a", interval=2.0)], observed)) == [("store", "kraken", None)]
+    assert reconcile([old], observed) == []
+    assert kinds(reconcile([place("kraken", "a", interval=2.0)], observed)) == [("store", "kraken", None)]
 
 
 def test_prune_removes_only_what_the_stored_file_named_and_the_new_one_drops() -> None:
@@ -226,11 +230,11 @@ def test_prune_removes_only_what_the_stored_file_named_and_the_new_one_drops() -
     )
     desired = [place("coinbase", "a"), place("binance", "b")]
     # binance was stored but does not run (its host was down at the last apply): enrolled now.
-    assert kinds(plan(desired, observed)) == [
+    assert kinds(reconcile(desired, observed)) == [
         ("register-active", "binance", "b"),
         ("store", "coinbase", None),
     ]
-    assert kinds(plan(desired, observed, prune=True)) == [
+    assert kinds(reconcile(desired, observed, prune=True)) == [
         ("register-active", "binance", "b"),
         ("store", "coinbase", None),
         ("shutdown", "coinbase", "b"),
@@ -247,7 +251,7 @@ def test_registrations_come_before_a_pruned_active_goes() -> None:
         holders={"kraken": "a"},
         live_hosts=frozenset("ab"),
     )
-    assert kinds(plan([place("kraken", "b")], observed, prune=True)) == [
+    assert kinds(reconcile([place("kraken", "b")], observed, prune=True)) == [
         ("store", "kraken", None),
         ("register-standby", "kraken", "b"),
         ("shutdown", "kraken", "a"),
@@ -286,13 +290,13 @@ def test_invariants_over_many_snapshots(prune: bool) -> None:
     worlds = snapshots()
     assert len(worlds) > 500
     for desired, observed in worlds:
-        actions = plan(desired, observed, prune=prune)
+        actions = reconcile(desired, observed, prune=prune)
         running = {i.host for i in observed.instances}
-        touched = [a.host for a in actions if a.kind is not ActionKind.STORE]
+        touched = [a.host for a in actions if a.kind is not ChangeKind.STORE]
         # 1. a running desired instance is never touched
         assert not [h for h in touched if h in running and h in HOSTS]
         # 2. at most one active, none when held or anything runs; it is the first live free host
-        actives = [a.host for a in actions if a.kind is ActionKind.REGISTER_ACTIVE]
+        actives = [a.host for a in actions if a.kind is ChangeKind.REGISTER_ACTIVE]
         assert len(actives) <= 1
         if observed.holders or running:
             assert not actives
@@ -300,20 +304,20 @@ def test_invariants_over_many_snapshots(prune: bool) -> None:
             assert actives == [free_live[0]]
         # 3. registrations only on live hosts; a dead host waits
         for a in actions:
-            if a.kind in (ActionKind.REGISTER_ACTIVE, ActionKind.REGISTER_STANDBY):
+            if a.kind in (ChangeKind.REGISTER_ACTIVE, ChangeKind.REGISTER_STANDBY):
                 assert a.host in observed.live_hosts
-            if a.kind is ActionKind.WAIT:
+            if a.kind is ChangeKind.WAIT:
                 assert a.host not in observed.live_hosts
         # 4. shutdowns only with prune, only the dropped stored host, only if it runs
-        shutdowns = [a.host for a in actions if a.kind is ActionKind.SHUTDOWN]
+        shutdowns = [a.host for a in actions if a.kind is ChangeKind.SHUTDOWN]
         assert shutdowns == (["d"] if prune and "d" in running else [])
         # 5. order: store, registrations, waits, shutdowns
         order = [a.kind for a in actions]
-        rank = [ActionKind.STORE, ActionKind.REGISTER_ACTIVE, ActionKind.REGISTER_STANDBY, ActionKind.WAIT]
-        rank.append(ActionKind.SHUTDOWN)
+        rank = [ChangeKind.STORE, ChangeKind.REGISTER_ACTIVE, ChangeKind.REGISTER_STANDBY, ChangeKind.WAIT]
+        rank.append(ChangeKind.SHUTDOWN)
         assert [rank.index(k) for k in order] == sorted(rank.index(k) for k in order)
         # 6. stored differs from desired: exactly one store
-        assert order.count(ActionKind.STORE) == 1
+        assert order.count(ChangeKind.STORE) == 1
         # Carrying the plan out and planning again changes nothing (idempotent).
         after = Observed(
             stored=desired,
@@ -322,13 +326,13 @@ def test_invariants_over_many_snapshots(prune: bool) -> None:
                 *(
                     Instance(exchange="coinbase", host=a.host or "")
                     for a in actions
-                    if a.kind in (ActionKind.REGISTER_ACTIVE, ActionKind.REGISTER_STANDBY)
+                    if a.kind in (ChangeKind.REGISTER_ACTIVE, ChangeKind.REGISTER_STANDBY)
                 ),
             ],
             holders=observed.holders or {"coinbase": actives[0]} if actives else observed.holders,
             live_hosts=observed.live_hosts,
         )
-        assert [a for a in plan(desired, after, prune=prune) if a.changes] == []
+        assert [a for a in reconcile(desired, after, prune=prune) if a.changes] == []
 
 
 def test_enrolment_registers_only_the_starting_host() -> None:
