@@ -166,13 +166,14 @@ def renewal_overdue(since_last_ok_s: float, interval_s: float) -> bool:
 # --- the lease's heartbeat to Temporal ------------------------------------------------------------
 
 #: A lease or a standby's watch heartbeats to Temporal no more often than this, whatever the
-#: interval. Nothing on the data plane waits for those heartbeats — renewals run in the host's
-#: keeper, a standby claims over a silent holder from Redis alone (:func:`lapses_in_s`) — so a
-#: heartbeat per renewal at short intervals bought nothing but server load: about 2 ms of the dev
-#: server's CPU per heartbeat RPC, 0.57 cores for 200 instances at 1 s. A 15 s floor was measured
-#: (0.265 cores at 1,000 × 1 s, docs/benchmarks.md) and taken back: the chaos suite then found
-#: exchanges waiting on paths that end at the heartbeat timeout (18.75 s) — see that document.
-HEARTBEAT_FLOOR_S = 5.0
+#: interval: at any interval an instance costs the control plane what it costs at the default 15 s.
+#: Nothing on the data plane waits for those heartbeats — renewals run in the host's keeper, a
+#: standby claims over a silent holder from Redis alone (:func:`lapses_in_s`) — so a heartbeat per
+#: renewal at short intervals bought nothing but server load: about 2 ms of the dev server's CPU per
+#: heartbeat RPC, 0.57 cores for 200 instances at 1 s. A 5 s floor still left 0.51 cores for 1,000
+#: instances at 1 s; 15 s brings it to about 0.2 (docs/benchmarks.md). What it costs: the workflow
+#: hears of a dead host up to one timeout (18.75 s) after its last heartbeat, as at 15 s.
+HEARTBEAT_FLOOR_S = 15.0
 #: The activity's heartbeat timeout, in heartbeat periods: a period plus a quarter of one for the
 #: renewal that carries the heartbeat being held up (a slow Redis, a busy event loop).
 HEARTBEAT_TIMEOUT_FACTOR = 1.25
@@ -182,7 +183,8 @@ _EPSILON = 1e-9
 
 def heartbeat_beats(interval_s: float) -> int:
     """Every how many renewals a lease (or watch) heartbeats to Temporal: the fewest that span
-    :data:`HEARTBEAT_FLOOR_S` — 5 at 1 s, 3 at 2 s, 1 from 5 s up (every renewal, as before)."""
+    :data:`HEARTBEAT_FLOOR_S` — 15 at 1 s, 8 at 2 s, 3 at 5 s, 1 from 15 s up (every renewal, as
+    before)."""
     return max(1, math.ceil(HEARTBEAT_FLOOR_S / interval_s - _EPSILON))
 
 
@@ -193,8 +195,8 @@ def heartbeat_period_s(interval_s: float) -> float:
 
 
 def lease_heartbeat_timeout_s(interval_s: float) -> float:
-    """The heartbeat timeout a lease or watch is scheduled with: 1.25 heartbeat periods — 6.25 s at
-    1 s and 5 s, 7.5 s at 2 s, 18.75 s at 15 s (1.25 intervals from 5 s up, as before). A dead host
+    """The heartbeat timeout a lease or watch is scheduled with: 1.25 heartbeat periods — 18.75 s
+    at 1 s, 5 s and 15 s, 20 s at 2 s (1.25 intervals from 15 s up, as before). A dead host
     is still released on Redis' evidence, not on this: the workflow that hears of the silence asks
     Redis (:func:`judge_claim`), and a standby claims over at 2.1 intervals whatever Temporal
     knows."""
