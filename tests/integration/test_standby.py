@@ -315,7 +315,7 @@ async def test_handoff_whose_target_dies_after_claiming_is_taken_back_from_redis
     assert any(why in str(info.value) for why in seen), info.value
     assert f"kept {exchange} here" in str(info.value)
     back = await wait_for(lambda: active_on(store, ex_id, a), timeout=60)
-    assert int(back["epoch"]) > int(taken["epoch"]) > int(before["epoch"])
+    assert int(str(back["epoch"])) > int(str(taken["epoch"])) > int(str(before["epoch"]))
     details = [e.get("detail", "") for e in await events(store, exchange) if e["event"] == "handoff"]
     assert any(details[-1].startswith(f"aborted: {why}") for why in seen), details
     await control.command(client, exchange=exchange, host=a, default_host=a, command=Command.SHUTDOWN)
