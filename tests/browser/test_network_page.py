@@ -249,8 +249,9 @@ async def test_killed_worker_turns_late_then_offline_with_last_known_info(
     proc = WorkerProcess(servers, host)
     worker_processes.append(proc)
     await proc.ready()
-    # 3 s heartbeats: "late" (1.5 intervals) comes 1-2 s before the workflow declares the host lost
-    # and frees the key. At 0.5 s the key is gone 1.5 s after the kill: too short a window to watch.
+    # 3 s heartbeats: "late" (1.5 intervals) comes seconds before the key expires (TTL 9 s; the
+    # workflow hears of the dead host only at its heartbeat timeout, 18.75 s). At 0.5 s the key is
+    # gone 1.5 s after the kill: too short a window to watch.
     await cli(servers, "register", exchange, "--host", host, "--heartbeat-interval", "3", "--start")
     await sign_in(page, api, refresh=0.5)
     await wait_state(page, exchange, "active", 15)
@@ -279,7 +280,7 @@ async def test_killed_worker_turns_late_then_offline_with_last_known_info(
     await page.wait_for_function(
         "(sel) => document.querySelector(sel + ' [data-field=\"last-state\"]')?.textContent === 'idle'",
         arg=card(exchange),
-        timeout=40_000,  # the workflow's walk down to idle follows its heartbeat timeout
+        timeout=40_000,  # the workflow's walk down to idle follows its heartbeat timeout (18.75 s)
     )
     assert await field(page, exchange, "hostname") == host
     await page.select_option("#filter-exchange", exchange)

@@ -43,10 +43,11 @@ from tests.chaos.invariants import Gap, Liveness, Recovery, Timing, Window, chec
 from tests.conftest import Servers, WorkerProcess, exchange_id
 from tests.integration.proxy import StallableProxy
 
-INTERVAL = 1.0  # TTL 3 s, renew deadline 2 s, heartbeat timeout 6.25 s (a heartbeat per 5 renewals)
-#: ``make soak`` sets PERSEUS_CHAOS_SOAK=1: control-plane outages of 30–120 s instead of CI's
-#: 7.25–9.25 s (already more than the heartbeat timeout and the TTL, which is what they must
-#: outlast: a shorter one would not time the leases out, and the re-attach path would go untried).
+INTERVAL = 1.0  # TTL 3 s, renew deadline 2 s, heartbeat timeout 18.75 s (a heartbeat per 15 renewals)
+#: ``make soak`` sets PERSEUS_CHAOS_SOAK=1: control-plane outages of 30–120 s instead of CI's mix
+#: (:func:`outage_s`): a third of them past the heartbeat timeout, so the leases are timed out and
+#: the re-attach path is tried, the rest past the TTL and the renew deadline only, so the leases
+#: ride them out attached.
 SOAK = os.environ.get("PERSEUS_CHAOS_SOAK") == "1"
 #: PERSEUS_CHAOS_SHARED_HOSTS=1: each host's worker also serves the shared workflow queue, as the
 #: README's ``perseus worker --host H`` does, beside the dedicated shared worker. Instance workflows
@@ -65,8 +66,14 @@ pytestmark = [
 
 def outage_s(i: int) -> float:
     """How long the i-th control-plane outage lasts: spread over its range, repeatable."""
-    quick = lease_heartbeat_timeout_s(INTERVAL) + 1.0
-    low, high = (30.0, 120.0) if SOAK else (quick, quick + 2.0)
+    if SOAK:
+        low, high = 30.0, 120.0
+    elif i % 3 == 0:
+        low = lease_heartbeat_timeout_s(INTERVAL) + 1.0  # past the heartbeat timeout: leases re-attach
+        high = low + 2.0
+    else:
+        low = 3 * INTERVAL + 1.0  # past the TTL: a holder that stopped renewing would have lost its key
+        high = low + 2.0
     return low + (high - low) * ((i * 37) % 10) / 9
 
 

@@ -5,7 +5,7 @@ with SIGSTOP without disturbing other tests), the harness' Redis and PostgreSQL,
 process as the connector (tests/connectors/child.py). A sampler watches, every 20 ms, whether the
 child runs and whether the status key still holds the claim it runs under: "child alive while the
 key is gone or names another epoch" is the violation every test asserts never happens.
-Interval 1 s: heartbeat timeout 6.25 s (a heartbeat every 5 renewals), renew deadline 2 s, TTL 3 s.
+Interval 1 s: heartbeat timeout 18.75 s (a heartbeat every 15 renewals), renew deadline 2 s, TTL 3 s.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ from tests.integration.proxy import StallableProxy
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
 
 INTERVAL = 1.0
-#: Long enough that every lease activity is timed out (heartbeat timeout 6.25 s, counted from its
+#: Long enough that every lease activity is timed out (heartbeat timeout 18.75 s, counted from its
 #: last heartbeat, which came before the outage) and every key would have expired three times over
-#: (TTL 3 s) had renewals depended on Temporal: 9 s at 1 s.
+#: (TTL 3 s) had renewals depended on Temporal: 21.5 s at 1 s.
 FREEZE_S = lease_heartbeat_timeout_s(INTERVAL) + 2.75
 
 

@@ -115,7 +115,7 @@ async def test_crash_of_the_active_promotes_the_best_standby(
     print(f"crash → standby active in {took:.2f}s (TTL {3 * INTERVAL:.1f}s)")
 
     # At this short interval the standby claims over from Redis (1.05 s) or on the TTL fallback
-    # (1.5 s) long before the 6.25 s heartbeat timeout, so it takes over before the dead
+    # (1.5 s) long before the 18.75 s heartbeat timeout, so it takes over before the dead
     # instance's loss is recorded; the loss is recorded all the same.
     async def lost_recorded():
         kinds = [(e["event"], e["hostname"]) for e in await events(store, exchange)]

@@ -1034,7 +1034,7 @@ async def test_silent_lease_whose_claim_redis_shows_renewed_is_reattached(
         stand.silence.set()
         # Re-attached: the connector is checked (the claim is ours, but is the connector still
         # running?) once the re-issued lease has run past the pickup window.
-        for _ in range(900):  # the heartbeat timeout and the pickup window (4 s), with room
+        for _ in range(900):  # the heartbeat timeout (18.75 s) and the pickup window (4 s), with room
             if ("connector_check", "active") in stand.connector_calls:
                 break
             await asyncio.sleep(0.05)
@@ -1061,8 +1061,8 @@ async def test_silent_lease_whose_claim_redis_shows_renewed_is_reattached(
         await record_history(handle, "reattach")
 
     # The shortest interval the timings allow: the test server keeps real time while an activity
-    # runs (and a lease always does), so this path costs the heartbeat timeout (6.25 s at any
-    # interval up to 1 s) plus the pickup window (1 interval + 3 s) in real seconds.
+    # runs (and a lease always does), so this path costs the heartbeat timeout (18.75 s at any
+    # interval up to 15 s) plus the pickup window (1 interval + 3 s) in real seconds.
     await run_paths(ts_env, stand, instance("reat", heartbeat_interval_s=1.0), body)
     assert [e for e in stand.events if e[0] != "state_transition"] == []
     assert stand.events[-2:] == [

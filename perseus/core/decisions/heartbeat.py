@@ -23,7 +23,8 @@ _EPSILON = 1e-9
 
 def heartbeat_beats(interval_s: float) -> int:
     """Every how many renewals a lease (or watch) heartbeats to Temporal: the fewest that span
-    :data:`HEARTBEAT_FLOOR_S` — 5 at 1 s, 3 at 2 s, 1 from 5 s up (every renewal, as before)."""
+    :data:`HEARTBEAT_FLOOR_S` — 15 at 1 s, 8 at 2 s, 3 at 5 s, 1 from 15 s up (every renewal, as
+    before)."""
     return max(1, math.ceil(HEARTBEAT_FLOOR_S / interval_s - _EPSILON))
 
 
@@ -34,8 +35,8 @@ def heartbeat_period_s(interval_s: float) -> float:
 
 
 def lease_heartbeat_timeout_s(interval_s: float) -> float:
-    """The heartbeat timeout a lease or watch is scheduled with: 1.25 heartbeat periods — 6.25 s at
-    1 s and 5 s, 7.5 s at 2 s, 18.75 s at 15 s (1.25 intervals from 5 s up, as before). A dead host
+    """The heartbeat timeout a lease or watch is scheduled with: 1.25 heartbeat periods — 18.75 s
+    at 1 s, 5 s and 15 s, 20 s at 2 s (1.25 intervals from 15 s up, as before). A dead host
     is still released on Redis' evidence, not on this: the workflow that hears of the silence asks
     Redis (:func:`judge_claim`), and a standby claims over at 2.1 intervals whatever Temporal
     knows."""
