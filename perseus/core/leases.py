@@ -80,26 +80,26 @@ class Leases:
     def leasing(self) -> bool:
         return self.st.leasing
 
-    def update(self, **changes: Any) -> None:
+    def _update(self, **changes: Any) -> None:
         """Replace the slice: ``claim``, ``last_heartbeat_ok``."""
         self.st = replace(self.st, **changes)
 
     def at_least(self, epoch: int) -> None:
         """Every epoch we hear of raises the floor of our next claim."""
-        self.update(highest_epoch=max(self.st.highest_epoch, epoch))
+        self._update(highest_epoch=max(self.st.highest_epoch, epoch))
 
     def drop_claim(self) -> Claim | None:
         """Forget the claim (it is being given up, or replaced); the one we held."""
         claim = self.st.claim
-        self.update(claim=None)
+        self._update(claim=None)
         return claim
 
     def keep_claim(self, claim: Claim | None) -> None:
         """Hold on to ``claim`` again (a reclaim that was refused leaves the old one in place)."""
-        self.update(claim=claim)
+        self._update(claim=claim)
 
     def renewed(self, at: datetime | None) -> None:
-        self.update(last_heartbeat_ok=at)
+        self._update(last_heartbeat_ok=at)
 
     def take_claim(
         self,
@@ -143,7 +143,7 @@ class Leases:
                 detail=result.message,
             )
             return None
-        self.update(claim=Claim(instance_id=instance_id, epoch=result.epoch))
+        self._update(claim=Claim(instance_id=instance_id, epoch=result.epoch))
         self._refused(None)
         return result
 
@@ -182,7 +182,7 @@ class Leases:
         ctx, claim = self.ctx, self.st.claim
         assert claim
         interval = ctx.inp.heartbeat_interval_s
-        self.update(leasing=True)
+        self._update(leasing=True)
         yield StartLease(
             Activity.HOLD_LEASE,
             LeaseRequest(
@@ -206,7 +206,7 @@ class Leases:
         """Start a standby's watch on our host: it renews the record and waits for a vacancy."""
         ctx = self.ctx
         interval = ctx.inp.heartbeat_interval_s
-        self.update(leasing=True)
+        self._update(leasing=True)
         yield StartLease(
             Activity.HOLD_STANDBY,
             StandbyLeaseRequest(record=record, heartbeat_interval_s=interval, term_s=ctx.inp.lease_term_s),
@@ -218,12 +218,12 @@ class Leases:
         )
 
     def cancel(self) -> Proc:
-        self.update(leasing=False)
+        self._update(leasing=False)
         yield CancelLease()
 
     def take(self) -> Answer[Any]:
         """The ended lease's result (its failure raised as StepFailed); the lease is forgotten."""
-        self.update(leasing=False)
+        self._update(leasing=False)
         return (yield TakeLease())
 
     def release(self) -> Answer[bool]:

@@ -63,20 +63,20 @@ class Standbys:
     def promotions(self) -> tuple[PromoteRequest, ...]:
         return self.st.promotions
 
-    def update(self, **changes: Any) -> None:
+    def _update(self, **changes: Any) -> None:
         """Replace the slice: ``role``, ``visible``, ``standby_id``."""
         self.st = replace(self.st, **changes)
 
     def activate(self) -> None:
         """We hold the claim now: active, no longer a standby (the record goes when dropped)."""
-        self.update(role=Role.ACTIVE)
+        self._update(role=Role.ACTIVE)
 
     def promoted(self, req: PromoteRequest) -> None:
-        self.update(promotions=(*self.st.promotions, req))
+        self._update(promotions=(*self.st.promotions, req))
 
     def next_promotion(self) -> PromoteRequest:
         first, *rest = self.st.promotions
-        self.update(promotions=tuple(rest))
+        self._update(promotions=tuple(rest))
         return first
 
     def become(self, *, required: bool = False) -> Proc:
@@ -84,7 +84,7 @@ class Standbys:
         otherwise (after a handoff, or stepping aside) the watch's first beat writes it anyway."""
         ctx = self.ctx
         assert ctx.identity.resolved
-        self.update(role=Role.STANDBY, visible=False, standby_id=ctx.clock.uuid4())
+        self._update(role=Role.STANDBY, visible=False, standby_id=ctx.clock.uuid4())
         try:
             yield from self.put()
         except StepFailed as err:
@@ -99,7 +99,7 @@ class Standbys:
             claim=self.own_claim,
             detail=f"standby on {ctx.inp.host} (priority {ctx.inp.priority})",
         )
-        self.update(visible=True)
+        self._update(visible=True)
 
     def put(self) -> Proc:
         yield from ask(
@@ -147,7 +147,7 @@ class Standbys:
             ),
             "standby record not dropped (its TTL frees it)",
         )
-        self.update(standby_id=None)
+        self._update(standby_id=None)
 
     def others(self, *, include_self: bool = False) -> Answer[list[StandbyRecord]]:
         """The live standbys of our exchange, best first (none if Redis cannot say)."""
@@ -213,12 +213,12 @@ class Standbys:
 
     def started(self) -> None:
         """Our connector is active: whatever failed before on this host is forgotten."""
-        self.update(start_failures=0, start_error=None, start_retry_at=None)
+        self._update(start_failures=0, start_error=None, start_retry_at=None)
 
     def start_failed(self, reason: str) -> float:
         """A promoted start failed here: the backoff before this host goes first again."""
         failures = self.st.start_failures + 1
         backoff = warm_retry_delay(failures)
         retry_at = self.ctx.clock.now() + timedelta(seconds=backoff)
-        self.update(start_failures=failures, start_error=reason, start_retry_at=retry_at)
+        self._update(start_failures=failures, start_error=reason, start_retry_at=retry_at)
         return backoff

@@ -58,19 +58,19 @@ class Status:
     def state(self) -> State:
         return self.st.state
 
-    def update(self, **changes: object) -> None:
+    def _update(self, **changes: object) -> None:
         """Replace the slice: ``symbol_count``, ``connected_at``, ``last_error``."""
         self.st = replace(self.st, **changes)  # type: ignore[arg-type]
 
     def connected_now(self) -> None:
-        self.update(connected_at=self.ctx.clock.now())
+        self._update(connected_at=self.ctx.clock.now())
 
     def errored(self, reason: str) -> None:
         """The last error, as the status record and the operator's details show it."""
-        self.update(last_error=reason)
+        self._update(last_error=reason)
 
     def symbols(self, count: int) -> None:
-        self.update(symbol_count=count)
+        self._update(symbol_count=count)
 
     def record_for(self, instance_id: str) -> InstanceStatus:
         """The whole status record a claim by ``instance_id`` writes."""
@@ -107,7 +107,7 @@ class Status:
         """
         previous = self.st.state
         check_transition(previous, target)
-        self.update(state=target)
+        self._update(state=target)
         now = at or self.ctx.clock.now()
         fields: dict[str, object] = {
             "connectionState": target.value,
@@ -115,10 +115,10 @@ class Status:
             "symbolCount": self.st.symbol_count,
         }
         if target is State.ACTIVE:
-            self.update(connected_at=self.st.connected_at or now)
+            self._update(connected_at=self.st.connected_at or now)
             fields["connectedAt"] = iso(self.st.connected_at)  # type: ignore[arg-type]
         if target is State.IDLE:
-            self.update(connected_at=None)
+            self._update(connected_at=None)
             fields["connectedAt"] = None
         if (yield from self.writer.one_write()):
             event = self.writer.network_event(
@@ -167,6 +167,6 @@ class Status:
     def decided(self, line: str) -> Proc:
         """One decision, as one line for the operator: in the worker's log, and in the Web UI's
         current details until the next one."""
-        self.update(last_decision=line)
+        self._update(last_decision=line)
         yield Log(f"{self.ctx.wf_id}: {line}")
         yield self._details()

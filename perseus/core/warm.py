@@ -60,26 +60,26 @@ class Warm:
         """A warm-up was started and not handed over yet."""
         return self.st.task is not None
 
-    def update(self, **changes: Any) -> None:
+    def _update(self, **changes: Any) -> None:
         """Replace the slice: ``warm_here``, ``task``."""
         self.st = replace(self.st, **changes)
 
     def consume(self) -> None:
         """Whatever the connector here was, it is not known warm any more."""
-        self.update(warm_here=False)
+        self._update(warm_here=False)
 
     def lost(self) -> None:
         """The warm connector stopped, or the standby was left: warm it up again from scratch."""
-        self.update(warm_here=False, task=None)
+        self._update(warm_here=False, task=None)
 
     def forget_task(self) -> None:
         """The loop warms the connector up again (unless it is still warm)."""
-        self.update(task=None)
+        self._update(task=None)
 
     def take_task(self) -> WarmUp | None:
         """The warm-up, handed over to a promotion (which decides what it means)."""
         task = self.st.task
-        self.update(task=None)
+        self._update(task=None)
         return task
 
     def maybe_warm(self, standby_id: str | None) -> Proc:
@@ -95,7 +95,7 @@ class Warm:
             return
         if (yield Patched("warm-standby")):
             task = WarmUp()
-            self.update(task=task)
+            self._update(task=task)
             yield SpawnWarmUp(self._warm_up(task))
 
     def _warm_up(self, task: WarmUp) -> Proc:
@@ -124,7 +124,7 @@ class Warm:
         finally:
             task.done = True
         if self._role() is Role.STANDBY:
-            self.update(warm_here=True)
+            self._update(warm_here=True)
             yield Log(f"{ctx.wf_id}: warm standby ready on {ctx.inp.host}")
 
     def _warm_up_once(self, *, attempt: int) -> Answer[str | None]:
@@ -155,7 +155,7 @@ class Warm:
         starts cold: the connector is gone, not ready, or did not confirm and was stopped — and
         whether no worker serves our host at all (a cold start cannot help then either)."""
         ctx = self.ctx
-        self.update(warm_here=False)  # consumed either way: active now, or stopped / gone
+        self._update(warm_here=False)  # consumed either way: active now, or stopped / gone
         timeout = ctx.inp.connector.active_timeout_s + CONNECTOR_HEARTBEAT_TIMEOUT_S
         try:
             # Never retried: a child that did not confirm was stopped; only a cold start helps now.
@@ -181,7 +181,7 @@ class Warm:
         except StepFailed as err:
             yield Log(f"{self.ctx.wf_id}: connector not demoted, stopping it: {err.failure.message}")
             return False
-        self.update(warm_here=report.warm_ready)
+        self._update(warm_here=report.warm_ready)
         return report.warm_ready
 
     def stop(self, reason: str) -> Proc:
@@ -192,7 +192,7 @@ class Warm:
         task = self.take_task()
         if task is not None and not task.done:
             yield CancelWarmUp()
-        self.update(warm_here=False)
+        self._update(warm_here=False)
         # Once: a worker that is shutting down stops its connectors itself, and one that is gone
         # took its children with it (parent-death signal); the standby must not wait on it.
         yield from tolerated(
