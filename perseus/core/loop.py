@@ -271,7 +271,7 @@ class InstanceCore(LeaseProcedures, StandbyProcedures, HandoffProcedures):
         if ticket.command is Command.HANDOFF:
             result = yield from self._handoff(ticket)
             return result, self.s.outcome
-        result = yield from self._execute(ticket.command)
+        result = yield from self._execute(ticket.command, promoted=ticket.promoted)
         if ticket.confirm_to is not None:
             yield from self._confirm_takeover(ticket.confirm_to, result)
         elif ticket.promoted and result.error is not None and (yield Patched("failed-promotion-moves-on")):
@@ -351,7 +351,11 @@ class InstanceCore(LeaseProcedures, StandbyProcedures, HandoffProcedures):
             return False
         return True
 
-    def _execute(self, command: Command) -> Proc:
+    def _execute(self, command: Command, *, promoted: bool = False) -> Proc:
+        """Walk ``command``'s transitions. ``promoted``: the start of a standby that just took the
+        exchange, whose connector steps get one attempt each — another standby may be waiting, and
+        a failed promotion hands over to it (or, alone, tries again after a backoff) sooner than
+        the host steps' own retries (1 s, then 2 s) would give up."""
         s = self.s
         start_state = s.state
         try:
@@ -363,7 +367,10 @@ class InstanceCore(LeaseProcedures, StandbyProcedures, HandoffProcedures):
         done: list[State] = []
         try:
             if command is Command.START:
-                activated = yield from self._start(done)
+                # Patched: runs begun before it retried each step of a promoted start three times:
+                # a promotion whose connector could not connect held the exchange 3 s longer.
+                once = promoted and (yield Patched("promoted-start-tries-once"))
+                activated = yield from self._start(done, retry=Retry.ONCE if once else Retry.HOST)
                 if activated is not None:
                     return CommandResult(
                         command=command,
@@ -390,7 +397,7 @@ class InstanceCore(LeaseProcedures, StandbyProcedures, HandoffProcedures):
             )
         return CommandResult(command=command, from_state=start_state, state=s.state, transitions=done)
 
-    def _start(self, done: list[State]) -> Proc:
+    def _start(self, done: list[State], *, retry: Retry = Retry.HOST) -> Proc:
         """idle → starting → warming → active, appending to ``done``; a warm standby's connector is
         activated instead of started (what it says, then), a cold one is started (None)."""
         s = self.s
@@ -409,12 +416,12 @@ class InstanceCore(LeaseProcedures, StandbyProcedures, HandoffProcedures):
             yield from self._event(
                 EventKind.ERROR, error=f"warm activation failed, starting cold: {cold_because}"
             )
-        report: ConnectorReport = yield from self._host_step(Activity.CONNECTOR_PREPARE)
+        report: ConnectorReport = yield from self._host_step(Activity.CONNECTOR_PREPARE, retry=retry)
         s.symbol_count = report.symbol_count
         yield from self._transition(State.WARMING)
         done.append(State.WARMING)
-        yield from self._host_step(Activity.CONNECTOR_WARM_UP)
-        yield from self._host_step(Activity.CONNECTOR_CONNECT)
+        yield from self._host_step(Activity.CONNECTOR_WARM_UP, retry=retry)
+        yield from self._host_step(Activity.CONNECTOR_CONNECT, retry=retry)
         s.connected_at = self.clock.now()
         self._started()
         yield from self._transition(State.ACTIVE)
