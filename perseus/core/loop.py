@@ -24,8 +24,10 @@ from __future__ import annotations
 from perseus.core.actions import (
     Activity,
     Call,
+    CancelWarmUp,
     ContinueAsNew,
     DrainNotifications,
+    Log,
     Notify,
     Patched,
     Proc,
@@ -58,6 +60,7 @@ from perseus.models import (
     EventKind,
     HandoffConfirm,
     HandoffRequest,
+    HostRestarted,
     Identity,
     IdentityRequest,
     InstanceSnapshot,
@@ -92,6 +95,11 @@ class InstanceCore(LeaseProcedures, StandbyProcedures, HandoffProcedures):
 
     def on_host_shutting_down(self) -> None:
         self.s.host_going_down = True
+
+    def on_host_restarted(self, req: HostRestarted) -> None:
+        """This instance's host has a new worker process: whatever ran on the old one is gone."""
+        if req.host == self.inp.host and self.s.outcome is None:
+            self.s.host_restarted = True
 
     def facts(self) -> InstanceFacts:
         s = self.s
@@ -173,6 +181,7 @@ class InstanceCore(LeaseProcedures, StandbyProcedures, HandoffProcedures):
                 promotions=len(s.promotions),
                 queued=len(s.queue),
                 history_long=history_long,
+                host_restarted=s.host_restarted,
             )
         )
 
@@ -223,6 +232,15 @@ class InstanceCore(LeaseProcedures, StandbyProcedures, HandoffProcedures):
                 yield from self._drop_standby()
                 yield from self._stop_warm("the worker is shutting down")
             return f"{Ending.RELEASED}: the worker on {self.inp.host} shut down"
+        if step is Step.WATCH_AGAIN:
+            s.host_restarted = False
+            yield Log(f"{self.wf_id}: the worker on {self.inp.host} started again: watching from it")
+            yield from self._cancel_lease()
+            if s.warm_task is not None:
+                yield CancelWarmUp()
+            # The warm connector died with the old process: the loop warms one up again.
+            s.warm_here, s.warm_task = False, None
+            return None
         if step is Step.PROMOTE:
             yield from self._cancel_lease()
             yield from self._promote(s.promotions.pop(0))
