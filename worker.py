@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -50,11 +51,11 @@ from perseus.host.workers import announcing
 from perseus.keys import SHARED_TASK_QUEUE, host_task_queue, valid_host
 from perseus.logs import configure_logging, install_temporal_runtime
 from perseus.metrics import MetricsServer, free_loopback_address
-from perseus.models import EventRequest
+from perseus.models import EventRequest, HostRestarted
 from perseus.notify import notifications
 from perseus.store.db import Catalog, open_pool_eventually
 from perseus.store.redis_store import RedisStore, make_client
-from perseus.temporal import RPC_TIMEOUT, connect
+from perseus.temporal import INSTANCE_HOST, RPC_TIMEOUT, connect
 from workflows.instance import InstanceWorkflow
 
 log = logging.getLogger("perseus.worker")
@@ -188,6 +189,8 @@ async def run_worker(
                 )
             )
             log.info("worker for host %s polling %s", host, ", ".join(w.task_queue for w in workers))
+            told = asyncio.create_task(tell_host_restarted(client, host), name="host restarted")
+            stack.push_async_callback(_cancelled, told)
             if ready is not None:
                 ready.set()
             await stop.wait()
@@ -265,6 +268,37 @@ async def release_instances(client: Client, host_activities: HostActivities) -> 
     if pending:
         log.warning("instances not released in time (their TTL frees them): %s", ", ".join(sorted(pending)))
     await host_activities.connectors.stop_all("worker shutting down")
+
+
+async def tell_host_restarted(client: Client, host: str) -> int:
+    """Tell every running instance of ``host`` that its worker started: a standby whose watch ran
+    on a previous process starts it again here at once, rather than when Temporal times the old
+    activity out (its heartbeat timeout, 18.75 s at short intervals) — all that time the standby is
+    missing from Redis and cannot take over. Best effort: Temporal's visibility may lag or be down;
+    the heartbeat timeout remains the fallback. Returns how many were told."""
+    query = f"{INSTANCE_HOST.name} = '{host}' AND ExecutionStatus = 'Running'"
+    told = 0
+    try:
+        async for found in client.list_workflows(query, rpc_timeout=RPC_TIMEOUT):
+            with contextlib.suppress(RPCError):
+                await client.get_workflow_handle(found.id).signal(
+                    InstanceWorkflow.host_restarted,
+                    HostRestarted(host=host, identity=client.identity),
+                    rpc_timeout=RPC_TIMEOUT,
+                )
+                told += 1
+    except (RPCError, RuntimeError) as exc:
+        log.warning("could not tell host %s's instances that its worker started: %s", host, exc)
+        return told
+    if told:
+        log.info("told %d instance(s) of host %s that its worker started", told, host)
+    return told
+
+
+async def _cancelled(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def workflow_closed(client: Client) -> WorkflowClosed:

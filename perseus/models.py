@@ -827,6 +827,16 @@ class HandoffConfirm(BaseModel):
     detail: str
 
 
+class HostRestarted(BaseModel):
+    """A host's worker started (again): the instances of that host hear it at once, so that what ran
+    on the old process — a standby's watch, its warm connector — is started again on the new one
+    instead of when Temporal times the old activity out."""
+
+    host: str
+    #: The new worker's Temporal identity, for the log.
+    identity: str = ""
+
+
 class HandoffRequest(BaseModel):
     to_host: str
     shutdown: bool = False

@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         CommandResult,
         HandoffConfirm,
         HandoffRequest,
+        HostRestarted,
         InstanceInput,
         InstanceSnapshot,
         LeaseEnd,
@@ -220,6 +221,11 @@ class InstanceWorkflow:
     def host_shutting_down(self) -> None:
         """The host's worker is stopping gracefully: stop, release the claim, finish."""
         self.core.on_host_shutting_down()
+
+    @workflow.signal
+    def host_restarted(self, req: HostRestarted) -> None:
+        """The host's worker started again: a standby watches (and warms up) from the new process."""
+        self.core.on_host_restarted(req)
 
     # --- the run: carry the core's actions out ---------------------------------------------------
 

@@ -101,6 +101,7 @@ class InstanceAnswers:
                 promotions=len(self.standbys.promotions),
                 queued=len(self.commands.pending),
                 history_long=history_long,
+                host_restarted=self.st.host_restarted,
             )
         )
 

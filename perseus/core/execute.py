@@ -7,7 +7,7 @@ Holds no memory of its own: the walk is the status part's, the connector the hos
 
 from __future__ import annotations
 
-from perseus.core.actions import Activity, Answer, Patched, tolerated
+from perseus.core.actions import Activity, Answer, Patched, Retry, tolerated
 from perseus.core.decisions import StartPath, start_path
 from perseus.core.host import Host
 from perseus.core.leases import Leases
@@ -25,7 +25,11 @@ class Execution:
     def __init__(self, host: Host, *, leases: Leases, status: Status, standbys: Standbys, warm: Warm) -> None:
         self.host, self.leases, self.status, self.standbys, self.warm = host, leases, status, standbys, warm
 
-    def execute(self, command: Command) -> Answer[CommandResult]:
+    def execute(self, command: Command, *, promoted: bool = False) -> Answer[CommandResult]:
+        """Walk ``command``'s transitions. ``promoted``: the start of a standby that just took the
+        exchange, whose connector steps get one attempt each — another standby may be waiting, and
+        a failed promotion hands over to it (or, alone, tries again after a backoff) sooner than
+        the host steps' own retries (1 s, then 2 s) would give up."""
         status = self.status
         start_state = status.state
         try:
@@ -37,7 +41,10 @@ class Execution:
         done: list[State] = []
         try:
             if command is Command.START:
-                activated = yield from self._start(done)
+                # Patched: runs begun before it retried each step of a promoted start three times:
+                # a promotion whose connector could not connect held the exchange 3 s longer.
+                once = promoted and (yield Patched("promoted-start-tries-once"))
+                activated = yield from self._start(done, retry=Retry.ONCE if once else Retry.HOST)
                 if activated is not None:
                     return CommandResult(
                         command=command,
@@ -64,7 +71,7 @@ class Execution:
             )
         return CommandResult(command=command, from_state=start_state, state=status.state, transitions=done)
 
-    def _start(self, done: list[State]) -> Answer[str | None]:
+    def _start(self, done: list[State], *, retry: Retry = Retry.HOST) -> Answer[str | None]:
         """idle → starting → warming → active, appending to ``done``; a warm standby's connector is
         activated instead of started (what it says, then), a cold one is started (None)."""
         status, host = self.status, self.host
@@ -84,12 +91,14 @@ class Execution:
             yield from status.event(
                 EventKind.ERROR, error=f"warm activation failed, starting cold: {cold_because}"
             )
-        report: ConnectorReport = yield from host.step(Activity.CONNECTOR_PREPARE, self.leases.claim)
+        report: ConnectorReport = yield from host.step(
+            Activity.CONNECTOR_PREPARE, self.leases.claim, retry=retry
+        )
         status.symbols(report.symbol_count)
         yield from status.transition(State.WARMING)
         done.append(State.WARMING)
-        yield from host.step(Activity.CONNECTOR_WARM_UP, self.leases.claim)
-        yield from host.step(Activity.CONNECTOR_CONNECT, self.leases.claim)
+        yield from host.step(Activity.CONNECTOR_WARM_UP, self.leases.claim, retry=retry)
+        yield from host.step(Activity.CONNECTOR_CONNECT, self.leases.claim, retry=retry)
         status.connected_now()
         self.standbys.started()
         yield from status.transition(State.ACTIVE)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from perseus.core import state as slices
 from perseus.core.actions import (
     Answer,
     ContinueAsNew,
@@ -46,25 +47,18 @@ from perseus.core.promotion import Promotion
 from perseus.core.recovery import Recovery
 from perseus.core.registration import Registration
 from perseus.core.standbys import Standbys
-from perseus.core.state import (
-    CommandState,
-    Ending,
-    HandoffState,
-    Identity,
-    LeaseState,
-    LoopState,
-    RecoveryState,
-    RegistrationState,
-    StandbyState,
-    StatusState,
-    Ticket,
-    WarmState,
-    restored,
-)
+from perseus.core.state import Ending, LoopState, Ticket, restored
 from perseus.core.status import Status
 from perseus.core.warm import Warm
 from perseus.core.watch import Watch
-from perseus.models import CommandResult, HandoffConfirm, InstanceInput, NotifyRequest, PromoteRequest
+from perseus.models import (
+    CommandResult,
+    HandoffConfirm,
+    HostRestarted,
+    InstanceInput,
+    NotifyRequest,
+    PromoteRequest,
+)
 
 
 class InstanceCore(InstanceAnswers):
@@ -79,17 +73,17 @@ class InstanceCore(InstanceAnswers):
     def __init__(self, inp: InstanceInput, workflow_id: str, clock: Clock) -> None:
         c = inp.carried
         self.inp = inp
-        self.ctx = ctx = Context(inp, workflow_id, clock, restored(Identity, c))
+        self.ctx = ctx = Context(inp, workflow_id, clock, restored(slices.Identity, c))
         self.st = LoopState(runs=c.runs + 1) if c else LoopState()
         self.carried_notifications: list[NotifyRequest] = list(c.undelivered) if c else []
-        self.commands = Commands(CommandState())
+        self.commands = Commands(slices.CommandState())
         #: Queue a command (an update or signal, or the core itself): ``Commands.enqueue``.
         self.enqueue = self.commands.enqueue
         self.host = host = Host(ctx)
         self.status = Status(
             ctx,
             host,
-            restored(StatusState, c),
+            restored(slices.StatusState, c),
             claim=lambda: self.leases.claim,
             actor=lambda: self.commands.actor,
             details=self.details,
@@ -97,7 +91,7 @@ class InstanceCore(InstanceAnswers):
         self.leases = Leases(
             ctx,
             host,
-            restored(LeaseState, c),
+            restored(slices.LeaseState, c),
             record_for=self.status.record_for,
             event=self.status.event,
             refused=lambda refusal: self.registrar.refused(refusal),
@@ -105,14 +99,14 @@ class InstanceCore(InstanceAnswers):
         self.registrar = Registration(
             ctx,
             host,
-            RegistrationState(),
+            slices.RegistrationState(),
             leases=self.leases,
             status=self.status,
             become_standby=self._become_standby,
             details=self.details,
         )
         role = Role.STANDBY if inp.standby else Role.ACTIVE
-        standby = restored(StandbyState, c) if c else StandbyState(role=role)
+        standby = restored(slices.StandbyState, c) if c else slices.StandbyState(role=role)
         self.standbys = Standbys(
             ctx,
             replace(standby, visible=standby.standby_id is not None),
@@ -123,7 +117,7 @@ class InstanceCore(InstanceAnswers):
         self.warm = Warm(
             ctx,
             host,
-            restored(WarmState, c),
+            restored(slices.WarmState, c),
             role=lambda: self.standbys.role,
             own_claim=lambda: self.standbys.own_claim,
             claim=lambda: self.leases.claim,
@@ -144,8 +138,8 @@ class InstanceCore(InstanceAnswers):
             **shared,
         )
         self.watch = Watch(ctx, warm=self.warm, promotion=self.promotion, end=self._end, **shared)
-        self.recovery = Recovery(ctx, host, restored(RecoveryState, c), **hooks, **shared)
-        self.handoffs = Handoffs(ctx, host, HandoffState(), warm=self.warm, **hooks, **shared)
+        self.recovery = Recovery(ctx, host, restored(slices.RecoveryState, c), **hooks, **shared)
+        self.handoffs = Handoffs(ctx, host, slices.HandoffState(), warm=self.warm, **hooks, **shared)
         for command in c.pending if c else []:
             self.enqueue(command)
 
@@ -162,6 +156,11 @@ class InstanceCore(InstanceAnswers):
 
     def on_host_shutting_down(self) -> None:
         self.st = replace(self.st, host_going_down=True)
+
+    def on_host_restarted(self, req: HostRestarted) -> None:
+        """This instance's host has a new worker process: whatever ran on the old one is gone."""
+        if req.host == self.inp.host and self.st.outcome is None:
+            self.st = replace(self.st, host_restarted=True)
 
     # --- the run ---------------------------------------------------------------------------------
 
@@ -213,6 +212,10 @@ class InstanceCore(InstanceAnswers):
                 yield from standbys.drop()
                 yield from self.warm.stop("the worker is shutting down")
             return f"{Ending.RELEASED}: the worker on {ctx.inp.host} shut down"
+        if step is Step.WATCH_AGAIN:
+            self.st = replace(self.st, host_restarted=False)
+            yield from self.watch.again()
+            return None
         if step is Step.PROMOTE:
             yield from leases.cancel()
             yield from self.promotion.promote(standbys.next_promotion())
@@ -261,7 +264,7 @@ class InstanceCore(InstanceAnswers):
         if ticket.command is Command.HANDOFF:
             result = yield from self.handoffs.handoff(ticket)
             return result, self.st.outcome
-        result = yield from execution.execute(ticket.command)
+        result = yield from execution.execute(ticket.command, promoted=ticket.promoted)
         if ticket.confirm_to is not None:
             yield from self.promotion.confirm_takeover(ticket.confirm_to, result)
         elif ticket.promoted and result.error is not None and (yield Patched("failed-promotion-moves-on")):

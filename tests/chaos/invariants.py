@@ -228,6 +228,9 @@ class Recovery(StrEnum):
     #: A handoff whose target dies after the old connector stopped: the handoff's part, then a
     #: crash of the target (which may hold the key by then) that another standby must detect.
     HANDOFF_TARGET_LOST = "handoff, target lost"
+    #: A crash whose best standby cannot start its connector: it claims, fails, releases and wakes
+    #: the next one, which starts.
+    FAILED_PROMOTION = "failed promotion"
 
 
 #: Seconds of Temporal round trips on the way to active, whatever the path: the claim activity
@@ -259,6 +262,9 @@ def liveness_bound_s(
     * handoff: the target is told directly: the walk and the margin;
     * handoff, target lost: the handoff's bound (the old connector stopped, the target began its
       walk), then a crash's (the target may have claimed; another standby must see its key lapse);
+    * failed promotion: a crash's bound, whose winner's walk fails; then that walk once more and
+      the margin — it releases and wakes the next standby, which acts at once (the release proves
+      the failed one stopped);
     * Redis back (counted from its return): a standby's next look, within an interval, finds the
       key gone; it gives the holder its head start after an outage and the standbys ahead theirs,
       claims, and — a vanished key proves nothing — waits out the old holder's renew deadline
@@ -273,6 +279,8 @@ def liveness_bound_s(
         return liveness_bound_s(interval_s, walk_s, Recovery.HANDOFF, hosts=hosts) + liveness_bound_s(
             interval_s, walk_s, Recovery.CRASH, hosts=hosts
         )
+    if path is Recovery.FAILED_PROMOTION:
+        return liveness_bound_s(interval_s, walk_s, Recovery.CRASH, hosts=hosts) + walk_s + DISPATCH_MARGIN_S
     if path is Recovery.GRACEFUL:
         return interval_s + walk_s + DISPATCH_MARGIN_S
     if path is Recovery.REDIS_BACK:

@@ -33,10 +33,11 @@ from temporalio.service import RPCError
 
 from perseus.client import control
 from perseus.core.decisions import lease_heartbeat_timeout_s
+from perseus.core.lifecycle import Command
 from perseus.devstack import services
 from perseus.errors import AlreadyRegistered, PerseusError
 from perseus.keys import workflow_id
-from perseus.models import ConnectorSpec
+from perseus.models import ConnectorSpec, StandbyRecord
 from perseus.store.redis_store import RedisStore, make_client
 from perseus.temporal import converter
 from tests.chaos.invariants import Gap, Liveness, Recovery, Timing, Window, check, load_journal
@@ -92,6 +93,8 @@ RECOVERY = {
     "planned handoff": Recovery.HANDOFF,
     "handoff target killed midway": Recovery.HANDOFF_TARGET_LOST,
     "SIGTERM active worker": Recovery.GRACEFUL,
+    "promoted standby cannot start its connector": Recovery.FAILED_PROMOTION,
+    "handoff to a standby that is not ready": Recovery.HANDOFF,
     "Redis paused past the TTL": Recovery.REDIS_BACK,
     "Redis restarted empty": Recovery.REDIS_BACK,
     "Redis frozen past the deadline while Temporal is frozen": Recovery.REDIS_BACK,
@@ -231,7 +234,7 @@ class Cluster:
             await self.register(host, standby=True)
         await self.wait_active()
 
-    async def register(self, host: str, *, standby: bool) -> None:
+    async def register(self, host: str, *, standby: bool, connector: ConnectorSpec | None = None) -> None:
         assert self.client
         await control.register(
             self.client,
@@ -242,8 +245,46 @@ class Cluster:
             start=not standby,
             standby=standby,
             priority=PRIORITY[self.hosts.index(host)],
-            connector=ConnectorSpec(warm=WARM[self.hosts.index(host)]),
+            connector=connector or ConnectorSpec(warm=WARM[self.hosts.index(host)]),
         )
+
+    async def replace_standby(self, host: str, connector: ConnectorSpec) -> None:
+        """Shut ``host``'s standby down and register it again with ``connector`` (a broken one, for
+        a fault); :meth:`heal` puts the usual one back once it is shut down again."""
+        assert self.client
+        await control.command(
+            self.client, exchange=self.exchange, host=host, default_host=host, command=Command.SHUTDOWN
+        )
+        for _ in range(200):
+            if not await self.running(host):
+                break
+            await asyncio.sleep(0.1)
+        await self.register(host, standby=True, connector=connector)
+
+    async def retire(self, host: str) -> None:
+        """Shut ``host``'s instance down and wait until it has ended (heal registers it again)."""
+        assert self.client
+        await control.command(
+            self.client, exchange=self.exchange, host=host, default_host=host, command=Command.SHUTDOWN
+        )
+        for _ in range(200):
+            if not await self.running(host):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{host}'s instance did not end")
+
+    async def standby_record(self, host: str) -> StandbyRecord | None:
+        return next((r for r in await self.store.standbys(self.ex_id) if r.host == host), None)
+
+    async def best_standby(self, not_host: object) -> str:
+        """The live standby a crash of ``not_host`` promotes first (the highest priority)."""
+        ranked = sorted(
+            (h for h in self.hosts if h != not_host), key=lambda h: -PRIORITY[self.hosts.index(h)]
+        )
+        for host in ranked:
+            if await self.standby_record(host) is not None:
+                return host
+        raise AssertionError("no standby visible")
 
     async def holder(self) -> dict[str, object] | None:
         try:
@@ -514,6 +555,54 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
                 return
             raise AssertionError("no settled moment for a planned handoff")
 
+        async def promoted_cannot_start() -> None:
+            """A claim is held only by an instance that runs its connector: the best standby's
+            connector cannot connect, so its promotion releases and the next standby takes over."""
+            doc = await cluster.wait_active()
+            active = str(doc["hostname"])
+            best = await cluster.best_standby(active)
+            await cluster.replace_standby(best, ConnectorSpec(fail_steps=["connect"]))
+            # Both standbys visible, the broken one and the one that must take over after it (a
+            # host restarted by the previous fault's healing may still be coming back).
+            others = [h for h in cluster.hosts if h != active]
+            for _ in range(600):
+                if all([await cluster.standby_record(h) is not None for h in others]):
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"the standbys {others} never both showed")
+            cluster.kill(active)
+            after = await cluster.wait_active(not_host=active)
+            assert after["hostname"] != best, after
+            await cluster.retire(best)  # heal registers it again with its usual connector
+
+        async def handoff_to_unready() -> None:
+            """A handoff to a warm standby whose warm-up fails is refused before anything stops."""
+            assert cluster.client
+            doc = await cluster.wait_active()
+            active = str(doc["hostname"])
+            target = await cluster.standby_host(active)
+            await cluster.replace_standby(target, ConnectorSpec(warm=True, fail_steps=["warm_up"]))
+            for _ in range(200):
+                record = await cluster.standby_record(target)
+                if record is not None and record.warm_error:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"{target}'s warm-up failure never showed in its record")
+            with pytest.raises(PerseusError, match="refused"):
+                await control.handoff(
+                    cluster.client,
+                    exchange=exchange,
+                    to_host=target,
+                    from_host=active,
+                    default_host=target,
+                    shutdown=False,
+                )
+            after = await cluster.wait_active()
+            assert (after["hostname"], after["epoch"]) == (doc["hostname"], doc["epoch"])
+            await cluster.retire(target)
+
         plan: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         # Four of the crashes are graceful stops instead: the same worker gone, by the other path
         # (a deploy, a supervisor's stop), at the same cost in time.
@@ -527,6 +616,8 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
         plan += [("same host registered twice", same_host_twice)] * 13
         plan += [("handoff target killed midway", handoff_target_killed)] * 2
         plan += [("planned handoff", planned_handoff)] * 2
+        plan += [("promoted standby cannot start its connector", promoted_cannot_start)] * 3
+        plan += [("handoff to a standby that is not ready", handoff_to_unready)] * 2
         plan += [("Temporal frozen", temporal_frozen)] * 8
         plan += [("active host partitioned from Temporal", active_host_partitioned)] * 8
         plan += [("active host killed while Temporal is frozen", active_killed_while_temporal_frozen)] * 6

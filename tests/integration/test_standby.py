@@ -9,7 +9,8 @@ import time
 import uuid
 
 import pytest
-from temporalio.client import Client
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowExecutionStatus
 
 from perseus.client import control
 from perseus.core.lifecycle import Command
@@ -319,6 +320,57 @@ async def test_handoff_whose_target_dies_after_claiming_is_taken_back_from_redis
     details = [e.get("detail", "") for e in await events(store, exchange) if e["event"] == "handoff"]
     assert any(details[-1].startswith(f"aborted: {why}") for why in seen), details
     await control.command(client, exchange=exchange, host=a, default_host=a, command=Command.SHUTDOWN)
+
+
+async def test_a_restarted_standby_host_watches_again_without_waiting_for_a_timeout(
+    servers: Servers,
+    shared_worker: str,
+    client: Client,
+    store: RedisStore,
+    exchange: str,
+    worker_processes: list[WorkerProcess],
+) -> None:
+    """The standby host's worker is killed and started again. The new worker tells the host's
+    instances at once; the standby's workflow (the same run) cancels the watch that died with the
+    old process and watches from the new one — its record is back, and no activity of it timed out
+    (the old way back: the watch's heartbeat timeout, 18.75 s here, then the instance ended lost)."""
+    a, b = hosts(2, "rw")
+    procs = await start_workers(servers, worker_processes, *[a, b])
+    ex_id = await exchange_id(servers, exchange)
+    await register(client, exchange, a, start=True)
+    await register(client, exchange, b, standby=True)
+    await wait_for(lambda: active_on(store, ex_id, a))
+    handle = client.get_workflow_handle(workflow_id(exchange, b))
+    run_before = (await handle.describe()).run_id
+
+    async def visible() -> list[str] | None:
+        return [r.host for r in await store.standbys(ex_id)] or None
+
+    assert await wait_for(visible) == [b]
+    procs[1].signal(signal.SIGKILL)
+    procs[1].wait(30)
+
+    async def gone() -> bool:
+        return not await store.standbys(ex_id)
+
+    await wait_for(gone)  # the record's TTL ran out with nobody renewing it
+    again = WorkerProcess(servers, b)
+    worker_processes.append(again)
+    await again.ready()
+    assert await wait_for(visible, timeout=60) == [b]
+    described = await handle.describe()
+    assert described.run_id == run_before and described.status == WorkflowExecutionStatus.RUNNING
+    history = await handle.fetch_history()
+    kinds = [e.event_type for e in history.events]
+    signals = [e.workflow_execution_signaled_event_attributes.signal_name for e in history.events]
+    assert "host_restarted" in signals
+    assert EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED in kinds
+    assert EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT not in kinds
+    assert "told 1 instance(s) of host" in again.log.read_text()
+    # Still a working standby: the holder's crash promotes it.
+    procs[0].signal(signal.SIGKILL)
+    await wait_for(lambda: active_on(store, ex_id, b), timeout=60)
+    await control.command(client, exchange=exchange, host=b, default_host=b, command=Command.SHUTDOWN)
 
 
 async def test_a_promoted_standby_that_cannot_start_its_connector_hands_over_to_the_next(

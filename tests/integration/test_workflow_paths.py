@@ -652,6 +652,7 @@ async def test_standby_takes_a_lapsed_vacant_exchange_and_acts_at_once(ts_env: W
         "hold_lease",  # the fresh claim renewed at once, and nothing waited for
         "drop_standby",
         "record promoted",
+        "patch: promoted-start-tries-once",  # one attempt per step: a failure moves on sooner
         "record state_transition",  # idle → starting
         "connector_prepare",
     ]
@@ -671,6 +672,7 @@ async def test_standby_claims_over_a_silent_holder_and_acts_at_once(ts_env: Work
         "hold_lease",
         "drop_standby",
         "record promoted",
+        "patch: promoted-start-tries-once",
         "record state_transition",
         "connector_prepare",
     ]
@@ -695,6 +697,7 @@ async def test_standby_takes_a_vacant_exchange_redis_lost_and_waits_out_the_old_
         "timer fired",  # only then does anything act
         "drop_standby",
         "record promoted",
+        "patch: promoted-start-tries-once",  # one attempt per step: a failure moves on sooner
         "record state_transition",  # idle → starting
         "connector_prepare",
     ]

@@ -45,6 +45,7 @@ from perseus.models import (
     HandoffRequest,
     HostClaimRequest,
     HostPresence,
+    HostRestarted,
     Identity,
     InstanceInput,
     LeaseOutcome,
@@ -116,11 +117,16 @@ class HostDown:
 
 
 @dataclass(frozen=True)
+class HostBack:
+    """The host's worker started again (``host_restarted``)."""
+
+
+@dataclass(frozen=True)
 class HistoryLong:
     pass
 
 
-Event = Cmd | Handoff | LeaseEnds | Promote | HostDown | HistoryLong
+Event = Cmd | Handoff | LeaseEnds | Promote | HostDown | HostBack | HistoryLong
 
 
 SILENT_HOLDER = "host-dead (epoch 3)"
@@ -274,6 +280,8 @@ class World:
                 )
             case HostDown():
                 core.on_host_shutting_down()
+            case HostBack():
+                core.on_host_restarted(HostRestarted(host=core.inp.host))
             case HistoryLong():
                 self.history_long = True
 
@@ -528,6 +536,18 @@ SCENARIOS = [
         warm=True,
     ),
     Scenario(
+        "standby-host-restarted-watches-again",
+        (HostBack(), Promote()),
+        (State.ACTIVE, Role.ACTIVE, True, None),
+        standby=True,
+        warm=True,
+    ),
+    Scenario(
+        "active-host-restarted-changes-nothing",
+        (Cmd(Command.START), HostBack()),
+        (State.ACTIVE, Role.ACTIVE, True, None),
+    ),
+    Scenario(
         "warm-connector-lost-and-warmed-again",
         (LeaseEnds(StandbyOutcome(vacant=False, warm_lost=True)), Promote()),
         (State.ACTIVE, Role.ACTIVE, True, None),
@@ -705,6 +725,20 @@ def test_continued_as_new_at_any_wait_it_ends_where_it_would_have(sc: Scenario) 
             w.claim is not None and whole.world.holder == w.claim.instance_id
         ), at
         check_invariants(after)
+
+
+def test_a_standby_whose_host_restarted_watches_and_warms_up_again_from_the_new_worker() -> None:
+    sc = next(x for x in SCENARIOS if x.name == "standby-host-restarted-watches-again")
+    run = play(sc)
+    kinds = [type(a).__name__ for a in run.actions if isinstance(a, act.StartLease | act.CancelLease)]
+    # The watch that ran on the old process is cancelled (not waited for: it cannot answer) and
+    # dispatched again; then the promotion cancels that one.
+    assert kinds[:3] == ["StartLease", "CancelLease", "StartLease"], kinds
+    watches = [a for a in run.actions if isinstance(a, act.StartLease)]
+    assert {w.activity for w in watches[:2]} == {act.Activity.HOLD_STANDBY}
+    # Its warm connector died with the old process too: warmed up again on the new one.
+    assert sum(isinstance(a, act.SpawnWarmUp) for a in run.actions) == 2
+    assert not run.core.st.host_restarted
 
 
 def test_a_warm_connector_lost_while_waiting_is_warmed_again_and_promoted_warm() -> None:

@@ -32,9 +32,9 @@ from perseus.models import PromoteRequest, StandbyRecord
 pytestmark = pytest.mark.unit
 
 ALL_FACTS = [
-    LoopFacts(role, lease_done, going_down, promotions, queued, history_long)
-    for role, lease_done, going_down, promotions, queued, history_long in itertools.product(
-        Role, (False, True), (False, True), (0, 1, 2), (0, 1), (False, True)
+    LoopFacts(role, lease_done, going_down, promotions, queued, history_long, restarted)
+    for role, lease_done, going_down, promotions, queued, history_long, restarted in itertools.product(
+        Role, (False, True), (False, True), (0, 1, 2), (0, 1), (False, True), (False, True)
     )
 ]
 
@@ -49,6 +49,9 @@ def test_next_step_takes_the_most_urgent_work_first(facts: LoopFacts) -> None:
         assert step is Step.HOST_GOING_DOWN
     elif facts.promotions:
         assert step is (Step.PROMOTE if facts.role is Role.STANDBY else Step.CONFIRM_PROMOTION)
+    elif facts.host_restarted and facts.role is Role.STANDBY:
+        # The watch died with the old worker: started again before commands wait on it.
+        assert step is Step.WATCH_AGAIN
     elif facts.queued:
         # A caller waiting on a command is answered before the run continues as new.
         assert step is Step.COMMAND

@@ -120,6 +120,8 @@ def test_the_bound_is_detection_plus_walk_plus_margin_per_path() -> None:
     # Graceful stop: one interval + walk + dispatch; handoff: walk + dispatch.
     assert liveness_bound_s(1.0, 0.7, Recovery.GRACEFUL) == pytest.approx(2.7)
     assert liveness_bound_s(1.0, 0.7, Recovery.HANDOFF) == pytest.approx(1.7)
+    # A failed promotion: the crash's bound, then the failed walk once more and the margin.
+    assert liveness_bound_s(1.0, 0.7, Recovery.FAILED_PROMOTION) == pytest.approx(4.9 + 1.7)
     # Detection scales with the interval, the walk is added once; every further host may be a
     # dead standby ahead of the winner; with two hosts nobody is.
     assert liveness_bound_s(15.0, 0.7) == pytest.approx(2.35 * 15 + 0.1 + 0.7 + 1.0)

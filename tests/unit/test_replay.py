@@ -58,6 +58,14 @@ BEFORE = {
     },
     "before-wake-standby-on-shutdown": {"lifecycle"},
     "before-release-ends-deadline-wait": {"vacancy-not-lapsed"},
+    "before-promoted-start-tries-once": {
+        "handoff-taking-over",
+        "promotion-start-failed",
+        "standby-promotion",
+        "vacancy-claimed-over",
+        "vacancy-lapsed",
+        "vacancy-not-lapsed",
+    },
     "before-handoff-watches-target-claim": {
         "handoff-handing-over",
         "handoff-taken-back",

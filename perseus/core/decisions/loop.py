@@ -23,6 +23,9 @@ class Step(StrEnum):
 
     LEASE_ENDED = "lease ended"
     HOST_GOING_DOWN = "host going down"
+    #: The host's worker started again: a standby's watch (and warm connector) died with the old
+    #: process and must be started again on the new one.
+    WATCH_AGAIN = "watch again"
     PROMOTE = "promote"
     CONFIRM_PROMOTION = "confirm promotion"
     COMMAND = "command"
@@ -37,6 +40,8 @@ class LoopFacts:
     promotions: int
     queued: int
     history_long: bool
+    #: The host's worker told this instance it started again (``host_restarted``).
+    host_restarted: bool = False
 
 
 def next_step(facts: LoopFacts) -> Step | None:
@@ -47,6 +52,10 @@ def next_step(facts: LoopFacts) -> Step | None:
         return Step.HOST_GOING_DOWN
     if facts.promotions:
         return Step.PROMOTE if facts.role is Role.STANDBY else Step.CONFIRM_PROMOTION
+    if facts.host_restarted and facts.role is Role.STANDBY:
+        # Without this the workflow hears of the old process only at its watch's heartbeat
+        # timeout (18.75 s at 1 s), and the standby is missing from Redis all that time.
+        return Step.WATCH_AGAIN
     if facts.queued:
         return Step.COMMAND
     if facts.history_long:
