@@ -27,6 +27,7 @@ from perseus.core.actions import (
     CancelWarmUp,
     ContinueAsNew,
     DrainNotifications,
+    Failure,
     Log,
     Notify,
     Patched,
@@ -232,15 +233,27 @@ class InstanceCore(LeaseProcedures, StandbyProcedures, HandoffProcedures):
                 yield from self._drop_standby()
                 yield from self._stop_warm("the worker is shutting down")
             return f"{Ending.RELEASED}: the worker on {self.inp.host} shut down"
-        if step is Step.WATCH_AGAIN:
+        if step is Step.HOST_RESTARTED:
             s.host_restarted = False
-            yield Log(f"{self.wf_id}: the worker on {self.inp.host} started again: watching from it")
+            if s.role is Role.STANDBY:
+                yield Log(f"{self.wf_id}: the worker on {self.inp.host} started again: watching from it")
+                yield from self._cancel_lease()
+                if s.warm_task is not None:
+                    yield CancelWarmUp()
+                # The warm connector died with the old process: the loop warms one up again.
+                s.warm_here, s.warm_task = False, None
+                return None
+            if not s.leasing:
+                return None  # nothing of ours runs on the host between two steps
+            # The lease died with the old process: judged now as its heartbeat timeout would judge
+            # it later — re-attach to the renewals if Redis shows the claim still ours (the
+            # connector is started again), lost if it went unrenewed past its deadline.
             yield from self._cancel_lease()
-            if s.warm_task is not None:
-                yield CancelWarmUp()
-            # The warm connector died with the old process: the loop warms one up again.
-            s.warm_here, s.warm_task = False, None
-            return None
+            gone = StepFailed(
+                Failure(message=f"the worker on {self.inp.host} started again", timeout="RESTART")
+            )
+            carry_on = yield from self._lease_failed(gone)
+            return None if carry_on else s.outcome or str(Ending.INSTANCE_LOST)
         if step is Step.PROMOTE:
             yield from self._cancel_lease()
             yield from self._promote(s.promotions.pop(0))

@@ -111,7 +111,7 @@ class InstanceState:
     registration_error: str | None = None
     registration_error_type: str | None = None
     host_going_down: bool = False
-    #: The host's worker said it started again since the watch was dispatched (decisions.Step.WATCH_AGAIN).
+    #: The host's worker said it started again (decisions.Step.HOST_RESTARTED).
     host_restarted: bool = False
     outcome: str | None = None
     last_heartbeat_ok: datetime | None = None
