@@ -212,10 +212,11 @@ class InstanceCore(InstanceAnswers):
                 yield from standbys.drop()
                 yield from self.warm.stop("the worker is shutting down")
             return f"{Ending.RELEASED}: the worker on {ctx.inp.host} shut down"
-        if step is Step.WATCH_AGAIN:
+        if step is Step.HOST_RESTARTED:
             self.st = replace(self.st, host_restarted=False)
-            yield from self.watch.again()
-            return None
+            active = standbys.role is Role.ACTIVE
+            carry_on = yield from (self.recovery.host_restarted() if active else self.watch.again())
+            return None if carry_on else self.st.outcome or str(Ending.INSTANCE_LOST)
         if step is Step.PROMOTE:
             yield from leases.cancel()
             yield from self.promotion.promote(standbys.next_promotion())

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from perseus.core.actions import Answer, CountRestart, Log, Patched, Proc, Retry, Sleep, WaitLease
+from perseus.core.actions import Answer, CountRestart, Failure, Log, Patched, Proc, Retry, Sleep, WaitLease
 from perseus.core.context import Context
 from perseus.core.decisions import (
     LOSS_TYPES,
@@ -70,6 +70,19 @@ class Recovery:
             return (yield from self._lease_failed(err))
         self.leases.renewed(outcome.last_renewed)
         return True  # the term ran out normally: the loop issues the next one
+
+    def host_restarted(self) -> Answer[bool]:
+        """Our host's worker started again: the lease died with the old process. Judged now as its
+        heartbeat timeout would judge it later — re-attached to the renewals if Redis shows the claim
+        still ours (the connector is started again), lost if it went unrenewed past its deadline.
+        False when the run must end."""
+        if not self.leases.leasing:
+            return True  # nothing of ours runs on the host between two steps
+        yield from self.leases.cancel()
+        gone = StepFailed(
+            Failure(message=f"the worker on {self.ctx.inp.host} started again", timeout="RESTART")
+        )
+        return (yield from self._lease_failed(gone))
 
     def _lease_failed(self, err: StepFailed) -> Answer[bool]:
         """Act on a lease that ended with an error; False when the run must end."""

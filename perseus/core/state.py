@@ -181,7 +181,7 @@ class LoopState:
 
     runs: int = 1
     host_going_down: bool = False
-    #: The host's worker said it started again since the watch was dispatched (Step.WATCH_AGAIN).
+    #: The host's worker said it started again (decisions.Step.HOST_RESTARTED).
     host_restarted: bool = False
     outcome: str | None = None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from perseus.core.actions import Answer, CancelWarmUp, Log, Patched, Proc, Sleep, WaitUntil
+from perseus.core.actions import Answer, CancelWarmUp, Log, Patched, Sleep, WaitUntil
 from perseus.core.context import Context
 from perseus.core.decisions import act_after_vacancy_s, standbys_ahead, vacancy_delay
 from perseus.core.leases import Leases
@@ -110,7 +110,7 @@ class Watch:
             )
         return True
 
-    def again(self) -> Proc:
+    def again(self) -> Answer[bool]:
         """The host's worker started again: the watch (and a warm connector) died with the old
         process. Drop them; the loop starts the watch again on the new one and warms up anew."""
         ctx = self.ctx
@@ -119,3 +119,4 @@ class Watch:
         if self.warm.warming:
             yield CancelWarmUp()
         self.warm.lost()
+        return True

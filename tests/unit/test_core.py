@@ -543,7 +543,7 @@ SCENARIOS = [
         warm=True,
     ),
     Scenario(
-        "active-host-restarted-changes-nothing",
+        "active-host-restarted-reattaches",
         (Cmd(Command.START), HostBack()),
         (State.ACTIVE, Role.ACTIVE, True, None),
     ),
@@ -739,6 +739,18 @@ def test_a_standby_whose_host_restarted_watches_and_warms_up_again_from_the_new_
     # Its warm connector died with the old process too: warmed up again on the new one.
     assert sum(isinstance(a, act.SpawnWarmUp) for a in run.actions) == 2
     assert not run.core.st.host_restarted
+
+
+def test_a_holder_whose_host_restarted_is_judged_by_redis_at_once() -> None:
+    """Its lease died with the old process: cancelled, Redis asked at once, and — the claim still
+    renewed, as the world answers — the lease dispatched again to the new worker, with no event."""
+    sc = next(x for x in SCENARIOS if x.name == "active-host-restarted-reattaches")
+    run = play(sc)
+    tail = [a for a in run.actions if isinstance(a, act.StartLease | act.CancelLease | act.Call)]
+    kinds = [a.activity.value if isinstance(a, act.Call) else type(a).__name__ for a in tail]
+    cancelled = kinds.index("CancelLease")
+    assert kinds[cancelled : cancelled + 3] == ["CancelLease", "StartLease", "probe_claim"], kinds
+    assert run.outcome is None and run.core.view().claim is not None
 
 
 def test_a_warm_connector_lost_while_waiting_is_warmed_again_and_promoted_warm() -> None:

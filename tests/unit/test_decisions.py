@@ -49,9 +49,9 @@ def test_next_step_takes_the_most_urgent_work_first(facts: LoopFacts) -> None:
         assert step is Step.HOST_GOING_DOWN
     elif facts.promotions:
         assert step is (Step.PROMOTE if facts.role is Role.STANDBY else Step.CONFIRM_PROMOTION)
-    elif facts.host_restarted and facts.role is Role.STANDBY:
-        # The watch died with the old worker: started again before commands wait on it.
-        assert step is Step.WATCH_AGAIN
+    elif facts.host_restarted:
+        # The lease or watch died with the old worker: judged before commands wait on it.
+        assert step is Step.HOST_RESTARTED
     elif facts.queued:
         # A caller waiting on a command is answered before the run continues as new.
         assert step is Step.COMMAND

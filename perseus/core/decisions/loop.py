@@ -23,9 +23,9 @@ class Step(StrEnum):
 
     LEASE_ENDED = "lease ended"
     HOST_GOING_DOWN = "host going down"
-    #: The host's worker started again: a standby's watch (and warm connector) died with the old
-    #: process and must be started again on the new one.
-    WATCH_AGAIN = "watch again"
+    #: The host's worker started again: what ran on the old process — a standby's watch and warm
+    #: connector, a holder's lease and connector — is gone, and is judged and started again now.
+    HOST_RESTARTED = "host restarted"
     PROMOTE = "promote"
     CONFIRM_PROMOTION = "confirm promotion"
     COMMAND = "command"
@@ -52,10 +52,10 @@ def next_step(facts: LoopFacts) -> Step | None:
         return Step.HOST_GOING_DOWN
     if facts.promotions:
         return Step.PROMOTE if facts.role is Role.STANDBY else Step.CONFIRM_PROMOTION
-    if facts.host_restarted and facts.role is Role.STANDBY:
-        # Without this the workflow hears of the old process only at its watch's heartbeat
-        # timeout (18.75 s at 1 s), and the standby is missing from Redis all that time.
-        return Step.WATCH_AGAIN
+    if facts.host_restarted:
+        # Without this the workflow hears of the old process only when its lease or watch times
+        # out (18.75 s at 1 s): a standby is missing from Redis all that time.
+        return Step.HOST_RESTARTED
     if facts.queued:
         return Step.COMMAND
     if facts.history_long:
