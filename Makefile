@@ -39,8 +39,8 @@ check: install
 	$(BIN)/mypy .
 	$(BIN)/pytest -q -m unit -p no:cacheprovider
 
-# Build the wheel, install it into a fresh venv and `perseus db init` a scratch database (also part
-# of `make test`).
+# Build the wheel, install it into a fresh venv, `perseus --version` there and `perseus db init` a
+# scratch database (also part of `make test`).
 check-package: install
 	$(BIN)/pytest -q -p no:cacheprovider tests/integration/test_package.py
 

@@ -22,11 +22,11 @@ import os
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 from pydantic import Field
 
+from perseus import version as release
 from perseus.errors import ServiceUnavailable
 from perseus.keys import host_task_queue, iso
 from perseus.models import Wire
@@ -45,20 +45,16 @@ ANNOUNCE_TTL_S = 3 * ANNOUNCE_EVERY_S
 POLL_LOOKUP_S = 3.0
 
 
-def perseus_version() -> str:
-    try:
-        return version("perseus")
-    except PackageNotFoundError:  # a tree that was never installed
-        return "unknown"
-
-
 class WorkerRecord(Wire):
     """What one worker process says of itself (the JSON of its presence key)."""
 
     host: str
     #: The worker's Temporal identity (``pid@machine``): matches it to the pollers Temporal lists.
     worker_id: str
-    version: str
+    #: Its release and build (perseus.version); records of workers older than these fields read
+    #: as "unknown".
+    version: str = release.UNKNOWN
+    build: str = release.UNKNOWN
     machine: str
     pid: int
     started_at: str
@@ -75,6 +71,7 @@ class HostView(Wire):
 
     host: str
     version: str
+    build: str = release.UNKNOWN
     #: When a worker last polled the host's task queue, as Temporal saw it (None: unknown).
     last_poll_at: str | None = None
     claims: int
@@ -109,6 +106,7 @@ def summarise(records: Iterable[WorkerRecord], polls: dict[str, datetime | None]
             HostView(
                 host=host,
                 version=newest.version,
+                build=newest.build,
                 last_poll_at=iso(poll) if poll is not None else None,
                 claims=sum(r.claims for r in group),
                 watches=sum(r.watches for r in group),
@@ -186,7 +184,8 @@ async def announcing(
         return WorkerRecord(
             host=host,
             worker_id=worker_id,
-            version=perseus_version(),
+            version=release.version(),
+            build=release.build(),
             machine=socket.gethostname(),
             pid=os.getpid(),
             started_at=started,

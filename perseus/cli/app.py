@@ -22,7 +22,6 @@ import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
@@ -31,6 +30,7 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.spinner import Spinner
 from rich.text import Text
 
+from perseus import version as release
 from perseus.config import (
     DEFAULT_API_PORT,
     DEFAULT_POSTGRES_PORT,
@@ -99,16 +99,9 @@ WaitOption = Annotated[
 ]
 
 
-def perseus_version() -> str:
-    try:
-        return version("perseus")
-    except PackageNotFoundError:  # running from a tree that was never installed
-        return "unknown"
-
-
 def _show_version(value: bool) -> None:
     if value:
-        out.print(f"perseus {perseus_version()}")
+        out.print(f"perseus {release.describe()}", highlight=False)
         raise typer.Exit(EXIT_OK)
 
 
