@@ -30,6 +30,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from perseus import control, errors
+from perseus import version as release
 from perseus.actors import fleet_actor
 from perseus.config import Settings
 from perseus.core.state import Ending, ending_of
@@ -48,6 +49,7 @@ from perseus.fleet import (
     retry_after,
     retry_over,
 )
+from perseus.hosts import outdated_hosts, summarise
 from perseus.keys import host_task_queue, workflow_id
 from perseus.lifecycle import Command, Role
 from perseus.models import InstanceStatus, Wire
@@ -580,6 +582,9 @@ class FleetExchangeView(Wire):
     instances: list[str]
     warm: bool = False
     drift: list[str]
+    #: Its hosts (placed, running or standing by) whose worker runs an older release than the
+    #: newest any live host runs, with that version: an upgrade not finished.
+    outdated: dict[str, str] = Field(default_factory=dict)
 
 
 async def _running_instances(client: Client) -> list[tuple[str, str, Role]]:
@@ -614,6 +619,9 @@ async def fleet_status(client: Client, catalog: Catalog, store: RedisStore) -> l
     }
     names = sorted((set(placements) | set(running) | set(held)) & set(ids))
     live = await live_hosts(client, {h for p in placements.values() for h in p.hosts})
+    host_views = summarise(await store.workers(), {})
+    behind = outdated_hosts(host_views)
+    newest_seen = release.newest([v.version for v in host_views])
     views: list[FleetExchangeView] = []
     for name in names:
         status = read.record if (read := held.get(name)) is not None else None
@@ -638,6 +646,9 @@ async def fleet_status(client: Client, catalog: Catalog, store: RedisStore) -> l
                     f"(perseus handoff {name} --to {placement.hosts[0]})"
                 )
             drift.extend(f"{h}: not in the fleet" for h in here if h not in placement.hosts)
+        involved = set(placement.hosts if placement else []) | set(here) | set(standbys)
+        old = {h: behind[h] for h in sorted(involved) if h in behind}
+        drift.extend(f"{h}: runs {v}, older than {newest_seen} (upgrade it)" for h, v in old.items())
         views.append(
             FleetExchangeView(
                 exchange=name,
@@ -649,6 +660,7 @@ async def fleet_status(client: Client, catalog: Catalog, store: RedisStore) -> l
                 instances=here,
                 warm=placement.warm if placement else False,
                 drift=drift,
+                outdated=old,
             )
         )
     return views

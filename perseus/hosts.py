@@ -72,6 +72,8 @@ class HostView(Wire):
     host: str
     version: str
     build: str = release.UNKNOWN
+    #: Its version is an older release than the newest any live host runs (an upgrade not done).
+    outdated: bool = False
     #: When a worker last polled the host's task queue, as Temporal saw it (None: unknown).
     last_poll_at: str | None = None
     claims: int
@@ -93,11 +95,13 @@ class HostsBoard(Wire):
 
 def summarise(records: Iterable[WorkerRecord], polls: dict[str, datetime | None]) -> list[HostView]:
     """Pure: one view per host, by name; several workers of a host add up (claims, watches,
-    capacity) and the newest version, announcement and poll stand for them."""
+    capacity) and the newest version, announcement and poll stand for them. A host whose version
+    is an older release than the newest of all is ``outdated``."""
     by_host: dict[str, list[WorkerRecord]] = {}
     for record in records:
         by_host.setdefault(record.host, []).append(record)
     views = []
+    newest_seen = release.newest([r.version for r in records_of(by_host)])
     for host in sorted(by_host):
         group = sorted(by_host[host], key=lambda r: r.seen_at)
         newest = group[-1]
@@ -107,6 +111,7 @@ def summarise(records: Iterable[WorkerRecord], polls: dict[str, datetime | None]
                 host=host,
                 version=newest.version,
                 build=newest.build,
+                outdated=release.is_older(newest.version, newest_seen),
                 last_poll_at=iso(poll) if poll is not None else None,
                 claims=sum(r.claims for r in group),
                 watches=sum(r.watches for r in group),
@@ -119,6 +124,16 @@ def summarise(records: Iterable[WorkerRecord], polls: dict[str, datetime | None]
             )
         )
     return views
+
+
+def records_of(by_host: dict[str, list[WorkerRecord]]) -> list[WorkerRecord]:
+    """The record that speaks for each host: its newest announcement."""
+    return [max(group, key=lambda r: r.seen_at) for group in by_host.values()]
+
+
+def outdated_hosts(views: Iterable[HostView]) -> dict[str, str]:
+    """Host → its version, for the hosts behind the newest release any live host runs."""
+    return {v.host: v.version for v in views if v.outdated}
 
 
 async def last_polls(client: Client | None, hosts: Iterable[str]) -> dict[str, datetime | None]:
