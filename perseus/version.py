@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import re
-import subprocess
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _metadata_version
 from pathlib import Path
@@ -62,6 +61,10 @@ def _git_build(checkout: Path) -> str | None:
     """The checkout's commit — only when ``checkout`` is the top of a git work tree: a wheel
     installed into a venv that happens to live inside some other repository must not report that
     repository's commit."""
+    # Imported here, not above: the comparisons below are pure and the decisions (which workflows
+    # import) use them; only asking for the build runs a process.
+    import subprocess
+
     try:
         top = _git(checkout, "rev-parse", "--show-toplevel")
         if top is None or Path(top).resolve() != checkout:
@@ -72,6 +75,8 @@ def _git_build(checkout: Path) -> str | None:
 
 
 def _git(cwd: Path, *args: str) -> str | None:
+    import subprocess
+
     done = subprocess.run(
         ["git", "-C", str(cwd), *args], capture_output=True, text=True, timeout=GIT_TIMEOUT_S, check=False
     )
