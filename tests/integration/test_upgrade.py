@@ -48,7 +48,7 @@ from perseus.keys import workflow_id
 from perseus.models import ConnectorSpec
 from perseus.store import db
 from perseus.store.redis_store import RedisStore, make_client
-from perseus.temporal import converter
+from perseus.temporal import QUERY_SNAPSHOT, converter
 from tests.chaos.invariants import Liveness, Recovery, Timing, Window, check, liveness_bound_s, load_journal
 from tests.conftest import ROOT, Servers, _killed_with_this_process
 from tests.integration.helpers import events, wait_for
@@ -65,6 +65,12 @@ PROCESS_WALK_S = READY_AFTER_S + 1.0
 SIMULATED_WALK_S = (
     ConnectorSpec().prepare_delay_s + ConnectorSpec().warmup_delay_s + ConnectorSpec().connect_delay_s
 )
+#: Added to each connector's walk in the bound: this test runs three workers and a CLI process beside
+#: the rest of the suite on two cores, where a cold handoff's gap reached 2.8 s against the chaos
+#: suite's 1.7 s (its 1 s dispatch margin). With it a handoff's bound stays below a crash's (3.9 s:
+#: what a rollout costs that loses a host's steps), and far below what breaking replay costs (12 s,
+#: measured with a deliberately incompatible change).
+LOAD_SLACK_S = 2.0
 #: A step of the runbook is given this long to show its result (enrolment, a drain's handoffs).
 STEP_S = 90.0
 
@@ -262,7 +268,13 @@ class Fleet:
                     return None
             return views
 
-        return await wait_for(whole, timeout=STEP_S)
+        # Asked once a second, as an operator would: each ask is a CLI process (about a second of
+        # CPU on this machine), and back-to-back ones would starve the rest of the suite.
+        deadline = time.monotonic() + STEP_S
+        while (views := await whole()) is None:
+            assert time.monotonic() < deadline, f"the fleet did not settle: {await self.mine(install)}"
+            await asyncio.sleep(1.0)
+        return views
 
 
 @pytest_asyncio.fixture
@@ -335,7 +347,8 @@ async def judge(fleet: Fleet) -> None:
     journal = load_journal(fleet.journal)
     now = time.monotonic()
     for name in fleet.exchanges:
-        timing = {name: Timing(INTERVAL, fleet.walks[name], hosts=2)}
+        walk = fleet.walks[name] + LOAD_SLACK_S
+        timing = {name: Timing(INTERVAL, walk, hosts=2)}
         # By workflow: a renewal's line (valid_until) does not name its exchange.
         ids = {workflow_id(name, host) for host in fleet.placements[name]}
         mine = [line for line in journal if line["workflowId"] in ids]
@@ -343,7 +356,7 @@ async def judge(fleet: Fleet) -> None:
         report = check(mine, stream, now, liveness=Liveness(timing=timing, faults=fleet.windows))
         assert not report.violations, "\n".join(report.violations)
         assert report.acting_intervals > 0, f"{name}: no connector ever acted"
-        handoff = liveness_bound_s(INTERVAL, fleet.walks[name], Recovery.HANDOFF, hosts=2)
+        handoff = liveness_bound_s(INTERVAL, walk, Recovery.HANDOFF, hosts=2)
         longest = max((g.counted for g in report.gaps), default=0.0)
         print(
             f"{name}: {len(report.gaps)} stretches without a connector, "
@@ -351,6 +364,14 @@ async def judge(fleet: Fleet) -> None:
         )
         late = [g.describe() for g in report.gaps if g.counted > handoff]
         assert not late, f"{name}: longer without a connector than one handoff ({handoff:.2f}s): {late}"
+        # And only during a planned handoff: each stretch began in a drain and ended before the
+        # drain returned (it returns once the target confirmed, after its connector acted).
+        outside = [
+            g.describe()
+            for g in report.gaps
+            if g.fault is None or g.after_fault or g.end > g.fault.end + INTERVAL
+        ]
+        assert not outside, f"{name}: without a connector outside a handoff: {outside}"
     doubles = [line for line in load_journal(fleet.child_journal) if line.get("event") == "double"]
     assert not doubles, doubles
 
@@ -416,6 +437,9 @@ async def test_upgrade_from_the_last_release_host_by_host_and_back(
         for host in fleet.placements[name]:
             handle = fleet.client.get_workflow_handle(workflow_id(name, host))
             assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+            # A query is answered by a worker: only the new release's are left to replay the run.
+            snapshot = await handle.query(QUERY_SNAPSHOT)
+            assert snapshot, (name, host)
     await judge(fleet)
 
     # Rollback: the same steps, back to the last release.
