@@ -132,6 +132,11 @@ def install(label: str, home: Path, source: Path, *, stamp: str) -> Install:
 
 def archive(commit: str, dest: Path) -> Path:
     """The tree of ``commit`` as a clone would have it (``git archive``; bench/fleet.py does the same)."""
+    present = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{commit}^{{commit}}"], check=False)
+    assert present.returncode == 0, (
+        f"the last release's commit {commit} (RELEASES) is not in this clone: fetch it "
+        f"(git fetch origin {commit}; a shallow CI checkout needs enough depth)"
+    )
     dest.mkdir(parents=True)
     tar = subprocess.run(
         ["git", "-C", str(ROOT), "archive", "--format=tar", commit], capture_output=True, check=True

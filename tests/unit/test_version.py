@@ -72,3 +72,19 @@ def test_records_of_workers_older_than_the_fields_still_read() -> None:
         ' "seenAt": "2026-01-01T00:00:00.000Z", "capacity": 10, "sharedQueue": false}'
     )
     assert (old.version, old.build) == ("unknown", "unknown")
+
+
+def test_standby_records_and_statuses_of_an_earlier_release_still_read() -> None:
+    from perseus.models import InstanceStatus, StandbyRecord
+
+    standby = StandbyRecord.model_validate_json(
+        '{"exchangeId": 1, "exchangeName": "kraken", "host": "a", "hostname": "a", "instanceId": "i",'
+        ' "workflowId": "w", "registeredAt": "t", "lastHeartbeat": "t", "ttlMs": 3000,'
+        ' "heartbeatIntervalMs": 1000}'
+    )
+    assert standby.version is None
+    status = InstanceStatus.model_validate_json(
+        '{"exchangeId": 1, "exchangeName": "kraken", "hostname": "a", "connectionState": "active",'
+        ' "lastHeartbeat": "t", "lastStateChange": "t", "registeredAt": "t"}'
+    )
+    assert status.perseus_version is None
