@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test check check-package lint format bench soak lock clean chromium
+.PHONY: install run test check check-package check-upgrade lint format bench soak lock clean chromium
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -40,10 +40,16 @@ check: install
 	$(BIN)/mypy .
 	$(BIN)/pytest -q -m unit -p no:cacheprovider
 
-# Build the wheel, install it into a fresh venv and `perseus db init` a scratch database (also part
-# of `make test`).
+# Build the wheel, install it into a fresh venv, `perseus --version` there and `perseus db init` a
+# scratch database (also part of `make test`).
 check-package: install
 	$(BIN)/pytest -q -p no:cacheprovider tests/integration/test_package.py
+
+# The upgrade runbook of docs/deploy.md, executed: the last release (RELEASES) installed in its own
+# venv, a fleet on it upgraded host by host to the working tree and rolled back (a few minutes; also
+# part of `make test`).
+check-upgrade: install
+	$(BIN)/pytest -q -p no:cacheprovider -m upgrade tests/integration/test_upgrade.py -s
 
 lint: install
 	$(BIN)/ruff check .

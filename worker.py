@@ -36,6 +36,7 @@ from activities.notify import NotifyActivities
 from activities.presence import PresenceActivities
 from activities.registry import RegistryActivities
 from perseus import tracing
+from perseus import version as release
 from perseus.config import Settings, SystemdEnv, load_otel_env, load_settings, load_systemd_env
 from perseus.connectors.allow import ExecAllowList, load_allow_list
 from perseus.connectors.base import ConnectorHost
@@ -81,6 +82,9 @@ async def run_worker(
 ) -> None:
     """Serve ``host``'s queue (and the shared queue) until ``stop`` is set, then release gracefully.
     ``metrics_server`` (``--metrics-port``) serves ``/metrics`` while the worker runs."""
+    # Which code serves this host, first: in a mixed-version fleet (an upgrade under way) the log
+    # says which release made each of the lines that follow.
+    log.info("worker for host %s starting: perseus %s", host, release.describe())
     # Read before anything opens: a file that cannot be read stops the worker with one line.
     exec_allow = exec_allow_list(settings)
     redis = make_client(str(settings.redis_url))

@@ -19,6 +19,7 @@ from temporalio import activity
 
 from activities.edge import edge
 from activities.registry import take_claim
+from perseus import version as release
 from perseus.connectors.allow import ExecAllowList
 from perseus.connectors.base import ConnectorHost
 from perseus.connectors.factory import ConnectorContext, build_connector, cannot_start
@@ -242,7 +243,9 @@ class HostActivities:
         claim whose workflow never attaches is ended by the keeper once Temporal says the workflow
         has closed (its orphan check).
         """
-        result = await take_claim(self._store, self._catalog, req.claim)
+        # Stamped here, where the claim will be renewed: the record says which release holds it.
+        status = req.claim.status.model_copy(update={"perseus_version": release.version()})
+        result = await take_claim(self._store, self._catalog, req.claim.model_copy(update={"status": status}))
         if result.paused_ms is not None:
             # This standby's watch may not have read the pause yet: it must not report the same
             # vacancy again (and again) until its next renewal does.

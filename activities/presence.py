@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from temporalio import activity
 
 from activities.edge import edge
-from perseus.fleet.enrol import pollers_within
+from perseus.host.workers import pollers_within
 from perseus.models import HostPresence, IdentityRequest
 
 if TYPE_CHECKING:

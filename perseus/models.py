@@ -68,6 +68,9 @@ class InstanceStatus(Wire):
     #: What the connector says of itself, refreshed with every renewal (None: nothing known yet).
     healthy: bool | None = None
     last_health_at: str | None = None
+    #: The Perseus release of the host that took this claim (stamped there; None: written by a
+    #: release before the field, or by Livermore).
+    perseus_version: str | None = None
 
     def wire(self) -> dict[str, object]:
         return self.model_dump(mode="json", by_alias=True)
@@ -753,6 +756,10 @@ class StandbyRecord(Wire):
     #: it is woken or races for a vacancy only after every other standby. Written by its workflow.
     start_error: str | None = None
     start_retry_at: str | None = None
+    #: The Perseus release of its host (perseus.version), refreshed by the host at every renewal;
+    #: None from a release before the field. Of standbys otherwise equal, the newest release is
+    #: woken first (``decisions.wake_order``).
+    version: str | None = None
 
     def wire(self) -> dict[str, object]:
         return self.model_dump(mode="json", by_alias=True)

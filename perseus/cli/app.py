@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.text import Text
 
+from perseus import version as release
 from perseus.cli import connector_output, fleet, instances, ops, views
 from perseus.cli.common import (
     EXIT_OK,
@@ -32,7 +33,6 @@ from perseus.cli.common import (
     _with_catalog,
     err,
     out,
-    perseus_version,
     print_json,
     run,
 )
@@ -65,7 +65,7 @@ app.add_typer(db_app, name="db")
 
 def _show_version(value: bool) -> None:
     if value:
-        out.print(f"perseus {perseus_version()}")
+        out.print(f"perseus {release.describe()}", highlight=False)
         raise typer.Exit(EXIT_OK)
 
 

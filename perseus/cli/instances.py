@@ -452,9 +452,17 @@ def _status_table(board: Any, ui: str | None) -> Any:
     from rich.table import Table
     from rich.text import Text
 
+    from perseus import version as release
     from perseus.readmodel.network import readiness
 
     colours = {"fresh": "green", "late": "yellow", "stale": "red"}
+    # A host behind the newest release on the board says so in its role: an upgrade not finished.
+    seen = [v.status.perseus_version for v in board.instances if v.status is not None]
+    newest_seen = release.newest(seen + [sb.version for v in board.instances for sb in v.standbys])
+
+    def behind(running: str | None) -> str:
+        return f", runs {running} (older)" if release.is_older(running, newest_seen) else ""
+
     columns = ["exchange", "role", "host", "IP", "state", "epoch", "heartbeat", "TTL left", "symbols"]
     table = Table(*columns, "last error", *(["Web UI"] if ui else []))
     for view in board.instances:
@@ -466,7 +474,7 @@ def _status_table(board: Any, ui: str | None) -> Any:
             health = "" if s.healthy is None else (" healthy" if s.healthy else " unhealthy")
             table.add_row(
                 Text(view.exchange_name),
-                "active",
+                "active" + behind(s.perseus_version),
                 Text(s.hostname),
                 Text(s.ip_address or "-"),
                 Text(s.connection_state.value + health, style="red" if s.healthy is False else ""),
@@ -502,6 +510,7 @@ def _status_table(board: Any, ui: str | None) -> Any:
         for standby in view.standbys:
             ready = readiness(standby)
             role = f"standby (priority {standby.priority})" + (f", {ready}" if ready else "")
+            role += behind(standby.version)
             if view.paused:  # it keeps watching, but takes nothing over by itself
                 role += f", paused until {view.paused_until or 'resumed'}"
             table.add_row(

@@ -113,7 +113,11 @@ def hosts(as_json: JsonFlag = False) -> None:
     for view in board.hosts:
         table.add_row(
             Text(view.host),
-            Text(view.version),
+            Text.assemble(
+                view.version,
+                (" (older)", "yellow") if view.outdated else "",
+                (f" {view.build}", "dim") if view.build != "unknown" else "",
+            ),
             Text(view.last_poll_at or "?"),
             str(view.claims),
             str(view.watches),

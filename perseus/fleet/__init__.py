@@ -3,6 +3,7 @@
 a drain).
 
 May import ``perseus.core`` (decisions, lifecycle), the client side (to register and command
-instances), the store, config, temporal and the shared models, keys, timing and errors; never the
-CLI, the API or the host's keeper.
+instances), the host workers' records and poll window (``host.workers``), the store, config,
+temporal and the shared models, keys, timing, version and errors; never the CLI, the API or the
+host's keeper.
 """

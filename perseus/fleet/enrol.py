@@ -19,17 +19,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, Field
-from temporalio.api.enums.v1 import TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest, GetSystemInfoRequest
+from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from perseus import errors
+from perseus import version as release
 from perseus.client import control
 from perseus.client.actors import fleet_actor
 from perseus.config import Settings
@@ -50,7 +48,8 @@ from perseus.fleet.file import (
     retry_after,
     retry_over,
 )
-from perseus.keys import host_task_queue, workflow_id
+from perseus.host.workers import LIVE_POLL_WINDOW, outdated_hosts, pollers_within, summarise
+from perseus.keys import workflow_id
 from perseus.models import InstanceStatus, Wire
 from perseus.store.db import Catalog, FleetListener
 from perseus.store.redis_store import RedisStore
@@ -58,11 +57,6 @@ from perseus.temporal import EXCHANGE_NAME, INSTANCE_HOST, INSTANCE_ROLE, INSTAN
 
 log = logging.getLogger(__name__)
 
-#: A host counts as live when a worker polled its queue this recently. An idle worker renews its
-#: long poll about once a minute, so a shorter window would call healthy idle hosts dead; a host
-#: that died within the window is called live, and registering there fails within the workflow's
-#: host wait (a few seconds) with "no worker for host …" — reported, not fatal.
-LIVE_POLL_WINDOW = timedelta(seconds=75)
 
 #: How an instance run ends when it should come back by itself (the worker enrols it again).
 _LOST = (Ending.INSTANCE_LOST, Ending.STANDBY_LOST)
@@ -84,31 +78,6 @@ class EnrolReport(BaseModel):
 
 
 # --- observing -----------------------------------------------------------------------------------
-
-
-async def pollers_within(client: Client, host: str, window: timedelta, *, identity: str | None = None) -> int:
-    """How many workers polled ``host``'s queue for activities within ``window`` (Temporal lists a
-    poller for minutes after it stopped, so the window decides what counts as live); with
-    ``identity``, only that worker's pollers count (a worker asking about itself)."""
-    try:
-        reply = await client.workflow_service.describe_task_queue(
-            DescribeTaskQueueRequest(
-                namespace=client.namespace,
-                task_queue=TaskQueue(name=host_task_queue(host)),
-                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
-            ),
-            timeout=timedelta(seconds=5),
-        )
-    except RPCError as exc:
-        raise errors.ServiceUnavailable(f"Temporal: {exc.message}", server=errors.Server.TEMPORAL) from None
-    since = datetime.now(UTC) - window
-    return sum(
-        1
-        for p in reply.pollers
-        if p.HasField("last_access_time")
-        and p.last_access_time.ToDatetime(tzinfo=UTC) >= since
-        and (identity is None or p.identity == identity)
-    )
 
 
 async def live_hosts(client: Client, hosts: Iterable[str]) -> frozenset[str]:
@@ -581,6 +550,9 @@ class FleetExchangeView(Wire):
     instances: list[str]
     warm: bool = False
     drift: list[str]
+    #: Its hosts (placed, running or standing by) whose worker runs an older release than the
+    #: newest any live host runs, with that version: an upgrade not finished.
+    outdated: dict[str, str] = Field(default_factory=dict)
 
 
 async def _running_instances(client: Client) -> list[tuple[str, str, Role]]:
@@ -615,6 +587,9 @@ async def fleet_status(client: Client, catalog: Catalog, store: RedisStore) -> l
     }
     names = sorted((set(placements) | set(running) | set(held)) & set(ids))
     live = await live_hosts(client, {h for p in placements.values() for h in p.hosts})
+    host_views = summarise(await store.workers(), {})
+    behind = outdated_hosts(host_views)
+    newest_seen = release.newest([v.version for v in host_views])
     views: list[FleetExchangeView] = []
     for name in names:
         status = read.record if (read := held.get(name)) is not None else None
@@ -639,6 +614,9 @@ async def fleet_status(client: Client, catalog: Catalog, store: RedisStore) -> l
                     f"(perseus handoff {name} --to {placement.hosts[0]})"
                 )
             drift.extend(f"{h}: not in the fleet" for h in here if h not in placement.hosts)
+        involved = set(placement.hosts if placement else []) | set(here) | set(standbys)
+        old = {h: behind[h] for h in sorted(involved) if h in behind}
+        drift.extend(f"{h}: runs {v}, older than {newest_seen} (upgrade it)" for h, v in old.items())
         views.append(
             FleetExchangeView(
                 exchange=name,
@@ -650,6 +628,7 @@ async def fleet_status(client: Client, catalog: Catalog, store: RedisStore) -> l
                 instances=here,
                 warm=placement.warm if placement else False,
                 drift=drift,
+                outdated=old,
             )
         )
     return views

@@ -118,7 +118,7 @@ async def redis_check(store: RedisStore) -> Check:
 async def temporal_check(client: Client, host: str) -> Check:
     """Whether Temporal saw this worker (its client's identity) poll the host's activity queue
     within the window an idle long poll needs to come round again."""
-    from perseus.fleet.enrol import LIVE_POLL_WINDOW, pollers_within
+    from perseus.host.workers import LIVE_POLL_WINDOW, pollers_within
 
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_S):

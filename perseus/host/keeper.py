@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from perseus import metrics
+from perseus import version as release
 from perseus.core.decisions import lapses_in_s, past_renew_deadline, runs_without_claim, takes_over_lapsed
 from perseus.core.pause import in_force, paused_for_ms, watch_ends
 from perseus.errors import (
@@ -491,7 +492,12 @@ class LeaseKeeper:
         first = True
         while True:
             try:
-                update: dict[str, object] = {"last_heartbeat": iso(datetime.now(UTC))}
+                # The host's release, for the views and the standby ranking (what runs here, not
+                # what the workflow that wrote the record first ran on).
+                update: dict[str, object] = {
+                    "last_heartbeat": iso(datetime.now(UTC)),
+                    "version": release.version(),
+                }
                 if record.warm:  # live: a warm child that died or is still warming reads not ready
                     connector = self._connectors.get(record.workflow_id)
                     ready = bool(connector is not None and connector.warm_ready)

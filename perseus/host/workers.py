@@ -22,11 +22,16 @@ import os
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 from pydantic import Field
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.service import RPCError
 
+from perseus import errors
+from perseus import version as release
 from perseus.errors import ServiceUnavailable
 from perseus.keys import host_task_queue, iso
 from perseus.models import Wire
@@ -45,20 +50,16 @@ ANNOUNCE_TTL_S = 3 * ANNOUNCE_EVERY_S
 POLL_LOOKUP_S = 3.0
 
 
-def perseus_version() -> str:
-    try:
-        return version("perseus")
-    except PackageNotFoundError:  # a tree that was never installed
-        return "unknown"
-
-
 class WorkerRecord(Wire):
     """What one worker process says of itself (the JSON of its presence key)."""
 
     host: str
     #: The worker's Temporal identity (``pid@machine``): matches it to the pollers Temporal lists.
     worker_id: str
-    version: str
+    #: Its release and build (perseus.version); records of workers older than these fields read
+    #: as "unknown".
+    version: str = release.UNKNOWN
+    build: str = release.UNKNOWN
     machine: str
     pid: int
     started_at: str
@@ -75,6 +76,9 @@ class HostView(Wire):
 
     host: str
     version: str
+    build: str = release.UNKNOWN
+    #: Its version is an older release than the newest any live host runs (an upgrade not done).
+    outdated: bool = False
     #: When a worker last polled the host's task queue, as Temporal saw it (None: unknown).
     last_poll_at: str | None = None
     claims: int
@@ -96,11 +100,13 @@ class HostsBoard(Wire):
 
 def summarise(records: Iterable[WorkerRecord], polls: dict[str, datetime | None]) -> list[HostView]:
     """Pure: one view per host, by name; several workers of a host add up (claims, watches,
-    capacity) and the newest version, announcement and poll stand for them."""
+    capacity) and the newest version, announcement and poll stand for them. A host whose version
+    is an older release than the newest of all is ``outdated``."""
     by_host: dict[str, list[WorkerRecord]] = {}
     for record in records:
         by_host.setdefault(record.host, []).append(record)
     views = []
+    newest_seen = release.newest([r.version for r in records_of(by_host)])
     for host in sorted(by_host):
         group = sorted(by_host[host], key=lambda r: r.seen_at)
         newest = group[-1]
@@ -109,6 +115,8 @@ def summarise(records: Iterable[WorkerRecord], polls: dict[str, datetime | None]
             HostView(
                 host=host,
                 version=newest.version,
+                build=newest.build,
+                outdated=release.is_older(newest.version, newest_seen),
                 last_poll_at=iso(poll) if poll is not None else None,
                 claims=sum(r.claims for r in group),
                 watches=sum(r.watches for r in group),
@@ -121,6 +129,16 @@ def summarise(records: Iterable[WorkerRecord], polls: dict[str, datetime | None]
             )
         )
     return views
+
+
+def records_of(by_host: dict[str, list[WorkerRecord]]) -> list[WorkerRecord]:
+    """The record that speaks for each host: its newest announcement."""
+    return [max(group, key=lambda r: r.seen_at) for group in by_host.values()]
+
+
+def outdated_hosts(views: Iterable[HostView]) -> dict[str, str]:
+    """Host → its version, for the hosts behind the newest release any live host runs."""
+    return {v.host: v.version for v in views if v.outdated}
 
 
 async def last_polls(client: Client | None, hosts: Iterable[str]) -> dict[str, datetime | None]:
@@ -186,7 +204,8 @@ async def announcing(
         return WorkerRecord(
             host=host,
             worker_id=worker_id,
-            version=perseus_version(),
+            version=release.version(),
+            build=release.build(),
             machine=socket.gethostname(),
             pid=os.getpid(),
             started_at=started,
@@ -220,3 +239,35 @@ async def announcing(
             await task
         with contextlib.suppress(ServiceUnavailable):
             await store.withdraw_worker(host, worker_id)
+
+
+#: A host counts as live when a worker polled its queue this recently. An idle worker renews its
+#: long poll about once a minute, so a shorter window would call healthy idle hosts dead; a host
+#: that died within the window is called live, and registering there fails within the workflow's
+#: host wait (a few seconds) with "no worker for host …" — reported, not fatal.
+LIVE_POLL_WINDOW = timedelta(seconds=75)
+
+
+async def pollers_within(client: Client, host: str, window: timedelta, *, identity: str | None = None) -> int:
+    """How many workers polled ``host``'s queue for activities within ``window`` (Temporal lists a
+    poller for minutes after it stopped, so the window decides what counts as live); with
+    ``identity``, only that worker's pollers count (a worker asking about itself)."""
+    try:
+        reply = await client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace=client.namespace,
+                task_queue=TaskQueue(name=host_task_queue(host)),
+                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+            ),
+            timeout=timedelta(seconds=5),
+        )
+    except RPCError as exc:
+        raise errors.ServiceUnavailable(f"Temporal: {exc.message}", server=errors.Server.TEMPORAL) from None
+    since = datetime.now(UTC) - window
+    return sum(
+        1
+        for p in reply.pollers
+        if p.HasField("last_access_time")
+        and p.last_access_time.ToDatetime(tzinfo=UTC) >= since
+        and (identity is None or p.identity == identity)
+    )

@@ -86,6 +86,8 @@ class StandbyView(Wire):
     start_retry_in_s: float | None = None
     ip_address: str | None = None
     heartbeat: str = "fresh"
+    #: Its host's Perseus release (None: a release before the field).
+    version: str | None = None
 
 
 class InstanceView(Wire):
@@ -256,6 +258,7 @@ def judge_standby(record: StandbyRecord, now: datetime) -> StandbyView | None:
         start_retry_in_s=_seconds_until(record.start_retry_at, now) if record.start_error else None,
         ip_address=record.ip_address,
         heartbeat=heartbeat_colour(age, _interval_s(record.heartbeat_interval_ms)),
+        version=record.version,
     )
 
 

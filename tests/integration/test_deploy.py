@@ -106,7 +106,8 @@ def test_the_container_file_copies_what_exists_and_runs_a_real_command() -> None
     for source in copied:
         assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
     # Everything the package build needs is in the image: each package and module pyproject lists.
-    assert {"perseus", "workflows", "activities", "worker.py", "requirements.lock"} <= set(copied)
+    # setup.py stamps the build (the PERSEUS_BUILD build argument) into the installed package.
+    assert {"perseus", "workflows", "activities", "worker.py", "requirements.lock", "setup.py"} <= set(copied)
     values = {op: args for op, args in instructions}
     assert values["USER"] not in ("root", "0")
     assert values["STOPSIGNAL"] == "SIGTERM"

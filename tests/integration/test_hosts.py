@@ -10,6 +10,7 @@ import httpx
 import pytest
 from temporalio.client import Client
 
+from perseus import version as release
 from perseus.api.app import create_app
 from perseus.client import control
 from perseus.config import Settings
@@ -52,7 +53,13 @@ async def test_hosts_show_each_worker_and_what_it_holds(
     # The worker announces every few seconds: its claim shows at the next announcement.
     row = await wait_for(listed, timeout=30)
     assert row["watches"] == 0 and row["sharedQueue"] is False and row["workers"] == 1
-    assert row["version"] and row["capacity"] == Settings.model_fields["host_capacity"].default
+    # The worker runs from this checkout: its release and commit, announced, logged at its start,
+    # and stamped on the claim it took.
+    assert (row["version"], row["build"], row["outdated"]) == (release.version(), release.build(), False)
+    assert f"worker for host {host} starting: perseus {release.describe()}" in proc.log.read_text()
+    holder = (await store.status(ex_id)).record
+    assert holder is not None and holder.perseus_version == release.version()
+    assert row["capacity"] == Settings.model_fields["host_capacity"].default
     assert str(row["metricsUrl"]).startswith("http://127.0.0.1:") and str(row["metricsUrl"]).endswith(
         "/metrics"
     )

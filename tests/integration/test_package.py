@@ -1,5 +1,6 @@
-"""A built wheel, installed into a fresh venv (not editable, outside the checkout), initialises a
-scratch database with ``perseus db init``: the SQL ships as package data. ``make check-package``."""
+"""A built wheel, installed into a fresh venv (not editable, outside the checkout), names its version
+and build and initialises a scratch database with ``perseus db init``: the SQL ships as package
+data. ``make check-package``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tomllib
 import uuid
 from pathlib import Path
 
@@ -58,11 +60,31 @@ def fresh_venv(path: Path) -> Path:
     return python
 
 
+def head_commit() -> str:
+    return subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+def project_version() -> str:
+    """pyproject's version: the one source of the release number."""
+    return str(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"])
+
+
 async def test_built_wheel_installs_and_initialises_a_database(servers: Servers, tmp_path: Path) -> None:
     source, dist = tmp_path / "src", tmp_path / "dist"
     copy_source(source)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    subprocess.run([*pip, "wheel", "--no-deps", "-q", "-w", str(dist), str(source)], check=True)
+    # The copy has no git: the build takes the commit from PERSEUS_BUILD, as a release build does.
+    stamp = f"{head_commit()}-test"
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "-q", "-w", str(dist), str(source)],
+        check=True,
+        env={**os.environ, "PERSEUS_BUILD": stamp},
+    )
     (wheel,) = dist.glob("perseus-*.whl")
     python = fresh_venv(tmp_path / "venv")
     subprocess.run(
@@ -86,11 +108,28 @@ async def test_built_wheel_installs_and_initialises_a_database(servers: Servers,
     assert installed[0].startswith(venv) and installed[1].startswith(venv), installed
     assert installed[2:] == ["False", "True"]  # the schema is a real file in the wheel, demo data too
 
+    perseus = str(tmp_path / "venv" / "bin" / "perseus")
+    shown = subprocess.run([perseus, "--version"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == f"perseus {project_version()} (build {stamp})\n"
+    # A wheel without a stamp, on a machine without git: the build is unknown, nothing fails.
+    Path(installed[0]).with_name("BUILD").unlink()
+    bare = subprocess.run(
+        [perseus, "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, "PATH": str(tmp_path / "empty")},
+    )
+    assert bare.returncode == 0, bare.stderr
+    assert bare.stdout == f"perseus {project_version()} (build unknown)\n"
+
     name = f"scratch_{uuid.uuid4().hex[:8]}"
     url = await services.ensure_database(servers.postgres, name)
     env = servers.env(PERSEUS_DATABASE_URL=url)
     result = subprocess.run(
-        [str(tmp_path / "venv" / "bin" / "perseus"), "db", "init"],
+        [perseus, "db", "init"],
         capture_output=True,
         text=True,
         timeout=60,

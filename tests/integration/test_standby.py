@@ -12,6 +12,7 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
 
+from perseus import version as release
 from perseus.client import control
 from perseus.core.lifecycle import Command
 from perseus.errors import ClaimConflict, InvalidTransition, PerseusError
@@ -78,6 +79,17 @@ async def test_standby_is_visible_and_does_not_claim(
     key = f"exchange:{ex_id}:standby:{registered['instanceId']}"
     assert 0 < await store.client.pttl(key) <= 3 * INTERVAL * 1000
     assert json.loads(await store.client.get(key) or "{}")["host"] == b
+
+    async def versioned() -> str | None:  # the host's keeper stamps its release at each renewal
+        found = json.loads(await store.client.get(key) or "{}").get("version")
+        return str(found) if found else None
+
+    assert await wait_for(versioned) == release.version()
+    shown = await asyncio.to_thread(perseus, servers, "status", exchange, "--json")
+    assert shown.returncode == 0, shown.stderr
+    view = json.loads(shown.stdout)
+    assert [s["version"] for s in view["standbys"]] == [release.version()]
+    assert view["status"]["perseusVersion"] == release.version()
     assert (await holder(store, ex_id) or {})["hostname"] == a  # the standby took nothing
     kinds = [e["event"] for e in await events(store, exchange)]
     assert kinds.count("standby_registered") == 1

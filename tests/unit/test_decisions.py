@@ -358,6 +358,23 @@ def test_the_wake_order_puts_hosts_that_failed_to_start_last_and_keeps_prioritie
     assert [x.host for x in order] == ["b", "c", "a"]
 
 
+def test_of_standbys_otherwise_equal_the_newest_release_is_woken_first() -> None:
+    """During a rolling upgrade the exchange moves onto an upgraded host (docs/deploy.md)."""
+
+    def on(host: str, priority: int, version: str | None, retry_at: str | None = None) -> StandbyRecord:
+        return _standby(host, priority, retry_at).model_copy(update={"version": version})
+
+    old, new, unknown = on("old", 5, "0.1.0"), on("new", 5, "0.2.0"), on("unknown", 5, None)
+    assert [x.host for x in decisions.wake_order([old, unknown, new], NOW)] == ["new", "old", "unknown"]
+    # Only a tie-break: priority and a failed start still come first.
+    higher_old, failed_new = on("higher", 6, "0.1.0"), on("failed", 9, "0.3.0", LATER)
+    order = decisions.wake_order([failed_new, higher_old, old, new], NOW)
+    assert [x.host for x in order] == ["higher", "new", "old", "failed"]
+    # Records of releases before the field: the order given (by priority), as before.
+    same = [on("a", 5, None), on("b", 5, None), on("c", 1, None)]
+    assert decisions.wake_order(same, NOW) == same
+
+
 def test_a_standby_backing_off_gives_every_other_a_head_start() -> None:
     others = [_standby("a", 9, LATER), _standby("b", 5), _standby("c", 1)]
     # Priority 3: only b is ahead — a is higher but backing off.

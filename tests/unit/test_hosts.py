@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from perseus.host.workers import WorkerRecord, summarise
+from perseus.host.workers import WorkerRecord, outdated_hosts, summarise
 
 
 def record(host: str, worker_id: str, seen: str, **over: object) -> WorkerRecord:
@@ -50,3 +50,18 @@ def test_one_row_per_host_its_workers_added_up() -> None:
 
 def test_no_workers_no_rows() -> None:
     assert summarise([], {}) == []
+
+
+def test_a_host_behind_the_newest_release_is_outdated() -> None:
+    records = [
+        record("a", "w1", "2026-01-01T00:00:01.000Z", version="0.1.0"),
+        record("b", "w2", "2026-01-01T00:00:01.000Z", version="0.2.0"),
+        # b's older worker, replaced: the newest announcement speaks for the host.
+        record("b", "w0", "2026-01-01T00:00:00.000Z", version="0.1.0"),
+        record("c", "w3", "2026-01-01T00:00:01.000Z", version="unknown"),
+    ]
+    views = summarise(records, {})
+    assert [(v.host, v.outdated) for v in views] == [("a", True), ("b", False), ("c", False)]
+    assert outdated_hosts(views) == {"a": "0.1.0"}
+    # All on one release: nobody is behind.
+    assert outdated_hosts(summarise([record("a", "w1", "2026-01-01T00:00:01.000Z")], {})) == {}

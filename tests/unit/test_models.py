@@ -37,6 +37,7 @@ PERSEUS_FIELDS = {
     "heartbeatIntervalMs",
     "ttlMs",
     "healthy",
+    "perseusVersion",
     "lastHealthAt",
 }
 NOW = datetime(2026, 2, 10, 12, 0, 0, 123456, tzinfo=UTC)

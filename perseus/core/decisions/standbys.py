@@ -17,6 +17,7 @@ from perseus.timing import (
     PRIORITY_HEAD_START,
     PRIORITY_HEAD_START_FLOOR_S,
 )
+from perseus.version import release_key
 
 if TYPE_CHECKING:
     from perseus.models import PromoteRequest, StandbyRecord
@@ -105,8 +106,18 @@ def backing_off(retry_at: str | None, now: datetime) -> bool:
 
 def wake_order(standbys: Sequence[StandbyRecord], now: datetime) -> list[StandbyRecord]:
     """Which standby to wake first: by priority (the order given), but a host whose connector could
-    not start after its last promotion only after every one that has not failed (stable)."""
-    return sorted(standbys, key=lambda x: backing_off(x.start_retry_at, now))
+    not start after its last promotion only after every one that has not failed (stable). Of
+    standbys otherwise equal, the one on the newest release first: during a rolling upgrade the
+    exchange moves onto an upgraded host, not onto one that is still to be drained."""
+    return sorted(
+        standbys, key=lambda x: (backing_off(x.start_retry_at, now), -x.priority, newest_first(x.version))
+    )
+
+
+def newest_first(version: str | None) -> tuple[int, ...]:
+    """A sort key that puts newer releases first, and an unknown version after every known one."""
+    key = release_key(version)
+    return tuple(-part for part in key) if key is not None else (1,)
 
 
 def holders_release(promotions: Sequence[PromoteRequest], vacant_epoch: int) -> PromoteRequest | None:
