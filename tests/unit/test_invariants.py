@@ -117,9 +117,9 @@ def test_the_bound_is_detection_plus_walk_plus_margin_per_path() -> None:
     # Crash on three hosts: claim-over line 2.1 + look 0.1 + one head start (a quarter interval,
     # at least 1 s) + walk 0.7 + dispatch 1.0.
     assert liveness_bound_s(1.0, 0.7) == pytest.approx(4.9)
-    # Graceful stop: one interval + walk + dispatch; handoff: walk + dispatch.
+    # Graceful stop: one interval + walk + dispatch; handoff: walk + two dispatches.
     assert liveness_bound_s(1.0, 0.7, Recovery.GRACEFUL) == pytest.approx(2.7)
-    assert liveness_bound_s(1.0, 0.7, Recovery.HANDOFF) == pytest.approx(1.7)
+    assert liveness_bound_s(1.0, 0.7, Recovery.HANDOFF) == pytest.approx(2.7)
     # A failed promotion: the crash's bound, then the failed walk once more and the margin.
     assert liveness_bound_s(1.0, 0.7, Recovery.FAILED_PROMOTION) == pytest.approx(4.9 + 1.7)
     # Detection scales with the interval, the walk is added once; every further host may be a
@@ -194,10 +194,10 @@ def test_the_part_after_an_outage_is_held_to_the_bound_of_its_way_back() -> None
 
 
 def test_planned_paths_are_held_to_their_own_bound() -> None:
-    journal = acts(1, 0.5, 5) + acts(2, 7, 9)  # 2 s without a connector
-    handoff = Window(4.8, 7.5, "planned handoff #1", Recovery.HANDOFF)
+    journal = acts(1, 0.5, 5) + acts(2, 8, 9)  # 3 s without a connector
+    handoff = Window(4.8, 8.5, "planned handoff #1", Recovery.HANDOFF)
     violations = check(journal, [], now=9, liveness=Liveness(TIMING, faults=[handoff])).violations
-    assert len(violations) == 1 and "over B 1.700s (handoff), during 'planned handoff #1'" in violations[0]
+    assert len(violations) == 1 and "over B 2.700s (handoff), during 'planned handoff #1'" in violations[0]
     # The same gap beginning after the handoff was healed is a late effect: a crash's bound.
     healed = Window(1, 2, "planned handoff #1", Recovery.HANDOFF)
     assert check(journal, [], now=9, liveness=Liveness(TIMING, faults=[healed])).violations == []
