@@ -145,7 +145,7 @@ async def one_round(
                     "t0": t0,
                     "t1": t1,
                     "cores": cores,
-                    "overhead_pct": 100 * (cores["on"] - cores["off"]) / cores["off"],
+                    "overhead_pct": 100 * (cores["on"] - cores["off"]) / max(cores["off"], 1e-9),
                     "spans_per_s": (spans1 - spans0) / span,
                     "other_cores": (busy1 - busy0 - sum(cpu1[r] - cpu0[r] for r in pids)) / span,
                     "load": [round(load0, 2), round(os.getloadavg()[0], 2)],
