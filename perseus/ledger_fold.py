@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
+from perseus import metrics
 from perseus.keys import parse_iso
 from perseus.lifecycle import State
 from perseus.models import EventKind, Exchange
@@ -146,6 +147,9 @@ class LedgerFold:
         mine = [s for s in skipped if outcome.was is None or s.stream_id > outcome.was]
         if outcome.was == outcome.mark:
             return  # another process folded these entries first
+        metrics.LEDGER_FOLDED.labels("copied").inc(outcome.copied)
+        metrics.LEDGER_FOLDED.labels("transitions").inc(outcome.folded)
+        metrics.LEDGER_FOLDED.labels("skipped").inc(len(mine))
         for s in mine:
             log.warning(
                 "ledger fold: %s entry %d-%d skipped: %s",

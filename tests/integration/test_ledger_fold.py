@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from prometheus_client import REGISTRY
 
 from activities.registry import RegistryActivities
 from perseus.api.app import create_app
@@ -183,6 +184,10 @@ async def ledger_rows(database_url: str, ex_id: int) -> tuple[int, int, tuple[in
     return int(events["n"]), int(intervals["n"]), mark
 
 
+def folded_count(outcome: str) -> float:
+    return REGISTRY.get_sample_value("perseus_ledger_folded_total", {"outcome": outcome}) or 0.0
+
+
 def windows(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {w["window"]: w for w in body["windows"]}
 
@@ -245,6 +250,7 @@ async def test_v6_entries_are_folded_and_read_as_the_stream_path_reads_them(
     assert await ledger_rows(mixed.database_url, ex_id) == (0, 0, None)  # the fold was off
 
     caplog.set_level(logging.INFO, logger="perseus.ledger_fold")
+    counted = {k: folded_count(k) for k in ("copied", "transitions", "skipped")}
     async with api(mixed) as http:
         folded_uptime = await get(http, f"/api/network/exchanges/{ex_id}/uptime")
         folded_timeline = await get(http, f"/api/network/exchanges/{ex_id}/timeline", window="24h")
@@ -263,6 +269,11 @@ async def test_v6_entries_are_folded_and_read_as_the_stream_path_reads_them(
     assert any("no event field" in s for s in skipped)
     assert any("without toState" in s for s in skipped)
     assert any("unknown toState 'connected'" in s for s in skipped)
+    assert {k: folded_count(k) - v for k, v in counted.items()} == {
+        "copied": entries - 3,
+        "transitions": 50,
+        "skipped": 3,
+    }
 
 
 async def test_a_mixed_exchange_counts_perseus_and_v6_transitions_once_each(
