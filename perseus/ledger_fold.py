@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 BATCH: Final = 500
 #: The ``event`` column's width in ``network_events``.
 EVENT_WIDTH: Final = 40
+#: A longer ``eventId`` is not used as the durable log's key (an index entry; Perseus' are UUIDs):
+#: the entry is kept under its stream position instead.
+EVENT_ID_WIDTH: Final = 200
 _STATES: Final = frozenset(s.value for s in State)
 
 Rows = list[tuple[str, dict[str, str]]]
@@ -94,9 +97,19 @@ def fold_entries(exchange_name: str, rows: Rows) -> tuple[list[FoldEntry], list[
             at = at if at.tzinfo else at.replace(tzinfo=UTC)
         except (KeyError, ValueError):
             at = datetime.fromtimestamp(ms / 1000, UTC)
-        event_id = fields.get("eventId") or f"stream:{exchange_name.lower()}:{raw_id}"
-        out.append(FoldEntry(ms, seq, event_id, event, at, to_state, dict(fields)))
+        event_id = fields.get("eventId", "")
+        if not event_id or len(event_id) > EVENT_ID_WIDTH:
+            event_id = f"stream:{exchange_name.lower()}:{raw_id}"
+        out.append(FoldEntry(ms, seq, event_id, event, at, to_state, _storable(fields)))
     return out, skipped
+
+
+def _storable(fields: dict[str, str]) -> dict[str, str]:
+    """The fields as PostgreSQL's jsonb can hold them: it refuses a NUL character, and one such entry
+    would fail its batch and so stop the fold at it (U+FFFD stands in; the stream keeps the original)."""
+    if not any("\x00" in k or "\x00" in v for k, v in fields.items()):
+        return dict(fields)
+    return {k.replace("\x00", "\ufffd"): v.replace("\x00", "\ufffd") for k, v in fields.items()}
 
 
 class LedgerFold:

@@ -232,11 +232,17 @@ async def test_v6_entries_are_folded_and_read_as_the_stream_path_reads_them(
     # entry before it in the stream; both paths place it by its timestamp.
     late_at = start + timedelta(minutes=20 * 30 + 10)
     await xadd(mixed.store, name, "*", v6_transition(ex_id, name, late_at, State.IDLE, State.STARTING))
+    # Stored in the durable log all the same: a NUL character (jsonb refuses it) and an eventId too
+    # long to be its key.
     await xadd(
         mixed.store,
         name,
         "*",
-        v6_transition(ex_id, name, late_at + timedelta(minutes=1), State.STARTING, State.IDLE),
+        {
+            **v6_transition(ex_id, name, late_at + timedelta(minutes=1), State.STARTING, State.IDLE),
+            "adminEmail": "nul\x00byte",
+            "eventId": "x" * 500,
+        },
     )
     # Entries no reader can use: skipped with one line each, nothing else changes.
     await xadd(mixed.store, name, "*", {"timestamp": v6_time(now), "exchangeId": str(ex_id)})
