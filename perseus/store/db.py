@@ -725,6 +725,13 @@ class Catalog:
             raise ServiceUnavailable(
                 f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}", server=Server.POSTGRESQL
             ) from None
+        except psycopg.Error as exc:
+            # Anything else PostgreSQL refused: the fold is retried later and reads answer from the
+            # stream meanwhile (never a failed request).
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ServiceUnavailable(
+                f"PostgreSQL refused the ledger fold: {first}", server=Server.POSTGRESQL
+            ) from None
 
     async def placements(self, host: str | None = None) -> list[Placement]:
         """Stored placements by exchange name; with ``host``, only those that name it."""
