@@ -12,6 +12,7 @@ What is traced when it is on:
   ``SignalExternalWorkflow:promote`` — a trace viewer follows the links from the command to both
   hosts' activities;
 * the API's requests (one server span each);
+* each Redis claim (``redis claim``, under the activity that makes it, with its epoch and outcome);
 * the keeper's renewal batches (:mod:`perseus.grid`): a span for every batch that went wrong (a
   renewal failed, refused or missing, or the round trip slow) and for one healthy batch per second,
   each the root of its own small trace — a claim's renewals go on for days, and hanging them all
@@ -139,12 +140,13 @@ def interceptors(on: bool | None = None) -> list[Any]:
 
 
 @contextlib.contextmanager
-def span(name: str, *, root: bool = False, **attributes: str | int | float | bool) -> Iterator[None]:
-    """A span around a Perseus step (a no-op while no provider is installed). ``root``: start a
-    trace of its own instead of joining the current one (a batch that serves many callers)."""
+def span(name: str, *, root: bool = False, **attributes: str | int | float | bool) -> Iterator[trace.Span]:
+    """A span around a Perseus step (a no-op while no provider is installed); yields it, so the
+    step can add what it learnt. ``root``: start a trace of its own instead of joining the current
+    one (a batch that serves many callers)."""
     parent = otel_context.Context() if root else None
-    with _tracer.start_as_current_span(name, context=parent, attributes=attributes):
-        yield
+    with _tracer.start_as_current_span(name, context=parent, attributes=attributes) as current:
+        yield current
 
 
 def finished_span(

@@ -177,6 +177,11 @@ async def test_a_handoff_is_followed_from_the_command_through_the_update_to_both
         promoted = linked_from(spans, signal, "HandleSignal:promote")
         standby_side = after(spans, promoted)
         assert {"RunActivity:claim_and_hold", "RunActivity:connector_connect"} <= standby_side, shown
+        (claim,) = [s for s in spans if s.name == "redis claim" and same_trace(s, promoted)]
+        assert claim.attributes is not None and claim.attributes["outcome"] in ("claimed", "taken"), shown
+        assert claim.parent is not None and claim.parent.span_id in {
+            s.context.span_id for s in spans if s.name == "RunActivity:claim_and_hold" and s.context
+        }, shown
         # The renewals are no part of any of it: each batch is a trace of its own.
         batches = [s for s in spans if s.name == "renew batch"]
         assert batches and all(s.parent is None for s in batches)
