@@ -162,8 +162,9 @@ async def exchange_timeline(
     ] = "24h",
 ) -> Timeline:
     """Consecutive `{state, start, end, durationS}` intervals covering the window, from the state
-    ledger; time before the first recorded transition is `unknown`. At most 500 intervals (the
-    newest; `truncated` says so, `totalsS` still covers the whole window)."""
+    ledger (every writer's transitions; `source` is `stream` while it catches up with a long history);
+    time before the first recorded transition is `unknown`. At most 500 intervals (the newest;
+    `truncated` says so, `totalsS` still covers the whole window)."""
     return await read_timeline(store, catalog, str(exchange_id), window, request.app.state.fold)
 
 
