@@ -273,33 +273,62 @@ async def run(entries: int, requests: int, write: bool) -> str:
         env.update(PERSEUS_REDIS_URL=redis_url, PERSEUS_DATABASE_URL=database_url, PERSEUS_DATA_DIR=str(base))
         slow = max(3, requests // 10)
 
-        async def measure(http: httpx.AsyncClient, label: str, ex_id: int, name: str, n: int) -> None:
-            uptime = f"/api/network/exchanges/{ex_id}/uptime"
-            rows.append((f"{label}: GET /uptime", *await timed(http, uptime, n)))
-            source = (await http.get(uptime, timeout=120)).json().get("source", "?")
-            rows[-1] = (f"{label}: GET /uptime (`source`: {source})", *rows[-1][1:])
-            path = f"/api/network/exchanges/{ex_id}/timeline"
-            rows.append((f"{label}: GET /timeline?window=30d", *await timed(http, path, n, window="30d")))
-            rows.append(
-                (
-                    f"{label}: GET /activity?exchange=X&count=50",
-                    *await timed(http, "/api/network/activity", requests, exchange=name, count=50),
-                )
-            )
+        async def measure(http: httpx.AsyncClient, subjects: list[tuple[str, int, str]], n: int) -> None:
+            """Per kind of request, the subjects' requests taken in turn (round-robin), so a load
+            spike on the shared machine falls on every row alike."""
+            kinds: list[tuple[str, str, dict[str, Any]]] = [
+                ("GET /uptime", "/api/network/exchanges/{id}/uptime", {}),
+                ("GET /timeline?window=30d", "/api/network/exchanges/{id}/timeline", {"window": "30d"}),
+                ("GET /activity?exchange=X&count=50", "/api/network/activity", {"count": 50}),
+            ]
+            for kind, template, params in kinds:
+                samples: dict[str, list[float]] = {label: [] for label, _, _ in subjects}
+                sizes: dict[str, int] = {}
+                failures: dict[str, list[str]] = {label: [] for label, _, _ in subjects}
+                sources: dict[str, str] = {}
+                for i in range(n + 1):
+                    for label, ex_id, name in subjects:
+                        path = template.format(id=ex_id)
+                        query = {**params, "exchange": name} if "activity" in path else params
+                        t0 = time.perf_counter()
+                        reply = await http.get(path, params=query, timeout=120)
+                        if i:
+                            samples[label].append((time.perf_counter() - t0) * 1000)
+                        if reply.status_code == 200:
+                            sizes[label] = sizes.get(label) or len(reply.content)
+                            if "uptime" in path:
+                                sources[label] = reply.json().get("source", "?")
+                        else:
+                            failures[label].append(
+                                f"{reply.status_code} {reply.json().get('error', '')[:60]}"
+                            )
+                for label, _, _ in subjects:
+                    fails = failures[label]
+                    note = f"{len(fails)} of {n + 1} failed: {fails[0]}" if fails else ""
+                    where = f" (`source`: {sources[label]})" if label in sources else ""
+                    rows.append(
+                        (f"{label}: {kind}{where}", summary(samples[label]), sizes.get(label, 0), note)
+                    )
 
         headers = {"Authorization": f"Bearer {key}"}
         # Before: the API without the fold, as it read other writers' history until now.
         port = services.free_port()
         api = await start_api(port, env, fold=False)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers) as http:
-            await measure(http, "before (Perseus-written, stream only)", before_id, "bench_stream", slow)
-            await measure(http, "before the fold (v6-written, stream)", v6_id, "bench_v6", slow)
-            await measure(http, "Perseus-written (ledger)", after_id, "bench_ledger", requests)
             await measure(
                 http,
-                f"Perseus-written (ledger, {entries // 10:,}-entry history)",
-                small_id,
-                "bench_small",
+                [
+                    ("before (Perseus-written, stream only)", before_id, "bench_stream"),
+                    ("before the fold (v6-written, stream)", v6_id, "bench_v6"),
+                ],
+                slow,
+            )
+            await measure(
+                http,
+                [
+                    ("Perseus-written (ledger)", after_id, "bench_ledger"),
+                    (f"Perseus-written (ledger, {entries // 10:,}-entry history)", small_id, "bench_small"),
+                ],
                 requests,
             )
         stop_api(api)
@@ -320,13 +349,13 @@ async def run(entries: int, requests: int, write: bool) -> str:
                     caught_up[xid] = time.perf_counter() - t0
             await asyncio.sleep(0.05)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers) as http:
-            await measure(http, "after the fold (v6-written, ledger)", v6_id, "bench_v6", requests)
-            await measure(http, "Perseus-written (ledger), same API", after_id, "bench_ledger", requests)
             await measure(
                 http,
-                "after the fold (Perseus-written, stream only before)",
-                before_id,
-                "bench_stream",
+                [
+                    ("after the fold (v6-written, ledger)", v6_id, "bench_v6"),
+                    ("Perseus-written (ledger), same API", after_id, "bench_ledger"),
+                    ("after the fold (Perseus-written, stream only before)", before_id, "bench_stream"),
+                ],
                 requests,
             )
             await redis.flushall()
@@ -354,7 +383,8 @@ async def run(entries: int, requests: int, write: bool) -> str:
         "`eventId`: a mixed fleet), and as `record_event` writes it (stream + PostgreSQL; the "
         f"newest {min(entries, RECORDED):,} through that code path, the older ones bulk-loaded), plus "
         f"that last one ten times shorter. Sequential requests over one keep-alive connection after one "
-        f"warm-up ({requests} per ledger row, {slow} per stream row); the API runs in its own process: "
+        f"warm-up round ({requests} per ledger row, {slow} per stream row), the rows of a group taken in "
+        "turn (round-robin) so the machine's load falls on them alike; the API runs in its own process: "
         "first without the ledger fold (the read path until now), then with it, in the same run. "
         f"Other helpers' work shared the machine (load average {os.getloadavg()[0]:.1f} at the end).",
         "",
