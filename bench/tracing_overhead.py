@@ -114,7 +114,7 @@ async def one_round(
                 "--interval",
                 str(args.interval),
             ]
-            if role == "on":
+            if role == "on" and not args.control:
                 worker_args += ["--trace-file", str(trace_file)]
             procs[role] = spawn_worker(stack, worker_args, code, name=f"worker-{role}")
             await wait_file(procs[role][1], procs[role][0], 60, f"worker with tracing {role}")
@@ -310,6 +310,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--concurrency", type=int, default=32, help="leases started at once")
     p.add_argument("--json", default=str(ROOT / "docs" / "tracing-overhead.json"))
+    p.add_argument(
+        "--control",
+        action="store_true",
+        help="an A/A run: the 'on' worker is not traced either (how far two like workers differ here)",
+    )
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder")
     return p.parse_args(argv)
