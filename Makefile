@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test check check-package check-upgrade lint format bench soak lock clean chromium
+.PHONY: install run test check check-package check-upgrade lint format bench bench-ledger bench-tracing soak lock clean chromium
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -64,6 +64,16 @@ format: install
 # 2 min, ~30 min in all. Pass flags with BENCH_ARGS, e.g. BENCH_ARGS="--n 100 --interval 5 --duration 60".
 bench: install
 	$(BIN)/python -m bench.fleet $(BENCH_ARGS)
+
+# Uptime and timeline over a 20,000-entry history written by Perseus, by a Livermore v6 service
+# (before and after the ledger fold, same run) and through the ledger (~5 min).
+bench-ledger: install
+	$(BIN)/python -m bench.ledger $(BENCH_ARGS)
+
+# Tracing's cost on a host worker at 1,000 claims x 15 s: two workers side by side, one traced
+# (~16 min; workers run from `git archive HEAD`: commit first).
+bench-tracing: install
+	$(BIN)/python -m bench.tracing_overhead $(BENCH_ARGS)
 
 # The chaos suite with control-plane outages of 30–120 s instead of CI's few seconds (~45 min).
 soak: install

@@ -173,6 +173,17 @@ ALTER TABLE exchange_state_intervals ADD COLUMN IF NOT EXISTS before_s JSONB NOT
 CREATE INDEX IF NOT EXISTS exchange_state_intervals_idx
     ON exchange_state_intervals (exchange_id, started_at DESC, id DESC);
 
+-- Perseus: how far each exchange's stream has been folded into the ledger (perseus/ledger_fold.py).
+-- Entries other writers put in the stream (Livermore v6 services) reach network_events and the
+-- ledger only through the fold; it moves this mark in the same transaction, under the ledger's
+-- per-exchange lock, so several API processes never fold an entry twice and a restart resumes here.
+CREATE TABLE IF NOT EXISTS ledger_folds (
+    exchange_id     INTEGER      PRIMARY KEY,
+    stream_ms       BIGINT       NOT NULL,
+    stream_seq      BIGINT       NOT NULL,
+    folded_at       TIMESTAMPTZ  NOT NULL DEFAULT now()
+);
+
 -- Perseus: the declared fleet (`perseus fleet apply`). One row per exchange: its hosts in order of
 -- preference and how its instances run, as a JSON placement (perseus/fleet.py `Placement`). Workers
 -- read their host's rows when they start and enrol them, so placements survive every restart.

@@ -32,6 +32,7 @@ from perseus.models import (
     StatusPatch,
 )
 from perseus.timing import CLAIM_OVER_INTERVALS
+from perseus.tracing import span
 
 if TYPE_CHECKING:
     from perseus.store.db import Catalog
@@ -96,7 +97,9 @@ async def take_claim(store: RedisStore, catalog: Catalog, req: ClaimRequest) -> 
     epoch = await store.next_epoch(status.exchange_id, floor)
     payload = status.model_copy(update={"epoch": epoch}).wire()
     over = CLAIM_OVER_INTERVALS if req.take_lapsed else 0.0
-    reply = await store.claim(status.exchange_id, payload, status.ttl_ms, take_lapsed_after=over)
+    with span("redis claim", exchange=status.exchange_name, host=status.hostname, epoch=epoch) as current:
+        reply = await store.claim(status.exchange_id, payload, status.ttl_ms, take_lapsed_after=over)
+        current.set_attribute("outcome", reply.outcome)
     if reply.outcome == "claimed":
         await catalog.raise_epoch(status.exchange_id, epoch)
         return ClaimResult(claimed=True, epoch=epoch)

@@ -409,7 +409,7 @@ async def start_timer_fleet(
 
 
 async def start_lease_fleet(
-    client: Client, store: RedisStore, ids: list[int], cfg: FleetConfig, concurrency: int
+    client: Client, store: RedisStore, ids: list[int], cfg: FleetConfig, concurrency: int, host: str = HOST
 ) -> list[str]:
     from bench.lease_design import LEASE_QUEUE, LeaseInput, LeaseOnlyWorkflow
 
@@ -439,7 +439,7 @@ async def start_lease_fleet(
                     instance_id=instance,
                     epoch=epoch,
                     heartbeat_interval_s=cfg.interval,
-                    host=HOST,
+                    host=host,
                 ),
                 id=wid,
                 task_queue=LEASE_QUEUE,

@@ -34,6 +34,7 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
+from perseus import tracing
 from perseus.host.grid import Renewal
 from perseus.keys import iso
 from perseus.store.redis_store import FenceReply, RedisStore, make_client
@@ -122,12 +123,14 @@ class TimedRedisStore(RedisStore):
 
 
 async def connect(address: str, metrics_port: int) -> Client:
+    # With tracing on (``--trace-file``), the SDK's tracing interceptor, as perseus.temporal adds it.
+    interceptors = tracing.interceptors()
     if not metrics_port:
-        return await Client.connect(address, data_converter=converter)
+        return await Client.connect(address, data_converter=converter, interceptors=interceptors)
     runtime = Runtime(
         telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"127.0.0.1:{metrics_port}"))
     )
-    return await Client.connect(address, data_converter=converter, runtime=runtime)
+    return await Client.connect(address, data_converter=converter, runtime=runtime, interceptors=interceptors)
 
 
 async def run_perseus(args: argparse.Namespace, stop: asyncio.Event, ready: asyncio.Event) -> None:
@@ -242,6 +245,7 @@ async def main(args: argparse.Namespace) -> None:
     loop.add_signal_handler(signal.SIGUSR1, lambda: SAMPLES.dump(samples_path))
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     runner: Any = {"perseus": run_perseus, "timer": run_timer, "baseline": run_baseline}[args.mode]
+    provider = tracing.install("perseus-worker", "file", Path(args.trace_file)) if args.trace_file else None
     task = asyncio.create_task(runner(args, stop, ready))
     waiter = asyncio.create_task(ready.wait())
     await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
@@ -249,7 +253,10 @@ async def main(args: argparse.Namespace) -> None:
         task.result()
         return
     Path(args.ready_file).write_text("ready")
-    await task
+    try:
+        await task
+    finally:
+        tracing.shutdown(provider)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -265,6 +272,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metrics-port", type=int, default=0)
     p.add_argument("--host-only", action="store_true", help="perseus: serve only the host queue")
     p.add_argument("--no-shared-mode", action="store_true", help="perseus: the unmeasured shared worker")
+    p.add_argument(
+        "--trace-file", default="", help="perseus: tracing on, spans to this file (perseus dev --trace)"
+    )
     p.add_argument("--samples", required=True)
     p.add_argument("--ready-file", required=True)
     return p.parse_args(argv)

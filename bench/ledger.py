@@ -1,18 +1,23 @@
 """Uptime and timeline cost against a long history: ``.venv/bin/python -m bench.ledger [--entries N]``.
 
 Starts its own Redis-compatible server and PostgreSQL on free ports, serves the API from a separate
-process (as ``bench.read_api`` does) and builds two exchanges with the same history of ``--entries``
+process (as ``bench.read_api`` does) and builds exchanges with the same history of ``--entries``
 network entries over the last 30 days (six transitions and one error per cycle):
 
-* **stream** — the entries are only in the stream (XADD with their own timestamps as IDs), so the
-  API reads them the way it did before the ledger (it still does for histories the ledger never saw);
+* **stream** — Perseus-written entries only in the stream (XADD with their own timestamps as IDs):
+  history from before the ledger existed;
+* **v6** — the same history as a Livermore v6 service writes it into the stream beside Perseus (its
+  nine and eight string fields, no ``eventId``): a mixed fleet;
 * **ledger** — the same events as ``record_event`` writes them (stream + durable log + state ledger
   in PostgreSQL): the newest 1,000 through that very code path (their mean write cost is reported),
-  the older ones bulk-loaded into the same tables.
+  the older ones bulk-loaded into the same tables; and a ten times shorter one.
 
-Then it times ``/uptime``, ``/timeline?window=30d`` and an activity page for both, and the activity
-page of the ledger exchange again after ``FLUSHALL`` (served from PostgreSQL). Figures go to the
-"Uptime and timeline" section of ``docs/benchmarks.md`` (replaced on each run).
+It times ``/uptime``, ``/timeline?window=30d`` and an activity page for each, first against the API
+without the ledger fold (:mod:`perseus.readmodel.ledger_fold`; the read path other writers' history had until
+now), then against the API with it — after timing how long its reader takes to catch up with the
+streams it starts on — and the activity page and uptime again after ``FLUSHALL`` (served from
+PostgreSQL). Figures go to the "Uptime and timeline" section of ``docs/benchmarks.md`` (replaced on
+each run).
 """
 
 from __future__ import annotations
@@ -167,13 +172,63 @@ async def timed(
     return summary(samples), size, note
 
 
+def v6_fields(e: NetworkEvent) -> dict[str, str]:
+    """The entry a Livermore v6 service writes for ``e``: its fields in its order, no ``eventId``."""
+    ts = e.timestamp.astimezone(UTC)
+    when = ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+    if e.to_state is not None:
+        return {
+            "event": "state_transition",
+            "timestamp": when,
+            "fromState": e.from_state.value if e.from_state else "",
+            "toState": e.to_state.value,
+            "exchangeId": str(e.exchange_id),
+            "exchangeName": e.exchange_name,
+            "hostname": e.hostname,
+            "ip": "",
+            "adminEmail": "",
+        }
+    return {
+        "event": "error",
+        "timestamp": when,
+        "error": e.error or "",
+        "exchangeId": str(e.exchange_id),
+        "exchangeName": e.exchange_name,
+        "hostname": e.hostname,
+        "ip": "",
+        "state": e.state.value if e.state else "",
+    }
+
+
+async def write_stream(redis: Any, name: str, events: list[NetworkEvent], v6: bool) -> None:
+    """``events`` straight into the stream, each at its own time as its ID (a long-running stream)."""
+    for chunk in range(0, len(events), 1000):
+        async with redis.pipeline(transaction=False) as pipe:
+            for n, e in enumerate(events[chunk : chunk + 1000], start=chunk):
+                ms = int(e.timestamp.timestamp() * 1000)
+                pipe.xadd(stream_key(name), v6_fields(e) if v6 else e.fields(), id=f"{ms}-{n}")
+            await pipe.execute()
+
+
+async def start_api(port: int, env: dict[str, str], fold: bool) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "bench.read_api", "--serve", str(port)] + ([] if fold else ["--no-fold"])
+    api = subprocess.Popen(argv, cwd=ROOT, env=env)  # noqa: ASYNC220 - started before anything is measured
+    await services.wait_tcp(port, "the API", api, timeout=30)
+    return api
+
+
+def stop_api(api: subprocess.Popen[bytes] | None) -> None:
+    if api is not None and api.poll() is None:
+        api.terminate()
+        api.wait(10)
+
+
 async def run(entries: int, requests: int, write: bool) -> str:
     base = Path(tempfile.mkdtemp(prefix="perseus-bench-ledger-"))
     children: list[services.Service] = []
     api: subprocess.Popen[bytes] | None = None
     rows: list[tuple[str, dict[str, float], int, str]] = []
     try:
-        api_port = services.free_port()
         children.append(await services.start_redis(base / "redis", None))
         children.append(await services.start_postgres(base / "postgres", None))
         redis_port = children[0].port
@@ -187,17 +242,14 @@ async def run(entries: int, requests: int, write: bool) -> str:
             before_id = await new_exchange(conn, "bench_stream")
             after_id = await new_exchange(conn, "bench_ledger")
             small_id = await new_exchange(conn, "bench_small")
+            v6_id = await new_exchange(conn, "bench_v6")
             key = await db.Catalog(db.OneConnection(conn)).create_api_key("bench")
         now = datetime.now(UTC)
 
-        # The stream-only exchange: entries at their own times, as a long-running Livermore stream.
-        events = history(before_id, "bench_stream", entries, now)
-        for chunk in range(0, entries, 1000):
-            async with redis.pipeline(transaction=False) as pipe:
-                for n, e in enumerate(events[chunk : chunk + 1000], start=chunk):
-                    ms = int(e.timestamp.timestamp() * 1000)
-                    pipe.xadd(stream_key("bench_stream"), e.fields(), id=f"{ms}-{n}")  # type: ignore[arg-type]
-                await pipe.execute()
+        # Perseus-written, only in the stream: history from before the ledger existed.
+        await write_stream(redis, "bench_stream", history(before_id, "bench_stream", entries, now), v6=False)
+        # Written by a Livermore v6 service beside Perseus: its nine/eight fields, no eventId.
+        await write_stream(redis, "bench_v6", history(v6_id, "bench_v6", entries, now), v6=True)
 
         # The ledger exchange: the record_event path (activities/registry.py) for every event.
         pool = db.make_pool(database_url)
@@ -214,64 +266,126 @@ async def run(entries: int, requests: int, write: bool) -> str:
         for e in recorded[entries - sample :]:
             await registry.record_event(EventRequest(event=e))
         write_ms = (time.perf_counter() - t0) * 1000 / sample
-        await pool.close()
         # The same shape of history, ten times shorter: the ledger's cost should not change.
         await bulk_load(database_url, store, history(small_id, "bench_small", entries // 10, now))
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("PERSEUS_")}
         env.update(PERSEUS_REDIS_URL=redis_url, PERSEUS_DATABASE_URL=database_url, PERSEUS_DATA_DIR=str(base))
-        api = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is measured
-            [sys.executable, "-m", "bench.read_api", "--serve", str(api_port)], cwd=ROOT, env=env
-        )
-        await services.wait_tcp(api_port, "the API", api, timeout=30)
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{api_port}", headers={"Authorization": f"Bearer {key}"}
-        ) as http:
-            slow = max(3, requests // 10)
-            for label, ex_id, name, n in (
-                ("before (stream)", before_id, "bench_stream", slow),
-                ("after (ledger)", after_id, "bench_ledger", requests),
-                (f"after (ledger, {entries // 10:,}-entry history)", small_id, "bench_small", requests),
-            ):
-                rows.append(
-                    (f"{label}: GET /uptime", *await timed(http, f"/api/network/exchanges/{ex_id}/uptime", n))
-                )
-                rows.append(
-                    (
-                        f"{label}: GET /timeline?window=30d",
-                        *await timed(http, f"/api/network/exchanges/{ex_id}/timeline", n, window="30d"),
+        slow = max(3, requests // 10)
+
+        async def measure(http: httpx.AsyncClient, subjects: list[tuple[str, int, str]], n: int) -> None:
+            """Per kind of request, the subjects' requests taken in turn (round-robin), so a load
+            spike on the shared machine falls on every row alike."""
+            kinds: list[tuple[str, str, dict[str, Any]]] = [
+                ("GET /uptime", "/api/network/exchanges/{id}/uptime", {}),
+                ("GET /timeline?window=30d", "/api/network/exchanges/{id}/timeline", {"window": "30d"}),
+                ("GET /activity?exchange=X&count=50", "/api/network/activity", {"count": 50}),
+            ]
+            for kind, template, params in kinds:
+                samples: dict[str, list[float]] = {label: [] for label, _, _ in subjects}
+                sizes: dict[str, int] = {}
+                failures: dict[str, list[str]] = {label: [] for label, _, _ in subjects}
+                sources: dict[str, str] = {}
+                for i in range(n + 1):
+                    for label, ex_id, name in subjects:
+                        path = template.format(id=ex_id)
+                        query = {**params, "exchange": name} if "activity" in path else params
+                        t0 = time.perf_counter()
+                        reply = await http.get(path, params=query, timeout=120)
+                        if i:
+                            samples[label].append((time.perf_counter() - t0) * 1000)
+                        if reply.status_code == 200:
+                            sizes[label] = sizes.get(label) or len(reply.content)
+                            if "uptime" in path:
+                                sources[label] = reply.json().get("source", "?")
+                        else:
+                            failures[label].append(
+                                f"{reply.status_code} {reply.json().get('error', '')[:60]}"
+                            )
+                for label, _, _ in subjects:
+                    fails = failures[label]
+                    note = f"{len(fails)} of {n + 1} failed: {fails[0]}" if fails else ""
+                    where = f" (`source`: {sources[label]})" if label in sources else ""
+                    rows.append(
+                        (f"{label}: {kind}{where}", summary(samples[label]), sizes.get(label, 0), note)
                     )
-                )
-                rows.append(
-                    (
-                        f"{label}: GET /activity?exchange=X&count=50",
-                        *await timed(http, "/api/network/activity", requests, exchange=name, count=50),
-                    )
-                )
+
+        headers = {"Authorization": f"Bearer {key}"}
+        # Before: the API without the fold, as it read other writers' history until now.
+        port = services.free_port()
+        api = await start_api(port, env, fold=False)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers) as http:
+            await measure(
+                http,
+                [
+                    ("before (Perseus-written, stream only)", before_id, "bench_stream"),
+                    ("before the fold (v6-written, stream)", v6_id, "bench_v6"),
+                ],
+                slow,
+            )
+            await measure(
+                http,
+                [
+                    ("Perseus-written (ledger)", after_id, "bench_ledger"),
+                    (f"Perseus-written (ledger, {entries // 10:,}-entry history)", small_id, "bench_small"),
+                ],
+                requests,
+            )
+        stop_api(api)
+
+        # After: the API with the fold starts on these streams and catches up, then the same reads.
+        port = services.free_port()
+        t0 = time.perf_counter()
+        api = await start_api(port, env, fold=True)
+        ends = {
+            xid: (await store.events(name, count=1))[0][0]
+            for xid, name in ((v6_id, "bench_v6"), (before_id, "bench_stream"))
+        }
+        caught_up: dict[int, float] = {}
+        while len(caught_up) < len(ends):
+            for xid, newest in ends.items():
+                mark = await catalog.fold_mark(xid)
+                if xid not in caught_up and mark is not None and f"{mark[0]}-{mark[1]}" == newest:
+                    caught_up[xid] = time.perf_counter() - t0
+            await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers) as http:
+            await measure(
+                http,
+                [
+                    ("after the fold (v6-written, ledger)", v6_id, "bench_v6"),
+                    ("Perseus-written (ledger), same API", after_id, "bench_ledger"),
+                    ("after the fold (Perseus-written, stream only before)", before_id, "bench_stream"),
+                ],
+                requests,
+            )
             await redis.flushall()
             page = await timed(http, "/api/network/activity", requests, exchange="bench_ledger", count=50)
             rows.append(("after FLUSHALL: GET /activity?exchange=X&count=50 (PostgreSQL)", *page))
             up = await timed(http, f"/api/network/exchanges/{after_id}/uptime", requests)
             rows.append(("after FLUSHALL: GET /uptime (ledger)", *up))
+            up = await timed(http, f"/api/network/exchanges/{v6_id}/uptime", requests)
+            rows.append(("after FLUSHALL: GET /uptime (v6-written, folded)", *up))
+        await pool.close()
         await redis.aclose()
     finally:
-        if api is not None:
-            api.terminate()
-            api.wait(10)
+        stop_api(api)
         for child in reversed(children):
             child.stop()
 
     lines = [
         SECTION,
         "",
-        f"`.venv/bin/python -m bench.ledger` — {datetime.now(UTC):%Y-%m-%d}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}, {platform.machine()}; one exchange history of {entries:,} "
-        f"entries over 30 days ({entries * 6 // 7:,} state transitions, the rest errors), the same "
-        "history twice: once only in the stream (the read path before the ledger, still used for "
-        "histories the ledger never saw), once as `record_event` writes it (stream + PostgreSQL; the "
-        f"newest {min(entries, RECORDED):,} through that code path, the older ones bulk-loaded). "
-        f"Sequential requests over one keep-alive connection after one warm-up ({requests} per "
-        f"ledger row, {max(3, requests // 10)} per slow stream row); the API runs in its own process. "
+        f"`.venv/bin/python -m bench.ledger` (`make bench-ledger`) — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.machine()}; one exchange "
+        f"history of {entries:,} entries over 30 days ({entries * 6 // 7:,} state transitions, the rest "
+        "errors), four times: written by Perseus only into the stream (history from before the ledger), "
+        "written by a Livermore v6 service into the stream (its nine and eight string fields, no "
+        "`eventId`: a mixed fleet), and as `record_event` writes it (stream + PostgreSQL; the "
+        f"newest {min(entries, RECORDED):,} through that code path, the older ones bulk-loaded), plus "
+        f"that last one ten times shorter. Sequential requests over one keep-alive connection after one "
+        f"warm-up round ({requests} per ledger row, {slow} per stream row), the rows of a group taken in "
+        "turn (round-robin) so the machine's load falls on them alike; the API runs in its own process: "
+        "first without the ledger fold (the read path until now), then with it, in the same run. "
         f"Other helpers' work shared the machine (load average {os.getloadavg()[0]:.1f} at the end).",
         "",
         "| what | p50 ms | p99 ms | response bytes | failures |",
@@ -286,6 +400,13 @@ async def run(entries: int, requests: int, write: bool) -> str:
         f"mean over the {min(entries, RECORDED):,} recorded through `record_event` (fsync per commit, "
         "on the loaded machine).",
         "",
+        f"The fold's catch-up: the API with the fold, started on these streams, had folded the v6 "
+        f"history ({entries:,} entries) {caught_up[v6_id]:.1f} s after it was started and the "
+        f"Perseus-written stream-only one {caught_up[before_id]:.1f} s after (its entries carry "
+        "`eventId`s PostgreSQL never saw, so they are folded too; the `record_event` histories' "
+        "entries are all there and only move the mark). Until a stream is caught up, its reads "
+        "answer from the stream and say `source: stream`.",
+        "",
         "Reading it: the stream path reads every entry of the window and parses it in Python, so its "
         "cost grows with the stream"
         + (
@@ -293,14 +414,17 @@ async def run(entries: int, requests: int, write: bool) -> str:
             if any(note for name, _, _, note in rows if name.startswith("before"))
             else ""
         )
-        + "; while it reads, Redis serves nobody else. The ledger path never touches the stream: uptime is "
-        "one statement of four index lookups (the interval in force at now and at each window's start; "
-        "every interval carries the running seconds per state since the ledger began, so a window's "
-        "time per state is a difference of two rows), and the timeline adds one index range that stops "
-        "after 500 intervals (the answer's cap; `truncated` says so, the totals still cover the whole "
-        "window). The row with a ten times shorter history shows the cost does not follow the length. "
-        "Activity pages are capped at 256 KiB; after `FLUSHALL` they come from PostgreSQL at about "
-        "the stream's cost.",
+        + "; while it reads, Redis serves nobody else. The ledger path never touches the stream's "
+        "history: uptime is one statement of four index lookups (the interval in force at now and at "
+        "each window's start; every interval carries the running seconds per state since the ledger "
+        "began, so a window's time per state is a difference of two rows), and the timeline adds one "
+        "index range that stops after 500 intervals (the answer's cap; `truncated` says so, the totals "
+        "still cover the whole window). With the fold each read first asks where the fold stands (one "
+        "primary-key lookup) and for the stream's entries past it (one XRANGE, empty when the API's "
+        "reader has folded them already): two round trips more, whoever wrote the history. The row with "
+        "a ten times shorter history shows the cost does not follow the length. Activity pages are "
+        "capped at 256 KiB; after `FLUSHALL` they come from PostgreSQL at about the stream's cost, the "
+        "v6-written history's as well (the fold copied it into the durable log).",
         "",
     ]
     report = "\n".join(lines)

@@ -49,11 +49,12 @@ OFFLINE = 20
 ENTRIES = 200
 
 
-def serve(port: int) -> None:
-    """The server side (a child process): the API on ``port``, settings from the environment."""
+def serve(port: int, fold: bool = True) -> None:
+    """The server side (a child process): the API on ``port``, settings from the environment.
+    ``fold=False``: without the ledger fold (bench.ledger's "before")."""
     from perseus.api.server import build_server
 
-    asyncio.run(build_server(load_settings(), port).serve())
+    asyncio.run(build_server(load_settings(), port, fold=fold).serve())
 
 
 async def seed(database_url: str, store: RedisStore) -> tuple[list[tuple[int, str]], str]:
@@ -319,9 +320,10 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="Print only; leave docs/benchmarks.md.")
     parser.add_argument("--section", default=SECTION, help="Heading of the section to write.")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--no-fold", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve)
+        serve(args.serve, fold=not args.no_fold)
         return
     print(asyncio.run(run(args.requests, not args.no_write, args.section)))
 

@@ -88,6 +88,13 @@ HANDOFF_DURATION = Histogram(
     buckets=TAKEOVER_BUCKETS,
 )
 LIVE_CLIENTS = Gauge("perseus_live_clients", "Browsers connected to the API's live event stream.")
+LEDGER_FOLDED = Counter(
+    "perseus_ledger_folded",
+    "Stream entries the API's ledger fold took in (perseus/readmodel/ledger_fold.py), by what happened: "
+    "copied (new to the durable log: another writer's, or Perseus' own whose write was given up), "
+    "transitions (of those, state transitions added to the ledger), skipped (unreadable entries).",
+    ["outcome"],
+)
 
 
 # --- recording (called where things happen) ---------------------------------------------------------

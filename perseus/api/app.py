@@ -34,6 +34,7 @@ from perseus.config import Settings
 from perseus.errors import (
     PerseusError,
 )
+from perseus.readmodel.ledger_fold import LedgerFold
 from perseus.store.db import Catalog, make_pool, open_pool
 from perseus.store.redis_store import RedisStore, make_client
 
@@ -63,8 +64,9 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return _error(exc.status_code, body, dict(exc.headers) if exc.headers else None)
 
 
-def create_app(settings: Settings, temporal_address: str | None = None) -> FastAPI:
-    """The app; ``temporal_address`` overrides TEMPORAL_ADDRESS for /readyz (``perseus dev``)."""
+def create_app(settings: Settings, temporal_address: str | None = None, *, fold: bool = True) -> FastAPI:
+    """The app; ``temporal_address`` overrides TEMPORAL_ADDRESS for /readyz (``perseus dev``).
+    ``fold=False`` leaves other writers' stream entries out of the ledger (the benchmark's "before")."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -81,8 +83,13 @@ def create_app(settings: Settings, temporal_address: str | None = None) -> FastA
             raise
         app.state.store = RedisStore(redis)
         app.state.catalog = Catalog(pool)
+        # Other writers' transitions folded into the ledger (perseus.readmodel.ledger_fold): by the reader as
+        # they arrive, and topped up by the uptime and timeline reads.
+        app.state.fold = LedgerFold(app.state.store, app.state.catalog) if fold else None
         # One stream reader for the whole process, fanned out to every live page (routes.events).
-        app.state.live = LiveFeed(app.state.store, app.state.catalog, reader=RedisStore(live_redis))
+        app.state.live = LiveFeed(
+            app.state.store, app.state.catalog, reader=RedisStore(live_redis), fold=app.state.fold
+        )
         app.state.live.start()
         try:
             yield

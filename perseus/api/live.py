@@ -10,6 +10,12 @@ The readers block on a Redis client of their own (:data:`READER_CONNECTIONS`): e
 connection for as long as its XREAD waits, so on the request client a hundred exchanges took every
 pooled connection and every read route failed with "Too many connections".
 
+The same reader drives the ledger fold (:mod:`perseus.readmodel.ledger_fold`): one task per exchange folds its
+stream from the fold's mark when it starts (a long history is caught up in batches) and again
+whenever the reader sees new entries, so transitions other writers put in the stream reach the state
+ledger as they arrive. The folds of a process share :data:`FOLD_CONNECTIONS` database connections,
+so a catch-up never takes the connections the routes need.
+
 A supervisor task re-reads the catalog every :data:`CATALOG_REFRESH_S` so that a new exchange gets a
 reader. Everything is started in the API lifespan and cancelled and awaited when it ends. A client
 that does not keep up (its queue is full) is disconnected rather than slowing the others: its page
@@ -19,6 +25,7 @@ falls back to polling and reconnects.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -26,6 +33,8 @@ from datetime import UTC, datetime
 
 from perseus import metrics
 from perseus.errors import PerseusError
+from perseus.models import Exchange
+from perseus.readmodel.ledger_fold import LedgerFold
 from perseus.readmodel.network import read_board
 from perseus.store.db import Catalog
 from perseus.store.redis_store import RedisStore
@@ -45,6 +54,13 @@ QUEUE_SIZE = 256
 READER_CONNECTIONS = 10_000
 #: After a Redis error a reader waits this long before trying again.
 RETRY_S = 1.0
+#: Database connections the process's folds may hold at once.
+FOLD_CONNECTIONS = 1
+#: A fold runs at least this often even when the reader saw nothing (another process's reader may
+#: be the one that sees an entry first; after a failure this is the retry).
+FOLD_IDLE_S = 30.0
+#: After a failed fold (PostgreSQL or Redis down) it is tried again after this long.
+FOLD_RETRY_S = 5.0
 
 _CLOSE = object()
 
@@ -58,15 +74,26 @@ def sse(event: str, data: object, event_id: str | None = None) -> bytes:
 class LiveFeed:
     """The single reader and its subscribers. ``start``/``stop`` belong to the API lifespan."""
 
-    def __init__(self, store: RedisStore, catalog: Catalog, *, reader: RedisStore | None = None) -> None:
+    def __init__(
+        self,
+        store: RedisStore,
+        catalog: Catalog,
+        *,
+        reader: RedisStore | None = None,
+        fold: LedgerFold | None = None,
+    ) -> None:
         """``store`` answers the status reads of each announcement; ``reader`` (default: ``store``)
         carries the blocking XREADs and should be a client of its own, sized for one connection per
-        exchange."""
+        exchange. ``fold``: fold every stream into the ledger as entries arrive (None: don't)."""
         self._store = store
         self._reader = reader or store
         self._catalog = catalog
+        self._fold = fold
+        self._fold_gate = asyncio.Semaphore(FOLD_CONNECTIONS)
         self._clients: set[asyncio.Queue[object]] = set()
         self._readers: dict[str, asyncio.Task[None]] = {}
+        self._folds: dict[str, asyncio.Task[None]] = {}
+        self._arrived: dict[str, asyncio.Event] = {}
         self._supervisor: asyncio.Task[None] | None = None
         self.closing = asyncio.Event()
 
@@ -83,12 +110,14 @@ class LiveFeed:
         and whatever is still running is cancelled again until it ends.
         """
         self.close_streams()
-        pending = {t for t in [self._supervisor, *self._readers.values()] if t is not None}
+        tasks = [self._supervisor, *self._readers.values(), *self._folds.values()]
+        pending = {t for t in tasks if t is not None}
         while pending:
             for task in pending:
                 task.cancel()
             _, pending = await asyncio.wait(pending, timeout=1.0)
         self._readers.clear()
+        self._folds.clear()
 
     def close_streams(self) -> None:
         """End every client's stream now (the server is shutting down; pages fall back to polling)."""
@@ -160,9 +189,31 @@ class LiveFeed:
             else:
                 for exchange in exchanges:
                     name = exchange.name.lower()
+                    self._arrived.setdefault(name, asyncio.Event())
                     if name not in self._readers or self._readers[name].done():
                         self._readers[name] = asyncio.create_task(self._read(name), name=f"live-{name}")
+                    if self._fold is not None and (name not in self._folds or self._folds[name].done()):
+                        self._folds[name] = asyncio.create_task(
+                            self._fold_stream(exchange), name=f"fold-{name}"
+                        )
             await asyncio.sleep(CATALOG_REFRESH_S)
+
+    async def _fold_stream(self, exchange: Exchange) -> None:
+        """Fold the exchange's stream from the mark, then again whenever the reader saw entries."""
+        assert self._fold is not None
+        arrived = self._arrived[exchange.name.lower()]
+        while not self.closing.is_set():
+            arrived.clear()  # before the fold: an entry arriving during it sets it again
+            try:
+                await self._fold.catch_up(exchange, gate=self._fold_gate)
+            except PerseusError as exc:
+                if self.closing.is_set():
+                    return
+                log.warning("ledger fold of %s failed: %s; retrying in %gs", exchange.name, exc, FOLD_RETRY_S)
+                await asyncio.sleep(FOLD_RETRY_S)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrived.wait(), FOLD_IDLE_S)
 
     async def _read(self, name: str) -> None:
         after: str | None = None
@@ -173,6 +224,8 @@ class LiveFeed:
                     newest = await self._reader.events(name, count=1)
                     after = newest[0][0] if newest else "0-0"
                 rows = await self._reader.read_after(name, after, block_ms=BLOCK_MS)
+                if rows:
+                    self._arrived[name].set()
                 for entry_id, fields in rows:
                     after = entry_id
                     await self._announce(name, entry_id, fields)

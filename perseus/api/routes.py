@@ -134,12 +134,16 @@ async def exchange_status(
     responses=_UNKNOWN,
     summary="Running time and % active over 24h / 7d / 30d",
 )
-async def exchange_uptime(exchange_id: ExchangeIdPath, store: StoreDep, catalog: CatalogDep) -> Uptime:
+async def exchange_uptime(
+    request: Request, exchange_id: ExchangeIdPath, store: StoreDep, catalog: CatalogDep
+) -> Uptime:
     """`runningFor` ("4h 23m") from `connectedAt` while active; per window `activePct`, the share of
     the *observed* time spent `active` — observed since the exchange's first recorded transition
     (`observedSince`, `observedS`; `knownPct` is that share of the window, `windowActivePct` the
-    share of the whole window). Read from the state ledger in PostgreSQL (`source`)."""
-    return await read_uptime(store, catalog, str(exchange_id))
+    share of the whole window). Read from the state ledger in PostgreSQL, which holds every writer's
+    transitions (Livermore v6 services' too, folded in from the stream); `source` says `stream`
+    while the ledger has not caught up with the exchange's history yet."""
+    return await read_uptime(store, catalog, str(exchange_id), request.app.state.fold)
 
 
 @router.get(
@@ -149,6 +153,7 @@ async def exchange_uptime(exchange_id: ExchangeIdPath, store: StoreDep, catalog:
     summary="State intervals over a window",
 )
 async def exchange_timeline(
+    request: Request,
     exchange_id: ExchangeIdPath,
     store: StoreDep,
     catalog: CatalogDep,
@@ -157,9 +162,10 @@ async def exchange_timeline(
     ] = "24h",
 ) -> Timeline:
     """Consecutive `{state, start, end, durationS}` intervals covering the window, from the state
-    ledger; time before the first recorded transition is `unknown`. At most 500 intervals (the
-    newest; `truncated` says so, `totalsS` still covers the whole window)."""
-    return await read_timeline(store, catalog, str(exchange_id), window)
+    ledger (every writer's transitions; `source` is `stream` while it catches up with a long history);
+    time before the first recorded transition is `unknown`. At most 500 intervals (the newest;
+    `truncated` says so, `totalsS` still covers the whole window)."""
+    return await read_timeline(store, catalog, str(exchange_id), window, request.app.state.fold)
 
 
 @router.get(

@@ -89,10 +89,10 @@ class EmbeddedServer(StreamingServer):
 
 
 def build_server(
-    settings: Settings, port: int | None = None, temporal_address: str | None = None
+    settings: Settings, port: int | None = None, temporal_address: str | None = None, *, fold: bool = True
 ) -> EmbeddedServer:
     config = uvicorn.Config(
-        create_app(settings, temporal_address),
+        create_app(settings, temporal_address, fold=fold),
         host=settings.api_host,
         port=port or settings.api_port,
         log_level="warning",

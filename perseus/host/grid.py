@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from perseus.errors import ServiceUnavailable
-from perseus.tracing import span
+from perseus.tracing import finished_span
 
 if TYPE_CHECKING:
     from perseus.store.redis_store import FenceReply, RedisStore
@@ -38,6 +38,18 @@ if TYPE_CHECKING:
 #: renewal starts at most this much before it is due; large enough that at 1,000 claims × 15 s
 #: about seven share a round trip.
 SLOT_S = 0.1
+#: With tracing on, a healthy batch gets a span at most this often (per process); a batch in which a
+#: renewal failed, was refused or found its key missing, or whose round trip took SLOW_BATCH_S or
+#: more, always gets one (perseus.tracing).
+HEALTHY_SPAN_EVERY_S = 1.0
+SLOW_BATCH_S = 0.25
+
+
+def worth_a_span(healthy: bool, since_last_healthy_span_s: float) -> bool:
+    """Whether a renewal batch gets a span (tracing on): always when it went wrong or was slow, and
+    a healthy one once per HEALTHY_SPAN_EVERY_S — enough to show the rhythm in a trace viewer
+    without a span per 100 ms slot."""
+    return not healthy or since_last_healthy_span_s >= HEALTHY_SPAN_EVERY_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +103,8 @@ class RenewalGrid:
         self._flush: asyncio.Handle | None = None
         #: Batches in flight (kept referenced until answered).
         self._sends: set[asyncio.Task[None]] = set()
+        #: When the last healthy batch got a span (monotonic; tracing's sampling, see _trace).
+        self._last_span = -math.inf
 
     async def until(self, due: float) -> None:
         """Sleep until the start of the slot holding ``due`` (no sleep if that has passed).
@@ -142,21 +156,23 @@ class RenewalGrid:
             task.add_done_callback(self._sends.discard)
 
     async def _send(self, batch: list[_Pending]) -> None:
+        start_ns, started = time.time_ns(), time.monotonic()
         try:
             # The batch outlives none of its loops' waits: each loop stops waiting at its own bound.
-            # One span per batch, a trace of its own (perseus.tracing): never one per renewal.
-            with span("renew batch", root=True, claims=len(batch)):
-                async with asyncio.timeout(max(p.bound_s for p in batch)):
-                    replies = await self._store.renew_many([p.renewal for p in batch])
+            async with asyncio.timeout(max(p.bound_s for p in batch)):
+                replies = await self._store.renew_many([p.renewal for p in batch])
         except asyncio.CancelledError:
             for p in batch:
                 p.reply.cancel()
             raise
         except Exception as exc:  # the whole round trip failed: every claim in it hears so
+            self._trace(len(batch), start_ns, started, len(batch), f"{type(exc).__name__}: {exc}")
             for p in batch:
                 if not p.reply.done():
                     p.reply.set_exception(_own_copy(exc))
             return
+        problems = sum(1 for r in replies if isinstance(r, BaseException) or r.outcome != "ok")
+        self._trace(len(batch), start_ns, started, problems)
         for p, answer in zip(batch, replies, strict=True):
             if p.reply.done():
                 continue
@@ -164,6 +180,22 @@ class RenewalGrid:
                 p.reply.set_exception(answer)
             else:
                 p.reply.set_result(answer)
+
+    def _trace(
+        self, claims: int, start_ns: int, started: float, problems: int, error: str | None = None
+    ) -> None:
+        """The batch's span, when it is worth one: every batch that went wrong or was slow, and one
+        healthy batch per HEALTHY_SPAN_EVERY_S (a trace of its own; never a span per renewal)."""
+        now = time.monotonic()
+        took = now - started
+        healthy = error is None and problems == 0 and took < SLOW_BATCH_S
+        if not worth_a_span(healthy, now - self._last_span):
+            return
+        if healthy:
+            self._last_span = now
+        finished_span(
+            "renew batch", start_ns, start_ns + int(took * 1e9), error=error, claims=claims, problems=problems
+        )
 
     async def close(self) -> None:
         """Stop every slot timer and batch in flight (the keeper is closing)."""

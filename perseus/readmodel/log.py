@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import logging
 import math
 import re
 from collections import deque
@@ -32,9 +33,10 @@ from typing import Final
 from pydantic import BaseModel
 
 from perseus.core.lifecycle import State
-from perseus.errors import InvalidQuery
+from perseus.errors import InvalidQuery, PerseusError
 from perseus.keys import RETENTION, parse_iso
 from perseus.models import EventKind, Exchange, InstanceStatus, Wire
+from perseus.readmodel.ledger_fold import LedgerFold
 from perseus.readmodel.network import format_duration, judge, running_for_s
 from perseus.store.db import Catalog, LedgerView, LogRead
 from perseus.store.redis_store import RedisStore
@@ -54,6 +56,11 @@ TIMELINE_POINTS: Final = 500
 #: An activity page stops early (with a ``nextCursor``) once its entries reach this many bytes of JSON.
 MAX_PAGE_BYTES: Final = 256 * 1024
 UNKNOWN: Final = "unknown"
+#: Stream entries an uptime or timeline read folds itself before it reads the ledger; a stream
+#: further behind than this is answered from the stream while the API's reader catches up.
+INLINE_FOLD: Final = 1000
+
+log = logging.getLogger(__name__)
 
 
 # --- stream IDs and cursors ------------------------------------------------------------------------
@@ -389,16 +396,20 @@ class Transition:
     to_state: str
 
 
+_STATES: Final = frozenset(s.value for s in State)
+
+
 def transitions_of(rows: Rows) -> list[Transition]:
     """The ``state_transition`` entries of newest-first stream rows, oldest first.
 
     The entry's own ``timestamp`` (when the workflow made the transition) is used; a retried write
-    may reach Redis later than that, so the stream ID's milliseconds are only the fallback.
+    may reach Redis later than that, so the stream ID's milliseconds are only the fallback. An entry
+    whose ``toState`` is not one of the six states is left out.
     """
     out: list[Transition] = []
     for raw_id, fields in reversed(rows):
-        if fields.get("event") != EventKind.STATE_TRANSITION.value or not fields.get("toState"):
-            continue
+        if fields.get("event") != EventKind.STATE_TRANSITION.value or fields.get("toState") not in _STATES:
+            continue  # not a transition, or one no reader can place (the ledger fold skips it too)
         try:
             at = _aware(parse_iso(fields["timestamp"]))
         except (KeyError, ValueError):
@@ -552,7 +563,13 @@ def ledger_timeline(
         out.append(_interval(UNKNOWN, start, end))
     for i in view.intervals:
         lo, hi = max(i.start, start), min(i.end or end, end)
-        if hi > lo:
+        if hi <= lo:
+            continue
+        if out and out[-1].state == i.state and out[-1].end == lo:
+            # Two writers (or a late entry) can enter the state it is already in: one interval, as
+            # the stream path gives it.
+            out[-1] = _interval(i.state, out[-1].start, hi)
+        else:
             out.append(_interval(i.state, lo, hi))
     unknown = sum(i.duration_s for i in out if i.state == UNKNOWN)
     if unknown:
@@ -577,6 +594,8 @@ class Timeline(Wire):
     server_time: datetime
     #: When the exchange was first observed (its first recorded transition), if known.
     observed_since: datetime | None = None
+    #: Where the intervals come from: ``ledger`` or ``stream`` (as for uptime).
+    source: str = "ledger"
 
 
 class Uptime(Wire):
@@ -592,7 +611,9 @@ class Uptime(Wire):
     server_time: datetime
     #: When the exchange was first observed (its first recorded transition), if known.
     observed_since: datetime | None = None
-    #: Where the figures come from: ``ledger`` (PostgreSQL) or ``stream`` (history older than it).
+    #: Where the figures come from: ``ledger`` (PostgreSQL: every writer's transitions, Perseus'
+    #: own and those folded from the stream) or ``stream`` (the ledger has not seen the exchange, or
+    #: its fold is still catching up with a long history).
     source: str = "ledger"
 
 
@@ -640,17 +661,34 @@ async def _stream_history(store: RedisStore, catalog: Catalog, ex: Exchange, win
     )
 
 
-async def read_timeline(store: RedisStore, catalog: Catalog, exchange: str, window: str = "24h") -> Timeline:
+async def _ledger_is_current(fold: LedgerFold | None, ex: Exchange) -> bool:
+    """Whether the ledger may answer for ``ex``: the fold has taken in what its stream holds (a few
+    entries at most, usually none: the API's reader folds them as they arrive). Without a fold (a
+    process that runs none) the ledger answers as it stands."""
+    if fold is None:
+        return True
+    try:
+        return await fold.catch_up(ex, budget=INLINE_FOLD)
+    except PerseusError as exc:
+        log.info("%s read from the stream: the ledger fold failed: %s", ex.name, exc)
+        return False
+
+
+async def read_timeline(
+    store: RedisStore, catalog: Catalog, exchange: str, window: str = "24h", fold: LedgerFold | None = None
+) -> Timeline:
     length = parse_window(window)
     ex = await catalog.exchange(exchange)
+    current = await _ledger_is_current(fold, ex)
     now = datetime.now(UTC)
     start = now - length
-    view = await catalog.ledger(ex.id, start, now, TIMELINE_POINTS)
+    view = await catalog.ledger(ex.id, start, now, TIMELINE_POINTS) if current else None
     observed: datetime | None
-    if view.observed_since is not None:
+    if view is not None and view.observed_since is not None:
         intervals, totals_s = ledger_timeline(view, start, now)
-        truncated, observed = view.truncated, view.observed_since
+        truncated, observed, source = view.truncated, view.observed_since, "ledger"
     else:
+        source = "stream"
         h = await _stream_history(store, catalog, ex, length)
         now, start = h.now, h.now - length
         intervals, truncated, observed = h.intervals, h.truncated, h.observed_since
@@ -668,17 +706,25 @@ async def read_timeline(store: RedisStore, catalog: Catalog, exchange: str, wind
         truncated=truncated,
         server_time=now,
         observed_since=observed,
+        source=source,
     )
 
 
-async def read_uptime(store: RedisStore, catalog: Catalog, exchange: str) -> Uptime:
+async def read_uptime(
+    store: RedisStore, catalog: Catalog, exchange: str, fold: LedgerFold | None = None
+) -> Uptime:
     ex = await catalog.exchange(exchange)
+    current = await _ledger_is_current(fold, ex)
     read = await store.status(ex.id)
     now = datetime.now(UTC)
     status = judge(ex, read, now)
-    first, last, spent = await catalog.ledger_windows(
-        ex.id, now, [now - parse_window(w) for w in UPTIME_WINDOWS]
-    )
+    first: datetime | None = None
+    last: str | None = None
+    spent: list[dict[str, float]] = []
+    if current:
+        first, last, spent = await catalog.ledger_windows(
+            ex.id, now, [now - parse_window(w) for w in UPTIME_WINDOWS]
+        )
     observed: datetime | None
     if first is not None:
         windows = [ledger_window(w, first, s, now) for w, s in zip(UPTIME_WINDOWS, spent, strict=True)]

@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import heapq
 import hmac
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, LiteralString, TypeVar
@@ -99,6 +100,35 @@ class LedgerView:
     truncated: bool
     #: Seconds per state inside the window, over every interval (not only the returned ones).
     totals_s: dict[str, float]
+
+
+@dataclass(frozen=True)
+class FoldEntry:
+    """One stream entry for the ledger fold (:mod:`perseus.readmodel.ledger_fold`): its stream position, the
+    id it is kept under in the durable log, and, for a state transition, the state it entered."""
+
+    ms: int
+    seq: int
+    event_id: str
+    event: str
+    at: datetime
+    to_state: str | None
+    fields: dict[str, str]
+
+
+@dataclass(frozen=True)
+class FoldOutcome:
+    """What one fold transaction did."""
+
+    #: The fold's mark when the transaction took the lock (entries up to it were folded before).
+    was: tuple[int, int] | None
+    #: The mark now.
+    mark: tuple[int, int]
+    #: Entries new to the durable log (the rest were there: Perseus' own, or folded before).
+    copied: int
+    #: State transitions added to the ledger, and how many of them were older than its newest interval.
+    folded: int
+    late: int
 
 
 #: The channel ``fleet apply`` notifies after it changed placements; workers LISTEN on it.
@@ -603,6 +633,106 @@ class Catalog:
             totals_s=_minus(sums[1][2], sums[0][2]),
         )
 
+    # --- the ledger fold: entries other writers put in the streams --------------------------------------
+
+    async def fold_mark(self, exchange_id: int) -> tuple[int, int] | None:
+        """Where the fold of the exchange's stream stands (None: it never ran)."""
+        rows = await self._fold_call(
+            self._fetch(
+                "SELECT stream_ms, stream_seq FROM ledger_folds WHERE exchange_id = %s", (exchange_id,)
+            )
+        )
+        return (int(rows[0]["stream_ms"]), int(rows[0]["stream_seq"])) if rows else None
+
+    async def fold_entries(
+        self, exchange_id: int, exchange_name: str, entries: Sequence[FoldEntry], through: tuple[int, int]
+    ) -> FoldOutcome:
+        """Fold stream entries up to ``through`` (oldest first) into the durable log and the ledger.
+
+        One transaction under the ledger's per-exchange lock (the one ``record_event`` takes): the
+        entries past the fold's mark are copied to ``network_events`` by event id — an entry already
+        there (Perseus' own, written by ``record_event``) is left alone — the transitions copied now
+        enter the ledger, and the mark moves to ``through``. A second folder that read the same
+        entries waits for the lock, then finds the mark past them and does nothing.
+        """
+
+        async def fold() -> FoldOutcome:
+            async with self._pool.connection() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LEDGER_LOCK, exchange_id))
+                row = await (
+                    await conn.execute(
+                        "SELECT stream_ms, stream_seq FROM ledger_folds WHERE exchange_id = %s",
+                        (exchange_id,),
+                    )
+                ).fetchone()
+                was = (int(row["stream_ms"]), int(row["stream_seq"])) if row else None
+                if was is not None and through <= was:
+                    return FoldOutcome(was, was, 0, 0, 0)
+                fresh: dict[str, FoldEntry] = {}
+                for e in entries:  # an event id twice (a retried write XADDed again): the first counts
+                    if (was is None or (e.ms, e.seq) > was) and (e.ms, e.seq) <= through:
+                        fresh.setdefault(e.event_id, e)
+                copied: set[str] = set()
+                if fresh:
+                    rows = list(fresh.values())
+                    cur = await conn.execute(
+                        "INSERT INTO network_events (event_id, exchange_id, exchange_name, event,"
+                        " occurred_at, stream_ms, stream_seq, fields)"
+                        " SELECT u.event_id, %s, %s, u.event, u.at, u.ms, u.seq, u.fields"
+                        " FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::bigint[],"
+                        "   %s::bigint[], %s::jsonb[]) AS u(event_id, event, at, ms, seq, fields)"
+                        " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+                        (
+                            exchange_id,
+                            exchange_name.lower(),
+                            [e.event_id for e in rows],
+                            [e.event for e in rows],
+                            [e.at for e in rows],
+                            [e.ms for e in rows],
+                            [e.seq for e in rows],
+                            [Jsonb(e.fields) for e in rows],
+                        ),
+                    )
+                    copied = {str(r["event_id"]) for r in await cur.fetchall()}
+                moves = [
+                    (e.to_state, e.at, e.event_id)
+                    for e in fresh.values()
+                    if e.to_state and e.event_id in copied
+                ]
+                late = await _ledger_insert_many(conn, exchange_id, moves) if moves else 0
+                await conn.execute(
+                    "INSERT INTO ledger_folds (exchange_id, stream_ms, stream_seq) VALUES (%s, %s, %s)"
+                    " ON CONFLICT (exchange_id) DO UPDATE"
+                    " SET stream_ms = EXCLUDED.stream_ms, stream_seq = EXCLUDED.stream_seq,"
+                    " folded_at = now()",
+                    (exchange_id, *through),
+                )
+                return FoldOutcome(was, through, len(copied), len(moves), late)
+
+        return await self._fold_call(fold())
+
+    async def _fold_call(self, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except psycopg.errors.UndefinedTable:
+            raise ConfigError("the database has no ledger_folds table: run `perseus db init`") from None
+        except PoolTimeout:
+            raise ServiceUnavailable(
+                f"PostgreSQL unreachable: no free connection within {POOL_TIMEOUT_S:g}s",
+                server=Server.POSTGRESQL,
+            ) from None
+        except psycopg.OperationalError as exc:
+            raise ServiceUnavailable(
+                f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}", server=Server.POSTGRESQL
+            ) from None
+        except psycopg.Error as exc:
+            # Anything else PostgreSQL refused: the fold is retried later and reads answer from the
+            # stream meanwhile (never a failed request).
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ServiceUnavailable(
+                f"PostgreSQL refused the ledger fold: {first}", server=Server.POSTGRESQL
+            ) from None
+
     async def placements(self, host: str | None = None) -> list[Placement]:
         """Stored placements by exchange name; with ``host``, only those that name it."""
         try:
@@ -666,6 +796,110 @@ def _plus(totals: dict[str, Any], state: str, seconds: float) -> dict[str, float
     out = {k: float(v) for k, v in totals.items()}
     out[state] = out.get(state, 0.0) + seconds
     return out
+
+
+@dataclass
+class _Slot:
+    """An interval in the ledger's order while a batch is merged in: an existing row (``id`` set) or
+    a new one."""
+
+    state: str
+    at: datetime
+    id: int | None = None
+    event_id: str = ""
+    ended: datetime | None = None
+    before: dict[str, float] = field(default_factory=dict)
+
+
+async def _ledger_insert_many(
+    conn: psycopg.AsyncConnection[Any], exchange_id: int, moves: Sequence[tuple[str, datetime, str]]
+) -> int:
+    """Put the intervals ``moves`` opened (``(state, at, event id)``) into the ledger, in time order;
+    returns how many were older than the ledger's newest interval.
+
+    :func:`_ledger_insert` for a batch, at the cost of the batch plus the intervals after its oldest
+    move: usually there are none (the batch is newer than everything), so a long history folds in
+    batches of inserts rather than one read-modify-write per entry. A batch that reaches back
+    (another writer's clock, entries folded late) is merged with the rows after it and their running
+    sums are recomputed from the row before it, once per batch instead of once per entry.
+    """
+    ordered = sorted(moves, key=lambda m: m[1])  # stable: same-instant moves keep stream order
+    lo = ordered[0][1]
+    anchor = await (
+        await conn.execute(
+            "SELECT id, state, started_at, ended_at, before_s FROM exchange_state_intervals"
+            " WHERE exchange_id = %s AND started_at <= %s ORDER BY started_at DESC, id DESC LIMIT 1",
+            (exchange_id, lo),
+        )
+    ).fetchone()
+    tail = await (
+        await conn.execute(
+            "SELECT id, state, started_at, ended_at, before_s FROM exchange_state_intervals"
+            " WHERE exchange_id = %s AND started_at > %s ORDER BY started_at, id",
+            (exchange_id, lo),
+        )
+    ).fetchall()
+    old = [
+        _Slot(r["state"], r["started_at"], r["id"], "", r["ended_at"], _floats(r["before_s"])) for r in tail
+    ]
+    new = [_Slot(state, at, None, event_id) for state, at, event_id in ordered]
+    # Existing rows first among equal instants: new rows get larger ids, and the ledger orders
+    # intervals by (started_at, id).
+    merged = list(heapq.merge(old, new, key=lambda s: (s.at, s.id is None)))
+    newest_old = max((n for n, s in enumerate(merged) if s.id is not None), default=-1)
+    late = sum(1 for s in merged[: max(newest_old, 0)] if s.id is None)
+    changed: list[_Slot] = []
+    prev: _Slot | None = None
+    before: dict[str, float] = {}
+    if anchor is not None:
+        before = _floats(anchor["before_s"])
+        prev = _Slot(anchor["state"], anchor["started_at"], anchor["id"], "", anchor["ended_at"], before)
+        if prev.ended != merged[0].at:
+            prev.ended = merged[0].at
+            changed.append(prev)
+    for n, slot in enumerate(merged):
+        if prev is not None:
+            before = _plus(before, prev.state, (slot.at - prev.at).total_seconds())
+        ended = merged[n + 1].at if n + 1 < len(merged) else None
+        if slot.id is None:
+            slot.ended, slot.before = ended, before
+        elif slot.ended != ended or not _same(slot.before, before):
+            slot.ended, slot.before = ended, before
+            changed.append(slot)
+        prev = slot
+    fresh = [s for s in merged if s.id is None]
+    await conn.execute(
+        "INSERT INTO exchange_state_intervals (exchange_id, state, started_at, ended_at, event_id, before_s)"
+        " SELECT %s, u.state, u.at, u.ended, u.event_id, u.before"
+        " FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[], %s::text[], %s::jsonb[])"
+        "   WITH ORDINALITY AS u(state, at, ended, event_id, before, n)"
+        " ORDER BY u.n",
+        (
+            exchange_id,
+            [s.state for s in fresh],
+            [s.at for s in fresh],
+            [s.ended for s in fresh],
+            [s.event_id for s in fresh],
+            [Jsonb(s.before) for s in fresh],
+        ),
+    )
+    if changed:
+        await conn.execute(
+            "UPDATE exchange_state_intervals i SET ended_at = u.ended, before_s = u.before"
+            " FROM unnest(%s::bigint[], %s::timestamptz[], %s::jsonb[]) AS u(id, ended, before)"
+            " WHERE i.id = u.id",
+            ([s.id for s in changed], [s.ended for s in changed], [Jsonb(s.before) for s in changed]),
+        )
+    return late
+
+
+def _floats(totals: dict[str, Any]) -> dict[str, float]:
+    return {str(k): float(v) for k, v in totals.items()}
+
+
+def _same(a: dict[str, float], b: dict[str, float]) -> bool:
+    """Two running sums equal up to float noise (recomputing one must not rewrite every row)."""
+    return all(abs(a.get(k, 0.0) - b.get(k, 0.0)) < 1e-6 for k in a.keys() | b.keys())
 
 
 async def _ledger_insert(

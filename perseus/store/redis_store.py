@@ -683,6 +683,13 @@ class RedisStore:
         streams = list(reply.values()) if isinstance(reply, dict) else [item[1] for item in reply]
         return [(entry_id, dict(fields)) for rows in streams for entry_id, fields in rows]
 
+    async def entries_after(
+        self, exchange_name: str, after: str, *, count: int
+    ) -> list[tuple[str, dict[str, str]]]:
+        """At most ``count`` entries strictly newer than ``after``, oldest first (XRANGE, no wait)."""
+        rows = await self._run(self.client.xrange(stream_key(exchange_name), f"({after}", "+", count=count))
+        return [(entry_id, dict(fields)) for entry_id, fields in rows]
+
     # --- markers (one key each; used to deliver notifications once per event) ---------------------
 
     async def marker(self, key: str) -> str | None:

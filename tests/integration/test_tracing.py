@@ -26,7 +26,7 @@ from perseus.client import control
 from perseus.config import Settings, load_otel_env
 from perseus.core.lifecycle import Command
 from perseus.store.redis_store import RedisStore
-from perseus.temporal import converter, register_search_attributes
+from perseus.temporal import UPDATE_COMMAND, converter, register_search_attributes
 from perseus.tracing import tracing_mode
 from tests.conftest import Servers, exchange_id
 from tests.integration.helpers import PrivateTemporal, active_on, host_name, wait_for
@@ -178,10 +178,30 @@ async def test_a_handoff_is_followed_from_the_command_through_the_update_to_both
         promoted = linked_from(spans, signal, "HandleSignal:promote")
         standby_side = after(spans, promoted)
         assert {"RunActivity:claim_and_hold", "RunActivity:connector_connect"} <= standby_side, shown
+        (claim,) = [s for s in spans if s.name == "redis claim" and same_trace(s, promoted)]
+        assert claim.attributes is not None and claim.attributes["outcome"] in ("claimed", "taken"), shown
+        assert claim.parent is not None and claim.parent.span_id in {
+            s.context.span_id for s in spans if s.name == "RunActivity:claim_and_hold" and s.context
+        }, shown
         # The renewals are no part of any of it: each batch is a trace of its own.
         batches = [s for s in spans if s.name == "renew batch"]
         assert batches and all(s.parent is None for s in batches)
         print(shown)
+
+        # A plain command is one trace as well: its root, the update call under it, and the
+        # workflow's handling of the update linked to that call.
+        traced.exporter.clear()
+        await control.command(traced.client, exchange=exchange, host=b, default_host=b, command=Command.STOP)
+        spans = list(traced.exporter.get_finished_spans())
+        shown = tree([s for s in spans if s.name != "renew batch"])
+        (root,) = [s for s in spans if s.name == "perseus command"]
+        assert root.parent is None and root.attributes is not None, shown
+        assert "stop" in str(root.attributes["perseus.command"]).lower(), shown
+        (call,) = children(spans, root, f"StartWorkflowUpdate:{UPDATE_COMMAND}")
+        handled = linked_from(spans, call, f"HandleUpdate:{UPDATE_COMMAND}")
+        assert not same_trace(handled, root)  # the instance's trace, linked, as for the handoff
+        client_side = [s for s in spans if s.name.startswith(("StartWorkflowUpdate", "QueryWorkflow"))]
+        assert client_side and all(same_trace(s, root) for s in client_side), shown
     finally:
         # Shut both down first: a worker stopping with instances still running waits for them.
         for host in (b, a):

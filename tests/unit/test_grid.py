@@ -10,7 +10,15 @@ import time
 
 import pytest
 
-from perseus.host.grid import SLOT_S, RenewalGrid, groups_of, slot_of, slot_start
+from perseus.host.grid import (
+    HEALTHY_SPAN_EVERY_S,
+    SLOT_S,
+    RenewalGrid,
+    groups_of,
+    slot_of,
+    slot_start,
+    worth_a_span,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -84,3 +92,10 @@ async def test_a_due_time_already_past_does_not_wait() -> None:
         await asyncio.wait_for(grid.until(time.monotonic() - 5), 0.5)  # bounded: must return at once
     finally:
         await grid.close()
+
+
+def test_a_batch_that_went_wrong_always_gets_a_span_a_healthy_one_once_a_second() -> None:
+    assert worth_a_span(False, 0.0)  # failed, refused, missing or slow: every time
+    assert not worth_a_span(True, HEALTHY_SPAN_EVERY_S - 0.01)
+    assert worth_a_span(True, HEALTHY_SPAN_EVERY_S)
+    assert worth_a_span(True, float("inf"))  # the first healthy batch of a process

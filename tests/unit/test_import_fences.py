@@ -122,7 +122,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "connectors": SHARED | {"core", "redact"},
     "notify": SHARED | {"redact", "store"},
     "host": SHARED | {"core", "metrics", "tracing"},
-    "readmodel": SHARED | {"core", "store"},
+    "readmodel": SHARED | {"core", "metrics", "store"},
     "client": SHARED | {"config", "core", "store", "temporal", "tracing"},
     "fleet": SHARED | {"client", "config", "core", "host", "store", "temporal"},
     "api": SHARED
