@@ -34,7 +34,8 @@ from perseus.models import Claim, ConnectorSpec, LeaseRequest
 from perseus.redis_url import parse_sentinel_url
 from perseus.store.redis_store import RedisStore, SentinelRedis, make_client
 from perseus.temporal import converter, register_search_attributes
-from tests.conftest import Servers, exchange_id
+from tests.conftest import Servers, WorkerProcess, exchange_id
+from tests.integration.helpers import host_name
 from tests.redis_ha import SentinelGroup, start_sentinel_group
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -247,89 +248,79 @@ def _at_least(held: object, n: int) -> object:
 
 
 @pytest_asyncio.fixture
-async def own_temporal(tmp_path: Path) -> AsyncIterator[Client]:
+async def own_temporal(tmp_path: Path) -> AsyncIterator[tuple[Client, str]]:
     """A Temporal dev server of this test's own: only the workers below poll its queues."""
     service = await services.start_temporal(tmp_path / "temporal", None, None)
     try:
-        client = await Client.connect(f"127.0.0.1:{service.port}", data_converter=converter)
+        address = f"127.0.0.1:{service.port}"
+        client = await Client.connect(address, data_converter=converter)
         await register_search_attributes(client)
-        yield client
+        yield client, address
     finally:
         service.stop()
 
 
+@pytest.mark.timeout(600)
 async def test_an_active_and_a_standby_keep_one_holder_through_failovers(
-    servers: Servers, group: SentinelGroup, own_temporal: Client, store: RedisStore, exchange: str
+    servers: Servers,
+    group: SentinelGroup,
+    own_temporal: tuple[Client, str],
+    store: RedisStore,
+    exchange: str,
+    worker_processes: list[WorkerProcess],
 ) -> None:
-    """Two hosts' workers on the Sentinel URL, one exchange active on one and standing by on the
-    other; two failovers. Afterwards one holder, and the stream's epochs never went down."""
-    from worker import run_worker
-
-    client = own_temporal
-    hosts = ["sentinel-a", "sentinel-b"]
-    tasks, stops = [], []
-    for host in hosts:
-        settings = load_settings(
-            redis_url=group.url,
-            database_url=servers.database_url,
-            heartbeat_interval=LIFECYCLE_INTERVAL,
-            data_dir=servers.data_dir / f"sentinel-{host}",
-        )
-        stop, ready = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(run_worker(settings, client, host, stop, ready=ready))
-        await asyncio.wait([task, asyncio.ensure_future(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            task.result()
-        tasks.append(task)
-        stops.append(stop)
+    """Two hosts' workers (processes) on the Sentinel URL, one exchange active on one and standing
+    by on the other; two failovers. Afterwards one holder, and the stream's epochs never went down."""
+    client, address = own_temporal
+    hosts = [host_name("sentinel-a"), host_name("sentinel-b")]
+    env = {
+        "TEMPORAL_ADDRESS": address,
+        "PERSEUS_REDIS_URL": group.url,
+        "PERSEUS_HEARTBEAT_INTERVAL": str(LIFECYCLE_INTERVAL),
+    }
+    started = [WorkerProcess(servers, host, shared=True, extra_env=env) for host in hosts]
+    worker_processes.extend(started)
+    await asyncio.gather(*(p.ready(timeout=120) for p in started))
     xid = await exchange_id(servers, exchange)
     fast = ConnectorSpec(prepare_delay_s=0.05, warmup_delay_s=0.05, connect_delay_s=0.05)
-    try:
-        await group.settled()
-        await control.register(
-            client,
-            exchange=exchange,
-            host=hosts[0],
-            admin_email=None,
-            heartbeat_interval_s=LIFECYCLE_INTERVAL,
-            start=True,
-            connector=fast,
-        )
-        await control.register(
-            client,
-            exchange=exchange,
-            host=hosts[1],
-            admin_email=None,
-            heartbeat_interval_s=LIFECYCLE_INTERVAL,
-            start=False,
-            standby=True,
-            connector=fast,
-        )
+    await group.settled()
+    await control.register(
+        client,
+        exchange=exchange,
+        host=hosts[0],
+        admin_email=None,
+        heartbeat_interval_s=LIFECYCLE_INTERVAL,
+        start=True,
+        connector=fast,
+    )
+    await control.register(
+        client,
+        exchange=exchange,
+        host=hosts[1],
+        admin_email=None,
+        heartbeat_interval_s=LIFECYCLE_INTERVAL,
+        start=False,
+        standby=True,
+        connector=fast,
+    )
 
-        async def one_active() -> bool:
-            with contextlib.suppress(ServiceUnavailable):
-                status = await store.status(xid)
-                return status.record is not None and status.record.connection_state.value == "active"
-            return False
+    async def one_active() -> bool:
+        with contextlib.suppress(ServiceUnavailable):
+            status = await store.status(xid)
+            return status.record is not None and status.record.connection_state.value == "active"
+        return False
 
-        await _until("the exchange active", one_active, timeout=120)
-        epochs = [await store.epoch(xid)]
-        for _ in range(2):
-            await group.failover()
-            await _until("the exchange active after the failover", one_active, timeout=120)
-            with contextlib.suppress(ServiceUnavailable):
-                epochs.append(await store.epoch(xid))
-        assert epochs == sorted(epochs)
-        entries = list(reversed(await store.events(exchange)))
-        seen = [
-            int(f["epoch"]) for _, f in entries if f.get("event") == "state_transition" and f.get("epoch")
-        ]
-        assert seen and seen == sorted(seen), seen
-        status = await store.status(xid)
-        assert status.record is not None and status.record.epoch == max(seen)
-    finally:
-        for stop in stops:
-            stop.set()
-        for task in tasks:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, 60)
+    await _until("the exchange active", one_active, timeout=120)
+    epochs = [await store.epoch(xid)]
+    for _ in range(2):
+        await group.failover()
+        await _until("the exchange active after the failover", one_active, timeout=120)
+        with contextlib.suppress(ServiceUnavailable):
+            epochs.append(await store.epoch(xid))
+    assert epochs == sorted(epochs)
+    entries = list(reversed(await store.events(exchange)))
+    seen = [int(f["epoch"]) for _, f in entries if f.get("event") == "state_transition" and f.get("epoch")]
+    assert seen and seen == sorted(seen), seen
+    status = await store.status(xid)
+    assert status.record is not None and status.record.epoch == max(seen)
+    print(f"sentinel lifecycle: epochs {sorted(set(seen))} over two failovers (I = {LIFECYCLE_INTERVAL})")
