@@ -43,15 +43,31 @@ class Shaping:
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, shaping: Shaping) -> None:
-    try:
-        while data := await reader.read(65536):
-            if (pause := shaping.pause()) > 0:
-                await asyncio.sleep(pause)
+    """Forward in order, each chunk no sooner than its arrival plus its delay: latency, not a
+    throughput cap (a chunk does not wait out the delays of those before it on top of its own)."""
+    queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+
+    async def send() -> None:
+        while (item := await queue.get()) is not None:
+            due, data = item
+            if (wait := due - asyncio.get_running_loop().time()) > 0:
+                await asyncio.sleep(wait)
             writer.write(data)
             await writer.drain()
+
+    sender = asyncio.create_task(send())
+    last_due = 0.0
+    try:
+        while data := await reader.read(65536):
+            # Never before the previous chunk: jitter reorders nothing on a TCP stream.
+            last_due = max(last_due, asyncio.get_running_loop().time() + shaping.pause())
+            queue.put_nowait((last_due, data))
+        queue.put_nowait(None)
+        await sender
     except (ConnectionError, OSError):
         pass
     finally:
+        sender.cancel()
         with contextlib.suppress(OSError, RuntimeError):
             writer.close()
 

@@ -25,6 +25,8 @@ class LabStack:
     interval: float = 1.0
     info: dict[str, object] = field(default_factory=dict)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    #: Each host's current worker process (by host number).
+    workers: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def _spawn(
         self, ns: str, argv: list[str], log: Path, env: dict[str, str] | None = None
@@ -85,17 +87,35 @@ class LabStack:
         self.info = json.loads(out.read_text())
         for i in range(1, self.lab.hosts + 1):
             ns = self.lab.host(i)
-            relays = [f"127.0.0.1:{port}={SERVICES[name]}:{port}" for name, port in self.ports.items()]
+            # Perseus' own servers through the shaped link; the exchange (the sink) on a path of its
+            # own, unshaped, so the judge's link delay stays the wire's and not a fault's.
+            relays = [
+                f"127.0.0.1:{port}={SERVICES[name]}:{port}"
+                for name, port in self.ports.items()
+                if name != "sink"
+            ]
             relay = self._spawn(
                 ns,
                 [sys.executable, "-m", "tests.lab.proxy", *relays, "--control", str(self.link_control(i))],
                 self.base / f"{ns}-relay.log",
             )
             self._wait_line(self.base / f"{ns}-relay.log", "proxy ready", relay)
-            worker = self._spawn(
-                ns, [PERSEUS, "worker", "--host", ns], self.base / f"{ns}-worker.log", self.env(ns)
+            sink = self.ports["sink"]
+            exchange_path = self._spawn(
+                ns,
+                [sys.executable, "-m", "tests.lab.proxy", f"127.0.0.1:{sink}={SERVICES['sink']}:{sink}"],
+                self.base / f"{ns}-exchange.log",
             )
-            self._wait_line(self.base / f"{ns}-worker.log", "worker ready", worker)
+            self._wait_line(self.base / f"{ns}-exchange.log", "proxy ready", exchange_path)
+            self.start_worker(i)
+
+    def start_worker(self, i: int) -> None:
+        """Host ``i``'s ``perseus worker`` (again, after a kill), ready to poll."""
+        ns = self.lab.host(i)
+        log = self.base / f"{ns}-worker-{len(self.procs)}.log"
+        worker = self._spawn(ns, [PERSEUS, "worker", "--host", ns], log, self.env(ns))
+        self._wait_line(log, "worker ready", worker)
+        self.workers[i] = worker
 
     def link_control(self, i: int) -> Path:
         """The file that shapes host ``i``'s link (delay and jitter: tests/lab/proxy.py)."""
@@ -119,6 +139,38 @@ class LabStack:
         args += ["--standby", "--priority", str(10 - i)] if standby else ["--start"]
         done = self.perseus(*args)
         assert done.returncode == 0, done.stdout + done.stderr
+
+    def board(self, exchange: str) -> tuple[str | None, set[str]]:
+        """The host holding ``exchange`` while active (None: nobody) and its live standbys' hosts."""
+        done = self.perseus("status", exchange, "--json")
+        if done.returncode != 0:
+            return None, set()
+        doc = json.loads(done.stdout)
+        doc = doc[0] if isinstance(doc, list) else doc
+        status = doc.get("status") or {}
+        active = status.get("hostname") if status.get("connectionState") == "active" else None
+        return active, {s["host"] for s in doc.get("standbys", [])}
+
+    def heal(self, exchange: str, timeout: float = 180) -> None:
+        """What a supervisor would do after a fault: every dead worker restarted, and every host
+        that neither holds the exchange nor stands by (its instance lost its claim and went idle,
+        or ended) shut down and registered again as a standby; until one holder is active."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for i, worker in list(self.workers.items()):
+                if worker.poll() is not None:
+                    self.start_worker(i)
+            active, standbys = self.board(exchange)
+            missing = [i for i in range(1, self.lab.hosts + 1) if self.lab.host(i) not in {active, *standbys}]
+            for i in missing:
+                try:
+                    self.register(exchange, i, standby=True)
+                except AssertionError:  # still running (idle): end it first, register next turn
+                    self.perseus("shutdown", exchange, "--host", self.lab.host(i))
+            if active is not None and not missing:
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"the lab did not heal within {timeout:.0f}s: {self.board(exchange)}")
 
     @property
     def sink_log(self) -> Path:
