@@ -13,10 +13,11 @@ import os
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import (
+    AfterValidator,
     AnyHttpUrl,
     Field,
     PrivateAttr,
@@ -32,6 +33,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from perseus.errors import ConfigError
 from perseus.models import NotifyChannel
+from perseus.store.redis_url import is_sentinel_url, parse_sentinel_url
 from perseus.timing import BOUNDS_TEXT, DEFAULT_INTERVAL_S, interval_in_bounds
 
 #: Where the embedded stack listens unless told otherwise; the same defaults every command uses.
@@ -71,12 +73,22 @@ class RedisUrl(RedisDsn):
     )
 
 
+def _sentinel_url(value: str) -> str:
+    """A ``redis+sentinel://`` URL, checked whole (several hosts: no pydantic URL type takes it)."""
+    parse_sentinel_url(value)
+    return value
+
+
+#: ``redis+sentinel://host:port[,host:port…]/<master>[/db]``: a Sentinel-managed primary with replicas.
+SentinelUrl = Annotated[str, AfterValidator(_sentinel_url)]
+
+
 class Settings(BaseSettings):
     """Perseus' own settings. Defaults point at the embedded stack that ``perseus dev`` starts."""
 
     model_config = SettingsConfigDict(env_prefix="PERSEUS_", extra="ignore", frozen=True)
 
-    redis_url: RedisUrl = Field(default=RedisUrl(DEFAULT_REDIS_URL))
+    redis_url: RedisUrl | SentinelUrl = Field(default=RedisUrl(DEFAULT_REDIS_URL), union_mode="left_to_right")
     database_url: str = DEFAULT_DATABASE_URL
     #: Accept sslmode=verify-ca (the certificate's chain, not its host name) for a remote database.
     database_allow_verify_ca: bool = False
@@ -127,6 +139,15 @@ class Settings(BaseSettings):
     #: Serve the OpenAPI description and its pages (/openapi.json, /docs, /redoc): off unless asked,
     #: they map the API for anyone who can reach it.
     api_docs: bool = False
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _sentinel_reason(cls, value: object) -> object:
+        # Before the union: a malformed Sentinel URL is refused with its own reason, not with the
+        # plain URL type's "scheme should be redis…".
+        if isinstance(value, str) and is_sentinel_url(value):
+            parse_sentinel_url(value)
+        return value
 
     @field_validator("heartbeat_interval")
     @classmethod
@@ -371,6 +392,18 @@ def check_redis_url(url: str, *, allow_plaintext: bool = False) -> None:
     """Refuse a Redis URL that would talk in plain text to another machine (``rediss://`` needed,
     unless PERSEUS_REDIS_ALLOW_PLAINTEXT=1). A ``host`` query parameter is refused outright: the
     client may prefer it to the URL's host, which would hide where it really connects."""
+    if is_sentinel_url(url):
+        target = parse_sentinel_url(url)
+        if target.ssl or allow_plaintext:
+            return
+        # The primary's address comes from the Sentinels at run time; the Sentinels' own are here.
+        for host, _ in target.sentinels:
+            if not is_loopback_host(host):
+                raise ValueError(
+                    f"Sentinel host {host} is not this machine: use rediss+sentinel:// (TLS), "
+                    "or set PERSEUS_REDIS_ALLOW_PLAINTEXT=1 to accept plain text"
+                )
+        return
     parts = urlsplit(url)
     if "host" in {k.lower() for k, _ in parse_qsl(parts.query, keep_blank_values=True)}:
         raise ValueError("a host= query parameter is not allowed: put the host in the URL")

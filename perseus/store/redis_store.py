@@ -14,22 +14,24 @@ a claim takes two round trips: a new epoch first, then the compare-and-set on th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel, Field, ValidationError
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from perseus import metrics
-from perseus.errors import Server, ServiceUnavailable
+from perseus.errors import ConfigError, Server, ServiceUnavailable
 from perseus.host.grid import Renewal, groups_of
 from perseus.host.workers import WorkerRecord
 from perseus.keys import (
@@ -43,12 +45,15 @@ from perseus.keys import (
     worker_key,
 )
 from perseus.models import InstanceStatus, PauseRecord, StandbyRecord
+from perseus.store.redis_url import is_sentinel_url, parse_sentinel_url
 
 __all__ = [
     "RedisStore",
     "RedisClient",
     "make_client",
     "is_cluster_url",
+    "is_sentinel_url",
+    "SentinelRedis",
     "ClaimReply",
     "FenceReply",
     "StatusRead",
@@ -80,6 +85,9 @@ if cur then
   local pttl = redis.call('PTTL', KEYS[1])
   local ok, doc = pcall(cjson.decode, cur)
   if ok and type(doc) == 'table' and doc['instanceId'] == ARGV[3] then
+    -- Written again, unchanged: a write of this connection, so a WAIT after it vouches for the
+    -- claim an earlier attempt made (replication is in order), not for nothing.
+    redis.call('SET', KEYS[1], cur, 'KEEPTTL')
     return {'self', cur, pttl}
   end
   local limit = tonumber(ARGV[4])
@@ -282,6 +290,75 @@ POOL_CONNECTIONS = 200
 CHECK_TIMEOUT_S = 5.0
 
 
+#: How long a write behind Sentinel waits for its replicas' acknowledgement (``WAIT``). Replicas are
+#: asked for it at once (Redis sends GETACK on WAIT), so on a healthy link it takes a round trip;
+#: past this the write does not count (a renewal is not renewed, a claim not taken) and is retried.
+WAIT_TIMEOUT_MS = 200
+
+
+class PerseusCluster(RedisCluster):
+    """redis-py's cluster client, carrying how many replicas of each master must acknowledge a
+    claim or renewal (``redis+cluster://…?wait_replicas=N``; default 0: a cluster may have none)."""
+
+    wait_replicas: int = 0
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """Sentinel's pool (the primary's address asked of the Sentinels at each connect) that waits for
+    a free connection instead of failing, as the single server's pool does."""
+
+
+class SentinelRedis(aioredis.Redis):
+    """A client of the primary a Sentinel group names; it follows failovers (redis-py re-asks the
+    Sentinels on each new connection, and a demoted primary's READONLY drops the connection).
+
+    ``wait_replicas`` is how many replicas must acknowledge a claim or renewal (from the URL)."""
+
+    sentinels: Sentinel
+    wait_replicas: int = 0
+
+    async def recheck_primary(self) -> None:
+        """Ask the Sentinels again who the primary is; if it moved, idle connections to the old one
+        are dropped now and busy ones as they come back (redis-py re-asks only on a new connection,
+        and a deposed primary keeps accepting writes until a Sentinel demotes it — up to 10 s)."""
+        pool = self.connection_pool
+        assert isinstance(pool, SentinelConnectionPool)
+        with contextlib.suppress(RedisError, OSError):
+            await pool.get_master_address()  # type: ignore[no-untyped-call]
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        await self.sentinels.aclose()
+
+
+def _sentinel_client(url: str, options: dict[str, Any], max_connections: int | None) -> SentinelRedis:
+    target = parse_sentinel_url(url)
+    auth = {"username": target.username, "password": target.password}
+    sentinel_options = {k: v for k, v in options.items() if k.startswith("socket_")}
+    sentinel_options["decode_responses"] = True
+    if target.ssl:
+        sentinel_options["ssl"] = True
+    if target.sentinel_auth:
+        sentinel_options.update(auth)
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(target.sentinels), sentinel_kwargs=sentinel_options, **options
+    )
+    client = sentinel.master_for(
+        target.master,
+        redis_class=SentinelRedis,
+        connection_pool_class=_BlockingSentinelPool,
+        max_connections=max_connections or POOL_CONNECTIONS,
+        timeout=SOCKET_TIMEOUT_S,
+        db=target.db,
+        ssl=target.ssl,
+        **auth,
+    )
+    assert isinstance(client, SentinelRedis)
+    client.sentinels = sentinel
+    client.wait_replicas = target.wait_replicas
+    return client
+
+
 def make_client(url: str, *, max_connections: int | None = None) -> RedisClient:
     """A client that is not connected yet (connections open lazily); the caller closes it.
 
@@ -297,13 +374,24 @@ def make_client(url: str, *, max_connections: int | None = None) -> RedisClient:
         "socket_connect_timeout": CONNECT_TIMEOUT_S,
         "health_check_interval": 30,
     }
+    if is_sentinel_url(url):
+        return _sentinel_client(url, options, max_connections)
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme in CLUSTER_SCHEMES:
         if max_connections is not None:
             options["max_connections"] = max_connections
-        plain = urlunsplit((CLUSTER_SCHEMES[scheme], parts.netloc, parts.path, parts.query, parts.fragment))
-        return RedisCluster.from_url(plain, **options)
+        # wait_replicas is Perseus' own option (below); redis-py must not see it.
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        wait = [v for k, v in query if k == "wait_replicas"]
+        if wait and not wait[-1].isdigit():
+            raise ConfigError(f"wait_replicas must be a whole number of replicas, not {wait[-1]!r}")
+        rest = urlencode([(k, v) for k, v in query if k != "wait_replicas"])
+        plain = urlunsplit((CLUSTER_SCHEMES[scheme], parts.netloc, parts.path, rest, parts.fragment))
+        cluster = PerseusCluster.from_url(plain, **options)
+        assert isinstance(cluster, PerseusCluster)
+        cluster.wait_replicas = int(wait[-1]) if wait else 0
+        return cluster
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections or POOL_CONNECTIONS, timeout=SOCKET_TIMEOUT_S, **options
     )
@@ -457,8 +545,13 @@ def _unavailable(exc: Exception) -> ServiceUnavailable:
 class RedisStore:
     """Perseus' Redis operations over one client (injected; this class never connects by itself)."""
 
-    def __init__(self, client: RedisClient) -> None:
+    def __init__(self, client: RedisClient, *, wait_replicas: int | None = None) -> None:
         self.client = client
+        #: Replicas that must acknowledge a claim, an epoch or a renewal before it counts (``WAIT``
+        #: on the connection that wrote it). None: the client's own (1 behind Sentinel, else 0).
+        self.wait_replicas = (
+            wait_replicas if wait_replicas is not None else getattr(client, "wait_replicas", 0)
+        )
         self._claim = client.register_script(_CLAIM)
         self._next_epoch = client.register_script(_NEXT_EPOCH)
         self._fenced = client.register_script(_FENCED)
@@ -477,6 +570,73 @@ class RedisStore:
             return await coro
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise _unavailable(exc) from None
+
+    def _not_acked(self, acked: object) -> ServiceUnavailable | None:
+        """Why a write its replicas did not acknowledge does not count (None: it does)."""
+        if isinstance(acked, Exception):
+            return _unavailable(acked)
+        if int(acked) >= self.wait_replicas:  # type: ignore[call-overload]
+            return None
+        return ServiceUnavailable(
+            f"Redis write acknowledged by {acked} of {self.wait_replicas} replica(s) within "
+            f"{WAIT_TIMEOUT_MS} ms: not counted (a failover could lose it)",
+            server=Server.REDIS,
+        )
+
+    async def _recheck_primary(self) -> None:
+        # The usual reason a write goes unacknowledged behind Sentinel: this server is no longer
+        # the primary its replica follows. Bounded: a renewal's deadline does not wait for it.
+        if isinstance(self.client, SentinelRedis):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(WAIT_TIMEOUT_MS / 1000):
+                    await self.client.recheck_primary()
+
+    async def _wait_args(self, key: str) -> tuple[tuple[str | int, ...], dict[str, Any]]:
+        """The WAIT command for a pipeline that writes ``key``: on a cluster sent to the node that
+        holds the key, so that it rides on the same connection as the write (redis-py's cluster
+        pipeline sends each node its commands on one connection, in order)."""
+        command: tuple[str | int, ...] = ("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)
+        if self._single_server:
+            return command, {}
+        assert isinstance(self.client, RedisCluster)
+        try:
+            node = self.client.get_node_from_key(key)
+        except (RedisError, RedisClusterException):
+            node = None
+        if node is None:
+            await self._run(self.client.initialize())  # no slot map yet: load it
+            node = self.client.get_node_from_key(key)
+        return command, {"target_nodes": node}
+
+    async def _acked(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """``script``'s reply, once ``wait_replicas`` replicas hold what it wrote.
+
+        ``WAIT`` counts the writes of its own connection, so it rides in one pipeline with the
+        script (a pool could hand a lone WAIT another connection, which wrote nothing: a vacuous
+        yes). Not acknowledged in time: ServiceUnavailable, as if Redis had not answered — the
+        write may stand on the primary, but nothing is decided on it.
+        """
+        if not self.wait_replicas:
+            return await self._run(script(keys=keys, args=args))
+        for attempt in range(2):
+            wait = await self._wait_args(keys[0])
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                pipe.execute_command(*wait[0], **wait[1])
+                answer, acked = await self._run(pipe.execute(raise_on_error=False))
+            if isinstance(answer, NoScriptError) and attempt == 0:
+                # A server that restarted (or a replica just promoted) does not know it yet.
+                await self._run(self.client.script_load(script.script))
+                continue
+            if isinstance(answer, (RedisConnectionError, RedisTimeoutError, OSError)):
+                raise _unavailable(answer)
+            if isinstance(answer, Exception):
+                raise answer
+            if (why := self._not_acked(acked)) is not None:
+                await self._recheck_primary()
+                raise why
+            return answer
+        raise ServiceUnavailable("Redis forgot the script twice in a row", server=Server.REDIS)
 
     # --- idempotency of the API's write routes ---------------------------------------------------
 
@@ -508,7 +668,7 @@ class RedisStore:
             ) from None
 
     async def next_epoch(self, exchange_id: int, floor: int) -> int:
-        return int(await self._run(self._next_epoch(keys=[epoch_key(exchange_id)], args=[floor])))
+        return int(await self._acked(self._next_epoch, [epoch_key(exchange_id)], [floor]))
 
     async def claim(
         self, exchange_id: int, payload: dict[str, object], ttl_ms: int, *, take_lapsed_after: float = 0.0
@@ -518,11 +678,10 @@ class RedisStore:
         ``take_lapsed_after`` (intervals; 0: never): also take it over from a holder that has not
         renewed it for longer than that many of its own intervals (outcome ``taken``, the old record
         in ``previous``)."""
-        outcome, raw, pttl, *previous = await self._run(
-            self._claim(
-                keys=[status_key(exchange_id)],
-                args=[json.dumps(payload), ttl_ms, str(payload["instanceId"]), take_lapsed_after],
-            )
+        outcome, raw, pttl, *previous = await self._acked(
+            self._claim,
+            [status_key(exchange_id)],
+            [json.dumps(payload), ttl_ms, str(payload["instanceId"]), take_lapsed_after],
         )
         before = StatusRead.parse(previous[0], -1) if previous else None
         return ClaimReply(outcome=outcome, holder=StatusRead.parse(raw, int(pttl)), previous=before)
@@ -537,12 +696,14 @@ class RedisStore:
         patch: dict[str, object] | None = None,
         ttl_ms: int = 0,
     ) -> FenceReply:
-        outcome, raw = await self._run(
-            self._fenced(
-                keys=[status_key(exchange_id)],
-                args=[instance_id, epoch, json.dumps(patch or {}), mode, ttl_ms],
-            )
-        )
+        keys = [status_key(exchange_id)]
+        args: list[str | int] = [instance_id, epoch, json.dumps(patch or {}), mode, ttl_ms]
+        if mode == "renew":
+            # A renewal extends how long its holder may act: it counts only once replicas hold it.
+            # A merge or a release does not (a lost release costs the TTL, never safety).
+            outcome, raw = await self._acked(self._fenced, keys, args)
+        else:
+            outcome, raw = await self._run(self._fenced(keys=keys, args=args))
         metrics.fenced_write(mode, outcome)
         return FenceReply(outcome=outcome, raw=raw or None)
 
@@ -589,7 +750,15 @@ class RedisStore:
                     "renew",
                     r.ttl_ms,
                 )
+            if self.wait_replicas:
+                # One WAIT for the whole batch: on a single primary the pipeline is one connection;
+                # on a cluster a batch is one node's (renewal_groups), and the WAIT goes to it.
+                wait = await self._wait_args(status_key(renewals[0].exchange_id))
+                pipe.execute_command(*wait[0], **wait[1])
             answers = await self._run(pipe.execute(raise_on_error=False))
+        unacked = self._not_acked(answers.pop()) if self.wait_replicas else None
+        if unacked is not None:
+            await self._recheck_primary()
         out: list[FenceReply | Exception] = []
         for r, answer in zip(renewals, answers, strict=True):
             if isinstance(answer, NoScriptError):
@@ -614,7 +783,12 @@ class RedisStore:
             else:
                 outcome, raw = answer
                 metrics.fenced_write("renew", outcome)
-                out.append(FenceReply(outcome=outcome, raw=raw or None))
+                if outcome == "ok" and unacked is not None:
+                    # Renewed on the primary only: a failover could lose it, so it does not count.
+                    # (A 'fenced' or 'missing' answer stands: it only ever stops a connector sooner.)
+                    out.append(unacked)
+                else:
+                    out.append(FenceReply(outcome=outcome, raw=raw or None))
         return out
 
     async def append_event(

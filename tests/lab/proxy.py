@@ -1,0 +1,106 @@
+"""A userspace TCP relay: how the lab carries a service across namespaces, and where delay and
+jitter go (this kernel has no netem).
+
+    python -m tests.lab.proxy LISTEN_ADDR:PORT=TARGET_ADDR:PORT [...] [--control FILE] [--seed N]
+
+Each argument is one relay. With ``--control FILE`` the relay re-reads FILE (JSON
+``{"delay_ms": D, "jitter_ms": J}``) every 100 ms: every chunk then waits D ± J ms (drawn from a
+``random.Random(seed)``, so a run replays) before it is forwarded, in order. A missing file means no
+delay. Runs until killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+from pathlib import Path
+
+
+class Shaping:
+    def __init__(self, control: Path | None, seed: int) -> None:
+        self.control = control
+        self.delay_s = 0.0
+        self.jitter_s = 0.0
+        self.random = random.Random(seed)
+
+    def pause(self) -> float:
+        if self.delay_s <= 0 and self.jitter_s <= 0:
+            return 0.0
+        return max(0.0, self.delay_s + self.random.uniform(-self.jitter_s, self.jitter_s))
+
+    async def follow(self) -> None:
+        while self.control is not None:
+            try:
+                doc = json.loads(self.control.read_text())
+                self.delay_s = float(doc.get("delay_ms", 0)) / 1000
+                self.jitter_s = float(doc.get("jitter_ms", 0)) / 1000
+            except (OSError, ValueError):
+                self.delay_s = self.jitter_s = 0.0
+            await asyncio.sleep(0.1)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, shaping: Shaping) -> None:
+    """Forward in order, each chunk no sooner than its arrival plus its delay: latency, not a
+    throughput cap (a chunk does not wait out the delays of those before it on top of its own)."""
+    queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+
+    async def send() -> None:
+        while (item := await queue.get()) is not None:
+            due, data = item
+            if (wait := due - asyncio.get_running_loop().time()) > 0:
+                await asyncio.sleep(wait)
+            writer.write(data)
+            await writer.drain()
+
+    sender = asyncio.create_task(send())
+    last_due = 0.0
+    try:
+        while data := await reader.read(65536):
+            # Never before the previous chunk: jitter reorders nothing on a TCP stream.
+            last_due = max(last_due, asyncio.get_running_loop().time() + shaping.pause())
+            queue.put_nowait((last_due, data))
+        queue.put_nowait(None)
+        await sender
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        sender.cancel()
+        with contextlib.suppress(OSError, RuntimeError):
+            writer.close()
+
+
+async def relay(listen: str, target: str, shaping: Shaping) -> asyncio.Server:
+    host, _, port = listen.rpartition(":")
+    to_host, _, to_port = target.rpartition(":")
+
+    async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(to_host, int(to_port))
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(_pipe(reader, up_writer, shaping), _pipe(up_reader, writer, shaping))
+
+    return await asyncio.start_server(one, host, int(port))
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("relays", nargs="+")
+    parser.add_argument("--control", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    shaping = Shaping(args.control, args.seed)
+    servers = []
+    for item in args.relays:
+        listen, _, target = item.partition("=")
+        servers.append(await relay(listen, target, shaping))
+    print("proxy ready", flush=True)
+    await asyncio.gather(shaping.follow(), *(s.serve_forever() for s in servers))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
