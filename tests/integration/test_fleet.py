@@ -4,6 +4,7 @@ failover and re-enrolment, refusals, idempotence, diff, prune, drain and status.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import signal
 import time
@@ -349,6 +350,13 @@ async def test_warm_true_in_the_fleet_file_makes_warm_standbys(
 ENROLLED_AFTER_OUTAGE_S = 20.0
 
 
+async def said_waiting(proc: WorkerProcess) -> bool:
+    """Whether the worker has logged that it waits for a server (or died trying)."""
+    if proc.proc.poll() is not None:
+        raise AssertionError(f"worker {proc.host} exited: {proc.log.read_text()[-2000:]}")
+    return any("waiting:" in line for line in proc.log.read_text().splitlines())
+
+
 async def test_workers_started_while_postgresql_is_down_enrol_once_it_answers(
     servers: Servers,
     client: Client,
@@ -376,7 +384,9 @@ async def test_workers_started_while_postgresql_is_down_enrol_once_it_answers(
         procs = [WorkerProcess(servers, h, shared=True, PERSEUS_DATABASE_URL=url) for h in (a, b)]
         worker_processes.extend(procs)
         await asyncio.gather(*(p.ready() for p in procs))  # serving, although PostgreSQL is down
-        await asyncio.sleep(4)  # long enough for several attempts (0.5 s, 1 s, 2 s apart)
+        for proc in procs:  # each says so (however slowly a loaded machine starts it) ...
+            await wait_for(functools.partial(said_waiting, proc), timeout=60)
+        await asyncio.sleep(4)  # ... and not again over several attempts (0.5 s, 1 s, 2 s apart)
         for proc in procs:
             lines = proc.log.read_text().splitlines()
             waiting = [line for line in lines if "fleet enrolment of host" in line and "waiting:" in line]
@@ -429,7 +439,8 @@ async def test_a_worker_started_while_temporal_is_down_enrols_once_it_answers(
     try:
         proc = WorkerProcess(servers, a, shared=True, TEMPORAL_ADDRESS=f"127.0.0.1:{proxy.port}")
         worker_processes.append(proc)
-        await asyncio.sleep(4)  # several attempts (0.5 s, 1 s, 2 s apart)
+        await wait_for(lambda: said_waiting(proc), timeout=60)  # however slowly it starts ...
+        await asyncio.sleep(4)  # ... then several attempts (0.5 s, 1 s, 2 s apart), said once
         assert proc.proc.poll() is None, proc.log.read_text()
         lines = proc.log.read_text().splitlines()
         waiting = [line for line in lines if "waiting:" in line]
