@@ -43,13 +43,21 @@ SLOT_S = 0.1
 #: more, always gets one (perseus.tracing).
 HEALTHY_SPAN_EVERY_S = 1.0
 SLOW_BATCH_S = 0.25
+#: At most this many spans for batches that went wrong in any second: a loaded host whose every
+#: slot runs slow would otherwise trace ten batches a second just when it has the least CPU to
+#: spare (+35 % of the worker's CPU in one such window of bench.tracing_overhead). The first few
+#: show what went wrong; the keeper's own log line per failed renewal says the rest.
+TROUBLED_SPANS_PER_S = 2
 
 
-def worth_a_span(healthy: bool, since_last_healthy_span_s: float) -> bool:
-    """Whether a renewal batch gets a span (tracing on): always when it went wrong or was slow, and
-    a healthy one once per HEALTHY_SPAN_EVERY_S — enough to show the rhythm in a trace viewer
-    without a span per 100 ms slot."""
-    return not healthy or since_last_healthy_span_s >= HEALTHY_SPAN_EVERY_S
+def worth_a_span(healthy: bool, since_last_healthy_span_s: float, troubled_this_second: int = 0) -> bool:
+    """Whether a renewal batch gets a span (tracing on): one that went wrong or was slow, up to
+    TROUBLED_SPANS_PER_S a second (``troubled_this_second`` already had one), and a healthy one once
+    per HEALTHY_SPAN_EVERY_S — enough to show the rhythm in a trace viewer without a span per
+    100 ms slot."""
+    if not healthy:
+        return troubled_this_second < TROUBLED_SPANS_PER_S
+    return since_last_healthy_span_s >= HEALTHY_SPAN_EVERY_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +113,9 @@ class RenewalGrid:
         self._sends: set[asyncio.Task[None]] = set()
         #: When the last healthy batch got a span (monotonic; tracing's sampling, see _trace).
         self._last_span = -math.inf
+        #: The second (monotonic, whole) of the latest troubled batch's span, and how many it had.
+        self._troubled_second = -1
+        self._troubled_spans = 0
 
     async def until(self, due: float) -> None:
         """Sleep until the start of the slot holding ``due`` (no sleep if that has passed).
@@ -189,10 +200,14 @@ class RenewalGrid:
         now = time.monotonic()
         took = now - started
         healthy = error is None and problems == 0 and took < SLOW_BATCH_S
-        if not worth_a_span(healthy, now - self._last_span):
+        second = int(now)
+        troubled = self._troubled_spans if second == self._troubled_second else 0
+        if not worth_a_span(healthy, now - self._last_span, troubled):
             return
         if healthy:
             self._last_span = now
+        else:
+            self._troubled_second, self._troubled_spans = second, troubled + 1
         finished_span(
             "renew batch", start_ns, start_ns + int(took * 1e9), error=error, claims=claims, problems=problems
         )

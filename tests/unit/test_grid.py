@@ -13,6 +13,7 @@ import pytest
 from perseus.host.grid import (
     HEALTHY_SPAN_EVERY_S,
     SLOT_S,
+    TROUBLED_SPANS_PER_S,
     RenewalGrid,
     groups_of,
     slot_of,
@@ -95,7 +96,9 @@ async def test_a_due_time_already_past_does_not_wait() -> None:
 
 
 def test_a_batch_that_went_wrong_always_gets_a_span_a_healthy_one_once_a_second() -> None:
-    assert worth_a_span(False, 0.0)  # failed, refused, missing or slow: every time
+    assert worth_a_span(False, 0.0)  # failed, refused, missing or slow ...
+    assert worth_a_span(False, 0.0, TROUBLED_SPANS_PER_S - 1)
+    assert not worth_a_span(False, 0.0, TROUBLED_SPANS_PER_S)  # ... up to a few a second
     assert not worth_a_span(True, HEALTHY_SPAN_EVERY_S - 0.01)
     assert worth_a_span(True, HEALTHY_SPAN_EVERY_S)
     assert worth_a_span(True, float("inf"))  # the first healthy batch of a process
