@@ -82,9 +82,6 @@ async def run_worker(
 ) -> None:
     """Serve ``host``'s queue (and the shared queue) until ``stop`` is set, then release gracefully.
     ``metrics_server`` (``--metrics-port``) serves ``/metrics`` while the worker runs."""
-    # Which code serves this host, first: in a mixed-version fleet (an upgrade under way) the log
-    # says which release made each of the lines that follow.
-    log.info("worker for host %s starting: perseus %s", host, release.describe())
     # Read before anything opens: a file that cannot be read stops the worker with one line.
     exec_allow = exec_allow_list(settings)
     redis = make_client(str(settings.redis_url))
@@ -92,6 +89,10 @@ async def run_worker(
     try:
         # Redis answers before anything polls (claims need it): a start-up failure is one line.
         await store.check_reachable()
+        # Which code serves this host, before anything else it does: in a mixed-version fleet (an
+        # upgrade under way) the log says which release made each of the lines that follow. Not
+        # before Redis answered: a worker that cannot start says so in one line, and nothing else.
+        log.info("worker for host %s starting: perseus %s", host, release.describe())
         announce_exec_allow(exec_allow, host)
         # Without PostgreSQL the queues are still worth serving: the catalog's activities fail (and
         # Temporal retries them) and the enrolment waits until it answers. A restart during a
