@@ -42,6 +42,8 @@ from perseus.store.db import Catalog, FoldEntry, FoldOutcome
 from perseus.store.redis_store import RedisStore
 
 log = logging.getLogger(__name__)
+#: A fold of at least this many transitions at once is a catch-up, worth a line at INFO.
+CATCH_UP_LINE = 50
 
 #: Entries read from a stream and folded in one transaction.
 BATCH: Final = 500
@@ -172,7 +174,11 @@ class LedgerFold:
                 s.reason,
             )
         if outcome.folded:
-            log.info(
+            # One line for a catch-up; the steady trickle (a transition at a time, and Perseus' own
+            # whenever the fold reads one before its writer's PostgreSQL row lands) is counted in
+            # perseus_ledger_folded_total and logged at DEBUG, not once per transition.
+            log.log(
+                logging.INFO if outcome.folded >= CATCH_UP_LINE else logging.DEBUG,
                 "ledger fold: %s: %d transitions folded into the ledger (%d older than its newest "
                 "interval, slotted in by time), %d entries copied to the durable log",
                 exchange.name,

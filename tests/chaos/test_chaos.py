@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
 import pytest
 import pytest_asyncio
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -410,7 +411,7 @@ async def fault(stack: Stack, cluster: Cluster, name: str, action: Callable[[], 
 
 async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
     cluster = Cluster(stack, exchange)
-    lost_stream: list[dict[str, str]] = []
+    lost_stream: list[tuple[str, dict[str, str]]] = []
     try:
         await cluster.start()
 
@@ -453,7 +454,7 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
         async def redis_restart_empty() -> None:
             before = await cluster.wait_active()
             # The stream goes with the data: keep what it held for the invariant checker.
-            lost_stream.extend(f for _, f in reversed(await cluster.store.events(exchange)))
+            lost_stream.extend(reversed(await cluster.store.events(exchange)))
             await stack.restart_redis(wipe=True)
             after = await cluster.wait_active(timeout=60)
             assert int(after["epoch"]) > int(before["epoch"])  # type: ignore[call-overload]
@@ -619,9 +620,9 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
         plan += [("planned handoff", planned_handoff)] * 2
         plan += [("promoted standby cannot start its connector", promoted_cannot_start)] * 3
         plan += [("handoff to a standby that is not ready", handoff_to_unready)] * 2
-        plan += [("Temporal frozen", temporal_frozen)] * 8
-        plan += [("active host partitioned from Temporal", active_host_partitioned)] * 8
-        plan += [("active host killed while Temporal is frozen", active_killed_while_temporal_frozen)] * 6
+        plan += [("Temporal frozen", temporal_frozen)] * 6
+        plan += [("active host partitioned from Temporal", active_host_partitioned)] * 6
+        plan += [("active host killed while Temporal is frozen", active_killed_while_temporal_frozen)] * 5
         plan += [("Redis frozen past the deadline while Temporal is frozen", redis_and_temporal_frozen)] * 8
         only = os.environ.get("PERSEUS_CHAOS_ONLY")  # to study one kind of fault
         if only:
@@ -632,7 +633,9 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
             await fault(stack, cluster, name, action)
 
         await asyncio.sleep(INTERVAL)
-        stream = lost_stream + [f for _, f in reversed(await cluster.store.events(exchange))]
+        stream = await whole_stream(
+            lost_stream + list(reversed(await cluster.store.events(exchange))), stack, exchange
+        )
         journal = load_journal(stack.journal)
         liveness = Liveness(
             timing={exchange: Timing(INTERVAL, WALK_S)},
@@ -665,6 +668,29 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
         assert warm >= 1 or only  # ...and warm standbys among them
     finally:
         await cluster.close()
+
+
+def stream_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def whole_stream(
+    seen: list[tuple[str, dict[str, str]]], stack: Stack, exchange: str
+) -> list[dict[str, str]]:
+    """The exchange's stream as written, oldest first: what the suite read from Redis, and what
+    only the durable log in PostgreSQL kept — the entries written between the suite's last read and
+    a "Redis restarted empty" (the stream goes with the data; every event is also a row there, with
+    its stream id). Entry ids are times, so the restarted stream's come after the lost ones."""
+    entries = {fields["eventId"]: (stream_order(entry_id), fields) for entry_id, fields in seen}
+    async with await psycopg.AsyncConnection.connect(stack.servers.database_url) as conn:
+        rows = await conn.execute(
+            "SELECT stream_ms, stream_seq, fields FROM network_events WHERE exchange_name = %s", (exchange,)
+        )
+        for ms, seq, fields in await rows.fetchall():
+            flat = {k: "" if v is None else str(v) for k, v in fields.items()}
+            entries.setdefault(flat.get("eventId", ""), ((ms, seq), flat))
+    return [fields for _, fields in sorted(entries.values(), key=lambda e: e[0])]
 
 
 def print_gaps(gaps: list[Gap]) -> None:
