@@ -58,6 +58,45 @@ def _cli() -> str:
     return str(binaries.redis_server().parent / "valkey-cli")
 
 
+async def start_cluster_nodes(
+    base: Path, nodes: int, *, replicas: int, node_timeout_ms: int, children: list[services.Service]
+) -> list[int]:
+    """Start ``nodes`` cluster-enabled Redis servers under ``base`` (appended to ``children`` as they
+    start, for the caller to stop) and join them into one cluster with ``replicas`` per master; their
+    ports."""
+    ports = []
+    for i in range(nodes):
+        data = base / f"node{i}"
+
+        async def node(port: int, data: Path = data) -> services.Service:
+            # The cluster bus needs a port of its own: taken too, and the node is retried elsewhere.
+            return await services.start_redis(
+                data,
+                port,
+                extra_args=[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    str(services.free_port()),
+                    "--cluster-config-file",
+                    str(data / "nodes.conf"),
+                    "--cluster-node-timeout",
+                    str(node_timeout_ms),
+                ],
+            )
+
+        children.append(await services.on_free_port(node, "Redis cluster node"))
+        ports.append(children[-1].port)
+    subprocess.run(
+        [_cli(), "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports)]
+        + ["--cluster-replicas", str(replicas), "--cluster-yes"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return ports
+
+
 def _cluster_ok(port: int) -> bool:
     out = subprocess.run(
         [_cli(), "-p", str(port), "cluster", "info"], capture_output=True, text=True, timeout=10
@@ -71,36 +110,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     children: list[services.Service] = []
 
     async def start() -> list[int]:
-        ports = []
-        for i in range(MASTERS):
-            data = base / f"node{i}"
-
-            async def node(port: int, data: Path = data) -> services.Service:
-                # The cluster bus needs a port of its own: taken too, and the node is retried elsewhere.
-                return await services.start_redis(
-                    data,
-                    port,
-                    extra_args=[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-port",
-                        str(services.free_port()),
-                        "--cluster-config-file",
-                        str(data / "nodes.conf"),
-                        "--cluster-node-timeout",
-                        "5000",
-                    ],
-                )
-
-            children.append(await services.on_free_port(node, "Redis cluster node"))
-            ports.append(children[-1].port)
-        subprocess.run(
-            [_cli(), "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports)]
-            + ["--cluster-replicas", "0", "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        ports = await start_cluster_nodes(base, MASTERS, replicas=0, node_timeout_ms=5000, children=children)
         for _ in range(200):
             if all(_cluster_ok(p) for p in ports):
                 return ports

@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -26,6 +25,7 @@ from perseus.host.keeper import LeaseKeeper
 from perseus.keys import status_key
 from perseus.models import Claim, LeaseRequest
 from perseus.store.redis_store import PerseusCluster, RedisStore, make_client
+from tests.integration.test_redis_cluster import start_cluster_nodes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -68,34 +68,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     children: list[services.Service] = []
 
     async def start() -> list[int]:
-        ports = []
-        for i in range(2 * MASTERS):
-            data = base / f"node{i}"
-
-            async def node(port: int, data: Path = data) -> services.Service:
-                return await services.start_redis(
-                    data,
-                    port,
-                    extra_args=[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-port",
-                        str(services.free_port()),
-                        "--cluster-config-file",
-                        str(data / "nodes.conf"),
-                        "--cluster-node-timeout",
-                        "3000",
-                    ],
-                )
-
-            children.append(await services.on_free_port(node, "Redis cluster node"))
-            ports.append(children[-1].port)
-        subprocess.run(
-            [_cli(), "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports)]
-            + ["--cluster-replicas", "1", "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=60,
+        ports = await start_cluster_nodes(
+            base, 2 * MASTERS, replicas=1, node_timeout_ms=3000, children=children
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
