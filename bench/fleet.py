@@ -321,7 +321,12 @@ async def create_exchanges(database_url: str, prefix: str, n: int) -> list[tuple
 
 
 async def register_perseus_fleet(
-    client: Client, store: RedisStore, fleet: list[tuple[str, int]], cfg: FleetConfig, concurrency: int
+    client: Client,
+    store: RedisStore,
+    fleet: list[tuple[str, int]],
+    cfg: FleetConfig,
+    concurrency: int,
+    host: str = HOST,
 ) -> dict[str, Any]:
     """Register (and start) every instance; returns what happened. A registration that fails is
     counted and reported, not fatal: the fleet is measured with the instances that became active."""
@@ -337,7 +342,7 @@ async def register_perseus_fleet(
                     await control.register(
                         client,
                         exchange=name,
-                        host=HOST,
+                        host=host,
                         admin_email=None,
                         heartbeat_interval_s=cfg.interval,
                         start=True,

@@ -6,8 +6,13 @@ both alike:
 
 * one scratch Temporal dev server, Valkey and PostgreSQL;
 * two measured worker processes, the real host worker (:mod:`bench.fleet_worker` in ``perseus``
-  mode, host queue only, as in :mod:`bench.fleet`'s ``lease`` design), each holding ``--n`` claims
-  through the real ``hold_lease`` and ``LeaseKeeper`` under a minimal workflow the driver runs;
+  mode), each holding ``--n`` claims. By default (``--topology shared``, the topology the README
+  tells users to run) each worker also serves the shared workflow queue, and every claim is a real
+  instance registered and started through :func:`perseus.client.control.register` on that worker's
+  host: the measured processes run the instance workflows (both share them, as two hosts of one fleet
+  do), their activities and their leases. ``--topology host-only`` measures the host queue alone, as
+  in :mod:`bench.fleet`'s ``lease`` design: each claim held by the real ``hold_lease`` and
+  ``LeaseKeeper`` under a minimal workflow the driver runs;
 * one of them with tracing **on** the way ``perseus dev --trace`` turns it on: the SDK's tracing
   interceptor on its client (so on its worker) and spans written as JSON lines to a file by the
   synchronous file exporter — the costliest of Perseus' exporters, since every span is written before
@@ -18,8 +23,9 @@ both alike:
 ``--rounds 2`` (the default) does it twice on fresh servers and processes, the second time with the
 roles' start order swapped, so a systematic difference between the first and the second process
 started is not mistaken for tracing's cost. Workers run from a ``git archive HEAD`` snapshot (commit
-first). Figures go to the "Tracing overhead" section of ``docs/benchmarks.md`` and to
-``docs/tracing-overhead.json``.
+first). Figures go to the topology's "Tracing overhead" section of ``docs/benchmarks.md`` and to
+``docs/tracing-overhead-shared.json`` (the README's topology) or ``docs/tracing-overhead.json``
+(host queue only).
 """
 
 from __future__ import annotations
@@ -46,7 +52,9 @@ from temporalio.worker import Worker
 from bench.fleet import (
     FleetConfig,
     cpu_seconds,
+    create_exchanges,
     log,
+    register_perseus_fleet,
     snapshot_code,
     spawn_worker,
     start_design_servers,
@@ -62,6 +70,16 @@ from perseus.temporal import converter, register_search_attributes
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Tracing overhead (issue 30)"
+#: Each topology's figures have a section of their own in docs/benchmarks.md, and a JSON file.
+SECTIONS = {"host-only": SECTION, "shared": "## Tracing overhead in the README's topology (issue 30)"}
+JSON_FILES = {"host-only": "tracing-overhead.json", "shared": "tracing-overhead-shared.json"}
+TOPOLOGY_TEXT = {
+    "host-only": "the real `worker.run_worker`, host queue only, `hold_lease` + `LeaseKeeper` under the "
+    "bench's minimal lease workflow",
+    "shared": "the real `worker.run_worker` serving its host queue and the shared workflow queue, as "
+    "the README runs it; every claim a real instance registered and started through "
+    "`control.register` with the simulated connector, the two workers sharing the instance workflows",
+}
 TARGET_PCT = 10.0
 
 
@@ -102,7 +120,7 @@ async def one_round(
             worker_args = [
                 "--mode",
                 "perseus",
-                "--host-only",
+                *(["--host-only"] if args.topology == "host-only" else []),
                 "--temporal",
                 address,
                 "--redis-url",
@@ -119,15 +137,23 @@ async def one_round(
             procs[role] = spawn_worker(stack, worker_args, code, name=f"worker-{role}")
             await wait_file(procs[role][1], procs[role][0], 60, f"worker with tracing {role}")
             log(f"  round {number}: worker {i + 1} (tracing {role}) up")
-        # The minimal lease workflows run here, in the driver: the measured processes are host workers.
-        await drivers.enter_async_context(
-            Worker(client, task_queue=LEASE_QUEUE, workflows=[LeaseOnlyWorkflow])
-        )
-        ids: dict[str, list[int]] = {}
+        if args.topology == "host-only":
+            # The minimal lease workflows run here, in the driver: the measured processes are host
+            # workers only.
+            await drivers.enter_async_context(
+                Worker(client, task_queue=LEASE_QUEUE, workflows=[LeaseOnlyWorkflow])
+            )
         for i, role in enumerate(order):
-            ids[role] = [(60 + 10 * number + i) * 1_000_000 + k for k in range(args.n)]
-            log(f"  round {number}: starting {args.n} leases on the tracing-{role} worker ...")
-            await start_lease_fleet(client, store, ids[role], cfg, args.concurrency, host=f"bench-{role}")
+            log(f"  round {number}: starting {args.n} instances on the tracing-{role} worker ...")
+            if args.topology == "host-only":
+                ids = [(60 + 10 * number + i) * 1_000_000 + k for k in range(args.n)]
+                await start_lease_fleet(client, store, ids, cfg, args.concurrency, host=f"bench-{role}")
+            else:
+                fleet = await create_exchanges(database_url, f"tr{number}{role}_", args.n)
+                outcome = await register_perseus_fleet(
+                    client, store, fleet, cfg, args.concurrency, host=f"bench-{role}"
+                )
+                log(f"  round {number}: {outcome['active']}/{args.n} active on bench-{role}")
         log(f"  round {number}: warm-up {args.warmup:.0f}s")
         await asyncio.sleep(args.warmup)
         pids = {role: p[0].proc.pid for role, p in procs.items() if p[0].proc}
@@ -171,7 +197,13 @@ async def one_round(
                 with contextlib.suppress(ValueError, KeyError):
                     name = json.loads(line)["name"]
                     span_kinds[name] = span_kinds.get(name, 0) + 1
-        return {"round": number, "order": list(order), "windows": windows, "span_names": span_kinds}
+        return {
+            "round": number,
+            "order": list(order),
+            "topology": args.topology,
+            "windows": windows,
+            "span_names": span_kinds,
+        }
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(drivers.aclose(), 15)
@@ -206,12 +238,12 @@ def report(result: dict[str, Any]) -> str:
     renew_on = statistics.fmean(w["renewals_per_s"]["on"] for w in windows)
     spans = statistics.fmean(w["spans_per_s"] for w in windows)
     lines = [
-        SECTION,
+        SECTIONS[result.get("topology", "host-only")],
         "",
         f"`.venv/bin/python -m bench.tracing_overhead` — {result['started']}, code `{result['code'][:10]}`, "
         f"{result['machine']}. {result['n']:,} claims at {result['interval']:g} s on each of two host "
-        "workers (the real `worker.run_worker`, host queue only, `hold_lease` + `LeaseKeeper` under the "
-        "bench's minimal lease workflow) sharing one Temporal dev server, Valkey and PostgreSQL; one with "
+        f"workers ({TOPOLOGY_TEXT[result.get('topology', 'host-only')]}) "
+        "sharing one Temporal dev server, Valkey and PostgreSQL; one with "
         "tracing off (no provider, no interceptor), one with tracing on as `perseus dev --trace` turns "
         "it on (the SDK's tracing interceptor on its client and worker, every span written to a JSON-lines "
         "file by the synchronous exporter). Both processes' CPU is read at the same instants, "
@@ -261,7 +293,7 @@ def report(result: dict[str, Any]) -> str:
         "",
         "Read the per-window spread as the noise floor of this machine: the two processes do the same "
         "work, so a window where the traced one is cheaper is noise, not a gain. Raw figures: "
-        "`docs/tracing-overhead.json`.",
+        f"`docs/{JSON_FILES[result.get('topology', 'host-only')]}`.",
         "",
     ]
     return "\n".join(lines)
@@ -276,6 +308,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, Python {platform.python_version()}",
         "n": args.n,
         "interval": args.interval,
+        "topology": args.topology,
         "window": args.window,
         "warmup": args.warmup,
         "rounds": [],
@@ -309,7 +342,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--warmup", type=float, default=35.0, help="seconds between the fleets' start and the windows"
     )
     p.add_argument("--concurrency", type=int, default=32, help="leases started at once")
-    p.add_argument("--json", default=str(ROOT / "docs" / "tracing-overhead.json"))
+    p.add_argument(
+        "--topology",
+        choices=["shared", "host-only"],
+        default="shared",
+        help="shared: each measured worker also serves the shared workflow queue and runs real "
+        "instances (the README's topology); host-only: host queue only, minimal lease workflows",
+    )
+    p.add_argument("--json", help="raw figures (default: docs/tracing-overhead[-shared].json)")
     p.add_argument(
         "--control",
         action="store_true",
@@ -317,7 +357,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.json is None:
+        args.json = str(ROOT / "docs" / JSON_FILES[args.topology])
+    return args
 
 
 if __name__ == "__main__":
@@ -325,5 +368,5 @@ if __name__ == "__main__":
     outcome = asyncio.run(main(arguments))
     text = report(outcome)
     if not arguments.no_write:
-        write_section(SECTION, text)
+        write_section(SECTIONS[arguments.topology], text)
     print(text)
