@@ -274,7 +274,7 @@ def report(result: dict[str, Any]) -> str:
         for k, v in r["span_names"].items():
             names[k] = names.get(k, 0) + v
     common = ", ".join(f"`{k}` {v:,}" for k, v in sorted(names.items(), key=lambda kv: -kv[1])[:6])
-    dropped = len(every) - len(windows)
+    dropped = len(every) - len(whole)
     lines += [
         "",
         f"² Left out of the figures below: a fleet renewed less than {FULL_FLEET:.0%} of its "
