@@ -3,7 +3,9 @@
 While stalled, bytes in flight are held (not dropped, not refused): the other side sees a server
 that hangs, the nastiest kind of partition. ``resume()`` lets everything through again.
 ``down()`` is the plain outage instead — connections refused, open ones cut — and ``up()`` listens
-again on the same port, without disturbing the real server other clients share.
+again on the same port, without disturbing the real server other clients share. ``one_way()`` drops
+what the server sends back while the client's requests still reach it (a middlebox or a route that
+lost one direction): writes land, their answers never arrive; ``resume()`` ends that too.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ class StallableProxy:
         self.port = 0
         self._open = asyncio.Event()
         self._open.set()
+        self._replies_dropped = False
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -47,6 +50,11 @@ class StallableProxy:
 
     def resume(self) -> None:
         self._open.set()
+        self._replies_dropped = False
+
+    def one_way(self) -> None:
+        """Requests go through, replies are dropped (not held: they are lost for good)."""
+        self._replies_dropped = True
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self._open.wait()
@@ -58,7 +66,7 @@ class StallableProxy:
         self._writers |= {writer, up_writer}
         pumps = [
             asyncio.create_task(self._pump(reader, up_writer)),
-            asyncio.create_task(self._pump(up_reader, writer)),
+            asyncio.create_task(self._pump(up_reader, writer, replies=True)),
         ]
         self._tasks.update(pumps)
         await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
@@ -71,10 +79,14 @@ class StallableProxy:
             with contextlib.suppress(Exception):
                 await w.wait_closed()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, replies: bool = False
+    ) -> None:
         with contextlib.suppress(ConnectionError, OSError):
             while data := await reader.read(65536):
                 await self._open.wait()  # a stall holds what is in flight
+                if replies and self._replies_dropped:
+                    continue
                 writer.write(data)
                 await writer.drain()
 

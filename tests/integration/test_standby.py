@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import time
@@ -21,6 +22,7 @@ from perseus.models import ConnectorSpec
 from perseus.store.redis_store import RedisStore
 from tests.conftest import Servers, WorkerProcess, exchange_id, perseus
 from tests.integration.helpers import active_on, events, holder, start_workers, wait_for
+from tests.integration.proxy import StallableProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -429,3 +431,51 @@ async def test_a_promoted_standby_that_cannot_start_its_connector_hands_over_to_
     assert record.start_retry_at is not None
     for h in (good, broken):
         await control.command(client, exchange=exchange, host=h, default_host=h, command=Command.SHUTDOWN)
+
+
+async def test_a_holder_whose_redis_replies_are_lost_gives_way_to_its_standby(
+    servers: Servers,
+    shared_worker: str,
+    client: Client,
+    store: RedisStore,
+    exchange: str,
+    worker_processes: list[WorkerProcess],
+) -> None:
+    """A one-way partition: the holder's requests still reach Redis, its answers never come back.
+    The holder stops at its renew deadline and must then let its key age (whatever it writes
+    while it cannot read the answers must not keep the key alive), so the standby takes over."""
+    a, b = hosts(2, "ow")
+    proxy = await StallableProxy(servers.redis_port).start()
+    try:
+        url = servers.redis_url.replace(f":{servers.redis_port}/", f":{proxy.port}/")
+        holder_proc = WorkerProcess(servers, a, PERSEUS_REDIS_URL=url)
+        worker_processes.append(holder_proc)
+        await holder_proc.ready()
+        await start_workers(servers, worker_processes, b)
+        ex_id = await exchange_id(servers, exchange)
+        await register(client, exchange, a, start=True)
+        await register(client, exchange, b, standby=True)
+        await wait_for(lambda: active_on(store, ex_id, a))
+
+        async def visible() -> list[str] | None:
+            return [r.host for r in await store.standbys(ex_id)] or None
+
+        await wait_for(visible)
+        proxy.one_way()
+        cut = time.monotonic()
+        doc = await wait_for(lambda: active_on(store, ex_id, b), timeout=60)
+        took = time.monotonic() - cut
+        print(f"one-way partition of the holder → standby active in {took:.2f}s")
+        assert doc["hostname"] == b
+        proxy.resume()
+        await asyncio.sleep(6 * INTERVAL)
+        after = await holder(store, ex_id)
+        assert after is not None and after["hostname"] == b, after  # no flapping back
+        # While the holder's host can reach Redis again: a host cut off for good cannot shut down.
+        for h in (b, a):
+            with contextlib.suppress(PerseusError):
+                await control.command(
+                    client, exchange=exchange, host=h, default_host=h, command=Command.SHUTDOWN
+                )
+    finally:
+        await proxy.close()
