@@ -126,6 +126,46 @@ async def register_again(
     raise RuntimeError(f"{host} could not register again")
 
 
+async def scratch_exchange(database_url: str, prefix: str) -> tuple[str, int]:
+    """A new exchange in the catalog, named ``prefix`` + a random tag: its name and id."""
+    name = f"{prefix}{uuid.uuid4().hex[:8]}"
+    conn = await db.connect(database_url)
+    async with conn:
+        row = await (
+            await conn.execute(
+                "INSERT INTO exchanges (name, display_name) VALUES (%s, %s) RETURNING id", (name, name)
+            )
+        ).fetchone()
+    assert row is not None
+    return name, int(row["id"])
+
+
+class Board:
+    """One exchange as Redis shows it, polled: who is active, who stands by."""
+
+    def __init__(self, store: RedisStore, ex_id: int, interval: float) -> None:
+        self.store, self.ex_id, self.interval = store, ex_id, interval
+
+    async def active_host(self, not_host: str | None = None, timeout: float | None = None) -> str:
+        """The host of the active holder (other than ``not_host``), once there is one."""
+        deadline = time.monotonic() + (10 * self.interval + 60 if timeout is None else timeout)
+        while time.monotonic() < deadline:
+            raw, _ = await self.store.raw_status(self.ex_id)
+            if raw:
+                doc = json.loads(raw)
+                if doc["connectionState"] == "active" and doc["hostname"] != not_host:
+                    return str(doc["hostname"])
+            await asyncio.sleep(0.02)
+        raise RuntimeError("no active instance in time")
+
+    async def standbys_visible(self, expected: set[str]) -> None:
+        for _ in range(600):
+            if {r.host for r in await self.store.standbys(self.ex_id)} >= expected:
+                return
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"standbys {sorted(expected)} not visible in time")
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
@@ -156,16 +196,7 @@ async def trial_set(
     (SIGKILL of the active host's worker), graceful stops (SIGTERM of it) and handoffs. A stopped
     worker is restarted and its host re-registered as a standby, so roles rotate. Each promotion
     also records whether the highest-priority live standby won (1) or not (0)."""
-    conn = await db.connect(database_url)
-    name = f"fo_{uuid.uuid4().hex[:8]}"
-    async with conn:
-        row = await (
-            await conn.execute(
-                "INSERT INTO exchanges (name, display_name) VALUES (%s, %s) RETURNING id", (name, name)
-            )
-        ).fetchone()
-    assert row is not None
-    ex_id = int(row["id"])
+    name, ex_id = await scratch_exchange(database_url, "fo_")
     tag = uuid.uuid4().hex[:4]
     hosts = [f"fa-{tag}", f"fb-{tag}", f"fc-{tag}"]
     priority = dict(zip(hosts, PRIORITIES, strict=True))
@@ -176,23 +207,8 @@ async def trial_set(
     async def register(host: str, standby: bool) -> None:
         await register_again(client, name, host, interval, standby=standby, priority=priority[host])
 
-    async def active_host(not_host: str | None = None, timeout: float = 10 * interval + 60) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            raw, _ = await store.raw_status(ex_id)
-            if raw:
-                doc = json.loads(raw)
-                if doc["connectionState"] == "active" and doc["hostname"] != not_host:
-                    return str(doc["hostname"])
-            await asyncio.sleep(0.02)
-        raise RuntimeError("no active instance in time")
-
-    async def standbys_visible(expected: set[str]) -> None:
-        for _ in range(600):
-            if {r.host for r in await store.standbys(ex_id)} >= expected:
-                return
-            await asyncio.sleep(0.05)
-        raise RuntimeError(f"standbys {sorted(expected)} not visible in time")
+    board = Board(store, ex_id, interval)
+    active_host, standbys_visible = board.active_host, board.standbys_visible
 
     await register(hosts[0], False)
     await register(hosts[1], True)
@@ -434,16 +450,7 @@ async def warm_set(
     """One exchange on two hosts, cold or warm: handoffs back and forth, then crashes of the active
     host's worker (restarted and re-registered as the standby after each). In the hosts topology
     the host workers also serve the workflows, so a crash takes cached workflows with it."""
-    conn = await db.connect(database_url)
-    name = f"wf_{uuid.uuid4().hex[:8]}"
-    async with conn:
-        row = await (
-            await conn.execute(
-                "INSERT INTO exchanges (name, display_name) VALUES (%s, %s) RETURNING id", (name, name)
-            )
-        ).fetchone()
-    assert row is not None
-    ex_id = int(row["id"])
+    name, ex_id = await scratch_exchange(database_url, "wf_")
     notes = log_dir / f"gaps-{name}.txt"
     spec = ConnectorSpec(
         kind="process",

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import statistics
@@ -36,7 +35,17 @@ from pathlib import Path
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
-from bench.failover import PRIORITIES, TOPOLOGIES, Worker, loadavg, pct, register_again, write_section
+from bench.failover import (
+    PRIORITIES,
+    TOPOLOGIES,
+    Board,
+    Worker,
+    loadavg,
+    pct,
+    register_again,
+    scratch_exchange,
+    write_section,
+)
 from perseus.client import control
 from perseus.core.lifecycle import Command
 from perseus.devstack import services
@@ -69,16 +78,7 @@ async def trial_set(
     log_dir: Path,
     topology: str,
 ) -> dict[str, object]:
-    conn = await db.connect(database_url)
-    name = f"kw_{uuid.uuid4().hex[:8]}"
-    async with conn:
-        row = await (
-            await conn.execute(
-                "INSERT INTO exchanges (name, display_name) VALUES (%s, %s) RETURNING id", (name, name)
-            )
-        ).fetchone()
-    assert row is not None
-    ex_id = int(row["id"])
+    name, ex_id = await scratch_exchange(database_url, "kw_")
     tag = uuid.uuid4().hex[:4]
     hosts = [f"ka-{tag}", f"kb-{tag}", f"kc-{tag}"]
     priority = dict(zip(hosts, PRIORITIES, strict=True))
@@ -90,23 +90,8 @@ async def trial_set(
         workers[h] = Worker(env, h, log_dir, shared=True)
     await asyncio.gather(*(w.ready() for w in workers.values()))
 
-    async def active_host(not_host: str | None = None, timeout: float = 10 * interval + 60) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            raw, _ = await store.raw_status(ex_id)
-            if raw:
-                doc = json.loads(raw)
-                if doc["connectionState"] == "active" and doc["hostname"] != not_host:
-                    return str(doc["hostname"])
-            await asyncio.sleep(0.02)
-        raise RuntimeError("no active instance in time")
-
-    async def standbys_visible(expected: set[str]) -> None:
-        for _ in range(600):
-            if {r.host for r in await store.standbys(ex_id)} >= expected:
-                return
-            await asyncio.sleep(0.05)
-        raise RuntimeError(f"standbys {sorted(expected)} not visible in time")
+    board = Board(store, ex_id, interval)
+    active_host, standbys_visible = board.active_host, board.standbys_visible
 
     async def handoff(active: str, target: str) -> float:
         started = time.monotonic()
