@@ -133,13 +133,6 @@ class RegistryActivities:
         #: with every record, so they schedule no notification activity when there is nobody to tell.
         self._notifications = notifications
 
-    @activity.defn(name="claim_exchange")
-    @edge
-    async def claim_exchange(self, req: ClaimRequest) -> ClaimResult:
-        """Claim on the shared queue: runs begun before ``claim-on-host`` (see
-        :meth:`activities.host.HostActivities.claim_and_hold`, which replaced it) replay through it."""
-        return await take_claim(self._store, self._catalog, req)
-
     @activity.defn(name="record")
     @edge
     async def record(self, req: RecordRequest) -> Recorded:
@@ -153,10 +146,10 @@ class RegistryActivities:
         stream_id = await self.record_event(EventRequest(event=req.event))
         return Recorded(stream_id=stream_id, patch=patched, notify=self._notifications)
 
-    @activity.defn(name="patch_status")
     @edge
     async def patch_status(self, req: StatusPatch) -> PatchResult:
-        """Merge fields into the status key if our claim still matches (never resets the TTL)."""
+        """Merge fields into the status key if our claim still matches (never resets the TTL): the
+        first half of :meth:`record`."""
         reply = await self._store.fenced(
             req.exchange_id, req.claim.instance_id, req.claim.epoch, mode="merge", patch=req.fields
         )
@@ -175,10 +168,10 @@ class RegistryActivities:
             applied=reply.outcome == "ok", reason=None if reply.outcome == "ok" else reply.outcome
         )
 
-    @activity.defn(name="record_event")
     @edge
     async def record_event(self, req: EventRequest) -> str:
-        """Append one network event, exactly once per eventId even when retried; returns the stream id.
+        """Append one network event, exactly once per eventId even when retried; returns the stream id
+        (the second half of :meth:`record`, whose retries are its own).
 
         The stream (the live feed) is written first, then the durable copy in PostgreSQL with the
         stream ID it got. Both writes are idempotent by eventId, so a retry after either failed
@@ -250,11 +243,8 @@ class RegistryActivities:
 
     def all(self) -> list[Callable[..., Any]]:
         return [
-            self.claim_exchange,
             self.record,
-            self.patch_status,
             self.release_claim,
-            self.record_event,
             self.put_standby,
             self.list_standbys,
             self.drop_standby,

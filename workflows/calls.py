@@ -22,13 +22,11 @@ from temporalio import activity
 from perseus.models import (
     ClaimProbe,
     ClaimProbeRequest,
-    ClaimRequest,
     ClaimResult,
     ConnectorPreflight,
     ConnectorReport,
     ConnectorRequest,
     DropStandbyRequest,
-    EventRequest,
     HostClaimRequest,
     HostPresence,
     Identity,
@@ -47,7 +45,6 @@ from perseus.models import (
     StandbyOutcome,
     StandbyQuery,
     StandbyRecord,
-    StatusPatch,
 )
 
 # --- shared queue: the catalog (activities/catalog.py) -------------------------------------------
@@ -71,33 +68,15 @@ async def host_polled(req: IdentityRequest) -> HostPresence:
 # --- shared queue: the registry (activities/registry.py) -----------------------------------------
 
 
-@activity.defn(name="claim_exchange")
-async def claim_exchange(req: ClaimRequest) -> ClaimResult:
-    """Shared queue. Claim the exchange's status key; runs begun before ``claim-on-host`` only."""
-    raise NotImplementedError
-
-
 @activity.defn(name="record")
 async def record(req: RecordRequest) -> Recorded:
     """Shared queue, as a local activity. A transition's status merge and its event in one step."""
     raise NotImplementedError
 
 
-@activity.defn(name="patch_status")
-async def patch_status(req: StatusPatch) -> PatchResult:
-    """Shared queue. Merge fields into the status key if our claim still matches."""
-    raise NotImplementedError
-
-
 @activity.defn(name="release_claim")
 async def release_claim(req: ReleaseRequest) -> PatchResult:
     """Shared queue. Delete the status key if it is still ours."""
-    raise NotImplementedError
-
-
-@activity.defn(name="record_event")
-async def record_event(req: EventRequest) -> str:
-    """Shared queue. Append one network event (stream, then PostgreSQL); returns the stream id."""
     raise NotImplementedError
 
 

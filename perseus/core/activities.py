@@ -16,13 +16,11 @@ from pydantic import BaseModel
 from perseus.models import (
     ClaimProbe,
     ClaimProbeRequest,
-    ClaimRequest,
     ClaimResult,
     ConnectorPreflight,
     ConnectorReport,
     ConnectorRequest,
     DropStandbyRequest,
-    EventRequest,
     HostClaimRequest,
     HostPresence,
     Identity,
@@ -41,7 +39,6 @@ from perseus.models import (
     StandbyOutcome,
     StandbyQuery,
     StandbyRecord,
-    StatusPatch,
 )
 
 Q = TypeVar("Q", bound=BaseModel)
@@ -69,12 +66,9 @@ class Activity:
 
     RESOLVE_INSTANCE = ActivityRef("resolve_instance", ResolveRequest, Resolved)
     HOST_POLLED = ActivityRef("host_polled", IdentityRequest, HostPresence)
-    CLAIM_EXCHANGE = ActivityRef("claim_exchange", ClaimRequest, ClaimResult)
     CLAIM_AND_HOLD = ActivityRef("claim_and_hold", HostClaimRequest, ClaimResult)
     PROBE_CLAIM = ActivityRef("probe_claim", ClaimProbeRequest, ClaimProbe)
     RELEASE_CLAIM = ActivityRef("release_claim", ReleaseRequest, PatchResult)
-    PATCH_STATUS = ActivityRef("patch_status", StatusPatch, PatchResult)
-    RECORD_EVENT = ActivityRef("record_event", EventRequest, str)
     RECORD = ActivityRef("record", RecordRequest, Recorded)
     PUT_STANDBY = ActivityRef("put_standby", StandbyRecord, type(None))
     DROP_STANDBY = ActivityRef("drop_standby", DropStandbyRequest, type(None))

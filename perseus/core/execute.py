@@ -7,7 +7,7 @@ Holds no memory of its own: the walk is the status part's, the connector the hos
 
 from __future__ import annotations
 
-from perseus.core.actions import Activity, Answer, Patched, Retry, tolerated
+from perseus.core.actions import Activity, Answer, Retry, tolerated
 from perseus.core.decisions import StartPath, start_path
 from perseus.core.host import Host
 from perseus.core.leases import Leases
@@ -41,10 +41,7 @@ class Execution:
         done: list[State] = []
         try:
             if command is Command.START:
-                # Patched: runs begun before it retried each step of a promoted start three times:
-                # a promotion whose connector could not connect held the exchange 3 s longer.
-                once = promoted and (yield Patched("promoted-start-tries-once"))
-                activated = yield from self._start(done, retry=Retry.ONCE if once else Retry.HOST)
+                activated = yield from self._start(done, retry=Retry.ONCE if promoted else Retry.HOST)
                 if activated is not None:
                     return CommandResult(
                         command=command,
@@ -78,7 +75,7 @@ class Execution:
         yield from status.transition(State.STARTING)
         done.append(State.STARTING)
         how = start_path(warm_here=self.warm.warm_here, warming=self.warm.warming)
-        if how is StartPath.WARM and (yield Patched("warm-activate")):
+        if how is StartPath.WARM:
             cold_because, _ = yield from self.warm.activate()
             if cold_because is None:
                 status.connected_now()

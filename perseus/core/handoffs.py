@@ -13,11 +13,9 @@ from perseus.core.actions import (
     Activity,
     Answer,
     Log,
-    Patched,
     Proc,
     Signal,
     Sleep,
-    WaitUntil,
 )
 from perseus.core.context import Context
 from perseus.core.decisions import (
@@ -39,7 +37,6 @@ from perseus.models import (
     PromoteRequest,
     StandbyRecord,
 )
-from perseus.timing import HANDOFF_TIMEOUT_S, LEASE_SLACK_INTERVALS
 
 
 class Handoffs:
@@ -81,21 +78,20 @@ class Handoffs:
             return self._handoff_refused(
                 f"no live standby of {self.ctx.inp.exchange} on host {req.to_host} (live standbys: {live})"
             )
-        silent, checks_ready = yield from self.target.silent(target)
-        if silent is None and checks_ready:
+        silent = yield from self.target.silent(target)
+        if silent is None:
             silent = self.target.not_ready(target)
         if silent is not None:
             return (yield from self._handoff_aborted(target, silent))
-        if target.warm and start_state is State.ACTIVE and (yield Patched("warm-handoff")):
+        if target.warm and start_state is State.ACTIVE:
             # Make before break: the target's connector is warm before ours stops.
             waited_from = self.ctx.clock.now()
             target = yield from self.target.until_warm(target)
-            if checks_ready:
-                # Not warm in time: handing over cold would stop ours for a start likely to fail too.
-                waited = (self.ctx.clock.now() - waited_from).total_seconds()
-                unready = self.target.not_ready(target, waited_s=waited)
-                if unready is not None:
-                    return (yield from self._handoff_aborted(target, unready))
+            # Not warm in time: handing over cold would stop ours for a start likely to fail too.
+            waited = (self.ctx.clock.now() - waited_from).total_seconds()
+            unready = self.target.not_ready(target, waited_s=waited)
+            if unready is not None:
+                return (yield from self._handoff_aborted(target, unready))
         yield from self.status.event(
             EventKind.HANDOFF,
             detail=f"notify: handing over to {target.host} (standby {target.instance_id}"
@@ -104,9 +100,7 @@ class Handoffs:
         done: list[State] = []
         # Handing over while staying here as a warm standby: demote our connector instead of
         # stopping it, so that a handoff back is as quick as this one.
-        keep_warm = handoff_demotes(shutdown=req.shutdown, warm=self.ctx.inp.connector.warm) and (
-            yield Patched("warm-handback")
-        )
+        keep_warm = handoff_demotes(shutdown=req.shutdown, warm=self.ctx.inp.connector.warm)
         try:
             for state in plan(Command.HANDOFF, self.status.state):
                 if state is State.STOPPED:
@@ -143,7 +137,7 @@ class Handoffs:
         released_at = self.ctx.clock.now()
         # To a warm target, the signal goes first: nobody is active until it is, so the takeover
         # event is written while it activates rather than before.
-        signal_first = target.warm_ready and (yield Patched("warm-handoff-signal-first"))
+        signal_first = target.warm_ready
         takeover = f"takeover: released epoch {old_epoch} to {target.host}"
         if not signal_first:
             yield from self.status.event(EventKind.HANDOFF, detail=takeover)
@@ -165,24 +159,14 @@ class Handoffs:
             yield from self.status.event(EventKind.HANDOFF, detail=takeover)
         take_lapsed, act_after_s = False, 0.0
         if refused is None:
-            # Patched: runs begun before it waited for the target's workflow alone, which hears of
-            # a dead host only when Temporal times its activity out (a heartbeat timeout: 18.75 s
-            # at 1 s), and the exchange had no connector meanwhile.
-            if (yield Patched("handoff-watches-target-claim")):
-                lost, take_lapsed, act_after_s = yield from self.target.await_confirmation(
-                    target, old_claim, released_at, answered=lambda: self.st.reply is not None
-                )
-                if lost is not None:
-                    self.on_reply(HandoffConfirm(ok=False, host=target.host, detail=lost))
-            else:
-                answered = yield WaitUntil(
-                    lambda: self.st.reply is not None,
-                    timeout_s=HANDOFF_TIMEOUT_S + LEASE_SLACK_INTERVALS * self.ctx.inp.heartbeat_interval_s,
-                )
-                if not answered:
-                    self.on_reply(
-                        HandoffConfirm(ok=False, host=target.host, detail="no confirmation in time")
-                    )
+            # Not the target's workflow alone: it hears of a dead host only when Temporal times its
+            # activity out (a heartbeat timeout: 18.75 s at 1 s), and the exchange would have no
+            # connector meanwhile. The key in Redis shows it sooner.
+            lost, take_lapsed, act_after_s = yield from self.target.await_confirmation(
+                target, old_claim, released_at, answered=lambda: self.st.reply is not None
+            )
+            if lost is not None:
+                self.on_reply(HandoffConfirm(ok=False, host=target.host, detail=lost))
         reply = self.st.reply
         assert reply is not None
         self.leases.drop_claim()

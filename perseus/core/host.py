@@ -14,7 +14,6 @@ from perseus.core.actions import (
     Answer,
     Call,
     Log,
-    Patched,
     Retry,
     ask,
     tolerated,
@@ -53,15 +52,13 @@ class Host:
         worker is seen polling its queue — busy, not missing — for at most ``HOST_BUSY_LIMIT_S``;
         with nobody polling, the failure stands (the caller reports it)."""
         ctx = self.ctx
-        # Patched: runs begun before it failed a step at its first schedule-to-start timeout.
-        patient = yield Patched("wait-for-busy-host")
         since = ctx.clock.now()
         while True:
             try:
                 return (yield from ask(call))
             except StepFailed as err:
                 late = ctx.clock.now() - since > timedelta(seconds=HOST_BUSY_LIMIT_S)
-                if not patient or late or not err.failure.not_picked_up or not (yield from self._polled()):
+                if late or not err.failure.not_picked_up or not (yield from self._polled()):
                     raise
             yield Log(f"{ctx.wf_id}: the worker on {ctx.inp.host} is busy; asking it again")
 

@@ -19,12 +19,10 @@ from perseus.core.actions import (
     Answer,
     Call,
     CancelLease,
-    Patched,
     Proc,
     Retry,
     StartLease,
     TakeLease,
-    ask,
     tolerated,
 )
 from perseus.core.context import Context
@@ -148,15 +146,8 @@ class Leases:
         return result
 
     def _claim_activity(self, request: ClaimRequest, retry: Retry) -> Answer[ClaimResult]:
-        """Claim on this instance's host, whose keeper renews from that moment on (patched
-        ``claim-on-host``); runs begun before it claimed on the shared queue and replay so."""
+        """Claim on this instance's host, whose keeper renews from that moment on."""
         ctx = self.ctx
-        if not (yield Patched("claim-on-host")):
-            return (
-                yield from ask(
-                    Call(Activity.CLAIM_EXCHANGE, request, start_to_close_s=10, retry=retry, summary="claim")
-                )
-            )
         held = HostClaimRequest(
             claim=request,
             workflow_id=ctx.wf_id,

@@ -11,9 +11,9 @@ connector (``warm``), the commands (``commands``), the registration, and here th
 part reads another's slice; what they share is handed to them here, as functions. The loop routes
 each piece of work to the part that does it (:func:`perseus.core.decisions.next_step` says which).
 
-Patches: wherever the behaviour changed after runs had been recorded, the procedure asks
-(:class:`~perseus.core.actions.Patched`) at the very point the new behaviour begins, so old runs
-replay the old branch (``docs/design.md`` lists each patch id).
+Patches: a change made after a release that alters the commands a run issues asks
+(:class:`~perseus.core.actions.Patched`) at the very point the new behaviour begins, so runs begun
+on the release replay the old branch (``docs/design.md``, "Versioning the workflow").
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from perseus.core.actions import (
     ContinueAsNew,
     DrainNotifications,
     Notify,
-    Patched,
     Proc,
     Undelivered,
     WaitForWork,
@@ -203,8 +202,7 @@ class InstanceCore(InstanceAnswers):
                 # stopped and the key was ours. Otherwise it finds the key gone (or expiring) on its
                 # own and waits the renew deadline out, as a vacancy that proves nothing requires.
                 released = yield from self.execution.release()
-                # Patched: runs begun before it left every standby to find the vacancy by itself.
-                if released and (yield Patched("wake-standby-on-release")):
+                if released:
                     yield from standbys.wake(
                         f"{ctx.inp.exchange} on {ctx.inp.host} released: its worker shut down"
                     )
@@ -254,10 +252,9 @@ class InstanceCore(InstanceAnswers):
             # The caller hears back only once the claim is released.
             yield from self.leases.cancel()
             released = yield from self.leases.release()
-            # Our connector stopped (the walk down succeeded): the best standby may act at once.
-            # Patched: runs begun before it left the standby to find a vacancy that proves nothing,
-            # so it waited out our renew deadline holding the claim in idle.
-            if released and (yield Patched("wake-standby-on-shutdown")):
+            # Our connector stopped (the walk down succeeded): the best standby may act at once,
+            # rather than find a vacancy that proves nothing and wait out our renew deadline.
+            if released:
                 yield from self.standbys.wake(f"{ctx.inp.exchange} on {ctx.inp.host} shut down")
             yield from self.standbys.drop()
             yield from self.warm.stop("shut down")
@@ -268,8 +265,8 @@ class InstanceCore(InstanceAnswers):
         result = yield from execution.execute(ticket.command, promoted=ticket.promoted)
         if ticket.confirm_to is not None:
             yield from self.promotion.confirm_takeover(ticket.confirm_to, result)
-        elif ticket.promoted and result.error is not None and (yield Patched("failed-promotion-moves-on")):
-            # Patched: runs begun before it kept the claim in idle, running nothing, for good.
+        elif ticket.promoted and result.error is not None:
+            # A claim is held only by an instance that runs its connector: never kept in idle.
             yield from self.promotion.after_failed_promotion(result.error)
         return result, None
 

@@ -15,11 +15,9 @@ from perseus.core.actions import (
     Activity,
     CancelWarmUp,
     Log,
-    Patched,
     Proc,
     Search,
     Signal,
-    Sleep,
     WaitUntil,
     tolerated,
 )
@@ -86,19 +84,16 @@ class Promotion:
             # The holder whose key vanished may act until its renew deadline: ours must not yet —
             # unless that holder tells us meanwhile that it stopped and released (a graceful stop
             # or shutdown wakes us; our watch may have seen the key go first).
-            if (yield Patched("release-ends-deadline-wait")):
-                yield WaitUntil(
-                    lambda: released_by_holder(standbys.promotions, req.min_epoch),
-                    timeout_s=req.act_after_s,
-                    summary="wait out the old deadline",
-                )
-                # The event says why we act now: the holder's word, not the vacancy our watch saw
-                # first (under load it usually is first: the release deletes the key at once).
-                release = holders_release(standbys.promotions, req.min_epoch)
-                if release is not None:
-                    reason = f"{release.reason} (its key was seen gone first)"
-            else:
-                yield Sleep(req.act_after_s, summary="wait out the old deadline")
+            yield WaitUntil(
+                lambda: released_by_holder(standbys.promotions, req.min_epoch),
+                timeout_s=req.act_after_s,
+                summary="wait out the old deadline",
+            )
+            # The event says why we act now: the holder's word, not the vacancy our watch saw
+            # first (under load it usually is first: the release deletes the key at once).
+            release = holders_release(standbys.promotions, req.min_epoch)
+            if release is not None:
+                reason = f"{release.reason} (its key was seen gone first)"
         task = self.warm.take_task()
         warming = task is not None and not task.done
         if task is not None and warming:
@@ -107,9 +102,7 @@ class Promotion:
             self.warm.consume()
         cold_because: str | None = None
         no_worker = False
-        warm = start_path(warm_here=self.warm.warm_here, warming=warming) is StartPath.WARM and (
-            yield Patched("warm-activate-on-promotion")
-        )
+        warm = start_path(warm_here=self.warm.warm_here, warming=warming) is StartPath.WARM
         if warm:
             cold_because, no_worker = yield from self.warm.activate()
         yield from standbys.drop()

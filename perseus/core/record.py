@@ -1,6 +1,5 @@
 """The instance's writes: a fenced merge into its status key and an event in its stream, as one
-local activity (or, for runs begun before ``one-write-per-transition``, as two), then a
-notification if the worker notifies.
+local activity (no server round trip each), then a notification if the worker notifies.
 
 Holds no memory: each write is fenced by the claim and names the actor it is handed.
 """
@@ -10,17 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from perseus.core.actions import Activity, Answer, Call, Log, Notify, Patched, Proc, Retry, ask
+from perseus.core.actions import Activity, Call, Log, Notify, Proc, Retry, ask
 from perseus.core.context import Context
 from perseus.core.lifecycle import State
 from perseus.errors import StepFailed
 from perseus.models import (
     Claim,
     EventKind,
-    EventRequest,
     NetworkEvent,
     NotifyRequest,
-    PatchResult,
     Recorded,
     RecordRequest,
     StatusPatch,
@@ -34,12 +31,6 @@ class Writer:
         self, ctx: Context, *, claim: Callable[[], Claim | None], actor: Callable[[], str | None]
     ) -> None:
         self.ctx, self._claim, self._actor = ctx, claim, actor
-
-    def one_write(self) -> Answer[bool]:
-        """Patched ``one-write-per-transition``: a transition's status merge and event are one local
-        activity (no server round trip each); runs begun before it wrote them as two activities."""
-        patched: bool = yield Patched("one-write-per-transition")
-        return patched
 
     def status_patch(self, fields: dict[str, object]) -> StatusPatch | None:
         claim = self._claim()
@@ -71,26 +62,6 @@ class Writer:
         if recorded.notify:
             yield Notify(NotifyRequest(event=event))
 
-    def patch(self, fields: dict[str, object]) -> Proc:
-        patch = self.status_patch(fields)
-        if patch is None:
-            return
-        try:
-            result: PatchResult = yield from ask(
-                Call(
-                    Activity.PATCH_STATUS,
-                    patch,
-                    start_to_close_s=10,
-                    retry=Retry.DURABLE,
-                    summary="write status",
-                )
-            )
-        except StepFailed as err:
-            yield Log(f"status write refused: {err.failure.message}", warning=True)
-            return
-        if not result.applied:
-            yield Log(f"status write refused ({result.reason}): we no longer hold the claim", warning=True)
-
     def event(
         self,
         kind: EventKind,
@@ -113,23 +84,7 @@ class Writer:
             detail=detail,
             at=at,
         )
-        if (yield from self.one_write()):
-            yield from self.record(event)
-            return
-        try:
-            yield from ask(
-                Call(
-                    Activity.RECORD_EVENT,
-                    EventRequest(event=event),
-                    start_to_close_s=10,
-                    retry=Retry.DURABLE,
-                    summary=f"event {kind.value}",
-                )
-            )
-        except StepFailed as err:
-            yield Log(f"event {kind.value} not recorded after retries: {err.failure.message}", warning=True)
-            return
-        yield Notify(NotifyRequest(event=event))
+        yield from self.record(event)
 
     def network_event(
         self,

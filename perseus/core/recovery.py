@@ -13,10 +13,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from perseus.core.actions import Answer, CountRestart, Failure, Log, Patched, Proc, Retry, Sleep, WaitLease
+from perseus.core.actions import Answer, CountRestart, Failure, Log, Proc, Retry, Sleep, WaitLease
 from perseus.core.context import Context
 from perseus.core.decisions import (
-    LOSS_TYPES,
     HostVerdict,
     LeaseVerdict,
     judge_claim,
@@ -102,8 +101,7 @@ class Recovery:
         if verdict is LeaseVerdict.RECLAIM and (yield from self._reclaim(reason, stopped_at)):
             return True
         if verdict is LeaseVerdict.REATTACH:
-            patched = yield Patched("reattach-by-claim-probe")
-            answer = yield from (self._reattach(reason) if patched else self._reattach_v1(reason))
+            answer = yield from self._reattach(reason)
             if answer is None:
                 return True
             if isinstance(answer, StepFailed):
@@ -111,27 +109,6 @@ class Recovery:
             reason = answer
         yield from self._instance_lost(reason, stopped_at)
         return False
-
-    def _reattach_v1(self, reason: str) -> Answer[str | None]:
-        """Before the keeper: a host whose lease was not picked up again within the pickup window
-        was lost. Kept so that runs begun before ``reattach-by-claim-probe`` replay as they ran."""
-        ctx = self.ctx
-        pickup = ctx.inp.heartbeat_interval_s * PICKUP_FACTOR
-        yield from self.leases.start(schedule_to_start_s=pickup)
-        ended = yield WaitLease(pickup + max(ctx.inp.heartbeat_interval_s, 3.0))
-        if not ended:
-            if self.status.state in RUNNING_STATES and not (yield from self.host.alive(self.leases.claim)):
-                yield from self.status.fail(
-                    f"connector not running after the worker on {ctx.inp.host} restarted"
-                )
-            return None
-        try:
-            yield from self.leases.take()
-            return None
-        except StepFailed as again:
-            if again.failure.kind in LOSS_TYPES:
-                return again.failure.message
-            return f"host {ctx.inp.host} stopped heartbeating ({reason}) and did not come back"
 
     def _reattach(self, reason: str) -> Answer[str | StepFailed | None]:
         """The lease stopped heartbeating to Temporal, which proves nothing about Redis: re-attach.
@@ -146,25 +123,23 @@ class Recovery:
         ctx, leases = self.ctx, self.leases
         interval = ctx.inp.heartbeat_interval_s
         pickup = interval * PICKUP_FACTOR
-        # Patched: runs begun before it waited out the whole pickup window before asking Redis,
-        # which made a crash at long intervals wait longer than the TTL.
-        at_once = yield Patched("probe-claim-at-once")
         while True:
             yield from leases.start(schedule_to_start_s=pickup)
             # Longer than the pickup window (timers fire late under load): a lease still running by
             # then was picked up by a worker, not refused for want of one.
             picked_up_at = ctx.clock.now() + timedelta(seconds=pickup + max(interval, 3.0))
             while True:
+                # Redis is asked at once, not after the whole pickup window: that made a crash at
+                # long intervals wait longer than the TTL.
                 wake_at = picked_up_at
-                if at_once:
-                    probe = yield from leases.probe()
-                    if probe is not None:
-                        lost = yield from self._lost_by(probe, reason)
-                        if lost is not None:
-                            yield from leases.cancel()
-                            return lost
-                        stale = stale_in(probe.renewed_ms_ago or 0, interval)
-                        wake_at = min(picked_up_at, ctx.clock.now() + timedelta(seconds=stale + 0.05))
+                probe = yield from leases.probe()
+                if probe is not None:
+                    lost = yield from self._lost_by(probe, reason)
+                    if lost is not None:
+                        yield from leases.cancel()
+                        return lost
+                    stale = stale_in(probe.renewed_ms_ago or 0, interval)
+                    wake_at = min(picked_up_at, ctx.clock.now() + timedelta(seconds=stale + 0.05))
                 wait = max(wake_at - ctx.clock.now(), timedelta(milliseconds=50))
                 if not (yield WaitLease(wait.total_seconds())):
                     if wake_at < picked_up_at:
@@ -185,14 +160,7 @@ class Recovery:
             except StepFailed as again:
                 if again.failure.error_type is not None:
                     return again
-            if at_once:
-                continue  # no worker took it (or it went silent again): ask Redis at once, re-issue
-            probe = yield from leases.probe()
-            if probe is None:
-                continue  # Redis does not answer here either: no evidence either way
-            lost = yield from self._lost_by(probe, reason)
-            if lost is not None:
-                return lost
+            # No worker took it (or it went silent again): re-issue it and ask Redis at once.
 
     def _lost_by(self, probe: ClaimProbe, reason: str) -> Answer[str | None]:
         """Why the claim is lost, if Redis proves it (the reason), or None: its host still renews."""
@@ -236,10 +204,7 @@ class Recovery:
         ctx = self.ctx
         yield from self.status.fail(reason)
         standbys, paused = yield from self.standbys.others_and_pause()
-        # Patched, and asked only when it matters: a run recorded by a worker from before pauses
-        # stepped aside whatever the list said, and must replay so.
-        held = paused and bool(standbys) and (yield Patched("paused-restarts-in-place"))
-        if not steps_aside(standbys=bool(standbys), paused=held):
+        if not steps_aside(standbys=bool(standbys), paused=paused):
             why = "the exchange is paused" if standbys else "no live standby to take over"
             yield Log(f"{ctx.wf_id}: {why}; restarting in place")
             self._restart_first()
@@ -280,7 +245,5 @@ class Recovery:
         yield from self.status.event(EventKind.INSTANCE_LOST, detail=reason)
         yield from self.status.walk_down(stopped_at)
         yield from self.leases.release()
-        # Patched: runs that lost their instance before standbys existed did not look for one.
-        if (yield Patched("wake-standby-on-loss")):
-            yield from self.standbys.wake(f"{ctx.inp.exchange} on {ctx.inp.host} lost: {reason}")
+        yield from self.standbys.wake(f"{ctx.inp.exchange} on {ctx.inp.host} lost: {reason}")
         self._end(f"{Ending.INSTANCE_LOST}: {reason}")

@@ -120,16 +120,10 @@ class Status:
         if target is State.IDLE:
             self._update(connected_at=None)
             fields["connectedAt"] = None
-        if (yield from self.writer.one_write()):
-            event = self.writer.network_event(
-                EventKind.STATE_TRANSITION, from_state=previous, to_state=target, at=at
-            )
-            yield from self.writer.record(event, self.writer.status_patch(fields))
-        else:
-            yield from self.writer.patch(fields)
-            yield from self.writer.event(
-                EventKind.STATE_TRANSITION, from_state=previous, to_state=target, at=at
-            )
+        event = self.writer.network_event(
+            EventKind.STATE_TRANSITION, from_state=previous, to_state=target, at=at
+        )
+        yield from self.writer.record(event, self.writer.status_patch(fields))
         yield Log(f"{self.ctx.wf_id}: {previous.value} → {target.value}")
         yield Search(state=target)
         yield self._details()
@@ -151,12 +145,8 @@ class Status:
         idle. True when the connector is known stopped (its disconnect answered)."""
         self.errored(reason)
         fields: dict[str, object] = {"lastError": reason, "lastErrorAt": iso(self.ctx.clock.now())}
-        if (yield from self.writer.one_write()):
-            event = self.writer.network_event(EventKind.ERROR, error=reason, state=self.st.state)
-            yield from self.writer.record(event, self.writer.status_patch(fields))
-        else:
-            yield from self.writer.patch(fields)
-            yield from self.writer.event(EventKind.ERROR, error=reason, state=self.st.state)
+        event = self.writer.network_event(EventKind.ERROR, error=reason, state=self.st.state)
+        yield from self.writer.record(event, self.writer.status_patch(fields))
         stopped = yield from tolerated(
             self.host.step(Activity.CONNECTOR_DISCONNECT, self._claim(), timeout_s=10),
             "connector_disconnect after failure",

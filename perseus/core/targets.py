@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from perseus.core.actions import Activity, Answer, Call, Log, Patched, Retry, Sleep, WaitUntil, ask, tolerated
+from perseus.core.actions import Activity, Answer, Call, Log, Retry, Sleep, WaitUntil, ask, tolerated
 from perseus.core.context import Context
 from perseus.core.decisions import handoff_target_look, seconds_until, target_not_ready
 from perseus.core.lifecycle import Role
@@ -23,7 +23,6 @@ from perseus.models import (
     ClaimProbeRequest,
     ConnectorPreflight,
     ConnectorRequest,
-    IdentityRequest,
     StandbyRecord,
 )
 from perseus.timing import HANDOFF_TIMEOUT_S, LEASE_SLACK_INTERVALS, WARM_WAIT_SLACK_INTERVALS
@@ -46,33 +45,16 @@ class Target:
             waited_s=waited_s,
         )
 
-    def silent(self, target: StandbyRecord) -> Answer[tuple[str | None, bool]]:
-        """Why the target cannot take over now, or None; and whether its readiness is checked.
+    def silent(self, target: StandbyRecord) -> Answer[str | None]:
+        """Why the target cannot take over now, or None.
 
-        Asked before anything stops here (patched ``handoff-asks-target-first``): a frozen or
-        partitioned target otherwise leaves the exchange with nobody until the handoff times out.
-        Since ``handoff-checks-target-ready`` the target's host is asked whether our connector could
-        start there (its worker answering proves it alive, as the identity call did), and the
-        caller refuses a warm target that is not ready: a handoff whose cold start then fails left
-        the exchange without a connector for half a minute before it was taken back."""
-        if not (yield Patched("handoff-asks-target-first")):
-            return None, False
-        checks_ready: bool = yield Patched("handoff-checks-target-ready")
+        Asked before anything stops here: a frozen or partitioned target would otherwise leave the
+        exchange with nobody until the handoff times out. The target's host is asked whether our
+        connector could start there (its worker answering proves it alive), and the caller then
+        refuses a warm target that is not ready: a handoff whose cold start then fails would leave
+        the exchange without a connector for half a minute before it is taken back."""
         wait = self.ctx.host_wait()
         try:
-            if not checks_ready:
-                yield from ask(
-                    Call(
-                        Activity.DETECT_IDENTITY,
-                        IdentityRequest(host=target.host),
-                        queue=host_task_queue(target.host),
-                        schedule_to_start_s=wait,
-                        start_to_close_s=wait,
-                        retry=Retry.ONCE,
-                        summary=f"is {target.host} answering?",
-                    )
-                )
-                return None, False
             resolved = self.ctx.resolved
             found: ConnectorPreflight = yield from ask(
                 Call(
@@ -93,10 +75,10 @@ class Target:
                 )
             )
         except StepFailed as err:
-            return f"the worker on {target.host} did not answer: {err.failure.message}", checks_ready
+            return f"the worker on {target.host} did not answer: {err.failure.message}"
         if found.cannot_start is not None:
-            return f"{target.host} cannot start the connector: {found.cannot_start}", True
-        return None, True
+            return f"{target.host} cannot start the connector: {found.cannot_start}"
+        return None
 
     def until_warm(self, target: StandbyRecord) -> Answer[StandbyRecord]:
         """Wait (bounded by the connector's ready timeout) until the warm target says it is ready;

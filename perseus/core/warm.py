@@ -16,7 +16,6 @@ from perseus.core.actions import (
     Answer,
     CancelWarmUp,
     Log,
-    Patched,
     Proc,
     Retry,
     Sleep,
@@ -93,10 +92,9 @@ class Warm:
             warming=st.task is not None,
         ):
             return
-        if (yield Patched("warm-standby")):
-            task = WarmUp()
-            self._update(task=task)
-            yield SpawnWarmUp(self._warm_up(task))
+        task = WarmUp()
+        self._update(task=task)
+        yield SpawnWarmUp(self._warm_up(task))
 
     def _warm_up(self, task: WarmUp) -> Proc:
         ctx = self.ctx
@@ -107,8 +105,8 @@ class Warm:
                 if reason is None:
                     break
                 failures += 1
-                # Patched: runs begun before it gave up after one failed warm-up, for good.
-                retry = warm_retry_delay(failures) if (yield Patched("warm-retry")) else None
+                # Never given up for good: a standby that is not warm starts cold when promoted.
+                retry = warm_retry_delay(failures)
                 yield Log(f"{ctx.wf_id}: warm standby not warmed: {reason}", warning=True)
                 yield from self._event(
                     EventKind.ERROR,

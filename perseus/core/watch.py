@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from perseus.core.actions import Answer, CancelWarmUp, Log, Patched, Sleep, WaitUntil
+from perseus.core.actions import Answer, CancelWarmUp, Log, WaitUntil
 from perseus.core.context import Context
 from perseus.core.decisions import act_after_vacancy_s, standbys_ahead, vacancy_delay
 from perseus.core.leases import Leases
@@ -46,15 +46,11 @@ class Watch:
         try:
             outcome: StandbyOutcome = yield from self.leases.take()
         except StepFailed as err:
-            if err.failure.kind is StandbyGone and (yield Patched("standby-reattach")):
+            if err.failure.kind is StandbyGone:
                 # Redis lost the record (an outage longer than its TTL): make it visible again.
                 yield from standbys.put()
                 return True
-            if (
-                err.failure.error_type is None
-                and (yield Patched("standby-reattach"))
-                and (yield from standbys.live())
-            ):
+            if err.failure.error_type is None and (yield from standbys.live()):
                 # Its host still renews the record: it only lost Temporal. Watch again.
                 return True
             yield from standbys.drop()
@@ -83,17 +79,9 @@ class Watch:
             )
             wait = vacancy_delay(ahead, ctx.inp.heartbeat_interval_s, after_outage=outcome.after_outage)
             if wait:
-                # Patched: runs begun before it slept the head start out even when woken meanwhile —
-                # the standby that went first and could not start its connector woke us, and we
-                # still waited (3.75 s at 15 s).
-                if (yield Patched("woken-ends-head-start")):
-                    yield WaitUntil(lambda: bool(standbys.promotions), timeout_s=wait, summary="head start")
-                else:
-                    yield Sleep(wait)
-            # Patched: runs begun before it acted right after the claim (see act_after_vacancy_s).
-            hold = yield Patched("vacancy-waits-out-deadline")
-            # Patched: runs begun before it waited even when the key had lapsed by its TTL.
-            lapsed = outcome.lapsed and (yield Patched("lapsed-key-acts-at-once"))
+                # Woken meanwhile (the standby that went first could not start its connector and
+                # woke us), the head start ends at once.
+                yield WaitUntil(lambda: bool(standbys.promotions), timeout_s=wait, summary="head start")
             yield from self.promotion.promote(
                 PromoteRequest(
                     reason=(
@@ -102,9 +90,9 @@ class Watch:
                         else "the holder's claim expired (TTL)"
                     ),
                     min_epoch=outcome.last_epoch,
-                    act_after_s=(
-                        act_after_vacancy_s(ctx.inp.heartbeat_interval_s, lapsed=lapsed) if hold else 0.0
-                    ),
+                    # The holder may act until its renew deadline (act_after_vacancy_s); a key that
+                    # lapsed by its TTL proves that deadline passed.
+                    act_after_s=act_after_vacancy_s(ctx.inp.heartbeat_interval_s, lapsed=outcome.lapsed),
                     take_lapsed=outcome.holder_silent,
                 )
             )

@@ -1,7 +1,8 @@
 """The durable network log and the state ledger, through the real read API.
 
-Events are recorded by the ``record_event`` activity's own code (stream first, then PostgreSQL) into a
-private Redis server, so this test may FLUSHALL it without disturbing anyone else's keys.
+Events are recorded by ``record_event``, the ``record`` activity's own code (stream first, then
+PostgreSQL), into a private Redis server, so this test may FLUSHALL it without disturbing anyone
+else's keys.
 """
 
 from __future__ import annotations

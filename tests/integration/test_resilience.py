@@ -1,7 +1,7 @@
 """Retries that must not duplicate, and a Redis restart the workflow rides through.
 
 These run the real workflow and activities on a task queue of their own, so that a stand-in (the
-record_event wrapper that loses its reply after the XADD) or a private Redis can be wired in without
+``record`` wrapper that loses its reply after the XADD) or a private Redis can be wired in without
 touching the session's shared worker.
 """
 

@@ -67,7 +67,6 @@ from perseus.models import (
     StandbyOutcome,
     StandbyQuery,
     StandbyRecord,
-    StatusPatch,
 )
 from perseus.temporal import converter
 from workflows.instance import InstanceWorkflow
@@ -160,11 +159,6 @@ class Stand:
             stand.took_over += int(req.take_lapsed)
             over = f"old-host (epoch {req.highest_epoch})" if req.take_lapsed else None
             return ClaimResult(claimed=True, epoch=stand.epochs, took_over=over)
-
-        @activity.defn(name="patch_status")
-        async def patch(req: StatusPatch) -> PatchResult:
-            stand.patches.append(req.fields)
-            return PatchResult(applied=True)
 
         @activity.defn(name="release_claim")
         async def release(req: ReleaseRequest) -> PatchResult:
@@ -280,7 +274,6 @@ class Stand:
             resolve,
             identity,
             claim,
-            patch,
             release,
             record,
             polled,
@@ -543,7 +536,7 @@ VACANT_EPOCH = 6
 
 def commands(history: WorkflowHistory) -> list[str]:
     """What a run asked for, in order: activities by type, local ones (``record``) by summary, timers
-    by summary and when they fired, patches by id."""
+    by summary and when they fired, signals to other workflows by name, patches by id."""
     out: list[str] = []
     for e in history.events:
         summary = (
@@ -557,6 +550,9 @@ def commands(history: WorkflowHistory) -> list[str]:
             out.append(f"timer: {summary}")
         elif e.event_type == EventType.EVENT_TYPE_TIMER_FIRED:
             out.append("timer fired")
+        elif e.event_type == EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED:
+            signal = e.signal_external_workflow_execution_initiated_event_attributes
+            out.append(f"signal: {signal.signal_name}")
         elif e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
             marker = e.marker_recorded_event_attributes
             if marker.marker_name == "core_patch":
@@ -639,20 +635,16 @@ def timer_ran(history: WorkflowHistory) -> timedelta:
 
 async def test_standby_takes_a_lapsed_vacant_exchange_and_acts_at_once(ts_env: WorkflowEnvironment) -> None:
     """The watch saw the holder's key unrenewed past its renew deadline before it vanished: the key
-    ran out by its TTL, its holder's connector has stopped, and there is nothing to wait for
-    (``lapsed-key-acts-at-once``): claim, drop the record, ``promoted``, start."""
+    ran out by its TTL, its holder's connector has stopped, and there is nothing to wait for: claim,
+    drop the record, ``promoted``, start."""
     _, history = await promoted_by_vacancy(ts_env, lapsed=True, name="vacancy-lapsed")
     assert timers(history) == []
     assert after_the_watch(history) == [
         "list_standbys",  # who is ahead (nobody: no head start to give)
-        "patch: vacancy-waits-out-deadline",
-        "patch: lapsed-key-acts-at-once",
-        "patch: claim-on-host",
         "claim_and_hold",
         "hold_lease",  # the fresh claim renewed at once, and nothing waited for
         "drop_standby",
         "record promoted",
-        "patch: promoted-start-tries-once",  # one attempt per step: a failure moves on sooner
         "record state_transition",  # idle → starting
         "connector_prepare",
     ]
@@ -665,14 +657,10 @@ async def test_standby_claims_over_a_silent_holder_and_acts_at_once(ts_env: Work
     assert timers(history) == []
     assert after_the_watch(history) == [
         "list_standbys",
-        "patch: vacancy-waits-out-deadline",
-        "patch: lapsed-key-acts-at-once",
-        "patch: claim-on-host",
         "claim_and_hold",
         "hold_lease",
         "drop_standby",
         "record promoted",
-        "patch: promoted-start-tries-once",
         "record state_transition",
         "connector_prepare",
     ]
@@ -688,16 +676,12 @@ async def test_standby_takes_a_vacant_exchange_redis_lost_and_waits_out_the_old_
     assert act_after_vacancy_s(1.0) == pytest.approx(2.1)
     assert after_the_watch(history) == [
         "list_standbys",
-        "patch: vacancy-waits-out-deadline",  # and no lapsed-key-acts-at-once: not lapsed, not asked
-        "patch: claim-on-host",
         "claim_and_hold",
         "hold_lease",  # the fresh claim is renewed meanwhile
-        "patch: release-ends-deadline-wait",  # the holder saying it released would end it early
         "timer: wait out the old deadline",
         "timer fired",  # only then does anything act
         "drop_standby",
         "record promoted",
-        "patch: promoted-start-tries-once",  # one attempt per step: a failure moves on sooner
         "record state_transition",  # idle → starting
         "connector_prepare",
     ]
@@ -977,9 +961,11 @@ async def test_handoff_to_a_warm_target_activates_its_connector_signalled_first(
         assert now_active.role is Role.ACTIVE and now_active.state is State.ACTIVE
         assert now_active.claim is not None and now_active.claim.epoch == 2
         assert new.standby_records == 0  # no longer listed as a standby once it holds the claim
-        # The warm order of commands: wait for the target to be warm, signal it before the takeover.
-        patches = [c for c in commands(await handing.fetch_history()) if c.startswith("patch: warm-")]
-        assert patches == ["patch: warm-handoff", "patch: warm-handoff-signal-first"]
+        # The warm order of commands: the target is signalled before the takeover event is written
+        # (nobody is active until it is), after the notify event.
+        done = commands(await handing.fetch_history())
+        handoff_steps = [c for c in done if c in ("record handoff", "signal: promote")]
+        assert handoff_steps[:3] == ["record handoff", "signal: promote", "record handoff"]
 
         await command(handing, Command.SHUTDOWN)
         await command(taking, Command.SHUTDOWN)

@@ -5,7 +5,7 @@ claims and status writes, a host whose connector steps succeed, leases that end 
 standbys that answer. The world is simulated on purpose — these tests are about the decisions; the
 real servers are exercised by the integration, path and chaos tests. Each scenario is a script of
 what happens outside (commands, a lease that ends and why, a promotion, a handoff's answer, the host
-shutting down, a long history). For each one, in both the current code paths and the pre-patch ones:
+shutting down, a long history). For each one:
 
 * the clean run must end as the scenario says;
 * the run is repeated with a failure injected at each of its activity calls in turn (a host with no
@@ -137,7 +137,6 @@ class World:
     """Redis, the host and the other workflows, as far as the core can tell."""
 
     script: list[Event]
-    patched: bool = True
     fail_at: int | None = None
     failure: act.Failure | None = None
     standby: bool = False
@@ -163,8 +162,6 @@ class World:
     target_warm_error: str | None = None
     #: Our own warm standby's warm-ups that fail before one succeeds.
     warm_fails: int = 0
-    #: Patches that do not apply although ``patched`` (a run begun between two releases).
-    unpatched: frozenset[str] = frozenset()
     #: No other live standby of the exchange.
     alone: bool = False
     #: The exchange is paused (``core.pause``): an automatic claim is refused, the list says so.
@@ -215,7 +212,7 @@ class World:
                 clock.t += timedelta(seconds=action.timeout_s)
                 return False  # the re-issued lease runs: a worker picked it up
             case act.Patched():
-                return self.patched and action.patch_id not in self.unpatched
+                return True  # a run begun on this code takes every patch
             case act.Signal():
                 if action.signal == "promote" and isinstance(action.payload, PromoteRequest):
                     if action.payload.confirm_to:
@@ -297,8 +294,8 @@ class World:
                 return Identity(hostname=req.host, ip_address="10.0.0.1")
             case act.Activity.HOST_POLLED:
                 return HostPresence(polled=False, pollers=0)
-            case act.Activity.CLAIM_AND_HOLD | act.Activity.CLAIM_EXCHANGE:
-                request = req.claim if call.activity is act.Activity.CLAIM_AND_HOLD else req
+            case act.Activity.CLAIM_AND_HOLD:
+                request = req.claim
                 if self.paused and request.automatic:
                     return ClaimResult(
                         claimed=False, epoch=request.highest_epoch, message="paused", paused_ms=1e6
@@ -319,10 +316,6 @@ class World:
                     return Recorded(stream_id="1-0", patch=None, notify=True)
                 fenced = self.holder == patch.claim.instance_id
                 return Recorded(stream_id="1-0", patch=PatchResult(applied=fenced), notify=True)
-            case act.Activity.PATCH_STATUS:
-                return PatchResult(applied=self.holder == req.claim.instance_id)
-            case act.Activity.RECORD_EVENT:
-                return "1-0"
             case act.Activity.LIST_STANDBYS:
                 return StandbyList(standbys=self.standbys(), paused=self.paused)
             case act.Activity.PROBE_CLAIM:
@@ -607,32 +600,14 @@ SCENARIOS = [
         knobs=(("warm_fails", 3),),
     ),
 ]
-#: Handoffs refused before anything stops (``handoff-checks-target-ready``): the runs begun before it
-#: handed over anyway, so they end elsewhere.
+#: Handoffs refused before anything stops: the target cannot take over, so the command fails.
 REFUSED_HANDOFFS = {"handoff-to-unready-warm-target-refused", "handoff-to-host-that-cannot-start-refused"}
-#: Runs begun before ``paused-restarts-in-place`` step aside even while paused: they end elsewhere.
-PAUSE_PATCHED = {"unhealthy-while-paused-restarts-in-place"}
+SCENARIO_IDS = [sc.name for sc in SCENARIOS]
 
 
-#: Every scenario in the current paths and in the pre-patch ones, except a silent host whose key is
-#: gone in the pre-patch path: before ``reattach-by-claim-probe`` a lease picked up again was trusted
-#: without asking Redis, which is why that patch exists.
-CASES = [
-    (sc, patched)
-    for sc in SCENARIOS
-    for patched in (True, False)
-    if patched or sc.name != "host-silent-and-gone" and sc.name not in REFUSED_HANDOFFS | PAUSE_PATCHED
-]
-CASE_IDS = [f"{sc.name}-{'current' if patched else 'before-patches'}" for sc, patched in CASES]
-
-
-def play(
-    sc: Scenario, *, patched: bool = True, fail_at: int | None = None, failure: act.Failure | None = None
-) -> Run:
+def play(sc: Scenario, *, fail_at: int | None = None, failure: act.Failure | None = None) -> Run:
     core, clock = new_core(standby=sc.standby, warm=sc.warm)
-    world = World(
-        list(sc.script), patched=patched, fail_at=fail_at, failure=failure, warm=sc.warm, **dict(sc.knobs)
-    )
+    world = World(list(sc.script), fail_at=fail_at, failure=failure, warm=sc.warm, **dict(sc.knobs))
     return drive(core, world, clock)
 
 
@@ -653,9 +628,9 @@ def check_invariants(run: Run) -> None:
         assert s.claim is not None and world.holder == s.claim.instance_id, (s.claim, world.holder)
 
 
-@pytest.mark.parametrize(("sc", "patched"), CASES, ids=CASE_IDS)
-def test_a_clean_run_ends_as_the_scenario_says(sc: Scenario, patched: bool) -> None:
-    run = play(sc, patched=patched)
+@pytest.mark.parametrize("sc", SCENARIOS, ids=SCENARIO_IDS)
+def test_a_clean_run_ends_as_the_scenario_says(sc: Scenario) -> None:
+    run = play(sc)
     check_invariants(run)
     state, role, holding, outcome = sc.ends
     s = run.core.view()
@@ -679,14 +654,14 @@ def test_a_clean_run_ends_as_the_scenario_says(sc: Scenario, patched: bool) -> N
             assert result.error is None, result
 
 
-@pytest.mark.parametrize(("sc", "patched"), CASES, ids=CASE_IDS)
-def test_a_failure_at_any_step_keeps_the_invariants(sc: Scenario, patched: bool) -> None:
-    clean = play(sc, patched=patched)
+@pytest.mark.parametrize("sc", SCENARIOS, ids=SCENARIO_IDS)
+def test_a_failure_at_any_step_keeps_the_invariants(sc: Scenario) -> None:
+    clean = play(sc)
     total = sum(isinstance(a, act.Call) for a in clean.actions)
     assert total >= 3
     for at in range(1, total + 1):
         for failure in FAILURES:
-            run = play(sc, patched=patched, fail_at=at, failure=failure)
+            run = play(sc, fail_at=at, failure=failure)
             try:
                 check_invariants(run)
             except AssertionError as exc:
@@ -787,7 +762,7 @@ def test_a_run_result_names_its_ending(result: str, ending: Ending | None) -> No
 
 def test_every_ending_the_core_writes_is_read_back() -> None:
     """The words enrolment relies on (a lost instance is enrolled again) are the core's own."""
-    endings = {ending_of(run.outcome) for sc, _ in CASES if (run := play(sc)).outcome is not None}
+    endings = {ending_of(run.outcome) for sc in SCENARIOS if (run := play(sc)).outcome is not None}
     assert {Ending.SHUT_DOWN, Ending.RELEASED, Ending.INSTANCE_LOST, Ending.HANDED_OVER} <= endings
 
 
@@ -819,7 +794,6 @@ def test_a_graceful_release_whose_connector_did_not_stop_wakes_nobody() -> None:
     at = 1 + max(i for i, a in enumerate(calls) if a.activity is act.Activity.CONNECTOR_DISCONNECT)
     failed = play(sc, fail_at=at, failure=FAILURES[0])
     assert not _promotions(failed)
-    assert not _promotions(play(sc, patched=False))
 
 
 @pytest.mark.parametrize("name", sorted(REFUSED_HANDOFFS))
@@ -835,7 +809,7 @@ def test_a_handoff_to_a_target_that_is_not_ready_is_refused_before_anything_stop
         next(
             i
             for i, a in enumerate(run.actions)
-            if isinstance(a, act.Patched) and a.patch_id == "handoff-checks-target-ready"
+            if isinstance(a, act.Call) and a.activity is act.Activity.CONNECTOR_PREFLIGHT
         ) :
     ]
     calls = [a.activity for a in after if isinstance(a, act.Call)]
@@ -871,20 +845,6 @@ def test_a_failed_warm_up_is_retried_with_a_doubling_backoff_and_then_promoted_w
     # Warm in the end: the promotion activated it instead of starting cold.
     steps = [a.activity for a in calls if a.activity.value.startswith("connector_")]
     assert steps[-1] is act.Activity.CONNECTOR_ACTIVATE
-
-
-def test_before_the_patch_a_failed_warm_up_is_not_retried() -> None:
-    sc = next(x for x in SCENARIOS if x.name == "warm-up-fails-and-is-retried")
-    core, clock = new_core(standby=True, warm=True)
-    world = World(list(sc.script), warm=True, warm_fails=1, unpatched=frozenset({"warm-retry"}))
-    run = drive(core, world, clock)
-    assert not any(isinstance(a, act.Sleep) for a in run.actions)
-    calls = [a for a in run.actions if isinstance(a, act.Call)]
-    warm_ups = [
-        a for a in calls if a.activity is act.Activity.CONNECTOR_WARM_UP and a.request.role is Role.STANDBY
-    ]
-    assert len(warm_ups) == 1
-    assert act.Activity.CONNECTOR_ACTIVATE not in [a.activity for a in calls]  # promoted cold
 
 
 CANNOT_START = act.Failure(
@@ -951,17 +911,6 @@ def test_alone_a_promotion_whose_connector_cannot_start_tries_again_after_a_back
     assert not _promotions(run)
 
 
-def test_before_the_patch_a_failed_promotion_keeps_the_claim() -> None:
-    at = _first_prepare(play(PROMOTED_COLD))
-    core, clock = new_core(standby=True)
-    world = World(
-        [Promote()], fail_at=at, failure=CANNOT_START, unpatched=frozenset({"failed-promotion-moves-on"})
-    )
-    run = drive(core, world, clock)
-    assert (run.core.view().role, run.core.view().state) == (Role.ACTIVE, State.IDLE)
-    assert run.world.holder == run.core.view().claim.instance_id  # type: ignore[union-attr]
-
-
 def test_a_shutdown_of_the_active_instance_wakes_the_best_standby_after_releasing() -> None:
     sc = next(x for x in SCENARIOS if x.name == "start-stop-shutdown")
     run = play(sc)
@@ -971,7 +920,6 @@ def test_a_shutdown_of_the_active_instance_wakes_the_best_standby_after_releasin
         i for i, a in enumerate(calls) if getattr(a, "activity", None) is act.Activity.RELEASE_CLAIM
     )
     assert calls.index(woken) > released and woken.workflow_id == f"instance-coinbase-{OTHER}"
-    assert not _promotions(play(sc, patched=False))
 
 
 @dataclass
@@ -997,14 +945,6 @@ def test_a_standby_waiting_out_a_vanished_keys_deadline_acts_once_its_holder_say
     assert len(waits) == 1 and waits[0].timeout_s == pytest.approx(2.1 * 15)
     assert (run.core.view().role, run.core.view().state) == (Role.ACTIVE, State.ACTIVE)
     assert clock.now() - started < timedelta(seconds=30)  # it did not wait the 31.5 s out
-    # Without the patch it sleeps the whole deadline, whatever it hears.
-    core, clock = new_core(standby=True)
-    before = drive(
-        core,
-        HolderReleasesDuringTheWait(list(vanished), unpatched=frozenset({"release-ends-deadline-wait"})),
-        clock,
-    )
-    assert any(isinstance(a, act.Sleep) and a.seconds == pytest.approx(2.1 * 15) for a in before.actions)
 
 
 @dataclass
@@ -1035,10 +975,6 @@ def test_a_standby_woken_during_its_head_start_races_at_once() -> None:
     assert head_start.timeout_s == pytest.approx(3.75)  # a quarter of the 15 s interval
     assert (run.core.view().role, run.core.view().state) == (Role.ACTIVE, State.ACTIVE)
     assert clock.now() - started < timedelta(seconds=3)  # it did not sleep the head start out
-    core, clock = new_core(standby=True)
-    unpatched = frozenset({"woken-ends-head-start"})
-    before = drive(core, WokenDuringTheHeadStart(list(lapsed), unpatched=unpatched), clock)
-    assert any(isinstance(a, act.Sleep) and a.seconds == pytest.approx(3.75) for a in before.actions)
 
 
 def test_while_paused_a_vacancy_promotes_nobody_and_a_failing_holder_restarts_in_place() -> None:
@@ -1054,4 +990,3 @@ def test_while_paused_a_vacancy_promotes_nobody_and_a_failing_holder_restarts_in
     held = play(failing)
     assert not _promotions(held) and held.core.view().claim is not None
     assert held.world.holder == held.core.view().claim.instance_id  # type: ignore[union-attr]  # never let go
-    assert _promotions(play(failing, patched=False))  # runs begun before the patch step aside

@@ -1,5 +1,5 @@
 """Each part of the decision core on its own, exhaustively: every input it can be given, every
-answer the world can send, every patch both ways — and the part's own invariants after each.
+answer the world can send — and the part's own invariants after each.
 
 ``test_core.py`` runs the whole instance through every scenario; here each part is driven alone,
 with only the functions it is handed (no other part), which is what the split into parts made
@@ -103,14 +103,12 @@ def calls(actions: list[act.Action]) -> list[str]:
     return [a.activity.value for a in actions if isinstance(a, act.Call)]
 
 
-def world(
-    *, patched: bool, on_call: Callable[[act.Call[Any, Any]], Any] | None = None
-) -> Callable[[act.Action], Any]:
-    """Answers: every patch as ``patched``, writes accepted, the rest by ``on_call``."""
+def world(*, on_call: Callable[[act.Call[Any, Any]], Any] | None = None) -> Callable[[act.Action], Any]:
+    """Answers: every patch taken (a run begun on this code), writes accepted, the rest by ``on_call``."""
 
     def answer(action: act.Action) -> Any:
         if isinstance(action, act.Patched):
-            return patched
+            return True
         if isinstance(action, act.Call):
             if on_call is not None:
                 found = on_call(action)
@@ -118,24 +116,21 @@ def world(
                     return found
             if action.activity is act.Activity.RECORD:
                 return Recorded(stream_id="1-0", patch=PatchResult(applied=True), notify=False)
-            if action.activity in (act.Activity.PATCH_STATUS, act.Activity.RELEASE_CLAIM):
+            if action.activity is act.Activity.RELEASE_CLAIM:
                 return PatchResult(applied=True)
-            if action.activity is act.Activity.RECORD_EVENT:
-                return "1-0"
             return ConnectorReport(running=False, symbol_count=0)
         return None
 
     return answer
 
 
-# --- Status: every transition from every state, both write paths, with and without a claim ---------
+# --- Status: every transition from every state, with and without a claim ----------------------------
 
 
-@pytest.mark.parametrize("patched", [True, False])
 @pytest.mark.parametrize("held", [True, False])
 @pytest.mark.parametrize(("source", "target"), list(itertools.product(State, State)))
 def test_status_walks_only_the_state_machine_and_fences_every_write(
-    source: State, target: State, held: bool, patched: bool
+    source: State, target: State, held: bool
 ) -> None:
     ctx = context()
     connected = T0 - timedelta(hours=1)
@@ -150,34 +145,28 @@ def test_status_walks_only_the_state_machine_and_fences_every_write(
     proc = status.transition(target)
     if not is_allowed(source, target):
         with pytest.raises(InvalidTransition):
-            drive(proc, world(patched=patched))
+            drive(proc, world())
         assert status.state is source  # refused before anything changed
         return
-    _, actions = drive(proc, world(patched=patched))
+    _, actions = drive(proc, world())
     assert status.state is target
     assert status.st.connected_at == (None if target is State.IDLE else connected)
     recorded = [a.request for a in actions if isinstance(a, act.Call) and a.activity is act.Activity.RECORD]
-    if patched:
-        assert len(recorded) == 1 and recorded[0].event.to_state is target
-        assert recorded[0].event.actor == "cli:ops"
-        # The status merge rides with the event only under the claim that fences it.
-        assert (recorded[0].patch is not None) is held
-        if held:
-            assert recorded[0].patch.claim == CLAIM
-            assert recorded[0].patch.fields["connectionState"] == target.value
-    else:
-        assert recorded == []
-        assert calls(actions).count("patch_status") == (1 if held else 0)
-        assert calls(actions).count("record_event") == 1
+    # One write per transition: the event, and the status merge riding with it.
+    assert calls(actions) == ["record"]
+    assert len(recorded) == 1 and recorded[0].event.to_state is target
+    assert recorded[0].event.actor == "cli:ops"
+    # The status merge rides with the event only under the claim that fences it.
+    assert (recorded[0].patch is not None) is held
+    if held:
+        assert recorded[0].patch.claim == CLAIM
+        assert recorded[0].patch.fields["connectionState"] == target.value
     assert act.Search(state=target) in actions
 
 
-@pytest.mark.parametrize("patched", [True, False])
 @pytest.mark.parametrize("disconnect_fails", [True, False])
 @pytest.mark.parametrize("source", [State.STARTING, State.WARMING, State.ACTIVE, State.IDLE, State.STOPPED])
-def test_status_fail_records_stops_and_recovers_to_idle(
-    source: State, disconnect_fails: bool, patched: bool
-) -> None:
+def test_status_fail_records_stops_and_recovers_to_idle(source: State, disconnect_fails: bool) -> None:
     ctx = context()
     status = Status(
         ctx,
@@ -193,7 +182,7 @@ def test_status_fail_records_stops_and_recovers_to_idle(
             return APP_ERROR
         return None
 
-    stopped, actions = drive(status.fail("it broke"), world(patched=patched, on_call=on_call))
+    stopped, actions = drive(status.fail("it broke"), world(on_call=on_call))
     assert stopped is not disconnect_fails
     assert status.st.last_error == "it broke"
     walked = [a.state for a in actions if isinstance(a, act.Search) and a.state is not None]
@@ -201,7 +190,7 @@ def test_status_fail_records_stops_and_recovers_to_idle(
     assert status.state is (recovery_path(source) or [source])[-1]
 
 
-# --- Leases: a claim against every answer, quiet or not, on the host or the shared queue ----------
+# --- Leases: a claim against every answer, quiet or not, on the instance's host -------------------
 
 CLAIM_ANSWERS: list[Any] = [
     ClaimResult(claimed=True, epoch=9),
@@ -211,13 +200,10 @@ CLAIM_ANSWERS: list[Any] = [
 ]
 
 
-@pytest.mark.parametrize("on_host", [True, False])
 @pytest.mark.parametrize("quiet", [True, False])
 @pytest.mark.parametrize("automatic", [True, False])
 @pytest.mark.parametrize("answer", CLAIM_ANSWERS, ids=["claimed", "held", "error", "no-worker"])
-def test_a_claim_holds_exactly_what_redis_granted(
-    answer: Any, automatic: bool, quiet: bool, on_host: bool
-) -> None:
+def test_a_claim_holds_exactly_what_redis_granted(answer: Any, automatic: bool, quiet: bool) -> None:
     ctx = context()
     refusals: list[Refusal | None] = []
     events: list[dict[str, Any]] = []
@@ -245,20 +231,19 @@ def test_a_claim_holds_exactly_what_redis_granted(
     asked: list[act.Call[Any, Any]] = []
 
     def on_call(call: act.Call[Any, Any]) -> Any:
-        if call.activity in (act.Activity.CLAIM_AND_HOLD, act.Activity.CLAIM_EXCHANGE):
+        if call.activity is act.Activity.CLAIM_AND_HOLD:
             asked.append(call)
             return answer
         if call.activity is act.Activity.HOST_POLLED:
             return HostPresence(polled=False, pollers=0)
         return None
 
-    result, _ = drive(
-        leases.take_claim(quiet=quiet, automatic=automatic), world(patched=on_host, on_call=on_call)
-    )
+    result, _ = drive(leases.take_claim(quiet=quiet, automatic=automatic), world(on_call=on_call))
     assert len(asked) == 1
     call = asked[0]
-    assert call.activity is (act.Activity.CLAIM_AND_HOLD if on_host else act.Activity.CLAIM_EXCHANGE)
-    request = call.request.claim if on_host else call.request
+    # On the host, whose keeper renews the claim from the moment it is taken.
+    assert call.queue == ctx.host_queue
+    request = call.request.claim
     assert (request.highest_epoch, request.automatic) == (10, automatic)
     granted = isinstance(answer, ClaimResult) and answer.claimed
     assert (result is not None) is granted
@@ -357,10 +342,10 @@ def test_becoming_a_standby_is_visible_only_once_announced(required: bool, put_f
     proc = standbys.become(required=required)
     if put_fails and required:
         with pytest.raises(StepFailed):
-            drive(proc, world(patched=True, on_call=on_call))
+            drive(proc, world(on_call=on_call))
         assert not standbys.st.visible  # a registration that failed shows no standby
         return
-    _, actions = drive(proc, world(patched=True, on_call=on_call))
+    _, actions = drive(proc, world(on_call=on_call))
     assert standbys.role is Role.STANDBY and standbys.st.visible and standbys.standby_id
     assert act.Search(role=Role.STANDBY, state=State.IDLE) in actions
     assert any(isinstance(a, act.Log) and a.warning for a in actions) is put_fails
@@ -416,7 +401,7 @@ def test_a_warm_activation_is_consumed_whatever_its_answer(answer: Any, warm_her
             return HostPresence(polled=False, pollers=0)
         return None
 
-    (why, no_worker), _ = drive(warm.activate(), world(patched=True, on_call=on_call))
+    (why, no_worker), _ = drive(warm.activate(), world(on_call=on_call))
     assert not warm.warm_here  # consumed: active now, or a cold start follows
     assert len(activations) == 1 and activations[0].request.claim == CLAIM  # only under the claim
     assert activations[0].retry is act.Retry.ONCE

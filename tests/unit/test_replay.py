@@ -1,12 +1,16 @@
-"""Golden histories of every lifecycle path, replayed against the current workflow code.
+"""Golden histories replayed against the working tree's workflow code, with no server.
 
-A change to the decision core (perseus/core/) or to the workflow that carries its actions out
-(workflows/instance.py) that would break workflows already running in production (a
-non-deterministic change) fails here. Re-record deliberately, after adding a patch (the core yields
-``Patched("<id>")`` where the new behaviour begins; the workflow asks ``workflow.patched``), with:
-PERSEUS_RECORD_HISTORIES=1 pytest tests/integration/test_workflow_paths.py — and keep the histories
-recorded before the patch in a folder named for it (``before-<patch id>/``): they are the runs
-already in production, which must go on replaying through the old branch.
+Two sets, both replayed here:
+
+* **the current goldens** (``tests/histories/*.json``): every lifecycle path as this code runs it,
+  written by ``tests/integration/test_workflow_paths.py``. A path changed on purpose is re-recorded
+  with ``PERSEUS_RECORD_HISTORIES=1 pytest tests/integration/test_workflow_paths.py``.
+* **every release's histories** (``tests/histories/release-<version>/``): the goldens as they were
+  when that release was made, copied there by the release step (``docs/releases.md``) and never
+  re-recorded. They stand for the runs a fleet on that release has open when it is upgraded, which
+  the new code must go on replaying. A change that alters the commands a run issues without a patch
+  (``docs/design.md``, "Versioning the workflow") fails here; with the patch, those runs replay
+  through the old branch while the current goldens, re-recorded, take the new one.
 """
 
 from __future__ import annotations
@@ -23,9 +27,12 @@ from workflows.instance import InstanceWorkflow
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[1] / "histories"
-HISTORIES = sorted(ROOT.rglob("*.json"))
-#: The paths recorded before ``claim-on-host``: runs that may still be open in production.
-BEFORE_CLAIM_ON_HOST = {
+RELEASES_FILE = Path(__file__).resolve().parents[2] / "RELEASES"
+CURRENT = sorted(ROOT.glob("*.json"))
+RELEASED = sorted(ROOT.glob("release-*/*.json"))
+HISTORIES = CURRENT + RELEASED
+#: Every path recorded with the current code (test_workflow_paths.py writes them).
+EXPECTED = {
     "lifecycle",
     "start-failure",
     "claim-conflict",
@@ -33,9 +40,6 @@ BEFORE_CLAIM_ON_HOST = {
     "no-host-worker",
     "continue-as-new",
     "warm-promotion",
-}
-#: Every path recorded with the current code (test_workflow_paths.py writes them).
-EXPECTED = BEFORE_CLAIM_ON_HOST | {
     "standby-promotion",
     "handoff-handing-over",
     "handoff-taking-over",
@@ -44,33 +48,8 @@ EXPECTED = BEFORE_CLAIM_ON_HOST | {
     "reattach",
     "vacancy-lapsed",
     "vacancy-not-lapsed",
+    "vacancy-claimed-over",
     "promotion-start-failed",
-}
-#: Per ``before-<patch id>/`` folder, the paths it keeps. A path added after a version was cut has
-#: no history from before it: no run of the older code was recorded taking it.
-BEFORE = {
-    "before-claim-on-host": BEFORE_CLAIM_ON_HOST,
-    "before-handoff-asks-target-first": {"handoff-handing-over"},
-    "before-handoff-checks-target-ready": {
-        "handoff-handing-over",
-        "handoff-taken-back",
-        "handoff-warm-target",
-    },
-    "before-wake-standby-on-shutdown": {"lifecycle"},
-    "before-release-ends-deadline-wait": {"vacancy-not-lapsed"},
-    "before-promoted-start-tries-once": {
-        "handoff-taking-over",
-        "promotion-start-failed",
-        "standby-promotion",
-        "vacancy-claimed-over",
-        "vacancy-lapsed",
-        "vacancy-not-lapsed",
-    },
-    "before-handoff-watches-target-claim": {
-        "handoff-handing-over",
-        "handoff-taken-back",
-        "handoff-warm-target",
-    },
 }
 
 
@@ -78,16 +57,28 @@ def name(path: Path) -> str:
     return path.relative_to(ROOT).with_suffix("").as_posix()
 
 
-def test_every_path_has_a_golden_history_now_and_before_each_version() -> None:
-    names = {name(p) for p in HISTORIES}
-    assert names >= EXPECTED
-    for before, paths in BEFORE.items():
-        assert names >= {f"{before}/{n}" for n in paths}
+def last_release() -> str:
+    """The version ``RELEASES`` names (``<version> <commit>``, comments aside)."""
+    lines = [line.split() for line in RELEASES_FILE.read_text().splitlines() if not line.startswith("#")]
+    (version, _commit) = next(fields for fields in lines if fields)
+    return version
+
+
+def test_every_path_has_a_golden_history() -> None:
+    assert {name(p) for p in CURRENT} >= EXPECTED
+
+
+def test_the_last_release_keeps_its_histories() -> None:
+    """The release step copies the goldens into ``release-<version>/``: from then on CI replays
+    the last release's histories against every change."""
+    kept = {p.stem for p in (ROOT / f"release-{last_release()}").glob("*.json")}
+    # Every path there was when it was made (a path added since has no history in it).
+    assert kept, f"no histories under tests/histories/release-{last_release()}/"
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[name(p) for p in HISTORIES])
 async def test_golden_history_replays(path: Path) -> None:
-    history = WorkflowHistory.from_json(f"golden-{path.stem}", path.read_text())
+    history = WorkflowHistory.from_json(f"golden-{name(path)}", path.read_text())
     result = await Replayer(workflows=[InstanceWorkflow], data_converter=converter).replay_workflow(
         history, raise_on_replay_failure=False
     )
