@@ -316,6 +316,8 @@ class Queued:
     internal: bool = False
     confirm_to: str | None = None
     promoted: bool = False
+    #: When it was queued (the world's clock).
+    at: datetime | None = None
 
 
 @dataclass
@@ -334,7 +336,7 @@ class Parts:
 
     def enqueue(self, command: Command, **how: Any) -> Ticket:
         """The core's queue, as far as a part can see it: what was asked, and how."""
-        self.enqueued.append(Queued(command, **how))
+        self.enqueued.append(Queued(command, **how, at=self.ctx.clock.now()))
         return Ticket(number=-1, command=command, confirm_to=how.get("confirm_to"))
 
     def become_standby(self, *, required: bool = False) -> act.Proc:
