@@ -26,6 +26,7 @@ from perseus.core.warm import Warm
 from perseus.errors import StepFailed
 from perseus.models import (
     Claim,
+    ClaimProbe,
     ClaimResult,
     ConnectorPreflight,
     ConnectorReport,
@@ -131,6 +132,8 @@ def default_answer(call: act.Call[Any, Any]) -> Any:
         return ConnectorPreflight(hostname="target.lan")
     if activity in (act.Activity.PUT_STANDBY, act.Activity.DROP_STANDBY):
         return None
+    if activity is act.Activity.PROBE_CLAIM:
+        return ClaimProbe(held_by_us=False)  # the key is gone
     return ConnectorReport(running=True, symbol_count=0)
 
 
