@@ -72,11 +72,12 @@ class Clock:
         self.t += timedelta(seconds=seconds or 0.0)
 
 
-def context(*, warm: bool = False, interval_s: float = 15.0, **spec: Any) -> Context:
+def context(*, warm: bool = False, interval_s: float = 15.0, priority: int = 0, **spec: Any) -> Context:
     inp = InstanceInput(
         exchange="coinbase",
         host=HOST,
         heartbeat_interval_s=interval_s,
+        priority=priority,
         connector=ConnectorSpec(warm=warm, **spec),
     )
     resolved = Resolved(
