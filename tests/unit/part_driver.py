@@ -9,7 +9,8 @@ answered True: only the patched paths remain once the pre-release patches are re
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -107,6 +108,15 @@ def drive(
             failed = StepFailed(out)
         else:
             reply = out
+
+
+@contextmanager
+def case(label: str) -> Iterator[None]:
+    """Name the case an assertion failed in (for a test that loops over many cases)."""
+    try:
+        yield
+    except AssertionError as err:
+        raise AssertionError(f"{label}: {err}") from err
 
 
 def calls(actions: list[act.Action]) -> list[str]:

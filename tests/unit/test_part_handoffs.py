@@ -30,6 +30,7 @@ The invariants, from ``perseus/core/handoffs.py``, ``core/targets.py`` and ``doc
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,7 @@ from tests.unit.part_driver import (
     WF_ID,
     Parts,
     World,
+    case,
     context,
     drive,
     parts,
@@ -333,8 +335,7 @@ def test_a_handoff_asks_its_target_before_anything_stops(state: State, found: st
             for later_id, later in WARMING_LATER.items():
                 first = {None: None, "absent": listed(standby("host-c")), "unknown": APP_ERROR}[found]
                 r = handoff(state=state, target=target, first_list=first, later=later, preflight=preflight)
-                case = f"{tid} target, preflight {pid}, later {later_id}"
-                try:
+                with case(f"{tid} target, preflight {pid}, later {later_id}"):
                     check(r)
                     proceeds = (
                         found is None
@@ -347,8 +348,6 @@ def test_a_handoff_asks_its_target_before_anything_stops(state: State, found: st
                         assert not r.world.calls_of(A.CONNECTOR_PREFLIGHT)  # nobody to ask
                     if not proceeds:
                         assert r.result.error is not None and TO in r.result.error
-                except AssertionError as err:
-                    raise AssertionError(f"{case}: {err}") from err
 
 
 # --- our connector stops, or is demoted, or does not stop ------------------------------------------
@@ -383,41 +382,48 @@ def test_our_connector_stops_before_the_exchange_is_let_go(
 # --- the wait for the target, and taking the exchange back -----------------------------------------
 
 
-@pytest.mark.parametrize("take_back", TAKE_BACKS, ids=TAKE_BACK_IDS)
-@pytest.mark.parametrize("signal", [None, "workflow gone"], ids=["delivered", "target-gone"])
 @pytest.mark.parametrize(
     "release", [None, PatchResult(applied=False), APP_ERROR], ids=["released", "not-ours", "unanswered"]
 )
 @pytest.mark.parametrize("state", [State.ACTIVE, State.IDLE])
 @pytest.mark.parametrize("name", list(CONFIRMATIONS))
 def test_a_handoff_ends_with_one_side_holding_the_exchange_or_takes_it_back(
-    name: str, state: State, release: Any, signal: str | None, take_back: Any
+    name: str, state: State, release: Any
+) -> None:
+    for shutdown, signal, (take_back, tid) in itertools.product(
+        (False, True), (None, "workflow gone"), zip(TAKE_BACKS, TAKE_BACK_IDS, strict=True)
+    ):
+        with case(f"shutdown {shutdown}, signal refused {signal}, take-back {tid}"):
+            one_side_or_taken_back(name, state, release, signal, take_back, shutdown)
+
+
+def one_side_or_taken_back(
+    name: str, state: State, release: Any, signal: str | None, take_back: Any, shutdown: bool
 ) -> None:
     confirmation = CONFIRMATIONS[name]
-    for shutdown in (False, True):
-        r = handoff(
-            state=state,
-            shutdown=shutdown,
-            release=release,
-            signal=signal,
-            confirmation=confirmation,
-            take_back=take_back,
-        )
-        check(r)
-        w = r.world
-        confirmed = signal is None and name in ("confirmed", "confirmed-after-a-look")
-        assert (r.result.error is None) is confirmed
-        if confirmed:
-            continue
-        (claim,) = w.calls_of(A.CLAIM_AND_HOLD)
-        request = claim.action.request.claim  # type: ignore[union-attr]
-        # Over the target's key only when Redis showed it lapsed; after its deadline when its claim
-        # vanished (that proves nothing about whether it stopped).
-        lapsed = signal is None and name == "target-stopped-renewing"
-        assert request.take_lapsed is lapsed
-        sleeps = [s.action.seconds for s in w.seen if isinstance(s.action, act.Sleep)]
-        vanished = signal is None and name == "target-claim-vanished"
-        assert sleeps == ([act_after_vacancy_s(INTERVAL)] if vanished else [])
-        if signal is not None:
-            # The target cannot be told: we take it back at once, without waiting for anything.
-            assert not any(isinstance(s.action, act.WaitUntil) for s in w.seen)
+    r = handoff(
+        state=state,
+        shutdown=shutdown,
+        release=release,
+        signal=signal,
+        confirmation=confirmation,
+        take_back=take_back,
+    )
+    check(r)
+    w = r.world
+    confirmed = signal is None and name in ("confirmed", "confirmed-after-a-look")
+    assert (r.result.error is None) is confirmed
+    if confirmed:
+        return
+    (claim,) = w.calls_of(A.CLAIM_AND_HOLD)
+    request = claim.action.request.claim  # type: ignore[union-attr]
+    # Over the target's key only when Redis showed it lapsed; after its deadline when its claim
+    # vanished (that proves nothing about whether it stopped).
+    lapsed = signal is None and name == "target-stopped-renewing"
+    assert request.take_lapsed is lapsed
+    sleeps = [s.action.seconds for s in w.seen if isinstance(s.action, act.Sleep)]
+    vanished = signal is None and name == "target-claim-vanished"
+    assert sleeps == ([act_after_vacancy_s(INTERVAL)] if vanished else [])
+    if signal is not None:
+        # The target cannot be told: we take it back at once, without waiting for anything.
+        assert not any(isinstance(s.action, act.WaitUntil) for s in w.seen)

@@ -67,6 +67,7 @@ from tests.unit.part_driver import (
     STEP_FAILURES,
     Parts,
     World,
+    case,
     context,
     drive,
     parts,
@@ -309,8 +310,8 @@ def test_a_promotion_that_wins_acts_only_under_its_claim_and_after_the_old_deadl
                         release=release,
                         drop=drop,
                     )
-                    case = f"wait {act_after_s} ({release}), {claim}, activation {activation}, drop {drop}"
-                    try:
+                    label = f"wait {act_after_s} ({release}), {claim}, activation {activation}, drop {drop}"
+                    with case(label):
                         check(r)
                         activated = r.world.calls_of(A.CONNECTOR_ACTIVATE)
                         warming = task is WarmUp
@@ -332,8 +333,6 @@ def test_a_promotion_that_wins_acts_only_under_its_claim_and_after_the_old_deadl
                             assert not any(
                                 isinstance(a, (act.WaitUntil, act.Sleep)) for a in r.world.actions()
                             )
-                    except AssertionError as err:
-                        raise AssertionError(f"{case}: {err}") from err
 
 
 # --- a promoted start that failed ------------------------------------------------------------------
@@ -346,19 +345,26 @@ OTHERS: list[Any] = [
 ]
 
 
-@pytest.mark.parametrize("failures", [0, 3])
-@pytest.mark.parametrize(
-    "signals", [[None, None], ["gone", None], ["gone", "gone"]], ids=["delivered", "first-gone", "all-gone"]
-)
-@pytest.mark.parametrize(
-    "release", [None, PatchResult(applied=False), APP_ERROR], ids=["released", "not-ours", "unanswered"]
-)
+FAILED_START_SIGNALS: list[list[str | None]] = [[None, None], ["gone", None], ["gone", "gone"]]
+FAILED_START_RELEASES: list[Any] = [None, PatchResult(applied=False), APP_ERROR]
+
+
 @pytest.mark.parametrize(
     "disconnect", [None, NOT_PICKED_UP, APP_ERROR], ids=["stopped", "no-worker", "refused"]
 )
 @pytest.mark.parametrize("waiting", [False, True], ids=["quiet", "command-waiting"])
 @pytest.mark.parametrize("listed", OTHERS)
 def test_a_promoted_start_that_failed_moves_the_exchange_on_or_tries_again_here(
+    listed: Any, waiting: bool, disconnect: Any
+) -> None:
+    for failures in (0, 3):
+        for release in FAILED_START_RELEASES:
+            for signals in FAILED_START_SIGNALS:
+                with case(f"{failures} failures before, release {release}, signals {signals}"):
+                    failed_start(listed, waiting, disconnect, release, signals, failures)
+
+
+def failed_start(
     listed: Any, waiting: bool, disconnect: Any, release: Any, signals: list[str | None], failures: int
 ) -> None:
     ctx = context(interval_s=INTERVAL)

@@ -31,6 +31,7 @@ The invariants, from ``perseus/core/recovery.py``, invariant 1 of ``perseus.core
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,7 @@ from tests.unit.part_driver import (
     T0,
     Parts,
     World,
+    case,
     context,
     drive,
     parts,
@@ -315,37 +317,40 @@ STANDBY_LISTS: list[Any] = [
 ]
 
 
-@pytest.mark.parametrize(
-    "release", [None, PatchResult(applied=False), APP_ERROR], ids=["released", "not-ours", "unanswered"]
-)
-@pytest.mark.parametrize("signal", [None, "gone"], ids=["delivered", "refused"])
+RELEASES: list[Any] = [None, PatchResult(applied=False), APP_ERROR]
+RELEASE_IDS = ["released", "not-ours", "unanswered"]
+SIGNALS: list[Any] = [None, "gone"]
+
+
 @pytest.mark.parametrize("listed", STANDBY_LISTS, ids=["unknown", "none", "one", "paused"])
 @pytest.mark.parametrize("disconnect", [None, NOT_PICKED_UP], ids=["stopped", "stop-unanswered"])
 @pytest.mark.parametrize("state", [State.ACTIVE, State.WARMING])
 def test_an_unhealthy_connector_steps_aside_only_to_a_standby_that_may_take_over(
-    state: State, disconnect: Any, listed: Any, signal: str | None, release: Any
+    state: State, disconnect: Any, listed: Any
 ) -> None:
-    scripts: dict[Any, list[Any]] = {A.LIST_STANDBYS: [listed] * 2}
-    if disconnect:
-        scripts[A.CONNECTOR_DISCONNECT] = [disconnect]
-    if release is not None:
-        scripts[A.RELEASE_CLAIM] = [release]
-    r = run(FAILOVER, state=state, scripts=scripts, signals=[signal])
-    check(r)
-    assert r.value is True and r.parts.status.state is State.IDLE
-    steps_aside = isinstance(listed, StandbyList) and bool(listed.standbys) and not listed.paused
-    if steps_aside:
-        # Lease cancelled, key released, best standby woken, and we wait here as a standby.
-        kinds = [type(a) for a in r.world.actions()]
-        assert kinds.index(act.CancelLease) < r.world.first_call(A.RELEASE_CLAIM)
-        assert len(r.world.signals_sent("promote")) == 1
-        assert r.parts.became_standby == 1 and r.parts.leases.claim is None
-        assert not r.parts.enqueued
-    else:
-        # Nobody could take the exchange over: restart in place, claim kept.
-        assert not r.world.signals_sent("promote") and not r.world.calls_of(A.RELEASE_CLAIM)
-        assert r.parts.became_standby == 0 and r.parts.leases.claim == CLAIM
-        assert len(r.parts.enqueued) == 1
+    for (release, rid), signal in itertools.product(zip(RELEASES, RELEASE_IDS, strict=True), SIGNALS):
+        scripts: dict[Any, list[Any]] = {A.LIST_STANDBYS: [listed] * 2}
+        if disconnect:
+            scripts[A.CONNECTOR_DISCONNECT] = [disconnect]
+        if release is not None:
+            scripts[A.RELEASE_CLAIM] = [release]
+        r = run(FAILOVER, state=state, scripts=scripts, signals=[signal])
+        with case(f"release {rid}, signal {signal}"):
+            check(r)
+            assert r.value is True and r.parts.status.state is State.IDLE
+            steps_aside = isinstance(listed, StandbyList) and bool(listed.standbys) and not listed.paused
+            if steps_aside:
+                # Lease cancelled, key released, best standby woken, and we wait here as a standby.
+                kinds = [type(a) for a in r.world.actions()]
+                assert kinds.index(act.CancelLease) < r.world.first_call(A.RELEASE_CLAIM)
+                assert len(r.world.signals_sent("promote")) == 1
+                assert r.parts.became_standby == 1 and r.parts.leases.claim is None
+                assert not r.parts.enqueued
+            else:
+                # Nobody could take the exchange over: restart in place, claim kept.
+                assert not r.world.signals_sent("promote") and not r.world.calls_of(A.RELEASE_CLAIM)
+                assert r.parts.became_standby == 0 and r.parts.leases.claim == CLAIM
+                assert len(r.parts.enqueued) == 1
 
 
 # --- our key vanished or lapsed: take the exchange back if nobody else did -------------------------
@@ -399,23 +404,21 @@ def test_a_vanished_key_is_reclaimed_above_every_epoch_or_the_instance_is_lost(
 # --- somebody else holds the claim ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("signal", [None, "gone"], ids=["delivered", "refused"])
 @pytest.mark.parametrize("listed", STANDBY_LISTS[:3], ids=["unknown", "none", "one"])
-@pytest.mark.parametrize(
-    "release", [None, PatchResult(applied=False), APP_ERROR], ids=["released", "not-ours", "unanswered"]
-)
 @pytest.mark.parametrize("state", [State.IDLE, State.STARTING, State.ACTIVE])
 def test_a_claim_held_by_another_is_the_instance_lost_and_the_best_standby_woken(
-    state: State, release: Any, listed: Any, signal: str | None
+    state: State, listed: Any
 ) -> None:
-    scripts: dict[Any, list[Any]] = {A.LIST_STANDBYS: [listed] * 2}
-    if release is not None:
-        scripts[A.RELEASE_CLAIM] = [release]
-    r = run(CLAIM_LOST, state=state, scripts=scripts, signals=[signal])
-    check(r)
-    assert r.value is False
-    woken = r.world.signals_sent("promote")
-    assert len(woken) == (1 if isinstance(listed, StandbyList) and listed.standbys else 0)
+    for (release, rid), signal in itertools.product(zip(RELEASES, RELEASE_IDS, strict=True), SIGNALS):
+        scripts: dict[Any, list[Any]] = {A.LIST_STANDBYS: [listed]}
+        if release is not None:
+            scripts[A.RELEASE_CLAIM] = [release]
+        r = run(CLAIM_LOST, state=state, scripts=scripts, signals=[signal])
+        with case(f"release {rid}, signal {signal}"):
+            check(r)
+            assert r.value is False
+            woken = r.world.signals_sent("promote")
+            assert len(woken) == (1 if isinstance(listed, StandbyList) and listed.standbys else 0)
 
 
 # --- a lease that went silent: re-attach, unless Redis proves the claim dead ------------------------
@@ -450,8 +453,8 @@ def each_round(first: Any, probe: Any, *, thens: list[Any], **how: Any) -> list[
 def test_a_silent_lease_is_reattached_unless_redis_proves_the_claim_dead(first: Any, probe: Any) -> None:
     # Every second look after a heartbeat timeout; after the other silences, the key then gone.
     thens = PROBES if first is SILENT else [EXPIRED]
-    for case, r in each_round(first, probe, thens=thens):
-        try:
+    for label, r in each_round(first, probe, thens=thens):
+        with case(f"re-issued lease {label}"):
             check(r)
             seen = r.world.seen
             # The lease is issued again at once, with the pickup window (one interval) to be picked up in.
@@ -465,12 +468,10 @@ def test_a_silent_lease_is_reattached_unless_redis_proves_the_claim_dead(first: 
                 # Proven dead at the first look: the new lease is cancelled and the instance is lost.
                 assert r.value is False
                 assert not any(isinstance(s.action, act.WaitLease) for s in seen)
-            if probe is ALIVE and case.startswith("runs"):
+            if probe is ALIVE and label.startswith("runs"):
                 # Still renewed and nothing ended: re-attached, no transition, same claim.
                 assert r.value is True and r.parts.leases.leasing and r.parts.leases.claim == CLAIM
                 assert not r.world.events(EventKind.STATE_TRANSITION) and not r.parts.enqueued
-        except AssertionError as err:
-            raise AssertionError(f"re-issued lease {case}: {err}") from err
 
 
 @pytest.mark.parametrize("answer", CHECKS, ids=CHECK_IDS)
@@ -491,14 +492,12 @@ def test_reattached_a_running_connector_is_checked_and_brought_back_if_gone(
 
 @pytest.mark.parametrize("probe", PROBES, ids=PROBE_IDS)
 def test_a_restarted_worker_is_judged_like_a_silent_lease_after_its_lease_is_cancelled(probe: Any) -> None:
-    for case, r in each_round(None, probe, thens=[EXPIRED], host_restarted=True):
-        try:
+    for label, r in each_round(None, probe, thens=[EXPIRED], host_restarted=True):
+        with case(f"re-issued lease {label}"):
             check(r)
             # The old lease is cancelled, never waited for: it died with the old process.
             assert isinstance(r.world.seen[0].action, act.CancelLease)
             if probe in PROOFS:
                 assert r.value is False
-            if probe is ALIVE and case.startswith("runs"):
+            if probe is ALIVE and label.startswith("runs"):
                 assert r.value is True and r.parts.leases.leasing
-        except AssertionError as err:
-            raise AssertionError(f"re-issued lease {case}: {err}") from err

@@ -49,6 +49,7 @@ from tests.unit.part_driver import (
     T0,
     Parts,
     World,
+    case,
     context,
     drive,
     parts,
@@ -261,11 +262,9 @@ def test_a_vacancy_is_raced_for_only_after_the_head_starts_it_owes(
                 woken=woken,
                 claim=claim,
             )
-            try:
+            with case(f"{ending}, {claim}"):
                 assert r.value is True and not r.parts.ended
                 check(r, ending, others=others, backing_off=backing_off, woken=woken)
-            except AssertionError as err:
-                raise AssertionError(f"{ending}, {claim}: {err}") from err
 
 
 @pytest.mark.parametrize("warming", [False, True], ids=["warm", "warming"])
