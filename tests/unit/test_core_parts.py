@@ -9,8 +9,7 @@ possible. A failed activity is thrown in as ``StepFailed``, as the workflow does
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Generator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -25,7 +24,6 @@ from perseus.core.lifecycle import Command, Role, State, is_allowed, recovery_pa
 from perseus.core.standbys import Standbys
 from perseus.core.state import (
     CommandState,
-    Identity,
     LeaseState,
     Refusal,
     StandbyState,
@@ -39,90 +37,12 @@ from perseus.models import (
     Claim,
     ClaimResult,
     ConnectorReport,
-    ConnectorSpec,
-    Exchange,
     HostPresence,
-    InstanceInput,
-    PatchResult,
     PromoteRequest,
-    Recorded,
-    Resolved,
 )
+from tests.unit.part_driver import APP_ERROR, CLAIM, NOT_PICKED_UP, T0, calls, context, drive, world
 
 pytestmark = pytest.mark.unit
-
-T0 = datetime(2026, 12, 1, tzinfo=UTC)
-CLAIM = Claim(instance_id="mine", epoch=7)
-NOT_PICKED_UP = act.Failure(message="timed out (SCHEDULE_TO_START)", timeout="SCHEDULE_TO_START")
-APP_ERROR = act.Failure(message="connector not ready", error_type="ConnectorNotReady")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = T0
-        self.ids = itertools.count(1)
-
-    def now(self) -> datetime:
-        return self.t
-
-    def uuid4(self) -> str:
-        return f"id-{next(self.ids)}"
-
-
-def context(*, warm: bool = False) -> Context:
-    inp = InstanceInput(exchange="coinbase", host="host-a", connector=ConnectorSpec(warm=warm))
-    resolved = Resolved(
-        exchange=Exchange(id=1, name="coinbase", display_name="Coinbase", is_active=True), admin=None
-    )
-    identity = Identity(resolved=resolved, hostname="host-a.lan", ip_address="10.0.0.1", registered_at=T0)
-    return Context(inp, "instance-coinbase-host-a", Clock(), identity)
-
-
-def drive(
-    proc: Generator[act.Action, Any, Any], answer: Callable[[act.Action], Any]
-) -> tuple[Any, list[Any]]:
-    """Run a procedure to its end: each action answered by ``answer`` (a Failure is thrown in)."""
-    actions: list[act.Action] = []
-    reply: Any = None
-    failed: StepFailed | None = None
-    while True:
-        try:
-            action = proc.send(reply) if failed is None else proc.throw(failed)
-        except StopIteration as done:
-            return done.value, actions
-        actions.append(action)
-        reply, failed = None, None
-        out = answer(action)
-        if isinstance(out, act.Failure):
-            failed = StepFailed(out)
-        else:
-            reply = out
-
-
-def calls(actions: list[act.Action]) -> list[str]:
-    return [a.activity.value for a in actions if isinstance(a, act.Call)]
-
-
-def world(*, on_call: Callable[[act.Call[Any, Any]], Any] | None = None) -> Callable[[act.Action], Any]:
-    """Answers: every patch taken (a run begun on this code), writes accepted, the rest by ``on_call``."""
-
-    def answer(action: act.Action) -> Any:
-        if isinstance(action, act.Patched):
-            return True
-        if isinstance(action, act.Call):
-            if on_call is not None:
-                found = on_call(action)
-                if found is not None:
-                    return found
-            if action.activity is act.Activity.RECORD:
-                return Recorded(stream_id="1-0", patch=PatchResult(applied=True), notify=False)
-            if action.activity is act.Activity.RELEASE_CLAIM:
-                return PatchResult(applied=True)
-            return ConnectorReport(running=False, symbol_count=0)
-        return None
-
-    return answer
-
 
 # --- Status: every transition from every state, with and without a claim ----------------------------
 
