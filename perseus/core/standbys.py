@@ -85,14 +85,10 @@ class Standbys:
         ctx = self.ctx
         assert ctx.identity.resolved
         self._update(role=Role.STANDBY, visible=False, standby_id=ctx.clock.uuid4())
-        try:
+        if required:
             yield from self.put()
-        except StepFailed as err:
-            if required:
-                raise
-            yield Log(
-                f"{ctx.wf_id}: standby record not written yet (its watch writes it): {err}", warning=True
-            )
+        else:
+            yield from self.put_or_leave_to_watch()
         yield Search(role=Role.STANDBY, state=self._state())
         yield from self._event(
             EventKind.STANDBY_REGISTERED,
@@ -100,6 +96,18 @@ class Standbys:
             detail=f"standby on {ctx.inp.host} (priority {ctx.inp.priority})",
         )
         self._update(visible=True)
+
+    def put_or_leave_to_watch(self) -> Proc:
+        """Write the record if Redis takes it now; if not, say so and go on: the watch's first beat
+        (and every beat after it) writes the record anyway, so a refused write costs one beat of
+        visibility, never the standby."""
+        try:
+            yield from self.put()
+        except StepFailed as err:
+            yield Log(
+                f"{self.ctx.wf_id}: standby record not written yet (its watch writes it): {err}",
+                warning=True,
+            )
 
     def put(self) -> Proc:
         yield from ask(

@@ -47,8 +47,9 @@ class Watch:
             outcome: StandbyOutcome = yield from self.leases.take()
         except StepFailed as err:
             if err.failure.kind is StandbyGone:
-                # Redis lost the record (an outage longer than its TTL): make it visible again.
-                yield from standbys.put()
+                # Redis lost the record (an outage longer than its TTL): make it visible again —
+                # or, if Redis refuses that too, let the next watch's beats write it.
+                yield from standbys.put_or_leave_to_watch()
                 return True
             if err.failure.error_type is None and (yield from standbys.live()):
                 # Its host still renews the record: it only lost Temporal. Watch again.
