@@ -38,7 +38,7 @@ check: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
-	$(BIN)/pytest -q -m unit -p no:cacheprovider
+	$(BIN)/pytest -q -m unit -n 2 -p no:cacheprovider
 
 # Build the wheel, install it into a fresh venv, `perseus --version` there and `perseus db init` a
 # scratch database (also part of `make test`).
