@@ -28,6 +28,7 @@ it is not vacuous.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -769,3 +770,26 @@ def test_the_grant_rule_is_for_liveness_only() -> None:
     assert result.violation is None
     assert result.failed_expectation is not None
     assert result.failed_expectation[0] == "no standby ever acted"
+
+
+def survey(width: int, faults: int) -> None:
+    """Print what the checker explores per scenario and clock case, and what it found."""
+    total, started = 0, time.process_time()
+    for scenario in scenarios(width=width, faults=faults):
+        for label, rates in RATES.items():
+            began = time.process_time()
+            result = explore(scenario, rates)
+            total += result.states
+            idle = max((w.longest_idle for w in result.ends), default=0) / TICKS
+            print(
+                f"{scenario.name:70} {label:16} {result.states:8} states {time.process_time() - began:6.2f}s"
+                f"  violation: {result.violation[0] if result.violation else 'none'}"
+                f"  longest without a connector: {idle:.2f} I"
+            )
+    print(f"{total} states, {time.process_time() - started:.1f}s of CPU")
+
+
+if __name__ == "__main__":  # python -m tests.unit.test_failsafe_model [window ticks] [faults]
+    import sys
+
+    survey(int(sys.argv[1]) if len(sys.argv) > 1 else I_, int(sys.argv[2]) if len(sys.argv) > 2 else 1)
