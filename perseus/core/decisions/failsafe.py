@@ -143,8 +143,9 @@ def holder_verdict(
 def next_round_at(
     *, failed_since: float | None, last_round_at: float | None, timing: FailsafeTiming
 ) -> float | None:
-    """When the holder asks next (its clock): at its first failed renewal — so the answers arrive
-    before the renew deadline, not at it — then every ``ask_every_s`` on a fixed schedule from
+    """When the holder asks next (its clock): at ``failed_since`` — the moment a renewal failed or
+    had gone unanswered for a quarter interval, whichever came first, so that two rounds' answers
+    can arrive before the renew deadline — then every ``ask_every_s`` on a fixed schedule from
     there (a late round does not push the next one back), until it renews again (None: it renews,
     nothing to ask). A round is never held back by an earlier one that has not answered: an answer
     counts from its own round's moment however late it comes (Patroni's fixed 2 s timeout demoted
