@@ -120,3 +120,30 @@ HANDOFF_TIMEOUT_S = 60.0
 LEASE_SLACK_INTERVALS = 4.0
 #: A handing-over instance waits for a warm target's readiness this much beyond its ready timeout.
 WARM_WAIT_SLACK_INTERVALS = 2.0
+
+# --- the failsafe: holding through a Redis outage (docs/design.md, "Failsafe") --------------------
+
+#: How long a standby's promise not to claim lasts, in intervals, on the standby's own clock: the
+#: TTL, so a promise outlasts the holder's next two rounds of asking (one lost round costs nothing).
+FAILSAFE_PROMISE_INTERVALS = 3.0
+#: A holder that cannot renew asks for promises this often, in intervals, from its first failed
+#: renewal until it renews again or stops: twice an interval, so that the one round between the
+#: first failed renewal and the renew deadline can lose a message and still be made good in time.
+FAILSAFE_ASK_INTERVALS = 0.5
+#: The bound on how far any two hosts' clocks may disagree in *rate* (not in reading: only
+#: durations measured on one host are ever compared): 1 %, twenty times the 500 ppm an NTP-slewed
+#: Linux clock may be steered by. The renew deadline's own margin (0.1 of 2 intervals) already
+#: assumes rates agree within about 5 %; the failsafe charges its promises 2 × this rate.
+FAILSAFE_DRIFT = 0.01
+
+
+def failsafe_promise_s(interval_s: float) -> float:
+    """Seconds a standby's promise binds it, on the standby's clock, from the moment it grants."""
+    return FAILSAFE_PROMISE_INTERVALS * interval_s
+
+
+def failsafe_counted_s(interval_s: float) -> float:
+    """Seconds a holder counts a promise for, on its own clock, from the moment it *asked*: the
+    promise, less what two clocks drifting apart in opposite directions can take from it, less the
+    release margin (the watchdog's kill and the standby's first claim are not instantaneous)."""
+    return failsafe_promise_s(interval_s) * (1 - 2 * FAILSAFE_DRIFT) - RELEASE_MARGIN * interval_s
