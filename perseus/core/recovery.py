@@ -32,10 +32,9 @@ from perseus.core.state import Ending, RecoveryState
 from perseus.core.status import Status
 from perseus.errors import StepFailed
 from perseus.models import ClaimProbe, EventKind, LeaseOutcome
+from perseus.timing import LOOK_SLACK_S, LOOK_WAIT_FLOOR_S, PICKUP_FACTOR, PICKUP_SLACK_FLOOR_S
 
 RUNNING_STATES = (State.STARTING, State.WARMING, State.ACTIVE)
-#: How long a restarted worker has to pick the lease up again, in intervals.
-PICKUP_FACTOR = 1.0
 
 
 class Recovery:
@@ -127,7 +126,7 @@ class Recovery:
             yield from leases.start(schedule_to_start_s=pickup)
             # Longer than the pickup window (timers fire late under load): a lease still running by
             # then was picked up by a worker, not refused for want of one.
-            picked_up_at = ctx.clock.now() + timedelta(seconds=pickup + max(interval, 3.0))
+            picked_up_at = ctx.clock.now() + timedelta(seconds=pickup + max(interval, PICKUP_SLACK_FLOOR_S))
             while True:
                 # Redis is asked at once, not after the whole pickup window: that made a crash at
                 # long intervals wait longer than the TTL.
@@ -139,8 +138,8 @@ class Recovery:
                         yield from leases.cancel()
                         return lost
                     stale = stale_in(probe.renewed_ms_ago or 0, interval)
-                    wake_at = min(picked_up_at, ctx.clock.now() + timedelta(seconds=stale + 0.05))
-                wait = max(wake_at - ctx.clock.now(), timedelta(milliseconds=50))
+                    wake_at = min(picked_up_at, ctx.clock.now() + timedelta(seconds=stale + LOOK_SLACK_S))
+                wait = max(wake_at - ctx.clock.now(), timedelta(seconds=LOOK_WAIT_FLOOR_S))
                 if not (yield WaitLease(wait.total_seconds())):
                     if wake_at < picked_up_at:
                         continue  # the moment the claim would go stale: ask Redis again
