@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from perseus.core.actions import Answer, CountRestart, Failure, Log, Proc, Retry, Sleep, WaitLease
+from perseus.core.actions import Answer, CountRestart, Failure, Log, Patched, Proc, Retry, Sleep, WaitLease
 from perseus.core.context import Context
 from perseus.core.decisions import (
     HostVerdict,
@@ -35,6 +35,9 @@ from perseus.models import ClaimProbe, EventKind, LeaseOutcome
 from perseus.timing import LOOK_SLACK_S, LOOK_WAIT_FLOOR_S, PICKUP_FACTOR, PICKUP_SLACK_FLOOR_S
 
 RUNNING_STATES = (State.STARTING, State.WARMING, State.ACTIVE)
+#: The patch (after 0.1.0) by which stepping aside wakes a standby from the list it decided on rather
+#: than reading the list again after the release (docs/design.md, "Versioning the workflow").
+STEP_ASIDE_WAKES_FROM_ITS_LIST = "step-aside-wakes-from-its-list"
 
 
 class Recovery:
@@ -210,7 +213,14 @@ class Recovery:
             return
         yield from self.leases.cancel()
         yield from self.leases.release()
-        yield from self.standbys.wake(f"{ctx.inp.exchange} on {ctx.inp.host} unhealthy: {reason}")
+        why = f"{ctx.inp.exchange} on {ctx.inp.host} unhealthy: {reason}"
+        # Woken from the list we stepped aside for: read again after the release, a Redis that
+        # stopped answering meanwhile left nobody woken and the exchange to its TTL. Runs begun on
+        # 0.1.0 read it again (their histories hold that read).
+        if (yield Patched(STEP_ASIDE_WAKES_FROM_ITS_LIST)):
+            yield from self.standbys.wake(why, standbys=standbys)
+        else:
+            yield from self.standbys.wake(why)
         yield from self._become_standby()
 
     def _reclaim(self, reason: str, stopped_at: datetime | None = None) -> Answer[bool]:
