@@ -133,17 +133,19 @@ STEP_TIMEOUT_S = 10.0
 #: A probe of the claim's key: asked while the workflow waits (re-attaching, a handoff's target), and
 #: retried once, so that a stuck Redis costs the wait no more than two of these.
 PROBE_TIMEOUT_S = 5.0
-#: Learning the host's identity: the public IP services it asks (each within ``Settings.ip_timeout``)
-#: may take several seconds together.
+#: Learning the host's identity: its hostname and public IP, the IP lookup bounded as a whole by the
+#: worker's ``Settings.ip_timeout`` (2 s by default, which an operator may raise); the step leaves
+#: room above any sensible setting.
 IDENTITY_TIMEOUT_S = 30.0
 #: A connector step (prepare, warm up, connect): it runs for as long as the connector takes to get
 #: ready, bounded by MAX_READY_TIMEOUT_S, with ten seconds to spare for the rest of the step.
 CONNECTOR_STEP_TIMEOUT_S = 120.0
 #: Asking the host whether a connector runs (it looks at its own process table: no waiting).
 CONNECTOR_CHECK_TIMEOUT_S = 10.0
-#: Stopping a connector after a failure, on a graceful release or when a promoted start failed:
-#: its stop grace (at most MAX_STOP_GRACE_S) and no more — the claim's renew deadline stops it
-#: anyway (its keeper or watchdog) if the step does not.
+#: Stopping a connector after a failure, on a graceful release or when a promoted start failed: its
+#: stop grace (5 s by default) and the kill after it. A stop that does not answer in time counts as
+#: not known stopped, and the callers act on that (a standby woken then waits out the renew deadline
+#: before its connector acts).
 CONNECTOR_STOP_TIMEOUT_S = 10.0
 #: Stopping a warm standby's connector as the standby leaves: a little more than a stop, and tried
 #: once (a worker shutting down stops its connectors itself).
