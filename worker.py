@@ -57,17 +57,23 @@ from perseus.notify import notifications
 from perseus.store.db import Catalog, open_pool_eventually
 from perseus.store.redis_store import RedisStore, make_client
 from perseus.temporal import INSTANCE_HOST, RPC_TIMEOUT, connect
+from perseus.timing import (
+    CLOSED_LOOKUP_TIMEOUT_S,
+    GRACEFUL_RELEASE_S,
+    HEARTBEAT_THROTTLE_CAP_S,
+    RELEASE_LOOK_S,
+    STICKY_TIMEOUT_S,
+    WORKER_SHUTDOWN_GRACE_S,
+)
 from workflows.instance import InstanceWorkflow
 
 log = logging.getLogger("perseus.worker")
 
-GRACEFUL_RELEASE_S = 30.0
 #: Activity slots kept beside ``Settings.host_capacity`` for the short steps (identity, claims,
 #: connector steps, probes): registrations that arrive together each need a few at once.
 STEP_SLOTS = 500
-#: How long a workflow task waits for the worker that has its run cached (see run_worker). Measured
-#: in docs/benchmarks.md against no cache at all, which doubled every handoff's workflow time.
-STICKY_TIMEOUT = timedelta(seconds=0.5)
+#: How long a workflow task waits for the worker that has its run cached (perseus.timing says why).
+STICKY_TIMEOUT = timedelta(seconds=STICKY_TIMEOUT_S)
 
 
 async def run_worker(
@@ -149,8 +155,8 @@ async def run_worker(
             # heartbeat would wait for the window and drift up to a grid slot later. Cap the throttle
             # so each goes out when sent: the server's last heartbeat is a renewal, and connector
             # steps (a heartbeat a second, timeout 5 s) hear a cancellation within a second.
-            max_heartbeat_throttle_interval=timedelta(milliseconds=100),
-            graceful_shutdown_timeout=timedelta(seconds=5),
+            max_heartbeat_throttle_interval=timedelta(seconds=HEARTBEAT_THROTTLE_CAP_S),
+            graceful_shutdown_timeout=timedelta(seconds=WORKER_SHUTDOWN_GRACE_S),
         )
     ]
     if shared_queue:
@@ -165,7 +171,7 @@ async def run_worker(
                     *registry.all(),
                     notify_activities.notify_event,
                 ],
-                graceful_shutdown_timeout=timedelta(seconds=5),
+                graceful_shutdown_timeout=timedelta(seconds=WORKER_SHUTDOWN_GRACE_S),
                 # A workflow's next task goes to the worker that ran its last one (its cache). If
                 # that worker died, the task waits this long before any worker may take it — the
                 # SDK's 10 s held a standby's promotion on a dead host's queue. Half a second is a
@@ -269,7 +275,7 @@ async def release_instances(client: Client, host_activities: HostActivities) -> 
             if described.status != WorkflowExecutionStatus.RUNNING:
                 pending.discard(workflow_id)
         if pending:
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(RELEASE_LOOK_S)
     if pending:
         log.warning("instances not released in time (their TTL frees them): %s", ", ".join(sorted(pending)))
     await host_activities.connectors.stop_all("worker shutting down")
@@ -313,7 +319,7 @@ def workflow_closed(client: Client) -> WorkflowClosed:
     async def closed(workflow_id: str) -> bool | None:
         try:
             described = await client.get_workflow_handle(workflow_id).describe(
-                rpc_timeout=timedelta(seconds=2)
+                rpc_timeout=timedelta(seconds=CLOSED_LOOKUP_TIMEOUT_S)
             )
         except RPCError as exc:
             return True if exc.status == RPCStatusCode.NOT_FOUND else None

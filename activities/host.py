@@ -49,6 +49,12 @@ from perseus.models import (
     StandbyLeaseRequest,
     StandbyOutcome,
 )
+from perseus.timing import (
+    CONNECTOR_HEARTBEAT_EVERY_S,
+    IP_ANSWER_REUSE_S,
+    IP_NO_ANSWER_REUSE_S,
+    QUIET_INTERVALS,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -60,17 +66,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-#: A host's public IP changes rarely; an answer this recent is reused rather than asked again.
-IP_ANSWER_REUSE_S = 300.0
-#: ...and no answer at all for this long before the services are asked again.
-IP_NO_ANSWER_REUSE_S = 30.0
-#: A lease wakes at each renewal, and on its own only when no renewal has come for this many
-#: intervals: just past the next one's due time, so that a renewal held up by a slow Redis does not
-#: make a live host look dead (at 0.9 the fallback fired before every renewal, doubling the
-#: heartbeats and their RPCs). It heartbeats at every k-th wake (:class:`Cadence`), so its longest
-#: silence is k + 0.05 intervals, inside the heartbeat timeout of 1.25 k intervals.
-QUIET_INTERVALS = 1.05
 
 
 def _with_stop_time(error: PerseusError, stopped_at: datetime | None) -> PerseusError:
@@ -113,7 +108,7 @@ def parse_ip_answer(body: str) -> str | None:
         return None
 
 
-async def with_heartbeats(work: Awaitable[T], every_s: float = 1.0) -> T:
+async def with_heartbeats(work: Awaitable[T], every_s: float = CONNECTOR_HEARTBEAT_EVERY_S) -> T:
     """Run a connector step while heartbeating, so a host that stops (paused, partitioned) is seen
     by the heartbeat timeout within seconds, not after the step's whole start-to-close timeout."""
     task = asyncio.ensure_future(work)

@@ -16,15 +16,13 @@ from temporalio import activity
 from activities.edge import edge
 from perseus.host.workers import pollers_within
 from perseus.models import HostPresence, IdentityRequest
+from perseus.timing import POLLED_WITHIN_S
 
 if TYPE_CHECKING:
     from temporalio.client import Client
 
-#: A poller seen this recently is a live worker. A busy worker with free slots polls again as soon
-#: as it takes a task, so its last poll is seconds old; a killed worker's stays where it was (and
-#: Temporal keeps listing it for minutes). A step is asked after a schedule-to-start of at least 5 s,
-#: so a host whose last poll is older than this has not been asking for work meanwhile.
-POLLED_WITHIN = timedelta(seconds=10)
+#: A poller seen this recently is a live worker (perseus.timing says why).
+POLLED_WITHIN = timedelta(seconds=POLLED_WITHIN_S)
 
 
 class PresenceActivities:

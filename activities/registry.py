@@ -11,7 +11,7 @@ from temporalio import activity
 
 from activities.edge import edge
 from perseus import metrics
-from perseus.core.pause import MAX_PAUSE_S, paused_for_ms, refuses_claim
+from perseus.core.pause import paused_for_ms, refuses_claim
 from perseus.errors import ConfigError, ServiceUnavailable
 from perseus.keys import retention_min_id
 from perseus.models import (
@@ -31,7 +31,7 @@ from perseus.models import (
     StandbyRecord,
     StatusPatch,
 )
-from perseus.timing import CLAIM_OVER_INTERVALS
+from perseus.timing import CLAIM_OVER_INTERVALS, MAX_PAUSE_S
 from perseus.tracing import span
 
 if TYPE_CHECKING:

@@ -106,7 +106,7 @@ HOLDER_HEAD_START = 1.0
 #: The least head start a higher-priority standby gets, in seconds, whatever the interval: its
 #: workflow may have been cached on a worker that just died with the holder (the README's hosts
 #: serve the workflows too) — half a second for its task to leave that worker's sticky queue
-#: (worker.STICKY_TIMEOUT), and a replay of its history on the worker that takes it. A quarter of a
+#: (STICKY_TIMEOUT_S, below), and a replay of its history on the worker that takes it. A quarter of a
 #: 1 s interval lost that race in the chaos suite: the priority-1 standby won, cold, over a warm
 #: priority-2 one whose task was 1.1 s late.
 PRIORITY_HEAD_START_FLOOR_S = 1.0
@@ -147,3 +147,174 @@ def failsafe_counted_s(interval_s: float) -> float:
     promise, less what two clocks drifting apart in opposite directions can take from it, less the
     release margin (the watchdog's kill and the standby's first claim are not instantaneous)."""
     return failsafe_promise_s(interval_s) * (1 - 2 * FAILSAFE_DRIFT) - RELEASE_MARGIN * interval_s
+
+
+# --- the decision core: its steps and waits (perseus/core) -----------------------------------------
+# Each activity the core asks for, and each wait it makes, is timed by one of these: the core writes
+# no number of seconds of its own (tests/unit/test_timing.py holds that).
+
+#: A short step on the shared queue or a host's: one Redis or PostgreSQL round trip (resolve the
+#: exchange, claim, release, put/drop/list standbys, record an event) or a look at Temporal (is the
+#: host polled?). Such a step answers in milliseconds when its server is well; its retry policy, not
+#: a long timeout, carries it through an outage.
+STEP_TIMEOUT_S = 10.0
+#: A probe of the claim's key: asked while the workflow waits (re-attaching, a handoff's target), and
+#: retried once, so that a stuck Redis costs the wait no more than two of these.
+PROBE_TIMEOUT_S = 5.0
+#: Learning the host's identity: its hostname and public IP, the IP lookup bounded as a whole by the
+#: worker's ``Settings.ip_timeout`` (2 s by default, which an operator may raise); the step leaves
+#: room above any sensible setting.
+IDENTITY_TIMEOUT_S = 30.0
+#: A connector step (prepare, warm up, connect): it runs for as long as the connector takes to get
+#: ready, bounded by MAX_READY_TIMEOUT_S, with ten seconds to spare for the rest of the step.
+CONNECTOR_STEP_TIMEOUT_S = 120.0
+#: Asking the host whether a connector runs (it looks at its own process table: no waiting).
+CONNECTOR_CHECK_TIMEOUT_S = 10.0
+#: Stopping a connector after a failure, on a graceful release or when a promoted start failed: its
+#: stop grace (5 s by default) and the kill after it. A stop that does not answer in time counts as
+#: not known stopped, and the callers act on that (a standby woken then waits out the renew deadline
+#: before its connector acts).
+CONNECTOR_STOP_TIMEOUT_S = 10.0
+#: Stopping a warm standby's connector as the standby leaves: a little more than a stop, and tried
+#: once (a worker shutting down stops its connectors itself).
+WARM_STOP_TIMEOUT_S = 15.0
+#: Stopping the connector to hand the exchange over: nothing is handed over until it has stopped,
+#: and a handoff that fails here leaves the exchange where it was, so this step may take its time.
+HANDOFF_STOP_TIMEOUT_S = 30.0
+#: Demoting an active connector to a warm standby (``DEACTIVATE``) as a handoff stays warm here; on
+#: failure the connector is stopped instead.
+DEMOTE_TIMEOUT_S = 30.0
+#: Connector steps heartbeat every second; silence this long means their host stopped.
+CONNECTOR_HEARTBEAT_TIMEOUT_S = 5.0
+#: How long a host step is asked again while the host's worker polls but does not pick it up.
+HOST_BUSY_LIMIT_S = 120.0
+#: The least schedule-to-start of a step on a host's queue (else one interval): long enough for a
+#: live worker to pick the task up, short enough to report a missing host.
+HOST_WAIT_FLOOR_S = 5.0
+#: How long a restarted worker has to pick a re-attaching lease up again, in intervals.
+PICKUP_FACTOR = 1.0
+#: A re-issued lease counts as picked up once it has run this long past its pickup window, or one
+#: interval if longer: timers fire late under load, and a lease still running by then was picked up
+#: by a worker, not refused for want of one.
+PICKUP_SLACK_FLOOR_S = 3.0
+#: A look at a key this long after the moment it should pass a line (stale, or the claim-over line):
+#: Redis' PTTL is whole milliseconds, and a look a hair early finds nothing.
+LOOK_SLACK_S = 0.05
+#: The least a re-attaching workflow waits between two looks at Redis, so that a look whose moment
+#: has already passed does not turn into a loop of zero-length timers.
+LOOK_WAIT_FLOOR_S = 0.05
+#: However short the interval, the handing-over side gives its target this long to claim before a
+#: missing key counts as the target gone: the promote signal, one workflow task and the claim on the
+#: target's host usually take a few tenths of a second; a busy machine can take a second or two.
+HANDOFF_CLAIM_FLOOR_S = 3.0
+#: A handing-over instance looks whether its warm target is ready every half interval, and no more
+#: often than this: each look lists the standbys and adds to the history.
+WARM_POLL_FLOOR_S = 1.0
+#: A warm-up that failed is tried again after this many seconds, doubling per failure in a row up
+#: to the cap: quick enough to recover from a blip, slow enough not to hammer a host whose connector
+#: cannot start (each try spawns a child and adds a few events to the history).
+WARM_RETRY_FIRST_S = 5.0
+WARM_RETRY_CAP_S = 300.0
+#: ``perseus pause`` without ``--for``: long enough for routine maintenance, short enough that a
+#: forgotten pause does not leave the exchange unprotected for the night (``perseus.core.pause``).
+DEFAULT_PAUSE_S = 30 * 60.0
+#: No pause may last longer: failover must come back by itself.
+MAX_PAUSE_S = 7 * 86_400.0
+
+# --- the host: keeper, grid, watchdog, health, worker records (perseus/host) -----------------------
+
+#: The grid's step. Small against any interval (the smallest allowed is well above it), so a
+#: renewal starts at most this much before it is due; large enough that at 1,000 claims × 15 s
+#: about seven share a round trip.
+GRID_SLOT_S = 0.1
+#: With tracing on, a healthy batch gets a span at most this often (per process); a batch in which a
+#: renewal failed, was refused or found its key missing, or whose round trip took SLOW_BATCH_S or
+#: more, always gets one (perseus.tracing).
+HEALTHY_SPAN_EVERY_S = 1.0
+SLOW_BATCH_S = 0.25
+#: A renewal's round trip is bounded by what is left of the renew deadline and by half an interval,
+#: and never below this: one started at its deadline's edge still gets a round trip's chance rather
+#: than failing before Redis could answer.
+RENEWAL_BOUND_FLOOR_S = 0.05
+#: A keeper loop with no activity attached for this many intervals (at least DETACHED_FLOOR_S) asks
+#: Temporal whether its workflow still exists, and again at most once per interval after that.
+DETACHED_INTERVALS = 3.0
+DETACHED_FLOOR_S = 10.0
+#: A keeper loop that survived a cancellation is cancelled again this often until it ends.
+RECANCEL_S = 0.05
+#: A standby's keeper looks at its holder's key this long after the moment it should pass its renew
+#: deadline plus the margin: Redis's PTTL is in whole milliseconds, and a look a hair early finds
+#: nothing.
+LAPSE_LOOK_S = 0.005
+#: How often the watchdog wakes when nothing is armed (it wakes earlier for a due deadline).
+WATCHDOG_IDLE_WAKE_S = 1.0
+#: Seconds each server check of ``/readyz`` may take. Redis answers in a millisecond when well;
+#: Temporal's describe call takes longer on a loaded machine, and a probe that flaps under load is
+#: worse than one that is a second slower to see a frozen server.
+HEALTH_CHECK_TIMEOUT_S = 2.0
+#: A worker renews its record this often, and the record lives three times as long.
+ANNOUNCE_EVERY_S = 5.0
+ANNOUNCE_TTL_S = 3 * ANNOUNCE_EVERY_S
+#: Temporal's answer is awaited this long per host queue; then ``lastPollAt`` is left out.
+POLL_LOOKUP_S = 3.0
+#: The whole lookup of one host queue is bounded by POLL_LOOKUP_S and this much more: a lazy
+#: client's first call also connects, which the RPC's own timeout does not cover.
+POLL_LOOKUP_CONNECT_S = 1.0
+#: Temporal's description of a host's task queue (who polled it, when) is awaited this long.
+DESCRIBE_QUEUE_TIMEOUT_S = 5.0
+#: A host counts as live when a worker polled its queue this recently. An idle worker renews its
+#: long poll about once a minute, so a shorter window would call healthy idle hosts dead; a host
+#: that died within the window is called live, and registering there fails within the workflow's
+#: host wait (a few seconds) with "no worker for host …" — reported, not fatal.
+LIVE_POLL_WINDOW_S = 75.0
+
+# --- the worker and its activities (worker.py, activities/, workflows/) ----------------------------
+
+#: A poller seen this recently is a live worker (``host_polled``). A busy worker with free slots
+#: polls again as soon as it takes a task, so its last poll is seconds old; a killed worker's stays
+#: where it was (and Temporal keeps listing it for minutes). A step is asked after a
+#: schedule-to-start of at least HOST_WAIT_FLOOR_S, so a host whose last poll is older than this has
+#: not been asking for work meanwhile.
+POLLED_WITHIN_S = 10.0
+#: A connector step heartbeats this often while it runs, so a host that stops (paused, partitioned)
+#: is seen by CONNECTOR_HEARTBEAT_TIMEOUT_S within seconds, not after the step's whole timeout.
+CONNECTOR_HEARTBEAT_EVERY_S = 1.0
+#: A host's public IP changes rarely; an answer this recent is reused rather than asked again …
+IP_ANSWER_REUSE_S = 300.0
+#: … and no answer at all for this long before the services are asked again.
+IP_NO_ANSWER_REUSE_S = 30.0
+#: A lease wakes at each renewal, and on its own only when no renewal has come for this many
+#: intervals: just past the next one's due time, so that a renewal held up by a slow Redis does not
+#: make a live host look dead (at 0.9 the fallback fired before every renewal, doubling the
+#: heartbeats and their RPCs). It heartbeats at every k-th wake (``activities.host.Cadence``), so
+#: its longest silence is k + 0.05 intervals, inside the heartbeat timeout of 1.25 k intervals.
+QUIET_INTERVALS = 1.05
+#: A worker shutting down waits this long for its instances' workflows to release their exchanges
+#: (then their TTL frees them), looking again every RELEASE_LOOK_S.
+GRACEFUL_RELEASE_S = 30.0
+RELEASE_LOOK_S = 0.2
+#: How long a workflow task waits for the worker that has its run cached (see worker.run_worker).
+#: Measured in docs/benchmarks.md against no cache at all, which doubled every handoff's workflow
+#: time. The SDK's 10 s held a standby's promotion on a dead host's queue; half a second is a
+#: fraction of the intervals people run, and a live but busy worker that misses it costs one replay
+#: elsewhere, not a failover.
+STICKY_TIMEOUT_S = 0.5
+#: The SDK throttles activity heartbeats to 0.8 × their timeout unless capped: capped this low, each
+#: heartbeat goes out when sent (the lease and the watch set their own cadence; connector steps hear
+#: a cancellation within a second).
+HEARTBEAT_THROTTLE_CAP_S = 0.1
+#: A worker shutting down lets its running activities finish for this long before cancelling them.
+WORKER_SHUTDOWN_GRACE_S = 5.0
+#: The keeper asks whether a workflow has closed with this RPC timeout: one describe call, asked in
+#: a task of its own so a frozen Temporal never holds up a renewal.
+CLOSED_LOOKUP_TIMEOUT_S = 2.0
+#: The workflow's retry policies (``workflows.instance.RETRY_POLICIES``): the first retry after a
+#: second, doubling up to the cap; a step on a host's queue caps lower (it is tried three times).
+ACTIVITY_RETRY_FIRST_S = 1.0
+ACTIVITY_RETRY_CAP_S = 10.0
+HOST_RETRY_CAP_S = 5.0
+#: A notification is retried from two seconds up to a minute apart, for ten minutes in all; then it
+#: is given up (the workflow awaits its notifications before the run ends, so they must end).
+NOTIFY_RETRY_FIRST_S = 2.0
+NOTIFY_RETRY_CAP_S = 60.0
+NOTIFY_TIMEOUT_S = 10 * 60.0

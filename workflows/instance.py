@@ -52,28 +52,36 @@ with workflow.unsafe.imports_passed_through():
         RegistrationResult,
     )
     from perseus.temporal import CONNECTION_STATE, INSTANCE_ROLE
+    from perseus.timing import (
+        ACTIVITY_RETRY_CAP_S,
+        ACTIVITY_RETRY_FIRST_S,
+        HOST_RETRY_CAP_S,
+        NOTIFY_RETRY_CAP_S,
+        NOTIFY_RETRY_FIRST_S,
+        NOTIFY_TIMEOUT_S,
+    )
     from workflows import calls
 
 RETRY_POLICIES = {
     act.Retry.SHARED: RetryPolicy(
-        initial_interval=timedelta(seconds=1),
+        initial_interval=timedelta(seconds=ACTIVITY_RETRY_FIRST_S),
         backoff_coefficient=2.0,
-        maximum_interval=timedelta(seconds=10),
+        maximum_interval=timedelta(seconds=ACTIVITY_RETRY_CAP_S),
         maximum_attempts=5,
         non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
     ),
     # Status and event writes, releases and reclaims: retried until Redis answers, never dropped after
     # N attempts — the record must not lose a transition because Redis was away for a while.
     act.Retry.DURABLE: RetryPolicy(
-        initial_interval=timedelta(seconds=1),
+        initial_interval=timedelta(seconds=ACTIVITY_RETRY_FIRST_S),
         backoff_coefficient=2.0,
-        maximum_interval=timedelta(seconds=10),
+        maximum_interval=timedelta(seconds=ACTIVITY_RETRY_CAP_S),
         non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
     ),
     act.Retry.HOST: RetryPolicy(
-        initial_interval=timedelta(seconds=1),
+        initial_interval=timedelta(seconds=ACTIVITY_RETRY_FIRST_S),
         backoff_coefficient=2.0,
-        maximum_interval=timedelta(seconds=5),
+        maximum_interval=timedelta(seconds=HOST_RETRY_CAP_S),
         maximum_attempts=3,
         non_retryable_error_types=[*NON_RETRYABLE_ERROR_TYPES, ConnectorGone.__name__],
     ),
@@ -81,8 +89,8 @@ RETRY_POLICIES = {
     act.Retry.TWICE: RetryPolicy(maximum_attempts=2),
 }
 NOTIFY_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=2),
-    maximum_interval=timedelta(seconds=60),
+    initial_interval=timedelta(seconds=NOTIFY_RETRY_FIRST_S),
+    maximum_interval=timedelta(seconds=NOTIFY_RETRY_CAP_S),
     non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
 )
 
@@ -397,7 +405,7 @@ class InstanceWorkflow:
         handle = workflow.start_activity(
             calls.notify_event,
             req,
-            schedule_to_close_timeout=timedelta(minutes=10),
+            schedule_to_close_timeout=timedelta(seconds=NOTIFY_TIMEOUT_S),
             retry_policy=NOTIFY_RETRY,
             summary=f"notify {req.event.event.value}",
         )

@@ -27,7 +27,6 @@ from perseus.client import maintenance, operate
 from perseus.client.control import ANSWER_TIMEOUT_S, MAX_TIMEOUT_S, CommandSent
 from perseus.client.maintenance import PauseView
 from perseus.core.lifecycle import Command
-from perseus.core.pause import DEFAULT_PAUSE_S
 from perseus.errors import (
     ConfigError,
     Forbidden,
@@ -41,6 +40,7 @@ from perseus.keys import idempotency_key, valid_host
 from perseus.models import CallerKey, CommandResult, Exchange, Wire
 from perseus.store.db import Catalog
 from perseus.store.redis_store import RedisStore
+from perseus.timing import DEFAULT_PAUSE_S
 
 #: How long a write request's answer is kept for its retries.
 IDEMPOTENCY_TTL_S = 86_400

@@ -35,7 +35,8 @@ def pause(
     """Maintenance mode: no automatic promotion or claim-over until resumed or the deadline passes.
     The active instance keeps running; standbys keep watching; a start or handoff still works."""
     from perseus.client import maintenance, remote
-    from perseus.core.pause import DEFAULT_PAUSE_S, parse_span
+    from perseus.core.pause import parse_span
+    from perseus.timing import DEFAULT_PAUSE_S
 
     async def main(settings: Settings) -> Any:
         try:

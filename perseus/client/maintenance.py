@@ -11,12 +11,13 @@ import logging
 import uuid
 from datetime import UTC, datetime
 
-from perseus.core.pause import DEFAULT_PAUSE_S, checked_span, pause_until, paused_for_ms
+from perseus.core.pause import checked_span, pause_until, paused_for_ms
 from perseus.errors import ConfigError, InvalidTransition, ServiceUnavailable
 from perseus.keys import iso, retention_min_id
 from perseus.models import EventKind, Exchange, NetworkEvent, PauseRecord, Wire
 from perseus.store.db import Catalog
 from perseus.store.redis_store import RedisStore
+from perseus.timing import DEFAULT_PAUSE_S
 
 log = logging.getLogger(__name__)
 

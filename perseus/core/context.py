@@ -13,6 +13,7 @@ from perseus.core.actions import Details
 from perseus.core.state import Identity
 from perseus.keys import host_task_queue, iso
 from perseus.models import Claim, InstanceInput, Resolved
+from perseus.timing import HOST_WAIT_FLOOR_S
 
 
 class Clock(Protocol):
@@ -48,7 +49,7 @@ class Context:
 
     def host_wait(self) -> float:
         # Long enough for a live worker to pick the task up, short enough to report a missing host.
-        return max(5.0, self.inp.heartbeat_interval_s)
+        return max(HOST_WAIT_FLOOR_S, self.inp.heartbeat_interval_s)
 
 
 def details(

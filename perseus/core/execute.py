@@ -17,6 +17,7 @@ from perseus.core.status import Status
 from perseus.core.warm import Warm
 from perseus.errors import InvalidTransition, StepFailed
 from perseus.models import CommandResult, ConnectorReport, EventKind
+from perseus.timing import CONNECTOR_STOP_TIMEOUT_S
 
 
 class Execution:
@@ -110,7 +111,11 @@ class Execution:
             if target is State.STOPPED:
                 stopped = (
                     yield from tolerated(
-                        self.host.step(Activity.CONNECTOR_DISCONNECT, self.leases.claim, timeout_s=10),
+                        self.host.step(
+                            Activity.CONNECTOR_DISCONNECT,
+                            self.leases.claim,
+                            timeout_s=CONNECTOR_STOP_TIMEOUT_S,
+                        ),
                         "connector_disconnect",
                     )
                 ) is not None

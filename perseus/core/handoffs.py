@@ -37,6 +37,7 @@ from perseus.models import (
     PromoteRequest,
     StandbyRecord,
 )
+from perseus.timing import HANDOFF_STOP_TIMEOUT_S
 
 
 class Handoffs:
@@ -106,7 +107,7 @@ class Handoffs:
                 if state is State.STOPPED:
                     if not keep_warm or not (yield from self.warm.demote()):
                         yield from self.host.step(
-                            Activity.CONNECTOR_DISCONNECT, self.leases.claim, timeout_s=30
+                            Activity.CONNECTOR_DISCONNECT, self.leases.claim, timeout_s=HANDOFF_STOP_TIMEOUT_S
                         )
                 yield from self.status.transition(state)
                 done.append(state)

@@ -23,13 +23,15 @@ from perseus.core.decisions import lease_heartbeat_timeout_s
 from perseus.core.lifecycle import Role
 from perseus.errors import StepFailed
 from perseus.models import Claim, ConnectorReport, ConnectorRequest, HostPresence, IdentityRequest
+from perseus.timing import (
+    CONNECTOR_CHECK_TIMEOUT_S,
+    CONNECTOR_HEARTBEAT_TIMEOUT_S,
+    CONNECTOR_STEP_TIMEOUT_S,
+    HOST_BUSY_LIMIT_S,
+    STEP_TIMEOUT_S,
+)
 
 R = TypeVar("R")
-
-#: Connector steps heartbeat every second; silence this long means their host stopped.
-CONNECTOR_HEARTBEAT_TIMEOUT_S = 5.0
-#: How long a host step is asked again while the host's worker polls but does not pick it up.
-HOST_BUSY_LIMIT_S = 120.0
 
 
 class Host:
@@ -67,7 +69,7 @@ class Host:
             Call(
                 Activity.HOST_POLLED,
                 IdentityRequest(host=self.ctx.inp.host),
-                start_to_close_s=10,
+                start_to_close_s=STEP_TIMEOUT_S,
                 retry=Retry.SHARED,
                 summary=f"is {self.ctx.inp.host} polled?",
             ),
@@ -79,7 +81,7 @@ class Host:
         self,
         activity: ActivityRef[ConnectorRequest, R],
         claim: Claim | None,
-        timeout_s: float = 120,
+        timeout_s: float = CONNECTOR_STEP_TIMEOUT_S,
         *,
         standby: bool = False,
         retry: Retry = Retry.HOST,
@@ -117,7 +119,9 @@ class Host:
 
     def alive(self, claim: Claim | None) -> Answer[bool]:
         try:
-            report: ConnectorReport = yield from self.step(Activity.CONNECTOR_CHECK, claim, timeout_s=10)
+            report: ConnectorReport = yield from self.step(
+                Activity.CONNECTOR_CHECK, claim, timeout_s=CONNECTOR_CHECK_TIMEOUT_S
+            )
         except StepFailed:
             return False
         return report.running

@@ -44,7 +44,7 @@ from perseus.models import (
     StandbyLeaseRequest,
     StandbyRecord,
 )
-from perseus.timing import LEASE_SLACK_INTERVALS
+from perseus.timing import LEASE_SLACK_INTERVALS, PROBE_TIMEOUT_S, STEP_TIMEOUT_S
 
 #: Writes a ``claim_conflict`` event (the status part's ``event``).
 ConflictEvent = Callable[..., Proc]
@@ -161,7 +161,7 @@ class Leases:
                     held,
                     queue=ctx.host_queue,
                     schedule_to_start_s=ctx.host_wait(),
-                    start_to_close_s=10,
+                    start_to_close_s=STEP_TIMEOUT_S,
                     retry=retry,
                     summary=f"claim on {ctx.inp.host}",
                 )
@@ -226,7 +226,7 @@ class Leases:
             Call(
                 Activity.RELEASE_CLAIM,
                 ReleaseRequest(exchange_id=self.ctx.resolved.exchange.id, claim=claim),
-                start_to_close_s=10,
+                start_to_close_s=STEP_TIMEOUT_S,
                 retry=Retry.DURABLE,
                 summary="release claim",
             ),
@@ -242,7 +242,7 @@ class Leases:
             Call(
                 Activity.PROBE_CLAIM,
                 ClaimProbeRequest(exchange_id=self.ctx.resolved.exchange.id, claim=claim),
-                start_to_close_s=5,
+                start_to_close_s=PROBE_TIMEOUT_S,
                 retry=Retry.TWICE,
                 summary="probe claim",
             ),

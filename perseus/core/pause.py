@@ -14,7 +14,7 @@ Invariants:
 
 1. **While paused, an exchange changes hands only on an operator's command.** The active instance
    keeps running; if it dies, the exchange stays vacant and every standby keeps watching.
-2. **A pause always ends.** It has a deadline (at most :data:`MAX_PAUSE_S` away), and a key
+2. **A pause always ends.** It has a deadline (at most :data:`~perseus.timing.MAX_PAUSE_S` away), and a key
    without a TTL (a foreign writer) still reads as paused only until someone resumes.
 3. **Resuming is seen within one interval:** the next renewal of each standby reads the key gone,
    and a vacancy found then is acted on like any other.
@@ -25,11 +25,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 
-#: ``perseus pause`` without ``--for``: long enough for routine maintenance, short enough that a
-#: forgotten pause does not leave the exchange unprotected for the night.
-DEFAULT_PAUSE_S = 30 * 60.0
-#: No pause may last longer: failover must come back by itself.
-MAX_PAUSE_S = 7 * 86_400.0
+from perseus.timing import MAX_PAUSE_S
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
 _SPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")

@@ -36,6 +36,7 @@ from perseus.core.standbys import Standbys
 from perseus.core.status import Status
 from perseus.core.warm import Warm
 from perseus.models import CommandResult, EventKind, HandoffConfirm, PromoteRequest
+from perseus.timing import CONNECTOR_STOP_TIMEOUT_S
 
 
 class Promotion:
@@ -165,7 +166,9 @@ class Promotion:
         # standby may act the moment it claims; otherwise it waits out our renew deadline first.
         stopped = (
             yield from tolerated(
-                self.host.step(Activity.CONNECTOR_DISCONNECT, leases.claim, timeout_s=10),
+                self.host.step(
+                    Activity.CONNECTOR_DISCONNECT, leases.claim, timeout_s=CONNECTOR_STOP_TIMEOUT_S
+                ),
                 "connector_disconnect",
             )
         ) is not None

@@ -22,6 +22,7 @@ from perseus.models import (
     RecordRequest,
     StatusPatch,
 )
+from perseus.timing import STEP_TIMEOUT_S
 
 
 class Writer:
@@ -46,7 +47,7 @@ class Writer:
                 Call(
                     Activity.RECORD,
                     RecordRequest(event=event, patch=patch),
-                    start_to_close_s=10,
+                    start_to_close_s=STEP_TIMEOUT_S,
                     retry=Retry.DURABLE,
                     summary=f"record {event.event.value}",
                     local=True,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from perseus.core.actions import Answer, CountRestart, Failure, Log, Proc, Retry, Sleep, WaitLease
+from perseus.core.actions import Answer, CountRestart, Failure, Log, Patched, Proc, Retry, Sleep, WaitLease
 from perseus.core.context import Context
 from perseus.core.decisions import (
     HostVerdict,
@@ -32,10 +32,12 @@ from perseus.core.state import Ending, RecoveryState
 from perseus.core.status import Status
 from perseus.errors import StepFailed
 from perseus.models import ClaimProbe, EventKind, LeaseOutcome
+from perseus.timing import LOOK_SLACK_S, LOOK_WAIT_FLOOR_S, PICKUP_FACTOR, PICKUP_SLACK_FLOOR_S
 
 RUNNING_STATES = (State.STARTING, State.WARMING, State.ACTIVE)
-#: How long a restarted worker has to pick the lease up again, in intervals.
-PICKUP_FACTOR = 1.0
+#: The patch (after 0.1.0) by which stepping aside wakes a standby from the list it decided on rather
+#: than reading the list again after the release (docs/design.md, "Versioning the workflow").
+STEP_ASIDE_WAKES_FROM_ITS_LIST = "step-aside-wakes-from-its-list"
 
 
 class Recovery:
@@ -127,7 +129,7 @@ class Recovery:
             yield from leases.start(schedule_to_start_s=pickup)
             # Longer than the pickup window (timers fire late under load): a lease still running by
             # then was picked up by a worker, not refused for want of one.
-            picked_up_at = ctx.clock.now() + timedelta(seconds=pickup + max(interval, 3.0))
+            picked_up_at = ctx.clock.now() + timedelta(seconds=pickup + max(interval, PICKUP_SLACK_FLOOR_S))
             while True:
                 # Redis is asked at once, not after the whole pickup window: that made a crash at
                 # long intervals wait longer than the TTL.
@@ -139,8 +141,8 @@ class Recovery:
                         yield from leases.cancel()
                         return lost
                     stale = stale_in(probe.renewed_ms_ago or 0, interval)
-                    wake_at = min(picked_up_at, ctx.clock.now() + timedelta(seconds=stale + 0.05))
-                wait = max(wake_at - ctx.clock.now(), timedelta(milliseconds=50))
+                    wake_at = min(picked_up_at, ctx.clock.now() + timedelta(seconds=stale + LOOK_SLACK_S))
+                wait = max(wake_at - ctx.clock.now(), timedelta(seconds=LOOK_WAIT_FLOOR_S))
                 if not (yield WaitLease(wait.total_seconds())):
                     if wake_at < picked_up_at:
                         continue  # the moment the claim would go stale: ask Redis again
@@ -211,7 +213,14 @@ class Recovery:
             return
         yield from self.leases.cancel()
         yield from self.leases.release()
-        yield from self.standbys.wake(f"{ctx.inp.exchange} on {ctx.inp.host} unhealthy: {reason}")
+        why = f"{ctx.inp.exchange} on {ctx.inp.host} unhealthy: {reason}"
+        # Woken from the list we stepped aside for: read again after the release, a Redis that
+        # stopped answering meanwhile left nobody woken and the exchange to its TTL. Runs begun on
+        # 0.1.0 read it again (their histories hold that read).
+        if (yield Patched(STEP_ASIDE_WAKES_FROM_ITS_LIST)):
+            yield from self.standbys.wake(why, standbys=standbys)
+        else:
+            yield from self.standbys.wake(why)
         yield from self._become_standby()
 
     def _reclaim(self, reason: str, stopped_at: datetime | None = None) -> Answer[bool]:

@@ -15,6 +15,7 @@ from perseus.core.state import Refusal, RegistrationState
 from perseus.core.status import Status
 from perseus.errors import ServiceUnavailable, StepFailed
 from perseus.models import Identity, IdentityRequest, ResolveRequest
+from perseus.timing import IDENTITY_TIMEOUT_S, STEP_TIMEOUT_S
 
 
 class Registration:
@@ -61,7 +62,7 @@ class Registration:
                 Call(
                     Activity.RESOLVE_INSTANCE,
                     ResolveRequest(exchange=ctx.inp.exchange, admin_email=ctx.inp.admin_email),
-                    start_to_close_s=10,
+                    start_to_close_s=STEP_TIMEOUT_S,
                     retry=Retry.SHARED,
                     summary="resolve exchange and admin",
                 )
@@ -73,7 +74,7 @@ class Registration:
                     IdentityRequest(host=ctx.inp.host),
                     queue=ctx.host_queue,
                     schedule_to_start_s=ctx.host_wait(),
-                    start_to_close_s=30,
+                    start_to_close_s=IDENTITY_TIMEOUT_S,
                     retry=Retry.HOST,
                     summary=f"identity on {ctx.inp.host}",
                 )

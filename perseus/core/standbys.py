@@ -28,7 +28,7 @@ from perseus.models import (
     StandbyQuery,
     StandbyRecord,
 )
-from perseus.timing import ttl_ms
+from perseus.timing import STEP_TIMEOUT_S, ttl_ms
 
 
 class Standbys:
@@ -114,7 +114,7 @@ class Standbys:
             Call(
                 Activity.PUT_STANDBY,
                 self.record(),
-                start_to_close_s=10,
+                start_to_close_s=STEP_TIMEOUT_S,
                 retry=Retry.SHARED,
                 summary="register standby",
             )
@@ -149,7 +149,7 @@ class Standbys:
             Call(
                 Activity.DROP_STANDBY,
                 DropStandbyRequest(exchange_id=self.ctx.resolved.exchange.id, instance_id=self.st.standby_id),
-                start_to_close_s=10,
+                start_to_close_s=STEP_TIMEOUT_S,
                 retry=Retry.SHARED,
                 summary="drop standby record",
             ),
@@ -169,7 +169,7 @@ class Standbys:
             Call(
                 Activity.LIST_STANDBYS,
                 StandbyQuery(exchange_id=self.ctx.resolved.exchange.id),
-                start_to_close_s=10,
+                start_to_close_s=STEP_TIMEOUT_S,
                 retry=Retry.SHARED,
                 summary="list standbys",
             ),

@@ -32,7 +32,7 @@ from perseus.models import (
     EventKind,
     InstanceStatus,
 )
-from perseus.timing import ttl_ms
+from perseus.timing import CONNECTOR_STOP_TIMEOUT_S, ttl_ms
 
 
 class Status:
@@ -148,7 +148,7 @@ class Status:
         event = self.writer.network_event(EventKind.ERROR, error=reason, state=self.st.state)
         yield from self.writer.record(event, self.writer.status_patch(fields))
         stopped = yield from tolerated(
-            self.host.step(Activity.CONNECTOR_DISCONNECT, self._claim(), timeout_s=10),
+            self.host.step(Activity.CONNECTOR_DISCONNECT, self._claim(), timeout_s=CONNECTOR_STOP_TIMEOUT_S),
             "connector_disconnect after failure",
         )
         yield from self.recover()

@@ -25,7 +25,13 @@ from perseus.models import (
     ConnectorRequest,
     StandbyRecord,
 )
-from perseus.timing import HANDOFF_TIMEOUT_S, LEASE_SLACK_INTERVALS, WARM_WAIT_SLACK_INTERVALS
+from perseus.timing import (
+    HANDOFF_TIMEOUT_S,
+    LEASE_SLACK_INTERVALS,
+    PROBE_TIMEOUT_S,
+    WARM_POLL_FLOOR_S,
+    WARM_WAIT_SLACK_INTERVALS,
+)
 
 
 class Target:
@@ -88,7 +94,7 @@ class Target:
             self.ctx.inp.connector.ready_timeout_s
             + WARM_WAIT_SLACK_INTERVALS * self.ctx.inp.heartbeat_interval_s
         )
-        step = max(1.0, self.ctx.inp.heartbeat_interval_s / 2)
+        step = max(WARM_POLL_FLOOR_S, self.ctx.inp.heartbeat_interval_s / 2)
         while not target.warm_ready and waited < limit:
             yield Sleep(step, summary=f"wait for {target.host} to be warm")
             waited += step
@@ -130,7 +136,7 @@ class Target:
                 Call(
                     Activity.PROBE_CLAIM,
                     ClaimProbeRequest(exchange_id=ctx.resolved.exchange.id, claim=old_claim),
-                    start_to_close_s=5,
+                    start_to_close_s=PROBE_TIMEOUT_S,
                     retry=Retry.TWICE,
                     summary=f"has {target.host} claimed?",
                 ),

@@ -24,11 +24,17 @@ from perseus.core.actions import (
 )
 from perseus.core.context import Context
 from perseus.core.decisions import warm_retry_delay, warm_up_standby
-from perseus.core.host import CONNECTOR_HEARTBEAT_TIMEOUT_S, Host
+from perseus.core.host import Host
 from perseus.core.lifecycle import Role
 from perseus.core.state import WarmState, WarmUp
 from perseus.errors import StepFailed
 from perseus.models import Claim, ConnectorReport, EventKind
+from perseus.timing import (
+    CONNECTOR_CHECK_TIMEOUT_S,
+    CONNECTOR_HEARTBEAT_TIMEOUT_S,
+    DEMOTE_TIMEOUT_S,
+    WARM_STOP_TIMEOUT_S,
+)
 
 
 class Warm:
@@ -132,7 +138,10 @@ class Warm:
         try:
             if attempt == 1:
                 found: ConnectorReport = yield from self.host.step(
-                    Activity.CONNECTOR_CHECK, self._own_claim(), timeout_s=10, standby=True
+                    Activity.CONNECTOR_CHECK,
+                    self._own_claim(),
+                    timeout_s=CONNECTOR_CHECK_TIMEOUT_S,
+                    standby=True,
                 )
                 if found.warm_ready:
                     return None
@@ -174,7 +183,7 @@ class Warm:
         """Deactivate our connector (it keeps running, warm); False if that failed (then stop it)."""
         try:
             report: ConnectorReport = yield from self.host.step(
-                Activity.CONNECTOR_DEACTIVATE, self._claim(), timeout_s=30, retry=Retry.ONCE
+                Activity.CONNECTOR_DEACTIVATE, self._claim(), timeout_s=DEMOTE_TIMEOUT_S, retry=Retry.ONCE
             )
         except StepFailed as err:
             yield Log(f"{self.ctx.wf_id}: connector not demoted, stopping it: {err.failure.message}")
@@ -194,6 +203,8 @@ class Warm:
         # Once: a worker that is shutting down stops its connectors itself, and one that is gone
         # took its children with it (parent-death signal); the standby must not wait on it.
         yield from tolerated(
-            self.host.step(Activity.CONNECTOR_DISCONNECT, self._claim(), timeout_s=15, retry=Retry.ONCE),
+            self.host.step(
+                Activity.CONNECTOR_DISCONNECT, self._claim(), timeout_s=WARM_STOP_TIMEOUT_S, retry=Retry.ONCE
+            ),
             f"{self.ctx.wf_id}: warm connector not stopped ({reason})",
         )

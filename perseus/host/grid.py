@@ -29,20 +29,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from perseus.errors import ServiceUnavailable
+from perseus.timing import GRID_SLOT_S, HEALTHY_SPAN_EVERY_S, SLOW_BATCH_S
 from perseus.tracing import finished_span
 
 if TYPE_CHECKING:
     from perseus.store.redis_store import FenceReply, RedisStore
 
-#: The grid's step. Small against any interval (the smallest allowed is well above it), so a
-#: renewal starts at most this much before it is due; large enough that at 1,000 claims × 15 s
-#: about seven share a round trip.
-SLOT_S = 0.1
-#: With tracing on, a healthy batch gets a span at most this often (per process); a batch in which a
-#: renewal failed, was refused or found its key missing, or whose round trip took SLOW_BATCH_S or
-#: more, always gets one (perseus.tracing).
-HEALTHY_SPAN_EVERY_S = 1.0
-SLOW_BATCH_S = 0.25
 #: At most this many spans for batches that went wrong in any second: a loaded host whose every
 #: slot runs slow would otherwise trace ten batches a second just when it has the least CPU to
 #: spare (+35 % of the worker's CPU in one such window of bench.tracing_overhead). The first few
@@ -71,12 +63,12 @@ class Renewal:
     ttl_ms: int
 
 
-def slot_of(t: float, slot_s: float = SLOT_S) -> int:
+def slot_of(t: float, slot_s: float = GRID_SLOT_S) -> int:
     """The grid slot that monotonic time ``t`` falls in."""
     return math.floor(t / slot_s)
 
 
-def slot_start(t: float, slot_s: float = SLOT_S) -> float:
+def slot_start(t: float, slot_s: float = GRID_SLOT_S) -> float:
     """When the slot holding ``t`` starts: never after ``t`` (a float product can land one ulp past
     it; the renewal must never start late on account of the grid)."""
     return min(t, slot_of(t, slot_s) * slot_s)
@@ -102,7 +94,7 @@ class _Pending:
 class RenewalGrid:
     """Wakes renewal loops at shared slot starts and sends what they ask for as one pipeline."""
 
-    def __init__(self, store: RedisStore, slot_s: float = SLOT_S) -> None:
+    def __init__(self, store: RedisStore, slot_s: float = GRID_SLOT_S) -> None:
         self._store = store
         self._slot_s = slot_s
         #: Per slot about to start: the event its loops wait on, and the one timer that sets it.

@@ -11,9 +11,9 @@
   the "stalled leader with a green health check" is what this is for.
 
 Each answers with a JSON body naming every check and which failed (200 ready, 503 not). The checks
-that ask a server run side by side, each bounded by :data:`CHECK_TIMEOUT_S`, so a probe's own
-timeout (Kubernetes' ``timeoutSeconds``) should be a little above it. The judgement itself is plain
-functions over values (:func:`keeper_check`, :func:`watchdog_check`, :func:`readiness`).
+that ask a server run side by side, each bounded by :data:`~perseus.timing.HEALTH_CHECK_TIMEOUT_S`,
+so a probe's own timeout (Kubernetes' ``timeoutSeconds``) should be a little above it. The judgement
+itself is plain functions over values (:func:`keeper_check`, :func:`watchdog_check`, :func:`readiness`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel
 
 from perseus.core.decisions import renewal_overdue
-from perseus.timing import ALIVE_INTERVALS
+from perseus.timing import ALIVE_INTERVALS, HEALTH_CHECK_TIMEOUT_S
 
 if TYPE_CHECKING:
     from temporalio.client import Client
@@ -34,11 +34,6 @@ if TYPE_CHECKING:
     from perseus.host.keeper import LeaseKeeper
     from perseus.host.watchdog import Watchdog
     from perseus.store.redis_store import RedisStore
-
-#: Seconds each server check may take. Redis answers in a millisecond when well; Temporal's
-#: describe call takes longer on a loaded machine, and a probe that flaps under load is worse
-#: than one that is a second slower to see a frozen server.
-CHECK_TIMEOUT_S = 2.0
 
 
 class Check(BaseModel):
@@ -106,10 +101,10 @@ def readiness(checks: Sequence[Check]) -> Readiness:
 
 async def redis_check(store: RedisStore) -> Check:
     try:
-        async with asyncio.timeout(CHECK_TIMEOUT_S):
+        async with asyncio.timeout(HEALTH_CHECK_TIMEOUT_S):
             await store.ping()
     except TimeoutError:
-        return Check(name="redis", ok=False, detail=f"no answer within {CHECK_TIMEOUT_S:g}s")
+        return Check(name="redis", ok=False, detail=f"no answer within {HEALTH_CHECK_TIMEOUT_S:g}s")
     except Exception as exc:  # noqa: BLE001 - any failure is the answer this check reports
         return Check(name="redis", ok=False, detail=str(exc) or type(exc).__name__)
     return Check(name="redis", ok=True, detail="answers")
@@ -121,10 +116,10 @@ async def temporal_check(client: Client, host: str) -> Check:
     from perseus.host.workers import LIVE_POLL_WINDOW, pollers_within
 
     try:
-        async with asyncio.timeout(CHECK_TIMEOUT_S):
+        async with asyncio.timeout(HEALTH_CHECK_TIMEOUT_S):
             seen = await pollers_within(client, host, LIVE_POLL_WINDOW, identity=client.identity)
     except TimeoutError:
-        return Check(name="temporal", ok=False, detail=f"no answer within {CHECK_TIMEOUT_S:g}s")
+        return Check(name="temporal", ok=False, detail=f"no answer within {HEALTH_CHECK_TIMEOUT_S:g}s")
     except Exception as exc:  # noqa: BLE001 - unreachable, refused: the check's answer
         return Check(name="temporal", ok=False, detail=str(exc) or type(exc).__name__)
     window = LIVE_POLL_WINDOW.total_seconds()
@@ -150,8 +145,9 @@ class WorkerHealth:
         return Liveness(uptime_s=round(time.monotonic() - self._started, 3))
 
     async def readiness(self) -> Readiness:
-        # The keeper as it is when asked, not after the servers answered (up to CHECK_TIMEOUT_S
-        # later): a claim that lapsed meanwhile has left the keeper and would read as "on time".
+        # The keeper as it is when asked, not after the servers answered (up to
+        # HEALTH_CHECK_TIMEOUT_S later): a claim that lapsed meanwhile has left the keeper and would
+        # read as "on time".
         keeper = keeper_check(self._keeper.renewal_ages())
         watchdog = watchdog_check(self._watchdog.state())
         temporal, redis = await asyncio.gather(

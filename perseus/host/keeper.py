@@ -66,7 +66,17 @@ from perseus.models import (
     NetworkEvent,
     StandbyLeaseRequest,
 )
-from perseus.timing import OUTAGE_MEMORY_INTERVALS, renew_deadline_s, ttl_ms
+from perseus.timing import (
+    DETACHED_FLOOR_S,
+    DETACHED_INTERVALS,
+    LAPSE_LOOK_S,
+    MIN_INTERVAL_S,
+    OUTAGE_MEMORY_INTERVALS,
+    RECANCEL_S,
+    RENEWAL_BOUND_FLOOR_S,
+    renew_deadline_s,
+    ttl_ms,
+)
 
 if TYPE_CHECKING:
     from perseus.connectors.base import Connector, ConnectorHost
@@ -81,16 +91,6 @@ RecordEvent = Callable[[NetworkEvent], Awaitable[object]]
 #: Answers whether an instance workflow is definitely closed (True), running (False) or unknown
 #: (None: Temporal did not answer — keep going).
 WorkflowClosed = Callable[[str], Awaitable[bool | None]]
-
-#: A loop with no activity attached for this many intervals (at least DETACHED_FLOOR_S) asks Temporal
-#: whether its workflow still exists, and again at most once per interval after that.
-DETACHED_INTERVALS = 3.0
-DETACHED_FLOOR_S = 10.0
-#: A loop that survived a cancellation is cancelled again this often until it ends.
-RECANCEL_S = 0.05
-#: A standby looks at its holder's key this long after the moment it should pass its renew deadline
-#: plus the margin: Redis's PTTL is in whole milliseconds, and a look a hair early finds nothing.
-LAPSE_LOOK_S = 0.005
 
 
 class _Beat:
@@ -288,7 +288,7 @@ class LeaseKeeper:
             # Bounded by what is left of the renew deadline (a Redis that hangs must not keep this
             # loop from stopping the connector in time) and by half an interval. asyncio.timeout
             # rather than wait_for: the same bound without a task per renewal.
-            bound = max(0.05, min(held.last_ok + deadline - time.monotonic(), interval / 2))
+            bound = max(RENEWAL_BOUND_FLOOR_S, min(held.last_ok + deadline - time.monotonic(), interval / 2))
             renewal = Renewal(req.exchange_id, req.claim.instance_id, req.claim.epoch, patch, ttl)
             try:
                 async with asyncio.timeout(bound):
@@ -393,7 +393,7 @@ class LeaseKeeper:
         if held is not None and held.ended is None:
             self._watchdog.arm(pgid, held.last_ok + renew_deadline_s(held.interval_s))
         else:  # no renewals known here: allow no more than the shortest deadline from now
-            self._watchdog.arm(pgid, time.monotonic() + renew_deadline_s(0.5))
+            self._watchdog.arm(pgid, time.monotonic() + renew_deadline_s(MIN_INTERVAL_S))
 
     def _renewed(self, held: HeldClaim, due: float) -> None:
         req = held.request

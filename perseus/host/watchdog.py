@@ -30,10 +30,9 @@ import sys
 import threading
 import time
 
-log = logging.getLogger(__name__)
+from perseus.timing import WATCHDOG_IDLE_WAKE_S
 
-#: How often the watchdog wakes when nothing is armed (it wakes earlier for a due deadline).
-IDLE_WAKE_S = 1.0
+log = logging.getLogger(__name__)
 
 
 def _kill_group(pgid: int, why: str) -> None:
@@ -54,8 +53,8 @@ def serve(stream: int = 0) -> None:
             if now >= until:
                 del armed[pgid]
                 _kill_group(pgid, f"claim deadline passed {now - until:.3f}s ago")
-        wake = min(armed.values(), default=now + IDLE_WAKE_S)
-        if not selector.select(timeout=max(0.0, min(wake - now, IDLE_WAKE_S))):
+        wake = min(armed.values(), default=now + WATCHDOG_IDLE_WAKE_S)
+        if not selector.select(timeout=max(0.0, min(wake - now, WATCHDOG_IDLE_WAKE_S))):
             continue
         chunk = os.read(stream, 65536)
         if not chunk:  # the worker is gone: nobody renews any of these claims any more

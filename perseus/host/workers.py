@@ -35,6 +35,14 @@ from perseus import version as release
 from perseus.errors import ServiceUnavailable
 from perseus.keys import host_task_queue, iso
 from perseus.models import Wire
+from perseus.timing import (
+    ANNOUNCE_EVERY_S,
+    ANNOUNCE_TTL_S,
+    DESCRIBE_QUEUE_TIMEOUT_S,
+    LIVE_POLL_WINDOW_S,
+    POLL_LOOKUP_CONNECT_S,
+    POLL_LOOKUP_S,
+)
 
 if TYPE_CHECKING:
     from temporalio.client import Client
@@ -42,12 +50,6 @@ if TYPE_CHECKING:
     from perseus.store.redis_store import RedisStore
 
 log = logging.getLogger(__name__)
-
-#: A worker renews its record this often, and the record lives three times as long.
-ANNOUNCE_EVERY_S = 5.0
-ANNOUNCE_TTL_S = 3 * ANNOUNCE_EVERY_S
-#: Temporal's answer is awaited this long per host queue; then ``lastPollAt`` is left out.
-POLL_LOOKUP_S = 3.0
 
 
 class WorkerRecord(Wire):
@@ -154,7 +156,7 @@ async def last_polls(client: Client | None, hosts: Iterable[str]) -> dict[str, d
         try:
             # Bounded as a whole: a lazy client's first call also connects, which the RPC's own
             # timeout does not cover.
-            async with asyncio.timeout(POLL_LOOKUP_S + 1):
+            async with asyncio.timeout(POLL_LOOKUP_S + POLL_LOOKUP_CONNECT_S):
                 reply = await client.workflow_service.describe_task_queue(
                     DescribeTaskQueueRequest(
                         namespace=client.namespace,
@@ -241,11 +243,8 @@ async def announcing(
             await store.withdraw_worker(host, worker_id)
 
 
-#: A host counts as live when a worker polled its queue this recently. An idle worker renews its
-#: long poll about once a minute, so a shorter window would call healthy idle hosts dead; a host
-#: that died within the window is called live, and registering there fails within the workflow's
-#: host wait (a few seconds) with "no worker for host …" — reported, not fatal.
-LIVE_POLL_WINDOW = timedelta(seconds=75)
+#: A host counts as live when a worker polled its queue this recently (perseus.timing says why).
+LIVE_POLL_WINDOW = timedelta(seconds=LIVE_POLL_WINDOW_S)
 
 
 async def pollers_within(client: Client, host: str, window: timedelta, *, identity: str | None = None) -> int:
@@ -259,7 +258,7 @@ async def pollers_within(client: Client, host: str, window: timedelta, *, identi
                 task_queue=TaskQueue(name=host_task_queue(host)),
                 task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
             ),
-            timeout=timedelta(seconds=5),
+            timeout=timedelta(seconds=DESCRIBE_QUEUE_TIMEOUT_S),
         )
     except RPCError as exc:
         raise errors.ServiceUnavailable(f"Temporal: {exc.message}", server=errors.Server.TEMPORAL) from None

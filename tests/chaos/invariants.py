@@ -28,8 +28,7 @@ from perseus.core.decisions import (
     head_start_s,
     vacancy_delay,
 )
-from perseus.host.grid import SLOT_S
-from perseus.timing import CLAIM_OVER_INTERVALS
+from perseus.timing import CLAIM_OVER_INTERVALS, GRID_SLOT_S
 
 
 @dataclass
@@ -238,10 +237,10 @@ class Recovery(StrEnum):
 #: plus the transitions' local activities. About 0.1 s each on an idle 2-core machine; 1 s leaves
 #: room for one shared with the rest of a test suite.
 DISPATCH_MARGIN_S = 1.0
-#: A standby looks at the holder's key at the claim-over line itself (keeper.LAPSE_LOOK_S past it)
+#: A standby looks at the holder's key at the claim-over line itself (timing.LAPSE_LOOK_S past it)
 #: or at a beat that the renewal grid may start a slot early; one slot covers that and the look's
 #: Redis round trip.
-LOOK_SLACK_S = SLOT_S
+LOOK_SLACK_S = GRID_SLOT_S
 
 
 def liveness_bound_s(

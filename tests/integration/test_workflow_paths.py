@@ -31,7 +31,6 @@ from temporalio.worker import Worker
 
 from perseus.core.decisions import act_after_vacancy_s, lease_heartbeat_timeout_s
 from perseus.core.lifecycle import Command, Role, State
-from perseus.core.recovery import PICKUP_FACTOR
 from perseus.keys import host_task_queue, iso
 from perseus.models import (
     ClaimProbe,
@@ -69,6 +68,7 @@ from perseus.models import (
     StandbyRecord,
 )
 from perseus.temporal import converter
+from perseus.timing import PICKUP_FACTOR
 from workflows.instance import InstanceWorkflow
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,6 @@ import pytest
 from perseus.core import actions as act
 from perseus.core.commands import Commands
 from perseus.core.context import Context
-from perseus.core.decisions import WARM_RETRY_CAP_S, WARM_RETRY_FIRST_S
 from perseus.core.host import Host
 from perseus.core.leases import Leases
 from perseus.core.lifecycle import Command, Role, State, is_allowed, recovery_path
@@ -40,6 +39,7 @@ from perseus.models import (
     HostPresence,
     PromoteRequest,
 )
+from perseus.timing import WARM_RETRY_CAP_S, WARM_RETRY_FIRST_S
 from tests.unit.part_driver import APP_ERROR, CLAIM, NOT_PICKED_UP, T0, calls, context, drive, world
 
 pytestmark = pytest.mark.unit

@@ -479,7 +479,7 @@ def test_a_target_that_holds_and_renews_is_waited_for_until_its_claim_could_laps
     )
     assert look.lost is None and not look.take_lapsed
     # The next look comes when the claim would pass its renew deadline plus the margin (2.1 s).
-    assert look.look_again_s == pytest.approx(2.1 - 1.5 + decisions.HANDOFF_LOOK_SLACK_S)
+    assert look.look_again_s == pytest.approx(2.1 - 1.5 + timing.LOOK_SLACK_S)
     far = decisions.handoff_target_look(
         holder="b", renewed_ms_ago=0, target_host="b", since_release_s=0.5, interval_s=15.0
     )
@@ -508,7 +508,7 @@ def test_an_exchange_held_by_another_host_ends_the_wait_without_claiming_over() 
 
 @pytest.mark.parametrize(
     ("interval", "patience"),
-    [(0.5, decisions.HANDOFF_CLAIM_FLOOR_S), (1.0, decisions.HANDOFF_CLAIM_FLOOR_S), (15.0, 31.5)],
+    [(0.5, timing.HANDOFF_CLAIM_FLOOR_S), (1.0, timing.HANDOFF_CLAIM_FLOOR_S), (15.0, 31.5)],
 )
 def test_an_empty_key_is_the_target_gone_only_after_the_claim_over_line_and_the_floor(
     interval: float, patience: float

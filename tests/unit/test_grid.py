@@ -11,8 +11,6 @@ import time
 import pytest
 
 from perseus.host.grid import (
-    HEALTHY_SPAN_EVERY_S,
-    SLOT_S,
     TROUBLED_SPANS_PER_S,
     RenewalGrid,
     groups_of,
@@ -20,6 +18,7 @@ from perseus.host.grid import (
     slot_start,
     worth_a_span,
 )
+from perseus.timing import GRID_SLOT_S, HEALTHY_SPAN_EVERY_S
 
 pytestmark = pytest.mark.unit
 
@@ -28,11 +27,11 @@ def test_a_renewal_never_starts_after_it_is_due_nor_more_than_a_slot_before() ->
     rng = random.Random(18)
     times = [rng.uniform(0, 1e7) for _ in range(20_000)]
     # Exact multiples of the slot too: where float division lands on either side of an integer.
-    times += [k * SLOT_S for k in range(0, 50_000, 7)] + [k * 0.3 for k in range(10_000)]
+    times += [k * GRID_SLOT_S for k in range(0, 50_000, 7)] + [k * 0.3 for k in range(10_000)]
     for t in times:
         start = slot_start(t)
         assert start <= t
-        assert t - start < SLOT_S + 1e-6
+        assert t - start < GRID_SLOT_S + 1e-6
 
 
 def test_due_times_one_interval_apart_keep_their_place_in_the_grid() -> None:
@@ -67,10 +66,10 @@ async def test_loops_due_within_one_slot_wake_in_the_same_turn() -> None:
     loop = asyncio.get_running_loop()
     next_turn: list[bool] = []  # set once the turn after the first wake-up has begun
     late: list[float] = []
-    base = (slot_of(time.monotonic()) + 3) * SLOT_S  # a slot some way ahead
+    base = (slot_of(time.monotonic()) + 3) * GRID_SLOT_S  # a slot some way ahead
     # Inside the slot, not on its edges: k × 0.1 / 0.1 falls just below k for some k (floats), and a
     # due time exactly on the boundary may then belong to the slot before.
-    dues = [base + f * SLOT_S for f in (0.01, 0.2, 0.5, 0.9, 0.99)]
+    dues = [base + f * GRID_SLOT_S for f in (0.01, 0.2, 0.5, 0.9, 0.99)]
 
     async def wait(due: float) -> None:
         await grid.until(due)

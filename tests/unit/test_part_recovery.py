@@ -40,7 +40,7 @@ import pytest
 from perseus.core import actions as act
 from perseus.core.decisions import LOSS_TYPES, LeaseVerdict, lease_verdict, restart_delay
 from perseus.core.lifecycle import Command, State
-from perseus.core.recovery import RUNNING_STATES, Recovery
+from perseus.core.recovery import RUNNING_STATES, STEP_ASIDE_WAKES_FROM_ITS_LIST, Recovery
 from perseus.core.state import Ending, RecoveryState
 from perseus.errors import ConnectorFailed, ConnectorFailover, ConnectorUnhealthy
 from perseus.models import (
@@ -351,6 +351,50 @@ def test_an_unhealthy_connector_steps_aside_only_to_a_standby_that_may_take_over
                 assert not r.world.signals_sent("promote") and not r.world.calls_of(A.RELEASE_CLAIM)
                 assert r.parts.became_standby == 0 and r.parts.leases.claim == CLAIM
                 assert len(r.parts.enqueued) == 1
+
+
+@pytest.mark.parametrize("state", [State.ACTIVE, State.WARMING])
+def test_stepping_aside_wakes_the_standby_it_saw_though_redis_fails_after_the_release(state: State) -> None:
+    """The standbys read before letting go are the ones woken: a Redis that stops answering once the
+    key is released must not leave the exchange to the TTL while a live standby waits."""
+    best = standby("host-b")
+    listed = StandbyList(standbys=[best])
+    r = run(FAILOVER, state=state, scripts={A.LIST_STANDBYS: [listed, APP_ERROR]})
+    check(r)
+    assert r.value is True and r.parts.became_standby == 1
+    woken = r.world.signals_sent("promote")
+    assert [signal.workflow_id for _, signal in woken] == [best.workflow_id]
+    # One read: the list the decision to step aside was made on is the list the wake works from.
+    assert len(r.world.calls_of(A.LIST_STANDBYS)) == 1
+    assert r.world.first_call(A.RELEASE_CLAIM) < woken[0][0]
+
+
+def test_a_run_begun_on_the_release_steps_aside_as_it_did_then() -> None:
+    """Without the patch (a history recorded on 0.1.0, replayed) the list is read again after the
+    release, so that history's commands replay in their order."""
+    best = standby("host-b")
+    ctx = context(interval_s=INTERVAL)
+    p = parts(ctx, state=State.ACTIVE)
+    listed = StandbyList(standbys=[best])
+    world = World(ctx, {A.LIST_STANDBYS: [listed, listed]}, leases=[FAILOVER])
+    recovery = Recovery(ctx, p.host, RecoveryState(), **p.hooks(), **p.shared())
+
+    def unpatched(action: act.Action) -> Any:
+        if isinstance(action, act.Patched):
+            assert action.patch_id == STEP_ASIDE_WAKES_FROM_ITS_LIST
+            return False
+        return world(action)
+
+    value, actions = drive(recovery.after_lease(), unpatched)
+    assert value is True and p.became_standby == 1
+    listed_at = [
+        i for i, a in enumerate(actions) if isinstance(a, act.Call) and a.activity is A.LIST_STANDBYS
+    ]
+    released_at = next(
+        i for i, a in enumerate(actions) if isinstance(a, act.Call) and a.activity is A.RELEASE_CLAIM
+    )
+    assert len(listed_at) == 2 and listed_at[0] < released_at < listed_at[1]
+    assert [a.workflow_id for a in actions if isinstance(a, act.Signal)] == [best.workflow_id]
 
 
 # --- our key vanished or lapsed: take the exchange back if nobody else did -------------------------

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from perseus.core.pause import (
-    MAX_PAUSE_S,
     checked_span,
     in_force,
     parse_span,
@@ -18,6 +17,7 @@ from perseus.core.pause import (
     steps_aside,
     watch_ends,
 )
+from perseus.timing import MAX_PAUSE_S
 
 
 @pytest.mark.parametrize(

@@ -28,8 +28,6 @@ Redis proves), asks here, and carries out the answer. The invariants these funct
 from __future__ import annotations
 
 from perseus.core.decisions.claims import (
-    HANDOFF_CLAIM_FLOOR_S,
-    HANDOFF_LOOK_SLACK_S,
     LOSS_TYPES,
     HandoffLook,
     HostVerdict,
@@ -60,8 +58,6 @@ from perseus.core.decisions.loop import (
     refuse_handoff,
 )
 from perseus.core.decisions.standbys import (
-    WARM_RETRY_CAP_S,
-    WARM_RETRY_FIRST_S,
     StartPath,
     backing_off,
     doubling_delay,
@@ -83,8 +79,6 @@ from perseus.core.decisions.standbys import (
 )
 
 __all__ = [
-    "HANDOFF_CLAIM_FLOOR_S",
-    "HANDOFF_LOOK_SLACK_S",
     "HandoffLook",
     "HostVerdict",
     "InstanceFacts",
@@ -93,8 +87,6 @@ __all__ = [
     "LoopFacts",
     "StartPath",
     "Step",
-    "WARM_RETRY_CAP_S",
-    "WARM_RETRY_FIRST_S",
     "act_after_vacancy_s",
     "backing_off",
     "doubling_delay",

@@ -21,6 +21,8 @@ from perseus.errors import (
 from perseus.timing import (
     ALIVE_INTERVALS,
     CLAIM_OVER_INTERVALS,
+    HANDOFF_CLAIM_FLOOR_S,
+    LOOK_SLACK_S,
     TTL_FACTOR,
     claim_over_s,
 )
@@ -129,17 +131,6 @@ def lapses_in_s(pttl_ms: int, interval_s: float) -> float:
     return (claim_over_s(interval_s) * 1000 - renewed_ms_ago) / 1000
 
 
-#: However short the interval, the handing-over side gives its target this long to claim before a
-#: missing key counts as the target gone: the promote signal, one workflow task and the claim on the
-#: target's host usually take a few tenths of a second; a busy machine can take a second or two.
-HANDOFF_CLAIM_FLOOR_S = 3.0
-
-
-#: A look at the key this long after the moment the target's claim should pass its renew deadline
-#: plus the margin: Redis' PTTL is whole milliseconds, and a look a hair early finds nothing.
-HANDOFF_LOOK_SLACK_S = 0.05
-
-
 @dataclass(frozen=True)
 class HandoffLook:
     """What the handing-over side makes of one look at the key while it waits for the target."""
@@ -180,7 +171,8 @@ def handoff_target_look(
     * empty after an earlier look saw the target hold it (``seen_target``): lost — its key lapsed
       between two looks, or Redis lost it; the take-back waits out the target's renew deadline as a
       standby finding a vacancy would;
-    * empty, longer after the release than the claim-over line (and :data:`HANDOFF_CLAIM_FLOOR_S`):
+    * empty, longer after the release than the claim-over line (and
+      :data:`~perseus.timing.HANDOFF_CLAIM_FLOOR_S`):
       lost — the target never claimed.
     """
     line_s = claim_over_s(interval_s)
@@ -192,9 +184,7 @@ def handoff_target_look(
                 look_again_s=0.0,
             )
         left = line_s - (renewed_ms_ago or 0) / 1000
-        return HandoffLook(
-            lost=None, take_lapsed=False, look_again_s=min(interval_s, left + HANDOFF_LOOK_SLACK_S)
-        )
+        return HandoffLook(lost=None, take_lapsed=False, look_again_s=min(interval_s, left + LOOK_SLACK_S))
     if holder is not None:
         return HandoffLook(lost=f"the exchange is held by {holder} now", take_lapsed=False, look_again_s=0.0)
     if seen_target:
@@ -214,7 +204,7 @@ def handoff_target_look(
     return HandoffLook(
         lost=None,
         take_lapsed=False,
-        look_again_s=min(interval_s, wait_s - since_release_s + HANDOFF_LOOK_SLACK_S),
+        look_again_s=min(interval_s, wait_s - since_release_s + LOOK_SLACK_S),
     )
 
 

@@ -16,6 +16,8 @@ from perseus.timing import (
     HOLDER_HEAD_START,
     PRIORITY_HEAD_START,
     PRIORITY_HEAD_START_FLOOR_S,
+    WARM_RETRY_CAP_S,
+    WARM_RETRY_FIRST_S,
 )
 from perseus.version import release_key
 
@@ -68,15 +70,6 @@ def handoff_demotes(*, shutdown: bool, warm: bool) -> bool:
     """A handing-over instance that stays as a warm standby demotes its connector (DEACTIVATE)
     instead of stopping it, so that handing back is as quick."""
     return warm and not shutdown
-
-
-#: A warm-up that failed is tried again after this many seconds, doubling per failure in a row up
-#: to the cap: quick enough to recover from a blip, slow enough not to hammer a host whose connector
-#: cannot start (each try spawns a child and adds a few events to the history).
-WARM_RETRY_FIRST_S = 5.0
-
-
-WARM_RETRY_CAP_S = 300.0
 
 
 def warm_retry_delay(failures: int) -> float:
