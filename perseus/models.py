@@ -18,7 +18,14 @@ from pydantic.alias_generators import to_camel
 
 from perseus.core.lifecycle import Command, Role, State
 from perseus.keys import EXCHANGE_PATTERN, HOST_PATTERN, iso
-from perseus.timing import DEFAULT_INTERVAL_S, MAX_INTERVAL_S, MIN_INTERVAL_S
+from perseus.timing import (
+    DEFAULT_INTERVAL_S,
+    MAX_ACTIVE_TIMEOUT_S,
+    MAX_INTERVAL_S,
+    MAX_READY_TIMEOUT_S,
+    MAX_STOP_GRACE_S,
+    MIN_INTERVAL_S,
+)
 
 
 class Wire(BaseModel):
@@ -283,11 +290,6 @@ class SymbolsRequest(BaseModel):
 
 
 # --- Workflow ------------------------------------------------------------------------------------
-
-#: Limits of a process connector's timings, set by the workflow's host-activity timeouts.
-MAX_READY_TIMEOUT_S = 110.0
-MAX_STOP_GRACE_S = 10.0
-MAX_ACTIVE_TIMEOUT_S = 60.0
 
 
 class ConnectorSpec(BaseModel):

@@ -165,16 +165,26 @@ PROBE_TIMEOUT_S = 5.0
 #: worker's ``Settings.ip_timeout`` (2 s by default, which an operator may raise); the step leaves
 #: room above any sensible setting.
 IDENTITY_TIMEOUT_S = 30.0
+#: The longest a process connector may be given to get ready, to stop after SIGTERM, and to answer
+#: an activation (``ConnectorSpec`` refuses more): each must fit inside the host step that waits
+#: for it, with room to spare for the rest of that step.
+MAX_READY_TIMEOUT_S = 110.0
+MAX_STOP_GRACE_S = 10.0
+MAX_ACTIVE_TIMEOUT_S = 60.0
+#: What a connector step needs beyond the connector's own wait: the spawn, the kill after a grace,
+#: the answer's way back.
+CONNECTOR_STEP_SPARE_S = 10.0
 #: A connector step (prepare, warm up, connect): it runs for as long as the connector takes to get
-#: ready, bounded by MAX_READY_TIMEOUT_S, with ten seconds to spare for the rest of the step.
-CONNECTOR_STEP_TIMEOUT_S = 120.0
+#: ready, bounded by MAX_READY_TIMEOUT_S, with the spare for the rest of the step.
+CONNECTOR_STEP_TIMEOUT_S = MAX_READY_TIMEOUT_S + CONNECTOR_STEP_SPARE_S
 #: Asking the host whether a connector runs (it looks at its own process table: no waiting).
 CONNECTOR_CHECK_TIMEOUT_S = 10.0
 #: Stopping a connector after a failure, on a graceful release or when a promoted start failed: its
-#: stop grace (5 s by default) and the kill after it. A stop that does not answer in time counts as
-#: not known stopped, and the callers act on that (a standby woken then waits out the renew deadline
-#: before its connector acts).
-CONNECTOR_STOP_TIMEOUT_S = 10.0
+#: stop grace (5 s by default, MAX_STOP_GRACE_S at most) and the kill after it. A stop that does not
+#: answer in time counts as not known stopped, and the callers act on that (a standby woken then
+#: waits out the renew deadline before its connector acts) — so the longest grace must fit, spare
+#: included (it once equalled the step's whole timeout).
+CONNECTOR_STOP_TIMEOUT_S = MAX_STOP_GRACE_S + CONNECTOR_STEP_SPARE_S / 2
 #: Stopping a warm standby's connector as the standby leaves: a little more than a stop, and tried
 #: once (a worker shutting down stops its connectors itself).
 WARM_STOP_TIMEOUT_S = 15.0
