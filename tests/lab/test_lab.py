@@ -46,7 +46,7 @@ def _until(what: str, check: object, timeout: float = 120) -> None:
 
 
 def test_a_partition_from_redis_keeps_one_connector(tmp_path: Path) -> None:
-    lab = Lab(name="plab-e2e", hosts=3)
+    lab = Lab.for_run(hosts=3)
     stack = LabStack(lab, tmp_path / "lab", interval=1.0)
     try:
         stack.up()
@@ -119,7 +119,7 @@ def test_a_seeded_schedule_of_every_fault(tmp_path: Path) -> None:
     rounds = ROUNDS
     replay = f"PERSEUS_LAB_SEED={seed} PERSEUS_LAB_ROUNDS={rounds} .venv/bin/pytest -s {__file__} -k schedule"
     print(f"lab schedule seed {seed} ({rounds} round(s)); replay: {replay}")
-    lab = Lab(name="plab-run", hosts=3)
+    lab = Lab.for_run(hosts=3)
     stack = LabStack(lab, tmp_path / "lab", interval=1.0)
     injected: list[Injected] = []
     gaps: dict[str, list[float]] = {}
