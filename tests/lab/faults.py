@@ -23,7 +23,14 @@ KINDS = (
     "delay-past-renewal",
     "pause",
     "kill",
+    "clock-drift",
+    "clock-step",
 )
+
+#: The rates a drifting clock runs at (1 % and 10 % fast or slow), one per round in turn, so four
+#: rounds run each once; a step is +30 s or -30 s, alternately.
+DRIFT_RATES = (1.10, 0.90, 1.01, 0.99)
+STEP_S = (30.0, -30.0)
 
 #: The liveness bound each kind is held to in the report (seconds at I = 1 s; docs/design.md, "At
 #: least one"): a crash's B for faults that stop the holder; for those that must change nothing, a
@@ -37,6 +44,9 @@ BOUND_S = {
     "delay-past-renewal": 4.9,
     "pause": 4.9,
     "kill": 4.9,
+    # A wrong wall clock must change nothing: Perseus decides with monotonic and Redis-side time.
+    "clock-drift": 0.5,
+    "clock-step": 0.5,
 }
 
 
@@ -47,6 +57,17 @@ class Fault:
     host: int
     #: How long it is held, in renew intervals.
     hold_i: float
+    #: The clock faults' parameter: a drift's rate, or a step in seconds (0 for the other kinds).
+    arg: float = 0.0
+
+    @property
+    def label(self) -> str:
+        """The kind, with its parameter where it has one (the report's rows)."""
+        if self.kind == "clock-drift":
+            return f"clock-drift x{self.arg:.2f}"
+        if self.kind == "clock-step":
+            return f"clock-step {self.arg:+.0f}s"
+        return self.kind
 
 
 @dataclass
@@ -56,16 +77,18 @@ class Injected:
     healed: float
 
 
-def schedule(seed: int, rounds: int = 1) -> list[Fault]:
+def schedule(seed: int, rounds: int = 1, kinds: tuple[str, ...] = KINDS) -> list[Fault]:
     """``rounds`` of every kind, each round shuffled; hosts and hold times drawn from ``seed``.
     The target host number is resolved when the fault runs (the active one, or a standby)."""
     rng = random.Random(seed)
     out: list[Fault] = []
-    for _ in range(rounds):
-        kinds = list(KINDS)
-        rng.shuffle(kinds)
-        for kind in kinds:
-            out.append(Fault(kind, host=rng.randint(1, 3), hold_i=round(rng.uniform(4.0, 8.0), 2)))
+    for r in range(rounds):
+        order = list(kinds)
+        rng.shuffle(order)
+        for kind in order:
+            arg = {"clock-drift": DRIFT_RATES[(seed + r) % 4], "clock-step": STEP_S[(seed + r) % 2]}
+            hold = round(rng.uniform(4.0, 8.0), 2)
+            out.append(Fault(kind, host=rng.randint(1, 3), hold_i=hold, arg=arg.get(kind, 0.0)))
     return out
 
 
@@ -117,8 +140,26 @@ def inject(stack: LabStack, fault: Fault, active: int, standby: int) -> Injected
         stack.workers[i].kill()
         stack.workers[i].wait(10)
         heal = lambda: stack.start_worker(i)  # noqa: E731
+    elif fault.kind == "clock-drift":
+        # The active host's wall clock runs fast or slow from now on (no step: FAKETIME_XRESET);
+        # healed as NTP would: the rate back to 1, then the clock stepped back to true time.
+        clock = stack.clock_file(i)
+        clock.write_text(f"+0 x{fault.arg}\n")
+
+        def heal() -> None:
+            clock.write_text("+0 x1\n")
+            time.sleep(0.2)  # read at the worker's next clock call; then the offset goes
+            clock.write_text("+0\n")
+
+    elif fault.kind == "clock-step":
+        clock = stack.clock_file(i)
+        clock.write_text(f"{fault.arg:+.0f}\n")
+
+        def heal() -> None:
+            clock.write_text("+0\n")
+
     else:
         raise ValueError(f"unknown fault {fault.kind!r}: one of {', '.join(KINDS)}")
     time.sleep(hold)
     heal()
-    return Injected(Fault(fault.kind, i, fault.hold_i), start, time.monotonic())
+    return Injected(Fault(fault.kind, i, fault.hold_i, fault.arg), start, time.monotonic())
