@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import random
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tests.lab.stack import LabStack
+from tests.lab.stack import ROOT, LabStack
 
 #: Every kind the CI schedule runs once. "standby" faults hit a standby; the others the active host.
 KINDS = (
@@ -26,6 +28,15 @@ KINDS = (
     "clock-drift",
     "clock-step",
 )
+
+#: The Redis HA faults (tests/lab/redis_faults.py), by the infrastructure profile that has them; every
+#: profile also runs every kind of :data:`KINDS`.
+PROFILE_KINDS = {
+    "single": KINDS,
+    "sentinel": (*KINDS, "sentinel-failover", "failover-lagging"),
+    "cluster": (*KINDS, "cluster-failover"),
+}
+ALL_KINDS = (*KINDS, "sentinel-failover", "failover-lagging", "cluster-failover")
 
 #: The rates a drifting clock runs at (1 % and 10 % fast or slow), one per round in turn, so four
 #: rounds run each once; a step is +30 s or -30 s, alternately.
@@ -47,6 +58,15 @@ BOUND_S = {
     # A wrong wall clock must change nothing: Perseus decides with monotonic and Redis-side time.
     "clock-drift": 0.5,
     "clock-step": 0.5,
+    # With one replica and wait_replicas=1 (the sentinel profile) nothing acknowledges a claim until
+    # the old primary follows the new one: Sentinel reconfigures it at its next INFO of it (every
+    # 10 s), then a full resync. Bound: failover-timeout 4 s + 10 s + 3 s resync + B 4.9 s.
+    "sentinel-failover": 22.0,
+    # The same, after the fault's own hold (up to 8 I: the replica cut for half, the primary frozen
+    # for the other half) and Sentinel's down-after (1 s).
+    "failover-lagging": 31.0,
+    # CLUSTER FAILOVER is coordinated: the old master follows its replica at once. B.
+    "cluster-failover": 4.9,
 }
 
 
@@ -158,8 +178,21 @@ def inject(stack: LabStack, fault: Fault, active: int, standby: int) -> Injected
         def heal() -> None:
             clock.write_text("+0\n")
 
+    elif fault.kind in ("sentinel-failover", "failover-lagging", "cluster-failover"):
+        # Run where the servers are; it holds (a lagging replica's pause) and settles by itself.
+        argv = [sys.executable, "-m", "tests.lab.redis_faults", fault.kind, "--info", str(stack.info_path)]
+        done = subprocess.run(
+            lab.exec_argv(lab.infra, [*argv, "--hold", str(hold)]),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert done.returncode == 0, f"{fault.kind}: {done.stdout}{done.stderr[-1500:]}"
+        print(done.stdout.strip())
+        return Injected(Fault(fault.kind, 0, fault.hold_i, fault.arg), start, time.monotonic())
     else:
-        raise ValueError(f"unknown fault {fault.kind!r}: one of {', '.join(KINDS)}")
+        raise ValueError(f"unknown fault {fault.kind!r}: one of {', '.join(ALL_KINDS)}")
     time.sleep(hold)
     heal()
     return Injected(Fault(fault.kind, i, fault.hold_i, fault.arg), start, time.monotonic())

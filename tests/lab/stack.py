@@ -84,10 +84,15 @@ class LabStack:
         )
         return env
 
+    @property
+    def info_path(self) -> Path:
+        """The infrastructure's ports, URLs and Redis pids (tests/lab/infra.py writes it)."""
+        return self.base / "infra.json"
+
     def up(self) -> None:
         self.lab.up()
         self.base.mkdir(parents=True, exist_ok=True)
-        out = self.base / "infra.json"
+        out = self.info_path
         infra = self._spawn(
             self.lab.infra,
             [

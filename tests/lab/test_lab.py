@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.faults import BOUND_S, KINDS, Injected, inject, schedule
+from tests.lab.faults import ALL_KINDS, BOUND_S, PROFILE_KINDS, Injected, inject, schedule
 from tests.lab.judge import Verdict, judge, read_log
 from tests.lab.netns import Lab, namespaces, root_reason
 from tests.lab.stack import LabStack
@@ -29,7 +29,12 @@ pytestmark = [
 
 EXCHANGE = "kraken"
 #: Only these kinds (comma-separated), to replay or study some: PERSEUS_LAB_KINDS=clock-drift,clock-step.
-KINDS_RUN = tuple(k for k in os.environ.get("PERSEUS_LAB_KINDS", ",".join(KINDS)).split(",") if k)
+KINDS_RUN = tuple(k for k in os.environ.get("PERSEUS_LAB_KINDS", ",".join(ALL_KINDS)).split(",") if k)
+#: The infrastructure profiles the schedule runs on (tests/lab/infra.py): CI the single Redis,
+#: `make lab` all three.
+PROFILES = tuple(p for p in os.environ.get("PERSEUS_LAB_PROFILES", "single").split(",") if p)
+#: The report's sections so far in this session (one per profile run), rewritten whole each time.
+_SECTIONS: list[str] = []
 
 
 def _hosts_acting(stack: LabStack, since: float) -> set[str]:
@@ -83,47 +88,69 @@ def _acting_host(stack: LabStack) -> int | None:
     return int(recent[-1].host.rsplit("-h", 1)[1])
 
 
-def _report(
-    seed: int, rounds: int, injected: list[Injected], verdict: Verdict, gaps: dict[str, list[float]]
+def _header() -> str:
+    return "\n".join(
+        [
+            "# The lab: faults against real hosts, judged at the sink",
+            "",
+            "Written by `make lab` (tests/lab/test_lab.py::test_a_seeded_schedule_of_every_fault): three",
+            "connector hosts in network namespaces of their own, the servers in an infrastructure",
+            "namespace, one exchange active on one host and standing by on two, interval I = 1 s. The",
+            'judge reads only the sink\'s log (docs/design.md, "The lab"). One section per Redis profile;',
+            "replay one with the command under its heading.",
+            "",
+            "Longest silence at the sink in each fault's window (the connector acts every 0.1 s, so",
+            "0.1 s is none), against the bound: a crash's B for faults that stop the holder, 0.5 s (a",
+            "few action periods on a loaded machine) for those that must change nothing, and for the",
+            'Redis failovers what the failover itself takes (docs/design.md, "The lab").',
+            "",
+        ]
+    )
+
+
+def _section(
+    profile: str,
+    seed: int,
+    rounds: int,
+    injected: list[Injected],
+    verdict: Verdict,
+    gaps: dict[str, list[float]],
 ) -> str:
     one, none, several = verdict.availability.get(EXCHANGE, (0.0, 0.0, 0.0))
     lines = [
-        "# The lab: faults against real hosts, judged at the sink",
+        f"## Profile `{profile}`",
         "",
-        "Written by `make lab` (tests/lab/test_lab.py::test_a_seeded_schedule_of_every_fault): three",
-        "connector hosts in network namespaces of their own, the servers in an infrastructure namespace,",
-        "one exchange active on one host and standing by on two, interval I = 1 s. The judge reads only",
-        'the sink\'s log (docs/design.md, "The lab"). Replay this run with',
-        f"`PERSEUS_LAB_SEED={seed} PERSEUS_LAB_ROUNDS={rounds} make lab`.",
+        f"`PERSEUS_LAB_PROFILES={profile} PERSEUS_LAB_SEED={seed} PERSEUS_LAB_ROUNDS={rounds} make lab`",
         "",
         f"Seed {seed}, {rounds} round(s) of every kind: {len(injected)} faults. "
         f"**Violations: {len(verdict.violations)}.**",
         f"Time with exactly one acting connector {one:.1%}, none {none:.1%}, two {several:.1%} "
         "(within the link delay: a handover's last action in flight).",
         "",
-        "Longest silence at the sink in the fault's window (the connector acts every 0.1 s, so 0.1 s is",
-        "none), against the bound: a crash's B for faults that stop the holder, 0.5 s (a few action",
-        "periods on a loaded machine) for those that must change nothing.",
-        "",
         "| fault | count | longest silence (s) | bound (s) |",
         "|---|---|---|---|",
     ]
-    for label in sorted(gaps, key=lambda label: (KINDS.index(label.split()[0]), label)):
+    for label in sorted(gaps, key=lambda label: (ALL_KINDS.index(label.split()[0]), label)):
         seen = gaps[label]
         bound = BOUND_S[label.split()[0]]
         lines.append(f"| {label} | {len(seen)} | {max(seen):.2f} | {bound:.1f} |")
     return "\n".join(lines) + "\n"
 
 
-def test_a_seeded_schedule_of_every_fault(tmp_path: Path) -> None:
-    """Every fault kind (once in CI; PERSEUS_LAB_ROUNDS rounds under `make lab`), in an order and with
-    hold times drawn from a seed; afterwards the judge must find no violation."""
+@pytest.mark.parametrize("profile", PROFILES)
+def test_a_seeded_schedule_of_every_fault(tmp_path: Path, profile: str) -> None:
+    """Every fault kind the profile has (once in CI; PERSEUS_LAB_ROUNDS rounds under `make lab`), in
+    an order and with hold times drawn from a seed; afterwards the judge must find no violation."""
     seed = int(os.environ.get("PERSEUS_LAB_SEED", str(random.randrange(1_000_000))))
     rounds = ROUNDS
-    replay = f"PERSEUS_LAB_SEED={seed} PERSEUS_LAB_ROUNDS={rounds} .venv/bin/pytest -s {__file__} -k schedule"
-    print(f"lab schedule seed {seed} ({rounds} round(s)); replay: {replay}")
+    kinds = tuple(k for k in PROFILE_KINDS[profile] if k in KINDS_RUN)
+    replay = (
+        f"PERSEUS_LAB_PROFILES={profile} PERSEUS_LAB_SEED={seed} PERSEUS_LAB_ROUNDS={rounds} "
+        f".venv/bin/pytest -s {__file__} -k schedule"
+    )
+    print(f"lab schedule on {profile} seed {seed} ({rounds} round(s)); replay: {replay}")
     lab = Lab.for_run(hosts=3)
-    stack = LabStack(lab, tmp_path / "lab", interval=1.0)
+    stack = LabStack(lab, tmp_path / "lab", interval=1.0, profile=profile)
     injected: list[Injected] = []
     gaps: dict[str, list[float]] = {}
     try:
@@ -132,7 +159,7 @@ def test_a_seeded_schedule_of_every_fault(tmp_path: Path) -> None:
         stack.register(EXCHANGE, 2, standby=True)
         stack.register(EXCHANGE, 3, standby=True)
         _until("a connector acting", lambda: _acting_host(stack) is not None)
-        for fault in schedule(seed, rounds, KINDS_RUN):
+        for fault in schedule(seed, rounds, kinds):
             _until("a connector acting before the next fault", lambda: _acting_host(stack) is not None)
             active = _acting_host(stack) or 1
             standby = next(h for h in (1, 2, 3) if h != active)
@@ -148,7 +175,8 @@ def test_a_seeded_schedule_of_every_fault(tmp_path: Path) -> None:
             print(f"{fault.label} {where}: longest silence {longest:.2f}s")
         verdict = judge(read_log(stack.sink_log), link_delay_s=0.05, gap_s=0.3)
         if report := os.environ.get("PERSEUS_LAB_REPORT"):
-            Path(report).write_text(_report(seed, rounds, injected, verdict, gaps))
+            _SECTIONS.append(_section(profile, seed, rounds, injected, verdict, gaps))
+            Path(report).write_text("\n".join([_header(), *_SECTIONS]))
         assert verdict.ok, f"seed {seed}: {verdict.violations[:5]}; replay: {replay}"
     finally:
         stack.down()
