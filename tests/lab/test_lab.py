@@ -1,7 +1,8 @@
 """The lab end to end (root only): three connector hosts in namespaces of their own, the servers in
-the infrastructure namespace, one exchange active on one host and standing by on two; the active
-host is partitioned from Redis past its renew deadline and healed. The judge, reading only the
-sink's log, finds no two connectors acting at once and epochs that never went down."""
+the infrastructure namespace, one exchange active on one host and standing by on two; a seeded
+schedule of every fault kind, each injected, held and healed. The judge, reading only the sink's
+log, finds no two connectors acting at once and epochs that never went down. CI runs one round on
+the single Redis; `make lab` many rounds on every profile and writes docs/lab.md."""
 
 from __future__ import annotations
 
@@ -37,45 +38,11 @@ PROFILES = tuple(p for p in os.environ.get("PERSEUS_LAB_PROFILES", "single").spl
 _SECTIONS: list[str] = []
 
 
-def _hosts_acting(stack: LabStack, since: float) -> set[str]:
-    return (
-        {a.host for a in read_log(stack.sink_log) if a.accepted and a.at >= since}
-        if stack.sink_log.exists()
-        else set()
-    )
-
-
 def _until(what: str, check: object, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not check():  # type: ignore[operator]
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.2)
-
-
-def test_a_partition_from_redis_keeps_one_connector(tmp_path: Path) -> None:
-    lab = Lab.for_run(hosts=3)
-    stack = LabStack(lab, tmp_path / "lab", interval=1.0)
-    try:
-        stack.up()
-        stack.register(EXCHANGE, 1, standby=False)
-        stack.register(EXCHANGE, 2, standby=True)
-        stack.register(EXCHANGE, 3, standby=True)
-        _until("host 1 acting at the sink", lambda: lab.host(1) in _hosts_acting(stack, 0))
-        # The fault: host 1 cut off from Redis, both ways, for 8 renew intervals.
-        lab.partition(1, "redis")
-        time.sleep(8 * stack.interval)
-        lab.heal(1, "redis")
-        start = time.monotonic()
-        # Someone acts afterwards (a standby promoted, or host 1 again under a new epoch).
-        _until("a connector acting after the partition", lambda: _hosts_acting(stack, start - 0.5))
-        time.sleep(3 * stack.interval)
-        verdict = judge(read_log(stack.sink_log), link_delay_s=0.05, gap_s=3 * 0.1)
-        print("lab availability", verdict.availability, "longest gap", verdict.longest_gap)
-        assert verdict.ok, verdict.violations
-        assert len({a.epoch for a in read_log(stack.sink_log) if a.accepted}) >= 2
-    finally:
-        stack.down()
-    assert not [ns for ns in namespaces() if ns.startswith(lab.name)]
 
 
 def _acting_host(stack: LabStack) -> int | None:
@@ -173,11 +140,14 @@ def test_a_seeded_schedule_of_every_fault(tmp_path: Path, profile: str) -> None:
             gaps.setdefault(fault.label, []).append(longest)
             where = f"on host {done.fault.host} for {fault.hold_i} I"
             print(f"{fault.label} {where}: longest silence {longest:.2f}s")
-        verdict = judge(read_log(stack.sink_log), link_delay_s=0.05, gap_s=0.3)
+        actions = read_log(stack.sink_log)
+        verdict = judge(actions, link_delay_s=0.05, gap_s=0.3)
         if report := os.environ.get("PERSEUS_LAB_REPORT"):
             _SECTIONS.append(_section(profile, seed, rounds, injected, verdict, gaps))
             Path(report).write_text("\n".join([_header(), *_SECTIONS]))
         assert verdict.ok, f"seed {seed}: {verdict.violations[:5]}; replay: {replay}"
+        # Faults that stop the holder (a kill, a partition from Redis) handed the exchange over.
+        assert len({a.epoch for a in actions if a.accepted}) >= 2
     finally:
         stack.down()
     assert not [ns for ns in namespaces() if ns.startswith(lab.name)]
