@@ -93,6 +93,8 @@ def _section(
         f"**Violations: {len(verdict.violations)}.**",
         f"Time with exactly one acting connector {one:.1%}, none {none:.1%}, two {several:.1%} "
         "(within the link delay: a handover's last action in flight).",
+        f"Load average at the end {' / '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min) on "
+        f"{os.cpu_count()} cores: on a shared machine the silences are noisy.",
         "",
         "| fault | count | longest silence (s) | bound (s) |",
         "|---|---|---|---|",
@@ -100,7 +102,8 @@ def _section(
     for label in sorted(gaps, key=lambda label: (ALL_KINDS.index(label.split()[0]), label)):
         seen = gaps[label]
         bound = BOUND_S[label.split()[0]]
-        lines.append(f"| {label} | {len(seen)} | {max(seen):.2f} | {bound:.1f} |")
+        over = " **over**" if max(seen) > bound else ""
+        lines.append(f"| {label} | {len(seen)} | {max(seen):.2f}{over} | {bound:.1f} |")
     return "\n".join(lines) + "\n"
 
 
