@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.lab.judge import read_log
 from tests.lab.netns import SERVICES, Lab
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -221,11 +222,22 @@ class LabStack:
                 try:
                     self.register(exchange, i, standby=True)
                 except AssertionError:  # still running (idle): end it first, register next turn
-                    self.perseus("shutdown", exchange, "--host", self.lab.host(i))
+                    # Unless it became the holder since the board was read (a promotion in
+                    # flight): a supervisor must not shut down the connector that just took over.
+                    active_now, _ = self.board(exchange)
+                    if active_now != self.lab.host(i) and self.lab.host(i) not in self.acted_within(1.0):
+                        self.perseus("shutdown", exchange, "--host", self.lab.host(i))
             if active is not None and not missing:
                 return
             time.sleep(0.5)
         raise AssertionError(f"the lab did not heal within {timeout:.0f}s: {self.board(exchange)}")
+
+    def acted_within(self, seconds: float) -> set[str]:
+        """The hosts whose connectors the sink accepted an action from in the last ``seconds``."""
+        if not self.sink_log.exists():
+            return set()
+        since = time.monotonic() - seconds
+        return {a.host for a in read_log(self.sink_log) if a.accepted and a.at >= since}
 
     @property
     def sink_log(self) -> Path:
