@@ -53,9 +53,9 @@ BOUND_S = {
     # still get through (TCP retransmits) keep its key fresh for as long as the connection lives —
     # the known liveness bug (docs/design.md, "The lab"); measured 6.9 s at a hold of 7.6 I. Bound: 8 I + B.
     "partition-redis-one-way": 12.9,
-    # Requests reach Redis, replies never come back, TCP stays up: the holder stops at its deadline
-    # but its retried reclaim keeps rewriting its key (a known liveness bug, issue 27), so no standby
-    # takes over until the fault heals. Bound: the longest hold (8 I) + B.
+    # Requests reach Redis, replies never come back, TCP stays up: the holder stops at its deadline;
+    # should its retried reclaim keep rewriting its key (the known liveness bug), no standby could
+    # take over until the fault heals (measured 1.1-2.3 s: it did not). Bound: 8 I + B.
     "redis-replies-lost": 12.9,
     "partition-temporal": 0.5,
     "partition-both": 4.9,
