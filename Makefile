@@ -79,11 +79,13 @@ bench-tracing: install
 soak: install
 	PERSEUS_CHAOS_SOAK=1 $(BIN)/pytest -p no:cacheprovider tests/chaos -s
 
-# The lab (issue 27; root): every fault kind PERSEUS_LAB_ROUNDS times (default 25, ~40 min) against
-# connector hosts in network namespaces, judged at the sink; writes docs/lab.md. `make test` runs one
-# round. Replay a run with PERSEUS_LAB_SEED=<seed printed by the run>.
+# The lab (issue 27; root): every fault kind PERSEUS_LAB_ROUNDS times (default 5, ~40 min) against
+# connector hosts in network namespaces, judged at the sink, on each Redis profile (a single server,
+# Sentinel, a Cluster with replicas); writes docs/lab.md. `make test` runs one round on the single
+# server. Replay a run with the command docs/lab.md (or a failure) prints.
 lab: install
-	PERSEUS_LAB_ROUNDS=$${PERSEUS_LAB_ROUNDS:-25} PERSEUS_LAB_REPORT=docs/lab.md \
+	PERSEUS_LAB_ROUNDS=$${PERSEUS_LAB_ROUNDS:-5} PERSEUS_LAB_REPORT=docs/lab.md \
+		PERSEUS_LAB_PROFILES=$${PERSEUS_LAB_PROFILES:-single,sentinel,cluster} \
 		$(BIN)/pytest -p no:cacheprovider -s tests/lab/test_lab.py -k schedule
 
 # Re-pin every dependency (needs pip-tools); commit the result. Pinned versions only: the index and

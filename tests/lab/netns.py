@@ -1,12 +1,17 @@
 """The lab's network: connector hosts in network namespaces of their own, and an infrastructure
 namespace, joined by veth pairs on a bridge; partitions by routes. Root only.
 
-Layout (names fixed per lab, so set-up and tear-down are idempotent and a crashed run's leftovers
-are found and removed by the next one)::
+Layout, ``<lab>`` being one run's name (:meth:`Lab.for_run`: ``plab-<owner pid>-<4 hex>``, so two
+runs on one machine never share, nor tear down, each other's namespaces)::
 
     <lab>-infra   bridge br0 10.77.0.1/24, plus one service address per server:
                   .2 Redis, .3 Temporal, .4 PostgreSQL, .5 the sink (the judge's exchange)
-    <lab>-h<i>    eth0 10.77.0.(10+i)/24, its veth peer on the infra bridge
+    <lab>-h<i>    eth0 10.77.0.(10+i)/24, its veth peer ``h<i>-<4 hex>`` on the infra bridge
+
+Set-up and tear-down are idempotent for one name. A run that crashed leaves namespaces whose owner
+pid is dead: :func:`reap_stale` (called by every set-up) removes those, and only those. Interface
+names stay within the kernel's 15 characters (IFNAMSIZ - 1) whatever the pid: the tag in them is the
+4 hex digits, not the pid.
 
 Everything lives inside the lab's namespaces (nothing in the machine's own namespace), so deleting
 the namespaces removes every interface; processes started in them are killed first (a namespace
@@ -18,6 +23,8 @@ job of a userspace proxy on the link, not of this module.
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import signal
 import subprocess
 import time
@@ -30,6 +37,13 @@ SERVICES = {
     "postgres": f"{SUBNET}.4",
     "sink": f"{SUBNET}.5",
 }
+
+
+#: Every lab namespace's name starts so; a run's own name is ``plab-<pid>-<tag>`` (:meth:`Lab.for_run`).
+PREFIX = "plab-"
+_RUN_NAME = re.compile(r"^plab-(\d+)-([0-9a-f]{4})-")
+#: The kernel's interface name limit (IFNAMSIZ is 16 with the terminating NUL).
+IFNAME_MAX = 15
 
 
 def root_reason() -> str | None:
@@ -56,12 +70,49 @@ def pids_in(ns: str) -> list[int]:
     return [int(p) for p in out.split() if p.isdigit()]
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def reap_stale() -> list[str]:
+    """Remove every run's namespaces whose owner pid is dead (a crashed or killed earlier run), with
+    the processes in them; never a live run's. The labs removed, by name."""
+    stale = sorted(
+        {m.group(0)[:-1] for ns in namespaces() if (m := _RUN_NAME.match(ns)) and not _alive(int(m.group(1)))}
+    )
+    for name in stale:
+        Lab(name=name).down()
+    return stale
+
+
 @dataclass(frozen=True)
 class Lab:
     """One lab's namespaces by name; :meth:`up` and :meth:`down` may each run any number of times."""
 
-    name: str = "perseus-lab"
+    name: str
     hosts: int = 3
+
+    @classmethod
+    def for_run(cls, hosts: int = 3) -> Lab:
+        """A lab of its own for this process: ``plab-<pid>-<4 random hex>``."""
+        return cls(name=f"{PREFIX}{os.getpid()}-{secrets.token_hex(2)}", hosts=hosts)
+
+    @property
+    def tag(self) -> str:
+        """The short tag interface names carry (the name's last 4 characters)."""
+        return self.name[-4:]
+
+    def peer(self, i: int) -> str:
+        """Host ``i``'s veth end on the infrastructure bridge."""
+        name = f"h{i}-{self.tag}"
+        assert len(name) <= IFNAME_MAX, name
+        return name
 
     @property
     def infra(self) -> str:
@@ -77,7 +128,8 @@ class Lab:
         return [self.infra, *(self.host(i) for i in range(1, self.hosts + 1))]
 
     def up(self) -> None:
-        """Create the lab from whatever is there (a previous run's leftovers are removed first)."""
+        """Create the lab from whatever is there (its own leftovers, and every dead run's, removed first)."""
+        reap_stale()
         self.down()
         try:
             _ip("netns", "add", self.infra)
@@ -92,13 +144,12 @@ class Lab:
                 _ip("netns", "add", ns)
                 _ip("link", "set", "lo", "up", ns=ns)
                 # Created inside the host's namespace, its peer moved straight into the infra one.
-                _ip(
-                    "link", "add", "eth0", "type", "veth", "peer", "name", f"h{i}", "netns", self.infra, ns=ns
-                )
+                peer = self.peer(i)
+                _ip("link", "add", "eth0", "type", "veth", "peer", "name", peer, "netns", self.infra, ns=ns)
                 _ip("addr", "add", f"{self.host_address(i)}/24", "dev", "eth0", ns=ns)
                 _ip("link", "set", "eth0", "up", ns=ns)
-                _ip("link", "set", f"h{i}", "master", "br0", ns=self.infra)
-                _ip("link", "set", f"h{i}", "up", ns=self.infra)
+                _ip("link", "set", peer, "master", "br0", ns=self.infra)
+                _ip("link", "set", peer, "up", ns=self.infra)
         except BaseException:
             self.down()
             raise
@@ -107,7 +158,7 @@ class Lab:
         """Kill every process in the lab's namespaces, then delete them (their interfaces go too)."""
         present = [ns for ns in self.all_namespaces() if ns in namespaces()]
         # Any namespace of this lab beyond the host count asked now (an earlier, larger lab).
-        present += [ns for ns in namespaces() if ns.startswith(f"{self.name}-h") and ns not in present]
+        present += [ns for ns in namespaces() if ns.startswith(f"{self.name}-") and ns not in present]
         for ns in present:
             for pid in pids_in(ns):
                 with _gone():

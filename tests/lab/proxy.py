@@ -4,9 +4,12 @@ jitter go (this kernel has no netem).
     python -m tests.lab.proxy LISTEN_ADDR:PORT=TARGET_ADDR:PORT [...] [--control FILE] [--seed N]
 
 Each argument is one relay. With ``--control FILE`` the relay re-reads FILE (JSON
-``{"delay_ms": D, "jitter_ms": J}``) every 100 ms: every chunk then waits D ± J ms (drawn from a
-``random.Random(seed)``, so a run replays) before it is forwarded, in order. A missing file means no
-delay. Runs until killed.
+``{"delay_ms": D, "jitter_ms": J, "drop_replies": [PORT, ...]}``) every 100 ms: every chunk then
+waits D ± J ms (drawn from a ``random.Random(seed)``, so a run replays) before it is forwarded, in
+order; and the relays to the listed target ports forward requests but swallow every reply — a
+one-way partition above TCP (the connection stays up, its ACKs flow), which dropping packets by
+route cannot make: there TCP's own ACKs are lost too and the connection soon stalls. A missing file
+means none of it. Runs until killed.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ class Shaping:
         self.control = control
         self.delay_s = 0.0
         self.jitter_s = 0.0
+        #: Target ports whose replies are swallowed.
+        self.drop_replies: set[int] = set()
         self.random = random.Random(seed)
 
     def pause(self) -> float:
@@ -37,14 +42,19 @@ class Shaping:
                 doc = json.loads(self.control.read_text())
                 self.delay_s = float(doc.get("delay_ms", 0)) / 1000
                 self.jitter_s = float(doc.get("jitter_ms", 0)) / 1000
+                self.drop_replies = {int(p) for p in doc.get("drop_replies", [])}
             except (OSError, ValueError):
                 self.delay_s = self.jitter_s = 0.0
+                self.drop_replies = set()
             await asyncio.sleep(0.1)
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, shaping: Shaping) -> None:
+async def _pipe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, shaping: Shaping, replies_of: int = 0
+) -> None:
     """Forward in order, each chunk no sooner than its arrival plus its delay: latency, not a
-    throughput cap (a chunk does not wait out the delays of those before it on top of its own)."""
+    throughput cap (a chunk does not wait out the delays of those before it on top of its own).
+    ``replies_of``: this pipe carries the replies of that target port (0: it carries requests)."""
     queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
 
     async def send() -> None:
@@ -59,6 +69,8 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, shap
     last_due = 0.0
     try:
         while data := await reader.read(65536):
+            if replies_of and replies_of in shaping.drop_replies:
+                continue
             # Never before the previous chunk: jitter reorders nothing on a TCP stream.
             last_due = max(last_due, asyncio.get_running_loop().time() + shaping.pause())
             queue.put_nowait((last_due, data))
@@ -82,7 +94,9 @@ async def relay(listen: str, target: str, shaping: Shaping) -> asyncio.Server:
         except OSError:
             writer.close()
             return
-        await asyncio.gather(_pipe(reader, up_writer, shaping), _pipe(up_reader, writer, shaping))
+        await asyncio.gather(
+            _pipe(reader, up_writer, shaping), _pipe(up_reader, writer, shaping, replies_of=int(to_port))
+        )
 
     return await asyncio.start_server(one, host, int(port))
 

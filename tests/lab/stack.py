@@ -4,6 +4,7 @@ inside its namespace, so the lab's tear-down ends them all."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.lab.judge import read_log
 from tests.lab.netns import SERVICES, Lab
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,11 +20,20 @@ PERSEUS = str(Path(sys.executable).parent / "perseus")
 CONNECTOR = str(ROOT / "tests" / "lab" / "connector.py")
 
 
+def faketime_library() -> Path:
+    """libfaketime's preload library as the pinned ``libfaketime`` wheel ships it (never built here)."""
+    spec = importlib.util.find_spec("libfaketime")
+    assert spec is not None and spec.origin is not None, "libfaketime is a dev dependency: make install"
+    return Path(spec.origin).parent / "vendor" / "libfaketime" / "src" / "libfaketime.so.1"
+
+
 @dataclass
 class LabStack:
     lab: Lab
     base: Path
     interval: float = 1.0
+    #: The infrastructure's Redis (tests/lab/infra.py): single, sentinel or cluster.
+    profile: str = "single"
     info: dict[str, object] = field(default_factory=dict)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     #: Each host's current worker process (by host number).
@@ -65,7 +76,7 @@ class LabStack:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PERSEUS_", "TEMPORAL_"))}
         env.update(
             TEMPORAL_ADDRESS=f"127.0.0.1:{self.ports['temporal']}",
-            PERSEUS_REDIS_URL=f"redis://:{self.info['redis_password']}@127.0.0.1:{self.ports['redis']}/0",
+            PERSEUS_REDIS_URL=str(self.info["redis_url"]),
             PERSEUS_DATABASE_URL=str(self.info["database_url"]),
             PERSEUS_HEARTBEAT_INTERVAL=str(self.interval),
             PERSEUS_IP_SERVICES="[]",
@@ -74,13 +85,28 @@ class LabStack:
         )
         return env
 
+    @property
+    def info_path(self) -> Path:
+        """The infrastructure's ports, URLs and Redis pids (tests/lab/infra.py writes it)."""
+        return self.base / "infra.json"
+
     def up(self) -> None:
         self.lab.up()
         self.base.mkdir(parents=True, exist_ok=True)
-        out = self.base / "infra.json"
+        out = self.info_path
         infra = self._spawn(
             self.lab.infra,
-            [sys.executable, "-m", "tests.lab.infra", "--dir", str(self.base / "infra"), "--out", str(out)],
+            [
+                sys.executable,
+                "-m",
+                "tests.lab.infra",
+                "--dir",
+                str(self.base / "infra"),
+                "--out",
+                str(out),
+                "--profile",
+                self.profile,
+            ],
             self.base / "infra.log",
         )
         self._wait_line(self.base / "infra.log", "infra ready", infra)
@@ -94,6 +120,7 @@ class LabStack:
                 for name, port in self.ports.items()
                 if name != "sink"
             ]
+            relays += [f"127.0.0.1:{port}={SERVICES['redis']}:{port}" for port in self.redis_ports]
             relay = self._spawn(
                 ns,
                 [sys.executable, "-m", "tests.lab.proxy", *relays, "--control", str(self.link_control(i))],
@@ -109,13 +136,42 @@ class LabStack:
             self._wait_line(self.base / f"{ns}-exchange.log", "proxy ready", exchange_path)
             self.start_worker(i)
 
+    @property
+    def redis_ports(self) -> list[int]:
+        """Every Redis port (data nodes, Sentinels): each relayed at the Redis address."""
+        return self.info["redis_ports"]  # type: ignore[return-value]
+
     def start_worker(self, i: int) -> None:
         """Host ``i``'s ``perseus worker`` (again, after a kill), ready to poll."""
         ns = self.lab.host(i)
         log = self.base / f"{ns}-worker-{len(self.procs)}.log"
-        worker = self._spawn(ns, [PERSEUS, "worker", "--host", ns], log, self.env(ns))
+        env = {**self.env(ns), **self.clock_env(i)}
+        worker = self._spawn(ns, [PERSEUS, "worker", "--host", ns], log, env)
         self._wait_line(log, "worker ready", worker)
         self.workers[i] = worker
+
+    def clock_file(self, i: int) -> Path:
+        """The file that sets host ``i``'s wall clock (libfaketime's spec; tests/lab/faults.py)."""
+        return self.base / f"clock-{i}.txt"
+
+    def clock_env(self, i: int) -> dict[str, str]:
+        """Host ``i``'s worker (and its connector, which inherits it) on a wall clock the lab can make
+        drift or step while it runs: libfaketime preloaded, reading its spec from :meth:`clock_file`
+        at every call. Only the wall clock: monotonic faking hangs asyncio (platform notes §5), and
+        Perseus' deadlines are monotonic or Redis-side. ``XRESET``: a new rate continues from the
+        current faked time, so changing the rate does not step the clock."""
+        clock = self.clock_file(i)
+        if not clock.exists():
+            clock.write_text("+0\n")
+        return {
+            "LD_PRELOAD": str(faketime_library()),
+            "FAKETIME_TIMESTAMP_FILE": str(clock),
+            "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_XRESET": "1",
+            "DONT_FAKE_MONOTONIC": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            "FAKETIME_FORCE_MONOTONIC_FIX": "0",
+        }
 
     def link_control(self, i: int) -> Path:
         """The file that shapes host ``i``'s link (delay and jitter: tests/lab/proxy.py)."""
@@ -166,11 +222,22 @@ class LabStack:
                 try:
                     self.register(exchange, i, standby=True)
                 except AssertionError:  # still running (idle): end it first, register next turn
-                    self.perseus("shutdown", exchange, "--host", self.lab.host(i))
+                    # Unless it became the holder since the board was read (a promotion in
+                    # flight): a supervisor must not shut down the connector that just took over.
+                    active_now, _ = self.board(exchange)
+                    if active_now != self.lab.host(i) and self.lab.host(i) not in self.acted_within(1.0):
+                        self.perseus("shutdown", exchange, "--host", self.lab.host(i))
             if active is not None and not missing:
                 return
             time.sleep(0.5)
         raise AssertionError(f"the lab did not heal within {timeout:.0f}s: {self.board(exchange)}")
+
+    def acted_within(self, seconds: float) -> set[str]:
+        """The hosts whose connectors the sink accepted an action from in the last ``seconds``."""
+        if not self.sink_log.exists():
+            return set()
+        since = time.monotonic() - seconds
+        return {a.host for a in read_log(self.sink_log) if a.accepted and a.at >= since}
 
     @property
     def sink_log(self) -> Path:

@@ -7,11 +7,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 
-from tests.lab.netns import SERVICES, Lab, namespaces, pids_in, root_reason
+from tests.lab.netns import IFNAME_MAX, SERVICES, Lab, _ip, namespaces, pids_in, reap_stale, root_reason
 
 REASON = root_reason()
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
@@ -50,7 +49,7 @@ def _until_reached(lab: Lab, i: int, service: str) -> None:
 
 
 def test_hosts_partitions_and_a_clean_tear_down() -> None:
-    lab = Lab(name=f"plab{uuid.uuid4().hex[:4]}", hosts=3)
+    lab = Lab.for_run(hosts=3)
     server: subprocess.Popen[bytes] | None = None
     try:
         lab.up()
@@ -84,4 +83,32 @@ def test_hosts_partitions_and_a_clean_tear_down() -> None:
     # Nothing leaked into the machine's own namespace (every lab interface lived in a lab one).
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     names = {line.split(":")[1].strip().split("@")[0] for line in links.splitlines()}
-    assert not names & {"h1", "h2", "h3"}
+    assert not [name for name in names if name.endswith(lab.tag)]
+
+
+def test_a_dead_runs_namespaces_are_reaped_and_a_live_ones_kept() -> None:
+    """Two runs on one machine: set-up removes the namespaces of a run whose owner pid is dead (it
+    crashed), with the process still running in them, and leaves a live run's alone."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(10)
+    crashed = Lab(name=f"plab-{dead.pid}-dead", hosts=1)
+    live = Lab.for_run(hosts=1)
+    mine = Lab.for_run(hosts=1)
+    orphan: subprocess.Popen[bytes] | None = None
+    try:
+        live.up()
+        crashed.up()  # as the crashed run left it: a process still running in its namespace
+        orphan = subprocess.Popen(crashed.exec_argv(crashed.host(1), ["sleep", "600"]))
+        assert set(crashed.all_namespaces()) | set(live.all_namespaces()) <= set(namespaces())
+        assert all(len(live.peer(i)) <= IFNAME_MAX for i in range(1, 10))
+        mine.up()  # the next run's set-up reaps the dead run's namespaces
+        assert crashed.name not in reap_stale()  # nothing of it left to reap: idempotent
+        assert not [ns for ns in namespaces() if ns.startswith(crashed.name + "-")]
+        assert set(live.all_namespaces()) <= set(namespaces())
+        assert orphan.wait(10) is not None  # the crashed run's process ended with its namespace
+        # The live run's own link is untouched by the other run's set-up.
+        assert live.peer(1) in _ip("link", ns=live.infra).stdout
+    finally:
+        for lab in (crashed, live, mine):
+            lab.down()
+    assert not [ns for ns in namespaces() if ns.startswith((crashed.name, live.name, mine.name))]
