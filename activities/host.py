@@ -240,6 +240,7 @@ class HostActivities:
         """
         # Stamped here, where the claim will be renewed: the record says which release holds it.
         status = req.claim.status.model_copy(update={"perseus_version": release.version()})
+        sent = time.monotonic()  # Redis takes the claim after this: its validity counts from here
         result = await take_claim(self._store, self._catalog, req.claim.model_copy(update={"status": status}))
         if result.paused_ms is not None:
             # This standby's watch may not have read the pause yet: it must not report the same
@@ -253,7 +254,8 @@ class HostActivities:
                     claim=Claim(instance_id=req.claim.status.instance_id, epoch=result.epoch),
                     heartbeat_interval_s=req.heartbeat_interval_s,
                     term_s=req.term_s,
-                )
+                ),
+                valid_from=sent,
             )
         return result
 

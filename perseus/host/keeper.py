@@ -238,10 +238,12 @@ class LeaseKeeper:
 
     # --- claims --------------------------------------------------------------------------------
 
-    def hold(self, req: LeaseRequest) -> HeldClaim:
+    def hold(self, req: LeaseRequest, *, valid_from: float | None = None) -> HeldClaim:
         """The loop renewing ``req.claim``: the running one (re-attach, or the first lease of a
         claim taken on this host) or a new one.
 
+        ``valid_from`` (monotonic): when the request that took the claim was sent — its validity
+        counts from there, as each renewal's counts from its own sending (default: now).
         A newer claim of the same workflow (after a reclaim or promotion) replaces the older loop,
         and a standby loop of the same workflow ends: the workflow is active now.
         """
@@ -255,6 +257,8 @@ class LeaseKeeper:
         if (standby := self.standbys.pop(req.workflow_id, None)) is not None:
             self._cancel(standby)
         held = HeldClaim(workflow_id=req.workflow_id, interval_s=req.heartbeat_interval_s, request=req)
+        if valid_from is not None:
+            held.last_ok = valid_from
         held.task = asyncio.create_task(self._renew(held), name=f"renew {req.workflow_id}")
         self.claims[req.workflow_id] = held
         return held
@@ -290,6 +294,11 @@ class LeaseKeeper:
             # rather than wait_for: the same bound without a task per renewal.
             bound = max(RENEWAL_BOUND_FLOOR_S, min(held.last_ok + deadline - time.monotonic(), interval / 2))
             renewal = Renewal(req.exchange_id, req.claim.instance_id, req.claim.epoch, patch, ttl)
+            # Redis runs the renewal after this instant: the claim's validity counts from here, not
+            # from the reply, which may come back up to the bound later — a standby's claim-over line
+            # counts from when Redis ran it, so counting from the reply could let this holder act
+            # past that line.
+            sent = time.monotonic()
             try:
                 async with asyncio.timeout(bound):
                     # Sent in one pipeline with the other renewals of this slot; the reply is this
@@ -311,7 +320,7 @@ class LeaseKeeper:
                     lost = ClaimMissing if reply.outcome == "missing" else ClaimLost
                     await self._end(held, lost(_lost_message(reply)))
                     return
-                self._renewed(held, due)
+                self._renewed(held, due, sent)
                 if "lastError" in patch:  # the reply's record is parsed only here (rare)
                     self._reported_error(str(patch["lastError"]), reply.status)
                 connector = self._connectors.get(req.workflow_id)
@@ -395,10 +404,12 @@ class LeaseKeeper:
         else:  # no renewals known here: allow no more than the shortest deadline from now
             self._watchdog.arm(pgid, time.monotonic() + renew_deadline_s(MIN_INTERVAL_S))
 
-    def _renewed(self, held: HeldClaim, due: float) -> None:
+    def _renewed(self, held: HeldClaim, due: float, sent: float) -> None:
+        """A renewal sent at ``sent`` (monotonic) for the slot ``due`` was taken by Redis."""
         req = held.request
         assert req is not None
-        held.last_ok = time.monotonic()
+        answered = time.monotonic()
+        held.last_ok = sent
         held.last_renewed = datetime.now(UTC)
         held.renewals += 1
         valid_until = held.last_ok + renew_deadline_s(req.heartbeat_interval_s)
@@ -407,9 +418,9 @@ class LeaseKeeper:
         pgid = connector.process_group() if connector is not None else None
         if pgid is not None and self._watchdog is not None:
             self._watchdog.arm(pgid, valid_until)
-        metrics.observe_renewal(held.last_ok - due)
-        if held.last_ok - due > req.heartbeat_interval_s / 2:
-            log.info("renewal of %s was %.2fs late", req.workflow_id, held.last_ok - due)
+        metrics.observe_renewal(answered - due)
+        if answered - due > req.heartbeat_interval_s / 2:
+            log.info("renewal of %s was %.2fs late", req.workflow_id, answered - due)
 
     async def _end(self, held: HeldClaim, why: ClaimLost) -> None:
         """Stop the connector first, then remember why: the order is the safety property."""

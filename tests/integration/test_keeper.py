@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Callable
 
@@ -412,5 +413,39 @@ async def test_a_paused_watch_keeps_watching_a_vacancy_until_the_pause_ends(stor
         # A claim refused for a pause this watch has not read yet holds it back at once.
         keeper.note_pause(req.record.workflow_id, 60_000)
         assert watched.paused and not watched.wakes
+    finally:
+        await keeper.close()
+
+
+async def test_a_renewal_counts_from_its_sending_not_from_its_slow_reply(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis runs a renewal between its sending and its reply, and a standby's claim-over line
+    counts from when Redis ran it: the holder's validity (the connector's watchdog, its journal's
+    "valid until") must count from the sending, or a slow reply would let it act past that line."""
+    keeper = LeaseKeeper(store, ConnectorHost())
+    grid_renew = keeper._grid.renew
+    sent_at: list[float] = []
+    reply_delay_s = 0.3 * INTERVAL
+
+    async def slow_reply(renewal: Renewal, bound_s: float) -> FenceReply:
+        sent_at.append(time.monotonic())
+        reply = await grid_renew(renewal, bound_s)
+        await asyncio.sleep(reply_delay_s)  # the answer takes its time on the way back
+        return reply
+
+    monkeypatch.setattr(keeper._grid, "renew", slow_reply)
+    req = await claimed(store)
+    try:
+        before_claim = time.monotonic()
+        held = keeper.hold(req, valid_from=before_claim)
+        assert held.last_ok == before_claim  # the claim's own validity: from its request
+        for _ in range(100):
+            if held.renewals >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert held.renewals >= 2
+        assert held.last_ok <= sent_at[held.renewals - 1] + 0.01
+        assert time.monotonic() - held.last_ok >= reply_delay_s  # not the moment the reply came
     finally:
         await keeper.close()
