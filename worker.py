@@ -31,6 +31,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from activities.catalog import CatalogActivities
+from activities.failsafe import FailsafeCalls
 from activities.host import HostActivities
 from activities.notify import NotifyActivities
 from activities.presence import PresenceActivities
@@ -58,6 +59,7 @@ from perseus.store.db import Catalog, open_pool_eventually
 from perseus.store.redis_store import RedisStore, make_client
 from perseus.temporal import INSTANCE_HOST, RPC_TIMEOUT, connect
 from workflows.instance import InstanceWorkflow
+from workflows.roster import RosterWorkflow
 
 log = logging.getLogger("perseus.worker")
 
@@ -109,11 +111,13 @@ async def run_worker(
     watchdog = Watchdog()
     notifier = notifications(settings, http, store)  # None: no channel configured, off
     registry = RegistryActivities(store, catalog, notifications=notifier is not None)
+    failsafe = FailsafeCalls(client)
     keeper = LeaseKeeper(
         store,
         connectors,
         watchdog=watchdog,
         workflow_closed=workflow_closed(client),
+        failsafe=failsafe,
         # The errors a connector reports itself reach the stream the way the workflow's do.
         record_event=lambda event: registry.record_event(EventRequest(event=event)),
     )
@@ -128,6 +132,7 @@ async def run_worker(
         keeper=keeper,
         connector_output=output_dir(settings.data_dir),
         exec_allow=exec_allow,
+        enrol=failsafe.enrol,
     )
     if metrics_server is not None:
         metrics_server.health = WorkerHealth(
@@ -158,7 +163,7 @@ async def run_worker(
             Worker(
                 client,
                 task_queue=SHARED_TASK_QUEUE,
-                workflows=[InstanceWorkflow],
+                workflows=[InstanceWorkflow, RosterWorkflow],
                 activities=[
                     catalog_activities.resolve_instance,
                     PresenceActivities(client).host_polled,

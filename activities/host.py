@@ -26,6 +26,7 @@ from perseus.connectors.factory import ConnectorContext, build_connector, cannot
 from perseus.core.decisions import heartbeat_beats_within, heartbeat_due, warm_retry_delay
 from perseus.core.lifecycle import Role
 from perseus.errors import (
+    ConfigError,
     ConnectorError,
     ConnectorGone,
     ExecRefused,
@@ -40,15 +41,21 @@ from perseus.models import (
     ConnectorReport,
     ConnectorRequest,
     ConnectorSpec,
+    EnrolRequest,
+    GrantRequest,
     HostClaimRequest,
     Identity,
     IdentityRequest,
     LeaseEnd,
     LeaseOutcome,
     LeaseRequest,
+    PromiseAnswer,
+    RosterAnswer,
+    RosterMember,
     StandbyLeaseRequest,
     StandbyOutcome,
 )
+from perseus.timing import FAILSAFE_CLAIM_WAIT_S
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -168,6 +175,7 @@ class HostActivities:
         keeper: LeaseKeeper,
         connector_output: Path | None = None,
         exec_allow: ExecAllowList | None = None,
+        enrol: Callable[[str, RosterMember], Awaitable[RosterAnswer]] | None = None,
     ) -> None:
         self.hostname = hostname
         self._store = store
@@ -183,6 +191,8 @@ class HostActivities:
         self.connector_output = connector_output
         #: The commands this host may run (None: any, as before the allow-list existed).
         self.exec_allow = exec_allow
+        #: How an instance enrols in its exchange's failsafe roster (the worker's Temporal client).
+        self._enrol = enrol
 
     # --- identity ------------------------------------------------------------------------------
 
@@ -243,6 +253,8 @@ class HostActivities:
         claim whose workflow never attaches is ended by the keeper once Temporal says the workflow
         has closed (its orphan check).
         """
+        if req.failsafe and (refused := await self._failsafe_bound(req)) is not None:
+            return refused
         # Stamped here, where the claim will be renewed: the record says which release holds it.
         status = req.claim.status.model_copy(update={"perseus_version": release.version()})
         result = await take_claim(self._store, self._catalog, req.claim.model_copy(update={"status": status}))
@@ -258,9 +270,50 @@ class HostActivities:
                     claim=Claim(instance_id=req.claim.status.instance_id, epoch=result.epoch),
                     heartbeat_interval_s=req.heartbeat_interval_s,
                     term_s=req.term_s,
+                    failsafe=req.failsafe,
+                    exchange=req.claim.status.exchange_name if req.failsafe else None,
                 )
             )
         return result
+
+    async def _failsafe_bound(self, req: HostClaimRequest) -> ClaimResult | None:
+        """The failsafe's check, in the claim step on the claimant's host (invariant 3): a claim is
+        refused while this host is bound by a promise, its enrolment or its keeper's start — any
+        claim, whatever Redis says. A bound about to end is waited out within the step."""
+        exchange_id, interval = req.claim.status.exchange_id, req.heartbeat_interval_s
+        left = self.keeper.failsafe_bound(exchange_id, interval) - time.monotonic()
+        if 0 < left <= FAILSAFE_CLAIM_WAIT_S:
+            await asyncio.sleep(left)
+        why = self.keeper.failsafe_refusal(exchange_id, interval)
+        if why is None:
+            return None
+        log.info("%s: claim refused: %s", req.workflow_id, why)
+        return ClaimResult(claimed=False, epoch=req.claim.highest_epoch, message=why)
+
+    @activity.defn(name="failsafe_enrol")
+    @edge
+    async def failsafe_enrol(self, req: EnrolRequest) -> RosterAnswer:
+        """Enrol in the exchange's failsafe roster, before this instance watches or claims. With
+        anyone else in the roster this host is bound from the answer on for a promise's length
+        (invariant 3: the rounds whose roster was read before it did not ask it)."""
+        if self._enrol is None:
+            raise ConfigError("this worker cannot reach the failsafe roster (no Temporal client)")
+        answer = await self._enrol(req.exchange, req.member)
+        if any(m.workflow_id != req.member.workflow_id for m in answer.members):
+            self.keeper.bind(req.exchange_id, req.heartbeat_interval_s)
+        log.info(
+            "%s: enrolled in the failsafe roster of %s (%d member(s))",
+            req.member.workflow_id,
+            req.exchange,
+            len(answer.members),
+        )
+        return answer
+
+    @activity.defn(name="failsafe_grant")
+    @edge
+    async def failsafe_grant(self, req: GrantRequest) -> PromiseAnswer:
+        """A holder that cannot renew asks this host's instance for a promise not to claim."""
+        return await self.keeper.grant(req)
 
     @activity.defn(name="hold_lease")
     @edge
@@ -519,4 +572,6 @@ class HostActivities:
             self.connector_disconnect,
             self.connector_check,
             self.connector_preflight,
+            self.failsafe_enrol,
+            self.failsafe_grant,
         ]

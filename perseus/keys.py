@@ -100,3 +100,16 @@ def parse_iso(text: str) -> datetime:
 def retention_min_id(now: datetime) -> str:
     """The ``MINID`` bound for stream trimming: entries older than 90 days go."""
     return f"{int((now - RETENTION).timestamp() * 1000)}-0"
+
+
+#: The failsafe's roster of an exchange (``workflows/roster.py``): every instance that could take
+#: it, enrolled by their workflows. Its type and message names, as the keeper, the enrolment and an
+#: instance's end address them (the roster is checked against them by tests/unit/test_failsafe_roster.py).
+ROSTER_WORKFLOW = "RosterWorkflow"
+ROSTER_ENROL = "enrol"
+ROSTER_READ = "roster"
+ROSTER_LEAVE = "leave"
+
+
+def roster_workflow_id(exchange: str) -> str:
+    return f"roster-{exchange}"

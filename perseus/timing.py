@@ -147,3 +147,21 @@ def failsafe_counted_s(interval_s: float) -> float:
     promise, less what two clocks drifting apart in opposite directions can take from it, less the
     release margin (the watchdog's kill and the standby's first claim are not instantaneous)."""
     return failsafe_promise_s(interval_s) * (1 - 2 * FAILSAFE_DRIFT) - RELEASE_MARGIN * interval_s
+
+
+# --- the failsafe's wiring (issue 29): the figures of the keeper's probes and rounds ---------------
+
+#: A renewal that has gone unanswered this many intervals starts the failsafe's first round (the
+#: design's "failed or a quarter interval overdue"), and a granter's probe of Redis gives up after
+#: as long: the last beat's view is up to an interval old, so the granter asks Redis at once.
+FAILSAFE_PROBE_INTERVALS = 0.25
+
+
+def failsafe_probe_s(interval_s: float) -> float:
+    """Seconds a granter waits for Redis before it counts Redis as not answering it."""
+    return FAILSAFE_PROBE_INTERVALS * interval_s
+
+
+#: A failsafe claim bound for no longer than this (a keeper that just started, an enrolment) waits
+#: its bound out inside the claim step instead of being refused: the step's own budget is 10 s.
+FAILSAFE_CLAIM_WAIT_S = 5.0
