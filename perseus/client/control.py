@@ -134,6 +134,7 @@ async def register(
     priority: int = 0,
     timeout_s: float = ANSWER_TIMEOUT_S,
     actor: str | None = None,
+    failsafe: bool = False,
 ) -> RegistrationResult:
     """Start the instance workflow and wait until it holds the claim (or, as a standby, until it is
     visible), or refuses; ``timeout_s`` bounds the wait for a worker's answer."""
@@ -161,6 +162,7 @@ async def register(
         priority=priority,
         connector=connector or ConnectorSpec(),
         actor=actor,
+        failsafe=failsafe,
     )
     if history_limit is not None:
         inp.history_limit = history_limit

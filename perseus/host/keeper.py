@@ -666,7 +666,9 @@ class LeaseKeeper:
         held.facts = fs.prune(held.facts, now, held.timing)
         verdict = fs.holder_verdict(now, held.facts, held.timing, failsafe=True)
         until = held.until()
-        if verdict.holding:
+        # From the moment promises reach past the renew deadline (before it passes: a watchdog
+        # armed only with the deadline would kill the connector there).
+        if until > held.last_ok + renew_deadline_s(held.interval_s):
             self._connectors.record("valid_until", req.workflow_id, until=until, epoch=req.claim.epoch)
             connector = self._connectors.get(req.workflow_id)
             pgid = connector.process_group() if connector is not None else None
