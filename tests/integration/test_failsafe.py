@@ -46,7 +46,7 @@ class Fleet:
             self.proxies[host] = proxy
             port = self.servers.redis_port
             env["PERSEUS_REDIS_URL"] = self.servers.redis_url.replace(f":{port}/", f":{proxy.port}/")
-        proc = WorkerProcess(self.servers, host, **env)
+        proc = WorkerProcess(self.servers, host, extra_env=env)
         self.procs.append(proc)
         await proc.ready()
 
