@@ -104,7 +104,7 @@ def retention_min_id(now: datetime) -> str:
 
 #: The failsafe's roster of an exchange (``workflows/roster.py``): every instance that could take
 #: it, enrolled by their workflows. Its type and message names, as the keeper, the enrolment and an
-#: instance's end address them (the roster is checked against them by tests/unit/test_failsafe_roster.py).
+#: instance's end address them (the roster is checked against them by tests/unit/test_failsafe_wiring.py).
 ROSTER_WORKFLOW = "RosterWorkflow"
 ROSTER_ENROL = "enrol"
 ROSTER_READ = "roster"

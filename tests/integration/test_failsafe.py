@@ -205,3 +205,33 @@ async def test_without_the_failsafe_a_redis_outage_stops_the_holder_at_its_deadl
     for proxy in fleet.proxies.values():
         await proxy.up()
     await shutdown(client, exchange, a, b)
+
+
+async def test_failsafe_holder_stops_once_its_standbys_reach_redis_again_and_one_takes_over(
+    servers: Servers, shared_worker: str, client: Client, store: RedisStore, exchange: str, fleet: Fleet
+) -> None:
+    """Redis back for the standby before the holder: from its return the standby refuses, so the
+    holder's horizon ends within a promise's count of the last round it granted; the standby then
+    claims once its own bound has run out — never two (the journal's judge)."""
+    a, b = hosts(2, "fsback")
+    for h in (a, b):
+        await fleet.worker(h, proxied=True)
+    ex_id = await setup(client, store, servers, exchange, a, [b], failsafe=True)
+    await asyncio.sleep(2 * INTERVAL)
+    for proxy in fleet.proxies.values():
+        await proxy.down()
+    await asyncio.sleep(5 * INTERVAL)  # past the renew deadline: held on promises
+    await fleet.proxies[b].up()
+    returned = time.monotonic()
+    doc = await wait_for(lambda: active_on(store, ex_id, b), timeout=30 * INTERVAL)
+    print(f"standby's Redis back → standby active in {time.monotonic() - returned:.2f}s")
+    assert doc["hostname"] == b
+    acting = judged(fleet, exchange)
+    held = [e for _, e, who in acting.get(exchange, []) if who.startswith(f"instance-{exchange}-{a}")]
+    # The holder acted past its deadline (the outage began 5 intervals before) and stopped within a
+    # promise's count (2.84 intervals) of the standby's return, plus a round's ask.
+    assert held and returned < max(held) <= returned + 3.5 * INTERVAL, (held, returned)
+    took = [s for s, _, who in acting.get(exchange, []) if who.startswith(f"instance-{exchange}-{b}")]
+    print(f"holder stopped {max(held) - returned:.2f}s after; no connector for {min(took) - max(held):.2f}s")
+    await fleet.proxies[a].up()
+    await shutdown(client, exchange, b, a)
