@@ -33,7 +33,7 @@ from perseus.errors import (
     LeaseDetached,
     PerseusError,
 )
-from perseus.host.keeper import LeaseKeeper
+from perseus.host.keeper import LeaseKeeper, boottime
 from perseus.models import (
     Claim,
     ClaimResult,
@@ -42,6 +42,7 @@ from perseus.models import (
     ConnectorRequest,
     ConnectorSpec,
     EnrolRequest,
+    FailsafeHolding,
     GrantRequest,
     HostClaimRequest,
     Identity,
@@ -150,12 +151,21 @@ class Cadence:
         self.interval_s = interval_s
         self.beats = heartbeat_beats_within(interval_s, timeout.total_seconds() if timeout else None)
         self._last = float("-inf")
+        #: The failsafe's state as last sent (its heartbeat details): a change goes out at once.
+        self._failsafe: tuple[bool, int, int] | None = None
 
-    def beat(self) -> None:
-        """Heartbeat if this wake is the one due."""
+    def beat(self, failsafe: FailsafeHolding | None = None) -> None:
+        """Heartbeat if this wake is the one due — or, failsafe on, if the holder's failsafe state
+        changed (holding or not, promises from how many of how many): the status views read it from
+        the lease's heartbeat details while Redis cannot carry it (docs/design.md, "Failsafe")."""
         now = time.monotonic()
-        if heartbeat_due(now - self._last, self.interval_s, self.beats):
-            activity.heartbeat()
+        state = (failsafe.holding, failsafe.promised, failsafe.members) if failsafe is not None else None
+        if heartbeat_due(now - self._last, self.interval_s, self.beats) or state != self._failsafe:
+            self._failsafe = state
+            if failsafe is None:
+                activity.heartbeat()
+            else:
+                activity.heartbeat(failsafe)
             self._last = now
 
 
@@ -344,13 +354,24 @@ class HostActivities:
                     # Past the deadline this host no longer claims anything: stay silent, so that
                     # the workflow's heartbeat timeout sees what Redis sees.
                     if held.within_deadline():
-                        cadence.beat()
+                        cadence.beat(self._failsafe_holding(req.workflow_id))
                     # Woken by each renewal (so the server's last heartbeat is a renewal), or once
                     # the next renewal is overdue (a slow Redis must not make a live host look
                     # dead): see QUIET_INTERVALS.
                     await held.beat.wait(QUIET_INTERVALS * interval)
         except asyncio.CancelledError:
             raise detached_unless_requested() from None
+
+    def _failsafe_holding(self, workflow_id: str) -> FailsafeHolding | None:
+        verdict = self.keeper.failsafe_state(workflow_id)
+        if verdict is None:
+            return None
+        return FailsafeHolding(
+            holding=verdict.holding,
+            horizon_s=max(0.0, verdict.until - boottime()),
+            promised=verdict.promised,
+            members=verdict.members,
+        )
 
     @activity.defn(name="hold_standby")
     @edge

@@ -109,6 +109,8 @@ ROSTER_WORKFLOW = "RosterWorkflow"
 ROSTER_ENROL = "enrol"
 ROSTER_READ = "roster"
 ROSTER_LEAVE = "leave"
+#: A read for the status views (the holder's rounds read with ROSTER_READ, an update).
+ROSTER_MEMBERS = "members"
 
 
 def roster_workflow_id(exchange: str) -> str:

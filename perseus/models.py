@@ -948,3 +948,24 @@ class FailsafeHolding(Wire):
     horizon_s: float
     promised: int
     members: int
+
+
+class FailsafeView(Wire):
+    """An exchange's failsafe in the status views: its roster, and its holder's state as the
+    holder's lease last reported it to Temporal (Redis may be what is down)."""
+
+    #: Instances in the exchange's roster (the holder among them).
+    enrolled: int
+    holding: bool = False
+    #: While holding: promises counted from how many of the latest round's standbys.
+    promised: int = 0
+    standbys: int = 0
+    horizon_s: float | None = None
+
+    def line(self) -> str:
+        if self.holding:
+            return (
+                f"failsafe: holding through a Redis outage, promises from {self.promised} of "
+                f"{self.standbys} standbys"
+            )
+        return f"failsafe: on ({self.enrolled} in the roster)"

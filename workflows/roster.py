@@ -24,16 +24,16 @@ with workflow.unsafe.imports_passed_through():
 class RosterWorkflow:
     @workflow.init
     def __init__(self, inp: RosterInput) -> None:
-        self.members: dict[str, RosterMember] = {m.workflow_id: m for m in inp.members}
+        self._members: dict[str, RosterMember] = {m.workflow_id: m for m in inp.members}
 
     def _answer(self) -> RosterAnswer:
-        return RosterAnswer(members=sorted(self.members.values(), key=lambda m: m.workflow_id))
+        return RosterAnswer(members=sorted(self._members.values(), key=lambda m: m.workflow_id))
 
     @workflow.update
     def enrol(self, member: RosterMember) -> RosterAnswer:
         """Add ``member``; the answer is the roster with it (the enrolling host binds itself if
         anyone else is in it)."""
-        self.members[member.workflow_id] = member
+        self._members[member.workflow_id] = member
         return self._answer()
 
     @workflow.update
@@ -41,11 +41,16 @@ class RosterWorkflow:
         """The roster after every enrolment that completed before this read (a holder's round)."""
         return self._answer()
 
+    @workflow.query
+    def members(self) -> RosterAnswer:
+        """The roster for the status views (a query: it adds nothing to the history)."""
+        return self._answer()
+
     @workflow.signal
     def leave(self, member: RosterMember) -> None:
         """``member``'s run ended. Only that member's entry goes: a newer run's enrolment of the
         same workflow id, if one raced ahead, is the same entry and stays harmlessly until it leaves."""
-        self.members.pop(member.workflow_id, None)
+        self._members.pop(member.workflow_id, None)
 
     @workflow.run
     async def run(self, inp: RosterInput) -> None:

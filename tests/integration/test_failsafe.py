@@ -17,11 +17,12 @@ from temporalio.client import Client
 
 from perseus.client import control
 from perseus.core.lifecycle import Command
-from perseus.errors import PerseusError
-from perseus.keys import roster_workflow_id
+from perseus.errors import ConfigError, PerseusError
+from perseus.keys import ROSTER_MEMBERS, roster_workflow_id
+from perseus.models import RosterAnswer
 from perseus.store.redis_store import RedisStore
 from tests.chaos.invariants import acting_intervals, check, load_journal
-from tests.conftest import Servers, WorkerProcess, exchange_id
+from tests.conftest import Servers, WorkerProcess, exchange_id, perseus
 from tests.integration.helpers import active_on, holder, wait_for
 from tests.integration.proxy import StallableProxy
 
@@ -132,24 +133,58 @@ async def test_failsafe_holds_the_connector_through_a_redis_outage_for_every_hos
     a, b, c = hosts(3, "fsall")
     for h in (a, b, c):
         await fleet.worker(h, proxied=True)
-    ex_id = await setup(client, store, servers, exchange, a, [b, c], failsafe=True)
-    roster = await client.get_workflow_handle(roster_workflow_id(exchange)).execute_update(
-        "roster", result_type=dict
+    ex_id = await setup(client, store, servers, exchange, a, [b], failsafe=True)
+    registered = await asyncio.to_thread(
+        perseus,
+        servers,
+        "register",
+        exchange,
+        "--host",
+        c,
+        "--standby",
+        "--failsafe",
+        "--heartbeat-interval",
+        str(INTERVAL),
     )
-    assert len(roster["members"]) == 3
+    assert registered.returncode == 0, registered.stderr
+    roster = await client.get_workflow_handle(roster_workflow_id(exchange)).query(
+        ROSTER_MEMBERS, result_type=RosterAnswer
+    )
+    assert len(roster.members) == 3
+
+    async def visible() -> bool:
+        return len(await store.standbys(ex_id)) == 2
+
+    await wait_for(visible)
+    # Every instance of an exchange has the failsafe, or none: one without it is refused at the door.
+    (late,) = hosts(1, "fsnot")
+    with pytest.raises(ConfigError, match="has its failsafe on"):
+        await register(client, exchange, late, failsafe=False, standby=True)
     before = await holder(store, ex_id)
     assert before is not None
     await asyncio.sleep(2 * INTERVAL)
     for proxy in fleet.proxies.values():
         await proxy.down()
     cut = time.monotonic()
-    await asyncio.sleep(OUTAGE_S)
+    await asyncio.sleep(OUTAGE_S / 2)
+    # The views read it from Temporal (the holder's lease), since Redis cannot carry it.
+    view = await control.failsafe_view(client, exchange)
+    assert view is not None and (view.holding, view.promised, view.standbys, view.enrolled) == (True, 2, 2, 3)
+    shown = await asyncio.to_thread(perseus, servers, "status", exchange)
+    assert "failsafe: holding through a Redis outage, promises from 2 of 2 standbys" in shown.stdout, shown
+    await asyncio.sleep(OUTAGE_S / 2)
     for proxy in fleet.proxies.values():
         await proxy.up()
     back = time.monotonic()
     after = await wait_for(lambda: active_on(store, ex_id, a), timeout=10 * INTERVAL)
     print(f"Redis back: {a} active again at epoch {after['epoch']} in {time.monotonic() - back:.2f}s")
     assert after["epoch"] == before["epoch"]
+
+    async def settled() -> bool:
+        found = await control.failsafe_view(client, exchange)
+        return found is not None and not found.holding
+
+    await wait_for(settled, timeout=5 * INTERVAL)  # the holder's lease said so at once
     await asyncio.sleep(5 * INTERVAL)  # every promise has run out: nobody moves
     still = await holder(store, ex_id)
     assert still is not None and (still["hostname"], still["epoch"]) == (a, before["epoch"])
