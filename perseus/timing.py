@@ -165,3 +165,7 @@ def failsafe_probe_s(interval_s: float) -> float:
 #: A failsafe claim bound for no longer than this (a keeper that just started, an enrolment) waits
 #: its bound out inside the claim step instead of being refused: the step's own budget is 10 s.
 FAILSAFE_CLAIM_WAIT_S = 5.0
+
+#: How long a status view (``perseus status EXCHANGE``, the exchange view with ``?failsafe=true``)
+#: waits for Temporal's view of the exchange's failsafe before it shows the rest without it.
+FAILSAFE_VIEW_TIMEOUT_S = 5.0

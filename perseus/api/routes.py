@@ -27,6 +27,7 @@ from perseus.readmodel.log import (
     read_uptime,
 )
 from perseus.readmodel.network import InstanceView, StatusBoard, read_board
+from perseus.timing import FAILSAFE_VIEW_TIMEOUT_S
 
 
 class ErrorBody(Wire):
@@ -60,8 +61,6 @@ router = APIRouter(
     prefix="/api/network", tags=["network"], dependencies=[Depends(require_api_key)], responses=_ERRORS
 )
 
-#: How long the exchange view waits for Temporal's view of the exchange's failsafe.
-FAILSAFE_VIEW_TIMEOUT_S = 5.0
 
 ExchangeIdPath = Annotated[int, Path(alias="exchangeId", description="The exchange's catalog id.")]
 

@@ -35,9 +35,7 @@ from perseus.core.lifecycle import Command, Role
 from perseus.errors import ConfigError
 from perseus.models import CommandResult, Exchange, FailsafeView, RegistrationResult
 from perseus.temporal import web_ui_base
-
-#: How long ``perseus status EXCHANGE`` waits for Temporal's view of the exchange's failsafe.
-FAILSAFE_VIEW_TIMEOUT_S = 5.0
+from perseus.timing import FAILSAFE_VIEW_TIMEOUT_S
 
 if TYPE_CHECKING:
     from perseus.client.control import CommandSent
