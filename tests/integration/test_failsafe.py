@@ -16,13 +16,16 @@ import pytest
 from temporalio.client import Client
 
 from perseus.client import control
+from perseus.config import Settings
 from perseus.core.lifecycle import Command
 from perseus.errors import ConfigError, PerseusError
 from perseus.keys import ROSTER_MEMBERS, roster_workflow_id
 from perseus.models import RosterAnswer
+from perseus.store import db
 from perseus.store.redis_store import RedisStore
 from tests.chaos.invariants import acting_intervals, check, load_journal
 from tests.conftest import Servers, WorkerProcess, exchange_id, perseus
+from tests.integration.conftest_api import bearer, in_process
 from tests.integration.helpers import active_on, holder, wait_for
 from tests.integration.proxy import StallableProxy
 
@@ -270,3 +273,33 @@ async def test_failsafe_holder_stops_once_its_standbys_reach_redis_again_and_one
     print(f"holder stopped {max(held) - returned:.2f}s after; no connector for {min(took) - max(held):.2f}s")
     await fleet.proxies[a].up()
     await shutdown(client, exchange, b, a)
+
+
+async def test_the_exchange_view_shows_the_failsafe_when_asked_and_leaving_empties_the_roster(
+    servers: Servers, shared_worker: str, client: Client, settings: Settings, exchange: str
+) -> None:
+    """The API's exchange view reads the failsafe from Temporal only when asked (the read API needs
+    no Temporal otherwise); an instance's shutdown takes it out of the roster."""
+    ex_id = await exchange_id(servers, exchange)
+    await register(client, exchange, shared_worker, failsafe=True)
+    conn = await db.connect(servers.database_url)
+    async with conn:
+        key = await db.Catalog(db.OneConnection(conn)).create_api_key(f"fs-read-{uuid.uuid4().hex[:6]}")
+    api_settings = settings.model_copy(update={"payload_plaintext": True})
+    async with in_process(api_settings, temporal_address=servers.temporal_address) as http:
+        route = f"/api/network/exchanges/{ex_id}/status"
+        plain = (await http.get(route, headers=bearer(key))).json()
+        assert plain["failsafe"] is None
+        asked = (await http.get(route, params={"failsafe": "true"}, headers=bearer(key))).json()
+        assert asked["failsafe"] == {
+            "enrolled": 1,
+            "holding": False,
+            "promised": 0,
+            "standbys": 0,
+            "horizonS": None,
+        }
+    await shutdown(client, exchange, shared_worker)
+    roster = await client.get_workflow_handle(roster_workflow_id(exchange)).query(
+        ROSTER_MEMBERS, result_type=RosterAnswer
+    )
+    assert roster.members == []
