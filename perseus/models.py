@@ -108,6 +108,10 @@ class EventKind(StrEnum):
     #: Livermore v6 readers, which match the kinds they know, pass over.
     PAUSED = "paused"
     RESUMED = "resumed"
+    #: A holder began or ended acting past its renew deadline on failsafe promises (a Redis
+    #: outage; docs/design.md, "Failsafe"). Written by the holder's worker once Redis takes it.
+    FAILSAFE_HOLDING = "failsafe_holding"
+    FAILSAFE_ENDED = "failsafe_ended"
 
 
 class NetworkEvent(BaseModel):

@@ -169,3 +169,7 @@ FAILSAFE_CLAIM_WAIT_S = 5.0
 #: How long a status view (``perseus status EXCHANGE``, the exchange view with ``?failsafe=true``)
 #: waits for Temporal's view of the exchange's failsafe before it shows the rest without it.
 FAILSAFE_VIEW_TIMEOUT_S = 5.0
+
+#: A holder's failsafe events (holding began, ended) are written once Redis takes them: tried again
+#: every interval, given up after this long (the log line and the gauge said it meanwhile).
+FAILSAFE_EVENT_GIVE_UP_S = 900.0

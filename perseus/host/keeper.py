@@ -65,6 +65,7 @@ from perseus.models import (
     ConnectorFailure,
     EventKind,
     GrantRequest,
+    InstanceStatus,
     LeaseRequest,
     NetworkEvent,
     PromiseAnswer,
@@ -72,7 +73,13 @@ from perseus.models import (
     RosterAnswer,
     StandbyLeaseRequest,
 )
-from perseus.timing import OUTAGE_MEMORY_INTERVALS, failsafe_probe_s, renew_deadline_s, ttl_ms
+from perseus.timing import (
+    FAILSAFE_EVENT_GIVE_UP_S,
+    OUTAGE_MEMORY_INTERVALS,
+    failsafe_probe_s,
+    renew_deadline_s,
+    ttl_ms,
+)
 
 if TYPE_CHECKING:
     from perseus.connectors.base import Connector, ConnectorHost
@@ -191,6 +198,9 @@ class HeldClaim(_Loop):
     rounds: asyncio.Task[None] | None = None
     #: The record as the last counted renewal left it: what a re-establishment writes back.
     last_record: str | None = None
+    #: The failsafe's events on their way to the stream, the latest last: each waits for the one
+    #: before it, so that "ended" never lands before "holding".
+    events: asyncio.Task[None] | None = None
 
     @property
     def claim(self) -> Claim:
@@ -521,6 +531,7 @@ class LeaseKeeper:
             held.stopped_at = datetime.now(UTC)
         if pgid is not None and self._watchdog is not None:
             self._watchdog.disarm(pgid)
+        self._holding(held, False, why=str(why))
         held.ended = why
         held.beat.pulse()
         if isinstance(why, ClaimMissing) and not stopped:
@@ -676,22 +687,83 @@ class LeaseKeeper:
                 self._watchdog.arm(pgid, until)
         self._holding(held, verdict.holding, verdict)
 
-    def _holding(self, held: HeldClaim, holding: bool, verdict: fs.HolderVerdict | None = None) -> None:
-        """One line (and the metric) when holding on promises starts or ends."""
+    def _holding(
+        self,
+        held: HeldClaim,
+        holding: bool,
+        verdict: fs.HolderVerdict | None = None,
+        why: str = "Redis answers again",
+    ) -> None:
+        """One line, the metric and an event when holding on promises starts or ends."""
         req = held.request
         if req is None or holding == held.holding:
             return
         held.holding = holding
         metrics.failsafe_holding(req.exchange or str(req.exchange_id), holding)
         if holding and verdict is not None:
-            log.warning(
-                "%s: failsafe: holding through a Redis outage, promises from %d of %d standbys",
-                req.workflow_id,
-                verdict.promised,
-                verdict.members,
+            detail = (
+                f"holding through a Redis outage, promises from {verdict.promised} of "
+                f"{verdict.members} standbys"
             )
+            log.warning("%s: failsafe: %s", req.workflow_id, detail)
         else:
-            log.info("%s: failsafe: no longer holding on promises", req.workflow_id)
+            detail = f"no longer holding on promises: {why}"
+            log.info("%s: failsafe: %s", req.workflow_id, detail)
+        self._failsafe_event(
+            held, EventKind.FAILSAFE_HOLDING if holding else EventKind.FAILSAFE_ENDED, detail
+        )
+
+    def _failsafe_event(self, held: HeldClaim, kind: EventKind, detail: str) -> None:
+        """The event of a failsafe's start or end, written once Redis takes it (Redis is what is
+        down when holding starts): tried again every interval, in order, each exactly once (the
+        stream write is idempotent by eventId)."""
+        req = held.request
+        if self._record_event is None or req is None or held.last_record is None:
+            return
+        try:
+            doc = InstanceStatus.model_validate_json(held.last_record)
+        except ValueError:
+            return
+        event = NetworkEvent(
+            event=kind,
+            event_id=str(uuid.uuid4()),
+            timestamp=datetime.now(UTC),
+            exchange_id=doc.exchange_id,
+            exchange_name=doc.exchange_name,
+            hostname=doc.hostname,
+            ip=doc.ip_address,
+            instance_id=req.claim.instance_id,
+            epoch=req.claim.epoch,
+            admin_email=doc.admin_email,
+            state=doc.connection_state,
+            detail=detail,
+        )
+        before = held.events
+        held.events = asyncio.create_task(
+            self._record_in_turn(event, before, held.interval_s), name=f"event {event.event_id}"
+        )
+        self._events.add(held.events)
+        held.events.add_done_callback(self._events.discard)
+
+    async def _record_in_turn(
+        self, event: NetworkEvent, before: asyncio.Task[None] | None, every_s: float
+    ) -> None:
+        assert self._record_event is not None
+        if before is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await before
+        give_up = time.monotonic() + FAILSAFE_EVENT_GIVE_UP_S
+        while True:
+            try:
+                await self._record_event(event)
+                return
+            except Exception as exc:  # noqa: BLE001 - Redis still away: try again next interval
+                if time.monotonic() > give_up:
+                    log.warning(
+                        "%s event of %s not recorded: %s", event.event.value, event.exchange_name, exc
+                    )
+                    return
+            await asyncio.sleep(every_s)
 
     def failsafe_state(self, workflow_id: str) -> fs.HolderVerdict | None:
         """The holder's failsafe now (None: no such claim, or its failsafe is off)."""
@@ -1010,6 +1082,10 @@ class LeaseKeeper:
             self._cancel(loop)
         tasks = [t for loop in loops for t in (loop.task, loop.orphan_check) if t is not None]
         tasks += [h.rounds for h in self.claims.values() if h.rounds is not None]
+        for held in self.claims.values():  # a failsafe event still waiting for Redis: given up
+            if held.events is not None and not held.events.done():
+                held.events.cancel()
+                tasks.append(held.events)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         await self._grid.close()

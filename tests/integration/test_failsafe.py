@@ -26,7 +26,7 @@ from perseus.store.redis_store import RedisStore
 from tests.chaos.invariants import acting_intervals, check, load_journal
 from tests.conftest import Servers, WorkerProcess, exchange_id, perseus
 from tests.integration.conftest_api import bearer, in_process
-from tests.integration.helpers import active_on, holder, wait_for
+from tests.integration.helpers import active_on, events, holder, wait_for
 from tests.integration.proxy import StallableProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -191,6 +191,11 @@ async def test_failsafe_holds_the_connector_through_a_redis_outage_for_every_hos
     await asyncio.sleep(5 * INTERVAL)  # every promise has run out: nobody moves
     still = await holder(store, ex_id)
     assert still is not None and (still["hostname"], still["epoch"]) == (a, before["epoch"])
+    kinds = [(e["event"], e.get("detail")) for e in await events(store, exchange) if "failsafe" in e["event"]]
+    assert kinds == [
+        ("failsafe_holding", "holding through a Redis outage, promises from 2 of 2 standbys"),
+        ("failsafe_ended", "no longer holding on promises: Redis answers again"),
+    ]
     acting = judged(fleet, exchange)
     mine = [(s, e) for s, e, who in acting.get(exchange, []) if who.startswith(f"instance-{exchange}-{a}")]
     others = [who for _, _, who in acting.get(exchange, []) if not who.startswith(f"instance-{exchange}-{a}")]
@@ -219,6 +224,8 @@ async def test_failsafe_holder_alone_without_redis_gives_way_to_a_standby_that_h
     held = [e for _, e, who in acting.get(exchange, []) if who.startswith(f"instance-{exchange}-{a}")]
     assert held and max(held) <= cut + 2.2 * INTERVAL, (held, cut)  # stopped by its deadline
     await fleet.proxies[a].up()
+    await asyncio.sleep(2 * INTERVAL)  # a holding event would be written now
+    assert not [e for e in await events(store, exchange) if e["event"] == "failsafe_holding"]
     await shutdown(client, exchange, b, a)
 
 
