@@ -300,6 +300,10 @@ class LeaseKeeper:
         #: (invariant 3); and, per exchange, until when a promise or an enrolment binds this host.
         self._started = time.monotonic()
         self._bounds: dict[int, float] = {}
+        #: Each asked instance's last answer and when: a line only when it changes or the asking
+        #: had stopped for a promise's length (a fleet-wide outage asks every standby twice an
+        #: interval).
+        self._answered: dict[str, tuple[str, float]] = {}
 
     # --- claims --------------------------------------------------------------------------------
 
@@ -819,13 +823,11 @@ class LeaseKeeper:
         )
         if verdict.grant:
             self.bind(req.exchange_id, req.heartbeat_interval_s)
-        log.info(
-            "%s: failsafe promise for epoch %s %s: %s",
-            req.workflow_id,
-            req.asker_epoch,
-            "granted" if verdict.grant else "refused",
-            verdict.reason,
-        )
+        said, now = f"{'granted' if verdict.grant else 'refused'}: {verdict.reason}", time.monotonic()
+        before, at = self._answered.get(req.workflow_id, ("", fs.NEVER))
+        self._answered[req.workflow_id] = (said, now)
+        if said != before or now - at > fs.FailsafeTiming.of(req.heartbeat_interval_s).promise_s:
+            log.info("%s: failsafe promise for epoch %s %s", req.workflow_id, req.asker_epoch, said)
         return PromiseAnswer(granted=verdict.grant, reason=verdict.reason)
 
     # --- standbys ------------------------------------------------------------------------------
