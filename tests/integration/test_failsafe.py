@@ -205,20 +205,29 @@ async def test_failsafe_holds_the_connector_through_a_redis_outage_for_every_hos
     await shutdown(client, exchange, a, b, c)
 
 
+@pytest.mark.parametrize("failsafe", [True, False], ids=["failsafe", "without"])
 async def test_failsafe_holder_alone_without_redis_gives_way_to_a_standby_that_has_it(
-    servers: Servers, shared_worker: str, client: Client, store: RedisStore, exchange: str, fleet: Fleet
+    servers: Servers,
+    shared_worker: str,
+    client: Client,
+    store: RedisStore,
+    exchange: str,
+    fleet: Fleet,
+    failsafe: bool,
 ) -> None:
     """(b) Redis unreachable from the holder only: the standby still reaches Redis and refuses to
-    promise, so the holder stops by its renew deadline and the standby takes over — never two."""
+    promise, so the holder stops by its renew deadline and the standby takes over — never two; as
+    it does without the failsafe (the same run without it, for the figure beside it)."""
     a, b = hosts(2, "fsone")
     await fleet.worker(a, proxied=True)
     await fleet.worker(b, proxied=False)
-    ex_id = await setup(client, store, servers, exchange, a, [b], failsafe=True)
+    ex_id = await setup(client, store, servers, exchange, a, [b], failsafe=failsafe)
     await asyncio.sleep(2 * INTERVAL)
     await fleet.proxies[a].down()
     cut = time.monotonic()
     doc = await wait_for(lambda: active_on(store, ex_id, b), timeout=20 * INTERVAL)
-    print(f"Redis lost to the holder only → standby active in {time.monotonic() - cut:.2f}s")
+    took = time.monotonic() - cut
+    print(f"Redis lost to the holder only (failsafe {failsafe}) → standby active in {took:.2f}s")
     assert doc["hostname"] == b
     acting = judged(fleet, exchange)
     held = [e for _, e, who in acting.get(exchange, []) if who.startswith(f"instance-{exchange}-{a}")]
