@@ -31,6 +31,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from activities.catalog import CatalogActivities
+from activities.failsafe import FailsafeCalls
 from activities.host import HostActivities
 from activities.notify import NotifyActivities
 from activities.presence import PresenceActivities
@@ -66,6 +67,7 @@ from perseus.timing import (
     WORKER_SHUTDOWN_GRACE_S,
 )
 from workflows.instance import InstanceWorkflow
+from workflows.roster import RosterWorkflow
 
 log = logging.getLogger("perseus.worker")
 
@@ -115,11 +117,13 @@ async def run_worker(
     watchdog = Watchdog()
     notifier = notifications(settings, http, store)  # None: no channel configured, off
     registry = RegistryActivities(store, catalog, notifications=notifier is not None)
+    failsafe = FailsafeCalls(client)
     keeper = LeaseKeeper(
         store,
         connectors,
         watchdog=watchdog,
         workflow_closed=workflow_closed(client),
+        failsafe=failsafe,
         # The errors a connector reports itself reach the stream the way the workflow's do.
         record_event=lambda event: registry.record_event(EventRequest(event=event)),
     )
@@ -134,6 +138,7 @@ async def run_worker(
         keeper=keeper,
         connector_output=output_dir(settings.data_dir),
         exec_allow=exec_allow,
+        enrol=failsafe.enrol,
     )
     if metrics_server is not None:
         metrics_server.health = WorkerHealth(
@@ -164,7 +169,7 @@ async def run_worker(
             Worker(
                 client,
                 task_queue=SHARED_TASK_QUEUE,
-                workflows=[InstanceWorkflow],
+                workflows=[InstanceWorkflow, RosterWorkflow],
                 activities=[
                     catalog_activities.resolve_instance,
                     PresenceActivities(client).host_polled,

@@ -26,13 +26,14 @@ from perseus.connectors.factory import ConnectorContext, build_connector, cannot
 from perseus.core.decisions import heartbeat_beats_within, heartbeat_due, warm_retry_delay
 from perseus.core.lifecycle import Role
 from perseus.errors import (
+    ConfigError,
     ConnectorError,
     ConnectorGone,
     ExecRefused,
     LeaseDetached,
     PerseusError,
 )
-from perseus.host.keeper import LeaseKeeper
+from perseus.host.keeper import LeaseKeeper, boottime
 from perseus.models import (
     Claim,
     ClaimResult,
@@ -40,17 +41,24 @@ from perseus.models import (
     ConnectorReport,
     ConnectorRequest,
     ConnectorSpec,
+    EnrolRequest,
+    FailsafeHolding,
+    GrantRequest,
     HostClaimRequest,
     Identity,
     IdentityRequest,
     LeaseEnd,
     LeaseOutcome,
     LeaseRequest,
+    PromiseAnswer,
+    RosterAnswer,
+    RosterMember,
     StandbyLeaseRequest,
     StandbyOutcome,
 )
 from perseus.timing import (
     CONNECTOR_HEARTBEAT_EVERY_S,
+    FAILSAFE_CLAIM_WAIT_S,
     IP_ANSWER_REUSE_S,
     IP_NO_ANSWER_REUSE_S,
     QUIET_INTERVALS,
@@ -138,12 +146,21 @@ class Cadence:
         self.interval_s = interval_s
         self.beats = heartbeat_beats_within(interval_s, timeout.total_seconds() if timeout else None)
         self._last = float("-inf")
+        #: The failsafe's state as last sent (its heartbeat details): a change goes out at once.
+        self._failsafe: tuple[bool, int, int] | None = None
 
-    def beat(self) -> None:
-        """Heartbeat if this wake is the one due."""
+    def beat(self, failsafe: FailsafeHolding | None = None) -> None:
+        """Heartbeat if this wake is the one due — or, failsafe on, if the holder's failsafe state
+        changed (holding or not, promises from how many of how many): the status views read it from
+        the lease's heartbeat details while Redis cannot carry it (docs/design.md, "Failsafe")."""
         now = time.monotonic()
-        if heartbeat_due(now - self._last, self.interval_s, self.beats):
-            activity.heartbeat()
+        state = (failsafe.holding, failsafe.promised, failsafe.members) if failsafe is not None else None
+        if heartbeat_due(now - self._last, self.interval_s, self.beats) or state != self._failsafe:
+            self._failsafe = state
+            if failsafe is None:
+                activity.heartbeat()
+            else:
+                activity.heartbeat(failsafe)
             self._last = now
 
 
@@ -163,6 +180,7 @@ class HostActivities:
         keeper: LeaseKeeper,
         connector_output: Path | None = None,
         exec_allow: ExecAllowList | None = None,
+        enrol: Callable[[str, RosterMember], Awaitable[RosterAnswer]] | None = None,
     ) -> None:
         self.hostname = hostname
         self._store = store
@@ -178,6 +196,8 @@ class HostActivities:
         self.connector_output = connector_output
         #: The commands this host may run (None: any, as before the allow-list existed).
         self.exec_allow = exec_allow
+        #: How an instance enrols in its exchange's failsafe roster (the worker's Temporal client).
+        self._enrol = enrol
 
     # --- identity ------------------------------------------------------------------------------
 
@@ -238,6 +258,8 @@ class HostActivities:
         claim whose workflow never attaches is ended by the keeper once Temporal says the workflow
         has closed (its orphan check).
         """
+        if req.failsafe and (refused := await self._failsafe_bound(req)) is not None:
+            return refused
         # Stamped here, where the claim will be renewed: the record says which release holds it.
         status = req.claim.status.model_copy(update={"perseus_version": release.version()})
         sent = time.monotonic()  # Redis takes the claim after this: its validity counts from here
@@ -254,10 +276,51 @@ class HostActivities:
                     claim=Claim(instance_id=req.claim.status.instance_id, epoch=result.epoch),
                     heartbeat_interval_s=req.heartbeat_interval_s,
                     term_s=req.term_s,
+                    failsafe=req.failsafe,
+                    exchange=req.claim.status.exchange_name if req.failsafe else None,
                 ),
                 valid_from=sent,
             )
         return result
+
+    async def _failsafe_bound(self, req: HostClaimRequest) -> ClaimResult | None:
+        """The failsafe's check, in the claim step on the claimant's host (invariant 3): a claim is
+        refused while this host is bound by a promise, its enrolment or its keeper's start — any
+        claim, whatever Redis says. A bound about to end is waited out within the step."""
+        exchange_id, interval = req.claim.status.exchange_id, req.heartbeat_interval_s
+        left = self.keeper.failsafe_bound(exchange_id, interval) - time.monotonic()
+        if 0 < left <= FAILSAFE_CLAIM_WAIT_S:
+            await asyncio.sleep(left)
+        why = self.keeper.failsafe_refusal(exchange_id, interval)
+        if why is None:
+            return None
+        log.info("%s: claim refused: %s", req.workflow_id, why)
+        return ClaimResult(claimed=False, epoch=req.claim.highest_epoch, message=why)
+
+    @activity.defn(name="failsafe_enrol")
+    @edge
+    async def failsafe_enrol(self, req: EnrolRequest) -> RosterAnswer:
+        """Enrol in the exchange's failsafe roster, before this instance watches or claims. With
+        anyone else in the roster this host is bound from the answer on for a promise's length
+        (invariant 3: the rounds whose roster was read before it did not ask it)."""
+        if self._enrol is None:
+            raise ConfigError("this worker cannot reach the failsafe roster (no Temporal client)")
+        answer = await self._enrol(req.exchange, req.member)
+        if any(m.workflow_id != req.member.workflow_id for m in answer.members):
+            self.keeper.bind(req.exchange_id, req.heartbeat_interval_s)
+        log.info(
+            "%s: enrolled in the failsafe roster of %s (%d member(s))",
+            req.member.workflow_id,
+            req.exchange,
+            len(answer.members),
+        )
+        return answer
+
+    @activity.defn(name="failsafe_grant")
+    @edge
+    async def failsafe_grant(self, req: GrantRequest) -> PromiseAnswer:
+        """A holder that cannot renew asks this host's instance for a promise not to claim."""
+        return await self.keeper.grant(req)
 
     @activity.defn(name="hold_lease")
     @edge
@@ -288,13 +351,24 @@ class HostActivities:
                     # Past the deadline this host no longer claims anything: stay silent, so that
                     # the workflow's heartbeat timeout sees what Redis sees.
                     if held.within_deadline():
-                        cadence.beat()
+                        cadence.beat(self._failsafe_holding(req.workflow_id))
                     # Woken by each renewal (so the server's last heartbeat is a renewal), or once
                     # the next renewal is overdue (a slow Redis must not make a live host look
                     # dead): see QUIET_INTERVALS.
                     await held.beat.wait(QUIET_INTERVALS * interval)
         except asyncio.CancelledError:
             raise detached_unless_requested() from None
+
+    def _failsafe_holding(self, workflow_id: str) -> FailsafeHolding | None:
+        verdict = self.keeper.failsafe_state(workflow_id)
+        if verdict is None:
+            return None
+        return FailsafeHolding(
+            holding=verdict.holding,
+            horizon_s=max(0.0, verdict.until - boottime()),
+            promised=verdict.promised,
+            members=verdict.members,
+        )
 
     @activity.defn(name="hold_standby")
     @edge
@@ -516,4 +590,6 @@ class HostActivities:
             self.connector_disconnect,
             self.connector_check,
             self.connector_preflight,
+            self.failsafe_enrol,
+            self.failsafe_grant,
         ]

@@ -100,3 +100,18 @@ def parse_iso(text: str) -> datetime:
 def retention_min_id(now: datetime) -> str:
     """The ``MINID`` bound for stream trimming: entries older than 90 days go."""
     return f"{int((now - RETENTION).timestamp() * 1000)}-0"
+
+
+#: The failsafe's roster of an exchange (``workflows/roster.py``): every instance that could take
+#: it, enrolled by their workflows. Its type and message names, as the keeper, the enrolment and an
+#: instance's end address them (the roster is checked against them by tests/unit/test_failsafe_wiring.py).
+ROSTER_WORKFLOW = "RosterWorkflow"
+ROSTER_ENROL = "enrol"
+ROSTER_READ = "roster"
+ROSTER_LEAVE = "leave"
+#: A read for the status views (the holder's rounds read with ROSTER_READ, an update).
+ROSTER_MEMBERS = "members"
+
+
+def roster_workflow_id(exchange: str) -> str:
+    return f"roster-{exchange}"

@@ -87,6 +87,12 @@ HANDOFF_DURATION = Histogram(
     "From a handoff's notify event to its confirm (or abort) event.",
     buckets=TAKEOVER_BUCKETS,
 )
+FAILSAFE_HOLDING = Gauge(
+    "perseus_failsafe_holding",
+    "1 while this worker's holder of the exchange acts past its renew deadline on failsafe promises "
+    "(a Redis outage), else 0.",
+    ["exchange"],
+)
 LIVE_CLIENTS = Gauge("perseus_live_clients", "Browsers connected to the API's live event stream.")
 LEDGER_FOLDED = Counter(
     "perseus_ledger_folded",
@@ -111,6 +117,11 @@ def fenced_write(mode: str, outcome: str) -> None:
 def observe_renewal(lateness_s: float) -> None:
     """A renewal reached Redis ``lateness_s`` after it was due (negative counts as on time)."""
     RENEWAL_LATENESS.observe(max(0.0, lateness_s))
+
+
+def failsafe_holding(exchange: str, holding: bool) -> None:
+    """The holder of ``exchange`` on this worker holds on failsafe promises (or no longer does)."""
+    FAILSAFE_HOLDING.labels(exchange).set(1 if holding else 0)
 
 
 def count_fencing_refusal(mode: str = "renew") -> None:

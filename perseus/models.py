@@ -115,6 +115,10 @@ class EventKind(StrEnum):
     #: Livermore v6 readers, which match the kinds they know, pass over.
     PAUSED = "paused"
     RESUMED = "resumed"
+    #: A holder began or ended acting past its renew deadline on failsafe promises (a Redis
+    #: outage; docs/design.md, "Failsafe"). Written by the holder's worker once Redis takes it.
+    FAILSAFE_HOLDING = "failsafe_holding"
+    FAILSAFE_ENDED = "failsafe_ended"
 
 
 class NetworkEvent(BaseModel):
@@ -458,6 +462,9 @@ class InstanceInput(BaseModel):
     history_limit: int = 2000
     #: Maximum length of one lease activity; it is re-issued after that (keeps timeouts finite).
     lease_term_s: float = 6 * 3600
+    #: Hold through a Redis outage on promises from every other instance of the exchange
+    #: (docs/design.md, "Failsafe"). Off by default: nothing of the failsafe runs.
+    failsafe: bool = False
     # Carried across continue-as-new:
     carried: CarriedState | None = None
 
@@ -555,6 +562,9 @@ class HostClaimRequest(BaseModel):
     workflow_id: str
     heartbeat_interval_s: float
     term_s: float
+    #: The exchange's failsafe is on: the claim is refused while this host is bound by a promise
+    #: (or its enrolment, or its keeper's start) not to claim (``failsafe.claim_refusal``).
+    failsafe: bool = False
 
 
 class ClaimResult(BaseModel):
@@ -615,6 +625,11 @@ class LeaseRequest(BaseModel):
     claim: Claim
     heartbeat_interval_s: float
     term_s: float
+    #: The exchange's failsafe is on: past its renew deadline the keeper may keep the connector on
+    #: promises gathered from the exchange's roster (``failsafe.holder_verdict``).
+    failsafe: bool = False
+    #: The exchange's name (the roster workflow is ``roster-{exchange}``); None from older workflows.
+    exchange: str | None = None
 
 
 class LeaseOutcome(BaseModel):
@@ -859,3 +874,104 @@ class HandoffResult(Wire):
     new_epoch: int | None
     outcome: str
     error: str | None = None
+
+
+# --- the failsafe: holding through a Redis outage (docs/design.md, "Failsafe") ----------------------
+
+
+class RosterMember(BaseModel):
+    """One instance that could take an exchange: its workflow id and its host."""
+
+    workflow_id: str
+    host: str
+
+
+class RosterInput(BaseModel):
+    """The roster workflow's input; also what its continue-as-new carries."""
+
+    exchange: str
+    members: list[RosterMember] = Field(default_factory=list)
+    #: Continue-as-new after this many history events (each read during an outage is an update).
+    history_limit: int = 2000
+
+
+class RosterAnswer(BaseModel):
+    """The roster of an exchange as its workflow holds it, after every completed enrolment."""
+
+    members: list[RosterMember]
+
+
+class EnrolRequest(BaseModel):
+    """An instance with its failsafe on enrols in its exchange's roster, on its own host (whose
+    keeper binds it for a promise's length when anyone else is enrolled: it was not asked in the
+    rounds whose roster was read before it)."""
+
+    exchange: str
+    exchange_id: int
+    member: RosterMember
+    heartbeat_interval_s: float
+
+
+class PromiseRequest(BaseModel):
+    """A holder that cannot renew asks an instance of its exchange not to claim (an update on the
+    instance's workflow)."""
+
+    exchange_id: int
+    exchange: str
+    holder_instance_id: str
+    epoch: int
+    #: The holder's workflow id: a holder never asks itself, and a member answering its own
+    #: holder's workflow would be a misrouted question.
+    holder_workflow_id: str
+
+
+class PromiseAnswer(Wire):
+    """Whether the asked instance promised not to claim for ``failsafe_promise_s`` from its grant."""
+
+    granted: bool
+    reason: str
+
+
+class GrantRequest(BaseModel):
+    """The granter's side of a promise, run on its own host (whose keeper records the bound)."""
+
+    workflow_id: str
+    exchange_id: int
+    heartbeat_interval_s: float
+    failsafe: bool
+    #: The asking workflow's instance holds the claim itself (its workflow's memory).
+    holds_claim: bool
+    asker_epoch: int
+    highest_epoch_seen: int
+
+
+class FailsafeHolding(Wire):
+    """A holder's failsafe, as its lease reports it (heartbeat details, the status views)."""
+
+    #: Past its renew deadline, acting on promises alone.
+    holding: bool
+    #: Seconds its connector may still act (the horizon, as time left on the holder's clock).
+    horizon_s: float
+    promised: int
+    members: int
+
+
+class FailsafeView(Wire):
+    """An exchange's failsafe in the status views: its roster, and its holder's state as the
+    holder's lease last reported it to Temporal (Redis may be what is down)."""
+
+    #: Instances in the exchange's roster (the holder among them).
+    enrolled: int
+    holding: bool = False
+    #: While holding: promises counted from how many of the latest round's standbys.
+    promised: int = 0
+    standbys: int = 0
+    horizon_s: float | None = None
+
+    def line(self) -> str:
+        if self.holding:
+            return (
+                f"failsafe: holding through a Redis outage, promises from {self.promised} of "
+                f"{self.standbys} standbys"
+            )
+        return f"failsafe: on ({self.enrolled} in the roster)"

@@ -328,3 +328,32 @@ HOST_RETRY_CAP_S = 5.0
 NOTIFY_RETRY_FIRST_S = 2.0
 NOTIFY_RETRY_CAP_S = 60.0
 NOTIFY_TIMEOUT_S = 10 * 60.0
+
+# --- the failsafe's wiring (issue 29): the figures of the keeper's probes and rounds ---------------
+
+#: A renewal that has gone unanswered this many intervals starts the failsafe's first round (the
+#: design's "failed or a quarter interval overdue"), and a granter's probe of Redis gives up after
+#: as long: the last beat's view is up to an interval old, so the granter asks Redis at once.
+FAILSAFE_PROBE_INTERVALS = 0.25
+
+
+def failsafe_probe_s(interval_s: float) -> float:
+    """Seconds a granter waits for Redis before it counts Redis as not answering it."""
+    return FAILSAFE_PROBE_INTERVALS * interval_s
+
+
+#: Enrolling in the failsafe roster: an update of the roster workflow through Temporal, sent from
+#: the instance's host — a workflow task away, more on a busy server than a Redis step.
+ROSTER_STEP_TIMEOUT_S = 30.0
+
+#: A failsafe claim bound for no longer than this (a keeper that just started, an enrolment) waits
+#: its bound out inside the claim step instead of being refused: the step's own budget is 10 s.
+FAILSAFE_CLAIM_WAIT_S = 5.0
+
+#: How long a status view (``perseus status EXCHANGE``, the exchange view with ``?failsafe=true``)
+#: waits for Temporal's view of the exchange's failsafe before it shows the rest without it.
+FAILSAFE_VIEW_TIMEOUT_S = 5.0
+
+#: A holder's failsafe events (holding began, ended) are written once Redis takes them: tried again
+#: every interval, given up after this long (the log line and the gauge said it meanwhile).
+FAILSAFE_EVENT_GIVE_UP_S = 900.0

@@ -27,6 +27,8 @@ from perseus.models import (
     ConnectorReport,
     ConnectorRequest,
     DropStandbyRequest,
+    EnrolRequest,
+    GrantRequest,
     HostClaimRequest,
     HostPresence,
     Identity,
@@ -35,11 +37,13 @@ from perseus.models import (
     LeaseRequest,
     NotifyRequest,
     PatchResult,
+    PromiseAnswer,
     Recorded,
     RecordRequest,
     ReleaseRequest,
     Resolved,
     ResolveRequest,
+    RosterAnswer,
     StandbyLeaseRequest,
     StandbyList,
     StandbyOutcome,
@@ -188,4 +192,16 @@ async def connector_check(req: ConnectorRequest) -> ConnectorReport:
 @activity.defn(name="connector_preflight")
 async def connector_preflight(req: ConnectorRequest) -> ConnectorPreflight:
     """Host queue (a handoff's target). Whether the connector could start on that host now."""
+    raise NotImplementedError
+
+
+@activity.defn(name="failsafe_enrol")
+async def failsafe_enrol(req: EnrolRequest) -> RosterAnswer:
+    """Host queue. Enrol in the exchange's failsafe roster; the host binds itself if others are in it."""
+    raise NotImplementedError
+
+
+@activity.defn(name="failsafe_grant")
+async def failsafe_grant(req: GrantRequest) -> PromiseAnswer:
+    """Host queue. Probe Redis, decide whether to promise not to claim, record the bound first."""
     raise NotImplementedError

@@ -48,6 +48,8 @@ with workflow.unsafe.imports_passed_through():
         InstanceSnapshot,
         LeaseEnd,
         NotifyRequest,
+        PromiseAnswer,
+        PromiseRequest,
         PromoteRequest,
         RegistrationResult,
     )
@@ -204,6 +206,13 @@ class InstanceWorkflow:
         if result.error is not None:
             raise ApplicationError(result.error, result, type="CommandFailed")
         return result
+
+    @workflow.update
+    async def failsafe_promise(self, req: PromiseRequest) -> PromiseAnswer:
+        """A holder of this exchange that cannot renew asks for a promise not to claim: this
+        instance's host decides and records its bound before the answer (failsafe on only)."""
+        answer: PromiseAnswer = await self._drive(self.core.failsafe.promise(req))
+        return answer
 
     @workflow.signal
     def promote(self, req: PromoteRequest) -> None:

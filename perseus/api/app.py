@@ -110,7 +110,7 @@ def create_app(settings: Settings, temporal_address: str | None = None, *, fold:
         redoc_url="/redoc" if settings.api_docs else None,
     )
     app.state.temporal_address = temporal_address
-    # The write routes' Temporal client, connected on first use (perseus.api.commands.temporal).
+    # The write routes' Temporal client, connected on first use (perseus.api.deps.temporal).
     app.state.settings = settings
     app.state.temporal_client = None
     app.state.temporal_lock = asyncio.Lock()

@@ -20,7 +20,7 @@ from pydantic import Field
 from temporalio.client import Client
 
 from perseus.api.auth import AdminDep, ApiKeyDep, OperateDep
-from perseus.api.deps import CatalogDep, StoreDep
+from perseus.api.deps import CatalogDep, StoreDep, temporal
 from perseus.api.errors import error_response
 from perseus.api.routes import _ERRORS, ErrorBody
 from perseus.client import maintenance, operate
@@ -125,18 +125,6 @@ async def key_info(caller: ApiKeyDep) -> KeyInfo:
     return KeyInfo(
         name=caller.name, scope=caller.scope.value, exchanges=caller.exchanges, server_time=datetime.now(UTC)
     )
-
-
-async def temporal(request: Request) -> Client:
-    """The process' Temporal client, connected on first use: the read API never needs Temporal."""
-    state = request.app.state
-    async with state.temporal_lock:
-        if state.temporal_client is None:
-            from perseus.temporal import connect
-
-            state.temporal_client = await connect(state.settings, state.temporal_address)
-        client: Client = state.temporal_client
-        return client
 
 
 def _actor(caller: CallerKey, asked: str | None) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from temporalio.client import Client
 
 from perseus.store.db import Catalog, RequestCatalog
 from perseus.store.redis_store import RedisStore
@@ -23,3 +24,16 @@ def get_catalog(request: Request) -> Catalog:
 
 StoreDep = Annotated[RedisStore, Depends(get_store)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+
+
+async def temporal(request: Request) -> Client:
+    """The process' Temporal client, connected on first use: the read API needs Temporal only for
+    the exchange view's failsafe, asked for by name (``?failsafe=true``)."""
+    state = request.app.state
+    async with state.temporal_lock:
+        if state.temporal_client is None:
+            from perseus.temporal import connect
+
+            state.temporal_client = await connect(state.settings, state.temporal_address)
+        client: Client = state.temporal_client
+        return client

@@ -4,6 +4,7 @@ answer carries ``serverTime`` so that staleness is judged on this server's clock
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -12,9 +13,9 @@ from fastapi.responses import Response, StreamingResponse
 
 from perseus import metrics
 from perseus.api.auth import require_api_key
-from perseus.api.deps import CatalogDep, StoreDep
+from perseus.api.deps import CatalogDep, StoreDep, temporal
 from perseus.api.live import LiveFeed
-from perseus.models import EventKind, Wire
+from perseus.models import EventKind, FailsafeView, Wire
 from perseus.readmodel.log import (
     DEFAULT_COUNT,
     MAX_COUNT,
@@ -26,6 +27,7 @@ from perseus.readmodel.log import (
     read_uptime,
 )
 from perseus.readmodel.network import InstanceView, StatusBoard, read_board
+from perseus.timing import FAILSAFE_VIEW_TIMEOUT_S
 
 
 class ErrorBody(Wire):
@@ -58,6 +60,7 @@ _UNKNOWN: dict[int | str, dict[str, Any]] = {
 router = APIRouter(
     prefix="/api/network", tags=["network"], dependencies=[Depends(require_api_key)], responses=_ERRORS
 )
+
 
 ExchangeIdPath = Annotated[int, Path(alias="exchangeId", description="The exchange's catalog id.")]
 
@@ -122,10 +125,34 @@ async def activity(
     summary="One exchange's status",
 )
 async def exchange_status(
-    exchange_id: ExchangeIdPath, store: StoreDep, catalog: CatalogDep
+    request: Request,
+    exchange_id: ExchangeIdPath,
+    store: StoreDep,
+    catalog: CatalogDep,
+    failsafe: Annotated[
+        bool,
+        Query(
+            description="Also read the exchange's failsafe from Temporal (its roster and its holder's "
+            "state, which Redis may not be able to carry): `failsafe`, null when it is off. Bounded: "
+            "a Temporal that does not answer in a few seconds leaves it null."
+        ),
+    ] = False,
 ) -> ExchangeStatus:
     board = await read_board(store, catalog, str(exchange_id))
-    return ExchangeStatus(**board.instances[0].model_dump(), server_time=board.server_time)
+    view = board.instances[0]
+    if failsafe:
+        view.failsafe = await _failsafe(request, view.exchange_name)
+    return ExchangeStatus(**view.model_dump(), server_time=board.server_time)
+
+
+async def _failsafe(request: Request, exchange: str) -> FailsafeView | None:
+    from perseus.client import control
+
+    try:
+        async with asyncio.timeout(FAILSAFE_VIEW_TIMEOUT_S):
+            return await control.failsafe_view(await temporal(request), exchange)
+    except Exception:  # noqa: BLE001 - the status without the failsafe rather than no status
+        return None
 
 
 @router.get(

@@ -8,6 +8,7 @@ attributes say: they lag behind a failover.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -32,8 +33,9 @@ from perseus.cli.common import (
 from perseus.config import Settings
 from perseus.core.lifecycle import Command, Role
 from perseus.errors import ConfigError
-from perseus.models import CommandResult, Exchange, RegistrationResult
+from perseus.models import CommandResult, Exchange, FailsafeView, RegistrationResult
 from perseus.temporal import web_ui_base
+from perseus.timing import FAILSAFE_VIEW_TIMEOUT_S
 
 if TYPE_CHECKING:
     from perseus.client.control import CommandSent
@@ -219,6 +221,15 @@ def register(
             "inherits only an allow-list of the worker's, never its PERSEUS_* settings.",
         ),
     ] = None,
+    failsafe: Annotated[
+        bool,
+        typer.Option(
+            "--failsafe",
+            help="Keep the active connector through a Redis outage on promises from every other "
+            'instance of the exchange (docs/design.md, "Failsafe"). Every instance of the exchange '
+            "must be registered with it.",
+        ),
+    ] = False,
     timeout: TimeoutOption = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -275,6 +286,7 @@ def register(
                 connector=spec,
                 timeout_s=wait_s,
                 actor=cli_actor(),
+                failsafe=failsafe,
             )
 
     result = run(main)
@@ -409,6 +421,8 @@ def status(
             board = await _with_catalog(settings, lambda c: read_board(RedisStore(redis), c, exchange))
         finally:
             await redis.aclose()
+        if exchange is not None and board.instances:
+            board.instances[0].failsafe = await _failsafe(settings, board.instances[0].exchange_name)
         return board, web_ui_base(settings.temporal_ui_url)
 
     board, ui = run(main)
@@ -429,6 +443,20 @@ def status(
         time.sleep(watch)
         board, ui = run(main)
         out.clear()
+
+
+async def _failsafe(settings: Settings, exchange: str) -> FailsafeView | None:
+    """The exchange's failsafe, from Temporal (its roster and its holder's lease): best effort — a
+    Temporal that does not answer in a few seconds leaves it out of the view."""
+    from perseus.client import control
+    from perseus.temporal import connect
+
+    try:
+        async with asyncio.timeout(FAILSAFE_VIEW_TIMEOUT_S):
+            client = await connect(settings, read_only=True)
+            return await control.failsafe_view(client, exchange)
+    except Exception:  # noqa: BLE001 - a view without the failsafe's line rather than no view
+        return None
 
 
 def _leave_at_once(signum: int, frame: object) -> None:
@@ -534,6 +562,10 @@ def _status_table(board: Any, ui: str | None) -> Any:
     ]
     if paused:  # shown even for an exchange with no standby line to carry it
         table.caption = Text("; ".join(paused) + ": no automatic failover", style="yellow")
+    failsafe = [f"{v.exchange_name}: {v.failsafe.line()}" for v in board.instances if v.failsafe is not None]
+    if failsafe:
+        lines = "; ".join(failsafe)
+        table.caption = Text(f"{table.caption}\n{lines}" if table.caption else lines, style="yellow")
     return table
 
 

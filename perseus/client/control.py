@@ -28,15 +28,25 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from perseus import errors
 from perseus.core.lifecycle import Command, Role, State, plan, projected_state
-from perseus.keys import SHARED_TASK_QUEUE, valid_exchange, valid_host, workflow_id
+from perseus.keys import (
+    ROSTER_MEMBERS,
+    SHARED_TASK_QUEUE,
+    roster_workflow_id,
+    valid_exchange,
+    valid_host,
+    workflow_id,
+)
 from perseus.models import (
     CommandRequest,
     CommandResult,
     ConnectorSpec,
+    FailsafeHolding,
+    FailsafeView,
     HandoffRequest,
     InstanceInput,
     InstanceSnapshot,
     RegistrationResult,
+    RosterAnswer,
     Wire,
 )
 from perseus.store.redis_store import RedisStore
@@ -134,6 +144,7 @@ async def register(
     priority: int = 0,
     timeout_s: float = ANSWER_TIMEOUT_S,
     actor: str | None = None,
+    failsafe: bool = False,
 ) -> RegistrationResult:
     """Start the instance workflow and wait until it holds the claim (or, as a standby, until it is
     visible), or refuses; ``timeout_s`` bounds the wait for a worker's answer."""
@@ -151,6 +162,7 @@ async def register(
             f"{exchange} is already registered on host {host} (workflow {wf_id}); "
             f"use perseus start/stop/shutdown {exchange}"
         )
+    await _failsafe_agrees(client, exchange.lower(), wf_id, failsafe=failsafe)
     inp = InstanceInput(
         exchange=exchange.lower(),
         host=host,
@@ -161,6 +173,7 @@ async def register(
         priority=priority,
         connector=connector or ConnectorSpec(),
         actor=actor,
+        failsafe=failsafe,
     )
     if history_limit is not None:
         inp.history_limit = history_limit
@@ -510,3 +523,73 @@ async def find_active(
             "expired yet): wait for a standby to take over, or name the host with --from"
         )
     return handle
+
+
+async def failsafe_view(client: Client, exchange: str) -> FailsafeView | None:
+    """The exchange's failsafe for the status views, read from Temporal: None when it has no
+    roster (failsafe off). Its holder's state is what the holder's lease last reported in its
+    heartbeat details (sent at once whenever holding starts, ends or its count of promises moves)."""
+    roster = await _roster(client, exchange)
+    if roster is None:
+        return None
+    view = FailsafeView(enrolled=len(roster.members))
+    for member in roster.members:
+        try:
+            described = await client.get_workflow_handle(member.workflow_id).describe(rpc_timeout=RPC_TIMEOUT)
+        except RPCError:
+            continue
+        for pending in described.raw_description.pending_activities:
+            if pending.activity_type.name != "hold_lease" or not pending.heartbeat_details.payloads:
+                continue
+            try:
+                (state,) = await client.data_converter.decode(
+                    pending.heartbeat_details.payloads, [FailsafeHolding]
+                )
+            except Exception:  # noqa: BLE001 - a lease's details of another shape: nothing to show
+                continue
+            if isinstance(state, FailsafeHolding) and state.holding:
+                return view.model_copy(
+                    update={
+                        "holding": True,
+                        "promised": state.promised,
+                        "standbys": state.members,
+                        "horizon_s": state.horizon_s,
+                    }
+                )
+    return view
+
+
+async def _roster(client: Client, exchange: str) -> RosterAnswer | None:
+    try:
+        roster: RosterAnswer = await client.get_workflow_handle(roster_workflow_id(exchange)).query(
+            ROSTER_MEMBERS, result_type=RosterAnswer, rpc_timeout=RPC_TIMEOUT
+        )
+    except (RPCError, WorkflowQueryFailedError):
+        return None
+    return roster
+
+
+async def _failsafe_agrees(client: Client, exchange: str, wf_id: str, *, failsafe: bool) -> None:
+    """Every instance of an exchange has the failsafe, or none has: a holder asks only the instances
+    in its roster, so one registered without the failsafe beside failsafe ones could claim while the
+    holder holds on the others' promises. A guard at the door, read from the roster and Temporal's
+    list of running instances (which may lag a second behind a registration): the fleet file, with
+    ``failsafe`` per exchange, is what keeps a fleet consistent."""
+    roster = await _roster(client, exchange)
+    enrolled = {m.workflow_id for m in roster.members} if roster is not None else set()
+    others = enrolled - {wf_id}
+    if not failsafe:
+        if others:
+            raise errors.ConfigError(
+                f"{exchange} has its failsafe on ({len(others)} other instance(s) in its roster): "
+                "register with --failsafe (every instance of an exchange must have it)"
+            )
+        return
+    query = instances_filter(exchange)
+    running = [wf.id async for wf in client.list_workflows(query, limit=100, rpc_timeout=RPC_TIMEOUT)]
+    without = sorted(set(running) - enrolled - {wf_id})
+    if without:
+        raise errors.ConfigError(
+            f"{exchange} runs without the failsafe in {', '.join(without)}: every instance of an exchange "
+            "must have it (shut those down and register them again with --failsafe)"
+        )

@@ -21,6 +21,8 @@ from perseus.models import (
     ConnectorReport,
     ConnectorRequest,
     DropStandbyRequest,
+    EnrolRequest,
+    GrantRequest,
     HostClaimRequest,
     HostPresence,
     Identity,
@@ -29,11 +31,13 @@ from perseus.models import (
     LeaseRequest,
     NotifyRequest,
     PatchResult,
+    PromiseAnswer,
     Recorded,
     RecordRequest,
     ReleaseRequest,
     Resolved,
     ResolveRequest,
+    RosterAnswer,
     StandbyLeaseRequest,
     StandbyList,
     StandbyOutcome,
@@ -85,6 +89,9 @@ class Activity:
     CONNECTOR_ACTIVATE = ActivityRef("connector_activate", ConnectorRequest, ConnectorReport)
     CONNECTOR_DEACTIVATE = ActivityRef("connector_deactivate", ConnectorRequest, ConnectorReport)
     CONNECTOR_PREFLIGHT = ActivityRef("connector_preflight", ConnectorRequest, ConnectorPreflight)
+    # The failsafe (docs/design.md, "Failsafe"): enrol in the exchange's roster, grant a promise.
+    FAILSAFE_ENROL = ActivityRef("failsafe_enrol", EnrolRequest, RosterAnswer)
+    FAILSAFE_GRANT = ActivityRef("failsafe_grant", GrantRequest, PromiseAnswer)
 
 
 #: Every activity the core names.

@@ -153,6 +153,7 @@ class Leases:
             workflow_id=ctx.wf_id,
             heartbeat_interval_s=ctx.inp.heartbeat_interval_s,
             term_s=ctx.inp.lease_term_s,
+            failsafe=ctx.inp.failsafe,
         )
         return (
             yield from self.host.on_host(
@@ -182,6 +183,8 @@ class Leases:
                 claim=claim,
                 heartbeat_interval_s=interval,
                 term_s=ctx.inp.lease_term_s,
+                failsafe=ctx.inp.failsafe,
+                exchange=ctx.inp.exchange if ctx.inp.failsafe else None,
             ),
             queue=ctx.host_queue,
             schedule_to_start_s=schedule_to_start_s or ctx.host_wait(),

@@ -37,6 +37,7 @@ from perseus.core.commands import Commands
 from perseus.core.context import Clock, Context
 from perseus.core.decisions import Step
 from perseus.core.execute import Execution
+from perseus.core.failsafe import Failsafe
 from perseus.core.handoffs import Handoffs
 from perseus.core.host import Host
 from perseus.core.leases import Leases
@@ -95,6 +96,12 @@ class InstanceCore(InstanceAnswers):
             event=self.status.event,
             refused=lambda refusal: self.registrar.refused(refusal),
         )
+        self.failsafe = Failsafe(
+            ctx,
+            host,
+            holds_claim=lambda: self.leases.claim is not None,
+            highest_epoch=lambda: self.leases.highest_epoch,
+        )
         self.registrar = Registration(
             ctx,
             host,
@@ -103,6 +110,7 @@ class InstanceCore(InstanceAnswers):
             status=self.status,
             become_standby=self._become_standby,
             details=self.details,
+            enrol=self.failsafe.enrol,
         )
         role = Role.STANDBY if inp.standby else Role.ACTIVE
         standby = restored(slices.StandbyState, c) if c else slices.StandbyState(role=role)
@@ -272,6 +280,7 @@ class InstanceCore(InstanceAnswers):
 
     def _finish(self, outcome: str) -> Answer[str]:
         self._end(outcome)
+        yield from self.failsafe.leave()
         # Give in-flight update handlers their answer before the run closes.
         self.commands.close(outcome, self.status.state)
         yield self.details()

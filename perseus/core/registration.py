@@ -31,10 +31,12 @@ class Registration:
         status: Status,
         become_standby: Callable[..., Proc],
         details: Callable[[], Details],
+        enrol: Callable[[], Answer[None]],
     ) -> None:
         self.ctx, self.host, self.st = ctx, host, st
         self.leases, self.status = leases, status
         self._become_standby, self._details = become_standby, details
+        self._enrol = enrol
 
     @property
     def error(self) -> str | None:
@@ -88,6 +90,13 @@ class Registration:
         ctx.identify(
             hostname=identity.hostname, ip_address=identity.ip_address, registered_at=ctx.clock.now()
         )
+        try:
+            # Failsafe on: in the exchange's roster before this instance watches or claims.
+            yield from self._enrol()
+        except StepFailed as err:
+            why = f"could not enrol in the failsafe roster: {self.host.explain(err)}"
+            self.refused(Refusal(why, err.failure.error_type or ServiceUnavailable.__name__))
+            return False
         return True
 
     def _register(self) -> Answer[bool]:

@@ -171,6 +171,7 @@ async def _register(client: Client, placement: Placement, action: Change, actor:
                 update={"warm": placement.warm or placement.connector.warm}
             ),
             actor=actor,
+            failsafe=placement.failsafe,
         )
     except errors.ClaimConflict:
         # Someone took the exchange since we looked: stand by behind them instead.

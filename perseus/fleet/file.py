@@ -39,6 +39,7 @@ _EXCHANGE_KEYS = {
     "heartbeat_interval",
     "admin_email",
     "warm",
+    "failsafe",
     *_PROCESS_KEYS,
 }
 _FIELD_KEYS = {"command": "exec", "restart": "restart", **{v: k for k, v in _PROCESS_KEYS.items()}}
@@ -56,6 +57,9 @@ class Placement(BaseModel):
     admin_email: str | None = None
     #: Standbys keep their connector warm (§2.9): registered with ``ConnectorSpec.warm`` set.
     warm: bool = False
+    #: Every instance holds through a Redis outage on the others' promises (docs/design.md,
+    #: "Failsafe"): registered with ``InstanceInput.failsafe`` set.
+    failsafe: bool = False
 
     def priority(self, host: str) -> int:
         """Standby priority of ``host``: the earlier in the list, the higher (the last host is 0)."""
@@ -234,6 +238,11 @@ def parse_fleet(
         warm = table.get("warm", False)
         if not isinstance(warm, bool):
             raise InvalidFleet(f"{key}.warm: expected true or false, got {_type_name(warm)} ({warm!r})")
+        failsafe = table.get("failsafe", False)
+        if not isinstance(failsafe, bool):
+            raise InvalidFleet(
+                f"{key}.failsafe: expected true or false, got {_type_name(failsafe)} ({failsafe!r})"
+            )
         placements[exchange] = Placement(
             exchange=exchange,
             hosts=hosts,
@@ -249,6 +258,7 @@ def parse_fleet(
                 else default_admin
             ),
             warm=warm,
+            failsafe=failsafe,
         )
     return [placements[name] for name in sorted(placements)]
 

@@ -33,16 +33,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from perseus import metrics
 from perseus import version as release
+from perseus.core.decisions import failsafe as fs
 from perseus.core.decisions import lapses_in_s, past_renew_deadline, runs_without_claim, takes_over_lapsed
 from perseus.core.pause import in_force, paused_for_ms, watch_ends
 from perseus.errors import (
@@ -62,18 +64,25 @@ from perseus.models import (
     Claim,
     ConnectorFailure,
     EventKind,
+    GrantRequest,
+    InstanceStatus,
     LeaseRequest,
     NetworkEvent,
+    PromiseAnswer,
+    PromiseRequest,
+    RosterAnswer,
     StandbyLeaseRequest,
 )
 from perseus.timing import (
     DETACHED_FLOOR_S,
     DETACHED_INTERVALS,
+    FAILSAFE_EVENT_GIVE_UP_S,
     LAPSE_LOOK_S,
     MIN_INTERVAL_S,
     OUTAGE_MEMORY_INTERVALS,
     RECANCEL_S,
     RENEWAL_BOUND_FLOOR_S,
+    failsafe_probe_s,
     renew_deadline_s,
     ttl_ms,
 )
@@ -91,6 +100,20 @@ RecordEvent = Callable[[NetworkEvent], Awaitable[object]]
 #: Answers whether an instance workflow is definitely closed (True), running (False) or unknown
 #: (None: Temporal did not answer — keep going).
 WorkflowClosed = Callable[[str], Awaitable[bool | None]]
+
+
+class FailsafeCalls(Protocol):
+    """The failsafe's messages through Temporal (``activities/failsafe.py`` over the worker's client)."""
+
+    async def read(self, exchange: str) -> RosterAnswer | None: ...
+
+    async def ask(self, workflow_id: str, req: PromiseRequest) -> PromiseAnswer: ...
+
+
+def boottime() -> float:
+    """CLOCK_BOOTTIME: the holder's failsafe clock. It counts a suspended host's sleep, so a holder
+    that wakes from a suspend finds its horizon passed (docs/design.md, "Failsafe", invariant 6)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 class _Beat:
@@ -157,14 +180,43 @@ class HeldClaim(_Loop):
     stopped_at: datetime | None = None
     #: Status fields a failed renewal could not deliver (a reported error), sent with the next one.
     unsent: dict[str, object] = field(default_factory=dict)
+    #: The failsafe's memory on the holder's side, on CLOCK_BOOTTIME (None: the failsafe is off for
+    #: this claim, and nothing of it runs): the last renewal, the rounds and the promises counted.
+    facts: fs.HolderFacts | None = None
+    #: When a renewal first failed (or went a quarter interval overdue) since the last one counted.
+    failed_since: float | None = None
+    last_round_at: float | None = None
+    #: Acting past the renew deadline on promises alone (the status, the metric, the log).
+    holding: bool = False
+    #: Of the latest round, who refused and why (the status; the design keeps refusals for it).
+    refusals: dict[str, str] = field(default_factory=dict)
+    rounds: asyncio.Task[None] | None = None
+    #: The record as the last counted renewal left it: what a re-establishment writes back.
+    last_record: str | None = None
+    #: The failsafe's events on their way to the stream, the latest last: each waits for the one
+    #: before it, so that "ended" never lands before "holding".
+    events: asyncio.Task[None] | None = None
 
     @property
     def claim(self) -> Claim:
         assert self.request is not None
         return self.request.claim
 
+    @property
+    def timing(self) -> fs.FailsafeTiming:
+        return fs.FailsafeTiming.of(self.interval_s)
+
+    def until(self) -> float:
+        """Until when (CLOCK_MONOTONIC) the connector may act: the renew deadline, or — failsafe on
+        — the horizon its promises give it (``failsafe.acts_until``), whichever is later."""
+        deadline = self.last_ok + renew_deadline_s(self.interval_s)
+        if self.facts is None:
+            return deadline
+        horizon = fs.acts_until(self.facts, self.timing, failsafe=True)
+        return max(deadline, time.monotonic() + (horizon - boottime()))
+
     def within_deadline(self) -> bool:
-        return time.monotonic() - self.last_ok <= renew_deadline_s(self.interval_s)
+        return time.monotonic() <= self.until()
 
 
 @dataclass
@@ -221,8 +273,11 @@ class LeaseKeeper:
         watchdog: Watchdog | None = None,
         workflow_closed: WorkflowClosed | None = None,
         record_event: RecordEvent | None = None,
+        failsafe: FailsafeCalls | None = None,
     ) -> None:
         self._store = store
+        #: How a failsafe holder reads its roster and asks for promises (None: it holds on nothing).
+        self._failsafe = failsafe
         #: Claim renewals leave in shared slots, one pipeline per slot (see perseus/host/grid.py).
         self._grid = RenewalGrid(store)
         self._record_event = record_event
@@ -235,6 +290,15 @@ class LeaseKeeper:
         #: Repeated cancellations in flight (see _cancel_for_sure), kept so they are not collected.
         self._cancelling: set[asyncio.Task[None]] = set()
         self.standbys: dict[str, WatchedStandby] = {}
+        #: The failsafe's granter side (docs/design.md, "Failsafe"), on CLOCK_MONOTONIC: a keeper
+        #: that starts has forgotten the promises its process gave, so it is bound from its start
+        #: (invariant 3); and, per exchange, until when a promise or an enrolment binds this host.
+        self._started = time.monotonic()
+        self._bounds: dict[int, float] = {}
+        #: Each asked instance's last answer and when: a line only when it changes or the asking
+        #: had stopped for a promise's length (a fleet-wide outage asks every standby twice an
+        #: interval).
+        self._answered: dict[str, tuple[str, float]] = {}
 
     # --- claims --------------------------------------------------------------------------------
 
@@ -260,6 +324,9 @@ class LeaseKeeper:
         if valid_from is not None:
             held.last_ok = valid_from
         held.task = asyncio.create_task(self._renew(held), name=f"renew {req.workflow_id}")
+        if req.failsafe and req.exchange is not None and self._failsafe is not None:
+            held.facts = fs.HolderFacts(renewed_at=boottime())
+            held.rounds = asyncio.create_task(self._rounds(held), name=f"failsafe {req.workflow_id}")
         self.claims[req.workflow_id] = held
         return held
 
@@ -292,7 +359,7 @@ class LeaseKeeper:
             # Bounded by what is left of the renew deadline (a Redis that hangs must not keep this
             # loop from stopping the connector in time) and by half an interval. asyncio.timeout
             # rather than wait_for: the same bound without a task per renewal.
-            bound = max(RENEWAL_BOUND_FLOOR_S, min(held.last_ok + deadline - time.monotonic(), interval / 2))
+            bound = max(RENEWAL_BOUND_FLOOR_S, min(held.until() - time.monotonic(), interval / 2))
             renewal = Renewal(req.exchange_id, req.claim.instance_id, req.claim.epoch, patch, ttl)
             # Redis runs the renewal after this instant: the claim's validity counts from here, not
             # from the reply, which may come back up to the bound later — a standby's claim-over line
@@ -306,6 +373,7 @@ class LeaseKeeper:
                     reply = await self._grid.renew(renewal, bound)
             except (ServiceUnavailable, TimeoutError) as exc:
                 held.unsent = {k: v for k, v in patch.items() if k in ("lastError", "lastErrorAt")}
+                self._renewal_failed(held)
                 log.warning("renewal of %s failed: %s", req.workflow_id, exc or "Redis too slow")
             except Exception as exc:  # noqa: BLE001 - any other answer is a failed renewal too
                 # Redis refused this claim's renewal (a key of the wrong type, say): not renewed, like
@@ -313,21 +381,35 @@ class LeaseKeeper:
                 # stops its connector, and the workflow hears why; a dead loop would leave the lease
                 # heartbeating over a claim nobody renews.
                 held.unsent = {k: v for k, v in patch.items() if k in ("lastError", "lastErrorAt")}
+                self._renewal_failed(held)
                 log.error("renewal of %s refused: %s: %s", req.workflow_id, type(exc).__name__, exc)
             else:
                 held.unsent = {}
-                if reply.outcome != "ok":
+                unsettled = False
+                if reply.outcome == "missing" and self._reestablishes(held):
+                    # Failsafe on: an absent key may be written back (invariant 7); None: that
+                    # write did not get through, which counts as a failed renewal.
+                    back = await self._key_absent(held, patch, ttl, bound)
+                    if back is None:
+                        unsettled = True
+                        self._renewal_failed(held)
+                    else:
+                        reply = back
+                if unsettled:
+                    pass
+                elif reply.outcome != "ok":
                     lost = ClaimMissing if reply.outcome == "missing" else ClaimLost
                     await self._end(held, lost(_lost_message(reply)))
                     return
-                self._renewed(held, due, sent)
-                if "lastError" in patch:  # the reply's record is parsed only here (rare)
-                    self._reported_error(str(patch["lastError"]), reply.status)
-                connector = self._connectors.get(req.workflow_id)
-                if connector is not None and (fault := connector.fault()) is not None:
-                    await self._connectors.stop(req.workflow_id, "connector failed")
-                    held.report = _fault_error(fault)
-                    log.info("%s: connector failed while active: %s", req.workflow_id, fault.reason)
+                else:
+                    self._renewed(held, due, sent, reply)
+                    if "lastError" in patch:  # the reply's record is parsed only here (rare)
+                        self._reported_error(str(patch["lastError"]), reply.status)
+                    connector = self._connectors.get(req.workflow_id)
+                    if connector is not None and (fault := connector.fault()) is not None:
+                        await self._connectors.stop(req.workflow_id, "connector failed")
+                        held.report = _fault_error(fault)
+                        log.info("%s: connector failed while active: %s", req.workflow_id, fault.reason)
             if not held.within_deadline():
                 await self._end(held, RenewDeadline(self._deadline_message(deadline, ttl)))
                 return
@@ -344,7 +426,19 @@ class LeaseKeeper:
             # Woken at the start of the grid slot holding the due time: up to a slot early (safe),
             # together with the slot's other renewals.
             due += interval
-            await self._grid.until(due)
+            await self._until_due(held, due)
+
+    async def _until_due(self, held: HeldClaim, due: float) -> None:
+        """Wait for the next renewal — but a failsafe holder whose horizon comes first wakes at the
+        horizon, so that the loop's check stops its connector then, not up to an interval later."""
+        while held.facts is not None and held.failed_since is not None:
+            until = held.until()
+            if until >= due:
+                break
+            await asyncio.sleep(max(0.0, until - time.monotonic()) + LAPSE_LOOK_S)
+            if not held.within_deadline():
+                return
+        await self._grid.until(due)
 
     def _reported_error(self, error: str, status: StatusRead) -> None:
         """An error the connector reported (``PERSEUS error=…``), now in the status key, goes to the
@@ -400,15 +494,21 @@ class LeaseKeeper:
             return
         held = self.claims.get(workflow_id)
         if held is not None and held.ended is None:
-            self._watchdog.arm(pgid, held.last_ok + renew_deadline_s(held.interval_s))
+            self._watchdog.arm(pgid, held.until())
         else:  # no renewals known here: allow no more than the shortest deadline from now
             self._watchdog.arm(pgid, time.monotonic() + renew_deadline_s(MIN_INTERVAL_S))
 
-    def _renewed(self, held: HeldClaim, due: float, sent: float) -> None:
+    def _renewed(self, held: HeldClaim, due: float, sent: float, reply: FenceReply) -> None:
         """A renewal sent at ``sent`` (monotonic) for the slot ``due`` was taken by Redis."""
         req = held.request
         assert req is not None
         answered = time.monotonic()
+        if held.facts is not None:
+            # Counted renewal: the failsafe's rounds stop; the promises run out on their own.
+            held.facts = fs.prune(replace(held.facts, renewed_at=boottime()), boottime(), held.timing)
+            held.failed_since = None
+            held.last_record = reply.raw
+            self._holding(held, False)
         held.last_ok = sent
         held.last_renewed = datetime.now(UTC)
         held.renewals += 1
@@ -441,6 +541,7 @@ class LeaseKeeper:
             held.stopped_at = datetime.now(UTC)
         if pgid is not None and self._watchdog is not None:
             self._watchdog.disarm(pgid)
+        self._holding(held, False, why=str(why))
         held.ended = why
         held.beat.pulse()
         if isinstance(why, ClaimMissing) and not stopped:
@@ -457,6 +558,283 @@ class LeaseKeeper:
             f"could not renew the claim for {deadline:.1f}s (renew deadline; TTL {ttl / 1000:.1f}s): "
             "connector stopped"
         )
+
+    # --- the failsafe: a holder that cannot renew ----------------------------------------------
+
+    def _renewal_failed(self, held: HeldClaim) -> None:
+        if held.facts is not None and held.failed_since is None:
+            held.failed_since = boottime()
+
+    def _reestablishes(self, held: HeldClaim) -> bool:
+        """Redis answers again and the key is absent (``failsafe.when_redis_answers``): whether the
+        same record is written back — failsafe on and the connector acting — instead of stopping."""
+        req = held.request
+        if req is None or held.facts is None or held.last_record is None:
+            return False
+        connector = self._connectors.get(req.workflow_id)
+        acting = connector is not None and not _demoted(connector)
+        action = fs.when_redis_answers(fs.KeyAnswer.ABSENT, acting=acting, failsafe=True)
+        return action is fs.KeyAction.REESTABLISH
+
+    async def _key_absent(
+        self, held: HeldClaim, patch: dict[str, object], ttl: int, bound: float
+    ) -> FenceReply | None:
+        """Write the holder's record back into its absent key, same instanceId and epoch
+        (invariant 7). None: Redis did not take it (a failed renewal)."""
+        req = held.request
+        assert req is not None and held.last_record is not None
+        record = {**json.loads(held.last_record), **patch}
+        try:
+            async with asyncio.timeout(bound):
+                reply = await self._store.reestablish(req.exchange_id, record, ttl)
+        except Exception as exc:  # noqa: BLE001 - not written: as a failed renewal
+            log.warning("%s: could not re-establish its key: %s", req.workflow_id, exc or "Redis too slow")
+            return None
+        if reply.outcome == "ok":
+            log.info(
+                "%s: Redis answers again without its key: re-established at epoch %s",
+                req.workflow_id,
+                req.claim.epoch,
+            )
+        return reply
+
+    async def _rounds(self, held: HeldClaim) -> None:
+        """Ask for promises while renewals fail (``failsafe.next_round_at``): the first round as
+        soon as a renewal failed or went a quarter interval overdue, then every half interval on a
+        fixed schedule; a round never waits for an earlier one."""
+        req = held.request
+        assert req is not None and held.facts is not None
+        timing = held.timing
+        overdue = held.interval_s + failsafe_probe_s(held.interval_s)
+        asking: set[asyncio.Task[None]] = set()
+        try:
+            while held.ended is None:
+                now = boottime()
+                facts = held.facts
+                failed = held.failed_since
+                if failed is None and now >= facts.renewed_at + overdue:
+                    failed = facts.renewed_at + overdue
+                at = fs.next_round_at(failed_since=failed, last_round_at=held.last_round_at, timing=timing)
+                if at is None:
+                    await asyncio.sleep(max(facts.renewed_at + overdue - now, 0.0) + LAPSE_LOOK_S)
+                    continue
+                if at > now:
+                    await asyncio.sleep(at - now)
+                    continue
+                held.last_round_at = now
+                task = asyncio.create_task(self._round(held, now), name=f"round {req.workflow_id}")
+                asking.add(task)
+                task.add_done_callback(asking.discard)
+        finally:
+            for task in list(asking):
+                task.cancel()
+
+    async def _round(self, held: HeldClaim, asked_at: float) -> None:
+        """One round: read the roster (after ``asked_at``), ask every other member, count each
+        grant from ``asked_at``. Bounded by how long its promises could count at all."""
+        req = held.request
+        assert req is not None and req.exchange is not None and self._failsafe is not None
+        calls = self._failsafe
+        counted = held.timing.counted_s
+        try:
+            async with asyncio.timeout(counted):
+                roster = await calls.read(req.exchange)
+        except Exception as exc:  # noqa: BLE001 - no roster, no round: the horizon does not move
+            log.warning("%s: failsafe round without a roster: %s", req.workflow_id, exc or "no answer")
+            return
+        names = {m.workflow_id for m in roster.members} if roster is not None else set()
+        if req.workflow_id not in names:
+            # A roster that does not hold its own holder is not this exchange's roster (restarted
+            # empty, say): it cannot vouch that nobody else could claim.
+            log.warning("%s: not in the roster of %s; no failsafe round", req.workflow_id, req.exchange)
+            return
+        members = frozenset(names - {req.workflow_id})
+        assert held.facts is not None
+        held.facts = fs.start_round(held.facts, asked_at, members)
+        question = PromiseRequest(
+            exchange_id=req.exchange_id,
+            exchange=req.exchange,
+            holder_instance_id=req.claim.instance_id,
+            epoch=req.claim.epoch,
+            holder_workflow_id=req.workflow_id,
+        )
+
+        async def ask(member: str) -> None:
+            try:
+                async with asyncio.timeout(max(0.0, asked_at + counted - boottime())):
+                    answer = await calls.ask(member, question)
+            except Exception as exc:  # noqa: BLE001 - no answer: no promise from it this round
+                held.refusals[member] = f"no answer: {exc or 'timed out'}"
+                return
+            if not answer.granted:
+                held.refusals[member] = answer.reason
+            elif held.facts is not None and held.ended is None:
+                held.refusals.pop(member, None)
+                held.facts = fs.record_grant(held.facts, member, asked_at)
+            self._extended(held)
+
+        await asyncio.gather(*(ask(m) for m in sorted(members)))
+        self._extended(held)
+
+    def _extended(self, held: HeldClaim) -> None:
+        """What the promises counted so far allow: the watchdog and the journal learn the horizon,
+        the status and the metric whether the holder is holding. A stopped claim is never revived
+        (invariant 5): this runs only while its loop lives."""
+        req = held.request
+        if held.ended is not None or held.facts is None or req is None:
+            return
+        now = boottime()
+        held.facts = fs.prune(held.facts, now, held.timing)
+        verdict = fs.holder_verdict(now, held.facts, held.timing, failsafe=True)
+        until = held.until()
+        # From the moment promises reach past the renew deadline (before it passes: a watchdog
+        # armed only with the deadline would kill the connector there).
+        if until > held.last_ok + renew_deadline_s(held.interval_s):
+            self._connectors.record("valid_until", req.workflow_id, until=until, epoch=req.claim.epoch)
+            connector = self._connectors.get(req.workflow_id)
+            pgid = connector.process_group() if connector is not None else None
+            if pgid is not None and self._watchdog is not None:
+                self._watchdog.arm(pgid, until)
+        self._holding(held, verdict.holding, verdict)
+
+    def _holding(
+        self,
+        held: HeldClaim,
+        holding: bool,
+        verdict: fs.HolderVerdict | None = None,
+        why: str = "Redis answers again",
+    ) -> None:
+        """One line, the metric and an event when holding on promises starts or ends."""
+        req = held.request
+        if req is None or holding == held.holding:
+            return
+        held.holding = holding
+        metrics.failsafe_holding(req.exchange or str(req.exchange_id), holding)
+        if holding and verdict is not None:
+            detail = (
+                f"holding through a Redis outage, promises from {verdict.promised} of "
+                f"{verdict.members} standbys"
+            )
+            log.warning("%s: failsafe: %s", req.workflow_id, detail)
+        else:
+            detail = f"no longer holding on promises: {why}"
+            log.info("%s: failsafe: %s", req.workflow_id, detail)
+        self._failsafe_event(
+            held, EventKind.FAILSAFE_HOLDING if holding else EventKind.FAILSAFE_ENDED, detail
+        )
+
+    def _failsafe_event(self, held: HeldClaim, kind: EventKind, detail: str) -> None:
+        """The event of a failsafe's start or end, written once Redis takes it (Redis is what is
+        down when holding starts): tried again every interval, in order, each exactly once (the
+        stream write is idempotent by eventId)."""
+        req = held.request
+        if self._record_event is None or req is None or held.last_record is None:
+            return
+        try:
+            doc = InstanceStatus.model_validate_json(held.last_record)
+        except ValueError:
+            return
+        event = NetworkEvent(
+            event=kind,
+            event_id=str(uuid.uuid4()),
+            timestamp=datetime.now(UTC),
+            exchange_id=doc.exchange_id,
+            exchange_name=doc.exchange_name,
+            hostname=doc.hostname,
+            ip=doc.ip_address,
+            instance_id=req.claim.instance_id,
+            epoch=req.claim.epoch,
+            admin_email=doc.admin_email,
+            state=doc.connection_state,
+            detail=detail,
+        )
+        before = held.events
+        held.events = asyncio.create_task(
+            self._record_in_turn(event, before, held.interval_s), name=f"event {event.event_id}"
+        )
+        self._events.add(held.events)
+        held.events.add_done_callback(self._events.discard)
+
+    async def _record_in_turn(
+        self, event: NetworkEvent, before: asyncio.Task[None] | None, every_s: float
+    ) -> None:
+        assert self._record_event is not None
+        if before is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await before
+        give_up = time.monotonic() + FAILSAFE_EVENT_GIVE_UP_S
+        while True:
+            try:
+                await self._record_event(event)
+                return
+            except Exception as exc:  # noqa: BLE001 - Redis still away: try again next interval
+                if time.monotonic() > give_up:
+                    log.warning(
+                        "%s event of %s not recorded: %s", event.event.value, event.exchange_name, exc
+                    )
+                    return
+            await asyncio.sleep(every_s)
+
+    def failsafe_state(self, workflow_id: str) -> fs.HolderVerdict | None:
+        """The holder's failsafe now (None: no such claim, or its failsafe is off)."""
+        held = self.claims.get(workflow_id)
+        if held is None or held.facts is None or held.ended is not None:
+            return None
+        return fs.holder_verdict(boottime(), held.facts, held.timing, failsafe=True)
+
+    # --- the failsafe: what this host promised -------------------------------------------------
+
+    def failsafe_bound(self, exchange_id: int, interval_s: float) -> float:
+        """Until when (CLOCK_MONOTONIC) this host may not claim ``exchange_id`` with its failsafe on:
+        the latest promise or enrolment, and never before its keeper's start plus a promise."""
+        timing = fs.FailsafeTiming.of(interval_s)
+        started = fs.bound_until(fs.NEVER, promised_at=self._started, timing=timing)
+        return max(started, self._bounds.get(exchange_id, fs.NEVER))
+
+    def failsafe_refusal(self, exchange_id: int, interval_s: float) -> str | None:
+        """Why a claim of ``exchange_id`` (failsafe on) may not run on this host now, or None."""
+        return fs.claim_refusal(time.monotonic(), self.failsafe_bound(exchange_id, interval_s))
+
+    def bind(self, exchange_id: int, interval_s: float) -> None:
+        """Bound from now for a promise's length (a grant, or an enrolment): promises only extend."""
+        now = time.monotonic()
+        self._bounds = {ex: until for ex, until in self._bounds.items() if until > now}
+        self._bounds[exchange_id] = fs.bound_until(
+            self._bounds.get(exchange_id, fs.NEVER), promised_at=now, timing=fs.FailsafeTiming.of(interval_s)
+        )
+
+    async def grant(self, req: GrantRequest) -> PromiseAnswer:
+        """A holder that cannot renew asks this host's instance not to claim: probe Redis now
+        (bounded by a quarter interval), decide (``failsafe.grant_verdict``) and, on a grant,
+        record the bound *before* answering."""
+        try:
+            async with asyncio.timeout(failsafe_probe_s(req.heartbeat_interval_s)):
+                await self._store.holder(req.exchange_id)
+        except Exception:  # noqa: BLE001 - any failure to read the key is Redis not answering here
+            answers = False
+        else:
+            answers = True
+        holds = req.holds_claim or any(
+            h.ended is None and h.request is not None and h.request.exchange_id == req.exchange_id
+            for h in self.claims.values()
+        )
+        watched = self.standbys.get(req.workflow_id)
+        seen = max(req.highest_epoch_seen, watched.last_epoch if watched is not None else 0)
+        verdict = fs.grant_verdict(
+            failsafe=req.failsafe,
+            holds_claim=holds,
+            redis_answers=answers,
+            asker_epoch=req.asker_epoch,
+            highest_epoch_seen=seen,
+        )
+        if verdict.grant:
+            self.bind(req.exchange_id, req.heartbeat_interval_s)
+        said, now = f"{'granted' if verdict.grant else 'refused'}: {verdict.reason}", time.monotonic()
+        before, at = self._answered.get(req.workflow_id, ("", fs.NEVER))
+        self._answered[req.workflow_id] = (said, now)
+        if said != before or now - at > fs.FailsafeTiming.of(req.heartbeat_interval_s).promise_s:
+            log.info("%s: failsafe promise for epoch %s %s", req.workflow_id, req.asker_epoch, said)
+        return PromiseAnswer(granted=verdict.grant, reason=verdict.reason)
 
     # --- standbys ------------------------------------------------------------------------------
 
@@ -669,7 +1047,8 @@ class LeaseKeeper:
             log.warning("%s: its workflow has closed; this host stops renewing for it", loop.workflow_id)
 
     def _cancel(self, loop: _Loop) -> None:
-        for task in (loop.task, loop.orphan_check):
+        rounds = loop.rounds if isinstance(loop, HeldClaim) else None
+        for task in (loop.task, loop.orphan_check, rounds):
             if task is not None and not task.done():
                 self._cancel_for_sure(task)
 
@@ -710,6 +1089,11 @@ class LeaseKeeper:
         for loop in loops:
             self._cancel(loop)
         tasks = [t for loop in loops for t in (loop.task, loop.orphan_check) if t is not None]
+        tasks += [h.rounds for h in self.claims.values() if h.rounds is not None]
+        for held in self.claims.values():  # a failsafe event still waiting for Redis: given up
+            if held.events is not None and not held.events.done():
+                held.events.cancel()
+                tasks.append(held.events)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         await self._grid.close()

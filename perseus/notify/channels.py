@@ -72,6 +72,8 @@ _WHAT: dict[EventKind, str] = {
     EventKind.HANDOFF: "handoff",
     EventKind.PAUSED: "paused",
     EventKind.RESUMED: "resumed",
+    EventKind.FAILSAFE_HOLDING: "failsafe holding",
+    EventKind.FAILSAFE_ENDED: "failsafe ended",
 }
 
 

@@ -57,6 +57,8 @@ COLOURS: dict[EventKind, int] = {
     EventKind.COMMAND_REFUSED: 0xC27C0E,  # dark yellow
     EventKind.PAUSED: 0xF1C40F,  # yellow
     EventKind.RESUMED: 0x2ECC71,  # green
+    EventKind.FAILSAFE_HOLDING: 0xF39C12,  # amber
+    EventKind.FAILSAFE_ENDED: 0x27AE60,  # green
 }
 
 #: Kinds that produce a message. A standby registering changes nothing for anyone and is only logged.
@@ -77,6 +79,8 @@ _HEADLINES: dict[EventKind, str] = {
     EventKind.COMMAND_REFUSED: "command refused",
     EventKind.PAUSED: "paused (no automatic failover)",
     EventKind.RESUMED: "resumed",
+    EventKind.FAILSAFE_HOLDING: "failsafe: holding through a Redis outage",
+    EventKind.FAILSAFE_ENDED: "failsafe: no longer holding",
 }
 
 _MARKDOWN = str.maketrans({c: "\\" + c for c in "\\*_~`|>#[]()"})

@@ -33,6 +33,7 @@ from perseus.keys import parse_iso
 from perseus.models import (
     EventKind,
     Exchange,
+    FailsafeView,
     InstanceStatus,
     StandbyRecord,
     Wire,
@@ -119,6 +120,9 @@ class InstanceView(Wire):
     paused: bool = False
     paused_until: str | None = None
     paused_by: str | None = None
+    #: The exchange's failsafe (docs/design.md, "Failsafe"), read from Temporal by the views that
+    #: connect to it (``perseus status EXCHANGE``, the API's exchange view); None: off, or not read.
+    failsafe: FailsafeView | None = None
 
 
 def heartbeat_colour(age_s: float, interval_s: float = DEFAULT_INTERVAL_S) -> str:

@@ -146,6 +146,39 @@ redis.call('SET', KEYS[1], out, 'PX', ttl)
 return {'ok', out}
 """
 
+# The failsafe's re-establishment (docs/design.md, "Failsafe", invariant 7): a holder whose
+# connector still acts on promises finds its key absent when Redis answers again (expired during the
+# outage, or Redis came back empty) and writes its own record back — same instanceId, same epoch,
+# SET NX with its TTL. A key that is there is not touched: ours ('ok', a renewal crossed this write)
+# or anyone else's ('fenced', the current record: stop at once, as a failed renewal does).
+# With KEYS[2] (the epoch counter, on a single server) the counter is raised to the epoch first, in
+# the same step, so the next claim's epoch is above it even after Redis lost its data.
+_REESTABLISH = """
+if KEYS[2] then
+  local e = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+  if e < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
+end
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, doc = pcall(cjson.decode, cur)
+  if ok and type(doc) == 'table' and doc['instanceId'] == ARGV[1]
+      and tonumber(doc['epoch']) == tonumber(ARGV[2]) then
+    return {'ok', cur}
+  end
+  return {'fenced', cur}
+end
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+return {'ok', ARGV[3]}
+"""
+
+# Raise the epoch counter to at least ARGV[1] (never lowers it): the counter's half of the
+# re-establishment on a cluster, where the counter lives in another hash slot than the status key.
+_RAISE_EPOCH = """
+local e = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if e < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return math.max(e, tonumber(ARGV[1]))
+"""
+
 # XADD exactly once per eventId: a retried activity finds its entry among the newest ones and
 # returns its id instead of writing a duplicate. Retries come within seconds or minutes; the
 # window (the newest 500 entries of one exchange's stream) is far wider than that.
@@ -522,6 +555,11 @@ class FenceReply:
         self._read: StatusRead | None = None
 
     @property
+    def raw(self) -> str | None:
+        """The record as Redis holds it (unparsed): what a failsafe holder writes back."""
+        return self._raw
+
+    @property
     def status(self) -> StatusRead:
         """The record (None after a delete, when the key was missing, or when it is unreadable)."""
         if self._read is None:
@@ -555,6 +593,8 @@ class RedisStore:
         self._claim = client.register_script(_CLAIM)
         self._next_epoch = client.register_script(_NEXT_EPOCH)
         self._fenced = client.register_script(_FENCED)
+        self._reestablish = client.register_script(_REESTABLISH)
+        self._raise_epoch = client.register_script(_RAISE_EPOCH)
         self._xadd_once = client.register_script(_XADD_ONCE)
         self._take_marker = client.register_script(_TAKE_MARKER)
         self._drop_marker = client.register_script(_DROP_MARKER)
@@ -705,6 +745,24 @@ class RedisStore:
         else:
             outcome, raw = await self._run(self._fenced(keys=keys, args=args))
         metrics.fenced_write(mode, outcome)
+        return FenceReply(outcome=outcome, raw=raw or None)
+
+    async def reestablish(self, exchange_id: int, record: dict[str, object], ttl_ms: int) -> FenceReply:
+        """Write the holder's own ``record`` back if its status key is absent (the failsafe's
+        invariant 7): same instanceId and epoch, with ``ttl_ms``; the epoch counter is raised to
+        the epoch first. ``ok``: the key holds this claim now (written, or a renewal was there
+        first); ``fenced``: someone else's record is there (``raw``) — the holder stops. Counted
+        like a renewal: only once the replicas hold it."""
+        instance_id, epoch = str(record["instanceId"]), int(str(record["epoch"]))
+        args: list[str | int] = [instance_id, epoch, json.dumps(record), ttl_ms]
+        if self._single_server:
+            keys = [status_key(exchange_id), epoch_key(exchange_id)]
+        else:
+            # Two hash slots: the counter first, so that no claim can ever take this epoch again.
+            await self._acked(self._raise_epoch, [epoch_key(exchange_id)], [epoch])
+            keys = [status_key(exchange_id)]
+        outcome, raw = await self._acked(self._reestablish, keys, args)
+        metrics.fenced_write("reestablish", outcome)
         return FenceReply(outcome=outcome, raw=raw or None)
 
     def renewal_groups(self, exchange_ids: list[int]) -> list[list[int]]:

@@ -449,3 +449,55 @@ async def test_a_renewal_counts_from_its_sending_not_from_its_slow_reply(
         assert time.monotonic() - held.last_ok >= reply_delay_s  # not the moment the reply came
     finally:
         await keeper.close()
+
+
+async def test_a_granter_promises_only_without_redis_and_is_bound_before_it_answers(
+    store: RedisStore, servers: Servers
+) -> None:
+    """The failsafe's granter side (docs/design.md, "Failsafe"): a keeper that starts is bound for a
+    promise's length; a host that still reaches Redis refuses (so a Redis lost to the holder alone
+    ends in a failover); one that does not grants, and is bound from then on whatever Redis says."""
+    from perseus.models import GrantRequest
+    from perseus.timing import failsafe_promise_s
+
+    exchange_id = 900_000 + uuid.uuid4().int % 100_000
+    ask = GrantRequest(
+        workflow_id="instance-k-h",
+        exchange_id=exchange_id,
+        heartbeat_interval_s=INTERVAL,
+        failsafe=True,
+        holds_claim=False,
+        asker_epoch=7,
+        highest_epoch_seen=7,
+    )
+    reaching = LeaseKeeper(store, ConnectorHost())
+    assert reaching.failsafe_refusal(exchange_id, INTERVAL) is not None  # it just started
+    answer = await reaching.grant(ask)
+    assert not answer.granted and "Redis answers here" in answer.reason
+    assert (await reaching.grant(ask.model_copy(update={"holds_claim": True}))).reason == (
+        "it holds the claim itself"
+    )
+    assert not (await reaching.grant(ask.model_copy(update={"asker_epoch": 6}))).granted
+    await asyncio.sleep(failsafe_promise_s(INTERVAL))
+    assert reaching.failsafe_refusal(exchange_id, INTERVAL) is None  # refusing bound it to nothing
+    await reaching.close()
+
+    proxy = await StallableProxy(servers.redis_port).start()
+    client = make_client(servers.redis_url.replace(f":{servers.redis_port}/", f":{proxy.port}/"))
+    try:
+        cut_off = LeaseKeeper(RedisStore(client), ConnectorHost())
+        await proxy.down()
+        answer = await cut_off.grant(ask)
+        assert answer.granted, answer.reason
+        bound = cut_off.failsafe_bound(exchange_id, INTERVAL) - time.monotonic()
+        assert bound > failsafe_promise_s(INTERVAL) - 0.5
+        await proxy.up()
+        await asyncio.sleep(failsafe_promise_s(INTERVAL) / 2)
+        refusal = cut_off.failsafe_refusal(exchange_id, INTERVAL)
+        assert refusal is not None and "failsafe promise" in refusal  # Redis answering changes nothing
+        await asyncio.sleep(failsafe_promise_s(INTERVAL) / 2 + 0.1)
+        assert cut_off.failsafe_refusal(exchange_id, INTERVAL) is None
+        await cut_off.close()
+    finally:
+        await client.aclose()
+        await proxy.close()

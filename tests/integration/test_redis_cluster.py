@@ -438,3 +438,28 @@ async def test_the_keeper_sends_each_node_its_own_batch(cluster: Cluster) -> Non
     finally:
         await keeper.close()
         await client.aclose()
+
+
+async def test_the_failsafe_reestablishes_a_key_on_the_cluster_counter_first(
+    cluster_store: RedisStore,
+) -> None:
+    """The failsafe's re-establishment on a cluster: the status key and the epoch counter live in
+    different hash slots, so the counter is raised in a step of its own, first; the key is written
+    back only if absent, and anyone else's record is left alone."""
+    store = cluster_store
+    client = store.client
+    assert isinstance(client, RedisCluster)
+    await client.initialize()
+    base = 9_000_000 + uuid.uuid4().int % 1_000_000
+    ex = next(
+        i for i in range(base, base + 100) if node_of(client, status_key(i)) != node_of(client, epoch_key(i))
+    )
+    record = _payload(ex, "holder", 12)
+    back = await store.reestablish(ex, record, 30_000)
+    assert back.outcome == "ok" and json.loads(back.raw or "{}") == record
+    assert await store.epoch(ex) == 12 and await store.next_epoch(ex, floor=0) == 13
+    assert (await store.reestablish(ex, record, 30_000)).outcome == "ok"  # ours: untouched
+    await client.delete(status_key(ex))
+    await store.claim(ex, _payload(ex, "rival", 13), ttl_ms=30_000)
+    assert (await store.reestablish(ex, record, 30_000)).outcome == "fenced"
+    assert json.loads((await store.raw_status(ex))[0] or "{}")["instanceId"] == "rival"

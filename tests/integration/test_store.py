@@ -147,3 +147,27 @@ async def test_a_claim_takes_over_a_key_left_unrenewed_past_its_holders_deadline
         reply = await store.claim(ex, payload("c", 5), 3000, take_lapsed_after=2.1)
         assert reply.outcome == "held", doc
         assert '"c"' not in str(await store.client.get(status_key(ex)))
+
+
+async def test_reestablish_writes_the_same_claim_back_only_into_an_absent_key(store: RedisStore) -> None:
+    """The failsafe's invariant 7: an absent key is written back with the same instanceId and epoch
+    and the counter raised to it; a key held by this claim is left as it is; anyone else's is a
+    fencing answer and is not touched."""
+    ex = fresh_id()
+    record = {**payload("a", 7), "connectionState": "active"}
+    back = await store.reestablish(ex, record, 3000)  # Redis came back empty: no key, no counter
+    assert back.outcome == "ok" and back.raw is not None and json.loads(back.raw) == record
+    assert json.loads(str(await store.client.get(status_key(ex)))) == record
+    assert 0 < await store.client.pttl(status_key(ex)) <= 3000
+    assert await store.epoch(ex) == 7
+    assert await store.next_epoch(ex, 0) == 8  # the next claim's epoch is above the held one
+
+    await store.reestablish(ex, record, 3000)  # ours already: unchanged, still ok
+    assert (await store.reestablish(ex, record, 3000)).outcome == "ok"
+    assert await store.epoch(ex) == 8  # never lowered
+
+    other = fresh_id()
+    await store.claim(other, payload("b", 9), 3000)
+    fenced = await store.reestablish(other, {**payload("a", 7)}, 3000)
+    assert fenced.outcome == "fenced" and fenced.raw is not None
+    assert json.loads(str(await store.client.get(status_key(other))))["instanceId"] == "b"

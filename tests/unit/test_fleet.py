@@ -41,6 +41,7 @@ ready_timeout = 20
 stop_grace = 3
 restart = "on-failure"
 warm = true
+failsafe = true
 
 [exchanges.kraken]
 hosts = ["host-b"]
@@ -60,6 +61,7 @@ def test_a_good_file_parses_into_placements() -> None:
     assert coinbase.admin_email == "admin@perseus.local"
     assert kraken.connector == ConnectorSpec() and kraken.heartbeat_interval_s == 2.5
     assert not kraken.warm
+    assert coinbase.failsafe and not kraken.failsafe  # off unless the file says so
     assert [coinbase.priority(h) for h in coinbase.hosts] == [1, 0]
 
 
@@ -126,6 +128,7 @@ K = "[exchanges.kraken]\nhosts = ['a']\n"  # a table with hosts, to which each c
         ("heartbeat_interval = true\n" + BASE, "heartbeat_interval: expected a number"),
         (BASE + "heartbeat_interval = 0\n", "exchanges.kraken.heartbeat_interval: the heartbeat"),
         (BASE + "warm = 'yes'\n", "exchanges.kraken.warm: expected true or false"),
+        (BASE + "failsafe = 1\n", "exchanges.kraken.failsafe: expected true or false"),
         (BASE + "admin_email = 3\n", "exchanges.kraken.admin_email: expected a string"),
         (BASE + "hots = ['a']\n", "exchanges.kraken.hots: unknown key"),
         ("exchanges = 3\n", "exchanges: no exchange declared"),
