@@ -30,7 +30,7 @@ chromium: $(CHROMIUM)
 test: install $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
-	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder
+	$(BIN)/pytest -n 3 --dist loadfile --no-loadscope-reorder --durations=15
 
 # The fast tier (under a minute, no servers): lint, types, the pure and unit tests, and every golden
 # history replayed against the workflow (tests/unit/test_replay.py).
