@@ -142,6 +142,10 @@ def make_pool(url: str, *, max_size: int = 5) -> AsyncConnectionPool[Any]:
         min_size=1,
         max_size=max_size,
         open=False,
+        # A connection cut while it sat idle (PostgreSQL restarted, a partition) is found out at
+        # checkout and replaced, not handed to the first query after the outage — which would fail
+        # and wait out its step's retry (a claim after a PostgreSQL outage, one second later).
+        check=AsyncConnectionPool.check_connection,
         timeout=POOL_TIMEOUT_S,
         reconnect_timeout=60.0,
         kwargs={

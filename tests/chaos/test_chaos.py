@@ -646,6 +646,9 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
                 await asyncio.sleep(0.1)
             else:
                 raise AssertionError(f"{best}'s standby record never came back after PostgreSQL did")
+            # The restarted standby's own steps that waited for PostgreSQL (its registration's
+            # records) finish first: the crash below is judged as a crash, not as the outage's tail.
+            await asyncio.sleep(2 * INTERVAL)
             cluster.kill(active)
             after = await cluster.wait_active(not_host=active)
             assert after["hostname"] == best, after
