@@ -677,29 +677,36 @@ async def warm_main(
         )
 
 
+async def scratch_servers(
+    base: Path, children: list[services.Service]
+) -> tuple[dict[str, str], str, Client, RedisStore]:
+    """Temporal, Redis and PostgreSQL of a bench's own under ``base`` (appended to ``children``,
+    which the caller stops): the workers' environment, the database URL, a client and a store."""
+    children.append(await services.start_temporal(base / "temporal", None, None))
+    children.append(await services.start_redis(base / "redis", None))
+    children.append(await services.start_postgres(base / "postgres", None, scratch=True))
+    tp, rp = children[0].port, children[1].port
+    database_url = await services.ensure_database(children[2], "perseus")
+    await db.apply_schema(database_url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PERSEUS_", "TEMPORAL_"))}
+    env.update(
+        TEMPORAL_ADDRESS=f"127.0.0.1:{tp}",
+        PERSEUS_REDIS_URL=f"redis://127.0.0.1:{rp}/0",
+        PERSEUS_DATABASE_URL=database_url,
+        PERSEUS_DATA_DIR=str(base / "data"),
+        PERSEUS_PAYLOAD_PLAINTEXT="1",  # the bench's own client uses the plain converter
+    )
+    client = await Client.connect(f"127.0.0.1:{tp}", data_converter=converter)
+    await register_search_attributes(client)
+    return env, database_url, client, RedisStore(make_client(f"redis://127.0.0.1:{rp}/0"))
+
+
 async def main(args: argparse.Namespace) -> None:
     base = Path(tempfile.mkdtemp(prefix="perseus-failover-"))
-    children = [
-        await services.start_temporal(base / "temporal", None, None),
-        await services.start_redis(base / "redis", None),
-        await services.start_postgres(base / "postgres", None, scratch=True),
-    ]
-    tp, rp, pp = (child.port for child in children)
+    children: list[services.Service] = []
     core: Worker | None = None
     try:
-        database_url = await services.ensure_database(children[2], "perseus")
-        await db.apply_schema(database_url)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PERSEUS_", "TEMPORAL_"))}
-        env.update(
-            TEMPORAL_ADDRESS=f"127.0.0.1:{tp}",
-            PERSEUS_REDIS_URL=f"redis://127.0.0.1:{rp}/0",
-            PERSEUS_DATABASE_URL=database_url,
-            PERSEUS_DATA_DIR=str(base / "data"),
-            PERSEUS_PAYLOAD_PLAINTEXT="1",  # the bench's own client uses the plain converter
-        )
-        client = await Client.connect(f"127.0.0.1:{tp}", data_converter=converter)
-        await register_search_attributes(client)
-        store = RedisStore(make_client(f"redis://127.0.0.1:{rp}/0"))
+        env, database_url, client, store = await scratch_servers(base, children)
         if args.warmup is not None:
             await warm_main(args, client, store, env, database_url, base)
             await store.client.aclose()

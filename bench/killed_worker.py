@@ -44,15 +44,14 @@ from bench.failover import (
     pct,
     register_again,
     scratch_exchange,
+    scratch_servers,
     write_section,
 )
 from perseus.client import control
 from perseus.core.lifecycle import Command
 from perseus.devstack import services
 from perseus.keys import workflow_id
-from perseus.store import db
-from perseus.store.redis_store import RedisStore, make_client
-from perseus.temporal import converter, register_search_attributes
+from perseus.store.redis_store import RedisStore
 
 SECTION = "## Killed workflow worker (issue 24)"
 
@@ -200,26 +199,9 @@ def markdown(runs: list[dict[str, object]], load: list[str]) -> str:
 
 async def main(args: argparse.Namespace) -> None:
     base = Path(tempfile.mkdtemp(prefix="perseus-killed-worker-"))
-    children = [
-        await services.start_temporal(base / "temporal", None, None),
-        await services.start_redis(base / "redis", None),
-        await services.start_postgres(base / "postgres", None, scratch=True),
-    ]
-    tp, rp, _ = (child.port for child in children)
+    children: list[services.Service] = []
     try:
-        database_url = await services.ensure_database(children[2], "perseus")
-        await db.apply_schema(database_url)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PERSEUS_", "TEMPORAL_"))}
-        env.update(
-            TEMPORAL_ADDRESS=f"127.0.0.1:{tp}",
-            PERSEUS_REDIS_URL=f"redis://127.0.0.1:{rp}/0",
-            PERSEUS_DATABASE_URL=database_url,
-            PERSEUS_DATA_DIR=str(base / "data"),
-            PERSEUS_PAYLOAD_PLAINTEXT="1",
-        )
-        client = await Client.connect(f"127.0.0.1:{tp}", data_converter=converter)
-        await register_search_attributes(client)
-        store = RedisStore(make_client(f"redis://127.0.0.1:{rp}/0"))
+        env, database_url, client, store = await scratch_servers(base, children)
         load = [loadavg()]
         runs: list[dict[str, object]] = []
         for topology in args.topologies:
