@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import faulthandler
 import os
 import signal
 import subprocess
@@ -41,6 +42,43 @@ ROOT = Path(__file__).resolve().parents[1]
 NO_IP_LOOKUP = "[]"
 os.environ["PERSEUS_IP_SERVICES"] = NO_IP_LOOKUP
 PERSEUS = str(Path(sys.executable).parent / "perseus")
+
+
+# pytest-timeout's SIGALRM raises inside whatever runs at that moment; under asyncio that can be a
+# background task, which swallows it, and the test then hangs for good (a CI run sat 75 minutes
+# after its last result). This backstop lives outside Python's control flow: faulthandler's own
+# thread prints every thread's stack and ends the process, so a hang becomes one failed test (xdist
+# reports the crashed worker and starts another) with the stack that shows where it hung.
+BACKSTOP_S = 60.0
+#: After the last test: session fixtures torn down, threads joined, the process gone.
+EXIT_BACKSTOP_S = 180.0
+_backstop_fd: int | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _backstop_fd
+    # Capture is suspended here, so fd 2 is the real stderr; during a test it is a capture file,
+    # which a process that ends with _exit would never print.
+    _backstop_fd = os.dup(2)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    marker = item.get_closest_marker("timeout")
+    limit = float(item.config.getini("timeout"))
+    if marker is not None:
+        limit = float(marker.args[0] if marker.args else marker.kwargs.get("timeout", limit))
+    assert _backstop_fd is not None
+    faulthandler.dump_traceback_later(limit + BACKSTOP_S, exit=True, file=_backstop_fd)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _backstop_fd is not None:
+        faulthandler.dump_traceback_later(EXIT_BACKSTOP_S, exit=True, file=_backstop_fd)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
