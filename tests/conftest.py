@@ -53,6 +53,9 @@ BACKSTOP_S = 60.0
 #: After the last test: session fixtures torn down, threads joined, the process gone.
 EXIT_BACKSTOP_S = 180.0
 _backstop_fd: int | None = None
+#: The in-process shared worker's graceful stop: it releases its instances (GRACEFUL_RELEASE_S)
+#: and shuts its Temporal workers down.
+SHARED_WORKER_STOP_S = 60.0
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -326,4 +329,11 @@ async def shared_worker(servers: Servers, settings: Settings, client: Client) ->
         task.result()
     yield "test-host"
     stop.set()
-    await task
+    # Bounded: the session's last test shares its timeout with this teardown, and a worker whose
+    # shutdown stalls (an activity that does not end on cancellation) must fail here, by name,
+    # rather than hold the whole run.
+    done, _ = await asyncio.wait({task}, timeout=SHARED_WORKER_STOP_S)
+    if not done:
+        task.cancel()
+        raise AssertionError(f"the shared worker did not stop within {SHARED_WORKER_STOP_S:.0f} s")
+    task.result()

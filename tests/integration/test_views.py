@@ -17,7 +17,9 @@ from tests.conftest import Servers, WorkerProcess, exchange_id, perseus
 from tests.integration.conftest_api import bearer, in_process
 from tests.integration.helpers import active_on, host_name, start_workers, wait_for
 
-pytestmark = pytest.mark.integration
+# Each check runs the real CLI as a process (a second or more apiece on a busy machine, dozens per
+# test): the timeout is a hang guard and leaves room for that.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 INTERVAL = 0.5
 
