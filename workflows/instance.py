@@ -89,6 +89,13 @@ RETRY_POLICIES = {
     ),
     act.Retry.ONCE: RetryPolicy(maximum_attempts=1),
     act.Retry.TWICE: RetryPolicy(maximum_attempts=2),
+    # A record tried in the worker that runs the workflow task: once more after a second, then it
+    # goes to a healthy worker (core/record.py); what no retry can mend is final here as anywhere.
+    act.Retry.BRIEF: RetryPolicy(
+        initial_interval=timedelta(seconds=ACTIVITY_RETRY_FIRST_S),
+        maximum_attempts=2,
+        non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
+    ),
 }
 NOTIFY_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=NOTIFY_RETRY_FIRST_S),
@@ -376,6 +383,7 @@ class InstanceWorkflow:
                 stub(action.activity),
                 action.request,
                 start_to_close_timeout=timedelta(seconds=action.start_to_close_s),
+                schedule_to_close_timeout=_seconds(action.schedule_to_close_s),
                 retry_policy=RETRY_POLICIES[action.retry],
                 summary=action.summary,
             )
@@ -384,6 +392,7 @@ class InstanceWorkflow:
             action.request,
             task_queue=action.queue,
             schedule_to_start_timeout=_seconds(action.schedule_to_start_s),
+            schedule_to_close_timeout=_seconds(action.schedule_to_close_s),
             start_to_close_timeout=timedelta(seconds=action.start_to_close_s),
             heartbeat_timeout=_seconds(action.heartbeat_timeout_s),
             retry_policy=RETRY_POLICIES[action.retry],
