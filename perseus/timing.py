@@ -166,6 +166,11 @@ STEP_TIMEOUT_S = 10.0
 #: regular activity on the instance's own host (docs/design.md, "One write per transition"), so it
 #: stays well inside the lab's bound B (4.9 s) and the Redis client's 5 s socket timeout.
 RECORD_HERE_S = 2.0
+#: After a record had to leave the worker running the workflow, the instance's next records go
+#: straight to its host for this long: the next workflow tasks stay on that worker (its cache), and
+#: each record tried there first would cost RECORD_HERE_S again (a start's three transitions, 6 s).
+#: A partition lasts seconds to minutes; meanwhile a record costs a dispatch through the server.
+RECORD_AWAY_S = 30.0
 #: A probe of the claim's key: asked while the workflow waits (re-attaching, a handoff's target), and
 #: retried once, so that a stuck Redis costs the wait no more than two of these.
 PROBE_TIMEOUT_S = 5.0

@@ -136,9 +136,12 @@ IMMEDIATE = (
 )
 
 
-def failure_of(err: ActivityError) -> act.Failure:
-    """An activity's failure as the core reads it: plain values from the SDK's error chain."""
-    cause = err.cause
+def failure_of(err: ActivityError | TimeoutError) -> act.Failure:
+    """An activity's failure as the core reads it: plain values from the SDK's error chain.
+
+    A local activity that timed out is an ActivityError whose cause is the timeout when it ran, but
+    the bare TimeoutError when a replay reads it from its marker: both are read the same way."""
+    cause = err.cause if isinstance(err, ActivityError) else err
     if isinstance(cause, TimeoutError):
         kind = cause.type.name if cause.type else None
         return act.Failure(message=f"timed out ({kind or 'unknown'})", timeout=kind)
@@ -273,7 +276,7 @@ class InstanceWorkflow:
             answer, failed = None, None
             try:
                 answer = self._now(action) if isinstance(action, IMMEDIATE) else await self._later(action)
-            except ActivityError as err:
+            except (ActivityError, TimeoutError) as err:
                 failed = StepFailed(failure_of(err))
                 failed.__cause__ = err
 

@@ -1,19 +1,19 @@
 """The instance's writes: a fenced merge into its status key and an event in its stream, as one
 local activity (no server round trip each), then a notification if the worker notifies. A worker
 that cannot write it within RECORD_HERE_S hands the same write to the instance's own host (a
-regular activity), rather than hold the workflow task until its Redis returns.
-
-Holds no memory: each write is fenced by the claim and names the actor it is handed.
+regular activity), rather than hold the workflow task until its Redis returns; for RECORD_AWAY_S
+after that, the instance's records go there first (the one thing the writer remembers). Each write
+is fenced by the claim and names the actor it is handed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from perseus.core.actions import Activity, Call, Log, Notify, Patched, Proc, Retry, ask
 from perseus.core.context import Context
-from perseus.core.decisions import RecordRoute, record_moves_to
+from perseus.core.decisions import RecordRoute, record_moves_to, record_starts
 from perseus.core.lifecycle import State
 from perseus.errors import NON_RETRYABLE_ERROR_TYPES, StepFailed
 from perseus.models import (
@@ -25,7 +25,7 @@ from perseus.models import (
     RecordRequest,
     StatusPatch,
 )
-from perseus.timing import RECORD_HERE_S, STEP_TIMEOUT_S
+from perseus.timing import RECORD_AWAY_S, RECORD_HERE_S, STEP_TIMEOUT_S
 
 #: Guards the record moving off a worker that could not write it (issue 24): a run begun before it
 #: retried the local activity until Redis answered, and replays that way.
@@ -45,6 +45,8 @@ class Writer:
         self, ctx: Context, *, claim: Callable[[], Claim | None], actor: Callable[[], str | None]
     ) -> None:
         self.ctx, self._claim, self._actor = ctx, claim, actor
+        #: Until when records skip this worker: one of them could not be written here (RECORD_AWAY_S).
+        self._away_until: datetime | None = None
 
     def status_patch(self, fields: dict[str, object]) -> StatusPatch | None:
         claim = self._claim()
@@ -60,7 +62,7 @@ class Writer:
         instance whose own host is fine, so the same write then goes to a worker that can make it
         (:func:`~perseus.core.decisions.record_moves_to`), behind :data:`RECORD_MOVES`."""
         request = RecordRequest(event=event, patch=patch)
-        route: RecordRoute | None = RecordRoute.HERE
+        route: RecordRoute | None = record_starts(self.ctx.clock.now(), self._away_until)
         while route is not None:
             try:
                 recorded: Recorded = yield from ask(self._record_call(route, request))
@@ -82,6 +84,8 @@ class Writer:
                         f"{event.event.value} not recorded after retries: {failure.message}", warning=True
                     )
                     return
+                if tried is RecordRoute.HERE:
+                    self._away_until = self.ctx.clock.now() + timedelta(seconds=RECORD_AWAY_S)
                 yield Log(
                     f"{event.event.value} not recorded {_WHERE[tried]} ({failure.message}); "
                     f"trying {_WHERE[route]}",

@@ -5,18 +5,23 @@ queue if no worker picks it up there — never retried in place until Redis retu
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from temporalio.exceptions import ActivityError, TimeoutError, TimeoutType
 
 from perseus.core import actions as act
-from perseus.core.decisions import RecordRoute, record_moves_to
+from perseus.core.decisions import RecordRoute, record_moves_to, record_starts
 from perseus.core.record import RECORD_MOVES, Writer
 from perseus.errors import NON_RETRYABLE_ERROR_TYPES
 from perseus.keys import host_task_queue
 from perseus.models import EventKind, PatchResult, Recorded
-from perseus.timing import RECORD_HERE_S
+from perseus.timing import RECORD_AWAY_S, RECORD_HERE_S
 from tests.unit.part_driver import CLAIM, HOST, NOT_PICKED_UP, context, drive
+from workflows.instance import failure_of
+
+pytestmark = pytest.mark.unit
 
 #: Redis did not answer the worker (the error the store raises for it), and a timeout.
 REDIS_AWAY = act.Failure(message="Redis did not answer", error_type="ServiceUnavailable")
@@ -120,3 +125,55 @@ def test_a_refused_merge_is_an_answer_not_a_failure() -> None:
     actions, (call,) = run([REFUSED])
     assert call.local
     assert any(isinstance(a, act.Log) and "refused" in a.message for a in actions)
+
+
+def test_records_start_here_unless_one_had_to_leave_lately() -> None:
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    assert record_starts(now, None) is RecordRoute.HERE
+    assert record_starts(now, now + timedelta(seconds=1)) is RecordRoute.HOST
+    assert record_starts(now, now) is RecordRoute.HERE
+
+
+def test_after_a_move_the_next_records_skip_this_worker_for_a_while() -> None:
+    """The next workflow tasks stay on the cut-off worker (its cache): trying each record there first
+    would cost the bound again for every transition while the partition lasts."""
+    ctx = context()
+    writer = Writer(ctx, claim=lambda: CLAIM, actor=lambda: None)
+    pending: list[Any] = [REDIS_AWAY, RECORDED, RECORDED, RECORDED]
+
+    def answer(action: act.Action) -> Any:
+        if isinstance(action, act.Patched):
+            return True
+        return pending.pop(0) if isinstance(action, act.Call) else None
+
+    def record() -> list[act.Call[Any, Any]]:
+        event = writer.network_event(EventKind.STATE_TRANSITION)
+        _, actions = drive(writer.record(event), answer)
+        return [a for a in actions if isinstance(a, act.Call)]
+
+    assert [c.local for c in record()] == [True, False]
+    ctx.clock.advance(RECORD_AWAY_S - 1)  # type: ignore[attr-defined]
+    assert [c.local for c in record()] == [False]  # straight to the host
+    ctx.clock.advance(2)  # type: ignore[attr-defined]
+    assert [c.local for c in record()] == [True]  # here again
+    assert pending == []
+
+
+def test_a_local_timeout_reads_the_same_run_or_replayed() -> None:
+    """Run, a local activity's timeout is an ActivityError caused by it; replayed from its marker, the
+    bare TimeoutError. Read differently, a replay of a moved record failed the workflow instead."""
+    timeout = TimeoutError(
+        "Activity timed out", type=TimeoutType.SCHEDULE_TO_CLOSE, last_heartbeat_details=[]
+    )
+    run_as = ActivityError(
+        "activity failed",
+        scheduled_event_id=0,
+        started_event_id=0,
+        identity="",
+        activity_type="record",
+        activity_id="1",
+        retry_state=None,
+    )
+    run_as.__cause__ = timeout
+    assert failure_of(timeout) == failure_of(run_as)
+    assert failure_of(timeout).timeout == "SCHEDULE_TO_CLOSE"

@@ -57,7 +57,7 @@ from perseus.core.decisions.loop import (
     refuse_command,
     refuse_handoff,
 )
-from perseus.core.decisions.records import RecordRoute, record_moves_to
+from perseus.core.decisions.records import RecordRoute, record_moves_to, record_starts
 from perseus.core.decisions.standbys import (
     StartPath,
     backing_off,
@@ -101,6 +101,7 @@ __all__ = [
     "heartbeat_period_s",
     "holders_release",
     "record_moves_to",
+    "record_starts",
     "judge_claim",
     "lapses_in_s",
     "lease_heartbeat_timeout_s",

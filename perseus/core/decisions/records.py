@@ -14,6 +14,7 @@ from, as it always was; a fenced merge refused is an answer, not a failure, and 
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 
 
@@ -44,3 +45,10 @@ def record_moves_to(
         return RecordRoute.SHARED
     # The durable routes fail only when no retry can mend it: nothing further to try.
     return None
+
+
+def record_starts(now: datetime, away_until: datetime | None) -> RecordRoute:
+    """Where a record is tried first: here, unless a record of this run had to leave this worker
+    less than RECORD_AWAY_S ago (``away_until``) — then on the instance's host at once, rather than
+    pay the bound here again for every record while the partition lasts."""
+    return RecordRoute.HOST if away_until is not None and now < away_until else RecordRoute.HERE
