@@ -150,7 +150,9 @@ async def run_worker(
         Worker(
             client,
             task_queue=host_task_queue(host),
-            activities=host_activities.all(),
+            # A transition's record too: when the worker running an instance's workflow task cannot
+            # reach Redis, the write is handed to the instance's own host (core/record.py).
+            activities=[*host_activities.all(), registry.record],
             # Every held claim and standby watch keeps a slot for as long as it lasts: the steps of
             # new registrations and connectors need free ones beside them.
             max_concurrent_activities=settings.host_capacity + STEP_SLOTS,

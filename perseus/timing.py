@@ -158,6 +158,19 @@ def failsafe_counted_s(interval_s: float) -> float:
 #: host polled?). Such a step answers in milliseconds when its server is well; its retry policy, not
 #: a long timeout, carries it through an outage.
 STEP_TIMEOUT_S = 10.0
+#: A transition's record, tried in the worker that runs the workflow task (a local activity), for
+#: this long in all: two attempts, a second apart. A healthy write takes milliseconds; a worker that
+#: cannot reach Redis (a partition of its host, which also serves other hosts' instances) would
+#: otherwise hold the workflow task of an instance whose own host is fine until its Redis returns
+#: (the lab's `partition-redis`: a standby promoted 8.7 s late). Past this the same write goes to a
+#: regular activity on the instance's own host (docs/design.md, "One write per transition"), so it
+#: stays well inside the lab's bound B (4.9 s) and the Redis client's 5 s socket timeout.
+RECORD_HERE_S = 2.0
+#: After a record had to leave the worker running the workflow, the instance's next records go
+#: straight to its host for this long: the next workflow tasks stay on that worker (its cache), and
+#: each record tried there first would cost RECORD_HERE_S again (a start's three transitions, 6 s).
+#: A partition lasts seconds to minutes; meanwhile a record costs a dispatch through the server.
+RECORD_AWAY_S = 30.0
 #: A probe of the claim's key: asked while the workflow waits (re-attaching, a handoff's target), and
 #: retried once, so that a stuck Redis costs the wait no more than two of these.
 PROBE_TIMEOUT_S = 5.0

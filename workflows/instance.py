@@ -89,6 +89,13 @@ RETRY_POLICIES = {
     ),
     act.Retry.ONCE: RetryPolicy(maximum_attempts=1),
     act.Retry.TWICE: RetryPolicy(maximum_attempts=2),
+    # A record tried in the worker that runs the workflow task: once more after a second, then it
+    # goes to a healthy worker (core/record.py); what no retry can mend is final here as anywhere.
+    act.Retry.BRIEF: RetryPolicy(
+        initial_interval=timedelta(seconds=ACTIVITY_RETRY_FIRST_S),
+        maximum_attempts=2,
+        non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
+    ),
 }
 NOTIFY_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=NOTIFY_RETRY_FIRST_S),
@@ -129,9 +136,12 @@ IMMEDIATE = (
 )
 
 
-def failure_of(err: ActivityError) -> act.Failure:
-    """An activity's failure as the core reads it: plain values from the SDK's error chain."""
-    cause = err.cause
+def failure_of(err: ActivityError | TimeoutError) -> act.Failure:
+    """An activity's failure as the core reads it: plain values from the SDK's error chain.
+
+    A local activity that timed out is an ActivityError whose cause is the timeout when it ran, but
+    the bare TimeoutError when a replay reads it from its marker: both are read the same way."""
+    cause = err.cause if isinstance(err, ActivityError) else err
     if isinstance(cause, TimeoutError):
         kind = cause.type.name if cause.type else None
         return act.Failure(message=f"timed out ({kind or 'unknown'})", timeout=kind)
@@ -266,7 +276,7 @@ class InstanceWorkflow:
             answer, failed = None, None
             try:
                 answer = self._now(action) if isinstance(action, IMMEDIATE) else await self._later(action)
-            except ActivityError as err:
+            except (ActivityError, TimeoutError) as err:
                 failed = StepFailed(failure_of(err))
                 failed.__cause__ = err
 
@@ -376,6 +386,7 @@ class InstanceWorkflow:
                 stub(action.activity),
                 action.request,
                 start_to_close_timeout=timedelta(seconds=action.start_to_close_s),
+                schedule_to_close_timeout=_seconds(action.schedule_to_close_s),
                 retry_policy=RETRY_POLICIES[action.retry],
                 summary=action.summary,
             )
@@ -384,6 +395,7 @@ class InstanceWorkflow:
             action.request,
             task_queue=action.queue,
             schedule_to_start_timeout=_seconds(action.schedule_to_start_s),
+            schedule_to_close_timeout=_seconds(action.schedule_to_close_s),
             start_to_close_timeout=timedelta(seconds=action.start_to_close_s),
             heartbeat_timeout=_seconds(action.heartbeat_timeout_s),
             retry_policy=RETRY_POLICIES[action.retry],

@@ -58,6 +58,7 @@ class Retry(StrEnum):
     HOST = "host"  # connector steps and identity on a host queue: a few attempts
     ONCE = "once"  # a single attempt (leases, warm activation, asking a handoff target)
     TWICE = "twice"  # two attempts (a claim probe: a quick answer or none)
+    BRIEF = "brief"  # two attempts a second apart, non-retryable errors final (a record tried here)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,8 @@ class Call(Generic[Q, R]):
     heartbeat_timeout_s: float | None = None
     #: Run as a local activity (no server round trip: short idempotent writes).
     local: bool = False
+    #: All attempts together end within this (None: no bound beyond the retry policy's).
+    schedule_to_close_s: float | None = None
 
 
 @dataclass(frozen=True)

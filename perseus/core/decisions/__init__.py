@@ -1,8 +1,8 @@
 """What an instance workflow decides, as plain functions over values: no I/O, no clock, no Temporal.
 
 :mod:`perseus.core.lifecycle` says which transitions a command makes; this package decides everything
-else an instance decides (``loop``, ``claims``, ``heartbeat``, ``standbys``; each name is re-exported
-here). The workflow gathers the facts (its own memory, what an activity reported, what
+else an instance decides (``loop``, ``claims``, ``heartbeat``, ``records``, ``standbys``; each name
+is re-exported here). The workflow gathers the facts (its own memory, what an activity reported, what
 Redis proves), asks here, and carries out the answer. The invariants these functions keep:
 
 1. **A claim is freed early only when Redis proves its holder stopped.** A heartbeat timeout proves
@@ -57,6 +57,7 @@ from perseus.core.decisions.loop import (
     refuse_command,
     refuse_handoff,
 )
+from perseus.core.decisions.records import RecordRoute, record_moves_to, record_starts
 from perseus.core.decisions.standbys import (
     StartPath,
     backing_off,
@@ -85,6 +86,7 @@ __all__ = [
     "LOSS_TYPES",
     "LeaseVerdict",
     "LoopFacts",
+    "RecordRoute",
     "StartPath",
     "Step",
     "act_after_vacancy_s",
@@ -98,6 +100,8 @@ __all__ = [
     "heartbeat_due",
     "heartbeat_period_s",
     "holders_release",
+    "record_moves_to",
+    "record_starts",
     "judge_claim",
     "lapses_in_s",
     "lease_heartbeat_timeout_s",
