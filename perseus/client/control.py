@@ -30,6 +30,7 @@ from perseus import errors
 from perseus.core.lifecycle import Command, Role, State, plan, projected_state
 from perseus.keys import (
     ROSTER_MEMBERS,
+    ROSTER_WORKFLOW,
     SHARED_TASK_QUEUE,
     roster_workflow_id,
     valid_exchange,
@@ -557,6 +558,23 @@ async def failsafe_view(client: Client, exchange: str) -> FailsafeView | None:
                     }
                 )
     return view
+
+
+async def failsafe_views(client: Client) -> dict[str, FailsafeView]:
+    """Every exchange with a failsafe roster, by exchange name, for the network page: one list of
+    the running roster workflows (visibility may miss a roster started a second ago: a view, not a
+    guard), then :func:`failsafe_view` for each of them only — an exchange without the failsafe
+    costs nothing. A roster stays when its last member leaves; an empty one is left out (no running
+    instance of the exchange has the failsafe)."""
+    query = f"WorkflowType = '{ROSTER_WORKFLOW}' AND ExecutionStatus = 'Running'"
+    prefix = roster_workflow_id("")
+    names = [
+        wf.id[len(prefix) :]
+        async for wf in client.list_workflows(query, rpc_timeout=RPC_TIMEOUT)
+        if wf.id.startswith(prefix)
+    ]
+    views = await asyncio.gather(*(failsafe_view(client, name) for name in names))
+    return {name: view for name, view in zip(names, views, strict=True) if view is not None and view.enrolled}
 
 
 async def _roster(client: Client, exchange: str) -> RosterAnswer | None:
