@@ -577,6 +577,25 @@ async def failsafe_views(client: Client) -> dict[str, FailsafeView]:
     return {name: view for name, view in zip(names, views, strict=True) if view is not None and view.enrolled}
 
 
+async def failsafe_members(client: Client, exchange: str) -> frozenset[str]:
+    """The workflow ids in the exchange's roster (the instances running with the failsafe), for the
+    fleet's plan: no roster is none; a roster that does not answer raises ServiceUnavailable
+    instead of reading as "nobody has it" (a plan must not decide on a guess)."""
+    try:
+        roster: RosterAnswer = await client.get_workflow_handle(roster_workflow_id(exchange)).query(
+            ROSTER_MEMBERS, result_type=RosterAnswer, rpc_timeout=RPC_TIMEOUT
+        )
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return frozenset()
+        raise errors.ServiceUnavailable(f"Temporal: {exc.message}", server=errors.Server.TEMPORAL) from None
+    except WorkflowQueryFailedError as exc:
+        raise errors.ServiceUnavailable(
+            f"the failsafe roster of {exchange} did not answer: {exc}", server=errors.Server.TEMPORAL
+        ) from None
+    return frozenset(m.workflow_id for m in roster.members)
+
+
 async def _roster(client: Client, exchange: str) -> RosterAnswer | None:
     try:
         roster: RosterAnswer = await client.get_workflow_handle(roster_workflow_id(exchange)).query(

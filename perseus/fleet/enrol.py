@@ -127,15 +127,30 @@ async def observe(
     *,
     stored: list[Placement],
     hosts: Iterable[str],
+    failsafe: bool = False,
 ) -> Observed:
     """One snapshot for :func:`perseus.fleet.file.reconcile`: which of ``pairs`` (exchange, host) run, who
-    holds each exchange, which of ``hosts`` are live. Reads only; strongly consistent (by workflow
-    id, not through the visibility index)."""
+    holds each exchange, which of ``hosts`` are live, and with ``failsafe`` which of the running
+    instances have the failsafe (one roster query per exchange that runs any). Reads only; strongly
+    consistent (by workflow id, not through the visibility index)."""
     wanted = sorted(set(pairs))
     running = await asyncio.gather(*(_running(client, e, h) for e, h in wanted))
+    up = [(e, h) for (e, h), ok in zip(wanted, running, strict=True) if ok]
+    enrolled: dict[str, frozenset[str]] = {}
+    if failsafe:
+        names = sorted({e for e, _ in up})
+        rosters = await asyncio.gather(*(control.failsafe_members(client, e) for e in names))
+        enrolled = dict(zip(names, rosters, strict=True))
     return Observed(
         stored=stored,
-        instances=[Instance(exchange=e, host=h) for (e, h), up in zip(wanted, running, strict=True) if up],
+        instances=[
+            Instance(
+                exchange=e,
+                host=h,
+                failsafe=workflow_id(e, h) in enrolled[e] if failsafe else None,
+            )
+            for e, h in up
+        ],
         holders=await _holders(store, ids, (e for e, _ in wanted)),
         live_hosts=await live_hosts(client, hosts),
     )
@@ -247,7 +262,7 @@ async def _carry_out_one(
                 actor=actor,
             )
             line = f"{action.exchange}: shut down on {action.host}"
-        elif action.kind is ChangeKind.WAIT:
+        elif action.kind in (ChangeKind.WAIT, ChangeKind.FAILSAFE_DIFFERS):
             log.info("fleet: %s", action.describe())
             return "waiting", action.describe()
         else:
@@ -284,6 +299,7 @@ async def plan_fleet(
         _pairs(everything),
         stored=stored,
         hosts=(h for p in placements for h in p.hosts),
+        failsafe=True,
     )
     return reconcile(placements, observed, prune=prune), {p.exchange: p for p in placements}
 
