@@ -588,6 +588,15 @@ async def _running_instances(client: Client) -> list[tuple[str, str, Role]]:
     return found
 
 
+async def _failsafe_of(client: Client, exchanges: list[str]) -> dict[str, frozenset[str]]:
+    """The roster of each of ``exchanges`` (the instances running with the failsafe), best effort: an
+    exchange whose roster does not answer is left out of the view's failsafe drift."""
+    answers = await asyncio.gather(
+        *(control.failsafe_members(client, e) for e in exchanges), return_exceptions=True
+    )
+    return {e: a for e, a in zip(exchanges, answers, strict=True) if isinstance(a, frozenset)}
+
+
 async def fleet_status(client: Client, catalog: Catalog, store: RedisStore) -> list[FleetExchangeView]:
     """Per exchange (placed, or running without a placement): desired hosts, the active host, the
     standbys, and the drift between them."""
@@ -607,6 +616,7 @@ async def fleet_status(client: Client, catalog: Catalog, store: RedisStore) -> l
     host_views = summarise(await store.workers(), {})
     behind = outdated_hosts(host_views)
     newest_seen = release.newest([v.version for v in host_views])
+    failsafe = await _failsafe_of(client, [n for n in names if n in placements and running.get(n)])
     views: list[FleetExchangeView] = []
     for name in names:
         status = read.record if (read := held.get(name)) is not None else None
@@ -631,6 +641,14 @@ async def fleet_status(client: Client, catalog: Catalog, store: RedisStore) -> l
                     f"(perseus handoff {name} --to {placement.hosts[0]})"
                 )
             drift.extend(f"{h}: not in the fleet" for h in here if h not in placement.hosts)
+            if name in failsafe:
+                wanted, runs = ("on", "off") if placement.failsafe else ("off", "on")
+                drift.extend(
+                    f"{h}: failsafe {runs}, the file says {wanted} (perseus shutdown {name} --host {h}, "
+                    "then fleet apply)"
+                    for h in running.get(name, [])
+                    if (workflow_id(name, h) in failsafe[name]) != placement.failsafe
+                )
         involved = set(placement.hosts if placement else []) | set(here) | set(standbys)
         old = {h: behind[h] for h in sorted(involved) if h in behind}
         drift.extend(f"{h}: runs {v}, older than {newest_seen} (upgrade it)" for h, v in old.items())

@@ -379,6 +379,12 @@ async def test_a_changed_failsafe_is_reported_not_restarted_and_applied_once_shu
     assert still is not None and (still["hostname"], still["epoch"]) == (a, before["epoch"])  # not restarted
     (stored,) = [p for p in await catalog.placements() if p.exchange == exchange]
     assert stored.failsafe and stored.hosts == (a, b)
+    status = json.loads((await cli(servers, "fleet", "status", "--json")).stdout)
+    (mine,) = [v for v in status if v["exchange"] == exchange]
+    assert (
+        f"{a}: failsafe off, the file says on (perseus shutdown {exchange} --host {a}, then fleet apply)"
+        in (mine["drift"])
+    )
     diff = await cli(servers, "fleet", "diff", changed)
     assert (
         "failsafe on in the file, off in the instance on" in diff.stdout
@@ -394,6 +400,9 @@ async def test_a_changed_failsafe_is_reported_not_restarted_and_applied_once_shu
     await standbys_become(store, ex_id, [b])
     members = await control.failsafe_members(client, exchange)
     assert members == {workflow_id(exchange, a), workflow_id(exchange, b)}
+    status = json.loads((await cli(servers, "fleet", "status", "--json")).stdout)
+    (mine,) = [v for v in status if v["exchange"] == exchange]
+    assert not [d for d in mine["drift"] if "failsafe" in d], mine["drift"]
     settled_again = await cli(servers, "fleet", "apply", changed)
     assert "nothing to change: the fleet runs as declared" in settled_again.stdout, settled_again.stdout
     await shutdown_all(client, exchange, b, a)
