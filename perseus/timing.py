@@ -367,6 +367,11 @@ FAILSAFE_CLAIM_WAIT_S = 5.0
 #: waits for Temporal's view of the exchange's failsafe before it shows the rest without it.
 FAILSAFE_VIEW_TIMEOUT_S = 5.0
 
+#: The network page's failsafe lines (``GET /api/network/failsafe``) are read from Temporal at most
+#: this often per API process, however many pages poll it (each poll every 5 s by default): one list
+#: of the roster workflows, then a query and a describe per member of each failsafe exchange.
+FAILSAFE_PAGE_CACHE_S = 2.0
+
 #: A holder's failsafe events (holding began, ended) are written once Redis takes them: tried again
 #: every interval, given up after this long (the log line and the gauge said it meanwhile).
 FAILSAFE_EVENT_GIVE_UP_S = 900.0

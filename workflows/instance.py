@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
     from perseus.models import (
         CommandRequest,
         CommandResult,
+        FailsafeHolding,
         HandoffConfirm,
         HandoffRequest,
         HostRestarted,
@@ -144,7 +145,9 @@ def failure_of(err: ActivityError | TimeoutError) -> act.Failure:
     cause = err.cause if isinstance(err, ActivityError) else err
     if isinstance(cause, TimeoutError):
         kind = cause.type.name if cause.type else None
-        return act.Failure(message=f"timed out ({kind or 'unknown'})", timeout=kind)
+        return act.Failure(
+            message=f"timed out ({kind or 'unknown'})", timeout=kind, failsafe_horizon_s=_horizon(cause)
+        )
     if isinstance(cause, ApplicationError):
         stopped_at = None
         if cause.details:
@@ -154,6 +157,18 @@ def failure_of(err: ActivityError | TimeoutError) -> act.Failure:
                 stopped_at = None
         return act.Failure(message=cause.message, error_type=cause.type, stopped_at=stopped_at)
     return act.Failure(message=str(cause or err))
+
+
+def _horizon(cause: TimeoutError) -> float | None:
+    """The failsafe horizon a silent lease last reported while holding (its heartbeat details)."""
+    details = cause.last_heartbeat_details
+    if not details:
+        return None
+    try:
+        state = FailsafeHolding.model_validate(details[0])
+    except ValueError:
+        return None  # details of another shape: nothing reported
+    return state.horizon_s if state.holding else None
 
 
 class _Clock:

@@ -114,6 +114,10 @@ def create_app(settings: Settings, temporal_address: str | None = None, *, fold:
     app.state.settings = settings
     app.state.temporal_client = None
     app.state.temporal_lock = asyncio.Lock()
+    # The page's failsafe lines, read from Temporal once per FAILSAFE_PAGE_CACHE_S for every caller.
+    app.state.failsafe_lock = asyncio.Lock()
+    app.state.failsafe_cache = None
+    app.state.failsafe_cached_at = 0.0
     if tracing.enabled():  # perseus.tracing: off by default, and then no middleware at all
         app.add_middleware(tracing.TraceRequests)
     app.add_exception_handler(PerseusError, _perseus_error)

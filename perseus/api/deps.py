@@ -28,7 +28,7 @@ CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 
 async def temporal(request: Request) -> Client:
     """The process' Temporal client, connected on first use: the read API needs Temporal only for
-    the exchange view's failsafe, asked for by name (``?failsafe=true``)."""
+    the failsafe (the exchange view's ``?failsafe=true`` and the page's ``/failsafe``)."""
     state = request.app.state
     async with state.temporal_lock:
         if state.temporal_client is None:

@@ -5,7 +5,8 @@ answer carries ``serverTime`` so that staleness is judged on this server's clock
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+import time
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -27,7 +28,7 @@ from perseus.readmodel.log import (
     read_uptime,
 )
 from perseus.readmodel.network import InstanceView, StatusBoard, read_board
-from perseus.timing import FAILSAFE_VIEW_TIMEOUT_S
+from perseus.timing import FAILSAFE_PAGE_CACHE_S, FAILSAFE_VIEW_TIMEOUT_S
 
 
 class ErrorBody(Wire):
@@ -45,6 +46,27 @@ class ErrorBody(Wire):
 class ExchangeStatus(InstanceView):
     """One exchange: Livermore's ``{online, status}`` plus the judged view and ``serverTime``."""
 
+    server_time: datetime
+
+
+class FailsafeLine(Wire):
+    """One exchange with its failsafe on, as the network page shows it."""
+
+    exchange_name: str
+    failsafe: FailsafeView
+    #: What the page and ``perseus status EXCHANGE`` print: holding with its count of promises, or on.
+    line: str
+
+
+class FailsafeBoard(Wire):
+    """Every exchange whose failsafe is on, read from Temporal only (Redis may be what is down)."""
+
+    exchanges: list[FailsafeLine]
+    #: False when Temporal did not answer in time: then ``exchanges`` is empty for want of an
+    #: answer, not because no exchange has the failsafe.
+    answered: bool
+    #: When Temporal was read (the answer is shared by every caller for a couple of seconds).
+    read_at: datetime
     server_time: datetime
 
 
@@ -153,6 +175,41 @@ async def _failsafe(request: Request, exchange: str) -> FailsafeView | None:
             return await control.failsafe_view(await temporal(request), exchange)
     except Exception:  # noqa: BLE001 - the status without the failsafe rather than no status
         return None
+
+
+@router.get("/failsafe", response_model=FailsafeBoard, summary="Every exchange's failsafe line")
+async def failsafe_lines(request: Request) -> FailsafeBoard:
+    """Every exchange with its failsafe on (docs/design.md, "Failsafe"), with what its holder's
+    lease last reported: `holding` through a Redis outage with promises from `promised` of
+    `standbys`, or simply on. Read from Temporal alone — the roster workflows and the holders'
+    leases — so it answers while Redis is down, when `/instances` cannot. One read of Temporal per
+    couple of seconds serves every caller of this API process; an exchange without the failsafe
+    costs nothing. `answered` is false when Temporal did not answer within a few seconds."""
+    state = request.app.state
+    async with state.failsafe_lock:
+        cached: FailsafeBoard | None = state.failsafe_cache
+        if cached is not None and time.monotonic() - state.failsafe_cached_at < FAILSAFE_PAGE_CACHE_S:
+            return cached.model_copy(update={"server_time": datetime.now(UTC)})
+        from perseus.client import control
+
+        try:
+            async with asyncio.timeout(FAILSAFE_VIEW_TIMEOUT_S):
+                views = await control.failsafe_views(await temporal(request))
+            answered = True
+        except Exception:  # noqa: BLE001 - no lines rather than no page
+            views, answered = {}, False
+        now = datetime.now(UTC)
+        board = FailsafeBoard(
+            exchanges=[
+                FailsafeLine(exchange_name=name, failsafe=view, line=view.line())
+                for name, view in sorted(views.items())
+            ],
+            answered=answered,
+            read_at=now,
+            server_time=now,
+        )
+        state.failsafe_cache, state.failsafe_cached_at = board, time.monotonic()
+        return board
 
 
 @router.get(

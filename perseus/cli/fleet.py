@@ -61,8 +61,14 @@ def _print_actions(actions: list[Any], *, verb: str) -> None:
     for action in actions:
         mark = "- " if action.kind in ("shutdown", "forget") else "+ " if action.changes else "  "
         out.print(mark + action.describe(), highlight=False, markup=False)
-    if not changes:
+    if not changes and not _differs(actions):
         out.print(f"nothing to {verb}: the fleet runs as declared", highlight=False)
+
+
+def _differs(actions: list[Any]) -> bool:
+    """An instance runs with a failsafe the file no longer gives it: the fleet does not run as
+    declared, though apply changes nothing about it (it says what to do instead)."""
+    return any(a.kind == "failsafe-differs" for a in actions)
 
 
 @fleet_app.command("apply")
@@ -109,7 +115,7 @@ def apply(
             out.print(line, highlight=False, markup=False)
         for line in report.waiting:
             out.print(line, highlight=False, markup=False)
-        if not [a for a in actions if a.changes]:
+        if not [a for a in actions if a.changes] and not _differs(actions):
             out.print("nothing to change: the fleet runs as declared", highlight=False)
     for line in report.failed:
         err.print(f"error: {line}", highlight=False, markup=False)

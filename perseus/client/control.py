@@ -30,6 +30,7 @@ from perseus import errors
 from perseus.core.lifecycle import Command, Role, State, plan, projected_state
 from perseus.keys import (
     ROSTER_MEMBERS,
+    ROSTER_WORKFLOW,
     SHARED_TASK_QUEUE,
     roster_workflow_id,
     valid_exchange,
@@ -557,6 +558,42 @@ async def failsafe_view(client: Client, exchange: str) -> FailsafeView | None:
                     }
                 )
     return view
+
+
+async def failsafe_views(client: Client) -> dict[str, FailsafeView]:
+    """Every exchange with a failsafe roster, by exchange name, for the network page: one list of
+    the running roster workflows (visibility may miss a roster started a second ago: a view, not a
+    guard), then :func:`failsafe_view` for each of them only — an exchange without the failsafe
+    costs nothing. A roster stays when its last member leaves; an empty one is left out (no running
+    instance of the exchange has the failsafe)."""
+    query = f"WorkflowType = '{ROSTER_WORKFLOW}' AND ExecutionStatus = 'Running'"
+    prefix = roster_workflow_id("")
+    names = [
+        wf.id[len(prefix) :]
+        async for wf in client.list_workflows(query, rpc_timeout=RPC_TIMEOUT)
+        if wf.id.startswith(prefix)
+    ]
+    views = await asyncio.gather(*(failsafe_view(client, name) for name in names))
+    return {name: view for name, view in zip(names, views, strict=True) if view is not None and view.enrolled}
+
+
+async def failsafe_members(client: Client, exchange: str) -> frozenset[str]:
+    """The workflow ids in the exchange's roster (the instances running with the failsafe), for the
+    fleet's plan: no roster is none; a roster that does not answer raises ServiceUnavailable
+    instead of reading as "nobody has it" (a plan must not decide on a guess)."""
+    try:
+        roster: RosterAnswer = await client.get_workflow_handle(roster_workflow_id(exchange)).query(
+            ROSTER_MEMBERS, result_type=RosterAnswer, rpc_timeout=RPC_TIMEOUT
+        )
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return frozenset()
+        raise errors.ServiceUnavailable(f"Temporal: {exc.message}", server=errors.Server.TEMPORAL) from None
+    except WorkflowQueryFailedError as exc:
+        raise errors.ServiceUnavailable(
+            f"the failsafe roster of {exchange} did not answer: {exc}", server=errors.Server.TEMPORAL
+        ) from None
+    return frozenset(m.workflow_id for m in roster.members)
 
 
 async def _roster(client: Client, exchange: str) -> RosterAnswer | None:

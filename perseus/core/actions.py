@@ -73,6 +73,10 @@ class Failure:
     timeout: str | None = None
     #: When the keeper stopped the connector, if the lease's error says so (``LeaseEnd``).
     stopped_at: datetime | None = None
+    #: A lease that went silent while its holder held through a Redis outage on failsafe promises:
+    #: how many seconds its connector might still act, as the lease last reported it (heartbeat
+    #: details, ``FailsafeHolding.horizon_s``). None: not holding, or nothing reported.
+    failsafe_horizon_s: float | None = None
 
     @property
     def kind(self) -> type[PerseusError] | None:

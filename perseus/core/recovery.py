@@ -38,6 +38,9 @@ RUNNING_STATES = (State.STARTING, State.WARMING, State.ACTIVE)
 #: The patch (after 0.1.0) by which stepping aside wakes a standby from the list it decided on rather
 #: than reading the list again after the release (docs/design.md, "Versioning the workflow").
 STEP_ASIDE_WAKES_FROM_ITS_LIST = "step-aside-wakes-from-its-list"
+#: The patch (after 0.1.0) by which a silent holder that last reported holding through a Redis
+#: outage (the failsafe) is judged lost only once the horizon it reported has passed.
+LOST_WAITS_FOR_FAILSAFE_HORIZON = "lost-waits-for-failsafe-horizon"
 
 
 class Recovery:
@@ -103,7 +106,7 @@ class Recovery:
         if verdict is LeaseVerdict.RECLAIM and (yield from self._reclaim(reason, stopped_at)):
             return True
         if verdict is LeaseVerdict.REATTACH:
-            answer = yield from self._reattach(reason)
+            answer = yield from self._reattach(reason, err.failure.failsafe_horizon_s)
             if answer is None:
                 return True
             if isinstance(answer, StepFailed):
@@ -112,7 +115,7 @@ class Recovery:
         yield from self._instance_lost(reason, stopped_at)
         return False
 
-    def _reattach(self, reason: str) -> Answer[str | StepFailed | None]:
+    def _reattach(self, reason: str, horizon_s: float | None = None) -> Answer[str | StepFailed | None]:
         """The lease stopped heartbeating to Temporal, which proves nothing about Redis: re-attach.
 
         The host's keeper renews on its own, so a host that only lost Temporal (an outage, a
@@ -121,9 +124,16 @@ class Recovery:
         claim would pass its renew deadline: unrenewed past it (its connector is stopped by now: its
         keeper or watchdog saw to it) → lost (the reason, a str); still renewed → keep waiting.
         A lease that fails with a typed error is handed back for the caller to judge (StepFailed).
+
+        A lease that last reported holding through a Redis outage (``horizon_s``, the failsafe)
+        may act on promises past its renew deadline: a key unrenewed past it, or gone (the holder
+        writes it back when Redis answers), is judged lost only once that horizon has passed,
+        counted from now — after the lease's last heartbeat, so never sooner than the holder's own
+        count ends. A key held by another is judged at once (the holder stops on that answer).
         """
         ctx, leases = self.ctx, self.leases
         interval = ctx.inp.heartbeat_interval_s
+        holds_until = ctx.clock.now() + timedelta(seconds=horizon_s) if horizon_s else None
         pickup = interval * PICKUP_FACTOR
         while True:
             yield from leases.start(schedule_to_start_s=pickup)
@@ -137,11 +147,15 @@ class Recovery:
                 probe = yield from leases.probe()
                 if probe is not None:
                     lost = yield from self._lost_by(probe, reason)
-                    if lost is not None:
+                    if lost is not None and (yield from self._still_holding(probe, holds_until)):
+                        assert holds_until is not None
+                        wake_at = min(picked_up_at, holds_until + timedelta(seconds=LOOK_SLACK_S))
+                    elif lost is not None:
                         yield from leases.cancel()
                         return lost
-                    stale = stale_in(probe.renewed_ms_ago or 0, interval)
-                    wake_at = min(picked_up_at, ctx.clock.now() + timedelta(seconds=stale + LOOK_SLACK_S))
+                    else:
+                        stale = stale_in(probe.renewed_ms_ago or 0, interval)
+                        wake_at = min(picked_up_at, ctx.clock.now() + timedelta(seconds=stale + LOOK_SLACK_S))
                 wait = max(wake_at - ctx.clock.now(), timedelta(seconds=LOOK_WAIT_FLOOR_S))
                 if not (yield WaitLease(wait.total_seconds())):
                     if wake_at < picked_up_at:
@@ -163,6 +177,23 @@ class Recovery:
                 if again.failure.error_type is not None:
                     return again
             # No worker took it (or it went silent again): re-issue it and ask Redis at once.
+
+    def _still_holding(self, probe: ClaimProbe, holds_until: datetime | None) -> Answer[bool]:
+        """Whether a claim Redis shows lapsed or gone may still be acted on: its lease last reported
+        holding through a Redis outage until a horizon not yet passed, and nobody else holds it."""
+        ctx = self.ctx
+        taken = probe.holder is not None and not probe.held_by_us  # a fencing answer: stopped at once
+        if holds_until is None or ctx.clock.now() >= holds_until or taken:
+            return False
+        # Runs begun before it recorded their loss at once (no run had the failsafe then).
+        if not (yield Patched(LOST_WAITS_FOR_FAILSAFE_HORIZON)):
+            return False
+        left = (holds_until - ctx.clock.now()).total_seconds()
+        yield Log(
+            f"{ctx.wf_id}: Redis shows the claim lapsed, but {ctx.inp.host} last reported holding "
+            f"through a Redis outage for {left:.1f}s more (failsafe): judged when that has passed"
+        )
+        return True
 
     def _lost_by(self, probe: ClaimProbe, reason: str) -> Answer[str | None]:
         """Why the claim is lost, if Redis proves it (the reason), or None: its host still renews."""

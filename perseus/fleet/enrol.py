@@ -127,15 +127,30 @@ async def observe(
     *,
     stored: list[Placement],
     hosts: Iterable[str],
+    failsafe: bool = False,
 ) -> Observed:
     """One snapshot for :func:`perseus.fleet.file.reconcile`: which of ``pairs`` (exchange, host) run, who
-    holds each exchange, which of ``hosts`` are live. Reads only; strongly consistent (by workflow
-    id, not through the visibility index)."""
+    holds each exchange, which of ``hosts`` are live, and with ``failsafe`` which of the running
+    instances have the failsafe (one roster query per exchange that runs any). Reads only; strongly
+    consistent (by workflow id, not through the visibility index)."""
     wanted = sorted(set(pairs))
     running = await asyncio.gather(*(_running(client, e, h) for e, h in wanted))
+    up = [(e, h) for (e, h), ok in zip(wanted, running, strict=True) if ok]
+    enrolled: dict[str, frozenset[str]] = {}
+    if failsafe:
+        names = sorted({e for e, _ in up})
+        rosters = await asyncio.gather(*(control.failsafe_members(client, e) for e in names))
+        enrolled = dict(zip(names, rosters, strict=True))
     return Observed(
         stored=stored,
-        instances=[Instance(exchange=e, host=h) for (e, h), up in zip(wanted, running, strict=True) if up],
+        instances=[
+            Instance(
+                exchange=e,
+                host=h,
+                failsafe=workflow_id(e, h) in enrolled[e] if failsafe else None,
+            )
+            for e, h in up
+        ],
         holders=await _holders(store, ids, (e for e, _ in wanted)),
         live_hosts=await live_hosts(client, hosts),
     )
@@ -247,7 +262,7 @@ async def _carry_out_one(
                 actor=actor,
             )
             line = f"{action.exchange}: shut down on {action.host}"
-        elif action.kind is ChangeKind.WAIT:
+        elif action.kind in (ChangeKind.WAIT, ChangeKind.FAILSAFE_DIFFERS):
             log.info("fleet: %s", action.describe())
             return "waiting", action.describe()
         else:
@@ -284,6 +299,7 @@ async def plan_fleet(
         _pairs(everything),
         stored=stored,
         hosts=(h for p in placements for h in p.hosts),
+        failsafe=True,
     )
     return reconcile(placements, observed, prune=prune), {p.exchange: p for p in placements}
 
@@ -572,6 +588,15 @@ async def _running_instances(client: Client) -> list[tuple[str, str, Role]]:
     return found
 
 
+async def _failsafe_of(client: Client, exchanges: list[str]) -> dict[str, frozenset[str]]:
+    """The roster of each of ``exchanges`` (the instances running with the failsafe), best effort: an
+    exchange whose roster does not answer is left out of the view's failsafe drift."""
+    answers = await asyncio.gather(
+        *(control.failsafe_members(client, e) for e in exchanges), return_exceptions=True
+    )
+    return {e: a for e, a in zip(exchanges, answers, strict=True) if isinstance(a, frozenset)}
+
+
 async def fleet_status(client: Client, catalog: Catalog, store: RedisStore) -> list[FleetExchangeView]:
     """Per exchange (placed, or running without a placement): desired hosts, the active host, the
     standbys, and the drift between them."""
@@ -591,6 +616,7 @@ async def fleet_status(client: Client, catalog: Catalog, store: RedisStore) -> l
     host_views = summarise(await store.workers(), {})
     behind = outdated_hosts(host_views)
     newest_seen = release.newest([v.version for v in host_views])
+    failsafe = await _failsafe_of(client, [n for n in names if n in placements and running.get(n)])
     views: list[FleetExchangeView] = []
     for name in names:
         status = read.record if (read := held.get(name)) is not None else None
@@ -615,6 +641,14 @@ async def fleet_status(client: Client, catalog: Catalog, store: RedisStore) -> l
                     f"(perseus handoff {name} --to {placement.hosts[0]})"
                 )
             drift.extend(f"{h}: not in the fleet" for h in here if h not in placement.hosts)
+            if name in failsafe:
+                wanted, runs = ("on", "off") if placement.failsafe else ("off", "on")
+                drift.extend(
+                    f"{h}: failsafe {runs}, the file says {wanted} (perseus shutdown {name} --host {h}, "
+                    "then fleet apply)"
+                    for h in running.get(name, [])
+                    if (workflow_id(name, h) in failsafe[name]) != placement.failsafe
+                )
         involved = set(placement.hosts if placement else []) | set(here) | set(standbys)
         old = {h: behind[h] for h in sorted(involved) if h in behind}
         drift.extend(f"{h}: runs {v}, older than {newest_seen} (upgrade it)" for h, v in old.items())

@@ -273,6 +273,9 @@ class Instance(BaseModel):
 
     exchange: str
     host: str
+    #: Whether it runs with the failsafe (it is in the exchange's roster); None: not read (a
+    #: worker's own enrolment, which never touches a running instance anyway).
+    failsafe: bool | None = None
 
 
 class Observed(BaseModel):
@@ -296,6 +299,8 @@ class ChangeKind(StrEnum):
     WAIT = "wait"  # the host has no worker: its worker enrols it when it starts
     SHUTDOWN = "shutdown"  # shut the instance down (prune: the file no longer names it)
     FORGET = "forget"  # delete the exchange's stored placement (prune)
+    #: The instance runs with the failsafe the file no longer gives it: reported, not restarted.
+    FAILSAFE_DIFFERS = "failsafe-differs"
 
 
 class Change(BaseModel):
@@ -305,11 +310,13 @@ class Change(BaseModel):
     exchange: str
     host: str | None = None
     priority: int = 0
+    #: For FAILSAFE_DIFFERS: the failsafe the file gives the exchange (the instance runs without it).
+    failsafe: bool | None = None
 
     @property
     def changes(self) -> bool:
-        """Whether carrying it out changes anything (WAIT only reports)."""
-        return self.kind is not ChangeKind.WAIT
+        """Whether carrying it out changes anything (WAIT and FAILSAFE_DIFFERS only report)."""
+        return self.kind not in (ChangeKind.WAIT, ChangeKind.FAILSAFE_DIFFERS)
 
     def describe(self) -> str:
         match self.kind:
@@ -325,6 +332,14 @@ class Change(BaseModel):
                 return f"{self.exchange}: shut down the instance on {self.host} (no longer in the file)"
             case ChangeKind.FORGET:
                 return f"{self.exchange}: forget the placement (no longer in the file)"
+            case ChangeKind.FAILSAFE_DIFFERS:
+                wanted, runs = ("on", "off") if self.failsafe else ("off", "on")
+                return (
+                    f"{self.exchange}: failsafe {wanted} in the file, {runs} in the instance on {self.host}: "
+                    f"not restarted behind your back, and nothing registered beside it (an exchange's "
+                    f"instances all have the failsafe or none has) — perseus shutdown {self.exchange} "
+                    f"--host {self.host}, then apply again"
+                )
 
 
 def reconcile(desired: Iterable[Placement], observed: Observed, *, prune: bool = False) -> list[Change]:
@@ -332,7 +347,7 @@ def reconcile(desired: Iterable[Placement], observed: Observed, *, prune: bool =
 
     Invariants (tests/unit/test_fleet.py checks each, over many snapshots):
 
-    1. A running instance of a desired (exchange, host) gets no action at all, whatever its role:
+    1. A running instance of a desired (exchange, host) gets no action that changes it, whatever its role:
        applying a file that already runs changes nothing (no new epoch, no transition), and there is
        no failback to the preferred host (it would flap; ``fleet status`` shows the drift).
     2. At most one REGISTER_ACTIVE per exchange, and none while the exchange has a holder or any
@@ -343,15 +358,22 @@ def reconcile(desired: Iterable[Placement], observed: Observed, *, prune: bool =
     4. SHUTDOWN and FORGET only with ``prune``, and only for what the *stored* placements named and
        ``desired`` no longer does: an instance registered by hand is never pruned.
     5. Order: exchanges by name; within one, STORE, REGISTER_ACTIVE, REGISTER_STANDBY (preference
-       order), WAIT, then SHUTDOWN — a new standby exists before a pruned active one goes away.
+       order), WAIT, FAILSAFE_DIFFERS, then SHUTDOWN — a new standby exists before a pruned active
+       one goes away.
        Exchanges dropped from the file come last (SHUTDOWN then FORGET).
     6. STORE when the placement differs from the stored one (new or changed), never otherwise.
+    7. A running instance whose failsafe differs from the placement's (when it was read) gets
+       FAILSAFE_DIFFERS, which only reports — like a changed connector or interval it is not
+       restarted (invariant 1) — and the exchange gets no registration at all while one differs:
+       every instance of an exchange has the failsafe or none has, and the door refuses a mix.
     """
     wanted = {p.exchange: p for p in desired}
     stored = {p.exchange: p for p in observed.stored}
     running: dict[str, set[str]] = {}
+    failsafe: dict[tuple[str, str], bool | None] = {}
     for inst in observed.instances:
         running.setdefault(inst.exchange, set()).add(inst.host)
+        failsafe[(inst.exchange, inst.host)] = inst.failsafe
     actions: list[Change] = []
     for exchange in sorted(wanted):
         placement = wanted[exchange]
@@ -359,12 +381,19 @@ def reconcile(desired: Iterable[Placement], observed: Observed, *, prune: bool =
             actions.append(Change(kind=ChangeKind.STORE, exchange=exchange))
         here = running.get(exchange, set())
         occupied = exchange in observed.holders or bool(here)
+        differs = [
+            h
+            for h in sorted(here)
+            if (runs := failsafe.get((exchange, h))) is not None and runs != placement.failsafe
+        ]
         waiting: list[Change] = []
         for host in placement.hosts:
             if host in here:
                 continue
             if host not in observed.live_hosts:
                 waiting.append(Change(kind=ChangeKind.WAIT, exchange=exchange, host=host))
+            elif differs:
+                continue  # it would be refused at the door: the differing instances are listed below
             elif not occupied:
                 actions.append(Change(kind=ChangeKind.REGISTER_ACTIVE, exchange=exchange, host=host))
                 occupied = True
@@ -378,6 +407,10 @@ def reconcile(desired: Iterable[Placement], observed: Observed, *, prune: bool =
                     )
                 )
         actions.extend(waiting)
+        actions.extend(
+            Change(kind=ChangeKind.FAILSAFE_DIFFERS, exchange=exchange, host=h, failsafe=placement.failsafe)
+            for h in differs
+        )
         if prune and exchange in stored:
             dropped = [h for h in stored[exchange].hosts if h not in placement.hosts and h in here]
             actions.extend(Change(kind=ChangeKind.SHUTDOWN, exchange=exchange, host=h) for h in dropped)

@@ -46,7 +46,9 @@ class Api:
         return f"{self.url}/network" + (f"?refresh={refresh}" if refresh else "")
 
 
-async def start_api(settings: Settings, port: int | None = None) -> tuple[Api, asyncio.Task[None]]:
+async def start_api(
+    settings: Settings, port: int | None = None, temporal_address: str | None = None
+) -> tuple[Api, asyncio.Task[None]]:
     pool = db.make_pool(settings.database_url)
     await pool.open(wait=True)
     try:
@@ -54,7 +56,7 @@ async def start_api(settings: Settings, port: int | None = None) -> tuple[Api, a
     finally:
         await pool.close()
     port = port or free_port()
-    server = build_server(settings, port)
+    server = build_server(settings, port, temporal_address)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

@@ -195,6 +195,52 @@ async def test_a_cli_transition_is_pushed_to_an_open_page_without_polling(
         await cli(servers, "shutdown", exchange, "--host", shared_worker)
 
 
+async def test_an_exchange_with_the_failsafe_on_says_so_quietly_on_its_card(
+    servers: Servers, settings: Settings, shared_worker: str, page: Page, exchange: str
+) -> None:
+    """The failsafe's line comes from Temporal (/api/network/failsafe), not from the board: "failsafe
+    on" while nothing holds, only on the cards of exchanges that have it, gone once nobody has it."""
+    # An API that reaches Temporal (the module's `api` reads Redis and PostgreSQL only).
+    plain = settings.model_copy(update={"payload_plaintext": True})
+    api, task = await start_api(plain, temporal_address=servers.temporal_address)
+    # A short interval: the keeper binds itself for a promise (3 intervals) from its start.
+    await cli(
+        servers,
+        "register",
+        exchange,
+        "--host",
+        shared_worker,
+        "--start",
+        "--failsafe",
+        "--heartbeat-interval",
+        "1",
+    )
+    running = True
+    try:
+        await sign_in(page, api, refresh=1)
+        await wait_state(page, exchange, "active", 15)
+        line = page.locator(f"{card(exchange)} [data-role=failsafe]")
+        await line.wait_for(timeout=10_000)
+        assert await line.inner_text() == "failsafe on"
+        assert await line.get_attribute("data-holding") == "false"
+        assert await line.get_attribute("title") == "1 in the roster"
+        # The demo exchanges run without it: no line on their cards.
+        cards = await page.locator(".card").count()
+        assert 1 <= await page.locator(".card [data-role=failsafe]").count() < cards
+        await cli(servers, "shutdown", exchange, "--host", shared_worker)
+        running = False
+        # The roster stays, empty: no running instance has the failsafe, so no line.
+        await page.wait_for_function(
+            "(sel) => !document.querySelector(sel)",
+            arg=f"{card(exchange)} [data-role=failsafe]",
+            timeout=10_000,
+        )
+    finally:
+        if running:
+            await cli(servers, "shutdown", exchange, "--host", shared_worker)
+        await stop_api(api, task)
+
+
 async def test_a_poll_read_before_a_pushed_transition_does_not_turn_the_card_back(
     servers: Servers, shared_worker: str, api: Api, page: Page, exchange: str
 ) -> None:

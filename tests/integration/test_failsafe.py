@@ -11,6 +11,7 @@ import contextlib
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.client import Client
@@ -127,8 +128,20 @@ async def shutdown(client: Client, exchange: str, *hosts: str) -> None:
             await control.command(client, exchange=exchange, host=h, default_host=h, command=Command.SHUTDOWN)
 
 
+async def api_key(servers: Servers) -> str:
+    conn = await db.connect(servers.database_url)
+    async with conn:
+        return await db.Catalog(db.OneConnection(conn)).create_api_key(f"fs-read-{uuid.uuid4().hex[:6]}")
+
+
 async def test_failsafe_holds_the_connector_through_a_redis_outage_for_every_host(
-    servers: Servers, shared_worker: str, client: Client, store: RedisStore, exchange: str, fleet: Fleet
+    servers: Servers,
+    shared_worker: str,
+    client: Client,
+    store: RedisStore,
+    settings: Settings,
+    exchange: str,
+    fleet: Fleet,
 ) -> None:
     """(a) Redis unreachable from every host for a dozen intervals: the holder's connector keeps
     acting past its renew deadline on its standbys' promises, no standby acts, and when Redis
@@ -175,6 +188,13 @@ async def test_failsafe_holds_the_connector_through_a_redis_outage_for_every_hos
     assert view is not None and (view.holding, view.promised, view.standbys, view.enrolled) == (True, 2, 2, 3)
     shown = await asyncio.to_thread(perseus, servers, "status", exchange)
     assert "failsafe: holding through a Redis outage, promises from 2 of 2 standbys" in shown.stdout, shown
+    # So does the network page's route, which reads Temporal alone (Redis is what is down).
+    api_settings = settings.model_copy(update={"payload_plaintext": True})
+    async with in_process(api_settings, temporal_address=servers.temporal_address) as http:
+        board = (await http.get("/api/network/failsafe", headers=bearer(await api_key(servers)))).json()
+    (line,) = [e for e in board["exchanges"] if e["exchangeName"] == exchange]
+    assert line["line"] == "failsafe: holding through a Redis outage, promises from 2 of 2 standbys"
+    assert line["failsafe"]["holding"] and line["failsafe"]["horizonS"] > 0
     await asyncio.sleep(OUTAGE_S / 2)
     for proxy in fleet.proxies.values():
         await proxy.up()
@@ -314,7 +334,22 @@ async def test_the_exchange_view_shows_the_failsafe_when_asked_and_leaving_empti
             "standbys": 0,
             "horizonS": None,
         }
-    await shutdown(client, exchange, shared_worker)
+
+        # The page's lines: read from Temporal alone, listing only the exchanges with the failsafe on.
+        async def line() -> dict[str, Any] | None:
+            board = (await http.get("/api/network/failsafe", headers=bearer(key))).json()
+            assert board["answered"] is True
+            return next((e for e in board["exchanges"] if e["exchangeName"] == exchange), None)
+
+        shown = await wait_for(line)  # the list of rosters is Temporal's visibility: a moment behind
+        assert shown is not None and shown["line"] == "failsafe: on (1 in the roster)"
+        assert not shown["failsafe"]["holding"]
+        await shutdown(client, exchange, shared_worker)
+
+        async def gone() -> bool:
+            return await line() is None
+
+        await wait_for(gone)  # an empty roster is no failsafe line
     roster = await client.get_workflow_handle(roster_workflow_id(exchange)).query(
         ROSTER_MEMBERS, result_type=RosterAnswer
     )

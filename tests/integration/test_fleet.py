@@ -344,6 +344,79 @@ async def test_warm_true_in_the_fleet_file_makes_warm_standbys(
     await catalog.store_placements([], forget=[exchange])
 
 
+async def test_a_changed_failsafe_is_reported_not_restarted_and_applied_once_shut_down(
+    servers: Servers,
+    shared_worker: str,
+    client: Client,
+    store: RedisStore,
+    catalog: db.Catalog,
+    exchange: str,
+    worker_processes: list[WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    """`failsafe = true` added to a running exchange: apply stores it and says which instances run
+    without it, registers nothing beside them (the door would refuse a mix), and restarts nothing;
+    once they are shut down, the next apply registers every instance with the failsafe."""
+    a, b = host_name("ffs-a"), host_name("ffs-b")
+    await start_workers(servers, worker_processes, a, b)
+    await wait_live(client, a, b)
+    ex_id = await exchange_id(servers, exchange)
+    first = await cli(servers, "fleet", "apply", fleet_file(tmp_path, table(exchange, a)))
+    assert first.returncode == 0, first.stderr
+    before = await wait_for(lambda: active_on(store, ex_id, a))
+
+    changed = fleet_file(tmp_path, table(exchange, a, b) + "failsafe = true\n")
+    result = await cli(servers, "fleet", "apply", changed)
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"{exchange}: failsafe on in the file, off in the instance on {a}: not restarted behind your back"
+        in result.stdout
+    ), result.stdout
+    assert f"perseus shutdown {exchange} --host {a}, then apply again" in result.stdout
+    assert "runs as declared" not in result.stdout
+    assert not await control_running(client, exchange, b)  # nothing registered beside it
+    still = await holder(store, ex_id)
+    assert still is not None and (still["hostname"], still["epoch"]) == (a, before["epoch"])  # not restarted
+    (stored,) = [p for p in await catalog.placements() if p.exchange == exchange]
+    assert stored.failsafe and stored.hosts == (a, b)
+    status = json.loads((await cli(servers, "fleet", "status", "--json")).stdout)
+    (mine,) = [v for v in status if v["exchange"] == exchange]
+    assert (
+        f"{a}: failsafe off, the file says on (perseus shutdown {exchange} --host {a}, then fleet apply)"
+        in (mine["drift"])
+    )
+    diff = await cli(servers, "fleet", "diff", changed)
+    assert (
+        "failsafe on in the file, off in the instance on" in diff.stdout
+        and "runs as declared" not in diff.stdout
+    )
+
+    await shutdown_all(client, exchange, a)
+    await wait_closed(client, workflow_id(exchange, a))
+    again = await cli(servers, "fleet", "apply", changed)
+    assert again.returncode == 0, again.stderr
+    assert "failsafe on in the file" not in again.stdout
+    await wait_for(lambda: active_on(store, ex_id, a))
+    await standbys_become(store, ex_id, [b])
+    members = await control.failsafe_members(client, exchange)
+    assert members == {workflow_id(exchange, a), workflow_id(exchange, b)}
+    status = json.loads((await cli(servers, "fleet", "status", "--json")).stdout)
+    (mine,) = [v for v in status if v["exchange"] == exchange]
+    assert not [d for d in mine["drift"] if "failsafe" in d], mine["drift"]
+    settled_again = await cli(servers, "fleet", "apply", changed)
+    assert "nothing to change: the fleet runs as declared" in settled_again.stdout, settled_again.stdout
+    await shutdown_all(client, exchange, b, a)
+    await catalog.store_placements([], forget=[exchange])
+
+
+async def control_running(client: Client, exchange: str, host: str) -> bool:
+    try:
+        described = await client.get_workflow_handle(workflow_id(exchange, host)).describe()
+    except Exception:  # noqa: BLE001 - never registered
+        return False
+    return described.status == WorkflowExecutionStatus.RUNNING
+
+
 #: A worker that started while PostgreSQL was down has every placement enrolled this soon after the
 #: server answers: the enrolment's longest wait between attempts (5 s), a registration, the
 #: simulated connector's walk, and a margin for a busy machine.

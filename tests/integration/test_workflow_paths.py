@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from perseus.models import (
     ConnectorSpec,
     DropStandbyRequest,
     Exchange,
+    FailsafeHolding,
     HandoffRequest,
     HostClaimRequest,
     HostPresence,
@@ -129,6 +131,14 @@ class Stand:
     #: its host lost Temporal while its keeper renews on (what ``probe`` then shows).
     silent_lease: int | None = None
     silence: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Every term from ``silent_lease`` on is silent once ``silence`` is set (the host never comes
+    #: back to Temporal), not only that one.
+    silent_after: bool = False
+    #: What the lease's heartbeats carry as details (its holder's failsafe state), None: nothing.
+    beat_details: FailsafeHolding | None = None
+    #: When each probe was answered and each release asked (monotonic seconds).
+    probed_at: list[float] = field(default_factory=list)
+    released_at: list[float] = field(default_factory=list)
     #: What the standby's watch returns once ``vacate`` is set (the exchange falling vacant, as the
     #: host's watch reports it); it is returned once, and every other watch stays quiet. None: quiet.
     vacancy: StandbyOutcome | None = None
@@ -163,6 +173,7 @@ class Stand:
         @activity.defn(name="release_claim")
         async def release(req: ReleaseRequest) -> PatchResult:
             stand.released += 1
+            stand.released_at.append(time.monotonic())
             return PatchResult(applied=True)
 
         @activity.defn(name="record")
@@ -204,16 +215,23 @@ class Stand:
                 result = stand.lease_behaviour(call)
                 if result is not None:
                     return result  # type: ignore[no-any-return]
+            silent = stand.silent_lease is not None and (
+                call == stand.silent_lease or stand.silent_after and call > stand.silent_lease
+            )
             while True:  # a healthy lease: heartbeats until cancelled
-                if call == stand.silent_lease and stand.silence.is_set():
+                if silent and stand.silence.is_set():
                     # Silent from here on; the worker's shutdown cancels it at the end of the test.
                     await asyncio.Event().wait()
-                activity.heartbeat()
+                if stand.beat_details is not None:
+                    activity.heartbeat(stand.beat_details)
+                else:
+                    activity.heartbeat()
                 await asyncio.sleep(0.05)
 
         @activity.defn(name="probe_claim")
         async def probe(req: ClaimProbeRequest) -> ClaimProbe:
             stand.probes += 1
+            stand.probed_at.append(time.monotonic())
             return stand.probe
 
         def connector(name: str) -> Callable[..., Any]:
@@ -1059,6 +1077,43 @@ async def test_silent_lease_whose_claim_redis_shows_renewed_is_reattached(
         ("state_transition", "stopping", "stopped"),
     ]
     assert stand.epochs == 1 and stand.released == 1
+
+
+async def test_silent_holder_holding_on_failsafe_promises_is_lost_only_after_its_horizon(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    """The holder's host loses Temporal while it holds through a Redis outage (its lease's last
+    heartbeat said so, with a horizon), and Redis — as the workflow's probe reaches it — shows the
+    key unrenewed past the deadline: the workflow records `instance_lost` only once the horizon has
+    passed, behind its patch (the golden history of that path)."""
+    # Within the re-issued lease's pickup window (1 interval + 3 s): the workflow looks again when
+    # the horizon has passed, while the re-issued lease (its host still silent) has not answered.
+    horizon_s = 2.5
+    stand = Stand(
+        silent_lease=1,
+        silent_after=True,
+        beat_details=FailsafeHolding(holding=True, horizon_s=horizon_s, promised=2, members=2),
+        probe=ClaimProbe(held_by_us=True, renewed_ms_ago=30_000, holder=HOST),
+    )
+
+    async def body(handle: WorkflowHandle[Any, Any]) -> None:
+        await handle.execute_update(InstanceWorkflow.wait_registered)
+        await command(handle, Command.START)
+        stand.silence.set()
+        outcome = await handle.result()
+        assert outcome.startswith("instance lost") and "stopped heartbeating" in outcome
+        history = await handle.fetch_history()
+        assert "patch: lost-waits-for-failsafe-horizon" in commands(history)
+        await record_history(handle, "failsafe-horizon-lost")
+
+    await run_paths(ts_env, stand, instance("fshz", heartbeat_interval_s=1.0), body)
+    assert [e[0] for e in stand.events].count("instance_lost") == 1
+    # Redis was asked at once (the claim already stale) and judged only when the horizon had passed.
+    assert stand.released_at and stand.probed_at
+    waited = stand.released_at[0] - stand.probed_at[0]
+    print(f"lost judged {waited:.2f}s after the first look (reported horizon {horizon_s}s)")
+    assert waited >= horizon_s
+    assert stand.lease_calls == 2  # judged within the re-issued lease's window, not after its timeout
 
 
 async def test_start_failure_recovers_to_idle(ts_env: WorkflowEnvironment) -> None:

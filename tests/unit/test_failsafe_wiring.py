@@ -13,7 +13,7 @@ from perseus import keys
 from perseus.core import actions as act
 from perseus.core.failsafe import FAILSAFE_PATCH, Failsafe
 from perseus.core.host import Host
-from perseus.models import PromiseAnswer, PromiseRequest, RosterAnswer, RosterMember
+from perseus.models import FailsafeHolding, PromiseAnswer, PromiseRequest, RosterAnswer, RosterMember
 from perseus.timing import failsafe_counted_s
 from tests.unit.part_driver import APP_ERROR, HOST, NOT_PICKED_UP, WF_ID, context, drive, world
 
@@ -105,3 +105,41 @@ def test_the_roster_workflow_registers_the_names_its_callers_use() -> None:
     assert definition.name == keys.ROSTER_WORKFLOW
     assert {keys.ROSTER_ENROL, keys.ROSTER_READ} <= set(definition.updates)
     assert keys.ROSTER_LEAVE in definition.signals
+
+
+@pytest.mark.parametrize(
+    ("details", "horizon"),
+    [
+        ([FailsafeHolding(holding=True, horizon_s=2.5, promised=2, members=2)], 2.5),
+        ([FailsafeHolding(holding=False, horizon_s=0.9, promised=0, members=2)], None),
+        ([], None),
+        (["something else"], None),
+    ],
+    ids=["holding", "not-holding", "none", "other"],
+)
+def test_a_silent_lease_carries_the_horizon_it_last_reported_while_holding(
+    details: list[Any], horizon: Any
+) -> None:
+    """The workflow reads the lease's last heartbeat details (as Temporal hands them back, through the
+    payload converter) into the failure the core judges: a horizon only while holding."""
+    from temporalio.exceptions import ActivityError, RetryState, TimeoutError, TimeoutType
+
+    from perseus.temporal import converter
+    from workflows.instance import failure_of
+
+    decoded = converter.payload_converter.from_payloads(converter.payload_converter.to_payloads(details))
+    cause = TimeoutError(
+        "activity Heartbeat timeout", type=TimeoutType.HEARTBEAT, last_heartbeat_details=decoded
+    )
+    err = ActivityError(
+        "activity timeout",
+        scheduled_event_id=1,
+        started_event_id=2,
+        identity="w",
+        activity_type="hold_lease",
+        activity_id="1",
+        retry_state=RetryState.TIMEOUT,
+    )
+    err.__cause__ = cause
+    failure = failure_of(err)
+    assert failure.timeout == "HEARTBEAT" and failure.failsafe_horizon_s == horizon

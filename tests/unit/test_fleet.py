@@ -217,6 +217,43 @@ def test_a_changed_placement_is_stored_again() -> None:
     assert kinds(reconcile([place("kraken", "a", interval=2.0)], observed)) == [("store", "kraken", None)]
 
 
+def test_a_changed_failsafe_is_reported_and_nothing_is_registered_beside_the_instances_that_differ() -> None:
+    # The file turns the failsafe on; a and b run without it, c is live and has no instance.
+    old = place("kraken", "a", "b", "c")
+    new = old.model_copy(update={"failsafe": True})
+    running = [Instance(exchange="kraken", host=h, failsafe=False) for h in "ab"]
+    observed = Observed(stored=[old], instances=running, holders={"kraken": "a"}, live_hosts=frozenset("abc"))
+    actions = reconcile([new], observed)
+    assert kinds(actions) == [
+        ("store", "kraken", None),
+        ("failsafe-differs", "kraken", "a"),
+        ("failsafe-differs", "kraken", "b"),
+    ]  # c's registration, with the failsafe, would be refused at the door beside a and b
+    assert [a.changes for a in actions] == [True, False, False]
+    assert actions[1].describe() == (
+        "kraken: failsafe on in the file, off in the instance on a: not restarted behind your back, "
+        "and nothing registered beside it (an exchange's instances all have the failsafe or none has) "
+        "— perseus shutdown kraken --host a, then apply again"
+    )
+    # Turned off again while they run with it: the same, the other way round.
+    with_it = observed.model_copy(
+        update={"stored": [new], "instances": [i.model_copy(update={"failsafe": True}) for i in running]}
+    )
+    back = reconcile([old], with_it)
+    assert kinds(back)[1:] == [("failsafe-differs", "kraken", "a"), ("failsafe-differs", "kraken", "b")]
+    assert back[1].describe().startswith("kraken: failsafe off in the file, on in the instance on a:")
+    # The instances agree with the file: c is registered as a standby, as for any placement.
+    assert kinds(reconcile([new], with_it)) == [("register-standby", "kraken", "c")]
+    # Once a and b were shut down, the next apply registers everything with the failsafe.
+    empty = observed.model_copy(update={"stored": [new], "instances": [], "holders": {}})
+    assert kinds(reconcile([new], empty))[0] == ("register-active", "kraken", "a")
+    # Not read (a worker's own enrolment never touches a running instance): nothing reported.
+    unread = observed.model_copy(
+        update={"instances": [i.model_copy(update={"failsafe": None}) for i in running]}
+    )
+    assert "failsafe-differs" not in [k for k, _, _ in kinds(reconcile([new], unread))]
+
+
 def test_prune_removes_only_what_the_stored_file_named_and_the_new_one_drops() -> None:
     stored = [place("coinbase", "a", "b"), place("kraken", "a"), place("binance", "b")]
     observed = Observed(
@@ -317,7 +354,7 @@ def test_invariants_over_many_snapshots(prune: bool) -> None:
         # 5. order: store, registrations, waits, shutdowns
         order = [a.kind for a in actions]
         rank = [ChangeKind.STORE, ChangeKind.REGISTER_ACTIVE, ChangeKind.REGISTER_STANDBY, ChangeKind.WAIT]
-        rank.append(ChangeKind.SHUTDOWN)
+        rank.extend([ChangeKind.FAILSAFE_DIFFERS, ChangeKind.SHUTDOWN])
         assert [rank.index(k) for k in order] == sorted(rank.index(k) for k in order)
         # 6. stored differs from desired: exactly one store
         assert order.count(ChangeKind.STORE) == 1
@@ -336,6 +373,43 @@ def test_invariants_over_many_snapshots(prune: bool) -> None:
             live_hosts=observed.live_hosts,
         )
         assert [a for a in reconcile(desired, after, prune=prune) if a.changes] == []
+
+
+@pytest.mark.parametrize("wanted", [False, True])
+def test_a_failsafe_that_differs_blocks_registrations_and_touches_nothing_over_many_snapshots(
+    wanted: bool,
+) -> None:
+    """Invariant 7 over every snapshot, with each running instance read with or without the failsafe."""
+    checked = 0
+    for desired, observed in snapshots():
+        placed = [p.model_copy(update={"failsafe": wanted}) for p in desired]
+        hosts = [i.host for i in observed.instances]
+        for bits in range(2 ** len(hosts)):
+            read = [
+                Instance(exchange="coinbase", host=h, failsafe=bool(bits >> n & 1))
+                for n, h in enumerate(hosts)
+            ]
+            world = observed.model_copy(update={"instances": read})
+            for prune in (False, True):
+                actions = reconcile(placed, world, prune=prune)
+                differ = sorted(i.host for i in read if i.failsafe != wanted)
+                reported = [a.host for a in actions if a.kind is ChangeKind.FAILSAFE_DIFFERS]
+                assert reported == differ
+                assert all(a.failsafe is wanted for a in actions if a.kind is ChangeKind.FAILSAFE_DIFFERS)
+                registered = [
+                    a for a in actions if a.kind in (ChangeKind.REGISTER_ACTIVE, ChangeKind.REGISTER_STANDBY)
+                ]
+                if differ:
+                    assert registered == []
+                # Without the failsafe read, the plan is the same but for the reports and, while
+                # an instance differs, the registrations.
+                plain = reconcile(placed, observed, prune=prune)
+                blocked = (ChangeKind.REGISTER_ACTIVE, ChangeKind.REGISTER_STANDBY) if differ else ()
+                assert [a for a in actions if a.kind is not ChangeKind.FAILSAFE_DIFFERS] == [
+                    a for a in plain if a.kind not in blocked
+                ]
+                checked += 1
+    assert checked > 1000
 
 
 def test_enrolment_registers_only_the_starting_host() -> None:

@@ -40,7 +40,12 @@ import pytest
 from perseus.core import actions as act
 from perseus.core.decisions import LOSS_TYPES, LeaseVerdict, lease_verdict, restart_delay
 from perseus.core.lifecycle import Command, State
-from perseus.core.recovery import RUNNING_STATES, STEP_ASIDE_WAKES_FROM_ITS_LIST, Recovery
+from perseus.core.recovery import (
+    LOST_WAITS_FOR_FAILSAFE_HORIZON,
+    RUNNING_STATES,
+    STEP_ASIDE_WAKES_FROM_ITS_LIST,
+    Recovery,
+)
 from perseus.core.state import Ending, RecoveryState
 from perseus.errors import ConnectorFailed, ConnectorFailover, ConnectorUnhealthy
 from perseus.models import (
@@ -516,6 +521,44 @@ def test_a_silent_lease_is_reattached_unless_redis_proves_the_claim_dead(first: 
                 # Still renewed and nothing ended: re-attached, no transition, same claim.
                 assert r.value is True and r.parts.leases.leasing and r.parts.leases.claim == CLAIM
                 assert not r.world.events(EventKind.STATE_TRANSITION) and not r.parts.enqueued
+
+
+#: The failsafe's horizon a silent lease last reported while holding through a Redis outage (within
+#: the re-issued lease's pickup window, so the part looks at Redis again at its end).
+HORIZON_S = 1.5 * INTERVAL
+HOLDING = act.Failure(message="timed out (HEARTBEAT)", timeout="HEARTBEAT", failsafe_horizon_s=HORIZON_S)
+
+
+@pytest.mark.parametrize(
+    "probe", [STALE, NO_TTL, EXPIRED, TAKEN], ids=["stale", "no-ttl", "expired", "taken"]
+)
+def test_a_silent_holder_that_reported_a_failsafe_horizon_is_lost_only_once_it_has_passed(probe: Any) -> None:
+    # The holder's host lost Temporal while holding on promises: its lease went silent, and Redis
+    # (reached by the workflow's probe, not by the holder) shows the claim unrenewed or gone
+    # throughout; the re-issued lease is not picked up meanwhile.
+    r = run(HOLDING, scripts={A.PROBE_CLAIM: [probe] * 20})
+    check(r)
+    assert r.value is False  # lost in the end
+    start = r.world.seen[0].at
+    (released,) = [s for s in r.world.calls_of(A.RELEASE_CLAIM)]
+    waited = [s for s in r.world.seen if isinstance(s.action, act.Log) and "failsafe" in s.action.message]
+    patched = [s.action for s in r.world.seen if isinstance(s.action, act.Patched)]
+    if probe is TAKEN:
+        # Held by another: a fencing answer the holder stops on at once; nothing to wait for.
+        assert released.at == start and not waited and not patched
+    else:
+        # Not recorded lost, nor its key released, nor a standby woken, before the horizon passed.
+        assert (released.at - start).total_seconds() >= HORIZON_S
+        assert waited and patched == [act.Patched(LOST_WAITS_FOR_FAILSAFE_HORIZON)] * len(patched)
+        for i, _ in r.world.signals_sent("promote"):
+            assert (r.world.seen[i].at - start).total_seconds() >= HORIZON_S
+    # Without a reported horizon (the failsafe off, or not holding) the same lease is lost at once.
+    plain = run(
+        SILENT, scripts={A.PROBE_CLAIM: [probe] * 20}, waits=[True] * 10, retakes=[NOT_PICKED_UP] * 10
+    )
+    check(plain)
+    assert plain.value is False and plain.world.calls_of(A.RELEASE_CLAIM)[0].at == start
+    assert not [s for s in plain.world.seen if isinstance(s.action, act.Patched)]
 
 
 @pytest.mark.parametrize("answer", CHECKS, ids=CHECK_IDS)

@@ -53,6 +53,12 @@
     live: { controller: null, up: false, retryMs: 1000, retryTimer: null, pushed: new Map(), pushedAt: new Map() },
     polls: 0, // successful /instances reads so far
     caller: null, // the key's {name, scope, exchanges} (/api/key): which controls a card shows
+    // Exchanges with the failsafe on (/api/network/failsafe, read from Temporal, not Redis):
+    // lower-cased name -> {failsafe, line}. Polled with the board, and also while the board cannot
+    // be read (a Redis outage is when a holder holds on promises).
+    failsafe: new Map(),
+    failsafeAvailable: true,
+    failsafeBusy: false,
   };
 
   // --- small helpers ------------------------------------------------------------------------------
@@ -240,6 +246,7 @@
       state.polls += 1;
       document.body.dataset.polls = String(state.polls); // tests tell polls from pushes by this
       renderBoard();
+      refreshFailsafe();
       await refreshFeed(false);
       refreshHistory();
       openStream();
@@ -255,6 +262,7 @@
         return;
       }
       ui.network.classList.add("stale");
+      if (err.status === 503) refreshFailsafe(); // Redis or PostgreSQL away: Temporal may still say who holds
       setConnection("offline", "API offline");
       const what = err.status === 0 ? "API offline" : `API error ${err.status}: ${err.message}`;
       const since = state.board ? ` Showing data from ${age((performance.now() - state.receivedAt) / 1000)}.` : "";
@@ -444,6 +452,8 @@
       offlineDetails(node, inst);
     }
     historyDetails(node, inst);
+    const failsafe = failsafeNote(inst);
+    if (failsafe) node.append(failsafe);
     if (inst.paused) node.append(pausedNote(inst));
     node.append(standbyList(inst.standbys || [], inst.paused));
     const actions = cardActions(inst, cardState);
@@ -518,6 +528,40 @@
     }
     if (!response.ok) throw new ApiError(response.status, answer);
     return answer;
+  }
+
+  /** The failsafe's line: one quiet "failsafe on", or what the holder holds on during a Redis outage. */
+  function failsafeNote(inst) {
+    const item = state.failsafe.get(String(inst.exchangeName).toLowerCase());
+    if (!item) return null;
+    const f = item.failsafe;
+    const roster = `${f.enrolled} in the roster`;
+    if (!f.holding) {
+      return el("p", { class: "failsafe", "data-role": "failsafe", "data-holding": "false", title: roster, text: "failsafe on" });
+    }
+    const left = typeof f.horizonS === "number" ? `; may act for ${f.horizonS.toFixed(1)} s more as last reported` : "";
+    return el("p", { class: "failsafe holding", "data-role": "failsafe", "data-holding": "true", title: `${roster}${left}`, text: item.line });
+  }
+
+  // Failsafe lines: with every poll (the server reads Temporal at most every couple of seconds for
+  // all its pages), re-rendering the cards only when a line changed.
+  async function refreshFailsafe() {
+    if (!state.failsafeAvailable || state.failsafeBusy) return;
+    state.failsafeBusy = true;
+    try {
+      const answer = await api("/api/network/failsafe");
+      if (!answer.answered) return; // Temporal did not answer: keep the last lines
+      const lines = new Map((answer.exchanges || []).map((e) => [String(e.exchangeName).toLowerCase(), e]));
+      const shown = JSON.stringify([...state.failsafe.entries()].map(([n, e]) => [n, e.line]));
+      const fresh = JSON.stringify([...lines.entries()].map(([n, e]) => [n, e.line]));
+      state.failsafe = lines;
+      if (shown !== fresh && state.board) renderBoard();
+    } catch (err) {
+      // A server without the route: the cards go without the line; anything else: the next poll.
+      if (err instanceof ApiError && err.status === 404) state.failsafeAvailable = false;
+    } finally {
+      state.failsafeBusy = false;
+    }
   }
 
   /** Maintenance mode: nobody takes the exchange over by themselves until the deadline or a resume. */
