@@ -76,7 +76,7 @@ bench-tracing: install
 	$(BIN)/python -m bench.tracing_overhead $(BENCH_ARGS)
 
 # Availability through Redis outages of 30 s and 300 s for every host and one for the holder only,
-# with and without the failsafe, three hosts at 2 s (~10 min; BENCH_ARGS="--quick": ~2 min).
+# with and without the failsafe, three hosts at 2 s (~10 min; BENCH_ARGS="--quick": ~3 min).
 bench-failsafe: install
 	$(BIN)/python -m bench.failsafe_availability $(BENCH_ARGS)
 
