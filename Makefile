@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test check check-package check-upgrade lint format bench bench-ledger bench-tracing soak lab lock clean chromium
+.PHONY: install run test check check-package check-upgrade lint format bench bench-ledger bench-tracing bench-failsafe soak lab lock clean chromium
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -74,6 +74,11 @@ bench-ledger: install
 # (~16 min; workers run from `git archive HEAD`: commit first).
 bench-tracing: install
 	$(BIN)/python -m bench.tracing_overhead $(BENCH_ARGS)
+
+# Availability through Redis outages of 30 s and 300 s for every host and one for the holder only,
+# with and without the failsafe, three hosts at 2 s (~10 min; BENCH_ARGS="--quick": ~3 min).
+bench-failsafe: install
+	$(BIN)/python -m bench.failsafe_availability $(BENCH_ARGS)
 
 # The chaos suite with control-plane outages of 30–120 s instead of CI's few seconds (~45 min).
 soak: install

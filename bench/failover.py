@@ -104,6 +104,7 @@ async def register_again(
     standby: bool,
     priority: int = 0,
     connector: ConnectorSpec | None = None,
+    failsafe: bool = False,
 ) -> None:
     """Register ``host`` (active and started, or a standby), waiting while the instance that just
     lost or handed over there is still closing its workflow (50 s at most)."""
@@ -119,6 +120,7 @@ async def register_again(
                 standby=standby,
                 priority=priority,
                 connector=connector,
+                failsafe=failsafe,
             )
             return
         except AlreadyRegistered:

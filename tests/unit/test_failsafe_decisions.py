@@ -61,6 +61,17 @@ def test_rounds_follow_a_fixed_schedule_from_the_first_failed_renewal() -> None:
     )
 
 
+def test_a_failsafe_holder_whose_renewals_fail_tries_redis_at_the_rounds_pace() -> None:
+    """Redis' return is found by a renewal: a failsafe holder tries twice an interval while its
+    renewals fail (the key re-established within half an interval of Redis answering, not a whole
+    one), and at an interval's pace otherwise — failsafe off, or renewing."""
+    for interval in (timing.MIN_INTERVAL_S, 2.0, timing.DEFAULT_INTERVAL_S):
+        fast = fs.renewal_step_s(interval, failsafe=True, failing=True)
+        assert fast == fs.FailsafeTiming.of(interval).ask_every_s < interval
+        assert fs.renewal_step_s(interval, failsafe=True, failing=False) == interval
+        assert fs.renewal_step_s(interval, failsafe=False, failing=True) == interval
+
+
 @pytest.mark.parametrize(
     ("answer", "acting", "failsafe", "action"),
     [

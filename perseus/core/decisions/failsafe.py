@@ -158,6 +158,18 @@ def next_round_at(
     return failed_since + rounds * timing.ask_every_s
 
 
+def renewal_step_s(interval_s: float, *, failsafe: bool, failing: bool) -> float:
+    """How long after one renewal's slot the holder tries the next: an interval — but while a
+    failsafe holder's renewals fail, at the rounds' pace (``ask_every_s``). Redis' return is found
+    out only by a renewal, and the one that finds the key absent re-establishes it (invariant 7):
+    at an interval's pace that came up to a whole interval after Redis answered again (2.01 s at
+    2 s in bench/failsafe_availability.py, past the acceptance's "within one interval"); at the
+    rounds' pace, within half an interval plus the write."""
+    if failsafe and failing:
+        return FailsafeTiming.of(interval_s).ask_every_s
+    return interval_s
+
+
 def prune(facts: HolderFacts, now: float, timing: FailsafeTiming) -> HolderFacts:
     """The facts without rounds and grants that can no longer extend anything at ``now`` (memory
     stays bounded through an outage of any length)."""
