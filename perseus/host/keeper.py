@@ -424,11 +424,9 @@ class LeaseKeeper:
                 return
             # A fixed schedule, not sleep(interval) after the work: lateness does not accumulate.
             # Woken at the start of the grid slot holding the due time: up to a slot early (safe),
-            # together with the slot's other renewals. A failsafe holder whose renewals fail tries
-            # twice an interval, so that it re-establishes its key soon after Redis returns.
-            due += fs.renewal_step_s(
-                interval, failsafe=held.facts is not None, failing=held.failed_since is not None
-            )
+            # together with the slot's other renewals. A failsafe holder renews twice an interval:
+            # its first round of asks starts sooner after a cut, and its key is back sooner after.
+            due += fs.renewal_step_s(interval, failsafe=held.facts is not None)
             await self._until_due(held, due)
 
     async def _until_due(self, held: HeldClaim, due: float) -> None:

@@ -61,15 +61,24 @@ def test_rounds_follow_a_fixed_schedule_from_the_first_failed_renewal() -> None:
     )
 
 
-def test_a_failsafe_holder_whose_renewals_fail_tries_redis_at_the_rounds_pace() -> None:
-    """Redis' return is found by a renewal: a failsafe holder tries twice an interval while its
-    renewals fail (the key re-established within half an interval of Redis answering, not a whole
-    one), and at an interval's pace otherwise — failsafe off, or renewing."""
+def test_a_failsafe_holder_renews_at_the_rounds_pace() -> None:
+    """A failsafe holder renews twice an interval (its first round starts sooner after a cut, and
+    its key is re-established within half an interval of Redis answering); failsafe off, at an
+    interval's pace."""
     for interval in (timing.MIN_INTERVAL_S, 2.0, timing.DEFAULT_INTERVAL_S):
-        fast = fs.renewal_step_s(interval, failsafe=True, failing=True)
+        fast = fs.renewal_step_s(interval, failsafe=True)
         assert fast == fs.FailsafeTiming.of(interval).ask_every_s < interval
-        assert fs.renewal_step_s(interval, failsafe=True, failing=False) == interval
-        assert fs.renewal_step_s(interval, failsafe=False, failing=True) == interval
+        assert fs.renewal_step_s(interval, failsafe=False) == interval
+
+
+def test_a_cut_just_after_a_renewal_leaves_the_first_round_over_an_interval() -> None:
+    """The worst case for the first round: Redis cut right after a renewal. The next renewal is
+    tried one step later and counts as failed a quarter interval after that; from there to the renew
+    deadline the round has more than an interval (it had 0.75 of one at an interval's pace)."""
+    for interval in (timing.MIN_INTERVAL_S, 2.0, timing.DEFAULT_INTERVAL_S):
+        T = fs.FailsafeTiming.of(interval)
+        first_round = fs.renewal_step_s(interval, failsafe=True) + timing.failsafe_probe_s(interval)
+        assert T.renew_deadline_s - first_round > interval
 
 
 @pytest.mark.parametrize(

@@ -158,14 +158,17 @@ def next_round_at(
     return failed_since + rounds * timing.ask_every_s
 
 
-def renewal_step_s(interval_s: float, *, failsafe: bool, failing: bool) -> float:
-    """How long after one renewal's slot the holder tries the next: an interval — but while a
-    failsafe holder's renewals fail, at the rounds' pace (``ask_every_s``). Redis' return is found
-    out only by a renewal, and the one that finds the key absent re-establishes it (invariant 7):
-    at an interval's pace that came up to a whole interval after Redis answered again (2.01 s at
-    2 s in bench/failsafe_availability.py, past the acceptance's "within one interval"); at the
-    rounds' pace, within half an interval plus the write."""
-    if failsafe and failing:
+def renewal_step_s(interval_s: float, *, failsafe: bool) -> float:
+    """How long after one renewal's slot the holder tries the next: an interval — but a failsafe
+    holder renews at the rounds' pace (``ask_every_s``), always. Two reasons, both measured in
+    bench/failsafe_availability.py at 2 s: the first round starts at the first failed renewal, and
+    at an interval's pace a cut just after a renewal left that round 0.75 of an interval before the
+    renew deadline (on a loaded machine one exchange's promises came 0.4 s too late); and Redis'
+    return is found out only by a renewal, the one that re-establishes an absent key (invariant 7),
+    which at an interval's pace came up to a whole interval after Redis answered (2.01 s at 2 s).
+    At half an interval the round has at least 1.25 intervals, and the key is back within half an
+    interval plus the write. The cost: two renewals an interval for the exchanges that opt in."""
+    if failsafe:
         return FailsafeTiming.of(interval_s).ask_every_s
     return interval_s
 
