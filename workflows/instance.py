@@ -137,11 +137,12 @@ IMMEDIATE = (
 )
 
 
-def failure_of(err: ActivityError | TimeoutError) -> act.Failure:
+def failure_of(err: ActivityError | TimeoutError | ApplicationError) -> act.Failure:
     """An activity's failure as the core reads it: plain values from the SDK's error chain.
 
-    A local activity that timed out is an ActivityError whose cause is the timeout when it ran, but
-    the bare TimeoutError when a replay reads it from its marker: both are read the same way."""
+    A local activity's failure may reach the workflow unwrapped — the bare TimeoutError or
+    ApplicationError rather than an ActivityError caused by it (a timeout read back from its marker
+    on replay; a Redis refused twice in a bench run, live): each is read as its wrapped form."""
     cause = err.cause if isinstance(err, ActivityError) else err
     if isinstance(cause, TimeoutError):
         kind = cause.type.name if cause.type else None
@@ -291,7 +292,11 @@ class InstanceWorkflow:
             answer, failed = None, None
             try:
                 answer = self._now(action) if isinstance(action, IMMEDIATE) else await self._later(action)
-            except (ActivityError, TimeoutError) as err:
+            except (ActivityError, TimeoutError, ApplicationError) as err:
+                # A bare ApplicationError is a local activity's failure, unwrapped (failure_of); from
+                # anything else it is the run's own failure and fails the run, as it always did.
+                if isinstance(err, ApplicationError) and not (isinstance(action, act.Call) and action.local):
+                    raise
                 failed = StepFailed(failure_of(err))
                 failed.__cause__ = err
 

@@ -59,7 +59,9 @@ async def command(*args: Any, **kwargs: Any) -> CommandResult:
     return await control.command(*args, **kwargs)
 
 
+@pytest.mark.parametrize("cut", ["stalled", "refused"])
 async def test_a_transition_is_recorded_while_the_workflows_worker_cannot_reach_redis(
+    cut: str,
     servers: Servers,
     temporal: PrivateTemporal,
     store: RedisStore,
@@ -97,7 +99,12 @@ async def test_a_transition_is_recorded_while_the_workflows_worker_cannot_reach_
         await wait_for(idle_recorded)
         before = len([e for e in await events(store, exchange) if e["event"] == "state_transition"])
 
-        proxy.stall()  # the workflow's worker is cut off from Redis from here on
+        # The workflow's worker is cut off from Redis from here on: its writes time out (stalled), or
+        # fail at once (refused — a local activity's failure then reaches the workflow unwrapped).
+        if cut == "stalled":
+            proxy.stall()
+        else:
+            await proxy.down()
         cut_at = time.monotonic()
         start: asyncio.Task[CommandResult] = asyncio.create_task(
             command(
@@ -120,6 +127,7 @@ async def test_a_transition_is_recorded_while_the_workflows_worker_cannot_reach_
             took = time.monotonic() - cut_at
         finally:
             proxy.resume()
+            await proxy.up()
         print(f"start recorded (status active, 3 transitions) {took:.2f}s after the command, Redis cut")
         assert (await start).state == "active"
         # Written by the instance's host, not by the cut-off worker once its Redis came back.

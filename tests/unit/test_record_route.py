@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from temporalio.exceptions import ActivityError, TimeoutError, TimeoutType
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError, TimeoutType
 
 from perseus.core import actions as act
 from perseus.core.decisions import RecordRoute, record_moves_to, record_starts
@@ -177,3 +177,22 @@ def test_a_local_timeout_reads_the_same_run_or_replayed() -> None:
     run_as.__cause__ = timeout
     assert failure_of(timeout) == failure_of(run_as)
     assert failure_of(timeout).timeout == "SCHEDULE_TO_CLOSE"
+
+
+def test_a_local_failure_reads_the_same_wrapped_or_bare() -> None:
+    """A local activity's ApplicationError reached a bench run's workflow unwrapped (Redis refused
+    both attempts): read as anything but the activity's failure, it failed the whole run instead of
+    moving the record."""
+    refused = ApplicationError("Redis unreachable", type="ServiceUnavailable")
+    wrapped = ActivityError(
+        "activity failed",
+        scheduled_event_id=0,
+        started_event_id=0,
+        identity="",
+        activity_type="record",
+        activity_id="1",
+        retry_state=None,
+    )
+    wrapped.__cause__ = refused
+    assert failure_of(refused) == failure_of(wrapped)
+    assert failure_of(refused).error_type == "ServiceUnavailable"
