@@ -114,7 +114,7 @@ def _replay(profile: str, failsafe: bool, seed: int, rounds: int, make: bool) ->
 def _write_report(path: Path, heading: str, section: str) -> None:
     """The report with this run's section in it: the header rewritten, a section under the same
     heading replaced, any other section (another profile's, the failsafe's, notes added by hand)
-    kept, a new one placed before the notes."""
+    kept."""
     sections: list[str] = []
     if path.exists():
         chunks = re.split(r"(?m)^(?=## )", path.read_text())
@@ -123,8 +123,13 @@ def _write_report(path: Path, heading: str, section: str) -> None:
     if heading in heads:
         sections[heads.index(heading)] = section
     else:
+        # After the last of its kind (a profile's, the failsafe's); the first failsafe one at the
+        # end, the first profile one before the notes.
+        kind = heading.split("`")[0]
+        same = [n for n, h in enumerate(heads) if h.startswith(kind)]
         notes = next((n for n, h in enumerate(heads) if h.startswith("## Notes")), len(sections))
-        sections.insert(notes, section)
+        at = same[-1] + 1 if same else len(sections) if kind.startswith("## Failsafe") else notes
+        sections.insert(at, section)
     path.write_text("\n".join([_header(), *sections]))
 
 
