@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test check check-package check-upgrade lint format bench bench-ledger bench-tracing bench-failsafe soak lab lock clean chromium
+.PHONY: install run test check check-package check-upgrade lint format bench bench-ledger bench-tracing bench-failsafe soak lab lab-failsafe lock clean chromium
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -86,12 +86,21 @@ soak: install
 
 # The lab (issue 27; root): every fault kind PERSEUS_LAB_ROUNDS times (default 5, ~40 min) against
 # connector hosts in network namespaces, judged at the sink, on each Redis profile (a single server,
-# Sentinel, a Cluster with replicas); writes docs/lab.md. `make test` runs one round on the single
-# server. Replay a run with the command docs/lab.md (or a failure) prints.
+# Sentinel, a Cluster with replicas), then the failsafe's kinds (issue 29) against an exchange with
+# the failsafe on, on the profiles PERSEUS_LAB_FAILSAFE_PROFILES names; writes docs/lab.md (each
+# run's section replaced, the others kept). `make test` runs one round of the plain kinds on the
+# single server, none of the failsafe's. Replay a run with the command docs/lab.md (or a failure)
+# prints.
 lab: install
 	PERSEUS_LAB_ROUNDS=$${PERSEUS_LAB_ROUNDS:-5} PERSEUS_LAB_REPORT=docs/lab.md \
-		PERSEUS_LAB_PROFILES=$${PERSEUS_LAB_PROFILES:-single,sentinel,cluster} \
+		PERSEUS_LAB_PROFILES=$${PERSEUS_LAB_PROFILES-single,sentinel,cluster} \
+		PERSEUS_LAB_FAILSAFE_PROFILES=$${PERSEUS_LAB_FAILSAFE_PROFILES-single,sentinel,cluster} \
 		$(BIN)/pytest -p no:cacheprovider -s tests/lab/test_lab.py -k schedule
+
+# The failsafe's kinds alone (Redis cut from every host, the holder, a standby; back empty), as in
+# `make lab` (~6 min a profile at 5 rounds).
+lab-failsafe: install
+	PERSEUS_LAB_PROFILES= $(MAKE) lab
 
 # Re-pin every dependency (needs pip-tools); commit the result. Pinned versions only: the index and
 # find-links this machine's pip uses are its own business, not the lock file's.

@@ -120,9 +120,14 @@ async def take_claim(store: RedisStore, catalog: Catalog, req: ClaimRequest) -> 
         await catalog.raise_epoch(status.exchange_id, held)
         return ClaimResult(claimed=True, epoch=held)
     holder, message = describe_holder(status.exchange_id, status.exchange_name, reply.holder)
-    return ClaimResult(
-        claimed=False, epoch=epoch, holder=holder, holder_ttl_ms=reply.pttl_ms, message=message
-    )
+    # Refused: the epoch drawn above was never held by anyone; what the claimant learned is the
+    # holder's. The workflow remembers the answer's epoch as one it has seen, and a failsafe granter
+    # refuses any holder older than that (decisions.failsafe.grant_verdict): with the drawn epoch,
+    # every standby that lost a race would refuse the winner its promises (the lab found it). Not
+    # needed as a floor either: the counter is past it, and after Redis lost its data no holder
+    # ever had it.
+    seen = max(req.highest_epoch, holder.epoch if holder is not None and holder.epoch is not None else 0)
+    return ClaimResult(claimed=False, epoch=seen, holder=holder, holder_ttl_ms=reply.pttl_ms, message=message)
 
 
 class RegistryActivities:

@@ -37,7 +37,35 @@ PROFILE_KINDS = {
     "sentinel": (*KINDS, "sentinel-failover", "failover-lagging"),
     "cluster": (*KINDS, "cluster-failover"),
 }
-ALL_KINDS = (*KINDS, "sentinel-failover", "failover-lagging", "cluster-failover")
+#: The failsafe's kinds (docs/design.md, "Failsafe: holding through a Redis outage"), run against an
+#: exchange registered with the failsafe on (``perseus register --failsafe``), so in a schedule of
+#: their own (tests/lab/test_lab.py; `make lab`, `make lab-failsafe`, never `make test`): Redis cut
+#: from every host; from the holder only; from one standby only; and cut from every host while it
+#: restarts without its data, then back empty. Redis is cut both ways, Temporal stays up (it carries
+#: the promises).
+FAILSAFE_KINDS = (
+    "failsafe-redis-all",
+    "failsafe-redis-holder",
+    "failsafe-redis-standby",
+    "failsafe-redis-empty",
+)
+#: By profile. Back empty on the single server only: there it is one process restarted without its
+#: data; a Sentinel group's or a Cluster's nodes restarted empty is a failover fault of its own.
+FAILSAFE_PROFILE_KINDS = {
+    "single": FAILSAFE_KINDS,
+    "sentinel": FAILSAFE_KINDS[:3],
+    "cluster": FAILSAFE_KINDS[:3],
+}
+#: What the sink must see of each failsafe kind (tests/lab/judge.Window): the holder before the
+#: fault the only one acting through it, same host and epoch (``kept``), or another host acting
+#: under a newer epoch at the end (``moved``).
+FAILSAFE_EXPECT = {
+    "failsafe-redis-all": "kept",
+    "failsafe-redis-holder": "moved",
+    "failsafe-redis-standby": "kept",
+    "failsafe-redis-empty": "kept",
+}
+ALL_KINDS = (*KINDS, "sentinel-failover", "failover-lagging", "cluster-failover", *FAILSAFE_KINDS)
 
 #: The rates a drifting clock runs at (1 % and 10 % fast or slow), one per round in turn, so four
 #: rounds run each once; a step is +30 s or -30 s, alternately.
@@ -75,6 +103,14 @@ BOUND_S = {
     "failover-lagging": 31.0,
     # CLUSTER FAILOVER is coordinated: the old master follows its replica at once. B.
     "cluster-failover": 4.9,
+    # Redis gone for every host: the holder acts on on its standbys' promises, so nothing changes.
+    "failsafe-redis-all": 0.5,
+    # Redis gone for the holder only: its standbys refuse to promise, it stops at its deadline and a
+    # standby claims over, as without the failsafe. B.
+    "failsafe-redis-holder": 4.9,
+    "failsafe-redis-standby": 0.5,
+    # Back empty: the holder writes its key again, same epoch (invariant 7); nothing changes.
+    "failsafe-redis-empty": 0.5,
 }
 
 
@@ -193,6 +229,24 @@ def inject(stack: LabStack, fault: Fault, active: int, standby: int) -> Injected
         def heal() -> None:
             clock.write_text("+0\n")
 
+    elif fault.kind in ("failsafe-redis-all", "failsafe-redis-empty"):
+        cut = range(1, lab.hosts + 1)
+        for h in cut:
+            lab.partition(h, "redis")
+        if fault.kind == "failsafe-redis-empty":
+            # Restarted without its data half-way through, while no host reaches it.
+            time.sleep(hold / 2)
+            stack.restart_redis_empty()
+            hold -= time.monotonic() - start
+
+        def heal() -> None:
+            for h in cut:
+                lab.heal(h, "redis")
+
+    elif fault.kind in ("failsafe-redis-holder", "failsafe-redis-standby"):
+        i = standby if fault.kind == "failsafe-redis-standby" else active
+        lab.partition(i, "redis")
+        heal = lambda: lab.heal(i, "redis")  # noqa: E731
     elif fault.kind in ("sentinel-failover", "failover-lagging", "cluster-failover"):
         # Run where the servers are; it holds (a lagging replica's pause) and settles by itself.
         argv = [sys.executable, "-m", "tests.lab.redis_faults", fault.kind, "--info", str(stack.info_path)]
@@ -208,6 +262,6 @@ def inject(stack: LabStack, fault: Fault, active: int, standby: int) -> Injected
         return Injected(Fault(fault.kind, 0, fault.hold_i, fault.arg), start, time.monotonic())
     else:
         raise ValueError(f"unknown fault {fault.kind!r}: one of {', '.join(ALL_KINDS)}")
-    time.sleep(hold)
+    time.sleep(max(hold, 0.0))
     heal()
     return Injected(Fault(fault.kind, i, fault.hold_i, fault.arg), start, time.monotonic())

@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +31,8 @@ from tests.lab.netns import SERVICES
 from tests.redis_ha import start_sentinel_group
 
 PROFILES = ("single", "sentinel", "cluster")
+#: What the infrastructure prints each time it restarted the single Redis empty (on SIGUSR1).
+RESTARTED = "redis restarted empty"
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -109,6 +113,26 @@ async def start(base: Path, profile: str) -> tuple[list[services.Service], dict[
     return children, info
 
 
+async def restart_redis_empty(children: list[services.Service], info: dict[str, object]) -> None:
+    """The single profile's Redis killed (as a crash), its data files removed and started again on
+    the same port with the same password: it comes back empty. Started by this process, whose child
+    it must be (it dies with its parent, services._die_with_parent)."""
+    assert info["profile"] == "single", "restarted empty on the single profile only"
+    ports: list[int] = info["redis_ports"]  # type: ignore[assignment]
+    (port,) = ports
+    at = next(n for n, s in enumerate(children) if s.name == "redis" and s.port == port)
+    old = children[at]
+    old.kill()
+    data = old.log_path.parent
+    for name in ("appendonlydir", "dump.rdb"):
+        path = data / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    children[at] = await services.start_redis(data, port, password=old.password)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", type=Path, required=True)
@@ -116,7 +140,7 @@ def main() -> None:
     parser.add_argument("--profile", choices=PROFILES, default="single")
     args = parser.parse_args()
     # Blocked before anything starts, so that sigwait (not the default action) takes them.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1})
     children, info = asyncio.run(start(args.dir, args.profile))
     ports: dict[str, int] = info["ports"]  # type: ignore[assignment]
     base = args.dir
@@ -135,10 +159,13 @@ def main() -> None:
         [sys.executable, "-m", "tests.lab.proxy", *relays], cwd=ROOT, stdout=subprocess.PIPE
     )
     assert relay.stdout is not None and b"proxy ready" in relay.stdout.readline()
-    args.out.write_text(json.dumps({**info, "sink_log": str(base / "sink.jsonl")}))
+    args.out.write_text(json.dumps({**info, "sink_log": str(base / "sink.jsonl"), "infra_pid": os.getpid()}))
     print("infra ready", flush=True)
     try:
-        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+        # SIGUSR1: the lab's "Redis back empty" fault (tests/lab/faults.py).
+        while signal.sigwait({signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}) == signal.SIGUSR1:
+            asyncio.run(restart_redis_empty(children, info))
+            print(RESTARTED, flush=True)
     finally:
         for child in reversed(children):
             child.stop()

@@ -143,3 +143,48 @@ def _coverage(accepted: list[Action], gap_s: float, end: float) -> tuple[tuple[f
         none += end - t
         longest = max(longest, end - t)
     return (one / total, none / total, several / total), longest
+
+
+@dataclass(frozen=True)
+class Window:
+    """What the sink saw of one exchange around one fault: who acted last before it, every
+    (host, epoch) it accepted from the fault's start on, and the longest silence among those."""
+
+    #: The (host, epoch) of the last accepted action before the window (None: nobody had acted).
+    before: tuple[str, int] | None
+    #: Every (host, epoch) accepted within the window.
+    during: frozenset[tuple[str, int]]
+    #: The (host, epoch) of the window's last accepted action (None: nobody acted in it).
+    after: tuple[str, int] | None
+    #: The longest time between two accepted actions in the window (seconds).
+    longest_silence: float
+
+    @property
+    def kept(self) -> bool:
+        """The holder before the fault was the only one to act through it, same host and epoch."""
+        return self.before is not None and self.during == {self.before}
+
+    @property
+    def moved(self) -> bool:
+        """Another host took over under a newer epoch, and acts at the window's end."""
+        return (
+            self.before is not None
+            and self.after is not None
+            and self.after[0] != self.before[0]
+            and self.after[1] > self.before[1]
+        )
+
+
+def window(actions: list[Action], exchange: str, start: float, end: float | None = None) -> Window:
+    """The sink's view of ``exchange`` from ``start`` (a fault's injection, on the sink's clock) to
+    ``end`` (default: the last action), from its accepted actions only."""
+    accepted = sorted((a for a in actions if a.accepted and a.exchange == exchange), key=lambda a: a.at)
+    earlier = [a for a in accepted if a.at < start]
+    inside = [a for a in accepted if start <= a.at and (end is None or a.at <= end)]
+    times = [a.at for a in inside]
+    return Window(
+        before=(earlier[-1].host, earlier[-1].epoch) if earlier else None,
+        during=frozenset((a.host, a.epoch) for a in inside),
+        after=(inside[-1].host, inside[-1].epoch) if inside else None,
+        longest_silence=max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0),
+    )

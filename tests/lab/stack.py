@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.lab.infra import RESTARTED
 from tests.lab.judge import read_log
 from tests.lab.netns import SERVICES, Lab
 
@@ -34,6 +35,9 @@ class LabStack:
     interval: float = 1.0
     #: The infrastructure's Redis (tests/lab/infra.py): single, sentinel or cluster.
     profile: str = "single"
+    #: Every registration with the failsafe on (``perseus register --failsafe``): an exchange's
+    #: instances have it all or none.
+    failsafe: bool = False
     info: dict[str, object] = field(default_factory=dict)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     #: Each host's current worker process (by host number).
@@ -193,6 +197,7 @@ class LabStack:
         command = f"{sys.executable} {CONNECTOR} --sink 127.0.0.1:{self.ports['sink']} --host {ns}"
         args = ["register", exchange, "--host", ns, "--exec", command, "--ready-line", "READY"]
         args += ["--standby", "--priority", str(10 - i)] if standby else ["--start"]
+        args += ["--failsafe"] if self.failsafe else []
         done = self.perseus(*args)
         assert done.returncode == 0, done.stdout + done.stderr
 
@@ -207,18 +212,25 @@ class LabStack:
         active = status.get("hostname") if status.get("connectionState") == "active" else None
         return active, {s["host"] for s in doc.get("standbys", [])}
 
-    def heal(self, exchange: str, timeout: float = 180) -> None:
+    def heal(self, exchange: str, timeout: float = 180, grace: float = 0.0) -> None:
         """What a supervisor would do after a fault: every dead worker restarted, and every host
         that neither holds the exchange nor stands by (its instance lost its claim and went idle,
-        or ended) shut down and registered again as a standby; until one holder is active."""
+        or ended) shut down and registered again as a standby; until one holder is active.
+        ``grace``: a host is shut down only once it has been missing from the board that long (a
+        standby's record comes back within an interval of Redis returning, or coming back empty)."""
         deadline = time.monotonic() + timeout
+        missing_since: dict[int, float] = {}
         while time.monotonic() < deadline:
             for i, worker in list(self.workers.items()):
                 if worker.poll() is not None:
                     self.start_worker(i)
             active, standbys = self.board(exchange)
             missing = [i for i in range(1, self.lab.hosts + 1) if self.lab.host(i) not in {active, *standbys}]
+            now = time.monotonic()
+            missing_since = {i: missing_since.get(i, now) for i in missing}
             for i in missing:
+                if now - missing_since[i] < grace:
+                    continue
                 try:
                     self.register(exchange, i, standby=True)
                 except AssertionError:  # still running (idle): end it first, register next turn
@@ -231,6 +243,21 @@ class LabStack:
                 return
             time.sleep(0.5)
         raise AssertionError(f"the lab did not heal within {timeout:.0f}s: {self.board(exchange)}")
+
+    def restart_redis_empty(self, timeout: float = 60) -> None:
+        """The single Redis restarted without its data (SIGKILL, its files removed, started again on
+        its port): the infrastructure process does it on SIGUSR1 (tests/lab/infra.py), being the
+        servers' parent; returns once it answers again."""
+        import os
+        import signal
+
+        log = self.base / "infra.log"
+        said = log.read_text(errors="replace").count(RESTARTED)
+        os.kill(int(str(self.info["infra_pid"])), signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while log.read_text(errors="replace").count(RESTARTED) == said:
+            assert time.monotonic() < deadline, f"Redis not restarted within {timeout:.0f}s"
+            time.sleep(0.05)
 
     def acted_within(self, seconds: float) -> set[str]:
         """The hosts whose connectors the sink accepted an action from in the last ``seconds``."""

@@ -5,7 +5,18 @@ from __future__ import annotations
 
 import pytest
 
-from tests.lab.faults import BOUND_S, DRIFT_RATES, KINDS, PROFILE_KINDS, STEP_S, schedule
+from tests.lab.faults import (
+    ALL_KINDS,
+    BOUND_S,
+    DRIFT_RATES,
+    FAILSAFE_EXPECT,
+    FAILSAFE_KINDS,
+    FAILSAFE_PROFILE_KINDS,
+    KINDS,
+    PROFILE_KINDS,
+    STEP_S,
+    schedule,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -34,4 +45,20 @@ def test_every_profile_runs_every_kind_and_every_kind_has_a_bound() -> None:
     for profile, kinds in PROFILE_KINDS.items():
         assert set(KINDS) <= set(kinds), profile
         assert {f.kind for f in schedule(1, 1, kinds)} == set(kinds)
-    assert set(BOUND_S) == {k for kinds in PROFILE_KINDS.values() for k in kinds}
+    every = {
+        k for table in (PROFILE_KINDS, FAILSAFE_PROFILE_KINDS) for kinds in table.values() for k in kinds
+    }
+    assert set(BOUND_S) == every == set(ALL_KINDS)
+
+
+def test_the_failsafe_kinds_are_a_schedule_of_their_own() -> None:
+    """They need an exchange with the failsafe on, so no profile's plain schedule (the one `make
+    test` runs) has them; every one has its expected outcome, and a seed replays them too."""
+    assert not set(FAILSAFE_KINDS) & {k for kinds in PROFILE_KINDS.values() for k in kinds}
+    assert set(FAILSAFE_EXPECT) == set(FAILSAFE_KINDS) == set(FAILSAFE_PROFILE_KINDS["single"])
+    assert set(FAILSAFE_PROFILE_KINDS) == set(PROFILE_KINDS)
+    faults = schedule(5, 3, FAILSAFE_KINDS)
+    assert faults == schedule(5, 3, FAILSAFE_KINDS)
+    assert sorted(f.kind for f in faults) == sorted(FAILSAFE_KINDS * 3)
+    # Held past the renew deadline (2 I), so that the holder acts on promises for a while.
+    assert min(f.hold_i for f in faults) >= 4.0

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from perseus.devstack import services
-from tests.lab.judge import Action, judge, read_log
+from tests.lab.judge import Action, judge, read_log, window
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -118,3 +118,26 @@ def test_sink_connectors_and_judge_on_loopback(tmp_path: Path, fenced: bool) -> 
             child.wait(10)
         if sink.stdout is not None:
             sink.stdout.close()
+
+
+@pytest.mark.unit
+def test_a_window_says_whether_the_holder_was_kept_or_another_took_over() -> None:
+    """The failsafe's outcomes as the sink saw them around a fault starting at 5.0."""
+    kept = window(_run("a", 3, 0.0, 12.0), "coinbase", 5.0)
+    assert kept.before == ("a", 3) and kept.during == {("a", 3)} and kept.after == ("a", 3)
+    assert kept.kept and not kept.moved and kept.longest_silence < 0.15
+    # A silence inside the window, then another host under a newer epoch.
+    moved = window(_run("a", 3, 0.0, 7.0) + _run("b", 4, 9.0, 12.0), "coinbase", 5.0)
+    assert moved.moved and not moved.kept and moved.after == ("b", 4)
+    assert 1.9 < moved.longest_silence < 2.2
+    # The same host back under a newer epoch (it stopped and claimed again) is neither.
+    again = window(_run("a", 3, 0.0, 7.0) + _run("a", 4, 8.0, 12.0), "coinbase", 5.0)
+    assert not again.kept and not again.moved
+    # A standby acting for a moment inside the window, the holder after: not kept.
+    flap = window(_run("a", 3, 0.0, 7.0) + _run("b", 4, 7.5, 8.0) + _run("a", 5, 8.5, 12.0), "coinbase", 5.0)
+    assert not flap.kept and flap.during == {("a", 3), ("b", 4), ("a", 5)}
+    # Refused actions and other exchanges do not count; nobody before: neither.
+    refused = [Action("coinbase", "z", 9, 1, 6.0, accepted=False), Action("kraken", "y", 1, 1, 6.0)]
+    assert window(_run("a", 3, 0.0, 12.0) + refused, "coinbase", 5.0).kept
+    empty = window(_run("a", 3, 6.0, 12.0), "coinbase", 5.0)
+    assert empty.before is None and not empty.kept and not empty.moved

@@ -8,13 +8,23 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.lab.faults import ALL_KINDS, BOUND_S, PROFILE_KINDS, Injected, inject, schedule
-from tests.lab.judge import Verdict, judge, read_log
+from tests.lab.faults import (
+    ALL_KINDS,
+    BOUND_S,
+    FAILSAFE_EXPECT,
+    FAILSAFE_PROFILE_KINDS,
+    PROFILE_KINDS,
+    Injected,
+    inject,
+    schedule,
+)
+from tests.lab.judge import Verdict, Window, judge, read_log, window
 from tests.lab.netns import Lab, namespaces, root_reason
 from tests.lab.stack import LabStack
 
@@ -34,8 +44,14 @@ KINDS_RUN = tuple(k for k in os.environ.get("PERSEUS_LAB_KINDS", ",".join(ALL_KI
 #: The infrastructure profiles the schedule runs on (tests/lab/infra.py): CI the single Redis,
 #: `make lab` all three.
 PROFILES = tuple(p for p in os.environ.get("PERSEUS_LAB_PROFILES", "single").split(",") if p)
-#: The report's sections so far in this session (one per profile run), rewritten whole each time.
-_SECTIONS: list[str] = []
+#: The profiles the failsafe's schedule runs on (its kinds against an exchange with the failsafe on):
+#: none in CI (`make test`), `make lab` and `make lab-failsafe` name them.
+FAILSAFE_PROFILES = tuple(p for p in os.environ.get("PERSEUS_LAB_FAILSAFE_PROFILES", "").split(",") if p)
+#: Each schedule run: its profile, and whether it is the failsafe's (ids: "single", "single-failsafe").
+RUNS = [
+    *(pytest.param(p, False, id=p) for p in PROFILES),
+    *(pytest.param(p, True, id=f"{p}-failsafe") for p in FAILSAFE_PROFILES),
+]
 
 
 def _until(what: str, check: object, timeout: float = 120) -> None:
@@ -71,8 +87,50 @@ def _header() -> str:
             "few action periods on a loaded machine) for those that must change nothing, and for the",
             'Redis failovers what the failover itself takes (docs/design.md, "The lab").',
             "",
+            "The failsafe's sections (`make lab-failsafe`, or `make lab` with",
+            "`PERSEUS_LAB_FAILSAFE_PROFILES`) run its own kinds against an exchange whose instances all",
+            'have the failsafe on (docs/design.md, "Failsafe: holding through a Redis outage"): Redis',
+            "cut from every host, from the holder only, from one standby only, and cut from every host",
+            "while it restarts without its data; each fault's outcome is judged at the sink too.",
+            "",
         ]
     )
+
+
+def _heading(profile: str, failsafe: bool) -> str:
+    return f"## Failsafe, profile `{profile}`" if failsafe else f"## Profile `{profile}`"
+
+
+def _replay(profile: str, failsafe: bool, seed: int, rounds: int, make: bool) -> str:
+    """The command that runs the same schedule again (``make``: through the Makefile's target)."""
+    if failsafe:
+        profiles = f"PERSEUS_LAB_PROFILES= PERSEUS_LAB_FAILSAFE_PROFILES={profile}"
+    else:
+        profiles = f"PERSEUS_LAB_PROFILES={profile} PERSEUS_LAB_FAILSAFE_PROFILES="
+    env = f"{profiles} PERSEUS_LAB_SEED={seed} PERSEUS_LAB_ROUNDS={rounds}"
+    return f"{env} make lab" if make else f"{env} .venv/bin/pytest -s {__file__} -k schedule"
+
+
+def _write_report(path: Path, heading: str, section: str) -> None:
+    """The report with this run's section in it: the header rewritten, a section under the same
+    heading replaced, any other section (another profile's, the failsafe's, notes added by hand)
+    kept."""
+    sections: list[str] = []
+    if path.exists():
+        chunks = re.split(r"(?m)^(?=## )", path.read_text())
+        sections = [c.rstrip("\n") + "\n" for c in chunks[1:]]
+    heads = [c.splitlines()[0] for c in sections]
+    if heading in heads:
+        sections[heads.index(heading)] = section
+    else:
+        # After the last of its kind (a profile's, the failsafe's); the first failsafe one at the
+        # end, the first profile one before the notes.
+        kind = heading.split("`")[0]
+        same = [n for n, h in enumerate(heads) if h.startswith(kind)]
+        notes = next((n for n, h in enumerate(heads) if h.startswith("## Notes")), len(sections))
+        at = same[-1] + 1 if same else len(sections) if kind.startswith("## Failsafe") else notes
+        sections.insert(at, section)
+    path.write_text("\n".join([_header(), *sections]))
 
 
 def _section(
@@ -82,12 +140,14 @@ def _section(
     injected: list[Injected],
     verdict: Verdict,
     gaps: dict[str, list[float]],
+    failsafe: bool = False,
+    outcomes: dict[str, list[Window]] | None = None,
 ) -> str:
     one, none, several = verdict.availability.get(EXCHANGE, (0.0, 0.0, 0.0))
     lines = [
-        f"## Profile `{profile}`",
+        _heading(profile, failsafe),
         "",
-        f"`PERSEUS_LAB_PROFILES={profile} PERSEUS_LAB_SEED={seed} PERSEUS_LAB_ROUNDS={rounds} make lab`",
+        f"`{_replay(profile, failsafe, seed, rounds, make=True)}`",
         "",
         f"Seed {seed}, {rounds} round(s) of every kind: {len(injected)} faults. "
         f"**Violations: {len(verdict.violations)}.**",
@@ -96,33 +156,57 @@ def _section(
         f"Load average at the end {' / '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min) on "
         f"{os.cpu_count()} cores: on a shared machine the silences are noisy.",
         "",
-        "| fault | count | longest silence (s) | bound (s) |",
-        "|---|---|---|---|",
     ]
+    if failsafe:
+        lines[-1:-1] = [
+            "",
+            "Every instance registered with the failsafe on. *Expected*: `kept`, the holder before the",
+            "fault the only connector acting through it and after it (same host, same epoch, judged",
+            "5 I after Redis returned, once every promise ran out); `moved`, another host acting under",
+            "a newer epoch at the end.",
+        ]
+        lines += [
+            "| fault | count | longest silence (s) | bound (s) | expected | as expected |",
+            "|---|---|---|---|---|---|",
+        ]
+    else:
+        lines += ["| fault | count | longest silence (s) | bound (s) |", "|---|---|---|---|"]
     for label in sorted(gaps, key=lambda label: (ALL_KINDS.index(label.split()[0]), label)):
         seen = gaps[label]
         bound = BOUND_S[label.split()[0]]
         over = " **over**" if max(seen) > bound else ""
-        lines.append(f"| {label} | {len(seen)} | {max(seen):.2f}{over} | {bound:.1f} |")
+        row = f"| {label} | {len(seen)} | {max(seen):.2f}{over} | {bound:.1f} |"
+        if failsafe and outcomes is not None:
+            expect = FAILSAFE_EXPECT[label]
+            met = sum(_as_expected(w, expect) for w in outcomes.get(label, []))
+            row += f" {expect} | {met} of {len(outcomes.get(label, []))} |"
+        lines.append(row)
     return "\n".join(lines) + "\n"
 
 
-@pytest.mark.parametrize("profile", PROFILES)
-def test_a_seeded_schedule_of_every_fault(tmp_path: Path, profile: str) -> None:
+def _as_expected(seen: Window, expect: str) -> bool:
+    return seen.kept if expect == "kept" else seen.moved
+
+
+@pytest.mark.parametrize(("profile", "failsafe"), RUNS)
+def test_a_seeded_schedule_of_every_fault(tmp_path: Path, profile: str, failsafe: bool) -> None:
     """Every fault kind the profile has (once in CI; PERSEUS_LAB_ROUNDS rounds under `make lab`), in
-    an order and with hold times drawn from a seed; afterwards the judge must find no violation."""
+    an order and with hold times drawn from a seed; afterwards the judge must find no violation.
+    The failsafe's run: its kinds against an exchange whose instances all have the failsafe on, and
+    each fault's outcome as the design says (tests/lab/faults.FAILSAFE_EXPECT)."""
     seed = int(os.environ.get("PERSEUS_LAB_SEED", str(random.randrange(1_000_000))))
     rounds = ROUNDS
-    kinds = tuple(k for k in PROFILE_KINDS[profile] if k in KINDS_RUN)
-    replay = (
-        f"PERSEUS_LAB_PROFILES={profile} PERSEUS_LAB_SEED={seed} PERSEUS_LAB_ROUNDS={rounds} "
-        f".venv/bin/pytest -s {__file__} -k schedule"
+    kinds = tuple(
+        k for k in (FAILSAFE_PROFILE_KINDS if failsafe else PROFILE_KINDS)[profile] if k in KINDS_RUN
     )
-    print(f"lab schedule on {profile} seed {seed} ({rounds} round(s)); replay: {replay}")
+    replay = _replay(profile, failsafe, seed, rounds, make=False)
+    what = "failsafe schedule" if failsafe else "schedule"
+    print(f"lab {what} on {profile} seed {seed} ({rounds} round(s)); replay: {replay}")
     lab = Lab.for_run(hosts=3)
-    stack = LabStack(lab, tmp_path / "lab", interval=1.0, profile=profile)
+    stack = LabStack(lab, tmp_path / "lab", interval=1.0, profile=profile, failsafe=failsafe)
     injected: list[Injected] = []
     gaps: dict[str, list[float]] = {}
+    outcomes: dict[str, list[Window]] = {}
     try:
         stack.up()
         stack.register(EXCHANGE, 1, standby=False)
@@ -135,22 +219,38 @@ def test_a_seeded_schedule_of_every_fault(tmp_path: Path, profile: str) -> None:
             standby = next(h for h in (1, 2, 3) if h != active)
             done = inject(stack, fault, active, standby)
             injected.append(done)
-            stack.heal(EXCHANGE)
+            # With the failsafe a standby's record is back within an interval of Redis answering
+            # (or coming back empty): the supervisor does not shut it down as missing before that.
+            stack.heal(EXCHANGE, grace=3 * stack.interval if failsafe else 0.0)
             _until(f"a connector acting after {fault.kind}", lambda: _acting_host(stack) is not None)
-            time.sleep(2 * stack.interval)
-            window = [a.at for a in read_log(stack.sink_log) if a.accepted and done.start - 0.5 <= a.at]
-            longest = max((b - a for a, b in zip(window, window[1:], strict=False)), default=0.0)
-            gaps.setdefault(fault.label, []).append(longest)
+            # The failsafe's: until every promise has run out (P = 3 I after the last round), so
+            # that a standby that would claim once its bound ended (flapping) is seen.
+            time.sleep((5 if failsafe else 2) * stack.interval)
+            seen = window(read_log(stack.sink_log), EXCHANGE, done.start - 0.5)
+            gaps.setdefault(fault.label, []).append(seen.longest_silence)
             where = f"on host {done.fault.host} for {fault.hold_i} I"
-            print(f"{fault.label} {where}: longest silence {longest:.2f}s")
+            told = ""
+            if failsafe:
+                outcomes.setdefault(fault.label, []).append(seen)
+                told = f"; before {seen.before}, during {sorted(seen.during)}, after {seen.after}"
+            print(f"{fault.label} {where}: longest silence {seen.longest_silence:.2f}s{told}")
         actions = read_log(stack.sink_log)
         verdict = judge(actions, link_delay_s=0.05, gap_s=0.3)
         if report := os.environ.get("PERSEUS_LAB_REPORT"):
-            _SECTIONS.append(_section(profile, seed, rounds, injected, verdict, gaps))
-            Path(report).write_text("\n".join([_header(), *_SECTIONS]))
+            section = _section(profile, seed, rounds, injected, verdict, gaps, failsafe, outcomes)
+            _write_report(Path(report), _heading(profile, failsafe), section)
         assert verdict.ok, f"seed {seed}: {verdict.violations[:5]}; replay: {replay}"
-        # Faults that stop the holder (a kill, a partition from Redis) handed the exchange over.
-        assert len({a.epoch for a in actions if a.accepted}) >= 2
+        if failsafe:
+            missed = [
+                f"{label}: before {w.before}, during {sorted(w.during)}, after {w.after}"
+                for label, windows in outcomes.items()
+                for w in windows
+                if not _as_expected(w, FAILSAFE_EXPECT[label])
+            ]
+            assert missed == [], f"seed {seed}: not as the design says: {missed}; replay: {replay}"
+        if not failsafe or "failsafe-redis-holder" in kinds:
+            # Faults that stop the holder (a kill, a partition from Redis) handed the exchange over.
+            assert len({a.epoch for a in actions if a.accepted}) >= 2
     finally:
         stack.down()
     assert not [ns for ns in namespaces() if ns.startswith(lab.name)]
