@@ -59,6 +59,7 @@ from perseus.errors import (
     StandbyGone,
 )
 from perseus.host.grid import Renewal, RenewalGrid
+from perseus.host.watchdog import boottime
 from perseus.keys import iso
 from perseus.models import (
     Claim,
@@ -87,6 +88,10 @@ from perseus.timing import (
     ttl_ms,
 )
 
+# boottime: CLOCK_BOOTTIME, the watchdog's clock, is also the holder's failsafe clock: it counts a
+# suspended host's sleep, so a holder that wakes from a suspend finds its horizon passed
+# (docs/design.md, "Failsafe", invariant 6).
+
 if TYPE_CHECKING:
     from perseus.connectors.base import Connector, ConnectorHost
     from perseus.host.watchdog import Watchdog
@@ -108,12 +113,6 @@ class FailsafeCalls(Protocol):
     async def read(self, exchange: str) -> RosterAnswer | None: ...
 
     async def ask(self, workflow_id: str, req: PromiseRequest) -> PromiseAnswer: ...
-
-
-def boottime() -> float:
-    """CLOCK_BOOTTIME: the holder's failsafe clock. It counts a suspended host's sleep, so a holder
-    that wakes from a suspend finds its horizon passed (docs/design.md, "Failsafe", invariant 6)."""
-    return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 class _Beat:

@@ -4,15 +4,18 @@ process group once the claim it runs under may have expired.
 Why a separate process: the worker renews claims and stops connectors on its own clock, but a worker
 that is frozen (SIGSTOP, a stalled VM thread, a debugger) or whose event loop is stuck cannot stop
 anything, while its child keeps running. The watchdog is told, after every renewal, until when each
-child may act (``valid_until``, CLOCK_MONOTONIC, which is one clock for every process on a machine);
-past that moment it kills the child's whole process group itself. It needs neither Redis nor
-Temporal nor the worker to be alive. If the worker dies, the watchdog's stdin closes and it kills
-every child it still guards (``PR_SET_PDEATHSIG`` in the child does the same; two brakes are better
-than one).
+child may act; past that moment it kills the child's whole process group itself. The worker reckons
+``valid_until`` on CLOCK_MONOTONIC; the watchdog counts on CLOCK_BOOTTIME (one clock for every
+process on a machine, like the other, but it also counts a suspended machine's sleep): a host
+resumed after a suspend past its claims' deadlines — while Redis' TTLs ran on and a standby may
+have claimed — kills their children at once, instead of granting them the sleep's length again.
+It needs neither Redis nor Temporal nor the worker to be alive. If the worker dies, the watchdog's
+stdin closes and it kills every child it still guards (``PR_SET_PDEATHSIG`` in the child does the
+same; two brakes are better than one).
 
 Protocol, one line per message on the watchdog's stdin::
 
-    arm <pgid> <valid_until>      # (re)arm: kill group <pgid> at monotonic time <valid_until>
+    arm <pgid> <valid_until>      # (re)arm: kill group <pgid> at CLOCK_BOOTTIME <valid_until>
     disarm <pgid>                 # the connector stopped on purpose: forget it
 
 The watchdog itself imports only the standard library and starts in a few tens of milliseconds.
@@ -41,6 +44,11 @@ def _kill_group(pgid: int, why: str) -> None:
         print(f"perseus-watchdog: killed process group {pgid}: {why}", file=sys.stderr, flush=True)
 
 
+def boottime() -> float:
+    """CLOCK_BOOTTIME, the watchdog's clock (see the module's docstring)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 def serve(stream: int = 0) -> None:
     """The watchdog's loop: read ``arm``/``disarm`` lines from ``stream`` and enforce deadlines."""
     armed: dict[int, float] = {}
@@ -48,7 +56,7 @@ def serve(stream: int = 0) -> None:
     selector.register(stream, selectors.EVENT_READ)
     pending = b""
     while True:
-        now = time.monotonic()
+        now = boottime()
         for pgid, until in list(armed.items()):
             if now >= until:
                 del armed[pgid]
@@ -85,7 +93,9 @@ class Watchdog:
         self._lock = threading.Lock()
 
     def arm(self, pgid: int, valid_until: float) -> None:
-        self._send(f"arm {pgid} {valid_until:.6f}\n")
+        """Kill group ``pgid`` at ``valid_until`` (CLOCK_MONOTONIC), sent as the same moment on the
+        watchdog's CLOCK_BOOTTIME."""
+        self._send(f"arm {pgid} {valid_until - time.monotonic() + boottime():.6f}\n")
 
     def disarm(self, pgid: int) -> None:
         if self._proc is not None:
