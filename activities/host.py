@@ -26,6 +26,7 @@ from perseus.connectors.factory import ConnectorContext, build_connector, cannot
 from perseus.core.decisions import heartbeat_beats_within, heartbeat_due, warm_retry_delay
 from perseus.core.lifecycle import Role
 from perseus.errors import (
+    ClaimLost,
     ConfigError,
     ConnectorError,
     ConnectorGone,
@@ -33,7 +34,8 @@ from perseus.errors import (
     LeaseDetached,
     PerseusError,
 )
-from perseus.host.keeper import LeaseKeeper, boottime
+from perseus.host.keeper import LeaseKeeper
+from perseus.host.watchdog import boottime
 from perseus.models import (
     Claim,
     ClaimResult,
@@ -451,6 +453,17 @@ class HostActivities:
             return record.claim
         return None
 
+    def _refuse_ended(self, req: ConnectorRequest, claim: Claim) -> None:
+        """Refuse to let a connector act under a claim whose renewals already ended here (a chaos run
+        saw a warm standby activated 0.4 s after its claim's renew deadline, while Redis was paused:
+        the workflow learns of the end from its lease, after it asked for the activation)."""
+        ended = self.keeper.ended(req.workflow_id, claim)
+        if ended is not None:
+            raise ClaimLost(
+                f"the {req.exchange_name} connector on {self.hostname} was not let act: the claim at "
+                f"epoch {claim.epoch} ended here first ({ended})"
+            )
+
     def _connector(self, req: ConnectorRequest):  # type: ignore[no-untyped-def]
         connector = self.connectors.get(req.workflow_id)
         if connector is None:
@@ -513,6 +526,7 @@ class HostActivities:
         """
         if req.claim is None:
             raise ConnectorError("connector_activate needs the claim just taken")
+        self._refuse_ended(req, req.claim)
         connector = self._connector(req)
         if not connector.warm_ready:
             raise ConnectorError(
@@ -550,6 +564,8 @@ class HostActivities:
     @edge
     async def connector_connect(self, req: ConnectorRequest) -> ConnectorReport:
         connector = self._connector(req)
+        if req.claim is not None:
+            self._refuse_ended(req, req.claim)
         await with_heartbeats(connector.connect())
         self.connectors.record(
             "connect",

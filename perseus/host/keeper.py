@@ -478,6 +478,16 @@ class LeaseKeeper:
         except Exception as exc:  # the status key has it already: the event is what is given up
             log.warning("connector error of %s not recorded as an event: %s", event.exchange_name, exc)
 
+    def ended(self, workflow_id: str, claim: Claim) -> PerseusError | None:
+        """Why the renewals of ``claim`` ended on this host (its renew deadline passed, it was lost
+        or it vanished), or None while they run or were never started here. A connector must not
+        start acting under an ended claim: an activation or connect that reaches the host after the
+        end — the workflow learns of it only from its lease, later — is refused with this."""
+        held = self.claims.get(workflow_id)
+        if held is None or held.request is None or held.claim != claim:
+            return None
+        return held.ended
+
     def guard(self, workflow_id: str) -> None:
         """Hand a connector that has just started a process to the watchdog at once, with the
         deadline of the claim it runs under — not only at the next renewal, up to an interval later.

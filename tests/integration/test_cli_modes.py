@@ -152,7 +152,9 @@ async def test_fleet_diff_answers_alike_in_both_modes(
     good.write_text(f'[exchanges.{registered}]\nhosts = ["{shared_worker}"]\nconnector = "simulated"\n')
     code, out, err = await run(as_admin, "fleet", "diff", str(good), "--json")
     assert code == 0, err
-    assert {"kind": "store", "exchange": registered, "host": None, "priority": 0} in json.loads(out)
+    # A step names the failsafe it differs by (None: it does not: a step of another kind).
+    expected = {"kind": "store", "exchange": registered, "host": None, "priority": 0, "failsafe": None}
+    assert expected in json.loads(out)
     bad = tmp_path / "bad.toml"
     bad.write_text(f"[exchanges.{registered}]\nhosts = 3\n")
     code, out, err = await run(as_admin, "fleet", "diff", str(bad))

@@ -9,8 +9,12 @@ import time
 import uuid
 from collections.abc import Callable
 
+import httpx
 import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
+from activities.host import HostActivities
 from perseus.connectors.base import ConnectorHost
 from perseus.connectors.simulated import SimulatedConnector
 from perseus.core.lifecycle import Role
@@ -21,12 +25,14 @@ from perseus.host.keeper import LeaseKeeper
 from perseus.keys import status_key
 from perseus.models import (
     Claim,
+    ConnectorRequest,
     ConnectorSpec,
     LeaseRequest,
     PauseRecord,
     StandbyLeaseRequest,
     StandbyRecord,
 )
+from perseus.store.db import Catalog
 from perseus.store.redis_store import FenceReply, RedisClient, RedisStore, make_client
 from tests.conftest import Servers
 from tests.integration.proxy import StallableProxy
@@ -501,3 +507,51 @@ async def test_a_granter_promises_only_without_redis_and_is_bound_before_it_answ
     finally:
         await client.aclose()
         await proxy.close()
+
+
+async def test_a_connector_is_not_let_act_under_a_claim_whose_renewals_ended(
+    store: RedisStore, catalog: Catalog
+) -> None:
+    """A chaos run activated a warm standby 0.4 s after its claim's renew deadline (Redis paused):
+    the workflow learns of the end from its lease, after it has asked for the activation. The host
+    refuses to let a connector act under a claim the keeper has ended — warm or cold — and leaves
+    the connector as it was."""
+    req = await claimed(store)
+    connectors = ConnectorHost()
+    keeper = LeaseKeeper(store, connectors)
+    http = httpx.AsyncClient()
+    host = HostActivities(
+        hostname="k",
+        store=store,
+        catalog=catalog,
+        http=http,
+        ip_services=[],
+        ip_timeout_s=1,
+        connectors=connectors,
+        keeper=keeper,
+    )
+    try:
+        held = keeper.hold(req)
+        await store.client.delete(status_key(req.exchange_id))  # the claim vanishes: the loop ends
+        await until(lambda: held.ended is not None)
+        assert isinstance(keeper.ended(req.workflow_id, req.claim), ClaimMissing)
+        other = Claim(instance_id=req.claim.instance_id, epoch=req.claim.epoch + 1)
+        assert keeper.ended(req.workflow_id, other) is None  # a newer claim is not judged by it
+        connector = SimulatedConnector("k", ConnectorSpec(), role=Role.ACTIVE)
+        connectors.put(req.workflow_id, connector)
+        asked = ConnectorRequest(
+            workflow_id=req.workflow_id,
+            exchange_id=req.exchange_id,
+            exchange_name="k",
+            spec=ConnectorSpec(),
+            claim=req.claim,
+            heartbeat_interval_s=req.heartbeat_interval_s,
+        )
+        for step in (host.connector_connect, host.connector_activate):
+            with pytest.raises(ApplicationError, match="ended here first") as refused:
+                await ActivityEnvironment().run(step, asked)
+            assert refused.value.type == "ClaimLost"
+        assert not connector.connected
+    finally:
+        await keeper.close()
+        await http.aclose()

@@ -86,7 +86,8 @@ async def private_workers(
                 )
             )
             await stack.enter_async_context(
-                Worker(client, task_queue=host_task_queue(host), activities=host_acts.all())
+                # As worker.py serves it: a record the workflow's worker could not write moves here.
+                Worker(client, task_queue=host_task_queue(host), activities=[*host_acts.all(), record])
             )
             yield queue
     finally:
