@@ -50,7 +50,7 @@ PERSEUS = str(Path(sys.executable).parent / "perseus")
 # thread prints every thread's stack and ends the process, so a hang becomes one failed test (xdist
 # reports the crashed worker and starts another) with the stack that shows where it hung.
 BACKSTOP_S = 60.0
-#: After the last test: session fixtures torn down, threads joined, the process gone.
+#: After the last test (the run's own process): threads joined, the process gone.
 EXIT_BACKSTOP_S = 180.0
 _backstop_fd: int | None = None
 #: The in-process shared worker's graceful stop: it releases its instances (GRACEFUL_RELEASE_S)
@@ -80,7 +80,9 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if _backstop_fd is not None:
+    # Not in an xdist worker: it lives on after its session, serving its gateway until the whole
+    # run ends (and xdist ends a worker that hangs at exit itself, after 10 s).
+    if _backstop_fd is not None and "PYTEST_XDIST_WORKER" not in os.environ:
         faulthandler.dump_traceback_later(EXIT_BACKSTOP_S, exit=True, file=_backstop_fd)
 
 
