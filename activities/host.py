@@ -421,6 +421,8 @@ class HostActivities:
         await self.connectors.stop(req.workflow_id, "replaced by a new start")
         self._permitted(req.spec)
         standby = req.role is Role.STANDBY
+        if not standby and req.claim is not None:
+            self._refuse_ended(req, req.claim)  # a process connector's child may act once started
         context = ConnectorContext(
             workflow_id=req.workflow_id,
             exchange_id=req.exchange_id,

@@ -547,7 +547,8 @@ async def test_a_connector_is_not_let_act_under_a_claim_whose_renewals_ended(
             claim=req.claim,
             heartbeat_interval_s=req.heartbeat_interval_s,
         )
-        for step in (host.connector_connect, host.connector_activate):
+        # The prepare last: it replaces the connector the other two would refuse to use.
+        for step in (host.connector_connect, host.connector_activate, host.connector_prepare):
             with pytest.raises(ApplicationError, match="ended here first") as refused:
                 await ActivityEnvironment().run(step, asked)
             assert refused.value.type == "ClaimLost"
