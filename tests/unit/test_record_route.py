@@ -159,13 +159,9 @@ def test_after_a_move_the_next_records_skip_this_worker_for_a_while() -> None:
     assert pending == []
 
 
-def test_a_local_timeout_reads_the_same_run_or_replayed() -> None:
-    """Run, a local activity's timeout is an ActivityError caused by it; replayed from its marker, the
-    bare TimeoutError. Read differently, a replay of a moved record failed the workflow instead."""
-    timeout = TimeoutError(
-        "Activity timed out", type=TimeoutType.SCHEDULE_TO_CLOSE, last_heartbeat_details=[]
-    )
-    run_as = ActivityError(
+def wrapped(cause: BaseException) -> ActivityError:
+    """``cause`` as a running local activity's failure reaches the workflow: an ActivityError."""
+    err = ActivityError(
         "activity failed",
         scheduled_event_id=0,
         started_event_id=0,
@@ -174,7 +170,17 @@ def test_a_local_timeout_reads_the_same_run_or_replayed() -> None:
         activity_id="1",
         retry_state=None,
     )
-    run_as.__cause__ = timeout
+    err.__cause__ = cause
+    return err
+
+
+def test_a_local_timeout_reads_the_same_run_or_replayed() -> None:
+    """Run, a local activity's timeout is an ActivityError caused by it; replayed from its marker, the
+    bare TimeoutError. Read differently, a replay of a moved record failed the workflow instead."""
+    timeout = TimeoutError(
+        "Activity timed out", type=TimeoutType.SCHEDULE_TO_CLOSE, last_heartbeat_details=[]
+    )
+    run_as = wrapped(timeout)
     assert failure_of(timeout) == failure_of(run_as)
     assert failure_of(timeout).timeout == "SCHEDULE_TO_CLOSE"
 
@@ -184,15 +190,5 @@ def test_a_local_failure_reads_the_same_wrapped_or_bare() -> None:
     both attempts): read as anything but the activity's failure, it failed the whole run instead of
     moving the record."""
     refused = ApplicationError("Redis unreachable", type="ServiceUnavailable")
-    wrapped = ActivityError(
-        "activity failed",
-        scheduled_event_id=0,
-        started_event_id=0,
-        identity="",
-        activity_type="record",
-        activity_id="1",
-        retry_state=None,
-    )
-    wrapped.__cause__ = refused
-    assert failure_of(refused) == failure_of(wrapped)
+    assert failure_of(refused) == failure_of(wrapped(refused))
     assert failure_of(refused).error_type == "ServiceUnavailable"
