@@ -373,7 +373,7 @@ class LeaseKeeper:
             except (ServiceUnavailable, TimeoutError) as exc:
                 held.unsent = {k: v for k, v in patch.items() if k in ("lastError", "lastErrorAt")}
                 self._renewal_failed(held)
-                log.warning("renewal of %s failed: %s", req.workflow_id, exc or "Redis too slow")
+                log.warning("renewal of %s failed: %s", req.workflow_id, str(exc) or "Redis too slow")
             except Exception as exc:  # noqa: BLE001 - any other answer is a failed renewal too
                 # Redis refused this claim's renewal (a key of the wrong type, say): not renewed, like
                 # a Redis out of reach. The loop goes on, so the renew deadline ends the claim and
@@ -598,7 +598,7 @@ class LeaseKeeper:
             async with asyncio.timeout(bound):
                 reply = await self._store.reestablish(req.exchange_id, record, ttl)
         except Exception as exc:  # noqa: BLE001 - not written: as a failed renewal
-            log.warning("%s: could not re-establish its key: %s", req.workflow_id, exc or "Redis too slow")
+            log.warning("%s: could not re-establish its key: %s", req.workflow_id, str(exc) or "Redis too slow")
             return None
         if reply.outcome == "ok":
             log.info(
@@ -650,7 +650,7 @@ class LeaseKeeper:
             async with asyncio.timeout(counted):
                 roster = await calls.read(req.exchange)
         except Exception as exc:  # noqa: BLE001 - no roster, no round: the horizon does not move
-            log.warning("%s: failsafe round without a roster: %s", req.workflow_id, exc or "no answer")
+            log.warning("%s: failsafe round without a roster: %s", req.workflow_id, str(exc) or "no answer")
             return
         names = {m.workflow_id for m in roster.members} if roster is not None else set()
         if req.workflow_id not in names:
@@ -923,7 +923,7 @@ class LeaseKeeper:
                 )
             except (ServiceUnavailable, TimeoutError) as exc:
                 watched.last_failure = time.monotonic()
-                log.warning("standby %s: %s", record.workflow_id, exc or "Redis too slow")
+                log.warning("standby %s: %s", record.workflow_id, str(exc) or "Redis too slow")
             except Exception as exc:  # noqa: BLE001 - a refused renewal is a failed one (as for claims)
                 watched.last_failure = time.monotonic()
                 log.error("standby %s: renewal refused: %s: %s", record.workflow_id, type(exc).__name__, exc)
@@ -1010,7 +1010,7 @@ class LeaseKeeper:
             except Exception as exc:  # noqa: BLE001 - a failed look is a failed renewal (outage)
                 watched.last_failure = time.monotonic()
                 log.warning(
-                    "standby %s: could not look at the holder: %s", watched.workflow_id, exc or "timeout"
+                    "standby %s: could not look at the holder: %s", watched.workflow_id, str(exc) or "timeout"
                 )
             else:
                 self._saw(watched, holder)

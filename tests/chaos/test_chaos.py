@@ -374,6 +374,26 @@ class Cluster:
         await self.store.client.aclose()
 
 
+async def redis_state(stack: Stack) -> str:
+    """The private Redis as a failed fault finds it: its process state (``T``: stopped by a signal)
+    and whether a new connection gets a PING answered, to tell a server that is away from clients
+    that cannot reach one that answers."""
+    assert stack.redis.proc
+    try:
+        state = Path(f"/proc/{stack.redis.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        state = "gone"
+    probe = make_client(f"redis://127.0.0.1:{stack.redis_port}/0")
+    try:
+        async with asyncio.timeout(2):
+            answered = f"PING answered {await probe.ping()!r}"
+    except Exception as exc:  # noqa: BLE001 - what the probe met is the diagnosis
+        answered = f"PING failed: {type(exc).__name__} {exc}"
+    finally:
+        await probe.aclose()
+    return f"Redis pid {stack.redis.proc.pid} state {state}, {answered}"
+
+
 async def fault(stack: Stack, cluster: Cluster, name: str, action: Callable[[], Awaitable[None]]) -> None:
     stack.faults[name] += 1
     started = time.monotonic()
@@ -382,7 +402,7 @@ async def fault(stack: Stack, cluster: Cluster, name: str, action: Callable[[], 
         await action()
         await cluster.heal()
     except BaseException:
-        print(f"\nfault {name!r} #{stack.faults[name]} not survived; newest events:")
+        print(f"\nfault {name!r} #{stack.faults[name]} not survived; {await redis_state(stack)}; newest events:")
         for _, entry in reversed(await cluster.store.events(cluster.exchange, count=25)):
             print(
                 "  ",
@@ -396,7 +416,7 @@ async def fault(stack: Stack, cluster: Cluster, name: str, action: Callable[[], 
                 entry.get("error", ""),
             )
         for host, proc in cluster.workers.items():
-            print(f"  worker {host}: exit {proc.proc.poll()}; log tail: {proc.log.read_text()[-600:]!r}")
+            print(f"  worker {host}: exit {proc.proc.poll()}; log tail: {proc.log.read_text()[-2500:]!r}")
         if cluster.core is not None:
             # Printed, not only named: the file is gone with the test's temporary folder, and a
             # failure in CI is read from its output alone.
