@@ -598,7 +598,8 @@ class LeaseKeeper:
             async with asyncio.timeout(bound):
                 reply = await self._store.reestablish(req.exchange_id, record, ttl)
         except Exception as exc:  # noqa: BLE001 - not written: as a failed renewal
-            log.warning("%s: could not re-establish its key: %s", req.workflow_id, str(exc) or "Redis too slow")
+            why = str(exc) or "Redis too slow"
+            log.warning("%s: could not re-establish its key: %s", req.workflow_id, why)
             return None
         if reply.outcome == "ok":
             log.info(

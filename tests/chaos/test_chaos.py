@@ -402,7 +402,8 @@ async def fault(stack: Stack, cluster: Cluster, name: str, action: Callable[[], 
         await action()
         await cluster.heal()
     except BaseException:
-        print(f"\nfault {name!r} #{stack.faults[name]} not survived; {await redis_state(stack)}; newest events:")
+        redis = await redis_state(stack)
+        print(f"\nfault {name!r} #{stack.faults[name]} not survived; {redis}; newest events:")
         for _, entry in reversed(await cluster.store.events(cluster.exchange, count=25)):
             print(
                 "  ",
