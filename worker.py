@@ -63,7 +63,6 @@ from perseus.timing import (
     GRACEFUL_RELEASE_S,
     HEARTBEAT_THROTTLE_CAP_S,
     RELEASE_LOOK_S,
-    STICKY_TIMEOUT_S,
     WORKER_SHUTDOWN_GRACE_S,
 )
 from workflows.instance import InstanceWorkflow
@@ -74,8 +73,6 @@ log = logging.getLogger("perseus.worker")
 #: Activity slots kept beside ``Settings.host_capacity`` for the short steps (identity, claims,
 #: connector steps, probes): registrations that arrive together each need a few at once.
 STEP_SLOTS = 500
-#: How long a workflow task waits for the worker that has its run cached (perseus.timing says why).
-STICKY_TIMEOUT = timedelta(seconds=STICKY_TIMEOUT_S)
 
 
 async def run_worker(
@@ -183,8 +180,9 @@ async def run_worker(
                 # that worker died, the task waits this long before any worker may take it — the
                 # SDK's 10 s held a standby's promotion on a dead host's queue. Half a second is a
                 # fraction of the intervals people run; a live but busy worker that misses it costs
-                # one replay elsewhere, not a failover.
-                sticky_queue_schedule_to_start_timeout=STICKY_TIMEOUT,
+                # one replay elsewhere, not a failover. perseus.timing.STICKY_TIMEOUT_S unless a
+                # benchmark set PERSEUS_STICKY_TIMEOUT to compare another.
+                sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.sticky_timeout),
             )
         )
     try:

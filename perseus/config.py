@@ -34,7 +34,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from perseus.errors import ConfigError
 from perseus.models import NotifyChannel
 from perseus.store.redis_url import is_sentinel_url, parse_sentinel_url
-from perseus.timing import BOUNDS_TEXT, DEFAULT_INTERVAL_S, interval_in_bounds
+from perseus.timing import BOUNDS_TEXT, DEFAULT_INTERVAL_S, STICKY_TIMEOUT_S, interval_in_bounds
 
 #: Where the embedded stack listens unless told otherwise; the same defaults every command uses.
 DEFAULT_REDIS_PORT = 7379
@@ -125,6 +125,10 @@ class Settings(BaseSettings):
     #: A file of the connector commands this host may run (perseus/connectors/allow.py); unset: any
     #: command a workflow asks for (the worker warns at start). See docs/security.md.
     exec_allow: Path | None = None
+    #: Benchmarks only: seconds a workflow task waits for the worker that has its run cached
+    #: (``perseus.timing.STICKY_TIMEOUT_S`` says why that figure; ``bench.killed_worker`` compares
+    #: others against it in one run). Not an operator's knob: leave it unset.
+    sticky_timeout: float = Field(default=STICKY_TIMEOUT_S, gt=0, allow_inf_nan=False)
     #: Tests only: where connectors journal connect/disconnect/validity (the invariant checker reads it).
     connector_journal: Path | None = None
     #: AES-256-GCM key(s) for Temporal payloads (base64, 32 bytes; comma-separated to rotate: the

@@ -211,3 +211,17 @@ def test_public_ip_lookup_is_on_by_default_and_off_with_an_empty_list(
     assert load_settings().ip_timeout == 2.0
     monkeypatch.setenv("PERSEUS_IP_SERVICES", "[]")
     assert load_settings().ip_services == []
+
+
+def test_the_sticky_timeout_is_the_timing_modules_unless_a_benchmark_sets_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from perseus.timing import STICKY_TIMEOUT_S
+
+    assert load_settings().sticky_timeout == STICKY_TIMEOUT_S
+    monkeypatch.setenv("PERSEUS_STICKY_TIMEOUT", "0.3")
+    assert load_settings().sticky_timeout == 0.3
+    for bad in ("0", "-1", "nan", "inf"):
+        monkeypatch.setenv("PERSEUS_STICKY_TIMEOUT", bad)
+        with pytest.raises(ConfigError, match="PERSEUS_STICKY_TIMEOUT"):
+            load_settings()
