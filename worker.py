@@ -178,10 +178,10 @@ async def run_worker(
                 graceful_shutdown_timeout=timedelta(seconds=WORKER_SHUTDOWN_GRACE_S),
                 # A workflow's next task goes to the worker that ran its last one (its cache). If
                 # that worker died, the task waits this long before any worker may take it — the
-                # SDK's 10 s held a standby's promotion on a dead host's queue. Half a second is a
-                # fraction of the intervals people run; a live but busy worker that misses it costs
-                # one replay elsewhere, not a failover. perseus.timing.STICKY_TIMEOUT_S unless a
-                # benchmark set PERSEUS_STICKY_TIMEOUT to compare another.
+                # SDK's 10 s held a standby's promotion on a dead host's queue; a live but busy
+                # worker that misses a short one costs one replay elsewhere, not a failover.
+                # perseus.timing.STICKY_TIMEOUT_S (which says why that figure) unless a benchmark
+                # set PERSEUS_STICKY_TIMEOUT to compare another.
                 sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.sticky_timeout),
             )
         )
