@@ -319,11 +319,11 @@ RELEASE_LOOK_S = 0.2
 #: How long a workflow task waits for the worker that has its run cached (see worker.run_worker).
 #: Measured in docs/benchmarks.md against no cache at all, which doubled every handoff's workflow
 #: time. The SDK's 10 s held a standby's promotion on a dead host's queue. 0.2 s rather than 0.5 s
-#: ("Killed workflow worker", both measured in one run, issue 24): a handoff right after its
-#: worker was killed took +0.3 s over the baseline instead of +0.6 s where the server kept the
-#: timeout, and a live worker missed the window for 1 of about 500 baseline workflow tasks (0.5 s:
-#: none), which costs one replay elsewhere, not a failover. The server does not always keep so short
-#: a timeout: it often held such a task about a second, whatever the worker asked.
+#: ("Killed workflow worker", 0.5, 0.3 and 0.2 s measured in the same runs, issue 24): where the
+#: server kept the timeout, a handoff right after its worker was killed took +0.3 s over the
+#: baseline instead of +0.6 s, and a live worker missed the window for 1 baseline workflow task in
+#: 773 (0.5 s: none in 787), which costs one replay elsewhere, not a failover. The server does not
+#: always keep so short a timeout: it often held such a task about a second, whatever was asked.
 STICKY_TIMEOUT_S = 0.2
 #: The SDK throttles activity heartbeats to 0.8 × their timeout unless capped: capped this low, each
 #: heartbeat goes out when sent (the lease and the watch set their own cadence; connector steps hear
