@@ -20,6 +20,7 @@ KINDS = (
     "partition-redis",
     "partition-redis-one-way",
     "redis-replies-lost",
+    "redis-replies-delayed",
     "partition-temporal",
     "partition-both",
     "partition-standby",
@@ -71,6 +72,10 @@ ALL_KINDS = (*KINDS, "sentinel-failover", "failover-lagging", "cluster-failover"
 #: rounds run each once; a step is +30 s or -30 s, alternately.
 DRIFT_RATES = (1.10, 0.90, 1.01, 0.99)
 STEP_S = (30.0, -30.0)
+#: How late Redis's replies reach the holder under ``redis-replies-delayed``, in renew intervals,
+#: drawn by the seed: always past a renewal's bound (I/2), and from under to past the renew deadline
+#: (2 I), so that some late replies arrive while the holder would still act and some after.
+REPLY_DELAY_I = (1.5, 3.0)
 
 #: The liveness bound each kind is held to in the report (seconds at I = 1 s; docs/design.md, "At
 #: least one"): a crash's B for faults that stop the holder; for those that must change nothing, a
@@ -85,6 +90,10 @@ BOUND_S = {
     # should its retried reclaim keep rewriting its key (the known liveness bug), no standby could
     # take over until the fault heals (measured 1.1-2.3 s: it did not). Bound: 8 I + B.
     "redis-replies-lost": 12.9,
+    # Requests reach Redis at once, replies come 1.5-3 I late: no renewal is answered within its
+    # bound, so the holder stops at its deadline and renews no more; its key ages from its last
+    # renewal as after a crash, and a standby claims over. B.
+    "redis-replies-delayed": 4.9,
     "partition-temporal": 0.5,
     "partition-both": 4.9,
     "partition-standby": 0.5,
@@ -121,7 +130,8 @@ class Fault:
     host: int
     #: How long it is held, in renew intervals.
     hold_i: float
-    #: The clock faults' parameter: a drift's rate, or a step in seconds (0 for the other kinds).
+    #: The kind's parameter: a drift's rate, a step in seconds, how many intervals late replies
+    #: come (``redis-replies-delayed``); 0 for the other kinds.
     arg: float = 0.0
 
     @property
@@ -152,7 +162,10 @@ def schedule(seed: int, rounds: int = 1, kinds: tuple[str, ...] = KINDS) -> list
         for kind in order:
             arg = {"clock-drift": DRIFT_RATES[(seed + r) % 4], "clock-step": STEP_S[(seed + r) % 2]}
             hold = round(rng.uniform(4.0, 8.0), 2)
-            out.append(Fault(kind, host=rng.randint(1, 3), hold_i=hold, arg=arg.get(kind, 0.0)))
+            host = rng.randint(1, 3)
+            if kind == "redis-replies-delayed":
+                arg[kind] = round(rng.uniform(*REPLY_DELAY_I), 2)
+            out.append(Fault(kind, host=host, hold_i=hold, arg=arg.get(kind, 0.0)))
     return out
 
 
@@ -171,6 +184,16 @@ def inject(stack: LabStack, fault: Fault, active: int, standby: int) -> Injected
     elif fault.kind == "redis-replies-lost":
         control = stack.link_control(i)
         control.write_text(json.dumps({"drop_replies": stack.redis_ports}))
+
+        def heal() -> None:
+            control.write_text("{}")
+
+    elif fault.kind == "redis-replies-delayed":
+        # Redis's replies to the active host wait fault.arg intervals on its relay; its requests
+        # (and everything else on its link) pass at once.
+        control = stack.link_control(i)
+        late_ms = 1000 * fault.arg * stack.interval
+        control.write_text(json.dumps({"delay_replies": stack.redis_ports, "reply_delay_ms": late_ms}))
 
         def heal() -> None:
             control.write_text("{}")

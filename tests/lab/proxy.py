@@ -4,12 +4,14 @@ jitter go (this kernel has no netem).
     python -m tests.lab.proxy LISTEN_ADDR:PORT=TARGET_ADDR:PORT [...] [--control FILE] [--seed N]
 
 Each argument is one relay. With ``--control FILE`` the relay re-reads FILE (JSON
-``{"delay_ms": D, "jitter_ms": J, "drop_replies": [PORT, ...]}``) every 100 ms: every chunk then
-waits D ± J ms (drawn from a ``random.Random(seed)``, so a run replays) before it is forwarded, in
-order; and the relays to the listed target ports forward requests but swallow every reply — a
-one-way partition above TCP (the connection stays up, its ACKs flow), which dropping packets by
-route cannot make: there TCP's own ACKs are lost too and the connection soon stalls. A missing file
-means none of it. Runs until killed.
+``{"delay_ms": D, "jitter_ms": J, "drop_replies": [PORT, ...], "delay_replies": [PORT, ...],
+"reply_delay_ms": R}``) every 100 ms: every chunk then waits D ± J ms (drawn from a
+``random.Random(seed)``, so a run replays) before it is forwarded, in order; the relays to the
+``drop_replies`` target ports forward requests but swallow every reply — a one-way partition above
+TCP (the connection stays up, its ACKs flow), which dropping packets by route cannot make: there
+TCP's own ACKs are lost too and the connection soon stalls; and those to the ``delay_replies`` ports
+hold every reply R ms more (on top of D ± J) while their requests pass at once — an asymmetric link,
+whose answers come late but come. A missing file means none of it. Runs until killed.
 """
 
 from __future__ import annotations
@@ -29,12 +31,18 @@ class Shaping:
         self.jitter_s = 0.0
         #: Target ports whose replies are swallowed.
         self.drop_replies: set[int] = set()
+        #: Target ports whose replies wait ``reply_delay_s`` more (their requests do not).
+        self.delay_replies: set[int] = set()
+        self.reply_delay_s = 0.0
         self.random = random.Random(seed)
 
-    def pause(self) -> float:
+    def pause(self, replies_of: int = 0) -> float:
+        """How long a chunk waits: the link's delay and jitter, plus the reply delay when it is a
+        reply of a ``delay_replies`` port (``replies_of``: the target port; 0 for a request)."""
+        extra = self.reply_delay_s if replies_of and replies_of in self.delay_replies else 0.0
         if self.delay_s <= 0 and self.jitter_s <= 0:
-            return 0.0
-        return max(0.0, self.delay_s + self.random.uniform(-self.jitter_s, self.jitter_s))
+            return extra
+        return extra + max(0.0, self.delay_s + self.random.uniform(-self.jitter_s, self.jitter_s))
 
     async def follow(self) -> None:
         while self.control is not None:
@@ -43,9 +51,12 @@ class Shaping:
                 self.delay_s = float(doc.get("delay_ms", 0)) / 1000
                 self.jitter_s = float(doc.get("jitter_ms", 0)) / 1000
                 self.drop_replies = {int(p) for p in doc.get("drop_replies", [])}
+                self.delay_replies = {int(p) for p in doc.get("delay_replies", [])}
+                self.reply_delay_s = float(doc.get("reply_delay_ms", 0)) / 1000
             except (OSError, ValueError):
-                self.delay_s = self.jitter_s = 0.0
+                self.delay_s = self.jitter_s = self.reply_delay_s = 0.0
                 self.drop_replies = set()
+                self.delay_replies = set()
             await asyncio.sleep(0.1)
 
 
@@ -72,7 +83,7 @@ async def _pipe(
             if replies_of and replies_of in shaping.drop_replies:
                 continue
             # Never before the previous chunk: jitter reorders nothing on a TCP stream.
-            last_due = max(last_due, asyncio.get_running_loop().time() + shaping.pause())
+            last_due = max(last_due, asyncio.get_running_loop().time() + shaping.pause(replies_of))
             queue.put_nowait((last_due, data))
         queue.put_nowait(None)
         await sender

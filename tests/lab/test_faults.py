@@ -3,6 +3,11 @@ once and two each step, and every profile runs every kind plus its own Redis fai
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+
 import pytest
 
 from tests.lab.faults import (
@@ -14,9 +19,11 @@ from tests.lab.faults import (
     FAILSAFE_PROFILE_KINDS,
     KINDS,
     PROFILE_KINDS,
+    REPLY_DELAY_I,
     STEP_S,
     schedule,
 )
+from tests.lab.proxy import Shaping
 
 pytestmark = pytest.mark.unit
 
@@ -62,3 +69,43 @@ def test_the_failsafe_kinds_are_a_schedule_of_their_own() -> None:
     assert sorted(f.kind for f in faults) == sorted(FAILSAFE_KINDS * 3)
     # Held past the renew deadline (2 I), so that the holder acts on promises for a while.
     assert min(f.hold_i for f in faults) >= 4.0
+
+
+def test_late_replies_come_past_a_renewal_for_longer_than_they_last() -> None:
+    """``redis-replies-delayed`` on every profile: each fault's replies come 1.5-3 I late, drawn by
+    the seed (so a replay has the same delays), always past a renewal's bound (I/2) and within the
+    fault's hold (the late replies arrive while it lasts); its bound is a crash's B, as the other
+    kinds that stop the holder at its deadline."""
+    for kinds in PROFILE_KINDS.values():
+        assert "redis-replies-delayed" in kinds
+    faults = [f for f in schedule(11, 8) if f.kind == "redis-replies-delayed"]
+    assert faults == [f for f in schedule(11, 8) if f.kind == "redis-replies-delayed"]
+    assert len(faults) == 8
+    delays = [f.arg for f in faults]
+    assert all(REPLY_DELAY_I[0] <= d <= REPLY_DELAY_I[1] for d in delays)
+    assert REPLY_DELAY_I[0] > 0.5
+    assert len(set(delays)) > 1  # drawn, not fixed
+    assert all(f.hold_i > f.arg for f in faults)
+    assert {f.label for f in faults} == {"redis-replies-delayed"}  # one row in the report
+    assert BOUND_S["redis-replies-delayed"] == BOUND_S["kill"]
+
+
+def test_the_relay_delays_only_the_replies_of_the_ports_named(tmp_path: Path) -> None:
+    """The relay's control file: replies of a ``delay_replies`` port wait the reply delay; its
+    requests, and the replies of every other port, do not."""
+    control = tmp_path / "control"
+    control.write_text(json.dumps({"delay_replies": [6379], "reply_delay_ms": 2000}))
+    shaping = Shaping(control, seed=1)
+
+    async def one_read() -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await shaping.follow()
+
+    asyncio.run(one_read())
+    assert shaping.pause(replies_of=6379) == 2.0
+    assert shaping.pause() == 0.0
+    assert shaping.pause(replies_of=5432) == 0.0
+    control.write_text("{}")
+    asyncio.run(one_read())
+    assert shaping.pause(replies_of=6379) == 0.0

@@ -229,6 +229,8 @@ def test_a_seeded_schedule_of_every_fault(tmp_path: Path, profile: str, failsafe
             seen = window(read_log(stack.sink_log), EXCHANGE, done.start - 0.5)
             gaps.setdefault(fault.label, []).append(seen.longest_silence)
             where = f"on host {done.fault.host} for {fault.hold_i} I"
+            if fault.kind == "redis-replies-delayed":
+                where += f", replies {fault.arg} I late"
             told = ""
             if failsafe:
                 outcomes.setdefault(fault.label, []).append(seen)
