@@ -142,6 +142,7 @@ class InstanceCore(InstanceAnswers):
             waiting_for=waiting_for,
             enqueue=self.enqueue,
             become_standby=self._become_standby,
+            restart_pending=lambda: self.st.host_restarted,
             **shared,
         )
         self.watch = Watch(ctx, warm=self.warm, promotion=self.promotion, end=self._end, **shared)
@@ -225,7 +226,8 @@ class InstanceCore(InstanceAnswers):
             return None if carry_on else self.st.outcome or str(Ending.INSTANCE_LOST)
         if step is Step.PROMOTE:
             yield from leases.cancel()
-            yield from self.promotion.promote(standbys.next_promotion())
+            if (yield from self.promotion.promote(standbys.next_promotion())):
+                self.st = replace(self.st, host_restarted=False)  # its lease runs on the new worker
             return None
         if step is Step.CONFIRM_PROMOTION:
             yield from self.promotion.owe_confirmation(standbys.next_promotion(), self.commands.confirm_start)
@@ -260,8 +262,7 @@ class InstanceCore(InstanceAnswers):
             # The caller hears back only once the claim is released.
             yield from self.leases.cancel()
             released = yield from self.leases.release()
-            # Our connector stopped (the walk down succeeded): the best standby may act at once,
-            # rather than find a vacancy that proves nothing and wait out our renew deadline.
+            # Our connector stopped: the best standby may act at once, not wait out our renew deadline.
             if released:
                 yield from self.standbys.wake(f"{ctx.inp.exchange} on {ctx.inp.host} shut down")
             yield from self.standbys.drop()

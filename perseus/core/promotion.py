@@ -13,8 +13,10 @@ from collections.abc import Callable
 
 from perseus.core.actions import (
     Activity,
+    Answer,
     CancelWarmUp,
     Log,
+    Patched,
     Proc,
     Search,
     Signal,
@@ -38,6 +40,10 @@ from perseus.core.warm import Warm
 from perseus.models import CommandResult, EventKind, HandoffConfirm, PromoteRequest
 from perseus.timing import CONNECTOR_STOP_TIMEOUT_S
 
+#: Patch id (docs/design.md, "Patches in use since 0.1.0"): a promotion whose lease is issued after
+#: the host's worker said it started again settles that restart itself.
+PROMOTION_OUTRUNS_A_RESTART = "promotion-outruns-a-host-restart"
+
 
 class Promotion:
     """The standby's side of a takeover."""
@@ -54,14 +60,17 @@ class Promotion:
         enqueue: Callable[..., object],
         become_standby: Callable[[], Proc],
         waiting_for: Callable[[], bool],
+        restart_pending: Callable[[], bool],
     ) -> None:
         self.ctx, self.host = ctx, host
         self.leases, self.status, self.standbys, self.warm = leases, status, standbys, warm
         self._enqueue, self._become_standby = enqueue, become_standby
         self._waiting_for = waiting_for
+        self._restart_pending = restart_pending
 
-    def promote(self, req: PromoteRequest) -> Proc:
+    def promote(self, req: PromoteRequest) -> Answer[bool]:
         """Try to take the exchange. Won: drop the standby record, ``promoted``, start. Lost: stay.
+        True when it settled a restart of our host's worker that was still to be judged (below).
 
         A warm standby is activated right after the claim — the one step fencing requires first —
         and the status walks starting → warming → active behind it; if it cannot be, it starts cold.
@@ -77,9 +86,17 @@ class Promotion:
         if result is None:
             if req.confirm_to:
                 yield from self.reply(req.confirm_to, ok=False, detail="the exchange was not free to claim")
-            return
+            return False
         standbys.activate()
         yield from self.leases.start()  # renew the fresh claim at once
+        settled = False
+        if self._restart_pending() and (yield Patched(PROMOTION_OUTRUNS_A_RESTART)):
+            # Our host's worker said it started again before this lease was issued: the lease, and
+            # the connector activated or started cold below, run on the new process, and nothing
+            # of ours is left on the old one. Judging the restart afterwards would cancel this
+            # healthy lease and wait out a whole pickup window before starting the connector (a
+            # chaos run: 5 s over B after a kill while Temporal was frozen).
+            settled = True
         reason = req.reason
         if req.act_after_s:
             # The holder whose key vanished may act until its renew deadline: ours must not yet —
@@ -121,7 +138,7 @@ class Promotion:
                 yield from status.transition(target)
             if req.confirm_to:
                 yield from self.reply(req.confirm_to, ok=True, detail=f"active on {ctx.inp.host} (warm)")
-            return
+            return settled
         if cold_because is not None and no_worker:
             # Our host has no worker: a cold start would only wait for it again. A handoff hears at
             # once (and keeps its exchange); otherwise the lease on this host fails like any other.
@@ -135,12 +152,13 @@ class Promotion:
                     error=cold_because,
                 )
                 yield from self.confirm_takeover(req.confirm_to, failed)
-            return
+            return settled
         if cold_because is not None:
             yield from status.event(
                 EventKind.ERROR, error=f"warm activation failed, starting cold: {cold_because}"
             )
         self._enqueue(Command.START, first=True, internal=True, confirm_to=req.confirm_to, promoted=True)
+        return settled
 
     def after_failed_promotion(self, reason: str) -> Proc:
         """We took the exchange but our connector could not start: a claim is held only by an

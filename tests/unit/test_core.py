@@ -126,7 +126,15 @@ class HistoryLong:
     pass
 
 
-Event = Cmd | Handoff | LeaseEnds | Promote | HostDown | HostBack | HistoryLong
+@dataclass(frozen=True)
+class Together:
+    """Two events the loop hears before it picks its next step (both pending at once)."""
+
+    first: Cmd | Handoff | LeaseEnds | Promote | HostDown | HostBack | HistoryLong
+    second: Cmd | Handoff | LeaseEnds | Promote | HostDown | HostBack | HistoryLong
+
+
+Event = Cmd | Handoff | LeaseEnds | Promote | HostDown | HostBack | HistoryLong | Together
 
 
 SILENT_HOLDER = "host-dead (epoch 3)"
@@ -281,6 +289,9 @@ class World:
                 core.on_host_restarted(HostRestarted(host=core.inp.host))
             case HistoryLong():
                 self.history_long = True
+            case Together():
+                self.apply(core, event.first)
+                self.apply(core, event.second)
 
     def call(self, core: InstanceCore, call: act.Call[Any, Any]) -> Any:
         req: Any = call.request
@@ -536,6 +547,13 @@ SCENARIOS = [
         warm=True,
     ),
     Scenario(
+        "standby-host-restarted-and-promoted-at-once",
+        (Together(HostBack(), Promote()),),
+        (State.ACTIVE, Role.ACTIVE, True, None),
+        standby=True,
+        warm=True,
+    ),
+    Scenario(
         "active-host-restarted-reattaches",
         (Cmd(Command.START), HostBack()),
         (State.ACTIVE, Role.ACTIVE, True, None),
@@ -714,6 +732,25 @@ def test_a_standby_whose_host_restarted_watches_and_warms_up_again_from_the_new_
     # Its warm connector died with the old process too: warmed up again on the new one.
     assert sum(isinstance(a, act.SpawnWarmUp) for a in run.actions) == 2
     assert not run.core.st.host_restarted
+
+
+def test_a_promotion_issued_after_its_host_restarted_settles_the_restart_itself() -> None:
+    """The restart was heard before the promotion (promotions go first): the promotion's lease and
+    connector run on the new worker, so the restart is not judged again after it — no healthy lease
+    cancelled, no wait for a pickup window before the exchange has its connector."""
+    sc = next(x for x in SCENARIOS if x.name == "standby-host-restarted-and-promoted-at-once")
+    run = play(sc)
+    claimed = next(
+        i
+        for i, a in enumerate(run.actions)
+        if isinstance(a, act.Call) and a.activity is act.Activity.CLAIM_AND_HOLD
+    )
+    after = run.actions[claimed:]
+    assert not any(isinstance(a, act.CancelLease) for a in after), [type(a).__name__ for a in after]
+    assert not any(isinstance(a, act.Call) and a.activity is act.Activity.PROBE_CLAIM for a in after)
+    assert any(isinstance(a, act.Patched) for a in after)
+    assert not run.core.st.host_restarted
+    assert run.core.view().state is State.ACTIVE
 
 
 def test_a_holder_whose_host_restarted_is_judged_by_redis_at_once() -> None:

@@ -106,6 +106,8 @@ def watch(
         waiting_for=lambda: False,
         enqueue=p.enqueue,
         become_standby=p.become_standby,
+        # The host's restart is the loop's to remember (tests/unit/test_core.py drives it).
+        restart_pending=lambda: False,
         leases=p.leases,
         status=p.status,
         standbys=p.standbys,
@@ -362,6 +364,7 @@ def test_a_new_worker_drops_the_watch_and_the_warm_connector_of_the_old_one(
         waiting_for=lambda: False,
         enqueue=p.enqueue,
         become_standby=p.become_standby,
+        restart_pending=lambda: False,
         **p.shared(),
     )
     w = Watch(ctx, warm=p.warm, promotion=promotion, end=p.end, **p.shared())
