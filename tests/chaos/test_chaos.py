@@ -294,15 +294,20 @@ class Cluster:
     async def standby_record(self, host: str) -> StandbyRecord | None:
         return next((r for r in await self.store.standbys(self.ex_id) if r.host == host), None)
 
-    async def best_standby(self, not_host: object) -> str:
-        """The live standby a crash of ``not_host`` promotes first (the highest priority)."""
+    async def best_standby(self, not_host: object, timeout: float = 30) -> str:
+        """The live standby a crash of ``not_host`` promotes first (the highest priority). Waited
+        for: right after Redis came back empty, the standbys' records are written again only once
+        their watches have seen them gone (a few seconds), and healing does not wait for that."""
         ranked = sorted(
             (h for h in self.hosts if h != not_host), key=lambda h: -PRIORITY[self.hosts.index(h)]
         )
-        for host in ranked:
-            if await self.standby_record(host) is not None:
-                return host
-        raise AssertionError("no standby visible")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for host in ranked:
+                if await self.standby_record(host) is not None:
+                    return host
+            await asyncio.sleep(0.25)
+        raise AssertionError(f"no standby visible within {timeout}s")
 
     async def holder(self) -> dict[str, object] | None:
         try:
