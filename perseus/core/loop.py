@@ -11,9 +11,8 @@ connector (``warm``), the commands (``commands``), the registration, and here th
 part reads another's slice; what they share is handed to them here, as functions. The loop routes
 each piece of work to the part that does it (:func:`perseus.core.decisions.next_step` says which).
 
-Patches: a change made after a release that alters the commands a run issues asks
-(:class:`~perseus.core.actions.Patched`) at the very point the new behaviour begins, so runs begun
-on the release replay the old branch (``docs/design.md``, "Versioning the workflow").
+Patches: a change after a release that alters a run's commands asks (:class:`~perseus.core.actions.Patched`)
+where the new behaviour begins: runs begun on the release replay the old branch (``docs/design.md``).
 """
 
 from __future__ import annotations
@@ -143,6 +142,7 @@ class InstanceCore(InstanceAnswers):
             enqueue=self.enqueue,
             become_standby=self._become_standby,
             restart_pending=lambda: self.st.host_restarted,
+            restart_settled=self._restart_settled,
             **shared,
         )
         self.watch = Watch(ctx, warm=self.warm, promotion=self.promotion, end=self._end, **shared)
@@ -207,9 +207,8 @@ class InstanceCore(InstanceAnswers):
         if step is Step.HOST_GOING_DOWN:
             yield from leases.cancel()
             if standbys.role is Role.ACTIVE:
-                # Woken, a standby claims and acts at once: it may only when our connector is known
-                # stopped and the key was ours. Otherwise it finds the key gone (or expiring) on its
-                # own and waits the renew deadline out, as a vacancy that proves nothing requires.
+                # Woken, a standby acts at once: only when our connector is known stopped and the key
+                # was ours. Otherwise it finds the key gone on its own and waits out the renew deadline.
                 released = yield from self.execution.release()
                 if released:
                     yield from standbys.wake(
@@ -226,8 +225,7 @@ class InstanceCore(InstanceAnswers):
             return None if carry_on else self.st.outcome or str(Ending.INSTANCE_LOST)
         if step is Step.PROMOTE:
             yield from leases.cancel()
-            if (yield from self.promotion.promote(standbys.next_promotion())):
-                self.st = replace(self.st, host_restarted=False)  # its lease runs on the new worker
+            yield from self.promotion.promote(standbys.next_promotion())
             return None
         if step is Step.CONFIRM_PROMOTION:
             yield from self.promotion.owe_confirmation(standbys.next_promotion(), self.commands.confirm_start)
@@ -243,8 +241,7 @@ class InstanceCore(InstanceAnswers):
             return outcome
         # Step.CONTINUE_AS_NEW
         yield from leases.cancel()
-        # A command accepted meanwhile has a caller waiting on this run: run it first (its handler
-        # would never finish otherwise) and continue as new afterwards.
+        # A command accepted meanwhile has a caller waiting on this run: run it first, then continue.
         yield WaitUntil(lambda: self.commands.queued, or_handlers_finished=True)
         if not self.commands.queued:
             undelivered = yield Undelivered()
@@ -291,6 +288,9 @@ class InstanceCore(InstanceAnswers):
 
     def _end(self, outcome: str) -> None:
         self.st = replace(self.st, outcome=outcome)
+
+    def _restart_settled(self) -> None:
+        self.st = replace(self.st, host_restarted=False)
 
     def _become_standby(self, *, required: bool = False) -> Proc:
         """Give up the claim (if any) and wait here as a standby (``Standbys.become``)."""

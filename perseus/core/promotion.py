@@ -13,7 +13,6 @@ from collections.abc import Callable
 
 from perseus.core.actions import (
     Activity,
-    Answer,
     CancelWarmUp,
     Log,
     Patched,
@@ -61,16 +60,18 @@ class Promotion:
         become_standby: Callable[[], Proc],
         waiting_for: Callable[[], bool],
         restart_pending: Callable[[], bool],
+        restart_settled: Callable[[], None],
     ) -> None:
         self.ctx, self.host = ctx, host
         self.leases, self.status, self.standbys, self.warm = leases, status, standbys, warm
         self._enqueue, self._become_standby = enqueue, become_standby
         self._waiting_for = waiting_for
-        self._restart_pending = restart_pending
+        self._restart_pending, self._restart_settled = restart_pending, restart_settled
 
-    def promote(self, req: PromoteRequest) -> Answer[bool]:
+    def promote(self, req: PromoteRequest) -> Proc:
         """Try to take the exchange. Won: drop the standby record, ``promoted``, start. Lost: stay.
-        True when it settled a restart of our host's worker that was still to be judged (below).
+        Every path that promotes (a promote signal, our own watch's vacancy) settles here a restart
+        of our host's worker heard before the promotion's lease was issued (below).
 
         A warm standby is activated right after the claim — the one step fencing requires first —
         and the status walks starting → warming → active behind it; if it cannot be, it starts cold.
@@ -86,17 +87,16 @@ class Promotion:
         if result is None:
             if req.confirm_to:
                 yield from self.reply(req.confirm_to, ok=False, detail="the exchange was not free to claim")
-            return False
+            return
         standbys.activate()
         yield from self.leases.start()  # renew the fresh claim at once
-        settled = False
         if self._restart_pending() and (yield Patched(PROMOTION_OUTRUNS_A_RESTART)):
             # Our host's worker said it started again before this lease was issued: the lease, and
             # the connector activated or started cold below, run on the new process, and nothing
             # of ours is left on the old one. Judging the restart afterwards would cancel this
             # healthy lease and wait out a whole pickup window before starting the connector (a
             # chaos run: 5 s over B after a kill while Temporal was frozen).
-            settled = True
+            self._restart_settled()
         reason = req.reason
         if req.act_after_s:
             # The holder whose key vanished may act until its renew deadline: ours must not yet —
@@ -138,7 +138,7 @@ class Promotion:
                 yield from status.transition(target)
             if req.confirm_to:
                 yield from self.reply(req.confirm_to, ok=True, detail=f"active on {ctx.inp.host} (warm)")
-            return settled
+            return
         if cold_because is not None and no_worker:
             # Our host has no worker: a cold start would only wait for it again. A handoff hears at
             # once (and keeps its exchange); otherwise the lease on this host fails like any other.
@@ -152,13 +152,12 @@ class Promotion:
                     error=cold_because,
                 )
                 yield from self.confirm_takeover(req.confirm_to, failed)
-            return settled
+            return
         if cold_because is not None:
             yield from status.event(
                 EventKind.ERROR, error=f"warm activation failed, starting cold: {cold_because}"
             )
         self._enqueue(Command.START, first=True, internal=True, confirm_to=req.confirm_to, promoted=True)
-        return settled
 
     def after_failed_promotion(self, reason: str) -> Proc:
         """We took the exchange but our connector could not start: a claim is held only by an

@@ -554,6 +554,13 @@ SCENARIOS = [
         warm=True,
     ),
     Scenario(
+        "standby-host-restarted-and-its-watch-sees-a-vacancy",
+        (Together(HostBack(), LeaseEnds(StandbyOutcome(vacant=True, last_epoch=3, lapsed=True))),),
+        (State.ACTIVE, Role.ACTIVE, True, None),
+        standby=True,
+        warm=True,
+    ),
+    Scenario(
         "active-host-restarted-reattaches",
         (Cmd(Command.START), HostBack()),
         (State.ACTIVE, Role.ACTIVE, True, None),
@@ -734,11 +741,16 @@ def test_a_standby_whose_host_restarted_watches_and_warms_up_again_from_the_new_
     assert not run.core.st.host_restarted
 
 
-def test_a_promotion_issued_after_its_host_restarted_settles_the_restart_itself() -> None:
-    """The restart was heard before the promotion (promotions go first): the promotion's lease and
-    connector run on the new worker, so the restart is not judged again after it — no healthy lease
-    cancelled, no wait for a pickup window before the exchange has its connector."""
-    sc = next(x for x in SCENARIOS if x.name == "standby-host-restarted-and-promoted-at-once")
+@pytest.mark.parametrize(
+    "name",
+    ["standby-host-restarted-and-promoted-at-once", "standby-host-restarted-and-its-watch-sees-a-vacancy"],
+)
+def test_a_promotion_issued_after_its_host_restarted_settles_the_restart_itself(name: str) -> None:
+    """The restart was heard before the promotion (a promote signal, or the watch's own vacancy,
+    goes first): the promotion's lease and connector run on the new worker, so the restart is not
+    judged again after it — no healthy lease cancelled, no wait for a pickup window before the
+    exchange has its connector."""
+    sc = next(x for x in SCENARIOS if x.name == name)
     run = play(sc)
     claimed = next(
         i

@@ -135,6 +135,7 @@ def promotion(ctx: Any, p: Parts, *, waiting: bool = False) -> Promotion:
         become_standby=p.become_standby,
         # The host's restart is the loop's to remember (tests/unit/test_core.py drives it).
         restart_pending=lambda: False,
+        restart_settled=lambda: None,
         leases=p.leases,
         status=p.status,
         standbys=p.standbys,

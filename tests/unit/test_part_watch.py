@@ -108,6 +108,7 @@ def watch(
         become_standby=p.become_standby,
         # The host's restart is the loop's to remember (tests/unit/test_core.py drives it).
         restart_pending=lambda: False,
+        restart_settled=lambda: None,
         leases=p.leases,
         status=p.status,
         standbys=p.standbys,
@@ -365,6 +366,7 @@ def test_a_new_worker_drops_the_watch_and_the_warm_connector_of_the_old_one(
         enqueue=p.enqueue,
         become_standby=p.become_standby,
         restart_pending=lambda: False,
+        restart_settled=lambda: None,
         **p.shared(),
     )
     w = Watch(ctx, warm=p.warm, promotion=promotion, end=p.end, **p.shared())
