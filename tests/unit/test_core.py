@@ -126,15 +126,19 @@ class HistoryLong:
     pass
 
 
+#: One event the loop hears on its own.
+Single = Cmd | Handoff | LeaseEnds | Promote | HostDown | HostBack | HistoryLong
+
+
 @dataclass(frozen=True)
 class Together:
     """Two events the loop hears before it picks its next step (both pending at once)."""
 
-    first: Cmd | Handoff | LeaseEnds | Promote | HostDown | HostBack | HistoryLong
-    second: Cmd | Handoff | LeaseEnds | Promote | HostDown | HostBack | HistoryLong
+    first: Single
+    second: Single
 
 
-Event = Cmd | Handoff | LeaseEnds | Promote | HostDown | HostBack | HistoryLong | Together
+Event = Single | Together
 
 
 SILENT_HOLDER = "host-dead (epoch 3)"
