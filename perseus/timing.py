@@ -158,17 +158,20 @@ def failsafe_counted_s(interval_s: float) -> float:
 #: host polled?). Such a step answers in milliseconds when its server is well; its retry policy, not
 #: a long timeout, carries it through an outage.
 STEP_TIMEOUT_S = 10.0
-#: A transition's record, tried in the worker that runs the workflow task (a local activity), for
-#: this long in all: two attempts, a second apart. A healthy write takes milliseconds; a worker that
-#: cannot reach Redis (a partition of its host, which also serves other hosts' instances) would
-#: otherwise hold the workflow task of an instance whose own host is fine until its Redis returns
-#: (the lab's `partition-redis`: a standby promoted 8.7 s late). Past this the same write goes to a
-#: regular activity on the instance's own host (docs/design.md, "One write per transition"), so it
-#: stays well inside the lab's bound B (4.9 s) and the Redis client's 5 s socket timeout.
-RECORD_HERE_S = 2.0
+#: A transition's record, tried once in the worker that runs the workflow task (a local activity),
+#: for this long. A healthy write takes milliseconds; a worker that cannot reach Redis (a partition
+#: of its host, which also serves other hosts' instances) would otherwise hold the workflow task of
+#: an instance whose own host is fine until its Redis returns (the lab's `partition-redis`: a
+#: standby promoted 8.7 s late). Past this, or at its first failure, the same write goes to a
+#: regular activity on the instance's own host (docs/design.md, "One write per transition"). Not
+#: retried here: a second try a second later cost a promotion that second whenever the worker's
+#: connection was refused outright, and on the host the write costs one dispatch more, no more.
+#: One second, not two: a promotion's first record comes before its connector starts, so a cut-off
+#: worker's wait counts against the bound B (4.9 s at 1 s, a crash's detection taking 2.1 s of it).
+RECORD_HERE_S = 1.0
 #: After a record had to leave the worker running the workflow, the instance's next records go
 #: straight to its host for this long: the next workflow tasks stay on that worker (its cache), and
-#: each record tried there first would cost RECORD_HERE_S again (a start's three transitions, 6 s).
+#: each record tried there first would cost RECORD_HERE_S again (a start's three transitions, 3 s).
 #: A partition lasts seconds to minutes; meanwhile a record costs a dispatch through the server.
 RECORD_AWAY_S = 30.0
 #: A probe of the claim's key: asked while the workflow waits (re-attaching, a handoff's target), and
@@ -316,6 +319,25 @@ QUIET_INTERVALS = 1.05
 #: (then their TTL frees them), looking again every RELEASE_LOOK_S.
 GRACEFUL_RELEASE_S = 30.0
 RELEASE_LOOK_S = 0.2
+#: How long a workflow task may run on the worker that took it before the server gives it to
+#: another, as a share of the instance's interval, with a floor and a cap (the SDK's default is
+#: 10 s). A worker cut off from Temporal, or paused, keeps its long polls open on the server, which
+#: goes on handing them tasks: such a task counts as started and sits there until this timeout (the
+#: lab's `partition-both`: a standby's promotion 6.5 s late, held by the partitioned holder's
+#: worker, against B 4.9 s). The floor keeps a slow replay on a loaded machine from timing out;
+#: a task that does costs one more replay elsewhere, and a local activity that runs longer keeps
+#: its task alive (the SDK heartbeats it).
+WORKFLOW_TASK_TIMEOUT_SHARE = 0.5
+WORKFLOW_TASK_TIMEOUT_FLOOR_S = 1.0
+WORKFLOW_TASK_TIMEOUT_CAP_S = 10.0
+
+
+def workflow_task_timeout_s(interval_s: float) -> float:
+    """An instance workflow's task timeout at ``interval_s``: half an interval, 1 s to 10 s."""
+    share = WORKFLOW_TASK_TIMEOUT_SHARE * interval_s
+    return min(WORKFLOW_TASK_TIMEOUT_CAP_S, max(WORKFLOW_TASK_TIMEOUT_FLOOR_S, share))
+
+
 #: How long a workflow task waits for the worker that has its run cached (see worker.run_worker).
 #: Measured in docs/benchmarks.md against no cache at all, which doubled every handoff's workflow
 #: time. The SDK's 10 s held a standby's promotion on a dead host's queue. 0.2 s rather than 0.5 s

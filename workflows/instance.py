@@ -62,6 +62,7 @@ with workflow.unsafe.imports_passed_through():
         NOTIFY_RETRY_CAP_S,
         NOTIFY_RETRY_FIRST_S,
         NOTIFY_TIMEOUT_S,
+        workflow_task_timeout_s,
     )
     from workflows import calls
 
@@ -90,13 +91,6 @@ RETRY_POLICIES = {
     ),
     act.Retry.ONCE: RetryPolicy(maximum_attempts=1),
     act.Retry.TWICE: RetryPolicy(maximum_attempts=2),
-    # A record tried in the worker that runs the workflow task: once more after a second, then it
-    # goes to a healthy worker (core/record.py); what no retry can mend is final here as anywhere.
-    act.Retry.BRIEF: RetryPolicy(
-        initial_interval=timedelta(seconds=ACTIVITY_RETRY_FIRST_S),
-        maximum_attempts=2,
-        non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
-    ),
 }
 NOTIFY_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=NOTIFY_RETRY_FIRST_S),
@@ -335,7 +329,10 @@ class InstanceWorkflow:
                 # Re-sent by the next run; the notifier delivers each eventId once.
                 return [req for handle, req in self.notifications if not handle.done()]
             case act.ContinueAsNew():
-                workflow.continue_as_new(action.input)
+                # The task timeout is given again: a run started before it followed the interval
+                # (10 s whatever the interval) takes it up from its next run on.
+                timeout_s = workflow_task_timeout_s(action.input.heartbeat_interval_s)
+                workflow.continue_as_new(action.input, task_timeout=timedelta(seconds=timeout_s))
             case act.Search():
                 attributes = []
                 if action.role is not None:

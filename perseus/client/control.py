@@ -62,7 +62,7 @@ from perseus.temporal import (
     instances_filter,
     search_attributes,
 )
-from perseus.timing import BOUNDS_TEXT, interval_in_bounds, ttl_s
+from perseus.timing import BOUNDS_TEXT, interval_in_bounds, ttl_s, workflow_task_timeout_s
 from perseus.tracing import traced
 
 T = TypeVar("T")
@@ -184,6 +184,7 @@ async def register(
             inp,
             id=wf_id,
             task_queue=SHARED_TASK_QUEUE,
+            task_timeout=timedelta(seconds=workflow_task_timeout_s(heartbeat_interval_s)),
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             search_attributes=search_attributes(

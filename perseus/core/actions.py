@@ -56,9 +56,8 @@ class Retry(StrEnum):
     SHARED = "shared"  # catalog, standby records, claims: a few attempts, then report
     DURABLE = "durable"  # status and event writes, releases, reclaims: until Redis answers
     HOST = "host"  # connector steps and identity on a host queue: a few attempts
-    ONCE = "once"  # a single attempt (leases, warm activation, asking a handoff target)
+    ONCE = "once"  # a single attempt (leases, warm activation, asking a handoff target, a record here)
     TWICE = "twice"  # two attempts (a claim probe: a quick answer or none)
-    BRIEF = "brief"  # two attempts a second apart, non-retryable errors final (a record tried here)
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,8 @@ class Writer:
                 request,
                 start_to_close_s=RECORD_HERE_S,
                 schedule_to_close_s=RECORD_HERE_S,
-                retry=Retry.BRIEF,
+                # Once: a failure here moves the write to the host at once (RECORD_HERE_S).
+                retry=Retry.ONCE,
                 summary=summary,
                 local=True,
             )

@@ -8,6 +8,7 @@ import json
 import signal
 import time
 import uuid
+from datetime import timedelta
 
 import pytest
 from temporalio.api.enums.v1 import EventType
@@ -20,6 +21,7 @@ from perseus.errors import ClaimConflict, InvalidTransition, PerseusError
 from perseus.keys import standby_index_key, status_key, workflow_id
 from perseus.models import ConnectorSpec
 from perseus.store.redis_store import RedisStore
+from perseus.timing import workflow_task_timeout_s
 from tests.conftest import Servers, WorkerProcess, exchange_id, perseus
 from tests.integration.helpers import active_on, events, holder, start_workers, wait_for
 from tests.integration.proxy import StallableProxy
@@ -76,6 +78,10 @@ async def test_standby_is_visible_and_does_not_claim(
     assert result.returncode == 0, result.stderr
     registered = json.loads(result.stdout)
     assert registered["role"] == "standby"
+    # Its workflow's tasks leave a worker that took one and went silent after a share of the interval.
+    described = await client.get_workflow_handle(workflow_id(exchange, b)).describe()
+    task_timeout = described.raw_description.execution_config.default_workflow_task_timeout
+    assert task_timeout.ToTimedelta() == timedelta(seconds=workflow_task_timeout_s(INTERVAL)), task_timeout
     members = await store.client.zrange(standby_index_key(ex_id), 0, -1)
     assert members == [registered["instanceId"]]
     key = f"exchange:{ex_id}:standby:{registered['instanceId']}"

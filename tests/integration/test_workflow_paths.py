@@ -70,7 +70,7 @@ from perseus.models import (
     StandbyRecord,
 )
 from perseus.temporal import converter
-from perseus.timing import PICKUP_FACTOR
+from perseus.timing import PICKUP_FACTOR, workflow_task_timeout_s
 from workflows.instance import InstanceWorkflow
 
 pytestmark = pytest.mark.integration
@@ -1247,6 +1247,12 @@ async def test_continue_as_new_keeps_state_and_bounds_history(ts_env: WorkflowEn
         assert history.events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
         assert len(history.events) <= limit + 40  # bounded: the last command may finish past the limit
         await record_history(first_run, "continue-as-new")
+        # The next run takes the task timeout its interval asks for, whatever the first was given.
+        later = await handle.fetch_history()
+        started = later.events[0].workflow_execution_started_event_attributes
+        assert started.workflow_task_timeout.ToTimedelta() == timedelta(
+            seconds=workflow_task_timeout_s(2.0)
+        ), started.workflow_task_timeout
         await command(handle, Command.SHUTDOWN)
 
     await run_paths(ts_env, stand, instance("can", history_limit=limit), body)

@@ -80,9 +80,9 @@ def run(answers: list[Any], *, patched: bool = True) -> tuple[list[act.Action], 
     return actions, [a for a in actions if isinstance(a, act.Call)]
 
 
-def test_a_healthy_worker_writes_it_here_with_a_brief_bounded_retry() -> None:
+def test_a_healthy_worker_writes_it_here_in_one_bounded_attempt() -> None:
     actions, (call,) = run([RECORDED])
-    assert call.local and call.retry is act.Retry.BRIEF
+    assert call.local and call.retry is act.Retry.ONCE
     assert call.schedule_to_close_s == RECORD_HERE_S
     assert not any(isinstance(a, act.Patched) for a in actions)  # no marker on the happy path
     assert any(isinstance(a, act.Notify) for a in actions)

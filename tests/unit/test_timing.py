@@ -334,3 +334,12 @@ def test_the_rules_hold_together() -> None:
     assert not timing.interval_in_bounds(float("nan"))
     assert not timing.interval_in_bounds(float("inf"))
     assert not timing.interval_in_bounds(timing.MIN_INTERVAL_S / 2)
+
+
+@pytest.mark.parametrize(
+    ("interval_s", "expected_s"), [(0.5, 1.0), (1.0, 1.0), (2.0, 1.0), (4.0, 2.0), (15.0, 7.5), (60.0, 10.0)]
+)
+def test_the_workflow_task_timeout_is_half_an_interval_within_its_floor_and_cap(
+    interval_s: float, expected_s: float
+) -> None:
+    assert timing.workflow_task_timeout_s(interval_s) == expected_s

@@ -21,7 +21,7 @@ from enum import StrEnum
 class RecordRoute(StrEnum):
     """Where one attempt at a record runs."""
 
-    #: A local activity in the worker that runs the workflow task (a bounded retry: RECORD_HERE_S).
+    #: A local activity in the worker that runs the workflow task (one attempt, RECORD_HERE_S).
     HERE = "here"
     #: A regular activity on the instance's own host queue, retried until Redis answers.
     HOST = "host"
