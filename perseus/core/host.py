@@ -5,6 +5,7 @@ Holds no memory: the claim a step runs under is passed in.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -32,6 +33,34 @@ from perseus.timing import (
 )
 
 R = TypeVar("R")
+
+
+def on_host_first(ctx: Context, call: Call[Any, R]) -> Answer[R]:
+    """A step of the shared queue (a Redis read or write any worker can make), run by the worker of
+    our own host when it is there to take it, else (not picked up within the host wait) on the
+    shared queue as ``call`` says.
+
+    For the steps of a standby taking over, whose host has just answered (its watch saw the
+    vacancy; its claim was taken there): any worker of the shared queue may take a step, and one
+    cut off from Redis fails it, one cut off from Temporal or paused holds it until its timeout, as
+    it is handed the tasks its open polls ask for (issue 24; the lab's holder faults). The
+    holder's worker is the likeliest such worker, and a standby's workflow is often cached there."""
+    try:
+        return (
+            yield from ask(
+                replace(
+                    call,
+                    queue=ctx.host_queue,
+                    schedule_to_start_s=ctx.host_wait(),
+                    summary=f"{call.summary} on {ctx.inp.host}",
+                )
+            )
+        )
+    except StepFailed as err:
+        if not err.failure.not_picked_up:
+            raise
+    yield Log(f"{ctx.wf_id}: nobody on {ctx.inp.host} took {call.activity}: asking the shared queue")
+    return (yield from ask(call))
 
 
 class Host:

@@ -123,7 +123,7 @@ class Promotion:
         warm = start_path(warm_here=self.warm.warm_here, warming=warming) is StartPath.WARM
         if warm:
             cold_because, no_worker = yield from self.warm.activate()
-        yield from standbys.drop()
+        yield from standbys.drop(on_host=True)  # our host just took the claim for us
         yield Search(role=Role.ACTIVE)
         how = ""
         if warm:

@@ -15,6 +15,7 @@ from typing import Any
 from perseus.core.actions import Activity, Answer, Call, Log, Proc, Retry, Search, Signal, ask, tolerated
 from perseus.core.context import Context
 from perseus.core.decisions import wake_order, warm_retry_delay
+from perseus.core.host import on_host_first
 from perseus.core.lifecycle import Role, State
 from perseus.core.state import StandbyState
 from perseus.errors import StepFailed
@@ -142,39 +143,42 @@ class Standbys:
             start_retry_at=iso(st.start_retry_at) if st.start_retry_at else None,
         )
 
-    def drop(self) -> Proc:
+    def drop(self, *, on_host: bool = False) -> Proc:
+        """Drop our record. ``on_host``: by our host's worker first (:func:`on_host_first`), for a
+        standby taking over, whose host has just answered."""
         if self.st.standby_id is None or self.ctx.identity.resolved is None:
             return
-        yield from tolerated(
-            Call(
-                Activity.DROP_STANDBY,
-                DropStandbyRequest(exchange_id=self.ctx.resolved.exchange.id, instance_id=self.st.standby_id),
-                start_to_close_s=STEP_TIMEOUT_S,
-                retry=Retry.SHARED,
-                summary="drop standby record",
-            ),
-            "standby record not dropped (its TTL frees it)",
+        call = Call(
+            Activity.DROP_STANDBY,
+            DropStandbyRequest(exchange_id=self.ctx.resolved.exchange.id, instance_id=self.st.standby_id),
+            start_to_close_s=STEP_TIMEOUT_S,
+            retry=Retry.SHARED,
+            summary="drop standby record",
         )
+        step = on_host_first(self.ctx, call) if on_host else call
+        yield from tolerated(step, "standby record not dropped (its TTL frees it)")
         self._update(standby_id=None)
 
-    def others(self, *, include_self: bool = False) -> Answer[list[StandbyRecord]]:
-        """The live standbys of our exchange, best first (none if Redis cannot say)."""
-        standbys, _ = yield from self.others_and_pause(include_self=include_self)
+    def others(self, *, include_self: bool = False, on_host: bool = False) -> Answer[list[StandbyRecord]]:
+        """The live standbys of our exchange, best first (none if Redis cannot say); ``on_host`` as
+        for :meth:`drop`."""
+        standbys, _ = yield from self.others_and_pause(include_self=include_self, on_host=on_host)
         return standbys
 
-    def others_and_pause(self, *, include_self: bool = False) -> Answer[tuple[list[StandbyRecord], bool]]:
+    def others_and_pause(
+        self, *, include_self: bool = False, on_host: bool = False
+    ) -> Answer[tuple[list[StandbyRecord], bool]]:
         """The live standbys of our exchange, best first, and whether it is paused (``core.pause``);
         none and not paused if Redis cannot say. One activity, as :meth:`others`."""
-        found: StandbyList | None = yield from tolerated(
-            Call(
-                Activity.LIST_STANDBYS,
-                StandbyQuery(exchange_id=self.ctx.resolved.exchange.id),
-                start_to_close_s=STEP_TIMEOUT_S,
-                retry=Retry.SHARED,
-                summary="list standbys",
-            ),
-            "standbys unknown",
+        call = Call(
+            Activity.LIST_STANDBYS,
+            StandbyQuery(exchange_id=self.ctx.resolved.exchange.id),
+            start_to_close_s=STEP_TIMEOUT_S,
+            retry=Retry.SHARED,
+            summary="list standbys",
         )
+        step = on_host_first(self.ctx, call) if on_host else call
+        found: StandbyList | None = yield from tolerated(step, "standbys unknown")
         if found is None:
             return [], False
         return [x for x in found.standbys if include_self or x.workflow_id != self.ctx.wf_id], found.paused

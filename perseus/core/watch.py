@@ -73,7 +73,9 @@ class Watch:
             # first; the rest give them a head start, then race — the claim script admits one. Right
             # after a Redis outage the holder itself goes first: a healthy holder whose key lapsed
             # while Redis was away must not be replaced by a race.
-            others = yield from standbys.others()
+            # Read by our host's worker, which just answered: the holder's worker may be the one that
+            # runs this task, and it is the likeliest to be cut off (core.host.on_host_first).
+            others = yield from standbys.others(on_host=True)
             now = ctx.clock.now()
             ahead = standbys_ahead(
                 ctx.inp.priority, backing_off_here=standbys.backing_off(now), others=others, now=now

@@ -25,6 +25,7 @@ from perseus.core.state import Identity, LeaseState, StandbyState, StatusState, 
 from perseus.core.status import Status
 from perseus.core.warm import Warm
 from perseus.errors import StepFailed
+from perseus.keys import host_task_queue
 from perseus.models import (
     Claim,
     ClaimProbe,
@@ -45,6 +46,7 @@ from perseus.models import (
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 HOST = "host-a"
 WF_ID = f"instance-coinbase-{HOST}"
+HOST_QUEUE = host_task_queue(HOST)
 CLAIM = Claim(instance_id="mine", epoch=7)
 NOT_PICKED_UP = act.Failure(message="timed out (SCHEDULE_TO_START)", timeout="SCHEDULE_TO_START")
 SILENT = act.Failure(message="timed out (HEARTBEAT)", timeout="HEARTBEAT")

@@ -44,6 +44,7 @@ from perseus.timing import HOLDER_HEAD_START, PRIORITY_HEAD_START, PRIORITY_HEAD
 from tests.unit.part_driver import (
     ACTING,
     APP_ERROR,
+    HOST_QUEUE,
     NOT_PICKED_UP,
     SILENT,
     T0,
@@ -135,7 +136,7 @@ def watch(
 
     scripts: dict[Any, list[Any]] = {}
     if others is not None:
-        scripts[A.LIST_STANDBYS] = [others]
+        scripts[A.LIST_STANDBYS] = others if isinstance(others, list) else [others]
     if live is not None:
         scripts[A.LIST_STANDBYS] = [live]
     if put is not None:
@@ -330,6 +331,22 @@ def test_a_failed_watch_ends_the_standby_only_when_it_is_gone(ending: act.Failur
         assert r.value is False
         assert len(w.calls_of(A.DROP_STANDBY)) == 1 and p.standbys.standby_id is None
         assert len(p.ended) == 1 and p.ended[0].startswith(f"{Ending.STANDBY_LOST}: ")
+
+
+def test_a_vacancy_lists_the_standbys_on_our_host_first_then_on_the_shared_queue() -> None:
+    """The holder's worker, likeliest to be cut off, may run our task: our host's worker, which just
+    saw the vacancy, reads the list; only if nobody there takes it does the shared queue."""
+    ahead = StandbyList(standbys=[standby(priority=PRIORITY + 1)])
+    vacancy = StandbyOutcome(vacant=True, last_epoch=LAST_EPOCH, lapsed=True)
+    for answers, queues in (([ahead], [HOST_QUEUE]), ([NOT_PICKED_UP, ahead], [HOST_QUEUE, None])):
+        with case(f"{len(answers)} answers"):
+            r = watch(vacancy, others=answers, interval_s=1.0)
+            listed = r.world.calls_of(A.LIST_STANDBYS)
+            assert [s.action.queue for s in listed] == queues  # type: ignore[union-attr]
+            # The list read is the one the head start counts: one standby ahead of us.
+            (claim,) = r.world.calls_of(A.CLAIM_AND_HOLD)
+            waited = (claim.at - r.world.seen[0].at).total_seconds()
+            assert waited == pytest.approx(PRIORITY_HEAD_START_FLOOR_S)
 
 
 def test_a_standby_whose_lost_record_cannot_be_written_back_yet_keeps_watching() -> None:
