@@ -148,8 +148,15 @@ async def run_worker(
             client,
             task_queue=host_task_queue(host),
             # A transition's record too: when the worker running an instance's workflow task cannot
-            # reach Redis, the write is handed to the instance's own host (core/record.py).
-            activities=[*host_activities.all(), registry.record],
+            # reach Redis, the write is handed to the instance's own host (core/record.py). And the
+            # standby steps of a takeover, which go to the standby's own host first
+            # (core.host.on_host_first): any worker of the shared queue may be the cut-off holder's.
+            activities=[
+                *host_activities.all(),
+                registry.record,
+                registry.list_standbys,
+                registry.drop_standby,
+            ],
             # Every held claim and standby watch keeps a slot for as long as it lasts: the steps of
             # new registrations and connectors need free ones beside them.
             max_concurrent_activities=settings.host_capacity + STEP_SLOTS,

@@ -22,7 +22,7 @@ from perseus.core.actions import (
 from perseus.core.context import Context
 from perseus.core.decisions import lease_heartbeat_timeout_s
 from perseus.core.lifecycle import Role
-from perseus.errors import StepFailed
+from perseus.errors import NON_RETRYABLE_ERROR_TYPES, StepFailed
 from perseus.models import Claim, ConnectorReport, ConnectorRequest, HostPresence, IdentityRequest
 from perseus.timing import (
     CONNECTOR_CHECK_TIMEOUT_S,
@@ -36,9 +36,10 @@ R = TypeVar("R")
 
 
 def on_host_first(ctx: Context, call: Call[Any, R]) -> Answer[R]:
-    """A step of the shared queue (a Redis read or write any worker can make), run by the worker of
-    our own host when it is there to take it, else (not picked up within the host wait) on the
-    shared queue as ``call`` says.
+    """A step of the shared queue (a Redis read or write any worker can make), tried once by the
+    worker of our own host; if that attempt fails for any reason a retry may mend — nobody picked it
+    up within the host wait, that host's Redis did not answer, a host worker of an older release
+    has not registered the step — ``call`` runs on the shared queue as it says.
 
     For the steps of a standby taking over, whose host has just answered (its watch saw the
     vacancy; its claim was taken there): any worker of the shared queue may take a step, and one
@@ -52,14 +53,16 @@ def on_host_first(ctx: Context, call: Call[Any, R]) -> Answer[R]:
                     call,
                     queue=ctx.host_queue,
                     schedule_to_start_s=ctx.host_wait(),
+                    retry=Retry.ONCE,
                     summary=f"{call.summary} on {ctx.inp.host}",
                 )
             )
         )
     except StepFailed as err:
-        if not err.failure.not_picked_up:
+        if err.failure.error_type in NON_RETRYABLE_ERROR_TYPES:
             raise
-    yield Log(f"{ctx.wf_id}: nobody on {ctx.inp.host} took {call.activity}: asking the shared queue")
+        why = err.failure.message
+    yield Log(f"{ctx.wf_id}: {call.activity} failed on {ctx.inp.host} ({why}): asking the shared queue")
     return (yield from ask(call))
 
 
