@@ -327,9 +327,17 @@ def instance_workers(
         or "connector" in getattr(a, "__temporal_activity_definition").name
     ]
     shared_acts = [a for a in activities if a not in host_acts]
+    # As worker.py: a host's worker also takes the steps an instance sends to its own host first.
+    also_on_host = [
+        a
+        for a in shared_acts
+        if getattr(a, "__temporal_activity_definition").name in ("record", "list_standbys", "drop_standby")
+    ]
     workers = [Worker(env.client, task_queue=queue, workflows=[InstanceWorkflow], activities=shared_acts)]
     if host_worker:
-        workers.append(Worker(env.client, task_queue=host_task_queue(inp.host), activities=host_acts))
+        workers.append(
+            Worker(env.client, task_queue=host_task_queue(inp.host), activities=[*host_acts, *also_on_host])
+        )
     return queue, workers
 
 
