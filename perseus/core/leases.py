@@ -106,12 +106,14 @@ class Leases:
         retry: Retry = Retry.SHARED,
         take_lapsed: bool = False,
         automatic: bool = False,
+        lost_to: Callable[[InstanceStatus | None], None] | None = None,
     ) -> Answer[ClaimResult | None]:
         """Claim with a fresh instanceId: the ClaimResult, or None (refused; why goes to ``refused``).
 
         ``quiet``: a standby racing for a vacancy (or an instance taking back its own exchange) is
-        not a conflict worth an event when it loses. ``take_lapsed``: a standby whose watch saw the
-        holder past its renew deadline may claim over its key. ``automatic``: nobody asked for this
+        not a conflict worth an event when it loses; ``lost_to`` then hears who holds it.
+        ``take_lapsed``: a standby whose watch saw the holder past its renew deadline may claim
+        over its key. ``automatic``: nobody asked for this
         claim (a promotion after a vacancy or a wake-up), so a pause refuses it (``core.pause``).
         """
         ctx = self.ctx
@@ -132,6 +134,8 @@ class Leases:
         self.at_least(result.epoch)
         if not result.claimed:
             if quiet:
+                if lost_to is not None:
+                    lost_to(result.holder)
                 return None
             why = result.message or "exchange already claimed"
             self._refused(Refusal(why, ClaimConflict.__name__))

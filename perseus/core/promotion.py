@@ -27,6 +27,7 @@ from perseus.core.decisions import (
     StartPath,
     act_after_vacancy_s,
     holders_release,
+    release_goes_on_to,
     released_by_holder,
     start_path,
 )
@@ -36,12 +37,15 @@ from perseus.core.lifecycle import Command, Role, State
 from perseus.core.standbys import Standbys
 from perseus.core.status import Status
 from perseus.core.warm import Warm
-from perseus.models import CommandResult, EventKind, HandoffConfirm, PromoteRequest
+from perseus.models import CommandResult, EventKind, HandoffConfirm, InstanceStatus, PromoteRequest
 from perseus.timing import CONNECTOR_STOP_TIMEOUT_S
 
 #: Patch id (docs/design.md, "Patches in use since 0.1.0"): a promotion whose lease is issued after
 #: the host's worker said it started again settles that restart itself.
 PROMOTION_OUTRUNS_A_RESTART = "promotion-outruns-a-host-restart"
+#: Patch id: a standby woken by a holder's release that loses the race passes the release on to
+#: the standby that won.
+RELEASE_GOES_ON = "a-lost-race-passes-the-release-on"
 
 
 class Promotion:
@@ -81,12 +85,15 @@ class Promotion:
         # Only a handoff (or drain) has someone waiting for the answer: anything else promotes
         # this standby on its own, which a pause forbids.
         automatic = req.confirm_to is None
+        winner: list[InstanceStatus | None] = []
         result = yield from self.leases.take_claim(
-            quiet=True, take_lapsed=req.take_lapsed, automatic=automatic
+            quiet=True, take_lapsed=req.take_lapsed, automatic=automatic, lost_to=winner.append
         )
         if result is None:
             if req.confirm_to:
                 yield from self.reply(req.confirm_to, ok=False, detail="the exchange was not free to claim")
+            elif (told := release_goes_on_to(req, winner[0] if winner else None, ctx.wf_id)) is not None:
+                yield from self._pass_on(req, told)
             return
         standbys.activate()
         yield from self.leases.start()  # renew the fresh claim at once
@@ -158,6 +165,16 @@ class Promotion:
                 EventKind.ERROR, error=f"warm activation failed, starting cold: {cold_because}"
             )
         self._enqueue(Command.START, first=True, internal=True, confirm_to=req.confirm_to, promoted=True)
+
+    def _pass_on(self, req: PromoteRequest, winner: str) -> Proc:
+        """Tell the standby that beat us to the exchange what its holder told us: it stopped and
+        released (:func:`~perseus.core.decisions.release_goes_on_to`). Runs begun before this
+        lost the race in silence."""
+        if not (yield Patched(RELEASE_GOES_ON)):
+            return
+        refused = yield Signal(winner, "promote", req)
+        if refused is not None:  # it is gone; its own deadline wait ends on its own
+            yield Log(f"{self.ctx.wf_id}: the holder's release not passed on to {winner}: {refused}")
 
     def after_failed_promotion(self, reason: str) -> Proc:
         """We took the exchange but our connector could not start: a claim is held only by an

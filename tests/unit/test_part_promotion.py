@@ -45,7 +45,7 @@ import pytest
 from perseus.core import actions as act
 from perseus.core.decisions import act_after_vacancy_s, warm_retry_delay
 from perseus.core.lifecycle import Command, Role, State
-from perseus.core.promotion import Promotion
+from perseus.core.promotion import RELEASE_GOES_ON, Promotion
 from perseus.core.state import WarmUp
 from perseus.errors import NON_RETRYABLE_ERROR_TYPES as NON_RETRYABLE
 from perseus.models import (
@@ -54,6 +54,7 @@ from perseus.models import (
     ConnectorReport,
     EventKind,
     HandoffConfirm,
+    InstanceStatus,
     PatchResult,
     PromoteRequest,
     StandbyList,
@@ -288,6 +289,52 @@ def test_a_promotion_that_loses_the_race_stays_a_standby(
     r = promote(req, warm=True, warm_here=True, claim=claim, signal=signal)
     check(r)
     assert not r.world.calls_of(A.CONNECTOR_ACTIVATE) and r.parts.warm.warm_here  # untouched
+
+
+def winner(
+    workflow_id: str | None = "instance-coinbase-host-d", epoch: int | None = MIN_EPOCH + 1
+) -> InstanceStatus:
+    """The status record of the instance that won the race (as the refused claim reports it)."""
+    at = "2026-12-01T00:00:00Z"
+    return InstanceStatus(
+        exchange_id=1,
+        exchange_name="coinbase",
+        hostname="host-d",
+        connection_state=State.IDLE,
+        last_heartbeat=at,
+        last_state_change=at,
+        registered_at=at,
+        workflow_id=workflow_id,
+        epoch=epoch,
+    )
+
+
+@pytest.mark.parametrize("refused", [None, "gone"], ids=["delivered", "refused"])
+def test_a_standby_woken_by_a_release_that_loses_the_race_passes_the_release_on(refused: str | None) -> None:
+    """The winner may be waiting out a vanished key's old deadline (its watch saw the key go before
+    the holder's word reached anyone but us): the holder's word, passed on, ends that wait."""
+    woken = PromoteRequest(reason="released: its worker shut down", min_epoch=MIN_EPOCH)
+    r = promote(woken, claim=ClaimResult(claimed=False, epoch=MIN_EPOCH + 1, holder=winner()), signal=refused)
+    check(r)
+    sent = [s for _, s in r.world.signals_sent("promote")]
+    assert [(s.workflow_id, s.payload) for s in sent] == [("instance-coinbase-host-d", woken)]
+    assert any(isinstance(a, act.Patched) and a.patch_id == RELEASE_GOES_ON for a in r.world.actions())
+    # What is not passed on: a vacancy our own watch saw (no holder's word), a handoff's (someone
+    # waits for its answer), a winner that claimed before the holder released, ourselves, nobody known.
+    vacancy = woken.model_copy(update={"act_after_s": claim_over_s(INTERVAL)})
+    handoff = woken.model_copy(update={"confirm_to": HANDOFF_FROM})
+    for label, req, holder in (
+        ("vacancy", vacancy, winner()),
+        ("handoff", handoff, winner()),
+        ("older winner", woken, winner(epoch=MIN_EPOCH)),
+        ("ourselves", woken, winner(workflow_id=context().wf_id)),
+        ("no workflow", woken, winner(workflow_id=None)),
+        ("no record", woken, None),
+    ):
+        with case(label):
+            r = promote(req, claim=ClaimResult(claimed=False, epoch=MIN_EPOCH + 1, holder=holder))
+            check(r)
+            assert not r.world.signals_sent("promote")
 
 
 # --- a race won: every warm state, every answer ---------------------------------------------------
