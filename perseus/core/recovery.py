@@ -41,6 +41,8 @@ STEP_ASIDE_WAKES_FROM_ITS_LIST = "step-aside-wakes-from-its-list"
 #: The patch (after 0.1.0) by which a silent holder that last reported holding through a Redis
 #: outage (the failsafe) is judged lost only once the horizon it reported has passed.
 LOST_WAITS_FOR_FAILSAFE_HORIZON = "lost-waits-for-failsafe-horizon"
+#: The patch by which a connector that failed with no restart left hands the exchange to a standby.
+FAILED_CONNECTOR_HANDS_OVER = "failed-connector-hands-over"
 
 
 class Recovery:
@@ -215,7 +217,8 @@ class Recovery:
 
     def _connector_failed(self, reason: str, policy: str | None = None) -> Proc:
         """The connector died (or failed its health checks) while running; the claim is still ours.
-        Record, recover, and restart if the spec (or ``policy``) says so."""
+        Record, recover, and restart if the spec (or ``policy``) says so — else hand the exchange to
+        a live standby: a claim is held only by an instance that runs its connector."""
         ctx = self.ctx
         yield from self.status.fail(reason)
         spec = ctx.inp.connector
@@ -229,25 +232,32 @@ class Recovery:
             yield from self.leases.start()  # keep renewing while we back off
             yield Sleep(delay, summary=f"restart {self.st.restarts} backoff")
             self._restart_first()
+        elif (yield Patched(FAILED_CONNECTOR_HANDS_OVER)):  # runs begun before kept it here, idle
+            yield from self._hand_over(f"connector failed: {reason}", alone=None)
 
     def _step_aside(self, reason: str) -> Proc:
-        """An unhealthy connector whose policy is failover: record it, let go of the exchange and wake
-        the best standby, then wait as a standby here. With no live standby, or while the exchange is
-        paused (no standby may take it over), restart in place."""
-        ctx = self.ctx
+        """An unhealthy connector whose policy is failover: record it and hand the exchange over;
+        with no live standby, or while the exchange is paused, restart in place."""
         yield from self.status.fail(reason)
+        yield from self._hand_over(f"unhealthy: {reason}", alone=self._restart_first)
+
+    def _hand_over(self, why: str, *, alone: Callable[[], None] | None) -> Proc:
+        """Let go of the exchange, wake the best standby to act at once (the keeper stopped our
+        connector before the lease ended) and wait as a standby here. With no live standby, or while
+        the exchange is paused (no standby may take it over): ``alone`` (a restart), or keep it."""
+        ctx = self.ctx
         standbys, paused = yield from self.standbys.others_and_pause()
         if not steps_aside(standbys=bool(standbys), paused=paused):
-            why = "the exchange is paused" if standbys else "no live standby to take over"
-            yield Log(f"{ctx.wf_id}: {why}; restarting in place")
-            self._restart_first()
+            if alone is not None:
+                cause = "the exchange is paused" if standbys else "no live standby to take over"
+                yield Log(f"{ctx.wf_id}: {cause}; restarting in place")
+                alone()
             return
         yield from self.leases.cancel()
         yield from self.leases.release()
-        why = f"{ctx.inp.exchange} on {ctx.inp.host} unhealthy: {reason}"
-        # Woken from the list we stepped aside for: read again after the release, a Redis that
-        # stopped answering meanwhile left nobody woken and the exchange to its TTL. Runs begun on
-        # 0.1.0 read it again (their histories hold that read).
+        why = f"{ctx.inp.exchange} on {ctx.inp.host} {why}"
+        # Woken from the list read before the release (a Redis gone meanwhile left nobody woken);
+        # runs begun on 0.1.0 read it again, as their histories hold.
         if (yield Patched(STEP_ASIDE_WAKES_FROM_ITS_LIST)):
             yield from self.standbys.wake(why, standbys=standbys)
         else:

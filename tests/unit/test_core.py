@@ -402,6 +402,7 @@ def drive(core: InstanceCore, world: World, clock: Clock, *, replay: list[Any] |
                         target_warm_error=world.target_warm_error,
                         warm_fails=world.warm_fails,
                         paused=world.paused,
+                        alone=world.alone,
                     ),
                 )
             )
@@ -481,9 +482,17 @@ SCENARIOS = [
         (State.ACTIVE, Role.ACTIVE, True, None),
     ),
     Scenario(
-        "connector-dies",
+        "connector-dies-alone",
         (Cmd(Command.START), LeaseEnds(CONNECTOR_DIED), Cmd(Command.START)),
         (State.ACTIVE, Role.ACTIVE, True, None),
+        knobs=(("alone", True),),
+    ),
+    Scenario(
+        # No restart in the spec: a live standby takes the exchange (issue 24: a claim is held only
+        # by an instance that runs its connector); this one waits as a standby.
+        "connector-dies-standby-takes-over",
+        (Cmd(Command.START), LeaseEnds(CONNECTOR_DIED)),
+        (State.IDLE, Role.STANDBY, False, None),
     ),
     Scenario(
         "host-silent-but-renewing",

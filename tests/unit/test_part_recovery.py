@@ -358,6 +358,33 @@ def test_an_unhealthy_connector_steps_aside_only_to_a_standby_that_may_take_over
                 assert len(r.parts.enqueued) == 1
 
 
+@pytest.mark.parametrize("listed", STANDBY_LISTS, ids=["unknown", "none", "one", "paused"])
+@pytest.mark.parametrize("state", [State.ACTIVE, State.WARMING])
+def test_a_dead_connector_with_no_restart_left_hands_the_exchange_to_a_standby_that_may_take_it(
+    state: State, listed: Any
+) -> None:
+    """A claim is held only by an instance that runs its connector (issue 24): with no restart in
+    the spec (or none left), a live standby is woken to act at once and we wait as a standby; with
+    none that may take it, the claim stays here, idle, as before."""
+    for policy, restarts in (("no", 0), ("on-failure", 3)):
+        scripts: dict[Any, list[Any]] = {A.LIST_STANDBYS: [listed]}
+        r = run(
+            CONNECTOR_DIED, state=state, scripts=scripts, restarts=restarts, restart=policy, max_restarts=3
+        )
+        with case(f"{policy}, {restarts} restarts"):
+            check(r)
+            assert r.value is True and r.parts.status.state is State.IDLE and not r.parts.enqueued
+            hands_over = isinstance(listed, StandbyList) and bool(listed.standbys) and not listed.paused
+            woken = [s.payload for _, s in r.world.signals_sent("promote")]
+            if hands_over:
+                assert len(woken) == 1 and woken[0].act_after_s == 0.0  # type: ignore[attr-defined]
+                assert r.world.calls_of(A.RELEASE_CLAIM)
+                assert r.parts.became_standby == 1 and r.parts.leases.claim is None
+            else:
+                assert not woken and not r.world.calls_of(A.RELEASE_CLAIM)
+                assert r.parts.became_standby == 0 and r.parts.leases.claim == CLAIM
+
+
 @pytest.mark.parametrize("state", [State.ACTIVE, State.WARMING])
 def test_stepping_aside_wakes_the_standby_it_saw_though_redis_fails_after_the_release(state: State) -> None:
     """The standbys read before letting go are the ones woken: a Redis that stops answering once the
