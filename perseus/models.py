@@ -741,6 +741,9 @@ class ConnectorFailure(BaseModel):
     kind: Literal["crashed", "unhealthy"]
     reason: str
     policy: Literal["restart", "failover"] | None = None
+    #: CLOCK_MONOTONIC at which the worker saw the child dead of SIGKILL (None: it ended otherwise):
+    #: the keeper tells the watchdog's kill at a claim's deadline from a crash by it.
+    killed_at: float | None = None
 
 
 # --- Standbys and handoff -----------------------------------------------------------------------

@@ -274,6 +274,13 @@ RECANCEL_S = 0.05
 LAPSE_LOOK_S = 0.005
 #: How often the watchdog wakes when nothing is armed (it wakes earlier for a due deadline).
 WATCHDOG_IDLE_WAKE_S = 1.0
+#: A deadline handed to the watchdog rules until the next one has had this long to reach it and for
+#: the worker to see the child's death: a child seen dead of SIGKILL within it, once the older
+#: deadline had passed, was the watchdog's doing (its pipe, the exit poll, a busy event loop).
+WATCHDOG_NOTICE_S = 1.0
+#: How far apart the worker's and the watchdog's readings of one instant may be (two clocks of one
+#: kernel, converted at each arming).
+WATCHDOG_CLOCK_SLACK_S = 0.005
 #: Seconds each server check of ``/readyz`` may take. Redis answers in a millisecond when well;
 #: Temporal's describe call takes longer on a loaded machine, and a probe that flaps under load is
 #: worse than one that is a second slower to see a frozen server.

@@ -58,6 +58,7 @@ import re
 import signal
 import subprocess
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -298,6 +299,8 @@ class ProcessConnector(Connector):
         self._connected = False
         #: Set once the child has exited and its output is drained: how it ended.
         self._exit: str | None = None
+        #: When it was seen dead of SIGKILL (CLOCK_MONOTONIC): the watchdog's signal, or another's.
+        self._killed_at: float | None = None
         #: Why we stopped it (None while nobody asked it to stop).
         self._stopping: str | None = None
         self._stop_lock = asyncio.Lock()
@@ -529,7 +532,9 @@ class ProcessConnector(Connector):
         # an active one between warm_up and connect is not: connect() reports that itself.
         if (self._connected or (self.role is Role.STANDBY and self._warm)) and self._exit is not None:
             return ConnectorFailure(
-                kind="crashed", reason=f"{mask_text(self._exit, tokens=False)}{self._tail_text()}"
+                kind="crashed",
+                reason=f"{mask_text(self._exit, tokens=False)}{self._tail_text()}",
+                killed_at=self._killed_at,
             )
         if self._connected and self._unhealthy is not None:
             return ConnectorFailure(kind="unhealthy", reason=self._unhealthy, policy=self.spec.on_unhealthy)
@@ -803,6 +808,8 @@ class ProcessConnector(Connector):
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
         """Wait for the child to end; then, once its last output is read, say how it ended."""
         code = await _exit_code(proc)
+        if code == -signal.SIGKILL:
+            self._killed_at = time.monotonic()
         if self._pump_task is not None:
             await asyncio.wait({self._pump_task}, timeout=DRAIN_S)
         _close_pipes(proc)

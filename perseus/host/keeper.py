@@ -59,7 +59,7 @@ from perseus.errors import (
     StandbyGone,
 )
 from perseus.host.grid import Renewal, RenewalGrid
-from perseus.host.watchdog import boottime
+from perseus.host.watchdog import Term, boottime, killed_at_deadline
 from perseus.keys import iso
 from perseus.models import (
     Claim,
@@ -195,6 +195,8 @@ class HeldClaim(_Loop):
     #: The failsafe's events on their way to the stream, the latest last: each waits for the one
     #: before it, so that "ended" never lands before "holding".
     events: asyncio.Task[None] | None = None
+    #: The latest deadlines handed to the watchdog for this claim's connector, oldest first (two).
+    terms: list[Term] = field(default_factory=list)
 
     @property
     def claim(self) -> Claim:
@@ -405,7 +407,21 @@ class LeaseKeeper:
                     if "lastError" in patch:  # the reply's record is parsed only here (rare)
                         self._reported_error(str(patch["lastError"]), reply.status)
                     connector = self._connectors.get(req.workflow_id)
-                    if connector is not None and (fault := connector.fault()) is not None:
+                    fault = connector.fault() if connector is not None else None
+                    if (
+                        fault is not None
+                        and fault.killed_at is not None
+                        and killed_at_deadline(held.terms, fault.killed_at)
+                    ):
+                        # Renewed, but too late for the watchdog, which had killed the connector at
+                        # the old deadline: the deadline's path (take the exchange again), not a crash.
+                        late = RenewDeadline(
+                            f"the watchdog stopped the connector at the renew deadline ({deadline:.1f}s"
+                            f" since the renewal it knew of; TTL {ttl / 1000:.1f}s): {fault.reason}"
+                        )
+                        await self._end(held, late)
+                        return
+                    if fault is not None:
                         await self._connectors.stop(req.workflow_id, "connector failed")
                         held.report = _fault_error(fault)
                         log.info("%s: connector failed while active: %s", req.workflow_id, fault.reason)
@@ -504,9 +520,15 @@ class LeaseKeeper:
             return
         held = self.claims.get(workflow_id)
         if held is not None and held.ended is None:
-            self._watchdog.arm(pgid, held.until())
+            self._arm(held, pgid, held.until())
         else:  # no renewals known here: allow no more than the shortest deadline from now
             self._watchdog.arm(pgid, time.monotonic() + renew_deadline_s(MIN_INTERVAL_S))
+
+    def _arm(self, held: HeldClaim, pgid: int, until: float) -> None:
+        """Hand the watchdog ``until`` for this claim's connector, and remember it was handed."""
+        assert self._watchdog is not None
+        self._watchdog.arm(pgid, until)
+        held.terms = [*held.terms[-1:], Term(until=until, given_at=time.monotonic())]
 
     def _renewed(self, held: HeldClaim, due: float, sent: float, reply: FenceReply) -> None:
         """A renewal sent at ``sent`` (monotonic) for the slot ``due`` was taken by Redis."""
@@ -527,7 +549,7 @@ class LeaseKeeper:
         connector = self._connectors.get(req.workflow_id)
         pgid = connector.process_group() if connector is not None else None
         if pgid is not None and self._watchdog is not None:
-            self._watchdog.arm(pgid, valid_until)
+            self._arm(held, pgid, valid_until)
         metrics.observe_renewal(answered - due)
         if answered - due > req.heartbeat_interval_s / 2:
             log.info("renewal of %s was %.2fs late", req.workflow_id, answered - due)
@@ -705,7 +727,7 @@ class LeaseKeeper:
             connector = self._connectors.get(req.workflow_id)
             pgid = connector.process_group() if connector is not None else None
             if pgid is not None and self._watchdog is not None:
-                self._watchdog.arm(pgid, until)
+                self._arm(held, pgid, until)
         self._holding(held, verdict.holding, verdict)
 
     def _holding(

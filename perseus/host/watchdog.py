@@ -32,8 +32,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from perseus.timing import WATCHDOG_IDLE_WAKE_S
+from perseus.timing import WATCHDOG_CLOCK_SLACK_S, WATCHDOG_IDLE_WAKE_S, WATCHDOG_NOTICE_S
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,33 @@ def _kill_group(pgid: int, why: str) -> None:
 def boottime() -> float:
     """CLOCK_BOOTTIME, the watchdog's clock (see the module's docstring)."""
     return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+@dataclass(frozen=True)
+class Term:
+    """One deadline the worker handed the watchdog for a child: kill at ``until``, sent at
+    ``given_at`` (both CLOCK_MONOTONIC, the worker's clock)."""
+
+    until: float
+    given_at: float
+
+
+def killed_at_deadline(terms: Sequence[Term], killed_at: float) -> bool:
+    """Whether a child seen dead of SIGKILL at ``killed_at`` died of its watchdog: a deadline the
+    watchdog held for it had passed by then, before it could have heard of the next one.
+
+    ``terms`` are the latest deadlines handed over for that child, oldest first. The case this tells
+    apart: a renewal answered a hair before the old deadline re-arms the watchdog a hair after it,
+    and the watchdog has already killed the child. The claim was renewed, so the keeper sees a dead
+    connector under a live claim — which is the deadline (take the exchange again at once), not a
+    connector that crashed (its restart policy, which may leave it down).
+    """
+    for i, term in enumerate(terms):
+        later = terms[i + 1] if i + 1 < len(terms) else None
+        passed = term.until <= killed_at + WATCHDOG_CLOCK_SLACK_S
+        if passed and (later is None or killed_at <= later.given_at + WATCHDOG_NOTICE_S):
+            return True
+    return False
 
 
 def serve(stream: int = 0) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -88,6 +90,32 @@ async def test_a_health_url_that_stops_answering_makes_it_unhealthy_with_its_pol
     await connector.disconnect(fault.reason)
     assert connector._health_task is None  # the probe task went with the connector
     assert connector.fault() is None  # stopped on purpose now
+
+
+@pytest.mark.integration
+async def test_a_child_killed_by_sigkill_says_when_and_one_that_exits_does_not(tmp_path: Path) -> None:
+    """The keeper tells the watchdog's kill at a claim's deadline from a crash by when the child was
+    seen dead of SIGKILL; a child that exits on its own carries no such time."""
+    killed = make(tmp_path / "killed")
+    await killed.prepare([])
+    await killed.warm_up()
+    await killed.connect()
+    pgid = killed.process_group()
+    assert pgid is not None
+    before = time.monotonic()
+    os.killpg(pgid, signal.SIGKILL)  # what the watchdog does at a deadline
+    fault = await until(killed.fault)
+    assert fault.kind == "crashed" and "SIGKILL" in fault.reason
+    assert fault.killed_at is not None and before <= fault.killed_at <= time.monotonic()
+    await killed.disconnect(fault.reason)
+
+    exits = make(tmp_path / "exits", "--exit-after", "0.3")
+    await exits.prepare([])
+    await exits.warm_up()
+    await exits.connect()
+    fault = await until(exits.fault)
+    assert "exited with code 3" in fault.reason and fault.killed_at is None
+    await exits.disconnect(fault.reason)
 
 
 @pytest.mark.integration

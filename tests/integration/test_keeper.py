@@ -18,13 +18,14 @@ from activities.host import HostActivities
 from perseus.connectors.base import ConnectorHost
 from perseus.connectors.simulated import SimulatedConnector
 from perseus.core.lifecycle import Role
-from perseus.errors import ClaimLost, ClaimMissing, RenewDeadline
+from perseus.errors import ClaimLost, ClaimMissing, ConnectorFailed, RenewDeadline
 from perseus.host import keeper as keeper_module
 from perseus.host.grid import Renewal
-from perseus.host.keeper import LeaseKeeper
+from perseus.host.keeper import HeldClaim, LeaseKeeper
 from perseus.keys import status_key
 from perseus.models import (
     Claim,
+    ConnectorFailure,
     ConnectorRequest,
     ConnectorSpec,
     LeaseRequest,
@@ -268,6 +269,56 @@ async def test_no_deadline_for_a_warm_standby_and_it_outlives_a_released_claim(s
         assert connectors.get(req2.workflow_id) is None and held2.stopped_at is not None
     finally:
         await keeper.close()
+
+
+class KilledAt(Grouped):
+    """A connector whose child is seen dead of SIGKILL at ``killed_at`` (CLOCK_MONOTONIC), once set."""
+
+    killed_at: float | None = None
+
+    def fault(self) -> ConnectorFailure | None:
+        if self.killed_at is None:
+            return None
+        why = "was killed by signal SIGKILL"
+        return ConnectorFailure(kind="crashed", reason=why, killed_at=self.killed_at)
+
+
+async def _killed(store: RedisStore, at: Callable[[HeldClaim], float]) -> HeldClaim:
+    """Hold a claim whose connector is seen killed at ``at(held)`` once a deadline was handed over;
+    return when the keeper has judged it (ended, or a connector failure reported)."""
+    connectors = ConnectorHost()
+    keeper = LeaseKeeper(store, connectors, watchdog=Deadlines())  # type: ignore[arg-type]
+    req = await claimed(store)
+    connector = KilledAt("k", ConnectorSpec(), role=Role.ACTIVE)
+    connectors.put(req.workflow_id, connector)
+    try:
+        held = keeper.hold(req)
+        await until(lambda: len(held.terms) == 1)
+        connector.killed_at = at(held)
+        await until(lambda: held.ended is not None or held.report is not None)
+        return held
+    finally:
+        await keeper.close()
+
+
+async def test_a_connector_killed_at_the_deadline_before_a_late_renewal_rearmed_it_takes_the_deadline_path(
+    store: RedisStore,
+) -> None:
+    """The watchdog killed the child at the deadline it held, and the renewal that would have moved
+    it was answered too late to reach it: the claim is live but its connector dead. That is the renew
+    deadline — the workflow takes the exchange again at once — not a crash left to the spec's restart
+    policy (whose default leaves the exchange down)."""
+    held = await _killed(store, lambda held: held.terms[0].until + 0.001)
+    assert isinstance(held.ended, RenewDeadline), held.report
+    assert "the watchdog stopped the connector at the renew deadline" in str(held.ended)
+    assert held.stopped_at is not None  # the keeper stopped (cleaned up) the dead connector first
+
+
+async def test_a_connector_killed_before_its_deadline_is_a_connector_failure(store: RedisStore) -> None:
+    """Not the watchdog: a SIGKILL before any deadline it held had passed is the connector's crash."""
+    held = await _killed(store, lambda held: held.terms[0].given_at)
+    assert held.ended is None
+    assert isinstance(held.report, ConnectorFailed) and "SIGKILL" in str(held.report)
 
 
 # --- the renewal grid: one pipeline per slot, each claim its own outcome ------------------------------

@@ -56,3 +56,22 @@ def test_a_deadline_that_passed_during_a_suspend_kills_at_once() -> None:
         loop.join(10)
         os.close(read)
     assert not loop.is_alive()
+
+
+# --- whose SIGKILL: the watchdog's at a deadline, or another's ---------------------------------------
+
+
+def test_a_kill_at_a_deadline_the_watchdog_held_is_its_own() -> None:
+    old = watchdog.Term(until=10.0, given_at=9.0)
+    late = watchdog.Term(until=12.0, given_at=10.002)  # the renewal's answer re-armed it too late
+    assert watchdog.killed_at_deadline([old, late], 10.001)
+    assert watchdog.killed_at_deadline([old, late], 10.5)  # seen dead a little later (exit poll)
+    assert watchdog.killed_at_deadline([late], 12.0)  # the current deadline passed: its own too
+
+
+def test_a_kill_before_any_deadline_passed_or_long_after_the_next_arrived_is_a_crash() -> None:
+    old = watchdog.Term(until=10.0, given_at=9.0)
+    early = watchdog.Term(until=11.5, given_at=9.5)  # renewed in good time: the old one never ruled
+    assert not watchdog.killed_at_deadline([old, early], 9.8)  # nothing had passed yet
+    assert not watchdog.killed_at_deadline([old, early], 11.0)  # past the old, but long after the new
+    assert not watchdog.killed_at_deadline([], 11.0)  # never armed: not the watchdog
