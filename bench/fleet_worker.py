@@ -138,6 +138,7 @@ async def run_perseus(args: argparse.Namespace, stop: asyncio.Event, ready: asyn
     from perseus.config import load_settings
 
     worker.RedisStore = TimedRedisStore  # type: ignore[attr-defined]
+    worker.tune_collector()  # as `perseus worker` does
     settings = load_settings(
         redis_url=args.redis_url,
         database_url=args.database_url,

@@ -258,9 +258,14 @@ GRID_SLOT_S = 0.1
 #: more, always gets one (perseus.tracing).
 HEALTHY_SPAN_EVERY_S = 1.0
 SLOW_BATCH_S = 0.25
-#: A renewal's round trip is bounded by what is left of the renew deadline and by half an interval,
-#: and never below this: one started at its deadline's edge still gets a round trip's chance rather
-#: than failing before Redis could answer.
+#: A renewal's round trip is bounded by what is left of the renew deadline and by this share of an
+#: interval (the next renewal is due then anyway), and never below the floor: one started at its
+#: deadline's edge still gets a round trip's chance rather than failing before Redis could answer.
+#: A whole interval, not half: a renewal counts from when it was sent, so a reply read late is as
+#: good as one read early, and the worker's process does pause — the collector's full pass took
+#: 0.5–0.6 s at 1,000 instances (docs/benchmarks.md), failing every renewal of a grid slot at half
+#: an interval of 1 s, and with it, one renewal short of the deadline, a hundred claims at once.
+RENEWAL_BOUND_INTERVALS = 1.0
 RENEWAL_BOUND_FLOOR_S = 0.05
 #: A keeper loop with no activity attached for this many intervals (at least DETACHED_FLOOR_S) asks
 #: Temporal whether its workflow still exists, and again at most once per interval after that.

@@ -83,6 +83,7 @@ from perseus.timing import (
     OUTAGE_MEMORY_INTERVALS,
     RECANCEL_S,
     RENEWAL_BOUND_FLOOR_S,
+    RENEWAL_BOUND_INTERVALS,
     failsafe_probe_s,
     renew_deadline_s,
     ttl_ms,
@@ -358,9 +359,11 @@ class LeaseKeeper:
             patch = {**held.unsent, **(health.status_patch() if health else {})}
             patch["lastHeartbeat"] = iso(datetime.now(UTC))
             # Bounded by what is left of the renew deadline (a Redis that hangs must not keep this
-            # loop from stopping the connector in time) and by half an interval. asyncio.timeout
-            # rather than wait_for: the same bound without a task per renewal.
-            bound = max(RENEWAL_BOUND_FLOOR_S, min(held.until() - time.monotonic(), interval / 2))
+            # loop from stopping the connector in time) and by an interval (RENEWAL_BOUND_INTERVALS
+            # says why not less). asyncio.timeout rather than wait_for: the same bound without a
+            # task per renewal.
+            left = held.until() - time.monotonic()
+            bound = max(RENEWAL_BOUND_FLOOR_S, min(left, RENEWAL_BOUND_INTERVALS * interval))
             renewal = Renewal(req.exchange_id, req.claim.instance_id, req.claim.epoch, patch, ttl)
             # Redis runs the renewal after this instant: the claim's validity counts from here, not
             # from the reply, which may come back up to the bound later — a standby's claim-over line

@@ -435,7 +435,7 @@ async def test_a_batch_that_cannot_reach_redis_fails_its_claims_and_the_deadline
         held = [keeper.hold(req) for req in reqs]
         await until(lambda: min(h.renewals for h in held) >= 2)
         proxy.stall()
-        # The round trip fails at the renewal's bound (half an interval), inside the deadline.
+        # The round trip fails at the renewal's bound (an interval), inside the deadline.
         await until(lambda: counted.failed_batches >= 1)
         assert all(h.ended is None for h in held)
         assert all(connectors.get(r.workflow_id) is not None for r in reqs)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import builtins
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import perseus.cli as entry
+from worker import COLLECTOR_YOUNG_THRESHOLD
 
 pytestmark = pytest.mark.unit
 
@@ -38,3 +40,20 @@ def test_ctrl_c_while_loading_is_aborted_with_130(
         entry.main()
     assert exited.value.code == 130
     assert capsys.readouterr().err == "aborted\n"
+
+
+def test_a_worker_process_makes_the_collectors_full_passes_rare() -> None:
+    """``perseus worker`` tunes its collector (a full pass stops every renewal of the process); run
+    in a child, since the test process must keep Python's own settings."""
+    import subprocess
+
+    probe = (
+        "import gc, worker; before = gc.get_threshold(); worker.tune_collector(); "
+        "print(before[0], gc.get_threshold()[0], gc.get_freeze_count() > 0)"
+    )
+    root = Path(__file__).resolve().parents[2]  # where worker.py is
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, check=True, timeout=60
+    )
+    before, after, frozen = out.stdout.split()
+    assert int(before) == 700 and int(after) == COLLECTOR_YOUNG_THRESHOLD > 700 and frozen == "True"
