@@ -703,6 +703,17 @@ async def scratch_servers(
     return env, database_url, client, RedisStore(make_client(f"redis://127.0.0.1:{rp}/0"))
 
 
+def topologies(text: str) -> list[str]:
+    """``--topologies``: names from TOPOLOGIES, comma-separated; anything else is refused (a name the
+    bench did not know once ran every host with ``--no-shared``, and no worker served the workflows)."""
+    names = [t for t in text.split(",") if t]
+    unknown = [t for t in names if t not in TOPOLOGIES]
+    if unknown or not names:
+        known = ", ".join(TOPOLOGIES)
+        raise argparse.ArgumentTypeError(f"unknown topology {', '.join(unknown)!r}: use {known}")
+    return names
+
+
 async def main(args: argparse.Namespace) -> None:
     base = Path(tempfile.mkdtemp(prefix="perseus-failover-"))
     children: list[services.Service] = []
@@ -759,7 +770,7 @@ if __name__ == "__main__":
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument(
         "--topologies",
-        type=lambda s: [t for t in s.split(",") if t],
+        type=topologies,
         default=list(TOPOLOGIES),
         help="hosts (the README's: host workers serve the workflows too), dedicated, or both",
     )

@@ -54,6 +54,7 @@ from bench.failover import (
     register_again,
     scratch_exchange,
     scratch_servers,
+    topologies,
     write_section,
 )
 from perseus.client import control
@@ -352,9 +353,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--intervals", type=lambda s: [float(x) for x in s.split(",")], default=[1.0, 2.0])
     parser.add_argument("--trials", type=int, default=5, help="killed trials (as many baselines beside)")
-    parser.add_argument(
-        "--topologies", type=lambda s: [t for t in s.split(",") if t], default=list(TOPOLOGIES)
-    )
+    parser.add_argument("--topologies", type=topologies, default=list(TOPOLOGIES))
     parser.add_argument(
         "--sticky",
         type=lambda s: [float(x) for x in s.split(",")],

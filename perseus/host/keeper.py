@@ -167,6 +167,12 @@ class _Loop:
             self.detached_since = time.monotonic()
 
 
+#: Deadlines remembered per claim (``HeldClaim.terms``): the keeper sees a child's death at the
+#: first renewal after its exit was noticed (the exit poll, then up to an interval), by which time
+#: one or two more deadlines may have been handed over since the one that killed it.
+TERMS_KEPT = 4
+
+
 @dataclass
 class HeldClaim(_Loop):
     """One claim this host holds and renews."""
@@ -196,7 +202,8 @@ class HeldClaim(_Loop):
     #: The failsafe's events on their way to the stream, the latest last: each waits for the one
     #: before it, so that "ended" never lands before "holding".
     events: asyncio.Task[None] | None = None
-    #: The latest deadlines handed to the watchdog for this claim's connector, oldest first (two).
+    #: The latest deadlines handed to the watchdog for this claim's connector, oldest first: enough
+    #: of them (TERMS_KEPT) to judge a death the keeper sees a renewal or two after it happened.
     terms: list[Term] = field(default_factory=list)
 
     @property
@@ -531,7 +538,7 @@ class LeaseKeeper:
         """Hand the watchdog ``until`` for this claim's connector, and remember it was handed."""
         assert self._watchdog is not None
         self._watchdog.arm(pgid, until)
-        held.terms = [*held.terms[-1:], Term(until=until, given_at=time.monotonic())]
+        held.terms = [*held.terms[1 - TERMS_KEPT :], Term(until=until, given_at=time.monotonic())]
 
     def _renewed(self, held: HeldClaim, due: float, sent: float, reply: FenceReply) -> None:
         """A renewal sent at ``sent`` (monotonic) for the slot ``due`` was taken by Redis."""

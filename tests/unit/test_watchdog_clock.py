@@ -67,6 +67,9 @@ def test_a_kill_at_a_deadline_the_watchdog_held_is_its_own() -> None:
     assert watchdog.killed_at_deadline([old, late], 10.001)
     assert watchdog.killed_at_deadline([old, late], 10.5)  # seen dead a little later (exit poll)
     assert watchdog.killed_at_deadline([late], 12.0)  # the current deadline passed: its own too
+    # Seen a renewal or two later: deadlines handed over since do not hide it.
+    later = [watchdog.Term(until=13.0, given_at=11.0), watchdog.Term(until=14.0, given_at=12.0)]
+    assert watchdog.killed_at_deadline([old, late, *later], 10.1)
 
 
 def test_a_kill_before_any_deadline_passed_or_long_after_the_next_arrived_is_a_crash() -> None:
