@@ -209,7 +209,8 @@ async def test_a_malformed_temporal_address_is_one_line(servers: Servers) -> Non
 
 @pytest_asyncio.fixture
 async def private_postgres(tmp_path: Path) -> AsyncIterator[tuple[services.Service, str]]:
-    service = await services.start_postgres(tmp_path / "pg", None)
+    # Scratch: as root its data is relocated under /var/lib/perseus, and must go with the server.
+    service = await services.start_postgres(tmp_path / "pg", None, scratch=True)
     try:
         url = await services.ensure_database(service, "perseus")
         await db.apply_schema(url)

@@ -36,9 +36,15 @@ async def squatter() -> AsyncIterator[int]:
 async def test_a_server_whose_port_is_taken_fails_to_start_instead_of_passing_for_it(
     squatter: int, tmp_path: Path, kind: str
 ) -> None:
-    start = services.start_redis if kind == "redis" else services.start_postgres
     with pytest.raises(PortInUse, match="already in use"):
-        await start(tmp_path / kind, squatter)
+        if kind == "redis":
+            await services.start_redis(tmp_path / kind, squatter)
+        else:  # scratch: as root its data would otherwise stay under /var/lib/perseus
+            await services.start_postgres(tmp_path / kind, squatter, scratch=True)
+    assert (
+        not (tmp_path / kind / "LOCATION").exists()
+        or not Path((tmp_path / kind / "LOCATION").read_text().strip()).exists()
+    )
 
 
 async def test_a_free_port_taken_in_between_is_given_up_for_another(

@@ -110,6 +110,9 @@ async def start(base: Path, profile: str) -> tuple[list[services.Service], dict[
     await db.apply_sql(database_url, db.DEMO_DATA_PATH)
     ports = {"temporal": temporal.port, "postgres": postgres.port}
     info: dict[str, object] = {"ports": ports, "profile": profile, "database_url": database_url, **redis}
+    # As root, PostgreSQL's data lives outside the lab's folder (services._postgres_home): the lab
+    # checks that it went with the server.
+    info["postgres_home"] = str(postgres.remove_on_stop) if postgres.remove_on_stop else None
     return children, info
 
 

@@ -40,6 +40,8 @@ class LabStack:
     failsafe: bool = False
     info: dict[str, object] = field(default_factory=dict)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    #: The infrastructure process (tests/lab/infra.py), the servers' parent.
+    infra: subprocess.Popen[bytes] | None = None
     #: Each host's current worker process (by host number).
     workers: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -114,6 +116,7 @@ class LabStack:
             self.base / "infra.log",
         )
         self._wait_line(self.base / "infra.log", "infra ready", infra)
+        self.infra = infra
         self.info = json.loads(out.read_text())
         for i in range(1, self.lab.hosts + 1):
             ns = self.lab.host(i)
@@ -266,11 +269,25 @@ class LabStack:
         since = time.monotonic() - seconds
         return {a.host for a in read_log(self.sink_log) if a.accepted and a.at >= since}
 
+    def _stop_infra(self, timeout: float = 30) -> None:
+        """Let the infrastructure process stop its servers itself before the namespaces are swept
+        (which SIGKILLs whatever runs in them): as root, its PostgreSQL keeps its data under
+        /var/lib/perseus, and only a server stopped through its handle takes that folder with it."""
+        infra = self.infra
+        if infra is None or infra.poll() is not None:
+            return
+        infra.terminate()
+        try:
+            infra.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass  # the sweep below kills it; the folder stays, as it would have before
+
     @property
     def sink_log(self) -> Path:
         return Path(str(self.info["sink_log"]))
 
     def down(self) -> None:
+        self._stop_infra()
         self.lab.down()
         for proc in self.procs:
             try:

@@ -256,3 +256,5 @@ def test_a_seeded_schedule_of_every_fault(tmp_path: Path, profile: str, failsafe
     finally:
         stack.down()
     assert not [ns for ns in namespaces() if ns.startswith(lab.name)]
+    home = stack.info.get("postgres_home")
+    assert not (isinstance(home, str) and Path(home).exists()), f"PostgreSQL's data left in {home}"
