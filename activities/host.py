@@ -391,12 +391,16 @@ class HostActivities:
                         raise watched.ended
                     if watched.wakes:  # vacant or silent, and not paused
                         silent, watched.holder_silent = watched.holder_silent, False  # reported once:
-                        # a claim that lost the race must not find it again before the next look
+                        # a claim that lost the race must not find it again before the next look.
+                        # The lapse too: the race may have gone to a holder this watch never saw,
+                        # and a key Redis then loses must not read as the old holder's lapse (the
+                        # chaos suite: a warm standby acted at once beside a live winner, 0.33 s).
+                        lapsed, watched.holder_past_deadline = watched.holder_past_deadline, False
                         return StandbyOutcome(
                             vacant=True,
                             last_epoch=watched.last_epoch,
                             after_outage=watched.after_outage,
-                            lapsed=watched.holder_past_deadline,
+                            lapsed=lapsed,
                             holder_silent=silent and not watched.vacant,
                         )
                     if watched.warm_lost:
