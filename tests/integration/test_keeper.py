@@ -21,7 +21,7 @@ from perseus.core.lifecycle import Role
 from perseus.errors import ClaimLost, ClaimMissing, ConnectorFailed, RenewDeadline
 from perseus.host import keeper as keeper_module
 from perseus.host.grid import Renewal
-from perseus.host.keeper import HeldClaim, LeaseKeeper
+from perseus.host.keeper import HeldClaim, LeaseKeeper, WatchedStandby
 from perseus.keys import status_key
 from perseus.models import (
     Claim,
@@ -34,7 +34,7 @@ from perseus.models import (
     StandbyRecord,
 )
 from perseus.store.db import Catalog
-from perseus.store.redis_store import FenceReply, RedisClient, RedisStore, make_client
+from perseus.store.redis_store import FenceReply, HolderEpoch, RedisClient, RedisStore, make_client
 from tests.conftest import Servers
 from tests.integration.proxy import StallableProxy
 
@@ -177,6 +177,75 @@ async def test_a_watch_tells_a_key_that_ran_out_from_one_that_vanished_while_ren
             keeper.stop_watching(watched)
     finally:
         await keeper.close()
+
+
+class HeldLooks:
+    """Lets a test choose when the watch's looks at the status key count: while held, what a look
+    reads from Redis is dropped, as if the watch had not looked yet (its next beat comes later)."""
+
+    def __init__(self, keeper: LeaseKeeper) -> None:
+        self.held = False
+        saw = keeper._saw
+
+        def gated(watched: WatchedStandby, holder: HolderEpoch) -> None:
+            if not self.held:
+                saw(watched, holder)
+
+        keeper._saw = gated  # type: ignore[method-assign]
+
+
+async def test_a_lapse_reported_once_does_not_make_a_later_vacancy_look_lapsed(
+    store: RedisStore, catalog: Catalog
+) -> None:
+    """The chaos suite's split brain (0.33 s): the watch saw its holder lapse and reported it; the
+    claim-over race went to another standby, whose key Redis lost before this watch ever looked at
+    it. That vacancy is a lost key, not the old holder's TTL running out: the next outcome must not
+    say ``lapsed`` (which lets a standby act at once instead of waiting out the claim-over line)."""
+    exchange_id = 900_000 + uuid.uuid4().int % 100_000
+    key = status_key(exchange_id)
+    ttl_ms = int(3 * INTERVAL * 1000)
+
+    def holder(epoch: int) -> str:
+        return json.dumps(
+            {"instanceId": f"holder-{epoch}", "epoch": epoch, "hostname": "k", "ttlMs": ttl_ms,
+             "heartbeatIntervalMs": int(INTERVAL * 1000)}
+        )  # fmt: skip
+
+    # The old holder, renewed 1.2 intervals ago... and never again: past its deadline plus the margin.
+    await store.client.set(key, holder(3), px=int(ttl_ms - 2.4 * INTERVAL * 1000))
+    keeper = LeaseKeeper(store, ConnectorHost())
+    looks = HeldLooks(keeper)
+    http = httpx.AsyncClient()
+    host = HostActivities(
+        hostname="k",
+        store=store,
+        catalog=catalog,
+        http=http,
+        ip_services=[],
+        ip_timeout_s=1,
+        connectors=ConnectorHost(),
+        keeper=keeper,
+    )
+    req = standby_request(exchange_id)
+    try:
+        watched = keeper.watch(req)
+        await until(lambda: watched.wakes)
+        looks.held = True  # from here the watch sees nothing until the test says so
+        first = await ActivityEnvironment().run(host.hold_standby, req)
+        assert first.vacant and first.lapsed and first.holder_silent
+        # Another standby won the claim-over race (epoch 4) and Redis then lost its key, all before
+        # this watch looked again.
+        async with store.client.pipeline(transaction=True) as both:
+            both.set(key, holder(4), px=ttl_ms)
+            both.delete(key)
+            await both.execute()
+        looks.held = False
+        second = await ActivityEnvironment().run(host.hold_standby, req)
+        assert second.vacant and not second.holder_silent
+        assert not second.lapsed, "a lost key read as the old holder's lapse: the standby would act at once"
+    finally:
+        await keeper.close()
+        await http.aclose()
 
 
 async def test_a_watch_sees_a_silent_holder_at_its_deadline_not_at_its_next_beat(store: RedisStore) -> None:
