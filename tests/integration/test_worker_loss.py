@@ -12,7 +12,6 @@ from __future__ import annotations
 import signal
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 
 import pytest
 import pytest_asyncio
@@ -81,23 +80,34 @@ async def test_a_killed_worker_does_not_hold_the_standbys_promotion(
     killed = time.monotonic()
     await wait_for(lambda: active_on(store, ex_id, b), timeout=60)
     took = time.monotonic() - killed
-    # The standby's next task was scheduled on the dead worker's sticky queue. It must have moved
-    # to the normal queue (and worker C) within the worker's sticky timeout, not the SDK's 10 s.
-    moved = []
-    scheduled_at = None
-    async for event in temporal.client.get_workflow_handle(workflow_id(exchange, b)).fetch_history_events():
-        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED:
-            attrs = event.workflow_task_scheduled_event_attributes
-            sticky = attrs.task_queue.kind == TaskQueueKind.TASK_QUEUE_KIND_STICKY
-            scheduled_at = event.event_time.ToDatetime() if sticky else None
-        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT and scheduled_at:
-            moved.append(event.event_time.ToDatetime() - scheduled_at)
-    assert moved, "no task was left on the dead worker's sticky queue: the test set-up is wrong"
-    assert max(moved) < timedelta(seconds=2), moved
+    # The standby's workflow was cached on the dead worker, whose sticky queue would hold its next
+    # task until the sticky timeout (10 s by the SDK's default). The watch that saw the vacancy sent
+    # that task to the normal queue (perseus.temporal.unstick), where worker C took it at once.
+    woke_at: int | None = None
+    watches: set[int] = set()
+    after_wake: list[tuple[str, int]] = []
+    history = temporal.client.get_workflow_handle(workflow_id(exchange, b)).fetch_history_events()
+    async for event in history:
+        kind = event.event_type
+        if kind == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            if event.activity_task_scheduled_event_attributes.activity_type.name == "hold_standby":
+                watches.add(event.event_id)
+        elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            if event.activity_task_completed_event_attributes.scheduled_event_id in watches:
+                woke_at, after_wake = event.event_id, []
+        elif woke_at is not None and kind == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED:
+            queue = event.workflow_task_scheduled_event_attributes.task_queue
+            after_wake.append((queue.name, queue.kind))
+        elif woke_at is not None and kind == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT:
+            after_wake.append(("timed out", event.workflow_task_timed_out_event_attributes.timeout_type))
+    assert woke_at is not None, "the standby's watch never reported the vacancy"
+    assert after_wake, "no workflow task followed the watch's report"
+    assert after_wake[0][1] == TaskQueueKind.TASK_QUEUE_KIND_NORMAL, after_wake
+    assert not any(name == "timed out" for name, _ in after_wake), after_wake
     # The liveness bound: the claim-over line (2.1 intervals after the last renewal), the simulated
     # connector's walk (0.7 s), and a margin well below the 10 s the dead worker's queue used to add.
     assert took < 2.1 * INTERVAL + 0.7 + SDK_STICKY_DEFAULT_S / 2, took
-    print(f"crash → standby active in {took:.2f}s; the task left the dead worker's queue after {moved}")
+    print(f"crash → standby active in {took:.2f}s; the tasks after the watch's report: {after_wake}")
 
 
 async def test_a_stopping_worker_wakes_the_standby_after_releasing(
@@ -112,3 +122,61 @@ async def test_a_stopping_worker_wakes_the_standby_after_releasing(
     # out the old holder's renew deadline before acting) or the TTL.
     assert [e["hostname"] for e in promoted] == [b]
     assert "released: its worker shut down" in promoted[0].get("detail", ""), promoted[0]
+
+
+async def test_a_handoff_after_the_workflows_worker_died_waits_on_no_sticky_queue(
+    servers: Servers,
+    temporal: PrivateTemporal,
+    store: RedisStore,
+    exchange: str,
+    worker_processes: list[WorkerProcess],
+) -> None:
+    """Dedicated workflow workers: S ran (and cached) both instances' workflows and is SIGKILLed, T
+    is left. A handoff right after the kill involves both workflows; each one's next task would
+    wait on S's sticky queue for the sticky timeout. The client sent both to the normal queue
+    first (``control.handoff`` → ``perseus.temporal.unstick``): nothing waits on S's queue."""
+    a, b, s, t = (host_name(f"wl-{x}") for x in ("ha", "hb", "s", "t"))
+    env = {"TEMPORAL_ADDRESS": f"127.0.0.1:{temporal.port}"}
+    worker_s = WorkerProcess(servers, s, shared=True, extra_env=env)
+    hosts = [WorkerProcess(servers, h, extra_env=env) for h in (a, b)]
+    worker_processes.extend([worker_s, *hosts])
+    for worker in (worker_s, *hosts):
+        await worker.ready()
+    ex_id = await exchange_id(servers, exchange)
+    for host, standby in ((a, False), (b, True)):
+        await control.register(
+            temporal.client,
+            exchange=exchange,
+            host=host,
+            admin_email=None,
+            heartbeat_interval_s=INTERVAL,
+            start=not standby,
+            standby=standby,
+        )
+    await wait_for(lambda: active_on(store, ex_id, a))
+    worker_t = WorkerProcess(servers, t, shared=True, extra_env=env)
+    worker_processes.append(worker_t)
+    await worker_t.ready()
+    ids = [workflow_id(exchange, a), workflow_id(exchange, b)]
+
+    async def last_worker(wf_id: str) -> str:
+        identity = ""
+        async for event in temporal.client.get_workflow_handle(wf_id).fetch_history_events():
+            if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+                identity = event.workflow_task_completed_event_attributes.identity
+        return identity.split("@", 1)[0]
+
+    assert [await last_worker(x) for x in ids] == [str(worker_s.proc.pid)] * 2, "not both cached on S"
+    worker_s.signal(signal.SIGKILL)
+    assert worker_s.wait(30) != 0
+    await control.handoff(
+        temporal.client, exchange=exchange, to_host=b, from_host=a, default_host=b, shutdown=False
+    )
+    await wait_for(lambda: active_on(store, ex_id, b), timeout=60)
+    timed_out = []
+    for wf_id in ids:
+        async for event in temporal.client.get_workflow_handle(wf_id).fetch_history_events():
+            if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT:
+                timed_out.append((wf_id, event.event_id))
+    assert not timed_out, f"tasks waited out a dead worker's sticky queue: {timed_out}"
+    assert [await last_worker(x) for x in ids] == [str(worker_t.proc.pid)] * 2
