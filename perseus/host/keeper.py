@@ -418,17 +418,8 @@ class LeaseKeeper:
                         self._reported_error(str(patch["lastError"]), reply.status)
                     connector = self._connectors.get(req.workflow_id)
                     fault = connector.fault() if connector is not None else None
-                    if (
-                        fault is not None
-                        and fault.killed_at is not None
-                        and killed_at_deadline(held.terms, fault.killed_at)
-                    ):
-                        # Renewed, but too late for the watchdog, which had killed the connector at
-                        # the old deadline: the deadline's path (take the exchange again), not a crash.
-                        late = RenewDeadline(
-                            f"the watchdog stopped the connector at the renew deadline ({deadline:.1f}s"
-                            f" since the renewal it knew of; TTL {ttl / 1000:.1f}s): {fault.reason}"
-                        )
+                    late = self._killed_at_deadline(held, fault)
+                    if late is not None:
                         await self._end(held, late)
                         return
                     if fault is not None:
@@ -453,6 +444,20 @@ class LeaseKeeper:
             # its first round of asks starts sooner after a cut, and its key is back sooner after.
             due += fs.renewal_step_s(interval, failsafe=held.facts is not None)
             await self._until_due(held, due)
+
+    def _killed_at_deadline(self, held: HeldClaim, fault: ConnectorFailure | None) -> RenewDeadline | None:
+        """A renewal got through, but too late for the watchdog, which had already killed the
+        connector at the deadline it held: that is the deadline's path (the workflow takes the
+        exchange again at once), not a crash (a connector failure, restarted only if its spec says)."""
+        if fault is None or fault.killed_at is None or not killed_at_deadline(held.terms, fault.killed_at):
+            return None
+        req = held.request
+        assert req is not None
+        interval = req.heartbeat_interval_s
+        return RenewDeadline(
+            f"the watchdog stopped the connector at the renew deadline ({renew_deadline_s(interval):.1f}s"
+            f" since the renewal it knew of; TTL {ttl_ms(interval) / 1000:.1f}s): {fault.reason}"
+        )
 
     async def _until_due(self, held: HeldClaim, due: float) -> None:
         """Wait for the next renewal — but a failsafe holder whose horizon comes first wakes at the
@@ -528,10 +533,11 @@ class LeaseKeeper:
         held = self.claims.get(workflow_id)
         if connector is not None and _demoted(connector) and (held is None or held.ended is not None):
             return
-        held = self.claims.get(workflow_id)
         if held is not None and held.ended is None:
             self._arm(held, pgid, held.until())
-        else:  # no renewals known here: allow no more than the shortest deadline from now
+        else:
+            # No renewals known here: allow no more than the shortest deadline from now. Straight to
+            # the watchdog, not through _arm: with no claim there are no terms to remember.
             self._watchdog.arm(pgid, time.monotonic() + renew_deadline_s(MIN_INTERVAL_S))
 
     def _arm(self, held: HeldClaim, pgid: int, until: float) -> None:

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from temporalio.client import Client
 
+from perseus.client import control
 from perseus.devstack import services
 from perseus.store.redis_store import RedisStore
 from tests.conftest import Servers, WorkerProcess
@@ -47,6 +48,31 @@ async def active_on(store: RedisStore, ex_id: int, host: str) -> dict[str, objec
     """The status record if ``host`` holds the exchange and is active."""
     doc = await holder(store, ex_id)
     return doc if doc and doc.get("hostname") == host and doc.get("connectionState") == "active" else None
+
+
+async def active_and_standby(
+    client: Client,
+    store: RedisStore,
+    exchange: str,
+    ex_id: int,
+    active: str,
+    standby: str,
+    interval_s: float,
+    timeout: float = 30.0,
+) -> None:
+    """``exchange`` registered on ``active`` (started) and on ``standby``; returns once ``active``
+    is active."""
+    for host, is_standby in ((active, False), (standby, True)):
+        await control.register(
+            client,
+            exchange=exchange,
+            host=host,
+            admin_email=None,
+            heartbeat_interval_s=interval_s,
+            start=not is_standby,
+            standby=is_standby,
+        )
+    await wait_for(lambda: active_on(store, ex_id, active), timeout=timeout)
 
 
 async def wait_for(check: Callable[[], Awaitable[T | None]], timeout: float = 30.0) -> T:

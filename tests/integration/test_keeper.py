@@ -74,6 +74,26 @@ def standby_request(exchange_id: int) -> StandbyLeaseRequest:
     return StandbyLeaseRequest(record=record, heartbeat_interval_s=INTERVAL, term_s=3600)
 
 
+def host_activities(
+    store: RedisStore,
+    catalog: Catalog,
+    http: httpx.AsyncClient,
+    keeper: LeaseKeeper,
+    connectors: ConnectorHost,
+) -> HostActivities:
+    """Host "k"'s activities over ``keeper``, with no IP lookup."""
+    return HostActivities(
+        hostname="k",
+        store=store,
+        catalog=catalog,
+        http=http,
+        ip_services=[],
+        ip_timeout_s=1,
+        connectors=connectors,
+        keeper=keeper,
+    )
+
+
 @pytest.fixture
 def quick_orphan_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(keeper_module, "DETACHED_FLOOR_S", 0.0)
@@ -216,16 +236,7 @@ async def test_a_lapse_reported_once_does_not_make_a_later_vacancy_look_lapsed(
     keeper = LeaseKeeper(store, ConnectorHost())
     looks = HeldLooks(keeper)
     http = httpx.AsyncClient()
-    host = HostActivities(
-        hostname="k",
-        store=store,
-        catalog=catalog,
-        http=http,
-        ip_services=[],
-        ip_timeout_s=1,
-        connectors=ConnectorHost(),
-        keeper=keeper,
-    )
+    host = host_activities(store, catalog, http, keeper, ConnectorHost())
     req = standby_request(exchange_id)
     try:
         watched = keeper.watch(req)
@@ -648,16 +659,7 @@ async def test_a_connector_is_not_let_act_under_a_claim_whose_renewals_ended(
     connectors = ConnectorHost()
     keeper = LeaseKeeper(store, connectors)
     http = httpx.AsyncClient()
-    host = HostActivities(
-        hostname="k",
-        store=store,
-        catalog=catalog,
-        http=http,
-        ip_services=[],
-        ip_timeout_s=1,
-        connectors=connectors,
-        keeper=keeper,
-    )
+    host = host_activities(store, catalog, http, keeper, connectors)
     try:
         held = keeper.hold(req)
         await store.client.delete(status_key(req.exchange_id))  # the claim vanishes: the loop ends

@@ -16,7 +16,7 @@ from perseus.core.lifecycle import Command
 from perseus.keys import parse_iso, pause_key, standby_index_key, status_key, workflow_id
 from perseus.store.redis_store import RedisStore
 from tests.conftest import Servers, WorkerProcess, exchange_id, perseus
-from tests.integration.helpers import active_on, events, holder, start_workers, wait_for
+from tests.integration.helpers import active_and_standby, active_on, events, holder, start_workers, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,17 +38,7 @@ async def test_a_crash_while_paused_promotes_nobody_until_resumed(
     a, b = f"pa0-{tag}", f"pa1-{tag}"
     procs = await start_workers(servers, worker_processes, a, b)
     ex_id = await exchange_id(servers, exchange)
-    for host, standby in ((a, False), (b, True)):
-        await control.register(
-            client,
-            exchange=exchange,
-            host=host,
-            admin_email=None,
-            heartbeat_interval_s=INTERVAL,
-            start=not standby,
-            standby=standby,
-        )
-    await wait_for(lambda: active_on(store, ex_id, a))
+    await active_and_standby(client, store, exchange, ex_id, a, b, INTERVAL)
     await wait_for(lambda: store.client.zcard(standby_index_key(ex_id)))
 
     # Refusals change nothing: a bad duration (usage), a resume with no pause.

@@ -29,7 +29,7 @@ from perseus.store.redis_store import RedisStore
 from perseus.temporal import UPDATE_COMMAND, converter, register_search_attributes
 from perseus.tracing import tracing_mode
 from tests.conftest import Servers, exchange_id
-from tests.integration.helpers import PrivateTemporal, active_on, host_name, wait_for
+from tests.integration.helpers import PrivateTemporal, active_and_standby, active_on, host_name, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -137,17 +137,7 @@ async def test_a_handoff_is_followed_from_the_command_through_the_update_to_both
             if task.done():
                 task.result()
         ex_id = await exchange_id(servers, exchange)
-        for host, standby in ((a, False), (b, True)):
-            await control.register(
-                traced.client,
-                exchange=exchange,
-                host=host,
-                admin_email=None,
-                heartbeat_interval_s=1.0,
-                start=not standby,
-                standby=standby,
-            )
-        await wait_for(lambda: active_on(store, ex_id, a), timeout=60)
+        await active_and_standby(traced.client, store, exchange, ex_id, a, b, 1.0, timeout=60)
 
         async def standing_by() -> bool:
             return bool(await store.standbys(ex_id))

@@ -21,7 +21,14 @@ from perseus.client import control
 from perseus.keys import workflow_id
 from perseus.store.redis_store import RedisStore
 from tests.conftest import Servers, WorkerProcess, exchange_id
-from tests.integration.helpers import PrivateTemporal, active_on, events, host_name, wait_for
+from tests.integration.helpers import (
+    PrivateTemporal,
+    active_and_standby,
+    active_on,
+    events,
+    host_name,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -55,17 +62,7 @@ async def cached_on_a(
     await worker_a.ready()
     await worker_b.ready()
     ex_id = await exchange_id(servers, exchange)
-    for host, standby in ((a, False), (b, True)):
-        await control.register(
-            temporal.client,
-            exchange=exchange,
-            host=host,
-            admin_email=None,
-            heartbeat_interval_s=INTERVAL,
-            start=not standby,
-            standby=standby,
-        )
-    await wait_for(lambda: active_on(store, ex_id, a))
+    await active_and_standby(temporal.client, store, exchange, ex_id, a, b, INTERVAL)
     worker_c = WorkerProcess(servers, c, shared=True, extra_env=env)
     procs.append(worker_c)
     await worker_c.ready()
@@ -143,17 +140,7 @@ async def test_a_handoff_after_the_workflows_worker_died_waits_on_no_sticky_queu
     for worker in (worker_s, *hosts):
         await worker.ready()
     ex_id = await exchange_id(servers, exchange)
-    for host, standby in ((a, False), (b, True)):
-        await control.register(
-            temporal.client,
-            exchange=exchange,
-            host=host,
-            admin_email=None,
-            heartbeat_interval_s=INTERVAL,
-            start=not standby,
-            standby=standby,
-        )
-    await wait_for(lambda: active_on(store, ex_id, a))
+    await active_and_standby(temporal.client, store, exchange, ex_id, a, b, INTERVAL)
     worker_t = WorkerProcess(servers, t, shared=True, extra_env=env)
     worker_processes.append(worker_t)
     await worker_t.ready()
