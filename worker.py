@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import gc
 import logging
 import os
@@ -59,7 +58,7 @@ from perseus.models import EventRequest, HostRestarted
 from perseus.notify import notifications
 from perseus.store.db import Catalog, open_pool_eventually
 from perseus.store.redis_store import RedisStore, make_client
-from perseus.temporal import INSTANCE_HOST, RPC_TIMEOUT, connect, unstick
+from perseus.temporal import INSTANCE_HOST, RPC_TIMEOUT, connect
 from perseus.timing import (
     CLOSED_LOOKUP_TIMEOUT_S,
     GRACEFUL_RELEASE_S,
@@ -138,7 +137,6 @@ async def run_worker(
         connector_output=output_dir(settings.data_dir),
         exec_allow=exec_allow,
         enrol=failsafe.enrol,
-        unstick=functools.partial(unstick, client),
     )
     if metrics_server is not None:
         metrics_server.health = WorkerHealth(

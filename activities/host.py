@@ -183,7 +183,6 @@ class HostActivities:
         connector_output: Path | None = None,
         exec_allow: ExecAllowList | None = None,
         enrol: Callable[[str, RosterMember], Awaitable[RosterAnswer]] | None = None,
-        unstick: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.hostname = hostname
         self._store = store
@@ -201,8 +200,6 @@ class HostActivities:
         self.exec_allow = exec_allow
         #: How an instance enrols in its exchange's failsafe roster (the worker's Temporal client).
         self._enrol = enrol
-        #: Sends a workflow's next task to any live worker (``perseus.temporal.unstick``; None: off).
-        self._unstick = unstick
 
     # --- identity ------------------------------------------------------------------------------
 
@@ -347,11 +344,9 @@ class HostActivities:
             with self.keeper.attached(held):
                 while True:
                     if held.ended is not None:
-                        await self._wake_anywhere()
                         raise _with_stop_time(held.ended, held.stopped_at)
                     if held.report is not None:
                         report, held.report = held.report, None
-                        await self._wake_anywhere()
                         raise report
                     if time.monotonic() - started >= req.term_s:
                         return LeaseOutcome(renewals=held.renewals, last_renewed=held.last_renewed)
@@ -365,14 +360,6 @@ class HostActivities:
                     await held.beat.wait(QUIET_INTERVALS * interval)
         except asyncio.CancelledError:
             raise detached_unless_requested() from None
-
-    async def _wake_anywhere(self) -> None:
-        """This activity is about to end with news its workflow must act on at once (a vacancy, a
-        lost claim, a failed connector): let any live worker take the task that follows, not only
-        the one that ran the workflow last, which may be the dead host whose claim just ended."""
-        workflow_id = activity.info().workflow_id
-        if self._unstick is not None and workflow_id:
-            await self._unstick(workflow_id)
 
     def _failsafe_holding(self, workflow_id: str) -> FailsafeHolding | None:
         verdict = self.keeper.failsafe_state(workflow_id)
@@ -409,7 +396,6 @@ class HostActivities:
                         # and a key Redis then loses must not read as the old holder's lapse (the
                         # chaos suite: a warm standby acted at once beside a live winner, 0.33 s).
                         lapsed, watched.holder_past_deadline = watched.holder_past_deadline, False
-                        await self._wake_anywhere()
                         return StandbyOutcome(
                             vacant=True,
                             last_epoch=watched.last_epoch,

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 import re
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from temporalio.api.common.v1 import Payload, WorkflowExecution
+from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-from temporalio.api.workflowservice.v1 import ResetStickyTaskQueueRequest
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -27,8 +25,6 @@ from perseus.errors import ConfigError, Server, ServiceUnavailable
 
 if TYPE_CHECKING:  # workflows import this module: settings stay out of their sandbox
     from perseus.config import Settings
-
-log = logging.getLogger(__name__)
 
 EXCHANGE_NAME = SearchAttributeKey.for_keyword("ExchangeName")
 CONNECTION_STATE = SearchAttributeKey.for_keyword("ConnectionState")
@@ -223,31 +219,3 @@ async def register_search_attributes(client: Client) -> None:
         # A server that already has them answers ALREADY_EXISTS (the dev server: nothing at all).
         if exc.status != RPCStatusCode.ALREADY_EXISTS:
             raise
-
-
-#: How long a caller waits for Temporal to take a workflow off its sticky queue before it goes on
-#: without: the move only spares a wait, and a server this slow delays the command itself anyway.
-UNSTICK_TIMEOUT = timedelta(seconds=2)
-
-
-async def unstick(client: Client, workflow_id: str) -> bool:
-    """Send the workflow's next task to its normal queue, which every live worker polls, instead of
-    the sticky queue of the worker that ran its last one (``ResetStickyTaskQueue``).
-
-    That worker may be dead: its queue would hold the task until the sticky timeout, which the dev
-    server fires up to a second late, and a handoff meets one such wait per workflow it involves.
-    The cost is one replay of the history by whichever worker takes the task, so this is for the
-    rare tasks that decide who runs an exchange: a command, a standby's wake, a lease's end. Best
-    effort: returns whether Temporal did it; a failure leaves the task to the sticky timeout, as
-    without this call, and the call that follows reports an unreachable server itself."""
-    try:
-        await client.workflow_service.reset_sticky_task_queue(
-            ResetStickyTaskQueueRequest(
-                namespace=client.namespace, execution=WorkflowExecution(workflow_id=workflow_id)
-            ),
-            timeout=UNSTICK_TIMEOUT,
-        )
-    except RPCError as exc:
-        log.debug("could not move %s off its sticky queue: %s", workflow_id, exc.message)
-        return False
-    return True

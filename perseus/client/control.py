@@ -61,7 +61,6 @@ from perseus.temporal import (
     UPDATE_WAIT_REGISTERED,
     instances_filter,
     search_attributes,
-    unstick,
 )
 from perseus.timing import BOUNDS_TEXT, interval_in_bounds, ttl_s, workflow_task_timeout_s
 from perseus.tracing import traced
@@ -359,7 +358,6 @@ async def command(
     handle = await find_instance(
         client, exchange, host, default_host, prefer=holder if command is not Command.SHUTDOWN else None
     )
-    await unstick(client, handle.id)  # the worker that ran it last may be dead
     result: CommandResult = await _answer(
         handle.execute_update(
             UPDATE_COMMAND,
@@ -406,8 +404,6 @@ async def send_command(
     handle = await find_instance(
         client, exchange, host, default_host, prefer=holder if command is not Command.SHUTDOWN else None
     )
-    # Before the query too: a query waits on the sticky queue as a task does.
-    await unstick(client, handle.id)
     snapshot: InstanceSnapshot | None
     try:
         snapshot = await handle.query(
@@ -469,9 +465,6 @@ async def handoff(
     if not valid_host(to_host):
         raise errors.ConfigError(f"invalid host name {to_host!r}: use letters, digits, '.', '_' or '-'")
     handle = await find_active(client, exchange, from_host, default_host, holder=holder)
-    # Both workflows the handoff runs through: a dead worker's sticky queue would hold each of them
-    # in turn (measured: two late sticky timeouts in a row, up to 1.7 s on top of the handoff).
-    await asyncio.gather(unstick(client, handle.id), unstick(client, workflow_id(exchange, to_host)))
     request = HandoffRequest(to_host=to_host, shutdown=shutdown, actor=actor)
     if not wait:
         # Accepted: the instance's validator said yes and the handoff is in its history; it runs

@@ -264,6 +264,16 @@ class Service:
             self.proc.wait(5)
 
 
+#: Dynamic config of every dev server the stack, the tests, the benches and the lab start (values
+#: in the server's JSON). ``history.timerProcessorMaxTimeShift``: no timer the server sets fires
+#: sooner than this after it was set — 1 s by default, so the sticky queue's 0.2 s schedule-to-start
+#: timeout (``timing.STICKY_TIMEOUT_S``) fired about a second late, and a handoff right after the
+#: worker that cached its workflows died met two such waits in a row (+1.6 s at a 1 s interval, docs/
+#: benchmarks.md "Killed workflow worker"). 100 ms keeps it 0.2–0.3 s; a production server needs
+#: the same setting (docs/deploy.md).
+TEMPORAL_DYNAMIC_CONFIG = {"history.timerProcessorMaxTimeShift": '"100ms"'}
+
+
 async def start_temporal(
     data_dir: Path,
     port: int | None,
@@ -301,6 +311,8 @@ async def start_temporal(
     argv += ["--headless"] if ui_port is None else ["--ui-port", str(ui_port), "--ui-ip", "127.0.0.1"]
     for key in SEARCH_ATTRIBUTES:
         argv += ["--search-attribute", f"{key.name}=Keyword"]
+    for setting, value in TEMPORAL_DYNAMIC_CONFIG.items():
+        argv += ["--dynamic-config-value", f"{setting}={value}"]
     argv += extra_args or []
     service.spawn(argv)
     assert service.proc
