@@ -106,8 +106,8 @@ HOLDER_HEAD_START = 1.0
 #: The least head start a higher-priority standby gets, in seconds, whatever the interval: its
 #: workflow may have been cached on a worker that just died with the holder (the README's hosts
 #: serve the workflows too) — up to about a second for its task to leave that worker's sticky queue
-#: (STICKY_TIMEOUT_S, below, which the server often stretches to a second), and a replay of its
-#: history on the worker that takes it. A quarter of a 1 s interval lost that race in the chaos
+#: (STICKY_TIMEOUT_S, below, which a server left at its default time shift stretches to a second),
+#: and a replay of its history on the worker that takes it. A quarter of a 1 s interval lost that race in the chaos
 #: suite: the priority-1 standby won, cold, over a warm priority-2 one whose task was 1.1 s late.
 PRIORITY_HEAD_START_FLOOR_S = 1.0
 
@@ -356,8 +356,9 @@ def workflow_task_timeout_s(interval_s: float) -> float:
 #: ("Killed workflow worker", 0.5, 0.3 and 0.2 s measured in the same runs, issue 24): where the
 #: server kept the timeout, a handoff right after its worker was killed took +0.3 s over the
 #: baseline instead of +0.6 s, and a live worker missed the window for 1 baseline workflow task in
-#: 773 (0.5 s: none in 787), which costs one replay elsewhere, not a failover. The server does not
-#: always keep so short a timeout: it often held such a task about a second, whatever was asked.
+#: 773 (0.5 s: none in 787), which costs one replay elsewhere, not a failover. A server keeps so
+#: short a timeout only with history.timerProcessorMaxTimeShift below it (1 s by default: the task
+#: waited about a second): see devstack.services.TEMPORAL_DYNAMIC_CONFIG and docs/deploy.md.
 STICKY_TIMEOUT_S = 0.2
 #: The SDK throttles activity heartbeats to 0.8 × their timeout unless capped: capped this low, each
 #: heartbeat goes out when sent (the lease and the watch set their own cadence; connector steps hear
