@@ -107,8 +107,9 @@ HOLDER_HEAD_START = 1.0
 #: workflow may have been cached on a worker that just died with the holder (the README's hosts
 #: serve the workflows too) — up to about a second for its task to leave that worker's sticky queue
 #: (STICKY_TIMEOUT_S, below, which a server left at its default time shift stretches to a second),
-#: and a replay of its history on the worker that takes it. A quarter of a 1 s interval lost that race in the chaos
-#: suite: the priority-1 standby won, cold, over a warm priority-2 one whose task was 1.1 s late.
+#: and a replay of its history on the worker that takes it. A quarter of a 1 s interval lost that
+#: race in the chaos suite: the priority-1 standby won, cold, over a warm priority-2 one whose task
+#: was 1.1 s late.
 PRIORITY_HEAD_START_FLOOR_S = 1.0
 
 # --- the workflow's own waits, in intervals --------------------------------------------------------

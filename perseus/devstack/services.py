@@ -269,9 +269,10 @@ class Service:
 #: sooner than this after it was set — 1 s by default, so the sticky queue's 0.2 s schedule-to-start
 #: timeout (``timing.STICKY_TIMEOUT_S``) fired about a second late, and a handoff right after the
 #: worker that cached its workflows died met two such waits in a row (+1.6 s at a 1 s interval, docs/
-#: benchmarks.md "Killed workflow worker"). 100 ms keeps it 0.2–0.3 s; a production server needs
-#: the same setting (docs/deploy.md).
-TEMPORAL_DYNAMIC_CONFIG = {"history.timerProcessorMaxTimeShift": '"100ms"'}
+#: benchmarks.md "Killed workflow worker"). 250 ms keeps it near 0.25 s; 100 ms cost the server
+#: 30 % more CPU at 1,000 instances × 1 s (docs/benchmarks.md, "the server's timer shift"), 250 ms
+#: nothing measurable. A production server needs the same setting (docs/deploy.md).
+TEMPORAL_DYNAMIC_CONFIG = {"history.timerProcessorMaxTimeShift": '"250ms"'}
 
 
 async def start_temporal(

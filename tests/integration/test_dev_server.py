@@ -31,7 +31,7 @@ class ShortTimers:
 
 async def test_a_timer_shorter_than_a_second_fires_when_due(temporal: PrivateTemporal) -> None:
     """With the server's default ``history.timerProcessorMaxTimeShift`` (1 s) no timer fires sooner
-    than about a second after it was set; the dev server is started with 100 ms. The server's own
+    than about a second after it was set; the dev server is started with 250 ms. The server's own
     times (timer started → fired), the median of five: one late under a loaded machine is not the
     setting's fault."""
     queue = f"timers-{uuid.uuid4().hex[:6]}"
@@ -54,6 +54,6 @@ async def test_a_timer_shorter_than_a_second_fires_when_due(temporal: PrivateTem
         elif event.event_type == EventType.EVENT_TYPE_TIMER_FIRED:
             took.append(at - started[event.timer_fired_event_attributes.started_event_id])
     assert len(took) == TIMERS
-    # Default: each about 1 s. Set: the 0.2 s asked and the 0.1 s shift at most, with room to spare.
+    # Default: each about 1 s. Set: the 0.25 s shift, a little more, with room to spare.
     assert statistics.median(took) < STICKY_TIMEOUT_S + 0.4, took
     print(f"timers of {STICKY_TIMEOUT_S:g}s fired after {', '.join(f'{t:.3f}' for t in took)} s")
