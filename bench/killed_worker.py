@@ -180,8 +180,8 @@ async def trial_set(
         else:
             figures[kind].append(took)
             print(
-                f"  {topology} interval {interval:g}s sticky {sticky:g}s {kind} handoff {i + 1}/{2 * trials}: "
-                f"{took:.2f}s"
+                f"  {topology} interval {interval:g}s sticky {sticky:g}s {kind} handoff "
+                f"{i + 1}/{2 * trials}: {took:.2f}s"
                 + (f" (killed {victim}, which last ran a workflow task of the handoff)" if victim else ""),
                 flush=True,
             )
