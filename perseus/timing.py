@@ -357,9 +357,10 @@ def workflow_task_timeout_s(interval_s: float) -> float:
 #: ("Killed workflow worker", 0.5, 0.3 and 0.2 s measured in the same runs, issue 24): where the
 #: server kept the timeout, a handoff right after its worker was killed took +0.3 s over the
 #: baseline instead of +0.6 s, and a live worker missed the window for 1 baseline workflow task in
-#: 773 (0.5 s: none in 787), which costs one replay elsewhere, not a failover. A server keeps so
-#: short a timeout only with history.timerProcessorMaxTimeShift below it (1 s by default: the task
-#: waited about a second): see devstack.services.TEMPORAL_DYNAMIC_CONFIG and docs/deploy.md.
+#: 773 (0.5 s: none in 787), which costs one replay elsewhere, not a failover. A server fires so
+#: short a timeout no sooner than its history.timerProcessorMaxTimeShift (1 s by default: the task
+#: waited about a second; Perseus' dev servers: 250 ms): see devstack.services.TEMPORAL_DYNAMIC_CONFIG
+#: and docs/deploy.md.
 STICKY_TIMEOUT_S = 0.2
 #: The SDK throttles activity heartbeats to 0.8 × their timeout unless capped: capped this low, each
 #: heartbeat goes out when sent (the lease and the watch set their own cadence; connector steps hear
