@@ -268,6 +268,9 @@ SLOW_BATCH_S = 0.25
 #: an interval of 1 s, and with it, one renewal short of the deadline, a hundred claims at once.
 RENEWAL_BOUND_INTERVALS = 1.0
 RENEWAL_BOUND_FLOOR_S = 0.05
+#: A renewal that failed is tried once more this share of an interval after it was sent, before its
+#: next slot (:func:`perseus.core.decisions.quick_retry_at` says why).
+RENEWAL_RETRY_INTERVALS = 0.25
 #: A keeper loop with no activity attached for this many intervals (at least DETACHED_FLOOR_S) asks
 #: Temporal whether its workflow still exists, and again at most once per interval after that.
 DETACHED_INTERVALS = 3.0

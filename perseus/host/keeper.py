@@ -45,7 +45,13 @@ from typing import TYPE_CHECKING, Protocol
 from perseus import metrics
 from perseus import version as release
 from perseus.core.decisions import failsafe as fs
-from perseus.core.decisions import lapses_in_s, past_renew_deadline, runs_without_claim, takes_over_lapsed
+from perseus.core.decisions import (
+    lapses_in_s,
+    past_renew_deadline,
+    quick_retry_at,
+    runs_without_claim,
+    takes_over_lapsed,
+)
 from perseus.core.pause import in_force, paused_for_ms, watch_ends
 from perseus.errors import (
     ClaimLost,
@@ -354,6 +360,7 @@ class LeaseKeeper:
         deadline = renew_deadline_s(interval)
         ttl = ttl_ms(interval)
         due = time.monotonic()
+        retried = False  # the quick retry after a failed renewal was spent (until one gets through)
         while True:
             # Checked before anything else: a process that was paused (SIGSTOP, a long GC, a frozen
             # VM) must not act on a claim it may have lost while it was not looking.
@@ -377,6 +384,7 @@ class LeaseKeeper:
             # counts from when Redis ran it, so counting from the reply could let this holder act
             # past that line.
             sent = time.monotonic()
+            failed = True
             try:
                 async with asyncio.timeout(bound):
                     # Sent in one pipeline with the other renewals of this slot; the reply is this
@@ -413,6 +421,7 @@ class LeaseKeeper:
                     await self._end(held, lost(_lost_message(reply)))
                     return
                 else:
+                    failed = False
                     self._renewed(held, due, sent, reply)
                     if "lastError" in patch:  # the reply's record is parsed only here (rare)
                         self._reported_error(str(patch["lastError"]), reply.status)
@@ -442,7 +451,13 @@ class LeaseKeeper:
             # Woken at the start of the grid slot holding the due time: up to a slot early (safe),
             # together with the slot's other renewals. A failsafe holder renews twice an interval:
             # its first round of asks starts sooner after a cut, and its key is back sooner after.
-            due += fs.renewal_step_s(interval, failsafe=held.facts is not None)
+            step = fs.renewal_step_s(interval, failsafe=held.facts is not None)
+            retry_at = quick_retry_at(sent, due + step, interval, failed=failed, retried=retried)
+            retried = failed and (retried or retry_at is not None)
+            if retry_at is not None:
+                await self._until_due(held, retry_at)  # the slot stays where it was
+                continue
+            due += step
             await self._until_due(held, due)
 
     def _killed_at_deadline(self, held: HeldClaim, fault: ConnectorFailure | None) -> RenewDeadline | None:

@@ -18,7 +18,7 @@ from activities.host import HostActivities
 from perseus.connectors.base import ConnectorHost
 from perseus.connectors.simulated import SimulatedConnector
 from perseus.core.lifecycle import Role
-from perseus.errors import ClaimLost, ClaimMissing, ConnectorFailed, RenewDeadline
+from perseus.errors import ClaimLost, ClaimMissing, ConnectorFailed, RenewDeadline, Server, ServiceUnavailable
 from perseus.host import keeper as keeper_module
 from perseus.host.grid import Renewal
 from perseus.host.keeper import HeldClaim, LeaseKeeper, WatchedStandby
@@ -592,6 +592,42 @@ async def test_a_renewal_counts_from_its_sending_not_from_its_slow_reply(
         assert held.renewals >= 2
         assert held.last_ok <= sent_at[held.renewals - 1] + 0.01
         assert time.monotonic() - held.last_ok >= reply_delay_s  # not the moment the reply came
+    finally:
+        await keeper.close()
+
+
+async def test_a_renewal_that_failed_at_once_is_tried_again_before_the_next_slot(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewal that fails at once (a pooled connection a Redis restart closed) is tried again a
+    quarter interval later, not only at the next slot: otherwise that slot's renewal is the last
+    before the renew deadline, and a Redis pause of 0.4 intervals at that moment — which the chaos
+    suite injects, and which must change no holder — ends the claim."""
+    interval = 1.0  # renew deadline 2 s
+    keeper = LeaseKeeper(store, ConnectorHost())
+    grid_renew = keeper._grid.renew
+    failed_at: list[float] = []
+    sent_at: list[float] = []
+
+    async def one_fast_failure_then_a_pause(renewal: Renewal, bound_s: float) -> FenceReply:
+        now = time.monotonic()
+        sent_at.append(now)
+        if len(sent_at) == 3:  # two renewals got through; this one fails at once
+            failed_at.append(now)
+            raise ServiceUnavailable("Connection closed by server.", server=Server.REDIS)
+        if failed_at and now >= failed_at[0] + 0.9 * interval and len(failed_at) == 1:
+            failed_at.append(now)  # the next slot's renewal meets a Redis paused for 0.4 intervals
+            await asyncio.sleep(0.4 * interval)
+        return await grid_renew(renewal, bound_s)
+
+    monkeypatch.setattr(keeper._grid, "renew", one_fast_failure_then_a_pause)
+    held = keeper.hold(await claimed(store, interval=interval))
+    try:
+        await until(lambda: len(failed_at) == 2 and held.renewals >= 5 or held.ended is not None, 15.0)
+        assert held.ended is None, held.ended
+        # The retry went out between the failure and the next slot, a quarter interval on.
+        retry = sent_at[3] - failed_at[0]
+        assert 0.15 * interval <= retry <= 0.5 * interval, retry
     finally:
         await keeper.close()
 

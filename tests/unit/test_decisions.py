@@ -543,3 +543,15 @@ def test_a_key_that_vanished_after_the_target_was_seen_holding_it_is_the_target_
     assert look.lost == "the claim b took has vanished" and not look.take_lapsed
     # A vanished key proves nothing: the take-back waits the target's renew deadline out first.
     assert look.act_after_s == decisions.act_after_vacancy_s(1.0) == pytest.approx(2.1)
+
+
+@pytest.mark.parametrize("interval", [1.0, 2.0, 15.0])
+def test_a_failed_renewal_is_tried_again_once_a_quarter_interval_on(interval: float) -> None:
+    sent, next_due = 100.0, 100.0 + interval
+    again = decisions.quick_retry_at(sent, next_due, interval, failed=True, retried=False)
+    assert again == sent + 0.25 * interval
+    # Not after a renewal that got through, not twice in a row, never at or past the next slot.
+    assert decisions.quick_retry_at(sent, next_due, interval, failed=False, retried=False) is None
+    assert decisions.quick_retry_at(sent, next_due, interval, failed=True, retried=True) is None
+    late = next_due - 0.1 * interval  # a renewal that failed only at its bound, near the next slot
+    assert decisions.quick_retry_at(late, next_due, interval, failed=True, retried=False) is None
