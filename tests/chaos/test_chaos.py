@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import os
 import shutil
 import signal
@@ -51,6 +52,10 @@ INTERVAL = 1.0  # TTL 3 s, renew deadline 2 s, heartbeat timeout 18.75 s (a hear
 #: the re-attach path is tried, the rest past the TTL and the renew deadline only, so the leases
 #: ride them out attached.
 SOAK = os.environ.get("PERSEUS_CHAOS_SOAK") == "1"
+#: ``make chaos`` (and ``make soak``) run every fault kind as often as the plan below says; ``make
+#: test`` runs each a third as often (at least once; about 8 minutes less on a 2-core machine, and the
+#: suite's longest test no longer the rest of the suite's pace-setter).
+FULL = SOAK or os.environ.get("PERSEUS_CHAOS_FULL") == "1"
 #: PERSEUS_CHAOS_SHARED_HOSTS=1: each host's worker also serves the shared workflow queue, as the
 #: README's ``perseus worker --host H`` does, beside the dedicated shared worker. Instance workflows
 #: then run (and are cached, sticky) on the workers the faults kill and stop — the topology in which
@@ -77,6 +82,11 @@ def outage_s(i: int) -> float:
         low = 3 * INTERVAL + 1.0  # past the TTL: a holder that stopped renewing would have lost its key
         high = low + 2.0
     return low + (high - low) * ((i * 37) % 10) / 9
+
+
+def runs(full: int) -> int:
+    """How often a fault kind the full plan runs ``full`` times runs in this one."""
+    return full if FULL else max(1, math.ceil(full / 3))
 
 
 def cold_walk_s(spec: ConnectorSpec) -> float:
@@ -679,29 +689,32 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
             after = await cluster.wait_active(not_host=active)
             assert after["hostname"] == best, after
 
-        plan: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         # Four of the crashes are graceful stops instead: the same worker gone, by the other path
         # (a deploy, a supervisor's stop), at the same cost in time.
-        plan += [("SIGKILL active worker", kill_active)] * 10
-        plan += [("SIGTERM active worker", stop_active_worker)] * 4
-        plan += [("SIGSTOP active worker past the TTL", pause_active_past_ttl)] * 6
-        plan += [("Redis paused briefly", redis_short_pause)] * 6
-        plan += [("Redis paused past the TTL", redis_long_pause)] * 4
-        plan += [("Redis restarted empty", redis_restart_empty)] * 3
-        plan += [("Temporal killed and restarted", temporal_restart)] * 2
-        plan += [("same host registered twice", same_host_twice)] * 13
-        plan += [("handoff target killed midway", handoff_target_killed)] * 2
-        plan += [("planned handoff", planned_handoff)] * 2
-        plan += [("promoted standby cannot start its connector", promoted_cannot_start)] * 3
-        plan += [("handoff to a standby that is not ready", handoff_to_unready)] * 2
-        plan += [("standby restarted while PostgreSQL is down", standby_restarted_while_postgres_is_down)] * 2
-        plan += [("Temporal frozen", temporal_frozen)] * 6
-        plan += [("active host partitioned from Temporal", active_host_partitioned)] * 6
-        plan += [("active host killed while Temporal is frozen", active_killed_while_temporal_frozen)] * 5
-        plan += [("Redis frozen past the deadline while Temporal is frozen", redis_and_temporal_frozen)] * 8
+        kinds: list[tuple[str, Callable[[], Awaitable[None]], int]] = [
+            ("SIGKILL active worker", kill_active, 10),
+            ("SIGTERM active worker", stop_active_worker, 4),
+            ("SIGSTOP active worker past the TTL", pause_active_past_ttl, 6),
+            ("Redis paused briefly", redis_short_pause, 6),
+            ("Redis paused past the TTL", redis_long_pause, 4),
+            ("Redis restarted empty", redis_restart_empty, 3),
+            ("Temporal killed and restarted", temporal_restart, 2),
+            ("same host registered twice", same_host_twice, 13),
+            ("handoff target killed midway", handoff_target_killed, 2),
+            ("planned handoff", planned_handoff, 2),
+            ("promoted standby cannot start its connector", promoted_cannot_start, 3),
+            ("handoff to a standby that is not ready", handoff_to_unready, 2),
+            ("standby restarted while PostgreSQL is down", standby_restarted_while_postgres_is_down, 2),
+            ("Temporal frozen", temporal_frozen, 6),
+            ("active host partitioned from Temporal", active_host_partitioned, 6),
+            ("active host killed while Temporal is frozen", active_killed_while_temporal_frozen, 5),
+            ("Redis frozen past the deadline while Temporal is frozen", redis_and_temporal_frozen, 8),
+        ]
+        plan = [(name, action) for name, action, full in kinds for _ in range(runs(full))]
         only = os.environ.get("PERSEUS_CHAOS_ONLY")  # to study one kind of fault
         if only:
             plan = [p for p in plan if p[0] in only.split(",")]
+        expected = sum(1 for name, _ in plan if name != "planned handoff")
         order = sorted(range(len(plan)), key=lambda i: (i * 7919) % len(plan))  # interleaved, repeatable
         for i in order:
             name, action = plan[i]
@@ -738,8 +751,8 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
         for violation in report.violations:
             print("  VIOLATION", violation)
         assert report.violations == []
-        assert (injected >= 80 or only) and survived == injected
-        assert report.acting_intervals >= 20 or only  # the checker saw the connectors it judged
+        assert injected == expected and survived == injected
+        assert report.acting_intervals >= injected // 3  # the checker saw the connectors it judged
         assert warm >= 1 or only  # ...and warm standbys among them
     finally:
         await cluster.close()
