@@ -44,6 +44,7 @@ from pathlib import Path
 
 from temporalio.client import Client
 
+from bench import add_temporal_config
 from perseus.client import control
 from perseus.core.lifecycle import Command
 from perseus.devstack import services
@@ -680,11 +681,13 @@ async def warm_main(
 
 
 async def scratch_servers(
-    base: Path, children: list[services.Service]
+    base: Path, children: list[services.Service], temporal_config: list[tuple[str, str]] | None = None
 ) -> tuple[dict[str, str], str, Client, RedisStore]:
     """Temporal, Redis and PostgreSQL of a bench's own under ``base`` (appended to ``children``,
-    which the caller stops): the workers' environment, the database URL, a client and a store."""
-    children.append(await services.start_temporal(base / "temporal", None, None))
+    which the caller stops): the workers' environment, the database URL, a client and a store.
+    ``temporal_config``: dev-server settings instead of Perseus' own (``--temporal-config``)."""
+    settings = dict(temporal_config or [])
+    children.append(await services.start_temporal(base / "temporal", None, None, dynamic_config=settings))
     children.append(await services.start_redis(base / "redis", None))
     children.append(await services.start_postgres(base / "postgres", None, scratch=True))
     tp, rp = children[0].port, children[1].port
@@ -719,7 +722,7 @@ async def main(args: argparse.Namespace) -> None:
     children: list[services.Service] = []
     core: Worker | None = None
     try:
-        env, database_url, client, store = await scratch_servers(base, children)
+        env, database_url, client, store = await scratch_servers(base, children, args.temporal_config)
         if args.warmup is not None:
             await warm_main(args, client, store, env, database_url, base)
             await store.client.aclose()
@@ -783,4 +786,5 @@ if __name__ == "__main__":
     )
     parser.add_argument("--crash-trials", type=int, default=3)
     parser.add_argument("--handoff-trials", type=int, default=5)
+    add_temporal_config(parser)
     asyncio.run(main(parser.parse_args()))

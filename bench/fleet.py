@@ -55,6 +55,7 @@ import httpx
 import psutil
 from temporalio.client import Client
 
+from bench import add_temporal_config
 from perseus import errors
 from perseus.client import control
 from perseus.devstack import services
@@ -130,10 +131,12 @@ class Stack:
         self.children.clear()
 
 
-async def start_design_servers(base: Path) -> Stack:
+async def start_design_servers(base: Path, temporal_config: list[tuple[str, str]] | None = None) -> Stack:
     stack = Stack(base)
     try:
-        stack.temporal = await services.start_temporal(base / "temporal", None, None)
+        stack.temporal = await services.start_temporal(
+            base / "temporal", None, None, dynamic_config=dict(temporal_config or [])
+        )
         stack.children.append(stack.temporal)
         stack.redis = await services.start_redis(
             base / "redis", None, extra_args=["--notify-keyspace-events", "Ex"]
@@ -495,7 +498,7 @@ async def run_design(
     design: str, cfg: FleetConfig, base: Path, database_url: str, args: argparse.Namespace
 ) -> dict[str, Any]:
     base.mkdir(parents=True)
-    stack = await start_design_servers(base)
+    stack = await start_design_servers(base, args.temporal_config)
     assert stack.temporal and stack.redis
     redis_url = f"redis://127.0.0.1:{stack.redis.port}/0"
     redis = make_client(redis_url)
@@ -1049,6 +1052,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="run the workers from the working tree instead of a snapshot of HEAD",
     )
     p.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, databases)")
+    add_temporal_config(p)
     return p.parse_args(argv)
 
 

@@ -271,8 +271,16 @@ class Service:
 #: worker that cached its workflows died met two such waits in a row (+1.6 s at a 1 s interval, docs/
 #: benchmarks.md "Killed workflow worker"). 250 ms keeps it near 0.25 s; 100 ms cost the server
 #: 30 % more CPU at 1,000 instances × 1 s (docs/benchmarks.md, "the server's timer shift"), 250 ms
-#: nothing measurable. A production server needs the same setting (docs/deploy.md).
-TEMPORAL_DYNAMIC_CONFIG = {"history.timerProcessorMaxTimeShift": '"250ms"'}
+#: nothing measurable. ``history.transferProcessorMaxPollRPS``: how often the history service may
+#: read its queue of tasks to hand out (a workflow or activity task to schedule, a signal to pass
+#: on) — 20 a second by default, which made every dispatch wait for the next read: an activity step
+#: (the activity task, then the workflow task after it) took 52 ms on the dev server, 9.6 ms at 100
+#: (docs/benchmarks.md, "Dispatch: the server's task reads"). A failover or handoff is a dozen such
+#: dispatches. A production server needs both settings (docs/deploy.md).
+TEMPORAL_DYNAMIC_CONFIG = {
+    "history.timerProcessorMaxTimeShift": '"250ms"',
+    "history.transferProcessorMaxPollRPS": "100",
+}
 
 
 async def start_temporal(
@@ -282,12 +290,21 @@ async def start_temporal(
     *,
     namespace: str = "default",
     extra_args: list[str] | None = None,
+    dynamic_config: dict[str, str] | None = None,
 ) -> Service:
     """The Temporal CLI dev server on a SQLite file (history survives restarts); no UI if ui_port is
-    None; ``port=None``: on a free port (:func:`on_free_port`)."""
+    None; ``port=None``: on a free port (:func:`on_free_port`). ``dynamic_config``: settings instead
+    of :data:`TEMPORAL_DYNAMIC_CONFIG`'s of the same name (a test's baseline)."""
     if port is None:
         return await on_free_port(
-            lambda free: start_temporal(data_dir, free, ui_port, namespace=namespace, extra_args=extra_args),
+            lambda free: start_temporal(
+                data_dir,
+                free,
+                ui_port,
+                namespace=namespace,
+                extra_args=extra_args,
+                dynamic_config=dynamic_config,
+            ),
             "Temporal",
         )
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -312,7 +329,7 @@ async def start_temporal(
     argv += ["--headless"] if ui_port is None else ["--ui-port", str(ui_port), "--ui-ip", "127.0.0.1"]
     for key in SEARCH_ATTRIBUTES:
         argv += ["--search-attribute", f"{key.name}=Keyword"]
-    for setting, value in TEMPORAL_DYNAMIC_CONFIG.items():
+    for setting, value in {**TEMPORAL_DYNAMIC_CONFIG, **(dynamic_config or {})}.items():
         argv += ["--dynamic-config-value", f"{setting}={value}"]
     argv += extra_args or []
     service.spawn(argv)
