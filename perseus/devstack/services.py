@@ -271,16 +271,11 @@ class Service:
 #: worker that cached its workflows died met two such waits in a row (+1.6 s at a 1 s interval, docs/
 #: benchmarks.md "Killed workflow worker"). 250 ms keeps it near 0.25 s; 100 ms cost the server
 #: 30 % more CPU at 1,000 instances × 1 s (docs/benchmarks.md, "the server's timer shift"), 250 ms
-#: nothing measurable. ``history.transferProcessorMaxPollRPS``: how often the history service may
-#: read its queue of tasks to hand out (a workflow or activity task to schedule, a signal to pass
-#: on) — 20 a second by default, which made every dispatch wait for the next read: an activity step
-#: (the activity task, then the workflow task after it) took 52 ms on the dev server, 9.6 ms at 100
-#: (docs/benchmarks.md, "Dispatch: the server's task reads"). A failover or handoff is a dozen such
-#: dispatches. A production server needs both settings (docs/deploy.md).
-TEMPORAL_DYNAMIC_CONFIG = {
-    "history.timerProcessorMaxTimeShift": '"250ms"',
-    "history.transferProcessorMaxPollRPS": "100",
-}
+#: nothing measurable. A production server needs the same setting (docs/deploy.md). (Not set:
+#: ``history.transferProcessorMaxPollRPS``, 20 reads of the task queue a second — it slows a chain
+#: of tasks sent back to back, but not a failover, a handoff or an enrolment, whose tasks fit within
+#: the reads' burst: docs/benchmarks.md, "Dispatch: the server's task reads".)
+TEMPORAL_DYNAMIC_CONFIG = {"history.timerProcessorMaxTimeShift": '"250ms"'}
 
 
 async def start_temporal(
