@@ -344,11 +344,18 @@ class Cluster:
         self.stack.killed[proc.proc.pid] = time.monotonic()
         proc.signal(signal.SIGKILL)
 
-    async def standby_host(self, not_host: object) -> str:
-        for host in self.hosts:
-            if host != not_host and await self.running(host):
-                return host
-        raise AssertionError("no standby running")
+    async def standby_host(self, not_host: object, timeout: float = 30) -> str:
+        """A host other than ``not_host`` whose instance is a standby now: its workflow runs and
+        its standby record is live. A running workflow alone proves nothing: a holder whose worker
+        was killed runs on until its restarted worker tells it, then ends (lost) — a handoff's
+        target picked that way was shut down under the suite's feet (a CI run)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for host in (h for h in self.hosts if h != not_host):
+                if await self.standby_record(host) is not None and await self.running(host):
+                    return host
+            await asyncio.sleep(0.25)
+        raise AssertionError(f"no standby visible within {timeout}s")
 
     async def running(self, host: str) -> bool:
         assert self.client
