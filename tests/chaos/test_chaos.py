@@ -111,6 +111,10 @@ RECOVERY = {
     "Redis frozen past the deadline while Temporal is frozen": Recovery.REDIS_BACK,
 }
 
+#: How a standby's promoted event begins when it acted on a vacancy its own watch saw, and on
+#: nothing a holder told it (perseus.core.watch).
+VACANCY_REASONS = ("the holder stopped renewing its claim", "the holder's claim expired")
+
 PRIORITY = {0: 3, 1: 2, 2: 1}
 #: The first two hosts keep their connector warm as standbys, the third starts cold: failovers and
 #: handoffs run both paths under the same faults, and the checker holds warm activations to their epoch.
@@ -338,6 +342,18 @@ class Cluster:
             await asyncio.sleep(0.1)
         raise AssertionError(f"no active holder within {timeout}s (last: {await self.holder()})")
 
+    async def promotion(self, host: str, epoch: str) -> dict[str, str]:
+        """The ``promoted`` event of ``host``'s claim at ``epoch`` (the holder's status shows it
+        active only after the event is written)."""
+        for _, fields in await self.store.events(self.exchange, count=200):
+            if (
+                fields.get("event") == "promoted"
+                and fields.get("hostname") == host
+                and fields.get("epoch") == epoch
+            ):
+                return fields
+        raise AssertionError(f"no promoted event of {host} at epoch {epoch}")
+
     def kill(self, host: object) -> None:
         """SIGKILL ``host``'s worker, noting when (its connectors stop acting at that moment)."""
         proc = self.workers[str(host)]
@@ -484,7 +500,13 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
             doc = await cluster.wait_active()
             proc = cluster.workers[str(doc["hostname"])]
             proc.signal(signal.SIGTERM)
-            await cluster.wait_active(not_host=str(doc["hostname"]))
+            after = await cluster.wait_active(not_host=str(doc["hostname"]))
+            # The path, apart from its time (which B can only bound at some machine's pace): the
+            # new holder acted on a holder's word — woken by the release, or told while it waited
+            # out a vacancy it saw first (or woken by the previous fault's lost holder, which may
+            # come first) — never on a vacancy alone, which would wait out the old renew deadline.
+            promoted = await cluster.promotion(str(after["hostname"]), str(after["epoch"]))
+            assert not promoted.get("detail", "").startswith(VACANCY_REASONS), promoted
             await asyncio.to_thread(proc.wait, 60)  # then the supervisor starts it again (heal)
 
         async def pause_active_past_ttl() -> None:  # the zombie

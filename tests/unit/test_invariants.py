@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.chaos.invariants import (
+    DISPATCH_MARGIN_S,
     Liveness,
     Recovery,
     Timing,
@@ -103,7 +104,9 @@ def test_a_warm_standby_acts_only_after_activate_with_its_own_new_epoch() -> Non
 # --- liveness ----------------------------------------------------------------------------------------
 
 #: The chaos suite's timing: a 1 s interval and the simulated connector's 0.7 s cold walk.
-TIMING = {"x": Timing(interval_s=1.0, walk_s=0.7)}
+#: The checker's scenarios below are written for a 1 s dispatch margin (the suite's own is
+#: DISPATCH_MARGIN_S).
+TIMING = {"x": Timing(interval_s=1.0, walk_s=0.7, margin_s=1.0)}
 
 
 def acts(pid: int, start: float, end: float) -> list[dict[str, object]]:
@@ -113,23 +116,28 @@ def acts(pid: int, start: float, end: float) -> list[dict[str, object]]:
     return [*renewals, line(start, "connect", pid), line(end, "disconnect", pid)]
 
 
+def test_the_suite_allows_its_own_dispatch_margin() -> None:
+    assert liveness_bound_s(1.0, 0.7) == pytest.approx(4.9 - 1.0 + DISPATCH_MARGIN_S)
+    assert Timing(1.0, 0.7).margin_s == DISPATCH_MARGIN_S
+
+
 def test_the_bound_is_detection_plus_walk_plus_margin_per_path() -> None:
     # Crash on three hosts: claim-over line 2.1 + look 0.1 + one head start (a quarter interval,
     # at least 1 s) + walk 0.7 + dispatch 1.0.
-    assert liveness_bound_s(1.0, 0.7) == pytest.approx(4.9)
+    assert liveness_bound_s(1.0, 0.7, margin_s=1.0) == pytest.approx(4.9)
     # Graceful stop: one interval + walk + dispatch; handoff: walk + two dispatches.
-    assert liveness_bound_s(1.0, 0.7, Recovery.GRACEFUL) == pytest.approx(2.7)
-    assert liveness_bound_s(1.0, 0.7, Recovery.HANDOFF) == pytest.approx(2.7)
+    assert liveness_bound_s(1.0, 0.7, Recovery.GRACEFUL, margin_s=1.0) == pytest.approx(2.7)
+    assert liveness_bound_s(1.0, 0.7, Recovery.HANDOFF, margin_s=1.0) == pytest.approx(2.7)
     # A failed promotion: the crash's bound, then the failed walk once more and the margin.
-    assert liveness_bound_s(1.0, 0.7, Recovery.FAILED_PROMOTION) == pytest.approx(4.9 + 1.7)
+    assert liveness_bound_s(1.0, 0.7, Recovery.FAILED_PROMOTION, margin_s=1.0) == pytest.approx(4.9 + 1.7)
     # Detection scales with the interval, the walk is added once; every further host may be a
     # dead standby ahead of the winner; with two hosts nobody is.
-    assert liveness_bound_s(15.0, 0.7) == pytest.approx(2.35 * 15 + 0.1 + 0.7 + 1.0)
-    assert liveness_bound_s(1.0, 0.7, hosts=5) == pytest.approx(6.9)
-    assert liveness_bound_s(1.0, 0.7, hosts=2) == pytest.approx(3.9)
+    assert liveness_bound_s(15.0, 0.7, margin_s=1.0) == pytest.approx(2.35 * 15 + 0.1 + 0.7 + 1.0)
+    assert liveness_bound_s(1.0, 0.7, hosts=5, margin_s=1.0) == pytest.approx(6.9)
+    assert liveness_bound_s(1.0, 0.7, hosts=2, margin_s=1.0) == pytest.approx(3.9)
     # Redis back: next look 1 + holder's head start 1 + one standby's 1 + the vacancy's wait
     # 2.1 + walk + dispatch.
-    assert liveness_bound_s(1.0, 0.7, Recovery.REDIS_BACK) == pytest.approx(6.8)
+    assert liveness_bound_s(1.0, 0.7, Recovery.REDIS_BACK, margin_s=1.0) == pytest.approx(6.8)
 
 
 def test_a_gap_within_the_bound_passes_and_is_measured() -> None:
@@ -241,6 +249,7 @@ def test_stretches_and_blame_are_plain_interval_arithmetic() -> None:
 
 
 def test_a_handoff_whose_target_dies_is_held_to_the_handoff_and_then_a_crash() -> None:
-    handoff = liveness_bound_s(1.0, 0.7, Recovery.HANDOFF)
-    crash = liveness_bound_s(1.0, 0.7, Recovery.CRASH)
-    assert liveness_bound_s(1.0, 0.7, Recovery.HANDOFF_TARGET_LOST) == pytest.approx(handoff + crash)
+    handoff = liveness_bound_s(1.0, 0.7, Recovery.HANDOFF, margin_s=1.0)
+    crash = liveness_bound_s(1.0, 0.7, Recovery.CRASH, margin_s=1.0)
+    lost = liveness_bound_s(1.0, 0.7, Recovery.HANDOFF_TARGET_LOST, margin_s=1.0)
+    assert lost == pytest.approx(handoff + crash)
