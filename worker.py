@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.catalog import CatalogActivities
 from activities.failsafe import FailsafeCalls
@@ -191,6 +191,16 @@ async def run_worker(
                 # perseus.timing.STICKY_TIMEOUT_S (which says why that figure) unless a benchmark
                 # set PERSEUS_STICKY_TIMEOUT to compare another.
                 sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.sticky_timeout),
+                # No sandbox: a worker that takes over a dead worker's workflows replays each whole
+                # history first, and under the sandbox that took twice as long on an idle machine and
+                # five times as long on a busy one (a 245-event golden history: 79 ms against 37 ms;
+                # 208 ms against 44 ms beside a test suite), which a handoff right after the kill
+                # waits for twice (docs/benchmarks.md, "Killed workflow worker: replay without the
+                # sandbox"). What the sandbox guarded stays guarded: the workflow and core sources
+                # are checked for clocks, randomness and OS access (tests/unit/
+                # test_import_fences.py), the drivers cannot be imported from them, and every golden
+                # history replays under the sandbox in the tests (tests/unit/test_replay.py).
+                workflow_runner=UnsandboxedWorkflowRunner(),
             )
         )
     try:
