@@ -289,7 +289,7 @@ async def start_temporal(
 ) -> Service:
     """The Temporal CLI dev server on a SQLite file (history survives restarts); no UI if ui_port is
     None; ``port=None``: on a free port (:func:`on_free_port`). ``dynamic_config``: settings instead
-    of :data:`TEMPORAL_DYNAMIC_CONFIG`'s of the same name (a test's baseline)."""
+    of :data:`TEMPORAL_DYNAMIC_CONFIG`'s of the same name (a benchmark's baseline: `--temporal-config`)."""
     if port is None:
         return await on_free_port(
             lambda free: start_temporal(
