@@ -308,17 +308,26 @@ class Cluster:
     async def standby_record(self, host: str) -> StandbyRecord | None:
         return next((r for r in await self.store.standbys(self.ex_id) if r.host == host), None)
 
-    async def best_standby(self, not_host: object, timeout: float = 30) -> str:
+    async def best_standby(
+        self, not_host: object, timeout: float = 30, *, workflow_running: bool = False
+    ) -> str:
         """The live standby a crash of ``not_host`` promotes first (the highest priority). Waited
         for: right after Redis came back empty, the standbys' records are written again only once
-        their watches have seen them gone (a few seconds), and healing does not wait for that."""
+        their watches have seen them gone (a few seconds), and healing does not wait for that.
+
+        ``workflow_running``: its workflow must run too (a handoff's target). A running workflow
+        alone proves nothing: a holder whose worker was killed runs on until its restarted worker
+        tells it, then ends (lost) — a handoff's target picked that way was shut down under the
+        suite's feet (a CI run)."""
         ranked = sorted(
             (h for h in self.hosts if h != not_host), key=lambda h: -PRIORITY[self.hosts.index(h)]
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for host in ranked:
-                if await self.standby_record(host) is not None:
+                if await self.standby_record(host) is not None and (
+                    not workflow_running or await self.running(host)
+                ):
                     return host
             await asyncio.sleep(0.25)
         raise AssertionError(f"no standby visible within {timeout}s")
@@ -359,19 +368,6 @@ class Cluster:
         proc = self.workers[str(host)]
         self.stack.killed[proc.proc.pid] = time.monotonic()
         proc.signal(signal.SIGKILL)
-
-    async def standby_host(self, not_host: object, timeout: float = 30) -> str:
-        """A host other than ``not_host`` whose instance is a standby now: its workflow runs and
-        its standby record is live. A running workflow alone proves nothing: a holder whose worker
-        was killed runs on until its restarted worker tells it, then ends (lost) — a handoff's
-        target picked that way was shut down under the suite's feet (a CI run)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for host in (h for h in self.hosts if h != not_host):
-                if await self.standby_record(host) is not None and await self.running(host):
-                    return host
-            await asyncio.sleep(0.25)
-        raise AssertionError(f"no standby visible within {timeout}s")
 
     async def running(self, host: str) -> bool:
         assert self.client
@@ -599,7 +595,7 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
         async def handoff_target_killed() -> None:
             doc = await cluster.wait_active()
             assert cluster.client
-            target = await cluster.standby_host(doc["hostname"])
+            target = await cluster.best_standby(doc["hostname"], workflow_running=True)
             attempt = asyncio.ensure_future(
                 control.handoff(
                     cluster.client,
@@ -621,7 +617,7 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
             assert cluster.client
             for _ in range(40):  # the previous fault may still be settling (e.g. a reclaim walking down)
                 doc = await cluster.wait_active()
-                target = await cluster.standby_host(doc["hostname"])
+                target = await cluster.best_standby(doc["hostname"], workflow_running=True)
                 try:
                     await control.handoff(
                         cluster.client,
@@ -665,7 +661,7 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
             assert cluster.client
             doc = await cluster.wait_active()
             active = str(doc["hostname"])
-            target = await cluster.standby_host(active)
+            target = await cluster.best_standby(active, workflow_running=True)
             await cluster.replace_standby(target, ConnectorSpec(warm=True, fail_steps=["warm_up"]))
             for _ in range(200):
                 record = await cluster.standby_record(target)
