@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ from temporalio import activity
 
 from activities.edge import edge
 from perseus import metrics
+from perseus.core.decisions import held_back_by_handoff
 from perseus.core.pause import paused_for_ms, refuses_claim
 from perseus.errors import ConfigError, ServiceUnavailable
 from perseus.keys import retention_min_id
@@ -74,23 +76,43 @@ async def take_claim(store: RedisStore, catalog: Catalog, req: ClaimRequest) -> 
     status = req.status
     if status.instance_id is None or status.ttl_ms is None:
         raise ConfigError("a claim's status record needs its instanceId and ttlMs")
-    if req.automatic:
-        # Read apart from the claim (the two keys may live on different cluster nodes): a pause
-        # set in the instant between is honoured from the standby's next look on.
-        pause, pttl = await store.pause(status.exchange_id)
-        left = paused_for_ms(pttl)
-        if refuses_claim(paused=left is not None, automatic=True):
-            until = f" until {pause.until}" if pause is not None else ""
-            by = f" by {pause.actor}" if pause is not None and pause.actor else ""
-            message = f"{status.exchange_name} is paused{until}{by}: no automatic takeover"
-            log.info("%s: claim by %s refused: %s", status.exchange_name, status.hostname, message)
-            return ClaimResult(
-                claimed=False,
-                epoch=req.highest_epoch,
-                message=message,
-                # Finite on the wire (JSON has no infinity): a key without a TTL, as the longest pause.
-                paused_ms=min(left or 0.0, MAX_PAUSE_S * 1000),
-            )
+    # Read apart from the claim (the keys may live on different cluster nodes): a pause set in the
+    # instant between is honoured from the standby's next look on; a handoff's reservation is set
+    # before its release deletes the key, so whoever saw that vacancy reads the reservation here.
+    gates = await store.claim_gates(status.exchange_id)
+    left = paused_for_ms(gates.pause_pttl_ms)
+    if refuses_claim(paused=left is not None, automatic=req.automatic):
+        pause = gates.pause
+        until = f" until {pause.until}" if pause is not None else ""
+        by = f" by {pause.actor}" if pause is not None and pause.actor else ""
+        message = f"{status.exchange_name} is paused{until}{by}: no automatic takeover"
+        log.info("%s: claim by %s refused: %s", status.exchange_name, status.hostname, message)
+        return ClaimResult(
+            claimed=False,
+            epoch=req.highest_epoch,
+            message=message,
+            # Finite on the wire (JSON has no infinity): a key without a TTL, as the longest pause.
+            paused_ms=min(left or 0.0, MAX_PAUSE_S * 1000),
+        )
+    handoff = gates.handoff
+    if held_back_by_handoff(
+        reserved_for=handoff.to_host if handoff is not None else None,
+        host=status.hostname,
+        automatic=req.automatic,
+        take_lapsed=req.take_lapsed,
+    ):
+        assert handoff is not None
+        message = (
+            f"{status.exchange_name} was handed over to {handoff.to_host} by {handoff.from_host}: "
+            "its claim goes first"
+        )
+        log.info("%s: claim by %s held back: %s", status.exchange_name, status.hostname, message)
+        return ClaimResult(
+            claimed=False,
+            epoch=req.highest_epoch,
+            message=message,
+            held_back_ms=max(0, gates.handoff_pttl_ms),
+        )
     # The floor is the workflow's memory and PostgreSQL's durable high-water mark: after Redis
     # lost its data, even a newly registered instance claims above every epoch ever used.
     floor = max(req.highest_epoch, await catalog.epoch_floor(status.exchange_id))
@@ -100,6 +122,12 @@ async def take_claim(store: RedisStore, catalog: Catalog, req: ClaimRequest) -> 
     with span("redis claim", exchange=status.exchange_name, host=status.hostname, epoch=epoch) as current:
         reply = await store.claim(status.exchange_id, payload, status.ttl_ms, take_lapsed_after=over)
         current.set_attribute("outcome", reply.outcome)
+    if reply.outcome in ("claimed", "taken") and gates.handoff_raw is not None:
+        # Whoever claims ends the reservation: the target that was handed the exchange, or the
+        # handing-over side taking it back. Left to its TTL, it would hold back the race for a
+        # vacancy that the new holder leaves soon after (a graceful stop right after a handoff).
+        with contextlib.suppress(ServiceUnavailable):  # it expires by itself
+            await store.drop_handoff(status.exchange_id, gates.handoff_raw)
     if reply.outcome == "claimed":
         await catalog.raise_epoch(status.exchange_id, epoch)
         return ClaimResult(claimed=True, epoch=epoch)
@@ -165,10 +193,17 @@ class RegistryActivities:
     @activity.defn(name="release_claim")
     @edge
     async def release_claim(self, req: ReleaseRequest) -> PatchResult:
-        """Delete the status key if it is still ours."""
+        """Delete the status key if it is still ours; a handoff's release reserves the exchange for
+        its target first (``req.reserve``), so that no standby sees the vacancy without it."""
+        if req.reserve is not None:
+            await self._store.reserve_handoff(req.exchange_id, req.reserve, req.reserve_ms)
         reply = await self._store.fenced(
             req.exchange_id, req.claim.instance_id, req.claim.epoch, mode="delete"
         )
+        if req.reserve is not None and reply.outcome == "fenced":
+            # Someone else's now (lost meanwhile): nothing to hand over, and nobody should wait.
+            # A key already gone ("missing") keeps the reservation: a retry after our own delete.
+            await self._store.drop_handoff(req.exchange_id, req.reserve.model_dump_json(by_alias=True))
         return PatchResult(
             applied=reply.outcome == "ok", reason=None if reply.outcome == "ok" else reply.outcome
         )

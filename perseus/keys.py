@@ -50,6 +50,13 @@ def pause_key(exchange_id: int) -> str:
     return f"exchange:{exchange_id}:pause"
 
 
+def handoff_key(exchange_id: int) -> str:
+    """A planned handoff's reservation (perseus.core.decisions.held_back_by_handoff): the host the
+    exchange was just handed to, set before the release and expiring by itself; only Perseus reads
+    it (a Livermore v6 standby races for the vacancy as it always did)."""
+    return f"exchange:{exchange_id}:handoff"
+
+
 #: Live host workers: a sorted set of ``{host}|{worker id}`` scored by when each record expires (ms).
 WORKERS_INDEX = "perseus:workers"
 

@@ -577,6 +577,9 @@ class ClaimResult(BaseModel):
     took_over: str | None = None
     #: Refused because the exchange is paused: for how many more milliseconds (``core.pause``).
     paused_ms: float | None = None
+    #: Refused because the exchange was handed to another host: for how many more milliseconds
+    #: (``decisions.held_back_by_handoff``).
+    held_back_ms: float | None = None
 
 
 class StatusPatch(BaseModel):
@@ -592,9 +595,22 @@ class PatchResult(BaseModel):
     reason: str | None = None
 
 
+class HandoffReservation(Wire):
+    """The JSON at ``exchange:{id}:handoff``: the exchange was released to ``to_host`` by
+    ``from_host`` (which held it at ``epoch``); the key's TTL is how long the others hold back."""
+
+    to_host: str
+    from_host: str
+    epoch: int
+
+
 class ReleaseRequest(BaseModel):
     exchange_id: int
     claim: Claim
+    #: A handoff's release: the exchange is reserved for its target this long before the claim is
+    #: deleted (``decisions.held_back_by_handoff``). None: a plain release, anyone may race.
+    reserve: HandoffReservation | None = None
+    reserve_ms: int = 0
 
 
 class EventRequest(BaseModel):

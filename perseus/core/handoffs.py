@@ -134,7 +134,9 @@ class Handoffs:
         assert old_claim
         old_epoch = old_claim.epoch
         yield from self.leases.cancel()
-        yield from self.leases.release()
+        # Reserved for the target: a standby above it in priority must not take the vacancy while
+        # the target's claim is on its way (its workflow may be replaying on a new worker).
+        yield from self.leases.release(to_host=target.host)
         released_at = self.ctx.clock.now()
         # To a warm target, the signal goes first: nobody is active until it is, so the takeover
         # event is written while it activates rather than before.

@@ -26,6 +26,7 @@ from perseus.core.actions import (
     tolerated,
 )
 from perseus.core.context import Context
+from perseus.core.decisions import handoff_reservation_s
 from perseus.core.host import Host
 from perseus.core.state import LeaseState, Refusal
 from perseus.errors import ClaimConflict, ServiceUnavailable, StepFailed
@@ -36,6 +37,7 @@ from perseus.models import (
     ClaimRequest,
     ClaimResult,
     EventKind,
+    HandoffReservation,
     HostClaimRequest,
     InstanceStatus,
     LeaseRequest,
@@ -224,15 +226,27 @@ class Leases:
         self._update(leasing=False)
         return (yield TakeLease())
 
-    def release(self) -> Answer[bool]:
-        """Delete our status key (fenced); True if it was ours and is gone."""
+    def release(self, *, to_host: str | None = None) -> Answer[bool]:
+        """Delete our status key (fenced); True if it was ours and is gone. ``to_host``: a handoff's
+        release, which first reserves the exchange for its target (``decisions.held_back_by_handoff``)."""
         claim = self.st.claim
         if claim is None or self.ctx.identity.resolved is None:
             return False
+        reserve = (
+            HandoffReservation(to_host=to_host, from_host=self.ctx.inp.host, epoch=claim.epoch)
+            if to_host is not None
+            else None
+        )
+        reserve_s = handoff_reservation_s(self.ctx.inp.heartbeat_interval_s) if reserve is not None else 0.0
         result: PatchResult | None = yield from tolerated(
             Call(
                 Activity.RELEASE_CLAIM,
-                ReleaseRequest(exchange_id=self.ctx.resolved.exchange.id, claim=claim),
+                ReleaseRequest(
+                    exchange_id=self.ctx.resolved.exchange.id,
+                    claim=claim,
+                    reserve=reserve,
+                    reserve_ms=round(reserve_s * 1000),
+                ),
                 start_to_close_s=STEP_TIMEOUT_S,
                 retry=Retry.DURABLE,
                 summary="release claim",

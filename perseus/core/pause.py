@@ -73,10 +73,12 @@ def in_force(until: float | None, now: float) -> bool:
     return until is not None and now < until
 
 
-def watch_ends(*, vacant: bool, holder_silent: bool, paused: bool) -> bool:
+def watch_ends(*, vacant: bool, holder_silent: bool, paused: bool, handed_elsewhere: bool = False) -> bool:
     """A standby's watch ends (and its workflow races for the exchange) when the exchange is vacant
-    or its holder went silent — unless the exchange is paused: then it keeps watching (invariant 1)."""
-    return (vacant or holder_silent) and not paused
+    or its holder went silent — unless the exchange is paused: then it keeps watching (invariant 1).
+    A vacancy a handoff left for another host (``handed_elsewhere``: its reservation stands) is not
+    one to race for (``decisions.held_back_by_handoff``); a silent holder still is."""
+    return ((vacant and not handed_elsewhere) or holder_silent) and not paused
 
 
 def steps_aside(*, standbys: bool, paused: bool) -> bool:

@@ -261,6 +261,9 @@ class WatchedStandby(_Loop):
     #: Monotonic time at which the exchange's pause, as last read, ends (None: not paused). Kept
     #: through a Redis outage: a pause is honoured until its deadline even when it cannot be re-read.
     paused_until: float | None = None
+    #: The host a handoff under way reserved the exchange for, as the last renewal read it (None:
+    #: no handoff): a vacancy left for another host is not this standby's to race for.
+    handed_to: str | None = None
 
     @property
     def paused(self) -> bool:
@@ -269,7 +272,14 @@ class WatchedStandby(_Loop):
     @property
     def wakes(self) -> bool:
         """Whether the watch ends for its workflow to race for the exchange (``core.pause``)."""
-        return watch_ends(vacant=self.vacant, holder_silent=self.holder_silent, paused=self.paused)
+        req = self.request
+        elsewhere = self.handed_to is not None and (req is None or self.handed_to != req.record.host)
+        return watch_ends(
+            vacant=self.vacant,
+            holder_silent=self.holder_silent,
+            paused=self.paused,
+            handed_elsewhere=elsewhere,
+        )
 
     @property
     def after_outage(self) -> bool:
@@ -964,7 +974,7 @@ class LeaseKeeper:
                         watched.warm_lost = True  # the beat below wakes the watch activity
                     watched.warm_seen = ready
                 renewed = record.model_copy(update=update)
-                present, holder, paused_ms = await asyncio.wait_for(
+                present, holder, paused_ms, handoff = await asyncio.wait_for(
                     self._store.renew_standby(
                         record.exchange_id,
                         record.instance_id,
@@ -990,6 +1000,7 @@ class LeaseKeeper:
                     watched.beat.pulse()
                     return
                 self._saw_pause(watched, paused_ms)
+                self._saw_handoff(watched, handoff.to_host if handoff is not None else None)
                 self._saw(watched, holder)
             watched.beat.pulse()
             if await self._orphaned(watched):
@@ -1020,6 +1031,19 @@ class LeaseKeeper:
                 log.info(
                     "standby %s: %s resumed; watching for a vacancy again", watched.workflow_id, exchange
                 )
+
+    @staticmethod
+    def _saw_handoff(watched: WatchedStandby, to_host: str | None) -> None:
+        """What the handoff key says: the exchange is being handed to ``to_host`` (None: no handoff)."""
+        if to_host != watched.handed_to and to_host is not None and watched.request is not None:
+            if to_host != watched.request.record.host:
+                log.info(
+                    "standby %s: %s is being handed over to %s; leaving the vacancy to it",
+                    watched.workflow_id,
+                    watched.request.record.exchange_name,
+                    to_host,
+                )
+        watched.handed_to = to_host
 
     def note_pause(self, workflow_id: str, paused_ms: float) -> None:
         """A claim of this standby was refused for a pause its watch had not read yet: honour it now."""

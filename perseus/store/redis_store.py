@@ -37,6 +37,7 @@ from perseus.host.workers import WorkerRecord
 from perseus.keys import (
     WORKERS_INDEX,
     epoch_key,
+    handoff_key,
     pause_key,
     standby_index_key,
     standby_key,
@@ -44,7 +45,7 @@ from perseus.keys import (
     stream_key,
     worker_key,
 )
-from perseus.models import InstanceStatus, PauseRecord, StandbyRecord
+from perseus.models import HandoffReservation, InstanceStatus, PauseRecord, StandbyRecord
 from perseus.store.redis_url import is_sentinel_url, parse_sentinel_url
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "is_cluster_url",
     "is_sentinel_url",
     "SentinelRedis",
+    "ClaimGates",
     "ClaimReply",
     "FenceReply",
     "StatusRead",
@@ -455,6 +457,32 @@ def parse_pause(raw: str | None) -> PauseRecord | None:
         return PauseRecord.model_validate_json(raw)
     except ValidationError:
         return None
+
+
+def parse_handoff(raw: str | None) -> HandoffReservation | None:
+    """A handoff's reservation, or None (no key, or one no Perseus wrote: it reserves for nobody,
+    so that a stray key can never hold a vacancy back)."""
+    if raw is None:
+        return None
+    try:
+        return HandoffReservation.model_validate_json(raw)
+    except ValidationError:
+        return None
+
+
+@dataclass(frozen=True)
+class ClaimGates:
+    """What may refuse an automatic claim, read in one round trip: the pause and a handoff's
+    reservation (each key's raw value as read, and its PTTL: -2 none, -1 no TTL)."""
+
+    pause: PauseRecord | None
+    pause_pttl_ms: int
+    handoff_raw: str | None
+    handoff_pttl_ms: int
+
+    @property
+    def handoff(self) -> HandoffReservation | None:
+        return parse_handoff(self.handoff_raw)
 
 
 def _malformed(exc: ValidationError) -> str:
@@ -1005,12 +1033,14 @@ class RedisStore:
         priority: int,
         *,
         create: bool,
-    ) -> tuple[bool, HolderEpoch, int]:
-        """Renew a standby's record and read the exchange's status key and pause, in one round trip.
+    ) -> tuple[bool, HolderEpoch, int, HandoffReservation | None]:
+        """Renew a standby's record and read the exchange's status key, pause and handoff
+        reservation, in one round trip.
 
         Without ``create`` the record is only renewed if it still exists (``SET … XX``): a record its
         workflow dropped stays dropped. Returns whether the record is there, and whether anyone holds
-        the exchange, at which epoch and for how much longer, and the pause key's PTTL (-2: none).
+        the exchange, at which epoch and for how much longer, the pause key's PTTL (-2: none), and
+        the reservation of a handoff under way (None: none).
         """
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.set(standby_key(exchange_id, instance_id), json.dumps(payload), px=ttl_ms, xx=not create)
@@ -1018,8 +1048,9 @@ class RedisStore:
             pipe.get(status_key(exchange_id))
             pipe.pttl(status_key(exchange_id))
             pipe.pttl(pause_key(exchange_id))
-            written, _, raw, pttl, paused_ms = await self._run(pipe.execute())
-        return bool(written), HolderEpoch.parse(raw, pttl), int(paused_ms)
+            pipe.get(handoff_key(exchange_id))
+            written, _, raw, pttl, paused_ms, handoff = await self._run(pipe.execute())
+        return bool(written), HolderEpoch.parse(raw, pttl), int(paused_ms), parse_handoff(handoff)
 
     async def holder(self, exchange_id: int) -> HolderEpoch:
         """Who holds the exchange, at which epoch and for how much longer: a standby's extra look at
@@ -1106,6 +1137,28 @@ class RedisStore:
             pipe.pttl(pause_key(exchange_id))
             raw, pttl = await self._run(pipe.execute())
         return parse_pause(raw), int(pttl)
+
+    async def claim_gates(self, exchange_id: int) -> ClaimGates:
+        """The pause and the handoff reservation of an exchange, in one round trip (the keys may
+        live on different cluster nodes: the pipeline sends each its reads)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.get(pause_key(exchange_id))
+            pipe.pttl(pause_key(exchange_id))
+            pipe.get(handoff_key(exchange_id))
+            pipe.pttl(handoff_key(exchange_id))
+            pause_raw, pause_pttl, handoff_raw, handoff_pttl = await self._run(pipe.execute())
+        return ClaimGates(parse_pause(pause_raw), int(pause_pttl), handoff_raw, int(handoff_pttl))
+
+    # --- a planned handoff's reservation ---------------------------------------------------------
+
+    async def reserve_handoff(self, exchange_id: int, reservation: HandoffReservation, ttl_ms: int) -> None:
+        """Reserve the exchange for a handoff's target for ``ttl_ms`` (set before the release)."""
+        value = reservation.model_dump_json(by_alias=True)
+        await self._run(self.client.set(handoff_key(exchange_id), value, px=ttl_ms))
+
+    async def drop_handoff(self, exchange_id: int, raw: str) -> bool:
+        """End the reservation read as ``raw``, unless another handoff has reserved it since."""
+        return await self.drop_marker(handoff_key(exchange_id), raw)
 
     async def set_pause(self, exchange_id: int, record: PauseRecord, ttl_ms: int) -> None:
         """Pause (or re-pause) the exchange until the key expires ``ttl_ms`` from now."""

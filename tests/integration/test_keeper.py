@@ -22,12 +22,13 @@ from perseus.errors import ClaimLost, ClaimMissing, ConnectorFailed, RenewDeadli
 from perseus.host import keeper as keeper_module
 from perseus.host.grid import Renewal
 from perseus.host.keeper import HeldClaim, LeaseKeeper, WatchedStandby
-from perseus.keys import status_key
+from perseus.keys import handoff_key, status_key
 from perseus.models import (
     Claim,
     ConnectorFailure,
     ConnectorRequest,
     ConnectorSpec,
+    HandoffReservation,
     LeaseRequest,
     PauseRecord,
     StandbyLeaseRequest,
@@ -558,6 +559,28 @@ async def test_a_paused_watch_keeps_watching_a_vacancy_until_the_pause_ends(stor
         # A claim refused for a pause this watch has not read yet holds it back at once.
         keeper.note_pause(req.record.workflow_id, 60_000)
         assert watched.paused and not watched.wakes
+    finally:
+        await keeper.close()
+
+
+async def test_a_vacancy_handed_to_another_host_does_not_wake_the_watch(store: RedisStore) -> None:
+    """A handoff's reservation, read with each renewal, leaves the vacancy to its target: the
+    watch of another host's standby keeps watching until it ends; the target's own watch wakes."""
+    exchange_id = 900_000 + uuid.uuid4().int % 100_000
+    elsewhere = HandoffReservation(to_host="other", from_host="old", epoch=3)
+    await store.reserve_handoff(exchange_id, elsewhere, 60_000)
+    req = standby_request(exchange_id)  # host "h"
+    keeper = LeaseKeeper(store, ConnectorHost())
+    try:
+        watched = keeper.watch(req)
+        await until(lambda: watched.vacant and watched.handed_to == "other")  # nobody holds it
+        assert not watched.wakes and watched.ended is None
+        await store.reserve_handoff(exchange_id, elsewhere.model_copy(update={"to_host": "h"}), 60_000)
+        await until(lambda: watched.wakes)  # handed to this host: its own race
+        await store.reserve_handoff(exchange_id, elsewhere, 60_000)
+        await until(lambda: not watched.wakes)
+        await store.client.delete(handoff_key(exchange_id))  # ended (claimed, or expired)
+        await until(lambda: watched.wakes)
     finally:
         await keeper.close()
 

@@ -342,6 +342,72 @@ async def test_handoff_whose_target_dies_after_claiming_is_taken_back_from_redis
     await control.command(client, exchange=exchange, host=a, default_host=a, command=Command.SHUTDOWN)
 
 
+async def test_a_handoff_to_a_lower_standby_whose_host_is_slow_is_not_taken_by_the_best_one(
+    servers: Servers,
+    shared_worker: str,
+    client: Client,
+    store: RedisStore,
+    exchange: str,
+    worker_processes: list[WorkerProcess],
+) -> None:
+    """A handoff names its target, and the other standbys hold back while it claims.
+
+    The target is the lower of two standbys, and its host answers late (its worker is stopped for
+    longer than an interval right after the old connector stopped): the best standby's watch sees
+    the vacancy meanwhile and has nobody ahead of it to yield to. It must leave the exchange to the
+    target, whose claim comes once its host answers again; the exchange is not left to the first
+    standby that looks."""
+    interval = 1.0
+    a, best, target = hosts(3, "hr")
+    procs = await start_workers(servers, worker_processes, *[a, best, target])
+    ex_id = await exchange_id(servers, exchange)
+    for host, priority in ((a, 0), (best, 5), (target, 1)):
+        await control.register(
+            client,
+            exchange=exchange,
+            host=host,
+            admin_email=None,
+            heartbeat_interval_s=interval,
+            start=host == a,
+            standby=host != a,
+            priority=priority,
+        )
+    await wait_for(lambda: active_on(store, ex_id, a))
+
+    async def both_visible() -> bool:
+        return {r.host for r in await store.standbys(ex_id)} == {best, target}
+
+    await wait_for(both_visible)
+    attempt = asyncio.ensure_future(
+        control.handoff(
+            client, exchange=exchange, to_host=target, from_host=a, default_host=a, shutdown=False
+        )
+    )
+
+    async def notified() -> bool:
+        return any(
+            e["event"] == "handoff" and e.get("detail", "").startswith("notify")
+            for e in await events(store, exchange)
+        )
+
+    await wait_for(notified)
+    slow = procs[2]
+    slow.signal(signal.SIGSTOP)
+    try:
+        # Past the best standby's next look at the key (within an interval of the release).
+        await asyncio.sleep(1.6 * interval)
+    finally:
+        slow.signal(signal.SIGCONT)
+    result = await attempt
+    assert target in (result.detail or ""), result
+    doc = await wait_for(lambda: active_on(store, ex_id, target), timeout=30)
+    promoted = [e["hostname"] for e in await events(store, exchange) if e["event"] == "promoted"]
+    assert promoted == [target], promoted  # the best standby never held it
+    assert doc["hostname"] == target
+    for h in (target, a, best):
+        await control.command(client, exchange=exchange, host=h, default_host=h, command=Command.SHUTDOWN)
+
+
 async def test_a_restarted_standby_host_watches_again_without_waiting_for_a_timeout(
     servers: Servers,
     shared_worker: str,

@@ -531,6 +531,46 @@ def test_an_empty_key_is_the_target_gone_only_after_the_claim_over_line_and_the_
     assert late.lost is not None and "holds no claim" in late.lost and not late.take_lapsed
 
 
+@pytest.mark.parametrize("interval", [0.5, 1.0, 2.0, 15.0])
+def test_the_others_hold_back_exactly_as_long_as_the_handing_over_side_waits(interval: float) -> None:
+    """The reservation ends when the handing-over side gives up on its target and takes the
+    exchange back: the standbys never hold back longer than that wait."""
+    reserved = decisions.handoff_reservation_s(interval)
+    assert reserved == max(timing.claim_over_s(interval), timing.HANDOFF_CLAIM_FLOOR_S)
+    before = decisions.handoff_target_look(
+        holder=None, renewed_ms_ago=None, target_host="b", since_release_s=reserved, interval_s=interval
+    )
+    after = decisions.handoff_target_look(
+        holder=None,
+        renewed_ms_ago=None,
+        target_host="b",
+        since_release_s=reserved + 0.01,
+        interval_s=interval,
+    )
+    assert before.lost is None and after.lost is not None
+
+
+@pytest.mark.parametrize(
+    ("reserved_for", "host", "automatic", "take_lapsed", "held_back"),
+    [
+        ("c", "b", True, False, True),  # another host's race for the vacancy waits
+        ("c", "c", True, False, False),  # the target's own race does not
+        ("c", "b", False, False, False),  # an operator's start, or the handing-over side's take-back
+        ("c", "b", True, True, False),  # a claim over a silent holder (the target, once it claimed)
+        (None, "b", True, False, False),  # no handoff under way
+    ],
+)
+def test_who_a_handoff_reservation_holds_back(
+    reserved_for: str | None, host: str, automatic: bool, take_lapsed: bool, held_back: bool
+) -> None:
+    assert (
+        decisions.held_back_by_handoff(
+            reserved_for=reserved_for, host=host, automatic=automatic, take_lapsed=take_lapsed
+        )
+        is held_back
+    )
+
+
 def test_a_key_that_vanished_after_the_target_was_seen_holding_it_is_the_target_gone() -> None:
     look = decisions.handoff_target_look(
         holder=None,

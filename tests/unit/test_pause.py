@@ -70,6 +70,15 @@ def test_a_paused_watch_never_ends_for_a_vacancy(vacant: bool, silent: bool, pau
         assert ends == (vacant or silent)  # exactly today's rule
 
 
+@pytest.mark.parametrize(("vacant", "silent", "paused"), list(itertools.product([False, True], repeat=3)))
+def test_a_vacancy_handed_to_another_host_never_ends_the_watch(
+    vacant: bool, silent: bool, paused: bool
+) -> None:
+    ends = watch_ends(vacant=vacant, holder_silent=silent, paused=paused, handed_elsewhere=True)
+    # Only a silent holder (a target that claimed and died) is still raced for, and not while paused.
+    assert ends == (silent and not paused)
+
+
 @pytest.mark.parametrize(("paused", "automatic"), list(itertools.product([False, True], repeat=2)))
 def test_only_an_automatic_claim_is_refused_and_only_while_paused(paused: bool, automatic: bool) -> None:
     # An operator's start or handoff is never held back by a pause; a self-promotion always is.

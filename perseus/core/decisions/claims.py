@@ -164,6 +164,28 @@ class HandoffLook:
     act_after_s: float = 0.0
 
 
+def handoff_reservation_s(interval_s: float) -> float:
+    """How long a handoff's target has to claim the exchange it was handed: the other standbys hold
+    back from the vacancy that long (the release reserves it, ``exchange:{id}:handoff``), and the
+    handing-over side, which waits as long, then takes the exchange back. The claim-over line, so
+    that a target is never judged slower than a dead holder would be, and at least
+    :data:`~perseus.timing.HANDOFF_CLAIM_FLOOR_S`."""
+    return max(claim_over_s(interval_s), HANDOFF_CLAIM_FLOOR_S)
+
+
+def held_back_by_handoff(*, reserved_for: str | None, host: str, automatic: bool, take_lapsed: bool) -> bool:
+    """Whether a claim from ``host`` is refused because the exchange was handed to another host
+    (``reserved_for``, None: no handoff under way).
+
+    Only an automatic race for the vacancy holds back: an operator's command goes ahead, as under a
+    pause, and so does a claim over a silent holder's key — once a target has claimed, its key is
+    judged like any holder's, and a reservation never delays the failover of a target that died.
+    Without this, a standby above the target in priority, which has nobody ahead of it to yield to,
+    takes the exchange whenever its watch looks before the target's claim arrives (a target whose
+    worker was just replaced replays its history first)."""
+    return reserved_for is not None and reserved_for != host and automatic and not take_lapsed
+
+
 def handoff_target_look(
     *,
     holder: str | None,
@@ -211,7 +233,7 @@ def handoff_target_look(
             look_again_s=0.0,
             act_after_s=act_after_vacancy_s(interval_s),
         )
-    wait_s = max(line_s, HANDOFF_CLAIM_FLOOR_S)
+    wait_s = handoff_reservation_s(interval_s)
     if since_release_s > wait_s:
         return HandoffLook(
             lost=f"{target_host} holds no claim {since_release_s:.1f}s after the release",

@@ -1,0 +1,131 @@
+"""A planned handoff's reservation against real Redis and PostgreSQL: the release reserves the
+exchange for its target before it deletes the claim, and until the target (or anyone) claims, or
+the reservation runs out, no other host's automatic race for the vacancy may take it. What an
+operator asks for, and a claim over a silent holder's key, go ahead."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from activities.registry import RegistryActivities, take_claim
+from perseus.core.lifecycle import State
+from perseus.keys import handoff_key, iso
+from perseus.models import Claim, ClaimRequest, HandoffReservation, InstanceStatus, ReleaseRequest
+from perseus.store import db
+from perseus.store.redis_store import RedisStore
+from tests.conftest import Servers, exchange_id
+
+pytestmark = pytest.mark.integration
+
+
+def record(ex_id: int, exchange: str, host: str) -> InstanceStatus:
+    now = iso(datetime.now(UTC))
+    return InstanceStatus(
+        exchange_id=ex_id,
+        exchange_name=exchange,
+        hostname=host,
+        connection_state=State.STARTING,
+        last_heartbeat=now,
+        last_state_change=now,
+        registered_at=now,
+        instance_id=f"i-{uuid.uuid4().hex[:8]}",
+        workflow_id=f"instance-{exchange}-{host}",
+        heartbeat_interval_ms=1000,
+        ttl_ms=30_000,
+    )
+
+
+async def claim(
+    store: RedisStore, catalog: db.Catalog, ex_id: int, exchange: str, host: str, **how: bool
+) -> tuple[bool, str | None, float | None]:
+    result = await take_claim(
+        store, catalog, ClaimRequest(status=record(ex_id, exchange, host), highest_epoch=0, **how)
+    )
+    return result.claimed, result.message, result.held_back_ms
+
+
+async def handed_over(store: RedisStore, catalog: db.Catalog, ex_id: int, exchange: str, to: str) -> None:
+    """``a`` holds the exchange and hands it to ``to``: its release reserves it first."""
+    status = record(ex_id, exchange, "a")
+    won = await take_claim(store, catalog, ClaimRequest(status=status, highest_epoch=0))
+    assert won.claimed
+    held = Claim(instance_id=str(status.instance_id), epoch=won.epoch)
+    registry = RegistryActivities(store, catalog, notifications=False)
+    reserve = HandoffReservation(to_host=to, from_host="a", epoch=won.epoch)
+    released = await registry.release_claim(
+        ReleaseRequest(exchange_id=ex_id, claim=held, reserve=reserve, reserve_ms=30_000)
+    )
+    assert released.applied
+    assert (await store.raw_status(ex_id))[0] is None
+
+
+async def test_a_handed_over_exchange_is_left_to_its_target(
+    servers: Servers, store: RedisStore, catalog: db.Catalog, exchange: str
+) -> None:
+    ex_id = await exchange_id(servers, exchange)
+    await handed_over(store, catalog, ex_id, exchange, to="c")
+    gates = await store.claim_gates(ex_id)
+    assert gates.handoff is not None and gates.handoff.to_host == "c" and 0 < gates.handoff_pttl_ms <= 30_000
+    # Another host's race for the vacancy is held back, with the reason and how long; nothing changes.
+    claimed, message, held_back_ms = await claim(store, catalog, ex_id, exchange, "b", automatic=True)
+    assert not claimed and held_back_ms is not None and 0 < held_back_ms <= 30_000
+    assert message == f"{exchange} was handed over to c by a: its claim goes first"
+    assert (await store.raw_status(ex_id))[0] is None
+    # The target's own race (its watch may look before the promote signal arrives) is not.
+    claimed, _, _ = await claim(store, catalog, ex_id, exchange, "c", automatic=True)
+    assert claimed
+    # Its claim ended the reservation: a vacancy it leaves later is anybody's again.
+    assert await store.client.get(handoff_key(ex_id)) is None
+
+
+async def test_a_claim_over_a_silent_holder_goes_ahead(
+    servers: Servers, store: RedisStore, catalog: db.Catalog, exchange: str
+) -> None:
+    ex_id = await exchange_id(servers, exchange)
+    await handed_over(store, catalog, ex_id, exchange, to="c")
+    # A standby whose watch saw a silent holder claims over: never delayed by a reservation.
+    claimed, _, _ = await claim(store, catalog, ex_id, exchange, "b", automatic=True, take_lapsed=True)
+    assert claimed
+    assert await store.client.get(handoff_key(ex_id)) is None
+
+
+async def test_what_an_operator_asks_for_goes_ahead(
+    servers: Servers, store: RedisStore, catalog: db.Catalog, exchange: str
+) -> None:
+    ex_id = await exchange_id(servers, exchange)
+    await handed_over(store, catalog, ex_id, exchange, to="c")
+    claimed, _, _ = await claim(store, catalog, ex_id, exchange, "b")  # a start, or the take-back
+    assert claimed
+    assert await store.client.get(handoff_key(ex_id)) is None
+
+
+async def test_a_reservation_ends_by_itself(
+    servers: Servers, store: RedisStore, catalog: db.Catalog, exchange: str
+) -> None:
+    ex_id = await exchange_id(servers, exchange)
+    await store.reserve_handoff(ex_id, HandoffReservation(to_host="c", from_host="a", epoch=1), 300)
+    assert not (await claim(store, catalog, ex_id, exchange, "b", automatic=True))[0]
+    await asyncio.sleep(0.4)
+    assert (await claim(store, catalog, ex_id, exchange, "b", automatic=True))[0]
+
+
+async def test_a_release_of_a_claim_lost_meanwhile_reserves_nothing(
+    servers: Servers, store: RedisStore, catalog: db.Catalog, exchange: str
+) -> None:
+    ex_id = await exchange_id(servers, exchange)
+    status = record(ex_id, exchange, "b")
+    won = await take_claim(store, catalog, ClaimRequest(status=status, highest_epoch=0))
+    assert won.claimed
+    stale = Claim(instance_id="i-gone", epoch=won.epoch - 1)  # a's claim, taken over by b meanwhile
+    registry = RegistryActivities(store, catalog, notifications=False)
+    reserve = HandoffReservation(to_host="c", from_host="a", epoch=stale.epoch)
+    released = await registry.release_claim(
+        ReleaseRequest(exchange_id=ex_id, claim=stale, reserve=reserve, reserve_ms=30_000)
+    )
+    assert not released.applied and released.reason == "fenced"
+    assert await store.client.get(handoff_key(ex_id)) is None
+    assert (await store.raw_status(ex_id))[0] is not None  # b's claim is untouched
