@@ -25,6 +25,7 @@ from pathlib import Path
 
 from perseus.core.decisions import (
     act_after_vacancy_s,
+    handoff_reservation_s,
     head_start_s,
     vacancy_delay,
 )
@@ -230,6 +231,9 @@ class Recovery(StrEnum):
     #: A crash whose best standby cannot start its connector: it claims, fails, releases and wakes
     #: the next one, which starts.
     FAILED_PROMOTION = "failed promotion"
+    #: A handoff whose target's host answers late: the exchange is reserved for it, and the
+    #: handing-over side takes it back if the target has not claimed when the reservation ends.
+    HANDOFF_LATE_TARGET = "handoff, target late"
 
 
 #: Seconds of Temporal round trips on the way to active, whatever the path: the claim activity
@@ -267,6 +271,9 @@ def liveness_bound_s(
     * graceful stop: the release wakes the best standby; missing that, its next look finds the
       vacancy within one interval (nobody else died: no head start); the walk and the margin;
     * handoff: the target is told directly: the walk and two margins (a signal, then its claim);
+    * handoff, target late: the release reserves the exchange for the target
+      (:func:`perseus.core.decisions.handoff_reservation_s`); it claims within that, or the handing-
+      over side takes the exchange back when it ends; the walk and the margin;
     * handoff, target lost: the handoff's bound (the old connector stopped, the target began its
       walk), then a crash's (the target may have claimed; another standby must see its key lapse);
     * failed promotion: a crash's bound, whose winner's walk fails; then that walk once more and
@@ -285,6 +292,8 @@ def liveness_bound_s(
         # whose task then claims — two workflow tasks in a row on a loaded machine (a planned
         # handoff measured 1.64 s beside four other test runs, against walk + one margin, 1.7 s).
         return walk_s + 2 * margin_s
+    if path is Recovery.HANDOFF_LATE_TARGET:
+        return handoff_reservation_s(interval_s) + walk_s + margin_s
     if path is Recovery.HANDOFF_TARGET_LOST:
         handoff = liveness_bound_s(interval_s, walk_s, Recovery.HANDOFF, hosts=hosts, margin_s=margin_s)
         return handoff + liveness_bound_s(interval_s, walk_s, Recovery.CRASH, hosts=hosts, margin_s=margin_s)

@@ -13,6 +13,7 @@ which worker processes were killed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import math
@@ -106,6 +107,7 @@ RECOVERY = {
     "SIGTERM active worker": Recovery.GRACEFUL,
     "promoted standby cannot start its connector": Recovery.FAILED_PROMOTION,
     "handoff to a standby that is not ready": Recovery.HANDOFF,
+    "handoff to a lower standby whose host is late": Recovery.HANDOFF_LATE_TARGET,
     "Redis paused past the TTL": Recovery.REDIS_BACK,
     "Redis restarted empty": Recovery.REDIS_BACK,
     "Redis frozen past the deadline while Temporal is frozen": Recovery.REDIS_BACK,
@@ -309,7 +311,7 @@ class Cluster:
         return next((r for r in await self.store.standbys(self.ex_id) if r.host == host), None)
 
     async def best_standby(
-        self, not_host: object, timeout: float = 30, *, workflow_running: bool = False
+        self, not_host: object, timeout: float = 30, *, workflow_running: bool = False, lowest: bool = False
     ) -> str:
         """The live standby a crash of ``not_host`` promotes first (the highest priority). Waited
         for: right after Redis came back empty, the standbys' records are written again only once
@@ -318,9 +320,10 @@ class Cluster:
         ``workflow_running``: its workflow must run too (a handoff's target). A running workflow
         alone proves nothing: a holder whose worker was killed runs on until its restarted worker
         tells it, then ends (lost) — a handoff's target picked that way was shut down under the
-        suite's feet (a CI run)."""
+        suite's feet (a CI run). ``lowest``: the live standby of the lowest priority instead."""
         ranked = sorted(
-            (h for h in self.hosts if h != not_host), key=lambda h: -PRIORITY[self.hosts.index(h)]
+            (h for h in self.hosts if h != not_host),
+            key=lambda h: PRIORITY[self.hosts.index(h)] * (1 if lowest else -1),
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -634,6 +637,58 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
                 return
             raise AssertionError("no settled moment for a planned handoff")
 
+        async def handoff_to_a_late_lower_standby() -> None:
+            """A handoff to the lower standby, whose host answers late: its worker is stopped for an
+            interval and a half right after the old connector stopped, so the best standby's watch
+            sees the vacancy meanwhile — with nobody ahead of it to yield to. The release reserved
+            the exchange for the target, which must be the one active afterwards."""
+            assert cluster.client
+            for _ in range(40):  # the previous fault may still be settling
+                doc = await cluster.wait_active()
+                active = str(doc["hostname"])
+                best = await cluster.best_standby(active, workflow_running=True)
+                target = await cluster.best_standby(active, workflow_running=True, lowest=True)
+                if target == best:  # one live standby only: an instance the last fault left lost
+                    await cluster.heal()  # is registered again
+                    await asyncio.sleep(0.25)
+                    continue
+                newest = await cluster.store.events(exchange, count=1)
+                after = stream_order(newest[0][0]) if newest else (0, 0)
+                attempt = asyncio.ensure_future(
+                    control.handoff(
+                        cluster.client,
+                        exchange=exchange,
+                        to_host=target,
+                        from_host=active,
+                        default_host=target,
+                        shutdown=False,
+                    )
+                )
+                notified = False
+                while not notified and not attempt.done():
+                    notified = any(
+                        stream_order(entry_id) > after
+                        and fields.get("event") == "handoff"
+                        and fields.get("detail", "").startswith(f"notify: handing over to {target}")
+                        for entry_id, fields in await cluster.store.events(exchange, count=10)
+                    )
+                    await asyncio.sleep(0.02)
+                if not notified:
+                    with contextlib.suppress(PerseusError):  # busy or settling: try again
+                        await attempt
+                    await asyncio.sleep(0.5)
+                    continue
+                late = cluster.workers[target]
+                late.signal(signal.SIGSTOP)
+                try:
+                    await asyncio.sleep(1.5 * INTERVAL)  # past the best standby's next look
+                finally:
+                    late.signal(signal.SIGCONT)
+                await attempt  # confirmed: the target claimed, and it is active
+                assert (await cluster.wait_active())["hostname"] == target
+                return
+            raise AssertionError("no settled moment for a handoff to the lower standby")
+
         async def promoted_cannot_start() -> None:
             """A claim is held only by an instance that runs its connector: the best standby's
             connector cannot connect, so its promotion releases and the next standby takes over."""
@@ -727,6 +782,7 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
             ("same host registered twice", same_host_twice, 13),
             ("handoff target killed midway", handoff_target_killed, 2),
             ("planned handoff", planned_handoff, 2),
+            ("handoff to a lower standby whose host is late", handoff_to_a_late_lower_standby, 2),
             ("promoted standby cannot start its connector", promoted_cannot_start, 3),
             ("handoff to a standby that is not ready", handoff_to_unready, 2),
             ("standby restarted while PostgreSQL is down", standby_restarted_while_postgres_is_down, 2),
