@@ -80,8 +80,8 @@ bench-tracing: install
 bench-failsafe: install
 	$(BIN)/python -m bench.failsafe_availability $(BENCH_ARGS)
 
-# The chaos suite's full plan: every fault kind as often as tests/chaos/test_chaos.py lists it (82
-# faults, ~8 min on a 2-core machine); `make test` runs each kind a third as often (32 faults).
+# The chaos suite's full plan: every fault kind as often as tests/chaos/test_chaos.py lists it (84
+# faults, ~8 min on a 2-core machine); `make test` runs each kind a third as often (33 faults).
 chaos: install
 	PERSEUS_CHAOS_FULL=1 $(BIN)/pytest -p no:cacheprovider tests/chaos -s
 
