@@ -33,6 +33,7 @@ BENIGN_WARNINGS = (
     "Activity not found on completion",
     "Cannot find activity to cancel",
     "error connecting in 'pool-",
+    "reconnection attempt in pool '",
 )
 
 #: Libraries that log every request at INFO: useful only when debugging.
