@@ -767,6 +767,8 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
             await asyncio.sleep(2 * INTERVAL)
             cluster.kill(active)
             after = await cluster.wait_active(not_host=active)
+            promoted = await cluster.promotion(str(after["hostname"]), str(after["epoch"]))
+            print(f"    promoted {promoted.get('timestamp')}: {promoted.get('detail')}")
             assert after["hostname"] == best, after
 
         # Four of the crashes are graceful stops instead: the same worker gone, by the other path
