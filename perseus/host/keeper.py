@@ -46,6 +46,7 @@ from perseus import metrics
 from perseus import version as release
 from perseus.core.decisions import failsafe as fs
 from perseus.core.decisions import (
+    held_back_by_handoff,
     lapses_in_s,
     past_renew_deadline,
     quick_retry_at,
@@ -272,14 +273,19 @@ class WatchedStandby(_Loop):
     @property
     def wakes(self) -> bool:
         """Whether the watch ends for its workflow to race for the exchange (``core.pause``)."""
-        req = self.request
-        elsewhere = self.handed_to is not None and (req is None or self.handed_to != req.record.host)
         return watch_ends(
             vacant=self.vacant,
             holder_silent=self.holder_silent,
             paused=self.paused,
-            handed_elsewhere=elsewhere,
+            handed_elsewhere=self.handed_elsewhere,
         )
+
+    @property
+    def handed_elsewhere(self) -> bool:
+        """A handoff reserved the exchange for another host: the claim step's own rule would hold
+        this standby's race for the vacancy back."""
+        host = self.request.record.host if self.request is not None else ""
+        return held_back_by_handoff(reserved_for=self.handed_to, host=host, automatic=True, take_lapsed=False)
 
     @property
     def after_outage(self) -> bool:
@@ -1035,15 +1041,14 @@ class LeaseKeeper:
     @staticmethod
     def _saw_handoff(watched: WatchedStandby, to_host: str | None) -> None:
         """What the handoff key says: the exchange is being handed to ``to_host`` (None: no handoff)."""
-        if to_host != watched.handed_to and to_host is not None and watched.request is not None:
-            if to_host != watched.request.record.host:
-                log.info(
-                    "standby %s: %s is being handed over to %s; leaving the vacancy to it",
-                    watched.workflow_id,
-                    watched.request.record.exchange_name,
-                    to_host,
-                )
-        watched.handed_to = to_host
+        was, watched.handed_to = watched.handed_to, to_host
+        if to_host != was and watched.handed_elsewhere and watched.request is not None:
+            log.info(
+                "standby %s: %s is being handed over to %s; leaving the vacancy to it",
+                watched.workflow_id,
+                watched.request.record.exchange_name,
+                to_host,
+            )
 
     def note_pause(self, workflow_id: str, paused_ms: float) -> None:
         """A claim of this standby was refused for a pause its watch had not read yet: honour it now."""
