@@ -38,7 +38,7 @@ from perseus.tracing import span
 
 if TYPE_CHECKING:
     from perseus.store.db import Catalog
-    from perseus.store.redis_store import RedisStore, StatusRead
+    from perseus.store.redis_store import ClaimGates, RedisStore, StatusRead
 
 log = logging.getLogger(__name__)
 
@@ -95,24 +95,11 @@ async def take_claim(store: RedisStore, catalog: Catalog, req: ClaimRequest) -> 
             paused_ms=min(left or 0.0, MAX_PAUSE_S * 1000),
         )
     handoff = gates.handoff
-    if held_back_by_handoff(
-        reserved_for=handoff.to_host if handoff is not None else None,
-        host=status.hostname,
-        automatic=req.automatic,
-        take_lapsed=req.take_lapsed,
-    ):
-        assert handoff is not None
-        message = (
-            f"{status.exchange_name} was handed over to {handoff.to_host} by {handoff.from_host}: "
-            "its claim goes first"
-        )
-        log.info("%s: claim by %s held back: %s", status.exchange_name, status.hostname, message)
-        return ClaimResult(
-            claimed=False,
-            epoch=req.highest_epoch,
-            message=message,
-            held_back_ms=max(0, gates.handoff_pttl_ms),
-        )
+    held_back = handoff is not None and held_back_by_handoff(
+        reserved_for=handoff.to_host, host=status.hostname, automatic=req.automatic
+    )
+    if held_back and not req.take_lapsed:
+        return _held_back(status, req, gates)
     # The floor is the workflow's memory and PostgreSQL's durable high-water mark: after Redis
     # lost its data, even a newly registered instance claims above every epoch ever used.
     floor = max(req.highest_epoch, await catalog.epoch_floor(status.exchange_id))
@@ -120,8 +107,13 @@ async def take_claim(store: RedisStore, catalog: Catalog, req: ClaimRequest) -> 
     payload = status.model_copy(update={"epoch": epoch}).wire()
     over = CLAIM_OVER_INTERVALS if req.take_lapsed else 0.0
     with span("redis claim", exchange=status.exchange_name, host=status.hostname, epoch=epoch) as current:
-        reply = await store.claim(status.exchange_id, payload, status.ttl_ms, take_lapsed_after=over)
+        # Held back, a claim-over may still take a silent holder's key, never the reserved vacancy.
+        reply = await store.claim(
+            status.exchange_id, payload, status.ttl_ms, take_lapsed_after=over, only_lapsed=held_back
+        )
         current.set_attribute("outcome", reply.outcome)
+    if reply.outcome == "vacant":
+        return _held_back(status, req, gates)
     if reply.outcome in ("claimed", "taken") and gates.handoff_raw is not None:
         # Whoever claims ends the reservation: the target that was handed the exchange, or the
         # handing-over side taking it back. Left to its TTL, it would hold back the race for a
@@ -156,6 +148,20 @@ async def take_claim(store: RedisStore, catalog: Catalog, req: ClaimRequest) -> 
     # ever had it.
     seen = max(req.highest_epoch, holder.epoch if holder is not None and holder.epoch is not None else 0)
     return ClaimResult(claimed=False, epoch=seen, holder=holder, holder_ttl_ms=reply.pttl_ms, message=message)
+
+
+def _held_back(status: InstanceStatus, req: ClaimRequest, gates: ClaimGates) -> ClaimResult:
+    """The refusal of a claim that found the exchange handed over to another host."""
+    handoff = gates.handoff
+    assert handoff is not None
+    message = (
+        f"{status.exchange_name} was handed over to {handoff.to_host} by {handoff.from_host}: "
+        "its claim goes first"
+    )
+    log.info("%s: claim by %s held back: %s", status.exchange_name, status.hostname, message)
+    return ClaimResult(
+        claimed=False, epoch=req.highest_epoch, message=message, held_back_ms=max(0, gates.handoff_pttl_ms)
+    )
 
 
 class RegistryActivities:

@@ -80,9 +80,14 @@ CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 # for more than ARGV[4] of its own intervals — past its renew deadline plus the margin, told by the
 # record's own ttlMs and heartbeatIntervalMs and Redis's clock — is taken over ('taken', with the
 # old record): that holder's connector has stopped, and waiting for the TTL only adds a gap.
+# With ARGV[5] = '1' only such a key is taken: an absent one is left alone ('vacant'), for a
+# standby whose claim-over finds the vacancy a handoff reserved for another host.
 _CLAIM = """
 local cur = redis.call('GET', KEYS[1])
 local lapsed = false
+if not cur and ARGV[5] == '1' then
+  return {'vacant', false, -2}
+end
 if cur then
   local pttl = redis.call('PTTL', KEYS[1])
   local ok, doc = pcall(cjson.decode, cur)
@@ -558,7 +563,7 @@ class HolderEpoch:
 class ClaimReply:
     """A claim's outcome, and the record in the key now: ours (``claimed``, ``self``) or the holder's."""
 
-    outcome: Literal["claimed", "taken", "self", "held"]
+    outcome: Literal["claimed", "taken", "self", "held", "vacant"]
     holder: StatusRead
     #: The lapsed holder's record a ``taken`` claim replaced.
     previous: StatusRead | None = None
@@ -739,17 +744,29 @@ class RedisStore:
         return int(await self._acked(self._next_epoch, [epoch_key(exchange_id)], [floor]))
 
     async def claim(
-        self, exchange_id: int, payload: dict[str, object], ttl_ms: int, *, take_lapsed_after: float = 0.0
+        self,
+        exchange_id: int,
+        payload: dict[str, object],
+        ttl_ms: int,
+        *,
+        take_lapsed_after: float = 0.0,
+        only_lapsed: bool = False,
     ) -> ClaimReply:
         """Claim the status key if it is free (or ours already).
 
         ``take_lapsed_after`` (intervals; 0: never): also take it over from a holder that has not
         renewed it for longer than that many of its own intervals (outcome ``taken``, the old record
-        in ``previous``)."""
+        in ``previous``). ``only_lapsed``: leave a free key alone (outcome ``vacant``)."""
         outcome, raw, pttl, *previous = await self._acked(
             self._claim,
             [status_key(exchange_id)],
-            [json.dumps(payload), ttl_ms, str(payload["instanceId"]), take_lapsed_after],
+            [
+                json.dumps(payload),
+                ttl_ms,
+                str(payload["instanceId"]),
+                take_lapsed_after,
+                "1" if only_lapsed else "0",
+            ],
         )
         before = StatusRead.parse(previous[0], -1) if previous else None
         return ClaimReply(outcome=outcome, holder=StatusRead.parse(raw, int(pttl)), previous=before)

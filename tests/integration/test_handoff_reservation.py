@@ -6,6 +6,7 @@ operator asks for, and a claim over a silent holder's key, go ahead."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import UTC, datetime
 
@@ -13,7 +14,7 @@ import pytest
 
 from activities.registry import RegistryActivities, take_claim
 from perseus.core.lifecycle import State
-from perseus.keys import handoff_key, iso
+from perseus.keys import handoff_key, iso, status_key
 from perseus.models import Claim, ClaimRequest, HandoffReservation, InstanceStatus, ReleaseRequest
 from perseus.store import db
 from perseus.store.redis_store import RedisStore
@@ -82,12 +83,21 @@ async def test_a_handed_over_exchange_is_left_to_its_target(
     assert await store.client.get(handoff_key(ex_id)) is None
 
 
-async def test_a_claim_over_a_silent_holder_goes_ahead(
+async def test_a_claim_over_takes_a_silent_holders_key_but_never_the_reserved_vacancy(
     servers: Servers, store: RedisStore, catalog: db.Catalog, exchange: str
 ) -> None:
+    """A standby that saw a holder go silent may claim late, after a handoff released the key (a
+    chaos run: it took the vacancy reserved for the lower standby). It finds the key gone and
+    leaves it; a silent holder's key that is still there it takes over, reservation or not."""
     ex_id = await exchange_id(servers, exchange)
     await handed_over(store, catalog, ex_id, exchange, to="c")
-    # A standby whose watch saw a silent holder claims over: never delayed by a reservation.
+    claimed, message, _ = await claim(store, catalog, ex_id, exchange, "b", automatic=True, take_lapsed=True)
+    assert not claimed and message == f"{exchange} was handed over to c by a: its claim goes first"
+    assert (await store.raw_status(ex_id))[0] is None
+    # The target claimed and went silent (its key unrenewed for 10 s at a 1 s interval), and the
+    # reservation is still there (its removal failed): the claim-over goes ahead.
+    silent = record(ex_id, exchange, "c").wire()
+    await store.client.set(status_key(ex_id), json.dumps(silent), px=20_000)  # its TTL is 30 s
     claimed, _, _ = await claim(store, catalog, ex_id, exchange, "b", automatic=True, take_lapsed=True)
     assert claimed
     assert await store.client.get(handoff_key(ex_id)) is None

@@ -551,23 +551,19 @@ def test_the_others_hold_back_exactly_as_long_as_the_handing_over_side_waits(int
 
 
 @pytest.mark.parametrize(
-    ("reserved_for", "host", "automatic", "take_lapsed", "held_back"),
+    ("reserved_for", "host", "automatic", "held_back"),
     [
-        ("c", "b", True, False, True),  # another host's race for the vacancy waits
-        ("c", "c", True, False, False),  # the target's own race does not
-        ("c", "b", False, False, False),  # an operator's start, or the handing-over side's take-back
-        ("c", "b", True, True, False),  # a claim over a silent holder (the target, once it claimed)
-        (None, "b", True, False, False),  # no handoff under way
+        ("c", "b", True, True),  # another host's race for the vacancy waits (a claim-over too)
+        ("c", "c", True, False),  # the target's own race does not
+        ("c", "b", False, False),  # an operator's start, or the handing-over side's take-back
+        (None, "b", True, False),  # no handoff under way
     ],
 )
 def test_who_a_handoff_reservation_holds_back(
-    reserved_for: str | None, host: str, automatic: bool, take_lapsed: bool, held_back: bool
+    reserved_for: str | None, host: str, automatic: bool, held_back: bool
 ) -> None:
     assert (
-        decisions.held_back_by_handoff(
-            reserved_for=reserved_for, host=host, automatic=automatic, take_lapsed=take_lapsed
-        )
-        is held_back
+        decisions.held_back_by_handoff(reserved_for=reserved_for, host=host, automatic=automatic) is held_back
     )
 
 

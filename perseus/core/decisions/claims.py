@@ -173,17 +173,20 @@ def handoff_reservation_s(interval_s: float) -> float:
     return max(claim_over_s(interval_s), HANDOFF_CLAIM_FLOOR_S)
 
 
-def held_back_by_handoff(*, reserved_for: str | None, host: str, automatic: bool, take_lapsed: bool) -> bool:
-    """Whether a claim from ``host`` is refused because the exchange was handed to another host
-    (``reserved_for``, None: no handoff under way).
+def held_back_by_handoff(*, reserved_for: str | None, host: str, automatic: bool) -> bool:
+    """Whether a claim from ``host`` may not take the vacancy because the exchange was handed to
+    another host (``reserved_for``, None: no handoff under way).
 
-    Only an automatic race for the vacancy holds back: an operator's command goes ahead, as under a
-    pause, and so does a claim over a silent holder's key — once a target has claimed, its key is
-    judged like any holder's, and a reservation never delays the failover of a target that died.
-    Without this, a standby above the target in priority, which has nobody ahead of it to yield to,
-    takes the exchange whenever its watch looks before the target's claim arrives (a target whose
-    worker was just replaced replays its history first)."""
-    return reserved_for is not None and reserved_for != host and automatic and not take_lapsed
+    Only an automatic race holds back: an operator's command goes ahead, as under a pause. Only the
+    vacancy is reserved: a claim over a silent holder's key still takes that key (once a target has
+    claimed, its key is judged like any holder's, and a reservation never delays the failover of a
+    target that died) — but a claim-over that finds the key gone leaves it to the target (the claim
+    step's ``only_lapsed``: a standby that saw an earlier holder go silent, claiming late, took a
+    reserved vacancy in a chaos run). Without the reservation, a standby above the target in
+    priority, which has nobody ahead of it to yield to, takes the exchange whenever its watch looks
+    before the target's claim arrives (a target whose worker was just replaced replays its history
+    first)."""
+    return reserved_for is not None and reserved_for != host and automatic
 
 
 def handoff_target_look(
