@@ -166,6 +166,12 @@ class Cadence:
             self._last = now
 
 
+def _ticket() -> float:
+    """When the running activity's attempt was scheduled: the newest is the workflow's current one
+    (``LeaseKeeper.attached``)."""
+    return activity.info().current_attempt_scheduled_time.timestamp()
+
+
 class HostActivities:
     """Everything host-bound. One instance per worker process, owning this host's connectors."""
 
@@ -341,11 +347,12 @@ class HostActivities:
         cadence = Cadence(interval)
         started = time.monotonic()
         try:
-            with self.keeper.attached(held):
+            ticket = _ticket()
+            with self.keeper.attached(held, ticket):
                 while True:
                     if held.ended is not None:
                         raise _with_stop_time(held.ended, held.stopped_at)
-                    if held.report is not None:
+                    if held.report is not None and not held.superseded(ticket):
                         report, held.report = held.report, None
                         raise report
                     if time.monotonic() - started >= req.term_s:
@@ -385,11 +392,15 @@ class HostActivities:
         cadence = Cadence(req.heartbeat_interval_s)
         started = time.monotonic()
         try:
-            with self.keeper.attached(watched):
+            ticket = _ticket()
+            with self.keeper.attached(watched, ticket):
                 while True:
                     if watched.ended is not None:
                         raise watched.ended
-                    if watched.wakes:  # vacant or silent, and not paused
+                    # A cancelled activity (it hears so at its next heartbeat) takes no report:
+                    # the workflow's current watch would never hear it.
+                    current = not watched.superseded(ticket)
+                    if current and watched.wakes:  # vacant or silent, and not paused
                         silent, watched.holder_silent = watched.holder_silent, False  # reported once:
                         # a claim that lost the race must not find it again before the next look.
                         # The lapse too: the race may have gone to a holder this watch never saw,
@@ -403,7 +414,7 @@ class HostActivities:
                             lapsed=lapsed,
                             holder_silent=silent and not watched.vacant,
                         )
-                    if watched.warm_lost:
+                    if current and watched.warm_lost:
                         watched.warm_lost = False  # reported once: the workflow warms it up again
                         return StandbyOutcome(vacant=False, last_epoch=watched.last_epoch, warm_lost=True)
                     if time.monotonic() - started >= req.term_s:

@@ -161,11 +161,24 @@ class _Loop:
     report: PerseusError | None = None
     beat: _Beat = field(default_factory=_Beat)
     task: asyncio.Task[None] | None = None
+    #: The newest ticket an activity attached with (when the server scheduled it): that one is the
+    #: workflow's current activity, the only one a one-shot report goes to (``superseded``).
+    newest: float = float("-inf")
 
-    def attach(self) -> None:
+    def attach(self, ticket: float) -> None:
         self.attached += 1
+        self.newest = max(self.newest, ticket)
         self.ever_attached = True
         self.detached_since = None
+
+    def superseded(self, ticket: float) -> bool:
+        """Whether an activity scheduled after the one holding ``ticket`` has attached: the workflow
+        cancelled that one and started the next (a cancellation is heard only at a heartbeat), or
+        it is an earlier attempt. It must take no one-shot report — its outcome would go nowhere,
+        and the current activity would never hear it (a chaos run: a holder's lapse taken by a
+        cancelled watch; the next one saw only the TTL run out, and waited out the old deadline).
+        By schedule time, not by order of attaching: a cancelled activity may start after the next."""
+        return ticket < self.newest
 
     def detach(self) -> None:
         self.attached -= 1
@@ -285,7 +298,7 @@ class WatchedStandby(_Loop):
         """A handoff reserved the exchange for another host: the claim step's own rule would hold
         this standby's race for the vacancy back."""
         host = self.request.record.host if self.request is not None else ""
-        return held_back_by_handoff(reserved_for=self.handed_to, host=host, automatic=True, take_lapsed=False)
+        return held_back_by_handoff(reserved_for=self.handed_to, host=host, automatic=True)
 
     @property
     def after_outage(self) -> bool:
@@ -362,8 +375,10 @@ class LeaseKeeper:
         return held
 
     @contextlib.contextmanager
-    def attached(self, loop: _Loop) -> Iterator[None]:
-        loop.attach()
+    def attached(self, loop: _Loop, ticket: float = 0.0) -> Iterator[None]:
+        """An activity attached to ``loop`` while inside; ``ticket``: when its attempt was scheduled
+        (``_Loop.superseded``)."""
+        loop.attach(ticket)
         try:
             yield
         finally:

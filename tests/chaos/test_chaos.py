@@ -26,6 +26,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -489,6 +490,8 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
     lost_stream: list[tuple[str, dict[str, str]]] = []
     try:
         await cluster.start()
+        #: The journal's clock (CLOCK_MONOTONIC) to the stream's (wall clock), for a gap's events.
+        wall_offset = time.time() - time.monotonic()
 
         async def kill_active() -> None:
             doc = await cluster.wait_active()
@@ -833,6 +836,9 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
         print_gaps(report.gaps)
         for violation in report.violations:
             print("  VIOLATION", violation)
+        for gap in report.gaps:
+            if gap.violates:  # what happened, from the stream: the run's own files go with its folder
+                print_events_around(gap, stream, wall_offset)
         assert report.violations == []
         assert injected == expected and survived == injected
         assert report.acting_intervals >= injected // 3  # the checker saw the connectors it judged
@@ -880,3 +886,23 @@ def print_gaps(gaps: list[Gap]) -> None:
             f"{max(g.counted for g in found):>8.3f} {max(g.bound for g in found):>6.2f} "
             f"{sum(g.violates for g in found):>6}"
         )
+
+
+def print_events_around(gap: Gap, stream: list[dict[str, str]], wall_offset: float) -> None:
+    """The stream's events from a few seconds before a gap over its bound until just after it."""
+    start, end = gap.start + wall_offset - 5.0, gap.end + wall_offset + 1.0
+    print(f"  events around the gap of {gap.length:.3f}s (from {gap.start + wall_offset:.3f}):")
+    for fields in stream:
+        stamp = fields.get("timestamp")
+        if stamp and start <= datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() <= end:
+            print(
+                "    ",
+                fields.get("timestamp"),
+                fields.get("event"),
+                fields.get("hostname"),
+                fields.get("epoch"),
+                fields.get("fromState", ""),
+                fields.get("toState", ""),
+                fields.get("detail", ""),
+                fields.get("error", ""),
+            )

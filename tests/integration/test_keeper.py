@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -169,6 +172,54 @@ async def test_a_late_cancellation_does_not_stop_the_watch_a_newer_activity_atta
         assert new.task is not None and new.task.done()
     finally:
         await keeper.close()
+
+
+def scheduled_at(moment: datetime) -> ActivityEnvironment:
+    """An activity environment whose attempt the server scheduled at ``moment``."""
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, current_attempt_scheduled_time=moment)
+    return env
+
+
+async def test_a_watch_reports_to_the_newest_activity_not_to_one_whose_cancellation_is_on_its_way(
+    store: RedisStore, catalog: Catalog
+) -> None:
+    """The chaos suite: a promote signal cancelled a standby's watch and started the next one; the
+    old activity, its cancellation not yet heard, took the holder's lapse when the watch saw it, and
+    its outcome went nowhere. The new one saw only the key run out later: a TTL vacancy, whose rule
+    waits out the old deadline — 5.9 s without a connector after a crash, over B. A report belongs
+    to the newest activity attached."""
+    exchange_id = 900_000 + uuid.uuid4().int % 100_000
+    # The holder's own interval is 2 s (TTL 6 s): past its deadline plus the margin, its key still
+    # lives long enough for the watch (every 0.5 s) to see it there.
+    ttl_ms = 6000
+    doc = {"instanceId": "holder", "epoch": 3, "hostname": "k", "ttlMs": ttl_ms, "heartbeatIntervalMs": 2000}
+    await store.client.set(status_key(exchange_id), json.dumps(doc), px=ttl_ms)  # a live holder
+    keeper = LeaseKeeper(store, ConnectorHost())
+    http = httpx.AsyncClient()
+    host = host_activities(store, catalog, http, keeper, ConnectorHost())
+    req = standby_request(exchange_id)
+    try:
+        first, then = (
+            datetime(2026, 12, 7, 9, 18, 53, tzinfo=UTC),
+            datetime(2026, 12, 7, 9, 18, 54, tzinfo=UTC),
+        )
+        old = asyncio.ensure_future(scheduled_at(first).run(host.hold_standby, req))
+        watched = req.record.workflow_id
+        await until(lambda: watched in keeper.standbys and keeper.standbys[watched].attached == 1)
+        new = asyncio.ensure_future(scheduled_at(then).run(host.hold_standby, req))
+        await until(lambda: keeper.standbys[watched].attached == 2)
+        # The holder stops renewing: its key passes the claim-over line while it is still there.
+        await store.client.set(status_key(exchange_id), json.dumps(doc), px=1500)
+        outcome = await asyncio.wait_for(new, 5 * INTERVAL)
+        assert outcome.vacant and outcome.holder_silent and outcome.lapsed
+        assert not old.done()  # it waits for its cancellation, and reports nothing
+        old.cancel()
+        with contextlib.suppress(BaseException):
+            await old
+    finally:
+        await keeper.close()
+        await http.aclose()
 
 
 async def test_a_watch_tells_a_key_that_ran_out_from_one_that_vanished_while_renewed(
