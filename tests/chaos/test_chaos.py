@@ -336,6 +336,19 @@ class Cluster:
             await asyncio.sleep(0.25)
         raise AssertionError(f"no standby visible within {timeout}s")
 
+    async def handoff(self, from_host: object, to_host: str) -> object:
+        """``perseus handoff`` of the exchange from ``from_host`` to ``to_host`` (the old one stays
+        as a standby); PerseusError when it is refused or fails."""
+        assert self.client
+        return await control.handoff(
+            self.client,
+            exchange=self.exchange,
+            to_host=to_host,
+            from_host=str(from_host),
+            default_host=to_host,
+            shutdown=False,
+        )
+
     async def holder(self) -> dict[str, object] | None:
         try:
             raw, _ = await self.store.raw_status(self.ex_id)
@@ -602,16 +615,7 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
             doc = await cluster.wait_active()
             assert cluster.client
             target = await cluster.best_standby(doc["hostname"], workflow_running=True)
-            attempt = asyncio.ensure_future(
-                control.handoff(
-                    cluster.client,
-                    exchange=exchange,
-                    to_host=target,
-                    from_host=str(doc["hostname"]),
-                    default_host=target,
-                    shutdown=False,
-                )
-            )
+            attempt = asyncio.ensure_future(cluster.handoff(str(doc["hostname"]), target))
             await asyncio.sleep(0.2)
             cluster.kill(target)
             try:
@@ -625,14 +629,7 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
                 doc = await cluster.wait_active()
                 target = await cluster.best_standby(doc["hostname"], workflow_running=True)
                 try:
-                    await control.handoff(
-                        cluster.client,
-                        exchange=exchange,
-                        to_host=target,
-                        from_host=str(doc["hostname"]),
-                        default_host=target,
-                        shutdown=False,
-                    )
+                    await cluster.handoff(str(doc["hostname"]), target)
                 except PerseusError:  # busy, settling, or the standby not visible yet: try again
                     await asyncio.sleep(0.5)
                     continue
@@ -657,16 +654,7 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
                     continue
                 newest = await cluster.store.events(exchange, count=1)
                 after = stream_order(newest[0][0]) if newest else (0, 0)
-                attempt = asyncio.ensure_future(
-                    control.handoff(
-                        cluster.client,
-                        exchange=exchange,
-                        to_host=target,
-                        from_host=active,
-                        default_host=target,
-                        shutdown=False,
-                    )
-                )
+                attempt = asyncio.ensure_future(cluster.handoff(active, target))
                 notified = False
                 while not notified and not attempt.done():
                     notified = any(
@@ -729,14 +717,7 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
             else:
                 raise AssertionError(f"{target}'s warm-up failure never showed in its record")
             with pytest.raises(PerseusError, match="refused"):
-                await control.handoff(
-                    cluster.client,
-                    exchange=exchange,
-                    to_host=target,
-                    from_host=active,
-                    default_host=target,
-                    shutdown=False,
-                )
+                await cluster.handoff(active, target)
             after = await cluster.wait_active()
             assert (after["hostname"], after["epoch"]) == (doc["hostname"], doc["epoch"])
             await cluster.retire(target)

@@ -9,12 +9,16 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from temporalio.client import Client
 
 from perseus.client import control
+from perseus.core.lifecycle import State
 from perseus.devstack import services
+from perseus.keys import iso
+from perseus.models import InstanceStatus
 from perseus.store.redis_store import RedisStore
 from tests.conftest import Servers, WorkerProcess
 
@@ -32,6 +36,24 @@ async def start_workers(servers: Servers, procs: list[WorkerProcess], *hosts: st
     procs.extend(started)
     await asyncio.gather(*(p.ready() for p in started))
     return started
+
+
+def claim_record(ex_id: int, exchange: str, host: str) -> InstanceStatus:
+    """A status record as a claim of ``host`` writes it (1 s interval, a 30 s TTL), fresh instanceId."""
+    now = iso(datetime.now(UTC))
+    return InstanceStatus(
+        exchange_id=ex_id,
+        exchange_name=exchange,
+        hostname=host,
+        connection_state=State.STARTING,
+        last_heartbeat=now,
+        last_state_change=now,
+        registered_at=now,
+        instance_id=f"i-{uuid.uuid4().hex[:8]}",
+        workflow_id=f"instance-{exchange}-{host}",
+        heartbeat_interval_ms=1000,
+        ttl_ms=30_000,
+    )
 
 
 async def events(store: RedisStore, name: str) -> list[dict[str, str]]:

@@ -7,50 +7,31 @@ lab's failsafe-redis-all: "epoch 2 is older than epoch 5 seen here")."""
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
-
 import pytest
 
 from activities.registry import take_claim
 from perseus.core.decisions.failsafe import grant_verdict
-from perseus.core.lifecycle import State
-from perseus.keys import iso
-from perseus.models import ClaimRequest, InstanceStatus
+from perseus.models import ClaimRequest
 from perseus.store import db
 from perseus.store.redis_store import RedisStore
 from tests.conftest import Servers, exchange_id
+from tests.integration.helpers import claim_record
 
 pytestmark = pytest.mark.integration
-
-
-def record(ex_id: int, exchange: str, host: str) -> InstanceStatus:
-    now = iso(datetime.now(UTC))
-    return InstanceStatus(
-        exchange_id=ex_id,
-        exchange_name=exchange,
-        hostname=host,
-        connection_state=State.STARTING,
-        last_heartbeat=now,
-        last_state_change=now,
-        registered_at=now,
-        instance_id=f"i-{uuid.uuid4().hex[:8]}",
-        workflow_id=f"instance-{exchange}-{host}",
-        heartbeat_interval_ms=1000,
-        ttl_ms=30_000,
-    )
 
 
 async def test_a_refused_claim_answers_the_holders_epoch_and_the_loser_still_grants(
     servers: Servers, store: RedisStore, catalog: db.Catalog, exchange: str
 ) -> None:
     ex_id = await exchange_id(servers, exchange)
-    first = record(ex_id, exchange, "a")
+    first = claim_record(ex_id, exchange, "a")
     won = await take_claim(store, catalog, ClaimRequest(status=first, highest_epoch=0))
     assert won.claimed
     # Two standbys losing the race (and one of them trying again): each draws an epoch and loses.
     losers = [
-        await take_claim(store, catalog, ClaimRequest(status=record(ex_id, exchange, h), highest_epoch=0))
+        await take_claim(
+            store, catalog, ClaimRequest(status=claim_record(ex_id, exchange, h), highest_epoch=0)
+        )
         for h in ("b", "c", "c")
     ]
     assert [r.claimed for r in losers] == [False, False, False]
@@ -64,13 +45,13 @@ async def test_a_refused_claim_answers_the_holders_epoch_and_the_loser_still_gra
     assert verdict.grant, verdict.reason
     # A claimant that remembers a newer epoch (a holder it saw before) keeps it.
     newer = await take_claim(
-        store, catalog, ClaimRequest(status=record(ex_id, exchange, "d"), highest_epoch=won.epoch + 5)
+        store, catalog, ClaimRequest(status=claim_record(ex_id, exchange, "d"), highest_epoch=won.epoch + 5)
     )
     assert (newer.claimed, newer.epoch) == (False, won.epoch + 5)
     # The counter is past every drawn epoch: the next claim after the holder let go is above them.
     assert first.instance_id is not None
     assert (await store.fenced(ex_id, first.instance_id, won.epoch, mode="delete")).outcome == "ok"
     after = await take_claim(
-        store, catalog, ClaimRequest(status=record(ex_id, exchange, "b"), highest_epoch=seen)
+        store, catalog, ClaimRequest(status=claim_record(ex_id, exchange, "b"), highest_epoch=seen)
     )
     assert after.claimed and after.epoch > won.epoch + len(losers) + 1

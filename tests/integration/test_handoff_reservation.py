@@ -7,51 +7,32 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
-from datetime import UTC, datetime
 
 import pytest
 
 from activities.registry import RegistryActivities, take_claim
-from perseus.core.lifecycle import State
-from perseus.keys import handoff_key, iso, status_key
-from perseus.models import Claim, ClaimRequest, HandoffReservation, InstanceStatus, ReleaseRequest
+from perseus.keys import handoff_key, status_key
+from perseus.models import Claim, ClaimRequest, HandoffReservation, ReleaseRequest
 from perseus.store import db
 from perseus.store.redis_store import RedisStore
 from tests.conftest import Servers, exchange_id
+from tests.integration.helpers import claim_record
 
 pytestmark = pytest.mark.integration
-
-
-def record(ex_id: int, exchange: str, host: str) -> InstanceStatus:
-    now = iso(datetime.now(UTC))
-    return InstanceStatus(
-        exchange_id=ex_id,
-        exchange_name=exchange,
-        hostname=host,
-        connection_state=State.STARTING,
-        last_heartbeat=now,
-        last_state_change=now,
-        registered_at=now,
-        instance_id=f"i-{uuid.uuid4().hex[:8]}",
-        workflow_id=f"instance-{exchange}-{host}",
-        heartbeat_interval_ms=1000,
-        ttl_ms=30_000,
-    )
 
 
 async def claim(
     store: RedisStore, catalog: db.Catalog, ex_id: int, exchange: str, host: str, **how: bool
 ) -> tuple[bool, str | None, float | None]:
     result = await take_claim(
-        store, catalog, ClaimRequest(status=record(ex_id, exchange, host), highest_epoch=0, **how)
+        store, catalog, ClaimRequest(status=claim_record(ex_id, exchange, host), highest_epoch=0, **how)
     )
     return result.claimed, result.message, result.held_back_ms
 
 
 async def handed_over(store: RedisStore, catalog: db.Catalog, ex_id: int, exchange: str, to: str) -> None:
     """``a`` holds the exchange and hands it to ``to``: its release reserves it first."""
-    status = record(ex_id, exchange, "a")
+    status = claim_record(ex_id, exchange, "a")
     won = await take_claim(store, catalog, ClaimRequest(status=status, highest_epoch=0))
     assert won.claimed
     held = Claim(instance_id=str(status.instance_id), epoch=won.epoch)
@@ -96,7 +77,7 @@ async def test_a_claim_over_takes_a_silent_holders_key_but_never_the_reserved_va
     assert (await store.raw_status(ex_id))[0] is None
     # The target claimed and went silent (its key unrenewed for 10 s at a 1 s interval), and the
     # reservation is still there (its removal failed): the claim-over goes ahead.
-    silent = record(ex_id, exchange, "c").wire()
+    silent = claim_record(ex_id, exchange, "c").wire()
     await store.client.set(status_key(ex_id), json.dumps(silent), px=20_000)  # its TTL is 30 s
     claimed, _, _ = await claim(store, catalog, ex_id, exchange, "b", automatic=True, take_lapsed=True)
     assert claimed
@@ -127,7 +108,7 @@ async def test_a_release_of_a_claim_lost_meanwhile_reserves_nothing(
     servers: Servers, store: RedisStore, catalog: db.Catalog, exchange: str
 ) -> None:
     ex_id = await exchange_id(servers, exchange)
-    status = record(ex_id, exchange, "b")
+    status = claim_record(ex_id, exchange, "b")
     won = await take_claim(store, catalog, ClaimRequest(status=status, highest_epoch=0))
     assert won.claimed
     stale = Claim(instance_id="i-gone", epoch=won.epoch - 1)  # a's claim, taken over by b meanwhile
