@@ -161,26 +161,30 @@ class _Loop:
     report: PerseusError | None = None
     beat: _Beat = field(default_factory=_Beat)
     task: asyncio.Task[None] | None = None
-    #: The newest ticket an activity attached with (when the server scheduled it): that one is the
+    #: The tickets of the activities attached now (when the server scheduled each): the newest is the
     #: workflow's current activity, the only one a one-shot report goes to (``superseded``).
-    newest: float = float("-inf")
+    tickets: list[float] = field(default_factory=list)
 
     def attach(self, ticket: float) -> None:
         self.attached += 1
-        self.newest = max(self.newest, ticket)
+        self.tickets.append(ticket)
         self.ever_attached = True
         self.detached_since = None
 
     def superseded(self, ticket: float) -> bool:
-        """Whether an activity scheduled after the one holding ``ticket`` has attached: the workflow
-        cancelled that one and started the next (a cancellation is heard only at a heartbeat), or
-        it is an earlier attempt. It must take no one-shot report — its outcome would go nowhere,
-        and the current activity would never hear it (a chaos run: a holder's lapse taken by a
-        cancelled watch; the next one saw only the TTL run out, and waited out the old deadline).
-        By schedule time, not by order of attaching: a cancelled activity may start after the next."""
-        return ticket < self.newest
+        """Whether an activity scheduled after the one holding ``ticket`` is attached too: the
+        workflow cancelled that one and started the next (a cancellation is heard only at a
+        heartbeat), or it is an earlier attempt. It must take no one-shot report — its outcome would
+        go nowhere, and the current activity would never hear it (a chaos run: a holder's lapse taken
+        by a cancelled watch; the next one saw only the TTL run out, and waited out the old
+        deadline). By schedule time, not by order of attaching: a cancelled activity may start after
+        the next. Among the attached only: a server clock stepped back can misorder two tickets for
+        as long as both are attached, never for longer."""
+        return any(other > ticket for other in self.tickets)
 
-    def detach(self) -> None:
+    def detach(self, ticket: float) -> None:
+        with contextlib.suppress(ValueError):
+            self.tickets.remove(ticket)
         self.attached -= 1
         if self.attached <= 0:
             self.attached = 0
@@ -382,7 +386,7 @@ class LeaseKeeper:
         try:
             yield
         finally:
-            loop.detach()
+            loop.detach(ticket)
 
     async def _renew(self, held: HeldClaim) -> None:
         req = held.request
