@@ -456,17 +456,7 @@ async def fault(stack: Stack, cluster: Cluster, name: str, action: Callable[[], 
         redis = await redis_state(stack)
         print(f"\nfault {name!r} #{stack.faults[name]} not survived; {redis}; newest events:")
         for _, entry in reversed(await cluster.store.events(cluster.exchange, count=25)):
-            print(
-                "  ",
-                entry.get("timestamp"),
-                entry["event"],
-                entry["hostname"],
-                entry.get("epoch"),
-                entry.get("fromState", ""),
-                entry.get("toState", ""),
-                entry.get("detail", ""),
-                entry.get("error", ""),
-            )
+            print("  ", event_line(entry))
         for host, proc in cluster.workers.items():
             print(f"  worker {host}: exit {proc.proc.poll()}; log tail: {proc.log.read_text()[-2500:]!r}")
         if cluster.core is not None:
@@ -613,7 +603,6 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
 
         async def handoff_target_killed() -> None:
             doc = await cluster.wait_active()
-            assert cluster.client
             target = await cluster.best_standby(doc["hostname"], workflow_running=True)
             attempt = asyncio.ensure_future(cluster.handoff(str(doc["hostname"]), target))
             await asyncio.sleep(0.2)
@@ -624,7 +613,6 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
                 pass  # refused or aborted: either way someone must be active again below
 
         async def planned_handoff() -> None:
-            assert cluster.client
             for _ in range(40):  # the previous fault may still be settling (e.g. a reclaim walking down)
                 doc = await cluster.wait_active()
                 target = await cluster.best_standby(doc["hostname"], workflow_running=True)
@@ -642,7 +630,6 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
             interval and a half right after the old connector stopped, so the best standby's watch
             sees the vacancy meanwhile — with nobody ahead of it to yield to. The release reserved
             the exchange for the target, which must be the one active afterwards."""
-            assert cluster.client
             for _ in range(40):  # the previous fault may still be settling
                 doc = await cluster.wait_active()
                 active = str(doc["hostname"])
@@ -704,7 +691,6 @@ async def test_no_split_brain_under_faults(stack: Stack, exchange: str) -> None:
 
         async def handoff_to_unready() -> None:
             """A handoff to a warm standby whose warm-up fails is refused before anything stops."""
-            assert cluster.client
             doc = await cluster.wait_active()
             active = str(doc["hostname"])
             target = await cluster.best_standby(active, workflow_running=True)
@@ -876,14 +862,10 @@ def print_events_around(gap: Gap, stream: list[dict[str, str]], wall_offset: flo
     for fields in stream:
         stamp = fields.get("timestamp")
         if stamp and start <= datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() <= end:
-            print(
-                "    ",
-                fields.get("timestamp"),
-                fields.get("event"),
-                fields.get("hostname"),
-                fields.get("epoch"),
-                fields.get("fromState", ""),
-                fields.get("toState", ""),
-                fields.get("detail", ""),
-                fields.get("error", ""),
-            )
+            print("    ", event_line(fields))
+
+
+def event_line(fields: dict[str, str]) -> str:
+    """One stream event as a line of a failure's report."""
+    keys = ("timestamp", "event", "hostname", "epoch", "fromState", "toState", "detail", "error")
+    return " ".join(str(fields.get(key, "")) for key in keys)
