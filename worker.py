@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ from perseus.host.health import WorkerHealth
 from perseus.host.keeper import LeaseKeeper, WorkflowClosed
 from perseus.host.systemd import keep_alive, notify, watchdog_period_s
 from perseus.host.watchdog import Watchdog
-from perseus.host.workers import announcing
+from perseus.host.workers import announcing, find_shared_queue_peers
 from perseus.keys import SHARED_TASK_QUEUE, host_task_queue, valid_host
 from perseus.logs import configure_logging, install_temporal_runtime
 from perseus.metrics import MetricsServer, free_loopback_address
@@ -62,8 +62,10 @@ from perseus.temporal import INSTANCE_HOST, RPC_TIMEOUT, connect
 from perseus.timing import (
     CLOSED_LOOKUP_TIMEOUT_S,
     GRACEFUL_RELEASE_S,
+    HANDOVER_STALL_S,
     HEARTBEAT_THROTTLE_CAP_S,
     RELEASE_LOOK_S,
+    SHARED_STOP_WAIT_S,
     WORKER_SHUTDOWN_GRACE_S,
 )
 from workflows.instance import InstanceWorkflow
@@ -171,38 +173,41 @@ async def run_worker(
             graceful_shutdown_timeout=timedelta(seconds=WORKER_SHUTDOWN_GRACE_S),
         )
     ]
-    if shared_queue:
-        workers.append(
-            Worker(
-                client,
-                task_queue=SHARED_TASK_QUEUE,
-                workflows=[InstanceWorkflow, RosterWorkflow],
-                activities=[
-                    catalog_activities.resolve_instance,
-                    PresenceActivities(client).host_polled,
-                    *registry.all(),
-                    notify_activities.notify_event,
-                ],
-                graceful_shutdown_timeout=timedelta(seconds=WORKER_SHUTDOWN_GRACE_S),
-                # A workflow's next task goes to the worker that ran its last one (its cache). If
-                # that worker died, the task waits this long before any worker may take it — the
-                # SDK's 10 s held a standby's promotion on a dead host's queue; a live but busy
-                # worker that misses a short one costs one replay elsewhere, not a failover.
-                # perseus.timing.STICKY_TIMEOUT_S (which says why that figure) unless a benchmark
-                # set PERSEUS_STICKY_TIMEOUT to compare another.
-                sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.sticky_timeout),
-                # No sandbox: a worker that takes over a dead worker's workflows replays each whole
-                # history first, and under the sandbox that took twice as long on an idle machine and
-                # five times as long on a busy one (a 245-event golden history: 79 ms against 37 ms;
-                # 208 ms against 44 ms beside a test suite), which a handoff right after the kill
-                # waits for twice (docs/benchmarks.md, "Killed workflow worker: replay without the
-                # sandbox"). What the sandbox guarded stays guarded: the workflow and core sources
-                # are checked for clocks, randomness and OS access (tests/unit/
-                # test_import_fences.py), the drivers cannot be imported from them, and every golden
-                # history replays under the sandbox in the tests (tests/unit/test_replay.py).
-                workflow_runner=UnsandboxedWorkflowRunner(),
-            )
+
+    def shared_queue_worker() -> Worker:
+        """The worker of the shared queue (the workflows and the steps any worker may take)."""
+        return Worker(
+            client,
+            task_queue=SHARED_TASK_QUEUE,
+            workflows=[InstanceWorkflow, RosterWorkflow],
+            activities=[
+                catalog_activities.resolve_instance,
+                PresenceActivities(client).host_polled,
+                *registry.all(),
+                notify_activities.notify_event,
+            ],
+            graceful_shutdown_timeout=timedelta(seconds=WORKER_SHUTDOWN_GRACE_S),
+            # A workflow's next task goes to the worker that ran its last one (its cache). If
+            # that worker died, the task waits this long before any worker may take it — the
+            # SDK's 10 s held a standby's promotion on a dead host's queue; a live but busy
+            # worker that misses a short one costs one replay elsewhere, not a failover.
+            # perseus.timing.STICKY_TIMEOUT_S (which says why that figure) unless a benchmark
+            # set PERSEUS_STICKY_TIMEOUT to compare another.
+            sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.sticky_timeout),
+            # No sandbox: a worker that takes over a dead worker's workflows replays each whole
+            # history first, and under the sandbox that took twice as long on an idle machine and
+            # five times as long on a busy one (a 245-event golden history: 79 ms against 37 ms;
+            # 208 ms against 44 ms beside a test suite), which a handoff right after the kill
+            # waits for twice (docs/benchmarks.md, "Killed workflow worker: replay without the
+            # sandbox"). What the sandbox guarded stays guarded: the workflow and core sources
+            # are checked for clocks, randomness and OS access (tests/unit/
+            # test_import_fences.py), the drivers cannot be imported from them, and every golden
+            # history replays under the sandbox in the tests (tests/unit/test_replay.py).
+            workflow_runner=UnsandboxedWorkflowRunner(),
         )
+
+    if shared_queue:
+        workers.append(shared_queue_worker())
     try:
         async with contextlib.AsyncExitStack() as stack:
             if metrics_server is not None:
@@ -228,7 +233,30 @@ async def run_worker(
             if ready is not None:
                 ready.set()
             await stop.wait()
-            await release_instances(client, host_activities)
+            stalled: Callable[[], Awaitable[None]] | None = None
+            if shared_queue and (peers := await find_shared_queue_peers(store, client, me=client.identity)):
+                # A workflow task the server hands this worker as it shuts down is lost until the
+                # task's timeout; once the release has woken a standby, that task may be the
+                # standby's promotion (its run cached here). Stop taking them first, while every
+                # connector still runs: the peers take this worker's cached runs over.
+                log.info(
+                    "host %s hands the shared queue to %s before it releases its instances",
+                    host,
+                    ", ".join(peers),
+                )
+                await stop_serving(workers[-1])
+
+                async def serve_again() -> None:
+                    log.warning(
+                        "host %s: instances not released %gs after it handed the shared queue over "
+                        "(its peers may have gone): serving it again to finish",
+                        host,
+                        HANDOVER_STALL_S,
+                    )
+                    await stack.enter_async_context(shared_queue_worker())
+
+                stalled = serve_again
+            await release_instances(client, host_activities, stalled=stalled)
     finally:
         await keeper.close()
         watchdog.close()
@@ -278,17 +306,35 @@ async def connect_when_up(settings: Settings) -> Client:
         return client
 
 
-async def release_instances(client: Client, host_activities: HostActivities) -> None:
-    """Tell this host's instances to step down, and wait (bounded) until their workflows are done."""
+async def stop_serving(worker: Worker) -> None:
+    """Stop ``worker`` taking tasks, and give what it took :data:`SHARED_STOP_WAIT_S` to finish (the
+    rest finishes meanwhile; the exit stack waits for it)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(worker.shutdown()), SHARED_STOP_WAIT_S)
+
+
+async def release_instances(
+    client: Client,
+    host_activities: HostActivities,
+    *,
+    stalled: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Tell this host's instances to step down, and wait (bounded) until their workflows are done.
+    ``stalled`` is awaited once if some are still running :data:`HANDOVER_STALL_S` after the signals
+    (the worker serves the shared queue again)."""
     workflow_ids = host_activities.keeper.workflow_ids() | set(host_activities.connectors.workflow_ids())
     for workflow_id in workflow_ids:
         with contextlib.suppress(RPCError):
             await client.get_workflow_handle(workflow_id).signal(
                 InstanceWorkflow.host_shutting_down, rpc_timeout=RPC_TIMEOUT
             )
-    deadline = time.monotonic() + GRACEFUL_RELEASE_S
+    signalled = time.monotonic()
+    deadline = signalled + GRACEFUL_RELEASE_S
     pending = set(workflow_ids)
     while pending and time.monotonic() < deadline:
+        if stalled is not None and time.monotonic() - signalled >= HANDOVER_STALL_S:
+            await stalled()
+            stalled = None
         for workflow_id in list(pending):
             try:
                 described = await client.get_workflow_handle(workflow_id).describe(rpc_timeout=RPC_TIMEOUT)

@@ -335,6 +335,20 @@ QUIET_INTERVALS = 1.05
 #: (then their TTL frees them), looking again every RELEASE_LOOK_S.
 GRACEFUL_RELEASE_S = 30.0
 RELEASE_LOOK_S = 0.2
+#: Where another worker serves the shared queue, a stopping worker stops serving it before it
+#: releases (worker.run_worker): a workflow task the server hands a worker as it shuts down is lost
+#: until the task timeout, and a released instance's standbys would be woken into exactly that. If
+#: its instances have not all closed this long after, the peer may have died since it last
+#: announced itself: the worker serves the shared queue again to finish its own release.
+HANDOVER_STALL_S = 3.0
+#: A peer counts as serving the shared queue when it announced itself this recently (two
+#: announcements: one may be late on a busy machine).
+PEER_FRESH_S = 2 * ANNOUNCE_EVERY_S
+#: … and Temporal lists it among the shared queue's pollers, asked within this long.
+PEER_LOOKUP_S = 1.0
+#: A stopping worker waits this long for its shared-queue worker to finish what it took; it has
+#: stopped polling by then, and whatever remains finishes while the release goes on.
+SHARED_STOP_WAIT_S = 2.0
 #: How long a workflow task may run on the worker that took it before the server gives it to
 #: another, as a share of the instance's interval, with a floor and a cap (the SDK's default is
 #: 10 s). A worker cut off from Temporal, or paused, keeps its long polls open on the server, which

@@ -33,13 +33,15 @@ from temporalio.service import RPCError
 from perseus import errors
 from perseus import version as release
 from perseus.errors import ServiceUnavailable
-from perseus.keys import host_task_queue, iso
+from perseus.keys import SHARED_TASK_QUEUE, host_task_queue, iso, parse_iso
 from perseus.models import Wire
 from perseus.timing import (
     ANNOUNCE_EVERY_S,
     ANNOUNCE_TTL_S,
     DESCRIBE_QUEUE_TIMEOUT_S,
     LIVE_POLL_WINDOW_S,
+    PEER_FRESH_S,
+    PEER_LOOKUP_S,
     POLL_LOOKUP_CONNECT_S,
     POLL_LOOKUP_S,
 )
@@ -270,3 +272,60 @@ async def pollers_within(client: Client, host: str, window: timedelta, *, identi
         and p.last_access_time.ToDatetime(tzinfo=UTC) >= since
         and (identity is None or p.identity == identity)
     )
+
+
+def shared_queue_peers(
+    records: Iterable[WorkerRecord], pollers: dict[str, datetime], *, me: str, now: datetime
+) -> list[str]:
+    """The other workers that serve the shared queue now, by identity: each must say so in a fresh
+    announcement (within :data:`PEER_FRESH_S` — a killed worker's record outlives it by up to its
+    TTL) *and* be among the pollers this Temporal lists for the shared queue (``pollers``: identity →
+    last poll) — a record alone may come from a worker of another Temporal sharing the Redis. An
+    idle poller's last poll can be a long poll old, so the poll only has to fall within
+    :data:`LIVE_POLL_WINDOW`."""
+    fresh_since = now - timedelta(seconds=PEER_FRESH_S)
+    polled_since = now - LIVE_POLL_WINDOW
+    return sorted(
+        {
+            r.worker_id
+            for r in records
+            if r.shared_queue
+            and r.worker_id != me
+            and parse_iso(r.seen_at) >= fresh_since
+            and pollers.get(r.worker_id, datetime.min.replace(tzinfo=UTC)) >= polled_since
+        }
+    )
+
+
+async def shared_queue_pollers(client: Client) -> dict[str, datetime]:
+    """Who polled the shared workflow queue, and when last (as this Temporal lists them). Asked
+    within :data:`PEER_LOOKUP_S`: a worker stopping during a Temporal outage must not wait longer
+    to learn that nobody answers."""
+    try:
+        reply = await client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace=client.namespace,
+                task_queue=TaskQueue(name=SHARED_TASK_QUEUE),
+                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+            ),
+            timeout=timedelta(seconds=PEER_LOOKUP_S),
+        )
+    except RPCError as exc:
+        raise errors.ServiceUnavailable(f"Temporal: {exc.message}", server=errors.Server.TEMPORAL) from None
+    return {
+        p.identity: p.last_access_time.ToDatetime(tzinfo=UTC)
+        for p in reply.pollers
+        if p.HasField("last_access_time")
+    }
+
+
+async def find_shared_queue_peers(store: RedisStore, client: Client, *, me: str) -> list[str]:
+    """:func:`shared_queue_peers` as Redis and Temporal show them now; none when either does not
+    answer (the caller then goes on serving the queue itself)."""
+    try:
+        records = await store.workers()
+        pollers = await shared_queue_pollers(client)
+    except ServiceUnavailable as exc:
+        log.info("could not tell whether another worker serves the shared queue: %s", exc)
+        return []
+    return shared_queue_peers(records, pollers, me=me, now=datetime.now(UTC))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -31,4 +32,17 @@ async def temporal(tmp_path: Path) -> AsyncIterator[PrivateTemporal]:
         yield made
     finally:
         made.freeze(False)
+        service.stop()
+
+
+@pytest_asyncio.fixture
+async def own_redis(tmp_path: Path) -> AsyncIterator[services.Service]:
+    """A Redis of one test's own: it can be paused or frozen, and no other test's worker announces
+    itself there."""
+    service = await services.start_redis(tmp_path / "redis", None)
+    try:
+        yield service
+    finally:
+        if service.proc is not None and service.proc.poll() is None:
+            service.proc.send_signal(signal.SIGCONT)
         service.stop()

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
-import pytest_asyncio
 
 from perseus.client import control
 from perseus.devstack import services
@@ -30,17 +27,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 #: Long enough that the half interval between "not ready" and the renew deadline is a wide margin
 #: for a probe on a loaded machine.
 INTERVAL = 3.0
-
-
-@pytest_asyncio.fixture
-async def own_redis(tmp_path: Path) -> AsyncIterator[services.Service]:
-    service = await services.start_redis(tmp_path / "redis", None)
-    try:
-        yield service
-    finally:
-        if service.proc is not None and service.proc.poll() is None:
-            service.proc.send_signal(signal.SIGCONT)
-        service.stop()
 
 
 async def probe(port: int, path: str) -> tuple[int, dict[str, object]]:

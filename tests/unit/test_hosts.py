@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from perseus.host.workers import WorkerRecord, outdated_hosts, summarise
+from perseus.host.workers import WorkerRecord, outdated_hosts, shared_queue_peers, summarise
 
 
 def record(host: str, worker_id: str, seen: str, **over: object) -> WorkerRecord:
@@ -65,3 +65,28 @@ def test_a_host_behind_the_newest_release_is_outdated() -> None:
     assert outdated_hosts(views) == {"a": "0.1.0"}
     # All on one release: nobody is behind.
     assert outdated_hosts(summarise([record("a", "w1", "2026-01-01T00:00:01.000Z")], {})) == {}
+
+
+def test_a_shared_queue_peer_is_announced_lately_and_polls_this_temporal() -> None:
+    """Who a stopping worker may hand the shared queue to: a fresh announcement of serving it, and
+    a poll of it on this Temporal — neither alone (a dead worker's record outlives it; a record may
+    come from a worker of another Temporal sharing the Redis) — and never the worker itself."""
+    now = datetime(2026, 1, 1, 0, 1, 0, tzinfo=UTC)
+    fresh, stale = "2026-01-01T00:00:55.000Z", "2026-01-01T00:00:45.000Z"
+    polled = {
+        "me": now,
+        "peer": now - timedelta(seconds=50),  # an idle worker's long poll
+        "stale": now,
+        "host-only": now,
+        "old-poll": now - timedelta(minutes=5),
+    }
+    records = [
+        record("h0", "me", fresh, shared_queue=True),
+        record("h1", "peer", fresh, shared_queue=True),
+        record("h2", "stale", stale, shared_queue=True),
+        record("h3", "host-only", fresh, shared_queue=False),
+        record("h4", "old-poll", fresh, shared_queue=True),
+        record("h5", "other-temporal", fresh, shared_queue=True),
+    ]
+    assert shared_queue_peers(records, polled, me="me", now=now) == ["peer"]
+    assert shared_queue_peers(records[:1], polled, me="me", now=now) == []
