@@ -880,6 +880,14 @@ class HostRestarted(BaseModel):
     identity: str = ""
 
 
+class HandoffComing(BaseModel):
+    """A handoff to this instance is under way: sent to its workflow by whoever asked the holder."""
+
+    #: The holder's workflow id.
+    holder: str
+    actor: str | None = None
+
+
 class HandoffRequest(BaseModel):
     to_host: str
     shutdown: bool = False

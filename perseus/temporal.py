@@ -92,6 +92,8 @@ UPDATE_HANDOFF = "handoff"
 UPDATE_WAIT_REGISTERED = "wait_registered"
 QUERY_SNAPSHOT = "snapshot"
 SIGNAL_COMMAND = "command_signal"
+#: Sent to a handoff's target beside the request to the holder (``control.handoff``).
+SIGNAL_HANDOFF_COMING = "handoff_coming"
 #: Asked of an instance by its exchange's failsafe holder (docs/design.md, "Failsafe").
 UPDATE_FAILSAFE_PROMISE = "failsafe_promise"
 

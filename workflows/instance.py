@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         CommandRequest,
         CommandResult,
         FailsafeHolding,
+        HandoffComing,
         HandoffConfirm,
         HandoffRequest,
         HostRestarted,
@@ -243,6 +244,15 @@ class InstanceWorkflow:
     def handoff_confirmed(self, reply: HandoffConfirm) -> None:
         """The target of our handoff says whether it took over."""
         self.core.on_handoff_reply(reply)
+
+    @workflow.signal
+    def handoff_coming(self, note: HandoffComing) -> None:
+        """A handoff to this instance is under way (its caller sends this beside the request to the
+        holder). Nothing changes here: what it is for is the workflow task it costs *now*. If the
+        worker that had this run cached is gone, that task waits out the sticky timeout and replays
+        on a live worker while the holder is still stopping its connector — rather than after the
+        holder's release, when the promotion would wait for it and the exchange has no connector."""
+        del note  # said by its arrival; the history records who sent it
 
     @workflow.signal
     def command_signal(self, req: CommandRequest) -> None:

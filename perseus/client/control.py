@@ -8,6 +8,7 @@ Perseus error tree so every caller can print one clear line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Awaitable
 from datetime import timedelta
@@ -43,6 +44,7 @@ from perseus.models import (
     ConnectorSpec,
     FailsafeHolding,
     FailsafeView,
+    HandoffComing,
     HandoffRequest,
     InstanceInput,
     InstanceSnapshot,
@@ -56,6 +58,7 @@ from perseus.temporal import (
     QUERY_SNAPSHOT,
     RPC_TIMEOUT,
     SIGNAL_COMMAND,
+    SIGNAL_HANDOFF_COMING,
     UPDATE_COMMAND,
     UPDATE_HANDOFF,
     UPDATE_WAIT_REGISTERED,
@@ -466,6 +469,7 @@ async def handoff(
         raise errors.ConfigError(f"invalid host name {to_host!r}: use letters, digits, '.', '_' or '-'")
     handle = await find_active(client, exchange, from_host, default_host, holder=holder)
     request = HandoffRequest(to_host=to_host, shutdown=shutdown, actor=actor)
+    await tell_target(client, workflow_id(exchange, to_host), handle, actor)
     if not wait:
         # Accepted: the instance's validator said yes and the handoff is in its history; it runs
         # whether or not anyone waits for it.
@@ -503,6 +507,23 @@ async def handoff(
         handle,
     )
     return result.model_copy(update={"workflow_id": handle.id})
+
+
+async def tell_target(
+    client: Client, target_id: str, holder: WorkflowHandle[Any, str], actor: str | None
+) -> None:
+    """Wake the handoff's target now (``SIGNAL_HANDOFF_COMING``, which changes nothing there): if
+    the worker that had its run cached has died, the target's first task waits out the sticky
+    timeout and replays elsewhere while the holder stops its connector, not after its release (a
+    killed workflow worker cost a handoff two such waits in a row, one per workflow). Best effort:
+    a target that is not running is the holder's to refuse, with the reason."""
+    if target_id == holder.id:
+        return
+    note = HandoffComing(holder=holder.id, actor=actor)
+    with contextlib.suppress(RPCError):
+        await client.get_workflow_handle(target_id).signal(
+            SIGNAL_HANDOFF_COMING, note, rpc_timeout=RPC_TIMEOUT
+        )
 
 
 async def find_active(

@@ -128,8 +128,10 @@ async def test_a_handoff_after_the_workflows_worker_died_waits_for_no_dead_queue
 ) -> None:
     """Dedicated workflow workers: S ran (and cached) both instances' workflows and is SIGKILLed, T
     is left. A handoff right after the kill runs through both workflows, whose next tasks go to
-    S's sticky queue one after the other: each must leave it for T within the sticky timeout as the
-    server keeps it (not the SDK's 10 s), and the handoff complete."""
+    S's sticky queue: each must leave it for T within the sticky timeout as the server keeps it (not
+    the SDK's 10 s), and the handoff complete. Not one after the other: the caller wakes the target
+    beside its request to the holder, so the target's wait is over before the holder's release
+    promotes it (it used to come after, while the exchange had no connector)."""
     a, b, s, t = (host_name(f"wl-{x}") for x in ("ha", "hb", "s", "t"))
     env = {"TEMPORAL_ADDRESS": f"127.0.0.1:{temporal.port}"}
     worker_s = WorkerProcess(servers, s, shared=True, extra_env=env)
@@ -161,3 +163,10 @@ async def test_a_handoff_after_the_workflows_worker_died_waits_for_no_dead_queue
     waits = [wait for wf_id in ids for wait in await sticky_waits(temporal, wf_id)]
     assert max(waits, default=timedelta(0)) < timedelta(seconds=2), waits
     assert [await last_worker(x) for x in ids] == [str(worker_t.proc.pid)] * 2
+    marks: list[str] = []
+    async for event in temporal.client.get_workflow_handle(ids[1]).fetch_history_events():
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+            marks.append(event.workflow_execution_signaled_event_attributes.signal_name)
+        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT:
+            marks.append("left the dead queue")
+    assert marks[-3:] == ["handoff_coming", "left the dead queue", "promote"], marks
