@@ -216,7 +216,7 @@ async def run_worker(
             for worker in workers:
                 await stack.enter_async_context(worker)
             await stack.enter_async_context(enrolment(client, catalog, store, host, settings))
-            await stack.enter_async_context(
+            presence = await stack.enter_async_context(
                 announcing(
                     store,
                     host=host,
@@ -233,6 +233,9 @@ async def run_worker(
             if ready is not None:
                 ready.set()
             await stop.wait()
+            # Said before this worker looks for peers: a worker stopping at the same moment must
+            # not hand the shared queue to this one, nor this one to it.
+            await presence.say_stopping()
             stalled: Callable[[], Awaitable[None]] | None = None
             if shared_queue and (peers := await find_shared_queue_peers(store, client, me=client.identity)):
                 # A workflow task the server hands this worker as it shuts down is lost until the

@@ -20,6 +20,7 @@ from perseus.core.lifecycle import Command, Role, State
 from perseus.keys import EXCHANGE_PATTERN, HOST_PATTERN, iso
 from perseus.timing import (
     DEFAULT_INTERVAL_S,
+    INSTANCE_HISTORY_LIMIT,
     MAX_ACTIVE_TIMEOUT_S,
     MAX_INTERVAL_S,
     MAX_READY_TIMEOUT_S,
@@ -459,7 +460,7 @@ class InstanceInput(BaseModel):
     #: the start it asked for.
     actor: str | None = None
     #: Continue-as-new after this many history events even if Temporal has not suggested it yet.
-    history_limit: int = 2000
+    history_limit: int = INSTANCE_HISTORY_LIMIT
     #: Maximum length of one lease activity; it is re-issued after that (keeps timeouts finite).
     lease_term_s: float = 6 * 3600
     #: Hold through a Redis outage on promises from every other instance of the exchange
@@ -467,6 +468,15 @@ class InstanceInput(BaseModel):
     failsafe: bool = False
     # Carried across continue-as-new:
     carried: CarriedState | None = None
+
+    def continued(self, carried: CarriedState) -> InstanceInput:
+        """The next run's input: ``carried`` in, no start of its own — and a history limit from an
+        older release (2,000 then) down to today's, so that what a run takes to replay on a new
+        worker is bounded for the fleet already running too."""
+        limit = min(self.history_limit, INSTANCE_HISTORY_LIMIT)
+        return self.model_copy(
+            update={"carried": carried, "start_immediately": False, "history_limit": limit}
+        )
 
 
 class RegistrationResult(Wire):

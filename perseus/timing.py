@@ -368,6 +368,15 @@ def workflow_task_timeout_s(interval_s: float) -> float:
     return min(WORKFLOW_TASK_TIMEOUT_CAP_S, max(WORKFLOW_TASK_TIMEOUT_FLOOR_S, share))
 
 
+#: An instance's run continues as new after this many history events (unless Temporal suggests it
+#: sooner). A worker that takes over a run it does not have cached — its worker died, or stopped —
+#: replays the whole history before the run can act, and a replay costs about 0.4 ms an event on a
+#: 2-core machine (the SDK's round trips per workflow task, not Perseus' code: a handoff adds about
+#: 60 events to each of the two runs): 1,000 events took 0.45 s, and a handoff after the kill of
+#: the worker that had both runs cached replays both on the one worker left. 500 keeps each such
+#: replay near 0.2 s (docs/benchmarks.md, "Session 18"); a continue-as-new every eight handoffs or
+#: so costs nothing a holder or a standby would notice (the keeper holds the claim throughout).
+INSTANCE_HISTORY_LIMIT = 500
 #: How long a workflow task waits for the worker that has its run cached (see worker.run_worker).
 #: Measured in docs/benchmarks.md against no cache at all, which doubled every handoff's workflow
 #: time. The SDK's 10 s held a standby's promotion on a dead host's queue. 0.2 s rather than 0.5 s

@@ -246,7 +246,7 @@ class InstanceCore(InstanceAnswers):
         if not self.commands.queued:
             undelivered = yield Undelivered()
             carried = self.carried(undelivered)
-            yield ContinueAsNew(self.inp.model_copy(update={"carried": carried, "start_immediately": False}))
+            yield ContinueAsNew(self.inp.continued(carried))
         return None
 
     def _run_ticket(self, ticket: Ticket) -> Answer[tuple[CommandResult, str | None]]:

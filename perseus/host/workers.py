@@ -20,7 +20,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -73,6 +73,8 @@ class WorkerRecord(Wire):
     metrics_url: str | None = None
     claims: int = 0
     watches: int = 0
+    #: It is stopping gracefully: no stopping worker hands the shared queue to it.
+    stopping: bool = False
 
 
 class HostView(Wire):
@@ -185,6 +187,22 @@ async def read_hosts(store: RedisStore, client: Client | None) -> HostsBoard:
     return HostsBoard(hosts=summarise(records, polls), server_time=datetime.now(UTC))
 
 
+class Announcement:
+    """What a worker says of itself beyond its record's regular renewal."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.announce: Callable[[], Awaitable[None]] | None = None
+
+    async def say_stopping(self) -> None:
+        """Announce at once that this worker is stopping (best effort: Redis may be away), so that
+        no other stopping worker hands the shared queue to it."""
+        self.stopping = True
+        if self.announce is not None:
+            with contextlib.suppress(ServiceUnavailable):
+                await self.announce()
+
+
 @contextlib.asynccontextmanager
 async def announcing(
     store: RedisStore,
@@ -195,13 +213,15 @@ async def announcing(
     shared_queue: bool,
     metrics_url: Callable[[], str | None],
     held: Callable[[], tuple[int, int]],
-) -> AsyncIterator[None]:
+) -> AsyncIterator[Announcement]:
     """Announce this worker every :data:`ANNOUNCE_EVERY_S` while the block runs; withdraw it after.
 
     ``held`` says how many claims and standby watches the keeper holds now. A failed announcement
-    (Redis away) is logged and tried again at the next one: it never stops the worker.
+    (Redis away) is logged and tried again at the next one: it never stops the worker. The block
+    gets the :class:`Announcement`, to say at once that the worker is stopping.
     """
     started = iso(datetime.now(UTC))
+    said = Announcement()
 
     def record() -> WorkerRecord:
         claims, watches = held()
@@ -219,13 +239,17 @@ async def announcing(
             metrics_url=metrics_url(),
             claims=claims,
             watches=watches,
+            stopping=said.stopping,
         )
+
+    async def announce() -> None:
+        await store.announce_worker(record(), int(ANNOUNCE_TTL_S * 1000))
 
     async def loop() -> None:
         failing = False
         while True:
             try:
-                await store.announce_worker(record(), int(ANNOUNCE_TTL_S * 1000))
+                await announce()
             except ServiceUnavailable as exc:
                 if not failing:
                     log.warning("could not announce host %s in Redis: %s", host, exc)
@@ -234,9 +258,10 @@ async def announcing(
                 failing = False
             await asyncio.sleep(ANNOUNCE_EVERY_S)
 
+    said.announce = announce
     task = asyncio.create_task(loop(), name=f"announce {host}")
     try:
-        yield
+        yield said
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -277,12 +302,12 @@ async def pollers_within(client: Client, host: str, window: timedelta, *, identi
 def shared_queue_peers(
     records: Iterable[WorkerRecord], pollers: dict[str, datetime], *, me: str, now: datetime
 ) -> list[str]:
-    """The other workers that serve the shared queue now, by identity: each must say so in a fresh
-    announcement (within :data:`PEER_FRESH_S` — a killed worker's record outlives it by up to its
-    TTL) *and* be among the pollers this Temporal lists for the shared queue (``pollers``: identity →
-    last poll) — a record alone may come from a worker of another Temporal sharing the Redis. An
-    idle poller's last poll can be a long poll old, so the poll only has to fall within
-    :data:`LIVE_POLL_WINDOW`."""
+    """The other workers that serve the shared queue now, by identity. Each must say so in a fresh
+    announcement (within :data:`PEER_FRESH_S`: a killed worker's record outlives it by up to its
+    TTL) and not be stopping itself, *and* be among the pollers this Temporal lists for the shared
+    queue (``pollers``: identity → last poll) — a record alone may come from a worker of another
+    Temporal sharing the Redis. An idle poller's last poll can be a long poll old, so the poll only
+    has to fall within :data:`LIVE_POLL_WINDOW`."""
     fresh_since = now - timedelta(seconds=PEER_FRESH_S)
     polled_since = now - LIVE_POLL_WINDOW
     return sorted(
@@ -290,6 +315,7 @@ def shared_queue_peers(
             r.worker_id
             for r in records
             if r.shared_queue
+            and not r.stopping
             and r.worker_id != me
             and parse_iso(r.seen_at) >= fresh_since
             and pollers.get(r.worker_id, datetime.min.replace(tzinfo=UTC)) >= polled_since

@@ -58,6 +58,7 @@ from perseus.models import (
     StandbyOutcome,
     StandbyRecord,
 )
+from perseus.timing import INSTANCE_HISTORY_LIMIT
 
 pytestmark = pytest.mark.unit
 
@@ -738,6 +739,19 @@ def test_continued_as_new_at_any_wait_it_ends_where_it_would_have(sc: Scenario) 
             w.claim is not None and whole.world.holder == w.claim.instance_id
         ), at
         check_invariants(after)
+
+
+def test_the_next_run_brings_an_older_releases_history_limit_down_to_todays() -> None:
+    """Replaying a run on a new worker costs its whole history: a run registered under an older
+    release (2,000 events then) takes today's lower limit with its next run; a lower one stays."""
+    _, resumed, _ = play(SCENARIOS[0]).waits[0]
+    carried = resumed.carried
+    assert carried is not None
+    assert InstanceInput(exchange="x", host="h").history_limit == INSTANCE_HISTORY_LIMIT
+    older = InstanceInput(exchange="x", host="h", history_limit=2000, start_immediately=True)
+    nxt = older.continued(carried)
+    assert (nxt.history_limit, nxt.carried, nxt.start_immediately) == (INSTANCE_HISTORY_LIMIT, carried, False)
+    assert older.model_copy(update={"history_limit": 20}).continued(carried).history_limit == 20
 
 
 def test_a_standby_whose_host_restarted_watches_and_warms_up_again_from_the_new_worker() -> None:

@@ -70,7 +70,8 @@ def test_a_host_behind_the_newest_release_is_outdated() -> None:
 def test_a_shared_queue_peer_is_announced_lately_and_polls_this_temporal() -> None:
     """Who a stopping worker may hand the shared queue to: a fresh announcement of serving it, and
     a poll of it on this Temporal — neither alone (a dead worker's record outlives it; a record may
-    come from a worker of another Temporal sharing the Redis) — and never the worker itself."""
+    come from a worker of another Temporal sharing the Redis) — never one that is stopping too, and
+    never the worker itself."""
     now = datetime(2026, 1, 1, 0, 1, 0, tzinfo=UTC)
     fresh, stale = "2026-01-01T00:00:55.000Z", "2026-01-01T00:00:45.000Z"
     polled = {
@@ -79,6 +80,7 @@ def test_a_shared_queue_peer_is_announced_lately_and_polls_this_temporal() -> No
         "stale": now,
         "host-only": now,
         "old-poll": now - timedelta(minutes=5),
+        "stopping-too": now,
     }
     records = [
         record("h0", "me", fresh, shared_queue=True),
@@ -87,6 +89,7 @@ def test_a_shared_queue_peer_is_announced_lately_and_polls_this_temporal() -> No
         record("h3", "host-only", fresh, shared_queue=False),
         record("h4", "old-poll", fresh, shared_queue=True),
         record("h5", "other-temporal", fresh, shared_queue=True),
+        record("h6", "stopping-too", fresh, shared_queue=True, stopping=True),
     ]
     assert shared_queue_peers(records, polled, me="me", now=now) == ["peer"]
     assert shared_queue_peers(records[:1], polled, me="me", now=now) == []
