@@ -47,14 +47,14 @@ from perseus.errors import ConfigError, PerseusError, ServiceUnavailable
 from perseus.fleet.enrol import enrolment
 from perseus.fleet.file import RetryWait, retry_after, retry_over
 from perseus.host.health import WorkerHealth
-from perseus.host.keeper import LeaseKeeper, WorkflowClosed
+from perseus.host.keeper import HeadsUpSender, LeaseKeeper, WorkflowClosed
 from perseus.host.systemd import keep_alive, notify, watchdog_period_s
 from perseus.host.watchdog import Watchdog
 from perseus.host.workers import announcing, find_shared_queue_peers
 from perseus.keys import SHARED_TASK_QUEUE, host_task_queue, valid_host
 from perseus.logs import configure_logging, install_temporal_runtime
 from perseus.metrics import MetricsServer, free_loopback_address
-from perseus.models import EventRequest, HostRestarted
+from perseus.models import EventRequest, HeadsUp, HostRestarted
 from perseus.notify import notifications
 from perseus.store.db import Catalog, open_pool_eventually
 from perseus.store.redis_store import RedisStore, make_client
@@ -124,6 +124,7 @@ async def run_worker(
         watchdog=watchdog,
         workflow_closed=workflow_closed(client),
         failsafe=failsafe,
+        heads_up=heads_up_sender(client),
         # The errors a connector reports itself reach the stream the way the workflow's do.
         record_event=lambda event: registry.record_event(EventRequest(event=event)),
     )
@@ -382,6 +383,18 @@ async def _cancelled(task: asyncio.Task[Any]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+def heads_up_sender(client: Client) -> HeadsUpSender:
+    """How the keeper tells an instance workflow that its next task is near (``InstanceWorkflow.
+    heads_up``, which changes nothing there)."""
+
+    async def send(workflow_id: str, reason: str) -> None:
+        await client.get_workflow_handle(workflow_id).signal(
+            InstanceWorkflow.heads_up, HeadsUp(reason=reason), rpc_timeout=RPC_TIMEOUT
+        )
+
+    return send
 
 
 def workflow_closed(client: Client) -> WorkflowClosed:

@@ -890,12 +890,12 @@ class HostRestarted(BaseModel):
     identity: str = ""
 
 
-class HandoffComing(BaseModel):
-    """A handoff to this instance is under way: sent to its workflow by whoever asked the holder."""
+class HeadsUp(BaseModel):
+    """A task of this instance is near (a handoff to it is under way; the holder it watches has
+    missed a renewal): what it is for is the workflow task its arrival costs at once."""
 
-    #: The holder's workflow id.
-    holder: str
-    actor: str | None = None
+    #: Why, for the history's reader (no decision depends on it).
+    reason: str
 
 
 class HandoffRequest(BaseModel):

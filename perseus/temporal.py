@@ -92,8 +92,9 @@ UPDATE_HANDOFF = "handoff"
 UPDATE_WAIT_REGISTERED = "wait_registered"
 QUERY_SNAPSHOT = "snapshot"
 SIGNAL_COMMAND = "command_signal"
-#: Sent to a handoff's target beside the request to the holder (``control.handoff``).
-SIGNAL_HANDOFF_COMING = "handoff_coming"
+#: Sent to an instance whose next task is near (``models.HeadsUp``): a handoff's target by the
+#: caller (``control.handoff``), a standby whose holder missed a renewal by its host's keeper.
+SIGNAL_HEADS_UP = "heads_up"
 #: Asked of an instance by its exchange's failsafe holder (docs/design.md, "Failsafe").
 UPDATE_FAILSAFE_PROMISE = "failsafe_promise"
 

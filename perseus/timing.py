@@ -271,6 +271,20 @@ RENEWAL_BOUND_FLOOR_S = 0.05
 #: A renewal that failed is tried once more this share of an interval after it was sent, before its
 #: next slot (:func:`perseus.core.decisions.quick_retry_at` says why).
 RENEWAL_RETRY_INTERVALS = 0.25
+#: A standby's looks at its holder's key (its own renewals) are steered to fall this share of an
+#: interval after the holder's renewals, by at most STANDBY_STEER_INTERVALS of an interval per look
+#: (a heartbeat every k looks has 1.25 k intervals: a look never moves far). Then a holder that
+#: stopped right after a renewal is seen late at 1.4 intervals, 0.7 before the claim-over line,
+#: wherever in its cycle it died (:func:`perseus.core.decisions.standby_step_s`).
+STANDBY_LOOK_PHASE = 0.4
+STANDBY_STEER_INTERVALS = 0.1
+#: A holder not renewed for this many intervals has missed a renewal: its standbys' workflows are
+#: told at once (a heads-up signal, which changes nothing there), so that a run cached on the dead
+#: holder's worker has waited out that worker's sticky queue and replayed elsewhere before the
+#: claim-over line, not after it (docs/design.md, "A heads-up before the task").
+HOLDER_LATE_INTERVALS = 1.2
+#: A heads-up is given up after this long (it is an optimisation; the watch goes on regardless).
+HEADS_UP_TIMEOUT_S = 2.0
 #: A keeper loop with no activity attached for this many intervals (at least DETACHED_FLOOR_S) asks
 #: Temporal whether its workflow still exists, and again at most once per interval after that.
 DETACHED_INTERVALS = 3.0

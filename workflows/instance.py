@@ -42,9 +42,9 @@ with workflow.unsafe.imports_passed_through():
         CommandRequest,
         CommandResult,
         FailsafeHolding,
-        HandoffComing,
         HandoffConfirm,
         HandoffRequest,
+        HeadsUp,
         HostRestarted,
         InstanceInput,
         InstanceSnapshot,
@@ -246,13 +246,15 @@ class InstanceWorkflow:
         self.core.on_handoff_reply(reply)
 
     @workflow.signal
-    def handoff_coming(self, note: HandoffComing) -> None:
-        """A handoff to this instance is under way (its caller sends this beside the request to the
-        holder). Nothing changes here: what it is for is the workflow task it costs *now*. If the
-        worker that had this run cached is gone, that task waits out the sticky timeout and replays
-        on a live worker while the holder is still stopping its connector — rather than after the
-        holder's release, when the promotion would wait for it and the exchange has no connector."""
-        del note  # said by its arrival; the history records who sent it
+    def heads_up(self, note: HeadsUp) -> None:
+        """A task of this instance is near: a handoff to it is under way (its caller sends this
+        beside the request to the holder), or the holder it stands by for has missed a renewal (its
+        host's keeper sends it well before the claim-over line). Nothing changes here: what it is for
+        is the workflow task it costs *now*. If the worker that had this run cached is gone, that
+        task waits out the sticky timeout and replays on a live worker while nothing depends on it
+        — not after the release or the lapse, when the promotion would wait for it and the exchange
+        has no connector."""
+        del note  # said by its arrival; the history records why
 
     @workflow.signal
     def command_signal(self, req: CommandRequest) -> None:

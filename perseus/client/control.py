@@ -44,8 +44,8 @@ from perseus.models import (
     ConnectorSpec,
     FailsafeHolding,
     FailsafeView,
-    HandoffComing,
     HandoffRequest,
+    HeadsUp,
     InstanceInput,
     InstanceSnapshot,
     RegistrationResult,
@@ -58,7 +58,7 @@ from perseus.temporal import (
     QUERY_SNAPSHOT,
     RPC_TIMEOUT,
     SIGNAL_COMMAND,
-    SIGNAL_HANDOFF_COMING,
+    SIGNAL_HEADS_UP,
     UPDATE_COMMAND,
     UPDATE_HANDOFF,
     UPDATE_WAIT_REGISTERED,
@@ -512,18 +512,16 @@ async def handoff(
 async def tell_target(
     client: Client, target_id: str, holder: WorkflowHandle[Any, str], actor: str | None
 ) -> None:
-    """Wake the handoff's target now (``SIGNAL_HANDOFF_COMING``, which changes nothing there): if
+    """Wake the handoff's target now (``SIGNAL_HEADS_UP``, which changes nothing there): if
     the worker that had its run cached has died, the target's first task waits out the sticky
     timeout and replays elsewhere while the holder stops its connector, not after its release (a
     killed workflow worker cost a handoff two such waits in a row, one per workflow). Best effort:
     a target that is not running is the holder's to refuse, with the reason."""
     if target_id == holder.id:
         return
-    note = HandoffComing(holder=holder.id, actor=actor)
+    note = HeadsUp(reason=f"a handoff from {holder.id}" + (f" asked by {actor}" if actor else ""))
     with contextlib.suppress(RPCError):
-        await client.get_workflow_handle(target_id).signal(
-            SIGNAL_HANDOFF_COMING, note, rpc_timeout=RPC_TIMEOUT
-        )
+        await client.get_workflow_handle(target_id).signal(SIGNAL_HEADS_UP, note, rpc_timeout=RPC_TIMEOUT)
 
 
 async def find_active(

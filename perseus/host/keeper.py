@@ -47,10 +47,13 @@ from perseus import version as release
 from perseus.core.decisions import failsafe as fs
 from perseus.core.decisions import (
     held_back_by_handoff,
+    holder_late,
     lapses_in_s,
     past_renew_deadline,
     quick_retry_at,
+    renewed_ago_s,
     runs_without_claim,
+    standby_step_s,
     takes_over_lapsed,
 )
 from perseus.core.pause import in_force, paused_for_ms, watch_ends
@@ -85,6 +88,7 @@ from perseus.timing import (
     DETACHED_FLOOR_S,
     DETACHED_INTERVALS,
     FAILSAFE_EVENT_GIVE_UP_S,
+    HEADS_UP_TIMEOUT_S,
     LAPSE_LOOK_S,
     MIN_INTERVAL_S,
     OUTAGE_MEMORY_INTERVALS,
@@ -113,6 +117,9 @@ RecordEvent = Callable[[NetworkEvent], Awaitable[object]]
 #: Answers whether an instance workflow is definitely closed (True), running (False) or unknown
 #: (None: Temporal did not answer — keep going).
 WorkflowClosed = Callable[[str], Awaitable[bool | None]]
+
+#: Sends an instance workflow (by id) a heads-up with its reason (``models.HeadsUp``).
+HeadsUpSender = Callable[[str, str], Awaitable[object]]
 
 
 class FailsafeCalls(Protocol):
@@ -269,6 +276,12 @@ class WatchedStandby(_Loop):
     #: Monotonic time at which the holder's key, as last seen, passes its renew deadline plus the
     #: margin: the watch looks again then (None: nothing to look for).
     lapse_at: float | None = None
+    #: Seconds since the holder renewed, as last seen (None: no holder, or one on another
+    #: interval, whose renewals this watch's looks cannot keep a phase to).
+    holder_renewed_ago: float | None = None
+    #: ...and that holder had missed a renewal (``decisions.holder_late``): the workflow was told once.
+    holder_late: bool = False
+    told_late: bool = False
     #: Monotonic time of the last renewal that failed (Redis unreachable or too slow).
     last_failure: float = float("-inf")
     #: A warm standby's connector was seen warm and ready at a renewal.
@@ -322,8 +335,11 @@ class LeaseKeeper:
         workflow_closed: WorkflowClosed | None = None,
         record_event: RecordEvent | None = None,
         failsafe: FailsafeCalls | None = None,
+        heads_up: HeadsUpSender | None = None,
     ) -> None:
         self._store = store
+        #: How a standby's workflow is told that its holder missed a renewal (None: it is not).
+        self._heads_up = heads_up
         #: How a failsafe holder reads its roster and asks for promises (None: it holds on nothing).
         self._failsafe = failsafe
         #: Claim renewals leave in shared slots, one pipeline per slot (see perseus/host/grid.py).
@@ -978,6 +994,7 @@ class LeaseKeeper:
         ttl = ttl_ms(interval)
         due = time.monotonic()
         first = True
+        steer_from: float | None = None
         while True:
             try:
                 # The host's release, for the views and the standby ranking (what runs here, not
@@ -1027,6 +1044,9 @@ class LeaseKeeper:
                 self._saw_pause(watched, paused_ms)
                 self._saw_handoff(watched, handoff.to_host if handoff is not None else None)
                 self._saw(watched, holder)
+                self._tell_if_late(watched)
+                # Only this beat's look steers the next (the lapse look below comes off-phase).
+                steer_from = watched.holder_renewed_ago
             watched.beat.pulse()
             if await self._orphaned(watched):
                 # A warm standby's connector has nobody left to promote it.
@@ -1036,7 +1056,8 @@ class LeaseKeeper:
                 watched.ended = StandbyGone(f"the instance workflow {record.workflow_id} has ended")
                 watched.beat.pulse()
                 return
-            due += interval
+            due += standby_step_s(steer_from, interval)
+            steer_from = None
             await self._look_until(watched, due)
 
     @staticmethod
@@ -1080,8 +1101,12 @@ class LeaseKeeper:
         renew deadline plus the margin, seen outside a Redis outage, is claimed over (invariants 1
         and 4 of :mod:`perseus.core.decisions`)."""
         watched.vacant = not holder.held
+        watched.holder_renewed_ago, watched.holder_late = None, False
         if holder.held:
             every = holder.interval_s or watched.interval_s
+            if holder.pttl_ms is not None and every == watched.interval_s:
+                watched.holder_renewed_ago = renewed_ago_s(holder.pttl_ms, every)
+                watched.holder_late = holder_late(watched.holder_renewed_ago, every)
             past = holder.pttl_ms is not None and past_renew_deadline(holder.pttl_ms, every)
             watched.holder_past_deadline = past
             watched.holder_silent = holder.interval_s is not None and takes_over_lapsed(
@@ -1096,6 +1121,38 @@ class LeaseKeeper:
             watched.holder_silent, watched.lapse_at = False, None
         if holder.epoch is not None:
             watched.last_epoch = max(watched.last_epoch, holder.epoch)
+
+    def _tell_if_late(self, watched: WatchedStandby) -> None:
+        """Give the standby's workflow a heads-up, once, when its holder has missed a renewal — and
+        nothing holds its race back (a pause, a handoff to another host, Redis just away: every
+        holder reads late then). A task now costs nothing; after the claim-over line, a run cached on
+        the dead holder's worker would first wait out that worker's sticky queue and replay."""
+        if not watched.holder_late:
+            watched.told_late = False
+            return
+        quiet = watched.paused or watched.handed_elsewhere or watched.after_outage
+        if watched.told_late or quiet or self._heads_up is None:
+            return
+        watched.told_late = True
+        ago = watched.holder_renewed_ago or 0.0
+        log.info(
+            "standby %s: the holder (epoch %s) has not renewed for %.1fs: heads-up to its workflow",
+            watched.workflow_id,
+            watched.last_epoch,
+            ago,
+        )
+        reason = f"the holder (epoch {watched.last_epoch}) has not renewed for {ago:.1f}s"
+        task = asyncio.create_task(self._send_heads_up(watched.workflow_id, reason), name="heads-up")
+        self._events.add(task)
+        task.add_done_callback(self._events.discard)
+
+    async def _send_heads_up(self, workflow_id: str, reason: str) -> None:
+        assert self._heads_up is not None
+        try:
+            async with asyncio.timeout(HEADS_UP_TIMEOUT_S):
+                await self._heads_up(workflow_id, reason)
+        except Exception as exc:  # noqa: BLE001 - a heads-up is an optimisation: the watch goes on
+            log.info("standby %s: heads-up not delivered: %s", workflow_id, str(exc) or type(exc).__name__)
 
     async def _look_until(self, watched: WatchedStandby, due: float) -> None:
         """Sleep until the next renewal is ``due``, but look at the holder's key once more at the

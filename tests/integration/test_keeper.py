@@ -339,6 +339,52 @@ async def test_a_watch_sees_a_silent_holder_at_its_deadline_not_at_its_next_beat
         await keeper.close()
 
 
+async def test_a_holder_that_missed_a_renewal_gets_its_standbys_workflow_a_heads_up_before_the_line(
+    store: RedisStore,
+) -> None:
+    """The standby's looks drift to a fixed phase after the holder's renewals; a holder that stops
+    right after one is then seen late well before the claim-over line, and the standby's workflow is
+    told once (a task now, while nothing depends on it). Never while the holder renews."""
+    interval = 1.0
+    ttl_ms = int(3 * interval * 1000)
+    exchange_id = 900_000 + uuid.uuid4().int % 100_000
+    doc = {"instanceId": "h1", "epoch": 4, "hostname": "k", "ttlMs": ttl_ms, "heartbeatIntervalMs": 1000}
+    told: list[tuple[str, str, float]] = []
+
+    async def heads_up(workflow_id: str, reason: str) -> None:
+        age = 3 * interval - await store.client.pttl(status_key(exchange_id)) / 1000
+        told.append((workflow_id, reason, age))
+
+    keeper = LeaseKeeper(store, ConnectorHost(), heads_up=heads_up)
+    req = standby_request(exchange_id).model_copy(update={"heartbeat_interval_s": interval})
+    try:
+        await store.client.set(status_key(exchange_id), json.dumps(doc), px=ttl_ms)
+        watched = keeper.watch(req)
+        with keeper.attached(watched):
+            # The holder renews on time for seven intervals (its looks move a tenth of one a beat).
+            for _ in range(7):
+                await asyncio.sleep(interval)
+                await store.client.set(status_key(exchange_id), json.dumps(doc), px=ttl_ms)
+            assert told == []
+            assert watched.holder_renewed_ago is not None
+            for _ in range(400):  # ...then stops right after that renewal
+                if watched.holder_silent:
+                    break
+                await watched.beat.wait(0.02)
+            assert watched.holder_silent
+        keeper.stop_watching(watched)
+        await asyncio.sleep(0)  # the heads-up runs in a task of its own
+        assert [(w, r.startswith("the holder (epoch 4) has not renewed for")) for w, r, _ in told] == [
+            (req.record.workflow_id, True)
+        ], told
+        # Late (past a missed renewal), and long enough before the claim-over line (2.1 intervals)
+        # for a run cached on the dead holder's worker to move: not at a look just before the line.
+        age = told[0][2]
+        assert 1.2 * interval < age < 1.7 * interval, told
+    finally:
+        await keeper.close()
+
+
 class Deadlines:
     """Stands in for the watchdog process: notes the deadlines it is handed."""
 

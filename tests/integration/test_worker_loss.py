@@ -53,6 +53,23 @@ async def sticky_waits(temporal: PrivateTemporal, wf_id: str) -> list[timedelta]
     return waits
 
 
+async def marks_of(temporal: PrivateTemporal, wf_id: str) -> list[str]:
+    """A run's history as the steps these tests order: signals by name, a task that left a sticky
+    queue after its timeout, and activities done (``<type> done``)."""
+    marks: list[str] = []
+    types: dict[int, str] = {}
+    async for event in temporal.client.get_workflow_handle(wf_id).fetch_history_events():
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+            marks.append(event.workflow_execution_signaled_event_attributes.signal_name)
+        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT:
+            marks.append("left the dead queue")
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            types[event.event_id] = event.activity_task_scheduled_event_attributes.activity_type.name
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            marks.append(f"{types[event.activity_task_completed_event_attributes.scheduled_event_id]} done")
+    return marks
+
+
 @dataclass
 class CachedOnA:
     worker_a: WorkerProcess
@@ -99,6 +116,12 @@ async def test_a_killed_worker_does_not_hold_the_standbys_promotion(
     # a task it routes to the normal queue at once waited for nothing.)
     moved = await sticky_waits(temporal, workflow_id(exchange, b))
     assert max(moved, default=timedelta(0)) < timedelta(seconds=2), moved
+    # And before the watch saw the holder past the claim-over line: B's host told B's run as soon as
+    # the holder missed a renewal, so its task left the dead queue while nothing waited on it.
+    marks = await marks_of(temporal, workflow_id(exchange, b))
+    assert marks.index("heads_up") < marks.index("left the dead queue") < marks.index("hold_standby done"), (
+        marks
+    )
     # The liveness bound: the claim-over line (2.1 intervals after the last renewal), the simulated
     # connector's walk (0.7 s), and a margin well below the 10 s the dead worker's queue used to add.
     assert took < 2.1 * INTERVAL + 0.7 + SDK_STICKY_DEFAULT_S / 2, took
@@ -163,10 +186,5 @@ async def test_a_handoff_after_the_workflows_worker_died_waits_for_no_dead_queue
     waits = [wait for wf_id in ids for wait in await sticky_waits(temporal, wf_id)]
     assert max(waits, default=timedelta(0)) < timedelta(seconds=2), waits
     assert [await last_worker(x) for x in ids] == [str(worker_t.proc.pid)] * 2
-    marks: list[str] = []
-    async for event in temporal.client.get_workflow_handle(ids[1]).fetch_history_events():
-        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
-            marks.append(event.workflow_execution_signaled_event_attributes.signal_name)
-        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT:
-            marks.append("left the dead queue")
-    assert marks[-3:] == ["handoff_coming", "left the dead queue", "promote"], marks
+    marks = [m for m in await marks_of(temporal, ids[1]) if not m.endswith(" done")]
+    assert marks[-3:] == ["heads_up", "left the dead queue", "promote"], marks

@@ -284,6 +284,34 @@ def test_the_moment_a_key_lapses_is_the_moment_it_is_past_the_deadline() -> None
         assert decisions.past_renew_deadline(pttl_ms, interval) is (lapses < 0)
 
 
+@pytest.mark.parametrize("start", [0.0, 0.1, 0.39, 0.41, 0.5, 0.75, 0.99])
+@pytest.mark.parametrize("interval", [1.0, 15.0])
+def test_a_standbys_looks_drift_to_their_phase_after_the_holders_renewals(
+    start: float, interval: float
+) -> None:
+    """Wherever its looks start in the holder's cycle, they reach the phase within six looks, moving
+    no more than a tenth of an interval a look (a watch heartbeats every k looks and has 1.25 k
+    intervals to do it), and stay there; a look with no holder to steer by keeps the interval."""
+    ago = start * interval
+    for _ in range(6):
+        step = decisions.standby_step_s(ago, interval)
+        assert 0.9 * interval - 1e-9 <= step <= 1.1 * interval + 1e-9
+        ago = (ago + step) % interval
+    assert ago == pytest.approx(0.4 * interval)
+    assert decisions.standby_step_s(ago, interval) == pytest.approx(interval)
+    assert decisions.standby_step_s(None, interval) == interval
+
+
+def test_a_holder_is_late_once_it_missed_a_renewal_and_that_is_well_before_the_claim_over_line() -> None:
+    interval = 1.0
+    assert decisions.renewed_ago_s(3000, interval) == 0 and decisions.renewed_ago_s(1600, interval) == 1.4
+    assert not decisions.holder_late(0.4, interval) and not decisions.holder_late(1.2, interval)
+    # A look at the phase sees a holder that died right after a renewal as late 1.4 intervals on:
+    # 0.7 of one before the line, room for a sticky wait and a replay.
+    assert decisions.holder_late(1.4, interval)
+    assert decisions.lapses_in_s(3000 - 1400, interval) == pytest.approx(0.7)
+
+
 def test_a_failed_warm_up_is_tried_again_after_a_doubling_delay_up_to_a_cap() -> None:
     assert [warm_retry_delay(n) for n in range(1, 9)] == [5, 10, 20, 40, 80, 160, 300, 300]
 

@@ -22,8 +22,11 @@ from perseus.timing import (
     ALIVE_INTERVALS,
     CLAIM_OVER_INTERVALS,
     HANDOFF_CLAIM_FLOOR_S,
+    HOLDER_LATE_INTERVALS,
     LOOK_SLACK_S,
     RENEWAL_RETRY_INTERVALS,
+    STANDBY_LOOK_PHASE,
+    STANDBY_STEER_INTERVALS,
     TTL_FACTOR,
     claim_over_s,
 )
@@ -144,8 +147,35 @@ def lapses_in_s(pttl_ms: int, interval_s: float) -> float:
     """Seconds until a claim with ``pttl_ms`` left to live passes its holder's renew deadline plus
     the margin (negative: it has). A standby's watch looks again at that moment rather than at its
     next beat, up to an interval later: at short intervals that wait is most of the failover."""
-    renewed_ms_ago = TTL_FACTOR * interval_s * 1000 - pttl_ms
-    return (claim_over_s(interval_s) * 1000 - renewed_ms_ago) / 1000
+    return claim_over_s(interval_s) - renewed_ago_s(pttl_ms, interval_s)
+
+
+def renewed_ago_s(pttl_ms: int, interval_s: float) -> float:
+    """Seconds since a claim with ``pttl_ms`` left to live was renewed (each renewal gives the key
+    TTL_FACTOR intervals: Redis's own clock, no skew between hosts)."""
+    return (TTL_FACTOR * interval_s * 1000 - pttl_ms) / 1000
+
+
+def holder_late(renewed_ago: float, interval_s: float) -> bool:
+    """Whether a holder renewed ``renewed_ago`` seconds ago has missed a renewal: its standbys'
+    workflows get a heads-up (:data:`~perseus.timing.HOLDER_LATE_INTERVALS` says why)."""
+    return renewed_ago > HOLDER_LATE_INTERVALS * interval_s
+
+
+def standby_step_s(renewed_ago: float | None, interval_s: float) -> float:
+    """Seconds from a standby's look to its next one: an interval, shortened or lengthened by at
+    most :data:`~perseus.timing.STANDBY_STEER_INTERVALS` of one so that its looks drift to
+    :data:`~perseus.timing.STANDBY_LOOK_PHASE` of an interval after the holder's renewals.
+    ``renewed_ago``: what this look saw, None when the phase means nothing (no holder, or one on
+    another interval). Why: only a look at that phase sees a holder that died right after a renewal
+    as late early enough to matter (:func:`holder_late`): one just before the holder's next renewal
+    would see it late only past the claim-over line."""
+    if renewed_ago is None:
+        return interval_s
+    # How far past the wanted phase this look came, folded into half an interval either way.
+    off = (renewed_ago - STANDBY_LOOK_PHASE * interval_s + interval_s / 2) % interval_s - interval_s / 2
+    steer = STANDBY_STEER_INTERVALS * interval_s
+    return interval_s - max(-steer, min(steer, off))
 
 
 @dataclass(frozen=True)
