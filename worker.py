@@ -207,8 +207,9 @@ async def run_worker(
             workflow_runner=UnsandboxedWorkflowRunner(),
         )
 
-    if shared_queue:
-        workers.append(shared_queue_worker())
+    shared = shared_queue_worker() if shared_queue else None
+    if shared is not None:
+        workers.append(shared)
     try:
         async with contextlib.AsyncExitStack() as stack:
             if metrics_server is not None:
@@ -237,18 +238,8 @@ async def run_worker(
             # Said before this worker looks for peers: a worker stopping at the same moment must
             # not hand the shared queue to this one, nor this one to it.
             await presence.say_stopping()
-            stalled: Callable[[], Awaitable[None]] | None = None
-            if shared_queue and (peers := await find_shared_queue_peers(store, client, me=client.identity)):
-                # A workflow task the server hands this worker as it shuts down is lost until the
-                # task's timeout; once the release has woken a standby, that task may be the
-                # standby's promotion (its run cached here). Stop taking them first, while every
-                # connector still runs: the peers take this worker's cached runs over.
-                log.info(
-                    "host %s hands the shared queue to %s before it releases its instances",
-                    host,
-                    ", ".join(peers),
-                )
-                await stop_serving(workers[-1])
+            stalled = None
+            if shared is not None and await hand_over_shared_queue(client, store, host, shared):
 
                 async def serve_again() -> None:
                     log.warning(
@@ -310,11 +301,20 @@ async def connect_when_up(settings: Settings) -> Client:
         return client
 
 
-async def stop_serving(worker: Worker) -> None:
-    """Stop ``worker`` taking tasks, and give what it took :data:`SHARED_STOP_WAIT_S` to finish (the
-    rest finishes meanwhile; the exit stack waits for it)."""
+async def hand_over_shared_queue(client: Client, store: RedisStore, host: str, shared: Worker) -> bool:
+    """Stop serving the shared queue if another worker serves it (True: stopped). A workflow task the
+    server hands a worker as it shuts down is lost until the task's timeout; once the release has
+    woken a standby, that task may be the standby's promotion (its run cached here). So it stops
+    taking them first, while every connector still runs, and the peers take its cached runs over.
+    What it took gets :data:`SHARED_STOP_WAIT_S` to finish; the rest finishes during the release
+    (the exit stack waits for it)."""
+    peers = await find_shared_queue_peers(store, client, me=client.identity)
+    if not peers:
+        return False
+    log.info("host %s hands the shared queue to %s before it releases its instances", host, ", ".join(peers))
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.shield(worker.shutdown()), SHARED_STOP_WAIT_S)
+        await asyncio.wait_for(asyncio.shield(shared.shutdown()), SHARED_STOP_WAIT_S)
+    return True
 
 
 async def release_instances(

@@ -11,6 +11,8 @@ with an active instance on one host and a standby on the other. For each heartbe
   returns with the standby active.
 
 The figures (p50/p99/max beside the TTL) replace the "Failover" section of docs/benchmarks.md.
+``--kinds crash`` (or ``graceful``, ``handoff``, ``failed``, comma-separated) runs only those
+trials: many of one kind, to see a rare slow one, in less time.
 
 Cold vs warm: ``.venv/bin/python -m bench.failover --warmup 30 [--intervals 15,2]`` runs a process
 connector (bench/warm_child.py) whose warm-up takes 30 s instead, once cold and once with warm
@@ -194,6 +196,7 @@ async def trial_set(
     log_dir: Path,
     *,
     topology: str,
+    kinds: tuple[str, ...] = ("crash", "graceful", "handoff", "failed"),
 ) -> dict[str, list[float]]:
     """One exchange on three hosts (one active, two standbys of different priorities): crashes
     (SIGKILL of the active host's worker), graceful stops (SIGTERM of it) and handoffs. A stopped
@@ -218,7 +221,7 @@ async def trial_set(
     await register(hosts[2], True)
     await active_host()
     results: dict[str, list[float]] = {"crash": [], "graceful": [], "handoff": [], "priority": []}
-    for kind in ("crash", "graceful"):
+    for kind in [k for k in ("crash", "graceful") if k in kinds]:
         for i in range(trials):
             active = await active_host()
             others = [h for h in hosts if h != active]
@@ -243,7 +246,7 @@ async def trial_set(
             workers[active] = Worker(env, active, log_dir, shared=shared)
             await workers[active].ready()
             await register(active, True)
-    for i in range(trials):
+    for i in range(trials if "handoff" in kinds else 0):
         active = await active_host()
         target = max((h for h in hosts if h != active), key=priority.__getitem__)
         await standbys_visible({target})
@@ -267,7 +270,7 @@ async def trial_set(
     await workers[broken].ready()
     results["failed promotion"] = []
     missing = ConnectorSpec(kind="process", command=[str(log_dir / "no-such-connector")])
-    for i in range(trials):
+    for i in range(trials if "failed" in kinds else 0):
         active = await active_host()
         await register_again(client, name, broken, interval, standby=True, priority=9, connector=missing)
         await standbys_visible({h for h in hosts if h != active} | {broken})
@@ -362,6 +365,8 @@ def markdown(rows: list[tuple[str, float, str, list[float]]], trials: int, load:
     ]
     for topology, interval, what, values in rows:
         ttl = 3 * interval
+        if not values:  # a kind left out (``--kinds``)
+            continue
         if what == "best standby won":
             lines.append(
                 f"| {topology} | {interval:g} s | {ttl:g} s | {what} | "
@@ -706,6 +711,19 @@ async def scratch_servers(
     return env, database_url, client, RedisStore(make_client(f"redis://127.0.0.1:{rp}/0"))
 
 
+#: The trial kinds of a set (``--kinds``), in the order they run.
+KINDS = ("crash", "graceful", "handoff", "failed")
+
+
+def kinds(text: str) -> list[str]:
+    """``--kinds``: names from KINDS, comma-separated; anything else is refused."""
+    names = [k for k in text.split(",") if k]
+    unknown = [k for k in names if k not in KINDS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown kind {', '.join(unknown)!r}: use {', '.join(KINDS)}")
+    return names
+
+
 def topologies(text: str) -> list[str]:
     """``--topologies``: names from TOPOLOGIES, comma-separated; anything else is refused (a name the
     bench did not know once ran every host with ``--no-shared``, and no worker served the workflows)."""
@@ -737,7 +755,15 @@ async def main(args: argparse.Namespace) -> None:
                 await core.ready()
             for interval in args.intervals:
                 results = await trial_set(
-                    client, store, env, database_url, interval, args.trials, base, topology=topology
+                    client,
+                    store,
+                    env,
+                    database_url,
+                    interval,
+                    args.trials,
+                    base,
+                    topology=topology,
+                    kinds=tuple(args.kinds),
                 )
                 rows += [
                     (topology, interval, "crash → standby active", results["crash"]),
@@ -778,6 +804,12 @@ if __name__ == "__main__":
         help="hosts (the README's: host workers serve the workflows too), dedicated, or both",
     )
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--kinds",
+        type=kinds,
+        default=list(KINDS),
+        help="which trials: crash, graceful, handoff, failed (a failed promotion); all by default",
+    )
     parser.add_argument(
         "--warmup",
         type=float,
