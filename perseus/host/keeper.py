@@ -345,7 +345,7 @@ class LeaseKeeper:
         #: Claim renewals leave in shared slots, one pipeline per slot (see perseus/host/grid.py).
         self._grid = RenewalGrid(store)
         self._record_event = record_event
-        #: Events on their way to the stream (kept referenced until written).
+        #: Events on their way to the stream, and heads-ups to workflows (kept referenced until sent).
         self._events: set[asyncio.Task[None]] = set()
         self._connectors = connectors
         self._watchdog = watchdog

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import pytest_asyncio
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import PollWorkflowTaskQueueRequest
@@ -37,23 +40,55 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 INTERVAL = 1.0
 
 
-def env_of(temporal: PrivateTemporal, redis: services.Service) -> dict[str, str]:
-    return {
-        "TEMPORAL_ADDRESS": f"127.0.0.1:{temporal.port}",
-        "PERSEUS_REDIS_URL": f"redis://127.0.0.1:{redis.port}/0",
-    }
+@dataclass
+class Private:
+    """One exchange, a private Temporal and a Redis of this test's own, and the host workers started."""
+
+    servers: Servers
+    temporal: PrivateTemporal
+    store: RedisStore
+    env: dict[str, str]
+    procs: list[WorkerProcess]
+    exchange: str
+    ex_id: int
+
+    async def worker(self, host: str) -> WorkerProcess:
+        """``perseus worker --host H`` that also serves the shared queue (the README's), polling."""
+        proc = WorkerProcess(self.servers, host, shared=True, extra_env=self.env)
+        self.procs.append(proc)
+        await proc.ready()
+        return proc
+
+    async def register(self, host: str, *, standby: bool = False) -> None:
+        await control.register(
+            self.temporal.client,
+            exchange=self.exchange,
+            host=host,
+            admin_email=None,
+            heartbeat_interval_s=INTERVAL,
+            start=not standby,
+            standby=standby,
+        )
+        if not standby:
+            await wait_for(lambda: active_on(self.store, self.ex_id, host), timeout=60)
 
 
-async def register(client: Client, exchange: str, host: str, *, standby: bool) -> None:
-    await control.register(
-        client,
-        exchange=exchange,
-        host=host,
-        admin_email=None,
-        heartbeat_interval_s=INTERVAL,
-        start=not standby,
-        standby=standby,
-    )
+@pytest_asyncio.fixture
+async def private(
+    servers: Servers,
+    temporal: PrivateTemporal,
+    own_redis: services.Service,
+    exchange: str,
+    worker_processes: list[WorkerProcess],
+) -> AsyncIterator[Private]:
+    redis_url = f"redis://127.0.0.1:{own_redis.port}/0"
+    env = {"TEMPORAL_ADDRESS": f"127.0.0.1:{temporal.port}", "PERSEUS_REDIS_URL": redis_url}
+    store = RedisStore(make_client(redis_url))
+    try:
+        ex_id = await exchange_id(servers, exchange)
+        yield Private(servers, temporal, store, env, worker_processes, exchange, ex_id)
+    finally:
+        await store.client.aclose()
 
 
 async def identity_of(store: RedisStore, host: str) -> str:
@@ -81,108 +116,76 @@ async def tasks_after(client: Client, workflow: str, signal_name: str) -> list[s
     ]
 
 
-async def test_a_stopping_worker_hands_the_shared_queue_over_before_it_releases(
-    servers: Servers,
-    temporal: PrivateTemporal,
-    own_redis: services.Service,
-    exchange: str,
-    worker_processes: list[WorkerProcess],
-) -> None:
+async def test_a_stopping_worker_hands_the_shared_queue_over_before_it_releases(private: Private) -> None:
     """The active instance's run is cached on its own host's worker (the only one polling while it
     started). That worker is stopped with a peer beside it: every workflow task of the release, and
     of the standby's promotion it wakes, runs on the peer — none on the worker going away."""
-    env = env_of(temporal, own_redis)
-    store = RedisStore(make_client(env["PERSEUS_REDIS_URL"]))
-    a, b = host_name("hand-a"), host_name("hand-b")
-    try:
-        ex_id = await exchange_id(servers, exchange)
-        first = WorkerProcess(servers, a, shared=True, extra_env=env)
-        worker_processes.append(first)
-        await first.ready()
-        await register(temporal.client, exchange, a, standby=False)
-        await wait_for(lambda: active_on(store, ex_id, a), timeout=60)
-        peer = WorkerProcess(servers, b, shared=True, extra_env=env)
-        worker_processes.append(peer)
-        await peer.ready()
-        await register(temporal.client, exchange, b, standby=True)
+    p, a, b = private, host_name("hand-a"), host_name("hand-b")
+    first = await p.worker(a)
+    await p.register(a)
+    await p.worker(b)
+    await p.register(b, standby=True)
 
-        async def standing_by() -> bool:
-            return [r.host for r in await store.standbys(ex_id)] == [b]
+    async def standing_by() -> bool:
+        return [r.host for r in await p.store.standbys(p.ex_id)] == [b]
 
-        await wait_for(standing_by)
-        stopping, taking_over = await identity_of(store, a), await identity_of(store, b)
+    await wait_for(standing_by)
+    stopping, taking_over = await identity_of(p.store, a), await identity_of(p.store, b)
 
-        first.signal(signal.SIGTERM)
-        await wait_for(lambda: active_on(store, ex_id, b), timeout=30)
-        assert await asyncio.to_thread(first.wait, 60) == 0
-        log = first.log.read_text()
-        assert f"host {a} hands the shared queue to {taking_over} before it releases its instances" in log
-        assert "serving it again" not in log
+    first.signal(signal.SIGTERM)
+    await wait_for(lambda: active_on(p.store, p.ex_id, b), timeout=30)
+    assert await asyncio.to_thread(first.wait, 60) == 0
+    log = first.log.read_text()
+    assert f"host {a} hands the shared queue to {taking_over} before it releases its instances" in log
+    assert "serving it again" not in log
 
-        released = await tasks_after(temporal.client, workflow_id(exchange, a), "host_shutting_down")
-        promoted = await tasks_after(temporal.client, workflow_id(exchange, b), "promote")
-        assert released and promoted
-        assert stopping not in released + promoted, (stopping, released, promoted)
-        await control.command(
-            temporal.client, exchange=exchange, host=b, default_host=b, command=Command.SHUTDOWN
-        )
-    finally:
-        await store.client.aclose()
+    client = p.temporal.client
+    released = await tasks_after(client, workflow_id(p.exchange, a), "host_shutting_down")
+    promoted = await tasks_after(client, workflow_id(p.exchange, b), "promote")
+    assert released and promoted
+    assert stopping not in released + promoted, (stopping, released, promoted)
+    await control.command(client, exchange=p.exchange, host=b, default_host=b, command=Command.SHUTDOWN)
 
 
-async def test_a_stopping_worker_whose_peer_has_gone_serves_the_shared_queue_again(
-    servers: Servers,
-    temporal: PrivateTemporal,
-    own_redis: services.Service,
-    exchange: str,
-    worker_processes: list[WorkerProcess],
-) -> None:
+async def test_a_stopping_worker_whose_peer_has_gone_serves_the_shared_queue_again(private: Private) -> None:
     """The peer announced itself and polled the shared queue, then died before its announcement ran
     out: the stopping worker hands the queue over to nobody. Its instance's release must still finish
     — it serves the queue again once the release has stalled — and the worker exits cleanly, its
     claim released rather than left to run out."""
-    env = env_of(temporal, own_redis)
-    store = RedisStore(make_client(env["PERSEUS_REDIS_URL"]))
-    a, ghost = host_name("alone"), "4242@gone-peer"
+    p, a, ghost = private, host_name("alone"), "4242@gone-peer"
+    worker = await p.worker(a)
+    await p.register(a)
+
+    # The peer's one poll (it takes nothing: every run here is cached on the live worker, and the
+    # poll ends before anything happens) and its announcement, fresh when the stop begins.
+    with_timeout = timedelta(seconds=3)  # the server refuses a shorter long poll
+    client = p.temporal.client
+    poll = PollWorkflowTaskQueueRequest(
+        namespace=client.namespace, task_queue=TaskQueue(name=SHARED_TASK_QUEUE), identity=ghost
+    )
     try:
-        ex_id = await exchange_id(servers, exchange)
-        worker = WorkerProcess(servers, a, shared=True, extra_env=env)
-        worker_processes.append(worker)
-        await worker.ready()
-        await register(temporal.client, exchange, a, standby=False)
-        await wait_for(lambda: active_on(store, ex_id, a), timeout=60)
+        await client.workflow_service.poll_workflow_task_queue(poll, timeout=with_timeout)
+    except RPCError:
+        pass  # the long poll ran out: that is all a peer that died next would have done
+    now = iso(datetime.now(UTC))
+    record = WorkerRecord(
+        host="gone-peer",
+        worker_id=ghost,
+        machine="gone-peer",
+        pid=4242,
+        started_at=now,
+        seen_at=now,
+        capacity=10,
+        shared_queue=True,
+    )
+    await p.store.announce_worker(record, 60_000)
 
-        # The peer's one poll (it takes nothing: every run here is cached on the live worker, and the
-        # poll ends before anything happens) and its announcement, fresh when the stop begins.
-        with_timeout = timedelta(seconds=3)  # the server refuses a shorter long poll
-        poll = PollWorkflowTaskQueueRequest(
-            namespace=temporal.client.namespace, task_queue=TaskQueue(name=SHARED_TASK_QUEUE), identity=ghost
-        )
-        try:
-            await temporal.client.workflow_service.poll_workflow_task_queue(poll, timeout=with_timeout)
-        except RPCError:
-            pass  # the long poll ran out: that is all a peer that died next would have done
-        now = iso(datetime.now(UTC))
-        record = WorkerRecord(
-            host="gone-peer",
-            worker_id=ghost,
-            machine="gone-peer",
-            pid=4242,
-            started_at=now,
-            seen_at=now,
-            capacity=10,
-            shared_queue=True,
-        )
-        await store.announce_worker(record, 60_000)
-
-        worker.signal(signal.SIGTERM)
-        assert await asyncio.to_thread(worker.wait, 60) == 0
-        log = worker.log.read_text()
-        assert f"host {a} hands the shared queue to {ghost} before it releases its instances" in log
-        assert "serving it again to finish" in log
-        assert "not released in time" not in log
-        stopped = [e for e in await events(store, exchange) if e.get("toState") == "stopped"]
-        assert [e["hostname"] for e in stopped] == [a], stopped
-        assert (await store.raw_status(ex_id))[0] is None  # released, not left to run out
-    finally:
-        await store.client.aclose()
+    worker.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(worker.wait, 60) == 0
+    log = worker.log.read_text()
+    assert f"host {a} hands the shared queue to {ghost} before it releases its instances" in log
+    assert "serving it again to finish" in log
+    assert "not released in time" not in log
+    stopped = [e for e in await events(p.store, p.exchange) if e.get("toState") == "stopped"]
+    assert [e["hostname"] for e in stopped] == [a], stopped
+    assert (await p.store.raw_status(p.ex_id))[0] is None  # released, not left to run out
