@@ -35,6 +35,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -204,6 +205,7 @@ async def trial_set(
     also records whether the highest-priority live standby won (1) or not (0)."""
     name, ex_id = await scratch_exchange(database_url, "fo_")
     tag = uuid.uuid4().hex[:4]
+    rng = random.Random(f"{topology}-{interval}")  # the same phases on every run of the bench
     hosts = [f"fa-{tag}", f"fb-{tag}", f"fc-{tag}"]
     priority = dict(zip(hosts, PRIORITIES, strict=True))
     shared = topology == "hosts"
@@ -227,7 +229,12 @@ async def trial_set(
             others = [h for h in hosts if h != active]
             await standbys_visible(set(others))
             best = max(others, key=priority.__getitem__)
-            await asyncio.sleep(interval / 2)  # a renewal or so since the last change
+            # Anywhere in the holder's renewal cycle, at least half an interval after the last
+            # change: a crash's time depends on how long before it the holder last renewed (its
+            # claim-over line is 2.1 intervals after that renewal), and a fixed wait made every
+            # trial of a run fall at nearly the same point of the cycle.
+            await asyncio.sleep(interval * (0.5 + rng.random()))
+            phase = await renewed_before(store, ex_id, interval)
             started, stopped_at = time.monotonic(), time.time()
             if kind == "crash":
                 workers[active].kill()
@@ -238,6 +245,7 @@ async def trial_set(
             results["priority"].append(1.0 if winner == best else 0.0)
             print(
                 f"  {topology} interval {interval:g}s {kind} {i + 1}/{trials}: {results[kind][-1]:.2f}s"
+                f" (holder renewed {phase:.2f}s before)"
                 f" -> {winner}{'' if winner == best else f' (NOT the best standby {best})'}"
                 f" ({await crash_breakdown(store, name, stopped_at)})",
                 flush=True,
@@ -274,7 +282,7 @@ async def trial_set(
         active = await active_host()
         await register_again(client, name, broken, interval, standby=True, priority=9, connector=missing)
         await standbys_visible({h for h in hosts if h != active} | {broken})
-        await asyncio.sleep(interval / 2)
+        await asyncio.sleep(interval * (0.5 + rng.random()))
         started, stopped_at = time.monotonic(), time.time()
         workers[active].kill()
         winner = await active_host(not_host=active)
@@ -302,6 +310,12 @@ async def trial_set(
     for worker in workers.values():
         worker.kill()
     return results
+
+
+async def renewed_before(store: RedisStore, ex_id: int, interval: float) -> float:
+    """Seconds since the holder's key was last renewed (its PTTL against a TTL of 3 intervals)."""
+    _, pttl = await store.raw_status(ex_id)
+    return max(0.0, 3 * interval - pttl / 1000)
 
 
 async def crash_breakdown(store: RedisStore, exchange: str, killed_at: float) -> str:
@@ -384,7 +398,8 @@ def markdown(rows: list[tuple[str, float, str, list[float]]], trials: int, load:
         "instances' workflows in its cache; `dedicated` runs the workflows on a separate "
         "`perseus worker` that is never stopped, and the hosts with `--no-shared`.",
         "",
-        "Crash: SIGKILL of the active host's worker, half an interval after the exchange went active, "
+        "Crash: SIGKILL of the active host's worker, at a point of the holder's renewal cycle drawn at "
+        "random (the same draws on every run), "
         "until the standby is `active` in the status key. The claim may change hands once the dead "
         "host's key has gone unrenewed past its renew deadline plus the margin (2.1 intervals after "
         "its last renewal: its connector has stopped by then). The standby's watch looks at that "
