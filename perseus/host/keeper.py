@@ -153,7 +153,6 @@ class _Loop:
 
     workflow_id: str
     interval_s: float
-    attached: int = 0
     #: Whether any activity has attached yet (a claim is held from the moment it is taken).
     ever_attached: bool = False
     detached_since: float | None = field(default_factory=time.monotonic)
@@ -172,8 +171,12 @@ class _Loop:
     #: workflow's current activity, the only one a one-shot report goes to (``superseded``).
     tickets: list[float] = field(default_factory=list)
 
+    @property
+    def attached(self) -> int:
+        """How many activities are attached now."""
+        return len(self.tickets)
+
     def attach(self, ticket: float) -> None:
-        self.attached += 1
         self.tickets.append(ticket)
         self.ever_attached = True
         self.detached_since = None
@@ -190,11 +193,8 @@ class _Loop:
         return any(other > ticket for other in self.tickets)
 
     def detach(self, ticket: float) -> None:
-        with contextlib.suppress(ValueError):
-            self.tickets.remove(ticket)
-        self.attached -= 1
-        if self.attached <= 0:
-            self.attached = 0
+        self.tickets.remove(ticket)  # attach put it there
+        if not self.tickets:
             self.detached_since = time.monotonic()
 
 
@@ -279,8 +279,7 @@ class WatchedStandby(_Loop):
     #: Seconds since the holder renewed, as last seen (None: no holder, or one on another
     #: interval, whose renewals this watch's looks cannot keep a phase to).
     holder_renewed_ago: float | None = None
-    #: ...and that holder had missed a renewal (``decisions.holder_late``): the workflow was told once.
-    holder_late: bool = False
+    #: The workflow was told that this holder missed a renewal (:attr:`holder_overdue`): once.
     told_late: bool = False
     #: Monotonic time of the last renewal that failed (Redis unreachable or too slow).
     last_failure: float = float("-inf")
@@ -299,6 +298,12 @@ class WatchedStandby(_Loop):
     @property
     def paused(self) -> bool:
         return in_force(self.paused_until, time.monotonic())
+
+    @property
+    def holder_overdue(self) -> bool:
+        """The holder, as last seen, had missed a renewal (``decisions.holder_late``)."""
+        ago = self.holder_renewed_ago
+        return ago is not None and holder_late(ago, self.interval_s)
 
     @property
     def wakes(self) -> bool:
@@ -1101,12 +1106,11 @@ class LeaseKeeper:
         renew deadline plus the margin, seen outside a Redis outage, is claimed over (invariants 1
         and 4 of :mod:`perseus.core.decisions`)."""
         watched.vacant = not holder.held
-        watched.holder_renewed_ago, watched.holder_late = None, False
+        watched.holder_renewed_ago = None
         if holder.held:
             every = holder.interval_s or watched.interval_s
             if holder.pttl_ms is not None and every == watched.interval_s:
                 watched.holder_renewed_ago = renewed_ago_s(holder.pttl_ms, every)
-                watched.holder_late = holder_late(watched.holder_renewed_ago, every)
             past = holder.pttl_ms is not None and past_renew_deadline(holder.pttl_ms, every)
             watched.holder_past_deadline = past
             watched.holder_silent = holder.interval_s is not None and takes_over_lapsed(
@@ -1127,7 +1131,7 @@ class LeaseKeeper:
         nothing holds its race back (a pause, a handoff to another host, Redis just away: every
         holder reads late then). A task now costs nothing; after the claim-over line, a run cached on
         the dead holder's worker would first wait out that worker's sticky queue and replay."""
-        if not watched.holder_late:
+        if not watched.holder_overdue:
             watched.told_late = False
             return
         quiet = watched.paused or watched.handed_elsewhere or watched.after_outage

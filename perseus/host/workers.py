@@ -190,17 +190,16 @@ async def read_hosts(store: RedisStore, client: Client | None) -> HostsBoard:
 class Announcement:
     """What a worker says of itself beyond its record's regular renewal."""
 
-    def __init__(self) -> None:
+    def __init__(self, announce: Callable[[], Awaitable[None]]) -> None:
         self.stopping = False
-        self.announce: Callable[[], Awaitable[None]] | None = None
+        self._announce = announce
 
     async def say_stopping(self) -> None:
         """Announce at once that this worker is stopping (best effort: Redis may be away), so that
         no other stopping worker hands the shared queue to it."""
         self.stopping = True
-        if self.announce is not None:
-            with contextlib.suppress(ServiceUnavailable):
-                await self.announce()
+        with contextlib.suppress(ServiceUnavailable):
+            await self._announce()
 
 
 @contextlib.asynccontextmanager
@@ -221,7 +220,6 @@ async def announcing(
     gets the :class:`Announcement`, to say at once that the worker is stopping.
     """
     started = iso(datetime.now(UTC))
-    said = Announcement()
 
     def record() -> WorkerRecord:
         claims, watches = held()
@@ -258,7 +256,7 @@ async def announcing(
                 failing = False
             await asyncio.sleep(ANNOUNCE_EVERY_S)
 
-    said.announce = announce
+    said = Announcement(announce)
     task = asyncio.create_task(loop(), name=f"announce {host}")
     try:
         yield said

@@ -17,7 +17,7 @@ from temporalio.client import Client
 from perseus.client import control
 from perseus.core.lifecycle import State
 from perseus.devstack import services
-from perseus.keys import iso
+from perseus.keys import iso, workflow_id
 from perseus.models import InstanceStatus
 from perseus.store.redis_store import RedisStore
 from tests.conftest import Servers, WorkerProcess
@@ -50,7 +50,7 @@ def claim_record(ex_id: int, exchange: str, host: str) -> InstanceStatus:
         last_state_change=now,
         registered_at=now,
         instance_id=f"i-{uuid.uuid4().hex[:8]}",
-        workflow_id=f"instance-{exchange}-{host}",
+        workflow_id=workflow_id(exchange, host),
         heartbeat_interval_ms=1000,
         ttl_ms=30_000,
     )
