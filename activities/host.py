@@ -64,6 +64,7 @@ from perseus.timing import (
     IP_ANSWER_REUSE_S,
     IP_NO_ANSWER_REUSE_S,
     QUIET_INTERVALS,
+    renew_deadline_s,
 )
 
 if TYPE_CHECKING:
@@ -268,8 +269,12 @@ class HostActivities:
         """
         if req.failsafe and (refused := await self._failsafe_bound(req)) is not None:
             return refused
-        # Stamped here, where the claim will be renewed: the record says which release holds it.
-        status = req.claim.status.model_copy(update={"perseus_version": release.version()})
+        # Stamped here, where the claim will be renewed: the record says which release holds it
+        # and how long its connector may act after a renewal — the deadline this keeper enforces,
+        # from which the standbys draw their claim-over line.
+        deadline_ms = int(renew_deadline_s(req.heartbeat_interval_s) * 1000)
+        stamp = {"perseus_version": release.version(), "renew_deadline_ms": deadline_ms}
+        status = req.claim.status.model_copy(update=stamp)
         sent = time.monotonic()  # Redis takes the claim after this: its validity counts from here
         result = await take_claim(self._store, self._catalog, req.claim.model_copy(update={"status": status}))
         if result.paused_ms is not None:

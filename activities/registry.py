@@ -33,7 +33,7 @@ from perseus.models import (
     StandbyRecord,
     StatusPatch,
 )
-from perseus.timing import CLAIM_OVER_INTERVALS, MAX_PAUSE_S
+from perseus.timing import CLAIM_OVER_INTERVALS, MAX_PAUSE_S, RELEASE_MARGIN
 from perseus.tracing import span
 
 if TYPE_CHECKING:
@@ -109,7 +109,12 @@ async def take_claim(store: RedisStore, catalog: Catalog, req: ClaimRequest) -> 
     with span("redis claim", exchange=status.exchange_name, host=status.hostname, epoch=epoch) as current:
         # Held back, a claim-over may still take a silent holder's key, never the reserved vacancy.
         reply = await store.claim(
-            status.exchange_id, payload, status.ttl_ms, take_lapsed_after=over, only_lapsed=held_back
+            status.exchange_id,
+            payload,
+            status.ttl_ms,
+            take_lapsed_after=over,
+            declared_margin=RELEASE_MARGIN,
+            only_lapsed=held_back,
         )
         current.set_attribute("outcome", reply.outcome)
     if reply.outcome == "vacant":

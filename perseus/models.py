@@ -79,6 +79,15 @@ class InstanceStatus(Wire):
     #: The Perseus release of the host that took this claim (stamped there; None: written by a
     #: release before the field, or by Livermore).
     perseus_version: str | None = None
+    #: How long the holder's connector may act after a renewal it could not follow up (its keeper's
+    #: renew deadline, stamped with the version): a standby's claim-over line is this plus the
+    #: margin (``timing.claim_over_s``). None: an earlier release (2 intervals) or Livermore.
+    renew_deadline_ms: int | None = None
+
+    @property
+    def renew_deadline_s(self) -> float | None:
+        ms = self.renew_deadline_ms
+        return ms / 1000 if ms is not None and ms > 0 else None
 
     def wire(self) -> dict[str, object]:
         return self.model_dump(mode="json", by_alias=True)

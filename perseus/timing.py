@@ -44,15 +44,26 @@ BOUNDS_TEXT = f"between {MIN_INTERVAL_S:g} and {MAX_INTERVAL_S:g} seconds"
 #: How many intervals a claim lives without renewal (DESIGN §2.1: TTL = 3 × interval).
 TTL_FACTOR = 3
 #: A holder that could not renew for this many intervals stops its connector: well before the TTL.
-RENEW_DEADLINE_FACTOR = 2.0
+#: Its claim record says so (``renewDeadlineMs``), and its standbys draw their claim-over line from
+#: that. 1.7, not 2.0 as in releases up to 0.4: the line comes 0.3 intervals sooner, so a cold
+#: standby is active within 0.8 of the TTL at 2 s even when its holder died right after a renewal
+#: (docs/benchmarks.md). What it costs: a holder's worker may now pause 0.7 intervals past a due
+#: renewal, not 1.0, before its connector stops — still above the collector's full pass at 1,000
+#: instances at 1 s (0.5–0.6 s untuned), and a failed renewal still gets its quick retry.
+RENEW_DEADLINE_FACTOR = 1.7
+#: The renew deadline of a holder whose record does not say (``renewDeadlineMs`` absent: a release
+#: up to 0.4, or Livermore): the latest any holder may act, and what a decision that cannot see the
+#: holder's record assumes.
+UNDECLARED_RENEW_DEADLINE_FACTOR = 2.0
 #: The margin past the renew deadline before a silent holder's claim may be freed or claimed over:
 #: one grid slot at 1 s covers the look's Redis round trip and a renewal the grid starts early.
 RELEASE_MARGIN = 0.1
-#: The claim-over line: unrenewed this long, a claim's connector has stopped (its keeper or
-#: watchdog saw to it) and a standby may claim over it.
-CLAIM_OVER_INTERVALS = RENEW_DEADLINE_FACTOR + RELEASE_MARGIN
+#: The claim-over line of a holder that does not declare its deadline — and so the latest line of
+#: any holder: unrenewed this long, a claim's connector has stopped (its keeper or watchdog saw to
+#: it) and a standby may claim over it.
+CLAIM_OVER_INTERVALS = UNDECLARED_RENEW_DEADLINE_FACTOR + RELEASE_MARGIN
 #: Within this many intervals of its last renewal a holder counts as alive; past it, its renewal is
-#: late (health, the read views) — half an interval before the renew deadline stops the connector.
+#: late (health, the read views) — before the renew deadline stops the connector.
 ALIVE_INTERVALS = 1.5
 #: A standby that saw Redis fail within this many intervals treats a vacancy as "after an outage".
 OUTAGE_MEMORY_INTERVALS = 2.0
@@ -68,20 +79,26 @@ def ttl_s(interval_s: float) -> float:
 
 
 def renew_deadline_s(interval_s: float) -> float:
+    """This release's holders' renew deadline (what its keeper enforces and its claims declare)."""
     return interval_s * RENEW_DEADLINE_FACTOR
 
 
-def claim_over_s(interval_s: float) -> float:
-    """Seconds after its last renewal that a silent holder's claim may be freed or claimed over."""
-    return CLAIM_OVER_INTERVALS * interval_s
+def claim_over_s(interval_s: float, renew_deadline_s: float | None = None) -> float:
+    """Seconds after its last renewal that a silent holder's claim may be freed or claimed over:
+    the holder's declared ``renew_deadline_s`` plus the margin; without one (an earlier release,
+    Livermore, or a decision that cannot see the record), the latest line any holder may have."""
+    if renew_deadline_s is None:
+        return CLAIM_OVER_INTERVALS * interval_s
+    return renew_deadline_s + RELEASE_MARGIN * interval_s
 
 
 # --- health, as the read views judge a renewal -----------------------------------------------------
 
 #: A renewal older than this many intervals is late (one missed beat, with slack) …
 LATE_FACTOR = ALIVE_INTERVALS
-#: … and stale from the renew deadline on (the holder has stopped its connector by then).
-STALE_FACTOR = RENEW_DEADLINE_FACTOR
+#: … and stale from the renew deadline on (the holder has stopped its connector by then): the one
+#: its record declares, or this many intervals for a record that declares none.
+STALE_FACTOR = UNDECLARED_RENEW_DEADLINE_FACTOR
 
 # --- the lease's heartbeat to Temporal -------------------------------------------------------------
 
@@ -131,10 +148,14 @@ FAILSAFE_PROMISE_INTERVALS = 3.0
 #: renewal until it renews again or stops: twice an interval, so that the one round between the
 #: first failed renewal and the renew deadline can lose a message and still be made good in time.
 FAILSAFE_ASK_INTERVALS = 0.5
+#: A failsafe holder renews this often, in intervals (``decisions.renewal_step_s`` says why): its
+#: first round must have more than an interval before the renew deadline (1.7 intervals) when Redis
+#: is cut right after a renewal.
+FAILSAFE_RENEW_INTERVALS = 0.25
 #: The bound on how far any two hosts' clocks may disagree in *rate* (not in reading: only
 #: durations measured on one host are ever compared): 1 %, twenty times the 500 ppm an NTP-slewed
-#: Linux clock may be steered by. The renew deadline's own margin (0.1 of 2 intervals) already
-#: assumes rates agree within about 5 %; the failsafe charges its promises 2 × this rate.
+#: Linux clock may be steered by. The renew deadline's own margin (0.1 of 1.7 intervals) already
+#: assumes rates agree within about 6 %; the failsafe charges its promises 2 × this rate.
 FAILSAFE_DRIFT = 0.01
 
 

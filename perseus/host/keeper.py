@@ -1111,13 +1111,14 @@ class LeaseKeeper:
             every = holder.interval_s or watched.interval_s
             if holder.pttl_ms is not None and every == watched.interval_s:
                 watched.holder_renewed_ago = renewed_ago_s(holder.pttl_ms, every)
-            past = holder.pttl_ms is not None and past_renew_deadline(holder.pttl_ms, every)
+            deadline = holder.renew_deadline_s
+            past = holder.pttl_ms is not None and past_renew_deadline(holder.pttl_ms, every, deadline)
             watched.holder_past_deadline = past
             watched.holder_silent = holder.interval_s is not None and takes_over_lapsed(
                 past_deadline=past, after_outage=watched.after_outage
             )
             watched.lapse_at = (
-                time.monotonic() + lapses_in_s(holder.pttl_ms, every)
+                time.monotonic() + lapses_in_s(holder.pttl_ms, every, deadline)
                 if holder.pttl_ms is not None and not past
                 else None
             )

@@ -125,9 +125,12 @@ class InstanceView(Wire):
     failsafe: FailsafeView | None = None
 
 
-def heartbeat_colour(age_s: float, interval_s: float = DEFAULT_INTERVAL_S) -> str:
-    """fresh / late / stale for a renewal ``age_s`` old, judged against the holder's own interval."""
-    if age_s > STALE_FACTOR * interval_s:
+def heartbeat_colour(
+    age_s: float, interval_s: float = DEFAULT_INTERVAL_S, renew_deadline_s: float | None = None
+) -> str:
+    """fresh / late / stale for a renewal ``age_s`` old, judged against the holder's own interval
+    and the renew deadline its record declares (None: it declares none — two intervals)."""
+    if age_s > (renew_deadline_s if renew_deadline_s is not None else STALE_FACTOR * interval_s):
         return "stale"
     return "late" if age_s > LATE_FACTOR * interval_s else "fresh"
 
@@ -190,7 +193,7 @@ def judge(exchange: Exchange, read: StatusRead, now: datetime) -> InstanceView:
         # Offline or never ran: read_board tells them apart by the stream (last_known).
         return InstanceView(**base, online=False, status=None)
     interval_s = status.heartbeat_interval_s
-    colour = heartbeat_colour(age, interval_s)
+    colour = heartbeat_colour(age, interval_s, status.renew_deadline_s)
     running = running_for_s(status, now)
     return InstanceView(
         **base,

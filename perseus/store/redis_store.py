@@ -77,9 +77,10 @@ CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 # activity) is reported as ours. A key with no TTL can only be a ghost from a buggy writer: it is
 # replaced rather than honoured, since it would otherwise block the exchange forever.
 # With ARGV[4] > 0 (a standby whose watch saw the holder go silent), a key its holder left unrenewed
-# for more than ARGV[4] of its own intervals — past its renew deadline plus the margin, told by the
-# record's own ttlMs and heartbeatIntervalMs and Redis's clock — is taken over ('taken', with the
-# old record): that holder's connector has stopped, and waiting for the TTL only adds a gap.
+# past its renew deadline plus the margin — the record's renewDeadlineMs plus ARGV[6] of its own
+# intervals, or, for a record that does not declare its deadline, ARGV[4] of its intervals; told
+# by the record's own ttlMs and heartbeatIntervalMs and Redis's clock — is taken over ('taken', with
+# the old record): that holder's connector has stopped, and waiting for the TTL only adds a gap.
 # With ARGV[5] = '1' only such a key is taken: an absent one is left alone ('vacant'), for a
 # standby whose claim-over finds the vacancy a handoff reserved for another host.
 _CLAIM = """
@@ -101,7 +102,14 @@ if cur then
   if limit > 0 and pttl > 0 and ok and type(doc) == 'table' then
     local ttl = tonumber(doc['ttlMs'])
     local every = tonumber(doc['heartbeatIntervalMs'])
-    lapsed = ttl ~= nil and every ~= nil and every > 0 and ttl - pttl > limit * every
+    if ttl ~= nil and every ~= nil and every > 0 then
+      local line = limit * every
+      local declared = tonumber(doc['renewDeadlineMs'])
+      if declared ~= nil and declared > 0 then
+        line = declared + tonumber(ARGV[6]) * every
+      end
+      lapsed = ttl - pttl > line
+    end
   end
   if pttl ~= -1 and not lapsed then
     return {'held', cur, pttl}
@@ -527,6 +535,7 @@ class StatusRead:
 class _EpochOnly(BaseModel):
     epoch: int | None = None
     interval_ms: int | None = Field(default=None, alias="heartbeatIntervalMs")
+    deadline_ms: int | None = Field(default=None, alias="renewDeadlineMs")
 
 
 @dataclass(frozen=True)
@@ -545,6 +554,9 @@ class HolderEpoch:
     pttl_ms: int | None = None
     #: The holder's own heartbeat interval (None: its record does not say — Livermore's).
     interval_s: float | None = None
+    #: The holder's declared renew deadline (None: its record does not say — an earlier release's
+    #: or Livermore's; its line is then the latest any holder may have).
+    renew_deadline_s: float | None = None
 
     @classmethod
     def parse(cls, raw: str | None, pttl_ms: int | None = None) -> HolderEpoch:
@@ -556,7 +568,8 @@ class HolderEpoch:
         except ValidationError:
             return cls(held=True, pttl_ms=ttl)
         every = doc.interval_ms / 1000 if doc.interval_ms is not None and doc.interval_ms > 0 else None
-        return cls(held=True, epoch=doc.epoch, pttl_ms=ttl, interval_s=every)
+        deadline = doc.deadline_ms / 1000 if doc.deadline_ms is not None and doc.deadline_ms > 0 else None
+        return cls(held=True, epoch=doc.epoch, pttl_ms=ttl, interval_s=every, renew_deadline_s=deadline)
 
 
 @dataclass(frozen=True)
@@ -750,13 +763,16 @@ class RedisStore:
         ttl_ms: int,
         *,
         take_lapsed_after: float = 0.0,
+        declared_margin: float = 0.0,
         only_lapsed: bool = False,
     ) -> ClaimReply:
         """Claim the status key if it is free (or ours already).
 
         ``take_lapsed_after`` (intervals; 0: never): also take it over from a holder that has not
-        renewed it for longer than that many of its own intervals (outcome ``taken``, the old record
-        in ``previous``). ``only_lapsed``: leave a free key alone (outcome ``vacant``)."""
+        renewed it for longer than its declared renew deadline (``renewDeadlineMs``) plus
+        ``declared_margin`` of its own intervals — or, when its record does not declare one, than
+        ``take_lapsed_after`` of them (outcome ``taken``, the old record in ``previous``).
+        ``only_lapsed``: leave a free key alone (outcome ``vacant``)."""
         outcome, raw, pttl, *previous = await self._acked(
             self._claim,
             [status_key(exchange_id)],
@@ -766,6 +782,7 @@ class RedisStore:
                 str(payload["instanceId"]),
                 take_lapsed_after,
                 "1" if only_lapsed else "0",
+                declared_margin,
             ],
         )
         before = StatusRead.parse(previous[0], -1) if previous else None

@@ -311,13 +311,21 @@ async def test_a_lapse_reported_once_does_not_make_a_later_vacancy_look_lapsed(
         await http.aclose()
 
 
-async def test_a_watch_sees_a_silent_holder_at_its_deadline_not_at_its_next_beat(store: RedisStore) -> None:
+@pytest.mark.parametrize("declared_ms", [3400, None], ids=["declared", "undeclared"])
+async def test_a_watch_sees_a_silent_holder_at_its_deadline_not_at_its_next_beat(
+    store: RedisStore, declared_ms: int | None
+) -> None:
     """A holder that stops renewing is seen the moment its key passes the holder's renew deadline plus
     the margin (Redis's clock), while the key is still there: the watch looks then, not at its next
-    beat. Never earlier: the key's age is past the deadline whenever the watch says so."""
+    beat. Never earlier: the key's age is past the deadline whenever the watch says so. The deadline
+    is the one the record declares (this release's 1.7 intervals: seen at 3.6 s at 2 s, before an
+    undeclared holder's line), or 2 intervals for a record that declares none (4.2 s)."""
     interval = 2.0
     exchange_id = 900_000 + uuid.uuid4().int % 100_000
     doc = {"instanceId": "silent", "epoch": 3, "hostname": "k", "ttlMs": 6000, "heartbeatIntervalMs": 2000}
+    if declared_ms is not None:
+        doc["renewDeadlineMs"] = declared_ms
+    line_ms = (declared_ms if declared_ms is not None else 2 * 2000) + 0.1 * 2000
     await store.client.set(status_key(exchange_id), json.dumps(doc), px=6000)  # its last renewal
     keeper = LeaseKeeper(store, ConnectorHost())
     base = standby_request(exchange_id)
@@ -333,7 +341,8 @@ async def test_a_watch_sees_a_silent_holder_at_its_deadline_not_at_its_next_beat
                 await watched.beat.wait(0.05)
             pttl = await store.client.pttl(status_key(exchange_id))
             assert watched.holder_silent and not watched.vacant, "seen only once the key was gone"
-            assert 0 < pttl < 6000 - 2.1 * 2000  # past the deadline + margin, before the TTL
+            assert 0 < pttl < 6000 - line_ms  # past the deadline + margin, before the TTL
+            assert pttl > 6000 - line_ms - 300, "seen well after the line"
         keeper.stop_watching(watched)
     finally:
         await keeper.close()

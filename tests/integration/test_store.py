@@ -149,6 +149,34 @@ async def test_a_claim_takes_over_a_key_left_unrenewed_past_its_holders_deadline
         assert '"c"' not in str(await store.client.get(status_key(ex)))
 
 
+async def test_a_claim_over_draws_the_line_from_the_deadline_the_holders_record_declares(
+    store: RedisStore,
+) -> None:
+    """A record that declares its holder's renew deadline (``renewDeadlineMs``, this release's 1.7
+    intervals) is taken over past that plus the margin — 1.8 s at 1 s, not 2.1 — and not before;
+    the same record without the field (an earlier release's holder, which acts for 2 intervals)
+    keeps the 2.1-interval line."""
+    stamp = "2026-01-01T00:00:00.000Z"
+    base = {
+        **payload("dead", 3),
+        **{"exchangeId": 1, "exchangeName": "x", "lastHeartbeat": stamp, "lastStateChange": stamp},
+        **{"registeredAt": stamp, "ttlMs": 3000, "heartbeatIntervalMs": 1000},
+    }
+    declared = {**base, "renewDeadlineMs": 1700}
+
+    async def claim_over(doc: dict[str, object], renewed_ms_ago: int) -> str:
+        ex = fresh_id()
+        await store.client.set(status_key(ex), json.dumps(doc), px=3000 - renewed_ms_ago)
+        reply = await store.claim(ex, payload("b", 4), 3000, take_lapsed_after=2.1, declared_margin=0.1)
+        return reply.outcome
+
+    assert await claim_over(declared, 1850) == "taken"  # past 1.7 s + 0.1 s
+    assert await claim_over(declared, 1750) == "held"  # past the deadline, within the margin
+    assert await claim_over(base, 1850) == "held"  # an earlier release's holder may still act
+    assert await claim_over(base, 2150) == "taken"
+    assert await claim_over({**base, "renewDeadlineMs": None}, 1850) == "held"  # says nothing
+
+
 async def test_reestablish_writes_the_same_claim_back_only_into_an_absent_key(store: RedisStore) -> None:
     """The failsafe's invariant 7: an absent key is written back with the same instanceId and epoch
     and the counter raised to it; a key held by this claim is left as it is; anyone else's is a

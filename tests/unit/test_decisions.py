@@ -87,12 +87,14 @@ def test_lease_verdicts(error_type: str | None, verdict: LeaseVerdict) -> None:
 
 @pytest.mark.parametrize("interval", [0.5, 1.0, 2.0, 15.0, 3600.0])
 def test_a_claim_is_freed_only_past_the_renew_deadline(interval: float) -> None:
-    """Invariant 1, over a fine grid of ages: never STOPPED at or inside the deadline + margin."""
-    deadline_ms = timing.RENEW_DEADLINE_FACTOR * interval * 1000
+    """Invariant 1, over a fine grid of ages: never STOPPED at or inside the deadline + margin —
+    the workflow's own judgement does not read the record, so it draws the line for a holder that
+    does not declare its deadline (the latest any holder may have)."""
+    deadline_ms = timing.UNDECLARED_RENEW_DEADLINE_FACTOR * interval * 1000
     for tenth in range(0, 61):
         age_ms = int(tenth / 10 * interval * 1000)
         verdict = judge_claim(True, age_ms, interval)
-        if age_ms <= deadline_ms * (1 + timing.RELEASE_MARGIN / timing.RENEW_DEADLINE_FACTOR):
+        if age_ms <= deadline_ms + timing.RELEASE_MARGIN * interval * 1000:
             assert verdict is not HostVerdict.STOPPED, (age_ms, interval)
         else:
             assert verdict is HostVerdict.STOPPED, (age_ms, interval)
@@ -284,6 +286,23 @@ def test_the_moment_a_key_lapses_is_the_moment_it_is_past_the_deadline() -> None
         assert decisions.past_renew_deadline(pttl_ms, interval) is (lapses < 0)
 
 
+@pytest.mark.parametrize("interval", [0.5, 1.0, 2.0, 15.0])
+def test_a_declared_renew_deadline_draws_the_line_an_undeclared_one_keeps_the_latest(interval: float) -> None:
+    """This release's holders declare 1.7 intervals: their line is 1.8 intervals after the renewal.
+    A record without the field (an earlier release's holder, Livermore's) keeps 2.1: such a holder
+    may act for 2 intervals, and a standby of this release must not claim under it."""
+    ttl_ms = 3 * interval * 1000
+    declared = timing.renew_deadline_s(interval)
+    assert declared == pytest.approx(1.7 * interval)
+    for ago in (1.75, 1.79, 1.81, 2.05, 2.09, 2.11):
+        pttl_ms = int(round(ttl_ms - ago * interval * 1000))
+        assert decisions.past_renew_deadline(pttl_ms, interval, declared) is (ago > 1.8), ago
+        assert decisions.past_renew_deadline(pttl_ms, interval) is (ago > 2.1), ago
+        assert decisions.lapses_in_s(pttl_ms, interval, declared) == pytest.approx(
+            (1.8 - ago) * interval, abs=1e-3
+        )
+
+
 @pytest.mark.parametrize("start", [0.0, 0.1, 0.39, 0.41, 0.5, 0.75, 0.99])
 @pytest.mark.parametrize("interval", [1.0, 15.0])
 def test_a_standbys_looks_drift_to_their_phase_after_the_holders_renewals(
@@ -307,8 +326,11 @@ def test_a_holder_is_late_once_it_missed_a_renewal_and_that_is_well_before_the_c
     assert decisions.renewed_ago_s(3000, interval) == 0 and decisions.renewed_ago_s(1600, interval) == 1.4
     assert not decisions.holder_late(0.4, interval) and not decisions.holder_late(1.2, interval)
     # A look at the phase sees a holder that died right after a renewal as late 1.4 intervals on:
-    # 0.7 of one before the line, room for a sticky wait and a replay.
+    # 0.4 of one before a holder's declared line (0.7 before an undeclared one), room for a sticky
+    # wait and a replay.
     assert decisions.holder_late(1.4, interval)
+    declared = timing.renew_deadline_s(interval)
+    assert decisions.lapses_in_s(3000 - 1400, interval, declared) == pytest.approx(0.4)
     assert decisions.lapses_in_s(3000 - 1400, interval) == pytest.approx(0.7)
 
 

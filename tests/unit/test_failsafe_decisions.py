@@ -61,13 +61,14 @@ def test_rounds_follow_a_fixed_schedule_from_the_first_failed_renewal() -> None:
     )
 
 
-def test_a_failsafe_holder_renews_at_the_rounds_pace() -> None:
-    """A failsafe holder renews twice an interval (its first round starts sooner after a cut, and
-    its key is re-established within half an interval of Redis answering); failsafe off, at an
+def test_a_failsafe_holder_renews_faster_than_it_asks() -> None:
+    """A failsafe holder renews four times an interval (its first round starts sooner after a cut,
+    and its key is re-established within a quarter interval of Redis answering); failsafe off, at an
     interval's pace."""
     for interval in (timing.MIN_INTERVAL_S, 2.0, timing.DEFAULT_INTERVAL_S):
         fast = fs.renewal_step_s(interval, failsafe=True)
-        assert fast == fs.FailsafeTiming.of(interval).ask_every_s < interval
+        assert fast == pytest.approx(interval / 4)
+        assert fast < fs.FailsafeTiming.of(interval).ask_every_s < interval
         assert fs.renewal_step_s(interval, failsafe=False) == interval
 
 

@@ -38,6 +38,7 @@ PERSEUS_FIELDS = {
     "ttlMs",
     "healthy",
     "perseusVersion",
+    "renewDeadlineMs",
     "lastHealthAt",
 }
 NOW = datetime(2026, 2, 10, 12, 0, 0, 123456, tzinfo=UTC)

@@ -313,9 +313,13 @@ def test_malformed_records_are_offline_with_a_reason_never_an_exception() -> Non
         "ttlMs": 3000,
     }
     view = judge(ex, StatusRead.parse(json.dumps(good), 2500), NOW)
-    # 2 s since the last renewal at a 1 s interval: late (past 1.5 intervals), not yet stale (past 2).
+    # 2 s since the last renewal at a 1 s interval: late (past 1.5 intervals), not yet stale (past 2,
+    # the deadline of a record that declares none)...
     assert view.online and view.heartbeat == "late" and view.late and view.running_for == "4h 23m"
     assert view.up
+    # ...but stale for a holder that declares its deadline of 1.7 s: its connector has stopped.
+    declared = judge(ex, StatusRead.parse(json.dumps({**good, "renewDeadlineMs": 1700}), 2500), NOW)
+    assert declared.online and declared.heartbeat == "stale"
     # A claim held in any other state runs no connector: online, but the exchange is not up.
     for state in ("idle", "starting", "warming", "stopping", "stopped"):
         held = judge(ex, StatusRead.parse(json.dumps({**good, "connectionState": state}), 2500), NOW)

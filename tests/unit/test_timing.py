@@ -327,7 +327,12 @@ def test_the_rules_hold_together() -> None:
     """The order the design depends on: late < renew deadline < claim-over line < TTL."""
     assert timing.MIN_INTERVAL_S <= timing.DEFAULT_INTERVAL_S <= timing.MAX_INTERVAL_S
     assert timing.LATE_FACTOR < timing.RENEW_DEADLINE_FACTOR < timing.CLAIM_OVER_INTERVALS < timing.TTL_FACTOR
-    assert timing.STALE_FACTOR == timing.RENEW_DEADLINE_FACTOR
+    # This release's deadline is at most an undeclared one: a line drawn for a holder that does not
+    # say is never earlier than the one its own record would give.
+    assert timing.RENEW_DEADLINE_FACTOR <= timing.UNDECLARED_RENEW_DEADLINE_FACTOR
+    assert timing.claim_over_s(1.0, timing.renew_deadline_s(1.0)) == pytest.approx(1.8)
+    assert timing.claim_over_s(2.0, timing.renew_deadline_s(2.0)) == pytest.approx(3.6)
+    assert timing.STALE_FACTOR == timing.UNDECLARED_RENEW_DEADLINE_FACTOR
     assert timing.ttl_ms(timing.DEFAULT_INTERVAL_S) == 45_000
     assert timing.claim_over_s(1.0) == pytest.approx(2.1)
     assert timing.interval_in_bounds(timing.DEFAULT_INTERVAL_S)

@@ -119,12 +119,13 @@ def act_after_vacancy_s(interval_s: float, *, lapsed: bool = False) -> float:
     return claim_over_s(interval_s)
 
 
-def past_renew_deadline(pttl_ms: int, interval_s: float) -> bool:
+def past_renew_deadline(pttl_ms: int, interval_s: float, renew_deadline_s: float | None = None) -> bool:
     """Whether a claim with ``pttl_ms`` left to live (Redis's own clock: no skew between hosts) went
     unrenewed past its holder's renew deadline plus the margin — :func:`judge_claim`'s STOPPED,
     told by the time left instead of the time since the renewal (the key lives TTL_FACTOR
-    intervals from each renewal)."""
-    return lapses_in_s(pttl_ms, interval_s) < 0
+    intervals from each renewal). ``renew_deadline_s``: the one its record declares (None: it
+    declares none, and the latest any holder may have counts)."""
+    return lapses_in_s(pttl_ms, interval_s, renew_deadline_s) < 0
 
 
 def quick_retry_at(
@@ -143,11 +144,12 @@ def quick_retry_at(
     return at if at < next_due else None
 
 
-def lapses_in_s(pttl_ms: int, interval_s: float) -> float:
-    """Seconds until a claim with ``pttl_ms`` left to live passes its holder's renew deadline plus
-    the margin (negative: it has). A standby's watch looks again at that moment rather than at its
-    next beat, up to an interval later: at short intervals that wait is most of the failover."""
-    return claim_over_s(interval_s) - renewed_ago_s(pttl_ms, interval_s)
+def lapses_in_s(pttl_ms: int, interval_s: float, renew_deadline_s: float | None = None) -> float:
+    """Seconds until a claim with ``pttl_ms`` left to live passes its holder's renew deadline (as
+    its record declares it; None: the latest any holder may have) plus the margin (negative: it
+    has). A standby's watch looks again at that moment rather than at its next beat, up to an
+    interval later: at short intervals that wait is most of the failover."""
+    return claim_over_s(interval_s, renew_deadline_s) - renewed_ago_s(pttl_ms, interval_s)
 
 
 def renewed_ago_s(pttl_ms: int, interval_s: float) -> float:

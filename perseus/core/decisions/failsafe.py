@@ -20,6 +20,7 @@ from enum import StrEnum
 
 from perseus.timing import (
     FAILSAFE_ASK_INTERVALS,
+    FAILSAFE_RENEW_INTERVALS,
     failsafe_counted_s,
     failsafe_promise_s,
     renew_deadline_s,
@@ -160,16 +161,18 @@ def next_round_at(
 
 def renewal_step_s(interval_s: float, *, failsafe: bool) -> float:
     """How long after one renewal's slot the holder tries the next: an interval — but a failsafe
-    holder renews at the rounds' pace (``ask_every_s``), always. Two reasons, both measured in
-    bench/failsafe_availability.py at 2 s: the first round starts at the first failed renewal, and
-    at an interval's pace a cut just after a renewal left that round 0.75 of an interval before the
-    renew deadline (on a loaded machine one exchange's promises came 0.4 s too late); and Redis'
-    return is found out only by a renewal, the one that re-establishes an absent key (invariant 7),
-    which at an interval's pace came up to a whole interval after Redis answered (2.01 s at 2 s).
-    At half an interval the round has at least 1.25 intervals, and the key is back within half an
-    interval plus the write. The cost: two renewals an interval for the exchanges that opt in."""
+    holder renews four times as often (``FAILSAFE_RENEW_INTERVALS``), always. Two reasons, both
+    measured in bench/failsafe_availability.py at 2 s: the first round starts at the first failed
+    renewal, and at an interval's pace a cut just after a renewal left that round 0.75 of an
+    interval before the renew deadline (then 2 intervals; on a loaded machine one exchange's
+    promises came 0.4 s too late); and Redis' return is found out only by a renewal, the one that
+    re-establishes an absent key (invariant 7), which at an interval's pace came up to a whole
+    interval after Redis answered (2.01 s at 2 s). At a quarter interval the round has at least 1.2
+    intervals before the 1.7-interval deadline (at half an interval, the pace before the deadline
+    came down from 2, it had 1.25 before 2), and the key is back within a quarter interval plus the
+    write. The cost: four renewals an interval for the exchanges that opt in."""
     if failsafe:
-        return FailsafeTiming.of(interval_s).ask_every_s
+        return FAILSAFE_RENEW_INTERVALS * interval_s
     return interval_s
 
 
