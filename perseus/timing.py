@@ -45,14 +45,14 @@ BOUNDS_TEXT = f"between {MIN_INTERVAL_S:g} and {MAX_INTERVAL_S:g} seconds"
 TTL_FACTOR = 3
 #: A holder that could not renew for this many intervals stops its connector: well before the TTL.
 #: Its claim record says so (``renewDeadlineMs``), and its standbys draw their claim-over line from
-#: that. 1.7, not 2.0 as in releases up to 0.4: the line comes 0.3 intervals sooner, so a cold
+#: that. 1.7, not 2.0 as in 0.1.0: the line comes 0.3 intervals sooner, so a cold
 #: standby is active within 0.8 of the TTL at 2 s even when its holder died right after a renewal
 #: (docs/benchmarks.md). What it costs: a holder's worker may now pause 0.7 intervals past a due
 #: renewal, not 1.0, before its connector stops — still above the collector's full pass at 1,000
 #: instances at 1 s (0.5–0.6 s untuned), and a failed renewal still gets its quick retry.
 RENEW_DEADLINE_FACTOR = 1.7
-#: The renew deadline of a holder whose record does not say (``renewDeadlineMs`` absent: a release
-#: up to 0.4, or Livermore): the latest any holder may act, and what a decision that cannot see the
+#: The renew deadline of a holder whose record does not say (``renewDeadlineMs`` absent:
+#: 0.1.0, or Livermore): the latest any holder may act, and what a decision that cannot see the
 #: holder's record assumes.
 UNDECLARED_RENEW_DEADLINE_FACTOR = 2.0
 #: The margin past the renew deadline before a silent holder's claim may be freed or claimed over:

@@ -48,7 +48,7 @@ from tests.chaos.invariants import Gap, Liveness, Recovery, Timing, Window, chec
 from tests.conftest import Servers, WorkerProcess, exchange_id
 from tests.integration.proxy import StallableProxy
 
-INTERVAL = 1.0  # TTL 3 s, renew deadline 2 s, heartbeat timeout 18.75 s (a heartbeat per 15 renewals)
+INTERVAL = 1.0  # TTL 3 s, renew deadline 1.7 s, heartbeat timeout 18.75 s (a heartbeat per 15 renewals)
 #: ``make soak`` sets PERSEUS_CHAOS_SOAK=1: control-plane outages of 30–120 s instead of CI's mix
 #: (:func:`outage_s`): a third of them past the heartbeat timeout, so the leases are timed out and
 #: the re-attach path is tried, the rest past the TTL and the renew deadline only, so the leases

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from temporalio.client import Client
 
+from perseus import timing
 from perseus import version as release
 from perseus.api.app import create_app
 from perseus.client import control
@@ -59,6 +60,8 @@ async def test_hosts_show_each_worker_and_what_it_holds(
     assert f"worker for host {host} starting: perseus {release.describe()}" in proc.log.read_text()
     holder = (await store.status(ex_id)).record
     assert holder is not None and holder.perseus_version == release.version()
+    # ...and the renew deadline that host's keeper enforces, from which standbys draw their line.
+    assert holder.renew_deadline_ms == int(timing.renew_deadline_s(1.0) * 1000) == 1700
     assert row["capacity"] == Settings.model_fields["host_capacity"].default
     assert str(row["metricsUrl"]).startswith("http://127.0.0.1:") and str(row["metricsUrl"]).endswith(
         "/metrics"

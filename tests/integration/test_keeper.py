@@ -39,6 +39,7 @@ from perseus.models import (
 )
 from perseus.store.db import Catalog
 from perseus.store.redis_store import FenceReply, HolderEpoch, RedisClient, RedisStore, make_client
+from perseus.timing import renew_deadline_s
 from tests.conftest import Servers
 from tests.integration.proxy import StallableProxy
 
@@ -620,7 +621,8 @@ async def test_a_batch_that_cannot_reach_redis_fails_its_claims_and_the_deadline
     counted = CountedStore(make_client(servers.redis_url.replace(f":{redis_port}/", f":{proxy.port}/")))
     connectors = ConnectorHost()
     keeper = LeaseKeeper(counted, connectors)
-    reqs = [await claimed(store, interval=1.0) for _ in range(3)]  # renew deadline 2 s
+    reqs = [await claimed(store, interval=1.0) for _ in range(3)]
+    deadline_s = renew_deadline_s(1.0)  # 1.7 s
     for req in reqs:
         connectors.put(req.workflow_id, SimulatedConnector("k", ConnectorSpec(), role=Role.ACTIVE))
     try:
@@ -632,8 +634,8 @@ async def test_a_batch_that_cannot_reach_redis_fails_its_claims_and_the_deadline
         await until(lambda: counted.failed_batches >= 1)
         now = time.monotonic()  # no await from here on: the keeper cannot move meanwhile
         for req, h in zip(reqs, held, strict=True):
-            assert h.ended is None or now > h.last_ok + 2.0
-            assert now > h.last_ok + 2.0 or connectors.get(req.workflow_id) is not None
+            assert h.ended is None or now > h.last_ok + deadline_s
+            assert now > h.last_ok + deadline_s or connectors.get(req.workflow_id) is not None
         await until(lambda: all(h.ended is not None for h in held))
         assert all(isinstance(h.ended, RenewDeadline) for h in held)
         assert all(connectors.get(r.workflow_id) is None for r in reqs)
@@ -732,7 +734,7 @@ async def test_a_renewal_that_failed_at_once_is_tried_again_before_the_next_slot
     quarter interval later, not only at the next slot: otherwise that slot's renewal is the last
     before the renew deadline, and a Redis pause of 0.4 intervals at that moment — which the chaos
     suite injects, and which must change no holder — ends the claim."""
-    interval = 1.0  # renew deadline 2 s
+    interval = 1.0  # renew deadline 1.7 s
     keeper = LeaseKeeper(store, ConnectorHost())
     grid_renew = keeper._grid.renew
     failed_at: list[float] = []

@@ -5,7 +5,7 @@ with SIGSTOP without disturbing other tests), the harness' Redis and PostgreSQL,
 process as the connector (tests/connectors/child.py). A sampler watches, every 20 ms, whether the
 child runs and whether the status key still holds the claim it runs under: "child alive while the
 key is gone or names another epoch" is the violation every test asserts never happens.
-Interval 1 s: heartbeat timeout 18.75 s (a heartbeat every 15 renewals), renew deadline 2 s, TTL 3 s.
+Interval 1 s: heartbeat timeout 18.75 s (a heartbeat every 15 renewals), renew deadline 1.7 s, TTL 3 s.
 """
 
 from __future__ import annotations

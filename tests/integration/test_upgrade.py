@@ -438,6 +438,8 @@ async def test_upgrade_from_the_last_release_host_by_host_and_back(
     for name, ex_id in fleet.exchanges.items():
         holder = (await fleet.store.status(ex_id)).record
         assert holder is not None and holder.perseus_version == new.version, (name, holder)
+        # A holder of this release declares its renew deadline (0.1.0's declared none).
+        assert holder.renew_deadline_s is not None, (name, holder)
         assert [s.version for s in await fleet.store.standbys(ex_id)] == [new.version]
         for host in fleet.placements[name]:
             handle = fleet.client.get_workflow_handle(workflow_id(name, host))

@@ -122,7 +122,7 @@ async def test_a_killed_worker_does_not_hold_the_standbys_promotion(
     assert marks.index("heads_up") < marks.index("left the dead queue") < marks.index("hold_standby done"), (
         marks
     )
-    # The liveness bound: the claim-over line (2.1 intervals after the last renewal), the simulated
+    # The liveness bound: the latest claim-over line (2.1 intervals after the last renewal), the simulated
     # connector's walk (0.7 s), and a margin well below the 10 s the dead worker's queue used to add.
     assert took < 2.1 * INTERVAL + 0.7 + SDK_STICKY_DEFAULT_S / 2, took
     print(f"crash → standby active in {took:.2f}s; the task left the dead worker's queue after {moved}")
