@@ -81,7 +81,7 @@ class InstanceStatus(Wire):
     perseus_version: str | None = None
     #: How long the holder's connector may act after a renewal it could not follow up (its keeper's
     #: renew deadline, stamped with the version): a standby's claim-over line is this plus the
-    #: margin (``timing.claim_over_s``). None: an earlier release (2 intervals) or Livermore.
+    #: margin (``timing.claim_over_s``). None: 0.1.0 (2 intervals) or Livermore.
     renew_deadline_ms: int | None = None
 
     @property

@@ -9,10 +9,14 @@ in ``perseus/``, ``workflows/``, ``activities/`` or ``worker.py``. Pure: imports
 
 In intervals (``I``, the instance's heartbeat interval)::
 
-    0        1.5 I        2 I              2.1 I           3 I
+    0        1.5 I        1.7 I            1.8 I            3 I
     renewed  late (ALIVE) renew deadline   claim-over line  TTL: the key expires
              (the keeper  (the holder      (a standby may
-             is overdue)  stops acting)    claim over)
+             is overdue)  stops acting,    claim over)
+                          and its record
+                          says so)
+
+A record that does not declare its deadline (0.1.0's, Livermore's) is given 2 I, and its line 2.1 I.
 """
 
 from __future__ import annotations

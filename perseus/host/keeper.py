@@ -15,9 +15,10 @@ Invariants (the reasons this module exists):
 
 1. **A connector never outlives its claim.** Every loop stops its connector as soon as the claim is
    refused (fencing mismatch, key gone) or when no renewal has succeeded for the renew deadline
-   (2 intervals, below the 3-interval TTL), before it reports anything. The same deadline is handed
-   to the :class:`~perseus.host.watchdog.Watchdog` process after every renewal, which kills a
-   process connector's whole group on its own if this process is frozen or its loop is stuck.
+   (1.7 intervals, below the 3-interval TTL; the claim's record declares it), before it reports
+   anything. The same deadline is handed to the :class:`~perseus.host.watchdog.Watchdog` process
+   after every renewal, which kills a process connector's whole group on its own if this process is
+   frozen or its loop is stuck.
 2. **Nothing renews for a workflow that is gone.** A claim whose loop has had no activity attached
    for a while is checked against Temporal; only a definite "closed" ends it (connector stopped,
    claim released). "Unreachable" keeps renewing: that is the outage this module rides through.
@@ -505,8 +506,9 @@ class LeaseKeeper:
                 return
             # A fixed schedule, not sleep(interval) after the work: lateness does not accumulate.
             # Woken at the start of the grid slot holding the due time: up to a slot early (safe),
-            # together with the slot's other renewals. A failsafe holder renews twice an interval:
-            # its first round of asks starts sooner after a cut, and its key is back sooner after.
+            # together with the slot's other renewals. A failsafe holder renews four times an
+            # interval: its first round of asks starts sooner after a cut, and its key is back sooner
+            # after.
             step = fs.renewal_step_s(interval, failsafe=held.facts is not None)
             retry_at = quick_retry_at(sent, due + step, interval, failed=failed, retried=retried)
             retried = failed and (retried or retry_at is not None)

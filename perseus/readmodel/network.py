@@ -11,8 +11,9 @@ Health is judged the same way for the API, the CLI and the page (they all read `
 
 * ``fresh``: the last renewal is at most 1.5 intervals old (one renewal may be a little late);
 * ``late``: older than 1.5 intervals: a renewal was missed;
-* ``stale``: older than 2 intervals, the renew deadline: the holder has stopped its connector by
-  now, and the key expires at 3 intervals (the TTL). At the 15 s default these are 22.5 s and 30 s.
+* ``stale``: older than the renew deadline its record declares (1.7 intervals; 2 for a record
+  that declares none): the holder has stopped its connector by now, and the key expires at 3
+  intervals (the TTL). At the 15 s default these are 22.5 s and 25.5 s.
 
 ``health`` is then ``healthy`` / ``late`` / ``stale`` for a live record, ``offline`` for an exchange
 whose stream shows it ran before, and ``not_running`` for one that never ran (no status key and

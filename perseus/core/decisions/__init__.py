@@ -7,9 +7,9 @@ Redis proves), asks here, and carries out the answer. The invariants these funct
 
 1. **A claim is freed early only when Redis proves its holder stopped.** A heartbeat timeout proves
    nothing about Redis: the host may have lost only Temporal. A claim unrenewed for longer than the
-   renew deadline (2 intervals, plus a margin) is one whose connector its keeper or watchdog has
-   already stopped, so releasing it — or a standby claiming over it — cannot put two connectors on
-   one exchange.
+   renew deadline (as its record declares it, or 2 intervals, plus a margin) is one whose
+   connector its keeper or watchdog has already stopped, so releasing it — or a standby claiming
+   over it — cannot put two connectors on one exchange.
 2. **A lost claim outranks everything.** The loop handles a finished lease before the host going
    down, promotions, commands or continue-as-new, so nothing is done on the strength of a claim
    that is gone.

@@ -235,8 +235,10 @@ def handoff_target_look(
     Its workflow would otherwise wait for the target's workflow to confirm or fail, and a target
     whose host died midway fails only when Temporal notices — its activity's heartbeat timeout or
     a schedule-to-start timeout, many seconds — while the exchange has no connector. Redis knows
-    sooner: a target that claimed and stopped renewing is past its renew deadline 2.1 intervals
-    after its last renewal, and one that never claimed leaves the key empty.
+    sooner: a target that claimed and stopped renewing is past any holder's renew deadline plus
+    the margin 2.1 intervals after its last renewal (this look does not read the deadline the
+    target's record declares: a later line, never an unsafe one), and one that never claimed
+    leaves the key empty.
 
     * held by the target and renewed within the deadline plus the margin: wait, and look again
       when it would pass it (or in an interval);

@@ -38,8 +38,8 @@ def lease_heartbeat_timeout_s(interval_s: float) -> float:
     """The heartbeat timeout a lease or watch is scheduled with: 1.25 heartbeat periods — 18.75 s
     at 1 s, 5 s and 15 s, 20 s at 2 s (1.25 intervals from 15 s up, as before). A dead host
     is still released on Redis' evidence, not on this: the workflow that hears of the silence asks
-    Redis (:func:`judge_claim`), and a standby claims over at 2.1 intervals whatever Temporal
-    knows."""
+    Redis (:func:`judge_claim`), and a standby claims over at its holder's line (1.8 intervals)
+    whatever Temporal knows."""
     return HEARTBEAT_TIMEOUT_FACTOR * heartbeat_period_s(interval_s)
 
 
