@@ -37,11 +37,12 @@ import pytest
 
 from perseus.core.decisions import act_after_vacancy_s, past_renew_deadline, takes_over_lapsed
 from perseus.core.decisions import failsafe as fs
-from perseus.timing import FAILSAFE_DRIFT, OUTAGE_MEMORY_INTERVALS, ttl_s
+from perseus.timing import FAILSAFE_DRIFT, OUTAGE_MEMORY_INTERVALS, renew_deadline_s, ttl_s
 
 pytestmark = pytest.mark.unit
 
 INTERVAL = 1.0
+DECLARED_DEADLINE_S = renew_deadline_s(INTERVAL)
 TICKS = 20  # ticks per interval
 TICK_S = INTERVAL / TICKS
 T = fs.FailsafeTiming.of(INTERVAL)
@@ -329,7 +330,10 @@ def standby_step(world: World, node: Node, rules: Rules) -> Iterator[World]:
     key = world.live_key()
     if key is not None:
         nxt = replace(nxt, highest_epoch=max(nxt.highest_epoch, key[1]))
-        lapsed = key[0] != node.name and past_renew_deadline(pttl_ms(world, key), INTERVAL)
+        # The line this release's holders declare in their records (their keeper's own deadline).
+        lapsed = key[0] != node.name and past_renew_deadline(
+            pttl_ms(world, key), INTERVAL, DECLARED_DEADLINE_S
+        )
         nxt = replace(nxt, saw_lapsed=lapsed)
     after_outage = (
         node.last_failure is not None and now - node.last_failure < OUTAGE_MEMORY_INTERVALS * INTERVAL
